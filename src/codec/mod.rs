@@ -1,0 +1,23 @@
+//! The MQTT wire format: MQTT 3.1 (`MQIsdp`, level 3), 3.1.1 (level 4) and 5.0
+//! (level 5) packets, their properties and reason codes.
+//!
+//! Pure functions over bytes: no I/O, no clocks. [`Decoder::decode`] returns
+//! `Ok(None)` when more bytes are needed and checks the announced size against
+//! the maximum packet size before buffering the body.
+
+mod bytestr;
+mod decode;
+mod encode;
+mod error;
+mod packet;
+mod reason;
+
+pub use bytestr::ByteStr;
+pub use decode::Decoder;
+pub use encode::{encode, encoded_len};
+pub use error::{DecodeError, EncodeError};
+pub use packet::*;
+pub use reason::ReasonCode;
+
+/// The largest remaining length the variable byte integer can express.
+pub const MAX_REMAINING_LENGTH: u32 = 268_435_455;

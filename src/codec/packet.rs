@@ -1,0 +1,433 @@
+//! The MQTT control packets as plain data.
+//!
+//! One set of types serves MQTT 3.1, 3.1.1 and 5.0: fields that only exist in
+//! 5.0 (properties, most reason codes) are simply left at their defaults for
+//! 3.x peers, and the encoder leaves them out.
+
+use super::{ByteStr, ReasonCode};
+use bytes::Bytes;
+use std::num::{NonZeroU16, NonZeroU32};
+
+/// The protocol level from CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProtocolVersion {
+    /// MQTT 3.1, protocol name `MQIsdp`, level 3.
+    V3_1,
+    /// MQTT 3.1.1, protocol name `MQTT`, level 4.
+    V3_1_1,
+    /// MQTT 5.0, protocol name `MQTT`, level 5.
+    V5,
+}
+
+impl ProtocolVersion {
+    /// The protocol level byte.
+    pub fn level(self) -> u8 {
+        match self {
+            ProtocolVersion::V3_1 => 3,
+            ProtocolVersion::V3_1_1 => 4,
+            ProtocolVersion::V5 => 5,
+        }
+    }
+
+    /// The version for a level byte.
+    pub fn from_level(level: u8) -> Option<Self> {
+        match level {
+            3 => Some(ProtocolVersion::V3_1),
+            4 => Some(ProtocolVersion::V3_1_1),
+            5 => Some(ProtocolVersion::V5),
+            _ => None,
+        }
+    }
+
+    /// True for MQTT 5.0.
+    pub fn is_v5(self) -> bool {
+        self == ProtocolVersion::V5
+    }
+}
+
+/// Quality of service level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum QoS {
+    /// At most once.
+    #[default]
+    AtMostOnce = 0,
+    /// At least once.
+    AtLeastOnce = 1,
+    /// Exactly once.
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    /// Parses the two QoS bits; `None` for 3 (which is malformed).
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+/// A packet identifier; zero is not a legal identifier ([MQTT-2.2.1-3]).
+pub type PacketId = NonZeroU16;
+
+/// The QoS of a PUBLISH together with its packet identifier, which exists
+/// exactly when QoS > 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QosPid {
+    /// QoS 0: no packet identifier.
+    AtMostOnce,
+    /// QoS 1 with its packet identifier.
+    AtLeastOnce(PacketId),
+    /// QoS 2 with its packet identifier.
+    ExactlyOnce(PacketId),
+}
+
+impl QosPid {
+    /// The QoS level.
+    pub fn qos(self) -> QoS {
+        match self {
+            QosPid::AtMostOnce => QoS::AtMostOnce,
+            QosPid::AtLeastOnce(_) => QoS::AtLeastOnce,
+            QosPid::ExactlyOnce(_) => QoS::ExactlyOnce,
+        }
+    }
+
+    /// The packet identifier, for QoS 1 and 2.
+    pub fn packet_id(self) -> Option<PacketId> {
+        match self {
+            QosPid::AtMostOnce => None,
+            QosPid::AtLeastOnce(p) | QosPid::ExactlyOnce(p) => Some(p),
+        }
+    }
+
+    /// Builds from a QoS and an id; the id is ignored for QoS 0.
+    pub fn new(qos: QoS, pid: PacketId) -> Self {
+        match qos {
+            QoS::AtMostOnce => QosPid::AtMostOnce,
+            QoS::AtLeastOnce => QosPid::AtLeastOnce(pid),
+            QoS::ExactlyOnce => QosPid::ExactlyOnce(pid),
+        }
+    }
+}
+
+/// User properties: ordered name/value pairs that may repeat.
+pub type UserProperties = Vec<(ByteStr, ByteStr)>;
+
+/// Every MQTT control packet.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum Packet {
+    Connect(Box<Connect>),
+    ConnAck(ConnAck),
+    Publish(Publish),
+    PubAck(PubResp),
+    PubRec(PubResp),
+    PubRel(PubResp),
+    PubComp(PubResp),
+    Subscribe(Subscribe),
+    SubAck(SubAck),
+    Unsubscribe(Unsubscribe),
+    UnsubAck(UnsubAck),
+    PingReq,
+    PingResp,
+    Disconnect(Disconnect),
+    Auth(Auth),
+}
+
+impl Packet {
+    /// The packet's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Packet::Connect(_) => "CONNECT",
+            Packet::ConnAck(_) => "CONNACK",
+            Packet::Publish(_) => "PUBLISH",
+            Packet::PubAck(_) => "PUBACK",
+            Packet::PubRec(_) => "PUBREC",
+            Packet::PubRel(_) => "PUBREL",
+            Packet::PubComp(_) => "PUBCOMP",
+            Packet::Subscribe(_) => "SUBSCRIBE",
+            Packet::SubAck(_) => "SUBACK",
+            Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+            Packet::UnsubAck(_) => "UNSUBACK",
+            Packet::PingReq => "PINGREQ",
+            Packet::PingResp => "PINGRESP",
+            Packet::Disconnect(_) => "DISCONNECT",
+            Packet::Auth(_) => "AUTH",
+        }
+    }
+}
+
+/// CONNECT (section 3.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connect {
+    /// Protocol name and level.
+    pub protocol: ProtocolVersion,
+    /// Clean Session (3.x) / Clean Start (5.0).
+    pub clean_start: bool,
+    /// Keep alive in seconds; 0 disables it.
+    pub keep_alive: u16,
+    /// Client identifier; may be empty.
+    pub client_id: ByteStr,
+    /// The will message, if the Will Flag is set.
+    pub will: Option<LastWill>,
+    /// User name, if the flag is set.
+    pub username: Option<ByteStr>,
+    /// Password, if the flag is set.
+    pub password: Option<Bytes>,
+    /// CONNECT properties (5.0).
+    pub properties: ConnectProperties,
+}
+
+/// CONNECT properties (3.1.2.11).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct ConnectProperties {
+    pub session_expiry_interval: Option<u32>,
+    pub receive_maximum: Option<NonZeroU16>,
+    pub maximum_packet_size: Option<NonZeroU32>,
+    pub topic_alias_maximum: Option<u16>,
+    pub request_response_information: Option<bool>,
+    pub request_problem_information: Option<bool>,
+    pub authentication_method: Option<ByteStr>,
+    pub authentication_data: Option<Bytes>,
+    pub user_properties: UserProperties,
+}
+
+/// The will message carried in CONNECT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastWill {
+    /// Will topic (a topic name; no wildcards).
+    pub topic: ByteStr,
+    /// Will payload; may be empty.
+    pub payload: Bytes,
+    /// Will QoS.
+    pub qos: QoS,
+    /// Will retain flag.
+    pub retain: bool,
+    /// Will properties (5.0).
+    pub properties: WillProperties,
+}
+
+/// Will properties (3.1.3.2).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct WillProperties {
+    pub will_delay_interval: Option<u32>,
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+    pub content_type: Option<ByteStr>,
+    pub response_topic: Option<ByteStr>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: UserProperties,
+}
+
+/// CONNACK (section 3.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnAck {
+    /// Session Present flag.
+    pub session_present: bool,
+    /// Connect reason; mapped to a return code for 3.x.
+    pub reason: ReasonCode,
+    /// CONNACK properties (5.0).
+    pub properties: ConnAckProperties,
+}
+
+/// CONNACK properties (3.2.2.3).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct ConnAckProperties {
+    pub session_expiry_interval: Option<u32>,
+    pub receive_maximum: Option<NonZeroU16>,
+    pub maximum_qos: Option<QoS>,
+    pub retain_available: Option<bool>,
+    pub maximum_packet_size: Option<NonZeroU32>,
+    pub assigned_client_identifier: Option<ByteStr>,
+    pub topic_alias_maximum: Option<u16>,
+    pub reason_string: Option<ByteStr>,
+    pub user_properties: UserProperties,
+    pub wildcard_subscription_available: Option<bool>,
+    pub subscription_identifiers_available: Option<bool>,
+    pub shared_subscription_available: Option<bool>,
+    pub server_keep_alive: Option<u16>,
+    pub response_information: Option<ByteStr>,
+    pub server_reference: Option<ByteStr>,
+    pub authentication_method: Option<ByteStr>,
+    pub authentication_data: Option<Bytes>,
+}
+
+/// PUBLISH (section 3.3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    /// DUP flag.
+    pub dup: bool,
+    /// QoS and packet identifier.
+    pub qos_pid: QosPid,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// Topic name; empty when a 5.0 topic alias stands in for it.
+    pub topic: ByteStr,
+    /// Application payload.
+    pub payload: Bytes,
+    /// PUBLISH properties (5.0).
+    pub properties: PublishProperties,
+}
+
+/// PUBLISH properties (3.3.2.3).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct PublishProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+    pub topic_alias: Option<NonZeroU16>,
+    pub response_topic: Option<ByteStr>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: UserProperties,
+    /// Zero or more; only the server sends them.
+    pub subscription_identifiers: Vec<NonZeroU32>,
+    pub content_type: Option<ByteStr>,
+}
+
+/// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape (3.4-3.7).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PubResp {
+    /// Packet identifier of the flow.
+    pub packet_id: PacketId,
+    /// Reason code (5.0); `Success` for 3.x.
+    pub reason: ReasonCode,
+    /// Reason string and user properties (5.0).
+    pub properties: AckProperties,
+}
+
+impl PubResp {
+    /// A successful response with no properties.
+    pub fn new(packet_id: PacketId) -> Self {
+        PubResp {
+            packet_id,
+            reason: ReasonCode::Success,
+            properties: AckProperties::default(),
+        }
+    }
+}
+
+/// The properties acknowledgements carry: a reason string and user properties.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct AckProperties {
+    pub reason_string: Option<ByteStr>,
+    pub user_properties: UserProperties,
+}
+
+/// What to do with retained messages when a subscription is made (5.0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RetainHandling {
+    /// 0: send retained messages at the time of the subscribe.
+    #[default]
+    SendAtSubscribe = 0,
+    /// 1: send them only if the subscription did not exist.
+    SendAtSubscribeIfNew = 1,
+    /// 2: do not send them.
+    DoNotSend = 2,
+}
+
+/// Subscription options byte (3.8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[allow(missing_docs)]
+pub struct SubscriptionOptions {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+}
+
+/// SUBSCRIBE (section 3.8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribe {
+    /// Packet identifier.
+    pub packet_id: PacketId,
+    /// At least one filter with its options ([MQTT-3.8.3-3]).
+    pub filters: Vec<(ByteStr, SubscriptionOptions)>,
+    /// Subscription identifier (5.0).
+    pub subscription_identifier: Option<NonZeroU32>,
+    /// User properties (5.0).
+    pub user_properties: UserProperties,
+}
+
+/// SUBACK (section 3.9).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubAck {
+    /// Packet identifier of the SUBSCRIBE.
+    pub packet_id: PacketId,
+    /// One per filter: granted QoS (0x00-0x02) or a failure code.
+    /// 3.x peers get 0x80 for any failure.
+    pub reasons: Vec<ReasonCode>,
+    /// Reason string and user properties (5.0).
+    pub properties: AckProperties,
+}
+
+/// UNSUBSCRIBE (section 3.10).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsubscribe {
+    /// Packet identifier.
+    pub packet_id: PacketId,
+    /// At least one filter ([MQTT-3.10.3-2]).
+    pub filters: Vec<ByteStr>,
+    /// User properties (5.0).
+    pub user_properties: UserProperties,
+}
+
+/// UNSUBACK (section 3.11).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnsubAck {
+    /// Packet identifier of the UNSUBSCRIBE.
+    pub packet_id: PacketId,
+    /// One per filter (5.0); not encoded for 3.x.
+    pub reasons: Vec<ReasonCode>,
+    /// Reason string and user properties (5.0).
+    pub properties: AckProperties,
+}
+
+/// DISCONNECT (section 3.14).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Disconnect {
+    /// Reason code (5.0); `Success` is normal disconnection.
+    pub reason: ReasonCode,
+    /// DISCONNECT properties (5.0).
+    pub properties: DisconnectProperties,
+}
+
+impl Default for ReasonCode {
+    fn default() -> Self {
+        ReasonCode::Success
+    }
+}
+
+/// DISCONNECT properties (3.14.2.2).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct DisconnectProperties {
+    pub session_expiry_interval: Option<u32>,
+    pub reason_string: Option<ByteStr>,
+    pub user_properties: UserProperties,
+    pub server_reference: Option<ByteStr>,
+}
+
+/// AUTH (section 3.15), 5.0 only.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Auth {
+    /// Success, Continue authentication or Re-authenticate.
+    pub reason: ReasonCode,
+    /// AUTH properties.
+    pub properties: AuthProperties,
+}
+
+/// AUTH properties (3.15.2.2).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct AuthProperties {
+    pub authentication_method: Option<ByteStr>,
+    pub authentication_data: Option<Bytes>,
+    pub reason_string: Option<ByteStr>,
+    pub user_properties: UserProperties,
+}

@@ -1,0 +1,131 @@
+//! MQTT 5.0 reason codes (section 2.4) and their MQTT 3.x counterparts.
+
+/// An MQTT 5.0 reason code. For MQTT 3.x peers the encoder maps these onto the
+/// few return codes that protocol has (CONNACK return codes, SUBACK 0x80).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+#[allow(missing_docs)] // The names are the specification's.
+pub enum ReasonCode {
+    /// Success, Normal disconnection, Granted QoS 0.
+    Success = 0x00,
+    GrantedQos1 = 0x01,
+    GrantedQos2 = 0x02,
+    DisconnectWithWillMessage = 0x04,
+    NoMatchingSubscribers = 0x10,
+    NoSubscriptionExisted = 0x11,
+    ContinueAuthentication = 0x18,
+    ReAuthenticate = 0x19,
+    UnspecifiedError = 0x80,
+    MalformedPacket = 0x81,
+    ProtocolError = 0x82,
+    ImplementationSpecificError = 0x83,
+    UnsupportedProtocolVersion = 0x84,
+    ClientIdentifierNotValid = 0x85,
+    BadUserNameOrPassword = 0x86,
+    NotAuthorized = 0x87,
+    ServerUnavailable = 0x88,
+    ServerBusy = 0x89,
+    Banned = 0x8A,
+    ServerShuttingDown = 0x8B,
+    BadAuthenticationMethod = 0x8C,
+    KeepAliveTimeout = 0x8D,
+    SessionTakenOver = 0x8E,
+    TopicFilterInvalid = 0x8F,
+    TopicNameInvalid = 0x90,
+    PacketIdentifierInUse = 0x91,
+    PacketIdentifierNotFound = 0x92,
+    ReceiveMaximumExceeded = 0x93,
+    TopicAliasInvalid = 0x94,
+    PacketTooLarge = 0x95,
+    MessageRateTooHigh = 0x96,
+    QuotaExceeded = 0x97,
+    AdministrativeAction = 0x98,
+    PayloadFormatInvalid = 0x99,
+    RetainNotSupported = 0x9A,
+    QosNotSupported = 0x9B,
+    UseAnotherServer = 0x9C,
+    ServerMoved = 0x9D,
+    SharedSubscriptionsNotSupported = 0x9E,
+    ConnectionRateExceeded = 0x9F,
+    MaximumConnectTime = 0xA0,
+    SubscriptionIdentifiersNotSupported = 0xA1,
+    WildcardSubscriptionsNotSupported = 0xA2,
+}
+
+impl ReasonCode {
+    /// The code as a byte.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// True for codes below 0x80.
+    pub fn is_success(self) -> bool {
+        (self as u8) < 0x80
+    }
+
+    /// Parses a byte; `None` for a value the specification does not define.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        use ReasonCode::*;
+        Some(match b {
+            0x00 => Success,
+            0x01 => GrantedQos1,
+            0x02 => GrantedQos2,
+            0x04 => DisconnectWithWillMessage,
+            0x10 => NoMatchingSubscribers,
+            0x11 => NoSubscriptionExisted,
+            0x18 => ContinueAuthentication,
+            0x19 => ReAuthenticate,
+            0x80 => UnspecifiedError,
+            0x81 => MalformedPacket,
+            0x82 => ProtocolError,
+            0x83 => ImplementationSpecificError,
+            0x84 => UnsupportedProtocolVersion,
+            0x85 => ClientIdentifierNotValid,
+            0x86 => BadUserNameOrPassword,
+            0x87 => NotAuthorized,
+            0x88 => ServerUnavailable,
+            0x89 => ServerBusy,
+            0x8A => Banned,
+            0x8B => ServerShuttingDown,
+            0x8C => BadAuthenticationMethod,
+            0x8D => KeepAliveTimeout,
+            0x8E => SessionTakenOver,
+            0x8F => TopicFilterInvalid,
+            0x90 => TopicNameInvalid,
+            0x91 => PacketIdentifierInUse,
+            0x92 => PacketIdentifierNotFound,
+            0x93 => ReceiveMaximumExceeded,
+            0x94 => TopicAliasInvalid,
+            0x95 => PacketTooLarge,
+            0x96 => MessageRateTooHigh,
+            0x97 => QuotaExceeded,
+            0x98 => AdministrativeAction,
+            0x99 => PayloadFormatInvalid,
+            0x9A => RetainNotSupported,
+            0x9B => QosNotSupported,
+            0x9C => UseAnotherServer,
+            0x9D => ServerMoved,
+            0x9E => SharedSubscriptionsNotSupported,
+            0x9F => ConnectionRateExceeded,
+            0xA0 => MaximumConnectTime,
+            0xA1 => SubscriptionIdentifiersNotSupported,
+            0xA2 => WildcardSubscriptionsNotSupported,
+            _ => return None,
+        })
+    }
+
+    /// The MQTT 3.1/3.1.1 CONNACK return code for a CONNACK reason
+    /// (3.1.1 section 3.2.2.3). Codes with no 3.x equivalent map to
+    /// "server unavailable" (3).
+    pub fn v3_connack_code(self) -> u8 {
+        use ReasonCode::*;
+        match self {
+            Success => 0,
+            UnsupportedProtocolVersion => 1,
+            ClientIdentifierNotValid => 2,
+            BadUserNameOrPassword | BadAuthenticationMethod => 4,
+            NotAuthorized | Banned => 5,
+            _ => 3,
+        }
+    }
+}
