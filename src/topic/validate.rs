@@ -17,9 +17,7 @@ pub fn valid_filter(filter: &str) -> bool {
     if let Some(rest) = filter.strip_prefix("$share/") {
         return match rest.split_once('/') {
             Some((group, inner)) => {
-                !group.is_empty()
-                    && !group.contains(['+', '#'])
-                    && valid_plain_filter(inner)
+                !group.is_empty() && !group.contains(['+', '#']) && valid_plain_filter(inner)
             }
             None => false,
         };
@@ -61,10 +59,29 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "a/#", "a/+/b", "+/+", "/", "$share/g/a/#", "$share/g/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "a/+/b",
+            "+/+",
+            "/",
+            "$share/g/a/#",
+            "$share/g/#",
+        ] {
             assert!(valid_filter(ok), "{ok}");
         }
-        for bad in ["", "a#", "a/#/b", "a+/b", "#/a", "$share/g", "$share//a", "$share/g+/a", "$share/g/"] {
+        for bad in [
+            "",
+            "a#",
+            "a/#/b",
+            "a+/b",
+            "#/a",
+            "$share/g",
+            "$share//a",
+            "$share/g+/a",
+            "$share/g/",
+        ] {
             assert!(!valid_filter(bad), "{bad}");
         }
     }
