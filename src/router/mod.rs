@@ -6,6 +6,8 @@
 //! filter or topic involved (and dropping a tree once per level of its deepest
 //! branch), so the broker must bound the number of topic levels it accepts.
 
+mod retained;
 mod subscriptions;
 
+pub use retained::RetainedTree;
 pub use subscriptions::{Match, SubscriptionTree};
