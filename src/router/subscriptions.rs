@@ -647,10 +647,13 @@ mod tests {
         let deep = vec!["+"; 1_000].join("/");
         tree.insert(&deep, None, 1u32, 0u8);
         let topic = vec!["a"; 1_000].join("/");
-        assert_eq!(direct_filters(&tree, &topic), [deep.clone()]);
+        assert_eq!(direct_filters(&tree, &topic), std::slice::from_ref(&deep));
         assert_eq!(tree.remove(&deep, None, &1), Some(0));
         assert_eq!(tree.node_count(), 1);
     }
+
+    /// A model subscription slot: (filter, group).
+    type Subscription = (String, Option<&'static str>);
 
     fn subscription() -> impl Strategy<Value = (String, Option<&'static str>, u32)> {
         (
@@ -669,7 +672,7 @@ mod tests {
         ) {
             let mut tree = SubscriptionTree::new();
             // The model: (filter, group) -> members in insertion order.
-            let mut model: Vec<((String, Option<&str>), Vec<u32>)> = Vec::new();
+            let mut model: Vec<(Subscription, Vec<u32>)> = Vec::new();
             for (filter, group, key) in &subs {
                 tree.insert(filter, *group, *key, 0u8);
                 let id = (filter.clone(), *group);
