@@ -92,6 +92,7 @@
 
 use std::sync::Arc;
 
+pub mod encoding;
 pub mod keys;
 mod memory;
 mod record;
