@@ -93,10 +93,12 @@
 use std::sync::Arc;
 
 pub mod encoding;
+mod faulty;
 pub mod keys;
 mod memory;
 mod record;
 
+pub use faulty::{FaultHandle, FaultyStore};
 pub use memory::MemoryStore;
 pub use record::*;
 
