@@ -92,6 +92,8 @@
 
 use std::sync::Arc;
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod encoding;
 mod faulty;
 pub mod keys;
