@@ -2,16 +2,105 @@
 //! backends.
 //!
 //! The broker describes every change to its durable state as an [`Op`] and
-//! hands a batch of them to [`Store::apply`], which must make the whole batch
-//! durable (for persistent backends) before it returns. At start-up the broker
-//! reads everything back with [`Store::load`].
+//! hands a batch of them to [`Store::apply`]. At start-up it reads everything
+//! back with [`Store::load`].
 //!
 //! This crate knows nothing about MQTT packets or sockets: records are plain
 //! data, so a backend can be tested on its own.
+//!
+//! # The contract of [`Store`]
+//!
+//! - **Atomic.** `apply` applies a batch in order, all or nothing: if it
+//!   returns an error, nothing of the batch was applied, and a crash during
+//!   `apply` leaves either the whole batch or none of it. A later op in a
+//!   batch sees the effect of earlier ones (put then delete leaves nothing).
+//! - **Durable on return.** A persistent backend ([`Store::is_persistent`])
+//!   returns `Ok` only once the batch would survive a crash or power loss.
+//!   The broker acknowledges a QoS 1/2 publish only after that, so a failed
+//!   `apply` must never be reported as success.
+//! - **Synchronous.** Calls block (a disk flush can take milliseconds). The
+//!   broker keeps them off its async runtime, on a dedicated writer thread or
+//!   through `spawn_blocking`, and batches many clients' ops into one `apply`
+//!   (group commit).
+//! - **Keys.** Sessions are keyed by client id; subscriptions by client id
+//!   and filter; outbound entries by client id and sequence number;
+//!   inbound QoS 2 ids by client id and packet id; message bodies by id;
+//!   retained messages by topic. A put replaces what has the same key;
+//!   deleting something absent is not an error. A client id must not contain
+//!   U+0000 ([`Op::validate`]).
+//! - **Cascade.** [`Op::DeleteSession`] also removes the session's
+//!   subscriptions, outbound entries and inbound QoS 2 ids, but not message
+//!   bodies: the broker deletes a body with [`Op::DeleteMessage`] once no
+//!   entry references it.
+//! - **Snapshot.** [`Store::load`] returns everything ordered (see
+//!   [`Snapshot`]); per-client entries whose client has no session record are
+//!   kept but left out of the snapshot.
+//!
+//! Every backend passes the same conformance suite,
+//! [`conformance_tests!`], and [`FaultyStore`] wraps any backend to make
+//! chosen writes fail.
+//!
+//! # Example
+//!
+//! ```
+//! use roost_storage::{MemoryStore, Op, SessionRecord, Store, SubscriptionRecord};
+//!
+//! # fn main() -> Result<(), roost_storage::StorageError> {
+//! let store = MemoryStore::new();
+//! store.apply(&[
+//!     Op::PutSession(SessionRecord {
+//!         client_id: "sensor-1".into(),
+//!         protocol_level: 5,
+//!         expiry_interval: 3600,
+//!         disconnected_at_ms: None,
+//!         will: None,
+//!     }),
+//!     Op::PutSubscription {
+//!         client_id: "sensor-1".into(),
+//!         subscription: SubscriptionRecord {
+//!             filter: "cmd/sensor-1/#".into(),
+//!             qos: 1,
+//!             no_local: false,
+//!             retain_as_published: false,
+//!             retain_handling: 0,
+//!             subscription_identifier: None,
+//!         },
+//!     },
+//! ])?;
+//!
+//! let snapshot = store.load()?;
+//! assert_eq!(snapshot.sessions.len(), 1);
+//! assert_eq!(snapshot.sessions[0].subscriptions[0].filter, "cmd/sensor-1/#");
+//!
+//! // Deleting the session takes its subscriptions with it.
+//! store.apply(&[Op::DeleteSession { client_id: "sensor-1".into() }])?;
+//! assert!(store.load()?.sessions.is_empty());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Modules for backend authors
+//!
+//! - [`encoding`]: versioned record values ([`encoding::encode`],
+//!   [`encoding::decode`]).
+//! - [`keys`]: composite keys that sort correctly in byte order.
+//!
+//! # Cargo features
+//!
+//! None yet; every feature this crate adds (the sled and redb backends) is
+//! additive and off by default.
 
+use std::sync::Arc;
+
+#[doc(hidden)]
+pub mod conformance;
+pub mod encoding;
+mod faulty;
+pub mod keys;
 mod memory;
 mod record;
 
+pub use faulty::{FaultHandle, FaultyStore};
 pub use memory::MemoryStore;
 pub use record::*;
 
@@ -37,16 +126,24 @@ pub enum StorageError {
     /// An injected failure (tests).
     #[error("injected failure: {0}")]
     Injected(String),
+    /// An operation no backend can store (for example a client id containing
+    /// U+0000); the batch holding it was rejected as a whole.
+    #[error("invalid storage operation: {0}")]
+    InvalidOp(String),
+    /// A record could not be encoded.
+    #[error("cannot encode record: {0}")]
+    Encode(String),
 }
 
 /// A storage backend.
 ///
 /// Implementations are synchronous; the broker calls them off its async
-/// runtime (on a writer thread), never from a reactor thread.
+/// runtime (on a writer thread), never from a reactor thread. See the
+/// [crate docs](crate) for the full contract.
 pub trait Store: Send + Sync + 'static {
     /// Applies `ops` in order, atomically: after a crash either all of them
-    /// or none are visible. A persistent backend returns only once the batch
-    /// is durable.
+    /// or none are visible, and on error none were applied. A persistent
+    /// backend returns only once the batch is durable.
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError>;
 
     /// Reads the whole stored state (used once, at start-up).
@@ -54,4 +151,49 @@ pub trait Store: Send + Sync + 'static {
 
     /// True if the data outlives the process.
     fn is_persistent(&self) -> bool;
+
+    /// Makes everything applied so far durable. Called at shutdown; a backend
+    /// whose `apply` is already durable on return has nothing to do, which is
+    /// the default.
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// Shares a store: lets a test keep a handle on a store the broker owns.
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        (**self).apply(ops)
+    }
+
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        (**self).load()
+    }
+
+    fn is_persistent(&self) -> bool {
+        (**self).is_persistent()
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        (**self).flush()
+    }
+}
+
+/// Lets a backend chosen at run time (`Box<dyn Store>`) be used as a store.
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        (**self).apply(ops)
+    }
+
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        (**self).load()
+    }
+
+    fn is_persistent(&self) -> bool {
+        (**self).is_persistent()
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        (**self).flush()
+    }
 }

@@ -1,26 +1,197 @@
 //! The in-memory backend: the reference implementation of [`Store`].
 
-use crate::{Op, Snapshot, StorageError, Store};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::{
+    MessageId, MessageRecord, Op, OutboundRecord, SessionRecord, Snapshot, StorageError, Store,
+    StoredSession, SubscriptionRecord,
+};
 
 /// Keeps everything in memory; nothing survives the process.
+///
+/// This is the reference implementation: the conformance suite
+/// ([`conformance_tests!`](crate::conformance_tests)) describes its behaviour,
+/// and every other backend must match it.
 #[derive(Debug, Default)]
-pub struct MemoryStore {}
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+/// Everything stored. Per-client data is grouped under the client id so
+/// that `DeleteSession` can drop it in one step.
+#[derive(Debug, Default)]
+struct State {
+    clients: BTreeMap<String, ClientState>,
+    messages: BTreeMap<MessageId, MessageRecord>,
+    retained: BTreeMap<String, MessageRecord>,
+}
+
+/// One client's data. `session` is `None` while only orphans exist (entries
+/// written before, or without, the session record); such a client is left
+/// out of snapshots. Invariant: a `ClientState` that holds nothing at all is
+/// removed from `State::clients`.
+#[derive(Debug, Default)]
+struct ClientState {
+    session: Option<SessionRecord>,
+    subscriptions: BTreeMap<String, SubscriptionRecord>,
+    outbound: BTreeMap<u64, OutboundRecord>,
+    inbound_qos2: BTreeSet<u16>,
+}
+
+impl ClientState {
+    fn is_empty(&self) -> bool {
+        self.session.is_none()
+            && self.subscriptions.is_empty()
+            && self.outbound.is_empty()
+            && self.inbound_qos2.is_empty()
+    }
+}
+
+impl State {
+    fn client(&mut self, client_id: &str) -> &mut ClientState {
+        self.clients.entry(client_id.to_owned()).or_default()
+    }
+
+    /// Runs `f` on an existing client's data, then drops the entry if it
+    /// became empty (keeps the invariant on `ClientState`).
+    fn with_existing_client(&mut self, client_id: &str, f: impl FnOnce(&mut ClientState)) {
+        if let Some(client) = self.clients.get_mut(client_id) {
+            f(client);
+            if client.is_empty() {
+                self.clients.remove(client_id);
+            }
+        }
+    }
+
+    /// Applies one op. Infallible: validation happened before the first
+    /// change, which is what makes a batch all-or-nothing.
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::PutSession(session) => {
+                self.client(&session.client_id).session = Some(session.clone());
+            }
+            Op::DeleteSession { client_id } => {
+                // Cascades to subscriptions, outbound entries and inbound
+                // ids, not to message bodies (the broker deletes those).
+                self.clients.remove(client_id.as_str());
+            }
+            Op::PutSubscription {
+                client_id,
+                subscription,
+            } => {
+                self.client(client_id)
+                    .subscriptions
+                    .insert(subscription.filter.clone(), subscription.clone());
+            }
+            Op::DeleteSubscription { client_id, filter } => {
+                self.with_existing_client(client_id, |c| {
+                    c.subscriptions.remove(filter.as_str());
+                });
+            }
+            Op::PutMessage { id, message } => {
+                self.messages.insert(*id, message.clone());
+            }
+            Op::DeleteMessage { id } => {
+                self.messages.remove(id);
+            }
+            Op::PutOutbound {
+                client_id,
+                seq,
+                entry,
+            } => {
+                self.client(client_id).outbound.insert(*seq, entry.clone());
+            }
+            Op::DeleteOutbound { client_id, seq } => {
+                self.with_existing_client(client_id, |c| {
+                    c.outbound.remove(seq);
+                });
+            }
+            Op::PutInboundQos2 {
+                client_id,
+                packet_id,
+            } => {
+                self.client(client_id).inbound_qos2.insert(*packet_id);
+            }
+            Op::DeleteInboundQos2 {
+                client_id,
+                packet_id,
+            } => {
+                self.with_existing_client(client_id, |c| {
+                    c.inbound_qos2.remove(packet_id);
+                });
+            }
+            Op::PutRetained { message } => {
+                self.retained.insert(message.topic.clone(), message.clone());
+            }
+            Op::DeleteRetained { topic } => {
+                self.retained.remove(topic.as_str());
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let sessions = self
+            .clients
+            .values()
+            .filter_map(|client| {
+                // Orphans (no session record) are left out.
+                let session = client.session.clone()?;
+                Some(StoredSession {
+                    session,
+                    subscriptions: client.subscriptions.values().cloned().collect(),
+                    outbound: client
+                        .outbound
+                        .iter()
+                        .map(|(seq, entry)| (*seq, entry.clone()))
+                        .collect(),
+                    inbound_qos2: client.inbound_qos2.iter().copied().collect(),
+                })
+            })
+            .collect();
+        Snapshot {
+            sessions,
+            messages: self
+                .messages
+                .iter()
+                .map(|(id, message)| (*id, message.clone()))
+                .collect(),
+            retained: self.retained.values().cloned().collect(),
+        }
+    }
+}
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while the lock is held (`State::apply` and
+        // `State::snapshot` cannot fail), so a poisoned lock still guards a
+        // consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Store for MemoryStore {
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
-        let _ = ops;
-        unimplemented!("storage helper")
+        // All-or-nothing: every op is checked before the first change, and
+        // the lock is held for the whole batch so `load` never sees half of
+        // it.
+        for op in ops {
+            op.validate()?;
+        }
+        let mut state = self.lock();
+        for op in ops {
+            state.apply(op);
+        }
+        Ok(())
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
-        unimplemented!("storage helper")
+        Ok(self.lock().snapshot())
     }
 
     fn is_persistent(&self) -> bool {

@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::StorageError;
+
 /// A message identifier, unique for the life of a store. A message body is
 /// stored once and referenced by id from every session that must receive it.
 pub type MessageId = u64;
@@ -212,4 +214,38 @@ pub struct Snapshot {
     pub messages: Vec<(MessageId, MessageRecord)>,
     /// Retained messages, ordered by topic.
     pub retained: Vec<MessageRecord>,
+}
+
+impl Op {
+    /// The client id this operation is keyed by, if it belongs to a session.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Op::PutSession(session) => Some(&session.client_id),
+            Op::DeleteSession { client_id }
+            | Op::PutSubscription { client_id, .. }
+            | Op::DeleteSubscription { client_id, .. }
+            | Op::PutOutbound { client_id, .. }
+            | Op::DeleteOutbound { client_id, .. }
+            | Op::PutInboundQos2 { client_id, .. }
+            | Op::DeleteInboundQos2 { client_id, .. } => Some(client_id),
+            Op::PutMessage { .. }
+            | Op::DeleteMessage { .. }
+            | Op::PutRetained { .. }
+            | Op::DeleteRetained { .. } => None,
+        }
+    }
+
+    /// Checks that every backend can store this operation.
+    ///
+    /// A client id must not contain U+0000 ([MQTT-1.5.4-2] forbids it on the
+    /// wire, and persistent backends use 0x00 as the separator in composite
+    /// keys, see [`keys`](crate::keys)). Backends call this for every op of a
+    /// batch before changing anything, so an invalid op rejects the whole
+    /// batch.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        match self.client_id() {
+            Some(client_id) => crate::keys::check_client_id(client_id),
+            None => Ok(()),
+        }
+    }
 }

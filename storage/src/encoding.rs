@@ -1,0 +1,244 @@
+//! How persistent backends encode record values.
+//!
+//! An encoded value is one byte of [`FORMAT_VERSION`] followed by the record
+//! in bincode (1.x, `DefaultOptions`: variable-length integers, little
+//! endian, trailing bytes rejected). The version byte lets a later release
+//! read what an earlier one wrote, and makes an older release refuse data
+//! from a newer one instead of misreading it.
+
+use bincode::Options;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::StorageError;
+
+/// The record format this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// What the operator can do about a record from another format version.
+const NEWER_HINT: &str = "the data was written by a newer roost: upgrade roost, \
+     or move the data directory aside to start empty";
+const OLDER_HINT: &str = "the data was written in a format this roost no longer reads: \
+     use a roost release that reads it, or move the data directory aside to start empty";
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+}
+
+/// Encodes a record: [`FORMAT_VERSION`] followed by its bincode form.
+///
+/// # Panics
+///
+/// If `value`'s `Serialize` implementation reports an error, which the
+/// record types of this crate never do (bincode only fails on custom errors
+/// and on sequences of unknown length). Use [`try_encode`] for other types.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    match try_encode(value) {
+        Ok(bytes) => bytes,
+        Err(e) => panic!("record types always serialize: {e}"),
+    }
+}
+
+/// Encodes a record like [`encode`], returning serialization errors.
+pub fn try_encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
+    let size = options()
+        .serialized_size(value)
+        .map_err(|e| StorageError::Encode(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
+    bytes.push(FORMAT_VERSION);
+    options()
+        .serialize_into(&mut bytes, value)
+        .map_err(|e| StorageError::Encode(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// Decodes a record written by [`encode`].
+///
+/// A record of another format version is [`StorageError::UnsupportedFormat`]
+/// (with a hint for the operator); anything that does not decode is
+/// [`StorageError::Corrupt`]. Never panics, whatever the bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| StorageError::Corrupt("empty record".into()))?;
+    if version != FORMAT_VERSION {
+        return Err(StorageError::UnsupportedFormat {
+            found: u32::from(version),
+            supported: u32::from(FORMAT_VERSION),
+            hint: if version > FORMAT_VERSION {
+                NEWER_HINT
+            } else {
+                OLDER_HINT
+            },
+        });
+    }
+    // Reading from a slice, bincode checks every length prefix against the
+    // bytes left before allocating, so garbage cannot ask for huge buffers.
+    options()
+        .deserialize(body)
+        .map_err(|e| StorageError::Corrupt(format!("cannot decode record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{
+        MessageProperties, MessageRecord, OutboundRecord, OutboundState, SessionRecord,
+        SubscriptionRecord, WillRecord,
+    };
+
+    fn message() -> MessageRecord {
+        MessageRecord {
+            topic: "温度/房间/1".into(),
+            payload: Bytes::from_static(b"\x00\x01hello"),
+            qos: 2,
+            retain: true,
+            properties: MessageProperties {
+                payload_format_indicator: Some(1),
+                content_type: Some("text/plain".into()),
+                response_topic: Some("reply/to".into()),
+                correlation_data: Some(Bytes::from_static(b"corr")),
+                user_properties: vec![("k".into(), "v1".into()), ("k".into(), "v2".into())],
+            },
+            expires_at_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    fn session() -> SessionRecord {
+        SessionRecord {
+            client_id: "🦀-client".into(),
+            protocol_level: 5,
+            expiry_interval: u32::MAX,
+            disconnected_at_ms: Some(42),
+            will: Some(WillRecord {
+                message: message(),
+                delay_interval: 30,
+            }),
+        }
+    }
+
+    fn outbound() -> OutboundRecord {
+        OutboundRecord {
+            message_id: u64::MAX,
+            qos: 2,
+            retain: false,
+            packet_id: Some(65_535),
+            state: OutboundState::Released,
+            subscription_identifiers: vec![1, 268_435_455],
+        }
+    }
+
+    fn subscription() -> SubscriptionRecord {
+        SubscriptionRecord {
+            filter: "$share/group/a/+/#".into(),
+            qos: 1,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: 2,
+            subscription_identifier: Some(7),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let m = message();
+        assert_eq!(decode::<MessageRecord>(&encode(&m)).unwrap(), m);
+        let s = session();
+        assert_eq!(decode::<SessionRecord>(&encode(&s)).unwrap(), s);
+        let o = outbound();
+        assert_eq!(decode::<OutboundRecord>(&encode(&o)).unwrap(), o);
+        let sub = subscription();
+        assert_eq!(decode::<SubscriptionRecord>(&encode(&sub)).unwrap(), sub);
+        let big = MessageRecord {
+            payload: Bytes::from(vec![0xa5; 1 << 20]),
+            ..message()
+        };
+        assert_eq!(decode::<MessageRecord>(&encode(&big)).unwrap(), big);
+    }
+
+    #[test]
+    fn encoded_values_start_with_the_format_version() {
+        assert_eq!(encode(&session())[0], FORMAT_VERSION);
+        assert_eq!(encode(&0u8), vec![FORMAT_VERSION, 0]);
+    }
+
+    #[test]
+    fn other_versions_are_unsupported_with_a_hint() {
+        let mut bytes = encode(&session());
+        bytes[0] = FORMAT_VERSION + 1;
+        match decode::<SessionRecord>(&bytes) {
+            Err(
+                e @ StorageError::UnsupportedFormat {
+                    found,
+                    supported,
+                    hint,
+                },
+            ) => {
+                assert_eq!((found, supported), (2, 1));
+                assert!(hint.contains("upgrade roost"));
+                assert!(e.to_string().contains("move the data directory aside"));
+            }
+            other => panic!("expected UnsupportedFormat, got {other:?}"),
+        }
+        bytes[0] = 0;
+        assert!(matches!(
+            decode::<SessionRecord>(&bytes),
+            Err(StorageError::UnsupportedFormat { found: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn empty_truncated_and_trailing_bytes_are_corrupt() {
+        assert!(matches!(
+            decode::<SessionRecord>(&[]),
+            Err(StorageError::Corrupt(_))
+        ));
+        let bytes = encode(&session());
+        for len in 1..bytes.len() {
+            assert!(
+                matches!(
+                    decode::<SessionRecord>(&bytes[..len]),
+                    Err(StorageError::Corrupt(_))
+                ),
+                "truncated to {len}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode::<SessionRecord>(&longer),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A small xorshift generator keeps the test deterministic.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 2 == 0 && !bytes.is_empty() {
+                bytes[0] = FORMAT_VERSION;
+            }
+            // Results do not matter, only that nothing panics or aborts.
+            let _ = decode::<SessionRecord>(&bytes);
+            let _ = decode::<MessageRecord>(&bytes);
+            let _ = decode::<OutboundRecord>(&bytes);
+            let _ = decode::<SubscriptionRecord>(&bytes);
+        }
+        // Huge length prefixes must fail cleanly rather than allocate.
+        let mut huge = vec![FORMAT_VERSION, 0xff];
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode::<MessageRecord>(&huge).is_err());
+        assert!(decode::<Vec<u64>>(&huge).is_err());
+    }
+}

@@ -1,0 +1,368 @@
+//! A wrapper backend that fails chosen writes, for tests.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::{Op, Snapshot, StorageError, Store};
+
+/// Wraps any [`Store`] and makes chosen calls to [`Store::apply`] fail with
+/// [`StorageError::Injected`].
+///
+/// A failed call applies nothing to the inner store (the batch is dropped
+/// before it reaches it), exactly like a backend whose atomic write failed.
+/// The broker's tests use it to prove that a write that failed is never
+/// acknowledged: for example, make the next `apply` fail, publish at QoS 1,
+/// and check that no PUBACK arrives and that nothing was stored.
+///
+/// Faults are set through a [`FaultHandle`] (from [`FaultyStore::handle`]),
+/// which a test keeps after handing the store to the broker. Calls to `apply`
+/// are numbered from 1 since the store was created; a call fails if any of
+/// these holds:
+///
+/// - its number was chosen with [`FaultHandle::fail_call`] (one shot),
+/// - its number is at or past [`FaultHandle::fail_from_call`],
+/// - the switch [`FaultHandle::set_failing`] is on.
+///
+/// ```
+/// use roost_storage::{FaultyStore, MemoryStore, Op, StorageError, Store};
+///
+/// let store = FaultyStore::new(MemoryStore::new());
+/// let faults = store.handle();
+/// faults.fail_next();
+/// let op = Op::DeleteRetained { topic: "t".into() };
+/// assert!(matches!(store.apply(&[op.clone()]), Err(StorageError::Injected(_))));
+/// assert!(store.apply(&[op]).is_ok());
+/// assert_eq!((faults.apply_calls(), faults.failed_applies()), (2, 1));
+/// ```
+#[derive(Debug)]
+pub struct FaultyStore<S: Store> {
+    inner: S,
+    faults: FaultHandle,
+}
+
+/// Controls and counters of a [`FaultyStore`]; cheap to clone, and every
+/// clone controls the same store. All methods may be called from any thread
+/// while the store is in use.
+#[derive(Debug, Clone, Default)]
+pub struct FaultHandle {
+    state: Arc<FaultState>,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    /// Calls to `apply` so far (failed ones included).
+    apply_calls: AtomicU64,
+    /// Calls to `apply` that were made to fail.
+    failed_applies: AtomicU64,
+    /// Ops handed to the inner store by calls that were not made to fail.
+    ops_forwarded: AtomicU64,
+    /// Calls to `load` so far.
+    load_calls: AtomicU64,
+    /// Number of the one call to fail; 0 means none (calls count from 1).
+    fail_at: AtomicU64,
+    /// Number of the first of all calls to fail; 0 means none.
+    fail_from: AtomicU64,
+    /// Fail every `apply` while set.
+    failing: AtomicBool,
+    /// Fail every `load` while set.
+    load_failing: AtomicBool,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// Wraps `inner`, with no faults set.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            faults: FaultHandle::default(),
+        }
+    }
+
+    /// A handle to set faults and read counters, usable after the store has
+    /// been moved elsewhere.
+    pub fn handle(&self) -> FaultHandle {
+        self.faults.clone()
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the store.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl FaultHandle {
+    /// Makes the `n`th call to `apply` (counting from 1 since the store was
+    /// created) fail; replaces an earlier choice. A call number already past
+    /// never fails; `n == 0` clears the choice.
+    pub fn fail_call(&self, n: u64) {
+        self.state.fail_at.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next call to `apply` fail (once).
+    pub fn fail_next(&self) {
+        self.fail_after(0);
+    }
+
+    /// Lets `k` more calls to `apply` through, then makes the one after them
+    /// fail (once).
+    pub fn fail_after(&self, k: u64) {
+        let next = self.apply_calls().saturating_add(1);
+        self.fail_call(next.saturating_add(k));
+    }
+
+    /// Makes the `n`th call to `apply` and every later one fail; `n == 0`
+    /// clears it.
+    pub fn fail_from_call(&self, n: u64) {
+        self.state.fail_from.store(n, Ordering::SeqCst);
+    }
+
+    /// Turns failing of every `apply` on or off.
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// True while every `apply` fails because of [`set_failing`](Self::set_failing).
+    pub fn is_failing(&self) -> bool {
+        self.state.failing.load(Ordering::SeqCst)
+    }
+
+    /// Turns failing of every `load` on or off.
+    pub fn set_load_failing(&self, failing: bool) {
+        self.state.load_failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Removes every fault; counters are kept.
+    pub fn clear(&self) {
+        self.fail_call(0);
+        self.fail_from_call(0);
+        self.set_failing(false);
+        self.set_load_failing(false);
+    }
+
+    /// Calls to `apply` so far, failed ones included.
+    pub fn apply_calls(&self) -> u64 {
+        self.state.apply_calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls to `apply` that were made to fail.
+    pub fn failed_applies(&self) -> u64 {
+        self.state.failed_applies.load(Ordering::SeqCst)
+    }
+
+    /// Ops passed on to the inner store (by calls not made to fail; the
+    /// inner store may still have rejected them).
+    pub fn ops_forwarded(&self) -> u64 {
+        self.state.ops_forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Calls to `load` so far, failed ones included.
+    pub fn load_calls(&self) -> u64 {
+        self.state.load_calls.load(Ordering::SeqCst)
+    }
+
+    /// Counts a call to `apply` and decides whether it fails; `Err` carries
+    /// the call's number.
+    fn admit_apply(&self) -> Result<(), u64> {
+        let s = &self.state;
+        // Each concurrent call gets its own number.
+        let n = s
+            .apply_calls
+            .fetch_add(1, Ordering::SeqCst)
+            .saturating_add(1);
+        let fail_from = s.fail_from.load(Ordering::SeqCst);
+        let fail = s.failing.load(Ordering::SeqCst)
+            || s.fail_at.load(Ordering::SeqCst) == n
+            || (fail_from != 0 && n >= fail_from);
+        if fail {
+            s.failed_applies.fetch_add(1, Ordering::SeqCst);
+            Err(n)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        if let Err(n) = self.faults.admit_apply() {
+            return Err(StorageError::Injected(format!(
+                "apply call #{n} ({} ops) failed on purpose; nothing was applied",
+                ops.len()
+            )));
+        }
+        let ops_len = u64::try_from(ops.len()).unwrap_or(u64::MAX);
+        self.faults
+            .state
+            .ops_forwarded
+            .fetch_add(ops_len, Ordering::SeqCst);
+        self.inner.apply(ops)
+    }
+
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        let s = &self.faults.state;
+        let n = s
+            .load_calls
+            .fetch_add(1, Ordering::SeqCst)
+            .saturating_add(1);
+        if s.load_failing.load(Ordering::SeqCst) {
+            return Err(StorageError::Injected(format!(
+                "load call #{n} failed on purpose"
+            )));
+        }
+        self.inner.load()
+    }
+
+    fn is_persistent(&self) -> bool {
+        self.inner.is_persistent()
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread;
+
+    use super::*;
+    use crate::{MemoryStore, SessionRecord};
+
+    fn put(id: &str) -> Op {
+        Op::PutSession(SessionRecord {
+            client_id: id.into(),
+            protocol_level: 4,
+            expiry_interval: 0,
+            disconnected_at_ms: None,
+            will: None,
+        })
+    }
+
+    fn ids(store: &impl Store) -> Vec<String> {
+        store
+            .load()
+            .unwrap()
+            .sessions
+            .into_iter()
+            .map(|s| s.session.client_id)
+            .collect()
+    }
+
+    #[test]
+    fn no_faults_passes_everything_through() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let h = store.handle();
+        store.apply(&[put("a"), put("b")]).unwrap();
+        store.apply(&[]).unwrap();
+        assert_eq!(ids(&store), ["a", "b"]);
+        assert_eq!(h.apply_calls(), 2);
+        assert_eq!(h.failed_applies(), 0);
+        assert_eq!(h.ops_forwarded(), 2);
+        assert_eq!(h.load_calls(), 1);
+        assert!(!store.is_persistent());
+        store.flush().unwrap();
+    }
+
+    #[test]
+    fn nth_call_fails_once_and_applies_nothing() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let h = store.handle();
+        h.fail_call(2);
+        store.apply(&[put("a")]).unwrap();
+        let err = store.apply(&[put("b"), put("c")]).unwrap_err();
+        assert!(matches!(err, StorageError::Injected(_)));
+        assert!(err.to_string().contains("#2"), "{err}");
+        store.apply(&[put("d")]).unwrap();
+        assert_eq!(ids(store.inner()), ["a", "d"]);
+        assert_eq!((h.apply_calls(), h.failed_applies()), (3, 1));
+        assert_eq!(h.ops_forwarded(), 2);
+    }
+
+    #[test]
+    fn fail_after_counts_from_now() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let h = store.handle();
+        store.apply(&[put("a")]).unwrap();
+        h.fail_after(1);
+        store.apply(&[put("b")]).unwrap();
+        assert!(store.apply(&[put("c")]).is_err());
+        store.apply(&[put("d")]).unwrap();
+        assert_eq!(ids(&store), ["a", "b", "d"]);
+    }
+
+    #[test]
+    fn every_call_from_n_fails_until_cleared() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let h = store.handle();
+        h.fail_from_call(2);
+        store.apply(&[put("a")]).unwrap();
+        for id in ["b", "c", "d"] {
+            assert!(store.apply(&[put(id)]).is_err());
+        }
+        h.clear();
+        store.apply(&[put("e")]).unwrap();
+        assert_eq!(ids(&store), ["a", "e"]);
+        assert_eq!(h.failed_applies(), 3);
+    }
+
+    #[test]
+    fn switch_toggles_at_run_time_from_another_thread() {
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        let h = store.handle();
+        thread::spawn({
+            let h = h.clone();
+            move || h.set_failing(true)
+        })
+        .join()
+        .unwrap();
+        assert!(h.is_failing());
+        assert!(store.apply(&[put("a")]).is_err());
+        h.set_failing(false);
+        store.apply(&[put("b")]).unwrap();
+        assert_eq!(ids(&store), ["b"]);
+    }
+
+    #[test]
+    fn load_can_fail() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let h = store.handle();
+        h.set_load_failing(true);
+        assert!(matches!(store.load(), Err(StorageError::Injected(_))));
+        h.clear();
+        assert!(store.load().is_ok());
+        assert_eq!(h.load_calls(), 2);
+    }
+
+    #[test]
+    fn concurrent_calls_get_distinct_numbers() {
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        let h = store.handle();
+        h.fail_call(50);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                thread::spawn(move || {
+                    (0..25)
+                        .filter(|i| store.apply(&[put(&format!("{t}-{i}"))]).is_err())
+                        .count()
+                })
+            })
+            .collect();
+        let failures: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(failures, 1);
+        assert_eq!(h.apply_calls(), 100);
+        assert_eq!(ids(&store).len(), 99);
+    }
+
+    #[test]
+    fn inner_errors_pass_through() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let err = store.apply(&[put("bad\0id")]).unwrap_err();
+        assert!(matches!(err, StorageError::InvalidOp(_)));
+        assert_eq!(store.handle().failed_applies(), 0);
+    }
+}
