@@ -1,0 +1,108 @@
+//! An application message as the broker holds it: one shared copy routed to
+//! every subscriber.
+
+use crate::codec::{ByteStr, Publish, PublishProperties, QoS, QosPid, UserProperties};
+use bytes::Bytes;
+use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use super::SessionId;
+
+/// A published message. Shared (`Arc`) between every session that holds it.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic name.
+    pub topic: ByteStr,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS as published.
+    pub qos: QoS,
+    /// Retain flag as published.
+    pub retain: bool,
+    /// Properties forwarded unchanged.
+    pub properties: MessageProperties,
+    /// Wall-clock expiry in ms since the Unix epoch.
+    pub expires_at_ms: Option<u64>,
+    /// The session that published it (for No Local); `None` for the broker
+    /// itself (wills of ended sessions, `$SYS`, restored messages).
+    pub publisher: Option<SessionId>,
+    /// Storage id, assigned when first persisted (0 = not stored).
+    pub(crate) store_id: AtomicU64,
+}
+
+/// The properties of a PUBLISH that belong to the message (not to one hop).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct MessageProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub content_type: Option<ByteStr>,
+    pub response_topic: Option<ByteStr>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: UserProperties,
+}
+
+impl Message {
+    /// The message carried by an inbound PUBLISH (topic alias already resolved).
+    pub fn from_publish(p: Publish, now_ms: u64, publisher: Option<SessionId>) -> Self {
+        let props = p.properties;
+        Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos_pid.qos(),
+            retain: p.retain,
+            expires_at_ms: props
+                .message_expiry_interval
+                .map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
+            properties: MessageProperties {
+                payload_format_indicator: props.payload_format_indicator,
+                content_type: props.content_type,
+                response_topic: props.response_topic,
+                correlation_data: props.correlation_data,
+                user_properties: props.user_properties,
+            },
+            publisher,
+            store_id: AtomicU64::new(0),
+        }
+    }
+
+    /// True once its Message Expiry Interval has passed.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|t| t <= now_ms)
+    }
+
+    /// The PUBLISH that delivers this message to one subscriber.
+    /// The expiry interval sent is what remains, rounded up ([MQTT-3.3.2-6]).
+    pub fn to_publish(
+        self: &Arc<Self>,
+        qos_pid: QosPid,
+        retain: bool,
+        dup: bool,
+        subscription_identifiers: Vec<NonZeroU32>,
+        now_ms: u64,
+    ) -> Publish {
+        let p = &self.properties;
+        Publish {
+            dup,
+            qos_pid,
+            retain,
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            properties: PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: self.expires_at_ms.map(|t| {
+                    let left = t.saturating_sub(now_ms);
+                    u32::try_from(left.div_ceil(1000))
+                        .unwrap_or(u32::MAX)
+                        .max(1)
+                }),
+                topic_alias: None,
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                user_properties: p.user_properties.clone(),
+                subscription_identifiers,
+                content_type: p.content_type.clone(),
+            },
+        }
+    }
+}

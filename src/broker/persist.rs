@@ -1,0 +1,105 @@
+//! The broker's side of persistence: turns state changes into storage
+//! [`Op`]s, keeps message bodies stored once with a reference count, and
+//! knows which acknowledgements must wait for the next commit.
+
+use super::message::Message;
+use crate::codec::{ByteStr, QoS};
+use roost_storage::{MessageProperties as StoredProps, MessageRecord, Op};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Pending storage operations and message-body reference counts.
+#[derive(Debug, Default)]
+pub(crate) struct Persist {
+    /// False for a non-persistent store: then no operation is recorded.
+    pub enabled: bool,
+    /// Operations recorded since the last commit, in order.
+    pub ops: Vec<Op>,
+    next_message_id: u64,
+    refs: HashMap<u64, u32>,
+}
+
+impl Persist {
+    pub fn new(enabled: bool) -> Self {
+        Persist {
+            enabled,
+            next_message_id: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn push(&mut self, op: Op) {
+        if self.enabled {
+            self.ops.push(op);
+        }
+    }
+
+    /// Takes one reference to the stored body of `msg`, storing it first if
+    /// this is the first reference. Returns the storage id.
+    pub fn reference(&mut self, msg: &Arc<Message>) -> u64 {
+        if !self.enabled {
+            return 0;
+        }
+        let mut id = msg.store_id.load(Relaxed);
+        if id == 0 || !self.refs.contains_key(&id) {
+            id = self.next_message_id;
+            self.next_message_id += 1;
+            msg.store_id.store(id, Relaxed);
+            self.ops.push(Op::PutMessage {
+                id,
+                message: message_record(msg),
+            });
+        }
+        *self.refs.entry(id).or_insert(0) += 1;
+        id
+    }
+
+    /// Drops one reference; the body is deleted with the last one.
+    pub fn release(&mut self, msg: &Message) {
+        if !self.enabled {
+            return;
+        }
+        let id = msg.store_id.load(Relaxed);
+        if let Some(n) = self.refs.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&id);
+                self.ops.push(Op::DeleteMessage { id });
+            }
+        }
+    }
+}
+
+fn string(s: &ByteStr) -> String {
+    s.as_str().to_owned()
+}
+
+/// The stored form of a message.
+pub(crate) fn message_record(msg: &Message) -> MessageRecord {
+    let p = &msg.properties;
+    MessageRecord {
+        topic: string(&msg.topic),
+        payload: msg.payload.clone(),
+        qos: msg.qos as u8,
+        retain: msg.retain,
+        properties: StoredProps {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.as_ref().map(string),
+            response_topic: p.response_topic.as_ref().map(string),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p
+                .user_properties
+                .iter()
+                .map(|(k, v)| (string(k), string(v)))
+                .collect(),
+        },
+        expires_at_ms: msg.expires_at_ms,
+    }
+}
+
+/// QoS from a stored byte (anything out of range reads as QoS 0).
+#[allow(dead_code)] // Used by restore, which comes with the persistent backends.
+pub(crate) fn qos_from_u8(b: u8) -> QoS {
+    QoS::from_u8(b).unwrap_or(QoS::AtMostOnce)
+}

@@ -1,0 +1,400 @@
+//! One client's session: its subscriptions, its outbound QoS 1/2 flows
+//! (in flight and queued) and its inbound QoS 2 packet ids.
+//!
+//! A session outlives connections: `conn` is `None` while the client is away.
+
+use super::message::Message;
+use super::persist::Persist;
+use super::ConnId;
+use crate::codec::{
+    encoded_len, ByteStr, Packet, PacketId, ProtocolVersion, PubResp, QoS, QosPid,
+    SubscriptionOptions,
+};
+use crate::config::Limits;
+use crate::outbox::Outbox;
+use crate::stats::{self, Stats};
+use roost_storage::{Op, OutboundRecord, OutboundState};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+
+/// A subscription as the session and the router hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubEntry {
+    pub options: SubscriptionOptions,
+    pub id: Option<NonZeroU32>,
+}
+
+/// The live connection a session is attached to.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub id: ConnId,
+    pub outbox: Arc<Outbox>,
+    /// Most QoS 1/2 publishes in flight towards the client.
+    pub send_quota: u16,
+    /// The client's Maximum Packet Size, if it set one.
+    pub max_packet_size: Option<u32>,
+}
+
+/// A will waiting for its connection to end badly.
+#[derive(Debug, Clone)]
+pub(crate) struct Will {
+    pub message: Arc<Message>,
+    pub delay_interval: u32,
+}
+
+/// One outbound QoS 1/2 message in a session's queue or in flight.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub seq: u64,
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: Vec<NonZeroU32>,
+    pub pid: Option<PacketId>,
+    pub state: OutboundState,
+}
+
+/// What a session needs from the broker while it works.
+pub(crate) struct Ctx<'a> {
+    pub persist: &'a mut Persist,
+    pub stats: &'a Stats,
+    pub limits: &'a Limits,
+    pub now_ms: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub client_id: ByteStr,
+    pub protocol: ProtocolVersion,
+    pub conn: Option<Conn>,
+    /// Session Expiry Interval in seconds; `u32::MAX` never expires.
+    pub expiry_interval: u32,
+    pub disconnected_at_ms: Option<u64>,
+    pub will: Option<Will>,
+    /// When a pending will (of a closed connection) is due.
+    pub will_due_ms: Option<u64>,
+    pub subscriptions: HashMap<ByteStr, SubEntry>,
+    /// QoS 1/2 messages sent and not yet completed, in send order.
+    pub inflight: VecDeque<Outgoing>,
+    /// QoS 1/2 messages waiting for room in flight (or for the client).
+    pub queue: VecDeque<Outgoing>,
+    pub inbound_qos2: HashSet<u16>,
+    /// True while the store holds this session: every persistence step
+    /// (outbound entries, body references) is taken only then, so a session
+    /// that stops being persistent releases exactly what it took.
+    pub stored: bool,
+    next_pid: u16,
+    next_seq: u64,
+}
+
+impl Session {
+    pub fn new(client_id: ByteStr, protocol: ProtocolVersion) -> Self {
+        Session {
+            client_id,
+            protocol,
+            conn: None,
+            expiry_interval: 0,
+            disconnected_at_ms: None,
+            will: None,
+            will_due_ms: None,
+            subscriptions: HashMap::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            inbound_qos2: HashSet::new(),
+            stored: false,
+            next_pid: 0,
+            next_seq: 0,
+        }
+    }
+
+    /// A session that outlives its connection is persisted.
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_interval > 0
+    }
+
+    fn client(&self) -> String {
+        self.client_id.as_str().to_owned()
+    }
+
+    /// Sends a packet if connected; returns false if not.
+    pub fn send(&self, packet: Packet) -> bool {
+        match &self.conn {
+            Some(c) => c.outbox.push(packet),
+            None => false,
+        }
+    }
+
+    fn alloc_pid(&mut self) -> PacketId {
+        loop {
+            self.next_pid = self.next_pid.wrapping_add(1);
+            if let Some(pid) = NonZeroU16::new(self.next_pid) {
+                // The in-flight window is bounded far below 65535, so a free
+                // id is always found within a few steps.
+                if !self.inflight.iter().any(|o| o.pid == Some(pid)) {
+                    return pid;
+                }
+            }
+        }
+    }
+
+    fn record(&self, o: &Outgoing) -> OutboundRecord {
+        OutboundRecord {
+            message_id: o.msg.store_id.load(std::sync::atomic::Ordering::Relaxed),
+            qos: o.qos as u8,
+            retain: o.retain,
+            packet_id: o.pid.map(|p| p.get()),
+            state: o.state,
+            subscription_identifiers: o.sub_ids.iter().map(|s| s.get()).collect(),
+        }
+    }
+
+    fn store_outgoing(&self, o: &Outgoing, ctx: &mut Ctx) {
+        if self.stored {
+            ctx.persist.push(Op::PutOutbound {
+                client_id: self.client(),
+                seq: o.seq,
+                entry: self.record(o),
+            });
+        }
+    }
+
+    fn forget_outgoing(&self, o: &Outgoing, ctx: &mut Ctx) {
+        if self.stored {
+            ctx.persist.push(Op::DeleteOutbound {
+                client_id: self.client(),
+                seq: o.seq,
+            });
+            ctx.persist.release(&o.msg);
+        }
+        stats::sub(&ctx.stats.inflight, 1);
+    }
+
+    fn dropped(ctx: &Ctx) {
+        stats::add(&ctx.stats.messages_dropped, 1);
+    }
+
+    /// Routes one message to this session at `qos` (already reduced to the
+    /// granted QoS), following the queueing policy:
+    /// - QoS 0 goes straight to the connection, and is dropped if the
+    ///   client is away or has `maximum_pending_writes` packets unwritten.
+    /// - QoS 1/2 is sent at once if the in-flight window has room and
+    ///   nothing is queued ahead of it; otherwise it is queued, up to
+    ///   `maximum_queued_messages`, beyond which it is dropped.
+    pub fn deliver(
+        &mut self,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: Vec<NonZeroU32>,
+        ctx: &mut Ctx,
+    ) {
+        if msg.is_expired(ctx.now_ms) {
+            return;
+        }
+        if qos == QoS::AtMostOnce {
+            let Some(conn) = &self.conn else { return };
+            if conn.outbox.len() >= ctx.limits.maximum_pending_writes {
+                Self::dropped(ctx);
+                return;
+            }
+            let p = msg.to_publish(QosPid::AtMostOnce, retain, false, sub_ids, ctx.now_ms);
+            self.push_publish(p, ctx);
+            return;
+        }
+        if self.conn.is_none() && !self.is_persistent() {
+            return;
+        }
+        if self.queue.len() >= ctx.limits.maximum_queued_messages {
+            Self::dropped(ctx);
+            return;
+        }
+        self.next_seq += 1;
+        let o = Outgoing {
+            seq: self.next_seq,
+            msg: msg.clone(),
+            qos,
+            retain,
+            sub_ids,
+            pid: None,
+            state: OutboundState::Queued,
+        };
+        stats::add(&ctx.stats.inflight, 1);
+        if self.stored {
+            ctx.persist.reference(msg);
+        }
+        let room = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| self.inflight.len() < usize::from(c.send_quota));
+        if room && self.queue.is_empty() {
+            self.send_outgoing(o, ctx);
+        } else {
+            self.store_outgoing(&o, ctx);
+            self.queue.push_back(o);
+        }
+    }
+
+    /// Pushes a PUBLISH unless it is larger than the client accepts
+    /// ([MQTT-3.1.2-24]); returns false if it was dropped.
+    fn push_publish(&self, p: crate::codec::Publish, ctx: &Ctx) -> bool {
+        let Some(conn) = &self.conn else { return false };
+        let packet = Packet::Publish(p);
+        if let Some(max) = conn.max_packet_size {
+            if encoded_len(&packet, self.protocol) > max as usize {
+                Self::dropped(ctx);
+                return false;
+            }
+        }
+        conn.outbox.push(packet);
+        true
+    }
+
+    /// Assigns a packet id and sends a queued message (connected only).
+    fn send_outgoing(&mut self, mut o: Outgoing, ctx: &mut Ctx) {
+        let pid = self.alloc_pid();
+        o.pid = Some(pid);
+        o.state = OutboundState::Sent;
+        let p = o.msg.to_publish(
+            QosPid::new(o.qos, pid),
+            o.retain,
+            false,
+            o.sub_ids.clone(),
+            ctx.now_ms,
+        );
+        if self.push_publish(p, ctx) {
+            self.store_outgoing(&o, ctx);
+            self.inflight.push_back(o);
+        } else {
+            // Too large for this client: treated as delivered ([MQTT-3.1.2-25]).
+            self.forget_outgoing(&o, ctx);
+        }
+    }
+
+    /// Moves queued messages into flight while the window has room.
+    pub fn fill(&mut self, ctx: &mut Ctx) {
+        let Some(quota) = self.conn.as_ref().map(|c| usize::from(c.send_quota)) else {
+            return;
+        };
+        while self.inflight.len() < quota {
+            let Some(o) = self.queue.pop_front() else {
+                break;
+            };
+            if o.msg.is_expired(ctx.now_ms) {
+                self.forget_outgoing(&o, ctx);
+                continue;
+            }
+            self.send_outgoing(o, ctx);
+        }
+    }
+
+    /// After a reconnect: resends everything in flight (PUBLISH with DUP,
+    /// or PUBREL), then fills the window from the queue ([MQTT-4.4.0-1]).
+    pub fn resume(&mut self, ctx: &mut Ctx) {
+        let mut expired = Vec::new();
+        for (i, o) in self.inflight.iter().enumerate() {
+            let Some(pid) = o.pid else { continue };
+            match o.state {
+                OutboundState::Released => {
+                    self.send(Packet::PubRel(PubResp::new(pid)));
+                }
+                _ if o.msg.is_expired(ctx.now_ms) && o.state == OutboundState::Sent => {
+                    // An expired message is not redelivered.
+                    expired.push(i);
+                }
+                _ => {
+                    let p = o.msg.to_publish(
+                        QosPid::new(o.qos, pid),
+                        o.retain,
+                        true,
+                        o.sub_ids.clone(),
+                        ctx.now_ms,
+                    );
+                    self.push_publish(p, ctx);
+                }
+            }
+        }
+        for i in expired.into_iter().rev() {
+            if let Some(o) = self.inflight.remove(i) {
+                self.forget_outgoing(&o, ctx);
+            }
+        }
+        self.fill(ctx);
+    }
+
+    fn inflight_position(&self, pid: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|o| o.pid == Some(pid))
+    }
+
+    /// PUBACK from the client: the QoS 1 flow is complete.
+    pub fn on_puback(&mut self, pid: PacketId, ctx: &mut Ctx) {
+        if let Some(i) = self.inflight_position(pid) {
+            if self.inflight[i].qos == QoS::AtLeastOnce {
+                if let Some(o) = self.inflight.remove(i) {
+                    self.forget_outgoing(&o, ctx);
+                }
+                self.fill(ctx);
+            }
+        }
+    }
+
+    /// PUBREC from the client: answer PUBREL, or end the flow on an error code.
+    pub fn on_pubrec(&mut self, r: &PubResp, ctx: &mut Ctx) {
+        let Some(i) = self.inflight_position(r.packet_id) else {
+            if self.protocol.is_v5() {
+                let mut rel = PubResp::new(r.packet_id);
+                rel.reason = crate::codec::ReasonCode::PacketIdentifierNotFound;
+                self.send(Packet::PubRel(rel));
+            }
+            return;
+        };
+        if self.inflight[i].qos != QoS::ExactlyOnce {
+            return;
+        }
+        if !r.reason.is_success() {
+            // A failure code ends the flow: no PUBREL ([MQTT-4.3.3-?]; 5.0 §4.3.3).
+            if let Some(o) = self.inflight.remove(i) {
+                self.forget_outgoing(&o, ctx);
+            }
+            self.fill(ctx);
+            return;
+        }
+        if self.inflight[i].state == OutboundState::Sent {
+            self.inflight[i].state = OutboundState::Released;
+            if self.stored {
+                let o = &self.inflight[i];
+                self.store_outgoing(o, ctx);
+            }
+        }
+        self.send(Packet::PubRel(PubResp::new(r.packet_id)));
+    }
+
+    /// PUBCOMP from the client: the QoS 2 flow is complete.
+    pub fn on_pubcomp(&mut self, pid: PacketId, ctx: &mut Ctx) {
+        if let Some(i) = self.inflight_position(pid) {
+            if self.inflight[i].state == OutboundState::Released {
+                if let Some(o) = self.inflight.remove(i) {
+                    self.forget_outgoing(&o, ctx);
+                }
+                self.fill(ctx);
+            }
+        }
+    }
+
+    /// Drops every outbound message (the session is ending).
+    pub fn clear_outbound(&mut self, ctx: &mut Ctx) {
+        let all: Vec<Outgoing> = self
+            .inflight
+            .drain(..)
+            .chain(self.queue.drain(..))
+            .collect();
+        for o in &all {
+            // The session's record is deleted as a whole; only the bodies'
+            // reference counts need releasing.
+            if self.stored {
+                ctx.persist.release(&o.msg);
+            }
+            stats::sub(&ctx.stats.inflight, 1);
+        }
+    }
+}

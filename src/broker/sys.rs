@@ -1,0 +1,48 @@
+//! The `$SYS/broker/...` topics: the broker's counters published as
+//! retained messages on an interval, as Mosquitto does.
+
+use super::{Broker, Message, MessageProperties};
+use crate::codec::{ByteStr, QoS};
+use bytes::Bytes;
+use std::sync::Arc;
+
+impl Broker {
+    pub(super) fn publish_sys(&mut self, now_ms: u64) {
+        let s = self.stats.snapshot();
+        let topics: [(&str, String); 18] = [
+            ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
+            ("uptime", format!("{} seconds", s.uptime_secs)),
+            ("time", (now_ms / 1000).to_string()),
+            ("clients/connected", s.clients_connected.to_string()),
+            ("clients/disconnected", s.clients_disconnected.to_string()),
+            ("clients/maximum", s.clients_maximum.to_string()),
+            ("clients/total", s.clients_total.to_string()),
+            ("bytes/received", s.bytes_received.to_string()),
+            ("bytes/sent", s.bytes_sent.to_string()),
+            ("packets/received", s.packets_received.to_string()),
+            ("packets/sent", s.packets_sent.to_string()),
+            ("messages/received", s.messages_received.to_string()),
+            ("messages/sent", s.messages_sent.to_string()),
+            ("messages/dropped", s.messages_dropped.to_string()),
+            ("messages/inflight", s.inflight.to_string()),
+            ("retained messages/count", s.retained.to_string()),
+            ("subscriptions/count", s.subscriptions.to_string()),
+            ("store/errors", s.storage_errors.to_string()),
+        ];
+        for (name, value) in topics {
+            let msg = Arc::new(Message {
+                topic: ByteStr::from(format!("$SYS/broker/{name}")),
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: MessageProperties::default(),
+                expires_at_ms: None,
+                publisher: None,
+                store_id: Default::default(),
+            });
+            // $SYS values are live figures: kept in memory, never stored.
+            self.retained.insert(&msg.topic.clone(), msg.clone());
+            self.route(&msg, now_ms);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The connection driver: reads frames from any byte stream, feeds the
+//! broker core, and writes what the core queues in the connection's
+//! [`Outbox`], coalescing everything queued into one write.
+//!
+//! Transport-agnostic: TCP, TLS and WebSocket streams all come through
+//! [`serve_connection`].
+
+use super::alias::{InboundAliases, OutboundAliases};
+use crate::broker::{effective_keep_alive, CloseReason, ConnId, Event};
+use crate::codec::{encode, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use crate::config::Options;
+use crate::outbox::Outbox;
+use crate::stats::{self, Stats};
+use bytes::BytesMut;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub opts: Options,
+    pub stats: Arc<Stats>,
+    pub events: mpsc::Sender<Event>,
+}
+
+const READ_CHUNK: usize = 4096;
+
+/// Reads until one packet is decoded. `Ok(None)` is a clean end of stream.
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+    stats: &Stats,
+) -> Result<Option<Packet>, ReadError> {
+    loop {
+        if let Some(p) = decoder.decode(buf).map_err(ReadError::Decode)? {
+            stats::add(&stats.packets_received, 1);
+            return Ok(Some(p));
+        }
+        buf.reserve(READ_CHUNK);
+        let n = rd.read_buf(buf).await.map_err(|_| ReadError::Io)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        stats::add(&stats.bytes_received, n as u64);
+    }
+}
+
+#[derive(Debug)]
+enum ReadError {
+    Io,
+    Decode(DecodeError),
+}
+
+/// Runs one connection to its end.
+pub(crate) async fn serve_connection<S>(stream: S, conn: ConnId, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let opts = &shared.opts;
+    let mut buf = BytesMut::new();
+    let mut decoder = Decoder::new(opts.limits.maximum_packet_size);
+
+    // CONNECT must arrive within the connect timeout.
+    let first = tokio::time::timeout(
+        opts.limits.connect_timeout,
+        read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats),
+    )
+    .await;
+    let connect = match first {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
+            // Answer in the form the client can read: 5.0 gets 0x84, anything
+            // else the 3.1.1 return code 1 ([MQTT-3.1.2-2]).
+            let reply: &[u8] = if level == 5 {
+                &[0x20, 3, 0, 0x84, 0]
+            } else {
+                &[0x20, 2, 0, 1]
+            };
+            let _ = wr.write_all(reply).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            tracing::debug!(conn = conn.0, error = %e, "bad CONNECT");
+            return;
+        }
+        _ => return, // timeout, I/O error, EOF, or not a CONNECT
+    };
+
+    let version = connect.protocol;
+    let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
+    let mut inbound_aliases = InboundAliases::new(if version.is_v5() {
+        opts.capabilities.topic_alias_maximum
+    } else {
+        0
+    });
+    let outbound_aliases =
+        OutboundAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
+    let outbox = Arc::new(Outbox::new());
+    let mut writer = tokio::spawn(write_loop(
+        wr,
+        outbox.clone(),
+        version,
+        outbound_aliases,
+        shared.stats.clone(),
+    ));
+    tracing::debug!(conn = conn.0, client_id = %connect.client_id, ?version, "CONNECT");
+    if shared
+        .events
+        .send(Event::Connect {
+            conn,
+            outbox: outbox.clone(),
+            connect,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    // A keep-alive of 0 means no timeout ([MQTT-3.1.2-22]: 1.5 times the interval).
+    let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let reason = loop {
+        let read = read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats);
+        let result = tokio::select! {
+            r = async {
+                match idle {
+                    Some(d) => tokio::time::timeout(d, read).await.map_err(|_| ()),
+                    None => Ok(read.await),
+                }
+            } => r,
+            // The core closed the outbox and the writer finished: stop reading.
+            _ = &mut writer => break None,
+        };
+        let packet = match result {
+            Err(()) => break Some(CloseReason::KeepAliveTimeout),
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) | Ok(Err(ReadError::Io)) => break Some(CloseReason::Lost),
+            Ok(Err(ReadError::Decode(e))) => {
+                tracing::debug!(conn = conn.0, error = %e, "protocol error");
+                break Some(CloseReason::ProtocolError(e.reason_code()));
+            }
+        };
+        let packet = match packet {
+            Packet::PingReq => {
+                // Answered here: it needs nothing from the core.
+                outbox.push(Packet::PingResp);
+                continue;
+            }
+            Packet::Publish(mut p) => {
+                if let Err(code) = inbound_aliases.resolve(&mut p) {
+                    break Some(CloseReason::ProtocolError(code));
+                }
+                Packet::Publish(p)
+            }
+            other => other,
+        };
+        let last = matches!(packet, Packet::Disconnect(_));
+        if shared
+            .events
+            .send(Event::Packet { conn, packet })
+            .await
+            .is_err()
+        {
+            break None;
+        }
+        if last {
+            break None;
+        }
+    };
+    if let Some(reason) = reason {
+        if matches!(
+            reason,
+            CloseReason::ProtocolError(_) | CloseReason::KeepAliveTimeout
+        ) && version.is_v5()
+        {
+            outbox.push(Packet::Disconnect(Disconnect {
+                reason: code_of(reason),
+                ..Default::default()
+            }));
+        }
+        let _ = shared.events.send(Event::Closed { conn, reason }).await;
+    }
+    // The core closes the outbox when it detaches the connection; give the
+    // writer a moment to flush what is queued (a final DISCONNECT).
+    outbox.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+    writer.abort();
+}
+
+fn code_of(reason: CloseReason) -> ReasonCode {
+    match reason {
+        CloseReason::ProtocolError(c) => c,
+        CloseReason::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
+        CloseReason::ServerShutdown => ReasonCode::ServerShuttingDown,
+        CloseReason::Lost => ReasonCode::UnspecifiedError,
+    }
+}
+
+/// Writes everything the core queues, many packets per write.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    outbox: Arc<Outbox>,
+    version: ProtocolVersion,
+    mut aliases: OutboundAliases,
+    stats: Arc<Stats>,
+) {
+    let mut batch = Vec::new();
+    let mut buf = BytesMut::new();
+    while outbox.drain(&mut batch).await {
+        let mut publishes = 0u64;
+        let packets = batch.len() as u64;
+        for packet in batch.drain(..) {
+            let packet = match packet {
+                Packet::Publish(mut p) => {
+                    publishes += 1;
+                    aliases.apply(&mut p);
+                    Packet::Publish(p)
+                }
+                other => other,
+            };
+            if let Err(e) = encode(&packet, version, &mut buf) {
+                tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
+            }
+        }
+        if wr.write_all(&buf).await.is_err() {
+            break;
+        }
+        stats::add(&stats.bytes_sent, buf.len() as u64);
+        stats::add(&stats.packets_sent, packets);
+        stats::add(&stats.messages_sent, publishes);
+        buf.clear();
+        // Idle connections should not keep a large buffer around.
+        if buf.capacity() > 64 * 1024 {
+            buf = BytesMut::new();
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+}

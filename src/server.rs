@@ -1,0 +1,206 @@
+//! The embeddable server: build it from [`Options`], give it listeners, and
+//! serve it as a future that ends when a shutdown signal fires.
+
+use crate::broker::{Broker, ConnId, Event};
+use crate::config::Options;
+use crate::net::connection::{serve_connection, Shared};
+use crate::stats::{Stats, StatsSnapshot};
+use roost_storage::{MemoryStore, Store};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// Errors from serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The storage backend failed.
+    #[error(transparent)]
+    Storage(#[from] roost_storage::StorageError),
+}
+
+/// An MQTT broker ready to serve.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:1883").await?;
+/// let server = roost::Server::new(roost::Options::default()).tcp(listener);
+/// server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    opts: Options,
+    stats: Arc<Stats>,
+    store: Arc<dyn Store>,
+    listeners: Vec<TcpListener>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("opts", &self.opts)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch: the broker's clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Server {
+    /// A server with the in-memory store and no listeners.
+    pub fn new(opts: Options) -> Self {
+        Server {
+            opts,
+            stats: Arc::new(Stats::default()),
+            store: Arc::new(MemoryStore::new()),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// Uses `store` for sessions, queues and retained messages.
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Arc::new(store);
+        self
+    }
+
+    /// Adds a TCP listener.
+    pub fn tcp(mut self, listener: TcpListener) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// The live counters (cheap to clone; read them at any time).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// A copy of the counters now.
+    pub fn info(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Serves until `shutdown` completes, then disconnects every client
+    /// (5.0 clients get DISCONNECT 0x8B), flushes the store and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Server {
+            opts,
+            stats,
+            store,
+            listeners,
+        } = self;
+        let (events_tx, mut events) = mpsc::channel::<Event>(4096);
+        let shared = Arc::new(Shared {
+            opts: opts.clone(),
+            stats: stats.clone(),
+            events: events_tx,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let next_conn = Arc::new(AtomicU64::new(1));
+        let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
+        for listener in listeners {
+            tokio::spawn(accept_loop(
+                listener,
+                shared.clone(),
+                next_conn.clone(),
+                permits.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        drop(shared);
+
+        let mut broker = Broker::new(opts, stats.clone(), store.is_persistent());
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    let now = now_ms();
+                    broker.handle(ev, now);
+                    // Drain what else is ready, so one commit covers many events.
+                    for _ in 0..1024 {
+                        match events.try_recv() {
+                            Ok(ev) => broker.handle(ev, now),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => broker.tick(now_ms()),
+            }
+            commit(&mut broker, &store, &stats)?;
+        }
+        let _ = stop_tx.send(true);
+        broker.shutdown(now_ms());
+        commit(&mut broker, &store, &stats)?;
+        store.flush()?;
+        Ok(())
+    }
+}
+
+fn commit(broker: &mut Broker, store: &Arc<dyn Store>, stats: &Stats) -> Result<(), ServeError> {
+    let ops = broker.take_ops();
+    if ops.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = store.apply(&ops) {
+        crate::stats::add(&stats.storage_errors, 1);
+        tracing::error!(error = %e, "storage write failed");
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    next_conn: Arc<AtomicU64>,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, never spin
+                // or give up.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; refusing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
+        let shared = shared.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = serve_connection(stream, conn, shared) => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(Duration::from_secs(5)).await } => {}
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,112 @@
+//! Broker counters and gauges, shared between the core, the connection tasks
+//! and whoever reads them (the `$SYS` topics, the HTTP endpoint, the host
+//! application).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::SystemTime;
+
+/// Live counters. Every field is updated with relaxed atomics: readers see a
+/// recent value, not a consistent snapshot across fields.
+#[derive(Debug)]
+pub struct Stats {
+    started: SystemTime,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) packets_received: AtomicU64,
+    pub(crate) packets_sent: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) messages_dropped: AtomicU64,
+    pub(crate) clients_connected: AtomicU64,
+    pub(crate) clients_disconnected: AtomicU64,
+    pub(crate) clients_maximum: AtomicU64,
+    pub(crate) clients_total: AtomicU64,
+    pub(crate) inflight: AtomicU64,
+    pub(crate) retained: AtomicU64,
+    pub(crate) subscriptions: AtomicU64,
+    pub(crate) storage_errors: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            started: SystemTime::now(),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            packets_received: AtomicU64::new(0),
+            packets_sent: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            messages_dropped: AtomicU64::new(0),
+            clients_connected: AtomicU64::new(0),
+            clients_disconnected: AtomicU64::new(0),
+            clients_maximum: AtomicU64::new(0),
+            clients_total: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
+            retained: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+            storage_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Relaxed);
+}
+
+impl Stats {
+    /// A point-in-time copy of every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        StatsSnapshot {
+            started: self.started,
+            uptime_secs: self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            bytes_received: g(&self.bytes_received),
+            bytes_sent: g(&self.bytes_sent),
+            packets_received: g(&self.packets_received),
+            packets_sent: g(&self.packets_sent),
+            messages_received: g(&self.messages_received),
+            messages_sent: g(&self.messages_sent),
+            messages_dropped: g(&self.messages_dropped),
+            clients_connected: g(&self.clients_connected),
+            clients_disconnected: g(&self.clients_disconnected),
+            clients_maximum: g(&self.clients_maximum),
+            clients_total: g(&self.clients_total),
+            inflight: g(&self.inflight),
+            retained: g(&self.retained),
+            subscriptions: g(&self.subscriptions),
+            storage_errors: g(&self.storage_errors),
+        }
+    }
+}
+
+/// A copy of the broker's counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // Field names say what they count.
+pub struct StatsSnapshot {
+    pub started: SystemTime,
+    pub uptime_secs: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    /// Messages not delivered because a queue was full, the client was too
+    /// slow, or the message was too large for the client.
+    pub messages_dropped: u64,
+    pub clients_connected: u64,
+    /// Persistent sessions whose client is not connected.
+    pub clients_disconnected: u64,
+    pub clients_maximum: u64,
+    pub clients_total: u64,
+    pub inflight: u64,
+    pub retained: u64,
+    pub subscriptions: u64,
+    pub storage_errors: u64,
+}
+
+pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+    // Gauges never go below zero, even if a bug unbalanced them.
+    let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+}
