@@ -1,7 +1,28 @@
 //! Decoding packets from a byte buffer.
 
+use super::reader::Reader;
+use super::reason::{PUBACK_REASONS, PUBREL_REASONS};
+use super::varint::{self, VarInt};
+use super::{ack, connect, disconnect, publish, subscribe};
 use super::{DecodeError, Packet, ProtocolVersion};
 use bytes::BytesMut;
+
+// Packet types (table 2.1).
+const CONNECT: u8 = 1;
+const CONNACK: u8 = 2;
+const PUBLISH: u8 = 3;
+const PUBACK: u8 = 4;
+const PUBREC: u8 = 5;
+const PUBREL: u8 = 6;
+const PUBCOMP: u8 = 7;
+const SUBSCRIBE: u8 = 8;
+const SUBACK: u8 = 9;
+const UNSUBSCRIBE: u8 = 10;
+const UNSUBACK: u8 = 11;
+const PINGREQ: u8 = 12;
+const PINGRESP: u8 = 13;
+const DISCONNECT: u8 = 14;
+const AUTH: u8 = 15;
 
 /// A stateful decoder for one connection.
 ///
@@ -23,6 +44,16 @@ impl Decoder {
         }
     }
 
+    /// A decoder for a connection whose version is already known, as on the
+    /// client side (or in tests): it skips the CONNECT-first rule, and a
+    /// CONNECT is then [`DecodeError::DuplicateConnect`].
+    pub fn with_version(max_packet_size: u32, version: ProtocolVersion) -> Self {
+        Decoder {
+            max_packet_size,
+            version: Some(version),
+        }
+    }
+
     /// The protocol version, once CONNECT was decoded.
     pub fn version(&self) -> Option<ProtocolVersion> {
         self.version
@@ -33,8 +64,90 @@ impl Decoder {
     /// `Ok(None)`: not enough bytes yet (nothing is consumed). On success the
     /// packet's bytes are removed from `buf`; payloads and strings share the
     /// buffer's memory.
+    ///
+    /// Errors found in the fixed header (bad type or flags, wrong connection
+    /// state, a packet over the size limit) are reported as soon as the
+    /// header is readable, before the body arrives, and consume nothing.
+    /// Errors in the body consume the packet. Either way the connection is
+    /// unusable afterwards.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
-        let _ = (buf, self.max_packet_size);
-        unimplemented!("codec helper")
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        let kind = first >> 4;
+        let flags = first & 0x0F;
+        check_header(kind, flags)?;
+        match (self.version, kind) {
+            (None, CONNECT) => {}
+            (None, _) => return Err(DecodeError::ExpectedConnect),
+            (Some(_), CONNECT) => return Err(DecodeError::DuplicateConnect),
+            (Some(v), AUTH) if !v.is_v5() => return Err(DecodeError::UnsupportedPacket(AUTH)),
+            (Some(_), _) => {}
+        }
+
+        let (remaining, len_bytes) = match varint::read(&buf[1..])? {
+            VarInt::Value(v, n) => (v, n),
+            VarInt::Incomplete => return Ok(None),
+        };
+        let header = 1 + len_bytes;
+        // At most 1 + 4 + 268,435,455: fits in u32.
+        let size = header as u32 + remaining;
+        if size > self.max_packet_size {
+            return Err(DecodeError::PacketTooLarge {
+                size,
+                max: self.max_packet_size,
+            });
+        }
+        let size = size as usize;
+        if buf.len() < size {
+            buf.reserve(size - buf.len());
+            return Ok(None);
+        }
+
+        let frame = buf.split_to(size).freeze();
+        let mut r = Reader::new(frame.slice(header..));
+        let Some(v) = self.version else {
+            // Only CONNECT gets here without a version (checked above).
+            let c = connect::decode_connect(&mut r)?;
+            self.version = Some(c.protocol);
+            return Ok(Some(Packet::Connect(Box::new(c))));
+        };
+        let packet = match kind {
+            CONNACK => Packet::ConnAck(connect::decode_connack(&mut r, v)?),
+            PUBLISH => Packet::Publish(publish::decode(&mut r, flags, v)?),
+            PUBACK => Packet::PubAck(ack::decode(&mut r, v, PUBACK_REASONS)?),
+            PUBREC => Packet::PubRec(ack::decode(&mut r, v, PUBACK_REASONS)?),
+            PUBREL => Packet::PubRel(ack::decode(&mut r, v, PUBREL_REASONS)?),
+            PUBCOMP => Packet::PubComp(ack::decode(&mut r, v, PUBREL_REASONS)?),
+            SUBSCRIBE => Packet::Subscribe(subscribe::decode_subscribe(&mut r, v)?),
+            SUBACK => Packet::SubAck(subscribe::decode_suback(&mut r, v)?),
+            UNSUBSCRIBE => Packet::Unsubscribe(subscribe::decode_unsubscribe(&mut r, v)?),
+            UNSUBACK => Packet::UnsubAck(subscribe::decode_unsuback(&mut r, v)?),
+            PINGREQ => {
+                r.finish()?;
+                Packet::PingReq
+            }
+            PINGRESP => {
+                r.finish()?;
+                Packet::PingResp
+            }
+            DISCONNECT => Packet::Disconnect(disconnect::decode_disconnect(&mut r, v)?),
+            AUTH => Packet::Auth(disconnect::decode_auth(&mut r)?),
+            // CONNECT was handled above and 0 by `check_header`.
+            other => return Err(DecodeError::InvalidPacketType(other)),
+        };
+        Ok(Some(packet))
+    }
+}
+
+/// Checks the packet type and its fixed header flags ([MQTT-2.1.3-1]).
+fn check_header(kind: u8, flags: u8) -> Result<(), DecodeError> {
+    match kind {
+        0 => Err(DecodeError::InvalidPacketType(0)),
+        PUBLISH => publish::check_flags(flags).map(drop),
+        PUBREL | SUBSCRIBE | UNSUBSCRIBE if flags == 0b0010 => Ok(()),
+        PUBREL | SUBSCRIBE | UNSUBSCRIBE => Err(DecodeError::InvalidHeaderFlags(kind)),
+        _ if flags == 0 => Ok(()),
+        _ => Err(DecodeError::InvalidHeaderFlags(kind)),
     }
 }

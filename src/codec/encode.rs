@@ -1,22 +1,84 @@
 //! Encoding packets into a byte buffer.
 
-use super::{EncodeError, Packet, ProtocolVersion};
-use bytes::BytesMut;
+use super::writer::{Counter, Sink, Writer};
+use super::{ack, connect, disconnect, publish, subscribe, varint};
+use super::{EncodeError, Packet, ProtocolVersion, MAX_REMAINING_LENGTH};
+use bytes::{BufMut, BytesMut};
 
 /// Appends `packet`, encoded for `version`, to `buf`.
 ///
-/// Fields the version does not have (5.0 properties for 3.x peers) are left out.
+/// Fields the version does not have (5.0 properties for 3.x peers) are left
+/// out. A CONNECT is always encoded in the format of its own `protocol`
+/// field. On error nothing is written.
 pub fn encode(
     packet: &Packet,
     version: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let _ = (packet, version, buf);
-    unimplemented!("codec helper")
+    if matches!(packet, Packet::Auth(_)) && !version.is_v5() {
+        return Err(EncodeError::UnsupportedPacket);
+    }
+    let mut c = Counter::default();
+    body(packet, version, &mut c);
+    if let Some(e) = c.err {
+        return Err(e);
+    }
+    let remaining = u32::try_from(c.n)
+        .ok()
+        .filter(|&n| n <= MAX_REMAINING_LENGTH)
+        .ok_or(EncodeError::PacketTooLarge)?;
+    buf.reserve(1 + varint::len(remaining) + c.n);
+    buf.put_u8(first_byte(packet));
+    varint::write(remaining, buf);
+    body(packet, version, &mut Writer(buf));
+    Ok(())
 }
 
 /// The number of bytes [`encode`] would write, fixed header included.
+/// (Meaningless when `encode` would fail.)
 pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
-    let _ = (packet, version);
-    unimplemented!("codec helper")
+    let mut c = Counter::default();
+    body(packet, version, &mut c);
+    let remaining = u32::try_from(c.n).unwrap_or(u32::MAX);
+    1 + varint::len(remaining) + c.n
+}
+
+fn first_byte(packet: &Packet) -> u8 {
+    match packet {
+        Packet::Connect(_) => 0x10,
+        Packet::ConnAck(_) => 0x20,
+        Packet::Publish(p) => publish::first_byte(p),
+        Packet::PubAck(_) => 0x40,
+        Packet::PubRec(_) => 0x50,
+        // PUBREL, SUBSCRIBE and UNSUBSCRIBE carry flags 0b0010 [MQTT-2.1.3-1].
+        Packet::PubRel(_) => 0x62,
+        Packet::PubComp(_) => 0x70,
+        Packet::Subscribe(_) => 0x82,
+        Packet::SubAck(_) => 0x90,
+        Packet::Unsubscribe(_) => 0xA2,
+        Packet::UnsubAck(_) => 0xB0,
+        Packet::PingReq => 0xC0,
+        Packet::PingResp => 0xD0,
+        Packet::Disconnect(_) => 0xE0,
+        Packet::Auth(_) => 0xF0,
+    }
+}
+
+/// Describes the variable header and payload to `s`.
+fn body<S: Sink>(packet: &Packet, v: ProtocolVersion, s: &mut S) {
+    match packet {
+        Packet::Connect(c) => connect::encode_connect(c, s),
+        Packet::ConnAck(c) => connect::encode_connack(c, v, s),
+        Packet::Publish(p) => publish::encode(p, v, s),
+        Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+            ack::encode(p, v, s)
+        }
+        Packet::Subscribe(p) => subscribe::encode_subscribe(p, v, s),
+        Packet::SubAck(p) => subscribe::encode_suback(p, v, s),
+        Packet::Unsubscribe(p) => subscribe::encode_unsubscribe(p, v, s),
+        Packet::UnsubAck(p) => subscribe::encode_unsuback(p, v, s),
+        Packet::PingReq | Packet::PingResp => {}
+        Packet::Disconnect(d) => disconnect::encode_disconnect(d, v, s),
+        Packet::Auth(a) => disconnect::encode_auth(a, s),
+    }
 }

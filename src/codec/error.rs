@@ -1,7 +1,7 @@
 //! Codec errors. Each decode error names the specification rule it enforces
 //! and maps to the reason code the server answers with.
 
-use super::ReasonCode;
+use super::{ProtocolVersion, ReasonCode};
 
 /// Why bytes could not be decoded into a packet.
 ///
@@ -92,6 +92,9 @@ pub enum DecodeError {
     /// The packet type does not exist in the negotiated protocol version (AUTH before 5.0).
     #[error("packet type {0} is not valid in this protocol version")]
     UnsupportedPacket(u8),
+    /// Reserved bits of the CONNACK acknowledge flags are set (3.1.1 and 5.0).
+    #[error("reserved CONNACK flags are set [MQTT-3.2.2-1]")]
+    ConnAckReservedFlag,
 }
 
 impl DecodeError {
@@ -111,6 +114,21 @@ impl DecodeError {
             _ => ReasonCode::MalformedPacket,
         }
     }
+
+    /// For [`DecodeError::UnsupportedProtocolVersion`], the version to encode
+    /// the refusing CONNACK with (reason
+    /// [`ReasonCode::UnsupportedProtocolVersion`]): 3.1.1 for levels below 5,
+    /// so old clients read return code 0x01 ([MQTT-3.1.2-2]), and 5.0 above,
+    /// giving reason code 0x84. `None` for every other error.
+    pub fn connack_version(self) -> Option<ProtocolVersion> {
+        match self {
+            DecodeError::UnsupportedProtocolVersion(level) if level < 5 => {
+                Some(ProtocolVersion::V3_1_1)
+            }
+            DecodeError::UnsupportedProtocolVersion(_) => Some(ProtocolVersion::V5),
+            _ => None,
+        }
+    }
 }
 
 /// Why a packet could not be encoded.
@@ -122,4 +140,11 @@ pub enum EncodeError {
     /// A string or binary field is longer than 65,535 bytes.
     #[error("field longer than 65535 bytes")]
     FieldTooLong,
+    /// A variable byte integer value (a subscription identifier) is above
+    /// 268,435,455.
+    #[error("value too large for a variable byte integer [MQTT-1.5.5]")]
+    ValueOutOfRange,
+    /// The packet does not exist in the protocol version (AUTH before 5.0).
+    #[error("packet not available in this protocol version")]
+    UnsupportedPacket,
 }

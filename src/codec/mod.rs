@@ -5,12 +5,24 @@
 //! `Ok(None)` when more bytes are needed and checks the announced size against
 //! the maximum packet size before buffering the body.
 
+mod ack;
 mod bytestr;
+mod connect;
 mod decode;
+mod disconnect;
 mod encode;
 mod error;
 mod packet;
+mod properties;
+mod publish;
+mod reader;
 mod reason;
+mod subscribe;
+mod varint;
+mod writer;
+
+#[cfg(test)]
+mod tests;
 
 pub use bytestr::ByteStr;
 pub use decode::Decoder;

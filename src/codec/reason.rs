@@ -129,3 +129,47 @@ impl ReasonCode {
         }
     }
 }
+
+// Which reason codes each 5.0 packet may carry (sections 3.2.2.2, 3.4.2.1,
+// 3.5.2.1, 3.6.2.1, 3.7.2.1, 3.9.3, 3.11.3, 3.14.2.1, 3.15.2.1).
+pub(crate) const CONNACK_REASONS: &[u8] = &[
+    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97,
+    0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+];
+/// PUBACK and PUBREC.
+pub(crate) const PUBACK_REASONS: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
+/// PUBREL and PUBCOMP.
+pub(crate) const PUBREL_REASONS: &[u8] = &[0x00, 0x92];
+pub(crate) const SUBACK_REASONS: &[u8] = &[
+    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+];
+pub(crate) const UNSUBACK_REASONS: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
+pub(crate) const DISCONNECT_REASONS: &[u8] = &[
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
+    0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+];
+pub(crate) const AUTH_REASONS: &[u8] = &[0x00, 0x18, 0x19];
+/// MQTT 3.x SUBACK return codes: granted QoS 0-2 or failure.
+pub(crate) const V3_SUBACK_CODES: &[u8] = &[0x00, 0x01, 0x02, 0x80];
+
+/// Parses a reason code byte that must be one of `allowed`.
+pub(crate) fn parse(b: u8, allowed: &[u8]) -> Result<ReasonCode, crate::codec::DecodeError> {
+    match ReasonCode::from_u8(b) {
+        Some(rc) if allowed.contains(&b) => Ok(rc),
+        _ => Err(crate::codec::DecodeError::InvalidReasonCode(b)),
+    }
+}
+
+/// The reason for an MQTT 3.1/3.1.1 CONNACK return code (the inverse of
+/// [`ReasonCode::v3_connack_code`] on its canonical codes).
+pub(crate) fn from_v3_connack(b: u8) -> Result<ReasonCode, crate::codec::DecodeError> {
+    Ok(match b {
+        0 => ReasonCode::Success,
+        1 => ReasonCode::UnsupportedProtocolVersion,
+        2 => ReasonCode::ClientIdentifierNotValid,
+        3 => ReasonCode::ServerUnavailable,
+        4 => ReasonCode::BadUserNameOrPassword,
+        5 => ReasonCode::NotAuthorized,
+        _ => return Err(crate::codec::DecodeError::InvalidReasonCode(b)),
+    })
+}
