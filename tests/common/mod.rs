@@ -1,0 +1,346 @@
+//! Shared helpers for the integration tests: a real broker on
+//! `127.0.0.1:0`, and a raw MQTT client built on roost's codec that can send
+//! exactly the bytes a rule needs.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use bytes::{Bytes, BytesMut};
+use roost::codec::{
+    encode, ByteStr, ConnAck, Connect, ConnectProperties, Decoder, Disconnect, LastWill, Packet,
+    PacketId, ProtocolVersion, PubResp, Publish, PublishProperties, QoS, QosPid, ReasonCode,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+use roost::{Options, Server, Stats};
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits to be sure something does NOT happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A broker serving on an ephemeral port until dropped or stopped.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), roost::ServeError>>>,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(opts: Options) -> TestBroker {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::new(opts).tcp(listener);
+        let stats = server.stats();
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(server.serve(async {
+            let _ = rx.await;
+        }));
+        TestBroker {
+            addr,
+            stats,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the broker and waits for `serve` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(WAIT, h)
+                .await
+                .expect("broker stops in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub fn host_port(&self) -> (String, u16) {
+        (self.addr.ip().to_string(), self.addr.port())
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A raw MQTT client over a real TCP socket.
+pub struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+    pub version: ProtocolVersion,
+}
+
+impl Raw {
+    pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> Raw {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::with_version(u32::MAX, version),
+            version,
+        }
+    }
+
+    /// Opens a connection and completes CONNECT/CONNACK.
+    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
+        let mut raw = Raw::open(addr, connect.protocol).await;
+        raw.send(Packet::Connect(Box::new(connect))).await;
+        match raw.recv().await {
+            Packet::ConnAck(ack) => (raw, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Connects and asserts success.
+    pub async fn connected(addr: SocketAddr, connect: Connect) -> Raw {
+        let (raw, ack) = Self::connect(addr, connect).await;
+        assert_eq!(ack.reason, ReasonCode::Success, "{ack:?}");
+        raw
+    }
+
+    pub async fn send(&mut self, p: Packet) {
+        let mut out = BytesMut::new();
+        encode(&p, self.version, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next packet within `dur`; `None` on timeout or end of stream.
+    pub async fn recv_within(&mut self, dur: Duration) -> Option<Packet> {
+        let deadline = tokio::time::Instant::now() + dur;
+        loop {
+            if let Some(p) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("server sent valid packet")
+            {
+                return Some(p);
+            }
+            self.buf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next packet; panics if none arrives in time.
+    pub async fn recv(&mut self) -> Packet {
+        self.recv_within(WAIT)
+            .await
+            .expect("a packet from the broker")
+    }
+
+    pub async fn recv_publish(&mut self) -> Publish {
+        match self.recv().await {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Asserts nothing arrives for a short while.
+    pub async fn expect_nothing(&mut self) {
+        if let Some(p) = self.recv_within(QUIET).await {
+            panic!("expected nothing, got {p:?}");
+        }
+    }
+
+    /// Waits until the broker closes the connection; returns what it sent
+    /// before closing.
+    pub async fn expect_closed(&mut self) -> Vec<Packet> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            while let Ok(Some(p)) = self.decoder.decode(&mut self.buf) {
+                got.push(p);
+            }
+            self.buf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return got,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("connection not closed; got {got:?}"),
+            }
+        }
+    }
+
+    /// Subscribes and returns the SUBACK.
+    pub async fn subscribe(&mut self, pid: u16, filter: &str, qos: QoS) -> SubAck {
+        self.subscribe_with(subscribe(pid, &[(filter, opts(qos))]))
+            .await
+    }
+
+    pub async fn subscribe_with(&mut self, s: Subscribe) -> SubAck {
+        self.send(Packet::Subscribe(s)).await;
+        match self.recv().await {
+            Packet::SubAck(a) => a,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    pub async fn unsubscribe(&mut self, pid: u16, filters: &[&str]) -> UnsubAck {
+        self.send(Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid_of(pid),
+            filters: filters.iter().map(|f| ByteStr::from(*f)).collect(),
+            user_properties: vec![],
+        }))
+        .await;
+        match self.recv().await {
+            Packet::UnsubAck(a) => a,
+            other => panic!("expected UNSUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes and completes the QoS flow from the publisher's side.
+    /// Returns the acknowledgement's reason (Success for QoS 0).
+    pub async fn publish(&mut self, p: Publish) -> ReasonCode {
+        let qos_pid = p.qos_pid;
+        self.send(Packet::Publish(p)).await;
+        match qos_pid {
+            QosPid::AtMostOnce => ReasonCode::Success,
+            QosPid::AtLeastOnce(pid) => match self.recv().await {
+                Packet::PubAck(a) if a.packet_id == pid => a.reason,
+                other => panic!("expected PUBACK, got {other:?}"),
+            },
+            QosPid::ExactlyOnce(pid) => {
+                let reason = match self.recv().await {
+                    Packet::PubRec(a) if a.packet_id == pid => a.reason,
+                    other => panic!("expected PUBREC, got {other:?}"),
+                };
+                if reason.is_success() {
+                    self.send(Packet::PubRel(PubResp::new(pid))).await;
+                    match self.recv().await {
+                        Packet::PubComp(c) if c.packet_id == pid => {}
+                        other => panic!("expected PUBCOMP, got {other:?}"),
+                    }
+                }
+                reason
+            }
+        }
+    }
+
+    /// Acknowledges a received PUBLISH as a well-behaved client would.
+    pub async fn ack(&mut self, p: &Publish) {
+        match p.qos_pid {
+            QosPid::AtMostOnce => {}
+            QosPid::AtLeastOnce(pid) => self.send(Packet::PubAck(PubResp::new(pid))).await,
+            QosPid::ExactlyOnce(pid) => {
+                self.send(Packet::PubRec(PubResp::new(pid))).await;
+                match self.recv().await {
+                    Packet::PubRel(r) if r.packet_id == pid => {}
+                    other => panic!("expected PUBREL, got {other:?}"),
+                }
+                self.send(Packet::PubComp(PubResp::new(pid))).await;
+            }
+        }
+    }
+
+    pub async fn disconnect(mut self) {
+        self.send(Packet::Disconnect(Disconnect::default())).await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Drops the TCP connection without DISCONNECT.
+    pub fn drop_connection(self) {
+        drop(self);
+    }
+}
+
+pub fn pid_of(n: u16) -> PacketId {
+    NonZeroU16::new(n).expect("non-zero packet id")
+}
+
+pub fn connect(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
+    Connect {
+        protocol: version,
+        clean_start: clean,
+        keep_alive: 60,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    }
+}
+
+pub fn v5(client_id: &str) -> Connect {
+    connect(ProtocolVersion::V5, client_id, true)
+}
+
+pub fn v311(client_id: &str) -> Connect {
+    connect(ProtocolVersion::V3_1_1, client_id, true)
+}
+
+pub fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> LastWill {
+    LastWill {
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos,
+        retain,
+        properties: Default::default(),
+    }
+}
+
+pub fn publish(topic: &str, payload: &str, qos: QoS, pid: u16) -> Publish {
+    Publish {
+        dup: false,
+        qos_pid: QosPid::new(qos, pid_of(pid.max(1))),
+        retain: false,
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        properties: PublishProperties::default(),
+    }
+}
+
+pub fn retained(topic: &str, payload: &str, qos: QoS, pid: u16) -> Publish {
+    Publish {
+        retain: true,
+        ..publish(topic, payload, qos, pid)
+    }
+}
+
+pub fn opts(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        ..Default::default()
+    }
+}
+
+pub fn subscribe(pid: u16, filters: &[(&str, SubscriptionOptions)]) -> Subscribe {
+    Subscribe {
+        packet_id: pid_of(pid),
+        filters: filters
+            .iter()
+            .map(|(f, o)| (ByteStr::from(*f), *o))
+            .collect(),
+        subscription_identifier: None,
+        user_properties: vec![],
+    }
+}
+
+pub fn payload(p: &Publish) -> &str {
+    std::str::from_utf8(&p.payload).unwrap()
+}
