@@ -23,3 +23,8 @@ pub mod topic;
 pub use config::{Capabilities, Limits, Options};
 pub use server::{ServeError, Server};
 pub use stats::{Stats, StatsSnapshot};
+
+// The README's examples are compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

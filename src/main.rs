@@ -1,6 +1,7 @@
 //! The `roost` broker binary.
 
 use clap::Parser;
+use std::io::Write;
 use std::net::SocketAddr;
 
 /// roost: an embeddable, persistent MQTT broker.
@@ -19,6 +20,7 @@ async fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let listener = match tokio::net::TcpListener::bind(args.tcp).await {
@@ -32,10 +34,13 @@ async fn main() -> std::process::ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(
-        "roost {} listening: mqtt tcp {addr}, store memory",
-        env!("CARGO_PKG_VERSION")
-    );
+    // One line per listener and store, on stdout, for operators and scripts.
+    let version = env!("CARGO_PKG_VERSION");
+    // Written with errors ignored: a closed stdout must not stop the broker.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "roost {version}: mqtt tcp listening on {addr}");
+    let _ = writeln!(out, "roost {version}: store memory (nothing persists)");
+    let _ = out.flush();
     let server = roost::Server::new(roost::Options::default()).tcp(listener);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -116,6 +116,7 @@ impl Server {
         }
         drop(shared);
 
+        let opts_max_connections = opts.limits.maximum_connections;
         let mut broker = Broker::new(opts, stats.clone(), store.is_persistent());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,6 +144,13 @@ impl Server {
         let _ = stop_tx.send(true);
         broker.shutdown(now_ms());
         commit(&mut broker, &store, &stats)?;
+        // Connection tasks no longer need the core; closing the channel lets
+        // them finish instead of waiting to report their end.
+        drop(events);
+        // Each connection task holds a permit until its writer has flushed
+        // (the final DISCONNECT included); wait for them, within a bound.
+        let all = u32::try_from(opts_max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(all)).await;
         store.flush()?;
         Ok(())
     }

@@ -52,6 +52,9 @@ pub enum CloseReason {
 }
 
 /// Input to the broker core from connection tasks.
+// Packets move by value: boxing every packet would cost an allocation per
+// message on the hot path, for a channel whose slots are reused anyway.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     /// A connection sent a valid CONNECT (already authenticated).
