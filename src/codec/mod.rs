@@ -4,6 +4,14 @@
 //! Pure functions over bytes: no I/O, no clocks. [`Decoder::decode`] returns
 //! `Ok(None)` when more bytes are needed and checks the announced size against
 //! the maximum packet size before buffering the body.
+//!
+//! Layout: `decode` (the [`Decoder`]: fixed header, size limit, connection
+//! state) and `encode` dispatch to one module per packet family (`connect`,
+//! `publish`, `ack`, `subscribe`, `disconnect`); `properties` holds every 5.0
+//! property and which packet may carry it; `reader`, `writer` and `varint`
+//! are the wire primitives. Encoding describes each packet once to a `Sink`
+//! that either counts or writes, so [`encoded_len`] always matches
+//! [`encode`].
 
 mod ack;
 mod bytestr;

@@ -397,12 +397,6 @@ pub struct Disconnect {
     pub properties: DisconnectProperties,
 }
 
-impl Default for ReasonCode {
-    fn default() -> Self {
-        ReasonCode::Success
-    }
-}
-
 /// DISCONNECT properties (3.14.2.2).
 #[derive(Debug, Clone, PartialEq, Default)]
 #[allow(missing_docs)]

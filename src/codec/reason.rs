@@ -2,11 +2,12 @@
 
 /// An MQTT 5.0 reason code. For MQTT 3.x peers the encoder maps these onto the
 /// few return codes that protocol has (CONNACK return codes, SUBACK 0x80).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(u8)]
 #[allow(missing_docs)] // The names are the specification's.
 pub enum ReasonCode {
     /// Success, Normal disconnection, Granted QoS 0.
+    #[default]
     Success = 0x00,
     GrantedQos1 = 0x01,
     GrantedQos2 = 0x02,
