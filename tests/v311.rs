@@ -96,7 +96,7 @@ async fn basic_pubsub_at_each_qos() {
         assert_eq!(p.topic, "basic/t");
         assert_eq!(payload(&p), format!("m{i}"));
         assert_eq!(p.qos_pid.qos(), qos);
-        assert!(!p.dup, "first delivery has DUP=0 [MQTT-3.3.1-2]");
+        assert!(!p.dup, "a first delivery has DUP=0 (3.3.1.1)");
         assert!(!p.retain);
         sub.ack(&p).await;
     }
@@ -484,11 +484,12 @@ async fn offline_messages_are_queued_for_a_persistent_session() {
     sub.disconnect().await;
 
     let mut publ = Raw::connected(b.addr, v311("pub")).await;
-    publ.publish(publish("off/1", "q1", QoS::AtLeastOnce, 1))
+    // One topic: ordering is guaranteed per topic ([MQTT-4.6.0-6]).
+    publ.publish(publish("off/a", "q1", QoS::AtLeastOnce, 1))
         .await;
-    publ.publish(publish("off/2", "q2", QoS::ExactlyOnce, 2))
+    publ.publish(publish("off/a", "q2", QoS::ExactlyOnce, 2))
         .await;
-    publ.publish(publish("off/3", "q1 again", QoS::AtLeastOnce, 3))
+    publ.publish(publish("off/a", "q1 again", QoS::AtLeastOnce, 3))
         .await;
 
     let (mut sub, ack) = Raw::connect(b.addr, c311("offline", false)).await;
@@ -727,7 +728,7 @@ async fn unsubscribe_stops_delivery() {
     sub.subscribe(1, "us/a", QoS::AtLeastOnce).await;
     sub.subscribe(2, "us/b", QoS::AtLeastOnce).await;
     let ack = sub.unsubscribe(3, &["us/a"]).await;
-    assert_eq!(ack.packet_id.get(), 3, "[MQTT-3.11.2-1]");
+    assert_eq!(ack.packet_id.get(), 3, "[MQTT-3.10.4-4]");
 
     let mut publ = Raw::connected(b.addr, v311("pub")).await;
     publ.publish(publish("us/a", "gone", QoS::AtLeastOnce, 1))
@@ -769,7 +770,7 @@ async fn silent_client_is_disconnected_after_one_and_a_half_keep_alives() {
     silent.expect_closed().await;
     let elapsed = start.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(2900) && elapsed <= Duration::from_millis(4500),
+        elapsed >= Duration::from_millis(2900) && elapsed <= Duration::from_millis(4800),
         "closed after {elapsed:?}"
     );
     let p = watcher.recv_publish().await;
@@ -800,7 +801,7 @@ async fn pings_keep_a_connection_alive() {
 
 #[tokio::test]
 async fn keep_alive_zero_never_times_out() {
-    // [MQTT-3.1.2-10 note]: a keep alive of 0 turns the mechanism off. A
+    // 3.1.2.10: a keep alive of 0 turns the mechanism off. A
     // control client with keep alive 1 shows the timer would have fired.
     let b = TestBroker::start().await;
     let mut forever = Raw::connected(
@@ -934,7 +935,7 @@ async fn qos2_duplicate_publish_before_pubrel_is_delivered_once() {
 
 #[tokio::test]
 async fn packet_id_can_be_reused_after_pubcomp() {
-    // [MQTT-2.3.1-3]: once the flow completes the id is free again, and a
+    // 2.3.1: once the flow completes the id is free again, and a
     // new PUBLISH with it is a new message.
     let b = TestBroker::start().await;
     let mut sub = subscriber(b.addr, "sub", "reuse/#", QoS::ExactlyOnce).await;
@@ -959,7 +960,7 @@ async fn packet_id_can_be_reused_after_pubcomp() {
 
 #[tokio::test]
 async fn pubrel_for_unknown_packet_id_gets_pubcomp() {
-    // [MQTT-4.3.3-?]: a PUBREL is answered with PUBCOMP even if the id is no
+    // [MQTT-4.3.3-2]: a PUBREL is answered with PUBCOMP, even if the id is no
     // longer known (e.g. a resent PUBREL after the first PUBCOMP was lost).
     let b = TestBroker::start().await;
     let mut c = Raw::connected(b.addr, v311("rel")).await;
