@@ -1037,3 +1037,147 @@ async fn connections_closed_by_the_broker_end_without_panicking() {
     tokio::time::sleep(QUIET).await;
     assert_eq!(panics_on_this_thread(), 0, "a connection task panicked");
 }
+
+// ----- more sessions, $ topics and malformed packets ------------------
+
+#[tokio::test]
+async fn inflight_messages_move_to_the_new_connection_on_takeover() {
+    // [MQTT-4.4.0-1] applies to a takeover with clean session 0 as well.
+    let b = TestBroker::start().await;
+    let mut first = Raw::connected(b.addr, c311("mover", false)).await;
+    first.subscribe(1, "mv/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connected(b.addr, v311("pub")).await;
+    publ.publish(publish("mv/a", "unacked", QoS::AtLeastOnce, 1))
+        .await;
+    let p = first.recv_publish().await; // never acknowledged
+
+    let (mut second, ack) = Raw::connect(b.addr, c311("mover", false)).await;
+    assert!(ack.session_present);
+    first.expect_closed().await;
+    let again = second.recv_publish().await;
+    assert_eq!(again.qos_pid, p.qos_pid);
+    assert!(again.dup);
+    assert_eq!(payload(&again), "unacked");
+    second.ack(&again).await;
+    second.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn inbound_qos2_state_survives_a_reconnect() {
+    // [MQTT-4.3.3-2] across connections: a publisher that lost the PUBREC
+    // resends the PUBLISH with DUP=1 after reconnecting; it must not be
+    // delivered twice, and its PUBREL must be completed.
+    let b = TestBroker::start().await;
+    let mut sub = subscriber(b.addr, "sub", "q2r/#", QoS::ExactlyOnce).await;
+    let mut publ = Raw::connected(b.addr, c311("q2pub", false)).await;
+    let msg = publish("q2r/a", "only once", QoS::ExactlyOnce, 5);
+    publ.send(Packet::Publish(msg.clone())).await;
+    assert!(matches!(publ.recv().await, Packet::PubRec(r) if r.packet_id.get() == 5));
+    publ.drop_connection();
+
+    let (mut publ, ack) = Raw::connect(b.addr, c311("q2pub", false)).await;
+    assert!(ack.session_present);
+    publ.send(Packet::Publish(roost::codec::Publish { dup: true, ..msg }))
+        .await;
+    assert!(matches!(publ.recv().await, Packet::PubRec(r) if r.packet_id.get() == 5));
+    publ.send(Packet::PubRel(PubResp::new(pid_of(5)))).await;
+    assert!(matches!(publ.recv().await, Packet::PubComp(c) if c.packet_id.get() == 5));
+
+    let p = sub.recv_publish().await;
+    assert_eq!(payload(&p), "only once");
+    sub.ack(&p).await;
+    sub.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn wildcards_match_as_the_spec_describes() {
+    // 4.7.1.2 and 4.7.1.3: "#" includes the parent level, "+" matches one
+    // (possibly empty) level only.
+    let b = TestBroker::start().await;
+    let mut hash = subscriber(b.addr, "hash", "sport/tennis/#", QoS::AtMostOnce).await;
+    let mut plus = subscriber(b.addr, "plus", "sport/+", QoS::AtMostOnce).await;
+    let mut empty = subscriber(b.addr, "empty", "+/+", QoS::AtMostOnce).await;
+    let mut publ = Raw::connected(b.addr, v311("pub")).await;
+    for topic in [
+        "sport/tennis",
+        "sport/tennis/p1/ranking",
+        "sport",
+        "/finance",
+    ] {
+        publ.publish(publish(topic, topic, QoS::AtMostOnce, 1))
+            .await;
+    }
+    let mut drain: Vec<Vec<String>> = Vec::new();
+    for c in [&mut hash, &mut plus, &mut empty] {
+        let mut v = Vec::new();
+        while let Some(Packet::Publish(p)) = c.recv_within(QUIET).await {
+            v.push(payload(&p).to_owned());
+        }
+        drain.push(v);
+    }
+    assert_eq!(drain[0], ["sport/tennis", "sport/tennis/p1/ranking"]);
+    assert_eq!(
+        drain[1],
+        ["sport/tennis"],
+        "\"sport/+\" does not match \"sport\""
+    );
+    assert_eq!(drain[2], ["sport/tennis", "/finance"]);
+}
+
+#[tokio::test]
+async fn retained_dollar_topics_are_not_sent_to_leading_wildcards() {
+    // [MQTT-4.7.2-1] holds for retained messages too.
+    let b = TestBroker::with(sys_every_second()).await;
+    // Wait until the broker has retained its $SYS topics.
+    let mut sys = subscriber(b.addr, "sys", "$SYS/broker/version", QoS::AtMostOnce).await;
+    sys.recv_publish().await;
+    let mut publ = Raw::connected(b.addr, v311("pub")).await;
+    publ.publish(retained("$app/r", "dollar", QoS::AtMostOnce, 1))
+        .await;
+    publ.publish(retained("plain/r", "plain", QoS::AtMostOnce, 1))
+        .await;
+
+    let mut all = Raw::connected(b.addr, v311("all")).await;
+    all.subscribe(1, "#", QoS::AtMostOnce).await;
+    let p = all.recv_publish().await;
+    assert_eq!(p.topic, "plain/r");
+    let mut plus = Raw::connected(b.addr, v311("plus")).await;
+    plus.subscribe(1, "+/r", QoS::AtMostOnce).await;
+    let p = plus.recv_publish().await;
+    assert_eq!(p.topic, "plain/r");
+    all.expect_nothing().await;
+    plus.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn malformed_packets_close_the_connection() {
+    // [MQTT-3.3.2-2] wildcard in a topic name, [MQTT-3.3.1-4] QoS 3,
+    // [MQTT-3.8.1-1] bad SUBSCRIBE flags, [MQTT-3-8.3-4] requested QoS 3,
+    // and packet type 15 (reserved in 3.1.1, 2.2.1).
+    let cases: [(&str, &[u8]); 5] = [
+        ("wildcard topic", &[0x30, 5, 0, 3, b'a', b'/', b'#']),
+        ("QoS 3", &[0x36, 5, 0, 1, b'a', 0, 1]),
+        ("SUBSCRIBE flags", &[0x80, 6, 0, 1, 0, 1, b'a', 0]),
+        ("subscription QoS 3", &[0x82, 6, 0, 1, 0, 1, b'a', 3]),
+        ("packet type 15", &[0xF0, 0]),
+    ];
+    let b = TestBroker::start().await;
+    let mut watcher = subscriber(b.addr, "watcher", "#", QoS::AtMostOnce).await;
+    for (i, (what, bytes)) in cases.into_iter().enumerate() {
+        let mut c = Raw::connected(
+            b.addr,
+            with_will(
+                &format!("bad{i}"),
+                will("bad/will", what, QoS::AtMostOnce, false),
+                60,
+            ),
+        )
+        .await;
+        c.send_bytes(bytes).await;
+        let got = c.expect_closed().await;
+        assert!(got.is_empty(), "{what}: got {got:?}");
+        // Closed for a protocol error, so the will goes out ([MQTT-3.1.2-8]).
+        let p = watcher.recv_publish().await;
+        assert_eq!(payload(&p), what, "only the will reaches subscribers");
+    }
+}
