@@ -1153,13 +1153,16 @@ async fn retained_dollar_topics_are_not_sent_to_leading_wildcards() {
 async fn malformed_packets_close_the_connection() {
     // [MQTT-3.3.2-2] wildcard in a topic name, [MQTT-3.3.1-4] QoS 3,
     // [MQTT-3.8.1-1] bad SUBSCRIBE flags, [MQTT-3-8.3-4] requested QoS 3,
-    // and packet type 15 (reserved in 3.1.1, 2.2.1).
-    let cases: [(&str, &[u8]); 5] = [
+    // packet type 15 (reserved in 3.1.1, 2.2.1), and packets only a server
+    // sends ([MQTT-4.8.0-1]).
+    let cases: [(&str, &[u8]); 7] = [
         ("wildcard topic", &[0x30, 5, 0, 3, b'a', b'/', b'#']),
         ("QoS 3", &[0x36, 5, 0, 1, b'a', 0, 1]),
         ("SUBSCRIBE flags", &[0x80, 6, 0, 1, 0, 1, b'a', 0]),
         ("subscription QoS 3", &[0x82, 6, 0, 1, 0, 1, b'a', 3]),
         ("packet type 15", &[0xF0, 0]),
+        ("PINGRESP from a client", &[0xD0, 0]),
+        ("SUBACK from a client", &[0x90, 3, 0, 1, 0]),
     ];
     let b = TestBroker::start().await;
     let mut watcher = subscriber(b.addr, "watcher", "#", QoS::AtMostOnce).await;
@@ -1180,4 +1183,59 @@ async fn malformed_packets_close_the_connection() {
         let p = watcher.recv_publish().await;
         assert_eq!(payload(&p), what, "only the will reaches subscribers");
     }
+}
+
+#[tokio::test]
+async fn in_flight_window_is_respected_and_order_kept() {
+    // With `maximum_inflight` 5, at most 5 QoS 1/2 messages are unacknowledged
+    // at a time; the rest wait in order and follow as acks come in.
+    let mut o = Options::default();
+    o.limits.maximum_inflight = 5;
+    let b = TestBroker::with(o).await;
+    let mut sub = subscriber(b.addr, "sub", "fc/#", QoS::ExactlyOnce).await;
+    let mut publ = Raw::connected(b.addr, v311("pub")).await;
+    const N: usize = 40;
+    for i in 0..N {
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        publ.publish(publish("fc/a", &i.to_string(), qos, 1 + i as u16))
+            .await;
+    }
+    let mut window = std::collections::VecDeque::new();
+    for _ in 0..5 {
+        window.push_back(sub.recv_publish().await);
+    }
+    sub.expect_nothing().await; // the window is full
+    let mut next = 5;
+    for i in 0..N {
+        let p = window.pop_front().expect("a message in the window");
+        assert_eq!(payload(&p), i.to_string(), "in order");
+        sub.ack(&p).await;
+        if next < N {
+            window.push_back(sub.recv_publish().await);
+            next += 1;
+        }
+    }
+    sub.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn resubscribing_resends_retained_messages() {
+    // [MQTT-3.8.4-3]: retained messages matching the filter are re-sent when
+    // a subscription is replaced.
+    let b = TestBroker::start().await;
+    let mut publ = Raw::connected(b.addr, v311("pub")).await;
+    publ.publish(retained("rr/a", "kept", QoS::AtMostOnce, 1))
+        .await;
+    let mut sub = Raw::connected(b.addr, v311("sub")).await;
+    for id in 1..=2 {
+        sub.subscribe(id, "rr/#", QoS::AtMostOnce).await;
+        let p = sub.recv_publish().await;
+        assert_eq!(payload(&p), "kept");
+        assert!(p.retain);
+    }
+    sub.expect_nothing().await;
 }
