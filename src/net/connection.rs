@@ -188,7 +188,11 @@ where
     // The core closes the outbox when it detaches the connection; give the
     // writer a moment to flush what is queued (a final DISCONNECT).
     outbox.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+    // Not if the select above already saw it finish: a JoinHandle polled
+    // again after completion panics.
+    if !writer.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+    }
     writer.abort();
 }
 
