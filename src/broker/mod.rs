@@ -43,9 +43,10 @@ pub struct ConnId(pub u64);
 pub enum CloseReason {
     /// The peer closed the connection or it failed, without DISCONNECT.
     Lost,
-    /// No packet within 1.5 times the keep-alive.
+    /// No packet within 1.5 times the keep-alive; the core sends
+    /// DISCONNECT 0x8D (5.0).
     KeepAliveTimeout,
-    /// The peer broke the protocol; the reason code was sent (5.0).
+    /// The peer broke the protocol; the core sends the reason code (5.0).
     ProtocolError(ReasonCode),
     /// The server is shutting down.
     ServerShutdown,
@@ -503,8 +504,15 @@ impl Broker {
     }
 
     fn closed(&mut self, conn: ConnId, reason: CloseReason, now_ms: u64) {
-        let _ = reason;
-        self.detach(conn, false, now_ms);
+        // The DISCONNECT is queued here, after the CONNACK, never before it
+        // ([MQTT-3.2.0-1]).
+        match reason {
+            CloseReason::ProtocolError(code) => self.protocol_error(conn, code, now_ms),
+            CloseReason::KeepAliveTimeout => {
+                self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms)
+            }
+            CloseReason::Lost | CloseReason::ServerShutdown => self.detach(conn, false, now_ms),
+        }
     }
 
     // ----- packets ----------------------------------------------------
