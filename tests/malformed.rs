@@ -699,6 +699,36 @@ async fn remaining_length_longer_than_contents_is_malformed() {
     assert_serving(&b).await;
 }
 
+/// 5.0 section 3.8.2.1.2: "It is a Protocol Error if the Subscription
+/// Identifier has a value of 0".
+#[tokio::test]
+async fn subscription_identifier_0_is_a_protocol_error() {
+    let b = broker().await;
+    // Packet id 1, properties: Subscription Identifier (0x0B) = 0; "a", QoS 0.
+    expect_v5_disconnect(
+        &b,
+        &[0x82, 9, 0, 1, 2, 0x0B, 0, 0, 1, b'a', 0],
+        ReasonCode::ProtocolError,
+    )
+    .await;
+    assert_serving(&b).await;
+}
+
+/// [MQTT-3.3.2-8]: a Topic Alias of 0 is not permitted; 0x94 Topic Alias
+/// invalid.
+#[tokio::test]
+async fn topic_alias_0_gets_0x94() {
+    let b = broker().await;
+    // PUBLISH "a", properties: Topic Alias (0x23) = 0.
+    expect_v5_disconnect(
+        &b,
+        &[0x30, 7, 0, 1, b'a', 3, 0x23, 0, 0],
+        ReasonCode::TopicAliasInvalid,
+    )
+    .await;
+    assert_serving(&b).await;
+}
+
 /// Section 2.2.2.2: an unknown property identifier is malformed.
 #[tokio::test]
 async fn unknown_property_is_malformed() {
@@ -858,6 +888,37 @@ async fn will_is_published_after_a_protocol_error() {
     let p = sub.recv_publish().await;
     assert_eq!(p.topic, "wills/dies");
     assert_eq!(payload(&p), "gone");
+}
+
+/// [MQTT-3.2.0-1]: the first packet from the server is CONNACK, even when
+/// a bad packet arrives in the same segment as the CONNECT.
+#[tokio::test]
+async fn connack_comes_before_disconnect_when_pipelined() {
+    let b = broker().await;
+    let mut bytes = connect5(CLEAN, &[], ID_C);
+    bytes.extend_from_slice(&[0x00, 0x00]); // Packet type 0.
+    let got = exchange(&b, &bytes).await;
+    let packets = decode_all(ProtocolVersion::V5, &got);
+    assert!(
+        matches!(
+            &packets[..],
+            [Packet::ConnAck(a), Packet::Disconnect(d)]
+                if a.reason == ReasonCode::Success && d.reason == ReasonCode::MalformedPacket
+        ),
+        "{packets:?}"
+    );
+    assert_serving(&b).await;
+}
+
+/// [MQTT-3.2.0-1]: a PINGREQ pipelined behind CONNECT is answered after
+/// the CONNACK.
+#[tokio::test]
+async fn connack_comes_before_pingresp_when_pipelined() {
+    let b = broker().await;
+    let mut bytes = connect311(CLEAN, ID_C);
+    bytes.extend_from_slice(&[0xC0, 0x00, 0xE0, 0x00]); // PINGREQ, DISCONNECT.
+    let got = exchange(&b, &bytes).await;
+    assert_eq!(got, [0x20, 2, 0, 0, 0xD0, 0]);
 }
 
 // ----- robustness ------------------------------------------------------------
