@@ -96,6 +96,12 @@ pub struct Limits {
     pub maximum_subscriptions_per_session: usize,
     /// Longest client id accepted, in bytes. Default: 65535.
     pub maximum_client_id_len: usize,
+    /// Most levels in a topic name or filter (a 64 KiB topic can have
+    /// 65,536). Deeper filters are refused in SUBACK (0x8F; 0x80 for 3.x),
+    /// deeper topic names close the connection (5.0: DISCONNECT 0x90) and a
+    /// deeper will topic refuses the CONNECT. Keeps the topic trees shallow.
+    /// Default: 128.
+    pub maximum_topic_levels: usize,
 }
 
 impl Default for Limits {
@@ -110,6 +116,7 @@ impl Default for Limits {
             connect_timeout: std::time::Duration::from_secs(10),
             maximum_subscriptions_per_session: 10_000,
             maximum_client_id_len: 65_535,
+            maximum_topic_levels: 128,
         }
     }
 }

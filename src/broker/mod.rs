@@ -43,9 +43,10 @@ pub struct ConnId(pub u64);
 pub enum CloseReason {
     /// The peer closed the connection or it failed, without DISCONNECT.
     Lost,
-    /// No packet within 1.5 times the keep-alive.
+    /// No packet within 1.5 times the keep-alive; the core sends
+    /// DISCONNECT 0x8D (5.0).
     KeepAliveTimeout,
-    /// The peer broke the protocol; the reason code was sent (5.0).
+    /// The peer broke the protocol; the core sends the reason code (5.0).
     ProtocolError(ReasonCode),
     /// The server is shutting down.
     ServerShutdown,
@@ -235,6 +236,14 @@ impl Broker {
             return Self::refuse(&outbox, ReasonCode::BadAuthenticationMethod);
         }
         if let Some(w) = &c.will {
+            if too_deep(&w.topic, self.opts.limits.maximum_topic_levels) {
+                // 3.x has no fitting return code: close without CONNACK
+                // ([MQTT-3.2.2-6]).
+                if v.is_v5() {
+                    return Self::refuse(&outbox, ReasonCode::TopicNameInvalid);
+                }
+                return outbox.close();
+            }
             if w.qos > self.opts.capabilities.maximum_qos {
                 return Self::refuse(&outbox, ReasonCode::QosNotSupported);
             }
@@ -506,8 +515,15 @@ impl Broker {
     }
 
     fn closed(&mut self, conn: ConnId, reason: CloseReason, now_ms: u64) {
-        let _ = reason;
-        self.detach(conn, false, now_ms);
+        // The DISCONNECT is queued here, after the CONNACK, never before it
+        // ([MQTT-3.2.0-1]).
+        match reason {
+            CloseReason::ProtocolError(code) => self.protocol_error(conn, code, now_ms),
+            CloseReason::KeepAliveTimeout => {
+                self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms)
+            }
+            CloseReason::Lost | CloseReason::ServerShutdown => self.detach(conn, false, now_ms),
+        }
     }
 
     // ----- packets ----------------------------------------------------
@@ -600,6 +616,9 @@ impl Broker {
     fn on_publish(&mut self, conn: ConnId, sid: SessionId, p: Publish, now_ms: u64) {
         stats::add(&self.stats.messages_received, 1);
         let qos = p.qos_pid.qos();
+        if too_deep(&p.topic, self.opts.limits.maximum_topic_levels) {
+            return self.protocol_error(conn, ReasonCode::TopicNameInvalid, now_ms);
+        }
         let caps = &self.opts.capabilities;
         if qos > caps.maximum_qos {
             return self.protocol_error(conn, ReasonCode::QosNotSupported, now_ms);
@@ -812,6 +831,7 @@ impl Broker {
             );
         }
         let max_subs = self.opts.limits.maximum_subscriptions_per_session;
+        let max_levels = self.opts.limits.maximum_topic_levels;
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let mut retained_for: Vec<(ByteStr, SubEntry)> = Vec::new();
         let Some(s) = self.sessions.get_mut(&sid) else {
@@ -824,6 +844,10 @@ impl Broker {
                 SharedFilter::Plain(f) => (None, f),
                 SharedFilter::Shared { group, filter } => (Some(group), filter),
             };
+            if too_deep(plain, max_levels) {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             if group.is_some() && !caps.shared_subscriptions {
                 reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
                 continue;
@@ -1012,6 +1036,13 @@ impl Message {
         self.qos = qos;
         self
     }
+}
+
+/// More than `max` levels: the topic trees walk levels recursively, so an
+/// unbounded depth would let one packet overflow the broker's stack.
+fn too_deep(topic: &str, max: usize) -> bool {
+    // Cheap when short: n bytes hold at most n + 1 levels.
+    topic.len() >= max && topic.bytes().filter(|&b| b == b'/').count() >= max
 }
 
 /// Splits a subscribed filter into (share group, plain filter).

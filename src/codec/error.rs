@@ -74,9 +74,14 @@ pub enum DecodeError {
     /// SUBSCRIBE or UNSUBSCRIBE without any topic filter.
     #[error("no topic filter in SUBSCRIBE/UNSUBSCRIBE [MQTT-3.8.3-3]")]
     NoTopicFilter,
-    /// Reserved bits of the subscription options are set, or Retain Handling is 3.
+    /// Reserved bits of the subscription options are set.
     #[error("invalid subscription options [MQTT-3.8.3-5]")]
     InvalidSubscriptionOptions,
+    /// Well-formed subscription options with a forbidden value: QoS 3,
+    /// Retain Handling 3, or No Local on a shared subscription (5.0 section
+    /// 3.8.3.1 calls each a Protocol Error; [MQTT-3.8.3-4]).
+    #[error("forbidden subscription options [MQTT-3.8.3-4]")]
+    ForbiddenSubscriptionOptions,
     /// An unknown property identifier, or one not allowed in this packet.
     #[error("invalid property identifier 0x{0:02x} [MQTT-2.2.2-2]")]
     InvalidProperty(u8),
@@ -107,9 +112,17 @@ impl DecodeError {
             DecodeError::InvalidTopicName | DecodeError::WildcardInTopicName => {
                 ReasonCode::TopicNameInvalid
             }
+            // A Topic Alias of 0 ([MQTT-3.3.2-8]).
+            DecodeError::InvalidPropertyValue(0x23) => ReasonCode::TopicAliasInvalid,
+            // Parsed fine but not allowed: the specification names each of
+            // these a Protocol Error, not a Malformed Packet (5.0 sections
+            // 2.2.2.2, 3.8.3, 3.8.3.1, 3.10.3 and the property definitions).
             DecodeError::ExpectedConnect
             | DecodeError::DuplicateConnect
             | DecodeError::DuplicateProperty(_)
+            | DecodeError::InvalidPropertyValue(_)
+            | DecodeError::NoTopicFilter
+            | DecodeError::ForbiddenSubscriptionOptions
             | DecodeError::UnsupportedPacket(_) => ReasonCode::ProtocolError,
             _ => ReasonCode::MalformedPacket,
         }

@@ -31,12 +31,12 @@ fn options(b: u8, v: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError
     if b & reserved != 0 {
         return Err(DecodeError::InvalidSubscriptionOptions);
     }
-    let qos = QoS::from_u8(b & 0b11).ok_or(DecodeError::InvalidSubscriptionOptions)?;
+    let qos = QoS::from_u8(b & 0b11).ok_or(DecodeError::ForbiddenSubscriptionOptions)?;
     let retain_handling = match (b >> RETAIN_HANDLING_SHIFT) & 0b11 {
         0 => RetainHandling::SendAtSubscribe,
         1 => RetainHandling::SendAtSubscribeIfNew,
         2 => RetainHandling::DoNotSend,
-        _ => return Err(DecodeError::InvalidSubscriptionOptions),
+        _ => return Err(DecodeError::ForbiddenSubscriptionOptions),
     };
     Ok(SubscriptionOptions {
         qos,
@@ -77,7 +77,7 @@ pub(crate) fn decode_subscribe(
         let o = options(r.u8()?, v)?;
         // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
         if o.no_local && f.starts_with("$share/") {
-            return Err(DecodeError::InvalidSubscriptionOptions);
+            return Err(DecodeError::ForbiddenSubscriptionOptions);
         }
         filters.push((f, o));
     }

@@ -7,7 +7,7 @@
 
 use super::alias::{InboundAliases, OutboundAliases};
 use crate::broker::{effective_keep_alive, CloseReason, ConnId, Event};
-use crate::codec::{encode, DecodeError, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use crate::codec::{encode, DecodeError, Decoder, Packet, ProtocolVersion};
 use crate::config::Options;
 use crate::outbox::Outbox;
 use crate::stats::{self, Stats};
@@ -124,6 +124,8 @@ where
 
     // A keep-alive of 0 means no timeout ([MQTT-3.1.2-22]: 1.5 times the interval).
     let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    // A JoinHandle panics if polled again after it completed.
+    let mut writer_done = false;
     let reason = loop {
         let read = read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats);
         let result = tokio::select! {
@@ -134,7 +136,10 @@ where
                 }
             } => r,
             // The core closed the outbox and the writer finished: stop reading.
-            _ = &mut writer => break None,
+            _ = &mut writer => {
+                writer_done = true;
+                break None;
+            }
         };
         let packet = match result {
             Err(()) => break Some(CloseReason::KeepAliveTimeout),
@@ -145,12 +150,10 @@ where
                 break Some(CloseReason::ProtocolError(e.reason_code()));
             }
         };
+        // Even PINGREQ goes through the core: only the core's order puts
+        // the CONNACK first ([MQTT-3.2.0-1]) when a client pipelines
+        // packets behind its CONNECT.
         let packet = match packet {
-            Packet::PingReq => {
-                // Answered here: it needs nothing from the core.
-                outbox.push(Packet::PingResp);
-                continue;
-            }
             Packet::Publish(mut p) => {
                 if let Err(code) = inbound_aliases.resolve(&mut p) {
                     break Some(CloseReason::ProtocolError(code));
@@ -173,35 +176,23 @@ where
         }
     };
     if let Some(reason) = reason {
-        if matches!(
-            reason,
-            CloseReason::ProtocolError(_) | CloseReason::KeepAliveTimeout
-        ) && version.is_v5()
-        {
-            outbox.push(Packet::Disconnect(Disconnect {
-                reason: code_of(reason),
-                ..Default::default()
-            }));
-        }
+        // The core sends the DISCONNECT (5.0): queued from here it could
+        // overtake a CONNACK the core has not queued yet.
         let _ = shared.events.send(Event::Closed { conn, reason }).await;
     }
-    // The core closes the outbox when it detaches the connection; give the
-    // writer a moment to flush what is queued (a final DISCONNECT).
-    outbox.close();
-    // Not if the select above already saw it finish: a JoinHandle polled
-    // again after completion panics.
-    if !writer.is_finished() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+    if writer_done {
+        return;
     }
-    writer.abort();
-}
-
-fn code_of(reason: CloseReason) -> ReasonCode {
-    match reason {
-        CloseReason::ProtocolError(c) => c,
-        CloseReason::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
-        CloseReason::ServerShutdown => ReasonCode::ServerShuttingDown,
-        CloseReason::Lost => ReasonCode::UnspecifiedError,
+    // The core closes the outbox when it detaches the connection, after
+    // queueing any final DISCONNECT; closing it from here first would drop
+    // that. Give the writer a moment to flush, then close it ourselves (the
+    // core is gone or never saw this connection).
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        outbox.close();
+        writer.abort();
     }
 }
 

@@ -1,0 +1,464 @@
+//! Resource limits: each one holds against a client that pushes it, with
+//! bounded memory and time, and the broker keeps serving everyone else.
+
+mod common;
+use common::*;
+use roost::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
+use roost::Options;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// ----- helpers ---------------------------------------------------------------
+
+thread_local! {
+    /// Panics on this thread. `#[tokio::test]` runs the broker, its
+    /// connection tasks and the test on one thread, so this counts the
+    /// broker's panics too, even those tokio catches in spawned tasks.
+    static PANICS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Starts a broker with a panic hook that counts this thread's panics
+/// (and still prints them).
+async fn broker_with(opts: Options) -> TestBroker {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.set(p.get() + 1));
+            prev(info);
+        }));
+    });
+    TestBroker::with(opts).await
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The broker still serves: a fresh subscriber gets a fresh publisher's
+/// QoS 1 message, and nothing panicked.
+async fn assert_serving(b: &TestBroker) {
+    assert_eq!(PANICS.with(|p| p.get()), 0, "the broker panicked");
+    let topic = unique("alive/");
+    let mut sub = Raw::connected(b.addr, v5(&unique("s"))).await;
+    let ack = sub.subscribe(1, &topic, QoS::AtLeastOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::GrantedQos1]);
+    let mut publ = Raw::connected(b.addr, v311(&unique("p"))).await;
+    publ.publish(publish(&topic, "still here", QoS::AtLeastOnce, 1))
+        .await;
+    let p = sub.recv_publish().await;
+    assert_eq!(payload(&p), "still here");
+    sub.ack(&p).await;
+    sub.disconnect().await;
+    publ.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(PANICS.with(|p| p.get()), 0, "the broker panicked");
+}
+
+/// Polls `cond` until it holds, for up to `WAIT`.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A 3.1.1 CONNECT for client id "c".
+const CONNECT_C: &[u8] = &[
+    0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'c',
+];
+
+/// Reads until the broker closes; panics if it does not within `WAIT`.
+async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await;
+    assert!(r.is_ok(), "connection not closed; got {got:02x?}");
+    got
+}
+
+/// Connects, retrying while the broker refuses (a slot is being freed).
+async fn connect_when_admitted(b: &TestBroker, id: &str) -> Raw {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = Raw::open(b.addr, ProtocolVersion::V5).await;
+        c.send(Packet::Connect(Box::new(v5(id)))).await;
+        match c.recv_within(QUIET).await {
+            Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success => return c,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never admitted; last answer {other:?}"
+            ),
+        }
+    }
+}
+
+// ----- connections -----------------------------------------------------------
+
+/// `maximum_connections`: the 4th TCP connection is closed at once, without
+/// CONNACK, while the 3 admitted ones keep working; closing one frees its
+/// slot.
+#[tokio::test]
+async fn fourth_connection_is_refused_at_maximum_connections_3() {
+    let mut o = Options::default();
+    o.limits.maximum_connections = 3;
+    let b = broker_with(o).await;
+    let mut c1 = Raw::connected(b.addr, v5("c1")).await;
+    let mut c2 = Raw::connected(b.addr, v5("c2")).await;
+    let c3 = Raw::connected(b.addr, v311("c3")).await;
+
+    let mut fourth = TcpStream::connect(b.addr).await.unwrap();
+    // The broker may close before the CONNECT is written.
+    let _ = fourth.write_all(CONNECT_C).await;
+    assert_eq!(read_to_close(&mut fourth).await, b"");
+
+    // The admitted ones are unaffected.
+    c1.subscribe(1, "t", QoS::AtLeastOnce).await;
+    c2.publish(publish("t", "hi", QoS::AtLeastOnce, 1)).await;
+    let p = c1.recv_publish().await;
+    assert_eq!(payload(&p), "hi");
+    c1.ack(&p).await;
+
+    // A freed slot admits a new client.
+    c3.disconnect().await;
+    let mut c4 = connect_when_admitted(&b, "c4").await;
+    c4.publish(publish("t", "from c4", QoS::AtMostOnce, 1))
+        .await;
+    assert_eq!(payload(&c1.recv_publish().await), "from c4");
+    b.stop().await;
+}
+
+/// The accept loop survives many connections opened and abandoned in every
+/// state (nothing sent, half a CONNECT, a full CONNECT), and their slots are
+/// all given back: afterwards `maximum_connections` clients still connect.
+#[tokio::test]
+async fn abandoned_connections_give_their_slots_back() {
+    let mut o = Options::default();
+    o.limits.maximum_connections = 20;
+    let b = broker_with(o).await;
+    for round in 0..15 {
+        let mut open = Vec::new();
+        for i in 0..20 {
+            let mut s = TcpStream::connect(b.addr).await.unwrap();
+            match (round + i) % 3 {
+                0 => {}
+                1 => s.write_all(&CONNECT_C[..7]).await.unwrap(),
+                _ => {
+                    let id = format!("a{round}-{i}");
+                    let mut c = Raw::open(b.addr, ProtocolVersion::V3_1_1).await;
+                    c.send(Packet::Connect(Box::new(v311(&id)))).await;
+                    drop(s);
+                    open.push(Ok(c));
+                    continue;
+                }
+            }
+            open.push(Err(s));
+        }
+        drop(open);
+    }
+    // All 20 slots come back.
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(connect_when_admitted(&b, &format!("z{i}")).await);
+    }
+    eventually("20 clients connected", || {
+        b.stats.snapshot().clients_connected == 20
+    })
+    .await;
+    drop(clients);
+    eventually("all gone", || b.stats.snapshot().clients_connected == 0).await;
+    assert_serving(&b).await;
+    b.stop().await;
+}
+
+// ----- queues ----------------------------------------------------------------
+
+/// `maximum_queued_messages` = 5: an offline persistent session keeps the
+/// 5 oldest QoS 1 messages, drops the rest and counts the drops; the 5 are
+/// delivered in order on reconnect.
+#[tokio::test]
+async fn offline_queue_keeps_the_oldest_five_and_counts_drops() {
+    let mut o = Options::default();
+    o.limits.maximum_queued_messages = 5;
+    let b = broker_with(o).await;
+    let mut sub = Raw::connected(b.addr, connect(ProtocolVersion::V3_1_1, "offline", false)).await;
+    sub.subscribe(1, "q", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    eventually("the session to go offline", || {
+        b.stats.snapshot().clients_disconnected == 1
+    })
+    .await;
+
+    let mut publ = Raw::connected(b.addr, v5("pub")).await;
+    for i in 0..8 {
+        publ.publish(publish("q", &format!("m{i}"), QoS::AtLeastOnce, 1 + i))
+            .await;
+    }
+    assert_eq!(b.stats.snapshot().messages_dropped, 3);
+
+    let (mut sub, ack) =
+        Raw::connect(b.addr, connect(ProtocolVersion::V3_1_1, "offline", false)).await;
+    assert!(ack.session_present);
+    for i in 0..5 {
+        let p = sub.recv_publish().await;
+        assert_eq!(payload(&p), format!("m{i}"));
+        sub.ack(&p).await;
+    }
+    sub.expect_nothing().await;
+    assert_eq!(b.stats.snapshot().messages_dropped, 3);
+    assert_serving(&b).await;
+}
+
+/// `maximum_pending_writes`: a subscriber that never reads its socket does
+/// not slow anyone down. QoS 0 publishers are never blocked, QoS 0 messages
+/// to the slow one are dropped (and counted) once its socket and outbox are
+/// full, and a fast subscriber still receives every message, in order.
+#[tokio::test]
+async fn slow_consumer_drops_qos0_without_blocking_anyone() {
+    const N: usize = 2_000;
+    const BATCH: usize = 25;
+    let mut o = Options::default();
+    o.limits.maximum_pending_writes = 64;
+    let b = broker_with(o).await;
+
+    let mut slow = Raw::connected(b.addr, v5("slow")).await;
+    slow.subscribe(1, "s/#", QoS::AtMostOnce).await;
+    // From here on `slow` is never read.
+    let mut fast = Raw::connected(b.addr, v5("fast")).await;
+    fast.subscribe(1, "s/#", QoS::AtMostOnce).await;
+    let mut publ = Raw::connected(b.addr, v5("pub")).await;
+
+    // 2,000 x 16 KiB = 32 MiB, far more than the slow socket's buffers.
+    let body = "x".repeat(16 * 1024);
+    let run = async {
+        for start in (0..N).step_by(BATCH) {
+            for i in start..start + BATCH {
+                publ.send(Packet::Publish(publish(
+                    &format!("s/{i}"),
+                    &body,
+                    QoS::AtMostOnce,
+                    1,
+                )))
+                .await;
+            }
+            // Pace by the fast subscriber, so only the slow one falls behind.
+            for i in start..start + BATCH {
+                let p = fast.recv_publish().await;
+                assert_eq!(p.topic.as_str(), format!("s/{i}"));
+                assert_eq!(p.payload.len(), body.len());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("publishing to a slow consumer finishes in time");
+
+    let dropped = b.stats.snapshot().messages_dropped;
+    assert!(dropped > 0, "nothing dropped for the slow consumer");
+    assert!(dropped < N as u64, "{dropped} dropped");
+    // The core is not blocked either: a QoS 1 round trip still works.
+    let r = publ
+        .publish(publish("s/end", "end", QoS::AtLeastOnce, 7))
+        .await;
+    assert_eq!(r, ReasonCode::Success);
+    assert_eq!(payload(&fast.recv_publish().await), "end");
+    drop(slow);
+    assert_serving(&b).await;
+    b.stop().await;
+}
+
+// ----- subscriptions ---------------------------------------------------------
+
+fn two_subscriptions() -> Options {
+    let mut o = Options::default();
+    o.limits.maximum_subscriptions_per_session = 2;
+    o
+}
+
+/// 5.0 section 3.9.3: a subscription over the session's quota gets SUBACK
+/// 0x97 (Quota exceeded) and is not made; replacing an existing one is not
+/// a new subscription.
+#[tokio::test]
+async fn v5_third_subscription_gets_quota_exceeded() {
+    let b = broker_with(two_subscriptions()).await;
+    let mut c = Raw::connected(b.addr, v5("c")).await;
+    let ack = c
+        .subscribe_with(subscribe(
+            1,
+            &[
+                ("a", opts(QoS::AtLeastOnce)),
+                ("b", opts(QoS::AtMostOnce)),
+                ("c", opts(QoS::AtLeastOnce)),
+            ],
+        ))
+        .await;
+    assert_eq!(
+        ack.reasons,
+        vec![
+            ReasonCode::GrantedQos1,
+            ReasonCode::Success,
+            ReasonCode::QuotaExceeded
+        ]
+    );
+    // Replacing "b" is allowed at the limit ([MQTT-3.8.4-3]).
+    let ack = c.subscribe(2, "b", QoS::AtLeastOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::GrantedQos1]);
+    // "c" was not subscribed.
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    p.publish(publish("c", "no", QoS::AtMostOnce, 1)).await;
+    p.publish(publish("a", "yes", QoS::AtMostOnce, 1)).await;
+    assert_eq!(payload(&c.recv_publish().await), "yes");
+    c.expect_nothing().await;
+    // Unsubscribing frees a place.
+    c.unsubscribe(3, &["a"]).await;
+    let ack = c.subscribe(4, "c", QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::Success]);
+}
+
+/// [MQTT-3.9.3-2] (3.1.1): a refused subscription gets return code 0x80.
+#[tokio::test]
+async fn v311_third_subscription_gets_0x80() {
+    let b = broker_with(two_subscriptions()).await;
+    let mut c = Raw::connected(b.addr, v311("c")).await;
+    let ack = c
+        .subscribe_with(subscribe(
+            1,
+            &[
+                ("a", opts(QoS::AtMostOnce)),
+                ("b", opts(QoS::AtMostOnce)),
+                ("c", opts(QoS::AtMostOnce)),
+            ],
+        ))
+        .await;
+    let codes: Vec<u8> = ack.reasons.iter().map(|r| r.code()).collect();
+    assert_eq!(codes, [0x00, 0x00, 0x80]);
+}
+
+// ----- topic depth -----------------------------------------------------------
+
+/// 10,000 levels: deep enough to overflow the stack of any recursive walk
+/// of the subscription or retained tree.
+fn deep(level: &str) -> String {
+    vec![level; 10_000].join("/")
+}
+
+/// A SUBSCRIBE whose filter has 10,000 levels is refused with SUBACK 0x8F
+/// (Topic Filter invalid; `Limits::maximum_topic_levels`), and the broker
+/// survives it.
+#[tokio::test]
+async fn v5_subscribe_with_ten_thousand_levels_is_refused() {
+    let b = broker_with(Options::default()).await;
+    let mut c = Raw::connected(b.addr, v5("deep")).await;
+    for filter in [deep("a"), deep("+"), format!("{}/#", deep("a"))] {
+        let ack = c.subscribe(1, &filter, QoS::AtMostOnce).await;
+        assert_eq!(ack.reasons, vec![ReasonCode::TopicFilterInvalid]);
+    }
+    // A publish that would match: nothing arrives, nothing breaks.
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    p.publish(publish(&deep("a"), "x", QoS::AtMostOnce, 1))
+        .await;
+    c.expect_nothing().await;
+    assert_serving(&b).await;
+    b.stop().await;
+}
+
+/// 3.1.1: the same refusal is SUBACK return code 0x80.
+#[tokio::test]
+async fn v311_subscribe_with_ten_thousand_levels_is_refused() {
+    let b = broker_with(Options::default()).await;
+    let mut c = Raw::connected(b.addr, v311("deep")).await;
+    let ack = c.subscribe(1, &deep("+"), QoS::AtMostOnce).await;
+    assert_eq!(
+        ack.reasons.iter().map(|r| r.code()).collect::<Vec<_>>(),
+        [0x80]
+    );
+    assert_serving(&b).await;
+}
+
+/// A PUBLISH whose topic has 10,000 levels gets DISCONNECT 0x90 (Topic
+/// Name invalid) for 5.0 and a close for 3.1.1; it is neither routed nor
+/// retained, even with a `#` subscriber present.
+#[tokio::test]
+async fn publish_with_ten_thousand_levels_is_refused() {
+    let b = broker_with(Options::default()).await;
+    let mut all = Raw::connected(b.addr, v5("all")).await;
+    all.subscribe(1, "#", QoS::AtMostOnce).await;
+
+    let mut c = Raw::connected(b.addr, v5("p5")).await;
+    c.send(Packet::Publish(retained(
+        &deep("a"),
+        "x",
+        QoS::AtLeastOnce,
+        1,
+    )))
+    .await;
+    let got = c.expect_closed().await;
+    assert!(
+        matches!(&got[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::TopicNameInvalid),
+        "{got:?}"
+    );
+    let mut c = Raw::connected(b.addr, v311("p3")).await;
+    c.send(Packet::Publish(publish(&deep(""), "x", QoS::AtMostOnce, 1)))
+        .await;
+    assert!(c.expect_closed().await.is_empty());
+
+    all.expect_nothing().await;
+    assert_eq!(b.stats.snapshot().retained, 0);
+    assert_serving(&b).await;
+    b.stop().await;
+}
+
+/// A will topic with 10,000 levels is refused at CONNECT: 5.0 gets CONNACK
+/// 0x90; 3.1.1 has no fitting return code, so it is closed without
+/// CONNACK ([MQTT-3.2.2-6]).
+#[tokio::test]
+async fn will_topic_with_ten_thousand_levels_is_refused() {
+    let b = broker_with(Options::default()).await;
+    let mut all = Raw::connected(b.addr, v5("all")).await;
+    all.subscribe(1, "#", QoS::AtMostOnce).await;
+    let mut c5 = v5("w5");
+    c5.will = Some(will(&deep("w"), "x", QoS::AtMostOnce, false));
+    let (mut raw, ack) = Raw::connect(b.addr, c5).await;
+    assert_eq!(ack.reason, ReasonCode::TopicNameInvalid);
+    assert!(raw.expect_closed().await.is_empty());
+
+    let mut c3 = v311("w3");
+    c3.will = Some(will(&deep("w"), "x", QoS::AtMostOnce, false));
+    let mut raw = Raw::open(b.addr, ProtocolVersion::V3_1_1).await;
+    raw.send(Packet::Connect(Box::new(c3))).await;
+    let got = raw.expect_closed().await;
+    assert!(got.is_empty(), "{got:?}");
+    all.expect_nothing().await;
+    assert_serving(&b).await;
+    b.stop().await;
+}
+
+/// Up to `maximum_topic_levels` (128 by default) levels work end to end.
+#[tokio::test]
+async fn topic_at_the_level_limit_works() {
+    let b = broker_with(Options::default()).await;
+    let name = vec!["l"; 128].join("/");
+    let filter = format!("{}/#", vec!["+"; 127].join("/"));
+    let mut c = Raw::connected(b.addr, v5("c")).await;
+    let ack = c.subscribe(1, &filter, QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::Success]);
+    let mut p = Raw::connected(b.addr, v311("p")).await;
+    p.publish(retained(&name, "deep", QoS::AtLeastOnce, 1))
+        .await;
+    let got = c.recv_publish().await;
+    assert_eq!(got.topic, name.as_str());
+    // And the retained copy is found through the deep filter.
+    let mut late = Raw::connected(b.addr, v5("late")).await;
+    late.subscribe(1, &filter, QoS::AtMostOnce).await;
+    assert_eq!(payload(&late.recv_publish().await), "deep");
+    // One level more is refused.
+    let ack = c.subscribe(2, &format!("{name}/x"), QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::TopicFilterInvalid]);
+}
