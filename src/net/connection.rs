@@ -124,6 +124,9 @@ where
 
     // A keep-alive of 0 means no timeout ([MQTT-3.1.2-22]: 1.5 times the interval).
     let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    // After DISCONNECT the core still answers (an invalid DISCONNECT gets
+    // DISCONNECT 0x82, [MQTT-3.14.2-2]) and then closes the outbox itself.
+    let mut core_closes = false;
     let reason = loop {
         let read = read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats);
         let result = tokio::select! {
@@ -169,6 +172,7 @@ where
             break None;
         }
         if last {
+            core_closes = true;
             break None;
         }
     };
@@ -187,7 +191,9 @@ where
     }
     // The core closes the outbox when it detaches the connection; give the
     // writer a moment to flush what is queued (a final DISCONNECT).
-    outbox.close();
+    if !core_closes {
+        outbox.close();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
     writer.abort();
 }
