@@ -624,3 +624,20 @@ async fn request_problem_information_zero_is_accepted() {
         ReasonCode::NotAuthorized
     );
 }
+
+#[tokio::test]
+async fn will_message_expiry_counts_from_publication() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b, "will/t").await;
+    let mut c = with_will(v5("c"), "still fresh", None);
+    c.will.as_mut().unwrap().properties.message_expiry_interval = Some(1);
+    let c = Raw::connected(b.addr, c).await;
+    // Connected for longer than the will's expiry interval.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.drop_connection();
+    // 3.1.3.2.4: the interval is "sent as the Publication Expiry Interval
+    // when the Server publishes the Will Message", so it starts then.
+    let m = w.recv_publish().await;
+    assert_eq!(payload(&m), "still fresh");
+    assert_eq!(m.properties.message_expiry_interval, Some(1));
+}
