@@ -481,3 +481,100 @@ async fn publish_to_sys_is_refused_0x87() {
     p.send(Packet::PingReq).await;
     assert_eq!(p.recv().await, Packet::PingResp);
 }
+
+// ----- redelivery and duplicates -----------------------------------------
+
+#[tokio::test]
+async fn unacknowledged_messages_are_resent_on_reconnect() {
+    let b = TestBroker::start().await;
+    let mut s = Raw::connected(b.addr, v5_session("s", true, 60)).await;
+    s.subscribe(1, "rd/#", QoS::ExactlyOnce).await;
+    let mut p = Raw::connected(b.addr, v5("pub")).await;
+    p.publish(publish("rd/1", "one", QoS::AtLeastOnce, 1)).await;
+    p.publish(publish("rd/2", "two", QoS::ExactlyOnce, 2)).await;
+    let one = s.recv_publish().await;
+    let two = s.recv_publish().await;
+    assert!(!one.dup && !two.dup);
+    let two_pid = two.qos_pid.packet_id().unwrap();
+    s.send(Packet::PubRec(PubResp::new(two_pid))).await;
+    assert_eq!(s.recv().await, Packet::PubRel(PubResp::new(two_pid)));
+    s.drop_connection();
+
+    let (mut s, ack) = Raw::connect(b.addr, v5_session("s", false, 60)).await;
+    assert!(ack.session_present);
+    // [MQTT-4.4.0-1]: PUBLISH again with DUP, PUBREL again, in order.
+    let again = s.recv_publish().await;
+    assert_eq!(payload(&again), "one");
+    assert!(again.dup);
+    assert_eq!(again.qos_pid, one.qos_pid);
+    assert_eq!(s.recv().await, Packet::PubRel(PubResp::new(two_pid)));
+    s.ack(&again).await;
+    s.send(Packet::PubComp(PubResp::new(two_pid))).await;
+    s.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn resent_qos2_publish_is_delivered_once() {
+    let b = TestBroker::start().await;
+    let mut s = Raw::connected(b.addr, v5("s")).await;
+    s.subscribe(1, "dup", QoS::AtLeastOnce).await;
+    let mut p = Raw::connected(b.addr, v5("pub")).await;
+    let m = publish("dup", "x", QoS::ExactlyOnce, 9);
+    p.send(Packet::Publish(m.clone())).await;
+    assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id.get() == 9));
+    p.send(Packet::Publish(Publish { dup: true, ..m })).await;
+    assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id.get() == 9));
+    p.send(Packet::PubRel(PubResp::new(NonZeroU16::new(9).unwrap())))
+        .await;
+    assert!(matches!(p.recv().await, Packet::PubComp(c) if c.reason == ReasonCode::Success));
+    let got = s.recv_publish().await;
+    s.ack(&got).await;
+    s.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn topic_aliases_do_not_survive_reconnect() {
+    let b = TestBroker::start().await;
+    let mut p = Raw::connected(b.addr, v5_session("pub", true, 60)).await;
+    p.publish(aliased("al/t", "x", 1)).await;
+    p.disconnect().await;
+    let (mut p, ack) = Raw::connect(b.addr, v5_session("pub", false, 60)).await;
+    assert!(ack.session_present);
+    // Aliases belong to one network connection (3.3.2.3.4).
+    p.send(Packet::Publish(aliased("", "y", 1))).await;
+    assert_eq!(expect_disconnect(&mut p).await, ReasonCode::ProtocolError);
+}
+
+#[tokio::test]
+async fn server_topic_aliases_stop_at_client_maximum() {
+    let b = TestBroker::start().await;
+    let mut c = v5("s");
+    c.properties.topic_alias_maximum = Some(1);
+    let mut s = Raw::connected(b.addr, c).await;
+    s.subscribe(1, "sm/#", QoS::AtMostOnce).await;
+    let mut p = Raw::connected(b.addr, v5("pub")).await;
+    for t in ["sm/a", "sm/b", "sm/a", "sm/b"] {
+        p.publish(publish(t, t, QoS::AtMostOnce, 0)).await;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let m = s.recv_publish().await;
+        if let Some(a) = m.properties.topic_alias {
+            assert_eq!(a.get(), 1, "[MQTT-3.3.2-8]: never above the maximum");
+        }
+        seen.push((m.topic.to_string(), payload(&m).to_owned()));
+    }
+    // Whatever the broker chose, every message must be resolvable: a
+    // PUBLISH with an empty topic must use the alias of its topic.
+    let mut alias_topic: Option<String> = None;
+    for (topic, body) in &seen {
+        if topic.is_empty() {
+            assert_eq!(alias_topic.as_deref(), Some(body.as_str()));
+        } else {
+            assert_eq!(topic, body);
+            if alias_topic.is_none() {
+                alias_topic = Some(topic.clone());
+            }
+        }
+    }
+}

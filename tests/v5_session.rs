@@ -641,3 +641,55 @@ async fn will_message_expiry_counts_from_publication() {
     assert_eq!(payload(&m), "still fresh");
     assert_eq!(m.properties.message_expiry_interval, Some(1));
 }
+
+#[tokio::test]
+async fn empty_client_id_with_clean_start_0_is_accepted() {
+    let b = TestBroker::start().await;
+    // 5.0 allows it (3.1.3.1); the server assigns an identifier.
+    let (_c, ack) = Raw::connect(b.addr, v5_session("", false, 30)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present);
+    assert!(ack.properties.assigned_client_identifier.is_some());
+}
+
+#[tokio::test]
+async fn will_delay_with_session_expiry_zero_sends_will_at_once() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b, "will/t").await;
+    let c = Raw::connected(b.addr, with_will(v5_session("c", true, 0), "now", Some(30))).await;
+    let start = Instant::now();
+    c.drop_connection();
+    // The session ends at the disconnect, which comes before the delay.
+    assert_eq!(payload(&w.recv_publish().await), "now");
+    assert!(start.elapsed() < Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn keep_alive_above_maximum_is_lowered() {
+    let mut opts = Options::default();
+    opts.capabilities.maximum_keep_alive = 10;
+    let b = TestBroker::with(opts).await;
+    let mut c = v5("c");
+    c.keep_alive = 60;
+    let (_c, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(10));
+    let mut c = v5("d");
+    c.keep_alive = 5;
+    let (_c, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(ack.properties.server_keep_alive, None);
+}
+
+#[tokio::test]
+async fn client_keep_alive_is_enforced() {
+    let b = TestBroker::start().await;
+    let mut c = v5("c");
+    c.keep_alive = 1;
+    let (mut c, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(ack.properties.server_keep_alive, None);
+    let start = Instant::now();
+    assert_eq!(
+        expect_disconnect(&mut c).await,
+        ReasonCode::KeepAliveTimeout
+    );
+    assert!(start.elapsed() >= Duration::from_millis(1200));
+}
