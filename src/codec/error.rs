@@ -77,6 +77,9 @@ pub enum DecodeError {
     /// Reserved bits of the subscription options are set, or Retain Handling is 3.
     #[error("invalid subscription options [MQTT-3.8.3-5]")]
     InvalidSubscriptionOptions,
+    /// No Local set on a `$share/` subscription.
+    #[error("No Local on a shared subscription [MQTT-3.8.3-4]")]
+    NoLocalOnSharedSubscription,
     /// An unknown property identifier, or one not allowed in this packet.
     #[error("invalid property identifier 0x{0:02x} [MQTT-2.2.2-2]")]
     InvalidProperty(u8),
@@ -110,6 +113,7 @@ impl DecodeError {
             DecodeError::ExpectedConnect
             | DecodeError::DuplicateConnect
             | DecodeError::DuplicateProperty(_)
+            | DecodeError::NoLocalOnSharedSubscription
             | DecodeError::UnsupportedPacket(_) => ReasonCode::ProtocolError,
             _ => ReasonCode::MalformedPacket,
         }

@@ -77,7 +77,7 @@ pub(crate) fn decode_subscribe(
         let o = options(r.u8()?, v)?;
         // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
         if o.no_local && f.starts_with("$share/") {
-            return Err(DecodeError::InvalidSubscriptionOptions);
+            return Err(DecodeError::NoLocalOnSharedSubscription);
         }
         filters.push((f, o));
     }
