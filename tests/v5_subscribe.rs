@@ -414,3 +414,26 @@ async fn unsubscribe_from_shared_group() {
     assert_eq!(drain(&mut m2).await.len(), 4);
     m1.expect_nothing().await;
 }
+
+#[tokio::test]
+async fn no_local_on_shared_subscription_is_protocol_error() {
+    let b = TestBroker::start().await;
+    let mut s = Raw::connected(b.addr, v5("s")).await;
+    s.send(roost::codec::Packet::Subscribe(subscribe(
+        1,
+        &[(
+            "$share/g/nl",
+            sub_opts(QoS::AtMostOnce, |o| o.no_local = true),
+        )],
+    )))
+    .await;
+    // [MQTT-3.8.3-4]: "It is a Protocol Error to set the No Local bit to 1
+    // on a Shared Subscription".
+    let got = s.expect_closed().await;
+    match got.last() {
+        Some(roost::codec::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::ProtocolError)
+        }
+        _ => panic!("expected DISCONNECT, got {got:?}"),
+    }
+}
