@@ -578,3 +578,40 @@ async fn server_topic_aliases_stop_at_client_maximum() {
         }
     }
 }
+
+#[tokio::test]
+async fn message_expiring_behind_receive_maximum_is_dropped() {
+    let b = TestBroker::start().await;
+    let mut c = v5("s");
+    c.properties.receive_maximum = NonZeroU16::new(1);
+    let mut s = Raw::connected(b.addr, c).await;
+    s.subscribe(1, "rmx", QoS::AtLeastOnce).await;
+    let mut p = Raw::connected(b.addr, v5("pub")).await;
+    p.publish(publish("rmx", "first", QoS::AtLeastOnce, 1))
+        .await;
+    p.publish(expiring("rmx", "short", QoS::AtLeastOnce, 2, 1))
+        .await;
+    p.publish(publish("rmx", "last", QoS::AtLeastOnce, 3)).await;
+    let first = s.recv_publish().await;
+    assert_eq!(payload(&first), "first");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.ack(&first).await;
+    let next = s.recv_publish().await;
+    assert_eq!(payload(&next), "last", "the expired message was skipped");
+}
+
+#[tokio::test]
+async fn retained_message_carries_remaining_expiry() {
+    let b = TestBroker::start().await;
+    let mut p = Raw::connected(b.addr, v5("pub")).await;
+    let mut r = expiring("rexp", "x", QoS::AtLeastOnce, 1, 30);
+    r.retain = true;
+    p.publish(r).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut s = Raw::connected(b.addr, v5("s")).await;
+    s.subscribe(1, "rexp", QoS::AtLeastOnce).await;
+    let m = s.recv_publish().await;
+    assert!(m.retain);
+    let left = m.properties.message_expiry_interval.expect("expiry sent");
+    assert!((28..=29).contains(&left), "received with {left}");
+}

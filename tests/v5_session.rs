@@ -693,3 +693,22 @@ async fn client_keep_alive_is_enforced() {
     );
     assert!(start.elapsed() >= Duration::from_millis(1200));
 }
+
+#[tokio::test]
+async fn retained_will_is_kept_for_later_subscribers() {
+    let b = TestBroker::start().await;
+    let mut c = v5("c");
+    c.will = Some(will("will/r", "last words", QoS::AtLeastOnce, true));
+    Raw::connected(b.addr, c).await.drop_connection();
+    let mut s = Raw::connected(b.addr, v5("late")).await;
+    // The will is published asynchronously; poll until it is retained.
+    let deadline = Instant::now() + WAIT;
+    let m = loop {
+        s.subscribe(1, "will/r", QoS::AtLeastOnce).await;
+        if let Some(Packet::Publish(m)) = s.recv_within(QUIET).await {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "retained will never appeared");
+    };
+    assert_eq!((payload(&m), m.retain), ("last words", true));
+}
