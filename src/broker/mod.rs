@@ -294,6 +294,7 @@ impl Broker {
         let now_s = now_ms;
         let will = c.will.map(|w| Will {
             delay_interval: w.properties.will_delay_interval.unwrap_or(0),
+            expiry_interval: w.properties.message_expiry_interval,
             message: Arc::new(
                 Message::from_publish(
                     Publish {
@@ -462,7 +463,20 @@ impl Broker {
     }
 
     fn publish_will(&mut self, w: Will, now_ms: u64) {
-        let msg = w.message;
+        let msg = match w.expiry_interval {
+            // Restart the expiry clock: it was set at CONNECT time.
+            Some(secs) => Arc::new(Message {
+                topic: w.message.topic.clone(),
+                payload: w.message.payload.clone(),
+                qos: w.message.qos,
+                retain: w.message.retain,
+                properties: w.message.properties.clone(),
+                expires_at_ms: Some(now_ms.saturating_add(u64::from(secs) * 1000)),
+                publisher: w.message.publisher,
+                store_id: Default::default(),
+            }),
+            None => w.message,
+        };
         if msg.retain {
             self.store_retained(&msg, now_ms);
         }

@@ -41,6 +41,9 @@ pub(crate) struct Conn {
 pub(crate) struct Will {
     pub message: Arc<Message>,
     pub delay_interval: u32,
+    /// The will's Message Expiry Interval: it runs from when the will is
+    /// published, not from CONNECT (3.1.3.2.4).
+    pub expiry_interval: Option<u32>,
 }
 
 /// One outbound QoS 1/2 message in a session's queue or in flight.

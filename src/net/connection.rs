@@ -172,6 +172,8 @@ where
             break None;
         }
         if last {
+            // The core still answers (an invalid DISCONNECT gets DISCONNECT
+            // 0x82, [MQTT-3.14.2-2]) and then closes the outbox itself.
             break None;
         }
     };
