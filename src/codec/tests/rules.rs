@@ -426,18 +426,27 @@ fn subscribe_v3_options_only_qos_mqtt_3_8_3_4() {
         dec(V3_1_1, &[0x82, 6, 0, 1, 0, 1, b'a', 0x04]),
         Err(DecodeError::InvalidSubscriptionOptions)
     );
+    // QoS 3 is a well-formed byte with a forbidden value.
     assert_eq!(
         dec(V3_1, &[0x82, 6, 0, 1, 0, 1, b'a', 0x03]),
-        Err(DecodeError::InvalidSubscriptionOptions)
+        Err(DecodeError::ForbiddenSubscriptionOptions)
     );
 }
 
 #[test]
 fn subscribe_v5_options_mqtt_3_8_3_5() {
-    for opts in [0x40, 0x80, 0x30, 0x03] {
+    for opts in [0x40, 0x80] {
         assert_eq!(
             dec(V5, &[0x82, 7, 0, 1, 0, 0, 1, b'a', opts]),
             Err(DecodeError::InvalidSubscriptionOptions),
+            "{opts:#x}"
+        );
+    }
+    // Retain Handling 3 and QoS 3 are Protocol Errors (5.0 section 3.8.3.1).
+    for opts in [0x30, 0x03] {
+        assert_eq!(
+            dec(V5, &[0x82, 7, 0, 1, 0, 0, 1, b'a', opts]),
+            Err(DecodeError::ForbiddenSubscriptionOptions),
             "{opts:#x}"
         );
     }
@@ -458,7 +467,7 @@ fn shared_subscription_no_local_mqtt_3_8_3_4() {
     body.push(0x04);
     assert_eq!(
         dec(V5, &packet(0x82, &body)),
-        Err(DecodeError::InvalidSubscriptionOptions)
+        Err(DecodeError::ForbiddenSubscriptionOptions)
     );
 }
 
