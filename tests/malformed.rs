@@ -520,6 +520,38 @@ async fn publish_topic_with_wildcard_gets_0x90() {
     assert_serving(&b).await;
 }
 
+/// The DISCONNECT for undecodable input names the broken rule in its reason
+/// string (a DISCONNECT may carry one regardless of Request Problem
+/// Information, [MQTT-3.1.2-29]), unless that would exceed the client's
+/// Maximum Packet Size ([MQTT-3.14.2-3]).
+#[tokio::test]
+async fn malformed_disconnect_names_the_rule_within_the_clients_size_limit() {
+    let b = broker().await;
+    let got = violate(&b, ProtocolVersion::V5, &[0x30, 4, 0, 1, b'+', 0]).await;
+    let [Packet::Disconnect(d)] = &got[..] else {
+        panic!("expected one DISCONNECT, got {got:?}")
+    };
+    let text = d
+        .properties
+        .reason_string
+        .as_ref()
+        .expect("a reason string");
+    assert!(text.contains("[MQTT-3.3.2-2]"), "{text}");
+
+    let mut c = v5("tiny");
+    // Room for our CONNACK (16 bytes) but not for a reason string.
+    c.properties.maximum_packet_size = std::num::NonZeroU32::new(20);
+    let mut raw = Raw::connected(b.addr, c).await;
+    raw.send_bytes(&[0x30, 4, 0, 1, b'+', 0]).await;
+    let got = raw.expect_closed().await;
+    let [Packet::Disconnect(d)] = &got[..] else {
+        panic!("expected one DISCONNECT, got {got:?}")
+    };
+    assert_eq!(d.reason, ReasonCode::TopicNameInvalid);
+    assert_eq!(d.properties.reason_string, None);
+    assert_serving(&b).await;
+}
+
 /// [MQTT-2.2.1-3]: a QoS > 0 PUBLISH needs a non-zero packet identifier.
 #[tokio::test]
 async fn publish_packet_id_0_is_malformed() {

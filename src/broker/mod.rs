@@ -48,6 +48,9 @@ pub enum CloseReason {
     KeepAliveTimeout,
     /// The peer broke the protocol; the core sends the reason code (5.0).
     ProtocolError(ReasonCode),
+    /// The peer sent bytes that do not decode; the core sends the error's
+    /// reason code and, as reason string, the rule it broke (5.0).
+    Malformed(crate::codec::DecodeError),
     /// The server is shutting down.
     ServerShutdown,
 }
@@ -533,6 +536,9 @@ impl Broker {
         // ([MQTT-3.2.0-1]).
         match reason {
             CloseReason::ProtocolError(code) => self.protocol_error(conn, code, now_ms),
+            CloseReason::Malformed(e) => {
+                self.disconnect_with(conn, e.reason_code(), Some(e.to_string()), now_ms)
+            }
             CloseReason::KeepAliveTimeout => {
                 self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms)
             }
@@ -592,12 +598,35 @@ impl Broker {
     /// Sends DISCONNECT with `reason` (5.0) and drops the connection; the
     /// will is published ([MQTT-4.13.1-1]).
     pub fn protocol_error(&mut self, conn: ConnId, reason: ReasonCode, now_ms: u64) {
+        self.disconnect_with(conn, reason, None, now_ms);
+    }
+
+    /// Like [`Broker::protocol_error`], with a reason string. DISCONNECT may
+    /// carry one whatever Request Problem Information says ([MQTT-3.1.2-29]).
+    fn disconnect_with(
+        &mut self,
+        conn: ConnId,
+        reason: ReasonCode,
+        text: Option<String>,
+        now_ms: u64,
+    ) {
         if let Some(s) = self.conns.get(&conn).and_then(|sid| self.sessions.get(sid)) {
             if s.protocol.is_v5() {
-                s.send(Packet::Disconnect(Disconnect {
+                let mut d = Disconnect {
                     reason,
                     ..Default::default()
-                }));
+                };
+                d.properties.reason_string = text.map(ByteStr::from);
+                let mut packet = Packet::Disconnect(d);
+                let max = s.conn.as_ref().and_then(|c| c.max_packet_size);
+                if max.is_some_and(|m| crate::codec::encoded_len(&packet, s.protocol) > m as usize)
+                {
+                    // [MQTT-3.14.2-3]: leave the reason string out.
+                    if let Packet::Disconnect(d) = &mut packet {
+                        d.properties.reason_string = None;
+                    }
+                }
+                s.send(packet);
             }
         }
         self.detach(conn, false, now_ms);

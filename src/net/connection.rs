@@ -147,7 +147,7 @@ where
             Ok(Ok(None)) | Ok(Err(ReadError::Io)) => break Some(CloseReason::Lost),
             Ok(Err(ReadError::Decode(e))) => {
                 tracing::debug!(conn = conn.0, error = %e, "protocol error");
-                break Some(CloseReason::ProtocolError(e.reason_code()));
+                break Some(CloseReason::Malformed(e));
             }
         };
         // Even PINGREQ goes through the core: only the core's order puts
