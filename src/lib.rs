@@ -21,6 +21,8 @@ mod stats;
 pub mod topic;
 
 pub use config::{Capabilities, Limits, Options};
+/// The storage trait and backends (the `roost-storage` crate).
+pub use roost_storage as storage;
 pub use server::{ServeError, Server};
 pub use stats::{Stats, StatsSnapshot};
 

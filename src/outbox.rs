@@ -4,42 +4,63 @@
 //! connection's writer task drains everything that is queued in one go, so
 //! many packets share one write (coalescing). The core reads the queue length
 //! to apply its slow-consumer policy.
+//!
+//! **Commit barrier.** With a persistent store, an acknowledgement may only
+//! leave once what it acknowledges is committed. Such a packet is pushed
+//! *held* with the number of the commit it waits for; every packet pushed
+//! after it for this connection queues behind it, so the connection's order
+//! is kept. The commit task releases held packets once their commit is
+//! durable, or, if it failed, turns the acknowledgements into refusals.
 
-use crate::codec::Packet;
+use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
 
 /// Packets for one connection, plus a "close after these" flag.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outbox {
     inner: Mutex<Inner>,
     notify: Notify,
+    version: ProtocolVersion,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Ready to be written.
     queue: VecDeque<Packet>,
+    /// Waiting for a commit: (commit number, packet), in push order.
+    held: VecDeque<(u64, Packet)>,
     closed: bool,
 }
 
 impl Outbox {
-    /// An empty, open outbox.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty, open outbox for a client speaking `version`.
+    pub fn new(version: ProtocolVersion) -> Self {
+        Outbox {
+            inner: Mutex::default(),
+            notify: Notify::new(),
+            version,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the queue in a broken
-        // state (push/drain are single calls), so a poisoned lock is usable.
+        // state (every method is a few plain collection calls), so a
+        // poisoned lock is usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a packet. Returns false (and drops it) once closed.
+    /// Queues a packet (behind any held ones). Returns false (and drops
+    /// it) once closed.
     pub fn push(&self, packet: Packet) -> bool {
         let mut inner = self.lock();
         if inner.closed {
             return false;
+        }
+        if let Some(&(commit, _)) = inner.held.back() {
+            inner.held.push_back((commit, packet));
+            return true;
         }
         let was_empty = inner.queue.is_empty();
         inner.queue.push_back(packet);
@@ -50,9 +71,48 @@ impl Outbox {
         true
     }
 
-    /// Packets waiting to be written.
+    /// Queues a packet that may only be written once commit `commit` is
+    /// durable (see [`Outbox::release`]).
+    pub fn push_held(&self, commit: u64, packet: Packet) -> bool {
+        let mut inner = self.lock();
+        if inner.closed {
+            return false;
+        }
+        inner.held.push_back((commit, packet));
+        true
+    }
+
+    /// Commits up to `commit` are done: held packets waiting for them
+    /// become ready. If the commit `failed`, the acknowledgements among them
+    /// are not sent as such: a 5.0 client gets the refusal reason code
+    /// 0x80 instead; a 3.x client, which has no way to hear "no", is
+    /// disconnected so that it publishes again.
+    pub fn release(&self, commit: u64, failed: bool) {
+        let mut inner = self.lock();
+        let mut released = false;
+        while inner.held.front().is_some_and(|(c, _)| *c <= commit) {
+            let Some((_, mut packet)) = inner.held.pop_front() else {
+                break;
+            };
+            if failed && refuse(&mut packet, self.version) {
+                inner.held.clear();
+                inner.closed = true;
+                break;
+            }
+            inner.queue.push_back(packet);
+            released = true;
+        }
+        let closed = inner.closed;
+        drop(inner);
+        if released || closed {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Packets waiting to be written (held ones included).
     pub fn len(&self) -> usize {
-        self.lock().queue.len()
+        let inner = self.lock();
+        inner.queue.len() + inner.held.len()
     }
 
     /// True when nothing is waiting.
@@ -61,7 +121,7 @@ impl Outbox {
     }
 
     /// Asks the writer to write what is queued, then close the connection.
-    /// Later pushes are dropped.
+    /// Later pushes are dropped; held packets still go out when released.
     pub fn close(&self) {
         self.lock().closed = true;
         self.notify.notify_one();
@@ -72,23 +132,24 @@ impl Outbox {
         self.lock().closed
     }
 
-    /// Moves everything queued into `into`. Returns false when the outbox is
+    /// Moves everything ready into `into`. Returns false when the outbox is
     /// closed and nothing more will come.
     pub fn try_drain(&self, into: &mut Vec<Packet>) -> bool {
         let mut inner = self.lock();
         into.extend(inner.queue.drain(..));
-        !(inner.closed && into.is_empty())
+        !(inner.closed && inner.held.is_empty() && into.is_empty())
     }
 
-    /// Waits until something is queued or the outbox is closed, then drains
+    /// Waits until something is ready or the outbox is closed, then drains
     /// like [`Outbox::try_drain`].
     pub async fn drain(&self, into: &mut Vec<Packet>) -> bool {
         loop {
             {
                 let mut inner = self.lock();
-                if !inner.queue.is_empty() || inner.closed {
+                let finished = inner.closed && inner.held.is_empty();
+                if !inner.queue.is_empty() || finished {
                     into.extend(inner.queue.drain(..));
-                    return !(inner.closed && into.is_empty());
+                    return !(finished && into.is_empty());
                 }
             }
             // notify_one stores a permit when nobody waits, so a push between
@@ -98,13 +159,40 @@ impl Outbox {
     }
 }
 
+/// Rewrites an acknowledgement whose commit failed. Returns true if the
+/// connection must be closed instead.
+fn refuse(packet: &mut Packet, version: ProtocolVersion) -> bool {
+    match packet {
+        Packet::PubAck(r) | Packet::PubRec(r) => {
+            if !version.is_v5() {
+                return true;
+            }
+            r.reason = ReasonCode::UnspecifiedError;
+        }
+        Packet::SubAck(s) => {
+            // 0x80 is a failure code in 3.x SUBACKs too.
+            for reason in &mut s.reasons {
+                *reason = ReasonCode::UnspecifiedError;
+            }
+        }
+        _ => {}
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::PubResp;
+    use std::num::NonZeroU16;
+
+    fn puback(n: u16) -> Packet {
+        Packet::PubAck(PubResp::new(NonZeroU16::new(n).unwrap()))
+    }
 
     #[test]
     fn push_drain_close() {
-        let o = Outbox::new();
+        let o = Outbox::new(ProtocolVersion::V5);
         assert!(o.push(Packet::PingResp));
         assert!(o.push(Packet::PingResp));
         let mut v = Vec::new();
@@ -112,6 +200,58 @@ mod tests {
         assert_eq!(v.len(), 2);
         o.close();
         assert!(!o.push(Packet::PingResp));
+        v.clear();
+        assert!(!o.try_drain(&mut v));
+    }
+
+    #[test]
+    fn held_packets_wait_for_their_commit_and_keep_order() {
+        let o = Outbox::new(ProtocolVersion::V5);
+        o.push(Packet::PingResp);
+        o.push_held(1, puback(1));
+        o.push(Packet::PingResp); // behind the held ack
+        o.push_held(2, puback(2));
+        let mut v = Vec::new();
+        o.try_drain(&mut v);
+        assert_eq!(v, vec![Packet::PingResp]);
+        v.clear();
+        o.release(1, false);
+        o.try_drain(&mut v);
+        assert_eq!(v, vec![puback(1), Packet::PingResp]);
+        v.clear();
+        o.release(2, false);
+        o.try_drain(&mut v);
+        assert_eq!(v, vec![puback(2)]);
+    }
+
+    #[test]
+    fn failed_commit_refuses_v5_acks_and_closes_v3() {
+        let o = Outbox::new(ProtocolVersion::V5);
+        o.push_held(1, puback(1));
+        o.release(1, true);
+        let mut v = Vec::new();
+        o.try_drain(&mut v);
+        let Packet::PubAck(r) = &v[0] else { panic!() };
+        assert_eq!(r.reason, ReasonCode::UnspecifiedError);
+
+        let o = Outbox::new(ProtocolVersion::V3_1_1);
+        o.push_held(1, puback(1));
+        o.release(1, true);
+        v.clear();
+        assert!(!o.try_drain(&mut v));
+        assert!(v.is_empty(), "no ack for a failed write");
+    }
+
+    #[test]
+    fn closed_outbox_still_delivers_released_packets() {
+        let o = Outbox::new(ProtocolVersion::V5);
+        o.push_held(3, puback(1));
+        o.close();
+        let mut v = Vec::new();
+        assert!(o.try_drain(&mut v), "held packets are still to come");
+        o.release(3, false);
+        assert!(o.try_drain(&mut v));
+        assert_eq!(v, vec![puback(1)]);
         v.clear();
         assert!(!o.try_drain(&mut v));
     }

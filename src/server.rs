@@ -1,11 +1,11 @@
 //! The embeddable server: build it from [`Options`], give it listeners, and
 //! serve it as a future that ends when a shutdown signal fires.
 
-use crate::broker::{Broker, ConnId, Event};
+use crate::broker::{Broker, Commit, ConnId, Event};
 use crate::config::Options;
 use crate::net::connection::{serve_connection, Shared};
 use crate::stats::{Stats, StatsSnapshot};
-use roost_storage::{MemoryStore, Store};
+use roost_storage::{MemoryStore, StorageError, Store};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -118,6 +118,23 @@ impl Server {
 
         let opts_max_connections = opts.limits.maximum_connections;
         let mut broker = Broker::new(opts, stats.clone(), store.is_persistent());
+        if store.is_persistent() {
+            let loader = store.clone();
+            let snapshot = tokio::task::spawn_blocking(move || loader.load())
+                .await
+                .map_err(|e| StorageError::Io(format!("loading the store: {e}")))??;
+            broker.restore(snapshot, now_ms());
+        }
+        // Storage work runs on the blocking pool, one group commit at a time;
+        // a bounded queue of commits pushes back on the core if the disk
+        // cannot keep up.
+        let (commit_tx, commit_rx) = mpsc::channel::<Commit>(64);
+        let committer = tokio::spawn(commit_loop(
+            commit_rx,
+            store.clone(),
+            stats.clone(),
+            broker.commits_in_flight(),
+        ));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -139,11 +156,20 @@ impl Server {
                 }
                 _ = tick.tick() => broker.tick(now_ms()),
             }
-            commit(&mut broker, &store, &stats)?;
+            if let Some(commit) = broker.take_commit() {
+                if commit_tx.send(commit).await.is_err() {
+                    break;
+                }
+            }
         }
         let _ = stop_tx.send(true);
         broker.shutdown(now_ms());
-        commit(&mut broker, &store, &stats)?;
+        if let Some(commit) = broker.take_commit() {
+            let _ = commit_tx.send(commit).await;
+        }
+        // Everything recorded is written before serve returns.
+        drop(commit_tx);
+        let _ = committer.await;
         // Connection tasks no longer need the core; closing the channel lets
         // them finish instead of waiting to report their end.
         drop(events);
@@ -156,16 +182,43 @@ impl Server {
     }
 }
 
-fn commit(broker: &mut Broker, store: &Arc<dyn Store>, stats: &Stats) -> Result<(), ServeError> {
-    let ops = broker.take_ops();
-    if ops.is_empty() {
-        return Ok(());
+/// Applies commits in groups: whatever queued up while one group was being
+/// written goes into the next, so many clients' writes share one flush.
+async fn commit_loop(
+    mut commits: mpsc::Receiver<Commit>,
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    in_flight: Arc<AtomicU64>,
+) {
+    while let Some(first) = commits.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = commits.try_recv() {
+            group.push(more);
+        }
+        let mut ops = Vec::new();
+        for c in &mut group {
+            ops.append(&mut c.ops);
+        }
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.apply(&ops))
+                .await
+                .unwrap_or_else(|e| Err(StorageError::Io(format!("storage task failed: {e}"))))
+        };
+        let failed = result.is_err();
+        if let Err(e) = result {
+            crate::stats::add(&stats.storage_errors, 1);
+            tracing::error!(error = %e, "storage write failed; its acknowledgements are withheld");
+        }
+        for c in group {
+            for outbox in &c.outboxes {
+                outbox.release(c.number, failed);
+            }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
-    if let Err(e) = store.apply(&ops) {
-        crate::stats::add(&stats.storage_errors, 1);
-        tracing::error!(error = %e, "storage write failed");
-    }
-    Ok(())
 }
 
 async fn accept_loop(

@@ -105,4 +105,29 @@ impl Message {
             },
         }
     }
+
+    /// A message read back from the store.
+    pub(crate) fn from_record(rec: roost_storage::MessageRecord, store_id: u64) -> Self {
+        let p = rec.properties;
+        Message {
+            topic: ByteStr::from(rec.topic),
+            payload: rec.payload,
+            qos: QoS::from_u8(rec.qos).unwrap_or(QoS::AtMostOnce),
+            retain: rec.retain,
+            properties: MessageProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                content_type: p.content_type.map(ByteStr::from),
+                response_topic: p.response_topic.map(ByteStr::from),
+                correlation_data: p.correlation_data,
+                user_properties: p
+                    .user_properties
+                    .into_iter()
+                    .map(|(k, v)| (ByteStr::from(k), ByteStr::from(v)))
+                    .collect(),
+            },
+            expires_at_ms: rec.expires_at_ms,
+            publisher: None,
+            store_id: AtomicU64::new(store_id),
+        }
+    }
 }

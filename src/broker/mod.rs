@@ -8,10 +8,12 @@
 
 mod message;
 mod persist;
+mod restore;
 mod session;
 mod sys;
 
 pub use message::{Message, MessageProperties};
+pub use persist::Commit;
 
 use crate::codec::{
     AckProperties, ByteStr, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
@@ -165,9 +167,16 @@ impl Broker {
         &self.opts
     }
 
-    /// Storage operations recorded since the last call.
-    pub fn take_ops(&mut self) -> Vec<Op> {
-        std::mem::take(&mut self.persist.ops)
+    /// Closes the group of storage operations recorded since the last call,
+    /// if any. The caller applies it, then releases the held packets of its
+    /// outboxes and decrements [`Broker::commits_in_flight`].
+    pub fn take_commit(&mut self) -> Option<Commit> {
+        self.persist.take_commit()
+    }
+
+    /// Commits taken and not yet released; the commit task decrements it.
+    pub fn commits_in_flight(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.persist.in_flight.clone()
     }
 
     /// Handles one event.
@@ -648,11 +657,18 @@ impl Broker {
         self.detach(conn, !with_will, now_ms);
     }
 
-    fn ack(&self, sid: SessionId, packet: Packet) {
-        // Every acknowledgement goes through here: with a persistent store it
-        // is where an ack waits for the commit of what it acknowledges.
-        if let Some(s) = self.sessions.get(&sid) {
-            s.send(packet);
+    /// Every acknowledgement goes through here: with a persistent store it
+    /// waits for the commit of what it acknowledges (the durability
+    /// contract: PUBACK/PUBREC mean "this message is safe").
+    fn ack(&mut self, sid: SessionId, packet: Packet) {
+        let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) else {
+            return;
+        };
+        if self.persist.must_hold() {
+            conn.outbox.push_held(self.persist.commit, packet);
+            self.persist.touched.push(conn.outbox.clone());
+        } else {
+            conn.outbox.push(packet);
         }
     }
 
@@ -942,11 +958,14 @@ impl Broker {
         self.stats
             .subscriptions
             .store(self.subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        s.send(Packet::SubAck(SubAck {
-            packet_id: sub.packet_id,
-            reasons,
-            properties: AckProperties::default(),
-        }));
+        self.ack(
+            sid,
+            Packet::SubAck(SubAck {
+                packet_id: sub.packet_id,
+                reasons,
+                properties: AckProperties::default(),
+            }),
+        );
         for (filter, entry) in retained_for {
             self.send_retained(sid, &filter, entry, now_ms);
         }
@@ -993,11 +1012,14 @@ impl Broker {
         self.stats
             .subscriptions
             .store(self.subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        s.send(Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            reasons,
-            properties: AckProperties::default(),
-        }));
+        self.ack(
+            sid,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reasons,
+                properties: AckProperties::default(),
+            }),
+        );
     }
 
     // ----- time -------------------------------------------------------
@@ -1012,11 +1034,17 @@ impl Broker {
                 self.timed.remove(&sid);
                 continue;
             };
-            if s.expiry_interval != u32::MAX {
-                if let Some(at) = s.disconnected_at_ms {
-                    if at.saturating_add(u64::from(s.expiry_interval) * 1000) <= now_ms {
-                        self.end_session(sid, now_ms);
-                    }
+            if s.expiry_interval == u32::MAX {
+                // Never expires: once its will is out there is nothing left
+                // to time.
+                if s.will_due_ms.is_none() || s.conn.is_some() {
+                    self.timed.remove(&sid);
+                }
+                continue;
+            }
+            if let Some(at) = s.disconnected_at_ms {
+                if at.saturating_add(u64::from(s.expiry_interval) * 1000) <= now_ms {
+                    self.end_session(sid, now_ms);
                 }
             }
         }
@@ -1105,6 +1133,7 @@ fn session_record(s: &Session) -> SessionRecord {
         will: s.will.as_ref().map(|w| WillRecord {
             message: message_record(&w.message),
             delay_interval: w.delay_interval,
+            message_expiry_interval: w.expiry_interval,
         }),
     }
 }

@@ -4,9 +4,10 @@
 
 use super::message::Message;
 use crate::codec::{ByteStr, QoS};
+use crate::outbox::Outbox;
 use roost_storage::{MessageProperties as StoredProps, MessageRecord, Op};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Pending storage operations and message-body reference counts.
@@ -16,17 +17,61 @@ pub(crate) struct Persist {
     pub enabled: bool,
     /// Operations recorded since the last commit, in order.
     pub ops: Vec<Op>,
-    next_message_id: u64,
-    refs: HashMap<u64, u32>,
+    /// Number of the commit being assembled.
+    pub commit: u64,
+    /// Commits handed to the store whose held packets are not yet released.
+    pub in_flight: Arc<AtomicU64>,
+    /// Outboxes holding packets for the commit being assembled.
+    pub touched: Vec<Arc<Outbox>>,
+    pub(super) next_message_id: u64,
+    pub(super) refs: HashMap<u64, u32>,
+}
+
+/// One group of storage operations, and the outboxes whose held packets
+/// wait for it.
+#[derive(Debug)]
+pub struct Commit {
+    /// Its number (increasing).
+    pub number: u64,
+    /// What to apply, in order.
+    pub ops: Vec<Op>,
+    /// Release held packets up to `number` in these once applied.
+    pub outboxes: Vec<Arc<Outbox>>,
 }
 
 impl Persist {
     pub fn new(enabled: bool) -> Self {
         Persist {
             enabled,
+            commit: 1,
             next_message_id: 1,
             ..Default::default()
         }
+    }
+
+    /// True if an acknowledgement sent now must wait for a commit: some
+    /// operation is recorded or a commit is still being written (it may hold
+    /// what the acknowledgement vouches for).
+    pub fn must_hold(&self) -> bool {
+        self.enabled && (!self.ops.is_empty() || self.in_flight.load(Relaxed) > 0)
+    }
+
+    /// Closes the commit being assembled, if it has anything in it.
+    pub fn take_commit(&mut self) -> Option<Commit> {
+        if self.ops.is_empty() && self.touched.is_empty() {
+            return None;
+        }
+        let mut outboxes = std::mem::take(&mut self.touched);
+        outboxes.sort_by_key(|o| Arc::as_ptr(o) as usize);
+        outboxes.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let commit = Commit {
+            number: self.commit,
+            ops: std::mem::take(&mut self.ops),
+            outboxes,
+        };
+        self.commit += 1;
+        self.in_flight.fetch_add(1, Relaxed);
+        Some(commit)
     }
 
     pub fn push(&mut self, op: Op) {

@@ -88,7 +88,8 @@ pub(crate) struct Session {
     /// that stops being persistent releases exactly what it took.
     pub stored: bool,
     next_pid: u16,
-    next_seq: u64,
+    /// Last sequence number given to an outbound entry (storage order).
+    pub(super) next_seq: u64,
 }
 
 impl Session {

@@ -100,7 +100,7 @@ where
     });
     let outbound_aliases =
         OutboundAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
-    let outbox = Arc::new(Outbox::new());
+    let outbox = Arc::new(Outbox::new(version));
     let mut writer = tokio::spawn(write_loop(
         wr,
         outbox.clone(),

@@ -275,6 +275,7 @@ pub fn session_round_trips(store: &dyn Store) {
         will: Some(WillRecord {
             message: full_message("will/topic"),
             delay_interval: 60,
+            message_expiry_interval: None,
         }),
     };
     apply(store, &[Op::PutSession(record.clone())]);
@@ -862,6 +863,7 @@ pub fn large_payloads(store: &dyn Store) {
     with_will.will = Some(WillRecord {
         message: big.clone(),
         delay_interval: 0,
+        message_expiry_interval: None,
     });
     apply(
         store,

@@ -115,6 +115,7 @@ mod tests {
             will: Some(WillRecord {
                 message: message(),
                 delay_interval: 30,
+                message_expiry_interval: None,
             }),
         }
     }

@@ -48,6 +48,9 @@ pub struct WillRecord {
     pub message: MessageRecord,
     /// Will Delay Interval in seconds.
     pub delay_interval: u32,
+    /// The will's Message Expiry Interval in seconds: it starts when the
+    /// will is published, so it is kept as an interval, not a deadline.
+    pub message_expiry_interval: Option<u32>,
 }
 
 /// A stored session (without its subscriptions and queues).

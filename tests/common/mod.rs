@@ -39,9 +39,18 @@ impl TestBroker {
     }
 
     pub async fn with(opts: Options) -> TestBroker {
+        Self::serve(Server::new(opts)).await
+    }
+
+    /// A broker on `store` (restart tests pass the same store again).
+    pub async fn with_store(opts: Options, store: impl roost::storage::Store) -> TestBroker {
+        Self::serve(Server::new(opts).store(store)).await
+    }
+
+    async fn serve(server: Server) -> TestBroker {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Server::new(opts).tcp(listener);
+        let server = server.tcp(listener);
         let stats = server.stats();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(server.serve(async {

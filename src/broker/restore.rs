@@ -1,0 +1,162 @@
+//! Start-up: rebuilding the broker's state from a storage snapshot.
+//!
+//! Every stored session comes back disconnected, with its subscriptions
+//! live in the router at once (a publish arriving before the client
+//! reconnects is queued for it), its queued and in-flight messages (resent
+//! with DUP on reconnect), and its inbound QoS 2 packet ids (so a resent
+//! QoS 2 PUBLISH is still not delivered twice). Expiry counts wall-clock
+//! time across the downtime.
+
+use super::message::Message;
+use super::session::{Outgoing, Session, SubEntry, Will};
+use super::{split_shared, Broker, SessionId};
+use crate::codec::{ByteStr, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
+use crate::stats;
+use roost_storage::{Op, OutboundState, Snapshot};
+use std::collections::HashMap;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+fn qos(b: u8) -> QoS {
+    QoS::from_u8(b).unwrap_or(QoS::AtMostOnce)
+}
+
+impl Broker {
+    /// Loads `snapshot` into an empty broker, then runs what fell due while
+    /// the broker was down (expired sessions end, delayed wills go out).
+    pub fn restore(&mut self, snapshot: Snapshot, now_ms: u64) {
+        let mut bodies: HashMap<u64, Arc<Message>> = HashMap::new();
+        for (id, rec) in snapshot.messages {
+            self.persist.next_message_id = self.persist.next_message_id.max(id + 1);
+            bodies.insert(id, Arc::new(Message::from_record(rec, id)));
+        }
+
+        for rec in snapshot.retained {
+            let msg = Message::from_record(rec, 0);
+            if msg.is_expired(now_ms) {
+                self.persist.push(Op::DeleteRetained {
+                    topic: msg.topic.as_str().to_owned(),
+                });
+                continue;
+            }
+            let topic = msg.topic.clone();
+            self.retained.insert(&topic, Arc::new(msg));
+        }
+
+        for stored in snapshot.sessions {
+            let rec = stored.session;
+            let Some(version) = ProtocolVersion::from_level(rec.protocol_level) else {
+                tracing::warn!(client_id = %rec.client_id, level = rec.protocol_level,
+                    "stored session has an unknown protocol level; dropping it");
+                self.persist.push(Op::DeleteSession {
+                    client_id: rec.client_id,
+                });
+                continue;
+            };
+            let client_id = ByteStr::from(rec.client_id);
+            let sid = SessionId(self.next_session);
+            self.next_session += 1;
+            let mut s = Session::new(client_id.clone(), version);
+            s.stored = true;
+            s.expiry_interval = rec.expiry_interval;
+            // A session that was connected when the broker stopped lost its
+            // connection then; the moment is unknown, so it counts from now.
+            let disconnected_at = rec.disconnected_at_ms.unwrap_or(now_ms);
+            s.disconnected_at_ms = Some(disconnected_at);
+            if let Some(w) = rec.will {
+                let delay = w.delay_interval.min(s.expiry_interval);
+                s.will_due_ms = Some(disconnected_at.saturating_add(u64::from(delay) * 1000));
+                s.will = Some(Will {
+                    message: Arc::new(Message::from_record(w.message, 0)),
+                    delay_interval: w.delay_interval,
+                    expiry_interval: w.message_expiry_interval,
+                });
+            }
+
+            for sub in stored.subscriptions {
+                let entry = SubEntry {
+                    options: SubscriptionOptions {
+                        qos: qos(sub.qos),
+                        no_local: sub.no_local,
+                        retain_as_published: sub.retain_as_published,
+                        retain_handling: match sub.retain_handling {
+                            1 => RetainHandling::SendAtSubscribeIfNew,
+                            2 => RetainHandling::DoNotSend,
+                            _ => RetainHandling::SendAtSubscribe,
+                        },
+                    },
+                    id: sub.subscription_identifier.and_then(NonZeroU32::new),
+                };
+                let filter = ByteStr::from(sub.filter);
+                let (group, plain) = split_shared(&filter);
+                self.subs.insert(plain, group, sid, entry);
+                s.subscriptions.insert(filter, entry);
+            }
+
+            for (seq, entry) in stored.outbound {
+                s.next_seq = s.next_seq.max(seq);
+                let Some(body) = bodies.get(&entry.message_id) else {
+                    // Its body is gone: nothing to deliver.
+                    self.persist.push(Op::DeleteOutbound {
+                        client_id: client_id.as_str().to_owned(),
+                        seq,
+                    });
+                    continue;
+                };
+                let pid = entry.packet_id.and_then(NonZeroU16::new);
+                let state = match (entry.state, pid) {
+                    (OutboundState::Sent | OutboundState::Released, Some(_)) => entry.state,
+                    _ => OutboundState::Queued,
+                };
+                let o = Outgoing {
+                    seq,
+                    msg: body.clone(),
+                    qos: qos(entry.qos),
+                    retain: entry.retain,
+                    sub_ids: entry
+                        .subscription_identifiers
+                        .iter()
+                        .filter_map(|&i| NonZeroU32::new(i))
+                        .collect(),
+                    pid: pid.filter(|_| state != OutboundState::Queued),
+                    state,
+                };
+                *self.persist.refs.entry(entry.message_id).or_insert(0) += 1;
+                stats::add(&self.stats.inflight, 1);
+                if state == OutboundState::Queued {
+                    s.queue.push_back(o);
+                } else {
+                    s.inflight.push_back(o);
+                }
+            }
+            s.inbound_qos2.extend(stored.inbound_qos2);
+
+            self.by_client_id.insert(client_id, sid);
+            self.sessions.insert(sid, s);
+            self.timed.insert(sid);
+        }
+
+        // Bodies nothing refers to any more.
+        for id in bodies.keys() {
+            if !self.persist.refs.contains_key(id) {
+                self.persist.push(Op::DeleteMessage { id: *id });
+            }
+        }
+
+        self.stats
+            .retained
+            .store(self.retained.len() as u64, Relaxed);
+        self.stats
+            .subscriptions
+            .store(self.subs.len() as u64, Relaxed);
+        self.update_disconnected_gauge();
+        tracing::info!(
+            sessions = self.sessions.len(),
+            retained = self.retained.len(),
+            "restored from the store"
+        );
+        // Wills that fell due and sessions that expired while down.
+        self.tick(now_ms);
+    }
+}

@@ -1,0 +1,276 @@
+//! Persistence through the storage trait, in process: a broker is stopped
+//! and a new one started on the same store. A store that says it is
+//! persistent (the in-memory reference backend, wrapped) makes the broker
+//! record everything and hold acknowledgements for their commit; the
+//! fault-injecting wrapper proves a failed write is never acknowledged.
+//! Restarts of the real binary on sled and redb, with `kill -9`, are in
+//! `tests/restart.rs`.
+
+mod common;
+use common::*;
+use roost::codec::{Packet, ProtocolVersion, PubResp, QoS, QosPid, ReasonCode};
+use roost::storage::{FaultyStore, MemoryStore, Op, Snapshot, StorageError, Store};
+use roost::Options;
+use std::sync::Arc;
+
+/// The in-memory store, claiming to be persistent so that the broker
+/// records and commits everything as it would on disk.
+#[derive(Debug, Default)]
+struct Durable(MemoryStore);
+
+impl Store for Durable {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        self.0.apply(ops)
+    }
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        self.0.load()
+    }
+    fn is_persistent(&self) -> bool {
+        true
+    }
+}
+
+fn persistent(version: ProtocolVersion, id: &str) -> roost::codec::Connect {
+    let mut c = connect(version, id, false);
+    if version.is_v5() {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
+/// Receives `n` publishes, acknowledging each as a client would (PUBRELs
+/// may arrive between later publishes).
+async fn receive_all(c: &mut Raw, n: usize) -> Vec<(String, QoS)> {
+    let mut got = Vec::new();
+    let mut open_qos2 = 0;
+    while got.len() < n || open_qos2 > 0 {
+        match c.recv().await {
+            Packet::Publish(m) => {
+                got.push((payload(&m).to_owned(), m.qos_pid.qos()));
+                match m.qos_pid {
+                    QosPid::AtLeastOnce(pid) => c.send(Packet::PubAck(PubResp::new(pid))).await,
+                    QosPid::ExactlyOnce(pid) => {
+                        open_qos2 += 1;
+                        c.send(Packet::PubRec(PubResp::new(pid))).await
+                    }
+                    QosPid::AtMostOnce => {}
+                }
+            }
+            Packet::PubRel(r) => {
+                open_qos2 -= 1;
+                c.send(Packet::PubComp(PubResp::new(r.packet_id))).await
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got
+}
+
+/// Waits until the broker has handled everything `c` sent before: the core
+/// answers PINGREQ in order with the other packets.
+async fn sync(c: &mut Raw) {
+    c.send(Packet::PingReq).await;
+    assert!(matches!(c.recv().await, Packet::PingResp));
+}
+
+#[tokio::test]
+async fn sessions_subscriptions_queues_and_retained_survive_a_restart() {
+    let store = Arc::new(Durable::default());
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    for (v, id) in [(ProtocolVersion::V5, "s5"), (ProtocolVersion::V3_1_1, "s3")] {
+        let mut s = Raw::connected(b.addr, persistent(v, id)).await;
+        s.subscribe(1, "q/#", QoS::ExactlyOnce).await;
+        s.disconnect().await;
+    }
+    let mut p = Raw::connected(b.addr, v5("pub")).await;
+    assert!(p
+        .publish(retained("r/1", "kept", QoS::AtLeastOnce, 1))
+        .await
+        .is_success());
+    assert_eq!(
+        p.publish(publish("q/a", "one", QoS::AtLeastOnce, 2)).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        p.publish(publish("q/a", "two", QoS::ExactlyOnce, 3)).await,
+        ReasonCode::Success
+    );
+    p.disconnect().await;
+    b.stop().await;
+
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    // Subscriptions are live before the client is back.
+    let mut p = Raw::connected(b.addr, v5("pub")).await;
+    p.publish(publish("q/a", "three", QoS::AtLeastOnce, 4))
+        .await;
+    for (v, id) in [(ProtocolVersion::V5, "s5"), (ProtocolVersion::V3_1_1, "s3")] {
+        let (mut s, ack) = Raw::connect(b.addr, persistent(v, id)).await;
+        assert!(ack.session_present, "{id}: session present after restart");
+        let got = receive_all(&mut s, 3).await;
+        assert_eq!(
+            got,
+            vec![
+                ("one".into(), QoS::AtLeastOnce),
+                ("two".into(), QoS::ExactlyOnce),
+                ("three".into(), QoS::AtLeastOnce)
+            ],
+            "{id}"
+        );
+        s.expect_nothing().await;
+    }
+    let mut r = Raw::connected(b.addr, v5("reader")).await;
+    r.subscribe(1, "r/#", QoS::AtLeastOnce).await;
+    let m = r.recv_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), payload(&m), m.retain),
+        ("r/1", "kept", true)
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unacknowledged_deliveries_are_resent_with_dup_after_a_restart() {
+    let store = Arc::new(Durable::default());
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    s.subscribe(1, "t", QoS::ExactlyOnce).await;
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    p.publish(publish("t", "q1", QoS::AtLeastOnce, 1)).await;
+    p.publish(publish("t", "q2", QoS::ExactlyOnce, 2)).await;
+    let m1 = s.recv_publish().await;
+    let m2 = s.recv_publish().await;
+    // PUBREC the QoS 2 one: after the restart the broker owes a PUBREL.
+    let QosPid::ExactlyOnce(pid2) = m2.qos_pid else {
+        panic!("{m2:?}")
+    };
+    s.send(Packet::PubRec(PubResp::new(pid2))).await;
+    assert!(matches!(s.recv().await, Packet::PubRel(r) if r.packet_id == pid2));
+    s.drop_connection();
+    p.disconnect().await;
+    b.stop().await;
+
+    let b = TestBroker::with_store(Options::default(), store).await;
+    let (mut s, ack) = Raw::connect(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    assert!(ack.session_present);
+    let again = s.recv_publish().await;
+    assert!(again.dup, "resent with DUP");
+    assert_eq!(again.qos_pid, m1.qos_pid, "same packet id");
+    assert_eq!(payload(&again), "q1");
+    assert!(matches!(s.recv().await, Packet::PubRel(r) if r.packet_id == pid2));
+    s.ack(&again).await;
+    s.send(Packet::PubComp(PubResp::new(pid2))).await;
+    s.expect_nothing().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_inbound_qos2_id_still_blocks_a_duplicate_after_a_restart() {
+    let store = Arc::new(Durable::default());
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    s.subscribe(1, "t", QoS::ExactlyOnce).await;
+    let mut p = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "p")).await;
+    let msg = publish("t", "once", QoS::ExactlyOnce, 7);
+    p.send(Packet::Publish(msg.clone())).await;
+    assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id.get() == 7));
+    let m = s.recv_publish().await;
+    s.ack(&m).await;
+    sync(&mut s).await;
+    p.drop_connection();
+    b.stop().await;
+
+    let b = TestBroker::with_store(Options::default(), store).await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    let (mut p, ack) = Raw::connect(b.addr, persistent(ProtocolVersion::V5, "p")).await;
+    assert!(ack.session_present);
+    // The publisher never saw PUBCOMP: it resends the PUBLISH with DUP.
+    p.send(Packet::Publish(roost::codec::Publish { dup: true, ..msg }))
+        .await;
+    assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id.get() == 7));
+    p.send(Packet::PubRel(PubResp::new(pid_of(7)))).await;
+    assert!(matches!(p.recv().await, Packet::PubComp(c) if c.reason == ReasonCode::Success));
+    s.expect_nothing().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_will_whose_delay_passed_while_down_is_published_at_start() {
+    let store = Arc::new(Durable::default());
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    let mut c = persistent(ProtocolVersion::V5, "dying");
+    let mut w = will("wills/dying", "gone", QoS::AtLeastOnce, true);
+    w.properties.will_delay_interval = Some(1);
+    c.will = Some(w);
+    let d = Raw::connected(b.addr, c).await;
+    d.drop_connection();
+    // Stopped before the delay ends: the will is still pending in the store.
+    b.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+
+    let b = TestBroker::with_store(Options::default(), store).await;
+    let mut r = Raw::connected(b.addr, v5("reader")).await;
+    r.subscribe(1, "wills/#", QoS::AtLeastOnce).await;
+    let m = r.recv_publish().await;
+    assert_eq!(payload(&m), "gone");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_that_expired_while_down_is_gone() {
+    let store = Arc::new(Durable::default());
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    let mut c = persistent(ProtocolVersion::V5, "brief");
+    c.properties.session_expiry_interval = Some(1);
+    let mut s = Raw::connected(b.addr, c.clone()).await;
+    s.subscribe(1, "t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    b.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    let (_s, ack) = Raw::connect(b.addr, c).await;
+    assert!(!ack.session_present, "expired during the downtime");
+    b.stop().await;
+    let snap = store.load().unwrap();
+    assert!(snap.messages.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_write_is_never_acknowledged() {
+    let store = FaultyStore::new(Durable::default());
+    let faults = store.handle();
+    let b = TestBroker::with_store(Options::default(), store).await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    s.subscribe(1, "t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+
+    faults.set_failing(true);
+    // 5.0: the PUBACK says the message was not accepted.
+    let mut p5 = Raw::connected(b.addr, v5("p5")).await;
+    assert_eq!(
+        p5.publish(publish("t", "x", QoS::AtLeastOnce, 1)).await,
+        ReasonCode::UnspecifiedError
+    );
+    let mut p5b = Raw::connected(b.addr, v5("p5b")).await;
+    assert_eq!(
+        p5b.publish(publish("t", "y", QoS::ExactlyOnce, 1)).await,
+        ReasonCode::UnspecifiedError
+    );
+    // 3.1.1 has no negative PUBACK: no ack, and the connection is closed so
+    // that the client publishes again.
+    let mut p3 = Raw::connected(b.addr, v311("p3")).await;
+    p3.send(Packet::Publish(publish("t", "z", QoS::AtLeastOnce, 1)))
+        .await;
+    let got = p3.expect_closed().await;
+    assert!(got.is_empty(), "no PUBACK for a failed write: {got:?}");
+    assert!(faults.failed_applies() >= 3);
+    assert!(b.stats.snapshot().storage_errors >= 3);
+
+    faults.set_failing(false);
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    assert_eq!(
+        p.publish(publish("t", "ok", QoS::AtLeastOnce, 1)).await,
+        ReasonCode::Success
+    );
+    b.stop().await;
+}
