@@ -14,6 +14,26 @@ pub struct Options {
     /// How often `$SYS/broker/...` topics are published; `None` disables them.
     /// Default: 10 seconds.
     pub sys_interval: Option<Duration>,
+    /// When acknowledgements leave relative to storage commits.
+    /// Default: [`Durability::AckAfterCommit`].
+    pub durability: Durability,
+}
+
+/// The durability contract with a persistent store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// PUBACK, PUBREC (and SUBACK, UNSUBACK, PUBCOMP) leave only once what
+    /// they acknowledge is committed: nothing acknowledged is lost, even to
+    /// `kill -9` or power loss. Writes arriving together share one commit.
+    #[default]
+    AckAfterCommit,
+    /// Acknowledge at once and commit on an interval, as Mosquitto does:
+    /// faster, but a crash loses what was acknowledged since the last
+    /// commit (at most `flush_interval` of traffic).
+    AckBeforeCommit {
+        /// How often recorded changes are committed.
+        flush_interval: Duration,
+    },
 }
 
 impl Default for Options {
@@ -22,6 +42,7 @@ impl Default for Options {
             capabilities: Capabilities::default(),
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
+            durability: Durability::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ mod server;
 mod stats;
 pub mod topic;
 
-pub use config::{Capabilities, Limits, Options};
+pub use config::{Capabilities, Durability, Limits, Options};
 /// The storage trait and backends (the `roost-storage` crate).
 pub use roost_storage as storage;
 pub use server::{ServeError, Server};

@@ -2,7 +2,7 @@
 //! serve it as a future that ends when a shutdown signal fires.
 
 use crate::broker::{Broker, Commit, ConnId, Event};
-use crate::config::Options;
+use crate::config::{Durability, Options};
 use crate::net::connection::{serve_connection, Shared};
 use crate::stats::{Stats, StatsSnapshot};
 use roost_storage::{MemoryStore, StorageError, Store};
@@ -117,6 +117,7 @@ impl Server {
         drop(shared);
 
         let opts_max_connections = opts.limits.maximum_connections;
+        let durability = opts.durability;
         let mut broker = Broker::new(opts, stats.clone(), store.is_persistent());
         if store.is_persistent() {
             let loader = store.clone();
@@ -137,8 +138,19 @@ impl Server {
         ));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // In the relaxed mode changes are committed on an interval, not after
+        // every batch of events.
+        let mut flush = match durability {
+            Durability::AckAfterCommit => None,
+            Durability::AckBeforeCommit { flush_interval } => {
+                let mut i = tokio::time::interval(flush_interval.max(Duration::from_millis(1)));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Some(i)
+            }
+        };
         tokio::pin!(shutdown);
         loop {
+            let mut flush_now = flush.is_none();
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
@@ -155,6 +167,15 @@ impl Server {
                     }
                 }
                 _ = tick.tick() => broker.tick(now_ms()),
+                _ = async {
+                    match flush.as_mut() {
+                        Some(f) => f.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => flush_now = true,
+            }
+            if !flush_now {
+                continue;
             }
             if let Some(commit) = broker.take_commit() {
                 if commit_tx.send(commit).await.is_err() {

@@ -274,3 +274,36 @@ async fn a_failed_write_is_never_acknowledged() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn the_relaxed_mode_acknowledges_first_and_commits_on_its_interval() {
+    let store = FaultyStore::new(Durable::default());
+    let faults = store.handle();
+    let opts = Options {
+        durability: roost::Durability::AckBeforeCommit {
+            flush_interval: std::time::Duration::from_millis(200),
+        },
+        ..Options::default()
+    };
+    let b = TestBroker::with_store(opts, store).await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    s.subscribe(1, "t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    faults.set_failing(true);
+    // Acknowledged although the write will fail: what this mode gives up.
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    assert_eq!(
+        p.publish(publish("t", "x", QoS::AtLeastOnce, 1)).await,
+        ReasonCode::Success
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while faults.failed_applies() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no commit attempted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    faults.set_failing(false);
+    b.stop().await;
+}

@@ -20,7 +20,7 @@ use crate::codec::{
     ProtocolVersion, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
 };
-use crate::config::Options;
+use crate::config::{Durability, Options};
 use crate::outbox::Outbox;
 use crate::router::{Match, RetainedTree, SubscriptionTree};
 use crate::stats::{self, Stats};
@@ -143,10 +143,14 @@ impl Broker {
     /// A broker with no sessions. `persistent` says whether state changes
     /// should be recorded as storage operations.
     pub fn new(opts: Options, stats: Arc<Stats>, persistent: bool) -> Self {
+        let ack_first = matches!(opts.durability, Durability::AckBeforeCommit { .. });
         Broker {
             opts,
             stats,
-            persist: Persist::new(persistent),
+            persist: Persist {
+                ack_first,
+                ..Persist::new(persistent)
+            },
             sessions: HashMap::new(),
             by_client_id: HashMap::new(),
             conns: HashMap::new(),

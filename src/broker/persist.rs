@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub(crate) struct Persist {
     /// False for a non-persistent store: then no operation is recorded.
     pub enabled: bool,
+    /// Acknowledge before commit (the relaxed mode): nothing is held.
+    pub ack_first: bool,
     /// Operations recorded since the last commit, in order.
     pub ops: Vec<Op>,
     /// Number of the commit being assembled.
@@ -53,7 +55,9 @@ impl Persist {
     /// operation is recorded or a commit is still being written (it may hold
     /// what the acknowledgement vouches for).
     pub fn must_hold(&self) -> bool {
-        self.enabled && (!self.ops.is_empty() || self.in_flight.load(Relaxed) > 0)
+        self.enabled
+            && !self.ack_first
+            && (!self.ops.is_empty() || self.in_flight.load(Relaxed) > 0)
     }
 
     /// Closes the commit being assembled, if it has anything in it.
