@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod codec;
 mod config;
+pub mod hooks;
 mod net;
 pub mod outbox;
 pub mod router;

@@ -3,6 +3,7 @@
 
 use crate::broker::{Broker, Commit, ConnId, Event};
 use crate::config::{Durability, Options};
+use crate::hooks::{AclHook, AuthHook, EventHook, Hooks};
 use crate::net::connection::{serve_connection, Shared};
 use crate::stats::{Stats, StatsSnapshot};
 use roost_storage::{MemoryStore, StorageError, Store};
@@ -32,6 +33,7 @@ pub enum ServeError {
 /// ```
 pub struct Server {
     opts: Options,
+    hooks: Hooks,
     stats: Arc<Stats>,
     store: Arc<dyn Store>,
     listeners: Vec<TcpListener>,
@@ -59,6 +61,7 @@ impl Server {
     pub fn new(opts: Options) -> Self {
         Server {
             opts,
+            hooks: Hooks::default(),
             stats: Arc::new(Stats::default()),
             store: Arc::new(MemoryStore::new()),
             listeners: Vec::new(),
@@ -68,6 +71,31 @@ impl Server {
     /// Uses `store` for sessions, queues and retained messages.
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Arc::new(store);
+        self
+    }
+
+    /// Adds an authentication hook (called after those added before it).
+    pub fn auth_hook(mut self, hook: impl AuthHook) -> Self {
+        self.hooks.auth.push(Arc::new(hook));
+        self
+    }
+
+    /// Adds an ACL hook (called after those added before it).
+    pub fn acl_hook(mut self, hook: impl AclHook) -> Self {
+        self.hooks.acl.push(Arc::new(hook));
+        self
+    }
+
+    /// Adds an event hook (called after those added before it).
+    pub fn event_hook(mut self, hook: impl EventHook) -> Self {
+        self.hooks.events.push(Arc::new(hook));
+        self
+    }
+
+    /// Whether the ACL hooks also judge the inline client. Default: false
+    /// (the host application is trusted).
+    pub fn acl_applies_to_inline_client(mut self, applies: bool) -> Self {
+        self.hooks.acl_inline = applies;
         self
     }
 
@@ -92,6 +120,7 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let Server {
             opts,
+            hooks,
             stats,
             store,
             listeners,
@@ -101,6 +130,7 @@ impl Server {
             opts: opts.clone(),
             stats: stats.clone(),
             events: events_tx,
+            hooks: hooks.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let next_conn = Arc::new(AtomicU64::new(1));
@@ -118,7 +148,7 @@ impl Server {
 
         let opts_max_connections = opts.limits.maximum_connections;
         let durability = opts.durability;
-        let mut broker = Broker::new(opts, stats.clone(), store.is_persistent());
+        let mut broker = Broker::new(opts, hooks.clone(), stats.clone(), store.is_persistent());
         if store.is_persistent() {
             let loader = store.clone();
             let snapshot = tokio::task::spawn_blocking(move || loader.load())
@@ -148,6 +178,7 @@ impl Server {
                 Some(i)
             }
         };
+        hooks.each(|h| h.on_started());
         tokio::pin!(shutdown);
         loop {
             let mut flush_now = flush.is_none();
@@ -199,6 +230,7 @@ impl Server {
         let all = u32::try_from(opts_max_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(all)).await;
         store.flush()?;
+        hooks.each(|h| h.on_stopped());
         Ok(())
     }
 }
@@ -279,7 +311,7 @@ async fn accept_loop(
         let mut stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = serve_connection(stream, conn, shared) => {}
+                _ = serve_connection(stream, conn, Some(peer), shared) => {}
                 _ = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(Duration::from_secs(5)).await } => {}
             }
             drop(permit);

@@ -21,6 +21,7 @@ use crate::codec::{
     UnsubAck, Unsubscribe,
 };
 use crate::config::{Durability, Options};
+use crate::hooks::{Client, Hooks, PublishVerdict, WillMessage};
 use crate::outbox::Outbox;
 use crate::router::{Match, RetainedTree, SubscriptionTree};
 use crate::stats::{self, Stats};
@@ -71,6 +72,24 @@ pub enum Event {
         outbox: Arc<Outbox>,
         /// The packet.
         connect: Box<Connect>,
+        /// Who the client is (its id may still be empty: the core assigns one).
+        client: Arc<Client>,
+    },
+    /// A PUBLISH (topic alias resolved) with what the hooks decided.
+    Publish {
+        /// The connection.
+        conn: ConnId,
+        /// The packet, as the hooks left it.
+        publish: Publish,
+        /// The hooks' verdict.
+        verdict: PublishVerdict,
+    },
+    /// A SUBSCRIBE after the hooks saw it.
+    Subscribe {
+        /// The connection.
+        conn: ConnId,
+        /// The filters as the hooks left them, each with its verdict.
+        subscribe: CheckedSubscribe,
     },
     /// A packet after CONNECT (topic alias already resolved).
     Packet {
@@ -86,6 +105,32 @@ pub enum Event {
         /// Why.
         reason: CloseReason,
     },
+}
+
+/// A SUBSCRIBE whose filters the hooks have seen: each filter carries
+/// `Err(reason)` if a hook refused it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedSubscribe {
+    /// Packet identifier.
+    pub packet_id: crate::codec::PacketId,
+    /// Filters, options and verdicts.
+    pub filters: Vec<(
+        ByteStr,
+        crate::codec::SubscriptionOptions,
+        Result<(), ReasonCode>,
+    )>,
+    /// Subscription identifier.
+    pub subscription_identifier: Option<NonZeroU32>,
+}
+
+impl From<Subscribe> for CheckedSubscribe {
+    fn from(s: Subscribe) -> Self {
+        CheckedSubscribe {
+            packet_id: s.packet_id,
+            filters: s.filters.into_iter().map(|(f, o)| (f, o, Ok(()))).collect(),
+            subscription_identifier: s.subscription_identifier,
+        }
+    }
 }
 
 /// The keep-alive a connection runs with, and the Server Keep Alive to
@@ -111,6 +156,7 @@ pub fn effective_keep_alive(
 /// The broker core.
 pub struct Broker {
     opts: Options,
+    hooks: Hooks,
     stats: Arc<Stats>,
     persist: Persist,
     sessions: HashMap<SessionId, Session>,
@@ -142,10 +188,11 @@ struct Target {
 impl Broker {
     /// A broker with no sessions. `persistent` says whether state changes
     /// should be recorded as storage operations.
-    pub fn new(opts: Options, stats: Arc<Stats>, persistent: bool) -> Self {
+    pub fn new(opts: Options, hooks: Hooks, stats: Arc<Stats>, persistent: bool) -> Self {
         let ack_first = matches!(opts.durability, Durability::AckBeforeCommit { .. });
         Broker {
             opts,
+            hooks,
             stats,
             persist: Persist {
                 ack_first,
@@ -190,8 +237,23 @@ impl Broker {
                 conn,
                 outbox,
                 connect,
-            } => self.connect(conn, outbox, *connect, now_ms),
+                client,
+            } => self.connect(conn, outbox, *connect, client, now_ms),
             Event::Packet { conn, packet } => self.packet(conn, packet, now_ms),
+            Event::Publish {
+                conn,
+                publish,
+                verdict,
+            } => {
+                if let Some(&sid) = self.conns.get(&conn) {
+                    self.on_publish(conn, sid, publish, verdict, now_ms);
+                }
+            }
+            Event::Subscribe { conn, subscribe } => {
+                if let Some(&sid) = self.conns.get(&conn) {
+                    self.on_subscribe(conn, sid, subscribe, now_ms);
+                }
+            }
             Event::Closed { conn, reason } => self.closed(conn, reason, now_ms),
         }
     }
@@ -200,6 +262,7 @@ impl Broker {
         (
             Ctx {
                 persist: &mut self.persist,
+                hooks: &self.hooks,
                 stats: &self.stats,
                 limits: &self.opts.limits,
                 now_ms,
@@ -219,7 +282,14 @@ impl Broker {
         outbox.close();
     }
 
-    fn connect(&mut self, conn: ConnId, outbox: Arc<Outbox>, c: Connect, now_ms: u64) {
+    fn connect(
+        &mut self,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        c: Connect,
+        client: Arc<Client>,
+        now_ms: u64,
+    ) {
         let v = c.protocol;
         let mut assigned = None;
         let client_id = if c.client_id.is_empty() {
@@ -287,9 +357,18 @@ impl Broker {
                         ..Default::default()
                     }));
                 }
-                self.detach(old_conn, false, now_ms);
+                self.detach(old_conn, false, Some(ReasonCode::SessionTakenOver), now_ms);
             }
         }
+        // Hooks see the id the client goes by, assigned or its own.
+        let client = if client.client_id == client_id {
+            client
+        } else {
+            Arc::new(Client {
+                client_id: client_id.clone(),
+                ..(*client).clone()
+            })
+        };
         let (sid, session_present) = match existing {
             Some(sid) if !c.clean_start && self.sessions.contains_key(&sid) => (sid, true),
             other => {
@@ -298,8 +377,7 @@ impl Broker {
                 }
                 let sid = SessionId(self.next_session);
                 self.next_session += 1;
-                self.sessions
-                    .insert(sid, Session::new(client_id.clone(), v));
+                self.sessions.insert(sid, Session::new(client.clone()));
                 self.by_client_id.insert(client_id.clone(), sid);
                 (sid, false)
             }
@@ -347,6 +425,7 @@ impl Broker {
         let persist_enabled = self.persist.enabled;
         let session = self.sessions.get_mut(&sid).expect("session inserted above");
         session.protocol = v;
+        session.client = client.clone();
         session.expiry_interval = expiry;
         session.disconnected_at_ms = None;
         session.will_due_ms = None;
@@ -408,6 +487,10 @@ impl Broker {
             .fetch_max(connected, std::sync::atomic::Ordering::Relaxed);
         self.update_disconnected_gauge();
 
+        if self.hooks.has_events() {
+            self.hooks
+                .each(|h| h.on_session_established(&client, session_present));
+        }
         if session_present {
             let (mut ctx, sessions) = self.ctx(now_ms);
             if let Some(s) = sessions.get_mut(&sid) {
@@ -425,8 +508,9 @@ impl Broker {
 
     /// Detaches a connection from its session. `clean` means a normal
     /// DISCONNECT: the will is discarded. Otherwise the will is published
-    /// now or scheduled after its delay.
-    fn detach(&mut self, conn: ConnId, clean: bool, now_ms: u64) {
+    /// now or scheduled after its delay. `reason` is the DISCONNECT reason
+    /// (either side's), for the hooks.
+    fn detach(&mut self, conn: ConnId, clean: bool, reason: Option<ReasonCode>, now_ms: u64) {
         let Some(sid) = self.conns.remove(&conn) else {
             return;
         };
@@ -447,6 +531,11 @@ impl Broker {
         if let Some(w) = &s.will {
             let delay = w.delay_interval.min(s.expiry_interval);
             s.will_due_ms = Some(now_ms.saturating_add(u64::from(delay) * 1000));
+        }
+        if self.hooks.has_events() {
+            let ends = !s.is_persistent();
+            self.hooks
+                .each(|h| h.on_disconnect(&s.client, reason, ends));
         }
         if !s.is_persistent() {
             self.end_session(sid, now_ms);
@@ -473,12 +562,17 @@ impl Broker {
                     let rec = session_record(s);
                     self.persist.push(Op::PutSession(rec));
                 }
-                self.publish_will(w, now_ms);
+                let client_id = s.client_id.clone();
+                self.publish_will(&client_id, w, now_ms);
             }
         }
     }
 
-    fn publish_will(&mut self, w: Will, now_ms: u64) {
+    fn publish_will(&mut self, client_id: &str, w: Will, now_ms: u64) {
+        let w = match self.intercept_will(client_id, w) {
+            Some(w) => w,
+            None => return,
+        };
         let msg = match w.expiry_interval {
             // Restart the expiry clock: it was set at CONNECT time.
             Some(secs) => Arc::new(Message {
@@ -497,6 +591,47 @@ impl Broker {
             self.store_retained(&msg, now_ms);
         }
         self.route(&msg, now_ms);
+        if self.hooks.has_events() {
+            self.hooks.each(|h| h.on_will_sent(client_id, &msg));
+        }
+    }
+
+    /// Lets the event hooks change or cancel a will.
+    fn intercept_will(&self, client_id: &str, w: Will) -> Option<Will> {
+        if !self.hooks.has_events() {
+            return Some(w);
+        }
+        let m = &w.message;
+        let mut view = WillMessage {
+            topic: m.topic.clone(),
+            payload: m.payload.clone(),
+            qos: m.qos,
+            retain: m.retain,
+        };
+        let mut keep = true;
+        self.hooks
+            .each(|h| keep = keep && h.on_will(client_id, &mut view));
+        if !keep || !topic::valid_name(&view.topic) {
+            return None;
+        }
+        let unchanged = view.topic == m.topic
+            && view.payload == m.payload
+            && view.qos == m.qos
+            && view.retain == m.retain;
+        if unchanged {
+            return Some(w);
+        }
+        let message = Arc::new(Message {
+            topic: view.topic,
+            payload: view.payload,
+            qos: view.qos.min(self.opts.capabilities.maximum_qos),
+            retain: view.retain && self.opts.capabilities.retain_available,
+            properties: m.properties.clone(),
+            expires_at_ms: m.expires_at_ms,
+            publisher: m.publisher,
+            store_id: Default::default(),
+        });
+        Some(Will { message, ..w })
     }
 
     /// Ends a session: its pending will goes out, its subscriptions and
@@ -523,6 +658,7 @@ impl Broker {
         {
             let mut ctx = Ctx {
                 persist: &mut self.persist,
+                hooks: &self.hooks,
                 stats: &self.stats,
                 limits: &self.opts.limits,
                 now_ms,
@@ -538,7 +674,7 @@ impl Broker {
         // earlier of its delay and the session's end ([MQTT-3.1.3-9]).
         if let Some(w) = s.will.take() {
             if s.will_due_ms.is_some() {
-                self.publish_will(w, now_ms);
+                self.publish_will(&s.client_id, w, now_ms);
             }
         }
         self.update_disconnected_gauge();
@@ -555,7 +691,9 @@ impl Broker {
             CloseReason::KeepAliveTimeout => {
                 self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms)
             }
-            CloseReason::Lost | CloseReason::ServerShutdown => self.detach(conn, false, now_ms),
+            CloseReason::Lost | CloseReason::ServerShutdown => {
+                self.detach(conn, false, None, now_ms)
+            }
         }
     }
 
@@ -567,7 +705,7 @@ impl Broker {
             return;
         };
         match packet {
-            Packet::Publish(p) => self.on_publish(conn, sid, p, now_ms),
+            Packet::Publish(p) => self.on_publish(conn, sid, p, PublishVerdict::Deliver, now_ms),
             Packet::PubAck(r) => {
                 let (mut ctx, sessions) = self.ctx(now_ms);
                 if let Some(s) = sessions.get_mut(&sid) {
@@ -587,7 +725,7 @@ impl Broker {
                 }
             }
             Packet::PubRel(r) => self.on_pubrel(sid, r),
-            Packet::Subscribe(sub) => self.on_subscribe(conn, sid, sub, now_ms),
+            Packet::Subscribe(sub) => self.on_subscribe(conn, sid, sub.into(), now_ms),
             Packet::Unsubscribe(u) => self.on_unsubscribe(sid, u),
             Packet::PingReq => {
                 self.sessions[&sid].send(Packet::PingResp);
@@ -642,7 +780,7 @@ impl Broker {
                 s.send(packet);
             }
         }
-        self.detach(conn, false, now_ms);
+        self.detach(conn, false, Some(reason), now_ms);
     }
 
     fn on_disconnect(&mut self, conn: ConnId, sid: SessionId, d: Disconnect, now_ms: u64) {
@@ -658,7 +796,7 @@ impl Broker {
             }
         }
         let with_will = d.reason == ReasonCode::DisconnectWithWillMessage;
-        self.detach(conn, !with_will, now_ms);
+        self.detach(conn, !with_will, Some(d.reason), now_ms);
     }
 
     /// Every acknowledgement goes through here: with a persistent store it
@@ -676,7 +814,14 @@ impl Broker {
         }
     }
 
-    fn on_publish(&mut self, conn: ConnId, sid: SessionId, p: Publish, now_ms: u64) {
+    fn on_publish(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        p: Publish,
+        verdict: PublishVerdict,
+        now_ms: u64,
+    ) {
         stats::add(&self.stats.messages_received, 1);
         let qos = p.qos_pid.qos();
         if too_deep(&p.topic, self.opts.limits.maximum_topic_levels) {
@@ -703,12 +848,13 @@ impl Broker {
                 return self.protocol_error(conn, ReasonCode::ReceiveMaximumExceeded, now_ms);
             }
         }
-        // $SYS is the broker's own namespace.
-        let forbidden = p.topic.starts_with("$SYS");
         let mut reason = ReasonCode::Success;
-        if forbidden {
+        if p.topic.starts_with("$SYS") {
+            // $SYS is the broker's own namespace.
             reason = ReasonCode::NotAuthorized;
-        } else {
+        } else if let PublishVerdict::Refuse(code) = verdict {
+            reason = code;
+        } else if verdict == PublishVerdict::Deliver {
             let msg = Arc::new(Message::from_publish(p, now_ms, Some(sid)));
             if msg.retain {
                 self.store_retained(&msg, now_ms);
@@ -716,6 +862,11 @@ impl Broker {
             let matched = self.route(&msg, now_ms);
             if matched == 0 {
                 reason = ReasonCode::NoMatchingSubscribers;
+            }
+            if self.hooks.has_events() {
+                let client = self.sessions.get(&sid).map(|s| s.client.clone());
+                self.hooks
+                    .each(|h| h.on_published(client.as_deref(), &msg, matched));
             }
         }
         let Some(pid) = pid else { return };
@@ -837,6 +988,9 @@ impl Broker {
             let Some(s) = sessions.get_mut(&t.sid) else {
                 continue;
             };
+            if !ctx.hooks.can_receive(&s.client, msg) {
+                continue;
+            }
             let qos = msg.qos.min(t.qos);
             // 3.1.1 clears RETAIN on forwarded messages ([MQTT-3.3.1-9]);
             // 5.0 keeps it only with Retain As Published ([MQTT-3.3.1-12]).
@@ -857,6 +1011,7 @@ impl Broker {
                 self.persist.push(Op::DeleteRetained {
                     topic: topic.to_owned(),
                 });
+                self.hooks.each(|h| h.on_retained(topic, None));
             }
         } else {
             // Copy out of the read buffer so a long-lived retained message
@@ -874,6 +1029,7 @@ impl Broker {
             self.persist.push(Op::PutRetained {
                 message: message_record(&kept),
             });
+            self.hooks.each(|h| h.on_retained(topic, Some(&kept)));
             self.retained.insert(topic, kept);
         }
         self.stats.retained.store(
@@ -884,7 +1040,7 @@ impl Broker {
 
     // ----- subscriptions ----------------------------------------------
 
-    fn on_subscribe(&mut self, conn: ConnId, sid: SessionId, sub: Subscribe, now_ms: u64) {
+    fn on_subscribe(&mut self, conn: ConnId, sid: SessionId, sub: CheckedSubscribe, now_ms: u64) {
         let caps = self.opts.capabilities.clone();
         if sub.subscription_identifier.is_some() && !caps.subscription_identifiers {
             return self.protocol_error(
@@ -901,7 +1057,21 @@ impl Broker {
             return;
         };
         let v5 = s.protocol.is_v5();
-        for (filter, mut options) in sub.filters {
+        let watching = self.hooks.has_events();
+        let mut names: Vec<ByteStr> = Vec::new();
+        for (filter, mut options, verdict) in sub.filters {
+            if watching {
+                names.push(filter.clone());
+            }
+            if let Err(code) = verdict {
+                reasons.push(code);
+                continue;
+            }
+            if !topic::valid_filter(&filter) {
+                // Only a hook can have produced it: the codec checks filters.
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             let parsed = topic::parse_filter(&filter);
             let (group, plain) = match parsed {
                 SharedFilter::Plain(f) => (None, f),
@@ -962,11 +1132,19 @@ impl Broker {
         self.stats
             .subscriptions
             .store(self.subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if watching {
+            let client = self.sessions.get(&sid).map(|s| s.client.clone());
+            if let Some(client) = client {
+                let done: Vec<(ByteStr, ReasonCode)> =
+                    names.into_iter().zip(reasons.iter().copied()).collect();
+                self.hooks.each(|h| h.on_subscribed(&client, &done));
+            }
+        }
         self.ack(
             sid,
             Packet::SubAck(SubAck {
                 packet_id: sub.packet_id,
-                reasons,
+                reasons: reasons.clone(),
                 properties: AckProperties::default(),
             }),
         );
@@ -998,6 +1176,7 @@ impl Broker {
             return;
         };
         let mut reasons = Vec::with_capacity(u.filters.len());
+        let mut removed = Vec::new();
         for filter in u.filters {
             if s.subscriptions.remove(&filter).is_some() {
                 let (group, plain) = split_shared(&filter);
@@ -1009,9 +1188,14 @@ impl Broker {
                     });
                 }
                 reasons.push(ReasonCode::Success);
+                removed.push(filter);
             } else {
                 reasons.push(ReasonCode::NoSubscriptionExisted);
             }
+        }
+        if self.hooks.has_events() && !removed.is_empty() {
+            let client = s.client.clone();
+            self.hooks.each(|h| h.on_unsubscribed(&client, &removed));
         }
         self.stats
             .subscriptions
@@ -1048,6 +1232,10 @@ impl Broker {
             }
             if let Some(at) = s.disconnected_at_ms {
                 if at.saturating_add(u64::from(s.expiry_interval) * 1000) <= now_ms {
+                    if self.hooks.has_events() {
+                        let id = s.client_id.clone();
+                        self.hooks.each(|h| h.on_session_expired(&id));
+                    }
                     self.end_session(sid, now_ms);
                 }
             }
@@ -1063,6 +1251,7 @@ impl Broker {
                 keep
             });
             for topic in gone {
+                self.hooks.each(|h| h.on_retained_expired(&topic));
                 self.persist.push(Op::DeleteRetained { topic });
             }
         }

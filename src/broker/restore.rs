@@ -11,6 +11,7 @@ use super::message::Message;
 use super::session::{Outgoing, Session, SubEntry, Will};
 use super::{split_shared, Broker, SessionId};
 use crate::codec::{ByteStr, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
+use crate::hooks::Client;
 use crate::stats;
 use roost_storage::{Op, OutboundState, Snapshot};
 use std::collections::HashMap;
@@ -57,7 +58,13 @@ impl Broker {
             let client_id = ByteStr::from(rec.client_id);
             let sid = SessionId(self.next_session);
             self.next_session += 1;
-            let mut s = Session::new(client_id.clone(), version);
+            let mut s = Session::new(Arc::new(Client {
+                client_id: client_id.clone(),
+                username: None,
+                remote_addr: None,
+                protocol: version,
+                inline: false,
+            }));
             s.stored = true;
             s.expiry_interval = rec.expiry_interval;
             // A session that was connected when the broker stopped lost its

@@ -11,6 +11,7 @@ use crate::codec::{
     SubscriptionOptions,
 };
 use crate::config::Limits;
+use crate::hooks::{Client, DropReason, Hooks};
 use crate::outbox::Outbox;
 use crate::stats::{self, Stats};
 use roost_storage::{Op, OutboundRecord, OutboundState};
@@ -61,6 +62,7 @@ pub(crate) struct Outgoing {
 /// What a session needs from the broker while it works.
 pub(crate) struct Ctx<'a> {
     pub persist: &'a mut Persist,
+    pub hooks: &'a Hooks,
     pub stats: &'a Stats,
     pub limits: &'a Limits,
     pub now_ms: u64,
@@ -69,6 +71,8 @@ pub(crate) struct Ctx<'a> {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub client_id: ByteStr,
+    /// Who the client is, as hooks see it (from its latest connection).
+    pub client: Arc<Client>,
     pub protocol: ProtocolVersion,
     pub conn: Option<Conn>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
@@ -93,10 +97,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: ByteStr, protocol: ProtocolVersion) -> Self {
+    pub fn new(client: Arc<Client>) -> Self {
         Session {
-            client_id,
-            protocol,
+            client_id: client.client_id.clone(),
+            protocol: client.protocol,
+            client,
             conn: None,
             expiry_interval: 0,
             disconnected_at_ms: None,
@@ -174,8 +179,21 @@ impl Session {
         stats::sub(&ctx.stats.inflight, 1);
     }
 
-    fn dropped(ctx: &Ctx) {
+    fn dropped(&self, msg: &Message, reason: DropReason, ctx: &Ctx) {
         stats::add(&ctx.stats.messages_dropped, 1);
+        if ctx.hooks.has_events() {
+            ctx.hooks
+                .each(|h| h.on_dropped(&self.client_id, msg, reason));
+        }
+    }
+
+    fn completed(&self, o: &Outgoing, ctx: &Ctx) {
+        if ctx.hooks.has_events() {
+            if let Some(pid) = o.pid {
+                ctx.hooks
+                    .each(|h| h.on_qos_complete(&self.client, pid.get(), o.qos));
+            }
+        }
     }
 
     /// Routes one message to this session at `qos` (already reduced to the
@@ -199,18 +217,18 @@ impl Session {
         if qos == QoS::AtMostOnce {
             let Some(conn) = &self.conn else { return };
             if conn.outbox.len() >= ctx.limits.maximum_pending_writes {
-                Self::dropped(ctx);
+                self.dropped(msg, DropReason::SlowClient, ctx);
                 return;
             }
             let p = msg.to_publish(QosPid::AtMostOnce, retain, false, sub_ids, ctx.now_ms);
-            self.push_publish(p, ctx);
+            self.push_publish(p, msg, ctx);
             return;
         }
         if self.conn.is_none() && !self.is_persistent() {
             return;
         }
         if self.queue.len() >= ctx.limits.maximum_queued_messages {
-            Self::dropped(ctx);
+            self.dropped(msg, DropReason::QueueFull, ctx);
             return;
         }
         self.next_seq += 1;
@@ -241,12 +259,12 @@ impl Session {
 
     /// Pushes a PUBLISH unless it is larger than the client accepts
     /// ([MQTT-3.1.2-24]); returns false if it was dropped.
-    fn push_publish(&self, p: crate::codec::Publish, ctx: &Ctx) -> bool {
+    fn push_publish(&self, p: crate::codec::Publish, msg: &Message, ctx: &Ctx) -> bool {
         let Some(conn) = &self.conn else { return false };
         let packet = Packet::Publish(p);
         if let Some(max) = conn.max_packet_size {
             if encoded_len(&packet, self.protocol) > max as usize {
-                Self::dropped(ctx);
+                self.dropped(msg, DropReason::TooLarge, ctx);
                 return false;
             }
         }
@@ -266,7 +284,7 @@ impl Session {
             o.sub_ids.clone(),
             ctx.now_ms,
         );
-        if self.push_publish(p, ctx) {
+        if self.push_publish(p, &o.msg, ctx) {
             self.store_outgoing(&o, ctx);
             self.inflight.push_back(o);
         } else {
@@ -285,6 +303,7 @@ impl Session {
                 break;
             };
             if o.msg.is_expired(ctx.now_ms) {
+                self.dropped(&o.msg, DropReason::Expired, ctx);
                 self.forget_outgoing(&o, ctx);
                 continue;
             }
@@ -314,7 +333,7 @@ impl Session {
                         o.sub_ids.clone(),
                         ctx.now_ms,
                     );
-                    self.push_publish(p, ctx);
+                    self.push_publish(p, &o.msg, ctx);
                 }
             }
         }
@@ -335,6 +354,7 @@ impl Session {
         if let Some(i) = self.inflight_position(pid) {
             if self.inflight[i].qos == QoS::AtLeastOnce {
                 if let Some(o) = self.inflight.remove(i) {
+                    self.completed(&o, ctx);
                     self.forget_outgoing(&o, ctx);
                 }
                 self.fill(ctx);
@@ -378,6 +398,7 @@ impl Session {
         if let Some(i) = self.inflight_position(pid) {
             if self.inflight[i].state == OutboundState::Released {
                 if let Some(o) = self.inflight.remove(i) {
+                    self.completed(&o, ctx);
                     self.forget_outgoing(&o, ctx);
                 }
                 self.fill(ctx);

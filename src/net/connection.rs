@@ -6,12 +6,14 @@
 //! [`serve_connection`].
 
 use super::alias::{InboundAliases, OutboundAliases};
-use crate::broker::{effective_keep_alive, CloseReason, ConnId, Event};
-use crate::codec::{encode, DecodeError, Decoder, Packet, ProtocolVersion};
+use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event};
+use crate::codec::{encode, ConnAck, DecodeError, Decoder, Packet, ProtocolVersion, Subscribe};
 use crate::config::Options;
+use crate::hooks::{Client, Hooks, PublishVerdict};
 use crate::outbox::Outbox;
 use crate::stats::{self, Stats};
 use bytes::BytesMut;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,6 +25,7 @@ pub(crate) struct Shared {
     pub opts: Options,
     pub stats: Arc<Stats>,
     pub events: mpsc::Sender<Event>,
+    pub hooks: Hooks,
 }
 
 const READ_CHUNK: usize = 4096;
@@ -55,8 +58,12 @@ enum ReadError {
 }
 
 /// Runs one connection to its end.
-pub(crate) async fn serve_connection<S>(stream: S, conn: ConnId, shared: Arc<Shared>)
-where
+pub(crate) async fn serve_connection<S>(
+    stream: S,
+    conn: ConnId,
+    remote_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -70,7 +77,7 @@ where
         read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats),
     )
     .await;
-    let connect = match first {
+    let mut connect = match first {
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
             // Answer in the form the client can read: 5.0 gets 0x84, anything
@@ -92,6 +99,34 @@ where
     };
 
     let version = connect.protocol;
+    let mut client = Client {
+        client_id: connect.client_id.clone(),
+        username: connect.username.clone(),
+        remote_addr,
+        protocol: version,
+        inline: false,
+    };
+    if !shared.hooks.auth.is_empty() {
+        // May do I/O: it runs here, in this connection's task, so a slow
+        // check holds up only this client.
+        if let Err(reason) = shared.hooks.connect(&client, &mut connect).await {
+            tracing::info!(conn = conn.0, client_id = %client.client_id, ?reason, "connection refused");
+            let mut out = BytesMut::new();
+            let refusal = Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason,
+                properties: Default::default(),
+            });
+            if encode(&refusal, version, &mut out).is_ok() {
+                let _ = wr.write_all(&out).await;
+            }
+            let _ = wr.shutdown().await;
+            return;
+        }
+        client.client_id = connect.client_id.clone();
+        client.username = connect.username.clone();
+    }
+    let client = Arc::new(client);
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
     let mut inbound_aliases = InboundAliases::new(if version.is_v5() {
         opts.capabilities.topic_alias_maximum
@@ -115,6 +150,7 @@ where
             conn,
             outbox: outbox.clone(),
             connect,
+            client: client.clone(),
         })
         .await
         .is_err()
@@ -153,22 +189,39 @@ where
         // Even PINGREQ goes through the core: only the core's order puts
         // the CONNACK first ([MQTT-3.2.0-1]) when a client pipelines
         // packets behind its CONNECT.
-        let packet = match packet {
-            Packet::Publish(mut p) => {
-                if let Err(code) = inbound_aliases.resolve(&mut p) {
+        let last = matches!(packet, Packet::Disconnect(_));
+        let event = match packet {
+            Packet::Publish(mut publish) => {
+                if let Err(code) = inbound_aliases.resolve(&mut publish) {
                     break Some(CloseReason::ProtocolError(code));
                 }
-                Packet::Publish(p)
+                let verdict = if shared.hooks.is_empty() {
+                    PublishVerdict::Deliver
+                } else {
+                    shared.hooks.publish(&client, &mut publish).await
+                };
+                Event::Publish {
+                    conn,
+                    publish,
+                    verdict,
+                }
             }
-            other => other,
+            Packet::Subscribe(sub) if !shared.hooks.is_empty() => Event::Subscribe {
+                conn,
+                subscribe: intercept_subscribe(&shared.hooks, &client, sub).await,
+            },
+            Packet::Unsubscribe(mut unsub) if shared.hooks.has_events() => {
+                shared
+                    .hooks
+                    .each(|h| h.on_unsubscribe(&client, &mut unsub.filters));
+                Event::Packet {
+                    conn,
+                    packet: Packet::Unsubscribe(unsub),
+                }
+            }
+            packet => Event::Packet { conn, packet },
         };
-        let last = matches!(packet, Packet::Disconnect(_));
-        if shared
-            .events
-            .send(Event::Packet { conn, packet })
-            .await
-            .is_err()
-        {
+        if shared.events.send(event).await.is_err() {
             break None;
         }
         if last {
@@ -195,6 +248,21 @@ where
     {
         outbox.close();
         writer.abort();
+    }
+}
+
+/// Runs the subscribe hooks: the filters as changed, with a verdict each.
+async fn intercept_subscribe(hooks: &Hooks, client: &Client, sub: Subscribe) -> CheckedSubscribe {
+    let mut filters: Vec<_> = sub
+        .filters
+        .into_iter()
+        .map(|(f, o)| (f, o, Ok(())))
+        .collect();
+    hooks.subscribe(client, &mut filters).await;
+    CheckedSubscribe {
+        packet_id: sub.packet_id,
+        filters,
+        subscription_identifier: sub.subscription_identifier,
     }
 }
 
