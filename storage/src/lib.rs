@@ -97,9 +97,19 @@ pub mod conformance;
 pub mod encoding;
 mod faulty;
 pub mod keys;
+#[cfg(any(feature = "sled", feature = "redb"))]
+mod kv;
 mod memory;
 mod record;
+#[cfg(feature = "redb")]
+mod redb;
+#[cfg(feature = "sled")]
+mod sled;
 
+#[cfg(feature = "redb")]
+pub use crate::redb::RedbStore;
+#[cfg(feature = "sled")]
+pub use crate::sled::SledStore;
 pub use faulty::{FaultHandle, FaultyStore};
 pub use memory::MemoryStore;
 pub use record::*;
