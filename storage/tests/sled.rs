@@ -84,13 +84,24 @@ fn disk_use_stays_bounded_under_churn() {
     let dir = temp_dir();
     let store = SledStore::open(dir.path()).unwrap();
     let started = Instant::now();
-    churn(&store, 100, 200, 1024);
-    store.flush().unwrap();
-    let size = disk_usage(dir.path());
+    // Four rounds of 25 batches of 200 messages of 1 KiB: 20 000 messages,
+    // about 20 MiB written, at most 200 (200 KiB) live at any time.
+    let mut sizes = Vec::new();
+    for round in 0..4 {
+        churn(&store, round * 25..(round + 1) * 25, 200, 1024);
+        store.flush().unwrap();
+        sizes.push(disk_usage(dir.path()));
+    }
     eprintln!(
-        "sled: {} bytes on disk after churning 20000 x 1 KiB messages in {:?}",
-        size,
+        "sled: bytes on disk after each 5 000 messages: {sizes:?} ({:?})",
         started.elapsed()
     );
-    assert!(size < 12 << 20, "sled directory grew to {size} bytes");
+    let last = sizes[3];
+    // Bounded: far below the 20 MiB written...
+    assert!(last < 12 << 20, "sled grew to {last} bytes");
+    // ...and not growing with the amount written: the largest size of the
+    // second half of the churn is within half again the first half's.
+    let early = sizes[..2].iter().max().copied().unwrap_or(0);
+    let late = sizes[2..].iter().max().copied().unwrap_or(0);
+    assert!(late < early + early / 2, "sled keeps growing: {sizes:?}");
 }
