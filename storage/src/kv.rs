@@ -8,7 +8,9 @@
 //! the whole record). A `meta` table holds [`VERSION_KEY`]: the store format
 //! version, a big-endian `u32`.
 
-use std::collections::{BTreeSet, HashMap};
+#[cfg(feature = "sled")]
+use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::encoding::{self, try_encode, FORMAT_VERSION};
@@ -185,6 +187,7 @@ pub(crate) fn plan(ops: &[Op]) -> Result<Vec<Write>, StorageError> {
 /// `existing(table, start, end)` lists the keys stored in the range before
 /// the batch. Keys put by earlier writes of the same batch are added, so a
 /// put followed by a session delete in one batch still leaves nothing.
+#[cfg(feature = "sled")]
 pub(crate) fn expand_ranges(
     writes: Vec<Write>,
     mut existing: impl FnMut(Table, &[u8], &[u8]) -> Result<Vec<Vec<u8>>, StorageError>,
@@ -344,6 +347,7 @@ impl SnapshotBuilder {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "sled")]
     fn put(table: Table, key: &[u8]) -> Write {
         Write::Put {
             table,
@@ -352,6 +356,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "sled")]
     #[test]
     fn expanded_ranges_cover_stored_and_batch_keys_only() {
         let (start, end) = client_range("a");
