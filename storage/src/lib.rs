@@ -85,10 +85,29 @@
 //!   [`encoding::decode`]).
 //! - [`keys`]: composite keys that sort correctly in byte order.
 //!
+//! # Backends
+//!
+//! | backend         | persistent | atomic batch                  | durable on return                 |
+//! |-----------------|------------|-------------------------------|-----------------------------------|
+//! | [`MemoryStore`] | no         | one lock held for the batch   | n/a                               |
+//! | `SledStore`     | yes        | one multi-tree transaction    | `Db::flush` (fsync) after commit  |
+//! | `RedbStore`     | yes        | one write transaction         | commit fsyncs (default durability) |
+//!
+//! Both persistent backends refuse a store written in another format
+//! version ([`StorageError::UnsupportedFormat`], with a hint for the
+//! operator) and report damaged files as errors naming the path; they never
+//! wipe data on their own.
+//!
 //! # Cargo features
 //!
-//! None yet; every feature this crate adds (the sled and redb backends) is
-//! additive and off by default.
+//! Every feature is additive and off by default here; the `roost` crate
+//! forwards them (features of the same names) and turns `redb` on by
+//! default.
+//!
+//! | feature | enables | dependency |
+//! |---------|---------|------------|
+//! | `sled`  | `SledStore`: a sled 0.34 database directory, one tree per record kind | `sled` 0.34 |
+//! | `redb`  | `RedbStore`: one `roost.redb` file in a directory, one table per record kind | `redb` 2 |
 
 use std::sync::Arc;
 

@@ -1,7 +1,10 @@
 //! The sled backend (feature `sled`).
 
+use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use ::sled::transaction::{ConflictableTransactionError, TransactionError};
 use ::sled::{Db, Transactional, Tree};
@@ -62,17 +65,7 @@ impl SledStore {
         // sled 0.34 can panic on some damaged files instead of returning
         // an error; the operator should get a message naming the path, and
         // the embedding application should not unwind.
-        let opened = catch_unwind(AssertUnwindSafe(|| {
-            ::sled::Config::new().path(&path).open()
-        }))
-        .map_err(|_| {
-            StorageError::Corrupt(format!(
-                "sled store at {}: sled failed while opening it (damaged files?); \
-                 move the directory aside to start empty",
-                path.display()
-            ))
-        })?;
-        let db = opened.map_err(|e| error(&path, "cannot open", e))?;
+        let db = open_db(&path)?;
 
         let mut trees = Vec::with_capacity(Table::ALL.len());
         for table in Table::ALL {
@@ -194,6 +187,55 @@ impl Store for SledStore {
             .map(drop)
             .map_err(|e| error(&self.path, "cannot flush", e))
     }
+}
+
+/// How long `open` waits for sled's lock on the directory to be released.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens the sled database in `path`.
+///
+/// Dropping a sled 0.34 `Db` does not release its lock on the directory at
+/// once: a background thread lets go of it a moment later (sled issues
+/// #1234, #1289). So reopening right after a drop, in the same process, can
+/// find the lock taken; `open` retries for up to [`LOCK_WAIT`] before
+/// reporting the directory as in use. Other errors are reported at once.
+fn open_db(path: &Path) -> Result<Db, StorageError> {
+    let started = Instant::now();
+    loop {
+        // sled 0.34 can panic on some damaged files instead of returning an
+        // error; the operator should get a message naming the path, and the
+        // embedding application should not unwind.
+        let opened = catch_unwind(AssertUnwindSafe(|| ::sled::Config::new().path(path).open()))
+            .map_err(|_| {
+                StorageError::Corrupt(format!(
+                    "sled store at {}: sled failed while opening it (damaged files?); \
+                 move the directory aside to start empty",
+                    path.display()
+                ))
+            })?;
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_contention(&e) && started.elapsed() < LOCK_WAIT => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if is_lock_contention(&e) => {
+                return Err(StorageError::Io(format!(
+                    "sled store at {}: the directory is locked (is another roost using it?): {e}",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(error(path, "cannot open", e)),
+        }
+    }
+}
+
+/// True if sled could not lock the directory because another handle holds
+/// the lock. sled 0.34 reports it as an `Other` I/O error whose message
+/// starts with "could not acquire lock", wrapping the `WouldBlock` error.
+fn is_lock_contention(e: &::sled::Error) -> bool {
+    matches!(e, ::sled::Error::Io(err) if err.kind() == io::ErrorKind::WouldBlock
+        || (err.kind() == io::ErrorKind::Other
+            && err.to_string().starts_with("could not acquire lock")))
 }
 
 /// Maps a sled error, naming the store's directory.

@@ -22,8 +22,23 @@ mod sled_reopen {
     });
 }
 
+/// Opens the sled database directly, waiting for a dropped store's lock
+/// (sled releases it a moment after the drop).
+fn raw_open(dir: &Path) -> sled::Db {
+    for _ in 0..200 {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot open {}: {e}", dir.display()),
+        }
+    }
+    panic!("{} stays locked", dir.display());
+}
+
 fn set_version(dir: &Path, version: u32) {
-    let db = sled::open(dir).unwrap();
+    let db = raw_open(dir);
     db.open_tree("meta")
         .unwrap()
         .insert("format_version", &version.to_be_bytes()[..])
@@ -51,7 +66,7 @@ fn other_format_version_is_refused_with_a_hint() {
 fn records_without_a_version_are_refused() {
     let dir = temp_dir();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_open(dir.path());
         db.open_tree("sessions").unwrap().insert("x", "y").unwrap();
         db.flush().unwrap();
     }
@@ -104,4 +119,13 @@ fn disk_use_stays_bounded_under_churn() {
     let early = sizes[..2].iter().max().copied().unwrap_or(0);
     let late = sizes[2..].iter().max().copied().unwrap_or(0);
     assert!(late < early + early / 2, "sled keeps growing: {sizes:?}");
+}
+
+#[test]
+fn a_directory_in_use_is_reported_after_waiting() {
+    let dir = temp_dir();
+    let _store = SledStore::open(dir.path()).unwrap();
+    let err = SledStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::Io(_)), "{err:?}");
+    assert!(err.to_string().contains("locked"), "{err}");
 }
