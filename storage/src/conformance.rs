@@ -15,6 +15,11 @@
 //! directory, and its store should own that directory). [`MemoryStore`] is
 //! the reference: where this suite is silent, backends behave like it.
 //!
+//! Persistent backends also run the reopen cases through
+//! [`reopen_tests!`](crate::reopen_tests): each opens a store in a
+//! directory, writes, drops it, and checks what a store reopened there
+//! loads.
+//!
 //! [`MemoryStore`]: crate::MemoryStore
 
 use std::path::Path;

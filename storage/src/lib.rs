@@ -37,8 +37,9 @@
 //!   kept but left out of the snapshot.
 //!
 //! Every backend passes the same conformance suite,
-//! [`conformance_tests!`], and [`FaultyStore`] wraps any backend to make
-//! chosen writes fail.
+//! [`conformance_tests!`], persistent ones also [`reopen_tests!`] (drop the
+//! store, reopen its directory, find the same state), and [`FaultyStore`]
+//! wraps any backend to make chosen writes fail.
 //!
 //! # Example
 //!

@@ -80,7 +80,7 @@ impl RedbStore {
         let path = dir.join(Self::FILE_NAME);
         // `Database::create` initialises only a missing or empty file; it
         // refuses anything that is not a redb database.
-        let db = Database::create(&path).map_err(|e| error(&path, "cannot open", e))?;
+        let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
         let store = Self { db, path };
         store.init()?;
         Ok(store)
@@ -217,6 +217,26 @@ impl Store for RedbStore {
     }
 
     // `flush` keeps the default: every commit is already durable.
+}
+
+/// Maps an error of `Database::create`. redb reports a file that is not a
+/// database (bad magic number, short header) as an I/O error of kind
+/// `InvalidData` or `UnexpectedEof`: that is a damaged file, not a failing
+/// disk, and the operator needs to hear so.
+fn open_error(path: &Path, e: ::redb::DatabaseError) -> StorageError {
+    if let ::redb::DatabaseError::Storage(::redb::StorageError::Io(io)) = &e {
+        if matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ) {
+            return StorageError::Corrupt(format!(
+                "redb store {}: not a redb database, or damaged ({io}); \
+                 move the file aside to start empty",
+                path.display()
+            ));
+        }
+    }
+    error(path, "cannot open", e)
 }
 
 /// Maps a redb error, naming the database file.

@@ -79,10 +79,8 @@ fn garbage_file_is_a_clear_error_and_is_left_alone() {
     let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
     fs::write(&file, &garbage).unwrap();
     let err = RedbStore::open(dir.path()).unwrap_err();
-    assert!(
-        matches!(err, StorageError::Corrupt(_) | StorageError::Io(_)),
-        "{err:?}"
-    );
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains("move the file aside"), "{err}");
     assert!(
         err.to_string().contains(&file.display().to_string()),
         "{err}"
@@ -101,6 +99,7 @@ fn truncated_file_is_an_error_not_a_panic() {
     let bytes = fs::read(&file).unwrap();
     fs::write(&file, &bytes[..bytes.len().min(100)]).unwrap();
     let err = RedbStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
     assert!(
         err.to_string().contains(&file.display().to_string()),
         "{err}"
