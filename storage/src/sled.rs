@@ -57,14 +57,12 @@ impl SledStore {
     /// - [`StorageError::Corrupt`] if sled finds the files damaged, or the
     ///   store holds records but no format version;
     /// - [`StorageError::Io`] if the directory cannot be read or written, or
-    ///   is in use by another process.
+    ///   is still locked by another handle after waiting two seconds (a
+    ///   handle dropped in this process releases it shortly after the drop).
     ///
     /// Every message names the directory. Nothing is wiped on error.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = dir.as_ref().to_path_buf();
-        // sled 0.34 can panic on some damaged files instead of returning
-        // an error; the operator should get a message naming the path, and
-        // the embedding application should not unwind.
         let db = open_db(&path)?;
 
         let mut trees = Vec::with_capacity(Table::ALL.len());
