@@ -15,7 +15,14 @@
 //! directory, and its store should own that directory). [`MemoryStore`] is
 //! the reference: where this suite is silent, backends behave like it.
 //!
+//! Persistent backends also run the reopen cases through
+//! [`reopen_tests!`](crate::reopen_tests): each opens a store in a
+//! directory, writes, drops it, and checks what a store reopened there
+//! loads.
+//!
 //! [`MemoryStore`]: crate::MemoryStore
+
+use std::path::Path;
 
 use bytes::Bytes;
 
@@ -76,6 +83,56 @@ macro_rules! conformance_tests {
         );
     };
 }
+
+/// Expands to one `#[test]` per reopen case, for a persistent backend.
+///
+/// Takes an expression making a fresh directory (evaluated once per test;
+/// anything that is `AsRef<Path>`, such as a `tempfile::TempDir`, and is
+/// kept alive for the test), and a closure opening a store in a directory,
+/// returning `Result<impl Store, StorageError>`. Each case opens, drops and
+/// reopens stores in that directory:
+///
+/// ```ignore
+/// mod redb_reopen {
+///     roost_storage::reopen_tests!(
+///         tempfile::tempdir().unwrap(),
+///         |dir: &std::path::Path| roost_storage::RedbStore::open(dir),
+///     );
+/// }
+/// ```
+#[macro_export]
+macro_rules! reopen_tests {
+    (@cases $dir:expr, $open:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let dir = $dir;
+                let open = $open;
+                let opener = |path: &::std::path::Path| {
+                    open(path).map(|store| {
+                        ::std::boxed::Box::new(store) as ::std::boxed::Box<dyn $crate::Store>
+                    })
+                };
+                $crate::conformance::$case(
+                    &opener,
+                    ::std::convert::AsRef::<::std::path::Path>::as_ref(&dir),
+                );
+            }
+        )*
+    };
+    ($dir:expr, $open:expr $(,)?) => {
+        $crate::reopen_tests!(@cases $dir, $open;
+            reopen_empty_store_loads_empty,
+            reopen_keeps_everything,
+            reopen_keeps_deletes_and_takes_new_writes,
+            reopen_after_rejected_batch,
+            reopen_after_flush,
+        );
+    };
+}
+
+/// Opens a store in a directory (the reopen cases).
+pub type Opener<'a> = &'a dyn Fn(&Path) -> Result<Box<dyn Store>, StorageError>;
 
 // ---- fixtures ----
 
@@ -968,4 +1025,164 @@ pub fn load_does_not_change_state(store: &dyn Store) {
     assert_eq!(load(store), first);
     apply(store, &[put_inbound("c", 1)]);
     assert_eq!(find(&load(store), "c").inbound_qos2, [1]);
+}
+
+// ---- reopen cases (persistent backends) ----
+
+fn open(opener: Opener<'_>, dir: &Path) -> Box<dyn Store> {
+    match opener(dir) {
+        Ok(store) => store,
+        Err(e) => panic!("cannot open a store in {}: {e}", dir.display()),
+    }
+}
+
+/// A batch touching every kind of record, including an orphan.
+fn everything() -> Vec<Op> {
+    let mut ops = vec![
+        Op::PutSession(SessionRecord {
+            client_id: "with-will".into(),
+            protocol_level: 5,
+            expiry_interval: u32::MAX,
+            disconnected_at_ms: Some(1_700_000_000_000),
+            will: Some(WillRecord {
+                message: full_message("will/t"),
+                delay_interval: 5,
+            }),
+        }),
+        put_session("a"),
+        put_session("ab"),
+        put_session("🦀"),
+        put_sub("a", "x/#", 1),
+        put_sub("a", "$share/g/x", 2),
+        put_sub("ab", "y", 0),
+        put_outbound("a", 1, 10),
+        put_outbound("a", u64::MAX, 11),
+        Op::PutOutbound {
+            client_id: "ab".into(),
+            seq: 256,
+            entry: OutboundRecord {
+                message_id: 10,
+                qos: 2,
+                retain: true,
+                packet_id: Some(7),
+                state: OutboundState::Released,
+                subscription_identifiers: vec![1, 268_435_455],
+            },
+        },
+        put_inbound("a", 65_535),
+        put_inbound("a", 1),
+        put_inbound("🦀", 3),
+        put_sub("ghost", "orphan", 1),
+        put_outbound("ghost", 1, 10),
+        put_message(10, "x/1"),
+        put_message(11, "x/2"),
+        Op::PutMessage {
+            id: u64::MAX,
+            message: full_message("full"),
+        },
+        Op::PutRetained {
+            message: full_message("r/1"),
+        },
+        Op::PutRetained {
+            message: message("r/0", b"zero"),
+        },
+    ];
+    ops.extend(
+        shuffled(50)
+            .into_iter()
+            .map(|i| put_outbound("🦀", i as u64, 11)),
+    );
+    ops
+}
+
+/// A store opened in a fresh directory is empty, and stays empty when
+/// reopened.
+pub fn reopen_empty_store_loads_empty(opener: Opener<'_>, dir: &Path) {
+    let store = open(opener, dir);
+    assert!(store.is_persistent());
+    assert_eq!(load(&*store), Snapshot::default());
+    drop(store);
+    assert_eq!(load(&*open(opener, dir)), Snapshot::default());
+}
+
+/// Everything applied comes back, unchanged and in order, after the store
+/// is dropped and reopened (twice).
+pub fn reopen_keeps_everything(opener: Opener<'_>, dir: &Path) {
+    let store = open(opener, dir);
+    apply(&*store, &everything());
+    apply(
+        &*store,
+        &[
+            Op::DeleteOutbound {
+                client_id: "a".into(),
+                seq: 1,
+            },
+            Op::DeleteRetained {
+                topic: "r/0".into(),
+            },
+        ],
+    );
+    let before = load(&*store);
+    assert_eq!(client_ids(&before), ["a", "ab", "with-will", "🦀"]);
+    drop(store);
+
+    let store = open(opener, dir);
+    assert_eq!(load(&*store), before);
+    drop(store);
+    assert_eq!(load(&*open(opener, dir)), before);
+}
+
+/// Deletes (a session's cascade included) are durable too, and a reopened
+/// store takes new writes.
+pub fn reopen_keeps_deletes_and_takes_new_writes(opener: Opener<'_>, dir: &Path) {
+    let store = open(opener, dir);
+    apply(&*store, &everything());
+    drop(store);
+
+    let store = open(opener, dir);
+    apply(
+        &*store,
+        &[
+            Op::DeleteSession {
+                client_id: "a".into(),
+            },
+            Op::DeleteMessage { id: 11 },
+            put_session("new"),
+            put_sub("new", "n", 1),
+        ],
+    );
+    let before = load(&*store);
+    drop(store);
+
+    let store = open(opener, dir);
+    let after = load(&*store);
+    assert_eq!(after, before);
+    assert_eq!(client_ids(&after), ["ab", "new", "with-will", "🦀"]);
+    // The cascade removed "a"'s entries on disk, not only from the snapshot.
+    apply(&*store, &[put_session("a")]);
+    let s = load(&*store);
+    let a = find(&s, "a");
+    assert!(a.subscriptions.is_empty() && a.outbound.is_empty() && a.inbound_qos2.is_empty());
+}
+
+/// A rejected batch leaves nothing on disk.
+pub fn reopen_after_rejected_batch(opener: Opener<'_>, dir: &Path) {
+    let store = open(opener, dir);
+    apply(&*store, &[put_session("kept")]);
+    let rejected = store.apply(&[put_session("lost"), put_session("bad\0id")]);
+    assert!(matches!(rejected, Err(StorageError::InvalidOp(_))));
+    drop(store);
+    assert_eq!(client_ids(&load(&*open(opener, dir))), ["kept"]);
+}
+
+/// `flush` succeeds, and what was applied before it survives reopening.
+pub fn reopen_after_flush(opener: Opener<'_>, dir: &Path) {
+    let store = open(opener, dir);
+    apply(&*store, &everything());
+    if let Err(e) = store.flush() {
+        panic!("flush failed: {e}");
+    }
+    let before = load(&*store);
+    drop(store);
+    assert_eq!(load(&*open(opener, dir)), before);
 }

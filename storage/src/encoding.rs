@@ -52,6 +52,21 @@ pub fn try_encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageEr
     Ok(bytes)
 }
 
+/// The error for data of format version `found` (not [`FORMAT_VERSION`]),
+/// with the hint that fits: upgrade for newer data, an older release for
+/// older data.
+pub(crate) fn unsupported_format(found: u32) -> StorageError {
+    StorageError::UnsupportedFormat {
+        found,
+        supported: u32::from(FORMAT_VERSION),
+        hint: if found > u32::from(FORMAT_VERSION) {
+            NEWER_HINT
+        } else {
+            OLDER_HINT
+        },
+    }
+}
+
 /// Decodes a record written by [`encode`].
 ///
 /// A record of another format version is [`StorageError::UnsupportedFormat`]
@@ -62,15 +77,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
         .split_first()
         .ok_or_else(|| StorageError::Corrupt("empty record".into()))?;
     if version != FORMAT_VERSION {
-        return Err(StorageError::UnsupportedFormat {
-            found: u32::from(version),
-            supported: u32::from(FORMAT_VERSION),
-            hint: if version > FORMAT_VERSION {
-                NEWER_HINT
-            } else {
-                OLDER_HINT
-            },
-        });
+        return Err(unsupported_format(u32::from(version)));
     }
     // Reading from a slice, bincode checks every length prefix against the
     // bytes left before allocating, so garbage cannot ask for huge buffers.

@@ -37,8 +37,9 @@
 //!   kept but left out of the snapshot.
 //!
 //! Every backend passes the same conformance suite,
-//! [`conformance_tests!`], and [`FaultyStore`] wraps any backend to make
-//! chosen writes fail.
+//! [`conformance_tests!`], persistent ones also [`reopen_tests!`] (drop the
+//! store, reopen its directory, find the same state), and [`FaultyStore`]
+//! wraps any backend to make chosen writes fail.
 //!
 //! # Example
 //!
@@ -85,10 +86,29 @@
 //!   [`encoding::decode`]).
 //! - [`keys`]: composite keys that sort correctly in byte order.
 //!
+//! # Backends
+//!
+//! | backend         | persistent | atomic batch                  | durable on return                 |
+//! |-----------------|------------|-------------------------------|-----------------------------------|
+//! | [`MemoryStore`] | no         | one lock held for the batch   | n/a                               |
+//! | `SledStore`     | yes        | one multi-tree transaction    | `Db::flush` (fsync) after commit  |
+//! | `RedbStore`     | yes        | one write transaction         | commit fsyncs (default durability) |
+//!
+//! Both persistent backends refuse a store written in another format
+//! version ([`StorageError::UnsupportedFormat`], with a hint for the
+//! operator) and report damaged files as errors naming the path; they never
+//! wipe data on their own.
+//!
 //! # Cargo features
 //!
-//! None yet; every feature this crate adds (the sled and redb backends) is
-//! additive and off by default.
+//! Every feature is additive and off by default here; the `roost` crate
+//! forwards them (features of the same names) and turns `redb` on by
+//! default.
+//!
+//! | feature | enables | dependency |
+//! |---------|---------|------------|
+//! | `sled`  | `SledStore`: a sled 0.34 database directory, one tree per record kind | `sled` 0.34 |
+//! | `redb`  | `RedbStore`: one `roost.redb` file in a directory, one table per record kind | `redb` 2 |
 
 use std::sync::Arc;
 
@@ -97,9 +117,19 @@ pub mod conformance;
 pub mod encoding;
 mod faulty;
 pub mod keys;
+#[cfg(any(feature = "sled", feature = "redb"))]
+mod kv;
 mod memory;
 mod record;
+#[cfg(feature = "redb")]
+mod redb;
+#[cfg(feature = "sled")]
+mod sled;
 
+#[cfg(feature = "redb")]
+pub use crate::redb::RedbStore;
+#[cfg(feature = "sled")]
+pub use crate::sled::SledStore;
 pub use faulty::{FaultHandle, FaultyStore};
 pub use memory::MemoryStore;
 pub use record::*;

@@ -1,0 +1,406 @@
+//! What the ordered key-value backends (sled, redb) share: the tables, the
+//! translation of a batch of [`Op`]s into key-value writes, the store format
+//! version check, and the assembly of a [`Snapshot`] from sorted tables.
+//!
+//! Layout on disk, for both engines: one table (sled tree, redb table) per
+//! [`Table`], keyed as [`keys`](crate::keys) describes, with values encoded by
+//! [`encoding`](crate::encoding) (inbound QoS 2 values are empty: the key is
+//! the whole record). A `meta` table holds [`VERSION_KEY`]: the store format
+//! version, a big-endian `u32`.
+
+#[cfg(feature = "sled")]
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::encoding::{self, try_encode, FORMAT_VERSION};
+use crate::keys::{self, client_range};
+use crate::{MessageId, MessageRecord, Op, Snapshot, StorageError, StoredSession};
+
+/// Name of the table holding store-wide metadata.
+pub(crate) const META_TABLE: &str = "meta";
+
+/// Key, in the meta table, of the store format version.
+pub(crate) const VERSION_KEY: &str = "format_version";
+
+/// One table per record kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    Sessions = 0,
+    Subscriptions = 1,
+    Outbound = 2,
+    InboundQos2 = 3,
+    Messages = 4,
+    Retained = 5,
+}
+
+impl Table {
+    /// Every table, in the order of their indexes.
+    pub(crate) const ALL: [Table; 6] = [
+        Table::Sessions,
+        Table::Subscriptions,
+        Table::Outbound,
+        Table::InboundQos2,
+        Table::Messages,
+        Table::Retained,
+    ];
+
+    /// The per-client tables a session delete cascades to.
+    const PER_CLIENT: [Table; 3] = [Table::Subscriptions, Table::Outbound, Table::InboundQos2];
+
+    /// The table's name on disk.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Table::Sessions => "sessions",
+            Table::Subscriptions => "subscriptions",
+            Table::Outbound => "outbound",
+            Table::InboundQos2 => "inbound_qos2",
+            Table::Messages => "messages",
+            Table::Retained => "retained",
+        }
+    }
+
+    /// Position in [`Table::ALL`].
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One key-value change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Insert or replace.
+    Put {
+        table: Table,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Remove one key (absent is fine).
+    Delete { table: Table, key: Vec<u8> },
+    /// Remove every key in `[start, end)`.
+    DeleteRange {
+        table: Table,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
+}
+
+/// Translates a batch into writes, in order.
+///
+/// Every op is validated and every record encoded before anything is
+/// returned, so a batch that cannot be stored fails here, before a backend
+/// opens a transaction: an invalid batch changes nothing.
+pub(crate) fn plan(ops: &[Op]) -> Result<Vec<Write>, StorageError> {
+    for op in ops {
+        op.validate()?;
+    }
+    let mut writes = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            Op::PutSession(session) => writes.push(Write::Put {
+                table: Table::Sessions,
+                key: keys::session_key(&session.client_id),
+                value: try_encode(session)?,
+            }),
+            Op::DeleteSession { client_id } => {
+                writes.push(Write::Delete {
+                    table: Table::Sessions,
+                    key: keys::session_key(client_id),
+                });
+                // The cascade: every composite key of this client, and no
+                // other client's (see `keys::client_range`).
+                let (start, end) = client_range(client_id);
+                for table in Table::PER_CLIENT {
+                    writes.push(Write::DeleteRange {
+                        table,
+                        start: start.clone(),
+                        end: end.clone(),
+                    });
+                }
+            }
+            Op::PutSubscription {
+                client_id,
+                subscription,
+            } => writes.push(Write::Put {
+                table: Table::Subscriptions,
+                key: keys::subscription_key(client_id, &subscription.filter),
+                value: try_encode(subscription)?,
+            }),
+            Op::DeleteSubscription { client_id, filter } => writes.push(Write::Delete {
+                table: Table::Subscriptions,
+                key: keys::subscription_key(client_id, filter),
+            }),
+            Op::PutMessage { id, message } => writes.push(Write::Put {
+                table: Table::Messages,
+                key: keys::message_key(*id).to_vec(),
+                value: try_encode(message)?,
+            }),
+            Op::DeleteMessage { id } => writes.push(Write::Delete {
+                table: Table::Messages,
+                key: keys::message_key(*id).to_vec(),
+            }),
+            Op::PutOutbound {
+                client_id,
+                seq,
+                entry,
+            } => writes.push(Write::Put {
+                table: Table::Outbound,
+                key: keys::outbound_key(client_id, *seq),
+                value: try_encode(entry)?,
+            }),
+            Op::DeleteOutbound { client_id, seq } => writes.push(Write::Delete {
+                table: Table::Outbound,
+                key: keys::outbound_key(client_id, *seq),
+            }),
+            Op::PutInboundQos2 {
+                client_id,
+                packet_id,
+            } => writes.push(Write::Put {
+                table: Table::InboundQos2,
+                key: keys::inbound_qos2_key(client_id, *packet_id),
+                value: Vec::new(),
+            }),
+            Op::DeleteInboundQos2 {
+                client_id,
+                packet_id,
+            } => writes.push(Write::Delete {
+                table: Table::InboundQos2,
+                key: keys::inbound_qos2_key(client_id, *packet_id),
+            }),
+            Op::PutRetained { message } => writes.push(Write::Put {
+                table: Table::Retained,
+                key: keys::retained_key(&message.topic),
+                value: try_encode(message)?,
+            }),
+            Op::DeleteRetained { topic } => writes.push(Write::Delete {
+                table: Table::Retained,
+                key: keys::retained_key(topic),
+            }),
+        }
+    }
+    Ok(writes)
+}
+
+/// Replaces every [`Write::DeleteRange`] by single deletes, for an engine
+/// that cannot scan a range inside its transaction.
+///
+/// `existing(table, start, end)` lists the keys stored in the range before
+/// the batch. Keys put by earlier writes of the same batch are added, so a
+/// put followed by a session delete in one batch still leaves nothing.
+#[cfg(feature = "sled")]
+pub(crate) fn expand_ranges(
+    writes: Vec<Write>,
+    mut existing: impl FnMut(Table, &[u8], &[u8]) -> Result<Vec<Vec<u8>>, StorageError>,
+) -> Result<Vec<Write>, StorageError> {
+    // Keys put so far in this batch, per table.
+    let mut put: [BTreeSet<Vec<u8>>; 6] = Default::default();
+    let mut out = Vec::with_capacity(writes.len());
+    for write in writes {
+        match write {
+            Write::Put { table, ref key, .. } => {
+                put[table.index()].insert(key.clone());
+                out.push(write);
+            }
+            Write::Delete { .. } => out.push(write),
+            Write::DeleteRange { table, start, end } => {
+                let mut doomed: BTreeSet<Vec<u8>> =
+                    existing(table, &start, &end)?.into_iter().collect();
+                doomed.extend(
+                    put[table.index()]
+                        .range(start.clone()..end.clone())
+                        .cloned(),
+                );
+                out.extend(doomed.into_iter().map(|key| Write::Delete { table, key }));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decides what to do with the format version found in a store's meta
+/// table when opening it: `Ok(true)` if the store is new and the version
+/// must be written, `Ok(false)` if it matches.
+///
+/// `stored` is the raw value (`None` if absent); `has_records` tells
+/// whether any record table holds something. A store with records but no
+/// version was not written by roost (or lost its meta table): it is
+/// refused rather than adopted.
+pub(crate) fn check_version(
+    stored: Option<&[u8]>,
+    has_records: bool,
+    path: &Path,
+) -> Result<bool, StorageError> {
+    let Some(raw) = stored else {
+        if has_records {
+            return Err(StorageError::Corrupt(format!(
+                "{}: holds records but no store format version; it was not written by roost, \
+                 or its metadata is lost: move it aside to start empty",
+                path.display()
+            )));
+        }
+        return Ok(true);
+    };
+    let version = <[u8; 4]>::try_from(raw)
+        .map(u32::from_be_bytes)
+        .map_err(|_| {
+            StorageError::Corrupt(format!(
+                "{}: the store format version is {} bytes long, expected 4",
+                path.display(),
+                raw.len()
+            ))
+        })?;
+    if version != u32::from(FORMAT_VERSION) {
+        return Err(encoding::unsupported_format(version));
+    }
+    Ok(false)
+}
+
+/// The stored form of [`FORMAT_VERSION`] under [`VERSION_KEY`].
+pub(crate) fn version_bytes() -> [u8; 4] {
+    u32::from(FORMAT_VERSION).to_be_bytes()
+}
+
+/// Assembles a [`Snapshot`] from the tables read front to back.
+///
+/// Feed every session first (through [`session`](Self::session)), then the
+/// other tables, each in key order; the result is then ordered exactly as
+/// [`MemoryStore`](crate::MemoryStore) orders it. Per-client entries of a
+/// client without a session record are skipped (orphans are left out).
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotBuilder {
+    sessions: Vec<StoredSession>,
+    /// Position in `sessions` of each client id.
+    index: HashMap<String, usize>,
+    messages: Vec<(MessageId, MessageRecord)>,
+    retained: Vec<MessageRecord>,
+}
+
+impl SnapshotBuilder {
+    /// Adds a row of `table`.
+    pub(crate) fn add(
+        &mut self,
+        table: Table,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        match table {
+            Table::Sessions => {
+                let client_id = keys::decode_session_key(key)?;
+                let session: crate::SessionRecord = encoding::decode(value)?;
+                if session.client_id != client_id {
+                    return Err(StorageError::Corrupt(format!(
+                        "session stored under {client_id:?} is for {:?}",
+                        session.client_id
+                    )));
+                }
+                self.index.insert(client_id, self.sessions.len());
+                self.sessions.push(StoredSession {
+                    session,
+                    subscriptions: Vec::new(),
+                    outbound: Vec::new(),
+                    inbound_qos2: Vec::new(),
+                });
+            }
+            Table::Subscriptions => {
+                let (client_id, _) = keys::decode_subscription_key(key)?;
+                if let Some(s) = self.client(&client_id) {
+                    s.subscriptions.push(encoding::decode(value)?);
+                }
+            }
+            Table::Outbound => {
+                let (client_id, seq) = keys::decode_outbound_key(key)?;
+                if let Some(s) = self.client(&client_id) {
+                    s.outbound.push((seq, encoding::decode(value)?));
+                }
+            }
+            Table::InboundQos2 => {
+                let (client_id, packet_id) = keys::decode_inbound_qos2_key(key)?;
+                if let Some(s) = self.client(&client_id) {
+                    s.inbound_qos2.push(packet_id);
+                }
+            }
+            Table::Messages => {
+                let id = keys::decode_message_key(key)?;
+                self.messages.push((id, encoding::decode(value)?));
+            }
+            Table::Retained => self.retained.push(encoding::decode(value)?),
+        }
+        Ok(())
+    }
+
+    fn client(&mut self, client_id: &str) -> Option<&mut StoredSession> {
+        let at = *self.index.get(client_id)?;
+        self.sessions.get_mut(at)
+    }
+
+    /// The snapshot.
+    pub(crate) fn finish(self) -> Snapshot {
+        Snapshot {
+            sessions: self.sessions,
+            messages: self.messages,
+            retained: self.retained,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "sled")]
+    fn put(table: Table, key: &[u8]) -> Write {
+        Write::Put {
+            table,
+            key: key.to_vec(),
+            value: Vec::new(),
+        }
+    }
+
+    #[cfg(feature = "sled")]
+    #[test]
+    fn expanded_ranges_cover_stored_and_batch_keys_only() {
+        let (start, end) = client_range("a");
+        let writes = vec![
+            put(Table::Outbound, &keys::outbound_key("a", 7)),
+            put(Table::Outbound, &keys::outbound_key("ab", 1)),
+            Write::DeleteRange {
+                table: Table::Outbound,
+                start: start.clone(),
+                end: end.clone(),
+            },
+            put(Table::Outbound, &keys::outbound_key("a", 8)),
+        ];
+        let out = expand_ranges(writes, |table, s, e| {
+            assert_eq!((table, s, e), (Table::Outbound, &start[..], &end[..]));
+            Ok(vec![keys::outbound_key("a", 1)])
+        })
+        .unwrap();
+        let deleted: Vec<_> = out
+            .iter()
+            .filter_map(|w| match w {
+                Write::Delete { key, .. } => Some(keys::decode_outbound_key(key).unwrap()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, [("a".to_string(), 1), ("a".to_string(), 7)]);
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[4], put(Table::Outbound, &keys::outbound_key("a", 8)));
+    }
+
+    #[test]
+    fn version_check() {
+        let path = Path::new("/data/roost");
+        assert!(check_version(None, false, path).unwrap());
+        assert!(!check_version(Some(&version_bytes()), true, path).unwrap());
+        let err = check_version(None, true, path).unwrap_err();
+        assert!(err.to_string().contains("/data/roost"), "{err}");
+        assert!(matches!(
+            check_version(Some(&99u32.to_be_bytes()), true, path),
+            Err(StorageError::UnsupportedFormat { found: 99, .. })
+        ));
+        assert!(matches!(
+            check_version(Some(b"x"), false, path),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+}

@@ -1,0 +1,255 @@
+//! The redb backend (feature `redb`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ::redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::kv::{self, SnapshotBuilder, Table, Write};
+use crate::{Op, Snapshot, StorageError, Store};
+
+/// A record table: composite key to encoded value.
+type RecordTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+/// The meta table: name to value (the format version, see `kv`).
+const META: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new(kv::META_TABLE);
+
+const fn definition(table: Table) -> RecordTable {
+    TableDefinition::new(table.name())
+}
+
+/// Stores everything in one [redb](https://docs.rs/redb/2) file,
+/// `roost.redb` ([`RedbStore::FILE_NAME`]) in a directory.
+///
+/// One table per record kind (`sessions`, `subscriptions`, `outbound`,
+/// `inbound_qos2`, `messages`, `retained`) plus `meta`, which holds the
+/// store format version.
+///
+/// - **Atomic:** a batch is one write transaction; a session delete
+///   cascades with range deletes inside it.
+/// - **Durable:** the transaction commits with redb's default durability,
+///   which fsyncs before `commit` returns, so `apply` is durable on return
+///   and [`Store::flush`] has nothing left to do.
+/// - **Disk space:** redb is copy-on-write; pages freed by a commit are
+///   reused by later ones, so the file stops growing under churn once it
+///   holds the working set. It does not shrink by itself:
+///   [`RedbStore::compact`] gives free space back to the file system.
+///
+/// ```no_run
+/// use roost_storage::{RedbStore, Store};
+///
+/// # fn main() -> Result<(), roost_storage::StorageError> {
+/// let store = RedbStore::open("/var/lib/roost")?; // uses /var/lib/roost/roost.redb
+/// let snapshot = store.load()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+    /// The database file.
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Name of the database file inside the store's directory.
+    pub const FILE_NAME: &'static str = "roost.redb";
+
+    /// Opens the store in directory `dir` (its file is `dir/roost.redb`),
+    /// creating the directory and the file if missing.
+    ///
+    /// # Errors
+    ///
+    /// - [`StorageError::UnsupportedFormat`] if the store was written in
+    ///   another format version (the error says what to do);
+    /// - [`StorageError::Corrupt`] if the file is not a redb database or is
+    ///   damaged, or holds records but no format version;
+    /// - [`StorageError::Io`] if the directory or file cannot be read or
+    ///   written, or the file is open in another process.
+    ///
+    /// Every message names the file. Nothing is wiped on error.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(|e| {
+            StorageError::Io(format!(
+                "redb store: cannot create directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(Self::FILE_NAME);
+        // `Database::create` initialises only a missing or empty file; it
+        // refuses anything that is not a redb database.
+        let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
+        let store = Self { db, path };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Checks the format version, and on a new store creates every table
+    /// and writes the version, in one transaction.
+    fn init(&self) -> Result<(), StorageError> {
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| self.error("cannot open the meta table", e))?;
+            let stored = meta
+                .get(kv::VERSION_KEY)
+                .map_err(|e| self.error("cannot read the format version", e))?
+                .map(|v| v.value().to_vec());
+            let mut has_records = false;
+            for table in Table::ALL {
+                let t = txn
+                    .open_table(definition(table))
+                    .map_err(|e| self.error("cannot open a table", e))?;
+                has_records |= !t
+                    .is_empty()
+                    .map_err(|e| self.error("cannot read a table", e))?;
+            }
+            if kv::check_version(stored.as_deref(), has_records, &self.path)? {
+                meta.insert(kv::VERSION_KEY, &kv::version_bytes()[..])
+                    .map_err(|e| self.error("cannot write the format version", e))?;
+            }
+        }
+        // On an error above, dropping `txn` aborts it: nothing is written.
+        txn.commit()
+            .map_err(|e| self.error("cannot commit the format version", e))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rewrites the file to give the space of deleted records back to the
+    /// file system; returns whether anything was compacted. Not needed for
+    /// bounded growth (freed pages are reused), but shrinks the file after
+    /// a burst. Takes `&mut self`: no transaction may be open meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Io`] if redb cannot compact (for example while a
+    /// read of this store is still in progress).
+    pub fn compact(&mut self) -> Result<bool, StorageError> {
+        let path = self.path.clone();
+        self.db
+            .compact()
+            .map_err(|e| error(&path, "cannot compact", e))
+    }
+
+    fn begin_write(&self) -> Result<::redb::WriteTransaction, StorageError> {
+        self.db
+            .begin_write()
+            .map_err(|e| self.error("cannot begin a write transaction", e))
+    }
+
+    fn error(&self, what: &str, e: impl Into<::redb::Error>) -> StorageError {
+        error(&self.path, what, e)
+    }
+}
+
+impl Store for RedbStore {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        let writes = kv::plan(ops)?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write()?;
+        {
+            let mut tables = Vec::with_capacity(Table::ALL.len());
+            for table in Table::ALL {
+                tables.push(
+                    txn.open_table(definition(table))
+                        .map_err(|e| self.error("cannot open a table", e))?,
+                );
+            }
+            for write in &writes {
+                // `tables` holds every table, in `Table::ALL` order.
+                let (table, result) = match write {
+                    Write::Put { table, key, value } => (
+                        table,
+                        tables[table.index()]
+                            .insert(key.as_slice(), value.as_slice())
+                            .map(drop),
+                    ),
+                    Write::Delete { table, key } => (
+                        table,
+                        tables[table.index()].remove(key.as_slice()).map(drop),
+                    ),
+                    Write::DeleteRange { table, start, end } => (
+                        table,
+                        tables[table.index()]
+                            .retain_in(start.as_slice()..end.as_slice(), |_, _| false),
+                    ),
+                };
+                // On error, dropping `txn` aborts the whole batch.
+                result.map_err(|e| self.error(&format!("cannot write to {}", table.name()), e))?;
+            }
+        }
+        // Default durability (`Immediate`): fsynced before `commit` returns.
+        txn.commit()
+            .map_err(|e| self.error("cannot commit a batch", e))
+    }
+
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        // One read transaction: a consistent view of every table.
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.error("cannot begin a read transaction", e))?;
+        let mut builder = SnapshotBuilder::default();
+        for table in Table::ALL {
+            let t = txn
+                .open_table(definition(table))
+                .map_err(|e| self.error("cannot open a table", e))?;
+            let rows = t.iter().map_err(|e| self.error("cannot read", e))?;
+            for row in rows {
+                let (key, value) = row.map_err(|e| self.error("cannot read", e))?;
+                builder.add(table, key.value(), value.value())?;
+            }
+        }
+        Ok(builder.finish())
+    }
+
+    fn is_persistent(&self) -> bool {
+        true
+    }
+
+    // `flush` keeps the default: every commit is already durable.
+}
+
+/// Maps an error of `Database::create`. redb reports a file that is not a
+/// database (bad magic number, short header) as an I/O error of kind
+/// `InvalidData` or `UnexpectedEof`: that is a damaged file, not a failing
+/// disk, and the operator needs to hear so.
+fn open_error(path: &Path, e: ::redb::DatabaseError) -> StorageError {
+    if let ::redb::DatabaseError::Storage(::redb::StorageError::Io(io)) = &e {
+        if matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ) {
+            return StorageError::Corrupt(format!(
+                "redb store {}: not a redb database, or damaged ({io}); \
+                 move the file aside to start empty",
+                path.display()
+            ));
+        }
+    }
+    error(path, "cannot open", e)
+}
+
+/// Maps a redb error, naming the database file.
+fn error(path: &Path, what: &str, e: impl Into<::redb::Error>) -> StorageError {
+    let e = e.into();
+    let message = format!("redb store {}: {what}: {e}", path.display());
+    match e {
+        ::redb::Error::Corrupted(_) => {
+            StorageError::Corrupt(format!("{message}; move the file aside to start empty"))
+        }
+        ::redb::Error::DatabaseAlreadyOpen => {
+            StorageError::Io(format!("{message} (is another roost using it?)"))
+        }
+        _ => StorageError::Io(message),
+    }
+}

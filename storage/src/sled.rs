@@ -1,0 +1,246 @@
+//! The sled backend (feature `sled`).
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ::sled::transaction::{ConflictableTransactionError, TransactionError};
+use ::sled::{Db, Transactional, Tree};
+
+use crate::kv::{self, SnapshotBuilder, Table, Write};
+use crate::{Op, Snapshot, StorageError, Store};
+
+/// Stores everything in a [sled](https://docs.rs/sled/0.34) database
+/// directory.
+///
+/// One sled tree per record kind (`sessions`, `subscriptions`, `outbound`,
+/// `inbound_qos2`, `messages`, `retained`) plus `meta`, which holds the
+/// store format version.
+///
+/// - **Atomic:** a batch is one multi-tree sled transaction.
+/// - **Durable:** `apply` flushes the database (`Db::flush`, which fsyncs
+///   sled's log) after the transaction commits and before returning. The
+///   broker groups many clients' ops into one batch, so this one flush is
+///   the group commit.
+/// - **Disk space:** sled writes a log of segments and rewrites the live
+///   data of mostly-empty segments in the background, so space freed by
+///   deletes is reused and the directory stays bounded under churn (it is
+///   larger than the live data: sled trades space for write speed).
+///
+/// ```no_run
+/// use roost_storage::{SledStore, Store};
+///
+/// # fn main() -> Result<(), roost_storage::StorageError> {
+/// let store = SledStore::open("/var/lib/roost/sled")?;
+/// let snapshot = store.load()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct SledStore {
+    db: Db,
+    /// Indexed by [`Table::index`].
+    trees: [Tree; 6],
+    path: PathBuf,
+}
+
+impl SledStore {
+    /// Opens the store in directory `dir`, creating it (and the directory)
+    /// if missing.
+    ///
+    /// # Errors
+    ///
+    /// - [`StorageError::UnsupportedFormat`] if the store was written in
+    ///   another format version (the error says what to do);
+    /// - [`StorageError::Corrupt`] if sled finds the files damaged, or the
+    ///   store holds records but no format version;
+    /// - [`StorageError::Io`] if the directory cannot be read or written, or
+    ///   is still locked by another handle after waiting two seconds (a
+    ///   handle dropped in this process releases it shortly after the drop).
+    ///
+    /// Every message names the directory. Nothing is wiped on error.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let path = dir.as_ref().to_path_buf();
+        let db = open_db(&path)?;
+
+        let mut trees = Vec::with_capacity(Table::ALL.len());
+        for table in Table::ALL {
+            let tree = db
+                .open_tree(table.name())
+                .map_err(|e| error(&path, "cannot open tree", e))?;
+            trees.push(tree);
+        }
+        let trees: [Tree; 6] = trees
+            .try_into()
+            .map_err(|_| StorageError::Io("sled: wrong number of trees".into()))?;
+
+        let meta = db
+            .open_tree(kv::META_TABLE)
+            .map_err(|e| error(&path, "cannot open tree", e))?;
+        let stored = meta
+            .get(kv::VERSION_KEY)
+            .map_err(|e| error(&path, "cannot read the format version", e))?;
+        let has_records = trees.iter().any(|t| !t.is_empty());
+        if kv::check_version(stored.as_deref(), has_records, &path)? {
+            meta.insert(kv::VERSION_KEY, &kv::version_bytes()[..])
+                .map_err(|e| error(&path, "cannot write the format version", e))?;
+            db.flush()
+                .map_err(|e| error(&path, "cannot flush the format version", e))?;
+        }
+        Ok(Self { db, trees, path })
+    }
+
+    /// The directory this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn tree(&self, table: Table) -> &Tree {
+        &self.trees[table.index()]
+    }
+
+    /// Keys stored in `[start, end)` of `table`.
+    fn keys_in(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.tree(table)
+            .range(start..end)
+            .keys()
+            .map(|key| {
+                key.map(|k| k.to_vec())
+                    .map_err(|e| error(&self.path, "cannot scan a session's keys", e))
+            })
+            .collect()
+    }
+}
+
+impl Store for SledStore {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        let writes = kv::plan(ops)?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        // A sled transaction cannot scan a range, so a session delete's
+        // cascade is turned into single-key deletes here, from the trees as
+        // they are before the transaction. That is still exact because the
+        // broker has a single writer: nothing else adds keys between this
+        // scan and the commit, and keys put earlier in the batch itself are
+        // added by `expand_ranges`.
+        let writes =
+            kv::expand_ranges(writes, |table, start, end| self.keys_in(table, start, end))?;
+        let [t0, t1, t2, t3, t4, t5] = &self.trees;
+        let result = (t0, t1, t2, t3, t4, t5).transaction(|(v0, v1, v2, v3, v4, v5)| {
+            let views = [v0, v1, v2, v3, v4, v5];
+            // The closure may run again on a conflict; it only replays the
+            // precomputed writes, so that is harmless.
+            for write in &writes {
+                match write {
+                    Write::Put { table, key, value } => {
+                        views[table.index()].insert(key.as_slice(), value.as_slice())?;
+                    }
+                    Write::Delete { table, key } => {
+                        views[table.index()].remove(key.as_slice())?;
+                    }
+                    // `expand_ranges` left none.
+                    Write::DeleteRange { .. } => {}
+                }
+            }
+            Ok::<(), ConflictableTransactionError<std::convert::Infallible>>(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => {
+                return Err(error(&self.path, "cannot commit a batch", e))
+            }
+            Err(TransactionError::Abort(never)) => match never {},
+        }
+        self.flush()
+    }
+
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        // Called once at start-up, before the writer runs, so reading the
+        // trees one after the other sees one consistent state.
+        let mut builder = SnapshotBuilder::default();
+        for table in Table::ALL {
+            for row in self.tree(table).iter() {
+                let (key, value) = row.map_err(|e| error(&self.path, "cannot read", e))?;
+                builder.add(table, &key, &value)?;
+            }
+        }
+        Ok(builder.finish())
+    }
+
+    fn is_persistent(&self) -> bool {
+        true
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.db
+            .flush()
+            .map(drop)
+            .map_err(|e| error(&self.path, "cannot flush", e))
+    }
+}
+
+/// How long `open` waits for sled's lock on the directory to be released.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens the sled database in `path`.
+///
+/// Dropping a sled 0.34 `Db` does not release its lock on the directory at
+/// once: a background thread lets go of it a moment later (sled issues
+/// #1234, #1289). So reopening right after a drop, in the same process, can
+/// find the lock taken; `open` retries for up to [`LOCK_WAIT`] before
+/// reporting the directory as in use. Other errors are reported at once.
+fn open_db(path: &Path) -> Result<Db, StorageError> {
+    let started = Instant::now();
+    loop {
+        // sled 0.34 can panic on some damaged files instead of returning an
+        // error; the operator should get a message naming the path, and the
+        // embedding application should not unwind.
+        let opened = catch_unwind(AssertUnwindSafe(|| ::sled::Config::new().path(path).open()))
+            .map_err(|_| {
+                StorageError::Corrupt(format!(
+                    "sled store at {}: sled failed while opening it (damaged files?); \
+                 move the directory aside to start empty",
+                    path.display()
+                ))
+            })?;
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_contention(&e) && started.elapsed() < LOCK_WAIT => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if is_lock_contention(&e) => {
+                return Err(StorageError::Io(format!(
+                    "sled store at {}: the directory is locked (is another roost using it?): {e}",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(error(path, "cannot open", e)),
+        }
+    }
+}
+
+/// True if sled could not lock the directory because another handle holds
+/// the lock. sled 0.34 reports it as an `Other` I/O error whose message
+/// starts with "could not acquire lock", wrapping the `WouldBlock` error.
+fn is_lock_contention(e: &::sled::Error) -> bool {
+    matches!(e, ::sled::Error::Io(err) if err.kind() == io::ErrorKind::WouldBlock
+        || (err.kind() == io::ErrorKind::Other
+            && err.to_string().starts_with("could not acquire lock")))
+}
+
+/// Maps a sled error, naming the store's directory.
+fn error(path: &Path, what: &str, e: ::sled::Error) -> StorageError {
+    let message = format!("sled store at {}: {what}: {e}", path.display());
+    match e {
+        ::sled::Error::Corruption { .. } => StorageError::Corrupt(message),
+        _ => StorageError::Io(message),
+    }
+}

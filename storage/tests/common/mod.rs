@@ -1,0 +1,125 @@
+//! Helpers shared by the persistent backends' tests.
+
+#![allow(dead_code)] // Each test crate uses a part of this module.
+
+use std::fs;
+use std::path::Path;
+
+use roost_storage::{Op, Snapshot, StorageError, Store};
+use tempfile::TempDir;
+
+/// A store that owns the temporary directory it lives in (dropped after the
+/// store, so the directory outlives every file handle).
+pub struct TempStore<S> {
+    pub store: S,
+    pub dir: TempDir,
+}
+
+impl<S: Store> TempStore<S> {
+    /// Opens a store with `open` in a fresh temporary directory.
+    pub fn new(open: impl FnOnce(&Path) -> Result<S, StorageError>) -> Self {
+        let dir = temp_dir();
+        let store = open(dir.path()).expect("open a store in a fresh directory");
+        Self { store, dir }
+    }
+}
+
+impl<S: Store> Store for TempStore<S> {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        self.store.apply(ops)
+    }
+
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        self.store.load()
+    }
+
+    fn is_persistent(&self) -> bool {
+        self.store.is_persistent()
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.store.flush()
+    }
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("roost-storage-test-")
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
+/// Total size of the files under `path`, in bytes.
+pub fn disk_usage(path: &Path) -> u64 {
+    let meta = fs::metadata(path).expect("stat");
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    fs::read_dir(path)
+        .expect("read dir")
+        .map(|entry| disk_usage(&entry.expect("dir entry").path()))
+        .sum()
+}
+
+/// Batches number `batches` (a range, so churn can go on where it
+/// stopped), each storing `per_batch` messages of `payload` bytes with a
+/// session's outbound entries referencing them, and deleting those of the
+/// batch before: the broker's steady state of messages in, messages acked.
+pub fn churn(store: &dyn Store, batches: std::ops::Range<u64>, per_batch: u64, payload: usize) {
+    use roost_storage::{
+        MessageProperties, MessageRecord, OutboundRecord, OutboundState, SessionRecord,
+    };
+
+    store
+        .apply(&[Op::PutSession(SessionRecord {
+            client_id: "churn".into(),
+            protocol_level: 5,
+            expiry_interval: u32::MAX,
+            disconnected_at_ms: None,
+            will: None,
+        })])
+        .expect("put session");
+    let body = bytes::Bytes::from(vec![0x5a; payload]);
+    for batch in batches.clone() {
+        let mut ops = Vec::new();
+        for i in 0..per_batch {
+            let id = batch * per_batch + i;
+            ops.push(Op::PutMessage {
+                id,
+                message: MessageRecord {
+                    topic: format!("churn/{}", id % 7),
+                    payload: body.clone(),
+                    qos: 1,
+                    retain: false,
+                    properties: MessageProperties::default(),
+                    expires_at_ms: None,
+                },
+            });
+            ops.push(Op::PutOutbound {
+                client_id: "churn".into(),
+                seq: id,
+                entry: OutboundRecord {
+                    message_id: id,
+                    qos: 1,
+                    retain: false,
+                    packet_id: None,
+                    state: OutboundState::Queued,
+                    subscription_identifiers: Vec::new(),
+                },
+            });
+            if let Some(old) = id.checked_sub(per_batch) {
+                ops.push(Op::DeleteOutbound {
+                    client_id: "churn".into(),
+                    seq: old,
+                });
+                ops.push(Op::DeleteMessage { id: old });
+            }
+        }
+        store.apply(&ops).expect("churn batch");
+    }
+    let snapshot = store.load().expect("load");
+    if !batches.is_empty() {
+        assert_eq!(snapshot.messages.len() as u64, per_batch);
+    }
+}

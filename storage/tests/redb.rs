@@ -1,0 +1,148 @@
+//! The redb backend: the shared conformance and reopen suites, the format
+//! version check, damaged files, and bounded disk use under churn.
+#![cfg(feature = "redb")]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use common::{churn, disk_usage, temp_dir, TempStore};
+use redb::{Database, TableDefinition};
+use roost_storage::{RedbStore, StorageError, Store};
+
+mod redb_store {
+    roost_storage::conformance_tests!(super::TempStore::new(|dir| roost_storage::RedbStore::open(
+        dir
+    )));
+}
+
+mod redb_reopen {
+    roost_storage::reopen_tests!(super::temp_dir(), |dir: &std::path::Path| {
+        roost_storage::RedbStore::open(dir)
+    });
+}
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+fn set_version(dir: &Path, version: u32) {
+    let db = Database::create(dir.join(RedbStore::FILE_NAME)).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .insert("format_version", &version.to_be_bytes()[..])
+        .unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn opens_roost_redb_in_a_new_directory() {
+    let dir = temp_dir();
+    let nested = dir.path().join("a/b");
+    let store = RedbStore::open(&nested).unwrap();
+    assert_eq!(store.path(), nested.join("roost.redb"));
+    assert!(store.path().is_file());
+    assert!(store.is_persistent());
+}
+
+#[test]
+fn other_format_version_is_refused_with_a_hint() {
+    let dir = temp_dir();
+    drop(RedbStore::open(dir.path()).unwrap());
+    set_version(dir.path(), 99);
+    match RedbStore::open(dir.path()) {
+        Err(e @ StorageError::UnsupportedFormat { found: 99, .. }) => {
+            assert!(e.to_string().contains("upgrade roost"), "{e}");
+        }
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
+    set_version(dir.path(), 0);
+    match RedbStore::open(dir.path()) {
+        Err(e @ StorageError::UnsupportedFormat { found: 0, .. }) => {
+            assert!(
+                e.to_string().contains("move the data directory aside"),
+                "{e}"
+            );
+        }
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
+    // Refusing wiped nothing: the right version opens again.
+    set_version(dir.path(), 1);
+    RedbStore::open(dir.path()).unwrap();
+}
+
+#[test]
+fn garbage_file_is_a_clear_error_and_is_left_alone() {
+    let dir = temp_dir();
+    let file = dir.path().join(RedbStore::FILE_NAME);
+    let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
+    fs::write(&file, &garbage).unwrap();
+    let err = RedbStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains("move the file aside"), "{err}");
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(fs::read(&file).unwrap(), garbage, "the file was changed");
+}
+
+#[test]
+fn truncated_file_is_an_error_not_a_panic() {
+    let dir = temp_dir();
+    {
+        let store = RedbStore::open(dir.path()).unwrap();
+        common::churn(&store, 0..2, 50, 100);
+    }
+    let file = dir.path().join(RedbStore::FILE_NAME);
+    let bytes = fs::read(&file).unwrap();
+    fs::write(&file, &bytes[..bytes.len().min(100)]).unwrap();
+    let err = RedbStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_file_is_locked_while_open() {
+    let dir = temp_dir();
+    let _store = RedbStore::open(dir.path()).unwrap();
+    let err = RedbStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::Io(_)), "{err:?}");
+}
+
+/// redb reuses the pages that deletes free, so the file stops growing once
+/// it holds the working set: 20 000 messages of 1 KiB (about 20 MiB
+/// written) with at most 200 live at a time. `compact` then shrinks it.
+#[test]
+fn disk_use_stays_bounded_under_churn() {
+    let dir = temp_dir();
+    let mut store = RedbStore::open(dir.path()).unwrap();
+    let started = Instant::now();
+    // Four rounds of 25 batches of 200 messages of 1 KiB: 20 000 messages,
+    // about 20 MiB written, at most 200 (200 KiB) live at any time.
+    let mut sizes = Vec::new();
+    for round in 0..4 {
+        churn(&store, round * 25..(round + 1) * 25, 200, 1024);
+        sizes.push(disk_usage(dir.path()));
+    }
+    eprintln!(
+        "redb: bytes on disk after each 5 000 messages: {sizes:?} ({:?})",
+        started.elapsed()
+    );
+    let last = sizes[3];
+    // Bounded: far below the 20 MiB written...
+    assert!(last < 4 << 20, "redb grew to {last} bytes");
+    // ...and not growing with the amount written: the largest size of the
+    // second half of the churn is within half again the first half's.
+    let early = sizes[..2].iter().max().copied().unwrap_or(0);
+    let late = sizes[2..].iter().max().copied().unwrap_or(0);
+    assert!(late < early + early / 2, "redb keeps growing: {sizes:?}");
+    store.compact().unwrap();
+    let compacted = disk_usage(dir.path());
+    eprintln!("redb: {compacted} bytes after compact");
+    assert!(compacted <= last);
+}
