@@ -1047,6 +1047,7 @@ fn everything() -> Vec<Op> {
             will: Some(WillRecord {
                 message: full_message("will/t"),
                 delay_interval: 5,
+                message_expiry_interval: Some(30),
             }),
         }),
         put_session("a"),
