@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod process;
+
 use bytes::{Bytes, BytesMut};
 use roost::codec::{
     encode, ByteStr, ConnAck, Connect, ConnectProperties, Decoder, Disconnect, LastWill, Packet,
@@ -132,6 +134,13 @@ impl Raw {
         let mut out = BytesMut::new();
         encode(&p, self.version, &mut out).unwrap();
         self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// Like [`Raw::send`], but a dead connection is an answer, not a panic.
+    pub async fn try_send(&mut self, p: Packet) -> bool {
+        let mut out = BytesMut::new();
+        encode(&p, self.version, &mut out).unwrap();
+        self.stream.write_all(&out).await.is_ok()
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {

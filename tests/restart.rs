@@ -1,0 +1,238 @@
+//! Restarts of the real binary on the persistent backends: after a graceful
+//! stop and after `kill -9`, sessions, subscriptions, retained messages and
+//! every acknowledged message are still there, and no QoS 2 message is
+//! delivered twice.
+
+mod common;
+use common::process::Broker;
+use common::*;
+use roost::codec::{Connect, Packet, ProtocolVersion, PubResp, QoS, QosPid, ReasonCode};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+fn start(store: &str, dir: &Path) -> Broker {
+    let dir = dir.to_str().expect("utf-8 temp dir");
+    Broker::start(&["--tcp", "127.0.0.1:0", "--store", store, "--data-dir", dir])
+}
+
+fn persistent(version: ProtocolVersion, id: &str) -> Connect {
+    let mut c = connect(version, id, false);
+    if version.is_v5() {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
+async fn graceful_restart_keeps_everything(store: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(store, dir.path());
+    for (v, id) in [(ProtocolVersion::V5, "s5"), (ProtocolVersion::V3_1_1, "s3")] {
+        let mut s = Raw::connected(b.addr, persistent(v, id)).await;
+        assert_eq!(
+            s.subscribe(1, "t/#", QoS::AtLeastOnce).await.reasons,
+            vec![ReasonCode::GrantedQos1]
+        );
+        s.disconnect().await;
+    }
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    assert!(p
+        .publish(retained("r", "kept", QoS::AtLeastOnce, 1))
+        .await
+        .is_success());
+    assert!(p
+        .publish(publish("t/1", "queued", QoS::AtLeastOnce, 2))
+        .await
+        .is_success());
+    assert!(b.terminate().await.success());
+
+    let b = start(store, dir.path());
+    for (v, id) in [(ProtocolVersion::V5, "s5"), (ProtocolVersion::V3_1_1, "s3")] {
+        let (mut s, ack) = Raw::connect(b.addr, persistent(v, id)).await;
+        assert!(ack.session_present, "{store} {id}: session present");
+        let m = s.recv_publish().await;
+        assert_eq!(payload(&m), "queued");
+        s.ack(&m).await;
+    }
+    let mut r = Raw::connected(b.addr, v5("r")).await;
+    r.subscribe(1, "r", QoS::AtMostOnce).await;
+    assert_eq!(payload(&r.recv_publish().await), "kept");
+}
+
+async fn kill9_keeps_sessions_and_retained(store: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(store, dir.path());
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V3_1_1, "s")).await;
+    s.subscribe(1, "t", QoS::ExactlyOnce).await;
+    s.disconnect().await;
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    assert!(p
+        .publish(retained("r", "kept", QoS::AtLeastOnce, 1))
+        .await
+        .is_success());
+    b.kill9().await;
+
+    let b = start(store, dir.path());
+    let (_s, ack) = Raw::connect(b.addr, persistent(ProtocolVersion::V3_1_1, "s")).await;
+    assert!(ack.session_present, "{store}: session survives kill -9");
+    let mut r = Raw::connected(b.addr, v5("r")).await;
+    r.subscribe(1, "r", QoS::AtMostOnce).await;
+    assert_eq!(payload(&r.recv_publish().await), "kept");
+}
+
+/// Publishes numbered messages in windows of eight until the broker dies;
+/// returns the payloads it acknowledged (PUBACK, or PUBREC for QoS 2).
+async fn publish_until_killed(mut p: Raw, cycle: usize, qos: QoS) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut next = 0usize;
+    loop {
+        let mut window = HashMap::new();
+        for _ in 0..8 {
+            next += 1;
+            let pid = (next % 60_000 + 1) as u16;
+            let text = format!("c{cycle}-{qos:?}-{next}");
+            window.insert(pid, text.clone());
+            if !p
+                .try_send(Packet::Publish(publish("load/x", &text, qos, pid)))
+                .await
+            {
+                return acked;
+            }
+        }
+        while !window.is_empty() {
+            match p.recv_within(Duration::from_secs(5)).await {
+                Some(Packet::PubAck(a)) | Some(Packet::PubRec(a)) if a.reason.is_success() => {
+                    if let Some(text) = window.remove(&a.packet_id.get()) {
+                        acked.push(text);
+                    }
+                    if qos == QoS::ExactlyOnce
+                        && !p.try_send(Packet::PubRel(PubResp::new(a.packet_id))).await
+                    {
+                        return acked;
+                    }
+                }
+                Some(Packet::PubComp(_)) => {}
+                Some(other) => panic!("unexpected {other:?}"),
+                None => return acked, // the broker is gone
+            }
+        }
+    }
+}
+
+async fn kill9_while_publishing_loses_nothing_acknowledged(store: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(store, dir.path());
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "sub")).await;
+    s.subscribe(1, "load/#", QoS::ExactlyOnce).await;
+    s.disconnect().await;
+    let mut b = Some(b);
+
+    let mut acked: Vec<(String, QoS)> = Vec::new();
+    for cycle in 0..3 {
+        let broker = match b.take() {
+            Some(b) => b,
+            None => start(store, dir.path()),
+        };
+        let mut tasks = Vec::new();
+        for (i, qos) in [QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
+            let p = Raw::connected(broker.addr, v5(&format!("pub{i}"))).await;
+            tasks.push((qos, tokio::spawn(publish_until_killed(p, cycle, qos))));
+        }
+        // Let messages flow, then pull the plug in the middle of it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        broker.kill9().await;
+        for (qos, t) in tasks {
+            for text in t.await.unwrap() {
+                acked.push((text, qos));
+            }
+        }
+    }
+    assert!(
+        acked.len() > 20,
+        "{store}: too little traffic to mean anything: {}",
+        acked.len()
+    );
+
+    let b = start(store, dir.path());
+    let (mut s, ack) = Raw::connect(b.addr, persistent(ProtocolVersion::V5, "sub")).await;
+    assert!(ack.session_present);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut open_qos2 = HashSet::new();
+    while let Some(packet) = s.recv_within(Duration::from_secs(2)).await {
+        match packet {
+            Packet::Publish(m) => {
+                *seen.entry(payload(&m).to_owned()).or_default() += 1;
+                match m.qos_pid {
+                    QosPid::AtLeastOnce(pid) => s.send(Packet::PubAck(PubResp::new(pid))).await,
+                    QosPid::ExactlyOnce(pid) => {
+                        open_qos2.insert(pid);
+                        s.send(Packet::PubRec(PubResp::new(pid))).await
+                    }
+                    QosPid::AtMostOnce => {}
+                }
+            }
+            Packet::PubRel(r) => {
+                open_qos2.remove(&r.packet_id);
+                s.send(Packet::PubComp(PubResp::new(r.packet_id))).await
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    eprintln!(
+        "{store}: {} acknowledged over 3 kill -9 cycles, {} distinct delivered",
+        acked.len(),
+        seen.len()
+    );
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(t, _)| !seen.contains_key(t))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{store}: {} of {} acknowledged messages lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let twice: Vec<_> = seen
+        .iter()
+        .filter(|(t, n)| **n > 1 && t.contains("ExactlyOnce"))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{store}: QoS 2 delivered twice: {twice:?}"
+    );
+}
+
+#[tokio::test]
+async fn redb_graceful_restart_keeps_everything() {
+    graceful_restart_keeps_everything("redb").await;
+}
+
+#[tokio::test]
+async fn redb_kill9_keeps_sessions_and_retained() {
+    kill9_keeps_sessions_and_retained("redb").await;
+}
+
+#[tokio::test]
+async fn redb_kill9_while_publishing_loses_nothing_acknowledged() {
+    kill9_while_publishing_loses_nothing_acknowledged("redb").await;
+}
+
+#[cfg(feature = "sled")]
+#[tokio::test]
+async fn sled_graceful_restart_keeps_everything() {
+    graceful_restart_keeps_everything("sled").await;
+}
+
+#[cfg(feature = "sled")]
+#[tokio::test]
+async fn sled_kill9_keeps_sessions_and_retained() {
+    kill9_keeps_sessions_and_retained("sled").await;
+}
+
+#[cfg(feature = "sled")]
+#[tokio::test]
+async fn sled_kill9_while_publishing_loses_nothing_acknowledged() {
+    kill9_while_publishing_loses_nothing_acknowledged("sled").await;
+}
