@@ -14,6 +14,7 @@ pub mod broker;
 pub mod codec;
 mod config;
 pub mod hooks;
+mod inline;
 mod net;
 pub mod outbox;
 pub mod router;
@@ -22,6 +23,7 @@ mod stats;
 pub mod topic;
 
 pub use config::{Capabilities, Durability, Limits, Options};
+pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
 /// The storage trait and backends (the `roost-storage` crate).
 pub use roost_storage as storage;
 pub use server::{ServeError, Server};

@@ -4,6 +4,7 @@
 use crate::broker::{Broker, Commit, ConnId, Event};
 use crate::config::{Durability, Options};
 use crate::hooks::{AclHook, AuthHook, EventHook, Hooks};
+use crate::inline::InlineClient;
 use crate::net::connection::{serve_connection, Shared};
 use crate::stats::{Stats, StatsSnapshot};
 use roost_storage::{MemoryStore, StorageError, Store};
@@ -34,6 +35,9 @@ pub enum ServeError {
 pub struct Server {
     opts: Options,
     hooks: Hooks,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    next_conn: Arc<AtomicU64>,
     stats: Arc<Stats>,
     store: Arc<dyn Store>,
     listeners: Vec<TcpListener>,
@@ -59,9 +63,13 @@ pub(crate) fn now_ms() -> u64 {
 impl Server {
     /// A server with the in-memory store and no listeners.
     pub fn new(opts: Options) -> Self {
+        let (events_tx, events) = mpsc::channel::<Event>(4096);
         Server {
             opts,
             hooks: Hooks::default(),
+            events_tx,
+            events,
+            next_conn: Arc::new(AtomicU64::new(1)),
             stats: Arc::new(Stats::default()),
             store: Arc::new(MemoryStore::new()),
             listeners: Vec::new(),
@@ -105,6 +113,28 @@ impl Server {
         self
     }
 
+    /// An in-process client of this broker. Call it within a Tokio
+    /// runtime, after adding hooks (it uses the hooks added so far). It
+    /// starts working once [`Server::serve`] runs.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use roost::codec::QoS;
+    /// let server = roost::Server::new(roost::Options::default());
+    /// let app = server.inline_client("app");
+    /// tokio::spawn(server.serve(std::future::pending()));
+    /// let mut commands = app.subscribe("devices/+/status", QoS::AtLeastOnce).await?;
+    /// app.publish("devices/42/cmd", "reboot", QoS::AtLeastOnce).await?;
+    /// while let Some(m) = commands.recv().await {
+    ///     println!("{}: {:?}", m.topic, m.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn inline_client(&self, client_id: &str) -> InlineClient {
+        let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        InlineClient::connect(client_id, conn, self.events_tx.clone(), self.hooks.clone())
+    }
+
     /// The live counters (cheap to clone; read them at any time).
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
@@ -121,11 +151,13 @@ impl Server {
         let Server {
             opts,
             hooks,
+            events_tx,
+            mut events,
+            next_conn,
             stats,
             store,
             listeners,
         } = self;
-        let (events_tx, mut events) = mpsc::channel::<Event>(4096);
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             stats: stats.clone(),
@@ -133,7 +165,6 @@ impl Server {
             hooks: hooks.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
-        let next_conn = Arc::new(AtomicU64::new(1));
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
         for listener in listeners {
             tokio::spawn(accept_loop(

@@ -66,13 +66,6 @@ async fn receive_all(c: &mut Raw, n: usize) -> Vec<(String, QoS)> {
     got
 }
 
-/// Waits until the broker has handled everything `c` sent before: the core
-/// answers PINGREQ in order with the other packets.
-async fn sync(c: &mut Raw) {
-    c.send(Packet::PingReq).await;
-    assert!(matches!(c.recv().await, Packet::PingResp));
-}
-
 #[tokio::test]
 async fn sessions_subscriptions_queues_and_retained_survive_a_restart() {
     let store = Arc::new(Durable::default());
@@ -175,7 +168,7 @@ async fn an_inbound_qos2_id_still_blocks_a_duplicate_after_a_restart() {
     assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id.get() == 7));
     let m = s.recv_publish().await;
     s.ack(&m).await;
-    sync(&mut s).await;
+    s.sync().await;
     p.drop_connection();
     b.stop().await;
 

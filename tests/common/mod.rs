@@ -44,6 +44,11 @@ impl TestBroker {
         Self::serve(Server::new(opts)).await
     }
 
+    /// A broker from a configured [`Server`] (hooks, inline clients).
+    pub async fn with_server(server: Server) -> TestBroker {
+        Self::serve(server).await
+    }
+
     /// A broker on `store` (restart tests pass the same store again).
     pub async fn with_store(opts: Options, store: impl roost::storage::Store) -> TestBroker {
         Self::serve(Server::new(opts).store(store)).await
@@ -273,6 +278,16 @@ impl Raw {
                 }
                 self.send(Packet::PubComp(PubResp::new(pid))).await;
             }
+        }
+    }
+
+    /// Waits until the broker has handled everything sent before: it
+    /// answers PINGREQ in order with the other packets.
+    pub async fn sync(&mut self) {
+        self.send(Packet::PingReq).await;
+        match self.recv().await {
+            Packet::PingResp => {}
+            other => panic!("expected PINGRESP, got {other:?}"),
         }
     }
 
