@@ -25,6 +25,15 @@ pub(crate) struct Shared {
     pub events: mpsc::Sender<Event>,
 }
 
+/// What the listener learned about a connection before MQTT started.
+#[derive(Debug, Default)]
+pub(crate) struct Peer {
+    /// The identity the transport established (a TLS client certificate's
+    /// CN or SAN, when the listener is told to use it). It replaces the
+    /// CONNECT's user name, so a client cannot claim someone else's.
+    pub username: Option<String>,
+}
+
 const READ_CHUNK: usize = 4096;
 
 /// Reads until one packet is decoded. `Ok(None)` is a clean end of stream.
@@ -55,7 +64,7 @@ enum ReadError {
 }
 
 /// Runs one connection to its end.
-pub(crate) async fn serve_connection<S>(stream: S, conn: ConnId, shared: Arc<Shared>)
+pub(crate) async fn serve_connection<S>(stream: S, conn: ConnId, shared: Arc<Shared>, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -70,7 +79,7 @@ where
         read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats),
     )
     .await;
-    let connect = match first {
+    let mut connect = match first {
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
             // Answer in the form the client can read: 5.0 gets 0x84, anything
@@ -91,6 +100,9 @@ where
         _ => return, // timeout, I/O error, EOF, or not a CONNECT
     };
 
+    if let Some(username) = peer.username {
+        connect.username = Some(username.into());
+    }
     let version = connect.protocol;
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
     let mut inbound_aliases = InboundAliases::new(if version.is_v5() {
@@ -224,7 +236,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        // Flush each batch: TLS and WebSocket streams buffer what they
+        // are given until flushed (for TCP this is a no-op).
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             break;
         }
         stats::add(&stats.bytes_sent, buf.len() as u64);
