@@ -81,6 +81,8 @@ pub(crate) async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The error type is tungstenite's `Callback` contract, not ours.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| {
         if request.uri().path() != config.path {
             let mut refused = ErrorResponse::new(Some("not found".into()));
