@@ -275,3 +275,49 @@ async fn certificate_identity_with_connect_credentials() {
     c.disconnect().await;
     b.stop().await;
 }
+
+/// The checked-in example certificates (certs/, 100-year validity) still
+/// fit together: the broker loads them, requires the example client's
+/// certificate, and a client trusting `ca.pem` connects.
+#[tokio::test]
+async fn example_certificates_in_certs_work() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let tls = TlsConfig::new(dir.join("server.pem"), dir.join("server.key"))
+        .client_auth(roost::ClientAuth::Required {
+            ca: dir.join("ca.pem"),
+        })
+        .username_from(roost::UsernameFrom::CommonName);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = roost::Server::new(Options::default()).tls(l, tls).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let join = tokio::spawn(server.serve(async {
+        let _ = rx.await;
+    }));
+
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap())
+        .unwrap();
+    let chain = CertificateDer::pem_file_iter(dir.join("client.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("client.key")).unwrap();
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let io = tls_connect(addr, std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    mqtt_over(Box::new(io), "example").await.disconnect().await;
+    let _ = tx.send(());
+    join.await.unwrap().unwrap();
+}
