@@ -192,3 +192,23 @@ async fn no_listener_can_be_added_after_stop() {
         Err(roost::ListenerError::Stopped)
     ));
 }
+
+/// Sockets stuck in a TLS or WebSocket handshake do not hold up shutdown
+/// (they have nothing to flush, so they get no grace period).
+#[tokio::test]
+async fn shutdown_does_not_wait_for_handshakes() {
+    let b = MultiBroker::start().await;
+    let mut stuck = Vec::new();
+    for kind in [Kind::Tls, Kind::Ws, Kind::Wss] {
+        stuck.push(TcpStream::connect(b.addr(kind)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    b.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+}

@@ -450,7 +450,7 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
         let mut stop = ctx.stop.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = connection(stream, conn, &kind, shared) => {}
+                _ = connection(stream, conn, &kind, shared, stop.clone()) => {}
                 _ = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(Duration::from_secs(5)).await } => {}
             }
             drop(permit);
@@ -460,14 +460,23 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
 
 /// Runs the transport's handshake (bounded by the connect timeout) and then
 /// the connection, all inside the connection's own task.
-async fn connection(stream: TcpStream, conn: ConnId, kind: &Kind, shared: Arc<Shared>) {
+async fn connection(
+    stream: TcpStream,
+    conn: ConnId,
+    kind: &Kind,
+    shared: Arc<Shared>,
+    #[allow(unused_variables)] // Only handshakes watch it.
+    stop: watch::Receiver<bool>,
+) {
     #[allow(unused_variables)] // Only the TLS and WebSocket transports use it.
     let handshake_timeout = shared.opts.limits.connect_timeout;
     match kind {
         Kind::Tcp => serve_connection(stream, conn, shared, Peer::default()).await,
         #[cfg(feature = "tls")]
         Kind::Tls(tls) => {
-            let Some(stream) = handshake(conn, handshake_timeout, tls.accept(stream)).await else {
+            let Some(stream) =
+                handshake(conn, handshake_timeout, stop.clone(), tls.accept(stream)).await
+            else {
                 return;
             };
             let peer = Peer {
@@ -478,8 +487,13 @@ async fn connection(stream: TcpStream, conn: ConnId, kind: &Kind, shared: Arc<Sh
         #[cfg(feature = "ws")]
         Kind::Ws(cfg) => {
             let max = shared.opts.limits.maximum_packet_size;
-            let Some(ws) =
-                handshake(conn, handshake_timeout, super::ws::accept(stream, cfg, max)).await
+            let Some(ws) = handshake(
+                conn,
+                handshake_timeout,
+                stop.clone(),
+                super::ws::accept(stream, cfg, max),
+            )
+            .await
             else {
                 return;
             };
@@ -494,7 +508,9 @@ async fn connection(stream: TcpStream, conn: ConnId, kind: &Kind, shared: Arc<Sh
                 let ws = super::ws::accept(stream, cfg, max).await?;
                 Ok::<_, HandshakeError>((ws, username))
             };
-            let Some((ws, username)) = handshake(conn, handshake_timeout, upgrade).await else {
+            let Some((ws, username)) =
+                handshake(conn, handshake_timeout, stop.clone(), upgrade).await
+            else {
                 return;
             };
             serve_connection(ws, conn, shared, Peer { username }).await
@@ -506,7 +522,9 @@ async fn connection(stream: TcpStream, conn: ConnId, kind: &Kind, shared: Arc<Sh
                 None => super::http::serve(stream, &stats, handshake_timeout).await,
                 #[cfg(feature = "tls")]
                 Some(tls) => {
-                    if let Some(s) = handshake(conn, handshake_timeout, tls.accept(stream)).await {
+                    if let Some(s) =
+                        handshake(conn, handshake_timeout, stop.clone(), tls.accept(stream)).await
+                    {
                         super::http::serve(s, &stats, handshake_timeout).await
                     }
                 }
@@ -529,18 +547,24 @@ pub(crate) enum HandshakeError {
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
 }
 
-/// Awaits a handshake for at most `limit`; failures are logged and the
-/// connection dropped.
+/// Awaits a handshake for at most `limit`, or until shutdown (a connection
+/// still in its handshake has nothing to flush, so it gets no grace
+/// period); failures are logged and the connection dropped.
 #[cfg(any(feature = "tls", feature = "ws"))]
 async fn handshake<T, E>(
     conn: ConnId,
     limit: Duration,
+    mut stop: watch::Receiver<bool>,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Option<T>
 where
     HandshakeError: From<E>,
 {
-    match tokio::time::timeout(limit, fut).await {
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(limit, fut) => r,
+        _ = stop.wait_for(|s| *s) => return None,
+    };
+    match outcome {
         Ok(Ok(t)) => Some(t),
         Ok(Err(e)) => {
             tracing::debug!(conn = conn.0, error = %HandshakeError::from(e), "handshake failed");
