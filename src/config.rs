@@ -112,6 +112,8 @@ pub struct Limits {
     /// Most concurrent connections. Default: 100,000.
     pub maximum_connections: usize,
     /// How long a new connection may take to send CONNECT. Default: 10 s.
+    /// A TLS or WebSocket handshake (or an HTTP request head) gets the same
+    /// bound before it, in the connection's own task.
     pub connect_timeout: std::time::Duration,
     /// Most subscriptions one session may hold. Default: 10,000.
     pub maximum_subscriptions_per_session: usize,

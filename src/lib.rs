@@ -9,6 +9,26 @@
 //!     .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Listeners
+//!
+//! Every transport plugs into one seam: a bound `TcpListener` plus a
+//! [`Transport`], given to the [`Server`] builder (`.tcp`, `.tls`, `.ws`,
+//! `.wss`, `.http`, `.https`) or, while it serves, to
+//! [`ServerHandle::add_listener`]. TLS and WebSocket handshakes run in the
+//! connection's own task, bounded by [`Limits::connect_timeout`].
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---------|---------|--------------|
+//! | `cli`   | yes     | the `roost` binary (command line, logging, signals) |
+//! | `tls`   | yes     | MQTT over TLS ([`TlsConfig`]), with tokio-rustls on the `ring` provider; WSS and HTTPS with `ws` / `http` |
+//! | `ws`    | yes     | MQTT over WebSocket ([`WsConfig`]), with tokio-tungstenite |
+//! | `http`  | yes     | the HTTP stats endpoint: `/stats` (JSON), `/metrics` (Prometheus), `/healthz` |
+//!
+//! Features are additive; a library user who wants plain TCP only can set
+//! `default-features = false`.
 
 pub mod broker;
 pub mod codec;
@@ -24,6 +44,11 @@ pub mod topic;
 
 pub use config::{Capabilities, Durability, Limits, Options};
 pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
+pub use net::listener::{Listener, ListenerError, ListenerHandle, ServerHandle, Transport};
+#[cfg(feature = "tls")]
+pub use net::tls::{ClientAuth, TlsConfig, UsernameFrom};
+#[cfg(feature = "ws")]
+pub use net::ws::WsConfig;
 /// The storage trait and backends (the `roost-storage` crate).
 pub use roost_storage as storage;
 pub use server::{ServeError, Server};

@@ -5,7 +5,8 @@ use crate::broker::{Broker, Commit, ConnId, Event};
 use crate::config::{Durability, Options};
 use crate::hooks::{AclHook, AuthHook, EventHook, Hooks};
 use crate::inline::InlineClient;
-use crate::net::connection::{serve_connection, Shared};
+use crate::net::connection::Shared;
+use crate::net::listener::{self, Accepting, Listener, ListenerError, ServerHandle};
 use crate::stats::{Stats, StatsSnapshot};
 use roost_storage::{MemoryStore, StorageError, Store};
 use std::future::Future;
@@ -14,6 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
+
+#[cfg(feature = "tls")]
+use crate::net::tls::TlsConfig;
+#[cfg(feature = "ws")]
+use crate::net::ws::WsConfig;
 
 /// Errors from serving.
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +46,15 @@ pub struct Server {
     next_conn: Arc<AtomicU64>,
     stats: Arc<Stats>,
     store: Arc<dyn Store>,
-    listeners: Vec<TcpListener>,
+    handle: ServerHandle,
+    incoming: mpsc::UnboundedReceiver<Listener>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("opts", &self.opts)
-            .field("listeners", &self.listeners)
+            .field("listeners", &self.handle.listeners())
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +71,7 @@ impl Server {
     /// A server with the in-memory store and no listeners.
     pub fn new(opts: Options) -> Self {
         let (events_tx, events) = mpsc::channel::<Event>(4096);
+        let (handle, incoming) = ServerHandle::new();
         Server {
             opts,
             hooks: Hooks::default(),
@@ -72,7 +80,8 @@ impl Server {
             next_conn: Arc::new(AtomicU64::new(1)),
             stats: Arc::new(Stats::default()),
             store: Arc::new(MemoryStore::new()),
-            listeners: Vec::new(),
+            handle,
+            incoming,
         }
     }
 
@@ -107,12 +116,6 @@ impl Server {
         self
     }
 
-    /// Adds a TCP listener.
-    pub fn tcp(mut self, listener: TcpListener) -> Self {
-        self.listeners.push(listener);
-        self
-    }
-
     /// An in-process client of this broker. Call it within a Tokio
     /// runtime, after adding hooks (it uses the hooks added so far). It
     /// starts working once [`Server::serve`] runs.
@@ -133,6 +136,71 @@ impl Server {
     pub fn inline_client(&self, client_id: &str) -> InlineClient {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         InlineClient::connect(client_id, conn, self.events_tx.clone(), self.hooks.clone())
+    }
+
+    /// Adds a TCP listener (id `mqtt:<address>`).
+    pub fn tcp(self, listener: TcpListener) -> Self {
+        self.handle.add_tcp(listener);
+        self
+    }
+
+    /// Adds an MQTT over TLS listener (id `mqtts:<address>`). Fails if a
+    /// certificate, key or CA file cannot be read or used.
+    #[cfg(feature = "tls")]
+    pub fn tls(self, listener: TcpListener, tls: TlsConfig) -> Result<Self, ListenerError> {
+        self.handle.add_auto(listener, crate::Transport::Tls(tls))?;
+        Ok(self)
+    }
+
+    /// Adds an MQTT over WebSocket listener (id `ws:<address>`).
+    #[cfg(feature = "ws")]
+    pub fn ws(self, listener: TcpListener, ws: WsConfig) -> Self {
+        if let Err(e) = self.handle.add_auto(listener, crate::Transport::Ws(ws)) {
+            tracing::error!(error = %e, "cannot add WebSocket listener");
+        }
+        self
+    }
+
+    /// Adds an MQTT over WebSocket over TLS listener (id `wss:<address>`).
+    #[cfg(all(feature = "ws", feature = "tls"))]
+    pub fn wss(
+        self,
+        listener: TcpListener,
+        ws: WsConfig,
+        tls: TlsConfig,
+    ) -> Result<Self, ListenerError> {
+        self.handle
+            .add_auto(listener, crate::Transport::Wss(ws, tls))?;
+        Ok(self)
+    }
+
+    /// Adds the HTTP stats endpoint (id `http:<address>`).
+    #[cfg(feature = "http")]
+    pub fn http(self, listener: TcpListener) -> Self {
+        if let Err(e) = self.handle.add_auto(listener, crate::Transport::Http) {
+            tracing::error!(error = %e, "cannot add HTTP listener");
+        }
+        self
+    }
+
+    /// Adds the HTTP stats endpoint over TLS (id `https:<address>`).
+    #[cfg(all(feature = "http", feature = "tls"))]
+    pub fn https(self, listener: TcpListener, tls: TlsConfig) -> Result<Self, ListenerError> {
+        self.handle
+            .add_auto(listener, crate::Transport::Https(tls))?;
+        Ok(self)
+    }
+
+    /// Adds a listener built with [`Listener::new`], under its own id.
+    pub fn listener(self, listener: Listener) -> Result<Self, ListenerError> {
+        self.handle.add_listener(listener)?;
+        Ok(self)
+    }
+
+    /// A handle to add listeners and reload TLS certificates, before or
+    /// while the server serves.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
     }
 
     /// The live counters (cheap to clone; read them at any time).
@@ -156,7 +224,8 @@ impl Server {
             next_conn,
             stats,
             store,
-            listeners,
+            handle,
+            incoming,
         } = self;
         let shared = Arc::new(Shared {
             opts: opts.clone(),
@@ -166,16 +235,18 @@ impl Server {
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
-        for listener in listeners {
-            tokio::spawn(accept_loop(
-                listener,
-                shared.clone(),
-                next_conn.clone(),
-                permits.clone(),
-                stop_rx.clone(),
-            ));
-        }
-        drop(shared);
+        // Listeners given before serving are waiting in `incoming`; those
+        // added through a handle while serving arrive there too.
+        tokio::spawn(listener::run(
+            incoming,
+            Accepting {
+                shared: shared.clone(),
+                next_conn: next_conn.clone(),
+                permits: permits.clone(),
+                stop: stop_rx.clone(),
+            },
+        ));
+        drop((shared, handle));
 
         let opts_max_connections = opts.limits.maximum_connections;
         let durability = opts.durability;
@@ -302,50 +373,5 @@ async fn commit_loop(
             }
             in_flight.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    next_conn: Arc<AtomicU64>,
-    permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => {
-                backoff = Duration::from_millis(5);
-                x
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off, never spin
-                // or give up.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; refusing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
-        let shared = shared.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = serve_connection(stream, conn, Some(peer), shared) => {}
-                _ = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(Duration::from_secs(5)).await } => {}
-            }
-            drop(permit);
-        });
     }
 }

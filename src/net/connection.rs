@@ -28,6 +28,27 @@ pub(crate) struct Shared {
     pub hooks: Hooks,
 }
 
+/// What the listener learned about a connection before MQTT started.
+#[derive(Debug, Default)]
+pub(crate) struct Peer {
+    /// The identity the transport established (a TLS client certificate's
+    /// CN or SAN, when the listener is told to use it). It replaces the
+    /// CONNECT's user name, so a client cannot claim someone else's.
+    pub username: Option<String>,
+    /// The peer's address.
+    pub remote_addr: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// A peer known only by its address.
+    pub fn at(remote: SocketAddr) -> Self {
+        Peer {
+            username: None,
+            remote_addr: Some(remote),
+        }
+    }
+}
+
 const READ_CHUNK: usize = 4096;
 
 /// Reads until one packet is decoded. `Ok(None)` is a clean end of stream.
@@ -58,12 +79,8 @@ enum ReadError {
 }
 
 /// Runs one connection to its end.
-pub(crate) async fn serve_connection<S>(
-    stream: S,
-    conn: ConnId,
-    remote_addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
-) where
+pub(crate) async fn serve_connection<S>(stream: S, conn: ConnId, shared: Arc<Shared>, peer: Peer)
+where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -98,11 +115,14 @@ pub(crate) async fn serve_connection<S>(
         _ => return, // timeout, I/O error, EOF, or not a CONNECT
     };
 
+    if let Some(username) = peer.username {
+        connect.username = Some(username.into());
+    }
     let version = connect.protocol;
     let mut client = Client {
         client_id: connect.client_id.clone(),
         username: connect.username.clone(),
-        remote_addr,
+        remote_addr: peer.remote_addr,
         protocol: version,
         inline: false,
     };
@@ -292,7 +312,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        // Flush each batch: TLS and WebSocket streams buffer what they
+        // are given until flushed (for TCP this is a no-op).
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             break;
         }
         stats::add(&stats.bytes_sent, buf.len() as u64);

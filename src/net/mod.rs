@@ -3,3 +3,12 @@
 
 pub(crate) mod alias;
 pub(crate) mod connection;
+#[cfg(feature = "http")]
+pub(crate) mod http;
+pub(crate) mod listener;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
+#[cfg(feature = "ws")]
+pub(crate) mod ws;
+#[cfg(feature = "tls")]
+mod x509;

@@ -377,3 +377,6 @@ pub fn subscribe(pid: u16, filters: &[(&str, SubscriptionOptions)]) -> Subscribe
 pub fn payload(p: &Publish) -> &str {
     std::str::from_utf8(&p.payload).unwrap()
 }
+
+#[cfg(all(feature = "tls", feature = "ws", feature = "http"))]
+pub mod listeners;

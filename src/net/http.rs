@@ -1,0 +1,266 @@
+//! The HTTP stats endpoint: a minimal HTTP/1.1 server, one request per
+//! connection (`Connection: close`), three read-only routes.
+//!
+//! - `GET /stats`: the counters as JSON.
+//! - `GET /metrics`: the counters in the Prometheus text exposition format.
+//! - `GET /healthz`: `200 ok` while the broker serves.
+//!
+//! Anything else is 404 (405 for another method on a known path). Hand
+//! rolled: the routes are fixed and small, and an HTTP framework would be
+//! the largest dependency in the crate.
+
+use crate::stats::{Stats, StatsSnapshot};
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Longest request head accepted.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Serves one request on `stream`; the whole request head must arrive
+/// within `timeout`.
+pub(crate) async fn serve<S>(mut stream: S, stats: &Stats, timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let head = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
+        Ok(Some(head)) => head,
+        _ => return,
+    };
+    let response = respond(&head, stats);
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(&response).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Reads up to the blank line that ends the request head.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Some(head);
+        }
+        if head.len() > MAX_HEAD {
+            return None;
+        }
+    }
+}
+
+/// The whole response (status line, headers and body) for a request head.
+fn respond(head: &[u8], stats: &Stats) -> Vec<u8> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let known = matches!(path, "/stats" | "/metrics" | "/healthz");
+    if known && method != "GET" && method != "HEAD" {
+        return response(
+            "405 Method Not Allowed",
+            "text/plain",
+            b"method not allowed\n",
+            method == "HEAD",
+        );
+    }
+    let (status, content_type, body) = match path {
+        "/stats" => (
+            "200 OK",
+            "application/json",
+            json(&stats.snapshot()).into_bytes(),
+        ),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            prometheus(&stats.snapshot()).into_bytes(),
+        ),
+        "/healthz" => ("200 OK", "text/plain", b"ok".to_vec()),
+        _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
+    };
+    response(status, content_type, &body, method == "HEAD")
+}
+
+fn response(status: &str, content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// Resident set size in bytes, from `/proc/self/status` (`VmRSS`, in kB:
+/// unlike `/proc/self/statm` it needs no page size); 0 where there is no
+/// procfs.
+fn resident_memory() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn json(s: &StatsSnapshot) -> String {
+    let started = s
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started": started,
+        "uptime": s.uptime_secs,
+        "bytes_received": s.bytes_received,
+        "bytes_sent": s.bytes_sent,
+        "packets_received": s.packets_received,
+        "packets_sent": s.packets_sent,
+        "messages_received": s.messages_received,
+        "messages_sent": s.messages_sent,
+        "clients_connected": s.clients_connected,
+        "clients_disconnected": s.clients_disconnected,
+        "clients_maximum": s.clients_maximum,
+        "clients_total": s.clients_total,
+        "retained": s.retained,
+        "inflight": s.inflight,
+        "subscriptions": s.subscriptions,
+        "dropped": s.messages_dropped,
+        "storage_errors": s.storage_errors,
+        "memory": resident_memory(),
+    })
+    .to_string()
+}
+
+fn prometheus(s: &StatsSnapshot) -> String {
+    use std::fmt::Write;
+    let counters: [(&str, &str, u64); 9] = [
+        (
+            "bytes_received",
+            "Bytes read from clients.",
+            s.bytes_received,
+        ),
+        ("bytes_sent", "Bytes written to clients.", s.bytes_sent),
+        (
+            "packets_received",
+            "MQTT packets received.",
+            s.packets_received,
+        ),
+        ("packets_sent", "MQTT packets sent.", s.packets_sent),
+        (
+            "messages_received",
+            "PUBLISH packets received.",
+            s.messages_received,
+        ),
+        ("messages_sent", "PUBLISH packets sent.", s.messages_sent),
+        (
+            "messages_dropped",
+            "Messages dropped: full queue, slow or too small client.",
+            s.messages_dropped,
+        ),
+        (
+            "clients",
+            "Client connections accepted (CONNECT received).",
+            s.clients_total,
+        ),
+        (
+            "storage_errors",
+            "Failed storage commits.",
+            s.storage_errors,
+        ),
+    ];
+    let gauges: [(&str, &str, u64); 9] = [
+        (
+            "clients_connected",
+            "Clients connected now.",
+            s.clients_connected,
+        ),
+        (
+            "clients_disconnected",
+            "Persistent sessions whose client is not connected.",
+            s.clients_disconnected,
+        ),
+        (
+            "clients_maximum",
+            "Most clients connected at once.",
+            s.clients_maximum,
+        ),
+        ("retained_messages", "Retained messages held.", s.retained),
+        (
+            "inflight_messages",
+            "QoS 1 and 2 messages in flight.",
+            s.inflight,
+        ),
+        ("subscriptions", "Subscriptions held.", s.subscriptions),
+        (
+            "uptime_seconds",
+            "Seconds since the broker started.",
+            s.uptime_secs,
+        ),
+        (
+            "start_time_seconds",
+            "When the broker started, in seconds since the Unix epoch.",
+            s.started
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        ),
+        (
+            "resident_memory_bytes",
+            "Resident set size of the process.",
+            resident_memory(),
+        ),
+    ];
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP roost_{name}_total {help}\n# TYPE roost_{name}_total counter\nroost_{name}_total {value}"
+        );
+    }
+    for (name, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP roost_{name} {help}\n# TYPE roost_{name} gauge\nroost_{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP roost_build_info The broker's version.\n# TYPE roost_build_info gauge\n\
+         roost_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let stats = Stats::default();
+        let get = |req: &str| String::from_utf8(respond(req.as_bytes(), &stats)).unwrap();
+        assert!(get("GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"));
+        assert!(get("GET /healthz HTTP/1.1\r\n\r\n").ends_with("\r\n\r\nok"));
+        assert!(get("GET /stats?x=1 HTTP/1.1\r\n\r\n").contains("application/json"));
+        assert!(get("GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        assert!(get("POST /stats HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+        assert!(get("\r\n\r\n").starts_with("HTTP/1.1 404"));
+        let head = get("HEAD /stats HTTP/1.1\r\n\r\n");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+    }
+}

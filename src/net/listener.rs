@@ -1,0 +1,584 @@
+//! The listener seam: every transport (TCP, TLS, WebSocket, WSS, HTTP)
+//! is a bound [`TcpListener`] plus a [`Transport`] that says what to do with
+//! each accepted socket. One accept loop serves them all; the transport's
+//! handshake runs inside the connection's own task, under a timeout, so a
+//! slow or hostile client never holds up accepting.
+
+use super::connection::{serve_connection, Peer, Shared};
+use crate::broker::ConnId;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+#[cfg(feature = "tls")]
+use super::tls::{TlsConfig, TlsState};
+#[cfg(feature = "ws")]
+use super::ws::WsConfig;
+
+/// Most concurrent connections one HTTP listener serves; they do not count
+/// against the MQTT connection limit.
+#[cfg(feature = "http")]
+const HTTP_MAX_CONNECTIONS: usize = 64;
+
+/// Errors from setting up, adding or reloading a listener. File errors name
+/// the file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenerError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file was read but its content is unusable (no PEM section of the
+    /// expected kind, a malformed section, a certificate rustls rejects).
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The certificate chain and private key were each readable but do not
+    /// make a usable server identity (for example, they do not match).
+    #[error("certificate {cert} and key {key} are not usable together: {reason}")]
+    CertKeyMismatch {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// The private key file.
+        key: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
+    /// Another listener already has this id.
+    #[error("a listener with id {0:?} already exists")]
+    DuplicateId(String),
+    /// The server has stopped (or was dropped without serving), so no
+    /// listener can be added.
+    #[error("the server is not running")]
+    Stopped,
+    /// `reload` was called on a listener without TLS.
+    #[error("listener {0:?} does not use TLS")]
+    NotTls(String),
+    /// The listening socket's address could not be read.
+    #[error("listener socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a listener speaks. Variants appear with the cargo features that
+/// provide them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Transport {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS.
+    #[cfg(feature = "tls")]
+    Tls(TlsConfig),
+    /// MQTT over WebSocket.
+    #[cfg(feature = "ws")]
+    Ws(WsConfig),
+    /// MQTT over WebSocket over TLS.
+    #[cfg(all(feature = "ws", feature = "tls"))]
+    Wss(WsConfig, TlsConfig),
+    /// The HTTP stats endpoint.
+    #[cfg(feature = "http")]
+    Http,
+    /// The HTTP stats endpoint over TLS.
+    #[cfg(all(feature = "http", feature = "tls"))]
+    Https(TlsConfig),
+}
+
+/// A transport made ready to accept: TLS files loaded.
+enum Kind {
+    Tcp,
+    #[cfg(feature = "tls")]
+    Tls(Arc<TlsState>),
+    #[cfg(feature = "ws")]
+    Ws(WsConfig),
+    #[cfg(all(feature = "ws", feature = "tls"))]
+    Wss(WsConfig, Arc<TlsState>),
+    #[cfg(feature = "http")]
+    Http(Option<Arc<HttpTls>>),
+}
+
+/// HTTPS needs TLS only when the `tls` feature is on; this keeps `Kind`
+/// the same shape either way.
+#[cfg(feature = "http")]
+#[cfg(feature = "tls")]
+type HttpTls = TlsState;
+#[cfg(feature = "http")]
+#[cfg(not(feature = "tls"))]
+type HttpTls = std::convert::Infallible;
+
+impl Kind {
+    fn scheme(&self) -> &'static str {
+        match self {
+            Kind::Tcp => "mqtt",
+            #[cfg(feature = "tls")]
+            Kind::Tls(_) => "mqtts",
+            #[cfg(feature = "ws")]
+            Kind::Ws(_) => "ws",
+            #[cfg(all(feature = "ws", feature = "tls"))]
+            Kind::Wss(..) => "wss",
+            #[cfg(feature = "http")]
+            Kind::Http(None) => "http",
+            #[cfg(feature = "http")]
+            Kind::Http(Some(_)) => "https",
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    fn tls(&self) -> Option<Arc<TlsState>> {
+        match self {
+            Kind::Tls(t) => Some(t.clone()),
+            #[cfg(feature = "ws")]
+            Kind::Wss(_, t) => Some(t.clone()),
+            #[cfg(feature = "http")]
+            Kind::Http(t) => t.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// A bound socket with an id and a transport, ready to be given to a
+/// [`Server`](crate::Server) (before or while it serves).
+pub struct Listener {
+    id: String,
+    addr: SocketAddr,
+    tcp: TcpListener,
+    kind: Kind,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .field("scheme", &self.kind.scheme())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// A listener on `listener` speaking `transport`. TLS certificate, key
+    /// and CA files are read now; errors name the file.
+    pub fn new(
+        id: impl Into<String>,
+        listener: TcpListener,
+        transport: Transport,
+    ) -> Result<Listener, ListenerError> {
+        let addr = listener.local_addr()?;
+        let kind = match transport {
+            Transport::Tcp => Kind::Tcp,
+            #[cfg(feature = "tls")]
+            Transport::Tls(cfg) => Kind::Tls(Arc::new(TlsState::load(cfg)?)),
+            #[cfg(feature = "ws")]
+            Transport::Ws(cfg) => Kind::Ws(cfg),
+            #[cfg(all(feature = "ws", feature = "tls"))]
+            Transport::Wss(ws, tls) => Kind::Wss(ws, Arc::new(TlsState::load(tls)?)),
+            #[cfg(feature = "http")]
+            Transport::Http => Kind::Http(None),
+            #[cfg(all(feature = "http", feature = "tls"))]
+            Transport::Https(tls) => Kind::Http(Some(Arc::new(TlsState::load(tls)?))),
+        };
+        Ok(Listener {
+            id: id.into(),
+            addr,
+            tcp: listener,
+            kind,
+        })
+    }
+
+    /// The listener's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn handle(&self) -> ListenerHandle {
+        ListenerHandle {
+            id: self.id.clone(),
+            addr: self.addr,
+            scheme: self.kind.scheme(),
+            #[cfg(feature = "tls")]
+            tls: self.kind.tls(),
+        }
+    }
+}
+
+/// A running (or about to run) listener: its id, its address, and the
+/// certificate reload switch for TLS listeners.
+#[derive(Clone)]
+pub struct ListenerHandle {
+    id: String,
+    addr: SocketAddr,
+    scheme: &'static str,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<TlsState>>,
+}
+
+impl std::fmt::Debug for ListenerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerHandle")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .field("scheme", &self.scheme)
+            .finish()
+    }
+}
+
+impl ListenerHandle {
+    /// The listener's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What it speaks, as a URL scheme: `mqtt`, `mqtts`, `ws`, `wss`,
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// Reads the certificate chain, key and CA files again and uses them
+    /// for new connections; connections already up keep theirs. On error
+    /// the listener keeps serving with what it had.
+    pub fn reload(&self) -> Result<(), ListenerError> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return tls.reload();
+        }
+        Err(ListenerError::NotTls(self.id.clone()))
+    }
+}
+
+/// Adds listeners to a server, before or while it serves. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    incoming: mpsc::UnboundedSender<Listener>,
+    listeners: Mutex<Vec<ListenerHandle>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("listeners", &self.listeners())
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// A handle and the receiving end the server's accept task reads.
+    pub(crate) fn new() -> (ServerHandle, mpsc::UnboundedReceiver<Listener>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = HandleInner {
+            incoming: tx,
+            listeners: Mutex::new(Vec::new()),
+        };
+        (
+            ServerHandle {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
+    }
+
+    /// Starts accepting on `listener` (at once if the server is serving,
+    /// else when it starts). Fails if the id is taken or the server has
+    /// stopped.
+    pub fn add_listener(&self, listener: Listener) -> Result<ListenerHandle, ListenerError> {
+        // A poisoned list is still a valid list: pushes are atomic.
+        let mut list = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if list.iter().any(|l| l.id == listener.id) {
+            return Err(ListenerError::DuplicateId(listener.id));
+        }
+        let handle = listener.handle();
+        self.inner
+            .incoming
+            .send(listener)
+            .map_err(|_| ListenerError::Stopped)?;
+        list.push(handle.clone());
+        Ok(handle)
+    }
+
+    /// Like [`add_listener`](Self::add_listener), with an id made from the
+    /// scheme and address (`mqtt:127.0.0.1:1883`), made unique if needed.
+    pub(crate) fn add_auto(
+        &self,
+        tcp: TcpListener,
+        transport: Transport,
+    ) -> Result<ListenerHandle, ListenerError> {
+        let mut listener = Listener::new(String::new(), tcp, transport)?;
+        let base = format!("{}:{}", listener.kind.scheme(), listener.addr);
+        let mut id = base.clone();
+        let mut n = 2;
+        while self.listener(&id).is_some() {
+            id = format!("{base}#{n}");
+            n += 1;
+        }
+        listener.id = id;
+        self.add_listener(listener)
+    }
+
+    /// Adds a plain TCP listener; cannot fail while the server is not yet
+    /// serving (the builder's case).
+    pub(crate) fn add_tcp(&self, tcp: TcpListener) {
+        // A bound socket always has an address; should reading it fail,
+        // fall back to an id without one rather than lose the listener.
+        let result = match tcp.local_addr() {
+            Ok(_) => self.add_auto(tcp, Transport::Tcp).map(drop),
+            Err(_) => {
+                let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+                let listener = Listener {
+                    id: format!("mqtt#{}", self.listeners().len() + 1),
+                    addr,
+                    tcp,
+                    kind: Kind::Tcp,
+                };
+                self.add_listener(listener).map(drop)
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot add TCP listener");
+        }
+    }
+
+    /// The listener with this id.
+    pub fn listener(&self, id: &str) -> Option<ListenerHandle> {
+        self.listeners().into_iter().find(|l| l.id == id)
+    }
+
+    /// Every listener added so far, in order.
+    pub fn listeners(&self) -> Vec<ListenerHandle> {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+pub(crate) struct Accepting {
+    pub shared: Arc<Shared>,
+    pub next_conn: Arc<AtomicU64>,
+    pub permits: Arc<Semaphore>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Starts an accept loop for every listener that arrives, until shutdown.
+pub(crate) async fn run(mut incoming: mpsc::UnboundedReceiver<Listener>, ctx: Accepting) {
+    let mut stop = ctx.stop.clone();
+    loop {
+        tokio::select! {
+            l = incoming.recv() => match l {
+                Some(l) => {
+                    tracing::info!(id = %l.id, addr = %l.addr, scheme = l.kind.scheme(), "listening");
+                    tokio::spawn(accept_loop(l, ctx.clone()));
+                }
+                None => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn accept_loop(listener: Listener, ctx: Accepting) {
+    let Listener { id, tcp, kind, .. } = listener;
+    let kind = Arc::new(kind);
+    // HTTP connections have their own small limit, so stats scrapers never
+    // take a slot from an MQTT client.
+    let permits = match &*kind {
+        #[cfg(feature = "http")]
+        Kind::Http(_) => Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS)),
+        _ => ctx.permits.clone(),
+    };
+    let mut stop = ctx.stop.clone();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = tcp.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, never spin
+                // or give up.
+                tracing::warn!(listener = %id, error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(listener = %id, %peer, "connection limit reached; refusing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed));
+        let shared = ctx.shared.clone();
+        let kind = kind.clone();
+        let mut stop = ctx.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = connection(stream, conn, peer, &kind, shared, stop.clone()) => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(Duration::from_secs(5)).await } => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Runs the transport's handshake (bounded by the connect timeout) and then
+/// the connection, all inside the connection's own task.
+async fn connection(
+    stream: TcpStream,
+    conn: ConnId,
+    remote: SocketAddr,
+    kind: &Kind,
+    shared: Arc<Shared>,
+    #[allow(unused_variables)] // Only handshakes watch it.
+    stop: watch::Receiver<bool>,
+) {
+    #[allow(unused_variables)] // Only the TLS and WebSocket transports use it.
+    let handshake_timeout = shared.opts.limits.connect_timeout;
+    match kind {
+        Kind::Tcp => serve_connection(stream, conn, shared, Peer::at(remote)).await,
+        #[cfg(feature = "tls")]
+        Kind::Tls(tls) => {
+            let Some(stream) =
+                handshake(conn, handshake_timeout, stop.clone(), tls.accept(stream)).await
+            else {
+                return;
+            };
+            let peer = Peer {
+                username: tls.username(&stream),
+                remote_addr: Some(remote),
+            };
+            serve_connection(stream, conn, shared, peer).await
+        }
+        #[cfg(feature = "ws")]
+        Kind::Ws(cfg) => {
+            let max = shared.opts.limits.maximum_packet_size;
+            let Some(ws) = handshake(
+                conn,
+                handshake_timeout,
+                stop.clone(),
+                super::ws::accept(stream, cfg, max),
+            )
+            .await
+            else {
+                return;
+            };
+            serve_connection(ws, conn, shared, Peer::at(remote)).await
+        }
+        #[cfg(all(feature = "ws", feature = "tls"))]
+        Kind::Wss(cfg, tls) => {
+            let max = shared.opts.limits.maximum_packet_size;
+            let upgrade = async {
+                let stream = tls.accept(stream).await?;
+                let username = tls.username(&stream);
+                let ws = super::ws::accept(stream, cfg, max).await?;
+                Ok::<_, HandshakeError>((ws, username))
+            };
+            let Some((ws, username)) =
+                handshake(conn, handshake_timeout, stop.clone(), upgrade).await
+            else {
+                return;
+            };
+            let peer = Peer {
+                username,
+                remote_addr: Some(remote),
+            };
+            serve_connection(ws, conn, shared, peer).await
+        }
+        #[cfg(feature = "http")]
+        Kind::Http(tls) => {
+            let stats = shared.stats.clone();
+            match tls {
+                None => super::http::serve(stream, &stats, handshake_timeout).await,
+                #[cfg(feature = "tls")]
+                Some(tls) => {
+                    if let Some(s) =
+                        handshake(conn, handshake_timeout, stop.clone(), tls.accept(stream)).await
+                    {
+                        super::http::serve(s, &stats, handshake_timeout).await
+                    }
+                }
+                #[cfg(not(feature = "tls"))]
+                Some(never) => match **never {},
+            }
+        }
+    }
+}
+
+/// Why a transport handshake failed; logged, never returned to a caller.
+#[cfg(any(feature = "tls", feature = "ws"))]
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandshakeError {
+    /// TLS (tokio-rustls reports its errors as I/O errors).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[cfg(feature = "ws")]
+    #[error("WebSocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+/// Awaits a handshake for at most `limit`, or until shutdown (a connection
+/// still in its handshake has nothing to flush, so it gets no grace
+/// period); failures are logged and the connection dropped.
+#[cfg(any(feature = "tls", feature = "ws"))]
+async fn handshake<T, E>(
+    conn: ConnId,
+    limit: Duration,
+    mut stop: watch::Receiver<bool>,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<T>
+where
+    HandshakeError: From<E>,
+{
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(limit, fut) => r,
+        _ = stop.wait_for(|s| *s) => return None,
+    };
+    match outcome {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            tracing::debug!(conn = conn.0, error = %HandshakeError::from(e), "handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(conn = conn.0, "handshake timed out");
+            None
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! MQTT over WebSocket (RFC 6455, MQTT 5.0 section 6): the server side of
+//! the upgrade, and an adapter that turns the message stream back into a
+//! byte stream so the connection driver needs no WebSocket knowledge.
+//!
+//! MQTT packets and WebSocket messages are independent: one packet may span
+//! several messages and one message may carry several packets. Reading
+//! concatenates binary payloads; the decoder finds the packet boundaries.
+
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_sink::Sink;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// A WebSocket listener's settings.
+///
+/// ```
+/// let ws = roost::WsConfig::default().path("/broker");
+/// assert_eq!(ws.path, "/broker");
+/// assert_eq!(ws.subprotocols, ["mqtt", "mqttv3.1"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WsConfig {
+    /// The request path the upgrade must use; others get 404.
+    /// Default: `/mqtt`.
+    pub path: String,
+    /// Subprotocols accepted, in the server's order of preference; the
+    /// first the client offers (in the client's order) is chosen. A client
+    /// offering none is accepted without one. Default: `mqtt`, `mqttv3.1`.
+    pub subprotocols: Vec<String>,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            path: "/mqtt".into(),
+            subprotocols: vec!["mqtt".into(), "mqttv3.1".into()],
+        }
+    }
+}
+
+impl WsConfig {
+    /// Sets the upgrade path.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+}
+
+/// The first subprotocol the client offers that the server accepts.
+fn choose<'a>(request: &Request, accepted: &'a [String]) -> Option<&'a str> {
+    request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|offered| {
+            accepted
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(offered))
+                .map(String::as_str)
+        })
+}
+
+/// Runs the server side of the upgrade on `stream`.
+pub(crate) async fn accept<S>(
+    stream: S,
+    config: &WsConfig,
+    maximum_packet_size: u32,
+) -> Result<WsStream<S>, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // The error type is tungstenite's `Callback` contract, not ours.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, mut response: Response| {
+        if request.uri().path() != config.path {
+            let mut refused = ErrorResponse::new(Some("not found".into()));
+            *refused.status_mut() = StatusCode::NOT_FOUND;
+            return Err(refused);
+        }
+        if let Some(chosen) = choose(request, &config.subprotocols) {
+            if let Ok(value) = HeaderValue::from_str(chosen) {
+                response
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+            }
+        }
+        Ok(response)
+    };
+    // A message may hold a little more than one packet (a client may
+    // coalesce several), but never lets a client make the broker buffer
+    // far more than the packet size limit.
+    let limit = (maximum_packet_size as usize)
+        .saturating_mul(2)
+        .max(64 * 1024);
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let inner =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)).await?;
+    Ok(WsStream {
+        inner,
+        read: Bytes::new(),
+    })
+}
+
+/// A WebSocket connection seen as a byte stream: reads yield the binary
+/// payloads in order, each write goes out as one binary message.
+pub(crate) struct WsStream<S> {
+    inner: WebSocketStream<S>,
+    /// What is left of the last binary message received.
+    read: Bytes,
+}
+
+fn io_error(e: WsError) -> io::Error {
+    match e {
+        WsError::Io(e) => e,
+        e => io::Error::other(e),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.read.is_empty() {
+                let n = self.read.len().min(buf.remaining());
+                let chunk = self.read.split_to(n);
+                buf.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            // Pings are answered by tungstenite as part of reading.
+            match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                Some(Ok(Message::Binary(data))) => self.read = data,
+                Some(Ok(Message::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "MQTT over WebSocket uses binary frames only [MQTT-6.0.0-1]",
+                    )))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // A close (the reply is queued by tungstenite) or the end of
+                // the stream: end of file.
+                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                    return Poll::Ready(Ok(()))
+                }
+                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let inner = Pin::new(&mut self.inner);
+        ready!(<WebSocketStream<S> as Sink<Message>>::poll_ready(inner, cx)).map_err(io_error)?;
+        let message = Message::Binary(Bytes::copy_from_slice(buf));
+        Pin::new(&mut self.inner)
+            .start_send(message)
+            .map_err(io_error)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        <WebSocketStream<S> as Sink<Message>>::poll_flush(Pin::new(&mut self.inner), cx)
+            .map_err(io_error)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match ready!(<WebSocketStream<S> as Sink<Message>>::poll_close(
+            Pin::new(&mut self.inner),
+            cx
+        )) {
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(io_error(e))),
+        }
+    }
+}

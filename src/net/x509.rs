@@ -1,0 +1,215 @@
+//! Just enough DER to read a client certificate's subject Common Name and
+//! Subject Alternative Names (RFC 5280, 4.1 and 4.2.1.6).
+//!
+//! Why not a parser crate: the certificate has already been verified by
+//! webpki, and we need two fields. `x509-parser` would bring nom, asn1-rs,
+//! der-parser, oid-registry and time for that. This walk only reads: every
+//! step is bounds-checked and any surprise yields `None`.
+
+/// One DER element: its tag byte and its contents.
+type Tlv<'a> = (u8, &'a [u8]);
+
+/// Splits the next element off `input`. Only low-tag-number form is
+/// supported (all tags used below are); lengths up to 4 bytes.
+fn next<'a>(input: &mut &'a [u8]) -> Option<Tlv<'a>> {
+    let (&tag, rest) = input.split_first()?;
+    if tag & 0x1f == 0x1f {
+        return None; // high tag number form
+    }
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None; // indefinite length is not DER
+        }
+        let (bytes, after) = rest.split_at(n);
+        rest = after;
+        bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (body, after) = rest.split_at(len);
+    *input = after;
+    Some((tag, body))
+}
+
+/// Iterates over the elements inside a constructed element's contents.
+fn children(mut body: &[u8]) -> impl Iterator<Item = Tlv<'_>> {
+    std::iter::from_fn(move || next(&mut body))
+}
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+const OCTET_STRING: u8 = 0x04;
+/// 2.5.4.3, id-at-commonName.
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+/// 2.5.29.17, id-ce-subjectAltName.
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+
+/// The elements of TBSCertificate, after the optional version.
+struct Tbs<'a> {
+    subject: &'a [u8],
+    extensions: Option<&'a [u8]>,
+}
+
+fn tbs(cert: &[u8]) -> Option<Tbs<'_>> {
+    let mut input = cert;
+    let (SEQUENCE, cert) = next(&mut input)? else {
+        return None;
+    };
+    let mut cert = cert;
+    let (SEQUENCE, tbs) = next(&mut cert)? else {
+        return None;
+    };
+    let mut fields = children(tbs).peekable();
+    // version [0] EXPLICIT, absent for v1 certificates.
+    if fields.peek()?.0 == 0xa0 {
+        fields.next();
+    }
+    // serialNumber, signature, issuer, validity, then subject.
+    let mut fields = fields.skip(4);
+    let (SEQUENCE, subject) = fields.next()? else {
+        return None;
+    };
+    // subjectPublicKeyInfo, then optional [1], [2] and [3] extensions.
+    let extensions = fields
+        .skip(1)
+        .find(|(tag, _)| *tag == 0xa3)
+        .and_then(|(_, explicit)| {
+            let mut explicit = explicit;
+            match next(&mut explicit)? {
+                (SEQUENCE, exts) => Some(exts),
+                _ => None,
+            }
+        });
+    Some(Tbs {
+        subject,
+        extensions,
+    })
+}
+
+/// Decodes the string types a directory name may use.
+fn directory_string((tag, body): Tlv<'_>) -> Option<String> {
+    match tag {
+        // UTF8String, PrintableString, IA5String, and T61String (which in
+        // practice holds ASCII or UTF-8).
+        0x0c | 0x13 | 0x16 | 0x14 => std::str::from_utf8(body).ok().map(str::to_owned),
+        // BMPString: UTF-16 big-endian.
+        0x1e if body.len() % 2 == 0 => {
+            let units = body
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
+        }
+        _ => None,
+    }
+}
+
+/// The subject's first Common Name.
+pub(crate) fn common_name(cert: &[u8]) -> Option<String> {
+    let subject = tbs(cert)?.subject;
+    // Name ::= SEQUENCE OF RelativeDistinguishedName (SET OF
+    // AttributeTypeAndValue ::= SEQUENCE { type OID, value ANY }).
+    for (tag, rdn) in children(subject) {
+        if tag != SET {
+            return None;
+        }
+        for (tag, atv) in children(rdn) {
+            if tag != SEQUENCE {
+                return None;
+            }
+            let mut atv = children(atv);
+            if atv.next()? == (OID, OID_COMMON_NAME) {
+                return directory_string(atv.next()?);
+            }
+        }
+    }
+    None
+}
+
+/// The first Subject Alternative Name that is a DNS name, an e-mail
+/// address or a URI.
+pub(crate) fn subject_alt_name(cert: &[u8]) -> Option<String> {
+    let extensions = tbs(cert)?.extensions?;
+    // Extension ::= SEQUENCE { extnID OID, critical BOOLEAN DEFAULT FALSE,
+    // extnValue OCTET STRING (containing the DER of the extension) }.
+    let value = children(extensions).find_map(|(tag, ext)| {
+        if tag != SEQUENCE {
+            return None;
+        }
+        let mut ext = children(ext);
+        if ext.next()? != (OID, OID_SUBJECT_ALT_NAME) {
+            return None;
+        }
+        ext.find(|(tag, _)| *tag == OCTET_STRING).map(|(_, v)| v)
+    })?;
+    let mut value = value;
+    let (SEQUENCE, names) = next(&mut value)? else {
+        return None;
+    };
+    // GeneralName: [1] rfc822Name, [2] dNSName, [6] URI, all IA5String
+    // with an implicit context tag.
+    children(names).find_map(|(tag, body)| match tag {
+        0x81 | 0x82 | 0x86 => std::str::from_utf8(body).ok().map(str::to_owned),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+
+    fn cert(cn: Option<&str>, sans: Vec<SanType>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "roost tests");
+        if let Some(cn) = cn {
+            dn.push(DnType::CommonName, cn);
+        }
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn reads_common_name() {
+        let der = cert(Some("sensor-17"), vec![]);
+        assert_eq!(common_name(&der).as_deref(), Some("sensor-17"));
+        assert_eq!(subject_alt_name(&der), None);
+    }
+
+    #[test]
+    fn reads_first_usable_subject_alt_name() {
+        let sans = vec![
+            SanType::IpAddress([10, 0, 0, 1].into()),
+            SanType::DnsName("device.example".try_into().unwrap()),
+            SanType::Rfc822Name("ops@example.com".try_into().unwrap()),
+        ];
+        let der = cert(None, sans);
+        assert_eq!(subject_alt_name(&der).as_deref(), Some("device.example"));
+        assert_eq!(common_name(&der), None);
+    }
+
+    #[test]
+    fn garbage_and_truncations_give_none() {
+        let der = cert(Some("x"), vec![SanType::DnsName("a.b".try_into().unwrap())]);
+        for cut in 0..der.len() {
+            // Must not panic; a cut certificate may still hold the CN if the
+            // cut falls after it, but the outer lengths no longer fit.
+            assert_eq!(common_name(&der[..cut]), None);
+            assert_eq!(subject_alt_name(&der[..cut]), None);
+        }
+        assert_eq!(common_name(&[0xff; 64]), None);
+        assert_eq!(common_name(&[]), None);
+    }
+}

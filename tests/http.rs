@@ -1,0 +1,195 @@
+//! The HTTP stats endpoint, fetched with plain HTTP/1.1 over a socket: the
+//! JSON parsed with serde_json, the Prometheus text checked line by line.
+
+mod common;
+use common::listeners::*;
+use common::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Status code, headers (lower-case names) and body.
+async fn get(addr: SocketAddr, request: &str) -> (u16, HashMap<String, String>, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("the server closes after one response")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap();
+    assert!(status.starts_with("HTTP/1.1 "), "{status}");
+    let code = status[9..12].parse().unwrap();
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect::<HashMap<_, _>>();
+    assert_eq!(
+        headers["content-length"].parse::<usize>().unwrap(),
+        body.len()
+    );
+    (code, headers, body.to_owned())
+}
+
+fn request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: roost-tests\r\n\r\n")
+}
+
+#[tokio::test]
+async fn healthz_says_ok() {
+    let b = MultiBroker::start().await;
+    let (code, _, body) = get(b.http, &request("/healthz")).await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn stats_is_json_with_every_counter() {
+    let b = MultiBroker::start().await;
+    let mut c = b.connected(Kind::Tcp, v5("counted")).await;
+    c.subscribe(1, "a/b", roost::codec::QoS::AtMostOnce).await;
+    c.publish(retained("a/b", "x", roost::codec::QoS::AtMostOnce, 1))
+        .await;
+    let _ = c.recv_publish().await;
+
+    let (code, headers, body) = get(b.http, &request("/stats")).await;
+    assert_eq!(code, 200);
+    assert_eq!(headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for key in [
+        "version",
+        "started",
+        "uptime",
+        "bytes_received",
+        "bytes_sent",
+        "packets_received",
+        "packets_sent",
+        "messages_received",
+        "messages_sent",
+        "clients_connected",
+        "clients_disconnected",
+        "clients_maximum",
+        "clients_total",
+        "retained",
+        "inflight",
+        "subscriptions",
+        "dropped",
+        "memory",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing from {body}");
+    }
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["clients_connected"], 1, "{body}");
+    assert_eq!(v["subscriptions"], 1, "{body}");
+    assert_eq!(v["retained"], 1, "{body}");
+    assert!(v["messages_received"].as_u64().unwrap() >= 1);
+    assert!(v["bytes_received"].as_u64().unwrap() > 0);
+    #[cfg(target_os = "linux")]
+    assert!(
+        v["memory"].as_u64().unwrap() > 0,
+        "resident memory on Linux"
+    );
+    c.disconnect().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let b = MultiBroker::start().await;
+    let c = b.connected(Kind::Ws, v5("m")).await;
+    let (code, headers, body) = get(b.http, &request("/metrics")).await;
+    assert_eq!(code, 200);
+    assert!(headers["content-type"].starts_with("text/plain; version=0.0.4"));
+
+    let mut helped = None::<String>;
+    let mut typed = None::<(String, String)>;
+    let mut samples = HashMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped = Some(rest.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(
+                helped.as_deref(),
+                Some(name),
+                "HELP precedes TYPE for {name}"
+            );
+            assert!(matches!(kind, "counter" | "gauge"), "{line}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name} ends in _total");
+            }
+            typed = Some((name.to_owned(), kind.to_owned()));
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment {line}");
+        // `name value` or `name{labels} value`, the value numeric.
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        let name = series.split('{').next().unwrap();
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "{line}");
+        }
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.starts_with("roost_"),
+            "{line}"
+        );
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("numeric value: {line}"));
+        let (typed_name, _) = typed.as_ref().expect("TYPE before the sample");
+        assert_eq!(typed_name, name, "the sample follows its own TYPE line");
+        samples.insert(name.to_owned(), value);
+    }
+    assert_eq!(samples["roost_clients_connected"], 1.0);
+    assert!(samples["roost_bytes_received_total"] > 0.0);
+    assert!(samples.contains_key("roost_messages_dropped_total"));
+    assert!(samples.contains_key("roost_uptime_seconds"));
+    c.disconnect().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn other_paths_and_methods() {
+    let b = MultiBroker::start().await;
+    assert_eq!(get(b.http, &request("/")).await.0, 404);
+    assert_eq!(get(b.http, &request("/stats/x")).await.0, 404);
+    assert_eq!(get(b.http, &request("/stats?pretty")).await.0, 200);
+    let post = "POST /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(get(b.http, post).await.0, 405);
+    // A client that never finishes its request is dropped, not served.
+    let mut s = TcpStream::connect(b.http).await.unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\n").await.unwrap();
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn stats_over_https() {
+    let b = MultiBroker::start().await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h = b
+        .handle
+        .add_listener(
+            roost::Listener::new("stats-tls", l, roost::Transport::Https(b.certs.tls(None)))
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(h.scheme(), "https");
+    let mut tls = tls_connect(h.local_addr(), b.certs.client_config(None))
+        .await
+        .unwrap();
+    tls.write_all(request("/healthz").as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8(raw).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    b.stop().await;
+}
