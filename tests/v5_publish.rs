@@ -191,6 +191,39 @@ async fn exceeding_server_receive_maximum_is_disconnected_0x93() {
     }
 }
 
+/// A client that keeps writing after the broker disconnected it (PUBRELs
+/// for the PUBRECs it got, as the Paho flow-control test does) still reads
+/// the DISCONNECT: the broker lingers instead of resetting the connection.
+#[tokio::test]
+async fn a_client_writing_after_its_disconnect_still_reads_the_reason() {
+    let mut opts = Options::default();
+    opts.limits.receive_maximum = 2;
+    let b = TestBroker::with(opts).await;
+    let mut c = Raw::connected(b.addr, v5("c")).await;
+    for pid in 1..=3 {
+        c.send(Packet::Publish(publish("rm", "x", QoS::ExactlyOnce, pid)))
+            .await;
+    }
+    let mut got = Vec::new();
+    while let Some(p) = c.recv_within(WAIT).await {
+        if let Packet::PubRec(r) = &p {
+            // Written after the broker may already have sent its DISCONNECT.
+            for _ in 0..50 {
+                assert!(c.try_send(Packet::PubRel(PubResp::new(r.packet_id))).await);
+            }
+        }
+        let done = matches!(p, Packet::Disconnect(_));
+        got.push(p);
+        if done {
+            break;
+        }
+    }
+    match got.last() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::ReceiveMaximumExceeded),
+        _ => panic!("expected DISCONNECT 0x93, got {got:?}"),
+    }
+}
+
 #[tokio::test]
 async fn server_receive_maximum_frees_after_pubrel() {
     let mut opts = Options::default();

@@ -255,20 +255,45 @@ where
         // overtake a CONNACK the core has not queued yet.
         let _ = shared.events.send(Event::Closed { conn, reason }).await;
     }
-    if writer_done {
-        return;
+    let peer_still_talking = !matches!(reason, Some(CloseReason::Lost));
+    if !writer_done {
+        // The core closes the outbox when it detaches the connection, after
+        // queueing any final DISCONNECT; closing it from here first would
+        // drop that. Give the writer a moment to flush, then close it
+        // ourselves (the core is gone or never saw this connection).
+        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+        {
+            outbox.close();
+            writer.abort();
+            return;
+        }
     }
-    // The core closes the outbox when it detaches the connection, after
-    // queueing any final DISCONNECT; closing it from here first would drop
-    // that. Give the writer a moment to flush, then close it ourselves (the
-    // core is gone or never saw this connection).
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
-        .await
-        .is_err()
-    {
-        outbox.close();
-        writer.abort();
+    if peer_still_talking {
+        linger(&mut rd).await;
     }
+}
+
+/// After the broker's last packet and FIN, reads (and discards) what the
+/// peer still sends, briefly. Closing a socket with unread data makes the
+/// kernel answer with a reset, which can destroy the DISCONNECT still
+/// waiting in the peer's receive buffer; a client that keeps writing
+/// (acknowledgements in flight) must get to read why it was disconnected.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    const LINGER: Duration = Duration::from_secs(1);
+    const MAX_BYTES: usize = 1 << 20;
+    let mut scratch = [0u8; 4096];
+    let mut total = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while total < MAX_BYTES {
+            match rd.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Runs the subscribe hooks: the filters as changed, with a verdict each.
