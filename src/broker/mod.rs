@@ -166,6 +166,8 @@ pub struct Broker {
     retained: RetainedTree<Arc<Message>>,
     /// Round-robin position per share group, keyed by "group/filter".
     shared_cursor: HashMap<Box<str>, usize>,
+    /// Inline clients among `conns` (not counted as connected clients).
+    inline_conns: usize,
     /// Disconnected sessions with a pending will or a finite expiry.
     timed: HashSet<SessionId>,
     next_session: u64,
@@ -204,6 +206,7 @@ impl Broker {
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
             shared_cursor: HashMap::new(),
+            inline_conns: 0,
             timed: HashSet::new(),
             next_session: 1,
             next_assigned: 1,
@@ -477,11 +480,12 @@ impl Broker {
             properties,
         }));
 
-        stats::add(&self.stats.clients_total, 1);
-        let connected = self.conns.len() as u64;
-        self.stats
-            .clients_connected
-            .store(connected, std::sync::atomic::Ordering::Relaxed);
+        if client.inline {
+            self.inline_conns += 1;
+        } else {
+            stats::add(&self.stats.clients_total, 1);
+        }
+        let connected = self.update_connected_gauge();
         self.stats
             .clients_maximum
             .fetch_max(connected, std::sync::atomic::Ordering::Relaxed);
@@ -497,6 +501,15 @@ impl Broker {
                 s.resume(&mut ctx);
             }
         }
+    }
+
+    /// Network clients connected now (the inline client is not counted).
+    fn update_connected_gauge(&self) -> u64 {
+        let connected = self.conns.len().saturating_sub(self.inline_conns) as u64;
+        self.stats
+            .clients_connected
+            .store(connected, std::sync::atomic::Ordering::Relaxed);
+        connected
     }
 
     fn update_disconnected_gauge(&self) {
@@ -520,10 +533,9 @@ impl Broker {
         if let Some(c) = s.conn.take() {
             c.outbox.close();
         }
-        self.stats.clients_connected.store(
-            self.conns.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        if s.client.inline {
+            self.inline_conns = self.inline_conns.saturating_sub(1);
+        }
         if clean {
             s.will = None;
         }
@@ -548,6 +560,7 @@ impl Broker {
             // A will with no delay goes out now.
             self.fire_due_will(sid, now_ms);
         }
+        self.update_connected_gauge();
         self.update_disconnected_gauge();
     }
 
