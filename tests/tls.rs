@@ -321,3 +321,50 @@ async fn example_certificates_in_certs_work() {
     let _ = tx.send(());
     join.await.unwrap().unwrap();
 }
+
+/// With `UsernameFrom::CommonName`, the user name the auth hooks see is the
+/// certificate's CN, whatever the CONNECT claims.
+#[tokio::test]
+async fn the_certificate_common_name_is_the_user_name_hooks_see() {
+    use roost::hooks::{AuthHook, BoxFuture, Client as HookClient, Decision};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+    impl AuthHook for Seen {
+        fn authenticate<'a>(
+            &'a self,
+            client: &'a HookClient,
+            connect: &'a roost::codec::Connect,
+        ) -> BoxFuture<'a, Decision> {
+            let name = connect.username.as_deref().unwrap_or("<none>").to_owned();
+            assert_eq!(client.username.as_deref(), connect.username.as_deref());
+            self.0.lock().unwrap().push(name);
+            Box::pin(std::future::ready(Decision::Allow))
+        }
+    }
+
+    let certs = TestCerts::generate();
+    let seen = Seen::default();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = roost::Server::new(Options::default())
+        .auth_hook(seen.clone())
+        .tls(l, certs.tls(Some(true)))
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let join = tokio::spawn(server.serve(async {
+        let _ = rx.await;
+    }));
+    let tls = tls_connect(addr, certs.client_config(Some(&certs.client)))
+        .await
+        .unwrap();
+    let mut c = Client::new(Box::new(tls), ProtocolVersion::V5);
+    let mut connect = v5("cn-user");
+    connect.username = Some("someone-else".into());
+    assert_eq!(c.connect(connect).await.reason, ReasonCode::Success);
+    assert_eq!(*seen.0.lock().unwrap(), vec!["alice".to_owned()]);
+    c.disconnect().await;
+    let _ = tx.send(());
+    join.await.unwrap().unwrap();
+}
