@@ -23,9 +23,9 @@
 //! `EDGE_MQTT` and `EDGE_HTTP` move the listeners (defaults 127.0.0.1:1883
 //! and 127.0.0.1:8081).
 
-use roost::broker::Message;
 use roost::codec::{Connect, QoS, ReasonCode};
 use roost::hooks::{AclHook, AuthHook, BoxFuture, Client, Decision, EventHook};
+use roost::Message;
 use roost::{InlineClient, Options, Server, Stats};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -30,18 +30,19 @@
 //! Features are additive; a library user who wants plain TCP only can set
 //! `default-features = false`.
 
-pub mod broker;
+mod broker;
 pub mod codec;
 mod config;
 pub mod hooks;
 mod inline;
 mod net;
-pub mod outbox;
+mod outbox;
 pub mod router;
 mod server;
 mod stats;
 pub mod topic;
 
+pub use broker::{Message, MessageProperties};
 pub use config::{Capabilities, Durability, Limits, Options};
 pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
 pub use net::listener::{Listener, ListenerError, ListenerHandle, ServerHandle, Transport};

@@ -115,11 +115,6 @@ impl Outbox {
         inner.queue.len() + inner.held.len()
     }
 
-    /// True when nothing is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Asks the writer to write what is queued, then close the connection.
     /// Later pushes are dropped; held packets still go out when released.
     pub fn close(&self) {
@@ -127,13 +122,9 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// True once [`Outbox::close`] was called.
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
     /// Moves everything ready into `into`. Returns false when the outbox is
     /// closed and nothing more will come.
+    #[cfg(test)]
     pub fn try_drain(&self, into: &mut Vec<Packet>) -> bool {
         let mut inner = self.lock();
         into.extend(inner.queue.drain(..));

@@ -109,7 +109,7 @@ impl AclHook for Rules {
         };
         Box::pin(std::future::ready(d))
     }
-    fn can_receive(&self, client: &Client, m: &roost::broker::Message) -> Decision {
+    fn can_receive(&self, client: &Client, m: &roost::Message) -> Decision {
         if m.topic.starts_with("private/") && client.client_id != "owner" {
             Decision::Deny
         } else {
@@ -192,7 +192,7 @@ impl EventHook for Recorder {
             _ => PublishVerdict::Deliver,
         }
     }
-    fn on_published(&self, _: Option<&Client>, m: &roost::broker::Message, n: usize) {
+    fn on_published(&self, _: Option<&Client>, m: &roost::Message, n: usize) {
         self.push(format!("published {} to {n}", m.topic));
     }
     fn on_qos_complete(&self, c: &Client, _: u16, q: QoS) {
@@ -209,10 +209,10 @@ impl EventHook for Recorder {
         w.payload = bytes::Bytes::from_static(b"rewritten");
         true
     }
-    fn on_will_sent(&self, id: &str, _: &roost::broker::Message) {
+    fn on_will_sent(&self, id: &str, _: &roost::Message) {
         self.push(format!("will sent {id}"));
     }
-    fn on_retained(&self, topic: &str, m: Option<&roost::broker::Message>) {
+    fn on_retained(&self, topic: &str, m: Option<&roost::Message>) {
         self.push(format!("retained {topic} {}", m.is_some()));
     }
 }

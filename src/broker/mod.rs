@@ -54,8 +54,6 @@ pub enum CloseReason {
     /// The peer sent bytes that do not decode; the core sends the error's
     /// reason code and, as reason string, the rule it broke (5.0).
     Malformed(crate::codec::DecodeError),
-    /// The server is shutting down.
-    ServerShutdown,
 }
 
 /// Input to the broker core from connection tasks.
@@ -214,11 +212,6 @@ impl Broker {
             last_sweep_ms: 0,
             scratch: Vec::new(),
         }
-    }
-
-    /// The options in force.
-    pub fn options(&self) -> &Options {
-        &self.opts
     }
 
     /// Closes the group of storage operations recorded since the last call,
@@ -704,9 +697,7 @@ impl Broker {
             CloseReason::KeepAliveTimeout => {
                 self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms)
             }
-            CloseReason::Lost | CloseReason::ServerShutdown => {
-                self.detach(conn, false, None, now_ms)
-            }
+            CloseReason::Lost => self.detach(conn, false, None, now_ms),
         }
     }
 
