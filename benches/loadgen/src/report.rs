@@ -109,7 +109,7 @@ fn fmt_ms(us: f64) -> String {
 
 /// "Lower is better" units, whose ratio reads the other way.
 fn lower_is_better(unit: &str) -> bool {
-    unit.contains("KiB") || unit.contains("ms")
+    unit.starts_with("KiB")
 }
 
 /// The Markdown tables for `records`: a summary with one row per scenario,
