@@ -51,6 +51,14 @@ impl Topology {
         }
     }
 
+    /// Deliveries per publish.
+    fn fanout(self) -> usize {
+        match self {
+            Topology::FanOut(n) => n,
+            Topology::FanIn(_) | Topology::Pairs(_) => 1,
+        }
+    }
+
     /// The publishers subscriber `sub` hears from.
     fn feeds(self, sub: usize) -> Vec<usize> {
         match self {
@@ -76,7 +84,8 @@ pub struct FlowConfig {
     pub size: usize,
     /// Messages published in total, spread over the publishers.
     pub messages: u64,
-    /// Total publish rate in messages per second; `None` is full speed.
+    /// Total delivery rate in messages per second (fan-out: the publisher
+    /// sends this divided by the subscribers); `None` is full speed.
     pub rate: Option<f64>,
     /// Publishing stops after this long, whatever was sent.
     pub duration: Duration,
@@ -214,7 +223,7 @@ pub async fn run(
     for (i, conn) in pubs.into_iter().enumerate() {
         let count = per_pub + u64::from((i as u64) < extra);
         let topic = ByteStr::from(topo.topic(&cfg.run_id, i));
-        let rate = cfg.rate.map(|r| r / n_pub as f64);
+        let rate = cfg.rate.map(|r| r / (n_pub * topo.fanout()) as f64);
         pub_tasks.push(tokio::spawn(publisher(
             conn,
             PubParams {

@@ -105,7 +105,8 @@ struct FlowArgs {
     /// Messages published in total.
     #[arg(long, default_value_t = 50_000)]
     messages: u64,
-    /// Total publish rate, messages per second (default: full speed).
+    /// Total delivery rate, messages per second (default: full speed). For
+    /// fan-out the publisher sends this divided by the subscribers.
     #[arg(long)]
     rate: Option<f64>,
     /// QoS 1 publishes in flight per publisher.
