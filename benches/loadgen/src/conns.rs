@@ -52,7 +52,8 @@ fn opts(run_id: &str, i: u64, version: ProtocolVersion) -> ConnectOptions {
         client_id: format!("lg-{run_id}-c{i}"),
         version,
         clean_start: true,
-        keep_alive: 0,
+        // Not 0: rumqttd closes such connections before CONNACK.
+        keep_alive: 900,
     }
 }
 
