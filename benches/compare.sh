@@ -274,5 +274,11 @@ ELAPSED=$(( $(date +%s) - START ))
     "$LOADGEN" table --input "$RESULTS"
 } > "$TMP/BENCHMARKS.md"
 sed -i 's/^| scenario | broker | value/\n## Details\n\n| scenario | broker | value/' "$TMP/BENCHMARKS.md"
+# Hand-written sections (micro-benchmarks, restore figures) below this
+# marker in the existing file are kept.
+MARKER="<!-- compare.sh keeps everything below this line -->"
+if [ -f "$OUT" ] && grep -qF "$MARKER" "$OUT"; then
+    { echo; sed -n "/$MARKER/,\$p" "$OUT"; } >> "$TMP/BENCHMARKS.md"
+fi
 mv "$TMP/BENCHMARKS.md" "$OUT"
 echo "wrote $OUT" >&2
