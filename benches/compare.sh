@@ -225,7 +225,7 @@ for n in $IDLE; do
     # One source address per 20,000 connections (about 28,000 ports each).
     every_broker idle --connections "$n" --sources $(( n / 20000 + 1 )) --duration 300
 done
-every_broker connrate --connections "$N_CONN" --concurrency 16 --sources 4
+every_broker connrate --connections "$N_CONN" --concurrency 16
 # Durable QoS 1: persistent sessions; roost commits every message to its
 # store before the PUBACK. Mosquitto runs with persistence false (its
 # persistence is a periodic snapshot anyway) and rumqttd has none.

@@ -44,10 +44,6 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
                 IpAddr::V4(_) => TcpSocket::new_v4()?,
                 IpAddr::V6(_) => TcpSocket::new_v6()?,
             };
-            // Lets bind pick a port whose only user is a TIME_WAIT socket
-            // (short connections leave thousands); connect still refuses
-            // a 4-tuple in use.
-            socket.set_reuseaddr(true)?;
             socket.bind(SocketAddr::new(ip, 0))?;
             socket.connect(addr).await?
         }

@@ -15,10 +15,18 @@ use tokio::time::Instant;
 
 /// The `i`-th of `sources` loopback source addresses: 127.0.0.1,
 /// 127.0.0.2, ... Each gives about 28,000 ephemeral ports towards one
-/// broker port, so 100k connections need at least four.
-pub fn source(i: u64, sources: u32) -> IpAddr {
-    let k = (i % u64::from(sources.max(1))) as u32;
-    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 1)) + k))
+/// broker port, so 100k connections need at least four. With one source
+/// the socket is not bound at all: connect() then picks the port knowing the
+/// destination and may reuse ports left in TIME_WAIT, which an explicit
+/// bind() cannot (short connections leave thousands of those).
+pub fn source(i: u64, sources: u32) -> Option<IpAddr> {
+    if sources <= 1 {
+        return None;
+    }
+    let k = (i % u64::from(sources)) as u32;
+    Some(IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(127, 0, 0, 1)) + k,
+    )))
 }
 
 /// What connecting measured.
@@ -82,7 +90,7 @@ pub async fn open_idle(
             let clock = clock.clone();
             set.spawn(async move {
                 let t0 = clock.now_ns();
-                let stream = client::tcp_connect(addr, Some(src)).await?;
+                let stream = client::tcp_connect(addr, src).await?;
                 let conn = client::handshake(stream, &o).await?;
                 let took = clock.now_ns() - t0;
                 let stream = conn
@@ -142,7 +150,7 @@ pub async fn connect_rate(
                 let t0 = clock.now_ns();
                 let result = async {
                     let o = opts(&run_id, i, version);
-                    let mut conn = client::connect(addr, Some(source(i, sources)), &o).await?;
+                    let mut conn = client::connect(addr, source(i, sources), &o).await?;
                     let took = clock.now_ns() - t0;
                     conn.writer
                         .queue(&Packet::Disconnect(Disconnect::default()))?;
