@@ -166,6 +166,8 @@ pub struct Broker {
     shared_cursor: HashMap<Box<str>, usize>,
     /// Inline clients among `conns` (not counted as connected clients).
     inline_conns: usize,
+    /// `$SYS` topics among the retained messages.
+    sys_retained: usize,
     /// Disconnected sessions with a pending will or a finite expiry.
     timed: HashSet<SessionId>,
     next_session: u64,
@@ -205,6 +207,7 @@ impl Broker {
             retained: RetainedTree::new(),
             shared_cursor: HashMap::new(),
             inline_conns: 0,
+            sys_retained: 0,
             timed: HashSet::new(),
             next_session: 1,
             next_assigned: 1,
@@ -1036,10 +1039,16 @@ impl Broker {
             self.hooks.each(|h| h.on_retained(topic, Some(&kept)));
             self.retained.insert(topic, kept);
         }
-        self.stats.retained.store(
-            self.retained.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.update_retained_gauge();
+    }
+
+    /// Retained messages held for clients (the broker's own `$SYS` topics
+    /// are not counted).
+    fn update_retained_gauge(&self) {
+        let n = self.retained.len().saturating_sub(self.sys_retained);
+        self.stats
+            .retained
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     // ----- subscriptions ----------------------------------------------
@@ -1258,6 +1267,7 @@ impl Broker {
                 self.hooks.each(|h| h.on_retained_expired(&topic));
                 self.persist.push(Op::DeleteRetained { topic });
             }
+            self.update_retained_gauge();
         }
         if let Some(every) = self.opts.sys_interval {
             if now_ms.saturating_sub(self.last_sys_ms) >= every.as_millis() as u64 {

@@ -151,9 +151,7 @@ impl Broker {
             }
         }
 
-        self.stats
-            .retained
-            .store(self.retained.len() as u64, Relaxed);
+        self.update_retained_gauge();
         self.stats
             .subscriptions
             .store(self.subs.len() as u64, Relaxed);

@@ -41,7 +41,13 @@ impl Broker {
                 store_id: Default::default(),
             });
             // $SYS values are live figures: kept in memory, never stored.
-            self.retained.insert(&msg.topic.clone(), msg.clone());
+            if self
+                .retained
+                .insert(&msg.topic.clone(), msg.clone())
+                .is_none()
+            {
+                self.sys_retained += 1;
+            }
             self.route(&msg, now_ms);
         }
     }
