@@ -103,8 +103,12 @@ pub struct Limits {
     /// Receive Maximum. Default: 1024.
     pub maximum_inflight: u16,
     /// Most QoS 1/2 messages queued for one session beyond those in flight
-    /// (offline or over its receive maximum). A message arriving at a full
-    /// queue is dropped and counted. Default: 10,000.
+    /// (offline or over its receive maximum). For a client that is away, a
+    /// message arriving at a full queue is dropped and counted. For a
+    /// connected client, a full queue slows down the publishers feeding it
+    /// (their reads pause, half a second at a time, until the queue has
+    /// drained to half); only past four times this limit is a message
+    /// dropped. Default: 10,000.
     pub maximum_queued_messages: usize,
     /// Most packets waiting to be written to one connection before QoS 0
     /// messages to it are dropped (a slow consumer). Default: 10,000.

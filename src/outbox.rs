@@ -14,6 +14,7 @@
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use tokio::sync::Notify;
 
@@ -23,6 +24,10 @@ pub struct Outbox {
     inner: Mutex<Inner>,
     notify: Notify,
     version: ProtocolVersion,
+    /// How many congested sessions asked this connection's reader to pause
+    /// (backpressure on a publisher that outruns its subscribers).
+    read_pauses: AtomicU32,
+    reads_resumed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +46,8 @@ impl Outbox {
             inner: Mutex::default(),
             notify: Notify::new(),
             version,
+            read_pauses: AtomicU32::new(0),
+            reads_resumed: Notify::new(),
         }
     }
 
@@ -107,6 +114,46 @@ impl Outbox {
         if released || closed {
             self.notify.notify_one();
         }
+    }
+
+    /// Asks the connection's reader to stop reading (until every pause is
+    /// resumed, or [`Outbox::reads_allowed`]'s bound passes).
+    pub fn pause_reads(&self) {
+        self.read_pauses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Withdraws one pause.
+    pub fn resume_reads(&self) {
+        let before = self
+            .read_pauses
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        if before <= 1 {
+            self.reads_resumed.notify_waiters();
+        }
+    }
+
+    /// Waits while reads are paused, at most `bound`: a pause slows a
+    /// publisher down but never blocks it for good (two clients that
+    /// publish to each other could otherwise wait on each other forever).
+    pub async fn reads_allowed(&self, bound: std::time::Duration) {
+        if self.read_pauses.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let _ = tokio::time::timeout(bound, async {
+            loop {
+                let resumed = self.reads_resumed.notified();
+                tokio::pin!(resumed);
+                resumed.as_mut().enable();
+                if self.read_pauses.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                resumed.await;
+            }
+        })
+        .await;
     }
 
     /// Packets waiting to be written (held ones included).

@@ -276,6 +276,67 @@ async fn slow_consumer_drops_qos0_without_blocking_anyone() {
 
 // ----- subscriptions ---------------------------------------------------------
 
+/// Fan-in at QoS 1 into one subscriber that takes one message at a time:
+/// when its queue passes `maximum_queued_messages` the publishers are
+/// slowed down instead of having acknowledged messages dropped; all of them
+/// arrive, in order per publisher.
+#[tokio::test]
+async fn fan_in_qos1_slows_publishers_instead_of_dropping() {
+    let mut opts = Options::default();
+    opts.limits.maximum_queued_messages = 200;
+    let b = broker_with(opts).await;
+    let mut c = v5("sink");
+    c.properties.receive_maximum = std::num::NonZeroU16::new(1);
+    let mut sink = Raw::connected(b.addr, c).await;
+    sink.subscribe(1, "in/#", QoS::AtLeastOnce).await;
+
+    const PUBLISHERS: usize = 3;
+    const EACH: usize = 300;
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let addr = b.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut publ = Raw::connected(addr, v5(&format!("pub{p}"))).await;
+            // Everything at once: the broker has to push back.
+            for i in 0..EACH {
+                let pid = (i + 1) as u16;
+                publ.send(Packet::Publish(publish(
+                    &format!("in/{p}"),
+                    &i.to_string(),
+                    QoS::AtLeastOnce,
+                    pid,
+                )))
+                .await;
+            }
+            let mut acked = 0;
+            while acked < EACH {
+                match publ.recv().await {
+                    Packet::PubAck(_) => acked += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            publ
+        }));
+    }
+    let mut next = [0usize; PUBLISHERS];
+    for _ in 0..PUBLISHERS * EACH {
+        let m = sink.recv_publish().await;
+        let p: usize = m.topic.strip_prefix("in/").unwrap().parse().unwrap();
+        assert_eq!(
+            payload(&m),
+            next[p].to_string(),
+            "in order for publisher {p}"
+        );
+        next[p] += 1;
+        sink.ack(&m).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b.stats.snapshot().messages_dropped, 0);
+    sink.expect_nothing().await;
+}
+
 fn two_subscriptions() -> Options {
     let mut o = Options::default();
     o.limits.maximum_subscriptions_per_session = 2;

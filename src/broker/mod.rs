@@ -529,6 +529,8 @@ impl Broker {
         if let Some(c) = s.conn.take() {
             c.outbox.close();
         }
+        // Nobody waits for this session's queue to drain any more.
+        s.release_blocked();
         if s.client.inline {
             self.inline_conns = self.inline_conns.saturating_sub(1);
         }
@@ -657,6 +659,7 @@ impl Broker {
             self.conns.remove(&c.id);
             c.outbox.close();
         }
+        s.release_blocked();
         for (filter, _) in s.subscriptions.drain() {
             let (group, plain) = split_shared(&filter);
             self.subs.remove(plain, group, &sid);
@@ -991,6 +994,7 @@ impl Broker {
         self.scratch = targets;
         let count = merged.len();
         let (mut ctx, sessions) = self.ctx(now_ms);
+        let mut congested = Vec::new();
         for t in merged {
             let Some(s) = sessions.get_mut(&t.sid) else {
                 continue;
@@ -1005,9 +1009,42 @@ impl Broker {
             let mut sub_ids = t.sub_ids;
             sub_ids.sort_unstable();
             sub_ids.dedup();
-            s.deliver(msg, qos, retain, sub_ids, &mut ctx);
+            if s.deliver(msg, qos, retain, sub_ids, &mut ctx) {
+                congested.push(t.sid);
+            }
+        }
+        if !congested.is_empty() {
+            self.slow_down_publisher(msg, &congested);
         }
         count
+    }
+
+    /// Backpressure: a connected subscriber's queue is full, so the
+    /// publisher's reads pause until it drains (bounded: see
+    /// [`Outbox::reads_allowed`]). QoS 1/2 messages are then kept rather
+    /// than dropped, and the publisher slows to what its subscribers take.
+    fn slow_down_publisher(&mut self, msg: &Message, congested: &[SessionId]) {
+        let Some(publisher) = msg.publisher else {
+            return;
+        };
+        let Some(outbox) = self
+            .sessions
+            .get(&publisher)
+            .and_then(|p| p.conn.as_ref())
+            .map(|c| c.outbox.clone())
+        else {
+            return;
+        };
+        for sid in congested {
+            // A client that publishes to itself must keep reading its own
+            // acknowledgements.
+            if *sid == publisher {
+                continue;
+            }
+            if let Some(s) = self.sessions.get_mut(sid) {
+                s.block(&outbox);
+            }
+        }
     }
 
     fn store_retained(&mut self, msg: &Arc<Message>, _now_ms: u64) {

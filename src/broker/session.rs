@@ -87,6 +87,8 @@ pub(crate) struct Session {
     /// QoS 1/2 messages waiting for room in flight (or for the client).
     pub queue: VecDeque<Outgoing>,
     pub inbound_qos2: HashSet<u16>,
+    /// Publishers slowed down because this session's queue is congested.
+    pub blocked: Vec<Arc<Outbox>>,
     /// True while the store holds this session: every persistence step
     /// (outbound entries, body references) is taken only then, so a session
     /// that stops being persistent releases exactly what it took.
@@ -111,6 +113,7 @@ impl Session {
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             inbound_qos2: HashSet::new(),
+            blocked: Vec::new(),
             stored: false,
             next_pid: 0,
             next_seq: 0,
@@ -201,8 +204,14 @@ impl Session {
     /// - QoS 0 goes straight to the connection, and is dropped if the
     ///   client is away or has `maximum_pending_writes` packets unwritten.
     /// - QoS 1/2 is sent at once if the in-flight window has room and
-    ///   nothing is queued ahead of it; otherwise it is queued, up to
-    ///   `maximum_queued_messages`, beyond which it is dropped.
+    ///   nothing is queued ahead of it; otherwise it is queued. For a client
+    ///   that is away, the queue holds `maximum_queued_messages`; beyond
+    ///   that a message is dropped. For a connected client, a full queue is
+    ///   congestion: the message is kept and the caller is told (it slows
+    ///   the publisher down), up to four times the limit, beyond which the
+    ///   message is dropped.
+    ///
+    /// Returns true when the queue is congested.
     pub fn deliver(
         &mut self,
         msg: &Arc<Message>,
@@ -210,26 +219,35 @@ impl Session {
         retain: bool,
         sub_ids: Vec<NonZeroU32>,
         ctx: &mut Ctx,
-    ) {
+    ) -> bool {
         if msg.is_expired(ctx.now_ms) {
-            return;
+            return false;
         }
         if qos == QoS::AtMostOnce {
-            let Some(conn) = &self.conn else { return };
+            let Some(conn) = &self.conn else {
+                return false;
+            };
             if conn.outbox.len() >= ctx.limits.maximum_pending_writes {
                 self.dropped(msg, DropReason::SlowClient, ctx);
-                return;
+                return false;
             }
             let p = msg.to_publish(QosPid::AtMostOnce, retain, false, sub_ids, ctx.now_ms);
             self.push_publish(p, msg, ctx);
-            return;
+            return false;
         }
         if self.conn.is_none() && !self.is_persistent() {
-            return;
+            return false;
         }
-        if self.queue.len() >= ctx.limits.maximum_queued_messages {
+        let limit = ctx.limits.maximum_queued_messages;
+        let congested = self.conn.is_some() && self.queue.len() >= limit;
+        let hard_limit = if self.conn.is_some() {
+            limit.saturating_mul(4)
+        } else {
+            limit
+        };
+        if self.queue.len() >= hard_limit {
             self.dropped(msg, DropReason::QueueFull, ctx);
-            return;
+            return congested;
         }
         self.next_seq += 1;
         let o = Outgoing {
@@ -254,6 +272,23 @@ impl Session {
         } else {
             self.store_outgoing(&o, ctx);
             self.queue.push_back(o);
+        }
+        congested
+    }
+
+    /// Slows `publisher` down until this session's queue has drained to
+    /// half its limit (once per publisher).
+    pub fn block(&mut self, publisher: &Arc<Outbox>) {
+        if !self.blocked.iter().any(|o| Arc::ptr_eq(o, publisher)) {
+            publisher.pause_reads();
+            self.blocked.push(publisher.clone());
+        }
+    }
+
+    /// Lets every publisher this session slowed down go again.
+    pub fn release_blocked(&mut self) {
+        for o in self.blocked.drain(..) {
+            o.resume_reads();
         }
     }
 
@@ -295,6 +330,9 @@ impl Session {
 
     /// Moves queued messages into flight while the window has room.
     pub fn fill(&mut self, ctx: &mut Ctx) {
+        if !self.blocked.is_empty() && self.queue.len() <= ctx.limits.maximum_queued_messages / 2 {
+            self.release_blocked();
+        }
         let Some(quota) = self.conn.as_ref().map(|c| usize::from(c.send_quota)) else {
             return;
         };

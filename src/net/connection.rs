@@ -51,6 +51,9 @@ impl Peer {
 
 const READ_CHUNK: usize = 4096;
 
+/// The longest one backpressure pause holds a publisher's reads.
+const PAUSE_BOUND: Duration = Duration::from_millis(500);
+
 /// Reads until one packet is decoded. `Ok(None)` is a clean end of stream.
 async fn read_packet<R: AsyncRead + Unpin>(
     rd: &mut R,
@@ -183,6 +186,8 @@ where
     // A JoinHandle panics if polled again after it completed.
     let mut writer_done = false;
     let reason = loop {
+        // Backpressure: a subscriber this client publishes to is full.
+        outbox.reads_allowed(PAUSE_BOUND).await;
         // Packets already buffered are taken without arming the keep-alive
         // timer: one timer (and clock read) per socket read, not per packet.
         let buffered = match decoder.decode(&mut buf) {
