@@ -1,0 +1,1 @@
+//! Ledger tests over TCP (filled in next).
