@@ -336,3 +336,26 @@ async fn the_ledger_can_be_swapped_while_clients_stay_connected() {
     // bob is gone from the new ledger.
     refused_v5(&b, login(v5("d1"), "bob", "secret")).await;
 }
+
+#[tokio::test]
+async fn the_sample_ledger_loads_and_means_what_it_says() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ledger.toml");
+    let b = broker(Ledger::load(path).unwrap()).await;
+    let mut admin = Raw::connected(b.addr, login(v5("admin"), "admin", "admin-secret")).await;
+    admin.subscribe(1, "#", QoS::AtMostOnce).await;
+    let mut dev = Raw::connected(b.addr, login(v5("sensor-1"), "device", "device-secret")).await;
+    let p = publish("devices/sensor-1/temp", "21", QoS::AtLeastOnce, 1);
+    assert!(dev.publish(p).await.is_success());
+    let p = publish("devices/sensor-2/temp", "21", QoS::AtLeastOnce, 2);
+    assert_eq!(dev.publish(p).await, ReasonCode::NotAuthorized);
+    let p = publish("devices/sensor-1/debug/x", "x", QoS::AtLeastOnce, 3);
+    assert_eq!(dev.publish(p).await, ReasonCode::NotAuthorized);
+    let p = publish("commands/sensor-1", "x", QoS::AtLeastOnce, 4);
+    assert_eq!(dev.publish(p).await, ReasonCode::NotAuthorized);
+    let ack = dev.subscribe(5, "commands/sensor-1", QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::Success]);
+    assert_eq!(payload(&admin.recv_publish().await), "21");
+    refused_v5(&b, v5("anon")).await;
+    refused_v5(&b, login(v5("lamp"), "device", "device-secret")).await;
+    refused_v5(&b, login(v5("sensor-2"), "retired", "device-secret")).await;
+}
