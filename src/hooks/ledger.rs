@@ -1,120 +1,5 @@
 //! The ledger: built-in authentication and ACL from a TOML file (feature
-//! `ledger`).
-//!
-//! A [`Ledger`] holds users with password hashes, ordered `[[auth]]` rules
-//! (who may connect) and ordered `[[acl]]` rules (who may publish,
-//! subscribe and receive what). It implements [`AuthHook`] and
-//! [`AclHook`]; once installed it is the gatekeeper: what no rule allows is
-//! denied. [`SharedLedger`] is the same behind a handle whose ledger can be
-//! replaced while the server runs.
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use roost::hooks::SharedLedger;
-//! let ledger = SharedLedger::load("ledger.toml")?;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:1883").await?;
-//! roost::Server::new(roost::Options::default())
-//!     .auth_hook(ledger.clone())
-//!     .acl_hook(ledger.clone())
-//!     .tcp(listener)
-//!     .serve(std::future::pending())
-//!     .await?;
-//! # Ok(()) }
-//! ```
-//!
-//! # File format
-//!
-//! ```toml
-//! [[users]]
-//! username = "alice"                # required, non-empty, unique
-//! password = "$2b$10$..."           # required: a bcrypt or argon2 hash, never plaintext
-//! disabled = false                  # optional: a disabled user can never connect
-//!
-//! [[auth]]                          # evaluated in file order; the first match decides
-//! client_id = "dev-*"               # optional glob (`*` = any characters)
-//! username = "alice"                # optional glob: matches clients WITH a matching user name
-//! anonymous = true                  # optional: true = only clients without a user name,
-//!                                   #           false = only clients with one
-//! remote = "10.0.0.0/8"             # optional: an IP address or CIDR network (IPv4 or IPv6)
-//! password = "required"             # optional: "required" (default) or "ignored"
-//! allow = true                      # required
-//!
-//! [[acl]]                           # evaluated in file order; the first match decides
-//! client_id = "dev-*"               # optional glob
-//! username = "alice"                # optional glob (clients with a matching user name)
-//! anonymous = false                 # optional, as in [[auth]]
-//! filter = "devices/%c/#"           # required: a topic filter; %u = user name, %c = client id, %% = %
-//! access = "readwrite"              # required: "deny", "read", "write" or "readwrite"
-//! ```
-//!
-//! Every section is optional; an empty file denies everything. Unknown
-//! keys, values of the wrong type, bad globs (empty, or with `? [ ] { }`),
-//! bad networks (including host bits set, as in `10.0.0.1/8`), invalid
-//! filters, duplicate users and plaintext passwords are load errors that
-//! name the file, line, column and key ([`LedgerError`]).
-//!
-//! **Passwords** are bcrypt hashes (`$2b$`, `$2a$`, `$2y$`) or argon2 PHC
-//! strings (`$argon2id$`, `$argon2i$`, `$argon2d$`), told apart by prefix.
-//! Make one with [`hash_password`].
-//!
-//! **Anonymous clients** are those whose CONNECT has no user name, or an
-//! empty one. Only a rule with `anonymous = true` or with neither
-//! `username` nor `anonymous` matches them; `username = ""` is refused
-//! (use `anonymous = true`).
-//!
-//! # Connecting
-//!
-//! 1. A client whose user name belongs to a `disabled` user is refused,
-//!    whatever the rules say.
-//! 2. The first `[[auth]]` rule whose `client_id`, `username`/`anonymous`
-//!    and `remote` all match decides (a rule with `remote` never matches
-//!    the inline client, which has no address):
-//!    - `allow = false`: refused;
-//!    - `allow = true, password = "ignored"`: accepted;
-//!    - `allow = true, password = "required"`: accepted only if the user
-//!      is in `[[users]]` and the CONNECT's password verifies against its
-//!      hash. Rules with `anonymous = true` default to `"ignored"` and may
-//!      not say `"required"`.
-//! 3. No rule matches: refused.
-//!
-//! A refusal answers CONNACK 0x86 (3.x return code 4). Verifying a hash
-//! takes tens of milliseconds of CPU, so it runs on
-//! `tokio::task::spawn_blocking`, never on the connection's task.
-//!
-//! # Topics
-//!
-//! A rule applies to a client when its `client_id`, `username` and
-//! `anonymous` match (absent fields match anyone) and its filter can be
-//! filled in for that client (see below). Then:
-//!
-//! - **publish to topic T**: the first applicable rule whose filter
-//!   matches T decides: `write` or `readwrite` allows, `read` or `deny`
-//!   refuses (PUBACK/PUBREC 0x87 for 5.0).
-//! - **subscribe to filter F**: the first applicable rule whose filter
-//!   *covers* F (matches every topic F can match) decides: `read` or
-//!   `readwrite` allows, `write` or `deny` refuses (SUBACK 0x87, 0x80 for
-//!   3.x). For `$share/{group}/F` the rule must cover F. A `deny` rule
-//!   that only overlaps F does not decide the subscription; the delivery
-//!   check below still keeps those messages away.
-//! - **delivery of a message on topic T**: as publish, but `read` or
-//!   `readwrite` allows.
-//! - No rule decides: refused.
-//!
-//! Rules are evaluated in file order, so put narrow rules (and `deny`
-//! rules) before broad ones.
-//!
-//! **Placeholders.** `%u` is the client's user name and `%c` its client
-//! id. A rule does not apply to a client whose value for a placeholder it
-//! uses is missing, empty, starts with `$`, or contains `+`, `#`, `/` or
-//! U+0000: a user named `+` gets nothing from `users/%u/#`, rather than
-//! `users/+/#`.
-//!
-//! # Replacing at run time
-//!
-//! [`SharedLedger::replace`] and [`SharedLedger::reload_from`] swap the
-//! ledger atomically. Connected clients stay connected (they are not
-//! authenticated again); their later publishes, subscriptions and
-//! deliveries are judged by the new ledger, and so are new connections.
+//! `ledger`). See [`Ledger`] for the file format and the rules.
 
 mod cidr;
 mod covers;
@@ -339,10 +224,122 @@ enum AuthOutcome {
     },
 }
 
-/// Users, auth rules and ACL rules, compiled from a ledger file. See the
-/// [module docs](self) for the format and the rules. Installed as both an
-/// [`AuthHook`] and an [`AclHook`] (clone it for the second, or use
-/// [`SharedLedger`]).
+/// Users, auth rules and ACL rules, compiled from a ledger file.
+///
+/// A [`Ledger`] holds users with password hashes, ordered `[[auth]]` rules
+/// (who may connect) and ordered `[[acl]]` rules (who may publish,
+/// subscribe and receive what). It implements [`AuthHook`] and
+/// [`AclHook`]; once installed it is the gatekeeper: what no rule allows is
+/// denied. [`SharedLedger`] is the same behind a handle whose ledger can be
+/// replaced while the server runs.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use roost::hooks::SharedLedger;
+/// let ledger = SharedLedger::load("ledger.toml")?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:1883").await?;
+/// roost::Server::new(roost::Options::default())
+///     .auth_hook(ledger.clone())
+///     .acl_hook(ledger.clone())
+///     .tcp(listener)
+///     .serve(std::future::pending())
+///     .await?;
+/// # Ok(()) }
+/// ```
+///
+/// # File format
+///
+/// ```toml
+/// [[users]]
+/// username = "alice"                # required, non-empty, unique
+/// password = "$2b$10$..."           # required: a bcrypt or argon2 hash, never plaintext
+/// disabled = false                  # optional: a disabled user can never connect
+///
+/// [[auth]]                          # evaluated in file order; the first match decides
+/// client_id = "dev-*"               # optional glob (`*` = any characters)
+/// username = "alice"                # optional glob: matches clients WITH a matching user name
+/// anonymous = true                  # optional: true = only clients without a user name,
+///                                   #           false = only clients with one
+/// remote = "10.0.0.0/8"             # optional: an IP address or CIDR network (IPv4 or IPv6)
+/// password = "required"             # optional: "required" (default) or "ignored"
+/// allow = true                      # required
+///
+/// [[acl]]                           # evaluated in file order; the first match decides
+/// client_id = "dev-*"               # optional glob
+/// username = "alice"                # optional glob (clients with a matching user name)
+/// anonymous = false                 # optional, as in [[auth]]
+/// filter = "devices/%c/#"           # required: a topic filter; %u = user name, %c = client id, %% = %
+/// access = "readwrite"              # required: "deny", "read", "write" or "readwrite"
+/// ```
+///
+/// Every section is optional; an empty file denies everything. Unknown
+/// keys, values of the wrong type, bad globs (empty, or with `? [ ] { }`),
+/// bad networks (including host bits set, as in `10.0.0.1/8`), invalid
+/// filters, duplicate users and plaintext passwords are load errors that
+/// name the file, line, column and key ([`LedgerError`]).
+///
+/// **Passwords** are bcrypt hashes (`$2b$`, `$2a$`, `$2y$`) or argon2 PHC
+/// strings (`$argon2id$`, `$argon2i$`, `$argon2d$`), told apart by prefix.
+/// Make one with [`hash_password`].
+///
+/// **Anonymous clients** are those whose CONNECT has no user name, or an
+/// empty one. Only a rule with `anonymous = true` or with neither
+/// `username` nor `anonymous` matches them; `username = ""` is refused
+/// (use `anonymous = true`).
+///
+/// # Connecting
+///
+/// 1. A client whose user name belongs to a `disabled` user is refused,
+///    whatever the rules say.
+/// 2. The first `[[auth]]` rule whose `client_id`, `username`/`anonymous`
+///    and `remote` all match decides (a rule with `remote` never matches
+///    the inline client, which has no address):
+///    - `allow = false`: refused;
+///    - `allow = true, password = "ignored"`: accepted;
+///    - `allow = true, password = "required"`: accepted only if the user
+///      is in `[[users]]` and the CONNECT's password verifies against its
+///      hash. Rules with `anonymous = true` default to `"ignored"` and may
+///      not say `"required"`.
+/// 3. No rule matches: refused.
+///
+/// A refusal answers CONNACK 0x86 (3.x return code 4). Verifying a hash
+/// takes tens of milliseconds of CPU, so it runs on
+/// `tokio::task::spawn_blocking`, never on the connection's task.
+///
+/// # Topics
+///
+/// A rule applies to a client when its `client_id`, `username` and
+/// `anonymous` match (absent fields match anyone) and its filter can be
+/// filled in for that client (see below). Then:
+///
+/// - **publish to topic T**: the first applicable rule whose filter
+///   matches T decides: `write` or `readwrite` allows, `read` or `deny`
+///   refuses (PUBACK/PUBREC 0x87 for 5.0).
+/// - **subscribe to filter F**: the first applicable rule whose filter
+///   *covers* F (matches every topic F can match) decides: `read` or
+///   `readwrite` allows, `write` or `deny` refuses (SUBACK 0x87, 0x80 for
+///   3.x). For `$share/{group}/F` the rule must cover F. A `deny` rule
+///   that only overlaps F does not decide the subscription; the delivery
+///   check below still keeps those messages away.
+/// - **delivery of a message on topic T**: as publish, but `read` or
+///   `readwrite` allows.
+/// - No rule decides: refused.
+///
+/// Rules are evaluated in file order, so put narrow rules (and `deny`
+/// rules) before broad ones.
+///
+/// **Placeholders.** `%u` is the client's user name and `%c` its client
+/// id. A rule does not apply to a client whose value for a placeholder it
+/// uses is missing, empty, starts with `$`, or contains `+`, `#`, `/` or
+/// U+0000: a user named `+` gets nothing from `users/%u/#`, rather than
+/// `users/+/#`.
+///
+/// # Replacing at run time
+///
+/// [`SharedLedger::replace`] and [`SharedLedger::reload_from`] swap the
+/// ledger atomically. Connected clients stay connected (they are not
+/// authenticated again); their later publishes, subscriptions and
+/// deliveries are judged by the new ledger, and so are new connections.
 #[derive(Debug, Clone)]
 pub struct Ledger {
     users: HashMap<String, User>,
