@@ -71,7 +71,7 @@ struct RawAuth {
     anonymous: Option<Spanned<bool>>,
     remote: Option<Spanned<String>>,
     password: Option<Spanned<PasswordPolicy>>,
-    allow: bool,
+    allow: Spanned<bool>,
 }
 
 #[derive(Deserialize)]
@@ -112,10 +112,20 @@ impl Access {
 // ---- Compiled ----
 
 /// A stored password hash.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum PasswordHash {
     Bcrypt(String),
     Argon2(String),
+}
+
+impl std::fmt::Debug for PasswordHash {
+    // Hashes stay out of logs: they can be attacked offline.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PasswordHash::Bcrypt(_) => "Bcrypt(..)",
+            PasswordHash::Argon2(_) => "Argon2(..)",
+        })
+    }
 }
 
 impl PasswordHash {
@@ -455,19 +465,19 @@ impl Compiler<'_> {
                 None if anonymous_only => PasswordPolicy::Ignored,
                 None => PasswordPolicy::Required,
             };
-            // The line of the rule: of its first spanned key, or 0.
-            let line = [&r.client_id, &r.username, &r.remote]
+            // The line of the rule: that of its first key.
+            let first = [&r.client_id, &r.username, &r.remote]
                 .iter()
                 .filter_map(|k| k.as_ref().map(|s| s.span().start))
                 .chain(r.anonymous.as_ref().map(|a| a.span().start))
                 .chain(r.password.as_ref().map(|p| p.span().start))
-                .min()
-                .map_or(0, |o| self.line(o));
+                .fold(r.allow.span().start, usize::min);
+            let line = self.line(first);
             auth.push(AuthRule {
                 who,
                 remote,
                 password,
-                allow: r.allow,
+                allow: *r.allow.get_ref(),
                 line,
             });
         }

@@ -383,3 +383,12 @@ fn shared_ledger_swaps() {
     shared.reload_from(&path).unwrap();
     assert!(!shared.current().may_publish(&c, "a"));
 }
+
+#[test]
+fn debug_output_hides_hashes() {
+    let l = ledger("");
+    let shown = format!("{l:?}");
+    assert!(shown.contains("Bcrypt(..)"), "{shown}");
+    assert!(!shown.contains(secret_hash()), "{shown}");
+    assert!(hash_password_with_cost("x", 3).is_err());
+}
