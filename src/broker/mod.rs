@@ -1215,6 +1215,10 @@ impl Broker {
             return;
         };
         for m in found {
+            // The delivery ACL applies to retained messages as to live ones.
+            if !ctx.hooks.can_receive(&s.client, &m) {
+                continue;
+            }
             let qos = m.qos.min(entry.options.qos);
             // Sent because of a new subscription: RETAIN is 1 ([MQTT-3.3.1-8]).
             s.deliver(&m, qos, true, entry.id.into_iter().collect(), &mut ctx);

@@ -28,8 +28,15 @@
 //! empty list first.
 
 mod allow_all;
+#[cfg(feature = "ledger")]
+mod ledger;
 
 pub use allow_all::AllowAll;
+#[cfg(feature = "ledger")]
+pub use ledger::{
+    hash_password, hash_password_with_cost, Ledger, LedgerError, LedgerLocation, SharedLedger,
+    DEFAULT_BCRYPT_COST,
+};
 
 use crate::broker::Message;
 use crate::codec::{
