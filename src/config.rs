@@ -4,7 +4,7 @@
 //! serde: missing keys take their defaults, unknown keys are errors, and
 //! durations are strings such as `"10s"` or `"500ms"` (or whole seconds).
 
-mod duration;
+pub mod duration;
 
 use crate::codec::QoS;
 use serde::{Deserialize, Serialize};

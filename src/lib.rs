@@ -42,7 +42,7 @@ mod server;
 mod stats;
 pub mod topic;
 
-pub use config::{Capabilities, Durability, Limits, Options};
+pub use config::{duration, Capabilities, Durability, Limits, Options};
 pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
 pub use net::listener::{Listener, ListenerError, ListenerHandle, ServerHandle, Transport};
 #[cfg(feature = "tls")]

@@ -1,6 +1,16 @@
 //! Durations in configuration files: a human string (`"10s"`, `"500ms"`,
 //! `"1m30s"`) or a whole number of seconds. Written back in the shortest
-//! such string.
+//! such string. For a host application's own settings too:
+//!
+//! ```
+//! #[derive(serde::Deserialize)]
+//! struct Settings {
+//!     #[serde(with = "roost::duration")]
+//!     grace: std::time::Duration,
+//! }
+//! let s: Settings = serde_json::from_str(r#"{ "grace": "1m30s" }"#).unwrap();
+//! assert_eq!(s.grace.as_secs(), 90);
+//! ```
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Serializer;
