@@ -116,3 +116,49 @@ impl Drop for Broker {
         let _ = self.child.wait();
     }
 }
+
+/// A child's stderr, read line by line on a thread.
+pub struct Logs {
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Logs {
+    /// Takes the (piped) stderr of `broker`.
+    pub fn of(broker: &mut Broker) -> Logs {
+        let stderr = broker.child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Logs {
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line, if one comes within `wait`.
+    pub fn next(&mut self, wait: std::time::Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(wait).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Waits (up to 10 s) for a line containing `needle` and returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.next(left) {
+                Some(line) if line.contains(needle) => return line,
+                Some(_) => {}
+                None => panic!("no log line with {needle:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+}
