@@ -22,7 +22,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
-//! | `cli`   | yes     | the `roost` binary (command line, logging, signals) |
+//! | `cli`   | yes     | the `roost` binary (command line, TOML config file, logging, signals) |
 //! | `tls`   | yes     | MQTT over TLS ([`TlsConfig`]), with tokio-rustls on the `ring` provider; WSS and HTTPS with `ws` / `http` |
 //! | `ws`    | yes     | MQTT over WebSocket ([`WsConfig`]), with tokio-tungstenite |
 //! | `http`  | yes     | the HTTP stats endpoint: `/stats` (JSON), `/metrics` (Prometheus), `/healthz` |

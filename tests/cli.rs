@@ -635,3 +635,30 @@ async fn log_format_json_writes_json_lines_without_payloads() {
         assert!(!line.contains("secret payload"), "{line}");
     }
 }
+
+#[test]
+fn version_and_help() {
+    let out = run(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("roost {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Listeners:",
+        "--tls <ADDR>",
+        "--cert <FILE>",
+        "--auth <FILE>",
+        "--log-format <FORMAT>",
+        "check-config",
+        "--print-config",
+        "Examples:",
+        "SIGHUP",
+        "Exit status",
+    ] {
+        assert!(help.contains(needle), "{needle:?} in {help}");
+    }
+}
