@@ -133,7 +133,7 @@ where
             // The user name helps an operator; the password is never logged.
             tracing::warn!(conn = conn.0, client_id = %client.client_id,
                 username = client.username.as_deref().unwrap_or(""),
-                remote = ?client.remote_addr, ?reason, "authentication failed; connection refused");
+                remote = client.remote_addr.map(tracing::field::display), ?reason, "authentication failed; connection refused");
             let mut out = BytesMut::new();
             let refusal = Packet::ConnAck(ConnAck {
                 session_present: false,
@@ -166,7 +166,7 @@ where
         outbound_aliases,
         shared.stats.clone(),
     ));
-    tracing::info!(conn = conn.0, client_id = %connect.client_id, remote = ?client.remote_addr,
+    tracing::info!(conn = conn.0, client_id = %connect.client_id, remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
     if shared
         .events
