@@ -1,18 +1,35 @@
 //! Broker options: capabilities and limits, each with a documented default.
+//!
+//! Every type here reads from (and writes to) a configuration file with
+//! serde: missing keys take their defaults, unknown keys are errors, and
+//! durations are strings such as `"10s"` or `"500ms"` (or whole seconds).
+
+pub mod duration;
 
 use crate::codec::QoS;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Everything the broker can be told. `Options::default()` is a sensible
 /// broker for a small gateway.
-#[derive(Debug, Clone)]
+///
+/// ```
+/// let opts: roost::Options = serde_json::from_str(
+///     r#"{ "sys_interval": "off", "limits": { "connect_timeout": "2s" } }"#,
+/// ).unwrap();
+/// assert_eq!(opts.sys_interval, None);
+/// assert_eq!(opts.limits.connect_timeout, std::time::Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Options {
     /// What the broker offers clients (advertised in CONNACK).
     pub capabilities: Capabilities,
     /// Resource limits.
     pub limits: Limits,
     /// How often `$SYS/broker/...` topics are published; `None` disables them.
-    /// Default: 10 seconds.
+    /// Default: 10 seconds. In a file: a duration, or `"off"` (or 0).
+    #[serde(with = "duration::optional")]
     pub sys_interval: Option<Duration>,
     /// When acknowledgements leave relative to storage commits.
     /// Default: [`Durability::AckAfterCommit`].
@@ -20,7 +37,12 @@ pub struct Options {
 }
 
 /// The durability contract with a persistent store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// In a file it is a table with a `mode` (`"ack-after-commit"` or
+/// `"ack-before-commit"`) and, for the latter, a `flush_interval`
+/// (default 1 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "DurabilityTable", into = "DurabilityTable")]
 pub enum Durability {
     /// PUBACK, PUBREC (and SUBACK, UNSUBACK, PUBCOMP) leave only once what
     /// they acknowledge is committed: nothing acknowledged is lost, even to
@@ -36,6 +58,64 @@ pub enum Durability {
     },
 }
 
+/// How [`Durability`] is written in a file.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DurabilityTable {
+    mode: DurabilityMode,
+    #[serde(with = "duration::optional", skip_serializing_if = "Option::is_none")]
+    flush_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum DurabilityMode {
+    #[default]
+    AckAfterCommit,
+    AckBeforeCommit,
+}
+
+impl Default for DurabilityTable {
+    fn default() -> Self {
+        Durability::default().into()
+    }
+}
+
+/// The flush interval of [`Durability::AckBeforeCommit`] when a file does
+/// not give one.
+const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+impl TryFrom<DurabilityTable> for Durability {
+    type Error = &'static str;
+
+    fn try_from(t: DurabilityTable) -> Result<Self, Self::Error> {
+        match (t.mode, t.flush_interval) {
+            (DurabilityMode::AckAfterCommit, None) => Ok(Durability::AckAfterCommit),
+            (DurabilityMode::AckAfterCommit, Some(_)) => {
+                Err("flush_interval applies only to mode = \"ack-before-commit\"")
+            }
+            (DurabilityMode::AckBeforeCommit, interval) => Ok(Durability::AckBeforeCommit {
+                flush_interval: interval.unwrap_or(DEFAULT_FLUSH_INTERVAL),
+            }),
+        }
+    }
+}
+
+impl From<Durability> for DurabilityTable {
+    fn from(d: Durability) -> Self {
+        match d {
+            Durability::AckAfterCommit => DurabilityTable {
+                mode: DurabilityMode::AckAfterCommit,
+                flush_interval: None,
+            },
+            Durability::AckBeforeCommit { flush_interval } => DurabilityTable {
+                mode: DurabilityMode::AckBeforeCommit,
+                flush_interval: Some(flush_interval),
+            },
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -48,9 +128,12 @@ impl Default for Options {
 }
 
 /// Protocol features the broker offers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Capabilities {
     /// Highest QoS accepted from and granted to clients. Default: 2.
+    /// In a file: 0, 1 or 2.
+    #[serde(with = "qos")]
     pub maximum_qos: QoS,
     /// Whether retained messages are supported. Default: true.
     pub retain_available: bool,
@@ -65,6 +148,7 @@ pub struct Capabilities {
     /// Force this keep-alive on MQTT 5.0 clients (Server Keep Alive).
     /// Default: none (the client's value is used, capped by
     /// `maximum_keep_alive`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_keep_alive: Option<u16>,
     /// The longest keep-alive accepted; a 5.0 client asking for more (or for
     /// 0) is told this value. Default: 65535 (no cap).
@@ -91,7 +175,8 @@ impl Default for Capabilities {
 }
 
 /// Resource limits. Each protects the broker from one client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest packet accepted, in bytes (fixed header included).
     /// Default: 1 MiB (the protocol allows up to 268,435,460).
@@ -118,7 +203,8 @@ pub struct Limits {
     /// How long a new connection may take to send CONNECT. Default: 10 s.
     /// A TLS or WebSocket handshake (or an HTTP request head) gets the same
     /// bound before it, in the connection's own task.
-    pub connect_timeout: std::time::Duration,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
     /// Most subscriptions one session may hold. Default: 10,000.
     pub maximum_subscriptions_per_session: usize,
     /// Longest client id accepted, in bytes. Default: 65535.
@@ -140,10 +226,70 @@ impl Default for Limits {
             maximum_queued_messages: 10_000,
             maximum_pending_writes: 10_000,
             maximum_connections: 100_000,
-            connect_timeout: std::time::Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
             maximum_subscriptions_per_session: 10_000,
             maximum_client_id_len: 65_535,
             maximum_topic_levels: 128,
         }
+    }
+}
+
+/// QoS as the number 0, 1 or 2, for `#[serde(with = "qos")]`.
+mod qos {
+    use crate::codec::QoS;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(q: &QoS, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*q as u8)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
+        let n = u8::deserialize(d)?;
+        QoS::from_u8(n).ok_or_else(|| {
+            de::Error::invalid_value(de::Unexpected::Unsigned(n.into()), &"0, 1 or 2")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_json() {
+        let opts = Options::default();
+        let text = serde_json::to_string(&opts).unwrap();
+        assert_eq!(serde_json::from_str::<Options>(&text).unwrap(), opts);
+        assert_eq!(serde_json::from_str::<Options>("{}").unwrap(), opts);
+    }
+
+    #[test]
+    fn durability_modes() {
+        let relaxed: Durability =
+            serde_json::from_str(r#"{"mode":"ack-before-commit","flush_interval":"250ms"}"#)
+                .unwrap();
+        assert_eq!(
+            relaxed,
+            Durability::AckBeforeCommit {
+                flush_interval: Duration::from_millis(250)
+            }
+        );
+        let text = serde_json::to_string(&relaxed).unwrap();
+        assert_eq!(serde_json::from_str::<Durability>(&text).unwrap(), relaxed);
+        let err = serde_json::from_str::<Durability>(
+            r#"{"mode":"ack-after-commit","flush_interval":"1s"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("flush_interval"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let err = serde_json::from_str::<Capabilities>(r#"{"maxium_qos":1}"#).unwrap_err();
+        assert!(err.to_string().contains("maxium_qos"), "{err}");
+        let err = serde_json::from_str::<Capabilities>(r#"{"maximum_qos":3}"#).unwrap_err();
+        assert!(err.to_string().contains("0, 1 or 2"), "{err}");
+        let err = serde_json::from_str::<Limits>(r#"{"connect_timeout":"soon"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid duration"), "{err}");
     }
 }

@@ -22,7 +22,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
-//! | `cli`   | yes     | the `roost` binary (command line, logging, signals) |
+//! | `cli`   | yes     | the `roost` binary (command line, TOML config file, logging, signals) |
 //! | `tls`   | yes     | MQTT over TLS ([`TlsConfig`]), with tokio-rustls on the `ring` provider; WSS and HTTPS with `ws` / `http` |
 //! | `ws`    | yes     | MQTT over WebSocket ([`WsConfig`]), with tokio-tungstenite |
 //! | `http`  | yes     | the HTTP stats endpoint: `/stats` (JSON), `/metrics` (Prometheus), `/healthz` |
@@ -44,7 +44,7 @@ mod stats;
 pub mod topic;
 
 pub use broker::{Message, MessageProperties};
-pub use config::{Capabilities, Durability, Limits, Options};
+pub use config::{duration, Capabilities, Durability, Limits, Options};
 pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
 pub use net::listener::{Listener, ListenerError, ListenerHandle, ServerHandle, Transport};
 #[cfg(feature = "tls")]

@@ -184,6 +184,19 @@ impl Session {
 
     fn dropped(&self, msg: &Message, reason: DropReason, ctx: &Ctx) {
         stats::add(&ctx.stats.messages_dropped, 1);
+        // At most one warning a second, so a flood of drops does not flood
+        // the log too; the others, and expiries, go to debug. The topic is
+        // logged, never the payload.
+        static LAST_WARNING_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let last = LAST_WARNING_MS.load(std::sync::atomic::Ordering::Relaxed);
+        if !matches!(reason, DropReason::Expired) && ctx.now_ms >= last.saturating_add(1000) {
+            LAST_WARNING_MS.store(ctx.now_ms, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(client_id = %self.client_id, topic = %msg.topic, ?reason,
+                total = ctx.stats.messages_dropped.load(std::sync::atomic::Ordering::Relaxed),
+                "message dropped (more within a second are logged at debug level)");
+        } else {
+            tracing::debug!(client_id = %self.client_id, topic = %msg.topic, ?reason, "message dropped");
+        }
         if ctx.hooks.has_events() {
             ctx.hooks
                 .each(|h| h.on_dropped(&self.client_id, msg, reason));

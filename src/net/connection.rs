@@ -133,7 +133,10 @@ where
         // May do I/O: it runs here, in this connection's task, so a slow
         // check holds up only this client.
         if let Err(reason) = shared.hooks.connect(&client, &mut connect).await {
-            tracing::info!(conn = conn.0, client_id = %client.client_id, ?reason, "connection refused");
+            // The user name helps an operator; the password is never logged.
+            tracing::warn!(conn = conn.0, client_id = %client.client_id,
+                username = client.username.as_deref().unwrap_or(""),
+                remote = client.remote_addr.map(tracing::field::display), ?reason, "authentication failed; connection refused");
             let mut out = BytesMut::new();
             let refusal = Packet::ConnAck(ConnAck {
                 session_present: false,
@@ -166,7 +169,8 @@ where
         outbound_aliases,
         shared.stats.clone(),
     ));
-    tracing::debug!(conn = conn.0, client_id = %connect.client_id, ?version, "CONNECT");
+    tracing::info!(conn = conn.0, client_id = %connect.client_id, remote = client.remote_addr.map(tracing::field::display),
+        ?version, keep_alive, clean_start = connect.clean_start, "client connected");
     if shared
         .events
         .send(Event::Connect {
@@ -185,6 +189,7 @@ where
     let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     // A JoinHandle panics if polled again after it completed.
     let mut writer_done = false;
+    let mut said_disconnect = false;
     let reason = loop {
         // Backpressure: a subscriber this client publishes to is full.
         outbox.reads_allowed(PAUSE_BOUND).await;
@@ -264,11 +269,22 @@ where
             break None;
         }
         if last {
+            said_disconnect = true;
             // The core still answers (an invalid DISCONNECT gets DISCONNECT
             // 0x82, [MQTT-3.14.2-2]) and then closes the outbox itself.
             break None;
         }
     };
+    let why = match &reason {
+        None if said_disconnect => "DISCONNECT from the client".to_string(),
+        None if writer_done => "closed by the broker".to_string(),
+        None => "broker stopped".to_string(),
+        Some(CloseReason::Lost) => "connection lost".to_string(),
+        Some(CloseReason::KeepAliveTimeout) => "keep-alive timeout".to_string(),
+        Some(CloseReason::ProtocolError(code)) => format!("protocol error ({code:?})"),
+        Some(CloseReason::Malformed(e)) => format!("malformed packet: {e}"),
+    };
+    tracing::info!(conn = conn.0, client_id = %client.client_id, reason = %why, "client disconnected");
     if let Some(reason) = reason {
         // The core sends the DISCONNECT (5.0): queued from here it could
         // overtake a CONNACK the core has not queued yet.

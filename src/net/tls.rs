@@ -97,6 +97,13 @@ impl TlsConfig {
         self.username_from = from;
         self
     }
+
+    /// Reads the certificate, key and CA files and checks they make a
+    /// usable server identity, as adding a listener would, without one.
+    /// For checking a configuration before starting.
+    pub fn validate(&self) -> Result<(), ListenerError> {
+        build(self).map(drop)
+    }
 }
 
 /// A loaded TLS configuration. The rustls config sits behind a lock only

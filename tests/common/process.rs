@@ -7,35 +7,77 @@ use std::process::{Child, Command, Stdio};
 /// A running `roost` process; killed (SIGKILL) when dropped.
 pub struct Broker {
     pub child: Child,
+    /// The "mqtt tcp" listener (`0.0.0.0:0` when there is none).
     pub addr: SocketAddr,
+    /// Every "<what> listening on <addr>" line, as ("mqtt tcp", addr).
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// Every start-up line on stdout, up to and including the store line.
+    pub lines: Vec<String>,
+}
+
+/// `roost ARGS`, stdout piped, stderr discarded.
+pub fn roost(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roost"));
+    cmd.args(args).stderr(Stdio::null());
+    cmd
 }
 
 impl Broker {
-    /// Starts `roost ARGS` and waits for its "mqtt tcp listening on" line.
+    /// Starts `roost ARGS` and waits for its start-up lines.
     pub fn start(args: &[&str]) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roost"))
-            .args(args)
+        Self::spawn(roost(args))
+    }
+
+    /// Starts `cmd` (stdout is piped here; stderr as `cmd` says) and reads
+    /// its start-up lines: one per listener, then the store line.
+    pub fn spawn(mut cmd: Command) -> Broker {
+        let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("roost binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        let mut seen = Vec::new();
+        let mut listeners = Vec::new();
+        loop {
             let line = lines
                 .next()
-                .expect("roost printed its listening line before exiting")
+                .expect("roost printed its start-up lines before exiting")
                 .expect("readable stdout");
-            if let Some(rest) = line.split("mqtt tcp listening on ").nth(1) {
-                break rest.trim().parse().expect("an address");
+            if let Some((what, addr)) = line.split_once(" listening on ") {
+                let what = what.rsplit(": ").next().unwrap_or(what).to_string();
+                listeners.push((what, addr.trim().parse().expect("an address")));
             }
-        };
+            let last = line.contains(": store ");
+            seen.push(line);
+            if last {
+                break;
+            }
+        }
         // Keep draining stdout so the broker never writes into a closed pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Broker { child, addr }
+        let addr = listeners
+            .iter()
+            .find(|(what, _)| what == "mqtt tcp")
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |(_, a)| *a);
+        Broker {
+            child,
+            addr,
+            listeners,
+            lines: seen,
+        }
     }
 
-    fn signal(&self, sig: &str) {
+    /// The address of the listener its line calls `what` ("http stats").
+    pub fn listener(&self, what: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(w, _)| w == what)
+            .unwrap_or_else(|| panic!("no {what} listener in {:?}", self.lines))
+            .1
+    }
+
+    pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -72,5 +114,51 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child's stderr, read line by line on a thread.
+pub struct Logs {
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Logs {
+    /// Takes the (piped) stderr of `broker`.
+    pub fn of(broker: &mut Broker) -> Logs {
+        let stderr = broker.child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Logs {
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line, if one comes within `wait`.
+    pub fn next(&mut self, wait: std::time::Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(wait).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Waits (up to 10 s) for a line containing `needle` and returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.next(left) {
+                Some(line) if line.contains(needle) => return line,
+                Some(_) => {}
+                None => panic!("no log line with {needle:?}; saw {:#?}", self.seen),
+            }
+        }
     }
 }

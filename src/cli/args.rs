@@ -1,0 +1,166 @@
+//! The command line.
+
+use super::config::{LogFormat, StoreKind};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+const ABOUT: &str = "roost: an embeddable, persistent MQTT 3.1/3.1.1/5.0 broker";
+
+const LONG_ABOUT: &str = "\
+roost: an embeddable, persistent MQTT 3.1/3.1.1/5.0 broker.
+
+With no arguments it serves MQTT over TCP on 0.0.0.0:1883, MQTT over
+WebSocket on 0.0.0.0:1882 (path /mqtt) and HTTP stats on 0.0.0.0:8080,
+and keeps sessions and messages in a redb store in ./data.
+
+Settings come from the built-in defaults, then the --config file, then
+these flags: each later one overrides the earlier. Listeners: a listener
+flag (--tcp, --tls, --ws, --wss, --http, --https) replaces the listeners
+of its own kind, and `--KIND none` removes them; the default listeners
+are used only when neither the file nor the command line names any. So
+`roost --tcp 127.0.0.1:1884` serves MQTT on that address and nothing
+else. Each listener flag may be repeated.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  roost                                   the defaults (TCP 1883, WebSocket 1882, HTTP 8080, ./data)
+  roost --config /etc/roost/roost.toml    everything from a file (see deploy/roost.toml)
+  roost --tcp 127.0.0.1:1883 --store memory
+  roost --tcp 0.0.0.0:1883 --tls 0.0.0.0:8883 --cert server.pem --key server.key
+  roost --config roost.toml --http none   the file's settings, without the HTTP listener
+  roost --print-config > roost.toml       write out the configuration in effect
+  roost check-config roost.toml           validate a file (exit 0 valid, 2 invalid, 1 unreadable)
+
+Signals: SIGINT or SIGTERM stop accepting, send DISCONNECT (0x8B, server
+shutting down) to MQTT 5 clients, flush the store and exit 0. SIGHUP
+reloads TLS certificates and the auth ledger; connections stay up.
+
+Logs go to stderr; RUST_LOG (for example RUST_LOG=roost=debug) overrides
+log.level and log.filter.
+
+Exit status: 0 after a clean shutdown; 1 when the --config file cannot
+be read, a listener cannot bind or the store cannot open; 2 when the
+command line or the configuration is invalid (a key, a value, or a
+certificate, key or ledger file it names).";
+
+/// The `roost` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "roost",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Args {
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Read settings from this TOML file (the flags below override it).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the configuration in effect as TOML and exit, binding nothing.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// MQTT over TCP on ADDR (default 0.0.0.0:1883), or `none`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind, help_heading = "Listeners")]
+    pub tcp: Vec<Bind>,
+
+    /// MQTT over TLS on ADDR (usually port 8883), or `none`; needs --cert and --key.
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind, help_heading = "Listeners")]
+    pub tls: Vec<Bind>,
+
+    /// MQTT over WebSocket on ADDR (default 0.0.0.0:1882, path /mqtt), or `none`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind, help_heading = "Listeners")]
+    pub ws: Vec<Bind>,
+
+    /// MQTT over WebSocket over TLS on ADDR, or `none`; needs --cert and --key.
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind, help_heading = "Listeners")]
+    pub wss: Vec<Bind>,
+
+    /// HTTP stats (/stats, /metrics, /healthz) on ADDR (default 0.0.0.0:8080), or `none`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind, help_heading = "Listeners")]
+    pub http: Vec<Bind>,
+
+    /// HTTP stats over TLS on ADDR, or `none`; needs --cert and --key.
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind, help_heading = "Listeners")]
+    pub https: Vec<Bind>,
+
+    /// PEM certificate chain for every TLS listener (reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key for every TLS listener (reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub key: Option<PathBuf>,
+
+    /// Require client certificates that chain to the CAs in this PEM file.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Where sessions and messages are kept [default: redb].
+    #[arg(long, value_enum, value_name = "BACKEND", help_heading = "Storage")]
+    pub store: Option<StoreKind>,
+
+    /// Directory of the persistent store [default: ./data].
+    #[arg(long, value_name = "DIR", help_heading = "Storage")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Authenticate and authorize clients with this ledger file (reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE", help_heading = "Access")]
+    pub auth: Option<PathBuf>,
+
+    /// Log line format on stderr [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT", help_heading = "Logging")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a configuration file without starting
+    ///
+    /// Parses FILE, checks its settings together and loads the TLS
+    /// certificates and keys it names, binding nothing. Exit status: 0 when
+    /// valid, 2 when invalid (the reason on stderr), 1 when FILE cannot be
+    /// read.
+    CheckConfig {
+        /// The file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// A listener flag's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// Listen here.
+    Addr(SocketAddr),
+    /// No listener of this kind.
+    None,
+}
+
+fn parse_bind(s: &str) -> Result<Bind, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Bind::None);
+    }
+    s.parse().map(Bind::Addr).map_err(|_| {
+        "expected an IP address and port (0.0.0.0:1883, [::]:1883, 127.0.0.1:0) or `none`".into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,622 @@
+//! The configuration file (`roost --config roost.toml`), the built-in
+//! defaults, and how command-line flags override both.
+//!
+//! The file holds the library's [`Options`] at its top level
+//! (`sys_interval`, `[durability]`, `[capabilities]`, `[limits]`) beside
+//! the binary's own tables (`[[listener]]`, `[store]`, `[auth]`, `[log]`).
+//! `deploy/roost.toml` documents every key with its default.
+
+use super::args::{Args, Bind};
+use super::error::{parse_error, ConfigError, Place};
+use roost::{Capabilities, Durability, Limits, Options};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything the binary can be told, as the file is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// How often `$SYS/broker/...` is published; `None` (`"off"`) for never.
+    #[serde(with = "roost::duration::optional")]
+    pub sys_interval: Option<Duration>,
+    /// Where sessions, queues and retained messages are kept.
+    pub store: StoreConfig,
+    /// When acknowledgements leave relative to storage commits.
+    pub durability: Durability,
+    /// Who may connect, publish and subscribe.
+    pub auth: AuthConfig,
+    /// Logging to stderr.
+    pub log: LogConfig,
+    /// Protocol features offered to clients.
+    pub capabilities: Capabilities,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The listeners; empty means the built-in defaults.
+    #[serde(rename = "listener", skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let opts = Options::default();
+        Config {
+            sys_interval: opts.sys_interval,
+            store: StoreConfig::default(),
+            durability: opts.durability,
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+            capabilities: opts.capabilities,
+            limits: opts.limits,
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The library's options.
+    pub fn options(&self) -> Options {
+        Options {
+            capabilities: self.capabilities.clone(),
+            limits: self.limits.clone(),
+            sys_interval: self.sys_interval,
+            durability: self.durability,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory`, `sled` or `redb`. Default: `redb`.
+    pub backend: StoreKind,
+    /// Directory of the persistent store. Default: `./data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreKind::Redb,
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// The storage backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In memory: nothing survives a restart.
+    Memory,
+    /// sled, in the data directory (cargo feature `sled`).
+    Sled,
+    /// redb, in the data directory (cargo feature `redb`, the default).
+    Redb,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The auth and ACL ledger file. Default: none (anyone may connect,
+    /// publish and subscribe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<PathBuf>,
+    /// Where `ledger` was set, for messages.
+    #[serde(skip)]
+    pub place: Option<Place>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// The level of every target. Default: `info`.
+    pub level: LogLevel,
+    /// A `RUST_LOG`-style filter (`"info,roost=debug"`); replaces `level`
+    /// when set. The `RUST_LOG` environment variable replaces both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// `text` or `json` (one JSON object a line). Default: `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: LogLevel::Info,
+            filter: None,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// As a filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+    /// The HTTP stats endpoint.
+    Http,
+    /// The HTTP stats endpoint over TLS.
+    Https,
+}
+
+impl ListenerKind {
+    /// Every kind, in the order the start-up lines list them.
+    pub const ALL: [ListenerKind; 6] = [
+        ListenerKind::Tcp,
+        ListenerKind::Tls,
+        ListenerKind::Ws,
+        ListenerKind::Wss,
+        ListenerKind::Http,
+        ListenerKind::Https,
+    ];
+
+    /// The name in a file and the command-line flag without its dashes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+            ListenerKind::Http => "http",
+            ListenerKind::Https => "https",
+        }
+    }
+
+    /// What the start-up line calls it: `mqtt tcp`, `mqtts tls`,
+    /// `ws websocket`, `wss websocket`, `http stats`, `https stats`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "mqtt tcp",
+            ListenerKind::Tls => "mqtts tls",
+            ListenerKind::Ws => "ws websocket",
+            ListenerKind::Wss => "wss websocket",
+            ListenerKind::Http => "http stats",
+            ListenerKind::Https => "https stats",
+        }
+    }
+
+    /// Whether it needs a certificate.
+    pub fn is_tls(self) -> bool {
+        matches!(
+            self,
+            ListenerKind::Tls | ListenerKind::Wss | ListenerKind::Https
+        )
+    }
+
+    /// Whether it speaks WebSocket.
+    pub fn is_ws(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+
+    /// The cargo feature that provides it, if the binary lacks it.
+    pub fn missing_feature(self) -> Option<&'static str> {
+        let tls = cfg!(feature = "tls");
+        let ws = cfg!(feature = "ws");
+        let http = cfg!(feature = "http");
+        match self {
+            ListenerKind::Tcp => None,
+            ListenerKind::Tls => (!tls).then_some("tls"),
+            ListenerKind::Ws => (!ws).then_some("ws"),
+            ListenerKind::Wss => (!ws).then_some("ws").or((!tls).then_some("tls")),
+            ListenerKind::Http => (!http).then_some("http"),
+            ListenerKind::Https => (!http).then_some("http").or((!tls).then_some("tls")),
+        }
+    }
+}
+
+/// How client certificates are treated on a TLS listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// Not asked for.
+    None,
+    /// Verified when presented.
+    Optional,
+    /// Required.
+    Required,
+}
+
+/// Where the MQTT user name comes from on a TLS listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UsernameSource {
+    /// The CONNECT packet.
+    Connect,
+    /// The client certificate's subject Common Name.
+    CommonName,
+    /// The client certificate's first DNS, e-mail or URI Subject
+    /// Alternative Name.
+    SubjectAltName,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `tcp`, `tls`, `ws`, `wss`, `http` or `https`.
+    #[serde(rename = "type")]
+    pub kind: ListenerKind,
+    /// IP address and port; port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// PEM certificate chain (tls, wss, https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key (tls, wss, https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// `none`, `optional` or `required`; default `required` with a
+    /// `client_ca`, else `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthMode>,
+    /// `connect`, `common-name` or `subject-alt-name`. Default: `connect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_from: Option<UsernameSource>,
+    /// WebSocket upgrade path (ws, wss). Default: `/mqtt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// WebSocket subprotocols, in order of preference (ws, wss).
+    /// Default: `["mqtt", "mqttv3.1"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subprotocols: Option<Vec<String>>,
+    /// Where it was configured, for messages.
+    #[serde(skip, default = "Place::builtin")]
+    pub place: Place,
+}
+
+impl ListenerConfig {
+    /// A listener of `kind` on `bind` with nothing else set.
+    pub fn new(kind: ListenerKind, bind: SocketAddr, place: Place) -> Self {
+        ListenerConfig {
+            kind,
+            bind,
+            cert: None,
+            key: None,
+            client_ca: None,
+            client_auth: None,
+            username_from: None,
+            path: None,
+            subprotocols: None,
+            place,
+        }
+    }
+
+    /// How the messages name it: `tls listener 0.0.0.0:8883`.
+    pub fn label(&self) -> String {
+        format!("{} listener {}", self.kind.name(), self.bind)
+    }
+}
+
+/// The listeners started when neither the file nor the command line
+/// names one: MQTT on 1883, WebSocket on 1882, HTTP stats on 8080.
+pub fn default_listeners() -> Vec<ListenerConfig> {
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    vec![
+        ListenerConfig::new(ListenerKind::Tcp, any(1883), Place::builtin()),
+        ListenerConfig::new(ListenerKind::Ws, any(1882), Place::builtin()),
+        ListenerConfig::new(ListenerKind::Http, any(8080), Place::builtin()),
+    ]
+}
+
+/// Where some keys sit in the file, found in a second, lenient pass, so
+/// that checks made after parsing can still name a line.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Spans {
+    listener: Vec<toml::Spanned<serde::de::IgnoredAny>>,
+    auth: AuthSpans,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthSpans {
+    ledger: Option<toml::Spanned<serde::de::IgnoredAny>>,
+}
+
+/// Reads and parses a configuration file. Unknown keys, wrong types and
+/// bad values are errors naming the file, line and key.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses the text of the file at `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let mut config: Config = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+    // The first pass succeeded, so this one (which accepts anything the
+    // first does) only fails on something unexpected; lines are a nicety.
+    let spans: Spans = toml::from_str(text).unwrap_or_default();
+    let line = |span: std::ops::Range<usize>| super::error::line_col(text, span.start).0;
+    for (l, s) in config.listeners.iter_mut().zip(&spans.listener) {
+        l.place = Place::file(path, line(s.span()));
+    }
+    if config.auth.ledger.is_some() {
+        config.auth.place = Some(match spans.auth.ledger {
+            Some(s) => Place::file(path, line(s.span())),
+            None => Place::File {
+                path: path.to_owned(),
+                line: None,
+            },
+        });
+    }
+    Ok(config)
+}
+
+/// The configuration in effect: defaults, then the file, then the flags.
+///
+/// Listeners: the command line's for each kind it names (`--KIND none`
+/// removing that kind), the file's for the others; the built-in defaults
+/// only when neither names any listener. `--cert`, `--key` and
+/// `--client-ca` apply to every TLS listener.
+pub fn resolve(file: Option<Config>, args: &Args) -> Result<Config, ConfigError> {
+    let mut config = file.unwrap_or_default();
+    let flags: [(ListenerKind, &[Bind]); 6] = [
+        (ListenerKind::Tcp, &args.tcp),
+        (ListenerKind::Tls, &args.tls),
+        (ListenerKind::Ws, &args.ws),
+        (ListenerKind::Wss, &args.wss),
+        (ListenerKind::Http, &args.http),
+        (ListenerKind::Https, &args.https),
+    ];
+    let named_on_command_line = flags.iter().any(|(_, binds)| !binds.is_empty());
+    if config.listeners.is_empty() && !named_on_command_line {
+        config.listeners = default_listeners();
+    }
+    for (kind, binds) in flags {
+        if binds.is_empty() {
+            continue;
+        }
+        let flag = Place::Flag(kind.name());
+        if binds.len() > 1 && binds.contains(&Bind::None) {
+            return Err(ConfigError::invalid(
+                flag,
+                "`none` cannot be combined with addresses",
+            ));
+        }
+        config.listeners.retain(|l| l.kind != kind);
+        for bind in binds {
+            if let Bind::Addr(addr) = bind {
+                config
+                    .listeners
+                    .push(ListenerConfig::new(kind, *addr, flag.clone()));
+            }
+        }
+    }
+    // Keep the start-up lines in a stable order: by kind, then as given.
+    config.listeners.sort_by_key(|l| {
+        ListenerKind::ALL
+            .iter()
+            .position(|k| *k == l.kind)
+            .unwrap_or(usize::MAX)
+    });
+    for (flag, value) in [
+        ("cert", &args.cert),
+        ("key", &args.key),
+        ("client-ca", &args.client_ca),
+    ] {
+        let Some(value) = value else { continue };
+        let mut applied = false;
+        for l in config.listeners.iter_mut().filter(|l| l.kind.is_tls()) {
+            let field = match flag {
+                "cert" => &mut l.cert,
+                "key" => &mut l.key,
+                _ => &mut l.client_ca,
+            };
+            *field = Some(value.clone());
+            applied = true;
+        }
+        if !applied {
+            return Err(ConfigError::invalid(
+                Place::Flag(flag),
+                "there is no TLS listener to use it (add --tls, --wss or --https)",
+            ));
+        }
+    }
+    if let Some(backend) = args.store {
+        config.store.backend = backend;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.store.data_dir = dir.clone();
+    }
+    if let Some(ledger) = &args.auth {
+        config.auth.ledger = Some(ledger.clone());
+        config.auth.place = Some(Place::Flag("auth"));
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = format;
+    }
+    check(&config)?;
+    Ok(config)
+}
+
+/// Checks what parsing cannot: settings that only make sense together.
+/// Reads no file.
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    if config.listeners.is_empty() {
+        return Err(ConfigError::invalid(
+            Place::Builtin,
+            "no listener is configured (every kind was set to `none`)",
+        ));
+    }
+    for l in &config.listeners {
+        let fail = |message: String| {
+            Err(ConfigError::invalid(
+                l.place.clone(),
+                format!("{}: {message}", l.label()),
+            ))
+        };
+        let tls_only = [
+            ("cert", l.cert.is_some()),
+            ("key", l.key.is_some()),
+            ("client_ca", l.client_ca.is_some()),
+            ("client_auth", l.client_auth.is_some()),
+            ("username_from", l.username_from.is_some()),
+        ];
+        if l.kind.is_tls() {
+            let what = match (&l.cert, &l.key) {
+                (Some(_), Some(_)) => None,
+                (None, Some(_)) => Some("cert"),
+                (Some(_), None) => Some("key"),
+                (None, None) => Some("cert and key"),
+            };
+            if let Some(what) = what {
+                return fail(format!(
+                    "needs {what} (in the file, or --cert and --key on the command line)"
+                ));
+            }
+            let auth = l.client_auth.unwrap_or(ClientAuthMode::None);
+            if auth != ClientAuthMode::None && l.client_ca.is_none() {
+                return fail(format!(
+                    "client_auth = \"{}\" needs client_ca",
+                    if auth == ClientAuthMode::Optional {
+                        "optional"
+                    } else {
+                        "required"
+                    }
+                ));
+            }
+        } else if let Some((key, _)) = tls_only.iter().find(|(_, set)| *set) {
+            return fail(format!(
+                "{key} applies only to tls, wss and https listeners"
+            ));
+        }
+        if l.kind.is_ws() {
+            if let Some(path) = &l.path {
+                if !path.starts_with('/') {
+                    return fail(format!("path {path:?} must start with \"/\""));
+                }
+            }
+        } else if l.path.is_some() || l.subprotocols.is_some() {
+            let key = if l.path.is_some() {
+                "path"
+            } else {
+                "subprotocols"
+            };
+            return fail(format!("{key} applies only to ws and wss listeners"));
+        }
+    }
+    for (i, a) in config.listeners.iter().enumerate() {
+        let twice = config.listeners[..i]
+            .iter()
+            .any(|b| b.bind == a.bind && a.bind.port() != 0);
+        if twice {
+            return Err(ConfigError::invalid(
+                a.place.clone(),
+                format!("{}: another listener already uses {}", a.label(), a.bind),
+            ));
+        }
+    }
+    if let Some(filter) = &config.log.filter {
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(filter) {
+            return Err(ConfigError::invalid(
+                Place::Key("log.filter"),
+                format!("not a valid filter {filter:?}: {e}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that this build can run the configuration and that every file
+/// it names is usable: TLS certificates and keys are loaded, the ledger
+/// is opened. Reads files; binds nothing.
+pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+    for l in &config.listeners {
+        if let Some(feature) = l.kind.missing_feature() {
+            return Err(ConfigError::invalid(
+                l.place.clone(),
+                format!(
+                    "{}: this roost was built without the `{feature}` feature",
+                    l.label()
+                ),
+            ));
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = super::serve::tls_config(l) {
+            if let Err(e) = tls.validate() {
+                return Err(ConfigError::invalid(
+                    l.place.clone(),
+                    format!("{}: {e}", l.label()),
+                ));
+            }
+        }
+    }
+    let missing = match config.store.backend {
+        StoreKind::Sled => (!cfg!(feature = "sled")).then_some("sled"),
+        StoreKind::Redb => (!cfg!(feature = "redb")).then_some("redb"),
+        StoreKind::Memory => None,
+    };
+    if let Some(feature) = missing {
+        return Err(ConfigError::invalid(
+            Place::Key("store.backend"),
+            format!(
+                "this roost was built without the `{feature}` feature \
+                 (rebuild with `cargo build --features {feature}`)"
+            ),
+        ));
+    }
+    if let Some(path) = &config.auth.ledger {
+        let place = config
+            .auth
+            .place
+            .clone()
+            .unwrap_or(Place::Key("auth.ledger"));
+        super::ledger::Ledger::open(path).map_err(|e| ConfigError::invalid(place, e))?;
+    }
+    Ok(())
+}

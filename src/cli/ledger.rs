@@ -1,0 +1,74 @@
+//! The auth ledger named by `--auth FILE` or `auth.ledger`: opened at
+//! start, installed as the server's auth and ACL hook, reloaded on SIGHUP.
+
+use roost::Server;
+use std::path::{Path, PathBuf};
+
+/// An open ledger, shared with the server's hooks.
+#[cfg(feature = "ledger")]
+pub struct Ledger(roost::hooks::SharedLedger, PathBuf);
+
+/// An open ledger (none can exist in a build without the `ledger` feature).
+#[cfg(not(feature = "ledger"))]
+pub struct Ledger(std::convert::Infallible);
+
+/// Why a ledger cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// This build of roost has no auth ledger.
+    #[cfg(not(feature = "ledger"))]
+    #[error(
+        "cannot use the auth ledger {}: the auth ledger is not available in this build of roost \
+         (rebuild with the `ledger` feature)",
+        path.display()
+    )]
+    NotAvailable {
+        /// The ledger file asked for.
+        path: PathBuf,
+    },
+    /// The ledger file cannot be read or is not valid.
+    #[cfg(feature = "ledger")]
+    #[error(transparent)]
+    Load(#[from] roost::hooks::LedgerError),
+}
+
+#[cfg(feature = "ledger")]
+impl Ledger {
+    /// Reads and checks the ledger file.
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        Ok(Ledger(
+            roost::hooks::SharedLedger::load(path)?,
+            path.to_owned(),
+        ))
+    }
+
+    /// Makes the server authenticate and authorize clients with it.
+    pub fn install(&self, server: Server) -> Server {
+        server.auth_hook(self.0.clone()).acl_hook(self.0.clone())
+    }
+
+    /// Reads the file again; on error the previous rules stay in force.
+    pub fn reload(&self) -> Result<(), LedgerError> {
+        Ok(self.0.reload_from(&self.1)?)
+    }
+}
+
+#[cfg(not(feature = "ledger"))]
+impl Ledger {
+    /// Reads and checks the ledger file.
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        Err(LedgerError::NotAvailable {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Makes the server authenticate and authorize clients with it.
+    pub fn install(&self, _server: Server) -> Server {
+        match self.0 {}
+    }
+
+    /// Reads the file again; on error the previous rules stay in force.
+    pub fn reload(&self) -> Result<(), LedgerError> {
+        match self.0 {}
+    }
+}

@@ -1,0 +1,290 @@
+//! Running a resolved configuration: open the store, bind every listener,
+//! print one line for each, serve until SIGINT or SIGTERM, and reload TLS
+//! certificates and the auth ledger on SIGHUP.
+
+use super::config::{Config, ListenerConfig, ListenerKind, StoreKind};
+use super::ledger::Ledger;
+use roost::storage::Store;
+use roost::{Listener, ServerHandle, Transport};
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a shutdown may take once signalled; past it the process exits
+/// with status 1 without waiting further. The server itself gives
+/// connections 5 s to flush their last packets.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
+
+/// The TLS settings of a TLS listener.
+#[cfg(feature = "tls")]
+pub fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
+    use super::config::{ClientAuthMode, UsernameSource};
+    use roost::{ClientAuth, TlsConfig, UsernameFrom};
+    if !l.kind.is_tls() {
+        return None;
+    }
+    let (cert, key) = (l.cert.clone()?, l.key.clone()?);
+    let client_auth = match (&l.client_ca, l.client_auth) {
+        (None, _) | (Some(_), Some(ClientAuthMode::None)) => ClientAuth::None,
+        (Some(ca), Some(ClientAuthMode::Optional)) => ClientAuth::Optional { ca: ca.clone() },
+        (Some(ca), Some(ClientAuthMode::Required) | None) => {
+            ClientAuth::Required { ca: ca.clone() }
+        }
+    };
+    let username_from = match l.username_from {
+        None | Some(UsernameSource::Connect) => UsernameFrom::Connect,
+        Some(UsernameSource::CommonName) => UsernameFrom::CommonName,
+        Some(UsernameSource::SubjectAltName) => UsernameFrom::SubjectAltName,
+    };
+    Some(
+        TlsConfig::new(cert, key)
+            .client_auth(client_auth)
+            .username_from(username_from),
+    )
+}
+
+#[cfg(feature = "ws")]
+fn ws_config(l: &ListenerConfig) -> roost::WsConfig {
+    let mut ws = roost::WsConfig::default();
+    if let Some(path) = &l.path {
+        ws = ws.path(path.clone());
+    }
+    if let Some(protocols) = &l.subprotocols {
+        ws.subprotocols = protocols.clone();
+    }
+    ws
+}
+
+/// What the library calls the listener's transport. `None` when this
+/// build lacks it (configurations are checked for that before running).
+fn transport(l: &ListenerConfig) -> Option<Transport> {
+    Some(match l.kind {
+        ListenerKind::Tcp => Transport::Tcp,
+        #[cfg(feature = "tls")]
+        ListenerKind::Tls => Transport::Tls(tls_config(l)?),
+        #[cfg(feature = "ws")]
+        ListenerKind::Ws => Transport::Ws(ws_config(l)),
+        #[cfg(all(feature = "ws", feature = "tls"))]
+        ListenerKind::Wss => Transport::Wss(ws_config(l), tls_config(l)?),
+        #[cfg(feature = "http")]
+        ListenerKind::Http => Transport::Http,
+        #[cfg(all(feature = "http", feature = "tls"))]
+        ListenerKind::Https => Transport::Https(tls_config(l)?),
+        #[allow(unreachable_patterns)] // Reached only without some features.
+        _ => return None,
+    })
+}
+
+/// Opens the store; the text says what was opened, for the start-up line.
+fn open_store(kind: StoreKind, dir: &Path) -> Result<(Box<dyn Store>, String), String> {
+    match kind {
+        StoreKind::Memory => Ok((
+            Box::new(roost::storage::MemoryStore::new()),
+            "memory (nothing persists)".into(),
+        )),
+        #[cfg(feature = "sled")]
+        StoreKind::Sled => roost::storage::SledStore::open(dir)
+            .map(|s| {
+                (
+                    Box::new(s) as Box<dyn Store>,
+                    format!("sled in {}", dir.display()),
+                )
+            })
+            .map_err(|e| e.to_string()),
+        #[cfg(feature = "redb")]
+        StoreKind::Redb => roost::storage::RedbStore::open(dir)
+            .map(|s| {
+                let path = s.path().display().to_string();
+                (Box::new(s) as Box<dyn Store>, format!("redb in {path}"))
+            })
+            .map_err(|e| e.to_string()),
+        #[allow(unreachable_patterns)] // Reached only without some features.
+        other => Err(format!(
+            "this roost was built without the {other:?} store; cannot open {}",
+            dir.display()
+        )),
+    }
+}
+
+fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("roost: {message}");
+    ExitCode::from(code)
+}
+
+/// Serves `config` (already checked) until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> ExitCode {
+    let version = env!("CARGO_PKG_VERSION");
+    // SIGHUP's default action ends the process: take it over first.
+    #[cfg(unix)]
+    let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; reloading is unavailable");
+            None
+        }
+    };
+    let (store, store_text) = match open_store(config.store.backend, &config.store.data_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(format_args!("cannot open the store: {e}"), 1),
+    };
+    let ledger = match &config.auth.ledger {
+        Some(path) => match Ledger::open(path) {
+            Ok(l) => Some((Arc::new(l), path.clone())),
+            Err(e) => {
+                let place = config.auth.place.as_ref();
+                let at = place.map(|p| format!("{p}: ")).unwrap_or_default();
+                return fail(format_args!("{at}{e}"), 2);
+            }
+        },
+        None => None,
+    };
+    let mut server = roost::Server::new(config.options()).store(store);
+    let mut lines = Vec::new();
+    for l in &config.listeners {
+        let from = match &l.place {
+            super::error::Place::Builtin => String::new(),
+            place => format!(", from {place}"),
+        };
+        let tcp = match tokio::net::TcpListener::bind(l.bind).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                return fail(
+                    format_args!("cannot listen on {} ({}{from}): {e}", l.bind, l.label()),
+                    1,
+                )
+            }
+        };
+        let addr = match tcp.local_addr() {
+            Ok(a) => a,
+            Err(e) => return fail(format_args!("{}: {e}", l.label()), 1),
+        };
+        let Some(transport) = transport(l) else {
+            return fail(
+                format_args!("{}: not available in this build", l.label()),
+                2,
+            );
+        };
+        let scheme = l.kind.describe().split(' ').next().unwrap_or("mqtt");
+        let added = Listener::new(format!("{scheme}:{addr}"), tcp, transport)
+            .and_then(|listener| server.listener(listener));
+        server = match added {
+            Ok(s) => s,
+            Err(e) => return fail(format_args!("{} ({}{from}): {e}", l.label(), addr), 2),
+        };
+        lines.push(format!(
+            "roost {version}: {} listening on {addr}",
+            l.kind.describe()
+        ));
+    }
+    if let Some((ledger, path)) = &ledger {
+        server = ledger.install(server);
+        lines.push(format!("roost {version}: auth ledger {}", path.display()));
+    }
+    // The store line comes last: scripts may read up to it.
+    lines.push(format!("roost {version}: store {store_text}"));
+    // Written with errors ignored: a closed stdout must not stop the broker.
+    let mut out = std::io::stdout();
+    for line in &lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+
+    #[cfg(unix)]
+    if let Some(hangups) = hangups {
+        tokio::spawn(reload_on_hangup(
+            hangups,
+            server.handle(),
+            ledger.map(|(l, _)| l),
+        ));
+    }
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let serve = server.serve(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    });
+    let deadline = async {
+        if stopping.wait_for(|s| *s).await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_LIMIT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = serve => match result {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e, 1),
+        },
+        _ = deadline => fail(
+            format_args!("shutdown took longer than {SHUTDOWN_LIMIT:?}; exiting without waiting further"),
+            1,
+        ),
+    }
+}
+
+/// On every SIGHUP: reloads each TLS listener's certificate and key, and
+/// the auth ledger. A reload that fails leaves the previous one in force.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    handle: ServerHandle,
+    ledger: Option<Arc<Ledger>>,
+) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading TLS certificates and the auth ledger");
+        let (mut reloaded, mut failed) = (0, 0);
+        for l in handle.listeners() {
+            if !matches!(l.scheme(), "mqtts" | "wss" | "https") {
+                continue;
+            }
+            match l.reload() {
+                Ok(()) => reloaded += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(listener = l.id(), error = %e,
+                        "TLS reload failed; the listener keeps its previous certificate");
+                }
+            }
+        }
+        if let Some(ledger) = &ledger {
+            match ledger.reload() {
+                Ok(()) => tracing::info!("auth ledger reloaded"),
+                Err(e) => tracing::error!(error = %e,
+                    "auth ledger reload failed; the previous rules stay in force"),
+            }
+        }
+        tracing::info!(
+            tls_reloaded = reloaded,
+            tls_failed = failed,
+            "SIGHUP handled"
+        );
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down: closing connections and flushing the store");
+}
