@@ -1,0 +1,515 @@
+//! Connecting and disconnecting: CONNECT validation, takeover, clean
+//! start and resumption, wills (with delay), session end.
+
+use super::*;
+
+impl Broker {
+    pub(super) fn refuse(outbox: &Outbox, reason: ReasonCode) {
+        outbox.push(Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason,
+            properties: ConnAckProperties::default(),
+        }));
+        outbox.close();
+    }
+
+    pub(super) fn connect(
+        &mut self,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        c: Connect,
+        client: Arc<Client>,
+        enhanced_auth: bool,
+        now_ms: u64,
+    ) {
+        let v = c.protocol;
+        let mut assigned = None;
+        let client_id = if c.client_id.is_empty() {
+            // 3.1 requires 1-23 characters; 3.1.1 allows an empty id only with
+            // Clean Session 1 ([MQTT-3.1.3-8]); 5.0 always gets one assigned.
+            if v == ProtocolVersion::V3_1 || (v == ProtocolVersion::V3_1_1 && !c.clean_start) {
+                return Self::refuse(&outbox, ReasonCode::ClientIdentifierNotValid);
+            }
+            let id = loop {
+                let id = ByteStr::from(format!(
+                    "roost-{:016x}",
+                    self.next_assigned ^ now_ms.rotate_left(20)
+                ));
+                self.next_assigned += 1;
+                if !self.by_client_id.contains_key(&id) {
+                    break id;
+                }
+            };
+            if v.is_v5() {
+                assigned = Some(id.clone());
+            }
+            id
+        } else if c.client_id.len() > self.opts.limits.maximum_client_id_len {
+            return Self::refuse(&outbox, ReasonCode::ClientIdentifierNotValid);
+        } else {
+            c.client_id.clone()
+        };
+        if c.properties.authentication_method.is_some() && !enhanced_auth {
+            // No hook took up the method ([MQTT-4.12.0-1]).
+            return Self::refuse(&outbox, ReasonCode::BadAuthenticationMethod);
+        }
+        if let Some(w) = &c.will {
+            if too_deep(&w.topic, self.opts.limits.maximum_topic_levels) {
+                // 3.x has no fitting return code: close without CONNACK
+                // ([MQTT-3.2.2-6]).
+                if v.is_v5() {
+                    return Self::refuse(&outbox, ReasonCode::TopicNameInvalid);
+                }
+                return outbox.close();
+            }
+            if w.qos > self.opts.capabilities.maximum_qos {
+                return Self::refuse(&outbox, ReasonCode::QosNotSupported);
+            }
+            if w.retain && !self.opts.capabilities.retain_available {
+                return Self::refuse(&outbox, ReasonCode::RetainNotSupported);
+            }
+        }
+
+        let requested_expiry = match v {
+            ProtocolVersion::V5 => c.properties.session_expiry_interval.unwrap_or(0),
+            _ if c.clean_start => 0,
+            _ => u32::MAX,
+        };
+        let expiry = requested_expiry.min(self.opts.capabilities.maximum_session_expiry_interval);
+
+        // Takeover: the old connection is closed as if it had dropped, so its
+        // will follows the usual rules ([MQTT-3.1.4-3]).
+        let existing = self.by_client_id.get(&client_id).copied();
+        if let Some(sid) = existing {
+            if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) {
+                let old_conn = old.id;
+                if self.sessions[&sid].protocol.is_v5() {
+                    old.outbox.push(Packet::Disconnect(Disconnect {
+                        reason: ReasonCode::SessionTakenOver,
+                        ..Default::default()
+                    }));
+                }
+                self.detach(old_conn, false, Some(ReasonCode::SessionTakenOver), now_ms);
+            }
+        }
+        // Hooks see the id the client goes by, assigned or its own.
+        let client = if client.client_id == client_id {
+            client
+        } else {
+            Arc::new(Client {
+                client_id: client_id.clone(),
+                ..(*client).clone()
+            })
+        };
+        let (sid, session_present) = match existing {
+            Some(sid) if !c.clean_start && self.sessions.contains_key(&sid) => (sid, true),
+            other => {
+                if let Some(sid) = other {
+                    self.end_session(sid, now_ms);
+                }
+                let sid = SessionId(self.next_session);
+                self.next_session += 1;
+                self.sessions.insert(sid, Session::new(client.clone()));
+                self.by_client_id.insert(client_id.clone(), sid);
+                (sid, false)
+            }
+        };
+        self.timed.remove(&sid);
+        self.conns.insert(conn, sid);
+
+        let now_s = now_ms;
+        let will = c.will.map(|w| Will {
+            delay_interval: w.properties.will_delay_interval.unwrap_or(0),
+            expiry_interval: w.properties.message_expiry_interval,
+            message: Arc::new(
+                Message::from_publish(
+                    Publish {
+                        dup: false,
+                        qos_pid: crate::codec::QosPid::AtMostOnce,
+                        retain: w.retain,
+                        topic: w.topic,
+                        payload: w.payload,
+                        properties: crate::codec::PublishProperties {
+                            payload_format_indicator: w.properties.payload_format_indicator,
+                            message_expiry_interval: w.properties.message_expiry_interval,
+                            response_topic: w.properties.response_topic,
+                            correlation_data: w.properties.correlation_data,
+                            user_properties: w.properties.user_properties,
+                            content_type: w.properties.content_type,
+                            ..Default::default()
+                        },
+                    },
+                    now_s,
+                    Some(sid),
+                )
+                .with_qos(w.qos),
+            ),
+        });
+
+        let limits = &self.opts.limits;
+        let send_quota = c
+            .properties
+            .receive_maximum
+            .map_or(u16::MAX, |r| r.get())
+            .min(limits.maximum_inflight)
+            .max(1);
+        let max_packet_size = c.properties.maximum_packet_size.map(|m| m.get());
+        let persist_enabled = self.persist.enabled;
+        let session = self.sessions.get_mut(&sid).expect("session inserted above");
+        session.protocol = v;
+        session.client = client.clone();
+        session.expiry_interval = expiry;
+        session.disconnected_at_ms = None;
+        session.will_due_ms = None;
+        session.will = will;
+        session.conn = Some(Conn {
+            id: conn,
+            outbox: outbox.clone(),
+            send_quota,
+            max_packet_size,
+        });
+        if persist_enabled {
+            if session.is_persistent() {
+                session.stored = true;
+                self.persist.push(Op::PutSession(session_record(session)));
+            } else if session.stored {
+                // It was persistent and is not any more.
+                session.stored = false;
+                self.persist.push(Op::DeleteSession {
+                    client_id: session.client_id.as_str().to_owned(),
+                });
+            }
+        }
+
+        let caps = &self.opts.capabilities;
+        let (_, server_keep_alive) = effective_keep_alive(&self.opts, v, c.keep_alive);
+        let properties = if v.is_v5() {
+            ConnAckProperties {
+                session_expiry_interval: (expiry != requested_expiry).then_some(expiry),
+                receive_maximum: std::num::NonZeroU16::new(limits.receive_maximum),
+                maximum_qos: (caps.maximum_qos < QoS::ExactlyOnce).then_some(caps.maximum_qos),
+                retain_available: (!caps.retain_available).then_some(false),
+                maximum_packet_size: NonZeroU32::new(limits.maximum_packet_size),
+                assigned_client_identifier: assigned,
+                topic_alias_maximum: (caps.topic_alias_maximum > 0)
+                    .then_some(caps.topic_alias_maximum),
+                wildcard_subscription_available: (!caps.wildcard_subscriptions).then_some(false),
+                subscription_identifiers_available: (!caps.subscription_identifiers)
+                    .then_some(false),
+                shared_subscription_available: (!caps.shared_subscriptions).then_some(false),
+                server_keep_alive,
+                // After enhanced authentication the CONNACK names the method
+                // and carries the final data ([MQTT-4.12.0-?]; 5.0 §4.12).
+                authentication_method: enhanced_auth
+                    .then(|| c.properties.authentication_method.clone())
+                    .flatten(),
+                authentication_data: enhanced_auth
+                    .then(|| c.properties.authentication_data.clone())
+                    .flatten(),
+                ..Default::default()
+            }
+        } else {
+            ConnAckProperties::default()
+        };
+        outbox.push(Packet::ConnAck(ConnAck {
+            session_present,
+            reason: ReasonCode::Success,
+            properties,
+        }));
+
+        if client.inline {
+            self.inline_conns += 1;
+        } else {
+            stats::add(&self.stats.clients_total, 1);
+        }
+        let connected = self.update_connected_gauge();
+        self.stats
+            .clients_maximum
+            .fetch_max(connected, std::sync::atomic::Ordering::Relaxed);
+        self.update_disconnected_gauge();
+
+        if self.hooks.has_events() {
+            self.hooks
+                .each(|h| h.on_session_established(&client, session_present));
+        }
+        if session_present {
+            let (mut ctx, sessions) = self.ctx(now_ms);
+            if let Some(s) = sessions.get_mut(&sid) {
+                s.resume(&mut ctx);
+            }
+        }
+    }
+
+    /// Network clients connected now (the inline client is not counted).
+    pub(super) fn update_connected_gauge(&self) -> u64 {
+        let connected = self.conns.len().saturating_sub(self.inline_conns) as u64;
+        self.stats
+            .clients_connected
+            .store(connected, std::sync::atomic::Ordering::Relaxed);
+        connected
+    }
+
+    pub(super) fn update_disconnected_gauge(&self) {
+        let offline = self.sessions.len().saturating_sub(self.conns.len()) as u64;
+        self.stats
+            .clients_disconnected
+            .store(offline, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Detaches a connection from its session. `clean` means a normal
+    /// DISCONNECT: the will is discarded. Otherwise the will is published
+    /// now or scheduled after its delay. `reason` is the DISCONNECT reason
+    /// (either side's), for the hooks.
+    pub(super) fn detach(
+        &mut self,
+        conn: ConnId,
+        clean: bool,
+        reason: Option<ReasonCode>,
+        now_ms: u64,
+    ) {
+        let Some(sid) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if let Some(c) = s.conn.take() {
+            c.outbox.close();
+        }
+        // Nobody waits for this session's queue to drain any more.
+        s.release_blocked();
+        if s.client.inline {
+            self.inline_conns = self.inline_conns.saturating_sub(1);
+        }
+        if clean {
+            s.will = None;
+        }
+        s.disconnected_at_ms = Some(now_ms);
+        if let Some(w) = &s.will {
+            let delay = w.delay_interval.min(s.expiry_interval);
+            s.will_due_ms = Some(now_ms.saturating_add(u64::from(delay) * 1000));
+        }
+        if self.hooks.has_events() {
+            let ends = !s.is_persistent();
+            self.hooks
+                .each(|h| h.on_disconnect(&s.client, reason, ends));
+        }
+        if !s.is_persistent() {
+            self.end_session(sid, now_ms);
+        } else {
+            if s.stored {
+                let rec = session_record(s);
+                self.persist.push(Op::PutSession(rec));
+            }
+            self.timed.insert(sid);
+            // A will with no delay goes out now.
+            self.fire_due_will(sid, now_ms);
+        }
+        self.update_connected_gauge();
+        self.update_disconnected_gauge();
+    }
+
+    pub(super) fn fire_due_will(&mut self, sid: SessionId, now_ms: u64) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.will_due_ms.is_some_and(|t| t <= now_ms) {
+            s.will_due_ms = None;
+            if let Some(w) = s.will.take() {
+                if s.stored {
+                    let rec = session_record(s);
+                    self.persist.push(Op::PutSession(rec));
+                }
+                let client_id = s.client_id.clone();
+                self.publish_will(&client_id, w, now_ms);
+            }
+        }
+    }
+
+    pub(super) fn publish_will(&mut self, client_id: &str, w: Will, now_ms: u64) {
+        let w = match self.intercept_will(client_id, w) {
+            Some(w) => w,
+            None => return,
+        };
+        let msg = match w.expiry_interval {
+            // Restart the expiry clock: it was set at CONNECT time.
+            Some(secs) => Arc::new(Message {
+                topic: w.message.topic.clone(),
+                payload: w.message.payload.clone(),
+                qos: w.message.qos,
+                retain: w.message.retain,
+                properties: w.message.properties.clone(),
+                expires_at_ms: Some(now_ms.saturating_add(u64::from(secs) * 1000)),
+                publisher: w.message.publisher,
+                store_id: Default::default(),
+            }),
+            None => w.message,
+        };
+        if msg.retain {
+            self.store_retained(&msg, now_ms);
+        }
+        self.route(&msg, now_ms);
+        if self.hooks.has_events() {
+            self.hooks.each(|h| h.on_will_sent(client_id, &msg));
+        }
+    }
+
+    /// Lets the event hooks change or cancel a will.
+    pub(super) fn intercept_will(&self, client_id: &str, w: Will) -> Option<Will> {
+        if !self.hooks.has_events() {
+            return Some(w);
+        }
+        let m = &w.message;
+        let mut view = WillMessage {
+            topic: m.topic.clone(),
+            payload: m.payload.clone(),
+            qos: m.qos,
+            retain: m.retain,
+        };
+        let mut keep = true;
+        self.hooks
+            .each(|h| keep = keep && h.on_will(client_id, &mut view));
+        if !keep || !topic::valid_name(&view.topic) {
+            return None;
+        }
+        let unchanged = view.topic == m.topic
+            && view.payload == m.payload
+            && view.qos == m.qos
+            && view.retain == m.retain;
+        if unchanged {
+            return Some(w);
+        }
+        let message = Arc::new(Message {
+            topic: view.topic,
+            payload: view.payload,
+            qos: view.qos.min(self.opts.capabilities.maximum_qos),
+            retain: view.retain && self.opts.capabilities.retain_available,
+            properties: m.properties.clone(),
+            expires_at_ms: m.expires_at_ms,
+            publisher: m.publisher,
+            store_id: Default::default(),
+        });
+        Some(Will { message, ..w })
+    }
+
+    /// Ends a session: its pending will goes out, its subscriptions and
+    /// queues are dropped, its stored record deleted.
+    pub(super) fn end_session(&mut self, sid: SessionId, now_ms: u64) {
+        let Some(mut s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        self.timed.remove(&sid);
+        if self.by_client_id.get(&s.client_id) == Some(&sid) {
+            self.by_client_id.remove(&s.client_id);
+        }
+        if let Some(c) = s.conn.take() {
+            self.conns.remove(&c.id);
+            c.outbox.close();
+        }
+        s.release_blocked();
+        for (filter, _) in s.subscriptions.drain() {
+            let (group, plain) = split_shared(&filter);
+            self.subs.remove(plain, group, &sid);
+        }
+        self.stats
+            .subscriptions
+            .store(self.subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut ctx = Ctx {
+                persist: &mut self.persist,
+                hooks: &self.hooks,
+                stats: &self.stats,
+                limits: &self.opts.limits,
+                now_ms,
+            };
+            s.clear_outbound(&mut ctx);
+        }
+        if s.stored {
+            self.persist.push(Op::DeleteSession {
+                client_id: s.client_id.as_str().to_owned(),
+            });
+        }
+        // A will still pending when the session ends is sent now: the
+        // earlier of its delay and the session's end ([MQTT-3.1.3-9]).
+        if let Some(w) = s.will.take() {
+            if s.will_due_ms.is_some() {
+                self.publish_will(&s.client_id, w, now_ms);
+            }
+        }
+        self.update_disconnected_gauge();
+    }
+
+    pub(super) fn closed(&mut self, conn: ConnId, reason: CloseReason, now_ms: u64) {
+        // The DISCONNECT is queued here, after the CONNACK, never before it
+        // ([MQTT-3.2.0-1]).
+        match reason {
+            CloseReason::ProtocolError(code) => self.protocol_error(conn, code, now_ms),
+            CloseReason::Malformed(e) => {
+                self.disconnect_with(conn, e.reason_code(), Some(e.to_string()), now_ms)
+            }
+            CloseReason::KeepAliveTimeout => {
+                self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms)
+            }
+            CloseReason::Lost => self.detach(conn, false, None, now_ms),
+        }
+    }
+
+    /// Sends DISCONNECT with `reason` (5.0) and drops the connection; the
+    /// will is published ([MQTT-4.13.1-1]).
+    pub fn protocol_error(&mut self, conn: ConnId, reason: ReasonCode, now_ms: u64) {
+        self.disconnect_with(conn, reason, None, now_ms);
+    }
+
+    /// Like [`Broker::protocol_error`], with a reason string. DISCONNECT may
+    /// carry one whatever Request Problem Information says ([MQTT-3.1.2-29]).
+    pub(super) fn disconnect_with(
+        &mut self,
+        conn: ConnId,
+        reason: ReasonCode,
+        text: Option<String>,
+        now_ms: u64,
+    ) {
+        if let Some(s) = self.conns.get(&conn).and_then(|sid| self.sessions.get(sid)) {
+            if s.protocol.is_v5() {
+                let mut d = Disconnect {
+                    reason,
+                    ..Default::default()
+                };
+                d.properties.reason_string = text.map(ByteStr::from);
+                let mut packet = Packet::Disconnect(d);
+                let max = s.conn.as_ref().and_then(|c| c.max_packet_size);
+                if max.is_some_and(|m| crate::codec::encoded_len(&packet, s.protocol) > m as usize)
+                {
+                    // [MQTT-3.14.2-3]: leave the reason string out.
+                    if let Packet::Disconnect(d) = &mut packet {
+                        d.properties.reason_string = None;
+                    }
+                }
+                s.send(packet);
+            }
+        }
+        self.detach(conn, false, Some(reason), now_ms);
+    }
+
+    pub(super) fn on_disconnect(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        d: Disconnect,
+        now_ms: u64,
+    ) {
+        if let Some(new_expiry) = d.properties.session_expiry_interval {
+            let s = &self.sessions[&sid];
+            if s.expiry_interval == 0 && new_expiry != 0 {
+                // [MQTT-3.14.2-2]
+                return self.protocol_error(conn, ReasonCode::ProtocolError, now_ms);
+            }
+            let capped = new_expiry.min(self.opts.capabilities.maximum_session_expiry_interval);
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.expiry_interval = capped;
+            }
+        }
+        let with_will = d.reason == ReasonCode::DisconnectWithWillMessage;
+        self.detach(conn, !with_will, Some(d.reason), now_ms);
+    }
+}

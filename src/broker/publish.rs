@@ -1,0 +1,285 @@
+//! Inbound PUBLISH and its acknowledgements, routing to subscribers,
+//! backpressure and retained messages.
+
+use super::*;
+
+impl Broker {
+    /// Every acknowledgement goes through here: with a persistent store it
+    /// waits for the commit of what it acknowledges (the durability
+    /// contract: PUBACK/PUBREC mean "this message is safe").
+    pub(super) fn ack(&mut self, sid: SessionId, packet: Packet) {
+        let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) else {
+            return;
+        };
+        if self.persist.must_hold() {
+            conn.outbox.push_held(self.persist.commit, packet);
+            self.persist.touched.push(conn.outbox.clone());
+        } else {
+            conn.outbox.push(packet);
+        }
+    }
+
+    pub(super) fn on_publish(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        p: Publish,
+        verdict: PublishVerdict,
+        now_ms: u64,
+    ) {
+        stats::add(&self.stats.messages_received, 1);
+        let qos = p.qos_pid.qos();
+        if too_deep(&p.topic, self.opts.limits.maximum_topic_levels) {
+            return self.protocol_error(conn, ReasonCode::TopicNameInvalid, now_ms);
+        }
+        let caps = &self.opts.capabilities;
+        if qos > caps.maximum_qos {
+            return self.protocol_error(conn, ReasonCode::QosNotSupported, now_ms);
+        }
+        if p.retain && !caps.retain_available {
+            return self.protocol_error(conn, ReasonCode::RetainNotSupported, now_ms);
+        }
+        let v5 = self.sessions[&sid].protocol.is_v5();
+        let pid = p.qos_pid.packet_id();
+        if let (QoS::ExactlyOnce, Some(pid)) = (qos, pid) {
+            let s = &self.sessions[&sid];
+            if s.inbound_qos2.contains(&pid.get()) {
+                // A resent QoS 2 PUBLISH: acknowledge, do not deliver again
+                // ([MQTT-4.3.3-9]).
+                return self.ack(sid, Packet::PubRec(PubResp::new(pid)));
+            }
+            if s.inbound_qos2.len() >= usize::from(self.opts.limits.receive_maximum) {
+                // [MQTT-3.3.4-9]
+                return self.protocol_error(conn, ReasonCode::ReceiveMaximumExceeded, now_ms);
+            }
+        }
+        let mut reason = ReasonCode::Success;
+        if p.topic.starts_with("$SYS") {
+            // $SYS is the broker's own namespace.
+            reason = ReasonCode::NotAuthorized;
+        } else if let PublishVerdict::Refuse(code) = verdict {
+            reason = code;
+        } else if verdict == PublishVerdict::Deliver {
+            let msg = Arc::new(Message::from_publish(p, now_ms, Some(sid)));
+            if msg.retain {
+                self.store_retained(&msg, now_ms);
+            }
+            let matched = self.route(&msg, now_ms);
+            if matched == 0 {
+                reason = ReasonCode::NoMatchingSubscribers;
+            }
+            if self.hooks.has_events() {
+                let client = self.sessions.get(&sid).map(|s| s.client.clone());
+                self.hooks
+                    .each(|h| h.on_published(client.as_deref(), &msg, matched));
+            }
+        }
+        let Some(pid) = pid else { return };
+        let mut resp = PubResp::new(pid);
+        if v5 {
+            resp.reason = reason;
+        }
+        match qos {
+            QoS::AtLeastOnce => self.ack(sid, Packet::PubAck(resp)),
+            QoS::ExactlyOnce => {
+                if reason.is_success() {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.inbound_qos2.insert(pid.get());
+                        if s.stored {
+                            let client_id = s.client_id.as_str().to_owned();
+                            self.persist.push(Op::PutInboundQos2 {
+                                client_id,
+                                packet_id: pid.get(),
+                            });
+                        }
+                    }
+                }
+                self.ack(sid, Packet::PubRec(resp))
+            }
+            QoS::AtMostOnce => {}
+        }
+    }
+
+    pub(super) fn on_pubrel(&mut self, sid: SessionId, r: PubResp) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut comp = PubResp::new(r.packet_id);
+        if s.inbound_qos2.remove(&r.packet_id.get()) {
+            if s.stored {
+                let client_id = s.client_id.as_str().to_owned();
+                self.persist.push(Op::DeleteInboundQos2 {
+                    client_id,
+                    packet_id: r.packet_id.get(),
+                });
+            }
+        } else if s.protocol.is_v5() {
+            comp.reason = ReasonCode::PacketIdentifierNotFound;
+        }
+        self.ack(sid, Packet::PubComp(comp));
+    }
+
+    // ----- routing ----------------------------------------------------
+
+    /// Delivers `msg` to every matching subscription; returns how many
+    /// sessions it went to.
+    pub fn route(&mut self, msg: &Arc<Message>, now_ms: u64) -> usize {
+        let mut targets = std::mem::take(&mut self.scratch);
+        let sessions = &self.sessions;
+        let cursors = &mut self.shared_cursor;
+        self.subs.for_each_match(&msg.topic, |m| match m {
+            Match::Direct { key, value, .. } => {
+                if value.options.no_local && msg.publisher == Some(*key) {
+                    return; // [MQTT-3.8.3-3]
+                }
+                targets.push(Target {
+                    sid: *key,
+                    shared: false,
+                    qos: value.options.qos,
+                    retain_as_published: value.options.retain_as_published,
+                    sub_ids: value.id.into_iter().collect(),
+                });
+            }
+            Match::Shared {
+                filter,
+                group,
+                members,
+            } => {
+                if members.is_empty() {
+                    return;
+                }
+                let key = format!("{group}/{filter}");
+                let cursor = cursors.entry(key.into_boxed_str()).or_insert(0);
+                let n = members.len();
+                // Round-robin among connected members; queue for an offline
+                // member only when none is connected.
+                let pick = (0..n)
+                    .map(|i| (*cursor + i) % n)
+                    .find(|&i| {
+                        sessions
+                            .get(&members[i].0)
+                            .is_some_and(|s| s.conn.is_some())
+                    })
+                    .unwrap_or(*cursor % n);
+                *cursor = (pick + 1) % n;
+                let (key, value) = &members[pick];
+                targets.push(Target {
+                    sid: *key,
+                    shared: true,
+                    qos: value.options.qos,
+                    retain_as_published: value.options.retain_as_published,
+                    sub_ids: value.id.into_iter().collect(),
+                });
+            }
+        });
+        // Overlapping ordinary subscriptions of one client get one copy at
+        // the highest QoS with every identifier ([MQTT-3.3.4-2], [MQTT-3.3.4-3]).
+        targets.sort_by_key(|t| (t.sid, t.shared));
+        let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
+        for t in targets.drain(..) {
+            match merged.last_mut() {
+                Some(last) if last.sid == t.sid && !last.shared && !t.shared => {
+                    last.qos = last.qos.max(t.qos);
+                    last.retain_as_published |= t.retain_as_published;
+                    last.sub_ids.extend(t.sub_ids);
+                }
+                _ => merged.push(t),
+            }
+        }
+        self.scratch = targets;
+        let count = merged.len();
+        let (mut ctx, sessions) = self.ctx(now_ms);
+        let mut congested = Vec::new();
+        for t in merged {
+            let Some(s) = sessions.get_mut(&t.sid) else {
+                continue;
+            };
+            if !ctx.hooks.can_receive(&s.client, msg) {
+                continue;
+            }
+            let qos = msg.qos.min(t.qos);
+            // 3.1.1 clears RETAIN on forwarded messages ([MQTT-3.3.1-9]);
+            // 5.0 keeps it only with Retain As Published ([MQTT-3.3.1-12]).
+            let retain = msg.retain && t.retain_as_published && s.protocol.is_v5();
+            let mut sub_ids = t.sub_ids;
+            sub_ids.sort_unstable();
+            sub_ids.dedup();
+            if s.deliver(msg, qos, retain, sub_ids, &mut ctx) {
+                congested.push(t.sid);
+            }
+        }
+        if !congested.is_empty() {
+            self.slow_down_publisher(msg, &congested);
+        }
+        count
+    }
+
+    /// Backpressure: a connected subscriber's queue is full, so the
+    /// publisher's reads pause until it drains (bounded: see
+    /// [`Outbox::reads_allowed`]). QoS 1/2 messages are then kept rather
+    /// than dropped, and the publisher slows to what its subscribers take.
+    pub(super) fn slow_down_publisher(&mut self, msg: &Message, congested: &[SessionId]) {
+        let Some(publisher) = msg.publisher else {
+            return;
+        };
+        let Some(outbox) = self
+            .sessions
+            .get(&publisher)
+            .and_then(|p| p.conn.as_ref())
+            .map(|c| c.outbox.clone())
+        else {
+            return;
+        };
+        for sid in congested {
+            // A client that publishes to itself must keep reading its own
+            // acknowledgements.
+            if *sid == publisher {
+                continue;
+            }
+            if let Some(s) = self.sessions.get_mut(sid) {
+                s.block(&outbox);
+            }
+        }
+    }
+
+    pub(super) fn store_retained(&mut self, msg: &Arc<Message>, _now_ms: u64) {
+        let topic = msg.topic.as_str();
+        if msg.payload.is_empty() {
+            // An empty retained message clears the topic ([MQTT-3.3.1-6]).
+            if self.retained.remove(topic).is_some() {
+                self.persist.push(Op::DeleteRetained {
+                    topic: topic.to_owned(),
+                });
+                self.hooks.each(|h| h.on_retained(topic, None));
+            }
+        } else {
+            // Copy out of the read buffer so a long-lived retained message
+            // does not pin a whole socket buffer.
+            let kept = Arc::new(Message {
+                topic: msg.topic.detach(),
+                payload: bytes::Bytes::copy_from_slice(&msg.payload),
+                qos: msg.qos,
+                retain: true,
+                properties: msg.properties.clone(),
+                expires_at_ms: msg.expires_at_ms,
+                publisher: msg.publisher,
+                store_id: Default::default(),
+            });
+            self.persist.push(Op::PutRetained {
+                message: message_record(&kept),
+            });
+            self.hooks.each(|h| h.on_retained(topic, Some(&kept)));
+            self.retained.insert(topic, kept);
+        }
+        self.update_retained_gauge();
+    }
+
+    /// Retained messages held for clients (the broker's own `$SYS` topics
+    /// are not counted).
+    pub(super) fn update_retained_gauge(&self) {
+        let n = self.retained.len().saturating_sub(self.sys_retained);
+        self.stats
+            .retained
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}

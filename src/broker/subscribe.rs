@@ -1,0 +1,191 @@
+//! SUBSCRIBE and UNSUBSCRIBE, and retained messages for new subscriptions.
+
+use super::*;
+
+impl Broker {
+    pub(super) fn on_subscribe(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        sub: CheckedSubscribe,
+        now_ms: u64,
+    ) {
+        let caps = self.opts.capabilities.clone();
+        if sub.subscription_identifier.is_some() && !caps.subscription_identifiers {
+            return self.protocol_error(
+                conn,
+                ReasonCode::SubscriptionIdentifiersNotSupported,
+                now_ms,
+            );
+        }
+        let max_subs = self.opts.limits.maximum_subscriptions_per_session;
+        let max_levels = self.opts.limits.maximum_topic_levels;
+        let mut reasons = Vec::with_capacity(sub.filters.len());
+        let mut retained_for: Vec<(ByteStr, SubEntry)> = Vec::new();
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let v5 = s.protocol.is_v5();
+        let watching = self.hooks.has_events();
+        let mut names: Vec<ByteStr> = Vec::new();
+        for (filter, mut options, verdict) in sub.filters {
+            if watching {
+                names.push(filter.clone());
+            }
+            if let Err(code) = verdict {
+                reasons.push(code);
+                continue;
+            }
+            if !topic::valid_filter(&filter) {
+                // Only a hook can have produced it: the codec checks filters.
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            let parsed = topic::parse_filter(&filter);
+            let (group, plain) = match parsed {
+                SharedFilter::Plain(f) => (None, f),
+                SharedFilter::Shared { group, filter } => (Some(group), filter),
+            };
+            if too_deep(plain, max_levels) {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            if group.is_some() && !caps.shared_subscriptions {
+                reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
+                continue;
+            }
+            if !caps.wildcard_subscriptions && plain.contains(['+', '#']) {
+                reasons.push(ReasonCode::WildcardSubscriptionsNotSupported);
+                continue;
+            }
+            let is_new = !s.subscriptions.contains_key(&filter);
+            if is_new && s.subscriptions.len() >= max_subs {
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
+            options.qos = options.qos.min(caps.maximum_qos);
+            if !v5 {
+                options.no_local = false;
+                options.retain_as_published = false;
+                options.retain_handling = RetainHandling::SendAtSubscribe;
+            }
+            let entry = SubEntry {
+                options,
+                id: sub.subscription_identifier,
+            };
+            s.subscriptions.insert(filter.clone(), entry);
+            self.subs.insert(plain, group, sid, entry);
+            if s.stored {
+                self.persist.push(Op::PutSubscription {
+                    client_id: s.client_id.as_str().to_owned(),
+                    subscription: subscription_record(&filter, &entry),
+                });
+            }
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+            });
+            // Retained messages go to new ordinary subscriptions, per Retain
+            // Handling; never to shared ones ([MQTT-3.8.4-?]; 5.0 §4.8.2).
+            let send_retained = group.is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNew => is_new,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                retained_for.push((filter, entry));
+            }
+        }
+        self.stats
+            .subscriptions
+            .store(self.subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if watching {
+            let client = self.sessions.get(&sid).map(|s| s.client.clone());
+            if let Some(client) = client {
+                let done: Vec<(ByteStr, ReasonCode)> =
+                    names.into_iter().zip(reasons.iter().copied()).collect();
+                self.hooks.each(|h| h.on_subscribed(&client, &done));
+            }
+        }
+        self.ack(
+            sid,
+            Packet::SubAck(SubAck {
+                packet_id: sub.packet_id,
+                reasons: reasons.clone(),
+                properties: AckProperties::default(),
+            }),
+        );
+        for (filter, entry) in retained_for {
+            self.send_retained(sid, &filter, entry, now_ms);
+        }
+    }
+
+    pub(super) fn send_retained(
+        &mut self,
+        sid: SessionId,
+        filter: &str,
+        entry: SubEntry,
+        now_ms: u64,
+    ) {
+        let mut found: Vec<Arc<Message>> = Vec::new();
+        self.retained.for_each_match(filter, |_, m| {
+            if !m.is_expired(now_ms) {
+                found.push(m.clone());
+            }
+        });
+        let (mut ctx, sessions) = self.ctx(now_ms);
+        let Some(s) = sessions.get_mut(&sid) else {
+            return;
+        };
+        for m in found {
+            // The delivery ACL applies to retained messages as to live ones.
+            if !ctx.hooks.can_receive(&s.client, &m) {
+                continue;
+            }
+            let qos = m.qos.min(entry.options.qos);
+            // Sent because of a new subscription: RETAIN is 1 ([MQTT-3.3.1-8]).
+            s.deliver(&m, qos, true, entry.id.into_iter().collect(), &mut ctx);
+        }
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, sid: SessionId, u: Unsubscribe) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        let mut removed = Vec::new();
+        for filter in u.filters {
+            if s.subscriptions.remove(&filter).is_some() {
+                let (group, plain) = split_shared(&filter);
+                self.subs.remove(plain, group, &sid);
+                if s.stored {
+                    self.persist.push(Op::DeleteSubscription {
+                        client_id: s.client_id.as_str().to_owned(),
+                        filter: filter.as_str().to_owned(),
+                    });
+                }
+                reasons.push(ReasonCode::Success);
+                removed.push(filter);
+            } else {
+                reasons.push(ReasonCode::NoSubscriptionExisted);
+            }
+        }
+        if self.hooks.has_events() && !removed.is_empty() {
+            let client = s.client.clone();
+            self.hooks.each(|h| h.on_unsubscribed(&client, &removed));
+        }
+        self.stats
+            .subscriptions
+            .store(self.subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.ack(
+            sid,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reasons,
+                properties: AckProperties::default(),
+            }),
+        );
+    }
+}

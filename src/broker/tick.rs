@@ -1,0 +1,89 @@
+//! What time brings: delayed wills, session and retained-message expiry,
+//! `$SYS` updates, and shutdown.
+
+use super::*;
+
+impl Broker {
+    /// Runs what is due: delayed wills, session expiry, retained expiry and
+    /// `$SYS` updates. Call about once a second.
+    pub fn tick(&mut self, now_ms: u64) {
+        let due: Vec<SessionId> = self.timed.iter().copied().collect();
+        for sid in due {
+            self.fire_due_will(sid, now_ms);
+            let Some(s) = self.sessions.get(&sid) else {
+                self.timed.remove(&sid);
+                continue;
+            };
+            if s.expiry_interval == u32::MAX {
+                // Never expires: once its will is out there is nothing left
+                // to time.
+                if s.will_due_ms.is_none() || s.conn.is_some() {
+                    self.timed.remove(&sid);
+                }
+                continue;
+            }
+            if let Some(at) = s.disconnected_at_ms {
+                if at.saturating_add(u64::from(s.expiry_interval) * 1000) <= now_ms {
+                    if self.hooks.has_events() {
+                        let id = s.client_id.clone();
+                        self.hooks.each(|h| h.on_session_expired(&id));
+                    }
+                    self.end_session(sid, now_ms);
+                }
+            }
+        }
+        if now_ms.saturating_sub(self.last_sweep_ms) >= 60_000 {
+            self.last_sweep_ms = now_ms;
+            let mut gone = Vec::new();
+            self.retained.retain(|topic, m| {
+                let keep = !m.is_expired(now_ms);
+                if !keep {
+                    gone.push(topic.to_owned());
+                }
+                keep
+            });
+            for topic in gone {
+                self.hooks.each(|h| h.on_retained_expired(&topic));
+                self.persist.push(Op::DeleteRetained { topic });
+            }
+            self.update_retained_gauge();
+        }
+        if let Some(every) = self.opts.sys_interval {
+            if now_ms.saturating_sub(self.last_sys_ms) >= every.as_millis() as u64 {
+                self.last_sys_ms = now_ms;
+                self.publish_sys(now_ms);
+            }
+        }
+    }
+
+    /// Closes every connection (v5 clients get DISCONNECT 0x8B).
+    pub fn shutdown(&mut self, now_ms: u64) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            if let Some(s) = self.conns.get(&conn).and_then(|sid| self.sessions.get(sid)) {
+                if s.protocol.is_v5() {
+                    s.send(Packet::Disconnect(Disconnect {
+                        reason: ReasonCode::ServerShuttingDown,
+                        ..Default::default()
+                    }));
+                }
+                if let Some(c) = &s.conn {
+                    c.outbox.close();
+                }
+            }
+            // Wills are not published on shutdown: the session is kept and
+            // the broker comes back ([MQTT-3.1.2-10] allows either).
+            let Some(sid) = self.conns.remove(&conn) else {
+                continue;
+            };
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.conn = None;
+                s.disconnected_at_ms = Some(now_ms);
+                if s.stored {
+                    let rec = session_record(s);
+                    self.persist.push(Op::PutSession(rec));
+                }
+            }
+        }
+    }
+}
