@@ -354,6 +354,7 @@ async fn commit_loop(
         for c in &mut group {
             ops.append(&mut c.ops);
         }
+        let ops = crate::broker::coalesce(ops);
         let result = if ops.is_empty() {
             Ok(())
         } else {

@@ -152,3 +152,182 @@ pub(crate) fn message_record(msg: &Message) -> MessageRecord {
 pub(crate) fn qos_from_u8(b: u8) -> QoS {
     QoS::from_u8(b).unwrap_or(QoS::AtMostOnce)
 }
+
+/// Shrinks a group of operations without changing what it does to the
+/// store, so that a message delivered and acknowledged while its commit
+/// was still being assembled costs (almost) nothing on disk.
+///
+/// - A message body stored and deleted in the same group is never written:
+///   [`Persist::reference`] stores every body under a fresh id, so the
+///   delete leaves the store as it was.
+/// - An outbound entry deleted in the group loses the writes before its
+///   delete (the delete stays: the entry may be older than the group).
+/// - Of several writes to one outbound entry, only the last is kept.
+///
+/// A client whose session is deleted in the group keeps its operations as
+/// they are (the cascade makes their order matter).
+pub(crate) fn coalesce(ops: Vec<Op>) -> Vec<Op> {
+    use std::collections::{HashMap, HashSet};
+    let mut put_msgs = HashSet::new();
+    let mut cancelled_msgs = HashSet::new();
+    let mut barriers: HashSet<&str> = HashSet::new();
+    // Position of the last write or delete of each outbound entry.
+    let mut last_out: HashMap<(&str, u64), usize> = HashMap::new();
+    let mut out_ops = 0;
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::PutMessage { id, .. } => {
+                put_msgs.insert(*id);
+            }
+            Op::DeleteMessage { id } if put_msgs.contains(id) => {
+                cancelled_msgs.insert(*id);
+            }
+            Op::DeleteSession { client_id } => {
+                barriers.insert(client_id);
+            }
+            Op::PutOutbound { client_id, seq, .. } | Op::DeleteOutbound { client_id, seq } => {
+                last_out.insert((client_id, *seq), i);
+                out_ops += 1;
+            }
+            _ => {}
+        }
+    }
+    if cancelled_msgs.is_empty() && out_ops == last_out.len() {
+        // Every entry is written once and no body comes and goes: nothing
+        // to leave out.
+        return ops;
+    }
+    let keep: Vec<bool> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| match op {
+            Op::PutMessage { id, .. } | Op::DeleteMessage { id } => !cancelled_msgs.contains(id),
+            Op::PutOutbound { client_id, seq, .. } => {
+                barriers.contains(client_id.as_str())
+                    || last_out.get(&(client_id.as_str(), *seq)) == Some(&i)
+            }
+            _ => true,
+        })
+        .collect();
+    ops.into_iter()
+        .zip(keep)
+        .filter_map(|(op, keep)| keep.then_some(op))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_storage::{MemoryStore, OutboundRecord, OutboundState, SessionRecord, Store};
+
+    fn msg(id: u64) -> Op {
+        Op::PutMessage {
+            id,
+            message: MessageRecord {
+                topic: "t".into(),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos: 1,
+                retain: false,
+                properties: Default::default(),
+                expires_at_ms: None,
+            },
+        }
+    }
+
+    fn out(client: &str, seq: u64, id: u64, state: OutboundState) -> Op {
+        Op::PutOutbound {
+            client_id: client.into(),
+            seq,
+            entry: OutboundRecord {
+                message_id: id,
+                qos: 1,
+                retain: false,
+                packet_id: Some(1),
+                state,
+                subscription_identifiers: vec![],
+            },
+        }
+    }
+
+    fn del_out(client: &str, seq: u64) -> Op {
+        Op::DeleteOutbound {
+            client_id: client.into(),
+            seq,
+        }
+    }
+
+    fn session(client: &str) -> Op {
+        Op::PutSession(SessionRecord {
+            client_id: client.into(),
+            protocol_level: 5,
+            expiry_interval: 60,
+            disconnected_at_ms: None,
+            will: None,
+        })
+    }
+
+    /// The coalesced group leaves the store exactly as the original one.
+    fn same_effect(before: &[Op], group: Vec<Op>) -> usize {
+        let a = MemoryStore::new();
+        let b = MemoryStore::new();
+        a.apply(before).unwrap();
+        b.apply(before).unwrap();
+        a.apply(&group).unwrap();
+        let short = coalesce(group);
+        b.apply(&short).unwrap();
+        assert_eq!(a.load().unwrap(), b.load().unwrap());
+        short.len()
+    }
+
+    #[test]
+    fn a_message_delivered_within_the_group_leaves_one_delete() {
+        let before = [session("s")];
+        let group = vec![
+            msg(1),
+            out("s", 1, 1, OutboundState::Sent),
+            del_out("s", 1),
+            Op::DeleteMessage { id: 1 },
+        ];
+        assert_eq!(same_effect(&before, group), 1);
+    }
+
+    #[test]
+    fn entries_from_earlier_groups_are_still_deleted() {
+        let before = [session("s"), msg(1), out("s", 1, 1, OutboundState::Sent)];
+        let group = vec![
+            out("s", 1, 1, OutboundState::Released),
+            del_out("s", 1),
+            Op::DeleteMessage { id: 1 },
+        ];
+        // The body was stored earlier: its delete must stay.
+        assert_eq!(same_effect(&before, group), 2);
+    }
+
+    #[test]
+    fn only_the_last_write_of_an_entry_is_kept() {
+        let before = [session("s")];
+        let group = vec![
+            msg(1),
+            out("s", 1, 1, OutboundState::Queued),
+            out("s", 1, 1, OutboundState::Sent),
+            out("s", 1, 1, OutboundState::Released),
+            msg(2),
+            out("s", 2, 2, OutboundState::Queued),
+        ];
+        assert_eq!(same_effect(&before, group), 4);
+    }
+
+    #[test]
+    fn a_session_deleted_in_the_group_keeps_its_order() {
+        let before = [session("s")];
+        let group = vec![
+            out("s", 1, 7, OutboundState::Queued),
+            Op::DeleteSession {
+                client_id: "s".into(),
+            },
+            session("s"),
+            out("s", 1, 7, OutboundState::Sent),
+        ];
+        assert_eq!(same_effect(&before, group), 4);
+    }
+}
