@@ -177,6 +177,7 @@ impl InlineClient {
                     outbox,
                     connect: Box::new(connect),
                     client,
+                    enhanced_auth: false,
                 })
                 .await;
             if sent.is_err() {

@@ -305,3 +305,107 @@ async fn acl_hooks_combine_first_decision_wins() {
         b.stop().await;
     }
 }
+
+/// A toy challenge-response method: CONNECT carries "hello", the broker
+/// challenges with "2+2?", the client must answer "4".
+struct Arithmetic;
+
+impl AuthHook for Arithmetic {
+    fn enhanced_auth<'a>(
+        &'a self,
+        _: &'a Client,
+        method: &'a str,
+        data: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, roost::hooks::AuthStep> {
+        use roost::hooks::AuthStep;
+        let step = match (method, data) {
+            ("arith", Some(b"hello")) => AuthStep::Continue(bytes::Bytes::from_static(b"2+2?")),
+            ("arith", Some(b"4")) => AuthStep::Success(Some(bytes::Bytes::from_static(b"welcome"))),
+            ("arith", _) => AuthStep::Fail(ReasonCode::NotAuthorized),
+            _ => AuthStep::Unsupported,
+        };
+        Box::pin(std::future::ready(step))
+    }
+}
+
+fn auth(reason: ReasonCode, method: &str, data: &'static [u8]) -> Packet {
+    Packet::Auth(roost::codec::Auth {
+        reason,
+        properties: roost::codec::AuthProperties {
+            authentication_method: Some(method.into()),
+            authentication_data: Some(bytes::Bytes::from_static(data)),
+            ..Default::default()
+        },
+    })
+}
+
+fn enhanced_connect(id: &str, method: &str, data: &'static [u8]) -> Connect {
+    let mut c = v5(id);
+    c.properties.authentication_method = Some(method.into());
+    c.properties.authentication_data = Some(bytes::Bytes::from_static(data));
+    c
+}
+
+#[tokio::test]
+async fn enhanced_authentication_and_reauthentication_reach_the_hook() {
+    let b = TestBroker::with_server(Server::new(Options::default()).auth_hook(Arithmetic)).await;
+
+    // Challenge, right answer, CONNACK with the method and the final data.
+    let mut c = Raw::open(b.addr, ProtocolVersion::V5).await;
+    c.send(Packet::Connect(Box::new(enhanced_connect(
+        "e", "arith", b"hello",
+    ))))
+    .await;
+    match c.recv().await {
+        Packet::Auth(a) => {
+            assert_eq!(a.reason, ReasonCode::ContinueAuthentication);
+            assert_eq!(
+                a.properties.authentication_data.as_deref(),
+                Some(&b"2+2?"[..])
+            );
+        }
+        other => panic!("expected AUTH, got {other:?}"),
+    }
+    c.send(auth(ReasonCode::ContinueAuthentication, "arith", b"4"))
+        .await;
+    match c.recv().await {
+        Packet::ConnAck(a) => {
+            assert_eq!(a.reason, ReasonCode::Success);
+            assert_eq!(a.properties.authentication_method.as_deref(), Some("arith"));
+            assert_eq!(
+                a.properties.authentication_data.as_deref(),
+                Some(&b"welcome"[..])
+            );
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // Re-authentication during the session.
+    c.send(auth(ReasonCode::ReAuthenticate, "arith", b"hello"))
+        .await;
+    assert!(
+        matches!(c.recv().await, Packet::Auth(a) if a.reason == ReasonCode::ContinueAuthentication)
+    );
+    c.send(auth(ReasonCode::ContinueAuthentication, "arith", b"4"))
+        .await;
+    assert!(matches!(c.recv().await, Packet::Auth(a) if a.reason == ReasonCode::Success));
+    c.sync().await;
+
+    // A wrong answer is refused with the hook's code.
+    let mut w = Raw::open(b.addr, ProtocolVersion::V5).await;
+    w.send(Packet::Connect(Box::new(enhanced_connect(
+        "w", "arith", b"hello",
+    ))))
+    .await;
+    assert!(matches!(w.recv().await, Packet::Auth(_)));
+    w.send(auth(ReasonCode::ContinueAuthentication, "arith", b"5"))
+        .await;
+    let got = w.expect_closed().await;
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::NotAuthorized),
+        "{got:?}"
+    );
+
+    // A method no hook knows: 0x8C.
+    let (_, ack) = Raw::connect(b.addr, enhanced_connect("u", "kerberos", b"x")).await;
+    assert_eq!(ack.reason, ReasonCode::BadAuthenticationMethod);
+}

@@ -80,6 +80,21 @@ pub enum Decision {
     Defer,
 }
 
+/// One step of enhanced authentication (MQTT 5.0 section 4.12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Authenticated; the data (if any) goes back in CONNACK (or in the
+    /// final AUTH of a re-authentication).
+    Success(Option<bytes::Bytes>),
+    /// Send this challenge to the client in AUTH 0x18 and call again with
+    /// its answer.
+    Continue(bytes::Bytes),
+    /// Refuse with this reason code (0x80 or above).
+    Fail(ReasonCode),
+    /// This hook does not know the method: ask the next one.
+    Unsupported,
+}
+
 /// What an [`EventHook::on_publish`] decides for a PUBLISH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishVerdict {
@@ -116,6 +131,21 @@ pub trait AuthHook: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), ReasonCode>> {
         let _ = (client, connect);
         ready(Ok(()))
+    }
+
+    /// Enhanced authentication: a step of the exchange for `method`, with
+    /// the client's data from its CONNECT or its latest AUTH packet. Used
+    /// at CONNECT and for re-authentication; a client whose CONNECT names a
+    /// method no hook supports gets CONNACK 0x8C. A client authenticated
+    /// this way skips [`AuthHook::authenticate`].
+    fn enhanced_auth<'a>(
+        &'a self,
+        client: &'a Client,
+        method: &'a str,
+        data: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, AuthStep> {
+        let _ = (client, method, data);
+        ready(AuthStep::Unsupported)
     }
 
     /// May this client connect with these credentials? A refusal answers
@@ -256,14 +286,36 @@ fn first_decision(decisions: impl Iterator<Item = Decision>) -> bool {
 }
 
 impl Hooks {
+    /// One step of enhanced authentication: the first hook that knows the
+    /// method answers.
+    pub(crate) async fn enhanced_auth(
+        &self,
+        client: &Client,
+        method: &str,
+        data: Option<&[u8]>,
+    ) -> AuthStep {
+        for h in &self.auth {
+            match h.enhanced_auth(client, method, data).await {
+                AuthStep::Unsupported => {}
+                step => return step,
+            }
+        }
+        AuthStep::Unsupported
+    }
+
     /// Runs the auth hooks for a CONNECT: `Err` is the CONNACK reason code.
+    /// `authenticated`: enhanced authentication already succeeded.
     pub(crate) async fn connect(
         &self,
         client: &Client,
         connect: &mut Connect,
+        authenticated: bool,
     ) -> Result<(), ReasonCode> {
         for h in &self.auth {
             h.on_connect(client, connect).await?;
+        }
+        if authenticated {
+            return Ok(());
         }
         for h in &self.auth {
             match h.authenticate(client, connect).await {

@@ -7,9 +7,12 @@
 
 use super::alias::{InboundAliases, OutboundAliases};
 use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event};
-use crate::codec::{encode, ConnAck, DecodeError, Decoder, Packet, ProtocolVersion, Subscribe};
+use crate::codec::{
+    encode, Auth, AuthProperties, ByteStr, ConnAck, DecodeError, Decoder, Packet, ProtocolVersion,
+    ReasonCode, Subscribe,
+};
 use crate::config::Options;
-use crate::hooks::{Client, Hooks, PublishVerdict};
+use crate::hooks::{AuthStep, Client, Hooks, PublishVerdict};
 use crate::outbox::Outbox;
 use crate::stats::{self, Stats};
 use bytes::BytesMut;
@@ -129,10 +132,70 @@ where
         protocol: version,
         inline: false,
     };
+    // Enhanced authentication (5.0 section 4.12): AUTH packets go back and
+    // forth here, before the session exists.
+    let mut enhanced: Option<ByteStr> = None;
+    if let (Some(method), true) = (
+        connect.properties.authentication_method.clone(),
+        version.is_v5(),
+    ) {
+        let mut data = connect.properties.authentication_data.clone();
+        loop {
+            match shared
+                .hooks
+                .enhanced_auth(&client, &method, data.as_deref())
+                .await
+            {
+                AuthStep::Success(answer) => {
+                    connect.properties.authentication_data = answer;
+                    enhanced = Some(method);
+                    break;
+                }
+                AuthStep::Continue(challenge) => {
+                    let auth =
+                        auth_packet(ReasonCode::ContinueAuthentication, &method, Some(challenge));
+                    let mut out = BytesMut::new();
+                    if encode(&auth, version, &mut out).is_err()
+                        || wr.write_all(&out).await.is_err()
+                    {
+                        return;
+                    }
+                    let next = tokio::time::timeout(
+                        opts.limits.connect_timeout,
+                        read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats),
+                    )
+                    .await;
+                    match next {
+                        Ok(Ok(Some(Packet::Auth(a))))
+                            if a.reason == ReasonCode::ContinueAuthentication
+                                && a.properties.authentication_method.as_ref() == Some(&method) =>
+                        {
+                            data = a.properties.authentication_data;
+                        }
+                        // Anything else during the exchange is a protocol error.
+                        _ => {
+                            return refuse_connect(&mut wr, version, ReasonCode::ProtocolError)
+                                .await
+                        }
+                    }
+                }
+                AuthStep::Fail(reason) => return refuse_connect(&mut wr, version, reason).await,
+                // No hook offers the method ([MQTT-4.12.0-1]).
+                AuthStep::Unsupported => {
+                    return refuse_connect(&mut wr, version, ReasonCode::BadAuthenticationMethod)
+                        .await
+                }
+            }
+        }
+    }
     if !shared.hooks.auth.is_empty() {
         // May do I/O: it runs here, in this connection's task, so a slow
         // check holds up only this client.
-        if let Err(reason) = shared.hooks.connect(&client, &mut connect).await {
+        if let Err(reason) = shared
+            .hooks
+            .connect(&client, &mut connect, enhanced.is_some())
+            .await
+        {
             // The user name helps an operator; the password is never logged.
             tracing::warn!(conn = conn.0, client_id = %client.client_id,
                 username = client.username.as_deref().unwrap_or(""),
@@ -178,6 +241,7 @@ where
             outbox: outbox.clone(),
             connect,
             client: client.clone(),
+            enhanced_auth: enhanced.is_some(),
         })
         .await
         .is_err()
@@ -235,6 +299,43 @@ where
         // packets behind its CONNECT.
         let last = matches!(packet, Packet::Disconnect(_));
         let event = match packet {
+            // Re-authentication, for a client that used enhanced
+            // authentication at CONNECT (5.0 section 4.12.1).
+            Packet::Auth(a) if enhanced.is_some() => {
+                let method = enhanced.clone().unwrap_or_default();
+                let same_method = a.properties.authentication_method.as_ref() == Some(&method);
+                let expected = matches!(
+                    a.reason,
+                    ReasonCode::ReAuthenticate | ReasonCode::ContinueAuthentication
+                );
+                if !same_method || !expected {
+                    break Some(CloseReason::ProtocolError(ReasonCode::ProtocolError));
+                }
+                let data = a.properties.authentication_data;
+                match shared
+                    .hooks
+                    .enhanced_auth(&client, &method, data.as_deref())
+                    .await
+                {
+                    AuthStep::Success(answer) => {
+                        outbox.push(auth_packet(ReasonCode::Success, &method, answer));
+                    }
+                    AuthStep::Continue(challenge) => {
+                        outbox.push(auth_packet(
+                            ReasonCode::ContinueAuthentication,
+                            &method,
+                            Some(challenge),
+                        ));
+                    }
+                    AuthStep::Fail(code) => break Some(CloseReason::ProtocolError(code)),
+                    AuthStep::Unsupported => {
+                        break Some(CloseReason::ProtocolError(
+                            ReasonCode::BadAuthenticationMethod,
+                        ))
+                    }
+                }
+                continue;
+            }
             Packet::Publish(mut publish) => {
                 if let Err(code) = inbound_aliases.resolve(&mut publish) {
                     break Some(CloseReason::ProtocolError(code));
@@ -329,6 +430,35 @@ async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
         }
     })
     .await;
+}
+
+/// Answers a CONNECT with a refusal and closes.
+async fn refuse_connect<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    version: ProtocolVersion,
+    reason: ReasonCode,
+) {
+    let mut out = BytesMut::new();
+    let refusal = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason,
+        properties: Default::default(),
+    });
+    if encode(&refusal, version, &mut out).is_ok() {
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>) -> Packet {
+    Packet::Auth(Auth {
+        reason,
+        properties: AuthProperties {
+            authentication_method: Some(method.clone()),
+            authentication_data: data,
+            ..Default::default()
+        },
+    })
 }
 
 /// Runs the subscribe hooks: the filters as changed, with a verdict each.
