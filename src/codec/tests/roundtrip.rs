@@ -39,8 +39,19 @@ fn decode_all_and_reencode(mut d: Decoder, data: &[u8]) {
     }
 }
 
+/// Failing cases are saved beside this file (`roundtrip.proptest-regressions`)
+/// rather than in a folder at the repository root.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::with_cases(256)
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(config())]
 
     #[test]
     fn encode_then_decode_round_trips((v, p) in versioned_packet()) {
