@@ -351,10 +351,12 @@ async fn commit_loop(
             group.push(more);
         }
         let mut ops = Vec::new();
+        let mut created = std::collections::HashSet::new();
         for c in &mut group {
             ops.append(&mut c.ops);
+            created.extend(std::mem::take(&mut c.created));
         }
-        let ops = crate::broker::coalesce(ops);
+        let ops = crate::broker::coalesce(ops, &created);
         let result = if ops.is_empty() {
             Ok(())
         } else {

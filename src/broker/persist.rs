@@ -6,7 +6,7 @@ use super::message::Message;
 use crate::codec::{ByteStr, QoS};
 use crate::outbox::Outbox;
 use roost_storage::{MessageProperties as StoredProps, MessageRecord, Op};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -25,6 +25,10 @@ pub(crate) struct Persist {
     pub in_flight: Arc<AtomicU64>,
     /// Outboxes holding packets for the commit being assembled.
     pub touched: Vec<Arc<Outbox>>,
+    /// Outbound entries first written in the commit being assembled
+    /// (client id, sequence number): if they are also deleted in it, the
+    /// store never needs to hear of them.
+    pub created: HashSet<(String, u64)>,
     pub(super) next_message_id: u64,
     pub(super) refs: HashMap<u64, u32>,
 }
@@ -39,6 +43,8 @@ pub struct Commit {
     pub ops: Vec<Op>,
     /// Release held packets up to `number` in these once applied.
     pub outboxes: Vec<Arc<Outbox>>,
+    /// Outbound entries first written in this commit.
+    pub created: HashSet<(String, u64)>,
 }
 
 impl Persist {
@@ -72,6 +78,7 @@ impl Persist {
             number: self.commit,
             ops: std::mem::take(&mut self.ops),
             outboxes,
+            created: std::mem::take(&mut self.created),
         };
         self.commit += 1;
         self.in_flight.fetch_add(1, Relaxed);
@@ -161,13 +168,13 @@ pub(crate) fn qos_from_u8(b: u8) -> QoS {
 ///   [`Persist::reference`] stores every body under a fresh id, so the
 ///   delete leaves the store as it was.
 /// - An outbound entry deleted in the group loses the writes before its
-///   delete (the delete stays: the entry may be older than the group).
+///   delete; the delete itself goes too if the entry was `created` in the
+///   group (otherwise it may be older than the group).
 /// - Of several writes to one outbound entry, only the last is kept.
 ///
 /// A client whose session is deleted in the group keeps its operations as
 /// they are (the cascade makes their order matter).
-pub(crate) fn coalesce(ops: Vec<Op>) -> Vec<Op> {
-    use std::collections::{HashMap, HashSet};
+pub(crate) fn coalesce(ops: Vec<Op>, created: &HashSet<(String, u64)>) -> Vec<Op> {
     let mut put_msgs = HashSet::new();
     let mut cancelled_msgs = HashSet::new();
     let mut barriers: HashSet<&str> = HashSet::new();
@@ -192,7 +199,7 @@ pub(crate) fn coalesce(ops: Vec<Op>) -> Vec<Op> {
             _ => {}
         }
     }
-    if cancelled_msgs.is_empty() && out_ops == last_out.len() {
+    if cancelled_msgs.is_empty() && out_ops == last_out.len() && created.is_empty() {
         // Every entry is written once and no body comes and goes: nothing
         // to leave out.
         return ops;
@@ -204,7 +211,12 @@ pub(crate) fn coalesce(ops: Vec<Op>) -> Vec<Op> {
             Op::PutMessage { id, .. } | Op::DeleteMessage { id } => !cancelled_msgs.contains(id),
             Op::PutOutbound { client_id, seq, .. } => {
                 barriers.contains(client_id.as_str())
-                    || last_out.get(&(client_id.as_str(), *seq)) == Some(&i)
+                    || (last_out.get(&(client_id.as_str(), *seq)) == Some(&i)
+                        && !deleted_new(&ops, &last_out, created, client_id, *seq))
+            }
+            Op::DeleteOutbound { client_id, seq } => {
+                barriers.contains(client_id.as_str())
+                    || !created.contains(&(client_id.clone(), *seq))
             }
             _ => true,
         })
@@ -213,6 +225,21 @@ pub(crate) fn coalesce(ops: Vec<Op>) -> Vec<Op> {
         .zip(keep)
         .filter_map(|(op, keep)| keep.then_some(op))
         .collect()
+}
+
+/// True if the entry was created in the group and its last operation there
+/// is a delete.
+fn deleted_new(
+    ops: &[Op],
+    last_out: &HashMap<(&str, u64), usize>,
+    created: &HashSet<(String, u64)>,
+    client_id: &str,
+    seq: u64,
+) -> bool {
+    created.contains(&(client_id.to_owned(), seq))
+        && last_out
+            .get(&(client_id, seq))
+            .is_some_and(|&i| matches!(ops[i], Op::DeleteOutbound { .. }))
 }
 
 #[cfg(test)]
@@ -268,12 +295,20 @@ mod tests {
 
     /// The coalesced group leaves the store exactly as the original one.
     fn same_effect(before: &[Op], group: Vec<Op>) -> usize {
+        same_effect_created(before, group, &HashSet::new())
+    }
+
+    fn same_effect_created(
+        before: &[Op],
+        group: Vec<Op>,
+        created: &HashSet<(String, u64)>,
+    ) -> usize {
         let a = MemoryStore::new();
         let b = MemoryStore::new();
         a.apply(before).unwrap();
         b.apply(before).unwrap();
         a.apply(&group).unwrap();
-        let short = coalesce(group);
+        let short = coalesce(group, created);
         b.apply(&short).unwrap();
         assert_eq!(a.load().unwrap(), b.load().unwrap());
         short.len()
@@ -289,6 +324,19 @@ mod tests {
             Op::DeleteMessage { id: 1 },
         ];
         assert_eq!(same_effect(&before, group), 1);
+    }
+
+    #[test]
+    fn an_entry_created_and_delivered_within_the_group_leaves_nothing() {
+        let before = [session("s")];
+        let group = vec![
+            msg(1),
+            out("s", 1, 1, OutboundState::Sent),
+            del_out("s", 1),
+            Op::DeleteMessage { id: 1 },
+        ];
+        let created = HashSet::from([("s".to_owned(), 1)]);
+        assert_eq!(same_effect_created(&before, group, &created), 0);
     }
 
     #[test]

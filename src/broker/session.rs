@@ -275,6 +275,7 @@ impl Session {
         stats::add(&ctx.stats.inflight, 1);
         if self.stored {
             ctx.persist.reference(msg);
+            ctx.persist.created.insert((self.client(), o.seq));
         }
         let room = self
             .conn
