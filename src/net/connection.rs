@@ -200,17 +200,7 @@ where
             tracing::warn!(conn = conn.0, client_id = %client.client_id,
                 username = client.username.as_deref().unwrap_or(""),
                 remote = client.remote_addr.map(tracing::field::display), ?reason, "authentication failed; connection refused");
-            let mut out = BytesMut::new();
-            let refusal = Packet::ConnAck(ConnAck {
-                session_present: false,
-                reason,
-                properties: Default::default(),
-            });
-            if encode(&refusal, version, &mut out).is_ok() {
-                let _ = wr.write_all(&out).await;
-            }
-            let _ = wr.shutdown().await;
-            return;
+            return refuse_connect(&mut wr, version, reason).await;
         }
         client.client_id = connect.client_id.clone();
         client.username = connect.username.clone();
