@@ -12,24 +12,9 @@ use tokio::net::TcpStream;
 
 // ----- helpers ---------------------------------------------------------------
 
-thread_local! {
-    /// Panics on this thread. `#[tokio::test]` runs the broker, its
-    /// connection tasks and the test on one thread, so this counts the
-    /// broker's panics too, even those tokio catches in spawned tasks.
-    static PANICS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Starts a broker with a panic hook that counts this thread's panics
-/// (and still prints them).
+/// A broker whose panics this thread counts (see `panics_on_this_thread`).
 async fn broker_with(opts: Options) -> TestBroker {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.with(|p| p.set(p.get() + 1));
-            prev(info);
-        }));
-    });
+    count_panics();
     TestBroker::with(opts).await
 }
 
@@ -42,7 +27,7 @@ fn unique(prefix: &str) -> String {
 /// The broker still serves: a fresh subscriber gets a fresh publisher's
 /// QoS 1 message, and nothing panicked.
 async fn assert_serving(b: &TestBroker) {
-    assert_eq!(PANICS.with(|p| p.get()), 0, "the broker panicked");
+    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
     let topic = unique("alive/");
     let mut sub = Raw::connected(b.addr, v5(&unique("s"))).await;
     let ack = sub.subscribe(1, &topic, QoS::AtLeastOnce).await;
@@ -56,7 +41,7 @@ async fn assert_serving(b: &TestBroker) {
     sub.disconnect().await;
     publ.disconnect().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(PANICS.with(|p| p.get()), 0, "the broker panicked");
+    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
 }
 
 /// Polls `cond` until it holds, for up to `WAIT`.

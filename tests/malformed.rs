@@ -87,24 +87,9 @@ async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-thread_local! {
-    /// Panics on this thread. `#[tokio::test]` runs the broker, its
-    /// connection tasks and the test on one thread, so this counts the
-    /// broker's panics too, even those tokio catches in spawned tasks.
-    static PANICS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Starts a broker with a panic hook that counts this thread's panics
-/// (and still prints them).
+/// A broker whose panics this thread counts (see `panics_on_this_thread`).
 async fn broker_with(opts: Options) -> TestBroker {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.with(|p| p.set(p.get() + 1));
-            prev(info);
-        }));
-    });
+    count_panics();
     TestBroker::with(opts).await
 }
 
@@ -145,7 +130,7 @@ async fn expect_v311_close(b: &TestBroker, bytes: &[u8]) {
 /// The broker still serves: a fresh subscriber gets a fresh publisher's
 /// QoS 1 message.
 async fn assert_serving(b: &TestBroker) {
-    assert_eq!(PANICS.with(|p| p.get()), 0, "the broker panicked");
+    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
     let topic = unique("alive/");
     let mut sub = Raw::connected(b.addr, v5(&unique("s"))).await;
     let ack = sub.subscribe(1, &topic, QoS::AtLeastOnce).await;
@@ -160,7 +145,7 @@ async fn assert_serving(b: &TestBroker) {
     publ.disconnect().await;
     // Give the connection tasks time to end, then look again.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(PANICS.with(|p| p.get()), 0, "the broker panicked");
+    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
 }
 
 // ----- before CONNECT --------------------------------------------------------

@@ -27,6 +27,31 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// How long a test waits to be sure something does NOT happen.
 pub const QUIET: Duration = Duration::from_millis(300);
 
+thread_local! {
+    /// Panics on this thread. `#[tokio::test]` runs the broker, its
+    /// connection tasks and the test on one thread, so this counts the
+    /// broker's panics too, even those tokio catches in spawned tasks.
+    static PANICS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Installs (once per test binary) a panic hook that counts each thread's
+/// panics and still prints them.
+pub fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.set(p.get() + 1));
+            prev(info);
+        }));
+    });
+}
+
+/// Panics counted on this thread since [`count_panics`].
+pub fn panics_on_this_thread() -> u32 {
+    PANICS.with(|p| p.get())
+}
+
 /// A broker serving on an ephemeral port until dropped or stopped.
 pub struct TestBroker {
     pub addr: SocketAddr,
