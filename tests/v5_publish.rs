@@ -5,24 +5,10 @@
 mod common;
 use bytes::Bytes;
 use common::*;
-use roost::codec::{Connect, Packet, ProtocolVersion, PubResp, Publish, QoS, ReasonCode};
+use roost::codec::{Packet, PubResp, Publish, QoS, ReasonCode};
 use roost::Options;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
-
-fn v5_session(client_id: &str, clean: bool, expiry: u32) -> Connect {
-    let mut c = connect(ProtocolVersion::V5, client_id, clean);
-    c.properties.session_expiry_interval = Some(expiry);
-    c
-}
-
-async fn expect_disconnect(raw: &mut Raw) -> ReasonCode {
-    let got = raw.expect_closed().await;
-    match got.last() {
-        Some(Packet::Disconnect(d)) => d.reason,
-        _ => panic!("expected DISCONNECT before close, got {got:?}"),
-    }
-}
 
 fn expiring(topic: &str, body: &str, qos: QoS, pid: u16, secs: u32) -> Publish {
     let mut p = publish(topic, body, qos, pid);

@@ -11,23 +11,6 @@ use roost::{Capabilities, Options};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
-/// A 5.0 CONNECT with a Session Expiry Interval and the given Clean Start.
-fn v5_session(client_id: &str, clean: bool, expiry: u32) -> Connect {
-    let mut c = connect(ProtocolVersion::V5, client_id, clean);
-    c.properties.session_expiry_interval = Some(expiry);
-    c
-}
-
-/// Waits for the broker to close the connection and returns the reason of
-/// the DISCONNECT it sent last.
-async fn expect_disconnect(raw: &mut Raw) -> ReasonCode {
-    let got = raw.expect_closed().await;
-    match got.last() {
-        Some(Packet::Disconnect(d)) => d.reason,
-        _ => panic!("expected DISCONNECT before close, got {got:?}"),
-    }
-}
-
 /// A subscriber to `topic` at QoS 1 (for observing wills).
 async fn watcher(b: &TestBroker, topic: &str) -> Raw {
     let mut w = Raw::connected(b.addr, v5("watcher")).await;

@@ -348,6 +348,23 @@ pub fn v5(client_id: &str) -> Connect {
     connect(ProtocolVersion::V5, client_id, true)
 }
 
+/// A 5.0 CONNECT with a Session Expiry Interval and the given Clean Start.
+pub fn v5_session(client_id: &str, clean: bool, expiry: u32) -> Connect {
+    let mut c = connect(ProtocolVersion::V5, client_id, clean);
+    c.properties.session_expiry_interval = Some(expiry);
+    c
+}
+
+/// Waits for the broker to close the connection and returns the reason of
+/// the DISCONNECT it sent last.
+pub async fn expect_disconnect(raw: &mut Raw) -> ReasonCode {
+    let got = raw.expect_closed().await;
+    match got.last() {
+        Some(Packet::Disconnect(d)) => d.reason,
+        _ => panic!("expected DISCONNECT before close, got {got:?}"),
+    }
+}
+
 pub fn v311(client_id: &str) -> Connect {
     connect(ProtocolVersion::V3_1_1, client_id, true)
 }
