@@ -272,6 +272,7 @@ mod tests {
                 packet_id: Some(1),
                 state,
                 subscription_identifiers: vec![],
+                message: None,
             },
         }
     }

@@ -204,7 +204,7 @@ impl Broker {
             let mut sub_ids = t.sub_ids;
             sub_ids.sort_unstable();
             sub_ids.dedup();
-            if s.deliver(msg, qos, retain, sub_ids, &mut ctx) {
+            if s.deliver(msg, qos, retain, sub_ids, count == 1, &mut ctx) {
                 congested.push(t.sid);
             }
         }

@@ -103,13 +103,31 @@ impl Broker {
 
             for (seq, entry) in stored.outbound {
                 s.next_seq = s.next_seq.max(seq);
-                let Some(body) = bodies.get(&entry.message_id) else {
-                    // Its body is gone: nothing to deliver.
-                    self.persist.push(Op::DeleteOutbound {
-                        client_id: client_id.as_str().to_owned(),
-                        seq,
-                    });
-                    continue;
+                let inline = entry.message_id == 0;
+                let released = entry.state == OutboundState::Released && entry.packet_id.is_some();
+                let body = match (&entry.message, bodies.get(&entry.message_id)) {
+                    (Some(rec), _) => Arc::new(Message::from_record(rec.clone(), 0)),
+                    (None, Some(body)) => body.clone(),
+                    // Released: only the PUBREL is owed, the body is not needed.
+                    (None, None) if released => Arc::new(Message::from_record(
+                        roost_storage::MessageRecord {
+                            topic: String::new(),
+                            payload: bytes::Bytes::new(),
+                            qos: entry.qos,
+                            retain: false,
+                            properties: Default::default(),
+                            expires_at_ms: None,
+                        },
+                        0,
+                    )),
+                    (None, None) => {
+                        // Its body is gone: nothing to deliver.
+                        self.persist.push(Op::DeleteOutbound {
+                            client_id: client_id.as_str().to_owned(),
+                            seq,
+                        });
+                        continue;
+                    }
                 };
                 let pid = entry.packet_id.and_then(NonZeroU16::new);
                 let state = match (entry.state, pid) {
@@ -118,7 +136,7 @@ impl Broker {
                 };
                 let o = Outgoing {
                     seq,
-                    msg: body.clone(),
+                    msg: body,
                     qos: qos(entry.qos),
                     retain: entry.retain,
                     sub_ids: entry
@@ -128,8 +146,11 @@ impl Broker {
                         .collect(),
                     pid: pid.filter(|_| state != OutboundState::Queued),
                     state,
+                    inline,
                 };
-                *self.persist.refs.entry(entry.message_id).or_insert(0) += 1;
+                if !inline {
+                    *self.persist.refs.entry(entry.message_id).or_insert(0) += 1;
+                }
                 stats::add(&self.stats.inflight, 1);
                 if state == OutboundState::Queued {
                     s.queue.push_back(o);

@@ -4,7 +4,7 @@
 //! A session outlives connections: `conn` is `None` while the client is away.
 
 use super::message::Message;
-use super::persist::Persist;
+use super::persist::{message_record, Persist};
 use super::ConnId;
 use crate::codec::{
     encoded_len, ByteStr, Packet, PacketId, ProtocolVersion, PubResp, QoS, QosPid,
@@ -57,6 +57,9 @@ pub(crate) struct Outgoing {
     pub sub_ids: Vec<NonZeroU32>,
     pub pid: Option<PacketId>,
     pub state: OutboundState,
+    /// Stored with its body inline (its only reference), so the body has
+    /// no record and no reference count of its own.
+    pub inline: bool,
 }
 
 /// What a session needs from the broker while it works.
@@ -151,13 +154,24 @@ impl Session {
     }
 
     fn record(&self, o: &Outgoing) -> OutboundRecord {
+        let (message_id, message) = if o.inline {
+            // Once released the body is no longer needed (PUBREL only).
+            let body = (o.state != OutboundState::Released).then(|| message_record(&o.msg));
+            (0, body)
+        } else {
+            (
+                o.msg.store_id.load(std::sync::atomic::Ordering::Relaxed),
+                None,
+            )
+        };
         OutboundRecord {
-            message_id: o.msg.store_id.load(std::sync::atomic::Ordering::Relaxed),
+            message_id,
             qos: o.qos as u8,
             retain: o.retain,
             packet_id: o.pid.map(|p| p.get()),
             state: o.state,
             subscription_identifiers: o.sub_ids.iter().map(|s| s.get()).collect(),
+            message,
         }
     }
 
@@ -177,7 +191,9 @@ impl Session {
                 client_id: self.client(),
                 seq: o.seq,
             });
-            ctx.persist.release(&o.msg);
+            if !o.inline {
+                ctx.persist.release(&o.msg);
+            }
         }
         stats::sub(&ctx.stats.inflight, 1);
     }
@@ -224,6 +240,9 @@ impl Session {
     ///   the publisher down), up to four times the limit, beyond which the
     ///   message is dropped.
     ///
+    /// `sole`: this session is the message's only recipient, so a stored
+    /// entry carries the body inline (one record instead of two).
+    ///
     /// Returns true when the queue is congested.
     pub fn deliver(
         &mut self,
@@ -231,6 +250,7 @@ impl Session {
         qos: QoS,
         retain: bool,
         sub_ids: Vec<NonZeroU32>,
+        sole: bool,
         ctx: &mut Ctx,
     ) -> bool {
         if msg.is_expired(ctx.now_ms) {
@@ -271,10 +291,13 @@ impl Session {
             sub_ids,
             pid: None,
             state: OutboundState::Queued,
+            inline: self.stored && sole,
         };
         stats::add(&ctx.stats.inflight, 1);
         if self.stored {
-            ctx.persist.reference(msg);
+            if !o.inline {
+                ctx.persist.reference(msg);
+            }
             ctx.persist.created.insert((self.client(), o.seq));
         }
         let room = self
@@ -282,7 +305,7 @@ impl Session {
             .as_ref()
             .is_some_and(|c| self.inflight.len() < usize::from(c.send_quota));
         if room && self.queue.is_empty() {
-            self.send_outgoing(o, ctx);
+            self.send_outgoing(o, false, ctx);
         } else {
             self.store_outgoing(&o, ctx);
             self.queue.push_back(o);
@@ -322,7 +345,8 @@ impl Session {
     }
 
     /// Assigns a packet id and sends a queued message (connected only).
-    fn send_outgoing(&mut self, mut o: Outgoing, ctx: &mut Ctx) {
+    /// `stored_queued`: the entry is already stored, as queued.
+    fn send_outgoing(&mut self, mut o: Outgoing, stored_queued: bool, ctx: &mut Ctx) {
         let pid = self.alloc_pid();
         o.pid = Some(pid);
         o.state = OutboundState::Sent;
@@ -334,7 +358,13 @@ impl Session {
             ctx.now_ms,
         );
         if self.push_publish(p, &o.msg, ctx) {
-            self.store_outgoing(&o, ctx);
+            // A QoS 1 entry stored as queued stays so: after a restart it is
+            // sent again under a new packet id, which at-least-once allows,
+            // and one write per message is saved. QoS 2 must keep its packet
+            // id, or a client could receive it twice.
+            if !(stored_queued && o.qos == QoS::AtLeastOnce) {
+                self.store_outgoing(&o, ctx);
+            }
             self.inflight.push_back(o);
         } else {
             // Too large for this client: treated as delivered ([MQTT-3.1.2-25]).
@@ -359,7 +389,7 @@ impl Session {
                 self.forget_outgoing(&o, ctx);
                 continue;
             }
-            self.send_outgoing(o, ctx);
+            self.send_outgoing(o, true, ctx);
         }
     }
 
@@ -468,7 +498,7 @@ impl Session {
         for o in &all {
             // The session's record is deleted as a whole; only the bodies'
             // reference counts need releasing.
-            if self.stored {
+            if self.stored && !o.inline {
                 ctx.persist.release(&o.msg);
             }
             stats::sub(&ctx.stats.inflight, 1);

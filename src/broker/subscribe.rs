@@ -146,7 +146,14 @@ impl Broker {
             }
             let qos = m.qos.min(entry.options.qos);
             // Sent because of a new subscription: RETAIN is 1 ([MQTT-3.3.1-8]).
-            s.deliver(&m, qos, true, entry.id.into_iter().collect(), &mut ctx);
+            s.deliver(
+                &m,
+                qos,
+                true,
+                entry.id.into_iter().collect(),
+                true,
+                &mut ctx,
+            );
         }
     }
 

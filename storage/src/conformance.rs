@@ -198,6 +198,7 @@ fn outbound(message_id: MessageId) -> OutboundRecord {
         packet_id: None,
         state: OutboundState::Queued,
         subscription_identifiers: Vec::new(),
+        message: None,
     }
 }
 
@@ -480,6 +481,7 @@ pub fn outbound_put_replace_delete(store: &dyn Store) {
         packet_id: Some(65_535),
         state: OutboundState::Sent,
         subscription_identifiers: vec![3, 1],
+        message: None,
     };
     apply(
         store,
@@ -1068,6 +1070,7 @@ fn everything() -> Vec<Op> {
                 packet_id: Some(7),
                 state: OutboundState::Released,
                 subscription_identifiers: vec![1, 268_435_455],
+                message: None,
             },
         },
         put_inbound("a", 65_535),

@@ -135,6 +135,7 @@ mod tests {
             packet_id: Some(65_535),
             state: OutboundState::Released,
             subscription_identifiers: vec![1, 268_435_455],
+            message: None,
         }
     }
 

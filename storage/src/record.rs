@@ -113,6 +113,10 @@ pub struct OutboundRecord {
     pub state: OutboundState,
     /// Subscription identifiers to deliver with.
     pub subscription_identifiers: Vec<u32>,
+    /// The message body itself, when this entry is its only reference:
+    /// one record instead of two. `message_id` is then 0 and no
+    /// [`Op::PutMessage`] exists for it.
+    pub message: Option<MessageRecord>,
 }
 
 /// One change to the stored state.

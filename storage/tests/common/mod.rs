@@ -106,6 +106,7 @@ pub fn churn(store: &dyn Store, batches: std::ops::Range<u64>, per_batch: u64, p
                     packet_id: None,
                     state: OutboundState::Queued,
                     subscription_identifiers: Vec::new(),
+                    message: None,
                 },
             });
             if let Some(old) = id.checked_sub(per_batch) {
