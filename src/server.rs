@@ -351,10 +351,12 @@ async fn commit_loop(
             group.push(more);
         }
         let mut ops = Vec::new();
-        let mut created = std::collections::HashSet::new();
+        let mut created = crate::broker::Created::new();
         for c in &mut group {
             ops.append(&mut c.ops);
-            created.extend(std::mem::take(&mut c.created));
+            for (client, seqs) in std::mem::take(&mut c.created) {
+                created.entry(client).or_default().extend(seqs);
+            }
         }
         let ops = crate::broker::coalesce(ops, &created);
         let result = if ops.is_empty() {

@@ -17,8 +17,8 @@ mod sys;
 mod tick;
 
 pub use message::{Message, MessageProperties};
-pub(crate) use persist::coalesce;
 pub use persist::Commit;
+pub(crate) use persist::{coalesce, Created};
 
 use crate::codec::{
     AckProperties, ByteStr, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,

@@ -28,9 +28,17 @@ pub(crate) struct Persist {
     /// Outbound entries first written in the commit being assembled
     /// (client id, sequence number): if they are also deleted in it, the
     /// store never needs to hear of them.
-    pub created: HashSet<(String, u64)>,
+    pub created: Created,
     pub(super) next_message_id: u64,
     pub(super) refs: HashMap<u64, u32>,
+}
+
+/// Outbound entries first written in a commit: sequence numbers by client
+/// id (looked up by `&str`, so checking costs no allocation).
+pub type Created = HashMap<String, HashSet<u64>>;
+
+fn was_created(created: &Created, client_id: &str, seq: u64) -> bool {
+    created.get(client_id).is_some_and(|s| s.contains(&seq))
 }
 
 /// One group of storage operations, and the outboxes whose held packets
@@ -44,7 +52,7 @@ pub struct Commit {
     /// Release held packets up to `number` in these once applied.
     pub outboxes: Vec<Arc<Outbox>>,
     /// Outbound entries first written in this commit.
-    pub created: HashSet<(String, u64)>,
+    pub created: Created,
 }
 
 impl Persist {
@@ -174,7 +182,7 @@ pub(crate) fn qos_from_u8(b: u8) -> QoS {
 ///
 /// A client whose session is deleted in the group keeps its operations as
 /// they are (the cascade makes their order matter).
-pub(crate) fn coalesce(ops: Vec<Op>, created: &HashSet<(String, u64)>) -> Vec<Op> {
+pub(crate) fn coalesce(ops: Vec<Op>, created: &Created) -> Vec<Op> {
     let mut put_msgs = HashSet::new();
     let mut cancelled_msgs = HashSet::new();
     let mut barriers: HashSet<&str> = HashSet::new();
@@ -215,8 +223,7 @@ pub(crate) fn coalesce(ops: Vec<Op>, created: &HashSet<(String, u64)>) -> Vec<Op
                         && !deleted_new(&ops, &last_out, created, client_id, *seq))
             }
             Op::DeleteOutbound { client_id, seq } => {
-                barriers.contains(client_id.as_str())
-                    || !created.contains(&(client_id.clone(), *seq))
+                barriers.contains(client_id.as_str()) || !was_created(created, client_id, *seq)
             }
             _ => true,
         })
@@ -232,11 +239,11 @@ pub(crate) fn coalesce(ops: Vec<Op>, created: &HashSet<(String, u64)>) -> Vec<Op
 fn deleted_new(
     ops: &[Op],
     last_out: &HashMap<(&str, u64), usize>,
-    created: &HashSet<(String, u64)>,
+    created: &Created,
     client_id: &str,
     seq: u64,
 ) -> bool {
-    created.contains(&(client_id.to_owned(), seq))
+    was_created(created, client_id, seq)
         && last_out
             .get(&(client_id, seq))
             .is_some_and(|&i| matches!(ops[i], Op::DeleteOutbound { .. }))
@@ -296,14 +303,10 @@ mod tests {
 
     /// The coalesced group leaves the store exactly as the original one.
     fn same_effect(before: &[Op], group: Vec<Op>) -> usize {
-        same_effect_created(before, group, &HashSet::new())
+        same_effect_created(before, group, &Created::new())
     }
 
-    fn same_effect_created(
-        before: &[Op],
-        group: Vec<Op>,
-        created: &HashSet<(String, u64)>,
-    ) -> usize {
+    fn same_effect_created(before: &[Op], group: Vec<Op>, created: &Created) -> usize {
         let a = MemoryStore::new();
         let b = MemoryStore::new();
         a.apply(before).unwrap();
@@ -336,7 +339,7 @@ mod tests {
             del_out("s", 1),
             Op::DeleteMessage { id: 1 },
         ];
-        let created = HashSet::from([("s".to_owned(), 1)]);
+        let created = Created::from([("s".to_owned(), HashSet::from([1]))]);
         assert_eq!(same_effect_created(&before, group, &created), 0);
     }
 

@@ -298,7 +298,15 @@ impl Session {
             if !o.inline {
                 ctx.persist.reference(msg);
             }
-            ctx.persist.created.insert((self.client(), o.seq));
+            match ctx.persist.created.get_mut(self.client_id.as_str()) {
+                Some(seqs) => {
+                    seqs.insert(o.seq);
+                }
+                None => {
+                    let seqs = std::collections::HashSet::from([o.seq]);
+                    ctx.persist.created.insert(self.client(), seqs);
+                }
+            }
         }
         let room = self
             .conn
