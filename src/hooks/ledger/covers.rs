@@ -7,6 +7,9 @@
 /// wildcard in the first level never matches a topic starting with `$`
 /// ([MQTT-4.7.2-1]): so `"#"` covers `"+/x"` but not `"$SYS/#"`.
 pub(crate) fn covers(outer: &str, inner: &str) -> bool {
+    // Every topic has at least one level, so at the root `+/#` matches
+    // exactly what `#` does (both leave out `$` topics).
+    let outer = if outer == "+/#" { "#" } else { outer };
     let outer: Vec<&str> = outer.split('/').collect();
     let inner: Vec<&str> = inner.split('/').collect();
     levels_cover(&outer, &inner, true)
@@ -61,6 +64,9 @@ mod tests {
         assert!(covers("#", "a/b/c"));
         assert!(covers("#", "+/#"));
         assert!(covers("#", "#"));
+        assert!(covers("+/#", "#"), "one level or more is every topic");
+        assert!(covers("+/#", "+/#"));
+        assert!(!covers("+/#", "$SYS/#"));
         assert!(!covers("#", "$SYS/#"));
         assert!(!covers("#", "$SYS"));
         assert!(covers("$SYS/#", "$SYS/uptime"));
