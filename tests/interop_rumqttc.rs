@@ -473,8 +473,6 @@ mod v5 {
         let p = v5.recv_publish().await;
         assert_eq!(&p.payload[..], b"from four");
         // A 3.1.1 publisher has no properties to forward.
-        assert!(p
-            .properties
-            .map_or(true, |pr| pr.user_properties.is_empty()));
+        assert!(p.properties.is_none_or(|pr| pr.user_properties.is_empty()));
     }
 }

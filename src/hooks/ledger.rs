@@ -531,7 +531,7 @@ impl Ledger {
             r.who.matches(client)
                 && r.remote
                     .as_ref()
-                    .map_or(true, |c| remote.is_some_and(|ip| c.contains(ip)))
+                    .is_none_or(|c| remote.is_some_and(|ip| c.contains(ip)))
         });
         let Some(rule) = rule else {
             tracing::debug!(client_id = %client.client_id, "ledger: no auth rule matches");
