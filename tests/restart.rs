@@ -11,9 +11,26 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+/// Starts the binary on `store` in `dir`. The offline queue bound is raised
+/// so that what these tests count is durability, not the documented drop of
+/// messages beyond `limits.maximum_queued_messages` for a client that is away.
 fn start(store: &str, dir: &Path) -> Broker {
-    let dir = dir.to_str().expect("utf-8 temp dir");
-    Broker::start(&["--tcp", "127.0.0.1:0", "--store", store, "--data-dir", dir])
+    let config = dir.join("roost-test.toml");
+    std::fs::write(&config, "[limits]\nmaximum_queued_messages = 1000000\n")
+        .expect("config written");
+    let config = config.to_str().expect("utf-8 temp dir");
+    let data = dir.join("data");
+    let data = data.to_str().expect("utf-8 temp dir");
+    Broker::start(&[
+        "--config",
+        config,
+        "--tcp",
+        "127.0.0.1:0",
+        "--store",
+        store,
+        "--data-dir",
+        data,
+    ])
 }
 
 fn persistent(version: ProtocolVersion, id: &str) -> Connect {
