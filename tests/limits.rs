@@ -5,44 +5,11 @@ mod common;
 use common::*;
 use roost::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 use roost::Options;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 // ----- helpers ---------------------------------------------------------------
-
-/// A broker whose panics this thread counts (see `panics_on_this_thread`).
-async fn broker_with(opts: Options) -> TestBroker {
-    count_panics();
-    TestBroker::with(opts).await
-}
-
-static NEXT_ID: AtomicU32 = AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
-}
-
-/// The broker still serves: a fresh subscriber gets a fresh publisher's
-/// QoS 1 message, and nothing panicked.
-async fn assert_serving(b: &TestBroker) {
-    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
-    let topic = unique("alive/");
-    let mut sub = Raw::connected(b.addr, v5(&unique("s"))).await;
-    let ack = sub.subscribe(1, &topic, QoS::AtLeastOnce).await;
-    assert_eq!(ack.reasons, vec![ReasonCode::GrantedQos1]);
-    let mut publ = Raw::connected(b.addr, v311(&unique("p"))).await;
-    publ.publish(publish(&topic, "still here", QoS::AtLeastOnce, 1))
-        .await;
-    let p = sub.recv_publish().await;
-    assert_eq!(payload(&p), "still here");
-    sub.ack(&p).await;
-    sub.disconnect().await;
-    publ.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
-}
 
 /// Polls `cond` until it holds, for up to `WAIT`.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
@@ -94,7 +61,7 @@ async fn connect_when_admitted(b: &TestBroker, id: &str) -> Raw {
 async fn fourth_connection_is_refused_at_maximum_connections_3() {
     let mut o = Options::default();
     o.limits.maximum_connections = 3;
-    let b = broker_with(o).await;
+    let b = watched_broker(o).await;
     let mut c1 = Raw::connected(b.addr, v5("c1")).await;
     let mut c2 = Raw::connected(b.addr, v5("c2")).await;
     let c3 = Raw::connected(b.addr, v311("c3")).await;
@@ -127,7 +94,7 @@ async fn fourth_connection_is_refused_at_maximum_connections_3() {
 async fn abandoned_connections_give_their_slots_back() {
     let mut o = Options::default();
     o.limits.maximum_connections = 20;
-    let b = broker_with(o).await;
+    let b = watched_broker(o).await;
     for round in 0..15 {
         let mut open = Vec::new();
         for i in 0..20 {
@@ -172,7 +139,7 @@ async fn abandoned_connections_give_their_slots_back() {
 async fn offline_queue_keeps_the_oldest_five_and_counts_drops() {
     let mut o = Options::default();
     o.limits.maximum_queued_messages = 5;
-    let b = broker_with(o).await;
+    let b = watched_broker(o).await;
     let mut sub = Raw::connected(b.addr, connect(ProtocolVersion::V3_1_1, "offline", false)).await;
     sub.subscribe(1, "q", QoS::AtLeastOnce).await;
     sub.disconnect().await;
@@ -211,7 +178,7 @@ async fn slow_consumer_drops_qos0_without_blocking_anyone() {
     const BATCH: usize = 25;
     let mut o = Options::default();
     o.limits.maximum_pending_writes = 64;
-    let b = broker_with(o).await;
+    let b = watched_broker(o).await;
 
     let mut slow = Raw::connected(b.addr, v5("slow")).await;
     slow.subscribe(1, "s/#", QoS::AtMostOnce).await;
@@ -269,7 +236,7 @@ async fn slow_consumer_drops_qos0_without_blocking_anyone() {
 async fn fan_in_qos1_slows_publishers_instead_of_dropping() {
     let mut opts = Options::default();
     opts.limits.maximum_queued_messages = 200;
-    let b = broker_with(opts).await;
+    let b = watched_broker(opts).await;
     let mut c = v5("sink");
     c.properties.receive_maximum = std::num::NonZeroU16::new(1);
     let mut sink = Raw::connected(b.addr, c).await;
@@ -333,7 +300,7 @@ fn two_subscriptions() -> Options {
 /// a new subscription.
 #[tokio::test]
 async fn v5_third_subscription_gets_quota_exceeded() {
-    let b = broker_with(two_subscriptions()).await;
+    let b = watched_broker(two_subscriptions()).await;
     let mut c = Raw::connected(b.addr, v5("c")).await;
     let ack = c
         .subscribe_with(subscribe(
@@ -371,7 +338,7 @@ async fn v5_third_subscription_gets_quota_exceeded() {
 /// [MQTT-3.9.3-2] (3.1.1): a refused subscription gets return code 0x80.
 #[tokio::test]
 async fn v311_third_subscription_gets_0x80() {
-    let b = broker_with(two_subscriptions()).await;
+    let b = watched_broker(two_subscriptions()).await;
     let mut c = Raw::connected(b.addr, v311("c")).await;
     let ack = c
         .subscribe_with(subscribe(
@@ -400,7 +367,7 @@ fn deep(level: &str) -> String {
 /// survives it.
 #[tokio::test]
 async fn v5_subscribe_with_ten_thousand_levels_is_refused() {
-    let b = broker_with(Options::default()).await;
+    let b = watched_broker(Options::default()).await;
     let mut c = Raw::connected(b.addr, v5("deep")).await;
     for filter in [deep("a"), deep("+"), format!("{}/#", deep("a"))] {
         let ack = c.subscribe(1, &filter, QoS::AtMostOnce).await;
@@ -418,7 +385,7 @@ async fn v5_subscribe_with_ten_thousand_levels_is_refused() {
 /// 3.1.1: the same refusal is SUBACK return code 0x80.
 #[tokio::test]
 async fn v311_subscribe_with_ten_thousand_levels_is_refused() {
-    let b = broker_with(Options::default()).await;
+    let b = watched_broker(Options::default()).await;
     let mut c = Raw::connected(b.addr, v311("deep")).await;
     let ack = c.subscribe(1, &deep("+"), QoS::AtMostOnce).await;
     assert_eq!(
@@ -433,7 +400,7 @@ async fn v311_subscribe_with_ten_thousand_levels_is_refused() {
 /// retained, even with a `#` subscriber present.
 #[tokio::test]
 async fn publish_with_ten_thousand_levels_is_refused() {
-    let b = broker_with(Options::default()).await;
+    let b = watched_broker(Options::default()).await;
     let mut all = Raw::connected(b.addr, v5("all")).await;
     all.subscribe(1, "#", QoS::AtMostOnce).await;
 
@@ -466,7 +433,7 @@ async fn publish_with_ten_thousand_levels_is_refused() {
 /// CONNACK ([MQTT-3.2.2-6]).
 #[tokio::test]
 async fn will_topic_with_ten_thousand_levels_is_refused() {
-    let b = broker_with(Options::default()).await;
+    let b = watched_broker(Options::default()).await;
     let mut all = Raw::connected(b.addr, v5("all")).await;
     all.subscribe(1, "#", QoS::AtMostOnce).await;
     let mut c5 = v5("w5");
@@ -489,7 +456,7 @@ async fn will_topic_with_ten_thousand_levels_is_refused() {
 /// Up to `maximum_topic_levels` (128 by default) levels work end to end.
 #[tokio::test]
 async fn topic_at_the_level_limit_works() {
-    let b = broker_with(Options::default()).await;
+    let b = watched_broker(Options::default()).await;
     let name = vec!["l"; 128].join("/");
     let filter = format!("{}/#", vec!["+"; 127].join("/"));
     let mut c = Raw::connected(b.addr, v5("c")).await;

@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use roost::codec::{Decoder, Packet, ProtocolVersion, QoS, ReasonCode};
 use roost::Options;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -87,20 +86,8 @@ async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-/// A broker whose panics this thread counts (see `panics_on_this_thread`).
-async fn broker_with(opts: Options) -> TestBroker {
-    count_panics();
-    TestBroker::with(opts).await
-}
-
 async fn broker() -> TestBroker {
-    broker_with(Options::default()).await
-}
-
-static NEXT_ID: AtomicU32 = AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    watched_broker(Options::default()).await
 }
 
 /// Connects a client of `version`, sends `bytes` after CONNACK and returns
@@ -125,27 +112,6 @@ async fn expect_v5_disconnect(b: &TestBroker, bytes: &[u8], code: ReasonCode) {
 async fn expect_v311_close(b: &TestBroker, bytes: &[u8]) {
     let got = violate(b, ProtocolVersion::V3_1_1, bytes).await;
     assert!(got.is_empty(), "expected a silent close, got {got:?}");
-}
-
-/// The broker still serves: a fresh subscriber gets a fresh publisher's
-/// QoS 1 message.
-async fn assert_serving(b: &TestBroker) {
-    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
-    let topic = unique("alive/");
-    let mut sub = Raw::connected(b.addr, v5(&unique("s"))).await;
-    let ack = sub.subscribe(1, &topic, QoS::AtLeastOnce).await;
-    assert_eq!(ack.reasons, vec![ReasonCode::GrantedQos1]);
-    let mut publ = Raw::connected(b.addr, v311(&unique("p"))).await;
-    publ.publish(publish(&topic, "still here", QoS::AtLeastOnce, 1))
-        .await;
-    let p = sub.recv_publish().await;
-    assert_eq!(payload(&p), "still here");
-    sub.ack(&p).await;
-    sub.disconnect().await;
-    publ.disconnect().await;
-    // Give the connection tasks time to end, then look again.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
 }
 
 // ----- before CONNECT --------------------------------------------------------
@@ -192,7 +158,7 @@ fn connect_timeout_1s() -> Options {
 /// does not receive a CONNECT Packet within a reasonable amount of time").
 #[tokio::test]
 async fn silent_connection_is_closed_after_connect_timeout() {
-    let b = broker_with(connect_timeout_1s()).await;
+    let b = watched_broker(connect_timeout_1s()).await;
     let mut s = TcpStream::connect(b.addr).await.unwrap();
     let start = Instant::now();
     assert_eq!(read_to_close(&mut s).await, b"");
@@ -209,7 +175,7 @@ async fn silent_connection_is_closed_after_connect_timeout() {
 /// just its first byte.
 #[tokio::test]
 async fn half_connect_then_silence_is_closed_after_connect_timeout() {
-    let b = broker_with(connect_timeout_1s()).await;
+    let b = watched_broker(connect_timeout_1s()).await;
     let full = connect311(CLEAN, ID_C);
     let mut s = TcpStream::connect(b.addr).await.unwrap();
     s.write_all(&full[..6]).await.unwrap();
@@ -435,7 +401,7 @@ fn client_id_max_8() -> Options {
 /// CONNACK 0x85 (Client Identifier not valid), then close.
 #[tokio::test]
 async fn v5_client_id_too_long_gets_connack_0x85() {
-    let b = broker_with(client_id_max_8()).await;
+    let b = watched_broker(client_id_max_8()).await;
     let payload = b"\x00\x09123456789";
     assert_eq!(
         exchange(&b, &connect5(CLEAN, &[], payload)).await,
@@ -451,7 +417,7 @@ async fn v5_client_id_too_long_gets_connack_0x85() {
 /// (identifier rejected), then close.
 #[tokio::test]
 async fn v311_client_id_too_long_gets_return_code_2() {
-    let b = broker_with(client_id_max_8()).await;
+    let b = watched_broker(client_id_max_8()).await;
     let payload = b"\x00\x09123456789";
     assert_eq!(
         exchange(&b, &connect311(CLEAN, payload)).await,
@@ -798,7 +764,7 @@ fn max_packet_1k() -> Options {
 /// only a header announcing 10 MB is sent, never the body.
 #[tokio::test]
 async fn oversized_packet_is_refused_from_the_fixed_header() {
-    let b = broker_with(max_packet_1k()).await;
+    let b = watched_broker(max_packet_1k()).await;
     // Remaining length 0x80 0x80 0x80 0x05 = 5 * 128^3 = 10,485,760.
     let header = [0x30, 0x80, 0x80, 0x80, 0x05];
     expect_v5_disconnect(&b, &header, ReasonCode::PacketTooLarge).await;
@@ -813,7 +779,7 @@ async fn oversized_packet_is_refused_from_the_fixed_header() {
 /// A packet exactly at the maximum packet size is accepted.
 #[tokio::test]
 async fn packet_at_the_size_limit_is_accepted() {
-    let b = broker_with(max_packet_1k()).await;
+    let b = watched_broker(max_packet_1k()).await;
     let mut sub = Raw::connected(b.addr, v5("sub")).await;
     sub.subscribe(1, "a", QoS::AtMostOnce).await;
     let mut c = Raw::connected(b.addr, v5("pub")).await;
@@ -997,7 +963,7 @@ fn decode_all(version: ProtocolVersion, bytes: &[u8]) -> Vec<Packet> {
 /// like a CONNECT); afterwards a normal client still works.
 #[tokio::test]
 async fn two_hundred_garbage_connections_leave_the_broker_serving() {
-    let b = broker_with(connect_timeout_1s()).await;
+    let b = watched_broker(connect_timeout_1s()).await;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {

@@ -52,6 +52,42 @@ pub fn panics_on_this_thread() -> u32 {
     PANICS.with(|p| p.get())
 }
 
+/// A client id (or topic) no other test in this binary uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{prefix}{}",
+        NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// A broker whose panics this thread counts (see [`panics_on_this_thread`]).
+pub async fn watched_broker(opts: Options) -> TestBroker {
+    count_panics();
+    TestBroker::with(opts).await
+}
+
+/// The broker still serves: a fresh subscriber gets a fresh publisher's
+/// QoS 1 message, and nothing panicked.
+pub async fn assert_serving(b: &TestBroker) {
+    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
+    let topic = unique("alive/");
+    let mut sub = Raw::connected(b.addr, v5(&unique("s"))).await;
+    let ack = sub.subscribe(1, &topic, QoS::AtLeastOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::GrantedQos1]);
+    let mut publ = Raw::connected(b.addr, v311(&unique("p"))).await;
+    publ.publish(publish(&topic, "still here", QoS::AtLeastOnce, 1))
+        .await;
+    let p = sub.recv_publish().await;
+    assert_eq!(payload(&p), "still here");
+    sub.ack(&p).await;
+    sub.disconnect().await;
+    publ.disconnect().await;
+    // Give the connection tasks time to end, then look again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
+}
+
 /// A broker serving on an ephemeral port until dropped or stopped.
 pub struct TestBroker {
     pub addr: SocketAddr,
