@@ -410,6 +410,7 @@ impl Broker {
         for (filter, _) in s.subscriptions.drain() {
             let (group, plain) = split_shared(&filter);
             self.subs.remove(plain, group, &sid);
+            forget_cursor(&mut self.shared_cursor, group, plain);
         }
         self.stats
             .subscriptions

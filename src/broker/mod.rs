@@ -170,8 +170,10 @@ pub struct Broker {
     conns: HashMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
     retained: RetainedTree<Arc<Message>>,
-    /// Round-robin position per share group, keyed by "group/filter".
-    shared_cursor: HashMap<Box<str>, usize>,
+    /// Round-robin position per share group: group, then filter. Looked
+    /// up by `&str` (no allocation per message); an entry goes when a member
+    /// leaves its group, so the map does not grow with group churn.
+    shared_cursor: SharedCursors,
     /// Inline clients among `conns` (not counted as connected clients).
     inline_conns: usize,
     /// `$SYS` topics among the retained messages.
@@ -341,6 +343,20 @@ impl Message {
 fn too_deep(topic: &str, max: usize) -> bool {
     // Cheap when short: n bytes hold at most n + 1 levels.
     topic.len() >= max && topic.bytes().filter(|&b| b == b'/').count() >= max
+}
+
+type SharedCursors = HashMap<Box<str>, HashMap<Box<str>, usize>>;
+
+/// Forgets the round-robin position of a share group whose membership
+/// changed (starting over at the first member is harmless).
+fn forget_cursor(cursors: &mut SharedCursors, group: Option<&str>, filter: &str) {
+    let Some(group) = group else { return };
+    if let Some(filters) = cursors.get_mut(group) {
+        filters.remove(filter);
+        if filters.is_empty() {
+            cursors.remove(group);
+        }
+    }
 }
 
 /// Splits a subscribed filter into (share group, plain filter).

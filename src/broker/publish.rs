@@ -148,8 +148,15 @@ impl Broker {
                 if members.is_empty() {
                     return;
                 }
-                let key = format!("{group}/{filter}");
-                let cursor = cursors.entry(key.into_boxed_str()).or_insert(0);
+                if !cursors.get(group).is_some_and(|f| f.contains_key(filter)) {
+                    cursors
+                        .entry(group.into())
+                        .or_default()
+                        .insert(filter.into(), 0);
+                }
+                let Some(cursor) = cursors.get_mut(group).and_then(|f| f.get_mut(filter)) else {
+                    return;
+                };
                 let n = members.len();
                 // Round-robin among connected members; queue for an offline
                 // member only when none is connected.
@@ -174,7 +181,9 @@ impl Broker {
         });
         // Overlapping ordinary subscriptions of one client get one copy at
         // the highest QoS with every identifier ([MQTT-3.3.4-2], [MQTT-3.3.4-3]).
-        targets.sort_by_key(|t| (t.sid, t.shared));
+        if targets.len() > 1 {
+            targets.sort_by_key(|t| (t.sid, t.shared));
+        }
         let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
         for t in targets.drain(..) {
             match merged.last_mut() {

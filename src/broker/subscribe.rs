@@ -167,6 +167,7 @@ impl Broker {
             if s.subscriptions.remove(&filter).is_some() {
                 let (group, plain) = split_shared(&filter);
                 self.subs.remove(plain, group, &sid);
+                forget_cursor(&mut self.shared_cursor, group, plain);
                 if s.stored {
                     self.persist.push(Op::DeleteSubscription {
                         client_id: s.client_id.as_str().to_owned(),
