@@ -33,6 +33,7 @@
 
 mod broker;
 pub mod codec;
+mod commit;
 mod config;
 pub mod hooks;
 mod inline;

@@ -11,6 +11,12 @@
 //! after it for this connection queues behind it, so the connection's order
 //! is kept. The commit task releases held packets once their commit is
 //! durable, or, if it failed, turns the acknowledgements into refusals.
+//!
+//! **Gates.** A QoS 1 PUBACK may also be released before its commit, once
+//! every stored copy of the message has been acknowledged by its subscriber
+//! (see `broker::gate`): it is pushed *gated* with a token, and
+//! [`Outbox::open`] lets it go. Either way, order is kept: nothing leaves
+//! before the packets pushed ahead of it.
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use std::collections::VecDeque;
@@ -34,9 +40,28 @@ pub struct Outbox {
 struct Inner {
     /// Ready to be written.
     queue: VecDeque<Packet>,
-    /// Waiting for a commit: (commit number, packet), in push order.
-    held: VecDeque<(u64, Packet)>,
+    /// Waiting for a commit or a gate, in push order.
+    held: VecDeque<Held>,
     closed: bool,
+}
+
+/// A packet that may not be written yet.
+#[derive(Debug)]
+struct Held {
+    /// The commit it waits for; 0 for a packet that waits for nothing but
+    /// the packets ahead of it.
+    commit: u64,
+    /// Its gate's token (0: none), and whether the gate opened.
+    token: u64,
+    open: bool,
+    packet: Packet,
+}
+
+impl Held {
+    /// Free to go once everything ahead of it went.
+    fn ready(&self) -> bool {
+        self.commit == 0 || self.open
+    }
 }
 
 impl Outbox {
@@ -65,8 +90,13 @@ impl Outbox {
         if inner.closed {
             return false;
         }
-        if let Some(&(commit, _)) = inner.held.back() {
-            inner.held.push_back((commit, packet));
+        if !inner.held.is_empty() {
+            inner.held.push_back(Held {
+                commit: 0,
+                token: 0,
+                open: false,
+                packet,
+            });
             return true;
         }
         let was_empty = inner.queue.is_empty();
@@ -81,12 +111,45 @@ impl Outbox {
     /// Queues a packet that may only be written once commit `commit` is
     /// durable (see [`Outbox::release`]).
     pub fn push_held(&self, commit: u64, packet: Packet) -> bool {
+        self.push_gated(commit, 0, packet)
+    }
+
+    /// Like [`Outbox::push_held`], but [`Outbox::open`]`(token)` releases
+    /// it too, whichever comes first. `token` is not 0.
+    pub fn push_gated(&self, commit: u64, token: u64, packet: Packet) -> bool {
         let mut inner = self.lock();
         if inner.closed {
             return false;
         }
-        inner.held.push_back((commit, packet));
+        inner.held.push_back(Held {
+            commit,
+            token,
+            open: false,
+            packet,
+        });
         true
+    }
+
+    /// Opens the gate `token`: its packet may go without waiting for its
+    /// commit (as soon as the packets ahead of it went).
+    pub fn open(&self, token: u64) {
+        let mut inner = self.lock();
+        let Some(h) = inner.held.iter_mut().find(|h| h.token == token) else {
+            return; // Already released by its commit.
+        };
+        h.open = true;
+        let mut released = false;
+        while inner.held.front().is_some_and(Held::ready) {
+            let Some(h) = inner.held.pop_front() else {
+                break;
+            };
+            inner.queue.push_back(h.packet);
+            released = true;
+        }
+        drop(inner);
+        if released {
+            self.notify.notify_one();
+        }
     }
 
     /// Commits up to `commit` are done: held packets waiting for them
@@ -97,11 +160,20 @@ impl Outbox {
     pub fn release(&self, commit: u64, failed: bool) {
         let mut inner = self.lock();
         let mut released = false;
-        while inner.held.front().is_some_and(|(c, _)| *c <= commit) {
-            let Some((_, mut packet)) = inner.held.pop_front() else {
+        while inner
+            .held
+            .front()
+            .is_some_and(|h| h.commit <= commit || h.open)
+        {
+            let Some(Held {
+                mut packet, open, ..
+            }) = inner.held.pop_front()
+            else {
                 break;
             };
-            if failed && refuse(&mut packet, self.version) {
+            // An open gate's acknowledgement is true whatever the commit
+            // did: every stored copy was delivered and acknowledged.
+            if failed && !open && refuse(&mut packet, self.version) {
                 inner.held.clear();
                 inner.closed = true;
                 break;
@@ -260,6 +332,49 @@ mod tests {
         o.release(2, false);
         o.try_drain(&mut v);
         assert_eq!(v, vec![puback(2)]);
+    }
+
+    #[test]
+    fn an_open_gate_releases_before_the_commit_but_never_ahead_of_order() {
+        let o = Outbox::new(ProtocolVersion::V5);
+        o.push_held(1, puback(1));
+        o.push_gated(2, 7, puback(2));
+        o.push(Packet::PingResp); // waits for nothing but order
+        o.push_gated(2, 8, puback(3));
+        let mut v = Vec::new();
+        // Gate 7 opens, but puback(1) ahead of it still waits for commit 1.
+        o.open(7);
+        o.try_drain(&mut v);
+        assert!(v.is_empty());
+        o.release(1, false);
+        o.try_drain(&mut v);
+        assert_eq!(v, vec![puback(1), puback(2), Packet::PingResp]);
+        v.clear();
+        o.open(8);
+        o.try_drain(&mut v);
+        assert_eq!(v, vec![puback(3)]);
+        v.clear();
+        // Commit 2 finds nothing left; a late open is harmless.
+        o.release(2, false);
+        o.open(8);
+        o.try_drain(&mut v);
+        assert!(v.is_empty());
+    }
+
+    #[test]
+    fn an_open_gate_keeps_its_ack_when_the_commit_fails() {
+        let o = Outbox::new(ProtocolVersion::V3_1_1);
+        o.push_gated(1, 5, puback(1));
+        o.push_held(1, puback(2));
+        o.open(5);
+        let mut v = Vec::new();
+        o.try_drain(&mut v);
+        assert_eq!(v, vec![puback(1)]);
+        v.clear();
+        // The failed commit closes the 3.1.1 connection without puback(2).
+        o.release(1, true);
+        assert!(!o.try_drain(&mut v));
+        assert!(v.is_empty());
     }
 
     #[test]

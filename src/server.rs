@@ -258,16 +258,16 @@ impl Server {
                 .map_err(|e| StorageError::Io(format!("loading the store: {e}")))??;
             broker.restore(snapshot, now_ms());
         }
-        // Storage work runs on the blocking pool, one group commit at a time;
-        // a bounded queue of commits pushes back on the core if the disk
-        // cannot keep up.
+        // Storage work runs on one thread of the blocking pool, one group
+        // commit at a time; a bounded queue of commits pushes back on the
+        // core if the disk cannot keep up.
         let (commit_tx, commit_rx) = mpsc::channel::<Commit>(64);
-        let committer = tokio::spawn(commit_loop(
-            commit_rx,
-            store.clone(),
-            stats.clone(),
-            broker.commits_in_flight(),
-        ));
+        let committer = {
+            let (store, stats, progress) = (store.clone(), stats.clone(), broker.commit_progress());
+            tokio::task::spawn_blocking(move || {
+                crate::commit::run(commit_rx, store, stats, progress)
+            })
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // In the relaxed mode changes are committed on an interval, not after
@@ -334,49 +334,5 @@ impl Server {
         store.flush()?;
         hooks.each(|h| h.on_stopped());
         Ok(())
-    }
-}
-
-/// Applies commits in groups: whatever queued up while one group was being
-/// written goes into the next, so many clients' writes share one flush.
-async fn commit_loop(
-    mut commits: mpsc::Receiver<Commit>,
-    store: Arc<dyn Store>,
-    stats: Arc<Stats>,
-    in_flight: Arc<AtomicU64>,
-) {
-    while let Some(first) = commits.recv().await {
-        let mut group = vec![first];
-        while let Ok(more) = commits.try_recv() {
-            group.push(more);
-        }
-        let mut ops = Vec::new();
-        let mut created = crate::broker::Created::new();
-        for c in &mut group {
-            ops.append(&mut c.ops);
-            for (client, seqs) in std::mem::take(&mut c.created) {
-                created.entry(client).or_default().extend(seqs);
-            }
-        }
-        let ops = crate::broker::coalesce(ops, &created);
-        let result = if ops.is_empty() {
-            Ok(())
-        } else {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.apply(&ops))
-                .await
-                .unwrap_or_else(|e| Err(StorageError::Io(format!("storage task failed: {e}"))))
-        };
-        let failed = result.is_err();
-        if let Err(e) = result {
-            crate::stats::add(&stats.storage_errors, 1);
-            tracing::error!(error = %e, "storage write failed; its acknowledgements are withheld");
-        }
-        for c in group {
-            for outbox in &c.outboxes {
-                outbox.release(c.number, failed);
-            }
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }

@@ -25,6 +25,9 @@ pub struct Stats {
     pub(crate) retained: AtomicU64,
     pub(crate) subscriptions: AtomicU64,
     pub(crate) storage_errors: AtomicU64,
+    pub(crate) storage_commits: AtomicU64,
+    pub(crate) storage_ops_written: AtomicU64,
+    pub(crate) storage_ops_saved: AtomicU64,
 }
 
 impl Default for Stats {
@@ -46,6 +49,9 @@ impl Default for Stats {
             retained: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             storage_errors: AtomicU64::new(0),
+            storage_commits: AtomicU64::new(0),
+            storage_ops_written: AtomicU64::new(0),
+            storage_ops_saved: AtomicU64::new(0),
         }
     }
 }
@@ -76,6 +82,9 @@ impl Stats {
             retained: g(&self.retained),
             subscriptions: g(&self.subscriptions),
             storage_errors: g(&self.storage_errors),
+            storage_commits: g(&self.storage_commits),
+            storage_ops_written: g(&self.storage_ops_written),
+            storage_ops_saved: g(&self.storage_ops_saved),
         }
     }
 }
@@ -104,6 +113,14 @@ pub struct StatsSnapshot {
     pub retained: u64,
     pub subscriptions: u64,
     pub storage_errors: u64,
+    /// Store transactions (each a group of the core's commits).
+    pub storage_commits: u64,
+    /// Storage operations written.
+    pub storage_ops_written: u64,
+    /// Storage operations never written because a later one in the same
+    /// or the next group undid them (a message acknowledged by its
+    /// subscriber before its copy reached the disk).
+    pub storage_ops_saved: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

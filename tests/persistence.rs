@@ -30,6 +30,57 @@ impl Store for Durable {
     }
 }
 
+/// A persistent store whose writes wait while the test holds them: a disk
+/// that has not caught up yet.
+#[derive(Debug, Default)]
+struct Stalled {
+    inner: MemoryStore,
+    stalled: std::sync::Mutex<bool>,
+    resumed: std::sync::Condvar,
+    /// Writes waiting now.
+    waiting: std::sync::atomic::AtomicU32,
+}
+
+impl Stalled {
+    fn stall(&self, on: bool) {
+        *self.stalled.lock().unwrap() = on;
+        self.resumed.notify_all();
+    }
+
+    /// Waits until a write is stuck.
+    async fn until_stuck(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no write arrived");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Store for Stalled {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        let mut stalled = self.stalled.lock().unwrap();
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Bounded, so that a failing test ends instead of hanging its
+        // runtime on this write.
+        let deadline = std::time::Instant::now() + 2 * WAIT;
+        while *stalled && std::time::Instant::now() < deadline {
+            stalled = self.resumed.wait_timeout(stalled, WAIT).unwrap().0;
+        }
+        self.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        drop(stalled);
+        self.inner.apply(ops)
+    }
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        self.inner.load()
+    }
+    fn is_persistent(&self) -> bool {
+        true
+    }
+}
+
 fn persistent(version: ProtocolVersion, id: &str) -> roost::codec::Connect {
     let mut c = connect(version, id, false);
     if version.is_v5() {
@@ -226,6 +277,109 @@ async fn a_session_that_expired_while_down_is_gone() {
     b.stop().await;
     let snap = store.load().unwrap();
     assert!(snap.messages.is_empty());
+}
+
+/// A QoS 1 PUBACK means "safe": written, or delivered to and acknowledged
+/// by every persistent session that got a copy. The second comes first
+/// when the disk is slow, and the copies it makes unnecessary are never
+/// written; a copy not yet acknowledged still waits for the disk.
+#[tokio::test]
+async fn a_puback_waits_for_the_disk_or_for_every_subscriber_whichever_comes_first() {
+    let store = Arc::new(Stalled::default());
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    s.subscribe(1, "t", QoS::AtLeastOnce).await;
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    let mut p0 = Raw::connected(b.addr, v5("p0")).await;
+
+    // The disk stalls writing m0's copy (not acknowledged by anybody yet).
+    store.stall(true);
+    p0.send(Packet::Publish(publish("t", "m0", QoS::AtLeastOnce, 1)))
+        .await;
+    let m0 = s.recv_publish().await;
+    store.until_stuck().await;
+    for i in 1..=20u16 {
+        p.send(Packet::Publish(publish(
+            "t",
+            &format!("m{i}"),
+            QoS::AtLeastOnce,
+            i,
+        )))
+        .await;
+        let m = s.recv_publish().await;
+        assert_eq!(payload(&m), format!("m{i}"));
+        s.ack(&m).await;
+        match p.recv().await {
+            Packet::PubAck(a) => assert_eq!(
+                (a.packet_id.get(), a.reason),
+                (i, ReasonCode::Success),
+                "acknowledged while the disk is stalled"
+            ),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    // Not acknowledged by the subscriber: the PUBACK waits for the disk.
+    p.send(Packet::Publish(publish("t", "m21", QoS::AtLeastOnce, 21)))
+        .await;
+    let m21 = s.recv_publish().await;
+    assert_eq!(payload(&m21), "m21");
+    p.expect_nothing().await;
+    p0.expect_nothing().await;
+    store.stall(false);
+    for (c, pid) in [(&mut p0, 1), (&mut p, 21)] {
+        match c.recv().await {
+            Packet::PubAck(a) => {
+                assert_eq!((a.packet_id.get(), a.reason), (pid, ReasonCode::Success))
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    // While the disk stalled, the copies of m2..m20 and their deletes
+    // queued up together and cancelled out.
+    let saved = b.stats.snapshot().storage_ops_saved;
+    assert!(saved >= 20, "only {saved} operations saved");
+    s.drop_connection();
+    p.disconnect().await;
+    p0.disconnect().await;
+    b.stop().await;
+
+    // What the store holds is exactly what is owed: m0 and m21, and
+    // nothing the subscriber acknowledged.
+    let b = TestBroker::with_store(Options::default(), store).await;
+    let (mut s, ack) = Raw::connect(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    assert!(ack.session_present);
+    for (m, want) in [(&m0, "m0"), (&m21, "m21")] {
+        let again = s.recv_publish().await;
+        assert_eq!((payload(&again), again.dup), (want, true));
+        assert_eq!(again.qos_pid, m.qos_pid);
+        s.ack(&again).await;
+    }
+    s.expect_nothing().await;
+    b.stop().await;
+}
+
+/// Exactly once across a crash: the stored packet id is what stops a
+/// resent QoS 2 PUBLISH from being delivered again, so no copy is
+/// delivered before that id is on disk.
+#[tokio::test]
+async fn a_qos2_message_is_delivered_only_once_its_packet_id_is_stored() {
+    let store = Arc::new(Stalled::default());
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    let mut s = Raw::connected(b.addr, v5("s")).await;
+    s.subscribe(1, "t", QoS::ExactlyOnce).await;
+    let mut p = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "p")).await;
+    store.stall(true);
+    p.send(Packet::Publish(publish("t", "once", QoS::ExactlyOnce, 1)))
+        .await;
+    store.until_stuck().await;
+    s.expect_nothing().await;
+    p.expect_nothing().await;
+    store.stall(false);
+    assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id.get() == 1));
+    let m = s.recv_publish().await;
+    assert_eq!(payload(&m), "once");
+    s.ack(&m).await;
+    b.stop().await;
 }
 
 #[tokio::test]

@@ -342,6 +342,8 @@ impl Broker {
                 expires_at_ms: Some(now_ms.saturating_add(u64::from(secs) * 1000)),
                 publisher: w.message.publisher,
                 store_id: Default::default(),
+                gate: Default::default(),
+                deliver_after: Default::default(),
             }),
             None => w.message,
         };
@@ -388,6 +390,8 @@ impl Broker {
             expires_at_ms: m.expires_at_ms,
             publisher: m.publisher,
             store_id: Default::default(),
+            gate: Default::default(),
+            deliver_after: Default::default(),
         });
         Some(Will { message, ..w })
     }

@@ -29,6 +29,13 @@ pub struct Message {
     pub publisher: Option<SessionId>,
     /// Storage id, assigned when first persisted (0 = not stored).
     pub(crate) store_id: AtomicU64,
+    /// The publisher's PUBACK that this message's subscribers may release.
+    pub(crate) gate: super::gate::AckGate,
+    /// Deliveries wait for this commit (0: for none). It stores a QoS 2
+    /// publisher's packet id, which is what stops a resent PUBLISH from
+    /// being delivered twice: delivering before it is durable would let a
+    /// crash undo that protection.
+    pub(crate) deliver_after: AtomicU64,
 }
 
 /// The properties of a PUBLISH that belong to the message (not to one hop).
@@ -63,6 +70,8 @@ impl Message {
             },
             publisher,
             store_id: AtomicU64::new(0),
+            gate: Default::default(),
+            deliver_after: AtomicU64::new(0),
         }
     }
 
@@ -128,6 +137,8 @@ impl Message {
             expires_at_ms: rec.expires_at_ms,
             publisher: None,
             store_id: AtomicU64::new(store_id),
+            gate: Default::default(),
+            deliver_after: AtomicU64::new(0),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! One task owns a `Broker` and feeds it [`Event`]s, so no lock is ever held
 //! across I/O and the routing path has no contention.
 
+mod coalesce;
+mod gate;
 mod lifecycle;
 mod message;
 mod persist;
@@ -16,9 +18,10 @@ mod subscribe;
 mod sys;
 mod tick;
 
+pub(crate) use coalesce::coalesce_staged;
 pub use message::{Message, MessageProperties};
-pub use persist::Commit;
-pub(crate) use persist::{coalesce, Created};
+pub(crate) use persist::Created;
+pub use persist::{Commit, CommitProgress};
 
 use crate::codec::{
     AckProperties, ByteStr, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
@@ -185,6 +188,8 @@ pub struct Broker {
     last_sys_ms: u64,
     last_sweep_ms: u64,
     scratch: Vec<Target>,
+    /// The last gate token handed out (see [`gate`]).
+    next_gate: u64,
 }
 
 /// One subscriber a message goes to.
@@ -224,19 +229,20 @@ impl Broker {
             last_sys_ms: 0,
             last_sweep_ms: 0,
             scratch: Vec::new(),
+            next_gate: 0,
         }
     }
 
     /// Closes the group of storage operations recorded since the last call,
     /// if any. The caller applies it, then releases the held packets of its
-    /// outboxes and decrements [`Broker::commits_in_flight`].
+    /// outboxes and reports to [`Broker::commit_progress`].
     pub fn take_commit(&mut self) -> Option<Commit> {
         self.persist.take_commit()
     }
 
-    /// Commits taken and not yet released; the commit task decrements it.
-    pub fn commits_in_flight(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.persist.in_flight.clone()
+    /// Where the commit task reports the commits it released.
+    pub fn commit_progress(&self) -> Arc<CommitProgress> {
+        self.persist.progress.clone()
     }
 
     /// Handles one event.

@@ -19,6 +19,32 @@ impl Broker {
         }
     }
 
+    /// A QoS 1 PUBACK vouches only for the copies its message made: with
+    /// none (and nothing retained) it waits for nothing but the packets
+    /// ahead of it; with some, for its commit or for every copy to be
+    /// acknowledged, whichever comes first (see [`super::gate`]).
+    fn ack_qos1(&mut self, sid: SessionId, packet: Packet, routed: Option<(Arc<Message>, u64)>) {
+        let retained = routed.as_ref().is_some_and(|(m, _)| m.retain);
+        if !self.persist.must_hold() || retained {
+            return self.ack(sid, packet);
+        }
+        let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) else {
+            return;
+        };
+        match routed {
+            Some((msg, copies)) if copies > 0 => {
+                self.next_gate += 1;
+                let token = self.next_gate;
+                conn.outbox.push_gated(self.persist.commit, token, packet);
+                self.persist.touched.push(conn.outbox.clone());
+                msg.gate.arm(conn.outbox.clone(), token, copies);
+            }
+            _ => {
+                conn.outbox.push(packet);
+            }
+        }
+    }
+
     pub(super) fn on_publish(
         &mut self,
         conn: ConnId,
@@ -54,6 +80,8 @@ impl Broker {
             }
         }
         let mut reason = ReasonCode::Success;
+        // The routed message and how many stored copies it made.
+        let mut routed: Option<(Arc<Message>, u64)> = None;
         if p.topic.starts_with("$SYS") {
             // $SYS is the broker's own namespace.
             reason = ReasonCode::NotAuthorized;
@@ -61,10 +89,19 @@ impl Broker {
             reason = code;
         } else if verdict == PublishVerdict::Deliver {
             let msg = Arc::new(Message::from_publish(p, now_ms, Some(sid)));
+            let stored = self.sessions.get(&sid).is_some_and(|s| s.stored);
+            if qos == QoS::ExactlyOnce && stored && self.persist.enabled && !self.persist.ack_first
+            {
+                // Its packet id goes into this commit (below).
+                msg.deliver_after
+                    .store(self.persist.commit, std::sync::atomic::Ordering::Relaxed);
+            }
             if msg.retain {
                 self.store_retained(&msg, now_ms);
             }
+            let copies_before = self.persist.copies_created;
             let matched = self.route(&msg, now_ms);
+            routed = Some((msg.clone(), self.persist.copies_created - copies_before));
             if matched == 0 {
                 reason = ReasonCode::NoMatchingSubscribers;
             }
@@ -80,7 +117,7 @@ impl Broker {
             resp.reason = reason;
         }
         match qos {
-            QoS::AtLeastOnce => self.ack(sid, Packet::PubAck(resp)),
+            QoS::AtLeastOnce => self.ack_qos1(sid, Packet::PubAck(resp), routed),
             QoS::ExactlyOnce => {
                 if reason.is_success() {
                     if let Some(s) = self.sessions.get_mut(&sid) {
@@ -273,6 +310,8 @@ impl Broker {
                 expires_at_ms: msg.expires_at_ms,
                 publisher: msg.publisher,
                 store_id: Default::default(),
+                gate: Default::default(),
+                deliver_after: Default::default(),
             });
             self.persist.push(Op::PutRetained {
                 message: message_record(&kept),

@@ -147,6 +147,8 @@ impl Broker {
                     pid: pid.filter(|_| state != OutboundState::Queued),
                     state,
                     inline,
+                    // Restored messages have no publisher waiting.
+                    stored_copy: false,
                 };
                 if !inline {
                     *self.persist.refs.entry(entry.message_id).or_insert(0) += 1;

@@ -60,6 +60,9 @@ pub(crate) struct Outgoing {
     /// Stored with its body inline (its only reference), so the body has
     /// no record and no reference count of its own.
     pub inline: bool,
+    /// Stored when it was created: one of the copies its message's
+    /// [gate](super::gate) waits for.
+    pub stored_copy: bool,
 }
 
 /// What a session needs from the broker while it works.
@@ -195,6 +198,9 @@ impl Session {
                 ctx.persist.release(&o.msg);
             }
         }
+        if o.stored_copy {
+            o.msg.gate.copy_done();
+        }
         stats::sub(&ctx.stats.inflight, 1);
     }
 
@@ -292,9 +298,11 @@ impl Session {
             pid: None,
             state: OutboundState::Queued,
             inline: self.stored && sole,
+            stored_copy: self.stored,
         };
         stats::add(&ctx.stats.inflight, 1);
         if self.stored {
+            ctx.persist.copies_created += 1;
             if !o.inline {
                 ctx.persist.reference(msg);
             }
@@ -339,7 +347,7 @@ impl Session {
 
     /// Pushes a PUBLISH unless it is larger than the client accepts
     /// ([MQTT-3.1.2-24]); returns false if it was dropped.
-    fn push_publish(&self, p: crate::codec::Publish, msg: &Message, ctx: &Ctx) -> bool {
+    fn push_publish(&self, p: crate::codec::Publish, msg: &Message, ctx: &mut Ctx) -> bool {
         let Some(conn) = &self.conn else { return false };
         let packet = Packet::Publish(p);
         if let Some(max) = conn.max_packet_size {
@@ -348,7 +356,21 @@ impl Session {
                 return false;
             }
         }
-        conn.outbox.push(packet);
+        let after = msg.deliver_after.load(std::sync::atomic::Ordering::Relaxed);
+        if after
+            > ctx
+                .persist
+                .progress
+                .done
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // Released by commit `after`, or (if that one is already on its
+            // way and releases before this is recorded) by the next.
+            conn.outbox.push_held(after, packet);
+            ctx.persist.touched.push(conn.outbox.clone());
+        } else {
+            conn.outbox.push(packet);
+        }
         true
     }
 
@@ -508,6 +530,9 @@ impl Session {
             // reference counts need releasing.
             if self.stored && !o.inline {
                 ctx.persist.release(&o.msg);
+            }
+            if o.stored_copy {
+                o.msg.gate.copy_done();
             }
             stats::sub(&ctx.stats.inflight, 1);
         }

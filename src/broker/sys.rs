@@ -9,7 +9,7 @@ use std::sync::Arc;
 impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let s = self.stats.snapshot();
-        let topics: [(&str, String); 18] = [
+        let topics: [(&str, String); 21] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -28,6 +28,9 @@ impl Broker {
             ("retained messages/count", s.retained.to_string()),
             ("subscriptions/count", s.subscriptions.to_string()),
             ("store/errors", s.storage_errors.to_string()),
+            ("store/commits", s.storage_commits.to_string()),
+            ("store/ops/written", s.storage_ops_written.to_string()),
+            ("store/ops/saved", s.storage_ops_saved.to_string()),
         ];
         for (name, value) in topics {
             let msg = Arc::new(Message {
@@ -39,6 +42,8 @@ impl Broker {
                 expires_at_ms: None,
                 publisher: None,
                 store_id: Default::default(),
+                gate: Default::default(),
+                deliver_after: Default::default(),
             });
             // $SYS values are live figures: kept in memory, never stored.
             if self

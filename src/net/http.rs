@@ -139,6 +139,9 @@ fn json(s: &StatsSnapshot) -> String {
         "subscriptions": s.subscriptions,
         "dropped": s.messages_dropped,
         "storage_errors": s.storage_errors,
+        "storage_commits": s.storage_commits,
+        "storage_ops_written": s.storage_ops_written,
+        "storage_ops_saved": s.storage_ops_saved,
         "memory": resident_memory(),
     })
     .to_string()
@@ -146,7 +149,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 9] = [
+    let counters: [(&str, &str, u64); 12] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -179,6 +182,21 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "storage_errors",
             "Failed storage commits.",
             s.storage_errors,
+        ),
+        (
+            "storage_commits",
+            "Store transactions written.",
+            s.storage_commits,
+        ),
+        (
+            "storage_ops_written",
+            "Storage operations written.",
+            s.storage_ops_written,
+        ),
+        (
+            "storage_ops_saved",
+            "Storage operations never written: undone before they reached the disk.",
+            s.storage_ops_saved,
         ),
     ];
     let gauges: [(&str, &str, u64); 9] = [

@@ -1,0 +1,137 @@
+//! The commit task: applies the core's commits to the store, many at a
+//! time, and releases the acknowledgements each one held.
+//!
+//! It runs on one thread of tokio's blocking pool for the life of the
+//! server, so a commit costs no task hop: the core hands commits over a
+//! channel, this thread writes them, and releasing the held packets wakes
+//! the connections directly.
+//!
+//! **Group commit in two stages.** Commits that queue up while the store is
+//! busy form the next group: one transaction, one flush for many clients.
+//! Under load, a group does not go to the disk at once: it waits one round
+//! while the one before it is written, so that the deletes arriving
+//! meanwhile (a subscriber's PUBACK, typically) cancel the writes they undo
+//! ([`coalesce_staged`]). A message delivered and acknowledged within a
+//! round or two never touches the disk. When nothing else is queued, a
+//! group is written at once: waiting only pays when the next one comes.
+
+use crate::broker::{coalesce_staged, Commit, CommitProgress, Created};
+use crate::stats::{self, Stats};
+use roost_storage::{Op, StorageError, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How long a group that nothing followed waits before it is written, for
+/// the acknowledgements that would undo it: a subscriber's PUBACK usually
+/// comes within a millisecond. Only commits that hold an acknowledgement
+/// the [gate](crate::broker) cannot release (retained messages, QoS 2,
+/// subscriptions, copies for clients that are away) pay it as latency.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// Commits merged into one stage.
+#[derive(Default)]
+struct Stage {
+    ops: Vec<Op>,
+    created: Created,
+    commits: Vec<Commit>,
+    /// When its first commit arrived.
+    since: Option<Instant>,
+}
+
+impl Stage {
+    fn add(&mut self, mut commit: Commit) {
+        self.since.get_or_insert_with(Instant::now);
+        self.ops.append(&mut commit.ops);
+        for (client, seqs) in std::mem::take(&mut commit.created) {
+            self.created.entry(client).or_default().extend(seqs);
+        }
+        self.commits.push(commit);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.commits.is_empty()
+    }
+}
+
+/// Applies commits until the channel closes and everything received is
+/// written. Blocks: run it on the blocking pool.
+pub(crate) fn run(
+    mut commits: mpsc::Receiver<Commit>,
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    progress: Arc<CommitProgress>,
+) {
+    let mut older = Stage::default();
+    loop {
+        if older.is_empty() {
+            match commits.blocking_recv() {
+                Some(c) => older.add(c),
+                None => return,
+            }
+        }
+        let mut newer = Stage::default();
+        while let Ok(c) = commits.try_recv() {
+            newer.add(c);
+        }
+        if newer.is_empty() {
+            let age = older.since.map_or(LINGER, |t| t.elapsed());
+            if age < LINGER {
+                std::thread::sleep(LINGER - age);
+                while let Ok(c) = commits.try_recv() {
+                    newer.add(c);
+                }
+            }
+        }
+        let mut created = older.created;
+        for (client, seqs) in &newer.created {
+            created.entry(client.clone()).or_default().extend(seqs);
+        }
+        let before = older.ops.len() + newer.ops.len();
+        let (now, later) = coalesce_staged(older.ops, newer.ops, &created);
+        stats::add(
+            &stats.storage_ops_saved,
+            (before - now.len() - later.len()) as u64,
+        );
+        newer.ops = later;
+        let result = if now.is_empty() {
+            Ok(())
+        } else {
+            stats::add(&stats.storage_commits, 1);
+            stats::add(&stats.storage_ops_written, now.len() as u64);
+            apply(store.as_ref(), &now)
+        };
+        release(older.commits, result, &stats, &progress);
+        older = newer;
+    }
+}
+
+/// A backend that panics has failed this write, like one that returns an
+/// error: its acknowledgements turn into refusals instead of hanging.
+fn apply(store: &dyn Store, ops: &[Op]) -> Result<(), StorageError> {
+    // Nothing of ours is left half-changed by a panic inside `apply`: the
+    // ops are only read, and the store's own state is its business.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.apply(ops)))
+        .unwrap_or_else(|_| Err(StorageError::Io("the storage backend panicked".into())))
+}
+
+/// Lets the held packets of applied commits go: acknowledgements if the
+/// write succeeded, refusals if it failed.
+fn release(
+    commits: Vec<Commit>,
+    result: Result<(), StorageError>,
+    stats: &Stats,
+    progress: &CommitProgress,
+) {
+    let failed = result.is_err();
+    if let Err(e) = result {
+        stats::add(&stats.storage_errors, 1);
+        tracing::error!(error = %e, "storage write failed; its acknowledgements are withheld");
+    }
+    for c in commits {
+        for outbox in &c.outboxes {
+            outbox.release(c.number, failed);
+        }
+        progress.released(c.number);
+    }
+}
