@@ -43,8 +43,12 @@ impl Stage {
     fn add(&mut self, mut commit: Commit) {
         self.since.get_or_insert_with(Instant::now);
         self.ops.append(&mut commit.ops);
-        for (client, seqs) in std::mem::take(&mut commit.created) {
-            self.created.entry(client).or_default().extend(seqs);
+        if self.created.is_empty() {
+            self.created = std::mem::take(&mut commit.created);
+        } else {
+            for (client, seqs) in std::mem::take(&mut commit.created) {
+                self.created.entry(client).or_default().extend(seqs);
+            }
         }
         self.commits.push(commit);
     }
@@ -83,17 +87,17 @@ pub(crate) fn run(
                 }
             }
         }
-        let mut created = older.created;
-        for (client, seqs) in &newer.created {
-            created.entry(client.clone()).or_default().extend(seqs);
-        }
         let before = older.ops.len() + newer.ops.len();
-        let (now, later) = coalesce_staged(older.ops, newer.ops, &created);
+        coalesce_staged(
+            &mut older.ops,
+            &mut newer.ops,
+            [&older.created, &newer.created],
+        );
+        let now = older.ops;
         stats::add(
             &stats.storage_ops_saved,
-            (before - now.len() - later.len()) as u64,
+            (before - now.len() - newer.ops.len()) as u64,
         );
-        newer.ops = later;
         let result = if now.is_empty() {
             Ok(())
         } else {

@@ -27,58 +27,107 @@
 //!
 //! [`Persist::reference`]: super::persist::Persist::reference
 
+use super::idhash::{IdMap, IdSet};
 use super::persist::Created;
 use roost_storage::Op;
 use std::collections::{HashMap, HashSet};
 
 /// Shrinks one group on its own (no newer stage).
 #[cfg(test)]
-pub(crate) fn coalesce(ops: Vec<Op>, created: &Created) -> Vec<Op> {
-    coalesce_staged(ops, Vec::new(), created).0
+pub(crate) fn coalesce(mut ops: Vec<Op>, created: &Created) -> Vec<Op> {
+    coalesce_staged(&mut ops, &mut Vec::new(), [created, &Created::new()]);
+    ops
 }
 
-/// Merges two consecutive stages and returns what is left of each, in
-/// order. `created` holds the outbound entries first written in either.
-pub(crate) fn coalesce_staged(
-    older: Vec<Op>,
-    newer: Vec<Op>,
-    created: &Created,
-) -> (Vec<Op>, Vec<Op>) {
-    let boundary = older.len();
-    let mut ops = older;
-    ops.extend(newer);
-    let keep = plan(&ops, boundary, created);
-    let mut now = Vec::with_capacity(boundary);
-    let mut later = Vec::with_capacity(ops.len() - boundary);
-    for (i, (op, keep)) in ops.into_iter().zip(keep).enumerate() {
-        if keep {
-            if i < boundary {
-                now.push(op);
-            } else {
-                later.push(op);
+/// Merges two consecutive stages, leaving in each what must still be
+/// written, in order. `created` holds the outbound entries first written
+/// in either stage (one map per stage).
+pub(crate) fn coalesce_staged(older: &mut Vec<Op>, newer: &mut Vec<Op>, created: [&Created; 2]) {
+    let keep = plan(older, newer, created);
+    let (keep_older, keep_newer) = keep.split_at(older.len());
+    retain_marked(older, keep_older);
+    retain_marked(newer, keep_newer);
+}
+
+fn retain_marked(ops: &mut Vec<Op>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    ops.retain(|_| flags.next().copied().unwrap_or(true));
+}
+
+/// Client ids seen in a group, numbered: each string is hashed once per run
+/// of operations on other clients, not once per operation (a group is
+/// mostly runs of one client's operations).
+struct Clients<'a> {
+    ids: HashMap<&'a str, u32>,
+    last: Option<(&'a str, u32)>,
+}
+
+impl<'a> Clients<'a> {
+    fn id(&mut self, client: &'a str) -> u32 {
+        if let Some((name, id)) = self.last {
+            if name == client {
+                return id;
             }
         }
+        let next = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        let id = *self.ids.entry(client).or_insert(next);
+        self.last = Some((client, id));
+        id
     }
-    (now, later)
 }
 
-/// Per outbound entry: the index of its last operation in each stage.
-type LastOps<'a> = HashMap<(&'a str, u64), [Option<usize>; 2]>;
+/// What one outbound entry does in the two stages.
+#[derive(Default, Clone, Copy)]
+struct Entry {
+    /// Index of its last operation in each stage.
+    last: [Option<usize>; 2],
+    /// First written in the two stages.
+    created: bool,
+    /// Its client's session is deleted in the two stages.
+    barrier: bool,
+}
 
-/// Which operations to keep (the rules in the module docs).
-fn plan(ops: &[Op], boundary: usize, created: &Created) -> Vec<bool> {
-    let stage = |i: usize| usize::from(i >= boundary);
+/// Which operations to keep (the rules in the module docs), older stage
+/// first.
+fn plan(older: &[Op], newer: &[Op], created: [&Created; 2]) -> Vec<bool> {
+    let n = older.len() + newer.len();
+    let op = |i: usize| {
+        if i < older.len() {
+            &older[i]
+        } else {
+            &newer[i - older.len()]
+        }
+    };
+    let all = || older.iter().chain(newer.iter()).enumerate();
     let mut barriers: HashSet<&str> = HashSet::new();
-    let mut last: LastOps = HashMap::new();
-    let mut put_msgs: HashSet<u64> = HashSet::new();
-    let mut deleted_msgs: HashSet<u64> = HashSet::new();
-    for (i, op) in ops.iter().enumerate() {
-        match op {
-            Op::DeleteSession { client_id } => {
-                barriers.insert(client_id);
-            }
+    for (_, o) in all() {
+        if let Op::DeleteSession { client_id } = o {
+            barriers.insert(client_id);
+        }
+    }
+    let mut clients = Clients {
+        ids: HashMap::new(),
+        last: None,
+    };
+    let mut entries: IdMap<(u32, u64), Entry> = IdMap::default();
+    let mut put_msgs: IdSet<u64> = IdSet::default();
+    let mut deleted_msgs: IdSet<u64> = IdSet::default();
+    // Per outbound operation: its entry's key.
+    let mut keys: Vec<Option<(u32, u64)>> = Vec::with_capacity(n);
+    for (i, o) in all() {
+        let mut key = None;
+        match o {
             Op::PutOutbound { client_id, seq, .. } | Op::DeleteOutbound { client_id, seq } => {
-                last.entry((client_id, *seq)).or_default()[stage(i)] = Some(i);
+                let k = (clients.id(client_id), *seq);
+                let e = entries.entry(k).or_insert_with(|| Entry {
+                    created: created
+                        .iter()
+                        .any(|c| c.get(client_id.as_str()).is_some_and(|s| s.contains(seq))),
+                    barrier: barriers.contains(client_id.as_str()),
+                    last: [None; 2],
+                });
+                e.last[usize::from(i >= older.len())] = Some(i);
+                key = Some(k);
             }
             Op::PutMessage { id, .. } => {
                 put_msgs.insert(*id);
@@ -88,44 +137,34 @@ fn plan(ops: &[Op], boundary: usize, created: &Created) -> Vec<bool> {
             }
             _ => {}
         }
+        keys.push(key);
     }
-    // Entries that never need to reach the disk.
-    let vanishing = |client_id: &str, seq: u64| -> bool {
-        !barriers.contains(client_id)
-            && created.get(client_id).is_some_and(|s| s.contains(&seq))
-            && last.get(&(client_id, seq)).is_some_and(|l| {
-                let final_op = l[1].or(l[0]).expect("an entry in `last` has an operation");
-                matches!(ops[final_op], Op::DeleteOutbound { .. })
-            })
-    };
-    let keep_outbound = |i: usize, client_id: &str, seq: u64| -> bool {
-        barriers.contains(client_id)
-            || (!vanishing(client_id, seq)
-                && last
-                    .get(&(client_id, seq))
-                    .is_some_and(|l| l[stage(i)] == Some(i)))
-    };
-    let mut keep: Vec<bool> = ops
+    let mut keep: Vec<bool> = keys
         .iter()
         .enumerate()
-        .map(|(i, op)| match op {
-            Op::PutOutbound { client_id, seq, .. } | Op::DeleteOutbound { client_id, seq } => {
-                keep_outbound(i, client_id, *seq)
+        .map(|(i, key)| {
+            let Some(k) = key else { return true };
+            let e = &entries[k];
+            if e.barrier {
+                return true;
             }
-            _ => true,
+            let final_op = e.last[1].or(e.last[0]);
+            let vanishes =
+                e.created && final_op.is_some_and(|f| matches!(op(f), Op::DeleteOutbound { .. }));
+            !vanishes && e.last[usize::from(i >= older.len())] == Some(i)
         })
         .collect();
     if deleted_msgs.is_empty() {
         return keep;
     }
     // A body goes only if no kept entry still refers to it.
-    for (op, &kept) in ops.iter().zip(&keep) {
-        if let (Op::PutOutbound { entry, .. }, true) = (op, kept) {
+    for ((_, o), &kept) in all().zip(&keep) {
+        if let (Op::PutOutbound { entry, .. }, true) = (o, kept) {
             deleted_msgs.remove(&entry.message_id);
         }
     }
-    for (op, keep) in ops.iter().zip(keep.iter_mut()) {
-        if let Op::PutMessage { id, .. } | Op::DeleteMessage { id } = op {
+    for ((_, o), keep) in all().zip(keep.iter_mut()) {
+        if let Op::PutMessage { id, .. } | Op::DeleteMessage { id } = o {
             if deleted_msgs.contains(id) {
                 *keep = false;
             }

@@ -8,6 +8,7 @@
 
 mod coalesce;
 mod gate;
+mod idhash;
 mod lifecycle;
 mod message;
 mod persist;
@@ -34,10 +35,11 @@ use crate::outbox::Outbox;
 use crate::router::{Match, RetainedTree, SubscriptionTree};
 use crate::stats::{self, Stats};
 use crate::topic::{self, SharedFilter};
+use idhash::{IdMap, IdSet};
 use persist::{message_record, Persist};
 use roost_storage::{Op, SessionRecord, SubscriptionRecord, WillRecord};
 use session::{Conn, Ctx, Session, SubEntry, Will};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -168,9 +170,9 @@ pub struct Broker {
     hooks: Hooks,
     stats: Arc<Stats>,
     persist: Persist,
-    sessions: HashMap<SessionId, Session>,
+    sessions: IdMap<SessionId, Session>,
     by_client_id: HashMap<ByteStr, SessionId>,
-    conns: HashMap<ConnId, SessionId>,
+    conns: IdMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
     retained: RetainedTree<Arc<Message>>,
     /// Round-robin position per share group: group, then filter. Looked
@@ -182,7 +184,7 @@ pub struct Broker {
     /// `$SYS` topics among the retained messages.
     sys_retained: usize,
     /// Disconnected sessions with a pending will or a finite expiry.
-    timed: HashSet<SessionId>,
+    timed: IdSet<SessionId>,
     next_session: u64,
     next_assigned: u64,
     last_sys_ms: u64,
@@ -215,15 +217,15 @@ impl Broker {
                 ack_first,
                 ..Persist::new(persistent)
             },
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             by_client_id: HashMap::new(),
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
             shared_cursor: HashMap::new(),
             inline_conns: 0,
             sys_retained: 0,
-            timed: HashSet::new(),
+            timed: IdSet::default(),
             next_session: 1,
             next_assigned: 1,
             last_sys_ms: 0,
@@ -274,7 +276,7 @@ impl Broker {
         }
     }
 
-    pub(super) fn ctx(&mut self, now_ms: u64) -> (Ctx<'_>, &mut HashMap<SessionId, Session>) {
+    pub(super) fn ctx(&mut self, now_ms: u64) -> (Ctx<'_>, &mut IdMap<SessionId, Session>) {
         (
             Ctx {
                 persist: &mut self.persist,

@@ -2,11 +2,12 @@
 //! [`Op`]s, keeps message bodies stored once with a reference count, and
 //! knows which acknowledgements must wait for the next commit.
 
+use super::idhash::{IdMap, IdSet};
 use super::message::Message;
 use crate::codec::{ByteStr, QoS};
 use crate::outbox::Outbox;
 use roost_storage::{MessageProperties as StoredProps, MessageRecord, Op};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -34,12 +35,12 @@ pub(crate) struct Persist {
     /// difference across one routing is how many copies it stored).
     pub copies_created: u64,
     pub(super) next_message_id: u64,
-    pub(super) refs: HashMap<u64, u32>,
+    pub(super) refs: IdMap<u64, u32>,
 }
 
 /// Outbound entries first written in a commit: sequence numbers by client
 /// id (looked up by `&str`, so checking costs no allocation).
-pub type Created = HashMap<String, HashSet<u64>>;
+pub type Created = HashMap<String, IdSet<u64>>;
 
 /// What the commit task reports back to the core.
 #[derive(Debug, Default)]

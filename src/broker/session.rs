@@ -311,7 +311,8 @@ impl Session {
                     seqs.insert(o.seq);
                 }
                 None => {
-                    let seqs = std::collections::HashSet::from([o.seq]);
+                    let mut seqs = super::idhash::IdSet::default();
+                    seqs.insert(o.seq);
                     ctx.persist.created.insert(self.client(), seqs);
                 }
             }
