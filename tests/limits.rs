@@ -150,8 +150,16 @@ async fn offline_queue_keeps_the_oldest_five_and_counts_drops() {
 
     let mut publ = Raw::connected(b.addr, v5("pub")).await;
     for i in 0..8 {
-        publ.publish(publish("q", &format!("m{i}"), QoS::AtLeastOnce, 1 + i))
+        let reason = publ
+            .publish(publish("q", &format!("m{i}"), QoS::AtLeastOnce, 1 + i))
             .await;
+        // A 5.0 publisher hears that its message went nowhere.
+        let want = if i < 5 {
+            ReasonCode::Success
+        } else {
+            ReasonCode::QuotaExceeded
+        };
+        assert_eq!(reason, want, "m{i}");
     }
     assert_eq!(b.stats.snapshot().messages_dropped, 3);
 

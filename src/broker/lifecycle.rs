@@ -426,6 +426,7 @@ impl Broker {
                 stats: &self.stats,
                 limits: &self.opts.limits,
                 now_ms,
+                drops: Default::default(),
             };
             s.clear_outbound(&mut ctx);
         }

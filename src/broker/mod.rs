@@ -284,6 +284,7 @@ impl Broker {
                 stats: &self.stats,
                 limits: &self.opts.limits,
                 now_ms,
+                drops: std::cell::Cell::new(0),
             },
             &mut self.sessions,
         )

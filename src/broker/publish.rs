@@ -100,10 +100,14 @@ impl Broker {
                 self.store_retained(&msg, now_ms);
             }
             let copies_before = self.persist.copies_created;
-            let matched = self.route(&msg, now_ms);
+            let (matched, dropped) = self.route(&msg, now_ms);
             routed = Some((msg.clone(), self.persist.copies_created - copies_before));
             if matched == 0 {
                 reason = ReasonCode::NoMatchingSubscribers;
+            } else if dropped == matched {
+                // Every recipient's queue was full: say so rather than
+                // claim success (a 3.x publisher has no way to hear it).
+                reason = ReasonCode::QuotaExceeded;
             }
             if self.hooks.has_events() {
                 let client = self.sessions.get(&sid).map(|s| s.client.clone());
@@ -159,8 +163,8 @@ impl Broker {
     // ----- routing ----------------------------------------------------
 
     /// Delivers `msg` to every matching subscription; returns how many
-    /// sessions it went to.
-    pub fn route(&mut self, msg: &Arc<Message>, now_ms: u64) -> usize {
+    /// sessions it went to, and for how many of them it was dropped.
+    pub fn route(&mut self, msg: &Arc<Message>, now_ms: u64) -> (usize, usize) {
         let mut targets = std::mem::take(&mut self.scratch);
         let sessions = &self.sessions;
         let cursors = &mut self.shared_cursor;
@@ -254,10 +258,11 @@ impl Broker {
                 congested.push(t.sid);
             }
         }
+        let dropped = ctx.drops.get() as usize;
         if !congested.is_empty() {
             self.slow_down_publisher(msg, &congested);
         }
-        count
+        (count, dropped)
     }
 
     /// Backpressure: a connected subscriber's queue is full, so the

@@ -72,6 +72,8 @@ pub(crate) struct Ctx<'a> {
     pub stats: &'a Stats,
     pub limits: &'a Limits,
     pub now_ms: u64,
+    /// Messages dropped while this context lived (see [`Session::deliver`]).
+    pub drops: std::cell::Cell<u32>,
 }
 
 #[derive(Debug)]
@@ -206,6 +208,7 @@ impl Session {
 
     fn dropped(&self, msg: &Message, reason: DropReason, ctx: &Ctx) {
         stats::add(&ctx.stats.messages_dropped, 1);
+        ctx.drops.set(ctx.drops.get() + 1);
         // At most one warning a second, so a flood of drops does not flood
         // the log too; the others, and expiries, go to debug. The topic is
         // logged, never the payload.
