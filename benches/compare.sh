@@ -5,6 +5,8 @@
 #   benches/compare.sh            # default run, under ~10 minutes
 #   benches/compare.sh --full     # longer runs, and 100k idle connections
 #   benches/compare.sh --brokers roost,mosquitto --out /tmp/b.md
+#   benches/compare.sh --only 'fan-out --qos 0' --out /tmp/b.md   # scenarios whose
+#                                  # loadgen arguments contain the text
 #
 # Installs what is missing: Mosquitto through apt-get, rumqttd through
 # `cargo install` (a few minutes of compiling; skipped with a note if it
@@ -17,6 +19,7 @@ ROOT=$(pwd)
 
 FULL=0
 BROKERS="roost,mosquitto,rumqttd"
+ONLY=""
 OUT="$ROOT/BENCHMARKS.md"
 ARGS_TEXT="$*"
 while [ $# -gt 0 ]; do
@@ -24,7 +27,8 @@ while [ $# -gt 0 ]; do
         --full) FULL=1 ;;
         --brokers) BROKERS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --only) ONLY="$2"; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -178,6 +182,7 @@ stop_broker() {
 scenario() {
     local broker=$1 label=$2 store=$3
     shift 4
+    case " $* " in *"$ONLY"*) ;; *) return 0 ;; esac
     start_broker "$broker" "$store" || { note "$label failed to start for: $*"; return 0; }
     local mqtt=()
     if [ "${MQTT:-3.1.1}" = 5 ]; then mqtt=(--mqtt 5); fi

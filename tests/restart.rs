@@ -136,7 +136,53 @@ async fn publish_until_killed(mut p: Raw, cycle: usize, qos: QoS) -> Vec<String>
     }
 }
 
-async fn kill9_while_publishing_loses_nothing_acknowledged(store: &str) {
+/// What a subscriber received, across connections: every payload with how
+/// many times it was delivered, and the QoS 2 packet ids it answered with
+/// PUBREC and has not seen PUBREL for (a PUBLISH resent under such an id
+/// is the same delivery: the receiver's side of exactly once).
+#[derive(Default)]
+struct Received {
+    seen: HashMap<String, usize>,
+    open_qos2: HashSet<u16>,
+}
+
+/// Receives and acknowledges, recording into `got`, until the connection
+/// ends or stays quiet for `quiet`.
+async fn receive_until_gone(mut s: Raw, got: &mut Received, quiet: Duration) {
+    while let Some(packet) = s.recv_within(quiet).await {
+        let ok = match packet {
+            Packet::Publish(m) => match m.qos_pid {
+                QosPid::AtLeastOnce(pid) => {
+                    *got.seen.entry(payload(&m).to_owned()).or_default() += 1;
+                    s.try_send(Packet::PubAck(PubResp::new(pid))).await
+                }
+                QosPid::ExactlyOnce(pid) => {
+                    if got.open_qos2.insert(pid.get()) {
+                        *got.seen.entry(payload(&m).to_owned()).or_default() += 1;
+                    }
+                    s.try_send(Packet::PubRec(PubResp::new(pid))).await
+                }
+                QosPid::AtMostOnce => true,
+            },
+            Packet::PubRel(r) => {
+                got.open_qos2.remove(&r.packet_id.get());
+                s.try_send(Packet::PubComp(PubResp::new(r.packet_id))).await
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// `kill -9` in the middle of QoS 1 and QoS 2 publishing, three times over,
+/// to a persistent subscriber that is away (`online` false: everything
+/// acknowledged was committed first) or connected and acknowledging (then
+/// a PUBACK may also mean "delivered and acknowledged", and copies may
+/// never reach the disk). Afterwards every acknowledged message has been
+/// delivered, and no QoS 2 message twice.
+async fn kill9_while_publishing_loses_nothing_acknowledged(store: &str, online: bool) {
     let dir = tempfile::tempdir().unwrap();
     let b = start(store, dir.path());
     let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "sub")).await;
@@ -145,10 +191,21 @@ async fn kill9_while_publishing_loses_nothing_acknowledged(store: &str) {
     let mut b = Some(b);
 
     let mut acked: Vec<(String, QoS)> = Vec::new();
+    let mut got = Received::default();
     for cycle in 0..3 {
         let broker = match b.take() {
             Some(b) => b,
             None => start(store, dir.path()),
+        };
+        let subscriber = if online {
+            let s = Raw::connected(broker.addr, persistent(ProtocolVersion::V5, "sub")).await;
+            let mut state = std::mem::take(&mut got);
+            Some(tokio::spawn(async move {
+                receive_until_gone(s, &mut state, Duration::from_secs(5)).await;
+                state
+            }))
+        } else {
+            None
         };
         let mut tasks = Vec::new();
         for (i, qos) in [QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
@@ -163,6 +220,9 @@ async fn kill9_while_publishing_loses_nothing_acknowledged(store: &str) {
                 acked.push((text, qos));
             }
         }
+        if let Some(t) = subscriber {
+            got = t.await.unwrap();
+        }
     }
     assert!(
         acked.len() > 20,
@@ -171,32 +231,13 @@ async fn kill9_while_publishing_loses_nothing_acknowledged(store: &str) {
     );
 
     let b = start(store, dir.path());
-    let (mut s, ack) = Raw::connect(b.addr, persistent(ProtocolVersion::V5, "sub")).await;
+    let (s, ack) = Raw::connect(b.addr, persistent(ProtocolVersion::V5, "sub")).await;
     assert!(ack.session_present);
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut open_qos2 = HashSet::new();
-    while let Some(packet) = s.recv_within(Duration::from_secs(2)).await {
-        match packet {
-            Packet::Publish(m) => {
-                *seen.entry(payload(&m).to_owned()).or_default() += 1;
-                match m.qos_pid {
-                    QosPid::AtLeastOnce(pid) => s.send(Packet::PubAck(PubResp::new(pid))).await,
-                    QosPid::ExactlyOnce(pid) => {
-                        open_qos2.insert(pid);
-                        s.send(Packet::PubRec(PubResp::new(pid))).await
-                    }
-                    QosPid::AtMostOnce => {}
-                }
-            }
-            Packet::PubRel(r) => {
-                open_qos2.remove(&r.packet_id);
-                s.send(Packet::PubComp(PubResp::new(r.packet_id))).await
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    receive_until_gone(s, &mut got, Duration::from_secs(2)).await;
+    let seen = got.seen;
     eprintln!(
-        "{store}: {} acknowledged over 3 kill -9 cycles, {} distinct delivered",
+        "{store} (subscriber {}): {} acknowledged over 3 kill -9 cycles, {} distinct delivered",
+        if online { "connected" } else { "away" },
         acked.len(),
         seen.len()
     );
@@ -233,7 +274,12 @@ async fn redb_kill9_keeps_sessions_and_retained() {
 
 #[tokio::test]
 async fn redb_kill9_while_publishing_loses_nothing_acknowledged() {
-    kill9_while_publishing_loses_nothing_acknowledged("redb").await;
+    kill9_while_publishing_loses_nothing_acknowledged("redb", false).await;
+}
+
+#[tokio::test]
+async fn redb_kill9_while_publishing_to_a_connected_subscriber_loses_nothing_acknowledged() {
+    kill9_while_publishing_loses_nothing_acknowledged("redb", true).await;
 }
 
 #[cfg(feature = "sled")]
@@ -251,5 +297,11 @@ async fn sled_kill9_keeps_sessions_and_retained() {
 #[cfg(feature = "sled")]
 #[tokio::test]
 async fn sled_kill9_while_publishing_loses_nothing_acknowledged() {
-    kill9_while_publishing_loses_nothing_acknowledged("sled").await;
+    kill9_while_publishing_loses_nothing_acknowledged("sled", false).await;
+}
+
+#[cfg(feature = "sled")]
+#[tokio::test]
+async fn sled_kill9_while_publishing_to_a_connected_subscriber_loses_nothing_acknowledged() {
+    kill9_while_publishing_loses_nothing_acknowledged("sled", true).await;
 }
