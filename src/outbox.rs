@@ -1,9 +1,15 @@
 //! The queue of packets waiting to be written to one connection.
 //!
 //! The broker core pushes packets under a short lock and never waits; the
-//! connection's writer task drains everything that is queued in one go, so
-//! many packets share one write (coalescing). The core reads the queue length
-//! to apply its slow-consumer policy.
+//! connection's task drains everything that is queued in one go, so many
+//! packets share one write (coalescing). The core reads the queue length to
+//! apply its slow-consumer policy.
+//!
+//! An outbox has exactly one consumer (a connection's task, or the inline
+//! client's relay), so one waker slot is enough: it is cheaper to keep per
+//! connection than a `Notify`, and it lets the consumer wait on the outbox
+//! and its socket in the same poll. A drain takes the whole queue, so an
+//! idle connection's outbox holds no allocation.
 //!
 //! **Commit barrier.** With a persistent store, an acknowledgement may only
 //! leave once what it acknowledges is committed. Such a packet is pushed
@@ -16,18 +22,16 @@ use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 /// Packets for one connection, plus a "close after these" flag.
 #[derive(Debug)]
 pub struct Outbox {
     inner: Mutex<Inner>,
-    notify: Notify,
     version: ProtocolVersion,
     /// How many congested sessions asked this connection's reader to pause
     /// (backpressure on a publisher that outruns its subscribers).
     read_pauses: AtomicU32,
-    reads_resumed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -35,8 +39,35 @@ struct Inner {
     /// Ready to be written.
     queue: VecDeque<Packet>,
     /// Waiting for a commit: (commit number, packet), in push order.
-    held: VecDeque<(u64, Packet)>,
+    /// Allocated only while something is held (`None` when empty): most
+    /// connections never wait for a commit, and an empty deque would take
+    /// room in every outbox.
+    #[allow(
+        clippy::box_collection,
+        reason = "a pointer, not an empty deque, per outbox"
+    )]
+    held: Option<Box<VecDeque<(u64, Packet)>>>,
     closed: bool,
+    /// The consumer, when it last found nothing to do: woken when packets
+    /// become ready, the outbox closes, or reads resume.
+    waker: Option<Waker>,
+}
+
+impl Inner {
+    fn held_len(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.len())
+    }
+
+    fn take_waker(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
+
+    fn register(&mut self, cx: &Context<'_>) {
+        match &mut self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+    }
 }
 
 impl Outbox {
@@ -44,10 +75,8 @@ impl Outbox {
     pub fn new(version: ProtocolVersion) -> Self {
         Outbox {
             inner: Mutex::default(),
-            notify: Notify::new(),
             version,
             read_pauses: AtomicU32::new(0),
-            reads_resumed: Notify::new(),
         }
     }
 
@@ -65,15 +94,22 @@ impl Outbox {
         if inner.closed {
             return false;
         }
-        if let Some(&(commit, _)) = inner.held.back() {
-            inner.held.push_back((commit, packet));
-            return true;
+        if let Some(held) = inner.held.as_mut() {
+            if let Some(&(commit, _)) = held.back() {
+                held.push_back((commit, packet));
+                return true;
+            }
         }
-        let was_empty = inner.queue.is_empty();
         inner.queue.push_back(packet);
+        // Only the first packet of a batch needs to wake the consumer.
+        let waker = if inner.queue.len() == 1 {
+            inner.take_waker()
+        } else {
+            None
+        };
         drop(inner);
-        if was_empty {
-            self.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
         true
     }
@@ -85,7 +121,10 @@ impl Outbox {
         if inner.closed {
             return false;
         }
-        inner.held.push_back((commit, packet));
+        inner
+            .held
+            .get_or_insert_default()
+            .push_back((commit, packet));
         true
     }
 
@@ -97,22 +136,32 @@ impl Outbox {
     pub fn release(&self, commit: u64, failed: bool) {
         let mut inner = self.lock();
         let mut released = false;
-        while inner.held.front().is_some_and(|(c, _)| *c <= commit) {
-            let Some((_, mut packet)) = inner.held.pop_front() else {
+        while let Some(held) = inner.held.as_mut() {
+            if held.front().is_none_or(|(c, _)| *c > commit) {
+                break;
+            }
+            let Some((_, mut packet)) = held.pop_front() else {
                 break;
             };
+            if held.is_empty() {
+                inner.held = None;
+            }
             if failed && refuse(&mut packet, self.version) {
-                inner.held.clear();
+                inner.held = None;
                 inner.closed = true;
                 break;
             }
             inner.queue.push_back(packet);
             released = true;
         }
-        let closed = inner.closed;
+        let waker = if released || inner.closed {
+            inner.take_waker()
+        } else {
+            None
+        };
         drop(inner);
-        if released || closed {
-            self.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
@@ -131,69 +180,90 @@ impl Outbox {
             })
             .unwrap_or(0);
         if before <= 1 {
-            self.reads_resumed.notify_waiters();
+            let waker = self.lock().take_waker();
+            if let Some(w) = waker {
+                w.wake();
+            }
         }
     }
 
-    /// Waits while reads are paused, at most `bound`: a pause slows a
-    /// publisher down but never blocks it for good (two clients that
+    /// Ready when no pause is asked for; otherwise the consumer is woken
+    /// when the last one is withdrawn. The caller bounds the wait: a pause
+    /// slows a publisher down but never blocks it for good (two clients that
     /// publish to each other could otherwise wait on each other forever).
-    pub async fn reads_allowed(&self, bound: std::time::Duration) {
+    pub fn poll_reads_allowed(&self, cx: &Context<'_>) -> Poll<()> {
         if self.read_pauses.load(Ordering::Relaxed) == 0 {
-            return;
+            return Poll::Ready(());
         }
-        let _ = tokio::time::timeout(bound, async {
-            loop {
-                let resumed = self.reads_resumed.notified();
-                tokio::pin!(resumed);
-                resumed.as_mut().enable();
-                if self.read_pauses.load(Ordering::Relaxed) == 0 {
-                    return;
-                }
-                resumed.await;
-            }
-        })
-        .await;
+        let mut inner = self.lock();
+        inner.register(cx);
+        // Checked again under the lock: a resume in between found no waker.
+        if self.read_pauses.load(Ordering::Relaxed) == 0 {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     /// Packets waiting to be written (held ones included).
     pub fn len(&self) -> usize {
         let inner = self.lock();
-        inner.queue.len() + inner.held.len()
+        inner.queue.len() + inner.held_len()
     }
 
     /// Asks the writer to write what is queued, then close the connection.
     /// Later pushes are dropped; held packets still go out when released.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.notify.notify_one();
-    }
-
-    /// Moves everything ready into `into`. Returns false when the outbox is
-    /// closed and nothing more will come.
-    #[cfg(test)]
-    pub fn try_drain(&self, into: &mut Vec<Packet>) -> bool {
         let mut inner = self.lock();
-        into.extend(inner.queue.drain(..));
-        !(inner.closed && inner.held.is_empty() && into.is_empty())
+        inner.closed = true;
+        let waker = inner.take_waker();
+        drop(inner);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
-    /// Waits until something is ready or the outbox is closed, then drains
-    /// like [`Outbox::try_drain`].
-    pub async fn drain(&self, into: &mut Vec<Packet>) -> bool {
-        loop {
-            {
-                let mut inner = self.lock();
-                let finished = inner.closed && inner.held.is_empty();
-                if !inner.queue.is_empty() || finished {
-                    into.extend(inner.queue.drain(..));
-                    return !(finished && into.is_empty());
-                }
-            }
-            // notify_one stores a permit when nobody waits, so a push between
-            // the check above and this await is not missed.
-            self.notify.notified().await;
+    /// Moves everything ready to the back of `into`. Returns false when the
+    /// outbox is closed and nothing more will come.
+    #[cfg(test)]
+    pub fn try_drain(&self, into: &mut VecDeque<Packet>) -> bool {
+        let mut inner = self.lock();
+        take_queue(&mut inner.queue, into);
+        !(inner.closed && inner.held.is_none() && into.is_empty())
+    }
+
+    /// Like [`Outbox::try_drain`] when something is ready or the outbox is
+    /// finished; otherwise `Pending`, and the consumer is woken when that
+    /// changes.
+    pub fn poll_drain(&self, cx: &Context<'_>, into: &mut VecDeque<Packet>) -> Poll<bool> {
+        let mut inner = self.lock();
+        let finished = inner.closed && inner.held.is_none();
+        if !inner.queue.is_empty() || finished {
+            take_queue(&mut inner.queue, into);
+            return Poll::Ready(!(finished && into.is_empty()));
         }
+        // Registered under the lock that pushes take, so a push right after
+        // the check above finds the waker.
+        inner.register(cx);
+        Poll::Pending
+    }
+
+    /// Waits until something is ready or the outbox is finished, then
+    /// drains like [`Outbox::try_drain`].
+    pub async fn drain(&self, into: &mut VecDeque<Packet>) -> bool {
+        std::future::poll_fn(|cx| self.poll_drain(cx, into)).await
+    }
+}
+
+/// Moves `queue`'s packets to the back of `into`. Into an empty `into` the
+/// queue is swapped whole, which is O(1) and leaves the outbox with no
+/// allocation until the next push.
+fn take_queue(queue: &mut VecDeque<Packet>, into: &mut VecDeque<Packet>) {
+    if into.is_empty() {
+        std::mem::swap(queue, into);
+        // `into`'s old buffer (if any) stays behind: only a consumer that
+        // hands in an unallocated deque leaves the outbox unallocated.
+    } else {
+        into.append(queue);
     }
 }
 
@@ -233,7 +303,7 @@ mod tests {
         let o = Outbox::new(ProtocolVersion::V5);
         assert!(o.push(Packet::PingResp));
         assert!(o.push(Packet::PingResp));
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         assert!(o.try_drain(&mut v));
         assert_eq!(v.len(), 2);
         o.close();
@@ -249,7 +319,7 @@ mod tests {
         o.push_held(1, puback(1));
         o.push(Packet::PingResp); // behind the held ack
         o.push_held(2, puback(2));
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         o.try_drain(&mut v);
         assert_eq!(v, vec![Packet::PingResp]);
         v.clear();
@@ -267,7 +337,7 @@ mod tests {
         let o = Outbox::new(ProtocolVersion::V5);
         o.push_held(1, puback(1));
         o.release(1, true);
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         o.try_drain(&mut v);
         let Packet::PubAck(r) = &v[0] else { panic!() };
         assert_eq!(r.reason, ReasonCode::UnspecifiedError);
@@ -285,7 +355,7 @@ mod tests {
         let o = Outbox::new(ProtocolVersion::V5);
         o.push_held(3, puback(1));
         o.close();
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         assert!(o.try_drain(&mut v), "held packets are still to come");
         o.release(3, false);
         assert!(o.try_drain(&mut v));

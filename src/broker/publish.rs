@@ -226,7 +226,7 @@ impl Broker {
 
     /// Backpressure: a connected subscriber's queue is full, so the
     /// publisher's reads pause until it drains (bounded: see
-    /// [`Outbox::reads_allowed`]). QoS 1/2 messages are then kept rather
+    /// [`Outbox::poll_reads_allowed`]). QoS 1/2 messages are then kept rather
     /// than dropped, and the publisher slows to what its subscribers take.
     pub(super) fn slow_down_publisher(&mut self, msg: &Message, congested: &[SessionId]) {
         let Some(publisher) = msg.publisher else {

@@ -3,6 +3,7 @@
 
 pub(crate) mod alias;
 pub(crate) mod connection;
+mod duplex;
 #[cfg(feature = "http")]
 pub(crate) mod http;
 pub(crate) mod listener;
