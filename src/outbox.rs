@@ -8,8 +8,8 @@
 //! An outbox has exactly one consumer (a connection's task, or the inline
 //! client's relay), so one waker slot is enough: it is cheaper to keep per
 //! connection than a `Notify`, and it lets the consumer wait on the outbox
-//! and its socket in the same poll. A drain takes the whole queue, so an
-//! idle connection's outbox holds no allocation.
+//! and its socket in the same poll. An idle connection's outbox holds no
+//! allocation (see [`Outbox::poll_drain`] and [`Outbox::trim`]).
 //!
 //! **Commit barrier.** With a persistent store, an acknowledgement may only
 //! leave once what it acknowledges is committed. Such a packet is pushed
@@ -20,7 +20,7 @@
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
@@ -28,6 +28,10 @@ use std::task::{Context, Poll, Waker};
 #[derive(Debug)]
 pub struct Outbox {
     inner: Mutex<Inner>,
+    /// False only while the consumer waits with its waker registered and
+    /// nobody has woken it since: it can then skip the lock. Invariant:
+    /// whoever takes the waker sets this (see [`Outbox::wake_consumer`]).
+    ready: AtomicBool,
     version: ProtocolVersion,
     /// How many congested sessions asked this connection's reader to pause
     /// (backpressure on a publisher that outruns its subscribers).
@@ -58,10 +62,6 @@ impl Inner {
         self.held.as_ref().map_or(0, |h| h.len())
     }
 
-    fn take_waker(&mut self) -> Option<Waker> {
-        self.waker.take()
-    }
-
     fn register(&mut self, cx: &Context<'_>) {
         match &mut self.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -75,9 +75,18 @@ impl Outbox {
     pub fn new(version: ProtocolVersion) -> Self {
         Outbox {
             inner: Mutex::default(),
+            ready: AtomicBool::new(true),
             version,
             read_pauses: AtomicU32::new(0),
         }
+    }
+
+    /// The consumer's waker, to be woken once the lock is released. Taken
+    /// together with setting `ready`: a consumer that finds `ready` false
+    /// is then sure its waker is still registered.
+    fn wake_consumer(&self, inner: &mut Inner) -> Option<Waker> {
+        self.ready.store(true, Ordering::Release);
+        inner.waker.take()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -103,7 +112,7 @@ impl Outbox {
         inner.queue.push_back(packet);
         // Only the first packet of a batch needs to wake the consumer.
         let waker = if inner.queue.len() == 1 {
-            inner.take_waker()
+            self.wake_consumer(&mut inner)
         } else {
             None
         };
@@ -155,7 +164,7 @@ impl Outbox {
             released = true;
         }
         let waker = if released || inner.closed {
-            inner.take_waker()
+            self.wake_consumer(&mut inner)
         } else {
             None
         };
@@ -180,7 +189,7 @@ impl Outbox {
             })
             .unwrap_or(0);
         if before <= 1 {
-            let waker = self.lock().take_waker();
+            let waker = self.wake_consumer(&mut self.lock());
             if let Some(w) = waker {
                 w.wake();
             }
@@ -215,7 +224,7 @@ impl Outbox {
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
-        let waker = inner.take_waker();
+        let waker = self.wake_consumer(&mut inner);
         drop(inner);
         if let Some(w) = waker {
             w.wake();
@@ -227,43 +236,54 @@ impl Outbox {
     #[cfg(test)]
     pub fn try_drain(&self, into: &mut VecDeque<Packet>) -> bool {
         let mut inner = self.lock();
-        take_queue(&mut inner.queue, into);
+        into.append(&mut inner.queue);
         !(inner.closed && inner.held.is_none() && into.is_empty())
     }
 
     /// Like [`Outbox::try_drain`] when something is ready or the outbox is
     /// finished; otherwise `Pending`, and the consumer is woken when that
     /// changes.
+    ///
+    /// The packets are moved out, the queue keeps its allocation: the core
+    /// writes into the same (cache-warm) buffer batch after batch, which
+    /// swapping buffers with the consumer was measurably slower at. A
+    /// consumer gone idle [`Outbox::trim`]s it.
     pub fn poll_drain(&self, cx: &Context<'_>, into: &mut VecDeque<Packet>) -> Poll<bool> {
+        // Without the lock while waiting: the consumer is polled for its
+        // socket too, often once per packet read.
+        if !self.ready.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
         let mut inner = self.lock();
         let finished = inner.closed && inner.held.is_none();
         if !inner.queue.is_empty() || finished {
-            take_queue(&mut inner.queue, into);
+            into.append(&mut inner.queue);
             return Poll::Ready(!(finished && into.is_empty()));
         }
         // Registered under the lock that pushes take, so a push right after
-        // the check above finds the waker.
+        // the check above finds the waker (and sets `ready` again).
         inner.register(cx);
+        self.ready.store(false, Ordering::Relaxed);
         Poll::Pending
+    }
+
+    /// Frees the queue's allocation if it is empty: for a consumer that
+    /// has gone idle.
+    pub fn trim(&self) {
+        let mut inner = self.lock();
+        let spare = if inner.queue.is_empty() {
+            std::mem::take(&mut inner.queue)
+        } else {
+            VecDeque::new()
+        };
+        drop(inner);
+        drop(spare);
     }
 
     /// Waits until something is ready or the outbox is finished, then
     /// drains like [`Outbox::try_drain`].
     pub async fn drain(&self, into: &mut VecDeque<Packet>) -> bool {
         std::future::poll_fn(|cx| self.poll_drain(cx, into)).await
-    }
-}
-
-/// Moves `queue`'s packets to the back of `into`. Into an empty `into` the
-/// queue is swapped whole, which is O(1) and leaves the outbox with no
-/// allocation until the next push.
-fn take_queue(queue: &mut VecDeque<Packet>, into: &mut VecDeque<Packet>) {
-    if into.is_empty() {
-        std::mem::swap(queue, into);
-        // `into`'s old buffer (if any) stays behind: only a consumer that
-        // hands in an unallocated deque leaves the outbox unallocated.
-    } else {
-        into.append(queue);
     }
 }
 
@@ -293,6 +313,7 @@ mod tests {
     use super::*;
     use crate::codec::PubResp;
     use std::num::NonZeroU16;
+    use std::sync::Arc;
 
     fn puback(n: u16) -> Packet {
         Packet::PubAck(PubResp::new(NonZeroU16::new(n).unwrap()))
@@ -348,6 +369,36 @@ mod tests {
         v.clear();
         assert!(!o.try_drain(&mut v));
         assert!(v.is_empty(), "no ack for a failed write");
+    }
+
+    /// Counts its wakes.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_consumer_woken_for_any_reason_is_woken_by_the_next_push() {
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let cx = Context::from_waker(&waker);
+        let woken = || counter.0.load(Ordering::Relaxed);
+        let o = Outbox::new(ProtocolVersion::V5);
+        let mut v = VecDeque::new();
+        o.pause_reads();
+        assert!(o.poll_drain(&cx, &mut v).is_pending());
+        assert!(o.poll_reads_allowed(&cx).is_pending());
+        o.resume_reads();
+        assert_eq!(woken(), 1);
+        // The resume took the waker: this poll must register it again.
+        assert!(o.poll_drain(&cx, &mut v).is_pending());
+        o.push(Packet::PingResp);
+        assert_eq!(woken(), 2);
+        assert_eq!(o.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(v, vec![Packet::PingResp]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use super::alias::InboundAliases;
 use super::duplex::{Duplex, Step};
+use super::sweep::IdleSweep;
 use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event};
 use crate::codec::{
     encode, Auth, AuthProperties, ByteStr, ConnAck, DecodeError, Packet, ProtocolVersion,
@@ -33,6 +34,8 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     pub events: mpsc::Sender<Event>,
     pub hooks: Hooks,
+    /// Ticked by the listeners' task (see [`IdleSweep`]).
+    pub sweep: IdleSweep,
 }
 
 /// What the listener learned about a connection before MQTT started.
@@ -117,8 +120,7 @@ where
             // this future: across it lives only a boxed future, if anything.
             let wait = {
                 let step =
-                    poll_fn(|cx| io.poll_step(cx, &live.outbox, timer.as_mut(), &shared.stats))
-                        .await;
+                    poll_fn(|cx| io.poll_step(cx, &live.outbox, timer.as_mut(), &shared)).await;
                 let packet = match step {
                     Step::Packet(p) => p,
                     // The core closed the outbox and the writer finished:
@@ -141,7 +143,7 @@ where
                     Dispatched::End(ending) => break ending,
                 }
             };
-            if let Err(ending) = io.while_writing(&live.outbox, &shared.stats, wait).await {
+            if let Err(ending) = io.while_writing(&live.outbox, &shared, wait).await {
                 break ending;
             }
         };
@@ -389,12 +391,11 @@ where
         Ending::Disconnected | Ending::BrokerStopped => (None, false),
     };
     tracing::info!(conn = conn.0, client_id = %client.client_id, reason = %why, "client disconnected");
-    let stats = &*shared.stats;
     if let Some(reason) = reason {
         // The core sends the DISCONNECT (5.0): queued from here it could
         // overtake a CONNACK the core has not queued yet.
         let send = Box::pin(shared.events.send(Event::Closed { conn, reason }));
-        let _ = io.while_writing(&live.outbox, stats, send).await;
+        let _ = io.while_writing(&live.outbox, &shared, send).await;
     }
     let peer_still_talking = !matches!(reason, Some(CloseReason::Lost));
     if !writer_done {
@@ -402,7 +403,7 @@ where
         // queueing any final DISCONNECT; closing it from here first would
         // drop that. Give the writer a moment to flush, then close it
         // ourselves (the core is gone or never saw this connection).
-        let flushed = io.finish_writing(&live.outbox, stats);
+        let flushed = io.finish_writing(&live.outbox, &shared);
         if tokio::time::timeout(Duration::from_secs(5), flushed)
             .await
             .is_err()

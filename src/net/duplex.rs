@@ -7,12 +7,15 @@
 //! the outbox, and no buffer is held while the connection is quiet. Reads go
 //! through a buffer on the poller's stack; only bytes that are being decoded
 //! (or an incomplete packet) are copied to the heap, and that buffer is
-//! dropped once it is empty. The encoded bytes and the drained packets are
-//! dropped once written. Packets decoded from a read share its allocation,
-//! so the allocation lives on only as long as they do.
+//! dropped once it is empty. Packets decoded from a read share its
+//! allocation, so the allocation lives on only as long as they do. The
+//! write side keeps its buffers between bursts, and lets them go once idle
+//! across a tick of the [`IdleSweep`].
 
 use super::alias::OutboundAliases;
-use crate::codec::{encode, DecodeError, Decoder, Packet, ProtocolVersion};
+use super::connection::Shared;
+use super::sweep::IdleSweep;
+use crate::codec::{DecodeError, Decoder, Packet, ProtocolVersion};
 use crate::outbox::Outbox;
 use crate::stats::{self, Stats};
 use bytes::{Buf, BytesMut};
@@ -79,8 +82,16 @@ pub(crate) struct Duplex<S> {
     decoder: Decoder,
     /// Read and not yet decoded. Unallocated when empty.
     rbuf: BytesMut,
-    /// Encoded and not yet written. Unallocated when empty.
-    wbuf: BytesMut,
+    /// While the connection writes (see [`Duplex::idle`]).
+    write: Option<Box<WriteBuffers>>,
+    /// The sweep's epoch when a batch was last drained (0: never).
+    wrote_at: u32,
+    /// Batches come often: two were drained within a tick of each other
+    /// (cleared when the buffers are freed).
+    busy: bool,
+    /// The sweep's epoch when this connection last asked to be woken at
+    /// the next tick.
+    woken_after: u32,
     /// Written bytes not yet flushed (TLS and WebSocket streams buffer
     /// what they are given until flushed).
     unflushed: bool,
@@ -92,6 +103,15 @@ pub(crate) struct Duplex<S> {
     aliases: OutboundAliases,
 }
 
+/// The write side's buffers.
+#[derive(Default)]
+struct WriteBuffers {
+    /// Encoded and not yet written.
+    bytes: BytesMut,
+    /// Drained from the outbox; empty between drains.
+    batch: VecDeque<Packet>,
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     /// A stream whose CONNECT is yet to come.
     pub fn new(stream: S, maximum_packet_size: u32) -> Self {
@@ -99,7 +119,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             stream,
             decoder: Decoder::new(maximum_packet_size),
             rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
+            write: None,
+            wrote_at: 0,
+            busy: false,
+            woken_after: 0,
             unflushed: false,
             writing: Writing::Open,
             reading: Reading::Between,
@@ -151,9 +174,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
         cx: &mut Context<'_>,
         outbox: &Outbox,
         mut timer: Pin<&mut Sleep>,
-        stats: &Stats,
+        shared: &Shared,
     ) -> Poll<Step> {
-        match self.poll_write(cx, outbox, stats) {
+        let stats = &*shared.stats;
+        match self.poll_write(cx, outbox, shared) {
             Poll::Ready(Writing::Finished) => return Poll::Ready(Step::Finished),
             Poll::Ready(_) => return Poll::Ready(Step::Lost),
             Poll::Pending => {}
@@ -195,8 +219,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
 
     /// Writes until the outbox is finished and the write side shut down,
     /// or writing fails. Reads nothing. True if it finished.
-    pub async fn finish_writing(&mut self, outbox: &Outbox, stats: &Stats) -> bool {
-        poll_fn(|cx| self.poll_write(cx, outbox, stats)).await == Writing::Finished
+    pub async fn finish_writing(&mut self, outbox: &Outbox, shared: &Shared) -> bool {
+        poll_fn(|cx| self.poll_write(cx, outbox, shared)).await == Writing::Finished
     }
 
     /// Runs `fut` while writing what the outbox holds (reading nothing),
@@ -205,12 +229,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     pub fn while_writing<'a, F: Future + ?Sized + 'a>(
         &'a mut self,
         outbox: &'a Outbox,
-        stats: &'a Stats,
+        shared: &'a Shared,
         mut fut: Pin<Box<F>>,
     ) -> impl Future<Output = F::Output> + 'a {
         poll_fn(move |cx| {
             // A write failure or the end surfaces at the next poll_step.
-            let _ = self.poll_write(cx, outbox, stats);
+            let _ = self.poll_write(cx, outbox, shared);
             fut.as_mut().poll(cx)
         })
     }
@@ -277,8 +301,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
         &mut self,
         cx: &mut Context<'_>,
         outbox: &Outbox,
-        stats: &Stats,
+        shared: &Shared,
     ) -> Poll<Writing> {
+        let stats = &*shared.stats;
         loop {
             match self.writing {
                 Writing::Open => {}
@@ -290,19 +315,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 }
                 done => return Poll::Ready(done),
             }
-            if !self.wbuf.is_empty() {
-                match ready!(Pin::new(&mut self.stream).poll_write(cx, &self.wbuf)) {
+            if let Some(w) = self.write.as_mut().filter(|w| !w.bytes.is_empty()) {
+                match ready!(Pin::new(&mut self.stream).poll_write(cx, &w.bytes)) {
                     Ok(n) if n > 0 => {
                         stats::add(&stats.bytes_sent, n as u64);
-                        self.wbuf.advance(n);
+                        w.bytes.advance(n);
                         self.unflushed = true;
-                        continue;
                     }
-                    _ => {
-                        self.writing = Writing::Failed;
-                        continue;
-                    }
+                    _ => self.writing = Writing::Failed,
                 }
+                continue;
             }
             if self.unflushed {
                 if ready!(Pin::new(&mut self.stream).poll_flush(cx)).is_err() {
@@ -310,35 +332,78 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                     continue;
                 }
                 self.unflushed = false;
-                // Written: an idle connection keeps no write buffer.
-                self.wbuf = BytesMut::new();
             }
-            // An unallocated deque: the outbox swaps its queue out whole
-            // and is left with no allocation either.
-            let mut batch = VecDeque::new();
-            if !ready!(outbox.poll_drain(cx, &mut batch)) {
-                self.writing = Writing::ShuttingDown;
-                continue;
+            let mut batch = match self.write.as_mut() {
+                Some(w) => std::mem::take(&mut w.batch),
+                None => VecDeque::new(),
+            };
+            match outbox.poll_drain(cx, &mut batch) {
+                Poll::Ready(true) => {
+                    let epoch = shared.sweep.epoch();
+                    self.busy |= self.wrote_at != 0 && self.wrote_at + 1 >= epoch;
+                    self.wrote_at = epoch;
+                    let w = self.write.get_or_insert_default();
+                    encode(
+                        &mut batch,
+                        self.version,
+                        &mut self.aliases,
+                        &mut w.bytes,
+                        stats,
+                    );
+                    w.batch = batch;
+                }
+                Poll::Ready(false) => self.writing = Writing::ShuttingDown,
+                Poll::Pending => {
+                    if let Some(w) = self.write.as_mut() {
+                        w.batch = batch;
+                        self.idle(cx, outbox, &shared.sweep);
+                    }
+                    return Poll::Pending;
+                }
             }
-            self.encode(batch, stats);
         }
     }
 
-    fn encode(&mut self, mut batch: VecDeque<Packet>, stats: &Stats) {
-        let mut publishes = 0u64;
-        let packets = batch.len() as u64;
-        // Encoded in place: a packet is a few hundred bytes, and moving each
-        // one out of the batch showed up in profiles of fan-out.
-        for packet in batch.iter_mut() {
-            if let Packet::Publish(p) = packet {
-                publishes += 1;
-                self.aliases.apply(p);
-            }
-            if let Err(e) = encode(packet, self.version, &mut self.wbuf) {
-                tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
-            }
+    /// Everything is written. A busy connection keeps its write buffers
+    /// until it has drained nothing for a whole tick of the sweep (it asks
+    /// to be woken at each tick to check); any other lets them go at once,
+    /// so one that only got its CONNACK, or gets a message now and then,
+    /// keeps nothing.
+    fn idle(&mut self, cx: &Context<'_>, outbox: &Outbox, sweep: &IdleSweep) {
+        let epoch = sweep.epoch();
+        if !self.busy || epoch > self.wrote_at + 1 {
+            self.write = None;
+            self.busy = false;
+            outbox.trim();
+        } else if self.woken_after != epoch {
+            sweep.wake_at_next_tick(cx.waker());
+            self.woken_after = epoch;
         }
-        stats::add(&stats.packets_sent, packets);
-        stats::add(&stats.messages_sent, publishes);
     }
+}
+
+/// Encodes the batch into `out`, leaving the batch empty.
+fn encode(
+    batch: &mut VecDeque<Packet>,
+    version: ProtocolVersion,
+    aliases: &mut OutboundAliases,
+    out: &mut BytesMut,
+    stats: &Stats,
+) {
+    let mut publishes = 0u64;
+    let packets = batch.len() as u64;
+    // Encoded in place: a packet is a few hundred bytes, and moving each
+    // one out of the batch showed up in profiles of fan-out.
+    for packet in batch.iter_mut() {
+        if let Packet::Publish(p) = packet {
+            publishes += 1;
+            aliases.apply(p);
+        }
+        if let Err(e) = crate::codec::encode(packet, version, out) {
+            tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
+        }
+    }
+    batch.clear();
+    stats::add(&stats.packets_sent, packets);
+    stats::add(&stats.messages_sent, publishes);
 }

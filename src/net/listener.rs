@@ -393,17 +393,23 @@ pub(crate) struct Accepting {
 }
 
 /// Starts an accept loop for every listener that arrives, until shutdown.
+/// Also ticks the connections' [`IdleSweep`](super::sweep::IdleSweep).
 pub(crate) async fn run(mut incoming: mpsc::UnboundedReceiver<Listener>, ctx: Accepting) {
     let mut stop = ctx.stop.clone();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Listeners arrive until every handle is gone; the sweep goes on.
+    let mut open = true;
     loop {
         tokio::select! {
-            l = incoming.recv() => match l {
+            l = incoming.recv(), if open => match l {
                 Some(l) => {
                     tracing::info!(id = %l.id, addr = %l.addr, scheme = l.kind.scheme(), "listening");
                     tokio::spawn(accept_loop(l, ctx.clone()));
                 }
-                None => return,
+                None => open = false,
             },
+            _ = sweep.tick() => ctx.shared.sweep.tick(),
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -668,6 +674,7 @@ mod tests {
             stats: Default::default(),
             events,
             hooks: Default::default(),
+            sweep: Default::default(),
         });
         #[allow(unused_variables)]
         let (stop_tx, stop) = watch::channel(false);
