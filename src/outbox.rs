@@ -175,7 +175,7 @@ impl Outbox {
     }
 
     /// Asks the connection's reader to stop reading (until every pause is
-    /// resumed, or [`Outbox::reads_allowed`]'s bound passes).
+    /// resumed, or the bound its reader puts on a pause passes).
     pub fn pause_reads(&self) {
         self.read_pauses.fetch_add(1, Ordering::Relaxed);
     }
@@ -240,9 +240,10 @@ impl Outbox {
         !(inner.closed && inner.held.is_none() && into.is_empty())
     }
 
-    /// Like [`Outbox::try_drain`] when something is ready or the outbox is
-    /// finished; otherwise `Pending`, and the consumer is woken when that
-    /// changes.
+    /// When something is ready or the outbox is finished, moves what is
+    /// ready to the back of `into`, and is false once the outbox is closed
+    /// and nothing more will come; otherwise `Pending`, and the consumer is
+    /// woken when that changes.
     ///
     /// The packets are moved out, the queue keeps its allocation: the core
     /// writes into the same (cache-warm) buffer batch after batch, which
@@ -280,8 +281,7 @@ impl Outbox {
         drop(spare);
     }
 
-    /// Waits until something is ready or the outbox is finished, then
-    /// drains like [`Outbox::try_drain`].
+    /// [`Outbox::poll_drain`] as a future.
     pub async fn drain(&self, into: &mut VecDeque<Packet>) -> bool {
         std::future::poll_fn(|cx| self.poll_drain(cx, into)).await
     }
