@@ -437,7 +437,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// waits for them, messages to their subscriptions (acknowledged as an MQTT
 /// client would).
 async fn relay_loop(inner: std::sync::Weak<Inner>, outbox: Arc<Outbox>) {
-    let mut batch = Vec::new();
+    let mut batch = std::collections::VecDeque::new();
     while outbox.drain(&mut batch).await {
         let Some(inner) = inner.upgrade() else { return };
         for packet in batch.drain(..) {

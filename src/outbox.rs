@@ -1,9 +1,15 @@
 //! The queue of packets waiting to be written to one connection.
 //!
 //! The broker core pushes packets under a short lock and never waits; the
-//! connection's writer task drains everything that is queued in one go, so
-//! many packets share one write (coalescing). The core reads the queue length
-//! to apply its slow-consumer policy.
+//! connection's task drains everything that is queued in one go, so many
+//! packets share one write (coalescing). The core reads the queue length to
+//! apply its slow-consumer policy.
+//!
+//! An outbox has exactly one consumer (a connection's task, or the inline
+//! client's relay), so one waker slot is enough: it is cheaper to keep per
+//! connection than a `Notify`, and it lets the consumer wait on the outbox
+//! and its socket in the same poll. An idle connection's outbox holds no
+//! allocation (see [`Outbox::poll_drain`] and [`Outbox::trim`]).
 //!
 //! **Commit barrier.** With a persistent store, an acknowledgement may only
 //! leave once what it acknowledges is committed. Such a packet is pushed
@@ -20,20 +26,22 @@
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 /// Packets for one connection, plus a "close after these" flag.
 #[derive(Debug)]
 pub struct Outbox {
     inner: Mutex<Inner>,
-    notify: Notify,
+    /// False only while the consumer waits with its waker registered and
+    /// nobody has woken it since: it can then skip the lock. Invariant:
+    /// whoever takes the waker sets this (see [`Outbox::wake_consumer`]).
+    ready: AtomicBool,
     version: ProtocolVersion,
     /// How many congested sessions asked this connection's reader to pause
     /// (backpressure on a publisher that outruns its subscribers).
     read_pauses: AtomicU32,
-    reads_resumed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -41,8 +49,18 @@ struct Inner {
     /// Ready to be written.
     queue: VecDeque<Packet>,
     /// Waiting for a commit or a gate, in push order.
-    held: VecDeque<Held>,
+    /// Allocated only while something is held (`None` when empty): most
+    /// connections never wait for a commit, and an empty deque would take
+    /// room in every outbox.
+    #[allow(
+        clippy::box_collection,
+        reason = "a pointer, not an empty deque, per outbox"
+    )]
+    held: Option<Box<VecDeque<Held>>>,
     closed: bool,
+    /// The consumer, when it last found nothing to do: woken when packets
+    /// become ready, the outbox closes, or reads resume.
+    waker: Option<Waker>,
 }
 
 /// A packet that may not be written yet.
@@ -64,16 +82,58 @@ impl Held {
     }
 }
 
+impl Inner {
+    /// Moves held packets that are free to go, from the front, to the
+    /// ready queue; frees the held queue once it is empty. Returns whether
+    /// any moved.
+    fn release_ready(&mut self, commit: u64) -> bool {
+        let mut released = false;
+        while let Some(held) = self.held.as_mut() {
+            if !held
+                .front()
+                .is_some_and(|h| h.commit <= commit || h.ready())
+            {
+                break;
+            }
+            let Some(h) = held.pop_front() else { break };
+            if held.is_empty() {
+                self.held = None;
+            }
+            self.queue.push_back(h.packet);
+            released = true;
+        }
+        released
+    }
+
+    fn held_len(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.len())
+    }
+
+    fn register(&mut self, cx: &Context<'_>) {
+        match &mut self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+    }
+}
+
 impl Outbox {
     /// An empty, open outbox for a client speaking `version`.
     pub fn new(version: ProtocolVersion) -> Self {
         Outbox {
             inner: Mutex::default(),
-            notify: Notify::new(),
+            ready: AtomicBool::new(true),
             version,
             read_pauses: AtomicU32::new(0),
-            reads_resumed: Notify::new(),
         }
+    }
+
+    /// The consumer's waker, to be woken once the lock is released. Taken
+    /// together with setting `ready`: a consumer that finds `ready` false
+    /// is then sure its waker is still registered.
+    fn wake_consumer(&self, inner: &mut Inner) -> Option<Waker> {
+        self.ready.store(true, Ordering::Release);
+        inner.waker.take()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -90,8 +150,8 @@ impl Outbox {
         if inner.closed {
             return false;
         }
-        if !inner.held.is_empty() {
-            inner.held.push_back(Held {
+        if let Some(held) = inner.held.as_mut() {
+            held.push_back(Held {
                 commit: 0,
                 token: 0,
                 open: false,
@@ -99,11 +159,16 @@ impl Outbox {
             });
             return true;
         }
-        let was_empty = inner.queue.is_empty();
         inner.queue.push_back(packet);
+        // Only the first packet of a batch needs to wake the consumer.
+        let waker = if inner.queue.len() == 1 {
+            self.wake_consumer(&mut inner)
+        } else {
+            None
+        };
         drop(inner);
-        if was_empty {
-            self.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
         true
     }
@@ -121,7 +186,7 @@ impl Outbox {
         if inner.closed {
             return false;
         }
-        inner.held.push_back(Held {
+        inner.held.get_or_insert_default().push_back(Held {
             commit,
             token,
             open: false,
@@ -134,21 +199,23 @@ impl Outbox {
     /// commit (as soon as the packets ahead of it went).
     pub fn open(&self, token: u64) {
         let mut inner = self.lock();
-        let Some(h) = inner.held.iter_mut().find(|h| h.token == token) else {
+        let Some(h) = inner
+            .held
+            .as_mut()
+            .and_then(|held| held.iter_mut().find(|h| h.token == token))
+        else {
             return; // Already released by its commit.
         };
         h.open = true;
-        let mut released = false;
-        while inner.held.front().is_some_and(Held::ready) {
-            let Some(h) = inner.held.pop_front() else {
-                break;
-            };
-            inner.queue.push_back(h.packet);
-            released = true;
-        }
+        // Commit 0: only what is free to go on its own.
+        let waker = if inner.release_ready(0) {
+            self.wake_consumer(&mut inner)
+        } else {
+            None
+        };
         drop(inner);
-        if released {
-            self.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
@@ -160,36 +227,54 @@ impl Outbox {
     pub fn release(&self, commit: u64, failed: bool) {
         let mut inner = self.lock();
         let mut released = false;
-        while inner
-            .held
-            .front()
-            .is_some_and(|h| h.commit <= commit || h.open)
-        {
-            let Some(Held {
-                mut packet, open, ..
-            }) = inner.held.pop_front()
-            else {
-                break;
-            };
-            // An open gate's acknowledgement is true whatever the commit
-            // did: every stored copy was delivered and acknowledged.
-            if failed && !open && refuse(&mut packet, self.version) {
-                inner.held.clear();
-                inner.closed = true;
-                break;
+        if failed {
+            while let Some(held) = inner.held.as_mut() {
+                if !held
+                    .front()
+                    .is_some_and(|h| h.commit <= commit || h.ready())
+                {
+                    break;
+                }
+                let Some(Held {
+                    mut packet,
+                    open,
+                    commit: waited_for,
+                    ..
+                }) = held.pop_front()
+                else {
+                    break;
+                };
+                if held.is_empty() {
+                    inner.held = None;
+                }
+                // Only what waited for the commit vouches for it: an open
+                // gate's acknowledgement is true whatever the commit did
+                // (every stored copy was delivered and acknowledged), and a
+                // packet that only kept its place in line vouches for nothing.
+                if !open && waited_for != 0 && refuse(&mut packet, self.version) {
+                    inner.held = None;
+                    inner.closed = true;
+                    break;
+                }
+                inner.queue.push_back(packet);
+                released = true;
             }
-            inner.queue.push_back(packet);
-            released = true;
+        } else {
+            released = inner.release_ready(commit);
         }
-        let closed = inner.closed;
+        let waker = if released || inner.closed {
+            self.wake_consumer(&mut inner)
+        } else {
+            None
+        };
         drop(inner);
-        if released || closed {
-            self.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
     /// Asks the connection's reader to stop reading (until every pause is
-    /// resumed, or [`Outbox::reads_allowed`]'s bound passes).
+    /// resumed, or the bound its reader puts on a pause passes).
     pub fn pause_reads(&self) {
         self.read_pauses.fetch_add(1, Ordering::Relaxed);
     }
@@ -203,69 +288,101 @@ impl Outbox {
             })
             .unwrap_or(0);
         if before <= 1 {
-            self.reads_resumed.notify_waiters();
+            let waker = self.wake_consumer(&mut self.lock());
+            if let Some(w) = waker {
+                w.wake();
+            }
         }
     }
 
-    /// Waits while reads are paused, at most `bound`: a pause slows a
-    /// publisher down but never blocks it for good (two clients that
+    /// Ready when no pause is asked for; otherwise the consumer is woken
+    /// when the last one is withdrawn. The caller bounds the wait: a pause
+    /// slows a publisher down but never blocks it for good (two clients that
     /// publish to each other could otherwise wait on each other forever).
-    pub async fn reads_allowed(&self, bound: std::time::Duration) {
+    pub fn poll_reads_allowed(&self, cx: &Context<'_>) -> Poll<()> {
         if self.read_pauses.load(Ordering::Relaxed) == 0 {
-            return;
+            return Poll::Ready(());
         }
-        let _ = tokio::time::timeout(bound, async {
-            loop {
-                let resumed = self.reads_resumed.notified();
-                tokio::pin!(resumed);
-                resumed.as_mut().enable();
-                if self.read_pauses.load(Ordering::Relaxed) == 0 {
-                    return;
-                }
-                resumed.await;
-            }
-        })
-        .await;
+        let mut inner = self.lock();
+        inner.register(cx);
+        // Checked again under the lock: a resume in between found no waker.
+        if self.read_pauses.load(Ordering::Relaxed) == 0 {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     /// Packets waiting to be written (held ones included).
     pub fn len(&self) -> usize {
         let inner = self.lock();
-        inner.queue.len() + inner.held.len()
+        inner.queue.len() + inner.held_len()
     }
 
     /// Asks the writer to write what is queued, then close the connection.
     /// Later pushes are dropped; held packets still go out when released.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.notify.notify_one();
-    }
-
-    /// Moves everything ready into `into`. Returns false when the outbox is
-    /// closed and nothing more will come.
-    #[cfg(test)]
-    pub fn try_drain(&self, into: &mut Vec<Packet>) -> bool {
         let mut inner = self.lock();
-        into.extend(inner.queue.drain(..));
-        !(inner.closed && inner.held.is_empty() && into.is_empty())
+        inner.closed = true;
+        let waker = self.wake_consumer(&mut inner);
+        drop(inner);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
-    /// Waits until something is ready or the outbox is closed, then drains
-    /// like [`Outbox::try_drain`].
-    pub async fn drain(&self, into: &mut Vec<Packet>) -> bool {
-        loop {
-            {
-                let mut inner = self.lock();
-                let finished = inner.closed && inner.held.is_empty();
-                if !inner.queue.is_empty() || finished {
-                    into.extend(inner.queue.drain(..));
-                    return !(finished && into.is_empty());
-                }
-            }
-            // notify_one stores a permit when nobody waits, so a push between
-            // the check above and this await is not missed.
-            self.notify.notified().await;
+    /// Moves everything ready to the back of `into`. Returns false when the
+    /// outbox is closed and nothing more will come.
+    #[cfg(test)]
+    pub fn try_drain(&self, into: &mut VecDeque<Packet>) -> bool {
+        let mut inner = self.lock();
+        into.append(&mut inner.queue);
+        !(inner.closed && inner.held.is_none() && into.is_empty())
+    }
+
+    /// When something is ready or the outbox is finished, moves what is
+    /// ready to the back of `into`, and is false once the outbox is closed
+    /// and nothing more will come; otherwise `Pending`, and the consumer is
+    /// woken when that changes.
+    ///
+    /// The packets are moved out, the queue keeps its allocation: the core
+    /// writes into the same (cache-warm) buffer batch after batch, which
+    /// swapping buffers with the consumer was measurably slower at. A
+    /// consumer gone idle [`Outbox::trim`]s it.
+    pub fn poll_drain(&self, cx: &Context<'_>, into: &mut VecDeque<Packet>) -> Poll<bool> {
+        // Without the lock while waiting: the consumer is polled for its
+        // socket too, often once per packet read.
+        if !self.ready.load(Ordering::Acquire) {
+            return Poll::Pending;
         }
+        let mut inner = self.lock();
+        let finished = inner.closed && inner.held.is_none();
+        if !inner.queue.is_empty() || finished {
+            into.append(&mut inner.queue);
+            return Poll::Ready(!(finished && into.is_empty()));
+        }
+        // Registered under the lock that pushes take, so a push right after
+        // the check above finds the waker (and sets `ready` again).
+        inner.register(cx);
+        self.ready.store(false, Ordering::Relaxed);
+        Poll::Pending
+    }
+
+    /// Frees the queue's allocation if it is empty: for a consumer that
+    /// has gone idle.
+    pub fn trim(&self) {
+        let mut inner = self.lock();
+        let spare = if inner.queue.is_empty() {
+            std::mem::take(&mut inner.queue)
+        } else {
+            VecDeque::new()
+        };
+        drop(inner);
+        drop(spare);
+    }
+
+    /// [`Outbox::poll_drain`] as a future.
+    pub async fn drain(&self, into: &mut VecDeque<Packet>) -> bool {
+        std::future::poll_fn(|cx| self.poll_drain(cx, into)).await
     }
 }
 
@@ -295,6 +412,7 @@ mod tests {
     use super::*;
     use crate::codec::PubResp;
     use std::num::NonZeroU16;
+    use std::sync::Arc;
 
     fn puback(n: u16) -> Packet {
         Packet::PubAck(PubResp::new(NonZeroU16::new(n).unwrap()))
@@ -305,7 +423,7 @@ mod tests {
         let o = Outbox::new(ProtocolVersion::V5);
         assert!(o.push(Packet::PingResp));
         assert!(o.push(Packet::PingResp));
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         assert!(o.try_drain(&mut v));
         assert_eq!(v.len(), 2);
         o.close();
@@ -321,7 +439,7 @@ mod tests {
         o.push_held(1, puback(1));
         o.push(Packet::PingResp); // behind the held ack
         o.push_held(2, puback(2));
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         o.try_drain(&mut v);
         assert_eq!(v, vec![Packet::PingResp]);
         v.clear();
@@ -341,7 +459,7 @@ mod tests {
         o.push_gated(2, 7, puback(2));
         o.push(Packet::PingResp); // waits for nothing but order
         o.push_gated(2, 8, puback(3));
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         // Gate 7 opens, but puback(1) ahead of it still waits for commit 1.
         o.open(7);
         o.try_drain(&mut v);
@@ -367,7 +485,7 @@ mod tests {
         o.push_gated(1, 5, puback(1));
         o.push_held(1, puback(2));
         o.open(5);
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         o.try_drain(&mut v);
         assert_eq!(v, vec![puback(1)]);
         v.clear();
@@ -382,7 +500,7 @@ mod tests {
         let o = Outbox::new(ProtocolVersion::V5);
         o.push_held(1, puback(1));
         o.release(1, true);
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         o.try_drain(&mut v);
         let Packet::PubAck(r) = &v[0] else { panic!() };
         assert_eq!(r.reason, ReasonCode::UnspecifiedError);
@@ -395,12 +513,42 @@ mod tests {
         assert!(v.is_empty(), "no ack for a failed write");
     }
 
+    /// Counts its wakes.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_consumer_woken_for_any_reason_is_woken_by_the_next_push() {
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let cx = Context::from_waker(&waker);
+        let woken = || counter.0.load(Ordering::Relaxed);
+        let o = Outbox::new(ProtocolVersion::V5);
+        let mut v = VecDeque::new();
+        o.pause_reads();
+        assert!(o.poll_drain(&cx, &mut v).is_pending());
+        assert!(o.poll_reads_allowed(&cx).is_pending());
+        o.resume_reads();
+        assert_eq!(woken(), 1);
+        // The resume took the waker: this poll must register it again.
+        assert!(o.poll_drain(&cx, &mut v).is_pending());
+        o.push(Packet::PingResp);
+        assert_eq!(woken(), 2);
+        assert_eq!(o.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(v, vec![Packet::PingResp]);
+    }
+
     #[test]
     fn closed_outbox_still_delivers_released_packets() {
         let o = Outbox::new(ProtocolVersion::V5);
         o.push_held(3, puback(1));
         o.close();
-        let mut v = Vec::new();
+        let mut v = VecDeque::new();
         assert!(o.try_drain(&mut v), "held packets are still to come");
         o.release(3, false);
         assert!(o.try_drain(&mut v));

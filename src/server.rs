@@ -232,6 +232,7 @@ impl Server {
             stats: stats.clone(),
             events: events_tx,
             hooks: hooks.clone(),
+            sweep: Default::default(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));

@@ -109,7 +109,8 @@ impl Broker {
                 }
                 let sid = SessionId(self.next_session);
                 self.next_session += 1;
-                self.sessions.insert(sid, Session::new(client.clone()));
+                self.sessions
+                    .insert(sid, Box::new(Session::new(client.clone())));
                 self.by_client_id.insert(client_id.clone(), sid);
                 (sid, false)
             }
@@ -153,7 +154,7 @@ impl Broker {
             .map_or(u16::MAX, |r| r.get())
             .min(limits.maximum_inflight)
             .max(1);
-        let max_packet_size = c.properties.maximum_packet_size.map(|m| m.get());
+        let max_packet_size = c.properties.maximum_packet_size;
         let persist_enabled = self.persist.enabled;
         let session = self.sessions.get_mut(&sid).expect("session inserted above");
         session.protocol = v;
@@ -161,7 +162,7 @@ impl Broker {
         session.expiry_interval = expiry;
         session.disconnected_at_ms = None;
         session.will_due_ms = None;
-        session.will = will;
+        session.will = will.map(Box::new);
         session.conn = Some(Conn {
             id: conn,
             outbox: outbox.clone(),
@@ -176,7 +177,7 @@ impl Broker {
                 // It was persistent and is not any more.
                 session.stored = false;
                 self.persist.push(Op::DeleteSession {
-                    client_id: session.client_id.as_str().to_owned(),
+                    client_id: session.client_id().as_str().to_owned(),
                 });
             }
         }
@@ -320,8 +321,8 @@ impl Broker {
                     let rec = session_record(s);
                     self.persist.push(Op::PutSession(rec));
                 }
-                let client_id = s.client_id.clone();
-                self.publish_will(&client_id, w, now_ms);
+                let client_id = s.client_id().clone();
+                self.publish_will(&client_id, *w, now_ms);
             }
         }
     }
@@ -403,15 +404,15 @@ impl Broker {
             return;
         };
         self.timed.remove(&sid);
-        if self.by_client_id.get(&s.client_id) == Some(&sid) {
-            self.by_client_id.remove(&s.client_id);
+        if self.by_client_id.get(s.client_id()) == Some(&sid) {
+            self.by_client_id.remove(s.client_id());
         }
         if let Some(c) = s.conn.take() {
             self.conns.remove(&c.id);
             c.outbox.close();
         }
         s.release_blocked();
-        for (filter, _) in s.subscriptions.drain() {
+        for (filter, _) in s.subscriptions.take() {
             let (group, plain) = split_shared(&filter);
             self.subs.remove(plain, group, &sid);
             forget_cursor(&mut self.shared_cursor, group, plain);
@@ -432,14 +433,14 @@ impl Broker {
         }
         if s.stored {
             self.persist.push(Op::DeleteSession {
-                client_id: s.client_id.as_str().to_owned(),
+                client_id: s.client_id().as_str().to_owned(),
             });
         }
         // A will still pending when the session ends is sent now: the
         // earlier of its delay and the session's end ([MQTT-3.1.3-9]).
         if let Some(w) = s.will.take() {
             if s.will_due_ms.is_some() {
-                self.publish_will(&s.client_id, w, now_ms);
+                self.publish_will(s.client_id(), *w, now_ms);
             }
         }
         self.update_disconnected_gauge();
@@ -484,8 +485,9 @@ impl Broker {
                 d.properties.reason_string = text.map(ByteStr::from);
                 let mut packet = Packet::Disconnect(d);
                 let max = s.conn.as_ref().and_then(|c| c.max_packet_size);
-                if max.is_some_and(|m| crate::codec::encoded_len(&packet, s.protocol) > m as usize)
-                {
+                if max.is_some_and(|m| {
+                    crate::codec::encoded_len(&packet, s.protocol) > m.get() as usize
+                }) {
                     // [MQTT-3.14.2-3]: leave the reason string out.
                     if let Packet::Disconnect(d) = &mut packet {
                         d.properties.reason_string = None;

@@ -170,7 +170,9 @@ pub struct Broker {
     hooks: Hooks,
     stats: Arc<Stats>,
     persist: Persist,
-    sessions: IdMap<SessionId, Session>,
+    /// Boxed: the map keeps spare slots (it is at most 7/8 full, and
+    /// grows by doubling), which should cost a pointer, not a session.
+    sessions: IdMap<SessionId, Box<Session>>,
     by_client_id: HashMap<ByteStr, SessionId>,
     conns: IdMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
@@ -276,7 +278,7 @@ impl Broker {
         }
     }
 
-    pub(super) fn ctx(&mut self, now_ms: u64) -> (Ctx<'_>, &mut IdMap<SessionId, Session>) {
+    pub(super) fn ctx(&mut self, now_ms: u64) -> (Ctx<'_>, &mut IdMap<SessionId, Box<Session>>) {
         (
             Ctx {
                 persist: &mut self.persist,
@@ -378,7 +380,7 @@ fn split_shared(filter: &str) -> (Option<&str>, &str) {
 
 fn session_record(s: &Session) -> SessionRecord {
     SessionRecord {
-        client_id: s.client_id.as_str().to_owned(),
+        client_id: s.client_id().as_str().to_owned(),
         protocol_level: s.protocol.level(),
         expiry_interval: s.expiry_interval,
         disconnected_at_ms: s.disconnected_at_ms,

@@ -69,12 +69,13 @@ impl Broker {
         let pid = p.qos_pid.packet_id();
         if let (QoS::ExactlyOnce, Some(pid)) = (qos, pid) {
             let s = &self.sessions[&sid];
-            if s.inbound_qos2.contains(&pid.get()) {
+            let awaiting = s.inbound_qos2();
+            if awaiting.is_some_and(|q| q.contains(&pid.get())) {
                 // A resent QoS 2 PUBLISH: acknowledge, do not deliver again
                 // ([MQTT-4.3.3-9]).
                 return self.ack(sid, Packet::PubRec(PubResp::new(pid)));
             }
-            if s.inbound_qos2.len() >= usize::from(self.opts.limits.receive_maximum) {
+            if awaiting.map_or(0, |q| q.len()) >= usize::from(self.opts.limits.receive_maximum) {
                 // [MQTT-3.3.4-9]
                 return self.protocol_error(conn, ReasonCode::ReceiveMaximumExceeded, now_ms);
             }
@@ -125,9 +126,9 @@ impl Broker {
             QoS::ExactlyOnce => {
                 if reason.is_success() {
                     if let Some(s) = self.sessions.get_mut(&sid) {
-                        s.inbound_qos2.insert(pid.get());
+                        s.flows_mut().inbound_qos2.insert(pid.get());
                         if s.stored {
-                            let client_id = s.client_id.as_str().to_owned();
+                            let client_id = s.client_id().as_str().to_owned();
                             self.persist.push(Op::PutInboundQos2 {
                                 client_id,
                                 packet_id: pid.get(),
@@ -146,9 +147,9 @@ impl Broker {
             return;
         };
         let mut comp = PubResp::new(r.packet_id);
-        if s.inbound_qos2.remove(&r.packet_id.get()) {
+        if s.release_inbound_qos2(r.packet_id.get()) {
             if s.stored {
-                let client_id = s.client_id.as_str().to_owned();
+                let client_id = s.client_id().as_str().to_owned();
                 self.persist.push(Op::DeleteInboundQos2 {
                     client_id,
                     packet_id: r.packet_id.get(),
@@ -267,7 +268,7 @@ impl Broker {
 
     /// Backpressure: a connected subscriber's queue is full, so the
     /// publisher's reads pause until it drains (bounded: see
-    /// [`Outbox::reads_allowed`]). QoS 1/2 messages are then kept rather
+    /// [`Outbox::poll_reads_allowed`]). QoS 1/2 messages are then kept rather
     /// than dropped, and the publisher slows to what its subscribers take.
     pub(super) fn slow_down_publisher(&mut self, msg: &Message, congested: &[SessionId]) {
         let Some(publisher) = msg.publisher else {

@@ -58,13 +58,13 @@ impl Broker {
             let client_id = ByteStr::from(rec.client_id);
             let sid = SessionId(self.next_session);
             self.next_session += 1;
-            let mut s = Session::new(Arc::new(Client {
+            let mut s = Box::new(Session::new(Arc::new(Client {
                 client_id: client_id.clone(),
                 username: None,
                 remote_addr: None,
                 protocol: version,
                 inline: false,
-            }));
+            })));
             s.stored = true;
             s.expiry_interval = rec.expiry_interval;
             // A session that was connected when the broker stopped lost its
@@ -74,11 +74,11 @@ impl Broker {
             if let Some(w) = rec.will {
                 let delay = w.delay_interval.min(s.expiry_interval);
                 s.will_due_ms = Some(disconnected_at.saturating_add(u64::from(delay) * 1000));
-                s.will = Some(Will {
+                s.will = Some(Box::new(Will {
                     message: Arc::new(Message::from_record(w.message, 0)),
                     delay_interval: w.delay_interval,
                     expiry_interval: w.message_expiry_interval,
-                });
+                }));
             }
 
             for sub in stored.subscriptions {
@@ -155,12 +155,14 @@ impl Broker {
                 }
                 stats::add(&self.stats.inflight, 1);
                 if state == OutboundState::Queued {
-                    s.queue.push_back(o);
+                    s.flows_mut().queue.push_back(o);
                 } else {
-                    s.inflight.push_back(o);
+                    s.flows_mut().inflight.push_back(o);
                 }
             }
-            s.inbound_qos2.extend(stored.inbound_qos2);
+            if !stored.inbound_qos2.is_empty() {
+                s.flows_mut().inbound_qos2.extend(stored.inbound_qos2);
+            }
 
             self.by_client_id.insert(client_id, sid);
             self.sessions.insert(sid, s);

@@ -34,7 +34,7 @@ pub(crate) struct Conn {
     /// Most QoS 1/2 publishes in flight towards the client.
     pub send_quota: u16,
     /// The client's Maximum Packet Size, if it set one.
-    pub max_packet_size: Option<u32>,
+    pub max_packet_size: Option<NonZeroU32>,
 }
 
 /// A will waiting for its connection to end badly.
@@ -76,27 +76,25 @@ pub(crate) struct Ctx<'a> {
     pub drops: std::cell::Cell<u32>,
 }
 
+/// Boxed in the broker's map; kept small because every session, connected
+/// or not, busy or idle, has one: what only some sessions use is allocated
+/// on first use ([`Subscriptions`], [`Flows`]).
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub client_id: ByteStr,
     /// Who the client is, as hooks see it (from its latest connection).
+    /// Its id is the session's, for the session's whole life.
     pub client: Arc<Client>,
     pub protocol: ProtocolVersion,
     pub conn: Option<Conn>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub expiry_interval: u32,
     pub disconnected_at_ms: Option<u64>,
-    pub will: Option<Will>,
+    /// Boxed: most clients set none.
+    pub will: Option<Box<Will>>,
     /// When a pending will (of a closed connection) is due.
     pub will_due_ms: Option<u64>,
-    pub subscriptions: HashMap<ByteStr, SubEntry>,
-    /// QoS 1/2 messages sent and not yet completed, in send order.
-    pub inflight: VecDeque<Outgoing>,
-    /// QoS 1/2 messages waiting for room in flight (or for the client).
-    pub queue: VecDeque<Outgoing>,
-    pub inbound_qos2: HashSet<u16>,
-    /// Publishers slowed down because this session's queue is congested.
-    pub blocked: Vec<Arc<Outbox>>,
+    pub subscriptions: Subscriptions,
+    flows: Option<Box<Flows>>,
     /// True while the store holds this session: every persistence step
     /// (outbound entries, body references) is taken only then, so a session
     /// that stops being persistent releases exactly what it took.
@@ -106,10 +104,55 @@ pub(crate) struct Session {
     pub(super) next_seq: u64,
 }
 
+/// A session's subscriptions, by filter. Allocated on the first one.
+#[derive(Debug, Default)]
+#[allow(
+    clippy::box_collection,
+    reason = "a pointer, not an empty map, in every session"
+)]
+pub(crate) struct Subscriptions(Option<Box<HashMap<ByteStr, SubEntry>>>);
+
+impl Subscriptions {
+    pub fn contains(&self, filter: &str) -> bool {
+        self.0.as_ref().is_some_and(|m| m.contains_key(filter))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    pub fn insert(&mut self, filter: ByteStr, entry: SubEntry) {
+        self.0.get_or_insert_default().insert(filter, entry);
+    }
+
+    pub fn remove(&mut self, filter: &str) -> Option<SubEntry> {
+        self.0.as_mut()?.remove(filter)
+    }
+
+    /// Takes every subscription, freeing the map.
+    pub fn take(&mut self) -> impl Iterator<Item = (ByteStr, SubEntry)> {
+        self.0.take().into_iter().flat_map(|m| m.into_iter())
+    }
+}
+
+/// A session's QoS 1/2 state, and the publishers it slows down. Allocated
+/// on first use: idle and QoS 0 sessions never need it, and its empty
+/// collections alone would take some 140 bytes in each of them.
+#[derive(Debug, Default)]
+pub(crate) struct Flows {
+    /// QoS 1/2 messages sent and not yet completed, in send order.
+    pub inflight: VecDeque<Outgoing>,
+    /// QoS 1/2 messages waiting for room in flight (or for the client).
+    pub queue: VecDeque<Outgoing>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub inbound_qos2: HashSet<u16>,
+    /// Publishers slowed down because this session's queue is congested.
+    pub blocked: Vec<Arc<Outbox>>,
+}
+
 impl Session {
     pub fn new(client: Arc<Client>) -> Self {
         Session {
-            client_id: client.client_id.clone(),
             protocol: client.protocol,
             client,
             conn: None,
@@ -117,11 +160,8 @@ impl Session {
             disconnected_at_ms: None,
             will: None,
             will_due_ms: None,
-            subscriptions: HashMap::new(),
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            inbound_qos2: HashSet::new(),
-            blocked: Vec::new(),
+            subscriptions: Subscriptions::default(),
+            flows: None,
             stored: false,
             next_pid: 0,
             next_seq: 0,
@@ -133,8 +173,41 @@ impl Session {
         self.expiry_interval > 0
     }
 
+    pub fn client_id(&self) -> &ByteStr {
+        &self.client.client_id
+    }
+
     fn client(&self) -> String {
-        self.client_id.as_str().to_owned()
+        self.client_id().as_str().to_owned()
+    }
+
+    pub fn flows(&self) -> Option<&Flows> {
+        self.flows.as_deref()
+    }
+
+    /// The QoS 1/2 state, allocated if need be.
+    pub fn flows_mut(&mut self) -> &mut Flows {
+        self.flows.get_or_insert_default()
+    }
+
+    fn inflight_len(&self) -> usize {
+        self.flows().map_or(0, |f| f.inflight.len())
+    }
+
+    fn queue_len(&self) -> usize {
+        self.flows().map_or(0, |f| f.queue.len())
+    }
+
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub fn inbound_qos2(&self) -> Option<&HashSet<u16>> {
+        self.flows().map(|f| &f.inbound_qos2)
+    }
+
+    /// PUBREL for an inbound QoS 2 packet id: true if it was awaited.
+    pub fn release_inbound_qos2(&mut self, pid: u16) -> bool {
+        self.flows
+            .as_mut()
+            .is_some_and(|f| f.inbound_qos2.remove(&pid))
     }
 
     /// Sends a packet if connected; returns false if not.
@@ -151,7 +224,7 @@ impl Session {
             if let Some(pid) = NonZeroU16::new(self.next_pid) {
                 // The in-flight window is bounded far below 65535, so a free
                 // id is always found within a few steps.
-                if !self.inflight.iter().any(|o| o.pid == Some(pid)) {
+                if self.inflight_position(pid).is_none() {
                     return pid;
                 }
             }
@@ -216,15 +289,15 @@ impl Session {
         let last = LAST_WARNING_MS.load(std::sync::atomic::Ordering::Relaxed);
         if !matches!(reason, DropReason::Expired) && ctx.now_ms >= last.saturating_add(1000) {
             LAST_WARNING_MS.store(ctx.now_ms, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(client_id = %self.client_id, topic = %msg.topic, ?reason,
+            tracing::warn!(client_id = %self.client_id(), topic = %msg.topic, ?reason,
                 total = ctx.stats.messages_dropped.load(std::sync::atomic::Ordering::Relaxed),
                 "message dropped (more within a second are logged at debug level)");
         } else {
-            tracing::debug!(client_id = %self.client_id, topic = %msg.topic, ?reason, "message dropped");
+            tracing::debug!(client_id = %self.client_id(), topic = %msg.topic, ?reason, "message dropped");
         }
         if ctx.hooks.has_events() {
             ctx.hooks
-                .each(|h| h.on_dropped(&self.client_id, msg, reason));
+                .each(|h| h.on_dropped(self.client_id(), msg, reason));
         }
     }
 
@@ -281,13 +354,14 @@ impl Session {
             return false;
         }
         let limit = ctx.limits.maximum_queued_messages;
-        let congested = self.conn.is_some() && self.queue.len() >= limit;
+        let queued = self.queue_len();
+        let congested = self.conn.is_some() && queued >= limit;
         let hard_limit = if self.conn.is_some() {
             limit.saturating_mul(4)
         } else {
             limit
         };
-        if self.queue.len() >= hard_limit {
+        if queued >= hard_limit {
             self.dropped(msg, DropReason::QueueFull, ctx);
             return congested;
         }
@@ -309,7 +383,7 @@ impl Session {
             if !o.inline {
                 ctx.persist.reference(msg);
             }
-            match ctx.persist.created.get_mut(self.client_id.as_str()) {
+            match ctx.persist.created.get_mut(self.client_id().as_str()) {
                 Some(seqs) => {
                     seqs.insert(o.seq);
                 }
@@ -323,12 +397,12 @@ impl Session {
         let room = self
             .conn
             .as_ref()
-            .is_some_and(|c| self.inflight.len() < usize::from(c.send_quota));
-        if room && self.queue.is_empty() {
+            .is_some_and(|c| self.inflight_len() < usize::from(c.send_quota));
+        if room && queued == 0 {
             self.send_outgoing(o, false, ctx);
         } else {
             self.store_outgoing(&o, ctx);
-            self.queue.push_back(o);
+            self.flows_mut().queue.push_back(o);
         }
         congested
     }
@@ -336,16 +410,19 @@ impl Session {
     /// Slows `publisher` down until this session's queue has drained to
     /// half its limit (once per publisher).
     pub fn block(&mut self, publisher: &Arc<Outbox>) {
-        if !self.blocked.iter().any(|o| Arc::ptr_eq(o, publisher)) {
+        let blocked = &mut self.flows_mut().blocked;
+        if !blocked.iter().any(|o| Arc::ptr_eq(o, publisher)) {
             publisher.pause_reads();
-            self.blocked.push(publisher.clone());
+            blocked.push(publisher.clone());
         }
     }
 
     /// Lets every publisher this session slowed down go again.
     pub fn release_blocked(&mut self) {
-        for o in self.blocked.drain(..) {
-            o.resume_reads();
+        if let Some(f) = self.flows.as_mut() {
+            for o in f.blocked.drain(..) {
+                o.resume_reads();
+            }
         }
     }
 
@@ -355,7 +432,7 @@ impl Session {
         let Some(conn) = &self.conn else { return false };
         let packet = Packet::Publish(p);
         if let Some(max) = conn.max_packet_size {
-            if encoded_len(&packet, self.protocol) > max as usize {
+            if encoded_len(&packet, self.protocol) > max.get() as usize {
                 self.dropped(msg, DropReason::TooLarge, ctx);
                 return false;
             }
@@ -399,7 +476,7 @@ impl Session {
             if !(stored_queued && o.qos == QoS::AtLeastOnce) {
                 self.store_outgoing(&o, ctx);
             }
-            self.inflight.push_back(o);
+            self.flows_mut().inflight.push_back(o);
         } else {
             // Too large for this client: treated as delivered ([MQTT-3.1.2-25]).
             self.forget_outgoing(&o, ctx);
@@ -408,14 +485,18 @@ impl Session {
 
     /// Moves queued messages into flight while the window has room.
     pub fn fill(&mut self, ctx: &mut Ctx) {
-        if !self.blocked.is_empty() && self.queue.len() <= ctx.limits.maximum_queued_messages / 2 {
+        let half = ctx.limits.maximum_queued_messages / 2;
+        if self
+            .flows()
+            .is_some_and(|f| !f.blocked.is_empty() && f.queue.len() <= half)
+        {
             self.release_blocked();
         }
         let Some(quota) = self.conn.as_ref().map(|c| usize::from(c.send_quota)) else {
             return;
         };
-        while self.inflight.len() < quota {
-            let Some(o) = self.queue.pop_front() else {
+        while let Some(f) = self.flows.as_mut().filter(|f| f.inflight.len() < quota) {
+            let Some(o) = f.queue.pop_front() else {
                 break;
             };
             if o.msg.is_expired(ctx.now_ms) {
@@ -431,7 +512,8 @@ impl Session {
     /// or PUBREL), then fills the window from the queue ([MQTT-4.4.0-1]).
     pub fn resume(&mut self, ctx: &mut Ctx) {
         let mut expired = Vec::new();
-        for (i, o) in self.inflight.iter().enumerate() {
+        let inflight = self.flows().map(|f| &f.inflight).into_iter().flatten();
+        for (i, o) in inflight.enumerate() {
             let Some(pid) = o.pid else { continue };
             match o.state {
                 OutboundState::Released => {
@@ -454,33 +536,47 @@ impl Session {
             }
         }
         for i in expired.into_iter().rev() {
-            if let Some(o) = self.inflight.remove(i) {
+            if let Some(o) = self.remove_inflight(i) {
                 self.forget_outgoing(&o, ctx);
             }
         }
         self.fill(ctx);
     }
 
+    /// Where the in-flight message with this packet id is, and it.
+    fn inflight_entry(&self, pid: PacketId) -> Option<(usize, &Outgoing)> {
+        let inflight = &self.flows()?.inflight;
+        inflight
+            .iter()
+            .enumerate()
+            .find(|(_, o)| o.pid == Some(pid))
+    }
+
     fn inflight_position(&self, pid: PacketId) -> Option<usize> {
-        self.inflight.iter().position(|o| o.pid == Some(pid))
+        self.inflight_entry(pid).map(|(i, _)| i)
+    }
+
+    fn remove_inflight(&mut self, i: usize) -> Option<Outgoing> {
+        self.flows.as_mut()?.inflight.remove(i)
     }
 
     /// PUBACK from the client: the QoS 1 flow is complete.
     pub fn on_puback(&mut self, pid: PacketId, ctx: &mut Ctx) {
-        if let Some(i) = self.inflight_position(pid) {
-            if self.inflight[i].qos == QoS::AtLeastOnce {
-                if let Some(o) = self.inflight.remove(i) {
-                    self.completed(&o, ctx);
-                    self.forget_outgoing(&o, ctx);
-                }
-                self.fill(ctx);
+        let Some((i, o)) = self.inflight_entry(pid) else {
+            return;
+        };
+        if o.qos == QoS::AtLeastOnce {
+            if let Some(o) = self.remove_inflight(i) {
+                self.completed(&o, ctx);
+                self.forget_outgoing(&o, ctx);
             }
+            self.fill(ctx);
         }
     }
 
     /// PUBREC from the client: answer PUBREL, or end the flow on an error code.
     pub fn on_pubrec(&mut self, r: &PubResp, ctx: &mut Ctx) {
-        let Some(i) = self.inflight_position(r.packet_id) else {
+        let Some((i, o)) = self.inflight_entry(r.packet_id) else {
             if self.protocol.is_v5() {
                 let mut rel = PubResp::new(r.packet_id);
                 rel.reason = crate::codec::ReasonCode::PacketIdentifierNotFound;
@@ -488,21 +584,20 @@ impl Session {
             }
             return;
         };
-        if self.inflight[i].qos != QoS::ExactlyOnce {
+        if o.qos != QoS::ExactlyOnce {
             return;
         }
         if !r.reason.is_success() {
             // A failure code ends the flow: no PUBREL ([MQTT-4.3.3-?]; 5.0 §4.3.3).
-            if let Some(o) = self.inflight.remove(i) {
+            if let Some(o) = self.remove_inflight(i) {
                 self.forget_outgoing(&o, ctx);
             }
             self.fill(ctx);
             return;
         }
-        if self.inflight[i].state == OutboundState::Sent {
-            self.inflight[i].state = OutboundState::Released;
-            if self.stored {
-                let o = &self.inflight[i];
+        if o.state == OutboundState::Sent {
+            self.flows_mut().inflight[i].state = OutboundState::Released;
+            if let Some((_, o)) = self.inflight_entry(r.packet_id).filter(|_| self.stored) {
                 self.store_outgoing(o, ctx);
             }
         }
@@ -511,24 +606,24 @@ impl Session {
 
     /// PUBCOMP from the client: the QoS 2 flow is complete.
     pub fn on_pubcomp(&mut self, pid: PacketId, ctx: &mut Ctx) {
-        if let Some(i) = self.inflight_position(pid) {
-            if self.inflight[i].state == OutboundState::Released {
-                if let Some(o) = self.inflight.remove(i) {
-                    self.completed(&o, ctx);
-                    self.forget_outgoing(&o, ctx);
-                }
-                self.fill(ctx);
+        let Some((i, o)) = self.inflight_entry(pid) else {
+            return;
+        };
+        if o.state == OutboundState::Released {
+            if let Some(o) = self.remove_inflight(i) {
+                self.completed(&o, ctx);
+                self.forget_outgoing(&o, ctx);
             }
+            self.fill(ctx);
         }
     }
 
     /// Drops every outbound message (the session is ending).
     pub fn clear_outbound(&mut self, ctx: &mut Ctx) {
-        let all: Vec<Outgoing> = self
-            .inflight
-            .drain(..)
-            .chain(self.queue.drain(..))
-            .collect();
+        let Some(f) = self.flows.as_mut() else {
+            return;
+        };
+        let all: Vec<Outgoing> = f.inflight.drain(..).chain(f.queue.drain(..)).collect();
         for o in &all {
             // The session's record is deleted as a whole; only the bodies'
             // reference counts need releasing.

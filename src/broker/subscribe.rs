@@ -58,7 +58,7 @@ impl Broker {
                 reasons.push(ReasonCode::WildcardSubscriptionsNotSupported);
                 continue;
             }
-            let is_new = !s.subscriptions.contains_key(&filter);
+            let is_new = !s.subscriptions.contains(&filter);
             if is_new && s.subscriptions.len() >= max_subs {
                 reasons.push(ReasonCode::QuotaExceeded);
                 continue;
@@ -77,7 +77,7 @@ impl Broker {
             self.subs.insert(plain, group, sid, entry);
             if s.stored {
                 self.persist.push(Op::PutSubscription {
-                    client_id: s.client_id.as_str().to_owned(),
+                    client_id: s.client_id().as_str().to_owned(),
                     subscription: subscription_record(&filter, &entry),
                 });
             }
@@ -170,7 +170,7 @@ impl Broker {
                 forget_cursor(&mut self.shared_cursor, group, plain);
                 if s.stored {
                     self.persist.push(Op::DeleteSubscription {
-                        client_id: s.client_id.as_str().to_owned(),
+                        client_id: s.client_id().as_str().to_owned(),
                         filter: filter.as_str().to_owned(),
                     });
                 }

@@ -25,7 +25,7 @@ impl Broker {
             if let Some(at) = s.disconnected_at_ms {
                 if at.saturating_add(u64::from(s.expiry_interval) * 1000) <= now_ms {
                     if self.hooks.has_events() {
-                        let id = s.client_id.clone();
+                        let id = s.client_id().clone();
                         self.hooks.each(|h| h.on_session_expired(&id));
                     }
                     self.end_session(sid, now_ms);

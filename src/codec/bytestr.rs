@@ -10,7 +10,7 @@ use std::fmt;
 use std::ops::Deref;
 
 /// An immutable UTF-8 string that shares its storage.
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteStr(Bytes);
 
 impl ByteStr {
@@ -64,6 +64,15 @@ impl Borrow<str> for ByteStr {
     }
 }
 
+// Hashed as the `str` it borrows as (`Borrow` requires it): a map keyed by
+// `ByteStr` can then be searched with a `&str`. Hashing the bytes instead
+// (as `[u8]`, length first) would make such lookups miss.
+impl std::hash::Hash for ByteStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
 impl AsRef<str> for ByteStr {
     fn as_ref(&self) -> &str {
         self.as_str()
@@ -109,5 +118,19 @@ impl fmt::Debug for ByteStr {
 impl fmt::Display for ByteStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_map_keyed_by_bytestr_is_searched_by_str() {
+        let mut m = HashMap::new();
+        m.insert(ByteStr::from("a/b"), 1);
+        assert_eq!(m.get("a/b"), Some(&1));
+        assert_eq!(m.remove("a/b"), Some(1));
     }
 }

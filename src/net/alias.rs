@@ -1,5 +1,8 @@
 //! Topic aliases (MQTT 5.0 section 3.3.2.3.4), one table per direction per
 //! connection. Pure bookkeeping, no I/O.
+//!
+//! Most connections never use an alias, so a table is allocated (and
+//! takes room in the connection) only once the first alias is set up.
 
 use crate::codec::{ByteStr, Publish, ReasonCode};
 use std::collections::HashMap;
@@ -9,16 +12,17 @@ use std::num::NonZeroU16;
 #[derive(Debug, Default)]
 pub struct InboundAliases {
     max: u16,
-    map: HashMap<u16, ByteStr>,
+    #[allow(
+        clippy::box_collection,
+        reason = "a pointer, not an empty map, per connection"
+    )]
+    map: Option<Box<HashMap<u16, ByteStr>>>,
 }
 
 impl InboundAliases {
     /// A table accepting aliases 1..=`max` (0: none).
     pub fn new(max: u16) -> Self {
-        InboundAliases {
-            max,
-            map: HashMap::new(),
-        }
+        InboundAliases { max, map: None }
     }
 
     /// Resolves or records the alias of an inbound PUBLISH, leaving its
@@ -32,14 +36,16 @@ impl InboundAliases {
             return Err(ReasonCode::TopicAliasInvalid);
         }
         if p.topic.is_empty() {
-            match self.map.get(&alias.get()) {
+            match self.map.as_ref().and_then(|m| m.get(&alias.get())) {
                 Some(t) => p.topic = t.clone(),
                 // An alias that was never set up is a protocol error.
                 None => return Err(ReasonCode::ProtocolError),
             }
         } else {
             // Keep our own copy so the table does not pin read buffers.
-            self.map.insert(alias.get(), p.topic.detach());
+            self.map
+                .get_or_insert_default()
+                .insert(alias.get(), p.topic.detach());
         }
         Ok(())
     }
@@ -51,16 +57,17 @@ impl InboundAliases {
 #[derive(Debug, Default)]
 pub struct OutboundAliases {
     max: u16,
-    map: HashMap<ByteStr, u16>,
+    #[allow(
+        clippy::box_collection,
+        reason = "a pointer, not an empty map, per connection"
+    )]
+    map: Option<Box<HashMap<ByteStr, u16>>>,
 }
 
 impl OutboundAliases {
     /// A table using aliases 1..=`max` (the client's Topic Alias Maximum).
     pub fn new(max: u16) -> Self {
-        OutboundAliases {
-            max,
-            map: HashMap::new(),
-        }
+        OutboundAliases { max, map: None }
     }
 
     /// Rewrites an outbound PUBLISH to use an alias where possible.
@@ -68,12 +75,13 @@ impl OutboundAliases {
         if self.max == 0 {
             return;
         }
-        if let Some(&a) = self.map.get(&p.topic) {
+        let map = self.map.get_or_insert_default();
+        if let Some(&a) = map.get(&p.topic) {
             p.properties.topic_alias = NonZeroU16::new(a);
             p.topic = ByteStr::new();
-        } else if self.map.len() < usize::from(self.max) {
-            let a = self.map.len() as u16 + 1;
-            self.map.insert(p.topic.clone(), a);
+        } else if map.len() < usize::from(self.max) {
+            let a = map.len() as u16 + 1;
+            map.insert(p.topic.clone(), a);
             p.properties.topic_alias = NonZeroU16::new(a);
         }
     }

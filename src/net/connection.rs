@@ -1,26 +1,31 @@
 //! The connection driver: reads frames from any byte stream, feeds the
 //! broker core, and writes what the core queues in the connection's
-//! [`Outbox`], coalescing everything queued into one write.
+//! [`Outbox`], coalescing everything queued into one write; one task per
+//! connection (see [`Duplex`] for the socket side).
 //!
 //! Transport-agnostic: TCP, TLS and WebSocket streams all come through
 //! [`serve_connection`].
 
-use super::alias::{InboundAliases, OutboundAliases};
+use super::alias::InboundAliases;
+use super::duplex::{Duplex, Step};
+use super::sweep::IdleSweep;
 use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event};
 use crate::codec::{
-    encode, Auth, AuthProperties, ByteStr, ConnAck, DecodeError, Decoder, Packet, ProtocolVersion,
+    encode, Auth, AuthProperties, ByteStr, ConnAck, DecodeError, Packet, ProtocolVersion,
     ReasonCode, Subscribe,
 };
 use crate::config::Options;
 use crate::hooks::{AuthStep, Client, Hooks, PublishVerdict};
 use crate::outbox::Outbox;
-use crate::stats::{self, Stats};
+use crate::stats::Stats;
 use bytes::BytesMut;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -29,6 +34,8 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     pub events: mpsc::Sender<Event>,
     pub hooks: Hooks,
+    /// Ticked by the listeners' task (see [`IdleSweep`]).
+    pub sweep: IdleSweep,
 }
 
 /// What the listener learned about a connection before MQTT started.
@@ -52,57 +59,130 @@ impl Peer {
     }
 }
 
-const READ_CHUNK: usize = 4096;
-
-/// The longest one backpressure pause holds a publisher's reads.
-const PAUSE_BOUND: Duration = Duration::from_millis(500);
-
-/// Reads until one packet is decoded. `Ok(None)` is a clean end of stream.
-async fn read_packet<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-    decoder: &mut Decoder,
-    stats: &Stats,
-) -> Result<Option<Packet>, ReadError> {
-    loop {
-        if let Some(p) = decoder.decode(buf).map_err(ReadError::Decode)? {
-            stats::add(&stats.packets_received, 1);
-            return Ok(Some(p));
-        }
-        buf.reserve(READ_CHUNK);
-        let n = rd.read_buf(buf).await.map_err(|_| ReadError::Io)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        stats::add(&stats.bytes_received, n as u64);
-    }
+/// What a connection holds from CONNECT to its end, beside its stream.
+struct Live {
+    outbox: Arc<Outbox>,
+    client: Arc<Client>,
+    /// The method, when the client authenticated with enhanced
+    /// authentication (it may re-authenticate). Boxed: rare, and it would
+    /// take room in every connection's future.
+    enhanced: Option<Box<ByteStr>>,
+    inbound_aliases: InboundAliases,
 }
 
-#[derive(Debug)]
-enum ReadError {
-    Io,
-    Decode(DecodeError),
+/// How the serving loop ended.
+enum Ending {
+    /// The connection ends it, for this reason (the core is told).
+    Close(CloseReason),
+    /// The client sent DISCONNECT.
+    Disconnected,
+    /// The core closed the outbox and everything in it was written.
+    ClosedByBroker,
+    /// The core has stopped.
+    BrokerStopped,
 }
 
-/// Runs one connection to its end.
-pub(crate) async fn serve_connection<S>(stream: S, conn: ConnId, shared: Arc<Shared>, peer: Peer)
+/// Runs one connection to its end, in the task that awaits it: reading,
+/// writing and the keep-alive share this one future.
+///
+/// The future stays small for as long as the connection lives: the CONNECT
+/// exchange and the closing steps run once, in futures of their own that
+/// are boxed (allocated only while they run), and so do the rarer packets'
+/// hook calls. Idle, a connection holds its stream, a timer and a few
+/// handles; no buffers. Not an `async fn`: its arguments would stay in the
+/// future for its whole life, beside the stream they were moved into.
+pub(crate) fn serve_connection<S>(
+    stream: S,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    peer: Peer,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let opts = &shared.opts;
-    let mut buf = BytesMut::new();
-    let mut decoder = Decoder::new(opts.limits.maximum_packet_size);
+    let io = Duplex::new(stream, shared.opts.limits.maximum_packet_size);
+    let admitting = Box::pin(admit(io, conn, shared.clone(), peer));
+    async move {
+        let Some((mut io, mut live)) = admitting.await else {
+            return;
+        };
+        // The connection's life after CONNECT: packets in, the outbox out,
+        // until either side ends it. Written out here rather than called:
+        // a callee's future would hold its own references to all of this.
+        //
+        // The one timer, reset before every wait it bounds (see
+        // `Duplex::poll_step`).
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let ending = loop {
+            // A block, so that the packet and its event (a few hundred
+            // bytes) are dead before the next await and take no room in
+            // this future: across it lives only a boxed future, if anything.
+            let wait = {
+                let step =
+                    poll_fn(|cx| io.poll_step(cx, &live.outbox, timer.as_mut(), &shared)).await;
+                let packet = match step {
+                    Step::Packet(p) => p,
+                    // The core closed the outbox and the writer finished:
+                    // stop reading.
+                    Step::Finished => break Ending::ClosedByBroker,
+                    Step::Lost => break Ending::Close(CloseReason::Lost),
+                    Step::KeepAliveTimeout => break Ending::Close(CloseReason::KeepAliveTimeout),
+                    Step::Malformed(e) => {
+                        tracing::debug!(conn = conn.0, error = %e, "protocol error");
+                        break Ending::Close(CloseReason::Malformed(e));
+                    }
+                };
+                // Even PINGREQ goes through the core: only the core's order
+                // puts the CONNACK first ([MQTT-3.2.0-1]) when a client
+                // pipelines packets behind its CONNECT.
+                let routed = route(packet, &mut live, conn, &shared);
+                match dispatch(routed, &live, conn, &shared) {
+                    Dispatched::Sent => continue,
+                    Dispatched::Wait(wait) => wait,
+                    Dispatched::End(ending) => break ending,
+                }
+            };
+            if let Err(ending) = io.while_writing(&live.outbox, &shared, wait).await {
+                break ending;
+            }
+        };
+        Box::pin(close(io, live, conn, shared, ending)).await;
+    }
+}
 
+/// [`connect_exchange`], owning the stream (its future is boxed).
+async fn admit<S>(
+    mut io: Duplex<S>,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    peer: Peer,
+) -> Option<(Duplex<S>, Live)>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let live = connect_exchange(&mut io, conn, &shared, peer).await?;
+    Some((io, live))
+}
+
+/// CONNECT, authentication, and the session's start in the core. `None`
+/// when the connection ends here (any answer was already written).
+async fn connect_exchange<S>(
+    io: &mut Duplex<S>,
+    conn: ConnId,
+    shared: &Shared,
+    peer: Peer,
+) -> Option<Live>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let opts = &shared.opts;
     // CONNECT must arrive within the connect timeout.
-    let first = tokio::time::timeout(
-        opts.limits.connect_timeout,
-        read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats),
-    )
-    .await;
+    let first =
+        tokio::time::timeout(opts.limits.connect_timeout, io.read_packet(&shared.stats)).await;
     let mut connect = match first {
-        Ok(Ok(Some(Packet::Connect(c)))) => c,
-        Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
+        Ok(Step::Packet(Packet::Connect(c))) => c,
+        Ok(Step::Malformed(DecodeError::UnsupportedProtocolVersion(level))) => {
             // Answer in the form the client can read: 5.0 gets 0x84, anything
             // else the 3.1.1 return code 1 ([MQTT-3.1.2-2]).
             let reply: &[u8] = if level == 5 {
@@ -110,15 +190,15 @@ where
             } else {
                 &[0x20, 2, 0, 1]
             };
-            let _ = wr.write_all(reply).await;
-            let _ = wr.shutdown().await;
-            return;
+            let _ = io.write_now(reply).await;
+            io.shutdown().await;
+            return None;
         }
-        Ok(Err(ReadError::Decode(e))) => {
+        Ok(Step::Malformed(e)) => {
             tracing::debug!(conn = conn.0, error = %e, "bad CONNECT");
-            return;
+            return None;
         }
-        _ => return, // timeout, I/O error, EOF, or not a CONNECT
+        _ => return None, // timeout, I/O error, EOF, or not a CONNECT
     };
 
     if let Some(username) = peer.username {
@@ -156,34 +236,30 @@ where
                         auth_packet(ReasonCode::ContinueAuthentication, &method, Some(challenge));
                     let mut out = BytesMut::new();
                     if encode(&auth, version, &mut out).is_err()
-                        || wr.write_all(&out).await.is_err()
+                        || io.write_now(&out).await.is_err()
                     {
-                        return;
+                        return None;
                     }
                     let next = tokio::time::timeout(
                         opts.limits.connect_timeout,
-                        read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats),
+                        io.read_packet(&shared.stats),
                     )
                     .await;
                     match next {
-                        Ok(Ok(Some(Packet::Auth(a))))
+                        Ok(Step::Packet(Packet::Auth(a)))
                             if a.reason == ReasonCode::ContinueAuthentication
                                 && a.properties.authentication_method.as_ref() == Some(&method) =>
                         {
                             data = a.properties.authentication_data;
                         }
                         // Anything else during the exchange is a protocol error.
-                        _ => {
-                            return refuse_connect(&mut wr, version, ReasonCode::ProtocolError)
-                                .await
-                        }
+                        _ => return refuse_connect(io, version, ReasonCode::ProtocolError).await,
                     }
                 }
-                AuthStep::Fail(reason) => return refuse_connect(&mut wr, version, reason).await,
+                AuthStep::Fail(reason) => return refuse_connect(io, version, reason).await,
                 // No hook offers the method ([MQTT-4.12.0-1]).
                 AuthStep::Unsupported => {
-                    return refuse_connect(&mut wr, version, ReasonCode::BadAuthenticationMethod)
-                        .await
+                    return refuse_connect(io, version, ReasonCode::BadAuthenticationMethod).await
                 }
             }
         }
@@ -200,186 +276,126 @@ where
             tracing::warn!(conn = conn.0, client_id = %client.client_id,
                 username = client.username.as_deref().unwrap_or(""),
                 remote = client.remote_addr.map(tracing::field::display), ?reason, "authentication failed; connection refused");
-            return refuse_connect(&mut wr, version, reason).await;
+            return refuse_connect(io, version, reason).await;
         }
-        client.client_id = connect.client_id.clone();
-        client.username = connect.username.clone();
     }
+    // The id and user name live as long as the session: copied out, they
+    // do not keep the read that brought the CONNECT allocated.
+    connect.client_id = connect.client_id.detach();
+    connect.username = connect.username.as_ref().map(ByteStr::detach);
+    client.client_id = connect.client_id.clone();
+    client.username = connect.username.clone();
     let client = Arc::new(client);
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
-    let mut inbound_aliases = InboundAliases::new(if version.is_v5() {
+    let inbound_aliases = InboundAliases::new(if version.is_v5() {
         opts.capabilities.topic_alias_maximum
     } else {
         0
     });
-    let outbound_aliases =
-        OutboundAliases::new(connect.properties.topic_alias_maximum.unwrap_or(0));
-    let outbox = Arc::new(Outbox::new(version));
-    let mut writer = tokio::spawn(write_loop(
-        wr,
-        outbox.clone(),
+    io.connected(
         version,
-        outbound_aliases,
-        shared.stats.clone(),
-    ));
+        keep_alive,
+        connect.properties.topic_alias_maximum.unwrap_or(0),
+    );
+    let outbox = Arc::new(Outbox::new(version));
     tracing::info!(conn = conn.0, client_id = %connect.client_id, remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
-    if shared
-        .events
-        .send(Event::Connect {
-            conn,
-            outbox: outbox.clone(),
-            connect,
-            client: client.clone(),
-            enhanced_auth: enhanced.is_some(),
-        })
-        .await
-        .is_err()
-    {
-        return;
-    }
+    let event = Event::Connect {
+        conn,
+        outbox: outbox.clone(),
+        connect,
+        client: client.clone(),
+        enhanced_auth: enhanced.is_some(),
+    };
+    shared.events.send(event).await.ok()?;
+    Some(Live {
+        outbox,
+        client,
+        enhanced: enhanced.map(Box::new),
+        inbound_aliases,
+    })
+}
 
-    // A keep-alive of 0 means no timeout ([MQTT-3.1.2-22]: 1.5 times the interval).
-    let idle = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    // A JoinHandle panics if polled again after it completed.
-    let mut writer_done = false;
-    let mut said_disconnect = false;
-    let reason = loop {
-        // Backpressure: a subscriber this client publishes to is full.
-        outbox.reads_allowed(PAUSE_BOUND).await;
-        // Packets already buffered are taken without arming the keep-alive
-        // timer: one timer (and clock read) per socket read, not per packet.
-        let buffered = match decoder.decode(&mut buf) {
-            Ok(Some(p)) => {
-                stats::add(&shared.stats.packets_received, 1);
-                Some(Ok(Ok(Some(p))))
-            }
-            Ok(None) => None,
-            Err(e) => Some(Ok(Err(ReadError::Decode(e)))),
-        };
-        let result = if let Some(r) = buffered {
-            r
-        } else {
-            let read = read_packet(&mut rd, &mut buf, &mut decoder, &shared.stats);
-            tokio::select! {
-                r = async {
-                    match idle {
-                        Some(d) => tokio::time::timeout(d, read).await.map_err(|_| ()),
-                        None => Ok(read.await),
-                    }
-                } => r,
-                // The core closed the outbox and the writer finished: stop reading.
-                _ = &mut writer => {
-                    writer_done = true;
-                    break None;
+/// After a packet: go on, or end.
+type Outcome = Result<(), Ending>;
+
+/// A packet's way to the core.
+enum Dispatched<'a> {
+    /// Handed over at once; the connection goes on.
+    Sent,
+    /// The connection ends.
+    End(Ending),
+    /// Hooks, or room in the core's queue, must be waited for.
+    Wait(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
+}
+
+fn dispatch<'a>(
+    routed: Routed,
+    live: &'a Live,
+    conn: ConnId,
+    shared: &'a Shared,
+) -> Dispatched<'a> {
+    let (event, last) = match routed {
+        Routed::Close(reason) => return Dispatched::End(Ending::Close(reason)),
+        Routed::Event(event) => (event, false),
+        Routed::Last(event) => (event, true),
+        Routed::Hooks(packet) => {
+            return Dispatched::Wait(Box::pin(async move {
+                match with_hooks(packet, live, conn, shared).await {
+                    Ok(Some(event)) => send(shared, event, false).await,
+                    Ok(None) => Ok(()),
+                    Err(reason) => Err(Ending::Close(reason)),
                 }
-            }
-        };
-        let packet = match result {
-            Err(()) => break Some(CloseReason::KeepAliveTimeout),
-            Ok(Ok(Some(p))) => p,
-            Ok(Ok(None)) | Ok(Err(ReadError::Io)) => break Some(CloseReason::Lost),
-            Ok(Err(ReadError::Decode(e))) => {
-                tracing::debug!(conn = conn.0, error = %e, "protocol error");
-                break Some(CloseReason::Malformed(e));
-            }
-        };
-        // Even PINGREQ goes through the core: only the core's order puts
-        // the CONNACK first ([MQTT-3.2.0-1]) when a client pipelines
-        // packets behind its CONNECT.
-        let last = matches!(packet, Packet::Disconnect(_));
-        let event = match packet {
-            // Re-authentication, for a client that used enhanced
-            // authentication at CONNECT (5.0 section 4.12.1).
-            Packet::Auth(a) if enhanced.is_some() => {
-                let method = enhanced.clone().unwrap_or_default();
-                let same_method = a.properties.authentication_method.as_ref() == Some(&method);
-                let expected = matches!(
-                    a.reason,
-                    ReasonCode::ReAuthenticate | ReasonCode::ContinueAuthentication
-                );
-                if !same_method || !expected {
-                    break Some(CloseReason::ProtocolError(ReasonCode::ProtocolError));
-                }
-                let data = a.properties.authentication_data;
-                match shared
-                    .hooks
-                    .enhanced_auth(&client, &method, data.as_deref())
-                    .await
-                {
-                    AuthStep::Success(answer) => {
-                        outbox.push(auth_packet(ReasonCode::Success, &method, answer));
-                    }
-                    AuthStep::Continue(challenge) => {
-                        outbox.push(auth_packet(
-                            ReasonCode::ContinueAuthentication,
-                            &method,
-                            Some(challenge),
-                        ));
-                    }
-                    AuthStep::Fail(code) => break Some(CloseReason::ProtocolError(code)),
-                    AuthStep::Unsupported => {
-                        break Some(CloseReason::ProtocolError(
-                            ReasonCode::BadAuthenticationMethod,
-                        ))
-                    }
-                }
-                continue;
-            }
-            Packet::Publish(mut publish) => {
-                if let Err(code) = inbound_aliases.resolve(&mut publish) {
-                    break Some(CloseReason::ProtocolError(code));
-                }
-                let verdict = if shared.hooks.is_empty() {
-                    PublishVerdict::Deliver
-                } else {
-                    shared.hooks.publish(&client, &mut publish).await
-                };
-                Event::Publish {
-                    conn,
-                    publish,
-                    verdict,
-                }
-            }
-            Packet::Subscribe(sub) if !shared.hooks.is_empty() => Event::Subscribe {
-                conn,
-                subscribe: intercept_subscribe(&shared.hooks, &client, sub).await,
-            },
-            Packet::Unsubscribe(mut unsub) if shared.hooks.has_events() => {
-                shared
-                    .hooks
-                    .each(|h| h.on_unsubscribe(&client, &mut unsub.filters));
-                Event::Packet {
-                    conn,
-                    packet: Packet::Unsubscribe(unsub),
-                }
-            }
-            packet => Event::Packet { conn, packet },
-        };
-        if shared.events.send(event).await.is_err() {
-            break None;
-        }
-        if last {
-            said_disconnect = true;
-            // The core still answers (an invalid DISCONNECT gets DISCONNECT
-            // 0x82, [MQTT-3.14.2-2]) and then closes the outbox itself.
-            break None;
+            }))
         }
     };
-    let why = match &reason {
-        None if said_disconnect => "DISCONNECT from the client".to_string(),
-        None if writer_done => "closed by the broker".to_string(),
-        None => "broker stopped".to_string(),
-        Some(CloseReason::Lost) => "connection lost".to_string(),
-        Some(CloseReason::KeepAliveTimeout) => "keep-alive timeout".to_string(),
-        Some(CloseReason::ProtocolError(code)) => format!("protocol error ({code:?})"),
-        Some(CloseReason::Malformed(e)) => format!("malformed packet: {e}"),
+    match shared.events.try_send(event) {
+        Ok(()) if last => Dispatched::End(Ending::Disconnected),
+        Ok(()) => Dispatched::Sent,
+        // The core is busy: wait for room.
+        Err(TrySendError::Full(event)) => Dispatched::Wait(Box::pin(send(shared, event, last))),
+        Err(TrySendError::Closed(_)) => Dispatched::End(Ending::BrokerStopped),
+    }
+}
+
+/// Hands an event to the core, waiting for room. `last`: the client's
+/// DISCONNECT, after which the connection stops reading (the core still
+/// answers, as an invalid DISCONNECT gets DISCONNECT 0x82
+/// [MQTT-3.14.2-2], and then closes the outbox itself).
+async fn send(shared: &Shared, event: Event, last: bool) -> Outcome {
+    match shared.events.send(event).await {
+        Ok(()) if last => Err(Ending::Disconnected),
+        Ok(()) => Ok(()),
+        Err(_) => Err(Ending::BrokerStopped),
+    }
+}
+
+/// Logs the end, tells the core, lets the last packets out, and lingers.
+async fn close<S>(mut io: Duplex<S>, live: Live, conn: ConnId, shared: Arc<Shared>, ending: Ending)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let client = &live.client;
+    let why = match &ending {
+        Ending::Disconnected => "DISCONNECT from the client".to_string(),
+        Ending::ClosedByBroker => "closed by the broker".to_string(),
+        Ending::BrokerStopped => "broker stopped".to_string(),
+        Ending::Close(CloseReason::Lost) => "connection lost".to_string(),
+        Ending::Close(CloseReason::KeepAliveTimeout) => "keep-alive timeout".to_string(),
+        Ending::Close(CloseReason::ProtocolError(code)) => format!("protocol error ({code:?})"),
+        Ending::Close(CloseReason::Malformed(e)) => format!("malformed packet: {e}"),
+    };
+    let (reason, writer_done) = match ending {
+        Ending::Close(reason) => (Some(reason), false),
+        Ending::ClosedByBroker => (None, true),
+        Ending::Disconnected | Ending::BrokerStopped => (None, false),
     };
     tracing::info!(conn = conn.0, client_id = %client.client_id, reason = %why, "client disconnected");
     if let Some(reason) = reason {
         // The core sends the DISCONNECT (5.0): queued from here it could
         // overtake a CONNACK the core has not queued yet.
-        let _ = shared.events.send(Event::Closed { conn, reason }).await;
+        let send = Box::pin(shared.events.send(Event::Closed { conn, reason }));
+        let _ = io.while_writing(&live.outbox, &shared, send).await;
     }
     let peer_still_talking = !matches!(reason, Some(CloseReason::Lost));
     if !writer_done {
@@ -387,47 +403,34 @@ where
         // queueing any final DISCONNECT; closing it from here first would
         // drop that. Give the writer a moment to flush, then close it
         // ourselves (the core is gone or never saw this connection).
-        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        let flushed = io.finish_writing(&live.outbox, &shared);
+        if tokio::time::timeout(Duration::from_secs(5), flushed)
             .await
             .is_err()
         {
-            outbox.close();
-            writer.abort();
+            live.outbox.close();
             return;
         }
     }
     if peer_still_talking {
-        linger(&mut rd).await;
+        // After the broker's last packet and FIN, read (and discard) what
+        // the peer still sends, briefly. Closing a socket with unread data
+        // makes the kernel answer with a reset, which can destroy the
+        // DISCONNECT still waiting in the peer's receive buffer; a client
+        // that keeps writing (acknowledgements in flight) must get to read
+        // why it was disconnected.
+        const LINGER: Duration = Duration::from_secs(1);
+        const MAX_BYTES: usize = 1 << 20;
+        let _ = tokio::time::timeout(LINGER, io.discard(MAX_BYTES)).await;
     }
 }
 
-/// After the broker's last packet and FIN, reads (and discards) what the
-/// peer still sends, briefly. Closing a socket with unread data makes the
-/// kernel answer with a reset, which can destroy the DISCONNECT still
-/// waiting in the peer's receive buffer; a client that keeps writing
-/// (acknowledgements in flight) must get to read why it was disconnected.
-async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
-    const LINGER: Duration = Duration::from_secs(1);
-    const MAX_BYTES: usize = 1 << 20;
-    let mut scratch = [0u8; 4096];
-    let mut total = 0;
-    let _ = tokio::time::timeout(LINGER, async {
-        while total < MAX_BYTES {
-            match rd.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
-}
-
 /// Answers a CONNECT with a refusal and closes.
-async fn refuse_connect<W: AsyncWrite + Unpin>(
-    wr: &mut W,
+async fn refuse_connect<S: AsyncRead + AsyncWrite + Unpin, T>(
+    io: &mut Duplex<S>,
     version: ProtocolVersion,
     reason: ReasonCode,
-) {
+) -> Option<T> {
     let mut out = BytesMut::new();
     let refusal = Packet::ConnAck(ConnAck {
         session_present: false,
@@ -435,9 +438,10 @@ async fn refuse_connect<W: AsyncWrite + Unpin>(
         properties: Default::default(),
     });
     if encode(&refusal, version, &mut out).is_ok() {
-        let _ = wr.write_all(&out).await;
+        let _ = io.write_now(&out).await;
     }
-    let _ = wr.shutdown().await;
+    io.shutdown().await;
+    None
 }
 
 fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>) -> Packet {
@@ -449,6 +453,107 @@ fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>)
             ..Default::default()
         },
     })
+}
+
+/// What to do with a packet from the client.
+enum Routed {
+    /// Hand it to the core.
+    Event(Event),
+    /// Hand it to the core, and read no more: the client's DISCONNECT.
+    Last(Event),
+    /// Hooks that may do I/O must see it first ([`with_hooks`]).
+    Hooks(Packet),
+    /// It ends the connection.
+    Close(CloseReason),
+}
+
+/// The synchronous part of handling a packet: topic aliases, and what
+/// needs no hook.
+fn route(packet: Packet, live: &mut Live, conn: ConnId, shared: &Shared) -> Routed {
+    let hooks = &shared.hooks;
+    match packet {
+        // Re-authentication, for a client that used enhanced
+        // authentication at CONNECT (5.0 section 4.12.1).
+        Packet::Auth(_) if live.enhanced.is_some() => Routed::Hooks(packet),
+        Packet::Publish(mut publish) => {
+            if let Err(code) = live.inbound_aliases.resolve(&mut publish) {
+                return Routed::Close(CloseReason::ProtocolError(code));
+            }
+            if hooks.is_empty() {
+                Routed::Event(Event::Publish {
+                    conn,
+                    publish,
+                    verdict: PublishVerdict::Deliver,
+                })
+            } else {
+                Routed::Hooks(Packet::Publish(publish))
+            }
+        }
+        Packet::Subscribe(_) if !hooks.is_empty() => Routed::Hooks(packet),
+        Packet::Unsubscribe(mut unsub) if hooks.has_events() => {
+            hooks.each(|h| h.on_unsubscribe(&live.client, &mut unsub.filters));
+            Routed::Event(Event::Packet {
+                conn,
+                packet: Packet::Unsubscribe(unsub),
+            })
+        }
+        Packet::Disconnect(_) => Routed::Last(Event::Packet { conn, packet }),
+        packet => Routed::Event(Event::Packet { conn, packet }),
+    }
+}
+
+/// Runs the hooks a packet needs: the event for the core, `None` if the
+/// packet was answered here, or the reason to close.
+async fn with_hooks(
+    packet: Packet,
+    live: &Live,
+    conn: ConnId,
+    shared: &Shared,
+) -> Result<Option<Event>, CloseReason> {
+    let hooks = &shared.hooks;
+    let client = &*live.client;
+    let event = match packet {
+        Packet::Auth(a) => {
+            let method = live.enhanced.as_deref().cloned().unwrap_or_default();
+            let same_method = a.properties.authentication_method.as_ref() == Some(&method);
+            let expected = matches!(
+                a.reason,
+                ReasonCode::ReAuthenticate | ReasonCode::ContinueAuthentication
+            );
+            if !same_method || !expected {
+                return Err(CloseReason::ProtocolError(ReasonCode::ProtocolError));
+            }
+            let data = a.properties.authentication_data;
+            let reply = match hooks.enhanced_auth(client, &method, data.as_deref()).await {
+                AuthStep::Success(answer) => auth_packet(ReasonCode::Success, &method, answer),
+                AuthStep::Continue(challenge) => {
+                    auth_packet(ReasonCode::ContinueAuthentication, &method, Some(challenge))
+                }
+                AuthStep::Fail(code) => return Err(CloseReason::ProtocolError(code)),
+                AuthStep::Unsupported => {
+                    return Err(CloseReason::ProtocolError(
+                        ReasonCode::BadAuthenticationMethod,
+                    ))
+                }
+            };
+            live.outbox.push(reply);
+            return Ok(None);
+        }
+        Packet::Publish(mut publish) => {
+            let verdict = hooks.publish(client, &mut publish).await;
+            Event::Publish {
+                conn,
+                publish,
+                verdict,
+            }
+        }
+        Packet::Subscribe(sub) => Event::Subscribe {
+            conn,
+            subscribe: intercept_subscribe(hooks, client, sub).await,
+        },
+        packet => Event::Packet { conn, packet },
+    };
+    Ok(Some(event))
 }
 
 /// Runs the subscribe hooks: the filters as changed, with a verdict each.
@@ -464,47 +569,4 @@ async fn intercept_subscribe(hooks: &Hooks, client: &Client, sub: Subscribe) -> 
         filters,
         subscription_identifier: sub.subscription_identifier,
     }
-}
-
-/// Writes everything the core queues, many packets per write.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    outbox: Arc<Outbox>,
-    version: ProtocolVersion,
-    mut aliases: OutboundAliases,
-    stats: Arc<Stats>,
-) {
-    let mut batch = Vec::new();
-    let mut buf = BytesMut::new();
-    while outbox.drain(&mut batch).await {
-        let mut publishes = 0u64;
-        let packets = batch.len() as u64;
-        // Encoded in place: a packet is a few hundred bytes, and moving each
-        // one out of the batch showed up in profiles of fan-out.
-        for packet in batch.iter_mut() {
-            if let Packet::Publish(p) = packet {
-                publishes += 1;
-                aliases.apply(p);
-            }
-            if let Err(e) = encode(packet, version, &mut buf) {
-                tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
-            }
-        }
-        batch.clear();
-        // Flush each batch: TLS and WebSocket streams buffer what they
-        // are given until flushed (for TCP this is a no-op).
-        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-            break;
-        }
-        stats::add(&stats.bytes_sent, buf.len() as u64);
-        stats::add(&stats.packets_sent, packets);
-        stats::add(&stats.messages_sent, publishes);
-        buf.clear();
-        // Idle connections should not keep a large buffer around.
-        if buf.capacity() > 64 * 1024 {
-            buf = BytesMut::new();
-        }
-    }
-    let _ = wr.flush().await;
-    let _ = wr.shutdown().await;
 }

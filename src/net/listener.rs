@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 #[cfg(feature = "tls")]
 use super::tls::{TlsConfig, TlsState};
@@ -392,17 +393,23 @@ pub(crate) struct Accepting {
 }
 
 /// Starts an accept loop for every listener that arrives, until shutdown.
+/// Also ticks the connections' [`IdleSweep`](super::sweep::IdleSweep).
 pub(crate) async fn run(mut incoming: mpsc::UnboundedReceiver<Listener>, ctx: Accepting) {
     let mut stop = ctx.stop.clone();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Listeners arrive until every handle is gone; the sweep goes on.
+    let mut open = true;
     loop {
         tokio::select! {
-            l = incoming.recv() => match l {
+            l = incoming.recv(), if open => match l {
                 Some(l) => {
                     tracing::info!(id = %l.id, addr = %l.addr, scheme = l.kind.scheme(), "listening");
                     tokio::spawn(accept_loop(l, ctx.clone()));
                 }
-                None => return,
+                None => open = false,
             },
+            _ = sweep.tick() => ctx.shared.sweep.tick(),
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -420,10 +427,17 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
     };
     let mut stop = ctx.stop.clone();
     let mut backoff = Duration::from_millis(5);
+    // Every connection's task: after shutdown the connections get a grace
+    // period to flush, then whatever is left is aborted (dropping the set
+    // aborts its tasks). Costs a connection less than its task watching
+    // for shutdown itself.
+    let mut tasks = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             r = tcp.accept() => r,
-            _ = stop.wait_for(|s| *s) => return,
+            // Finished tasks leave the set as they end.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            _ = stop.wait_for(|s| *s) => break,
         };
         let (stream, peer) = match accepted {
             Ok(x) => {
@@ -444,34 +458,91 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed));
-        let shared = ctx.shared.clone();
-        let kind = kind.clone();
-        let mut stop = ctx.stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = connection(stream, conn, peer, &kind, shared, stop.clone()) => {}
-                _ = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(Duration::from_secs(5)).await } => {}
-            }
-            drop(permit);
-        });
+        let accepted = Accepted {
+            stream,
+            conn: ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed)),
+            remote: peer,
+            shared: ctx.shared.clone(),
+            #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
+            kind: kind.clone(),
+            #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
+            stop: ctx.stop.clone(),
+        };
+        let task = Box::new((accepted, permit));
+        // One task type per transport: a plain TCP connection's task then
+        // holds only what TCP needs (TLS and WebSocket state is far larger).
+        match &*kind {
+            Kind::Tcp => tasks.spawn(supervise(task, |a| {
+                serve_connection(a.stream, a.conn, a.shared, Peer::at(a.remote))
+            })),
+            #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
+            _ => tasks.spawn(supervise(task, layered)),
+        };
     }
+    drop(tcp);
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
 }
 
-/// Runs the transport's handshake (bounded by the connect timeout) and then
-/// the connection, all inside the connection's own task.
-async fn connection(
+/// A connection just accepted, with what serving it needs.
+struct Accepted {
     stream: TcpStream,
     conn: ConnId,
     remote: SocketAddr,
-    kind: &Kind,
     shared: Arc<Shared>,
-    #[allow(unused_variables)] // Only handshakes watch it.
+    /// What the layered transports need.
+    #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
+    kind: Arc<Kind>,
+    /// Handshakes end at shutdown.
+    #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
     stop: watch::Receiver<bool>,
-) {
+}
+
+/// Runs one accepted connection, holding its slot under the connection
+/// limit (the permit) until it ends.
+///
+/// The connection comes boxed and its future is made in here: what an
+/// `async fn` is given stays in its future for its whole life, even once
+/// moved on, so every connection would carry its arguments twice.
+async fn supervise<F, Fut>(task: Box<(Accepted, OwnedSemaphorePermit)>, serve: F)
+where
+    F: FnOnce(Accepted) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    // A block, so that nothing but the connection's future (and the permit)
+    // lives across the await.
+    let (serving, permit) = {
+        let (accepted, permit) = unbox(task);
+        (serve(accepted), permit)
+    };
+    serving.await;
+    drop(permit);
+}
+
+/// Moves a value out of its box and frees the box now (moved out of in
+/// place, the box would be freed only when the task ends).
+#[allow(clippy::boxed_local, reason = "freeing the box is the point")]
+fn unbox<T>(b: Box<T>) -> T {
+    *b
+}
+
+/// Runs the transport's handshake (bounded by the connect timeout) and then
+/// the connection, all inside the connection's own task: TLS, WebSocket,
+/// WSS and HTTP(S). Plain TCP has a task type of its own.
+#[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
+async fn layered(accepted: Accepted) {
+    #[allow(unused_variables)] // Only handshakes watch `stop`.
+    let Accepted {
+        stream,
+        conn,
+        remote,
+        kind,
+        shared,
+        stop,
+    } = accepted;
     #[allow(unused_variables)] // Only the TLS and WebSocket transports use it.
     let handshake_timeout = shared.opts.limits.connect_timeout;
-    match kind {
+    match &*kind {
         Kind::Tcp => serve_connection(stream, conn, shared, Peer::at(remote)).await,
         #[cfg(feature = "tls")]
         Kind::Tls(tls) => {
@@ -580,5 +651,49 @@ where
             tracing::debug!(conn = conn.0, "handshake timed out");
             None
         }
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+
+    /// A tripwire for memory per connection. tokio allocates a task as one
+    /// cell, aligned (and so sized) to 128 bytes: a header and trailer of
+    /// about 100 bytes plus this future. Past 408 bytes of future, every
+    /// TCP connection's task grows from 512 to 640 bytes. If a change must
+    /// cross the line, move rarely used state into a box instead, or
+    /// raise the bound knowingly (see the idle benchmark).
+    #[tokio::test]
+    async fn a_tcp_connection_task_fits_in_512_bytes() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (events, _rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            opts: crate::Options::default(),
+            stats: Default::default(),
+            events,
+            hooks: Default::default(),
+            sweep: Default::default(),
+        });
+        #[allow(unused_variables)]
+        let (stop_tx, stop) = watch::channel(false);
+        let remote = stream.peer_addr().unwrap();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let accepted = Accepted {
+            stream,
+            conn: ConnId(1),
+            remote,
+            shared,
+            #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
+            kind: Arc::new(Kind::Tcp),
+            #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
+            stop,
+        };
+        let task = supervise(Box::new((accepted, permit)), |a| {
+            serve_connection(a.stream, a.conn, a.shared, Peer::at(a.remote))
+        });
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 408, "a TCP connection's future is {size} bytes");
     }
 }

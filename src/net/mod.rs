@@ -3,9 +3,11 @@
 
 pub(crate) mod alias;
 pub(crate) mod connection;
+mod duplex;
 #[cfg(feature = "http")]
 pub(crate) mod http;
 pub(crate) mod listener;
+pub(crate) mod sweep;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 #[cfg(feature = "ws")]
