@@ -382,6 +382,34 @@ async fn a_qos2_message_is_delivered_only_once_its_packet_id_is_stored() {
     b.stop().await;
 }
 
+/// The sending side of exactly once: once the broker sent PUBREL it must
+/// never send that PUBLISH again, even after a crash, so the PUBREL waits
+/// until the "released" state is committed.
+#[tokio::test]
+async fn pubrel_waits_for_the_released_state_to_be_stored() {
+    let store = Arc::new(Stalled::default());
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    s.subscribe(1, "t", QoS::ExactlyOnce).await;
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    assert!(p
+        .publish(publish("t", "x", QoS::ExactlyOnce, 1))
+        .await
+        .is_success());
+    let m = s.recv_publish().await;
+    let QosPid::ExactlyOnce(pid) = m.qos_pid else {
+        panic!("{m:?}")
+    };
+    store.stall(true);
+    s.send(Packet::PubRec(PubResp::new(pid))).await;
+    store.until_stuck().await;
+    s.expect_nothing().await;
+    store.stall(false);
+    assert!(matches!(s.recv().await, Packet::PubRel(r) if r.packet_id == pid));
+    s.send(Packet::PubComp(PubResp::new(pid))).await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn a_failed_write_is_never_acknowledged() {
     let store = FaultyStore::new(Durable::default());

@@ -218,6 +218,22 @@ impl Session {
         }
     }
 
+    /// Sends a PUBREL once this session's stored state says "released":
+    /// a broker that crashed before committing that would resend the
+    /// PUBLISH after a restart, which it must not do once it has sent the
+    /// PUBREL ([MQTT-4.3.3-5]); a client that already completed the flow
+    /// would take it as a new message.
+    fn send_pubrel(&self, pid: PacketId, ctx: &mut Ctx) {
+        let Some(c) = &self.conn else { return };
+        let packet = Packet::PubRel(PubResp::new(pid));
+        if self.stored && ctx.persist.must_hold() {
+            c.outbox.push_held(ctx.persist.commit, packet);
+            ctx.persist.touched.push(c.outbox.clone());
+        } else {
+            c.outbox.push(packet);
+        }
+    }
+
     fn alloc_pid(&mut self) -> PacketId {
         loop {
             self.next_pid = self.next_pid.wrapping_add(1);
@@ -517,7 +533,7 @@ impl Session {
             let Some(pid) = o.pid else { continue };
             match o.state {
                 OutboundState::Released => {
-                    self.send(Packet::PubRel(PubResp::new(pid)));
+                    self.send_pubrel(pid, ctx);
                 }
                 _ if o.msg.is_expired(ctx.now_ms) && o.state == OutboundState::Sent => {
                     // An expired message is not redelivered.
@@ -601,7 +617,7 @@ impl Session {
                 self.store_outgoing(o, ctx);
             }
         }
-        self.send(Packet::PubRel(PubResp::new(r.packet_id)));
+        self.send_pubrel(r.packet_id, ctx);
     }
 
     /// PUBCOMP from the client: the QoS 2 flow is complete.
