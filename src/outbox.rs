@@ -295,6 +295,11 @@ impl Outbox {
         }
     }
 
+    /// True while some congested session asks this connection not to read.
+    pub fn reads_paused(&self) -> bool {
+        self.read_pauses.load(Ordering::Relaxed) > 0
+    }
+
     /// Ready when no pause is asked for; otherwise the consumer is woken
     /// when the last one is withdrawn. The caller bounds the wait: a pause
     /// slows a publisher down but never blocks it for good (two clients that

@@ -109,6 +109,16 @@ pub enum Event {
         /// The packet.
         packet: Packet,
     },
+    /// Several packets one read brought, in order: acknowledgements,
+    /// PINGREQ, and PUBLISH when no hook needs to see it (then delivered as
+    /// [`Event::Publish`] with [`PublishVerdict::Deliver`]). One event for
+    /// many packets: the channel to the core costs per event.
+    Packets {
+        /// The connection.
+        conn: ConnId,
+        /// The packets.
+        packets: Vec<Packet>,
+    },
     /// The connection is gone.
     Closed {
         /// The connection.
@@ -260,6 +270,21 @@ impl Broker {
                 enhanced_auth,
             } => self.connect(conn, outbox, *connect, client, enhanced_auth, now_ms),
             Event::Packet { conn, packet } => self.packet(conn, packet, now_ms),
+            Event::Packets { conn, packets } => {
+                for packet in packets {
+                    match packet {
+                        Packet::Publish(publish) => self.handle(
+                            Event::Publish {
+                                conn,
+                                publish,
+                                verdict: PublishVerdict::Deliver,
+                            },
+                            now_ms,
+                        ),
+                        packet => self.packet(conn, packet, now_ms),
+                    }
+                }
+            }
             Event::Publish {
                 conn,
                 publish,

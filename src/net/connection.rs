@@ -136,8 +136,25 @@ where
                 // Even PINGREQ goes through the core: only the core's order
                 // puts the CONNACK first ([MQTT-3.2.0-1]) when a client
                 // pipelines packets behind its CONNECT.
-                let routed = route(packet, &mut live, conn, &shared);
-                match dispatch(routed, &live, conn, &shared) {
+                let mut routed = route(packet, &mut live, conn, &shared);
+                let mut then = None;
+                if let Routed::Event(first) = routed {
+                    (routed, then) = gather(first, &mut io, &mut live, conn, &shared);
+                }
+                let dispatched = match (dispatch(routed, &live, conn, &shared), then) {
+                    (d, None) => d,
+                    // A gathered packet ended the connection: after the
+                    // packets before it are handed over.
+                    (Dispatched::Sent, Some(ending)) => Dispatched::End(ending),
+                    (Dispatched::Wait(wait), Some(ending)) => {
+                        Dispatched::Wait(Box::pin(async move {
+                            wait.await?;
+                            Err(ending)
+                        }))
+                    }
+                    (Dispatched::End(ending), Some(_)) => Dispatched::End(ending),
+                };
+                match dispatched {
                     Dispatched::Sent => continue,
                     Dispatched::Wait(wait) => wait,
                     Dispatched::End(ending) => break ending,
@@ -453,6 +470,75 @@ fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>)
             ..Default::default()
         },
     })
+}
+
+/// Packet types gathered into one [`Event::Packets`]: those [`route`]
+/// always turns into a plain event (PUBLISH only without hooks).
+fn batchable(packet_type: u8, hooks: &Hooks) -> bool {
+    match packet_type {
+        3 => hooks.is_empty(), // PUBLISH
+        4..=7 | 12 => true,    // PUBACK, PUBREC, PUBREL, PUBCOMP, PINGREQ
+        _ => false,
+    }
+}
+
+/// Gathers `first` and the packets that follow it in what was already read
+/// into one event, while they are of the kinds [`batchable`] names and
+/// reads are not paused. Returns what to hand to the core, and how the
+/// connection ends right after it if a gathered packet ended it
+/// (malformed, or a topic alias error).
+fn gather<S>(
+    first: Event,
+    io: &mut Duplex<S>,
+    live: &mut Live,
+    conn: ConnId,
+    shared: &Shared,
+) -> (Routed, Option<Ending>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let simple = matches!(
+        first,
+        Event::Packet { .. }
+            | Event::Publish {
+                verdict: PublishVerdict::Deliver,
+                ..
+            }
+    );
+    if !simple || !io.next_type().is_some_and(|t| batchable(t, &shared.hooks)) {
+        return (Routed::Event(first), None);
+    }
+    let mut packets = vec![match first {
+        Event::Packet { packet, .. } => packet,
+        Event::Publish { publish, .. } => Packet::Publish(publish),
+        _ => unreachable!("checked above"),
+    }];
+    let mut ending = None;
+    while io.next_type().is_some_and(|t| batchable(t, &shared.hooks)) && !live.outbox.reads_paused()
+    {
+        match io.buffered(&shared.stats) {
+            Some(Step::Packet(p)) => match route(p, live, conn, shared) {
+                Routed::Event(Event::Packet { packet, .. }) => packets.push(packet),
+                Routed::Event(Event::Publish { publish, .. }) => {
+                    packets.push(Packet::Publish(publish))
+                }
+                Routed::Close(reason) => {
+                    ending = Some(Ending::Close(reason));
+                    break;
+                }
+                // `batchable` admits nothing else.
+                _ => break,
+            },
+            Some(Step::Malformed(e)) => {
+                tracing::debug!(conn = conn.0, error = %e, "protocol error");
+                ending = Some(Ending::Close(CloseReason::Malformed(e)));
+                break;
+            }
+            // Not read in full yet.
+            _ => break,
+        }
+    }
+    (Routed::Event(Event::Packets { conn, packets }), ending)
 }
 
 /// What to do with a packet from the client.

@@ -275,6 +275,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
         }
     }
 
+    /// The type (the fixed header's high nibble) of the next packet already
+    /// read, if any byte of it is.
+    pub fn next_type(&self) -> Option<u8> {
+        self.rbuf.first().map(|b| b >> 4)
+    }
+
+    /// The next packet if it is already read in full; no I/O.
+    pub fn buffered(&mut self, stats: &Stats) -> Option<Step> {
+        self.decode(stats)
+    }
+
     /// Reads until a packet is decoded or the stream has nothing more now.
     fn poll_read(&mut self, cx: &mut Context<'_>, stats: &Stats) -> Poll<Step> {
         loop {
