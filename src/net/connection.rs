@@ -472,6 +472,11 @@ fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>)
     })
 }
 
+/// Most packets in one [`Event::Packets`]. The core's queue is bounded in
+/// events, so this also bounds what a full queue holds: 4,096 events of
+/// 16 packets, a few hundred bytes each.
+const MAX_BATCH: usize = 16;
+
 /// Packet types gathered into one [`Event::Packets`]: those [`route`]
 /// always turns into a plain event (PUBLISH only without hooks).
 fn batchable(packet_type: u8, hooks: &Hooks) -> bool {
@@ -514,7 +519,9 @@ where
         _ => unreachable!("checked above"),
     }];
     let mut ending = None;
-    while io.next_type().is_some_and(|t| batchable(t, &shared.hooks)) && !live.outbox.reads_paused()
+    while packets.len() < MAX_BATCH
+        && io.next_type().is_some_and(|t| batchable(t, &shared.hooks))
+        && !live.outbox.reads_paused()
     {
         match io.buffered(&shared.stats) {
             Some(Step::Packet(p)) => match route(p, live, conn, shared) {

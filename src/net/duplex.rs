@@ -31,6 +31,9 @@ use tokio::time::{Instant, Sleep};
 /// Most bytes one read takes. It lives on the stack only while a read runs.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Encoded bytes one write round prepares, at most (plus one packet).
+const WRITE_CHUNK: usize = 64 * 1024;
+
 /// The longest one backpressure pause holds a publisher's reads.
 const PAUSE_BOUND: Duration = Duration::from_millis(500);
 
@@ -344,6 +347,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 }
                 self.unflushed = false;
             }
+            // What the last drain left unencoded goes first.
+            if let Some(w) = self.write.as_mut().filter(|w| !w.batch.is_empty()) {
+                encode(
+                    &mut w.batch,
+                    self.version,
+                    &mut self.aliases,
+                    &mut w.bytes,
+                    stats,
+                );
+                continue;
+            }
             let mut batch = match self.write.as_mut() {
                 Some(w) => std::mem::take(&mut w.batch),
                 None => VecDeque::new(),
@@ -394,6 +408,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
 }
 
 /// Encodes the batch into `out`, leaving the batch empty.
+/// Encodes packets from the front of `batch` into `out` until `out` holds
+/// [`WRITE_CHUNK`] bytes or the batch is done; the rest wait in the batch.
+/// A subscriber that fell behind can have thousands of packets queued:
+/// encoding them all at once would keep a copy of every one of them in a
+/// buffer that (while the connection stays busy) never shrinks again.
 fn encode(
     batch: &mut VecDeque<Packet>,
     version: ProtocolVersion,
@@ -402,10 +421,14 @@ fn encode(
     stats: &Stats,
 ) {
     let mut publishes = 0u64;
-    let packets = batch.len() as u64;
+    let mut packets = 0;
     // Encoded in place: a packet is a few hundred bytes, and moving each
     // one out of the batch showed up in profiles of fan-out.
     for packet in batch.iter_mut() {
+        if out.len() >= WRITE_CHUNK {
+            break;
+        }
+        packets += 1;
         if let Packet::Publish(p) = packet {
             publishes += 1;
             aliases.apply(p);
@@ -414,7 +437,11 @@ fn encode(
             tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
         }
     }
-    batch.clear();
-    stats::add(&stats.packets_sent, packets);
+    if packets == batch.len() {
+        batch.clear();
+    } else {
+        batch.drain(..packets);
+    }
+    stats::add(&stats.packets_sent, packets as u64);
     stats::add(&stats.messages_sent, publishes);
 }
