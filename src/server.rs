@@ -67,10 +67,15 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Events the core's queue holds before connections wait for room.
+const EVENT_QUEUE: usize = 1024;
+
 impl Server {
     /// A server with the in-memory store and no listeners.
     pub fn new(opts: Options) -> Self {
-        let (events_tx, events) = mpsc::channel::<Event>(4096);
+        // Bounded in events; an event carries at most 16 packets (see
+        // `net::connection`), so a full queue holds at most ~16k packets.
+        let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let (handle, incoming) = ServerHandle::new();
         Server {
             opts,

@@ -473,8 +473,8 @@ fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>)
 }
 
 /// Most packets in one [`Event::Packets`]. The core's queue is bounded in
-/// events, so this also bounds what a full queue holds: 4,096 events of
-/// 16 packets, a few hundred bytes each.
+/// events, so this also bounds what a full queue holds: 1,024 events of
+/// 16 packets, a few hundred bytes each (a few MiB).
 const MAX_BATCH: usize = 16;
 
 /// Packet types gathered into one [`Event::Packets`]: those [`route`]
@@ -513,11 +513,12 @@ where
     if !simple || !io.next_type().is_some_and(|t| batchable(t, &shared.hooks)) {
         return (Routed::Event(first), None);
     }
-    let mut packets = vec![match first {
+    let mut packets = Vec::with_capacity(MAX_BATCH);
+    packets.push(match first {
         Event::Packet { packet, .. } => packet,
         Event::Publish { publish, .. } => Packet::Publish(publish),
         _ => unreachable!("checked above"),
-    }];
+    });
     let mut ending = None;
     while packets.len() < MAX_BATCH
         && io.next_type().is_some_and(|t| batchable(t, &shared.hooks))
