@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// How long a group that nothing followed waits before it is written, for
-/// the acknowledgements that would undo it: a subscriber's PUBACK usually
-/// comes within a millisecond. Only commits that hold an acknowledgement
-/// the [gate](crate::broker) cannot release (retained messages, QoS 2,
-/// subscriptions, copies for clients that are away) pay it as latency.
+/// How long a group that creates outbound entries, when nothing followed
+/// it, waits before it is written, for the acknowledgements that would
+/// undo it: a subscriber's PUBACK usually comes within a millisecond. Only
+/// acknowledgements the [gate](crate::broker) cannot release (copies for
+/// clients that are away, or that have not acknowledged yet) pay it as
+/// latency.
 const LINGER: Duration = Duration::from_millis(1);
 
 /// Commits merged into one stage.
@@ -78,7 +79,10 @@ pub(crate) fn run(
         while let Ok(c) = commits.try_recv() {
             newer.add(c);
         }
-        if newer.is_empty() {
+        // Only a stage that creates outbound entries can be undone by what
+        // follows; anything else (subscriptions, retained messages, QoS 2
+        // state) is written at once.
+        if newer.is_empty() && !older.created.is_empty() {
             let age = older.since.map_or(LINGER, |t| t.elapsed());
             if age < LINGER {
                 std::thread::sleep(LINGER - age);
