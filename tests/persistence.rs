@@ -382,6 +382,30 @@ async fn a_qos2_message_is_delivered_only_once_its_packet_id_is_stored() {
     b.stop().await;
 }
 
+/// A QoS 2 PUBLISH to a persistent session leaves only once its entry,
+/// packet id included, is stored: otherwise a crash could hand the id to
+/// another message, which the client (still waiting for the first one's
+/// PUBREL) would drop as a resend.
+#[tokio::test]
+async fn a_qos2_delivery_waits_for_its_packet_id_to_be_stored() {
+    let store = Arc::new(Stalled::default());
+    let b = TestBroker::with_store(Options::default(), store.clone()).await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    s.subscribe(1, "t", QoS::ExactlyOnce).await;
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    store.stall(true);
+    p.send(Packet::Publish(publish("t", "x", QoS::ExactlyOnce, 1)))
+        .await;
+    store.until_stuck().await;
+    s.expect_nothing().await;
+    store.stall(false);
+    let m = s.recv_publish().await;
+    assert_eq!(payload(&m), "x");
+    assert!(matches!(m.qos_pid, QosPid::ExactlyOnce(_)));
+    s.ack(&m).await;
+    b.stop().await;
+}
+
 /// The sending side of exactly once: once the broker sent PUBREL it must
 /// never send that PUBLISH again, even after a crash, so the PUBREL waits
 /// until the "released" state is committed.

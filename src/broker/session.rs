@@ -446,6 +446,7 @@ impl Session {
     /// ([MQTT-3.1.2-24]); returns false if it was dropped.
     fn push_publish(&self, p: crate::codec::Publish, msg: &Message, ctx: &mut Ctx) -> bool {
         let Some(conn) = &self.conn else { return false };
+        let p_qos = p.qos_pid;
         let packet = Packet::Publish(p);
         if let Some(max) = conn.max_packet_size {
             if encoded_len(&packet, self.protocol) > max.get() as usize {
@@ -453,7 +454,19 @@ impl Session {
                 return false;
             }
         }
-        let after = msg.deliver_after.load(std::sync::atomic::Ordering::Relaxed);
+        let mut after = msg.deliver_after.load(std::sync::atomic::Ordering::Relaxed);
+        if self.stored
+            && matches!(p_qos, QosPid::ExactlyOnce(_))
+            && ctx.persist.enabled
+            && !ctx.persist.ack_first
+        {
+            // A QoS 2 PUBLISH goes out only once its entry, packet id
+            // included, is stored (it is recorded in this commit). After a
+            // crash that lost the entry, the id would be given to another
+            // message, which the client, still waiting for the PUBREL of
+            // the first, would take for a resend and drop.
+            after = after.max(ctx.persist.commit);
+        }
         if after
             > ctx
                 .persist
