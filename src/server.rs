@@ -67,6 +67,10 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Operations the relaxed mode holds before it commits without waiting
+/// for its interval.
+const RELAXED_MAX_PENDING_OPS: usize = 10_000;
+
 /// Events the core's queue holds before connections wait for room.
 const EVENT_QUEUE: usize = 1024;
 
@@ -313,7 +317,9 @@ impl Server {
                     }
                 } => flush_now = true,
             }
-            if !flush_now {
+            // In the relaxed mode a burst may not wait for the interval: what
+            // is recorded meanwhile is held in memory.
+            if !flush_now && broker.pending_ops() < RELAXED_MAX_PENDING_OPS {
                 continue;
             }
             if let Some(commit) = broker.take_commit() {

@@ -254,6 +254,11 @@ impl Broker {
         self.persist.take_commit()
     }
 
+    /// Storage operations recorded since the last commit was taken.
+    pub fn pending_ops(&self) -> usize {
+        self.persist.ops.len()
+    }
+
     /// Where the commit task reports the commits it released.
     pub fn commit_progress(&self) -> Arc<CommitProgress> {
         self.persist.progress.clone()
