@@ -83,10 +83,17 @@ impl Held {
 }
 
 impl Inner {
-    /// Moves held packets that are free to go, from the front, to the
-    /// ready queue; frees the held queue once it is empty. Returns whether
-    /// any moved.
-    fn release_ready(&mut self, commit: u64) -> bool {
+    /// Moves held packets that are free to go (their commit is done, or
+    /// they are [ready](Held::ready)), from the front, to the ready queue;
+    /// frees the held queue once it is empty. Returns whether any moved.
+    ///
+    /// `refuse_for`: the commit failed; acknowledgements that waited for it
+    /// are rewritten for a client of this version ([`refuse`]), or the
+    /// outbox is closed instead. Only what waited for the commit vouches
+    /// for it: an open gate's acknowledgement is true whatever the commit
+    /// did (every stored copy was delivered and acknowledged), and a packet
+    /// that only kept its place in line vouches for nothing.
+    fn release_ready(&mut self, commit: u64, refuse_for: Option<ProtocolVersion>) -> bool {
         let mut released = false;
         while let Some(held) = self.held.as_mut() {
             if !held
@@ -95,9 +102,16 @@ impl Inner {
             {
                 break;
             }
-            let Some(h) = held.pop_front() else { break };
+            let Some(mut h) = held.pop_front() else { break };
             if held.is_empty() {
                 self.held = None;
+            }
+            if let Some(version) = refuse_for.filter(|_| !h.ready()) {
+                if refuse(&mut h.packet, version) {
+                    self.held = None;
+                    self.closed = true;
+                    break;
+                }
             }
             self.queue.push_back(h.packet);
             released = true;
@@ -136,6 +150,20 @@ impl Outbox {
         inner.waker.take()
     }
 
+    /// Releases the lock, then wakes the consumer if `wake` (a waker is
+    /// never called under the lock: it may run the consumer right away).
+    fn unlock(&self, mut inner: std::sync::MutexGuard<'_, Inner>, wake: bool) {
+        let waker = if wake {
+            self.wake_consumer(&mut inner)
+        } else {
+            None
+        };
+        drop(inner);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the queue in a broken
         // state (every method is a few plain collection calls), so a
@@ -161,26 +189,14 @@ impl Outbox {
         }
         inner.queue.push_back(packet);
         // Only the first packet of a batch needs to wake the consumer.
-        let waker = if inner.queue.len() == 1 {
-            self.wake_consumer(&mut inner)
-        } else {
-            None
-        };
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        let first = inner.queue.len() == 1;
+        self.unlock(inner, first);
         true
     }
 
     /// Queues a packet that may only be written once commit `commit` is
-    /// durable (see [`Outbox::release`]).
-    pub fn push_held(&self, commit: u64, packet: Packet) -> bool {
-        self.push_gated(commit, 0, packet)
-    }
-
-    /// Like [`Outbox::push_held`], but [`Outbox::open`]`(token)` releases
-    /// it too, whichever comes first. `token` is not 0.
+    /// durable (see [`Outbox::release`]), or, if `token` is not 0, once
+    /// [`Outbox::open`]`(token)` opens its gate, whichever comes first.
     pub fn push_gated(&self, commit: u64, token: u64, packet: Packet) -> bool {
         let mut inner = self.lock();
         if inner.closed {
@@ -208,15 +224,8 @@ impl Outbox {
         };
         h.open = true;
         // Commit 0: only what is free to go on its own.
-        let waker = if inner.release_ready(0) {
-            self.wake_consumer(&mut inner)
-        } else {
-            None
-        };
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        let released = inner.release_ready(0, None);
+        self.unlock(inner, released);
     }
 
     /// Commits up to `commit` are done: held packets waiting for them
@@ -226,51 +235,9 @@ impl Outbox {
     /// disconnected so that it publishes again.
     pub fn release(&self, commit: u64, failed: bool) {
         let mut inner = self.lock();
-        let mut released = false;
-        if failed {
-            while let Some(held) = inner.held.as_mut() {
-                if !held
-                    .front()
-                    .is_some_and(|h| h.commit <= commit || h.ready())
-                {
-                    break;
-                }
-                let Some(Held {
-                    mut packet,
-                    open,
-                    commit: waited_for,
-                    ..
-                }) = held.pop_front()
-                else {
-                    break;
-                };
-                if held.is_empty() {
-                    inner.held = None;
-                }
-                // Only what waited for the commit vouches for it: an open
-                // gate's acknowledgement is true whatever the commit did
-                // (every stored copy was delivered and acknowledged), and a
-                // packet that only kept its place in line vouches for nothing.
-                if !open && waited_for != 0 && refuse(&mut packet, self.version) {
-                    inner.held = None;
-                    inner.closed = true;
-                    break;
-                }
-                inner.queue.push_back(packet);
-                released = true;
-            }
-        } else {
-            released = inner.release_ready(commit);
-        }
-        let waker = if released || inner.closed {
-            self.wake_consumer(&mut inner)
-        } else {
-            None
-        };
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        let released = inner.release_ready(commit, failed.then_some(self.version));
+        let closed = inner.closed;
+        self.unlock(inner, released || closed);
     }
 
     /// Asks the connection's reader to stop reading (until every pause is
@@ -288,10 +255,7 @@ impl Outbox {
             })
             .unwrap_or(0);
         if before <= 1 {
-            let waker = self.wake_consumer(&mut self.lock());
-            if let Some(w) = waker {
-                w.wake();
-            }
+            self.unlock(self.lock(), true);
         }
     }
 
@@ -328,11 +292,7 @@ impl Outbox {
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
-        let waker = self.wake_consumer(&mut inner);
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.unlock(inner, true);
     }
 
     /// Moves everything ready to the back of `into`. Returns false when the
@@ -441,9 +401,9 @@ mod tests {
     fn held_packets_wait_for_their_commit_and_keep_order() {
         let o = Outbox::new(ProtocolVersion::V5);
         o.push(Packet::PingResp);
-        o.push_held(1, puback(1));
+        o.push_gated(1, 0, puback(1));
         o.push(Packet::PingResp); // behind the held ack
-        o.push_held(2, puback(2));
+        o.push_gated(2, 0, puback(2));
         let mut v = VecDeque::new();
         o.try_drain(&mut v);
         assert_eq!(v, vec![Packet::PingResp]);
@@ -460,7 +420,7 @@ mod tests {
     #[test]
     fn an_open_gate_releases_before_the_commit_but_never_ahead_of_order() {
         let o = Outbox::new(ProtocolVersion::V5);
-        o.push_held(1, puback(1));
+        o.push_gated(1, 0, puback(1));
         o.push_gated(2, 7, puback(2));
         o.push(Packet::PingResp); // waits for nothing but order
         o.push_gated(2, 8, puback(3));
@@ -488,7 +448,7 @@ mod tests {
     fn an_open_gate_keeps_its_ack_when_the_commit_fails() {
         let o = Outbox::new(ProtocolVersion::V3_1_1);
         o.push_gated(1, 5, puback(1));
-        o.push_held(1, puback(2));
+        o.push_gated(1, 0, puback(2));
         o.open(5);
         let mut v = VecDeque::new();
         o.try_drain(&mut v);
@@ -503,7 +463,7 @@ mod tests {
     #[test]
     fn failed_commit_refuses_v5_acks_and_closes_v3() {
         let o = Outbox::new(ProtocolVersion::V5);
-        o.push_held(1, puback(1));
+        o.push_gated(1, 0, puback(1));
         o.release(1, true);
         let mut v = VecDeque::new();
         o.try_drain(&mut v);
@@ -511,7 +471,7 @@ mod tests {
         assert_eq!(r.reason, ReasonCode::UnspecifiedError);
 
         let o = Outbox::new(ProtocolVersion::V3_1_1);
-        o.push_held(1, puback(1));
+        o.push_gated(1, 0, puback(1));
         o.release(1, true);
         v.clear();
         assert!(!o.try_drain(&mut v));
@@ -551,7 +511,7 @@ mod tests {
     #[test]
     fn closed_outbox_still_delivers_released_packets() {
         let o = Outbox::new(ProtocolVersion::V5);
-        o.push_held(3, puback(1));
+        o.push_gated(3, 0, puback(1));
         o.close();
         let mut v = VecDeque::new();
         assert!(o.try_drain(&mut v), "held packets are still to come");

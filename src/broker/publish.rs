@@ -12,8 +12,8 @@ impl Broker {
             return;
         };
         if self.persist.must_hold() {
-            conn.outbox.push_held(self.persist.commit, packet);
-            self.persist.touched.push(conn.outbox.clone());
+            self.persist
+                .hold(&conn.outbox, self.persist.commit, 0, packet);
         } else {
             conn.outbox.push(packet);
         }
@@ -35,8 +35,8 @@ impl Broker {
             Some((msg, copies)) if copies > 0 => {
                 self.next_gate += 1;
                 let token = self.next_gate;
-                conn.outbox.push_gated(self.persist.commit, token, packet);
-                self.persist.touched.push(conn.outbox.clone());
+                self.persist
+                    .hold(&conn.outbox, self.persist.commit, token, packet);
                 msg.gate.arm(conn.outbox.clone(), token, copies);
             }
             _ => {

@@ -227,8 +227,7 @@ impl Session {
         let Some(c) = &self.conn else { return };
         let packet = Packet::PubRel(PubResp::new(pid));
         if self.stored && ctx.persist.must_hold() {
-            c.outbox.push_held(ctx.persist.commit, packet);
-            ctx.persist.touched.push(c.outbox.clone());
+            ctx.persist.hold(&c.outbox, ctx.persist.commit, 0, packet);
         } else {
             c.outbox.push(packet);
         }
@@ -476,8 +475,7 @@ impl Session {
         {
             // Released by commit `after`, or (if that one is already on its
             // way and releases before this is recorded) by the next.
-            conn.outbox.push_held(after, packet);
-            ctx.persist.touched.push(conn.outbox.clone());
+            ctx.persist.hold(&conn.outbox, after, 0, packet);
         } else {
             conn.outbox.push(packet);
         }

@@ -502,23 +502,20 @@ fn gather<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
-    let simple = matches!(
-        first,
-        Event::Packet { .. }
-            | Event::Publish {
-                verdict: PublishVerdict::Deliver,
-                ..
-            }
-    );
-    if !simple || !io.next_type().is_some_and(|t| batchable(t, &shared.hooks)) {
+    if !io.next_type().is_some_and(|t| batchable(t, &shared.hooks)) {
         return (Routed::Event(first), None);
     }
-    let mut packets = Vec::with_capacity(MAX_BATCH);
-    packets.push(match first {
+    let first = match first {
         Event::Packet { packet, .. } => packet,
-        Event::Publish { publish, .. } => Packet::Publish(publish),
-        _ => unreachable!("checked above"),
-    });
+        Event::Publish {
+            publish,
+            verdict: PublishVerdict::Deliver,
+            ..
+        } => Packet::Publish(publish),
+        other => return (Routed::Event(other), None),
+    };
+    let mut packets = Vec::with_capacity(MAX_BATCH);
+    packets.push(first);
     let mut ending = None;
     while packets.len() < MAX_BATCH
         && io.next_type().is_some_and(|t| batchable(t, &shared.hooks))
