@@ -38,6 +38,7 @@ mod config;
 pub mod hooks;
 mod inline;
 mod net;
+mod outbound;
 mod outbox;
 pub mod router;
 mod server;

@@ -25,6 +25,7 @@
 //! before the packets pushed ahead of it.
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
+use crate::outbound::{AckKind, Outbound};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -47,7 +48,7 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct Inner {
     /// Ready to be written.
-    queue: VecDeque<Packet>,
+    queue: VecDeque<Outbound>,
     /// Waiting for a commit or a gate, in push order.
     /// Allocated only while something is held (`None` when empty): most
     /// connections never wait for a commit, and an empty deque would take
@@ -72,7 +73,7 @@ struct Held {
     /// Its gate's token (0: none), and whether the gate opened.
     token: u64,
     open: bool,
-    packet: Packet,
+    packet: Outbound,
 }
 
 impl Held {
@@ -173,7 +174,8 @@ impl Outbox {
 
     /// Queues a packet (behind any held ones). Returns false (and drops
     /// it) once closed.
-    pub fn push(&self, packet: Packet) -> bool {
+    pub fn push(&self, packet: impl Into<Outbound>) -> bool {
+        let packet = packet.into();
         let mut inner = self.lock();
         if inner.closed {
             return false;
@@ -197,7 +199,8 @@ impl Outbox {
     /// Queues a packet that may only be written once commit `commit` is
     /// durable (see [`Outbox::release`]), or, if `token` is not 0, once
     /// [`Outbox::open`]`(token)` opens its gate, whichever comes first.
-    pub fn push_gated(&self, commit: u64, token: u64, packet: Packet) -> bool {
+    pub fn push_gated(&self, commit: u64, token: u64, packet: impl Into<Outbound>) -> bool {
+        let packet = packet.into();
         let mut inner = self.lock();
         if inner.closed {
             return false;
@@ -298,7 +301,7 @@ impl Outbox {
     /// Moves everything ready to the back of `into`. Returns false when the
     /// outbox is closed and nothing more will come.
     #[cfg(test)]
-    pub fn try_drain(&self, into: &mut VecDeque<Packet>) -> bool {
+    pub fn try_drain(&self, into: &mut VecDeque<Outbound>) -> bool {
         let mut inner = self.lock();
         into.append(&mut inner.queue);
         !(inner.closed && inner.held.is_none() && into.is_empty())
@@ -313,7 +316,7 @@ impl Outbox {
     /// writes into the same (cache-warm) buffer batch after batch, which
     /// swapping buffers with the consumer was measurably slower at. A
     /// consumer gone idle [`Outbox::trim`]s it.
-    pub fn poll_drain(&self, cx: &Context<'_>, into: &mut VecDeque<Packet>) -> Poll<bool> {
+    pub fn poll_drain(&self, cx: &Context<'_>, into: &mut VecDeque<Outbound>) -> Poll<bool> {
         // Without the lock while waiting: the consumer is polled for its
         // socket too, often once per packet read.
         if !self.ready.load(Ordering::Acquire) {
@@ -346,29 +349,33 @@ impl Outbox {
     }
 
     /// [`Outbox::poll_drain`] as a future.
-    pub async fn drain(&self, into: &mut VecDeque<Packet>) -> bool {
+    pub async fn drain(&self, into: &mut VecDeque<Outbound>) -> bool {
         std::future::poll_fn(|cx| self.poll_drain(cx, into)).await
     }
 }
 
 /// Rewrites an acknowledgement whose commit failed. Returns true if the
 /// connection must be closed instead.
-fn refuse(packet: &mut Packet, version: ProtocolVersion) -> bool {
-    match packet {
-        Packet::PubAck(r) | Packet::PubRec(r) => {
-            if !version.is_v5() {
-                return true;
+fn refuse(packet: &mut Outbound, version: ProtocolVersion) -> bool {
+    let reason = match packet {
+        Outbound::Ack(AckKind::Ack | AckKind::Rec, _, reason) => reason,
+        Outbound::Other(p) => match &mut **p {
+            Packet::PubAck(r) | Packet::PubRec(r) => &mut r.reason,
+            Packet::SubAck(s) => {
+                // 0x80 is a failure code in 3.x SUBACKs too.
+                for reason in &mut s.reasons {
+                    *reason = ReasonCode::UnspecifiedError;
+                }
+                return false;
             }
-            r.reason = ReasonCode::UnspecifiedError;
-        }
-        Packet::SubAck(s) => {
-            // 0x80 is a failure code in 3.x SUBACKs too.
-            for reason in &mut s.reasons {
-                *reason = ReasonCode::UnspecifiedError;
-            }
-        }
-        _ => {}
+            _ => return false,
+        },
+        _ => return false,
+    };
+    if !version.is_v5() {
+        return true;
     }
+    *reason = ReasonCode::UnspecifiedError;
     false
 }
 
@@ -379,8 +386,12 @@ mod tests {
     use std::num::NonZeroU16;
     use std::sync::Arc;
 
-    fn puback(n: u16) -> Packet {
-        Packet::PubAck(PubResp::new(NonZeroU16::new(n).unwrap()))
+    fn puback(n: u16) -> Outbound {
+        Packet::PubAck(PubResp::new(NonZeroU16::new(n).unwrap())).into()
+    }
+
+    fn ping() -> Outbound {
+        Packet::PingResp.into()
     }
 
     #[test]
@@ -406,11 +417,11 @@ mod tests {
         o.push_gated(2, 0, puback(2));
         let mut v = VecDeque::new();
         o.try_drain(&mut v);
-        assert_eq!(v, vec![Packet::PingResp]);
+        assert_eq!(v, vec![ping()]);
         v.clear();
         o.release(1, false);
         o.try_drain(&mut v);
-        assert_eq!(v, vec![puback(1), Packet::PingResp]);
+        assert_eq!(v, vec![puback(1), ping()]);
         v.clear();
         o.release(2, false);
         o.try_drain(&mut v);
@@ -431,7 +442,7 @@ mod tests {
         assert!(v.is_empty());
         o.release(1, false);
         o.try_drain(&mut v);
-        assert_eq!(v, vec![puback(1), puback(2), Packet::PingResp]);
+        assert_eq!(v, vec![puback(1), puback(2), ping()]);
         v.clear();
         o.open(8);
         o.try_drain(&mut v);
@@ -467,8 +478,10 @@ mod tests {
         o.release(1, true);
         let mut v = VecDeque::new();
         o.try_drain(&mut v);
-        let Packet::PubAck(r) = &v[0] else { panic!() };
-        assert_eq!(r.reason, ReasonCode::UnspecifiedError);
+        let Outbound::Ack(AckKind::Ack, _, reason) = &v[0] else {
+            panic!()
+        };
+        assert_eq!(*reason, ReasonCode::UnspecifiedError);
 
         let o = Outbox::new(ProtocolVersion::V3_1_1);
         o.push_gated(1, 0, puback(1));
@@ -505,7 +518,7 @@ mod tests {
         o.push(Packet::PingResp);
         assert_eq!(woken(), 2);
         assert_eq!(o.poll_drain(&cx, &mut v), Poll::Ready(true));
-        assert_eq!(v, vec![Packet::PingResp]);
+        assert_eq!(v, vec![ping()]);
     }
 
     #[test]

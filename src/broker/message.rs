@@ -1,11 +1,9 @@
 //! An application message as the broker holds it: one shared copy routed to
 //! every subscriber.
 
-use crate::codec::{ByteStr, Publish, PublishProperties, QoS, QosPid, UserProperties};
+use crate::codec::{ByteStr, Publish, QoS, UserProperties};
 use bytes::Bytes;
-use std::num::NonZeroU32;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 
 use super::SessionId;
 
@@ -78,41 +76,6 @@ impl Message {
     /// True once its Message Expiry Interval has passed.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|t| t <= now_ms)
-    }
-
-    /// The PUBLISH that delivers this message to one subscriber.
-    /// The expiry interval sent is what remains, rounded up ([MQTT-3.3.2-6]).
-    pub fn to_publish(
-        self: &Arc<Self>,
-        qos_pid: QosPid,
-        retain: bool,
-        dup: bool,
-        subscription_identifiers: Vec<NonZeroU32>,
-        now_ms: u64,
-    ) -> Publish {
-        let p = &self.properties;
-        Publish {
-            dup,
-            qos_pid,
-            retain,
-            topic: self.topic.clone(),
-            payload: self.payload.clone(),
-            properties: PublishProperties {
-                payload_format_indicator: p.payload_format_indicator,
-                message_expiry_interval: self.expires_at_ms.map(|t| {
-                    let left = t.saturating_sub(now_ms);
-                    u32::try_from(left.div_ceil(1000))
-                        .unwrap_or(u32::MAX)
-                        .max(1)
-                }),
-                topic_alias: None,
-                response_topic: p.response_topic.clone(),
-                correlation_data: p.correlation_data.clone(),
-                user_properties: p.user_properties.clone(),
-                subscription_identifiers,
-                content_type: p.content_type.clone(),
-            },
-        }
     }
 
     /// A message read back from the store.

@@ -4,7 +4,7 @@
 
 use super::idhash::{IdMap, IdSet};
 use super::message::Message;
-use crate::codec::{ByteStr, Packet, QoS};
+use crate::codec::{ByteStr, QoS};
 use crate::outbox::Outbox;
 use roost_storage::{MessageProperties as StoredProps, MessageRecord, Op};
 use std::collections::HashMap;
@@ -115,7 +115,13 @@ impl Persist {
     /// earlier one still on its way) is released, or until gate `gate`
     /// opens (0: no gate). The outbox is remembered with the commit being
     /// assembled, whose release also releases anything earlier.
-    pub fn hold(&mut self, outbox: &Arc<Outbox>, commit: u64, gate: u64, packet: Packet) {
+    pub fn hold(
+        &mut self,
+        outbox: &Arc<Outbox>,
+        commit: u64,
+        gate: u64,
+        packet: impl Into<crate::outbound::Outbound>,
+    ) {
         outbox.push_gated(commit, gate, packet);
         self.touched.push(outbox.clone());
     }

@@ -7,11 +7,11 @@ use super::message::Message;
 use super::persist::{message_record, Persist};
 use super::ConnId;
 use crate::codec::{
-    encoded_len, ByteStr, Packet, PacketId, ProtocolVersion, PubResp, QoS, QosPid,
-    SubscriptionOptions,
+    ByteStr, Packet, PacketId, ProtocolVersion, PubResp, QoS, QosPid, SubscriptionOptions,
 };
 use crate::config::Limits;
 use crate::hooks::{Client, DropReason, Hooks};
+use crate::outbound::Delivery;
 use crate::outbox::Outbox;
 use crate::stats::{self, Stats};
 use roost_storage::{Op, OutboundRecord, OutboundState};
@@ -54,7 +54,7 @@ pub(crate) struct Outgoing {
     pub msg: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
-    pub sub_ids: Vec<NonZeroU32>,
+    pub sub_ids: Box<[NonZeroU32]>,
     pub pid: Option<PacketId>,
     pub state: OutboundState,
     /// Stored with its body inline (its only reference), so the body has
@@ -361,8 +361,9 @@ impl Session {
                 self.dropped(msg, DropReason::SlowClient, ctx);
                 return false;
             }
-            let p = msg.to_publish(QosPid::AtMostOnce, retain, false, sub_ids, ctx.now_ms);
-            self.push_publish(p, msg, ctx);
+            let sub_ids = sub_ids.into_boxed_slice();
+            let d = Delivery::new(msg, QosPid::AtMostOnce, retain, false, sub_ids, ctx.now_ms);
+            self.push_publish(d, ctx);
             return false;
         }
         if self.conn.is_none() && !self.is_persistent() {
@@ -386,7 +387,7 @@ impl Session {
             msg: msg.clone(),
             qos,
             retain,
-            sub_ids,
+            sub_ids: sub_ids.into_boxed_slice(),
             pid: None,
             state: OutboundState::Queued,
             inline: self.stored && sole,
@@ -443,19 +444,20 @@ impl Session {
 
     /// Pushes a PUBLISH unless it is larger than the client accepts
     /// ([MQTT-3.1.2-24]); returns false if it was dropped.
-    fn push_publish(&self, p: crate::codec::Publish, msg: &Message, ctx: &mut Ctx) -> bool {
+    fn push_publish(&self, d: Delivery, ctx: &mut Ctx) -> bool {
         let Some(conn) = &self.conn else { return false };
-        let p_qos = p.qos_pid;
-        let packet = Packet::Publish(p);
         if let Some(max) = conn.max_packet_size {
-            if encoded_len(&packet, self.protocol) > max.get() as usize {
-                self.dropped(msg, DropReason::TooLarge, ctx);
+            if d.encoded_len(self.protocol) > max.get() as usize {
+                self.dropped(&d.msg, DropReason::TooLarge, ctx);
                 return false;
             }
         }
-        let mut after = msg.deliver_after.load(std::sync::atomic::Ordering::Relaxed);
+        let mut after = d
+            .msg
+            .deliver_after
+            .load(std::sync::atomic::Ordering::Relaxed);
         if self.stored
-            && matches!(p_qos, QosPid::ExactlyOnce(_))
+            && matches!(d.qos_pid, QosPid::ExactlyOnce(_))
             && ctx.persist.enabled
             && !ctx.persist.ack_first
         {
@@ -475,9 +477,9 @@ impl Session {
         {
             // Released by commit `after`, or (if that one is already on its
             // way and releases before this is recorded) by the next.
-            ctx.persist.hold(&conn.outbox, after, 0, packet);
+            ctx.persist.hold(&conn.outbox, after, 0, d);
         } else {
-            conn.outbox.push(packet);
+            conn.outbox.push(d);
         }
         true
     }
@@ -488,14 +490,15 @@ impl Session {
         let pid = self.alloc_pid();
         o.pid = Some(pid);
         o.state = OutboundState::Sent;
-        let p = o.msg.to_publish(
+        let d = Delivery::new(
+            &o.msg,
             QosPid::new(o.qos, pid),
             o.retain,
             false,
             o.sub_ids.clone(),
             ctx.now_ms,
         );
-        if self.push_publish(p, &o.msg, ctx) {
+        if self.push_publish(d, ctx) {
             // A QoS 1 entry stored as queued stays so: after a restart it is
             // sent again under a new packet id, which at-least-once allows,
             // and one write per message is saved. QoS 2 must keep its packet
@@ -551,14 +554,15 @@ impl Session {
                     expired.push(i);
                 }
                 _ => {
-                    let p = o.msg.to_publish(
+                    let d = Delivery::new(
+                        &o.msg,
                         QosPid::new(o.qos, pid),
                         o.retain,
                         true,
                         o.sub_ids.clone(),
                         ctx.now_ms,
                     );
-                    self.push_publish(p, &o.msg, ctx);
+                    self.push_publish(d, ctx);
                 }
             }
         }

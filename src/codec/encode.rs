@@ -1,7 +1,8 @@
 //! Encoding packets into a byte buffer.
 
+use super::publish::PublishView;
 use super::writer::{Counter, Sink, Writer};
-use super::{ack, connect, disconnect, publish, subscribe, varint};
+use super::{ack, connect, disconnect, subscribe, varint};
 use super::{EncodeError, Packet, ProtocolVersion, MAX_REMAINING_LENGTH};
 use bytes::{BufMut, BytesMut};
 
@@ -18,8 +19,61 @@ pub fn encode(
     if matches!(packet, Packet::Auth(_)) && !version.is_v5() {
         return Err(EncodeError::UnsupportedPacket);
     }
+    encode_frame(packet, version, buf)
+}
+
+/// The number of bytes [`encode`] would write, fixed header included.
+/// (Meaningless when `encode` would fail.)
+pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
+    frame_len(packet, version)
+}
+
+/// [`encode`] for a borrowed PUBLISH.
+pub(crate) fn encode_publish(
+    p: &PublishView<'_>,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    encode_frame(p, version, buf)
+}
+
+/// [`encoded_len`] for a borrowed PUBLISH.
+pub(crate) fn publish_len(p: &PublishView<'_>, version: ProtocolVersion) -> usize {
+    frame_len(p, version)
+}
+
+/// A fixed header's first byte and a body: what [`encode_frame`] frames.
+trait Frame {
+    fn first_byte(&self) -> u8;
+    fn body<S: Sink>(&self, v: ProtocolVersion, s: &mut S);
+}
+
+impl Frame for Packet {
+    fn first_byte(&self) -> u8 {
+        first_byte(self)
+    }
+    fn body<S: Sink>(&self, v: ProtocolVersion, s: &mut S) {
+        body(self, v, s)
+    }
+}
+
+impl Frame for PublishView<'_> {
+    fn first_byte(&self) -> u8 {
+        PublishView::first_byte(self)
+    }
+    fn body<S: Sink>(&self, v: ProtocolVersion, s: &mut S) {
+        PublishView::body(self, v, s)
+    }
+}
+
+/// Counts the body, then writes the fixed header and the body.
+fn encode_frame<F: Frame>(
+    f: &F,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let mut c = Counter::default();
-    body(packet, version, &mut c);
+    f.body(version, &mut c);
     if let Some(e) = c.err {
         return Err(e);
     }
@@ -28,17 +82,15 @@ pub fn encode(
         .filter(|&n| n <= MAX_REMAINING_LENGTH)
         .ok_or(EncodeError::PacketTooLarge)?;
     buf.reserve(1 + varint::len(remaining) + c.n);
-    buf.put_u8(first_byte(packet));
+    buf.put_u8(f.first_byte());
     varint::write(remaining, buf);
-    body(packet, version, &mut Writer(buf));
+    f.body(version, &mut Writer(buf));
     Ok(())
 }
 
-/// The number of bytes [`encode`] would write, fixed header included.
-/// (Meaningless when `encode` would fail.)
-pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
+fn frame_len<F: Frame>(f: &F, version: ProtocolVersion) -> usize {
     let mut c = Counter::default();
-    body(packet, version, &mut c);
+    f.body(version, &mut c);
     let remaining = u32::try_from(c.n).unwrap_or(u32::MAX);
     1 + varint::len(remaining) + c.n
 }
@@ -47,7 +99,7 @@ fn first_byte(packet: &Packet) -> u8 {
     match packet {
         Packet::Connect(_) => 0x10,
         Packet::ConnAck(_) => 0x20,
-        Packet::Publish(p) => publish::first_byte(p),
+        Packet::Publish(p) => p.view().first_byte(),
         Packet::PubAck(_) => 0x40,
         Packet::PubRec(_) => 0x50,
         // PUBREL, SUBSCRIBE and UNSUBSCRIBE carry flags 0b0010 [MQTT-2.1.3-1].
@@ -69,7 +121,7 @@ fn body<S: Sink>(packet: &Packet, v: ProtocolVersion, s: &mut S) {
     match packet {
         Packet::Connect(c) => connect::encode_connect(c, s),
         Packet::ConnAck(c) => connect::encode_connack(c, v, s),
-        Packet::Publish(p) => publish::encode(p, v, s),
+        Packet::Publish(p) => p.view().body(v, s),
         Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
             ack::encode(p, v, s)
         }

@@ -35,8 +35,10 @@ mod tests;
 pub use bytestr::ByteStr;
 pub use decode::Decoder;
 pub use encode::{encode, encoded_len};
+pub(crate) use encode::{encode_publish, publish_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
+pub(crate) use publish::{PropertiesView, PublishView};
 pub use reason::ReasonCode;
 
 /// The largest remaining length the variable byte integer can express.

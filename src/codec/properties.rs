@@ -429,21 +429,6 @@ impl PublishProperties {
     }
 }
 
-impl Properties for PublishProperties {
-    fn visit<S: Sink>(&self, s: &mut S) {
-        s.prop_u8(PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
-        s.prop_u32(MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
-        s.prop_u16(TOPIC_ALIAS, self.topic_alias.map(NonZeroU16::get));
-        s.prop_str(RESPONSE_TOPIC, self.response_topic.as_ref());
-        s.prop_bin(CORRELATION_DATA, self.correlation_data.as_ref());
-        s.user_properties(USER_PROPERTY, &self.user_properties);
-        for id in &self.subscription_identifiers {
-            s.prop_varint(SUBSCRIPTION_IDENTIFIER, id.get());
-        }
-        s.prop_str(CONTENT_TYPE, self.content_type.as_ref());
-    }
-}
-
 impl AckProperties {
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
         let mut p = Self::default();

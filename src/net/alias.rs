@@ -72,17 +72,28 @@ impl OutboundAliases {
 
     /// Rewrites an outbound PUBLISH to use an alias where possible.
     pub fn apply(&mut self, p: &mut Publish) {
+        let (alias, with_name) = self.alias(&p.topic);
+        p.properties.topic_alias = alias;
+        if !with_name {
+            p.topic = ByteStr::new();
+        }
+    }
+
+    /// The alias to send `topic` under, if any, and whether the topic name
+    /// must go with it (it must unless the client already knows the alias).
+    pub fn alias(&mut self, topic: &ByteStr) -> (Option<NonZeroU16>, bool) {
         if self.max == 0 {
-            return;
+            return (None, true);
         }
         let map = self.map.get_or_insert_default();
-        if let Some(&a) = map.get(&p.topic) {
-            p.properties.topic_alias = NonZeroU16::new(a);
-            p.topic = ByteStr::new();
+        if let Some(&a) = map.get(topic) {
+            (NonZeroU16::new(a), false)
         } else if map.len() < usize::from(self.max) {
             let a = map.len() as u16 + 1;
-            map.insert(p.topic.clone(), a);
-            p.properties.topic_alias = NonZeroU16::new(a);
+            map.insert(topic.clone(), a);
+            (NonZeroU16::new(a), true)
+        } else {
+            (None, true)
         }
     }
 }
