@@ -169,10 +169,18 @@ impl Broker {
         let mut targets = std::mem::take(&mut self.scratch);
         let sessions = &self.sessions;
         let cursors = &mut self.shared_cursor;
+        // Ordinary subscriptions of one filter belong to distinct sessions;
+        // only matches from several filters can name a session twice.
+        let mut last_filter: *const u8 = std::ptr::null();
+        let mut direct_filters = 0;
         self.subs.for_each_match(&msg.topic, |m| match m {
-            Match::Direct { key, value, .. } => {
+            Match::Direct { filter, key, value } => {
                 if value.options.no_local && msg.publisher == Some(*key) {
                     return; // [MQTT-3.8.3-3]
+                }
+                if filter.as_ptr() != last_filter {
+                    last_filter = filter.as_ptr();
+                    direct_filters += 1;
                 }
                 targets.push(Target {
                     sid: *key,
@@ -223,25 +231,22 @@ impl Broker {
         });
         // Overlapping ordinary subscriptions of one client get one copy at
         // the highest QoS with every identifier ([MQTT-3.3.4-2], [MQTT-3.3.4-3]).
-        if targets.len() > 1 {
-            targets.sort_by_key(|t| (t.sid, t.shared));
-        }
-        let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
-        for t in targets.drain(..) {
-            match merged.last_mut() {
-                Some(last) if last.sid == t.sid && !last.shared && !t.shared => {
+        if direct_filters > 1 {
+            targets.sort_unstable_by_key(|t| (t.sid, t.shared));
+            targets.dedup_by(|t, last| {
+                let same = last.sid == t.sid && !last.shared && !t.shared;
+                if same {
                     last.qos = last.qos.max(t.qos);
                     last.retain_as_published |= t.retain_as_published;
-                    last.sub_ids.extend(t.sub_ids);
+                    last.sub_ids.append(&mut t.sub_ids);
                 }
-                _ => merged.push(t),
-            }
+                same
+            });
         }
-        self.scratch = targets;
-        let count = merged.len();
+        let count = targets.len();
         let (mut ctx, sessions) = self.ctx(now_ms);
         let mut congested = Vec::new();
-        for t in merged {
+        for t in targets.drain(..) {
             let Some(s) = sessions.get_mut(&t.sid) else {
                 continue;
             };
@@ -260,6 +265,7 @@ impl Broker {
             }
         }
         let dropped = ctx.drops.get() as usize;
+        self.scratch = targets;
         if !congested.is_empty() {
             self.slow_down_publisher(msg, &congested);
         }
