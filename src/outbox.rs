@@ -28,8 +28,30 @@ use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use crate::outbound::{AckKind, Outbound};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+/// The longest a connection whose writes fall behind pauses a publisher's
+/// reads without draining anything (see [`Outbox::slow_down`]): a pause is
+/// renewed for as long again each time it drains, up to [`EPISODE_MAX`].
+pub const BRIEF_PAUSE: Duration = Duration::from_millis(10);
+
+/// The longest one episode of [`Outbox::slow_down`] pauses publishers.
+pub const EPISODE_MAX: Duration = Duration::from_millis(100);
+
+/// How often a reader extends one brief pause (see
+/// [`Outbox::brief_renewals`]): [`EPISODE_MAX`] in all.
+pub const MAX_RENEWALS: u8 = (EPISODE_MAX.as_millis() / BRIEF_PAUSE.as_millis()) as u8;
+
+/// The longest one pause for a congested session holds a publisher's reads
+/// at a time (see [`Outbox::pause_reads`]).
+pub const CONGESTED_PAUSE: Duration = Duration::from_millis(500);
+
+/// Most packets one drain hands the consumer. What it has not taken yet
+/// stays here, where [`Outbox::len`] counts it (the slow-consumer policy
+/// sees the whole backlog), and the consumer's buffer stays small.
+const DRAIN_MAX: usize = 512;
 
 /// Packets for one connection, plus a "close after these" flag.
 #[derive(Debug)]
@@ -43,6 +65,11 @@ pub struct Outbox {
     /// How many congested sessions asked this connection's reader to pause
     /// (backpressure on a publisher that outruns its subscribers).
     read_pauses: AtomicU32,
+    /// A subscriber's writes fell behind: pause reads briefly.
+    brief_pause: AtomicBool,
+    /// Bumped each time a subscriber that paused this connection briefly
+    /// drains a full share but is still behind: the pause goes on.
+    brief_renewals: AtomicU32,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +89,20 @@ struct Inner {
     /// The consumer, when it last found nothing to do: woken when packets
     /// become ready, the outbox closes, or reads resume.
     waker: Option<Waker>,
+    /// Publishers paused because this connection's writes fell behind;
+    /// allocated only then.
+    slowed: Option<Box<Slowed>>,
+}
+
+/// Publishers paused by [`Outbox::slow_down`] in the current episode.
+#[derive(Debug)]
+struct Slowed {
+    /// Paused until this connection has (nearly) caught up.
+    publishers: Vec<Arc<Outbox>>,
+    /// When the episode ends (the core's clock, ms) if the connection has
+    /// not caught up by then; after that nobody is paused for it until it
+    /// does.
+    until_ms: u64,
 }
 
 /// A packet that may not be written yet.
@@ -140,6 +181,8 @@ impl Outbox {
             ready: AtomicBool::new(true),
             version,
             read_pauses: AtomicU32::new(0),
+            brief_pause: AtomicBool::new(false),
+            brief_renewals: AtomicU32::new(0),
         }
     }
 
@@ -262,26 +305,83 @@ impl Outbox {
         }
     }
 
-    /// True while some congested session asks this connection not to read.
-    pub fn reads_paused(&self) -> bool {
-        self.read_pauses.load(Ordering::Relaxed) > 0
+    /// This connection's writes fell behind (`now_ms` on the core's clock):
+    /// pauses `publisher`'s reads until this connection has nearly caught
+    /// up. One episode of pausing lasts at most [`EPISODE_MAX`]; one that
+    /// ends before the connection caught up (a slow link, or a stuck
+    /// client) starts no other until it has.
+    pub fn slow_down(&self, publisher: &Arc<Outbox>, now_ms: u64) {
+        if std::ptr::eq(self, &**publisher) {
+            return; // A client must keep reading its own acknowledgements.
+        }
+        let mut inner = self.lock();
+        let slowed = inner.slowed.get_or_insert_with(|| {
+            Box::new(Slowed {
+                publishers: Vec::new(),
+                until_ms: now_ms + EPISODE_MAX.as_millis() as u64,
+            })
+        });
+        if now_ms >= slowed.until_ms {
+            slowed.publishers.clear();
+            return;
+        }
+        // Flagged again even if listed: another connection may have let
+        // it go meanwhile.
+        publisher.brief_pause.store(true, Ordering::Relaxed);
+        if !slowed.publishers.iter().any(|p| Arc::ptr_eq(p, publisher)) {
+            slowed.publishers.push(publisher.clone());
+        }
     }
 
-    /// Ready when no pause is asked for; otherwise the consumer is woken
-    /// when the last one is withdrawn. The caller bounds the wait: a pause
-    /// slows a publisher down but never blocks it for good (two clients that
-    /// publish to each other could otherwise wait on each other forever).
-    pub fn poll_reads_allowed(&self, cx: &Context<'_>) -> Poll<()> {
-        if self.read_pauses.load(Ordering::Relaxed) == 0 {
-            return Poll::Ready(());
+    /// Ends a brief pause (its bound passed).
+    pub fn end_brief_pause(&self) {
+        self.brief_pause.store(false, Ordering::Relaxed);
+    }
+
+    /// How often a brief pause of this connection was renewed: a reader
+    /// whose pause bound passed waits another [`BRIEF_PAUSE`] if this
+    /// changed meanwhile, up to [`MAX_RENEWALS`] times (and if no congested
+    /// session pauses it, whose bound is its own).
+    pub fn brief_renewals(&self) -> Option<u32> {
+        (self.read_pauses.load(Ordering::Relaxed) == 0)
+            .then(|| self.brief_renewals.load(Ordering::Relaxed))
+    }
+
+    /// Lets publishers slowed down for this connection go on.
+    fn resume_slowed(slowed: Option<Box<Slowed>>) {
+        for p in slowed.into_iter().flat_map(|s| s.publishers) {
+            if p.brief_pause.swap(false, Ordering::Relaxed) {
+                p.unlock(p.lock(), true);
+            }
+        }
+    }
+
+    /// True while some congested session, or a brief pause, asks this
+    /// connection not to read.
+    pub fn reads_paused(&self) -> bool {
+        self.read_pauses.load(Ordering::Relaxed) > 0 || self.brief_pause.load(Ordering::Relaxed)
+    }
+
+    /// `None` when reads are allowed; otherwise the longest the reader
+    /// should wait (a brief pause or a congested session's), and the
+    /// consumer is woken when the pause is lifted. The caller bounds the
+    /// wait: a pause slows a publisher down but never blocks it for good
+    /// (two clients that publish to each other could otherwise wait on each
+    /// other forever).
+    pub fn poll_paused(&self, cx: &Context<'_>) -> Option<Duration> {
+        if !self.reads_paused() {
+            return None;
         }
         let mut inner = self.lock();
         inner.register(cx);
         // Checked again under the lock: a resume in between found no waker.
-        if self.read_pauses.load(Ordering::Relaxed) == 0 {
-            return Poll::Ready(());
+        if self.read_pauses.load(Ordering::Relaxed) > 0 {
+            Some(CONGESTED_PAUSE)
+        } else if self.brief_pause.load(Ordering::Relaxed) {
+            Some(BRIEF_PAUSE)
+        } else {
+            None
         }
-        Poll::Pending
     }
 
     /// Packets waiting to be written (held ones included).
@@ -295,7 +395,9 @@ impl Outbox {
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
+        let slowed = inner.slowed.take();
         self.unlock(inner, true);
+        Self::resume_slowed(slowed);
     }
 
     /// Moves everything ready to the back of `into`. Returns false when the
@@ -325,7 +427,27 @@ impl Outbox {
         let mut inner = self.lock();
         let finished = inner.closed && inner.held.is_none();
         if !inner.queue.is_empty() || finished {
-            into.append(&mut inner.queue);
+            if inner.queue.len() <= DRAIN_MAX {
+                into.append(&mut inner.queue);
+            } else {
+                into.extend(inner.queue.drain(..DRAIN_MAX));
+            }
+            // Within one drain of caught up: those it slowed down may go on.
+            let caught_up = inner.queue.len() < DRAIN_MAX;
+            let slowed = match inner.slowed.as_mut() {
+                Some(_) if caught_up => inner.slowed.take(),
+                Some(s) => {
+                    // Draining, but still behind: its publishers' brief
+                    // pauses go on.
+                    for p in &s.publishers {
+                        p.brief_renewals.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None
+                }
+                None => None,
+            };
+            drop(inner);
+            Self::resume_slowed(slowed);
             return Poll::Ready(!(finished && into.is_empty()));
         }
         // Registered under the lock that pushes take, so a push right after
@@ -510,7 +632,7 @@ mod tests {
         let mut v = VecDeque::new();
         o.pause_reads();
         assert!(o.poll_drain(&cx, &mut v).is_pending());
-        assert!(o.poll_reads_allowed(&cx).is_pending());
+        assert_eq!(o.poll_paused(&cx), Some(CONGESTED_PAUSE));
         o.resume_reads();
         assert_eq!(woken(), 1);
         // The resume took the waker: this poll must register it again.
@@ -533,5 +655,59 @@ mod tests {
         assert_eq!(v, vec![puback(1)]);
         v.clear();
         assert!(!o.try_drain(&mut v));
+    }
+
+    /// A connection behind on its writes pauses its publishers until it has
+    /// nearly caught up, renews their pauses while it drains, and after an
+    /// episode that ran out before it caught up pauses nobody until it has.
+    #[test]
+    fn slow_down_lasts_until_caught_up_and_one_episode_at_most() {
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let cx = Context::from_waker(&waker);
+        let sub = Outbox::new(ProtocolVersion::V5);
+        let publ = Arc::new(Outbox::new(ProtocolVersion::V5));
+        assert_eq!(publ.poll_paused(&cx), None);
+
+        for _ in 0..2 * DRAIN_MAX + 10 {
+            sub.push(Packet::PingResp);
+        }
+        sub.slow_down(&publ, 1_000);
+        assert_eq!(publ.poll_paused(&cx), Some(BRIEF_PAUSE));
+        let renewals = publ.brief_renewals();
+        // A drain that leaves more than one drain's worth renews the pause.
+        let mut v = VecDeque::new();
+        assert_eq!(sub.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(v.len(), DRAIN_MAX);
+        assert_ne!(publ.brief_renewals(), renewals);
+        assert!(publ.reads_paused());
+        // Nearly caught up: the publisher goes on, and is woken.
+        let woken = counter.0.load(Ordering::Relaxed);
+        assert_eq!(sub.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(publ.poll_paused(&cx), None);
+        assert!(counter.0.load(Ordering::Relaxed) > woken);
+
+        // An episode that runs out before the connection catches up...
+        for _ in 0..2 * DRAIN_MAX + 10 {
+            sub.push(Packet::PingResp);
+        }
+        sub.slow_down(&publ, 2_000);
+        publ.end_brief_pause(); // the reader's bound passed
+        let end = 2_000 + EPISODE_MAX.as_millis() as u64;
+        sub.slow_down(&publ, end);
+        assert_eq!(publ.poll_paused(&cx), None, "episode over");
+        v.clear();
+        assert!(sub.poll_drain(&cx, &mut v).is_ready()); // still behind
+        sub.slow_down(&publ, end + 1);
+        assert_eq!(publ.poll_paused(&cx), None, "not until caught up");
+        assert!(sub.poll_drain(&cx, &mut v).is_ready()); // caught up
+        sub.push(Packet::PingResp);
+        sub.slow_down(&publ, end + 2);
+        assert_eq!(publ.poll_paused(&cx), Some(BRIEF_PAUSE), "a new episode");
+        // A client is never paused for its own connection.
+        sub.end_brief_pause();
+        let sub = Arc::new(sub);
+        sub.slow_down(&sub, end + 3);
+        assert_eq!(sub.poll_paused(&cx), None);
     }
 }

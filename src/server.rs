@@ -72,7 +72,7 @@ pub(crate) fn now_ms() -> u64 {
 const RELAXED_MAX_PENDING_OPS: usize = 10_000;
 
 /// Events the core's queue holds before connections wait for room.
-const EVENT_QUEUE: usize = 1024;
+const EVENT_QUEUE: usize = 256;
 
 impl Server {
     /// A server with the in-memory store and no listeners.

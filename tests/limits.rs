@@ -297,6 +297,67 @@ async fn fan_in_qos1_slows_publishers_instead_of_dropping() {
     sink.expect_nothing().await;
 }
 
+/// Fan-in at QoS 0 into one subscriber that reads as fast as it can, which
+/// is slower than three publishers send: past `maximum_pending_writes / 8`
+/// unwritten packets the publishers are paused while it catches up, so a
+/// live subscriber gets every message (in order per publisher) instead of
+/// losing them to the slow-consumer drop. (Without the pauses, thousands
+/// are dropped here. A stuck subscriber costs its publishers at most one
+/// brief episode: `slow_consumer_drops_qos0_without_blocking_anyone`.)
+#[tokio::test]
+async fn fan_in_qos0_paces_publishers_to_a_live_subscriber() {
+    let mut opts = Options::default();
+    // Room for what the core's event queue may still hold once the
+    // publishers are asked to pause (the feedback is not instant).
+    opts.limits.maximum_pending_writes = 16_000;
+    let b = watched_broker(opts).await;
+    let mut sink = Raw::connected(b.addr, v5("sink")).await;
+    sink.subscribe(1, "in/#", QoS::AtMostOnce).await;
+
+    const PUBLISHERS: usize = 3;
+    // 3 x 12,000 x 2 KiB = 72 MiB: more than the sockets' buffers and the
+    // pending-writes limit hold together.
+    const EACH: usize = 12_000;
+    let body = "x".repeat(2048);
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let (addr, body) = (b.addr, body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut publ = Raw::connected(addr, v5(&format!("pub{p}"))).await;
+            for i in 0..EACH {
+                let payload = format!("{i} {body}");
+                publ.send(Packet::Publish(publish(
+                    &format!("in/{p}"),
+                    &payload,
+                    QoS::AtMostOnce,
+                    1,
+                )))
+                .await;
+            }
+            publ
+        }));
+    }
+    let mut next = [0usize; PUBLISHERS];
+    for n in 0..PUBLISHERS * EACH {
+        let m = tokio::time::timeout(WAIT, sink.recv_publish())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "message {n} never came; {} dropped",
+                    b.stats.snapshot().messages_dropped
+                )
+            });
+        let p: usize = m.topic.strip_prefix("in/").unwrap().parse().unwrap();
+        let i: usize = payload(&m).split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(i, next[p], "in order for publisher {p}");
+        next[p] += 1;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b.stats.snapshot().messages_dropped, 0);
+}
+
 fn two_subscriptions() -> Options {
     let mut o = Options::default();
     o.limits.maximum_subscriptions_per_session = 2;

@@ -2,6 +2,7 @@
 //! backpressure and retained messages.
 
 use super::*;
+use session::Pushback;
 
 impl Broker {
     /// Every acknowledgement goes through here: with a persistent store it
@@ -260,23 +261,31 @@ impl Broker {
             let mut sub_ids = t.sub_ids;
             sub_ids.sort_unstable();
             sub_ids.dedup();
-            if s.deliver(msg, qos, retain, sub_ids, count == 1, &mut ctx) {
-                congested.push(t.sid);
+            match s.deliver(msg, qos, retain, sub_ids, count == 1, &mut ctx) {
+                Pushback::None => {}
+                pushback => congested.push((t.sid, pushback)),
             }
         }
         let dropped = ctx.drops.get() as usize;
         self.scratch = targets;
         if !congested.is_empty() {
-            self.slow_down_publisher(msg, &congested);
+            self.slow_down_publisher(msg, &congested, now_ms);
         }
         (count, dropped)
     }
 
     /// Backpressure: a connected subscriber's queue is full, so the
     /// publisher's reads pause until it drains (bounded: see
-    /// [`Outbox::poll_reads_allowed`]). QoS 1/2 messages are then kept rather
+    /// [`Outbox::poll_paused`]). QoS 1/2 messages are then kept rather
     /// than dropped, and the publisher slows to what its subscribers take.
-    pub(super) fn slow_down_publisher(&mut self, msg: &Message, congested: &[SessionId]) {
+    /// A subscriber whose writes fell behind pauses it only briefly
+    /// ([`Outbox::slow_down`]).
+    pub(super) fn slow_down_publisher(
+        &mut self,
+        msg: &Message,
+        congested: &[(SessionId, Pushback)],
+        now_ms: u64,
+    ) {
         let Some(publisher) = msg.publisher else {
             return;
         };
@@ -288,14 +297,23 @@ impl Broker {
         else {
             return;
         };
-        for sid in congested {
+        for (sid, pushback) in congested {
             // A client that publishes to itself must keep reading its own
             // acknowledgements.
             if *sid == publisher {
                 continue;
             }
-            if let Some(s) = self.sessions.get_mut(sid) {
-                s.block(&outbox);
+            let Some(s) = self.sessions.get_mut(sid) else {
+                continue;
+            };
+            match pushback {
+                Pushback::Congested => s.block(&outbox),
+                Pushback::Behind => {
+                    if let Some(c) = &s.conn {
+                        c.outbox.slow_down(&outbox, now_ms);
+                    }
+                }
+                Pushback::None => {}
             }
         }
     }

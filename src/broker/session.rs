@@ -65,6 +65,17 @@ pub(crate) struct Outgoing {
     pub stored_copy: bool,
 }
 
+/// What a delivery asks of its publisher (see [`Session::deliver`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushback {
+    /// Nothing.
+    None,
+    /// The QoS 1/2 queue is congested: pause until it drains.
+    Congested,
+    /// Writes fell behind: pause briefly ([`Outbox::slow_down`]).
+    Behind,
+}
+
 /// What a session needs from the broker while it works.
 pub(crate) struct Ctx<'a> {
     pub persist: &'a mut Persist,
@@ -357,6 +368,8 @@ impl Session {
     /// granted QoS), following the queueing policy:
     /// - QoS 0 goes straight to the connection, and is dropped if the
     ///   client is away or has `maximum_pending_writes` packets unwritten.
+    ///   From an eighth of that on, the connection is behind: its
+    ///   publishers are paused briefly while it catches up.
     /// - QoS 1/2 is sent at once if the in-flight window has room and
     ///   nothing is queued ahead of it; otherwise it is queued. For a client
     ///   that is away, the queue holds `maximum_queued_messages`; beyond
@@ -368,7 +381,7 @@ impl Session {
     /// `sole`: this session is the message's only recipient, so a stored
     /// entry carries the body inline (one record instead of two).
     ///
-    /// Returns true when the queue is congested.
+    /// Returns what the publisher should do.
     pub fn deliver(
         &mut self,
         msg: &Arc<Message>,
@@ -377,25 +390,29 @@ impl Session {
         sub_ids: Vec<NonZeroU32>,
         sole: bool,
         ctx: &mut Ctx,
-    ) -> bool {
+    ) -> Pushback {
         if msg.is_expired(ctx.now_ms) {
-            return false;
+            return Pushback::None;
         }
         if qos == QoS::AtMostOnce {
             let Some(conn) = &self.conn else {
-                return false;
+                return Pushback::None;
             };
-            if conn.outbox.len() >= ctx.limits.maximum_pending_writes {
+            let pending = conn.outbox.len();
+            if pending >= ctx.limits.maximum_pending_writes {
                 self.dropped(msg, DropReason::SlowClient, ctx);
-                return false;
+                return Pushback::None;
             }
             let sub_ids = sub_ids.into_boxed_slice();
             let d = Delivery::new(msg, QosPid::AtMostOnce, retain, false, sub_ids, ctx.now_ms);
             self.push_publish(d, ctx);
-            return false;
+            if pending >= ctx.limits.maximum_pending_writes / 8 {
+                return Pushback::Behind;
+            }
+            return Pushback::None;
         }
         if self.conn.is_none() && !self.is_persistent() {
-            return false;
+            return Pushback::None;
         }
         let limit = ctx.limits.maximum_queued_messages;
         let queued = self.queue_len();
@@ -405,9 +422,14 @@ impl Session {
         } else {
             limit
         };
+        let pushback = if congested {
+            Pushback::Congested
+        } else {
+            Pushback::None
+        };
         if queued >= hard_limit {
             self.dropped(msg, DropReason::QueueFull, ctx);
-            return congested;
+            return pushback;
         }
         self.next_seq += 1;
         let o = Outgoing {
@@ -448,7 +470,7 @@ impl Session {
             self.store_outgoing(&o, ctx);
             self.flows_mut().queue.push_back(o);
         }
-        congested
+        pushback
     }
 
     /// Slows `publisher` down until this session's queue has drained to

@@ -17,7 +17,7 @@ use super::connection::Shared;
 use super::sweep::IdleSweep;
 use crate::codec::{DecodeError, Decoder, Packet, ProtocolVersion};
 use crate::outbound::Outbound;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, MAX_RENEWALS};
 use crate::stats::{self, Stats};
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
@@ -32,11 +32,12 @@ use tokio::time::{Instant, Sleep};
 /// Most bytes one read takes. It lives on the stack only while a read runs.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// Encoded bytes one write round prepares, at most (plus one packet).
-const WRITE_CHUNK: usize = 64 * 1024;
-
-/// The longest one backpressure pause holds a publisher's reads.
-const PAUSE_BOUND: Duration = Duration::from_millis(500);
+/// Encoded bytes one write round prepares: the write buffer's size, which
+/// a busy connection keeps. Encoding stops [`WRITE_SLACK`] short of it, so
+/// the packet that crosses the line still fits (packets up to that size),
+/// instead of doubling the buffer.
+const WRITE_CHUNK: usize = 32 * 1024;
+const WRITE_SLACK: usize = 2 * 1024;
 
 /// What the connection should act on next.
 // The packet moves by value: boxing it would cost an allocation per packet.
@@ -101,6 +102,11 @@ pub(crate) struct Duplex<S> {
     unflushed: bool,
     writing: Writing,
     reading: Reading,
+    /// [`Outbox::brief_renewals`] when the current pause began or was
+    /// last renewed.
+    renewals: Option<u32>,
+    /// How often the current pause was renewed.
+    renewed: u8,
     /// The keep-alive in seconds; 0 times nothing.
     keep_alive: u16,
     version: ProtocolVersion,
@@ -130,6 +136,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             unflushed: false,
             writing: Writing::Open,
             reading: Reading::Between,
+            renewals: None,
+            renewed: 0,
             keep_alive: 0,
             version: ProtocolVersion::V3_1_1,
             aliases: OutboundAliases::new(0),
@@ -186,17 +194,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             Poll::Ready(_) => return Poll::Ready(Step::Lost),
             Poll::Pending => {}
         }
-        if self.reading == Reading::Between && outbox.poll_reads_allowed(cx).is_pending() {
-            // Backpressure: a subscriber this client publishes to is full.
-            // Packets already read wait too.
-            timer.as_mut().reset(Instant::now() + PAUSE_BOUND);
-            self.reading = Reading::Paused;
+        if self.reading == Reading::Between {
+            if let Some(bound) = outbox.poll_paused(cx) {
+                // Backpressure: a subscriber this client publishes to is
+                // behind. Packets already read wait too.
+                timer.as_mut().reset(Instant::now() + bound);
+                self.reading = Reading::Paused;
+                self.renewals = outbox.brief_renewals();
+                self.renewed = 0;
+            }
         }
-        if self.reading == Reading::Paused
-            && outbox.poll_reads_allowed(cx).is_pending()
-            && timer.as_mut().poll(cx).is_pending()
-        {
-            return Poll::Pending;
+        if self.reading == Reading::Paused {
+            while outbox.poll_paused(cx).is_some() {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // The bound passed; a brief pause renewed meanwhile goes on.
+                let renewals = outbox.brief_renewals();
+                if renewals.is_none() || renewals == self.renewals || self.renewed >= MAX_RENEWALS {
+                    break;
+                }
+                self.renewals = renewals;
+                self.renewed += 1;
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + crate::outbox::BRIEF_PAUSE);
+            }
+            // Lifted, or its bound passed: a brief pause is then over.
+            outbox.end_brief_pause();
         }
         if self.reading != Reading::Waiting {
             // Packets already buffered are taken without arming the
@@ -424,7 +449,7 @@ fn encode(
     let mut publishes = 0u64;
     let mut packets = 0;
     for packet in batch.iter_mut() {
-        if out.len() >= WRITE_CHUNK {
+        if out.len() >= WRITE_CHUNK - WRITE_SLACK {
             break;
         }
         packets += 1;
