@@ -32,6 +32,9 @@ use tokio::time::{Instant, Sleep};
 /// Most bytes one read takes. It lives on the stack only while a read runs.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Room made in the heap buffer for one read while streaming.
+const STREAM_CHUNK: usize = 16 * 1024;
+
 /// Encoded bytes one write round prepares: the write buffer's size, which
 /// a busy connection keeps. Encoding stops [`WRITE_SLACK`] short of it, so
 /// the packet that crosses the line still fits (packets up to that size),
@@ -87,6 +90,9 @@ pub(crate) struct Duplex<S> {
     decoder: Decoder,
     /// Read and not yet decoded. Unallocated when empty.
     rbuf: BytesMut,
+    /// The last read filled its buffer: the next reads straight into
+    /// `rbuf` rather than through the stack.
+    streaming: bool,
     /// While the connection writes (see [`Duplex::idle`]).
     write: Option<Box<WriteBuffers>>,
     /// The sweep's epoch when a batch was last drained (0: never).
@@ -129,6 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             stream,
             decoder: Decoder::new(maximum_packet_size),
             rbuf: BytesMut::new(),
+            streaming: false,
             write: None,
             wrote_at: 0,
             busy: false,
@@ -318,18 +325,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     /// Reads until a packet is decoded or the stream has nothing more now.
     fn poll_read(&mut self, cx: &mut Context<'_>, stats: &Stats) -> Poll<Step> {
         loop {
-            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut rb = ReadBuf::uninit(&mut chunk);
-            match ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb)) {
-                Ok(()) if rb.filled().is_empty() => return Poll::Ready(Step::Lost),
-                Ok(()) => {
-                    stats::add(&stats.bytes_received, rb.filled().len() as u64);
-                    self.rbuf.extend_from_slice(rb.filled());
-                    if let Some(step) = self.decode(stats) {
-                        return Poll::Ready(step);
-                    }
+            let n = if self.streaming {
+                // More is probably waiting: read straight into the heap
+                // buffer the packets will share, saving a copy of every
+                // byte (a busy connection needs the buffer anyway).
+                self.rbuf.reserve(STREAM_CHUNK);
+                let read = tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.rbuf);
+                match ready!(std::pin::pin!(read).poll(cx)) {
+                    Ok(n) => n,
+                    Err(_) => return Poll::Ready(Step::Lost),
                 }
-                Err(_) => return Poll::Ready(Step::Lost),
+            } else {
+                let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut rb = ReadBuf::uninit(&mut chunk);
+                if ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb)).is_err() {
+                    return Poll::Ready(Step::Lost);
+                }
+                self.rbuf.extend_from_slice(rb.filled());
+                rb.filled().len()
+            };
+            if n == 0 {
+                return Poll::Ready(Step::Lost);
+            }
+            // A read that filled its buffer left more behind, most likely.
+            self.streaming = n >= READ_CHUNK;
+            stats::add(&stats.bytes_received, n as u64);
+            if let Some(step) = self.decode(stats) {
+                return Poll::Ready(step);
             }
         }
     }
