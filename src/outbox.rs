@@ -27,22 +27,19 @@
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use crate::outbound::{AckKind, Outbound};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// The longest a connection whose writes fall behind pauses a publisher's
 /// reads without draining anything (see [`Outbox::slow_down`]): a pause is
-/// renewed for as long again each time it drains, up to [`EPISODE_MAX`].
+/// renewed for as long again each time it drains (within the episode's
+/// [`EPISODE_MAX`], which the core enforces by letting go of it).
 pub const BRIEF_PAUSE: Duration = Duration::from_millis(10);
 
 /// The longest one episode of [`Outbox::slow_down`] pauses publishers.
 pub const EPISODE_MAX: Duration = Duration::from_millis(100);
-
-/// How often a reader extends one brief pause (see
-/// [`Outbox::brief_renewals`]): [`EPISODE_MAX`] in all.
-pub const MAX_RENEWALS: u8 = (EPISODE_MAX.as_millis() / BRIEF_PAUSE.as_millis()) as u8;
 
 /// The longest one pause for a congested session holds a publisher's reads
 /// at a time (see [`Outbox::pause_reads`]).
@@ -65,33 +62,41 @@ pub struct Outbox {
     /// How many congested sessions asked this connection's reader to pause
     /// (backpressure on a publisher that outruns its subscribers).
     read_pauses: AtomicU32,
-    /// A subscriber's writes fell behind: pause reads briefly.
-    brief_pause: AtomicBool,
-    /// Bumped each time a subscriber that paused this connection briefly
-    /// drains a full share but is still behind: the pause goes on.
-    brief_renewals: AtomicU32,
+    /// A subscriber's writes fell behind: reads pause briefly
+    /// ([`NOT_PAUSED`], [`PAUSED`] or [`RENEWED`]). One byte: every
+    /// connection has an outbox, and 16 more bytes here measured 100 more
+    /// bytes of RSS per idle connection (its allocation changes class).
+    brief: AtomicU8,
 }
+
+/// [`Outbox::brief`] states.
+const NOT_PAUSED: u8 = 0;
+const PAUSED: u8 = 1;
+/// Paused, and a subscriber that paused it drained since the reader last
+/// looked: the pause goes on.
+const RENEWED: u8 = 2;
 
 #[derive(Debug, Default)]
 struct Inner {
     /// Ready to be written.
     queue: VecDeque<Outbound>,
-    /// Waiting for a commit or a gate, in push order.
-    /// Allocated only while something is held (`None` when empty): most
-    /// connections never wait for a commit, and an empty deque would take
-    /// room in every outbox.
-    #[allow(
-        clippy::box_collection,
-        reason = "a pointer, not an empty deque, per outbox"
-    )]
-    held: Option<Box<VecDeque<Held>>>,
+    /// What only some connections need, some of the time; allocated only
+    /// then (`None` when both parts are empty): most connections never wait
+    /// for a commit nor fall behind, and the empty parts would take room in
+    /// every outbox.
+    rare: Option<Box<Rare>>,
     closed: bool,
     /// The consumer, when it last found nothing to do: woken when packets
     /// become ready, the outbox closes, or reads resume.
     waker: Option<Waker>,
-    /// Publishers paused because this connection's writes fell behind;
-    /// allocated only then.
-    slowed: Option<Box<Slowed>>,
+}
+
+#[derive(Debug, Default)]
+struct Rare {
+    /// Waiting for a commit or a gate, in push order.
+    held: VecDeque<Held>,
+    /// Publishers paused because this connection's writes fell behind.
+    slowed: Option<Slowed>,
 }
 
 /// Publishers paused by [`Outbox::slow_down`] in the current episode.
@@ -137,7 +142,7 @@ impl Inner {
     /// that only kept its place in line vouches for nothing.
     fn release_ready(&mut self, commit: u64, refuse_for: Option<ProtocolVersion>) -> bool {
         let mut released = false;
-        while let Some(held) = self.held.as_mut() {
+        while let Some(held) = self.rare.as_mut().map(|r| &mut r.held) {
             if !held
                 .front()
                 .is_some_and(|h| h.commit <= commit || h.ready())
@@ -145,12 +150,9 @@ impl Inner {
                 break;
             }
             let Some(mut h) = held.pop_front() else { break };
-            if held.is_empty() {
-                self.held = None;
-            }
             if let Some(version) = refuse_for.filter(|_| !h.ready()) {
                 if refuse(&mut h.packet, version) {
-                    self.held = None;
+                    held.clear();
                     self.closed = true;
                     break;
                 }
@@ -158,11 +160,38 @@ impl Inner {
             self.queue.push_back(h.packet);
             released = true;
         }
+        self.tidy();
         released
     }
 
     fn held_len(&self) -> usize {
-        self.held.as_ref().map_or(0, |h| h.len())
+        self.rare.as_ref().map_or(0, |r| r.held.len())
+    }
+
+    /// The held packets, if any.
+    fn held_mut(&mut self) -> Option<&mut VecDeque<Held>> {
+        self.rare
+            .as_mut()
+            .map(|r| &mut r.held)
+            .filter(|h| !h.is_empty())
+    }
+
+    /// Frees the rare parts once both are empty.
+    fn tidy(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.held.is_empty() && r.slowed.is_none())
+        {
+            self.rare = None;
+        }
+    }
+
+    /// Ends the episode of slowing publishers down, if one runs.
+    fn take_slowed(&mut self) -> Option<Slowed> {
+        let slowed = self.rare.as_mut()?.slowed.take();
+        self.tidy();
+        slowed
     }
 
     fn register(&mut self, cx: &Context<'_>) {
@@ -181,8 +210,7 @@ impl Outbox {
             ready: AtomicBool::new(true),
             version,
             read_pauses: AtomicU32::new(0),
-            brief_pause: AtomicBool::new(false),
-            brief_renewals: AtomicU32::new(0),
+            brief: AtomicU8::new(NOT_PAUSED),
         }
     }
 
@@ -223,7 +251,7 @@ impl Outbox {
         if inner.closed {
             return false;
         }
-        if let Some(held) = inner.held.as_mut() {
+        if let Some(held) = inner.held_mut() {
             held.push_back(Held {
                 commit: 0,
                 token: 0,
@@ -248,7 +276,8 @@ impl Outbox {
         if inner.closed {
             return false;
         }
-        inner.held.get_or_insert_default().push_back(Held {
+        let rare = inner.rare.get_or_insert_default();
+        rare.held.push_back(Held {
             commit,
             token,
             open: false,
@@ -262,8 +291,7 @@ impl Outbox {
     pub fn open(&self, token: u64) {
         let mut inner = self.lock();
         let Some(h) = inner
-            .held
-            .as_mut()
+            .held_mut()
             .and_then(|held| held.iter_mut().find(|h| h.token == token))
         else {
             return; // Already released by its commit.
@@ -315,11 +343,10 @@ impl Outbox {
             return; // A client must keep reading its own acknowledgements.
         }
         let mut inner = self.lock();
-        let slowed = inner.slowed.get_or_insert_with(|| {
-            Box::new(Slowed {
-                publishers: Vec::new(),
-                until_ms: now_ms + EPISODE_MAX.as_millis() as u64,
-            })
+        let rare = inner.rare.get_or_insert_default();
+        let slowed = rare.slowed.get_or_insert_with(|| Slowed {
+            publishers: Vec::new(),
+            until_ms: now_ms + EPISODE_MAX.as_millis() as u64,
         });
         if now_ms >= slowed.until_ms {
             slowed.publishers.clear();
@@ -327,7 +354,7 @@ impl Outbox {
         }
         // Flagged again even if listed: another connection may have let
         // it go meanwhile.
-        publisher.brief_pause.store(true, Ordering::Relaxed);
+        publisher.brief.fetch_max(PAUSED, Ordering::Relaxed);
         if !slowed.publishers.iter().any(|p| Arc::ptr_eq(p, publisher)) {
             slowed.publishers.push(publisher.clone());
         }
@@ -335,22 +362,25 @@ impl Outbox {
 
     /// Ends a brief pause (its bound passed).
     pub fn end_brief_pause(&self) {
-        self.brief_pause.store(false, Ordering::Relaxed);
+        self.brief.store(NOT_PAUSED, Ordering::Relaxed);
     }
 
-    /// How often a brief pause of this connection was renewed: a reader
-    /// whose pause bound passed waits another [`BRIEF_PAUSE`] if this
-    /// changed meanwhile, up to [`MAX_RENEWALS`] times (and if no congested
-    /// session pauses it, whose bound is its own).
-    pub fn brief_renewals(&self) -> Option<u32> {
-        (self.read_pauses.load(Ordering::Relaxed) == 0)
-            .then(|| self.brief_renewals.load(Ordering::Relaxed))
+    /// For the reader whose pause bound passed: true (and the pause goes
+    /// on for another [`BRIEF_PAUSE`]) if a brief pause was renewed since
+    /// the reader last asked (it asks once as its pause begins), and no
+    /// congested session pauses it (whose bound is its own).
+    pub fn brief_pause_renewed(&self) -> bool {
+        let renewed = self
+            .brief
+            .compare_exchange(RENEWED, PAUSED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        renewed && self.read_pauses.load(Ordering::Relaxed) == 0
     }
 
     /// Lets publishers slowed down for this connection go on.
-    fn resume_slowed(slowed: Option<Box<Slowed>>) {
+    fn resume_slowed(slowed: Option<Slowed>) {
         for p in slowed.into_iter().flat_map(|s| s.publishers) {
-            if p.brief_pause.swap(false, Ordering::Relaxed) {
+            if p.brief.swap(NOT_PAUSED, Ordering::Relaxed) != NOT_PAUSED {
                 p.unlock(p.lock(), true);
             }
         }
@@ -359,7 +389,8 @@ impl Outbox {
     /// True while some congested session, or a brief pause, asks this
     /// connection not to read.
     pub fn reads_paused(&self) -> bool {
-        self.read_pauses.load(Ordering::Relaxed) > 0 || self.brief_pause.load(Ordering::Relaxed)
+        self.read_pauses.load(Ordering::Relaxed) > 0
+            || self.brief.load(Ordering::Relaxed) != NOT_PAUSED
     }
 
     /// `None` when reads are allowed; otherwise the longest the reader
@@ -372,12 +403,13 @@ impl Outbox {
         if !self.reads_paused() {
             return None;
         }
+
         let mut inner = self.lock();
         inner.register(cx);
         // Checked again under the lock: a resume in between found no waker.
         if self.read_pauses.load(Ordering::Relaxed) > 0 {
             Some(CONGESTED_PAUSE)
-        } else if self.brief_pause.load(Ordering::Relaxed) {
+        } else if self.brief.load(Ordering::Relaxed) != NOT_PAUSED {
             Some(BRIEF_PAUSE)
         } else {
             None
@@ -395,7 +427,7 @@ impl Outbox {
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
-        let slowed = inner.slowed.take();
+        let slowed = inner.take_slowed();
         self.unlock(inner, true);
         Self::resume_slowed(slowed);
     }
@@ -406,7 +438,7 @@ impl Outbox {
     pub fn try_drain(&self, into: &mut VecDeque<Outbound>) -> bool {
         let mut inner = self.lock();
         into.append(&mut inner.queue);
-        !(inner.closed && inner.held.is_none() && into.is_empty())
+        !(inner.closed && inner.held_len() == 0 && into.is_empty())
     }
 
     /// When something is ready or the outbox is finished, moves what is
@@ -425,7 +457,7 @@ impl Outbox {
             return Poll::Pending;
         }
         let mut inner = self.lock();
-        let finished = inner.closed && inner.held.is_none();
+        let finished = inner.closed && inner.held_len() == 0;
         if !inner.queue.is_empty() || finished {
             if inner.queue.len() <= DRAIN_MAX {
                 into.append(&mut inner.queue);
@@ -434,17 +466,21 @@ impl Outbox {
             }
             // Within one drain of caught up: those it slowed down may go on.
             let caught_up = inner.queue.len() < DRAIN_MAX;
-            let slowed = match inner.slowed.as_mut() {
-                Some(_) if caught_up => inner.slowed.take(),
-                Some(s) => {
-                    // Draining, but still behind: its publishers' brief
-                    // pauses go on.
-                    for p in &s.publishers {
-                        p.brief_renewals.fetch_add(1, Ordering::Relaxed);
-                    }
-                    None
+            let slowed = if caught_up {
+                inner.take_slowed()
+            } else {
+                // Draining, but still behind: its publishers' brief pauses
+                // go on.
+                let slowed = inner.rare.as_ref().and_then(|r| r.slowed.as_ref());
+                for p in slowed.into_iter().flat_map(|s| &s.publishers) {
+                    let _ = p.brief.compare_exchange(
+                        PAUSED,
+                        RENEWED,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                 }
-                None => None,
+                None
             };
             drop(inner);
             Self::resume_slowed(slowed);
@@ -503,6 +539,13 @@ fn refuse(packet: &mut Outbound, version: ProtocolVersion) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// Every connection has an outbox: see [`Outbox::brief`].
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_outbox_stays_small() {
+        assert!(std::mem::size_of::<super::Outbox>() <= 80);
+    }
+
     use super::*;
     use crate::codec::PubResp;
     use std::num::NonZeroU16;
@@ -674,12 +717,14 @@ mod tests {
         }
         sub.slow_down(&publ, 1_000);
         assert_eq!(publ.poll_paused(&cx), Some(BRIEF_PAUSE));
-        let renewals = publ.brief_renewals();
-        // A drain that leaves more than one drain's worth renews the pause.
+        publ.brief_pause_renewed(); // as its reader does when it pauses
+                                    // A drain that leaves more than one drain's worth renews the pause.
+        assert!(!publ.brief_pause_renewed());
         let mut v = VecDeque::new();
         assert_eq!(sub.poll_drain(&cx, &mut v), Poll::Ready(true));
         assert_eq!(v.len(), DRAIN_MAX);
-        assert_ne!(publ.brief_renewals(), renewals);
+        assert!(publ.brief_pause_renewed());
+        assert!(!publ.brief_pause_renewed(), "once per renewal");
         assert!(publ.reads_paused());
         // Nearly caught up: the publisher goes on, and is woken.
         let woken = counter.0.load(Ordering::Relaxed);

@@ -17,7 +17,7 @@ use super::connection::Shared;
 use super::sweep::IdleSweep;
 use crate::codec::{DecodeError, Decoder, Packet, ProtocolVersion};
 use crate::outbound::Outbound;
-use crate::outbox::{Outbox, MAX_RENEWALS};
+use crate::outbox::{Outbox, BRIEF_PAUSE};
 use crate::stats::{self, Stats};
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
@@ -108,11 +108,6 @@ pub(crate) struct Duplex<S> {
     unflushed: bool,
     writing: Writing,
     reading: Reading,
-    /// [`Outbox::brief_renewals`] when the current pause began or was
-    /// last renewed.
-    renewals: Option<u32>,
-    /// How often the current pause was renewed.
-    renewed: u8,
     /// The keep-alive in seconds; 0 times nothing.
     keep_alive: u16,
     version: ProtocolVersion,
@@ -143,8 +138,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             unflushed: false,
             writing: Writing::Open,
             reading: Reading::Between,
-            renewals: None,
-            renewed: 0,
             keep_alive: 0,
             version: ProtocolVersion::V3_1_1,
             aliases: OutboundAliases::new(0),
@@ -207,8 +200,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 // behind. Packets already read wait too.
                 timer.as_mut().reset(Instant::now() + bound);
                 self.reading = Reading::Paused;
-                self.renewals = outbox.brief_renewals();
-                self.renewed = 0;
+                // Renewals count from here on.
+                outbox.brief_pause_renewed();
             }
         }
         if self.reading == Reading::Paused {
@@ -217,15 +210,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                     return Poll::Pending;
                 }
                 // The bound passed; a brief pause renewed meanwhile goes on.
-                let renewals = outbox.brief_renewals();
-                if renewals.is_none() || renewals == self.renewals || self.renewed >= MAX_RENEWALS {
+                if !outbox.brief_pause_renewed() {
                     break;
                 }
-                self.renewals = renewals;
-                self.renewed += 1;
-                timer
-                    .as_mut()
-                    .reset(Instant::now() + crate::outbox::BRIEF_PAUSE);
+                timer.as_mut().reset(Instant::now() + BRIEF_PAUSE);
             }
             // Lifted, or its bound passed: a brief pause is then over.
             outbox.end_brief_pause();
