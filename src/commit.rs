@@ -43,7 +43,8 @@ struct Stage {
 impl Stage {
     fn add(&mut self, mut commit: Commit) {
         self.since.get_or_insert_with(Instant::now);
-        self.ops.append(&mut commit.ops);
+        // Built here, not on the core's thread (see `Pending`).
+        self.ops.extend(commit.ops.drain(..).map(|op| op.into_op()));
         if self.created.is_empty() {
             self.created = std::mem::take(&mut commit.created);
         } else {

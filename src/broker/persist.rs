@@ -6,8 +6,11 @@ use super::idhash::{IdMap, IdSet};
 use super::message::Message;
 use crate::codec::{ByteStr, QoS};
 use crate::outbox::Outbox;
-use roost_storage::{MessageProperties as StoredProps, MessageRecord, Op};
+use roost_storage::{
+    MessageProperties as StoredProps, MessageRecord, Op, OutboundRecord, OutboundState,
+};
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ pub(crate) struct Persist {
     /// Acknowledge before commit (the relaxed mode): nothing is held.
     pub ack_first: bool,
     /// Operations recorded since the last commit, in order.
-    pub ops: Vec<Op>,
+    pub ops: Vec<Pending>,
     /// Number of the commit being assembled.
     pub commit: u64,
     /// How far the commit task got.
@@ -66,7 +69,7 @@ pub struct Commit {
     /// Its number (increasing).
     pub number: u64,
     /// What to apply, in order.
-    pub ops: Vec<Op>,
+    pub ops: Vec<Pending>,
     /// Release held packets up to `number` in these once applied.
     pub outboxes: Vec<Arc<Outbox>>,
     /// Outbound entries first written in this commit.
@@ -126,9 +129,9 @@ impl Persist {
         self.touched.push(outbox.clone());
     }
 
-    pub fn push(&mut self, op: Op) {
+    pub fn push(&mut self, op: impl Into<Pending>) {
         if self.enabled {
-            self.ops.push(op);
+            self.ops.push(op.into());
         }
     }
 
@@ -143,7 +146,7 @@ impl Persist {
             id = self.next_message_id;
             self.next_message_id += 1;
             msg.store_id.store(id, Relaxed);
-            self.ops.push(Op::PutMessage {
+            self.push(Op::PutMessage {
                 id,
                 message: message_record(msg),
             });
@@ -162,8 +165,83 @@ impl Persist {
             *n -= 1;
             if *n == 0 {
                 self.refs.remove(&id);
-                self.ops.push(Op::DeleteMessage { id });
+                self.push(Op::DeleteMessage { id });
             }
+        }
+    }
+}
+
+/// A storage operation as the core records it. The two it records for
+/// every stored message (an outbound entry written, then deleted once
+/// acknowledged) keep a reference to the message and the client id instead
+/// of owned copies: the commit task makes them into [`Op`]s
+/// ([`Pending::into_op`]), off the core's thread, and most of them cancel
+/// out there anyway.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// Any other operation, as is.
+    Op(Op),
+    /// [`Op::PutOutbound`].
+    PutOutbound {
+        client_id: ByteStr,
+        seq: u64,
+        entry: LazyOutbound,
+    },
+    /// [`Op::DeleteOutbound`].
+    DeleteOutbound { client_id: ByteStr, seq: u64 },
+}
+
+/// An [`OutboundRecord`], not yet built.
+#[derive(Debug)]
+pub(crate) struct LazyOutbound {
+    pub msg: Arc<Message>,
+    /// Its body goes inline (its only reference), else by this id.
+    pub inline: bool,
+    pub message_id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+    pub packet_id: Option<u16>,
+    pub state: OutboundState,
+    pub sub_ids: Box<[NonZeroU32]>,
+}
+
+impl From<Op> for Pending {
+    fn from(op: Op) -> Self {
+        Pending::Op(op)
+    }
+}
+
+impl Pending {
+    /// The storage operation.
+    pub fn into_op(self) -> Op {
+        match self {
+            Pending::Op(op) => op,
+            Pending::PutOutbound {
+                client_id,
+                seq,
+                entry: e,
+            } => {
+                // Once released the body is no longer needed (PUBREL only).
+                let message = (e.inline && e.state != OutboundState::Released)
+                    .then(|| message_record(&e.msg));
+                Op::PutOutbound {
+                    client_id: string(&client_id),
+                    seq,
+                    entry: OutboundRecord {
+                        message_id: if e.inline { 0 } else { e.message_id },
+                        qos: e.qos as u8,
+                        retain: e.retain,
+                        packet_id: e.packet_id,
+                        state: e.state,
+                        subscription_identifiers: e.sub_ids.iter().map(|s| s.get()).collect(),
+                        message,
+                    },
+                }
+            }
+            Pending::DeleteOutbound { client_id, seq } => Op::DeleteOutbound {
+                client_id: string(&client_id),
+                seq,
+            },
         }
     }
 }

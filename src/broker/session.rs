@@ -4,7 +4,7 @@
 //! A session outlives connections: `conn` is `None` while the client is away.
 
 use super::message::Message;
-use super::persist::{message_record, Persist};
+use super::persist::{LazyOutbound, Pending, Persist};
 use super::ConnId;
 use crate::codec::{
     ByteStr, Packet, PacketId, ProtocolVersion, PubResp, QoS, QosPid, SubscriptionOptions,
@@ -14,7 +14,7 @@ use crate::hooks::{Client, DropReason, Hooks};
 use crate::outbound::Delivery;
 use crate::outbox::Outbox;
 use crate::stats::{self, Stats};
-use roost_storage::{Op, OutboundRecord, OutboundState};
+use roost_storage::OutboundState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
@@ -285,42 +285,29 @@ impl Session {
             .fold(u16::MAX - start, u16::min)
     }
 
-    fn record(&self, o: &Outgoing) -> OutboundRecord {
-        let (message_id, message) = if o.inline {
-            // Once released the body is no longer needed (PUBREL only).
-            let body = (o.state != OutboundState::Released).then(|| message_record(&o.msg));
-            (0, body)
-        } else {
-            (
-                o.msg.store_id.load(std::sync::atomic::Ordering::Relaxed),
-                None,
-            )
-        };
-        OutboundRecord {
-            message_id,
-            qos: o.qos as u8,
-            retain: o.retain,
-            packet_id: o.pid.map(|p| p.get()),
-            state: o.state,
-            subscription_identifiers: o.sub_ids.iter().map(|s| s.get()).collect(),
-            message,
-        }
-    }
-
     fn store_outgoing(&self, o: &Outgoing, ctx: &mut Ctx) {
         if self.stored {
-            ctx.persist.push(Op::PutOutbound {
-                client_id: self.client(),
+            ctx.persist.push(Pending::PutOutbound {
+                client_id: self.client_id().clone(),
                 seq: o.seq,
-                entry: self.record(o),
+                entry: LazyOutbound {
+                    msg: o.msg.clone(),
+                    inline: o.inline,
+                    message_id: o.msg.store_id.load(std::sync::atomic::Ordering::Relaxed),
+                    qos: o.qos,
+                    retain: o.retain,
+                    packet_id: o.pid.map(|p| p.get()),
+                    state: o.state,
+                    sub_ids: o.sub_ids.clone(),
+                },
             });
         }
     }
 
     fn forget_outgoing(&self, o: &Outgoing, ctx: &mut Ctx) {
         if self.stored {
-            ctx.persist.push(Op::DeleteOutbound {
-                client_id: self.client(),
+            ctx.persist.push(Pending::DeleteOutbound {
+                client_id: self.client_id().clone(),
                 seq: o.seq,
             });
             if !o.inline {
