@@ -197,9 +197,10 @@ pub struct Limits {
     pub maximum_queued_messages: usize,
     /// Most packets waiting to be written to one connection before QoS 0
     /// messages to it are dropped (a slow consumer). From an eighth of it
-    /// on, the connection is behind: its publishers' reads pause while it
-    /// catches up, for at most 100 ms per episode (a slow or stuck client
-    /// never holds them up for longer). Default: 10,000.
+    /// on (or from about 256 KiB of QoS 0 messages), the connection is
+    /// behind: its publishers' reads pause while it catches up, for at most
+    /// 100 ms per episode (a slow or stuck client never holds them up for
+    /// longer). Default: 10,000.
     pub maximum_pending_writes: usize,
     /// Most concurrent connections. Default: 100,000.
     pub maximum_connections: usize,

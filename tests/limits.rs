@@ -299,7 +299,8 @@ async fn fan_in_qos1_slows_publishers_instead_of_dropping() {
 
 /// Fan-in at QoS 0 into one subscriber that reads as fast as it can, which
 /// is slower than three publishers send: past `maximum_pending_writes / 8`
-/// unwritten packets the publishers are paused while it catches up, so a
+/// unwritten packets (or about 256 KiB of them) the publishers are paused
+/// while it catches up, so a
 /// live subscriber gets every message (in order per publisher) instead of
 /// losing them to the slow-consumer drop. (Without the pauses, thousands
 /// are dropped here. A stuck subscriber costs its publishers at most one

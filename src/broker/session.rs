@@ -65,6 +65,10 @@ pub(crate) struct Outgoing {
     pub stored_copy: bool,
 }
 
+/// QoS 0 bytes unwritten to one connection (estimated from the message at
+/// hand) from which its publishers are paused briefly.
+const BEHIND_BYTES: usize = 256 * 1024;
+
 /// What a delivery asks of its publisher (see [`Session::deliver`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushback {
@@ -355,8 +359,8 @@ impl Session {
     /// granted QoS), following the queueing policy:
     /// - QoS 0 goes straight to the connection, and is dropped if the
     ///   client is away or has `maximum_pending_writes` packets unwritten.
-    ///   From an eighth of that on, the connection is behind: its
-    ///   publishers are paused briefly while it catches up.
+    ///   From an eighth of that on (or [`BEHIND_BYTES`]), the connection
+    ///   is behind: its publishers are paused briefly while it catches up.
     /// - QoS 1/2 is sent at once if the in-flight window has room and
     ///   nothing is queued ahead of it; otherwise it is queued. For a client
     ///   that is away, the queue holds `maximum_queued_messages`; beyond
@@ -393,7 +397,12 @@ impl Session {
             let sub_ids = sub_ids.into_boxed_slice();
             let d = Delivery::new(msg, QosPid::AtMostOnce, retain, false, sub_ids, ctx.now_ms);
             self.push_publish(d, ctx);
-            if pending >= ctx.limits.maximum_pending_writes / 8 {
+            // Behind by an eighth of the limit, or by about BEHIND_BYTES of
+            // messages like this one (large messages fill memory sooner).
+            let size = msg.payload.len() + msg.topic.len();
+            if pending >= ctx.limits.maximum_pending_writes / 8
+                || pending.saturating_mul(size) >= BEHIND_BYTES
+            {
                 return Pushback::Behind;
             }
             return Pushback::None;
