@@ -11,7 +11,7 @@
 //! property and which packet may carry it; `reader`, `writer` and `varint`
 //! are the wire primitives. Encoding describes each packet once to a `Sink`
 //! that either counts or writes, so [`encoded_len`] always matches
-//! [`encode`].
+//! [`encode`](fn@encode).
 
 mod ack;
 mod bytestr;
