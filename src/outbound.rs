@@ -16,10 +16,12 @@
 
 use crate::broker::Message;
 use crate::codec::{
-    encode, encode_publish, publish_len, EncodeError, Packet, PacketId, PropertiesView,
-    ProtocolVersion, PubResp, Publish, PublishProperties, PublishView, QosPid, ReasonCode,
+    encode, encode_publish, encode_publish_head, publish_len, EncodeError, Packet, PacketId,
+    PropertiesView, ProtocolVersion, PubResp, Publish, PublishProperties, PublishView, QosPid,
+    ReasonCode,
 };
 use crate::net::alias::OutboundAliases;
+use crate::net::wbuf::{WriteBuf, SHARED_MIN};
 use bytes::BytesMut;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
@@ -149,6 +151,29 @@ impl Delivery {
 }
 
 impl Outbound {
+    /// Appends it to `out` as [`Outbound::encode`] does, leaving a large
+    /// payload where it is (written from there) if `share_payloads`.
+    pub fn encode_into(
+        &mut self,
+        version: ProtocolVersion,
+        aliases: &mut OutboundAliases,
+        out: &mut WriteBuf,
+        share_payloads: bool,
+    ) -> Result<(), EncodeError> {
+        match self {
+            Outbound::Deliver(d) if share_payloads && d.msg.payload.len() >= SHARED_MIN => {
+                let (alias, with_name) = aliases.alias(&d.msg.topic);
+                let topic = if with_name { d.msg.topic.as_str() } else { "" };
+                let view = d.view(topic, alias);
+                out.encode_with_payload(
+                    |buf| encode_publish_head(&view, version, buf),
+                    &d.msg.payload,
+                )
+            }
+            _ => out.encode(|buf| self.encode(version, aliases, buf)),
+        }
+    }
+
     /// Appends it, encoded for `version`, to `buf`, using (and setting up)
     /// outbound topic aliases. On error nothing is written.
     pub fn encode(
@@ -322,6 +347,47 @@ mod tests {
                     assert_eq!(publish.properties.message_expiry_interval, Some(2));
                 }
             }
+        }
+    }
+
+    /// With its payload left in the message (vectored writes), a delivery
+    /// still goes out byte for byte as its `Publish`.
+    #[test]
+    fn a_shared_payload_goes_out_in_place() {
+        let mut m = Message::from_publish(
+            Publish {
+                dup: false,
+                qos_pid: QosPid::AtMostOnce,
+                retain: false,
+                topic: "big".into(),
+                payload: Bytes::from(vec![7u8; SHARED_MIN * 3]),
+                properties: PublishProperties::default(),
+            },
+            0,
+            None,
+        );
+        m.properties.content_type = Some("x".into());
+        let msg = Arc::new(m);
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            let pid = QosPid::AtLeastOnce(PacketId::new(3).unwrap());
+            let d = || Delivery::new(&msg, pid, false, false, Box::new([]), 0);
+            let mut expected = BytesMut::new();
+            encode(&Packet::Publish(d().into_publish()), version, &mut expected).unwrap();
+            let mut out = WriteBuf::default();
+            let aliases = &mut OutboundAliases::new(0);
+            Outbound::Deliver(d())
+                .encode_into(version, aliases, &mut out, true)
+                .unwrap();
+            Outbound::from(Packet::PingResp)
+                .encode_into(version, aliases, &mut out, true)
+                .unwrap();
+            expected.extend_from_slice(&[0xD0, 0]);
+            let mut got: Vec<u8> = Vec::new();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            while !out.is_empty() {
+                let _ = out.poll_write_to(&mut got, &mut cx);
+            }
+            assert_eq!(got, expected);
         }
     }
 

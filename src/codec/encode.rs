@@ -37,6 +37,30 @@ pub(crate) fn encode_publish(
     encode_frame(p, version, buf)
 }
 
+/// [`encode_publish`] up to the payload, which the caller writes right
+/// after these bytes (the remaining length counts it).
+pub(crate) fn encode_publish_head(
+    p: &PublishView<'_>,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let mut c = Counter::default();
+    p.body(version, &mut c);
+    if let Some(e) = c.err {
+        return Err(e);
+    }
+    let remaining = u32::try_from(c.n)
+        .ok()
+        .filter(|&n| n <= MAX_REMAINING_LENGTH)
+        .ok_or(EncodeError::PacketTooLarge)?;
+    let head = PublishView { payload: &[], ..*p };
+    buf.reserve(1 + varint::len(remaining) + c.n - p.payload.len());
+    buf.put_u8(p.first_byte());
+    varint::write(remaining, buf);
+    head.body(version, &mut Writer(buf));
+    Ok(())
+}
+
 /// [`encoded_len`] for a borrowed PUBLISH.
 pub(crate) fn publish_len(p: &PublishView<'_>, version: ProtocolVersion) -> usize {
     frame_len(p, version)

@@ -35,7 +35,7 @@ mod tests;
 pub use bytestr::ByteStr;
 pub use decode::Decoder;
 pub use encode::{encode, encoded_len};
-pub(crate) use encode::{encode_publish, publish_len};
+pub(crate) use encode::{encode_publish, encode_publish_head, publish_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub(crate) use publish::{PropertiesView, PublishView};

@@ -15,11 +15,12 @@
 use super::alias::OutboundAliases;
 use super::connection::Shared;
 use super::sweep::IdleSweep;
+use super::wbuf::WriteBuf;
 use crate::codec::{DecodeError, Decoder, Packet, ProtocolVersion};
 use crate::outbound::Outbound;
 use crate::outbox::{Outbox, BRIEF_PAUSE};
 use crate::stats::{self, Stats};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::mem::MaybeUninit;
@@ -118,7 +119,7 @@ pub(crate) struct Duplex<S> {
 #[derive(Default)]
 struct WriteBuffers {
     /// Encoded and not yet written.
-    bytes: BytesMut,
+    out: WriteBuf,
     /// Drained from the outbox; empty between drains.
     batch: VecDeque<Outbound>,
 }
@@ -365,11 +366,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 }
                 done => return Poll::Ready(done),
             }
-            if let Some(w) = self.write.as_mut().filter(|w| !w.bytes.is_empty()) {
-                match ready!(Pin::new(&mut self.stream).poll_write(cx, &w.bytes)) {
+            if let Some(w) = self.write.as_mut().filter(|w| !w.out.is_empty()) {
+                match ready!(w.out.poll_write_to(&mut self.stream, cx)) {
                     Ok(n) if n > 0 => {
                         stats::add(&stats.bytes_sent, n as u64);
-                        w.bytes.advance(n);
                         self.unflushed = true;
                     }
                     _ => self.writing = Writing::Failed,
@@ -385,11 +385,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             }
             // What the last drain left unencoded goes first.
             if let Some(w) = self.write.as_mut().filter(|w| !w.batch.is_empty()) {
+                let share = self.stream.is_write_vectored();
                 encode(
                     &mut w.batch,
                     self.version,
                     &mut self.aliases,
-                    &mut w.bytes,
+                    (&mut w.out, share),
                     stats,
                 );
                 continue;
@@ -404,11 +405,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                     self.busy |= self.wrote_at != 0 && self.wrote_at + 1 >= epoch;
                     self.wrote_at = epoch;
                     let w = self.write.get_or_insert_default();
+                    let share = self.stream.is_write_vectored();
                     encode(
                         &mut batch,
                         self.version,
                         &mut self.aliases,
-                        &mut w.bytes,
+                        (&mut w.out, share),
                         stats,
                     );
                     w.batch = batch;
@@ -449,11 +451,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
 /// A subscriber that fell behind can have thousands of packets queued:
 /// encoding them all at once would keep a copy of every one of them in a
 /// buffer that (while the connection stays busy) never shrinks again.
+/// `out` comes with whether the stream writes vectored (then large
+/// payloads are not copied into it).
 fn encode(
     batch: &mut VecDeque<Outbound>,
     version: ProtocolVersion,
     aliases: &mut OutboundAliases,
-    out: &mut BytesMut,
+    (out, share_payloads): (&mut WriteBuf, bool),
     stats: &Stats,
 ) {
     let mut publishes = 0u64;
@@ -464,7 +468,7 @@ fn encode(
         }
         packets += 1;
         publishes += u64::from(packet.is_publish());
-        if let Err(e) = packet.encode(version, aliases, out) {
+        if let Err(e) = packet.encode_into(version, aliases, out, share_payloads) {
             tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
         }
     }

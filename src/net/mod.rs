@@ -10,6 +10,7 @@ pub(crate) mod listener;
 pub(crate) mod sweep;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
+pub(crate) mod wbuf;
 #[cfg(feature = "ws")]
 pub(crate) mod ws;
 #[cfg(feature = "tls")]
