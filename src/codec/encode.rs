@@ -16,16 +16,21 @@ pub fn encode(
     version: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    if matches!(packet, Packet::Auth(_)) && !version.is_v5() {
-        return Err(EncodeError::UnsupportedPacket);
+    match packet {
+        Packet::Auth(_) if !version.is_v5() => Err(EncodeError::UnsupportedPacket),
+        // The view built once, not per pass.
+        Packet::Publish(p) => encode_frame(&p.view(), version, buf),
+        _ => encode_frame(packet, version, buf),
     }
-    encode_frame(packet, version, buf)
 }
 
 /// The number of bytes [`encode`] would write, fixed header included.
 /// (Meaningless when `encode` would fail.)
 pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
-    frame_len(packet, version)
+    match packet {
+        Packet::Publish(p) => frame_len(&p.view(), version),
+        _ => frame_len(packet, version),
+    }
 }
 
 /// [`encode`] for a borrowed PUBLISH.
