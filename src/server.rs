@@ -71,7 +71,10 @@ pub(crate) fn now_ms() -> u64 {
 /// for its interval.
 const RELAXED_MAX_PENDING_OPS: usize = 10_000;
 
-/// Events the core's queue holds before connections wait for room.
+/// Events the core's queue holds before connections wait for room. Small,
+/// because what it holds is beyond the reach of backpressure: a publisher
+/// paused for a subscriber that is behind still has its queued events
+/// delivered (1,024 let fan-in at QoS 0 overrun the slow-consumer limit).
 const EVENT_QUEUE: usize = 256;
 
 impl Server {

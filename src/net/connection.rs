@@ -473,7 +473,7 @@ fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>)
 }
 
 /// Most packets in one [`Event::Packets`]. The core's queue is bounded in
-/// events, so this also bounds what a full queue holds: 1,024 events of
+/// events, so this also bounds what a full queue holds: 256 events of
 /// 16 packets, a few hundred bytes each (a few MiB).
 const MAX_BATCH: usize = 16;
 
