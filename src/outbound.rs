@@ -275,13 +275,21 @@ mod tests {
     use bytes::Bytes;
 
     fn message(properties: MessageProperties, expires_at_ms: Option<u64>) -> Arc<Message> {
+        message_with(Bytes::from_static(b"hello"), properties, expires_at_ms)
+    }
+
+    fn message_with(
+        payload: Bytes,
+        properties: MessageProperties,
+        expires_at_ms: Option<u64>,
+    ) -> Arc<Message> {
         let mut m = Message::from_publish(
             Publish {
                 dup: false,
                 qos_pid: QosPid::AtMostOnce,
                 retain: false,
                 topic: "a/b".into(),
-                payload: Bytes::from_static(b"hello"),
+                payload,
                 properties: PublishProperties::default(),
             },
             0,
@@ -354,20 +362,11 @@ mod tests {
     /// still goes out byte for byte as its `Publish`.
     #[test]
     fn a_shared_payload_goes_out_in_place() {
-        let mut m = Message::from_publish(
-            Publish {
-                dup: false,
-                qos_pid: QosPid::AtMostOnce,
-                retain: false,
-                topic: "big".into(),
-                payload: Bytes::from(vec![7u8; SHARED_MIN * 3]),
-                properties: PublishProperties::default(),
-            },
-            0,
-            None,
-        );
-        m.properties.content_type = Some("x".into());
-        let msg = Arc::new(m);
+        let props = MessageProperties {
+            content_type: Some("x".into()),
+            ..Default::default()
+        };
+        let msg = message_with(Bytes::from(vec![7u8; SHARED_MIN * 3]), props, None);
         for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
             let pid = QosPid::AtLeastOnce(PacketId::new(3).unwrap());
             let d = || Delivery::new(&msg, pid, false, false, Box::new([]), 0);

@@ -49,21 +49,10 @@ pub(crate) fn encode_publish_head(
     version: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let mut c = Counter::default();
-    p.body(version, &mut c);
-    if let Some(e) = c.err {
-        return Err(e);
-    }
-    let remaining = u32::try_from(c.n)
-        .ok()
-        .filter(|&n| n <= MAX_REMAINING_LENGTH)
-        .ok_or(EncodeError::PacketTooLarge)?;
+    // The payload is the body's last field: the head is the same packet
+    // with none, framed with the whole packet's length.
     let head = PublishView { payload: &[], ..*p };
-    buf.reserve(1 + varint::len(remaining) + c.n - p.payload.len());
-    buf.put_u8(p.first_byte());
-    varint::write(remaining, buf);
-    head.body(version, &mut Writer(buf));
-    Ok(())
+    encode_framed(p, &head, p.payload.len(), version, buf)
 }
 
 /// [`encoded_len`] for a borrowed PUBLISH.
@@ -101,6 +90,18 @@ fn encode_frame<F: Frame>(
     version: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    encode_framed(f, f, 0, version, buf)
+}
+
+/// Writes `f`'s fixed header, then the body of `written`: `f` itself, or
+/// `f` without its last `left_out` bytes, which the caller writes next.
+fn encode_framed<F: Frame>(
+    f: &F,
+    written: &F,
+    left_out: usize,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let mut c = Counter::default();
     f.body(version, &mut c);
     if let Some(e) = c.err {
@@ -110,10 +111,10 @@ fn encode_frame<F: Frame>(
         .ok()
         .filter(|&n| n <= MAX_REMAINING_LENGTH)
         .ok_or(EncodeError::PacketTooLarge)?;
-    buf.reserve(1 + varint::len(remaining) + c.n);
+    buf.reserve(1 + varint::len(remaining) + c.n - left_out);
     buf.put_u8(f.first_byte());
     varint::write(remaining, buf);
-    f.body(version, &mut Writer(buf));
+    written.body(version, &mut Writer(buf));
     Ok(())
 }
 
