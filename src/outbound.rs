@@ -324,24 +324,13 @@ mod tests {
             message(Default::default(), None),
         ] {
             for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-                let d = Delivery::new(
-                    &msg,
-                    QosPid::AtLeastOnce(pid),
-                    true,
-                    true,
-                    sub_ids.clone(),
-                    1_000,
-                );
+                let delivery = || {
+                    let qos_pid = QosPid::AtLeastOnce(pid);
+                    Delivery::new(&msg, qos_pid, true, true, sub_ids.clone(), 1_000)
+                };
+                let d = delivery();
                 let len = d.encoded_len(version);
-                let publish = Delivery::new(
-                    &msg,
-                    QosPid::AtLeastOnce(pid),
-                    true,
-                    true,
-                    sub_ids.clone(),
-                    1_000,
-                )
-                .into_publish();
+                let publish = delivery().into_publish();
                 let mut expected = BytesMut::new();
                 encode(&Packet::Publish(publish.clone()), version, &mut expected).unwrap();
                 let mut got = BytesMut::new();

@@ -365,10 +365,17 @@ impl Outbox {
         self.brief.store(NOT_PAUSED, Ordering::Relaxed);
     }
 
+    /// The reader begins a pause: only renewals from here on extend it.
+    pub fn watch_brief_pause(&self) {
+        let _ = self
+            .brief
+            .compare_exchange(RENEWED, PAUSED, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     /// For the reader whose pause bound passed: true (and the pause goes
     /// on for another [`BRIEF_PAUSE`]) if a brief pause was renewed since
-    /// the reader last asked (it asks once as its pause begins), and no
-    /// congested session pauses it (whose bound is its own).
+    /// the reader began it or last asked, and no congested session pauses
+    /// it (whose bound is its own).
     pub fn brief_pause_renewed(&self) -> bool {
         let renewed = self
             .brief
@@ -717,8 +724,8 @@ mod tests {
         }
         sub.slow_down(&publ, 1_000);
         assert_eq!(publ.poll_paused(&cx), Some(BRIEF_PAUSE));
-        publ.brief_pause_renewed(); // as its reader does when it pauses
-                                    // A drain that leaves more than one drain's worth renews the pause.
+        publ.watch_brief_pause(); // as its reader does when it pauses
+                                  // A drain that leaves more than one drain's worth renews the pause.
         assert!(!publ.brief_pause_renewed());
         let mut v = VecDeque::new();
         assert_eq!(sub.poll_drain(&cx, &mut v), Poll::Ready(true));

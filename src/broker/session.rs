@@ -639,12 +639,18 @@ impl Session {
             return;
         };
         if o.qos == QoS::AtLeastOnce {
-            if let Some(o) = self.remove_inflight(i) {
-                self.completed(&o, ctx);
-                self.forget_outgoing(&o, ctx);
-            }
-            self.fill(ctx);
+            self.complete_inflight(i, ctx);
         }
+    }
+
+    /// The in-flight flow at `i` completed: it leaves, and the window
+    /// refills from the queue.
+    fn complete_inflight(&mut self, i: usize, ctx: &mut Ctx) {
+        if let Some(o) = self.remove_inflight(i) {
+            self.completed(&o, ctx);
+            self.forget_outgoing(&o, ctx);
+        }
+        self.fill(ctx);
     }
 
     /// PUBREC from the client: answer PUBREL, or end the flow on an error code.
@@ -683,11 +689,7 @@ impl Session {
             return;
         };
         if o.state == OutboundState::Released {
-            if let Some(o) = self.remove_inflight(i) {
-                self.completed(&o, ctx);
-                self.forget_outgoing(&o, ctx);
-            }
-            self.fill(ctx);
+            self.complete_inflight(i, ctx);
         }
     }
 

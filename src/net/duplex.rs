@@ -201,8 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 // behind. Packets already read wait too.
                 timer.as_mut().reset(Instant::now() + bound);
                 self.reading = Reading::Paused;
-                // Renewals count from here on.
-                outbox.brief_pause_renewed();
+                outbox.watch_brief_pause();
             }
         }
         if self.reading == Reading::Paused {
