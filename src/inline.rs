@@ -300,6 +300,7 @@ impl InlineClient {
                 conn: self.inner.conn,
                 publish,
                 verdict,
+                held: Default::default(),
             })
             .await
             .map_err(|_| InlineError::Stopped)?;

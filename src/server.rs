@@ -7,6 +7,7 @@ use crate::hooks::{AclHook, AuthHook, EventHook, Hooks};
 use crate::inline::InlineClient;
 use crate::net::connection::Shared;
 use crate::net::listener::{self, Accepting, Listener, ListenerError, ServerHandle};
+use crate::reclaim::Reclaim;
 use crate::stats::{Stats, StatsSnapshot};
 use roost_storage::{MemoryStore, StorageError, Store};
 use std::future::Future;
@@ -239,12 +240,16 @@ impl Server {
             handle,
             incoming,
         } = self;
+        let reclaim = Arc::new(Reclaim::default());
+        let mut freeing = Vec::new();
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             stats: stats.clone(),
             events: events_tx,
             hooks: hooks.clone(),
             sweep: Default::default(),
+            reclaim: reclaim.clone(),
+            intake: Default::default(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
@@ -306,11 +311,13 @@ impl Server {
                     broker.handle(ev, now);
                     // Drain what else is ready, so one commit covers many events.
                     for _ in 0..1024 {
+                        reclaim.free(&mut freeing);
                         match events.try_recv() {
                             Ok(ev) => broker.handle(ev, now),
                             Err(_) => break,
                         }
                     }
+                    reclaim.free(&mut freeing);
                 }
                 _ = tick.tick() => broker.tick(now_ms()),
                 _ = async {

@@ -31,6 +31,7 @@ use crate::codec::{
 };
 use crate::config::{Durability, Options};
 use crate::hooks::{Client, Hooks, PublishVerdict, WillMessage};
+pub(crate) use crate::intake::Held;
 use crate::outbox::Outbox;
 use crate::router::{Match, RetainedTree, SubscriptionTree};
 use crate::stats::{self, Stats};
@@ -94,6 +95,8 @@ pub enum Event {
         publish: Publish,
         /// The hooks' verdict.
         verdict: PublishVerdict,
+        /// Its share of the intake budget, given back once it is routed.
+        held: Held,
     },
     /// A SUBSCRIBE after the hooks saw it.
     Subscribe {
@@ -118,6 +121,8 @@ pub enum Event {
         conn: ConnId,
         /// The packets.
         packets: Vec<Packet>,
+        /// Their PUBLISHes' share of the intake budget.
+        held: Held,
     },
     /// The connection is gone.
     Closed {
@@ -275,7 +280,7 @@ impl Broker {
                 enhanced_auth,
             } => self.connect(conn, outbox, *connect, client, enhanced_auth, now_ms),
             Event::Packet { conn, packet } => self.packet(conn, packet, now_ms),
-            Event::Packets { conn, packets } => {
+            Event::Packets { conn, packets, .. } => {
                 for packet in packets {
                     match packet {
                         Packet::Publish(publish) => self.handle(
@@ -283,6 +288,7 @@ impl Broker {
                                 conn,
                                 publish,
                                 verdict: PublishVerdict::Deliver,
+                                held: Held::default(),
                             },
                             now_ms,
                         ),
@@ -294,6 +300,7 @@ impl Broker {
                 conn,
                 publish,
                 verdict,
+                ..
             } => {
                 if let Some(&sid) = self.conns.get(&conn) {
                     self.on_publish(conn, sid, publish, verdict, now_ms);

@@ -9,13 +9,14 @@
 use super::alias::InboundAliases;
 use super::duplex::{Duplex, Step};
 use super::sweep::IdleSweep;
-use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event};
+use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event, Held};
 use crate::codec::{
     encode, Auth, AuthProperties, ByteStr, ConnAck, DecodeError, Packet, ProtocolVersion,
     ReasonCode, Subscribe,
 };
 use crate::config::Options;
 use crate::hooks::{AuthStep, Client, Hooks, PublishVerdict};
+use crate::intake::Intake;
 use crate::outbox::Outbox;
 use crate::stats::Stats;
 use bytes::BytesMut;
@@ -36,6 +37,10 @@ pub(crate) struct Shared {
     pub hooks: Hooks,
     /// Ticked by the listeners' task (see [`IdleSweep`]).
     pub sweep: IdleSweep,
+    /// Written messages on their way back to the core.
+    pub reclaim: Arc<crate::reclaim::Reclaim>,
+    /// Bounds the PUBLISH bytes waiting for the core.
+    pub intake: Intake,
 }
 
 /// What the listener learned about a connection before MQTT started.
@@ -359,10 +364,19 @@ fn dispatch<'a>(
         Routed::Hooks(packet) => {
             return Dispatched::Wait(Box::pin(async move {
                 match with_hooks(packet, live, conn, shared).await {
-                    Ok(Some(event)) => send(shared, event, false).await,
+                    Ok(Some(event)) => send(shared, shared.intake.hold(event).await, false).await,
                     Ok(None) => Ok(()),
                     Err(reason) => Err(Ending::Close(reason)),
                 }
+            }))
+        }
+    };
+    let event = match shared.intake.try_hold(event) {
+        Ok(event) => event,
+        // Too many PUBLISH bytes wait for the core: wait for some to go.
+        Err(event) => {
+            return Dispatched::Wait(Box::pin(async move {
+                send(shared, shared.intake.hold(event).await, last).await
             }))
         }
     };
@@ -473,8 +487,9 @@ fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>)
 }
 
 /// Most packets in one [`Event::Packets`]. The core's queue is bounded in
-/// events, so this also bounds what a full queue holds: 256 events of
-/// 16 packets, a few hundred bytes each (a few MiB).
+/// events, so this also bounds how many packets a full queue holds (256
+/// events of 16); their PUBLISH payloads are bounded by the intake budget
+/// ([`crate::intake`]).
 const MAX_BATCH: usize = 16;
 
 /// Packet types gathered into one [`Event::Packets`]: those [`route`]
@@ -543,7 +558,15 @@ where
             _ => break,
         }
     }
-    (Routed::Event(Event::Packets { conn, packets }), ending)
+    let held = Held::default();
+    (
+        Routed::Event(Event::Packets {
+            conn,
+            packets,
+            held,
+        }),
+        ending,
+    )
 }
 
 /// What to do with a packet from the client.
@@ -575,6 +598,7 @@ fn route(packet: Packet, live: &mut Live, conn: ConnId, shared: &Shared) -> Rout
                     conn,
                     publish,
                     verdict: PublishVerdict::Deliver,
+                    held: Held::default(),
                 })
             } else {
                 Routed::Hooks(Packet::Publish(publish))
@@ -636,6 +660,7 @@ async fn with_hooks(
                 conn,
                 publish,
                 verdict,
+                held: Held::default(),
             }
         }
         Packet::Subscribe(sub) => Event::Subscribe {

@@ -16,15 +16,18 @@ use super::alias::OutboundAliases;
 use super::connection::Shared;
 use super::sweep::IdleSweep;
 use super::wbuf::WriteBuf;
+use crate::broker::Message;
 use crate::codec::{DecodeError, Decoder, Packet, ProtocolVersion};
 use crate::outbound::Outbound;
 use crate::outbox::{Outbox, BRIEF_PAUSE};
+use crate::reclaim::Reclaim;
 use crate::stats::{self, Stats};
 use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -122,6 +125,9 @@ struct WriteBuffers {
     out: WriteBuf,
     /// Drained from the outbox; empty between drains.
     batch: VecDeque<Outbound>,
+    /// Written messages for the core to free (see [`crate::reclaim`]);
+    /// empty between write rounds.
+    kept: Vec<Arc<Message>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
@@ -391,7 +397,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                     &mut self.aliases,
                     (&mut w.out, share),
                     stats,
+                    &mut w.kept,
                 );
+                shared.reclaim.give(&mut w.kept);
                 continue;
             }
             let mut batch = match self.write.as_mut() {
@@ -411,7 +419,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                         &mut self.aliases,
                         (&mut w.out, share),
                         stats,
+                        &mut w.kept,
                     );
+                    shared.reclaim.give(&mut w.kept);
                     w.batch = batch;
                 }
                 Poll::Ready(false) => self.writing = Writing::ShuttingDown,
@@ -458,6 +468,7 @@ fn encode(
     aliases: &mut OutboundAliases,
     (out, share_payloads): (&mut WriteBuf, bool),
     stats: &Stats,
+    kept: &mut Vec<Arc<Message>>,
 ) {
     let mut publishes = 0u64;
     let mut packets = 0;
@@ -471,10 +482,10 @@ fn encode(
             tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
         }
     }
-    if packets == batch.len() {
-        batch.clear();
-    } else {
-        batch.drain(..packets);
+    for packet in batch.drain(..packets) {
+        if let Outbound::Deliver(d) = packet {
+            Reclaim::keep(kept, d.msg);
+        }
     }
     stats::add(&stats.packets_sent, packets as u64);
     stats::add(&stats.messages_sent, publishes);

@@ -675,6 +675,8 @@ mod tests {
             events,
             hooks: Default::default(),
             sweep: Default::default(),
+            reclaim: Default::default(),
+            intake: Default::default(),
         });
         #[allow(unused_variables)]
         let (stop_tx, stop) = watch::channel(false);
