@@ -5,6 +5,7 @@ use crate::broker::{Broker, Commit, ConnId, Event};
 use crate::config::{Durability, Options};
 use crate::hooks::{AclHook, AuthHook, EventHook, Hooks};
 use crate::inline::InlineClient;
+use crate::intake::{self, Intake};
 use crate::net::connection::Shared;
 use crate::net::listener::{self, Accepting, Listener, ListenerError, ServerHandle};
 use crate::reclaim::Reclaim;
@@ -241,6 +242,7 @@ impl Server {
             incoming,
         } = self;
         let reclaim = Arc::new(Reclaim::default());
+        let intake = Arc::new(Intake::default());
         let mut freeing = Vec::new();
         let shared = Arc::new(Shared {
             opts: opts.clone(),
@@ -249,7 +251,7 @@ impl Server {
             hooks: hooks.clone(),
             sweep: Default::default(),
             reclaim: reclaim.clone(),
-            intake: Default::default(),
+            intake: intake.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
@@ -308,15 +310,25 @@ impl Server {
                 ev = events.recv() => {
                     let Some(ev) = ev else { break };
                     let now = now_ms();
+                    let mut routed = intake::held(&ev);
                     broker.handle(ev, now);
-                    // Drain what else is ready, so one commit covers many events.
-                    for _ in 0..1024 {
-                        reclaim.free(&mut freeing);
+                    // Drain what else is ready, so one commit covers many
+                    // events. Every few events, what the core is done with
+                    // goes back: intake budget, written messages.
+                    for i in 1..=1024 {
+                        if i % 16 == 0 {
+                            intake.release(std::mem::take(&mut routed));
+                            reclaim.free(&mut freeing);
+                        }
                         match events.try_recv() {
-                            Ok(ev) => broker.handle(ev, now),
+                            Ok(ev) => {
+                                routed += intake::held(&ev);
+                                broker.handle(ev, now);
+                            }
                             Err(_) => break,
                         }
                     }
+                    intake.release(routed);
                     reclaim.free(&mut freeing);
                 }
                 _ = tick.tick() => broker.tick(now_ms()),

@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     /// Written messages on their way back to the core.
     pub reclaim: Arc<crate::reclaim::Reclaim>,
     /// Bounds the PUBLISH bytes waiting for the core.
-    pub intake: Intake,
+    pub intake: Arc<Intake>,
 }
 
 /// What the listener learned about a connection before MQTT started.
