@@ -5,7 +5,7 @@ use super::reason::{PUBACK_REASONS, PUBREL_REASONS};
 use super::varint::{self, VarInt};
 use super::{ack, connect, disconnect, publish, subscribe};
 use super::{DecodeError, Packet, ProtocolVersion};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 // Packet types (table 2.1).
 const CONNECT: u8 = 1;
@@ -104,6 +104,10 @@ impl Decoder {
             return Ok(None);
         }
 
+        if let Some(packet) = bare_ack(kind, &buf[header..size]) {
+            buf.advance(size);
+            return packet.map(Some);
+        }
         let frame = buf.split_to(size).freeze();
         let mut r = Reader::new(frame.slice(header..));
         let Some(v) = self.version else {
@@ -150,4 +154,30 @@ fn check_header(kind: u8, flags: u8) -> Result<(), DecodeError> {
         _ if flags == 0 => Ok(()),
         _ => Err(DecodeError::InvalidHeaderFlags(kind)),
     }
+}
+
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP that is just a packet id (Success,
+/// no properties: every 3.x acknowledgement, most 5.0 ones) or a PINGREQ,
+/// decoded without splitting the buffer. Half of a QoS 1 subscriber's
+/// packets are such acknowledgements, and splitting a frame off the read
+/// buffer (a shared handle, two reference counts) cost more than decoding
+/// it. `None`: not such a packet (the general path decodes it).
+fn bare_ack(kind: u8, body: &[u8]) -> Option<Result<Packet, DecodeError>> {
+    let packet = match (kind, body) {
+        (PINGREQ, []) => return Some(Ok(Packet::PingReq)),
+        (PUBACK..=PUBCOMP, &[hi, lo]) => {
+            let Some(id) = super::PacketId::new(u16::from_be_bytes([hi, lo])) else {
+                return Some(Err(DecodeError::ZeroPacketId));
+            };
+            let r = super::PubResp::new(id);
+            match kind {
+                PUBACK => Packet::PubAck(r),
+                PUBREC => Packet::PubRec(r),
+                PUBREL => Packet::PubRel(r),
+                _ => Packet::PubComp(r),
+            }
+        }
+        _ => return None,
+    };
+    Some(Ok(packet))
 }

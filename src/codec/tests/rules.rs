@@ -602,3 +602,33 @@ fn acks_with_zero_packet_id_mqtt_2_2_1_3() {
         Err(DecodeError::ZeroPacketId)
     );
 }
+
+#[test]
+fn bare_acks_in_a_row_each_take_their_own_bytes() {
+    // The short path for two-byte acknowledgements and PINGREQ must
+    // consume exactly one packet at a time, and leave a partial one.
+    let mut buf = BytesMut::from(
+        &[
+            0x40, 2, 0, 1, // PUBACK 1
+            0x50, 2, 0, 2, // PUBREC 2
+            0x62, 2, 0, 3, // PUBREL 3
+            0x70, 2, 0, 4, // PUBCOMP 4
+            0xC0, 0, // PINGREQ
+            0x62, 2, 0, 0, // PUBREL 0: malformed
+            0x40, 2, 0, // half a PUBACK
+        ][..],
+    );
+    let mut d = Decoder::with_version(MAX, V5);
+    let r = |n| PubResp::new(pid(n));
+    assert_eq!(d.decode(&mut buf), Ok(Some(Packet::PubAck(r(1)))));
+    assert_eq!(d.decode(&mut buf), Ok(Some(Packet::PubRec(r(2)))));
+    assert_eq!(d.decode(&mut buf), Ok(Some(Packet::PubRel(r(3)))));
+    assert_eq!(d.decode(&mut buf), Ok(Some(Packet::PubComp(r(4)))));
+    assert_eq!(d.decode(&mut buf), Ok(Some(Packet::PingReq)));
+    assert_eq!(d.decode(&mut buf), Err(DecodeError::ZeroPacketId));
+    assert_eq!(d.decode(&mut buf), Ok(None));
+    assert_eq!(&buf[..], &[0x40, 2, 0]);
+    // PUBREL's reserved flags are still checked first.
+    let mut bad = BytesMut::from(&[0x60, 2, 0, 1][..]);
+    assert_eq!(d.decode(&mut bad), Err(DecodeError::InvalidHeaderFlags(6)));
+}
