@@ -229,6 +229,13 @@ impl Server {
 
     /// Serves until `shutdown` completes, then disconnects every client
     /// (5.0 clients get DISCONNECT 0x8B), flushes the store and returns.
+    ///
+    /// The returned future is the broker's core. Spawn it on a
+    /// multi-threaded runtime (`tokio::spawn(server.serve(..))`) rather
+    /// than awaiting it in `block_on`: as a task, a message can go from
+    /// its publisher's connection through the core to its subscriber on
+    /// one worker thread, without waking another thread at each step
+    /// (lower latency and CPU; the `roost` binary does so).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let Server {
             opts,

@@ -200,10 +200,16 @@ pub async fn run(config: Config) -> ExitCode {
         ));
     }
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let serve = server.serve(async move {
+    // The core runs as a task of the runtime, not on the thread that
+    // blocks on this function: a packet then goes from its connection's
+    // task to the core and on to its subscriber's task on the same worker
+    // thread when that one is free, instead of waking a thread at each
+    // step. Measured at 5k msg/s, 50 pairs QoS 1: p50 0.47-0.49 -> 0.35 ms,
+    // broker CPU -15%; fan-out QoS 1 at full speed 2.26-2.40M -> 2.42-2.64M.
+    let serve = tokio::spawn(server.serve(async move {
         shutdown_signal().await;
         let _ = stopping_tx.send(true);
-    });
+    }));
     let deadline = async {
         if stopping.wait_for(|s| *s).await.is_ok() {
             tokio::time::sleep(SHUTDOWN_LIMIT).await;
@@ -213,11 +219,12 @@ pub async fn run(config: Config) -> ExitCode {
     };
     tokio::select! {
         result = serve => match result {
-            Ok(()) => {
+            Ok(Ok(())) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(e, 1),
+            Ok(Err(e)) => fail(e, 1),
+            Err(e) => fail(format_args!("the broker failed: {e}"), 1),
         },
         _ = deadline => fail(
             format_args!("shutdown took longer than {SHUTDOWN_LIMIT:?}; exiting without waiting further"),
