@@ -54,7 +54,7 @@ impl Broker {
             return Self::refuse(&outbox, ReasonCode::BadAuthenticationMethod);
         }
         if let Some(w) = &c.will {
-            if too_deep(&w.topic, self.opts.limits.maximum_topic_levels) {
+            if too_deep(w.topic.as_bytes(), self.opts.limits.maximum_topic_levels) {
                 // 3.x has no fitting return code: close without CONNACK
                 // ([MQTT-3.2.2-6]).
                 if v.is_v5() {

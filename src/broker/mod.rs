@@ -283,15 +283,14 @@ impl Broker {
             Event::Packets { conn, packets, .. } => {
                 for packet in packets {
                     match packet {
-                        Packet::Publish(publish) => self.handle(
-                            Event::Publish {
-                                conn,
-                                publish,
-                                verdict: PublishVerdict::Deliver,
-                                held: Held::default(),
-                            },
-                            now_ms,
-                        ),
+                        // Looked up for each: a packet before it may have
+                        // ended the connection.
+                        Packet::Publish(publish) => {
+                            if let Some(&sid) = self.conns.get(&conn) {
+                                let verdict = PublishVerdict::Deliver;
+                                self.on_publish(conn, sid, publish, verdict, now_ms);
+                            }
+                        }
                         packet => self.packet(conn, packet, now_ms),
                     }
                 }
@@ -388,9 +387,9 @@ impl Message {
 
 /// More than `max` levels: the topic trees walk levels recursively, so an
 /// unbounded depth would let one packet overflow the broker's stack.
-fn too_deep(topic: &str, max: usize) -> bool {
+fn too_deep(topic: &[u8], max: usize) -> bool {
     // Cheap when short: n bytes hold at most n + 1 levels.
-    topic.len() >= max && topic.bytes().filter(|&b| b == b'/').count() >= max
+    topic.len() >= max && topic.iter().filter(|&&b| b == b'/').count() >= max
 }
 
 type SharedCursors = HashMap<Box<str>, HashMap<Box<str>, usize>>;

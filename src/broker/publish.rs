@@ -56,7 +56,7 @@ impl Broker {
     ) {
         stats::add(&self.stats.messages_received, 1);
         let qos = p.qos_pid.qos();
-        if too_deep(&p.topic, self.opts.limits.maximum_topic_levels) {
+        if too_deep(p.topic.as_bytes(), self.opts.limits.maximum_topic_levels) {
             return self.protocol_error(conn, ReasonCode::TopicNameInvalid, now_ms);
         }
         let caps = &self.opts.capabilities;
@@ -84,7 +84,7 @@ impl Broker {
         let mut reason = ReasonCode::Success;
         // The routed message and how many stored copies it made.
         let mut routed: Option<(Arc<Message>, u64)> = None;
-        if p.topic.starts_with("$SYS") {
+        if p.topic.as_bytes().starts_with(b"$SYS") {
             // $SYS is the broker's own namespace.
             reason = ReasonCode::NotAuthorized;
         } else if let PublishVerdict::Refuse(code) = verdict {

@@ -46,7 +46,7 @@ impl Broker {
                 SharedFilter::Plain(f) => (None, f),
                 SharedFilter::Shared { group, filter } => (Some(group), filter),
             };
-            if too_deep(plain, max_levels) {
+            if too_deep(plain.as_bytes(), max_levels) {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }

@@ -39,6 +39,17 @@ impl ByteStr {
         }
     }
 
+    /// Length in bytes. Inherent rather than through `Deref`, which
+    /// validates the UTF-8 again on every call (safe code cannot skip it).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for the empty string (without validating, as [`ByteStr::len`]).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The underlying bytes.
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
