@@ -67,6 +67,10 @@ pub struct Outbox {
     /// connection has an outbox, and 16 more bytes here measured 100 more
     /// bytes of RSS per idle connection (its allocation changes class).
     brief: AtomicU8,
+    /// When the connection last read a packet ([`Outbox::clock_ms`], low
+    /// 32 bits): the core closes it after one and a half keep-alives of
+    /// silence (see `broker::keepalive`).
+    read_at: AtomicU32,
 }
 
 /// [`Outbox::brief`] states.
@@ -211,7 +215,31 @@ impl Outbox {
             version,
             read_pauses: AtomicU32::new(0),
             brief: AtomicU8::new(NOT_PAUSED),
+            read_at: AtomicU32::new(Self::clock_ms() as u32),
         }
+    }
+
+    /// Milliseconds on a monotonic clock, since its first use in the process.
+    pub fn clock_ms() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let ms = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
+    /// The connection read a packet now.
+    pub fn touch(&self) {
+        self.read_at
+            .store(Self::clock_ms() as u32, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the connection last read a packet, at `now`
+    /// ([`Outbox::clock_ms`]). Exact while under 2^32 ms (49 days): far
+    /// more than the longest keep-alive (65,535 s x 1.5).
+    pub fn silent_ms(&self, now: u64) -> u32 {
+        (now as u32).wrapping_sub(self.read_at.load(Ordering::Relaxed))
     }
 
     /// The consumer's waker, to be woken once the lock is released. Taken
@@ -546,11 +574,12 @@ fn refuse(packet: &mut Outbound, version: ProtocolVersion) -> bool {
 
 #[cfg(test)]
 mod tests {
-    /// Every connection has an outbox: see [`Outbox::brief`].
+    /// Every connection has an outbox: see [`Outbox::brief`]. 88 bytes
+    /// is the most that keeps its `Arc` in glibc's 112-byte chunks.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn an_outbox_stays_small() {
-        assert!(std::mem::size_of::<super::Outbox>() <= 80);
+        assert!(std::mem::size_of::<super::Outbox>() <= 88);
     }
 
     use super::*;

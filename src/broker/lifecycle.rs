@@ -183,7 +183,12 @@ impl Broker {
         }
 
         let caps = &self.opts.capabilities;
-        let (_, server_keep_alive) = effective_keep_alive(&self.opts, v, c.keep_alive);
+        let (keep_alive, server_keep_alive) = effective_keep_alive(&self.opts, v, c.keep_alive);
+        self.keepalives.watch(conn, keep_alive, Outbox::clock_ms());
+        if self.keepalives.crowded(self.conns.len()) {
+            let conns = &self.conns;
+            self.keepalives.forget_gone(|c| conns.contains_key(&c));
+        }
         let properties = if v.is_v5() {
             ConnAckProperties {
                 session_expiry_interval: (expiry != requested_expiry).then_some(expiry),
@@ -453,9 +458,6 @@ impl Broker {
             CloseReason::ProtocolError(code) => self.protocol_error(conn, code, now_ms),
             CloseReason::Malformed(e) => {
                 self.disconnect_with(conn, e.reason_code(), Some(e.to_string()), now_ms)
-            }
-            CloseReason::KeepAliveTimeout => {
-                self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms)
             }
             CloseReason::Lost => self.detach(conn, false, None, now_ms),
         }

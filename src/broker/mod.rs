@@ -9,6 +9,7 @@
 mod coalesce;
 mod gate;
 mod idhash;
+mod keepalive;
 mod lifecycle;
 mod message;
 mod persist;
@@ -57,9 +58,6 @@ pub struct ConnId(pub u64);
 pub enum CloseReason {
     /// The peer closed the connection or it failed, without DISCONNECT.
     Lost,
-    /// No packet within 1.5 times the keep-alive; the core sends
-    /// DISCONNECT 0x8D (5.0).
-    KeepAliveTimeout,
     /// The peer broke the protocol; the core sends the reason code (5.0).
     ProtocolError(ReasonCode),
     /// The peer sent bytes that do not decode; the core sends the error's
@@ -209,6 +207,8 @@ pub struct Broker {
     scratch: Vec<Target>,
     /// The last gate token handed out (see [`gate`]).
     next_gate: u64,
+    /// Connections whose keep-alive is watched.
+    keepalives: keepalive::KeepAlives,
 }
 
 /// One subscriber a message goes to.
@@ -249,6 +249,7 @@ impl Broker {
             last_sweep_ms: 0,
             scratch: Vec::new(),
             next_gate: 0,
+            keepalives: Default::default(),
         }
     }
 

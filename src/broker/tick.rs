@@ -7,6 +7,7 @@ impl Broker {
     /// Runs what is due: delayed wills, session expiry, retained expiry and
     /// `$SYS` updates. Call about once a second.
     pub fn tick(&mut self, now_ms: u64) {
+        self.check_keep_alives(now_ms);
         let due: Vec<SessionId> = self.timed.iter().copied().collect();
         for sid in due {
             self.fire_due_will(sid, now_ms);
@@ -83,6 +84,27 @@ impl Broker {
                     let rec = session_record(s);
                     self.persist.push(Op::PutSession(rec));
                 }
+            }
+        }
+    }
+
+    /// Disconnects the clients silent for longer than their keep-alive
+    /// allows (see [`keepalive`]).
+    fn check_keep_alives(&mut self, now_ms: u64) {
+        let now = Outbox::clock_ms();
+        while let Some((conn, allowed)) = self.keepalives.next_due(now) {
+            let Some(silent) = self
+                .conns
+                .get(&conn)
+                .and_then(|sid| self.sessions.get(sid))
+                .and_then(|s| s.conn.as_ref())
+                .map(|c| c.outbox.silent_ms(now))
+            else {
+                continue; // gone meanwhile
+            };
+            if self.keepalives.look(conn, allowed, silent, now) == keepalive::Look::Expired {
+                tracing::info!(conn = conn.0, silent_ms = silent, "keep-alive timeout");
+                self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms);
             }
         }
     }

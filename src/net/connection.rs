@@ -93,8 +93,8 @@ enum Ending {
 /// The future stays small for as long as the connection lives: the CONNECT
 /// exchange and the closing steps run once, in futures of their own that
 /// are boxed (allocated only while they run), and so do the rarer packets'
-/// hook calls. Idle, a connection holds its stream, a timer and a few
-/// handles; no buffers. Not an `async fn`: its arguments would stay in the
+/// hook calls. Idle, a connection holds its stream and a few handles: no
+/// buffers, no timer (the core watches the keep-alive). Not an `async fn`: its arguments would stay in the
 /// future for its whole life, beside the stream they were moved into.
 pub(crate) fn serve_connection<S>(
     stream: S,
@@ -114,25 +114,18 @@ where
         // The connection's life after CONNECT: packets in, the outbox out,
         // until either side ends it. Written out here rather than called:
         // a callee's future would hold its own references to all of this.
-        //
-        // The one timer, reset before every wait it bounds (see
-        // `Duplex::poll_step`).
-        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
-        tokio::pin!(timer);
         let ending = loop {
             // A block, so that the packet and its event (a few hundred
             // bytes) are dead before the next await and take no room in
             // this future: across it lives only a boxed future, if anything.
             let wait = {
-                let step =
-                    poll_fn(|cx| io.poll_step(cx, &live.outbox, timer.as_mut(), &shared)).await;
+                let step = poll_fn(|cx| io.poll_step(cx, &live.outbox, &shared)).await;
                 let packet = match step {
                     Step::Packet(p) => p,
                     // The core closed the outbox and the writer finished:
                     // stop reading.
                     Step::Finished => break Ending::ClosedByBroker,
                     Step::Lost => break Ending::Close(CloseReason::Lost),
-                    Step::KeepAliveTimeout => break Ending::Close(CloseReason::KeepAliveTimeout),
                     Step::Malformed(e) => {
                         tracing::debug!(conn = conn.0, error = %e, "protocol error");
                         break Ending::Close(CloseReason::Malformed(e));
@@ -314,11 +307,7 @@ where
     } else {
         0
     });
-    io.connected(
-        version,
-        keep_alive,
-        connect.properties.topic_alias_maximum.unwrap_or(0),
-    );
+    io.connected(version, connect.properties.topic_alias_maximum.unwrap_or(0));
     let outbox = Arc::new(Outbox::new(version));
     tracing::info!(conn = conn.0, client_id = %connect.client_id, remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
@@ -412,7 +401,6 @@ where
         Ending::ClosedByBroker => "closed by the broker".to_string(),
         Ending::BrokerStopped => "broker stopped".to_string(),
         Ending::Close(CloseReason::Lost) => "connection lost".to_string(),
-        Ending::Close(CloseReason::KeepAliveTimeout) => "keep-alive timeout".to_string(),
         Ending::Close(CloseReason::ProtocolError(code)) => format!("protocol error ({code:?})"),
         Ending::Close(CloseReason::Malformed(e)) => format!("malformed packet: {e}"),
     };

@@ -29,7 +29,6 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -57,8 +56,6 @@ pub(crate) enum Step {
     Lost,
     /// The peer sent bytes that do not decode.
     Malformed(DecodeError),
-    /// No packet within the keep-alive.
-    KeepAliveTimeout,
     /// The outbox was closed and everything in it is written; the stream's
     /// write side is shut down.
     Finished,
@@ -82,9 +79,9 @@ enum Writing {
 enum Reading {
     /// The last packet was handed out; the next one has not been asked for.
     Between,
-    /// Reads are paused (backpressure) and the timer bounds the pause.
+    /// Reads are paused (backpressure) and `pause` bounds the pause.
     Paused,
-    /// Waiting for a packet; the timer, if any, is the keep-alive.
+    /// Waiting for a packet.
     Waiting,
 }
 
@@ -112,8 +109,10 @@ pub(crate) struct Duplex<S> {
     unflushed: bool,
     writing: Writing,
     reading: Reading,
-    /// The keep-alive in seconds; 0 times nothing.
-    keep_alive: u16,
+    /// Bounds a pause of reads; allocated only while paused. The
+    /// keep-alive needs no timer here: the core watches it (see
+    /// `broker::keepalive`), so an idle connection's task holds none.
+    pause: Option<Pin<Box<Sleep>>>,
     version: ProtocolVersion,
     aliases: OutboundAliases,
 }
@@ -145,17 +144,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             unflushed: false,
             writing: Writing::Open,
             reading: Reading::Between,
-            keep_alive: 0,
+            pause: None,
             version: ProtocolVersion::V3_1_1,
             aliases: OutboundAliases::new(0),
         }
     }
 
-    /// After CONNECT: the version to encode for, the keep-alive to time
-    /// (in seconds; 0 times nothing) and the client's topic alias maximum.
-    pub fn connected(&mut self, version: ProtocolVersion, keep_alive: u16, aliases: u16) {
+    /// After CONNECT: the version to encode for and the client's topic
+    /// alias maximum.
+    pub fn connected(&mut self, version: ProtocolVersion, aliases: u16) {
         self.version = version;
-        self.keep_alive = keep_alive;
         self.aliases = OutboundAliases::new(aliases);
     }
 
@@ -185,14 +183,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     }
 
     /// Waits for what the connection must act on next, writing what the
-    /// outbox holds meanwhile. `timer` is the connection's one timer: the
-    /// keep-alive while waiting for a packet, the pause bound while reads
-    /// are paused (never both at once).
+    /// outbox holds meanwhile, and tells the outbox when a packet was read
+    /// (for the keep-alive).
     pub fn poll_step(
         &mut self,
         cx: &mut Context<'_>,
         outbox: &Outbox,
-        mut timer: Pin<&mut Sleep>,
         shared: &Shared,
     ) -> Poll<Step> {
         let stats = &*shared.stats;
@@ -205,12 +201,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             if let Some(bound) = outbox.poll_paused(cx) {
                 // Backpressure: a subscriber this client publishes to is
                 // behind. Packets already read wait too.
-                timer.as_mut().reset(Instant::now() + bound);
+                let until = Instant::now() + bound;
+                match self.pause.as_mut() {
+                    Some(timer) => timer.as_mut().reset(until),
+                    None => self.pause = Some(Box::pin(tokio::time::sleep_until(until))),
+                }
                 self.reading = Reading::Paused;
                 outbox.watch_brief_pause();
             }
         }
-        if self.reading == Reading::Paused {
+        if let (Reading::Paused, Some(timer)) = (self.reading, self.pause.as_mut()) {
             while outbox.poll_paused(cx).is_some() {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
@@ -223,28 +223,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             }
             // Lifted, or its bound passed: a brief pause is then over.
             outbox.end_brief_pause();
+            self.pause = None;
         }
         if self.reading != Reading::Waiting {
-            // Packets already buffered are taken without arming the
-            // keep-alive: one timer (and clock read) per socket read, not
-            // per packet.
+            // Packets already buffered are taken without touching the
+            // outbox: one clock read per socket read, not per packet.
             if let Some(step) = self.decode(stats) {
                 return Poll::Ready(step);
             }
-            if self.keep_alive > 0 {
-                // [MQTT-3.1.2-22]: 1.5 times the interval.
-                let idle = Duration::from_millis(u64::from(self.keep_alive) * 1500);
-                timer.as_mut().reset(Instant::now() + idle);
-            }
+            outbox.touch();
             self.reading = Reading::Waiting;
         }
-        if let Poll::Ready(step) = self.poll_read(cx, stats) {
-            return Poll::Ready(step);
-        }
-        if self.keep_alive > 0 && timer.poll(cx).is_ready() {
-            return Poll::Ready(Step::KeepAliveTimeout);
-        }
-        Poll::Pending
+        self.poll_read(cx, stats)
     }
 
     /// Writes until the outbox is finished and the write side shut down,
