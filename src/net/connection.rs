@@ -94,8 +94,9 @@ enum Ending {
 /// exchange and the closing steps run once, in futures of their own that
 /// are boxed (allocated only while they run), and so do the rarer packets'
 /// hook calls. Idle, a connection holds its stream and a few handles: no
-/// buffers, no timer (the core watches the keep-alive). Not an `async fn`: its arguments would stay in the
-/// future for its whole life, beside the stream they were moved into.
+/// buffers, no timer (the core watches the keep-alive). Not an `async fn`:
+/// its arguments would stay in the future for its whole life, beside the
+/// stream they were moved into.
 pub(crate) fn serve_connection<S>(
     stream: S,
     conn: ConnId,
