@@ -10,7 +10,8 @@
 //! from many subscribers) that keep QoS 1 flowing, so payload gets its
 //! own budget: a reader takes a share of [`BUDGET_KIB`] for each event
 //! with PUBLISHes, the core gives it back once it has routed the event,
-//! and a reader waits when the budget is spent.
+//! and a reader waits when the budget is spent. (The inline client's
+//! publishes take no share: its host awaits each one.)
 
 use crate::broker::Event;
 use crate::codec::Packet;

@@ -3,6 +3,9 @@
 //!
 //! Sans-IO: every entry point takes the current wall-clock time in
 //! milliseconds; output goes to connection [`Outbox`]es and storage [`Op`]s.
+//! One exception: the keep-alive compares the times connections last read
+//! a packet with the monotonic clock they were taken on
+//! ([`Outbox::clock_ms`]; see `keepalive`).
 //! One task owns a `Broker` and feeds it [`Event`]s, so no lock is ever held
 //! across I/O and the routing path has no contention.
 
