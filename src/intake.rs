@@ -59,16 +59,22 @@ impl Intake {
     }
 
     /// Puts the event's share in it, waiting for the share if need be.
+    /// Once the intake is closed it waits no more (and takes no share).
     pub async fn hold(&self, mut event: Event) -> Event {
         let kib = share(&event);
         if kib > 0 {
-            // The semaphore is never closed.
             if let Ok(permit) = self.0.acquire_many(kib).await {
                 permit.forget();
                 set(&mut event, kib);
             }
         }
         event
+    }
+
+    /// The core has stopped: readers waiting for a share go on (to find
+    /// the core's queue closed).
+    pub fn close(&self) {
+        self.0.close();
     }
 
     /// Gives back shares the core is done with (the sum of [`held`]).
@@ -213,5 +219,23 @@ mod tests {
             .unwrap();
         assert_eq!(small, 1);
         assert_eq!(intake.available(), BUDGET_KIB as usize - 1);
+    }
+
+    #[tokio::test]
+    async fn closing_lets_waiting_readers_go() {
+        let intake = Arc::new(Intake::default());
+        let _all = intake.hold(single(5 << 20)).await;
+        let waiter = {
+            let intake = intake.clone();
+            tokio::spawn(async move { held(&intake.hold(single(10)).await) })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        intake.close();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("closing let it go on")
+            .unwrap();
+        assert_eq!(got, 0, "no share taken after closing");
     }
 }

@@ -366,8 +366,10 @@ impl Server {
         drop(commit_tx);
         let _ = committer.await;
         // Connection tasks no longer need the core; closing the channel lets
-        // them finish instead of waiting to report their end.
+        // them finish instead of waiting to report their end (or for intake
+        // budget the core will never give back).
         drop(events);
+        intake.close();
         // Each connection task holds a permit until its writer has flushed
         // (the final DISCONNECT included); wait for them, within a bound.
         let all = u32::try_from(opts_max_connections).unwrap_or(u32::MAX);
