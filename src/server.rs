@@ -8,7 +8,7 @@ use crate::inline::InlineClient;
 use crate::intake::{self, Intake};
 use crate::net::connection::Shared;
 use crate::net::listener::{self, Accepting, Listener, ListenerError, ServerHandle};
-use crate::reclaim::Reclaim;
+use crate::reclaim::{Batches, Reclaim};
 use crate::stats::{Stats, StatsSnapshot};
 use roost_storage::{MemoryStore, StorageError, Store};
 use std::future::Future;
@@ -250,6 +250,7 @@ impl Server {
         } = self;
         let reclaim = Arc::new(Reclaim::default());
         let intake = Arc::new(Intake::default());
+        let batches = Arc::new(Batches::default());
         let mut freeing = Vec::new();
         let shared = Arc::new(Shared {
             opts: opts.clone(),
@@ -259,6 +260,7 @@ impl Server {
             sweep: Default::default(),
             reclaim: reclaim.clone(),
             intake: intake.clone(),
+            batches: batches.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
@@ -318,7 +320,9 @@ impl Server {
                     let Some(ev) = ev else { break };
                     let now = now_ms();
                     let mut routed = intake::held(&ev);
-                    broker.handle(ev, now);
+                    if let Some(v) = broker.handle(ev, now) {
+                        batches.put(v);
+                    }
                     // Drain what else is ready, so one commit covers many
                     // events. Every few events, what the core is done with
                     // goes back: intake budget, written messages.
@@ -330,7 +334,9 @@ impl Server {
                         match events.try_recv() {
                             Ok(ev) => {
                                 routed += intake::held(&ev);
-                                broker.handle(ev, now);
+                                if let Some(v) = broker.handle(ev, now) {
+                                    batches.put(v);
+                                }
                             }
                             Err(_) => break,
                         }

@@ -273,8 +273,9 @@ impl Broker {
         self.persist.progress.clone()
     }
 
-    /// Handles one event.
-    pub fn handle(&mut self, event: Event, now_ms: u64) {
+    /// Handles one event. Returns the vector of an [`Event::Packets`],
+    /// emptied, for a reader to fill again.
+    pub fn handle(&mut self, event: Event, now_ms: u64) -> Option<Vec<Packet>> {
         match event {
             Event::Connect {
                 conn,
@@ -284,8 +285,10 @@ impl Broker {
                 enhanced_auth,
             } => self.connect(conn, outbox, *connect, client, enhanced_auth, now_ms),
             Event::Packet { conn, packet } => self.packet(conn, packet, now_ms),
-            Event::Packets { conn, packets, .. } => {
-                for packet in packets {
+            Event::Packets {
+                conn, mut packets, ..
+            } => {
+                for packet in packets.drain(..) {
                     match packet {
                         // Looked up for each: a packet before it may have
                         // ended the connection.
@@ -298,6 +301,7 @@ impl Broker {
                         packet => self.packet(conn, packet, now_ms),
                     }
                 }
+                return Some(packets);
             }
             Event::Publish {
                 conn,
@@ -316,6 +320,7 @@ impl Broker {
             }
             Event::Closed { conn, reason } => self.closed(conn, reason, now_ms),
         }
+        None
     }
 
     pub(super) fn ctx(&mut self, now_ms: u64) -> (Ctx<'_>, &mut IdMap<SessionId, Box<Session>>) {

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub reclaim: Arc<crate::reclaim::Reclaim>,
     /// Bounds the PUBLISH bytes waiting for the core.
     pub intake: Arc<Intake>,
+    /// Batch vectors the core emptied.
+    pub batches: Arc<crate::reclaim::Batches>,
 }
 
 /// What the listener learned about a connection before MQTT started.
@@ -518,7 +520,7 @@ where
         } => Packet::Publish(publish),
         other => return (Routed::Event(other), None),
     };
-    let mut packets = Vec::with_capacity(MAX_BATCH);
+    let mut packets = shared.batches.take(MAX_BATCH);
     packets.push(first);
     let mut ending = None;
     while packets.len() < MAX_BATCH

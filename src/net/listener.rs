@@ -678,6 +678,7 @@ mod tests {
             sweep: Default::default(),
             reclaim: Default::default(),
             intake: Default::default(),
+            batches: Default::default(),
         });
         #[allow(unused_variables)]
         let (stop_tx, stop) = watch::channel(false);
