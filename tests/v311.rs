@@ -800,6 +800,45 @@ async fn pings_keep_a_connection_alive() {
 }
 
 #[tokio::test]
+async fn any_packet_counts_as_activity_and_silence_after_it_still_ends() {
+    // [MQTT-3.1.2-24] counts any control packet: QoS 0 PUBLISHes alone,
+    // well past 1.5 x a 1 s keep-alive, keep the connection; once they
+    // stop, the broker closes it within the 1.5 s plus its 1 s check.
+    let b = TestBroker::start().await;
+    let mut c = Raw::connected(
+        b.addr,
+        roost::codec::Connect {
+            keep_alive: 1,
+            ..v311("chatty")
+        },
+    )
+    .await;
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.send(Packet::Publish(publish(
+            "chat",
+            &i.to_string(),
+            QoS::AtMostOnce,
+            0,
+        )))
+        .await;
+    }
+    c.send(Packet::PingReq).await;
+    assert_eq!(
+        c.recv().await,
+        Packet::PingResp,
+        "still connected after 3 s"
+    );
+    let quiet = Instant::now();
+    c.expect_closed().await;
+    let after = quiet.elapsed();
+    assert!(
+        after >= Duration::from_millis(1400) && after <= Duration::from_millis(3500),
+        "closed {after:?} after the last packet"
+    );
+}
+
+#[tokio::test]
 async fn keep_alive_zero_never_times_out() {
     // 3.1.2.10: a keep alive of 0 turns the mechanism off. A
     // control client with keep alive 1 shows the timer would have fired.
