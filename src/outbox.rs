@@ -229,7 +229,8 @@ impl Outbox {
         u64::try_from(ms).unwrap_or(u64::MAX)
     }
 
-    /// The connection read a packet now.
+    /// The connection read a packet now, or reads again after the broker
+    /// held it back.
     pub fn touch(&self) {
         self.read_at
             .store(Self::clock_ms() as u32, Ordering::Relaxed);

@@ -617,3 +617,45 @@ async fn publishes_larger_than_the_intake_budget_get_through() {
         sink.expect_nothing().await;
     }
 }
+
+/// A publisher held back by a congested subscriber (its reads paused, its
+/// packets waiting in the broker's buffers) is not silent: the keep-alive
+/// does not count the time the broker spends not reading. Its 1 s
+/// keep-alive would otherwise end it within 2.5 s here.
+#[tokio::test]
+async fn a_publisher_paused_by_congestion_is_not_timed_out() {
+    let mut opts = Options::default();
+    opts.limits.maximum_queued_messages = 10;
+    let b = watched_broker(opts).await;
+    let mut c = v5("stuck");
+    c.properties.receive_maximum = std::num::NonZeroU16::new(1);
+    let mut stuck = Raw::connected(b.addr, c).await;
+    stuck.subscribe(1, "in/#", QoS::AtLeastOnce).await;
+    // `stuck` never acknowledges: its queue fills and stays congested.
+    let mut pc = v5("publisher");
+    pc.keep_alive = 1;
+    let mut publ = Raw::connected(b.addr, pc).await;
+    for i in 0..300u16 {
+        publ.send(Packet::Publish(publish(
+            "in/x",
+            "m",
+            QoS::AtLeastOnce,
+            i + 1,
+        )))
+        .await;
+    }
+    // Four seconds of pings, all queued behind the held-back publishes.
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        publ.send(Packet::PingReq).await;
+        while let Some(p) = publ.recv_within(Duration::from_millis(500)).await {
+            assert!(
+                !matches!(p, Packet::Disconnect(_)),
+                "disconnected after {:?}: {p:?}",
+                start.elapsed()
+            );
+        }
+    }
+    drop(stuck);
+    assert_serving(&b).await;
+}

@@ -4,8 +4,10 @@
 //! The core watches it rather than each connection's task: a timer in the
 //! task was 112 of its bytes, and with it the task took tokio's 512-byte
 //! cell instead of the 384-byte one, for every connection, idle or not.
-//! Connections only note when they last read a packet
-//! ([`crate::outbox::Outbox::touch`]); here, one entry per watched
+//! Connections only note when they last read a packet, or resumed reading
+//! after the broker held them back (a pause, a wait for the core: time the
+//! broker does not listen is not the client's silence; see
+//! [`crate::outbox::Outbox::touch`]); here, one entry per watched
 //! connection says when to look next. Looking happens on the core's tick
 //! (every second), so a silent client goes at most about a second after
 //! its time, never before.

@@ -224,6 +224,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             // Lifted, or its bound passed: a brief pause is then over.
             outbox.end_brief_pause();
             self.pause = None;
+            // The time the broker did not read is not the client's silence
+            // (a publisher held back for long still gets its keep-alive).
+            outbox.touch();
         }
         if self.reading != Reading::Waiting {
             // Packets already buffered are taken without touching the
