@@ -317,27 +317,24 @@ impl Server {
                 biased;
                 _ = &mut shutdown => break,
                 ev = events.recv() => {
-                    let Some(ev) = ev else { break };
+                    let Some(mut ev) = ev else { break };
                     let now = now_ms();
-                    let mut routed = intake::held(&ev);
-                    if let Some(v) = broker.handle(ev, now) {
-                        batches.put(v);
-                    }
-                    // Drain what else is ready, so one commit covers many
-                    // events. Every few events, what the core is done with
-                    // goes back: intake budget, written messages.
+                    let mut routed = 0;
+                    // This event and what else is ready, so one commit
+                    // covers many. Every few events, what the core is done
+                    // with goes back: intake budget, batch vectors, written
+                    // messages.
                     for i in 1..=1024 {
+                        routed += intake::held(&ev);
+                        if let Some(v) = broker.handle(ev, now) {
+                            batches.put(v);
+                        }
                         if i % 16 == 0 {
                             intake.release(std::mem::take(&mut routed));
                             reclaim.free(&mut freeing);
                         }
                         match events.try_recv() {
-                            Ok(ev) => {
-                                routed += intake::held(&ev);
-                                if let Some(v) = broker.handle(ev, now) {
-                                    batches.put(v);
-                                }
-                            }
+                            Ok(next) => ev = next,
                             Err(_) => break,
                         }
                     }
