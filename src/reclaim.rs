@@ -1,4 +1,5 @@
-//! Messages go back to the core to be freed.
+//! Allocations go back to the thread that made them: written messages to
+//! the core to be freed, emptied batch vectors to the readers.
 //!
 //! The core allocates every [`Message`]; a QoS 0 message's last reference
 //! is usually dropped by the writer that sent its last copy, often on
@@ -79,7 +80,7 @@ pub(crate) struct Batches {
 }
 
 impl Batches {
-    /// Most kept: about as many as can be on their way at once.
+    /// Most kept (64 x 16 packets x 256 bytes: 256 KiB at most).
     const MAX: usize = 64;
 
     /// An empty vector with room for `capacity` packets, reused if one is
