@@ -52,6 +52,20 @@ async fn connect_when_admitted(b: &TestBroker, id: &str) -> Raw {
     }
 }
 
+/// A broker queueing at most `max_queued` messages per session, and a 5.0
+/// subscriber to `in/#` at QoS 1 that takes one message at a time
+/// (Receive Maximum 1).
+async fn queue_limited_broker_and_sink(max_queued: usize) -> (TestBroker, Raw) {
+    let mut opts = Options::default();
+    opts.limits.maximum_queued_messages = max_queued;
+    let b = watched_broker(opts).await;
+    let mut c = v5("sink");
+    c.properties.receive_maximum = std::num::NonZeroU16::new(1);
+    let mut sink = Raw::connected(b.addr, c).await;
+    sink.subscribe(1, "in/#", QoS::AtLeastOnce).await;
+    (b, sink)
+}
+
 // ----- connections -----------------------------------------------------------
 
 /// `maximum_connections`: the 4th TCP connection is closed at once, without
@@ -242,13 +256,7 @@ async fn slow_consumer_drops_qos0_without_blocking_anyone() {
 /// arrive, in order per publisher.
 #[tokio::test]
 async fn fan_in_qos1_slows_publishers_instead_of_dropping() {
-    let mut opts = Options::default();
-    opts.limits.maximum_queued_messages = 200;
-    let b = watched_broker(opts).await;
-    let mut c = v5("sink");
-    c.properties.receive_maximum = std::num::NonZeroU16::new(1);
-    let mut sink = Raw::connected(b.addr, c).await;
-    sink.subscribe(1, "in/#", QoS::AtLeastOnce).await;
+    let (b, mut sink) = queue_limited_broker_and_sink(200).await;
 
     const PUBLISHERS: usize = 3;
     const EACH: usize = 300;
@@ -624,13 +632,7 @@ async fn publishes_larger_than_the_intake_budget_get_through() {
 /// keep-alive would otherwise end it within 2.5 s here.
 #[tokio::test]
 async fn a_publisher_paused_by_congestion_is_not_timed_out() {
-    let mut opts = Options::default();
-    opts.limits.maximum_queued_messages = 10;
-    let b = watched_broker(opts).await;
-    let mut c = v5("stuck");
-    c.properties.receive_maximum = std::num::NonZeroU16::new(1);
-    let mut stuck = Raw::connected(b.addr, c).await;
-    stuck.subscribe(1, "in/#", QoS::AtLeastOnce).await;
+    let (b, stuck) = queue_limited_broker_and_sink(10).await;
     // `stuck` never acknowledges: its queue fills and stays congested.
     let mut pc = v5("publisher");
     pc.keep_alive = 1;
