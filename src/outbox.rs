@@ -67,11 +67,16 @@ pub struct Outbox {
     /// connection has an outbox, and 16 more bytes here measured 100 more
     /// bytes of RSS per idle connection (its allocation changes class).
     brief: AtomicU8,
-    /// When the connection last read a packet ([`Outbox::clock_ms`], low
-    /// 32 bits): the core closes it after one and a half keep-alives of
-    /// silence (see `broker::keepalive`).
-    read_at: AtomicU32,
+    /// Since when the connection waits for the client's next packet
+    /// ([`Outbox::clock_ms`], low 32 bits), or [`HEARD`] while it is busy
+    /// with what the client sent: the core closes a connection that waited
+    /// one and a half keep-alives (see `broker::keepalive`).
+    listening_since: AtomicU32,
 }
+
+/// [`Outbox::listening_since`] while the connection is not waiting for
+/// the client (a clock reading of exactly this is nudged off it).
+const HEARD: u32 = u32::MAX;
 
 /// [`Outbox::brief`] states.
 const NOT_PAUSED: u8 = 0;
@@ -215,7 +220,7 @@ impl Outbox {
             version,
             read_pauses: AtomicU32::new(0),
             brief: AtomicU8::new(NOT_PAUSED),
-            read_at: AtomicU32::new(Self::clock_ms() as u32),
+            listening_since: AtomicU32::new(Self::now_u32()),
         }
     }
 
@@ -229,18 +234,31 @@ impl Outbox {
         u64::try_from(ms).unwrap_or(u64::MAX)
     }
 
-    /// The connection read a packet now, or reads again after the broker
-    /// held it back.
-    pub fn touch(&self) {
-        self.read_at
-            .store(Self::clock_ms() as u32, Ordering::Relaxed);
+    /// The connection waits for the client's next packet from now on.
+    pub fn listening(&self) {
+        self.listening_since
+            .store(Self::now_u32(), Ordering::Relaxed);
     }
 
-    /// Milliseconds since the connection last read a packet, at `now`
-    /// ([`Outbox::clock_ms`]). Exact while under 2^32 ms (49 days): far
-    /// more than the longest keep-alive (65,535 s x 1.5).
-    pub fn silent_ms(&self, now: u64) -> u32 {
-        (now as u32).wrapping_sub(self.read_at.load(Ordering::Relaxed))
+    /// The client sent something: the connection is busy with it, not
+    /// waiting (the keep-alive stops until [`Outbox::listening`]).
+    pub fn heard(&self) {
+        self.listening_since.store(HEARD, Ordering::Relaxed);
+    }
+
+    fn now_u32() -> u32 {
+        (Self::clock_ms() as u32).min(HEARD - 1)
+    }
+
+    /// Milliseconds the connection has been waiting for the client at
+    /// `now` ([`Outbox::clock_ms`]); `None` while it is busy with what the
+    /// client sent. Exact while under 2^32 ms (49 days): far more than the
+    /// longest keep-alive (65,535 s x 1.5).
+    pub fn silent_ms(&self, now: u64) -> Option<u32> {
+        match self.listening_since.load(Ordering::Relaxed) {
+            HEARD => None,
+            since => Some((now as u32).wrapping_sub(since)),
+        }
     }
 
     /// The consumer's waker, to be woken once the lock is released. Taken
@@ -584,6 +602,25 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn silence_counts_only_while_listening() {
+        let o = Outbox::new(ProtocolVersion::V5);
+        let now = Outbox::clock_ms();
+        assert!(
+            o.silent_ms(now + 500).unwrap() >= 500,
+            "listening from the start"
+        );
+        o.heard();
+        assert_eq!(
+            o.silent_ms(now + 10_000),
+            None,
+            "busy with the client's packets"
+        );
+        o.listening();
+        let later = Outbox::clock_ms();
+        assert!(o.silent_ms(later + 1_500).unwrap() >= 1_500);
+    }
     use crate::codec::PubResp;
     use std::num::NonZeroU16;
     use std::sync::Arc;

@@ -4,13 +4,14 @@
 //! The core watches it rather than each connection's task: a timer in the
 //! task was 112 of its bytes, and with it the task took tokio's 512-byte
 //! cell instead of the 384-byte one, for every connection, idle or not.
-//! Connections only note when they last read a packet, or resumed reading
-//! after the broker held them back (a pause, a wait for the core: time the
-//! broker does not listen is not the client's silence; see
-//! [`crate::outbox::Outbox::touch`]); here, one entry per watched
-//! connection says when to look next. Looking happens on the core's tick
-//! (every second), so a silent client goes at most about a second after
-//! its time, never before.
+//! Connections only note when they start waiting for the client and when
+//! it speaks ([`crate::outbox::Outbox::listening`], `heard`): as with the
+//! timer before, the keep-alive runs only while a connection waits for its
+//! client, never while the broker is busy with what the client sent
+//! (paused reads behind a congested subscriber, a wait for the core). Here,
+//! one entry per watched connection says when to look next. Looking
+//! happens on the core's tick (every second), so a silent client goes at
+//! most about a second after its time, never before.
 
 use super::ConnId;
 use std::cmp::Reverse;

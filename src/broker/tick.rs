@@ -102,6 +102,8 @@ impl Broker {
             else {
                 continue; // gone meanwhile
             };
+            // Busy with what the client sent: as good as just heard.
+            let silent = silent.unwrap_or(0);
             if self.keepalives.look(conn, allowed, silent, now) == keepalive::Look::Expired {
                 tracing::info!(conn = conn.0, silent_ms = silent, "keep-alive timeout");
                 self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms);

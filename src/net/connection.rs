@@ -164,8 +164,6 @@ where
             if let Err(ending) = io.while_writing(&live.outbox, &shared, wait).await {
                 break ending;
             }
-            // Reads waited for the core or a hook: not the client's silence.
-            live.outbox.touch();
         };
         Box::pin(close(io, live, conn, shared, ending)).await;
     }

@@ -183,8 +183,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     }
 
     /// Waits for what the connection must act on next, writing what the
-    /// outbox holds meanwhile, and tells the outbox when a packet was read
-    /// (for the keep-alive).
+    /// outbox holds meanwhile, and tells the outbox when it starts waiting
+    /// for the client and when the client spoke (for the keep-alive).
     pub fn poll_step(
         &mut self,
         cx: &mut Context<'_>,
@@ -224,20 +224,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             // Lifted, or its bound passed: a brief pause is then over.
             outbox.end_brief_pause();
             self.pause = None;
-            // The time the broker did not read is not the client's silence
-            // (a publisher held back for long still gets its keep-alive).
-            outbox.touch();
         }
         if self.reading != Reading::Waiting {
-            // Packets already buffered are taken without touching the
-            // outbox: one clock read per socket read, not per packet.
+            // Packets already buffered are taken first: the keep-alive
+            // runs only while the connection waits for the client (one
+            // clock read per socket read, not per packet).
             if let Some(step) = self.decode(stats) {
                 return Poll::Ready(step);
             }
-            outbox.touch();
+            outbox.listening();
             self.reading = Reading::Waiting;
         }
-        self.poll_read(cx, stats)
+        let step = ready!(self.poll_read(cx, stats));
+        // The client spoke: it is not silent until the connection waits
+        // for it again, however long the broker takes (paused reads, a
+        // wait for the core) to get through what it sent.
+        outbox.heard();
+        Poll::Ready(step)
     }
 
     /// Writes until the outbox is finished and the write side shut down,
