@@ -184,11 +184,6 @@ impl Broker {
 
         let caps = &self.opts.capabilities;
         let (keep_alive, server_keep_alive) = effective_keep_alive(&self.opts, v, c.keep_alive);
-        self.keepalives.watch(conn, keep_alive, Outbox::clock_ms());
-        if self.keepalives.crowded(self.conns.len()) {
-            let conns = &self.conns;
-            self.keepalives.forget_gone(|c| conns.contains_key(&c));
-        }
         let properties = if v.is_v5() {
             ConnAckProperties {
                 session_expiry_interval: (expiry != requested_expiry).then_some(expiry),
@@ -222,6 +217,7 @@ impl Broker {
             reason: ReasonCode::Success,
             properties,
         }));
+        self.watch_keep_alive(conn, keep_alive);
 
         if client.inline {
             self.inline_conns += 1;

@@ -88,6 +88,16 @@ impl Broker {
         }
     }
 
+    /// Watches a new connection's keep-alive (seconds; 0: none), dropping
+    /// the entries of connections gone once they pile up.
+    pub(super) fn watch_keep_alive(&mut self, conn: ConnId, keep_alive: u16) {
+        self.keepalives.watch(conn, keep_alive, Outbox::clock_ms());
+        if self.keepalives.crowded(self.conns.len()) {
+            let conns = &self.conns;
+            self.keepalives.forget_gone(|c| conns.contains_key(&c));
+        }
+    }
+
     /// Disconnects the clients silent for longer than their keep-alive
     /// allows (see [`keepalive`]).
     fn check_keep_alives(&mut self, now_ms: u64) {
