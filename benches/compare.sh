@@ -135,9 +135,11 @@ next_connection_delay_ms = 0
 EOF
 
 # --- Running ----------------------------------------------------------------
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 wait_port() {
     for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        if port_taken "$1"; then return 0; fi
         sleep 0.05
     done
     return 1
@@ -146,25 +148,33 @@ wait_port() {
 # start_broker NAME [STORE]: sets BROKER_PID and BROKER_PORT.
 start_broker() {
     local name=$1 store=${2:-memory}
+    BROKER_PORT=$PORT_ROOST
+    case "$name" in
+        mosquitto) BROKER_PORT=$PORT_MOSQ ;;
+        rumqttd) BROKER_PORT=$PORT_RUMQ; if [ "${MQTT:-3.1.1}" = 5 ]; then BROKER_PORT=$PORT_RUMQ5; fi ;;
+    esac
+    # Something already listening there (a broker left over from an
+    # interrupted run) would answer in place of the one started below, and
+    # be measured under its name.
+    if port_taken "$BROKER_PORT"; then
+        echo "port $BROKER_PORT is taken by another process; not starting $name" >&2
+        return 1
+    fi
     case "$name" in
         roost)
-            BROKER_PORT=$PORT_ROOST
             rm -rf "$TMP/data"
             RUST_LOG=warn "$ROOST" --tcp "127.0.0.1:$PORT_ROOST" --store "$store" \
                 --data-dir "$TMP/data" >/dev/null 2>>"$TMP/roost.log" &
             ;;
         mosquitto)
-            BROKER_PORT=$PORT_MOSQ
             "$MOSQUITTO" -c "$TMP/mosquitto.conf" >/dev/null 2>>"$TMP/mosquitto.log" &
             ;;
         rumqttd)
-            BROKER_PORT=$PORT_RUMQ
-            if [ "${MQTT:-3.1.1}" = 5 ]; then BROKER_PORT=$PORT_RUMQ5; fi
             "$RUMQTTD" --config "$TMP/rumqttd.toml" >/dev/null 2>>"$TMP/rumqttd.log" &
             ;;
     esac
     BROKER_PID=$!
-    wait_port "$BROKER_PORT" || { echo "$name did not start" >&2; return 1; }
+    wait_port "$BROKER_PORT" || { echo "$name did not start" >&2; stop_broker; return 1; }
 }
 
 stop_broker() {
