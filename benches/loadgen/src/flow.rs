@@ -231,6 +231,7 @@ pub async fn run(
                 topic,
                 count,
                 rate,
+                phase: phase(i, n_pub, rate),
                 qos: cfg.qos,
                 size: cfg.size,
                 window: cfg.window,
@@ -353,12 +354,25 @@ async fn subscriber(
     Ok(SubResult { latency, tracker })
 }
 
+/// When paced publisher `i` of `n` starts, after the first: the phases
+/// spread evenly over one interval, so together the publishers make a
+/// steady rate. Started in step, every publisher would publish in the same
+/// instant (the same timer millisecond at best), and the latency measured
+/// would be that of bursts the load generator made itself.
+fn phase(i: usize, n: usize, rate: Option<f64>) -> Duration {
+    rate.map_or(Duration::ZERO, |r| {
+        Duration::from_secs_f64(i as f64 / (n as f64 * r.max(0.001)))
+    })
+}
+
 struct PubParams {
     index: u32,
     topic: ByteStr,
     count: u64,
     /// Messages per second for this publisher.
     rate: Option<f64>,
+    /// When paced, how long after the others' start this one starts.
+    phase: Duration,
     qos: QoS,
     size: usize,
     window: u16,
@@ -395,7 +409,8 @@ async fn publisher(conn: Conn, p: PubParams, clock: Clock) -> io::Result<PubResu
             Ok::<_, io::Error>(())
         })
     };
-    let start = Instant::now();
+    let start = Instant::now() + p.phase;
+    tokio::time::sleep_until(start).await;
     let interval = p.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
     let mut sent = 0u64;
     let mut first_ns = u64::MAX;
@@ -468,4 +483,24 @@ async fn publisher(conn: Conn, p: PubParams, clock: Clock) -> io::Result<PubResu
         _writer: writer,
         ack_task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_publishers_start_spread_over_one_interval() {
+        // 4 publishers, each at 100 msg/s (every 10 ms): starts 2.5 ms apart.
+        let phases: Vec<_> = (0..4).map(|i| phase(i, 4, Some(100.0))).collect();
+        let ms: Vec<f64> = phases.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        for (got, want) in ms.iter().zip([0.0, 2.5, 5.0, 7.5]) {
+            assert!((got - want).abs() < 1e-6, "{ms:?}");
+        }
+        assert_eq!(
+            phase(3, 4, None),
+            Duration::ZERO,
+            "full speed starts at once"
+        );
+    }
 }

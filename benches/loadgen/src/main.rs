@@ -106,7 +106,8 @@ struct FlowArgs {
     #[arg(long, default_value_t = 50_000)]
     messages: u64,
     /// Total delivery rate, messages per second (default: full speed). For
-    /// fan-out the publisher sends this divided by the subscribers.
+    /// fan-out the publisher sends this divided by the subscribers. The
+    /// publishers' schedules are spread evenly, for a steady total rate.
     #[arg(long)]
     rate: Option<f64>,
     /// QoS 1 publishes in flight per publisher.
