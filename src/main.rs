@@ -41,10 +41,11 @@ fn main() -> ExitCode {
     if let Err(e) = config::check_files(&config) {
         return refuse(&e);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.workers {
+        builder.worker_threads(n.get());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("roost: cannot start the runtime: {e}");

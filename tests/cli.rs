@@ -143,6 +143,7 @@ fn the_example_file_gives_the_defaults_and_documents_every_key() {
     collect(&print_config(dir.path(), &[]), &mut keys);
     keys.extend(
         [
+            "workers",
             "flush_interval",
             "ledger",
             "filter",
@@ -635,6 +636,44 @@ async fn log_format_json_writes_json_lines_without_payloads() {
         serde_json::from_str::<serde_json::Value>(line).expect("every line is JSON");
         assert!(!line.contains("secret payload"), "{line}");
     }
+}
+
+#[tokio::test]
+async fn workers_sets_the_runtime_threads_from_the_file_or_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "roost.toml", "workers = 3\n");
+    let file = file.to_str().unwrap();
+    let base = [
+        "--tcp",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--config",
+        file,
+    ];
+    for (extra, want) in [(&[][..], 3), (&["--workers", "1"][..], 1)] {
+        let mut cmd = roost(&[&base[..], extra].concat());
+        cmd.stderr(Stdio::piped());
+        let mut b = Broker::spawn(cmd);
+        let mut logs = Logs::of(&mut b);
+        let line = logs.wait_for("runtime started");
+        assert!(line.contains(&format!("workers={want}")), "{line}");
+        // And it serves.
+        let c = Raw::connected(b.addr, v5("one-worker")).await;
+        c.disconnect().await;
+        assert!(b.terminate().await.success());
+    }
+    for bad in ["workers = 0\n", "workers = 5000\n", "workers = \"two\"\n"] {
+        let file = write(dir.path(), "bad.toml", bad);
+        let out = run(&["check-config", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("bad.toml:1"), "names the line: {err}");
+        assert!(err.contains("workers"), "names the key: {err}");
+    }
+    let out = run(&["--workers", "0", "--print-config"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--workers"), "{}", stderr(&out));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The command line.
 
-use super::config::{LogFormat, StoreKind};
+use super::config::{check_workers, LogFormat, StoreKind};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 const ABOUT: &str = "roost: an embeddable, persistent MQTT 3.1/3.1.1/5.0 broker";
@@ -118,6 +119,11 @@ pub struct Args {
     /// Log line format on stderr [default: text].
     #[arg(long, value_enum, value_name = "FORMAT", help_heading = "Logging")]
     pub log_format: Option<LogFormat>,
+
+    /// Runtime threads serving connections [default: one per CPU]. One
+    /// costs less CPU at low message rates; full speed needs one per CPU.
+    #[arg(long, value_name = "N", value_parser = parse_workers, help_heading = "Runtime")]
+    pub workers: Option<NonZeroUsize>,
 }
 
 /// Subcommands.
@@ -152,6 +158,13 @@ fn parse_bind(s: &str) -> Result<Bind, String> {
     s.parse().map(Bind::Addr).map_err(|_| {
         "expected an IP address and port (0.0.0.0:1883, [::]:1883, 127.0.0.1:0) or `none`".into()
     })
+}
+
+fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
+    let n = s
+        .parse()
+        .map_err(|_| format!("expected a number of threads, found {s:?}"))?;
+    check_workers(n)
 }
 
 #[cfg(test)]

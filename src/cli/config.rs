@@ -11,6 +11,7 @@ use super::error::{parse_error, ConfigError, Place};
 use roost::{Capabilities, Durability, Limits, Options};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ pub struct Config {
     /// How often `$SYS/broker/...` is published; `None` (`"off"`) for never.
     #[serde(with = "roost::duration::optional")]
     pub sys_interval: Option<Duration>,
+    /// Threads of the runtime that serves connections; `None` is one per
+    /// CPU (or `TOKIO_WORKER_THREADS`).
+    #[serde(deserialize_with = "workers", skip_serializing_if = "Option::is_none")]
+    pub workers: Option<NonZeroUsize>,
     /// Where sessions, queues and retained messages are kept.
     pub store: StoreConfig,
     /// When acknowledgements leave relative to storage commits.
@@ -43,6 +48,7 @@ impl Default for Config {
         let opts = Options::default();
         Config {
             sys_interval: opts.sys_interval,
+            workers: None,
             store: StoreConfig::default(),
             durability: opts.durability,
             auth: AuthConfig::default(),
@@ -64,6 +70,22 @@ impl Config {
             durability: self.durability,
         }
     }
+}
+
+/// Most runtime threads accepted: more is a typo, not a machine.
+pub const MAX_WORKERS: usize = 1024;
+
+/// `workers`: 1 to [`MAX_WORKERS`].
+fn workers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NonZeroUsize>, D::Error> {
+    let n = usize::deserialize(d)?;
+    check_workers(n).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// A worker thread count, or why it is not one.
+pub fn check_workers(n: usize) -> Result<NonZeroUsize, String> {
+    NonZeroUsize::new(n)
+        .filter(|n| n.get() <= MAX_WORKERS)
+        .ok_or_else(|| format!("expected 1 to {MAX_WORKERS} worker threads, found {n}"))
 }
 
 /// `[store]`.
@@ -479,6 +501,9 @@ pub fn resolve(file: Option<Config>, args: &Args) -> Result<Config, ConfigError>
     }
     if let Some(format) = args.log_format {
         config.log.format = format;
+    }
+    if let Some(n) = args.workers {
+        config.workers = Some(n);
     }
     check(&config)?;
     Ok(config)

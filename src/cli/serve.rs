@@ -116,6 +116,10 @@ fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
 /// Serves `config` (already checked) until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> ExitCode {
     let version = env!("CARGO_PKG_VERSION");
+    tracing::info!(
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "runtime started"
+    );
     // SIGHUP's default action ends the process: take it over first.
     #[cfg(unix)]
     let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
