@@ -73,7 +73,7 @@ impl Config {
 }
 
 /// Most runtime threads accepted: more is a typo, not a machine.
-pub const MAX_WORKERS: usize = 1024;
+const MAX_WORKERS: usize = 1024;
 
 /// `workers`: 1 to [`MAX_WORKERS`].
 fn workers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NonZeroUsize>, D::Error> {
