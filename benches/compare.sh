@@ -277,7 +277,8 @@ ELAPSED=$(( $(date +%s) - START ))
     echo "subscribers at once). Throughput is distinct deliveries per second, from the"
     echo "first publish to the last delivery. Latency is publish to delivery, with a"
     echo "timestamp in the payload. Idle: broker RSS growth per connection (lower is"
-    echo "better). Connect rate: TCP connect + CONNECT/CONNACK + DISCONNECT, 16 at a time."
+    echo "better). Connect rate: TCP connect + CONNECT/CONNACK + DISCONNECT, 16 at a time;"
+    echo "the broker closes each connection, so the load generator keeps no TIME_WAIT."
     echo "Durable: persistent sessions, QoS 1; for roost each store, for the others in"
     echo "memory. CPU and peak RSS are the broker's, during the run."
     if [ ${#NOTES[@]} -gt 0 ]; then

@@ -121,6 +121,9 @@ pub async fn open_idle(
     (open, report)
 }
 
+/// How long a connection waits for the broker to close it after DISCONNECT.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens and closes `n` connections (TCP connect, CONNECT, CONNACK,
 /// DISCONNECT, close), `concurrency` at a time, until `n` or `deadline`.
 pub async fn connect_rate(
@@ -154,6 +157,14 @@ pub async fn connect_rate(
                     let took = clock.now_ns() - t0;
                     conn.writer
                         .queue(&Packet::Disconnect(Disconnect::default()))?;
+                    conn.writer.flush().await?;
+                    // The broker closes after a DISCONNECT: let it close
+                    // first, so the TIME_WAIT is on its side. Closing here
+                    // first left one per connection on this side, and tens
+                    // of thousands of them used up the ephemeral ports
+                    // (connects slowed for every broker, then failed).
+                    let closed = conn.reader.next();
+                    let _ = tokio::time::timeout(CLOSE_WAIT, closed).await;
                     conn.writer.shutdown().await?;
                     Ok::<_, io::Error>(took)
                 }

@@ -80,7 +80,8 @@ enum Cmd {
     Pairs(FlowArgs),
     /// Open N idle connections and report the broker's RSS per connection.
     Idle(IdleArgs),
-    /// CONNECT/CONNACK/DISCONNECT over many short connections.
+    /// CONNECT/CONNACK/DISCONNECT over many short connections (the broker
+    /// closes each, as MQTT has it after a DISCONNECT).
     Connrate(RateArgs),
     /// Print the Markdown tables for a file of records.
     Table {
