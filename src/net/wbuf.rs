@@ -129,7 +129,22 @@ impl WriteBuf {
     }
 
     /// Drops the first `n` bytes.
-    fn advance(&mut self, mut n: usize) {
+    fn advance(&mut self, n: usize) {
+        self.drop_front(n);
+        if self.len == 0 {
+            // Everything is written: start the next round at the front of
+            // the allocation again. Left where the written bytes ended, the
+            // next round fills what is behind them, and once that runs out
+            // `BytesMut` reallocates at twice the size (it moves bytes back
+            // to the front only when fewer are kept than were written):
+            // busy connections ended up with 64 KiB write buffers, not 32.
+            // Asking for more than the tail holds makes it take the
+            // written front back; it never allocates.
+            let _ = self.own.try_reclaim(self.own.capacity() + 1);
+        }
+    }
+
+    fn drop_front(&mut self, mut n: usize) {
         self.len -= n;
         if self.parts.is_empty() {
             self.own.advance(n);
@@ -217,6 +232,46 @@ mod tests {
         move |buf| {
             buf.extend_from_slice(b);
             Ok(())
+        }
+    }
+
+    fn write_all(w: &mut WriteBuf) {
+        let mut s = Trickle {
+            got: Vec::new(),
+            max: usize::MAX,
+            vectored_writes: 0,
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while !w.is_empty() {
+            assert!(matches!(
+                w.poll_write_to(&mut s, &mut cx),
+                Poll::Ready(Ok(_))
+            ));
+        }
+    }
+
+    /// Rounds of writes reuse one allocation: a round that fits in the
+    /// buffer never makes it grow, however the previous rounds left it.
+    #[test]
+    fn a_written_buffer_is_reused_from_its_front() {
+        let packet = [7u8; 1000];
+        let mut w = WriteBuf::default();
+        for _ in 0..30 {
+            w.encode(put(&packet)).unwrap();
+        }
+        let capacity = w.own.capacity();
+        write_all(&mut w);
+        // A short round, then one as long as the first.
+        for round in [3, 30, 1, 30] {
+            for _ in 0..round {
+                w.encode(put(&packet)).unwrap();
+                assert!(
+                    w.own.capacity() <= capacity,
+                    "in a round of {round}: the allocation grew to {}",
+                    w.own.capacity()
+                );
+            }
+            write_all(&mut w);
         }
     }
 
