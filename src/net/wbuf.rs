@@ -235,19 +235,21 @@ mod tests {
         }
     }
 
-    fn write_all(w: &mut WriteBuf) {
+    /// Writes all of `w` to a stream taking at most `max` bytes a write.
+    fn write_all(w: &mut WriteBuf, max: usize) -> Trickle {
         let mut s = Trickle {
             got: Vec::new(),
-            max: usize::MAX,
+            max,
             vectored_writes: 0,
         };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         while !w.is_empty() {
-            assert!(matches!(
-                w.poll_write_to(&mut s, &mut cx),
-                Poll::Ready(Ok(_))
-            ));
+            match w.poll_write_to(&mut s, &mut cx) {
+                Poll::Ready(Ok(n)) => assert!(n > 0),
+                other => panic!("{other:?}"),
+            }
         }
+        s
     }
 
     /// Rounds of writes reuse one allocation: a round that fits in the
@@ -260,7 +262,7 @@ mod tests {
             w.encode(put(&packet)).unwrap();
         }
         let capacity = w.own.capacity();
-        write_all(&mut w);
+        write_all(&mut w, usize::MAX);
         // A short round, then one as long as the first.
         for round in [3, 30, 1, 30] {
             for _ in 0..round {
@@ -271,7 +273,7 @@ mod tests {
                     w.own.capacity()
                 );
             }
-            write_all(&mut w);
+            write_all(&mut w, usize::MAX);
         }
     }
 
@@ -295,19 +297,7 @@ mod tests {
                 assert!(w.encode(|_| Err::<(), _>("no")).is_err());
             }
             assert_eq!(w.len(), expected.len());
-            let mut s = Trickle {
-                got: Vec::new(),
-                max,
-                vectored_writes: 0,
-            };
-            let waker = std::task::Waker::noop();
-            let mut cx = Context::from_waker(waker);
-            while !w.is_empty() {
-                match w.poll_write_to(&mut s, &mut cx) {
-                    Poll::Ready(Ok(n)) => assert!(n > 0),
-                    other => panic!("{other:?}"),
-                }
-            }
+            let s = write_all(&mut w, max);
             assert_eq!(s.got, expected, "max {max}");
             assert!(s.vectored_writes > 0);
             assert!(w.parts.is_empty() && w.own.is_empty());

@@ -122,7 +122,8 @@ pub async fn open_idle(
 }
 
 /// How long a connection waits for the broker to close it after DISCONNECT.
-const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// (Not named after TCP's CLOSE_WAIT state, which it is not.)
+const BROKER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens and closes `n` connections (TCP connect, CONNECT, CONNACK,
 /// DISCONNECT, close), `concurrency` at a time, until `n` or `deadline`.
@@ -164,7 +165,7 @@ pub async fn connect_rate(
                     // of thousands of them used up the ephemeral ports
                     // (connects slowed for every broker, then failed).
                     let closed = conn.reader.next();
-                    let _ = tokio::time::timeout(CLOSE_WAIT, closed).await;
+                    let _ = tokio::time::timeout(BROKER_CLOSE_TIMEOUT, closed).await;
                     conn.writer.shutdown().await?;
                     Ok::<_, io::Error>(took)
                 }
