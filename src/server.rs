@@ -423,8 +423,7 @@ mod tests {
         }
         let mut seen = Vec::new();
         let mut handled = 0;
-        loop {
-            let Ok(first) = rx.try_recv() else { break };
+        while let Ok(first) = rx.try_recv() {
             handled += drain_ready(first, &mut rx, MAX_EVENTS_PER_COMMIT, |i, n| {
                 assert!(i <= MAX_EVENTS_PER_COMMIT);
                 seen.push(n);
