@@ -191,10 +191,19 @@ pub struct Limits {
     /// (offline or over its receive maximum). For a client that is away, a
     /// message arriving at a full queue is dropped and counted. For a
     /// connected client, a full queue slows down the publishers feeding it
-    /// (their reads pause, half a second at a time, until the queue has
-    /// drained to half); only past four times this limit is a message
-    /// dropped. Default: 10,000.
+    /// (their reads pause until the queue has drained to half), for at
+    /// most about a second per episode: a client that does not drain by
+    /// then (it stopped reading, or never acknowledges) pauses nobody
+    /// until it has drained, and its queue takes what comes up to four
+    /// times this limit; past that a message is dropped and counted.
+    /// Default: 10,000.
     pub maximum_queued_messages: usize,
+    /// Most topic and payload bytes of the QoS 1/2 messages one session
+    /// holds, queued and in flight, connected or not: a message that would
+    /// take it past this is dropped and counted. A connected client holding
+    /// half of it slows its publishers down as a full queue does.
+    /// Default: 16 MiB.
+    pub maximum_queued_bytes: usize,
     /// Most packets waiting to be written to one connection before QoS 0
     /// messages to it are dropped (a slow consumer). From an eighth of it
     /// on (or from about 256 KiB of QoS 0 messages), the connection is
@@ -211,6 +220,11 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Most subscriptions one session may hold. Default: 10,000.
     pub maximum_subscriptions_per_session: usize,
+    /// Most bytes of topic filters one session may hold, all its
+    /// subscriptions together. A filter that would take it past this is
+    /// refused in SUBACK with 0x97 Quota exceeded (0x80 for 3.x).
+    /// Default: 1 MiB.
+    pub maximum_subscription_bytes: usize,
     /// Longest client id accepted, in bytes. Default: 65535.
     pub maximum_client_id_len: usize,
     /// Most levels in a topic name or filter (a 64 KiB topic can have
@@ -228,10 +242,12 @@ impl Default for Limits {
             receive_maximum: 1024,
             maximum_inflight: 1024,
             maximum_queued_messages: 10_000,
+            maximum_queued_bytes: 16 * 1024 * 1024,
             maximum_pending_writes: 10_000,
             maximum_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
             maximum_subscriptions_per_session: 10_000,
+            maximum_subscription_bytes: 1024 * 1024,
             maximum_client_id_len: 65_535,
             maximum_topic_levels: 128,
         }

@@ -190,6 +190,106 @@ async fn offline_queue_keeps_the_oldest_five_and_counts_drops() {
     assert_serving(&b).await;
 }
 
+/// A QoS 1 subscriber that stops reading (and so never acknowledges)
+/// costs its publishers one bounded pause, not its connection's life: once
+/// the congestion episode is over the publisher goes on at full speed, the
+/// stuck session's queue takes up to four times `maximum_queued_messages`
+/// and every message past that is dropped, counted, and (5.0) answered
+/// with 0x97. (Publishers used to be paused half a second per PUBLISH for
+/// as long as the subscriber stayed connected: 2 messages a second.)
+#[tokio::test]
+async fn a_stuck_qos1_subscriber_pauses_publishers_once_then_its_queue_drops() {
+    let mut o = Options::default();
+    o.limits.maximum_queued_messages = 100;
+    let b = watched_broker(o).await;
+    let mut c = v5("stuck");
+    c.keep_alive = 0;
+    c.properties.receive_maximum = std::num::NonZeroU16::new(10);
+    let mut stuck = Raw::connected(b.addr, c).await;
+    stuck.subscribe(1, "t/#", QoS::AtLeastOnce).await;
+    // From here on it reads nothing.
+
+    let mut publ = Raw::connected(b.addr, v5("pub")).await;
+    let (mut ok, mut quota) = (0, 0);
+    let mut count = |reason: ReasonCode| match reason {
+        ReasonCode::Success => ok += 1,
+        ReasonCode::QuotaExceeded => quota += 1,
+        other => panic!("PUBACK {other:?}"),
+    };
+    // A burst congests its queue (10 in flight, 140 queued)...
+    let mut burst = bytes::BytesMut::new();
+    for i in 1..=150 {
+        let p = publish("t/x", &i.to_string(), QoS::AtLeastOnce, i);
+        roost::codec::encode(&Packet::Publish(p), ProtocolVersion::V5, &mut burst).unwrap();
+    }
+    publ.send_bytes(&burst).await;
+    for _ in 1..=150 {
+        match publ.recv().await {
+            Packet::PubAck(a) => count(a.reason),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    // ...then one message at a time, each waiting for its PUBACK: 2 a
+    // second would take minutes; one pause of about a second, and then
+    // full speed, takes a few.
+    let rest = async {
+        for i in 151..=1000u16 {
+            count(publ.publish(publish("t/x", "m", QoS::AtLeastOnce, i)).await);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), rest)
+        .await
+        .expect("the publisher is not held back for long by a stuck subscriber");
+    // 10 in flight, 400 queued, the rest dropped.
+    assert_eq!((ok, quota), (410, 590));
+    let s = b.stats.snapshot();
+    assert_eq!(s.messages_dropped, 590);
+    assert_eq!(s.inflight, 410);
+    drop(stuck);
+    assert_serving(&b).await;
+}
+
+/// `maximum_queued_bytes`: an offline session holds at most that many
+/// bytes of messages (topic and payload); past it messages are dropped and
+/// counted, whatever the count limit says.
+#[tokio::test]
+async fn offline_queue_is_bounded_in_bytes() {
+    let mut o = Options::default();
+    o.limits.maximum_queued_bytes = 10_000;
+    let b = watched_broker(o).await;
+    let mut sub = Raw::connected(b.addr, v5_session("bytes", false, 600)).await;
+    sub.subscribe(1, "q", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    eventually("the session to go offline", || {
+        b.stats.snapshot().clients_disconnected == 1
+    })
+    .await;
+
+    let mut publ = Raw::connected(b.addr, v5("pub")).await;
+    let body = "x".repeat(999); // 1,000 bytes with the topic
+    let mut kept = 0;
+    for i in 0..30 {
+        let reason = publ
+            .publish(publish("q", &body, QoS::AtLeastOnce, 1 + i))
+            .await;
+        if reason == ReasonCode::Success {
+            kept += 1;
+        } else {
+            assert_eq!(reason, ReasonCode::QuotaExceeded);
+        }
+    }
+    assert_eq!(kept, 10);
+    assert_eq!(b.stats.snapshot().messages_dropped, 20);
+    let (mut sub, ack) = Raw::connect(b.addr, v5_session("bytes", false, 600)).await;
+    assert!(ack.session_present);
+    for _ in 0..10 {
+        let p = sub.recv_publish().await;
+        sub.ack(&p).await;
+    }
+    sub.expect_nothing().await;
+    assert_serving(&b).await;
+}
+
 /// `maximum_pending_writes`: a subscriber that never reads its socket does
 /// not slow anyone down. QoS 0 publishers are never blocked, QoS 0 messages
 /// to the slow one are dropped (and counted) once its socket and outbox are
@@ -430,6 +530,35 @@ async fn v311_third_subscription_gets_0x80() {
         .await;
     let codes: Vec<u8> = ack.reasons.iter().map(|r| r.code()).collect();
     assert_eq!(codes, [0x00, 0x00, 0x80]);
+}
+
+/// `maximum_subscription_bytes`: filters are counted in bytes too; the
+/// filter that would pass the limit is refused (0x97), and a resubscription
+/// to a filter the session holds is not a new one.
+#[tokio::test]
+async fn subscription_filters_are_bounded_in_bytes() {
+    let mut o = Options::default();
+    o.limits.maximum_subscription_bytes = 250;
+    let b = watched_broker(o).await;
+    let mut c = Raw::connected(b.addr, v5("filters")).await;
+    let long = |n: usize| format!("f/{}", "a".repeat(98 + n)); // 101 bytes and up
+    let ack = c.subscribe(1, &long(1), QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::Success]);
+    let ack = c.subscribe(2, &long(2), QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::Success]);
+    let ack = c.subscribe(3, &long(3), QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::QuotaExceeded]);
+    let ack = c.subscribe(4, &long(1), QoS::AtLeastOnce).await;
+    assert_eq!(
+        ack.reasons,
+        vec![ReasonCode::GrantedQos1],
+        "not a new filter"
+    );
+    // Unsubscribing gives the room back.
+    c.unsubscribe(5, &[&long(2)]).await;
+    let ack = c.subscribe(6, &long(3), QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::Success]);
+    assert_serving(&b).await;
 }
 
 // ----- topic depth -----------------------------------------------------------

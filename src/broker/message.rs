@@ -73,6 +73,11 @@ impl Message {
         }
     }
 
+    /// Its topic and payload bytes: what queue byte limits count.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+
     /// True once its Message Expiry Interval has passed.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|t| t <= now_ms)

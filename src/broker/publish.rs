@@ -307,7 +307,7 @@ impl Broker {
                 continue;
             };
             match pushback {
-                Pushback::Congested => s.block(&outbox),
+                Pushback::Congested => s.block(&outbox, now_ms),
                 Pushback::Behind => {
                     if let Some(c) = &s.conn {
                         c.outbox.slow_down(&outbox, now_ms);

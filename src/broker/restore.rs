@@ -154,6 +154,7 @@ impl Broker {
                     *self.persist.refs.entry(entry.message_id).or_insert(0) += 1;
                 }
                 stats::add(&self.stats.inflight, 1);
+                s.flows_mut().bytes += o.msg.size();
                 if state == OutboundState::Queued {
                     s.flows_mut().queue.push_back(o);
                 } else {

@@ -69,6 +69,16 @@ pub(crate) struct Outgoing {
 /// hand) from which its publishers are paused briefly.
 const BEHIND_BYTES: usize = 256 * 1024;
 
+/// The longest one congested session pauses its publishers without its
+/// queue draining to half. Past it the session is taken for stuck (or far
+/// slower than what feeds it): its publishers go on at full speed, its
+/// queue takes what comes up to its hard bound and drops (and counts) the
+/// rest, and it pauses nobody until it has drained. A consumer that stops
+/// reading, or never acknowledges, so costs its publishers about this
+/// long (plus one reader's pause, [`crate::outbox::CONGESTED_PAUSE`]),
+/// not the rest of its connection's life.
+pub(crate) const CONGESTED_EPISODE_MS: u64 = 1000;
+
 /// What a delivery asks of its publisher (see [`Session::deliver`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushback {
@@ -124,32 +134,52 @@ pub(crate) struct Session {
 
 /// A session's subscriptions, by filter. Allocated on the first one.
 #[derive(Debug, Default)]
-#[allow(
-    clippy::box_collection,
-    reason = "a pointer, not an empty map, in every session"
-)]
-pub(crate) struct Subscriptions(Option<Box<HashMap<ByteStr, SubEntry>>>);
+pub(crate) struct Subscriptions(Option<Box<SubMap>>);
+
+#[derive(Debug, Default)]
+struct SubMap {
+    by_filter: HashMap<ByteStr, SubEntry>,
+    /// Bytes of the filters (`limits.maximum_subscription_bytes`).
+    bytes: usize,
+}
 
 impl Subscriptions {
     pub fn contains(&self, filter: &str) -> bool {
-        self.0.as_ref().is_some_and(|m| m.contains_key(filter))
+        self.0
+            .as_ref()
+            .is_some_and(|m| m.by_filter.contains_key(filter))
     }
 
     pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |m| m.len())
+        self.0.as_ref().map_or(0, |m| m.by_filter.len())
+    }
+
+    /// Bytes of all the filters.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.bytes)
     }
 
     pub fn insert(&mut self, filter: ByteStr, entry: SubEntry) {
-        self.0.get_or_insert_default().insert(filter, entry);
+        let m = self.0.get_or_insert_default();
+        let len = filter.len();
+        if m.by_filter.insert(filter, entry).is_none() {
+            m.bytes += len;
+        }
     }
 
     pub fn remove(&mut self, filter: &str) -> Option<SubEntry> {
-        self.0.as_mut()?.remove(filter)
+        let m = self.0.as_mut()?;
+        let removed = m.by_filter.remove(filter)?;
+        m.bytes -= filter.len();
+        Some(removed)
     }
 
     /// Takes every subscription, freeing the map.
     pub fn take(&mut self) -> impl Iterator<Item = (ByteStr, SubEntry)> {
-        self.0.take().into_iter().flat_map(|m| m.into_iter())
+        self.0
+            .take()
+            .into_iter()
+            .flat_map(|m| m.by_filter.into_iter())
     }
 }
 
@@ -166,6 +196,14 @@ pub(crate) struct Flows {
     pub inbound_qos2: HashSet<u16>,
     /// Publishers slowed down because this session's queue is congested.
     pub blocked: Vec<Arc<Outbox>>,
+    /// Topic and payload bytes of the messages in `inflight` and `queue`
+    /// (see [`Message::size`]): bounded by `limits.maximum_queued_bytes`.
+    pub bytes: usize,
+    /// The current congestion episode: since when (the core's clock) this
+    /// session has been pausing its publishers, and whether the episode
+    /// ran out before the queue drained (see [`Session::block`]).
+    pub congested_since_ms: Option<u64>,
+    pub stuck: bool,
 }
 
 impl Session {
@@ -308,7 +346,7 @@ impl Session {
         }
     }
 
-    fn forget_outgoing(&self, o: &Outgoing, ctx: &mut Ctx) {
+    fn forget_outgoing(&mut self, o: &Outgoing, ctx: &mut Ctx) {
         if self.stored {
             ctx.persist.push(Pending::DeleteOutbound {
                 client_id: self.client_id().clone(),
@@ -410,20 +448,27 @@ impl Session {
         if self.conn.is_none() && !self.is_persistent() {
             return Pushback::None;
         }
-        let limit = ctx.limits.maximum_queued_messages;
+        let limits = ctx.limits;
         let queued = self.queue_len();
-        let congested = self.conn.is_some() && queued >= limit;
-        let hard_limit = if self.conn.is_some() {
-            limit.saturating_mul(4)
+        let bytes = self.flows().map_or(0, |f| f.bytes);
+        let connected = self.conn.is_some();
+        // A connected client's queue absorbs what arrives while its
+        // publishers are paused, hence the room between the limit where it
+        // pushes back and the one where it drops.
+        let congested = connected
+            && (queued >= limits.maximum_queued_messages
+                || bytes >= limits.maximum_queued_bytes / 2);
+        let hard_limit = if connected {
+            limits.maximum_queued_messages.saturating_mul(4)
         } else {
-            limit
+            limits.maximum_queued_messages
         };
         let pushback = if congested {
             Pushback::Congested
         } else {
             Pushback::None
         };
-        if queued >= hard_limit {
+        if queued >= hard_limit || bytes.saturating_add(msg.size()) > limits.maximum_queued_bytes {
             self.dropped(msg, DropReason::QueueFull, ctx);
             return pushback;
         }
@@ -440,6 +485,7 @@ impl Session {
             stored_copy: self.stored,
         };
         stats::add(&ctx.stats.inflight, 1);
+        self.flows_mut().bytes += msg.size();
         if self.stored {
             ctx.persist.copies_created += 1;
             if !o.inline {
@@ -470,12 +516,26 @@ impl Session {
     }
 
     /// Slows `publisher` down until this session's queue has drained to
-    /// half its limit (once per publisher).
-    pub fn block(&mut self, publisher: &Arc<Outbox>) {
-        let blocked = &mut self.flows_mut().blocked;
-        if !blocked.iter().any(|o| Arc::ptr_eq(o, publisher)) {
+    /// half its limits (once per publisher), for one congestion episode of
+    /// at most [`CONGESTED_EPISODE_MS`]: a session whose episode ran out
+    /// lets its publishers go and pauses nobody until it has drained.
+    pub fn block(&mut self, publisher: &Arc<Outbox>, now_ms: u64) {
+        let f = self.flows_mut();
+        if f.stuck {
+            return;
+        }
+        let since = *f.congested_since_ms.get_or_insert(now_ms);
+        if now_ms.saturating_sub(since) >= CONGESTED_EPISODE_MS {
+            f.stuck = true;
+            let queued = f.queue.len();
+            tracing::debug!(client_id = %self.client_id(), queued,
+                "queue still congested after its episode: publishers go on, the queue drops past its bound");
+            self.release_blocked();
+            return;
+        }
+        if !f.blocked.iter().any(|o| Arc::ptr_eq(o, publisher)) {
             publisher.pause_reads();
-            blocked.push(publisher.clone());
+            f.blocked.push(publisher.clone());
         }
     }
 
@@ -562,11 +622,15 @@ impl Session {
     /// Moves queued messages into flight while the window has room.
     pub fn fill(&mut self, ctx: &mut Ctx) {
         let half = ctx.limits.maximum_queued_messages / 2;
-        if self
-            .flows()
-            .is_some_and(|f| !f.blocked.is_empty() && f.queue.len() <= half)
-        {
-            self.release_blocked();
+        let quarter_bytes = ctx.limits.maximum_queued_bytes / 4;
+        if let Some(f) = self.flows.as_mut() {
+            if f.congested_since_ms.is_some() && f.queue.len() <= half && f.bytes <= quarter_bytes {
+                // Drained: the episode is over, and the next congestion may
+                // pause publishers again.
+                f.congested_since_ms = None;
+                f.stuck = false;
+                self.release_blocked();
+            }
         }
         let Some(quota) = self.conn.as_ref().map(|c| usize::from(c.send_quota)) else {
             return;
@@ -698,6 +762,7 @@ impl Session {
         let Some(f) = self.flows.as_mut() else {
             return;
         };
+        f.bytes = 0;
         let all: Vec<Outgoing> = f.inflight.drain(..).chain(f.queue.drain(..)).collect();
         for o in &all {
             // The session's record is deleted as a whole; only the bodies'

@@ -19,6 +19,7 @@ impl Broker {
             );
         }
         let max_subs = self.opts.limits.maximum_subscriptions_per_session;
+        let max_bytes = self.opts.limits.maximum_subscription_bytes;
         let max_levels = self.opts.limits.maximum_topic_levels;
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let mut retained_for: Vec<(ByteStr, SubEntry)> = Vec::new();
@@ -59,7 +60,9 @@ impl Broker {
                 continue;
             }
             let is_new = !s.subscriptions.contains(&filter);
-            if is_new && s.subscriptions.len() >= max_subs {
+            let too_many = s.subscriptions.len() >= max_subs
+                || s.subscriptions.bytes() + filter.len() > max_bytes;
+            if is_new && too_many {
                 reasons.push(ReasonCode::QuotaExceeded);
                 continue;
             }
