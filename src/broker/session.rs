@@ -360,6 +360,9 @@ impl Session {
             o.msg.gate.copy_done();
         }
         stats::sub(&ctx.stats.inflight, 1);
+        if let Some(f) = self.flows.as_mut() {
+            f.bytes = f.bytes.saturating_sub(o.msg.size());
+        }
     }
 
     fn dropped(&self, msg: &Message, reason: DropReason, ctx: &Ctx) {
