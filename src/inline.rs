@@ -442,7 +442,9 @@ async fn relay_loop(inner: std::sync::Weak<Inner>, outbox: Arc<Outbox>) {
     while outbox.drain(&mut batch).await {
         let Some(inner) = inner.upgrade() else { return };
         for packet in batch.drain(..) {
-            let packet = packet.into_packet();
+            let Some(packet) = packet.into_packet() else {
+                continue;
+            };
             let reply = match packet {
                 Packet::Publish(p) => deliver(&inner, p).await,
                 Packet::PubRec(r) if r.reason.is_success() => {

@@ -35,6 +35,60 @@ pub(crate) enum Outbound {
     Ack(AckKind, PacketId, ReasonCode),
     /// Any other packet.
     Other(Box<Packet>),
+    /// Retained messages for a new subscription, to be sent at QoS 0.
+    /// Expanded into [`Outbound::Deliver`]s by [`crate::outbox::Outbox`]
+    /// as the connection drains, so its consumer never sees one.
+    Burst(Box<Burst>),
+}
+
+/// Retained messages sent for a new subscription at QoS 0, as PUBLISHes
+/// with RETAIN set ([MQTT-3.3.1-8]), a few at a time as the connection
+/// drains: a subscription matching many retained messages is the broker's
+/// own burst, paced by the client instead of being dropped by the
+/// slow-consumer policy. Holds a reference per message, nothing more.
+#[derive(Debug)]
+pub(crate) struct Burst {
+    pub msgs: std::collections::VecDeque<Arc<Message>>,
+    /// The subscription's identifier, if any (5.0).
+    pub sub_ids: Box<[NonZeroU32]>,
+}
+
+impl PartialEq for Burst {
+    fn eq(&self, o: &Self) -> bool {
+        self.sub_ids == o.sub_ids
+            && self.msgs.len() == o.msgs.len()
+            && self
+                .msgs
+                .iter()
+                .zip(&o.msgs)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Burst {
+    /// Moves up to `n` of its messages (those not expired by `now_ms`) to
+    /// the back of `into` as deliveries; returns how many it took off.
+    pub fn expand(
+        &mut self,
+        n: usize,
+        now_ms: u64,
+        into: &mut std::collections::VecDeque<Outbound>,
+    ) -> usize {
+        let mut taken = 0;
+        while taken < n {
+            let Some(msg) = self.msgs.pop_front() else {
+                break;
+            };
+            taken += 1;
+            if msg.is_expired(now_ms) {
+                continue;
+            }
+            let sub_ids = self.sub_ids.clone();
+            let d = Delivery::new(&msg, QosPid::AtMostOnce, true, false, sub_ids, now_ms);
+            into.push_back(Outbound::Deliver(d));
+        }
+        taken
+    }
 }
 
 /// Which acknowledgement an [`Outbound::Ack`] is.
@@ -199,6 +253,8 @@ impl Outbound {
                 }
                 encode(p, version, buf)
             }
+            // Never drained as such (see `Outbound::Burst`).
+            Outbound::Burst(_) => Ok(()),
         }
     }
 
@@ -207,7 +263,7 @@ impl Outbound {
         match self {
             Outbound::Deliver(_) => true,
             Outbound::Other(p) => matches!(**p, Packet::Publish(_)),
-            Outbound::Ack(..) => false,
+            Outbound::Ack(..) | Outbound::Burst(_) => false,
         }
     }
 
@@ -217,12 +273,14 @@ impl Outbound {
             Outbound::Deliver(_) => "PUBLISH",
             Outbound::Ack(kind, ..) => kind.packet(PubResp::new(PacketId::MIN)).name(),
             Outbound::Other(p) => p.name(),
+            Outbound::Burst(_) => "retained messages",
         }
     }
 
-    /// The same packet as a [`Packet`] (for the inline client, and tests).
-    pub fn into_packet(self) -> Packet {
-        match self {
+    /// The same packet as a [`Packet`] (for the inline client, and tests);
+    /// `None` for a [`Outbound::Burst`], which is no packet.
+    pub fn into_packet(self) -> Option<Packet> {
+        Some(match self {
             Outbound::Deliver(d) => Packet::Publish(d.into_publish()),
             Outbound::Ack(kind, pid, reason) => {
                 let mut r = PubResp::new(pid);
@@ -230,7 +288,8 @@ impl Outbound {
                 kind.packet(r)
             }
             Outbound::Other(p) => *p,
-        }
+            Outbound::Burst(_) => return None,
+        })
     }
 }
 
@@ -424,13 +483,13 @@ mod tests {
             o,
             Outbound::Ack(AckKind::Ack, pid, ReasonCode::NoMatchingSubscribers)
         );
-        assert_eq!(o.into_packet(), Packet::PubAck(r.clone()));
+        assert_eq!(o.into_packet(), Some(Packet::PubAck(r.clone())));
         r.properties = AckProperties {
             reason_string: Some("why".into()),
             ..Default::default()
         };
         let o = Outbound::from(Packet::PubRel(r.clone()));
         assert!(matches!(o, Outbound::Other(_)));
-        assert_eq!(o.into_packet(), Packet::PubRel(r));
+        assert_eq!(o.into_packet(), Some(Packet::PubRel(r)));
     }
 }

@@ -95,6 +95,9 @@ struct Inner {
     /// every outbox.
     rare: Option<Box<Rare>>,
     closed: bool,
+    /// [`Outbound::Burst`]s queued or held: while there are any, a drain
+    /// expands them in place instead of moving the queue wholesale.
+    bursts: u32,
     /// The consumer, when it last found nothing to do: woken when packets
     /// become ready, the outbox closes, or reads resume.
     waker: Option<Waker>,
@@ -203,6 +206,31 @@ impl Inner {
         slowed
     }
 
+    /// Moves up to [`DRAIN_MAX`] packets from the front of the queue to
+    /// `into`, expanding retained bursts in place: a burst that is not
+    /// done stays at the front, and what was queued behind it waits.
+    fn drain_with_bursts(&mut self, into: &mut VecDeque<Outbound>) {
+        let now_ms = crate::server::now_ms();
+        let mut moved = 0;
+        while moved < DRAIN_MAX {
+            match self.queue.front_mut() {
+                None => break,
+                Some(Outbound::Burst(b)) => {
+                    moved += b.expand(DRAIN_MAX - moved, now_ms, into);
+                    if !b.msgs.is_empty() {
+                        break;
+                    }
+                    self.queue.pop_front();
+                    self.bursts = self.bursts.saturating_sub(1);
+                }
+                Some(_) => {
+                    into.extend(self.queue.pop_front());
+                    moved += 1;
+                }
+            }
+        }
+    }
+
     fn register(&mut self, cx: &Context<'_>) {
         match &mut self.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -297,6 +325,9 @@ impl Outbox {
         let mut inner = self.lock();
         if inner.closed {
             return false;
+        }
+        if matches!(packet, Outbound::Burst(_)) {
+            inner.bursts += 1;
         }
         if let Some(held) = inner.held_mut() {
             held.push_back(Held {
@@ -470,7 +501,27 @@ impl Outbox {
         }
     }
 
-    /// Packets waiting to be written (held ones included).
+    /// Retained messages of bursts not yet handed to the consumer.
+    pub fn burst_len(&self) -> usize {
+        let inner = self.lock();
+        if inner.bursts == 0 {
+            return 0;
+        }
+        let held = inner
+            .rare
+            .iter()
+            .flat_map(|r| r.held.iter().map(|h| &h.packet));
+        let queued = inner.queue.iter().chain(held);
+        queued
+            .map(|p| match p {
+                Outbound::Burst(b) => b.msgs.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Packets waiting to be written (held ones included; a retained
+    /// burst counts as one).
     pub fn len(&self) -> usize {
         let inner = self.lock();
         inner.queue.len() + inner.held_len()
@@ -491,6 +542,11 @@ impl Outbox {
     #[cfg(test)]
     pub fn try_drain(&self, into: &mut VecDeque<Outbound>) -> bool {
         let mut inner = self.lock();
+        if inner.bursts > 0 {
+            while !inner.queue.is_empty() {
+                inner.drain_with_bursts(into);
+            }
+        }
         into.append(&mut inner.queue);
         !(inner.closed && inner.held_len() == 0 && into.is_empty())
     }
@@ -513,7 +569,9 @@ impl Outbox {
         let mut inner = self.lock();
         let finished = inner.closed && inner.held_len() == 0;
         if !inner.queue.is_empty() || finished {
-            if inner.queue.len() <= DRAIN_MAX {
+            if inner.bursts > 0 {
+                inner.drain_with_bursts(into);
+            } else if inner.queue.len() <= DRAIN_MAX {
                 into.append(&mut inner.queue);
             } else {
                 into.extend(inner.queue.drain(..DRAIN_MAX));
@@ -631,6 +689,52 @@ mod tests {
 
     fn ping() -> Outbound {
         Packet::PingResp.into()
+    }
+
+    fn retained(topic: &str) -> Arc<crate::broker::Message> {
+        let p = crate::codec::Publish {
+            dup: false,
+            qos_pid: crate::codec::QosPid::AtMostOnce,
+            retain: true,
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"v"),
+            properties: Default::default(),
+        };
+        Arc::new(crate::broker::Message::from_publish(p, 0, None))
+    }
+
+    /// A retained burst keeps its place in line (after what was queued
+    /// before it, before what comes after), counts as one packet, and is
+    /// handed out at most a drain's worth at a time.
+    #[test]
+    fn a_burst_is_expanded_in_place_a_drain_at_a_time() {
+        let o = Outbox::new(ProtocolVersion::V5);
+        o.push(ping());
+        let msgs = (0..DRAIN_MAX + 10).map(|i| retained(&format!("r/{i}")));
+        let burst = crate::outbound::Burst {
+            msgs: msgs.collect(),
+            sub_ids: Box::new([]),
+        };
+        o.push(Outbound::Burst(Box::new(burst)));
+        o.push(puback(1));
+        assert_eq!(o.len(), 3);
+        assert_eq!(o.burst_len(), DRAIN_MAX + 10);
+        let waker = std::task::Waker::noop();
+        let cx = Context::from_waker(waker);
+        let mut v = VecDeque::new();
+        assert_eq!(o.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(v.len(), DRAIN_MAX);
+        assert_eq!(v.pop_front(), Some(ping()));
+        let Some(Outbound::Deliver(d)) = v.front() else {
+            panic!("{v:?}")
+        };
+        assert_eq!((d.msg.topic.as_str(), d.retain), ("r/0", true));
+        assert_eq!(o.burst_len(), 11);
+        v.clear();
+        assert_eq!(o.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(v.len(), 12, "the rest of the burst, then the PUBACK");
+        assert_eq!(v.pop_back(), Some(puback(1)));
+        assert_eq!(o.len(), 0);
     }
 
     #[test]

@@ -301,6 +301,88 @@ async fn offline_queue_is_bounded_in_bytes() {
     assert_serving(&b).await;
 }
 
+/// Publishes `n` retained messages `r/0` .. `r/{n-1}` at `qos`, pipelined.
+async fn retain_many(b: &TestBroker, n: usize, qos: QoS) {
+    let mut publ = Raw::connected(b.addr, v5("retainer")).await;
+    let mut burst = bytes::BytesMut::new();
+    for i in 0..n {
+        let p = retained(&format!("r/{i}"), "v", qos, (i % 60_000 + 1) as u16);
+        roost::codec::encode(&Packet::Publish(p), ProtocolVersion::V5, &mut burst).unwrap();
+    }
+    roost::codec::encode(&Packet::PingReq, ProtocolVersion::V5, &mut burst).unwrap();
+    publ.send_bytes(&burst).await;
+    loop {
+        match publ.recv().await {
+            Packet::PingResp => break,
+            Packet::PubAck(_) => {}
+            other => panic!("expected PUBACK or PINGRESP, got {other:?}"),
+        }
+    }
+    eventually("every retained message stored", || {
+        b.stats.snapshot().retained == n as u64
+    })
+    .await;
+}
+
+/// The retained messages a subscription matches are the broker's own
+/// burst: a subscriber that reads as fast as it can gets every one of
+/// them, at QoS 0 and at QoS 1, however far past the slow-consumer and
+/// queue limits they go, and nothing is counted as dropped. (They used to
+/// be subject to those limits: 9,999 of 30,000 arrived.)
+#[tokio::test]
+async fn every_retained_message_reaches_a_new_subscriber_that_keeps_up() {
+    const N: usize = 10_000;
+    let mut o = Options::default();
+    o.limits.maximum_pending_writes = 1_000;
+    o.limits.maximum_queued_messages = 1_000;
+    let b = watched_broker(o).await;
+    retain_many(&b, N, QoS::AtLeastOnce).await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut sub = Raw::connected(b.addr, v5(&unique("reader"))).await;
+        let ack = sub.subscribe(1, "r/#", qos).await;
+        assert!(ack.reasons[0].is_success());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..N {
+            let p = sub.recv_publish().await;
+            assert!(p.retain, "RETAIN set on messages for a new subscription");
+            assert_eq!(p.qos_pid.qos(), qos);
+            assert!(seen.insert(p.topic.to_string()), "{} twice", p.topic);
+            sub.ack(&p).await;
+        }
+        sub.expect_nothing().await;
+        assert_eq!(b.stats.snapshot().messages_dropped, 0, "at {qos:?}");
+        sub.disconnect().await;
+    }
+    assert_serving(&b).await;
+}
+
+/// A client that subscribes again and again to everything while it reads
+/// nothing holds at most one copy of the retained store waiting (one
+/// reference per message): the rest is dropped and counted.
+#[tokio::test]
+async fn resubscribing_without_reading_holds_one_burst_of_retained_messages() {
+    const N: usize = 2_000;
+    let b = watched_broker(Options::default()).await;
+    retain_many(&b, N, QoS::AtMostOnce).await;
+    let mut c = v5("greedy");
+    c.keep_alive = 0;
+    let mut greedy = Raw::connected(b.addr, c).await;
+    let mut subs = bytes::BytesMut::new();
+    for i in 1..=20u16 {
+        let s = subscribe(i, &[("r/#", opts(QoS::AtMostOnce))]);
+        roost::codec::encode(&Packet::Subscribe(s), ProtocolVersion::V5, &mut subs).unwrap();
+    }
+    greedy.send_bytes(&subs).await;
+    // 20 bursts of 2,000 asked for; what the socket took is on its way,
+    // the rest waits: never more than one store's worth.
+    eventually("the extra bursts to be dropped", || {
+        b.stats.snapshot().messages_dropped >= (20 - 2) * N as u64
+    })
+    .await;
+    drop(greedy);
+    assert_serving(&b).await;
+}
+
 /// `maximum_pending_writes`: a subscriber that never reads its socket does
 /// not slow anyone down. QoS 0 publishers are never blocked, QoS 0 messages
 /// to the slow one are dropped (and counted) once its socket and outbox are

@@ -149,6 +149,7 @@ impl Broker {
                     inline,
                     // Restored messages have no publisher waiting.
                     stored_copy: false,
+                    burst: false,
                 };
                 if !inline {
                     *self.persist.refs.entry(entry.message_id).or_insert(0) += 1;

@@ -11,7 +11,7 @@ use crate::codec::{
 };
 use crate::config::Limits;
 use crate::hooks::{Client, DropReason, Hooks};
-use crate::outbound::Delivery;
+use crate::outbound::{Burst, Delivery, Outbound};
 use crate::outbox::Outbox;
 use crate::stats::{self, Stats};
 use roost_storage::OutboundState;
@@ -63,6 +63,9 @@ pub(crate) struct Outgoing {
     /// Stored when it was created: one of the copies its message's
     /// [gate](super::gate) waits for.
     pub stored_copy: bool,
+    /// A retained message sent for a new subscription: the broker's own
+    /// burst, outside the queue limits (see [`Session::deliver_as`]).
+    pub burst: bool,
 }
 
 /// QoS 0 bytes unwritten to one connection (estimated from the message at
@@ -204,6 +207,9 @@ pub(crate) struct Flows {
     /// ran out before the queue drained (see [`Session::block`]).
     pub congested_since_ms: Option<u64>,
     pub stuck: bool,
+    /// Entries of `queue` that are retained messages of a subscription's
+    /// burst: the queue limits count only the others.
+    pub burst_queued: usize,
 }
 
 impl Session {
@@ -360,7 +366,7 @@ impl Session {
             o.msg.gate.copy_done();
         }
         stats::sub(&ctx.stats.inflight, 1);
-        if let Some(f) = self.flows.as_mut() {
+        if let Some(f) = self.flows.as_mut().filter(|_| !o.burst) {
             f.bytes = f.bytes.saturating_sub(o.msg.size());
         }
     }
@@ -423,6 +429,26 @@ impl Session {
         sole: bool,
         ctx: &mut Ctx,
     ) -> Pushback {
+        self.deliver_as(msg, qos, retain, sub_ids, sole, None, ctx)
+    }
+
+    /// [`Session::deliver`], or, with `burst = Some(cap)`, a QoS 1/2
+    /// retained message for a new subscription: the broker's own burst,
+    /// which the queue limits (count and bytes) do not apply to, nor
+    /// congestion; it is paced by the in-flight window instead, and at
+    /// most `cap` of its entries (the size of the retained store) wait in
+    /// the queue at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn deliver_as(
+        &mut self,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: Vec<NonZeroU32>,
+        sole: bool,
+        burst: Option<usize>,
+        ctx: &mut Ctx,
+    ) -> Pushback {
         if msg.is_expired(ctx.now_ms) {
             return Pushback::None;
         }
@@ -452,7 +478,14 @@ impl Session {
             return Pushback::None;
         }
         let limits = ctx.limits;
-        let queued = self.queue_len();
+        let burst_queued = self.flows().map_or(0, |f| f.burst_queued);
+        if let Some(cap) = burst {
+            if burst_queued >= cap {
+                self.dropped(msg, DropReason::QueueFull, ctx);
+                return Pushback::None;
+            }
+        }
+        let queued = self.queue_len() - burst_queued;
         let bytes = self.flows().map_or(0, |f| f.bytes);
         let connected = self.conn.is_some();
         // A connected client's queue absorbs what arrives while its
@@ -466,12 +499,14 @@ impl Session {
         } else {
             limits.maximum_queued_messages
         };
-        let pushback = if congested {
+        let pushback = if congested && burst.is_none() {
             Pushback::Congested
         } else {
             Pushback::None
         };
-        if queued >= hard_limit || bytes.saturating_add(msg.size()) > limits.maximum_queued_bytes {
+        let full =
+            queued >= hard_limit || bytes.saturating_add(msg.size()) > limits.maximum_queued_bytes;
+        if full && burst.is_none() {
             self.dropped(msg, DropReason::QueueFull, ctx);
             return pushback;
         }
@@ -486,9 +521,12 @@ impl Session {
             state: OutboundState::Queued,
             inline: self.stored && sole,
             stored_copy: self.stored,
+            burst: burst.is_some(),
         };
         stats::add(&ctx.stats.inflight, 1);
-        self.flows_mut().bytes += msg.size();
+        if burst.is_none() {
+            self.flows_mut().bytes += msg.size();
+        }
         if self.stored {
             ctx.persist.copies_created += 1;
             if !o.inline {
@@ -509,13 +547,56 @@ impl Session {
             .conn
             .as_ref()
             .is_some_and(|c| self.inflight_len() < usize::from(c.send_quota));
-        if room && queued == 0 {
+        if room && self.queue_len() == 0 {
             self.send_outgoing(o, false, ctx);
         } else {
             self.store_outgoing(&o, ctx);
-            self.flows_mut().queue.push_back(o);
+            let f = self.flows_mut();
+            f.burst_queued += usize::from(o.burst);
+            f.queue.push_back(o);
         }
         pushback
+    }
+
+    /// Sends retained messages for a new subscription at QoS 0 as one
+    /// [`Burst`], which the connection expands as it drains: paced by the
+    /// client, not subject to the slow-consumer policy. Those larger than
+    /// the client accepts are dropped; at most `cap` (the size of the
+    /// retained store) wait for the connection at a time, the rest are
+    /// dropped and counted.
+    pub fn send_burst(
+        &self,
+        msgs: Vec<Arc<Message>>,
+        sub_ids: Vec<NonZeroU32>,
+        cap: usize,
+        ctx: &mut Ctx,
+    ) {
+        let Some(conn) = &self.conn else { return };
+        let sub_ids = sub_ids.into_boxed_slice();
+        let mut room = cap.saturating_sub(conn.outbox.burst_len());
+        let mut kept = std::collections::VecDeque::with_capacity(msgs.len().min(room));
+        for msg in msgs {
+            if let Some(max) = conn.max_packet_size {
+                let d = Delivery::new(&msg, QosPid::AtMostOnce, true, false, sub_ids.clone(), 0);
+                if d.encoded_len(self.protocol) > max.get() as usize {
+                    self.dropped(&msg, DropReason::TooLarge, ctx);
+                    continue;
+                }
+            }
+            if room == 0 {
+                self.dropped(&msg, DropReason::QueueFull, ctx);
+                continue;
+            }
+            room -= 1;
+            kept.push_back(msg);
+        }
+        if !kept.is_empty() {
+            let burst = Burst {
+                msgs: kept,
+                sub_ids,
+            };
+            conn.outbox.push(Outbound::Burst(Box::new(burst)));
+        }
     }
 
     /// Slows `publisher` down until this session's queue has drained to
@@ -642,6 +723,7 @@ impl Session {
             let Some(o) = f.queue.pop_front() else {
                 break;
             };
+            f.burst_queued -= usize::from(o.burst);
             if o.msg.is_expired(ctx.now_ms) {
                 self.dropped(&o.msg, DropReason::Expired, ctx);
                 self.forget_outgoing(&o, ctx);
@@ -766,6 +848,7 @@ impl Session {
             return;
         };
         f.bytes = 0;
+        f.burst_queued = 0;
         let all: Vec<Outgoing> = f.inflight.drain(..).chain(f.queue.drain(..)).collect();
         for o in &all {
             // The session's record is deleted as a whole; only the bodies'
@@ -820,6 +903,7 @@ mod tests {
             state: OutboundState::Sent,
             inline: false,
             stored_copy: false,
+            burst: false,
         });
     }
 

@@ -138,25 +138,30 @@ impl Broker {
                 found.push(m.clone());
             }
         });
+        // However many match, they go out as the client takes them: a
+        // session holds at most a copy of the store's worth waiting.
+        let cap = self.retained.len();
         let (mut ctx, sessions) = self.ctx(now_ms);
         let Some(s) = sessions.get_mut(&sid) else {
             return;
         };
+        let mut at_qos0 = Vec::new();
         for m in found {
             // The delivery ACL applies to retained messages as to live ones.
             if !ctx.hooks.can_receive(&s.client, &m) {
                 continue;
             }
             let qos = m.qos.min(entry.options.qos);
+            if qos == QoS::AtMostOnce {
+                at_qos0.push(m);
+                continue;
+            }
             // Sent because of a new subscription: RETAIN is 1 ([MQTT-3.3.1-8]).
-            s.deliver(
-                &m,
-                qos,
-                true,
-                entry.id.into_iter().collect(),
-                true,
-                &mut ctx,
-            );
+            let ids = entry.id.into_iter().collect();
+            s.deliver_as(&m, qos, true, ids, true, Some(cap), &mut ctx);
+        }
+        if !at_qos0.is_empty() {
+            s.send_burst(at_qos0, entry.id.into_iter().collect(), cap, &mut ctx);
         }
     }
 
