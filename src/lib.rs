@@ -60,6 +60,13 @@ pub use roost_storage as storage;
 pub use server::{ServeError, Server};
 pub use stats::{Stats, StatsSnapshot};
 
+/// Entry points for `fuzz/` (built with `--cfg fuzzing` only).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::broker::drive::{run as drive_core, Summary};
+}
+
 // The README's examples are compiled as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

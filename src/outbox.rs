@@ -539,7 +539,7 @@ impl Outbox {
 
     /// Moves everything ready to the back of `into`. Returns false when the
     /// outbox is closed and nothing more will come.
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub fn try_drain(&self, into: &mut VecDeque<Outbound>) -> bool {
         let mut inner = self.lock();
         if inner.bursts > 0 {

@@ -10,6 +10,8 @@
 //! across I/O and the routing path has no contention.
 
 mod coalesce;
+#[cfg(any(test, fuzzing))]
+pub mod drive;
 mod gate;
 mod idhash;
 mod keepalive;
