@@ -708,7 +708,8 @@ impl Session {
         let half = ctx.limits.maximum_queued_messages / 2;
         let quarter_bytes = ctx.limits.maximum_queued_bytes / 4;
         if let Some(f) = self.flows.as_mut() {
-            if f.congested_since_ms.is_some() && f.queue.len() <= half && f.bytes <= quarter_bytes {
+            let queued = f.queue.len() - f.burst_queued;
+            if f.congested_since_ms.is_some() && queued <= half && f.bytes <= quarter_bytes {
                 // Drained: the episode is over, and the next congestion may
                 // pause publishers again.
                 f.congested_since_ms = None;
