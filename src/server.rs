@@ -10,7 +10,7 @@ use crate::net::connection::Shared;
 use crate::net::listener::{self, Accepting, Listener, ListenerError, ServerHandle};
 use crate::reclaim::{Batches, Reclaim};
 use crate::stats::{Stats, StatsSnapshot};
-use roost_storage::{MemoryStore, StorageError, Store};
+use roost_storage::{MemoryStore, Snapshot, StorageError, Store};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub struct Server {
     next_conn: Arc<AtomicU64>,
     stats: Arc<Stats>,
     store: Arc<dyn Store>,
+    /// What [`Server::load_store`] read, for `serve` to restore.
+    loaded: Option<Snapshot>,
     handle: ServerHandle,
     incoming: mpsc::UnboundedReceiver<Listener>,
 }
@@ -109,6 +111,13 @@ fn drain_ready<T>(
     }
 }
 
+/// Reads everything `store` holds, off the async runtime.
+async fn load(store: Arc<dyn Store>) -> Result<Snapshot, StorageError> {
+    tokio::task::spawn_blocking(move || store.load())
+        .await
+        .map_err(|e| StorageError::Io(format!("loading the store: {e}")))?
+}
+
 impl Server {
     /// A server with the in-memory store and no listeners.
     pub fn new(opts: Options) -> Self {
@@ -124,6 +133,7 @@ impl Server {
             next_conn: Arc::new(AtomicU64::new(1)),
             stats: Arc::new(Stats::default()),
             store: Arc::new(MemoryStore::new()),
+            loaded: None,
             handle,
             incoming,
         }
@@ -132,7 +142,24 @@ impl Server {
     /// Uses `store` for sessions, queues and retained messages.
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Arc::new(store);
+        self.loaded = None;
         self
+    }
+
+    /// Reads the store now rather than when [`Server::serve`] starts, so
+    /// that a store that cannot be read is reported before the caller binds
+    /// any listener (the `roost` binary does so). `serve` then restores
+    /// what was read. Does nothing for a store that does not persist.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Storage`] if the store cannot be read; nothing was
+    /// served.
+    pub async fn load_store(mut self) -> Result<Self, ServeError> {
+        if self.store.is_persistent() && self.loaded.is_none() {
+            self.loaded = Some(load(self.store.clone()).await?);
+        }
+        Ok(self)
     }
 
     /// Adds an authentication hook (called after those added before it).
@@ -275,9 +302,17 @@ impl Server {
             next_conn,
             stats,
             store,
+            loaded,
             handle,
             incoming,
         } = self;
+        // The stored state is restored before any listener accepts: a store
+        // that cannot be read ends `serve` without serving anyone.
+        let snapshot = match loaded {
+            Some(snapshot) => Some(snapshot),
+            None if store.is_persistent() => Some(load(store.clone()).await?),
+            None => None,
+        };
         let reclaim = Arc::new(Reclaim::default());
         let intake = Arc::new(Intake::default());
         let batches = Arc::new(Batches::default());
@@ -310,11 +345,7 @@ impl Server {
         let opts_max_connections = opts.limits.maximum_connections;
         let durability = opts.durability;
         let mut broker = Broker::new(opts, hooks.clone(), stats.clone(), store.is_persistent());
-        if store.is_persistent() {
-            let loader = store.clone();
-            let snapshot = tokio::task::spawn_blocking(move || loader.load())
-                .await
-                .map_err(|e| StorageError::Io(format!("loading the store: {e}")))??;
+        if let Some(snapshot) = snapshot {
             broker.restore(snapshot, now_ms());
         }
         // Storage work runs on one thread of the blocking pool, one group

@@ -698,6 +698,7 @@ fn version_and_help() {
         "Examples:",
         "SIGHUP",
         "Exit status",
+        "3 when the store is damaged",
     ] {
         assert!(help.contains(needle), "{needle:?} in {help}");
     }

@@ -1078,3 +1078,71 @@ async fn connect_then_random_bytes_never_breaks_the_broker() {
     assert_serving(&b).await;
     b.stop().await;
 }
+
+// ----- 5.0 rules on what a client may send -------------------------------------
+
+/// [MQTT-3.3.4-6]: a PUBLISH from a client MUST NOT carry a Subscription
+/// Identifier (only the server sets one, on delivery). Protocol Error 0x82,
+/// and the message goes nowhere.
+#[tokio::test]
+async fn publish_with_subscription_identifier_from_client_is_a_protocol_error() {
+    let b = broker().await;
+    let mut sub = Raw::connected(b.addr, v5("watcher")).await;
+    sub.subscribe(1, "#", QoS::AtMostOnce).await;
+    // PUBLISH "t", properties: Subscription Identifier (0x0B) = 1.
+    expect_v5_disconnect(
+        &b,
+        &[0x30, 6, 0, 1, b't', 2, 0x0B, 1],
+        ReasonCode::ProtocolError,
+    )
+    .await;
+    sub.expect_nothing().await;
+    assert_serving(&b).await;
+}
+
+/// [MQTT-3.3.2-14]: a Response Topic MUST NOT contain wildcards. Protocol
+/// Error 0x82 for a PUBLISH; a will carrying one refuses the CONNECT.
+#[tokio::test]
+async fn response_topic_with_wildcard_is_a_protocol_error() {
+    let b = broker().await;
+    let mut sub = Raw::connected(b.addr, v5("watcher")).await;
+    sub.subscribe(1, "#", QoS::AtMostOnce).await;
+    // PUBLISH "t", properties: Response Topic (0x08) "a/+".
+    expect_v5_disconnect(
+        &b,
+        &[0x30, 10, 0, 1, b't', 6, 0x08, 0, 3, b'a', b'/', b'+'],
+        ReasonCode::ProtocolError,
+    )
+    .await;
+    // Will flag + Clean Start; payload: id, will properties (Response Topic
+    // "#"), will topic "w", empty will payload.
+    let payload = [0, 1, b'c', 4, 0x08, 0, 1, b'#', 0, 1, b'w', 0, 0];
+    assert_eq!(
+        exchange(&b, &connect5(0x04 | CLEAN, &[], &payload)).await,
+        b""
+    );
+    sub.expect_nothing().await;
+    assert_serving(&b).await;
+}
+
+/// 5.0 section 3.1.2.11.10: Authentication Data without an Authentication
+/// Method is a Protocol Error; the CONNECT is refused by closing.
+#[tokio::test]
+async fn v5_connect_with_authentication_data_without_method_is_closed() {
+    let b = broker().await;
+    // Properties: Authentication Data (0x16) = [0xAA].
+    let bytes = connect5(CLEAN, &[0x16, 0, 1, 0xAA], ID_C);
+    assert_eq!(exchange(&b, &bytes).await, b"");
+    assert_serving(&b).await;
+}
+
+/// 5.0 section 3.3.2.3.4: "It is a Protocol Error if the Topic Name has zero
+/// length and there is no Topic Alias": 0x82, not 0x90 Topic Name invalid.
+/// In 3.1.1 an empty topic name is malformed ([MQTT-4.7.3-1]): closed.
+#[tokio::test]
+async fn publish_with_empty_topic_and_no_alias_is_a_protocol_error() {
+    let b = broker().await;
+    expect_v5_disconnect(&b, &[0x30, 3, 0, 0, 0], ReasonCode::ProtocolError).await;
+    expect_v311_close(&b, &[0x30, 2, 0, 0]).await;
+    assert_serving(&b).await;
+}

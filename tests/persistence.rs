@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use roost::codec::{Packet, ProtocolVersion, PubResp, QoS, QosPid, ReasonCode};
 use roost::storage::{FaultyStore, MemoryStore, Op, Snapshot, StorageError, Store};
-use roost::Options;
+use roost::{Options, Server};
 use std::sync::Arc;
 
 /// The in-memory store, claiming to be persistent so that the broker
@@ -504,5 +504,51 @@ async fn the_relaxed_mode_acknowledges_first_and_commits_on_its_interval() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     faults.set_failing(false);
+    b.stop().await;
+}
+
+/// `Server::load_store` reads the store before anything is bound, so the
+/// `roost` binary refuses a store it cannot read before it listens; `serve`
+/// then restores what was read instead of reading it again.
+#[tokio::test]
+async fn load_store_reads_before_serving_and_reports_a_failed_read() {
+    let store = FaultyStore::new(Durable::default());
+    let faults = store.handle();
+    faults.set_load_failing(true);
+    match Server::new(Options::default())
+        .store(store)
+        .load_store()
+        .await
+    {
+        Err(roost::ServeError::Storage(StorageError::Injected(_))) => {}
+        other => panic!("expected the injected load failure, got {other:?}"),
+    }
+
+    let durable = Durable::default();
+    durable
+        .apply(&[Op::PutRetained {
+            message: roost::storage::MessageRecord {
+                topic: "r".into(),
+                payload: bytes::Bytes::from_static(b"kept"),
+                qos: 1,
+                retain: true,
+                properties: Default::default(),
+                expires_at_ms: None,
+            },
+        }])
+        .unwrap();
+    let store = FaultyStore::new(durable);
+    let faults = store.handle();
+    let server = Server::new(Options::default())
+        .store(store)
+        .load_store()
+        .await
+        .unwrap();
+    assert_eq!(faults.load_calls(), 1);
+    let b = TestBroker::with_server(server).await;
+    let mut r = Raw::connected(b.addr, v5("r")).await;
+    r.subscribe(1, "r", QoS::AtMostOnce).await;
+    assert_eq!(payload(&r.recv_publish().await), "kept");
+    assert_eq!(faults.load_calls(), 1, "serve read the store again");
     b.stop().await;
 }

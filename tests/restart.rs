@@ -4,7 +4,7 @@
 //! delivered twice.
 
 mod common;
-use common::process::Broker;
+use common::process::{roost, Broker};
 use common::*;
 use roost::codec::{Connect, Packet, ProtocolVersion, PubResp, QoS, QosPid, ReasonCode};
 use std::collections::{HashMap, HashSet};
@@ -15,13 +15,18 @@ use std::time::Duration;
 /// so that what these tests count is durability, not the documented drop of
 /// messages beyond `limits.maximum_queued_messages` for a client that is away.
 fn start(store: &str, dir: &Path) -> Broker {
+    Broker::spawn(command(store, dir))
+}
+
+/// The command [`start`] runs (stderr discarded).
+fn command(store: &str, dir: &Path) -> std::process::Command {
     let config = dir.join("roost-test.toml");
     std::fs::write(&config, "[limits]\nmaximum_queued_messages = 1000000\n")
         .expect("config written");
     let config = config.to_str().expect("utf-8 temp dir");
     let data = dir.join("data");
     let data = data.to_str().expect("utf-8 temp dir");
-    Broker::start(&[
+    roost(&[
         "--config",
         config,
         "--tcp",
@@ -280,6 +285,79 @@ async fn redb_kill9_while_publishing_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn redb_kill9_while_publishing_to_a_connected_subscriber_loses_nothing_acknowledged() {
     kill9_while_publishing_loses_nothing_acknowledged("redb", true).await;
+}
+
+/// `count` bytes of `bytes` inverted, at places a fixed xorshift sequence
+/// picks from `seed`: the same damage on every run.
+fn flip(bytes: &mut [u8], count: usize, mut seed: u64) {
+    for _ in 0..count {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = (seed % bytes.len() as u64) as usize;
+        bytes[at] = !bytes[at];
+    }
+}
+
+/// A damaged redb store (cut to half its length; 200 bytes flipped) stops
+/// the binary before it listens: exit status 3, a message naming the file
+/// and what to do, no panic, and not a byte of the file changed. It used to
+/// panic (exit 101), or listen and then panic while loading, rewriting the
+/// file's header at each attempt.
+#[tokio::test]
+async fn redb_damaged_store_exits_3_naming_the_file_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start("redb", dir.path());
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    s.subscribe(1, "t/#", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    for i in 0..50u16 {
+        let topic = format!("r/{i}");
+        assert!(p
+            .publish(retained(&topic, "kept", QoS::AtLeastOnce, i + 1))
+            .await
+            .is_success());
+        assert!(p
+            .publish(publish("t/1", "queued", QoS::AtLeastOnce, i + 1))
+            .await
+            .is_success());
+    }
+    assert!(b.terminate().await.success());
+
+    let file = dir.path().join("data").join("roost.redb");
+    let original = std::fs::read(&file).unwrap();
+    let half = original[..original.len() / 2].to_vec();
+    let mut flipped = original.clone();
+    flip(&mut flipped, 200, 0x5eed);
+    for (what, damaged) in [("cut to half", half), ("200 bytes flipped", flipped)] {
+        std::fs::write(&file, &damaged).unwrap();
+        let out = command("redb", dir.path())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("roost runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&file.display().to_string()),
+            "{what}: {stderr}"
+        );
+        assert!(stderr.contains("damaged"), "{what}: {stderr}");
+        assert!(stderr.contains("move the file aside"), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(!stdout.contains("listening"), "{what}: {stdout}");
+        assert!(
+            std::fs::read(&file).unwrap() == damaged,
+            "{what}: the failed start wrote to the file"
+        );
+    }
+
+    // The undamaged file still opens with everything in it.
+    std::fs::write(&file, &original).unwrap();
+    let b = start("redb", dir.path());
+    let (_s, ack) = Raw::connect(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    assert!(ack.session_present);
 }
 
 #[cfg(feature = "sled")]

@@ -43,7 +43,9 @@ log.level and log.filter.
 Exit status: 0 after a clean shutdown; 1 when the --config file cannot
 be read, a listener cannot bind or the store cannot open; 2 when the
 command line or the configuration is invalid (a key, a value, or a
-certificate, key or ledger file it names).";
+certificate, key or ledger file it names); 3 when the store is damaged
+or in a format this build cannot read: roost left it as it was and says
+which file; restore it from a backup or move it aside.";
 
 /// The `roost` command line.
 #[derive(Debug, Parser)]

@@ -4,7 +4,7 @@
 
 use super::config::{Config, ListenerConfig, ListenerKind, StoreKind};
 use super::ledger::Ledger;
-use roost::storage::Store;
+use roost::storage::{StorageError, Store};
 use roost::{Listener, ServerHandle, Transport};
 use std::io::Write;
 use std::path::Path;
@@ -77,8 +77,23 @@ fn transport(l: &ListenerConfig) -> Option<Transport> {
     })
 }
 
+/// Exit status when the store is damaged or in a format this build cannot
+/// read: it was left as it is, and starting again will not help until the
+/// operator restores it or moves it aside (deploy/roost.service lists it in
+/// `RestartPreventExitStatus`).
+const EXIT_STORE_UNUSABLE: u8 = 3;
+
+/// Why the store cannot be used: the message, and the exit status.
+fn store_failure(e: &StorageError) -> (String, u8) {
+    let code = match e {
+        StorageError::Corrupt(_) | StorageError::UnsupportedFormat { .. } => EXIT_STORE_UNUSABLE,
+        _ => 1,
+    };
+    (format!("cannot use the store: {e}"), code)
+}
+
 /// Opens the store; the text says what was opened, for the start-up line.
-fn open_store(kind: StoreKind, dir: &Path) -> Result<(Box<dyn Store>, String), String> {
+fn open_store(kind: StoreKind, dir: &Path) -> Result<(Box<dyn Store>, String), (String, u8)> {
     match kind {
         StoreKind::Memory => Ok((
             Box::new(roost::storage::MemoryStore::new()),
@@ -92,18 +107,22 @@ fn open_store(kind: StoreKind, dir: &Path) -> Result<(Box<dyn Store>, String), S
                     format!("sled in {}", dir.display()),
                 )
             })
-            .map_err(|e| e.to_string()),
+            .map_err(|e| store_failure(&e)),
         #[cfg(feature = "redb")]
         StoreKind::Redb => roost::storage::RedbStore::open(dir)
             .map(|s| {
                 let path = s.path().display().to_string();
                 (Box::new(s) as Box<dyn Store>, format!("redb in {path}"))
             })
-            .map_err(|e| e.to_string()),
+            .map_err(|e| store_failure(&e)),
         #[allow(unreachable_patterns)] // Reached only without some features.
-        other => Err(format!(
-            "this roost was built without the {other:?} store; cannot open {}",
-            dir.display()
+        other => Err((
+            format!(
+                "cannot open the store: this roost was built without the {other:?} store; \
+                 cannot open {}",
+                dir.display()
+            ),
+            1,
         )),
     }
 }
@@ -131,7 +150,20 @@ pub async fn run(config: Config) -> ExitCode {
     };
     let (store, store_text) = match open_store(config.store.backend, &config.store.data_dir) {
         Ok(s) => s,
-        Err(e) => return fail(format_args!("cannot open the store: {e}"), 1),
+        Err((message, code)) => return fail(message, code),
+    };
+    // Read before any listener is bound: a store that cannot be read never
+    // serves anyone.
+    let server = match roost::Server::new(config.options())
+        .store(store)
+        .load_store()
+        .await
+    {
+        Ok(s) => s,
+        Err(roost::ServeError::Storage(e)) => {
+            let (message, code) = store_failure(&e);
+            return fail(message, code);
+        }
     };
     let ledger = match &config.auth.ledger {
         Some(path) => match Ledger::open(path) {
@@ -144,7 +176,7 @@ pub async fn run(config: Config) -> ExitCode {
         },
         None => None,
     };
-    let mut server = roost::Server::new(config.options()).store(store);
+    let mut server = server;
     let mut lines = Vec::new();
     for l in &config.listeners {
         let from = match &l.place {

@@ -32,25 +32,34 @@ const AUTH: u8 = 15;
 pub struct Decoder {
     max_packet_size: u32,
     version: Option<ProtocolVersion>,
+    /// The server's side: packets come from a client, and the rules that
+    /// bind only what a client sends apply ([MQTT-3.3.4-6]).
+    from_client: bool,
 }
 
 impl Decoder {
-    /// A decoder that refuses packets larger than `max_packet_size` bytes
-    /// (fixed header included).
+    /// The server's decoder for a new connection: refuses packets larger
+    /// than `max_packet_size` bytes (fixed header included), expects
+    /// CONNECT first, and applies the rules that bind only what a client
+    /// sends (no Subscription Identifier in a PUBLISH, [MQTT-3.3.4-6]).
     pub fn new(max_packet_size: u32) -> Self {
         Decoder {
             max_packet_size,
             version: None,
+            from_client: true,
         }
     }
 
     /// A decoder for a connection whose version is already known, as on the
     /// client side (or in tests): it skips the CONNECT-first rule, and a
-    /// CONNECT is then [`DecodeError::DuplicateConnect`].
+    /// CONNECT is then [`DecodeError::DuplicateConnect`]. It reads packets
+    /// of either direction: a server's PUBLISH may carry Subscription
+    /// Identifiers.
     pub fn with_version(max_packet_size: u32, version: ProtocolVersion) -> Self {
         Decoder {
             max_packet_size,
             version: Some(version),
+            from_client: false,
         }
     }
 
@@ -118,7 +127,7 @@ impl Decoder {
         };
         let packet = match kind {
             CONNACK => Packet::ConnAck(connect::decode_connack(&mut r, v)?),
-            PUBLISH => Packet::Publish(publish::decode(&mut r, flags, v)?),
+            PUBLISH => Packet::Publish(publish::decode(&mut r, flags, v, self.from_client)?),
             PUBACK => Packet::PubAck(ack::decode(&mut r, v, PUBACK_REASONS)?),
             PUBREC => Packet::PubRec(ack::decode(&mut r, v, PUBACK_REASONS)?),
             PUBREL => Packet::PubRel(ack::decode(&mut r, v, PUBREL_REASONS)?),

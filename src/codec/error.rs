@@ -56,9 +56,25 @@ pub enum DecodeError {
     /// A topic name contains a wildcard character.
     #[error("topic name contains a wildcard [MQTT-3.3.2-2]")]
     WildcardInTopicName,
-    /// A topic name is not valid (empty without an alias, or contains U+0000).
+    /// A topic name is not valid (contains U+0000, or is empty in 3.x).
     #[error("invalid topic name [MQTT-4.7.3-1]")]
     InvalidTopicName,
+    /// A 5.0 PUBLISH with an empty topic name and no Topic Alias: a Protocol
+    /// Error (5.0 section 3.3.2.3.4).
+    #[error("empty topic name without a topic alias (MQTT 5.0 section 3.3.2.3.4)")]
+    EmptyTopicWithoutAlias,
+    /// A PUBLISH from a client carries a Subscription Identifier: only the
+    /// server sets those.
+    #[error("subscription identifier in a PUBLISH from a client [MQTT-3.3.4-6]")]
+    SubscriptionIdentifierFromClient,
+    /// A Response Topic (of a PUBLISH or a will) contains a wildcard.
+    #[error("response topic contains a wildcard [MQTT-3.3.2-14]")]
+    WildcardInResponseTopic,
+    /// Authentication Data without an Authentication Method (CONNECT,
+    /// CONNACK or AUTH): a Protocol Error (5.0 sections 3.1.2.11.10,
+    /// 3.2.2.3.18 and 3.15.2.2.3).
+    #[error("authentication data without an authentication method (MQTT 5.0 section 3.1.2.11.10)")]
+    AuthenticationDataWithoutMethod,
     /// A topic filter is malformed (misplaced wildcard, empty, U+0000).
     #[error("invalid topic filter [MQTT-4.7.1-1]")]
     InvalidTopicFilter,
@@ -116,14 +132,21 @@ impl DecodeError {
             DecodeError::InvalidPropertyValue(0x23) => ReasonCode::TopicAliasInvalid,
             // Parsed fine but not allowed: the specification names each of
             // these a Protocol Error, not a Malformed Packet (5.0 sections
-            // 2.2.2.2, 3.8.3, 3.8.3.1, 3.10.3 and the property definitions).
+            // 2.2.2.2, 3.3.2.3.4, 3.8.3, 3.8.3.1, 3.10.3 and the property
+            // definitions). The Subscription Identifier and Response Topic
+            // rules name no code; they too are well-formed packets carrying
+            // what the protocol forbids, which is what 0x82 means (1.2).
             DecodeError::ExpectedConnect
             | DecodeError::DuplicateConnect
             | DecodeError::DuplicateProperty(_)
             | DecodeError::InvalidPropertyValue(_)
             | DecodeError::NoTopicFilter
             | DecodeError::ForbiddenSubscriptionOptions
-            | DecodeError::UnsupportedPacket(_) => ReasonCode::ProtocolError,
+            | DecodeError::UnsupportedPacket(_)
+            | DecodeError::EmptyTopicWithoutAlias
+            | DecodeError::SubscriptionIdentifierFromClient
+            | DecodeError::WildcardInResponseTopic
+            | DecodeError::AuthenticationDataWithoutMethod => ReasonCode::ProtocolError,
             _ => ReasonCode::MalformedPacket,
         }
     }

@@ -189,8 +189,14 @@ fn read_value(r: &mut Reader, id: u8) -> Result<Value, DecodeError> {
             }
             Value::VarInt(v)
         }
+        RESPONSE_TOPIC => {
+            let topic = r.string()?;
+            if topic.contains(['+', '#']) {
+                return Err(DecodeError::WildcardInResponseTopic);
+            }
+            Value::Str(topic)
+        }
         CONTENT_TYPE
-        | RESPONSE_TOPIC
         | ASSIGNED_CLIENT_IDENTIFIER
         | AUTHENTICATION_METHOD
         | RESPONSE_INFORMATION
@@ -247,6 +253,15 @@ fn unexpected(id: u8) -> Result<(), DecodeError> {
     Err(DecodeError::InvalidProperty(id))
 }
 
+/// Authentication Data needs an Authentication Method (5.0 sections
+/// 3.1.2.11.10, 3.2.2.3.18, 3.15.2.2.3).
+fn check_authentication(method: &Option<ByteStr>, data: &Option<Bytes>) -> Result<(), DecodeError> {
+    if data.is_some() && method.is_none() {
+        return Err(DecodeError::AuthenticationDataWithoutMethod);
+    }
+    Ok(())
+}
+
 impl ConnectProperties {
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
         let mut p = Self::default();
@@ -269,6 +284,7 @@ impl ConnectProperties {
             }
             Ok(())
         })?;
+        check_authentication(&p.authentication_method, &p.authentication_data)?;
         Ok(p)
     }
 }
@@ -365,6 +381,7 @@ impl ConnAckProperties {
             }
             Ok(())
         })?;
+        check_authentication(&p.authentication_method, &p.authentication_data)?;
         Ok(p)
     }
 }
@@ -500,6 +517,7 @@ impl AuthProperties {
             }
             Ok(())
         })?;
+        check_authentication(&p.authentication_method, &p.authentication_data)?;
         Ok(p)
     }
 

@@ -34,10 +34,13 @@ pub(crate) fn check_flags(flags: u8) -> Result<QoS, DecodeError> {
 }
 
 /// Decodes a PUBLISH body; `flags` are the low 4 bits of the fixed header.
+/// `from_client`: the PUBLISH was sent by a client, which may not set what
+/// only a server sends (a Subscription Identifier).
 pub(crate) fn decode(
     r: &mut Reader,
     flags: u8,
     v: ProtocolVersion,
+    from_client: bool,
 ) -> Result<Publish, DecodeError> {
     let qos = check_flags(flags)?;
     let topic = r.string()?;
@@ -51,9 +54,17 @@ pub(crate) fn decode(
     } else {
         PublishProperties::default()
     };
-    // An empty topic stands for the one a 5.0 topic alias maps to (3.3.2.3.4).
-    if !(topic.is_empty() && properties.topic_alias.is_some()) {
+    // An empty topic stands for the one a 5.0 topic alias maps to; without
+    // an alias it is a Protocol Error there (3.3.2.3.4), and malformed in 3.x.
+    if topic.is_empty() && v.is_v5() {
+        if properties.topic_alias.is_none() {
+            return Err(DecodeError::EmptyTopicWithoutAlias);
+        }
+    } else {
         check_topic_name(&topic)?;
+    }
+    if from_client && !properties.subscription_identifiers.is_empty() {
+        return Err(DecodeError::SubscriptionIdentifierFromClient);
     }
     Ok(Publish {
         dup: flags & DUP != 0,

@@ -97,7 +97,12 @@
 //! Both persistent backends refuse a store written in another format
 //! version ([`StorageError::UnsupportedFormat`], with a hint for the
 //! operator) and report damaged files as errors naming the path; they never
-//! wipe data on their own.
+//! wipe data on their own. A panic inside sled or redb (which both raise on
+//! some damaged files) is caught at this crate's boundary and returned as an
+//! error naming the path: [`StorageError::Corrupt`] when opening or
+//! loading, [`StorageError::Io`] when writing. redb refuses a damaged file
+//! before writing a byte to it; sled's own recovery may rewrite its log
+//! while opening.
 //!
 //! # Cargo features
 //!
@@ -116,10 +121,14 @@ use std::sync::Arc;
 pub mod conformance;
 pub mod encoding;
 mod faulty;
+#[cfg(any(feature = "sled", feature = "redb"))]
+mod guard;
 pub mod keys;
 #[cfg(any(feature = "sled", feature = "redb"))]
 mod kv;
 mod memory;
+#[cfg(feature = "redb")]
+mod overlay;
 mod record;
 #[cfg(feature = "redb")]
 mod redb;

@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 
 use ::redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use ::redb::backends::FileBackend;
+
+use crate::guard;
 use crate::kv::{self, SnapshotBuilder, Table, Write};
+use crate::overlay::Overlay;
 use crate::{Op, Snapshot, StorageError, Store};
 
 /// A record table: composite key to encoded value.
@@ -31,6 +35,9 @@ const fn definition(table: Table) -> RecordTable {
 /// - **Durable:** the transaction commits with redb's default durability,
 ///   which fsyncs before `commit` returns, so `apply` is durable on return
 ///   and [`Store::flush`] has nothing left to do.
+/// - **Damage:** a damaged file is refused when opening (see
+///   [`RedbStore::open`]); a panic inside redb on any call is returned as
+///   an error naming the file.
 /// - **Disk space:** redb is copy-on-write; pages freed by a commit are
 ///   reused by later ones, so the file stops growing under churn once it
 ///   holds the working set. It does not shrink by itself:
@@ -59,16 +66,24 @@ impl RedbStore {
     /// Opens the store in directory `dir` (its file is `dir/roost.redb`),
     /// creating the directory and the file if missing.
     ///
+    /// An existing file is checked before redb may write to it: redb opens
+    /// a view of it that keeps writes in memory, runs its crash recovery
+    /// there if the file needs it, and verifies the checksum of every page
+    /// in use, and the format version is checked. So opening reads the
+    /// whole file once more, and a damaged file is refused unchanged.
+    ///
     /// # Errors
     ///
     /// - [`StorageError::UnsupportedFormat`] if the store was written in
     ///   another format version (the error says what to do);
     /// - [`StorageError::Corrupt`] if the file is not a redb database or is
-    ///   damaged, or holds records but no format version;
+    ///   damaged (cut short, pages failing their checksums, or anything
+    ///   redb panics on), or holds records but no format version;
     /// - [`StorageError::Io`] if the directory or file cannot be read or
     ///   written, or the file is open in another process.
     ///
-    /// Every message names the file. Nothing is wiped on error.
+    /// Every message names the file. Nothing is wiped on error, and a file
+    /// refused as damaged or of another format version is not written to.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(|e| {
@@ -78,43 +93,21 @@ impl RedbStore {
             ))
         })?;
         let path = dir.join(Self::FILE_NAME);
+        // redb writes to a file as soon as it opens it, so a file that holds
+        // anything is checked first through a view that keeps redb's writes
+        // in memory. A missing or empty file has nothing to lose.
+        if fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+            verify(&path).map_err(left_alone)?;
+        }
         // `Database::create` initialises only a missing or empty file; it
         // refuses anything that is not a redb database.
-        let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
+        let db = guard::catch(|| Database::create(&path))
+            .map_err(|panic| damaged(&path, &panic))?
+            .map_err(|e| open_error(&path, e))?;
         let store = Self { db, path };
-        store.init()?;
+        guard::catch(|| init(&store.db, &store.path))
+            .map_err(|panic| damaged(&store.path, &panic))??;
         Ok(store)
-    }
-
-    /// Checks the format version, and on a new store creates every table
-    /// and writes the version, in one transaction.
-    fn init(&self) -> Result<(), StorageError> {
-        let txn = self.begin_write()?;
-        {
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| self.error("cannot open the meta table", e))?;
-            let stored = meta
-                .get(kv::VERSION_KEY)
-                .map_err(|e| self.error("cannot read the format version", e))?
-                .map(|v| v.value().to_vec());
-            let mut has_records = false;
-            for table in Table::ALL {
-                let t = txn
-                    .open_table(definition(table))
-                    .map_err(|e| self.error("cannot open a table", e))?;
-                has_records |= !t
-                    .is_empty()
-                    .map_err(|e| self.error("cannot read a table", e))?;
-            }
-            if kv::check_version(stored.as_deref(), has_records, &self.path)? {
-                meta.insert(kv::VERSION_KEY, &kv::version_bytes()[..])
-                    .map_err(|e| self.error("cannot write the format version", e))?;
-            }
-        }
-        // On an error above, dropping `txn` aborts it: nothing is written.
-        txn.commit()
-            .map_err(|e| self.error("cannot commit the format version", e))
     }
 
     /// The database file.
@@ -149,8 +142,8 @@ impl RedbStore {
     }
 }
 
-impl Store for RedbStore {
-    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+impl RedbStore {
+    fn apply_unguarded(&self, ops: &[Op]) -> Result<(), StorageError> {
         let writes = kv::plan(ops)?;
         if writes.is_empty() {
             return Ok(());
@@ -192,7 +185,7 @@ impl Store for RedbStore {
             .map_err(|e| self.error("cannot commit a batch", e))
     }
 
-    fn load(&self) -> Result<Snapshot, StorageError> {
+    fn load_unguarded(&self) -> Result<Snapshot, StorageError> {
         // One read transaction: a consistent view of every table.
         let txn = self
             .db
@@ -211,12 +204,124 @@ impl Store for RedbStore {
         }
         Ok(builder.finish())
     }
+}
+
+/// Every call into redb runs under [`guard::catch`]: a panic on a damaged
+/// file becomes an error naming it.
+impl Store for RedbStore {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        guard::catch(|| self.apply_unguarded(ops)).map_err(|panic| {
+            StorageError::Io(format!(
+                "redb store {}: redb failed while writing a batch (nothing of it is \
+                 acknowledged): {panic}",
+                self.path.display()
+            ))
+        })?
+    }
+
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        guard::catch(|| self.load_unguarded()).map_err(|panic| damaged(&self.path, &panic))?
+    }
 
     fn is_persistent(&self) -> bool {
         true
     }
 
     // `flush` keeps the default: every commit is already durable.
+}
+
+/// Checks the format version, and on a new store creates every table and
+/// writes the version, in one transaction.
+fn init(db: &Database, path: &Path) -> Result<(), StorageError> {
+    let txn = db
+        .begin_write()
+        .map_err(|e| error(path, "cannot begin a write transaction", e))?;
+    {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| error(path, "cannot open the meta table", e))?;
+        let stored = meta
+            .get(kv::VERSION_KEY)
+            .map_err(|e| error(path, "cannot read the format version", e))?
+            .map(|v| v.value().to_vec());
+        let mut has_records = false;
+        for table in Table::ALL {
+            let t = txn
+                .open_table(definition(table))
+                .map_err(|e| error(path, "cannot open a table", e))?;
+            has_records |= !t
+                .is_empty()
+                .map_err(|e| error(path, "cannot read a table", e))?;
+        }
+        if kv::check_version(stored.as_deref(), has_records, path)? {
+            meta.insert(kv::VERSION_KEY, &kv::version_bytes()[..])
+                .map_err(|e| error(path, "cannot write the format version", e))?;
+        }
+    }
+    // On an error above, dropping `txn` aborts it: nothing is written.
+    txn.commit()
+        .map_err(|e| error(path, "cannot commit the format version", e))
+}
+
+/// Cache of the database that [`verify`] opens: the check reads every page
+/// once, so a large cache would only hold memory.
+const VERIFY_CACHE: usize = 16 << 20;
+
+/// Checks the file at `path` without writing to it: opens it through an
+/// [`Overlay`] (redb's crash recovery, if the file needs it, runs on the
+/// in-memory view), verifies the checksum of every page in use, and checks
+/// the format version. The file is locked meanwhile, as redb locks it.
+///
+/// A file that passes opens for real with the same result; one that fails
+/// is reported as [`StorageError::Corrupt`] (or unsupported, or in use),
+/// and has not been changed.
+fn verify(path: &Path) -> Result<(), StorageError> {
+    let file = fs::File::open(path).map_err(|e| {
+        StorageError::Io(format!("redb store {}: cannot open: {e}", path.display()))
+    })?;
+    let file = FileBackend::new(file).map_err(|e| open_error(path, e))?;
+    let view = Overlay::new(file).map_err(|e| open_error(path, e.into()))?;
+    guard::catch(|| {
+        let mut db = Database::builder()
+            .set_cache_size(VERIFY_CACHE)
+            .create_with_backend(view)
+            .map_err(|e| open_error(path, e))?;
+        // `false`: redb found damage that an unclean shutdown does not
+        // explain, and repaired the view (for example by going back to the
+        // previous commit). Doing that to the file could lose acknowledged
+        // data, so it is the operator's call.
+        if !db.check_integrity().map_err(|e| open_error(path, e))? {
+            return Err(StorageError::Corrupt(format!(
+                "redb store {} is damaged: pages in use fail their checksums. {WHAT_TO_DO}",
+                path.display()
+            )));
+        }
+        init(&db, path)
+    })
+    .map_err(|panic| damaged(path, &panic))?
+}
+
+/// What the operator can do about a damaged file.
+const WHAT_TO_DO: &str = "Restore it from a backup, or move the file aside (keep it for \
+                          inspection) to start with an empty store";
+
+/// Says so in a [`StorageError::Corrupt`] from [`verify`], which wrote
+/// nothing to the file.
+fn left_alone(e: StorageError) -> StorageError {
+    match e {
+        StorageError::Corrupt(message) => {
+            StorageError::Corrupt(format!("{message}. roost wrote nothing to it"))
+        }
+        other => other,
+    }
+}
+
+/// The error for a panic inside redb on the file at `path`.
+fn damaged(path: &Path, panic: &str) -> StorageError {
+    StorageError::Corrupt(format!(
+        "redb store {} is damaged (redb failed on it: {panic}). {WHAT_TO_DO}",
+        path.display()
+    ))
 }
 
 /// Maps an error of `Database::create`. redb reports a file that is not a
@@ -230,11 +335,16 @@ fn open_error(path: &Path, e: ::redb::DatabaseError) -> StorageError {
             std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
         ) {
             return StorageError::Corrupt(format!(
-                "redb store {}: not a redb database, or damaged ({io}); \
-                 move the file aside to start empty",
+                "redb store {}: not a redb database, or damaged ({io}). {WHAT_TO_DO}",
                 path.display()
             ));
         }
+    }
+    if let ::redb::DatabaseError::Storage(::redb::StorageError::Corrupted(why)) = &e {
+        return StorageError::Corrupt(format!(
+            "redb store {} is damaged ({why}). {WHAT_TO_DO}",
+            path.display()
+        ));
     }
     error(path, "cannot open", e)
 }

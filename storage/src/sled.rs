@@ -1,7 +1,6 @@
 //! The sled backend (feature `sled`).
 
 use std::io;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -9,6 +8,7 @@ use std::time::{Duration, Instant};
 use ::sled::transaction::{ConflictableTransactionError, TransactionError};
 use ::sled::{Db, Transactional, Tree};
 
+use crate::guard;
 use crate::kv::{self, SnapshotBuilder, Table, Write};
 use crate::{Op, Snapshot, StorageError, Store};
 
@@ -63,6 +63,11 @@ impl SledStore {
     /// Every message names the directory. Nothing is wiped on error.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = dir.as_ref().to_path_buf();
+        guard::catch(|| Self::open_unguarded(path.clone()))
+            .map_err(|panic| damaged(&path, &panic))?
+    }
+
+    fn open_unguarded(path: PathBuf) -> Result<Self, StorageError> {
         let db = open_db(&path)?;
 
         let mut trees = Vec::with_capacity(Table::ALL.len());
@@ -117,10 +122,8 @@ impl SledStore {
             })
             .collect()
     }
-}
 
-impl Store for SledStore {
-    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+    fn apply_unguarded(&self, ops: &[Op]) -> Result<(), StorageError> {
         let writes = kv::plan(ops)?;
         if writes.is_empty() {
             return Ok(());
@@ -162,7 +165,7 @@ impl Store for SledStore {
         self.flush()
     }
 
-    fn load(&self) -> Result<Snapshot, StorageError> {
+    fn load_unguarded(&self) -> Result<Snapshot, StorageError> {
         // Called once at start-up, before the writer runs, so reading the
         // trees one after the other sees one consistent state.
         let mut builder = SnapshotBuilder::default();
@@ -175,16 +178,45 @@ impl Store for SledStore {
         Ok(builder.finish())
     }
 
+    /// The error for a panic inside sled while it wrote.
+    fn failed_writing(&self, panic: &str) -> StorageError {
+        StorageError::Io(format!(
+            "sled store at {}: sled failed while writing: {panic}",
+            self.path.display()
+        ))
+    }
+}
+
+/// Every call into sled runs under [`guard::catch`]: a panic on damaged
+/// files becomes an error naming the directory.
+impl Store for SledStore {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        guard::catch(|| self.apply_unguarded(ops)).map_err(|panic| self.failed_writing(&panic))?
+    }
+
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        guard::catch(|| self.load_unguarded()).map_err(|panic| damaged(&self.path, &panic))?
+    }
+
     fn is_persistent(&self) -> bool {
         true
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.db
-            .flush()
+        guard::catch(|| self.db.flush())
+            .map_err(|panic| self.failed_writing(&panic))?
             .map(drop)
             .map_err(|e| error(&self.path, "cannot flush", e))
     }
+}
+
+/// The error for a panic inside sled on the store in `path`.
+fn damaged(path: &Path, panic: &str) -> StorageError {
+    StorageError::Corrupt(format!(
+        "sled store at {} is damaged (sled failed on it: {panic}). Restore the directory \
+         from a backup, or move it aside (keep it for inspection) to start with an empty store",
+        path.display()
+    ))
 }
 
 /// How long `open` waits for sled's lock on the directory to be released.
@@ -201,16 +233,8 @@ fn open_db(path: &Path) -> Result<Db, StorageError> {
     let started = Instant::now();
     loop {
         // sled 0.34 can panic on some damaged files instead of returning an
-        // error; the operator should get a message naming the path, and the
-        // embedding application should not unwind.
-        let opened = catch_unwind(AssertUnwindSafe(|| ::sled::Config::new().path(path).open()))
-            .map_err(|_| {
-                StorageError::Corrupt(format!(
-                    "sled store at {}: sled failed while opening it (damaged files?); \
-                 move the directory aside to start empty",
-                    path.display()
-                ))
-            })?;
+        // error: `SledStore::open` catches that.
+        let opened = ::sled::Config::new().path(path).open();
         match opened {
             Ok(db) => return Ok(db),
             Err(e) if is_lock_contention(&e) && started.elapsed() < LOCK_WAIT => {

@@ -1,6 +1,7 @@
 //! Codec tests: spec rules on literal bytes, and property tests over
 //! generated packets.
 
+mod client_rules;
 mod encode_rules;
 mod props;
 mod roundtrip;

@@ -168,7 +168,7 @@ fn property_string_must_be_utf8_mqtt_1_5_4_1() {
 #[test]
 fn connack_properties_decode() {
     let props = [
-        0x24, 1, 0x25, 0, 0x13, 0, 30, 0x12, 0, 2, b'i', b'd', 0x16, 0, 1, 0xAB,
+        0x24, 1, 0x25, 0, 0x13, 0, 30, 0x12, 0, 2, b'i', b'd', 0x15, 0, 1, b'm', 0x16, 0, 1, 0xAB,
     ];
     let Some(Packet::ConnAck(c)) = dec(V5, &connack_with(&props)).unwrap() else {
         panic!()
@@ -178,5 +178,6 @@ fn connack_properties_decode() {
     assert_eq!(p.retain_available, Some(false));
     assert_eq!(p.server_keep_alive, Some(30));
     assert_eq!(p.assigned_client_identifier.as_deref(), Some("id"));
+    assert_eq!(p.authentication_method.as_deref(), Some("m"));
     assert_eq!(p.authentication_data.as_deref(), Some(&[0xAB][..]));
 }

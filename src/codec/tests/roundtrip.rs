@@ -1,5 +1,6 @@
 //! Property tests: round trips, lengths, truncation and garbage.
 
+use super::client_rules::{client_rules_hold, from_client};
 use super::strategies::versioned_packet;
 use super::MAX;
 use crate::codec::*;
@@ -22,14 +23,18 @@ fn encoded(p: &Packet, v: ProtocolVersion) -> BytesMut {
 }
 
 /// Decodes packets from `data` until the decoder wants more or fails;
-/// every packet it yields must survive encode-then-decode unchanged.
-/// (The same check the fuzz target makes.)
-fn decode_all_and_reencode(mut d: Decoder, data: &[u8]) {
+/// every packet it yields must survive encode-then-decode unchanged (the
+/// same check the fuzz target makes) and, if `from_client` (`d` is the
+/// server's decoder), keep the rules on what a client may send.
+fn decode_all_and_reencode(mut d: Decoder, data: &[u8], from_client: bool) {
     let mut buf = BytesMut::from(data);
     while let Ok(Some(p)) = d.decode(&mut buf) {
         let Some(v) = d.version() else {
             panic!("decoded {p:?} without a version");
         };
+        if from_client {
+            assert_eq!(client_rules_hold(&p, v), Ok(()), "accepted {p:?}");
+        }
         let mut out = BytesMut::new();
         encode(&p, v, &mut out).unwrap();
         assert_eq!(out.len(), encoded_len(&p, v));
@@ -103,10 +108,11 @@ proptest! {
 
     #[test]
     fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..256)) {
-        decode_all_and_reencode(Decoder::new(MAX), &data);
-        decode_all_and_reencode(Decoder::new(16), &data);
+        decode_all_and_reencode(Decoder::new(MAX), &data, true);
+        decode_all_and_reencode(Decoder::new(16), &data, true);
         for v in [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-            decode_all_and_reencode(Decoder::with_version(MAX, v), &data);
+            decode_all_and_reencode(Decoder::with_version(MAX, v), &data, false);
+            decode_all_and_reencode(from_client(v), &data, true);
         }
     }
 
@@ -122,6 +128,9 @@ proptest! {
             let i = i.index(bytes.len());
             bytes[i] = b;
         }
-        decode_all_and_reencode(decoder_for(&p, v), &bytes);
+        decode_all_and_reencode(decoder_for(&p, v), &bytes, matches!(p, Packet::Connect(_)));
+        if !matches!(p, Packet::Connect(_)) {
+            decode_all_and_reencode(from_client(v), &bytes, true);
+        }
     }
 }

@@ -340,9 +340,14 @@ fn publish_empty_topic_only_with_alias_mqtt_3_3_2_1() {
         dec(V3_1_1, &[0x30, 2, 0, 0]),
         Err(DecodeError::InvalidTopicName)
     );
+    // 5.0 section 3.3.2.3.4: a Protocol Error, not an invalid topic name.
     assert_eq!(
         dec(V5, &[0x30, 3, 0, 0, 0]),
-        Err(DecodeError::InvalidTopicName)
+        Err(DecodeError::EmptyTopicWithoutAlias)
+    );
+    assert_eq!(
+        DecodeError::EmptyTopicWithoutAlias.reason_code(),
+        ReasonCode::ProtocolError
     );
     let got = dec(V5, &[0x30, 7, 0, 0, 3, 0x23, 0, 7, b'x'])
         .unwrap()
@@ -631,4 +636,68 @@ fn bare_acks_in_a_row_each_take_their_own_bytes() {
     // PUBREL's reserved flags are still checked first.
     let mut bad = BytesMut::from(&[0x60, 2, 0, 1][..]);
     assert_eq!(d.decode(&mut bad), Err(DecodeError::InvalidHeaderFlags(6)));
+}
+
+/// A server-side decoder past a 5.0 CONNECT: packets come from a client.
+fn from_v5_client() -> Decoder {
+    let mut d = Decoder::new(MAX);
+    let mut buf = BytesMut::from(&connect(b"MQTT", 5, 0x02, &[0, 1, b'c'])[..]);
+    assert!(matches!(d.decode(&mut buf), Ok(Some(Packet::Connect(_)))));
+    d
+}
+
+#[test]
+fn publish_from_client_without_subscription_identifier_mqtt_3_3_4_6() {
+    // Topic "t", property Subscription Identifier 1.
+    let bytes = [0x30, 6, 0, 1, b't', 2, 0x0B, 1];
+    let mut buf = BytesMut::from(&bytes[..]);
+    let err = from_v5_client().decode(&mut buf).unwrap_err();
+    assert_eq!(err, DecodeError::SubscriptionIdentifierFromClient);
+    assert_eq!(err.reason_code(), ReasonCode::ProtocolError);
+    assert!(err.to_string().contains("[MQTT-3.3.4-6]"), "{err}");
+    // From a server (a decoder reading either direction) it is how the
+    // subscriber learns which subscription matched.
+    let Some(Packet::Publish(p)) = dec(V5, &bytes).unwrap() else {
+        panic!("a PUBLISH")
+    };
+    assert_eq!(p.properties.subscription_identifiers[0].get(), 1);
+}
+
+#[test]
+fn response_topic_without_wildcards_mqtt_3_3_2_14() {
+    for wildcard in [b'+', b'#'] {
+        // PUBLISH "t" with Response Topic "a<wildcard>".
+        let err = dec(V5, &[0x30, 9, 0, 1, b't', 5, 0x08, 0, 2, b'a', wildcard]).unwrap_err();
+        assert_eq!(err, DecodeError::WildcardInResponseTopic);
+        assert_eq!(err.reason_code(), ReasonCode::ProtocolError);
+        // A will whose Response Topic is "<wildcard>": client id "c", will
+        // properties, will topic "w", empty will payload.
+        let payload = [0, 1, b'c', 4, 0x08, 0, 1, wildcard, 0, 1, b'w', 0, 0];
+        assert_eq!(
+            dec_new(&connect(b"MQTT", 5, 0x06, &payload)),
+            Err(DecodeError::WildcardInResponseTopic)
+        );
+    }
+    // Without a wildcard both are fine.
+    assert!(dec(V5, &[0x30, 9, 0, 1, b't', 5, 0x08, 0, 2, b'a', b'/']).is_ok());
+    let payload = [0, 1, b'c', 4, 0x08, 0, 1, b'r', 0, 1, b'w', 0, 0];
+    assert!(dec_new(&connect(b"MQTT", 5, 0x06, &payload)).is_ok());
+}
+
+#[test]
+fn authentication_data_needs_a_method() {
+    let err = DecodeError::AuthenticationDataWithoutMethod;
+    assert_eq!(err.reason_code(), ReasonCode::ProtocolError);
+    // CONNECT (3.1.2.11.10): properties holding only Authentication Data.
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60];
+    body.extend_from_slice(&[4, 0x16, 0, 1, 0xAA, 0, 1, b'c']);
+    assert_eq!(dec_new(&packet(0x10, &body)), Err(err));
+    // CONNACK (3.2.2.3.18) and AUTH (3.15.2.2.3).
+    assert_eq!(dec(V5, &[0x20, 7, 0, 0, 4, 0x16, 0, 1, 0xAA]), Err(err));
+    assert_eq!(dec(V5, &[0xF0, 6, 0x18, 4, 0x16, 0, 1, 0xAA]), Err(err));
+    // With a method, data is fine.
+    assert!(matches!(
+        dec(V5, &[0xF0, 10, 0x18, 8, 0x15, 0, 1, b'm', 0x16, 0, 1, 0xAA]),
+        Ok(Some(Packet::Auth(_)))
+    ));
 }

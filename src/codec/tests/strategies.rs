@@ -70,6 +70,15 @@ fn sub_id() -> impl Strategy<Value = NonZeroU32> {
     (1..=MAX_REMAINING_LENGTH).prop_map(|n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
 
+/// Authentication Method and Data: data only with a method (a Protocol
+/// Error otherwise, 5.0 section 3.1.2.11.10).
+fn authentication() -> impl Strategy<Value = (Option<ByteStr>, Option<Bytes>)> {
+    (of(text()), of(bin())).prop_map(|(method, data)| {
+        let data = data.filter(|_| method.is_some());
+        (method, data)
+    })
+}
+
 fn reason(list: &'static [u8]) -> impl Strategy<Value = ReasonCode> {
     select(list).prop_map(|b| ReasonCode::from_u8(b).unwrap_or_default())
 }
@@ -94,11 +103,10 @@ fn connect_props() -> impl Strategy<Value = ConnectProperties> {
         of(any::<u16>()),
         of(any::<bool>()),
         of(any::<bool>()),
-        of(text()),
-        of(bin()),
+        authentication(),
         user(),
     )
-        .prop_map(|(a, b, c, d, e, f, g, h, i)| ConnectProperties {
+        .prop_map(|(a, b, c, d, e, f, (g, h), i)| ConnectProperties {
             session_expiry_interval: a,
             receive_maximum: b,
             maximum_packet_size: c,
@@ -197,11 +205,10 @@ fn connack_props() -> impl Strategy<Value = ConnAckProperties> {
         of(any::<u16>()),
         of(text()),
         of(text()),
-        of(text()),
-        of(bin()),
+        authentication(),
     );
     (a, b).prop_map(
-        |((a, b, c, d, e, f, g, h, i), (j, k, l, m, n, o, p, q))| ConnAckProperties {
+        |((a, b, c, d, e, f, g, h, i), (j, k, l, m, n, o, (p, q)))| ConnAckProperties {
             session_expiry_interval: a,
             receive_maximum: b,
             maximum_qos: c,
@@ -438,7 +445,7 @@ fn disconnect(v: ProtocolVersion) -> BoxedStrategy<Packet> {
 }
 
 fn auth() -> impl Strategy<Value = Packet> {
-    let p = (of(text()), of(bin()), of(text()), user()).prop_map(|(a, b, c, d)| AuthProperties {
+    let p = (authentication(), of(text()), user()).prop_map(|((a, b), c, d)| AuthProperties {
         authentication_method: a,
         authentication_data: b,
         reason_string: c,
