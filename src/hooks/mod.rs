@@ -331,16 +331,44 @@ impl Hooks {
         !self.acl.is_empty() && (!client.inline || self.acl_inline)
     }
 
+    /// May `client` publish to `topic` (the publish ACL)? May do I/O.
+    pub(crate) async fn can_publish(&self, client: &Client, topic: &str) -> bool {
+        if !self.acl_applies(client) {
+            return true;
+        }
+        for h in &self.acl {
+            match h.can_publish(client, topic).await {
+                Decision::Allow => return true,
+                Decision::Deny => return false,
+                Decision::Defer => {}
+            }
+        }
+        true
+    }
+
+    /// The publish ACL where nothing can wait (the broker core): each
+    /// hook's future is polled once. `None` if one was not ready, that is,
+    /// it really waits for I/O; the caller decides what that means.
+    pub(crate) fn can_publish_now(&self, client: &Client, topic: &str) -> Option<bool> {
+        if !self.acl_applies(client) {
+            return Some(true);
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for h in &self.acl {
+            match h.can_publish(client, topic).as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(Decision::Allow) => return Some(true),
+                std::task::Poll::Ready(Decision::Deny) => return Some(false),
+                std::task::Poll::Ready(Decision::Defer) => {}
+                std::task::Poll::Pending => return None,
+            }
+        }
+        Some(true)
+    }
+
     /// The publish ACL and interception for one PUBLISH.
     pub(crate) async fn publish(&self, client: &Client, publish: &mut Publish) -> PublishVerdict {
-        if self.acl_applies(client) {
-            for h in &self.acl {
-                match h.can_publish(client, &publish.topic).await {
-                    Decision::Allow => break,
-                    Decision::Deny => return PublishVerdict::Refuse(ReasonCode::NotAuthorized),
-                    Decision::Defer => {}
-                }
-            }
+        if !self.can_publish(client, &publish.topic).await {
+            return PublishVerdict::Refuse(ReasonCode::NotAuthorized);
         }
         let qos_pid = publish.qos_pid;
         let mut verdict = PublishVerdict::Deliver;

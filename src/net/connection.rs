@@ -331,6 +331,20 @@ where
     connect.username = connect.username.as_ref().map(ByteStr::detach);
     client.client_id = connect.client_id.clone();
     client.username = connect.username.clone();
+    if let Some(will) = &connect.will {
+        // A will is a PUBLISH the client makes in advance: the publish ACL
+        // judges it now, where a hook may do I/O, so that a refused will
+        // is refused to the client rather than dropped silently later. It
+        // is judged again when it fires (see `Broker::publish_will`). An
+        // empty client id is judged as empty: the core assigns the id
+        // after this.
+        if !shared.hooks.can_publish(&client, &will.topic).await {
+            tracing::warn!(conn = conn.0, client_id = %client.client_id,
+                username = client.username.as_deref().unwrap_or(""),
+                topic = %will.topic, "will refused by the publish ACL; connection refused");
+            return refuse_connect(io, version, ReasonCode::NotAuthorized).await;
+        }
+    }
     let client = Arc::new(client);
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
     let inbound_aliases = InboundAliases::new(if version.is_v5() {

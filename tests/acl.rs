@@ -1,0 +1,263 @@
+//! Every path that creates a delivery goes through the ACL: PUBLISH, wills
+//! (at CONNECT and when they fire), retained messages on subscribe, the
+//! choice of a shared subscription's member, a resumed session's queued
+//! and in-flight messages, and the inline client when the ACL applies to
+//! it. Regression tests for the holes found in issue 14 (with the sample
+//! ledger of `examples/ledger.toml`), then a property test over all the
+//! paths at once.
+
+mod common;
+use common::*;
+use roost::codec::{Connect, ProtocolVersion, QoS, ReasonCode};
+use roost::hooks::{
+    hash_password_with_cost, AclHook, BoxFuture, Client as HookClient, Decision, EventHook, Ledger,
+    SharedLedger, WillMessage,
+};
+use roost::{Options, Server};
+use std::sync::OnceLock;
+
+/// bcrypt of "secret" at cost 4, so tests stay fast.
+fn hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| hash_password_with_cost("secret", 4).unwrap())
+}
+
+/// `examples/ledger.toml` as shipped, its rules untouched, with every
+/// password hash replaced by a cheap one of "secret".
+fn sample_ledger_source() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ledger.toml");
+    let src = std::fs::read_to_string(path).unwrap();
+    src.lines()
+        .map(|l| {
+            if l.starts_with("password = \"$2b$") {
+                format!("password = \"{}\"\n", hash())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+fn sample_ledger() -> Ledger {
+    Ledger::from_toml_str(&sample_ledger_source()).unwrap()
+}
+
+/// The sample ledger with `extra` ACL rules ahead of its own.
+fn sample_ledger_with_first(extra: &str) -> Ledger {
+    let src = sample_ledger_source();
+    let at = src.find("[[acl]]").unwrap();
+    let (head, tail) = src.split_at(at);
+    Ledger::from_toml_str(&format!("{head}{extra}\n{tail}")).unwrap()
+}
+
+async fn broker_with(ledger: SharedLedger, configure: impl FnOnce(Server) -> Server) -> TestBroker {
+    let server = Server::new(Options::default())
+        .auth_hook(ledger.clone())
+        .acl_hook(ledger);
+    TestBroker::with_server(configure(server)).await
+}
+
+async fn sample_broker() -> (TestBroker, SharedLedger) {
+    let ledger = SharedLedger::new(sample_ledger());
+    (broker_with(ledger.clone(), |s| s).await, ledger)
+}
+
+fn login(mut c: Connect, user: &str) -> Connect {
+    c.username = Some(user.into());
+    c.password = Some(bytes::Bytes::from_static(b"secret"));
+    c
+}
+
+async fn as_user(b: &TestBroker, c: Connect, user: &str) -> Raw {
+    Raw::connected(b.addr, login(c, user)).await
+}
+
+/// Receives one PUBLISH and acknowledges it.
+async fn recv_acked(c: &mut Raw) -> String {
+    let p = c.recv_publish().await;
+    c.ack(&p).await;
+    p.topic.as_str().to_owned()
+}
+
+// ----- wills --------------------------------------------------------------
+
+/// A will the publish ACL refuses is refused at CONNECT: 0x87 (5.0), return
+/// code 5 (3.x). Before, `sensor-7` could forge a retained command for
+/// `sensor-2` by dropping its connection.
+#[tokio::test]
+async fn a_will_the_acl_refuses_is_refused_at_connect() {
+    let (b, _) = sample_broker().await;
+    let mut target = as_user(&b, v5("sensor-2"), "device").await;
+    target
+        .subscribe(1, "commands/sensor-2", QoS::AtLeastOnce)
+        .await;
+    for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
+        for topic in ["commands/sensor-2", "$SYS/broker/version"] {
+            let mut c = login(connect(version, "sensor-7", true), "device");
+            c.will = Some(will(topic, "forged", QoS::AtLeastOnce, true));
+            let (mut raw, ack) = Raw::connect(b.addr, c).await;
+            assert_eq!(ack.reason, ReasonCode::NotAuthorized, "{version:?} {topic}");
+            assert!(!ack.session_present);
+            raw.expect_closed().await;
+        }
+    }
+    // Nothing was published, nothing retained.
+    target.expect_nothing().await;
+    let mut admin = as_user(&b, v5("console"), "admin").await;
+    admin.subscribe(1, "commands/#", QoS::AtLeastOnce).await;
+    admin.expect_nothing().await;
+}
+
+/// A `$SYS` will is refused even with no hook at all, as a PUBLISH to
+/// `$SYS` is.
+#[tokio::test]
+async fn a_sys_will_is_refused_without_hooks() {
+    let b = TestBroker::start().await;
+    for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
+        let mut c = connect(version, "w", true);
+        c.will = Some(will("$SYS/broker/version", "forged", QoS::AtMostOnce, true));
+        let (_, ack) = Raw::connect(b.addr, c).await;
+        assert_eq!(ack.reason, ReasonCode::NotAuthorized, "{version:?}");
+    }
+}
+
+/// The ACL is asked again when the will fires: the ledger may have been
+/// reloaded since CONNECT.
+#[tokio::test]
+async fn a_will_is_checked_again_when_it_fires() {
+    let (b, ledger) = sample_broker().await;
+    let mut admin = as_user(&b, v5("console"), "admin").await;
+    admin.subscribe(1, "devices/#", QoS::AtLeastOnce).await;
+    let mut c = login(v5("sensor-3"), "device");
+    c.will = Some(will(
+        "devices/sensor-3/status",
+        "gone",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let dev = Raw::connected(b.addr, c).await;
+    // Devices lose write access to their status topic.
+    ledger.replace(sample_ledger_with_first(
+        "[[acl]]\nusername = \"device\"\nfilter = \"devices/+/status\"\naccess = \"read\"\n",
+    ));
+    dev.drop_connection();
+    admin.expect_nothing().await;
+    // Not retained either.
+    let mut late = as_user(&b, v5("console2"), "admin").await;
+    late.subscribe(1, "devices/#", QoS::AtLeastOnce).await;
+    late.expect_nothing().await;
+}
+
+/// Redirects every will to another topic.
+struct Redirect(&'static str);
+
+impl EventHook for Redirect {
+    fn on_will(&self, _client_id: &str, will: &mut WillMessage) -> bool {
+        will.topic = self.0.into();
+        true
+    }
+}
+
+/// A will an event hook changed is checked as changed.
+#[tokio::test]
+async fn a_will_changed_by_a_hook_is_checked_as_changed() {
+    let ledger = SharedLedger::new(sample_ledger());
+    let b = broker_with(ledger, |s| s.event_hook(Redirect("commands/sensor-2"))).await;
+    let mut target = as_user(&b, v5("sensor-2"), "device").await;
+    target
+        .subscribe(1, "commands/sensor-2", QoS::AtLeastOnce)
+        .await;
+    let mut c = login(v5("sensor-4"), "device");
+    c.will = Some(will(
+        "devices/sensor-4/status",
+        "gone",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    Raw::connected(b.addr, c).await.drop_connection();
+    target.expect_nothing().await;
+}
+
+/// Judges publishing like an ACL that asks a database: not ready at the
+/// first poll. Refuses topics under `denied/`.
+struct SlowAcl;
+
+impl AclHook for SlowAcl {
+    fn can_publish<'a>(
+        &'a self,
+        _client: &'a HookClient,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Decision> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            if topic.starts_with("denied/") {
+                Decision::Deny
+            } else {
+                Decision::Allow
+            }
+        })
+    }
+}
+
+/// An ACL that really waits is heard at CONNECT; when the will fires (on
+/// the core, which cannot wait) the CONNECT-time verdict stands for the
+/// topic it judged, and a topic only an event hook chose is refused.
+#[tokio::test]
+async fn a_will_with_an_acl_that_waits() {
+    let b = TestBroker::with_server(Server::new(Options::default()).acl_hook(SlowAcl)).await;
+    let mut c = v5("w1");
+    c.will = Some(will("denied/x", "x", QoS::AtLeastOnce, false));
+    let (_, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+    let mut watcher = Raw::connected(b.addr, v5("watcher")).await;
+    watcher.subscribe(1, "#", QoS::AtLeastOnce).await;
+    let mut c = v5("w2");
+    c.will = Some(will("ok/w2", "gone", QoS::AtLeastOnce, false));
+    Raw::connected(b.addr, c).await.drop_connection();
+    assert_eq!(recv_acked(&mut watcher).await, "ok/w2");
+
+    let server = Server::new(Options::default())
+        .acl_hook(SlowAcl)
+        .event_hook(Redirect("ok/redirected"));
+    let b = TestBroker::with_server(server).await;
+    let mut watcher = Raw::connected(b.addr, v5("watcher")).await;
+    watcher.subscribe(1, "#", QoS::AtLeastOnce).await;
+    let mut c = v5("w3");
+    c.will = Some(will("ok/w3", "gone", QoS::AtLeastOnce, false));
+    Raw::connected(b.addr, c).await.drop_connection();
+    watcher.expect_nothing().await;
+}
+
+// ----- shared subscriptions -----------------------------------------------
+
+/// A share group's message goes to a member that may read it; one that may
+/// not is passed over instead of losing the message.
+#[tokio::test]
+async fn a_shared_subscription_picks_a_member_that_may_receive() {
+    let (b, _) = sample_broker().await;
+    let filter = "$share/g/devices/sensor-1/#";
+    let mut admin = as_user(&b, v5("console"), "admin").await;
+    let mut dev = as_user(&b, v5("sensor-1"), "device").await;
+    assert_eq!(
+        admin.subscribe(1, filter, QoS::AtLeastOnce).await.reasons,
+        vec![ReasonCode::GrantedQos1]
+    );
+    assert_eq!(
+        dev.subscribe(1, filter, QoS::AtLeastOnce).await.reasons,
+        vec![ReasonCode::GrantedQos1]
+    );
+    let mut publ = as_user(&b, v5("publisher"), "admin").await;
+    for i in 0..20 {
+        let topic = format!("devices/sensor-1/debug/{i}");
+        assert!(publ
+            .publish(publish(&topic, "x", QoS::AtLeastOnce, i + 1))
+            .await
+            .is_success());
+    }
+    for _ in 0..20 {
+        let p = admin.recv_publish().await;
+        admin.ack(&p).await;
+    }
+    admin.expect_nothing().await;
+    dev.expect_nothing().await;
+}
