@@ -8,13 +8,14 @@
 
 mod common;
 use common::*;
-use roost::codec::{Connect, ProtocolVersion, QoS, ReasonCode};
+use roost::codec::{Connect, Packet, ProtocolVersion, PubResp, QoS, QosPid, ReasonCode};
 use roost::hooks::{
     hash_password_with_cost, AclHook, BoxFuture, Client as HookClient, Decision, EventHook, Ledger,
     SharedLedger, WillMessage,
 };
+use roost::storage::{MemoryStore, Op, Snapshot, StorageError, Store};
 use roost::{Options, Server};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// bcrypt of "secret" at cost 4, so tests stay fast.
 fn hash() -> &'static str {
@@ -48,6 +49,23 @@ fn sample_ledger_with_first(extra: &str) -> Ledger {
     let at = src.find("[[acl]]").unwrap();
     let (head, tail) = src.split_at(at);
     Ledger::from_toml_str(&format!("{head}{extra}\n{tail}")).unwrap()
+}
+
+/// The in-memory store, claiming to be persistent so that the broker
+/// records and commits everything as it would on disk.
+#[derive(Debug, Default)]
+struct Durable(MemoryStore);
+
+impl Store for Durable {
+    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+        self.0.apply(ops)
+    }
+    fn load(&self) -> Result<Snapshot, StorageError> {
+        self.0.load()
+    }
+    fn is_persistent(&self) -> bool {
+        true
+    }
 }
 
 async fn broker_with(ledger: SharedLedger, configure: impl FnOnce(Server) -> Server) -> TestBroker {
@@ -260,4 +278,121 @@ async fn a_shared_subscription_picks_a_member_that_may_receive() {
     }
     admin.expect_nothing().await;
     dev.expect_nothing().await;
+}
+
+// ----- session resume -----------------------------------------------------
+
+/// Another user who connects with a persistent session's client id starts
+/// clean: no Session Present, none of its subscriptions or queue.
+#[tokio::test]
+async fn another_user_cannot_resume_a_session() {
+    let (b, _) = sample_broker().await;
+    let mut owner = as_user(&b, v5_session("sensor-9", true, 3600), "admin").await;
+    owner.subscribe(1, "secret/#", QoS::AtLeastOnce).await;
+    owner.disconnect().await;
+    let mut publ = as_user(&b, v5("console"), "admin").await;
+    publ.publish(publish("secret/payroll", "1", QoS::AtLeastOnce, 1))
+        .await;
+
+    let (mut thief, ack) =
+        Raw::connect(b.addr, login(v5_session("sensor-9", false, 3600), "device")).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present, "another user's session was resumed");
+    thief.expect_nothing().await;
+    // Its subscription went with it.
+    publ.publish(publish("secret/payroll", "2", QoS::AtLeastOnce, 2))
+        .await;
+    thief.expect_nothing().await;
+    thief.disconnect().await;
+
+    // The same user resumes as before (the thief's session, not the old
+    // one, is what is left: it has no subscriptions).
+    let (mut again, ack) =
+        Raw::connect(b.addr, login(v5_session("sensor-9", false, 3600), "device")).await;
+    assert!(ack.session_present);
+    again.expect_nothing().await;
+}
+
+/// Queued and in-flight messages are checked against the receiving
+/// client's ACL when they are delivered on resume (here the ledger changed
+/// while the client was away); those refused are dropped and counted.
+#[tokio::test]
+async fn queued_and_inflight_messages_pass_the_acl_on_resume() {
+    let (b, ledger) = sample_broker().await;
+    let mut c = as_user(&b, v5_session("sensor-5", true, 3600), "device").await;
+    c.subscribe(1, "devices/sensor-5/#", QoS::AtLeastOnce).await;
+    let mut publ = as_user(&b, v5("console"), "admin").await;
+    // In flight: sent, never acknowledged.
+    publ.publish(publish("devices/sensor-5/a", "1", QoS::AtLeastOnce, 1))
+        .await;
+    assert_eq!(c.recv_publish().await.topic.as_str(), "devices/sensor-5/a");
+    c.drop_connection();
+    // Queued while away.
+    publ.sync().await;
+    publ.publish(publish("devices/sensor-5/b", "2", QoS::AtLeastOnce, 2))
+        .await;
+    publ.publish(publish("devices/sensor-5/ok", "3", QoS::AtLeastOnce, 3))
+        .await;
+    let dropped_before = b.stats.snapshot().messages_dropped;
+    // Devices may now read only their `ok` topic.
+    ledger.replace(sample_ledger_with_first(
+        "[[acl]]\nusername = \"device\"\nfilter = \"devices/%c/ok\"\naccess = \"readwrite\"\n\n\
+         [[acl]]\nusername = \"device\"\nfilter = \"devices/%c/#\"\naccess = \"deny\"\n",
+    ));
+    let (mut c, ack) =
+        Raw::connect(b.addr, login(v5_session("sensor-5", false, 3600), "device")).await;
+    assert!(ack.session_present);
+    assert_eq!(recv_acked(&mut c).await, "devices/sensor-5/ok");
+    c.expect_nothing().await;
+    assert_eq!(b.stats.snapshot().messages_dropped - dropped_before, 2);
+}
+
+/// The session's owner is stored with it: after a restart its owner still
+/// resumes it and another user still cannot.
+#[tokio::test]
+async fn the_session_owner_survives_a_restart() {
+    let store = Arc::new(Durable::default());
+    let ledger = SharedLedger::new(sample_ledger());
+    let b = broker_with(ledger.clone(), |s| s.store(store.clone())).await;
+    let mut owner = as_user(&b, v5_session("sensor-9", true, 3600), "admin").await;
+    owner.subscribe(1, "secret/#", QoS::AtLeastOnce).await;
+    owner.disconnect().await;
+    let mut publ = as_user(&b, v5("console"), "admin").await;
+    publ.publish(publish("secret/payroll", "1", QoS::AtLeastOnce, 1))
+        .await;
+    publ.disconnect().await;
+    b.stop().await;
+
+    let b = broker_with(ledger.clone(), |s| s.store(store.clone())).await;
+    let (mut thief, ack) =
+        Raw::connect(b.addr, login(v5_session("sensor-9", false, 3600), "device")).await;
+    assert!(!ack.session_present, "another user's session was resumed");
+    thief.expect_nothing().await;
+    thief.disconnect().await;
+    b.stop().await;
+
+    // Once more, now for the owner (the thief's clean start ended the old
+    // session, so set it up again first).
+    let b = broker_with(ledger.clone(), |s| s.store(store.clone())).await;
+    let mut owner = as_user(&b, v5_session("sensor-9", true, 3600), "admin").await;
+    owner.subscribe(1, "secret/#", QoS::AtLeastOnce).await;
+    owner.disconnect().await;
+    let mut publ = as_user(&b, v5("console"), "admin").await;
+    publ.publish(publish("secret/payroll", "2", QoS::AtLeastOnce, 1))
+        .await;
+    publ.disconnect().await;
+    b.stop().await;
+    let b = broker_with(ledger, |s| s.store(store.clone())).await;
+    let (mut owner, ack) =
+        Raw::connect(b.addr, login(v5_session("sensor-9", false, 3600), "admin")).await;
+    assert!(ack.session_present, "the owner resumes after a restart");
+    let p = owner.recv_publish().await;
+    assert_eq!(payload(&p), "2");
+    owner
+        .send(Packet::PubAck(PubResp::new(match p.qos_pid {
+            QosPid::AtLeastOnce(pid) => pid,
+            other => panic!("{other:?}"),
+        })))
+        .await;
+    b.stop().await;
 }

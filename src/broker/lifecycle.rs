@@ -105,8 +105,22 @@ impl Broker {
                 ..(*client).clone()
             })
         };
+        // A session is resumed only by its owner: another user (or anyone,
+        // when the owner is unknown) starts clean, as with Clean Start, so
+        // the old session ends (its will, if pending, goes out).
+        let resumable = |sid: &SessionId| {
+            self.sessions.get(sid).is_some_and(|s| {
+                let owned = s.owned_by(&client);
+                if !owned && !c.clean_start {
+                    tracing::info!(client_id = %client_id,
+                        username = client.username.as_deref().unwrap_or(""),
+                        "session belongs to another user; starting clean");
+                }
+                owned
+            })
+        };
         let (sid, session_present) = match existing {
-            Some(sid) if !c.clean_start && self.sessions.contains_key(&sid) => (sid, true),
+            Some(sid) if !c.clean_start && resumable(&sid) => (sid, true),
             other => {
                 if let Some(sid) = other {
                     self.end_session(sid, now_ms);

@@ -118,6 +118,10 @@ pub enum DropReason {
     TooLarge,
     /// Its Message Expiry Interval passed before delivery.
     Expired,
+    /// Queued or in flight for the client, which may no longer receive it
+    /// ([`AclHook::can_receive`] refused it at delivery: the ACL changed,
+    /// or the session is resumed by a client the ACL judges differently).
+    NotAuthorized,
 }
 
 /// Authentication: who may connect.
