@@ -396,3 +396,346 @@ async fn the_session_owner_survives_a_restart() {
         .await;
     b.stop().await;
 }
+
+// ----- the property: every path, any ACL ----------------------------------
+
+/// Top-level topic segments the random ACL covers. Topics under `z/` are
+/// readable by everyone and writable only by `root` (the end marker).
+const SEGS: [&str; 3] = ["a", "b", "c"];
+/// The principals the random ACL covers: two user names, and the inline
+/// client (which has none). `root` may do anything.
+const USERS: [Option<&str>; 3] = [Some("u0"), Some("u1"), None];
+
+/// Who may read and write each segment, `[user][segment]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Table {
+    read: [[bool; 3]; 3],
+    write: [[bool; 3]; 3],
+}
+
+impl Table {
+    /// `None` for root and for `z/`, where the rules are fixed.
+    fn cell(user: Option<&str>, topic: &str) -> Option<(usize, usize)> {
+        let seg = SEGS
+            .iter()
+            .position(|s| topic.split('/').next() == Some(*s))?;
+        let u = USERS.iter().position(|u| *u == user)?;
+        Some((u, seg))
+    }
+
+    fn may_read(&self, user: Option<&str>, topic: &str) -> bool {
+        Self::cell(user, topic).is_none_or(|(u, s)| self.read[u][s])
+    }
+
+    fn may_write(&self, user: Option<&str>, topic: &str) -> bool {
+        match Self::cell(user, topic) {
+            Some((u, s)) => self.write[u][s],
+            None => user == Some("root"),
+        }
+    }
+}
+
+/// An ACL hook judging by a [`Table`] the test may change at any time.
+/// Subscribing is always allowed, so that what is judged is each delivery.
+#[derive(Clone)]
+struct TableAcl(Arc<std::sync::Mutex<Table>>);
+
+impl TableAcl {
+    fn table(&self) -> Table {
+        *self.0.lock().unwrap()
+    }
+}
+
+fn decide(allowed: bool) -> Decision {
+    if allowed {
+        Decision::Allow
+    } else {
+        Decision::Deny
+    }
+}
+
+impl AclHook for TableAcl {
+    fn can_publish<'a>(
+        &'a self,
+        client: &'a HookClient,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Decision> {
+        let d = decide(self.table().may_write(client.username.as_deref(), topic));
+        Box::pin(std::future::ready(d))
+    }
+
+    fn can_subscribe<'a>(&'a self, _: &'a HookClient, _: &'a str) -> BoxFuture<'a, Decision> {
+        Box::pin(std::future::ready(Decision::Allow))
+    }
+
+    fn can_receive(&self, client: &HookClient, message: &roost::Message) -> Decision {
+        decide(
+            self.table()
+                .may_read(client.username.as_deref(), &message.topic),
+        )
+    }
+}
+
+fn named(mut c: Connect, user: Option<&str>) -> Connect {
+    c.username = user.map(Into::into);
+    c
+}
+
+/// What arrived before a PINGRESP (everything routed to the client before
+/// the PINGREQ), acknowledged; the `z/` marker left out.
+async fn drain(c: &mut Raw) -> Vec<String> {
+    c.send(Packet::PingReq).await;
+    let mut got = Vec::new();
+    loop {
+        match c.recv().await {
+            Packet::Publish(p) => {
+                c.ack(&p).await;
+                if !p.topic.starts_with("z/") {
+                    got.push(p.topic.as_str().to_owned());
+                }
+            }
+            Packet::PingResp => return got,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Waits until exactly `n` network clients are connected.
+async fn until_connected(b: &TestBroker, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.stats.snapshot().clients_connected != n {
+        assert!(tokio::time::Instant::now() < deadline, "clients did not go");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// One run: messages are created on every path under ACL `t1`, which then
+/// changes to `t2` (a reloaded ledger) before wills fire, sessions resume
+/// and new subscriptions take retained messages. Every client must receive
+/// exactly what the ACL in force let it read, and nothing may be created
+/// where its creator may not write.
+async fn every_path(t1: Table, t2: Table) {
+    let acl = TableAcl(Arc::new(std::sync::Mutex::new(t1)));
+    let server = Server::new(Options::default())
+        .acl_hook(acl.clone())
+        .acl_applies_to_inline_client(true);
+    let app = server.inline_client("app");
+    let b = TestBroker::with_server(server).await;
+    let user = |u: usize| USERS[u];
+    let root_c = named(v5("root"), Some("root"));
+    let mut root = Raw::connected(b.addr, root_c).await;
+    // Every message created, with the ACL in force when it was routed.
+    let mut created: Vec<(String, Table)> = Vec::new();
+
+    // Receivers: live subscribers, sessions that will be away (in flight
+    // and queued), sessions another user will try to take, a share group
+    // and the inline client.
+    let mut live = Vec::new();
+    let mut away = Vec::new();
+    let mut group = Vec::new();
+    for u in 0..2 {
+        let mut c = Raw::connected(b.addr, named(v5(&format!("live{u}")), user(u))).await;
+        c.subscribe(1, "#", QoS::AtLeastOnce).await;
+        live.push(c);
+        let mut c = Raw::connected(
+            b.addr,
+            named(v5_session(&format!("away{u}"), true, 3600), user(u)),
+        )
+        .await;
+        c.subscribe(1, "#", QoS::AtLeastOnce).await;
+        away.push(c);
+        let mut c = Raw::connected(
+            b.addr,
+            named(v5_session(&format!("kept{u}"), true, 3600), user(u)),
+        )
+        .await;
+        c.subscribe(1, "#", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+        let mut c = Raw::connected(b.addr, named(v5(&format!("member{u}")), user(u))).await;
+        c.subscribe(1, "$share/g/#", QoS::AtLeastOnce).await;
+        group.push(c);
+    }
+    let mut inline_sub = app.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+
+    // PUBLISH, from network clients and the inline client.
+    for u in 0..3 {
+        let mut publisher = match user(u) {
+            Some(name) => {
+                Some(Raw::connected(b.addr, named(v5(&format!("pub{u}")), Some(name))).await)
+            }
+            None => None,
+        };
+        for (i, seg) in SEGS.iter().enumerate() {
+            let topic = format!("{seg}/pub-{u}");
+            let allowed = t1.may_write(user(u), &topic);
+            let refused = match &mut publisher {
+                Some(p) => {
+                    let m = publish(&topic, "x", QoS::AtLeastOnce, i as u16 + 1);
+                    p.publish(m).await == ReasonCode::NotAuthorized
+                }
+                None => matches!(
+                    app.publish(&topic, "x", QoS::AtLeastOnce).await,
+                    Err(roost::InlineError::Refused(ReasonCode::NotAuthorized))
+                ),
+            };
+            assert_eq!(refused, !allowed, "publish by {:?} to {topic}", user(u));
+            if allowed {
+                created.push((topic, t1));
+            }
+        }
+        if let Some(p) = publisher {
+            p.disconnect().await;
+        }
+    }
+    // The away sessions go, leaving what they were sent in flight,
+    // unacknowledged; from now on their messages are queued.
+    for c in away.drain(..) {
+        c.drop_connection();
+    }
+    // root, live, members.
+    until_connected(&b, 5).await;
+    // Retained messages, for subscriptions made later.
+    for (i, seg) in SEGS.iter().enumerate() {
+        let topic = format!("{seg}/ret");
+        let m = retained(&topic, "r", QoS::AtLeastOnce, i as u16 + 1);
+        assert!(root.publish(m).await.is_success());
+        created.push((topic, t1));
+    }
+    // Wills: judged at CONNECT.
+    let mut willing = Vec::new();
+    for u in 0..2 {
+        for seg in SEGS {
+            let topic = format!("{seg}/will-{u}");
+            let mut c = named(v5(&format!("will{u}{seg}")), user(u));
+            c.will = Some(will(&topic, "w", QoS::AtLeastOnce, false));
+            let (raw, ack) = Raw::connect(b.addr, c).await;
+            let allowed = t1.may_write(user(u), &topic);
+            let refused = ack.reason == ReasonCode::NotAuthorized;
+            assert_eq!(refused, !allowed, "will of {:?} on {topic}", user(u));
+            if allowed {
+                willing.push((raw, u, topic));
+            }
+        }
+    }
+
+    // The ACL changes (a reloaded ledger); the wills fire.
+    *acl.0.lock().unwrap() = t2;
+    for (raw, u, topic) in willing {
+        raw.drop_connection();
+        if t2.may_write(user(u), &topic) {
+            created.push((topic, t2));
+        }
+    }
+    until_connected(&b, 5).await;
+    for (i, seg) in SEGS.iter().enumerate() {
+        let topic = format!("{seg}/late");
+        let m = publish(&topic, "l", QoS::AtLeastOnce, i as u16 + 10);
+        assert!(root.publish(m).await.is_success());
+        created.push((topic, t2));
+    }
+    let m = publish("z/end", "", QoS::AtLeastOnce, 20);
+    assert!(root.publish(m).await.is_success());
+
+    let readable = |u: Option<&str>| -> Vec<String> {
+        let all = created.iter().filter(|(t, acl)| acl.may_read(u, t));
+        sorted(all.map(|(t, _)| t.clone()).collect())
+    };
+    for (u, c) in live.iter_mut().enumerate() {
+        assert_eq!(
+            sorted(drain(c).await),
+            readable(user(u)),
+            "live {:?}",
+            user(u)
+        );
+    }
+    let mut got = Vec::new();
+    loop {
+        let m = inline_sub.recv().await.unwrap();
+        if m.topic.as_str() == "z/end" {
+            break;
+        }
+        got.push(m.topic.as_str().to_owned());
+    }
+    assert_eq!(sorted(got), readable(None), "inline");
+    // The share group: each message to one member that may read it, or to
+    // nobody if neither may.
+    let mut got = Vec::new();
+    for (u, c) in group.iter_mut().enumerate() {
+        for t in drain(c).await {
+            got.push((t, u));
+        }
+    }
+    for (topic, acl) in &created {
+        let to: Vec<usize> = got
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, u)| *u)
+            .collect();
+        let readers = (0..2).filter(|&u| acl.may_read(user(u), topic)).count();
+        match to[..] {
+            [] => assert_eq!(readers, 0, "{topic} went to no member"),
+            [u] => assert!(acl.may_read(user(u), topic), "{topic} to member {u}"),
+            _ => panic!("{topic} went to {to:?}"),
+        }
+    }
+    // Another user cannot take a session; its owner resumes it and gets
+    // what both ACLs let it read (at routing, and now, at delivery).
+    for u in 0..2 {
+        let thief = named(v5_session(&format!("kept{u}"), false, 3600), user(1 - u));
+        let (mut thief, ack) = Raw::connect(b.addr, thief).await;
+        assert!(!ack.session_present, "{:?} took kept{u}", user(1 - u));
+        assert_eq!(drain(&mut thief).await, Vec::<String>::new());
+        let owner = named(v5_session(&format!("away{u}"), false, 3600), user(u));
+        let (mut owner, ack) = Raw::connect(b.addr, owner).await;
+        assert!(ack.session_present);
+        let expected: Vec<String> = readable(user(u))
+            .into_iter()
+            .filter(|t| t2.may_read(user(u), t))
+            .collect();
+        assert_eq!(sorted(drain(&mut owner).await), expected, "away{u}");
+    }
+    // Retained messages for new subscriptions, under the ACL now.
+    for u in 0..2 {
+        let mut c = Raw::connected(b.addr, named(v5(&format!("new{u}")), user(u))).await;
+        c.subscribe(1, "#", QoS::AtLeastOnce).await;
+        let expected: Vec<String> = SEGS
+            .iter()
+            .map(|s| format!("{s}/ret"))
+            .filter(|t| t2.may_read(user(u), t))
+            .collect();
+        assert_eq!(
+            sorted(drain(&mut c).await),
+            expected,
+            "retained for {:?}",
+            user(u)
+        );
+    }
+}
+
+fn table() -> impl proptest::strategy::Strategy<Value = Table> {
+    use proptest::prelude::*;
+    (any::<[[bool; 3]; 3]>(), any::<[[bool; 3]; 3]>())
+        .prop_map(|(read, write)| Table { read, write })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Default::default()
+    })]
+
+    #[test]
+    fn no_delivery_escapes_the_acl(t1 in table(), t2 in table()) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(every_path(t1, t2));
+    }
+}
