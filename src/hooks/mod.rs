@@ -166,7 +166,11 @@ pub trait AuthHook: Send + Sync + 'static {
 
 /// Authorisation: which topics a client may use.
 pub trait AclHook: Send + Sync + 'static {
-    /// May `client` publish to `topic`?
+    /// May `client` publish to `topic`? Asked for every PUBLISH, and for a
+    /// will: at CONNECT (a refusal answers CONNACK 0x87, 3.x return code
+    /// 5) and again when it fires, on the broker core. There the future is
+    /// polled once: if it is not ready at once, the CONNECT-time answer
+    /// stands (a will topic an [`EventHook::on_will`] chose is refused).
     fn can_publish<'a>(&'a self, client: &'a Client, topic: &'a str) -> BoxFuture<'a, Decision> {
         let _ = (client, topic);
         ready(Decision::Defer)
@@ -233,8 +237,8 @@ pub trait EventHook: Send + Sync + 'static {
     fn on_qos_complete(&self, client: &Client, packet_id: u16, qos: QoS) {}
     /// A message for `client_id` was dropped.
     fn on_dropped(&self, client_id: &str, message: &Message, reason: DropReason) {}
-    /// A will is about to be published; it may be changed. Return false to
-    /// cancel it.
+    /// A will is about to be published; it may be changed (the publish
+    /// ACL then judges it as changed). Return false to cancel it.
     fn on_will(&self, client_id: &str, will: &mut WillMessage) -> bool {
         true
     }
