@@ -368,3 +368,69 @@ async fn the_certificate_common_name_is_the_user_name_hooks_see() {
     let _ = tx.send(());
     join.await.unwrap().unwrap();
 }
+
+/// When the identity is to come from the certificate, a CA-signed
+/// certificate without it is refused with CONNACK 0x87 (3.x: return code 5)
+/// before any auth hook runs: the CONNECT's user name is never taken in
+/// its place, so such a certificate cannot claim to be `admin`.
+#[tokio::test]
+async fn a_certificate_without_the_identity_is_refused() {
+    use roost::hooks::{AuthHook, BoxFuture, Client as HookClient, Decision};
+    use std::sync::{Arc, Mutex};
+
+    /// Lets in exactly the user `admin` (no password: the certificate is
+    /// the credential), and records who it saw.
+    #[derive(Clone, Default)]
+    struct AdminOnly(Arc<Mutex<Vec<String>>>);
+    impl AuthHook for AdminOnly {
+        fn authenticate<'a>(
+            &'a self,
+            client: &'a HookClient,
+            _connect: &'a roost::codec::Connect,
+        ) -> BoxFuture<'a, Decision> {
+            let name = client.username.as_deref().unwrap_or("<none>").to_owned();
+            let allow = name == "admin";
+            self.0.lock().unwrap().push(name);
+            Box::pin(std::future::ready(if allow {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            }))
+        }
+    }
+
+    let certs = TestCerts::generate();
+    let nameless = issue_client_without_cn(certs.dir.path(), "nameless", &certs.ca);
+    let seen = AdminOnly::default();
+    for required in [true, false] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = roost::Server::new(Options::default())
+            .auth_hook(seen.clone())
+            .tls(l, certs.tls(Some(required)))
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let join = tokio::spawn(server.serve(async {
+            let _ = rx.await;
+        }));
+        for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
+            let tls = tls_connect(addr, certs.client_config(Some(&nameless)))
+                .await
+                .unwrap();
+            let mut c = Client::new(Box::new(tls), version);
+            let mut connect = connect(version, "nameless", true);
+            connect.username = Some("admin".into());
+            let ack = c.connect(connect).await;
+            assert_eq!(
+                ack.reason,
+                ReasonCode::NotAuthorized,
+                "{version:?}: {ack:?}"
+            );
+            assert!(!ack.session_present);
+            assert!(c.recv_within(WAIT).await.is_none(), "the connection closes");
+        }
+        let _ = tx.send(());
+        join.await.unwrap().unwrap();
+    }
+    assert!(seen.0.lock().unwrap().is_empty(), "no hook was asked");
+}

@@ -62,6 +62,10 @@ impl Broker {
                 }
                 return outbox.close();
             }
+            if w.topic.as_bytes().starts_with(b"$SYS") {
+                // The broker's own namespace, closed to wills as to PUBLISH.
+                return Self::refuse(&outbox, ReasonCode::NotAuthorized);
+            }
             if w.qos > self.opts.capabilities.maximum_qos {
                 return Self::refuse(&outbox, ReasonCode::QosNotSupported);
             }
@@ -101,8 +105,22 @@ impl Broker {
                 ..(*client).clone()
             })
         };
+        // A session is resumed only by its owner: another user (or anyone,
+        // when the owner is unknown) starts clean, as with Clean Start, so
+        // the old session ends (its will, if pending, goes out).
+        let resumable = |sid: &SessionId| {
+            self.sessions.get(sid).is_some_and(|s| {
+                let owned = s.owned_by(&client);
+                if !owned && !c.clean_start {
+                    tracing::info!(client_id = %client_id,
+                        username = client.username.as_deref().unwrap_or(""),
+                        "session belongs to another user; starting clean");
+                }
+                owned
+            })
+        };
         let (sid, session_present) = match existing {
-            Some(sid) if !c.clean_start && self.sessions.contains_key(&sid) => (sid, true),
+            Some(sid) if !c.clean_start && resumable(&sid) => (sid, true),
             other => {
                 if let Some(sid) = other {
                     self.end_session(sid, now_ms);
@@ -322,17 +340,23 @@ impl Broker {
                     let rec = session_record(s);
                     self.persist.push(Op::PutSession(rec));
                 }
-                let client_id = s.client_id().clone();
-                self.publish_will(&client_id, *w, now_ms);
+                let client = s.client.clone();
+                self.publish_will(&client, *w, now_ms);
             }
         }
     }
 
-    pub(super) fn publish_will(&mut self, client_id: &str, w: Will, now_ms: u64) {
+    /// Publishes the will of `client`'s session, if the hooks let it.
+    pub(super) fn publish_will(&mut self, client: &Client, w: Will, now_ms: u64) {
+        let client_id = client.client_id.as_str();
+        let connect_topic = w.message.topic.clone();
         let w = match self.intercept_will(client_id, w) {
             Some(w) => w,
             None => return,
         };
+        if !self.will_allowed(client, &w.message.topic, w.message.topic == connect_topic) {
+            return;
+        }
         let msg = match w.expiry_interval {
             // Restart the expiry clock: it was set at CONNECT time.
             Some(secs) => Arc::new(Message {
@@ -355,6 +379,32 @@ impl Broker {
         self.route(&msg, now_ms);
         if self.hooks.has_events() {
             self.hooks.each(|h| h.on_will_sent(client_id, &msg));
+        }
+    }
+
+    /// The publish ACL for a will about to fire. It was judged at CONNECT,
+    /// but the ACL may have changed since (a reloaded ledger), and an event
+    /// hook may have changed the topic (`as_connected` is false then).
+    ///
+    /// The core cannot wait, so each ACL hook's future is polled once. A
+    /// hook that is not ready at once (it really does I/O) cannot be heard
+    /// here: for the topic judged at CONNECT, that verdict stands; a topic
+    /// only a hook chose, which no ACL has judged, is refused.
+    fn will_allowed(&self, client: &Client, topic: &str, as_connected: bool) -> bool {
+        let allowed = if topic.starts_with("$SYS") {
+            Some(false)
+        } else {
+            self.hooks.can_publish_now(client, topic)
+        };
+        match allowed {
+            Some(true) => true,
+            None if as_connected => true,
+            _ => {
+                tracing::warn!(client_id = %client.client_id,
+                    username = client.username.as_deref().unwrap_or(""), topic,
+                    pending = allowed.is_none(), "will refused by the publish ACL; not published");
+                false
+            }
         }
     }
 
@@ -441,7 +491,7 @@ impl Broker {
         // earlier of its delay and the session's end ([MQTT-3.1.3-9]).
         if let Some(w) = s.will.take() {
             if s.will_due_ms.is_some() {
-                self.publish_will(s.client_id(), *w, now_ms);
+                self.publish_will(&s.client, *w, now_ms);
             }
         }
         self.update_disconnected_gauge();

@@ -44,7 +44,7 @@ use crate::stats::{self, Stats};
 use crate::topic::{self, SharedFilter};
 use idhash::{IdMap, IdSet};
 use persist::{message_record, Persist};
-use roost_storage::{Op, SessionRecord, SubscriptionRecord, WillRecord};
+use roost_storage::{Op, SessionOwner, SessionRecord, SubscriptionRecord, WillRecord};
 use session::{Conn, Ctx, Session, SubEntry, Will};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -436,6 +436,11 @@ fn session_record(s: &Session) -> SessionRecord {
             delay_interval: w.delay_interval,
             message_expiry_interval: w.expiry_interval,
         }),
+        owner: match &s.client.username {
+            _ if s.owner_unknown => SessionOwner::Unknown,
+            None => SessionOwner::Anonymous,
+            Some(user) => SessionOwner::User(user.as_str().to_owned()),
+        },
     }
 }
 

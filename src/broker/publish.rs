@@ -169,6 +169,7 @@ impl Broker {
     pub fn route(&mut self, msg: &Arc<Message>, now_ms: u64) -> (usize, usize) {
         let mut targets = std::mem::take(&mut self.scratch);
         let sessions = &self.sessions;
+        let hooks = &self.hooks;
         let cursors = &mut self.shared_cursor;
         // Ordinary subscriptions of one filter belong to distinct sessions;
         // only matches from several filters can name a session twice.
@@ -209,16 +210,23 @@ impl Broker {
                     return;
                 };
                 let n = members.len();
-                // Round-robin among connected members; queue for an offline
-                // member only when none is connected.
-                let pick = (0..n)
-                    .map(|i| (*cursor + i) % n)
-                    .find(|&i| {
-                        sessions
-                            .get(&members[i].0)
-                            .is_some_and(|s| s.conn.is_some())
+                // Round-robin among connected members that may receive it;
+                // queue for an offline one only when no such member is
+                // connected. The delivery ACL is part of the choice: a
+                // member refused later would lose the message for the
+                // whole group. If nobody may receive it, nobody gets it.
+                let order = || (0..n).map(|i| (*cursor + i) % n);
+                let may = |i: usize, connected: bool| {
+                    sessions.get(&members[i].0).is_some_and(|s| {
+                        (!connected || s.conn.is_some()) && hooks.can_receive(&s.client, msg)
                     })
-                    .unwrap_or(*cursor % n);
+                };
+                let Some(pick) = order()
+                    .find(|&i| may(i, true))
+                    .or_else(|| order().find(|&i| may(i, false)))
+                else {
+                    return;
+                };
                 *cursor = (pick + 1) % n;
                 let (key, value) = &members[pick];
                 targets.push(Target {
@@ -251,7 +259,8 @@ impl Broker {
             let Some(s) = sessions.get_mut(&t.sid) else {
                 continue;
             };
-            if !ctx.hooks.can_receive(&s.client, msg) {
+            // A share group's member was chosen as one that may receive it.
+            if !t.shared && !ctx.hooks.can_receive(&s.client, msg) {
                 continue;
             }
             let qos = msg.qos.min(t.qos);

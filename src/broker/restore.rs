@@ -13,7 +13,7 @@ use super::{split_shared, Broker, SessionId};
 use crate::codec::{ByteStr, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 use crate::hooks::Client;
 use crate::stats;
-use roost_storage::{Op, OutboundState, Snapshot};
+use roost_storage::{Op, OutboundState, SessionOwner, Snapshot};
 use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::Ordering::Relaxed;
@@ -58,14 +58,22 @@ impl Broker {
             let client_id = ByteStr::from(rec.client_id);
             let sid = SessionId(self.next_session);
             self.next_session += 1;
+            let (username, owner_unknown) = match rec.owner {
+                SessionOwner::Unknown => (None, true),
+                SessionOwner::Anonymous => (None, false),
+                SessionOwner::User(user) => (Some(ByteStr::from(user)), false),
+            };
+            // Hooks judge a restored session (its will, its deliveries) as
+            // its owner until the owner connects again.
             let mut s = Box::new(Session::new(Arc::new(Client {
                 client_id: client_id.clone(),
-                username: None,
+                username,
                 remote_addr: None,
                 protocol: version,
                 inline: false,
             })));
             s.stored = true;
+            s.owner_unknown = owner_unknown;
             s.expiry_interval = rec.expiry_interval;
             // A session that was connected when the broker stopped lost its
             // connection then; the moment is unknown, so it counts from now.

@@ -127,6 +127,9 @@ pub(crate) struct Session {
     /// (outbound entries, body references) is taken only then, so a session
     /// that stops being persistent releases exactly what it took.
     pub stored: bool,
+    /// Restored from a record that did not say who owns the session
+    /// (format version 1): nobody may resume it.
+    pub owner_unknown: bool,
     next_pid: u16,
     /// How many ids after `next_pid` are known to be free (see
     /// [`Session::alloc_pid`]).
@@ -225,10 +228,19 @@ impl Session {
             subscriptions: Subscriptions::default(),
             flows: None,
             stored: false,
+            owner_unknown: false,
             next_pid: 0,
             free_pids: 0,
             next_seq: 0,
         }
+    }
+
+    /// May `client` resume this session? Only a client of the user who
+    /// owns it (the same user name, from CONNECT or a certificate, or none
+    /// for both): another user must not get its subscriptions and queued
+    /// messages by claiming its client id.
+    pub fn owned_by(&self, client: &Client) -> bool {
+        !self.owner_unknown && self.client.username == client.username
     }
 
     /// A session that outlives its connection is persisted.
@@ -730,24 +742,37 @@ impl Session {
                 self.forget_outgoing(&o, ctx);
                 continue;
             }
+            // Queued is not delivered: the ACL judges it now, for the
+            // client now connected (it may have changed since routing).
+            if !ctx.hooks.can_receive(&self.client, &o.msg) {
+                self.dropped(&o.msg, DropReason::NotAuthorized, ctx);
+                self.forget_outgoing(&o, ctx);
+                continue;
+            }
             self.send_outgoing(o, true, ctx);
         }
     }
 
     /// After a reconnect: resends everything in flight (PUBLISH with DUP,
     /// or PUBREL), then fills the window from the queue ([MQTT-4.4.0-1]).
+    /// What the client may no longer receive (the delivery ACL, asked
+    /// again for the client now connected) is dropped instead.
     pub fn resume(&mut self, ctx: &mut Ctx) {
-        let mut expired = Vec::new();
+        let mut gone = Vec::new();
         let inflight = self.flows().map(|f| &f.inflight).into_iter().flatten();
         for (i, o) in inflight.enumerate() {
             let Some(pid) = o.pid else { continue };
             match o.state {
                 OutboundState::Released => {
+                    // Only the PUBREL is owed: no message goes out.
                     self.send_pubrel(pid, ctx);
                 }
                 _ if o.msg.is_expired(ctx.now_ms) && o.state == OutboundState::Sent => {
                     // An expired message is not redelivered.
-                    expired.push(i);
+                    gone.push((i, DropReason::Expired));
+                }
+                _ if !ctx.hooks.can_receive(&self.client, &o.msg) => {
+                    gone.push((i, DropReason::NotAuthorized));
                 }
                 _ => {
                     let d = Delivery::new(
@@ -762,8 +787,11 @@ impl Session {
                 }
             }
         }
-        for i in expired.into_iter().rev() {
+        for (i, reason) in gone.into_iter().rev() {
             if let Some(o) = self.remove_inflight(i) {
+                if reason == DropReason::NotAuthorized {
+                    self.dropped(&o.msg, reason, ctx);
+                }
                 self.forget_outgoing(&o, ctx);
             }
         }

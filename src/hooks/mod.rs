@@ -118,6 +118,10 @@ pub enum DropReason {
     TooLarge,
     /// Its Message Expiry Interval passed before delivery.
     Expired,
+    /// Queued or in flight for the client, which may no longer receive it
+    /// ([`AclHook::can_receive`] refused it at delivery: the ACL changed,
+    /// or the session is resumed by a client the ACL judges differently).
+    NotAuthorized,
 }
 
 /// Authentication: who may connect.
@@ -162,7 +166,11 @@ pub trait AuthHook: Send + Sync + 'static {
 
 /// Authorisation: which topics a client may use.
 pub trait AclHook: Send + Sync + 'static {
-    /// May `client` publish to `topic`?
+    /// May `client` publish to `topic`? Asked for every PUBLISH, and for a
+    /// will: at CONNECT (a refusal answers CONNACK 0x87, 3.x return code
+    /// 5) and again when it fires, on the broker core. There the future is
+    /// polled once: if it is not ready at once, the CONNECT-time answer
+    /// stands (a will topic an [`EventHook::on_will`] chose is refused).
     fn can_publish<'a>(&'a self, client: &'a Client, topic: &'a str) -> BoxFuture<'a, Decision> {
         let _ = (client, topic);
         ready(Decision::Defer)
@@ -229,8 +237,8 @@ pub trait EventHook: Send + Sync + 'static {
     fn on_qos_complete(&self, client: &Client, packet_id: u16, qos: QoS) {}
     /// A message for `client_id` was dropped.
     fn on_dropped(&self, client_id: &str, message: &Message, reason: DropReason) {}
-    /// A will is about to be published; it may be changed. Return false to
-    /// cancel it.
+    /// A will is about to be published; it may be changed (the publish
+    /// ACL then judges it as changed). Return false to cancel it.
     fn on_will(&self, client_id: &str, will: &mut WillMessage) -> bool {
         true
     }
@@ -331,16 +339,44 @@ impl Hooks {
         !self.acl.is_empty() && (!client.inline || self.acl_inline)
     }
 
+    /// May `client` publish to `topic` (the publish ACL)? May do I/O.
+    pub(crate) async fn can_publish(&self, client: &Client, topic: &str) -> bool {
+        if !self.acl_applies(client) {
+            return true;
+        }
+        for h in &self.acl {
+            match h.can_publish(client, topic).await {
+                Decision::Allow => return true,
+                Decision::Deny => return false,
+                Decision::Defer => {}
+            }
+        }
+        true
+    }
+
+    /// The publish ACL where nothing can wait (the broker core): each
+    /// hook's future is polled once. `None` if one was not ready, that is,
+    /// it really waits for I/O; the caller decides what that means.
+    pub(crate) fn can_publish_now(&self, client: &Client, topic: &str) -> Option<bool> {
+        if !self.acl_applies(client) {
+            return Some(true);
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for h in &self.acl {
+            match h.can_publish(client, topic).as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(Decision::Allow) => return Some(true),
+                std::task::Poll::Ready(Decision::Deny) => return Some(false),
+                std::task::Poll::Ready(Decision::Defer) => {}
+                std::task::Poll::Pending => return None,
+            }
+        }
+        Some(true)
+    }
+
     /// The publish ACL and interception for one PUBLISH.
     pub(crate) async fn publish(&self, client: &Client, publish: &mut Publish) -> PublishVerdict {
-        if self.acl_applies(client) {
-            for h in &self.acl {
-                match h.can_publish(client, &publish.topic).await {
-                    Decision::Allow => break,
-                    Decision::Deny => return PublishVerdict::Refuse(ReasonCode::NotAuthorized),
-                    Decision::Defer => {}
-                }
-            }
+        if !self.can_publish(client, &publish.topic).await {
+            return PublishVerdict::Refuse(ReasonCode::NotAuthorized);
         }
         let qos_pid = publish.qos_pid;
         let mut verdict = PublishVerdict::Deliver;

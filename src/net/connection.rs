@@ -45,13 +45,29 @@ pub(crate) struct Shared {
     pub batches: Arc<crate::reclaim::Batches>,
 }
 
+/// The user name a transport established, if it is to establish one.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))] // Only TLS names users.
+pub(crate) enum TransportUser {
+    /// The transport says nothing: the CONNECT's user name stands.
+    #[default]
+    FromConnect,
+    /// A TLS client certificate's CN or SAN, when the listener is told to
+    /// use it. It replaces the CONNECT's user name, so a client cannot
+    /// claim someone else's.
+    Named(String),
+    /// The listener takes the user name from the client certificate, and
+    /// the certificate presented has none. The connection is refused:
+    /// falling back to the CONNECT's user name would let any certificate
+    /// the CA signed claim any user.
+    Missing,
+}
+
 /// What the listener learned about a connection before MQTT started.
 #[derive(Debug, Default)]
 pub(crate) struct Peer {
-    /// The identity the transport established (a TLS client certificate's
-    /// CN or SAN, when the listener is told to use it). It replaces the
-    /// CONNECT's user name, so a client cannot claim someone else's.
-    pub username: Option<String>,
+    /// The identity the transport established.
+    pub username: TransportUser,
     /// The peer's address.
     pub remote_addr: Option<SocketAddr>,
 }
@@ -60,7 +76,7 @@ impl Peer {
     /// A peer known only by its address.
     pub fn at(remote: SocketAddr) -> Self {
         Peer {
-            username: None,
+            username: TransportUser::FromConnect,
             remote_addr: Some(remote),
         }
     }
@@ -219,10 +235,22 @@ where
         _ => return None, // timeout, I/O error, EOF, or not a CONNECT
     };
 
-    if let Some(username) = peer.username {
-        connect.username = Some(username.into());
-    }
     let version = connect.protocol;
+    match peer.username {
+        TransportUser::FromConnect => {}
+        TransportUser::Named(username) => connect.username = Some(username.into()),
+        TransportUser::Missing => {
+            // Refused before any hook sees the CONNECT's user name. 0x87
+            // (3.x: 5) rather than 0x86: the CONNECT's credentials are not
+            // what is wrong, the certificate names nobody. Answered in
+            // MQTT rather than by failing the TLS handshake, so the client
+            // learns why and the log names its client id.
+            tracing::warn!(conn = conn.0, client_id = %connect.client_id,
+                remote = peer.remote_addr.map(tracing::field::display),
+                "client certificate has no user name (CN or SAN) and the listener takes it from there; connection refused");
+            return refuse_connect(io, version, ReasonCode::NotAuthorized).await;
+        }
+    }
     let mut client = Client {
         client_id: connect.client_id.clone(),
         username: connect.username.clone(),
@@ -303,6 +331,20 @@ where
     connect.username = connect.username.as_ref().map(ByteStr::detach);
     client.client_id = connect.client_id.clone();
     client.username = connect.username.clone();
+    if let Some(will) = &connect.will {
+        // A will is a PUBLISH the client makes in advance: the publish ACL
+        // judges it now, where a hook may do I/O, so that a refused will
+        // is refused to the client rather than dropped silently later. It
+        // is judged again when it fires (see `Broker::publish_will`). An
+        // empty client id is judged as empty: the core assigns the id
+        // after this.
+        if !shared.hooks.can_publish(&client, &will.topic).await {
+            tracing::warn!(conn = conn.0, client_id = %client.client_id,
+                username = client.username.as_deref().unwrap_or(""),
+                topic = %will.topic, "will refused by the publish ACL; connection refused");
+            return refuse_connect(io, version, ReasonCode::NotAuthorized).await;
+        }
+    }
     let client = Arc::new(client);
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
     let inbound_aliases = InboundAliases::new(if version.is_v5() {

@@ -2,6 +2,7 @@
 //! `ring` provider, TLS 1.2 and 1.3, optional client certificates, and
 //! certificates reloadable without a restart.
 
+use super::connection::TransportUser;
 use super::listener::ListenerError;
 use super::x509;
 use std::path::{Path, PathBuf};
@@ -43,12 +44,15 @@ pub enum UsernameFrom {
     #[default]
     Connect,
     /// The client certificate's subject Common Name. It replaces whatever
-    /// user name the CONNECT carries; without a certificate (or without a
-    /// CN) the CONNECT's user name is kept.
+    /// user name the CONNECT carries. Without a certificate (client
+    /// certificates optional) the CONNECT's user name is kept; a
+    /// certificate without a CN is refused (CONNACK 0x87, 3.x return
+    /// code 5), never given the CONNECT's user name.
     CommonName,
     /// The client certificate's first Subject Alternative Name of type
     /// DNS name, e-mail address (rfc822Name) or URI. It replaces the
-    /// CONNECT's user name; without one the CONNECT's is kept.
+    /// CONNECT's user name. Without a certificate the CONNECT's is kept; a
+    /// certificate without such a SAN is refused, as for [`CommonName`](Self::CommonName).
     SubjectAltName,
 }
 
@@ -142,13 +146,28 @@ impl TlsState {
     }
 
     /// The MQTT user name the client certificate gives, if the listener is
-    /// configured to take one and the client presented a certificate.
-    pub(crate) fn username(&self, stream: &TlsStream<TcpStream>) -> Option<String> {
-        let cert = stream.get_ref().1.peer_certificates()?.first()?;
-        match self.config.username_from {
-            UsernameFrom::Connect => None,
+    /// configured to take one and the client presented a certificate;
+    /// [`TransportUser::Missing`] if the certificate lacks it (an empty
+    /// name counts as none).
+    pub(crate) fn username(&self, stream: &TlsStream<TcpStream>) -> TransportUser {
+        let Some(cert) = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+        else {
+            // No certificate (client certificates optional): the client
+            // authenticates with its CONNECT, as documented.
+            return TransportUser::FromConnect;
+        };
+        let name = match self.config.username_from {
+            UsernameFrom::Connect => return TransportUser::FromConnect,
             UsernameFrom::CommonName => x509::common_name(cert),
             UsernameFrom::SubjectAltName => x509::subject_alt_name(cert),
+        };
+        match name {
+            Some(name) if !name.is_empty() => TransportUser::Named(name),
+            _ => TransportUser::Missing,
         }
     }
 }

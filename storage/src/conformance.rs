@@ -143,6 +143,7 @@ fn session(client_id: &str) -> SessionRecord {
         expiry_interval: 3600,
         disconnected_at_ms: None,
         will: None,
+        owner: crate::SessionOwner::Anonymous,
     }
 }
 
@@ -335,6 +336,7 @@ pub fn session_round_trips(store: &dyn Store) {
             delay_interval: 60,
             message_expiry_interval: None,
         }),
+        owner: crate::SessionOwner::User("alice".into()),
     };
     apply(store, &[Op::PutSession(record.clone())]);
     let snapshot = load(store);
@@ -1051,6 +1053,7 @@ fn everything() -> Vec<Op> {
                 delay_interval: 5,
                 message_expiry_interval: Some(30),
             }),
+            owner: crate::SessionOwner::User("bob".into()),
         }),
         put_session("a"),
         put_session("ab"),

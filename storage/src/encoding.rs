@@ -5,15 +5,50 @@
 //! endian, trailing bytes rejected). The version byte lets a later release
 //! read what an earlier one wrote, and makes an older release refuse data
 //! from a newer one instead of misreading it.
+//!
+//! Versions:
+//! 1. The first format.
+//! 2. [`SessionRecord`] gained its [`owner`](SessionRecord::owner); the
+//!    other records are unchanged. Version 1 records are still read (a
+//!    session's owner is then [`SessionOwner::Unknown`](crate::SessionOwner::Unknown)).
 
 use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::StorageError;
+use crate::record::SessionRecordV1;
+use crate::{
+    MessageRecord, OutboundRecord, SessionRecord, StorageError, SubscriptionRecord, WillRecord,
+};
 
-/// The record format this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The record format this build writes.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The oldest record format this build still reads.
+pub const OLDEST_READABLE_VERSION: u8 = 1;
+
+/// A record type, and how it reads what earlier format versions wrote.
+pub trait Record: Serialize + DeserializeOwned {
+    /// Decodes the bincode `body` of a record written in format `version`,
+    /// from [`OLDEST_READABLE_VERSION`] up to (not including)
+    /// [`FORMAT_VERSION`]. By default the layout did not change.
+    fn decode_older(version: u8, body: &[u8]) -> Result<Self, StorageError> {
+        let _ = version;
+        deserialize(body)
+    }
+}
+
+impl Record for MessageRecord {}
+impl Record for WillRecord {}
+impl Record for SubscriptionRecord {}
+impl Record for OutboundRecord {}
+
+impl Record for SessionRecord {
+    fn decode_older(version: u8, body: &[u8]) -> Result<Self, StorageError> {
+        let _ = version; // Only version 1 is older: no owner.
+        deserialize::<SessionRecordV1>(body).map(SessionRecord::from)
+    }
+}
 
 /// What the operator can do about a record from another format version.
 const NEWER_HINT: &str = "the data was written by a newer roost: upgrade roost, \
@@ -67,18 +102,29 @@ pub(crate) fn unsupported_format(found: u32) -> StorageError {
     }
 }
 
-/// Decodes a record written by [`encode`].
+/// Decodes a record written by [`encode`], in this format version or an
+/// older one this build still reads.
 ///
 /// A record of another format version is [`StorageError::UnsupportedFormat`]
 /// (with a hint for the operator); anything that does not decode is
 /// [`StorageError::Corrupt`]. Never panics, whatever the bytes.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StorageError> {
     let (&version, body) = bytes
         .split_first()
         .ok_or_else(|| StorageError::Corrupt("empty record".into()))?;
-    if version != FORMAT_VERSION {
-        return Err(unsupported_format(u32::from(version)));
+    match version {
+        FORMAT_VERSION => deserialize(body),
+        OLDEST_READABLE_VERSION..FORMAT_VERSION => T::decode_older(version, body),
+        _ => Err(unsupported_format(u32::from(version))),
     }
+}
+
+/// Whether a store written in format `version` can be opened.
+pub(crate) fn readable(version: u32) -> bool {
+    (u32::from(OLDEST_READABLE_VERSION)..=u32::from(FORMAT_VERSION)).contains(&version)
+}
+
+fn deserialize<T: DeserializeOwned>(body: &[u8]) -> Result<T, StorageError> {
     // Reading from a slice, bincode checks every length prefix against the
     // bytes left before allocating, so garbage cannot ask for huge buffers.
     options()
@@ -92,8 +138,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        MessageProperties, MessageRecord, OutboundRecord, OutboundState, SessionRecord,
-        SubscriptionRecord, WillRecord,
+        MessageProperties, MessageRecord, OutboundRecord, OutboundState, SessionOwner,
+        SessionRecord, SubscriptionRecord, WillRecord,
     };
 
     fn message() -> MessageRecord {
@@ -124,6 +170,7 @@ mod tests {
                 delay_interval: 30,
                 message_expiry_interval: None,
             }),
+            owner: SessionOwner::User("管理者".into()),
         }
     }
 
@@ -168,6 +215,69 @@ mod tests {
     }
 
     #[test]
+    fn every_owner_round_trips() {
+        for owner in [
+            SessionOwner::Unknown,
+            SessionOwner::Anonymous,
+            SessionOwner::User(String::new()),
+            SessionOwner::User("alice".into()),
+        ] {
+            let s = SessionRecord { owner, ..session() };
+            assert_eq!(decode::<SessionRecord>(&encode(&s)).unwrap(), s);
+        }
+    }
+
+    /// Records written by format version 1 still load: a session then has
+    /// no known owner; the other records did not change.
+    #[test]
+    fn version_1_records_still_decode() {
+        // Exactly the bytes version 1 wrote for client "c", level 5, expiry
+        // 60 s, disconnected at 42, no will.
+        let frozen = [1, 1, b'c', 5, 60, 1, 42, 0];
+        assert_eq!(
+            decode::<SessionRecord>(&frozen).unwrap(),
+            SessionRecord {
+                client_id: "c".into(),
+                protocol_level: 5,
+                expiry_interval: 60,
+                disconnected_at_ms: Some(42),
+                will: None,
+                owner: SessionOwner::Unknown,
+            }
+        );
+        // With a will, as version 1's own type encoded it.
+        let v1 = crate::record::SessionRecordV1 {
+            client_id: "🦀-client".into(),
+            protocol_level: 4,
+            expiry_interval: u32::MAX,
+            disconnected_at_ms: None,
+            will: session().will,
+        };
+        let mut bytes = vec![1];
+        options().serialize_into(&mut bytes, &v1).unwrap();
+        let s = decode::<SessionRecord>(&bytes).unwrap();
+        assert_eq!(s.owner, SessionOwner::Unknown);
+        assert_eq!(s.will, session().will);
+        // Version 2 bytes are not misread as version 1, nor the reverse.
+        let mut v2 = encode(&session());
+        v2[0] = 1;
+        assert!(decode::<SessionRecord>(&v2).is_err());
+        let mut v1_as_v2 = bytes.clone();
+        v1_as_v2[0] = 2;
+        assert!(decode::<SessionRecord>(&v1_as_v2).is_err());
+        // The other records read the same in both versions.
+        let mut m = encode(&message());
+        m[0] = 1;
+        assert_eq!(decode::<MessageRecord>(&m).unwrap(), message());
+        let mut o = encode(&outbound());
+        o[0] = 1;
+        assert_eq!(decode::<OutboundRecord>(&o).unwrap(), outbound());
+        let mut sub = encode(&subscription());
+        sub[0] = 1;
+        assert_eq!(decode::<SubscriptionRecord>(&sub).unwrap(), subscription());
+    }
+
+    #[test]
     fn encoded_values_start_with_the_format_version() {
         assert_eq!(encode(&session())[0], FORMAT_VERSION);
         assert_eq!(encode(&0u8), vec![FORMAT_VERSION, 0]);
@@ -185,7 +295,10 @@ mod tests {
                     hint,
                 },
             ) => {
-                assert_eq!((found, supported), (2, 1));
+                assert_eq!(
+                    (found, supported),
+                    (u32::from(FORMAT_VERSION) + 1, u32::from(FORMAT_VERSION))
+                );
                 assert!(hint.contains("upgrade roost"));
                 assert!(e.to_string().contains("move the data directory aside"));
             }
@@ -248,6 +361,6 @@ mod tests {
         let mut huge = vec![FORMAT_VERSION, 0xff];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode::<MessageRecord>(&huge).is_err());
-        assert!(decode::<Vec<u64>>(&huge).is_err());
+        assert!(decode::<SessionRecord>(&huge).is_err());
     }
 }

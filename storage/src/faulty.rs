@@ -239,6 +239,7 @@ mod tests {
             expiry_interval: 0,
             disconnected_at_ms: None,
             will: None,
+            owner: crate::SessionOwner::Anonymous,
         })
     }
 

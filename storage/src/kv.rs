@@ -218,8 +218,9 @@ pub(crate) fn expand_ranges(
 }
 
 /// Decides what to do with the format version found in a store's meta
-/// table when opening it: `Ok(true)` if the store is new and the version
-/// must be written, `Ok(false)` if it matches.
+/// table when opening it: `Ok(true)` if the version must be written (the
+/// store is new, or in an older format this build reads), `Ok(false)` if
+/// it matches.
 ///
 /// `stored` is the raw value (`None` if absent); `has_records` tells
 /// whether any record table holds something. A store with records but no
@@ -249,10 +250,13 @@ pub(crate) fn check_version(
                 raw.len()
             ))
         })?;
-    if version != u32::from(FORMAT_VERSION) {
+    if !encoding::readable(version) {
         return Err(encoding::unsupported_format(version));
     }
-    Ok(false)
+    // An older format is read as it is, record by record, and the store
+    // is marked with this one: records written from now on are in it, and
+    // a release that reads only the older one must refuse the store.
+    Ok(version != u32::from(FORMAT_VERSION))
 }
 
 /// The stored form of [`FORMAT_VERSION`] under [`VERSION_KEY`].
@@ -394,6 +398,12 @@ mod tests {
         assert!(!check_version(Some(&version_bytes()), true, path).unwrap());
         let err = check_version(None, true, path).unwrap_err();
         assert!(err.to_string().contains("/data/roost"), "{err}");
+        // Format 1 is read, and marked as the current one.
+        assert!(check_version(Some(&1u32.to_be_bytes()), true, path).unwrap());
+        assert!(matches!(
+            check_version(Some(&0u32.to_be_bytes()), true, path),
+            Err(StorageError::UnsupportedFormat { found: 0, .. })
+        ));
         assert!(matches!(
             check_version(Some(&99u32.to_be_bytes()), true, path),
             Err(StorageError::UnsupportedFormat { found: 99, .. })

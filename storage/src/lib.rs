@@ -44,7 +44,7 @@
 //! # Example
 //!
 //! ```
-//! use roost_storage::{MemoryStore, Op, SessionRecord, Store, SubscriptionRecord};
+//! use roost_storage::{MemoryStore, Op, SessionOwner, SessionRecord, Store, SubscriptionRecord};
 //!
 //! # fn main() -> Result<(), roost_storage::StorageError> {
 //! let store = MemoryStore::new();
@@ -55,6 +55,7 @@
 //!         expiry_interval: 3600,
 //!         disconnected_at_ms: None,
 //!         will: None,
+//!         owner: SessionOwner::User("device".into()),
 //!     }),
 //!     Op::PutSubscription {
 //!         client_id: "sensor-1".into(),

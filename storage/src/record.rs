@@ -53,6 +53,20 @@ pub struct WillRecord {
     pub message_expiry_interval: Option<u32>,
 }
 
+/// Who a session belongs to: only a client of the same user may resume it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SessionOwner {
+    /// Not known: the record was written before owners were stored
+    /// (format version 1). Nobody resumes such a session; the next client
+    /// with its id starts clean.
+    #[default]
+    Unknown,
+    /// A client without a user name.
+    Anonymous,
+    /// A client with this user name (from CONNECT or its certificate).
+    User(String),
+}
+
 /// A stored session (without its subscriptions and queues).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -67,6 +81,31 @@ pub struct SessionRecord {
     pub disconnected_at_ms: Option<u64>,
     /// The will, if one is pending.
     pub will: Option<WillRecord>,
+    /// Who the session belongs to (since format version 2).
+    pub owner: SessionOwner,
+}
+
+/// [`SessionRecord`] as format version 1 wrote it: without its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecordV1 {
+    pub client_id: String,
+    pub protocol_level: u8,
+    pub expiry_interval: u32,
+    pub disconnected_at_ms: Option<u64>,
+    pub will: Option<WillRecord>,
+}
+
+impl From<SessionRecordV1> for SessionRecord {
+    fn from(v1: SessionRecordV1) -> Self {
+        SessionRecord {
+            client_id: v1.client_id,
+            protocol_level: v1.protocol_level,
+            expiry_interval: v1.expiry_interval,
+            disconnected_at_ms: v1.disconnected_at_ms,
+            will: v1.will,
+            owner: SessionOwner::Unknown,
+        }
+    }
 }
 
 /// A stored subscription.

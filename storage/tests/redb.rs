@@ -72,6 +72,55 @@ fn other_format_version_is_refused_with_a_hint() {
     RedbStore::open(dir.path()).unwrap();
 }
 
+/// A store written by format version 1 (before sessions recorded their
+/// owner) opens, its sessions load with an unknown owner, and it is marked
+/// as version 2 from then on.
+#[test]
+fn a_version_1_store_loads_and_is_marked_as_the_current_format() {
+    let dir = temp_dir();
+    drop(RedbStore::open(dir.path()).unwrap());
+    set_version(dir.path(), 1);
+    {
+        const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+        let db = Database::create(dir.path().join(RedbStore::FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        // Session "c" as version 1 encoded it: level 5, expiry 60 s,
+        // disconnected at 42, no will.
+        txn.open_table(SESSIONS)
+            .unwrap()
+            .insert(
+                &roost_storage::keys::session_key("c")[..],
+                &[1, 1, b'c', 5, 60, 1, 42, 0][..],
+            )
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(dir.path()).unwrap();
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.sessions.len(), 1);
+    let session = &snapshot.sessions[0].session;
+    assert_eq!(
+        (session.client_id.as_str(), session.expiry_interval),
+        ("c", 60)
+    );
+    assert_eq!(session.owner, roost_storage::SessionOwner::Unknown);
+    drop(store);
+    let db = Database::create(dir.path().join(RedbStore::FILE_NAME)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let version = txn
+        .open_table(META)
+        .unwrap()
+        .get("format_version")
+        .unwrap()
+        .unwrap()
+        .value()
+        .to_vec();
+    assert_eq!(
+        version,
+        u32::from(roost_storage::encoding::FORMAT_VERSION).to_be_bytes()
+    );
+}
+
 #[test]
 fn garbage_file_is_a_clear_error_and_is_left_alone() {
     let dir = temp_dir();

@@ -167,6 +167,19 @@ fn issue_client(dir: &Path, name: &str, ca: &Issued, cn: &str, expired: bool) ->
     write(dir, name, cert, key)
 }
 
+/// Issues a client certificate signed by `ca` whose subject has no Common
+/// Name (and which has no Subject Alternative Name either).
+pub fn issue_client_without_cn(dir: &Path, name: &str, ca: &Issued) -> Issued {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "roost tests");
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    write(dir, name, cert, key)
+}
+
 pub fn client_config(trust: &Issued, identity: Option<&Issued>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(trust.der()).unwrap();

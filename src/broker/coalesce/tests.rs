@@ -51,6 +51,7 @@ fn session(client: &str) -> Op {
         expiry_interval: 60,
         disconnected_at_ms: None,
         will: None,
+        owner: roost_storage::SessionOwner::Anonymous,
     })
 }
 

@@ -78,6 +78,7 @@ pub fn churn(store: &dyn Store, batches: std::ops::Range<u64>, per_batch: u64, p
             expiry_interval: u32::MAX,
             disconnected_at_ms: None,
             will: None,
+            owner: roost_storage::SessionOwner::Anonymous,
         })])
         .expect("put session");
     let body = bytes::Bytes::from(vec![0x5a; payload]);

@@ -95,6 +95,7 @@ fn fill(store: &dyn Store, a: &Args) -> Result<(), String> {
             expiry_interval: u32::MAX,
             disconnected_at_ms: disconnected,
             will: None,
+            owner: roost_storage::SessionOwner::Anonymous,
         }));
         ops.push(Op::PutSubscription {
             client_id,
