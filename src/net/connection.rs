@@ -15,6 +15,7 @@ use crate::codec::{
     ReasonCode, Subscribe,
 };
 use crate::config::Options;
+use crate::escape::Escaped;
 use crate::hooks::{AuthStep, Client, Hooks, PublishVerdict};
 use crate::intake::Intake;
 use crate::outbox::Outbox;
@@ -291,7 +292,7 @@ where
             .await
         {
             // The user name helps an operator; the password is never logged.
-            tracing::warn!(conn = conn.0, client_id = %client.client_id,
+            tracing::warn!(conn = conn.0, client_id = %Escaped(&client.client_id),
                 username = client.username.as_deref().unwrap_or(""),
                 remote = client.remote_addr.map(tracing::field::display), ?reason, "authentication failed; connection refused");
             return refuse_connect(io, version, reason).await;
@@ -312,7 +313,7 @@ where
     });
     io.connected(version, connect.properties.topic_alias_maximum.unwrap_or(0));
     let outbox = Arc::new(Outbox::new(version));
-    tracing::info!(conn = conn.0, client_id = %connect.client_id, remote = client.remote_addr.map(tracing::field::display),
+    tracing::info!(conn = conn.0, client_id = %Escaped(&connect.client_id), remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
     let event = Event::Connect {
         conn,
@@ -412,7 +413,7 @@ where
         Ending::ClosedByBroker => (None, true),
         Ending::Disconnected | Ending::BrokerStopped => (None, false),
     };
-    tracing::info!(conn = conn.0, client_id = %client.client_id, reason = %why, "client disconnected");
+    tracing::info!(conn = conn.0, client_id = %Escaped(&client.client_id), reason = %why, "client disconnected");
     if let Some(reason) = reason {
         // The core sends the DISCONNECT (5.0): queued from here it could
         // overtake a CONNACK the core has not queued yet.
