@@ -143,7 +143,9 @@ pub struct Capabilities {
     pub subscription_identifiers: bool,
     /// Whether `$share/` subscriptions are supported. Default: true.
     pub shared_subscriptions: bool,
-    /// Topic aliases a client may use towards the broker. Default: 65535.
+    /// Topic aliases a client may use towards the broker. Default: 256
+    /// (with `limits.maximum_topic_alias_bytes` at its default, enough
+    /// for every one of them on topics of up to 224 bytes).
     pub topic_alias_maximum: u16,
     /// Force this keep-alive on MQTT 5.0 clients (Server Keep Alive).
     /// Default: none (the client's value is used, capped by
@@ -166,7 +168,7 @@ impl Default for Capabilities {
             wildcard_subscriptions: true,
             subscription_identifiers: true,
             shared_subscriptions: true,
-            topic_alias_maximum: u16::MAX,
+            topic_alias_maximum: 256,
             server_keep_alive: None,
             maximum_keep_alive: u16::MAX,
             maximum_session_expiry_interval: u32::MAX,
@@ -219,6 +221,12 @@ pub struct Limits {
     /// deeper will topic refuses the CONNECT. Keeps the topic trees shallow.
     /// Default: 128.
     pub maximum_topic_levels: usize,
+    /// Most bytes of topic aliases one connection holds in each direction:
+    /// the topic names plus 32 bytes per alias. A client registering an
+    /// alias past it is disconnected (5.0: DISCONNECT 0x97 Quota exceeded,
+    /// counted as `topic_alias_refused`); towards a client, topics past it
+    /// are sent in full. Default: 64 KiB.
+    pub maximum_topic_alias_bytes: usize,
 }
 
 impl Default for Limits {
@@ -234,6 +242,7 @@ impl Default for Limits {
             maximum_subscriptions_per_session: 10_000,
             maximum_client_id_len: 65_535,
             maximum_topic_levels: 128,
+            maximum_topic_alias_bytes: 64 * 1024,
         }
     }
 }

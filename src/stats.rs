@@ -28,6 +28,7 @@ pub struct Stats {
     pub(crate) storage_commits: AtomicU64,
     pub(crate) storage_ops_written: AtomicU64,
     pub(crate) storage_ops_saved: AtomicU64,
+    pub(crate) topic_alias_refused: AtomicU64,
 }
 
 impl Default for Stats {
@@ -52,6 +53,7 @@ impl Default for Stats {
             storage_commits: AtomicU64::new(0),
             storage_ops_written: AtomicU64::new(0),
             storage_ops_saved: AtomicU64::new(0),
+            topic_alias_refused: AtomicU64::new(0),
         }
     }
 }
@@ -85,6 +87,7 @@ impl Stats {
             storage_commits: g(&self.storage_commits),
             storage_ops_written: g(&self.storage_ops_written),
             storage_ops_saved: g(&self.storage_ops_saved),
+            topic_alias_refused: g(&self.topic_alias_refused),
         }
     }
 }
@@ -121,6 +124,9 @@ pub struct StatsSnapshot {
     /// or the next group undid them (a message acknowledged by its
     /// subscriber before its copy reached the disk).
     pub storage_ops_saved: u64,
+    /// Connections closed for registering topic aliases past
+    /// `limits.maximum_topic_alias_bytes`.
+    pub topic_alias_refused: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

@@ -661,3 +661,58 @@ async fn a_publisher_paused_by_congestion_is_not_timed_out() {
     drop(stuck);
     assert_serving(&b).await;
 }
+
+// ----- memory at the network edge --------------------------------------------
+
+/// A QoS 0 PUBLISH on `topic` setting up (or using) topic alias `alias`.
+fn aliased(topic: &str, alias: u16) -> roost::codec::Publish {
+    let mut p = publish(topic, "x", QoS::AtMostOnce, 0);
+    p.properties.topic_alias = std::num::NonZeroU16::new(alias);
+    p
+}
+
+/// `maximum_topic_alias_bytes`: aliases on long topics are refused with
+/// DISCONNECT 0x97 once they would hold more than the budget (by default
+/// 64 KiB: one 60 KB topic fits, a second does not), however many aliases
+/// the Topic Alias Maximum allows; the refusal is counted.
+#[tokio::test]
+async fn inbound_topic_aliases_are_bounded_in_bytes() {
+    let b = watched_broker(Options::default()).await;
+    let (mut c, ack) = Raw::connect(b.addr, v5("aliaser")).await;
+    let max = ack.properties.topic_alias_maximum.expect("aliases offered");
+    assert!(max >= 2, "{ack:?}");
+    let long = |tag: char| format!("a/{}", tag.to_string().repeat(60_000));
+    c.publish(aliased(&long('a'), 1)).await;
+    // Re-pointing alias 1 frees what its old topic held.
+    c.publish(aliased(&long('b'), 1)).await;
+    c.sync().await;
+    c.send(Packet::Publish(aliased(&long('c'), 2))).await;
+    assert_eq!(expect_disconnect(&mut c).await, ReasonCode::QuotaExceeded);
+    assert_eq!(b.stats.snapshot().topic_alias_refused, 1);
+    assert_serving(&b).await;
+}
+
+/// Towards a subscriber, aliases stop at the same byte budget even when the
+/// client allows thousands: later topics go in full, without an alias.
+#[tokio::test]
+async fn outbound_topic_aliases_are_bounded_in_bytes() {
+    let b = watched_broker(Options::default()).await;
+    let mut c = v5("alias-sub");
+    c.properties.topic_alias_maximum = Some(u16::MAX);
+    let mut sub = Raw::connected(b.addr, c).await;
+    sub.subscribe(1, "big/#", QoS::AtMostOnce).await;
+    let mut publ = Raw::connected(b.addr, v5("alias-pub")).await;
+    let topics: Vec<String> = (0..3)
+        .map(|i| format!("big/{i}/{}", "t".repeat(30_000)))
+        .collect();
+    for t in &topics {
+        publ.publish(publish(t, "x", QoS::AtMostOnce, 0)).await;
+    }
+    let mut aliases = Vec::new();
+    for t in &topics {
+        let m = sub.recv_publish().await;
+        assert_eq!(&m.topic, t.as_str(), "a first use carries the topic");
+        aliases.push(m.properties.topic_alias.map(|a| a.get()));
+    }
+    assert_eq!(aliases, vec![Some(1), Some(2), None]);
+}

@@ -306,12 +306,20 @@ where
     client.username = connect.username.clone();
     let client = Arc::new(client);
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
-    let inbound_aliases = InboundAliases::new(if version.is_v5() {
-        opts.capabilities.topic_alias_maximum
-    } else {
-        0
-    });
-    io.connected(version, connect.properties.topic_alias_maximum.unwrap_or(0));
+    let alias_bytes = opts.limits.maximum_topic_alias_bytes;
+    let inbound_aliases = InboundAliases::new(
+        if version.is_v5() {
+            opts.capabilities.topic_alias_maximum
+        } else {
+            0
+        },
+        alias_bytes,
+    );
+    io.connected(
+        version,
+        connect.properties.topic_alias_maximum.unwrap_or(0),
+        alias_bytes,
+    );
     let outbox = Arc::new(Outbox::new(version));
     tracing::info!(conn = conn.0, client_id = %Escaped(&connect.client_id), remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
@@ -535,7 +543,7 @@ where
             Some(Step::Packet(p)) => {
                 packets.push(p);
                 if let Some(Packet::Publish(publish)) = packets.last_mut() {
-                    if let Err(reason) = resolve_alias(publish, live) {
+                    if let Err(reason) = resolve_alias(publish, live, &shared.stats) {
                         packets.pop();
                         ending = Some(Ending::Close(reason));
                         break;
@@ -583,7 +591,7 @@ fn route(packet: Packet, live: &mut Live, conn: ConnId, shared: &Shared) -> Rout
         // authentication at CONNECT (5.0 section 4.12.1).
         Packet::Auth(_) if live.enhanced.is_some() => Routed::Hooks(packet),
         Packet::Publish(mut publish) => {
-            if let Err(reason) = resolve_alias(&mut publish, live) {
+            if let Err(reason) = resolve_alias(&mut publish, live, &shared.stats) {
                 return Routed::Close(reason);
             }
             if hooks.is_empty() {
@@ -611,10 +619,17 @@ fn route(packet: Packet, live: &mut Live, conn: ConnId, shared: &Shared) -> Rout
 }
 
 /// Resolves an inbound PUBLISH's topic alias (5.0 section 3.3.2.3.4).
-fn resolve_alias(publish: &mut crate::codec::Publish, live: &mut Live) -> Result<(), CloseReason> {
-    live.inbound_aliases
-        .resolve(publish)
-        .map_err(CloseReason::ProtocolError)
+fn resolve_alias(
+    publish: &mut crate::codec::Publish,
+    live: &mut Live,
+    stats: &Stats,
+) -> Result<(), CloseReason> {
+    live.inbound_aliases.resolve(publish).map_err(|reason| {
+        if reason == ReasonCode::QuotaExceeded {
+            crate::stats::add(&stats.topic_alias_refused, 1);
+        }
+        CloseReason::ProtocolError(reason)
+    })
 }
 
 /// Runs the hooks a packet needs: the event for the core, `None` if the

@@ -146,15 +146,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             reading: Reading::Between,
             pause: None,
             version: ProtocolVersion::V3_1_1,
-            aliases: OutboundAliases::new(0),
+            aliases: OutboundAliases::new(0, 0),
         }
     }
 
-    /// After CONNECT: the version to encode for and the client's topic
-    /// alias maximum.
-    pub fn connected(&mut self, version: ProtocolVersion, aliases: u16) {
+    /// After CONNECT: the version to encode for, the client's topic alias
+    /// maximum and the bytes its aliases may take.
+    pub fn connected(&mut self, version: ProtocolVersion, aliases: u16, alias_bytes: usize) {
         self.version = version;
-        self.aliases = OutboundAliases::new(aliases);
+        self.aliases = OutboundAliases::new(aliases, alias_bytes);
     }
 
     /// Reads until one packet is decoded (before the session exists: no

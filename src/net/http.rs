@@ -142,6 +142,7 @@ fn json(s: &StatsSnapshot) -> String {
         "storage_commits": s.storage_commits,
         "storage_ops_written": s.storage_ops_written,
         "storage_ops_saved": s.storage_ops_saved,
+        "topic_alias_refused": s.topic_alias_refused,
         "memory": resident_memory(),
     })
     .to_string()
@@ -149,7 +150,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -197,6 +198,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "storage_ops_saved",
             "Storage operations never written: undone before they reached the disk.",
             s.storage_ops_saved,
+        ),
+        (
+            "topic_alias_refused",
+            "Connections closed for topic aliases past maximum_topic_alias_bytes.",
+            s.topic_alias_refused,
         ),
     ];
     let gauges: [(&str, &str, u64); 9] = [
