@@ -227,6 +227,14 @@ pub struct Limits {
     /// counted as `topic_alias_refused`); towards a client, topics past it
     /// are sent in full. Default: 64 KiB.
     pub maximum_topic_alias_bytes: usize,
+    /// How long a packet may take to arrive once its first byte has: past
+    /// it the connection is closed (5.0: DISCONNECT 0x8D Keep Alive
+    /// timeout), and counted as `packet_read_timeouts`. The keep-alive
+    /// bounds a client's silence only between packets, and not at all when
+    /// it is 0. Raise it for large packets over slow links (the default
+    /// asks a 1 MiB packet for 35 KB/s). Default: 30 s.
+    #[serde(with = "duration")]
+    pub packet_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -243,6 +251,7 @@ impl Default for Limits {
             maximum_client_id_len: 65_535,
             maximum_topic_levels: 128,
             maximum_topic_alias_bytes: 64 * 1024,
+            packet_read_timeout: Duration::from_secs(30),
         }
     }
 }

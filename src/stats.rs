@@ -29,6 +29,7 @@ pub struct Stats {
     pub(crate) storage_ops_written: AtomicU64,
     pub(crate) storage_ops_saved: AtomicU64,
     pub(crate) topic_alias_refused: AtomicU64,
+    pub(crate) packet_read_timeouts: AtomicU64,
 }
 
 impl Default for Stats {
@@ -54,6 +55,7 @@ impl Default for Stats {
             storage_ops_written: AtomicU64::new(0),
             storage_ops_saved: AtomicU64::new(0),
             topic_alias_refused: AtomicU64::new(0),
+            packet_read_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -88,6 +90,7 @@ impl Stats {
             storage_ops_written: g(&self.storage_ops_written),
             storage_ops_saved: g(&self.storage_ops_saved),
             topic_alias_refused: g(&self.topic_alias_refused),
+            packet_read_timeouts: g(&self.packet_read_timeouts),
         }
     }
 }
@@ -127,6 +130,9 @@ pub struct StatsSnapshot {
     /// Connections closed for registering topic aliases past
     /// `limits.maximum_topic_alias_bytes`.
     pub topic_alias_refused: u64,
+    /// Connections closed for not completing a packet within
+    /// `limits.packet_read_timeout`.
+    pub packet_read_timeouts: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

@@ -716,3 +716,57 @@ async fn outbound_topic_aliases_are_bounded_in_bytes() {
     }
     assert_eq!(aliases, vec![Some(1), Some(2), None]);
 }
+
+/// `packet_read_timeout`: with keep-alive 0 (no keep-alive at all), a
+/// PUBLISH declaring a megabyte and trickled a byte at a time no longer
+/// holds its connection and buffer forever: once the timeout has passed
+/// since its first bytes, the connection is closed with DISCONNECT 0x8D
+/// and counted.
+#[tokio::test]
+async fn trickled_packet_is_cut_off_at_packet_read_timeout() {
+    let mut o = Options::default();
+    o.limits.packet_read_timeout = Duration::from_millis(500);
+    let b = watched_broker(o).await;
+    let mut c = v5("trickler");
+    c.keep_alive = 0;
+    let mut raw = Raw::connected(b.addr, c).await;
+    // PUBLISH QoS 0, remaining length 1,000,000 (within the 1 MiB maximum).
+    raw.send_bytes(&[0x30, 0xC0, 0x84, 0x3D, 0x00]).await;
+    let start = tokio::time::Instant::now();
+    let answer = loop {
+        assert!(
+            start.elapsed() < WAIT,
+            "still open after {:?}",
+            start.elapsed()
+        );
+        raw.send_bytes(b"t").await;
+        if let Some(p) = raw.recv_within(Duration::from_millis(100)).await {
+            break p;
+        }
+    };
+    match answer {
+        Packet::Disconnect(d) => assert_eq!(d.reason, ReasonCode::KeepAliveTimeout),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert_eq!(b.stats.snapshot().packet_read_timeouts, 1);
+    assert_serving(&b).await;
+}
+
+/// The packet read timeout runs only while a packet is partly read: a
+/// connection with keep-alive 0 that sends nothing for longer is left
+/// alone, and so is one whose packets arrive whole.
+#[tokio::test]
+async fn idle_connection_is_not_cut_off_by_packet_read_timeout() {
+    let mut o = Options::default();
+    o.limits.packet_read_timeout = Duration::from_millis(200);
+    let b = watched_broker(o).await;
+    let mut c = v5("idler");
+    c.keep_alive = 0;
+    let mut raw = Raw::connected(b.addr, c).await;
+    for _ in 0..3 {
+        raw.sync().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    raw.sync().await;
+    assert_eq!(b.stats.snapshot().packet_read_timeouts, 0);
+}

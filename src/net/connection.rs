@@ -88,6 +88,8 @@ enum Ending {
     ClosedByBroker,
     /// The core has stopped.
     BrokerStopped,
+    /// A packet was not completed in time (`limits.packet_read_timeout`).
+    Stalled,
 }
 
 /// Runs one connection to its end, in the task that awaits it: reading,
@@ -130,6 +132,10 @@ where
                     // stop reading.
                     Step::Finished => break Ending::ClosedByBroker,
                     Step::Lost => break Ending::Close(CloseReason::Lost),
+                    Step::Stalled => {
+                        crate::stats::add(&shared.stats.packet_read_timeouts, 1);
+                        break Ending::Stalled;
+                    }
                     Step::Malformed(e) => {
                         tracing::debug!(conn = conn.0, error = %e, "protocol error");
                         break Ending::Close(CloseReason::Malformed(e));
@@ -412,12 +418,19 @@ where
         Ending::Disconnected => "DISCONNECT from the client".to_string(),
         Ending::ClosedByBroker => "closed by the broker".to_string(),
         Ending::BrokerStopped => "broker stopped".to_string(),
+        Ending::Stalled => "packet not completed within the packet read timeout".to_string(),
         Ending::Close(CloseReason::Lost) => "connection lost".to_string(),
         Ending::Close(CloseReason::ProtocolError(code)) => format!("protocol error ({code:?})"),
         Ending::Close(CloseReason::Malformed(e)) => format!("malformed packet: {e}"),
     };
     let (reason, writer_done) = match ending {
         Ending::Close(reason) => (Some(reason), false),
+        // The client is too slow, as with the keep-alive: 0x8D is the
+        // reason the spec has for a client that failed to send in time.
+        Ending::Stalled => (
+            Some(CloseReason::ProtocolError(ReasonCode::KeepAliveTimeout)),
+            false,
+        ),
         Ending::ClosedByBroker => (None, true),
         Ending::Disconnected | Ending::BrokerStopped => (None, false),
     };

@@ -56,6 +56,8 @@ pub(crate) enum Step {
     Lost,
     /// The peer sent bytes that do not decode.
     Malformed(DecodeError),
+    /// A packet begun was not completed within `limits.packet_read_timeout`.
+    Stalled,
     /// The outbox was closed and everything in it is written; the stream's
     /// write side is shut down.
     Finished,
@@ -107,12 +109,17 @@ pub(crate) struct Duplex<S> {
     /// Written bytes not yet flushed (TLS and WebSocket streams buffer
     /// what they are given until flushed).
     unflushed: bool,
+    /// `timer` is the read deadline of the packet partly read now.
+    deadline_set: bool,
     writing: Writing,
     reading: Reading,
-    /// Bounds a pause of reads; allocated only while paused. The
-    /// keep-alive needs no timer here: the core watches it (see
-    /// `broker::keepalive`), so an idle connection's task holds none.
-    pause: Option<Pin<Box<Sleep>>>,
+    /// While reads are paused, it bounds the pause; otherwise, once
+    /// `deadline_set`, it is when the packet partly read must be complete
+    /// (see [`Duplex::poll_step`]). One timer serves both, as they never
+    /// run at once; it is allocated only while either runs, so an idle
+    /// connection's task holds none. The keep-alive needs no timer here:
+    /// the core watches it (see `broker::keepalive`).
+    timer: Option<Pin<Box<Sleep>>>,
     version: ProtocolVersion,
     aliases: OutboundAliases,
 }
@@ -142,9 +149,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             busy: false,
             woken_after: 0,
             unflushed: false,
+            deadline_set: false,
             writing: Writing::Open,
             reading: Reading::Between,
-            pause: None,
+            timer: None,
             version: ProtocolVersion::V3_1_1,
             aliases: OutboundAliases::new(0, 0),
         }
@@ -202,15 +210,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 // Backpressure: a subscriber this client publishes to is
                 // behind. Packets already read wait too.
                 let until = Instant::now() + bound;
-                match self.pause.as_mut() {
+                match self.timer.as_mut() {
                     Some(timer) => timer.as_mut().reset(until),
-                    None => self.pause = Some(Box::pin(tokio::time::sleep_until(until))),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(until))),
                 }
+                // The time paused is the broker's: a packet partly read
+                // gets its full read timeout again afterwards.
+                self.deadline_set = false;
                 self.reading = Reading::Paused;
                 outbox.watch_brief_pause();
             }
         }
-        if let (Reading::Paused, Some(timer)) = (self.reading, self.pause.as_mut()) {
+        if let (Reading::Paused, Some(timer)) = (self.reading, self.timer.as_mut()) {
             while outbox.poll_paused(cx).is_some() {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
@@ -223,7 +234,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             }
             // Lifted, or its bound passed: a brief pause is then over.
             outbox.end_brief_pause();
-            self.pause = None;
+            self.reading = Reading::Between;
+            if self.rbuf.is_empty() {
+                self.timer = None;
+            }
         }
         if self.reading != Reading::Waiting {
             // Packets already buffered are taken first: the keep-alive
@@ -235,12 +249,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             outbox.listening();
             self.reading = Reading::Waiting;
         }
-        let step = ready!(self.poll_read(cx, stats));
+        let step = match self.poll_read(cx, stats) {
+            Poll::Ready(step) => step,
+            Poll::Pending => return self.poll_deadline(cx, &shared.opts.limits),
+        };
         // The client spoke: it is not silent until the connection waits
         // for it again, however long the broker takes (paused reads, a
         // wait for the core) to get through what it sent.
         outbox.heard();
         Poll::Ready(step)
+    }
+
+    /// Waiting for the client with part of a packet read: the rest must
+    /// come within `packet_read_timeout` of the time the connection
+    /// started waiting for it. The keep-alive does not bound this: it is
+    /// 0 (none) if the client asks, and a client trickling a large packet
+    /// a byte at a time would hold its buffer forever. Between packets
+    /// (nothing buffered) no timer runs.
+    fn poll_deadline(
+        &mut self,
+        cx: &mut Context<'_>,
+        limits: &crate::config::Limits,
+    ) -> Poll<Step> {
+        if self.rbuf.is_empty() {
+            return Poll::Pending;
+        }
+        let timer = match self.timer.as_mut() {
+            Some(timer) if self.deadline_set => timer,
+            Some(timer) => {
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + limits.packet_read_timeout);
+                self.deadline_set = true;
+                timer
+            }
+            None => {
+                self.deadline_set = true;
+                self.timer
+                    .insert(Box::pin(tokio::time::sleep(limits.packet_read_timeout)))
+            }
+        };
+        ready!(timer.as_mut().poll(cx));
+        self.timer = None;
+        self.deadline_set = false;
+        Poll::Ready(Step::Stalled)
     }
 
     /// Writes until the outbox is finished and the write side shut down,
@@ -288,10 +340,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
         match self.decoder.decode(&mut self.rbuf) {
             Ok(Some(p)) => {
                 stats::add(&stats.packets_received, 1);
+                // The next packet's read deadline starts when the
+                // connection waits for its rest (never while paused: the
+                // pause handling does not decode).
+                self.deadline_set = false;
                 if self.rbuf.is_empty() {
                     // Drop the handle: the allocation lives on in the
                     // decoded packets only as long as they do.
                     self.rbuf = BytesMut::new();
+                    self.timer = None;
                 }
                 self.reading = Reading::Between;
                 Some(Step::Packet(p))

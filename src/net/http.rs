@@ -143,6 +143,7 @@ fn json(s: &StatsSnapshot) -> String {
         "storage_ops_written": s.storage_ops_written,
         "storage_ops_saved": s.storage_ops_saved,
         "topic_alias_refused": s.topic_alias_refused,
+        "packet_read_timeouts": s.packet_read_timeouts,
         "memory": resident_memory(),
     })
     .to_string()
@@ -150,7 +151,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 14] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -203,6 +204,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "topic_alias_refused",
             "Connections closed for topic aliases past maximum_topic_alias_bytes.",
             s.topic_alias_refused,
+        ),
+        (
+            "packet_read_timeouts",
+            "Connections closed for a packet not completed within packet_read_timeout.",
+            s.packet_read_timeouts,
         ),
     ];
     let gauges: [(&str, &str, u64); 9] = [
