@@ -235,6 +235,19 @@ pub struct Limits {
     /// asks a 1 MiB packet for 35 KB/s). Default: 30 s.
     #[serde(with = "duration")]
     pub packet_read_timeout: Duration,
+    /// Largest packet accepted before CONNACK (a CONNECT, with its will
+    /// message, or an AUTH), in bytes; `maximum_packet_size` applies after.
+    /// Checked from the fixed header, before the body is buffered: a 5.0
+    /// client gets CONNACK 0x95 (Packet too large), a 3.x one is closed.
+    /// Counted as `connect_too_large`. Default: 64 KiB.
+    pub maximum_connect_size: u32,
+    /// Most bytes buffered, all together, by connections that have not
+    /// finished their CONNECT exchange (none of them authenticated yet).
+    /// A connection whose next bytes would take the total past it is
+    /// closed (counted as `unauthenticated_refused`), so unauthenticated
+    /// clients cannot hold more than this however many connect at once.
+    /// Default: 16 MiB.
+    pub maximum_unauthenticated_bytes: usize,
 }
 
 impl Default for Limits {
@@ -252,6 +265,8 @@ impl Default for Limits {
             maximum_topic_levels: 128,
             maximum_topic_alias_bytes: 64 * 1024,
             packet_read_timeout: Duration::from_secs(30),
+            maximum_connect_size: 64 * 1024,
+            maximum_unauthenticated_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct Stats {
     pub(crate) storage_ops_saved: AtomicU64,
     pub(crate) topic_alias_refused: AtomicU64,
     pub(crate) packet_read_timeouts: AtomicU64,
+    pub(crate) connect_too_large: AtomicU64,
+    pub(crate) unauthenticated_refused: AtomicU64,
 }
 
 impl Default for Stats {
@@ -56,6 +58,8 @@ impl Default for Stats {
             storage_ops_saved: AtomicU64::new(0),
             topic_alias_refused: AtomicU64::new(0),
             packet_read_timeouts: AtomicU64::new(0),
+            connect_too_large: AtomicU64::new(0),
+            unauthenticated_refused: AtomicU64::new(0),
         }
     }
 }
@@ -91,6 +95,8 @@ impl Stats {
             storage_ops_saved: g(&self.storage_ops_saved),
             topic_alias_refused: g(&self.topic_alias_refused),
             packet_read_timeouts: g(&self.packet_read_timeouts),
+            connect_too_large: g(&self.connect_too_large),
+            unauthenticated_refused: g(&self.unauthenticated_refused),
         }
     }
 }
@@ -133,6 +139,12 @@ pub struct StatsSnapshot {
     /// Connections closed for not completing a packet within
     /// `limits.packet_read_timeout`.
     pub packet_read_timeouts: u64,
+    /// CONNECT or AUTH packets refused for being larger than
+    /// `limits.maximum_connect_size`.
+    pub connect_too_large: u64,
+    /// Connections closed before CONNACK because connections not yet
+    /// through CONNECT held `limits.maximum_unauthenticated_bytes`.
+    pub unauthenticated_refused: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

@@ -770,3 +770,99 @@ async fn idle_connection_is_not_cut_off_by_packet_read_timeout() {
     raw.sync().await;
     assert_eq!(b.stats.snapshot().packet_read_timeouts, 0);
 }
+
+/// The start of a CONNECT at protocol `level` whose fixed header declares
+/// `size` bytes in all: the fixed header and the variable header, no more.
+fn connect_declaring(level: u8, size: usize) -> Vec<u8> {
+    let remaining = (1..=4)
+        .map(|k| size - 1 - k)
+        .find(|&r| varint(r).len() == size - 1 - r)
+        .expect("a size a varint can declare");
+    let mut out = vec![0x10];
+    out.extend(varint(remaining));
+    out.extend([0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 0]);
+    out
+}
+
+fn varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// `maximum_connect_size`: a CONNECT declaring a megabyte (within
+/// `maximum_packet_size`) is refused from its fixed header, before its body
+/// is buffered: CONNACK 0x95 for 5.0, a plain close for 3.1.1; counted.
+#[tokio::test]
+async fn connect_larger_than_maximum_connect_size_is_refused_at_once() {
+    let b = watched_broker(Options::default()).await;
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    s.write_all(&connect_declaring(5, 1_000_000)).await.unwrap();
+    assert_eq!(read_to_close(&mut s).await, [0x20, 3, 0, 0x95, 0]);
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    s.write_all(&connect_declaring(4, 1_000_000)).await.unwrap();
+    assert_eq!(read_to_close(&mut s).await, b"");
+    assert_eq!(b.stats.snapshot().connect_too_large, 2);
+
+    // A whole CONNECT too: a 60 KB will fits the default 64 KiB, a 60 KB
+    // will plus a 60 KB password only once the limit is raised.
+    let big = |id: &str, password: bool| {
+        let mut c = v5(id);
+        c.will = Some(will("w", &"w".repeat(60_000), QoS::AtMostOnce, false));
+        if password {
+            c.username = Some("u".into());
+            c.password = Some(vec![b'p'; 60_000].into());
+        }
+        c
+    };
+    let _ok = Raw::connected(b.addr, big("will", false)).await;
+    let (_, ack) = Raw::connect(b.addr, big("will-and-password", true)).await;
+    assert_eq!(ack.reason, ReasonCode::PacketTooLarge);
+    assert_eq!(b.stats.snapshot().connect_too_large, 3);
+    let mut o = Options::default();
+    o.limits.maximum_connect_size = 200 * 1024;
+    let b = watched_broker(o).await;
+    let _ok = Raw::connected(b.addr, big("will-and-password", true)).await;
+    assert_eq!(b.stats.snapshot().connect_too_large, 0);
+}
+
+/// `maximum_unauthenticated_bytes`: connections that declare large
+/// CONNECTs and never finish them hold at most the budget between them;
+/// past it a newcomer is refused (counted), and the budget comes back as
+/// the holders go.
+#[tokio::test]
+async fn unauthenticated_bytes_are_bounded_across_connections() {
+    const SIZE: usize = 16 * 1024;
+    let mut o = Options::default();
+    o.limits.maximum_connect_size = SIZE as u32;
+    o.limits.maximum_unauthenticated_bytes = 4 * SIZE + 100;
+    let b = watched_broker(o).await;
+    // All but the last byte of a CONNECT of SIZE bytes.
+    let mut partial = connect_declaring(4, SIZE);
+    partial.resize(SIZE - 1, 0);
+    let mut holders = Vec::new();
+    for i in 1..=4u64 {
+        let mut s = TcpStream::connect(b.addr).await.unwrap();
+        s.write_all(&partial).await.unwrap();
+        eventually("the partial CONNECT is read", || {
+            b.stats.snapshot().bytes_received == i * (SIZE as u64 - 1)
+        })
+        .await;
+        holders.push(s);
+    }
+    let mut newcomer = TcpStream::connect(b.addr).await.unwrap();
+    newcomer.write_all(&partial).await.unwrap();
+    assert_eq!(read_to_close(&mut newcomer).await, b"");
+    assert_eq!(b.stats.snapshot().unauthenticated_refused, 1);
+    drop(holders);
+    let c = connect_when_admitted(&b, "after").await;
+    c.disconnect().await;
+    assert_eq!(b.stats.snapshot().unauthenticated_refused, 1);
+}

@@ -7,7 +7,8 @@
 //! [`serve_connection`].
 
 use super::alias::InboundAliases;
-use super::duplex::{Duplex, Step};
+use super::duplex::{Duplex, OverBudget, Step};
+use super::preauth::PreAuth;
 use super::sweep::IdleSweep;
 use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event, Held};
 use crate::codec::{
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     pub intake: Arc<Intake>,
     /// Batch vectors the core emptied.
     pub batches: Arc<crate::reclaim::Batches>,
+    /// Bytes buffered by connections before CONNACK.
+    pub preauth: PreAuth,
 }
 
 /// What the listener learned about a connection before MQTT started.
@@ -111,7 +114,11 @@ pub(crate) fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let io = Duplex::new(stream, shared.opts.limits.maximum_packet_size);
+    let limits = &shared.opts.limits;
+    let io = Duplex::new(
+        stream,
+        limits.maximum_connect_size.min(limits.maximum_packet_size),
+    );
     let admitting = Box::pin(admit(io, conn, shared.clone(), peer));
     async move {
         let Some((mut io, mut live)) = admitting.await else {
@@ -202,12 +209,45 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let opts = &shared.opts;
+    // What this connection buffers until the exchange ends, admitted or
+    // not, is charged to the budget of unauthenticated bytes.
+    let mut charge = shared
+        .preauth
+        .charge(opts.limits.maximum_unauthenticated_bytes);
     // CONNECT must arrive within the connect timeout.
-    let first =
-        tokio::time::timeout(opts.limits.connect_timeout, io.read_packet(&shared.stats)).await;
+    let first = tokio::time::timeout(
+        opts.limits.connect_timeout,
+        io.read_packet(&shared.stats, &mut charge),
+    )
+    .await;
     let mut connect = match first {
-        Ok(Step::Packet(Packet::Connect(c))) => c,
-        Ok(Step::Malformed(DecodeError::UnsupportedProtocolVersion(level))) => {
+        Ok(Ok(Step::Packet(Packet::Connect(c)))) => c,
+        Ok(Err(OverBudget)) => {
+            crate::stats::add(&shared.stats.unauthenticated_refused, 1);
+            tracing::debug!(
+                conn = conn.0,
+                "connections before CONNACK hold maximum_unauthenticated_bytes; refused"
+            );
+            return None;
+        }
+        Ok(Ok(Step::Malformed(DecodeError::PacketTooLarge { size, max }))) => {
+            // Too large for a CONNECT: refused from its fixed header,
+            // before its body is buffered. A 5.0 client is told why
+            // (CONNACK 0x95); 3.x has no return code for it: closed.
+            crate::stats::add(&shared.stats.connect_too_large, 1);
+            tracing::debug!(
+                conn = conn.0,
+                size,
+                max,
+                "CONNECT larger than maximum_connect_size; refused"
+            );
+            let level = tokio::time::timeout(opts.limits.connect_timeout, io.connect_level()).await;
+            if let Ok(Some(5)) = level {
+                return refuse_connect(io, ProtocolVersion::V5, ReasonCode::PacketTooLarge).await;
+            }
+            return None;
+        }
+        Ok(Ok(Step::Malformed(DecodeError::UnsupportedProtocolVersion(level)))) => {
             // Answer in the form the client can read: 5.0 gets 0x84, anything
             // else the 3.1.1 return code 1 ([MQTT-3.1.2-2]).
             let reply: &[u8] = if level == 5 {
@@ -219,7 +259,7 @@ where
             io.shutdown().await;
             return None;
         }
-        Ok(Step::Malformed(e)) => {
+        Ok(Ok(Step::Malformed(e))) => {
             tracing::debug!(conn = conn.0, error = %e, "bad CONNECT");
             return None;
         }
@@ -267,11 +307,19 @@ where
                     }
                     let next = tokio::time::timeout(
                         opts.limits.connect_timeout,
-                        io.read_packet(&shared.stats),
+                        io.read_packet(&shared.stats, &mut charge),
                     )
                     .await;
                     match next {
-                        Ok(Step::Packet(Packet::Auth(a)))
+                        Ok(Err(OverBudget)) => {
+                            crate::stats::add(&shared.stats.unauthenticated_refused, 1);
+                            return refuse_connect(io, version, ReasonCode::ServerBusy).await;
+                        }
+                        Ok(Ok(Step::Malformed(DecodeError::PacketTooLarge { .. }))) => {
+                            crate::stats::add(&shared.stats.connect_too_large, 1);
+                            return refuse_connect(io, version, ReasonCode::PacketTooLarge).await;
+                        }
+                        Ok(Ok(Step::Packet(Packet::Auth(a))))
                             if a.reason == ReasonCode::ContinueAuthentication
                                 && a.properties.authentication_method.as_ref() == Some(&method) =>
                         {
@@ -324,7 +372,7 @@ where
     io.connected(
         version,
         connect.properties.topic_alias_maximum.unwrap_or(0),
-        alias_bytes,
+        &opts.limits,
     );
     let outbox = Arc::new(Outbox::new(version));
     tracing::info!(conn = conn.0, client_id = %Escaped(&connect.client_id), remote = client.remote_addr.map(tracing::field::display),

@@ -14,10 +14,12 @@
 
 use super::alias::OutboundAliases;
 use super::connection::Shared;
+use super::preauth::Charge;
 use super::sweep::IdleSweep;
 use super::wbuf::WriteBuf;
 use crate::broker::Message;
 use crate::codec::{DecodeError, Decoder, Packet, ProtocolVersion};
+use crate::config::Limits;
 use crate::outbound::Outbound;
 use crate::outbox::{Outbox, BRIEF_PAUSE};
 use crate::reclaim::Reclaim;
@@ -62,6 +64,11 @@ pub(crate) enum Step {
     /// write side is shut down.
     Finished,
 }
+
+/// The budget for connections before CONNACK has no room for more bytes
+/// from this one.
+#[derive(Debug)]
+pub(crate) struct OverBudget;
 
 /// Where the write direction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,11 +144,12 @@ struct WriteBuffers {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
-    /// A stream whose CONNECT is yet to come.
-    pub fn new(stream: S, maximum_packet_size: u32) -> Self {
+    /// A stream whose CONNECT is yet to come, accepting packets of up to
+    /// `maximum_connect_size` bytes until [`Duplex::connected`].
+    pub fn new(stream: S, maximum_connect_size: u32) -> Self {
         Duplex {
             stream,
-            decoder: Decoder::new(maximum_packet_size),
+            decoder: Decoder::new(maximum_connect_size),
             rbuf: BytesMut::new(),
             streaming: false,
             write: None,
@@ -158,23 +166,92 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
         }
     }
 
-    /// After CONNECT: the version to encode for, the client's topic alias
-    /// maximum and the bytes its aliases may take.
-    pub fn connected(&mut self, version: ProtocolVersion, aliases: u16, alias_bytes: usize) {
+    /// After the CONNECT exchange: the version to encode for, the client's
+    /// topic alias maximum, and the limits past CONNACK (the largest packet
+    /// accepted, the bytes aliases may take).
+    pub fn connected(&mut self, version: ProtocolVersion, aliases: u16, limits: &Limits) {
         self.version = version;
-        self.aliases = OutboundAliases::new(aliases, alias_bytes);
+        self.aliases = OutboundAliases::new(aliases, limits.maximum_topic_alias_bytes);
+        self.decoder.set_max_packet_size(limits.maximum_packet_size);
     }
 
     /// Reads until one packet is decoded (before the session exists: no
     /// outbox, no keep-alive). `Step::Lost` is a clean end of stream too.
-    pub async fn read_packet(&mut self, stats: &Stats) -> Step {
-        poll_fn(|cx| {
-            if let Some(step) = self.decode(stats) {
-                return Poll::Ready(step);
+    ///
+    /// Every byte is charged to `charge` before it is buffered, and so is
+    /// the room the decoder makes for a packet its fixed header declares;
+    /// `Err` when the budget has no room (the connection is to be refused).
+    pub async fn read_packet(
+        &mut self,
+        stats: &Stats,
+        charge: &mut Charge<'_>,
+    ) -> Result<Step, OverBudget> {
+        poll_fn(|cx| loop {
+            let declared = self.decoder.frame_len(&self.rbuf).unwrap_or(0);
+            if !charge.hold(self.rbuf.len().max(declared)) {
+                return Poll::Ready(Err(OverBudget));
             }
-            self.poll_read(cx, stats)
+            if let Some(step) = self.decode(stats) {
+                if matches!(step, Step::Packet(_)) {
+                    charge.settle();
+                }
+                return Poll::Ready(Ok(step));
+            }
+            // Through the stack, so nothing is buffered before it is
+            // charged.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut chunk);
+            if ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb)).is_err() {
+                return Poll::Ready(Ok(Step::Lost));
+            }
+            let n = rb.filled().len();
+            if n == 0 {
+                return Poll::Ready(Ok(Step::Lost));
+            }
+            if !charge.hold(self.rbuf.len() + n) {
+                return Poll::Ready(Err(OverBudget));
+            }
+            self.rbuf.extend_from_slice(rb.filled());
+            stats::add(&stats.bytes_received, n as u64);
         })
         .await
+    }
+
+    /// The protocol level of a CONNECT refused from its fixed header alone
+    /// (too large), read from the bytes after it; reads at most the few
+    /// bytes it needs. `None` if the stream ends or the bytes are not a
+    /// CONNECT's.
+    pub async fn connect_level(&mut self) -> Option<u8> {
+        use tokio::io::AsyncReadExt;
+        // The fixed header, then the protocol name ("MQTT" or "MQIsdp")
+        // with its length, then the level.
+        let header = 1
+            + self
+                .rbuf
+                .get(1..)?
+                .iter()
+                .take(4)
+                .position(|b| b & 0x80 == 0)?
+            + 1;
+        loop {
+            let at = match self.rbuf.get(header..header + 2) {
+                Some(&[hi, lo]) => header + 2 + usize::from(u16::from_be_bytes([hi, lo])),
+                _ => header + 2,
+            };
+            if at > header + 8 {
+                return None;
+            }
+            if let Some(&level) = self.rbuf.get(at) {
+                return Some(level);
+            }
+            let mut more = [0u8; 16];
+            let want = (at + 1 - self.rbuf.len()).min(more.len());
+            let n = self.stream.read(&mut more[..want]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.rbuf.extend_from_slice(&more[..n]);
+        }
     }
 
     /// Writes `bytes` and flushes (before the session exists).
@@ -266,11 +343,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     /// 0 (none) if the client asks, and a client trickling a large packet
     /// a byte at a time would hold its buffer forever. Between packets
     /// (nothing buffered) no timer runs.
-    fn poll_deadline(
-        &mut self,
-        cx: &mut Context<'_>,
-        limits: &crate::config::Limits,
-    ) -> Poll<Step> {
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, limits: &Limits) -> Poll<Step> {
         if self.rbuf.is_empty() {
             return Poll::Pending;
         }

@@ -144,6 +144,8 @@ fn json(s: &StatsSnapshot) -> String {
         "storage_ops_saved": s.storage_ops_saved,
         "topic_alias_refused": s.topic_alias_refused,
         "packet_read_timeouts": s.packet_read_timeouts,
+        "connect_too_large": s.connect_too_large,
+        "unauthenticated_refused": s.unauthenticated_refused,
         "memory": resident_memory(),
     })
     .to_string()
@@ -151,7 +153,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 14] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -209,6 +211,16 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "packet_read_timeouts",
             "Connections closed for a packet not completed within packet_read_timeout.",
             s.packet_read_timeouts,
+        ),
+        (
+            "connect_too_large",
+            "CONNECT or AUTH packets over maximum_connect_size.",
+            s.connect_too_large,
+        ),
+        (
+            "unauthenticated_refused",
+            "Connections refused before CONNACK: maximum_unauthenticated_bytes held.",
+            s.unauthenticated_refused,
         ),
     ];
     let gauges: [(&str, &str, u64); 9] = [

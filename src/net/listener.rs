@@ -679,6 +679,7 @@ mod tests {
             reclaim: Default::default(),
             intake: Default::default(),
             batches: Default::default(),
+            preauth: Default::default(),
         });
         #[allow(unused_variables)]
         let (stop_tx, stop) = watch::channel(false);
