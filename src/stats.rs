@@ -32,6 +32,7 @@ pub struct Stats {
     pub(crate) packet_read_timeouts: AtomicU64,
     pub(crate) connect_too_large: AtomicU64,
     pub(crate) unauthenticated_refused: AtomicU64,
+    pub(crate) http_evicted: AtomicU64,
 }
 
 impl Default for Stats {
@@ -60,6 +61,7 @@ impl Default for Stats {
             packet_read_timeouts: AtomicU64::new(0),
             connect_too_large: AtomicU64::new(0),
             unauthenticated_refused: AtomicU64::new(0),
+            http_evicted: AtomicU64::new(0),
         }
     }
 }
@@ -97,6 +99,7 @@ impl Stats {
             packet_read_timeouts: g(&self.packet_read_timeouts),
             connect_too_large: g(&self.connect_too_large),
             unauthenticated_refused: g(&self.unauthenticated_refused),
+            http_evicted: g(&self.http_evicted),
         }
     }
 }
@@ -145,6 +148,9 @@ pub struct StatsSnapshot {
     /// Connections closed before CONNACK because connections not yet
     /// through CONNECT held `limits.maximum_unauthenticated_bytes`.
     pub unauthenticated_refused: u64,
+    /// HTTP connections that had not sent a request head, closed to make
+    /// room for a new one at the listener's connection limit.
+    pub http_evicted: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

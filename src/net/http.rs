@@ -10,6 +10,7 @@
 //! the largest dependency in the crate.
 
 use crate::stats::{Stats, StatsSnapshot};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -17,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const MAX_HEAD: usize = 8 * 1024;
 
 /// Serves one request on `stream`; the whole request head must arrive
-/// within `timeout`.
-pub(crate) async fn serve<S>(mut stream: S, stats: &Stats, timeout: Duration)
+/// within `timeout`. Sets `read` once it has.
+pub(crate) async fn serve<S>(mut stream: S, stats: &Stats, timeout: Duration, read: &AtomicBool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -26,6 +27,7 @@ where
         Ok(Some(head)) => head,
         _ => return,
     };
+    read.store(true, Ordering::Relaxed);
     let response = respond(&head, stats);
     let _ = tokio::time::timeout(timeout, async {
         stream.write_all(&response).await?;
@@ -146,6 +148,7 @@ fn json(s: &StatsSnapshot) -> String {
         "packet_read_timeouts": s.packet_read_timeouts,
         "connect_too_large": s.connect_too_large,
         "unauthenticated_refused": s.unauthenticated_refused,
+        "http_evicted": s.http_evicted,
         "memory": resident_memory(),
     })
     .to_string()
@@ -153,7 +156,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 16] = [
+    let counters: [(&str, &str, u64); 17] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -221,6 +224,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "unauthenticated_refused",
             "Connections refused before CONNACK: maximum_unauthenticated_bytes held.",
             s.unauthenticated_refused,
+        ),
+        (
+            "http_evicted",
+            "Idle HTTP connections closed to make room for a new one.",
+            s.http_evicted,
         ),
     ];
     let gauges: [(&str, &str, u64); 9] = [
