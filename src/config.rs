@@ -143,7 +143,9 @@ pub struct Capabilities {
     pub subscription_identifiers: bool,
     /// Whether `$share/` subscriptions are supported. Default: true.
     pub shared_subscriptions: bool,
-    /// Topic aliases a client may use towards the broker. Default: 65535.
+    /// Topic aliases a client may use towards the broker. Default: 256
+    /// (with `limits.maximum_topic_alias_bytes` at its default, enough
+    /// for every one of them on topics of up to 224 bytes).
     pub topic_alias_maximum: u16,
     /// Force this keep-alive on MQTT 5.0 clients (Server Keep Alive).
     /// Default: none (the client's value is used, capped by
@@ -166,7 +168,7 @@ impl Default for Capabilities {
             wildcard_subscriptions: true,
             subscription_identifiers: true,
             shared_subscriptions: true,
-            topic_alias_maximum: u16::MAX,
+            topic_alias_maximum: 256,
             server_keep_alive: None,
             maximum_keep_alive: u16::MAX,
             maximum_session_expiry_interval: u32::MAX,
@@ -233,6 +235,33 @@ pub struct Limits {
     /// deeper will topic refuses the CONNECT. Keeps the topic trees shallow.
     /// Default: 128.
     pub maximum_topic_levels: usize,
+    /// Most bytes of topic aliases one connection holds in each direction:
+    /// the topic names plus 32 bytes per alias. A client registering an
+    /// alias past it is disconnected (5.0: DISCONNECT 0x97 Quota exceeded,
+    /// counted as `topic_alias_refused`); towards a client, topics past it
+    /// are sent in full. Default: 64 KiB.
+    pub maximum_topic_alias_bytes: usize,
+    /// How long a packet may take to arrive once its first byte has: past
+    /// it the connection is closed (5.0: DISCONNECT 0x8D Keep Alive
+    /// timeout), and counted as `packet_read_timeouts`. The keep-alive
+    /// bounds a client's silence only between packets, and not at all when
+    /// it is 0. Raise it for large packets over slow links (the default
+    /// asks a 1 MiB packet for 35 KB/s). Default: 30 s.
+    #[serde(with = "duration")]
+    pub packet_read_timeout: Duration,
+    /// Largest packet accepted before CONNACK (a CONNECT, with its will
+    /// message, or an AUTH), in bytes; `maximum_packet_size` applies after.
+    /// Checked from the fixed header, before the body is buffered: a 5.0
+    /// client gets CONNACK 0x95 (Packet too large), a 3.x one is closed.
+    /// Counted as `connect_too_large`. Default: 64 KiB.
+    pub maximum_connect_size: u32,
+    /// Most bytes buffered, all together, by connections that have not
+    /// finished their CONNECT exchange (none of them authenticated yet).
+    /// A connection whose next bytes would take the total past it is
+    /// closed (counted as `unauthenticated_refused`), so unauthenticated
+    /// clients cannot hold more than this however many connect at once.
+    /// Default: 16 MiB.
+    pub maximum_unauthenticated_bytes: usize,
 }
 
 impl Default for Limits {
@@ -250,6 +279,10 @@ impl Default for Limits {
             maximum_subscription_bytes: 1024 * 1024,
             maximum_client_id_len: 65_535,
             maximum_topic_levels: 128,
+            maximum_topic_alias_bytes: 64 * 1024,
+            packet_read_timeout: Duration::from_secs(30),
+            maximum_connect_size: 64 * 1024,
+            maximum_unauthenticated_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -35,6 +35,7 @@ mod broker;
 pub mod codec;
 mod commit;
 mod config;
+mod escape;
 pub mod hooks;
 mod inline;
 mod intake;

@@ -394,7 +394,7 @@ mod tests {
                 encode(&Packet::Publish(publish.clone()), version, &mut expected).unwrap();
                 let mut got = BytesMut::new();
                 Outbound::Deliver(d)
-                    .encode(version, &mut OutboundAliases::new(0), &mut got)
+                    .encode(version, &mut OutboundAliases::new(0, 0), &mut got)
                     .unwrap();
                 assert_eq!(got, expected);
                 assert_eq!(got.len(), len);
@@ -421,7 +421,7 @@ mod tests {
             let mut expected = BytesMut::new();
             encode(&Packet::Publish(d().into_publish()), version, &mut expected).unwrap();
             let mut out = WriteBuf::default();
-            let aliases = &mut OutboundAliases::new(0);
+            let aliases = &mut OutboundAliases::new(0, 0);
             Outbound::Deliver(d())
                 .encode_into(version, aliases, &mut out, true)
                 .unwrap();
@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn deliveries_use_topic_aliases() {
         let msg = message(Default::default(), None);
-        let mut aliases = OutboundAliases::new(5);
+        let mut aliases = OutboundAliases::new(5, 1 << 20);
         let mut decoder = Decoder::with_version(1 << 20, ProtocolVersion::V5);
         let mut buf = BytesMut::new();
         for _ in 0..2 {

@@ -326,6 +326,7 @@ impl Server {
             reclaim: reclaim.clone(),
             intake: intake.clone(),
             batches: batches.clone(),
+            preauth: Default::default(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));

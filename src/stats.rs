@@ -28,6 +28,11 @@ pub struct Stats {
     pub(crate) storage_commits: AtomicU64,
     pub(crate) storage_ops_written: AtomicU64,
     pub(crate) storage_ops_saved: AtomicU64,
+    pub(crate) topic_alias_refused: AtomicU64,
+    pub(crate) packet_read_timeouts: AtomicU64,
+    pub(crate) connect_too_large: AtomicU64,
+    pub(crate) unauthenticated_refused: AtomicU64,
+    pub(crate) http_evicted: AtomicU64,
 }
 
 impl Default for Stats {
@@ -52,6 +57,11 @@ impl Default for Stats {
             storage_commits: AtomicU64::new(0),
             storage_ops_written: AtomicU64::new(0),
             storage_ops_saved: AtomicU64::new(0),
+            topic_alias_refused: AtomicU64::new(0),
+            packet_read_timeouts: AtomicU64::new(0),
+            connect_too_large: AtomicU64::new(0),
+            unauthenticated_refused: AtomicU64::new(0),
+            http_evicted: AtomicU64::new(0),
         }
     }
 }
@@ -85,6 +95,11 @@ impl Stats {
             storage_commits: g(&self.storage_commits),
             storage_ops_written: g(&self.storage_ops_written),
             storage_ops_saved: g(&self.storage_ops_saved),
+            topic_alias_refused: g(&self.topic_alias_refused),
+            packet_read_timeouts: g(&self.packet_read_timeouts),
+            connect_too_large: g(&self.connect_too_large),
+            unauthenticated_refused: g(&self.unauthenticated_refused),
+            http_evicted: g(&self.http_evicted),
         }
     }
 }
@@ -121,6 +136,21 @@ pub struct StatsSnapshot {
     /// or the next group undid them (a message acknowledged by its
     /// subscriber before its copy reached the disk).
     pub storage_ops_saved: u64,
+    /// Connections closed for registering topic aliases past
+    /// `limits.maximum_topic_alias_bytes`.
+    pub topic_alias_refused: u64,
+    /// Connections closed for not completing a packet within
+    /// `limits.packet_read_timeout`.
+    pub packet_read_timeouts: u64,
+    /// CONNECT or AUTH packets refused for being larger than
+    /// `limits.maximum_connect_size`.
+    pub connect_too_large: u64,
+    /// Connections closed before CONNACK because connections not yet
+    /// through CONNECT held `limits.maximum_unauthenticated_bytes`.
+    pub unauthenticated_refused: u64,
+    /// HTTP connections that had not sent a request head, closed to make
+    /// room for a new one at the listener's connection limit.
+    pub http_evicted: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

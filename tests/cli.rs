@@ -638,6 +638,39 @@ async fn log_format_json_writes_json_lines_without_payloads() {
     }
 }
 
+/// A client id with a line break cannot write a line of its own into the
+/// text log: the forged "client connected ... client_id=admin" stays inside
+/// the real line, escaped.
+#[tokio::test]
+async fn client_id_with_a_newline_cannot_forge_a_log_line() {
+    let mut cmd = roost(&["--tcp", "127.0.0.1:0", "--store", "memory"]);
+    cmd.stderr(Stdio::piped());
+    let mut b = Broker::spawn(cmd);
+    let mut logs = Logs::of(&mut b);
+    let forged = "2099-01-01T00:00:00.000000Z  INFO roost::net::connection: client connected conn=0 client_id=admin";
+    let evil = format!("evil\n{forged}\r\u{1b}[2K");
+    let c = Raw::connected(b.addr, v5(&evil)).await;
+    c.disconnect().await;
+    let disconnected = logs.wait_for("client disconnected");
+    assert!(
+        disconnected.contains(r"client_id=evil\n2099-01-01"),
+        "{disconnected}"
+    );
+    let connected = logs
+        .seen
+        .iter()
+        .find(|l| l.contains("client connected") && l.contains("client_id=evil"))
+        .expect("the real connect line");
+    assert!(
+        connected.contains(r"client_id=admin\r\u{1b}[2K"),
+        "{connected}"
+    );
+    for line in &logs.seen {
+        assert!(!line.starts_with("2099-01-01"), "forged log line: {line}");
+        assert!(!line.contains('\u{1b}'), "raw escape sequence: {line}");
+    }
+}
+
 #[tokio::test]
 async fn workers_sets_the_runtime_threads_from_the_file_or_the_flag() {
     let dir = tempfile::tempdir().unwrap();

@@ -193,3 +193,43 @@ async fn stats_over_https() {
     assert!(text.ends_with("\r\n\r\nok"), "{text}");
     b.stop().await;
 }
+
+/// Idle sockets cannot starve health checks: with every one of the HTTP
+/// listener's slots (64) taken by connections that never send a byte, and
+/// more of them arriving, `/healthz` still answers; the idle ones give way,
+/// oldest first, and are counted.
+#[tokio::test]
+async fn healthz_answers_while_idle_sockets_fill_the_http_listener() {
+    let b = MultiBroker::start().await;
+    let mut idle = Vec::new();
+    for _ in 0..70 {
+        idle.push(TcpStream::connect(b.http).await.unwrap());
+    }
+    let (code, _, body) = get(b.http, &request("/healthz")).await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    // 70 idle and one request through 64 slots: at least 7 gave way.
+    assert!(
+        b.stats.snapshot().http_evicted >= 7,
+        "{:?}",
+        b.stats.snapshot()
+    );
+    // The evicted ones were closed (the first opened go first).
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, idle[0].read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    b.stop().await;
+}
+
+/// An HTTP connection that sends no request head is closed after a few
+/// seconds, well before the (default, 10 s) connect timeout.
+#[tokio::test]
+async fn idle_http_connection_is_closed_after_a_short_head_timeout() {
+    let b = MultiBroker::start().await;
+    let mut s = TcpStream::connect(b.http).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "still open after {WAIT:?}");
+    assert!(rest.is_empty(), "{rest:?}");
+    b.stop().await;
+}

@@ -883,3 +883,208 @@ async fn a_publisher_paused_by_congestion_is_not_timed_out() {
     drop(stuck);
     assert_serving(&b).await;
 }
+
+// ----- memory at the network edge --------------------------------------------
+
+/// A QoS 0 PUBLISH on `topic` setting up (or using) topic alias `alias`.
+fn aliased(topic: &str, alias: u16) -> roost::codec::Publish {
+    let mut p = publish(topic, "x", QoS::AtMostOnce, 0);
+    p.properties.topic_alias = std::num::NonZeroU16::new(alias);
+    p
+}
+
+/// `maximum_topic_alias_bytes`: aliases on long topics are refused with
+/// DISCONNECT 0x97 once they would hold more than the budget (by default
+/// 64 KiB: one 60 KB topic fits, a second does not), however many aliases
+/// the Topic Alias Maximum allows; the refusal is counted.
+#[tokio::test]
+async fn inbound_topic_aliases_are_bounded_in_bytes() {
+    let b = watched_broker(Options::default()).await;
+    let (mut c, ack) = Raw::connect(b.addr, v5("aliaser")).await;
+    let max = ack.properties.topic_alias_maximum.expect("aliases offered");
+    assert!(max >= 2, "{ack:?}");
+    let long = |tag: char| format!("a/{}", tag.to_string().repeat(60_000));
+    c.publish(aliased(&long('a'), 1)).await;
+    // Re-pointing alias 1 frees what its old topic held.
+    c.publish(aliased(&long('b'), 1)).await;
+    c.sync().await;
+    c.send(Packet::Publish(aliased(&long('c'), 2))).await;
+    assert_eq!(expect_disconnect(&mut c).await, ReasonCode::QuotaExceeded);
+    assert_eq!(b.stats.snapshot().topic_alias_refused, 1);
+    assert_serving(&b).await;
+}
+
+/// Towards a subscriber, aliases stop at the same byte budget even when the
+/// client allows thousands: later topics go in full, without an alias.
+#[tokio::test]
+async fn outbound_topic_aliases_are_bounded_in_bytes() {
+    let b = watched_broker(Options::default()).await;
+    let mut c = v5("alias-sub");
+    c.properties.topic_alias_maximum = Some(u16::MAX);
+    let mut sub = Raw::connected(b.addr, c).await;
+    sub.subscribe(1, "big/#", QoS::AtMostOnce).await;
+    let mut publ = Raw::connected(b.addr, v5("alias-pub")).await;
+    let topics: Vec<String> = (0..3)
+        .map(|i| format!("big/{i}/{}", "t".repeat(30_000)))
+        .collect();
+    for t in &topics {
+        publ.publish(publish(t, "x", QoS::AtMostOnce, 0)).await;
+    }
+    let mut aliases = Vec::new();
+    for t in &topics {
+        let m = sub.recv_publish().await;
+        assert_eq!(&m.topic, t.as_str(), "a first use carries the topic");
+        aliases.push(m.properties.topic_alias.map(|a| a.get()));
+    }
+    assert_eq!(aliases, vec![Some(1), Some(2), None]);
+}
+
+/// `packet_read_timeout`: with keep-alive 0 (no keep-alive at all), a
+/// PUBLISH declaring a megabyte and trickled a byte at a time no longer
+/// holds its connection and buffer forever: once the timeout has passed
+/// since its first bytes, the connection is closed with DISCONNECT 0x8D
+/// and counted.
+#[tokio::test]
+async fn trickled_packet_is_cut_off_at_packet_read_timeout() {
+    let mut o = Options::default();
+    o.limits.packet_read_timeout = Duration::from_millis(500);
+    let b = watched_broker(o).await;
+    let mut c = v5("trickler");
+    c.keep_alive = 0;
+    let mut raw = Raw::connected(b.addr, c).await;
+    // PUBLISH QoS 0, remaining length 1,000,000 (within the 1 MiB maximum).
+    raw.send_bytes(&[0x30, 0xC0, 0x84, 0x3D, 0x00]).await;
+    let start = tokio::time::Instant::now();
+    let answer = loop {
+        assert!(
+            start.elapsed() < WAIT,
+            "still open after {:?}",
+            start.elapsed()
+        );
+        raw.send_bytes(b"t").await;
+        if let Some(p) = raw.recv_within(Duration::from_millis(100)).await {
+            break p;
+        }
+    };
+    match answer {
+        Packet::Disconnect(d) => assert_eq!(d.reason, ReasonCode::KeepAliveTimeout),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert_eq!(b.stats.snapshot().packet_read_timeouts, 1);
+    assert_serving(&b).await;
+}
+
+/// The packet read timeout runs only while a packet is partly read: a
+/// connection with keep-alive 0 that sends nothing for longer is left
+/// alone, and so is one whose packets arrive whole.
+#[tokio::test]
+async fn idle_connection_is_not_cut_off_by_packet_read_timeout() {
+    let mut o = Options::default();
+    o.limits.packet_read_timeout = Duration::from_millis(200);
+    let b = watched_broker(o).await;
+    let mut c = v5("idler");
+    c.keep_alive = 0;
+    let mut raw = Raw::connected(b.addr, c).await;
+    for _ in 0..3 {
+        raw.sync().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    raw.sync().await;
+    assert_eq!(b.stats.snapshot().packet_read_timeouts, 0);
+}
+
+/// The start of a CONNECT at protocol `level` whose fixed header declares
+/// `size` bytes in all: the fixed header and the variable header, no more.
+fn connect_declaring(level: u8, size: usize) -> Vec<u8> {
+    let remaining = (1..=4)
+        .map(|k| size - 1 - k)
+        .find(|&r| varint(r).len() == size - 1 - r)
+        .expect("a size a varint can declare");
+    let mut out = vec![0x10];
+    out.extend(varint(remaining));
+    out.extend([0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 0]);
+    out
+}
+
+fn varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// `maximum_connect_size`: a CONNECT declaring a megabyte (within
+/// `maximum_packet_size`) is refused from its fixed header, before its body
+/// is buffered: CONNACK 0x95 for 5.0, a plain close for 3.1.1; counted.
+#[tokio::test]
+async fn connect_larger_than_maximum_connect_size_is_refused_at_once() {
+    let b = watched_broker(Options::default()).await;
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    s.write_all(&connect_declaring(5, 1_000_000)).await.unwrap();
+    assert_eq!(read_to_close(&mut s).await, [0x20, 3, 0, 0x95, 0]);
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    s.write_all(&connect_declaring(4, 1_000_000)).await.unwrap();
+    assert_eq!(read_to_close(&mut s).await, b"");
+    assert_eq!(b.stats.snapshot().connect_too_large, 2);
+
+    // A whole CONNECT too: a 60 KB will fits the default 64 KiB, a 60 KB
+    // will plus a 60 KB password only once the limit is raised.
+    let big = |id: &str, password: bool| {
+        let mut c = v5(id);
+        c.will = Some(will("w", &"w".repeat(60_000), QoS::AtMostOnce, false));
+        if password {
+            c.username = Some("u".into());
+            c.password = Some(vec![b'p'; 60_000].into());
+        }
+        c
+    };
+    let _ok = Raw::connected(b.addr, big("will", false)).await;
+    let (_, ack) = Raw::connect(b.addr, big("will-and-password", true)).await;
+    assert_eq!(ack.reason, ReasonCode::PacketTooLarge);
+    assert_eq!(b.stats.snapshot().connect_too_large, 3);
+    let mut o = Options::default();
+    o.limits.maximum_connect_size = 200 * 1024;
+    let b = watched_broker(o).await;
+    let _ok = Raw::connected(b.addr, big("will-and-password", true)).await;
+    assert_eq!(b.stats.snapshot().connect_too_large, 0);
+}
+
+/// `maximum_unauthenticated_bytes`: connections that declare large
+/// CONNECTs and never finish them hold at most the budget between them;
+/// past it a newcomer is refused (counted), and the budget comes back as
+/// the holders go.
+#[tokio::test]
+async fn unauthenticated_bytes_are_bounded_across_connections() {
+    const SIZE: usize = 16 * 1024;
+    let mut o = Options::default();
+    o.limits.maximum_connect_size = SIZE as u32;
+    o.limits.maximum_unauthenticated_bytes = 4 * SIZE + 100;
+    let b = watched_broker(o).await;
+    // All but the last byte of a CONNECT of SIZE bytes.
+    let mut partial = connect_declaring(4, SIZE);
+    partial.resize(SIZE - 1, 0);
+    let mut holders = Vec::new();
+    for i in 1..=4u64 {
+        let mut s = TcpStream::connect(b.addr).await.unwrap();
+        s.write_all(&partial).await.unwrap();
+        eventually("the partial CONNECT is read", || {
+            b.stats.snapshot().bytes_received == i * (SIZE as u64 - 1)
+        })
+        .await;
+        holders.push(s);
+    }
+    let mut newcomer = TcpStream::connect(b.addr).await.unwrap();
+    newcomer.write_all(&partial).await.unwrap();
+    assert_eq!(read_to_close(&mut newcomer).await, b"");
+    assert_eq!(b.stats.snapshot().unauthenticated_refused, 1);
+    drop(holders);
+    let c = connect_when_admitted(&b, "after").await;
+    c.disconnect().await;
+    assert_eq!(b.stats.snapshot().unauthenticated_refused, 1);
+}

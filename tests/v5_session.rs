@@ -36,7 +36,10 @@ async fn connack_advertises_limits_and_no_disabled_features_by_default() {
         p.maximum_packet_size.map(|m| m.get()),
         Some(limits.maximum_packet_size)
     );
-    assert_eq!(p.topic_alias_maximum, Some(u16::MAX));
+    assert_eq!(
+        p.topic_alias_maximum,
+        Some(roost::Capabilities::default().topic_alias_maximum)
+    );
     // Everything is available: the properties are absent, which means
     // "available" (3.2.2.3.4 ff.).
     assert_eq!(p.maximum_qos, None);

@@ -11,6 +11,7 @@ use super::message::Message;
 use super::session::{Outgoing, Session, SubEntry, Will};
 use super::{split_shared, Broker, SessionId};
 use crate::codec::{ByteStr, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
+use crate::escape::Escaped;
 use crate::hooks::Client;
 use crate::stats;
 use roost_storage::{Op, OutboundState, SessionOwner, Snapshot};
@@ -48,7 +49,7 @@ impl Broker {
         for stored in snapshot.sessions {
             let rec = stored.session;
             let Some(version) = ProtocolVersion::from_level(rec.protocol_level) else {
-                tracing::warn!(client_id = %rec.client_id, level = rec.protocol_level,
+                tracing::warn!(client_id = %Escaped(&rec.client_id), level = rec.protocol_level,
                     "stored session has an unknown protocol level; dropping it");
                 self.persist.push(Op::DeleteSession {
                     client_id: rec.client_id,

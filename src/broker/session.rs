@@ -10,6 +10,7 @@ use crate::codec::{
     ByteStr, Packet, PacketId, ProtocolVersion, PubResp, QoS, QosPid, SubscriptionOptions,
 };
 use crate::config::Limits;
+use crate::escape::Escaped;
 use crate::hooks::{Client, DropReason, Hooks};
 use crate::outbound::{Burst, Delivery, Outbound};
 use crate::outbox::Outbox;
@@ -393,11 +394,11 @@ impl Session {
         let last = LAST_WARNING_MS.load(std::sync::atomic::Ordering::Relaxed);
         if !matches!(reason, DropReason::Expired) && ctx.now_ms >= last.saturating_add(1000) {
             LAST_WARNING_MS.store(ctx.now_ms, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(client_id = %self.client_id(), topic = %msg.topic, ?reason,
+            tracing::warn!(client_id = %Escaped(self.client_id()), topic = %Escaped(&msg.topic), ?reason,
                 total = ctx.stats.messages_dropped.load(std::sync::atomic::Ordering::Relaxed),
                 "message dropped (more within a second are logged at debug level)");
         } else {
-            tracing::debug!(client_id = %self.client_id(), topic = %msg.topic, ?reason, "message dropped");
+            tracing::debug!(client_id = %Escaped(self.client_id()), topic = %Escaped(&msg.topic), ?reason, "message dropped");
         }
         if ctx.hooks.has_events() {
             ctx.hooks

@@ -63,6 +63,27 @@ impl Decoder {
         }
     }
 
+    /// Changes the largest packet accepted from now on (a connection
+    /// allows less before CONNACK than after it).
+    pub fn set_max_packet_size(&mut self, max_packet_size: u32) {
+        self.max_packet_size = max_packet_size;
+    }
+
+    /// The size of the packet at the front of `buf` as its fixed header
+    /// declares it, fixed header included: what [`Decoder::decode`] will
+    /// make room for before the packet is complete. `None` while the fixed
+    /// header is incomplete or invalid, or when the packet is over the
+    /// limit (`decode` refuses it without buffering).
+    pub fn frame_len(&self, buf: &[u8]) -> Option<usize> {
+        match varint::read(buf.get(1..)?) {
+            Ok(VarInt::Value(remaining, n)) => {
+                let size = 1 + n as u32 + remaining;
+                (size <= self.max_packet_size).then_some(size as usize)
+            }
+            _ => None,
+        }
+    }
+
     /// The protocol version, once CONNECT was decoded.
     pub fn version(&self) -> Option<ProtocolVersion> {
         self.version

@@ -12,6 +12,7 @@ pub use error::{LedgerError, LedgerLocation};
 use super::{AclHook, AuthHook, BoxFuture, Client, Decision};
 use crate::broker::Message;
 use crate::codec::Connect;
+use crate::escape::Escaped;
 use cidr::Cidr;
 use glob::Glob;
 use serde::Deserialize;
@@ -523,7 +524,7 @@ impl Ledger {
     fn auth_outcome(&self, client: &Client, connect: &Connect) -> AuthOutcome {
         let user = username(client).and_then(|u| self.users.get(u));
         if user.is_some_and(|u| u.disabled) {
-            tracing::debug!(client_id = %client.client_id, "ledger: user is disabled");
+            tracing::debug!(client_id = %Escaped(&client.client_id), "ledger: user is disabled");
             return AuthOutcome::Deny;
         }
         let remote = client.remote_addr.map(|a| a.ip());
@@ -534,12 +535,12 @@ impl Ledger {
                     .is_none_or(|c| remote.is_some_and(|ip| c.contains(ip)))
         });
         let Some(rule) = rule else {
-            tracing::debug!(client_id = %client.client_id, "ledger: no auth rule matches");
+            tracing::debug!(client_id = %Escaped(&client.client_id), "ledger: no auth rule matches");
             return AuthOutcome::Deny;
         };
         match (rule.allow, rule.password, user) {
             (false, _, _) => {
-                tracing::debug!(client_id = %client.client_id, line = rule.line, "ledger: auth rule denies");
+                tracing::debug!(client_id = %Escaped(&client.client_id), line = rule.line, "ledger: auth rule denies");
                 AuthOutcome::Deny
             }
             (true, PasswordPolicy::Ignored, _) => AuthOutcome::Allow,
@@ -551,7 +552,7 @@ impl Ledger {
                 None => AuthOutcome::Deny,
             },
             (true, PasswordPolicy::Required, None) => {
-                tracing::debug!(client_id = %client.client_id, "ledger: unknown user");
+                tracing::debug!(client_id = %Escaped(&client.client_id), "ledger: unknown user");
                 AuthOutcome::Deny
             }
         }
@@ -569,7 +570,7 @@ impl Ledger {
         let ok = rule.is_some_and(|r| r.access.write());
         if !ok {
             let line = rule.map(|r| r.line);
-            tracing::debug!(client_id = %client.client_id, topic, ?line, "ledger: publish denied");
+            tracing::debug!(client_id = %Escaped(&client.client_id), topic, ?line, "ledger: publish denied");
         }
         ok
     }
@@ -580,7 +581,7 @@ impl Ledger {
         let ok = rule.is_some_and(|r| r.access.read());
         if !ok {
             let line = rule.map(|r| r.line);
-            tracing::debug!(client_id = %client.client_id, filter, ?line, "ledger: subscribe denied");
+            tracing::debug!(client_id = %Escaped(&client.client_id), filter, ?line, "ledger: subscribe denied");
         }
         ok
     }
@@ -590,7 +591,7 @@ impl Ledger {
         let ok = rule.is_some_and(|r| r.access.read());
         if !ok {
             let line = rule.map(|r| r.line);
-            tracing::trace!(client_id = %client.client_id, topic, ?line, "ledger: delivery denied");
+            tracing::trace!(client_id = %Escaped(&client.client_id), topic, ?line, "ledger: delivery denied");
         }
         ok
     }

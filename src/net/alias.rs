@@ -3,30 +3,70 @@
 //!
 //! Most connections never use an alias, so a table is allocated (and
 //! takes room in the connection) only once the first alias is set up.
+//!
+//! Each table is bounded in bytes as well as in aliases
+//! (`limits.maximum_topic_alias_bytes`): a topic name can be 64 KiB, so a
+//! count alone let one connection pin gigabytes of topic names.
 
 use crate::codec::{ByteStr, Publish, ReasonCode};
 use std::collections::HashMap;
 use std::num::NonZeroU16;
 
+/// What an alias costs against the byte budget beyond its topic's bytes:
+/// about what the map spends on the entry (the key, a string handle, its
+/// heap header, and the map's own slack), so that many short topics are
+/// bounded too.
+pub const ALIAS_OVERHEAD: usize = 32;
+
+fn cost(topic: &str) -> usize {
+    topic.len() + ALIAS_OVERHEAD
+}
+
+/// A table's entries with their total cost (see [`ALIAS_OVERHEAD`]).
+#[derive(Debug)]
+struct Table<K, V> {
+    map: HashMap<K, V>,
+    bytes: usize,
+}
+
+impl<K, V> Default for Table<K, V> {
+    fn default() -> Self {
+        Table {
+            map: HashMap::new(),
+            bytes: 0,
+        }
+    }
+}
+
 /// Aliases the client set up towards the broker.
 #[derive(Debug, Default)]
 pub struct InboundAliases {
     max: u16,
-    #[allow(
-        clippy::box_collection,
-        reason = "a pointer, not an empty map, per connection"
-    )]
-    map: Option<Box<HashMap<u16, ByteStr>>>,
+    /// Most bytes the table may cost (saturated at `u32::MAX`: a pointer
+    /// and two small numbers keep the connection's state small).
+    budget: u32,
+    table: Option<Box<Table<u16, ByteStr>>>,
 }
 
 impl InboundAliases {
-    /// A table accepting aliases 1..=`max` (0: none).
-    pub fn new(max: u16) -> Self {
-        InboundAliases { max, map: None }
+    /// A table accepting aliases 1..=`max` (0: none), costing at most
+    /// `budget` bytes.
+    pub fn new(max: u16, budget: usize) -> Self {
+        InboundAliases {
+            max,
+            budget: u32::try_from(budget).unwrap_or(u32::MAX),
+            table: None,
+        }
     }
 
     /// Resolves or records the alias of an inbound PUBLISH, leaving its
     /// topic filled in. Errors are the reason code to disconnect with.
+    ///
+    /// A new or changed alias whose topic would take the table past its
+    /// byte budget is refused with Quota exceeded (0x97: "an implementation
+    /// or administratively imposed limit has been exceeded"). Topic Alias
+    /// invalid (0x94) would be wrong: the spec keeps it for an alias above
+    /// the Topic Alias Maximum, which the client did respect.
     pub fn resolve(&mut self, p: &mut Publish) -> Result<(), ReasonCode> {
         let Some(alias) = p.properties.topic_alias.take() else {
             return Ok(());
@@ -36,38 +76,47 @@ impl InboundAliases {
             return Err(ReasonCode::TopicAliasInvalid);
         }
         if p.topic.is_empty() {
-            match self.map.as_ref().and_then(|m| m.get(&alias.get())) {
+            match self.table.as_ref().and_then(|t| t.map.get(&alias.get())) {
                 Some(t) => p.topic = t.clone(),
                 // An alias that was never set up is a protocol error.
                 None => return Err(ReasonCode::ProtocolError),
             }
         } else {
+            let table = self.table.get_or_insert_default();
+            let freed = table.map.get(&alias.get()).map_or(0, |t| cost(t));
+            let bytes = table.bytes - freed + cost(&p.topic);
+            if bytes > self.budget as usize {
+                return Err(ReasonCode::QuotaExceeded);
+            }
+            table.bytes = bytes;
             // Keep our own copy so the table does not pin read buffers.
-            self.map
-                .get_or_insert_default()
-                .insert(alias.get(), p.topic.detach());
+            table.map.insert(alias.get(), p.topic.detach());
         }
         Ok(())
     }
 }
 
-/// Aliases the broker sets up towards the client: the first `max` distinct
-/// topics get an alias; later topics are sent in full. A topic that already
-/// has one is sent as alias plus empty topic name.
+/// Aliases the broker sets up towards the client: distinct topics get an
+/// alias while aliases (the client's Topic Alias Maximum) and the byte
+/// budget last; later topics are sent in full. A topic that already has
+/// one is sent as alias plus empty topic name.
 #[derive(Debug, Default)]
 pub struct OutboundAliases {
     max: u16,
-    #[allow(
-        clippy::box_collection,
-        reason = "a pointer, not an empty map, per connection"
-    )]
-    map: Option<Box<HashMap<ByteStr, u16>>>,
+    /// As in [`InboundAliases`].
+    budget: u32,
+    table: Option<Box<Table<ByteStr, u16>>>,
 }
 
 impl OutboundAliases {
-    /// A table using aliases 1..=`max` (the client's Topic Alias Maximum).
-    pub fn new(max: u16) -> Self {
-        OutboundAliases { max, map: None }
+    /// A table using aliases 1..=`max` (the client's Topic Alias Maximum),
+    /// costing at most `budget` bytes.
+    pub fn new(max: u16, budget: usize) -> Self {
+        OutboundAliases {
+            max,
+            budget: u32::try_from(budget).unwrap_or(u32::MAX),
+            table: None,
+        }
     }
 
     /// Rewrites an outbound PUBLISH to use an alias where possible.
@@ -85,12 +134,17 @@ impl OutboundAliases {
         if self.max == 0 {
             return (None, true);
         }
-        let map = self.map.get_or_insert_default();
-        if let Some(&a) = map.get(topic) {
-            (NonZeroU16::new(a), false)
-        } else if map.len() < usize::from(self.max) {
-            let a = map.len() as u16 + 1;
-            map.insert(topic.clone(), a);
+        let table = self.table.get_or_insert_default();
+        if let Some(&a) = table.map.get(topic) {
+            return (NonZeroU16::new(a), false);
+        }
+        let bytes = table.bytes + cost(topic);
+        if table.map.len() < usize::from(self.max) && bytes <= self.budget as usize {
+            let a = table.map.len() as u16 + 1;
+            table.bytes = bytes;
+            // A copy: the message's topic may share a buffer with its
+            // payload, which the table would otherwise keep alive.
+            table.map.insert(topic.detach(), a);
             (NonZeroU16::new(a), true)
         } else {
             (None, true)
@@ -120,7 +174,7 @@ mod tests {
 
     #[test]
     fn inbound_sets_then_uses() {
-        let mut t = InboundAliases::new(2);
+        let mut t = InboundAliases::new(2, 1 << 20);
         let mut p = publish("a/b", Some(1));
         t.resolve(&mut p).unwrap();
         let mut q = publish("", Some(1));
@@ -138,7 +192,7 @@ mod tests {
 
     #[test]
     fn inbound_disabled() {
-        let mut t = InboundAliases::new(0);
+        let mut t = InboundAliases::new(0, 1 << 20);
         assert_eq!(
             t.resolve(&mut publish("x", Some(1))),
             Err(ReasonCode::TopicAliasInvalid)
@@ -147,7 +201,7 @@ mod tests {
 
     #[test]
     fn outbound_assigns_up_to_max() {
-        let mut t = OutboundAliases::new(1);
+        let mut t = OutboundAliases::new(1, 1 << 20);
         let mut p = publish("a", None);
         t.apply(&mut p);
         assert_eq!(p.properties.topic_alias.map(|a| a.get()), Some(1));
@@ -158,5 +212,43 @@ mod tests {
         let mut p = publish("b", None);
         t.apply(&mut p);
         assert_eq!((p.topic.as_str(), p.properties.topic_alias), ("b", None));
+    }
+
+    #[test]
+    fn inbound_topics_are_bounded_in_bytes() {
+        // Room for two 8-byte topics, not three.
+        let mut t = InboundAliases::new(10, 2 * (8 + ALIAS_OVERHEAD));
+        t.resolve(&mut publish("aaaaaaaa", Some(1))).unwrap();
+        t.resolve(&mut publish("bbbbbbbb", Some(2))).unwrap();
+        assert_eq!(
+            t.resolve(&mut publish("cccccccc", Some(3))),
+            Err(ReasonCode::QuotaExceeded)
+        );
+        // Replacing an alias frees its old topic's bytes.
+        t.resolve(&mut publish("dddddddd", Some(2))).unwrap();
+        assert_eq!(
+            t.resolve(&mut publish("ddddddddd", Some(1))),
+            Err(ReasonCode::QuotaExceeded)
+        );
+        let mut q = publish("", Some(2));
+        t.resolve(&mut q).unwrap();
+        assert_eq!(q.topic, "dddddddd");
+    }
+
+    #[test]
+    fn outbound_topics_are_bounded_in_bytes() {
+        let mut t = OutboundAliases::new(100, 4 + ALIAS_OVERHEAD);
+        let mut p = publish("long/topic", None);
+        t.apply(&mut p);
+        assert_eq!(
+            (p.topic.as_str(), p.properties.topic_alias),
+            ("long/topic", None)
+        );
+        let mut p = publish("a/b", None);
+        t.apply(&mut p);
+        assert_eq!(p.properties.topic_alias.map(|a| a.get()), Some(1));
+        let mut p = publish("c/d", None);
+        t.apply(&mut p);
+        assert_eq!((p.topic.as_str(), p.properties.topic_alias), ("c/d", None));
     }
 }

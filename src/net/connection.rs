@@ -7,7 +7,8 @@
 //! [`serve_connection`].
 
 use super::alias::InboundAliases;
-use super::duplex::{Duplex, Step};
+use super::duplex::{Duplex, OverBudget, Step};
+use super::preauth::PreAuth;
 use super::sweep::IdleSweep;
 use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event, Held};
 use crate::codec::{
@@ -15,6 +16,7 @@ use crate::codec::{
     ReasonCode, Subscribe,
 };
 use crate::config::Options;
+use crate::escape::Escaped;
 use crate::hooks::{AuthStep, Client, Hooks, PublishVerdict};
 use crate::intake::Intake;
 use crate::outbox::Outbox;
@@ -43,6 +45,8 @@ pub(crate) struct Shared {
     pub intake: Arc<Intake>,
     /// Batch vectors the core emptied.
     pub batches: Arc<crate::reclaim::Batches>,
+    /// Bytes buffered by connections before CONNACK.
+    pub preauth: PreAuth,
 }
 
 /// The user name a transport established, if it is to establish one.
@@ -103,6 +107,8 @@ enum Ending {
     ClosedByBroker,
     /// The core has stopped.
     BrokerStopped,
+    /// A packet was not completed in time (`limits.packet_read_timeout`).
+    Stalled,
 }
 
 /// Runs one connection to its end, in the task that awaits it: reading,
@@ -124,7 +130,11 @@ pub(crate) fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let io = Duplex::new(stream, shared.opts.limits.maximum_packet_size);
+    let limits = &shared.opts.limits;
+    let io = Duplex::new(
+        stream,
+        limits.maximum_connect_size.min(limits.maximum_packet_size),
+    );
     let admitting = Box::pin(admit(io, conn, shared.clone(), peer));
     async move {
         let Some((mut io, mut live)) = admitting.await else {
@@ -145,6 +155,10 @@ where
                     // stop reading.
                     Step::Finished => break Ending::ClosedByBroker,
                     Step::Lost => break Ending::Close(CloseReason::Lost),
+                    Step::Stalled => {
+                        crate::stats::add(&shared.stats.packet_read_timeouts, 1);
+                        break Ending::Stalled;
+                    }
                     Step::Malformed(e) => {
                         tracing::debug!(conn = conn.0, error = %e, "protocol error");
                         break Ending::Close(CloseReason::Malformed(e));
@@ -211,12 +225,45 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let opts = &shared.opts;
+    // What this connection buffers until the exchange ends, admitted or
+    // not, is charged to the budget of unauthenticated bytes.
+    let mut charge = shared
+        .preauth
+        .charge(opts.limits.maximum_unauthenticated_bytes);
     // CONNECT must arrive within the connect timeout.
-    let first =
-        tokio::time::timeout(opts.limits.connect_timeout, io.read_packet(&shared.stats)).await;
+    let first = tokio::time::timeout(
+        opts.limits.connect_timeout,
+        io.read_packet(&shared.stats, &mut charge),
+    )
+    .await;
     let mut connect = match first {
-        Ok(Step::Packet(Packet::Connect(c))) => c,
-        Ok(Step::Malformed(DecodeError::UnsupportedProtocolVersion(level))) => {
+        Ok(Ok(Step::Packet(Packet::Connect(c)))) => c,
+        Ok(Err(OverBudget)) => {
+            crate::stats::add(&shared.stats.unauthenticated_refused, 1);
+            tracing::debug!(
+                conn = conn.0,
+                "connections before CONNACK hold maximum_unauthenticated_bytes; refused"
+            );
+            return None;
+        }
+        Ok(Ok(Step::Malformed(DecodeError::PacketTooLarge { size, max }))) => {
+            // Too large for a CONNECT: refused from its fixed header,
+            // before its body is buffered. A 5.0 client is told why
+            // (CONNACK 0x95); 3.x has no return code for it: closed.
+            crate::stats::add(&shared.stats.connect_too_large, 1);
+            tracing::debug!(
+                conn = conn.0,
+                size,
+                max,
+                "CONNECT larger than maximum_connect_size; refused"
+            );
+            let level = tokio::time::timeout(opts.limits.connect_timeout, io.connect_level()).await;
+            if let Ok(Some(5)) = level {
+                return refuse_connect(io, ProtocolVersion::V5, ReasonCode::PacketTooLarge).await;
+            }
+            return None;
+        }
+        Ok(Ok(Step::Malformed(DecodeError::UnsupportedProtocolVersion(level)))) => {
             // Answer in the form the client can read: 5.0 gets 0x84, anything
             // else the 3.1.1 return code 1 ([MQTT-3.1.2-2]).
             let reply: &[u8] = if level == 5 {
@@ -228,7 +275,7 @@ where
             io.shutdown().await;
             return None;
         }
-        Ok(Step::Malformed(e)) => {
+        Ok(Ok(Step::Malformed(e))) => {
             tracing::debug!(conn = conn.0, error = %e, "bad CONNECT");
             return None;
         }
@@ -288,11 +335,19 @@ where
                     }
                     let next = tokio::time::timeout(
                         opts.limits.connect_timeout,
-                        io.read_packet(&shared.stats),
+                        io.read_packet(&shared.stats, &mut charge),
                     )
                     .await;
                     match next {
-                        Ok(Step::Packet(Packet::Auth(a)))
+                        Ok(Err(OverBudget)) => {
+                            crate::stats::add(&shared.stats.unauthenticated_refused, 1);
+                            return refuse_connect(io, version, ReasonCode::ServerBusy).await;
+                        }
+                        Ok(Ok(Step::Malformed(DecodeError::PacketTooLarge { .. }))) => {
+                            crate::stats::add(&shared.stats.connect_too_large, 1);
+                            return refuse_connect(io, version, ReasonCode::PacketTooLarge).await;
+                        }
+                        Ok(Ok(Step::Packet(Packet::Auth(a))))
                             if a.reason == ReasonCode::ContinueAuthentication
                                 && a.properties.authentication_method.as_ref() == Some(&method) =>
                         {
@@ -319,7 +374,7 @@ where
             .await
         {
             // The user name helps an operator; the password is never logged.
-            tracing::warn!(conn = conn.0, client_id = %client.client_id,
+            tracing::warn!(conn = conn.0, client_id = %Escaped(&client.client_id),
                 username = client.username.as_deref().unwrap_or(""),
                 remote = client.remote_addr.map(tracing::field::display), ?reason, "authentication failed; connection refused");
             return refuse_connect(io, version, reason).await;
@@ -347,14 +402,22 @@ where
     }
     let client = Arc::new(client);
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
-    let inbound_aliases = InboundAliases::new(if version.is_v5() {
-        opts.capabilities.topic_alias_maximum
-    } else {
-        0
-    });
-    io.connected(version, connect.properties.topic_alias_maximum.unwrap_or(0));
+    let alias_bytes = opts.limits.maximum_topic_alias_bytes;
+    let inbound_aliases = InboundAliases::new(
+        if version.is_v5() {
+            opts.capabilities.topic_alias_maximum
+        } else {
+            0
+        },
+        alias_bytes,
+    );
+    io.connected(
+        version,
+        connect.properties.topic_alias_maximum.unwrap_or(0),
+        &opts.limits,
+    );
     let outbox = Arc::new(Outbox::new(version));
-    tracing::info!(conn = conn.0, client_id = %connect.client_id, remote = client.remote_addr.map(tracing::field::display),
+    tracing::info!(conn = conn.0, client_id = %Escaped(&connect.client_id), remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
     let event = Event::Connect {
         conn,
@@ -445,16 +508,23 @@ where
         Ending::Disconnected => "DISCONNECT from the client".to_string(),
         Ending::ClosedByBroker => "closed by the broker".to_string(),
         Ending::BrokerStopped => "broker stopped".to_string(),
+        Ending::Stalled => "packet not completed within the packet read timeout".to_string(),
         Ending::Close(CloseReason::Lost) => "connection lost".to_string(),
         Ending::Close(CloseReason::ProtocolError(code)) => format!("protocol error ({code:?})"),
         Ending::Close(CloseReason::Malformed(e)) => format!("malformed packet: {e}"),
     };
     let (reason, writer_done) = match ending {
         Ending::Close(reason) => (Some(reason), false),
+        // The client is too slow, as with the keep-alive: 0x8D is the
+        // reason the spec has for a client that failed to send in time.
+        Ending::Stalled => (
+            Some(CloseReason::ProtocolError(ReasonCode::KeepAliveTimeout)),
+            false,
+        ),
         Ending::ClosedByBroker => (None, true),
         Ending::Disconnected | Ending::BrokerStopped => (None, false),
     };
-    tracing::info!(conn = conn.0, client_id = %client.client_id, reason = %why, "client disconnected");
+    tracing::info!(conn = conn.0, client_id = %Escaped(&client.client_id), reason = %why, "client disconnected");
     if let Some(reason) = reason {
         // The core sends the DISCONNECT (5.0): queued from here it could
         // overtake a CONNACK the core has not queued yet.
@@ -576,7 +646,7 @@ where
             Some(Step::Packet(p)) => {
                 packets.push(p);
                 if let Some(Packet::Publish(publish)) = packets.last_mut() {
-                    if let Err(reason) = resolve_alias(publish, live) {
+                    if let Err(reason) = resolve_alias(publish, live, &shared.stats) {
                         packets.pop();
                         ending = Some(Ending::Close(reason));
                         break;
@@ -624,7 +694,7 @@ fn route(packet: Packet, live: &mut Live, conn: ConnId, shared: &Shared) -> Rout
         // authentication at CONNECT (5.0 section 4.12.1).
         Packet::Auth(_) if live.enhanced.is_some() => Routed::Hooks(packet),
         Packet::Publish(mut publish) => {
-            if let Err(reason) = resolve_alias(&mut publish, live) {
+            if let Err(reason) = resolve_alias(&mut publish, live, &shared.stats) {
                 return Routed::Close(reason);
             }
             if hooks.is_empty() {
@@ -652,10 +722,17 @@ fn route(packet: Packet, live: &mut Live, conn: ConnId, shared: &Shared) -> Rout
 }
 
 /// Resolves an inbound PUBLISH's topic alias (5.0 section 3.3.2.3.4).
-fn resolve_alias(publish: &mut crate::codec::Publish, live: &mut Live) -> Result<(), CloseReason> {
-    live.inbound_aliases
-        .resolve(publish)
-        .map_err(CloseReason::ProtocolError)
+fn resolve_alias(
+    publish: &mut crate::codec::Publish,
+    live: &mut Live,
+    stats: &Stats,
+) -> Result<(), CloseReason> {
+    live.inbound_aliases.resolve(publish).map_err(|reason| {
+        if reason == ReasonCode::QuotaExceeded {
+            crate::stats::add(&stats.topic_alias_refused, 1);
+        }
+        CloseReason::ProtocolError(reason)
+    })
 }
 
 /// Runs the hooks a packet needs: the event for the core, `None` if the

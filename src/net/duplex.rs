@@ -14,10 +14,12 @@
 
 use super::alias::OutboundAliases;
 use super::connection::Shared;
+use super::preauth::Charge;
 use super::sweep::IdleSweep;
 use super::wbuf::WriteBuf;
 use crate::broker::Message;
 use crate::codec::{DecodeError, Decoder, Packet, ProtocolVersion};
+use crate::config::Limits;
 use crate::outbound::Outbound;
 use crate::outbox::{Outbox, BRIEF_PAUSE};
 use crate::reclaim::Reclaim;
@@ -56,10 +58,17 @@ pub(crate) enum Step {
     Lost,
     /// The peer sent bytes that do not decode.
     Malformed(DecodeError),
+    /// A packet begun was not completed within `limits.packet_read_timeout`.
+    Stalled,
     /// The outbox was closed and everything in it is written; the stream's
     /// write side is shut down.
     Finished,
 }
+
+/// The budget for connections before CONNACK has no room for more bytes
+/// from this one.
+#[derive(Debug)]
+pub(crate) struct OverBudget;
 
 /// Where the write direction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,12 +116,17 @@ pub(crate) struct Duplex<S> {
     /// Written bytes not yet flushed (TLS and WebSocket streams buffer
     /// what they are given until flushed).
     unflushed: bool,
+    /// `timer` is the read deadline of the packet partly read now.
+    deadline_set: bool,
     writing: Writing,
     reading: Reading,
-    /// Bounds a pause of reads; allocated only while paused. The
-    /// keep-alive needs no timer here: the core watches it (see
-    /// `broker::keepalive`), so an idle connection's task holds none.
-    pause: Option<Pin<Box<Sleep>>>,
+    /// While reads are paused, it bounds the pause; otherwise, once
+    /// `deadline_set`, it is when the packet partly read must be complete
+    /// (see [`Duplex::poll_step`]). One timer serves both, as they never
+    /// run at once; it is allocated only while either runs, so an idle
+    /// connection's task holds none. The keep-alive needs no timer here:
+    /// the core watches it (see `broker::keepalive`).
+    timer: Option<Pin<Box<Sleep>>>,
     version: ProtocolVersion,
     aliases: OutboundAliases,
 }
@@ -130,11 +144,12 @@ struct WriteBuffers {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
-    /// A stream whose CONNECT is yet to come.
-    pub fn new(stream: S, maximum_packet_size: u32) -> Self {
+    /// A stream whose CONNECT is yet to come, accepting packets of up to
+    /// `maximum_connect_size` bytes until [`Duplex::connected`].
+    pub fn new(stream: S, maximum_connect_size: u32) -> Self {
         Duplex {
             stream,
-            decoder: Decoder::new(maximum_packet_size),
+            decoder: Decoder::new(maximum_connect_size),
             rbuf: BytesMut::new(),
             streaming: false,
             write: None,
@@ -142,31 +157,101 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             busy: false,
             woken_after: 0,
             unflushed: false,
+            deadline_set: false,
             writing: Writing::Open,
             reading: Reading::Between,
-            pause: None,
+            timer: None,
             version: ProtocolVersion::V3_1_1,
-            aliases: OutboundAliases::new(0),
+            aliases: OutboundAliases::new(0, 0),
         }
     }
 
-    /// After CONNECT: the version to encode for and the client's topic
-    /// alias maximum.
-    pub fn connected(&mut self, version: ProtocolVersion, aliases: u16) {
+    /// After the CONNECT exchange: the version to encode for, the client's
+    /// topic alias maximum, and the limits past CONNACK (the largest packet
+    /// accepted, the bytes aliases may take).
+    pub fn connected(&mut self, version: ProtocolVersion, aliases: u16, limits: &Limits) {
         self.version = version;
-        self.aliases = OutboundAliases::new(aliases);
+        self.aliases = OutboundAliases::new(aliases, limits.maximum_topic_alias_bytes);
+        self.decoder.set_max_packet_size(limits.maximum_packet_size);
     }
 
     /// Reads until one packet is decoded (before the session exists: no
     /// outbox, no keep-alive). `Step::Lost` is a clean end of stream too.
-    pub async fn read_packet(&mut self, stats: &Stats) -> Step {
-        poll_fn(|cx| {
-            if let Some(step) = self.decode(stats) {
-                return Poll::Ready(step);
+    ///
+    /// Every byte is charged to `charge` before it is buffered, and so is
+    /// the room the decoder makes for a packet its fixed header declares;
+    /// `Err` when the budget has no room (the connection is to be refused).
+    pub async fn read_packet(
+        &mut self,
+        stats: &Stats,
+        charge: &mut Charge<'_>,
+    ) -> Result<Step, OverBudget> {
+        poll_fn(|cx| loop {
+            let declared = self.decoder.frame_len(&self.rbuf).unwrap_or(0);
+            if !charge.hold(self.rbuf.len().max(declared)) {
+                return Poll::Ready(Err(OverBudget));
             }
-            self.poll_read(cx, stats)
+            if let Some(step) = self.decode(stats) {
+                if matches!(step, Step::Packet(_)) {
+                    charge.settle();
+                }
+                return Poll::Ready(Ok(step));
+            }
+            // Through the stack, so nothing is buffered before it is
+            // charged.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut chunk);
+            if ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb)).is_err() {
+                return Poll::Ready(Ok(Step::Lost));
+            }
+            let n = rb.filled().len();
+            if n == 0 {
+                return Poll::Ready(Ok(Step::Lost));
+            }
+            if !charge.hold(self.rbuf.len() + n) {
+                return Poll::Ready(Err(OverBudget));
+            }
+            self.rbuf.extend_from_slice(rb.filled());
+            stats::add(&stats.bytes_received, n as u64);
         })
         .await
+    }
+
+    /// The protocol level of a CONNECT refused from its fixed header alone
+    /// (too large), read from the bytes after it; reads at most the few
+    /// bytes it needs. `None` if the stream ends or the bytes are not a
+    /// CONNECT's.
+    pub async fn connect_level(&mut self) -> Option<u8> {
+        use tokio::io::AsyncReadExt;
+        // The fixed header, then the protocol name ("MQTT" or "MQIsdp")
+        // with its length, then the level.
+        let header = 1
+            + self
+                .rbuf
+                .get(1..)?
+                .iter()
+                .take(4)
+                .position(|b| b & 0x80 == 0)?
+            + 1;
+        loop {
+            let at = match self.rbuf.get(header..header + 2) {
+                Some(&[hi, lo]) => header + 2 + usize::from(u16::from_be_bytes([hi, lo])),
+                _ => header + 2,
+            };
+            if at > header + 8 {
+                return None;
+            }
+            if let Some(&level) = self.rbuf.get(at) {
+                return Some(level);
+            }
+            let mut more = [0u8; 16];
+            let want = (at + 1 - self.rbuf.len()).min(more.len());
+            let n = self.stream.read(&mut more[..want]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.rbuf.extend_from_slice(&more[..n]);
+        }
     }
 
     /// Writes `bytes` and flushes (before the session exists).
@@ -202,15 +287,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 // Backpressure: a subscriber this client publishes to is
                 // behind. Packets already read wait too.
                 let until = Instant::now() + bound;
-                match self.pause.as_mut() {
+                match self.timer.as_mut() {
                     Some(timer) => timer.as_mut().reset(until),
-                    None => self.pause = Some(Box::pin(tokio::time::sleep_until(until))),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(until))),
                 }
+                // The time paused is the broker's: a packet partly read
+                // gets its full read timeout again afterwards.
+                self.deadline_set = false;
                 self.reading = Reading::Paused;
                 outbox.watch_brief_pause();
             }
         }
-        if let (Reading::Paused, Some(timer)) = (self.reading, self.pause.as_mut()) {
+        if let (Reading::Paused, Some(timer)) = (self.reading, self.timer.as_mut()) {
             while outbox.poll_paused(cx).is_some() {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
@@ -223,7 +311,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             }
             // Lifted, or its bound passed: a brief pause is then over.
             outbox.end_brief_pause();
-            self.pause = None;
+            self.reading = Reading::Between;
+            if self.rbuf.is_empty() {
+                self.timer = None;
+            }
         }
         if self.reading != Reading::Waiting {
             // Packets already buffered are taken first: the keep-alive
@@ -235,12 +326,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             outbox.listening();
             self.reading = Reading::Waiting;
         }
-        let step = ready!(self.poll_read(cx, stats));
+        let step = match self.poll_read(cx, stats) {
+            Poll::Ready(step) => step,
+            Poll::Pending => return self.poll_deadline(cx, &shared.opts.limits),
+        };
         // The client spoke: it is not silent until the connection waits
         // for it again, however long the broker takes (paused reads, a
         // wait for the core) to get through what it sent.
         outbox.heard();
         Poll::Ready(step)
+    }
+
+    /// Waiting for the client with part of a packet read: the rest must
+    /// come within `packet_read_timeout` of the time the connection
+    /// started waiting for it. The keep-alive does not bound this: it is
+    /// 0 (none) if the client asks, and a client trickling a large packet
+    /// a byte at a time would hold its buffer forever. Between packets
+    /// (nothing buffered) no timer runs.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, limits: &Limits) -> Poll<Step> {
+        if self.rbuf.is_empty() {
+            return Poll::Pending;
+        }
+        let timer = match self.timer.as_mut() {
+            Some(timer) if self.deadline_set => timer,
+            Some(timer) => {
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + limits.packet_read_timeout);
+                self.deadline_set = true;
+                timer
+            }
+            None => {
+                self.deadline_set = true;
+                self.timer
+                    .insert(Box::pin(tokio::time::sleep(limits.packet_read_timeout)))
+            }
+        };
+        ready!(timer.as_mut().poll(cx));
+        self.timer = None;
+        self.deadline_set = false;
+        Poll::Ready(Step::Stalled)
     }
 
     /// Writes until the outbox is finished and the write side shut down,
@@ -288,10 +413,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
         match self.decoder.decode(&mut self.rbuf) {
             Ok(Some(p)) => {
                 stats::add(&stats.packets_received, 1);
+                // The next packet's read deadline starts when the
+                // connection waits for its rest (never while paused: the
+                // pause handling does not decode).
+                self.deadline_set = false;
                 if self.rbuf.is_empty() {
                     // Drop the handle: the allocation lives on in the
                     // decoded packets only as long as they do.
                     self.rbuf = BytesMut::new();
+                    self.timer = None;
                 }
                 self.reading = Reading::Between;
                 Some(Step::Packet(p))

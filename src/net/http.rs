@@ -10,6 +10,7 @@
 //! the largest dependency in the crate.
 
 use crate::stats::{Stats, StatsSnapshot};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -17,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const MAX_HEAD: usize = 8 * 1024;
 
 /// Serves one request on `stream`; the whole request head must arrive
-/// within `timeout`.
-pub(crate) async fn serve<S>(mut stream: S, stats: &Stats, timeout: Duration)
+/// within `timeout`. Sets `read` once it has.
+pub(crate) async fn serve<S>(mut stream: S, stats: &Stats, timeout: Duration, read: &AtomicBool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -26,6 +27,7 @@ where
         Ok(Some(head)) => head,
         _ => return,
     };
+    read.store(true, Ordering::Relaxed);
     let response = respond(&head, stats);
     let _ = tokio::time::timeout(timeout, async {
         stream.write_all(&response).await?;
@@ -142,6 +144,11 @@ fn json(s: &StatsSnapshot) -> String {
         "storage_commits": s.storage_commits,
         "storage_ops_written": s.storage_ops_written,
         "storage_ops_saved": s.storage_ops_saved,
+        "topic_alias_refused": s.topic_alias_refused,
+        "packet_read_timeouts": s.packet_read_timeouts,
+        "connect_too_large": s.connect_too_large,
+        "unauthenticated_refused": s.unauthenticated_refused,
+        "http_evicted": s.http_evicted,
         "memory": resident_memory(),
     })
     .to_string()
@@ -149,7 +156,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 17] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -197,6 +204,31 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "storage_ops_saved",
             "Storage operations never written: undone before they reached the disk.",
             s.storage_ops_saved,
+        ),
+        (
+            "topic_alias_refused",
+            "Connections closed for topic aliases past maximum_topic_alias_bytes.",
+            s.topic_alias_refused,
+        ),
+        (
+            "packet_read_timeouts",
+            "Connections closed for a packet not completed within packet_read_timeout.",
+            s.packet_read_timeouts,
+        ),
+        (
+            "connect_too_large",
+            "CONNECT or AUTH packets over maximum_connect_size.",
+            s.connect_too_large,
+        ),
+        (
+            "unauthenticated_refused",
+            "Connections refused before CONNACK: maximum_unauthenticated_bytes held.",
+            s.unauthenticated_refused,
+        ),
+        (
+            "http_evicted",
+            "Idle HTTP connections closed to make room for a new one.",
+            s.http_evicted,
         ),
     ];
     let gauges: [(&str, &str, u64); 9] = [

@@ -8,6 +8,8 @@ use super::connection::{serve_connection, Peer, Shared};
 use crate::broker::ConnId;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+#[cfg(feature = "http")]
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,9 +23,18 @@ use super::tls::{TlsConfig, TlsState};
 use super::ws::WsConfig;
 
 /// Most concurrent connections one HTTP listener serves; they do not count
-/// against the MQTT connection limit.
+/// against the MQTT connection limit. At the limit, a new connection
+/// replaces the oldest one that has not sent its request head yet (see
+/// [`HttpHeads`]), so idle sockets cannot keep health checks out.
 #[cfg(feature = "http")]
 const HTTP_MAX_CONNECTIONS: usize = 64;
+
+/// How long an HTTP connection may take to send its request head (and,
+/// for HTTPS, to finish the TLS handshake first), at most: a scraper or a
+/// health check sends it at once. Shorter than the connect timeout, which
+/// is the bound when that is shorter still.
+#[cfg(feature = "http")]
+const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Errors from setting up, adding or reloading a listener. File errors name
 /// the file and what is wrong with it.
@@ -427,6 +438,8 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
     };
     let mut stop = ctx.stop.clone();
     let mut backoff = Duration::from_millis(5);
+    #[cfg(feature = "http")]
+    let mut http_heads = HttpHeads::default();
     // Every connection's task: after shutdown the connections get a grace
     // period to flush, then whatever is left is aborted (dropping the set
     // aborts its tasks). Costs a connection less than its task watching
@@ -453,7 +466,15 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            #[cfg(feature = "http")]
+            Err(_) if matches!(&*kind, Kind::Http(_)) => {
+                http_heads.evict(&permits, &ctx.shared.stats).await
+            }
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
             tracing::warn!(listener = %id, %peer, "connection limit reached; refusing");
             continue;
         };
@@ -472,11 +493,22 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
         // One task type per transport: a plain TCP connection's task then
         // holds only what TCP needs (TLS and WebSocket state is far larger).
         match &*kind {
-            Kind::Tcp => tasks.spawn(supervise(task, |a| {
-                serve_connection(a.stream, a.conn, a.shared, Peer::at(a.remote))
-            })),
-            #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
-            _ => tasks.spawn(supervise(task, layered)),
+            Kind::Tcp => {
+                tasks.spawn(supervise(task, |a| {
+                    serve_connection(a.stream, a.conn, a.shared, Peer::at(a.remote))
+                }));
+            }
+            #[cfg(feature = "http")]
+            Kind::Http(_) => {
+                let head = Arc::new(AtomicBool::new(false));
+                let served = head.clone();
+                let abort = tasks.spawn(supervise(task, move |a| http(a, served)));
+                http_heads.push(abort, head);
+            }
+            #[cfg(any(feature = "tls", feature = "ws"))]
+            _ => {
+                tasks.spawn(supervise(task, layered));
+            }
         };
     }
     drop(tcp);
@@ -527,9 +559,9 @@ fn unbox<T>(b: Box<T>) -> T {
 }
 
 /// Runs the transport's handshake (bounded by the connect timeout) and then
-/// the connection, all inside the connection's own task: TLS, WebSocket,
-/// WSS and HTTP(S). Plain TCP has a task type of its own.
-#[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
+/// the connection, all inside the connection's own task: TLS, WebSocket
+/// and WSS. Plain TCP and HTTP(S) have task types of their own.
+#[cfg(any(feature = "tls", feature = "ws"))]
 async fn layered(accepted: Accepted) {
     #[allow(unused_variables)] // Only handshakes watch `stop`.
     let Accepted {
@@ -592,23 +624,83 @@ async fn layered(accepted: Accepted) {
             };
             serve_connection(ws, conn, shared, peer).await
         }
+        // Served by `http`, never from here.
         #[cfg(feature = "http")]
-        Kind::Http(tls) => {
-            let stats = shared.stats.clone();
-            match tls {
-                None => super::http::serve(stream, &stats, handshake_timeout).await,
-                #[cfg(feature = "tls")]
-                Some(tls) => {
-                    if let Some(s) =
-                        handshake(conn, handshake_timeout, stop.clone(), tls.accept(stream)).await
-                    {
-                        super::http::serve(s, &stats, handshake_timeout).await
-                    }
-                }
-                #[cfg(not(feature = "tls"))]
-                Some(never) => match **never {},
+        Kind::Http(_) => {}
+    }
+}
+
+/// Serves an HTTP(S) connection; `head` is set once its request head is
+/// read (from then on it is not idle, and never evicted).
+#[cfg(feature = "http")]
+async fn http(accepted: Accepted, head: Arc<AtomicBool>) {
+    #[allow(unused_variables)] // Only HTTPS watches `stop`.
+    let Accepted {
+        stream,
+        conn,
+        kind,
+        shared,
+        stop,
+        ..
+    } = accepted;
+    let limit = shared.opts.limits.connect_timeout.min(HTTP_HEAD_TIMEOUT);
+    let stats = &shared.stats;
+    match &*kind {
+        Kind::Http(None) => super::http::serve(stream, stats, limit, &head).await,
+        #[cfg(feature = "tls")]
+        Kind::Http(Some(tls)) => {
+            if let Some(s) = handshake(conn, limit, stop, tls.accept(stream)).await {
+                super::http::serve(s, stats, limit, &head).await
             }
         }
+        #[cfg(not(feature = "tls"))]
+        Kind::Http(Some(never)) => match **never {},
+        // Only HTTP listeners spawn this.
+        _ => {}
+    }
+}
+
+/// One HTTP listener's connections, oldest first, with whether each has
+/// sent its request head.
+#[cfg(feature = "http")]
+#[derive(Default)]
+struct HttpHeads {
+    conns: std::collections::VecDeque<(tokio::task::AbortHandle, Arc<AtomicBool>)>,
+}
+
+#[cfg(feature = "http")]
+impl HttpHeads {
+    fn push(&mut self, task: tokio::task::AbortHandle, head: Arc<AtomicBool>) {
+        // At most the listener's limit of live ones, plus those that ended
+        // since the last connection came.
+        self.conns.retain(|(t, _)| !t.is_finished());
+        self.conns.push_back((task, head));
+    }
+
+    /// At the limit: ends the oldest connection still waiting for its
+    /// request head (sockets opened and left idle) and takes its slot.
+    /// `None` if every connection is busy with a request.
+    async fn evict(
+        &mut self,
+        permits: &Arc<Semaphore>,
+        stats: &crate::stats::Stats,
+    ) -> Option<OwnedSemaphorePermit> {
+        self.conns.retain(|(t, _)| !t.is_finished());
+        let at = self
+            .conns
+            .iter()
+            .position(|(_, head)| !head.load(Ordering::Relaxed))?;
+        let (task, _) = self.conns.remove(at)?;
+        task.abort();
+        crate::stats::add(&stats.http_evicted, 1);
+        tracing::debug!("HTTP connection limit reached; the oldest idle connection was closed");
+        // The aborted task gives its slot back as the runtime drops it,
+        // which it does at once; the bound is only a safeguard.
+        let slot = permits.clone().acquire_owned();
+        tokio::time::timeout(Duration::from_secs(1), slot)
+            .await
+            .ok()?
+            .ok()
     }
 }
 
@@ -679,6 +771,7 @@ mod tests {
             reclaim: Default::default(),
             intake: Default::default(),
             batches: Default::default(),
+            preauth: Default::default(),
         });
         #[allow(unused_variables)]
         let (stop_tx, stop) = watch::channel(false);

@@ -7,6 +7,7 @@ mod duplex;
 #[cfg(feature = "http")]
 pub(crate) mod http;
 pub(crate) mod listener;
+pub(crate) mod preauth;
 pub(crate) mod sweep;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
