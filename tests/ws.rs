@@ -171,3 +171,57 @@ async fn wss_round_trip() {
     assert!(ws_connect(tls, "wss://localhost/", "mqtt").await.is_err());
     b.stop().await;
 }
+
+/// The WebSocket layer assembles a whole message before the MQTT decoder
+/// sees any of it, so before CONNACK what it reads is metered: a client may
+/// make the broker buffer `maximum_connect_size` (and a little for the
+/// upgrade), not a message of twice `maximum_packet_size`. One that
+/// declares a 1 MB message and sends 200 KB of it without a CONNECT is cut
+/// off at once (it used to be held until the connect timeout); clients
+/// that connect as usual still do.
+#[tokio::test]
+async fn a_large_message_before_connect_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut opts = roost::Options::default();
+    opts.limits.connect_timeout = std::time::Duration::from_secs(60);
+    let b = MultiBroker::with(opts, None).await;
+    let mut tcp = TcpStream::connect(b.ws).await.unwrap();
+    tcp.write_all(
+        b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    // A masked binary frame (as a client's must be) of 1,000,000 bytes.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend(1_000_000u64.to_be_bytes());
+    frame.extend([1, 2, 3, 4]);
+    tcp.write_all(&frame).await.unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    for _ in 0..13 {
+        if tcp.write_all(&chunk).await.is_err() {
+            break; // Already cut off.
+        }
+    }
+    let closed = tokio::time::timeout(WAIT, async {
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await;
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "held open with 200 KB of a message and no CONNECT"
+    );
+    assert!(b.stats.snapshot().unauthenticated_refused >= 1);
+    let c = b.connected(Kind::Ws, v5("after")).await;
+    c.disconnect().await;
+    b.stop().await;
+}

@@ -74,6 +74,10 @@ pub(crate) struct Peer {
     pub username: TransportUser,
     /// The peer's address.
     pub remote_addr: Option<SocketAddr>,
+    /// Set when the CONNECT exchange admits the client: a transport that
+    /// meters what it reads before that ([`super::preauth::Metered`])
+    /// stops then.
+    pub admitted: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Peer {
@@ -82,6 +86,7 @@ impl Peer {
         Peer {
             username: TransportUser::FromConnect,
             remote_addr: Some(remote),
+            admitted: None,
         }
     }
 }
@@ -225,6 +230,7 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let opts = &shared.opts;
+    let peer_admitted = peer.admitted.clone();
     // What this connection buffers until the exchange ends, admitted or
     // not, is charged to the budget of unauthenticated bytes.
     let mut charge = shared
@@ -427,6 +433,9 @@ where
         enhanced_auth: enhanced.is_some(),
     };
     shared.events.send(event).await.ok()?;
+    if let Some(admitted) = &peer_admitted {
+        admitted.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     Some(Live {
         outbox,
         client,

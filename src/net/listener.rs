@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+#[cfg(feature = "ws")]
+use super::metered::Metered;
 #[cfg(feature = "tls")]
 use super::tls::{TlsConfig, TlsState};
 #[cfg(feature = "ws")]
@@ -586,12 +588,17 @@ async fn layered(accepted: Accepted) {
             let peer = Peer {
                 username: tls.username(&stream),
                 remote_addr: Some(remote),
+                admitted: None,
             };
             serve_connection(stream, conn, shared, peer).await
         }
         #[cfg(feature = "ws")]
         Kind::Ws(cfg) => {
             let max = shared.opts.limits.maximum_packet_size;
+            // The WebSocket layer buffers whole messages: what it reads
+            // before CONNACK is metered.
+            let admitted = Arc::new(AtomicBool::new(false));
+            let stream = Metered::new(stream, shared.clone(), admitted.clone());
             let Some(ws) = handshake(
                 conn,
                 handshake_timeout,
@@ -602,14 +609,21 @@ async fn layered(accepted: Accepted) {
             else {
                 return;
             };
-            serve_connection(ws, conn, shared, Peer::at(remote)).await
+            let peer = Peer {
+                admitted: Some(admitted),
+                ..Peer::at(remote)
+            };
+            serve_connection(ws, conn, shared, peer).await
         }
         #[cfg(all(feature = "ws", feature = "tls"))]
         Kind::Wss(cfg, tls) => {
             let max = shared.opts.limits.maximum_packet_size;
+            let admitted = Arc::new(AtomicBool::new(false));
+            let metering = (shared.clone(), admitted.clone());
             let upgrade = async {
                 let stream = tls.accept(stream).await?;
                 let username = tls.username(&stream);
+                let stream = Metered::new(stream, metering.0, metering.1);
                 let ws = super::ws::accept(stream, cfg, max).await?;
                 Ok::<_, HandshakeError>((ws, username))
             };
@@ -621,6 +635,7 @@ async fn layered(accepted: Accepted) {
             let peer = Peer {
                 username,
                 remote_addr: Some(remote),
+                admitted: Some(admitted),
             };
             serve_connection(ws, conn, shared, peer).await
         }

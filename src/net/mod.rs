@@ -7,6 +7,8 @@ mod duplex;
 #[cfg(feature = "http")]
 pub(crate) mod http;
 pub(crate) mod listener;
+#[cfg(feature = "ws")]
+mod metered;
 pub(crate) mod preauth;
 pub(crate) mod sweep;
 #[cfg(feature = "tls")]

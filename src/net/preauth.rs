@@ -27,6 +27,19 @@ impl PreAuth {
         }
     }
 
+    /// Takes `n` bytes if the total stays within `limit`.
+    pub(super) fn take(&self, n: usize, limit: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|&u| u <= limit)
+            })
+            .is_ok()
+    }
+
+    pub(super) fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
     /// Bytes charged now.
     #[cfg(test)]
     pub fn used(&self) -> usize {
@@ -55,15 +68,7 @@ impl Charge<'_> {
         if want <= self.held {
             return true;
         }
-        let more = want - self.held;
-        let limit = self.limit;
-        let taken = self
-            .budget
-            .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(more).filter(|&u| u <= limit)
-            });
-        if taken.is_err() {
+        if !self.budget.take(want - self.held, self.limit) {
             return false;
         }
         self.held = want;
@@ -79,7 +84,7 @@ impl Charge<'_> {
 
 impl Drop for Charge<'_> {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.held, Ordering::Relaxed);
+        self.budget.give(self.held);
     }
 }
 

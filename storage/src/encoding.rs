@@ -120,6 +120,7 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StorageError> {
 }
 
 /// Whether a store written in format `version` can be opened.
+#[cfg_attr(not(feature = "redb"), allow(dead_code))] // Only redb marks versions.
 pub(crate) fn readable(version: u32) -> bool {
     (u32::from(OLDEST_READABLE_VERSION)..=u32::from(FORMAT_VERSION)).contains(&version)
 }
