@@ -270,7 +270,7 @@ impl Broker {
             let mut sub_ids = t.sub_ids;
             sub_ids.sort_unstable();
             sub_ids.dedup();
-            match s.deliver(msg, qos, retain, sub_ids, count == 1, &mut ctx) {
+            match s.deliver(msg, qos, retain, sub_ids, count == 1, None, &mut ctx) {
                 Pushback::None => {}
                 pushback => congested.push((t.sid, pushback)),
             }

@@ -65,7 +65,7 @@ pub(crate) struct Outgoing {
     /// [gate](super::gate) waits for.
     pub stored_copy: bool,
     /// A retained message sent for a new subscription: the broker's own
-    /// burst, outside the queue limits (see [`Session::deliver_as`]).
+    /// burst, outside the queue limits (see [`Session::deliver`]).
     pub burst: bool,
 }
 
@@ -426,33 +426,22 @@ impl Session {
     ///   that is away, the queue holds `maximum_queued_messages`; beyond
     ///   that a message is dropped. For a connected client, a full queue is
     ///   congestion: the message is kept and the caller is told (it slows
-    ///   the publisher down), up to four times the limit, beyond which the
-    ///   message is dropped.
+    ///   the publisher down, for one episode: see [`Session::block`]), up
+    ///   to four times the limit, beyond which the message is dropped.
+    ///   Whatever the counts, a session holds at most
+    ///   `maximum_queued_bytes` of messages (congested from half of it).
     ///
     /// `sole`: this session is the message's only recipient, so a stored
     /// entry carries the body inline (one record instead of two).
     ///
     /// Returns what the publisher should do.
-    pub fn deliver(
-        &mut self,
-        msg: &Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        sub_ids: Vec<NonZeroU32>,
-        sole: bool,
-        ctx: &mut Ctx,
-    ) -> Pushback {
-        self.deliver_as(msg, qos, retain, sub_ids, sole, None, ctx)
-    }
-
-    /// [`Session::deliver`], or, with `burst = Some(cap)`, a QoS 1/2
-    /// retained message for a new subscription: the broker's own burst,
-    /// which the queue limits (count and bytes) do not apply to, nor
-    /// congestion; it is paced by the in-flight window instead, and at
-    /// most `cap` of its entries (the size of the retained store) wait in
-    /// the queue at a time.
+    /// `burst = Some(cap)`: a QoS 1/2 retained message for a new
+    /// subscription, the broker's own burst, which the queue limits (count
+    /// and bytes) do not apply to, nor congestion; it is paced by the
+    /// in-flight window instead, and at most `cap` of its entries (the size
+    /// of the retained store) wait in the queue at a time.
     #[allow(clippy::too_many_arguments)]
-    pub fn deliver_as(
+    pub fn deliver(
         &mut self,
         msg: &Arc<Message>,
         qos: QoS,

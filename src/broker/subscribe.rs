@@ -158,7 +158,7 @@ impl Broker {
             }
             // Sent because of a new subscription: RETAIN is 1 ([MQTT-3.3.1-8]).
             let ids = entry.id.into_iter().collect();
-            s.deliver_as(&m, qos, true, ids, true, Some(cap), &mut ctx);
+            s.deliver(&m, qos, true, ids, true, Some(cap), &mut ctx);
         }
         if !at_qos0.is_empty() {
             s.send_burst(at_qos0, entry.id.into_iter().collect(), cap, &mut ctx);
