@@ -347,6 +347,39 @@ async fn queued_and_inflight_messages_pass_the_acl_on_resume() {
     assert_eq!(b.stats.snapshot().messages_dropped - dropped_before, 2);
 }
 
+/// A QoS 2 message sent before the client went away, which the ACL now
+/// refuses, is not sent again, but its flow is released (PUBREL): the
+/// client may have received it and hold its packet id until then.
+#[tokio::test]
+async fn a_refused_qos2_message_in_flight_is_released_on_resume() {
+    let (b, ledger) = sample_broker().await;
+    let mut c = as_user(&b, v5_session("sensor-6", true, 3600), "device").await;
+    c.subscribe(1, "devices/sensor-6/#", QoS::ExactlyOnce).await;
+    let mut publ = as_user(&b, v5("console"), "admin").await;
+    publ.publish(publish("devices/sensor-6/a", "1", QoS::ExactlyOnce, 1))
+        .await;
+    let p = c.recv_publish().await;
+    let QosPid::ExactlyOnce(pid) = p.qos_pid else {
+        panic!("{p:?}")
+    };
+    c.drop_connection(); // before its PUBREC
+    ledger.replace(sample_ledger_with_first(
+        "[[acl]]\nusername = \"device\"\nfilter = \"devices/%c/#\"\naccess = \"deny\"\n",
+    ));
+    let dropped_before = b.stats.snapshot().messages_dropped;
+    let (mut c, ack) =
+        Raw::connect(b.addr, login(v5_session("sensor-6", false, 3600), "device")).await;
+    assert!(ack.session_present);
+    match c.recv().await {
+        Packet::PubRel(r) => assert_eq!(r.packet_id, pid),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    c.send(Packet::PubComp(PubResp::new(pid))).await;
+    c.expect_nothing().await;
+    assert_eq!(b.stats.snapshot().messages_dropped - dropped_before, 1);
+    assert_eq!(b.stats.snapshot().inflight, 0, "the flow completed");
+}
+
 /// The session's owner is stored with it: after a restart its owner still
 /// resumes it and another user still cannot.
 #[tokio::test]

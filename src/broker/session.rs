@@ -749,9 +749,14 @@ impl Session {
     /// again for the client now connected) is dropped instead.
     pub fn resume(&mut self, ctx: &mut Ctx) {
         let mut gone = Vec::new();
+        // QoS 2 messages sent before that are not sent again (expired, or
+        // refused by the ACL): the client may hold their packet ids,
+        // waiting for a PUBREL, so the flow is released instead of dropped.
+        let mut release = Vec::new();
         let inflight = self.flows().map(|f| &f.inflight).into_iter().flatten();
         for (i, o) in inflight.enumerate() {
             let Some(pid) = o.pid else { continue };
+            let sent_qos2 = o.qos == QoS::ExactlyOnce && o.state == OutboundState::Sent;
             match o.state {
                 OutboundState::Released => {
                     // Only the PUBREL is owed: no message goes out.
@@ -759,11 +764,15 @@ impl Session {
                 }
                 _ if o.msg.is_expired(ctx.now_ms) && o.state == OutboundState::Sent => {
                     // An expired message is not redelivered.
-                    gone.push((i, DropReason::Expired));
+                    match sent_qos2 {
+                        true => release.push((i, None)),
+                        false => gone.push((i, DropReason::Expired)),
+                    }
                 }
-                _ if !ctx.hooks.can_receive(&self.client, &o.msg) => {
-                    gone.push((i, DropReason::NotAuthorized));
-                }
+                _ if !ctx.hooks.can_receive(&self.client, &o.msg) => match sent_qos2 {
+                    true => release.push((i, Some(DropReason::NotAuthorized))),
+                    false => gone.push((i, DropReason::NotAuthorized)),
+                },
                 _ => {
                     let d = Delivery::new(
                         &o.msg,
@@ -775,6 +784,20 @@ impl Session {
                     );
                     self.push_publish(d, ctx);
                 }
+            }
+        }
+        for (i, reason) in release {
+            let f = self.flows_mut();
+            f.inflight[i].state = OutboundState::Released;
+            let (msg, pid) = (f.inflight[i].msg.clone(), f.inflight[i].pid);
+            if let Some(reason) = reason {
+                self.dropped(&msg, reason, ctx);
+            }
+            if let Some(o) = self.flows().map(|f| &f.inflight[i]) {
+                self.store_outgoing(o, ctx);
+            }
+            if let Some(pid) = pid {
+                self.send_pubrel(pid, ctx);
             }
         }
         for (i, reason) in gone.into_iter().rev() {
