@@ -13,7 +13,6 @@ use roost::hooks::{
     hash_password_with_cost, AclHook, BoxFuture, Client as HookClient, Decision, EventHook, Ledger,
     SharedLedger, WillMessage,
 };
-use roost::storage::{MemoryStore, Op, Snapshot, StorageError, Store};
 use roost::{Options, Server};
 use std::sync::{Arc, OnceLock};
 
@@ -49,23 +48,6 @@ fn sample_ledger_with_first(extra: &str) -> Ledger {
     let at = src.find("[[acl]]").unwrap();
     let (head, tail) = src.split_at(at);
     Ledger::from_toml_str(&format!("{head}{extra}\n{tail}")).unwrap()
-}
-
-/// The in-memory store, claiming to be persistent so that the broker
-/// records and commits everything as it would on disk.
-#[derive(Debug, Default)]
-struct Durable(MemoryStore);
-
-impl Store for Durable {
-    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
-        self.0.apply(ops)
-    }
-    fn load(&self) -> Result<Snapshot, StorageError> {
-        self.0.load()
-    }
-    fn is_persistent(&self) -> bool {
-        true
-    }
 }
 
 async fn broker_with(ledger: SharedLedger, configure: impl FnOnce(Server) -> Server) -> TestBroker {

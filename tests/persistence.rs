@@ -13,23 +13,6 @@ use roost::storage::{FaultyStore, MemoryStore, Op, Snapshot, StorageError, Store
 use roost::{Options, Server};
 use std::sync::Arc;
 
-/// The in-memory store, claiming to be persistent so that the broker
-/// records and commits everything as it would on disk.
-#[derive(Debug, Default)]
-struct Durable(MemoryStore);
-
-impl Store for Durable {
-    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
-        self.0.apply(ops)
-    }
-    fn load(&self) -> Result<Snapshot, StorageError> {
-        self.0.load()
-    }
-    fn is_persistent(&self) -> bool {
-        true
-    }
-}
-
 /// A persistent store whose writes wait while the test holds them: a disk
 /// that has not caught up yet.
 #[derive(Debug, Default)]

@@ -61,6 +61,23 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The in-memory store, claiming to be persistent so that the broker
+/// records and commits everything as it would on disk.
+#[derive(Debug, Default)]
+pub struct Durable(roost::storage::MemoryStore);
+
+impl roost::storage::Store for Durable {
+    fn apply(&self, ops: &[roost::storage::Op]) -> Result<(), roost::storage::StorageError> {
+        self.0.apply(ops)
+    }
+    fn load(&self) -> Result<roost::storage::Snapshot, roost::storage::StorageError> {
+        self.0.load()
+    }
+    fn is_persistent(&self) -> bool {
+        true
+    }
+}
+
 /// A broker whose panics this thread counts (see [`panics_on_this_thread`]).
 pub async fn watched_broker(opts: Options) -> TestBroker {
     count_panics();
