@@ -362,6 +362,56 @@ async fn a_refused_qos2_message_in_flight_is_released_on_resume() {
     assert_eq!(b.stats.snapshot().inflight, 0, "the flow completed");
 }
 
+/// A session stored before owners were (format version 1: owner unknown)
+/// is resumed by the first client the auth hooks admit with its id, as
+/// before the upgrade, so the upgrade loses nothing queued for it; from
+/// then on it is that user's, and another user starts clean.
+#[tokio::test]
+async fn a_session_stored_without_an_owner_is_adopted_by_the_first_to_resume_it() {
+    use roost::storage::{Op, SessionOwner, SessionRecord, Store, SubscriptionRecord};
+    let store = Arc::new(Durable::default());
+    let client_id = "sensor-4".to_string();
+    store
+        .apply(&[
+            Op::PutSession(SessionRecord {
+                client_id: client_id.clone(),
+                protocol_level: 5,
+                expiry_interval: 3600,
+                disconnected_at_ms: None,
+                will: None,
+                owner: SessionOwner::Unknown,
+            }),
+            Op::PutSubscription {
+                client_id,
+                subscription: SubscriptionRecord {
+                    filter: "devices/sensor-4/#".into(),
+                    qos: 1,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                    subscription_identifier: None,
+                },
+            },
+        ])
+        .unwrap();
+    let b = broker_with(SharedLedger::new(sample_ledger()), |s| {
+        s.store(store.clone())
+    })
+    .await;
+    let (mut dev, ack) =
+        Raw::connect(b.addr, login(v5_session("sensor-4", false, 3600), "device")).await;
+    assert!(ack.session_present, "the stored session is resumed");
+    let mut publ = as_user(&b, v5("console"), "admin").await;
+    publ.publish(publish("devices/sensor-4/x", "1", QoS::AtLeastOnce, 1))
+        .await;
+    assert_eq!(recv_acked(&mut dev).await, "devices/sensor-4/x");
+    dev.disconnect().await;
+    let (mut other, ack) =
+        Raw::connect(b.addr, login(v5_session("sensor-4", false, 3600), "admin")).await;
+    assert!(!ack.session_present, "now it is device's");
+    other.expect_nothing().await;
+}
+
 /// The session's owner is stored with it: after a restart its owner still
 /// resumes it and another user still cannot.
 #[tokio::test]

@@ -177,6 +177,8 @@ impl Broker {
         let session = self.sessions.get_mut(&sid).expect("session inserted above");
         session.protocol = v;
         session.client = client.clone();
+        // Its owner is now known (see `Session::owned_by`).
+        session.owner_unknown = false;
         session.expiry_interval = expiry;
         session.disconnected_at_ms = None;
         session.will_due_ms = None;

@@ -65,7 +65,8 @@ impl Broker {
                 SessionOwner::User(user) => (Some(ByteStr::from(user)), false),
             };
             // Hooks judge a restored session (its will, its deliveries) as
-            // its owner until the owner connects again.
+            // its owner until the owner connects again (an unknown owner, as
+            // a client without a user name).
             let mut s = Box::new(Session::new(Arc::new(Client {
                 client_id: client_id.clone(),
                 username,

@@ -129,7 +129,7 @@ pub(crate) struct Session {
     /// that stops being persistent releases exactly what it took.
     pub stored: bool,
     /// Restored from a record that did not say who owns the session
-    /// (format version 1): nobody may resume it.
+    /// (format version 1): the first client to resume it adopts it.
     pub owner_unknown: bool,
     next_pid: u16,
     /// How many ids after `next_pid` are known to be free (see
@@ -239,9 +239,13 @@ impl Session {
     /// May `client` resume this session? Only a client of the user who
     /// owns it (the same user name, from CONNECT or a certificate, or none
     /// for both): another user must not get its subscriptions and queued
-    /// messages by claiming its client id.
+    /// messages by claiming its client id. A session whose owner is
+    /// unknown (stored before owners were) goes to the first client the
+    /// auth hooks admit with its id, as it did then: dropping every queue
+    /// at the upgrade would lose what was acknowledged for it, and the
+    /// devices come back as soon as the broker does.
     pub fn owned_by(&self, client: &Client) -> bool {
-        !self.owner_unknown && self.client.username == client.username
+        self.owner_unknown || self.client.username == client.username
     }
 
     /// A session that outlives its connection is persisted.

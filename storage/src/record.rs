@@ -57,8 +57,8 @@ pub struct WillRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum SessionOwner {
     /// Not known: the record was written before owners were stored
-    /// (format version 1). Nobody resumes such a session; the next client
-    /// with its id starts clean.
+    /// (format version 1). The first client admitted with its id resumes
+    /// it and becomes its owner.
     #[default]
     Unknown,
     /// A client without a user name.
