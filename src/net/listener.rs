@@ -8,7 +8,7 @@ use super::connection::{serve_connection, Peer, Shared};
 use crate::broker::ConnId;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-#[cfg(feature = "http")]
+#[cfg(any(feature = "http", feature = "ws"))]
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
