@@ -89,7 +89,7 @@ impl Message {
         Message {
             topic: ByteStr::from(rec.topic),
             payload: rec.payload,
-            qos: QoS::from_u8(rec.qos).unwrap_or(QoS::AtMostOnce),
+            qos: super::persist::qos_from_u8(rec.qos),
             retain: rec.retain,
             properties: MessageProperties {
                 payload_format_indicator: p.payload_format_indicator,

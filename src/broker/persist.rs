@@ -277,7 +277,6 @@ pub(crate) fn message_record(msg: &Message) -> MessageRecord {
 }
 
 /// QoS from a stored byte (anything out of range reads as QoS 0).
-#[allow(dead_code)] // Used by restore, which comes with the persistent backends.
 pub(crate) fn qos_from_u8(b: u8) -> QoS {
     QoS::from_u8(b).unwrap_or(QoS::AtMostOnce)
 }

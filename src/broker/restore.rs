@@ -8,9 +8,10 @@
 //! time across the downtime.
 
 use super::message::Message;
+use super::persist::qos_from_u8;
 use super::session::{Outgoing, Session, SubEntry, Will};
 use super::{split_shared, Broker, SessionId};
-use crate::codec::{ByteStr, ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
+use crate::codec::{ByteStr, ProtocolVersion, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
 use crate::hooks::Client;
 use crate::stats;
@@ -19,10 +20,6 @@ use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-
-fn qos(b: u8) -> QoS {
-    QoS::from_u8(b).unwrap_or(QoS::AtMostOnce)
-}
 
 impl Broker {
     /// Loads `snapshot` into an empty broker, then runs what fell due while
@@ -94,7 +91,7 @@ impl Broker {
             for sub in stored.subscriptions {
                 let entry = SubEntry {
                     options: SubscriptionOptions {
-                        qos: qos(sub.qos),
+                        qos: qos_from_u8(sub.qos),
                         no_local: sub.no_local,
                         retain_as_published: sub.retain_as_published,
                         retain_handling: match sub.retain_handling {
@@ -147,7 +144,7 @@ impl Broker {
                 let o = Outgoing {
                     seq,
                     msg: body,
-                    qos: qos(entry.qos),
+                    qos: qos_from_u8(entry.qos),
                     retain: entry.retain,
                     sub_ids: entry
                         .subscription_identifiers
