@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ws(
             TcpListener::bind("127.0.0.1:1882").await?,
             WsConfig::default().path("/mqtt"),
-        );
+        )?;
     let handle = server.handle();
     let serving = tokio::spawn(server.serve(async {
         let _ = tokio::signal::ctrl_c().await;

@@ -223,13 +223,12 @@ impl Server {
         Ok(self)
     }
 
-    /// Adds an MQTT over WebSocket listener (id `ws:<address>`).
+    /// Adds an MQTT over WebSocket listener (id `ws:<address>`). Fails if
+    /// the listener's address cannot be read or its id is taken.
     #[cfg(feature = "ws")]
-    pub fn ws(self, listener: TcpListener, ws: WsConfig) -> Self {
-        if let Err(e) = self.handle.add_auto(listener, crate::Transport::Ws(ws)) {
-            tracing::error!(error = %e, "cannot add WebSocket listener");
-        }
-        self
+    pub fn ws(self, listener: TcpListener, ws: WsConfig) -> Result<Self, ListenerError> {
+        self.handle.add_auto(listener, crate::Transport::Ws(ws))?;
+        Ok(self)
     }
 
     /// Adds an MQTT over WebSocket over TLS listener (id `wss:<address>`).
@@ -245,13 +244,12 @@ impl Server {
         Ok(self)
     }
 
-    /// Adds the HTTP stats endpoint (id `http:<address>`).
+    /// Adds the HTTP stats endpoint (id `http:<address>`). Fails if the
+    /// listener's address cannot be read or its id is taken.
     #[cfg(feature = "http")]
-    pub fn http(self, listener: TcpListener) -> Self {
-        if let Err(e) = self.handle.add_auto(listener, crate::Transport::Http) {
-            tracing::error!(error = %e, "cannot add HTTP listener");
-        }
-        self
+    pub fn http(self, listener: TcpListener) -> Result<Self, ListenerError> {
+        self.handle.add_auto(listener, crate::Transport::Http)?;
+        Ok(self)
     }
 
     /// Adds the HTTP stats endpoint over TLS (id `https:<address>`).

@@ -257,9 +257,11 @@ impl MultiBroker {
             .tls(tls_l, certs.tls(client_auth))
             .unwrap()
             .ws(ws_l, WsConfig::default())
+            .unwrap()
             .wss(wss_l, WsConfig::default(), certs.tls(client_auth))
             .unwrap()
-            .http(http_l);
+            .http(http_l)
+            .unwrap();
         let handle = server.handle();
         let stats = server.stats();
         let (tx, rx) = oneshot::channel();
