@@ -433,7 +433,10 @@ impl Server {
         // (the final DISCONNECT included); wait for them, within a bound.
         let all = u32::try_from(opts_max_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(all)).await;
-        store.flush()?;
+        // A flush is disk work: off the runtime's threads, as the commits.
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| StorageError::Io(format!("flushing the store: {e}")))??;
         hooks.each(|h| h.on_stopped());
         Ok(())
     }
