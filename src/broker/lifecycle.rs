@@ -220,7 +220,7 @@ impl Broker {
                 shared_subscription_available: (!caps.shared_subscriptions).then_some(false),
                 server_keep_alive,
                 // After enhanced authentication the CONNACK names the method
-                // and carries the final data ([MQTT-4.12.0-?]; 5.0 §4.12).
+                // and carries the final data ([MQTT-4.12.0-5]).
                 authentication_method: enhanced_auth
                     .then(|| c.properties.authentication_method.clone())
                     .flatten(),

@@ -375,7 +375,7 @@ impl Broker {
             Packet::Disconnect(d) => self.on_disconnect(conn, sid, d, now_ms),
             Packet::Auth(_) => {
                 // No enhanced authentication was negotiated, so AUTH is a
-                // protocol error ([MQTT-4.12.0-?]; 5.0 §4.12).
+                // protocol error ([MQTT-4.12.0-7]).
                 self.protocol_error(conn, ReasonCode::ProtocolError, now_ms);
             }
             Packet::Connect(_) => {

@@ -862,7 +862,8 @@ impl Session {
             return;
         }
         if !r.reason.is_success() {
-            // A failure code ends the flow: no PUBREL ([MQTT-4.3.3-?]; 5.0 §4.3.3).
+            // A failure code ends the flow: PUBREL answers only a PUBREC below
+            // 0x80 ([MQTT-4.3.3-4]).
             if let Some(o) = self.remove_inflight(i) {
                 self.forget_outgoing(&o, ctx);
             }

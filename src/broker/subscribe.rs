@@ -90,7 +90,7 @@ impl Broker {
                 QoS::ExactlyOnce => ReasonCode::GrantedQos2,
             });
             // Retained messages go to new ordinary subscriptions, per Retain
-            // Handling; never to shared ones ([MQTT-3.8.4-?]; 5.0 §4.8.2).
+            // Handling; never to shared ones (5.0 §4.8.2, which gives no rule number).
             let send_retained = group.is_none()
                 && match options.retain_handling {
                     RetainHandling::SendAtSubscribe => true,
