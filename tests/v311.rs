@@ -914,7 +914,13 @@ async fn sys_topics_are_published() {
 
     let mut all = subscriber(b.addr, "all", "$SYS/#", QoS::AtMostOnce).await;
     let mut seen = std::collections::HashSet::new();
-    while !seen.contains("$SYS/broker/version") || !seen.contains("$SYS/broker/uptime") {
+    let wanted = [
+        "$SYS/broker/version",
+        "$SYS/broker/uptime",
+        "$SYS/broker/messages/dropped",
+        "$SYS/broker/refused/unauthenticated",
+    ];
+    while !wanted.iter().all(|t| seen.contains(*t)) {
         let p = all.recv_publish().await;
         seen.insert(p.topic.as_str().to_owned());
     }

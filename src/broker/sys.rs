@@ -9,7 +9,7 @@ use std::sync::Arc;
 impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let s = self.stats.snapshot();
-        let topics: [(&str, String); 21] = [
+        let topics: [(&str, String); 26] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -31,6 +31,18 @@ impl Broker {
             ("store/commits", s.storage_commits.to_string()),
             ("store/ops/written", s.storage_ops_written.to_string()),
             ("store/ops/saved", s.storage_ops_saved.to_string()),
+            // What the limits refused: a client testing them shows here.
+            ("refused/topic_alias", s.topic_alias_refused.to_string()),
+            (
+                "refused/packet_read_timeouts",
+                s.packet_read_timeouts.to_string(),
+            ),
+            ("refused/connect_too_large", s.connect_too_large.to_string()),
+            (
+                "refused/unauthenticated",
+                s.unauthenticated_refused.to_string(),
+            ),
+            ("refused/http_evicted", s.http_evicted.to_string()),
         ];
         for (name, value) in topics {
             let msg = Arc::new(Message {
