@@ -2,6 +2,7 @@
 //! start and resumption, wills (with delay), session end.
 
 use super::*;
+use crate::escape::Escaped;
 
 impl Broker {
     pub(super) fn refuse(outbox: &Outbox, reason: ReasonCode) {
@@ -112,7 +113,7 @@ impl Broker {
             self.sessions.get(sid).is_some_and(|s| {
                 let owned = s.owned_by(&client);
                 if !owned && !c.clean_start {
-                    tracing::info!(client_id = %client_id,
+                    tracing::info!(client_id = %Escaped(&client_id),
                         username = client.username.as_deref().unwrap_or(""),
                         "session belongs to another user; starting clean");
                 }
@@ -402,7 +403,7 @@ impl Broker {
             Some(true) => true,
             None if as_connected => true,
             _ => {
-                tracing::warn!(client_id = %client.client_id,
+                tracing::warn!(client_id = %Escaped(&client.client_id),
                     username = client.username.as_deref().unwrap_or(""), topic,
                     pending = allowed.is_none(), "will refused by the publish ACL; not published");
                 false

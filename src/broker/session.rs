@@ -618,7 +618,7 @@ impl Session {
         if now_ms.saturating_sub(since) >= CONGESTED_EPISODE_MS {
             f.stuck = true;
             let queued = f.queue.len();
-            tracing::debug!(client_id = %self.client_id(), queued,
+            tracing::debug!(client_id = %Escaped(self.client_id()), queued,
                 "queue still congested after its episode: publishers go on, the queue drops past its bound");
             self.release_blocked();
             return;

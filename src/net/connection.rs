@@ -298,7 +298,7 @@ where
             // what is wrong, the certificate names nobody. Answered in
             // MQTT rather than by failing the TLS handshake, so the client
             // learns why and the log names its client id.
-            tracing::warn!(conn = conn.0, client_id = %connect.client_id,
+            tracing::warn!(conn = conn.0, client_id = %Escaped(&connect.client_id),
                 remote = peer.remote_addr.map(tracing::field::display),
                 "client certificate has no user name (CN or SAN) and the listener takes it from there; connection refused");
             return refuse_connect(io, version, ReasonCode::NotAuthorized).await;
@@ -400,9 +400,9 @@ where
         // empty client id is judged as empty: the core assigns the id
         // after this.
         if !shared.hooks.can_publish(&client, &will.topic).await {
-            tracing::warn!(conn = conn.0, client_id = %client.client_id,
+            tracing::warn!(conn = conn.0, client_id = %Escaped(&client.client_id),
                 username = client.username.as_deref().unwrap_or(""),
-                topic = %will.topic, "will refused by the publish ACL; connection refused");
+                topic = %Escaped(&will.topic), "will refused by the publish ACL; connection refused");
             return refuse_connect(io, version, ReasonCode::NotAuthorized).await;
         }
     }
