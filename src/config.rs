@@ -222,6 +222,13 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Most subscriptions one session may hold. Default: 10,000.
     pub maximum_subscriptions_per_session: usize,
+    /// Most bytes the retained messages of all clients may take together
+    /// (topic, payload, and about 128 bytes of bookkeeping each). A
+    /// retained message that would take the store past it is delivered
+    /// to the current subscribers but not retained (it replaces nothing: an
+    /// older message on its topic is cleared, so no stale value stays),
+    /// counted in `retained_refused` and logged. Default: 64 MiB.
+    pub maximum_retained_bytes: usize,
     /// Most bytes of topic filters one session may hold, all its
     /// subscriptions together. A filter that would take it past this is
     /// refused in SUBACK with 0x97 Quota exceeded (0x80 for 3.x).
@@ -277,6 +284,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             maximum_subscriptions_per_session: 10_000,
             maximum_subscription_bytes: 1024 * 1024,
+            maximum_retained_bytes: 64 * 1024 * 1024,
             maximum_client_id_len: 65_535,
             maximum_topic_levels: 128,
             maximum_topic_alias_bytes: 64 * 1024,

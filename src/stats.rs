@@ -33,6 +33,7 @@ pub struct Stats {
     pub(crate) connect_too_large: AtomicU64,
     pub(crate) unauthenticated_refused: AtomicU64,
     pub(crate) http_evicted: AtomicU64,
+    pub(crate) retained_refused: AtomicU64,
 }
 
 impl Default for Stats {
@@ -62,6 +63,7 @@ impl Default for Stats {
             connect_too_large: AtomicU64::new(0),
             unauthenticated_refused: AtomicU64::new(0),
             http_evicted: AtomicU64::new(0),
+            retained_refused: AtomicU64::new(0),
         }
     }
 }
@@ -100,6 +102,7 @@ impl Stats {
             connect_too_large: g(&self.connect_too_large),
             unauthenticated_refused: g(&self.unauthenticated_refused),
             http_evicted: g(&self.http_evicted),
+            retained_refused: g(&self.retained_refused),
         }
     }
 }
@@ -151,6 +154,9 @@ pub struct StatsSnapshot {
     /// HTTP connections that had not sent a request head, closed to make
     /// room for a new one at the listener's connection limit.
     pub http_evicted: u64,
+    /// Retained messages not retained because the store held
+    /// `limits.maximum_retained_bytes` (they were still delivered).
+    pub retained_refused: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

@@ -383,6 +383,48 @@ async fn resubscribing_without_reading_holds_one_burst_of_retained_messages() {
     assert_serving(&b).await;
 }
 
+/// `maximum_retained_bytes`: the retained store holds at most that much
+/// (topic, payload and 128 bytes a message). Past it a retained message is
+/// delivered to the subscribers there are but not retained, and counted;
+/// one that would replace a smaller one clears the topic rather than leave
+/// the stale value; clearing a topic makes room again.
+#[tokio::test]
+async fn the_retained_store_is_bounded_in_bytes() {
+    let mut o = Options::default();
+    o.limits.maximum_retained_bytes = 1_000; // four of 100 + 3 + 128 bytes
+    let b = watched_broker(o).await;
+    let mut live = Raw::connected(b.addr, v5("live")).await;
+    live.subscribe(1, "r/#", QoS::AtMostOnce).await;
+    let mut publ = Raw::connected(b.addr, v5("pub")).await;
+    let body = "x".repeat(100);
+    for i in 0..5u16 {
+        publ.publish(retained(&format!("r/{i}"), &body, QoS::AtLeastOnce, i + 1))
+            .await;
+        assert_eq!(payload(&live.recv_publish().await), body, "delivered live");
+    }
+    let s = b.stats.snapshot();
+    assert_eq!((s.retained, s.retained_refused), (4, 1));
+    // Growing r/0 past the limit clears it: no stale value stays.
+    publ.publish(retained("r/0", &"y".repeat(400), QoS::AtLeastOnce, 6))
+        .await;
+    let s = b.stats.snapshot();
+    assert_eq!((s.retained, s.retained_refused), (3, 2));
+    // Clearing r/1 makes room for r/4.
+    publ.publish(retained("r/1", "", QoS::AtLeastOnce, 7)).await;
+    publ.publish(retained("r/4", &body, QoS::AtLeastOnce, 8))
+        .await;
+    let mut late = Raw::connected(b.addr, v5("late")).await;
+    late.subscribe(1, "r/#", QoS::AtMostOnce).await;
+    let mut topics = Vec::new();
+    for _ in 0..3 {
+        topics.push(late.recv_publish().await.topic.to_string());
+    }
+    topics.sort();
+    assert_eq!(topics, ["r/2", "r/3", "r/4"]);
+    late.expect_nothing().await;
+    assert_serving(&b).await;
+}
+
 /// `maximum_pending_writes`: a subscriber that never reads its socket does
 /// not slow anyone down. QoS 0 publishers are never blocked, QoS 0 messages
 /// to the slow one are dropped (and counted) once its socket and outbox are

@@ -102,6 +102,7 @@ pub fn run(data: &[u8]) -> Summary {
     opts.limits.maximum_queued_bytes = 256;
     opts.limits.maximum_subscription_bytes = 40;
     opts.limits.maximum_inflight = 2;
+    opts.limits.maximum_retained_bytes = 600;
     opts.sys_interval = None;
     let limits = opts.limits.clone();
     let mut hooks = Hooks::default();
@@ -362,6 +363,15 @@ fn check(
             p.conn = None;
         }
     }
+    let mut retained = 0;
+    broker
+        .retained
+        .for_each_match("#", |_, m| retained += super::retained_cost(m));
+    assert_eq!(retained, broker.retained_bytes, "retained bytes accounted");
+    assert!(
+        retained <= limits.maximum_retained_bytes,
+        "{retained} retained bytes"
+    );
     for s in broker.sessions.values() {
         assert!(s.subscriptions.bytes() <= limits.maximum_subscription_bytes);
         if let Some(f) = s.flows() {

@@ -203,6 +203,9 @@ pub struct Broker {
     inline_conns: usize,
     /// `$SYS` topics among the retained messages.
     sys_retained: usize,
+    /// What the clients' retained messages take ([`retained_cost`]),
+    /// bounded by `limits.maximum_retained_bytes`.
+    retained_bytes: usize,
     /// Disconnected sessions with a pending will or a finite expiry.
     timed: IdSet<SessionId>,
     next_session: u64,
@@ -247,6 +250,7 @@ impl Broker {
             shared_cursor: HashMap::new(),
             inline_conns: 0,
             sys_retained: 0,
+            retained_bytes: 0,
             timed: IdSet::default(),
             next_session: 1,
             next_assigned: 1,
@@ -394,6 +398,14 @@ impl Message {
         self.qos = qos;
         self
     }
+}
+
+/// What a retained message counts against `limits.maximum_retained_bytes`:
+/// its topic and payload, and about what the tree and the message take
+/// beside them (so a million one-byte messages are not counted as a
+/// megabyte).
+fn retained_cost(m: &Message) -> usize {
+    m.size() + 128
 }
 
 /// More than `max` levels: the topic trees walk levels recursively, so an

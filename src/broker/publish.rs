@@ -327,11 +327,30 @@ impl Broker {
         }
     }
 
-    pub(super) fn store_retained(&mut self, msg: &Arc<Message>, _now_ms: u64) {
+    pub(super) fn store_retained(&mut self, msg: &Arc<Message>, now_ms: u64) {
         let topic = msg.topic.as_str();
-        if msg.payload.is_empty() {
+        let old_cost = self.retained.get(topic).map_or(0, |m| retained_cost(m));
+        let over = self.retained_bytes.saturating_sub(old_cost) + retained_cost(msg)
+            > self.opts.limits.maximum_retained_bytes;
+        if over && !msg.payload.is_empty() {
+            // The store is full: delivered, not retained. Whatever was
+            // retained for the topic goes too, or later subscribers would
+            // get a value its publisher has replaced.
+            stats::add(&self.stats.retained_refused, 1);
+            static LAST_WARNING_MS: std::sync::atomic::AtomicU64 =
+                std::sync::atomic::AtomicU64::new(0);
+            let last = LAST_WARNING_MS.load(std::sync::atomic::Ordering::Relaxed);
+            if now_ms >= last.saturating_add(1000) {
+                LAST_WARNING_MS.store(now_ms, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(topic = %crate::escape::Escaped(topic),
+                    retained_bytes = self.retained_bytes,
+                    "retained messages hold limits.maximum_retained_bytes: not retained (more within a second not logged)");
+            }
+        }
+        if msg.payload.is_empty() || over {
             // An empty retained message clears the topic ([MQTT-3.3.1-6]).
-            if self.retained.remove(topic).is_some() {
+            if let Some(old) = self.retained.remove(topic) {
+                self.retained_bytes = self.retained_bytes.saturating_sub(retained_cost(&old));
                 self.persist.push(Op::DeleteRetained {
                     topic: topic.to_owned(),
                 });
@@ -356,7 +375,10 @@ impl Broker {
                 message: message_record(&kept),
             });
             self.hooks.each(|h| h.on_retained(topic, Some(&kept)));
-            self.retained.insert(topic, kept);
+            self.retained_bytes += retained_cost(&kept);
+            if let Some(old) = self.retained.insert(topic, kept) {
+                self.retained_bytes = self.retained_bytes.saturating_sub(retained_cost(&old));
+            }
         }
         self.update_retained_gauge();
     }

@@ -10,7 +10,7 @@
 use super::message::Message;
 use super::persist::qos_from_u8;
 use super::session::{Outgoing, Session, SubEntry, Will};
-use super::{split_shared, Broker, SessionId};
+use super::{retained_cost, split_shared, Broker, SessionId};
 use crate::codec::{ByteStr, ProtocolVersion, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
 use crate::hooks::Client;
@@ -40,6 +40,9 @@ impl Broker {
                 continue;
             }
             let topic = msg.topic.clone();
+            // What the store holds comes back whatever the limit says now:
+            // it was accepted. Only new messages are refused past it.
+            self.retained_bytes += retained_cost(&msg);
             self.retained.insert(&topic, Arc::new(msg));
         }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let s = self.stats.snapshot();
-        let topics: [(&str, String); 26] = [
+        let topics: [(&str, String); 27] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -43,6 +43,7 @@ impl Broker {
                 s.unauthenticated_refused.to_string(),
             ),
             ("refused/http_evicted", s.http_evicted.to_string()),
+            ("refused/retained", s.retained_refused.to_string()),
         ];
         for (name, value) in topics {
             let msg = Arc::new(Message {

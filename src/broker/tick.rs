@@ -36,13 +36,18 @@ impl Broker {
         if now_ms.saturating_sub(self.last_sweep_ms) >= 60_000 {
             self.last_sweep_ms = now_ms;
             let mut gone = Vec::new();
+            let mut freed = 0;
             self.retained.retain(|topic, m| {
                 let keep = !m.is_expired(now_ms);
                 if !keep {
                     gone.push(topic.to_owned());
+                    if !topic.starts_with("$SYS") {
+                        freed += retained_cost(m);
+                    }
                 }
                 keep
             });
+            self.retained_bytes = self.retained_bytes.saturating_sub(freed);
             for topic in gone {
                 self.hooks.each(|h| h.on_retained_expired(&topic));
                 self.persist.push(Op::DeleteRetained { topic });

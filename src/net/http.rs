@@ -149,6 +149,7 @@ fn json(s: &StatsSnapshot) -> String {
         "connect_too_large": s.connect_too_large,
         "unauthenticated_refused": s.unauthenticated_refused,
         "http_evicted": s.http_evicted,
+        "retained_refused": s.retained_refused,
         "memory": resident_memory(),
     })
     .to_string()
@@ -156,7 +157,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 17] = [
+    let counters: [(&str, &str, u64); 18] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -229,6 +230,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "http_evicted",
             "Idle HTTP connections closed to make room for a new one.",
             s.http_evicted,
+        ),
+        (
+            "retained_refused",
+            "Retained messages not retained: maximum_retained_bytes held.",
+            s.retained_refused,
         ),
     ];
     let gauges: [(&str, &str, u64); 9] = [
