@@ -2,6 +2,7 @@
 //! backpressure and retained messages.
 
 use super::*;
+use crate::escape::Escaped;
 use session::Pushback;
 
 impl Broker {
@@ -342,7 +343,7 @@ impl Broker {
             let last = LAST_WARNING_MS.load(std::sync::atomic::Ordering::Relaxed);
             if now_ms >= last.saturating_add(1000) {
                 LAST_WARNING_MS.store(now_ms, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(topic = %crate::escape::Escaped(topic),
+                tracing::warn!(topic = %Escaped(topic),
                     retained_bytes = self.retained_bytes,
                     "retained messages hold limits.maximum_retained_bytes: not retained (more within a second not logged)");
             }
