@@ -23,6 +23,7 @@ mod restore;
 mod session;
 mod subscribe;
 mod sys;
+mod throttle;
 mod tick;
 
 pub(crate) use coalesce::coalesce_staged;

@@ -338,11 +338,8 @@ impl Broker {
             // retained for the topic goes too, or later subscribers would
             // get a value its publisher has replaced.
             stats::add(&self.stats.retained_refused, 1);
-            static LAST_WARNING_MS: std::sync::atomic::AtomicU64 =
-                std::sync::atomic::AtomicU64::new(0);
-            let last = LAST_WARNING_MS.load(std::sync::atomic::Ordering::Relaxed);
-            if now_ms >= last.saturating_add(1000) {
-                LAST_WARNING_MS.store(now_ms, std::sync::atomic::Ordering::Relaxed);
+            static WARNED: super::throttle::OncePerSecond = super::throttle::OncePerSecond::new();
+            if WARNED.ready(now_ms) {
                 tracing::warn!(topic = %Escaped(topic),
                     retained_bytes = self.retained_bytes,
                     "retained messages hold limits.maximum_retained_bytes: not retained (more within a second not logged)");

@@ -394,10 +394,8 @@ impl Session {
         // At most one warning a second, so a flood of drops does not flood
         // the log too; the others, and expiries, go to debug. The topic is
         // logged, never the payload.
-        static LAST_WARNING_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let last = LAST_WARNING_MS.load(std::sync::atomic::Ordering::Relaxed);
-        if !matches!(reason, DropReason::Expired) && ctx.now_ms >= last.saturating_add(1000) {
-            LAST_WARNING_MS.store(ctx.now_ms, std::sync::atomic::Ordering::Relaxed);
+        static WARNED: super::throttle::OncePerSecond = super::throttle::OncePerSecond::new();
+        if !matches!(reason, DropReason::Expired) && WARNED.ready(ctx.now_ms) {
             tracing::warn!(client_id = %Escaped(self.client_id()), topic = %Escaped(&msg.topic), ?reason,
                 total = ctx.stats.messages_dropped.load(std::sync::atomic::Ordering::Relaxed),
                 "message dropped (more within a second are logged at debug level)");
