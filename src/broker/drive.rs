@@ -242,13 +242,8 @@ pub fn run(data: &[u8]) -> Summary {
                     user_properties: Vec::new(),
                 };
                 let packet = Packet::Subscribe(subscribe);
-                broker.handle(
-                    Event::Packet {
-                        conn: *conn,
-                        packet,
-                    },
-                    now,
-                );
+                let conn = *conn;
+                broker.handle(Event::Packet { conn, packet }, now);
                 expect = Some(("SUBACK", Some(pid)));
             }
             (4, Some((conn, ..))) => {
@@ -258,13 +253,8 @@ pub fn run(data: &[u8]) -> Summary {
                     filters: vec![input.pick(&FILTERS).into()],
                     user_properties: Vec::new(),
                 });
-                broker.handle(
-                    Event::Packet {
-                        conn: *conn,
-                        packet,
-                    },
-                    now,
-                );
+                let conn = *conn;
+                broker.handle(Event::Packet { conn, packet }, now);
                 expect = Some(("UNSUBACK", Some(pid)));
             }
             (5, Some((conn, ..))) => {
