@@ -34,6 +34,7 @@ pub struct Stats {
     pub(crate) unauthenticated_refused: AtomicU64,
     pub(crate) http_evicted: AtomicU64,
     pub(crate) retained_refused: AtomicU64,
+    pub(crate) packets_ignored: AtomicU64,
 }
 
 impl Default for Stats {
@@ -64,6 +65,7 @@ impl Default for Stats {
             unauthenticated_refused: AtomicU64::new(0),
             http_evicted: AtomicU64::new(0),
             retained_refused: AtomicU64::new(0),
+            packets_ignored: AtomicU64::new(0),
         }
     }
 }
@@ -103,6 +105,7 @@ impl Stats {
             unauthenticated_refused: g(&self.unauthenticated_refused),
             http_evicted: g(&self.http_evicted),
             retained_refused: g(&self.retained_refused),
+            packets_ignored: g(&self.packets_ignored),
         }
     }
 }
@@ -157,6 +160,9 @@ pub struct StatsSnapshot {
     /// Retained messages not retained because the store held
     /// `limits.maximum_retained_bytes` (they were still delivered).
     pub retained_refused: u64,
+    /// Packets read from connections the broker had already closed (by a
+    /// protocol error, a takeover or a refusal), not acted on.
+    pub packets_ignored: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

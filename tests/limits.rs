@@ -770,6 +770,29 @@ async fn publish_with_ten_thousand_levels_is_refused() {
     b.stop().await;
 }
 
+/// Packets a client pipelined behind one that made the broker close the
+/// connection are read but not acted on: they are counted as ignored
+/// (`packets_ignored`), so every packet read is handled or counted.
+#[tokio::test]
+async fn packets_behind_a_protocol_error_are_counted_as_ignored() {
+    let mut o = Options::default();
+    o.limits.maximum_topic_levels = 4;
+    let b = watched_broker(o).await;
+    let mut c = Raw::connected(b.addr, v5("late")).await;
+    let mut burst = bytes::BytesMut::new();
+    let p = publish("a/b/c/d/e/f", "x", QoS::AtMostOnce, 1);
+    roost::codec::encode(&Packet::Publish(p), ProtocolVersion::V5, &mut burst).unwrap();
+    roost::codec::encode(&Packet::PingReq, ProtocolVersion::V5, &mut burst).unwrap();
+    c.send_bytes(&burst).await;
+    let got = c.expect_closed().await;
+    assert!(
+        matches!(&got[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::TopicNameInvalid),
+        "{got:?}"
+    );
+    assert_eq!(b.stats.snapshot().packets_ignored, 1, "the PINGREQ");
+    assert_serving(&b).await;
+}
+
 /// A will topic with 10,000 levels is refused at CONNECT: 5.0 gets CONNACK
 /// 0x90; 3.1.1 has no fitting return code, so it is closed without
 /// CONNACK ([MQTT-3.2.2-6]).

@@ -300,7 +300,7 @@ impl Broker {
                         // Looked up for each: a packet before it may have
                         // ended the connection.
                         Packet::Publish(publish) => {
-                            if let Some(&sid) = self.conns.get(&conn) {
+                            if let Some(sid) = self.live(conn) {
                                 let verdict = PublishVerdict::Deliver;
                                 self.on_publish(conn, sid, publish, verdict, now_ms);
                             }
@@ -316,12 +316,12 @@ impl Broker {
                 verdict,
                 ..
             } => {
-                if let Some(&sid) = self.conns.get(&conn) {
+                if let Some(sid) = self.live(conn) {
                     self.on_publish(conn, sid, publish, verdict, now_ms);
                 }
             }
             Event::Subscribe { conn, subscribe } => {
-                if let Some(&sid) = self.conns.get(&conn) {
+                if let Some(sid) = self.live(conn) {
                     self.on_subscribe(conn, sid, subscribe, now_ms);
                 }
             }
@@ -346,9 +346,20 @@ impl Broker {
 
     // ----- packets ----------------------------------------------------
 
+    /// The session of a connection the broker still serves. A packet from
+    /// one it has closed (refused, taken over, ended by a protocol error),
+    /// which its reader sent before it saw the close, is counted as
+    /// ignored: every packet read is handled or counted.
+    fn live(&self, conn: ConnId) -> Option<SessionId> {
+        let sid = self.conns.get(&conn).copied();
+        if sid.is_none() {
+            stats::add(&self.stats.packets_ignored, 1);
+        }
+        sid
+    }
+
     pub(super) fn packet(&mut self, conn: ConnId, packet: Packet, now_ms: u64) {
-        let Some(&sid) = self.conns.get(&conn) else {
-            // The connection was refused, taken over or closed: ignore.
+        let Some(sid) = self.live(conn) else {
             return;
         };
         match packet {

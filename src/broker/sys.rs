@@ -9,7 +9,7 @@ use std::sync::Arc;
 impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let s = self.stats.snapshot();
-        let topics: [(&str, String); 27] = [
+        let topics: [(&str, String); 28] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -21,6 +21,7 @@ impl Broker {
             ("bytes/sent", s.bytes_sent.to_string()),
             ("packets/received", s.packets_received.to_string()),
             ("packets/sent", s.packets_sent.to_string()),
+            ("packets/ignored", s.packets_ignored.to_string()),
             ("messages/received", s.messages_received.to_string()),
             ("messages/sent", s.messages_sent.to_string()),
             ("messages/dropped", s.messages_dropped.to_string()),

@@ -150,6 +150,7 @@ fn json(s: &StatsSnapshot) -> String {
         "unauthenticated_refused": s.unauthenticated_refused,
         "http_evicted": s.http_evicted,
         "retained_refused": s.retained_refused,
+        "packets_ignored": s.packets_ignored,
         "memory": resident_memory(),
     })
     .to_string()
@@ -157,7 +158,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 18] = [
+    let counters: [(&str, &str, u64); 19] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -235,6 +236,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "retained_refused",
             "Retained messages not retained: maximum_retained_bytes held.",
             s.retained_refused,
+        ),
+        (
+            "packets_ignored",
+            "Packets read from connections the broker had already closed.",
+            s.packets_ignored,
         ),
     ];
     let gauges: [(&str, &str, u64); 9] = [
