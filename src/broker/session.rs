@@ -789,18 +789,11 @@ impl Session {
             }
         }
         for (i, reason) in release {
-            let f = self.flows_mut();
-            f.inflight[i].state = OutboundState::Released;
-            let (msg, pid) = (f.inflight[i].msg.clone(), f.inflight[i].pid);
             if let Some(reason) = reason {
+                let msg = self.flows_mut().inflight[i].msg.clone();
                 self.dropped(&msg, reason, ctx);
             }
-            if let Some(o) = self.flows().map(|f| &f.inflight[i]) {
-                self.store_outgoing(o, ctx);
-            }
-            if let Some(pid) = pid {
-                self.send_pubrel(pid, ctx);
-            }
+            self.release(i, ctx);
         }
         for (i, reason) in gone.into_iter().rev() {
             if let Some(o) = self.remove_inflight(i) {
@@ -869,12 +862,26 @@ impl Session {
             return;
         }
         if o.state == OutboundState::Sent {
-            self.flows_mut().inflight[i].state = OutboundState::Released;
-            if let Some((_, o)) = self.inflight_entry(r.packet_id).filter(|_| self.stored) {
-                self.store_outgoing(o, ctx);
-            }
+            self.release(i, ctx);
+        } else {
+            self.send_pubrel(r.packet_id, ctx);
         }
-        self.send_pubrel(r.packet_id, ctx);
+    }
+
+    /// Moves the in-flight QoS 2 entry at `i` to "released" (stored as
+    /// such) and sends its PUBREL.
+    fn release(&mut self, i: usize, ctx: &mut Ctx) {
+        let Some(o) = self.flows.as_mut().and_then(|f| f.inflight.get_mut(i)) else {
+            return;
+        };
+        o.state = OutboundState::Released;
+        let pid = o.pid;
+        if let Some(o) = self.flows().and_then(|f| f.inflight.get(i)) {
+            self.store_outgoing(o, ctx);
+        }
+        if let Some(pid) = pid {
+            self.send_pubrel(pid, ctx);
+        }
     }
 
     /// PUBCOMP from the client: the QoS 2 flow is complete.
