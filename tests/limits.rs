@@ -11,18 +11,6 @@ use tokio::net::TcpStream;
 
 // ----- helpers ---------------------------------------------------------------
 
-/// Polls `cond` until it holds, for up to `WAIT`.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A 3.1.1 CONNECT for client id "c".
 const CONNECT_C: &[u8] = &[
     0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'c',

@@ -78,6 +78,18 @@ impl roost::storage::Store for Durable {
     }
 }
 
+/// Polls `cond` until it holds, for up to `WAIT`.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A broker whose panics this thread counts (see [`panics_on_this_thread`]).
 pub async fn watched_broker(opts: Options) -> TestBroker {
     count_panics();
