@@ -16,7 +16,7 @@ use crate::codec::{
     UserProperties,
 };
 use crate::hooks::{Client, Hooks, PublishVerdict};
-use crate::outbox::Outbox;
+use crate::link::outbox::Outbox;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};

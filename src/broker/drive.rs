@@ -21,7 +21,7 @@ use crate::codec::{
 };
 use crate::config::Limits;
 use crate::hooks::{AclHook, Decision};
-use crate::outbound::{AckKind, Outbound};
+use crate::link::outbound::{AckKind, Outbound};
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
 
@@ -217,7 +217,7 @@ pub fn run(data: &[u8]) -> Summary {
                         conn: *conn,
                         publish,
                         verdict: PublishVerdict::Deliver,
-                        held: Held::default(),
+                        held: Share::default(),
                     },
                     now,
                 );

@@ -5,7 +5,7 @@
 //! task was 112 of its bytes, and with it the task took tokio's 512-byte
 //! cell instead of the 384-byte one, for every connection, idle or not.
 //! Connections only note when they start waiting for the client and when
-//! it speaks ([`crate::outbox::Outbox::listening`], `heard`): as with the
+//! it speaks ([`crate::link::outbox::Outbox::listening`], `heard`): as with the
 //! timer before, the keep-alive runs only while a connection waits for its
 //! client, never while the broker is busy with what the client sent
 //! (paused reads behind a congested subscriber, a wait for the core). Here,
@@ -20,7 +20,7 @@ use std::collections::BinaryHeap;
 /// Connections with a keep-alive, by when to look at them next.
 #[derive(Debug, Default)]
 pub(super) struct KeepAlives {
-    /// (when to look, ms on [`crate::outbox::Outbox::clock_ms`]; the
+    /// (when to look, ms on [`crate::link::outbox::Outbox::clock_ms`]; the
     /// connection; its allowed silence in ms).
     due: BinaryHeap<Reverse<(u64, ConnId, u32)>>,
 }

@@ -38,8 +38,8 @@ use crate::codec::{
 };
 use crate::config::{Durability, Options};
 use crate::hooks::{Client, Hooks, PublishVerdict, WillMessage};
-pub(crate) use crate::intake::Held;
-use crate::outbox::Outbox;
+pub(crate) use crate::link::intake::Share;
+use crate::link::outbox::Outbox;
 use crate::router::{Match, RetainedTree, SubscriptionTree};
 use crate::stats::{self, Stats};
 use crate::topic::{self, SharedFilter};
@@ -100,7 +100,7 @@ pub enum Event {
         /// The hooks' verdict.
         verdict: PublishVerdict,
         /// Its share of the intake budget, given back once it is routed.
-        held: Held,
+        held: Share,
     },
     /// A SUBSCRIBE after the hooks saw it.
     Subscribe {
@@ -126,7 +126,7 @@ pub enum Event {
         /// The packets.
         packets: Vec<Packet>,
         /// Their PUBLISHes' share of the intake budget.
-        held: Held,
+        held: Share,
     },
     /// The connection is gone.
     Closed {

@@ -5,7 +5,7 @@
 use super::idhash::{IdMap, IdSet};
 use super::message::Message;
 use crate::codec::{ByteStr, QoS};
-use crate::outbox::Outbox;
+use crate::link::outbox::Outbox;
 use roost_storage::{
     MessageProperties as StoredProps, MessageRecord, Op, OutboundRecord, OutboundState,
 };
@@ -125,7 +125,7 @@ impl Persist {
         outbox: &Arc<Outbox>,
         commit: u64,
         gate: u64,
-        packet: impl Into<crate::outbound::Outbound>,
+        packet: impl Into<crate::link::outbound::Outbound>,
     ) {
         outbox.push_gated(commit, gate, packet);
         self.touched.push(outbox.clone());

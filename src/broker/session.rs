@@ -12,8 +12,8 @@ use crate::codec::{
 use crate::config::Limits;
 use crate::escape::Escaped;
 use crate::hooks::{Client, DropReason, Hooks};
-use crate::outbound::{Burst, Delivery, Outbound};
-use crate::outbox::Outbox;
+use crate::link::outbound::{Burst, Delivery, Outbound};
+use crate::link::outbox::Outbox;
 use crate::stats::{self, Stats};
 use roost_storage::OutboundState;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -79,7 +79,7 @@ const BEHIND_BYTES: usize = 256 * 1024;
 /// queue takes what comes up to its hard bound and drops (and counts) the
 /// rest, and it pauses nobody until it has drained. A consumer that stops
 /// reading, or never acknowledges, so costs its publishers about this
-/// long (plus one reader's pause, [`crate::outbox::CONGESTED_PAUSE`]),
+/// long (plus one reader's pause, [`crate::link::outbox::CONGESTED_PAUSE`]),
 /// not the rest of its connection's life.
 pub(crate) const CONGESTED_EPISODE_MS: u64 = 1000;
 

@@ -10,7 +10,7 @@ use super::alias::InboundAliases;
 use super::duplex::{Duplex, OverBudget, Step};
 use super::preauth::PreAuth;
 use super::sweep::IdleSweep;
-use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event, Held};
+use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event, Share};
 use crate::codec::{
     encode, Auth, AuthProperties, ByteStr, ConnAck, DecodeError, Packet, ProtocolVersion,
     ReasonCode, Subscribe,
@@ -18,8 +18,8 @@ use crate::codec::{
 use crate::config::Options;
 use crate::escape::Escaped;
 use crate::hooks::{AuthStep, Client, Hooks, PublishVerdict};
-use crate::intake::Intake;
-use crate::outbox::Outbox;
+use crate::link::intake::Intake;
+use crate::link::outbox::Outbox;
 use crate::stats::Stats;
 use bytes::BytesMut;
 use std::future::{poll_fn, Future};
@@ -40,11 +40,11 @@ pub(crate) struct Shared {
     /// Ticked by the listeners' task (see [`IdleSweep`]).
     pub sweep: IdleSweep,
     /// Written messages on their way back to the core.
-    pub reclaim: Arc<crate::reclaim::Reclaim>,
+    pub reclaim: Arc<crate::link::reclaim::Reclaim>,
     /// Bounds the PUBLISH bytes waiting for the core.
     pub intake: Arc<Intake>,
     /// Batch vectors the core emptied.
-    pub batches: Arc<crate::reclaim::Batches>,
+    pub batches: Arc<crate::link::reclaim::Batches>,
     /// Bytes buffered by connections before CONNACK.
     pub preauth: PreAuth,
 }
@@ -601,7 +601,7 @@ fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>)
 /// Most packets in one [`Event::Packets`]. The core's queue is bounded in
 /// events, so this also bounds how many packets a full queue holds (256
 /// events of 16); their PUBLISH payloads are bounded by the intake budget
-/// ([`crate::intake`]).
+/// ([`crate::link::intake`]).
 const MAX_BATCH: usize = 16;
 
 /// Packet types gathered into one [`Event::Packets`]: those [`route`]
@@ -671,7 +671,7 @@ where
             _ => break,
         }
     }
-    let held = Held::default();
+    let held = Share::default();
     (
         Routed::Event(Event::Packets {
             conn,
@@ -711,7 +711,7 @@ fn route(packet: Packet, live: &mut Live, conn: ConnId, shared: &Shared) -> Rout
                     conn,
                     publish,
                     verdict: PublishVerdict::Deliver,
-                    held: Held::default(),
+                    held: Share::default(),
                 })
             } else {
                 Routed::Hooks(Packet::Publish(publish))
@@ -787,7 +787,7 @@ async fn with_hooks(
                 conn,
                 publish,
                 verdict,
-                held: Held::default(),
+                held: Share::default(),
             }
         }
         Packet::Subscribe(sub) => Event::Subscribe {

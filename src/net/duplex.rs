@@ -20,9 +20,9 @@ use super::wbuf::WriteBuf;
 use crate::broker::Message;
 use crate::codec::{DecodeError, Decoder, Packet, ProtocolVersion};
 use crate::config::Limits;
-use crate::outbound::Outbound;
-use crate::outbox::{Outbox, BRIEF_PAUSE};
-use crate::reclaim::Reclaim;
+use crate::link::outbound::Outbound;
+use crate::link::outbox::{Outbox, BRIEF_PAUSE};
+use crate::link::reclaim::Reclaim;
 use crate::stats::{self, Stats};
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -138,7 +138,7 @@ struct WriteBuffers {
     out: WriteBuf,
     /// Drained from the outbox; empty between drains.
     batch: VecDeque<Outbound>,
-    /// Written messages for the core to free (see [`crate::reclaim`]);
+    /// Written messages for the core to free (see [`crate::link::reclaim`]);
     /// empty between write rounds.
     kept: Vec<Arc<Message>>,
 }

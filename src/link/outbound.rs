@@ -36,7 +36,7 @@ pub(crate) enum Outbound {
     /// Any other packet.
     Other(Box<Packet>),
     /// Retained messages for a new subscription, to be sent at QoS 0.
-    /// Expanded into [`Outbound::Deliver`]s by [`crate::outbox::Outbox`]
+    /// Expanded into [`Outbound::Deliver`]s by [`crate::link::outbox::Outbox`]
     /// as the connection drains, so its consumer never sees one.
     Burst(Box<Burst>),
 }

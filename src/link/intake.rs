@@ -36,7 +36,7 @@ impl Default for Intake {
 /// gives back the shares of many events at once, one lock instead of one
 /// per event.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Held(u32);
+pub struct Share(u32);
 
 impl Intake {
     /// Puts the event's share in it if the share is there now; `Err` gives
@@ -120,7 +120,7 @@ fn share(event: &Event) -> u32 {
 
 fn set(event: &mut Event, kib: u32) {
     if let Event::Publish { held, .. } | Event::Packets { held, .. } = event {
-        *held = Held(kib);
+        *held = Share(kib);
     }
 }
 
@@ -150,7 +150,7 @@ mod tests {
             conn: ConnId(1),
             publish: publish(payload),
             verdict: PublishVerdict::Deliver,
-            held: Held::default(),
+            held: Share::default(),
         }
     }
 
@@ -168,13 +168,13 @@ mod tests {
                 Packet::PubAck(PubResp::new(pid)),
                 Packet::Publish(publish(1000)),
             ],
-            held: Held::default(),
+            held: Share::default(),
         };
         assert_eq!(share(&batch), 2);
         let acks = Event::Packets {
             conn: ConnId(1),
             packets: vec![Packet::PubAck(PubResp::new(pid))],
-            held: Held::default(),
+            held: Share::default(),
         };
         assert_eq!(share(&acks), 0);
     }

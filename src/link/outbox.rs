@@ -25,7 +25,7 @@
 //! before the packets pushed ahead of it.
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
-use crate::outbound::{AckKind, Outbound};
+use crate::link::outbound::{AckKind, Outbound};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,7 +106,7 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Rare {
     /// Waiting for a commit or a gate, in push order.
-    held: VecDeque<Held>,
+    held: VecDeque<Deferred>,
     /// Publishers paused because this connection's writes fell behind.
     slowed: Option<Slowed>,
 }
@@ -124,7 +124,7 @@ struct Slowed {
 
 /// A packet that may not be written yet.
 #[derive(Debug)]
-struct Held {
+struct Deferred {
     /// The commit it waits for; 0 for a packet that waits for nothing but
     /// the packets ahead of it.
     commit: u64,
@@ -134,7 +134,7 @@ struct Held {
     packet: Outbound,
 }
 
-impl Held {
+impl Deferred {
     /// Free to go once everything ahead of it went.
     fn ready(&self) -> bool {
         self.commit == 0 || self.open
@@ -143,7 +143,7 @@ impl Held {
 
 impl Inner {
     /// Moves held packets that are free to go (their commit is done, or
-    /// they are [ready](Held::ready)), from the front, to the ready queue;
+    /// they are [ready](Deferred::ready)), from the front, to the ready queue;
     /// frees the held queue once it is empty. Returns whether any moved.
     ///
     /// `refuse_for`: the commit failed; acknowledgements that waited for it
@@ -181,7 +181,7 @@ impl Inner {
     }
 
     /// The held packets, if any.
-    fn held_mut(&mut self) -> Option<&mut VecDeque<Held>> {
+    fn held_mut(&mut self) -> Option<&mut VecDeque<Deferred>> {
         self.rare
             .as_mut()
             .map(|r| &mut r.held)
@@ -330,7 +330,7 @@ impl Outbox {
             inner.bursts += 1;
         }
         if let Some(held) = inner.held_mut() {
-            held.push_back(Held {
+            held.push_back(Deferred {
                 commit: 0,
                 token: 0,
                 open: false,
@@ -355,7 +355,7 @@ impl Outbox {
             return false;
         }
         let rare = inner.rare.get_or_insert_default();
-        rare.held.push_back(Held {
+        rare.held.push_back(Deferred {
             commit,
             token,
             open: false,
@@ -711,7 +711,7 @@ mod tests {
         let o = Outbox::new(ProtocolVersion::V5);
         o.push(ping());
         let msgs = (0..DRAIN_MAX + 10).map(|i| retained(&format!("r/{i}")));
-        let burst = crate::outbound::Burst {
+        let burst = crate::link::outbound::Burst {
             msgs: msgs.collect(),
             sub_ids: Box::new([]),
         };

@@ -1,0 +1,14 @@
+//! The link between the broker core and the connections it serves: what
+//! a connection is owed and when it may be written ([`outbox`], with the
+//! packets themselves in [`outbound`]), the budget on what readers hand the
+//! core ([`intake`]), and the return of spent buffers to their readers
+//! ([`reclaim`]).
+//!
+//! It sits between the codec and the core: the core pushes into outboxes
+//! and the connection drivers in `net` drain them, so neither has to know
+//! the other's internals.
+
+pub(crate) mod intake;
+pub(crate) mod outbound;
+pub(crate) mod outbox;
+pub(crate) mod reclaim;
