@@ -7,6 +7,9 @@
 #   benches/compare.sh --brokers roost,mosquitto --out /tmp/b.md
 #   benches/compare.sh --only 'fan-out --qos 0' --out /tmp/b.md   # scenarios whose
 #                                  # loadgen arguments contain the text
+#   benches/compare.sh --baseline /tmp/roost-old --out /tmp/b.md  # also runs an
+#                                  # older roost binary right after roost in every
+#                                  # scenario, as "roost-before" (before/after a change)
 #
 # Installs what is missing: Mosquitto through apt-get, rumqttd through
 # `cargo install` (a few minutes of compiling; skipped with a note if it
@@ -20,6 +23,7 @@ ROOT=$(pwd)
 FULL=0
 BROKERS="roost,mosquitto,rumqttd"
 ONLY=""
+BASELINE=""
 OUT="$ROOT/BENCHMARKS.md"
 ARGS_TEXT="$*"
 while [ $# -gt 0 ]; do
@@ -28,7 +32,8 @@ while [ $# -gt 0 ]; do
         --brokers) BROKERS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --baseline) BASELINE="$2"; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -50,6 +55,10 @@ note() { NOTES+=("$1"); echo "note: $1" >&2; }
 
 # --- Installing -------------------------------------------------------------
 want() { case ",$BROKERS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || { echo "compare.sh: --baseline $BASELINE is not an executable" >&2; exit 2; }
+    BROKERS="$BROKERS,roost-before"
+fi
 
 if want mosquitto && ! command -v mosquitto >/dev/null; then
     echo "installing mosquitto (apt-get)" >&2
@@ -161,9 +170,11 @@ start_broker() {
         return 1
     fi
     case "$name" in
-        roost)
+        roost|roost-before)
+            local bin=$ROOST
+            if [ "$name" = roost-before ]; then bin=$BASELINE; fi
             rm -rf "$TMP/data"
-            RUST_LOG=warn "$ROOST" --tcp "127.0.0.1:$PORT_ROOST" --store "$store" \
+            RUST_LOG=warn "$bin" --tcp "127.0.0.1:$PORT_ROOST" --store "$store" \
                 --data-dir "$TMP/data" >/dev/null 2>>"$TMP/roost.log" &
             ;;
         mosquitto)
@@ -205,7 +216,7 @@ scenario() {
 
 # every_broker LOADGEN ARGS...: the same scenario against each broker.
 every_broker() {
-    for b in roost mosquitto rumqttd; do
+    for b in roost roost-before mosquitto rumqttd; do
         want "$b" || continue
         scenario "$b" "$b" memory -- "$@"
     done
@@ -245,9 +256,11 @@ every_broker connrate --connections "$N_CONN" --concurrency 16
 # store before the PUBACK. Mosquitto runs with persistence false (its
 # persistence is a periodic snapshot anyway) and rumqttd has none.
 for store in memory sled redb; do
-    want roost || continue
-    scenario roost roost "$store" -- fan-in --qos 1 --size 64 --persistent \
-        --messages "$N_DUR" --name "durable fan-in q1 64B store=$store"
+    for b in roost roost-before; do
+        want "$b" || continue
+        scenario "$b" "$b" "$store" -- fan-in --qos 1 --size 64 --persistent \
+            --messages "$N_DUR" --name "durable fan-in q1 64B store=$store"
+    done
 done
 for b in mosquitto rumqttd; do
     want "$b" || continue
@@ -266,7 +279,7 @@ ELAPSED=$(( $(date +%s) - START ))
     echo
     echo "- machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)"
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "- brokers: roost $("$ROOST" --version 2>/dev/null | awk '{print $2}'),$(want mosquitto && echo " mosquitto $("$MOSQUITTO" -h 2>/dev/null | awk '/version/ {print $3; exit}'),")$(want rumqttd && echo " rumqttd $("$RUMQTTD" --version 2>/dev/null | awk '{print $2}')")"
+    echo "- brokers: roost $("$ROOST" --version 2>/dev/null | awk '{print $2}'),$( [ -n "$BASELINE" ] && echo " roost-before ($BASELINE),")$(want mosquitto && echo " mosquitto $("$MOSQUITTO" -h 2>/dev/null | awk '/version/ {print $3; exit}'),")$(want rumqttd && echo " rumqttd $("$RUMQTTD" --version 2>/dev/null | awk '{print $2}')")"
     echo "- rerun: \`benches/compare.sh${ARGS_TEXT:+ $ARGS_TEXT}\` ($( [ "$FULL" = 1 ] && echo full || echo default) run, ${ELAPSED} s of scenarios)"
     echo
     echo "Scenarios: fan-in is 10 publishers to 1 subscriber, fan-out 1 publisher to 100"
