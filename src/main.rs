@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return refuse(&e),
     };
-    let config = match config::resolve(file, &args) {
+    let config = match cli::args::resolve(file, &args) {
         Ok(c) => c,
         Err(e) => return refuse(&e),
     };
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     if let Err(e) = cli::logging::init(&config.log) {
         return refuse(&e);
     }
-    if let Err(e) = config::check_files(&config) {
+    if let Err(e) = cli::serve::check_files(&config) {
         return refuse(&e);
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -65,8 +65,8 @@ fn check_config(file: &Path) -> ExitCode {
     // As `roost --config FILE` would run it, with no other flag.
     let no_flags = Args::parse_from(["roost"]);
     let checked = config::load(file)
-        .and_then(|c| config::resolve(Some(c), &no_flags))
-        .and_then(|c| config::check_files(&c));
+        .and_then(|c| cli::args::resolve(Some(c), &no_flags))
+        .and_then(|c| cli::serve::check_files(&c));
     match checked {
         Ok(()) => {
             println!("{}: valid", file.display());

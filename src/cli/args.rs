@@ -1,6 +1,10 @@
 //! The command line.
 
-use super::config::{check_workers, LogFormat, StoreKind};
+use super::config::{
+    check, check_workers, default_listeners, Config, ListenerConfig, ListenerKind, LogFormat,
+    StoreKind,
+};
+use super::error::{ConfigError, Place};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -167,6 +171,96 @@ fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
         .parse()
         .map_err(|_| format!("expected a number of threads, found {s:?}"))?;
     check_workers(n)
+}
+
+/// The configuration in effect: defaults, then the file, then the flags.
+///
+/// Listeners: the command line's for each kind it names (`--KIND none`
+/// removing that kind), the file's for the others; the built-in defaults
+/// only when neither names any listener. `--cert`, `--key` and
+/// `--client-ca` apply to every TLS listener.
+pub fn resolve(file: Option<Config>, args: &Args) -> Result<Config, ConfigError> {
+    let mut config = file.unwrap_or_default();
+    let flags: [(ListenerKind, &[Bind]); 6] = [
+        (ListenerKind::Tcp, &args.tcp),
+        (ListenerKind::Tls, &args.tls),
+        (ListenerKind::Ws, &args.ws),
+        (ListenerKind::Wss, &args.wss),
+        (ListenerKind::Http, &args.http),
+        (ListenerKind::Https, &args.https),
+    ];
+    let named_on_command_line = flags.iter().any(|(_, binds)| !binds.is_empty());
+    if config.listeners.is_empty() && !named_on_command_line {
+        config.listeners = default_listeners();
+    }
+    for (kind, binds) in flags {
+        if binds.is_empty() {
+            continue;
+        }
+        let flag = Place::Flag(kind.name());
+        if binds.len() > 1 && binds.contains(&Bind::None) {
+            return Err(ConfigError::invalid(
+                flag,
+                "`none` cannot be combined with addresses",
+            ));
+        }
+        config.listeners.retain(|l| l.kind != kind);
+        for bind in binds {
+            if let Bind::Addr(addr) = bind {
+                config
+                    .listeners
+                    .push(ListenerConfig::new(kind, *addr, flag.clone()));
+            }
+        }
+    }
+    // Keep the start-up lines in a stable order: by kind, then as given.
+    config.listeners.sort_by_key(|l| {
+        ListenerKind::ALL
+            .iter()
+            .position(|k| *k == l.kind)
+            .unwrap_or(usize::MAX)
+    });
+    for (flag, value) in [
+        ("cert", &args.cert),
+        ("key", &args.key),
+        ("client-ca", &args.client_ca),
+    ] {
+        let Some(value) = value else { continue };
+        let mut applied = false;
+        for l in config.listeners.iter_mut().filter(|l| l.kind.is_tls()) {
+            let field = match flag {
+                "cert" => &mut l.cert,
+                "key" => &mut l.key,
+                _ => &mut l.client_ca,
+            };
+            *field = Some(value.clone());
+            applied = true;
+        }
+        if !applied {
+            return Err(ConfigError::invalid(
+                Place::Flag(flag),
+                "there is no TLS listener to use it (add --tls, --wss or --https)",
+            ));
+        }
+    }
+    if let Some(backend) = args.store {
+        config.store.backend = backend;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.store.data_dir = dir.clone();
+    }
+    if let Some(ledger) = &args.auth {
+        config.auth.ledger = Some(ledger.clone());
+        config.auth.place = Some(Place::Flag("auth"));
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = format;
+    }
+    if let Some(n) = args.workers {
+        config.workers = Some(n);
+    }
+    check(&config)?;
+    Ok(config)
 }
 
 #[cfg(test)]

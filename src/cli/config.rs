@@ -6,7 +6,6 @@
 //! the binary's own tables (`[[listener]]`, `[store]`, `[auth]`, `[log]`).
 //! `deploy/roost.toml` documents every key with its default.
 
-use super::args::{Args, Bind};
 use super::error::{parse_error, ConfigError, Place};
 use roost::{Capabilities, Durability, Limits, Options};
 use serde::{Deserialize, Serialize};
@@ -419,96 +418,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// The configuration in effect: defaults, then the file, then the flags.
-///
-/// Listeners: the command line's for each kind it names (`--KIND none`
-/// removing that kind), the file's for the others; the built-in defaults
-/// only when neither names any listener. `--cert`, `--key` and
-/// `--client-ca` apply to every TLS listener.
-pub fn resolve(file: Option<Config>, args: &Args) -> Result<Config, ConfigError> {
-    let mut config = file.unwrap_or_default();
-    let flags: [(ListenerKind, &[Bind]); 6] = [
-        (ListenerKind::Tcp, &args.tcp),
-        (ListenerKind::Tls, &args.tls),
-        (ListenerKind::Ws, &args.ws),
-        (ListenerKind::Wss, &args.wss),
-        (ListenerKind::Http, &args.http),
-        (ListenerKind::Https, &args.https),
-    ];
-    let named_on_command_line = flags.iter().any(|(_, binds)| !binds.is_empty());
-    if config.listeners.is_empty() && !named_on_command_line {
-        config.listeners = default_listeners();
-    }
-    for (kind, binds) in flags {
-        if binds.is_empty() {
-            continue;
-        }
-        let flag = Place::Flag(kind.name());
-        if binds.len() > 1 && binds.contains(&Bind::None) {
-            return Err(ConfigError::invalid(
-                flag,
-                "`none` cannot be combined with addresses",
-            ));
-        }
-        config.listeners.retain(|l| l.kind != kind);
-        for bind in binds {
-            if let Bind::Addr(addr) = bind {
-                config
-                    .listeners
-                    .push(ListenerConfig::new(kind, *addr, flag.clone()));
-            }
-        }
-    }
-    // Keep the start-up lines in a stable order: by kind, then as given.
-    config.listeners.sort_by_key(|l| {
-        ListenerKind::ALL
-            .iter()
-            .position(|k| *k == l.kind)
-            .unwrap_or(usize::MAX)
-    });
-    for (flag, value) in [
-        ("cert", &args.cert),
-        ("key", &args.key),
-        ("client-ca", &args.client_ca),
-    ] {
-        let Some(value) = value else { continue };
-        let mut applied = false;
-        for l in config.listeners.iter_mut().filter(|l| l.kind.is_tls()) {
-            let field = match flag {
-                "cert" => &mut l.cert,
-                "key" => &mut l.key,
-                _ => &mut l.client_ca,
-            };
-            *field = Some(value.clone());
-            applied = true;
-        }
-        if !applied {
-            return Err(ConfigError::invalid(
-                Place::Flag(flag),
-                "there is no TLS listener to use it (add --tls, --wss or --https)",
-            ));
-        }
-    }
-    if let Some(backend) = args.store {
-        config.store.backend = backend;
-    }
-    if let Some(dir) = &args.data_dir {
-        config.store.data_dir = dir.clone();
-    }
-    if let Some(ledger) = &args.auth {
-        config.auth.ledger = Some(ledger.clone());
-        config.auth.place = Some(Place::Flag("auth"));
-    }
-    if let Some(format) = args.log_format {
-        config.log.format = format;
-    }
-    if let Some(n) = args.workers {
-        config.workers = Some(n);
-    }
-    check(&config)?;
-    Ok(config)
-}
-
 /// Checks what parsing cannot: settings that only make sense together.
 /// Reads no file.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
@@ -593,55 +502,6 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
                 format!("not a valid filter {filter:?}: {e}"),
             ));
         }
-    }
-    Ok(())
-}
-
-/// Checks that this build can run the configuration and that every file
-/// it names is usable: TLS certificates and keys are loaded, the ledger
-/// is opened. Reads files; binds nothing.
-pub fn check_files(config: &Config) -> Result<(), ConfigError> {
-    for l in &config.listeners {
-        if let Some(feature) = l.kind.missing_feature() {
-            return Err(ConfigError::invalid(
-                l.place.clone(),
-                format!(
-                    "{}: this roost was built without the `{feature}` feature",
-                    l.label()
-                ),
-            ));
-        }
-        #[cfg(feature = "tls")]
-        if let Some(tls) = super::serve::tls_config(l) {
-            if let Err(e) = tls.validate() {
-                return Err(ConfigError::invalid(
-                    l.place.clone(),
-                    format!("{}: {e}", l.label()),
-                ));
-            }
-        }
-    }
-    let missing = match config.store.backend {
-        StoreKind::Sled => (!cfg!(feature = "sled")).then_some("sled"),
-        StoreKind::Redb => (!cfg!(feature = "redb")).then_some("redb"),
-        StoreKind::Memory => None,
-    };
-    if let Some(feature) = missing {
-        return Err(ConfigError::invalid(
-            Place::Key("store.backend"),
-            format!(
-                "this roost was built without the `{feature}` feature \
-                 (rebuild with `cargo build --features {feature}`)"
-            ),
-        ));
-    }
-    if let Some(path) = &config.auth.ledger {
-        let place = config
-            .auth
-            .place
-            .clone()
-            .unwrap_or(Place::Key("auth.ledger"));
-        super::ledger::Ledger::open(path).map_err(|e| ConfigError::invalid(place, e))?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! certificates and the auth ledger on SIGHUP.
 
 use super::config::{Config, ListenerConfig, ListenerKind, StoreKind};
+use super::error::{ConfigError, Place};
 use super::ledger::Ledger;
 use roost::storage::{StorageError, Store};
 use roost::{Listener, ServerHandle, Transport};
@@ -180,7 +181,7 @@ pub async fn run(config: Config) -> ExitCode {
     let mut lines = Vec::new();
     for l in &config.listeners {
         let from = match &l.place {
-            super::error::Place::Builtin => String::new(),
+            Place::Builtin => String::new(),
             place => format!(", from {place}"),
         };
         let tcp = match tokio::net::TcpListener::bind(l.bind).await {
@@ -330,4 +331,53 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down: closing connections and flushing the store");
+}
+
+/// Checks that this build can run the configuration and that every file
+/// it names is usable: TLS certificates and keys are loaded, the ledger
+/// is opened. Reads files; binds nothing.
+pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+    for l in &config.listeners {
+        if let Some(feature) = l.kind.missing_feature() {
+            return Err(ConfigError::invalid(
+                l.place.clone(),
+                format!(
+                    "{}: this roost was built without the `{feature}` feature",
+                    l.label()
+                ),
+            ));
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = tls_config(l) {
+            if let Err(e) = tls.validate() {
+                return Err(ConfigError::invalid(
+                    l.place.clone(),
+                    format!("{}: {e}", l.label()),
+                ));
+            }
+        }
+    }
+    let missing = match config.store.backend {
+        StoreKind::Sled => (!cfg!(feature = "sled")).then_some("sled"),
+        StoreKind::Redb => (!cfg!(feature = "redb")).then_some("redb"),
+        StoreKind::Memory => None,
+    };
+    if let Some(feature) = missing {
+        return Err(ConfigError::invalid(
+            Place::Key("store.backend"),
+            format!(
+                "this roost was built without the `{feature}` feature \
+                 (rebuild with `cargo build --features {feature}`)"
+            ),
+        ));
+    }
+    if let Some(path) = &config.auth.ledger {
+        let place = config
+            .auth
+            .place
+            .clone()
+            .unwrap_or(Place::Key("auth.ledger"));
+        Ledger::open(path).map_err(|e| ConfigError::invalid(place, e))?;
+    }
+    Ok(())
 }
