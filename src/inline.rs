@@ -16,7 +16,7 @@ use crate::codec::{
     UserProperties,
 };
 use crate::hooks::{Client, Hooks};
-use crate::ingress::{self, Ask, Inbound};
+use crate::ingress::{self, Ask, Inbound, ToCore};
 use crate::link::outbox::Outbox;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -297,7 +297,7 @@ impl InlineClient {
                     .await;
                 (publish, verdict)
             }
-            Inbound::Publish(publish, verdict) => (publish, verdict),
+            Inbound::Core(ToCore::Publish(publish, verdict)) => (publish, verdict),
             other => unreachable!("a PUBLISH goes on as a PUBLISH: {other:?}"),
         };
         self.ready().await?;
@@ -359,7 +359,7 @@ impl InlineClient {
                     .await;
                 subscribe
             }
-            Inbound::Subscribe(subscribe) => subscribe,
+            Inbound::Core(ToCore::Subscribe(subscribe)) => subscribe,
             other => unreachable!("a SUBSCRIBE goes on as a SUBSCRIBE: {other:?}"),
         };
         let event = Event::Subscribe {

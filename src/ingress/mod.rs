@@ -61,15 +61,10 @@ impl From<Subscribe> for CheckedSubscribe {
 // Packets move by value, as on their way to the core (see `broker::Event`).
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Inbound {
-    /// Hand it to the core as it is.
-    Packet(Packet),
-    /// Hand the core this PUBLISH (topic alias resolved) with the hooks'
-    /// verdict.
-    Publish(Publish, PublishVerdict),
-    /// Hand the core this SUBSCRIBE with the hooks' verdicts.
-    Subscribe(CheckedSubscribe),
+    /// Hand the core this.
+    Core(ToCore),
     /// The client's DISCONNECT: hand it to the core, and read no more.
-    Disconnect(Packet),
+    Last(Packet),
     /// A hook that may do I/O decides first: await it, then go on as the
     /// [`Ask`] says.
     Ask(Ask),
@@ -78,14 +73,26 @@ pub(crate) enum Inbound {
     Close(ReasonCode),
 }
 
+/// What the core is handed.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // As `Inbound`.
+pub(crate) enum ToCore {
+    /// A packet as the client sent it.
+    Packet(Packet),
+    /// A PUBLISH (topic alias resolved) with the hooks' verdict.
+    Publish(Publish, PublishVerdict),
+    /// A SUBSCRIBE with the hooks' verdicts.
+    Subscribe(CheckedSubscribe),
+}
+
 /// A hook call to await before a packet goes on.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // As `Inbound`.
 pub(crate) enum Ask {
     /// `Hooks::publish` (ACL and interception), which may change the
-    /// packet; then [`Inbound::Publish`] with its verdict.
+    /// packet; then [`ToCore::Publish`] with its verdict.
     Publish(Publish),
-    /// `Hooks::subscribe` on the filters; then [`Inbound::Subscribe`].
+    /// `Hooks::subscribe` on the filters; then [`ToCore::Subscribe`].
     Subscribe(CheckedSubscribe),
     /// `Hooks::enhanced_auth` with [`Ingress::auth_method`] and this data;
     /// then [`Ingress::reauthenticated`].
@@ -96,7 +103,7 @@ pub(crate) enum Ask {
 /// when no hook is installed, through `Hooks::publish` otherwise.
 pub(crate) fn publish(publish: Publish, hooks: &Hooks) -> Inbound {
     if hooks.is_empty() {
-        Inbound::Publish(publish, PublishVerdict::Deliver)
+        Inbound::Core(ToCore::Publish(publish, PublishVerdict::Deliver))
     } else {
         Inbound::Ask(Ask::Publish(publish))
     }
@@ -107,7 +114,7 @@ pub(crate) fn publish(publish: Publish, hooks: &Hooks) -> Inbound {
 pub(crate) fn subscribe(subscribe: Subscribe, hooks: &Hooks) -> Inbound {
     let checked = CheckedSubscribe::from(subscribe);
     if hooks.is_empty() {
-        Inbound::Subscribe(checked)
+        Inbound::Core(ToCore::Subscribe(checked))
     } else {
         Inbound::Ask(Ask::Subscribe(checked))
     }
@@ -184,10 +191,10 @@ impl Ingress {
             Packet::Subscribe(s) => subscribe(s, hooks),
             Packet::Unsubscribe(mut unsub) if hooks.has_events() => {
                 hooks.each(|h| h.on_unsubscribe(&self.client, &mut unsub.filters));
-                Inbound::Packet(Packet::Unsubscribe(unsub))
+                Inbound::Core(ToCore::Packet(Packet::Unsubscribe(unsub)))
             }
-            Packet::Disconnect(_) => Inbound::Disconnect(packet),
-            packet => Inbound::Packet(packet),
+            Packet::Disconnect(_) => Inbound::Last(packet),
+            packet => Inbound::Core(ToCore::Packet(packet)),
         }
     }
 

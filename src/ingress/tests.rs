@@ -371,10 +371,12 @@ fn aliases_resolve_and_their_errors_close() {
     let hooks = Hooks::default();
     let mut i = ingress(None, 2, 1 << 20);
     let set = i.packet(publish_packet("a/b", Some(1)), &hooks, &stats);
-    assert!(matches!(&set, Inbound::Publish(p, PublishVerdict::Deliver)
-        if p.topic == "a/b" && p.properties.topic_alias.is_none()));
+    assert!(
+        matches!(&set, Inbound::Core(ToCore::Publish(p, PublishVerdict::Deliver))
+        if p.topic == "a/b" && p.properties.topic_alias.is_none())
+    );
     let used = i.packet(publish_packet("", Some(1)), &hooks, &stats);
-    assert!(matches!(&used, Inbound::Publish(p, _) if p.topic == "a/b"));
+    assert!(matches!(&used, Inbound::Core(ToCore::Publish(p, _)) if p.topic == "a/b"));
     // Above the maximum ([MQTT-3.3.2-9]); never set up.
     assert!(matches!(
         i.packet(publish_packet("x", Some(3)), &hooks, &stats),
@@ -416,7 +418,7 @@ fn publish_goes_through_the_hooks_only_when_there_are_any() {
     let none = Hooks::default();
     assert!(matches!(
         i.packet(publish_packet("t", None), &none, &stats),
-        Inbound::Publish(_, PublishVerdict::Deliver)
+        Inbound::Core(ToCore::Publish(_, PublishVerdict::Deliver))
     ));
     let acl = Hooks {
         acl: vec![Arc::new(Open)],
@@ -446,7 +448,7 @@ fn subscribe_check_outcomes() {
         &Hooks::default(),
         &stats,
     );
-    assert!(matches!(&no_hooks, Inbound::Subscribe(s) if *s == want));
+    assert!(matches!(&no_hooks, Inbound::Core(ToCore::Subscribe(s)) if *s == want));
     // With hooks: the same, for `Hooks::subscribe` to judge first; the
     // inline client gets the same from the same function.
     let acl = Hooks {
@@ -475,8 +477,10 @@ fn unsubscribe_runs_the_event_hooks_here() {
         user_properties: UserProperties::new(),
     });
     let out = i.packet(unsub, &hooks, &stats);
-    assert!(matches!(&out, Inbound::Packet(Packet::Unsubscribe(u))
-        if u.filters == vec![ByteStr::from("renamed/x")]));
+    assert!(
+        matches!(&out, Inbound::Core(ToCore::Packet(Packet::Unsubscribe(u)))
+        if u.filters == vec![ByteStr::from("renamed/x")])
+    );
 }
 
 #[test]
@@ -487,12 +491,12 @@ fn disconnect_is_the_last_packet_and_acks_pass() {
     let d = Packet::Disconnect(Default::default());
     assert!(matches!(
         i.packet(d, &hooks, &stats),
-        Inbound::Disconnect(Packet::Disconnect(_))
+        Inbound::Last(Packet::Disconnect(_))
     ));
     let ack = Packet::PubAck(PubResp::new(NonZeroU16::new(1).unwrap()));
     assert!(matches!(
         i.packet(ack, &hooks, &stats),
-        Inbound::Packet(Packet::PubAck(_))
+        Inbound::Core(ToCore::Packet(Packet::PubAck(_)))
     ));
 }
 
@@ -561,7 +565,10 @@ fn auth_without_enhanced_authentication_goes_to_the_core() {
         &Hooks::default(),
         &stats,
     );
-    assert!(matches!(out, Inbound::Packet(Packet::Auth(_))));
+    assert!(matches!(
+        out,
+        Inbound::Core(ToCore::Packet(Packet::Auth(_)))
+    ));
 }
 
 #[test]

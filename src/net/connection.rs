@@ -5,6 +5,12 @@
 //!
 //! Transport-agnostic: TCP, TLS and WebSocket streams all come through
 //! [`serve_connection`].
+//!
+//! The protocol rules a client's packets pass (CONNECT admission,
+//! authentication, which hooks run, topic aliases) are the ingress's
+//! ([`crate::ingress`]); this drives them: it reads and writes, awaits the
+//! hooks, and keeps the network's limits (connect and packet read
+//! timeouts, the bytes buffered before CONNACK).
 
 use super::duplex::{Duplex, OverBudget, Step};
 use super::preauth::PreAuth;
@@ -16,7 +22,7 @@ use crate::escape::Escaped;
 use crate::hooks::{Hooks, PublishVerdict};
 pub(crate) use crate::ingress::admit::TransportUser;
 use crate::ingress::admit::{self, Admission, Admitted, Malformed, Next};
-use crate::ingress::{Ask, Inbound, Ingress};
+use crate::ingress::{Ask, Inbound, Ingress, ToCore};
 use crate::link::intake::Intake;
 use crate::link::outbox::Outbox;
 use crate::stats::Stats;
@@ -580,27 +586,24 @@ enum Routed {
 /// an event for the core.
 fn route(packet: Packet, live: &mut Live, conn: ConnId, shared: &Shared) -> Routed {
     match live.ingress.packet(packet, &shared.hooks, &shared.stats) {
+        Inbound::Core(to_core) => Routed::Event(event(conn, to_core)),
+        Inbound::Last(packet) => Routed::Last(Event::Packet { conn, packet }),
         Inbound::Ask(ask) => Routed::Hooks(ask),
         Inbound::Close(reason) => Routed::Close(CloseReason::ProtocolError(reason)),
-        Inbound::Disconnect(packet) => Routed::Last(Event::Packet { conn, packet }),
-        inbound => Routed::Event(event(conn, inbound)),
     }
 }
 
 /// The event that hands the core what the ingress passed on.
-fn event(conn: ConnId, inbound: Inbound) -> Event {
-    match inbound {
-        Inbound::Publish(publish, verdict) => Event::Publish {
+fn event(conn: ConnId, to_core: ToCore) -> Event {
+    match to_core {
+        ToCore::Publish(publish, verdict) => Event::Publish {
             conn,
             publish,
             verdict,
             held: Share::default(),
         },
-        Inbound::Subscribe(subscribe) => Event::Subscribe { conn, subscribe },
-        Inbound::Packet(packet) | Inbound::Disconnect(packet) => Event::Packet { conn, packet },
-        Inbound::Ask(_) | Inbound::Close(_) => {
-            unreachable!("handled by the caller: not for the core")
-        }
+        ToCore::Subscribe(subscribe) => Event::Subscribe { conn, subscribe },
+        ToCore::Packet(packet) => Event::Packet { conn, packet },
     }
 }
 
@@ -615,7 +618,7 @@ async fn with_hooks(
     let hooks = &shared.hooks;
     let ingress = &live.ingress;
     let client = &**ingress.client();
-    let inbound = match ask {
+    let to_core = match ask {
         Ask::ReAuth(data) => {
             let step = hooks
                 .enhanced_auth(client, ingress.auth_method(), data.as_deref())
@@ -628,12 +631,12 @@ async fn with_hooks(
         }
         Ask::Publish(mut publish) => {
             let verdict = hooks.publish(client, &mut publish).await;
-            Inbound::Publish(publish, verdict)
+            ToCore::Publish(publish, verdict)
         }
         Ask::Subscribe(mut subscribe) => {
             hooks.subscribe(client, &mut subscribe.filters).await;
-            Inbound::Subscribe(subscribe)
+            ToCore::Subscribe(subscribe)
         }
     };
-    Ok(Some(event(conn, inbound)))
+    Ok(Some(event(conn, to_core)))
 }
