@@ -38,6 +38,7 @@ use crate::codec::{
 };
 use crate::config::{Durability, Options};
 use crate::hooks::{Client, Hooks, PublishVerdict, WillMessage};
+use crate::ingress::filter::too_deep;
 pub use crate::ingress::CheckedSubscribe;
 pub(crate) use crate::link::intake::Share;
 use crate::link::outbox::Outbox;
@@ -393,13 +394,6 @@ impl Message {
 /// megabyte).
 fn retained_cost(m: &Message) -> usize {
     m.size() + 128
-}
-
-/// More than `max` levels: the topic trees walk levels recursively, so an
-/// unbounded depth would let one packet overflow the broker's stack.
-fn too_deep(topic: &[u8], max: usize) -> bool {
-    // Cheap when short: n bytes hold at most n + 1 levels.
-    topic.len() >= max && topic.iter().filter(|&&b| b == b'/').count() >= max
 }
 
 type SharedCursors = HashMap<Box<str>, HashMap<Box<str>, usize>>;

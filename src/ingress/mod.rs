@@ -4,7 +4,8 @@
 //! [`admit`] admits a CONNECT (transport identity, enhanced authentication,
 //! auth hooks, the will's ACL); [`Ingress`] takes the packets after it:
 //! re-authentication, the hooks a PUBLISH, SUBSCRIBE or UNSUBSCRIBE must
-//! pass, and inbound topic aliases ([`alias`]).
+//! pass, and inbound topic aliases ([`alias`]); [`filter`] has the rules
+//! for one subscribed filter, which the core applies.
 //!
 //! Sans-IO: plain state and synchronous functions that take a packet and
 //! say what to do with it. Authentication and ACL hooks may do I/O and
@@ -19,6 +20,7 @@
 
 pub(crate) mod admit;
 pub(crate) mod alias;
+pub(crate) mod filter;
 #[cfg(test)]
 mod tests;
 
