@@ -103,6 +103,9 @@ pub(crate) enum Ask {
 
 /// How a PUBLISH (alias already resolved) goes on: straight to the core
 /// when no hook is installed, through `Hooks::publish` otherwise.
+// `#[inline]` here and below: every packet a client sends passes through,
+// called from the connection driver, which may sit in another codegen unit.
+#[inline]
 pub(crate) fn publish(publish: Publish, hooks: &Hooks) -> Inbound {
     if hooks.is_empty() {
         Inbound::Core(ToCore::Publish(publish, PublishVerdict::Deliver))
@@ -168,6 +171,7 @@ impl Ingress {
 
     /// What to do with `packet`. Synchronous hooks (`on_unsubscribe`) run
     /// here; hooks that may do I/O come back as [`Inbound::Ask`].
+    #[inline]
     pub(crate) fn packet(&mut self, packet: Packet, hooks: &Hooks, stats: &Stats) -> Inbound {
         match packet {
             // Re-authentication, for a client that used enhanced
@@ -203,6 +207,7 @@ impl Ingress {
     /// Whether a packet of type `kind` needs nothing but
     /// [`Ingress::resolve_alias`] before the core (no hook, no answer from
     /// here), so a reader may gather it with others into one event.
+    #[inline]
     pub(crate) fn batchable(kind: PacketType, hooks: &Hooks) -> bool {
         match kind {
             PacketType::Publish => hooks.is_empty(),
@@ -217,6 +222,7 @@ impl Ingress {
 
     /// Resolves or records an inbound PUBLISH's topic alias (5.0 section
     /// 3.3.2.3.4). `Err` is the reason code to close with.
+    #[inline]
     pub(crate) fn resolve_alias(
         &mut self,
         publish: &mut Publish,
