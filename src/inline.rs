@@ -15,7 +15,8 @@ use crate::codec::{
     PublishProperties, QoS, QosPid, ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe,
     UserProperties,
 };
-use crate::hooks::{Client, Hooks, PublishVerdict};
+use crate::hooks::{Client, Hooks};
+use crate::ingress::{self, Ask, Inbound, ToCore};
 use crate::link::outbox::Outbox;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -277,7 +278,7 @@ impl InlineClient {
                 (QosPid::new(qos, pid), Some(rx))
             }
         };
-        let mut publish = Publish {
+        let publish = Publish {
             dup: false,
             qos_pid,
             retain: options.retain,
@@ -285,13 +286,19 @@ impl InlineClient {
             payload: payload.into(),
             properties,
         };
-        let verdict = if self.inner.hooks.is_empty() {
-            PublishVerdict::Deliver
-        } else {
-            self.inner
-                .hooks
-                .publish(&self.inner.client, &mut publish)
-                .await
+        // The ingress's rule, as for a network client: the publish hooks
+        // (ACL, interception) when any hook is installed.
+        let (publish, verdict) = match ingress::publish(publish, &self.inner.hooks) {
+            Inbound::Ask(Ask::Publish(mut publish)) => {
+                let verdict = self
+                    .inner
+                    .hooks
+                    .publish(&self.inner.client, &mut publish)
+                    .await;
+                (publish, verdict)
+            }
+            Inbound::Core(ToCore::Publish(publish, verdict)) => (publish, verdict),
+            other => unreachable!("a PUBLISH goes on as a PUBLISH: {other:?}"),
         };
         self.ready().await?;
         self.inner
@@ -342,29 +349,22 @@ impl InlineClient {
             subscription_identifier: Some(sub_id),
             user_properties: UserProperties::new(),
         };
-        let event = if self.inner.hooks.is_empty() {
-            Event::Packet {
-                conn: self.inner.conn,
-                packet: Packet::Subscribe(subscribe),
+        // The ingress's rule, as for a network client: the subscribe hooks
+        // (interception, ACL) when any hook is installed.
+        let subscribe = match ingress::subscribe(subscribe, &self.inner.hooks) {
+            Inbound::Ask(Ask::Subscribe(mut subscribe)) => {
+                self.inner
+                    .hooks
+                    .subscribe(&self.inner.client, &mut subscribe.filters)
+                    .await;
+                subscribe
             }
-        } else {
-            let mut filters: Vec<_> = subscribe
-                .filters
-                .into_iter()
-                .map(|(f, o)| (f, o, Ok(())))
-                .collect();
-            self.inner
-                .hooks
-                .subscribe(&self.inner.client, &mut filters)
-                .await;
-            Event::Subscribe {
-                conn: self.inner.conn,
-                subscribe: crate::broker::CheckedSubscribe {
-                    packet_id: pid,
-                    filters,
-                    subscription_identifier: Some(sub_id),
-                },
-            }
+            Inbound::Core(ToCore::Subscribe(subscribe)) => subscribe,
+            other => unreachable!("a SUBSCRIBE goes on as a SUBSCRIBE: {other:?}"),
+        };
+        let event = Event::Subscribe {
+            conn: self.inner.conn,
+            subscribe,
         };
         self.ready().await?;
         self.inner

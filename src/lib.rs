@@ -37,6 +37,7 @@ mod commit;
 mod config;
 mod escape;
 pub mod hooks;
+mod ingress;
 mod inline;
 mod link;
 mod net;

@@ -17,7 +17,8 @@
 
 use super::*;
 use crate::codec::{
-    ConnectProperties, Decoder, LastWill, PacketId, QosPid, SubscriptionOptions, Unsubscribe,
+    ConnectProperties, Decoder, LastWill, PacketId, QosPid, Subscribe, SubscriptionOptions,
+    Unsubscribe,
 };
 use crate::config::Limits;
 use crate::hooks::{AclHook, Decision};

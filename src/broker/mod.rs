@@ -33,11 +33,13 @@ pub use persist::{Commit, CommitProgress};
 
 use crate::codec::{
     AckProperties, ByteStr, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
-    ProtocolVersion, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    ProtocolVersion, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, UnsubAck,
+    Unsubscribe,
 };
 use crate::config::{Durability, Options};
 use crate::hooks::{Client, Hooks, PublishVerdict, WillMessage};
+use crate::ingress::filter::too_deep;
+pub use crate::ingress::CheckedSubscribe;
 pub(crate) use crate::link::intake::Share;
 use crate::link::outbox::Outbox;
 use crate::router::{Match, RetainedTree, SubscriptionTree};
@@ -135,32 +137,6 @@ pub enum Event {
         /// Why.
         reason: CloseReason,
     },
-}
-
-/// A SUBSCRIBE whose filters the hooks have seen: each filter carries
-/// `Err(reason)` if a hook refused it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckedSubscribe {
-    /// Packet identifier.
-    pub packet_id: crate::codec::PacketId,
-    /// Filters, options and verdicts.
-    pub filters: Vec<(
-        ByteStr,
-        crate::codec::SubscriptionOptions,
-        Result<(), ReasonCode>,
-    )>,
-    /// Subscription identifier.
-    pub subscription_identifier: Option<NonZeroU32>,
-}
-
-impl From<Subscribe> for CheckedSubscribe {
-    fn from(s: Subscribe) -> Self {
-        CheckedSubscribe {
-            packet_id: s.packet_id,
-            filters: s.filters.into_iter().map(|(f, o)| (f, o, Ok(()))).collect(),
-            subscription_identifier: s.subscription_identifier,
-        }
-    }
 }
 
 /// The keep-alive a connection runs with, and the Server Keep Alive to
@@ -418,13 +394,6 @@ impl Message {
 /// megabyte).
 fn retained_cost(m: &Message) -> usize {
     m.size() + 128
-}
-
-/// More than `max` levels: the topic trees walk levels recursively, so an
-/// unbounded depth would let one packet overflow the broker's stack.
-fn too_deep(topic: &[u8], max: usize) -> bool {
-    // Cheap when short: n bytes hold at most n + 1 levels.
-    topic.len() >= max && topic.iter().filter(|&&b| b == b'/').count() >= max
 }
 
 type SharedCursors = HashMap<Box<str>, HashMap<Box<str>, usize>>;

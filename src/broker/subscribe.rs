@@ -1,6 +1,7 @@
 //! SUBSCRIBE and UNSUBSCRIBE, and retained messages for new subscriptions.
 
 use super::*;
+use crate::ingress::filter;
 
 impl Broker {
     pub(super) fn on_subscribe(
@@ -26,10 +27,10 @@ impl Broker {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let v5 = s.protocol.is_v5();
+        let version = s.protocol;
         let watching = self.hooks.has_events();
         let mut names: Vec<ByteStr> = Vec::new();
-        for (filter, mut options, verdict) in sub.filters {
+        for (filter, options, verdict) in sub.filters {
             if watching {
                 names.push(filter.clone());
             }
@@ -37,40 +38,20 @@ impl Broker {
                 reasons.push(code);
                 continue;
             }
-            if !topic::valid_filter(&filter) {
-                // Only a hook can have produced it: the codec checks filters.
-                reasons.push(ReasonCode::TopicFilterInvalid);
-                continue;
-            }
-            let parsed = topic::parse_filter(&filter);
-            let (group, plain) = match parsed {
-                SharedFilter::Plain(f) => (None, f),
-                SharedFilter::Shared { group, filter } => (Some(group), filter),
+            let granted = filter::check(&filter, options, &caps, max_levels, version);
+            let (group, plain, options) = match granted {
+                Ok(g) => (g.group, g.plain, g.options),
+                Err(code) => {
+                    reasons.push(code);
+                    continue;
+                }
             };
-            if too_deep(plain.as_bytes(), max_levels) {
-                reasons.push(ReasonCode::TopicFilterInvalid);
-                continue;
-            }
-            if group.is_some() && !caps.shared_subscriptions {
-                reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
-                continue;
-            }
-            if !caps.wildcard_subscriptions && plain.contains(['+', '#']) {
-                reasons.push(ReasonCode::WildcardSubscriptionsNotSupported);
-                continue;
-            }
             let is_new = !s.subscriptions.contains(&filter);
             let too_many = s.subscriptions.len() >= max_subs
                 || s.subscriptions.bytes() + filter.len() > max_bytes;
             if is_new && too_many {
                 reasons.push(ReasonCode::QuotaExceeded);
                 continue;
-            }
-            options.qos = options.qos.min(caps.maximum_qos);
-            if !v5 {
-                options.no_local = false;
-                options.retain_as_published = false;
-                options.retain_handling = RetainHandling::SendAtSubscribe;
             }
             let entry = SubEntry {
                 options,

@@ -4,25 +4,25 @@ use super::reader::Reader;
 use super::reason::{PUBACK_REASONS, PUBREL_REASONS};
 use super::varint::{self, VarInt};
 use super::{ack, connect, disconnect, publish, subscribe};
-use super::{DecodeError, Packet, ProtocolVersion};
+use super::{DecodeError, Packet, PacketType, ProtocolVersion};
 use bytes::{Buf, BytesMut};
 
-// Packet types (table 2.1).
-const CONNECT: u8 = 1;
-const CONNACK: u8 = 2;
-const PUBLISH: u8 = 3;
-const PUBACK: u8 = 4;
-const PUBREC: u8 = 5;
-const PUBREL: u8 = 6;
-const PUBCOMP: u8 = 7;
-const SUBSCRIBE: u8 = 8;
-const SUBACK: u8 = 9;
-const UNSUBSCRIBE: u8 = 10;
-const UNSUBACK: u8 = 11;
-const PINGREQ: u8 = 12;
-const PINGRESP: u8 = 13;
-const DISCONNECT: u8 = 14;
-const AUTH: u8 = 15;
+// Packet types (table 2.1), as `u8` for matching on the header's nibble.
+const CONNECT: u8 = PacketType::Connect as u8;
+const CONNACK: u8 = PacketType::ConnAck as u8;
+const PUBLISH: u8 = PacketType::Publish as u8;
+const PUBACK: u8 = PacketType::PubAck as u8;
+const PUBREC: u8 = PacketType::PubRec as u8;
+const PUBREL: u8 = PacketType::PubRel as u8;
+const PUBCOMP: u8 = PacketType::PubComp as u8;
+const SUBSCRIBE: u8 = PacketType::Subscribe as u8;
+const SUBACK: u8 = PacketType::SubAck as u8;
+const UNSUBSCRIBE: u8 = PacketType::Unsubscribe as u8;
+const UNSUBACK: u8 = PacketType::UnsubAck as u8;
+const PINGREQ: u8 = PacketType::PingReq as u8;
+const PINGRESP: u8 = PacketType::PingResp as u8;
+const DISCONNECT: u8 = PacketType::Disconnect as u8;
+const AUTH: u8 = PacketType::Auth as u8;
 
 /// A stateful decoder for one connection.
 ///

@@ -1,100 +1,11 @@
-//! Topic aliases (MQTT 5.0 section 3.3.2.3.4), one table per direction per
-//! connection. Pure bookkeeping, no I/O.
-//!
-//! Most connections never use an alias, so a table is allocated (and
-//! takes room in the connection) only once the first alias is set up.
-//!
-//! Each table is bounded in bytes as well as in aliases
-//! (`limits.maximum_topic_alias_bytes`): a topic name can be 64 KiB, so a
-//! count alone let one connection pin gigabytes of topic names.
+//! Topic aliases the broker sets up towards the client (MQTT 5.0 section
+//! 3.3.2.3.4), applied as PUBLISHes are encoded. Pure bookkeeping, no I/O.
+//! The client's aliases towards the broker, and the byte accounting both
+//! tables share, are the ingress's ([`crate::ingress`]).
 
-use crate::codec::{ByteStr, Publish, ReasonCode};
-use std::collections::HashMap;
+use crate::codec::{ByteStr, Publish};
+use crate::ingress::alias::{cost, Table};
 use std::num::NonZeroU16;
-
-/// What an alias costs against the byte budget beyond its topic's bytes:
-/// about what the map spends on the entry (the key, a string handle, its
-/// heap header, and the map's own slack), so that many short topics are
-/// bounded too.
-pub const ALIAS_OVERHEAD: usize = 32;
-
-fn cost(topic: &str) -> usize {
-    topic.len() + ALIAS_OVERHEAD
-}
-
-/// A table's entries with their total cost (see [`ALIAS_OVERHEAD`]).
-#[derive(Debug)]
-struct Table<K, V> {
-    map: HashMap<K, V>,
-    bytes: usize,
-}
-
-impl<K, V> Default for Table<K, V> {
-    fn default() -> Self {
-        Table {
-            map: HashMap::new(),
-            bytes: 0,
-        }
-    }
-}
-
-/// Aliases the client set up towards the broker.
-#[derive(Debug, Default)]
-pub struct InboundAliases {
-    max: u16,
-    /// Most bytes the table may cost (saturated at `u32::MAX`: a pointer
-    /// and two small numbers keep the connection's state small).
-    budget: u32,
-    table: Option<Box<Table<u16, ByteStr>>>,
-}
-
-impl InboundAliases {
-    /// A table accepting aliases 1..=`max` (0: none), costing at most
-    /// `budget` bytes.
-    pub fn new(max: u16, budget: usize) -> Self {
-        InboundAliases {
-            max,
-            budget: u32::try_from(budget).unwrap_or(u32::MAX),
-            table: None,
-        }
-    }
-
-    /// Resolves or records the alias of an inbound PUBLISH, leaving its
-    /// topic filled in. Errors are the reason code to disconnect with.
-    ///
-    /// A new or changed alias whose topic would take the table past its
-    /// byte budget is refused with Quota exceeded (0x97: "an implementation
-    /// or administratively imposed limit has been exceeded"). Topic Alias
-    /// invalid (0x94) would be wrong: the spec keeps it for an alias above
-    /// the Topic Alias Maximum, which the client did respect.
-    pub fn resolve(&mut self, p: &mut Publish) -> Result<(), ReasonCode> {
-        let Some(alias) = p.properties.topic_alias.take() else {
-            return Ok(());
-        };
-        if alias.get() > self.max {
-            // [MQTT-3.3.2-9], [MQTT-3.3.2-10]
-            return Err(ReasonCode::TopicAliasInvalid);
-        }
-        if p.topic.is_empty() {
-            match self.table.as_ref().and_then(|t| t.map.get(&alias.get())) {
-                Some(t) => p.topic = t.clone(),
-                // An alias that was never set up is a protocol error.
-                None => return Err(ReasonCode::ProtocolError),
-            }
-        } else {
-            let table = self.table.get_or_insert_default();
-            let freed = table.map.get(&alias.get()).map_or(0, |t| cost(t));
-            let bytes = table.bytes - freed + cost(&p.topic);
-            if bytes > self.budget as usize {
-                return Err(ReasonCode::QuotaExceeded);
-            }
-            table.bytes = bytes;
-            // Keep our own copy so the table does not pin read buffers.
-            table.map.insert(alias.get(), p.topic.detach());
-        }
-        Ok(())
-    }
-}
 
 /// Aliases the broker sets up towards the client: distinct topics get an
 /// alias while aliases (the client's Topic Alias Maximum) and the byte
@@ -103,7 +14,7 @@ impl InboundAliases {
 #[derive(Debug, Default)]
 pub struct OutboundAliases {
     max: u16,
-    /// As in [`InboundAliases`].
+    /// As in the inbound table (`ingress::alias::InboundAliases`).
     budget: u32,
     table: Option<Box<Table<ByteStr, u16>>>,
 }
@@ -156,6 +67,7 @@ impl OutboundAliases {
 mod tests {
     use super::*;
     use crate::codec::{PublishProperties, QosPid};
+    use crate::ingress::alias::ALIAS_OVERHEAD;
     use bytes::Bytes;
 
     fn publish(topic: &str, alias: Option<u16>) -> Publish {
@@ -173,33 +85,6 @@ mod tests {
     }
 
     #[test]
-    fn inbound_sets_then_uses() {
-        let mut t = InboundAliases::new(2, 1 << 20);
-        let mut p = publish("a/b", Some(1));
-        t.resolve(&mut p).unwrap();
-        let mut q = publish("", Some(1));
-        t.resolve(&mut q).unwrap();
-        assert_eq!(q.topic, "a/b");
-        assert_eq!(
-            t.resolve(&mut publish("x", Some(3))),
-            Err(ReasonCode::TopicAliasInvalid)
-        );
-        assert_eq!(
-            t.resolve(&mut publish("", Some(2))),
-            Err(ReasonCode::ProtocolError)
-        );
-    }
-
-    #[test]
-    fn inbound_disabled() {
-        let mut t = InboundAliases::new(0, 1 << 20);
-        assert_eq!(
-            t.resolve(&mut publish("x", Some(1))),
-            Err(ReasonCode::TopicAliasInvalid)
-        );
-    }
-
-    #[test]
     fn outbound_assigns_up_to_max() {
         let mut t = OutboundAliases::new(1, 1 << 20);
         let mut p = publish("a", None);
@@ -212,27 +97,6 @@ mod tests {
         let mut p = publish("b", None);
         t.apply(&mut p);
         assert_eq!((p.topic.as_str(), p.properties.topic_alias), ("b", None));
-    }
-
-    #[test]
-    fn inbound_topics_are_bounded_in_bytes() {
-        // Room for two 8-byte topics, not three.
-        let mut t = InboundAliases::new(10, 2 * (8 + ALIAS_OVERHEAD));
-        t.resolve(&mut publish("aaaaaaaa", Some(1))).unwrap();
-        t.resolve(&mut publish("bbbbbbbb", Some(2))).unwrap();
-        assert_eq!(
-            t.resolve(&mut publish("cccccccc", Some(3))),
-            Err(ReasonCode::QuotaExceeded)
-        );
-        // Replacing an alias frees its old topic's bytes.
-        t.resolve(&mut publish("dddddddd", Some(2))).unwrap();
-        assert_eq!(
-            t.resolve(&mut publish("ddddddddd", Some(1))),
-            Err(ReasonCode::QuotaExceeded)
-        );
-        let mut q = publish("", Some(2));
-        t.resolve(&mut q).unwrap();
-        assert_eq!(q.topic, "dddddddd");
     }
 
     #[test]

@@ -5,19 +5,24 @@
 //!
 //! Transport-agnostic: TCP, TLS and WebSocket streams all come through
 //! [`serve_connection`].
+//!
+//! The protocol rules a client's packets pass (CONNECT admission,
+//! authentication, which hooks run, topic aliases) are the ingress's
+//! ([`crate::ingress`]); this drives them: it reads and writes, awaits the
+//! hooks, and keeps the network's limits (connect and packet read
+//! timeouts, the bytes buffered before CONNACK).
 
-use super::alias::InboundAliases;
 use super::duplex::{Duplex, OverBudget, Step};
 use super::preauth::PreAuth;
 use super::sweep::IdleSweep;
-use crate::broker::{effective_keep_alive, CheckedSubscribe, CloseReason, ConnId, Event, Share};
-use crate::codec::{
-    encode, Auth, AuthProperties, ByteStr, ConnAck, DecodeError, Packet, ProtocolVersion,
-    ReasonCode, Subscribe,
-};
+use crate::broker::{effective_keep_alive, CloseReason, ConnId, Event, Share};
+use crate::codec::{encode, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use crate::config::Options;
 use crate::escape::Escaped;
-use crate::hooks::{AuthStep, Client, Hooks, PublishVerdict};
+use crate::hooks::{Hooks, PublishVerdict};
+pub(crate) use crate::ingress::admit::TransportUser;
+use crate::ingress::admit::{self, Admission, Admitted, Malformed, Next};
+use crate::ingress::{Ask, Inbound, Ingress, ToCore};
 use crate::link::intake::Intake;
 use crate::link::outbox::Outbox;
 use crate::stats::Stats;
@@ -49,24 +54,6 @@ pub(crate) struct Shared {
     pub preauth: PreAuth,
 }
 
-/// The user name a transport established, if it is to establish one.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-#[cfg_attr(not(feature = "tls"), allow(dead_code))] // Only TLS names users.
-pub(crate) enum TransportUser {
-    /// The transport says nothing: the CONNECT's user name stands.
-    #[default]
-    FromConnect,
-    /// A TLS client certificate's CN or SAN, when the listener is told to
-    /// use it. It replaces the CONNECT's user name, so a client cannot
-    /// claim someone else's.
-    Named(String),
-    /// The listener takes the user name from the client certificate, and
-    /// the certificate presented has none. The connection is refused:
-    /// falling back to the CONNECT's user name would let any certificate
-    /// the CA signed claim any user.
-    Missing,
-}
-
 /// What the listener learned about a connection before MQTT started.
 #[derive(Debug, Default)]
 pub(crate) struct Peer {
@@ -94,12 +81,8 @@ impl Peer {
 /// What a connection holds from CONNECT to its end, beside its stream.
 struct Live {
     outbox: Arc<Outbox>,
-    client: Arc<Client>,
-    /// The method, when the client authenticated with enhanced
-    /// authentication (it may re-authenticate). Boxed: rare, and it would
-    /// take room in every connection's future.
-    enhanced: Option<Box<ByteStr>>,
-    inbound_aliases: InboundAliases,
+    /// The client's protocol state (see [`crate::ingress`]).
+    ingress: Ingress,
 }
 
 /// How the serving loop ended.
@@ -219,7 +202,9 @@ where
 }
 
 /// CONNECT, authentication, and the session's start in the core. `None`
-/// when the connection ends here (any answer was already written).
+/// when the connection ends here (any answer was already written). The
+/// rules are the ingress's ([`Admission`]); this reads, writes, awaits
+/// the hooks and keeps the time and byte limits.
 async fn connect_exchange<S>(
     io: &mut Duplex<S>,
     conn: ConnId,
@@ -230,6 +215,7 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let opts = &shared.opts;
+    let hooks = &shared.hooks;
     let peer_admitted = peer.admitted.clone();
     // What this connection buffers until the exchange ends, admitted or
     // not, is charged to the budget of unauthenticated bytes.
@@ -242,7 +228,7 @@ where
         io.read_packet(&shared.stats, &mut charge),
     )
     .await;
-    let mut connect = match first {
+    let connect = match first {
         Ok(Ok(Step::Packet(Packet::Connect(c)))) => c,
         Ok(Err(OverBudget)) => {
             crate::stats::add(&shared.stats.unauthenticated_refused, 1);
@@ -252,171 +238,94 @@ where
             );
             return None;
         }
-        Ok(Ok(Step::Malformed(DecodeError::PacketTooLarge { size, max }))) => {
-            // Too large for a CONNECT: refused from its fixed header,
-            // before its body is buffered. A 5.0 client is told why
-            // (CONNACK 0x95); 3.x has no return code for it: closed.
-            crate::stats::add(&shared.stats.connect_too_large, 1);
-            tracing::debug!(
-                conn = conn.0,
-                size,
-                max,
-                "CONNECT larger than maximum_connect_size; refused"
-            );
-            let level = tokio::time::timeout(opts.limits.connect_timeout, io.connect_level()).await;
-            if let Ok(Some(5)) = level {
-                return refuse_connect(io, ProtocolVersion::V5, ReasonCode::PacketTooLarge).await;
+        Ok(Ok(Step::Malformed(e))) => match admit::malformed_connect(e) {
+            Malformed::TooLarge => {
+                // Refused from its fixed header, before its body is
+                // buffered.
+                crate::stats::add(&shared.stats.connect_too_large, 1);
+                if let DecodeError::PacketTooLarge { size, max } = e {
+                    tracing::debug!(
+                        conn = conn.0,
+                        size,
+                        max,
+                        "CONNECT larger than maximum_connect_size; refused"
+                    );
+                }
+                let level =
+                    tokio::time::timeout(opts.limits.connect_timeout, io.connect_level()).await;
+                if let Some(version) = admit::too_large(level.ok().flatten()) {
+                    let refusal = admit::refusal(ReasonCode::PacketTooLarge);
+                    return refuse_connect(io, version, &refusal).await;
+                }
+                return None;
             }
-            return None;
-        }
-        Ok(Ok(Step::Malformed(DecodeError::UnsupportedProtocolVersion(level)))) => {
-            // Answer in the form the client can read: 5.0 gets 0x84, anything
-            // else the 3.1.1 return code 1 ([MQTT-3.1.2-2]).
-            let reply: &[u8] = if level == 5 {
-                &[0x20, 3, 0, 0x84, 0]
-            } else {
-                &[0x20, 2, 0, 1]
-            };
-            let _ = io.write_now(reply).await;
-            io.shutdown().await;
-            return None;
-        }
-        Ok(Ok(Step::Malformed(e))) => {
-            tracing::debug!(conn = conn.0, error = %e, "bad CONNECT");
-            return None;
-        }
+            Malformed::Refuse(version, reason) => {
+                return refuse_connect(io, version, &admit::refusal(reason)).await;
+            }
+            Malformed::Close => {
+                tracing::debug!(conn = conn.0, error = %e, "bad CONNECT");
+                return None;
+            }
+        },
         _ => return None, // timeout, I/O error, EOF, or not a CONNECT
     };
 
-    let version = connect.protocol;
-    match peer.username {
-        TransportUser::FromConnect => {}
-        TransportUser::Named(username) => connect.username = Some(username.into()),
-        TransportUser::Missing => {
-            // Refused before any hook sees the CONNECT's user name. 0x87
-            // (3.x: 5) rather than 0x86: the CONNECT's credentials are not
-            // what is wrong, the certificate names nobody. Answered in
-            // MQTT rather than by failing the TLS handshake, so the client
-            // learns why and the log names its client id.
-            tracing::warn!(conn = conn.0, client_id = %Escaped(&connect.client_id),
-                remote = peer.remote_addr.map(tracing::field::display),
-                "client certificate has no user name (CN or SAN) and the listener takes it from there; connection refused");
-            return refuse_connect(io, version, ReasonCode::NotAuthorized).await;
-        }
-    }
-    let mut client = Client {
-        client_id: connect.client_id.clone(),
-        username: connect.username.clone(),
-        remote_addr: peer.remote_addr,
-        protocol: version,
-        inline: false,
-    };
-    // Enhanced authentication (5.0 section 4.12): AUTH packets go back and
-    // forth here, before the session exists.
-    let mut enhanced: Option<ByteStr> = None;
-    if let (Some(method), true) = (
-        connect.properties.authentication_method.clone(),
-        version.is_v5(),
-    ) {
-        let mut data = connect.properties.authentication_data.clone();
-        loop {
-            match shared
-                .hooks
-                .enhanced_auth(&client, &method, data.as_deref())
-                .await
-            {
-                AuthStep::Success(answer) => {
-                    connect.properties.authentication_data = answer;
-                    enhanced = Some(method);
-                    break;
-                }
-                AuthStep::Continue(challenge) => {
-                    let auth =
-                        auth_packet(ReasonCode::ContinueAuthentication, &method, Some(challenge));
-                    let mut out = BytesMut::new();
-                    if encode(&auth, version, &mut out).is_err()
-                        || io.write_now(&out).await.is_err()
-                    {
-                        return None;
-                    }
-                    let next = tokio::time::timeout(
-                        opts.limits.connect_timeout,
-                        io.read_packet(&shared.stats, &mut charge),
-                    )
+    let (mut admission, mut next) =
+        Admission::start(connect, peer.username, peer.remote_addr, hooks, conn.0);
+    let version = admission.version();
+    loop {
+        next = match next {
+            Next::EnhancedAuth(data) => {
+                let step = hooks
+                    .enhanced_auth(admission.client(), admission.auth_method(), data.as_deref())
                     .await;
-                    match next {
-                        Ok(Err(OverBudget)) => {
-                            crate::stats::add(&shared.stats.unauthenticated_refused, 1);
-                            return refuse_connect(io, version, ReasonCode::ServerBusy).await;
-                        }
-                        Ok(Ok(Step::Malformed(DecodeError::PacketTooLarge { .. }))) => {
-                            crate::stats::add(&shared.stats.connect_too_large, 1);
-                            return refuse_connect(io, version, ReasonCode::PacketTooLarge).await;
-                        }
-                        Ok(Ok(Step::Packet(Packet::Auth(a))))
-                            if a.reason == ReasonCode::ContinueAuthentication
-                                && a.properties.authentication_method.as_ref() == Some(&method) =>
-                        {
-                            data = a.properties.authentication_data;
-                        }
-                        // Anything else during the exchange is a protocol error.
-                        _ => return refuse_connect(io, version, ReasonCode::ProtocolError).await,
-                    }
+                admission.enhanced_auth(step)
+            }
+            Next::Challenge(auth) => {
+                let mut out = BytesMut::new();
+                if encode(&auth, version, &mut out).is_err() || io.write_now(&out).await.is_err() {
+                    return None;
                 }
-                AuthStep::Fail(reason) => return refuse_connect(io, version, reason).await,
-                // No hook offers the method ([MQTT-4.12.0-1]).
-                AuthStep::Unsupported => {
-                    return refuse_connect(io, version, ReasonCode::BadAuthenticationMethod).await
+                let answer = tokio::time::timeout(
+                    opts.limits.connect_timeout,
+                    io.read_packet(&shared.stats, &mut charge),
+                )
+                .await;
+                match answer {
+                    Ok(Err(OverBudget)) => {
+                        crate::stats::add(&shared.stats.unauthenticated_refused, 1);
+                        admission.refuse(ReasonCode::ServerBusy)
+                    }
+                    Ok(Ok(Step::Malformed(DecodeError::PacketTooLarge { .. }))) => {
+                        crate::stats::add(&shared.stats.connect_too_large, 1);
+                        admission.refuse(ReasonCode::PacketTooLarge)
+                    }
+                    Ok(Ok(Step::Packet(p))) => admission.auth_answer(Some(p)),
+                    _ => admission.auth_answer(None),
                 }
             }
-        }
+            Next::Authenticate => {
+                let (client, connect, enhanced) = admission.connect_mut();
+                let verdict = hooks.connect(client, connect, enhanced).await;
+                admission.authenticated(verdict)
+            }
+            Next::CheckWill => {
+                let allowed = hooks
+                    .can_publish(admission.client(), admission.will_topic())
+                    .await;
+                admission.will_checked(allowed)
+            }
+            Next::Refuse(refusal) => return refuse_connect(io, version, &refusal).await,
+            Next::Admitted => break,
+        };
     }
-    if !shared.hooks.auth.is_empty() {
-        // May do I/O: it runs here, in this connection's task, so a slow
-        // check holds up only this client.
-        if let Err(reason) = shared
-            .hooks
-            .connect(&client, &mut connect, enhanced.is_some())
-            .await
-        {
-            // The user name helps an operator; the password is never logged.
-            tracing::warn!(conn = conn.0, client_id = %Escaped(&client.client_id),
-                username = client.username.as_deref().unwrap_or(""),
-                remote = client.remote_addr.map(tracing::field::display), ?reason, "authentication failed; connection refused");
-            return refuse_connect(io, version, reason).await;
-        }
-    }
-    // The id and user name live as long as the session: copied out, they
-    // do not keep the read that brought the CONNECT allocated.
-    connect.client_id = connect.client_id.detach();
-    connect.username = connect.username.as_ref().map(ByteStr::detach);
-    client.client_id = connect.client_id.clone();
-    client.username = connect.username.clone();
-    if let Some(will) = &connect.will {
-        // A will is a PUBLISH the client makes in advance: the publish ACL
-        // judges it now, where a hook may do I/O, so that a refused will
-        // is refused to the client rather than dropped silently later. It
-        // is judged again when it fires (see `Broker::publish_will`). An
-        // empty client id is judged as empty: the core assigns the id
-        // after this.
-        if !shared.hooks.can_publish(&client, &will.topic).await {
-            tracing::warn!(conn = conn.0, client_id = %Escaped(&client.client_id),
-                username = client.username.as_deref().unwrap_or(""),
-                topic = %Escaped(&will.topic), "will refused by the publish ACL; connection refused");
-            return refuse_connect(io, version, ReasonCode::NotAuthorized).await;
-        }
-    }
-    let client = Arc::new(client);
+    let Admitted {
+        connect,
+        client,
+        enhanced_auth,
+        ingress,
+    } = admission.admitted(opts);
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
-    let alias_bytes = opts.limits.maximum_topic_alias_bytes;
-    let inbound_aliases = InboundAliases::new(
-        if version.is_v5() {
-            opts.capabilities.topic_alias_maximum
-        } else {
-            0
-        },
-        alias_bytes,
-    );
     io.connected(
         version,
         connect.properties.topic_alias_maximum.unwrap_or(0),
@@ -429,19 +338,14 @@ where
         conn,
         outbox: outbox.clone(),
         connect,
-        client: client.clone(),
-        enhanced_auth: enhanced.is_some(),
+        client,
+        enhanced_auth,
     };
     shared.events.send(event).await.ok()?;
     if let Some(admitted) = &peer_admitted {
         admitted.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    Some(Live {
-        outbox,
-        client,
-        enhanced: enhanced.map(Box::new),
-        inbound_aliases,
-    })
+    Some(Live { outbox, ingress })
 }
 
 /// After a packet: go on, or end.
@@ -467,9 +371,9 @@ fn dispatch<'a>(
         Routed::Close(reason) => return Dispatched::End(Ending::Close(reason)),
         Routed::Event(event) => (event, false),
         Routed::Last(event) => (event, true),
-        Routed::Hooks(packet) => {
+        Routed::Hooks(ask) => {
             return Dispatched::Wait(Box::pin(async move {
-                match with_hooks(packet, live, conn, shared).await {
+                match with_hooks(ask, live, conn, shared).await {
                     Ok(Some(event)) => send(shared, shared.intake.hold(event).await, false).await,
                     Ok(None) => Ok(()),
                     Err(reason) => Err(Ending::Close(reason)),
@@ -512,7 +416,7 @@ async fn close<S>(mut io: Duplex<S>, live: Live, conn: ConnId, shared: Arc<Share
 where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
-    let client = &live.client;
+    let client = live.ingress.client();
     let why = match &ending {
         Ending::Disconnected => "DISCONNECT from the client".to_string(),
         Ending::ClosedByBroker => "closed by the broker".to_string(),
@@ -568,34 +472,18 @@ where
     }
 }
 
-/// Answers a CONNECT with a refusal and closes.
+/// Answers a CONNECT with a refusal (a CONNACK) and closes.
 async fn refuse_connect<S: AsyncRead + AsyncWrite + Unpin, T>(
     io: &mut Duplex<S>,
     version: ProtocolVersion,
-    reason: ReasonCode,
+    refusal: &Packet,
 ) -> Option<T> {
     let mut out = BytesMut::new();
-    let refusal = Packet::ConnAck(ConnAck {
-        session_present: false,
-        reason,
-        properties: Default::default(),
-    });
-    if encode(&refusal, version, &mut out).is_ok() {
+    if encode(refusal, version, &mut out).is_ok() {
         let _ = io.write_now(&out).await;
     }
     io.shutdown().await;
     None
-}
-
-fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>) -> Packet {
-    Packet::Auth(Auth {
-        reason,
-        properties: AuthProperties {
-            authentication_method: Some(method.clone()),
-            authentication_data: data,
-            ..Default::default()
-        },
-    })
 }
 
 /// Most packets in one [`Event::Packets`]. The core's queue is bounded in
@@ -604,20 +492,19 @@ fn auth_packet(reason: ReasonCode, method: &ByteStr, data: Option<bytes::Bytes>)
 /// ([`crate::link::intake`]).
 const MAX_BATCH: usize = 16;
 
-/// Packet types gathered into one [`Event::Packets`]: those [`route`]
-/// always turns into a plain event (PUBLISH only without hooks).
-fn batchable(packet_type: u8, hooks: &Hooks) -> bool {
-    match packet_type {
-        3 => hooks.is_empty(), // PUBLISH
-        4..=7 | 12 => true,    // PUBACK, PUBREC, PUBREL, PUBCOMP, PINGREQ
-        _ => false,
-    }
+/// Whether the next packet already read may join a batch
+/// ([`Ingress::batchable`]).
+fn next_batchable<S>(io: &Duplex<S>, hooks: &Hooks) -> bool
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    io.next_type().is_some_and(|t| Ingress::batchable(t, hooks))
 }
 
 /// Gathers `first` and the packets that follow it in what was already read
-/// into one event, while they are of the kinds [`batchable`] names and
-/// reads are not paused. Returns what to hand to the core, and how the
-/// connection ends right after it if a gathered packet ended it
+/// into one event, while they are of the kinds [`Ingress::batchable`]
+/// names and reads are not paused. Returns what to hand to the core, and
+/// how the connection ends right after it if a gathered packet ended it
 /// (malformed, or a topic alias error).
 fn gather<S>(
     first: Event,
@@ -629,7 +516,7 @@ fn gather<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
-    if !io.next_type().is_some_and(|t| batchable(t, &shared.hooks)) {
+    if !next_batchable(io, &shared.hooks) {
         return (Routed::Event(first), None);
     }
     let first = match first {
@@ -645,19 +532,20 @@ where
     packets.push(first);
     let mut ending = None;
     while packets.len() < MAX_BATCH
-        && io.next_type().is_some_and(|t| batchable(t, &shared.hooks))
+        && next_batchable(io, &shared.hooks)
         && !live.outbox.reads_paused()
     {
         match io.buffered(&shared.stats) {
-            // Of what `route` does, the kinds `batchable` admits need only
-            // a PUBLISH's topic alias resolved: done in place, as a packet
-            // is a few hundred bytes to move and every move is a copy.
+            // Of what the ingress does, the kinds it calls batchable need
+            // only a PUBLISH's topic alias resolved: done in place, as a
+            // packet is a few hundred bytes to move and every move is a
+            // copy.
             Some(Step::Packet(p)) => {
                 packets.push(p);
                 if let Some(Packet::Publish(publish)) = packets.last_mut() {
-                    if let Err(reason) = resolve_alias(publish, live, &shared.stats) {
+                    if let Err(reason) = live.ingress.resolve_alias(publish, &shared.stats) {
                         packets.pop();
-                        ending = Some(Ending::Close(reason));
+                        ending = Some(Ending::Close(CloseReason::ProtocolError(reason)));
                         break;
                     }
                 }
@@ -689,127 +577,66 @@ enum Routed {
     /// Hand it to the core, and read no more: the client's DISCONNECT.
     Last(Event),
     /// Hooks that may do I/O must see it first ([`with_hooks`]).
-    Hooks(Packet),
+    Hooks(Ask),
     /// It ends the connection.
     Close(CloseReason),
 }
 
-/// The synchronous part of handling a packet: topic aliases, and what
-/// needs no hook.
+/// The synchronous part of handling a packet: what the ingress says, as
+/// an event for the core.
 fn route(packet: Packet, live: &mut Live, conn: ConnId, shared: &Shared) -> Routed {
-    let hooks = &shared.hooks;
-    match packet {
-        // Re-authentication, for a client that used enhanced
-        // authentication at CONNECT (5.0 section 4.12.1).
-        Packet::Auth(_) if live.enhanced.is_some() => Routed::Hooks(packet),
-        Packet::Publish(mut publish) => {
-            if let Err(reason) = resolve_alias(&mut publish, live, &shared.stats) {
-                return Routed::Close(reason);
-            }
-            if hooks.is_empty() {
-                Routed::Event(Event::Publish {
-                    conn,
-                    publish,
-                    verdict: PublishVerdict::Deliver,
-                    held: Share::default(),
-                })
-            } else {
-                Routed::Hooks(Packet::Publish(publish))
-            }
-        }
-        Packet::Subscribe(_) if !hooks.is_empty() => Routed::Hooks(packet),
-        Packet::Unsubscribe(mut unsub) if hooks.has_events() => {
-            hooks.each(|h| h.on_unsubscribe(&live.client, &mut unsub.filters));
-            Routed::Event(Event::Packet {
-                conn,
-                packet: Packet::Unsubscribe(unsub),
-            })
-        }
-        Packet::Disconnect(_) => Routed::Last(Event::Packet { conn, packet }),
-        packet => Routed::Event(Event::Packet { conn, packet }),
+    match live.ingress.packet(packet, &shared.hooks, &shared.stats) {
+        Inbound::Core(to_core) => Routed::Event(event(conn, to_core)),
+        Inbound::Last(packet) => Routed::Last(Event::Packet { conn, packet }),
+        Inbound::Ask(ask) => Routed::Hooks(ask),
+        Inbound::Close(reason) => Routed::Close(CloseReason::ProtocolError(reason)),
     }
 }
 
-/// Resolves an inbound PUBLISH's topic alias (5.0 section 3.3.2.3.4).
-fn resolve_alias(
-    publish: &mut crate::codec::Publish,
-    live: &mut Live,
-    stats: &Stats,
-) -> Result<(), CloseReason> {
-    live.inbound_aliases.resolve(publish).map_err(|reason| {
-        if reason == ReasonCode::QuotaExceeded {
-            crate::stats::add(&stats.topic_alias_refused, 1);
-        }
-        CloseReason::ProtocolError(reason)
-    })
+/// The event that hands the core what the ingress passed on.
+fn event(conn: ConnId, to_core: ToCore) -> Event {
+    match to_core {
+        ToCore::Publish(publish, verdict) => Event::Publish {
+            conn,
+            publish,
+            verdict,
+            held: Share::default(),
+        },
+        ToCore::Subscribe(subscribe) => Event::Subscribe { conn, subscribe },
+        ToCore::Packet(packet) => Event::Packet { conn, packet },
+    }
 }
 
-/// Runs the hooks a packet needs: the event for the core, `None` if the
-/// packet was answered here, or the reason to close.
+/// Awaits the hook an [`Ask`] names: the event for the core, `None` if
+/// the packet was answered here, or the reason to close.
 async fn with_hooks(
-    packet: Packet,
+    ask: Ask,
     live: &Live,
     conn: ConnId,
     shared: &Shared,
 ) -> Result<Option<Event>, CloseReason> {
     let hooks = &shared.hooks;
-    let client = &*live.client;
-    let event = match packet {
-        Packet::Auth(a) => {
-            let method = live.enhanced.as_deref().cloned().unwrap_or_default();
-            let same_method = a.properties.authentication_method.as_ref() == Some(&method);
-            let expected = matches!(
-                a.reason,
-                ReasonCode::ReAuthenticate | ReasonCode::ContinueAuthentication
-            );
-            if !same_method || !expected {
-                return Err(CloseReason::ProtocolError(ReasonCode::ProtocolError));
-            }
-            let data = a.properties.authentication_data;
-            let reply = match hooks.enhanced_auth(client, &method, data.as_deref()).await {
-                AuthStep::Success(answer) => auth_packet(ReasonCode::Success, &method, answer),
-                AuthStep::Continue(challenge) => {
-                    auth_packet(ReasonCode::ContinueAuthentication, &method, Some(challenge))
-                }
-                AuthStep::Fail(code) => return Err(CloseReason::ProtocolError(code)),
-                AuthStep::Unsupported => {
-                    return Err(CloseReason::ProtocolError(
-                        ReasonCode::BadAuthenticationMethod,
-                    ))
-                }
-            };
+    let ingress = &live.ingress;
+    let client = &**ingress.client();
+    let to_core = match ask {
+        Ask::ReAuth(data) => {
+            let step = hooks
+                .enhanced_auth(client, ingress.auth_method(), data.as_deref())
+                .await;
+            let reply = ingress
+                .reauthenticated(step)
+                .map_err(CloseReason::ProtocolError)?;
             live.outbox.push(reply);
             return Ok(None);
         }
-        Packet::Publish(mut publish) => {
+        Ask::Publish(mut publish) => {
             let verdict = hooks.publish(client, &mut publish).await;
-            Event::Publish {
-                conn,
-                publish,
-                verdict,
-                held: Share::default(),
-            }
+            ToCore::Publish(publish, verdict)
         }
-        Packet::Subscribe(sub) => Event::Subscribe {
-            conn,
-            subscribe: intercept_subscribe(hooks, client, sub).await,
-        },
-        packet => Event::Packet { conn, packet },
+        Ask::Subscribe(mut subscribe) => {
+            hooks.subscribe(client, &mut subscribe.filters).await;
+            ToCore::Subscribe(subscribe)
+        }
     };
-    Ok(Some(event))
-}
-
-/// Runs the subscribe hooks: the filters as changed, with a verdict each.
-async fn intercept_subscribe(hooks: &Hooks, client: &Client, sub: Subscribe) -> CheckedSubscribe {
-    let mut filters: Vec<_> = sub
-        .filters
-        .into_iter()
-        .map(|(f, o)| (f, o, Ok(())))
-        .collect();
-    hooks.subscribe(client, &mut filters).await;
-    CheckedSubscribe {
-        packet_id: sub.packet_id,
-        filters,
-        subscription_identifier: sub.subscription_identifier,
-    }
+    Ok(Some(event(conn, to_core)))
 }

@@ -18,7 +18,7 @@ use super::preauth::Charge;
 use super::sweep::IdleSweep;
 use super::wbuf::WriteBuf;
 use crate::broker::Message;
-use crate::codec::{DecodeError, Decoder, Packet, ProtocolVersion};
+use crate::codec::{DecodeError, Decoder, Packet, PacketType, ProtocolVersion};
 use crate::config::Limits;
 use crate::link::outbound::Outbound;
 use crate::link::outbox::{Outbox, BRIEF_PAUSE};
@@ -433,8 +433,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
 
     /// The type (the fixed header's high nibble) of the next packet already
     /// read, if any byte of it is.
-    pub fn next_type(&self) -> Option<u8> {
-        self.rbuf.first().map(|b| b >> 4)
+    pub fn next_type(&self) -> Option<PacketType> {
+        self.rbuf.first().and_then(|&b| PacketType::from_header(b))
     }
 
     /// The next packet if it is already read in full; no I/O.
