@@ -25,6 +25,7 @@ use crate::net::ws::WsConfig;
 
 /// Errors from serving.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// The storage backend failed.
     #[error(transparent)]

@@ -164,6 +164,8 @@ pub async fn run(config: Config) -> ExitCode {
             let (message, code) = store_failure(&e);
             return fail(message, code);
         }
+        // ServeError is non-exhaustive: a kind added later fails plainly.
+        Err(e) => return fail(format_args!("cannot start: {e}"), 1),
     };
     let ledger = match &config.auth.ledger {
         Some(path) => match Ledger::open(path) {
