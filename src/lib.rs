@@ -40,7 +40,7 @@ pub mod hooks;
 mod inline;
 mod link;
 mod net;
-pub mod router;
+mod router;
 mod server;
 mod stats;
 pub mod topic;
@@ -57,6 +57,18 @@ pub use net::ws::WsConfig;
 pub use roost_storage as storage;
 pub use server::{ServeError, Server};
 pub use stats::{Stats, StatsSnapshot};
+
+/// The routing tries, for `benches/topics.rs` only (feature `_bench`, which
+/// is not part of the API: no semver promise, may change in any release).
+///
+/// A feature rather than a `--cfg` like `fuzzing`: a `--cfg` in RUSTFLAGS
+/// rebuilds every dependency, and `cargo clippy --all-targets --all-features`
+/// builds the bench with it.
+#[cfg(feature = "_bench")]
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::router::{Match, RetainedTree, SubscriptionTree};
+}
 
 /// Entry points for `fuzz/` (built with `--cfg fuzzing` only).
 #[cfg(fuzzing)]
