@@ -27,6 +27,9 @@
 //! | `ws`    | yes     | MQTT over WebSocket ([`WsConfig`]), with tokio-tungstenite |
 //! | `http`  | yes     | the HTTP stats endpoint: `/stats` (JSON), `/metrics` (Prometheus), `/healthz` |
 //! | `ledger` | yes    | the built-in auth/ACL hook [`hooks::Ledger`]: users with bcrypt or argon2 hashes and ordered rules, from a TOML file |
+//! | `redb`  | yes     | the redb storage backend (`storage::RedbStore`), the binary's default persistent store |
+//! | `sled`  | no      | the sled storage backend (`storage::SledStore`) |
+//! | `faulty` | no     | `storage::FaultyStore`, a wrapper that fails chosen storage calls, for testing how an application copes |
 //!
 //! Features are additive; a library user who wants plain TCP only can set
 //! `default-features = false`.

@@ -502,7 +502,7 @@ async fn load_store_reads_before_serving_and_reports_a_failed_read() {
         .load_store()
         .await
     {
-        Err(roost::ServeError::Storage(StorageError::Injected(_))) => {}
+        Err(roost::ServeError::Storage(StorageError::Injected { .. })) => {}
         other => panic!("expected the injected load failure, got {other:?}"),
     }
 

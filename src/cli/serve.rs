@@ -86,7 +86,9 @@ const EXIT_STORE_UNUSABLE: u8 = 3;
 /// Why the store cannot be used: the message, and the exit status.
 fn store_failure(e: &StorageError) -> (String, u8) {
     let code = match e {
-        StorageError::Corrupt(_) | StorageError::UnsupportedFormat { .. } => EXIT_STORE_UNUSABLE,
+        StorageError::Corrupt { .. } | StorageError::UnsupportedFormat { .. } => {
+            EXIT_STORE_UNUSABLE
+        }
         _ => 1,
     };
     (format!("cannot use the store: {e}"), code)
