@@ -211,7 +211,7 @@ impl RedbStore {
     }
 }
 
-/// Every call into redb runs under [`guard::catch`]: a panic on a damaged
+/// Every call into redb runs under `guard::catch`: a panic on a damaged
 /// file becomes an error naming it.
 impl Store for RedbStore {
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {

@@ -194,7 +194,7 @@ impl SledStore {
     }
 }
 
-/// Every call into sled runs under [`guard::catch`]: a panic on damaged
+/// Every call into sled runs under `guard::catch`: a panic on damaged
 /// files becomes an error naming the directory.
 impl Store for SledStore {
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
