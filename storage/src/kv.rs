@@ -237,7 +237,7 @@ pub(crate) fn check_version(
                 "",
                 format!(
                     "{}: holds records but no store format version; it was not written by roost, \
-                 or its metadata is lost: move it aside to start empty",
+                     or its metadata is lost: move it aside to start empty",
                     path.display()
                 ),
             ));

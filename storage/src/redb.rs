@@ -221,7 +221,7 @@ impl Store for RedbStore {
                     NAME,
                     format!(
                         "{}: redb failed while writing a batch (nothing of it is \
-                 acknowledged): {panic}",
+                         acknowledged): {panic}",
                         self.path.display()
                     ),
                 )

@@ -227,7 +227,7 @@ fn damaged(path: &Path, panic: &str) -> StorageError {
         NAME,
         format!(
             "{} is damaged (sled failed on it: {panic}). Restore the directory \
-         from a backup, or move it aside (keep it for inspection) to start with an empty store",
+             from a backup, or move it aside (keep it for inspection) to start with an empty store",
             path.display()
         ),
     )
