@@ -22,74 +22,71 @@ fn pid(n: u16) -> PacketId {
 }
 
 fn publish(size: usize, v5: bool) -> Packet {
-    let properties = if v5 {
-        PublishProperties {
-            payload_format_indicator: Some(1),
-            message_expiry_interval: Some(3600),
-            content_type: Some(ByteStr::from("application/json")),
-            user_properties: vec![(ByteStr::from("trace-id"), ByteStr::from("4bf92f3577b34da6"))],
-            subscription_identifiers: vec![NonZeroU32::new(7).expect("non-zero")],
-            ..Default::default()
-        }
-    } else {
-        PublishProperties::default()
-    };
-    Packet::Publish(Publish {
-        dup: false,
-        qos_pid: QosPid::AtLeastOnce(pid(42)),
-        retain: false,
-        topic: ByteStr::from("devices/gateway-0042/sensors/temperature/state"),
-        payload: Bytes::from(vec![0xa5; size]),
-        properties,
-    })
+    let mut properties = PublishProperties::default();
+    if v5 {
+        properties.payload_format_indicator = Some(1);
+        properties.message_expiry_interval = Some(3600);
+        properties.content_type = Some(ByteStr::from("application/json"));
+        properties.user_properties =
+            vec![(ByteStr::from("trace-id"), ByteStr::from("4bf92f3577b34da6"))];
+        properties.subscription_identifiers = vec![NonZeroU32::new(7).expect("non-zero")];
+    }
+    Packet::Publish(
+        Publish::new(
+            "devices/gateway-0042/sensors/temperature/state",
+            vec![0xa5; size],
+        )
+        .with_qos_pid(QosPid::AtLeastOnce(pid(42)))
+        .with_properties(properties),
+    )
 }
 
 fn connect() -> Packet {
-    Packet::Connect(Box::new(Connect {
-        protocol: ProtocolVersion::V5,
-        clean_start: false,
-        keep_alive: 60,
-        client_id: ByteStr::from("gateway-0042-7f3a9c"),
-        will: Some(LastWill {
-            topic: ByteStr::from("devices/gateway-0042/status"),
-            payload: Bytes::from_static(b"offline"),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            properties: WillProperties {
-                will_delay_interval: Some(5),
-                ..Default::default()
-            },
-        }),
-        username: Some(ByteStr::from("gateway")),
-        password: Some(Bytes::from_static(b"correct horse battery staple")),
-        properties: ConnectProperties {
-            session_expiry_interval: Some(86_400),
-            receive_maximum: NonZeroU16::new(256),
-            topic_alias_maximum: Some(16),
-            user_properties: vec![(ByteStr::from("fw"), ByteStr::from("2.4.1"))],
-            ..Default::default()
-        },
-    }))
+    let mut will_properties = WillProperties::default();
+    will_properties.will_delay_interval = Some(5);
+    let mut properties = ConnectProperties::default();
+    properties.session_expiry_interval = Some(86_400);
+    properties.receive_maximum = NonZeroU16::new(256);
+    properties.topic_alias_maximum = Some(16);
+    properties.user_properties = vec![(ByteStr::from("fw"), ByteStr::from("2.4.1"))];
+    Packet::Connect(Box::new(
+        Connect::new(ProtocolVersion::V5, "gateway-0042-7f3a9c")
+            .with_clean_start(false)
+            .with_keep_alive(60)
+            .with_will(
+                LastWill::new(
+                    "devices/gateway-0042/status",
+                    Bytes::from_static(b"offline"),
+                    QoS::AtLeastOnce,
+                )
+                .with_retain(true)
+                .with_properties(will_properties),
+            )
+            .with_credentials(
+                "gateway",
+                Some(Bytes::from_static(b"correct horse battery staple")),
+            )
+            .with_properties(properties),
+    ))
 }
 
 fn subscribe() -> Packet {
-    let opts = SubscriptionOptions {
-        qos: QoS::AtLeastOnce,
-        no_local: false,
-        retain_as_published: true,
-        retain_handling: RetainHandling::SendAtSubscribe,
-    };
-    Packet::Subscribe(Subscribe {
-        packet_id: pid(7),
-        filters: vec![
-            (ByteStr::from("devices/gateway-0042/cmd/#"), opts),
-            (ByteStr::from("devices/+/sensors/+/state"), opts),
-            (ByteStr::from("$share/workers/jobs/#"), opts),
-            (ByteStr::from("broadcast/firmware"), opts),
-        ],
-        subscription_identifier: NonZeroU32::new(12),
-        user_properties: Vec::new(),
-    })
+    let opts = SubscriptionOptions::new(QoS::AtLeastOnce)
+        .with_retain_as_published(true)
+        .with_retain_handling(RetainHandling::SendAtSubscribe);
+    let filters = [
+        "devices/gateway-0042/cmd/#",
+        "devices/+/sensors/+/state",
+        "$share/workers/jobs/#",
+        "broadcast/firmware",
+    ];
+    Packet::Subscribe(
+        Subscribe::new(
+            pid(7),
+            filters.iter().map(|f| (ByteStr::from(*f), opts)).collect(),
+        )
+        .with_subscription_identifier(NonZeroU32::new(12).expect("non-zero")),
+    )
 }
 
 fn encoded(packet: &Packet, v: ProtocolVersion) -> Bytes {

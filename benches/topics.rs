@@ -3,13 +3,14 @@
 //! filters against a `RetainedTree` of 100k retained topics. Each tree is
 //! built once per group (the 1M tree takes a few seconds and ~1 GiB).
 //!
-//! Run: `cargo bench --bench topics`.
+//! Run: `cargo bench --bench topics --features _bench` (the tries are
+//! crate-private; the `_bench` feature exposes them as `roost::bench`).
 
 // criterion_group! expands to an undocumented public function.
 #![allow(missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use roost::router::{Match, RetainedTree, SubscriptionTree};
+use roost::bench::{Match, RetainedTree, SubscriptionTree};
 
 /// Devices with four subscriptions each; plus `+/x/{j}/#` ones.
 const DEVICES: u32 = 249_750;

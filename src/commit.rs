@@ -121,7 +121,7 @@ fn apply(store: &dyn Store, ops: &[Op]) -> Result<(), StorageError> {
     // Nothing of ours is left half-changed by a panic inside `apply`: the
     // ops are only read, and the store's own state is its business.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.apply(ops)))
-        .unwrap_or_else(|_| Err(StorageError::Io("the storage backend panicked".into())))
+        .unwrap_or_else(|_| Err(StorageError::io("", "the storage backend panicked")))
 }
 
 /// Lets the held packets of applied commits go: acknowledgements if the

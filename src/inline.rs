@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Errors from the inline client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InlineError {
     /// The broker refused: the reason code it answered with.
     #[error("refused by the broker: {0:?}")]

@@ -27,6 +27,9 @@
 //! | `ws`    | yes     | MQTT over WebSocket ([`WsConfig`]), with tokio-tungstenite |
 //! | `http`  | yes     | the HTTP stats endpoint: `/stats` (JSON), `/metrics` (Prometheus), `/healthz` |
 //! | `ledger` | yes    | the built-in auth/ACL hook [`hooks::Ledger`]: users with bcrypt or argon2 hashes and ordered rules, from a TOML file |
+//! | `redb`  | yes     | the redb storage backend (`storage::RedbStore`), the binary's default persistent store |
+//! | `sled`  | no      | the sled storage backend (`storage::SledStore`) |
+//! | `faulty` | no     | `storage::FaultyStore`, a wrapper that fails chosen storage calls, for testing how an application copes |
 //!
 //! Features are additive; a library user who wants plain TCP only can set
 //! `default-features = false`.
@@ -41,7 +44,7 @@ mod ingress;
 mod inline;
 mod link;
 mod net;
-pub mod router;
+mod router;
 mod server;
 mod stats;
 pub mod topic;
@@ -58,6 +61,18 @@ pub use net::ws::WsConfig;
 pub use roost_storage as storage;
 pub use server::{ServeError, Server};
 pub use stats::{Stats, StatsSnapshot};
+
+/// The routing tries, for `benches/topics.rs` only (feature `_bench`, which
+/// is not part of the API: no semver promise, may change in any release).
+///
+/// A feature rather than a `--cfg` like `fuzzing`: a `--cfg` in RUSTFLAGS
+/// rebuilds every dependency, and `cargo clippy --all-targets --all-features`
+/// builds the bench with it.
+#[cfg(feature = "_bench")]
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::router::{Match, RetainedTree, SubscriptionTree};
+}
 
 /// Entry points for `fuzz/` (built with `--cfg fuzzing` only).
 #[cfg(fuzzing)]

@@ -25,6 +25,7 @@ use crate::net::ws::WsConfig;
 
 /// Errors from serving.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// The storage backend failed.
     #[error(transparent)]
@@ -115,7 +116,7 @@ fn drain_ready<T>(
 async fn load(store: Arc<dyn Store>) -> Result<Snapshot, StorageError> {
     tokio::task::spawn_blocking(move || store.load())
         .await
-        .map_err(|e| StorageError::Io(format!("loading the store: {e}")))?
+        .map_err(|e| StorageError::io("", format!("loading the store: {e}")).with_source(e))?
 }
 
 impl Server {
@@ -436,7 +437,9 @@ impl Server {
         // A flush is disk work: off the runtime's threads, as the commits.
         tokio::task::spawn_blocking(move || store.flush())
             .await
-            .map_err(|e| StorageError::Io(format!("flushing the store: {e}")))??;
+            .map_err(|e| {
+                StorageError::io("", format!("flushing the store: {e}")).with_source(e)
+            })??;
         hooks.each(|h| h.on_stopped());
         Ok(())
     }

@@ -113,6 +113,7 @@ impl Stats {
 /// A copy of the broker's counters at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)] // Field names say what they count.
+#[non_exhaustive]
 pub struct StatsSnapshot {
     pub started: SystemTime,
     pub uptime_secs: u64,

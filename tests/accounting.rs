@@ -107,15 +107,13 @@ async fn burst(addr: std::net::SocketAddr, publisher: u32, round: u32) -> u64 {
     for i in 0..BURST {
         let qos = qos_of(i);
         let pid = pid_of((i % 60_000 + 1) as u16);
-        let p = Publish {
-            dup: false,
-            qos_pid: QosPid::new(qos, pid),
-            // A few retained topics per publisher, rewritten each round.
-            retain: i % 97 == 0,
-            topic: format!("acct/{publisher}/{}", i % 50).into(),
-            payload: Bytes::from(format!("{publisher}:{round}:{i}")),
-            properties: Default::default(),
-        };
+        let p = Publish::new(
+            format!("acct/{publisher}/{}", i % 50),
+            Bytes::from(format!("{publisher}:{round}:{i}")),
+        )
+        .with_qos_pid(QosPid::new(qos, pid))
+        // A few retained topics per publisher, rewritten each round.
+        .with_retain(i % 97 == 0);
         match qos {
             QoS::AtLeastOnce => expected.0 += 1,
             QoS::ExactlyOnce => expected.1 += 1,

@@ -329,14 +329,10 @@ impl AuthHook for Arithmetic {
 }
 
 fn auth(reason: ReasonCode, method: &str, data: &'static [u8]) -> Packet {
-    Packet::Auth(roost::codec::Auth {
-        reason,
-        properties: roost::codec::AuthProperties {
-            authentication_method: Some(method.into()),
-            authentication_data: Some(bytes::Bytes::from_static(data)),
-            ..Default::default()
-        },
-    })
+    let mut properties = roost::codec::AuthProperties::default();
+    properties.authentication_method = Some(method.into());
+    properties.authentication_data = Some(bytes::Bytes::from_static(data));
+    Packet::Auth(roost::codec::Auth::new(reason).with_properties(properties))
 }
 
 fn enhanced_connect(id: &str, method: &str, data: &'static [u8]) -> Connect {

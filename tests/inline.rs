@@ -94,10 +94,7 @@ async fn inline_publishes_are_queued_for_offline_persistent_sessions() {
     let server = Server::new(Options::default());
     let app = server.inline_client("app");
     let b = TestBroker::with_server(server).await;
-    let mut c = roost::codec::Connect {
-        clean_start: false,
-        ..v5("device")
-    };
+    let mut c = v5("device").with_clean_start(false);
     c.properties.session_expiry_interval = Some(600);
     let mut d = Raw::connected(b.addr, c.clone()).await;
     d.subscribe(1, "devices/device/cmd", QoS::AtLeastOnce).await;
@@ -123,13 +120,7 @@ async fn the_inline_client_is_acl_exempt_unless_configured() {
     let app = server.inline_client("app");
     let b = TestBroker::with_server(server).await;
     app.publish("t", "ok", QoS::AtLeastOnce).await.unwrap();
-    let mut net = Raw::connected(
-        b.addr,
-        roost::codec::Connect {
-            ..connect(ProtocolVersion::V5, "n", true)
-        },
-    )
-    .await;
+    let mut net = Raw::connected(b.addr, connect(ProtocolVersion::V5, "n", true)).await;
     assert_eq!(
         net.publish(publish("t", "no", QoS::AtLeastOnce, 1)).await,
         ReasonCode::NotAuthorized

@@ -211,8 +211,7 @@ async fn an_inbound_qos2_id_still_blocks_a_duplicate_after_a_restart() {
     let (mut p, ack) = Raw::connect(b.addr, persistent(ProtocolVersion::V5, "p")).await;
     assert!(ack.session_present);
     // The publisher never saw PUBCOMP: it resends the PUBLISH with DUP.
-    p.send(Packet::Publish(roost::codec::Publish { dup: true, ..msg }))
-        .await;
+    p.send(Packet::Publish(msg.with_dup(true))).await;
     assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id.get() == 7));
     p.send(Packet::PubRel(PubResp::new(pid_of(7)))).await;
     assert!(matches!(p.recv().await, Packet::PubComp(c) if c.reason == ReasonCode::Success));
@@ -503,7 +502,7 @@ async fn load_store_reads_before_serving_and_reports_a_failed_read() {
         .load_store()
         .await
     {
-        Err(roost::ServeError::Storage(StorageError::Injected(_))) => {}
+        Err(roost::ServeError::Storage(StorageError::Injected { .. })) => {}
         other => panic!("expected the injected load failure, got {other:?}"),
     }
 

@@ -43,11 +43,7 @@ fn pid(p: &roost::codec::Publish) -> u16 {
 
 /// A CONNECT with a will and the given keep-alive.
 fn with_will(id: &str, w: roost::codec::LastWill, keep_alive: u16) -> roost::codec::Connect {
-    roost::codec::Connect {
-        will: Some(w),
-        keep_alive,
-        ..v311(id)
-    }
+    v311(id).with_will(w).with_keep_alive(keep_alive)
 }
 
 fn sys_every_second() -> Options {
@@ -783,14 +779,7 @@ async fn pings_keep_a_connection_alive() {
     // [MQTT-3.12.4-1]: PINGREQ is answered with PINGRESP and counts as
     // activity.
     let b = TestBroker::start().await;
-    let mut c = Raw::connected(
-        b.addr,
-        roost::codec::Connect {
-            keep_alive: 1,
-            ..v311("pinger")
-        },
-    )
-    .await;
+    let mut c = Raw::connected(b.addr, v311("pinger").with_keep_alive(1)).await;
     // 2.5 s is well past the 1.5 s timeout.
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -805,14 +794,7 @@ async fn any_packet_counts_as_activity_and_silence_after_it_still_ends() {
     // well past 1.5 x a 1 s keep-alive, keep the connection; once they
     // stop, the broker closes it within the 1.5 s plus its 1 s check.
     let b = TestBroker::start().await;
-    let mut c = Raw::connected(
-        b.addr,
-        roost::codec::Connect {
-            keep_alive: 1,
-            ..v311("chatty")
-        },
-    )
-    .await;
+    let mut c = Raw::connected(b.addr, v311("chatty").with_keep_alive(1)).await;
     for i in 0..6 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         c.send(Packet::Publish(publish(
@@ -843,22 +825,8 @@ async fn keep_alive_zero_never_times_out() {
     // 3.1.2.10: a keep alive of 0 turns the mechanism off. A
     // control client with keep alive 1 shows the timer would have fired.
     let b = TestBroker::start().await;
-    let mut forever = Raw::connected(
-        b.addr,
-        roost::codec::Connect {
-            keep_alive: 0,
-            ..v311("forever")
-        },
-    )
-    .await;
-    let mut control = Raw::connected(
-        b.addr,
-        roost::codec::Connect {
-            keep_alive: 1,
-            ..v311("control")
-        },
-    )
-    .await;
+    let mut forever = Raw::connected(b.addr, v311("forever").with_keep_alive(0)).await;
+    let mut control = Raw::connected(b.addr, v311("control").with_keep_alive(1)).await;
     control.expect_closed().await;
     forever.expect_nothing().await;
     forever.send(Packet::PingReq).await;
@@ -960,7 +928,7 @@ async fn qos2_duplicate_publish_before_pubrel_is_delivered_once() {
         Packet::PubRec(r) => assert_eq!(r.packet_id.get(), 7),
         other => panic!("expected PUBREC, got {other:?}"),
     }
-    let dup = roost::codec::Publish { dup: true, ..first };
+    let dup = first.with_dup(true);
     publ.send(Packet::Publish(dup)).await;
     match publ.recv().await {
         Packet::PubRec(r) => assert_eq!(r.packet_id.get(), 7),
@@ -1122,8 +1090,7 @@ async fn inbound_qos2_state_survives_a_reconnect() {
 
     let (mut publ, ack) = Raw::connect(b.addr, c311("q2pub", false)).await;
     assert!(ack.session_present);
-    publ.send(Packet::Publish(roost::codec::Publish { dup: true, ..msg }))
-        .await;
+    publ.send(Packet::Publish(msg.with_dup(true))).await;
     assert!(matches!(publ.recv().await, Packet::PubRec(r) if r.packet_id.get() == 5));
     publ.send(Packet::PubRel(PubResp::new(pid_of(5)))).await;
     assert!(matches!(publ.recv().await, Packet::PubComp(c) if c.packet_id.get() == 5));

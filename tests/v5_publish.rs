@@ -541,7 +541,7 @@ async fn resent_qos2_publish_is_delivered_once() {
     let m = publish("dup", "x", QoS::ExactlyOnce, 9);
     p.send(Packet::Publish(m.clone())).await;
     assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id.get() == 9));
-    p.send(Packet::Publish(Publish { dup: true, ..m })).await;
+    p.send(Packet::Publish(m.with_dup(true))).await;
     assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id.get() == 9));
     p.send(Packet::PubRel(PubResp::new(NonZeroU16::new(9).unwrap())))
         .await;

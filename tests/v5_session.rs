@@ -280,14 +280,7 @@ async fn disconnect_can_shorten_session_expiry_to_zero() {
     let b = TestBroker::start().await;
     let mut s = Raw::connected(b.addr, v5_session("s", true, 600)).await;
     s.subscribe(1, "t", QoS::AtLeastOnce).await;
-    s.send(Packet::Disconnect(Disconnect {
-        reason: ReasonCode::Success,
-        properties: DisconnectProperties {
-            session_expiry_interval: Some(0),
-            ..Default::default()
-        },
-    }))
-    .await;
+    s.send(Packet::Disconnect(disconnect_with_expiry(0))).await;
     s.expect_closed().await;
     let (_s, ack) = Raw::connect(b.addr, v5_session("s", false, 600)).await;
     assert!(!ack.session_present, "DISCONNECT set the expiry to 0");
@@ -298,14 +291,7 @@ async fn disconnect_can_lengthen_session_expiry() {
     let b = TestBroker::start().await;
     let mut s = Raw::connected(b.addr, v5_session("s", true, 1)).await;
     s.subscribe(1, "t", QoS::AtLeastOnce).await;
-    s.send(Packet::Disconnect(Disconnect {
-        reason: ReasonCode::Success,
-        properties: DisconnectProperties {
-            session_expiry_interval: Some(60),
-            ..Default::default()
-        },
-    }))
-    .await;
+    s.send(Packet::Disconnect(disconnect_with_expiry(60))).await;
     s.expect_closed().await;
     // Well past the original 1 s expiry.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -317,14 +303,7 @@ async fn disconnect_can_lengthen_session_expiry() {
 async fn disconnect_setting_expiry_after_zero_is_protocol_error() {
     let b = TestBroker::start().await;
     let mut s = Raw::connected(b.addr, v5_session("s", true, 0)).await;
-    s.send(Packet::Disconnect(Disconnect {
-        reason: ReasonCode::Success,
-        properties: DisconnectProperties {
-            session_expiry_interval: Some(30),
-            ..Default::default()
-        },
-    }))
-    .await;
+    s.send(Packet::Disconnect(disconnect_with_expiry(30))).await;
     // [MQTT-3.14.2-2]: the server answers with DISCONNECT 0x82.
     assert_eq!(expect_disconnect(&mut s).await, ReasonCode::ProtocolError);
     let (_s, ack) = Raw::connect(b.addr, v5_session("s", false, 0)).await;
@@ -427,10 +406,9 @@ async fn will_sent_on_disconnect_with_will_message() {
     let b = TestBroker::start().await;
     let mut w = watcher(&b, "will/t").await;
     let mut c = Raw::connected(b.addr, with_will(v5("c"), "asked", None)).await;
-    c.send(Packet::Disconnect(Disconnect {
-        reason: ReasonCode::DisconnectWithWillMessage,
-        ..Default::default()
-    }))
+    c.send(Packet::Disconnect(Disconnect::new(
+        ReasonCode::DisconnectWithWillMessage,
+    )))
     .await;
     assert_eq!(payload(&w.recv_publish().await), "asked");
 }
@@ -570,11 +548,8 @@ async fn authentication_method_is_refused_0x8c() {
 async fn auth_without_negotiated_method_is_protocol_error() {
     let b = TestBroker::start().await;
     let mut c = Raw::connected(b.addr, v5("c")).await;
-    c.send(Packet::Auth(Auth {
-        reason: ReasonCode::ReAuthenticate,
-        ..Default::default()
-    }))
-    .await;
+    c.send(Packet::Auth(Auth::new(ReasonCode::ReAuthenticate)))
+        .await;
     assert_eq!(expect_disconnect(&mut c).await, ReasonCode::ProtocolError);
 }
 
@@ -697,4 +672,11 @@ async fn retained_will_is_kept_for_later_subscribers() {
         assert!(Instant::now() < deadline, "retained will never appeared");
     };
     assert_eq!((payload(&m), m.retain), ("last words", true));
+}
+
+/// A normal DISCONNECT that sets the Session Expiry Interval.
+fn disconnect_with_expiry(seconds: u32) -> Disconnect {
+    let mut properties = DisconnectProperties::default();
+    properties.session_expiry_interval = Some(seconds);
+    Disconnect::new(ReasonCode::Success).with_properties(properties)
 }

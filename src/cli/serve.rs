@@ -87,7 +87,9 @@ const EXIT_STORE_UNUSABLE: u8 = 3;
 /// Why the store cannot be used: the message, and the exit status.
 fn store_failure(e: &StorageError) -> (String, u8) {
     let code = match e {
-        StorageError::Corrupt(_) | StorageError::UnsupportedFormat { .. } => EXIT_STORE_UNUSABLE,
+        StorageError::Corrupt { .. } | StorageError::UnsupportedFormat { .. } => {
+            EXIT_STORE_UNUSABLE
+        }
         _ => 1,
     };
     (format!("cannot use the store: {e}"), code)
@@ -165,6 +167,8 @@ pub async fn run(config: Config) -> ExitCode {
             let (message, code) = store_failure(&e);
             return fail(message, code);
         }
+        // ServeError is non-exhaustive: a kind added later fails plainly.
+        Err(e) => return fail(format_args!("cannot start: {e}"), 1),
     };
     let ledger = match &config.auth.ledger {
         Some(path) => match Ledger::open(path) {

@@ -8,6 +8,7 @@ use super::{ProtocolVersion, ReasonCode};
 /// Small and `Copy` so the session layer can match on it cheaply. The
 /// `Display` text names the violated rule where the specification numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// Remaining length is more than 4 bytes or otherwise invalid.
     #[error("malformed remaining length [MQTT-1.5.5-1]")]
@@ -169,6 +170,7 @@ impl DecodeError {
 
 /// Why a packet could not be encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// The encoded packet would exceed 268,435,455 bytes of remaining length.
     #[error("packet too large to encode")]

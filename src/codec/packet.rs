@@ -3,6 +3,11 @@
 //! One set of types serves MQTT 3.1, 3.1.1 and 5.0: fields that only exist in
 //! 5.0 (properties, most reason codes) are simply left at their defaults for
 //! 3.x peers, and the encoder leaves them out.
+//!
+//! The types are `#[non_exhaustive]`, so a later MQTT revision (or a field we
+//! missed) can be added without breaking users: outside this crate, build a
+//! packet with its `new` constructor and `with_` setters, and properties from
+//! `Default` with fields assigned, and match with `..`.
 
 use super::{ByteStr, ReasonCode};
 use bytes::Bytes;
@@ -10,6 +15,7 @@ use std::num::{NonZeroU16, NonZeroU32};
 
 /// The protocol level from CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum ProtocolVersion {
     /// MQTT 3.1, protocol name `MQIsdp`, level 3.
     V3_1,
@@ -118,6 +124,7 @@ pub type UserProperties = Vec<(ByteStr, ByteStr)>;
 /// Every MQTT control packet.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub enum Packet {
     Connect(Box<Connect>),
     ConnAck(ConnAck),
@@ -161,6 +168,7 @@ impl Packet {
 
 /// CONNECT (section 3.1).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Connect {
     /// Protocol name and level.
     pub protocol: ProtocolVersion,
@@ -180,9 +188,63 @@ pub struct Connect {
     pub properties: ConnectProperties,
 }
 
+impl Connect {
+    /// A CONNECT with Clean Start set, keep-alive off (0), and no will,
+    /// credentials or properties; set the rest with the `with_` methods or
+    /// through the public fields.
+    pub fn new(protocol: ProtocolVersion, client_id: impl Into<ByteStr>) -> Self {
+        Connect {
+            protocol,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        }
+    }
+
+    /// Sets Clean Session (3.x) / Clean Start (5.0).
+    pub fn with_clean_start(mut self, clean_start: bool) -> Self {
+        self.clean_start = clean_start;
+        self
+    }
+
+    /// Sets the keep-alive in seconds (0 turns it off).
+    pub fn with_keep_alive(mut self, seconds: u16) -> Self {
+        self.keep_alive = seconds;
+        self
+    }
+
+    /// Sets the will message.
+    pub fn with_will(mut self, will: LastWill) -> Self {
+        self.will = Some(will);
+        self
+    }
+
+    /// Sets the user name and, if given, the password.
+    pub fn with_credentials(
+        mut self,
+        username: impl Into<ByteStr>,
+        password: Option<Bytes>,
+    ) -> Self {
+        self.username = Some(username.into());
+        self.password = password;
+        self
+    }
+
+    /// Sets the CONNECT properties (5.0).
+    pub fn with_properties(mut self, properties: ConnectProperties) -> Self {
+        self.properties = properties;
+        self
+    }
+}
+
 /// CONNECT properties (3.1.2.11).
 #[derive(Debug, Clone, PartialEq, Default)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub struct ConnectProperties {
     pub session_expiry_interval: Option<u32>,
     pub receive_maximum: Option<NonZeroU16>,
@@ -197,6 +259,7 @@ pub struct ConnectProperties {
 
 /// The will message carried in CONNECT.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LastWill {
     /// Will topic (a topic name; no wildcards).
     pub topic: ByteStr,
@@ -210,9 +273,35 @@ pub struct LastWill {
     pub properties: WillProperties,
 }
 
+impl LastWill {
+    /// A will that is not retained and has no properties.
+    pub fn new(topic: impl Into<ByteStr>, payload: impl Into<Bytes>, qos: QoS) -> Self {
+        LastWill {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: WillProperties::default(),
+        }
+    }
+
+    /// Sets the retain flag.
+    pub fn with_retain(mut self, retain: bool) -> Self {
+        self.retain = retain;
+        self
+    }
+
+    /// Sets the will properties (5.0).
+    pub fn with_properties(mut self, properties: WillProperties) -> Self {
+        self.properties = properties;
+        self
+    }
+}
+
 /// Will properties (3.1.3.2).
 #[derive(Debug, Clone, PartialEq, Default)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub struct WillProperties {
     pub will_delay_interval: Option<u32>,
     pub payload_format_indicator: Option<u8>,
@@ -225,6 +314,7 @@ pub struct WillProperties {
 
 /// CONNACK (section 3.2).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ConnAck {
     /// Session Present flag.
     pub session_present: bool,
@@ -234,9 +324,21 @@ pub struct ConnAck {
     pub properties: ConnAckProperties,
 }
 
+impl ConnAck {
+    /// A CONNACK with no properties.
+    pub fn new(reason: ReasonCode, session_present: bool) -> Self {
+        ConnAck {
+            session_present,
+            reason,
+            properties: ConnAckProperties::default(),
+        }
+    }
+}
+
 /// CONNACK properties (3.2.2.3).
 #[derive(Debug, Clone, PartialEq, Default)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub struct ConnAckProperties {
     pub session_expiry_interval: Option<u32>,
     pub receive_maximum: Option<NonZeroU16>,
@@ -259,6 +361,7 @@ pub struct ConnAckProperties {
 
 /// PUBLISH (section 3.3).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Publish {
     /// DUP flag.
     pub dup: bool,
@@ -274,9 +377,49 @@ pub struct Publish {
     pub properties: PublishProperties,
 }
 
+impl Publish {
+    /// A QoS 0 PUBLISH without DUP, RETAIN or properties; set the rest with
+    /// the `with_` methods or through the public fields.
+    pub fn new(topic: impl Into<ByteStr>, payload: impl Into<Bytes>) -> Self {
+        Publish {
+            dup: false,
+            qos_pid: QosPid::AtMostOnce,
+            retain: false,
+            topic: topic.into(),
+            payload: payload.into(),
+            properties: PublishProperties::default(),
+        }
+    }
+
+    /// Sets the QoS and packet identifier.
+    pub fn with_qos_pid(mut self, qos_pid: QosPid) -> Self {
+        self.qos_pid = qos_pid;
+        self
+    }
+
+    /// Sets the DUP flag.
+    pub fn with_dup(mut self, dup: bool) -> Self {
+        self.dup = dup;
+        self
+    }
+
+    /// Sets the RETAIN flag.
+    pub fn with_retain(mut self, retain: bool) -> Self {
+        self.retain = retain;
+        self
+    }
+
+    /// Sets the PUBLISH properties (5.0).
+    pub fn with_properties(mut self, properties: PublishProperties) -> Self {
+        self.properties = properties;
+        self
+    }
+}
+
 /// PUBLISH properties (3.3.2.3).
 #[derive(Debug, Clone, PartialEq, Default)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub struct PublishProperties {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
@@ -291,6 +434,7 @@ pub struct PublishProperties {
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape (3.4-3.7).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct PubResp {
     /// Packet identifier of the flow.
     pub packet_id: PacketId,
@@ -309,11 +453,18 @@ impl PubResp {
             properties: AckProperties::default(),
         }
     }
+
+    /// Sets the reason code.
+    pub fn with_reason(mut self, reason: ReasonCode) -> Self {
+        self.reason = reason;
+        self
+    }
 }
 
 /// The properties acknowledgements carry: a reason string and user properties.
 #[derive(Debug, Clone, PartialEq, Default)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub struct AckProperties {
     pub reason_string: Option<ByteStr>,
     pub user_properties: UserProperties,
@@ -334,6 +485,7 @@ pub enum RetainHandling {
 /// Subscription options byte (3.8.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub struct SubscriptionOptions {
     pub qos: QoS,
     pub no_local: bool,
@@ -341,8 +493,39 @@ pub struct SubscriptionOptions {
     pub retain_handling: RetainHandling,
 }
 
+impl SubscriptionOptions {
+    /// Options with the given maximum QoS, and the other flags at their
+    /// defaults (local messages delivered, retain flag cleared, retained
+    /// messages sent at subscribe).
+    pub fn new(qos: QoS) -> Self {
+        SubscriptionOptions {
+            qos,
+            ..Default::default()
+        }
+    }
+
+    /// Sets No Local (5.0).
+    pub fn with_no_local(mut self, no_local: bool) -> Self {
+        self.no_local = no_local;
+        self
+    }
+
+    /// Sets Retain As Published (5.0).
+    pub fn with_retain_as_published(mut self, retain_as_published: bool) -> Self {
+        self.retain_as_published = retain_as_published;
+        self
+    }
+
+    /// Sets Retain Handling (5.0).
+    pub fn with_retain_handling(mut self, retain_handling: RetainHandling) -> Self {
+        self.retain_handling = retain_handling;
+        self
+    }
+}
+
 /// SUBSCRIBE (section 3.8).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Subscribe {
     /// Packet identifier.
     pub packet_id: PacketId,
@@ -354,8 +537,28 @@ pub struct Subscribe {
     pub user_properties: UserProperties,
 }
 
+impl Subscribe {
+    /// A SUBSCRIBE for `filters`, with no subscription identifier or user
+    /// properties. The encoder refuses an empty list ([MQTT-3.8.3-3]).
+    pub fn new(packet_id: PacketId, filters: Vec<(ByteStr, SubscriptionOptions)>) -> Self {
+        Subscribe {
+            packet_id,
+            filters,
+            subscription_identifier: None,
+            user_properties: UserProperties::new(),
+        }
+    }
+
+    /// Sets the subscription identifier (5.0).
+    pub fn with_subscription_identifier(mut self, id: NonZeroU32) -> Self {
+        self.subscription_identifier = Some(id);
+        self
+    }
+}
+
 /// SUBACK (section 3.9).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct SubAck {
     /// Packet identifier of the SUBSCRIBE.
     pub packet_id: PacketId,
@@ -366,8 +569,20 @@ pub struct SubAck {
     pub properties: AckProperties,
 }
 
+impl SubAck {
+    /// A SUBACK with one reason per filter and no properties.
+    pub fn new(packet_id: PacketId, reasons: Vec<ReasonCode>) -> Self {
+        SubAck {
+            packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        }
+    }
+}
+
 /// UNSUBSCRIBE (section 3.10).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Unsubscribe {
     /// Packet identifier.
     pub packet_id: PacketId,
@@ -377,8 +592,20 @@ pub struct Unsubscribe {
     pub user_properties: UserProperties,
 }
 
+impl Unsubscribe {
+    /// An UNSUBSCRIBE for `filters`, with no user properties.
+    pub fn new(packet_id: PacketId, filters: Vec<ByteStr>) -> Self {
+        Unsubscribe {
+            packet_id,
+            filters,
+            user_properties: UserProperties::new(),
+        }
+    }
+}
+
 /// UNSUBACK (section 3.11).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct UnsubAck {
     /// Packet identifier of the UNSUBSCRIBE.
     pub packet_id: PacketId,
@@ -388,8 +615,20 @@ pub struct UnsubAck {
     pub properties: AckProperties,
 }
 
+impl UnsubAck {
+    /// An UNSUBACK with one reason per filter (5.0) and no properties.
+    pub fn new(packet_id: PacketId, reasons: Vec<ReasonCode>) -> Self {
+        UnsubAck {
+            packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        }
+    }
+}
+
 /// DISCONNECT (section 3.14).
 #[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct Disconnect {
     /// Reason code (5.0); `Success` is normal disconnection.
     pub reason: ReasonCode,
@@ -397,9 +636,26 @@ pub struct Disconnect {
     pub properties: DisconnectProperties,
 }
 
+impl Disconnect {
+    /// A DISCONNECT with this reason and no properties.
+    pub fn new(reason: ReasonCode) -> Self {
+        Disconnect {
+            reason,
+            properties: DisconnectProperties::default(),
+        }
+    }
+
+    /// Sets the DISCONNECT properties (5.0).
+    pub fn with_properties(mut self, properties: DisconnectProperties) -> Self {
+        self.properties = properties;
+        self
+    }
+}
+
 /// DISCONNECT properties (3.14.2.2).
 #[derive(Debug, Clone, PartialEq, Default)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub struct DisconnectProperties {
     pub session_expiry_interval: Option<u32>,
     pub reason_string: Option<ByteStr>,
@@ -409,6 +665,7 @@ pub struct DisconnectProperties {
 
 /// AUTH (section 3.15), 5.0 only.
 #[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct Auth {
     /// Success, Continue authentication or Re-authenticate.
     pub reason: ReasonCode,
@@ -416,12 +673,72 @@ pub struct Auth {
     pub properties: AuthProperties,
 }
 
+impl Auth {
+    /// An AUTH with this reason and no properties.
+    pub fn new(reason: ReasonCode) -> Self {
+        Auth {
+            reason,
+            properties: AuthProperties::default(),
+        }
+    }
+
+    /// Sets the AUTH properties.
+    pub fn with_properties(mut self, properties: AuthProperties) -> Self {
+        self.properties = properties;
+        self
+    }
+}
+
 /// AUTH properties (3.15.2.2).
 #[derive(Debug, Clone, PartialEq, Default)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub struct AuthProperties {
     pub authentication_method: Option<ByteStr>,
     pub authentication_data: Option<Bytes>,
     pub reason_string: Option<ByteStr>,
     pub user_properties: UserProperties,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The constructors give what a literal with every other field at its
+    /// zero value would, so code outside the crate builds the same packets.
+    #[test]
+    fn constructors_leave_the_rest_at_defaults() {
+        let pid = PacketId::new(3).unwrap();
+        let publish = Publish::new("a/b", Bytes::from_static(b"x"))
+            .with_qos_pid(QosPid::AtLeastOnce(pid))
+            .with_retain(true);
+        assert_eq!(
+            publish,
+            Publish {
+                dup: false,
+                qos_pid: QosPid::AtLeastOnce(pid),
+                retain: true,
+                topic: "a/b".into(),
+                payload: Bytes::from_static(b"x"),
+                properties: PublishProperties::default(),
+            }
+        );
+        let connect = Connect::new(ProtocolVersion::V5, "c").with_keep_alive(30);
+        assert!(connect.clean_start && connect.will.is_none() && connect.username.is_none());
+        assert_eq!((connect.keep_alive, connect.client_id.as_str()), (30, "c"));
+        assert_eq!(
+            SubscriptionOptions::new(QoS::ExactlyOnce),
+            SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                ..Default::default()
+            }
+        );
+        assert_eq!(Disconnect::new(ReasonCode::Success), Disconnect::default());
+        assert_eq!(
+            PubResp::new(pid)
+                .with_reason(ReasonCode::NoMatchingSubscribers)
+                .reason,
+            ReasonCode::NoMatchingSubscribers
+        );
+    }
 }

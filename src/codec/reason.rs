@@ -5,6 +5,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(u8)]
 #[allow(missing_docs)] // The names are the specification's.
+#[non_exhaustive]
 pub enum ReasonCode {
     /// Success, Normal disconnection, Granted QoS 0.
     #[default]

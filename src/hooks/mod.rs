@@ -263,7 +263,7 @@ pub struct WillMessage {
 
 /// The hooks added to a server, in order.
 #[derive(Clone, Default)]
-pub struct Hooks {
+pub(crate) struct Hooks {
     pub(crate) auth: Vec<Arc<dyn AuthHook>>,
     pub(crate) acl: Vec<Arc<dyn AclHook>>,
     pub(crate) events: Vec<Arc<dyn EventHook>>,
@@ -447,7 +447,7 @@ impl Hooks {
     }
 
     /// True if no hook of any kind is installed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.auth.is_empty() && self.acl.is_empty() && self.events.is_empty()
     }
 }

@@ -906,7 +906,7 @@ pub fn invalid_batch_applies_nothing(store: &dyn Store) {
         put_sub("bad\0id", "a", 0),
     ]);
     assert!(
-        matches!(result, Err(StorageError::InvalidOp(_))),
+        matches!(result, Err(StorageError::InvalidOp { .. })),
         "expected InvalidOp, got {result:?}"
     );
     assert_eq!(load(store), before);
@@ -1177,7 +1177,7 @@ pub fn reopen_after_rejected_batch(opener: Opener<'_>, dir: &Path) {
     let store = open(opener, dir);
     apply(&*store, &[put_session("kept")]);
     let rejected = store.apply(&[put_session("lost"), put_session("bad\0id")]);
-    assert!(matches!(rejected, Err(StorageError::InvalidOp(_))));
+    assert!(matches!(rejected, Err(StorageError::InvalidOp { .. })));
     drop(store);
     assert_eq!(client_ids(&load(&*open(opener, dir))), ["kept"]);
 }

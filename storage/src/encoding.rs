@@ -76,15 +76,22 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 /// Encodes a record like [`encode`], returning serialization errors.
 pub fn try_encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
-    let size = options()
-        .serialized_size(value)
-        .map_err(|e| StorageError::Encode(e.to_string()))?;
+    let size = options().serialized_size(value).map_err(encode_error)?;
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
     bytes.push(FORMAT_VERSION);
     options()
         .serialize_into(&mut bytes, value)
-        .map_err(|e| StorageError::Encode(e.to_string()))?;
+        .map_err(encode_error)?;
     Ok(bytes)
+}
+
+/// A bincode failure to encode; the backend names itself at its boundary.
+fn encode_error(e: bincode::Error) -> StorageError {
+    StorageError::Encode {
+        backend: "",
+        message: e.to_string(),
+        source: Some(e),
+    }
 }
 
 /// The error for data of format version `found` (not [`FORMAT_VERSION`]),
@@ -92,6 +99,7 @@ pub fn try_encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageEr
 /// older data.
 pub(crate) fn unsupported_format(found: u32) -> StorageError {
     StorageError::UnsupportedFormat {
+        backend: "",
         found,
         supported: u32::from(FORMAT_VERSION),
         hint: if found > u32::from(FORMAT_VERSION) {
@@ -111,7 +119,7 @@ pub(crate) fn unsupported_format(found: u32) -> StorageError {
 pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StorageError> {
     let (&version, body) = bytes
         .split_first()
-        .ok_or_else(|| StorageError::Corrupt("empty record".into()))?;
+        .ok_or_else(|| StorageError::corrupt("", "empty record"))?;
     match version {
         FORMAT_VERSION => deserialize(body),
         OLDEST_READABLE_VERSION..FORMAT_VERSION => T::decode_older(version, body),
@@ -130,7 +138,7 @@ fn deserialize<T: DeserializeOwned>(body: &[u8]) -> Result<T, StorageError> {
     // bytes left before allocating, so garbage cannot ask for huge buffers.
     options()
         .deserialize(body)
-        .map_err(|e| StorageError::Corrupt(format!("cannot decode record: {e}")))
+        .map_err(|e| StorageError::corrupt("", format!("cannot decode record: {e}")).with_source(e))
 }
 
 #[cfg(test)]
@@ -294,6 +302,7 @@ mod tests {
                     found,
                     supported,
                     hint,
+                    ..
                 },
             ) => {
                 assert_eq!(
@@ -316,14 +325,14 @@ mod tests {
     fn empty_truncated_and_trailing_bytes_are_corrupt() {
         assert!(matches!(
             decode::<SessionRecord>(&[]),
-            Err(StorageError::Corrupt(_))
+            Err(StorageError::Corrupt { .. })
         ));
         let bytes = encode(&session());
         for len in 1..bytes.len() {
             assert!(
                 matches!(
                     decode::<SessionRecord>(&bytes[..len]),
-                    Err(StorageError::Corrupt(_))
+                    Err(StorageError::Corrupt { .. })
                 ),
                 "truncated to {len}"
             );
@@ -332,7 +341,7 @@ mod tests {
         longer.push(0);
         assert!(matches!(
             decode::<SessionRecord>(&longer),
-            Err(StorageError::Corrupt(_))
+            Err(StorageError::Corrupt { .. })
         ));
     }
 

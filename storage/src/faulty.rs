@@ -30,7 +30,7 @@ use crate::{Op, Snapshot, StorageError, Store};
 /// let faults = store.handle();
 /// faults.fail_next();
 /// let op = Op::DeleteRetained { topic: "t".into() };
-/// assert!(matches!(store.apply(&[op.clone()]), Err(StorageError::Injected(_))));
+/// assert!(matches!(store.apply(&[op.clone()]), Err(StorageError::Injected { .. })));
 /// assert!(store.apply(&[op]).is_ok());
 /// assert_eq!((faults.apply_calls(), faults.failed_applies()), (2, 1));
 /// ```
@@ -189,10 +189,12 @@ impl FaultHandle {
 impl<S: Store> Store for FaultyStore<S> {
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
         if let Err(n) = self.faults.admit_apply() {
-            return Err(StorageError::Injected(format!(
-                "apply call #{n} ({} ops) failed on purpose; nothing was applied",
-                ops.len()
-            )));
+            return Err(StorageError::Injected {
+                message: format!(
+                    "apply call #{n} ({} ops) failed on purpose; nothing was applied",
+                    ops.len()
+                ),
+            });
         }
         let ops_len = u64::try_from(ops.len()).unwrap_or(u64::MAX);
         self.faults
@@ -209,9 +211,9 @@ impl<S: Store> Store for FaultyStore<S> {
             .fetch_add(1, Ordering::SeqCst)
             .saturating_add(1);
         if s.load_failing.load(Ordering::SeqCst) {
-            return Err(StorageError::Injected(format!(
-                "load call #{n} failed on purpose"
-            )));
+            return Err(StorageError::Injected {
+                message: format!("load call #{n} failed on purpose"),
+            });
         }
         self.inner.load()
     }
@@ -275,7 +277,7 @@ mod tests {
         h.fail_call(2);
         store.apply(&[put("a")]).unwrap();
         let err = store.apply(&[put("b"), put("c")]).unwrap_err();
-        assert!(matches!(err, StorageError::Injected(_)));
+        assert!(matches!(err, StorageError::Injected { .. }));
         assert!(err.to_string().contains("#2"), "{err}");
         store.apply(&[put("d")]).unwrap();
         assert_eq!(ids(store.inner()), ["a", "d"]);
@@ -332,7 +334,7 @@ mod tests {
         let store = FaultyStore::new(MemoryStore::new());
         let h = store.handle();
         h.set_load_failing(true);
-        assert!(matches!(store.load(), Err(StorageError::Injected(_))));
+        assert!(matches!(store.load(), Err(StorageError::Injected { .. })));
         h.clear();
         assert!(store.load().is_ok());
         assert_eq!(h.load_calls(), 2);
@@ -363,7 +365,7 @@ mod tests {
     fn inner_errors_pass_through() {
         let store = FaultyStore::new(MemoryStore::new());
         let err = store.apply(&[put("bad\0id")]).unwrap_err();
-        assert!(matches!(err, StorageError::InvalidOp(_)));
+        assert!(matches!(err, StorageError::InvalidOp { .. }));
         assert_eq!(store.handle().failed_applies(), 0);
     }
 }

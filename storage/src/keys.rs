@@ -29,9 +29,10 @@ pub const SEPARATOR: u8 = 0x00;
 /// U+0000).
 pub fn check_client_id(client_id: &str) -> Result<(), StorageError> {
     if client_id.as_bytes().contains(&SEPARATOR) {
-        return Err(StorageError::InvalidOp(format!(
-            "client id {client_id:?} contains U+0000 [MQTT-1.5.4-2]"
-        )));
+        return Err(StorageError::InvalidOp {
+            backend: "",
+            message: format!("client id {client_id:?} contains U+0000 [MQTT-1.5.4-2]"),
+        });
     }
     Ok(())
 }
@@ -150,11 +151,11 @@ fn split_client<'a>(key: &'a [u8], what: &str) -> Result<(String, &'a [u8]), Sto
 }
 
 fn utf8(bytes: &[u8], what: &str) -> Result<String, StorageError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| corrupt(what, "not UTF-8"))
+    String::from_utf8(bytes.to_vec()).map_err(|e| corrupt(what, "not UTF-8").with_source(e))
 }
 
 fn corrupt(what: &str, why: &str) -> StorageError {
-    StorageError::Corrupt(format!("{what}: {why}"))
+    StorageError::corrupt("", format!("{what}: {why}"))
 }
 
 #[cfg(test)]
@@ -284,21 +285,21 @@ mod tests {
         for key in bad {
             assert!(matches!(
                 decode_outbound_key(key),
-                Err(StorageError::Corrupt(_))
+                Err(StorageError::Corrupt { .. })
             ));
             assert!(matches!(
                 decode_inbound_qos2_key(key),
-                Err(StorageError::Corrupt(_))
+                Err(StorageError::Corrupt { .. })
             ));
             assert!(decode_message_key(key).is_err());
         }
         assert!(matches!(
             decode_subscription_key(b"no separator"),
-            Err(StorageError::Corrupt(_))
+            Err(StorageError::Corrupt { .. })
         ));
         assert!(matches!(
             decode_subscription_key(b"a\0\xff"),
-            Err(StorageError::Corrupt(_))
+            Err(StorageError::Corrupt { .. })
         ));
         assert!(decode_session_key(b"\xc3").is_err());
     }
@@ -309,7 +310,7 @@ mod tests {
         assert!(check_client_id("").is_ok());
         assert!(matches!(
             check_client_id("a\0b"),
-            Err(StorageError::InvalidOp(_))
+            Err(StorageError::InvalidOp { .. })
         ));
     }
 }

@@ -233,22 +233,28 @@ pub(crate) fn check_version(
 ) -> Result<bool, StorageError> {
     let Some(raw) = stored else {
         if has_records {
-            return Err(StorageError::Corrupt(format!(
-                "{}: holds records but no store format version; it was not written by roost, \
-                 or its metadata is lost: move it aside to start empty",
-                path.display()
-            )));
+            return Err(StorageError::corrupt(
+                "",
+                format!(
+                    "{}: holds records but no store format version; it was not written by roost, \
+                     or its metadata is lost: move it aside to start empty",
+                    path.display()
+                ),
+            ));
         }
         return Ok(true);
     };
     let version = <[u8; 4]>::try_from(raw)
         .map(u32::from_be_bytes)
         .map_err(|_| {
-            StorageError::Corrupt(format!(
-                "{}: the store format version is {} bytes long, expected 4",
-                path.display(),
-                raw.len()
-            ))
+            StorageError::corrupt(
+                "",
+                format!(
+                    "{}: the store format version is {} bytes long, expected 4",
+                    path.display(),
+                    raw.len()
+                ),
+            )
         })?;
     if !encoding::readable(version) {
         return Err(encoding::unsupported_format(version));
@@ -292,10 +298,13 @@ impl SnapshotBuilder {
                 let client_id = keys::decode_session_key(key)?;
                 let session: crate::SessionRecord = encoding::decode(value)?;
                 if session.client_id != client_id {
-                    return Err(StorageError::Corrupt(format!(
-                        "session stored under {client_id:?} is for {:?}",
-                        session.client_id
-                    )));
+                    return Err(StorageError::corrupt(
+                        "",
+                        format!(
+                            "session stored under {client_id:?} is for {:?}",
+                            session.client_id
+                        ),
+                    ));
                 }
                 self.index.insert(client_id, self.sessions.len());
                 self.sessions.push(StoredSession {
@@ -410,7 +419,7 @@ mod tests {
         ));
         assert!(matches!(
             check_version(Some(b"x"), false, path),
-            Err(StorageError::Corrupt(_))
+            Err(StorageError::Corrupt { .. })
         ));
     }
 }

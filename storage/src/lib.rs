@@ -38,8 +38,8 @@
 //!
 //! Every backend passes the same conformance suite,
 //! [`conformance_tests!`], persistent ones also [`reopen_tests!`] (drop the
-//! store, reopen its directory, find the same state), and [`FaultyStore`]
-//! wraps any backend to make chosen writes fail.
+//! store, reopen its directory, find the same state), and `FaultyStore`
+//! (feature `faulty`) wraps any backend to make chosen writes fail.
 //!
 //! # Example
 //!
@@ -115,12 +115,14 @@
 //! |---------|---------|------------|
 //! | `sled`  | `SledStore`: a sled 0.34 database directory, one tree per record kind | `sled` 0.34 |
 //! | `redb`  | `RedbStore`: one `roost.redb` file in a directory, one table per record kind | `redb` 2 |
+//! | `faulty` | `FaultyStore`: wraps any store and fails chosen calls, for tests of what sits above a store | none |
 
 use std::sync::Arc;
 
 #[doc(hidden)]
 pub mod conformance;
 pub mod encoding;
+#[cfg(feature = "faulty")]
 mod faulty;
 #[cfg(any(feature = "sled", feature = "redb"))]
 mod guard;
@@ -140,22 +142,65 @@ mod sled;
 pub use crate::redb::RedbStore;
 #[cfg(feature = "sled")]
 pub use crate::sled::SledStore;
+#[cfg(feature = "faulty")]
 pub use faulty::{FaultHandle, FaultyStore};
 pub use memory::MemoryStore;
 pub use record::*;
 
+/// The underlying error a [`StorageError`] carries as its
+/// [`source`](std::error::Error::source): an I/O, sled, redb or bincode
+/// error, or a third-party backend's own. Boxed because each backend has its
+/// own error types and the broker only reports them; the variant and the
+/// backend's name are what code decides on.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Errors from a storage backend.
+///
+/// Each names the backend it came from (`"memory"`, `"sled"`, `"redb"`, or
+/// a third-party backend's name) in its text and in [`backend`](Self::backend),
+/// and carries the underlying error, where there is one, as its
+/// [`source`](std::error::Error::source). The text also includes the
+/// source's, as operators read this error on its own (in the log, or as the
+/// binary's last words).
+///
+/// Backends build errors with [`io`](Self::io), [`corrupt`](Self::corrupt)
+/// and [`with_source`](Self::with_source); errors from the shared helpers
+/// ([`encoding`], [`keys`]) name no backend until the backend's boundary
+/// names it with [`in_backend`](Self::in_backend).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StorageError {
     /// The backend's I/O failed.
-    #[error("storage I/O failed: {0}")]
-    Io(String),
-    /// Stored data could not be decoded.
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    #[error("{}: I/O failed: {message}", store(backend))]
+    Io {
+        /// The backend's name.
+        backend: &'static str,
+        /// What failed, naming the file or directory.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Source>,
+    },
+    /// Stored data could not be decoded, or the files are damaged.
+    #[error("{}: stored data is corrupt: {message}", store(backend))]
+    Corrupt {
+        /// The backend's name.
+        backend: &'static str,
+        /// What is damaged and what the operator can do.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Source>,
+    },
     /// The store was written by a format version this build cannot read.
-    #[error("store format version {found} is not supported (this build reads version {supported}); {hint}")]
+    #[error(
+        "{}: store format version {found} is not supported (this build reads version \
+         {supported}); {hint}",
+        store(backend)
+    )]
     UnsupportedFormat {
+        /// The backend's name.
+        backend: &'static str,
         /// Version found on disk.
         found: u32,
         /// Version this build writes.
@@ -163,16 +208,111 @@ pub enum StorageError {
         /// What the operator can do.
         hint: &'static str,
     },
-    /// An injected failure (tests).
-    #[error("injected failure: {0}")]
-    Injected(String),
+    /// A failure [`FaultyStore`] made on purpose (feature `faulty`).
+    #[cfg(feature = "faulty")]
+    #[error("faulty store: injected failure: {message}")]
+    Injected {
+        /// Which call failed.
+        message: String,
+    },
     /// An operation no backend can store (for example a client id containing
     /// U+0000); the batch holding it was rejected as a whole.
-    #[error("invalid storage operation: {0}")]
-    InvalidOp(String),
+    #[error("{}: invalid storage operation: {message}", store(backend))]
+    InvalidOp {
+        /// The backend's name.
+        backend: &'static str,
+        /// What is wrong with the operation.
+        message: String,
+    },
     /// A record could not be encoded.
-    #[error("cannot encode record: {0}")]
-    Encode(String),
+    #[error("{}: cannot encode record: {message}", store(backend))]
+    Encode {
+        /// The backend's name.
+        backend: &'static str,
+        /// What could not be encoded.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Source>,
+    },
+}
+
+/// How an error names its backend: "redb store", or "storage" for an error
+/// no backend has named yet.
+fn store(backend: &str) -> std::borrow::Cow<'static, str> {
+    if backend.is_empty() {
+        "storage".into()
+    } else {
+        format!("{backend} store").into()
+    }
+}
+
+impl StorageError {
+    /// An I/O failure of `backend`; `message` says what failed.
+    pub fn io(backend: &'static str, message: impl Into<String>) -> Self {
+        StorageError::Io {
+            backend,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Damaged data or files in `backend`; `message` says what and what the
+    /// operator can do.
+    pub fn corrupt(backend: &'static str, message: impl Into<String>) -> Self {
+        StorageError::Corrupt {
+            backend,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying error, on the kinds that carry one (`Io`,
+    /// `Corrupt`, `Encode`); the others are returned unchanged.
+    pub fn with_source(mut self, error: impl Into<Source>) -> Self {
+        if let StorageError::Io { source, .. }
+        | StorageError::Corrupt { source, .. }
+        | StorageError::Encode { source, .. } = &mut self
+        {
+            *source = Some(error.into());
+        }
+        self
+    }
+
+    /// The name of the backend the error came from; empty if none named it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StorageError::Io { backend, .. }
+            | StorageError::Corrupt { backend, .. }
+            | StorageError::UnsupportedFormat { backend, .. }
+            | StorageError::InvalidOp { backend, .. }
+            | StorageError::Encode { backend, .. } => backend,
+            #[cfg(feature = "faulty")]
+            StorageError::Injected { .. } => "faulty",
+        }
+    }
+
+    /// Names the backend of an error that names none yet (one from
+    /// [`encoding`] or [`keys`]); a backend calls it at its boundary. An
+    /// error that already names its backend keeps it: a wrapper (such as
+    /// `FaultyStore`, feature `faulty`) passes its inner store's errors on as
+    /// they are.
+    pub fn in_backend(mut self, name: &'static str) -> Self {
+        match &mut self {
+            StorageError::Io { backend, .. }
+            | StorageError::Corrupt { backend, .. }
+            | StorageError::UnsupportedFormat { backend, .. }
+            | StorageError::InvalidOp { backend, .. }
+            | StorageError::Encode { backend, .. } => {
+                if backend.is_empty() {
+                    *backend = name;
+                }
+            }
+            #[cfg(feature = "faulty")]
+            StorageError::Injected { .. } => {}
+        }
+        self
+    }
 }
 
 /// A storage backend.

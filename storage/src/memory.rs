@@ -181,7 +181,7 @@ impl Store for MemoryStore {
         // the lock is held for the whole batch so `load` never sees half of
         // it.
         for op in ops {
-            op.validate()?;
+            op.validate().map_err(|e| e.in_backend("memory"))?;
         }
         let mut state = self.lock();
         for op in ops {

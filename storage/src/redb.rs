@@ -12,6 +12,9 @@ use crate::kv::{self, SnapshotBuilder, Table, Write};
 use crate::overlay::Overlay;
 use crate::{Op, Snapshot, StorageError, Store};
 
+/// The backend's name in its errors.
+const NAME: &str = "redb";
+
 /// A record table: composite key to encoded value.
 type RecordTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -87,17 +90,18 @@ impl RedbStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(|e| {
-            StorageError::Io(format!(
-                "redb store: cannot create directory {}: {e}",
-                dir.display()
-            ))
+            StorageError::io(
+                NAME,
+                format!("cannot create directory {}: {e}", dir.display()),
+            )
+            .with_source(e)
         })?;
         let path = dir.join(Self::FILE_NAME);
         // redb writes to a file as soon as it opens it, so a file that holds
         // anything is checked first through a view that keeps redb's writes
         // in memory. A missing or empty file has nothing to lose.
         if fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
-            verify(&path).map_err(left_alone)?;
+            verify(&path).map_err(|e| left_alone(e.in_backend(NAME)))?;
         }
         // `Database::create` initialises only a missing or empty file; it
         // refuses anything that is not a redb database.
@@ -106,7 +110,8 @@ impl RedbStore {
             .map_err(|e| open_error(&path, e))?;
         let store = Self { db, path };
         guard::catch(|| init(&store.db, &store.path))
-            .map_err(|panic| damaged(&store.path, &panic))??;
+            .map_err(|panic| damaged(&store.path, &panic))?
+            .map_err(|e| e.in_backend(NAME))?;
         Ok(store)
     }
 
@@ -206,21 +211,28 @@ impl RedbStore {
     }
 }
 
-/// Every call into redb runs under [`guard::catch`]: a panic on a damaged
+/// Every call into redb runs under `guard::catch`: a panic on a damaged
 /// file becomes an error naming it.
 impl Store for RedbStore {
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
-        guard::catch(|| self.apply_unguarded(ops)).map_err(|panic| {
-            StorageError::Io(format!(
-                "redb store {}: redb failed while writing a batch (nothing of it is \
-                 acknowledged): {panic}",
-                self.path.display()
-            ))
-        })?
+        guard::catch(|| self.apply_unguarded(ops))
+            .map_err(|panic| {
+                StorageError::io(
+                    NAME,
+                    format!(
+                        "{}: redb failed while writing a batch (nothing of it is \
+                         acknowledged): {panic}",
+                        self.path.display()
+                    ),
+                )
+            })?
+            .map_err(|e| e.in_backend(NAME))
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
-        guard::catch(|| self.load_unguarded()).map_err(|panic| damaged(&self.path, &panic))?
+        guard::catch(|| self.load_unguarded())
+            .map_err(|panic| damaged(&self.path, &panic))?
+            .map_err(|e| e.in_backend(NAME))
     }
 
     fn is_persistent(&self) -> bool {
@@ -277,7 +289,7 @@ const VERIFY_CACHE: usize = 16 << 20;
 /// and has not been changed.
 fn verify(path: &Path) -> Result<(), StorageError> {
     let file = fs::File::open(path).map_err(|e| {
-        StorageError::Io(format!("redb store {}: cannot open: {e}", path.display()))
+        StorageError::io(NAME, format!("{}: cannot open: {e}", path.display())).with_source(e)
     })?;
     let file = FileBackend::new(file).map_err(|e| open_error(path, e))?;
     let view = Overlay::new(file).map_err(|e| open_error(path, e.into()))?;
@@ -291,10 +303,13 @@ fn verify(path: &Path) -> Result<(), StorageError> {
         // previous commit). Doing that to the file could lose acknowledged
         // data, so it is the operator's call.
         if !db.check_integrity().map_err(|e| open_error(path, e))? {
-            return Err(StorageError::Corrupt(format!(
-                "redb store {} is damaged: pages in use fail their checksums. {WHAT_TO_DO}",
-                path.display()
-            )));
+            return Err(StorageError::corrupt(
+                NAME,
+                format!(
+                    "{} is damaged: pages in use fail their checksums. {WHAT_TO_DO}",
+                    path.display()
+                ),
+            ));
         }
         init(&db, path)
     })
@@ -309,19 +324,28 @@ const WHAT_TO_DO: &str = "Restore it from a backup, or move the file aside (keep
 /// nothing to the file.
 fn left_alone(e: StorageError) -> StorageError {
     match e {
-        StorageError::Corrupt(message) => {
-            StorageError::Corrupt(format!("{message}. roost wrote nothing to it"))
-        }
+        StorageError::Corrupt {
+            backend,
+            message,
+            source,
+        } => StorageError::Corrupt {
+            backend,
+            message: format!("{message}. roost wrote nothing to it"),
+            source,
+        },
         other => other,
     }
 }
 
 /// The error for a panic inside redb on the file at `path`.
 fn damaged(path: &Path, panic: &str) -> StorageError {
-    StorageError::Corrupt(format!(
-        "redb store {} is damaged (redb failed on it: {panic}). {WHAT_TO_DO}",
-        path.display()
-    ))
+    StorageError::corrupt(
+        NAME,
+        format!(
+            "{} is damaged (redb failed on it: {panic}). {WHAT_TO_DO}",
+            path.display()
+        ),
+    )
 }
 
 /// Maps an error of `Database::create`. redb reports a file that is not a
@@ -334,17 +358,22 @@ fn open_error(path: &Path, e: ::redb::DatabaseError) -> StorageError {
             io.kind(),
             std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
         ) {
-            return StorageError::Corrupt(format!(
-                "redb store {}: not a redb database, or damaged ({io}). {WHAT_TO_DO}",
-                path.display()
-            ));
+            return StorageError::corrupt(
+                NAME,
+                format!(
+                    "{}: not a redb database, or damaged ({io}). {WHAT_TO_DO}",
+                    path.display()
+                ),
+            )
+            .with_source(e);
         }
     }
     if let ::redb::DatabaseError::Storage(::redb::StorageError::Corrupted(why)) = &e {
-        return StorageError::Corrupt(format!(
-            "redb store {} is damaged ({why}). {WHAT_TO_DO}",
-            path.display()
-        ));
+        return StorageError::corrupt(
+            NAME,
+            format!("{} is damaged ({why}). {WHAT_TO_DO}", path.display()),
+        )
+        .with_source(e);
     }
     error(path, "cannot open", e)
 }
@@ -352,14 +381,16 @@ fn open_error(path: &Path, e: ::redb::DatabaseError) -> StorageError {
 /// Maps a redb error, naming the database file.
 fn error(path: &Path, what: &str, e: impl Into<::redb::Error>) -> StorageError {
     let e = e.into();
-    let message = format!("redb store {}: {what}: {e}", path.display());
-    match e {
-        ::redb::Error::Corrupted(_) => {
-            StorageError::Corrupt(format!("{message}; move the file aside to start empty"))
-        }
+    let message = format!("{}: {what}: {e}", path.display());
+    let error = match e {
+        ::redb::Error::Corrupted(_) => StorageError::corrupt(
+            NAME,
+            format!("{message}; move the file aside to start empty"),
+        ),
         ::redb::Error::DatabaseAlreadyOpen => {
-            StorageError::Io(format!("{message} (is another roost using it?)"))
+            StorageError::io(NAME, format!("{message} (is another roost using it?)"))
         }
-        _ => StorageError::Io(message),
-    }
+        _ => StorageError::io(NAME, message),
+    };
+    error.with_source(e)
 }

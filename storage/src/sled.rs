@@ -12,6 +12,9 @@ use crate::guard;
 use crate::kv::{self, SnapshotBuilder, Table, Write};
 use crate::{Op, Snapshot, StorageError, Store};
 
+/// The backend's name in its errors.
+const NAME: &str = "sled";
+
 /// Stores everything in a [sled](https://docs.rs/sled/0.34) database
 /// directory.
 ///
@@ -65,6 +68,7 @@ impl SledStore {
         let path = dir.as_ref().to_path_buf();
         guard::catch(|| Self::open_unguarded(path.clone()))
             .map_err(|panic| damaged(&path, &panic))?
+            .map_err(|e| e.in_backend(NAME))
     }
 
     fn open_unguarded(path: PathBuf) -> Result<Self, StorageError> {
@@ -79,7 +83,7 @@ impl SledStore {
         }
         let trees: [Tree; 6] = trees
             .try_into()
-            .map_err(|_| StorageError::Io("sled: wrong number of trees".into()))?;
+            .map_err(|_| StorageError::io(NAME, "wrong number of trees"))?;
 
         let meta = db
             .open_tree(kv::META_TABLE)
@@ -180,22 +184,29 @@ impl SledStore {
 
     /// The error for a panic inside sled while it wrote.
     fn failed_writing(&self, panic: &str) -> StorageError {
-        StorageError::Io(format!(
-            "sled store at {}: sled failed while writing: {panic}",
-            self.path.display()
-        ))
+        StorageError::io(
+            NAME,
+            format!(
+                "{}: sled failed while writing: {panic}",
+                self.path.display()
+            ),
+        )
     }
 }
 
-/// Every call into sled runs under [`guard::catch`]: a panic on damaged
+/// Every call into sled runs under `guard::catch`: a panic on damaged
 /// files becomes an error naming the directory.
 impl Store for SledStore {
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
-        guard::catch(|| self.apply_unguarded(ops)).map_err(|panic| self.failed_writing(&panic))?
+        guard::catch(|| self.apply_unguarded(ops))
+            .map_err(|panic| self.failed_writing(&panic))?
+            .map_err(|e| e.in_backend(NAME))
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
-        guard::catch(|| self.load_unguarded()).map_err(|panic| damaged(&self.path, &panic))?
+        guard::catch(|| self.load_unguarded())
+            .map_err(|panic| damaged(&self.path, &panic))?
+            .map_err(|e| e.in_backend(NAME))
     }
 
     fn is_persistent(&self) -> bool {
@@ -212,11 +223,14 @@ impl Store for SledStore {
 
 /// The error for a panic inside sled on the store in `path`.
 fn damaged(path: &Path, panic: &str) -> StorageError {
-    StorageError::Corrupt(format!(
-        "sled store at {} is damaged (sled failed on it: {panic}). Restore the directory \
-         from a backup, or move it aside (keep it for inspection) to start with an empty store",
-        path.display()
-    ))
+    StorageError::corrupt(
+        NAME,
+        format!(
+            "{} is damaged (sled failed on it: {panic}). Restore the directory \
+             from a backup, or move it aside (keep it for inspection) to start with an empty store",
+            path.display()
+        ),
+    )
 }
 
 /// How long `open` waits for sled's lock on the directory to be released.
@@ -241,10 +255,14 @@ fn open_db(path: &Path) -> Result<Db, StorageError> {
                 thread::sleep(Duration::from_millis(10));
             }
             Err(e) if is_lock_contention(&e) => {
-                return Err(StorageError::Io(format!(
-                    "sled store at {}: the directory is locked (is another roost using it?): {e}",
-                    path.display()
-                )));
+                return Err(StorageError::io(
+                    NAME,
+                    format!(
+                        "{}: the directory is locked (is another roost using it?): {e}",
+                        path.display()
+                    ),
+                )
+                .with_source(e));
             }
             Err(e) => return Err(error(path, "cannot open", e)),
         }
@@ -262,9 +280,10 @@ fn is_lock_contention(e: &::sled::Error) -> bool {
 
 /// Maps a sled error, naming the store's directory.
 fn error(path: &Path, what: &str, e: ::sled::Error) -> StorageError {
-    let message = format!("sled store at {}: {what}: {e}", path.display());
-    match e {
-        ::sled::Error::Corruption { .. } => StorageError::Corrupt(message),
-        _ => StorageError::Io(message),
-    }
+    let message = format!("{}: {what}: {e}", path.display());
+    let error = match e {
+        ::sled::Error::Corruption { .. } => StorageError::corrupt(NAME, message),
+        _ => StorageError::io(NAME, message),
+    };
+    error.with_source(e)
 }

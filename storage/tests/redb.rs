@@ -128,7 +128,7 @@ fn garbage_file_is_a_clear_error_and_is_left_alone() {
     let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
     fs::write(&file, &garbage).unwrap();
     let err = RedbStore::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains("move the file aside"), "{err}");
     assert!(
         err.to_string().contains(&file.display().to_string()),
@@ -148,7 +148,7 @@ fn truncated_file_is_an_error_not_a_panic() {
     let bytes = fs::read(&file).unwrap();
     fs::write(&file, &bytes[..bytes.len().min(100)]).unwrap();
     let err = RedbStore::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&file.display().to_string()),
         "{err}"
@@ -160,7 +160,21 @@ fn the_file_is_locked_while_open() {
     let dir = temp_dir();
     let _store = RedbStore::open(dir.path()).unwrap();
     let err = RedbStore::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StorageError::Io(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
+}
+
+/// An error names its backend (in its text too) and carries redb's own
+/// error as its source.
+#[test]
+fn errors_name_the_backend_and_carry_their_source() {
+    use std::error::Error as _;
+    let dir = temp_dir();
+    let _store = RedbStore::open(dir.path()).unwrap();
+    let err = RedbStore::open(dir.path()).unwrap_err();
+    assert_eq!(err.backend(), "redb");
+    assert!(err.to_string().starts_with("redb store: "), "{err}");
+    let source = err.source().expect("the underlying error");
+    assert!(err.to_string().contains(&source.to_string()), "{err}");
 }
 
 /// redb reuses the pages that deletes free, so the file stops growing once
@@ -220,7 +234,7 @@ fn flip(bytes: &mut [u8], count: usize, mut seed: u64) {
 fn assert_refused_untouched(dir: &Path, file: &Path, damaged: &[u8]) {
     fs::write(file, damaged).unwrap();
     let err = RedbStore::open(dir).unwrap_err();
-    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains(&file.display().to_string()), "{text}");
     assert!(text.contains("move the file aside"), "{text}");

@@ -71,7 +71,7 @@ fn records_without_a_version_are_refused() {
         db.flush().unwrap();
     }
     let err = SledStore::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&dir.path().display().to_string()),
         "{err}"
@@ -126,6 +126,10 @@ fn a_directory_in_use_is_reported_after_waiting() {
     let dir = temp_dir();
     let _store = SledStore::open(dir.path()).unwrap();
     let err = SledStore::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StorageError::Io(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("locked"), "{err}");
+    // It names its backend, and carries sled's own error as its source.
+    assert_eq!(err.backend(), "sled");
+    assert!(err.to_string().starts_with("sled store: "), "{err}");
+    assert!(std::error::Error::source(&err).is_some(), "{err:?}");
 }

@@ -8,9 +8,9 @@ pub mod process;
 
 use bytes::{Bytes, BytesMut};
 use roost::codec::{
-    encode, ByteStr, ConnAck, Connect, ConnectProperties, Decoder, Disconnect, LastWill, Packet,
-    PacketId, ProtocolVersion, PubResp, Publish, PublishProperties, QoS, QosPid, ReasonCode,
-    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    encode, ByteStr, ConnAck, Connect, Decoder, Disconnect, LastWill, Packet, PacketId,
+    ProtocolVersion, PubResp, Publish, QoS, QosPid, ReasonCode, SubAck, Subscribe,
+    SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use roost::{Options, Server, Stats};
 use std::net::SocketAddr;
@@ -315,11 +315,10 @@ impl Raw {
     }
 
     pub async fn unsubscribe(&mut self, pid: u16, filters: &[&str]) -> UnsubAck {
-        self.send(Packet::Unsubscribe(Unsubscribe {
-            packet_id: pid_of(pid),
-            filters: filters.iter().map(|f| ByteStr::from(*f)).collect(),
-            user_properties: vec![],
-        }))
+        self.send(Packet::Unsubscribe(Unsubscribe::new(
+            pid_of(pid),
+            filters.iter().map(|f| ByteStr::from(*f)).collect(),
+        )))
         .await;
         match self.recv().await {
             Packet::UnsubAck(a) => a,
@@ -397,16 +396,9 @@ pub fn pid_of(n: u16) -> PacketId {
 }
 
 pub fn connect(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
-    Connect {
-        protocol: version,
-        clean_start: clean,
-        keep_alive: 60,
-        client_id: client_id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties::default(),
-    }
+    Connect::new(version, client_id)
+        .with_clean_start(clean)
+        .with_keep_alive(60)
 }
 
 pub fn v5(client_id: &str) -> Connect {
@@ -435,50 +427,30 @@ pub fn v311(client_id: &str) -> Connect {
 }
 
 pub fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> LastWill {
-    LastWill {
-        topic: topic.into(),
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
-        qos,
-        retain,
-        properties: Default::default(),
-    }
+    LastWill::new(topic, Bytes::copy_from_slice(payload.as_bytes()), qos).with_retain(retain)
 }
 
 pub fn publish(topic: &str, payload: &str, qos: QoS, pid: u16) -> Publish {
-    Publish {
-        dup: false,
-        qos_pid: QosPid::new(qos, pid_of(pid.max(1))),
-        retain: false,
-        topic: topic.into(),
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
-        properties: PublishProperties::default(),
-    }
+    Publish::new(topic, Bytes::copy_from_slice(payload.as_bytes()))
+        .with_qos_pid(QosPid::new(qos, pid_of(pid.max(1))))
 }
 
 pub fn retained(topic: &str, payload: &str, qos: QoS, pid: u16) -> Publish {
-    Publish {
-        retain: true,
-        ..publish(topic, payload, qos, pid)
-    }
+    publish(topic, payload, qos, pid).with_retain(true)
 }
 
 pub fn opts(qos: QoS) -> SubscriptionOptions {
-    SubscriptionOptions {
-        qos,
-        ..Default::default()
-    }
+    SubscriptionOptions::new(qos)
 }
 
 pub fn subscribe(pid: u16, filters: &[(&str, SubscriptionOptions)]) -> Subscribe {
-    Subscribe {
-        packet_id: pid_of(pid),
-        filters: filters
+    Subscribe::new(
+        pid_of(pid),
+        filters
             .iter()
             .map(|(f, o)| (ByteStr::from(*f), *o))
             .collect(),
-        subscription_identifier: None,
-        user_properties: vec![],
-    }
+    )
 }
 
 pub fn payload(p: &Publish) -> &str {

@@ -8,7 +8,7 @@ use roost::codec::{
 };
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::num::{NonZeroU16, NonZeroU32};
+use std::num::NonZeroU16;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -160,19 +160,14 @@ pub async fn handshake(stream: TcpStream, opts: &ConnectOptions) -> io::Result<C
         version: opts.version,
     };
     let persistent_v5 = opts.version.is_v5() && !opts.clean_start;
-    writer.queue(&Packet::Connect(Box::new(Connect {
-        protocol: opts.version,
-        clean_start: opts.clean_start,
-        keep_alive: opts.keep_alive,
-        client_id: ByteStr::from(opts.client_id.as_str()),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties {
-            session_expiry_interval: persistent_v5.then_some(3600),
-            ..Default::default()
-        },
-    })))?;
+    let mut properties = ConnectProperties::default();
+    properties.session_expiry_interval = persistent_v5.then_some(3600);
+    writer.queue(&Packet::Connect(Box::new(
+        Connect::new(opts.version, opts.client_id.as_str())
+            .with_clean_start(opts.clean_start)
+            .with_keep_alive(opts.keep_alive)
+            .with_properties(properties),
+    )))?;
     writer.flush().await?;
     match reader.next().await? {
         Some(Packet::ConnAck(connack)) if connack.reason == ReasonCode::Success => Ok(Conn {
@@ -214,23 +209,13 @@ impl Conn {
     /// every one of them.
     pub async fn subscribe(&mut self, filters: &[String], qos: QoS) -> io::Result<()> {
         let packet_id = NonZeroU16::MIN;
-        self.writer.queue(&Packet::Subscribe(Subscribe {
+        self.writer.queue(&Packet::Subscribe(Subscribe::new(
             packet_id,
-            filters: filters
+            filters
                 .iter()
-                .map(|f| {
-                    (
-                        ByteStr::from(f.as_str()),
-                        SubscriptionOptions {
-                            qos,
-                            ..Default::default()
-                        },
-                    )
-                })
+                .map(|f| (ByteStr::from(f.as_str()), SubscriptionOptions::new(qos)))
                 .collect(),
-            subscription_identifier: None::<NonZeroU32>,
-            user_properties: Vec::new(),
-        }))?;
+        )))?;
         self.writer.flush().await?;
         loop {
             match self.reader.next().await? {

@@ -452,21 +452,17 @@ async fn publisher(conn: Conn, p: PubParams, clock: Clock) -> io::Result<PubResu
             } else {
                 QosPid::AtMostOnce
             };
-            writer.queue(&Packet::Publish(Publish {
-                dup: false,
-                qos_pid,
-                retain: false,
-                topic: p.topic.clone(),
-                payload: payload::build(
-                    Header {
-                        sent_ns: now,
-                        publisher: p.index,
-                        seq: sent,
-                    },
-                    p.size,
-                ),
-                properties: Default::default(),
-            }))?;
+            let body = payload::build(
+                Header {
+                    sent_ns: now,
+                    publisher: p.index,
+                    seq: sent,
+                },
+                p.size,
+            );
+            writer.queue(&Packet::Publish(
+                Publish::new(p.topic.clone(), body).with_qos_pid(qos_pid),
+            ))?;
             sent += 1;
         }
         writer.flush().await?;
