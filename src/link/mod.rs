@@ -12,3 +12,18 @@ pub(crate) mod intake;
 pub(crate) mod outbound;
 pub(crate) mod outbox;
 pub(crate) mod reclaim;
+
+/// A message as this layer's tests (and the encoder's) queue it: bare,
+/// without the core's bookkeeping.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Bare(pub crate::message::Message);
+
+#[cfg(test)]
+impl std::ops::Deref for Bare {
+    type Target = crate::message::Message;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
