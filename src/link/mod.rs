@@ -6,7 +6,9 @@
 //!
 //! It sits between the codec and the core: the core pushes into outboxes
 //! and the connection drivers in `net` drain them, so neither has to know
-//! the other's internals.
+//! the other's internals. It imports neither: its queues are generic over
+//! the shared message (see [`outbound`]), and encoding for the wire is
+//! `net`'s.
 
 pub(crate) mod intake;
 pub(crate) mod outbound;
