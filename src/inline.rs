@@ -9,7 +9,7 @@
 //! [`Server::acl_applies_to_inline_client`](crate::Server::acl_applies_to_inline_client)
 //! says so.
 
-use crate::broker::{ConnId, Event};
+use crate::broker::{ConnId, Event, Outbox};
 use crate::codec::{
     ByteStr, Connect, ConnectProperties, Packet, ProtocolVersion, PubResp, Publish,
     PublishProperties, QoS, QosPid, ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe,
@@ -17,7 +17,6 @@ use crate::codec::{
 };
 use crate::hooks::{Client, Hooks};
 use crate::ingress::{self, Ask, Inbound, ToCore};
-use crate::link::outbox::Outbox;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};

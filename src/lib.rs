@@ -43,15 +43,16 @@ pub mod hooks;
 mod ingress;
 mod inline;
 mod link;
+mod message;
 mod net;
 mod router;
 mod server;
 mod stats;
 pub mod topic;
 
-pub use broker::{Message, MessageProperties};
 pub use config::{duration, Capabilities, Durability, Limits, Options};
 pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
+pub use message::{Message, MessageProperties};
 pub use net::listener::{Listener, ListenerError, ListenerHandle, ServerHandle, Transport};
 #[cfg(feature = "tls")]
 pub use net::tls::{ClientAuth, TlsConfig, UsernameFrom};

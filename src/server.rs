@@ -1,12 +1,13 @@
 //! The embeddable server: build it from [`Options`], give it listeners, and
 //! serve it as a future that ends when a shutdown signal fires.
 
+use crate::broker::Reclaim;
 use crate::broker::{Broker, Commit, ConnId, Event};
 use crate::config::{Durability, Options};
 use crate::hooks::{AclHook, AuthHook, EventHook, Hooks};
 use crate::inline::InlineClient;
-use crate::link::intake::{self, Intake};
-use crate::link::reclaim::{Batches, Reclaim};
+use crate::link::intake::Intake;
+use crate::link::reclaim::Batches;
 use crate::net::connection::Shared;
 use crate::net::listener::{self, Accepting, Listener, ListenerError, ServerHandle};
 use crate::stats::{Stats, StatsSnapshot};
@@ -386,7 +387,7 @@ impl Server {
                     // with goes back: intake budget, batch vectors, written
                     // messages.
                     drain_ready(ev, &mut events, MAX_EVENTS_PER_COMMIT, |i, ev| {
-                        routed += intake::held(&ev);
+                        routed += ev.held().kib();
                         if let Some(v) = broker.handle(ev, now) {
                             batches.put(v);
                         }

@@ -22,7 +22,7 @@ use crate::codec::{
 };
 use crate::config::Limits;
 use crate::hooks::{AclHook, Decision};
-use crate::link::outbound::{AckKind, Outbound};
+use crate::link::outbound::AckKind;
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
 

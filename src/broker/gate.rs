@@ -13,7 +13,7 @@
 //! for later subscribers, and a QoS 2 PUBREC vouches for the stored packet
 //! id that keeps the message from being delivered twice.
 
-use crate::link::outbox::Outbox;
+use super::Outbox;
 use std::sync::{Arc, Mutex};
 
 /// A message's gate: which acknowledgement it opens, and how many stored

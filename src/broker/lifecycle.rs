@@ -141,7 +141,7 @@ impl Broker {
         let will = c.will.map(|w| Will {
             delay_interval: w.properties.will_delay_interval.unwrap_or(0),
             expiry_interval: w.properties.message_expiry_interval,
-            message: Arc::new(
+            message: Arc::new(Tracked::new(
                 Message::from_publish(
                     Publish {
                         dup: false,
@@ -163,7 +163,7 @@ impl Broker {
                     Some(sid),
                 )
                 .with_qos(w.qos),
-            ),
+            )),
         });
 
         let limits = &self.opts.limits;
@@ -362,7 +362,7 @@ impl Broker {
         }
         let msg = match w.expiry_interval {
             // Restart the expiry clock: it was set at CONNECT time.
-            Some(secs) => Arc::new(Message {
+            Some(secs) => Arc::new(Tracked::new(Message {
                 topic: w.message.topic.clone(),
                 payload: w.message.payload.clone(),
                 qos: w.message.qos,
@@ -370,10 +370,7 @@ impl Broker {
                 properties: w.message.properties.clone(),
                 expires_at_ms: Some(now_ms.saturating_add(u64::from(secs) * 1000)),
                 publisher: w.message.publisher,
-                store_id: Default::default(),
-                gate: Default::default(),
-                deliver_after: Default::default(),
-            }),
+            })),
             None => w.message,
         };
         if msg.retain {
@@ -436,7 +433,7 @@ impl Broker {
         if unchanged {
             return Some(w);
         }
-        let message = Arc::new(Message {
+        let message = Arc::new(Tracked::new(Message {
             topic: view.topic,
             payload: view.payload,
             qos: view.qos.min(self.opts.capabilities.maximum_qos),
@@ -444,10 +441,7 @@ impl Broker {
             properties: m.properties.clone(),
             expires_at_ms: m.expires_at_ms,
             publisher: m.publisher,
-            store_id: Default::default(),
-            gate: Default::default(),
-            deliver_after: Default::default(),
-        });
+        }));
         Some(Will { message, ..w })
     }
 

@@ -16,18 +16,19 @@ mod gate;
 mod idhash;
 mod keepalive;
 mod lifecycle;
-mod message;
 mod persist;
 mod publish;
 mod restore;
 mod session;
+mod share;
 mod subscribe;
 mod sys;
 mod throttle;
 mod tick;
+mod tracked;
 
+pub(crate) use crate::message::{Message, MessageProperties, SessionId};
 pub(crate) use coalesce::coalesce_staged;
-pub use message::{Message, MessageProperties};
 pub(crate) use persist::Created;
 pub use persist::{Commit, CommitProgress};
 
@@ -41,7 +42,6 @@ use crate::hooks::{Client, Hooks, PublishVerdict, WillMessage};
 use crate::ingress::filter::too_deep;
 pub use crate::ingress::CheckedSubscribe;
 pub(crate) use crate::link::intake::Share;
-use crate::link::outbox::Outbox;
 use crate::router::{Match, RetainedTree, SubscriptionTree};
 use crate::stats::{self, Stats};
 use crate::topic::{self, SharedFilter};
@@ -52,10 +52,7 @@ use session::{Conn, Ctx, Session, SubEntry, Will};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-
-/// Identifies a session for its whole life (client ids can be reused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(u64);
+pub(crate) use tracked::{Burst, Delivery, Outbound, Outbox, Reclaim, Tracked};
 
 /// Identifies one network (or inline) connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -171,7 +168,7 @@ pub struct Broker {
     by_client_id: HashMap<ByteStr, SessionId>,
     conns: IdMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
-    retained: RetainedTree<Arc<Message>>,
+    retained: RetainedTree<Arc<Tracked>>,
     /// Round-robin position per share group: group, then filter. Looked
     /// up by `&str` (no allocation per message); an entry goes when a member
     /// leaves its group, so the map does not grow with group churn.
@@ -378,13 +375,6 @@ impl Broker {
                 self.protocol_error(conn, ReasonCode::ProtocolError, now_ms);
             }
         }
-    }
-}
-
-impl Message {
-    fn with_qos(mut self, qos: QoS) -> Self {
-        self.qos = qos;
-        self
     }
 }
 

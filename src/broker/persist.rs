@@ -3,9 +3,8 @@
 //! knows which acknowledgements must wait for the next commit.
 
 use super::idhash::{IdMap, IdSet};
-use super::message::Message;
+use super::{Message, MessageProperties, Outbound, Outbox, Tracked};
 use crate::codec::{ByteStr, QoS};
-use crate::link::outbox::Outbox;
 use roost_storage::{
     MessageProperties as StoredProps, MessageRecord, Op, OutboundRecord, OutboundState,
 };
@@ -125,7 +124,7 @@ impl Persist {
         outbox: &Arc<Outbox>,
         commit: u64,
         gate: u64,
-        packet: impl Into<crate::link::outbound::Outbound>,
+        packet: impl Into<Outbound>,
     ) {
         outbox.push_gated(commit, gate, packet);
         self.touched.push(outbox.clone());
@@ -139,7 +138,7 @@ impl Persist {
 
     /// Takes one reference to the stored body of `msg`, storing it first if
     /// this is the first reference. Returns the storage id.
-    pub fn reference(&mut self, msg: &Arc<Message>) -> u64 {
+    pub fn reference(&mut self, msg: &Tracked) -> u64 {
         if !self.enabled {
             return 0;
         }
@@ -158,7 +157,7 @@ impl Persist {
     }
 
     /// Drops one reference; the body is deleted with the last one.
-    pub fn release(&mut self, msg: &Message) {
+    pub fn release(&mut self, msg: &Tracked) {
         if !self.enabled {
             return;
         }
@@ -197,7 +196,7 @@ pub(crate) enum Pending {
 /// An [`OutboundRecord`], not yet built.
 #[derive(Debug)]
 pub(crate) struct LazyOutbound {
-    pub msg: Arc<Message>,
+    pub msg: Arc<Tracked>,
     /// Its body goes inline (its only reference), else by this id.
     pub inline: bool,
     pub message_id: u64,
@@ -273,6 +272,30 @@ pub(crate) fn message_record(msg: &Message) -> MessageRecord {
                 .collect(),
         },
         expires_at_ms: msg.expires_at_ms,
+    }
+}
+
+/// A message read back from the store (the inverse of [`message_record`]).
+pub(crate) fn message_from_record(rec: MessageRecord) -> Message {
+    let p = rec.properties;
+    Message {
+        topic: ByteStr::from(rec.topic),
+        payload: rec.payload,
+        qos: qos_from_u8(rec.qos),
+        retain: rec.retain,
+        properties: MessageProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.map(ByteStr::from),
+            response_topic: p.response_topic.map(ByteStr::from),
+            correlation_data: p.correlation_data,
+            user_properties: p
+                .user_properties
+                .into_iter()
+                .map(|(k, v)| (ByteStr::from(k), ByteStr::from(v)))
+                .collect(),
+        },
+        expires_at_ms: rec.expires_at_ms,
+        publisher: None,
     }
 }
 

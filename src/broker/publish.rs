@@ -25,7 +25,7 @@ impl Broker {
     /// none (and nothing retained) it waits for nothing but the packets
     /// ahead of it; with some, for its commit or for every copy to be
     /// acknowledged, whichever comes first (see [`super::gate`]).
-    fn ack_qos1(&mut self, sid: SessionId, packet: Packet, routed: Option<(Arc<Message>, u64)>) {
+    fn ack_qos1(&mut self, sid: SessionId, packet: Packet, routed: Option<(Arc<Tracked>, u64)>) {
         let retained = routed.as_ref().is_some_and(|(m, _)| m.retain);
         if !self.persist.must_hold() || retained {
             return self.ack(sid, packet);
@@ -84,14 +84,14 @@ impl Broker {
         }
         let mut reason = ReasonCode::Success;
         // The routed message and how many stored copies it made.
-        let mut routed: Option<(Arc<Message>, u64)> = None;
+        let mut routed: Option<(Arc<Tracked>, u64)> = None;
         if p.topic.as_bytes().starts_with(b"$SYS") {
             // $SYS is the broker's own namespace.
             reason = ReasonCode::NotAuthorized;
         } else if let PublishVerdict::Refuse(code) = verdict {
             reason = code;
         } else if verdict == PublishVerdict::Deliver {
-            let msg = Arc::new(Message::from_publish(p, now_ms, Some(sid)));
+            let msg = Arc::new(Tracked::new(Message::from_publish(p, now_ms, Some(sid))));
             let stored = self.sessions.get(&sid).is_some_and(|s| s.stored);
             if qos == QoS::ExactlyOnce && stored && self.persist.enabled && !self.persist.ack_first
             {
@@ -167,7 +167,7 @@ impl Broker {
 
     /// Delivers `msg` to every matching subscription; returns how many
     /// sessions it went to, and for how many of them it was dropped.
-    pub fn route(&mut self, msg: &Arc<Message>, now_ms: u64) -> (usize, usize) {
+    pub fn route(&mut self, msg: &Arc<Tracked>, now_ms: u64) -> (usize, usize) {
         let mut targets = std::mem::take(&mut self.scratch);
         let sessions = &self.sessions;
         let hooks = &self.hooks;
@@ -328,7 +328,7 @@ impl Broker {
         }
     }
 
-    pub(super) fn store_retained(&mut self, msg: &Arc<Message>, now_ms: u64) {
+    pub(super) fn store_retained(&mut self, msg: &Arc<Tracked>, now_ms: u64) {
         let topic = msg.topic.as_str();
         let old_cost = self.retained.get(topic).map_or(0, |m| retained_cost(m));
         let over = self.retained_bytes.saturating_sub(old_cost) + retained_cost(msg)
@@ -357,7 +357,7 @@ impl Broker {
         } else {
             // Copy out of the read buffer so a long-lived retained message
             // does not pin a whole socket buffer.
-            let kept = Arc::new(Message {
+            let kept = Arc::new(Tracked::new(Message {
                 topic: msg.topic.detach(),
                 payload: bytes::Bytes::copy_from_slice(&msg.payload),
                 qos: msg.qos,
@@ -365,10 +365,7 @@ impl Broker {
                 properties: msg.properties.clone(),
                 expires_at_ms: msg.expires_at_ms,
                 publisher: msg.publisher,
-                store_id: Default::default(),
-                gate: Default::default(),
-                deliver_after: Default::default(),
-            });
+            }));
             self.persist.push(Op::PutRetained {
                 message: message_record(&kept),
             });

@@ -7,10 +7,9 @@
 //! QoS 2 PUBLISH is still not delivered twice). Expiry counts wall-clock
 //! time across the downtime.
 
-use super::message::Message;
-use super::persist::qos_from_u8;
+use super::persist::{message_from_record, qos_from_u8};
 use super::session::{Outgoing, Session, SubEntry, Will};
-use super::{retained_cost, split_shared, Broker, SessionId};
+use super::{retained_cost, split_shared, Broker, SessionId, Tracked};
 use crate::codec::{ByteStr, ProtocolVersion, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
 use crate::hooks::Client;
@@ -25,14 +24,14 @@ impl Broker {
     /// Loads `snapshot` into an empty broker, then runs what fell due while
     /// the broker was down (expired sessions end, delayed wills go out).
     pub fn restore(&mut self, snapshot: Snapshot, now_ms: u64) {
-        let mut bodies: HashMap<u64, Arc<Message>> = HashMap::new();
+        let mut bodies: HashMap<u64, Arc<Tracked>> = HashMap::new();
         for (id, rec) in snapshot.messages {
             self.persist.next_message_id = self.persist.next_message_id.max(id + 1);
-            bodies.insert(id, Arc::new(Message::from_record(rec, id)));
+            bodies.insert(id, Arc::new(Tracked::stored(message_from_record(rec), id)));
         }
 
         for rec in snapshot.retained {
-            let msg = Message::from_record(rec, 0);
+            let msg = message_from_record(rec);
             if msg.is_expired(now_ms) {
                 self.persist.push(Op::DeleteRetained {
                     topic: msg.topic.as_str().to_owned(),
@@ -43,7 +42,7 @@ impl Broker {
             // What the store holds comes back whatever the limit says now:
             // it was accepted. Only new messages are refused past it.
             self.retained_bytes += retained_cost(&msg);
-            self.retained.insert(&topic, Arc::new(msg));
+            self.retained.insert(&topic, Arc::new(Tracked::new(msg)));
         }
 
         for stored in snapshot.sessions {
@@ -85,7 +84,7 @@ impl Broker {
                 let delay = w.delay_interval.min(s.expiry_interval);
                 s.will_due_ms = Some(disconnected_at.saturating_add(u64::from(delay) * 1000));
                 s.will = Some(Box::new(Will {
-                    message: Arc::new(Message::from_record(w.message, 0)),
+                    message: Arc::new(Tracked::new(message_from_record(w.message))),
                     delay_interval: w.delay_interval,
                     expiry_interval: w.message_expiry_interval,
                 }));
@@ -116,10 +115,10 @@ impl Broker {
                 let inline = entry.message_id == 0;
                 let released = entry.state == OutboundState::Released && entry.packet_id.is_some();
                 let body = match (&entry.message, bodies.get(&entry.message_id)) {
-                    (Some(rec), _) => Arc::new(Message::from_record(rec.clone(), 0)),
+                    (Some(rec), _) => Arc::new(Tracked::new(message_from_record(rec.clone()))),
                     (None, Some(body)) => body.clone(),
                     // Released: only the PUBREL is owed, the body is not needed.
-                    (None, None) if released => Arc::new(Message::from_record(
+                    (None, None) if released => Arc::new(Tracked::new(message_from_record(
                         roost_storage::MessageRecord {
                             topic: String::new(),
                             payload: bytes::Bytes::new(),
@@ -128,8 +127,7 @@ impl Broker {
                             properties: Default::default(),
                             expires_at_ms: None,
                         },
-                        0,
-                    )),
+                    ))),
                     (None, None) => {
                         // Its body is gone: nothing to deliver.
                         self.persist.push(Op::DeleteOutbound {

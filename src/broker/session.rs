@@ -3,17 +3,15 @@
 //!
 //! A session outlives connections: `conn` is `None` while the client is away.
 
-use super::message::Message;
 use super::persist::{LazyOutbound, Pending, Persist};
 use super::ConnId;
+use super::{Burst, Delivery, Message, Outbound, Outbox, Tracked};
 use crate::codec::{
     ByteStr, Packet, PacketId, ProtocolVersion, PubResp, QoS, QosPid, SubscriptionOptions,
 };
 use crate::config::Limits;
 use crate::escape::Escaped;
 use crate::hooks::{Client, DropReason, Hooks};
-use crate::link::outbound::{Burst, Delivery, Outbound};
-use crate::link::outbox::Outbox;
 use crate::stats::{self, Stats};
 use roost_storage::OutboundState;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -41,7 +39,7 @@ pub(crate) struct Conn {
 /// A will waiting for its connection to end badly.
 #[derive(Debug, Clone)]
 pub(crate) struct Will {
-    pub message: Arc<Message>,
+    pub message: Arc<Tracked>,
     pub delay_interval: u32,
     /// The will's Message Expiry Interval: it runs from when the will is
     /// published, not from CONNECT (3.1.3.2.4).
@@ -52,7 +50,7 @@ pub(crate) struct Will {
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub seq: u64,
-    pub msg: Arc<Message>,
+    pub msg: Arc<Tracked>,
     pub qos: QoS,
     pub retain: bool,
     pub sub_ids: Box<[NonZeroU32]>,
@@ -445,7 +443,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub fn deliver(
         &mut self,
-        msg: &Arc<Message>,
+        msg: &Arc<Tracked>,
         qos: QoS,
         retain: bool,
         sub_ids: Vec<NonZeroU32>,
@@ -570,7 +568,7 @@ impl Session {
     /// dropped and counted.
     pub fn send_burst(
         &self,
-        msgs: Vec<Arc<Message>>,
+        msgs: Vec<Arc<Tracked>>,
         sub_ids: Vec<NonZeroU32>,
         cap: usize,
         ctx: &mut Ctx,
@@ -919,7 +917,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::message::Message;
     use crate::codec::Publish;
 
     fn session() -> Session {
@@ -933,7 +930,7 @@ mod tests {
     }
 
     fn in_flight(s: &mut Session, pid: u16) {
-        let msg = Arc::new(Message::from_publish(
+        let msg = Arc::new(Tracked::new(Message::from_publish(
             Publish {
                 dup: false,
                 qos_pid: QosPid::AtMostOnce,
@@ -944,7 +941,7 @@ mod tests {
             },
             0,
             None,
-        ));
+        )));
         s.flows_mut().inflight.push_back(Outgoing {
             seq: 0,
             msg,

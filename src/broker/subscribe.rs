@@ -113,7 +113,7 @@ impl Broker {
         entry: SubEntry,
         now_ms: u64,
     ) {
-        let mut found: Vec<Arc<Message>> = Vec::new();
+        let mut found: Vec<Arc<Tracked>> = Vec::new();
         self.retained.for_each_match(filter, |_, m| {
             if !m.is_expired(now_ms) {
                 found.push(m.clone());

@@ -1,7 +1,7 @@
 //! The `$SYS/broker/...` topics: the broker's counters published as
 //! retained messages on an interval, as Mosquitto does.
 
-use super::{Broker, Message, MessageProperties};
+use super::{Broker, Message, MessageProperties, Tracked};
 use crate::codec::{ByteStr, QoS};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -47,7 +47,7 @@ impl Broker {
             ("refused/retained", s.retained_refused.to_string()),
         ];
         for (name, value) in topics {
-            let msg = Arc::new(Message {
+            let msg = Arc::new(Tracked::new(Message {
                 topic: ByteStr::from(format!("$SYS/broker/{name}")),
                 payload: Bytes::from(value),
                 qos: QoS::AtMostOnce,
@@ -55,10 +55,7 @@ impl Broker {
                 properties: MessageProperties::default(),
                 expires_at_ms: None,
                 publisher: None,
-                store_id: Default::default(),
-                gate: Default::default(),
-                deliver_after: Default::default(),
-            });
+            }));
             // $SYS values are live figures: kept in memory, never stored.
             if self
                 .retained

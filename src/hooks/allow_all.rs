@@ -1,8 +1,8 @@
 //! The allow-all hook, for development.
 
 use super::{AclHook, AuthHook, BoxFuture, Client, Decision};
-use crate::broker::Message;
 use crate::codec::Connect;
+use crate::message::Message;
 
 /// Allows every connection, publish and subscription. For development
 /// only: anyone who can reach the broker can do anything. A broker with no

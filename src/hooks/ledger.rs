@@ -10,9 +10,9 @@ mod template;
 pub use error::{LedgerError, LedgerLocation};
 
 use super::{AclHook, AuthHook, BoxFuture, Client, Decision};
-use crate::broker::Message;
 use crate::codec::Connect;
 use crate::escape::Escaped;
+use crate::message::Message;
 use cidr::Cidr;
 use glob::Glob;
 use serde::Deserialize;

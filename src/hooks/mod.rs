@@ -38,10 +38,10 @@ pub use ledger::{
     DEFAULT_BCRYPT_COST,
 };
 
-use crate::broker::Message;
 use crate::codec::{
     ByteStr, Connect, ProtocolVersion, Publish, QoS, ReasonCode, SubscriptionOptions,
 };
+use crate::message::Message;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

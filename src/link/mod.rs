@@ -6,9 +6,26 @@
 //!
 //! It sits between the codec and the core: the core pushes into outboxes
 //! and the connection drivers in `net` drain them, so neither has to know
-//! the other's internals.
+//! the other's internals. It imports neither: its queues are generic over
+//! the shared message (see [`outbound`]), and encoding for the wire is
+//! `net`'s.
 
 pub(crate) mod intake;
 pub(crate) mod outbound;
 pub(crate) mod outbox;
 pub(crate) mod reclaim;
+
+/// A message as this layer's tests (and the encoder's) queue it: bare,
+/// without the core's bookkeeping.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Bare(pub crate::message::Message);
+
+#[cfg(test)]
+impl std::ops::Deref for Bare {
+    type Target = crate::message::Message;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}

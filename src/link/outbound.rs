@@ -13,24 +13,34 @@
 //! here against 256 for a `Packet`), and building, moving and dropping a
 //! full `Publish` per delivery (a clone of each property, two reference
 //! counts touched from two threads) was a fifth of fan-out's CPU.
+//!
+//! **Generic over the shared message** (`M`: anything that derefs to the
+//! plain [`Message`]). The core queues its `broker::Tracked`, the message
+//! with the core's own bookkeeping beside it in the same allocation; the
+//! tests queue a bare one (`link::Bare`). A delivery is so still one thin
+//! `Arc` to the one copy the core shares (no larger entry, no second
+//! reference count per delivery, no second allocation per message), while
+//! this layer imports nothing of the core. The alternatives cost at run
+//! time: a trait object doubles the pointer (and the entry past 40 bytes);
+//! keeping the core's part apart from a shared `Arc<Message>` costs an
+//! allocation per message. Encoding for the wire (topic aliases, write
+//! buffers) is the connection's business, in `net::encode`.
 
-use crate::broker::Message;
 use crate::codec::{
-    encode, encode_publish, encode_publish_head, publish_len, EncodeError, Packet, PacketId,
-    PropertiesView, ProtocolVersion, PubResp, Publish, PublishProperties, PublishView, QosPid,
-    ReasonCode,
+    publish_len, Packet, PacketId, PropertiesView, ProtocolVersion, PubResp, Publish,
+    PublishProperties, PublishView, QosPid, ReasonCode,
 };
-use crate::net::alias::OutboundAliases;
-use crate::net::wbuf::{WriteBuf, SHARED_MIN};
-use bytes::BytesMut;
+use crate::message::Message;
 use std::num::{NonZeroU16, NonZeroU32};
+use std::ops::Deref;
 use std::sync::Arc;
 
-/// One packet queued for a connection.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Outbound {
+/// One packet queued for a connection; `M` is the shared message (see the
+/// module docs).
+#[derive(Debug)]
+pub(crate) enum Outbound<M> {
     /// A PUBLISH of a broker message.
-    Deliver(Delivery),
+    Deliver(Delivery<M>),
     /// A PUBACK, PUBREC, PUBREL or PUBCOMP without properties.
     Ack(AckKind, PacketId, ReasonCode),
     /// Any other packet.
@@ -38,7 +48,21 @@ pub(crate) enum Outbound {
     /// Retained messages for a new subscription, to be sent at QoS 0.
     /// Expanded into [`Outbound::Deliver`]s by [`crate::link::outbox::Outbox`]
     /// as the connection drains, so its consumer never sees one.
-    Burst(Box<Burst>),
+    Burst(Box<Burst<M>>),
+}
+
+impl<M> PartialEq for Outbound<M> {
+    /// Deliveries and bursts compare by the message they share (see
+    /// [`Delivery`]'s), so `M` needs no equality of its own.
+    fn eq(&self, o: &Self) -> bool {
+        match (self, o) {
+            (Outbound::Deliver(a), Outbound::Deliver(b)) => a == b,
+            (Outbound::Ack(k, p, r), Outbound::Ack(k2, p2, r2)) => (k, p, r) == (k2, p2, r2),
+            (Outbound::Other(a), Outbound::Other(b)) => a == b,
+            (Outbound::Burst(a), Outbound::Burst(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// Retained messages sent for a new subscription at QoS 0, as PUBLISHes
@@ -47,13 +71,13 @@ pub(crate) enum Outbound {
 /// own burst, paced by the client instead of being dropped by the
 /// slow-consumer policy. Holds a reference per message, nothing more.
 #[derive(Debug)]
-pub(crate) struct Burst {
-    pub msgs: std::collections::VecDeque<Arc<Message>>,
+pub(crate) struct Burst<M> {
+    pub msgs: std::collections::VecDeque<Arc<M>>,
     /// The subscription's identifier, if any (5.0).
     pub sub_ids: Box<[NonZeroU32]>,
 }
 
-impl PartialEq for Burst {
+impl<M> PartialEq for Burst<M> {
     fn eq(&self, o: &Self) -> bool {
         self.sub_ids == o.sub_ids
             && self.msgs.len() == o.msgs.len()
@@ -65,14 +89,14 @@ impl PartialEq for Burst {
     }
 }
 
-impl Burst {
+impl<M: Deref<Target = Message>> Burst<M> {
     /// Moves up to `n` of its messages (those not expired by `now_ms`) to
     /// the back of `into` as deliveries; returns how many it took off.
     pub fn expand(
         &mut self,
         n: usize,
         now_ms: u64,
-        into: &mut std::collections::VecDeque<Outbound>,
+        into: &mut std::collections::VecDeque<Outbound<M>>,
     ) -> usize {
         let mut taken = 0;
         while taken < n {
@@ -106,8 +130,8 @@ pub(crate) enum AckKind {
 
 /// A PUBLISH delivering a shared message to one subscriber.
 #[derive(Debug)]
-pub(crate) struct Delivery {
-    pub msg: Arc<Message>,
+pub(crate) struct Delivery<M> {
+    pub msg: Arc<M>,
     pub qos_pid: QosPid,
     pub retain: bool,
     pub dup: bool,
@@ -118,7 +142,7 @@ pub(crate) struct Delivery {
     pub sub_ids: Box<[NonZeroU32]>,
 }
 
-impl PartialEq for Delivery {
+impl<M> PartialEq for Delivery<M> {
     /// Same message (the same shared copy), same per-delivery fields.
     fn eq(&self, o: &Self) -> bool {
         Arc::ptr_eq(&self.msg, &o.msg)
@@ -128,11 +152,11 @@ impl PartialEq for Delivery {
     }
 }
 
-impl Delivery {
+impl<M: Deref<Target = Message>> Delivery<M> {
     /// The delivery of `msg` at `now_ms`; the expiry interval sent is what
     /// remains, rounded up, and at least 1 (0 would mean "expired").
     pub fn new(
-        msg: &Arc<Message>,
+        msg: &Arc<M>,
         qos_pid: QosPid,
         retain: bool,
         dup: bool,
@@ -154,7 +178,7 @@ impl Delivery {
     }
 
     /// The PUBLISH, borrowed, with `topic` sent as the topic name.
-    fn view<'a>(&'a self, topic: &'a str, topic_alias: Option<NonZeroU16>) -> PublishView<'a> {
+    pub fn view<'a>(&'a self, topic: &'a str, topic_alias: Option<NonZeroU16>) -> PublishView<'a> {
         let p = &self.msg.properties;
         PublishView {
             dup: self.dup,
@@ -204,60 +228,7 @@ impl Delivery {
     }
 }
 
-impl Outbound {
-    /// Appends it to `out` as [`Outbound::encode`] does, leaving a large
-    /// payload where it is (written from there) if `share_payloads`.
-    pub fn encode_into(
-        &mut self,
-        version: ProtocolVersion,
-        aliases: &mut OutboundAliases,
-        out: &mut WriteBuf,
-        share_payloads: bool,
-    ) -> Result<(), EncodeError> {
-        match self {
-            Outbound::Deliver(d) if share_payloads && d.msg.payload.len() >= SHARED_MIN => {
-                let (alias, with_name) = aliases.alias(&d.msg.topic);
-                let topic = if with_name { d.msg.topic.as_str() } else { "" };
-                let view = d.view(topic, alias);
-                out.encode_with_payload(
-                    |buf| encode_publish_head(&view, version, buf),
-                    &d.msg.payload,
-                )
-            }
-            _ => out.encode(|buf| self.encode(version, aliases, buf)),
-        }
-    }
-
-    /// Appends it, encoded for `version`, to `buf`, using (and setting up)
-    /// outbound topic aliases. On error nothing is written.
-    pub fn encode(
-        &mut self,
-        version: ProtocolVersion,
-        aliases: &mut OutboundAliases,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
-        match self {
-            Outbound::Deliver(d) => {
-                let (alias, with_name) = aliases.alias(&d.msg.topic);
-                let topic = if with_name { d.msg.topic.as_str() } else { "" };
-                encode_publish(&d.view(topic, alias), version, buf)
-            }
-            Outbound::Ack(kind, pid, reason) => {
-                let mut r = PubResp::new(*pid);
-                r.reason = *reason;
-                encode(&kind.packet(r), version, buf)
-            }
-            Outbound::Other(p) => {
-                if let Packet::Publish(p) = &mut **p {
-                    aliases.apply(p);
-                }
-                encode(p, version, buf)
-            }
-            // Never drained as such (see `Outbound::Burst`).
-            Outbound::Burst(_) => Ok(()),
-        }
-    }
-
+impl<M> Outbound<M> {
     /// True for a PUBLISH.
     pub fn is_publish(&self) -> bool {
         match self {
@@ -276,17 +247,15 @@ impl Outbound {
             Outbound::Burst(_) => "retained messages",
         }
     }
+}
 
+impl<M: Deref<Target = Message>> Outbound<M> {
     /// The same packet as a [`Packet`] (for the inline client, and tests);
     /// `None` for a [`Outbound::Burst`], which is no packet.
     pub fn into_packet(self) -> Option<Packet> {
         Some(match self {
             Outbound::Deliver(d) => Packet::Publish(d.into_publish()),
-            Outbound::Ack(kind, pid, reason) => {
-                let mut r = PubResp::new(pid);
-                r.reason = reason;
-                kind.packet(r)
-            }
+            Outbound::Ack(kind, pid, reason) => kind.bare(pid, reason),
             Outbound::Other(p) => *p,
             Outbound::Burst(_) => return None,
         })
@@ -294,6 +263,14 @@ impl Outbound {
 }
 
 impl AckKind {
+    /// The acknowledgement of `pid` with `reason`, without properties, as
+    /// a packet of this kind.
+    pub fn bare(self, pid: PacketId, reason: ReasonCode) -> Packet {
+        let mut r = PubResp::new(pid);
+        r.reason = reason;
+        self.packet(r)
+    }
+
     fn packet(self, r: PubResp) -> Packet {
         match self {
             AckKind::Ack => Packet::PubAck(r),
@@ -304,7 +281,7 @@ impl AckKind {
     }
 }
 
-impl From<Packet> for Outbound {
+impl<M> From<Packet> for Outbound<M> {
     fn from(p: Packet) -> Self {
         let (kind, r) = match &p {
             Packet::PubAck(r) => (AckKind::Ack, r),
@@ -320,8 +297,8 @@ impl From<Packet> for Outbound {
     }
 }
 
-impl From<Delivery> for Outbound {
-    fn from(d: Delivery) -> Self {
+impl<M> From<Delivery<M>> for Outbound<M> {
+    fn from(d: Delivery<M>) -> Self {
         Outbound::Deliver(d)
     }
 }
@@ -329,148 +306,17 @@ impl From<Delivery> for Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::MessageProperties;
-    use crate::codec::{AckProperties, Decoder, QoS};
-    use bytes::Bytes;
+    use crate::codec::AckProperties;
 
-    fn message(properties: MessageProperties, expires_at_ms: Option<u64>) -> Arc<Message> {
-        message_with(Bytes::from_static(b"hello"), properties, expires_at_ms)
-    }
-
-    fn message_with(
-        payload: Bytes,
-        properties: MessageProperties,
-        expires_at_ms: Option<u64>,
-    ) -> Arc<Message> {
-        let mut m = Message::from_publish(
-            Publish {
-                dup: false,
-                qos_pid: QosPid::AtMostOnce,
-                retain: false,
-                topic: "a/b".into(),
-                payload,
-                properties: PublishProperties::default(),
-            },
-            0,
-            None,
-        );
-        m.properties = properties;
-        m.expires_at_ms = expires_at_ms;
-        Arc::new(m)
-    }
+    /// Link's queues as its tests fill them: with bare messages.
+    use crate::link::Bare;
+    type Outbound = super::Outbound<Bare>;
 
     #[test]
     fn stays_small() {
-        // What a queued entry costs a slow subscriber, per message.
+        // What a queued entry costs a slow subscriber, per message. The
+        // same for any `M`: a delivery holds it by a thin `Arc`.
         assert!(std::mem::size_of::<Outbound>() <= 40);
-    }
-
-    /// A delivery encodes exactly as the `Publish` it stands for, in both
-    /// versions, and its length is what it writes.
-    #[test]
-    fn a_delivery_encodes_as_its_publish() {
-        let props = MessageProperties {
-            payload_format_indicator: Some(1),
-            content_type: Some("text/plain".into()),
-            response_topic: Some("r/t".into()),
-            correlation_data: Some(Bytes::from_static(b"c")),
-            user_properties: vec![("k".into(), "v".into())],
-        };
-        let pid = PacketId::new(7).unwrap();
-        let sub_ids: Box<[NonZeroU32]> = Box::new([NonZeroU32::new(3).unwrap()]);
-        for msg in [
-            message(props, Some(2_500)),
-            message(Default::default(), None),
-        ] {
-            for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-                let delivery = || {
-                    let qos_pid = QosPid::AtLeastOnce(pid);
-                    Delivery::new(&msg, qos_pid, true, true, sub_ids.clone(), 1_000)
-                };
-                let d = delivery();
-                let len = d.encoded_len(version);
-                let publish = delivery().into_publish();
-                let mut expected = BytesMut::new();
-                encode(&Packet::Publish(publish.clone()), version, &mut expected).unwrap();
-                let mut got = BytesMut::new();
-                Outbound::Deliver(d)
-                    .encode(version, &mut OutboundAliases::new(0, 0), &mut got)
-                    .unwrap();
-                assert_eq!(got, expected);
-                assert_eq!(got.len(), len);
-                if version.is_v5() && msg.expires_at_ms.is_some() {
-                    // 1.5 s left, rounded up.
-                    assert_eq!(publish.properties.message_expiry_interval, Some(2));
-                }
-            }
-        }
-    }
-
-    /// With its payload left in the message (vectored writes), a delivery
-    /// still goes out byte for byte as its `Publish`.
-    #[test]
-    fn a_shared_payload_goes_out_in_place() {
-        let props = MessageProperties {
-            content_type: Some("x".into()),
-            ..Default::default()
-        };
-        let msg = message_with(Bytes::from(vec![7u8; SHARED_MIN * 3]), props, None);
-        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-            let pid = QosPid::AtLeastOnce(PacketId::new(3).unwrap());
-            let d = || Delivery::new(&msg, pid, false, false, Box::new([]), 0);
-            let mut expected = BytesMut::new();
-            encode(&Packet::Publish(d().into_publish()), version, &mut expected).unwrap();
-            let mut out = WriteBuf::default();
-            let aliases = &mut OutboundAliases::new(0, 0);
-            Outbound::Deliver(d())
-                .encode_into(version, aliases, &mut out, true)
-                .unwrap();
-            Outbound::from(Packet::PingResp)
-                .encode_into(version, aliases, &mut out, true)
-                .unwrap();
-            expected.extend_from_slice(&[0xD0, 0]);
-            let mut got: Vec<u8> = Vec::new();
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            while !out.is_empty() {
-                let _ = out.poll_write_to(&mut got, &mut cx);
-            }
-            assert_eq!(got, expected);
-        }
-    }
-
-    #[test]
-    fn deliveries_use_topic_aliases() {
-        let msg = message(Default::default(), None);
-        let mut aliases = OutboundAliases::new(5, 1 << 20);
-        let mut decoder = Decoder::with_version(1 << 20, ProtocolVersion::V5);
-        let mut buf = BytesMut::new();
-        for _ in 0..2 {
-            let d = Delivery::new(&msg, QosPid::AtMostOnce, false, false, Box::new([]), 0);
-            Outbound::Deliver(d)
-                .encode(ProtocolVersion::V5, &mut aliases, &mut buf)
-                .unwrap();
-        }
-        let Some(Packet::Publish(first)) = decoder.decode(&mut buf).unwrap() else {
-            panic!()
-        };
-        let Some(Packet::Publish(second)) = decoder.decode(&mut buf).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (
-                first.topic.as_str(),
-                first.properties.topic_alias.map(|a| a.get())
-            ),
-            ("a/b", Some(1))
-        );
-        assert_eq!(
-            (
-                second.topic.as_str(),
-                second.properties.topic_alias.map(|a| a.get())
-            ),
-            ("", Some(1))
-        );
-        assert_eq!(second.qos_pid.qos(), QoS::AtMostOnce);
     }
 
     #[test]

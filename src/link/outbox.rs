@@ -26,7 +26,9 @@
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use crate::link::outbound::{AckKind, Outbound};
+use crate::message::Message;
 use std::collections::VecDeque;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -50,10 +52,11 @@ pub const CONGESTED_PAUSE: Duration = Duration::from_millis(500);
 /// sees the whole backlog), and the consumer's buffer stays small.
 const DRAIN_MAX: usize = 512;
 
-/// Packets for one connection, plus a "close after these" flag.
+/// Packets for one connection, plus a "close after these" flag; `M` is
+/// the shared message its deliveries hold (see [`crate::link::outbound`]).
 #[derive(Debug)]
-pub struct Outbox {
-    inner: Mutex<Inner>,
+pub struct Outbox<M> {
+    inner: Mutex<Inner<M>>,
     /// False only while the consumer waits with its waker registered and
     /// nobody has woken it since: it can then skip the lock. Invariant:
     /// whoever takes the waker sets this (see [`Outbox::wake_consumer`]).
@@ -85,15 +88,15 @@ const PAUSED: u8 = 1;
 /// looked: the pause goes on.
 const RENEWED: u8 = 2;
 
-#[derive(Debug, Default)]
-struct Inner {
+#[derive(Debug)]
+struct Inner<M> {
     /// Ready to be written.
-    queue: VecDeque<Outbound>,
+    queue: VecDeque<Outbound<M>>,
     /// What only some connections need, some of the time; allocated only
     /// then (`None` when both parts are empty): most connections never wait
     /// for a commit nor fall behind, and the empty parts would take room in
     /// every outbox.
-    rare: Option<Box<Rare>>,
+    rare: Option<Box<Rare<M>>>,
     closed: bool,
     /// [`Outbound::Burst`]s queued or held: while there are any, a drain
     /// expands them in place instead of moving the queue wholesale.
@@ -103,19 +106,41 @@ struct Inner {
     waker: Option<Waker>,
 }
 
-#[derive(Debug, Default)]
-struct Rare {
+#[derive(Debug)]
+struct Rare<M> {
     /// Waiting for a commit or a gate, in push order.
-    held: VecDeque<Deferred>,
+    held: VecDeque<Deferred<M>>,
     /// Publishers paused because this connection's writes fell behind.
-    slowed: Option<Slowed>,
+    slowed: Option<Slowed<M>>,
+}
+
+// By hand: derived, they would ask for `M: Default`.
+impl<M> Default for Inner<M> {
+    fn default() -> Self {
+        Inner {
+            queue: VecDeque::new(),
+            rare: None,
+            closed: false,
+            bursts: 0,
+            waker: None,
+        }
+    }
+}
+
+impl<M> Default for Rare<M> {
+    fn default() -> Self {
+        Rare {
+            held: VecDeque::new(),
+            slowed: None,
+        }
+    }
 }
 
 /// Publishers paused by [`Outbox::slow_down`] in the current episode.
 #[derive(Debug)]
-struct Slowed {
+struct Slowed<M> {
     /// Paused until this connection has (nearly) caught up.
-    publishers: Vec<Arc<Outbox>>,
+    publishers: Vec<Arc<Outbox<M>>>,
     /// When the episode ends (the core's clock, ms) if the connection has
     /// not caught up by then; after that nobody is paused for it until it
     /// does.
@@ -124,24 +149,24 @@ struct Slowed {
 
 /// A packet that may not be written yet.
 #[derive(Debug)]
-struct Deferred {
+struct Deferred<M> {
     /// The commit it waits for; 0 for a packet that waits for nothing but
     /// the packets ahead of it.
     commit: u64,
     /// Its gate's token (0: none), and whether the gate opened.
     token: u64,
     open: bool,
-    packet: Outbound,
+    packet: Outbound<M>,
 }
 
-impl Deferred {
+impl<M> Deferred<M> {
     /// Free to go once everything ahead of it went.
     fn ready(&self) -> bool {
         self.commit == 0 || self.open
     }
 }
 
-impl Inner {
+impl<M: Deref<Target = Message>> Inner<M> {
     /// Moves held packets that are free to go (their commit is done, or
     /// they are [ready](Deferred::ready)), from the front, to the ready queue;
     /// frees the held queue once it is empty. Returns whether any moved.
@@ -181,7 +206,7 @@ impl Inner {
     }
 
     /// The held packets, if any.
-    fn held_mut(&mut self) -> Option<&mut VecDeque<Deferred>> {
+    fn held_mut(&mut self) -> Option<&mut VecDeque<Deferred<M>>> {
         self.rare
             .as_mut()
             .map(|r| &mut r.held)
@@ -200,7 +225,7 @@ impl Inner {
     }
 
     /// Ends the episode of slowing publishers down, if one runs.
-    fn take_slowed(&mut self) -> Option<Slowed> {
+    fn take_slowed(&mut self) -> Option<Slowed<M>> {
         let slowed = self.rare.as_mut()?.slowed.take();
         self.tidy();
         slowed
@@ -209,7 +234,7 @@ impl Inner {
     /// Moves up to [`DRAIN_MAX`] packets from the front of the queue to
     /// `into`, expanding retained bursts in place: a burst that is not
     /// done stays at the front, and what was queued behind it waits.
-    fn drain_with_bursts(&mut self, into: &mut VecDeque<Outbound>) {
+    fn drain_with_bursts(&mut self, into: &mut VecDeque<Outbound<M>>) {
         let now_ms = crate::server::now_ms();
         let mut moved = 0;
         while moved < DRAIN_MAX {
@@ -239,7 +264,7 @@ impl Inner {
     }
 }
 
-impl Outbox {
+impl<M: Deref<Target = Message>> Outbox<M> {
     /// An empty, open outbox for a client speaking `version`.
     pub fn new(version: ProtocolVersion) -> Self {
         Outbox {
@@ -292,14 +317,14 @@ impl Outbox {
     /// The consumer's waker, to be woken once the lock is released. Taken
     /// together with setting `ready`: a consumer that finds `ready` false
     /// is then sure its waker is still registered.
-    fn wake_consumer(&self, inner: &mut Inner) -> Option<Waker> {
+    fn wake_consumer(&self, inner: &mut Inner<M>) -> Option<Waker> {
         self.ready.store(true, Ordering::Release);
         inner.waker.take()
     }
 
     /// Releases the lock, then wakes the consumer if `wake` (a waker is
     /// never called under the lock: it may run the consumer right away).
-    fn unlock(&self, mut inner: std::sync::MutexGuard<'_, Inner>, wake: bool) {
+    fn unlock(&self, mut inner: std::sync::MutexGuard<'_, Inner<M>>, wake: bool) {
         let waker = if wake {
             self.wake_consumer(&mut inner)
         } else {
@@ -311,7 +336,7 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<M>> {
         // A panic while holding this lock cannot leave the queue in a broken
         // state (every method is a few plain collection calls), so a
         // poisoned lock is usable.
@@ -320,7 +345,7 @@ impl Outbox {
 
     /// Queues a packet (behind any held ones). Returns false (and drops
     /// it) once closed.
-    pub fn push(&self, packet: impl Into<Outbound>) -> bool {
+    pub fn push(&self, packet: impl Into<Outbound<M>>) -> bool {
         let packet = packet.into();
         let mut inner = self.lock();
         if inner.closed {
@@ -348,7 +373,7 @@ impl Outbox {
     /// Queues a packet that may only be written once commit `commit` is
     /// durable (see [`Outbox::release`]), or, if `token` is not 0, once
     /// [`Outbox::open`]`(token)` opens its gate, whichever comes first.
-    pub fn push_gated(&self, commit: u64, token: u64, packet: impl Into<Outbound>) -> bool {
+    pub fn push_gated(&self, commit: u64, token: u64, packet: impl Into<Outbound<M>>) -> bool {
         let packet = packet.into();
         let mut inner = self.lock();
         if inner.closed {
@@ -416,7 +441,7 @@ impl Outbox {
     /// up. One episode of pausing lasts at most [`EPISODE_MAX`]; one that
     /// ends before the connection caught up (a slow link, or a stuck
     /// client) starts no other until it has.
-    pub fn slow_down(&self, publisher: &Arc<Outbox>, now_ms: u64) {
+    pub fn slow_down(&self, publisher: &Arc<Self>, now_ms: u64) {
         if std::ptr::eq(self, &**publisher) {
             return; // A client must keep reading its own acknowledgements.
         }
@@ -463,7 +488,7 @@ impl Outbox {
     }
 
     /// Lets publishers slowed down for this connection go on.
-    fn resume_slowed(slowed: Option<Slowed>) {
+    fn resume_slowed(slowed: Option<Slowed<M>>) {
         for p in slowed.into_iter().flat_map(|s| s.publishers) {
             if p.brief.swap(NOT_PAUSED, Ordering::Relaxed) != NOT_PAUSED {
                 p.unlock(p.lock(), true);
@@ -540,7 +565,7 @@ impl Outbox {
     /// Moves everything ready to the back of `into`. Returns false when the
     /// outbox is closed and nothing more will come.
     #[cfg(any(test, fuzzing))]
-    pub fn try_drain(&self, into: &mut VecDeque<Outbound>) -> bool {
+    pub fn try_drain(&self, into: &mut VecDeque<Outbound<M>>) -> bool {
         let mut inner = self.lock();
         if inner.bursts > 0 {
             while !inner.queue.is_empty() {
@@ -560,7 +585,7 @@ impl Outbox {
     /// writes into the same (cache-warm) buffer batch after batch, which
     /// swapping buffers with the consumer was measurably slower at. A
     /// consumer gone idle [`Outbox::trim`]s it.
-    pub fn poll_drain(&self, cx: &Context<'_>, into: &mut VecDeque<Outbound>) -> Poll<bool> {
+    pub fn poll_drain(&self, cx: &Context<'_>, into: &mut VecDeque<Outbound<M>>) -> Poll<bool> {
         // Without the lock while waiting: the consumer is polled for its
         // socket too, often once per packet read.
         if !self.ready.load(Ordering::Acquire) {
@@ -619,14 +644,14 @@ impl Outbox {
     }
 
     /// [`Outbox::poll_drain`] as a future.
-    pub async fn drain(&self, into: &mut VecDeque<Outbound>) -> bool {
+    pub async fn drain(&self, into: &mut VecDeque<Outbound<M>>) -> bool {
         std::future::poll_fn(|cx| self.poll_drain(cx, into)).await
     }
 }
 
 /// Rewrites an acknowledgement whose commit failed. Returns true if the
 /// connection must be closed instead.
-fn refuse(packet: &mut Outbound, version: ProtocolVersion) -> bool {
+fn refuse<M>(packet: &mut Outbound<M>, version: ProtocolVersion) -> bool {
     let reason = match packet {
         Outbound::Ack(AckKind::Ack | AckKind::Rec, _, reason) => reason,
         Outbound::Other(p) => match &mut **p {
@@ -656,10 +681,15 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn an_outbox_stays_small() {
-        assert!(std::mem::size_of::<super::Outbox>() <= 88);
+        assert!(std::mem::size_of::<Outbox>() <= 88);
     }
 
     use super::*;
+
+    /// Link's queues as its tests fill them: with bare messages.
+    use crate::link::Bare;
+    type Outbox = super::Outbox<Bare>;
+    type Outbound = super::Outbound<Bare>;
 
     #[test]
     fn silence_counts_only_while_listening() {
@@ -691,7 +721,7 @@ mod tests {
         Packet::PingResp.into()
     }
 
-    fn retained(topic: &str) -> Arc<crate::broker::Message> {
+    fn retained(topic: &str) -> Arc<Bare> {
         let p = crate::codec::Publish {
             dup: false,
             qos_pid: crate::codec::QosPid::AtMostOnce,
@@ -700,7 +730,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"v"),
             properties: Default::default(),
         };
-        Arc::new(crate::broker::Message::from_publish(p, 0, None))
+        Arc::new(Bare(Message::from_publish(p, 0, None)))
     }
 
     /// A retained burst keeps its place in line (after what was queued

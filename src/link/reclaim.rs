@@ -1,7 +1,8 @@
 //! Allocations go back to the thread that made them: written messages to
 //! the core to be freed, emptied batch vectors to the readers.
 //!
-//! The core allocates every [`Message`]; a QoS 0 message's last reference
+//! The core allocates every shared message (`M`: whatever the outboxes
+//! hold, see [`crate::link::outbound`]); a QoS 0 message's last reference
 //! is usually dropped by the writer that sent its last copy, often on
 //! another thread. glibc's allocator frees a block into the arena of the
 //! thread that allocated it, under that arena's lock, so every such free
@@ -20,7 +21,6 @@
 //! The other way round, the vectors that carry batches of packets from the
 //! readers to the core go back to the readers ([`Batches`]).
 
-use crate::broker::Message;
 use crate::codec::Packet;
 use std::sync::{Arc, Mutex};
 
@@ -28,15 +28,24 @@ use std::sync::{Arc, Mutex};
 pub(crate) const BIN_MAX: usize = 1024;
 
 /// Written messages waiting to be freed by the core.
-#[derive(Debug, Default)]
-pub(crate) struct Reclaim {
-    bin: Mutex<Vec<Arc<Message>>>,
+#[derive(Debug)]
+pub(crate) struct Reclaim<M> {
+    bin: Mutex<Vec<Arc<M>>>,
 }
 
-impl Reclaim {
+// By hand: derived, it would ask for `M: Default`.
+impl<M> Default for Reclaim<M> {
+    fn default() -> Self {
+        Reclaim {
+            bin: Mutex::default(),
+        }
+    }
+}
+
+impl<M> Reclaim<M> {
     /// Keeps `msg` for the core if nobody else holds it (otherwise it
     /// simply drops this reference).
-    pub fn keep(kept: &mut Vec<Arc<Message>>, msg: Arc<Message>) {
+    pub fn keep(kept: &mut Vec<Arc<M>>, msg: Arc<M>) {
         if Arc::strong_count(&msg) == 1 {
             kept.push(msg);
         }
@@ -44,7 +53,7 @@ impl Reclaim {
 
     /// Hands `kept` to the core, or frees it here if the bin is full.
     /// `kept` is left empty, with its capacity.
-    pub fn give(&self, kept: &mut Vec<Arc<Message>>) {
+    pub fn give(&self, kept: &mut Vec<Arc<M>>) {
         if kept.is_empty() {
             return;
         }
@@ -59,7 +68,7 @@ impl Reclaim {
 
     /// Frees what the writers handed back (called by the core). `spare`
     /// is swapped with the bin, so neither vector's buffer is reallocated.
-    pub fn free(&self, spare: &mut Vec<Arc<Message>>) {
+    pub fn free(&self, spare: &mut Vec<Arc<M>>) {
         if let Ok(mut bin) = self.bin.lock() {
             if bin.is_empty() {
                 return;
@@ -70,7 +79,7 @@ impl Reclaim {
     }
 }
 
-/// Emptied batch vectors ([`crate::broker::Event::Packets`]), for readers
+/// Emptied batch vectors (the core's `Event::Packets`), for readers
 /// to fill again: a reader allocates one per batch of packets and the core
 /// freed it, a cross-thread free per batch like those above (a quarter of
 /// the broker's remaining futex calls in fan-in).
@@ -110,6 +119,10 @@ impl Batches {
 mod tests {
     use super::*;
     use crate::codec::{Publish, PublishProperties, QosPid};
+    use crate::message::Message;
+
+    /// Link's bin as its tests fill it: with bare messages.
+    type Reclaim = super::Reclaim<Message>;
 
     fn message() -> Arc<Message> {
         let p = Publish {

@@ -15,7 +15,7 @@
 use super::duplex::{Duplex, OverBudget, Step};
 use super::preauth::PreAuth;
 use super::sweep::IdleSweep;
-use crate::broker::{effective_keep_alive, CloseReason, ConnId, Event, Share};
+use crate::broker::{effective_keep_alive, CloseReason, ConnId, Event, Outbox, Share};
 use crate::codec::{encode, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use crate::config::Options;
 use crate::escape::Escaped;
@@ -24,7 +24,6 @@ pub(crate) use crate::ingress::admit::TransportUser;
 use crate::ingress::admit::{self, Admission, Admitted, Malformed, Next};
 use crate::ingress::{Ask, Inbound, Ingress, ToCore};
 use crate::link::intake::Intake;
-use crate::link::outbox::Outbox;
 use crate::stats::Stats;
 use bytes::BytesMut;
 use std::future::{poll_fn, Future};
@@ -45,7 +44,7 @@ pub(crate) struct Shared {
     /// Ticked by the listeners' task (see [`IdleSweep`]).
     pub sweep: IdleSweep,
     /// Written messages on their way back to the core.
-    pub reclaim: Arc<crate::link::reclaim::Reclaim>,
+    pub reclaim: Arc<crate::broker::Reclaim>,
     /// Bounds the PUBLISH bytes waiting for the core.
     pub intake: Arc<Intake>,
     /// Batch vectors the core emptied.
@@ -374,19 +373,23 @@ fn dispatch<'a>(
         Routed::Hooks(ask) => {
             return Dispatched::Wait(Box::pin(async move {
                 match with_hooks(ask, live, conn, shared).await {
-                    Ok(Some(event)) => send(shared, shared.intake.hold(event).await, false).await,
+                    Ok(Some(event)) => {
+                        let share = shared.intake.take(event.publish_bytes()).await;
+                        send(shared, event.holding(share), false).await
+                    }
                     Ok(None) => Ok(()),
                     Err(reason) => Err(Ending::Close(reason)),
                 }
             }))
         }
     };
-    let event = match shared.intake.try_hold(event) {
-        Ok(event) => event,
+    let event = match shared.intake.try_take(event.publish_bytes()) {
+        Some(share) => event.holding(share),
         // Too many PUBLISH bytes wait for the core: wait for some to go.
-        Err(event) => {
+        None => {
             return Dispatched::Wait(Box::pin(async move {
-                send(shared, shared.intake.hold(event).await, last).await
+                let share = shared.intake.take(event.publish_bytes()).await;
+                send(shared, event.holding(share), last).await
             }))
         }
     };

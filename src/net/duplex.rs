@@ -14,15 +14,14 @@
 
 use super::alias::OutboundAliases;
 use super::connection::Shared;
+use super::encode::encode_into;
 use super::preauth::Charge;
 use super::sweep::IdleSweep;
 use super::wbuf::WriteBuf;
-use crate::broker::Message;
+use crate::broker::{Outbound, Outbox, Reclaim, Tracked};
 use crate::codec::{DecodeError, Decoder, Packet, PacketType, ProtocolVersion};
 use crate::config::Limits;
-use crate::link::outbound::Outbound;
-use crate::link::outbox::{Outbox, BRIEF_PAUSE};
-use crate::link::reclaim::Reclaim;
+use crate::link::outbox::BRIEF_PAUSE;
 use crate::stats::{self, Stats};
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -140,7 +139,7 @@ struct WriteBuffers {
     batch: VecDeque<Outbound>,
     /// Written messages for the core to free (see [`crate::link::reclaim`]);
     /// empty between write rounds.
-    kept: Vec<Arc<Message>>,
+    kept: Vec<Arc<Tracked>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
@@ -594,7 +593,7 @@ fn encode(
     aliases: &mut OutboundAliases,
     (out, share_payloads): (&mut WriteBuf, bool),
     stats: &Stats,
-    kept: &mut Vec<Arc<Message>>,
+    kept: &mut Vec<Arc<Tracked>>,
 ) {
     let mut publishes = 0u64;
     let mut packets = 0;
@@ -604,7 +603,7 @@ fn encode(
         }
         packets += 1;
         publishes += u64::from(packet.is_publish());
-        if let Err(e) = packet.encode_into(version, aliases, out, share_payloads) {
+        if let Err(e) = encode_into(packet, version, aliases, out, share_payloads) {
             tracing::warn!(error = %e, packet = packet.name(), "cannot encode");
         }
     }

@@ -4,6 +4,7 @@
 pub(crate) mod alias;
 pub(crate) mod connection;
 mod duplex;
+pub(crate) mod encode;
 #[cfg(feature = "http")]
 pub(crate) mod http;
 pub(crate) mod listener;

@@ -1,13 +1,23 @@
-//! An application message as the broker holds it: one shared copy routed to
-//! every subscriber.
+//! An application message as plain data: what a PUBLISH (or a will, or a
+//! retained or `$SYS` value) carries from its publisher to its subscribers,
+//! and [`SessionId`], which names its publisher.
+//!
+//! Plain on purpose: hooks and the link layer read it without knowing the
+//! broker. What the core keeps beside a message it routes (its storage id,
+//! the publisher's acknowledgement gate, the commit its deliveries wait
+//! for) is in the core's wrapper, `broker::Tracked`.
 
 use crate::codec::{ByteStr, Publish, QoS, UserProperties};
 use bytes::Bytes;
-use std::sync::atomic::AtomicU64;
 
-use super::SessionId;
+/// Identifies a session for its whole life (client ids can be reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub(crate) u64);
 
-/// A published message. Shared (`Arc`) between every session that holds it.
+/// A published message. One copy is shared (by reference) between every
+/// session that holds it.
+// Non-exhaustive: hooks read messages, only the broker makes them.
+#[non_exhaustive]
 #[derive(Debug)]
 pub struct Message {
     /// Topic name.
@@ -25,15 +35,6 @@ pub struct Message {
     /// The session that published it (for No Local); `None` for the broker
     /// itself (wills of ended sessions, `$SYS`, restored messages).
     pub publisher: Option<SessionId>,
-    /// Storage id, assigned when first persisted (0 = not stored).
-    pub(crate) store_id: AtomicU64,
-    /// The publisher's PUBACK that this message's subscribers may release.
-    pub(crate) gate: super::gate::AckGate,
-    /// Deliveries wait for this commit (0: for none). It stores a QoS 2
-    /// publisher's packet id, which is what stops a resent PUBLISH from
-    /// being delivered twice: delivering before it is durable would let a
-    /// crash undo that protection.
-    pub(crate) deliver_after: AtomicU64,
 }
 
 /// The properties of a PUBLISH that belong to the message (not to one hop).
@@ -67,9 +68,6 @@ impl Message {
                 user_properties: props.user_properties,
             },
             publisher,
-            store_id: AtomicU64::new(0),
-            gate: Default::default(),
-            deliver_after: AtomicU64::new(0),
         }
     }
 
@@ -83,30 +81,9 @@ impl Message {
         self.expires_at_ms.is_some_and(|t| t <= now_ms)
     }
 
-    /// A message read back from the store.
-    pub(crate) fn from_record(rec: roost_storage::MessageRecord, store_id: u64) -> Self {
-        let p = rec.properties;
-        Message {
-            topic: ByteStr::from(rec.topic),
-            payload: rec.payload,
-            qos: super::persist::qos_from_u8(rec.qos),
-            retain: rec.retain,
-            properties: MessageProperties {
-                payload_format_indicator: p.payload_format_indicator,
-                content_type: p.content_type.map(ByteStr::from),
-                response_topic: p.response_topic.map(ByteStr::from),
-                correlation_data: p.correlation_data,
-                user_properties: p
-                    .user_properties
-                    .into_iter()
-                    .map(|(k, v)| (ByteStr::from(k), ByteStr::from(v)))
-                    .collect(),
-            },
-            expires_at_ms: rec.expires_at_ms,
-            publisher: None,
-            store_id: AtomicU64::new(store_id),
-            gate: Default::default(),
-            deliver_after: AtomicU64::new(0),
-        }
+    /// The same message at `qos`.
+    pub(crate) fn with_qos(mut self, qos: QoS) -> Self {
+        self.qos = qos;
+        self
     }
 }

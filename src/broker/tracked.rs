@@ -1,0 +1,67 @@
+//! A message as the core routes it: the plain [`Message`] and, beside it in
+//! the same allocation, what only the core keeps about it. Named for that:
+//! the core tracks where the message is stored, which acknowledgement of
+//! its publisher it may release, and which commit its deliveries wait for.
+//!
+//! One `Arc<Tracked>` is the one shared copy of a message: sessions' queues,
+//! the retained store, storage operations and the link layer's deliveries
+//! all hold it. Link is generic over what it holds (see
+//! [`crate::link::outbound`]), so it sees a `Message` through [`Deref`] and
+//! never these fields; the aliases below name link's types as the core
+//! fills them.
+
+use super::gate::AckGate;
+use crate::message::Message;
+use std::ops::Deref;
+use std::sync::atomic::AtomicU64;
+
+/// A routed message with the core's bookkeeping.
+#[derive(Debug)]
+pub(crate) struct Tracked {
+    msg: Message,
+    /// Storage id, assigned when first persisted (0 = not stored).
+    pub(super) store_id: AtomicU64,
+    /// The publisher's PUBACK that this message's subscribers may release.
+    pub(super) gate: AckGate,
+    /// Deliveries wait for this commit (0: for none). It stores a QoS 2
+    /// publisher's packet id, which is what stops a resent PUBLISH from
+    /// being delivered twice: delivering before it is durable would let a
+    /// crash undo that protection.
+    pub(super) deliver_after: AtomicU64,
+}
+
+impl Tracked {
+    /// `msg`, not stored yet, gating nothing, delivered at once.
+    pub fn new(msg: Message) -> Self {
+        Tracked::stored(msg, 0)
+    }
+
+    /// `msg`, stored as `store_id` (0: not stored).
+    pub fn stored(msg: Message, store_id: u64) -> Self {
+        Tracked {
+            msg,
+            store_id: AtomicU64::new(store_id),
+            gate: AckGate::default(),
+            deliver_after: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Deref for Tracked {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.msg
+    }
+}
+
+/// An outbox as the core fills it.
+pub(crate) type Outbox = crate::link::outbox::Outbox<Tracked>;
+/// A queued packet as the core queues it.
+pub(crate) type Outbound = crate::link::outbound::Outbound<Tracked>;
+/// A delivery of a tracked message.
+pub(crate) type Delivery = crate::link::outbound::Delivery<Tracked>;
+/// Retained messages for a new subscription.
+pub(crate) type Burst = crate::link::outbound::Burst<Tracked>;
+/// Written messages on their way back to the core.
+pub(crate) type Reclaim = crate::link::reclaim::Reclaim<Tracked>;
