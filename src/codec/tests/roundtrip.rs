@@ -95,9 +95,13 @@ proptest! {
         if encode(&q, v, &mut second).is_err() {
             return Ok(());
         }
-        let mut check = Decoder::with_version(MAX, v);
+        // Judge `q` by a decoder in the state `d` will be in: after a
+        // CONNECT that is a server's, which refuses what only a server
+        // may send (a PUBLISH with a subscription identifier, say).
+        let mut check = decoder_for(&p, v);
+        prop_assert_eq!(check.decode(&mut encoded(&p, v)), Ok(Some(p.clone())));
         let Ok(Some(q)) = check.decode(&mut second.clone()) else {
-            // `q` was valid for another version only.
+            // `q` was valid for another version, or another direction, only.
             return Ok(());
         };
         buf.extend_from_slice(&second);
