@@ -164,7 +164,7 @@ pub fn run(data: &[u8]) -> Summary {
                 };
                 let conn = ConnId(next_conn);
                 next_conn += 1;
-                let outbox = Arc::new(Outbox::new(protocol));
+                let outbox = Arc::new(Outbox::new(protocol, now));
                 let client = Arc::new(Client {
                     client_id: client_id.as_str().into(),
                     username: None,
@@ -300,7 +300,15 @@ pub fn run(data: &[u8]) -> Summary {
             }
             _ => {}
         }
-        check(&mut broker, &mut players, k, expect, &limits, &mut summary);
+        check(
+            &mut broker,
+            &mut players,
+            k,
+            expect,
+            &limits,
+            now,
+            &mut summary,
+        );
     }
     summary
 }
@@ -312,6 +320,7 @@ fn check(
     actor: u8,
     expect: Option<(&str, Option<PacketId>)>,
     limits: &Limits,
+    now: u64,
     summary: &mut Summary,
 ) {
     for (k, p) in players.iter_mut().enumerate() {
@@ -319,7 +328,7 @@ fn check(
             continue;
         };
         let mut got = VecDeque::new();
-        outbox.try_drain(&mut got);
+        outbox.try_drain(now, &mut got);
         let mut answered = false;
         for packet in got {
             if let Outbound::Deliver(d) = &packet {

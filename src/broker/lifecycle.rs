@@ -238,7 +238,7 @@ impl Broker {
             reason: ReasonCode::Success,
             properties,
         }));
-        self.watch_keep_alive(conn, keep_alive);
+        self.watch_keep_alive(conn, keep_alive, now_ms);
 
         if client.inline {
             self.inline_conns += 1;

@@ -1,11 +1,11 @@
 //! The broker core: sessions by client id, session takeover, routing through
 //! the subscription tree, retained messages, wills, expiry and `$SYS`.
 //!
-//! Sans-IO: every entry point takes the current wall-clock time in
-//! milliseconds; output goes to connection [`Outbox`]es and storage [`Op`]s.
-//! One exception: the keep-alive compares the times connections last read
-//! a packet with the monotonic clock they were taken on
-//! ([`Outbox::clock_ms`]; see `keepalive`).
+//! Sans-IO: every entry point takes the current time (Unix-epoch
+//! milliseconds, from the driver's clock); output goes to connection
+//! [`Outbox`]es and storage [`Op`]s. Connections note on their outbox when
+//! they start waiting for their client, on the same clock, for the
+//! keep-alive (see `keepalive`).
 //! One task owns a `Broker` and feeds it [`Event`]s, so no lock is ever held
 //! across I/O and the routing path has no contention.
 

@@ -93,10 +93,10 @@ impl Broker {
         }
     }
 
-    /// Watches a new connection's keep-alive (seconds; 0: none), dropping
-    /// the entries of connections gone once they pile up.
-    pub(super) fn watch_keep_alive(&mut self, conn: ConnId, keep_alive: u16) {
-        self.keepalives.watch(conn, keep_alive, Outbox::clock_ms());
+    /// Watches a new connection's keep-alive (seconds; 0: none) from
+    /// `now_ms`, dropping the entries of connections gone once they pile up.
+    pub(super) fn watch_keep_alive(&mut self, conn: ConnId, keep_alive: u16, now_ms: u64) {
+        self.keepalives.watch(conn, keep_alive, now_ms);
         if self.keepalives.crowded(self.conns.len()) {
             let conns = &self.conns;
             self.keepalives.forget_gone(|c| conns.contains_key(&c));
@@ -106,20 +106,19 @@ impl Broker {
     /// Disconnects the clients silent for longer than their keep-alive
     /// allows (see [`keepalive`]).
     fn check_keep_alives(&mut self, now_ms: u64) {
-        let now = Outbox::clock_ms();
-        while let Some((conn, allowed)) = self.keepalives.next_due(now) {
+        while let Some((conn, allowed)) = self.keepalives.next_due(now_ms) {
             let Some(silent) = self
                 .conns
                 .get(&conn)
                 .and_then(|sid| self.sessions.get(sid))
                 .and_then(|s| s.conn.as_ref())
-                .map(|c| c.outbox.silent_ms(now))
+                .map(|c| c.outbox.silent_ms(now_ms))
             else {
                 continue; // gone meanwhile
             };
             // Busy with what the client sent: as good as just heard.
             let silent = silent.unwrap_or(0);
-            if self.keepalives.look(conn, allowed, silent, now) == keepalive::Look::Expired {
+            if self.keepalives.look(conn, allowed, silent, now_ms) == keepalive::Look::Expired {
                 tracing::info!(conn = conn.0, silent_ms = silent, "keep-alive timeout");
                 self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms);
             }
