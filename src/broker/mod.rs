@@ -23,6 +23,8 @@ mod restore;
 mod session;
 mod subscribe;
 mod sys;
+#[cfg(test)]
+mod tests;
 mod throttle;
 mod tick;
 
