@@ -12,6 +12,7 @@
 mod expiry;
 mod keep_alive;
 mod restart;
+mod sys;
 mod will;
 
 use super::*;
