@@ -1,7 +1,7 @@
 //! Drives the broker core with a sequence of operations read from bytes
 //! (several clients connecting, publishing, subscribing, acknowledging,
-//! dropping their connections, time passing) and checks, after every
-//! step, what must always hold:
+//! dropping their connections, time passing, keep-alives running out) and
+//! checks, after every step, what must always hold:
 //!
 //! - every packet that asks for an answer (QoS 1/2 PUBLISH, PUBREL,
 //!   SUBSCRIBE, UNSUBSCRIBE, PINGREQ) gets it, or its connection is closed;
@@ -151,7 +151,8 @@ pub fn run(data: &[u8]) -> Summary {
                 let connect = Connect {
                     protocol,
                     clean_start: flags & 1 != 0,
-                    keep_alive: 0,
+                    // A 1 s keep-alive, for the time steps to end.
+                    keep_alive: u16::from(flags & 8 != 0),
                     client_id: client_id.as_str().into(),
                     will,
                     username: None,
@@ -299,6 +300,10 @@ pub fn run(data: &[u8]) -> Summary {
                 broker.tick(now);
             }
             _ => {}
+        }
+        // The client's connection waits for it again (see `keepalive`).
+        if let Some((_, outbox, _)) = &players[usize::from(k)].conn {
+            outbox.listening(now);
         }
         check(
             &mut broker,
