@@ -3,12 +3,15 @@
 //! layer as `now`, so neither reads a clock itself and a test can run them
 //! in virtual time.
 //!
-//! Its readings are milliseconds since the Unix epoch, the time base of
-//! everything the core times: keep-alive silence, will delays, session and
-//! message expiry, and what the store records (`disconnected_at_ms`).
-//! One base for all of them, so a connection task stamping "last heard"
-//! and the core judging its keep-alive cannot disagree.
+//! It gives two readings of the same moment ([`Now`]): wall-clock
+//! milliseconds since the Unix epoch, what expiry and will delays count in
+//! and what the store records (`disconnected_at_ms`); and milliseconds on a
+//! monotonic clock, what the keep-alive counts silence in, so that a step
+//! of the system clock neither ends every connection at once nor spares a
+//! silent one. Connection tasks stamp their outboxes with the monotonic
+//! reading of the same clock the core's keep-alive check is given.
 
+use crate::broker::Now;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,44 +22,62 @@ pub(crate) struct Clock(Source);
 
 #[derive(Debug, Clone)]
 enum Source {
-    /// The wall clock as it was at `start`, moved on by a monotonic clock:
-    /// a step of the system clock (a bad NTP sync, a manual change) cannot
-    /// make time go backwards, nor disconnect every client at once by
-    /// jumping their silence forward.
-    System { epoch_ms: u64, start: Instant },
-    /// Moves only when told ([`Clock::advance`]).
+    /// The system's clocks; the monotonic one counts from `start`.
+    System { start: Instant },
+    /// Moves only when told ([`Clock::advance`]); both readings move
+    /// together.
     #[cfg_attr(not(test), allow(dead_code))]
     Manual(Arc<AtomicU64>),
 }
 
+/// The monotonic reading of a manual clock, this far from its wall-clock
+/// one: a reading taken on the wrong one of the two shows in a test.
+#[cfg_attr(not(test), allow(dead_code))]
+const MANUAL_MONO_OFFSET: u64 = 1_000_000_000_000;
+
 impl Clock {
     /// The system's clock.
     pub fn system() -> Self {
-        let epoch_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
         Clock(Source::System {
-            epoch_ms,
             start: Instant::now(),
         })
     }
 
-    /// A clock that reads `start_ms` until [`Clock::advance`]d.
+    /// A clock whose wall-clock reading is `start_ms` until
+    /// [`Clock::advance`]d.
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn manual(start_ms: u64) -> Self {
+        assert!(start_ms >= MANUAL_MONO_OFFSET, "a start after 2001");
         Clock(Source::Manual(Arc::new(AtomicU64::new(start_ms))))
     }
 
-    /// Milliseconds since the Unix epoch; never less than an earlier
-    /// reading of this clock or its clones.
+    /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         match &self.0 {
-            Source::System { epoch_ms, start } => {
-                let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-                epoch_ms.saturating_add(elapsed)
-            }
+            Source::System { .. } => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
             Source::Manual(ms) => ms.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Milliseconds on a monotonic clock (from an arbitrary start): never
+    /// less than an earlier reading of this clock or its clones.
+    pub fn mono_ms(&self) -> u64 {
+        match &self.0 {
+            Source::System { start } => {
+                u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }
+            Source::Manual(ms) => ms.load(Ordering::Relaxed) - MANUAL_MONO_OFFSET,
+        }
+    }
+
+    /// Both readings, for the core.
+    pub fn now(&self) -> Now {
+        Now {
+            ms: self.now_ms(),
+            mono_ms: self.mono_ms(),
         }
     }
 
@@ -82,23 +103,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_system_clock_reads_the_wall_clock_and_never_goes_back() {
+    fn the_system_clock_reads_the_wall_clock_and_a_monotonic_one() {
         let clock = Clock::system();
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        let a = clock.now_ms();
-        assert!(a.abs_diff(wall) < 1_000, "{a} vs {wall}");
-        assert!(clock.clone().now_ms() >= a);
+        let now = clock.now();
+        assert!(now.ms.abs_diff(wall) < 1_000, "{} vs {wall}", now.ms);
+        assert!(now.mono_ms < 1_000, "counts from the clock's creation");
+        assert!(clock.clone().mono_ms() >= now.mono_ms);
     }
 
     #[test]
     fn a_manual_clock_moves_only_when_told_and_its_clones_follow() {
-        let clock = Clock::manual(5_000);
+        let clock = Clock::manual(1_764_000_000_000);
         let seen_by_a_connection = clock.clone();
-        assert_eq!(clock.now_ms(), 5_000);
+        let before = clock.now();
+        assert_eq!(before.ms, 1_764_000_000_000);
         clock.advance(Duration::from_millis(1_500));
-        assert_eq!(seen_by_a_connection.now_ms(), 6_500);
+        let after = seen_by_a_connection.now();
+        assert_eq!(after.ms - before.ms, 1_500);
+        assert_eq!(after.mono_ms - before.mono_ms, 1_500);
+        assert_ne!(after.ms, after.mono_ms);
     }
 }

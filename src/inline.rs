@@ -145,7 +145,7 @@ impl InlineClient {
             protocol: ProtocolVersion::V5,
             inline: true,
         });
-        let outbox = Arc::new(Outbox::new(ProtocolVersion::V5, clock.now_ms()));
+        let outbox = Arc::new(Outbox::new(ProtocolVersion::V5, clock.mono_ms()));
         let inner = Arc::new(Inner {
             conn,
             connected: tokio::sync::Semaphore::new(0),

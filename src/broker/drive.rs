@@ -132,7 +132,7 @@ pub fn run(data: &[u8]) -> Summary {
                             conn,
                             reason: CloseReason::Lost,
                         },
-                        now,
+                        at(now),
                     );
                 }
                 let protocol = match input.byte() % 3 {
@@ -181,7 +181,7 @@ pub fn run(data: &[u8]) -> Summary {
                         client,
                         enhanced_auth: false,
                     },
-                    now,
+                    at(now),
                 );
                 p.conn = Some((conn, outbox, protocol));
                 p.unacked.clear();
@@ -199,7 +199,7 @@ pub fn run(data: &[u8]) -> Summary {
                     if matches!(&packet, Packet::Publish(p) if p.topic.is_empty()) {
                         continue; // An alias: the connection resolves it.
                     }
-                    broker.handle(Event::Packet { conn, packet }, now);
+                    broker.handle(Event::Packet { conn, packet }, at(now));
                 }
             }
             (2, Some((conn, ..))) => {
@@ -220,7 +220,7 @@ pub fn run(data: &[u8]) -> Summary {
                         verdict: PublishVerdict::Deliver,
                         held: Share::default(),
                     },
-                    now,
+                    at(now),
                 );
                 expect = match qos {
                     QoS::AtMostOnce => None,
@@ -244,7 +244,7 @@ pub fn run(data: &[u8]) -> Summary {
                 };
                 let packet = Packet::Subscribe(subscribe);
                 let conn = *conn;
-                broker.handle(Event::Packet { conn, packet }, now);
+                broker.handle(Event::Packet { conn, packet }, at(now));
                 expect = Some(("SUBACK", Some(pid)));
             }
             (4, Some((conn, ..))) => {
@@ -255,7 +255,7 @@ pub fn run(data: &[u8]) -> Summary {
                     user_properties: Vec::new(),
                 });
                 let conn = *conn;
-                broker.handle(Event::Packet { conn, packet }, now);
+                broker.handle(Event::Packet { conn, packet }, at(now));
                 expect = Some(("UNSUBACK", Some(pid)));
             }
             (5, Some((conn, ..))) => {
@@ -266,7 +266,7 @@ pub fn run(data: &[u8]) -> Summary {
                         QoS::ExactlyOnce => Packet::PubRec(PubResp::new(pid)),
                         _ => Packet::PubAck(PubResp::new(pid)),
                     };
-                    broker.handle(Event::Packet { conn, packet }, now);
+                    broker.handle(Event::Packet { conn, packet }, at(now));
                 }
             }
             (6, Some((conn, ..))) => {
@@ -279,25 +279,25 @@ pub fn run(data: &[u8]) -> Summary {
                     expect = Some(("PUBCOMP", Some(pid)));
                     Packet::PubRel(PubResp::new(pid))
                 };
-                broker.handle(Event::Packet { conn, packet }, now);
+                broker.handle(Event::Packet { conn, packet }, at(now));
             }
             (7, Some((conn, ..))) => {
                 let conn = *conn;
                 let reason = if input.byte() % 2 == 0 {
                     let packet = Packet::Disconnect(Disconnect::default());
-                    broker.handle(Event::Packet { conn, packet }, now);
+                    broker.handle(Event::Packet { conn, packet }, at(now));
                     None
                 } else {
                     Some(CloseReason::Lost)
                 };
                 if let Some(reason) = reason {
-                    broker.handle(Event::Closed { conn, reason }, now);
+                    broker.handle(Event::Closed { conn, reason }, at(now));
                 }
                 p.conn = None;
             }
             (8, _) => {
                 now += u64::from(input.byte()) * 1000;
-                broker.tick(now);
+                broker.tick(at(now));
             }
             _ => {}
         }
@@ -316,6 +316,12 @@ pub fn run(data: &[u8]) -> Summary {
         );
     }
     summary
+}
+
+/// The time at `ms`, on one clock for both readings: the driver stamps
+/// the outboxes with the same number.
+fn at(ms: u64) -> Now {
+    Now { ms, mono_ms: ms }
 }
 
 /// Reads every client's outbox and checks the invariants.

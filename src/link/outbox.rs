@@ -68,10 +68,9 @@ pub struct Outbox {
     /// bytes of RSS per idle connection (its allocation changes class).
     brief: AtomicU8,
     /// Since when the connection waits for the client's next packet (the
-    /// driver's clock, ms, low 32 bits), or [`HEARD`] while it is busy
-    /// with what the client sent or has not started waiting yet: the core
-    /// closes a connection that waited one and a half keep-alives (see
-    /// `broker::keepalive`).
+    /// driver's monotonic clock, ms, low 32 bits), or [`HEARD`] while it is
+    /// busy with what the client sent: the core closes a connection that
+    /// waited one and a half keep-alives (see `broker::keepalive`).
     listening_since: AtomicU32,
 }
 
@@ -79,9 +78,9 @@ pub struct Outbox {
 /// the client (a clock reading of exactly this is nudged off it).
 const HEARD: u32 = u32::MAX;
 
-/// [`Outbox::listening_since`] for a connection waiting from `now_ms`.
-fn listening_since(now_ms: u64) -> u32 {
-    (now_ms as u32).min(HEARD - 1)
+/// [`Outbox::listening_since`] for a connection waiting from `mono_ms`.
+fn listening_since(mono_ms: u64) -> u32 {
+    (mono_ms as u32).min(HEARD - 1)
 }
 
 /// [`Outbox::brief`] states.
@@ -246,23 +245,24 @@ impl Inner {
 
 impl Outbox {
     /// An empty, open outbox for a client speaking `version`, whose
-    /// connection waits for it from `now_ms` on (see [`Outbox::listening`]).
-    pub fn new(version: ProtocolVersion, now_ms: u64) -> Self {
+    /// connection waits for it from `mono_ms` on (see [`Outbox::listening`]).
+    pub fn new(version: ProtocolVersion, mono_ms: u64) -> Self {
         Outbox {
             inner: Mutex::default(),
             ready: AtomicBool::new(true),
             version,
             read_pauses: AtomicU32::new(0),
             brief: AtomicU8::new(NOT_PAUSED),
-            listening_since: AtomicU32::new(listening_since(now_ms)),
+            listening_since: AtomicU32::new(listening_since(mono_ms)),
         }
     }
 
-    /// The connection waits for the client's next packet from `now_ms`
-    /// (the clock the core's keep-alive check reads) on.
-    pub fn listening(&self, now_ms: u64) {
+    /// The connection waits for the client's next packet from `mono_ms`
+    /// on: the monotonic reading of the clock whose readings the core's
+    /// keep-alive check is given (`broker::Now::mono_ms`).
+    pub fn listening(&self, mono_ms: u64) {
         self.listening_since
-            .store(listening_since(now_ms), Ordering::Relaxed);
+            .store(listening_since(mono_ms), Ordering::Relaxed);
     }
 
     /// The client sent something: the connection is busy with it, not
@@ -272,17 +272,17 @@ impl Outbox {
     }
 
     /// Milliseconds the connection has been waiting for the client at
-    /// `now` (on the clock [`Outbox::listening`] was given); `None` while
+    /// `mono_ms` (on the clock [`Outbox::listening`] was given); `None` while
     /// it is busy with what the client sent. Exact while under 2^31 ms
     /// (24 days): far more than the longest keep-alive (65,535 s x 1.5).
-    /// A connection that started waiting after `now` (its task read the
+    /// A connection that started waiting after `mono_ms` (its task read the
     /// clock after the core did) has been silent for 0 ms, not for nearly
     /// 2^32.
-    pub fn silent_ms(&self, now: u64) -> Option<u32> {
+    pub fn silent_ms(&self, mono_ms: u64) -> Option<u32> {
         match self.listening_since.load(Ordering::Relaxed) {
             HEARD => None,
             since => {
-                let silent = (now as u32).wrapping_sub(since);
+                let silent = (mono_ms as u32).wrapping_sub(since);
                 Some(if silent > i32::MAX as u32 { 0 } else { silent })
             }
         }
@@ -693,7 +693,7 @@ mod tests {
     }
 
     /// Silence is counted on the low 32 bits of the clock, across their
-    /// wrap: a server up on a day the Unix-epoch milliseconds wrap them.
+    /// wrap (every 49 days of uptime).
     #[test]
     fn silence_is_counted_across_the_clock_wrapping_32_bits() {
         let wrap = 1u64 << 40;

@@ -323,7 +323,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             if let Some(step) = self.decode(stats) {
                 return Poll::Ready(step);
             }
-            outbox.listening(shared.clock.now_ms());
+            outbox.listening(shared.clock.mono_ms());
             self.reading = Reading::Waiting;
         }
         let step = match self.poll_read(cx, stats) {

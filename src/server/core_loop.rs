@@ -67,7 +67,7 @@ impl CoreLoop {
                 _ = &mut shutdown => break,
                 ev = self.events.recv() => {
                     let Some(ev) = ev else { break };
-                    let now = self.clock.now_ms();
+                    let now = self.clock.now();
                     let mut routed = 0;
                     let Self { broker, events, intake, batches, reclaim, .. } = self;
                     // This event and what else is ready, so one commit
@@ -87,7 +87,7 @@ impl CoreLoop {
                     intake.release(routed);
                     reclaim.free(&mut freeing);
                 }
-                _ = tick.tick() => self.broker.tick(self.clock.now_ms()),
+                _ = tick.tick() => self.broker.tick(self.clock.now()),
                 _ = async {
                     match flush.as_mut() {
                         Some(f) => f.tick().await,

@@ -89,7 +89,8 @@ impl Core {
         core
     }
 
-    /// The virtual time, ms since the Unix epoch.
+    /// The virtual time, ms since the Unix epoch (the clock's monotonic
+    /// reading moves with it).
     pub fn now(&self) -> u64 {
         self.clock.now_ms()
     }
@@ -117,7 +118,7 @@ impl Core {
     }
 
     fn handle(&mut self, event: Event) {
-        self.broker.handle(event, self.now());
+        self.broker.handle(event, self.clock.now());
         self.commit();
     }
 
@@ -128,7 +129,7 @@ impl Core {
         while self.next_tick <= until {
             self.clock
                 .advance(Duration::from_millis(self.next_tick - self.now()));
-            self.broker.tick(self.now());
+            self.broker.tick(self.clock.now());
             self.commit();
             self.next_tick += TICK_MS;
         }
@@ -160,7 +161,7 @@ impl Core {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let protocol = connect.protocol;
-        let outbox = Arc::new(Outbox::new(protocol, self.now()));
+        let outbox = Arc::new(Outbox::new(protocol, self.clock.mono_ms()));
         let client = Arc::new(Client {
             client_id: connect.client_id.clone(),
             username: None,
@@ -178,7 +179,7 @@ impl Core {
             client,
             enhanced_auth: false,
         });
-        outbox.listening(self.now());
+        outbox.listening(self.clock.mono_ms());
         let mut peer = Peer {
             conn,
             outbox,
@@ -207,7 +208,7 @@ impl Core {
             conn: peer.conn,
             packet,
         });
-        peer.outbox.listening(self.now());
+        peer.outbox.listening(self.clock.mono_ms());
     }
 
     /// Publishes `p` from `peer`; returns the reason code of its
