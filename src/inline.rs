@@ -10,6 +10,7 @@
 //! says so.
 
 use crate::broker::{ConnId, Event, Outbox};
+use crate::clock::Clock;
 use crate::codec::{
     ByteStr, Connect, ConnectProperties, Packet, ProtocolVersion, PubResp, Publish,
     PublishProperties, QoS, QosPid, ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe,
@@ -129,12 +130,14 @@ const SUBSCRIPTION_BUFFER: usize = 1024;
 
 impl InlineClient {
     /// Connects an inline client over `events`. Must be called within a
-    /// Tokio runtime: a task relays what the broker sends it.
+    /// Tokio runtime: a task relays what the broker sends it, at the times
+    /// `clock` (the core's) reads.
     pub(crate) fn connect(
         client_id: &str,
         conn: ConnId,
         events: mpsc::Sender<Event>,
         hooks: Hooks,
+        clock: Clock,
     ) -> InlineClient {
         let client = Arc::new(Client {
             client_id: ByteStr::from(client_id),
@@ -143,7 +146,7 @@ impl InlineClient {
             protocol: ProtocolVersion::V5,
             inline: true,
         });
-        let outbox = Arc::new(Outbox::new(ProtocolVersion::V5));
+        let outbox = Arc::new(Outbox::new(ProtocolVersion::V5, clock.mono_ms()));
         let inner = Arc::new(Inner {
             conn,
             connected: tokio::sync::Semaphore::new(0),
@@ -188,7 +191,7 @@ impl InlineClient {
             gate.connected
                 .add_permits(tokio::sync::Semaphore::MAX_PERMITS);
             drop(gate);
-            relay_loop(relay, outbox_for_task).await;
+            relay_loop(relay, outbox_for_task, clock).await;
         });
         InlineClient { inner }
     }
@@ -437,9 +440,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Relays what the broker sends the inline client: answers to whoever
 /// waits for them, messages to their subscriptions (acknowledged as an MQTT
 /// client would).
-async fn relay_loop(inner: std::sync::Weak<Inner>, outbox: Arc<Outbox>) {
+async fn relay_loop(inner: std::sync::Weak<Inner>, outbox: Arc<Outbox>, clock: Clock) {
     let mut batch = std::collections::VecDeque::new();
-    while outbox.drain(&mut batch).await {
+    while outbox.drain(|| clock.now_ms(), &mut batch).await {
         let Some(inner) = inner.upgrade() else { return };
         for packet in batch.drain(..) {
             let Some(packet) = packet.into_packet() else {

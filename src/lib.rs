@@ -35,8 +35,8 @@
 //! `default-features = false`.
 
 mod broker;
+mod clock;
 pub mod codec;
-mod commit;
 mod config;
 mod escape;
 pub mod hooks;

@@ -77,10 +77,19 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 impl Stats {
     /// A point-in-time copy of every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
+        self.snapshot_at(SystemTime::now())
+    }
+
+    /// [`Stats::snapshot`] with the uptime counted to `now`: the core
+    /// reads no clock, it is given the time.
+    pub(crate) fn snapshot_at(&self, now: SystemTime) -> StatsSnapshot {
         let g = |c: &AtomicU64| c.load(Relaxed);
         StatsSnapshot {
             started: self.started,
-            uptime_secs: self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            uptime_secs: now
+                .duration_since(self.started)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             bytes_received: g(&self.bytes_received),
             bytes_sent: g(&self.bytes_sent),
             packets_received: g(&self.packets_received),

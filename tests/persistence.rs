@@ -219,48 +219,6 @@ async fn an_inbound_qos2_id_still_blocks_a_duplicate_after_a_restart() {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn a_will_whose_delay_passed_while_down_is_published_at_start() {
-    let store = Arc::new(Durable::default());
-    let b = TestBroker::with_store(Options::default(), store.clone()).await;
-    let mut c = persistent(ProtocolVersion::V5, "dying");
-    let mut w = will("wills/dying", "gone", QoS::AtLeastOnce, true);
-    w.properties.will_delay_interval = Some(1);
-    c.will = Some(w);
-    let d = Raw::connected(b.addr, c).await;
-    d.drop_connection();
-    // Stopped before the delay ends: the will is still pending in the store.
-    b.stop().await;
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-
-    let b = TestBroker::with_store(Options::default(), store).await;
-    let mut r = Raw::connected(b.addr, v5("reader")).await;
-    r.subscribe(1, "wills/#", QoS::AtLeastOnce).await;
-    let m = r.recv_publish().await;
-    assert_eq!(payload(&m), "gone");
-    b.stop().await;
-}
-
-#[tokio::test]
-async fn a_session_that_expired_while_down_is_gone() {
-    let store = Arc::new(Durable::default());
-    let b = TestBroker::with_store(Options::default(), store.clone()).await;
-    let mut c = persistent(ProtocolVersion::V5, "brief");
-    c.properties.session_expiry_interval = Some(1);
-    let mut s = Raw::connected(b.addr, c.clone()).await;
-    s.subscribe(1, "t", QoS::AtLeastOnce).await;
-    s.disconnect().await;
-    b.stop().await;
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-
-    let b = TestBroker::with_store(Options::default(), store.clone()).await;
-    let (_s, ack) = Raw::connect(b.addr, c).await;
-    assert!(!ack.session_present, "expired during the downtime");
-    b.stop().await;
-    let snap = store.load().unwrap();
-    assert!(snap.messages.is_empty());
-}
-
 /// A QoS 1 PUBACK means "safe": written, or delivered to and acknowledged
 /// by every persistent session that got a copy. The second comes first
 /// when the disk is slow, and the copies it makes unnecessary are never

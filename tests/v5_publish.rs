@@ -8,7 +8,6 @@ use common::*;
 use roost::codec::{Packet, PubResp, Publish, QoS, ReasonCode};
 use roost::Options;
 use std::num::{NonZeroU16, NonZeroU32};
-use std::time::Duration;
 
 fn expiring(topic: &str, body: &str, qos: QoS, pid: u16, secs: u32) -> Publish {
     let mut p = publish(topic, body, qos, pid);
@@ -23,28 +22,8 @@ fn aliased(topic: &str, body: &str, alias: u16) -> Publish {
 }
 
 // ----- message expiry ----------------------------------------------------
-
-#[tokio::test]
-async fn expired_message_is_not_delivered_to_offline_session() {
-    let b = TestBroker::start().await;
-    let mut s = Raw::connected(b.addr, v5_session("s", true, 60)).await;
-    s.subscribe(1, "me/t", QoS::AtLeastOnce).await;
-    s.disconnect().await;
-
-    let mut p = Raw::connected(b.addr, v5("pub")).await;
-    p.publish(expiring("me/t", "short", QoS::AtLeastOnce, 1, 1))
-        .await;
-    p.publish(publish("me/t", "forever", QoS::AtLeastOnce, 2))
-        .await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-
-    let (mut s, ack) = Raw::connect(b.addr, v5_session("s", false, 60)).await;
-    assert!(ack.session_present);
-    let m = s.recv_publish().await;
-    assert_eq!(payload(&m), "forever", "the expired message was dropped");
-    s.ack(&m).await;
-    s.expect_nothing().await;
-}
+// What takes time (expiry while queued, retained, behind receive maximum)
+// runs in virtual time against the core: src/broker/tests/expiry.rs.
 
 #[tokio::test]
 async fn remaining_expiry_interval_is_forwarded() {
@@ -64,42 +43,6 @@ async fn remaining_expiry_interval_is_forwarded() {
         s.recv_publish().await.properties.message_expiry_interval,
         None
     );
-}
-
-#[tokio::test]
-async fn expiry_interval_counts_down_while_queued() {
-    let b = TestBroker::start().await;
-    let mut s = Raw::connected(b.addr, v5_session("s", true, 60)).await;
-    s.subscribe(1, "me/t", QoS::AtLeastOnce).await;
-    s.disconnect().await;
-    let mut p = Raw::connected(b.addr, v5("pub")).await;
-    p.publish(expiring("me/t", "x", QoS::AtLeastOnce, 1, 10))
-        .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (mut s, _) = Raw::connect(b.addr, v5_session("s", false, 60)).await;
-    let m = s.recv_publish().await;
-    let left = m.properties.message_expiry_interval.expect("expiry sent");
-    // [MQTT-3.3.2-6]: the interval sent is what is left of it.
-    assert!((1..=9).contains(&left), "received with {left}");
-}
-
-#[tokio::test]
-async fn expired_retained_message_is_not_delivered() {
-    let b = TestBroker::start().await;
-    let mut p = Raw::connected(b.addr, v5("pub")).await;
-    let mut r = expiring("rex/short", "gone", QoS::AtLeastOnce, 1, 1);
-    r.retain = true;
-    p.publish(r).await;
-    p.publish(retained("rex/keep", "kept", QoS::AtLeastOnce, 2))
-        .await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let mut s = Raw::connected(b.addr, v5("s")).await;
-    s.subscribe(1, "rex/#", QoS::AtLeastOnce).await;
-    let m = s.recv_publish().await;
-    assert_eq!(m.topic, "rex/keep");
-    assert!(m.retain);
-    s.ack(&m).await;
-    s.expect_nothing().await;
 }
 
 // ----- flow control ------------------------------------------------------
@@ -596,41 +539,4 @@ async fn server_topic_aliases_stop_at_client_maximum() {
             }
         }
     }
-}
-
-#[tokio::test]
-async fn message_expiring_behind_receive_maximum_is_dropped() {
-    let b = TestBroker::start().await;
-    let mut c = v5("s");
-    c.properties.receive_maximum = NonZeroU16::new(1);
-    let mut s = Raw::connected(b.addr, c).await;
-    s.subscribe(1, "rmx", QoS::AtLeastOnce).await;
-    let mut p = Raw::connected(b.addr, v5("pub")).await;
-    p.publish(publish("rmx", "first", QoS::AtLeastOnce, 1))
-        .await;
-    p.publish(expiring("rmx", "short", QoS::AtLeastOnce, 2, 1))
-        .await;
-    p.publish(publish("rmx", "last", QoS::AtLeastOnce, 3)).await;
-    let first = s.recv_publish().await;
-    assert_eq!(payload(&first), "first");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    s.ack(&first).await;
-    let next = s.recv_publish().await;
-    assert_eq!(payload(&next), "last", "the expired message was skipped");
-}
-
-#[tokio::test]
-async fn retained_message_carries_remaining_expiry() {
-    let b = TestBroker::start().await;
-    let mut p = Raw::connected(b.addr, v5("pub")).await;
-    let mut r = expiring("rexp", "x", QoS::AtLeastOnce, 1, 30);
-    r.retain = true;
-    p.publish(r).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let mut s = Raw::connected(b.addr, v5("s")).await;
-    s.subscribe(1, "rexp", QoS::AtLeastOnce).await;
-    let m = s.recv_publish().await;
-    assert!(m.retain);
-    let left = m.properties.message_expiry_interval.expect("expiry sent");
-    assert!((28..=29).contains(&left), "received with {left}");
 }

@@ -223,41 +223,8 @@ async fn connack_reports_capped_session_expiry() {
 }
 
 // ----- session expiry ----------------------------------------------------
-
-#[tokio::test]
-async fn session_survives_within_expiry_and_is_gone_after() {
-    let b = TestBroker::start().await;
-    let mut s = Raw::connected(b.addr, v5_session("s", true, 2)).await;
-    s.subscribe(1, "exp/t", QoS::AtLeastOnce).await;
-    s.disconnect().await;
-
-    let mut p = Raw::connected(b.addr, v5("pub")).await;
-    assert_eq!(
-        p.publish(publish("exp/t", "queued", QoS::AtLeastOnce, 1))
-            .await,
-        ReasonCode::Success,
-        "the offline session's subscription still matches"
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (mut s, ack) = Raw::connect(b.addr, v5_session("s", false, 2)).await;
-    assert!(ack.session_present, "reconnected within the expiry");
-    let m = s.recv_publish().await;
-    assert_eq!(payload(&m), "queued");
-    s.ack(&m).await;
-    s.disconnect().await;
-
-    // Expires 2 s after the disconnect; the broker ticks once a second.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(
-        p.publish(publish("exp/t", "late", QoS::AtLeastOnce, 2))
-            .await,
-        ReasonCode::NoMatchingSubscribers,
-        "the expired session's subscription is gone"
-    );
-    let (mut s, ack) = Raw::connect(b.addr, v5_session("s", false, 2)).await;
-    assert!(!ack.session_present, "session expired");
-    s.expect_nothing().await;
-}
+// What takes time runs in virtual time against the core:
+// src/broker/tests/expiry.rs.
 
 #[tokio::test]
 async fn session_with_zero_expiry_ends_at_disconnect() {
@@ -284,19 +251,6 @@ async fn disconnect_can_shorten_session_expiry_to_zero() {
     s.expect_closed().await;
     let (_s, ack) = Raw::connect(b.addr, v5_session("s", false, 600)).await;
     assert!(!ack.session_present, "DISCONNECT set the expiry to 0");
-}
-
-#[tokio::test]
-async fn disconnect_can_lengthen_session_expiry() {
-    let b = TestBroker::start().await;
-    let mut s = Raw::connected(b.addr, v5_session("s", true, 1)).await;
-    s.subscribe(1, "t", QoS::AtLeastOnce).await;
-    s.send(Packet::Disconnect(disconnect_with_expiry(60))).await;
-    s.expect_closed().await;
-    // Well past the original 1 s expiry.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_s, ack) = Raw::connect(b.addr, v5_session("s", false, 60)).await;
-    assert!(ack.session_present, "DISCONNECT set the expiry to 60 s");
 }
 
 #[tokio::test]
@@ -333,45 +287,9 @@ async fn second_connection_takes_over_with_0x8e() {
     assert_eq!(payload(&second.recv_publish().await), "x");
 }
 
-// ----- keep-alive --------------------------------------------------------
-
-#[tokio::test]
-async fn server_keep_alive_is_advertised_and_enforced() {
-    let mut opts = Options::default();
-    opts.capabilities.server_keep_alive = Some(2);
-    let b = TestBroker::with(opts).await;
-    let mut c = connect(ProtocolVersion::V5, "idle", true);
-    c.keep_alive = 60;
-    let (mut c, ack) = Raw::connect(b.addr, c).await;
-    assert_eq!(ack.properties.server_keep_alive, Some(2));
-    let start = Instant::now();
-    // Idle: the broker gives up after 1.5 x 2 s ([MQTT-3.1.2-22]).
-    assert_eq!(
-        expect_disconnect(&mut c).await,
-        ReasonCode::KeepAliveTimeout
-    );
-    let waited = start.elapsed();
-    assert!(
-        waited >= Duration::from_millis(2500) && waited <= Duration::from_millis(4500),
-        "disconnected after {waited:?}"
-    );
-}
-
-#[tokio::test]
-async fn pings_keep_a_server_keep_alive_connection_open() {
-    let mut opts = Options::default();
-    opts.capabilities.server_keep_alive = Some(1);
-    let b = TestBroker::with(opts).await;
-    let (mut c, ack) = Raw::connect(b.addr, v5("busy")).await;
-    assert_eq!(ack.properties.server_keep_alive, Some(1));
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        c.send(Packet::PingReq).await;
-        assert_eq!(c.recv().await, Packet::PingResp);
-    }
-}
-
 // ----- wills -------------------------------------------------------------
+// Will delays and the will's expiry run in virtual time against the core:
+// src/broker/tests/will.rs.
 
 fn with_will(mut c: Connect, payload: &str, delay: Option<u32>) -> Connect {
     let mut w = will("will/t", payload, QoS::AtLeastOnce, false);
@@ -421,73 +339,6 @@ async fn will_sent_on_takeover() {
     let _second = Raw::connected(b.addr, v5("same")).await;
     // [MQTT-3.1.4-3]: the old connection is closed as if it had failed.
     assert_eq!(payload(&w.recv_publish().await), "taken");
-}
-
-#[tokio::test]
-async fn will_delay_postpones_the_will() {
-    let b = TestBroker::start().await;
-    let mut w = watcher(&b, "will/t").await;
-    let c = Raw::connected(
-        b.addr,
-        with_will(v5_session("c", true, 30), "late", Some(2)),
-    )
-    .await;
-    let start = Instant::now();
-    c.drop_connection();
-    assert!(
-        w.recv_within(Duration::from_millis(1500)).await.is_none(),
-        "will sent before its delay"
-    );
-    let m = w.recv_publish().await;
-    assert_eq!(payload(&m), "late");
-    let waited = start.elapsed();
-    assert!(
-        waited <= Duration::from_millis(4000),
-        "will after {waited:?}"
-    );
-}
-
-#[tokio::test]
-async fn reconnect_within_will_delay_cancels_the_will() {
-    let b = TestBroker::start().await;
-    let mut w = watcher(&b, "will/t").await;
-    let c = Raw::connected(
-        b.addr,
-        with_will(v5_session("c", true, 30), "cancelled", Some(2)),
-    )
-    .await;
-    c.drop_connection();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_c, ack) = Raw::connect(b.addr, v5_session("c", false, 30)).await;
-    assert!(ack.session_present);
-    // Past the delay (and a tick): still nothing ([MQTT-3.1.3-9]).
-    assert!(
-        w.recv_within(Duration::from_millis(3000)).await.is_none(),
-        "will sent although the client came back"
-    );
-}
-
-#[tokio::test]
-async fn will_delay_longer_than_session_expiry_fires_at_expiry() {
-    let b = TestBroker::start().await;
-    let mut w = watcher(&b, "will/t").await;
-    let c = Raw::connected(
-        b.addr,
-        with_will(v5_session("c", true, 1), "expired", Some(30)),
-    )
-    .await;
-    let start = Instant::now();
-    c.drop_connection();
-    // The will goes at the earlier of the delay and the session's end.
-    let m = w.recv_publish().await;
-    assert_eq!(payload(&m), "expired");
-    let waited = start.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited <= Duration::from_millis(3000),
-        "will after {waited:?}"
-    );
-    let (_c, ack) = Raw::connect(b.addr, v5_session("c", false, 1)).await;
-    assert!(!ack.session_present);
 }
 
 #[tokio::test]
@@ -587,23 +438,6 @@ async fn request_problem_information_zero_is_accepted() {
 }
 
 #[tokio::test]
-async fn will_message_expiry_counts_from_publication() {
-    let b = TestBroker::start().await;
-    let mut w = watcher(&b, "will/t").await;
-    let mut c = with_will(v5("c"), "still fresh", None);
-    c.will.as_mut().unwrap().properties.message_expiry_interval = Some(1);
-    let c = Raw::connected(b.addr, c).await;
-    // Connected for longer than the will's expiry interval.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    c.drop_connection();
-    // 3.1.3.2.4: the interval is "sent as the Publication Expiry Interval
-    // when the Server publishes the Will Message", so it starts then.
-    let m = w.recv_publish().await;
-    assert_eq!(payload(&m), "still fresh");
-    assert_eq!(m.properties.message_expiry_interval, Some(1));
-}
-
-#[tokio::test]
 async fn empty_client_id_with_clean_start_0_is_accepted() {
     let b = TestBroker::start().await;
     // 5.0 allows it (3.1.3.1); the server assigns an identifier.
@@ -640,6 +474,9 @@ async fn keep_alive_above_maximum_is_lowered() {
     assert_eq!(ack.properties.server_keep_alive, None);
 }
 
+/// The keep-alive's one end-to-end case: the connection stamps when it
+/// waits for its client on the server's clock, and the core's tick closes
+/// it. Its timing cases run in virtual time in src/broker/tests/keep_alive.rs.
 #[tokio::test]
 async fn client_keep_alive_is_enforced() {
     let b = TestBroker::start().await;

@@ -1,7 +1,7 @@
 //! Drives the broker core with a sequence of operations read from bytes
 //! (several clients connecting, publishing, subscribing, acknowledging,
-//! dropping their connections, time passing) and checks, after every
-//! step, what must always hold:
+//! dropping their connections, time passing, keep-alives running out) and
+//! checks, after every step, what must always hold:
 //!
 //! - every packet that asks for an answer (QoS 1/2 PUBLISH, PUBREL,
 //!   SUBSCRIBE, UNSUBSCRIBE, PINGREQ) gets it, or its connection is closed;
@@ -133,7 +133,7 @@ pub fn run(data: &[u8]) -> Summary {
                             conn,
                             reason: CloseReason::Lost,
                         },
-                        now,
+                        at(now),
                     );
                 }
                 let protocol = match input.byte() % 3 {
@@ -152,7 +152,8 @@ pub fn run(data: &[u8]) -> Summary {
                 let connect = Connect {
                     protocol,
                     clean_start: flags & 1 != 0,
-                    keep_alive: 0,
+                    // A 1 s keep-alive, for the time steps to end.
+                    keep_alive: u16::from(flags & 8 != 0),
                     client_id: client_id.as_str().into(),
                     will,
                     username: None,
@@ -165,7 +166,7 @@ pub fn run(data: &[u8]) -> Summary {
                 };
                 let conn = ConnId(next_conn);
                 next_conn += 1;
-                let outbox = Arc::new(Outbox::new(protocol));
+                let outbox = Arc::new(Outbox::new(protocol, now));
                 let client = Arc::new(Client {
                     client_id: client_id.as_str().into(),
                     username: None,
@@ -181,7 +182,7 @@ pub fn run(data: &[u8]) -> Summary {
                         client,
                         enhanced_auth: false,
                     },
-                    now,
+                    at(now),
                 );
                 p.conn = Some((conn, outbox, protocol));
                 p.unacked.clear();
@@ -199,7 +200,7 @@ pub fn run(data: &[u8]) -> Summary {
                     if matches!(&packet, Packet::Publish(p) if p.topic.is_empty()) {
                         continue; // An alias: the connection resolves it.
                     }
-                    broker.handle(Event::Packet { conn, packet }, now);
+                    broker.handle(Event::Packet { conn, packet }, at(now));
                 }
             }
             (2, Some((conn, ..))) => {
@@ -220,7 +221,7 @@ pub fn run(data: &[u8]) -> Summary {
                         verdict: PublishVerdict::Deliver,
                         held: Share::default(),
                     },
-                    now,
+                    at(now),
                 );
                 expect = match qos {
                     QoS::AtMostOnce => None,
@@ -244,7 +245,7 @@ pub fn run(data: &[u8]) -> Summary {
                 };
                 let packet = Packet::Subscribe(subscribe);
                 let conn = *conn;
-                broker.handle(Event::Packet { conn, packet }, now);
+                broker.handle(Event::Packet { conn, packet }, at(now));
                 expect = Some(("SUBACK", Some(pid)));
             }
             (4, Some((conn, ..))) => {
@@ -255,7 +256,7 @@ pub fn run(data: &[u8]) -> Summary {
                     user_properties: Vec::new(),
                 });
                 let conn = *conn;
-                broker.handle(Event::Packet { conn, packet }, now);
+                broker.handle(Event::Packet { conn, packet }, at(now));
                 expect = Some(("UNSUBACK", Some(pid)));
             }
             (5, Some((conn, ..))) => {
@@ -266,7 +267,7 @@ pub fn run(data: &[u8]) -> Summary {
                         QoS::ExactlyOnce => Packet::PubRec(PubResp::new(pid)),
                         _ => Packet::PubAck(PubResp::new(pid)),
                     };
-                    broker.handle(Event::Packet { conn, packet }, now);
+                    broker.handle(Event::Packet { conn, packet }, at(now));
                 }
             }
             (6, Some((conn, ..))) => {
@@ -279,31 +280,49 @@ pub fn run(data: &[u8]) -> Summary {
                     expect = Some(("PUBCOMP", Some(pid)));
                     Packet::PubRel(PubResp::new(pid))
                 };
-                broker.handle(Event::Packet { conn, packet }, now);
+                broker.handle(Event::Packet { conn, packet }, at(now));
             }
             (7, Some((conn, ..))) => {
                 let conn = *conn;
                 let reason = if input.byte() % 2 == 0 {
                     let packet = Packet::Disconnect(Disconnect::default());
-                    broker.handle(Event::Packet { conn, packet }, now);
+                    broker.handle(Event::Packet { conn, packet }, at(now));
                     None
                 } else {
                     Some(CloseReason::Lost)
                 };
                 if let Some(reason) = reason {
-                    broker.handle(Event::Closed { conn, reason }, now);
+                    broker.handle(Event::Closed { conn, reason }, at(now));
                 }
                 p.conn = None;
             }
             (8, _) => {
                 now += u64::from(input.byte()) * 1000;
-                broker.tick(now);
+                broker.tick(at(now));
             }
             _ => {}
         }
-        check(&mut broker, &mut players, k, expect, &limits, &mut summary);
+        // The client's connection waits for it again (see `keepalive`).
+        if let Some((_, outbox, _)) = &players[usize::from(k)].conn {
+            outbox.listening(now);
+        }
+        check(
+            &mut broker,
+            &mut players,
+            k,
+            expect,
+            &limits,
+            now,
+            &mut summary,
+        );
     }
     summary
+}
+
+/// The time at `ms`, on one clock for both readings: the driver stamps
+/// the outboxes with the same number.
+fn at(ms: u64) -> Now {
+    Now { ms, mono_ms: ms }
 }
 
 /// Reads every client's outbox and checks the invariants.
@@ -313,6 +332,7 @@ fn check(
     actor: u8,
     expect: Option<(&str, Option<PacketId>)>,
     limits: &Limits,
+    now: u64,
     summary: &mut Summary,
 ) {
     for (k, p) in players.iter_mut().enumerate() {
@@ -320,7 +340,7 @@ fn check(
             continue;
         };
         let mut got = VecDeque::new();
-        outbox.try_drain(&mut got);
+        outbox.try_drain(now, &mut got);
         let mut answered = false;
         for packet in got {
             if let Outbound::Deliver(d) = &packet {

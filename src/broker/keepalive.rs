@@ -20,8 +20,9 @@ use std::collections::BinaryHeap;
 /// Connections with a keep-alive, by when to look at them next.
 #[derive(Debug, Default)]
 pub(super) struct KeepAlives {
-    /// (when to look, ms on [`crate::link::outbox::Outbox::clock_ms`]; the
-    /// connection; its allowed silence in ms).
+    /// (when to look, ms on the monotonic clock connections stamp
+    /// [`crate::link::outbox::Outbox::listening`] with, `Now::mono_ms`;
+    /// the connection; its allowed silence in ms).
     due: BinaryHeap<Reverse<(u64, ConnId, u32)>>,
 }
 

@@ -21,8 +21,9 @@ impl Broker {
         c: Connect,
         client: Arc<Client>,
         enhanced_auth: bool,
-        now_ms: u64,
+        now: Now,
     ) {
+        let now_ms = now.ms;
         let v = c.protocol;
         let mut assigned = None;
         let client_id = if c.client_id.is_empty() {
@@ -238,7 +239,7 @@ impl Broker {
             reason: ReasonCode::Success,
             properties,
         }));
-        self.watch_keep_alive(conn, keep_alive);
+        self.watch_keep_alive(conn, keep_alive, now.mono_ms);
 
         if client.inline {
             self.inline_conns += 1;

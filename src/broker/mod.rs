@@ -1,11 +1,11 @@
 //! The broker core: sessions by client id, session takeover, routing through
 //! the subscription tree, retained messages, wills, expiry and `$SYS`.
 //!
-//! Sans-IO: every entry point takes the current wall-clock time in
-//! milliseconds; output goes to connection [`Outbox`]es and storage [`Op`]s.
-//! One exception: the keep-alive compares the times connections last read
-//! a packet with the monotonic clock they were taken on
-//! ([`Outbox::clock_ms`]; see `keepalive`).
+//! Sans-IO: every entry point takes the current time ([`Now`], read by the
+//! driver from its clock); output goes to connection [`Outbox`]es and
+//! storage [`Op`]s. Connections note on their outbox when they start
+//! waiting for their client, on the monotonic reading of the same clock,
+//! for the keep-alive (see `keepalive`).
 //! One task owns a `Broker` and feeds it [`Event`]s, so no lock is ever held
 //! across I/O and the routing path has no contention.
 
@@ -23,6 +23,8 @@ mod session;
 mod share;
 mod subscribe;
 mod sys;
+#[cfg(test)]
+mod tests;
 mod throttle;
 mod tick;
 mod tracked;
@@ -53,6 +55,20 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 pub(crate) use tracked::{Burst, Delivery, Outbound, Outbox, Reclaim, Tracked};
+
+/// The time, as the driver's clock read it for an event or a tick: the
+/// core reads no clock itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds since the Unix epoch: what expiry and will delays count
+    /// in, and what the store records.
+    pub ms: u64,
+    /// Milliseconds on a monotonic clock, the one connections stamp their
+    /// outboxes with ([`Outbox::listening`]) for the keep-alive: a step of
+    /// the system clock must neither end every connection at once nor
+    /// spare a silent one.
+    pub mono_ms: u64,
+}
 
 /// Identifies one network (or inline) connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -255,7 +271,8 @@ impl Broker {
 
     /// Handles one event. Returns the vector of an [`Event::Packets`],
     /// emptied, for a reader to fill again.
-    pub fn handle(&mut self, event: Event, now_ms: u64) -> Option<Vec<Packet>> {
+    pub fn handle(&mut self, event: Event, now: Now) -> Option<Vec<Packet>> {
+        let now_ms = now.ms;
         match event {
             Event::Connect {
                 conn,
@@ -263,7 +280,7 @@ impl Broker {
                 connect,
                 client,
                 enhanced_auth,
-            } => self.connect(conn, outbox, *connect, client, enhanced_auth, now_ms),
+            } => self.connect(conn, outbox, *connect, client, enhanced_auth, now),
             Event::Packet { conn, packet } => self.packet(conn, packet, now_ms),
             Event::Packets {
                 conn, mut packets, ..

@@ -197,6 +197,6 @@ impl Broker {
             "restored from the store"
         );
         // Wills that fell due and sessions that expired while down.
-        self.tick(now_ms);
+        self.run_timers(now_ms);
     }
 }

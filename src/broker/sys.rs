@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
-        let s = self.stats.snapshot();
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
+        let s = self.stats.snapshot_at(now);
         let topics: [(&str, String); 28] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),

@@ -4,10 +4,16 @@
 use super::*;
 
 impl Broker {
-    /// Runs what is due: delayed wills, session expiry, retained expiry and
-    /// `$SYS` updates. Call about once a second.
-    pub fn tick(&mut self, now_ms: u64) {
-        self.check_keep_alives(now_ms);
+    /// Runs what is due: keep-alives run out, delayed wills, session
+    /// expiry, retained expiry and `$SYS` updates. Call about once a second.
+    pub fn tick(&mut self, now: Now) {
+        self.check_keep_alives(now);
+        self.run_timers(now.ms);
+    }
+
+    /// What [`Broker::tick`] runs after the keep-alives: what is due at
+    /// `now_ms` (Unix-epoch ms).
+    pub(super) fn run_timers(&mut self, now_ms: u64) {
         let due: Vec<SessionId> = self.timed.iter().copied().collect();
         for sid in due {
             self.fire_due_will(sid, now_ms);
@@ -93,10 +99,11 @@ impl Broker {
         }
     }
 
-    /// Watches a new connection's keep-alive (seconds; 0: none), dropping
-    /// the entries of connections gone once they pile up.
-    pub(super) fn watch_keep_alive(&mut self, conn: ConnId, keep_alive: u16) {
-        self.keepalives.watch(conn, keep_alive, Outbox::clock_ms());
+    /// Watches a new connection's keep-alive (seconds; 0: none) from
+    /// `mono_ms` ([`Now::mono_ms`]), dropping the entries of connections
+    /// gone once they pile up.
+    pub(super) fn watch_keep_alive(&mut self, conn: ConnId, keep_alive: u16, mono_ms: u64) {
+        self.keepalives.watch(conn, keep_alive, mono_ms);
         if self.keepalives.crowded(self.conns.len()) {
             let conns = &self.conns;
             self.keepalives.forget_gone(|c| conns.contains_key(&c));
@@ -105,23 +112,24 @@ impl Broker {
 
     /// Disconnects the clients silent for longer than their keep-alive
     /// allows (see [`keepalive`]).
-    fn check_keep_alives(&mut self, now_ms: u64) {
-        let now = Outbox::clock_ms();
-        while let Some((conn, allowed)) = self.keepalives.next_due(now) {
+    fn check_keep_alives(&mut self, now: Now) {
+        // Silence is measured on the monotonic clock the connections stamp.
+        let mono = now.mono_ms;
+        while let Some((conn, allowed)) = self.keepalives.next_due(mono) {
             let Some(silent) = self
                 .conns
                 .get(&conn)
                 .and_then(|sid| self.sessions.get(sid))
                 .and_then(|s| s.conn.as_ref())
-                .map(|c| c.outbox.silent_ms(now))
+                .map(|c| c.outbox.silent_ms(mono))
             else {
                 continue; // gone meanwhile
             };
             // Busy with what the client sent: as good as just heard.
             let silent = silent.unwrap_or(0);
-            if self.keepalives.look(conn, allowed, silent, now) == keepalive::Look::Expired {
+            if self.keepalives.look(conn, allowed, silent, mono) == keepalive::Look::Expired {
                 tracing::info!(conn = conn.0, silent_ms = silent, "keep-alive timeout");
-                self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now_ms);
+                self.protocol_error(conn, ReasonCode::KeepAliveTimeout, now.ms);
             }
         }
     }

@@ -70,16 +70,21 @@ pub struct Outbox<M> {
     /// connection has an outbox, and 16 more bytes here measured 100 more
     /// bytes of RSS per idle connection (its allocation changes class).
     brief: AtomicU8,
-    /// Since when the connection waits for the client's next packet
-    /// ([`Outbox::clock_ms`], low 32 bits), or [`HEARD`] while it is busy
-    /// with what the client sent: the core closes a connection that waited
-    /// one and a half keep-alives (see `broker::keepalive`).
+    /// Since when the connection waits for the client's next packet (the
+    /// driver's monotonic clock, ms, low 32 bits), or [`HEARD`] while it is
+    /// busy with what the client sent: the core closes a connection that
+    /// waited one and a half keep-alives (see `broker::keepalive`).
     listening_since: AtomicU32,
 }
 
 /// [`Outbox::listening_since`] while the connection is not waiting for
 /// the client (a clock reading of exactly this is nudged off it).
 const HEARD: u32 = u32::MAX;
+
+/// [`Outbox::listening_since`] for a connection waiting from `mono_ms`.
+fn listening_since(mono_ms: u64) -> u32 {
+    (mono_ms as u32).min(HEARD - 1)
+}
 
 /// [`Outbox::brief`] states.
 const NOT_PAUSED: u8 = 0;
@@ -234,8 +239,7 @@ impl<M: Deref<Target = Message>> Inner<M> {
     /// Moves up to [`DRAIN_MAX`] packets from the front of the queue to
     /// `into`, expanding retained bursts in place: a burst that is not
     /// done stays at the front, and what was queued behind it waits.
-    fn drain_with_bursts(&mut self, into: &mut VecDeque<Outbound<M>>) {
-        let now_ms = crate::server::now_ms();
+    fn drain_with_bursts(&mut self, now_ms: u64, into: &mut VecDeque<Outbound<M>>) {
         let mut moved = 0;
         while moved < DRAIN_MAX {
             match self.queue.front_mut() {
@@ -265,32 +269,25 @@ impl<M: Deref<Target = Message>> Inner<M> {
 }
 
 impl<M: Deref<Target = Message>> Outbox<M> {
-    /// An empty, open outbox for a client speaking `version`.
-    pub fn new(version: ProtocolVersion) -> Self {
+    /// An empty, open outbox for a client speaking `version`, whose
+    /// connection waits for it from `mono_ms` on (see [`Outbox::listening`]).
+    pub fn new(version: ProtocolVersion, mono_ms: u64) -> Self {
         Outbox {
             inner: Mutex::default(),
             ready: AtomicBool::new(true),
             version,
             read_pauses: AtomicU32::new(0),
             brief: AtomicU8::new(NOT_PAUSED),
-            listening_since: AtomicU32::new(Self::now_u32()),
+            listening_since: AtomicU32::new(listening_since(mono_ms)),
         }
     }
 
-    /// Milliseconds on a monotonic clock, since its first use in the process.
-    pub fn clock_ms() -> u64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let ms = START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis();
-        u64::try_from(ms).unwrap_or(u64::MAX)
-    }
-
-    /// The connection waits for the client's next packet from now on.
-    pub fn listening(&self) {
+    /// The connection waits for the client's next packet from `mono_ms`
+    /// on: the monotonic reading of the clock whose readings the core's
+    /// keep-alive check is given (`broker::Now::mono_ms`).
+    pub fn listening(&self, mono_ms: u64) {
         self.listening_since
-            .store(Self::now_u32(), Ordering::Relaxed);
+            .store(listening_since(mono_ms), Ordering::Relaxed);
     }
 
     /// The client sent something: the connection is busy with it, not
@@ -299,18 +296,20 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         self.listening_since.store(HEARD, Ordering::Relaxed);
     }
 
-    fn now_u32() -> u32 {
-        (Self::clock_ms() as u32).min(HEARD - 1)
-    }
-
     /// Milliseconds the connection has been waiting for the client at
-    /// `now` ([`Outbox::clock_ms`]); `None` while it is busy with what the
-    /// client sent. Exact while under 2^32 ms (49 days): far more than the
-    /// longest keep-alive (65,535 s x 1.5).
-    pub fn silent_ms(&self, now: u64) -> Option<u32> {
+    /// `mono_ms` (on the clock [`Outbox::listening`] was given); `None` while
+    /// it is busy with what the client sent. Exact while under 2^31 ms
+    /// (24 days): far more than the longest keep-alive (65,535 s x 1.5).
+    /// A connection that started waiting after `mono_ms` (its task read the
+    /// clock after the core did) has been silent for 0 ms, not for nearly
+    /// 2^32.
+    pub fn silent_ms(&self, mono_ms: u64) -> Option<u32> {
         match self.listening_since.load(Ordering::Relaxed) {
             HEARD => None,
-            since => Some((now as u32).wrapping_sub(since)),
+            since => {
+                let silent = (mono_ms as u32).wrapping_sub(since);
+                Some(if silent > i32::MAX as u32 { 0 } else { silent })
+            }
         }
     }
 
@@ -564,12 +563,13 @@ impl<M: Deref<Target = Message>> Outbox<M> {
 
     /// Moves everything ready to the back of `into`. Returns false when the
     /// outbox is closed and nothing more will come.
+    /// Retained bursts are expanded at `now_ms`.
     #[cfg(any(test, fuzzing))]
-    pub fn try_drain(&self, into: &mut VecDeque<Outbound<M>>) -> bool {
+    pub fn try_drain(&self, now_ms: u64, into: &mut VecDeque<Outbound<M>>) -> bool {
         let mut inner = self.lock();
         if inner.bursts > 0 {
             while !inner.queue.is_empty() {
-                inner.drain_with_bursts(into);
+                inner.drain_with_bursts(now_ms, into);
             }
         }
         into.append(&mut inner.queue);
@@ -579,13 +579,20 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// When something is ready or the outbox is finished, moves what is
     /// ready to the back of `into`, and is false once the outbox is closed
     /// and nothing more will come; otherwise `Pending`, and the consumer is
-    /// woken when that changes.
+    /// woken when that changes. Retained bursts are expanded at the time
+    /// `now_ms` returns; it is asked only then (bursts are rare, and this is
+    /// polled often: no clock read per poll).
     ///
     /// The packets are moved out, the queue keeps its allocation: the core
     /// writes into the same (cache-warm) buffer batch after batch, which
     /// swapping buffers with the consumer was measurably slower at. A
     /// consumer gone idle [`Outbox::trim`]s it.
-    pub fn poll_drain(&self, cx: &Context<'_>, into: &mut VecDeque<Outbound<M>>) -> Poll<bool> {
+    pub fn poll_drain(
+        &self,
+        cx: &Context<'_>,
+        now_ms: impl FnOnce() -> u64,
+        into: &mut VecDeque<Outbound<M>>,
+    ) -> Poll<bool> {
         // Without the lock while waiting: the consumer is polled for its
         // socket too, often once per packet read.
         if !self.ready.load(Ordering::Acquire) {
@@ -595,7 +602,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         let finished = inner.closed && inner.held_len() == 0;
         if !inner.queue.is_empty() || finished {
             if inner.bursts > 0 {
-                inner.drain_with_bursts(into);
+                inner.drain_with_bursts(now_ms(), into);
             } else if inner.queue.len() <= DRAIN_MAX {
                 into.append(&mut inner.queue);
             } else {
@@ -644,8 +651,8 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     }
 
     /// [`Outbox::poll_drain`] as a future.
-    pub async fn drain(&self, into: &mut VecDeque<Outbound<M>>) -> bool {
-        std::future::poll_fn(|cx| self.poll_drain(cx, into)).await
+    pub async fn drain(&self, now_ms: impl Fn() -> u64, into: &mut VecDeque<Outbound<M>>) -> bool {
+        std::future::poll_fn(|cx| self.poll_drain(cx, &now_ms, into)).await
     }
 }
 
@@ -693,8 +700,8 @@ mod tests {
 
     #[test]
     fn silence_counts_only_while_listening() {
-        let o = Outbox::new(ProtocolVersion::V5);
-        let now = Outbox::clock_ms();
+        let now = 1_764_000_000_000;
+        let o = Outbox::new(ProtocolVersion::V5, now);
         assert!(
             o.silent_ms(now + 500).unwrap() >= 500,
             "listening from the start"
@@ -705,9 +712,25 @@ mod tests {
             None,
             "busy with the client's packets"
         );
-        o.listening();
-        let later = Outbox::clock_ms();
+        let later = now + 20_000;
+        o.listening(later);
         assert!(o.silent_ms(later + 1_500).unwrap() >= 1_500);
+        assert_eq!(
+            o.silent_ms(later - 5),
+            Some(0),
+            "started waiting after the core read its clock"
+        );
+    }
+
+    /// Silence is counted on the low 32 bits of the clock, across their
+    /// wrap (every 49 days of uptime).
+    #[test]
+    fn silence_is_counted_across_the_clock_wrapping_32_bits() {
+        let wrap = 1u64 << 40;
+        let o = Outbox::new(ProtocolVersion::V5, wrap - 1_000);
+        assert_eq!(o.silent_ms(wrap + 500), Some(1_500));
+        o.listening(wrap - 1); // low 32 bits: the HEARD mark, nudged off it
+        assert_eq!(o.silent_ms(wrap + 2), Some(4));
     }
     use crate::codec::PubResp;
     use std::num::NonZeroU16;
@@ -738,7 +761,7 @@ mod tests {
     /// handed out at most a drain's worth at a time.
     #[test]
     fn a_burst_is_expanded_in_place_a_drain_at_a_time() {
-        let o = Outbox::new(ProtocolVersion::V5);
+        let o = Outbox::new(ProtocolVersion::V5, 0);
         o.push(ping());
         let msgs = (0..DRAIN_MAX + 10).map(|i| retained(&format!("r/{i}")));
         let burst = crate::link::outbound::Burst {
@@ -752,7 +775,7 @@ mod tests {
         let waker = std::task::Waker::noop();
         let cx = Context::from_waker(waker);
         let mut v = VecDeque::new();
-        assert_eq!(o.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(o.poll_drain(&cx, || 0, &mut v), Poll::Ready(true));
         assert_eq!(v.len(), DRAIN_MAX);
         assert_eq!(v.pop_front(), Some(ping()));
         let Some(Outbound::Deliver(d)) = v.front() else {
@@ -761,7 +784,7 @@ mod tests {
         assert_eq!((d.msg.topic.as_str(), d.retain), ("r/0", true));
         assert_eq!(o.burst_len(), 11);
         v.clear();
-        assert_eq!(o.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(o.poll_drain(&cx, || 0, &mut v), Poll::Ready(true));
         assert_eq!(v.len(), 12, "the rest of the burst, then the PUBACK");
         assert_eq!(v.pop_back(), Some(puback(1)));
         assert_eq!(o.len(), 0);
@@ -769,41 +792,41 @@ mod tests {
 
     #[test]
     fn push_drain_close() {
-        let o = Outbox::new(ProtocolVersion::V5);
+        let o = Outbox::new(ProtocolVersion::V5, 0);
         assert!(o.push(Packet::PingResp));
         assert!(o.push(Packet::PingResp));
         let mut v = VecDeque::new();
-        assert!(o.try_drain(&mut v));
+        assert!(o.try_drain(0, &mut v));
         assert_eq!(v.len(), 2);
         o.close();
         assert!(!o.push(Packet::PingResp));
         v.clear();
-        assert!(!o.try_drain(&mut v));
+        assert!(!o.try_drain(0, &mut v));
     }
 
     #[test]
     fn held_packets_wait_for_their_commit_and_keep_order() {
-        let o = Outbox::new(ProtocolVersion::V5);
+        let o = Outbox::new(ProtocolVersion::V5, 0);
         o.push(Packet::PingResp);
         o.push_gated(1, 0, puback(1));
         o.push(Packet::PingResp); // behind the held ack
         o.push_gated(2, 0, puback(2));
         let mut v = VecDeque::new();
-        o.try_drain(&mut v);
+        o.try_drain(0, &mut v);
         assert_eq!(v, vec![ping()]);
         v.clear();
         o.release(1, false);
-        o.try_drain(&mut v);
+        o.try_drain(0, &mut v);
         assert_eq!(v, vec![puback(1), ping()]);
         v.clear();
         o.release(2, false);
-        o.try_drain(&mut v);
+        o.try_drain(0, &mut v);
         assert_eq!(v, vec![puback(2)]);
     }
 
     #[test]
     fn an_open_gate_releases_before_the_commit_but_never_ahead_of_order() {
-        let o = Outbox::new(ProtocolVersion::V5);
+        let o = Outbox::new(ProtocolVersion::V5, 0);
         o.push_gated(1, 0, puback(1));
         o.push_gated(2, 7, puback(2));
         o.push(Packet::PingResp); // waits for nothing but order
@@ -811,56 +834,56 @@ mod tests {
         let mut v = VecDeque::new();
         // Gate 7 opens, but puback(1) ahead of it still waits for commit 1.
         o.open(7);
-        o.try_drain(&mut v);
+        o.try_drain(0, &mut v);
         assert!(v.is_empty());
         o.release(1, false);
-        o.try_drain(&mut v);
+        o.try_drain(0, &mut v);
         assert_eq!(v, vec![puback(1), puback(2), ping()]);
         v.clear();
         o.open(8);
-        o.try_drain(&mut v);
+        o.try_drain(0, &mut v);
         assert_eq!(v, vec![puback(3)]);
         v.clear();
         // Commit 2 finds nothing left; a late open is harmless.
         o.release(2, false);
         o.open(8);
-        o.try_drain(&mut v);
+        o.try_drain(0, &mut v);
         assert!(v.is_empty());
     }
 
     #[test]
     fn an_open_gate_keeps_its_ack_when_the_commit_fails() {
-        let o = Outbox::new(ProtocolVersion::V3_1_1);
+        let o = Outbox::new(ProtocolVersion::V3_1_1, 0);
         o.push_gated(1, 5, puback(1));
         o.push_gated(1, 0, puback(2));
         o.open(5);
         let mut v = VecDeque::new();
-        o.try_drain(&mut v);
+        o.try_drain(0, &mut v);
         assert_eq!(v, vec![puback(1)]);
         v.clear();
         // The failed commit closes the 3.1.1 connection without puback(2).
         o.release(1, true);
-        assert!(!o.try_drain(&mut v));
+        assert!(!o.try_drain(0, &mut v));
         assert!(v.is_empty());
     }
 
     #[test]
     fn failed_commit_refuses_v5_acks_and_closes_v3() {
-        let o = Outbox::new(ProtocolVersion::V5);
+        let o = Outbox::new(ProtocolVersion::V5, 0);
         o.push_gated(1, 0, puback(1));
         o.release(1, true);
         let mut v = VecDeque::new();
-        o.try_drain(&mut v);
+        o.try_drain(0, &mut v);
         let Outbound::Ack(AckKind::Ack, _, reason) = &v[0] else {
             panic!()
         };
         assert_eq!(*reason, ReasonCode::UnspecifiedError);
 
-        let o = Outbox::new(ProtocolVersion::V3_1_1);
+        let o = Outbox::new(ProtocolVersion::V3_1_1, 0);
         o.push_gated(1, 0, puback(1));
         o.release(1, true);
         v.clear();
-        assert!(!o.try_drain(&mut v));
+        assert!(!o.try_drain(0, &mut v));
         assert!(v.is_empty(), "no ack for a failed write");
     }
 
@@ -879,33 +902,33 @@ mod tests {
         let waker = Waker::from(counter.clone());
         let cx = Context::from_waker(&waker);
         let woken = || counter.0.load(Ordering::Relaxed);
-        let o = Outbox::new(ProtocolVersion::V5);
+        let o = Outbox::new(ProtocolVersion::V5, 0);
         let mut v = VecDeque::new();
         o.pause_reads();
-        assert!(o.poll_drain(&cx, &mut v).is_pending());
+        assert!(o.poll_drain(&cx, || 0, &mut v).is_pending());
         assert_eq!(o.poll_paused(&cx), Some(CONGESTED_PAUSE));
         o.resume_reads();
         assert_eq!(woken(), 1);
         // The resume took the waker: this poll must register it again.
-        assert!(o.poll_drain(&cx, &mut v).is_pending());
+        assert!(o.poll_drain(&cx, || 0, &mut v).is_pending());
         o.push(Packet::PingResp);
         assert_eq!(woken(), 2);
-        assert_eq!(o.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(o.poll_drain(&cx, || 0, &mut v), Poll::Ready(true));
         assert_eq!(v, vec![ping()]);
     }
 
     #[test]
     fn closed_outbox_still_delivers_released_packets() {
-        let o = Outbox::new(ProtocolVersion::V5);
+        let o = Outbox::new(ProtocolVersion::V5, 0);
         o.push_gated(3, 0, puback(1));
         o.close();
         let mut v = VecDeque::new();
-        assert!(o.try_drain(&mut v), "held packets are still to come");
+        assert!(o.try_drain(0, &mut v), "held packets are still to come");
         o.release(3, false);
-        assert!(o.try_drain(&mut v));
+        assert!(o.try_drain(0, &mut v));
         assert_eq!(v, vec![puback(1)]);
         v.clear();
-        assert!(!o.try_drain(&mut v));
+        assert!(!o.try_drain(0, &mut v));
     }
 
     /// A connection behind on its writes pauses its publishers until it has
@@ -916,8 +939,8 @@ mod tests {
         let counter = Arc::new(Counter(Default::default()));
         let waker = Waker::from(counter.clone());
         let cx = Context::from_waker(&waker);
-        let sub = Outbox::new(ProtocolVersion::V5);
-        let publ = Arc::new(Outbox::new(ProtocolVersion::V5));
+        let sub = Outbox::new(ProtocolVersion::V5, 0);
+        let publ = Arc::new(Outbox::new(ProtocolVersion::V5, 0));
         assert_eq!(publ.poll_paused(&cx), None);
 
         for _ in 0..2 * DRAIN_MAX + 10 {
@@ -929,14 +952,14 @@ mod tests {
                                   // A drain that leaves more than one drain's worth renews the pause.
         assert!(!publ.brief_pause_renewed());
         let mut v = VecDeque::new();
-        assert_eq!(sub.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(sub.poll_drain(&cx, || 0, &mut v), Poll::Ready(true));
         assert_eq!(v.len(), DRAIN_MAX);
         assert!(publ.brief_pause_renewed());
         assert!(!publ.brief_pause_renewed(), "once per renewal");
         assert!(publ.reads_paused());
         // Nearly caught up: the publisher goes on, and is woken.
         let woken = counter.0.load(Ordering::Relaxed);
-        assert_eq!(sub.poll_drain(&cx, &mut v), Poll::Ready(true));
+        assert_eq!(sub.poll_drain(&cx, || 0, &mut v), Poll::Ready(true));
         assert_eq!(publ.poll_paused(&cx), None);
         assert!(counter.0.load(Ordering::Relaxed) > woken);
 
@@ -950,10 +973,10 @@ mod tests {
         sub.slow_down(&publ, end);
         assert_eq!(publ.poll_paused(&cx), None, "episode over");
         v.clear();
-        assert!(sub.poll_drain(&cx, &mut v).is_ready()); // still behind
+        assert!(sub.poll_drain(&cx, || 0, &mut v).is_ready()); // still behind
         sub.slow_down(&publ, end + 1);
         assert_eq!(publ.poll_paused(&cx), None, "not until caught up");
-        assert!(sub.poll_drain(&cx, &mut v).is_ready()); // caught up
+        assert!(sub.poll_drain(&cx, || 0, &mut v).is_ready()); // caught up
         sub.push(Packet::PingResp);
         sub.slow_down(&publ, end + 2);
         assert_eq!(publ.poll_paused(&cx), Some(BRIEF_PAUSE), "a new episode");

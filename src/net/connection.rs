@@ -51,6 +51,10 @@ pub(crate) struct Shared {
     pub batches: Arc<crate::link::reclaim::Batches>,
     /// Bytes buffered by connections before CONNACK.
     pub preauth: PreAuth,
+    /// The core's clock: connections stamp when they start waiting for
+    /// their client with its monotonic reading, which the core's keep-alive
+    /// check is given too.
+    pub clock: crate::clock::Clock,
 }
 
 /// What the listener learned about a connection before MQTT started.
@@ -330,7 +334,7 @@ where
         connect.properties.topic_alias_maximum.unwrap_or(0),
         &opts.limits,
     );
-    let outbox = Arc::new(Outbox::new(version));
+    let outbox = Arc::new(Outbox::new(version, shared.clock.mono_ms()));
     tracing::info!(conn = conn.0, client_id = %Escaped(&connect.client_id), remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
     let event = Event::Connect {

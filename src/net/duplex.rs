@@ -322,7 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             if let Some(step) = self.decode(stats) {
                 return Poll::Ready(step);
             }
-            outbox.listening();
+            outbox.listening(shared.clock.mono_ms());
             self.reading = Reading::Waiting;
         }
         let step = match self.poll_read(cx, stats) {
@@ -531,7 +531,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 Some(w) => std::mem::take(&mut w.batch),
                 None => VecDeque::new(),
             };
-            match outbox.poll_drain(cx, &mut batch) {
+            match outbox.poll_drain(cx, || shared.clock.now_ms(), &mut batch) {
                 Poll::Ready(true) => {
                     let epoch = shared.sweep.epoch();
                     self.busy |= self.wrote_at != 0 && self.wrote_at + 1 >= epoch;

@@ -787,6 +787,7 @@ mod tests {
             intake: Default::default(),
             batches: Default::default(),
             preauth: Default::default(),
+            clock: crate::clock::Clock::system(),
         });
         #[allow(unused_variables)]
         let (stop_tx, stop) = watch::channel(false);

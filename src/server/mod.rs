@@ -1,9 +1,17 @@
 //! The embeddable server: build it from [`Options`], give it listeners, and
 //! serve it as a future that ends when a shutdown signal fires.
+//!
+//! Here the parts are wired together: the listeners' task, the core's task
+//! (`core_loop`), the commit task (`commit`) and the one [`Clock`] they and
+//! every connection read.
+
+mod commit;
+mod core_loop;
 
 use crate::broker::Reclaim;
 use crate::broker::{Broker, Commit, ConnId, Event};
-use crate::config::{Durability, Options};
+use crate::clock::Clock;
+use crate::config::Options;
 use crate::hooks::{AclHook, AuthHook, EventHook, Hooks};
 use crate::inline::InlineClient;
 use crate::link::intake::Intake;
@@ -11,11 +19,12 @@ use crate::link::reclaim::Batches;
 use crate::net::connection::Shared;
 use crate::net::listener::{self, Accepting, Listener, ListenerError, ServerHandle};
 use crate::stats::{Stats, StatsSnapshot};
+use core_loop::CoreLoop;
 use roost_storage::{MemoryStore, Snapshot, StorageError, Store};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -54,6 +63,8 @@ pub struct Server {
     loaded: Option<Snapshot>,
     handle: ServerHandle,
     incoming: mpsc::UnboundedReceiver<Listener>,
+    /// Read by the core, the connections and the inline clients alike.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Server {
@@ -65,53 +76,11 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// Milliseconds since the Unix epoch: the broker's clock.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Operations the relaxed mode holds before it commits without waiting
-/// for its interval.
-const RELAXED_MAX_PENDING_OPS: usize = 10_000;
-
 /// Events the core's queue holds before connections wait for room. Small,
 /// because what it holds is beyond the reach of backpressure: a publisher
 /// paused for a subscriber that is behind still has its queued events
 /// delivered (1,024 let fan-in at QoS 0 overrun the slow-consumer limit).
 const EVENT_QUEUE: usize = 256;
-
-/// Most events handled between two commits: the core must get back to its
-/// clock and its commits even while events keep coming.
-const MAX_EVENTS_PER_COMMIT: usize = 1024;
-
-/// Hands `first`, then what else is queued, to `handle` with its 1-based
-/// position, `max` at most; returns how many. An event is taken off the
-/// queue only once it is sure to be handled: one taken past the bound would
-/// be dropped, its packets never answered and its intake budget never
-/// given back.
-fn drain_ready<T>(
-    first: T,
-    queue: &mut mpsc::Receiver<T>,
-    max: usize,
-    mut handle: impl FnMut(usize, T),
-) -> usize {
-    let mut next = first;
-    let mut i = 1;
-    loop {
-        handle(i, next);
-        if i >= max {
-            return i;
-        }
-        match queue.try_recv() {
-            Ok(ev) => next = ev,
-            Err(_) => return i,
-        }
-        i += 1;
-    }
-}
 
 /// Reads everything `store` holds, off the async runtime.
 async fn load(store: Arc<dyn Store>) -> Result<Snapshot, StorageError> {
@@ -138,6 +107,7 @@ impl Server {
             loaded: None,
             handle,
             incoming,
+            clock: Clock::system(),
         }
     }
 
@@ -208,7 +178,13 @@ impl Server {
     /// ```
     pub fn inline_client(&self, client_id: &str) -> InlineClient {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        InlineClient::connect(client_id, conn, self.events_tx.clone(), self.hooks.clone())
+        InlineClient::connect(
+            client_id,
+            conn,
+            self.events_tx.clone(),
+            self.hooks.clone(),
+            self.clock.clone(),
+        )
     }
 
     /// Adds a TCP listener (id `mqtt:<address>`).
@@ -298,13 +274,14 @@ impl Server {
             opts,
             hooks,
             events_tx,
-            mut events,
+            events,
             next_conn,
             stats,
             store,
             loaded,
             handle,
             incoming,
+            clock,
         } = self;
         // The stored state is restored before any listener accepts: a store
         // that cannot be read ends `serve` without serving anyone.
@@ -316,7 +293,6 @@ impl Server {
         let reclaim = Arc::new(Reclaim::default());
         let intake = Arc::new(Intake::default());
         let batches = Arc::new(Batches::default());
-        let mut freeing = Vec::new();
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             stats: stats.clone(),
@@ -327,6 +303,7 @@ impl Server {
             intake: intake.clone(),
             batches: batches.clone(),
             preauth: Default::default(),
+            clock: clock.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
@@ -347,84 +324,32 @@ impl Server {
         let durability = opts.durability;
         let mut broker = Broker::new(opts, hooks.clone(), stats.clone(), store.is_persistent());
         if let Some(snapshot) = snapshot {
-            broker.restore(snapshot, now_ms());
+            broker.restore(snapshot, clock.now_ms());
         }
         // Storage work runs on one thread of the blocking pool, one group
         // commit at a time; a bounded queue of commits pushes back on the
         // core if the disk cannot keep up.
-        let (commit_tx, commit_rx) = mpsc::channel::<Commit>(64);
+        let (commits, commit_rx) = mpsc::channel::<Commit>(64);
         let committer = {
             let (store, stats, progress) = (store.clone(), stats.clone(), broker.commit_progress());
-            tokio::task::spawn_blocking(move || {
-                crate::commit::run(commit_rx, store, stats, progress)
-            })
+            tokio::task::spawn_blocking(move || commit::run(commit_rx, store, stats, progress))
         };
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // In the relaxed mode changes are committed on an interval, not after
-        // every batch of events.
-        let mut flush = match durability {
-            Durability::AckAfterCommit => None,
-            Durability::AckBeforeCommit { flush_interval } => {
-                let mut i = tokio::time::interval(flush_interval.max(Duration::from_millis(1)));
-                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                Some(i)
-            }
+        let mut core = CoreLoop {
+            broker,
+            events,
+            clock,
+            intake: intake.clone(),
+            batches,
+            reclaim,
+            durability,
+            commits,
         };
         hooks.each(|h| h.on_started());
-        tokio::pin!(shutdown);
-        loop {
-            let mut flush_now = flush.is_none();
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                ev = events.recv() => {
-                    let Some(ev) = ev else { break };
-                    let now = now_ms();
-                    let mut routed = 0;
-                    // This event and what else is ready, so one commit
-                    // covers many. Every few events, what the core is done
-                    // with goes back: intake budget, batch vectors, written
-                    // messages.
-                    drain_ready(ev, &mut events, MAX_EVENTS_PER_COMMIT, |i, ev| {
-                        routed += ev.held().kib();
-                        if let Some(v) = broker.handle(ev, now) {
-                            batches.put(v);
-                        }
-                        if i % 16 == 0 {
-                            intake.release(std::mem::take(&mut routed));
-                            reclaim.free(&mut freeing);
-                        }
-                    });
-                    intake.release(routed);
-                    reclaim.free(&mut freeing);
-                }
-                _ = tick.tick() => broker.tick(now_ms()),
-                _ = async {
-                    match flush.as_mut() {
-                        Some(f) => f.tick().await,
-                        None => std::future::pending().await,
-                    }
-                } => flush_now = true,
-            }
-            // In the relaxed mode a burst may not wait for the interval: what
-            // is recorded meanwhile is held in memory.
-            if !flush_now && broker.pending_ops() < RELAXED_MAX_PENDING_OPS {
-                continue;
-            }
-            if let Some(commit) = broker.take_commit() {
-                if commit_tx.send(commit).await.is_err() {
-                    break;
-                }
-            }
-        }
+        core.run(shutdown).await;
         let _ = stop_tx.send(true);
-        broker.shutdown(now_ms());
-        if let Some(commit) = broker.take_commit() {
-            let _ = commit_tx.send(commit).await;
-        }
-        // Everything recorded is written before serve returns.
-        drop(commit_tx);
+        let events = core.finish().await;
+        // Everything recorded is written before serve returns (`finish`
+        // dropped the last sender of commits).
         let _ = committer.await;
         // Connection tasks no longer need the core; closing the channel lets
         // them finish instead of waiting to report their end (or for intake
@@ -443,30 +368,5 @@ impl Server {
             })??;
         hooks.each(|h| h.on_stopped());
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Past the bound, what is still queued stays queued: nothing is taken
-    /// and dropped (the core once lost one event in every 1,025 this way).
-    #[test]
-    fn draining_stops_at_the_bound_without_taking_an_event() {
-        let (tx, mut rx) = mpsc::channel::<usize>(4096);
-        for n in 0..3000 {
-            tx.try_send(n).unwrap();
-        }
-        let mut seen = Vec::new();
-        let mut handled = 0;
-        while let Ok(first) = rx.try_recv() {
-            handled += drain_ready(first, &mut rx, MAX_EVENTS_PER_COMMIT, |i, n| {
-                assert!(i <= MAX_EVENTS_PER_COMMIT);
-                seen.push(n);
-            });
-        }
-        assert_eq!(handled, 3000);
-        assert_eq!(seen, (0..3000).collect::<Vec<_>>());
     }
 }
