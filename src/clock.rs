@@ -11,10 +11,23 @@
 //! silent one. Connection tasks stamp their outboxes with the monotonic
 //! reading of the same clock the core's keep-alive check is given.
 
-use crate::broker::Now;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The time, as the driver's clock read it for an event or a tick: the
+/// core reads no clock itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds since the Unix epoch: what expiry and will delays count
+    /// in, and what the store records.
+    pub ms: u64,
+    /// Milliseconds on a monotonic clock, the one connections stamp their
+    /// outboxes with (`Outbox::listening`) for the keep-alive: a step of
+    /// the system clock must neither end every connection at once nor
+    /// spare a silent one.
+    pub mono_ms: u64,
+}
 
 /// Where the time comes from. Cheap to clone; clones read the same time.
 #[derive(Debug, Clone)]

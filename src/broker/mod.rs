@@ -56,19 +56,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 pub(crate) use tracked::{Burst, Delivery, Outbound, Outbox, Reclaim, Tracked};
 
-/// The time, as the driver's clock read it for an event or a tick: the
-/// core reads no clock itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    /// Milliseconds since the Unix epoch: what expiry and will delays count
-    /// in, and what the store records.
-    pub ms: u64,
-    /// Milliseconds on a monotonic clock, the one connections stamp their
-    /// outboxes with ([`Outbox::listening`]) for the keep-alive: a step of
-    /// the system clock must neither end every connection at once nor
-    /// spare a silent one.
-    pub mono_ms: u64,
-}
+pub use crate::clock::Now;
 
 /// Identifies one network (or inline) connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
