@@ -13,18 +13,14 @@
 //! timeouts, the bytes buffered before CONNACK).
 
 use super::duplex::{Duplex, OverBudget, Step};
-use super::preauth::PreAuth;
-use super::sweep::IdleSweep;
+use super::shared::Shared;
 use crate::broker::{effective_keep_alive, CloseReason, ConnId, Event, Outbox, Share};
 use crate::codec::{encode, DecodeError, Packet, ProtocolVersion, ReasonCode};
-use crate::config::Options;
 use crate::escape::Escaped;
 use crate::hooks::{Hooks, PublishVerdict};
 pub(crate) use crate::ingress::admit::TransportUser;
 use crate::ingress::admit::{self, Admission, Admitted, Malformed, Next};
 use crate::ingress::{Ask, Inbound, Ingress, ToCore};
-use crate::link::intake::Intake;
-use crate::stats::Stats;
 use bytes::BytesMut;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -32,30 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc::{self, error::TrySendError};
-
-/// What every connection task shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub opts: Options,
-    pub stats: Arc<Stats>,
-    pub events: mpsc::Sender<Event>,
-    pub hooks: Hooks,
-    /// Ticked by the listeners' task (see [`IdleSweep`]).
-    pub sweep: IdleSweep,
-    /// Written messages on their way back to the core.
-    pub reclaim: Arc<crate::broker::Reclaim>,
-    /// Bounds the PUBLISH bytes waiting for the core.
-    pub intake: Arc<Intake>,
-    /// Batch vectors the core emptied.
-    pub batches: Arc<crate::link::reclaim::Batches>,
-    /// Bytes buffered by connections before CONNACK.
-    pub preauth: PreAuth,
-    /// The core's clock: connections stamp when they start waiting for
-    /// their client with its monotonic reading, which the core's keep-alive
-    /// check is given too.
-    pub clock: crate::clock::Clock,
-}
+use tokio::sync::mpsc::error::TrySendError;
 
 /// What the listener learned about a connection before MQTT started.
 #[derive(Debug, Default)]
@@ -65,7 +38,7 @@ pub(crate) struct Peer {
     /// The peer's address.
     pub remote_addr: Option<SocketAddr>,
     /// Set when the CONNECT exchange admits the client: a transport that
-    /// meters what it reads before that ([`super::preauth::Metered`])
+    /// meters what it reads before that ([`super::metered::Metered`])
     /// stops then.
     pub admitted: Option<Arc<std::sync::atomic::AtomicBool>>,
 }

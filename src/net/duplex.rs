@@ -13,9 +13,9 @@
 //! across a tick of the [`IdleSweep`].
 
 use super::alias::OutboundAliases;
-use super::connection::Shared;
 use super::encode::encode_into;
 use super::preauth::Charge;
+use super::shared::Shared;
 use super::sweep::IdleSweep;
 use super::wbuf::WriteBuf;
 use crate::broker::{Outbound, Outbox, Reclaim, Tracked};

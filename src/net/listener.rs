@@ -4,10 +4,11 @@
 //! handshake runs inside the connection's own task, under a timeout, so a
 //! slow or hostile client never holds up accepting.
 
-use super::connection::{serve_connection, Peer, Shared};
+use super::connection::{serve_connection, Peer};
+pub use super::error::ListenerError;
+use super::shared::Shared;
 use crate::broker::ConnId;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 #[cfg(any(feature = "http", feature = "ws"))]
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,54 +38,6 @@ const HTTP_MAX_CONNECTIONS: usize = 64;
 /// is the bound when that is shorter still.
 #[cfg(feature = "http")]
 const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Errors from setting up, adding or reloading a listener. File errors name
-/// the file and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ListenerError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A file was read but its content is unusable (no PEM section of the
-    /// expected kind, a malformed section, a certificate rustls rejects).
-    #[error("{path}: {reason}")]
-    BadFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The certificate chain and private key were each readable but do not
-    /// make a usable server identity (for example, they do not match).
-    #[error("certificate {cert} and key {key} are not usable together: {reason}")]
-    CertKeyMismatch {
-        /// The certificate chain file.
-        cert: PathBuf,
-        /// The private key file.
-        key: PathBuf,
-        /// What rustls said.
-        reason: String,
-    },
-    /// Another listener already has this id.
-    #[error("a listener with id {0:?} already exists")]
-    DuplicateId(String),
-    /// The server has stopped (or was dropped without serving), so no
-    /// listener can be added.
-    #[error("the server is not running")]
-    Stopped,
-    /// `reload` was called on a listener without TLS.
-    #[error("listener {0:?} does not use TLS")]
-    NotTls(String),
-    /// The listening socket's address could not be read.
-    #[error("listener socket: {0}")]
-    Io(#[from] std::io::Error),
-}
 
 /// What a listener speaks. Variants appear with the cargo features that
 /// provide them.

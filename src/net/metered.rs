@@ -1,7 +1,7 @@
 //! A stream metered against the budget of unauthenticated bytes (see
 //! [`super::preauth`]) until its client is admitted.
 
-use super::connection::Shared;
+use super::shared::Shared;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};

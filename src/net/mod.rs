@@ -5,12 +5,14 @@ pub(crate) mod alias;
 pub(crate) mod connection;
 mod duplex;
 pub(crate) mod encode;
+pub(crate) mod error;
 #[cfg(feature = "http")]
 pub(crate) mod http;
 pub(crate) mod listener;
 #[cfg(feature = "ws")]
 mod metered;
 pub(crate) mod preauth;
+pub(crate) mod shared;
 pub(crate) mod sweep;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;

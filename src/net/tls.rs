@@ -2,9 +2,9 @@
 //! `ring` provider, TLS 1.2 and 1.3, optional client certificates, and
 //! certificates reloadable without a restart.
 
-use super::connection::TransportUser;
-use super::listener::ListenerError;
+use super::error::ListenerError;
 use super::x509;
+use crate::ingress::admit::TransportUser;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpStream;
