@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 
 /// The application's device table: id → token, and who is online.
 #[derive(Debug, Default)]
-pub struct Devices {
+pub(crate) struct Devices {
     tokens: HashMap<String, String>,
     online: Mutex<BTreeMap<String, bool>>,
     /// What the business logic handled, newest last.
@@ -43,7 +43,7 @@ pub struct Devices {
 
 impl Devices {
     /// A table with these (id, token) pairs, all offline.
-    pub fn new(devices: &[(&str, &str)]) -> Self {
+    pub(crate) fn new(devices: &[(&str, &str)]) -> Self {
         Devices {
             tokens: devices
                 .iter()
@@ -205,7 +205,7 @@ async fn serve_api(listener: TcpListener, devices: Arc<Devices>, stats: Arc<Stat
 }
 
 /// Starts the gateway on the given listeners; it runs until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     mqtt: TcpListener,
     http: TcpListener,
     devices: Arc<Devices>,

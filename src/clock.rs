@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The time, as the driver's clock read it for an event or a tick: the
 /// core reads no clock itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
+pub(crate) struct Now {
     /// Milliseconds since the Unix epoch: what expiry and will delays count
     /// in, and what the store records.
     pub ms: u64,
@@ -50,7 +50,7 @@ const MANUAL_MONO_OFFSET: u64 = 1_000_000_000_000;
 
 impl Clock {
     /// The system's clock.
-    pub fn system() -> Self {
+    pub(crate) fn system() -> Self {
         Clock(Source::System {
             start: Instant::now(),
         })
@@ -59,13 +59,13 @@ impl Clock {
     /// A clock whose wall-clock reading is `start_ms` until
     /// [`Clock::advance`]d.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub fn manual(start_ms: u64) -> Self {
+    pub(crate) fn manual(start_ms: u64) -> Self {
         assert!(start_ms >= MANUAL_MONO_OFFSET, "a start after 2001");
         Clock(Source::Manual(Arc::new(AtomicU64::new(start_ms))))
     }
 
     /// Milliseconds since the Unix epoch.
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         match &self.0 {
             Source::System { .. } => SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -77,7 +77,7 @@ impl Clock {
 
     /// Milliseconds on a monotonic clock (from an arbitrary start): never
     /// less than an earlier reading of this clock or its clones.
-    pub fn mono_ms(&self) -> u64 {
+    pub(crate) fn mono_ms(&self) -> u64 {
         match &self.0 {
             Source::System { start } => {
                 u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -87,7 +87,7 @@ impl Clock {
     }
 
     /// Both readings, for the core.
-    pub fn now(&self) -> Now {
+    pub(crate) fn now(&self) -> Now {
         Now {
             ms: self.now_ms(),
             mono_ms: self.mono_ms(),
@@ -100,7 +100,7 @@ impl Clock {
     ///
     /// On the system clock, which nobody moves.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub fn advance(&self, by: Duration) {
+    pub(crate) fn advance(&self, by: Duration) {
         match &self.0 {
             Source::Manual(ms) => {
                 let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);

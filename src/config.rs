@@ -300,11 +300,11 @@ mod qos {
     use crate::codec::QoS;
     use serde::{de, Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(q: &QoS, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(q: &QoS, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u8(*q as u8)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
         let n = u8::deserialize(d)?;
         QoS::from_u8(n).ok_or_else(|| {
             de::Error::invalid_value(de::Unexpected::Unsigned(n.into()), &"0, 1 or 2")

@@ -45,6 +45,9 @@ mod inline;
 mod link;
 mod message;
 mod net;
+// Its items are `pub` for `bench` (the `_bench` feature) and crate-private
+// otherwise.
+#[cfg_attr(not(feature = "_bench"), allow(unreachable_pub))]
 mod router;
 mod server;
 mod stats;

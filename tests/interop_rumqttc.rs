@@ -334,13 +334,13 @@ mod v5 {
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-    pub struct V5 {
+    pub(crate) struct V5 {
         pub client: AsyncClient,
         pub inbox: Inbox<Packet>,
     }
 
     impl V5 {
-        pub async fn connected(b: &TestBroker, id: &str) -> V5 {
+        pub(crate) async fn connected(b: &TestBroker, id: &str) -> V5 {
             let (host, port) = b.host_port();
             let (client, mut el) = AsyncClient::new(MqttOptions::new(id, host, port), 100);
             let (tx, rx) = mpsc::unbounded_channel();
@@ -378,7 +378,7 @@ mod v5 {
             c
         }
 
-        pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        pub(crate) async fn subscribe(&mut self, filter: &str, qos: QoS) {
             self.client.subscribe(filter, qos).await.unwrap();
             let codes = self
                 .inbox
@@ -395,7 +395,12 @@ mod v5 {
             );
         }
 
-        pub async fn publish(&mut self, topic: &str, payload: &str, props: PublishProperties) {
+        pub(crate) async fn publish(
+            &mut self,
+            topic: &str,
+            payload: &str,
+            props: PublishProperties,
+        ) {
             self.client
                 .publish_with_properties(
                     topic,
@@ -411,7 +416,7 @@ mod v5 {
                 .await;
         }
 
-        pub async fn recv_publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        pub(crate) async fn recv_publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
             self.inbox
                 .next(|p| match p {
                     Packet::Publish(p) => Some(p.clone()),

@@ -88,7 +88,7 @@ struct Player {
 
 /// What a run did, so a test can tell it exercised something.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// PUBLISHes delivered to clients.
     pub deliveries: usize,
     /// Answers awaited and found (or excused by a closed connection).
@@ -96,7 +96,7 @@ pub struct Summary {
 }
 
 /// Runs the operations `data` describes; panics if an invariant breaks.
-pub fn run(data: &[u8]) -> Summary {
+pub(crate) fn run(data: &[u8]) -> Summary {
     let mut summary = Summary::default();
     let mut opts = Options::default();
     opts.limits.maximum_queued_messages = 8;

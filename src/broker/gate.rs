@@ -31,7 +31,7 @@ struct Waiting {
 impl AckGate {
     /// The acknowledgement `token` in `outbox` waits for `copies` stored
     /// copies (at least one) to be acknowledged.
-    pub fn arm(&self, outbox: Arc<Outbox>, token: u64, copies: u64) {
+    pub(super) fn arm(&self, outbox: Arc<Outbox>, token: u64, copies: u64) {
         *self.lock() = Some(Waiting {
             outbox,
             token,
@@ -41,7 +41,7 @@ impl AckGate {
 
     /// One stored copy was acknowledged or otherwise let go of (expired,
     /// dropped, its session ended): the broker owes it no more.
-    pub fn copy_done(&self) {
+    pub(super) fn copy_done(&self) {
         let mut waiting = self.lock();
         let Some(w) = waiting.as_mut() else { return };
         w.remaining -= 1;

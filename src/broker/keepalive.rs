@@ -38,7 +38,7 @@ pub(super) enum Look {
 impl KeepAlives {
     /// Watches `conn`, whose keep-alive is `keep_alive` seconds (0: none),
     /// from `now`.
-    pub fn watch(&mut self, conn: ConnId, keep_alive: u16, now: u64) {
+    pub(super) fn watch(&mut self, conn: ConnId, keep_alive: u16, now: u64) {
         if keep_alive == 0 {
             return;
         }
@@ -52,17 +52,17 @@ impl KeepAlives {
     /// those of connections gone (kept until their time comes) should be
     /// dropped: a churn of clients with long keep-alives would otherwise
     /// pile them up.
-    pub fn crowded(&self, live: usize) -> bool {
+    pub(super) fn crowded(&self, live: usize) -> bool {
         self.due.len() > 2 * live + 64
     }
 
     /// Drops the entries of connections `exists` no longer knows.
-    pub fn forget_gone(&mut self, exists: impl Fn(ConnId) -> bool) {
+    pub(super) fn forget_gone(&mut self, exists: impl Fn(ConnId) -> bool) {
         self.due.retain(|Reverse((_, conn, _))| exists(*conn));
     }
 
     /// The next connection due at `now`, with its allowed silence.
-    pub fn next_due(&mut self, now: u64) -> Option<(ConnId, u32)> {
+    pub(super) fn next_due(&mut self, now: u64) -> Option<(ConnId, u32)> {
         let Reverse((at, conn, allowed)) = *self.due.peek()?;
         if at > now {
             return None;
@@ -73,7 +73,7 @@ impl KeepAlives {
 
     /// Decides on a due connection silent for `silent` ms, and watches it
     /// again if it may go on.
-    pub fn look(&mut self, conn: ConnId, allowed: u32, silent: u32, now: u64) -> Look {
+    pub(super) fn look(&mut self, conn: ConnId, allowed: u32, silent: u32, now: u64) -> Look {
         if silent >= allowed {
             return Look::Expired;
         }
@@ -84,7 +84,7 @@ impl KeepAlives {
 
     /// Connections watched (gone ones included until dropped).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.due.len()
     }
 }

@@ -509,7 +509,7 @@ impl Broker {
 
     /// Sends DISCONNECT with `reason` (5.0) and drops the connection; the
     /// will is published ([MQTT-4.13.1-1]).
-    pub fn protocol_error(&mut self, conn: ConnId, reason: ReasonCode, now_ms: u64) {
+    pub(crate) fn protocol_error(&mut self, conn: ConnId, reason: ReasonCode, now_ms: u64) {
         self.disconnect_with(conn, reason, None, now_ms);
     }
 

@@ -11,7 +11,7 @@
 
 mod coalesce;
 #[cfg(any(test, fuzzing))]
-pub mod drive;
+pub(crate) mod drive;
 mod gate;
 mod idhash;
 mod keepalive;
@@ -32,7 +32,7 @@ mod tracked;
 pub(crate) use crate::message::{Message, MessageProperties, SessionId};
 pub(crate) use coalesce::coalesce_staged;
 pub(crate) use persist::Created;
-pub use persist::{Commit, CommitProgress};
+pub(crate) use persist::{Commit, CommitProgress};
 
 use crate::codec::{
     AckProperties, ByteStr, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
@@ -42,7 +42,7 @@ use crate::codec::{
 use crate::config::{Durability, Options};
 use crate::hooks::{Client, Hooks, PublishVerdict, WillMessage};
 use crate::ingress::filter::too_deep;
-pub use crate::ingress::CheckedSubscribe;
+pub(crate) use crate::ingress::CheckedSubscribe;
 pub(crate) use crate::link::intake::Share;
 use crate::router::{Match, RetainedTree, SubscriptionTree};
 use crate::stats::{self, Stats};
@@ -56,15 +56,15 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 pub(crate) use tracked::{Burst, Delivery, Outbound, Outbox, Reclaim, Tracked};
 
-pub use crate::clock::Now;
+pub(crate) use crate::clock::Now;
 
 /// Identifies one network (or inline) connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
+pub(crate) struct ConnId(pub u64);
 
 /// Why a connection ended, as its connection task saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The peer closed the connection or it failed, without DISCONNECT.
     Lost,
     /// The peer broke the protocol; the core sends the reason code (5.0).
@@ -79,7 +79,7 @@ pub enum CloseReason {
 // message on the hot path, for a channel whose slots are reused anyway.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// A connection sent a valid CONNECT (already authenticated).
     Connect {
         /// The connection.
@@ -143,7 +143,7 @@ pub enum Event {
 /// The keep-alive a connection runs with, and the Server Keep Alive to
 /// advertise if it differs from what the client asked for (5.0 only;
 /// 3.x clients keep their own value).
-pub fn effective_keep_alive(
+pub(crate) fn effective_keep_alive(
     opts: &Options,
     version: ProtocolVersion,
     asked: u16,
@@ -161,7 +161,7 @@ pub fn effective_keep_alive(
 }
 
 /// The broker core.
-pub struct Broker {
+pub(crate) struct Broker {
     opts: Options,
     hooks: Hooks,
     stats: Arc<Stats>,
@@ -210,7 +210,7 @@ struct Target {
 impl Broker {
     /// A broker with no sessions. `persistent` says whether state changes
     /// should be recorded as storage operations.
-    pub fn new(opts: Options, hooks: Hooks, stats: Arc<Stats>, persistent: bool) -> Self {
+    pub(crate) fn new(opts: Options, hooks: Hooks, stats: Arc<Stats>, persistent: bool) -> Self {
         let ack_first = matches!(opts.durability, Durability::AckBeforeCommit { .. });
         Broker {
             opts,
@@ -243,23 +243,23 @@ impl Broker {
     /// Closes the group of storage operations recorded since the last call,
     /// if any. The caller applies it, then releases the held packets of its
     /// outboxes and reports to [`Broker::commit_progress`].
-    pub fn take_commit(&mut self) -> Option<Commit> {
+    pub(crate) fn take_commit(&mut self) -> Option<Commit> {
         self.persist.take_commit()
     }
 
     /// Storage operations recorded since the last commit was taken.
-    pub fn pending_ops(&self) -> usize {
+    pub(crate) fn pending_ops(&self) -> usize {
         self.persist.ops.len()
     }
 
     /// Where the commit task reports the commits it released.
-    pub fn commit_progress(&self) -> Arc<CommitProgress> {
+    pub(crate) fn commit_progress(&self) -> Arc<CommitProgress> {
         self.persist.progress.clone()
     }
 
     /// Handles one event. Returns the vector of an [`Event::Packets`],
     /// emptied, for a reader to fill again.
-    pub fn handle(&mut self, event: Event, now: Now) -> Option<Vec<Packet>> {
+    pub(crate) fn handle(&mut self, event: Event, now: Now) -> Option<Vec<Packet>> {
         let now_ms = now.ms;
         match event {
             Event::Connect {

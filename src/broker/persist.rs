@@ -42,11 +42,11 @@ pub(crate) struct Persist {
 
 /// Outbound entries first written in a commit: sequence numbers by client
 /// id (looked up by `&str`, so checking costs no allocation).
-pub type Created = HashMap<String, IdSet<u64>>;
+pub(crate) type Created = HashMap<String, IdSet<u64>>;
 
 /// What the commit task reports back to the core.
 #[derive(Debug, Default)]
-pub struct CommitProgress {
+pub(crate) struct CommitProgress {
     /// Commits handed to the store whose held packets are not yet released.
     pub in_flight: AtomicU64,
     /// The number of the last commit released (applied, or failed).
@@ -55,7 +55,7 @@ pub struct CommitProgress {
 
 impl CommitProgress {
     /// Commit `number` (and every one before it) is released.
-    pub fn released(&self, number: u64) {
+    pub(crate) fn released(&self, number: u64) {
         self.done.fetch_max(number, Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
     }
@@ -64,7 +64,7 @@ impl CommitProgress {
 /// One group of storage operations, and the outboxes whose held packets
 /// wait for it.
 #[derive(Debug)]
-pub struct Commit {
+pub(crate) struct Commit {
     /// Its number (increasing).
     pub number: u64,
     /// What to apply, in order.
@@ -76,7 +76,7 @@ pub struct Commit {
 }
 
 impl Persist {
-    pub fn new(enabled: bool) -> Self {
+    pub(crate) fn new(enabled: bool) -> Self {
         Persist {
             enabled,
             commit: 1,
@@ -88,14 +88,14 @@ impl Persist {
     /// True if an acknowledgement sent now must wait for a commit: some
     /// operation is recorded or a commit is still being written (it may hold
     /// what the acknowledgement vouches for).
-    pub fn must_hold(&self) -> bool {
+    pub(crate) fn must_hold(&self) -> bool {
         self.enabled
             && !self.ack_first
             && (!self.ops.is_empty() || self.progress.in_flight.load(Relaxed) > 0)
     }
 
     /// Closes the commit being assembled, if it has anything in it.
-    pub fn take_commit(&mut self) -> Option<Commit> {
+    pub(crate) fn take_commit(&mut self) -> Option<Commit> {
         if self.ops.is_empty() && self.touched.is_empty() {
             return None;
         }
@@ -119,7 +119,7 @@ impl Persist {
     /// earlier one still on its way) is released, or until gate `gate`
     /// opens (0: no gate). The outbox is remembered with the commit being
     /// assembled, whose release also releases anything earlier.
-    pub fn hold(
+    pub(crate) fn hold(
         &mut self,
         outbox: &Arc<Outbox>,
         commit: u64,
@@ -130,7 +130,7 @@ impl Persist {
         self.touched.push(outbox.clone());
     }
 
-    pub fn push(&mut self, op: impl Into<Pending>) {
+    pub(crate) fn push(&mut self, op: impl Into<Pending>) {
         if self.enabled {
             self.ops.push(op.into());
         }
@@ -138,7 +138,7 @@ impl Persist {
 
     /// Takes one reference to the stored body of `msg`, storing it first if
     /// this is the first reference. Returns the storage id.
-    pub fn reference(&mut self, msg: &Tracked) -> u64 {
+    pub(crate) fn reference(&mut self, msg: &Tracked) -> u64 {
         if !self.enabled {
             return 0;
         }
@@ -157,7 +157,7 @@ impl Persist {
     }
 
     /// Drops one reference; the body is deleted with the last one.
-    pub fn release(&mut self, msg: &Tracked) {
+    pub(crate) fn release(&mut self, msg: &Tracked) {
         if !self.enabled {
             return;
         }
@@ -215,7 +215,7 @@ impl From<Op> for Pending {
 
 impl Pending {
     /// The storage operation.
-    pub fn into_op(self) -> Op {
+    pub(crate) fn into_op(self) -> Op {
         match self {
             Pending::Op(op) => *op,
             Pending::PutOutbound {

@@ -167,7 +167,7 @@ impl Broker {
 
     /// Delivers `msg` to every matching subscription; returns how many
     /// sessions it went to, and for how many of them it was dropped.
-    pub fn route(&mut self, msg: &Arc<Tracked>, now_ms: u64) -> (usize, usize) {
+    pub(crate) fn route(&mut self, msg: &Arc<Tracked>, now_ms: u64) -> (usize, usize) {
         let mut targets = std::mem::take(&mut self.scratch);
         let sessions = &self.sessions;
         let hooks = &self.hooks;

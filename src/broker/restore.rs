@@ -23,7 +23,7 @@ use std::sync::Arc;
 impl Broker {
     /// Loads `snapshot` into an empty broker, then runs what fell due while
     /// the broker was down (expired sessions end, delayed wills go out).
-    pub fn restore(&mut self, snapshot: Snapshot, now_ms: u64) {
+    pub(crate) fn restore(&mut self, snapshot: Snapshot, now_ms: u64) {
         let mut bodies: HashMap<u64, Arc<Tracked>> = HashMap::new();
         for (id, rec) in snapshot.messages {
             self.persist.next_message_id = self.persist.next_message_id.max(id + 1);

@@ -149,22 +149,22 @@ struct SubMap {
 }
 
 impl Subscriptions {
-    pub fn contains(&self, filter: &str) -> bool {
+    pub(crate) fn contains(&self, filter: &str) -> bool {
         self.0
             .as_ref()
             .is_some_and(|m| m.by_filter.contains_key(filter))
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |m| m.by_filter.len())
     }
 
     /// Bytes of all the filters.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.0.as_ref().map_or(0, |m| m.bytes)
     }
 
-    pub fn insert(&mut self, filter: ByteStr, entry: SubEntry) {
+    pub(crate) fn insert(&mut self, filter: ByteStr, entry: SubEntry) {
         let m = self.0.get_or_insert_default();
         let len = filter.len();
         if m.by_filter.insert(filter, entry).is_none() {
@@ -172,7 +172,7 @@ impl Subscriptions {
         }
     }
 
-    pub fn remove(&mut self, filter: &str) -> Option<SubEntry> {
+    pub(crate) fn remove(&mut self, filter: &str) -> Option<SubEntry> {
         let m = self.0.as_mut()?;
         let removed = m.by_filter.remove(filter)?;
         m.bytes -= filter.len();
@@ -180,7 +180,7 @@ impl Subscriptions {
     }
 
     /// Takes every subscription, freeing the map.
-    pub fn take(&mut self) -> impl Iterator<Item = (ByteStr, SubEntry)> {
+    pub(crate) fn take(&mut self) -> impl Iterator<Item = (ByteStr, SubEntry)> {
         self.0
             .take()
             .into_iter()
@@ -215,7 +215,7 @@ pub(crate) struct Flows {
 }
 
 impl Session {
-    pub fn new(client: Arc<Client>) -> Self {
+    pub(crate) fn new(client: Arc<Client>) -> Self {
         Session {
             protocol: client.protocol,
             client,
@@ -242,16 +242,16 @@ impl Session {
     /// auth hooks admit with its id, as it did then: dropping every queue
     /// at the upgrade would lose what was acknowledged for it, and the
     /// devices come back as soon as the broker does.
-    pub fn owned_by(&self, client: &Client) -> bool {
+    pub(crate) fn owned_by(&self, client: &Client) -> bool {
         self.owner_unknown || self.client.username == client.username
     }
 
     /// A session that outlives its connection is persisted.
-    pub fn is_persistent(&self) -> bool {
+    pub(crate) fn is_persistent(&self) -> bool {
         self.expiry_interval > 0
     }
 
-    pub fn client_id(&self) -> &ByteStr {
+    pub(crate) fn client_id(&self) -> &ByteStr {
         &self.client.client_id
     }
 
@@ -259,12 +259,12 @@ impl Session {
         self.client_id().as_str().to_owned()
     }
 
-    pub fn flows(&self) -> Option<&Flows> {
+    pub(crate) fn flows(&self) -> Option<&Flows> {
         self.flows.as_deref()
     }
 
     /// The QoS 1/2 state, allocated if need be.
-    pub fn flows_mut(&mut self) -> &mut Flows {
+    pub(crate) fn flows_mut(&mut self) -> &mut Flows {
         self.flows.get_or_insert_default()
     }
 
@@ -277,19 +277,19 @@ impl Session {
     }
 
     /// Inbound QoS 2 packet ids awaiting PUBREL.
-    pub fn inbound_qos2(&self) -> Option<&HashSet<u16>> {
+    pub(crate) fn inbound_qos2(&self) -> Option<&HashSet<u16>> {
         self.flows().map(|f| &f.inbound_qos2)
     }
 
     /// PUBREL for an inbound QoS 2 packet id: true if it was awaited.
-    pub fn release_inbound_qos2(&mut self, pid: u16) -> bool {
+    pub(crate) fn release_inbound_qos2(&mut self, pid: u16) -> bool {
         self.flows
             .as_mut()
             .is_some_and(|f| f.inbound_qos2.remove(&pid))
     }
 
     /// Sends a packet if connected; returns false if not.
-    pub fn send(&self, packet: Packet) -> bool {
+    pub(crate) fn send(&self, packet: Packet) -> bool {
         match &self.conn {
             Some(c) => c.outbox.push(packet),
             None => false,
@@ -441,7 +441,7 @@ impl Session {
     /// in-flight window instead, and at most `cap` of its entries (the size
     /// of the retained store) wait in the queue at a time.
     #[allow(clippy::too_many_arguments)]
-    pub fn deliver(
+    pub(crate) fn deliver(
         &mut self,
         msg: &Arc<Tracked>,
         qos: QoS,
@@ -566,7 +566,7 @@ impl Session {
     /// the client accepts are dropped; at most `cap` (the size of the
     /// retained store) wait for the connection at a time, the rest are
     /// dropped and counted.
-    pub fn send_burst(
+    pub(crate) fn send_burst(
         &self,
         msgs: Vec<Arc<Tracked>>,
         sub_ids: Vec<NonZeroU32>,
@@ -605,7 +605,7 @@ impl Session {
     /// half its limits (once per publisher), for one congestion episode of
     /// at most [`CONGESTED_EPISODE_MS`]: a session whose episode ran out
     /// lets its publishers go and pauses nobody until it has drained.
-    pub fn block(&mut self, publisher: &Arc<Outbox>, now_ms: u64) {
+    pub(crate) fn block(&mut self, publisher: &Arc<Outbox>, now_ms: u64) {
         let f = self.flows_mut();
         if f.stuck {
             return;
@@ -626,7 +626,7 @@ impl Session {
     }
 
     /// Lets every publisher this session slowed down go again.
-    pub fn release_blocked(&mut self) {
+    pub(crate) fn release_blocked(&mut self) {
         if let Some(f) = self.flows.as_mut() {
             for o in f.blocked.drain(..) {
                 o.resume_reads();
@@ -706,7 +706,7 @@ impl Session {
     }
 
     /// Moves queued messages into flight while the window has room.
-    pub fn fill(&mut self, ctx: &mut Ctx) {
+    pub(crate) fn fill(&mut self, ctx: &mut Ctx) {
         let half = ctx.limits.maximum_queued_messages / 2;
         let quarter_bytes = ctx.limits.maximum_queued_bytes / 4;
         if let Some(f) = self.flows.as_mut() {
@@ -747,7 +747,7 @@ impl Session {
     /// or PUBREL), then fills the window from the queue ([MQTT-4.4.0-1]).
     /// What the client may no longer receive (the delivery ACL, asked
     /// again for the client now connected) is dropped instead.
-    pub fn resume(&mut self, ctx: &mut Ctx) {
+    pub(crate) fn resume(&mut self, ctx: &mut Ctx) {
         let mut gone = Vec::new();
         // QoS 2 messages sent before that are not sent again (expired, or
         // refused by the ACL): the client may hold their packet ids,
@@ -818,7 +818,7 @@ impl Session {
     }
 
     /// PUBACK from the client: the QoS 1 flow is complete.
-    pub fn on_puback(&mut self, pid: PacketId, ctx: &mut Ctx) {
+    pub(crate) fn on_puback(&mut self, pid: PacketId, ctx: &mut Ctx) {
         let Some((i, o)) = self.inflight_entry(pid) else {
             return;
         };
@@ -838,7 +838,7 @@ impl Session {
     }
 
     /// PUBREC from the client: answer PUBREL, or end the flow on an error code.
-    pub fn on_pubrec(&mut self, r: &PubResp, ctx: &mut Ctx) {
+    pub(crate) fn on_pubrec(&mut self, r: &PubResp, ctx: &mut Ctx) {
         let Some((i, o)) = self.inflight_entry(r.packet_id) else {
             if self.protocol.is_v5() {
                 let mut rel = PubResp::new(r.packet_id);
@@ -883,7 +883,7 @@ impl Session {
     }
 
     /// PUBCOMP from the client: the QoS 2 flow is complete.
-    pub fn on_pubcomp(&mut self, pid: PacketId, ctx: &mut Ctx) {
+    pub(crate) fn on_pubcomp(&mut self, pid: PacketId, ctx: &mut Ctx) {
         let Some((i, o)) = self.inflight_entry(pid) else {
             return;
         };
@@ -893,7 +893,7 @@ impl Session {
     }
 
     /// Drops every outbound message (the session is ending).
-    pub fn clear_outbound(&mut self, ctx: &mut Ctx) {
+    pub(crate) fn clear_outbound(&mut self, ctx: &mut Ctx) {
         let Some(f) = self.flows.as_mut() else {
             return;
         };

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub(super) struct OncePerSecond(AtomicU64);
 
 impl OncePerSecond {
-    pub const fn new() -> Self {
+    pub(super) const fn new() -> Self {
         OncePerSecond(AtomicU64::new(0))
     }
 
     /// True if a second has passed since it last said true (and the next
     /// second starts now).
-    pub fn ready(&self, now_ms: u64) -> bool {
+    pub(super) fn ready(&self, now_ms: u64) -> bool {
         if now_ms < self.0.load(Relaxed).saturating_add(1000) {
             return false;
         }

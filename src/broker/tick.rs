@@ -6,7 +6,7 @@ use super::*;
 impl Broker {
     /// Runs what is due: keep-alives run out, delayed wills, session
     /// expiry, retained expiry and `$SYS` updates. Call about once a second.
-    pub fn tick(&mut self, now: Now) {
+    pub(crate) fn tick(&mut self, now: Now) {
         self.check_keep_alives(now);
         self.run_timers(now.ms);
     }
@@ -69,7 +69,7 @@ impl Broker {
     }
 
     /// Closes every connection (v5 clients get DISCONNECT 0x8B).
-    pub fn shutdown(&mut self, now_ms: u64) {
+    pub(crate) fn shutdown(&mut self, now_ms: u64) {
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn in conns {
             if let Some(s) = self.conns.get(&conn).and_then(|sid| self.sessions.get(sid)) {

@@ -32,12 +32,12 @@ pub(crate) struct Tracked {
 
 impl Tracked {
     /// `msg`, not stored yet, gating nothing, delivered at once.
-    pub fn new(msg: Message) -> Self {
+    pub(crate) fn new(msg: Message) -> Self {
         Tracked::stored(msg, 0)
     }
 
     /// `msg`, stored as `store_id` (0: not stored).
-    pub fn stored(msg: Message, store_id: u64) -> Self {
+    pub(crate) fn stored(msg: Message, store_id: u64) -> Self {
         Tracked {
             msg,
             store_id: AtomicU64::new(store_id),

@@ -61,7 +61,7 @@ which file; restore it from a backup or move it aside.";
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true
 )]
-pub struct Args {
+pub(crate) struct Args {
     /// A subcommand instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -134,7 +134,7 @@ pub struct Args {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Validate a configuration file without starting
     ///
     /// Parses FILE, checks its settings together and loads the TLS
@@ -150,7 +150,7 @@ pub enum Command {
 
 /// A listener flag's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bind {
+pub(crate) enum Bind {
     /// Listen here.
     Addr(SocketAddr),
     /// No listener of this kind.
@@ -179,7 +179,7 @@ fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
 /// removing that kind), the file's for the others; the built-in defaults
 /// only when neither names any listener. `--cert`, `--key` and
 /// `--client-ca` apply to every TLS listener.
-pub fn resolve(file: Option<Config>, args: &Args) -> Result<Config, ConfigError> {
+pub(crate) fn resolve(file: Option<Config>, args: &Args) -> Result<Config, ConfigError> {
     let mut config = file.unwrap_or_default();
     let flags: [(ListenerKind, &[Bind]); 6] = [
         (ListenerKind::Tcp, &args.tcp),

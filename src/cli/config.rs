@@ -17,7 +17,7 @@ use std::time::Duration;
 /// Everything the binary can be told, as the file is written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// How often `$SYS/broker/...` is published; `None` (`"off"`) for never.
     #[serde(with = "roost::duration::optional")]
     pub sys_interval: Option<Duration>,
@@ -61,7 +61,7 @@ impl Default for Config {
 
 impl Config {
     /// The library's options.
-    pub fn options(&self) -> Options {
+    pub(crate) fn options(&self) -> Options {
         Options {
             capabilities: self.capabilities.clone(),
             limits: self.limits.clone(),
@@ -81,7 +81,7 @@ fn workers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NonZeroUsize
 }
 
 /// A worker thread count, or why it is not one.
-pub fn check_workers(n: usize) -> Result<NonZeroUsize, String> {
+pub(crate) fn check_workers(n: usize) -> Result<NonZeroUsize, String> {
     NonZeroUsize::new(n)
         .filter(|n| n.get() <= MAX_WORKERS)
         .ok_or_else(|| format!("expected 1 to {MAX_WORKERS} worker threads, found {n}"))
@@ -90,7 +90,7 @@ pub fn check_workers(n: usize) -> Result<NonZeroUsize, String> {
 /// `[store]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct StoreConfig {
+pub(crate) struct StoreConfig {
     /// `memory`, `sled` or `redb`. Default: `redb`.
     pub backend: StoreKind,
     /// Directory of the persistent store. Default: `./data`.
@@ -109,7 +109,7 @@ impl Default for StoreConfig {
 /// The storage backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum StoreKind {
+pub(crate) enum StoreKind {
     /// In memory: nothing survives a restart.
     Memory,
     /// sled, in the data directory (cargo feature `sled`).
@@ -121,7 +121,7 @@ pub enum StoreKind {
 /// `[auth]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
+pub(crate) struct AuthConfig {
     /// The auth and ACL ledger file. Default: none (anyone may connect,
     /// publish and subscribe).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,7 +134,7 @@ pub struct AuthConfig {
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     /// The level of every target. Default: `info`.
     pub level: LogLevel,
     /// A `RUST_LOG`-style filter (`"info,roost=debug"`); replaces `level`
@@ -159,7 +159,7 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[allow(missing_docs)]
-pub enum LogLevel {
+pub(crate) enum LogLevel {
     Off,
     Error,
     Warn,
@@ -170,7 +170,7 @@ pub enum LogLevel {
 
 impl LogLevel {
     /// As a filter directive.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             LogLevel::Off => "off",
             LogLevel::Error => "error",
@@ -185,7 +185,7 @@ impl LogLevel {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object a line.
@@ -195,7 +195,7 @@ pub enum LogFormat {
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ListenerKind {
+pub(crate) enum ListenerKind {
     /// MQTT over TCP.
     Tcp,
     /// MQTT over TLS.
@@ -212,7 +212,7 @@ pub enum ListenerKind {
 
 impl ListenerKind {
     /// Every kind, in the order the start-up lines list them.
-    pub const ALL: [ListenerKind; 6] = [
+    pub(crate) const ALL: [ListenerKind; 6] = [
         ListenerKind::Tcp,
         ListenerKind::Tls,
         ListenerKind::Ws,
@@ -222,7 +222,7 @@ impl ListenerKind {
     ];
 
     /// The name in a file and the command-line flag without its dashes.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ListenerKind::Tcp => "tcp",
             ListenerKind::Tls => "tls",
@@ -235,7 +235,7 @@ impl ListenerKind {
 
     /// What the start-up line calls it: `mqtt tcp`, `mqtts tls`,
     /// `ws websocket`, `wss websocket`, `http stats`, `https stats`.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             ListenerKind::Tcp => "mqtt tcp",
             ListenerKind::Tls => "mqtts tls",
@@ -247,7 +247,7 @@ impl ListenerKind {
     }
 
     /// Whether it needs a certificate.
-    pub fn is_tls(self) -> bool {
+    pub(crate) fn is_tls(self) -> bool {
         matches!(
             self,
             ListenerKind::Tls | ListenerKind::Wss | ListenerKind::Https
@@ -255,12 +255,12 @@ impl ListenerKind {
     }
 
     /// Whether it speaks WebSocket.
-    pub fn is_ws(self) -> bool {
+    pub(crate) fn is_ws(self) -> bool {
         matches!(self, ListenerKind::Ws | ListenerKind::Wss)
     }
 
     /// The cargo feature that provides it, if the binary lacks it.
-    pub fn missing_feature(self) -> Option<&'static str> {
+    pub(crate) fn missing_feature(self) -> Option<&'static str> {
         let tls = cfg!(feature = "tls");
         let ws = cfg!(feature = "ws");
         let http = cfg!(feature = "http");
@@ -278,7 +278,7 @@ impl ListenerKind {
 /// How client certificates are treated on a TLS listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ClientAuthMode {
+pub(crate) enum ClientAuthMode {
     /// Not asked for.
     None,
     /// Verified when presented.
@@ -290,7 +290,7 @@ pub enum ClientAuthMode {
 /// Where the MQTT user name comes from on a TLS listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum UsernameSource {
+pub(crate) enum UsernameSource {
     /// The CONNECT packet.
     Connect,
     /// The client certificate's subject Common Name.
@@ -303,7 +303,7 @@ pub enum UsernameSource {
 /// One `[[listener]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
+pub(crate) struct ListenerConfig {
     /// `tcp`, `tls`, `ws`, `wss`, `http` or `https`.
     #[serde(rename = "type")]
     pub kind: ListenerKind,
@@ -339,7 +339,7 @@ pub struct ListenerConfig {
 
 impl ListenerConfig {
     /// A listener of `kind` on `bind` with nothing else set.
-    pub fn new(kind: ListenerKind, bind: SocketAddr, place: Place) -> Self {
+    pub(crate) fn new(kind: ListenerKind, bind: SocketAddr, place: Place) -> Self {
         ListenerConfig {
             kind,
             bind,
@@ -355,14 +355,14 @@ impl ListenerConfig {
     }
 
     /// How the messages name it: `tls listener 0.0.0.0:8883`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!("{} listener {}", self.kind.name(), self.bind)
     }
 }
 
 /// The listeners started when neither the file nor the command line
 /// names one: MQTT on 1883, WebSocket on 1882, HTTP stats on 8080.
-pub fn default_listeners() -> Vec<ListenerConfig> {
+pub(crate) fn default_listeners() -> Vec<ListenerConfig> {
     let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
     vec![
         ListenerConfig::new(ListenerKind::Tcp, any(1883), Place::builtin()),
@@ -388,7 +388,7 @@ struct AuthSpans {
 
 /// Reads and parses a configuration file. Unknown keys, wrong types and
 /// bad values are errors naming the file, line and key.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
         path: path.to_owned(),
         source,
@@ -397,7 +397,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parses the text of the file at `path`.
-pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let mut config: Config = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
     // The first pass succeeded, so this one (which accepts anything the
     // first does) only fails on something unexpected; lines are a nicety.
@@ -420,7 +420,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
 /// Checks what parsing cannot: settings that only make sense together.
 /// Reads no file.
-pub fn check(config: &Config) -> Result<(), ConfigError> {
+pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
     if config.listeners.is_empty() {
         return Err(ConfigError::invalid(
             Place::Builtin,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Where a setting came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Place {
+pub(crate) enum Place {
     /// A configuration file, at a line when known.
     File {
         /// The file.
@@ -24,12 +24,12 @@ pub enum Place {
 
 impl Place {
     /// The built-in defaults.
-    pub fn builtin() -> Place {
+    pub(crate) fn builtin() -> Place {
         Place::Builtin
     }
 
     /// A line of a file.
-    pub fn file(path: &Path, line: usize) -> Place {
+    pub(crate) fn file(path: &Path, line: usize) -> Place {
         Place::File {
             path: path.to_owned(),
             line: Some(line),
@@ -54,7 +54,7 @@ impl fmt::Display for Place {
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The file could not be read at all.
     #[error("cannot read {}: {source}", path.display())]
     Unreadable {
@@ -87,7 +87,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// An [`Invalid`](ConfigError::Invalid) error.
-    pub fn invalid(place: Place, message: impl fmt::Display) -> ConfigError {
+    pub(crate) fn invalid(place: Place, message: impl fmt::Display) -> ConfigError {
         ConfigError::Invalid {
             place,
             message: message.to_string(),
@@ -96,7 +96,7 @@ impl ConfigError {
 
     /// The process exit status: 1 when the file cannot be read, 2 when
     /// the configuration is invalid.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             ConfigError::Unreadable { .. } => 1,
             ConfigError::Parse { .. } | ConfigError::Invalid { .. } => 2,
@@ -105,7 +105,7 @@ impl ConfigError {
 }
 
 /// 1-based line and column of byte `offset` in `text`.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..floor_char_boundary(text, offset)];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -156,7 +156,7 @@ fn key_on_line(text: &str, offset: usize) -> Option<String> {
 /// Turns a TOML error into `file:line:column: message`, with serde's
 /// "unknown field" and "missing field" said in the file's terms and the
 /// key and table named.
-pub fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+pub(crate) fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
     let (line, column) = line_col(text, span.start);
     let raw = e.message().trim();

@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 
 /// An open ledger, shared with the server's hooks.
 #[cfg(feature = "ledger")]
-pub struct Ledger(roost::hooks::SharedLedger, PathBuf);
+pub(crate) struct Ledger(roost::hooks::SharedLedger, PathBuf);
 
 /// An open ledger (none can exist in a build without the `ledger` feature).
 #[cfg(not(feature = "ledger"))]
-pub struct Ledger(std::convert::Infallible);
+pub(crate) struct Ledger(std::convert::Infallible);
 
 /// Why a ledger cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
+pub(crate) enum LedgerError {
     /// This build of roost has no auth ledger.
     #[cfg(not(feature = "ledger"))]
     #[error(
@@ -35,7 +35,7 @@ pub enum LedgerError {
 #[cfg(feature = "ledger")]
 impl Ledger {
     /// Reads and checks the ledger file.
-    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+    pub(crate) fn open(path: &Path) -> Result<Ledger, LedgerError> {
         Ok(Ledger(
             roost::hooks::SharedLedger::load(path)?,
             path.to_owned(),
@@ -43,12 +43,12 @@ impl Ledger {
     }
 
     /// Makes the server authenticate and authorize clients with it.
-    pub fn install(&self, server: Server) -> Server {
+    pub(crate) fn install(&self, server: Server) -> Server {
         server.auth_hook(self.0.clone()).acl_hook(self.0.clone())
     }
 
     /// Reads the file again; on error the previous rules stay in force.
-    pub fn reload(&self) -> Result<(), LedgerError> {
+    pub(crate) fn reload(&self) -> Result<(), LedgerError> {
         Ok(self.0.reload_from(&self.1)?)
     }
 }
@@ -56,19 +56,19 @@ impl Ledger {
 #[cfg(not(feature = "ledger"))]
 impl Ledger {
     /// Reads and checks the ledger file.
-    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+    pub(crate) fn open(path: &Path) -> Result<Ledger, LedgerError> {
         Err(LedgerError::NotAvailable {
             path: path.to_owned(),
         })
     }
 
     /// Makes the server authenticate and authorize clients with it.
-    pub fn install(&self, _server: Server) -> Server {
+    pub(crate) fn install(&self, _server: Server) -> Server {
         match self.0 {}
     }
 
     /// Reads the file again; on error the previous rules stay in force.
-    pub fn reload(&self) -> Result<(), LedgerError> {
+    pub(crate) fn reload(&self) -> Result<(), LedgerError> {
         match self.0 {}
     }
 }

@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. The filter is `RUST_LOG` when set, else
 /// `log.filter`, else `log.level`.
-pub fn init(log: &LogConfig) -> Result<(), ConfigError> {
+pub(crate) fn init(log: &LogConfig) -> Result<(), ConfigError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.trim().is_empty() => EnvFilter::builder()
             .parse(&env)

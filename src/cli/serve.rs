@@ -20,7 +20,7 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
 
 /// The TLS settings of a TLS listener.
 #[cfg(feature = "tls")]
-pub fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
+pub(crate) fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
     use super::config::{ClientAuthMode, UsernameSource};
     use roost::{ClientAuth, TlsConfig, UsernameFrom};
     if !l.kind.is_tls() {
@@ -136,7 +136,7 @@ fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
 }
 
 /// Serves `config` (already checked) until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> ExitCode {
+pub(crate) async fn run(config: Config) -> ExitCode {
     let version = env!("CARGO_PKG_VERSION");
     tracing::info!(
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
@@ -340,7 +340,7 @@ async fn shutdown_signal() {
 /// Checks that this build can run the configuration and that every file
 /// it names is usable: TLS certificates and keys are loaded, the ledger
 /// is opened. Reads files; binds nothing.
-pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+pub(crate) fn check_files(config: &Config) -> Result<(), ConfigError> {
     for l in &config.listeners {
         if let Some(feature) = l.kind.missing_feature() {
             return Err(ConfigError::invalid(

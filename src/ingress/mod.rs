@@ -38,7 +38,7 @@ use std::sync::Arc;
 /// A SUBSCRIBE whose filters the hooks have seen: each filter carries
 /// `Err(reason)` if a hook refused it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CheckedSubscribe {
+pub(crate) struct CheckedSubscribe {
     /// Packet identifier.
     pub packet_id: PacketId,
     /// Filters, options and verdicts.

@@ -36,11 +36,11 @@ impl Default for Intake {
 /// gives back the shares of many events at once, one lock instead of one
 /// per event.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Share(u32);
+pub(crate) struct Share(u32);
 
 impl Share {
     /// Its size in KiB, for [`Intake::release`].
-    pub fn kib(self) -> u32 {
+    pub(crate) fn kib(self) -> u32 {
         self.0
     }
 }
@@ -49,7 +49,7 @@ impl Intake {
     /// The share for PUBLISHes of `bytes` (topics and payloads: what
     /// reading them holds) if it is there now; `None` if it must be waited
     /// for ([`Intake::take`]). Nothing to hold takes an empty share.
-    pub fn try_take(&self, bytes: usize) -> Option<Share> {
+    pub(crate) fn try_take(&self, bytes: usize) -> Option<Share> {
         let kib = kib(bytes);
         if kib == 0 {
             return Some(Share(0));
@@ -61,7 +61,7 @@ impl Intake {
 
     /// The share for PUBLISHes of `bytes`, waiting for it if need be.
     /// Once the intake is closed it waits no more (and takes no share).
-    pub async fn take(&self, bytes: usize) -> Share {
+    pub(crate) async fn take(&self, bytes: usize) -> Share {
         let kib = kib(bytes);
         if kib > 0 {
             if let Ok(permit) = self.0.acquire_many(kib).await {
@@ -74,13 +74,13 @@ impl Intake {
 
     /// The core has stopped: readers waiting for a share go on (to find
     /// the core's queue closed).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.0.close();
     }
 
     /// Gives back shares the core is done with (the sum of their
     /// [`Share::kib`]).
-    pub fn release(&self, kib: u32) {
+    pub(crate) fn release(&self, kib: u32) {
         if kib > 0 {
             self.0.add_permits(kib as usize);
         }
@@ -88,7 +88,7 @@ impl Intake {
 
     /// KiB of budget free now.
     #[cfg(test)]
-    pub fn available(&self) -> usize {
+    pub(crate) fn available(&self) -> usize {
         self.0.available_permits()
     }
 }

@@ -92,7 +92,7 @@ impl<M> PartialEq for Burst<M> {
 impl<M: Deref<Target = Message>> Burst<M> {
     /// Moves up to `n` of its messages (those not expired by `now_ms`) to
     /// the back of `into` as deliveries; returns how many it took off.
-    pub fn expand(
+    pub(crate) fn expand(
         &mut self,
         n: usize,
         now_ms: u64,
@@ -155,7 +155,7 @@ impl<M> PartialEq for Delivery<M> {
 impl<M: Deref<Target = Message>> Delivery<M> {
     /// The delivery of `msg` at `now_ms`; the expiry interval sent is what
     /// remains, rounded up, and at least 1 (0 would mean "expired").
-    pub fn new(
+    pub(crate) fn new(
         msg: &Arc<M>,
         qos_pid: QosPid,
         retain: bool,
@@ -178,7 +178,11 @@ impl<M: Deref<Target = Message>> Delivery<M> {
     }
 
     /// The PUBLISH, borrowed, with `topic` sent as the topic name.
-    pub fn view<'a>(&'a self, topic: &'a str, topic_alias: Option<NonZeroU16>) -> PublishView<'a> {
+    pub(crate) fn view<'a>(
+        &'a self,
+        topic: &'a str,
+        topic_alias: Option<NonZeroU16>,
+    ) -> PublishView<'a> {
         let p = &self.msg.properties;
         PublishView {
             dup: self.dup,
@@ -201,12 +205,12 @@ impl<M: Deref<Target = Message>> Delivery<M> {
 
     /// Its encoded size for a client of `version`, full topic name
     /// included (an alias can only make it smaller).
-    pub fn encoded_len(&self, version: ProtocolVersion) -> usize {
+    pub(crate) fn encoded_len(&self, version: ProtocolVersion) -> usize {
         publish_len(&self.view(&self.msg.topic, None), version)
     }
 
     /// The same PUBLISH as a packet of its own.
-    pub fn into_publish(self) -> Publish {
+    pub(crate) fn into_publish(self) -> Publish {
         let p = &self.msg.properties;
         Publish {
             dup: self.dup,
@@ -230,7 +234,7 @@ impl<M: Deref<Target = Message>> Delivery<M> {
 
 impl<M> Outbound<M> {
     /// True for a PUBLISH.
-    pub fn is_publish(&self) -> bool {
+    pub(crate) fn is_publish(&self) -> bool {
         match self {
             Outbound::Deliver(_) => true,
             Outbound::Other(p) => matches!(**p, Packet::Publish(_)),
@@ -239,7 +243,7 @@ impl<M> Outbound<M> {
     }
 
     /// The packet type's name, for logs.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Outbound::Deliver(_) => "PUBLISH",
             Outbound::Ack(kind, ..) => kind.packet(PubResp::new(PacketId::MIN)).name(),
@@ -252,7 +256,7 @@ impl<M> Outbound<M> {
 impl<M: Deref<Target = Message>> Outbound<M> {
     /// The same packet as a [`Packet`] (for the inline client, and tests);
     /// `None` for a [`Outbound::Burst`], which is no packet.
-    pub fn into_packet(self) -> Option<Packet> {
+    pub(crate) fn into_packet(self) -> Option<Packet> {
         Some(match self {
             Outbound::Deliver(d) => Packet::Publish(d.into_publish()),
             Outbound::Ack(kind, pid, reason) => kind.bare(pid, reason),
@@ -265,7 +269,7 @@ impl<M: Deref<Target = Message>> Outbound<M> {
 impl AckKind {
     /// The acknowledgement of `pid` with `reason`, without properties, as
     /// a packet of this kind.
-    pub fn bare(self, pid: PacketId, reason: ReasonCode) -> Packet {
+    pub(crate) fn bare(self, pid: PacketId, reason: ReasonCode) -> Packet {
         let mut r = PubResp::new(pid);
         r.reason = reason;
         self.packet(r)

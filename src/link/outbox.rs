@@ -38,14 +38,14 @@ use std::time::Duration;
 /// reads without draining anything (see [`Outbox::slow_down`]): a pause is
 /// renewed for as long again each time it drains (within the episode's
 /// [`EPISODE_MAX`], which the core enforces by letting go of it).
-pub const BRIEF_PAUSE: Duration = Duration::from_millis(10);
+pub(crate) const BRIEF_PAUSE: Duration = Duration::from_millis(10);
 
 /// The longest one episode of [`Outbox::slow_down`] pauses publishers.
-pub const EPISODE_MAX: Duration = Duration::from_millis(100);
+pub(crate) const EPISODE_MAX: Duration = Duration::from_millis(100);
 
 /// The longest one pause for a congested session holds a publisher's reads
 /// at a time (see [`Outbox::pause_reads`]).
-pub const CONGESTED_PAUSE: Duration = Duration::from_millis(500);
+pub(crate) const CONGESTED_PAUSE: Duration = Duration::from_millis(500);
 
 /// Most packets one drain hands the consumer. What it has not taken yet
 /// stays here, where [`Outbox::len`] counts it (the slow-consumer policy
@@ -55,7 +55,7 @@ const DRAIN_MAX: usize = 512;
 /// Packets for one connection, plus a "close after these" flag; `M` is
 /// the shared message its deliveries hold (see [`crate::link::outbound`]).
 #[derive(Debug)]
-pub struct Outbox<M> {
+pub(crate) struct Outbox<M> {
     inner: Mutex<Inner<M>>,
     /// False only while the consumer waits with its waker registered and
     /// nobody has woken it since: it can then skip the lock. Invariant:
@@ -271,7 +271,7 @@ impl<M: Deref<Target = Message>> Inner<M> {
 impl<M: Deref<Target = Message>> Outbox<M> {
     /// An empty, open outbox for a client speaking `version`, whose
     /// connection waits for it from `mono_ms` on (see [`Outbox::listening`]).
-    pub fn new(version: ProtocolVersion, mono_ms: u64) -> Self {
+    pub(crate) fn new(version: ProtocolVersion, mono_ms: u64) -> Self {
         Outbox {
             inner: Mutex::default(),
             ready: AtomicBool::new(true),
@@ -285,14 +285,14 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// The connection waits for the client's next packet from `mono_ms`
     /// on: the monotonic reading of the clock whose readings the core's
     /// keep-alive check is given (`broker::Now::mono_ms`).
-    pub fn listening(&self, mono_ms: u64) {
+    pub(crate) fn listening(&self, mono_ms: u64) {
         self.listening_since
             .store(listening_since(mono_ms), Ordering::Relaxed);
     }
 
     /// The client sent something: the connection is busy with it, not
     /// waiting (the keep-alive stops until [`Outbox::listening`]).
-    pub fn heard(&self) {
+    pub(crate) fn heard(&self) {
         self.listening_since.store(HEARD, Ordering::Relaxed);
     }
 
@@ -303,7 +303,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// A connection that started waiting after `mono_ms` (its task read the
     /// clock after the core did) has been silent for 0 ms, not for nearly
     /// 2^32.
-    pub fn silent_ms(&self, mono_ms: u64) -> Option<u32> {
+    pub(crate) fn silent_ms(&self, mono_ms: u64) -> Option<u32> {
         match self.listening_since.load(Ordering::Relaxed) {
             HEARD => None,
             since => {
@@ -344,7 +344,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
 
     /// Queues a packet (behind any held ones). Returns false (and drops
     /// it) once closed.
-    pub fn push(&self, packet: impl Into<Outbound<M>>) -> bool {
+    pub(crate) fn push(&self, packet: impl Into<Outbound<M>>) -> bool {
         let packet = packet.into();
         let mut inner = self.lock();
         if inner.closed {
@@ -372,7 +372,12 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// Queues a packet that may only be written once commit `commit` is
     /// durable (see [`Outbox::release`]), or, if `token` is not 0, once
     /// [`Outbox::open`]`(token)` opens its gate, whichever comes first.
-    pub fn push_gated(&self, commit: u64, token: u64, packet: impl Into<Outbound<M>>) -> bool {
+    pub(crate) fn push_gated(
+        &self,
+        commit: u64,
+        token: u64,
+        packet: impl Into<Outbound<M>>,
+    ) -> bool {
         let packet = packet.into();
         let mut inner = self.lock();
         if inner.closed {
@@ -390,7 +395,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
 
     /// Opens the gate `token`: its packet may go without waiting for its
     /// commit (as soon as the packets ahead of it went).
-    pub fn open(&self, token: u64) {
+    pub(crate) fn open(&self, token: u64) {
         let mut inner = self.lock();
         let Some(h) = inner
             .held_mut()
@@ -409,7 +414,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// are not sent as such: a 5.0 client gets the refusal reason code
     /// 0x80 instead; a 3.x client, which has no way to hear "no", is
     /// disconnected so that it publishes again.
-    pub fn release(&self, commit: u64, failed: bool) {
+    pub(crate) fn release(&self, commit: u64, failed: bool) {
         let mut inner = self.lock();
         let released = inner.release_ready(commit, failed.then_some(self.version));
         let closed = inner.closed;
@@ -418,12 +423,12 @@ impl<M: Deref<Target = Message>> Outbox<M> {
 
     /// Asks the connection's reader to stop reading (until every pause is
     /// resumed, or the bound its reader puts on a pause passes).
-    pub fn pause_reads(&self) {
+    pub(crate) fn pause_reads(&self) {
         self.read_pauses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Withdraws one pause.
-    pub fn resume_reads(&self) {
+    pub(crate) fn resume_reads(&self) {
         let before = self
             .read_pauses
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -440,7 +445,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// up. One episode of pausing lasts at most [`EPISODE_MAX`]; one that
     /// ends before the connection caught up (a slow link, or a stuck
     /// client) starts no other until it has.
-    pub fn slow_down(&self, publisher: &Arc<Self>, now_ms: u64) {
+    pub(crate) fn slow_down(&self, publisher: &Arc<Self>, now_ms: u64) {
         if std::ptr::eq(self, &**publisher) {
             return; // A client must keep reading its own acknowledgements.
         }
@@ -463,12 +468,12 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     }
 
     /// Ends a brief pause (its bound passed).
-    pub fn end_brief_pause(&self) {
+    pub(crate) fn end_brief_pause(&self) {
         self.brief.store(NOT_PAUSED, Ordering::Relaxed);
     }
 
     /// The reader begins a pause: only renewals from here on extend it.
-    pub fn watch_brief_pause(&self) {
+    pub(crate) fn watch_brief_pause(&self) {
         let _ = self
             .brief
             .compare_exchange(RENEWED, PAUSED, Ordering::Relaxed, Ordering::Relaxed);
@@ -478,7 +483,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// on for another [`BRIEF_PAUSE`]) if a brief pause was renewed since
     /// the reader began it or last asked, and no congested session pauses
     /// it (whose bound is its own).
-    pub fn brief_pause_renewed(&self) -> bool {
+    pub(crate) fn brief_pause_renewed(&self) -> bool {
         let renewed = self
             .brief
             .compare_exchange(RENEWED, PAUSED, Ordering::Relaxed, Ordering::Relaxed)
@@ -497,7 +502,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
 
     /// True while some congested session, or a brief pause, asks this
     /// connection not to read.
-    pub fn reads_paused(&self) -> bool {
+    pub(crate) fn reads_paused(&self) -> bool {
         self.read_pauses.load(Ordering::Relaxed) > 0
             || self.brief.load(Ordering::Relaxed) != NOT_PAUSED
     }
@@ -508,7 +513,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// wait: a pause slows a publisher down but never blocks it for good
     /// (two clients that publish to each other could otherwise wait on each
     /// other forever).
-    pub fn poll_paused(&self, cx: &Context<'_>) -> Option<Duration> {
+    pub(crate) fn poll_paused(&self, cx: &Context<'_>) -> Option<Duration> {
         if !self.reads_paused() {
             return None;
         }
@@ -526,7 +531,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     }
 
     /// Retained messages of bursts not yet handed to the consumer.
-    pub fn burst_len(&self) -> usize {
+    pub(crate) fn burst_len(&self) -> usize {
         let inner = self.lock();
         if inner.bursts == 0 {
             return 0;
@@ -546,14 +551,14 @@ impl<M: Deref<Target = Message>> Outbox<M> {
 
     /// Packets waiting to be written (held ones included; a retained
     /// burst counts as one).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         let inner = self.lock();
         inner.queue.len() + inner.held_len()
     }
 
     /// Asks the writer to write what is queued, then close the connection.
     /// Later pushes are dropped; held packets still go out when released.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
         let slowed = inner.take_slowed();
@@ -565,7 +570,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// outbox is closed and nothing more will come.
     /// Retained bursts are expanded at `now_ms`.
     #[cfg(any(test, fuzzing))]
-    pub fn try_drain(&self, now_ms: u64, into: &mut VecDeque<Outbound<M>>) -> bool {
+    pub(crate) fn try_drain(&self, now_ms: u64, into: &mut VecDeque<Outbound<M>>) -> bool {
         let mut inner = self.lock();
         if inner.bursts > 0 {
             while !inner.queue.is_empty() {
@@ -587,7 +592,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// writes into the same (cache-warm) buffer batch after batch, which
     /// swapping buffers with the consumer was measurably slower at. A
     /// consumer gone idle [`Outbox::trim`]s it.
-    pub fn poll_drain(
+    pub(crate) fn poll_drain(
         &self,
         cx: &Context<'_>,
         now_ms: impl FnOnce() -> u64,
@@ -639,7 +644,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
 
     /// Frees the queue's allocation if it is empty: for a consumer that
     /// has gone idle.
-    pub fn trim(&self) {
+    pub(crate) fn trim(&self) {
         let mut inner = self.lock();
         let spare = if inner.queue.is_empty() {
             std::mem::take(&mut inner.queue)
@@ -651,7 +656,11 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     }
 
     /// [`Outbox::poll_drain`] as a future.
-    pub async fn drain(&self, now_ms: impl Fn() -> u64, into: &mut VecDeque<Outbound<M>>) -> bool {
+    pub(crate) async fn drain(
+        &self,
+        now_ms: impl Fn() -> u64,
+        into: &mut VecDeque<Outbound<M>>,
+    ) -> bool {
         std::future::poll_fn(|cx| self.poll_drain(cx, &now_ms, into)).await
     }
 }

@@ -45,7 +45,7 @@ impl<M> Default for Reclaim<M> {
 impl<M> Reclaim<M> {
     /// Keeps `msg` for the core if nobody else holds it (otherwise it
     /// simply drops this reference).
-    pub fn keep(kept: &mut Vec<Arc<M>>, msg: Arc<M>) {
+    pub(crate) fn keep(kept: &mut Vec<Arc<M>>, msg: Arc<M>) {
         if Arc::strong_count(&msg) == 1 {
             kept.push(msg);
         }
@@ -53,7 +53,7 @@ impl<M> Reclaim<M> {
 
     /// Hands `kept` to the core, or frees it here if the bin is full.
     /// `kept` is left empty, with its capacity.
-    pub fn give(&self, kept: &mut Vec<Arc<M>>) {
+    pub(crate) fn give(&self, kept: &mut Vec<Arc<M>>) {
         if kept.is_empty() {
             return;
         }
@@ -68,7 +68,7 @@ impl<M> Reclaim<M> {
 
     /// Frees what the writers handed back (called by the core). `spare`
     /// is swapped with the bin, so neither vector's buffer is reallocated.
-    pub fn free(&self, spare: &mut Vec<Arc<M>>) {
+    pub(crate) fn free(&self, spare: &mut Vec<Arc<M>>) {
         if let Ok(mut bin) = self.bin.lock() {
             if bin.is_empty() {
                 return;
@@ -94,7 +94,7 @@ impl Batches {
 
     /// An empty vector with room for `capacity` packets, reused if one is
     /// kept.
-    pub fn take(&self, capacity: usize) -> Vec<Packet> {
+    pub(crate) fn take(&self, capacity: usize) -> Vec<Packet> {
         match self.spare.lock().ok().and_then(|mut s| s.pop()) {
             Some(v) => v,
             None => Vec::with_capacity(capacity),
@@ -102,7 +102,7 @@ impl Batches {
     }
 
     /// Keeps `v` (emptied by the core) for [`Batches::take`].
-    pub fn put(&self, mut v: Vec<Packet>) {
+    pub(crate) fn put(&self, mut v: Vec<Packet>) {
         v.clear();
         if v.capacity() == 0 {
             return;

@@ -12,7 +12,7 @@ use std::num::NonZeroU16;
 /// budget last; later topics are sent in full. A topic that already has
 /// one is sent as alias plus empty topic name.
 #[derive(Debug, Default)]
-pub struct OutboundAliases {
+pub(crate) struct OutboundAliases {
     max: u16,
     /// As in the inbound table (`ingress::alias::InboundAliases`).
     budget: u32,
@@ -22,7 +22,7 @@ pub struct OutboundAliases {
 impl OutboundAliases {
     /// A table using aliases 1..=`max` (the client's Topic Alias Maximum),
     /// costing at most `budget` bytes.
-    pub fn new(max: u16, budget: usize) -> Self {
+    pub(crate) fn new(max: u16, budget: usize) -> Self {
         OutboundAliases {
             max,
             budget: u32::try_from(budget).unwrap_or(u32::MAX),
@@ -31,7 +31,7 @@ impl OutboundAliases {
     }
 
     /// Rewrites an outbound PUBLISH to use an alias where possible.
-    pub fn apply(&mut self, p: &mut Publish) {
+    pub(crate) fn apply(&mut self, p: &mut Publish) {
         let (alias, with_name) = self.alias(&p.topic);
         p.properties.topic_alias = alias;
         if !with_name {
@@ -41,7 +41,7 @@ impl OutboundAliases {
 
     /// The alias to send `topic` under, if any, and whether the topic name
     /// must go with it (it must unless the client already knows the alias).
-    pub fn alias(&mut self, topic: &ByteStr) -> (Option<NonZeroU16>, bool) {
+    pub(crate) fn alias(&mut self, topic: &ByteStr) -> (Option<NonZeroU16>, bool) {
         if self.max == 0 {
             return (None, true);
         }

@@ -45,7 +45,7 @@ pub(crate) struct Peer {
 
 impl Peer {
     /// A peer known only by its address.
-    pub fn at(remote: SocketAddr) -> Self {
+    pub(crate) fn at(remote: SocketAddr) -> Self {
         Peer {
             username: TransportUser::FromConnect,
             remote_addr: Some(remote),

@@ -145,7 +145,7 @@ struct WriteBuffers {
 impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     /// A stream whose CONNECT is yet to come, accepting packets of up to
     /// `maximum_connect_size` bytes until [`Duplex::connected`].
-    pub fn new(stream: S, maximum_connect_size: u32) -> Self {
+    pub(super) fn new(stream: S, maximum_connect_size: u32) -> Self {
         Duplex {
             stream,
             decoder: Decoder::new(maximum_connect_size),
@@ -168,7 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     /// After the CONNECT exchange: the version to encode for, the client's
     /// topic alias maximum, and the limits past CONNACK (the largest packet
     /// accepted, the bytes aliases may take).
-    pub fn connected(&mut self, version: ProtocolVersion, aliases: u16, limits: &Limits) {
+    pub(super) fn connected(&mut self, version: ProtocolVersion, aliases: u16, limits: &Limits) {
         self.version = version;
         self.aliases = OutboundAliases::new(aliases, limits.maximum_topic_alias_bytes);
         self.decoder.set_max_packet_size(limits.maximum_packet_size);
@@ -180,7 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     /// Every byte is charged to `charge` before it is buffered, and so is
     /// the room the decoder makes for a packet its fixed header declares;
     /// `Err` when the budget has no room (the connection is to be refused).
-    pub async fn read_packet(
+    pub(super) async fn read_packet(
         &mut self,
         stats: &Stats,
         charge: &mut Charge<'_>,
@@ -220,7 +220,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     /// (too large), read from the bytes after it; reads at most the few
     /// bytes it needs. `None` if the stream ends or the bytes are not a
     /// CONNECT's.
-    pub async fn connect_level(&mut self) -> Option<u8> {
+    pub(super) async fn connect_level(&mut self) -> Option<u8> {
         use tokio::io::AsyncReadExt;
         // The fixed header, then the protocol name ("MQTT" or "MQIsdp")
         // with its length, then the level.
@@ -254,14 +254,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     }
 
     /// Writes `bytes` and flushes (before the session exists).
-    pub async fn write_now(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(super) async fn write_now(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         self.stream.write_all(bytes).await?;
         self.stream.flush().await
     }
 
     /// Shuts the write side down (before the session exists).
-    pub async fn shutdown(&mut self) {
+    pub(super) async fn shutdown(&mut self) {
         use tokio::io::AsyncWriteExt;
         let _ = self.stream.shutdown().await;
     }
@@ -269,7 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
     /// Waits for what the connection must act on next, writing what the
     /// outbox holds meanwhile, and tells the outbox when it starts waiting
     /// for the client and when the client spoke (for the keep-alive).
-    pub fn poll_step(
+    pub(super) fn poll_step(
         &mut self,
         cx: &mut Context<'_>,
         outbox: &Outbox,
@@ -369,14 +369,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
 
     /// Writes until the outbox is finished and the write side shut down,
     /// or writing fails. Reads nothing. True if it finished.
-    pub async fn finish_writing(&mut self, outbox: &Outbox, shared: &Shared) -> bool {
+    pub(super) async fn finish_writing(&mut self, outbox: &Outbox, shared: &Shared) -> bool {
         poll_fn(|cx| self.poll_write(cx, outbox, shared)).await == Writing::Finished
     }
 
     /// Runs `fut` while writing what the outbox holds (reading nothing),
     /// so a connection that waits on the broker core or on a hook still
     /// delivers.
-    pub fn while_writing<'a, F: Future + ?Sized + 'a>(
+    pub(super) fn while_writing<'a, F: Future + ?Sized + 'a>(
         &'a mut self,
         outbox: &'a Outbox,
         shared: &'a Shared,
@@ -391,7 +391,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
 
     /// Reads and discards what the peer still sends, for at most `limit`
     /// bytes; ends at end of stream or on an error.
-    pub async fn discard(&mut self, limit: usize) {
+    pub(super) async fn discard(&mut self, limit: usize) {
         let mut total = 0;
         poll_fn(|cx| {
             while total < limit {
@@ -432,12 +432,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
 
     /// The type (the fixed header's high nibble) of the next packet already
     /// read, if any byte of it is.
-    pub fn next_type(&self) -> Option<PacketType> {
+    pub(super) fn next_type(&self) -> Option<PacketType> {
         self.rbuf.first().and_then(|&b| PacketType::from_header(b))
     }
 
     /// The next packet if it is already read in full; no I/O.
-    pub fn buffered(&mut self, stats: &Stats) -> Option<Step> {
+    pub(super) fn buffered(&mut self, stats: &Stats) -> Option<Step> {
         self.decode(stats)
     }
 

@@ -32,7 +32,7 @@ pub(crate) struct Metered<S> {
 
 impl<S> Metered<S> {
     /// Meters `inner` until `admitted` is set.
-    pub fn new(inner: S, shared: Arc<Shared>, admitted: Arc<AtomicBool>) -> Self {
+    pub(super) fn new(inner: S, shared: Arc<Shared>, admitted: Arc<AtomicBool>) -> Self {
         Metered {
             inner,
             shared,

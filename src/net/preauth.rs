@@ -18,7 +18,7 @@ pub(crate) struct PreAuth {
 
 impl PreAuth {
     /// A charge of nothing yet against this budget of `limit` bytes.
-    pub fn charge(&self, limit: usize) -> Charge<'_> {
+    pub(crate) fn charge(&self, limit: usize) -> Charge<'_> {
         Charge {
             budget: self,
             limit,
@@ -42,7 +42,7 @@ impl PreAuth {
 
     /// Bytes charged now.
     #[cfg(test)]
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 }
@@ -63,7 +63,7 @@ impl Charge<'_> {
     /// Makes sure `bytes` (beyond the packets already decoded) are
     /// charged; false if the budget has no room for them (nothing more is
     /// charged then).
-    pub fn hold(&mut self, bytes: usize) -> bool {
+    pub(crate) fn hold(&mut self, bytes: usize) -> bool {
         let want = self.base.saturating_add(bytes);
         if want <= self.held {
             return true;
@@ -77,7 +77,7 @@ impl Charge<'_> {
 
     /// A packet was decoded: what is held stays held while it lives, and
     /// the next packet's bytes come on top.
-    pub fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         self.base = self.held;
     }
 }

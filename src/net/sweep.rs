@@ -34,17 +34,17 @@ impl Default for IdleSweep {
 
 impl IdleSweep {
     /// How many ticks have passed (plus one).
-    pub fn epoch(&self) -> u32 {
+    pub(crate) fn epoch(&self) -> u32 {
         self.epoch.load(Ordering::Relaxed)
     }
 
     /// Wakes `waker` at the next tick.
-    pub fn wake_at_next_tick(&self, waker: &Waker) {
+    pub(crate) fn wake_at_next_tick(&self, waker: &Waker) {
         self.lock().push(waker.clone());
     }
 
     /// A tick: wakes everyone who asked.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         self.epoch.fetch_add(1, Ordering::Relaxed);
         let waiting = std::mem::take(&mut *self.lock());
         for w in waiting {

@@ -49,17 +49,17 @@ enum Part {
 
 impl WriteBuf {
     /// Bytes waiting in all.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Appends with `encode`, which writes into the own buffer (and writes
     /// nothing if it fails).
-    pub fn encode<E>(
+    pub(crate) fn encode<E>(
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<(), E> {
@@ -71,7 +71,7 @@ impl WriteBuf {
 
     /// Appends a packet whose head `encode` writes into the own buffer and
     /// whose last bytes are `payload`, which is not copied.
-    pub fn encode_with_payload<E>(
+    pub(crate) fn encode_with_payload<E>(
         &mut self,
         encode_head: impl FnOnce(&mut BytesMut) -> Result<(), E>,
         payload: &Bytes,
@@ -100,7 +100,7 @@ impl WriteBuf {
 
     /// Writes what it can of the front; `Ready(Ok(n))` with the bytes
     /// written (and dropped from here).
-    pub fn poll_write_to<S: AsyncWrite + Unpin>(
+    pub(crate) fn poll_write_to<S: AsyncWrite + Unpin>(
         &mut self,
         stream: &mut S,
         cx: &mut Context<'_>,

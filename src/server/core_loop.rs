@@ -45,7 +45,7 @@ pub(super) struct CoreLoop {
 impl CoreLoop {
     /// Runs the core until `shutdown` completes, every connection's event
     /// sender is gone, or the commit task is.
-    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+    pub(super) async fn run(&mut self, shutdown: impl Future<Output = ()>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // In the relaxed mode changes are committed on an interval, not after
@@ -112,7 +112,7 @@ impl CoreLoop {
     /// recorded, as the last commit. Returns the events' receiver: the
     /// caller drops it once the commit task is done, which lets connection
     /// tasks still waiting to report to the core finish.
-    pub async fn finish(self) -> mpsc::Receiver<Event> {
+    pub(super) async fn finish(self) -> mpsc::Receiver<Event> {
         let CoreLoop {
             mut broker,
             events,

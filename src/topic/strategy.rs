@@ -8,7 +8,7 @@ fn level() -> impl Strategy<Value = &'static str> {
 }
 
 /// A valid filter over a small alphabet: `#` only as the last level.
-pub fn filter_strategy() -> impl Strategy<Value = String> {
+pub(crate) fn filter_strategy() -> impl Strategy<Value = String> {
     prop::collection::vec(level(), 1..5).prop_map(|mut levels| {
         let last = levels.len() - 1;
         for l in &mut levels[..last] {
@@ -21,7 +21,7 @@ pub fn filter_strategy() -> impl Strategy<Value = String> {
 }
 
 /// A valid topic name over the same alphabet, without wildcards.
-pub fn topic_strategy() -> impl Strategy<Value = String> {
+pub(crate) fn topic_strategy() -> impl Strategy<Value = String> {
     let level = prop::sample::select(vec!["", "$SYS", "a", "b"]);
     prop::collection::vec(level, 1..5).prop_map(|levels| levels.join("/"))
 }

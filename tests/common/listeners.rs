@@ -35,7 +35,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::{opts, pid_of, subscribe, WAIT};
 
 /// A certificate with its key, kept to sign others.
-pub struct Issued {
+pub(crate) struct Issued {
     pub cert: rcgen::Certificate,
     pub key: KeyPair,
     pub cert_path: PathBuf,
@@ -43,11 +43,11 @@ pub struct Issued {
 }
 
 impl Issued {
-    pub fn der(&self) -> CertificateDer<'static> {
+    pub(crate) fn der(&self) -> CertificateDer<'static> {
         self.cert.der().clone()
     }
 
-    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+    pub(crate) fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::try_from(self.key.serialize_der()).unwrap()
     }
 }
@@ -55,7 +55,7 @@ impl Issued {
 /// A CA, a server certificate for `localhost` and 127.0.0.1, client
 /// certificates (good, expired, and one from an unrelated CA), in a
 /// temporary directory that lives as long as this value.
-pub struct TestCerts {
+pub(crate) struct TestCerts {
     pub dir: tempfile::TempDir,
     pub ca: Issued,
     pub server: Issued,
@@ -96,7 +96,7 @@ fn ca(dir: &Path, name: &str, cn: &str) -> Issued {
 }
 
 impl TestCerts {
-    pub fn generate() -> TestCerts {
+    pub(crate) fn generate() -> TestCerts {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca(dir.path(), "ca", "roost test CA");
         let rogue_ca = ca_rogue(dir.path());
@@ -117,7 +117,7 @@ impl TestCerts {
 
     /// The server's TLS settings, verifying client certificates against
     /// the test CA as `auth` says.
-    pub fn tls(&self, required: Option<bool>) -> TlsConfig {
+    pub(crate) fn tls(&self, required: Option<bool>) -> TlsConfig {
         let ca = self.ca.cert_path.clone();
         let auth = match required {
             None => ClientAuth::None,
@@ -130,7 +130,7 @@ impl TestCerts {
     }
 
     /// A client that trusts the test CA, presenting `identity` if given.
-    pub fn client_config(&self, identity: Option<&Issued>) -> Arc<ClientConfig> {
+    pub(crate) fn client_config(&self, identity: Option<&Issued>) -> Arc<ClientConfig> {
         client_config(&self.ca, identity)
     }
 }
@@ -141,7 +141,7 @@ fn ca_rogue(dir: &Path) -> Issued {
 
 /// Issues a server certificate with this serial, for `localhost` and
 /// 127.0.0.1, written as `<name>.pem` / `<name>.key`.
-pub fn issue_server(dir: &Path, name: &str, ca: &Issued, serial: u64, cn: &str) -> Issued {
+pub(crate) fn issue_server(dir: &Path, name: &str, ca: &Issued, serial: u64, cn: &str) -> Issued {
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     params
         .subject_alt_names
@@ -169,7 +169,7 @@ fn issue_client(dir: &Path, name: &str, ca: &Issued, cn: &str, expired: bool) ->
 
 /// Issues a client certificate signed by `ca` whose subject has no Common
 /// Name (and which has no Subject Alternative Name either).
-pub fn issue_client_without_cn(dir: &Path, name: &str, ca: &Issued) -> Issued {
+pub(crate) fn issue_client_without_cn(dir: &Path, name: &str, ca: &Issued) -> Issued {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "roost tests");
@@ -180,7 +180,7 @@ pub fn issue_client_without_cn(dir: &Path, name: &str, ca: &Issued) -> Issued {
     write(dir, name, cert, key)
 }
 
-pub fn client_config(trust: &Issued, identity: Option<&Issued>) -> Arc<ClientConfig> {
+pub(crate) fn client_config(trust: &Issued, identity: Option<&Issued>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(trust.der()).unwrap();
     let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
@@ -197,7 +197,7 @@ pub fn client_config(trust: &Issued, identity: Option<&Issued>) -> Arc<ClientCon
 }
 
 /// A TLS handshake with the broker as `localhost`.
-pub async fn tls_connect(
+pub(crate) async fn tls_connect(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
 ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
@@ -208,17 +208,17 @@ pub async fn tls_connect(
 
 /// The transports every MQTT listener test runs over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Tcp,
     Tls,
     Ws,
     Wss,
 }
 
-pub const ALL: [Kind; 4] = [Kind::Tcp, Kind::Tls, Kind::Ws, Kind::Wss];
+pub(crate) const ALL: [Kind; 4] = [Kind::Tcp, Kind::Tls, Kind::Ws, Kind::Wss];
 
 /// A broker serving TCP, TLS, WebSocket, WSS and HTTP on ephemeral ports.
-pub struct MultiBroker {
+pub(crate) struct MultiBroker {
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
     pub ws: SocketAddr,
@@ -239,13 +239,13 @@ async fn bind() -> (TcpListener, SocketAddr) {
 
 impl MultiBroker {
     /// Every transport; client certificates optional on TLS and WSS.
-    pub async fn start() -> MultiBroker {
+    pub(crate) async fn start() -> MultiBroker {
         Self::with(Options::default(), Some(false)).await
     }
 
     /// `client_auth`: `None` no client certificates, `Some(false)`
     /// optional, `Some(true)` required.
-    pub async fn with(opts: Options, client_auth: Option<bool>) -> MultiBroker {
+    pub(crate) async fn with(opts: Options, client_auth: Option<bool>) -> MultiBroker {
         let certs = TestCerts::generate();
         let (tcp_l, tcp) = bind().await;
         let (tls_l, tls) = bind().await;
@@ -282,7 +282,7 @@ impl MultiBroker {
         }
     }
 
-    pub fn addr(&self, kind: Kind) -> SocketAddr {
+    pub(crate) fn addr(&self, kind: Kind) -> SocketAddr {
         match kind {
             Kind::Tcp => self.tcp,
             Kind::Tls => self.tls,
@@ -293,7 +293,7 @@ impl MultiBroker {
 
     /// A byte stream to the broker over `kind` (TLS with the good client
     /// certificate; WebSocket with subprotocol `mqtt`).
-    pub async fn open(&self, kind: Kind) -> Io {
+    pub(crate) async fn open(&self, kind: Kind) -> Io {
         let with_cert = self.certs.client_config(Some(&self.certs.client));
         let addr = self.addr(kind);
         match kind {
@@ -321,14 +321,14 @@ impl MultiBroker {
     }
 
     /// An MQTT client over `kind` that has completed CONNECT/CONNACK.
-    pub async fn connected(&self, kind: Kind, connect: Connect) -> Client {
+    pub(crate) async fn connected(&self, kind: Kind, connect: Connect) -> Client {
         let mut c = Client::new(self.open(kind).await, connect.protocol);
         let ack = c.connect(connect).await;
         assert_eq!(ack.reason, ReasonCode::Success, "{kind:?}: {ack:?}");
         c
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -353,7 +353,7 @@ impl Drop for MultiBroker {
 /// A WebSocket client upgrade over `stream`, offering `protocols`
 /// (comma-separated; empty offers none). Returns the stream and the
 /// subprotocol the server chose.
-pub async fn ws_connect<S>(
+pub(crate) async fn ws_connect<S>(
     stream: S,
     url: &str,
     protocols: &str,
@@ -384,7 +384,7 @@ where
 
 /// The client side of MQTT over WebSocket as a byte stream; `ws` is public
 /// so tests can send frames of their choosing.
-pub struct WsIo<S> {
+pub(crate) struct WsIo<S> {
     pub ws: WebSocketStream<S>,
     read: Bytes,
 }
@@ -395,7 +395,7 @@ fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
     /// Sends one binary message.
-    pub async fn send_frame(&mut self, data: &[u8]) {
+    pub(crate) async fn send_frame(&mut self, data: &[u8]) {
         self.ws
             .send(Message::Binary(Bytes::copy_from_slice(data)))
             .await
@@ -451,12 +451,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
     }
 }
 
-pub trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncIo for T {}
-pub type Io = Box<dyn AsyncIo>;
+pub(crate) type Io = Box<dyn AsyncIo>;
 
 /// An MQTT client over any byte stream (like `Raw`, which is TCP only).
-pub struct Client {
+pub(crate) struct Client {
     io: Io,
     buf: BytesMut,
     decoder: Decoder,
@@ -464,7 +464,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(io: Io, version: ProtocolVersion) -> Client {
+    pub(crate) fn new(io: Io, version: ProtocolVersion) -> Client {
         Client {
             io,
             buf: BytesMut::new(),
@@ -473,7 +473,7 @@ impl Client {
         }
     }
 
-    pub async fn connect(&mut self, connect: Connect) -> ConnAck {
+    pub(crate) async fn connect(&mut self, connect: Connect) -> ConnAck {
         self.send(Packet::Connect(Box::new(connect))).await;
         match self.recv().await {
             Packet::ConnAck(ack) => ack,
@@ -481,7 +481,7 @@ impl Client {
         }
     }
 
-    pub async fn send(&mut self, p: Packet) {
+    pub(crate) async fn send(&mut self, p: Packet) {
         let mut out = BytesMut::new();
         encode(&p, self.version, &mut out).unwrap();
         self.io.write_all(&out).await.unwrap();
@@ -490,7 +490,7 @@ impl Client {
 
     /// The next packet within `dur`; `None` on timeout, error or end of
     /// stream.
-    pub async fn recv_within(&mut self, dur: Duration) -> Option<Packet> {
+    pub(crate) async fn recv_within(&mut self, dur: Duration) -> Option<Packet> {
         let deadline = tokio::time::Instant::now() + dur;
         loop {
             if let Some(p) = self.decoder.decode(&mut self.buf).expect("valid packet") {
@@ -504,20 +504,20 @@ impl Client {
         }
     }
 
-    pub async fn recv(&mut self) -> Packet {
+    pub(crate) async fn recv(&mut self) -> Packet {
         self.recv_within(WAIT)
             .await
             .expect("a packet from the broker")
     }
 
-    pub async fn recv_publish(&mut self) -> Publish {
+    pub(crate) async fn recv_publish(&mut self) -> Publish {
         match self.recv().await {
             Packet::Publish(p) => p,
             other => panic!("expected PUBLISH, got {other:?}"),
         }
     }
 
-    pub async fn subscribe(&mut self, pid: u16, filter: &str, qos: QoS) -> SubAck {
+    pub(crate) async fn subscribe(&mut self, pid: u16, filter: &str, qos: QoS) -> SubAck {
         self.send(Packet::Subscribe(subscribe(pid, &[(filter, opts(qos))])))
             .await;
         match self.recv().await {
@@ -527,7 +527,7 @@ impl Client {
     }
 
     /// Publishes and completes the publisher's side of the QoS flow.
-    pub async fn publish(&mut self, p: Publish) {
+    pub(crate) async fn publish(&mut self, p: Publish) {
         let qos_pid = p.qos_pid;
         self.send(Packet::Publish(p)).await;
         match qos_pid {
@@ -551,7 +551,7 @@ impl Client {
     }
 
     /// Acknowledges a received PUBLISH.
-    pub async fn ack(&mut self, p: &Publish) {
+    pub(crate) async fn ack(&mut self, p: &Publish) {
         match p.qos_pid {
             QosPid::AtMostOnce => {}
             QosPid::AtLeastOnce(pid) => self.send(Packet::PubAck(PubResp::new(pid))).await,
@@ -567,7 +567,7 @@ impl Client {
     }
 
     /// A PINGREQ answered by PINGRESP: the connection is alive.
-    pub async fn ping(&mut self) {
+    pub(crate) async fn ping(&mut self) {
         self.send(Packet::PingReq).await;
         match self.recv().await {
             Packet::PingResp => {}
@@ -575,7 +575,7 @@ impl Client {
         }
     }
 
-    pub async fn disconnect(mut self) {
+    pub(crate) async fn disconnect(mut self) {
         self.send(Packet::Disconnect(Disconnect::default())).await;
         let _ = self.io.shutdown().await;
     }
@@ -584,7 +584,7 @@ impl Client {
 /// Asserts that `io` gets no CONNACK for a CONNECT: the handshake was
 /// refused (possibly only once the client sent its first bytes, as with a
 /// rejected client certificate under TLS 1.3).
-pub async fn assert_refused(io: Io, client_id: &str) {
+pub(crate) async fn assert_refused(io: Io, client_id: &str) {
     let mut c = Client::new(io, ProtocolVersion::V5);
     let mut out = BytesMut::new();
     encode(
@@ -603,6 +603,6 @@ pub async fn assert_refused(io: Io, client_id: &str) {
     );
 }
 
-pub fn pid(n: u16) -> std::num::NonZeroU16 {
+pub(crate) fn pid(n: u16) -> std::num::NonZeroU16 {
     pid_of(n)
 }

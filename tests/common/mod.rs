@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
-pub mod process;
+pub(crate) mod process;
 
 use bytes::{Bytes, BytesMut};
 use roost::codec::{
@@ -23,9 +23,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// How long a test waits for something that should happen.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 /// How long a test waits to be sure something does NOT happen.
-pub const QUIET: Duration = Duration::from_millis(300);
+pub(crate) const QUIET: Duration = Duration::from_millis(300);
 
 thread_local! {
     /// Panics on this thread. `#[tokio::test]` runs the broker, its
@@ -36,7 +36,7 @@ thread_local! {
 
 /// Installs (once per test binary) a panic hook that counts each thread's
 /// panics and still prints them.
-pub fn count_panics() {
+pub(crate) fn count_panics() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let prev = std::panic::take_hook();
@@ -48,12 +48,12 @@ pub fn count_panics() {
 }
 
 /// Panics counted on this thread since [`count_panics`].
-pub fn panics_on_this_thread() -> u32 {
+pub(crate) fn panics_on_this_thread() -> u32 {
     PANICS.with(|p| p.get())
 }
 
 /// A client id (or topic) no other test in this binary uses.
-pub fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!(
         "{prefix}{}",
@@ -64,7 +64,7 @@ pub fn unique(prefix: &str) -> String {
 /// The in-memory store, claiming to be persistent so that the broker
 /// records and commits everything as it would on disk.
 #[derive(Debug, Default)]
-pub struct Durable(roost::storage::MemoryStore);
+pub(crate) struct Durable(roost::storage::MemoryStore);
 
 impl roost::storage::Store for Durable {
     fn apply(&self, ops: &[roost::storage::Op]) -> Result<(), roost::storage::StorageError> {
@@ -79,7 +79,7 @@ impl roost::storage::Store for Durable {
 }
 
 /// Polls `cond` until it holds, for up to `WAIT`.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
         assert!(
@@ -91,14 +91,14 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A broker whose panics this thread counts (see [`panics_on_this_thread`]).
-pub async fn watched_broker(opts: Options) -> TestBroker {
+pub(crate) async fn watched_broker(opts: Options) -> TestBroker {
     count_panics();
     TestBroker::with(opts).await
 }
 
 /// The broker still serves: a fresh subscriber gets a fresh publisher's
 /// QoS 1 message, and nothing panicked.
-pub async fn assert_serving(b: &TestBroker) {
+pub(crate) async fn assert_serving(b: &TestBroker) {
     assert_eq!(panics_on_this_thread(), 0, "the broker panicked");
     let topic = unique("alive/");
     let mut sub = Raw::connected(b.addr, v5(&unique("s"))).await;
@@ -118,7 +118,7 @@ pub async fn assert_serving(b: &TestBroker) {
 }
 
 /// A broker serving on an ephemeral port until dropped or stopped.
-pub struct TestBroker {
+pub(crate) struct TestBroker {
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
     stop: Option<oneshot::Sender<()>>,
@@ -126,21 +126,21 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
-    pub async fn start() -> TestBroker {
+    pub(crate) async fn start() -> TestBroker {
         Self::with(Options::default()).await
     }
 
-    pub async fn with(opts: Options) -> TestBroker {
+    pub(crate) async fn with(opts: Options) -> TestBroker {
         Self::serve(Server::new(opts)).await
     }
 
     /// A broker from a configured [`Server`] (hooks, inline clients).
-    pub async fn with_server(server: Server) -> TestBroker {
+    pub(crate) async fn with_server(server: Server) -> TestBroker {
         Self::serve(server).await
     }
 
     /// A broker on `store` (restart tests pass the same store again).
-    pub async fn with_store(opts: Options, store: impl roost::storage::Store) -> TestBroker {
+    pub(crate) async fn with_store(opts: Options, store: impl roost::storage::Store) -> TestBroker {
         Self::serve(Server::new(opts).store(store)).await
     }
 
@@ -162,7 +162,7 @@ impl TestBroker {
     }
 
     /// Stops the broker and waits for `serve` to return.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -175,7 +175,7 @@ impl TestBroker {
         }
     }
 
-    pub fn host_port(&self) -> (String, u16) {
+    pub(crate) fn host_port(&self) -> (String, u16) {
         (self.addr.ip().to_string(), self.addr.port())
     }
 }
@@ -189,7 +189,7 @@ impl Drop for TestBroker {
 }
 
 /// A raw MQTT client over a real TCP socket.
-pub struct Raw {
+pub(crate) struct Raw {
     stream: TcpStream,
     buf: BytesMut,
     decoder: Decoder,
@@ -197,7 +197,7 @@ pub struct Raw {
 }
 
 impl Raw {
-    pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> Raw {
+    pub(crate) async fn open(addr: SocketAddr, version: ProtocolVersion) -> Raw {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
         Raw {
@@ -209,7 +209,7 @@ impl Raw {
     }
 
     /// Opens a connection and completes CONNECT/CONNACK.
-    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
+    pub(crate) async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
         let mut raw = Raw::open(addr, connect.protocol).await;
         raw.send(Packet::Connect(Box::new(connect))).await;
         match raw.recv().await {
@@ -219,31 +219,31 @@ impl Raw {
     }
 
     /// Connects and asserts success.
-    pub async fn connected(addr: SocketAddr, connect: Connect) -> Raw {
+    pub(crate) async fn connected(addr: SocketAddr, connect: Connect) -> Raw {
         let (raw, ack) = Self::connect(addr, connect).await;
         assert_eq!(ack.reason, ReasonCode::Success, "{ack:?}");
         raw
     }
 
-    pub async fn send(&mut self, p: Packet) {
+    pub(crate) async fn send(&mut self, p: Packet) {
         let mut out = BytesMut::new();
         encode(&p, self.version, &mut out).unwrap();
         self.stream.write_all(&out).await.unwrap();
     }
 
     /// Like [`Raw::send`], but a dead connection is an answer, not a panic.
-    pub async fn try_send(&mut self, p: Packet) -> bool {
+    pub(crate) async fn try_send(&mut self, p: Packet) -> bool {
         let mut out = BytesMut::new();
         encode(&p, self.version, &mut out).unwrap();
         self.stream.write_all(&out).await.is_ok()
     }
 
-    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }
 
     /// The next packet within `dur`; `None` on timeout or end of stream.
-    pub async fn recv_within(&mut self, dur: Duration) -> Option<Packet> {
+    pub(crate) async fn recv_within(&mut self, dur: Duration) -> Option<Packet> {
         let deadline = tokio::time::Instant::now() + dur;
         loop {
             if let Some(p) = self
@@ -262,13 +262,13 @@ impl Raw {
     }
 
     /// The next packet; panics if none arrives in time.
-    pub async fn recv(&mut self) -> Packet {
+    pub(crate) async fn recv(&mut self) -> Packet {
         self.recv_within(WAIT)
             .await
             .expect("a packet from the broker")
     }
 
-    pub async fn recv_publish(&mut self) -> Publish {
+    pub(crate) async fn recv_publish(&mut self) -> Publish {
         match self.recv().await {
             Packet::Publish(p) => p,
             other => panic!("expected PUBLISH, got {other:?}"),
@@ -276,7 +276,7 @@ impl Raw {
     }
 
     /// Asserts nothing arrives for a short while.
-    pub async fn expect_nothing(&mut self) {
+    pub(crate) async fn expect_nothing(&mut self) {
         if let Some(p) = self.recv_within(QUIET).await {
             panic!("expected nothing, got {p:?}");
         }
@@ -284,7 +284,7 @@ impl Raw {
 
     /// Waits until the broker closes the connection; returns what it sent
     /// before closing.
-    pub async fn expect_closed(&mut self) -> Vec<Packet> {
+    pub(crate) async fn expect_closed(&mut self) -> Vec<Packet> {
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -301,12 +301,12 @@ impl Raw {
     }
 
     /// Subscribes and returns the SUBACK.
-    pub async fn subscribe(&mut self, pid: u16, filter: &str, qos: QoS) -> SubAck {
+    pub(crate) async fn subscribe(&mut self, pid: u16, filter: &str, qos: QoS) -> SubAck {
         self.subscribe_with(subscribe(pid, &[(filter, opts(qos))]))
             .await
     }
 
-    pub async fn subscribe_with(&mut self, s: Subscribe) -> SubAck {
+    pub(crate) async fn subscribe_with(&mut self, s: Subscribe) -> SubAck {
         self.send(Packet::Subscribe(s)).await;
         match self.recv().await {
             Packet::SubAck(a) => a,
@@ -314,7 +314,7 @@ impl Raw {
         }
     }
 
-    pub async fn unsubscribe(&mut self, pid: u16, filters: &[&str]) -> UnsubAck {
+    pub(crate) async fn unsubscribe(&mut self, pid: u16, filters: &[&str]) -> UnsubAck {
         self.send(Packet::Unsubscribe(Unsubscribe::new(
             pid_of(pid),
             filters.iter().map(|f| ByteStr::from(*f)).collect(),
@@ -328,7 +328,7 @@ impl Raw {
 
     /// Publishes and completes the QoS flow from the publisher's side.
     /// Returns the acknowledgement's reason (Success for QoS 0).
-    pub async fn publish(&mut self, p: Publish) -> ReasonCode {
+    pub(crate) async fn publish(&mut self, p: Publish) -> ReasonCode {
         let qos_pid = p.qos_pid;
         self.send(Packet::Publish(p)).await;
         match qos_pid {
@@ -355,7 +355,7 @@ impl Raw {
     }
 
     /// Acknowledges a received PUBLISH as a well-behaved client would.
-    pub async fn ack(&mut self, p: &Publish) {
+    pub(crate) async fn ack(&mut self, p: &Publish) {
         match p.qos_pid {
             QosPid::AtMostOnce => {}
             QosPid::AtLeastOnce(pid) => self.send(Packet::PubAck(PubResp::new(pid))).await,
@@ -372,7 +372,7 @@ impl Raw {
 
     /// Waits until the broker has handled everything sent before: it
     /// answers PINGREQ in order with the other packets.
-    pub async fn sync(&mut self) {
+    pub(crate) async fn sync(&mut self) {
         self.send(Packet::PingReq).await;
         match self.recv().await {
             Packet::PingResp => {}
@@ -380,33 +380,33 @@ impl Raw {
         }
     }
 
-    pub async fn disconnect(mut self) {
+    pub(crate) async fn disconnect(mut self) {
         self.send(Packet::Disconnect(Disconnect::default())).await;
         let _ = self.stream.shutdown().await;
     }
 
     /// Drops the TCP connection without DISCONNECT.
-    pub fn drop_connection(self) {
+    pub(crate) fn drop_connection(self) {
         drop(self);
     }
 }
 
-pub fn pid_of(n: u16) -> PacketId {
+pub(crate) fn pid_of(n: u16) -> PacketId {
     NonZeroU16::new(n).expect("non-zero packet id")
 }
 
-pub fn connect(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
+pub(crate) fn connect(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
     Connect::new(version, client_id)
         .with_clean_start(clean)
         .with_keep_alive(60)
 }
 
-pub fn v5(client_id: &str) -> Connect {
+pub(crate) fn v5(client_id: &str) -> Connect {
     connect(ProtocolVersion::V5, client_id, true)
 }
 
 /// A 5.0 CONNECT with a Session Expiry Interval and the given Clean Start.
-pub fn v5_session(client_id: &str, clean: bool, expiry: u32) -> Connect {
+pub(crate) fn v5_session(client_id: &str, clean: bool, expiry: u32) -> Connect {
     let mut c = connect(ProtocolVersion::V5, client_id, clean);
     c.properties.session_expiry_interval = Some(expiry);
     c
@@ -414,7 +414,7 @@ pub fn v5_session(client_id: &str, clean: bool, expiry: u32) -> Connect {
 
 /// Waits for the broker to close the connection and returns the reason of
 /// the DISCONNECT it sent last.
-pub async fn expect_disconnect(raw: &mut Raw) -> ReasonCode {
+pub(crate) async fn expect_disconnect(raw: &mut Raw) -> ReasonCode {
     let got = raw.expect_closed().await;
     match got.last() {
         Some(Packet::Disconnect(d)) => d.reason,
@@ -422,28 +422,28 @@ pub async fn expect_disconnect(raw: &mut Raw) -> ReasonCode {
     }
 }
 
-pub fn v311(client_id: &str) -> Connect {
+pub(crate) fn v311(client_id: &str) -> Connect {
     connect(ProtocolVersion::V3_1_1, client_id, true)
 }
 
-pub fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> LastWill {
+pub(crate) fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> LastWill {
     LastWill::new(topic, Bytes::copy_from_slice(payload.as_bytes()), qos).with_retain(retain)
 }
 
-pub fn publish(topic: &str, payload: &str, qos: QoS, pid: u16) -> Publish {
+pub(crate) fn publish(topic: &str, payload: &str, qos: QoS, pid: u16) -> Publish {
     Publish::new(topic, Bytes::copy_from_slice(payload.as_bytes()))
         .with_qos_pid(QosPid::new(qos, pid_of(pid.max(1))))
 }
 
-pub fn retained(topic: &str, payload: &str, qos: QoS, pid: u16) -> Publish {
+pub(crate) fn retained(topic: &str, payload: &str, qos: QoS, pid: u16) -> Publish {
     publish(topic, payload, qos, pid).with_retain(true)
 }
 
-pub fn opts(qos: QoS) -> SubscriptionOptions {
+pub(crate) fn opts(qos: QoS) -> SubscriptionOptions {
     SubscriptionOptions::new(qos)
 }
 
-pub fn subscribe(pid: u16, filters: &[(&str, SubscriptionOptions)]) -> Subscribe {
+pub(crate) fn subscribe(pid: u16, filters: &[(&str, SubscriptionOptions)]) -> Subscribe {
     Subscribe::new(
         pid_of(pid),
         filters
@@ -453,9 +453,9 @@ pub fn subscribe(pid: u16, filters: &[(&str, SubscriptionOptions)]) -> Subscribe
     )
 }
 
-pub fn payload(p: &Publish) -> &str {
+pub(crate) fn payload(p: &Publish) -> &str {
     std::str::from_utf8(&p.payload).unwrap()
 }
 
 #[cfg(all(feature = "tls", feature = "ws", feature = "http"))]
-pub mod listeners;
+pub(crate) mod listeners;

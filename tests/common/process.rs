@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 /// A running `roost` process; killed (SIGKILL) when dropped.
-pub struct Broker {
+pub(crate) struct Broker {
     pub child: Child,
     /// The "mqtt tcp" listener (`0.0.0.0:0` when there is none).
     pub addr: SocketAddr,
@@ -16,7 +16,7 @@ pub struct Broker {
 }
 
 /// `roost ARGS`, stdout piped, stderr discarded.
-pub fn roost(args: &[&str]) -> Command {
+pub(crate) fn roost(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_roost"));
     cmd.args(args).stderr(Stdio::null());
     cmd
@@ -24,13 +24,13 @@ pub fn roost(args: &[&str]) -> Command {
 
 impl Broker {
     /// Starts `roost ARGS` and waits for its start-up lines.
-    pub fn start(args: &[&str]) -> Broker {
+    pub(crate) fn start(args: &[&str]) -> Broker {
         Self::spawn(roost(args))
     }
 
     /// Starts `cmd` (stdout is piped here; stderr as `cmd` says) and reads
     /// its start-up lines: one per listener, then the store line.
-    pub fn spawn(mut cmd: Command) -> Broker {
+    pub(crate) fn spawn(mut cmd: Command) -> Broker {
         let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
@@ -69,7 +69,7 @@ impl Broker {
     }
 
     /// The address of the listener its line calls `what` ("http stats").
-    pub fn listener(&self, what: &str) -> SocketAddr {
+    pub(crate) fn listener(&self, what: &str) -> SocketAddr {
         self.listeners
             .iter()
             .find(|(w, _)| w == what)
@@ -77,7 +77,7 @@ impl Broker {
             .1
     }
 
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -86,7 +86,7 @@ impl Broker {
     }
 
     /// SIGTERM, then waits for the exit status.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) async fn terminate(mut self) -> std::process::ExitStatus {
         self.signal("-TERM");
         let mut child = std::mem::replace(&mut self.child, dummy());
         tokio::task::spawn_blocking(move || child.wait().expect("wait"))
@@ -95,7 +95,7 @@ impl Broker {
     }
 
     /// SIGKILL: no chance to flush anything.
-    pub async fn kill9(mut self) {
+    pub(crate) async fn kill9(mut self) {
         self.signal("-KILL");
         let mut child = std::mem::replace(&mut self.child, dummy());
         tokio::task::spawn_blocking(move || child.wait().expect("wait"))
@@ -118,14 +118,14 @@ impl Drop for Broker {
 }
 
 /// A child's stderr, read line by line on a thread.
-pub struct Logs {
+pub(crate) struct Logs {
     lines: std::sync::mpsc::Receiver<String>,
     pub seen: Vec<String>,
 }
 
 impl Logs {
     /// Takes the (piped) stderr of `broker`.
-    pub fn of(broker: &mut Broker) -> Logs {
+    pub(crate) fn of(broker: &mut Broker) -> Logs {
         let stderr = broker.child.stderr.take().expect("stderr piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -143,14 +143,14 @@ impl Logs {
     }
 
     /// The next line, if one comes within `wait`.
-    pub fn next(&mut self, wait: std::time::Duration) -> Option<String> {
+    pub(crate) fn next(&mut self, wait: std::time::Duration) -> Option<String> {
         let line = self.lines.recv_timeout(wait).ok()?;
         self.seen.push(line.clone());
         Some(line)
     }
 
     /// Waits (up to 10 s) for a line containing `needle` and returns it.
-    pub fn wait_for(&mut self, needle: &str) -> String {
+    pub(crate) fn wait_for(&mut self, needle: &str) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());

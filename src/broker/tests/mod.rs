@@ -53,14 +53,14 @@ pub(super) struct Peer {
 
 impl Core {
     /// A core that persists nothing.
-    pub fn new(opts: Options) -> Self {
+    pub(super) fn new(opts: Options) -> Self {
         Self::build(opts, None, Clock::manual(START_MS), 1)
     }
 
     /// A core that records its state in `store` (committed after every
     /// event and tick, as if the disk took no time), restoring what `store`
     /// already holds.
-    pub fn persistent(opts: Options, store: Arc<MemoryStore>) -> Self {
+    pub(super) fn persistent(opts: Options, store: Arc<MemoryStore>) -> Self {
         Self::build(opts, Some(store), Clock::manual(START_MS), 1)
     }
 
@@ -91,13 +91,13 @@ impl Core {
 
     /// The virtual time, ms since the Unix epoch (the clock's monotonic
     /// reading moves with it).
-    pub fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         self.clock.now_ms()
     }
 
     /// Shuts this core down (its connections are closed, as by the server
     /// stopping) and starts a new one `downtime` later on the same store.
-    pub fn restart(mut self, opts: Options, downtime: Duration) -> Self {
+    pub(super) fn restart(mut self, opts: Options, downtime: Duration) -> Self {
         self.broker.shutdown(self.now());
         self.commit();
         self.clock.advance(downtime);
@@ -124,7 +124,7 @@ impl Core {
 
     /// Moves the clock on by `by`, ticking the core on the way as the
     /// server's one-second interval would.
-    pub fn advance(&mut self, by: Duration) {
+    pub(super) fn advance(&mut self, by: Duration) {
         let until = self.now() + ms(by);
         while self.next_tick <= until {
             self.clock
@@ -139,7 +139,7 @@ impl Core {
 
     /// Moves the clock on in steps of `step` until `peer` is closed, and
     /// returns how long that took; panics past `limit`.
-    pub fn advance_until_closed(
+    pub(super) fn advance_until_closed(
         &mut self,
         peer: &mut Peer,
         step: Duration,
@@ -157,7 +157,7 @@ impl Core {
     }
 
     /// A connection sends `connect`; returns it with its CONNACK.
-    pub fn connect(&mut self, connect: Connect) -> (Peer, ConnAck) {
+    pub(super) fn connect(&mut self, connect: Connect) -> (Peer, ConnAck) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let protocol = connect.protocol;
@@ -194,7 +194,7 @@ impl Core {
     }
 
     /// Connects, expecting success.
-    pub fn connected(&mut self, connect: Connect) -> Peer {
+    pub(super) fn connected(&mut self, connect: Connect) -> Peer {
         let (peer, ack) = self.connect(connect);
         assert_eq!(ack.reason, ReasonCode::Success);
         peer
@@ -202,7 +202,7 @@ impl Core {
 
     /// `peer`'s client sends `packet` (a PUBLISH as the connection hands it
     /// over when no hook needs to see it).
-    pub fn send(&mut self, peer: &Peer, packet: Packet) {
+    pub(super) fn send(&mut self, peer: &Peer, packet: Packet) {
         peer.outbox.heard();
         self.handle(Event::Packet {
             conn: peer.conn,
@@ -213,7 +213,7 @@ impl Core {
 
     /// Publishes `p` from `peer`; returns the reason code of its
     /// acknowledgement (QoS 1; `Success` for QoS 0).
-    pub fn publish(&mut self, peer: &mut Peer, p: Publish) -> ReasonCode {
+    pub(super) fn publish(&mut self, peer: &mut Peer, p: Publish) -> ReasonCode {
         let pid = p.qos_pid.packet_id();
         self.send(peer, Packet::Publish(p));
         let Some(pid) = pid else {
@@ -226,7 +226,7 @@ impl Core {
     }
 
     /// `peer` subscribes to `filter`; returns the SUBACK's reason.
-    pub fn subscribe(&mut self, peer: &mut Peer, filter: &str, qos: QoS) -> ReasonCode {
+    pub(super) fn subscribe(&mut self, peer: &mut Peer, filter: &str, qos: QoS) -> ReasonCode {
         let pid = PacketId::new(1).unwrap();
         let subscribe = Subscribe {
             packet_id: pid,
@@ -248,19 +248,19 @@ impl Core {
     }
 
     /// Acknowledges a QoS 1 delivery, as the client would.
-    pub fn ack(&mut self, peer: &Peer, m: &Publish) {
+    pub(super) fn ack(&mut self, peer: &Peer, m: &Publish) {
         let pid = m.qos_pid.packet_id().expect("a QoS 1 delivery");
         self.send(peer, Packet::PubAck(PubResp::new(pid)));
     }
 
     /// The client sends DISCONNECT (normal) and closes its connection.
-    pub fn disconnect(&mut self, peer: Peer) {
+    pub(super) fn disconnect(&mut self, peer: Peer) {
         self.send(&peer, Packet::Disconnect(Disconnect::default()));
         self.drop_connection(peer);
     }
 
     /// The connection is lost without DISCONNECT.
-    pub fn drop_connection(&mut self, peer: Peer) {
+    pub(super) fn drop_connection(&mut self, peer: Peer) {
         self.handle(Event::Closed {
             conn: peer.conn,
             reason: CloseReason::Lost,
@@ -269,13 +269,13 @@ impl Core {
 
     /// A 5.0 client subscribed to `filter` at QoS 1, to watch what is
     /// published.
-    pub fn watcher(&mut self, id: &str, filter: &str) -> Peer {
+    pub(super) fn watcher(&mut self, id: &str, filter: &str) -> Peer {
         self.subscriber(v5(id), filter)
     }
 
     /// A client connected with `connect` and subscribed to `filter` at
     /// QoS 1.
-    pub fn subscriber(&mut self, connect: Connect, filter: &str) -> Peer {
+    pub(super) fn subscriber(&mut self, connect: Connect, filter: &str) -> Peer {
         let mut w = self.connected(connect);
         let reason = self.subscribe(&mut w, filter, QoS::AtLeastOnce);
         assert_eq!(reason, ReasonCode::GrantedQos1);
@@ -293,7 +293,7 @@ impl Peer {
     }
 
     /// The next packet the core sent this connection, if any.
-    pub fn recv(&mut self) -> Option<Packet> {
+    pub(super) fn recv(&mut self) -> Option<Packet> {
         if self.got.is_empty() {
             self.fill();
         }
@@ -301,7 +301,7 @@ impl Peer {
     }
 
     /// The next packet, which must be a PUBLISH.
-    pub fn recv_publish(&mut self) -> Publish {
+    pub(super) fn recv_publish(&mut self) -> Publish {
         match self.recv() {
             Some(Packet::Publish(p)) => p,
             other => panic!("expected PUBLISH, got {other:?}"),
@@ -309,20 +309,20 @@ impl Peer {
     }
 
     /// Nothing was sent to this connection.
-    pub fn expect_nothing(&mut self) {
+    pub(super) fn expect_nothing(&mut self) {
         let got = self.recv();
         assert!(got.is_none(), "expected nothing, got {got:?}");
     }
 
     /// The core closed this connection (what it sent before may still be
     /// unread).
-    pub fn is_closed(&mut self) -> bool {
+    pub(super) fn is_closed(&mut self) -> bool {
         self.fill();
         self.closed
     }
 
     /// The reason of the DISCONNECT the core sent last before closing.
-    pub fn expect_disconnect(&mut self) -> ReasonCode {
+    pub(super) fn expect_disconnect(&mut self) -> ReasonCode {
         self.fill();
         assert!(self.closed, "still open");
         match self.got.drain(..).last() {

@@ -10,14 +10,14 @@ use tempfile::TempDir;
 
 /// A store that owns the temporary directory it lives in (dropped after the
 /// store, so the directory outlives every file handle).
-pub struct TempStore<S> {
+pub(crate) struct TempStore<S> {
     pub store: S,
     pub dir: TempDir,
 }
 
 impl<S: Store> TempStore<S> {
     /// Opens a store with `open` in a fresh temporary directory.
-    pub fn new(open: impl FnOnce(&Path) -> Result<S, StorageError>) -> Self {
+    pub(crate) fn new(open: impl FnOnce(&Path) -> Result<S, StorageError>) -> Self {
         let dir = temp_dir();
         let store = open(dir.path()).expect("open a store in a fresh directory");
         Self { store, dir }
@@ -43,7 +43,7 @@ impl<S: Store> Store for TempStore<S> {
 }
 
 /// A fresh temporary directory, removed when dropped.
-pub fn temp_dir() -> TempDir {
+pub(crate) fn temp_dir() -> TempDir {
     tempfile::Builder::new()
         .prefix("roost-storage-test-")
         .tempdir()
@@ -51,7 +51,7 @@ pub fn temp_dir() -> TempDir {
 }
 
 /// Total size of the files under `path`, in bytes.
-pub fn disk_usage(path: &Path) -> u64 {
+pub(crate) fn disk_usage(path: &Path) -> u64 {
     let meta = fs::metadata(path).expect("stat");
     if !meta.is_dir() {
         return meta.len();
@@ -66,7 +66,12 @@ pub fn disk_usage(path: &Path) -> u64 {
 /// stopped), each storing `per_batch` messages of `payload` bytes with a
 /// session's outbound entries referencing them, and deleting those of the
 /// batch before: the broker's steady state of messages in, messages acked.
-pub fn churn(store: &dyn Store, batches: std::ops::Range<u64>, per_batch: u64, payload: usize) {
+pub(crate) fn churn(
+    store: &dyn Store,
+    batches: std::ops::Range<u64>,
+    per_batch: u64,
+    payload: usize,
+) {
     use roost_storage::{
         MessageProperties, MessageRecord, OutboundRecord, OutboundState, SessionRecord,
     };
