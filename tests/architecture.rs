@@ -7,7 +7,8 @@
 //! (imports and fully qualified paths alike, comments skipped) is an edge
 //! from the file's top-level module to `<module>`. A module may use its own
 //! layer and the layers below it. A new top-level module must be given a
-//! layer here, so where it sits is a decision, not an accident.
+//! layer here, so where it sits is a decision, not an accident. Inside a
+//! folder, its child modules import each other without circles.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -183,16 +184,113 @@ fn sources(dir: &Path, root: &Path, out: &mut BTreeMap<String, String>) {
     }
 }
 
+/// The sibling modules of one folder that a file names (`super::x` from a
+/// file directly in the folder, or `crate::<folder>::x` from anywhere in
+/// it), outside comments and test modules.
+fn sibling_uses(folder: &str, rel: &str, source: &str, siblings: &[String]) -> Vec<String> {
+    let Some(inside) = rel.strip_prefix(folder).and_then(|r| r.strip_prefix('/')) else {
+        return Vec::new();
+    };
+    let direct = !inside.contains('/') || inside.split('/').nth(1) == Some("mod.rs");
+    let mut found = Vec::new();
+    for line in source.lines() {
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            break;
+        }
+        let code = code(line);
+        let mut prefixes = vec![format!("crate::{folder}::")];
+        if direct {
+            prefixes.push("super::".to_string());
+        }
+        for prefix in &prefixes {
+            for (i, _) in code.match_indices(prefix.as_str()) {
+                let name: String = code[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if siblings.contains(&name) && !found.contains(&name) {
+                    found.push(name);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The child module of `folder` a file under it belongs to.
+fn child_of(folder: &str, rel: &str) -> Option<String> {
+    let inside = rel.strip_prefix(folder)?.strip_prefix('/')?;
+    let first = inside.split('/').next()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (name != "mod").then(|| name.to_string())
+}
+
+/// Import circles among the child modules of each folder of `src/`, as
+/// paths like `a -> b -> a`: one direction holds inside a layer too.
+fn circles(files: &BTreeMap<String, String>) -> Vec<String> {
+    let mut folders: Vec<String> = files
+        .keys()
+        .filter_map(|rel| rel.rsplit_once('/').map(|(dir, _)| dir.to_string()))
+        .collect();
+    folders.sort();
+    folders.dedup();
+    let mut found = Vec::new();
+    for folder in folders {
+        let mut siblings: Vec<String> = files
+            .keys()
+            .filter_map(|rel| child_of(&folder, rel))
+            .collect();
+        siblings.sort();
+        siblings.dedup();
+        let mut edges: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (rel, src) in files {
+            let Some(from) = child_of(&folder, rel) else {
+                continue;
+            };
+            if is_test_file(rel) || from == "tests" {
+                continue;
+            }
+            for to in sibling_uses(&folder, rel, src, &siblings) {
+                let out = edges.entry(from.clone()).or_default();
+                if to != from && !out.contains(&to) {
+                    out.push(to);
+                }
+            }
+        }
+        // A depth-first search from each module back to itself.
+        for start in edges.keys() {
+            let mut stack = vec![vec![start.clone()]];
+            while let Some(path) = stack.pop() {
+                let last = path.last().expect("never empty");
+                for next in edges.get(last).into_iter().flatten() {
+                    if next == start {
+                        // Report each circle once, from its smallest module.
+                        if path.iter().all(|m| m >= start) {
+                            found.push(format!("src/{folder}: {} -> {start}", path.join(" -> ")));
+                        }
+                    } else if !path.contains(next) {
+                        let mut longer = path.clone();
+                        longer.push(next.clone());
+                        stack.push(longer);
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
 #[test]
 fn imports_point_one_way_and_the_core_stays_sans_io() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = BTreeMap::new();
     sources(&root, &root, &mut files);
     assert!(files.len() > 50, "found only {} source files", files.len());
-    let all: Vec<String> = files
+    let mut all: Vec<String> = files
         .iter()
         .flat_map(|(rel, src)| violations(rel, src))
         .collect();
+    all.extend(circles(&files));
     assert!(
         all.is_empty(),
         "{} architecture violation(s):\n{}",
@@ -265,6 +363,22 @@ fn the_edge_may_import_the_core() {
     let src = "use crate::broker::Event;\nuse tokio::net::TcpStream;\nInstant::now();\n";
     assert!(violations("net/connection.rs", src).is_empty());
     assert!(violations("server.rs", "use crate::net::Peer;\n").is_empty());
+}
+
+#[test]
+fn a_circle_between_sibling_modules_is_caught() {
+    let files: BTreeMap<String, String> = [
+        ("net/a.rs", "use super::b::B;\n"),
+        ("net/b.rs", "use crate::net::c::C;\n"),
+        ("net/c.rs", "fn f() { super::a::g() }\n"),
+        ("net/d.rs", "use super::a::A;\n"),
+        ("link/x.rs", "use super::y::Y;\n"),
+        ("link/y.rs", "/// Not [`super::x::X`]: a comment.\n"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(circles(&files), ["src/net: a -> b -> c -> a"]);
 }
 
 #[test]
