@@ -1,5 +1,8 @@
-//! Listeners and the per-connection driver. The only code that touches
-//! sockets.
+//! The network edge: listeners (TCP, TLS, WebSocket, HTTP), the
+//! per-connection driver, and wire encoding of what the core queued
+//! (`encode`). The only code that touches sockets. It drives the layers
+//! below it (the ingress's rules, the core's events, the link's outboxes);
+//! none of them imports it.
 
 pub(crate) mod alias;
 pub(crate) mod connection;
