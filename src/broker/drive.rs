@@ -87,8 +87,10 @@ struct Player {
 }
 
 /// What a run did, so a test can tell it exercised something.
+// `pub` for `roost::fuzzing`, which re-exports it under `--cfg fuzzing`.
 #[derive(Debug, Default)]
-pub(crate) struct Summary {
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
+pub struct Summary {
     /// PUBLISHes delivered to clients.
     pub deliveries: usize,
     /// Answers awaited and found (or excused by a closed connection).
@@ -96,7 +98,8 @@ pub(crate) struct Summary {
 }
 
 /// Runs the operations `data` describes; panics if an invariant breaks.
-pub(crate) fn run(data: &[u8]) -> Summary {
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
+pub fn run(data: &[u8]) -> Summary {
     let mut summary = Summary::default();
     let mut opts = Options::default();
     opts.limits.maximum_queued_messages = 8;
