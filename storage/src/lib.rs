@@ -46,7 +46,8 @@
 //! Every backend passes the same conformance suite,
 //! [`conformance_tests!`], persistent ones also [`reopen_tests!`] (drop the
 //! store, reopen its directory, find the same state), and `FaultyStore`
-//! (feature `faulty`) wraps any backend to make chosen writes fail.
+//! (feature `faulty`) wraps any backend to make chosen writes and reads
+//! fail.
 //!
 //! # Example
 //!
