@@ -80,6 +80,13 @@ macro_rules! conformance_tests {
             unicode_ids_and_topics,
             many_ops_in_one_batch,
             load_does_not_change_state,
+            outbound_pages_in_seq_order,
+            outbound_page_bounds,
+            outbound_page_of_unknown_and_neighbouring_clients,
+            outbound_page_follows_writes,
+            messages_by_id,
+            retained_by_topic,
+            reads_agree_with_load,
         );
     };
 }
@@ -127,9 +134,13 @@ macro_rules! reopen_tests {
             reopen_keeps_deletes_and_takes_new_writes,
             reopen_after_rejected_batch,
             reopen_after_flush,
+            reopen_reads_see_everything,
         );
     };
 }
+
+mod reads;
+pub use reads::*;
 
 /// Opens a store in a directory (the reopen cases).
 pub type Opener<'a> = &'a dyn Fn(&Path) -> Result<Box<dyn Store>, StorageError>;

@@ -1,9 +1,9 @@
-//! A wrapper backend that fails chosen writes, for tests.
+//! A wrapper backend that fails chosen writes and reads, for tests.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::{Op, Snapshot, StorageError, Store};
+use crate::{MessageId, MessageRecord, Op, OutboundRecord, Snapshot, StorageError, Store};
 
 /// Wraps any [`Store`] and makes chosen calls to [`Store::apply`] fail with
 /// [`StorageError::Injected`].
@@ -22,6 +22,13 @@ use crate::{Op, Snapshot, StorageError, Store};
 /// - its number was chosen with [`FaultHandle::fail_call`] (one shot),
 /// - its number is at or past [`FaultHandle::fail_from_call`],
 /// - the switch [`FaultHandle::set_failing`] is on.
+///
+/// The reads of a running broker ([`Store::outbound_page`],
+/// [`Store::messages`], [`Store::retained`]) are counted together
+/// ([`FaultHandle::read_calls`]) and fail while
+/// [`FaultHandle::set_read_failing`] is on, or from the call chosen with
+/// [`FaultHandle::fail_reads_from_call`]: a failed read returns nothing and
+/// changes nothing. `load` has its own counter and switch.
 ///
 /// ```
 /// use roost_storage::{FaultyStore, MemoryStore, Op, StorageError, Store};
@@ -66,6 +73,12 @@ struct FaultState {
     failing: AtomicBool,
     /// Fail every `load` while set.
     load_failing: AtomicBool,
+    /// Calls to the reads (`outbound_page`, `messages`, `retained`) so far.
+    read_calls: AtomicU64,
+    /// Number of the first read call to fail; 0 means none.
+    read_fail_from: AtomicU64,
+    /// Fail every read while set.
+    read_failing: AtomicBool,
 }
 
 impl<S: Store> FaultyStore<S> {
@@ -135,12 +148,27 @@ impl FaultHandle {
         self.state.load_failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Turns failing of every read (`outbound_page`, `messages`,
+    /// `retained`) on or off.
+    pub fn set_read_failing(&self, failing: bool) {
+        self.state.read_failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes the `n`th read call (counting from 1 since the store was
+    /// created, all three reads together) and every later one fail; `n == 0`
+    /// clears it.
+    pub fn fail_reads_from_call(&self, n: u64) {
+        self.state.read_fail_from.store(n, Ordering::SeqCst);
+    }
+
     /// Removes every fault; counters are kept.
     pub fn clear(&self) {
         self.fail_call(0);
         self.fail_from_call(0);
         self.set_failing(false);
         self.set_load_failing(false);
+        self.set_read_failing(false);
+        self.fail_reads_from_call(0);
     }
 
     /// Calls to `apply` so far, failed ones included.
@@ -162,6 +190,28 @@ impl FaultHandle {
     /// Calls to `load` so far, failed ones included.
     pub fn load_calls(&self) -> u64 {
         self.state.load_calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls to the reads (`outbound_page`, `messages`, `retained`) so far,
+    /// failed ones included.
+    pub fn read_calls(&self) -> u64 {
+        self.state.read_calls.load(Ordering::SeqCst)
+    }
+
+    /// Counts a read call and fails it if a fault says so.
+    fn admit_read(&self, what: &str) -> Result<(), StorageError> {
+        let s = &self.state;
+        let n = s
+            .read_calls
+            .fetch_add(1, Ordering::SeqCst)
+            .saturating_add(1);
+        let from = s.read_fail_from.load(Ordering::SeqCst);
+        if s.read_failing.load(Ordering::SeqCst) || (from != 0 && n >= from) {
+            return Err(StorageError::Injected {
+                message: format!("read call #{n} ({what}) failed on purpose"),
+            });
+        }
+        Ok(())
     }
 
     /// Counts a call to `apply` and decides whether it fails; `Err` carries
@@ -224,6 +274,26 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.inner.flush()
+    }
+
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+        self.faults.admit_read("outbound_page")?;
+        self.inner.outbound_page(client_id, after_seq, limit)
+    }
+
+    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        self.faults.admit_read("messages")?;
+        self.inner.messages(ids)
+    }
+
+    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        self.faults.admit_read("retained")?;
+        self.inner.retained(topic)
     }
 }
 
@@ -338,6 +408,43 @@ mod tests {
         h.clear();
         assert!(store.load().is_ok());
         assert_eq!(h.load_calls(), 2);
+    }
+
+    #[test]
+    fn reads_are_counted_and_can_fail() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let h = store.handle();
+        store
+            .apply(&[Op::PutRetained {
+                message: crate::MessageRecord {
+                    topic: "t".into(),
+                    payload: bytes::Bytes::from_static(b"x"),
+                    qos: 0,
+                    retain: true,
+                    properties: Default::default(),
+                    expires_at_ms: None,
+                },
+            }])
+            .unwrap();
+        assert!(store.retained("t").unwrap().is_some());
+        h.set_read_failing(true);
+        for result in [
+            store.outbound_page("c", None, 10).map(drop),
+            store.messages(&[1]).map(drop),
+            store.retained("t").map(drop),
+        ] {
+            assert!(matches!(result, Err(StorageError::Injected { .. })));
+        }
+        h.clear();
+        h.fail_reads_from_call(6);
+        assert!(store.messages(&[1]).unwrap()[0].is_none());
+        let err = store.retained("t").unwrap_err();
+        assert!(err.to_string().contains("#6 (retained)"), "{err}");
+        h.clear();
+        assert!(store.retained("t").unwrap().is_some());
+        assert_eq!(h.read_calls(), 7);
+        // Reads are not writes: the apply counters did not move.
+        assert_eq!((h.apply_calls(), h.failed_applies()), (1, 0));
     }
 
     #[test]

@@ -217,6 +217,37 @@ pub(crate) fn expand_ranges(
     Ok(out)
 }
 
+/// The key range `[start, end)` of the outbound entries of `client_id`
+/// with a seq greater than `after_seq` (every entry if `None`), for
+/// [`Store::outbound_page`](crate::Store::outbound_page).
+///
+/// `None` if nothing can be in it: after `u64::MAX`, or a client id holding
+/// U+0000, which no stored key has (`apply` refuses it) and whose prefix
+/// could otherwise reach into the keys of a shorter id (`"a\0"` into
+/// `"a"`'s).
+pub(crate) fn outbound_range(
+    client_id: &str,
+    after_seq: Option<u64>,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    keys::check_client_id(client_id).ok()?;
+    let (prefix, end) = client_range(client_id);
+    let start = match after_seq {
+        None => prefix,
+        Some(after) => keys::outbound_key(client_id, after.checked_add(1)?),
+    };
+    Some((start, end))
+}
+
+/// Decodes one row of the outbound table for a page: the seq from the key,
+/// the entry from the value.
+pub(crate) fn outbound_row(
+    key: &[u8],
+    value: &[u8],
+) -> Result<(u64, crate::OutboundRecord), StorageError> {
+    let (_, seq) = keys::decode_outbound_key(key)?;
+    Ok((seq, encoding::decode(value)?))
+}
+
 /// Decides what to do with the format version found in a store's meta
 /// table when opening it: `Ok(true)` if the version must be written (the
 /// store is new, or in an older format this build reads), `Ok(false)` if
@@ -398,6 +429,20 @@ mod tests {
         assert_eq!(deleted, [("a".to_string(), 1), ("a".to_string(), 7)]);
         assert_eq!(out.len(), 5);
         assert_eq!(out[4], put(Table::Outbound, &keys::outbound_key("a", 8)));
+    }
+
+    #[test]
+    fn outbound_ranges_stay_within_the_client_and_after_the_seq() {
+        let (start, end) = outbound_range("a", None).unwrap();
+        assert_eq!(
+            (start.as_slice(), end.as_slice()),
+            (&b"a\0"[..], &b"a\x01"[..])
+        );
+        let (start, _) = outbound_range("a", Some(255)).unwrap();
+        assert_eq!(start, keys::outbound_key("a", 256));
+        assert!(start < keys::outbound_key("a", 256 + 1));
+        assert!(outbound_range("a", Some(u64::MAX)).is_none());
+        assert!(outbound_range("a\0", None).is_none());
     }
 
     #[test]

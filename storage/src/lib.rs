@@ -3,7 +3,9 @@
 //!
 //! The broker describes every change to its durable state as an [`Op`] and
 //! hands a batch of them to [`Store::apply`]. At start-up it reads everything
-//! back with [`Store::load`].
+//! back with [`Store::load`]; while running it can read parts of the state
+//! back ([`Store::outbound_page`], [`Store::messages`], [`Store::retained`]),
+//! so that queued and retained messages need not all stay in memory.
 //!
 //! This crate knows nothing about MQTT packets or sockets: records are plain
 //! data, so a backend can be tested on its own.
@@ -35,11 +37,17 @@
 //! - **Snapshot.** [`Store::load`] returns everything ordered (see
 //!   [`Snapshot`]); per-client entries whose client has no session record are
 //!   kept but left out of the snapshot.
+//! - **Reads.** The point and range reads see every batch whose `apply`
+//!   returned `Ok` before the read began, and agree with what `load` would
+//!   return at that moment (orphans left out here too). Their default
+//!   implementations go through `load`, so a third-party backend keeps
+//!   compiling; this crate's backends read only what is asked for.
 //!
 //! Every backend passes the same conformance suite,
 //! [`conformance_tests!`], persistent ones also [`reopen_tests!`] (drop the
 //! store, reopen its directory, find the same state), and `FaultyStore`
-//! (feature `faulty`) wraps any backend to make chosen writes fail.
+//! (feature `faulty`) wraps any backend to make chosen writes and reads
+//! fail.
 //!
 //! # Example
 //!
@@ -338,6 +346,99 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Reads one page of a session's outbound entries (queued and in
+    /// flight): those with a sequence number greater than `after_seq` (all
+    /// of them if `None`), in ascending seq order, at most `limit` of them.
+    ///
+    /// It exists so that a queue can live on disk and be fed into memory a
+    /// page at a time: pass the last seq of a page as `after_seq` of the
+    /// next; a page shorter than `limit` is the last one. `limit` 0 reads
+    /// nothing.
+    ///
+    /// Returns exactly what [`load`](Self::load) would list for the session
+    /// (paged): nothing for a client without a session record (orphans are
+    /// left out, as in a snapshot) or for an id no client can have (one
+    /// containing U+0000).
+    ///
+    /// # Consistency
+    ///
+    /// A read sees every batch whose `apply` returned `Ok` before the read
+    /// began. A page read while another batch is being applied may see part
+    /// of that batch on a backend that does not read from a snapshot
+    /// (`SledStore`); `MemoryStore` and `RedbStore` see all of it or none.
+    /// Pages read one after the other are separate reads.
+    ///
+    /// The default implementation calls [`load`](Self::load): correct, but
+    /// it reads the whole store on every call. It exists so that a
+    /// third-party backend written before this method keeps compiling;
+    /// every backend of this crate reads only the page.
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let snapshot = self.load()?;
+        let Some(session) = snapshot
+            .sessions
+            .into_iter()
+            .find(|s| s.session.client_id == client_id)
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(session
+            .outbound
+            .into_iter()
+            .filter(|(seq, _)| after_seq.is_none_or(|after| *seq > after))
+            .take(limit)
+            .collect())
+    }
+
+    /// Reads message bodies by id: one answer per id, in the order of
+    /// `ids` (a repeated id is answered each time), `None` for an id with
+    /// no body stored.
+    ///
+    /// It exists so that outbound entries and the retained index can stay
+    /// in memory without their payloads: a page of a queue needs its bodies
+    /// in one call, hence the batch.
+    ///
+    /// Consistency is that of [`outbound_page`](Self::outbound_page); the
+    /// answers of one call may come from different moments on `SledStore`
+    /// if a batch is applied meanwhile. The default implementation calls
+    /// [`load`](Self::load) (correct, slow; see `outbound_page`).
+    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A snapshot lists bodies ordered by id.
+        let stored = self.load()?.messages;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                stored
+                    .binary_search_by_key(id, |(stored, _)| *stored)
+                    .ok()
+                    .map(|at| stored[at].1.clone())
+            })
+            .collect())
+    }
+
+    /// Reads the retained message of one topic (an exact topic name, not a
+    /// filter), `None` if there is none.
+    ///
+    /// It exists so that the retained index can keep topics in memory and
+    /// read payloads from the store when a subscription matches them.
+    ///
+    /// Consistency is that of [`outbound_page`](Self::outbound_page). The
+    /// default implementation calls [`load`](Self::load) (correct, slow;
+    /// see `outbound_page`).
+    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        Ok(self.load()?.retained.into_iter().find(|m| m.topic == topic))
+    }
 }
 
 /// Shares a store: lets a test keep a handle on a store the broker owns.
@@ -357,6 +458,23 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     fn flush(&self) -> Result<(), StorageError> {
         (**self).flush()
     }
+
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+        (**self).outbound_page(client_id, after_seq, limit)
+    }
+
+    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        (**self).messages(ids)
+    }
+
+    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        (**self).retained(topic)
+    }
 }
 
 /// Lets a backend chosen at run time (`Box<dyn Store>`) be used as a store.
@@ -375,5 +493,22 @@ impl<S: Store + ?Sized> Store for Box<S> {
 
     fn flush(&self) -> Result<(), StorageError> {
         (**self).flush()
+    }
+
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+        (**self).outbound_page(client_id, after_seq, limit)
+    }
+
+    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        (**self).messages(ids)
+    }
+
+    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        (**self).retained(topic)
     }
 }

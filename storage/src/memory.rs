@@ -1,6 +1,7 @@
 //! The in-memory backend: the reference implementation of [`Store`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{
@@ -196,5 +197,40 @@ impl Store for MemoryStore {
 
     fn is_persistent(&self) -> bool {
         false
+    }
+
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+        let state = self.lock();
+        // Orphans are left out, as in a snapshot.
+        let Some(client) = state.clients.get(client_id).filter(|c| c.session.is_some()) else {
+            return Ok(Vec::new());
+        };
+        let from = match after_seq {
+            None => Bound::Unbounded,
+            Some(after) => Bound::Excluded(after),
+        };
+        Ok(client
+            .outbound
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(seq, entry)| (*seq, entry.clone()))
+            .collect())
+    }
+
+    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        let state = self.lock();
+        Ok(ids
+            .iter()
+            .map(|id| state.messages.get(id).cloned())
+            .collect())
+    }
+
+    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        Ok(self.lock().retained.get(topic).cloned())
     }
 }

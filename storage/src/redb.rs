@@ -10,7 +10,9 @@ use ::redb::backends::FileBackend;
 use crate::guard;
 use crate::kv::{self, SnapshotBuilder, Table, Write};
 use crate::overlay::Overlay;
-use crate::{Op, Snapshot, StorageError, Store};
+use crate::{
+    encoding, keys, MessageId, MessageRecord, Op, OutboundRecord, Snapshot, StorageError, Store,
+};
 
 /// The backend's name in its errors.
 const NAME: &str = "redb";
@@ -211,6 +213,91 @@ impl RedbStore {
     }
 }
 
+/// The reads of a running broker: each is one read transaction, so it sees
+/// one committed state.
+impl RedbStore {
+    fn begin_read(&self) -> Result<::redb::ReadTransaction, StorageError> {
+        self.db
+            .begin_read()
+            .map_err(|e| self.error("cannot begin a read transaction", e))
+    }
+
+    fn open_read(
+        &self,
+        txn: &::redb::ReadTransaction,
+        table: Table,
+    ) -> Result<::redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StorageError> {
+        txn.open_table(definition(table))
+            .map_err(|e| self.error(&format!("cannot open {}", table.name()), e))
+    }
+
+    fn outbound_page_unguarded(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+        let Some((start, end)) = kv::outbound_range(client_id, after_seq) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.begin_read()?;
+        // Orphans are left out, as `load` leaves them out.
+        let sessions = self.open_read(&txn, Table::Sessions)?;
+        let session_key = keys::session_key(client_id);
+        if sessions
+            .get(session_key.as_slice())
+            .map_err(|e| self.error("cannot read a session", e))?
+            .is_none()
+        {
+            return Ok(Vec::new());
+        }
+        let outbound = self.open_read(&txn, Table::Outbound)?;
+        let rows = outbound
+            .range(start.as_slice()..end.as_slice())
+            .map_err(|e| self.error("cannot read outbound entries", e))?;
+        rows.take(limit)
+            .map(|row| {
+                let (key, value) =
+                    row.map_err(|e| self.error("cannot read outbound entries", e))?;
+                kv::outbound_row(key.value(), value.value())
+            })
+            .collect()
+    }
+
+    fn messages_unguarded(
+        &self,
+        ids: &[MessageId],
+    ) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.begin_read()?;
+        let table = self.open_read(&txn, Table::Messages)?;
+        ids.iter()
+            .map(|id| {
+                table
+                    .get(&keys::message_key(*id)[..])
+                    .map_err(|e| self.error("cannot read a message", e))?
+                    .map(|value| encoding::decode(value.value()))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    fn retained_unguarded(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        let txn = self.begin_read()?;
+        let table = self.open_read(&txn, Table::Retained)?;
+        let key = keys::retained_key(topic);
+        let value = table
+            .get(key.as_slice())
+            .map_err(|e| self.error("cannot read a retained message", e))?;
+        value.map(|v| encoding::decode(v.value())).transpose()
+    }
+}
+
 /// Every call into redb runs under `guard::catch`: a panic on a damaged
 /// file becomes an error naming it.
 impl Store for RedbStore {
@@ -237,6 +324,29 @@ impl Store for RedbStore {
 
     fn is_persistent(&self) -> bool {
         true
+    }
+
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+        guard::catch(|| self.outbound_page_unguarded(client_id, after_seq, limit))
+            .map_err(|panic| damaged(&self.path, &panic))?
+            .map_err(|e| e.in_backend(NAME))
+    }
+
+    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        guard::catch(|| self.messages_unguarded(ids))
+            .map_err(|panic| damaged(&self.path, &panic))?
+            .map_err(|e| e.in_backend(NAME))
+    }
+
+    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        guard::catch(|| self.retained_unguarded(topic))
+            .map_err(|panic| damaged(&self.path, &panic))?
+            .map_err(|e| e.in_backend(NAME))
     }
 
     // `flush` keeps the default: every commit is already durable.

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use roost_storage::{Op, Snapshot, StorageError, Store};
+use roost_storage::{MessageId, MessageRecord, Op, OutboundRecord, Snapshot, StorageError, Store};
 use tempfile::TempDir;
 
 /// A store that owns the temporary directory it lives in (dropped after the
@@ -39,6 +39,25 @@ impl<S: Store> Store for TempStore<S> {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.store.flush()
+    }
+
+    // Forwarded, so that the suite checks the backend's own reads rather
+    // than the trait's defaults.
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+        self.store.outbound_page(client_id, after_seq, limit)
+    }
+
+    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        self.store.messages(ids)
+    }
+
+    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        self.store.retained(topic)
     }
 }
 
