@@ -25,6 +25,8 @@ pub struct Stats {
     pub(crate) retained: AtomicU64,
     pub(crate) subscriptions: AtomicU64,
     pub(crate) storage_errors: AtomicU64,
+    /// 1 while the last store write failed, 0 once one succeeds.
+    pub(crate) storage_failing: AtomicU64,
     pub(crate) storage_commits: AtomicU64,
     pub(crate) storage_ops_written: AtomicU64,
     pub(crate) storage_ops_saved: AtomicU64,
@@ -56,6 +58,7 @@ impl Default for Stats {
             retained: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             storage_errors: AtomicU64::new(0),
+            storage_failing: AtomicU64::new(0),
             storage_commits: AtomicU64::new(0),
             storage_ops_written: AtomicU64::new(0),
             storage_ops_saved: AtomicU64::new(0),
@@ -105,6 +108,7 @@ impl Stats {
             retained: g(&self.retained),
             subscriptions: g(&self.subscriptions),
             storage_errors: g(&self.storage_errors),
+            storage_failing: g(&self.storage_failing) != 0,
             storage_commits: g(&self.storage_commits),
             storage_ops_written: g(&self.storage_ops_written),
             storage_ops_saved: g(&self.storage_ops_saved),
@@ -144,6 +148,10 @@ pub struct StatsSnapshot {
     pub retained: u64,
     pub subscriptions: u64,
     pub storage_errors: u64,
+    /// True while the store's last write failed: acknowledgements that need
+    /// storage are refused (5.0) or withheld (3.1.1) until a write succeeds,
+    /// and `/healthz` answers 503.
+    pub storage_failing: bool,
     /// Store transactions (each a group of the core's commits).
     pub storage_commits: u64,
     /// Storage operations written.

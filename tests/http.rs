@@ -233,3 +233,67 @@ async fn idle_http_connection_is_closed_after_a_short_head_timeout() {
     assert!(rest.is_empty(), "{rest:?}");
     b.stop().await;
 }
+
+/// While the store's writes fail, `/healthz` says so (503) and `/stats`
+/// shows it, so an orchestrator or an operator learns that nothing needing
+/// storage is being acknowledged; a write that succeeds makes it healthy
+/// again.
+#[tokio::test]
+async fn healthz_reports_a_failing_store_until_a_write_succeeds() {
+    use roost::codec::{QoS, ReasonCode};
+    use roost::storage::FaultyStore;
+    let store = FaultyStore::new(Durable::default());
+    let faults = store.handle();
+    let tcp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (tcp, http) = (tcp_l.local_addr().unwrap(), http_l.local_addr().unwrap());
+    let server = roost::Server::new(roost::Options::default())
+        .store(store)
+        .tcp(tcp_l)
+        .http(http_l)
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let join = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let stats_failing = |body: &str| -> bool {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["storage_failing"]
+            .as_bool()
+            .expect("storage_failing is a boolean")
+    };
+
+    let (code, _, body) = get(http, &request("/healthz")).await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+
+    // A retained QoS 1 message must be stored before its PUBACK.
+    faults.set_failing(true);
+    let mut p = Raw::connected(tcp, v5("p")).await;
+    assert_eq!(
+        p.publish(retained("t", "x", QoS::AtLeastOnce, 1)).await,
+        ReasonCode::UnspecifiedError
+    );
+    let (code, _, body) = get(http, &request("/healthz")).await;
+    assert_eq!((code, body.as_str()), (503, "storage failing"));
+    let (_, _, stats) = get(http, &request("/stats")).await;
+    assert!(stats_failing(&stats), "{stats}");
+    let (_, _, metrics) = get(http, &request("/metrics")).await;
+    assert!(
+        metrics.lines().any(|l| l == "roost_storage_failing 1"),
+        "{metrics}"
+    );
+
+    faults.set_failing(false);
+    assert_eq!(
+        p.publish(retained("t", "y", QoS::AtLeastOnce, 2)).await,
+        // Stored and acknowledged; nobody subscribes to `t`.
+        ReasonCode::NoMatchingSubscribers
+    );
+    let (code, _, body) = get(http, &request("/healthz")).await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let (_, _, stats) = get(http, &request("/stats")).await;
+    assert!(!stats_failing(&stats), "{stats}");
+
+    let _ = stop.send(());
+    join.await.unwrap().unwrap();
+}

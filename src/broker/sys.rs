@@ -10,7 +10,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
         let s = self.stats.snapshot_at(now);
-        let topics: [(&str, String); 28] = [
+        let topics: [(&str, String); 29] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -30,6 +30,7 @@ impl Broker {
             ("retained messages/count", s.retained.to_string()),
             ("subscriptions/count", s.subscriptions.to_string()),
             ("store/errors", s.storage_errors.to_string()),
+            ("store/failing", u64::from(s.storage_failing).to_string()),
             ("store/commits", s.storage_commits.to_string()),
             ("store/ops/written", s.storage_ops_written.to_string()),
             ("store/ops/saved", s.storage_ops_saved.to_string()),

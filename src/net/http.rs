@@ -3,7 +3,9 @@
 //!
 //! - `GET /stats`: the counters as JSON.
 //! - `GET /metrics`: the counters in the Prometheus text exposition format.
-//! - `GET /healthz`: `200 ok` while the broker serves.
+//! - `GET /healthz`: `200 ok` while the broker serves; `503 storage failing`
+//!   while its store's last write failed (nothing that needs storage is
+//!   acknowledged then, so an orchestrator should know).
 //!
 //! Anything else is 404 (405 for another method on a known path). Hand
 //! rolled: the routes are fixed and small, and an HTTP framework would be
@@ -83,6 +85,11 @@ fn respond(head: &[u8], stats: &Stats) -> Vec<u8> {
             "text/plain; version=0.0.4",
             prometheus(&stats.snapshot()).into_bytes(),
         ),
+        "/healthz" if stats.snapshot().storage_failing => (
+            "503 Service Unavailable",
+            "text/plain",
+            b"storage failing".to_vec(),
+        ),
         "/healthz" => ("200 OK", "text/plain", b"ok".to_vec()),
         _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
     };
@@ -141,6 +148,7 @@ fn json(s: &StatsSnapshot) -> String {
         "subscriptions": s.subscriptions,
         "dropped": s.messages_dropped,
         "storage_errors": s.storage_errors,
+        "storage_failing": s.storage_failing,
         "storage_commits": s.storage_commits,
         "storage_ops_written": s.storage_ops_written,
         "storage_ops_saved": s.storage_ops_saved,
@@ -243,7 +251,12 @@ fn prometheus(s: &StatsSnapshot) -> String {
             s.packets_ignored,
         ),
     ];
-    let gauges: [(&str, &str, u64); 9] = [
+    let gauges: [(&str, &str, u64); 10] = [
+        (
+            "storage_failing",
+            "1 while the store's last write failed (acknowledgements withheld).",
+            u64::from(s.storage_failing),
+        ),
         (
             "clients_connected",
             "Clients connected now.",
@@ -318,6 +331,14 @@ mod tests {
         let get = |req: &str| String::from_utf8(respond(req.as_bytes(), &stats)).unwrap();
         assert!(get("GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"));
         assert!(get("GET /healthz HTTP/1.1\r\n\r\n").ends_with("\r\n\r\nok"));
+        // A store whose last write failed makes the broker unhealthy, and
+        // a write that succeeds makes it healthy again.
+        stats.storage_failing.store(1, Ordering::Relaxed);
+        let failing = get("GET /healthz HTTP/1.1\r\n\r\n");
+        assert!(failing.starts_with("HTTP/1.1 503"), "{failing}");
+        assert!(failing.ends_with("\r\n\r\nstorage failing"), "{failing}");
+        stats.storage_failing.store(0, Ordering::Relaxed);
+        assert!(get("GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"));
         assert!(get("GET /stats?x=1 HTTP/1.1\r\n\r\n").contains("application/json"));
         assert!(get("GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
         assert!(get("POST /stats HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));

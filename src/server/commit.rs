@@ -18,6 +18,7 @@
 use crate::broker::{coalesce_staged, Commit, CommitProgress, Created};
 use crate::stats::{self, Stats};
 use roost_storage::{Op, StorageError, Store};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -69,6 +70,7 @@ pub(crate) fn run(
     progress: Arc<CommitProgress>,
 ) {
     let mut older = Stage::default();
+    let mut health = Health::default();
     loop {
         if older.is_empty() {
             match commits.blocking_recv() {
@@ -110,7 +112,7 @@ pub(crate) fn run(
             stats::add(&stats.storage_ops_written, now.len() as u64);
             apply(store.as_ref(), &now)
         };
-        release(older.commits, result, &stats, &progress);
+        release(older.commits, result, &stats, &progress, &mut health);
         older = newer;
     }
 }
@@ -131,16 +133,66 @@ fn release(
     result: Result<(), StorageError>,
     stats: &Stats,
     progress: &CommitProgress,
+    health: &mut Health,
 ) {
     let failed = result.is_err();
-    if let Err(e) = result {
-        stats::add(&stats.storage_errors, 1);
-        tracing::error!(error = %e, "storage write failed; its acknowledgements are withheld");
-    }
+    health.record(result, stats);
     for c in commits {
         for outbox in &c.outboxes {
             outbox.release(c.number, failed);
         }
         progress.released(c.number);
+    }
+}
+
+/// Whether the store is failing, as the operator sees it: the
+/// `storage_failing` gauge (and `/healthz`), and log lines at the edges of
+/// an outage rather than one per failed commit, which a full disk turns
+/// into a flood.
+#[derive(Debug, Default)]
+struct Health {
+    /// When the current run of failed writes began, and how many failed.
+    failing: Option<(Instant, u64)>,
+    /// When a failure was last logged.
+    logged: Option<Instant>,
+}
+
+/// How often a store that keeps failing is reported again.
+const FAILING_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl Health {
+    fn record(&mut self, result: Result<(), StorageError>, stats: &Stats) {
+        match result {
+            Ok(()) => {
+                if let Some((since, failed)) = self.failing.take() {
+                    stats.storage_failing.store(0, Relaxed);
+                    tracing::warn!(
+                        failed_commits = failed,
+                        after = ?since.elapsed(),
+                        "storage writes succeed again"
+                    );
+                }
+            }
+            Err(e) => {
+                stats::add(&stats.storage_errors, 1);
+                stats.storage_failing.store(1, Relaxed);
+                let now = Instant::now();
+                let (_, failed) = self.failing.get_or_insert((now, 0));
+                *failed += 1;
+                let failed = *failed;
+                if self
+                    .logged
+                    .is_none_or(|t| failed == 1 || now.duration_since(t) >= FAILING_LOG_EVERY)
+                {
+                    self.logged = Some(now);
+                    tracing::error!(
+                        error = %e,
+                        failed_commits = failed,
+                        "storage write failed; acknowledgements that need storage are withheld \
+                         until a write succeeds (/healthz answers 503 meanwhile)"
+                    );
+                }
+            }
+        }
     }
 }
