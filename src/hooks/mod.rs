@@ -107,8 +107,11 @@ pub enum PublishVerdict {
     Swallow,
 }
 
-/// Why a message did not reach a subscriber.
+/// Why a message did not reach a subscriber. Non-exhaustive: new limits
+/// (a full disk, say) bring new reasons, and a hook's `match` should not
+/// stop compiling for that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DropReason {
     /// The session's queue was full (`limits.maximum_queued_messages`).
     QueueFull,
