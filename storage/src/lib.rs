@@ -441,74 +441,57 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// Shares a store: lets a test keep a handle on a store the broker owns.
-impl<S: Store + ?Sized> Store for Arc<S> {
-    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
-        (**self).apply(ops)
-    }
+/// A store behind a pointer forwards every method, the reads included: a
+/// method left out would fall back to its slow default without a word, so
+/// both pointers are written by one macro.
+macro_rules! forward_store {
+    ($(#[$doc:meta])* $ptr:ident) => {
+        $(#[$doc])*
+        impl<S: Store + ?Sized> Store for $ptr<S> {
+            fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
+                (**self).apply(ops)
+            }
 
-    fn load(&self) -> Result<Snapshot, StorageError> {
-        (**self).load()
-    }
+            fn load(&self) -> Result<Snapshot, StorageError> {
+                (**self).load()
+            }
 
-    fn is_persistent(&self) -> bool {
-        (**self).is_persistent()
-    }
+            fn is_persistent(&self) -> bool {
+                (**self).is_persistent()
+            }
 
-    fn flush(&self) -> Result<(), StorageError> {
-        (**self).flush()
-    }
+            fn flush(&self) -> Result<(), StorageError> {
+                (**self).flush()
+            }
 
-    fn outbound_page(
-        &self,
-        client_id: &str,
-        after_seq: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
-        (**self).outbound_page(client_id, after_seq, limit)
-    }
+            fn outbound_page(
+                &self,
+                client_id: &str,
+                after_seq: Option<u64>,
+                limit: usize,
+            ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+                (**self).outbound_page(client_id, after_seq, limit)
+            }
 
-    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
-        (**self).messages(ids)
-    }
+            fn messages(
+                &self,
+                ids: &[MessageId],
+            ) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+                (**self).messages(ids)
+            }
 
-    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
-        (**self).retained(topic)
-    }
+            fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+                (**self).retained(topic)
+            }
+        }
+    };
 }
 
-/// Lets a backend chosen at run time (`Box<dyn Store>`) be used as a store.
-impl<S: Store + ?Sized> Store for Box<S> {
-    fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
-        (**self).apply(ops)
-    }
-
-    fn load(&self) -> Result<Snapshot, StorageError> {
-        (**self).load()
-    }
-
-    fn is_persistent(&self) -> bool {
-        (**self).is_persistent()
-    }
-
-    fn flush(&self) -> Result<(), StorageError> {
-        (**self).flush()
-    }
-
-    fn outbound_page(
-        &self,
-        client_id: &str,
-        after_seq: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
-        (**self).outbound_page(client_id, after_seq, limit)
-    }
-
-    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
-        (**self).messages(ids)
-    }
-
-    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
-        (**self).retained(topic)
-    }
-}
+forward_store!(
+    /// Shares a store: lets a test keep a handle on a store the broker owns.
+    Arc
+);
+forward_store!(
+    /// Lets a backend chosen at run time (`Box<dyn Store>`) be used as a store.
+    Box
+);

@@ -298,6 +298,16 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    /// Runs a read of the files under the panic guard: a panic becomes
+    /// an error saying the files are damaged, and errors name the backend.
+    fn reading<T>(&self, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
+        guard::catch(f)
+            .map_err(|panic| damaged(&self.path, &panic))?
+            .map_err(|e| e.in_backend(NAME))
+    }
+}
+
 /// Every call into redb runs under `guard::catch`: a panic on a damaged
 /// file becomes an error naming it.
 impl Store for RedbStore {
@@ -317,9 +327,7 @@ impl Store for RedbStore {
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
-        guard::catch(|| self.load_unguarded())
-            .map_err(|panic| damaged(&self.path, &panic))?
-            .map_err(|e| e.in_backend(NAME))
+        self.reading(|| self.load_unguarded())
     }
 
     fn is_persistent(&self) -> bool {
@@ -332,21 +340,15 @@ impl Store for RedbStore {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
-        guard::catch(|| self.outbound_page_unguarded(client_id, after_seq, limit))
-            .map_err(|panic| damaged(&self.path, &panic))?
-            .map_err(|e| e.in_backend(NAME))
+        self.reading(|| self.outbound_page_unguarded(client_id, after_seq, limit))
     }
 
     fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
-        guard::catch(|| self.messages_unguarded(ids))
-            .map_err(|panic| damaged(&self.path, &panic))?
-            .map_err(|e| e.in_backend(NAME))
+        self.reading(|| self.messages_unguarded(ids))
     }
 
     fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
-        guard::catch(|| self.retained_unguarded(topic))
-            .map_err(|panic| damaged(&self.path, &panic))?
-            .map_err(|e| e.in_backend(NAME))
+        self.reading(|| self.retained_unguarded(topic))
     }
 
     // `flush` keeps the default: every commit is already durable.

@@ -252,6 +252,16 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Runs a read of the files under the panic guard: a panic becomes
+    /// an error saying the files are damaged, and errors name the backend.
+    fn reading<T>(&self, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
+        guard::catch(f)
+            .map_err(|panic| damaged(&self.path, &panic))?
+            .map_err(|e| e.in_backend(NAME))
+    }
+}
+
 /// Every call into sled runs under `guard::catch`: a panic on damaged
 /// files becomes an error naming the directory.
 impl Store for SledStore {
@@ -262,9 +272,7 @@ impl Store for SledStore {
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
-        guard::catch(|| self.load_unguarded())
-            .map_err(|panic| damaged(&self.path, &panic))?
-            .map_err(|e| e.in_backend(NAME))
+        self.reading(|| self.load_unguarded())
     }
 
     fn is_persistent(&self) -> bool {
@@ -277,21 +285,15 @@ impl Store for SledStore {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
-        guard::catch(|| self.outbound_page_unguarded(client_id, after_seq, limit))
-            .map_err(|panic| damaged(&self.path, &panic))?
-            .map_err(|e| e.in_backend(NAME))
+        self.reading(|| self.outbound_page_unguarded(client_id, after_seq, limit))
     }
 
     fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
-        guard::catch(|| self.messages_unguarded(ids))
-            .map_err(|panic| damaged(&self.path, &panic))?
-            .map_err(|e| e.in_backend(NAME))
+        self.reading(|| self.messages_unguarded(ids))
     }
 
     fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
-        guard::catch(|| self.retained_unguarded(topic))
-            .map_err(|panic| damaged(&self.path, &panic))?
-            .map_err(|e| e.in_backend(NAME))
+        self.reading(|| self.retained_unguarded(topic))
     }
 
     fn flush(&self) -> Result<(), StorageError> {
