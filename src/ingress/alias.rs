@@ -98,25 +98,23 @@ impl InboundAliases {
     }
 }
 
+/// A QoS 0 PUBLISH of `topic` with an empty payload and, if given, topic
+/// alias `alias` (0 stands for an invalid alias): what the alias tables'
+/// tests feed them.
+#[cfg(test)]
+pub(crate) fn aliased(topic: &str, alias: Option<u16>) -> Publish {
+    Publish::new(topic, bytes::Bytes::new()).with_properties(crate::codec::PublishProperties {
+        topic_alias: alias.and_then(std::num::NonZeroU16::new),
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{PublishProperties, QosPid};
-    use bytes::Bytes;
-    use std::num::NonZeroU16;
 
     fn publish(topic: &str, alias: Option<u16>) -> Publish {
-        Publish {
-            dup: false,
-            qos_pid: QosPid::AtMostOnce,
-            retain: false,
-            topic: topic.into(),
-            payload: Bytes::new(),
-            properties: PublishProperties {
-                topic_alias: alias.and_then(NonZeroU16::new),
-                ..Default::default()
-            },
-        }
+        aliased(topic, alias)
     }
 
     #[test]

@@ -340,17 +340,7 @@ fn ingress(enhanced: Option<&str>, alias_max: u16, alias_budget: usize) -> Ingre
 }
 
 fn publish_packet(topic: &str, alias: Option<u16>) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos_pid: QosPid::AtMostOnce,
-        retain: false,
-        topic: topic.into(),
-        payload: Bytes::new(),
-        properties: PublishProperties {
-            topic_alias: alias.and_then(NonZeroU16::new),
-            ..Default::default()
-        },
-    })
+    Packet::Publish(super::alias::aliased(topic, alias))
 }
 
 fn subscribe_packet() -> Subscribe {

@@ -66,22 +66,10 @@ impl OutboundAliases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{PublishProperties, QosPid};
     use crate::ingress::alias::ALIAS_OVERHEAD;
-    use bytes::Bytes;
 
     fn publish(topic: &str, alias: Option<u16>) -> Publish {
-        Publish {
-            dup: false,
-            qos_pid: QosPid::AtMostOnce,
-            retain: false,
-            topic: topic.into(),
-            payload: Bytes::new(),
-            properties: PublishProperties {
-                topic_alias: alias.and_then(NonZeroU16::new),
-                ..Default::default()
-            },
-        }
+        crate::ingress::alias::aliased(topic, alias)
     }
 
     #[test]
