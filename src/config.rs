@@ -5,6 +5,7 @@
 //! durations are strings such as `"10s"` or `"500ms"` (or whole seconds).
 
 pub mod duration;
+pub mod size;
 
 use crate::codec::QoS;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,43 @@ pub struct Options {
     /// When acknowledgements leave relative to storage commits.
     /// Default: [`Durability::AckAfterCommit`].
     pub durability: Durability,
+    /// How much memory the broker's caches may use.
+    pub memory: Memory,
+}
+
+/// Memory the broker's caches of stored data may use (in a file: the
+/// `[memory]` table).
+///
+/// With a persistent store the store holds every queued message, and memory
+/// only a window of each queue: what is in flight, and a read-ahead for a
+/// connected client. `budget` bounds those windows all together: past it,
+/// new messages for persistent sessions go to the store only (and are read
+/// back when their client is ready for them), and messages for sessions the
+/// store does not hold (with the in-memory store, or a session that ends with
+/// its connection) are dropped and counted, as a full queue drops them.
+/// Memory is then all those sessions have, so this is their bound.
+///
+/// ```
+/// let opts: roost::Options =
+///     serde_json::from_str(r#"{ "memory": { "budget": "64MiB" } }"#).unwrap();
+/// assert_eq!(opts.memory.budget, 64 << 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Memory {
+    /// Most topic and payload bytes of queued and in-flight QoS 1/2
+    /// messages held in memory, all sessions together. A size (`"256MiB"`)
+    /// or whole bytes. Default: 256 MiB.
+    #[serde(with = "size")]
+    pub budget: usize,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            budget: 256 * 1024 * 1024,
+        }
+    }
 }
 
 /// The durability contract with a persistent store.
@@ -123,6 +161,7 @@ impl Default for Options {
             limits: Limits::default(),
             sys_interval: Some(Duration::from_secs(10)),
             durability: Durability::default(),
+            memory: Memory::default(),
         }
     }
 }
@@ -190,21 +229,26 @@ pub struct Limits {
     /// Receive Maximum. Default: 1024.
     pub maximum_inflight: u16,
     /// Most QoS 1/2 messages queued for one session beyond those in flight
-    /// (offline or over its receive maximum). For a client that is away, a
-    /// message arriving at a full queue is dropped and counted. For a
-    /// connected client, a full queue slows down the publishers feeding it
-    /// (their reads pause until the queue has drained to half), for at
-    /// most about a second per episode: a client that does not drain by
-    /// then (it stopped reading, or never acknowledges) pauses nobody
-    /// until it has drained, and its queue takes what comes up to four
-    /// times this limit; past that a message is dropped and counted.
-    /// Default: 10,000.
+    /// (offline or over its receive maximum). With a persistent store this
+    /// is a bound on disk: the queue lives in the store, and memory holds
+    /// only a window of it (see [`Memory`]). For a client that is away, a
+    /// message arriving at a full queue is dropped and counted (a 5.0
+    /// publisher that was its only reason to be stored gets 0x97). For a
+    /// connected client, a queue of 10,000 messages (or of this limit, if
+    /// lower) slows down the publishers feeding it (their reads pause until
+    /// the queue has drained to half), for at most about a second per
+    /// episode: a client that does not drain by then (it stopped reading,
+    /// or never acknowledges) pauses nobody until it has drained, and its
+    /// queue takes what comes up to this limit (or four times that pausing
+    /// threshold, if more); past that a message is dropped and counted.
+    /// Default: 1,000,000.
     pub maximum_queued_messages: usize,
     /// Most topic and payload bytes of the QoS 1/2 messages one session
-    /// holds, queued and in flight, connected or not: a message that would
-    /// take it past this is dropped and counted. A connected client holding
-    /// half of it slows its publishers down as a full queue does.
-    /// Default: 16 MiB.
+    /// holds, queued and in flight, connected or not (on disk, with a
+    /// persistent store): a message that would take it past this is dropped
+    /// and counted. A connected client holding 8 MiB (or half of this, if
+    /// lower) slows its publishers down as a full queue does.
+    /// Default: 256 MiB.
     pub maximum_queued_bytes: usize,
     /// Most packets waiting to be written to one connection before QoS 0
     /// messages to it are dropped (a slow consumer). From an eighth of it
@@ -277,8 +321,8 @@ impl Default for Limits {
             maximum_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             maximum_inflight: 1024,
-            maximum_queued_messages: 10_000,
-            maximum_queued_bytes: 16 * 1024 * 1024,
+            maximum_queued_messages: 1_000_000,
+            maximum_queued_bytes: 256 * 1024 * 1024,
             maximum_pending_writes: 10_000,
             maximum_connections: 100_000,
             connect_timeout: Duration::from_secs(10),

@@ -37,6 +37,11 @@ pub struct Stats {
     pub(crate) http_evicted: AtomicU64,
     pub(crate) retained_refused: AtomicU64,
     pub(crate) packets_ignored: AtomicU64,
+    pub(crate) queue_memory_bytes: AtomicU64,
+    pub(crate) queue_disk_messages: AtomicU64,
+    pub(crate) queue_disk_bytes: AtomicU64,
+    pub(crate) queue_pages_read: AtomicU64,
+    pub(crate) queue_messages_read: AtomicU64,
 }
 
 impl Default for Stats {
@@ -69,6 +74,11 @@ impl Default for Stats {
             http_evicted: AtomicU64::new(0),
             retained_refused: AtomicU64::new(0),
             packets_ignored: AtomicU64::new(0),
+            queue_memory_bytes: AtomicU64::new(0),
+            queue_disk_messages: AtomicU64::new(0),
+            queue_disk_bytes: AtomicU64::new(0),
+            queue_pages_read: AtomicU64::new(0),
+            queue_messages_read: AtomicU64::new(0),
         }
     }
 }
@@ -119,6 +129,11 @@ impl Stats {
             http_evicted: g(&self.http_evicted),
             retained_refused: g(&self.retained_refused),
             packets_ignored: g(&self.packets_ignored),
+            queue_memory_bytes: g(&self.queue_memory_bytes),
+            queue_disk_messages: g(&self.queue_disk_messages),
+            queue_disk_bytes: g(&self.queue_disk_bytes),
+            queue_pages_read: g(&self.queue_pages_read),
+            queue_messages_read: g(&self.queue_messages_read),
         }
     }
 }
@@ -181,6 +196,18 @@ pub struct StatsSnapshot {
     /// Packets read from connections the broker had already closed (by a
     /// protocol error, a takeover or a refusal), not acted on.
     pub packets_ignored: u64,
+    /// Topic and payload bytes of queued and in-flight QoS 1/2 messages
+    /// held in memory, all sessions together (bounded by `memory.budget`).
+    pub queue_memory_bytes: u64,
+    /// Queued messages of persistent sessions held only in the store, not
+    /// in memory (read back a page at a time when their client is ready).
+    pub queue_disk_messages: u64,
+    /// Their topic and payload bytes.
+    pub queue_disk_bytes: u64,
+    /// Pages of queued messages read back from the store.
+    pub queue_pages_read: u64,
+    /// Messages those pages brought back.
+    pub queue_messages_read: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

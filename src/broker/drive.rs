@@ -390,11 +390,12 @@ fn check(
         assert!(s.subscriptions.bytes() <= limits.maximum_subscription_bytes);
         if let Some(f) = s.flows() {
             assert!(f.bytes <= limits.maximum_queued_bytes, "{} bytes", f.bytes);
-            let queued = f.queue.len() - f.burst_queued;
-            assert!(
-                queued <= 4 * limits.maximum_queued_messages,
-                "{queued} queued"
-            );
+            let queued = f.queue.len() - f.burst_queued + f.spill.count;
+            let bound = limits
+                .maximum_queued_messages
+                .max(4 * limits.maximum_queued_messages.min(10_000));
+            assert!(queued <= bound, "{queued} queued");
+            assert!(f.spill.bytes <= f.bytes, "spilled bytes within the total");
         }
     }
 }

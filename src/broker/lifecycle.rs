@@ -325,6 +325,11 @@ impl Broker {
                 let rec = session_record(s);
                 self.persist.push(Op::PutSession(rec));
             }
+            // Its queue waits in the store, not in memory.
+            let (mut ctx, sessions) = self.ctx(now_ms);
+            if let Some(s) = sessions.get_mut(&sid) {
+                s.spill_queue(&mut ctx);
+            }
             self.timed.insert(sid);
             // A will with no delay goes out now.
             self.fire_due_will(sid, now_ms);
@@ -475,6 +480,7 @@ impl Broker {
                 hooks: &self.hooks,
                 stats: &self.stats,
                 limits: &self.opts.limits,
+                pages: &mut self.pages,
                 now_ms,
                 drops: Default::default(),
             };

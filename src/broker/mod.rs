@@ -21,6 +21,7 @@ mod publish;
 mod restore;
 mod session;
 mod share;
+mod spill;
 mod subscribe;
 mod sys;
 #[cfg(test)]
@@ -33,6 +34,7 @@ pub(crate) use crate::message::{Message, MessageProperties, SessionId};
 pub(crate) use coalesce::coalesce_staged;
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
+pub(crate) use spill::{Page, PageEntry, PageRequest};
 
 use crate::codec::{
     AckProperties, ByteStr, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
@@ -195,6 +197,8 @@ pub(crate) struct Broker {
     next_gate: u64,
     /// Connections whose keep-alive is watched.
     keepalives: keepalive::KeepAlives,
+    /// Queues on disk: page reads, and the memory budget (see `spill`).
+    pages: spill::Pages,
 }
 
 /// One subscriber a message goes to.
@@ -212,6 +216,7 @@ impl Broker {
     /// should be recorded as storage operations.
     pub(crate) fn new(opts: Options, hooks: Hooks, stats: Arc<Stats>, persistent: bool) -> Self {
         let ack_first = matches!(opts.durability, Durability::AckBeforeCommit { .. });
+        let budget = opts.memory.budget;
         Broker {
             opts,
             hooks,
@@ -237,6 +242,7 @@ impl Broker {
             scratch: Vec::new(),
             next_gate: 0,
             keepalives: Default::default(),
+            pages: spill::Pages::new(budget),
         }
     }
 
@@ -315,6 +321,7 @@ impl Broker {
                 hooks: &self.hooks,
                 stats: &self.stats,
                 limits: &self.opts.limits,
+                pages: &mut self.pages,
                 now_ms,
                 drops: std::cell::Cell::new(0),
             },

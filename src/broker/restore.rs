@@ -110,12 +110,24 @@ impl Broker {
                 s.subscriptions.insert(filter, entry);
             }
 
-            for (seq, entry) in stored.outbound {
+            // What is in flight (and anything queued before it) comes back
+            // into memory; the queued tail after it stays in the store and
+            // is read back a page at a time once the client is back (see
+            // `spill`).
+            let spill_from = match self.persist.enabled {
+                true => stored
+                    .outbound
+                    .iter()
+                    .rposition(|(_, e)| e.state != OutboundState::Queued && e.packet_id.is_some())
+                    .map_or(0, |i| i + 1),
+                false => stored.outbound.len(),
+            };
+            for (i, (seq, entry)) in stored.outbound.into_iter().enumerate() {
                 s.next_seq = s.next_seq.max(seq);
                 let inline = entry.message_id == 0;
                 let released = entry.state == OutboundState::Released && entry.packet_id.is_some();
-                let body = match (&entry.message, bodies.get(&entry.message_id)) {
-                    (Some(rec), _) => Arc::new(Tracked::new(message_from_record(rec.clone()))),
+                let body = match (entry.message, bodies.get(&entry.message_id)) {
+                    (Some(rec), _) => Arc::new(Tracked::new(message_from_record(rec))),
                     (None, Some(body)) => body.clone(),
                     // Released: only the PUBREL is owed, the body is not needed.
                     (None, None) if released => Arc::new(Tracked::new(message_from_record(
@@ -159,11 +171,17 @@ impl Broker {
                     stored_copy: false,
                     burst: false,
                 };
+                stats::add(&self.stats.inflight, 1);
+                let size = o.msg.size();
+                s.flows_mut().bytes += size;
+                if i >= spill_from {
+                    s.restore_spilled(o, &mut self.persist, &mut self.pages, &self.stats);
+                    continue;
+                }
                 if !inline {
                     *self.persist.refs.entry(entry.message_id).or_insert(0) += 1;
                 }
-                stats::add(&self.stats.inflight, 1);
-                s.flows_mut().bytes += o.msg.size();
+                self.pages.hold(&self.stats, size);
                 if state == OutboundState::Queued {
                     s.flows_mut().queue.push_back(o);
                 } else {

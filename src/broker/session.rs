@@ -3,7 +3,8 @@
 //!
 //! A session outlives connections: `conn` is `None` while the client is away.
 
-use super::persist::{LazyOutbound, Pending, Persist};
+use super::persist::{Pending, Persist};
+use super::spill::{Pages, Spill};
 use super::ConnId;
 use super::{Burst, Delivery, Message, Outbound, Outbox, Tracked};
 use crate::codec::{
@@ -81,6 +82,25 @@ const BEHIND_BYTES: usize = 256 * 1024;
 /// not the rest of its connection's life.
 pub(crate) const CONGESTED_EPISODE_MS: u64 = 1000;
 
+/// The queue length from which a connected client's publishers are paused
+/// (or `limits.maximum_queued_messages`, if lower): with queues on disk the
+/// limit is far higher, but a client this far behind is slower than what
+/// feeds it, and pausing is what keeps it from falling further behind.
+const PAUSE_QUEUED: usize = 10_000;
+
+/// The queued bytes from which a connected client's publishers are paused
+/// (or half of `limits.maximum_queued_bytes`, if lower).
+const PAUSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// From which queue length and bytes a connected client's publishers are
+/// paused; they go on once it has drained to half of both.
+fn pause_thresholds(limits: &Limits) -> (usize, usize) {
+    (
+        limits.maximum_queued_messages.min(PAUSE_QUEUED),
+        (limits.maximum_queued_bytes / 2).min(PAUSE_BYTES),
+    )
+}
+
 /// What a delivery asks of its publisher (see [`Session::deliver`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushback {
@@ -98,6 +118,8 @@ pub(crate) struct Ctx<'a> {
     pub hooks: &'a Hooks,
     pub stats: &'a Stats,
     pub limits: &'a Limits,
+    /// Page reads of spilled queues, and the memory budget of queues.
+    pub pages: &'a mut Pages,
     pub now_ms: u64,
     /// Messages dropped while this context lived (see [`Session::deliver`]).
     pub drops: std::cell::Cell<u32>,
@@ -121,7 +143,7 @@ pub(crate) struct Session {
     /// When a pending will (of a closed connection) is due.
     pub will_due_ms: Option<u64>,
     pub subscriptions: Subscriptions,
-    flows: Option<Box<Flows>>,
+    pub(super) flows: Option<Box<Flows>>,
     /// True while the store holds this session: every persistence step
     /// (outbound entries, body references) is taken only then, so a session
     /// that stops being persistent releases exactly what it took.
@@ -212,6 +234,8 @@ pub(crate) struct Flows {
     /// Entries of `queue` that are retained messages of a subscription's
     /// burst: the queue limits count only the others.
     pub burst_queued: usize,
+    /// The queue's tail that is only in the store (see `spill`).
+    pub spill: Spill,
 }
 
 impl Session {
@@ -348,21 +372,12 @@ impl Session {
             .fold(u16::MAX - start, u16::min)
     }
 
-    fn store_outgoing(&self, o: &Outgoing, ctx: &mut Ctx) {
+    pub(super) fn store_outgoing(&self, o: &Outgoing, ctx: &mut Ctx) {
         if self.stored {
             ctx.persist.push(Pending::PutOutbound {
                 client_id: self.client_id().clone(),
                 seq: o.seq,
-                entry: LazyOutbound {
-                    msg: o.msg.clone(),
-                    inline: o.inline,
-                    message_id: o.msg.store_id.load(std::sync::atomic::Ordering::Relaxed),
-                    qos: o.qos,
-                    retain: o.retain,
-                    packet_id: o.pid.map(|p| p.get()),
-                    state: o.state,
-                    sub_ids: o.sub_ids.clone(),
-                },
+                entry: o.lazy(),
             });
         }
     }
@@ -382,7 +397,9 @@ impl Session {
         }
         stats::sub(&ctx.stats.inflight, 1);
         if let Some(f) = self.flows.as_mut().filter(|_| !o.burst) {
-            f.bytes = f.bytes.saturating_sub(o.msg.size());
+            let size = o.msg.size();
+            f.bytes = f.bytes.saturating_sub(size);
+            ctx.pages.free(ctx.stats, size);
         }
     }
 
@@ -487,17 +504,18 @@ impl Session {
                 return Pushback::None;
             }
         }
-        let queued = self.queue_len() - burst_queued;
+        let queued = self.queue_len() - burst_queued + self.spilled();
         let bytes = self.flows().map_or(0, |f| f.bytes);
         let connected = self.conn.is_some();
         // A connected client's queue absorbs what arrives while its
-        // publishers are paused, hence the room between the limit where it
+        // publishers are paused, hence the room between the length where it
         // pushes back and the one where it drops.
-        let congested = connected
-            && (queued >= limits.maximum_queued_messages
-                || bytes >= limits.maximum_queued_bytes / 2);
+        let (pause_at, pause_bytes) = pause_thresholds(limits);
+        let congested = connected && (queued >= pause_at || bytes >= pause_bytes);
         let hard_limit = if connected {
-            limits.maximum_queued_messages.saturating_mul(4)
+            limits
+                .maximum_queued_messages
+                .max(pause_at.saturating_mul(4))
         } else {
             limits.maximum_queued_messages
         };
@@ -506,10 +524,23 @@ impl Session {
         } else {
             Pushback::None
         };
-        let full =
-            queued >= hard_limit || bytes.saturating_add(msg.size()) > limits.maximum_queued_bytes;
+        let size = msg.size();
+        let full = queued >= hard_limit || bytes.saturating_add(size) > limits.maximum_queued_bytes;
         if full && burst.is_none() {
             self.dropped(msg, DropReason::QueueFull, ctx);
+            return pushback;
+        }
+        let room = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| self.inflight_len() < usize::from(c.send_quota));
+        let direct = room && self.queue_len() == 0 && self.spilled() == 0;
+        // Past the window or the budget, the entry is kept by the store
+        // only (see `spill`); a session the store does not hold has only
+        // memory, and the budget bounds it.
+        let spill = !direct && self.spills(size, ctx);
+        if !spill && burst.is_none() && !self.spillable(ctx) && ctx.pages.over_budget(size) {
+            self.dropped(msg, DropReason::MemoryBudget, ctx);
             return pushback;
         }
         self.next_seq += 1;
@@ -521,13 +552,18 @@ impl Session {
             sub_ids: sub_ids.into_boxed_slice(),
             pid: None,
             state: OutboundState::Queued,
-            inline: self.stored && sole,
+            // A spilled entry carries its body: nothing in memory may refer
+            // to it.
+            inline: self.stored && (sole || spill),
             stored_copy: self.stored,
-            burst: burst.is_some(),
+            burst: burst.is_some() && !spill,
         };
         stats::add(&ctx.stats.inflight, 1);
-        if burst.is_none() {
-            self.flows_mut().bytes += msg.size();
+        if !o.burst {
+            self.flows_mut().bytes += size;
+            if !spill {
+                ctx.pages.hold(ctx.stats, size);
+            }
         }
         if self.stored {
             ctx.persist.copies_created += 1;
@@ -545,12 +581,11 @@ impl Session {
                 }
             }
         }
-        let room = self
-            .conn
-            .as_ref()
-            .is_some_and(|c| self.inflight_len() < usize::from(c.send_quota));
-        if room && self.queue_len() == 0 {
+        if direct {
             self.send_outgoing(o, false, ctx);
+        } else if spill {
+            self.store_outgoing(&o, ctx);
+            self.spill_entry(o, ctx);
         } else {
             self.store_outgoing(&o, ctx);
             let f = self.flows_mut();
@@ -707,11 +742,13 @@ impl Session {
 
     /// Moves queued messages into flight while the window has room.
     pub(crate) fn fill(&mut self, ctx: &mut Ctx) {
-        let half = ctx.limits.maximum_queued_messages / 2;
-        let quarter_bytes = ctx.limits.maximum_queued_bytes / 4;
+        let (pause_at, pause_bytes) = pause_thresholds(ctx.limits);
         if let Some(f) = self.flows.as_mut() {
-            let queued = f.queue.len() - f.burst_queued;
-            if f.congested_since_ms.is_some() && queued <= half && f.bytes <= quarter_bytes {
+            let queued = f.queue.len() - f.burst_queued + f.spill.count;
+            if f.congested_since_ms.is_some()
+                && queued <= pause_at / 2
+                && f.bytes <= pause_bytes / 2
+            {
                 // Drained: the episode is over, and the next congestion may
                 // pause publishers again.
                 f.congested_since_ms = None;
@@ -741,6 +778,7 @@ impl Session {
             }
             self.send_outgoing(o, true, ctx);
         }
+        self.want_page(ctx);
     }
 
     /// After a reconnect: resends everything in flight (PUBLISH with DUP,
@@ -897,8 +935,14 @@ impl Session {
         let Some(f) = self.flows.as_mut() else {
             return;
         };
+        let in_memory = f.bytes.saturating_sub(f.spill.bytes);
         f.bytes = 0;
         f.burst_queued = 0;
+        ctx.pages.free(ctx.stats, in_memory);
+        self.forget_spill(ctx);
+        let Some(f) = self.flows.as_mut() else {
+            return;
+        };
         let all: Vec<Outgoing> = f.inflight.drain(..).chain(f.queue.drain(..)).collect();
         for o in &all {
             // The session's record is deleted as a whole; only the bodies'

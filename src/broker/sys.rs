@@ -10,7 +10,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
         let s = self.stats.snapshot_at(now);
-        let topics: [(&str, String); 29] = [
+        let topics: [(&str, String); 34] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -34,6 +34,11 @@ impl Broker {
             ("store/commits", s.storage_commits.to_string()),
             ("store/ops/written", s.storage_ops_written.to_string()),
             ("store/ops/saved", s.storage_ops_saved.to_string()),
+            ("queue/memory/bytes", s.queue_memory_bytes.to_string()),
+            ("queue/disk/messages", s.queue_disk_messages.to_string()),
+            ("queue/disk/bytes", s.queue_disk_bytes.to_string()),
+            ("queue/pages/read", s.queue_pages_read.to_string()),
+            ("queue/messages/read", s.queue_messages_read.to_string()),
             // What the limits refused: a client testing them shows here.
             ("refused/topic_alias", s.topic_alias_refused.to_string()),
             (

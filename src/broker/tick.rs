@@ -8,6 +8,7 @@ impl Broker {
     /// expiry, retained expiry and `$SYS` updates. Call about once a second.
     pub(crate) fn tick(&mut self, now: Now) {
         self.check_keep_alives(now);
+        self.retry_pages(now.ms);
         self.run_timers(now.ms);
     }
 

@@ -7,7 +7,7 @@
 //! `deploy/roost.toml` documents every key with its default.
 
 use super::error::{parse_error, ConfigError, Place};
-use roost::{Capabilities, Durability, Limits, Options};
+use roost::{Capabilities, Durability, Limits, Memory, Options};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -37,6 +37,8 @@ pub(crate) struct Config {
     pub capabilities: Capabilities,
     /// Resource limits.
     pub limits: Limits,
+    /// Memory the caches may use.
+    pub memory: Memory,
     /// The listeners; empty means the built-in defaults.
     #[serde(rename = "listener", skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerConfig>,
@@ -54,6 +56,7 @@ impl Default for Config {
             log: LogConfig::default(),
             capabilities: opts.capabilities,
             limits: opts.limits,
+            memory: opts.memory,
             listeners: Vec::new(),
         }
     }
@@ -67,6 +70,7 @@ impl Config {
             limits: self.limits.clone(),
             sys_interval: self.sys_interval,
             durability: self.durability,
+            memory: self.memory.clone(),
         }
     }
 }

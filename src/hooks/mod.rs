@@ -121,6 +121,10 @@ pub enum DropReason {
     TooLarge,
     /// Its Message Expiry Interval passed before delivery.
     Expired,
+    /// The memory for queued messages (`memory.budget`) was used up, and
+    /// the session has no store to hold the message instead (the in-memory
+    /// backend, or a session that ends with its connection).
+    MemoryBudget,
     /// Queued or in flight for the client, which may no longer receive it
     /// ([`AclHook::can_receive`] refused it at delivery: the ACL changed,
     /// or the session is resumed by a client the ACL judges differently).

@@ -158,6 +158,11 @@ fn json(s: &StatsSnapshot) -> String {
         "unauthenticated_refused": s.unauthenticated_refused,
         "http_evicted": s.http_evicted,
         "retained_refused": s.retained_refused,
+        "queue_memory_bytes": s.queue_memory_bytes,
+        "queue_disk_messages": s.queue_disk_messages,
+        "queue_disk_bytes": s.queue_disk_bytes,
+        "queue_pages_read": s.queue_pages_read,
+        "queue_messages_read": s.queue_messages_read,
         "packets_ignored": s.packets_ignored,
         "memory": resident_memory(),
     })
@@ -166,7 +171,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 19] = [
+    let counters: [(&str, &str, u64); 21] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -250,8 +255,33 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "Packets read from connections the broker had already closed.",
             s.packets_ignored,
         ),
+        (
+            "queue_pages_read",
+            "Pages of queued messages read back from the store.",
+            s.queue_pages_read,
+        ),
+        (
+            "queue_messages_read",
+            "Queued messages read back from the store.",
+            s.queue_messages_read,
+        ),
     ];
-    let gauges: [(&str, &str, u64); 10] = [
+    let gauges: [(&str, &str, u64); 13] = [
+        (
+            "queue_memory_bytes",
+            "Bytes of queued and in-flight QoS 1/2 messages held in memory.",
+            s.queue_memory_bytes,
+        ),
+        (
+            "queue_disk_messages",
+            "Queued messages held only in the store.",
+            s.queue_disk_messages,
+        ),
+        (
+            "queue_disk_bytes",
+            "Bytes of queued messages held only in the store.",
+            s.queue_disk_bytes,
+        ),
         (
             "storage_failing",
             "1 while the store's last write failed (acknowledgements withheld).",

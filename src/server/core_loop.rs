@@ -6,7 +6,7 @@
 //! place that decides when it runs, at what time, and when its changes go
 //! to the store.
 
-use crate::broker::{Broker, Commit, Event, Reclaim};
+use crate::broker::{Broker, Commit, Event, Page, PageRequest, Reclaim};
 use crate::clock::Clock;
 use crate::config::Durability;
 use crate::link::intake::Intake;
@@ -40,6 +40,10 @@ pub(super) struct CoreLoop {
     pub reclaim: Arc<Reclaim>,
     pub durability: Durability,
     pub commits: mpsc::Sender<Commit>,
+    /// Page reads of spilled queues, to the reader task (see `reader`).
+    pub page_requests: mpsc::UnboundedSender<PageRequest>,
+    /// The pages it read.
+    pub pages: mpsc::UnboundedReceiver<Page>,
 }
 
 impl CoreLoop {
@@ -88,12 +92,18 @@ impl CoreLoop {
                     reclaim.free(&mut freeing);
                 }
                 _ = tick.tick() => self.broker.tick(self.clock.now()),
+                Some(page) = self.pages.recv() => self.broker.page(page, self.clock.now_ms()),
                 _ = async {
                     match flush.as_mut() {
                         Some(f) => f.tick().await,
                         None => std::future::pending().await,
                     }
                 } => flush_now = true,
+            }
+            for request in self.broker.take_page_requests() {
+                // The reader outlives the core loop; if it is gone, so is
+                // the server.
+                let _ = self.page_requests.send(request);
             }
             // In the relaxed mode a burst may not wait for the interval: what
             // is recorded meanwhile is held in memory.

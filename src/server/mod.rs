@@ -7,6 +7,7 @@
 
 mod commit;
 mod core_loop;
+mod reader;
 
 use crate::broker::Reclaim;
 use crate::broker::{Broker, Commit, ConnId, Event};
@@ -334,6 +335,16 @@ impl Server {
             let (store, stats, progress) = (store.clone(), stats.clone(), broker.commit_progress());
             tokio::task::spawn_blocking(move || commit::run(commit_rx, store, stats, progress))
         };
+        // Spilled queues are read back by their own task, so a read never
+        // waits behind the commits, nor the core behind a read.
+        let (page_requests, requests_rx) = mpsc::unbounded_channel();
+        let (pages_tx, pages) = mpsc::unbounded_channel();
+        tokio::spawn(reader::run(
+            requests_rx,
+            pages_tx,
+            store.clone(),
+            broker.commit_progress(),
+        ));
         let mut core = CoreLoop {
             broker,
             events,
@@ -343,6 +354,8 @@ impl Server {
             reclaim,
             durability,
             commits,
+            page_requests,
+            pages,
         };
         hooks.each(|h| h.on_started());
         core.run(shutdown).await;

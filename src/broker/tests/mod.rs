@@ -12,6 +12,7 @@
 mod expiry;
 mod keep_alive;
 mod restart;
+mod spill;
 mod sys;
 mod will;
 
@@ -37,6 +38,8 @@ pub(super) struct Core {
     next_conn: u64,
     /// Where commits go when the core is persistent.
     pub store: Arc<MemoryStore>,
+    /// Pages of spilled queues read back so far.
+    pub pages_read: usize,
 }
 
 /// One client's connection, as the core sees it.
@@ -78,6 +81,7 @@ impl Core {
             clock,
             next_conn,
             store: store.unwrap_or_default(),
+            pages_read: 0,
         };
         if persistent {
             let snapshot = core.store.load().expect("the memory store loads");
@@ -105,15 +109,28 @@ impl Core {
     }
 
     /// Applies what the core recorded and releases the packets it held,
-    /// as the commit task does.
+    /// as the commit task does; then reads the pages the core asked for, as
+    /// the page reader does (every commit is written by then), and hands
+    /// them back, until it asks for no more.
     fn commit(&mut self) {
-        while let Some(mut commit) = self.broker.take_commit() {
-            let ops: Vec<Op> = commit.ops.drain(..).map(|op| op.into_op()).collect();
-            self.store.apply(&ops).expect("memory store applies");
-            for outbox in &commit.outboxes {
-                outbox.release(commit.number, false);
+        loop {
+            while let Some(mut commit) = self.broker.take_commit() {
+                let ops: Vec<Op> = commit.ops.drain(..).map(|op| op.into_op()).collect();
+                self.store.apply(&ops).expect("memory store applies");
+                for outbox in &commit.outboxes {
+                    outbox.release(commit.number, false);
+                }
+                self.broker.commit_progress().released(commit.number);
             }
-            self.broker.commit_progress().released(commit.number);
+            let requests = self.broker.take_page_requests();
+            if requests.is_empty() {
+                return;
+            }
+            for request in requests {
+                self.pages_read += 1;
+                let page = read_page(self.store.as_ref(), request);
+                self.broker.page(page, self.now());
+            }
         }
     }
 
@@ -330,6 +347,35 @@ impl Peer {
             other => panic!("expected DISCONNECT before close, got {other:?}"),
         }
     }
+}
+
+/// A page as the server's reader reads it (spilled entries carry their
+/// bodies, and restored ones are rewritten so, so no body is read apart).
+fn read_page(store: &MemoryStore, request: PageRequest) -> Page {
+    let entries = store
+        .outbound_page(
+            request.client_id.as_str(),
+            Some(request.after_seq),
+            request.limit,
+        )
+        .map(|entries| {
+            entries
+                .into_iter()
+                .map(|(seq, entry)| {
+                    assert!(
+                        entry.message.is_some()
+                            || entry.state != roost_storage::OutboundState::Queued,
+                        "a queued entry past the window carries its body"
+                    );
+                    PageEntry {
+                        seq,
+                        entry,
+                        body: None,
+                    }
+                })
+                .collect()
+        });
+    Page { request, entries }
 }
 
 fn ms(d: Duration) -> u64 {

@@ -1,0 +1,456 @@
+//! Queues on disk: with a persistent store, a persistent session's queue
+//! lives in the store, and memory holds a window of it.
+//!
+//! Every queued entry of a stored session is written to the store anyway
+//! (that is what makes its publisher's acknowledgement safe). So an entry
+//! need not stay in memory: past the window, the queue's tail is *spilled*,
+//! kept only in the store, and memory keeps its count and bytes ([`Spill`]).
+//! A session spills
+//! - everything new while its client is away (its queue in memory goes to
+//!   the store when it disconnects, and comes back a page at a time when it
+//!   reconnects);
+//! - past [`QUEUE_WINDOW`] queued entries while connected;
+//! - anything, when the queues in memory hold `memory.budget` bytes.
+//!
+//! Once a session has spilled, every new entry goes to the store too, so the
+//! spilled entries are always the queue's tail, in order: those with a
+//! sequence number after [`Spill::after`]. A spilled entry always carries its
+//! body inline (its own copy on disk), so nothing in memory refers to it: a
+//! session that ends drops its spill with its stored record, and no body's
+//! reference count is left waiting for it.
+//!
+//! Reading back is asynchronous: when a connected session's queue in memory
+//! runs low, it asks for a page ([`PageRequest`]); the driver reads it off
+//! the core's thread, once the commit holding the spilled entries is
+//! written, and hands it back ([`Broker::page`]). A page that arrives after
+//! the spill changed (the session ended, or spilled again) is recognised by
+//! its epoch and ignored.
+//!
+//! Sessions the store does not hold (the in-memory backend, or one that
+//! ends with its connection) cannot spill: for them the budget is a bound,
+//! past which messages are dropped ([`DropReason::MemoryBudget`](crate::hooks::DropReason::MemoryBudget)).
+
+use super::persist::{message_from_record, Pending, Persist};
+use super::session::{Ctx, Outgoing, Session};
+use super::{Broker, Tracked};
+use crate::codec::ByteStr;
+use crate::escape::Escaped;
+use crate::stats::{self, Stats};
+use roost_storage::{MessageRecord, Op, OutboundRecord, OutboundState, StorageError};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Most queued entries a connected session keeps in memory (beyond those in
+/// flight) before its queue spills to the store.
+pub(crate) const QUEUE_WINDOW: usize = 1024;
+
+/// Entries one read brings back; a session asks for the next page once its
+/// queue in memory is down to this many, so the next page is on its way
+/// while the client takes these.
+pub(crate) const PAGE: usize = QUEUE_WINDOW / 2;
+
+/// What a page may bring, in bytes, for the budget's sake: a page is
+/// read only if this much more still fits (or the whole spill, if less).
+const PAGE_BYTES: usize = 256 * 1024;
+
+/// Entries a page brings while memory is over its budget.
+const LEAN_PAGE: usize = 16;
+
+/// The tail of a session's queue that is only in the store.
+#[derive(Debug, Default)]
+pub(crate) struct Spill {
+    /// Entries spilled and not yet read back.
+    pub count: usize,
+    /// Their topic and payload bytes.
+    pub bytes: usize,
+    /// Every spilled entry has a sequence number after this one; every
+    /// entry in memory has this one or an earlier one.
+    pub after: u64,
+    /// The commit that holds the last entry spilled: a read must not begin
+    /// before it is written.
+    pub commit: u64,
+    /// Tells this spill's pages from those of an earlier one (0: none yet).
+    pub epoch: u64,
+    /// A page is on its way.
+    pub reading: bool,
+}
+
+/// The core's side of the queues on disk: the page reads it asks for, and
+/// the memory its queues take against the budget.
+#[derive(Debug, Default)]
+pub(crate) struct Pages {
+    /// Reads to hand to the driver.
+    pub requests: Vec<PageRequest>,
+    /// Sessions whose last read failed: asked again at the next tick.
+    pub retry: Vec<ByteStr>,
+    next_epoch: u64,
+    /// Topic and payload bytes of the QoS 1/2 messages queued or in flight
+    /// in memory (retained bursts aside, which have their own bound).
+    pub cached: usize,
+    /// `memory.budget`.
+    pub budget: usize,
+}
+
+impl Pages {
+    pub(crate) fn new(budget: usize) -> Self {
+        Pages {
+            budget,
+            ..Default::default()
+        }
+    }
+
+    fn epoch(&mut self) -> u64 {
+        self.next_epoch += 1;
+        self.next_epoch
+    }
+
+    /// `bytes` more of messages in memory.
+    pub(crate) fn hold(&mut self, stats: &Stats, bytes: usize) {
+        self.cached += bytes;
+        stats.queue_memory_bytes.store(self.cached as u64, Relaxed);
+    }
+
+    /// `bytes` fewer.
+    pub(crate) fn free(&mut self, stats: &Stats, bytes: usize) {
+        self.cached = self.cached.saturating_sub(bytes);
+        stats.queue_memory_bytes.store(self.cached as u64, Relaxed);
+    }
+
+    /// Would `bytes` more take the queues in memory past the budget?
+    pub(crate) fn over_budget(&self, bytes: usize) -> bool {
+        self.cached.saturating_add(bytes) > self.budget
+    }
+}
+
+/// A page of a session's spilled queue to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PageRequest {
+    pub client_id: ByteStr,
+    pub epoch: u64,
+    /// Entries with a sequence number after this one.
+    pub after_seq: u64,
+    /// At most this many.
+    pub limit: usize,
+    /// Not before this commit is written (released by the commit task).
+    pub after_commit: u64,
+}
+
+/// One entry of a page, with its body if it is stored apart.
+#[derive(Debug)]
+pub(crate) struct PageEntry {
+    pub seq: u64,
+    pub entry: OutboundRecord,
+    pub body: Option<MessageRecord>,
+}
+
+/// A page read back for a [`PageRequest`].
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub request: PageRequest,
+    pub entries: Result<Vec<PageEntry>, StorageError>,
+}
+
+impl Session {
+    /// Can this session's queue live in the store? Only if the store holds
+    /// the session and outlives the process.
+    pub(super) fn spillable(&self, ctx: &Ctx) -> bool {
+        self.stored && ctx.persist.enabled
+    }
+
+    /// Entries of the queue that are only in the store.
+    pub(crate) fn spilled(&self) -> usize {
+        self.flows().map_or(0, |f| f.spill.count)
+    }
+
+    /// Does a new queued entry of `bytes` go to the store only?
+    pub(super) fn spills(&self, bytes: usize, ctx: &Ctx) -> bool {
+        self.spillable(ctx)
+            && (self.spilled() > 0
+                || self.conn.is_none()
+                || self.flows().is_some_and(|f| f.queue.len() >= QUEUE_WINDOW)
+                || ctx.pages.over_budget(bytes))
+    }
+
+    /// `o` was just stored (inline) and goes to the spill, not to memory.
+    pub(super) fn spill_entry(&mut self, o: Outgoing, ctx: &mut Ctx) {
+        debug_assert!(o.inline && !o.burst);
+        let size = o.msg.size();
+        let commit = ctx.persist.commit;
+        let f = self.flows_mut();
+        if f.spill.count == 0 {
+            // Everything before it is in memory (or done with).
+            f.spill.after = o.seq - 1;
+            f.spill.epoch = ctx.pages.epoch();
+            f.spill.reading = false;
+        }
+        f.spill.count += 1;
+        f.spill.bytes += size;
+        f.spill.commit = commit;
+        stats::add(&ctx.stats.queue_disk_messages, 1);
+        stats::add(&ctx.stats.queue_disk_bytes, size as u64);
+        // The copy's gate (if any) is left armed: the commit that stores the
+        // entry releases its publisher's acknowledgement.
+        drop(o);
+        self.want_page(ctx);
+    }
+
+    /// The client went away: its queue in memory goes to the store, to
+    /// come back a page at a time when it reconnects. Entries whose body is
+    /// stored apart are rewritten with the body inline (see the module
+    /// docs); those in flight stay, since their packet ids do.
+    pub(crate) fn spill_queue(&mut self, ctx: &mut Ctx) {
+        if !self.spillable(ctx) {
+            return;
+        }
+        let client_id = self.client_id().clone();
+        let Some(f) = self.flows.as_mut() else { return };
+        let Some(first) = f.queue.front().map(|o| o.seq) else {
+            return;
+        };
+        let (mut count, mut bytes, mut freed) = (0, 0, 0);
+        for mut o in f.queue.drain(..) {
+            let size = o.msg.size();
+            if o.burst {
+                // A retained burst's entry becomes a plain queued one.
+                f.burst_queued -= 1;
+                f.bytes += size;
+            } else {
+                freed += size;
+            }
+            if !o.inline {
+                o.inline = true;
+                ctx.persist.push(Pending::PutOutbound {
+                    client_id: client_id.clone(),
+                    seq: o.seq,
+                    entry: o.lazy(),
+                });
+                ctx.persist.release(&o.msg);
+            }
+            count += 1;
+            bytes += size;
+        }
+        // Entries spilled before these come after them.
+        f.spill.after = first - 1;
+        f.spill.count += count;
+        f.spill.bytes += bytes;
+        f.spill.commit = ctx.persist.commit;
+        // A page on its way was read from the old boundary: ignored.
+        f.spill.epoch = ctx.pages.epoch();
+        f.spill.reading = false;
+        ctx.pages.free(ctx.stats, freed);
+        stats::add(&ctx.stats.queue_disk_messages, count as u64);
+        stats::add(&ctx.stats.queue_disk_bytes, bytes as u64);
+    }
+
+    /// A queued entry read from the store at start-up that stays there: the
+    /// session comes back disconnected. One whose body is stored apart is
+    /// rewritten with it inline (see the module docs).
+    pub(super) fn restore_spilled(
+        &mut self,
+        mut o: Outgoing,
+        persist: &mut Persist,
+        pages: &mut Pages,
+        stats: &Stats,
+    ) {
+        if !o.inline {
+            o.inline = true;
+            persist.push(Pending::PutOutbound {
+                client_id: self.client_id().clone(),
+                seq: o.seq,
+                entry: o.lazy(),
+            });
+        }
+        let size = o.msg.size();
+        let f = self.flows_mut();
+        if f.spill.count == 0 {
+            f.spill.after = o.seq - 1;
+            f.spill.epoch = pages.epoch();
+        }
+        f.spill.count += 1;
+        f.spill.bytes += size;
+        f.spill.commit = persist.commit;
+        stats::add(&stats.queue_disk_messages, 1);
+        stats::add(&stats.queue_disk_bytes, size as u64);
+    }
+
+    /// Asks for the next page if the client is connected and its queue in
+    /// memory is running low.
+    pub(super) fn want_page(&mut self, ctx: &mut Ctx) {
+        if self.conn.is_none() {
+            return;
+        }
+        let client_id = self.client_id().clone();
+        let Some(f) = self.flows.as_mut() else { return };
+        let s = &mut f.spill;
+        if s.count == 0 || s.reading || f.queue.len() > PAGE {
+            return;
+        }
+        // Past the budget, a session reads back only once it has nothing
+        // queued in memory, and a little at a time: it goes on, slowly,
+        // while the budget is spent elsewhere.
+        let limit = match ctx.pages.over_budget(s.bytes.min(PAGE_BYTES)) {
+            false => PAGE,
+            true if f.queue.is_empty() => LEAN_PAGE,
+            true => return,
+        };
+        s.reading = true;
+        ctx.pages.requests.push(PageRequest {
+            client_id,
+            epoch: s.epoch,
+            after_seq: s.after,
+            limit,
+            after_commit: s.commit,
+        });
+    }
+
+    /// Drops the spill (the session ends: its stored record goes with it).
+    pub(super) fn forget_spill(&mut self, ctx: &mut Ctx) {
+        let Some(f) = self.flows.as_mut() else { return };
+        let s = std::mem::take(&mut f.spill);
+        stats::sub(&ctx.stats.queue_disk_messages, s.count as u64);
+        stats::sub(&ctx.stats.queue_disk_bytes, s.bytes as u64);
+        stats::sub(&ctx.stats.inflight, s.count as u64);
+    }
+
+    /// A page came back: its entries join the queue in memory, in order.
+    fn take_page(&mut self, page: Page, ctx: &mut Ctx) {
+        let client_id = self.client_id().clone();
+        let Some(f) = self.flows.as_mut() else { return };
+        if f.spill.epoch != page.request.epoch || !f.spill.reading {
+            return;
+        }
+        f.spill.reading = false;
+        let entries = match page.entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                static WARNED: super::throttle::OncePerSecond =
+                    super::throttle::OncePerSecond::new();
+                if WARNED.ready(ctx.now_ms) {
+                    tracing::warn!(client_id = %Escaped(&client_id), error = %e,
+                        "reading queued messages back from the store failed; trying again in a second");
+                }
+                ctx.pages.retry.push(client_id);
+                return;
+            }
+        };
+        stats::add(&ctx.stats.queue_pages_read, 1);
+        let short = entries.len() < page.request.limit;
+        let (mut read, mut bytes) = (0u64, 0usize);
+        for PageEntry { seq, entry, body } in entries {
+            if seq <= f.spill.after {
+                continue;
+            }
+            f.spill.after = seq;
+            if entry.state != OutboundState::Queued {
+                // In flight, so in memory already (a QoS 1/2 entry restored
+                // as sent sits between queued ones).
+                continue;
+            }
+            let msg = match (entry.message, body) {
+                (Some(rec), _) => Arc::new(Tracked::new(message_from_record(rec))),
+                (None, Some(rec)) => {
+                    Arc::new(Tracked::stored(message_from_record(rec), entry.message_id))
+                }
+                (None, None) => {
+                    // Its body is gone: nothing to deliver.
+                    ctx.persist.push(Op::DeleteOutbound {
+                        client_id: client_id.as_str().to_owned(),
+                        seq,
+                    });
+                    f.spill.count = f.spill.count.saturating_sub(1);
+                    stats::sub(&ctx.stats.queue_disk_messages, 1);
+                    stats::sub(&ctx.stats.inflight, 1);
+                    continue;
+                }
+            };
+            let size = msg.size();
+            f.spill.count = f.spill.count.saturating_sub(1);
+            f.spill.bytes = f.spill.bytes.saturating_sub(size);
+            read += 1;
+            bytes += size;
+            f.queue.push_back(Outgoing {
+                seq,
+                msg,
+                qos: super::persist::qos_from_u8(entry.qos),
+                retain: entry.retain,
+                sub_ids: entry
+                    .subscription_identifiers
+                    .iter()
+                    .filter_map(|&i| NonZeroU32::new(i))
+                    .collect(),
+                pid: None,
+                state: OutboundState::Queued,
+                inline: entry.message_id == 0,
+                stored_copy: false,
+                burst: false,
+            });
+        }
+        stats::add(&ctx.stats.queue_messages_read, read);
+        stats::sub(&ctx.stats.queue_disk_messages, read);
+        stats::sub(&ctx.stats.queue_disk_bytes, bytes as u64);
+        ctx.pages.hold(ctx.stats, bytes);
+        // A short page read after everything spilled was written means the
+        // store holds no more: what the counts still say was never stored
+        // (its commit failed, and its publisher was refused).
+        let exhausted =
+            f.spill.count == 0 || (short && f.spill.commit <= page.request.after_commit);
+        if exhausted {
+            let lost = std::mem::take(&mut f.spill);
+            f.bytes = f.bytes.saturating_sub(lost.bytes);
+            stats::sub(&ctx.stats.queue_disk_messages, lost.count as u64);
+            stats::sub(&ctx.stats.queue_disk_bytes, lost.bytes as u64);
+            stats::sub(&ctx.stats.inflight, lost.count as u64);
+        }
+        self.fill(ctx);
+    }
+}
+
+impl Outgoing {
+    /// Its stored form, to be built off the core's thread.
+    pub(super) fn lazy(&self) -> super::persist::LazyOutbound {
+        super::persist::LazyOutbound {
+            msg: self.msg.clone(),
+            inline: self.inline,
+            message_id: self.msg.store_id.load(Relaxed),
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: self.pid.map(NonZeroU16::get),
+            state: self.state,
+            sub_ids: self.sub_ids.clone(),
+        }
+    }
+}
+
+impl Broker {
+    /// Page reads the core asked for since the last call, for the driver
+    /// to run ([`Broker::page`] takes their answers).
+    pub(crate) fn take_page_requests(&mut self) -> Vec<PageRequest> {
+        std::mem::take(&mut self.pages.requests)
+    }
+
+    /// A page of a session's spilled queue, read back.
+    pub(crate) fn page(&mut self, page: Page, now_ms: u64) {
+        let Some(sid) = self.by_client_id.get(&page.request.client_id).copied() else {
+            return;
+        };
+        let (mut ctx, sessions) = self.ctx(now_ms);
+        if let Some(s) = sessions.get_mut(&sid) {
+            s.take_page(page, &mut ctx);
+        }
+    }
+
+    /// Asks again for the pages whose read failed (at each tick).
+    pub(super) fn retry_pages(&mut self, now_ms: u64) {
+        let retry = std::mem::take(&mut self.pages.retry);
+        for client_id in retry {
+            let Some(sid) = self.by_client_id.get(&client_id).copied() else {
+                continue;
+            };
+            let (mut ctx, sessions) = self.ctx(now_ms);
+            if let Some(s) = sessions.get_mut(&sid) {
+                s.want_page(&mut ctx);
+            }
+        }
+    }
+}
