@@ -3,9 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::{
-    MessageId, MessageRecord, Op, OutboundRecord, Record, Snapshot, StorageError, Store,
-};
+use crate::{MessageId, MessageRecord, Op, OutboundRecord, Record, Snapshot, StorageError, Store};
 
 /// Wraps any [`Store`] and makes chosen calls to [`Store::apply`] fail with
 /// [`StorageError::Injected`].

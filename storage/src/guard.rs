@@ -82,7 +82,10 @@ pub(crate) fn scan(
             };
             stop = Some(why);
             // Only ends the backend's loops: `stop` is what is returned.
-            Err(StorageError::io(name, "the scan was stopped by its visitor"))
+            Err(StorageError::io(
+                name,
+                "the scan was stopped by its visitor",
+            ))
         })
     });
     match stop {

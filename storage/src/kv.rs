@@ -300,6 +300,9 @@ pub(crate) fn version_bytes() -> [u8; 4] {
     u32::from(FORMAT_VERSION).to_be_bytes()
 }
 
+/// What [`Rows::rows`] calls for each row, with its key and value.
+pub(crate) type Row<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<(), StorageError>;
+
 /// Ordered reads of the tables, as an engine provides them for [`scan`].
 pub(crate) trait Rows {
     /// Passes each row of `table` whose key is in `[start, end)` (every row
@@ -310,7 +313,7 @@ pub(crate) trait Rows {
         &self,
         table: Table,
         range: Option<(&[u8], &[u8])>,
-        row: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+        row: Row<'_>,
     ) -> Result<(), StorageError>;
 }
 

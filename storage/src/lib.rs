@@ -358,7 +358,12 @@ pub trait Store: Send + Sync + 'static {
     /// backend returns only once the batch is durable.
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError>;
 
-    /// Reads the whole stored state (used once, at start-up).
+    /// Reads the whole stored state at once (at start-up).
+    ///
+    /// [`scan`](Self::scan) passes the same records one at a time, so that
+    /// a caller need not hold them all; a backend that implements `scan`
+    /// can build `load` on it with [`Snapshot::from_scan`], as this crate's
+    /// backends do.
     fn load(&self) -> Result<Snapshot, StorageError>;
 
     /// True if the data outlives the process.

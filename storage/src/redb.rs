@@ -323,7 +323,7 @@ impl kv::Rows for ReadView<'_> {
         &self,
         table: Table,
         range: Option<(&[u8], &[u8])>,
-        row: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+        row: kv::Row<'_>,
     ) -> Result<(), StorageError> {
         let what = || format!("cannot read {}", table.name());
         let t = &self.tables[table.index()];

@@ -3,8 +3,8 @@
 //! and a [`Snapshot`] ([`Snapshot::into_records`], [`Snapshot::from_scan`]).
 
 use crate::{
-    MessageId, MessageRecord, OutboundRecord, SessionRecord, Snapshot, StorageError,
-    StoredSession, SubscriptionRecord,
+    MessageId, MessageRecord, OutboundRecord, SessionRecord, Snapshot, StorageError, StoredSession,
+    SubscriptionRecord,
 };
 
 /// What [`Store::scan`](crate::Store::scan) calls for each record: an
@@ -76,51 +76,11 @@ impl Snapshot {
     /// passes them: what a scan of the store the snapshot was loaded from
     /// would have passed.
     pub fn into_records(self) -> impl Iterator<Item = Record> {
-        let sessions = self.sessions.into_iter().flat_map(|stored| {
-            let StoredSession {
-                session,
-                subscriptions,
-                outbound,
-                inbound_qos2,
-            } = stored;
-            let (id1, id2, id3) = (
-                session.client_id.clone(),
-                session.client_id.clone(),
-                session.client_id.clone(),
-            );
-            std::iter::once(Record::Session(session))
-                .chain(
-                    subscriptions
-                        .into_iter()
-                        .map(move |subscription| Record::Subscription {
-                            client_id: id1.clone(),
-                            subscription,
-                        }),
-                )
-                .chain(
-                    outbound
-                        .into_iter()
-                        .map(move |(seq, entry)| Record::Outbound {
-                            client_id: id2.clone(),
-                            seq,
-                            entry,
-                        }),
-                )
-                .chain(
-                    inbound_qos2
-                        .into_iter()
-                        .map(move |packet_id| Record::InboundQos2 {
-                            client_id: id3.clone(),
-                            packet_id,
-                        }),
-                )
-        });
-        sessions
-            .chain(
-                self.messages
-                    .into_iter()
-                    .map(|(id, message)| Record::Message { id, message }),
-            )
+        let messages = self.messages.into_iter();
+        self.sessions
+            .into_iter()
+            .flat_map(session_records)
+            .chain(messages.map(|(id, message)| Record::Message { id, message }))
             .chain(self.retained.into_iter().map(Record::Retained))
     }
 
@@ -198,6 +158,44 @@ impl Snapshot {
             )),
         }
     }
+}
+
+/// One session's records, in scan order.
+fn session_records(stored: StoredSession) -> impl Iterator<Item = Record> {
+    let StoredSession {
+        session,
+        subscriptions,
+        outbound,
+        inbound_qos2,
+    } = stored;
+    let id = session.client_id.clone();
+    let (sub_id, out_id) = (id.clone(), id.clone());
+    let subscriptions = subscriptions.into_iter().map(move |subscription| {
+        let client_id = sub_id.clone();
+        Record::Subscription {
+            client_id,
+            subscription,
+        }
+    });
+    let outbound = outbound.into_iter().map(move |(seq, entry)| {
+        let client_id = out_id.clone();
+        Record::Outbound {
+            client_id,
+            seq,
+            entry,
+        }
+    });
+    let inbound = inbound_qos2.into_iter().map(move |packet_id| {
+        let client_id = id.clone();
+        Record::InboundQos2 {
+            client_id,
+            packet_id,
+        }
+    });
+    std::iter::once(Record::Session(session))
+        .chain(subscriptions)
+        .chain(outbound)
+        .chain(inbound)
 }
 
 #[cfg(test)]

@@ -267,7 +267,7 @@ impl kv::Rows for SledStore {
         &self,
         table: Table,
         range: Option<(&[u8], &[u8])>,
-        row: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+        row: kv::Row<'_>,
     ) -> Result<(), StorageError> {
         let tree = self.tree(table);
         let rows = match range {

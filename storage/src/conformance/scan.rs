@@ -342,7 +342,16 @@ pub fn retained_many_in_order(store: &dyn Store) {
         ],
     );
     let asked = [
-        "ab", "missing", "a", "ab", "", "a/#", "gone", "a/b", "a/", "温度/🌡",
+        "ab",
+        "missing",
+        "a",
+        "ab",
+        "",
+        "a/#",
+        "gone",
+        "a/b",
+        "a/",
+        "温度/🌡",
     ];
     let v = |t: &str| Some(message(t, b"v"));
     assert_eq!(
