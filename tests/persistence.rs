@@ -9,7 +9,10 @@
 mod common;
 use common::*;
 use roost::codec::{Packet, ProtocolVersion, PubResp, QoS, QosPid, ReasonCode};
-use roost::storage::{FaultyStore, MemoryStore, Op, Snapshot, StorageError, Store};
+use roost::storage::{
+    FaultyStore, MemoryStore, MessageId, MessageRecord, Op, OutboundRecord, Record, Snapshot,
+    StorageError, Store,
+};
 use roost::{Options, Server};
 use std::sync::Arc;
 
@@ -61,6 +64,34 @@ impl Store for Stalled {
     }
     fn is_persistent(&self) -> bool {
         true
+    }
+    // Only writes stall; every read is forwarded, so that none falls back
+    // to the trait's default built on `load`.
+    fn flush(&self) -> Result<(), StorageError> {
+        self.inner.flush()
+    }
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundRecord)>, StorageError> {
+        self.inner.outbound_page(client_id, after_seq, limit)
+    }
+    fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        self.inner.messages(ids)
+    }
+    fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        self.inner.retained(topic)
+    }
+    fn retained_many(&self, topics: &[&str]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        self.inner.retained_many(topics)
+    }
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.inner.scan(visit)
     }
 }
 

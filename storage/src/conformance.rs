@@ -87,6 +87,12 @@ macro_rules! conformance_tests {
             messages_by_id,
             retained_by_topic,
             reads_agree_with_load,
+            scan_of_empty_store_passes_nothing,
+            scan_equals_load,
+            scan_order_is_documented_order,
+            visitor_error_stops_the_scan,
+            visitor_panic_unwinds,
+            retained_many_in_order,
         );
     };
 }
@@ -135,12 +141,15 @@ macro_rules! reopen_tests {
             reopen_after_rejected_batch,
             reopen_after_flush,
             reopen_reads_see_everything,
+            reopen_scan_sees_everything,
         );
     };
 }
 
 mod reads;
+mod scan;
 pub use reads::*;
+pub use scan::*;
 
 /// Opens a store in a directory (the reopen cases).
 pub type Opener<'a> = &'a dyn Fn(&Path) -> Result<Box<dyn Store>, StorageError>;

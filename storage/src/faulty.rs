@@ -1,9 +1,9 @@
 //! A wrapper backend that fails chosen writes and reads, for tests.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::{MessageId, MessageRecord, Op, OutboundRecord, Snapshot, StorageError, Store};
+use crate::{MessageId, MessageRecord, Op, OutboundRecord, Record, Snapshot, StorageError, Store};
 
 /// Wraps any [`Store`] and makes chosen calls to [`Store::apply`] fail with
 /// [`StorageError::Injected`].
@@ -23,12 +23,15 @@ use crate::{MessageId, MessageRecord, Op, OutboundRecord, Snapshot, StorageError
 /// - its number is at or past [`FaultHandle::fail_from_call`],
 /// - the switch [`FaultHandle::set_failing`] is on.
 ///
-/// The reads of a running broker ([`Store::outbound_page`],
-/// [`Store::messages`], [`Store::retained`]) are counted together
-/// ([`FaultHandle::read_calls`]) and fail while
+/// The reads ([`Store::outbound_page`], [`Store::messages`],
+/// [`Store::retained`], [`Store::retained_many`] and [`Store::scan`]) are
+/// counted together ([`FaultHandle::read_calls`]) and fail while
 /// [`FaultHandle::set_read_failing`] is on, or from the call chosen with
 /// [`FaultHandle::fail_reads_from_call`]: a failed read returns nothing and
-/// changes nothing. `load` has its own counter and switch.
+/// changes nothing (a failed scan calls its visitor not once). A scan can
+/// also fail part way, after passing some records
+/// ([`FaultHandle::fail_scans_after`]), as a disk error in the middle of a
+/// store would. `load` has its own counter and switch.
 ///
 /// ```
 /// use roost_storage::{FaultyStore, MemoryStore, Op, StorageError, Store};
@@ -73,12 +76,15 @@ struct FaultState {
     failing: AtomicBool,
     /// Fail every `load` while set.
     load_failing: AtomicBool,
-    /// Calls to the reads (`outbound_page`, `messages`, `retained`) so far.
+    /// Calls to the reads (`outbound_page`, `messages`, `retained`,
+    /// `retained_many`, `scan`) so far.
     read_calls: AtomicU64,
     /// Number of the first read call to fail; 0 means none.
     read_fail_from: AtomicU64,
     /// Fail every read while set.
     read_failing: AtomicBool,
+    /// Records a scan passes before it fails; `None` means it does not.
+    scan_fails_after: Mutex<Option<u64>>,
 }
 
 impl<S: Store> FaultyStore<S> {
@@ -149,20 +155,36 @@ impl FaultHandle {
     }
 
     /// Turns failing of every read (`outbound_page`, `messages`,
-    /// `retained`) on or off.
+    /// `retained`, `retained_many`, `scan`) on or off.
     pub fn set_read_failing(&self, failing: bool) {
         self.state.read_failing.store(failing, Ordering::SeqCst);
     }
 
     /// Makes the `n`th read call (counting from 1 since the store was
-    /// created, all three reads together) and every later one fail; `n == 0`
+    /// created, all the reads together) and every later one fail; `n == 0`
     /// clears it.
     pub fn fail_reads_from_call(&self, n: u64) {
         self.state.read_fail_from.store(n, Ordering::SeqCst);
     }
 
+    /// Makes every scan pass `records` records (fewer if the store holds
+    /// fewer) and then fail, instead of passing the next one; `None` clears
+    /// it. `Some(0)` fails a scan before its first record.
+    pub fn fail_scans_after(&self, records: Option<u64>) {
+        *self.scan_fails_after() = records;
+    }
+
+    fn scan_fails_after(&self) -> MutexGuard<'_, Option<u64>> {
+        // Only an `Option<u64>` is kept under it: poison changes nothing.
+        self.state
+            .scan_fails_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Removes every fault; counters are kept.
     pub fn clear(&self) {
+        self.fail_scans_after(None);
         self.fail_call(0);
         self.fail_from_call(0);
         self.set_failing(false);
@@ -192,8 +214,8 @@ impl FaultHandle {
         self.state.load_calls.load(Ordering::SeqCst)
     }
 
-    /// Calls to the reads (`outbound_page`, `messages`, `retained`) so far,
-    /// failed ones included.
+    /// Calls to the reads (`outbound_page`, `messages`, `retained`,
+    /// `retained_many`, `scan`) so far, failed ones included.
     pub fn read_calls(&self) -> u64 {
         self.state.read_calls.load(Ordering::SeqCst)
     }
@@ -294,6 +316,31 @@ impl<S: Store> Store for FaultyStore<S> {
     fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
         self.faults.admit_read("retained")?;
         self.inner.retained(topic)
+    }
+
+    fn retained_many(&self, topics: &[&str]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        self.faults.admit_read("retained_many")?;
+        self.inner.retained_many(topics)
+    }
+
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.faults.admit_read("scan")?;
+        let Some(limit) = *self.faults.scan_fails_after() else {
+            return self.inner.scan(visit);
+        };
+        let mut passed = 0;
+        self.inner.scan(&mut |record| {
+            if passed == limit {
+                return Err(StorageError::Injected {
+                    message: format!("scan failed on purpose after {passed} records"),
+                });
+            }
+            passed += 1;
+            visit(record)
+        })
     }
 }
 
@@ -445,6 +492,49 @@ mod tests {
         assert_eq!(h.read_calls(), 7);
         // Reads are not writes: the apply counters did not move.
         assert_eq!((h.apply_calls(), h.failed_applies()), (1, 0));
+    }
+
+    #[test]
+    fn scans_and_retained_many_are_reads_and_a_scan_can_fail_part_way() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let h = store.handle();
+        store.apply(&[put("a"), put("b"), put("c")]).unwrap();
+        let scanned = |store: &FaultyStore<MemoryStore>| {
+            let mut seen = Vec::new();
+            let result = store.scan(&mut |record| {
+                seen.push(record.client_id().unwrap_or_default().to_owned());
+                Ok(())
+            });
+            (result, seen)
+        };
+        assert_eq!(scanned(&store).1, ["a", "b", "c"]);
+        assert!(store.retained_many(&["t", "u"]).unwrap() == [None, None]);
+
+        h.set_read_failing(true);
+        let (result, seen) = scanned(&store);
+        assert!(matches!(result, Err(StorageError::Injected { .. })));
+        assert!(seen.is_empty(), "a failed scan visited {seen:?}");
+        let err = store.retained_many(&["t"]).unwrap_err();
+        assert!(err.to_string().contains("(retained_many)"), "{err}");
+
+        h.clear();
+        h.fail_scans_after(Some(2));
+        let (result, seen) = scanned(&store);
+        let err = result.unwrap_err();
+        assert!(matches!(err, StorageError::Injected { .. }), "{err:?}");
+        assert!(err.to_string().contains("after 2 records"), "{err}");
+        assert_eq!(seen, ["a", "b"]);
+        // Past the store's end: the scan completes.
+        h.fail_scans_after(Some(3));
+        let (result, seen) = scanned(&store);
+        assert!(result.is_ok());
+        assert_eq!(seen, ["a", "b", "c"]);
+        h.fail_scans_after(Some(0));
+        assert!(scanned(&store).1.is_empty());
+        h.clear();
+        assert_eq!(scanned(&store).1.len(), 3);
+        assert_eq!(h.read_calls(), 8);
+        assert_eq!(h.load_calls(), 0);
     }
 
     #[test]

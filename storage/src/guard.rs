@@ -12,12 +12,15 @@
 //! instead) for panics raised inside [`catch`] on the same thread, and hands
 //! every other panic to the hook that was installed before it.
 //!
-//! [`StorageError`]: crate::StorageError
+//! A scan also calls the caller's visitor from inside the backend; [`scan`]
+//! keeps the visitor's errors and panics apart from the backend's.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
+
+use crate::{StorageError, Visit};
 
 thread_local! {
     /// True while this thread runs a call through [`catch`].
@@ -44,6 +47,54 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .take()
             .unwrap_or_else(|| text(payload.as_ref()).to_string())
     })
+}
+
+/// Runs a backend's scan under [`catch`] while the caller's visitor stays
+/// the caller's: an error the visitor returns comes back unchanged (not
+/// named as the backend's), and a panic in it is printed and unwinds on as
+/// usual instead of being reported as damaged files.
+///
+/// `scan` is the backend's scan, given the visitor to call; `damaged`
+/// turns a panic inside the backend into its error; `name` names the
+/// backend in its own errors (see [`StorageError::in_backend`]).
+pub(crate) fn scan(
+    name: &'static str,
+    visit: Visit<'_>,
+    damaged: impl FnOnce(&str) -> StorageError,
+    scan: impl FnOnce(Visit<'_>) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    /// Why the visitor stopped the scan.
+    enum Stop {
+        Error(StorageError),
+        Panic(Box<dyn Any + Send>),
+    }
+    let mut stop = None;
+    let result = catch(|| {
+        scan(&mut |record| {
+            // The visitor's panics are not ours to quiet or catch for good.
+            let outer = CATCHING.replace(false);
+            let visited = panic::catch_unwind(AssertUnwindSafe(|| visit(record)));
+            CATCHING.set(outer);
+            let why = match visited {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => Stop::Error(e),
+                Err(payload) => Stop::Panic(payload),
+            };
+            stop = Some(why);
+            // Only ends the backend's loops: `stop` is what is returned.
+            Err(StorageError::io(
+                name,
+                "the scan was stopped by its visitor",
+            ))
+        })
+    });
+    match stop {
+        Some(Stop::Error(e)) => Err(e),
+        Some(Stop::Panic(payload)) => panic::resume_unwind(payload),
+        None => result
+            .map_err(|panic| damaged(&panic))?
+            .map_err(|e| e.in_backend(name)),
+    }
 }
 
 fn install_hook() {

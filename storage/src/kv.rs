@@ -1,6 +1,6 @@
 //! What the ordered key-value backends (sled, redb) share: the tables, the
 //! translation of a batch of [`Op`]s into key-value writes, the store format
-//! version check, and the assembly of a [`Snapshot`] from sorted tables.
+//! version check, and the scan of sorted tables.
 //!
 //! Layout on disk, for both engines: one table (sled tree, redb table) per
 //! [`Table`], keyed as [`keys`](crate::keys) describes, with values encoded by
@@ -10,12 +10,11 @@
 
 #[cfg(feature = "sled")]
 use std::collections::BTreeSet;
-use std::collections::HashMap;
 use std::path::Path;
 
 use crate::encoding::{self, try_encode, FORMAT_VERSION};
 use crate::keys::{self, client_range};
-use crate::{MessageId, MessageRecord, Op, Snapshot, StorageError, StoredSession};
+use crate::{Op, Record, SessionRecord, StorageError, Visit};
 
 /// Name of the table holding store-wide metadata.
 pub(crate) const META_TABLE: &str = "meta";
@@ -301,90 +300,85 @@ pub(crate) fn version_bytes() -> [u8; 4] {
     u32::from(FORMAT_VERSION).to_be_bytes()
 }
 
-/// Assembles a [`Snapshot`] from the tables read front to back.
-///
-/// Feed every session first (through [`session`](Self::session)), then the
-/// other tables, each in key order; the result is then ordered exactly as
-/// [`MemoryStore`](crate::MemoryStore) orders it. Per-client entries of a
-/// client without a session record are skipped (orphans are left out).
-#[derive(Debug, Default)]
-pub(crate) struct SnapshotBuilder {
-    sessions: Vec<StoredSession>,
-    /// Position in `sessions` of each client id.
-    index: HashMap<String, usize>,
-    messages: Vec<(MessageId, MessageRecord)>,
-    retained: Vec<MessageRecord>,
+/// What [`Rows::rows`] calls for each row, with its key and value.
+pub(crate) type Row<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<(), StorageError>;
+
+/// Ordered reads of the tables, as an engine provides them for [`scan`].
+pub(crate) trait Rows {
+    /// Passes each row of `table` whose key is in `[start, end)` (every row
+    /// if `range` is `None`) to `row`, in key order, holding only the
+    /// current row; stops at the first error and returns it (an error of
+    /// `row` unchanged).
+    fn rows(
+        &self,
+        table: Table,
+        range: Option<(&[u8], &[u8])>,
+        row: Row<'_>,
+    ) -> Result<(), StorageError>;
 }
 
-impl SnapshotBuilder {
-    /// Adds a row of `table`.
-    pub(crate) fn add(
-        &mut self,
-        table: Table,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<(), StorageError> {
-        match table {
-            Table::Sessions => {
-                let client_id = keys::decode_session_key(key)?;
-                let session: crate::SessionRecord = encoding::decode(value)?;
-                if session.client_id != client_id {
-                    return Err(StorageError::corrupt(
-                        "",
-                        format!(
-                            "session stored under {client_id:?} is for {:?}",
-                            session.client_id
-                        ),
-                    ));
-                }
-                self.index.insert(client_id, self.sessions.len());
-                self.sessions.push(StoredSession {
-                    session,
-                    subscriptions: Vec::new(),
-                    outbound: Vec::new(),
-                    inbound_qos2: Vec::new(),
-                });
-            }
-            Table::Subscriptions => {
-                let (client_id, _) = keys::decode_subscription_key(key)?;
-                if let Some(s) = self.client(&client_id) {
-                    s.subscriptions.push(encoding::decode(value)?);
-                }
-            }
-            Table::Outbound => {
-                let (client_id, seq) = keys::decode_outbound_key(key)?;
-                if let Some(s) = self.client(&client_id) {
-                    s.outbound.push((seq, encoding::decode(value)?));
-                }
-            }
-            Table::InboundQos2 => {
-                let (client_id, packet_id) = keys::decode_inbound_qos2_key(key)?;
-                if let Some(s) = self.client(&client_id) {
-                    s.inbound_qos2.push(packet_id);
-                }
-            }
-            Table::Messages => {
-                let id = keys::decode_message_key(key)?;
-                self.messages.push((id, encoding::decode(value)?));
-            }
-            Table::Retained => self.retained.push(encoding::decode(value)?),
-        }
-        Ok(())
-    }
+/// [`Store::scan`](crate::Store::scan) over sorted tables.
+///
+/// Reads the sessions table front to back; after each session, the range
+/// of its client in each per-client table (see [`client_range`]): so the
+/// records come in the documented order, orphans are never read, and
+/// nothing is kept from one row to the next. Then the messages and
+/// retained tables front to back.
+pub(crate) fn scan(rows: &dyn Rows, visit: Visit<'_>) -> Result<(), StorageError> {
+    rows.rows(Table::Sessions, None, &mut |key, value| {
+        let session = session_row(key, value)?;
+        let (start, end) = client_range(&session.client_id);
+        let range = Some((start.as_slice(), end.as_slice()));
+        visit(Record::Session(session))?;
+        rows.rows(Table::Subscriptions, range, &mut |key, value| {
+            let (client_id, _) = keys::decode_subscription_key(key)?;
+            visit(Record::Subscription {
+                client_id,
+                subscription: encoding::decode(value)?,
+            })
+        })?;
+        rows.rows(Table::Outbound, range, &mut |key, value| {
+            let (client_id, seq) = keys::decode_outbound_key(key)?;
+            visit(Record::Outbound {
+                client_id,
+                seq,
+                entry: encoding::decode(value)?,
+            })
+        })?;
+        rows.rows(Table::InboundQos2, range, &mut |key, _| {
+            let (client_id, packet_id) = keys::decode_inbound_qos2_key(key)?;
+            visit(Record::InboundQos2 {
+                client_id,
+                packet_id,
+            })
+        })
+    })?;
+    rows.rows(Table::Messages, None, &mut |key, value| {
+        visit(Record::Message {
+            id: keys::decode_message_key(key)?,
+            message: encoding::decode(value)?,
+        })
+    })?;
+    rows.rows(Table::Retained, None, &mut |_, value| {
+        visit(Record::Retained(encoding::decode(value)?))
+    })
+}
 
-    fn client(&mut self, client_id: &str) -> Option<&mut StoredSession> {
-        let at = *self.index.get(client_id)?;
-        self.sessions.get_mut(at)
+/// Decodes a row of the sessions table, checking that the record is the
+/// key's.
+fn session_row(key: &[u8], value: &[u8]) -> Result<SessionRecord, StorageError> {
+    let client_id = keys::decode_session_key(key)?;
+    let session: SessionRecord = encoding::decode(value)?;
+    if session.client_id != client_id {
+        return Err(StorageError::corrupt(
+            "",
+            format!(
+                "session stored under {client_id:?} is for {:?}",
+                session.client_id
+            ),
+        ));
     }
-
-    /// The snapshot.
-    pub(crate) fn finish(self) -> Snapshot {
-        Snapshot {
-            sessions: self.sessions,
-            messages: self.messages,
-            retained: self.retained,
-        }
-    }
+    Ok(session)
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 //!
 //! The broker describes every change to its durable state as an [`Op`] and
 //! hands a batch of them to [`Store::apply`]. At start-up it reads everything
-//! back with [`Store::load`]; while running it can read parts of the state
-//! back ([`Store::outbound_page`], [`Store::messages`], [`Store::retained`]),
-//! so that queued and retained messages need not all stay in memory.
+//! back, one record at a time with [`Store::scan`] (keeping only what it
+//! wants), or all at once with [`Store::load`]; while running it can read
+//! parts of the state back ([`Store::outbound_page`], [`Store::messages`],
+//! [`Store::retained`], [`Store::retained_many`]), so that queued and
+//! retained messages need not all stay in memory.
 //!
 //! This crate knows nothing about MQTT packets or sockets: records are plain
 //! data, so a backend can be tested on its own.
@@ -37,11 +39,19 @@
 //! - **Snapshot.** [`Store::load`] returns everything ordered (see
 //!   [`Snapshot`]); per-client entries whose client has no session record are
 //!   kept but left out of the snapshot.
+//! - **Scan.** [`Store::scan`] passes the same content as `load`, one
+//!   [`Record`] at a time, in `load`'s order: each session followed by its
+//!   subscriptions, outbound entries and inbound QoS 2 ids, then message
+//!   bodies by id, then retained messages by topic. An error from the
+//!   visitor stops it and is returned as it is. This crate's backends build
+//!   `load` on their `scan` ([`Snapshot::from_scan`]), and keep nothing
+//!   per record while scanning.
 //! - **Reads.** The point and range reads see every batch whose `apply`
 //!   returned `Ok` before the read began, and agree with what `load` would
 //!   return at that moment (orphans left out here too). Their default
-//!   implementations go through `load`, so a third-party backend keeps
-//!   compiling; this crate's backends read only what is asked for.
+//!   implementations go through `load` (`scan` too; `retained_many` through
+//!   `retained`), so a third-party backend keeps compiling; this crate's
+//!   backends read only what is asked for.
 //!
 //! Every backend passes the same conformance suite,
 //! [`conformance_tests!`], persistent ones also [`reopen_tests!`] (drop the
@@ -52,7 +62,9 @@
 //! # Example
 //!
 //! ```
-//! use roost_storage::{MemoryStore, Op, SessionOwner, SessionRecord, Store, SubscriptionRecord};
+//! use roost_storage::{
+//!     MemoryStore, Op, Record, SessionOwner, SessionRecord, Store, SubscriptionRecord,
+//! };
 //!
 //! # fn main() -> Result<(), roost_storage::StorageError> {
 //! let store = MemoryStore::new();
@@ -81,6 +93,16 @@
 //! let snapshot = store.load()?;
 //! assert_eq!(snapshot.sessions.len(), 1);
 //! assert_eq!(snapshot.sessions[0].subscriptions[0].filter, "cmd/sensor-1/#");
+//!
+//! // The same, one record at a time, keeping only the filters.
+//! let mut filters = Vec::new();
+//! store.scan(&mut |record| {
+//!     if let Record::Subscription { subscription, .. } = record {
+//!         filters.push(subscription.filter);
+//!     }
+//!     Ok(())
+//! })?;
+//! assert_eq!(filters, ["cmd/sensor-1/#"]);
 //!
 //! // Deleting the session takes its subscriptions with it.
 //! store.apply(&[Op::DeleteSession { client_id: "sensor-1".into() }])?;
@@ -143,6 +165,7 @@ mod overlay;
 mod record;
 #[cfg(feature = "redb")]
 mod redb;
+mod scan;
 #[cfg(feature = "sled")]
 mod sled;
 
@@ -154,6 +177,7 @@ pub use crate::sled::SledStore;
 pub use faulty::{FaultHandle, FaultyStore};
 pub use memory::MemoryStore;
 pub use record::*;
+pub use scan::{Record, Visit};
 
 /// The underlying error a [`StorageError`] carries as its
 /// [`source`](std::error::Error::source): an I/O, sled, redb or bincode
@@ -334,7 +358,12 @@ pub trait Store: Send + Sync + 'static {
     /// backend returns only once the batch is durable.
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError>;
 
-    /// Reads the whole stored state (used once, at start-up).
+    /// Reads the whole stored state at once (at start-up).
+    ///
+    /// [`scan`](Self::scan) passes the same records one at a time, so that
+    /// a caller need not hold them all; a backend that implements `scan`
+    /// can build `load` on it with [`Snapshot::from_scan`], as this crate's
+    /// backends do.
     fn load(&self) -> Result<Snapshot, StorageError>;
 
     /// True if the data outlives the process.
@@ -439,6 +468,70 @@ pub trait Store: Send + Sync + 'static {
     fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
         Ok(self.load()?.retained.into_iter().find(|m| m.topic == topic))
     }
+
+    /// Reads the retained messages of many topics (exact topic names):
+    /// one answer per topic, in the order of `topics` (a repeated topic is
+    /// answered each time), `None` for a topic with none.
+    ///
+    /// It exists for a subscription whose filter matches many retained
+    /// topics whose payloads are not in memory: one call, and one read
+    /// transaction where the backend has them (`MemoryStore` and
+    /// `RedbStore` answer from one state; `SledStore` reads topic by topic,
+    /// as [`messages`](Self::messages) reads ids).
+    ///
+    /// Consistency is that of [`outbound_page`](Self::outbound_page). The
+    /// default implementation calls [`retained`](Self::retained) for each
+    /// topic: right for a backend that reads a topic at a time, slow for
+    /// one that keeps `retained`'s default.
+    fn retained_many(&self, topics: &[&str]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        topics.iter().map(|topic| self.retained(topic)).collect()
+    }
+
+    /// Reads the whole stored state one record at a time, passing each to
+    /// `visit`, so that a caller keeps only what it wants (an index instead
+    /// of every payload) where [`load`](Self::load) would hold everything
+    /// at once.
+    ///
+    /// It passes what `load` returns, in the order `load` lists it
+    /// ([`Snapshot::into_records`] gives exactly that sequence), orphans
+    /// (per-client records of a client without a session record) left out:
+    ///
+    /// 1. every session, by client id (byte order), each followed at once by
+    ///    what belongs to it: its subscriptions (by filter), then its
+    ///    outbound entries (by seq), then its inbound QoS 2 ids
+    ///    (ascending), before the next session;
+    /// 2. then the message bodies, by id;
+    /// 3. then the retained messages, by topic.
+    ///
+    /// A session's records stay together so that a caller can finish one
+    /// session before it sees the next, and so that a key-value backend
+    /// reads each session's records with one range read per kind, never
+    /// visiting an orphan.
+    ///
+    /// An error returned by `visit` stops the scan: `scan` returns that
+    /// error as it is, and calls `visit` no more. A panic in `visit`
+    /// unwinds out of `scan`. `visit` must not call into the store: a
+    /// backend may hold a lock for the whole scan (`MemoryStore` does, so a
+    /// write from `visit` would deadlock).
+    ///
+    /// Memory: this crate's backends keep nothing per record while they
+    /// scan (they iterate their tables, holding only the current row, and
+    /// the engine's own page cache), so what the scan costs is what
+    /// `visit` keeps. The default implementation calls `load` and passes
+    /// its snapshot's records: correct, but it holds the whole snapshot.
+    ///
+    /// # Consistency
+    ///
+    /// `MemoryStore` (holding its lock) and `RedbStore` (in one read
+    /// transaction) pass one committed state. `SledStore` reads its trees
+    /// as they are while it goes, so a batch applied during the scan may be
+    /// seen in part; the broker scans at start-up, before it writes.
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.load()?.into_records().try_for_each(visit)
+    }
 }
 
 /// A store behind a pointer forwards every method, the reads included: a
@@ -482,6 +575,20 @@ macro_rules! forward_store {
 
             fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
                 (**self).retained(topic)
+            }
+
+            fn retained_many(
+                &self,
+                topics: &[&str],
+            ) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+                (**self).retained_many(topics)
+            }
+
+            fn scan(
+                &self,
+                visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
+            ) -> Result<(), StorageError> {
+                (**self).scan(visit)
             }
         }
     };

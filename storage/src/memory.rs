@@ -5,8 +5,8 @@ use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{
-    MessageId, MessageRecord, Op, OutboundRecord, SessionRecord, Snapshot, StorageError, Store,
-    StoredSession, SubscriptionRecord,
+    MessageId, MessageRecord, Op, OutboundRecord, Record, SessionRecord, Snapshot, StorageError,
+    Store, SubscriptionRecord, Visit,
 };
 
 /// Keeps everything in memory; nothing survives the process.
@@ -131,34 +131,45 @@ impl State {
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
-        let sessions = self
-            .clients
-            .values()
-            .filter_map(|client| {
-                // Orphans (no session record) are left out.
-                let session = client.session.clone()?;
-                Some(StoredSession {
-                    session,
-                    subscriptions: client.subscriptions.values().cloned().collect(),
-                    outbound: client
-                        .outbound
-                        .iter()
-                        .map(|(seq, entry)| (*seq, entry.clone()))
-                        .collect(),
-                    inbound_qos2: client.inbound_qos2.iter().copied().collect(),
-                })
-            })
-            .collect();
-        Snapshot {
-            sessions,
-            messages: self
-                .messages
-                .iter()
-                .map(|(id, message)| (*id, message.clone()))
-                .collect(),
-            retained: self.retained.values().cloned().collect(),
+    /// Passes every record to `visit`, in the order of `Store::scan`.
+    fn scan(&self, visit: Visit<'_>) -> Result<(), StorageError> {
+        for client in self.clients.values() {
+            // Orphans (no session record) are left out.
+            let Some(session) = &client.session else {
+                continue;
+            };
+            let client_id = &session.client_id;
+            visit(Record::Session(session.clone()))?;
+            for subscription in client.subscriptions.values() {
+                visit(Record::Subscription {
+                    client_id: client_id.clone(),
+                    subscription: subscription.clone(),
+                })?;
+            }
+            for (seq, entry) in &client.outbound {
+                visit(Record::Outbound {
+                    client_id: client_id.clone(),
+                    seq: *seq,
+                    entry: entry.clone(),
+                })?;
+            }
+            for packet_id in &client.inbound_qos2 {
+                visit(Record::InboundQos2 {
+                    client_id: client_id.clone(),
+                    packet_id: *packet_id,
+                })?;
+            }
         }
+        for (id, message) in &self.messages {
+            visit(Record::Message {
+                id: *id,
+                message: message.clone(),
+            })?;
+        }
+        for message in self.retained.values() {
+            visit(Record::Retained(message.clone()))?;
+        }
+        Ok(())
     }
 }
 
@@ -169,8 +180,9 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while the lock is held (`State::apply` and
-        // `State::snapshot` cannot fail), so a poisoned lock still guards a
+        // Nothing that changes the state panics while the lock is held
+        // (`State::apply` cannot fail; a scan's visitor may panic, but a
+        // scan changes nothing), so a poisoned lock still guards a
         // consistent state.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -192,7 +204,7 @@ impl Store for MemoryStore {
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
-        Ok(self.lock().snapshot())
+        Snapshot::from_scan(|visit| self.scan(visit))
     }
 
     fn is_persistent(&self) -> bool {
@@ -232,5 +244,22 @@ impl Store for MemoryStore {
 
     fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
         Ok(self.lock().retained.get(topic).cloned())
+    }
+
+    fn retained_many(&self, topics: &[&str]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        let state = self.lock();
+        Ok(topics
+            .iter()
+            .map(|topic| state.retained.get(*topic).cloned())
+            .collect())
+    }
+
+    /// Holds the lock for the whole scan: one consistent state, and writes
+    /// wait until the scan ends.
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.lock().scan(visit)
     }
 }

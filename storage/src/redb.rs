@@ -8,10 +8,11 @@ use ::redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use ::redb::backends::FileBackend;
 
 use crate::guard;
-use crate::kv::{self, SnapshotBuilder, Table, Write};
+use crate::kv::{self, Table, Write};
 use crate::overlay::Overlay;
 use crate::{
-    encoding, keys, MessageId, MessageRecord, Op, OutboundRecord, Snapshot, StorageError, Store,
+    encoding, keys, MessageId, MessageRecord, Op, OutboundRecord, Record, Snapshot, StorageError,
+    Store, Visit,
 };
 
 /// The backend's name in its errors.
@@ -191,26 +192,6 @@ impl RedbStore {
         txn.commit()
             .map_err(|e| self.error("cannot commit a batch", e))
     }
-
-    fn load_unguarded(&self) -> Result<Snapshot, StorageError> {
-        // One read transaction: a consistent view of every table.
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.error("cannot begin a read transaction", e))?;
-        let mut builder = SnapshotBuilder::default();
-        for table in Table::ALL {
-            let t = txn
-                .open_table(definition(table))
-                .map_err(|e| self.error("cannot open a table", e))?;
-            let rows = t.iter().map_err(|e| self.error("cannot read", e))?;
-            for row in rows {
-                let (key, value) = row.map_err(|e| self.error("cannot read", e))?;
-                builder.add(table, key.value(), value.value())?;
-            }
-        }
-        Ok(builder.finish())
-    }
 }
 
 /// The reads of a running broker: each is one read transaction, so it sees
@@ -288,13 +269,74 @@ impl RedbStore {
     }
 
     fn retained_unguarded(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
+        self.retained_many_unguarded(&[topic])
+            .map(|mut found| found.pop().flatten())
+    }
+
+    fn retained_many_unguarded(
+        &self,
+        topics: &[&str],
+    ) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        if topics.is_empty() {
+            return Ok(Vec::new());
+        }
         let txn = self.begin_read()?;
         let table = self.open_read(&txn, Table::Retained)?;
-        let key = keys::retained_key(topic);
-        let value = table
-            .get(key.as_slice())
-            .map_err(|e| self.error("cannot read a retained message", e))?;
-        value.map(|v| encoding::decode(v.value())).transpose()
+        topics
+            .iter()
+            .map(|topic| {
+                let key = keys::retained_key(topic);
+                let value = table
+                    .get(key.as_slice())
+                    .map_err(|e| self.error("cannot read a retained message", e))?;
+                value.map(|v| encoding::decode(v.value())).transpose()
+            })
+            .collect()
+    }
+
+    fn scan_unguarded(&self, visit: Visit<'_>) -> Result<(), StorageError> {
+        // One read transaction: a consistent view of every table.
+        let txn = self.begin_read()?;
+        let mut tables = Vec::with_capacity(Table::ALL.len());
+        for table in Table::ALL {
+            tables.push(self.open_read(&txn, table)?);
+        }
+        let view = ReadView {
+            store: self,
+            tables,
+        };
+        kv::scan(&view, visit)
+    }
+}
+
+/// Every table of one read transaction, for a scan.
+struct ReadView<'a> {
+    store: &'a RedbStore,
+    /// In `Table::ALL` order.
+    tables: Vec<::redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+}
+
+/// redb's range iterators read a table a page at a time: a scan holds the
+/// current row, not the table.
+impl kv::Rows for ReadView<'_> {
+    fn rows(
+        &self,
+        table: Table,
+        range: Option<(&[u8], &[u8])>,
+        row: kv::Row<'_>,
+    ) -> Result<(), StorageError> {
+        let what = || format!("cannot read {}", table.name());
+        let t = &self.tables[table.index()];
+        let rows = match range {
+            None => t.iter(),
+            Some((start, end)) => t.range(start..end),
+        }
+        .map_err(|e| self.store.error(&what(), e))?;
+        for next in rows {
+            let (key, value) = next.map_err(|e| self.store.error(&what(), e))?;
+            row(key.value(), value.value())?;
+        }
+        Ok(())
     }
 }
 
@@ -327,7 +369,19 @@ impl Store for RedbStore {
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
-        self.reading(|| self.load_unguarded())
+        Snapshot::from_scan(|visit| self.scan(visit))
+    }
+
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        guard::scan(
+            NAME,
+            visit,
+            |panic| damaged(&self.path, panic),
+            |visit| self.scan_unguarded(visit),
+        )
     }
 
     fn is_persistent(&self) -> bool {
@@ -349,6 +403,10 @@ impl Store for RedbStore {
 
     fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
         self.reading(|| self.retained_unguarded(topic))
+    }
+
+    fn retained_many(&self, topics: &[&str]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        self.reading(|| self.retained_many_unguarded(topics))
     }
 
     // `flush` keeps the default: every commit is already durable.

@@ -9,9 +9,10 @@ use ::sled::transaction::{ConflictableTransactionError, TransactionError};
 use ::sled::{Db, Transactional, Tree};
 
 use crate::guard;
-use crate::kv::{self, SnapshotBuilder, Table, Write};
+use crate::kv::{self, Table, Write};
 use crate::{
-    encoding, keys, MessageId, MessageRecord, Op, OutboundRecord, Snapshot, StorageError, Store,
+    encoding, keys, MessageId, MessageRecord, Op, OutboundRecord, Record, Snapshot, StorageError,
+    Store,
 };
 
 /// The backend's name in its errors.
@@ -171,19 +172,6 @@ impl SledStore {
         self.flush()
     }
 
-    fn load_unguarded(&self) -> Result<Snapshot, StorageError> {
-        // Called once at start-up, before the writer runs, so reading the
-        // trees one after the other sees one consistent state.
-        let mut builder = SnapshotBuilder::default();
-        for table in Table::ALL {
-            for row in self.tree(table).iter() {
-                let (key, value) = row.map_err(|e| error(&self.path, "cannot read", e))?;
-                builder.add(table, &key, &value)?;
-            }
-        }
-        Ok(builder.finish())
-    }
-
     fn outbound_page_unguarded(
         &self,
         client_id: &str,
@@ -240,6 +228,16 @@ impl SledStore {
             .transpose()
     }
 
+    fn retained_many_unguarded(
+        &self,
+        topics: &[&str],
+    ) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        topics
+            .iter()
+            .map(|topic| self.retained_unguarded(topic))
+            .collect()
+    }
+
     /// The error for a panic inside sled while it wrote.
     fn failed_writing(&self, panic: &str) -> StorageError {
         StorageError::io(
@@ -262,6 +260,29 @@ impl SledStore {
     }
 }
 
+/// sled's iterators read a tree a page at a time: a scan holds the current
+/// row, not the tree.
+impl kv::Rows for SledStore {
+    fn rows(
+        &self,
+        table: Table,
+        range: Option<(&[u8], &[u8])>,
+        row: kv::Row<'_>,
+    ) -> Result<(), StorageError> {
+        let tree = self.tree(table);
+        let rows = match range {
+            None => tree.iter(),
+            Some((start, end)) => tree.range(start..end),
+        };
+        for next in rows {
+            let (key, value) =
+                next.map_err(|e| error(&self.path, &format!("cannot read {}", table.name()), e))?;
+            row(&key, &value)?;
+        }
+        Ok(())
+    }
+}
+
 /// Every call into sled runs under `guard::catch`: a panic on damaged
 /// files becomes an error naming the directory.
 impl Store for SledStore {
@@ -272,7 +293,22 @@ impl Store for SledStore {
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
-        self.reading(|| self.load_unguarded())
+        Snapshot::from_scan(|visit| self.scan(visit))
+    }
+
+    /// Not a snapshot: the trees are read as they are while the scan goes
+    /// (the trait documents this for sled). At start-up, before the writer
+    /// runs, that is one consistent state.
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        guard::scan(
+            NAME,
+            visit,
+            |panic| damaged(&self.path, panic),
+            |visit| kv::scan(self, visit),
+        )
     }
 
     fn is_persistent(&self) -> bool {
@@ -294,6 +330,10 @@ impl Store for SledStore {
 
     fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
         self.reading(|| self.retained_unguarded(topic))
+    }
+
+    fn retained_many(&self, topics: &[&str]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        self.reading(|| self.retained_many_unguarded(topics))
     }
 
     fn flush(&self) -> Result<(), StorageError> {

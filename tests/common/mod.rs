@@ -63,6 +63,9 @@ pub(crate) fn unique(prefix: &str) -> String {
 
 /// The in-memory store, claiming to be persistent so that the broker
 /// records and commits everything as it would on disk.
+///
+/// Every method but `is_persistent` is forwarded: one left out would fall
+/// back to the trait's default, built on `load`, without a word.
 #[derive(Debug, Default)]
 pub(crate) struct Durable(roost::storage::MemoryStore);
 
@@ -75,6 +78,41 @@ impl roost::storage::Store for Durable {
     }
     fn is_persistent(&self) -> bool {
         true
+    }
+    fn flush(&self) -> Result<(), roost::storage::StorageError> {
+        self.0.flush()
+    }
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, roost::storage::OutboundRecord)>, roost::storage::StorageError> {
+        self.0.outbound_page(client_id, after_seq, limit)
+    }
+    fn messages(
+        &self,
+        ids: &[roost::storage::MessageId],
+    ) -> Result<Vec<Option<roost::storage::MessageRecord>>, roost::storage::StorageError> {
+        self.0.messages(ids)
+    }
+    fn retained(
+        &self,
+        topic: &str,
+    ) -> Result<Option<roost::storage::MessageRecord>, roost::storage::StorageError> {
+        self.0.retained(topic)
+    }
+    fn retained_many(
+        &self,
+        topics: &[&str],
+    ) -> Result<Vec<Option<roost::storage::MessageRecord>>, roost::storage::StorageError> {
+        self.0.retained_many(topics)
+    }
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(roost::storage::Record) -> Result<(), roost::storage::StorageError>,
+    ) -> Result<(), roost::storage::StorageError> {
+        self.0.scan(visit)
     }
 }
 

@@ -5,7 +5,9 @@
 use std::fs;
 use std::path::Path;
 
-use roost_storage::{MessageId, MessageRecord, Op, OutboundRecord, Snapshot, StorageError, Store};
+use roost_storage::{
+    MessageId, MessageRecord, Op, OutboundRecord, Record, Snapshot, StorageError, Store,
+};
 use tempfile::TempDir;
 
 /// A store that owns the temporary directory it lives in (dropped after the
@@ -58,6 +60,17 @@ impl<S: Store> Store for TempStore<S> {
 
     fn retained(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
         self.store.retained(topic)
+    }
+
+    fn retained_many(&self, topics: &[&str]) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+        self.store.retained_many(topics)
+    }
+
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.store.scan(visit)
     }
 }
 
