@@ -62,6 +62,9 @@ impl Store for Stalled {
     fn is_persistent(&self) -> bool {
         true
     }
+    fn recover(&self) -> Result<(), StorageError> {
+        self.inner.recover()
+    }
 }
 
 fn persistent(version: ProtocolVersion, id: &str) -> roost::codec::Connect {

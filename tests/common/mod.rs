@@ -76,6 +76,9 @@ impl roost::storage::Store for Durable {
     fn is_persistent(&self) -> bool {
         true
     }
+    fn recover(&self) -> Result<(), roost::storage::StorageError> {
+        self.0.recover()
+    }
 }
 
 /// Polls `cond` until it holds, for up to `WAIT`.
