@@ -195,6 +195,9 @@ pub(crate) struct Broker {
     next_gate: u64,
     /// Connections whose keep-alive is watched.
     keepalives: keepalive::KeepAlives,
+    /// The store's writes fail: read from the commit task's flag once per
+    /// event (see [`Broker::storage_failing`]).
+    failing: bool,
 }
 
 /// One subscriber a message goes to.
@@ -237,6 +240,7 @@ impl Broker {
             scratch: Vec::new(),
             next_gate: 0,
             keepalives: Default::default(),
+            failing: false,
         }
     }
 
@@ -245,6 +249,29 @@ impl Broker {
     /// outboxes and reports to [`Broker::commit_progress`].
     pub(crate) fn take_commit(&mut self) -> Option<Commit> {
         self.persist.take_commit()
+    }
+
+    /// True while the store's writes fail (the commit task sets and clears
+    /// the flag: see `server::commit`). Work that would need storage is then
+    /// refused before it changes anything, so the operations waiting for the
+    /// store stay bounded and memory never gets ahead of what will be
+    /// written.
+    ///
+    /// Read once per event ([`Broker::watch_storage`]), never halfway: an
+    /// acknowledgement let go early because the flag was raised after its
+    /// message was routed would vouch for a write that has not happened.
+    pub(super) fn storage_failing(&self) -> bool {
+        self.failing
+    }
+
+    /// Reads the commit task's flag (see [`Broker::storage_failing`]).
+    fn watch_storage(&mut self) {
+        self.failing = self.persist.enabled
+            && self
+                .stats
+                .storage_failing
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != 0;
     }
 
     /// Storage operations recorded since the last commit was taken.
@@ -261,6 +288,7 @@ impl Broker {
     /// emptied, for a reader to fill again.
     pub(crate) fn handle(&mut self, event: Event, now: Now) -> Option<Vec<Packet>> {
         let now_ms = now.ms;
+        self.watch_storage();
         match event {
             Event::Connect {
                 conn,

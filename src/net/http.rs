@@ -158,6 +158,7 @@ fn json(s: &StatsSnapshot) -> String {
         "unauthenticated_refused": s.unauthenticated_refused,
         "http_evicted": s.http_evicted,
         "retained_refused": s.retained_refused,
+        "storage_refused": s.storage_refused,
         "packets_ignored": s.packets_ignored,
         "memory": resident_memory(),
     })
@@ -166,7 +167,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 19] = [
+    let counters: [(&str, &str, u64); 20] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -246,6 +247,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             s.retained_refused,
         ),
         (
+            "storage_refused",
+            "Packets refused while the store's writes failed (PUBLISH, SUBSCRIBE, CONNECT, retain).",
+            s.storage_refused,
+        ),
+        (
             "packets_ignored",
             "Packets read from connections the broker had already closed.",
             s.packets_ignored,
@@ -254,7 +260,7 @@ fn prometheus(s: &StatsSnapshot) -> String {
     let gauges: [(&str, &str, u64); 10] = [
         (
             "storage_failing",
-            "1 while the store's last write failed (acknowledgements withheld).",
+            "1 while the store's writes fail (retried; work needing storage refused).",
             u64::from(s.storage_failing),
         ),
         (
