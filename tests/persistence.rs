@@ -380,14 +380,8 @@ async fn pubrel_waits_for_the_released_state_to_be_stored() {
 /// Waits until everything recorded so far is written: a retained QoS 1
 /// PUBACK leaves only once its commit (and every one before it) is.
 async fn settle(c: &mut Raw) {
-    c.publish(retained_msg("settled", "1", QoS::AtLeastOnce, 9))
+    c.publish(retained("settled", "1", QoS::AtLeastOnce, 9))
         .await;
-}
-
-fn retained_msg(topic: &str, body: &str, qos: QoS, pid: u16) -> roost::codec::Publish {
-    let mut p = publish(topic, body, qos, pid);
-    p.retain = true;
-    p
 }
 
 /// A write that fails (a full disk) is kept and tried again until it is

@@ -14,6 +14,15 @@
 //! ([`coalesce_staged`]). A message delivered and acknowledged within a
 //! round or two never touches the disk. When nothing else is queued, a
 //! group is written at once: waiting only pays when the next one comes.
+//!
+//! **A failed write is retried, never dropped** (a full disk, say): the
+//! batch and everything after it wait, in order, and are tried again with
+//! backoff, the store [recovering](roost_storage::Store::recover) before
+//! each try, until written; their acknowledgements wait with them. The
+//! `storage_failing` flag tells the core meanwhile to refuse new work that
+//! needs storage, which keeps the backlog bounded. Only a batch no retry can
+//! fix (an invalid op) fails, and at shutdown what is still unwritten after
+//! [`SHUTDOWN_GRACE`]: their acknowledgements turn into refusals.
 
 use crate::broker::{coalesce_staged, Commit, CommitProgress, Created};
 use crate::stats::{self, Stats};
@@ -275,7 +284,7 @@ impl Retry<'_> {
 }
 
 /// A backend that panics has failed this write, like one that returns an
-/// error: its acknowledgements turn into refusals instead of hanging.
+/// I/O error: the batch is kept and tried again, the task goes on.
 fn apply(store: &dyn Store, ops: &[Op]) -> Result<(), StorageError> {
     // Nothing of ours is left half-changed by a panic inside `apply`: the
     // ops are only read, and the store's own state is its business.
