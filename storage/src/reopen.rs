@@ -44,6 +44,7 @@ impl<T> Reopen<T> {
     }
 
     /// The open handle, for a caller that has the store to itself.
+    #[cfg(feature = "redb")]
     pub(crate) fn get_mut(&mut self) -> Option<&mut T> {
         self.current
             .get_mut()

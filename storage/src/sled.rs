@@ -289,7 +289,7 @@ impl Store for SledStore {
     /// Reopens the database if a write failed since it was opened. sled
     /// recovers its log on opening, back to the last flush; a handle
     /// dropped here releases its lock a moment later, which opening waits
-    /// for (see [`open_db`]).
+    /// for (up to two seconds).
     fn recover(&self) -> Result<(), StorageError> {
         self.db.reopen(|| {
             guard::catch(|| open_handles(&self.path))
