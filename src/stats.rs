@@ -36,6 +36,7 @@ pub struct Stats {
     pub(crate) unauthenticated_refused: AtomicU64,
     pub(crate) http_evicted: AtomicU64,
     pub(crate) retained_refused: AtomicU64,
+    pub(crate) storage_refused: AtomicU64,
     pub(crate) packets_ignored: AtomicU64,
     pub(crate) queue_memory_bytes: AtomicU64,
     pub(crate) queue_disk_messages: AtomicU64,
@@ -73,6 +74,7 @@ impl Default for Stats {
             unauthenticated_refused: AtomicU64::new(0),
             http_evicted: AtomicU64::new(0),
             retained_refused: AtomicU64::new(0),
+            storage_refused: AtomicU64::new(0),
             packets_ignored: AtomicU64::new(0),
             queue_memory_bytes: AtomicU64::new(0),
             queue_disk_messages: AtomicU64::new(0),
@@ -128,6 +130,7 @@ impl Stats {
             unauthenticated_refused: g(&self.unauthenticated_refused),
             http_evicted: g(&self.http_evicted),
             retained_refused: g(&self.retained_refused),
+            storage_refused: g(&self.storage_refused),
             packets_ignored: g(&self.packets_ignored),
             queue_memory_bytes: g(&self.queue_memory_bytes),
             queue_disk_messages: g(&self.queue_disk_messages),
@@ -163,9 +166,10 @@ pub struct StatsSnapshot {
     pub retained: u64,
     pub subscriptions: u64,
     pub storage_errors: u64,
-    /// True while the store's last write failed: acknowledgements that need
-    /// storage are refused (5.0) or withheld (3.1.1) until a write succeeds,
-    /// and `/healthz` answers 503.
+    /// True while the store's writes fail: the batch that failed is tried
+    /// again until it is written (its acknowledgements wait for it), new
+    /// work that needs storage is refused (see `storage_refused`), and
+    /// `/healthz` answers 503. Clears once a write succeeds.
     pub storage_failing: bool,
     /// Store transactions (each a group of the core's commits).
     pub storage_commits: u64,
@@ -193,6 +197,13 @@ pub struct StatsSnapshot {
     /// Retained messages not retained because the store held
     /// `limits.maximum_retained_bytes` (they were still delivered).
     pub retained_refused: u64,
+    /// Packets refused because the store was failing: QoS 1/2 PUBLISH that
+    /// would have needed storage (5.0: PUBACK/PUBREC 0x97; 3.x: connection
+    /// closed without an acknowledgement), SUBSCRIBE of a persistent
+    /// session (SUBACK failure), CONNECT that would have written a session
+    /// (CONNACK Server unavailable), and retained messages delivered but
+    /// not retained.
+    pub storage_refused: u64,
     /// Packets read from connections the broker had already closed (by a
     /// protocol error, a takeover or a refusal), not acted on.
     pub packets_ignored: u64,

@@ -236,8 +236,8 @@ async fn idle_http_connection_is_closed_after_a_short_head_timeout() {
 
 /// While the store's writes fail, `/healthz` says so (503) and `/stats`
 /// shows it, so an orchestrator or an operator learns that nothing needing
-/// storage is being acknowledged; a write that succeeds makes it healthy
-/// again.
+/// storage is being acknowledged; once the retried write succeeds it is
+/// healthy again.
 #[tokio::test]
 async fn healthz_reports_a_failing_store_until_a_write_succeeds() {
     use roost::codec::{QoS, ReasonCode};
@@ -266,12 +266,28 @@ async fn healthz_reports_a_failing_store_until_a_write_succeeds() {
     let (code, _, body) = get(http, &request("/healthz")).await;
     assert_eq!((code, body.as_str()), (200, "ok"));
 
-    // A retained QoS 1 message must be stored before its PUBACK.
+    // A retained QoS 1 message must be stored before its PUBACK, which
+    // waits while the write is retried.
     faults.set_failing(true);
     let mut p = Raw::connected(tcp, v5("p")).await;
+    p.send(roost::codec::Packet::Publish(retained(
+        "t",
+        "x",
+        QoS::AtLeastOnce,
+        1,
+    )))
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get(http, &request("/healthz")).await.0 != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "still healthy");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    p.expect_nothing().await;
+    // Meanwhile, what needs storage is refused at once.
+    let mut q = Raw::connected(tcp, v5("q")).await;
     assert_eq!(
-        p.publish(retained("t", "x", QoS::AtLeastOnce, 1)).await,
-        ReasonCode::UnspecifiedError
+        q.publish(retained("t", "y", QoS::AtLeastOnce, 1)).await,
+        ReasonCode::QuotaExceeded
     );
     let (code, _, body) = get(http, &request("/healthz")).await;
     assert_eq!((code, body.as_str()), (503, "storage failing"));
@@ -284,11 +300,13 @@ async fn healthz_reports_a_failing_store_until_a_write_succeeds() {
     );
 
     faults.set_failing(false);
-    assert_eq!(
-        p.publish(retained("t", "y", QoS::AtLeastOnce, 2)).await,
+    match p.recv().await {
         // Stored and acknowledged; nobody subscribes to `t`.
-        ReasonCode::NoMatchingSubscribers
-    );
+        roost::codec::Packet::PubAck(r) => {
+            assert_eq!(r.reason, ReasonCode::NoMatchingSubscribers)
+        }
+        other => panic!("expected the held PUBACK, got {other:?}"),
+    }
     let (code, _, body) = get(http, &request("/healthz")).await;
     assert_eq!((code, body.as_str()), (200, "ok"));
     let (_, _, stats) = get(http, &request("/stats")).await;

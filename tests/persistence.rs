@@ -93,6 +93,9 @@ impl Store for Stalled {
     ) -> Result<(), StorageError> {
         self.inner.scan(visit)
     }
+    fn recover(&self) -> Result<(), StorageError> {
+        self.inner.recover()
+    }
 }
 
 fn persistent(version: ProtocolVersion, id: &str) -> roost::codec::Connect {
@@ -405,26 +408,42 @@ async fn pubrel_waits_for_the_released_state_to_be_stored() {
     b.stop().await;
 }
 
+/// Waits until everything recorded so far is written: a retained QoS 1
+/// PUBACK leaves only once its commit (and every one before it) is.
+async fn settle(c: &mut Raw) {
+    c.publish(retained("settled", "1", QoS::AtLeastOnce, 9))
+        .await;
+}
+
+/// A write that fails (a full disk) is kept and tried again until it is
+/// written: its acknowledgement waits for it, meanwhile new work that needs
+/// storage is refused at once (5.0: 0x97; 3.1.1: closed without an ack),
+/// and once writes succeed the held acknowledgement leaves and the message
+/// reaches its subscriber, once.
 #[tokio::test]
-async fn a_failed_write_is_never_acknowledged() {
+async fn a_failed_write_is_retried_and_acknowledged_only_once_written() {
     let store = FaultyStore::new(Durable::default());
     let faults = store.handle();
     let b = TestBroker::with_store(Options::default(), store).await;
     let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
     s.subscribe(1, "t", QoS::AtLeastOnce).await;
     s.disconnect().await;
+    let mut p5 = Raw::connected(b.addr, v5("p5")).await;
+    settle(&mut p5).await;
 
     faults.set_failing(true);
-    // 5.0: the PUBACK says the message was not accepted.
-    let mut p5 = Raw::connected(b.addr, v5("p5")).await;
-    assert_eq!(
-        p5.publish(publish("t", "x", QoS::AtLeastOnce, 1)).await,
-        ReasonCode::UnspecifiedError
-    );
+    p5.send(Packet::Publish(publish("t", "x", QoS::AtLeastOnce, 1)))
+        .await;
+    eventually("the store to be seen failing", || {
+        b.stats.snapshot().storage_failing
+    })
+    .await;
+    p5.expect_nothing().await;
+    // Now refused at once, before routing.
     let mut p5b = Raw::connected(b.addr, v5("p5b")).await;
     assert_eq!(
         p5b.publish(publish("t", "y", QoS::ExactlyOnce, 1)).await,
-        ReasonCode::UnspecifiedError
+        ReasonCode::QuotaExceeded
     );
     // 3.1.1 has no negative PUBACK: no ack, and the connection is closed so
     // that the client publishes again.
@@ -432,17 +451,61 @@ async fn a_failed_write_is_never_acknowledged() {
     p3.send(Packet::Publish(publish("t", "z", QoS::AtLeastOnce, 1)))
         .await;
     let got = p3.expect_closed().await;
-    assert!(got.is_empty(), "no PUBACK for a failed write: {got:?}");
-    assert!(faults.failed_applies() >= 3);
-    assert!(b.stats.snapshot().storage_errors >= 3);
+    assert!(got.is_empty(), "no PUBACK for a refused write: {got:?}");
+    eventually("retries that recover the store first", || {
+        faults.failed_applies() >= 3 && faults.recover_calls() >= 2
+    })
+    .await;
+    assert_eq!(b.stats.snapshot().storage_refused, 2);
 
     faults.set_failing(false);
+    match p5.recv().await {
+        Packet::PubAck(r) => assert_eq!(r.reason, ReasonCode::Success),
+        other => panic!("expected the held PUBACK, got {other:?}"),
+    }
+    eventually("the store to be healthy", || {
+        !b.stats.snapshot().storage_failing
+    })
+    .await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    assert_eq!(payload(&s.recv_publish().await), "x");
+    s.expect_nothing().await;
     let mut p = Raw::connected(b.addr, v5("p")).await;
     assert_eq!(
         p.publish(publish("t", "ok", QoS::AtLeastOnce, 1)).await,
         ReasonCode::Success
     );
     b.stop().await;
+}
+
+/// Shutting down while the store fails ends in bounded time; what was not
+/// written was not acknowledged.
+#[tokio::test]
+async fn shutdown_while_the_store_fails_ends_without_acknowledging() {
+    let store = FaultyStore::new(Durable::default());
+    let faults = store.handle();
+    let b = TestBroker::with_store(Options::default(), store).await;
+    let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
+    s.subscribe(1, "t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let mut p = Raw::connected(b.addr, v5("p")).await;
+    settle(&mut p).await;
+    faults.set_failing(true);
+    p.send(Packet::Publish(publish("t", "x", QoS::AtLeastOnce, 1)))
+        .await;
+    eventually("the store to be seen failing", || {
+        b.stats.snapshot().storage_failing
+    })
+    .await;
+    let started = std::time::Instant::now();
+    b.stop().await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    for packet in p.expect_closed().await {
+        assert!(
+            !matches!(&packet, Packet::PubAck(r) if r.reason.is_success()),
+            "acknowledged an unwritten message: {packet:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -459,6 +522,12 @@ async fn the_relaxed_mode_acknowledges_first_and_commits_on_its_interval() {
     let mut s = Raw::connected(b.addr, persistent(ProtocolVersion::V5, "s")).await;
     s.subscribe(1, "t", QoS::AtLeastOnce).await;
     s.disconnect().await;
+    // The session, its subscription and its disconnection are written
+    // before the store starts failing.
+    eventually("the subscriber's state to be written", || {
+        b.stats.snapshot().storage_ops_written >= 3
+    })
+    .await;
     faults.set_failing(true);
     // Acknowledged although the write will fail: what this mode gives up.
     let mut p = Raw::connected(b.addr, v5("p")).await;

@@ -83,9 +83,21 @@ impl Broker {
         };
         let expiry = requested_expiry.min(self.opts.capabilities.maximum_session_expiry_interval);
 
+        let existing = self.by_client_id.get(&client_id).copied();
+        // While the store fails, a CONNECT that would write a session
+        // (create, resume, take over or end a stored one) is refused with
+        // Server unavailable (5.0 0x88, 3.x return code 3): both versions
+        // have it, and clients retry on it. One that needs no storage (a
+        // clean, non-persistent session) is admitted.
+        let touches_stored = existing
+            .and_then(|sid| self.sessions.get(&sid))
+            .is_some_and(|s| s.stored);
+        if self.storage_failing() && (expiry > 0 || touches_stored) {
+            stats::add(&self.stats.storage_refused, 1);
+            return Self::refuse(&outbox, ReasonCode::ServerUnavailable);
+        }
         // Takeover: the old connection is closed as if it had dropped, so its
         // will follows the usual rules ([MQTT-3.1.4-3]).
-        let existing = self.by_client_id.get(&client_id).copied();
         if let Some(sid) = existing {
             if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) {
                 let old_conn = old.id;

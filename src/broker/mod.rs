@@ -199,6 +199,9 @@ pub(crate) struct Broker {
     keepalives: keepalive::KeepAlives,
     /// Queues on disk: page reads, and the memory budget (see `spill`).
     pages: spill::Pages,
+    /// The store's writes fail: read from the commit task's flag once per
+    /// event (see [`Broker::storage_failing`]).
+    failing: bool,
 }
 
 /// One subscriber a message goes to.
@@ -243,6 +246,7 @@ impl Broker {
             next_gate: 0,
             keepalives: Default::default(),
             pages: spill::Pages::new(budget),
+            failing: false,
         }
     }
 
@@ -251,6 +255,29 @@ impl Broker {
     /// outboxes and reports to [`Broker::commit_progress`].
     pub(crate) fn take_commit(&mut self) -> Option<Commit> {
         self.persist.take_commit()
+    }
+
+    /// True while the store's writes fail (the commit task sets and clears
+    /// the flag: see `server::commit`). Work that would need storage is then
+    /// refused before it changes anything, so the operations waiting for the
+    /// store stay bounded and memory never gets ahead of what will be
+    /// written.
+    ///
+    /// Read once per event ([`Broker::watch_storage`]), never halfway: an
+    /// acknowledgement let go early because the flag was raised after its
+    /// message was routed would vouch for a write that has not happened.
+    pub(super) fn storage_failing(&self) -> bool {
+        self.failing
+    }
+
+    /// Reads the commit task's flag (see [`Broker::storage_failing`]).
+    fn watch_storage(&mut self) {
+        self.failing = self.persist.enabled
+            && self
+                .stats
+                .storage_failing
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != 0;
     }
 
     /// Storage operations recorded since the last commit was taken.
@@ -267,6 +294,7 @@ impl Broker {
     /// emptied, for a reader to fill again.
     pub(crate) fn handle(&mut self, event: Event, now: Now) -> Option<Vec<Packet>> {
         let now_ms = now.ms;
+        self.watch_storage();
         match event {
             Event::Connect {
                 conn,

@@ -10,15 +10,82 @@ impl Broker {
     /// waits for the commit of what it acknowledges (the durability
     /// contract: PUBACK/PUBREC mean "this message is safe").
     pub(super) fn ack(&mut self, sid: SessionId, packet: Packet) {
-        let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) else {
+        let Some(s) = self.sessions.get(&sid) else {
             return;
         };
-        if self.persist.must_hold() {
+        let Some(conn) = s.conn.as_ref() else {
+            return;
+        };
+        // While the store fails, what a session that is not stored is
+        // allowed to do needs no storage (the rest was refused), so its
+        // acknowledgement need not wait for the writes being retried.
+        let vouches_for_nothing = !s.stored && self.storage_failing();
+        if self.persist.must_hold() && !vouches_for_nothing {
             self.persist
                 .hold(&conn.outbox, self.persist.commit, 0, packet);
         } else {
             conn.outbox.push(packet);
         }
+    }
+
+    /// True if a QoS 1/2 PUBLISH from session `sid` would need storage
+    /// before its acknowledgement: it is retained, it is QoS 2 from a
+    /// stored session (its packet id is stored), or a stored session
+    /// subscribes to its topic at QoS 1/2 (its copy is stored). Share groups
+    /// count if any member would store a copy: the choice is made later.
+    /// Looked at only while the store fails.
+    fn publish_needs_storage(&self, sid: SessionId, p: &Publish) -> bool {
+        let qos = p.qos_pid.qos();
+        if qos == QoS::AtMostOnce {
+            return false;
+        }
+        let stored = |sid: &SessionId| self.sessions.get(sid).is_some_and(|s| s.stored);
+        if p.retain || (qos == QoS::ExactlyOnce && stored(&sid)) {
+            return true;
+        }
+        let mut needs = false;
+        self.subs.for_each_match(&p.topic, |m| match m {
+            Match::Direct { key, value, .. } => {
+                needs |= value.options.qos > QoS::AtMostOnce && stored(key);
+            }
+            Match::Shared { members, .. } => {
+                needs |= members
+                    .iter()
+                    .any(|(key, value)| value.options.qos > QoS::AtMostOnce && stored(key));
+            }
+        });
+        needs
+    }
+
+    /// Refuses a QoS 1/2 PUBLISH that needs storage while the store fails,
+    /// before it is routed or retained: a 5.0 publisher gets 0x97 (Quota
+    /// exceeded: the server is out of a resource, try later), a 3.x one has
+    /// no negative acknowledgement and is disconnected without one, so that
+    /// it publishes again (the durability contract).
+    fn refuse_for_storage(&mut self, conn: ConnId, sid: SessionId, p: &Publish, now_ms: u64) {
+        stats::add(&self.stats.storage_refused, 1);
+        static WARNED: super::throttle::OncePerSecond = super::throttle::OncePerSecond::new();
+        if WARNED.ready(now_ms) {
+            tracing::warn!(topic = %Escaped(p.topic.as_str()),
+                "store failing: QoS 1/2 PUBLISH that needs storage refused (more within a second not logged)");
+        }
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        if !s.protocol.is_v5() {
+            return self.disconnect_with(conn, ReasonCode::QuotaExceeded, None, now_ms);
+        }
+        let Some(pid) = p.qos_pid.packet_id() else {
+            return;
+        };
+        let mut resp = PubResp::new(pid);
+        resp.reason = ReasonCode::QuotaExceeded;
+        let packet = match p.qos_pid.qos() {
+            QoS::ExactlyOnce => Packet::PubRec(resp),
+            _ => Packet::PubAck(resp),
+        };
+        // It vouches for nothing: it waits only for the packets ahead of it.
+        s.send(packet);
     }
 
     /// A QoS 1 PUBACK vouches only for the copies its message made: with
@@ -81,6 +148,14 @@ impl Broker {
                 // [MQTT-3.3.4-9]
                 return self.protocol_error(conn, ReasonCode::ReceiveMaximumExceeded, now_ms);
             }
+        }
+        if verdict == PublishVerdict::Deliver
+            && qos != QoS::AtMostOnce
+            && !p.topic.as_bytes().starts_with(b"$SYS")
+            && self.storage_failing()
+            && self.publish_needs_storage(sid, &p)
+        {
+            return self.refuse_for_storage(conn, sid, &p, now_ms);
         }
         let mut reason = ReasonCode::Success;
         // The routed message and how many stored copies it made.
@@ -333,7 +408,15 @@ impl Broker {
         let old_cost = self.retained.get(topic).map_or(0, |m| retained_cost(m));
         let over = self.retained_bytes.saturating_sub(old_cost) + retained_cost(msg)
             > self.opts.limits.maximum_retained_bytes;
-        if over && !msg.payload.is_empty() {
+        // While the store fails a retained message (QoS 0 or a will: QoS
+        // 1/2 PUBLISH was refused) is delivered, not retained, as past the
+        // limit; clearing the old one is a delete, bounded by the topics.
+        let failing = !msg.payload.is_empty() && self.storage_failing();
+        if failing {
+            stats::add(&self.stats.storage_refused, 1);
+        }
+        let over = over || failing;
+        if over && !failing && !msg.payload.is_empty() {
             // The store is full: delivered, not retained. Whatever was
             // retained for the topic goes too, or later subscribers would
             // get a value its publisher has replaced.

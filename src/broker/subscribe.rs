@@ -19,6 +19,9 @@ impl Broker {
                 now_ms,
             );
         }
+        if self.storage_failing() && self.sessions.get(&sid).is_some_and(|s| s.stored) {
+            return self.refuse_subscribe(sid, sub);
+        }
         let max_subs = self.opts.limits.maximum_subscriptions_per_session;
         let max_bytes = self.opts.limits.maximum_subscription_bytes;
         let max_levels = self.opts.limits.maximum_topic_levels;
@@ -104,6 +107,35 @@ impl Broker {
         for (filter, entry) in retained_for {
             self.send_retained(sid, &filter, entry, now_ms);
         }
+    }
+
+    /// Refuses every filter of a persistent session's SUBSCRIBE while the
+    /// store fails, changing nothing: 5.0 gets 0x97 (Quota exceeded, as for
+    /// a refused PUBLISH), 3.x its only failure code, 0x80. The SUBACK
+    /// vouches for nothing, so it does not wait for the writes being retried.
+    fn refuse_subscribe(&mut self, sid: SessionId, sub: CheckedSubscribe) {
+        stats::add(&self.stats.storage_refused, 1);
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let code = if s.protocol.is_v5() {
+            ReasonCode::QuotaExceeded
+        } else {
+            ReasonCode::UnspecifiedError
+        };
+        if self.hooks.has_events() {
+            let done: Vec<(ByteStr, ReasonCode)> = sub
+                .filters
+                .iter()
+                .map(|(f, ..)| (f.clone(), code))
+                .collect();
+            self.hooks.each(|h| h.on_subscribed(&s.client, &done));
+        }
+        s.send(Packet::SubAck(SubAck {
+            packet_id: sub.packet_id,
+            reasons: vec![code; sub.filters.len()],
+            properties: AckProperties::default(),
+        }));
     }
 
     pub(super) fn send_retained(

@@ -10,7 +10,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
         let s = self.stats.snapshot_at(now);
-        let topics: [(&str, String); 34] = [
+        let topics: [(&str, String); 35] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -52,6 +52,7 @@ impl Broker {
             ),
             ("refused/http_evicted", s.http_evicted.to_string()),
             ("refused/retained", s.retained_refused.to_string()),
+            ("refused/storage", s.storage_refused.to_string()),
         ];
         for (name, value) in topics {
             let msg = Arc::new(Tracked::new(Message {

@@ -7,6 +7,7 @@ impl Broker {
     /// Runs what is due: keep-alives run out, delayed wills, session
     /// expiry, retained expiry and `$SYS` updates. Call about once a second.
     pub(crate) fn tick(&mut self, now: Now) {
+        self.watch_storage();
         self.check_keep_alives(now);
         self.retry_pages(now.ms);
         self.run_timers(now.ms);

@@ -16,7 +16,9 @@
 //! *held* with the number of the commit it waits for; every packet pushed
 //! after it for this connection queues behind it, so the connection's order
 //! is kept. The commit task releases held packets once their commit is
-//! durable, or, if it failed, turns the acknowledgements into refusals.
+//! durable, or, if it failed for good (the commit task retries a write
+//! that failed, and gives up only on an invalid batch or at shutdown),
+//! turns the acknowledgements into refusals.
 //!
 //! **Gates.** A QoS 1 PUBACK may also be released before its commit, once
 //! every stored copy of the message has been acknowledged by its subscriber

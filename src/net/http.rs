@@ -163,6 +163,7 @@ fn json(s: &StatsSnapshot) -> String {
         "queue_disk_bytes": s.queue_disk_bytes,
         "queue_pages_read": s.queue_pages_read,
         "queue_messages_read": s.queue_messages_read,
+        "storage_refused": s.storage_refused,
         "packets_ignored": s.packets_ignored,
         "memory": resident_memory(),
     })
@@ -171,7 +172,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 21] = [
+    let counters: [(&str, &str, u64); 22] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -251,6 +252,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             s.retained_refused,
         ),
         (
+            "storage_refused",
+            "Packets refused while the store's writes failed (PUBLISH, SUBSCRIBE, CONNECT, retain).",
+            s.storage_refused,
+        ),
+        (
             "packets_ignored",
             "Packets read from connections the broker had already closed.",
             s.packets_ignored,
@@ -284,7 +290,7 @@ fn prometheus(s: &StatsSnapshot) -> String {
         ),
         (
             "storage_failing",
-            "1 while the store's last write failed (acknowledgements withheld).",
+            "1 while the store's writes fail (retried; work needing storage refused).",
             u64::from(s.storage_failing),
         ),
         (

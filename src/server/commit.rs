@@ -14,6 +14,15 @@
 //! ([`coalesce_staged`]). A message delivered and acknowledged within a
 //! round or two never touches the disk. When nothing else is queued, a
 //! group is written at once: waiting only pays when the next one comes.
+//!
+//! **A failed write is retried, never dropped** (a full disk, say): the
+//! batch and everything after it wait, in order, and are tried again with
+//! backoff, the store [recovering](roost_storage::Store::recover) before
+//! each try, until written; their acknowledgements wait with them. The
+//! `storage_failing` flag tells the core meanwhile to refuse new work that
+//! needs storage, which keeps the backlog bounded. Only a batch no retry can
+//! fix (an invalid op) fails, and at shutdown what is still unwritten after
+//! [`SHUTDOWN_GRACE`]: their acknowledgements turn into refusals.
 
 use crate::broker::{coalesce_staged, Commit, CommitProgress, Created};
 use crate::stats::{self, Stats};
@@ -59,10 +68,23 @@ impl Stage {
     fn is_empty(&self) -> bool {
         self.commits.is_empty()
     }
+
+    /// Appends `later`, whose commits follow this stage's.
+    fn absorb(&mut self, later: Stage) {
+        self.ops.extend(later.ops);
+        for (client, seqs) in later.created {
+            self.created.entry(client).or_default().extend(seqs);
+        }
+        self.commits.extend(later.commits);
+        if self.since.is_none() {
+            self.since = later.since;
+        }
+    }
 }
 
 /// Applies commits until the channel closes and everything received is
-/// written. Blocks: run it on the blocking pool.
+/// written (or, if the store is failing then, until [`SHUTDOWN_GRACE`] has
+/// passed). Blocks: run it on the blocking pool.
 pub(crate) fn run(
     mut commits: mpsc::Receiver<Commit>,
     store: Arc<dyn Store>,
@@ -94,31 +116,175 @@ pub(crate) fn run(
                 }
             }
         }
-        let before = older.ops.len() + newer.ops.len();
-        coalesce_staged(
-            &mut older.ops,
-            &mut newer.ops,
-            [&older.created, &newer.created],
-        );
-        let now = older.ops;
-        stats::add(
-            &stats.storage_ops_saved,
-            (before - now.len() - newer.ops.len()) as u64,
-        );
-        let result = if now.is_empty() {
-            Ok(())
-        } else {
-            stats::add(&stats.storage_commits, 1);
-            stats::add(&stats.storage_ops_written, now.len() as u64);
-            apply(store.as_ref(), &now)
-        };
-        release(older.commits, result, &stats, &progress, &mut health);
-        older = newer;
+        coalesce(&mut older, &mut newer, &stats);
+        match write(store.as_ref(), &older.ops, &stats) {
+            Err(e) if retryable(&e) => {
+                health.record(Err(e), &stats);
+                // Kept, with what follows it, until it is written.
+                older.absorb(newer);
+                let stuck = Retry {
+                    store: store.as_ref(),
+                    stats: &stats,
+                    progress: &progress,
+                    health: &mut health,
+                };
+                if !stuck.until_written(older, &mut commits) {
+                    return;
+                }
+                older = Stage::default();
+            }
+            result => {
+                release(older.commits, result, &stats, &progress, &mut health);
+                older = newer;
+            }
+        }
+    }
+}
+
+/// First wait before a failed batch is tried again; it doubles with each
+/// failure, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// Longest wait between two tries of a failed batch.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How often new commits are taken in while a failed batch waits for its
+/// next try: the core must never wait long for room in the channel.
+const INTAKE_POLL: Duration = Duration::from_millis(10);
+
+/// How long a failed batch is still tried once the server is shutting
+/// down: a full disk must not keep the process from ending. What is not
+/// written then was never acknowledged.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Errors that trying again cannot fix: the batch itself is wrong, so it
+/// fails (and its acknowledgements turn into refusals) as before. Anything
+/// else (a full disk, an I/O error, a backend that panicked, a fault a test
+/// injected) is retried: a batch is never dropped because the disk failed.
+fn retryable(e: &StorageError) -> bool {
+    !matches!(
+        e,
+        StorageError::InvalidOp { .. } | StorageError::Encode { .. }
+    )
+}
+
+/// Drops from `older` and `newer` what the two cancel out, counting it.
+fn coalesce(older: &mut Stage, newer: &mut Stage, stats: &Stats) {
+    let before = older.ops.len() + newer.ops.len();
+    coalesce_staged(
+        &mut older.ops,
+        &mut newer.ops,
+        [&older.created, &newer.created],
+    );
+    stats::add(
+        &stats.storage_ops_saved,
+        (before - older.ops.len() - newer.ops.len()) as u64,
+    );
+}
+
+/// Applies `ops` (nothing to do if empty), counting what was written.
+fn write(store: &dyn Store, ops: &[Op], stats: &Stats) -> Result<(), StorageError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    apply(store, ops)?;
+    stats::add(&stats.storage_commits, 1);
+    stats::add(&stats.storage_ops_written, ops.len() as u64);
+    Ok(())
+}
+
+/// A batch whose write failed, tried again until it is written.
+struct Retry<'a> {
+    store: &'a dyn Store,
+    stats: &'a Stats,
+    progress: &'a CommitProgress,
+    health: &'a mut Health,
+}
+
+impl Retry<'_> {
+    /// Tries `stuck` again, with backoff, asking the store to
+    /// [recover](Store::recover) before each try, until it is written; its
+    /// held acknowledgements stay held until then. Commits arriving
+    /// meanwhile join it in order (what they undo is dropped from it), so
+    /// the core never waits for room in the channel and memory and store
+    /// never diverge: what the core did is what is eventually written.
+    ///
+    /// Returns false if the channel closed (shutdown) and the batch was
+    /// still not written after [`SHUTDOWN_GRACE`]: it is then released as
+    /// failed (nothing it holds is acknowledged) and the task ends.
+    fn until_written(self, mut stuck: Stage, commits: &mut mpsc::Receiver<Commit>) -> bool {
+        let mut backoff = RETRY_FIRST;
+        let mut closing: Option<Instant> = None;
+        loop {
+            let until = Instant::now() + backoff;
+            loop {
+                let mut newer = Stage::default();
+                loop {
+                    match commits.try_recv() {
+                        Ok(c) => newer.add(c),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            closing.get_or_insert_with(Instant::now);
+                            break;
+                        }
+                    }
+                }
+                if !newer.is_empty() {
+                    coalesce(&mut stuck, &mut newer, self.stats);
+                    stuck.absorb(newer);
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left.min(INTAKE_POLL));
+            }
+            let result = self
+                .store
+                .recover()
+                .and_then(|()| write(self.store, &stuck.ops, self.stats));
+            match result {
+                Err(e) if retryable(&e) => {
+                    if closing.is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE) {
+                        tracing::error!(
+                            error = %e,
+                            unwritten_ops = stuck.ops.len(),
+                            "shutting down while the store fails: what was not written was \
+                             not acknowledged (deliveries acknowledged since the failure may \
+                             come again after a restart)"
+                        );
+                        release(
+                            stuck.commits,
+                            Err(e),
+                            self.stats,
+                            self.progress,
+                            self.health,
+                        );
+                        return false;
+                    }
+                    self.health.record(Err(e), self.stats);
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    if closing.is_some() {
+                        backoff = backoff.min(RETRY_FIRST);
+                    }
+                }
+                result => {
+                    release(
+                        stuck.commits,
+                        result,
+                        self.stats,
+                        self.progress,
+                        self.health,
+                    );
+                    return true;
+                }
+            }
+        }
     }
 }
 
 /// A backend that panics has failed this write, like one that returns an
-/// error: its acknowledgements turn into refusals instead of hanging.
+/// I/O error: the batch is kept and tried again, the task goes on.
 fn apply(store: &dyn Store, ops: &[Op]) -> Result<(), StorageError> {
     // Nothing of ours is left half-changed by a panic inside `apply`: the
     // ops are only read, and the store's own state is its business.
@@ -167,7 +333,7 @@ impl Health {
                 if let Some((since, failed)) = self.failing.take() {
                     stats.storage_failing.store(0, Relaxed);
                     tracing::warn!(
-                        failed_commits = failed,
+                        failed_tries = failed,
                         after = ?since.elapsed(),
                         "storage writes succeed again"
                     );
@@ -187,9 +353,11 @@ impl Health {
                     self.logged = Some(now);
                     tracing::error!(
                         error = %e,
-                        failed_commits = failed,
-                        "storage write failed; acknowledgements that need storage are withheld \
-                         until a write succeeds (/healthz answers 503 meanwhile)"
+                        failed_tries = failed,
+                        "storage write failed; it is kept and tried again (backoff up to 5 s): \
+                         the acknowledgements it holds wait for it, and new work that needs \
+                         storage is refused until a write succeeds (/healthz answers 503 \
+                         meanwhile)"
                     );
                 }
             }

@@ -80,6 +80,7 @@ macro_rules! conformance_tests {
             unicode_ids_and_topics,
             many_ops_in_one_batch,
             load_does_not_change_state,
+            recover_keeps_state_and_takes_writes,
             outbound_pages_in_seq_order,
             outbound_page_bounds,
             outbound_page_of_unknown_and_neighbouring_clients,
@@ -1049,6 +1050,24 @@ pub fn load_does_not_change_state(store: &dyn Store) {
     assert_eq!(load(store), first);
     apply(store, &[put_inbound("c", 1)]);
     assert_eq!(find(&load(store), "c").inbound_qos2, [1]);
+}
+
+/// `recover` on a store whose writes did not fail (or only had a batch
+/// rejected) changes nothing, and the store keeps working after it.
+pub fn recover_keeps_state_and_takes_writes(store: &dyn Store) {
+    apply(store, &[put_session("c"), put_sub("c", "a", 1)]);
+    if let Err(e) = store.recover() {
+        panic!("recover failed: {e}");
+    }
+    let before = load(store);
+    let rejected = store.apply(&[put_session("lost"), put_session("bad\0id")]);
+    assert!(matches!(rejected, Err(StorageError::InvalidOp { .. })));
+    if let Err(e) = store.recover() {
+        panic!("recover after a rejected batch failed: {e}");
+    }
+    assert_eq!(load(store), before);
+    apply(store, &[put_message(1, "t"), put_outbound("c", 1, 1)]);
+    assert_eq!(seqs(find(&load(store), "c")), [1]);
 }
 
 // ---- reopen cases (persistent backends) ----

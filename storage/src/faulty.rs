@@ -68,6 +68,8 @@ struct FaultState {
     ops_forwarded: AtomicU64,
     /// Calls to `load` so far.
     load_calls: AtomicU64,
+    /// Calls to `recover` so far.
+    recover_calls: AtomicU64,
     /// Number of the one call to fail; 0 means none (calls count from 1).
     fail_at: AtomicU64,
     /// Number of the first of all calls to fail; 0 means none.
@@ -214,6 +216,11 @@ impl FaultHandle {
         self.state.load_calls.load(Ordering::SeqCst)
     }
 
+    /// Calls to `recover` so far.
+    pub fn recover_calls(&self) -> u64 {
+        self.state.recover_calls.load(Ordering::SeqCst)
+    }
+
     /// Calls to the reads (`outbound_page`, `messages`, `retained`,
     /// `retained_many`, `scan`) so far, failed ones included.
     pub fn read_calls(&self) -> u64 {
@@ -296,6 +303,17 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.inner.flush()
+    }
+
+    /// Counted ([`FaultHandle::recover_calls`]) and passed on: a fault set
+    /// on this wrapper lasts until the test clears it, as a full disk lasts
+    /// until space returns.
+    fn recover(&self) -> Result<(), StorageError> {
+        self.faults
+            .state
+            .recover_calls
+            .fetch_add(1, Ordering::SeqCst);
+        self.inner.recover()
     }
 
     fn outbound_page(

@@ -166,6 +166,8 @@ mod record;
 #[cfg(feature = "redb")]
 mod redb;
 mod scan;
+#[cfg(any(feature = "sled", feature = "redb"))]
+mod reopen;
 #[cfg(feature = "sled")]
 mod sled;
 
@@ -376,6 +378,24 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Makes a store whose writes failed usable again, if it can: the
+    /// broker calls it before it retries a batch that failed, so that a full
+    /// disk (or another I/O failure that passes) ends by itself once the
+    /// cause is gone.
+    ///
+    /// `RedbStore` and `SledStore` need it: after an I/O error both refuse
+    /// every later call until their files are closed and opened again, and
+    /// that is what they do here (only if a write failed since they were
+    /// last opened; otherwise it costs nothing). Until a reopen succeeds,
+    /// every call returns an error; none panics. What was committed before
+    /// the failure is read back as it was: a failed `apply` applied nothing.
+    ///
+    /// The default does nothing: a store that recovers on its own (or never
+    /// fails) has nothing to do.
+    fn recover(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Reads one page of a session's outbound entries (queued and in
     /// flight): those with a sequence number greater than `after_seq` (all
     /// of them if `None`), in ascending seq order, at most `limit` of them.
@@ -555,6 +575,10 @@ macro_rules! forward_store {
 
             fn flush(&self) -> Result<(), StorageError> {
                 (**self).flush()
+            }
+
+            fn recover(&self) -> Result<(), StorageError> {
+                (**self).recover()
             }
 
             fn outbound_page(

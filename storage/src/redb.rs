@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ::redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -10,6 +11,7 @@ use ::redb::backends::FileBackend;
 use crate::guard;
 use crate::kv::{self, Table, Write};
 use crate::overlay::Overlay;
+use crate::reopen::Reopen;
 use crate::{
     encoding, keys, MessageId, MessageRecord, Op, OutboundRecord, Record, Snapshot, StorageError,
     Store, Visit,
@@ -48,6 +50,9 @@ const fn definition(table: Table) -> RecordTable {
 ///   reused by later ones, so the file stops growing under churn once it
 ///   holds the working set. It does not shrink by itself:
 ///   [`RedbStore::compact`] gives free space back to the file system.
+/// - **Full disk:** after a failed write redb refuses every call until the
+///   file is opened again; [`Store::recover`] does that (the broker calls
+///   it before retrying), so writes resume once there is space.
 ///
 /// ```no_run
 /// use roost_storage::{RedbStore, Store};
@@ -60,7 +65,8 @@ const fn definition(table: Table) -> RecordTable {
 /// ```
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    /// Reopened by [`Store::recover`] after a failed write.
+    db: Reopen<Database>,
     /// The database file.
     path: PathBuf,
 }
@@ -100,22 +106,11 @@ impl RedbStore {
             .with_source(e)
         })?;
         let path = dir.join(Self::FILE_NAME);
-        // redb writes to a file as soon as it opens it, so a file that holds
-        // anything is checked first through a view that keeps redb's writes
-        // in memory. A missing or empty file has nothing to lose.
-        if fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
-            verify(&path).map_err(|e| left_alone(e.in_backend(NAME)))?;
-        }
-        // `Database::create` initialises only a missing or empty file; it
-        // refuses anything that is not a redb database.
-        let db = guard::catch(|| Database::create(&path))
-            .map_err(|panic| damaged(&path, &panic))?
-            .map_err(|e| open_error(&path, e))?;
-        let store = Self { db, path };
-        guard::catch(|| init(&store.db, &store.path))
-            .map_err(|panic| damaged(&store.path, &panic))?
-            .map_err(|e| e.in_backend(NAME))?;
-        Ok(store)
+        let db = open_checked(&path)?;
+        Ok(Self {
+            db: Reopen::new(db),
+            path,
+        })
     }
 
     /// The database file.
@@ -135,12 +130,19 @@ impl RedbStore {
     pub fn compact(&mut self) -> Result<bool, StorageError> {
         let path = self.path.clone();
         self.db
+            .get_mut()
+            .ok_or_else(|| closed(&path))?
             .compact()
             .map_err(|e| error(&path, "cannot compact", e))
     }
 
+    /// The open database; an error while a failed write left it closed.
+    fn database(&self) -> Result<Arc<Database>, StorageError> {
+        self.db.get().ok_or_else(|| closed(&self.path))
+    }
+
     fn begin_write(&self) -> Result<::redb::WriteTransaction, StorageError> {
-        self.db
+        self.database()?
             .begin_write()
             .map_err(|e| self.error("cannot begin a write transaction", e))
     }
@@ -198,7 +200,7 @@ impl RedbStore {
 /// one committed state.
 impl RedbStore {
     fn begin_read(&self) -> Result<::redb::ReadTransaction, StorageError> {
-        self.db
+        self.database()?
             .begin_read()
             .map_err(|e| self.error("cannot begin a read transaction", e))
     }
@@ -364,8 +366,26 @@ impl Store for RedbStore {
                         self.path.display()
                     ),
                 )
-            })?
-            .map_err(|e| e.in_backend(NAME))
+            })
+            .and_then(|r| r.map_err(|e| e.in_backend(NAME)))
+            .inspect_err(|e| {
+                if write_failed(e) {
+                    self.db.mark_broken();
+                }
+            })
+    }
+
+    /// Reopens the file if a write failed since it was opened. Not checked
+    /// page by page as [`RedbStore::open`] checks it: this process wrote it,
+    /// and redb's own crash recovery takes it back to its last commit.
+    fn recover(&self) -> Result<(), StorageError> {
+        self.db.reopen(|| {
+            let db = open_database(&self.path)?;
+            guard::catch(|| init(&db, &self.path))
+                .map_err(|panic| damaged(&self.path, &panic))?
+                .map_err(|e| e.in_backend(NAME))?;
+            Ok(db)
+        })
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
@@ -410,6 +430,52 @@ impl Store for RedbStore {
     }
 
     // `flush` keeps the default: every commit is already durable.
+}
+
+/// Opens the file at `path` (checked before, if it holds anything) and
+/// checks or writes the format version.
+fn open_checked(path: &Path) -> Result<Database, StorageError> {
+    // redb writes to a file as soon as it opens it, so a file that holds
+    // anything is checked first through a view that keeps redb's writes
+    // in memory. A missing or empty file has nothing to lose.
+    if fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        verify(path).map_err(|e| left_alone(e.in_backend(NAME)))?;
+    }
+    let db = open_database(path)?;
+    guard::catch(|| init(&db, path))
+        .map_err(|panic| damaged(path, &panic))?
+        .map_err(|e| e.in_backend(NAME))?;
+    Ok(db)
+}
+
+/// `Database::create`, which initialises only a missing or empty file and
+/// refuses anything that is not a redb database.
+fn open_database(path: &Path) -> Result<Database, StorageError> {
+    guard::catch(|| Database::create(path))
+        .map_err(|panic| damaged(path, &panic))?
+        .map_err(|e| open_error(path, e))
+}
+
+/// True for a failed write that may have left redb refusing every later
+/// call (an I/O error or a panic inside it), as opposed to a batch rejected
+/// before it reached redb.
+fn write_failed(e: &StorageError) -> bool {
+    !matches!(
+        e,
+        StorageError::InvalidOp { .. } | StorageError::Encode { .. }
+    )
+}
+
+/// The error of every call while the file is closed.
+fn closed(path: &Path) -> StorageError {
+    StorageError::io(
+        NAME,
+        format!(
+            "{}: closed after a failed write, and not yet reopened (a full disk?); \
+             the broker reopens it when it retries",
+            path.display()
+        ),
+    )
 }
 
 /// Checks the format version, and on a new store creates every table and

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use ::sled::{Db, Transactional, Tree};
 
 use crate::guard;
 use crate::kv::{self, Table, Write};
+use crate::reopen::Reopen;
 use crate::{
     encoding, keys, MessageId, MessageRecord, Op, OutboundRecord, Record, Snapshot, StorageError,
     Store,
@@ -34,6 +36,10 @@ const NAME: &str = "sled";
 ///   data of mostly-empty segments in the background, so space freed by
 ///   deletes is reused and the directory stays bounded under churn (it is
 ///   larger than the live data: sled trades space for write speed).
+/// - **Full disk:** after a failed write sled refuses every call until the
+///   database is opened again; [`Store::recover`] does that (the broker
+///   calls it before retrying), so writes resume once there is space. sled
+///   needs some free space to open at all.
 ///
 /// ```no_run
 /// use roost_storage::{SledStore, Store};
@@ -46,10 +52,17 @@ const NAME: &str = "sled";
 /// ```
 #[derive(Debug)]
 pub struct SledStore {
+    /// Reopened by [`Store::recover`] after a failed write.
+    db: Reopen<Handles>,
+    path: PathBuf,
+}
+
+/// An open sled database and its trees.
+#[derive(Debug)]
+struct Handles {
     db: Db,
     /// Indexed by [`Table::index`].
     trees: [Tree; 6],
-    path: PathBuf,
 }
 
 impl SledStore {
@@ -75,33 +88,11 @@ impl SledStore {
     }
 
     fn open_unguarded(path: PathBuf) -> Result<Self, StorageError> {
-        let db = open_db(&path)?;
-
-        let mut trees = Vec::with_capacity(Table::ALL.len());
-        for table in Table::ALL {
-            let tree = db
-                .open_tree(table.name())
-                .map_err(|e| error(&path, "cannot open tree", e))?;
-            trees.push(tree);
-        }
-        let trees: [Tree; 6] = trees
-            .try_into()
-            .map_err(|_| StorageError::io(NAME, "wrong number of trees"))?;
-
-        let meta = db
-            .open_tree(kv::META_TABLE)
-            .map_err(|e| error(&path, "cannot open tree", e))?;
-        let stored = meta
-            .get(kv::VERSION_KEY)
-            .map_err(|e| error(&path, "cannot read the format version", e))?;
-        let has_records = trees.iter().any(|t| !t.is_empty());
-        if kv::check_version(stored.as_deref(), has_records, &path)? {
-            meta.insert(kv::VERSION_KEY, &kv::version_bytes()[..])
-                .map_err(|e| error(&path, "cannot write the format version", e))?;
-            db.flush()
-                .map_err(|e| error(&path, "cannot flush the format version", e))?;
-        }
-        Ok(Self { db, trees, path })
+        let handles = open_handles(&path)?;
+        Ok(Self {
+            db: Reopen::new(handles),
+            path,
+        })
     }
 
     /// The directory this store lives in.
@@ -109,8 +100,22 @@ impl SledStore {
         &self.path
     }
 
-    fn tree(&self, table: Table) -> &Tree {
-        &self.trees[table.index()]
+    /// The open database; an error while a failed write left it closed.
+    fn handles(&self) -> Result<Arc<Handles>, StorageError> {
+        self.db.get().ok_or_else(|| {
+            StorageError::io(
+                NAME,
+                format!(
+                    "{}: closed after a failed write, and not yet reopened (a full \
+                     disk?); the broker reopens it when it retries",
+                    self.path.display()
+                ),
+            )
+        })
+    }
+
+    fn tree(&self, table: Table) -> Result<Tree, StorageError> {
+        Ok(self.handles()?.trees[table.index()].clone())
     }
 
     /// Keys stored in `[start, end)` of `table`.
@@ -120,7 +125,7 @@ impl SledStore {
         start: &[u8],
         end: &[u8],
     ) -> Result<Vec<Vec<u8>>, StorageError> {
-        self.tree(table)
+        self.tree(table)?
             .range(start..end)
             .keys()
             .map(|key| {
@@ -143,7 +148,8 @@ impl SledStore {
         // added by `expand_ranges`.
         let writes =
             kv::expand_ranges(writes, |table, start, end| self.keys_in(table, start, end))?;
-        let [t0, t1, t2, t3, t4, t5] = &self.trees;
+        let handles = self.handles()?;
+        let [t0, t1, t2, t3, t4, t5] = &handles.trees;
         let result = (t0, t1, t2, t3, t4, t5).transaction(|(v0, v1, v2, v3, v4, v5)| {
             let views = [v0, v1, v2, v3, v4, v5];
             // The closure may run again on a conflict; it only replays the
@@ -186,7 +192,7 @@ impl SledStore {
         }
         // Not a snapshot: a batch committing meanwhile may be seen in part
         // (the trait documents this for sled).
-        self.tree(Table::Outbound)
+        self.tree(Table::Outbound)?
             .range(start..end)
             .take(limit)
             .map(|row| {
@@ -200,7 +206,7 @@ impl SledStore {
     /// True if a session record exists: pages leave orphans out, as `load`
     /// does.
     fn has_session(&self, client_id: &str) -> Result<bool, StorageError> {
-        self.tree(Table::Sessions)
+        self.tree(Table::Sessions)?
             .contains_key(keys::session_key(client_id))
             .map_err(|e| error(&self.path, "cannot read a session", e))
     }
@@ -209,7 +215,7 @@ impl SledStore {
         &self,
         ids: &[MessageId],
     ) -> Result<Vec<Option<MessageRecord>>, StorageError> {
-        let tree = self.tree(Table::Messages);
+        let tree = self.tree(Table::Messages)?;
         ids.iter()
             .map(|id| {
                 tree.get(keys::message_key(*id))
@@ -221,7 +227,7 @@ impl SledStore {
     }
 
     fn retained_unguarded(&self, topic: &str) -> Result<Option<MessageRecord>, StorageError> {
-        self.tree(Table::Retained)
+        self.tree(Table::Retained)?
             .get(keys::retained_key(topic))
             .map_err(|e| error(&self.path, "cannot read a retained message", e))?
             .map(|value| encoding::decode(&value))
@@ -269,7 +275,7 @@ impl kv::Rows for SledStore {
         range: Option<(&[u8], &[u8])>,
         row: kv::Row<'_>,
     ) -> Result<(), StorageError> {
-        let tree = self.tree(table);
+        let tree = self.tree(table)?;
         let rows = match range {
             None => tree.iter(),
             Some((start, end)) => tree.range(start..end),
@@ -288,8 +294,29 @@ impl kv::Rows for SledStore {
 impl Store for SledStore {
     fn apply(&self, ops: &[Op]) -> Result<(), StorageError> {
         guard::catch(|| self.apply_unguarded(ops))
-            .map_err(|panic| self.failed_writing(&panic))?
-            .map_err(|e| e.in_backend(NAME))
+            .map_err(|panic| self.failed_writing(&panic))
+            .and_then(|r| r.map_err(|e| e.in_backend(NAME)))
+            .inspect_err(|e| {
+                // A batch rejected before it reached sled leaves it as it was.
+                if !matches!(
+                    e,
+                    StorageError::InvalidOp { .. } | StorageError::Encode { .. }
+                ) {
+                    self.db.mark_broken();
+                }
+            })
+    }
+
+    /// Reopens the database if a write failed since it was opened. sled
+    /// recovers its log on opening, back to the last flush; a handle
+    /// dropped here releases its lock a moment later, which opening waits
+    /// for (up to two seconds).
+    fn recover(&self) -> Result<(), StorageError> {
+        self.db.reopen(|| {
+            guard::catch(|| open_handles(&self.path))
+                .map_err(|panic| damaged(&self.path, &panic))?
+                .map_err(|e| e.in_backend(NAME))
+        })
     }
 
     fn load(&self) -> Result<Snapshot, StorageError> {
@@ -337,11 +364,49 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        guard::catch(|| self.db.flush())
-            .map_err(|panic| self.failed_writing(&panic))?
-            .map(drop)
-            .map_err(|e| error(&self.path, "cannot flush", e))
+        let handles = self.handles()?;
+        let flushed = guard::catch(|| handles.db.flush())
+            .map_err(|panic| self.failed_writing(&panic))
+            .and_then(|r| {
+                r.map(drop)
+                    .map_err(|e| error(&self.path, "cannot flush", e))
+            });
+        if flushed.is_err() {
+            self.db.mark_broken();
+        }
+        flushed
     }
+}
+
+/// Opens the sled database in `path` and its trees, and checks or writes
+/// the format version.
+fn open_handles(path: &Path) -> Result<Handles, StorageError> {
+    let db = open_db(path)?;
+    let mut trees = Vec::with_capacity(Table::ALL.len());
+    for table in Table::ALL {
+        let tree = db
+            .open_tree(table.name())
+            .map_err(|e| error(path, "cannot open tree", e))?;
+        trees.push(tree);
+    }
+    let trees: [Tree; 6] = trees
+        .try_into()
+        .map_err(|_| StorageError::io(NAME, "wrong number of trees"))?;
+
+    let meta = db
+        .open_tree(kv::META_TABLE)
+        .map_err(|e| error(path, "cannot open tree", e))?;
+    let stored = meta
+        .get(kv::VERSION_KEY)
+        .map_err(|e| error(path, "cannot read the format version", e))?;
+    let has_records = trees.iter().any(|t| !t.is_empty());
+    if kv::check_version(stored.as_deref(), has_records, path)? {
+        meta.insert(kv::VERSION_KEY, &kv::version_bytes()[..])
+            .map_err(|e| error(path, "cannot write the format version", e))?;
+        db.flush()
+            .map_err(|e| error(path, "cannot flush the format version", e))?;
+    }
+    Ok(Handles { db, trees })
 }
 
 /// The error for a panic inside sled on the store in `path`.

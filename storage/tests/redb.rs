@@ -285,3 +285,13 @@ fn file_left_by_a_crash_still_opens() {
     let store = RedbStore::open(crashed.path()).unwrap();
     assert_eq!(store.load().unwrap(), expected);
 }
+
+/// A full disk (a file size limit, for real) fails writes; once there is
+/// room again, `recover` makes the store work again and nothing written
+/// before is lost.
+#[test]
+fn redb_recovers_after_a_write_limit() {
+    common::recovers_after_a_write_limit("redb_recovers_after_a_write_limit", 4194304, |dir| {
+        RedbStore::open(dir)
+    });
+}

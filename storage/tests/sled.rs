@@ -133,3 +133,13 @@ fn a_directory_in_use_is_reported_after_waiting() {
     assert!(err.to_string().starts_with("sled store: "), "{err}");
     assert!(std::error::Error::source(&err).is_some(), "{err:?}");
 }
+
+/// A full disk (a file size limit, for real) fails writes; once there is
+/// room again, `recover` makes the store work again and nothing written
+/// before is lost.
+#[test]
+fn sled_recovers_after_a_write_limit() {
+    common::recovers_after_a_write_limit("sled_recovers_after_a_write_limit", 4194304, |dir| {
+        SledStore::open(dir)
+    });
+}

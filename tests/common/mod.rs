@@ -114,6 +114,9 @@ impl roost::storage::Store for Durable {
     ) -> Result<(), roost::storage::StorageError> {
         self.0.scan(visit)
     }
+    fn recover(&self) -> Result<(), roost::storage::StorageError> {
+        self.0.recover()
+    }
 }
 
 /// Polls `cond` until it holds, for up to `WAIT`.

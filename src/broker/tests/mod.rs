@@ -10,6 +10,7 @@
 //! driver does, so the keep-alive sees what it sees in production.
 
 mod expiry;
+mod full_disk;
 mod keep_alive;
 mod restart;
 mod spill;

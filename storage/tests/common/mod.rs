@@ -43,6 +43,10 @@ impl<S: Store> Store for TempStore<S> {
         self.store.flush()
     }
 
+    fn recover(&self) -> Result<(), StorageError> {
+        self.store.recover()
+    }
+
     // Forwarded, so that the suite checks the backend's own reads rather
     // than the trait's defaults.
     fn outbound_page(
@@ -160,5 +164,121 @@ pub(crate) fn churn(
     let snapshot = store.load().expect("load");
     if !batches.is_empty() {
         assert_eq!(snapshot.messages.len() as u64, per_batch);
+    }
+}
+
+/// Where the child of [`recovers_after_a_write_limit`] keeps its store.
+const CHILD_DIR: &str = "ROOST_STORAGE_WRITE_LIMIT_DIR";
+
+/// A full disk, for real: writes past a file size limit fail with EFBIG as
+/// they would with ENOSPC. The test runs itself again (`test`, its name in
+/// this test binary) in a child process under `prlimit --fsize=limit`
+/// (util-linux), with SIGXFSZ ignored so a write past the limit fails
+/// instead of killing the process. The child writes batches of messages
+/// until one fails, checks that the store keeps failing, raises its own
+/// limit (`prlimit --pid`), and then checks that [`Store::recover`] makes
+/// the store work again with every batch written before the failure there
+/// and none of the failed one, before and after reopening.
+pub(crate) fn recovers_after_a_write_limit<S: Store>(
+    test: &str,
+    limit: u64,
+    open: impl Fn(&Path) -> Result<S, StorageError>,
+) {
+    use std::process::Command;
+    let Some(dir) = std::env::var_os(CHILD_DIR) else {
+        let dir = temp_dir();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; exec prlimit --fsize={limit}:unlimited \"$0\" \"$@\""
+            ))
+            .arg(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CHILD_DIR, dir.path())
+            .status()
+            .expect("run sh (and prlimit, from util-linux)");
+        assert!(status.success(), "the child test failed: {status}");
+        return;
+    };
+    let dir = Path::new(&dir);
+    let store = open(dir).expect("open under the limit");
+    let mut written = Vec::new();
+    let mut failure = None;
+    for id in 1..=10_000u64 {
+        match store.apply(&[message(id, 16 << 10)]) {
+            Ok(()) => written.push(id),
+            Err(e) => {
+                failure = Some((id, e));
+                break;
+            }
+        }
+    }
+    let (failed, error) = failure.expect("a write past the limit fails");
+    eprintln!(
+        "write {failed} failed after {} written: {error}",
+        written.len()
+    );
+    assert!(!written.is_empty(), "the limit left room for some writes");
+    assert!(
+        matches!(error, StorageError::Io { .. }),
+        "a full disk is an I/O error: {error:?}"
+    );
+    // Still no room: writing again fails, and so may recovering.
+    assert!(store.apply(&[message(failed, 16 << 10)]).is_err());
+    let _ = store.recover();
+
+    let raised = Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            "--fsize=unlimited",
+        ])
+        .status()
+        .expect("run prlimit");
+    assert!(raised.success());
+    // A handle dropped by a failed reopen may hold its lock a moment.
+    let mut recovered = store.recover();
+    for _ in 0..50 {
+        if recovered.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        recovered = store.recover();
+    }
+    if let Err(e) = recovered {
+        panic!("recover once there is room: {e}");
+    }
+    let next = failed + 1;
+    store
+        .apply(&[message(next, 16 << 10)])
+        .expect("a write after recovering");
+    written.push(next);
+    let ids = |s: Snapshot| s.messages.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+    assert_eq!(ids(store.load().expect("load")), written);
+    drop(store);
+    let mut reopened = open(dir);
+    for _ in 0..50 {
+        if reopened.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        reopened = open(dir);
+    }
+    let reopened = reopened.expect("reopen");
+    assert_eq!(ids(reopened.load().expect("load")), written);
+}
+
+/// A message body of `size` bytes under `id`.
+fn message(id: MessageId, size: usize) -> Op {
+    Op::PutMessage {
+        id,
+        message: MessageRecord {
+            topic: format!("limit/{id}"),
+            payload: bytes::Bytes::from(vec![0xa5; size]),
+            qos: 1,
+            retain: false,
+            properties: Default::default(),
+            expires_at_ms: None,
+        },
     }
 }
