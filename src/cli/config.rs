@@ -99,6 +99,10 @@ pub(crate) struct StoreConfig {
     pub backend: StoreKind,
     /// Directory of the persistent store. Default: `./data`.
     pub data_dir: PathBuf,
+    /// The persistent backend's page cache (sled and redb would take
+    /// 1 GiB each). Default: 64 MiB.
+    #[serde(with = "roost::size")]
+    pub cache: usize,
 }
 
 impl Default for StoreConfig {
@@ -106,6 +110,7 @@ impl Default for StoreConfig {
         StoreConfig {
             backend: StoreKind::Redb,
             data_dir: PathBuf::from("./data"),
+            cache: roost::storage::DEFAULT_CACHE_BYTES,
         }
     }
 }

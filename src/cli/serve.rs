@@ -96,14 +96,18 @@ fn store_failure(e: &StorageError) -> (String, u8) {
 }
 
 /// Opens the store; the text says what was opened, for the start-up line.
-fn open_store(kind: StoreKind, dir: &Path) -> Result<(Box<dyn Store>, String), (String, u8)> {
+fn open_store(
+    kind: StoreKind,
+    dir: &Path,
+    cache: usize,
+) -> Result<(Box<dyn Store>, String), (String, u8)> {
     match kind {
         StoreKind::Memory => Ok((
             Box::new(roost::storage::MemoryStore::new()),
             "memory (nothing persists)".into(),
         )),
         #[cfg(feature = "sled")]
-        StoreKind::Sled => roost::storage::SledStore::open(dir)
+        StoreKind::Sled => roost::storage::SledStore::open_with_cache(dir, cache)
             .map(|s| {
                 (
                     Box::new(s) as Box<dyn Store>,
@@ -112,7 +116,7 @@ fn open_store(kind: StoreKind, dir: &Path) -> Result<(Box<dyn Store>, String), (
             })
             .map_err(|e| store_failure(&e)),
         #[cfg(feature = "redb")]
-        StoreKind::Redb => roost::storage::RedbStore::open(dir)
+        StoreKind::Redb => roost::storage::RedbStore::open_with_cache(dir, cache)
             .map(|s| {
                 let path = s.path().display().to_string();
                 (Box::new(s) as Box<dyn Store>, format!("redb in {path}"))
@@ -151,7 +155,11 @@ pub(crate) async fn run(config: Config) -> ExitCode {
             None
         }
     };
-    let (store, store_text) = match open_store(config.store.backend, &config.store.data_dir) {
+    let (store, store_text) = match open_store(
+        config.store.backend,
+        &config.store.data_dir,
+        config.store.cache,
+    ) {
         Ok(s) => s,
         Err((message, code)) => return fail(message, code),
     };

@@ -165,9 +165,9 @@ mod overlay;
 mod record;
 #[cfg(feature = "redb")]
 mod redb;
-mod scan;
 #[cfg(any(feature = "sled", feature = "redb"))]
 mod reopen;
+mod scan;
 #[cfg(feature = "sled")]
 mod sled;
 
@@ -348,6 +348,12 @@ impl StorageError {
         self
     }
 }
+
+/// The page cache a persistent backend of this crate keeps by default,
+/// in bytes: 64 MiB. sled and redb would each keep 1 GiB, which on a
+/// gateway with 1-4 GB of memory decides more than the broker's own
+/// budget; `open_with_cache` sets another bound.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// A storage backend.
 ///

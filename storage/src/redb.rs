@@ -69,6 +69,8 @@ pub struct RedbStore {
     db: Reopen<Database>,
     /// The database file.
     path: PathBuf,
+    /// redb's page cache, in bytes.
+    cache_bytes: usize,
 }
 
 impl RedbStore {
@@ -97,6 +99,20 @@ impl RedbStore {
     /// Every message names the file. Nothing is wiped on error, and a file
     /// refused as damaged or of another format version is not written to.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Self::open_with_cache(dir, crate::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`open`](Self::open), with redb's page cache bounded to
+    /// `cache_bytes` instead of [`DEFAULT_CACHE_BYTES`](crate::DEFAULT_CACHE_BYTES)
+    /// (redb's own default is 1 GiB, too much for a small gateway).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_with_cache(
+        dir: impl AsRef<Path>,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(|e| {
             StorageError::io(
@@ -106,10 +122,11 @@ impl RedbStore {
             .with_source(e)
         })?;
         let path = dir.join(Self::FILE_NAME);
-        let db = open_checked(&path)?;
+        let db = open_checked(&path, cache_bytes)?;
         Ok(Self {
             db: Reopen::new(db),
             path,
+            cache_bytes,
         })
     }
 
@@ -380,7 +397,7 @@ impl Store for RedbStore {
     /// and redb's own crash recovery takes it back to its last commit.
     fn recover(&self) -> Result<(), StorageError> {
         self.db.reopen(|| {
-            let db = open_database(&self.path)?;
+            let db = open_database(&self.path, self.cache_bytes)?;
             guard::catch(|| init(&db, &self.path))
                 .map_err(|panic| damaged(&self.path, &panic))?
                 .map_err(|e| e.in_backend(NAME))?;
@@ -434,14 +451,14 @@ impl Store for RedbStore {
 
 /// Opens the file at `path` (checked before, if it holds anything) and
 /// checks or writes the format version.
-fn open_checked(path: &Path) -> Result<Database, StorageError> {
+fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, StorageError> {
     // redb writes to a file as soon as it opens it, so a file that holds
     // anything is checked first through a view that keeps redb's writes
     // in memory. A missing or empty file has nothing to lose.
     if fs::metadata(path).is_ok_and(|m| m.len() > 0) {
         verify(path).map_err(|e| left_alone(e.in_backend(NAME)))?;
     }
-    let db = open_database(path)?;
+    let db = open_database(path, cache_bytes)?;
     guard::catch(|| init(&db, path))
         .map_err(|panic| damaged(path, &panic))?
         .map_err(|e| e.in_backend(NAME))?;
@@ -450,8 +467,8 @@ fn open_checked(path: &Path) -> Result<Database, StorageError> {
 
 /// `Database::create`, which initialises only a missing or empty file and
 /// refuses anything that is not a redb database.
-fn open_database(path: &Path) -> Result<Database, StorageError> {
-    guard::catch(|| Database::create(path))
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StorageError> {
+    guard::catch(|| Database::builder().set_cache_size(cache_bytes).create(path))
         .map_err(|panic| damaged(path, &panic))?
         .map_err(|e| open_error(path, e))
 }

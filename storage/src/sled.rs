@@ -55,6 +55,8 @@ pub struct SledStore {
     /// Reopened by [`Store::recover`] after a failed write.
     db: Reopen<Handles>,
     path: PathBuf,
+    /// sled's page cache, in bytes.
+    cache_bytes: usize,
 }
 
 /// An open sled database and its trees.
@@ -81,17 +83,32 @@ impl SledStore {
     ///
     /// Every message names the directory. Nothing is wiped on error.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Self::open_with_cache(dir, crate::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`open`](Self::open), with sled's page cache bounded to
+    /// `cache_bytes` instead of [`DEFAULT_CACHE_BYTES`](crate::DEFAULT_CACHE_BYTES)
+    /// (sled's own default is 1 GiB, too much for a small gateway).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_with_cache(
+        dir: impl AsRef<Path>,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
         let path = dir.as_ref().to_path_buf();
-        guard::catch(|| Self::open_unguarded(path.clone()))
+        guard::catch(|| Self::open_unguarded(path.clone(), cache_bytes))
             .map_err(|panic| damaged(&path, &panic))?
             .map_err(|e| e.in_backend(NAME))
     }
 
-    fn open_unguarded(path: PathBuf) -> Result<Self, StorageError> {
-        let handles = open_handles(&path)?;
+    fn open_unguarded(path: PathBuf, cache_bytes: usize) -> Result<Self, StorageError> {
+        let handles = open_handles(&path, cache_bytes)?;
         Ok(Self {
             db: Reopen::new(handles),
             path,
+            cache_bytes,
         })
     }
 
@@ -313,7 +330,7 @@ impl Store for SledStore {
     /// for (up to two seconds).
     fn recover(&self) -> Result<(), StorageError> {
         self.db.reopen(|| {
-            guard::catch(|| open_handles(&self.path))
+            guard::catch(|| open_handles(&self.path, self.cache_bytes))
                 .map_err(|panic| damaged(&self.path, &panic))?
                 .map_err(|e| e.in_backend(NAME))
         })
@@ -380,8 +397,8 @@ impl Store for SledStore {
 
 /// Opens the sled database in `path` and its trees, and checks or writes
 /// the format version.
-fn open_handles(path: &Path) -> Result<Handles, StorageError> {
-    let db = open_db(path)?;
+fn open_handles(path: &Path, cache_bytes: usize) -> Result<Handles, StorageError> {
+    let db = open_db(path, cache_bytes)?;
     let mut trees = Vec::with_capacity(Table::ALL.len());
     for table in Table::ALL {
         let tree = db
@@ -431,12 +448,15 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// #1234, #1289). So reopening right after a drop, in the same process, can
 /// find the lock taken; `open` retries for up to [`LOCK_WAIT`] before
 /// reporting the directory as in use. Other errors are reported at once.
-fn open_db(path: &Path) -> Result<Db, StorageError> {
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Db, StorageError> {
     let started = Instant::now();
     loop {
         // sled 0.34 can panic on some damaged files instead of returning an
         // error: `SledStore::open` catches that.
-        let opened = ::sled::Config::new().path(path).open();
+        let opened = ::sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes as u64)
+            .open();
         match opened {
             Ok(db) => return Ok(db),
             Err(e) if is_lock_contention(&e) && started.elapsed() < LOCK_WAIT => {

@@ -25,9 +25,7 @@
 
 use bytes::Bytes;
 use clap::Parser;
-use roost::codec::{
-    Disconnect, Packet, PacketId, ProtocolVersion, PubResp, Publish, QoS, QosPid,
-};
+use roost::codec::{Disconnect, Packet, PacketId, ProtocolVersion, PubResp, Publish, QoS, QosPid};
 use roost_loadgen::client::{self, Conn, ConnectOptions};
 use roost_loadgen::conns::source;
 use roost_loadgen::procstat;
@@ -206,7 +204,9 @@ async fn subscribe_and_leave(
     filter: &str,
     from: Option<std::net::IpAddr>,
 ) -> Result<(), String> {
-    let mut c = client::connect(addr, from, &opts(id, false)).await.map_err(io)?;
+    let mut c = client::connect(addr, from, &opts(id, false))
+        .await
+        .map_err(io)?;
     c.subscribe(&[filter.to_owned()], QoS::AtLeastOnce)
         .await
         .map_err(io)?;
@@ -269,7 +269,9 @@ async fn drain(
     ordered: bool,
     from: Option<std::net::IpAddr>,
 ) -> Result<Duration, String> {
-    let mut c = client::connect(addr, from, &opts(id, false)).await.map_err(io)?;
+    let mut c = client::connect(addr, from, &opts(id, false))
+        .await
+        .map_err(io)?;
     let t = Instant::now();
     let mut got = 0u64;
     let mut next = 0u64;
@@ -407,10 +409,20 @@ async fn many(broker: &str, a: &Args) -> Result<(), String> {
     let step = (a.sessions / 100).max(1);
     let mut checked = 0;
     for i in (0..a.sessions).step_by(step as usize) {
-        drain(b.addr, &format!("dev-{i:06}"), a.per_session, true, source(i, 8)).await?;
+        drain(
+            b.addr,
+            &format!("dev-{i:06}"),
+            a.per_session,
+            true,
+            source(i, 8),
+        )
+        .await?;
         checked += 1;
     }
-    println!("  {broker}: {checked} sessions checked, each got all {} in order", a.per_session);
+    println!(
+        "  {broker}: {checked} sessions checked, each got all {} in order",
+        a.per_session
+    );
     b.stop();
     Ok(())
 }
