@@ -548,47 +548,62 @@ async fn the_relaxed_mode_acknowledges_first_and_commits_on_its_interval() {
 }
 
 /// `Server::load_store` reads the store before anything is bound, so the
-/// `roost` binary refuses a store it cannot read before it listens; `serve`
-/// then restores what was read instead of reading it again.
+/// `roost` binary refuses a store it cannot read before it listens (also
+/// one whose scan fails part way); `serve` then restores what was read
+/// instead of reading it again.
 #[tokio::test]
 async fn load_store_reads_before_serving_and_reports_a_failed_read() {
     let store = FaultyStore::new(Durable::default());
     let faults = store.handle();
-    faults.set_load_failing(true);
+    faults.set_read_failing(true);
     match Server::new(Options::default())
         .store(store)
         .load_store()
         .await
     {
         Err(roost::ServeError::Storage(StorageError::Injected { .. })) => {}
-        other => panic!("expected the injected load failure, got {other:?}"),
+        other => panic!("expected the injected read failure, got {other:?}"),
     }
 
-    let durable = Durable::default();
-    durable
-        .apply(&[Op::PutRetained {
-            message: roost::storage::MessageRecord {
-                topic: "r".into(),
-                payload: bytes::Bytes::from_static(b"kept"),
-                qos: 1,
-                retain: true,
-                properties: Default::default(),
-                expires_at_ms: None,
-            },
-        }])
-        .unwrap();
-    let store = FaultyStore::new(durable);
+    let kept = || {
+        let durable = Durable::default();
+        durable
+            .apply(&[Op::PutRetained {
+                message: roost::storage::MessageRecord {
+                    topic: "r".into(),
+                    payload: bytes::Bytes::from_static(b"kept"),
+                    qos: 1,
+                    retain: true,
+                    properties: Default::default(),
+                    expires_at_ms: None,
+                },
+            }])
+            .unwrap();
+        durable
+    };
+    let store = FaultyStore::new(kept());
+    store.handle().fail_scans_after(Some(0));
+    match Server::new(Options::default())
+        .store(store)
+        .load_store()
+        .await
+    {
+        Err(roost::ServeError::Storage(StorageError::Injected { .. })) => {}
+        other => panic!("expected the injected scan failure, got {other:?}"),
+    }
+
+    let store = FaultyStore::new(kept());
     let faults = store.handle();
     let server = Server::new(Options::default())
         .store(store)
         .load_store()
         .await
         .unwrap();
-    assert_eq!(faults.load_calls(), 1);
+    assert_eq!(faults.read_calls(), 1);
     let b = TestBroker::with_server(server).await;
     let mut r = Raw::connected(b.addr, v5("r")).await;
     r.subscribe(1, "r", QoS::AtMostOnce).await;
     assert_eq!(payload(&r.recv_publish().await), "kept");
-    assert_eq!(faults.load_calls(), 1, "serve read the store again");
+    assert_eq!(faults.read_calls(), 1, "serve read the store again");
     b.stop().await;
 }

@@ -1,220 +1,355 @@
-//! Start-up: rebuilding the broker's state from a storage snapshot.
+//! Start-up: rebuilding the broker's state from the store, one record at a
+//! time ([`Restore`], fed by `Store::scan`), so that what the store holds
+//! never has to fit in memory at once.
 //!
 //! Every stored session comes back disconnected, with its subscriptions
 //! live in the router at once (a publish arriving before the client
-//! reconnects is queued for it), its queued and in-flight messages (resent
-//! with DUP on reconnect), and its inbound QoS 2 packet ids (so a resent
-//! QoS 2 PUBLISH is still not delivered twice). Expiry counts wall-clock
-//! time across the downtime.
+//! reconnects is queued for it), its in-flight messages (resent with DUP
+//! on reconnect), its queued messages left in the store (read back a page
+//! at a time once the client is back: see `spill`), and its inbound QoS 2
+//! packet ids (so a resent QoS 2 PUBLISH is still not delivered twice).
+//! Expiry counts wall-clock time across the downtime
+//! ([`Broker::restored`] runs what fell due).
 
 use super::persist::{message_from_record, qos_from_u8};
 use super::session::{Outgoing, Session, SubEntry, Will};
 use super::{retained_cost, split_shared, Broker, SessionId, Tracked};
 use crate::codec::{ByteStr, ProtocolVersion, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
-use crate::hooks::Client;
+use crate::hooks::{Client, Hooks};
 use crate::stats;
-use roost_storage::{Op, OutboundState, SessionOwner, Snapshot};
+use roost_storage::{
+    MessageId, MessageRecord, Op, OutboundRecord, OutboundState, Record, SessionOwner,
+    SessionRecord, SubscriptionRecord,
+};
 use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+/// Rebuilds a broker's state from the records of a store, as a scan
+/// passes them: a session's record, then what belongs to it, then message
+/// bodies, then retained messages.
+pub(crate) struct Restore<'a> {
+    broker: &'a mut Broker,
+    now_ms: u64,
+    /// The session whose records are coming (`None` after one that was
+    /// dropped, whose records are then deleted as they come).
+    current: Option<(SessionId, Box<Session>)>,
+    /// Outbound entries whose body is stored apart, by body: those in
+    /// flight wait for it to come back into memory, queued ones to be
+    /// rewritten with it inline (see `spill`).
+    waiting: HashMap<MessageId, Vec<Waiting>>,
+    /// Bodies passed so far.
+    bodies: u64,
+}
+
+/// An outbound entry waiting for its body.
+struct Waiting {
+    sid: SessionId,
+    seq: u64,
+    entry: OutboundRecord,
+}
+
 impl Broker {
-    /// Loads `snapshot` into an empty broker, then runs what fell due while
-    /// the broker was down (expired sessions end, delayed wills go out).
-    pub(crate) fn restore(&mut self, snapshot: Snapshot, now_ms: u64) {
-        let mut bodies: HashMap<u64, Arc<Tracked>> = HashMap::new();
-        for (id, rec) in snapshot.messages {
-            self.persist.next_message_id = self.persist.next_message_id.max(id + 1);
-            bodies.insert(id, Arc::new(Tracked::stored(message_from_record(rec), id)));
+    /// Starts restoring into this (empty) broker: feed it
+    /// [`Restore::record`]s, then call [`Restore::finish`] and, once the
+    /// broker has its hooks, [`Broker::restored`].
+    pub(crate) fn restore(&mut self, now_ms: u64) -> Restore<'_> {
+        Restore {
+            broker: self,
+            now_ms,
+            current: None,
+            waiting: HashMap::new(),
+            bodies: 0,
         }
+    }
 
-        for rec in snapshot.retained {
-            let msg = message_from_record(rec);
-            if msg.is_expired(now_ms) {
-                self.persist.push(Op::DeleteRetained {
-                    topic: msg.topic.as_str().to_owned(),
-                });
-                continue;
+    /// Gives a broker built before its hooks were known (see
+    /// `Server::load_store`) the hooks it serves with.
+    pub(crate) fn set_hooks(&mut self, hooks: Hooks) {
+        self.hooks = hooks;
+    }
+
+    /// After a restore: runs what fell due while the broker was down
+    /// (expired sessions end, delayed wills go out), with the hooks.
+    pub(crate) fn restored(&mut self, now_ms: u64) {
+        self.run_timers(now_ms);
+    }
+}
+
+impl Restore<'_> {
+    /// Takes one record.
+    pub(crate) fn record(&mut self, record: Record) {
+        match record {
+            Record::Session(rec) => {
+                self.end_session();
+                self.session(rec);
             }
-            let topic = msg.topic.clone();
-            // What the store holds comes back whatever the limit says now:
-            // it was accepted. Only new messages are refused past it.
-            self.retained_bytes += retained_cost(&msg);
-            self.retained.insert(&topic, Arc::new(Tracked::new(msg)));
+            Record::Subscription { subscription, .. } => self.subscription(subscription),
+            Record::Outbound { seq, entry, .. } => self.outbound(seq, entry),
+            Record::InboundQos2 { packet_id, .. } => {
+                if let Some((_, s)) = &mut self.current {
+                    s.flows_mut().inbound_qos2.insert(packet_id);
+                }
+            }
+            Record::Message { id, message } => {
+                self.end_session();
+                self.body(id, message);
+            }
+            Record::Retained(message) => {
+                self.end_session();
+                self.retained(message);
+            }
+            // A record kind this build does not know: nothing to restore.
+            _ => {}
         }
+    }
 
-        for stored in snapshot.sessions {
-            let rec = stored.session;
-            let Some(version) = ProtocolVersion::from_level(rec.protocol_level) else {
-                tracing::warn!(client_id = %Escaped(&rec.client_id), level = rec.protocol_level,
-                    "stored session has an unknown protocol level; dropping it");
-                self.persist.push(Op::DeleteSession {
-                    client_id: rec.client_id,
-                });
-                continue;
-            };
-            let client_id = ByteStr::from(rec.client_id);
-            let sid = SessionId(self.next_session);
-            self.next_session += 1;
-            let (username, owner_unknown) = match rec.owner {
-                SessionOwner::Unknown => (None, true),
-                SessionOwner::Anonymous => (None, false),
-                SessionOwner::User(user) => (Some(ByteStr::from(user)), false),
-            };
-            // Hooks judge a restored session (its will, its deliveries) as
-            // its owner until the owner connects again (an unknown owner, as
-            // a client without a user name).
-            let mut s = Box::new(Session::new(Arc::new(Client {
-                client_id: client_id.clone(),
-                username,
-                remote_addr: None,
-                protocol: version,
-                inline: false,
-            })));
-            s.stored = true;
-            s.owner_unknown = owner_unknown;
-            s.expiry_interval = rec.expiry_interval;
-            // A session that was connected when the broker stopped lost its
-            // connection then; the moment is unknown, so it counts from now.
-            let disconnected_at = rec.disconnected_at_ms.unwrap_or(now_ms);
-            s.disconnected_at_ms = Some(disconnected_at);
-            if let Some(w) = rec.will {
-                let delay = w.delay_interval.min(s.expiry_interval);
-                s.will_due_ms = Some(disconnected_at.saturating_add(u64::from(delay) * 1000));
-                s.will = Some(Box::new(Will {
-                    message: Arc::new(Tracked::new(message_from_record(w.message))),
-                    delay_interval: w.delay_interval,
-                    expiry_interval: w.message_expiry_interval,
-                }));
+    fn session(&mut self, rec: SessionRecord) {
+        let b = &mut *self.broker;
+        let Some(version) = ProtocolVersion::from_level(rec.protocol_level) else {
+            tracing::warn!(client_id = %Escaped(&rec.client_id), level = rec.protocol_level,
+                "stored session has an unknown protocol level; dropping it");
+            b.persist.push(Op::DeleteSession {
+                client_id: rec.client_id,
+            });
+            return;
+        };
+        let client_id = ByteStr::from(rec.client_id);
+        let sid = SessionId(b.next_session);
+        b.next_session += 1;
+        let (username, owner_unknown) = match rec.owner {
+            SessionOwner::Unknown => (None, true),
+            SessionOwner::Anonymous => (None, false),
+            SessionOwner::User(user) => (Some(ByteStr::from(user)), false),
+        };
+        // Hooks judge a restored session (its will, its deliveries) as its
+        // owner until the owner connects again (an unknown owner, as a
+        // client without a user name).
+        let mut s = Box::new(Session::new(Arc::new(Client {
+            client_id,
+            username,
+            remote_addr: None,
+            protocol: version,
+            inline: false,
+        })));
+        s.stored = true;
+        s.owner_unknown = owner_unknown;
+        s.expiry_interval = rec.expiry_interval;
+        // A session that was connected when the broker stopped lost its
+        // connection then; the moment is unknown, so it counts from now.
+        let disconnected_at = rec.disconnected_at_ms.unwrap_or(self.now_ms);
+        s.disconnected_at_ms = Some(disconnected_at);
+        if let Some(w) = rec.will {
+            let delay = w.delay_interval.min(s.expiry_interval);
+            s.will_due_ms = Some(disconnected_at.saturating_add(u64::from(delay) * 1000));
+            s.will = Some(Box::new(Will {
+                message: Arc::new(Tracked::new(message_from_record(w.message))),
+                delay_interval: w.delay_interval,
+                expiry_interval: w.message_expiry_interval,
+            }));
+        }
+        self.current = Some((sid, s));
+    }
+
+    fn subscription(&mut self, sub: SubscriptionRecord) {
+        let Some((sid, s)) = &mut self.current else {
+            return;
+        };
+        let entry = SubEntry {
+            options: SubscriptionOptions {
+                qos: qos_from_u8(sub.qos),
+                no_local: sub.no_local,
+                retain_as_published: sub.retain_as_published,
+                retain_handling: match sub.retain_handling {
+                    1 => RetainHandling::SendAtSubscribeIfNew,
+                    2 => RetainHandling::DoNotSend,
+                    _ => RetainHandling::SendAtSubscribe,
+                },
+            },
+            id: sub.subscription_identifier.and_then(NonZeroU32::new),
+        };
+        let filter = ByteStr::from(sub.filter);
+        let (group, plain) = split_shared(&filter);
+        self.broker.subs.insert(plain, group, *sid, entry);
+        s.subscriptions.insert(filter, entry);
+    }
+
+    /// One outbound entry: in flight, it comes back into memory; queued, it
+    /// stays in the store (the session is away).
+    fn outbound(&mut self, seq: u64, mut entry: OutboundRecord) {
+        let Some((sid, s)) = &mut self.current else {
+            return;
+        };
+        s.next_seq = s.next_seq.max(seq);
+        let pid = entry.packet_id.and_then(NonZeroU16::new);
+        if pid.is_none() || !matches!(entry.state, OutboundState::Sent | OutboundState::Released) {
+            entry.state = OutboundState::Queued;
+        }
+        let body = match entry.message.take() {
+            Some(rec) => Arc::new(Tracked::new(message_from_record(rec))),
+            // Released: only the PUBREL is owed, the body is not needed.
+            None if entry.state == OutboundState::Released => {
+                Arc::new(Tracked::new(message_from_record(MessageRecord {
+                    topic: String::new(),
+                    payload: bytes::Bytes::new(),
+                    qos: entry.qos,
+                    retain: false,
+                    properties: Default::default(),
+                    expires_at_ms: None,
+                })))
             }
-
-            for sub in stored.subscriptions {
-                let entry = SubEntry {
-                    options: SubscriptionOptions {
-                        qos: qos_from_u8(sub.qos),
-                        no_local: sub.no_local,
-                        retain_as_published: sub.retain_as_published,
-                        retain_handling: match sub.retain_handling {
-                            1 => RetainHandling::SendAtSubscribeIfNew,
-                            2 => RetainHandling::DoNotSend,
-                            _ => RetainHandling::SendAtSubscribe,
-                        },
-                    },
-                    id: sub.subscription_identifier.and_then(NonZeroU32::new),
-                };
-                let filter = ByteStr::from(sub.filter);
-                let (group, plain) = split_shared(&filter);
-                self.subs.insert(plain, group, sid, entry);
-                s.subscriptions.insert(filter, entry);
-            }
-
-            // What is in flight (and anything queued before it) comes back
-            // into memory; the queued tail after it stays in the store and
-            // is read back a page at a time once the client is back (see
-            // `spill`).
-            let spill_from = match self.persist.enabled {
-                true => stored
-                    .outbound
-                    .iter()
-                    .rposition(|(_, e)| e.state != OutboundState::Queued && e.packet_id.is_some())
-                    .map_or(0, |i| i + 1),
-                false => stored.outbound.len(),
-            };
-            for (i, (seq, entry)) in stored.outbound.into_iter().enumerate() {
-                s.next_seq = s.next_seq.max(seq);
-                let inline = entry.message_id == 0;
-                let released = entry.state == OutboundState::Released && entry.packet_id.is_some();
-                let body = match (entry.message, bodies.get(&entry.message_id)) {
-                    (Some(rec), _) => Arc::new(Tracked::new(message_from_record(rec))),
-                    (None, Some(body)) => body.clone(),
-                    // Released: only the PUBREL is owed, the body is not needed.
-                    (None, None) if released => Arc::new(Tracked::new(message_from_record(
-                        roost_storage::MessageRecord {
-                            topic: String::new(),
-                            payload: bytes::Bytes::new(),
-                            qos: entry.qos,
-                            retain: false,
-                            properties: Default::default(),
-                            expires_at_ms: None,
-                        },
-                    ))),
-                    (None, None) => {
-                        // Its body is gone: nothing to deliver.
-                        self.persist.push(Op::DeleteOutbound {
-                            client_id: client_id.as_str().to_owned(),
-                            seq,
-                        });
-                        continue;
-                    }
-                };
-                let pid = entry.packet_id.and_then(NonZeroU16::new);
-                let state = match (entry.state, pid) {
-                    (OutboundState::Sent | OutboundState::Released, Some(_)) => entry.state,
-                    _ => OutboundState::Queued,
-                };
-                let o = Outgoing {
+            None => {
+                // Stored apart: bodies come after the sessions.
+                let id = entry.message_id;
+                self.waiting.entry(id).or_default().push(Waiting {
+                    sid: *sid,
                     seq,
-                    msg: body,
-                    qos: qos_from_u8(entry.qos),
-                    retain: entry.retain,
-                    sub_ids: entry
-                        .subscription_identifiers
-                        .iter()
-                        .filter_map(|&i| NonZeroU32::new(i))
-                        .collect(),
-                    pid: pid.filter(|_| state != OutboundState::Queued),
-                    state,
-                    inline,
-                    // Restored messages have no publisher waiting.
-                    stored_copy: false,
-                    burst: false,
-                };
-                stats::add(&self.stats.inflight, 1);
-                let size = o.msg.size();
-                s.flows_mut().bytes += size;
-                if i >= spill_from {
-                    s.restore_spilled(o, &mut self.persist, &mut self.pages, &self.stats);
-                    continue;
-                }
-                if !inline {
-                    *self.persist.refs.entry(entry.message_id).or_insert(0) += 1;
-                }
-                self.pages.hold(&self.stats, size);
-                if state == OutboundState::Queued {
-                    s.flows_mut().queue.push_back(o);
-                } else {
-                    s.flows_mut().inflight.push_back(o);
-                }
+                    entry,
+                });
+                return;
             }
-            if !stored.inbound_qos2.is_empty() {
-                s.flows_mut().inbound_qos2.extend(stored.inbound_qos2);
-            }
+        };
+        let o = outgoing(seq, &entry, body, entry.message_id == 0);
+        let b = &mut *self.broker;
+        place(s, o, &mut b.persist, &mut b.pages, &b.stats);
+    }
 
-            self.by_client_id.insert(client_id, sid);
-            self.sessions.insert(sid, s);
-            self.timed.insert(sid);
+    /// The session whose records were coming is complete.
+    fn end_session(&mut self) {
+        let Some((sid, s)) = self.current.take() else {
+            return;
+        };
+        let b = &mut *self.broker;
+        b.by_client_id.insert(s.client_id().clone(), sid);
+        b.sessions.insert(sid, s);
+        b.timed.insert(sid);
+    }
+
+    /// A message body: the entries waiting for it get it.
+    fn body(&mut self, id: MessageId, rec: MessageRecord) {
+        self.bodies += 1;
+        let b = &mut *self.broker;
+        b.persist.next_message_id = b.persist.next_message_id.max(id + 1);
+        let Some(waiting) = self.waiting.remove(&id) else {
+            // Nothing refers to it any more.
+            b.persist.push(Op::DeleteMessage { id });
+            return;
+        };
+        let msg = Arc::new(Tracked::stored(message_from_record(rec), id));
+        let mut referenced = false;
+        for w in waiting {
+            let Some(s) = b.sessions.get_mut(&w.sid) else {
+                continue;
+            };
+            let o = outgoing(w.seq, &w.entry, msg.clone(), false);
+            let in_flight = o.state != OutboundState::Queued;
+            referenced |= in_flight;
+            place(s, o, &mut b.persist, &mut b.pages, &b.stats);
+            if in_flight {
+                // In flight: it comes back in send order (bodies come in id
+                // order, not the entries').
+                if let Some(f) = s.flows.as_mut() {
+                    f.inflight.make_contiguous().sort_by_key(|o| o.seq);
+                }
+            }
         }
+        if !referenced {
+            // Every entry that used it was rewritten with it inline.
+            b.persist.push(Op::DeleteMessage { id });
+        }
+    }
 
-        // Bodies nothing refers to any more.
-        for id in bodies.keys() {
-            if !self.persist.refs.contains_key(id) {
-                self.persist.push(Op::DeleteMessage { id: *id });
+    fn retained(&mut self, rec: MessageRecord) {
+        let b = &mut *self.broker;
+        let msg = message_from_record(rec);
+        if msg.is_expired(self.now_ms) {
+            b.persist.push(Op::DeleteRetained {
+                topic: msg.topic.as_str().to_owned(),
+            });
+            return;
+        }
+        let topic = msg.topic.clone();
+        // What the store holds comes back whatever the limit says now: it
+        // was accepted. Only new messages are refused past it.
+        b.retained_bytes += retained_cost(&msg);
+        b.retained.insert(&topic, Arc::new(Tracked::new(msg)));
+    }
+
+    /// Every record was passed.
+    pub(crate) fn finish(mut self) {
+        self.end_session();
+        let b = &mut *self.broker;
+        // Entries whose body is gone: nothing to deliver.
+        for (_, waiting) in self.waiting.drain() {
+            for w in waiting {
+                if let Some(s) = b.sessions.get(&w.sid) {
+                    b.persist.push(Op::DeleteOutbound {
+                        client_id: s.client_id().as_str().to_owned(),
+                        seq: w.seq,
+                    });
+                }
             }
         }
-
-        self.update_retained_gauge();
-        self.stats
-            .subscriptions
-            .store(self.subs.len() as u64, Relaxed);
-        self.update_disconnected_gauge();
+        b.update_retained_gauge();
+        b.stats.subscriptions.store(b.subs.len() as u64, Relaxed);
+        b.update_disconnected_gauge();
         tracing::info!(
-            sessions = self.sessions.len(),
-            retained = self.retained.len(),
+            sessions = b.sessions.len(),
+            retained = b.retained.len(),
+            queued_on_disk = b.stats.queue_disk_messages.load(Relaxed),
             "restored from the store"
         );
-        // Wills that fell due and sessions that expired while down.
-        self.run_timers(now_ms);
+    }
+}
+
+/// An outbound entry as the session holds it.
+fn outgoing(seq: u64, entry: &OutboundRecord, msg: Arc<Tracked>, inline: bool) -> Outgoing {
+    let pid = entry.packet_id.and_then(NonZeroU16::new);
+    Outgoing {
+        seq,
+        msg,
+        qos: qos_from_u8(entry.qos),
+        retain: entry.retain,
+        sub_ids: entry
+            .subscription_identifiers
+            .iter()
+            .filter_map(|&i| NonZeroU32::new(i))
+            .collect(),
+        pid: pid.filter(|_| entry.state != OutboundState::Queued),
+        state: entry.state,
+        inline,
+        // Restored messages have no publisher waiting.
+        stored_copy: false,
+        burst: false,
+    }
+}
+
+/// Puts a restored entry where it belongs: in flight, in memory (holding a
+/// reference to its body if stored apart); queued, in the store only.
+fn place(
+    s: &mut Session,
+    o: Outgoing,
+    persist: &mut super::persist::Persist,
+    pages: &mut super::spill::Pages,
+    stats: &crate::stats::Stats,
+) {
+    stats::add(&stats.inflight, 1);
+    let size = o.msg.size();
+    s.flows_mut().bytes += size;
+    if o.state == OutboundState::Queued && persist.enabled {
+        s.restore_spilled(o, persist, pages, stats);
+        return;
+    }
+    if !o.inline {
+        let id = o.msg.store_id.load(Relaxed);
+        *persist.refs.entry(id).or_insert(0) += 1;
+    }
+    pages.hold(stats, size);
+    if o.state == OutboundState::Queued {
+        s.flows_mut().queue.push_back(o);
+    } else {
+        s.flows_mut().inflight.push_back(o);
     }
 }

@@ -266,6 +266,9 @@ impl Session {
         if f.spill.count == 0 {
             f.spill.after = o.seq - 1;
             f.spill.epoch = pages.epoch();
+        } else {
+            // Entries whose body was stored apart come back after the others.
+            f.spill.after = f.spill.after.min(o.seq - 1);
         }
         f.spill.count += 1;
         f.spill.bytes += size;

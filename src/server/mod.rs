@@ -21,7 +21,7 @@ use crate::net::listener::{self, Accepting, Listener, ListenerError, ServerHandl
 use crate::net::shared::Shared;
 use crate::stats::{Stats, StatsSnapshot};
 use core_loop::CoreLoop;
-use roost_storage::{MemoryStore, Snapshot, StorageError, Store};
+use roost_storage::{MemoryStore, StorageError, Store};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,8 +60,9 @@ pub struct Server {
     next_conn: Arc<AtomicU64>,
     stats: Arc<Stats>,
     store: Arc<dyn Store>,
-    /// What [`Server::load_store`] read, for `serve` to restore.
-    loaded: Option<Snapshot>,
+    /// The core as [`Server::load_store`] restored it from the store,
+    /// for `serve` to run.
+    loaded: Option<Broker>,
     handle: ServerHandle,
     incoming: mpsc::UnboundedReceiver<Listener>,
     /// Read by the core, the connections and the inline clients alike.
@@ -83,11 +84,24 @@ impl std::fmt::Debug for Server {
 /// delivered (1,024 let fan-in at QoS 0 overrun the slow-consumer limit).
 const EVENT_QUEUE: usize = 256;
 
-/// Reads everything `store` holds, off the async runtime.
-async fn load(store: Arc<dyn Store>) -> Result<Snapshot, StorageError> {
-    tokio::task::spawn_blocking(move || store.load())
-        .await
-        .map_err(|e| StorageError::io("", format!("loading the store: {e}")).with_source(e))?
+/// Restores `broker` from everything `store` holds, one record at a time
+/// (the store is never all in memory at once), off the async runtime.
+async fn restore(
+    store: Arc<dyn Store>,
+    mut broker: Broker,
+    now_ms: u64,
+) -> Result<Broker, StorageError> {
+    tokio::task::spawn_blocking(move || {
+        let mut restore = broker.restore(now_ms);
+        let scanned = store.scan(&mut |record| {
+            restore.record(record);
+            Ok(())
+        });
+        restore.finish();
+        scanned.map(|()| broker)
+    })
+    .await
+    .map_err(|e| StorageError::io("", format!("loading the store: {e}")).with_source(e))?
 }
 
 impl Server {
@@ -119,6 +133,17 @@ impl Server {
         self
     }
 
+    /// A core with this server's options and no hooks yet (`serve` gives
+    /// it the hooks).
+    fn broker(&self) -> Broker {
+        Broker::new(
+            self.opts.clone(),
+            Hooks::default(),
+            self.stats.clone(),
+            self.store.is_persistent(),
+        )
+    }
+
     /// Reads the store now rather than when [`Server::serve`] starts, so
     /// that a store that cannot be read is reported before the caller binds
     /// any listener (the `roost` binary does so). `serve` then restores
@@ -130,7 +155,9 @@ impl Server {
     /// served.
     pub async fn load_store(mut self) -> Result<Self, ServeError> {
         if self.store.is_persistent() && self.loaded.is_none() {
-            self.loaded = Some(load(self.store.clone()).await?);
+            let broker = self.broker();
+            let now_ms = self.clock.now_ms();
+            self.loaded = Some(restore(self.store.clone(), broker, now_ms).await?);
         }
         Ok(self)
     }
@@ -270,7 +297,18 @@ impl Server {
     /// its publisher's connection through the core to its subscriber on
     /// one worker thread, without waking another thread at each step
     /// (lower latency and CPU; the `roost` binary does so).
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        // The stored state is restored before any listener accepts: a store
+        // that cannot be read ends `serve` without serving anyone.
+        let persistent = self.store.is_persistent();
+        let mut broker = match self.loaded.take() {
+            Some(broker) => broker,
+            None if persistent => {
+                let now_ms = self.clock.now_ms();
+                restore(self.store.clone(), self.broker(), now_ms).await?
+            }
+            None => self.broker(),
+        };
         let Server {
             opts,
             hooks,
@@ -279,18 +317,16 @@ impl Server {
             next_conn,
             stats,
             store,
-            loaded,
+            loaded: _,
             handle,
             incoming,
             clock,
         } = self;
-        // The stored state is restored before any listener accepts: a store
-        // that cannot be read ends `serve` without serving anyone.
-        let snapshot = match loaded {
-            Some(snapshot) => Some(snapshot),
-            None if store.is_persistent() => Some(load(store.clone()).await?),
-            None => None,
-        };
+        broker.set_hooks(hooks.clone());
+        if persistent {
+            // What fell due while the broker was down, with the hooks.
+            broker.restored(clock.now_ms());
+        }
         let reclaim = Arc::new(Reclaim::default());
         let intake = Arc::new(Intake::default());
         let batches = Arc::new(Batches::default());
@@ -323,10 +359,6 @@ impl Server {
 
         let opts_max_connections = opts.limits.maximum_connections;
         let durability = opts.durability;
-        let mut broker = Broker::new(opts, hooks.clone(), stats.clone(), store.is_persistent());
-        if let Some(snapshot) = snapshot {
-            broker.restore(snapshot, clock.now_ms());
-        }
         // Storage work runs on one thread of the blocking pool, one group
         // commit at a time; a bounded queue of commits pushes back on the
         // core if the disk cannot keep up.

@@ -85,8 +85,16 @@ impl Core {
             pages_read: 0,
         };
         if persistent {
-            let snapshot = core.store.load().expect("the memory store loads");
-            core.broker.restore(snapshot, core.now());
+            let now = core.now();
+            let mut restore = core.broker.restore(now);
+            core.store
+                .scan(&mut |record| {
+                    restore.record(record);
+                    Ok(())
+                })
+                .expect("the memory store scans");
+            restore.finish();
+            core.broker.restored(now);
             core.commit();
         }
         // The server's interval ticks at once, then every second.

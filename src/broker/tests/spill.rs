@@ -222,3 +222,33 @@ fn the_memory_budget_bounds_memory_only_queues_and_spills_stored_ones() {
     s.expect_nothing();
     assert_eq!(core.broker.stats.inflight.load(Relaxed), 0);
 }
+
+/// Entries queued in memory for several sessions share their body in the
+/// store; a restart leaves them in the store, rewritten with the body
+/// inline, and the shared body goes once nothing refers to it.
+#[test]
+fn a_restart_spills_shared_entries_with_their_bodies() {
+    let store = Arc::new(MemoryStore::new());
+    let mut core = Core::persistent(Options::default(), store.clone());
+    let _a = core.subscriber(durable("a"), "t/#");
+    let _b = core.subscriber(durable("b"), "t/#");
+    let mut p = core.connected(v5("pub"));
+    let window = usize::from(Limits::default().maximum_inflight);
+    publish_n(&mut core, &mut p, 0, window + 10);
+    let before = store.load().unwrap();
+    assert!(!before.messages.is_empty(), "shared bodies stored apart");
+
+    let mut core = core.restart(Options::default(), Duration::from_secs(1));
+    assert_eq!(stat(&core, |s| s.queue_disk_messages), 20, "ten each");
+    let snap = store.load().unwrap();
+    // Only the bodies of what is in flight are still shared.
+    assert_eq!(snap.messages.len(), window);
+    for id in ["a", "b"] {
+        let mut s = core.connected(durable(id));
+        receive_in_order(&mut core, &mut s, 0, window + 10);
+        s.expect_nothing();
+    }
+    let snap = store.load().unwrap();
+    assert!(snap.messages.is_empty(), "no body left behind");
+    assert!(snap.sessions.iter().all(|s| s.outbound.is_empty()));
+}
