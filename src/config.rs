@@ -59,9 +59,10 @@ pub struct Options {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Memory {
-    /// Most topic and payload bytes of queued and in-flight QoS 1/2
-    /// messages held in memory, all sessions together. A size (`"256MiB"`)
-    /// or whole bytes. Default: 256 MiB.
+    /// Most memory the queued and in-flight QoS 1/2 messages held in
+    /// memory may take, all sessions together, counting each one's topic,
+    /// payload and about 350 bytes of bookkeeping. A size (`"256MiB"`) or
+    /// whole bytes. Default: 256 MiB.
     #[serde(with = "size")]
     pub budget: usize,
 }

@@ -207,8 +207,9 @@ pub struct StatsSnapshot {
     /// Packets read from connections the broker had already closed (by a
     /// protocol error, a takeover or a refusal), not acted on.
     pub packets_ignored: u64,
-    /// Topic and payload bytes of queued and in-flight QoS 1/2 messages
-    /// held in memory, all sessions together (bounded by `memory.budget`).
+    /// Memory taken by queued and in-flight QoS 1/2 messages (topic,
+    /// payload and bookkeeping), all sessions together (bounded by
+    /// `memory.budget`).
     pub queue_memory_bytes: u64,
     /// Queued messages of persistent sessions held only in the store, not
     /// in memory (read back a page at a time when their client is ready).

@@ -346,7 +346,7 @@ fn place(
         let id = o.msg.store_id.load(Relaxed);
         *persist.refs.entry(id).or_insert(0) += 1;
     }
-    pages.hold(stats, size);
+    pages.hold(stats, 1, size);
     if o.state == OutboundState::Queued {
         s.flows_mut().queue.push_back(o);
     } else {

@@ -399,7 +399,7 @@ impl Session {
         if let Some(f) = self.flows.as_mut().filter(|_| !o.burst) {
             let size = o.msg.size();
             f.bytes = f.bytes.saturating_sub(size);
-            ctx.pages.free(ctx.stats, size);
+            ctx.pages.free(ctx.stats, 1, size);
         }
     }
 
@@ -539,7 +539,7 @@ impl Session {
         // only (see `spill`); a session the store does not hold has only
         // memory, and the budget bounds it.
         let spill = !direct && self.spills(size, ctx);
-        if !spill && burst.is_none() && !self.spillable(ctx) && ctx.pages.over_budget(size) {
+        if !spill && burst.is_none() && !self.spillable(ctx) && ctx.pages.over_budget(1, size) {
             self.dropped(msg, DropReason::MemoryBudget, ctx);
             return pushback;
         }
@@ -562,7 +562,7 @@ impl Session {
         if !o.burst {
             self.flows_mut().bytes += size;
             if !spill {
-                ctx.pages.hold(ctx.stats, size);
+                ctx.pages.hold(ctx.stats, 1, size);
             }
         }
         if self.stored {
@@ -936,9 +936,15 @@ impl Session {
             return;
         };
         let in_memory = f.bytes.saturating_sub(f.spill.bytes);
+        let entries = f
+            .inflight
+            .iter()
+            .chain(&f.queue)
+            .filter(|o| !o.burst)
+            .count();
         f.bytes = 0;
         f.burst_queued = 0;
-        ctx.pages.free(ctx.stats, in_memory);
+        ctx.pages.free(ctx.stats, entries, in_memory);
         self.forget_spill(ctx);
         let Some(f) = self.flows.as_mut() else {
             return;
