@@ -2,7 +2,6 @@
 //! backpressure and retained messages.
 
 use super::*;
-use crate::escape::Escaped;
 use session::Pushback;
 
 impl Broker {
@@ -326,64 +325,5 @@ impl Broker {
                 Pushback::None => {}
             }
         }
-    }
-
-    pub(super) fn store_retained(&mut self, msg: &Arc<Tracked>, now_ms: u64) {
-        let topic = msg.topic.as_str();
-        let old_cost = self.retained.get(topic).map_or(0, |m| retained_cost(m));
-        let over = self.retained_bytes.saturating_sub(old_cost) + retained_cost(msg)
-            > self.opts.limits.maximum_retained_bytes;
-        if over && !msg.payload.is_empty() {
-            // The store is full: delivered, not retained. Whatever was
-            // retained for the topic goes too, or later subscribers would
-            // get a value its publisher has replaced.
-            stats::add(&self.stats.retained_refused, 1);
-            static WARNED: super::throttle::OncePerSecond = super::throttle::OncePerSecond::new();
-            if WARNED.ready(now_ms) {
-                tracing::warn!(topic = %Escaped(topic),
-                    retained_bytes = self.retained_bytes,
-                    "retained messages hold limits.maximum_retained_bytes: not retained (more within a second not logged)");
-            }
-        }
-        if msg.payload.is_empty() || over {
-            // An empty retained message clears the topic ([MQTT-3.3.1-6]).
-            if let Some(old) = self.retained.remove(topic) {
-                self.retained_bytes = self.retained_bytes.saturating_sub(retained_cost(&old));
-                self.persist.push(Op::DeleteRetained {
-                    topic: topic.to_owned(),
-                });
-                self.hooks.each(|h| h.on_retained(topic, None));
-            }
-        } else {
-            // Copy out of the read buffer so a long-lived retained message
-            // does not pin a whole socket buffer.
-            let kept = Arc::new(Tracked::new(Message {
-                topic: msg.topic.detach(),
-                payload: bytes::Bytes::copy_from_slice(&msg.payload),
-                qos: msg.qos,
-                retain: true,
-                properties: msg.properties.clone(),
-                expires_at_ms: msg.expires_at_ms,
-                publisher: msg.publisher,
-            }));
-            self.persist.push(Op::PutRetained {
-                message: message_record(&kept),
-            });
-            self.hooks.each(|h| h.on_retained(topic, Some(&kept)));
-            self.retained_bytes += retained_cost(&kept);
-            if let Some(old) = self.retained.insert(topic, kept) {
-                self.retained_bytes = self.retained_bytes.saturating_sub(retained_cost(&old));
-            }
-        }
-        self.update_retained_gauge();
-    }
-
-    /// Retained messages held for clients (the broker's own `$SYS` topics
-    /// are not counted).
-    pub(super) fn update_retained_gauge(&self) {
-        let n = self.retained.len().saturating_sub(self.sys_retained);
-        self.stats
-            .retained
-            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }

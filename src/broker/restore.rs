@@ -9,7 +9,7 @@
 
 use super::persist::{message_from_record, qos_from_u8};
 use super::session::{Outgoing, Session, SubEntry, Will};
-use super::{retained_cost, split_shared, Broker, SessionId, Tracked};
+use super::{split_shared, Broker, SessionId, Tracked};
 use crate::codec::{ByteStr, ProtocolVersion, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
 use crate::hooks::Client;
@@ -31,18 +31,7 @@ impl Broker {
         }
 
         for rec in snapshot.retained {
-            let msg = message_from_record(rec);
-            if msg.is_expired(now_ms) {
-                self.persist.push(Op::DeleteRetained {
-                    topic: msg.topic.as_str().to_owned(),
-                });
-                continue;
-            }
-            let topic = msg.topic.clone();
-            // What the store holds comes back whatever the limit says now:
-            // it was accepted. Only new messages are refused past it.
-            self.retained_bytes += retained_cost(&msg);
-            self.retained.insert(&topic, Arc::new(Tracked::new(msg)));
+            self.restore_retained(rec, now_ms);
         }
 
         for stored in snapshot.sessions {
@@ -211,7 +200,7 @@ impl Broker {
         self.update_disconnected_gauge();
         tracing::info!(
             sessions = self.sessions.len(),
-            retained = self.retained.len(),
+            retained = self.retained.tree.len(),
             "restored from the store"
         );
         // Wills that fell due and sessions that expired while down.

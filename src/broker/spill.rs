@@ -88,6 +88,9 @@ pub(crate) struct Pages {
     /// Topic and payload bytes of the QoS 1/2 messages queued or in flight
     /// in memory (retained bursts aside, which have their own bound).
     pub cached: usize,
+    /// Bytes of the retained messages memory holds that the store holds
+    /// too (the retained cache): the same budget counts them.
+    pub retained: usize,
     /// `memory.budget`.
     pub budget: usize,
 }
@@ -117,9 +120,14 @@ impl Pages {
         stats.queue_memory_bytes.store(self.cached as u64, Relaxed);
     }
 
-    /// Would `bytes` more take the queues in memory past the budget?
+    /// Would `bytes` more take the queues in memory past the budget? The
+    /// retained cache counts in it (up to its share, see
+    /// `retained::share`): queues spill that much earlier while it is full.
     pub(crate) fn over_budget(&self, bytes: usize) -> bool {
-        self.cached.saturating_add(bytes) > self.budget
+        self.cached
+            .saturating_add(self.retained)
+            .saturating_add(bytes)
+            > self.budget
     }
 }
 
