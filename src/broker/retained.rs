@@ -503,6 +503,11 @@ impl Broker {
         now_ms: u64,
     ) {
         self.retained.next_stream += 1;
+        // A subscription made again starts over: a session has at most one
+        // stream per filter, so at most its subscriptions' worth.
+        if let Some(streams) = self.retained.streams.get_mut(&sid) {
+            streams.retain(|st| st.filter != *filter);
+        }
         let stream = Stream {
             id: self.retained.next_stream,
             filter: filter.clone(),
