@@ -54,7 +54,7 @@ pub struct Options {
 /// The same budget bounds the cache of retained messages: with a persistent
 /// store, every retained message is in the store and memory keeps an index
 /// entry per topic (about 100 bytes) and the most recently retained
-/// messages, up to a quarter of the budget; the others are read from the
+/// messages, up to an eighth of the budget; the others are read from the
 /// store when a subscription matches them. The cache and the queues share
 /// one account: queues spill that much earlier while the cache is full.
 /// With the in-memory store the retained messages are memory, and a
@@ -70,7 +70,7 @@ pub struct Options {
 #[serde(default, deny_unknown_fields)]
 pub struct Memory {
     /// Most topic and payload bytes of queued and in-flight QoS 1/2
-    /// messages, and of cached retained messages (at most a quarter),
+    /// messages, and of cached retained messages (at most an eighth),
     /// held in memory, all sessions together. A size (`"256MiB"`) or whole
     /// bytes. Default: 256 MiB.
     #[serde(with = "size")]

@@ -1,12 +1,13 @@
 //! Retained messages: a compact index in memory, the messages in the store.
 //!
 //! Every retained topic has an [`Entry`] in the index ([`RetainedTree`]):
-//! what matching, limits and expiry need (QoS, expiry, size), and the
-//! message itself only if memory holds it. Which it does
+//! what limits and expiry need (expiry, size, a stamp), and the message
+//! itself only if memory holds it (the topic is the entry's path in the
+//! trie). Which it does
 //! - always with the in-memory store (memory is all it has): the
 //!   retained messages then take memory, and `limits.maximum_retained_bytes`
-//!   bounds them together with the retained share of `memory.budget`,
-//!   whichever is lower;
+//!   bounds them together with a quarter of `memory.budget`
+//!   ([`memory_bound`]), whichever is lower;
 //! - always for the broker's own `$SYS` topics, which are never stored;
 //! - with a persistent store, for the most recently retained messages up to
 //!   the retained share of `memory.budget` ([`share`]): a cache, evicted
@@ -54,12 +55,21 @@ const LOW: usize = PAGE / 2;
 /// allocation, the payload's and topic's own, and properties (about).
 const CACHED_OVERHEAD: usize = std::mem::size_of::<Tracked>() + 64;
 
-/// The retained share of `memory.budget`: a quarter. Queues are the hot
-/// path (every message of a persistent session goes through them), while
-/// retained messages are read back only when a subscription matches them;
-/// the budget is one account, so queues spill a little earlier while the
-/// retained cache is full (see `spill::Pages::over_budget`).
+/// The retained cache's share of `memory.budget`: an eighth. Queues are
+/// the hot path (every message of a persistent session goes through them),
+/// while retained messages are read back only when a subscription matches
+/// them, and the index of every retained topic takes memory beside the
+/// budget (about 100 bytes a topic: a million 5-level topics and the
+/// default budget's cache fit a 256 MiB process). The budget is one
+/// account, so queues spill a little earlier while the cache is full (see
+/// `spill::Pages::over_budget`).
 pub(crate) fn share(budget: usize) -> usize {
+    budget / 8
+}
+
+/// What the retained messages may take with the in-memory store, where
+/// they are memory (not a cache): a quarter of `memory.budget`.
+pub(crate) fn memory_bound(budget: usize) -> usize {
     budget / 4
 }
 
@@ -354,13 +364,13 @@ impl Retained {
 
 impl Broker {
     /// What the clients' retained messages may take: the limit, and with
-    /// the in-memory store (where they are memory) the retained share of
-    /// the memory budget too.
+    /// the in-memory store (where they are memory) a quarter of the memory
+    /// budget too.
     fn retained_limit(&self) -> usize {
         let limit = self.opts.limits.maximum_retained_bytes;
         match self.persist.enabled {
             true => limit,
-            false => limit.min(share(self.opts.memory.budget)),
+            false => limit.min(memory_bound(self.opts.memory.budget)),
         }
     }
 

@@ -107,7 +107,7 @@ impl RedbStore {
         }
         // `Database::create` initialises only a missing or empty file; it
         // refuses anything that is not a redb database.
-        let db = guard::catch(|| Database::create(&path))
+        let db = guard::catch(|| Database::builder().set_cache_size(CACHE).create(&path))
             .map_err(|panic| damaged(&path, &panic))?
             .map_err(|e| open_error(&path, e))?;
         let store = Self { db, path };
@@ -386,6 +386,13 @@ fn init(db: &Database, path: &Path) -> Result<(), StorageError> {
     txn.commit()
         .map_err(|e| error(path, "cannot commit the format version", e))
 }
+
+/// redb's page cache. Its default (1 GiB) would take most of a small
+/// gateway's memory once the store is read through (a subscription to `#`
+/// over a million retained messages reads every page of them); the broker
+/// keeps what it needs hot itself, within `[memory] budget`, and the
+/// operating system's page cache holds the file.
+const CACHE: usize = 32 << 20;
 
 /// Cache of the database that [`verify`] opens: the check reads every page
 /// once, so a large cache would only hold memory.

@@ -8,7 +8,7 @@ use crate::broker::retained::PAGE;
 use crate::hooks::{AclHook, Decision};
 use std::num::NonZeroU16;
 
-/// A budget whose retained share (a quarter) caches a few dozen messages.
+/// A budget whose retained share (an eighth) caches a few dozen messages.
 fn tiny_budget() -> Options {
     let mut opts = Options::default();
     opts.memory.budget = 64 * 1024;
