@@ -51,6 +51,16 @@ pub struct Options {
 /// its connection) are dropped and counted, as a full queue drops them.
 /// Memory is then all those sessions have, so this is their bound.
 ///
+/// The same budget bounds the cache of retained messages: with a persistent
+/// store, every retained message is in the store and memory keeps an index
+/// entry per topic (about 100 bytes) and the most recently retained
+/// messages, up to an eighth of the budget; the others are read from the
+/// store when a subscription matches them. The cache and the queues share
+/// one account: queues spill that much earlier while the cache is full.
+/// With the in-memory store the retained messages are memory, and a
+/// quarter of the budget bounds them (beside
+/// [`Limits::maximum_retained_bytes`]).
+///
 /// ```
 /// let opts: roost::Options =
 ///     serde_json::from_str(r#"{ "memory": { "budget": "64MiB" } }"#).unwrap();
@@ -60,7 +70,8 @@ pub struct Options {
 #[serde(default, deny_unknown_fields)]
 pub struct Memory {
     /// Most memory the queued and in-flight QoS 1/2 messages held in
-    /// memory may take, all sessions together, counting each one's topic,
+    /// memory, and the cached retained messages (at most an eighth of it),
+    /// may take, all sessions together, counting each queued one's topic,
     /// payload and about 350 bytes of bookkeeping. A size (`"256MiB"`) or
     /// whole bytes. Default: 256 MiB.
     #[serde(with = "size")]
@@ -272,7 +283,11 @@ pub struct Limits {
     /// retained message that would take the store past it is delivered
     /// to the current subscribers but not retained (it replaces nothing: an
     /// older message on its topic is cleared, so no stale value stays),
-    /// counted in `retained_refused` and logged. Default: 64 MiB.
+    /// counted in `retained_refused` and logged. With a persistent store
+    /// this bounds the store (memory holds an index and a cache within
+    /// [`Memory::budget`]); with the in-memory store, where retained
+    /// messages are memory, a quarter of [`Memory::budget`] bounds them
+    /// too. Default: 1 GiB.
     pub maximum_retained_bytes: usize,
     /// Most bytes of topic filters one session may hold, all its
     /// subscriptions together. A filter that would take it past this is
@@ -329,7 +344,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             maximum_subscriptions_per_session: 10_000,
             maximum_subscription_bytes: 1024 * 1024,
-            maximum_retained_bytes: 64 * 1024 * 1024,
+            maximum_retained_bytes: 1024 * 1024 * 1024,
             maximum_client_id_len: 65_535,
             maximum_topic_levels: 128,
             maximum_topic_alias_bytes: 64 * 1024,

@@ -43,6 +43,10 @@ pub struct Stats {
     pub(crate) queue_disk_bytes: AtomicU64,
     pub(crate) queue_pages_read: AtomicU64,
     pub(crate) queue_messages_read: AtomicU64,
+    pub(crate) retained_memory_bytes: AtomicU64,
+    pub(crate) retained_disk_bytes: AtomicU64,
+    pub(crate) retained_cache_hits: AtomicU64,
+    pub(crate) retained_reads: AtomicU64,
 }
 
 impl Default for Stats {
@@ -81,6 +85,10 @@ impl Default for Stats {
             queue_disk_bytes: AtomicU64::new(0),
             queue_pages_read: AtomicU64::new(0),
             queue_messages_read: AtomicU64::new(0),
+            retained_memory_bytes: AtomicU64::new(0),
+            retained_disk_bytes: AtomicU64::new(0),
+            retained_cache_hits: AtomicU64::new(0),
+            retained_reads: AtomicU64::new(0),
         }
     }
 }
@@ -137,6 +145,10 @@ impl Stats {
             queue_disk_bytes: g(&self.queue_disk_bytes),
             queue_pages_read: g(&self.queue_pages_read),
             queue_messages_read: g(&self.queue_messages_read),
+            retained_memory_bytes: g(&self.retained_memory_bytes),
+            retained_disk_bytes: g(&self.retained_disk_bytes),
+            retained_cache_hits: g(&self.retained_cache_hits),
+            retained_reads: g(&self.retained_reads),
         }
     }
 }
@@ -220,6 +232,18 @@ pub struct StatsSnapshot {
     pub queue_pages_read: u64,
     /// Messages those pages brought back.
     pub queue_messages_read: u64,
+    /// Bytes of the retained messages held in memory (with a persistent
+    /// store, the cache of them, within the retained share of
+    /// `memory.budget`; with the in-memory store, all of them).
+    pub retained_memory_bytes: u64,
+    /// What the retained messages take in a persistent store (topic,
+    /// payload and 128 bytes each, as `maximum_retained_bytes` counts
+    /// them); 0 with the in-memory store.
+    pub retained_disk_bytes: u64,
+    /// Retained messages sent to new subscriptions from memory.
+    pub retained_cache_hits: u64,
+    /// Retained messages read from the store for new subscriptions.
+    pub retained_reads: u64,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

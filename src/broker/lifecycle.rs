@@ -149,6 +149,9 @@ impl Broker {
         };
         self.timed.remove(&sid);
         self.conns.insert(conn, sid);
+        // Retained messages still on their way to an earlier connection
+        // are not sent to this one.
+        self.end_streams(sid);
 
         let now_s = now_ms;
         let will = c.will.map(|w| Will {
@@ -306,6 +309,7 @@ impl Broker {
         let Some(sid) = self.conns.remove(&conn) else {
             return;
         };
+        self.end_streams(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -470,6 +474,7 @@ impl Broker {
             return;
         };
         self.timed.remove(&sid);
+        self.end_streams(sid);
         if self.by_client_id.get(s.client_id()) == Some(&sid) {
             self.by_client_id.remove(s.client_id());
         }

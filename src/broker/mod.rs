@@ -19,6 +19,7 @@ mod lifecycle;
 mod persist;
 mod publish;
 mod restore;
+mod retained;
 mod session;
 mod share;
 mod spill;
@@ -34,6 +35,7 @@ pub(crate) use crate::message::{Message, MessageProperties, SessionId};
 pub(crate) use coalesce::coalesce_staged;
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
+pub(crate) use retained::{RetainedPage, RetainedRead};
 pub(crate) use spill::{Page, PageEntry, PageRequest};
 
 use crate::codec::{
@@ -46,7 +48,7 @@ use crate::hooks::{Client, Hooks, PublishVerdict, WillMessage};
 use crate::ingress::filter::too_deep;
 pub(crate) use crate::ingress::CheckedSubscribe;
 pub(crate) use crate::link::intake::Share;
-use crate::router::{Match, RetainedTree, SubscriptionTree};
+use crate::router::{Match, SubscriptionTree};
 use crate::stats::{self, Stats};
 use crate::topic::{self, SharedFilter};
 use idhash::{IdMap, IdSet};
@@ -174,18 +176,15 @@ pub(crate) struct Broker {
     by_client_id: HashMap<ByteStr, SessionId>,
     conns: IdMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
-    retained: RetainedTree<Arc<Tracked>>,
+    /// Retained messages, and new subscriptions being sent them (see
+    /// `retained`).
+    retained: retained::Retained,
     /// Round-robin position per share group: group, then filter. Looked
     /// up by `&str` (no allocation per message); an entry goes when a member
     /// leaves its group, so the map does not grow with group churn.
     shared_cursor: SharedCursors,
     /// Inline clients among `conns` (not counted as connected clients).
     inline_conns: usize,
-    /// `$SYS` topics among the retained messages.
-    sys_retained: usize,
-    /// What the clients' retained messages take ([`retained_cost`]),
-    /// bounded by `limits.maximum_retained_bytes`.
-    retained_bytes: usize,
     /// Disconnected sessions with a pending will or a finite expiry.
     timed: IdSet<SessionId>,
     next_session: u64,
@@ -232,11 +231,9 @@ impl Broker {
             by_client_id: HashMap::new(),
             conns: IdMap::default(),
             subs: SubscriptionTree::new(),
-            retained: RetainedTree::new(),
+            retained: retained::Retained::new(budget, persistent),
             shared_cursor: HashMap::new(),
             inline_conns: 0,
-            sys_retained: 0,
-            retained_bytes: 0,
             timed: IdSet::default(),
             next_session: 1,
             next_assigned: 1,
@@ -382,18 +379,21 @@ impl Broker {
                 if let Some(s) = sessions.get_mut(&sid) {
                     s.on_puback(r.packet_id, &mut ctx);
                 }
+                self.acknowledged(sid, now_ms);
             }
             Packet::PubRec(r) => {
                 let (mut ctx, sessions) = self.ctx(now_ms);
                 if let Some(s) = sessions.get_mut(&sid) {
                     s.on_pubrec(&r, &mut ctx);
                 }
+                self.acknowledged(sid, now_ms);
             }
             Packet::PubComp(r) => {
                 let (mut ctx, sessions) = self.ctx(now_ms);
                 if let Some(s) = sessions.get_mut(&sid) {
                     s.on_pubcomp(r.packet_id, &mut ctx);
                 }
+                self.acknowledged(sid, now_ms);
             }
             Packet::PubRel(r) => self.on_pubrel(sid, r),
             Packet::Subscribe(sub) => self.on_subscribe(conn, sid, sub.into(), now_ms),
@@ -423,8 +423,11 @@ impl Broker {
 /// beside them (so a million one-byte messages are not counted as a
 /// megabyte).
 fn retained_cost(m: &Message) -> usize {
-    m.size() + 128
+    m.size() + RETAINED_OVERHEAD
 }
+
+/// See [`retained_cost`].
+const RETAINED_OVERHEAD: usize = 128;
 
 type SharedCursors = HashMap<Box<str>, HashMap<Box<str>, usize>>;
 

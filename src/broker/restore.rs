@@ -13,7 +13,7 @@
 
 use super::persist::{message_from_record, qos_from_u8};
 use super::session::{Outgoing, Session, SubEntry, Will};
-use super::{retained_cost, split_shared, Broker, SessionId, Tracked};
+use super::{split_shared, Broker, SessionId, Tracked};
 use crate::codec::{ByteStr, ProtocolVersion, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
 use crate::hooks::{Client, Hooks};
@@ -262,19 +262,7 @@ impl Restore<'_> {
     }
 
     fn retained(&mut self, rec: MessageRecord) {
-        let b = &mut *self.broker;
-        let msg = message_from_record(rec);
-        if msg.is_expired(self.now_ms) {
-            b.persist.push(Op::DeleteRetained {
-                topic: msg.topic.as_str().to_owned(),
-            });
-            return;
-        }
-        let topic = msg.topic.clone();
-        // What the store holds comes back whatever the limit says now: it
-        // was accepted. Only new messages are refused past it.
-        b.retained_bytes += retained_cost(&msg);
-        b.retained.insert(&topic, Arc::new(Tracked::new(msg)));
+        self.broker.restore_retained(rec, self.now_ms);
     }
 
     /// Every record was passed.
@@ -297,7 +285,7 @@ impl Restore<'_> {
         b.update_disconnected_gauge();
         tracing::info!(
             sessions = b.sessions.len(),
-            retained = b.retained.len(),
+            retained = b.retained.tree.len(),
             queued_on_disk = b.stats.queue_disk_messages.load(Relaxed),
             "restored from the store"
         );

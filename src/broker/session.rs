@@ -600,12 +600,14 @@ impl Session {
     /// client, not subject to the slow-consumer policy. Those larger than
     /// the client accepts are dropped; at most `cap` (the size of the
     /// retained store) wait for the connection at a time, the rest are
-    /// dropped and counted.
+    /// dropped and counted. `more`: what the burst posts when it runs low,
+    /// for the next page (posted at once if nothing is left to send).
     pub(crate) fn send_burst(
         &self,
         msgs: Vec<Arc<Tracked>>,
         sub_ids: Vec<NonZeroU32>,
         cap: usize,
+        more: Option<crate::link::refill::More>,
         ctx: &mut Ctx,
     ) {
         let Some(conn) = &self.conn else { return };
@@ -627,10 +629,15 @@ impl Session {
             room -= 1;
             kept.push_back(msg);
         }
-        if !kept.is_empty() {
+        if kept.is_empty() {
+            if let Some(m) = more {
+                m.refills.post(m.token);
+            }
+        } else {
             let burst = Burst {
                 msgs: kept,
                 sub_ids,
+                more,
             };
             conn.outbox.push(Outbound::Burst(Box::new(burst)));
         }

@@ -88,6 +88,9 @@ pub(crate) struct Pages {
     /// Topic and payload bytes of the QoS 1/2 messages queued or in flight
     /// in memory (retained bursts aside, which have their own bound).
     pub cached: usize,
+    /// Bytes of the retained messages memory holds that the store holds
+    /// too (the retained cache): the same budget counts them.
+    pub retained: usize,
     /// `memory.budget`.
     pub budget: usize,
 }
@@ -118,9 +121,13 @@ impl Pages {
     }
 
     /// Would `entries` more of `bytes` take the queues in memory past the
-    /// budget?
+    /// budget? The retained cache counts in it (up to its share, see
+    /// `retained::share`): queues spill that much earlier while it is full.
     pub(crate) fn over_budget(&self, entries: usize, bytes: usize) -> bool {
-        self.cached.saturating_add(cost(entries, bytes)) > self.budget
+        self.cached
+            .saturating_add(self.retained)
+            .saturating_add(cost(entries, bytes))
+            > self.budget
     }
 }
 

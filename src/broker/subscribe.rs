@@ -108,7 +108,6 @@ impl Broker {
             self.send_retained(sid, &filter, entry, now_ms);
         }
     }
-
     /// Refuses every filter of a persistent session's SUBSCRIBE while the
     /// store fails, changing nothing: 5.0 gets 0x97 (Quota exceeded, as for
     /// a refused PUBLISH), 3.x its only failure code, 0x80. The SUBACK
@@ -138,45 +137,6 @@ impl Broker {
         }));
     }
 
-    pub(super) fn send_retained(
-        &mut self,
-        sid: SessionId,
-        filter: &str,
-        entry: SubEntry,
-        now_ms: u64,
-    ) {
-        let mut found: Vec<Arc<Tracked>> = Vec::new();
-        self.retained.for_each_match(filter, |_, m| {
-            if !m.is_expired(now_ms) {
-                found.push(m.clone());
-            }
-        });
-        // However many match, they go out as the client takes them: a
-        // session holds at most a copy of the store's worth waiting.
-        let cap = self.retained.len();
-        let (mut ctx, sessions) = self.ctx(now_ms);
-        let Some(s) = sessions.get_mut(&sid) else {
-            return;
-        };
-        let mut at_qos0 = Vec::new();
-        for m in found {
-            // The delivery ACL applies to retained messages as to live ones.
-            if !ctx.hooks.can_receive(&s.client, &m) {
-                continue;
-            }
-            let qos = m.qos.min(entry.options.qos);
-            if qos == QoS::AtMostOnce {
-                at_qos0.push(m);
-                continue;
-            }
-            // Sent because of a new subscription: RETAIN is 1 ([MQTT-3.3.1-8]).
-            let ids = entry.id.into_iter().collect();
-            s.deliver(&m, qos, true, ids, true, Some(cap), &mut ctx);
-        }
-        if !at_qos0.is_empty() {
-            s.send_burst(at_qos0, entry.id.into_iter().collect(), cap, &mut ctx);
-        }
-    }
 
     pub(super) fn on_unsubscribe(&mut self, sid: SessionId, u: Unsubscribe) {
         let Some(s) = self.sessions.get_mut(&sid) else {

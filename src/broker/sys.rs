@@ -10,7 +10,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
         let s = self.stats.snapshot_at(now);
-        let topics: [(&str, String); 35] = [
+        let topics: [(&str, String); 39] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -39,6 +39,19 @@ impl Broker {
             ("queue/disk/bytes", s.queue_disk_bytes.to_string()),
             ("queue/pages/read", s.queue_pages_read.to_string()),
             ("queue/messages/read", s.queue_messages_read.to_string()),
+            (
+                "retained messages/memory/bytes",
+                s.retained_memory_bytes.to_string(),
+            ),
+            (
+                "retained messages/disk/bytes",
+                s.retained_disk_bytes.to_string(),
+            ),
+            (
+                "retained messages/cache/hits",
+                s.retained_cache_hits.to_string(),
+            ),
+            ("retained messages/reads", s.retained_reads.to_string()),
             // What the limits refused: a client testing them shows here.
             ("refused/topic_alias", s.topic_alias_refused.to_string()),
             (
@@ -65,13 +78,7 @@ impl Broker {
                 publisher: None,
             }));
             // $SYS values are live figures: kept in memory, never stored.
-            if self
-                .retained
-                .insert(&msg.topic.clone(), msg.clone())
-                .is_none()
-            {
-                self.sys_retained += 1;
-            }
+            self.put_sys_retained(msg.clone());
             self.route(&msg, now_ms);
         }
     }

@@ -10,6 +10,7 @@ impl Broker {
         self.watch_storage();
         self.check_keep_alives(now);
         self.retry_pages(now.ms);
+        self.retry_retained_reads();
         self.run_timers(now.ms);
     }
 
@@ -43,24 +44,7 @@ impl Broker {
         }
         if now_ms.saturating_sub(self.last_sweep_ms) >= 60_000 {
             self.last_sweep_ms = now_ms;
-            let mut gone = Vec::new();
-            let mut freed = 0;
-            self.retained.retain(|topic, m| {
-                let keep = !m.is_expired(now_ms);
-                if !keep {
-                    gone.push(topic.to_owned());
-                    if !topic.starts_with("$SYS") {
-                        freed += retained_cost(m);
-                    }
-                }
-                keep
-            });
-            self.retained_bytes = self.retained_bytes.saturating_sub(freed);
-            for topic in gone {
-                self.hooks.each(|h| h.on_retained_expired(&topic));
-                self.persist.push(Op::DeleteRetained { topic });
-            }
-            self.update_retained_gauge();
+            self.sweep_retained(now_ms);
         }
         if let Some(every) = self.opts.sys_interval {
             if now_ms.saturating_sub(self.last_sys_ms) >= every.as_millis() as u64 {
@@ -90,6 +74,7 @@ impl Broker {
             let Some(sid) = self.conns.remove(&conn) else {
                 continue;
             };
+            self.end_streams(sid);
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.conn = None;
                 s.disconnected_at_ms = Some(now_ms);

@@ -1,8 +1,8 @@
 //! The link between the broker core and the connections it serves: what
 //! a connection is owed and when it may be written ([`outbox`], with the
 //! packets themselves in [`outbound`]), the budget on what readers hand the
-//! core ([`intake`]), and the return of spent buffers to their readers
-//! ([`reclaim`]).
+//! core ([`intake`]), the return of spent buffers to their readers
+//! ([`reclaim`]), and retained bursts asking the core for more ([`refill`]).
 //!
 //! It sits between the codec and the core: the core pushes into outboxes
 //! and the connection drivers in `net` drain them, so neither has to know
@@ -14,6 +14,7 @@ pub(crate) mod intake;
 pub(crate) mod outbound;
 pub(crate) mod outbox;
 pub(crate) mod reclaim;
+pub(crate) mod refill;
 
 /// A message as this layer's tests (and the encoder's) queue it: bare,
 /// without the core's bookkeeping.

@@ -75,6 +75,9 @@ pub(crate) struct Burst<M> {
     pub msgs: std::collections::VecDeque<Arc<M>>,
     /// The subscription's identifier, if any (5.0).
     pub sub_ids: Box<[NonZeroU32]>,
+    /// More are to come: asked for once this burst runs low (see
+    /// [`crate::link::refill`]).
+    pub more: Option<crate::link::refill::More>,
 }
 
 impl<M> PartialEq for Burst<M> {
@@ -110,6 +113,11 @@ impl<M: Deref<Target = Message>> Burst<M> {
             let sub_ids = self.sub_ids.clone();
             let d = Delivery::new(&msg, QosPid::AtMostOnce, true, false, sub_ids, now_ms);
             into.push_back(Outbound::Deliver(d));
+        }
+        if self.more.as_ref().is_some_and(|m| self.msgs.len() <= m.low) {
+            if let Some(m) = self.more.take() {
+                m.refills.post(m.token);
+            }
         }
         taken
     }

@@ -775,9 +775,15 @@ mod tests {
         let o = Outbox::new(ProtocolVersion::V5, 0);
         o.push(ping());
         let msgs = (0..DRAIN_MAX + 10).map(|i| retained(&format!("r/{i}")));
+        let refills = Arc::new(crate::link::refill::Refills::default());
         let burst = crate::link::outbound::Burst {
             msgs: msgs.collect(),
             sub_ids: Box::new([]),
+            more: Some(crate::link::refill::More {
+                refills: refills.clone(),
+                token: 42,
+                low: 10,
+            }),
         };
         o.push(Outbound::Burst(Box::new(burst)));
         o.push(puback(1));
@@ -794,9 +800,14 @@ mod tests {
         };
         assert_eq!((d.msg.topic.as_str(), d.retain), ("r/0", true));
         assert_eq!(o.burst_len(), 11);
+        let mut posted = Vec::new();
+        refills.take(&mut posted);
+        assert!(posted.is_empty(), "11 left: not low yet");
         v.clear();
         assert_eq!(o.poll_drain(&cx, || 0, &mut v), Poll::Ready(true));
         assert_eq!(v.len(), 12, "the rest of the burst, then the PUBACK");
+        refills.take(&mut posted);
+        assert_eq!(posted, [42], "asked for more once");
         assert_eq!(v.pop_back(), Some(puback(1)));
         assert_eq!(o.len(), 0);
     }

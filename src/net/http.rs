@@ -164,6 +164,10 @@ fn json(s: &StatsSnapshot) -> String {
         "queue_pages_read": s.queue_pages_read,
         "queue_messages_read": s.queue_messages_read,
         "storage_refused": s.storage_refused,
+        "retained_memory_bytes": s.retained_memory_bytes,
+        "retained_disk_bytes": s.retained_disk_bytes,
+        "retained_cache_hits": s.retained_cache_hits,
+        "retained_reads": s.retained_reads,
         "packets_ignored": s.packets_ignored,
         "memory": resident_memory(),
     })
@@ -172,7 +176,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 22] = [
+    let counters: [(&str, &str, u64); 24] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -271,8 +275,28 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "Queued messages read back from the store.",
             s.queue_messages_read,
         ),
+        (
+            "retained_cache_hits",
+            "Retained messages sent to new subscriptions from memory.",
+            s.retained_cache_hits,
+        ),
+        (
+            "retained_reads",
+            "Retained messages read from the store for new subscriptions.",
+            s.retained_reads,
+        ),
     ];
-    let gauges: [(&str, &str, u64); 13] = [
+    let gauges: [(&str, &str, u64); 15] = [
+        (
+            "retained_memory_bytes",
+            "Bytes of retained messages held in memory.",
+            s.retained_memory_bytes,
+        ),
+        (
+            "retained_disk_bytes",
+            "Bytes of retained messages in the store (as maximum_retained_bytes counts them).",
+            s.retained_disk_bytes,
+        ),
         (
             "queue_memory_bytes",
             "Bytes of queued and in-flight QoS 1/2 messages held in memory.",

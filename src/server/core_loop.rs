@@ -6,11 +6,13 @@
 //! place that decides when it runs, at what time, and when its changes go
 //! to the store.
 
-use crate::broker::{Broker, Commit, Event, Page, PageRequest, Reclaim};
+use super::reader::{Answer, Request};
+use crate::broker::{Broker, Commit, Event, Reclaim};
 use crate::clock::Clock;
 use crate::config::Durability;
 use crate::link::intake::Intake;
 use crate::link::reclaim::Batches;
+use crate::link::refill::Refills;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,10 +42,13 @@ pub(super) struct CoreLoop {
     pub reclaim: Arc<Reclaim>,
     pub durability: Durability,
     pub commits: mpsc::Sender<Commit>,
-    /// Page reads of spilled queues, to the reader task (see `reader`).
-    pub page_requests: mpsc::UnboundedSender<PageRequest>,
-    /// The pages it read.
-    pub pages: mpsc::UnboundedReceiver<Page>,
+    /// Page reads of spilled queues and retained messages, to the reader
+    /// task (see `reader`).
+    pub page_requests: mpsc::UnboundedSender<Request>,
+    /// What it read.
+    pub pages: mpsc::UnboundedReceiver<Answer>,
+    /// Where retained bursts ask for their next page (the broker's).
+    pub refills: Arc<Refills>,
 }
 
 impl CoreLoop {
@@ -63,6 +68,8 @@ impl CoreLoop {
             }
         };
         let mut freeing = Vec::new();
+        let mut tokens = Vec::new();
+        let refills = self.refills.clone();
         tokio::pin!(shutdown);
         loop {
             let mut flush_now = flush.is_none();
@@ -92,7 +99,14 @@ impl CoreLoop {
                     reclaim.free(&mut freeing);
                 }
                 _ = tick.tick() => self.broker.tick(self.clock.now()),
-                Some(page) = self.pages.recv() => self.broker.page(page, self.clock.now_ms()),
+                Some(answer) = self.pages.recv() => match answer {
+                    Answer::Queue(page) => self.broker.page(page, self.clock.now_ms()),
+                    Answer::Retained(page) => self.broker.retained_page(page, self.clock.now_ms()),
+                },
+                _ = std::future::poll_fn(|cx| refills.poll_take(cx, &mut tokens)) => {
+                    self.broker.refill(&tokens, self.clock.now_ms());
+                    tokens.clear();
+                }
                 _ = async {
                     match flush.as_mut() {
                         Some(f) => f.tick().await,
@@ -100,10 +114,13 @@ impl CoreLoop {
                     }
                 } => flush_now = true,
             }
+            // The reader outlives the core loop; if it is gone, so is the
+            // server.
             for request in self.broker.take_page_requests() {
-                // The reader outlives the core loop; if it is gone, so is
-                // the server.
-                let _ = self.page_requests.send(request);
+                let _ = self.page_requests.send(Request::Queue(request));
+            }
+            for request in self.broker.take_retained_reads() {
+                let _ = self.page_requests.send(Request::Retained(request));
             }
             // In the relaxed mode a burst may not wait for the interval: what
             // is recorded meanwhile is held in memory.

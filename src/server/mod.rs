@@ -367,8 +367,9 @@ impl Server {
             let (store, stats, progress) = (store.clone(), stats.clone(), broker.commit_progress());
             tokio::task::spawn_blocking(move || commit::run(commit_rx, store, stats, progress))
         };
-        // Spilled queues are read back by their own task, so a read never
-        // waits behind the commits, nor the core behind a read.
+        // Spilled queues and retained messages are read back by their own
+        // task, so a read never waits behind the commits, nor the core
+        // behind a read.
         let (page_requests, requests_rx) = mpsc::unbounded_channel();
         let (pages_tx, pages) = mpsc::unbounded_channel();
         tokio::spawn(reader::run(
@@ -377,8 +378,10 @@ impl Server {
             store.clone(),
             broker.commit_progress(),
         ));
+        let refills = broker.refills();
         let mut core = CoreLoop {
             broker,
+            refills,
             events,
             clock,
             intake: intake.clone(),

@@ -1,12 +1,14 @@
-//! The page reader: reads the spilled tails of session queues back from
-//! the store for the core (see `broker::spill`), off the core's thread.
+//! The page reader: reads the spilled tails of session queues (see
+//! `broker::spill`) and the retained messages new subscriptions match (see
+//! `broker::retained`) back from the store for the core, off the core's
+//! thread.
 //!
 //! A page is read only once the commit holding the entries it should find
 //! has been released by the commit task: before that, the store may not
 //! have them yet, and a short page would look like the end of the queue.
 
-use crate::broker::{CommitProgress, Page, PageEntry, PageRequest};
-use roost_storage::{StorageError, Store};
+use crate::broker::{CommitProgress, Page, PageEntry, PageRequest, RetainedPage, RetainedRead};
+use roost_storage::{MessageRecord, StorageError, Store};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,26 +19,69 @@ use tokio::sync::mpsc;
 /// polling costs less than a wake-up on every commit.
 const POLL: Duration = Duration::from_millis(1);
 
+/// A read the core asks for.
+#[derive(Debug)]
+pub(super) enum Request {
+    Queue(PageRequest),
+    Retained(RetainedRead),
+}
+
+/// What a read brought back.
+#[derive(Debug)]
+pub(super) enum Answer {
+    Queue(Page),
+    Retained(RetainedPage),
+}
+
 /// Reads pages as the core asks for them, in order, until the core stops
 /// asking (its sender is dropped) or stops listening.
 pub(super) async fn run(
-    mut requests: mpsc::UnboundedReceiver<PageRequest>,
-    pages: mpsc::UnboundedSender<Page>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    pages: mpsc::UnboundedSender<Answer>,
     store: Arc<dyn Store>,
     progress: Arc<CommitProgress>,
 ) {
     while let Some(request) = requests.recv().await {
-        while progress.done.load(Relaxed) < request.after_commit {
+        let after_commit = match &request {
+            Request::Queue(r) => r.after_commit,
+            Request::Retained(r) => r.after_commit,
+        };
+        while progress.done.load(Relaxed) < after_commit {
             tokio::time::sleep(POLL).await;
         }
         let store = store.clone();
-        let page = tokio::task::spawn_blocking(move || read(store.as_ref(), request))
-            .await
-            .expect("reading a page does not panic");
-        if pages.send(page).is_err() {
+        let answer = tokio::task::spawn_blocking(move || match request {
+            Request::Queue(r) => Answer::Queue(read(store.as_ref(), r)),
+            Request::Retained(r) => {
+                let records = read_retained(store.as_ref(), &r.topics);
+                Answer::Retained(RetainedPage {
+                    request: r,
+                    records,
+                })
+            }
+        })
+        .await
+        .expect("reading a page does not panic");
+        if pages.send(answer).is_err() {
             return;
         }
     }
+}
+
+/// The retained messages of `topics`, in order (`None`: not retained).
+/// One function for the batch, so that a batch read of the store is a
+/// change here only.
+pub(crate) fn read_retained(
+    store: &dyn Store,
+    topics: &[String],
+) -> Result<Vec<Option<MessageRecord>>, StorageError> {
+    // A backend that panics fails this read, like one that errs.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        // One read transaction for the page, where the backend has them.
+        store.retained_many(&topics)
+    }))
+    .unwrap_or_else(|_| Err(StorageError::io("", "the storage backend panicked")))
 }
 
 /// Reads one page: the entries, then the bodies of those stored apart.

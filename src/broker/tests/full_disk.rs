@@ -85,7 +85,7 @@ fn publishes_that_need_storage_are_refused_before_routing_the_rest_flows() {
     // A retained QoS 0 message is delivered, not retained.
     core.publish(&mut p5, retained("plain", "kept?", QoS::AtMostOnce, 0));
     assert_eq!(payload(&live.recv_publish()), "kept?");
-    assert!(core.broker.retained.get("plain").is_none());
+    assert!(core.broker.retained.tree.get("plain").is_none());
     let snap = store.load().unwrap();
     assert!(
         snap.messages.is_empty() && snap.retained.is_empty(),

@@ -13,6 +13,7 @@ mod expiry;
 mod full_disk;
 mod keep_alive;
 mod restart;
+mod retained;
 mod spill;
 mod sys;
 mod will;
@@ -41,6 +42,8 @@ pub(super) struct Core {
     pub store: Arc<MemoryStore>,
     /// Pages of spilled queues read back so far.
     pub pages_read: usize,
+    /// Reads of retained messages so far.
+    pub retained_reads: usize,
 }
 
 /// One client's connection, as the core sees it.
@@ -68,14 +71,24 @@ impl Core {
         Self::build(opts, Some(store), Clock::manual(START_MS), 1)
     }
 
+    /// A core that records its state in `store`, with `hooks`.
+    pub(super) fn persistent_with(opts: Options, store: Arc<MemoryStore>, hooks: Hooks) -> Self {
+        Self::build_with(opts, hooks, Some(store), Clock::manual(START_MS), 1)
+    }
+
     fn build(opts: Options, store: Option<Arc<MemoryStore>>, clock: Clock, next_conn: u64) -> Self {
+        Self::build_with(opts, Hooks::default(), store, clock, next_conn)
+    }
+
+    fn build_with(
+        opts: Options,
+        hooks: Hooks,
+        store: Option<Arc<MemoryStore>>,
+        clock: Clock,
+        next_conn: u64,
+    ) -> Self {
         let persistent = store.is_some();
-        let broker = Broker::new(
-            opts,
-            Hooks::default(),
-            Arc::new(Stats::default()),
-            persistent,
-        );
+        let broker = Broker::new(opts, hooks, Arc::new(Stats::default()), persistent);
         let mut core = Core {
             broker,
             next_tick: clock.now_ms(),
@@ -83,6 +96,7 @@ impl Core {
             next_conn,
             store: store.unwrap_or_default(),
             pages_read: 0,
+            retained_reads: 0,
         };
         if persistent {
             let now = core.now();
@@ -120,8 +134,9 @@ impl Core {
     /// Applies what the core recorded and releases the packets it held,
     /// as the commit task does; then reads the pages the core asked for, as
     /// the page reader does (every commit is written by then), and hands
-    /// them back, until it asks for no more.
-    fn commit(&mut self) {
+    /// them back, and hands the core the refills its retained bursts asked
+    /// for, until it asks for no more.
+    pub(super) fn commit(&mut self) {
         loop {
             while let Some(mut commit) = self.broker.take_commit() {
                 let ops: Vec<Op> = commit.ops.drain(..).map(|op| op.into_op()).collect();
@@ -132,7 +147,10 @@ impl Core {
                 self.broker.commit_progress().released(commit.number);
             }
             let requests = self.broker.take_page_requests();
-            if requests.is_empty() {
+            let reads = self.broker.take_retained_reads();
+            let mut tokens = Vec::new();
+            self.broker.refills().take(&mut tokens);
+            if requests.is_empty() && reads.is_empty() && tokens.is_empty() {
                 return;
             }
             for request in requests {
@@ -140,6 +158,15 @@ impl Core {
                 let page = read_page(self.store.as_ref(), request);
                 self.broker.page(page, self.now());
             }
+            for request in reads {
+                self.retained_reads += 1;
+                // As the server's reader reads them (`server::reader`).
+                let topics: Vec<&str> = request.topics.iter().map(String::as_str).collect();
+                let records = self.store.retained_many(&topics);
+                self.broker
+                    .retained_page(RetainedPage { request, records }, self.now());
+            }
+            self.broker.refill(&tokens, self.now());
         }
     }
 
@@ -224,6 +251,19 @@ impl Core {
         let (peer, ack) = self.connect(connect);
         assert_eq!(ack.reason, ReasonCode::Success);
         peer
+    }
+
+    /// `peer`'s client sends `packet`, handled by the core but not yet
+    /// committed (nor are the reads it asks for made): what happens before
+    /// the next [`Core::commit`] happens in between.
+    pub(super) fn send_uncommitted(&mut self, peer: &Peer, packet: Packet) {
+        self.broker.handle(
+            Event::Packet {
+                conn: peer.conn,
+                packet,
+            },
+            self.clock.now(),
+        );
     }
 
     /// `peer`'s client sends `packet` (a PUBLISH as the connection hands it

@@ -66,6 +66,10 @@ struct Args {
     /// The roost binary (default: `roost` next to this one).
     #[arg(long)]
     roost: Option<PathBuf>,
+    /// A configuration file for roost (for instance to raise the queue
+    /// limits of a build from before queues went to disk, to compare).
+    #[arg(long)]
+    roost_config: Option<PathBuf>,
     /// The mosquitto binary.
     #[arg(long, default_value = "mosquitto")]
     mosquitto: PathBuf,
@@ -122,7 +126,11 @@ fn start(broker: &str, a: &Args, fresh: bool) -> Result<Running, String> {
             .map_err(|e| e.to_string())?
             .with_file_name("roost"),
     };
-    let mut child = Command::new(&roost)
+    let mut command = Command::new(&roost);
+    if let Some(config) = &a.roost_config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
         .args(["--store", store, "--tcp", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("data"))
         .env("RUST_LOG", "warn")
