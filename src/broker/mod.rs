@@ -16,6 +16,7 @@ mod gate;
 mod idhash;
 mod keepalive;
 mod lifecycle;
+mod pages;
 mod persist;
 mod publish;
 mod restore;
@@ -33,10 +34,10 @@ mod tracked;
 
 pub(crate) use crate::message::{Message, MessageProperties, SessionId};
 pub(crate) use coalesce::coalesce_staged;
+pub(crate) use pages::{Page, PageEntry, PageRequest};
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
 pub(crate) use retained::{RetainedPage, RetainedRead};
-pub(crate) use spill::{Page, PageEntry, PageRequest};
 
 use crate::codec::{
     AckProperties, ByteStr, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
@@ -197,7 +198,7 @@ pub(crate) struct Broker {
     /// Connections whose keep-alive is watched.
     keepalives: keepalive::KeepAlives,
     /// Queues on disk: page reads, and the memory budget (see `spill`).
-    pages: spill::Pages,
+    pages: pages::Pages,
     /// The store's writes fail: read from the commit task's flag once per
     /// event (see [`Broker::storage_failing`]).
     failing: bool,
@@ -242,7 +243,7 @@ impl Broker {
             scratch: Vec::new(),
             next_gate: 0,
             keepalives: Default::default(),
-            pages: spill::Pages::new(budget),
+            pages: pages::Pages::new(budget),
             failing: false,
         }
     }

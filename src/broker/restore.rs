@@ -320,7 +320,7 @@ fn place(
     s: &mut Session,
     o: Outgoing,
     persist: &mut super::persist::Persist,
-    pages: &mut super::spill::Pages,
+    pages: &mut super::pages::Pages,
     stats: &crate::stats::Stats,
 ) {
     stats::add(&stats.inflight, 1);

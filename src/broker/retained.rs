@@ -62,7 +62,7 @@ const CACHED_OVERHEAD: usize = std::mem::size_of::<Tracked>() + 64;
 /// budget (about 100 bytes a topic: a million 5-level topics and the
 /// default budget's cache fit a 256 MiB process). The budget is one
 /// account, so queues spill a little earlier while the cache is full (see
-/// `spill::Pages::over_budget`).
+/// `pages::Pages::over_budget`).
 pub(crate) fn share(budget: usize) -> usize {
     budget / 8
 }

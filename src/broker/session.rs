@@ -3,8 +3,8 @@
 //!
 //! A session outlives connections: `conn` is `None` while the client is away.
 
+use super::pages::{Pages, Spill};
 use super::persist::{Pending, Persist};
-use super::spill::{Pages, Spill};
 use super::ConnId;
 use super::{Burst, Delivery, Message, Outbound, Outbox, Tracked};
 use crate::codec::{

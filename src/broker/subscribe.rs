@@ -137,7 +137,6 @@ impl Broker {
         }));
     }
 
-
     pub(super) fn on_unsubscribe(&mut self, sid: SessionId, u: Unsubscribe) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;

@@ -76,7 +76,7 @@ pub fn format(bytes: usize) -> String {
     format!("{b}B")
 }
 
-/// Serializes a size as [`format`] writes it.
+/// Serializes a size as [`format()`] writes it.
 pub fn serialize<S: Serializer>(bytes: &usize, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*bytes))
 }

@@ -3,7 +3,7 @@
 //! order, when its client is ready for it.
 
 use super::*;
-use crate::broker::spill::{PAGE, QUEUE_WINDOW};
+use crate::broker::pages::{PAGE, QUEUE_WINDOW};
 use crate::config::Limits;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -198,7 +198,7 @@ fn the_memory_budget_bounds_memory_only_queues_and_spills_stored_ones() {
         core.publish(&mut p, publish("t/x", &payload_of, QoS::AtLeastOnce, i + 1));
     }
     // Each costs its topic and payload and its bookkeeping.
-    let cost = 1003 + crate::broker::spill::ENTRY_COST;
+    let cost = 1003 + crate::broker::pages::ENTRY_COST;
     let held = stat(&core, |s| s.queue_memory_bytes) as usize;
     assert!(held <= budget, "{held} bytes held");
     assert!(held > budget - cost, "{held} bytes held");
