@@ -100,7 +100,7 @@ pub(crate) struct StoreConfig {
     /// Directory of the persistent store. Default: `./data`.
     pub data_dir: PathBuf,
     /// The persistent backend's page cache (sled and redb would take
-    /// 1 GiB each). Default: 64 MiB.
+    /// 1 GiB each). Default: 16 MiB.
     #[serde(with = "roost::size")]
     pub cache: usize,
 }

@@ -96,6 +96,8 @@ fn store_failure(e: &StorageError) -> (String, u8) {
 }
 
 /// Opens the store; the text says what was opened, for the start-up line.
+// Without a persistent backend there is no cache to size.
+#[cfg_attr(not(any(feature = "sled", feature = "redb")), allow(unused_variables))]
 fn open_store(
     kind: StoreKind,
     dir: &Path,

@@ -496,6 +496,7 @@ impl<V> RetainedTree<V> {
     ///
     /// Topics come in order: level by level, each compared bytewise (so a
     /// topic comes right before those it is a prefix of).
+    #[cfg(any(test, fuzzing, feature = "_bench"))]
     pub fn for_each_match(&self, filter: &str, mut visit: impl FnMut(&str, &V)) {
         self.matches_after(filter, None, |topic, value| {
             visit(topic, value);

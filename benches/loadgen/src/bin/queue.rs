@@ -285,37 +285,43 @@ async fn drain(
     let mut next = 0u64;
     let mut dups = 0u64;
     while got < n {
-        let packet = tokio::time::timeout(Duration::from_secs(30), c.reader.next())
-            .await
-            .map_err(|_| format!("{id}: {got} of {n} after 30 s of silence"))?
-            .map_err(io)?;
-        match packet {
-            Some(Packet::Publish(p)) => {
-                if let QosPid::AtLeastOnce(pid) = p.qos_pid {
-                    c.writer
-                        .queue(&Packet::PubAck(PubResp::new(pid)))
-                        .map_err(io)?;
+        let packet = match c.reader.try_next().map_err(io)? {
+            Some(packet) => packet,
+            None => {
+                // Everything read is handled: the acknowledgements go now
+                // (a broker with a small in-flight window waits for them).
+                c.writer.flush().await.map_err(io)?;
+                let read = tokio::time::timeout(Duration::from_secs(30), c.reader.fill())
+                    .await
+                    .map_err(|_| format!("{id}: {got} of {n} after 30 s of silence"))?
+                    .map_err(io)?;
+                if read == 0 {
+                    return Err(format!("{id}: closed after {got} of {n}"));
                 }
-                let seq = u64::from_be_bytes(p.payload[..8].try_into().map_err(io)?);
-                if ordered {
-                    if seq < next {
-                        dups += 1;
-                        continue;
-                    }
-                    if seq != next {
-                        return Err(format!("{id}: got message {seq}, expected {next}"));
-                    }
-                    next += 1;
-                }
-                got += 1;
-                if got % 64 == 0 || got == n {
-                    c.writer.flush().await.map_err(io)?;
-                }
+                continue;
             }
-            Some(_) => {}
-            None => return Err(format!("{id}: closed after {got} of {n}")),
+        };
+        if let Packet::Publish(p) = packet {
+            if let QosPid::AtLeastOnce(pid) = p.qos_pid {
+                c.writer
+                    .queue(&Packet::PubAck(PubResp::new(pid)))
+                    .map_err(io)?;
+            }
+            let seq = u64::from_be_bytes(p.payload[..8].try_into().map_err(io)?);
+            if ordered {
+                if seq < next {
+                    dups += 1;
+                    continue;
+                }
+                if seq != next {
+                    return Err(format!("{id}: got message {seq}, expected {next}"));
+                }
+                next += 1;
+            }
+            got += 1;
         }
     }
+    c.writer.flush().await.map_err(io)?;
     let took = t.elapsed();
     if dups > 0 {
         println!("    ({id}: {dups} redelivered)");
