@@ -149,9 +149,6 @@ impl Broker {
         };
         self.timed.remove(&sid);
         self.conns.insert(conn, sid);
-        // Retained messages still on their way to an earlier connection
-        // are not sent to this one.
-        self.end_streams(sid);
 
         let now_s = now_ms;
         let will = c.will.map(|w| Will {
@@ -309,7 +306,6 @@ impl Broker {
         let Some(sid) = self.conns.remove(&conn) else {
             return;
         };
-        self.end_streams(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -341,11 +337,14 @@ impl Broker {
                 let rec = session_record(s);
                 self.persist.push(Op::PutSession(rec));
             }
-            // Its queue waits in the store, not in memory.
+            // Its queue waits in the store, not in memory; so do the
+            // retained messages still on their way to it (QoS 1/2, with a
+            // persistent store: the streams end themselves otherwise).
             let (mut ctx, sessions) = self.ctx(now_ms);
             if let Some(s) = sessions.get_mut(&sid) {
                 s.spill_queue(&mut ctx);
             }
+            self.pump_retained(sid, now_ms);
             self.timed.insert(sid);
             // A will with no delay goes out now.
             self.fire_due_will(sid, now_ms);

@@ -580,6 +580,7 @@ impl Broker {
     }
 
     fn pump_stream(&mut self, sid: SessionId, st: &mut Stream, now_ms: u64) {
+        let mut pages = 0;
         while !st.done && st.reading.is_none() {
             if st.last {
                 st.done = true;
@@ -589,15 +590,33 @@ impl Broker {
                 st.done = true;
                 return;
             };
-            let Some(conn) = &s.conn else {
-                st.done = true;
-                return;
-            };
-            let waiting = s.flows().map_or(0, |f| f.burst_queued);
-            if waiting > LOW || conn.outbox.burst_len() > LOW {
-                // A refill or an acknowledgement pumps again.
-                return;
+            match &s.conn {
+                Some(conn) => {
+                    let waiting = s.flows().map_or(0, |f| f.burst_queued);
+                    if waiting > LOW || conn.outbox.burst_len() > LOW {
+                        // A refill or an acknowledgement pumps again.
+                        return;
+                    }
+                }
+                // Away: a session the store holds keeps its QoS 1/2
+                // retained messages, in the store (see `spill`), as it
+                // keeps any message queued for it; QoS 0 is not queued.
+                None if !s.stored
+                    || !self.persist.enabled
+                    || st.entry.options.qos == QoS::AtMostOnce =>
+                {
+                    st.done = true;
+                    return;
+                }
+                // A page per turn, so that a large set does not hold the
+                // core: the refill board brings the next turn.
+                None if pages > 0 => {
+                    self.retained.refills.post(sid.0);
+                    return;
+                }
+                None => {}
             }
+            pages += 1;
             let mut items = Vec::new();
             let mut last = String::new();
             let mut seen = 0;

@@ -158,6 +158,42 @@ fn a_qos1_subscriber_gets_them_as_it_acknowledges() {
     assert!(most_queued <= PAGE + PAGE / 2, "{most_queued} queued");
 }
 
+/// A persistent session that goes away part-way through its retained
+/// messages keeps the rest (QoS 1), in the store, as it keeps anything
+/// queued for it; back, it gets every one.
+#[test]
+fn a_persistent_subscriber_that_leaves_midway_gets_the_rest_when_back() {
+    let store = Arc::new(MemoryStore::new());
+    let mut core = Core::persistent(tiny_budget(), store);
+    let n = 3 * PAGE + 5;
+    retain_n(&mut core, n);
+    let mut connect = v5_session("w", false, 3600);
+    connect.properties.receive_maximum = NonZeroU16::new(10);
+    let mut w = core.connected(connect.clone());
+    assert_eq!(
+        core.subscribe(&mut w, "site/#", QoS::AtLeastOnce),
+        ReasonCode::GrantedQos1
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..25 {
+        let p = w.recv_publish();
+        seen.insert(payload(&p).to_owned());
+        core.ack(&w, &p);
+    }
+    core.drop_connection(w);
+    core.commit();
+    assert!(
+        stats(&core).queue_disk_messages > 0,
+        "the rest waits in the store"
+    );
+    let (mut w, ack) = core.connect(connect);
+    assert!(ack.session_present);
+    for p in take_all(&mut core, &mut w) {
+        seen.insert(payload(&p).to_owned());
+    }
+    assert_eq!(seen.len(), n, "every retained message, at least once");
+}
+
 /// Client `w` may not receive `site/0/dev/0/...`.
 struct NotDevice0;
 
