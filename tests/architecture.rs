@@ -27,7 +27,9 @@ const LAYERS: &[&[&str]] = &[
     // per-client protocol rules that the connection driver and the inline
     // client share.
     &["link"],
-    &["ingress"],
+    // The ingress rules, and the bridge's client side of its link to an
+    // upstream broker (codec packets in, packets and events out).
+    &["ingress", "bridge"],
     // The sans-IO core.
     &["broker"],
     // I/O at the edge: sockets, TLS, WebSocket, wire encoding, and the
@@ -42,7 +44,7 @@ const LAYERS: &[&[&str]] = &[
 /// Layers that must stay sans-IO: no sockets, no async I/O, no storage
 /// backend, no clock (time comes in as `now`).
 const SANS_IO: &[&str] = &[
-    "codec", "topic", "message", "router", "link", "ingress", "broker",
+    "codec", "topic", "message", "router", "link", "ingress", "bridge", "broker",
 ];
 
 /// What a sans-IO module must not name, and why.
