@@ -10,5 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod backoff;
+mod link;
 
 pub(crate) use backoff::Backoff;
+pub(crate) use link::{Event, Inflight, Link, LinkError, Outgoing, SendError, Settings, Token};
