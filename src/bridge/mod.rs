@@ -1,0 +1,29 @@
+//! Bridges to upstream MQTT brokers: their configuration, as plain,
+//! validated data.
+//!
+//! A bridge is a persistent session that points outwards: `forward` rules
+//! carry local messages to the remote broker, `subscribe` rules carry the
+//! remote's messages into this one. This module only describes bridges;
+//! nothing here opens a connection.
+//!
+//! ```
+//! use roost::bridge::{Bridge, Remote, Rule};
+//! use roost::codec::QoS;
+//!
+//! let bridge = Bridge::new("cloud", Remote::parse("mqtts://broker.example.com")?)
+//!     .forward(Rule::new("devices/#", QoS::AtLeastOnce).remote_prefix("site-17/"))
+//!     .subscribe(Rule::new("commands/#", QoS::AtLeastOnce).remote_prefix("site-17/"))
+//!     .tls(roost::bridge::BridgeTls::new("ca.pem"));
+//! bridge.validate()?;
+//! assert_eq!(bridge.client_id, "roost-bridge-cloud");
+//! assert_eq!(bridge.forward[0].to_remote("devices/t1").as_deref(), Some("site-17/devices/t1"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod config;
+mod remote;
+mod rule;
+
+pub use config::{validate_all, Bridge, BridgeError, BridgeTls, Password, Protocol};
+pub use remote::{Remote, RemoteError, Scheme};
+pub use rule::{Direction, Rule, RuleError};
