@@ -97,7 +97,7 @@ pub enum BridgeError {
     },
     /// A client certificate without its key, or a key without its
     /// certificate.
-    #[error("bridge {bridge:?}: tls {key} is missing (cert and key go together)")]
+    #[error("bridge {bridge:?}: {key} is missing (tls cert and key go together)")]
     TlsPair {
         /// The bridge.
         bridge: String,
