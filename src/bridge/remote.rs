@@ -352,7 +352,8 @@ mod tests {
 
     #[test]
     fn errors_say_what_is_wrong() {
-        let cases: [(&str, fn(&RemoteError) -> bool, &str); 12] = [
+        type Is = fn(&RemoteError) -> bool;
+        let cases: [(&str, Is, &str); 12] = [
             (
                 "broker:1883",
                 |e| matches!(e, RemoteError::NoScheme { .. }),
