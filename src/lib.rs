@@ -34,7 +34,7 @@
 //! Features are additive; a library user who wants plain TCP only can set
 //! `default-features = false`.
 
-mod bridge;
+pub mod bridge;
 mod broker;
 mod clock;
 pub mod codec;

@@ -785,3 +785,276 @@ async fn auth_ledger_is_enforced() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("broken.toml"), "{}", stderr(&out));
 }
+
+/// A bridge with every key set, as `deploy/roost.toml` documents them.
+const BRIDGE: &str = r##"
+[store]
+backend = "memory"
+
+[[listener]]
+type = "tcp"
+bind = "127.0.0.1:0"
+
+[[bridges]]
+name = "cloud"
+remote = "mqtts://[::1]"
+protocol = "3.1.1"
+client_id = "gw-17"
+username = "gw-17"
+password_file = "cloud.pass"
+keep_alive = "45s"
+session_expiry = "7d"
+reconnect_min = "2s"
+reconnect_max = "2m"
+max_inflight = 10
+max_queued_messages = 1000
+max_queued_bytes = "64MiB"
+state_topic = "site-17/bridge/state"
+
+[bridges.tls]
+ca = "ca.pem"
+cert = "gw.pem"
+key = "gw.key"
+server_name = "broker.example.com"
+
+[[bridges.forward]]
+filter = "devices/#"
+qos = 1
+local_prefix = "plant/"
+remote_prefix = "site-17/"
+
+[[bridges.subscribe]]
+filter = "commands/#"
+qos = 2
+remote_prefix = "site-17/"
+
+[[bridges]]
+name = "backup"
+remote = "ws://10.0.0.2:8080"
+
+[[bridges.forward]]
+filter = "#"
+qos = 0
+"##;
+
+/// A directory with [`BRIDGE`] as `bridge.toml` and the files it names.
+fn bridge_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bridge.toml", BRIDGE);
+    write(dir.path(), "cloud.pass", "hunter2-secret\n");
+    for f in ["ca.pem", "gw.pem", "gw.key"] {
+        write(dir.path(), f, "not read yet\n");
+    }
+    dir
+}
+
+#[test]
+fn a_bridge_config_is_valid_and_printed_without_its_password() {
+    let dir = bridge_dir();
+    let out = run_in(dir.path(), &["check-config", "bridge.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bridge.toml: valid"));
+
+    let out = run_in(dir.path(), &["--config", "bridge.toml", "--print-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains("hunter2"),
+        "the password is never printed: {text}"
+    );
+    let printed: toml::Table = toml::from_str(&text).unwrap();
+    let bridges = printed["bridges"].as_array().unwrap();
+    assert_eq!(bridges.len(), 2);
+    let cloud = bridges[0].as_table().unwrap();
+    assert_eq!(cloud["name"].as_str(), Some("cloud"));
+    assert_eq!(cloud["remote"].as_str(), Some("mqtts://[::1]:8883"));
+    assert_eq!(cloud["protocol"].as_str(), Some("3.1.1"));
+    assert_eq!(cloud["password_file"].as_str(), Some("cloud.pass"));
+    assert_eq!(cloud["session_expiry"].as_str(), Some("7d"));
+    assert_eq!(
+        cloud["tls"]["server_name"].as_str(),
+        Some("broker.example.com")
+    );
+    assert_eq!(
+        cloud["forward"][0]["remote_prefix"].as_str(),
+        Some("site-17/")
+    );
+    assert_eq!(cloud["subscribe"][0]["qos"].as_integer(), Some(2));
+    // The second bridge shows its defaults.
+    let backup = bridges[1].as_table().unwrap();
+    assert_eq!(backup["remote"].as_str(), Some("ws://10.0.0.2:8080/mqtt"));
+    assert_eq!(backup["protocol"].as_str(), Some("5"));
+    assert_eq!(backup["keep_alive"].as_str(), Some("30s"));
+    assert_eq!(backup["max_queued_messages"].as_integer(), Some(8_640_000));
+    assert_eq!(backup["max_queued_bytes"].as_str(), Some("1GiB"));
+    // Printed back, it reads the same.
+    write(dir.path(), "again.toml", &text);
+    let again = print_config(dir.path(), &["--config", "again.toml"]);
+    assert_eq!(again, printed);
+
+    // deploy/roost.toml documents every key of a bridge and its tables.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/roost.toml");
+    let doc = std::fs::read_to_string(example).unwrap();
+    let mut keys: Vec<&str> = cloud.keys().map(String::as_str).collect();
+    keys.push("password_env");
+    for table in ["tls", "forward", "subscribe"] {
+        let inner = match &cloud[table] {
+            toml::Value::Array(a) => a[0].as_table().unwrap(),
+            v => v.as_table().unwrap(),
+        };
+        keys.extend(inner.keys().map(String::as_str));
+    }
+    for header in [
+        "[[bridges]]",
+        "[bridges.tls]",
+        "[[bridges.forward]]",
+        "[[bridges.subscribe]]",
+    ] {
+        assert!(doc.contains(&format!("\n# {header}")), "documents {header}");
+    }
+    for key in keys
+        .into_iter()
+        .filter(|k| !["tls", "forward", "subscribe"].contains(k))
+    {
+        assert!(
+            doc.contains(&format!("\n# {key} = ")),
+            "deploy/roost.toml documents {key:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_bridges_are_refused_naming_file_line_and_key() {
+    let dir = bridge_dir();
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "remote = \"mqtts://[::1]\"",
+            "remote = \"http://[::1]\"",
+            &[
+                "bad.toml:11:",
+                "key \"remote\" in [[bridges]]",
+                "unknown scheme \"http\"",
+            ],
+        ),
+        (
+            "remote = \"ws://10.0.0.2:8080\"",
+            "remote = \"mqtt://10.0.0.2:99999\"",
+            &["bad.toml:44:", "key \"remote\"", "invalid port \"99999\""],
+        ),
+        (
+            "local_prefix = \"plant/\"",
+            "local_prefx = \"plant/\"",
+            &[
+                "bad.toml:34:",
+                "unknown key \"local_prefx\" in [[bridges.forward]]",
+                "did you mean \"local_prefix\"",
+            ],
+        ),
+        (
+            "local_prefix = \"plant/\"",
+            "local_prefix = \"plant/+/\"",
+            &[
+                "bad.toml:34:",
+                "key \"local_prefix\" in [[bridges.forward]]",
+                "must not contain \"+\"",
+            ],
+        ),
+        (
+            "name = \"backup\"",
+            "name = \"cloud\"",
+            &[
+                "bad.toml:43:",
+                "key \"name\" in [[bridges]]",
+                "\"cloud\" is used by another bridge",
+            ],
+        ),
+        (
+            "name = \"backup\"",
+            "name = \"back up\"",
+            &[
+                "bad.toml:43:",
+                "key \"name\" in [[bridges]]",
+                "ASCII letters, digits",
+            ],
+        ),
+        (
+            "password_file = \"cloud.pass\"",
+            "password_env = \"ROOST_TEST_UNSET_PASSWORD\"",
+            &[
+                "bad.toml:15:",
+                "key \"password_env\"",
+                "ROOST_TEST_UNSET_PASSWORD is not set",
+            ],
+        ),
+        (
+            "password_file = \"cloud.pass\"",
+            "password_file = \"missing.pass\"",
+            &[
+                "bad.toml:15:",
+                "key \"password_file\"",
+                "cannot read missing.pass",
+            ],
+        ),
+        (
+            "reconnect_max = \"2m\"",
+            "reconnect_max = \"1s\"",
+            &[
+                "bad.toml:18:",
+                "key \"reconnect_min\"",
+                "more than reconnect_max",
+            ],
+        ),
+        (
+            "qos = 2",
+            "qos = 3",
+            &[
+                "bad.toml:39:",
+                "key \"qos\" in [[bridges.subscribe]]",
+                "0, 1 or 2",
+            ],
+        ),
+        (
+            "remote = \"mqtts://[::1]\"",
+            "remote = \"mqtt://[::1]\"",
+            &["bad.toml:25:", "key \"tls\"", "only to mqtts:// and wss://"],
+        ),
+        (
+            "ca = \"ca.pem\"",
+            "ca = \"nope.pem\"",
+            &[
+                "bad.toml:26:",
+                "key \"ca\" in [bridges.tls]",
+                "cannot read nope.pem",
+            ],
+        ),
+    ];
+    for (from, to, needles) in cases {
+        assert!(BRIDGE.contains(from), "{from}");
+        let text = BRIDGE.replacen(from, to, 1);
+        write(dir.path(), "bad.toml", &text);
+        for args in [
+            vec!["check-config", "bad.toml"],
+            vec!["--config", "bad.toml"],
+        ] {
+            let out = run_in(dir.path(), &args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{to}: {err}");
+            for needle in *needles {
+                assert!(err.contains(needle), "{to}: {needle:?} not in {err}");
+            }
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn serve_refuses_bridges_it_does_not_run_yet() {
+    let dir = bridge_dir();
+    let out = run_in(dir.path(), &["--config", "bridge.toml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bridge.toml:9:"), "{err}");
+    assert!(err.contains("\"cloud\", \"backup\" configured"), "{err}");
+    assert!(err.contains("does not run bridges yet"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

@@ -1,16 +1,43 @@
-//! The bridge to upstream MQTT brokers (issue 17): roost as a client of a
-//! remote broker, forwarding local messages up and remote commands down.
+//! Bridges to upstream MQTT brokers: their configuration, as plain,
+//! validated data.
 //!
-//! [`link`] is the sans-IO client side of one bridge connection;
-//! [`backoff`] spaces reconnect attempts.
+//! A bridge is a persistent session that points outwards: `forward` rules
+//! carry local messages to the remote broker, `subscribe` rules carry the
+//! remote's messages into this one. The configuration is plain, validated
+//! data; `link` is the sans-IO client side of one bridge connection and
+//! `backoff` spaces its reconnect attempts. Nothing opens a connection
+//! yet: the driver (sockets, the broker's queue, storage) wires them in
+//! with issue 17's next step.
+//!
+//! ```
+//! use roost::bridge::{Bridge, Remote, Rule};
+//! use roost::codec::QoS;
+//!
+//! let bridge = Bridge::new("cloud", Remote::parse("mqtts://broker.example.com")?)
+//!     .forward(Rule::new("devices/#", QoS::AtLeastOnce).remote_prefix("site-17/"))
+//!     .subscribe(Rule::new("commands/#", QoS::AtLeastOnce).remote_prefix("site-17/"))
+//!     .tls(roost::bridge::BridgeTls::new("ca.pem"));
+//! bridge.validate()?;
+//! assert_eq!(bridge.client_id, "roost-bridge-cloud");
+//! assert_eq!(bridge.forward[0].to_remote("devices/t1").as_deref(), Some("site-17/devices/t1"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
-// Nothing uses the bridge yet: the driver (sockets, the broker's queue,
-// storage) wires it in with issue 17's next step (then the re-exports
-// below are used too).
-#![allow(dead_code, unused_imports)]
-
+// Used by the driver, still to come (issue 17's next step).
+#[allow(dead_code)]
 mod backoff;
+mod config;
+#[allow(dead_code)]
 mod link;
+mod remote;
+mod rule;
 
+pub use config::{validate_all, Bridge, BridgeError, BridgeTls, Password, Protocol};
+pub use remote::{Remote, RemoteError, Scheme};
+pub use rule::{Direction, Rule, RuleError};
+
+// The link and the backoff are used by the driver, still to come.
+#[allow(dead_code, unused_imports)]
 pub(crate) use backoff::Backoff;
+#[allow(dead_code, unused_imports)]
 pub(crate) use link::{Event, Inflight, Link, LinkError, Outgoing, SendError, Settings, Token};

@@ -7,8 +7,11 @@
 //! `deploy/roost.toml` documents every key with its default.
 
 use super::error::{parse_error, ConfigError, Place};
+use roost::bridge::{Bridge, BridgeTls, Password, Protocol, Remote, Rule};
+use roost::codec::QoS;
 use roost::{Capabilities, Durability, Limits, Memory, Options};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,9 @@ pub(crate) struct Config {
     /// The listeners; empty means the built-in defaults.
     #[serde(rename = "listener", skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerConfig>,
+    /// Bridges to upstream brokers (`[[bridges]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 impl Default for Config {
@@ -58,6 +64,7 @@ impl Default for Config {
             limits: opts.limits,
             memory: opts.memory,
             listeners: Vec::new(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -380,6 +387,227 @@ pub(crate) fn default_listeners() -> Vec<ListenerConfig> {
     ]
 }
 
+/// One `[[bridges]]`: [`roost::bridge::Bridge`] as the file writes it,
+/// with the password's source instead of the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BridgeConfig {
+    /// Names the bridge in logs, stats and the store.
+    pub name: String,
+    /// `mqtt://`, `mqtts://`, `ws://` or `wss://` address of the remote.
+    pub remote: Remote,
+    /// `"3.1.1"` or `"5"`. Default: `"5"`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Default: `roost-bridge-<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The user name at the remote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A file holding the password (one trailing newline is ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// Keep alive. Default: 30 s.
+    #[serde(default = "keep_alive", with = "roost::duration")]
+    pub keep_alive: Duration,
+    /// Session expiry at the remote. Default: 7 days.
+    #[serde(default = "session_expiry", with = "roost::duration")]
+    pub session_expiry: Duration,
+    /// First reconnect delay. Default: 1 s.
+    #[serde(default = "reconnect_min", with = "roost::duration")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay. Default: 60 s.
+    #[serde(default = "reconnect_max", with = "roost::duration")]
+    pub reconnect_max: Duration,
+    /// Messages in flight to the remote. Default: 100.
+    #[serde(default = "max_inflight")]
+    pub max_inflight: u16,
+    /// Messages queued for the remote. Default: 8,640,000.
+    #[serde(default = "max_queued_messages")]
+    pub max_queued_messages: u64,
+    /// Bytes queued for the remote. Default: 1 GiB.
+    #[serde(default = "max_queued_bytes", with = "roost::size")]
+    pub max_queued_bytes: usize,
+    /// Retained `1`/`0` connection state at the remote. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_topic: Option<String>,
+    /// `[bridges.tls]`, for mqtts:// and wss://.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BridgeTlsConfig>,
+    /// `[[bridges.forward]]`: local to remote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<RuleConfig>,
+    /// `[[bridges.subscribe]]`: remote to local.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<RuleConfig>,
+    /// Lines of the bridge (key `""`) and of its keys (`remote`,
+    /// `tls.ca`, `forward.0.filter`, ...), for messages.
+    #[serde(skip)]
+    pub lines: BTreeMap<String, usize>,
+    /// The file it came from, for messages.
+    #[serde(skip, default = "Place::builtin")]
+    pub place: Place,
+}
+
+fn keep_alive() -> Duration {
+    Bridge::DEFAULT_KEEP_ALIVE
+}
+fn session_expiry() -> Duration {
+    Bridge::DEFAULT_SESSION_EXPIRY
+}
+fn reconnect_min() -> Duration {
+    Bridge::DEFAULT_RECONNECT_MIN
+}
+fn reconnect_max() -> Duration {
+    Bridge::DEFAULT_RECONNECT_MAX
+}
+fn max_inflight() -> u16 {
+    Bridge::DEFAULT_MAX_INFLIGHT
+}
+fn max_queued_messages() -> u64 {
+    Bridge::DEFAULT_MAX_QUEUED_MESSAGES
+}
+fn max_queued_bytes() -> usize {
+    Bridge::DEFAULT_MAX_QUEUED_BYTES
+}
+
+/// `[bridges.tls]`: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BridgeTlsConfig {
+    /// CA certificates the remote's certificate must chain to.
+    pub ca: PathBuf,
+    /// Client certificate chain (with `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (with `cert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Name expected in the remote's certificate. Default: its host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+/// One `[[bridges.forward]]` or `[[bridges.subscribe]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleConfig {
+    /// Topic filter, without the prefixes.
+    pub filter: String,
+    /// 0, 1 or 2: the highest QoS carried.
+    #[serde(with = "qos")]
+    pub qos: QoS,
+    /// Prefix of the topic here. Default: empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_prefix: String,
+    /// Prefix of the topic at the remote. Default: empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_prefix: String,
+}
+
+impl RuleConfig {
+    fn rule(&self) -> Rule {
+        Rule::new(self.filter.clone(), self.qos)
+            .local_prefix(self.local_prefix.clone())
+            .remote_prefix(self.remote_prefix.clone())
+    }
+}
+
+/// QoS as the number 0, 1 or 2.
+mod qos {
+    use roost::codec::QoS;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(q: &QoS, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*q as u8)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
+        let n = u8::deserialize(d)?;
+        QoS::from_u8(n).ok_or_else(|| {
+            de::Error::invalid_value(de::Unexpected::Unsigned(n.into()), &"0, 1 or 2")
+        })
+    }
+}
+
+impl BridgeConfig {
+    /// The library's bridge, with `password` (read by the caller from
+    /// `password_file` or `password_env`).
+    pub(crate) fn bridge(&self, password: Option<Password>) -> Bridge {
+        let mut b = Bridge::new(self.name.clone(), self.remote.clone())
+            .protocol(self.protocol)
+            .keep_alive(self.keep_alive)
+            .session_expiry(self.session_expiry)
+            .reconnect(self.reconnect_min, self.reconnect_max)
+            .max_inflight(self.max_inflight)
+            .max_queued_messages(self.max_queued_messages)
+            .max_queued_bytes(self.max_queued_bytes);
+        if let Some(id) = &self.client_id {
+            b = b.client_id(id.clone());
+        }
+        if let Some(user) = &self.username {
+            b = b.username(user.clone());
+        }
+        if let Some(p) = password {
+            b = b.password(p);
+        }
+        if let Some(topic) = &self.state_topic {
+            b = b.state_topic(topic.clone());
+        }
+        if let Some(t) = &self.tls {
+            let mut tls = BridgeTls::new(t.ca.clone());
+            // The library checks that cert and key come together.
+            tls.cert.clone_from(&t.cert);
+            tls.key.clone_from(&t.key);
+            tls.server_name.clone_from(&t.server_name);
+            b = b.tls(tls);
+        }
+        for r in &self.forward {
+            b = b.forward(r.rule());
+        }
+        for r in &self.subscribe {
+            b = b.subscribe(r.rule());
+        }
+        b
+    }
+
+    /// Where `key` (as [`roost::bridge::BridgeError::key`] names it, or
+    /// `forward.0.filter`) was set: its line, else the nearest enclosing
+    /// table's, else the bridge's.
+    pub(crate) fn place_of(&self, key: &str) -> Place {
+        let mut key = key;
+        loop {
+            if let Some(line) = self.lines.get(key) {
+                return self.at(*line);
+            }
+            match key.rsplit_once('.') {
+                Some((parent, _)) => key = parent,
+                None => break,
+            }
+        }
+        match self.lines.get("") {
+            Some(line) => self.at(*line),
+            None => self.place.clone(),
+        }
+    }
+
+    fn at(&self, line: usize) -> Place {
+        match &self.place {
+            Place::File { path, .. } => Place::file(path, line),
+            other => other.clone(),
+        }
+    }
+
+    /// How messages name it: `bridge "cloud"`.
+    pub(crate) fn label(&self) -> String {
+        format!("bridge {:?}", self.name)
+    }
+}
+
 /// Where some keys sit in the file, found in a second, lenient pass, so
 /// that checks made after parsing can still name a line.
 #[derive(Default, Deserialize)]
@@ -387,6 +615,26 @@ pub(crate) fn default_listeners() -> Vec<ListenerConfig> {
 struct Spans {
     listener: Vec<toml::Spanned<serde::de::IgnoredAny>>,
     auth: AuthSpans,
+    bridges: Vec<toml::Spanned<BTreeMap<String, toml::Spanned<serde::de::IgnoredAny>>>>,
+}
+
+/// The keys of a table, with where each one's value is.
+type KeySpans = BTreeMap<String, toml::Spanned<serde::de::IgnoredAny>>;
+
+/// The tables inside a `[[bridges]]`, in a third lenient pass (the second
+/// one sees only their spans as wholes).
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct NestedSpans {
+    bridges: Vec<BridgeNestedSpans>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct BridgeNestedSpans {
+    tls: KeySpans,
+    forward: Vec<KeySpans>,
+    subscribe: Vec<KeySpans>,
 }
 
 #[derive(Default, Deserialize)]
@@ -414,6 +662,42 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let line = |span: std::ops::Range<usize>| super::error::line_col(text, span.start).0;
     for (l, s) in config.listeners.iter_mut().zip(&spans.listener) {
         l.place = Place::file(path, line(s.span()));
+    }
+    let nested: NestedSpans = toml::from_str(text).unwrap_or_default();
+    let empty = BridgeNestedSpans::default();
+    for (i, b) in config.bridges.iter_mut().enumerate() {
+        b.place = Place::File {
+            path: path.to_owned(),
+            line: None,
+        };
+        if let Some(s) = spans.bridges.get(i) {
+            b.lines.insert(String::new(), line(s.span()));
+            for (key, value) in s.get_ref() {
+                b.lines.insert(key.clone(), line(value.span()));
+            }
+        }
+        let n = nested.bridges.get(i).unwrap_or(&empty);
+        let tables = n
+            .forward
+            .iter()
+            .enumerate()
+            .map(|(j, t)| (format!("forward.{j}"), t));
+        let tables = tables.chain(
+            n.subscribe
+                .iter()
+                .enumerate()
+                .map(|(j, t)| (format!("subscribe.{j}"), t)),
+        );
+        for (prefix, table) in std::iter::once(("tls".to_string(), &n.tls)).chain(tables) {
+            // A rule's own line: that of its first key.
+            if let Some(first) = table.values().map(|v| line(v.span())).min() {
+                b.lines.entry(prefix.clone()).or_insert(first);
+            }
+            for (key, value) in table {
+                b.lines
+                    .insert(format!("{prefix}.{key}"), line(value.span()));
+            }
+        }
     }
     if config.auth.ledger.is_some() {
         config.auth.place = Some(match spans.auth.ledger {
@@ -504,11 +788,65 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    check_bridges(config)?;
     if let Some(filter) = &config.log.filter {
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(filter) {
             return Err(ConfigError::invalid(
                 Place::Key("log.filter"),
                 format!("not a valid filter {filter:?}: {e}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the bridges as the library would run them, and that their names
+/// differ. Reads no file: a password source stands in for the password.
+fn check_bridges(config: &Config) -> Result<(), ConfigError> {
+    for (i, b) in config.bridges.iter().enumerate() {
+        if b.password_file.is_some() && b.password_env.is_some() {
+            return Err(ConfigError::invalid(
+                b.place_of("password_env"),
+                format!(
+                    "key \"password_env\" in [[bridges]]: {}: password_file and password_env \
+                     cannot both be set",
+                    b.label()
+                ),
+            ));
+        }
+        let stand_in = (b.password_file.is_some() || b.password_env.is_some())
+            .then(|| Password::new(Vec::new()));
+        if let Err(e) = b.bridge(stand_in).validate() {
+            let (path, table, key) = match (e.rule(), e.key()) {
+                (Some((direction, index)), key) => (
+                    format!("{direction}.{index}.{key}"),
+                    format!("[[bridges.{direction}]]"),
+                    key,
+                ),
+                (None, "password") if b.password_env.is_some() => {
+                    ("password_env".into(), "[[bridges]]".into(), "password_env")
+                }
+                (None, "password") => (
+                    "password_file".into(),
+                    "[[bridges]]".into(),
+                    "password_file",
+                ),
+                (None, key) => (key.into(), "[[bridges]]".into(), key),
+            };
+            return Err(ConfigError::invalid(
+                b.place_of(&path),
+                format!("key {key:?} in {table}: {e}"),
+            ));
+        }
+        if config.bridges[..i].iter().any(|a| a.name == b.name) {
+            return Err(ConfigError::invalid(
+                b.place_of("name"),
+                format!(
+                    "key \"name\" in [[bridges]]: {}",
+                    roost::bridge::BridgeError::DuplicateName {
+                        name: b.name.clone()
+                    }
+                ),
             ));
         }
     }

@@ -385,6 +385,7 @@ pub(crate) fn check_files(config: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    bridges(config)?;
     if let Some(path) = &config.auth.ledger {
         let place = config
             .auth
@@ -394,4 +395,89 @@ pub(crate) fn check_files(config: &Config) -> Result<(), ConfigError> {
         Ledger::open(path).map_err(|e| ConfigError::invalid(place, e))?;
     }
     Ok(())
+}
+
+/// The configured bridges, with their passwords read from `password_file`
+/// or `password_env` and their TLS files checked to be readable. An error
+/// names the key and the file or variable, never the password.
+pub(crate) fn bridges(config: &Config) -> Result<Vec<roost::bridge::Bridge>, ConfigError> {
+    let mut out = Vec::with_capacity(config.bridges.len());
+    for b in &config.bridges {
+        let fail = |key: &str, message: String| {
+            ConfigError::invalid(
+                b.place_of(key),
+                format!("key {key:?} in [[bridges]]: {}: {message}", b.label()),
+            )
+        };
+        let password = if let Some(path) = &b.password_file {
+            let mut bytes = std::fs::read(path).map_err(|e| {
+                fail(
+                    "password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            // The newline an editor or `echo` leaves is not part of it.
+            if bytes.ends_with(b"\n") {
+                bytes.pop();
+                if bytes.ends_with(b"\r") {
+                    bytes.pop();
+                }
+            }
+            Some(roost::bridge::Password::new(bytes))
+        } else if let Some(var) = &b.password_env {
+            let value = std::env::var_os(var).ok_or_else(|| {
+                fail(
+                    "password_env",
+                    format!("the environment variable {var} is not set"),
+                )
+            })?;
+            Some(roost::bridge::Password::new(value.into_encoded_bytes()))
+        } else {
+            None
+        };
+        if let Some(tls) = &b.tls {
+            let files = [
+                ("ca", Some(&tls.ca)),
+                ("cert", tls.cert.as_ref()),
+                ("key", tls.key.as_ref()),
+            ];
+            for (key, path) in files {
+                let Some(path) = path else { continue };
+                if let Err(e) = std::fs::File::open(path) {
+                    return Err(ConfigError::invalid(
+                        b.place_of(&format!("tls.{key}")),
+                        format!(
+                            "key {key:?} in [bridges.tls]: {}: cannot read {}: {e}",
+                            b.label(),
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        out.push(b.bridge(password));
+    }
+    Ok(out)
+}
+
+/// Refuses to serve a configuration with bridges: this build checks them
+/// but does not run them yet, and an operator must not believe messages
+/// are being forwarded when they are not.
+pub(crate) fn refuse_bridges(config: &Config) -> Result<(), ConfigError> {
+    let Some(first) = config.bridges.first() else {
+        return Ok(());
+    };
+    let names: Vec<String> = config
+        .bridges
+        .iter()
+        .map(|b| format!("{:?}", b.name))
+        .collect();
+    Err(ConfigError::invalid(
+        first.place_of(""),
+        format!(
+            "[[bridges]] {} configured, but this build of roost does not run bridges yet; \
+             remove the [[bridges]] tables to serve without them (check-config validates them)",
+            names.join(", ")
+        ),
+    ))
 }

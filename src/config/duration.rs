@@ -25,8 +25,9 @@ pub struct DurationError {
     reason: &'static str,
 }
 
-/// Parses `"1h"`, `"2m"`, `"10s"`, `"500ms"`, `"1m30s"`, `"0"`: numbers,
-/// each followed by a unit (`h`, `m`, `s`, `ms`); a lone number is seconds.
+/// Parses `"7d"`, `"1h"`, `"2m"`, `"10s"`, `"500ms"`, `"1m30s"`, `"0"`:
+/// numbers, each followed by a unit (`d`, `h`, `m`, `s`, `ms`); a lone
+/// number is seconds.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let err = |reason| DurationError {
         text: text.to_owned(),
@@ -59,8 +60,9 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(|| err("too long"))?),
             "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(|| err("too long"))?),
-            "" => return Err(err("a number without a unit (h, m, s or ms)")),
-            _ => return Err(err("unknown unit (use h, m, s or ms)")),
+            "d" => Duration::from_secs(n.checked_mul(86_400).ok_or_else(|| err("too long"))?),
+            "" => return Err(err("a number without a unit (d, h, m, s or ms)")),
+            _ => return Err(err("unknown unit (use d, h, m, s or ms)")),
         };
         total = total.checked_add(unit).ok_or_else(|| err("too long"))?;
         rest = &rest[unit_len..];
@@ -76,10 +78,11 @@ pub fn format(d: Duration) -> String {
         return "0s".into();
     }
     let mut out = String::new();
-    let (h, rem) = (ms / 3_600_000, ms % 3_600_000);
+    let (d, rem) = (ms / 86_400_000, ms % 86_400_000);
+    let (h, rem) = (rem / 3_600_000, rem % 3_600_000);
     let (m, rem) = (rem / 60_000, rem % 60_000);
     let (s, ms) = (rem / 1000, rem % 1000);
-    for (n, unit) in [(h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {
+    for (n, unit) in [(d, "d"), (h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {
         if n > 0 {
             out.push_str(&format!("{n}{unit}"));
         }
@@ -177,6 +180,8 @@ mod tests {
             ("1m30s", Duration::from_secs(90)),
             ("2h", Duration::from_secs(7200)),
             ("1h1m1s1ms", Duration::from_millis(3_661_001)),
+            ("7d", Duration::from_secs(7 * 86_400)),
+            ("1d1h", Duration::from_secs(90_000)),
         ] {
             assert_eq!(parse(text), Ok(d), "{text}");
             assert_eq!(format(d), text);
