@@ -7,10 +7,22 @@
 //! and the local broker; the link owns the protocol: packet ids, the QoS 1
 //! and 2 flows in both directions, resumption after a reconnect, keep alive.
 //!
+//! Outgoing packet ids come from one of two places:
+//! - [`Link::send_as`]: the caller's own id. The bridge driver passes the
+//!   local session's packet id, which the local broker has stored already
+//!   (with the QoS 2 state), so nothing new is persisted before the PUBLISH
+//!   leaves, and after a restart the local session resends under the same
+//!   ids with DUP=1. The caller keeps its ids unique (its in-flight window
+//!   is at most `max_inflight`); the link refuses an id it still holds, and
+//!   the SUBSCRIBE's id, rather than letting two flows share it;
+//! - [`Link::send`]: the link allocates the id and reports
+//!   [`Event::Assigned`], for a caller with no stored id of its own.
+//!
 //! Durability handshakes (the driver persists, then tells the link):
-//! - an outgoing QoS 2 PUBLISH leaves only after [`Event::Assigned`] has
-//!   been stored and [`Link::assign_ready`] called, so a restart resends it
-//!   under the same packet id and the remote drops the duplicate;
+//! - an outgoing QoS 2 PUBLISH from [`Link::send`] leaves only after
+//!   [`Event::Assigned`] has been stored and [`Link::assign_ready`] called,
+//!   so a restart resends it under the same packet id and the remote drops
+//!   the duplicate ([`Link::send_as`] ids are stored before the call);
 //! - its PUBREL leaves only after [`Event::Released`] has been stored and
 //!   [`Link::release_ready`] called, so a restart never resends a PUBLISH the
 //!   remote has already taken responsibility for;
@@ -30,7 +42,8 @@ use crate::codec::{
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 
-/// The driver's handle for an outgoing message (its store id, say).
+/// The driver's handle for an outgoing message (its store id, say; with
+/// [`Link::send_as`] the packet id itself does).
 pub(crate) type Token = u64;
 
 /// What a link is built from: the bridge's configuration, as plain values.
@@ -81,8 +94,9 @@ pub(crate) enum Event {
     /// CONNACK accepted the connection. Without a session present the remote
     /// lost its state: the driver forgets stored inbound QoS 2 ids.
     Connected { session_present: bool },
-    /// `token` got `packet_id`; store it. A QoS 2 PUBLISH waits for
-    /// [`Link::assign_ready`], a QoS 1 one has left already.
+    /// [`Link::send`] gave `token` `packet_id`; store it. A QoS 2 PUBLISH
+    /// waits for [`Link::assign_ready`], a QoS 1 one has left already.
+    /// Never sent for [`Link::send_as`], whose ids the caller chose.
     Assigned { token: Token, packet_id: PacketId },
     /// The remote has the message (PUBACK, PUBCOMP; QoS 0: handed to the
     /// transport); the driver removes it from its queue.
@@ -117,13 +131,20 @@ pub(crate) enum LinkError {
     KeepAliveTimeout,
 }
 
-/// Why [`Link::send`] did not take a message.
+/// Why [`Link::send`] or [`Link::send_as`] did not take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum SendError {
     #[error("as many messages in flight as allowed")]
     Full,
     #[error("not connected")]
     NotConnected,
+    /// [`Link::send_as`] with an id another flow of the link holds: an
+    /// unfinished PUBLISH (other than a DUP resend of the same message) or
+    /// the SUBSCRIBE awaiting its SUBACK. Two flows under one id would
+    /// break [MQTT-2.2.1-3]; the SUBSCRIBE's id is free again after the
+    /// SUBACK (or on the next connection).
+    #[error("packet id in use by another flow")]
+    IdInUse,
 }
 
 /// The phase of an outgoing QoS 1/2 message.
@@ -347,6 +368,82 @@ impl Link {
         Ok(())
     }
 
+    /// Forwards a message at `qos` (lowered to the remote's Maximum QoS)
+    /// under the caller's `packet_id`, already stored by the caller: QoS 2
+    /// leaves without [`Event::Assigned`] and [`Link::assign_ready`]; the
+    /// flow then goes on as for [`Link::send`] ([`Event::Released`],
+    /// [`Link::release_ready`], [`Event::Delivered`], all with `token`). At
+    /// QoS 0 the id is unused. `dup` marks a message the remote may have had
+    /// before (the caller's resend after a restart): its QoS 1/2 PUBLISH has
+    /// DUP=1. A caller resuming after a restart loads the ids it stored as
+    /// released (PUBREL owed) with [`Link::restore`] first.
+    ///
+    /// An id the link still holds is [`SendError::IdInUse`], except a DUP
+    /// resend of the same message (same token, QoS and content, its PUBREC
+    /// not received yet), which is accepted: the link resends it with DUP=1
+    /// on the next connection, and not again on this one if it went already
+    /// (MQTT resends only on a reconnect, [MQTT-4.4.0-1] in 5.0).
+    ///
+    /// Up to `max_inflight` messages are taken even when the remote's
+    /// Receive Maximum is lower (the rest wait in order), so a restarted
+    /// caller can resend its whole window.
+    pub(crate) fn send_as(
+        &mut self,
+        token: Token,
+        packet_id: PacketId,
+        msg: Outgoing,
+        qos: QoS,
+        dup: bool,
+    ) -> Result<(), SendError> {
+        if self.state != State::Connected {
+            return Err(SendError::NotConnected);
+        }
+        let mut msg = msg;
+        msg.retain &= self.retain_available;
+        let qos = qos.min(self.maximum_qos);
+        if qos == QoS::AtMostOnce {
+            self.transmit
+                // DUP is 0 at QoS 0 ([MQTT-3.3.1-2]).
+                .push_back(Packet::Publish(publish(msg, QosPid::AtMostOnce, false)));
+            self.events.push_back(Event::Delivered { token });
+            return Ok(());
+        }
+        let exactly_once = qos == QoS::ExactlyOnce;
+        if self.subscribe == Some(packet_id) {
+            return Err(SendError::IdInUse);
+        }
+        if let Some(i) = self.entry(packet_id) {
+            let e = &mut self.out[i];
+            let same = match &e.stage {
+                Stage::Assigning(m) | Stage::Publish(m) => {
+                    e.token == token && e.exactly_once == exactly_once && *m == msg
+                }
+                Stage::Releasing | Stage::Released => false,
+            };
+            if !(dup && same) {
+                return Err(SendError::IdInUse);
+            }
+            if let Stage::Assigning(_) = e.stage {
+                // The caller has stored the id: no need to wait.
+                self.assign_ready(token);
+            }
+            return Ok(());
+        }
+        if self.out.len() >= usize::from(self.settings.max_inflight.max(1)) {
+            return Err(SendError::Full);
+        }
+        self.out.push_back(Entry {
+            token,
+            packet_id,
+            exactly_once,
+            stage: Stage::Publish(msg),
+            counted: false,
+            sent_before: dup,
+        });
+        self.pump();
+        Ok(())
+    }
+
     /// The driver stored `token`'s packet id: its QoS 2 PUBLISH may go.
     pub(crate) fn assign_ready(&mut self, token: Token) {
         if let Some(e) = self.out.iter_mut().find(|e| e.token == token) {
@@ -551,7 +648,14 @@ impl Link {
     }
 
     fn send_subscribe(&mut self) {
-        let Some(packet_id) = self.allocate() else {
+        // From the top down, apart from the ids [`Link::send`] hands out
+        // upwards and a caller's low ids, so that a restarted caller's
+        // resends rarely meet [`SendError::IdInUse`].
+        let Some(packet_id) = (1..=u16::MAX)
+            .rev()
+            .filter_map(PacketId::new)
+            .find(|&pid| self.entry(pid).is_none())
+        else {
             return;
         };
         let v5 = self.settings.protocol.is_v5();

@@ -837,3 +837,5 @@ fn the_remotes_maximum_qos_and_retain_support() {
     };
     assert_eq!((p.qos_pid, p.retain), (QosPid::AtLeastOnce(pid(1)), false));
 }
+
+mod send_as;
