@@ -44,6 +44,34 @@ pub(crate) struct Spill {
     pub reading: bool,
 }
 
+impl Spill {
+    /// `count` entries of `bytes`, the lowest with sequence number `first`,
+    /// go to the store in commit `commit`. A spill that starts, or whose
+    /// boundary moves back (a queue in memory spilled ahead of it), takes a
+    /// new epoch: a page on its way was read from the old boundary.
+    pub(crate) fn add(
+        &mut self,
+        first: u64,
+        count: usize,
+        bytes: usize,
+        commit: u64,
+        pages: &mut Pages,
+        stats: &Stats,
+    ) {
+        let after = first - 1;
+        if self.count == 0 || after < self.after {
+            self.after = after;
+            self.epoch = pages.epoch();
+            self.reading = false;
+        }
+        self.count += count;
+        self.bytes += bytes;
+        self.commit = commit;
+        crate::stats::add(&stats.queue_disk_messages, count as u64);
+        crate::stats::add(&stats.queue_disk_bytes, bytes as u64);
+    }
+}
+
 /// The core's side of the queues on disk: the page reads it asks for, and
 /// the memory its queues take against the budget.
 #[derive(Debug, Default)]

@@ -40,8 +40,6 @@ pub(crate) struct Restore<'a> {
     /// flight wait for it to come back into memory, queued ones to be
     /// rewritten with it inline (see `spill`).
     waiting: HashMap<MessageId, Vec<Waiting>>,
-    /// Bodies passed so far.
-    bodies: u64,
 }
 
 /// An outbound entry waiting for its body.
@@ -61,7 +59,6 @@ impl Broker {
             now_ms,
             current: None,
             waiting: HashMap::new(),
-            bodies: 0,
         }
     }
 
@@ -211,7 +208,7 @@ impl Restore<'_> {
                 return;
             }
         };
-        let o = outgoing(seq, &entry, body, entry.message_id == 0);
+        let o = Outgoing::from_record(seq, &entry, body, entry.message_id == 0);
         let b = &mut *self.broker;
         place(s, o, &mut b.persist, &mut b.pages, &b.stats);
     }
@@ -229,7 +226,6 @@ impl Restore<'_> {
 
     /// A message body: the entries waiting for it get it.
     fn body(&mut self, id: MessageId, rec: MessageRecord) {
-        self.bodies += 1;
         let b = &mut *self.broker;
         b.persist.next_message_id = b.persist.next_message_id.max(id + 1);
         let Some(waiting) = self.waiting.remove(&id) else {
@@ -243,7 +239,7 @@ impl Restore<'_> {
             let Some(s) = b.sessions.get_mut(&w.sid) else {
                 continue;
             };
-            let o = outgoing(w.seq, &w.entry, msg.clone(), false);
+            let o = Outgoing::from_record(w.seq, &w.entry, msg.clone(), false);
             let in_flight = o.state != OutboundState::Queued;
             referenced |= in_flight;
             place(s, o, &mut b.persist, &mut b.pages, &b.stats);
@@ -289,28 +285,6 @@ impl Restore<'_> {
             queued_on_disk = b.stats.queue_disk_messages.load(Relaxed),
             "restored from the store"
         );
-    }
-}
-
-/// An outbound entry as the session holds it.
-fn outgoing(seq: u64, entry: &OutboundRecord, msg: Arc<Tracked>, inline: bool) -> Outgoing {
-    let pid = entry.packet_id.and_then(NonZeroU16::new);
-    Outgoing {
-        seq,
-        msg,
-        qos: qos_from_u8(entry.qos),
-        retain: entry.retain,
-        sub_ids: entry
-            .subscription_identifiers
-            .iter()
-            .filter_map(|&i| NonZeroU32::new(i))
-            .collect(),
-        pid: pid.filter(|_| entry.state != OutboundState::Queued),
-        state: entry.state,
-        inline,
-        // Restored messages have no publisher waiting.
-        stored_copy: false,
-        burst: false,
     }
 }
 

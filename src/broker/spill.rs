@@ -38,7 +38,7 @@ use super::session::{Ctx, Outgoing, Session};
 use super::{Broker, Tracked};
 use crate::escape::Escaped;
 use crate::stats::{self, Stats};
-use roost_storage::{Op, OutboundState};
+use roost_storage::{Op, OutboundRecord, OutboundState};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -67,20 +67,10 @@ impl Session {
     /// `o` was just stored (inline) and goes to the spill, not to memory.
     pub(super) fn spill_entry(&mut self, o: Outgoing, ctx: &mut Ctx) {
         debug_assert!(o.inline && !o.burst);
-        let size = o.msg.size();
         let commit = ctx.persist.commit;
         let f = self.flows_mut();
-        if f.spill.count == 0 {
-            // Everything before it is in memory (or done with).
-            f.spill.after = o.seq - 1;
-            f.spill.epoch = ctx.pages.epoch();
-            f.spill.reading = false;
-        }
-        f.spill.count += 1;
-        f.spill.bytes += size;
-        f.spill.commit = commit;
-        stats::add(&ctx.stats.queue_disk_messages, 1);
-        stats::add(&ctx.stats.queue_disk_bytes, size as u64);
+        f.spill
+            .add(o.seq, 1, o.msg.size(), commit, ctx.pages, ctx.stats);
         // The copy's gate (if any) is left armed: the commit that stores the
         // entry releases its publisher's acknowledgement.
         drop(o);
@@ -124,16 +114,10 @@ impl Session {
             bytes += size;
         }
         // Entries spilled before these come after them.
-        f.spill.after = first - 1;
-        f.spill.count += count;
-        f.spill.bytes += bytes;
-        f.spill.commit = ctx.persist.commit;
-        // A page on its way was read from the old boundary: ignored.
-        f.spill.epoch = ctx.pages.epoch();
-        f.spill.reading = false;
+        let commit = ctx.persist.commit;
+        f.spill
+            .add(first, count, bytes, commit, ctx.pages, ctx.stats);
         ctx.pages.free(ctx.stats, held, freed);
-        stats::add(&ctx.stats.queue_disk_messages, count as u64);
-        stats::add(&ctx.stats.queue_disk_bytes, bytes as u64);
     }
 
     /// A queued entry read from the store at start-up that stays there: the
@@ -154,20 +138,11 @@ impl Session {
                 entry: o.lazy(),
             });
         }
-        let size = o.msg.size();
+        // Entries whose body was stored apart come after the others (the
+        // bodies come last in a scan): `add` keeps the lowest boundary.
         let f = self.flows_mut();
-        if f.spill.count == 0 {
-            f.spill.after = o.seq - 1;
-            f.spill.epoch = pages.epoch();
-        } else {
-            // Entries whose body was stored apart come back after the others.
-            f.spill.after = f.spill.after.min(o.seq - 1);
-        }
-        f.spill.count += 1;
-        f.spill.bytes += size;
-        f.spill.commit = persist.commit;
-        stats::add(&stats.queue_disk_messages, 1);
-        stats::add(&stats.queue_disk_bytes, size as u64);
+        f.spill
+            .add(o.seq, 1, o.msg.size(), persist.commit, pages, stats);
     }
 
     /// Asks for the next page if the client is connected and its queue in
@@ -236,7 +211,12 @@ impl Session {
         stats::add(&ctx.stats.queue_pages_read, 1);
         let short = entries.len() < page.request.limit;
         let (mut read, mut bytes) = (0u64, 0usize);
-        for PageEntry { seq, entry, body } in entries {
+        for PageEntry {
+            seq,
+            mut entry,
+            body,
+        } in entries
+        {
             if seq <= f.spill.after {
                 continue;
             }
@@ -246,7 +226,7 @@ impl Session {
                 // as sent sits between queued ones).
                 continue;
             }
-            let msg = match (entry.message, body) {
+            let msg = match (entry.message.take(), body) {
                 (Some(rec), _) => Arc::new(Tracked::new(message_from_record(rec))),
                 (None, Some(rec)) => {
                     Arc::new(Tracked::stored(message_from_record(rec), entry.message_id))
@@ -268,22 +248,9 @@ impl Session {
             f.spill.bytes = f.spill.bytes.saturating_sub(size);
             read += 1;
             bytes += size;
-            f.queue.push_back(Outgoing {
-                seq,
-                msg,
-                qos: super::persist::qos_from_u8(entry.qos),
-                retain: entry.retain,
-                sub_ids: entry
-                    .subscription_identifiers
-                    .iter()
-                    .filter_map(|&i| NonZeroU32::new(i))
-                    .collect(),
-                pid: None,
-                state: OutboundState::Queued,
-                inline: entry.message_id == 0,
-                stored_copy: false,
-                burst: false,
-            });
+            let inline = entry.message_id == 0;
+            f.queue
+                .push_back(Outgoing::from_record(seq, &entry, msg, inline));
         }
         stats::add(&ctx.stats.queue_messages_read, read);
         stats::sub(&ctx.stats.queue_disk_messages, read);
@@ -306,6 +273,33 @@ impl Session {
 }
 
 impl Outgoing {
+    /// An entry read back from the store (at start-up or in a page): no
+    /// publisher waits for it, and a queued one has no packet id yet.
+    pub(super) fn from_record(
+        seq: u64,
+        entry: &OutboundRecord,
+        msg: Arc<Tracked>,
+        inline: bool,
+    ) -> Outgoing {
+        let pid = entry.packet_id.and_then(NonZeroU16::new);
+        Outgoing {
+            seq,
+            msg,
+            qos: super::persist::qos_from_u8(entry.qos),
+            retain: entry.retain,
+            sub_ids: entry
+                .subscription_identifiers
+                .iter()
+                .filter_map(|&i| NonZeroU32::new(i))
+                .collect(),
+            pid: pid.filter(|_| entry.state != OutboundState::Queued),
+            state: entry.state,
+            inline,
+            stored_copy: false,
+            burst: false,
+        }
+    }
+
     /// Its stored form, to be built off the core's thread.
     pub(super) fn lazy(&self) -> super::persist::LazyOutbound {
         super::persist::LazyOutbound {
