@@ -239,9 +239,8 @@ impl Retry<'_> {
                 }
                 std::thread::sleep(left.min(INTAKE_POLL));
             }
-            let result = self
-                .store
-                .recover()
+            // A panic while reopening fails this try, as one in `apply`.
+            let result = super::reader::guarded(|| self.store.recover())
                 .and_then(|()| write(self.store, &stuck.ops, self.stats));
             match result {
                 Err(e) if retryable(&e) => {
@@ -286,10 +285,7 @@ impl Retry<'_> {
 /// A backend that panics has failed this write, like one that returns an
 /// I/O error: the batch is kept and tried again, the task goes on.
 fn apply(store: &dyn Store, ops: &[Op]) -> Result<(), StorageError> {
-    // Nothing of ours is left half-changed by a panic inside `apply`: the
-    // ops are only read, and the store's own state is its business.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.apply(ops)))
-        .unwrap_or_else(|_| Err(StorageError::io("", "the storage backend panicked")))
+    super::reader::guarded(|| store.apply(ops))
 }
 
 /// Lets the held packets of applied commits go: acknowledgements if the

@@ -75,13 +75,19 @@ pub(crate) fn read_retained(
     store: &dyn Store,
     topics: &[String],
 ) -> Result<Vec<Option<MessageRecord>>, StorageError> {
-    // A backend that panics fails this read, like one that errs.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        // One read transaction for the page, where the backend has them.
-        store.retained_many(&topics)
-    }))
-    .unwrap_or_else(|_| Err(StorageError::io("", "the storage backend panicked")))
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    // One read transaction for the page, where the backend has them.
+    guarded(|| store.retained_many(&topics))
+}
+
+/// Calls the store: a backend that panics fails the call, like one that
+/// errs (nothing of ours is left half-changed: the store only reads what it
+/// is given, and its own state is its business).
+pub(super) fn guarded<T>(
+    call: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+        .unwrap_or_else(|_| Err(StorageError::io("", "the storage backend panicked")))
 }
 
 /// Reads one page: the entries, then the bodies of those stored apart.
@@ -91,11 +97,7 @@ pub(crate) fn read(store: &dyn Store, request: PageRequest) -> Page {
 }
 
 fn read_entries(store: &dyn Store, r: &PageRequest) -> Result<Vec<PageEntry>, StorageError> {
-    // A backend that panics fails this read, like one that errs.
-    let page = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store.outbound_page(r.client_id.as_str(), Some(r.after_seq), r.limit)
-    }))
-    .unwrap_or_else(|_| Err(StorageError::io("", "the storage backend panicked")))?;
+    let page = guarded(|| store.outbound_page(r.client_id.as_str(), Some(r.after_seq), r.limit))?;
     let apart: Vec<u64> = page
         .iter()
         .filter(|(_, e)| e.message.is_none() && e.message_id != 0)
@@ -104,8 +106,7 @@ fn read_entries(store: &dyn Store, r: &PageRequest) -> Result<Vec<PageEntry>, St
     let mut bodies = if apart.is_empty() {
         Vec::new()
     } else {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.messages(&apart)))
-            .unwrap_or_else(|_| Err(StorageError::io("", "the storage backend panicked")))?
+        guarded(|| store.messages(&apart))?
     }
     .into_iter();
     Ok(page
