@@ -355,16 +355,29 @@ impl Default for Limits {
     }
 }
 
-/// QoS as the number 0, 1 or 2, for `#[serde(with = "qos")]`.
-mod qos {
+/// QoS in configuration files: the number 0, 1 or 2. For a host
+/// application's settings too:
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct Settings {
+///     #[serde(with = "roost::qos")]
+///     qos: roost::codec::QoS,
+/// }
+/// let s: Settings = serde_json::from_str(r#"{ "qos": 1 }"#).unwrap();
+/// assert_eq!(s.qos, roost::codec::QoS::AtLeastOnce);
+/// ```
+pub mod qos {
     use crate::codec::QoS;
     use serde::{de, Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(q: &QoS, s: S) -> Result<S::Ok, S::Error> {
+    /// Serializes a QoS as its number.
+    pub fn serialize<S: Serializer>(q: &QoS, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u8(*q as u8)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
+    /// Deserializes 0, 1 or 2.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
         let n = u8::deserialize(d)?;
         QoS::from_u8(n).ok_or_else(|| {
             de::Error::invalid_value(de::Unexpected::Unsigned(n.into()), &"0, 1 or 2")

@@ -54,7 +54,7 @@ mod server;
 mod stats;
 pub mod topic;
 
-pub use config::{duration, size, Capabilities, Durability, Limits, Memory, Options};
+pub use config::{duration, qos, size, Capabilities, Durability, Limits, Memory, Options};
 pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
 pub use message::{Message, MessageProperties};
 pub use net::listener::{Listener, ListenerError, ListenerHandle, ServerHandle, Transport};

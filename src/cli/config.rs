@@ -499,7 +499,7 @@ pub(crate) struct RuleConfig {
     /// Topic filter, without the prefixes.
     pub filter: String,
     /// 0, 1 or 2: the highest QoS carried.
-    #[serde(with = "qos")]
+    #[serde(with = "roost::qos")]
     pub qos: QoS,
     /// Prefix of the topic here. Default: empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -514,23 +514,6 @@ impl RuleConfig {
         Rule::new(self.filter.clone(), self.qos)
             .local_prefix(self.local_prefix.clone())
             .remote_prefix(self.remote_prefix.clone())
-    }
-}
-
-/// QoS as the number 0, 1 or 2.
-mod qos {
-    use roost::codec::QoS;
-    use serde::{de, Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(q: &QoS, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u8(*q as u8)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
-        let n = u8::deserialize(d)?;
-        QoS::from_u8(n).ok_or_else(|| {
-            de::Error::invalid_value(de::Unexpected::Unsigned(n.into()), &"0, 1 or 2")
-        })
     }
 }
 
