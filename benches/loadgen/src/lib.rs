@@ -11,6 +11,7 @@ pub mod conns;
 pub mod flow;
 pub mod histogram;
 pub mod payload;
+pub mod process;
 pub mod procstat;
 pub mod report;
 pub mod seqtrack;

@@ -28,11 +28,11 @@ use clap::Parser;
 use roost::codec::{Disconnect, Packet, PacketId, ProtocolVersion, PubResp, Publish, QoS, QosPid};
 use roost_loadgen::client::{self, Conn, ConnectOptions};
 use roost_loadgen::conns::source;
+use roost_loadgen::process::{roost_binary, Broker};
 use roost_loadgen::procstat;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,34 +76,24 @@ struct Args {
 }
 
 /// A broker process and where it listens.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
+struct Running(Broker);
 
 impl Running {
     fn rss_mib(&self) -> f64 {
-        procstat::sample(self.child.id()).map_or(0.0, |s| s.rss_kb as f64 / 1024.0)
+        procstat::sample(self.0.pid()).map_or(0.0, |s| s.rss_kb as f64 / 1024.0)
     }
 
     fn peak_mib(&self) -> f64 {
-        procstat::sample(self.child.id()).map_or(0.0, |s| s.hwm_kb as f64 / 1024.0)
+        procstat::sample(self.0.pid()).map_or(0.0, |s| s.hwm_kb as f64 / 1024.0)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr
     }
 
     /// SIGTERM, then wait (kill after 60 s).
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.0.stop();
     }
 }
 
@@ -120,42 +110,15 @@ fn start(broker: &str, a: &Args, fresh: bool) -> Result<Running, String> {
     let store = broker
         .strip_prefix("roost-")
         .ok_or_else(|| format!("unknown broker {broker:?}"))?;
-    let roost = match &a.roost {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("roost"),
-    };
+    let roost = roost_binary(a.roost.clone())?;
     let mut command = Command::new(&roost);
     if let Some(config) = &a.roost_config {
         command.arg("--config").arg(config);
     }
-    let mut child = command
+    command
         .args(["--store", store, "--tcp", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", roost.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(addr) = line.split("mqtt tcp listening on ").nth(1) {
-                let _ = tx.send(addr.trim().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(300))
-        .map_err(|_| "roost never said where it listens".to_owned())?
-        .parse()
-        .map_err(|e| format!("listening address: {e}"))?;
-    Ok(Running { child, addr })
+        .arg(dir.join("data"));
+    Broker::roost(command, Duration::from_secs(300)).map(Running)
 }
 
 fn start_mosquitto(a: &Args, dir: &Path) -> Result<Running, String> {
@@ -188,7 +151,7 @@ fn start_mosquitto(a: &Args, dir: &Path) -> Result<Running, String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(Running { child, addr })
+    Ok(Running(Broker::adopt(child, addr)))
 }
 
 fn opts(id: &str, clean: bool) -> ConnectOptions {
@@ -336,10 +299,10 @@ fn settle() {
 
 async fn one(broker: &str, a: &Args) -> Result<(), String> {
     let b = start(broker, a, true)?;
-    subscribe_and_leave(b.addr, "q-sub", "q/#", None).await?;
+    subscribe_and_leave(b.addr(), "q-sub", "q/#", None).await?;
     settle();
     let before = b.rss_mib();
-    let took = publish(b.addr, "q/a/b/c/d", a.messages, a.window).await?;
+    let took = publish(b.addr(), "q/a/b/c/d", a.messages, a.window).await?;
     settle();
     let after = b.rss_mib();
     println!(
@@ -349,7 +312,7 @@ async fn one(broker: &str, a: &Args) -> Result<(), String> {
         a.messages as f64 / took.as_secs_f64(),
         after - before,
     );
-    let took = drain(b.addr, "q-sub", a.messages, true, None).await?;
+    let took = drain(b.addr(), "q-sub", a.messages, true, None).await?;
     settle();
     println!(
         "  {broker}: drained in order in {:.2} s ({:.0} msg/s); RSS after {:.1} MiB, peak {:.1} MiB",
@@ -368,7 +331,7 @@ async fn many(broker: &str, a: &Args) -> Result<(), String> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..64 {
-        let (next, addr, sessions) = (next.clone(), b.addr, a.sessions);
+        let (next, addr, sessions) = (next.clone(), b.addr(), a.sessions);
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Relaxed);
@@ -390,7 +353,7 @@ async fn many(broker: &str, a: &Args) -> Result<(), String> {
     );
     settle();
     let before = b.rss_mib();
-    let took = publish(b.addr, "fleet/all", a.per_session, 1).await?;
+    let took = publish(b.addr(), "fleet/all", a.per_session, 1).await?;
     settle();
     let after = b.rss_mib();
     println!(
@@ -404,7 +367,7 @@ async fn many(broker: &str, a: &Args) -> Result<(), String> {
         b.stop();
         let t = Instant::now();
         let b = start(broker, a, false)?;
-        let c = client::connect(b.addr, None, &opts("probe", true))
+        let c = client::connect(b.addr(), None, &opts("probe", true))
             .await
             .map_err(io)?;
         let up = t.elapsed();
@@ -424,7 +387,7 @@ async fn many(broker: &str, a: &Args) -> Result<(), String> {
     let mut checked = 0;
     for i in (0..a.sessions).step_by(step as usize) {
         drain(
-            b.addr,
+            b.addr(),
             &format!("dev-{i:06}"),
             a.per_session,
             true,

@@ -18,12 +18,12 @@ use bytes::Bytes;
 use clap::Parser;
 use roost::codec::{Packet, ProtocolVersion, Publish, QoS, QosPid};
 use roost_loadgen::client::{self, ConnectOptions};
+use roost_loadgen::process::{self, roost_binary};
 use roost_loadgen::procstat;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 /// Retained-message benchmark for the roost broker's persistent stores.
@@ -58,41 +58,24 @@ fn topic(i: usize) -> String {
 }
 
 struct Broker {
-    child: Child,
+    roost: process::Broker,
     pid: u32,
     addr: SocketAddr,
 }
 
 impl Broker {
     fn start(kind: &str, dir: &Path, a: &Args, roost: &Path) -> Result<Broker, String> {
-        let mut child = Command::new(roost)
+        let mut command = Command::new(roost);
+        command
             .args(["--store", kind, "--tcp", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
-            .args(&a.broker_arg)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", roost.display()))?;
-        let pid = child.id();
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(addr) = line.split("mqtt tcp listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(a.timeout))
-            .map_err(|_| "the broker never said where it listens".to_owned())?
-            .parse()
-            .map_err(|e| format!("listening address: {e}"))?;
-        Ok(Broker { child, pid, addr })
+            .args(&a.broker_arg);
+        let roost = process::Broker::roost(command, Duration::from_secs(a.timeout))?;
+        Ok(Broker {
+            pid: roost.pid(),
+            addr: roost.addr,
+            roost,
+        })
     }
 
     fn rss(&self) -> String {
@@ -107,24 +90,8 @@ impl Broker {
     }
 
     /// SIGTERM lets the broker close its store cleanly; killed if it hangs.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return;
-                }
-            }
-        }
+    fn stop(self) {
+        self.roost.stop();
     }
 }
 
@@ -270,15 +237,10 @@ fn subscriber(
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    let roost = match a
-        .roost
-        .clone()
-        .map(Ok)
-        .unwrap_or_else(|| std::env::current_exe().map(|p| p.with_file_name("roost")))
-    {
+    let roost = match roost_binary(a.roost.clone()) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("retained: cannot find the roost binary: {e}");
+            eprintln!("retained: {e}");
             return ExitCode::FAILURE;
         }
     };
