@@ -51,6 +51,8 @@ pub(crate) struct CommitProgress {
     pub in_flight: AtomicU64,
     /// The number of the last commit released (applied, or failed).
     pub done: AtomicU64,
+    /// Wakes those waiting for a commit ([`CommitProgress::reached`]).
+    advanced: tokio::sync::Notify,
 }
 
 impl CommitProgress {
@@ -58,6 +60,23 @@ impl CommitProgress {
     pub(crate) fn released(&self, number: u64) {
         self.done.fetch_max(number, Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
+        self.advanced.notify_waiters();
+    }
+
+    /// Waits until commit `number` is released (a store read that must see
+    /// what it wrote).
+    pub(crate) async fn reached(&self, number: u64) {
+        loop {
+            let advanced = self.advanced.notified();
+            let mut advanced = std::pin::pin!(advanced);
+            // Registered before the check, so a release between the check
+            // and the wait still wakes it.
+            advanced.as_mut().enable();
+            if self.done.load(Relaxed) >= number {
+                return;
+            }
+            advanced.await;
+        }
     }
 }
 

@@ -9,15 +9,8 @@
 
 use crate::broker::{CommitProgress, Page, PageEntry, PageRequest, RetainedPage, RetainedRead};
 use roost_storage::{MessageRecord, StorageError, Store};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// How often a read waiting for its commit looks again. Reads are rare
-/// (one per page of a queue) and a commit takes about a millisecond, so
-/// polling costs less than a wake-up on every commit.
-const POLL: Duration = Duration::from_millis(1);
 
 /// A read the core asks for.
 #[derive(Debug)]
@@ -46,9 +39,7 @@ pub(super) async fn run(
             Request::Queue(r) => r.after_commit,
             Request::Retained(r) => r.after_commit,
         };
-        while progress.done.load(Relaxed) < after_commit {
-            tokio::time::sleep(POLL).await;
-        }
+        progress.reached(after_commit).await;
         let store = store.clone();
         let answer = tokio::task::spawn_blocking(move || match request {
             Request::Queue(r) => Answer::Queue(read(store.as_ref(), r)),
