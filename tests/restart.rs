@@ -9,8 +9,6 @@ use common::*;
 use roost::codec::{Connect, Packet, ProtocolVersion, PubResp, QoS, QosPid, ReasonCode};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Starts the binary on `store` in `dir`, with the default limits.
@@ -261,7 +259,7 @@ async fn publish_pipelined_until_killed(
     mut p: Raw,
     cycle: usize,
     window: usize,
-    count: Arc<AtomicUsize>,
+    count: tokio::sync::watch::Sender<usize>,
 ) -> Vec<String> {
     let mut acked = Vec::new();
     let mut open: HashMap<u16, String> = HashMap::new();
@@ -281,7 +279,7 @@ async fn publish_pipelined_until_killed(
             Some(Packet::PubAck(a)) => {
                 if let Some(text) = open.remove(&a.packet_id.get()) {
                     acked.push(text);
-                    count.fetch_add(1, Relaxed);
+                    count.send_modify(|n| *n += 1);
                 }
             }
             Some(other) => panic!("unexpected {other:?}"),
@@ -306,18 +304,18 @@ async fn kill9_with_100k_queued_for_an_offline_subscriber(store: &str) {
     s.disconnect().await;
     let mut b = Some(b);
     let mut acked = Vec::new();
-    let count = Arc::new(AtomicUsize::new(0));
     for cycle in 0..CYCLES {
         let broker = match b.take() {
             Some(b) => b,
             None => start(store, dir.path()),
         };
         let p = Raw::connected(broker.addr, v311(&format!("pub{cycle}"))).await;
-        let task = tokio::spawn(publish_pipelined_until_killed(p, cycle, 64, count.clone()));
-        let target = TOTAL * (cycle + 1) / CYCLES;
-        while count.load(Relaxed) < target {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // This cycle's acknowledgements: kill -9 once they reach its share
+        // (or at once if the publisher ended, dropping its sender).
+        let (count, mut counted) = tokio::sync::watch::channel(0usize);
+        let task = tokio::spawn(publish_pipelined_until_killed(p, cycle, 64, count));
+        let target = TOTAL * (cycle + 1) / CYCLES - acked.len();
+        let _ = counted.wait_for(|n| *n >= target).await;
         broker.kill9().await;
         acked.extend(task.await.unwrap());
     }
