@@ -525,11 +525,6 @@ impl Session {
             Pushback::None
         };
         let size = msg.size();
-        let full = queued >= hard_limit || bytes.saturating_add(size) > limits.maximum_queued_bytes;
-        if full && burst.is_none() {
-            self.dropped(msg, DropReason::QueueFull, ctx);
-            return pushback;
-        }
         let room = self
             .conn
             .as_ref()
@@ -539,6 +534,15 @@ impl Session {
         // only (see `spill`); a session the store does not hold has only
         // memory, and the budget bounds it.
         let spill = !direct && self.spills(size, ctx);
+        // A retained burst is outside the queue limits while it waits in
+        // memory, paced by the client; one that goes to the store is an
+        // entry like any other, or a client away could have every retained
+        // message stored again for each subscription it makes.
+        let full = queued >= hard_limit || bytes.saturating_add(size) > limits.maximum_queued_bytes;
+        if full && (burst.is_none() || spill) {
+            self.dropped(msg, DropReason::QueueFull, ctx);
+            return pushback;
+        }
         if !spill && burst.is_none() && !self.spillable(ctx) && ctx.pages.over_budget(1, size) {
             self.dropped(msg, DropReason::MemoryBudget, ctx);
             return pushback;

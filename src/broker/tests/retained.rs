@@ -194,6 +194,39 @@ fn a_persistent_subscriber_that_leaves_midway_gets_the_rest_when_back() {
     assert_eq!(seen.len(), n, "every retained message, at least once");
 }
 
+/// What goes to the store for a session away is bounded by its queue
+/// limits, retained messages included: a client that subscribes and
+/// leaves cannot have the whole retained set (here three pages) stored
+/// again for it.
+#[test]
+fn retained_messages_stored_for_a_session_away_count_in_its_queue_limits() {
+    let store = Arc::new(MemoryStore::new());
+    let mut opts = tiny_budget();
+    opts.limits.maximum_queued_messages = 50;
+    let mut core = Core::persistent(opts, store);
+    let n = 3 * PAGE + 5;
+    retain_n(&mut core, n);
+    let mut connect = v5_session("w", false, 3600);
+    connect.properties.receive_maximum = NonZeroU16::new(10);
+    let mut w = core.connected(connect);
+    assert_eq!(
+        core.subscribe(&mut w, "site/#", QoS::AtLeastOnce),
+        ReasonCode::GrantedQos1
+    );
+    core.drop_connection(w);
+    core.commit();
+    let st = stats(&core);
+    // What waited in memory when it left (at most about a page and a
+    // half) goes to the store as it is; past that, the limit.
+    let bound = 50 + 2 * PAGE as u64;
+    assert!(
+        st.queue_disk_messages <= bound,
+        "{} on disk",
+        st.queue_disk_messages
+    );
+    assert!(st.messages_dropped > 0, "the rest dropped, and counted");
+}
+
 /// Client `w` may not receive `site/0/dev/0/...`.
 struct NotDevice0;
 
