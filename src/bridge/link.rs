@@ -328,24 +328,39 @@ impl Link {
         }
     }
 
-    /// Forwards a message at `qos` (lowered to the remote's Maximum QoS).
-    /// QoS 0 leaves at once and is [`Event::Delivered`]; QoS 1/2 get a
-    /// packet id ([`Event::Assigned`]) and count against the in-flight limit.
-    pub(crate) fn send(&mut self, token: Token, msg: Outgoing, qos: QoS) -> Result<(), SendError> {
+    /// What both sends do first: refuse while not connected, fit the
+    /// message to what the remote supports, and send it at once at QoS 0
+    /// (`None`: done). Else the message and its QoS, for a packet id.
+    fn admit(
+        &mut self,
+        token: Token,
+        mut msg: Outgoing,
+        qos: QoS,
+    ) -> Result<Option<(Outgoing, QoS)>, SendError> {
         if self.state != State::Connected {
             return Err(SendError::NotConnected);
         }
-        let mut msg = msg;
         // A remote without retain support disconnects a retained PUBLISH
         // ([MQTT-3.3.1-8]): it gets the message, not the flag.
         msg.retain &= self.retain_available;
         let qos = qos.min(self.maximum_qos);
         if qos == QoS::AtMostOnce {
+            // DUP is 0 at QoS 0 ([MQTT-3.3.1-2]).
             self.transmit
                 .push_back(Packet::Publish(publish(msg, QosPid::AtMostOnce, false)));
             self.events.push_back(Event::Delivered { token });
-            return Ok(());
+            return Ok(None);
         }
+        Ok(Some((msg, qos)))
+    }
+
+    /// Forwards a message at `qos` (lowered to the remote's Maximum QoS).
+    /// QoS 0 leaves at once and is [`Event::Delivered`]; QoS 1/2 get a
+    /// packet id ([`Event::Assigned`]) and count against the in-flight limit.
+    pub(crate) fn send(&mut self, token: Token, msg: Outgoing, qos: QoS) -> Result<(), SendError> {
+        let Some((msg, qos)) = self.admit(token, msg, qos)? else {
+            return Ok(());
+        };
         if self.out.len() >= usize::from(self.limit()) {
             return Err(SendError::Full);
         }
@@ -395,19 +410,9 @@ impl Link {
         qos: QoS,
         dup: bool,
     ) -> Result<(), SendError> {
-        if self.state != State::Connected {
-            return Err(SendError::NotConnected);
-        }
-        let mut msg = msg;
-        msg.retain &= self.retain_available;
-        let qos = qos.min(self.maximum_qos);
-        if qos == QoS::AtMostOnce {
-            self.transmit
-                // DUP is 0 at QoS 0 ([MQTT-3.3.1-2]).
-                .push_back(Packet::Publish(publish(msg, QosPid::AtMostOnce, false)));
-            self.events.push_back(Event::Delivered { token });
+        let Some((msg, qos)) = self.admit(token, msg, qos)? else {
             return Ok(());
-        }
+        };
         let exactly_once = qos == QoS::ExactlyOnce;
         if self.subscribe == Some(packet_id) {
             return Err(SendError::IdInUse);
