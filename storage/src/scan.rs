@@ -225,6 +225,17 @@ mod tests {
         Snapshot::from_scan(|visit| records.into_iter().try_for_each(visit))
     }
 
+    fn retained(topic: &str) -> Record {
+        Record::Retained(crate::MessageRecord {
+            topic: topic.into(),
+            payload: bytes::Bytes::new(),
+            qos: 0,
+            retain: true,
+            properties: Default::default(),
+            expires_at_ms: None,
+        })
+    }
+
     #[test]
     fn records_round_trip_through_a_snapshot() {
         let records = vec![
@@ -232,14 +243,7 @@ mod tests {
             inbound("a", 1),
             inbound("a", 2),
             Record::Session(session("b")),
-            Record::Retained(crate::MessageRecord {
-                topic: "t".into(),
-                payload: bytes::Bytes::new(),
-                qos: 0,
-                retain: true,
-                properties: Default::default(),
-                expires_at_ms: None,
-            }),
+            retained("t"),
         ];
         let snapshot = replay(records.clone()).unwrap();
         assert_eq!(snapshot.sessions.len(), 2);
@@ -261,14 +265,7 @@ mod tests {
             ],
             vec![
                 Record::Session(session("a")),
-                Record::Retained(crate::MessageRecord {
-                    topic: "t".into(),
-                    payload: bytes::Bytes::new(),
-                    qos: 0,
-                    retain: true,
-                    properties: Default::default(),
-                    expires_at_ms: None,
-                }),
+                retained("t"),
                 inbound("a", 1),
             ],
         ] {
