@@ -22,7 +22,7 @@ use roost_storage::{
     MessageId, MessageRecord, Op, OutboundRecord, OutboundState, Record, SessionOwner,
     SessionRecord, SubscriptionRecord,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -40,6 +40,8 @@ pub(crate) struct Restore<'a> {
     /// flight wait for it to come back into memory, queued ones to be
     /// rewritten with it inline (see `spill`).
     waiting: HashMap<MessageId, Vec<Waiting>>,
+    /// Sessions that got in-flight entries out of send order (see `body`).
+    unsorted: HashSet<SessionId>,
 }
 
 /// An outbound entry waiting for its body.
@@ -59,6 +61,7 @@ impl Broker {
             now_ms,
             current: None,
             waiting: HashMap::new(),
+            unsorted: HashSet::new(),
         }
     }
 
@@ -244,11 +247,9 @@ impl Restore<'_> {
             referenced |= in_flight;
             place(s, o, &mut b.persist, &mut b.pages, &b.stats);
             if in_flight {
-                // In flight: it comes back in send order (bodies come in id
-                // order, not the entries').
-                if let Some(f) = s.flows.as_mut() {
-                    f.inflight.make_contiguous().sort_by_key(|o| o.seq);
-                }
+                // Bodies come in id order, not the entries': put back in
+                // send order once all are in (`finish`).
+                self.unsorted.insert(w.sid);
             }
         }
         if !referenced {
@@ -265,6 +266,11 @@ impl Restore<'_> {
     pub(crate) fn finish(mut self) {
         self.end_session();
         let b = &mut *self.broker;
+        for sid in self.unsorted.drain() {
+            if let Some(f) = b.sessions.get_mut(&sid).and_then(|s| s.flows.as_mut()) {
+                f.inflight.make_contiguous().sort_by_key(|o| o.seq);
+            }
+        }
         // Entries whose body is gone: nothing to deliver.
         for (_, waiting) in self.waiting.drain() {
             for w in waiting {
