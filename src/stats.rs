@@ -3,6 +3,7 @@
 //! application).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Live counters. Every field is updated with relaxed atomics: readers see a
@@ -47,6 +48,8 @@ pub struct Stats {
     pub(crate) retained_disk_bytes: AtomicU64,
     pub(crate) retained_cache_hits: AtomicU64,
     pub(crate) retained_reads: AtomicU64,
+    /// One entry per bridge, in configuration order; fixed once serving.
+    pub(crate) bridges: std::sync::RwLock<Vec<Arc<BridgeStats>>>,
 }
 
 impl Default for Stats {
@@ -89,6 +92,7 @@ impl Default for Stats {
             retained_disk_bytes: AtomicU64::new(0),
             retained_cache_hits: AtomicU64::new(0),
             retained_reads: AtomicU64::new(0),
+            bridges: std::sync::RwLock::new(Vec::new()),
         }
     }
 }
@@ -149,6 +153,13 @@ impl Stats {
             retained_disk_bytes: g(&self.retained_disk_bytes),
             retained_cache_hits: g(&self.retained_cache_hits),
             retained_reads: g(&self.retained_reads),
+            bridges: self
+                .bridges
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|b| b.snapshot())
+                .collect(),
         }
     }
 }
@@ -244,6 +255,96 @@ pub struct StatsSnapshot {
     pub retained_cache_hits: u64,
     /// Retained messages read from the store for new subscriptions.
     pub retained_reads: u64,
+    /// One entry per bridge, in configuration order.
+    pub bridges: Vec<BridgeSnapshot>,
+}
+
+/// Counters of one bridge, shared by its driver (the link to the remote)
+/// and the core (its local session's queue).
+#[derive(Debug, Default)]
+pub(crate) struct BridgeStats {
+    pub(crate) name: String,
+    /// 1 while the remote has accepted the connection.
+    pub(crate) connected: AtomicU64,
+    /// Messages waiting in the bridge's queue (memory and disk), sampled
+    /// by the core about once a second.
+    pub(crate) queued: AtomicU64,
+    /// Forwarded messages the remote has not acknowledged yet.
+    pub(crate) inflight: AtomicU64,
+    /// Messages the remote acknowledged (QoS 1/2) or was sent (QoS 0).
+    pub(crate) forwarded: AtomicU64,
+    /// Messages received from the remote and published here.
+    pub(crate) received: AtomicU64,
+    /// Messages not taken into the bridge's queue because it was full.
+    pub(crate) refused: AtomicU64,
+    /// Forwarded messages the remote refused with an error code, and
+    /// QoS 0 messages that met the link down.
+    pub(crate) dropped: AtomicU64,
+    /// Connections to the remote that ended (each is retried).
+    pub(crate) reconnects: AtomicU64,
+    /// Why the last connection attempt or connection failed.
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+impl BridgeStats {
+    pub(crate) fn new(name: &str) -> BridgeStats {
+        BridgeStats {
+            name: name.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    fn snapshot(&self) -> BridgeSnapshot {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        BridgeSnapshot {
+            name: self.name.clone(),
+            connected: g(&self.connected) != 0,
+            queued: g(&self.queued),
+            inflight: g(&self.inflight),
+            forwarded: g(&self.forwarded),
+            received: g(&self.received),
+            refused: g(&self.refused),
+            dropped: g(&self.dropped),
+            reconnects: g(&self.reconnects),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// A copy of one bridge's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgeSnapshot {
+    /// The bridge's name.
+    pub name: String,
+    /// The remote has accepted the connection.
+    pub connected: bool,
+    /// Messages waiting to be forwarded (in memory and on disk).
+    pub queued: u64,
+    /// Forwarded messages the remote has not acknowledged yet.
+    pub inflight: u64,
+    /// Messages the remote has taken (acknowledged at QoS 1/2).
+    pub forwarded: u64,
+    /// Messages received from the remote and published here.
+    pub received: u64,
+    /// Messages refused because the bridge's queue was full
+    /// (`max_queued_messages` / `max_queued_bytes`).
+    pub refused: u64,
+    /// Messages the remote refused with an error code, and QoS 0 messages
+    /// that met the link down.
+    pub dropped: u64,
+    /// Connections to the remote that ended (and were retried).
+    pub reconnects: u64,
+    /// Why the last connection attempt or connection failed.
+    pub last_error: Option<String>,
 }
 
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {

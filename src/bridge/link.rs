@@ -476,6 +476,26 @@ impl Link {
         }
     }
 
+    /// The caller stored `token` (sent under `packet_id`) as released: its
+    /// PUBREL may go. Unlike [`Link::release_ready`] it also takes a flow
+    /// the link does not know, as when the caller learns after a restart
+    /// that a message it had released still owes the remote its PUBREL
+    /// (the link then sends it once connected, or at once if it is).
+    pub(crate) fn released(&mut self, token: Token, packet_id: PacketId) {
+        if self.entry(packet_id).is_some() {
+            return self.release_ready(token);
+        }
+        self.out.push_back(Entry {
+            token,
+            packet_id,
+            exactly_once: true,
+            stage: Stage::Released,
+            counted: false,
+            sent_before: true,
+        });
+        self.pump();
+    }
+
     /// The local commit holds the inbound message `packet_id`: acknowledge
     /// it (PUBACK for QoS 1, PUBREC for QoS 2). Offline, a QoS 1 id is
     /// forgotten (the remote resends it: at least once) and a QoS 2 one is
@@ -760,9 +780,14 @@ impl Link {
             Some(_) => self.protocol_error("PUBREL before our PUBREC"),
             // Completed before (a resent PUBREL) or lost: answer so the
             // remote can finish (4.3.3, [MQTT-4.3.3-11] for 5.0's code).
-            None => self.transmit.push_back(Packet::PubComp(
-                PubResp::new(id).with_reason(ReasonCode::PacketIdentifierNotFound),
-            )),
+            // The driver hears of it too: after a restart the local
+            // session may still hold the id the link has forgotten.
+            None => {
+                self.transmit.push_back(Packet::PubComp(
+                    PubResp::new(id).with_reason(ReasonCode::PacketIdentifierNotFound),
+                ));
+                self.events.push_back(Event::InboundDone { packet_id: id });
+            }
         }
     }
 

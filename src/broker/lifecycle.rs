@@ -51,6 +51,10 @@ impl Broker {
         } else {
             c.client_id.clone()
         };
+        if !client.inline && client_id.starts_with(bridges::CLIENT_ID_PREFIX) {
+            // Reserved for bridges' sessions, which no device may take over.
+            return Self::refuse(&outbox, ReasonCode::ClientIdentifierNotValid);
+        }
         if c.properties.authentication_method.is_some() && !enhanced_auth {
             // No hook took up the method ([MQTT-4.12.0-1]).
             return Self::refuse(&outbox, ReasonCode::BadAuthenticationMethod);
@@ -267,6 +271,9 @@ impl Broker {
         if self.hooks.has_events() {
             self.hooks
                 .each(|h| h.on_session_established(&client, session_present));
+        }
+        if !self.bridges.is_empty() {
+            self.bridge_connected(sid);
         }
         if session_present {
             let (mut ctx, sessions) = self.ctx(now_ms);

@@ -9,6 +9,7 @@
 //! One task owns a `Broker` and feeds it [`Event`]s, so no lock is ever held
 //! across I/O and the routing path has no contention.
 
+mod bridges;
 mod coalesce;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod drive;
@@ -33,6 +34,7 @@ mod tick;
 mod tracked;
 
 pub(crate) use crate::message::{Message, MessageProperties, SessionId};
+pub(crate) use bridges::{BridgeSession, QueueLimit, CLIENT_ID_PREFIX as BRIDGE_CLIENT_ID_PREFIX};
 pub(crate) use coalesce::coalesce_staged;
 pub(crate) use pages::{Page, PageEntry, PageRequest};
 pub(crate) use persist::Created;
@@ -202,6 +204,8 @@ pub(crate) struct Broker {
     /// The store's writes fail: read from the commit task's flag once per
     /// event (see [`Broker::storage_failing`]).
     failing: bool,
+    /// Bridges' local sessions, by client id (see `bridges`).
+    bridges: HashMap<ByteStr, BridgeSession>,
 }
 
 /// One subscriber a message goes to.
@@ -245,6 +249,7 @@ impl Broker {
             keepalives: Default::default(),
             pages: pages::Pages::new(budget),
             failing: false,
+            bridges: HashMap::new(),
         }
     }
 

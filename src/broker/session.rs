@@ -157,6 +157,8 @@ pub(crate) struct Session {
     free_pids: u16,
     /// Last sequence number given to an outbound entry (storage order).
     pub(super) next_seq: u64,
+    /// A bridge's session: its queue limits (see `bridges`).
+    pub(super) queue_limit: Option<Arc<super::bridges::QueueLimit>>,
 }
 
 /// A session's subscriptions, by filter. Allocated on the first one.
@@ -199,6 +201,11 @@ impl Subscriptions {
         let removed = m.by_filter.remove(filter)?;
         m.bytes -= filter.len();
         Some(removed)
+    }
+
+    /// The filters subscribed to.
+    pub(crate) fn filters(&self) -> impl Iterator<Item = &ByteStr> {
+        self.0.iter().flat_map(|m| m.by_filter.keys())
     }
 
     /// Takes every subscription, freeing the map.
@@ -255,6 +262,7 @@ impl Session {
             next_pid: 0,
             free_pids: 0,
             next_seq: 0,
+            queue_limit: None,
         }
     }
 
@@ -298,6 +306,11 @@ impl Session {
 
     fn queue_len(&self) -> usize {
         self.flows().map_or(0, |f| f.queue.len())
+    }
+
+    /// Messages owed to the client: in flight, queued in memory and on disk.
+    pub(crate) fn queued_total(&self) -> usize {
+        self.inflight_len() + self.queue_len() + self.spilled()
     }
 
     /// Inbound QoS 2 packet ids awaiting PUBREL.
@@ -511,14 +524,22 @@ impl Session {
         // publishers are paused, hence the room between the length where it
         // pushes back and the one where it drops.
         let (pause_at, pause_bytes) = pause_thresholds(limits);
-        let congested = connected && (queued >= pause_at || bytes >= pause_bytes);
-        let hard_limit = if connected {
+        let mut congested = connected && (queued >= pause_at || bytes >= pause_bytes);
+        let mut hard_limit = if connected {
             limits
                 .maximum_queued_messages
                 .max(pause_at.saturating_mul(4))
         } else {
             limits.maximum_queued_messages
         };
+        let mut max_bytes = limits.maximum_queued_bytes;
+        if let Some(bridge) = &self.queue_limit {
+            // A bridge's queue waits for its link, which may be down for a
+            // day: it never pauses publishers, and its bounds are its own.
+            congested = false;
+            hard_limit = bridge.messages;
+            max_bytes = bridge.bytes;
+        }
         let pushback = if congested && burst.is_none() {
             Pushback::Congested
         } else {
@@ -538,8 +559,11 @@ impl Session {
         // memory, paced by the client; one that goes to the store is an
         // entry like any other, or a client away could have every retained
         // message stored again for each subscription it makes.
-        let full = queued >= hard_limit || bytes.saturating_add(size) > limits.maximum_queued_bytes;
+        let full = queued >= hard_limit || bytes.saturating_add(size) > max_bytes;
         if full && (burst.is_none() || spill) {
+            if let Some(bridge) = &self.queue_limit {
+                stats::add(&bridge.stats.refused, 1);
+            }
             self.dropped(msg, DropReason::QueueFull, ctx);
             return pushback;
         }

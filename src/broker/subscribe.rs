@@ -138,12 +138,30 @@ impl Broker {
     }
 
     pub(super) fn on_unsubscribe(&mut self, sid: SessionId, u: Unsubscribe) {
+        let reasons = self.remove_subscriptions(sid, u.filters);
+        self.ack(
+            sid,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reasons,
+                properties: AckProperties::default(),
+            }),
+        );
+    }
+
+    /// Removes `filters` from session `sid`'s subscriptions: a reason code
+    /// for each (Success, or No subscription existed).
+    pub(super) fn remove_subscriptions(
+        &mut self,
+        sid: SessionId,
+        filters: Vec<ByteStr>,
+    ) -> Vec<ReasonCode> {
         let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
+            return Vec::new();
         };
-        let mut reasons = Vec::with_capacity(u.filters.len());
+        let mut reasons = Vec::with_capacity(filters.len());
         let mut removed = Vec::new();
-        for filter in u.filters {
+        for filter in filters {
             if s.subscriptions.remove(&filter).is_some() {
                 let (group, plain) = split_shared(&filter);
                 self.subs.remove(plain, group, &sid);
@@ -167,13 +185,6 @@ impl Broker {
         self.stats
             .subscriptions
             .store(self.subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.ack(
-            sid,
-            Packet::UnsubAck(UnsubAck {
-                packet_id: u.packet_id,
-                reasons,
-                properties: AckProperties::default(),
-            }),
-        );
+        reasons
     }
 }

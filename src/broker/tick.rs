@@ -12,6 +12,7 @@ impl Broker {
         self.retry_pages(now.ms);
         self.retry_retained_reads();
         self.run_timers(now.ms);
+        self.sample_bridges();
     }
 
     /// What [`Broker::tick`] runs after the keep-alives: what is due at

@@ -539,10 +539,16 @@ fn inbound_qos2_is_delivered_once() {
         events(&mut link),
         vec![Event::InboundDone { packet_id: pid(7) }]
     );
-    // A PUBREL for an id we do not hold: PUBCOMP, 0x92 on 5.0.
+    // A PUBREL for an id we do not hold: PUBCOMP, 0x92 on 5.0, and the
+    // driver is told (its local session may hold the id from before a
+    // restart).
     feed(&mut link, Packet::PubRel(ack(7)), 100);
     let not_found = ack(7).with_reason(ReasonCode::PacketIdentifierNotFound);
     assert_eq!(sent(&mut link, 100), vec![Packet::PubComp(not_found)]);
+    assert_eq!(
+        events(&mut link),
+        vec![Event::InboundDone { packet_id: pid(7) }]
+    );
     // The id is free again: a new message under it is delivered.
     feed(&mut link, Packet::Publish(p.clone()), 100);
     assert_eq!(events(&mut link), vec![Event::Received { publish: p }]);
