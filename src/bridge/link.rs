@@ -31,8 +31,11 @@
 //!
 //! The link object outlives connections: after [`Event::Closed`] (or a lost
 //! socket) the driver calls [`Link::connect`] again and the flows resume.
-//! After a restart, [`Link::restore`] and [`Link::restore_inbound`] load the
-//! stored state first.
+//! After a restart the caller resumes from its own stored state: it resends
+//! with [`Link::send_as`] (DUP) and reports releases owed with
+//! [`Link::released`]; a PUBREL for an inbound id the link forgot is
+//! answered and reported ([`Event::InboundDone`]), for the caller's store
+//! may still hold it.
 
 use crate::codec::RetainHandling;
 use crate::codec::{
@@ -74,18 +77,6 @@ pub(crate) struct Outgoing {
     pub(crate) retain: bool,
     /// 5.0 properties; a 3.1.1 remote never sees them.
     pub(crate) properties: PublishProperties,
-}
-
-/// The stored state of an unfinished outgoing message, for [`Link::restore`].
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Inflight {
-    /// A QoS 1 PUBLISH under its packet id, maybe sent.
-    AtLeastOnce(Outgoing),
-    /// A QoS 2 PUBLISH whose packet id was stored, maybe sent.
-    ExactlyOnce(Outgoing),
-    /// A QoS 2 message the remote has (PUBREC), stored as released: its
-    /// PUBREL is owed.
-    Released,
 }
 
 /// What the driver learns from the link.
@@ -198,7 +189,7 @@ pub(crate) struct Link {
     state: State,
     /// Unfinished outgoing QoS 1/2 messages, in the order they were sent
     /// (order is kept per bridge). Lookups scan it: it holds at most
-    /// `max_inflight` entries plus what a restore brought (typically 100).
+    /// `max_inflight` entries (typically 100).
     out: VecDeque<Entry>,
     inbound: HashMap<PacketId, Inbound>,
     /// The last packet id handed out; the next search starts after it.
@@ -250,40 +241,6 @@ impl Link {
         self.state == State::Connected
     }
 
-    /// Loads unfinished outgoing messages stored by an earlier run, in the
-    /// order they were first sent; call it before the first [`Link::connect`].
-    /// Their packet ids are kept (so the remote recognises resent QoS 2
-    /// messages); a duplicate id keeps its first entry.
-    pub(crate) fn restore(&mut self, inflight: Vec<(Token, PacketId, Inflight)>) {
-        for (token, packet_id, state) in inflight {
-            if self.entry(packet_id).is_some() {
-                continue;
-            }
-            let (exactly_once, stage) = match state {
-                Inflight::AtLeastOnce(m) => (false, Stage::Publish(m)),
-                Inflight::ExactlyOnce(m) => (true, Stage::Publish(m)),
-                Inflight::Released => (true, Stage::Released),
-            };
-            self.out.push_back(Entry {
-                token,
-                packet_id,
-                exactly_once,
-                stage,
-                counted: false,
-                sent_before: true,
-            });
-            self.last_id = packet_id.get();
-        }
-    }
-
-    /// Loads the inbound QoS 2 packet ids an earlier run acknowledged
-    /// (PUBREC) and the remote has not released yet.
-    pub(crate) fn restore_inbound(&mut self, ids: impl IntoIterator<Item = PacketId>) {
-        for id in ids {
-            self.inbound.insert(id, Inbound::Acknowledged);
-        }
-    }
-
     /// Starts a connection: the CONNECT to send first (Clean Start 0, so
     /// the remote keeps the session). Forgets what the last connection had
     /// still to send.
@@ -326,6 +283,14 @@ impl Link {
                 .push_back(Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
             self.state = State::Idle;
         }
+    }
+
+    /// The connection was lost (the socket closed or failed) without a
+    /// DISCONNECT either way: nothing more is sent on it, and the flows
+    /// resume on the next [`Link::connect`].
+    pub(crate) fn lost(&mut self) {
+        self.transmit.clear();
+        self.state = State::Idle;
     }
 
     /// What both sends do first: refuse while not connected, fit the
@@ -390,8 +355,8 @@ impl Link {
     /// [`Link::release_ready`], [`Event::Delivered`], all with `token`). At
     /// QoS 0 the id is unused. `dup` marks a message the remote may have had
     /// before (the caller's resend after a restart): its QoS 1/2 PUBLISH has
-    /// DUP=1. A caller resuming after a restart loads the ids it stored as
-    /// released (PUBREL owed) with [`Link::restore`] first.
+    /// DUP=1. A caller resuming after a restart reports the ids it stored
+    /// as released (PUBREL owed) with [`Link::released`].
     ///
     /// An id the link still holds is [`SendError::IdInUse`], except a DUP
     /// resend of the same message (same token, QoS and content, its PUBREC

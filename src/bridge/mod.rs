@@ -23,11 +23,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-// Used by the driver, still to come (issue 17's next step).
-#[allow(dead_code)]
 mod backoff;
 mod config;
-#[allow(dead_code)]
+mod echo;
 mod link;
 mod remote;
 mod rule;
@@ -36,8 +34,6 @@ pub use config::{validate_all, Bridge, BridgeError, BridgeTls, Password, Protoco
 pub use remote::{Remote, RemoteError, Scheme};
 pub use rule::{Direction, Rule, RuleError};
 
-// The link and the backoff are used by the driver, still to come.
-#[allow(dead_code, unused_imports)]
 pub(crate) use backoff::Backoff;
-#[allow(dead_code, unused_imports)]
-pub(crate) use link::{Event, Inflight, Link, LinkError, Outgoing, SendError, Settings, Token};
+pub(crate) use echo::Echoes;
+pub(crate) use link::{Event, Link, Outgoing, SendError, Settings};

@@ -253,6 +253,11 @@ pub trait EventHook: Send + Sync + 'static {
     fn on_will_sent(&self, client_id: &str, will: &Message) {}
     /// A session expired (its client did not come back in time).
     fn on_session_expired(&self, client_id: &str) {}
+    /// Bridge `name`'s remote broker accepted its connection.
+    fn on_bridge_connected(&self, name: &str) {}
+    /// Bridge `name`'s connection to its remote ended, for `reason` (it
+    /// reconnects with backoff).
+    fn on_bridge_disconnected(&self, name: &str, reason: &str) {}
 }
 
 /// A will as [`EventHook::on_will`] may change it.

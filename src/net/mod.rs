@@ -5,6 +5,7 @@
 //! none of them imports it.
 
 pub(crate) mod alias;
+pub(crate) mod bridge;
 pub(crate) mod connection;
 mod duplex;
 pub(crate) mod encode;

@@ -5,10 +5,12 @@
 //! (`core_loop`), the commit task (`commit`) and the one [`Clock`] they and
 //! every connection read.
 
+mod bridging;
 mod commit;
 mod core_loop;
 mod reader;
 
+use crate::bridge::{Bridge, BridgeError};
 use crate::broker::Reclaim;
 use crate::broker::{Broker, Commit, ConnId, Event};
 use crate::clock::Clock;
@@ -67,6 +69,8 @@ pub struct Server {
     incoming: mpsc::UnboundedReceiver<Listener>,
     /// Read by the core, the connections and the inline clients alike.
     clock: Clock,
+    /// Bridges to upstream brokers, started by `serve`.
+    bridges: Vec<Bridge>,
 }
 
 impl std::fmt::Debug for Server {
@@ -123,6 +127,7 @@ impl Server {
             handle,
             incoming,
             clock: Clock::system(),
+            bridges: Vec::new(),
         }
     }
 
@@ -213,6 +218,36 @@ impl Server {
             self.hooks.clone(),
             self.clock.clone(),
         )
+    }
+
+    /// Adds a bridge to an upstream broker: a persistent session whose
+    /// forward rules carry local messages to the remote and whose subscribe
+    /// rules bring the remote's messages here (see [`crate::bridge`]). It
+    /// connects when [`Server::serve`] runs, and reconnects until it stops.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use roost::bridge::{Bridge, Remote, Rule};
+    /// use roost::codec::QoS;
+    /// let server = roost::Server::new(roost::Options::default()).bridge(
+    ///     Bridge::new("cloud", Remote::parse("mqtt://127.0.0.1:1884")?)
+    ///         .forward(Rule::new("devices/#", QoS::AtLeastOnce).remote_prefix("site-17/"))
+    ///         .subscribe(Rule::new("commands/#", QoS::AtLeastOnce).remote_prefix("site-17/")),
+    /// )?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError`] if the bridge is not valid, or another bridge has its
+    /// name or client id.
+    pub fn bridge(mut self, bridge: Bridge) -> Result<Self, BridgeError> {
+        self.bridges.push(bridge);
+        if let Err(e) = crate::bridge::validate_all(&self.bridges) {
+            self.bridges.pop();
+            return Err(e);
+        }
+        Ok(self)
     }
 
     /// Adds a TCP listener (id `mqtt:<address>`).
@@ -321,6 +356,7 @@ impl Server {
             handle,
             incoming,
             clock,
+            bridges,
         } = self;
         broker.set_hooks(hooks.clone());
         if persistent {
@@ -333,7 +369,7 @@ impl Server {
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             stats: stats.clone(),
-            events: events_tx,
+            events: events_tx.clone(),
             hooks: hooks.clone(),
             sweep: Default::default(),
             reclaim: reclaim.clone(),
@@ -356,6 +392,20 @@ impl Server {
             },
         ));
         drop((shared, handle));
+        let bridge_tasks = bridging::start(
+            bridges,
+            &mut broker,
+            bridging::Start {
+                next_conn: &next_conn,
+                events: &events_tx,
+                hooks: &hooks,
+                clock: &clock,
+                stop: &stop_rx,
+                stats: &stats,
+                max_packet_size: opts.limits.maximum_packet_size,
+            },
+        );
+        drop(events_tx);
 
         let opts_max_connections = opts.limits.maximum_connections;
         let durability = opts.durability;
@@ -395,6 +445,7 @@ impl Server {
         hooks.each(|h| h.on_started());
         core.run(shutdown).await;
         let _ = stop_tx.send(true);
+        bridging::stopped(bridge_tasks).await;
         let events = core.finish().await;
         // Everything recorded is written before serve returns (`finish`
         // dropped the last sender of commits).

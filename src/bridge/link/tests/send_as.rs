@@ -134,7 +134,7 @@ fn the_subscribe_id_never_collides_with_caller_ids() {
     // A restarted caller's window at the top of the id range, plus a
     // restored release.
     let mut link = Link::new(s);
-    link.restore(vec![(65_535, pid(65_535), Inflight::Released)]);
+    link.released(65_535, pid(65_535));
     link.connect(0);
     feed(&mut link, connack(false), 0);
     let out = sent(&mut link, 0);
