@@ -41,9 +41,6 @@ fn main() -> ExitCode {
     if let Err(e) = cli::serve::check_files(&config) {
         return refuse(&e);
     }
-    if let Err(e) = cli::serve::refuse_bridges(&config) {
-        return refuse(&e);
-    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.workers {
         builder.worker_threads(n.get());

@@ -1047,14 +1047,39 @@ fn bad_bridges_are_refused_naming_file_line_and_key() {
     }
 }
 
-#[test]
-fn serve_refuses_bridges_it_does_not_run_yet() {
+#[tokio::test]
+async fn configured_bridges_run_and_carry_messages_to_the_remote() {
+    let remote = Broker::start(&["--tcp", "127.0.0.1:0", "--store", "memory"]);
     let dir = bridge_dir();
-    let out = run_in(dir.path(), &["--config", "bridge.toml"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("bridge.toml:9:"), "{err}");
-    assert!(err.contains("\"cloud\", \"backup\" configured"), "{err}");
-    assert!(err.contains("does not run bridges yet"), "{err}");
-    assert!(!err.contains("hunter2"), "{err}");
+    // The example configuration, pointed at the remote over plain TCP.
+    let text = BRIDGE
+        .replacen("mqtts://[::1]", &format!("mqtt://{}", remote.addr), 1)
+        .replacen("ca = \"ca.pem\"\ncert = \"gw.pem\"\nkey = \"gw.key\"\nserver_name = \"broker.example.com\"\n", "", 1)
+        .replacen("[bridges.tls]\n", "", 1);
+    assert!(!text.contains("mqtts") && !text.contains("tls"), "{text}");
+    write(dir.path(), "bridge.toml", &text);
+    let mut cmd = roost(&["--config", "bridge.toml"]);
+    cmd.current_dir(dir.path());
+    let edge = Broker::spawn(cmd);
+    let banner = format!("bridge \"cloud\" to mqtt://{}", remote.addr);
+    assert!(
+        edge.lines.iter().any(|l| l.contains(&banner)),
+        "{:?}",
+        edge.lines
+    );
+    let mut up = Raw::connected(remote.addr, v5("cloud-app")).await;
+    up.subscribe(1, "site-17/devices/#", QoS::AtLeastOnce).await;
+    let mut device = Raw::connected(edge.addr, v5("device")).await;
+    // Until the bridge is up the message waits in its queue.
+    assert!(device
+        .publish(publish("plant/devices/d1", "21.5", QoS::AtLeastOnce, 1))
+        .await
+        .is_success());
+    let m = up.recv_publish().await;
+    assert_eq!(
+        (m.topic.as_str(), payload(&m)),
+        ("site-17/devices/d1", "21.5")
+    );
+    assert!(edge.terminate().await.success());
+    assert!(remote.terminate().await.success());
 }

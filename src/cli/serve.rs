@@ -233,6 +233,21 @@ pub(crate) async fn run(config: Config) -> ExitCode {
         server = ledger.install(server);
         lines.push(format!("roost {version}: auth ledger {}", path.display()));
     }
+    let bridges = match bridges(&config) {
+        Ok(b) => b,
+        Err(e) => return fail(e, 2),
+    };
+    for bridge in bridges {
+        let line = format!(
+            "roost {version}: bridge {:?} to {}",
+            bridge.name, bridge.remote
+        );
+        server = match server.bridge(bridge) {
+            Ok(s) => s,
+            Err(e) => return fail(e, 2),
+        };
+        lines.push(line);
+    }
     // The store line comes last: scripts may read up to it.
     lines.push(format!("roost {version}: store {store_text}"));
     // Written with errors ignored: a closed stdout must not stop the broker.
@@ -458,26 +473,4 @@ pub(crate) fn bridges(config: &Config) -> Result<Vec<roost::bridge::Bridge>, Con
         out.push(b.bridge(password));
     }
     Ok(out)
-}
-
-/// Refuses to serve a configuration with bridges: this build checks them
-/// but does not run them yet, and an operator must not believe messages
-/// are being forwarded when they are not.
-pub(crate) fn refuse_bridges(config: &Config) -> Result<(), ConfigError> {
-    let Some(first) = config.bridges.first() else {
-        return Ok(());
-    };
-    let names: Vec<String> = config
-        .bridges
-        .iter()
-        .map(|b| format!("{:?}", b.name))
-        .collect();
-    Err(ConfigError::invalid(
-        first.place_of(""),
-        format!(
-            "[[bridges]] {} configured, but this build of roost does not run bridges yet; \
-             remove the [[bridges]] tables to serve without them (check-config validates them)",
-            names.join(", ")
-        ),
-    ))
 }
