@@ -1,12 +1,15 @@
 //! The network edge: listeners (TCP, TLS, WebSocket, HTTP), the
-//! per-connection driver, and wire encoding of what the core queued
-//! (`encode`). The only code that touches sockets. It drives the layers
-//! below it (the ingress's rules, the core's events, the link's outboxes);
-//! none of them imports it.
+//! per-connection driver, dialing a bridge's remote (`dial`), and wire
+//! encoding of what the core queued (`encode`). The only code that touches
+//! sockets. It drives the layers below it (the ingress's rules, the core's
+//! events, the link's outboxes); none of them imports it.
 
 pub(crate) mod alias;
 pub(crate) mod bridge;
 pub(crate) mod connection;
+// Used by the bridge driver, still to come (issue 17).
+#[allow(dead_code)]
+pub(crate) mod dial;
 mod duplex;
 pub(crate) mod encode;
 pub(crate) mod error;

@@ -186,7 +186,9 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> ListenerError {
     }
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ListenerError> {
+/// The certificates in a PEM file: a listener's chain or CA, a bridge's CA
+/// or client chain.
+pub(crate) fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ListenerError> {
     let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -197,7 +199,8 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ListenerErr
     Ok(certs)
 }
 
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ListenerError> {
+/// The first private key in a PEM file.
+pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ListenerError> {
     let pem = read(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         tokio_rustls::rustls::pki_types::pem::Error::NoItemsFound => bad(
@@ -208,7 +211,8 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ListenerError> {
     })
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// Every TLS config of ours, server and client, runs on `ring`.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 

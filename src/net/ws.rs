@@ -1,6 +1,7 @@
 //! MQTT over WebSocket (RFC 6455, MQTT 5.0 section 6): the server side of
-//! the upgrade, and an adapter that turns the message stream back into a
-//! byte stream so the connection driver needs no WebSocket knowledge.
+//! the upgrade, the client side (a bridge dialing its remote), and an
+//! adapter that turns the message stream back into a byte stream so
+//! neither the connection driver nor the bridge needs WebSocket knowledge.
 //!
 //! MQTT packets and WebSocket messages are independent: one packet may span
 //! several messages and one message may carry several packets. Reading
@@ -13,6 +14,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -109,10 +111,32 @@ where
         .max_frame_size(Some(limit));
     let inner =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)).await?;
-    Ok(WsStream {
-        inner,
-        read: Bytes::new(),
-    })
+    Ok(WsStream::new(inner))
+}
+
+/// The subprotocol a client asks for: MQTT 3.1.1 and 5.0 both register
+/// `mqtt` (MQTT 5.0 section 6.0); `mqttv3.1` is for 3.1 only.
+const CLIENT_SUBPROTOCOL: &str = "mqtt";
+
+/// Runs the client side of the upgrade on `stream`, to `url` (`ws://` or
+/// `wss://`, whose host, port and path make the request; the caller has
+/// already run TLS for `wss`), asking for subprotocol `mqtt`. A server
+/// that answers with no subprotocol or another one fails the handshake, as
+/// RFC 6455 section 4.1 requires of the client.
+pub(crate) async fn connect<S>(stream: S, url: &str) -> Result<WsStream<S>, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(CLIENT_SUBPROTOCOL),
+    );
+    // tungstenite's default limits (16 MiB frames, 64 MiB messages): what
+    // the remote may send is bounded by the Maximum Packet Size the bridge
+    // announces and enforces when decoding, not here.
+    let (inner, _response) = tokio_tungstenite::client_async(request, stream).await?;
+    Ok(WsStream::new(inner))
 }
 
 /// A WebSocket connection seen as a byte stream: reads yield the binary
@@ -121,6 +145,15 @@ pub(crate) struct WsStream<S> {
     inner: WebSocketStream<S>,
     /// What is left of the last binary message received.
     read: Bytes,
+}
+
+impl<S> WsStream<S> {
+    fn new(inner: WebSocketStream<S>) -> WsStream<S> {
+        WsStream {
+            inner,
+            read: Bytes::new(),
+        }
+    }
 }
 
 fn io_error(e: WsError) -> io::Error {
