@@ -842,8 +842,14 @@ fn bridge_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "bridge.toml", BRIDGE);
     write(dir.path(), "cloud.pass", "hunter2-secret\n");
-    for f in ["ca.pem", "gw.pem", "gw.key"] {
-        write(dir.path(), f, "not read yet\n");
+    // Real certificates: serving and check-config read and parse them.
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("client.pem", "gw.pem"),
+        ("client.key", "gw.key"),
+    ] {
+        std::fs::copy(certs.join(from), dir.path().join(to)).unwrap();
     }
     dir
 }

@@ -95,6 +95,15 @@ pub enum BridgeError {
         /// The bridge.
         bridge: String,
     },
+    /// A TLS file that cannot be read or used (checked when the bridge is
+    /// added to a server).
+    #[error("bridge {bridge:?}: {reason}")]
+    TlsFile {
+        /// The bridge.
+        bridge: String,
+        /// The file and what is wrong with it.
+        reason: String,
+    },
     /// A client certificate without its key, or a key without its
     /// certificate.
     #[error("bridge {bridge:?}: {key} is missing (tls cert and key go together)")]
@@ -138,7 +147,9 @@ impl BridgeError {
             BridgeError::TooLong { key, .. } | BridgeError::Zero { key, .. } => key,
             BridgeError::Reconnect { .. } => "reconnect_min",
             BridgeError::BadStateTopic { .. } => "state_topic",
-            BridgeError::TlsNotUsed { .. } | BridgeError::TlsMissing { .. } => "tls",
+            BridgeError::TlsNotUsed { .. }
+            | BridgeError::TlsMissing { .. }
+            | BridgeError::TlsFile { .. } => "tls",
             BridgeError::TlsPair { key, .. } => key,
             BridgeError::NoRules { .. } => "forward",
             BridgeError::Rule { source, .. } => source.key(),

@@ -470,7 +470,19 @@ pub(crate) fn bridges(config: &Config) -> Result<Vec<roost::bridge::Bridge>, Con
                 }
             }
         }
-        out.push(b.bridge(password));
+        let bridge = b.bridge(password);
+        if bridge.tls.is_some() {
+            // Readable is not enough: the files must parse and pair up, as
+            // serving will find out.
+            let check = roost::Server::new(roost::Options::default()).bridge(bridge.clone());
+            if let Err(e @ roost::bridge::BridgeError::TlsFile { .. }) = check {
+                return Err(ConfigError::invalid(
+                    b.place_of("tls"),
+                    format!("key \"tls\" in [[bridges]]: {}: {e}", b.label()),
+                ));
+            }
+        }
+        out.push(bridge);
     }
     Ok(out)
 }

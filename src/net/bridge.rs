@@ -30,6 +30,7 @@ use crate::codec::{
 use crate::escape::Escaped;
 use crate::hooks::{Client, Hooks};
 use crate::ingress::{self, Ask, Inbound, ToCore};
+use crate::net::dial::{DialError, Dialer, RemoteStream};
 use crate::stats::{self, BridgeStats};
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
@@ -40,21 +41,10 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-/// The byte stream to the remote.
-pub(crate) trait RemoteIo: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> RemoteIo for T {}
-pub(crate) type RemoteStream = Box<dyn RemoteIo>;
-
-type Dialing = Pin<Box<dyn Future<Output = Result<RemoteStream, String>> + Send>>;
-
-/// Opens connections to the remote.
-pub(crate) trait Dial: Send + Sync + 'static {
-    /// One attempt, bounded by `timeout`; the error is a line for the log.
-    fn dial(&self, timeout: Duration) -> Dialing;
-}
+type Dialing = Pin<Box<dyn Future<Output = Result<RemoteStream, DialError>> + Send>>;
 
 /// Longest a connection attempt (DNS, TCP, TLS, WebSocket) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,7 +71,7 @@ pub(crate) fn local_client_id(name: &str) -> String {
 }
 
 /// Runs bridge `bridge` until the server stops.
-pub(crate) async fn run(bridge: Bridge, dialer: Arc<dyn Dial>, wiring: Wiring) {
+pub(crate) async fn run(bridge: Bridge, dialer: Arc<Dialer>, wiring: Wiring) {
     let mut driver = Driver::new(bridge, dialer, wiring);
     driver.serve().await;
 }
@@ -102,7 +92,7 @@ enum ToLocal {
 
 struct Driver {
     bridge: Bridge,
-    dialer: Arc<dyn Dial>,
+    dialer: Arc<Dialer>,
     link: Link,
     backoff: Backoff,
     conn: ConnId,
@@ -136,7 +126,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(bridge: Bridge, dialer: Arc<dyn Dial>, w: Wiring) -> Driver {
+    fn new(bridge: Bridge, dialer: Arc<Dialer>, w: Wiring) -> Driver {
         let protocol = bridge.protocol.version();
         let settings = Settings {
             client_id: bridge.client_id.clone(),
@@ -402,7 +392,7 @@ impl Driver {
                             }
                         }
                         Err(e) => {
-                            self.failed(e);
+                            self.failed(e.kind(), e.to_string());
                             retry_at = Some(self.now() + self.next_delay());
                         }
                     }
@@ -413,7 +403,10 @@ impl Driver {
                         self.link.on_timeout(now);
                     } else if dialing.is_none() {
                         retry_at = None;
-                        dialing = Some(self.dialer.dial(DIAL_TIMEOUT));
+                        let dialer = self.dialer.clone();
+                        dialing = Some(Box::pin(async move {
+                            dialer.dial(DIAL_TIMEOUT).await
+                        }));
                     }
                 }
             }
@@ -446,9 +439,9 @@ impl Driver {
     }
 
     /// A connection attempt failed: logged once per change of reason.
-    fn failed(&mut self, error: String) {
+    fn failed(&mut self, step: &'static str, error: String) {
         if self.last_error.as_deref() != Some(error.as_str()) {
-            tracing::warn!(bridge = %self.bridge.name, remote = %self.bridge.remote, %error,
+            tracing::warn!(bridge = %self.bridge.name, remote = %self.bridge.remote, step, %error,
                 "bridge: cannot connect to the remote (retrying with backoff; logged again when the reason changes)");
             self.last_error = Some(error.clone());
         }
@@ -475,7 +468,9 @@ impl Driver {
             self.last_error = Some(why.clone());
             self.stats.set_error(Some(why));
         } else {
-            self.failed(why);
+            // Before CONNACK: a refusal (a TLS alert after the handshake,
+            // CONNACK with an error code) or a connection cut short.
+            self.failed("connect", why);
         }
         *retry_at = Some(now + self.next_delay());
     }
@@ -859,27 +854,4 @@ impl Driver {
 /// messages are their local ids).
 fn local_pid(token: u64) -> Option<PacketId> {
     u16::try_from(token).ok().and_then(PacketId::new)
-}
-
-/// Dials plain TCP (`mqtt://`).
-pub(crate) struct TcpDialer {
-    pub(crate) host: String,
-    pub(crate) port: u16,
-}
-
-impl Dial for TcpDialer {
-    fn dial(&self, timeout: Duration) -> Dialing {
-        let (host, port) = (self.host.clone(), self.port);
-        Box::pin(async move {
-            let connect = tokio::net::TcpStream::connect((host.as_str(), port));
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    Ok(Box::new(s) as RemoteStream)
-                }
-                Ok(Err(e)) => Err(format!("connecting to {host}:{port} failed: {e}")),
-                Err(_) => Err(format!("connecting to {host}:{port} timed out")),
-            }
-        })
-    }
 }

@@ -43,6 +43,7 @@ pub(crate) type RemoteStream = Box<dyn AsyncReadWrite>;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DialError {
     /// The remote's scheme needs a feature this build left out.
+    #[cfg_attr(all(feature = "tls", feature = "ws"), allow(dead_code))]
     #[error("{remote}: this build has no {what} support (feature `{feature}`)")]
     Unsupported {
         /// The remote, written out.

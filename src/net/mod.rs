@@ -7,8 +7,6 @@
 pub(crate) mod alias;
 pub(crate) mod bridge;
 pub(crate) mod connection;
-// Used by the bridge driver, still to come (issue 17).
-#[allow(dead_code)]
 pub(crate) mod dial;
 mod duplex;
 pub(crate) mod encode;

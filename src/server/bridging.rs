@@ -1,12 +1,13 @@
 //! Starting and stopping the bridges: each gets its counters, its local
 //! session registered with the core, a dialer for its remote, and a task.
 
-use crate::bridge::{Bridge, Scheme};
+use crate::bridge::Bridge;
 use crate::broker::{BridgeSession, Broker, ConnId, Event, QueueLimit};
 use crate::clock::Clock;
 use crate::codec::ByteStr;
 use crate::hooks::Hooks;
-use crate::net::bridge::{self as driver, Dial, TcpDialer, Wiring};
+use crate::net::bridge::{self as driver, Wiring};
+use crate::net::dial::Dialer;
 use crate::stats::{BridgeStats, Stats};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ pub(super) struct Start<'a> {
 
 /// Registers every bridge with the core and spawns its task.
 pub(super) fn start(
-    bridges: Vec<Bridge>,
+    bridges: Vec<(Bridge, Arc<Dialer>)>,
     broker: &mut Broker,
     s: Start<'_>,
 ) -> Vec<JoinHandle<()>> {
@@ -37,7 +38,7 @@ pub(super) fn start(
     let mut sessions = Vec::with_capacity(bridges.len());
     let mut tasks = Vec::with_capacity(bridges.len());
     let mut all_stats = Vec::with_capacity(bridges.len());
-    for bridge in bridges {
+    for (bridge, dialer) in bridges {
         let stats = Arc::new(BridgeStats::new(&bridge.name));
         all_stats.push(stats.clone());
         sessions.push(BridgeSession {
@@ -53,14 +54,6 @@ pub(super) fn start(
                 stats: stats.clone(),
             }),
         });
-        let dialer = match dialer(&bridge) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(bridge = %bridge.name, error = %e, "bridge not started");
-                stats.set_error(Some(e));
-                continue;
-            }
-        };
         let wiring = Wiring {
             conn: ConnId(s.next_conn.fetch_add(1, Ordering::Relaxed)),
             events: s.events.clone(),
@@ -75,17 +68,6 @@ pub(super) fn start(
     *s.stats.bridges.write().unwrap_or_else(|e| e.into_inner()) = all_stats;
     broker.set_bridges(sessions);
     tasks
-}
-
-fn dialer(bridge: &Bridge) -> Result<Arc<dyn Dial>, String> {
-    let r = &bridge.remote;
-    match r.scheme() {
-        Scheme::Mqtt => Ok(Arc::new(TcpDialer {
-            host: r.host().to_owned(),
-            port: r.port(),
-        })),
-        other => Err(format!("{} remotes are not supported yet", other.as_str())),
-    }
 }
 
 /// Waits for the bridges' tasks to end (they were told to stop), within a

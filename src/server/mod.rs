@@ -69,8 +69,8 @@ pub struct Server {
     incoming: mpsc::UnboundedReceiver<Listener>,
     /// Read by the core, the connections and the inline clients alike.
     clock: Clock,
-    /// Bridges to upstream brokers, started by `serve`.
-    bridges: Vec<Bridge>,
+    /// Bridges to upstream brokers, with their dialers, started by `serve`.
+    bridges: Vec<(Bridge, Arc<crate::net::dial::Dialer>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -239,14 +239,22 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`BridgeError`] if the bridge is not valid, or another bridge has its
-    /// name or client id.
+    /// [`BridgeError`] if the bridge is not valid, another bridge has its
+    /// name or client id, or its TLS files cannot be read or used.
     pub fn bridge(mut self, bridge: Bridge) -> Result<Self, BridgeError> {
-        self.bridges.push(bridge);
-        if let Err(e) = crate::bridge::validate_all(&self.bridges) {
-            self.bridges.pop();
-            return Err(e);
-        }
+        let mut all: Vec<Bridge> = self.bridges.iter().map(|(b, _)| b.clone()).collect();
+        all.push(bridge.clone());
+        crate::bridge::validate_all(&all)?;
+        // The TLS files are read now, as a TLS listener's: a bridge that
+        // could never connect is an error at start, not a retry loop.
+        let dialer =
+            crate::net::dial::Dialer::new(&bridge.remote, bridge.tls.as_ref()).map_err(|e| {
+                BridgeError::TlsFile {
+                    bridge: bridge.name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        self.bridges.push((bridge, Arc::new(dialer)));
         Ok(self)
     }
 
