@@ -65,7 +65,7 @@ pub use net::ws::WsConfig;
 /// The storage trait and backends (the `roost-storage` crate).
 pub use roost_storage as storage;
 pub use server::{ServeError, Server};
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{BridgeSnapshot, Stats, StatsSnapshot};
 
 /// The routing tries, for `benches/topics.rs` only (feature `_bench`, which
 /// is not part of the API: no semver promise, may change in any release).

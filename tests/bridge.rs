@@ -44,6 +44,57 @@ async fn connected(b: &TestBroker) {
     panic!("bridge did not connect: {:?}", b.stats.snapshot().bridges);
 }
 
+/// Receives `n` messages as a subscriber that keeps up (acknowledging
+/// each at once, QoS 2 flows interleaved); their payloads in order.
+async fn take(c: &mut Raw, n: usize) -> Vec<String> {
+    use roost::codec::{Packet, PubResp, QosPid};
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.recv().await {
+            Packet::Publish(p) => {
+                got.push(payload(&p).to_owned());
+                match p.qos_pid {
+                    QosPid::AtMostOnce => {}
+                    QosPid::AtLeastOnce(pid) => c.send(Packet::PubAck(PubResp::new(pid))).await,
+                    QosPid::ExactlyOnce(pid) => c.send(Packet::PubRec(PubResp::new(pid))).await,
+                }
+            }
+            Packet::PubRel(r) => c.send(Packet::PubComp(PubResp::new(r.packet_id))).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got
+}
+
+/// Completes the QoS 2 flows [`take`] left open; panics on any further
+/// message (a duplicate).
+async fn finish(c: &mut Raw) {
+    use roost::codec::{Packet, PubResp};
+    while let Some(p) = c.recv_within(Duration::from_millis(500)).await {
+        match p {
+            Packet::PubRel(r) => c.send(Packet::PubComp(PubResp::new(r.packet_id))).await,
+            other => panic!("nothing more expected: {other:?}"),
+        }
+    }
+}
+
+/// The bridge's stats once `done` says so (they are sampled about once a
+/// second); panics with them after a while.
+async fn settled(
+    b: &TestBroker,
+    done: impl Fn(&roost::BridgeSnapshot) -> bool,
+) -> roost::BridgeSnapshot {
+    let mut s = b.stats.snapshot().bridges[0].clone();
+    for _ in 0..150 {
+        if done(&s) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s = b.stats.snapshot().bridges[0].clone();
+    }
+    panic!("bridge stats did not settle: {s:?}");
+}
+
 async fn both_ways(protocol: Protocol) {
     let remote = TestBroker::start().await;
     let edge = edge(cloud(&remote, protocol)).await;
@@ -110,4 +161,152 @@ async fn network_clients_cannot_take_a_bridge_session() {
     assert_eq!(ack.reason, ReasonCode::ClientIdentifierNotValid);
     let (_, ack) = Raw::connect(b.addr, connect(ProtocolVersion::V3_1_1, "$bridge/x", true)).await;
     assert!(!ack.reason.is_success());
+}
+
+/// A broker serving on a chosen address, stopped and restarted at will
+/// (the bridge's remote must come back where the bridge looks for it).
+struct Upstream {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), roost::ServeError>>>,
+}
+
+impl Upstream {
+    /// An address nothing listens on yet.
+    fn vacant() -> std::net::SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    async fn start(addr: std::net::SocketAddr, server: Server) -> Upstream {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(server.tcp(listener).serve(async {
+            let _ = rx.await;
+        }));
+        Upstream {
+            addr,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+fn remote_at(addr: std::net::SocketAddr) -> Remote {
+    Remote::parse(&format!("mqtt://{addr}")).unwrap()
+}
+
+#[tokio::test]
+async fn messages_wait_on_disk_while_the_link_is_down_and_go_in_order_when_it_returns() {
+    let addr = Upstream::vacant();
+    let dir = tempfile::tempdir().unwrap();
+    let store = roost::storage::RedbStore::open(dir.path().join("edge.redb")).unwrap();
+    let bridge = Bridge::new("cloud", remote_at(addr))
+        .reconnect(Duration::from_millis(20), Duration::from_millis(100))
+        .forward(Rule::new("devices/#", QoS::ExactlyOnce));
+    let edge = TestBroker::with_server(
+        Server::new(Options::default())
+            .store(store)
+            .bridge(bridge)
+            .unwrap(),
+    )
+    .await;
+    let mut device = Raw::connected(edge.addr, v5("device")).await;
+    for i in 0..300u16 {
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        let r = device
+            .publish(publish("devices/d", &i.to_string(), qos, i % 1000 + 1))
+            .await;
+        assert!(r.is_success(), "{i}: {r:?}");
+    }
+    // The queue length is sampled about once a second.
+    let s = settled(&edge, |s| s.queued == 300).await;
+    assert!(!s.connected);
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused")),
+        "{s:?}"
+    );
+
+    // The remote comes up with a subscriber already there.
+    let remote = Upstream::start(addr, Server::new(Options::default())).await;
+    let mut up = Raw::connected(addr, v5_session("cloud-app", false, 3600)).await;
+    up.subscribe(1, "devices/#", QoS::ExactlyOnce).await;
+    let got: Vec<u16> = take(&mut up, 300)
+        .await
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(got, (0..300).collect::<Vec<_>>(), "all, once, in order");
+    finish(&mut up).await;
+    let s = &edge.stats.snapshot().bridges[0];
+    assert_eq!((s.forwarded, s.inflight), (300, 0), "{s:?}");
+    edge.stop().await;
+    remote.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_bridge_queue_refuses_publishers_and_counts_it() {
+    let bridge = Bridge::new("cloud", remote_at(Upstream::vacant()))
+        .max_queued_messages(5)
+        .forward(Rule::new("devices/#", QoS::AtLeastOnce));
+    let edge = edge(bridge).await;
+    let mut device = Raw::connected(edge.addr, v5("device")).await;
+    let mut reasons = Vec::new();
+    for i in 1..=8u16 {
+        reasons.push(
+            device
+                .publish(publish("devices/d", "x", QoS::AtLeastOnce, i))
+                .await,
+        );
+    }
+    // Five in the queue; the bridge was the only recipient of the rest.
+    assert_eq!(
+        reasons,
+        [
+            [ReasonCode::Success; 5].as_slice(),
+            &[ReasonCode::QuotaExceeded; 3]
+        ]
+        .concat()
+    );
+    let s = settled(&edge, |s| s.queued == 5).await;
+    assert_eq!(s.refused, 3, "{s:?}");
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn the_state_topic_says_1_while_connected_and_0_after() {
+    let remote = TestBroker::start().await;
+    let mut watcher = Raw::connected(remote.addr, v5("watcher")).await;
+    watcher.subscribe(1, "gw/state", QoS::AtLeastOnce).await;
+    let edge = edge(cloud(&remote, Protocol::V5).state_topic("gw/state")).await;
+    let m = watcher.recv_publish().await;
+    assert_eq!(
+        (payload(&m), m.retain),
+        ("1", false),
+        "live, not from the store"
+    );
+    watcher.ack(&m).await;
+    edge.stop().await;
+    let m = watcher.recv_publish().await;
+    assert_eq!(payload(&m), "0");
+    watcher.ack(&m).await;
+    // Retained for whoever looks later.
+    let mut late = Raw::connected(remote.addr, v5("late")).await;
+    late.subscribe(1, "gw/state", QoS::AtLeastOnce).await;
+    let m = late.recv_publish().await;
+    assert_eq!((payload(&m), m.retain), ("0", true));
+    remote.stop().await;
 }

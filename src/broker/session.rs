@@ -533,9 +533,13 @@ impl Session {
             limits.maximum_queued_messages
         };
         let mut max_bytes = limits.maximum_queued_bytes;
+        let mut queued = queued;
         if let Some(bridge) = &self.queue_limit {
             // A bridge's queue waits for its link, which may be down for a
-            // day: it never pauses publishers, and its bounds are its own.
+            // day: it never pauses publishers, and its bounds are its own,
+            // counting what is in flight (with the bridge's driver, not
+            // yet at the remote).
+            queued += self.inflight_len();
             congested = false;
             hard_limit = bridge.messages;
             max_bytes = bridge.bytes;

@@ -835,9 +835,14 @@ impl Driver {
                     .send_as(0, PacketId::MIN, msg, QoS::AtMostOnce, false);
             }
         }
-        self.link.disconnect();
+        // What is queued (the state) goes before the DISCONNECT, which
+        // would clear it.
         let mut buf = BytesMut::new();
         let now = self.now();
+        while let Some(p) = self.link.poll_transmit(now) {
+            let _ = crate::codec::encode(&p, self.link.protocol(), &mut buf);
+        }
+        self.link.disconnect();
         while let Some(p) = self.link.poll_transmit(now) {
             let _ = crate::codec::encode(&p, self.link.protocol(), &mut buf);
         }
