@@ -166,7 +166,6 @@ async fn network_clients_cannot_take_a_bridge_session() {
 /// A broker serving on a chosen address, stopped and restarted at will
 /// (the bridge's remote must come back where the bridge looks for it).
 struct Upstream {
-    addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<Result<(), roost::ServeError>>>,
 }
@@ -187,7 +186,6 @@ impl Upstream {
             let _ = rx.await;
         }));
         Upstream {
-            addr,
             stop: Some(tx),
             handle: Some(handle),
         }
