@@ -308,3 +308,59 @@ async fn the_state_topic_says_1_while_connected_and_0_after() {
     assert_eq!((payload(&m), m.retain), ("0", true));
     remote.stop().await;
 }
+
+#[tokio::test]
+async fn a_remote_with_lower_limits_gets_what_fits_and_nothing_blocks_the_queue() {
+    // The remote takes QoS 1 at most and packets of 200 bytes at most.
+    let mut opts = Options::default();
+    opts.capabilities.maximum_qos = QoS::AtLeastOnce;
+    opts.limits.maximum_packet_size = 200;
+    let remote = TestBroker::with(opts).await;
+    let mut up = Raw::connected(remote.addr, v5("cloud-app")).await;
+    up.subscribe(1, "site-1/devices/#", QoS::AtLeastOnce).await;
+    let edge = edge(cloud(&remote, Protocol::V5)).await;
+    connected(&edge).await;
+    let mut device = Raw::connected(edge.addr, v5("device")).await;
+    let big = "x".repeat(300);
+    for (i, text) in ["small-1", big.as_str(), "small-2"].into_iter().enumerate() {
+        let r = device
+            .publish(publish("devices/t", text, QoS::ExactlyOnce, i as u16 + 1))
+            .await;
+        assert!(r.is_success(), "{r:?}");
+    }
+    // The QoS 2 messages arrive at QoS 1; the one too large for the remote
+    // is dropped and counted instead of closing the link at every resend.
+    let got = take(&mut up, 2).await;
+    assert_eq!(got, ["small-1", "small-2"]);
+    let s = settled(&edge, |s| s.inflight == 0 && s.queued == 0).await;
+    assert_eq!((s.forwarded, s.dropped, s.reconnects), (2, 1, 0), "{s:?}");
+    edge.stop().await;
+    remote.stop().await;
+}
+
+#[tokio::test]
+async fn the_event_hook_hears_the_bridge_connect_and_disconnect() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Default, Clone)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+    impl roost::hooks::EventHook for Seen {
+        fn on_bridge_connected(&self, name: &str) {
+            self.0.lock().unwrap().push(format!("up {name}"));
+        }
+        fn on_bridge_disconnected(&self, name: &str, _reason: &str) {
+            self.0.lock().unwrap().push(format!("down {name}"));
+        }
+    }
+    let seen = Seen::default();
+    let remote = TestBroker::start().await;
+    let server = Server::new(Options::default())
+        .event_hook(seen.clone())
+        .bridge(cloud(&remote, Protocol::V5))
+        .unwrap();
+    let edge = TestBroker::with_server(server).await;
+    connected(&edge).await;
+    remote.stop().await;
+    settled(&edge, |s| !s.connected).await;
+    assert_eq!(*seen.0.lock().unwrap(), ["up cloud", "down cloud"]);
+    edge.stop().await;
+}

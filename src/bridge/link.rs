@@ -66,6 +66,12 @@ pub(crate) struct Settings {
     pub(crate) max_inflight: u16,
     /// Filters subscribed at the remote, with their maximum QoS.
     pub(crate) subscriptions: Vec<(String, QoS)>,
+    /// Inbound QoS 1/2 messages the remote may have unacknowledged at once
+    /// (5.0: CONNECT's Receive Maximum).
+    pub(crate) receive_maximum: u16,
+    /// The largest packet we take (5.0: CONNECT's Maximum Packet Size, so
+    /// the remote drops what we could not read instead of sending it).
+    pub(crate) maximum_packet_size: u32,
 }
 
 /// An outgoing message without its QoS, packet id or DUP flag, which the
@@ -136,6 +142,10 @@ pub(crate) enum SendError {
     /// SUBACK (or on the next connection).
     #[error("packet id in use by another flow")]
     IdInUse,
+    /// The message, as a PUBLISH, is larger than the remote's Maximum
+    /// Packet Size: it would close the connection, again at every resend.
+    #[error("larger than the remote's maximum packet size")]
+    TooLarge,
 }
 
 /// The phase of an outgoing QoS 1/2 message.
@@ -200,6 +210,7 @@ pub(crate) struct Link {
     receive_maximum: u16,
     maximum_qos: QoS,
     retain_available: bool,
+    maximum_packet_size: u32,
     // Keep alive, in milliseconds; 0: off.
     keep_alive: u64,
     last_sent: u64,
@@ -222,6 +233,7 @@ impl Link {
             receive_maximum: u16::MAX,
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
+            maximum_packet_size: u32::MAX,
             keep_alive: 0,
             last_sent: 0,
             last_received: 0,
@@ -252,6 +264,7 @@ impl Link {
         self.receive_maximum = u16::MAX;
         self.maximum_qos = QoS::ExactlyOnce;
         self.retain_available = true;
+        self.maximum_packet_size = u32::MAX;
         self.keep_alive = u64::from(s.keep_alive) * 1000;
         self.last_sent = now;
         self.last_received = now;
@@ -270,6 +283,8 @@ impl Link {
         }
         if s.protocol.is_v5() {
             c.properties.session_expiry_interval = Some(s.session_expiry);
+            c.properties.receive_maximum = std::num::NonZeroU16::new(s.receive_maximum);
+            c.properties.maximum_packet_size = std::num::NonZeroU32::new(s.maximum_packet_size);
         }
         c
     }
@@ -309,6 +324,14 @@ impl Link {
         // ([MQTT-3.3.1-8]): it gets the message, not the flag.
         msg.retain &= self.retain_available;
         let qos = qos.min(self.maximum_qos);
+        if self.maximum_packet_size != u32::MAX {
+            // Sized as sent at QoS 1/2 (a packet id more than QoS 0).
+            let p = publish(msg.clone(), QosPid::AtLeastOnce(PacketId::MIN), false);
+            let len = crate::codec::encoded_len(&Packet::Publish(p), self.settings.protocol);
+            if len > self.maximum_packet_size as usize {
+                return Err(SendError::TooLarge);
+            }
+        }
         if qos == QoS::AtMostOnce {
             // DUP is 0 at QoS 0 ([MQTT-3.3.1-2]).
             self.transmit
@@ -571,6 +594,7 @@ impl Link {
         self.receive_maximum = p.receive_maximum.map_or(u16::MAX, |n| n.get());
         self.maximum_qos = p.maximum_qos.unwrap_or(QoS::ExactlyOnce);
         self.retain_available = p.retain_available.unwrap_or(true);
+        self.maximum_packet_size = p.maximum_packet_size.map_or(u32::MAX, |n| n.get());
         if let Some(seconds) = p.server_keep_alive {
             // The server's value wins ([MQTT-3.2.2-21]).
             self.keep_alive = u64::from(seconds) * 1000;
@@ -589,7 +613,11 @@ impl Link {
             }
         }
         self.pump();
-        if !session_present && !self.settings.subscriptions.is_empty() {
+        // Subscribed on every connection, not only when the remote lost the
+        // session: a rule added since is then subscribed too, and a remote
+        // that kept the session takes it as a no-op (5.0 with Retain
+        // Handling 1 sends no retained messages again).
+        if !self.settings.subscriptions.is_empty() {
             self.send_subscribe();
         }
     }

@@ -49,6 +49,13 @@ type Dialing = Pin<Box<dyn Future<Output = Result<RemoteStream, DialError>> + Se
 /// Longest a connection attempt (DNS, TCP, TLS, WebSocket) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the remote has to answer CONNECT, keep alive or not.
+const CONNACK_TIMEOUT_MS: u64 = 10_000;
+
+/// Inbound messages waiting for room at the core beyond which the socket
+/// is not read.
+const INBOUND_BACKLOG: usize = 1024;
+
 /// Tokens at or above this are the driver's own messages (the state
 /// topic); below, a token is the local packet id.
 const OWN_TOKENS: u64 = 1 << 32;
@@ -63,6 +70,9 @@ pub(crate) struct Wiring {
     pub(crate) stats: Arc<BridgeStats>,
     /// Largest packet taken from the remote.
     pub(crate) max_packet_size: u32,
+    /// The core's Receive Maximum: the remote may have as many inbound
+    /// QoS 1/2 messages unacknowledged.
+    pub(crate) receive_maximum: u16,
 }
 
 /// The local session's client id for bridge `name`.
@@ -82,6 +92,15 @@ struct Waiting {
     msg: Outgoing,
     qos: QoS,
     dup: bool,
+}
+
+/// A forwarded message in flight.
+#[derive(Debug, Clone, Copy)]
+struct Forwarding {
+    /// Its QoS here (the remote's may be lower: its Maximum QoS).
+    qos: QoS,
+    /// QoS 2: PUBREC went to the core, whose PUBREL is expected.
+    released: bool,
 }
 
 /// Something to hand the core, in order.
@@ -105,8 +124,8 @@ struct Driver {
     max_packet_size: u32,
     /// Forwarded messages the link has not taken, in order.
     waiting: VecDeque<Waiting>,
-    /// QoS of each forwarded message in flight, by local packet id.
-    forwarding: HashMap<u16, QoS>,
+    /// Forwarded messages in flight, by local packet id.
+    forwarding: HashMap<u16, Forwarding>,
     /// Inbound messages waiting for room at the core (its Receive Maximum).
     inbound: VecDeque<Publish>,
     /// Inbound QoS 1/2 messages the core has not completed, by packet id.
@@ -121,6 +140,8 @@ struct Driver {
     /// When the current connection was accepted (mono ms).
     connected_at: Option<u64>,
     next_own_token: u64,
+    /// When a refused forwarded message was last logged (mono ms).
+    last_refusal_log: u64,
     /// The local session ended: reconnect it.
     local_closed: bool,
 }
@@ -144,6 +165,8 @@ impl Driver {
                 .iter()
                 .map(|r| (r.remote_filter(), r.qos))
                 .collect(),
+            receive_maximum: w.receive_maximum,
+            maximum_packet_size: w.max_packet_size,
         };
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let backoff = Backoff::new(ms(bridge.reconnect_min), ms(bridge.reconnect_max));
@@ -180,6 +203,7 @@ impl Driver {
             last_error: None,
             connected_at: None,
             next_own_token: OWN_TOKENS,
+            last_refusal_log: 0,
             local_closed: false,
         }
     }
@@ -272,6 +296,7 @@ impl Driver {
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
         let mut wbuf = BytesMut::new();
         let mut decoder = Decoder::with_version(self.max_packet_size, self.link.protocol());
+        let mut connect_sent: Option<u64> = None;
         let Some(mut outbox) = self.attach().await else {
             return;
         };
@@ -316,7 +341,14 @@ impl Driver {
             }
             let now = self.now();
             let deadline = if stream.is_some() {
-                self.link.next_timeout()
+                // Keep alive, and (keep alive or not) the CONNACK's time.
+                let connack = connect_sent
+                    .filter(|_| !self.link.is_connected())
+                    .map(|at| at + CONNACK_TIMEOUT_MS);
+                match (self.link.next_timeout(), connack) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             } else if dialing.is_none() {
                 retry_at
             } else {
@@ -330,10 +362,14 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            // Inbound messages waiting for the core hold back reading: the
+            // remote then waits (TCP backpressure) instead of memory
+            // growing.
+            let reading = self.inbound.len() < INBOUND_BACKLOG;
             let read = async {
                 match stream.as_mut() {
-                    Some(s) => s.read_buf(&mut rbuf).await,
-                    None => std::future::pending().await,
+                    Some(s) if reading => s.read_buf(&mut rbuf).await,
+                    _ => std::future::pending().await,
                 }
             };
             let dial = async {
@@ -385,6 +421,7 @@ impl Driver {
                             let connect = self.connect_packet();
                             let mut buf = BytesMut::new();
                             let _ = crate::codec::encode(&Packet::Connect(Box::new(connect)), self.link.protocol(), &mut buf);
+                            connect_sent = Some(self.now());
                             if let Some(s) = stream.as_mut() {
                                 if s.write_all(&buf).await.is_err() {
                                     self.lost(&mut stream, "writing CONNECT to the remote failed".into(), &mut retry_at);
@@ -399,7 +436,12 @@ impl Driver {
                 }
                 _ = sleep => {
                     let now = self.now();
-                    if stream.is_some() {
+                    let no_connack = !self.link.is_connected()
+                        && connect_sent.is_some_and(|at| now >= at + CONNACK_TIMEOUT_MS);
+                    if stream.is_some() && no_connack {
+                        self.link.lost();
+                        self.lost(&mut stream, format!("no CONNACK within {} s", CONNACK_TIMEOUT_MS / 1000), &mut retry_at);
+                    } else if stream.is_some() {
                         self.link.on_timeout(now);
                     } else if dialing.is_none() {
                         retry_at = None;
@@ -491,11 +533,25 @@ impl Driver {
             }
             Packet::Publish(p) => self.forward(p),
             Packet::PubRel(r) => {
-                // The core stored the forwarded QoS 2 message as released
-                // (our PUBREC answered the remote's): the remote's PUBREL
-                // may go.
-                self.link
-                    .released(u64::from(r.packet_id.get()), r.packet_id);
+                let pid = r.packet_id;
+                let f = self.forwarding.entry(pid.get()).or_insert_with(|| {
+                    // Released before a restart: the session resumes with
+                    // the PUBREL the remote is still owed.
+                    stats::add(&self.stats.inflight, 1);
+                    Forwarding {
+                        qos: QoS::ExactlyOnce,
+                        released: true,
+                    }
+                });
+                if f.released {
+                    // The core stored it as released (our PUBREC answered
+                    // the remote's): the remote's PUBREL may go.
+                    self.link.released(u64::from(pid.get()), pid);
+                } else {
+                    // The remote took it at a lower QoS and has it: the
+                    // local flow just completes.
+                    self.complete_forwarded(pid);
+                }
             }
             Packet::PubAck(r) => self.core_acked(r, QoS::AtLeastOnce),
             Packet::PubRec(r) => self.core_acked(r, QoS::ExactlyOnce),
@@ -556,17 +612,22 @@ impl Driver {
         };
         let Some(packet_id) = p.qos_pid.packet_id() else {
             // QoS 0: now or never.
-            if self.link.is_connected() {
+            let sent = self.link.is_connected() && {
                 self.note_forwarded(&msg);
-                let _ = self
-                    .link
-                    .send_as(0, PacketId::MIN, msg, QoS::AtMostOnce, false);
-            } else {
+                self.link
+                    .send_as(0, PacketId::MIN, msg, QoS::AtMostOnce, false)
+                    .is_ok()
+            };
+            if !sent {
                 stats::add(&self.stats.dropped, 1);
             }
             return;
         };
-        if self.forwarding.insert(packet_id.get(), qos).is_none() {
+        let f = Forwarding {
+            qos,
+            released: false,
+        };
+        if self.forwarding.insert(packet_id.get(), f).is_none() {
             stats::add(&self.stats.inflight, 1);
         }
         self.waiting.push_back(Waiting {
@@ -580,6 +641,45 @@ impl Driver {
     fn note_forwarded(&mut self, msg: &Outgoing) {
         if let Some(e) = self.echoes.as_mut() {
             e.forwarded(&msg.topic, &msg.payload, self.clock.mono_ms());
+        }
+    }
+
+    /// The remote has forwarded message `pid`: the local flow completes
+    /// (PUBACK, or PUBCOMP after the PUBREL), and the core drops it.
+    fn complete_forwarded(&mut self, pid: PacketId) {
+        let Some(f) = self.forwarding.remove(&pid.get()) else {
+            return;
+        };
+        stats::sub(&self.stats.inflight, 1);
+        stats::add(&self.stats.forwarded, 1);
+        let packet = match f.qos {
+            QoS::ExactlyOnce => Packet::PubComp(PubResp::new(pid)),
+            _ => Packet::PubAck(PubResp::new(pid)),
+        };
+        self.to_local.push_back(ToLocal::Packet(packet));
+    }
+
+    /// The remote refused forwarded message `pid` (or it cannot be sent
+    /// there): counted, and the local flow ends with `reason`.
+    fn reject_forwarded(&mut self, pid: PacketId, reason: ReasonCode) {
+        let Some(f) = self.forwarding.remove(&pid.get()) else {
+            return;
+        };
+        stats::sub(&self.stats.inflight, 1);
+        stats::add(&self.stats.dropped, 1);
+        let now = self.now();
+        if now.saturating_sub(self.last_refusal_log) >= 1000 {
+            self.last_refusal_log = now;
+            tracing::warn!(bridge = %self.bridge.name, ?reason,
+                dropped = self.stats.dropped.load(Relaxed),
+                "bridge: a forwarded message was refused by the remote or is too large for it (more within a second not logged)");
+        }
+        if f.released {
+            // Refused after its PUBREC: the local flow is past refusing.
+            let packet = Packet::PubComp(PubResp::new(pid));
+            self.to_local.push_back(ToLocal::Packet(packet));
+        } else {
+            self.refuse_local(pid, f.qos, reason);
         }
     }
 
@@ -637,35 +737,35 @@ impl Driver {
                     self.publish_state(b"1");
                 }
                 LinkEvent::Assigned { .. } => {}
-                LinkEvent::Delivered { token } => {
-                    if let Some(pid) = local_pid(token) {
-                        if let Some(qos) = self.forwarding.remove(&pid.get()) {
-                            stats::sub(&self.stats.inflight, 1);
-                            stats::add(&self.stats.forwarded, 1);
-                            let packet = match qos {
-                                QoS::ExactlyOnce => Packet::PubComp(PubResp::new(pid)),
-                                _ => Packet::PubAck(PubResp::new(pid)),
-                            };
-                            self.to_local.push_back(ToLocal::Packet(packet));
+                LinkEvent::Delivered { token } => match local_pid(token) {
+                    Some(pid) => {
+                        let Some(f) = self.forwarding.get_mut(&pid.get()) else {
+                            continue;
+                        };
+                        if f.qos == QoS::ExactlyOnce && !f.released {
+                            // Taken at QoS 0 or 1 (the remote's Maximum
+                            // QoS): the local QoS 2 flow goes on, PUBREC
+                            // first; its PUBREL completes it.
+                            self.to_local
+                                .push_back(ToLocal::Packet(Packet::PubRec(PubResp::new(pid))));
+                        } else {
+                            self.complete_forwarded(pid);
                         }
-                    } else if token == 0 {
-                        stats::add(&self.stats.forwarded, 1);
                     }
-                }
+                    None if token == 0 => stats::add(&self.stats.forwarded, 1),
+                    None => {}
+                },
                 LinkEvent::Rejected { token, reason } => {
                     if let Some(pid) = local_pid(token) {
-                        if let Some(qos) = self.forwarding.remove(&pid.get()) {
-                            stats::sub(&self.stats.inflight, 1);
-                            stats::add(&self.stats.dropped, 1);
-                            tracing::warn!(bridge = %self.bridge.name, ?reason,
-                                "bridge: the remote refused a forwarded message");
-                            self.refuse_local(pid, qos, reason);
-                        }
+                        self.reject_forwarded(pid, reason);
                     }
                 }
                 LinkEvent::Released { packet_id, .. } => {
                     // The remote has it: the core stores it as released and
                     // answers PUBREL, which lets the remote's PUBREL go.
+                    if let Some(f) = self.forwarding.get_mut(&packet_id.get()) {
+                        f.released = true;
+                    }
                     self.to_local
                         .push_back(ToLocal::Packet(Packet::PubRec(PubResp::new(packet_id))));
                 }
@@ -750,6 +850,10 @@ impl Driver {
                 Ok(()) => {
                     let w = self.waiting.pop_front().expect("front exists");
                     self.note_forwarded(&w.msg);
+                }
+                Err(SendError::TooLarge) => {
+                    let w = self.waiting.pop_front().expect("front exists");
+                    self.reject_forwarded(w.packet_id, ReasonCode::PacketTooLarge);
                 }
                 Err(SendError::Full | SendError::NotConnected | SendError::IdInUse) => break,
             }

@@ -24,6 +24,7 @@ pub(super) struct Start<'a> {
     pub(super) stop: &'a watch::Receiver<bool>,
     pub(super) stats: &'a Arc<Stats>,
     pub(super) max_packet_size: u32,
+    pub(super) receive_maximum: u16,
 }
 
 /// Registers every bridge with the core and spawns its task.
@@ -62,6 +63,7 @@ pub(super) fn start(
             stop: s.stop.clone(),
             stats,
             max_packet_size: s.max_packet_size,
+            receive_maximum: s.receive_maximum,
         };
         tasks.push(tokio::spawn(driver::run(bridge, dialer, wiring)));
     }

@@ -411,6 +411,7 @@ impl Server {
                 stop: &stop_rx,
                 stats: &stats,
                 max_packet_size: opts.limits.maximum_packet_size,
+                receive_maximum: opts.limits.receive_maximum,
             },
         );
         drop(events_tx);

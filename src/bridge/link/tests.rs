@@ -24,6 +24,17 @@ fn settings(protocol: ProtocolVersion) -> Settings {
         password: Some(Bytes::from_static(b"secret")),
         max_inflight: 100,
         subscriptions: vec![("commands/#".into(), QoS::AtLeastOnce)],
+        receive_maximum: 1024,
+        maximum_packet_size: 1 << 20,
+    }
+}
+
+/// [`settings`] without subscriptions: for tests of other flows, where a
+/// SUBSCRIBE at every connection would only get in the way.
+fn plain(protocol: ProtocolVersion) -> Settings {
+    Settings {
+        subscriptions: Vec::new(),
+        ..settings(protocol)
     }
 }
 
@@ -81,12 +92,13 @@ fn connack_with(properties: ConnAckProperties) -> Packet {
     Packet::ConnAck(a)
 }
 
-/// A link connected at time 0 (session present: no SUBSCRIBE), drained.
+/// A link connected at time 0 (session present), its SUBSCRIBE answered,
+/// drained.
 fn up(settings: Settings) -> Link {
     let mut link = Link::new(settings);
     link.connect(0);
     feed(&mut link, connack(true), 0);
-    assert_eq!(sent(&mut link, 0), vec![]);
+    suback_all(&mut link);
     assert_eq!(
         events(&mut link),
         vec![Event::Connected {
@@ -94,6 +106,20 @@ fn up(settings: Settings) -> Link {
         }]
     );
     link
+}
+
+/// Takes what the link sent, which must be just its SUBSCRIBE (if it has
+/// subscriptions), and grants every filter.
+fn suback_all(link: &mut Link) {
+    let out = sent(link, 0);
+    match out.as_slice() {
+        [] => {}
+        [Packet::Subscribe(sub)] => {
+            let granted = vec![ReasonCode::GrantedQos1; sub.filters.len()];
+            feed(link, Packet::SubAck(SubAck::new(sub.packet_id, granted)), 0);
+        }
+        other => panic!("expected only a SUBSCRIBE, got {other:?}"),
+    }
 }
 
 fn publish_of(p: &Packet) -> (QosPid, bool, &str) {
@@ -337,7 +363,7 @@ fn qos0_goes_at_once() {
 
 #[test]
 fn max_inflight_and_receive_maximum() {
-    let mut s = settings(V5);
+    let mut s = plain(V5);
     s.max_inflight = 3;
     let mut link = Link::new(s.clone());
     link.connect(0);
@@ -403,7 +429,9 @@ fn resume_with_session_present_resends_with_dup_in_order() {
     link.connect(5_000);
     feed(&mut link, connack(true), 5_000);
     let out = sent(&mut link, 5_000);
-    assert_eq!(out.len(), 3, "{out:?}");
+    // Then the SUBSCRIBE, as at every connection.
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert!(matches!(out[3], Packet::Subscribe(_)), "{out:?}");
     assert_eq!(
         publish_of(&out[0]),
         (QosPid::AtLeastOnce(pid(1)), true, "q1")
@@ -456,7 +484,7 @@ fn resume_without_session_sends_as_new_and_subscribes_again() {
 fn resume_after_a_restart() {
     // The caller's stored state comes back as a release owed (before the
     // connection) and resends under the stored ids with DUP (after it).
-    let mut s = settings(V5);
+    let mut s = plain(V5);
     s.max_inflight = 2;
     let mut link = Link::new(s);
     link.released(10, pid(40));
@@ -505,7 +533,7 @@ fn resume_after_a_restart() {
 
 #[test]
 fn inbound_qos2_is_delivered_once() {
-    let mut link = up(settings(V5));
+    let mut link = up(plain(V5));
     let p = Publish::new("commands/x", Bytes::from_static(b"on"))
         .with_qos_pid(QosPid::ExactlyOnce(pid(7)));
     feed(&mut link, Packet::Publish(p.clone()), 0);
@@ -569,7 +597,7 @@ fn inbound_qos1_is_acknowledged_after_the_commit() {
 
 #[test]
 fn keep_alive_pings_and_declares_death() {
-    let mut link = Link::new(settings(V5));
+    let mut link = Link::new(plain(V5));
     link.connect(0);
     assert_eq!(
         link.next_timeout(),
@@ -607,7 +635,7 @@ fn keep_alive_pings_and_declares_death() {
     assert_eq!(link.next_timeout(), None);
 
     // A silent remote while we keep sending still gets pinged.
-    let mut link = up(settings(V5));
+    let mut link = up(plain(V5));
     for t in (1_000..10_000).step_by(1_000) {
         link.send(t, msg("a"), QoS::AtMostOnce).unwrap();
         sent(&mut link, t);
@@ -616,7 +644,7 @@ fn keep_alive_pings_and_declares_death() {
     assert_eq!(sent(&mut link, 10_000), vec![Packet::PingReq]);
 
     // The server's Keep Alive wins; 0 turns it off.
-    let mut link = Link::new(settings(V5));
+    let mut link = Link::new(plain(V5));
     link.connect(0);
     let p = ConnAckProperties {
         server_keep_alive: Some(0),
@@ -827,7 +855,7 @@ fn our_disconnect() {
 
 #[test]
 fn the_remotes_maximum_qos_and_retain_support() {
-    let mut link = Link::new(settings(V5));
+    let mut link = Link::new(plain(V5));
     link.connect(0);
     let p = ConnAckProperties {
         maximum_qos: Some(QoS::AtLeastOnce),
@@ -843,6 +871,68 @@ fn the_remotes_maximum_qos_and_retain_support() {
         panic!("{out:?}")
     };
     assert_eq!((p.qos_pid, p.retain), (QosPid::AtLeastOnce(pid(1)), false));
+}
+
+#[test]
+fn a_message_over_the_remotes_maximum_packet_size_is_refused_not_sent() {
+    let mut link = Link::new(plain(V5));
+    link.connect(0);
+    let p = ConnAckProperties {
+        maximum_packet_size: std::num::NonZeroU32::new(64),
+        ..Default::default()
+    };
+    feed(&mut link, connack_with(p), 0);
+    let mut big = msg("t");
+    big.payload = Bytes::from(vec![b'x'; 64]);
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        assert_eq!(link.send(1, big.clone(), qos), Err(SendError::TooLarge));
+        assert_eq!(
+            link.send_as(2, pid(5), big.clone(), qos, false),
+            Err(SendError::TooLarge)
+        );
+    }
+    // A message that fits still goes, and nothing else went.
+    link.send(3, msg("t"), QoS::AtLeastOnce).unwrap();
+    let out = sent(&mut link, 0);
+    assert_eq!(out.len(), 1, "{out:?}");
+    // The limit is the connection's: the next one may allow more.
+    link.connect(10);
+    feed(&mut link, connack(true), 10);
+    let _ = sent(&mut link, 10);
+    link.send_as(4, pid(9), big, QoS::AtLeastOnce, false)
+        .unwrap();
+}
+
+#[test]
+fn connect_tells_a_5_remote_what_we_take_and_subscribes_every_time() {
+    let mut s = settings(V5);
+    s.receive_maximum = 20;
+    s.maximum_packet_size = 4096;
+    let mut link = Link::new(s);
+    let c = link.connect(0);
+    assert_eq!(c.properties.receive_maximum, NonZeroU16::new(20));
+    assert_eq!(
+        c.properties.maximum_packet_size,
+        std::num::NonZeroU32::new(4096)
+    );
+    for at in [0, 100] {
+        link.connect(at);
+        feed(&mut link, connack(true), at);
+        let out = sent(&mut link, at);
+        assert!(
+            matches!(&out[..], [Packet::Subscribe(_)]),
+            "a SUBSCRIBE even with the session present: {out:?}"
+        );
+    }
+    // 3.1.1 has neither property.
+    let c = Link::new(settings(V311)).connect(0);
+    assert_eq!(
+        (
+            c.properties.receive_maximum,
+            c.properties.maximum_packet_size
+        ),
+        (None, None)
+    );
 }
 
 mod send_as;

@@ -40,9 +40,9 @@ fn caller_ids_go_out_under_those_ids_with_the_dup_flag() {
 
 #[test]
 fn an_id_in_flight_is_refused_unless_resent_as_dup() {
-    let mut link = up(settings(V311));
+    let mut link = up(plain(V311));
     assert_eq!(
-        Link::new(settings(V311)).send_as(1, pid(1), msg("a"), QoS::AtLeastOnce, false),
+        Link::new(plain(V311)).send_as(1, pid(1), msg("a"), QoS::AtLeastOnce, false),
         Err(SendError::NotConnected)
     );
     link.send_as(1, pid(1), msg("a"), QoS::AtLeastOnce, false)
@@ -202,7 +202,7 @@ fn qos2_flow_under_a_caller_id() {
 
 #[test]
 fn a_send_as_window_beyond_receive_maximum_waits_in_order() {
-    let mut s = settings(V5);
+    let mut s = plain(V5);
     s.max_inflight = 3;
     let mut link = Link::new(s);
     link.connect(0);
@@ -232,7 +232,7 @@ fn a_send_as_window_beyond_receive_maximum_waits_in_order() {
 #[test]
 fn restart_resends_under_the_old_ids_with_dup() {
     // Before the restart: two messages out under the local session's ids.
-    let mut link = up(settings(V311));
+    let mut link = up(plain(V311));
     link.send_as(17, pid(17), msg("q1"), QoS::AtLeastOnce, false)
         .unwrap();
     link.send_as(18, pid(18), msg("q2"), QoS::ExactlyOnce, false)
@@ -242,7 +242,7 @@ fn restart_resends_under_the_old_ids_with_dup() {
 
     // A fresh link; the remote kept the session; the local session resends
     // its in-flight messages with DUP under the same ids.
-    let mut link = Link::new(settings(V311));
+    let mut link = Link::new(plain(V311));
     link.connect(1_000);
     feed(&mut link, connack(true), 1_000);
     assert_eq!(sent(&mut link, 1_000), vec![], "no SUBSCRIBE: session kept");
