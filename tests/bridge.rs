@@ -364,3 +364,121 @@ async fn the_event_hook_hears_the_bridge_connect_and_disconnect() {
     assert_eq!(*seen.0.lock().unwrap(), ["up cloud", "down cloud"]);
     edge.stop().await;
 }
+
+/// The edge publishes each bridge's figures under
+/// `$SYS/broker/bridge/<name>/`: what was forwarded while the remote was
+/// up, then the link down, retried, and why.
+#[tokio::test]
+async fn sys_topics_show_the_bridge_up_and_down() {
+    use std::collections::HashMap;
+    let remote = TestBroker::start().await;
+    let server = Server::new(Options {
+        sys_interval: Some(Duration::from_secs(1)),
+        ..Options::default()
+    })
+    .bridge(cloud(&remote, Protocol::V5))
+    .unwrap();
+    let edge = TestBroker::with_server(server).await;
+    connected(&edge).await;
+    let mut up = Raw::connected(remote.addr, v5("cloud-app")).await;
+    up.subscribe(1, "site-1/devices/#", QoS::AtLeastOnce).await;
+    let mut device = Raw::connected(edge.addr, v5("device")).await;
+    for i in 1..=2u16 {
+        let r = device
+            .publish(publish("devices/t1", "x", QoS::AtLeastOnce, i))
+            .await;
+        assert!(r.is_success(), "{r:?}");
+        let m = up.recv_publish().await;
+        up.ack(&m).await;
+    }
+
+    let mut sys = Raw::connected(edge.addr, v5("sys-watcher")).await;
+    sys.subscribe(1, "$SYS/broker/bridge/#", QoS::AtMostOnce)
+        .await;
+    let mut figures = HashMap::<String, String>::new();
+    // The latest figures once `done` holds for them (published every
+    // second); panics with them after a while.
+    async fn until(
+        sys: &mut Raw,
+        figures: &mut HashMap<String, String>,
+        done: impl Fn(&HashMap<String, String>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + 3 * WAIT;
+        while !done(figures) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not seen: {figures:?}"
+            );
+            if let Some(roost::codec::Packet::Publish(p)) = sys.recv_within(WAIT).await {
+                let figure = p
+                    .topic
+                    .strip_prefix("$SYS/broker/bridge/cloud/")
+                    .unwrap_or_else(|| panic!("{}", p.topic));
+                figures.insert(figure.to_owned(), payload(&p).to_owned());
+            }
+        }
+    }
+    let is =
+        |f: &HashMap<String, String>, k: &str, v: &str| f.get(k).map(String::as_str) == Some(v);
+    until(&mut sys, &mut figures, |f| {
+        is(f, "connected", "1") && is(f, "forwarded", "2") && is(f, "inflight", "0")
+    })
+    .await;
+    for (figure, value) in [
+        ("received", "0"),
+        ("refused", "0"),
+        ("dropped", "0"),
+        ("reconnects", "0"),
+    ] {
+        assert_eq!(figures[figure], value, "{figure}: {figures:?}");
+    }
+    assert!(figures["queued"].parse::<u64>().is_ok(), "{figures:?}");
+    // No error yet: an empty value, live only (never retained).
+    until(&mut sys, &mut figures, |f| is(f, "last_error", "")).await;
+
+    up.disconnect().await;
+    remote.stop().await;
+    until(&mut sys, &mut figures, |f| {
+        is(f, "connected", "0")
+            && f.get("reconnects")
+                .and_then(|r| r.parse::<u64>().ok())
+                .is_some_and(|r| r >= 1)
+            && f.get("last_error").is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    assert_eq!(figures["forwarded"], "2", "{figures:?}");
+    // Retained for whoever looks later, all nine.
+    let mut late = Raw::connected(edge.addr, v5("sys-late")).await;
+    late.subscribe(1, "$SYS/broker/bridge/cloud/+", QoS::AtMostOnce)
+        .await;
+    // (A live update may come meanwhile: only the retained ones count.)
+    let mut retained = std::collections::BTreeSet::new();
+    while retained.len() < 9 {
+        match late.recv_within(WAIT).await {
+            Some(roost::codec::Packet::Publish(p)) if p.retain => {
+                retained.insert(p.topic.to_string());
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let all = [
+        "connected",
+        "dropped",
+        "forwarded",
+        "inflight",
+        "last_error",
+        "queued",
+        "received",
+        "reconnects",
+        "refused",
+    ];
+    assert_eq!(
+        retained,
+        all.iter()
+            .map(|f| format!("$SYS/broker/bridge/cloud/{f}"))
+            .collect(),
+    );
+    device.disconnect().await;
+    edge.stop().await;
+}

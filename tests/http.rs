@@ -41,6 +41,59 @@ fn request(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: roost-tests\r\n\r\n")
 }
 
+/// The samples of a Prometheus text body by series (`name` or
+/// `name{labels}`), checking its shape: each metric's HELP, then its TYPE
+/// (once), then its samples; counters end in `_total`; values numeric.
+fn samples(body: &str) -> HashMap<String, f64> {
+    let mut helped = None::<String>;
+    let mut typed = None::<String>;
+    let mut seen = std::collections::HashSet::new();
+    let mut samples = HashMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped = Some(rest.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(
+                helped.as_deref(),
+                Some(name),
+                "HELP precedes TYPE for {name}"
+            );
+            assert!(matches!(kind, "counter" | "gauge"), "{line}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name} ends in _total");
+            }
+            assert!(seen.insert(name.to_owned()), "one TYPE for {name}");
+            typed = Some(name.to_owned());
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment {line}");
+        // `name value` or `name{labels} value`, the value numeric.
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        let name = series.split('{').next().unwrap();
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "{line}");
+        }
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.starts_with("roost_"),
+            "{line}"
+        );
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("numeric value: {line}"));
+        let typed_name = typed.as_deref().expect("TYPE before the sample");
+        assert_eq!(typed_name, name, "the sample follows its own TYPE line");
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "one {series}"
+        );
+    }
+    samples
+}
+
 #[tokio::test]
 async fn healthz_says_ok() {
     let b = MultiBroker::start().await;
@@ -88,6 +141,7 @@ async fn stats_is_json_with_every_counter() {
     assert_eq!(v["clients_connected"], 1, "{body}");
     assert_eq!(v["subscriptions"], 1, "{body}");
     assert_eq!(v["retained"], 1, "{body}");
+    assert_eq!(v["bridges"], serde_json::json!([]), "always there");
     assert!(v["messages_received"].as_u64().unwrap() >= 1);
     assert!(v["bytes_received"].as_u64().unwrap() > 0);
     #[cfg(target_os = "linux")]
@@ -107,51 +161,12 @@ async fn metrics_are_prometheus_text() {
     assert_eq!(code, 200);
     assert!(headers["content-type"].starts_with("text/plain; version=0.0.4"));
 
-    let mut helped = None::<String>;
-    let mut typed = None::<(String, String)>;
-    let mut samples = HashMap::new();
-    for line in body.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            helped = Some(rest.split(' ').next().unwrap().to_owned());
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap();
-            assert_eq!(
-                helped.as_deref(),
-                Some(name),
-                "HELP precedes TYPE for {name}"
-            );
-            assert!(matches!(kind, "counter" | "gauge"), "{line}");
-            if kind == "counter" {
-                assert!(name.ends_with("_total"), "counter {name} ends in _total");
-            }
-            typed = Some((name.to_owned(), kind.to_owned()));
-            continue;
-        }
-        assert!(!line.starts_with('#'), "unknown comment {line}");
-        // `name value` or `name{labels} value`, the value numeric.
-        let (series, value) = line.rsplit_once(' ').expect("name and value");
-        let name = series.split('{').next().unwrap();
-        if series.contains('{') {
-            assert!(series.ends_with('}'), "{line}");
-        }
-        assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && name.starts_with("roost_"),
-            "{line}"
-        );
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("numeric value: {line}"));
-        let (typed_name, _) = typed.as_ref().expect("TYPE before the sample");
-        assert_eq!(typed_name, name, "the sample follows its own TYPE line");
-        samples.insert(name.to_owned(), value);
-    }
+    let samples = samples(&body);
     assert_eq!(samples["roost_clients_connected"], 1.0);
     assert!(samples["roost_bytes_received_total"] > 0.0);
     assert!(samples.contains_key("roost_messages_dropped_total"));
     assert!(samples.contains_key("roost_uptime_seconds"));
+    assert!(!body.contains("roost_bridge_"), "no bridges, no series");
     c.disconnect().await;
     b.stop().await;
 }
@@ -314,4 +329,124 @@ async fn healthz_reports_a_failing_store_until_a_write_succeeds() {
 
     let _ = stop.send(());
     join.await.unwrap().unwrap();
+}
+
+/// `/stats` of an edge broker whose only bridge satisfies `done`, polled
+/// for up to twice `WAIT` (the queue length is sampled about once a
+/// second, reconnects back off); panics with the last one.
+async fn bridge_settled(
+    http: SocketAddr,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + 2 * WAIT;
+    loop {
+        let (_, _, body) = get(http, &request("/stats")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let bridges = v["bridges"].as_array().expect("a bridges array");
+        assert_eq!(bridges.len(), 1, "{body}");
+        if done(&bridges[0]) {
+            return bridges[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// An edge broker bridged to a second one shows the bridge in `/stats`
+/// and `/metrics` with what really happened: the messages forwarded while
+/// the remote was up, then the link down, retried, and why.
+#[tokio::test]
+async fn a_bridge_shows_in_stats_and_metrics_up_and_down() {
+    use roost::bridge::{Bridge, Remote, Rule};
+    use roost::codec::QoS;
+    use std::time::Duration;
+    let remote = TestBroker::start().await;
+    let mut up = Raw::connected(remote.addr, v5("cloud-app")).await;
+    up.subscribe(1, "site-1/devices/#", QoS::AtLeastOnce).await;
+    let bridge = Bridge::new(
+        "cloud",
+        Remote::parse(&format!("mqtt://{}", remote.addr)).unwrap(),
+    )
+    .client_id(unique("gw"))
+    .reconnect(Duration::from_millis(50), Duration::from_millis(200))
+    .forward(Rule::new("devices/#", QoS::AtLeastOnce).remote_prefix("site-1/"));
+    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = http_l.local_addr().unwrap();
+    let edge = TestBroker::with_server(
+        roost::Server::new(roost::Options::default())
+            .bridge(bridge)
+            .unwrap()
+            .http(http_l)
+            .unwrap(),
+    )
+    .await;
+    bridge_settled(http, |b| b["connected"] == true).await;
+
+    let mut device = Raw::connected(edge.addr, v5("device")).await;
+    for i in 1..=3u16 {
+        let r = device
+            .publish(publish("devices/t1", &i.to_string(), QoS::AtLeastOnce, i))
+            .await;
+        assert!(r.is_success(), "{r:?}");
+        let m = up.recv_publish().await;
+        assert_eq!(
+            (m.topic.as_str(), payload(&m)),
+            ("site-1/devices/t1", i.to_string().as_str())
+        );
+        up.ack(&m).await;
+    }
+    let b = bridge_settled(http, |b| {
+        b["forwarded"] == 3 && b["inflight"] == 0 && b["queued"] == 0
+    })
+    .await;
+    assert_eq!(
+        b,
+        serde_json::json!({
+            "name": "cloud", "connected": true, "queued": 0, "inflight": 0,
+            "forwarded": 3, "received": 0, "refused": 0, "dropped": 0,
+            "reconnects": 0, "last_error": null,
+        })
+    );
+    let (_, _, body) = get(http, &request("/metrics")).await;
+    let m = samples(&body);
+    for (series, value) in [
+        ("roost_bridge_connected", 1.0),
+        ("roost_bridge_queued_messages", 0.0),
+        ("roost_bridge_inflight_messages", 0.0),
+        ("roost_bridge_forwarded_messages_total", 3.0),
+        ("roost_bridge_received_messages_total", 0.0),
+        ("roost_bridge_refused_messages_total", 0.0),
+        ("roost_bridge_dropped_messages_total", 0.0),
+        ("roost_bridge_reconnects_total", 0.0),
+    ] {
+        let series = format!("{series}{{bridge=\"cloud\"}}");
+        assert_eq!(m.get(&series), Some(&value), "{series} in {body}");
+    }
+
+    // The remote goes away: the link is down, retried, and says why.
+    up.disconnect().await;
+    remote.stop().await;
+    let b = bridge_settled(http, |b| {
+        b["connected"] == false
+            && b["reconnects"].as_u64() >= Some(1)
+            && b["last_error"].is_string()
+    })
+    .await;
+    assert!(!b["last_error"].as_str().unwrap().is_empty(), "{b}");
+    assert_eq!(b["forwarded"], 3, "{b}");
+    let (_, _, body) = get(http, &request("/metrics")).await;
+    let m = samples(&body);
+    assert_eq!(
+        m[r#"roost_bridge_connected{bridge="cloud"}"#], 0.0,
+        "{body}"
+    );
+    assert!(
+        m[r#"roost_bridge_reconnects_total{bridge="cloud"}"#] >= 1.0,
+        "{body}"
+    );
+    device.disconnect().await;
+    edge.stop().await;
 }

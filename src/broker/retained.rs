@@ -462,6 +462,13 @@ impl Broker {
         }
     }
 
+    /// Clears a `$SYS` value (one that is now empty).
+    pub(super) fn remove_sys_retained(&mut self, topic: &str) {
+        if self.retained.remove(topic).is_some() {
+            self.retained.sys -= 1;
+        }
+    }
+
     /// Drops the expired retained messages (once a minute; only if some
     /// retained message has an expiry at all).
     pub(super) fn sweep_retained(&mut self, now_ms: u64) {

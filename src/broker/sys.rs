@@ -1,5 +1,6 @@
-//! The `$SYS/broker/...` topics: the broker's counters published as
-//! retained messages on an interval, as Mosquitto does.
+//! The `$SYS/broker/...` topics: the broker's counters, and each bridge's
+//! under `bridge/<name>/`, published as retained messages on an interval,
+//! as Mosquitto does.
 
 use super::{Broker, Message, MessageProperties, Tracked};
 use crate::codec::{ByteStr, QoS};
@@ -68,18 +69,48 @@ impl Broker {
             ("refused/storage", s.storage_refused.to_string()),
         ];
         for (name, value) in topics {
-            let msg = Arc::new(Tracked::new(Message {
-                topic: ByteStr::from(format!("$SYS/broker/{name}")),
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: MessageProperties::default(),
-                expires_at_ms: None,
-                publisher: None,
-            }));
-            // $SYS values are live figures: kept in memory, never stored.
-            self.put_sys_retained(msg.clone());
-            self.route(&msg, now_ms);
+            self.publish_sys_value(name, value, now_ms);
         }
+        // Each bridge's figures under `bridge/<name>/` (names are plain
+        // topic levels: `Bridge::valid_name`).
+        for b in &s.bridges {
+            let figures: [(&str, String); 9] = [
+                ("connected", u64::from(b.connected).to_string()),
+                ("queued", b.queued.to_string()),
+                ("inflight", b.inflight.to_string()),
+                ("forwarded", b.forwarded.to_string()),
+                ("received", b.received.to_string()),
+                ("refused", b.refused.to_string()),
+                ("dropped", b.dropped.to_string()),
+                ("reconnects", b.reconnects.to_string()),
+                ("last_error", b.last_error.clone().unwrap_or_default()),
+            ];
+            for (figure, value) in figures {
+                let name = format!("bridge/{}/{figure}", b.name);
+                self.publish_sys_value(&name, value, now_ms);
+            }
+        }
+    }
+
+    /// Publishes `$SYS/broker/<name>` to its subscribers and retains it. An
+    /// empty value is delivered, and clears the retained one instead
+    /// ([MQTT-3.3.1-11]: a zero-byte retained message is not stored).
+    fn publish_sys_value(&mut self, name: &str, value: String, now_ms: u64) {
+        let msg = Arc::new(Tracked::new(Message {
+            topic: ByteStr::from(format!("$SYS/broker/{name}")),
+            payload: Bytes::from(value),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: MessageProperties::default(),
+            expires_at_ms: None,
+            publisher: None,
+        }));
+        // $SYS values are live figures: kept in memory, never stored.
+        if msg.payload.is_empty() {
+            self.remove_sys_retained(&msg.topic);
+        } else {
+            self.put_sys_retained(msg.clone());
+        }
+        self.route(&msg, now_ms);
     }
 }

@@ -55,12 +55,14 @@ pub(crate) enum DialError {
     },
     /// An `mqtts` or `wss` remote without TLS settings (`Bridge::validate`
     /// refuses this too).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     #[error("{remote} needs tls settings with a ca")]
     TlsMissing {
         /// The remote, written out.
         remote: String,
     },
     /// A CA, certificate or key file that cannot be read or used.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     #[error("TLS file {}: {reason}", file.display())]
     Certificate {
         /// The file.
@@ -69,12 +71,14 @@ pub(crate) enum DialError {
         reason: String,
     },
     /// A name that cannot be checked against a certificate.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     #[error("{name:?} is not a valid TLS server name")]
     ServerName {
         /// The remote's host, or `tls.server_name`.
         name: String,
     },
     /// A WebSocket address that does not make an HTTP request.
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
     #[error("{url}: not a usable WebSocket address: {reason}")]
     Url {
         /// The remote, written out.
@@ -103,6 +107,7 @@ pub(crate) enum DialError {
     },
     /// The TLS handshake failed: the remote's certificate is not trusted
     /// or not for this name, the remote refused ours, or it hung up.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     #[error("TLS handshake with {peer} failed: {source}")]
     Tls {
         /// The remote's `host:port`.
@@ -112,6 +117,7 @@ pub(crate) enum DialError {
     },
     /// The WebSocket upgrade failed: an HTTP error status (a wrong path
     /// gets 404), no `mqtt` subprotocol, or the connection closed.
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
     #[error("WebSocket handshake with {peer} failed: {reason}")]
     WebSocket {
         /// The remote's `host:port`.
@@ -191,6 +197,7 @@ pub(crate) struct Dialer {
     /// `host:port`, an IPv6 address in brackets: how the handshakes'
     /// errors name the remote. The host rather than the address it
     /// resolved to, so the message stays the same when DNS rotates.
+    #[cfg_attr(not(any(feature = "tls", feature = "ws")), allow(dead_code))]
     peer: String,
     layers: Layers,
 }

@@ -11,7 +11,7 @@
 //! rolled: the routes are fixed and small, and an HTTP framework would be
 //! the largest dependency in the crate.
 
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{BridgeSnapshot, Stats, StatsSnapshot};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -170,8 +170,24 @@ fn json(s: &StatsSnapshot) -> String {
         "retained_reads": s.retained_reads,
         "packets_ignored": s.packets_ignored,
         "memory": resident_memory(),
+        "bridges": s.bridges.iter().map(bridge_json).collect::<Vec<_>>(),
     })
     .to_string()
+}
+
+fn bridge_json(b: &BridgeSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "name": b.name,
+        "connected": b.connected,
+        "queued": b.queued,
+        "inflight": b.inflight,
+        "forwarded": b.forwarded,
+        "received": b.received,
+        "refused": b.refused,
+        "dropped": b.dropped,
+        "reconnects": b.reconnects,
+        "last_error": b.last_error,
+    })
 }
 
 fn prometheus(s: &StatsSnapshot) -> String {
@@ -372,6 +388,7 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "# HELP roost_{name} {help}\n# TYPE roost_{name} gauge\nroost_{name} {value}"
         );
     }
+    bridge_metrics(&mut out, &s.bridges);
     let _ = writeln!(
         out,
         "# HELP roost_build_info The broker's version.\n# TYPE roost_build_info gauge\n\
@@ -379,6 +396,100 @@ fn prometheus(s: &StatsSnapshot) -> String {
         env!("CARGO_PKG_VERSION")
     );
     out
+}
+
+/// The bridges' series, one per bridge under each metric's HELP and TYPE
+/// (none at all without bridges).
+fn bridge_metrics(out: &mut String, bridges: &[BridgeSnapshot]) {
+    use std::fmt::Write;
+    type Figure = fn(&BridgeSnapshot) -> u64;
+    let metrics: [(&str, &str, &str, Figure); 8] = [
+        (
+            "bridge_connected",
+            "gauge",
+            "1 while the remote broker has accepted the bridge's connection.",
+            |b| u64::from(b.connected),
+        ),
+        (
+            "bridge_queued_messages",
+            "gauge",
+            "Messages waiting to be forwarded (in memory and on disk).",
+            |b| b.queued,
+        ),
+        (
+            "bridge_inflight_messages",
+            "gauge",
+            "Forwarded messages the remote has not acknowledged yet.",
+            |b| b.inflight,
+        ),
+        (
+            "bridge_forwarded_messages_total",
+            "counter",
+            "Messages the remote has taken (acknowledged at QoS 1/2).",
+            |b| b.forwarded,
+        ),
+        (
+            "bridge_received_messages_total",
+            "counter",
+            "Messages received from the remote and published here.",
+            |b| b.received,
+        ),
+        (
+            "bridge_refused_messages_total",
+            "counter",
+            "Messages refused because the bridge's queue was full.",
+            |b| b.refused,
+        ),
+        (
+            "bridge_dropped_messages_total",
+            "counter",
+            "Messages the remote refused, and QoS 0 messages that met the link down.",
+            |b| b.dropped,
+        ),
+        (
+            "bridge_reconnects_total",
+            "counter",
+            "Connections to the remote that ended (each is retried).",
+            |b| b.reconnects,
+        ),
+    ];
+    if bridges.is_empty() {
+        return;
+    }
+    // Writing to a String cannot fail.
+    for (name, kind, help, figure) in metrics {
+        let _ = writeln!(
+            out,
+            "# HELP roost_{name} {help}\n# TYPE roost_{name} {kind}"
+        );
+        for b in bridges {
+            let _ = writeln!(
+                out,
+                "roost_{name}{{bridge=\"{}\"}} {}",
+                LabelValue(&b.name),
+                figure(b)
+            );
+        }
+    }
+}
+
+/// A label value as the Prometheus text format writes it: backslash,
+/// double quote and line feed escaped.
+struct LabelValue<'a>(&'a str);
+
+impl std::fmt::Display for LabelValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -405,5 +516,60 @@ mod tests {
         assert!(get("\r\n\r\n").starts_with("HTTP/1.1 404"));
         let head = get("HEAD /stats HTTP/1.1\r\n\r\n");
         assert!(head.ends_with("\r\n\r\n"), "{head}");
+    }
+
+    #[test]
+    fn bridges_are_json_objects_and_labelled_series() {
+        use crate::stats::BridgeStats;
+        use std::sync::Arc;
+        let stats = Stats::default();
+        let body = |s: &Stats| prometheus(&s.snapshot());
+        assert!(!body(&stats).contains("bridge"), "nothing without bridges");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&json(&stats.snapshot())).unwrap()["bridges"],
+            serde_json::json!([])
+        );
+
+        let cloud = Arc::new(BridgeStats::new("cloud"));
+        cloud.connected.store(1, Ordering::Relaxed);
+        cloud.forwarded.store(7, Ordering::Relaxed);
+        // Names are validated to be safe; the exposition escapes anyway.
+        let odd = Arc::new(BridgeStats::new("a\"b\\c\nd"));
+        odd.reconnects.store(2, Ordering::Relaxed);
+        odd.set_error(Some("connection refused".into()));
+        *stats.bridges.write().unwrap() = vec![cloud, odd];
+
+        let text = body(&stats);
+        assert_eq!(
+            text.matches("# TYPE roost_bridge_connected gauge\n")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# HELP roost_bridge_reconnects_total ")
+                .count(),
+            1
+        );
+        for line in [
+            "roost_bridge_connected{bridge=\"cloud\"} 1",
+            "roost_bridge_forwarded_messages_total{bridge=\"cloud\"} 7",
+            "roost_bridge_connected{bridge=\"a\\\"b\\\\c\\nd\"} 0",
+            "roost_bridge_reconnects_total{bridge=\"a\\\"b\\\\c\\nd\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+
+        let v: serde_json::Value = serde_json::from_str(&json(&stats.snapshot())).unwrap();
+        assert_eq!(
+            v["bridges"][0],
+            serde_json::json!({
+                "name": "cloud", "connected": true, "queued": 0, "inflight": 0,
+                "forwarded": 7, "received": 0, "refused": 0, "dropped": 0,
+                "reconnects": 0, "last_error": null,
+            })
+        );
+        assert_eq!(v["bridges"][1]["last_error"], "connection refused");
+        assert_eq!(v["bridges"][1]["name"], "a\"b\\c\nd");
     }
 }
