@@ -118,9 +118,9 @@ pub(crate) enum Event {
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum LinkError {
-    #[error("connection refused by the remote: {0:?}")]
+    #[error("connection refused by the remote: {0:?} (0x{code:02X})", code = *.0 as u8)]
     Refused(ReasonCode),
-    #[error("disconnected by the remote: {0:?}")]
+    #[error("disconnected by the remote: {0:?} (0x{code:02X})", code = *.0 as u8)]
     Disconnected(ReasonCode),
     #[error("protocol violation by the remote: {0}")]
     Protocol(&'static str),
