@@ -38,8 +38,25 @@ pub(crate) struct QueueLimit {
 
 impl Broker {
     /// Registers the bridges' local sessions: sessions restored under their
-    /// ids get their limits now, new ones when they connect.
-    pub(crate) fn set_bridges(&mut self, bridges: Vec<BridgeSession>) {
+    /// ids get their limits now, new ones when they connect. The session of
+    /// a bridge no longer configured ends, queue and all: nothing would
+    /// ever forward it, and it would keep taking copies of what its rules
+    /// matched. `now_ms` is the current time.
+    pub(crate) fn set_bridges(&mut self, bridges: Vec<BridgeSession>, now_ms: u64) {
+        let stale: Vec<(ByteStr, SessionId)> = self
+            .by_client_id
+            .iter()
+            .filter(|(id, _)| {
+                id.starts_with(CLIENT_ID_PREFIX) && !bridges.iter().any(|b| &b.client_id == *id)
+            })
+            .map(|(id, sid)| (id.clone(), *sid))
+            .collect();
+        for (id, sid) in stale {
+            let queued = self.sessions.get(&sid).map_or(0, |s| s.queued_total());
+            tracing::warn!(client_id = %crate::escape::Escaped(&id), queued,
+                "bridge no longer configured: its session ends, with the messages it had queued");
+            self.end_session(sid, now_ms);
+        }
         for b in &bridges {
             if let Some(s) = self
                 .by_client_id

@@ -34,6 +34,8 @@ pub(super) fn start(
     s: Start<'_>,
 ) -> Vec<JoinHandle<()>> {
     if bridges.is_empty() {
+        // Sessions of bridges configured before still end.
+        broker.set_bridges(Vec::new(), s.clock.now_ms());
         return Vec::new();
     }
     let mut sessions = Vec::with_capacity(bridges.len());
@@ -68,7 +70,7 @@ pub(super) fn start(
         tasks.push(tokio::spawn(driver::run(bridge, dialer, wiring)));
     }
     *s.stats.bridges.write().unwrap_or_else(|e| e.into_inner()) = all_stats;
-    broker.set_bridges(sessions);
+    broker.set_bridges(sessions, s.clock.now_ms());
     tasks
 }
 
