@@ -328,7 +328,7 @@ impl Driver {
                         tracing::warn!(bridge = %self.bridge.name, "bridge: a packet that does not encode, not sent");
                     }
                 }
-                if !wbuf.is_empty() && s.write_all(&wbuf).await.is_err() {
+                if !wbuf.is_empty() && write_out(s, &wbuf).await.is_err() {
                     self.lost(
                         &mut stream,
                         "writing to the remote failed".into(),
@@ -423,7 +423,7 @@ impl Driver {
                             let _ = crate::codec::encode(&Packet::Connect(Box::new(connect)), self.link.protocol(), &mut buf);
                             connect_sent = Some(self.now());
                             if let Some(s) = stream.as_mut() {
-                                if s.write_all(&buf).await.is_err() {
+                                if write_out(s, &buf).await.is_err() {
                                     self.lost(&mut stream, "writing CONNECT to the remote failed".into(), &mut retry_at);
                                 }
                             }
@@ -951,12 +951,20 @@ impl Driver {
             let _ = crate::codec::encode(&p, self.link.protocol(), &mut buf);
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = s.write_all(&buf).await;
+            let _ = write_out(s, &buf).await;
             let _ = s.shutdown().await;
         })
         .await;
         tracing::info!(bridge = %self.bridge.name, "bridge stopped");
     }
+}
+
+/// Writes `buf` to the remote and flushes it: TLS and WebSocket streams
+/// hold written bytes (tungstenite up to its write buffer's size) until
+/// flushed, so without it the CONNECT of a `ws`/`wss` bridge never left.
+async fn write_out(s: &mut RemoteStream, buf: &[u8]) -> std::io::Result<()> {
+    s.write_all(buf).await?;
+    s.flush().await
 }
 
 /// The local packet id a link token stands for (tokens of forwarded

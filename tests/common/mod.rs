@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 pub(crate) mod delivery;
+pub(crate) mod mosquitto;
 pub(crate) mod process;
 
 use bytes::{Bytes, BytesMut};
