@@ -288,8 +288,9 @@ pub struct Bridge {
     pub reconnect_min: Duration,
     /// The longest wait between attempts. Default: 60 s.
     pub reconnect_max: Duration,
-    /// Messages sent to the remote and not yet acknowledged. Default: 100.
-    pub max_inflight: u16,
+    /// Messages sent to the remote and not yet acknowledged; `None`: the
+    /// protocol's default (see [`Bridge::inflight_window`]).
+    pub max_inflight: Option<u16>,
     /// Messages queued for the remote, on disk, before new ones are
     /// refused. Default: [`Bridge::DEFAULT_MAX_QUEUED_MESSAGES`].
     pub max_queued_messages: u64,
@@ -318,8 +319,15 @@ impl Bridge {
     pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
     /// Default [`reconnect_max`](Bridge::reconnect_max).
     pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(60);
-    /// Default [`max_inflight`](Bridge::max_inflight).
+    /// Default [`max_inflight`](Bridge::max_inflight) with MQTT 5.0 (the
+    /// remote's Receive Maximum may lower it).
     pub const DEFAULT_MAX_INFLIGHT: u16 = 100;
+    /// Default [`max_inflight`](Bridge::max_inflight) with MQTT 3.1.1,
+    /// whose remote cannot say how many it takes: Mosquitto's
+    /// `max_inflight_messages` default. Mosquitto answers a QoS 2 message
+    /// past it with a PUBREC that a 3.1.1 client cannot tell from success,
+    /// and drops it.
+    pub const DEFAULT_MAX_INFLIGHT_V3: u16 = 20;
     /// Default [`max_queued_messages`](Bridge::max_queued_messages): a
     /// day-long outage at 100 messages a second (86,400 s x 100).
     pub const DEFAULT_MAX_QUEUED_MESSAGES: u64 = 8_640_000;
@@ -345,7 +353,7 @@ impl Bridge {
             session_expiry: Self::DEFAULT_SESSION_EXPIRY,
             reconnect_min: Self::DEFAULT_RECONNECT_MIN,
             reconnect_max: Self::DEFAULT_RECONNECT_MAX,
-            max_inflight: Self::DEFAULT_MAX_INFLIGHT,
+            max_inflight: None,
             max_queued_messages: Self::DEFAULT_MAX_QUEUED_MESSAGES,
             max_queued_bytes: Self::DEFAULT_MAX_QUEUED_BYTES,
             state_topic: None,
@@ -400,8 +408,27 @@ impl Bridge {
 
     /// Sets the most messages in flight to the remote.
     pub fn max_inflight(mut self, n: u16) -> Bridge {
-        self.max_inflight = n;
+        self.max_inflight = Some(n);
         self
+    }
+
+    /// The most messages in flight to the remote: `max_inflight`, else
+    /// [`Bridge::DEFAULT_MAX_INFLIGHT`] (5.0) or
+    /// [`Bridge::DEFAULT_MAX_INFLIGHT_V3`] (3.1.1).
+    ///
+    /// ```
+    /// use roost::bridge::{Bridge, Protocol, Remote};
+    /// let b = Bridge::new("cloud", Remote::parse("mqtt://127.0.0.1")?);
+    /// assert_eq!(b.inflight_window(), 100);
+    /// assert_eq!(b.clone().protocol(Protocol::V3_1_1).inflight_window(), 20);
+    /// assert_eq!(b.protocol(Protocol::V3_1_1).max_inflight(50).inflight_window(), 50);
+    /// # Ok::<(), roost::bridge::RemoteError>(())
+    /// ```
+    pub fn inflight_window(&self) -> u16 {
+        self.max_inflight.unwrap_or(match self.protocol {
+            Protocol::V3_1_1 => Self::DEFAULT_MAX_INFLIGHT_V3,
+            Protocol::V5 => Self::DEFAULT_MAX_INFLIGHT,
+        })
     }
 
     /// Sets the most messages queued for the remote.
@@ -483,7 +510,7 @@ impl Bridge {
         }
         for (key, zero) in [
             ("reconnect_min", self.reconnect_min.is_zero()),
-            ("max_inflight", self.max_inflight == 0),
+            ("max_inflight", self.max_inflight == Some(0)),
             ("max_queued_messages", self.max_queued_messages == 0),
             ("max_queued_bytes", self.max_queued_bytes == 0),
         ] {

@@ -206,6 +206,8 @@ pub(crate) struct Link {
     last_id: u16,
     /// The SUBSCRIBE in flight, whose id no PUBLISH may take.
     subscribe: Option<PacketId>,
+    /// A SUBSCRIBE went on some connection of this link.
+    subscribed: bool,
     // Limits from CONNACK (5.0).
     receive_maximum: u16,
     maximum_qos: QoS,
@@ -230,6 +232,7 @@ impl Link {
             inbound: HashMap::new(),
             last_id: 0,
             subscribe: None,
+            subscribed: false,
             receive_maximum: u16::MAX,
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
@@ -613,11 +616,16 @@ impl Link {
             }
         }
         self.pump();
-        // Subscribed on every connection, not only when the remote lost the
-        // session: a rule added since is then subscribed too, and a remote
-        // that kept the session takes it as a no-op (5.0 with Retain
-        // Handling 1 sends no retained messages again).
-        if !self.settings.subscriptions.is_empty() {
+        // Subscribed whenever the remote lost the session, and otherwise:
+        // 5.0 on every connection (a rule added since is subscribed too; a
+        // remote that kept the session takes the rest as a no-op, and
+        // Retain Handling 1 sends no retained message again); 3.1.1 on the
+        // link's first connection only, as its remote sends the retained
+        // messages again at every SUBSCRIBE (a retained command replayed
+        // at each flap of the link), and rules change only with a restart.
+        let resubscribe = self.settings.protocol.is_v5() || !self.subscribed;
+        if (!session_present || resubscribe) && !self.settings.subscriptions.is_empty() {
+            self.subscribed = true;
             self.send_subscribe();
         }
     }

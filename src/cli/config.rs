@@ -423,9 +423,10 @@ pub(crate) struct BridgeConfig {
     /// Longest reconnect delay. Default: 60 s.
     #[serde(default = "reconnect_max", with = "roost::duration")]
     pub reconnect_max: Duration,
-    /// Messages in flight to the remote. Default: 100.
-    #[serde(default = "max_inflight")]
-    pub max_inflight: u16,
+    /// Messages in flight to the remote. Default: 100 with 5.0, 20 with
+    /// 3.1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<u16>,
     /// Messages queued for the remote. Default: 8,640,000.
     #[serde(default = "max_queued_messages")]
     pub max_queued_messages: u64,
@@ -464,9 +465,6 @@ fn reconnect_min() -> Duration {
 }
 fn reconnect_max() -> Duration {
     Bridge::DEFAULT_RECONNECT_MAX
-}
-fn max_inflight() -> u16 {
-    Bridge::DEFAULT_MAX_INFLIGHT
 }
 fn max_queued_messages() -> u64 {
     Bridge::DEFAULT_MAX_QUEUED_MESSAGES
@@ -526,9 +524,11 @@ impl BridgeConfig {
             .keep_alive(self.keep_alive)
             .session_expiry(self.session_expiry)
             .reconnect(self.reconnect_min, self.reconnect_max)
-            .max_inflight(self.max_inflight)
             .max_queued_messages(self.max_queued_messages)
             .max_queued_bytes(self.max_queued_bytes);
+        if let Some(n) = self.max_inflight {
+            b = b.max_inflight(n);
+        }
         if let Some(id) = &self.client_id {
             b = b.client_id(id.clone());
         }

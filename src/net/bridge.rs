@@ -159,7 +159,7 @@ impl Driver {
                 .password
                 .as_ref()
                 .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
-            max_inflight: bridge.max_inflight,
+            max_inflight: bridge.inflight_window(),
             subscriptions: bridge
                 .subscribe
                 .iter()
@@ -226,7 +226,7 @@ impl Driver {
             password: None,
             properties: ConnectProperties {
                 session_expiry_interval: Some(u32::MAX),
-                receive_maximum: NonZeroU16::new(self.bridge.max_inflight.max(1)),
+                receive_maximum: NonZeroU16::new(self.bridge.inflight_window().max(1)),
                 ..Default::default()
             },
         }

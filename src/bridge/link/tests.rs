@@ -924,8 +924,11 @@ fn connect_tells_a_5_remote_what_we_take_and_subscribes_every_time() {
             "a SUBSCRIBE even with the session present: {out:?}"
         );
     }
-    // 3.1.1 has neither property.
-    let c = Link::new(settings(V311)).connect(0);
+    // 3.1.1 has neither property, and resubscribes with the session kept
+    // only on the link's first connection (its remote would send the
+    // retained messages again each time).
+    let mut link = Link::new(settings(V311));
+    let c = link.connect(0);
     assert_eq!(
         (
             c.properties.receive_maximum,
@@ -933,6 +936,14 @@ fn connect_tells_a_5_remote_what_we_take_and_subscribes_every_time() {
         ),
         (None, None)
     );
+    feed(&mut link, connack(true), 0);
+    assert!(matches!(&sent(&mut link, 0)[..], [Packet::Subscribe(_)]));
+    link.connect(100);
+    feed(&mut link, connack(true), 100);
+    assert_eq!(sent(&mut link, 100), vec![]);
+    link.connect(200);
+    feed(&mut link, connack(false), 200);
+    assert!(matches!(&sent(&mut link, 200)[..], [Packet::Subscribe(_)]));
 }
 
 mod send_as;
