@@ -1,13 +1,14 @@
-//! Bridges to upstream MQTT brokers: their configuration, as plain,
-//! validated data.
+//! Bridges to upstream MQTT brokers: their configuration and the sans-IO
+//! client side of their connections.
 //!
 //! A bridge is a persistent session that points outwards: `forward` rules
 //! carry local messages to the remote broker, `subscribe` rules carry the
-//! remote's messages into this one. The configuration is plain, validated
-//! data; `link` is the sans-IO client side of one bridge connection and
-//! `backoff` spaces its reconnect attempts. Nothing opens a connection
-//! yet: the driver (sockets, the broker's queue, storage) wires them in
-//! with issue 17's next step.
+//! remote's messages into this one. Here it is plain, validated data and
+//! sans-IO protocol logic: the configuration, `link` (the client side of
+//! one bridge connection), `backoff` (reconnect delays) and `echo` (loop
+//! prevention for 3.1.1). The driver that joins a link to the bridge's
+//! local session over a socket is in `net`; [`crate::Server::bridge`]
+//! adds one to a server.
 //!
 //! ```
 //! use roost::bridge::{Bridge, Remote, Rule};
