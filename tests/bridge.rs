@@ -482,3 +482,62 @@ async fn sys_topics_show_the_bridge_up_and_down() {
     device.disconnect().await;
     edge.stop().await;
 }
+
+/// A message from the remote that the edge cannot store (its store's writes
+/// fail) is not acknowledged to the remote: the bridge reconnects so the
+/// remote sends it again, and it arrives once the store is back.
+#[tokio::test]
+async fn an_inbound_message_the_edge_cannot_store_is_not_acknowledged_and_comes_again() {
+    use roost::storage::FaultyStore;
+    let remote = TestBroker::start().await;
+    let store = FaultyStore::new(Durable::default());
+    let faults = store.handle();
+    let server = Server::new(Options::default())
+        .store(store)
+        .bridge(cloud(&remote, Protocol::V5))
+        .unwrap();
+    let edge = TestBroker::with_server(server).await;
+    connected(&edge).await;
+    // A persistent subscriber here: its copy must be stored.
+    let mut device = Raw::connected(edge.addr, v5_session("device", false, 3600)).await;
+    device.subscribe(1, "commands/#", QoS::AtLeastOnce).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    faults.set_failing(true);
+    let mut cloud_app = Raw::connected(remote.addr, v5("cloud-app")).await;
+    let command = |text: &str, pid| {
+        roost::codec::Packet::Publish(publish(
+            "site-1/commands/reboot",
+            text,
+            QoS::AtLeastOnce,
+            pid,
+        ))
+    };
+    // The first one's write fails and is retried: its acknowledgement
+    // waits for it.
+    cloud_app.send(command("first", 1)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !edge.stats.snapshot().storage_failing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The next is refused here (0x97, queued behind the first's held
+    // acknowledgement): the bridge will hang up to have it sent again.
+    cloud_app.send(command("second", 2)).await;
+    tokio::time::sleep(QUIET).await;
+    // Neither is acknowledged to the remote while the store fails (the
+    // first may already be delivered to the connected device).
+    assert_eq!(edge.stats.snapshot().bridges[0].received, 0);
+
+    faults.set_failing(false);
+    let mut got = take(&mut device, 2).await;
+    got.sort();
+    assert_eq!(got, ["first", "second"]);
+    let s = settled(&edge, |s| s.received == 2 && s.connected).await;
+    assert!(s.reconnects >= 1, "the refusal made it reconnect: {s:?}");
+    edge.stop().await;
+    remote.stop().await;
+}

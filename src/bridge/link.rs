@@ -293,10 +293,11 @@ impl Link {
     }
 
     /// Queues a DISCONNECT (normal disconnection; the remote keeps the
-    /// session) and ends the connection.
+    /// session) and ends the connection. What was queued before it still
+    /// goes: acknowledgements dropped here would have the remote send their
+    /// messages again.
     pub(crate) fn disconnect(&mut self) {
         if self.state != State::Idle {
-            self.transmit.clear();
             self.transmit
                 .push_back(Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
             self.state = State::Idle;
@@ -509,6 +510,16 @@ impl Link {
                 }
             }
             Some(Inbound::Acknowledged) | None => {}
+        }
+    }
+
+    /// The caller could not take inbound `packet_id` (its store refused
+    /// it): no acknowledgement goes, and the link forgets the id, so that
+    /// the remote's resend (on the next connection: end this one) is
+    /// delivered again rather than taken for a duplicate.
+    pub(crate) fn forget_inbound(&mut self, packet_id: PacketId) {
+        if self.inbound.get(&packet_id) != Some(&Inbound::Acknowledged) {
+            self.inbound.remove(&packet_id);
         }
     }
 

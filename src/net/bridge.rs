@@ -142,6 +142,8 @@ struct Driver {
     next_own_token: u64,
     /// When a refused forwarded message was last logged (mono ms).
     last_refusal_log: u64,
+    /// Why we are ending the connection, once our DISCONNECT is written.
+    hanging_up: Option<String>,
     /// The local session ended: reconnect it.
     local_closed: bool,
 }
@@ -204,6 +206,7 @@ impl Driver {
             connected_at: None,
             next_own_token: OWN_TOKENS,
             last_refusal_log: 0,
+            hanging_up: None,
             local_closed: false,
         }
     }
@@ -303,13 +306,17 @@ impl Driver {
         loop {
             if self.local_closed {
                 // The core closed the session (it refused the CONNECT while
-                // its store failed, or it is stopping): try again shortly;
-                // the link's flows wait.
+                // its store failed, or it is stopping): try again shortly.
+                // The session resends what it had in flight, so what waited
+                // for the link goes (forwarded flows stay, to be matched with
+                // the resends); inbound messages it had not acknowledged are
+                // lost with it, so the link reconnects too and the remote
+                // sends them again.
                 self.local_closed = false;
                 self.waiting.clear();
-                self.forwarding.clear();
                 self.inbound.clear();
                 self.at_core.clear();
+                self.hang_up("the bridge's local session was closed".into());
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 if *self.stop.borrow() {
                     break;
@@ -335,6 +342,10 @@ impl Driver {
                         &mut retry_at,
                     );
                 }
+            }
+            if let Some(why) = self.hanging_up.take() {
+                // Our DISCONNECT went above: the connection ends here.
+                self.lost(&mut stream, why, &mut retry_at);
             }
             if self.deliver_local().await.is_err() {
                 break;
@@ -488,6 +499,15 @@ impl Driver {
             self.last_error = Some(error.clone());
         }
         self.stats.set_error(Some(error));
+    }
+
+    /// Ends the connection from our side (a DISCONNECT, then the socket
+    /// closes) for `why`, to reconnect after the backoff.
+    fn hang_up(&mut self, why: String) {
+        if self.link.is_connected() {
+            self.link.disconnect();
+            self.hanging_up = Some(why);
+        }
     }
 
     /// The connection ended (without the link saying why, or after it did).
@@ -706,9 +726,11 @@ impl Driver {
             // acknowledgement, so the remote still owes it. A new
             // connection makes the remote send it again.
             self.at_core.remove(&pid.get());
-            tracing::warn!(bridge = %self.bridge.name, reason = ?r.reason,
-                "bridge: an inbound message was refused here; reconnecting so that the remote resends it");
-            self.link.disconnect();
+            self.link.forget_inbound(pid);
+            self.hang_up(format!(
+                "an inbound message was refused here ({:?}); reconnecting so that the remote sends it again",
+                r.reason
+            ));
             return;
         }
         // QoS 1 is done; QoS 2 is done at PUBCOMP, unless refused now.
@@ -939,14 +961,10 @@ impl Driver {
                     .send_as(0, PacketId::MIN, msg, QoS::AtMostOnce, false);
             }
         }
-        // What is queued (the state) goes before the DISCONNECT, which
-        // would clear it.
+        // What is queued (the state included) goes before the DISCONNECT.
+        self.link.disconnect();
         let mut buf = BytesMut::new();
         let now = self.now();
-        while let Some(p) = self.link.poll_transmit(now) {
-            let _ = crate::codec::encode(&p, self.link.protocol(), &mut buf);
-        }
-        self.link.disconnect();
         while let Some(p) = self.link.poll_transmit(now) {
             let _ = crate::codec::encode(&p, self.link.protocol(), &mut buf);
         }

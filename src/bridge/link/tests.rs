@@ -846,10 +846,11 @@ fn our_disconnect() {
     let mut link = up(settings(V5));
     link.send(1, msg("a"), QoS::AtLeastOnce).unwrap();
     link.disconnect();
-    assert_eq!(
-        sent(&mut link, 0),
-        vec![Packet::Disconnect(Disconnect::default())]
-    );
+    // What was queued goes first: the DISCONNECT ends the connection.
+    let out = sent(&mut link, 0);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(matches!(out[0], Packet::Publish(_)), "{out:?}");
+    assert_eq!(out[1], Packet::Disconnect(Disconnect::default()));
     assert!(!link.is_connected());
 }
 
@@ -944,6 +945,27 @@ fn connect_tells_a_5_remote_what_we_take_and_subscribes_every_time() {
     link.connect(200);
     feed(&mut link, connack(false), 200);
     assert!(matches!(&sent(&mut link, 200)[..], [Packet::Subscribe(_)]));
+}
+
+#[test]
+fn an_inbound_message_the_caller_could_not_take_is_delivered_again_when_resent() {
+    let mut link = up(plain(V5));
+    for p in [
+        Publish::new("c", Bytes::new()).with_qos_pid(QosPid::AtLeastOnce(pid(4))),
+        Publish::new("c", Bytes::new()).with_qos_pid(QosPid::ExactlyOnce(pid(5))),
+    ] {
+        feed(&mut link, Packet::Publish(p.clone()), 0);
+        assert_eq!(
+            events(&mut link),
+            vec![Event::Received { publish: p.clone() }]
+        );
+        let id = p.qos_pid.packet_id().unwrap();
+        link.forget_inbound(id);
+        assert_eq!(sent(&mut link, 0), vec![], "no acknowledgement");
+        let resent = p.with_dup(true);
+        feed(&mut link, Packet::Publish(resent.clone()), 0);
+        assert_eq!(events(&mut link), vec![Event::Received { publish: resent }]);
+    }
 }
 
 mod send_as;
