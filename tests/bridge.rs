@@ -541,3 +541,58 @@ async fn an_inbound_message_the_edge_cannot_store_is_not_acknowledged_and_comes_
     edge.stop().await;
     remote.stop().await;
 }
+
+/// Retain flags cross as published, both ways: a retained message here is
+/// retained at the remote, and one from the remote is retained here.
+#[tokio::test]
+async fn retained_messages_stay_retained_across_the_bridge() {
+    let remote = TestBroker::start().await;
+    let edge = edge(cloud(&remote, Protocol::V5)).await;
+    connected(&edge).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut device = Raw::connected(edge.addr, v5("device")).await;
+    assert!(device
+        .publish(retained("devices/t1/config", "v1", QoS::AtLeastOnce, 1))
+        .await
+        .is_success());
+    let mut cloud_app = Raw::connected(remote.addr, v5("cloud-app")).await;
+    assert!(cloud_app
+        .publish(retained("site-1/commands/mode", "eco", QoS::AtLeastOnce, 1))
+        .await
+        .is_success());
+    // Late subscribers on either side get them as retained messages.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut late = Raw::connected(remote.addr, v5(&unique("late"))).await;
+        late.subscribe(1, "site-1/devices/#", QoS::AtLeastOnce)
+            .await;
+        if let Some(roost::codec::Packet::Publish(m)) = late.recv_within(QUIET).await {
+            assert_eq!(
+                (m.topic.as_str(), payload(&m), m.retain),
+                ("site-1/devices/t1/config", "v1", true)
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not retained at the remote"
+        );
+    }
+    loop {
+        let mut late = Raw::connected(edge.addr, v5(&unique("late"))).await;
+        late.subscribe(1, "commands/#", QoS::AtLeastOnce).await;
+        if let Some(roost::codec::Packet::Publish(m)) = late.recv_within(QUIET).await {
+            assert_eq!(
+                (m.topic.as_str(), payload(&m), m.retain),
+                ("commands/mode", "eco", true)
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not retained at the edge"
+        );
+    }
+    edge.stop().await;
+    remote.stop().await;
+}
