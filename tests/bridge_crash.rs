@@ -1,8 +1,8 @@
-//! The bridge's durability contract with the real binary on both sides,
-//! each on its own redb store: what the edge acknowledged reaches the
-//! remote across `kill -9` of the edge and of the remote, QoS 2 exactly
-//! once; what the remote holds for the edge reaches a local subscriber
-//! after the edge comes back.
+//! The bridge with the real binary on both sides, each on its own redb
+//! store: what the edge acknowledged reaches the remote across `kill -9` of
+//! the edge and of the remote, QoS 2 exactly once; what the remote holds
+//! for the edge reaches a local subscriber after the edge comes back; and a
+//! failing remote is logged once per change, not at every retry.
 
 mod common;
 use common::delivery::{receive_until_gone, Received};
@@ -276,4 +276,32 @@ async fn messages_published_at_the_remote_while_the_edge_is_down_arrive_after_it
     collect(e.addr, "device", &mut got, &all).await;
     assert_delivered(&got, &qos1, &qos2);
     drop((r, e));
+}
+
+/// A remote that is not there is logged once, with the reason, however
+/// many times the bridge retries; its coming back and going again are
+/// logged as they happen.
+#[tokio::test]
+async fn a_failing_remote_is_logged_once_per_change_not_at_every_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = vacant();
+    let file = edge_config(dir.path(), addr);
+    let mut cmd = roost(&["--config", file.to_str().unwrap()]);
+    cmd.current_dir(dir.path())
+        .stderr(std::process::Stdio::piped());
+    let mut e = Broker::spawn(cmd);
+    let mut logs = common::process::Logs::of(&mut e);
+    let refused = logs.wait_for("cannot connect to the remote");
+    assert!(refused.contains("refused"), "{refused}");
+    // Retries every 50-300 ms: two seconds are several of them.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Some(line) = logs.next(deadline.saturating_duration_since(Instant::now())) {
+        assert!(!line.contains("cannot connect"), "logged again: {line}");
+    }
+    let r = remote(dir.path(), addr);
+    logs.wait_for("bridge connected");
+    r.kill9().await;
+    logs.wait_for("bridge disconnected");
+    logs.wait_for("cannot connect to the remote");
+    drop(e);
 }
