@@ -1033,7 +1033,21 @@ fn bad_bridges_are_refused_naming_file_line_and_key() {
                 "cannot read nope.pem",
             ],
         ),
+        (
+            // Readable but not a certificate: found when it is parsed.
+            "ca = \"ca.pem\"",
+            "ca = \"cloud.pass\"",
+            &["bad.toml:25:", "key \"tls\"", "cloud.pass"],
+        ),
+        (
+            // A key that is not the certificate's.
+            "key = \"gw.key\"",
+            "key = \"other.key\"",
+            &["bad.toml:25:", "key \"tls\"", "other.key"],
+        ),
     ];
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    std::fs::copy(certs.join("server.key"), dir.path().join("other.key")).unwrap();
     for (from, to, needles) in cases {
         assert!(BRIDGE.contains(from), "{from}");
         let text = BRIDGE.replacen(from, to, 1);
