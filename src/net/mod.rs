@@ -16,7 +16,11 @@ pub(crate) mod http;
 pub(crate) mod listener;
 #[cfg(feature = "ws")]
 mod metered;
+#[cfg(feature = "tls")]
+mod pace;
 pub(crate) mod preauth;
+#[cfg(feature = "tls")]
+mod resumption;
 pub(crate) mod shared;
 pub(crate) mod sweep;
 #[cfg(feature = "tls")]

@@ -1,13 +1,18 @@
 //! TLS for the MQTT, WebSocket and HTTP listeners: tokio-rustls on the
-//! `ring` provider, TLS 1.2 and 1.3, optional client certificates, and
-//! certificates reloadable without a restart.
+//! `ring` provider, TLS 1.2 and 1.3, optional client certificates,
+//! certificates reloadable without a restart, session resumption (see
+//! [`resumption`](super::resumption)), and handshakes paced so that a
+//! reconnect storm cannot crowd out established connections (see
+//! [`pace`](super::pace)).
 
 use super::error::ListenerError;
+use super::resumption::{Resumption, Trust};
 use super::x509;
 use crate::ingress::admit::TransportUser;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -56,14 +61,38 @@ pub enum UsernameFrom {
     SubjectAltName,
 }
 
-/// A TLS listener's certificate, key and client authentication.
+/// Sessions a TLS listener keeps for resumption by default: enough for a
+/// fleet of TLS 1.2 devices that do not take tickets.
+pub(crate) const DEFAULT_SESSION_CACHE: usize = 20_000;
+
+/// A TLS listener's certificate, key, client authentication and session
+/// resumption.
+///
+/// Resumption lets a client that reconnects skip the full handshake
+/// (certificates, signatures, chain verification): after a power cut or a
+/// network outage the fleet comes back at a fraction of the CPU. Both
+/// kinds are on by default, for TLS 1.3 and 1.2:
+/// - session tickets ([`session_tickets`](Self::session_tickets)): the
+///   session travels with the client, encrypted under keys that rotate
+///   every 6 hours; a ticket is accepted for at most 12 hours. The keys
+///   are in memory only, so after a restart of the broker every client
+///   does one full handshake.
+/// - a session cache ([`session_cache`](Self::session_cache)) for clients
+///   that resume by session id (TLS 1.2 without tickets), and for TLS 1.3
+///   when tickets are off; a session is kept at most 12 hours.
+///
+/// Both survive a certificate reload; both start afresh when the client
+/// CA certificates change, since a resumed session skips the client
+/// certificate check.
 ///
 /// ```
 /// use roost::{ClientAuth, TlsConfig, UsernameFrom};
 /// let tls = TlsConfig::new("certs/server.pem", "certs/server.key")
 ///     .client_auth(ClientAuth::Required { ca: "certs/ca.pem".into() })
-///     .username_from(UsernameFrom::CommonName);
+///     .username_from(UsernameFrom::CommonName)
+///     .session_cache(50_000);
 /// assert_eq!(tls.username_from, UsernameFrom::CommonName);
+/// assert!(tls.session_tickets);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -76,6 +105,12 @@ pub struct TlsConfig {
     pub client_auth: ClientAuth,
     /// Whether a client certificate names the MQTT user. Default: no.
     pub username_from: UsernameFrom,
+    /// Most sessions kept for resumption by session id; 0 keeps none.
+    /// Default: 20,000 (roughly 200 bytes each, plus the client
+    /// certificate chain with client authentication).
+    pub session_cache: usize,
+    /// Whether clients get session tickets to resume with. Default: yes.
+    pub session_tickets: bool,
 }
 
 impl TlsConfig {
@@ -87,6 +122,8 @@ impl TlsConfig {
             private_key: private_key.into(),
             client_auth: ClientAuth::None,
             username_from: UsernameFrom::Connect,
+            session_cache: DEFAULT_SESSION_CACHE,
+            session_tickets: true,
         }
     }
 
@@ -99,6 +136,19 @@ impl TlsConfig {
     /// Sets where the MQTT user name comes from.
     pub fn username_from(mut self, from: UsernameFrom) -> Self {
         self.username_from = from;
+        self
+    }
+
+    /// Sets how many sessions are kept for resumption by session id (0:
+    /// none).
+    pub fn session_cache(mut self, sessions: usize) -> Self {
+        self.session_cache = sessions;
+        self
+    }
+
+    /// Sets whether clients get session tickets.
+    pub fn session_tickets(mut self, on: bool) -> Self {
+        self.session_tickets = on;
         self
     }
 
@@ -115,34 +165,77 @@ impl TlsConfig {
 /// while established connections keep the one they started with.
 pub(crate) struct TlsState {
     config: TlsConfig,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Loaded>,
+    /// Handshake steps in progress at once (see [`pace`](super::pace)).
+    gate: Semaphore,
+}
+
+/// The rustls config in use, and the resumption state the next one keeps.
+struct Loaded {
+    server: Arc<ServerConfig>,
+    resumption: Arc<Resumption>,
 }
 
 impl TlsState {
     pub(crate) fn load(config: TlsConfig) -> Result<TlsState, ListenerError> {
-        let current = RwLock::new(build(&config)?);
-        Ok(TlsState { config, current })
+        let (mut server, trust) = build(&config)?;
+        let resumption = Arc::new(Resumption::new(
+            config.session_cache,
+            config.session_tickets,
+            trust,
+        )?);
+        resumption.apply(&mut server);
+        let current = RwLock::new(Loaded {
+            server: Arc::new(server),
+            resumption,
+        });
+        Ok(TlsState {
+            config,
+            current,
+            gate: Semaphore::new(super::pace::slots()),
+        })
     }
 
     /// Reads the files again; on error the previous configuration stays.
+    /// Sessions made before resume after, unless the client CA
+    /// certificates changed.
     pub(crate) fn reload(&self) -> Result<(), ListenerError> {
-        let fresh = build(&self.config)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        let (mut server, trust) = build(&self.config)?;
+        let previous = self.loaded(|l| l.resumption.clone());
+        let resumption = if previous.trusts_like(&trust) {
+            previous
+        } else {
+            tracing::info!(
+                cert = %self.config.cert_chain.display(),
+                "client CA certificates changed: sessions from before need a full handshake"
+            );
+            Arc::new(Resumption::new(
+                self.config.session_cache,
+                self.config.session_tickets,
+                trust,
+            )?)
+        };
+        resumption.apply(&mut server);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Loaded {
+            server: Arc::new(server),
+            resumption,
+        };
         tracing::info!(cert = %self.config.cert_chain.display(), "TLS certificate reloaded");
         Ok(())
     }
 
-    /// Runs the server side of a handshake with the current configuration.
+    fn loaded<T>(&self, f: impl FnOnce(&Loaded) -> T) -> T {
+        f(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs the server side of a handshake with the current configuration,
+    /// paced with the listener's other handshakes.
     pub(crate) async fn accept<S>(&self, stream: S) -> std::io::Result<TlsStream<S>>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let config = self
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        TlsAcceptor::from(config).accept(stream).await
+        let config = self.loaded(|l| l.server.clone());
+        super::pace::paced(&self.gate, TlsAcceptor::from(config).accept(stream)).await
     }
 
     /// The MQTT user name the client certificate gives, if the listener is
@@ -216,20 +309,24 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, ListenerError> {
+/// A rustls config for `config`, without resumption state yet, and the
+/// trust its client certificate check has.
+fn build(config: &TlsConfig) -> Result<(ServerConfig, Trust), ListenerError> {
     let certs = certificates(&config.cert_chain)?;
     let key = private_key(&config.private_key)?;
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
         .map_err(|e| bad(&config.cert_chain, e))?;
+    let mut trust = Trust::default();
     let builder = match &config.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Optional { ca } | ClientAuth::Required { ca } => {
             let mut roots = RootCertStore::empty();
-            for cert in certificates(ca)? {
+            trust.roots = certificates(ca)?;
+            for cert in &trust.roots {
                 roots
-                    .add(cert)
+                    .add(cert.clone())
                     .map_err(|e| bad(ca, format!("not a usable CA certificate: {e}")))?;
             }
             let mut verifier =
@@ -249,5 +346,5 @@ fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, ListenerError> {
                 key: config.private_key.clone(),
                 reason: e.to_string(),
             })?;
-    Ok(Arc::new(server))
+    Ok((server, trust))
 }
