@@ -155,6 +155,8 @@ fn the_example_file_gives_the_defaults_and_documents_every_key() {
             "client_ca",
             "client_auth",
             "username_from",
+            "session_tickets",
+            "session_cache",
         ]
         .map(String::from),
     );
@@ -341,6 +343,18 @@ fn bad_config_files_are_refused_naming_file_line_and_key() {
         (
             "[[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\ncert = \"x.pem\"\n",
             &["bad.toml:1", "cert applies only to tls"],
+        ),
+        (
+            "[[listener]]\ntype = \"ws\"\nbind = \"127.0.0.1:0\"\nsession_cache = 100\n",
+            &["bad.toml:1", "session_cache applies only to tls"],
+        ),
+        (
+            "[[listener]]\ntype = \"tls\"\nbind = \"127.0.0.1:0\"\nsession_cache = -1\n",
+            &["bad.toml:4:", "session_cache", "invalid value: integer `-1`"],
+        ),
+        (
+            "[[listener]]\ntype = \"tls\"\nbind = \"127.0.0.1:0\"\nsession_tickets = \"no\"\n",
+            &["bad.toml:4:", "session_tickets", "invalid type: string \"no\""],
         ),
         (
             "[[listener]]\ntype = \"tcp\"\n",

@@ -341,6 +341,14 @@ pub(crate) struct ListenerConfig {
     /// `connect`, `common-name` or `subject-alt-name`. Default: `connect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_from: Option<UsernameSource>,
+    /// Sessions kept for resumption by session id (tls, wss, https); 0
+    /// keeps none. Default: 20000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_cache: Option<usize>,
+    /// Whether clients get session tickets (tls, wss, https). Default:
+    /// true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_tickets: Option<bool>,
     /// WebSocket upgrade path (ws, wss). Default: `/mqtt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -364,6 +372,8 @@ impl ListenerConfig {
             client_ca: None,
             client_auth: None,
             username_from: None,
+            session_cache: None,
+            session_tickets: None,
             path: None,
             subprotocols: None,
             place,
@@ -716,6 +726,8 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
             ("client_ca", l.client_ca.is_some()),
             ("client_auth", l.client_auth.is_some()),
             ("username_from", l.username_from.is_some()),
+            ("session_cache", l.session_cache.is_some()),
+            ("session_tickets", l.session_tickets.is_some()),
         ];
         if l.kind.is_tls() {
             let what = match (&l.cert, &l.key) {

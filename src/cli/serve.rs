@@ -39,11 +39,16 @@ pub(crate) fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
         Some(UsernameSource::CommonName) => UsernameFrom::CommonName,
         Some(UsernameSource::SubjectAltName) => UsernameFrom::SubjectAltName,
     };
-    Some(
-        TlsConfig::new(cert, key)
-            .client_auth(client_auth)
-            .username_from(username_from),
-    )
+    let mut tls = TlsConfig::new(cert, key)
+        .client_auth(client_auth)
+        .username_from(username_from);
+    if let Some(n) = l.session_cache {
+        tls = tls.session_cache(n);
+    }
+    if let Some(on) = l.session_tickets {
+        tls = tls.session_tickets(on);
+    }
+    Some(tls)
 }
 
 #[cfg(feature = "ws")]
@@ -485,4 +490,25 @@ pub(crate) fn bridges(config: &Config) -> Result<Vec<roost::bridge::Bridge>, Con
         out.push(bridge);
     }
     Ok(out)
+}
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_keys_reach_the_tls_settings() {
+        let bind = "127.0.0.1:0".parse().unwrap();
+        let mut l = ListenerConfig::new(ListenerKind::Tls, bind, Place::Builtin);
+        l.cert = Some("s.pem".into());
+        l.key = Some("s.key".into());
+        let defaults = tls_config(&l).unwrap();
+        assert!(defaults.session_tickets);
+        assert_eq!(defaults.session_cache, 20_000);
+        l.session_cache = Some(0);
+        l.session_tickets = Some(false);
+        let off = tls_config(&l).unwrap();
+        assert!(!off.session_tickets);
+        assert_eq!(off.session_cache, 0);
+    }
 }
