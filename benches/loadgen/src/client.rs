@@ -9,7 +9,7 @@ use roost::codec::{
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -149,6 +149,35 @@ pub struct Conn {
 /// Sends CONNECT on `stream` and waits for a successful CONNACK.
 pub async fn handshake(stream: TcpStream, opts: &ConnectOptions) -> io::Result<Conn> {
     let (rd, wr) = stream.into_split();
+    let (reader, writer, connack) = connect_halves(rd, wr, opts).await?;
+    Ok(Conn {
+        reader,
+        writer,
+        connack,
+    })
+}
+
+/// An MQTT client over any byte stream (TLS, for one), after CONNACK.
+pub type StreamConn<S> = (Reader<ReadHalf<S>>, Writer<WriteHalf<S>>, ConnAck);
+
+/// Sends CONNECT on any byte stream and waits for a successful CONNACK.
+pub async fn handshake_over<S>(stream: S, opts: &ConnectOptions) -> io::Result<StreamConn<S>>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    connect_halves(rd, wr, opts).await
+}
+
+async fn connect_halves<R, W>(
+    rd: R,
+    wr: W,
+    opts: &ConnectOptions,
+) -> io::Result<(Reader<R>, Writer<W>, ConnAck)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut reader = Reader {
         rd,
         buf: BytesMut::with_capacity(1024),
@@ -170,11 +199,9 @@ pub async fn handshake(stream: TcpStream, opts: &ConnectOptions) -> io::Result<C
     )))?;
     writer.flush().await?;
     match reader.next().await? {
-        Some(Packet::ConnAck(connack)) if connack.reason == ReasonCode::Success => Ok(Conn {
-            reader,
-            writer,
-            connack,
-        }),
+        Some(Packet::ConnAck(connack)) if connack.reason == ReasonCode::Success => {
+            Ok((reader, writer, connack))
+        }
         Some(Packet::ConnAck(c)) => Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
             format!("CONNACK refused: {:?}", c.reason),

@@ -3,8 +3,10 @@
 //! report. Speaks MQTT 3.1.1 and 5.0 through `roost::codec`; no external
 //! MQTT client is involved.
 //!
-//! The binaries are `loadgen` (the scenarios; `loadgen --help`) and
-//! `restore` (how long a broker takes to restore a large store).
+//! The binaries are `loadgen` (the scenarios; `loadgen --help`),
+//! `restore` (how long a broker takes to restore a large store), `queue`,
+//! `retained`, and `storm` (thousands of TLS clients connecting at once,
+//! with and without session resumption).
 
 pub mod client;
 pub mod conns;
@@ -15,6 +17,7 @@ pub mod process;
 pub mod procstat;
 pub mod report;
 pub mod seqtrack;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;
