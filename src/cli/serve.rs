@@ -18,6 +18,25 @@ use std::time::Duration;
 /// connections 5 s to flush their last packets.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
 
+/// Connections the kernel queues for a listener until roost accepts them
+/// (capped by `net.core.somaxconn`, 4096 on current kernels; tokio's
+/// default is 1024). A reconnect storm arrives faster than any accept
+/// loop takes it: past the queue the kernel drops the SYN, and the device
+/// tries again only after 1 s, then 3 s, 7 s.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr`, as `TcpListener::bind` makes it
+/// (`SO_REUSEADDR`), with a [`LISTEN_BACKLOG`] queue.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The TLS settings of a TLS listener.
 #[cfg(feature = "tls")]
 pub(crate) fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
@@ -203,7 +222,7 @@ pub(crate) async fn run(config: Config) -> ExitCode {
             Place::Builtin => String::new(),
             place => format!(", from {place}"),
         };
-        let tcp = match tokio::net::TcpListener::bind(l.bind).await {
+        let tcp = match bind(l.bind) {
             Ok(tcp) => tcp,
             Err(e) => {
                 return fail(

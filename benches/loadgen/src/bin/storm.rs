@@ -535,16 +535,27 @@ async fn run_broker(t: &Target, a: &Args, tls: &TlsClient) -> Result<Vec<RoundRe
     let limit = Duration::from_secs(a.round_timeout);
     let probes = Arc::new(Probes::default());
     let (stop_tx, stop) = watch::channel(false);
-    let publisher = tokio::spawn(probe_publish(
-        t.mqtts,
-        tls.clone(),
-        probes.clone(),
-        every,
-        stop.clone(),
-    ));
-    let health = t
-        .http
-        .map(|h| tokio::spawn(probe_healthz(h, probes.clone(), every, stop.clone())));
+    // The probes get a thread and a runtime of their own: on the storm's
+    // runtime they would wait behind thousands of this side's handshakes,
+    // and measure the load generator instead of the broker.
+    let probing = {
+        let (addr, http, tls, probes) = (t.mqtts, t.http, tls.clone(), probes.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let health = http
+                    .map(|h| tokio::spawn(probe_healthz(h, probes.clone(), every, stop.clone())));
+                let published = probe_publish(addr, tls, probes, every, stop).await;
+                if let Some(h) = health {
+                    let _ = h.await;
+                }
+                published.map_err(|e| e.to_string())
+            })
+        })
+    };
     // Each device keeps its own sessions, as a real one does.
     let devices: Vec<_> = (0..a.clients).map(|_| tls.device(resume)).collect();
     let forgetful = vec![tls.device(false); a.clients];
@@ -556,13 +567,11 @@ async fn run_broker(t: &Target, a: &Args, tls: &TlsClient) -> Result<Vec<RoundRe
         rounds.push(round(t, tls, &devices, "resumed", 3, &probes, limit).await);
     }
     let _ = stop_tx.send(true);
-    match publisher.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("storm: {}: publish probe: {e}", t.label),
-        Err(e) => eprintln!("storm: {}: publish probe: {e}", t.label),
-    }
-    if let Some(h) = health {
-        let _ = h.await;
+    let joined = tokio::task::spawn_blocking(move || probing.join()).await;
+    match joined {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("storm: {}: publish probe: {e}", t.label),
+        _ => eprintln!("storm: {}: the probe thread failed", t.label),
     }
     Ok(rounds)
 }
