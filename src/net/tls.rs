@@ -1,9 +1,9 @@
 //! TLS for the MQTT, WebSocket and HTTP listeners: tokio-rustls on the
 //! `ring` provider, TLS 1.2 and 1.3, optional client certificates,
 //! certificates reloadable without a restart, session resumption (see
-//! [`resumption`](super::resumption)), and handshakes paced so that a
-//! reconnect storm cannot crowd out established connections (see
-//! [`pace`](super::pace)).
+//! [`resumption`](super::resumption)), and a bound on handshakes in
+//! progress so that a reconnect storm cannot crowd out established
+//! connections (see [`pace`](super::pace)).
 
 use super::error::ListenerError;
 use super::resumption::{Resumption, Trust};
@@ -166,7 +166,7 @@ impl TlsConfig {
 pub(crate) struct TlsState {
     config: TlsConfig,
     current: RwLock<Loaded>,
-    /// Handshake steps in progress at once (see [`pace`](super::pace)).
+    /// Bounds the handshakes in progress (see [`pace`](super::pace)).
     gate: Semaphore,
 }
 
@@ -229,13 +229,12 @@ impl TlsState {
     }
 
     /// Runs the server side of a handshake with the current configuration,
-    /// paced with the listener's other handshakes.
-    pub(crate) async fn accept<S>(&self, stream: S) -> std::io::Result<TlsStream<S>>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
+    /// once the client has sent its first bytes and the listener has a
+    /// slot for it (see [`pace`](super::pace)).
+    pub(crate) async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        stream.readable().await?;
         let config = self.loaded(|l| l.server.clone());
-        super::pace::paced(&self.gate, TlsAcceptor::from(config).accept(stream)).await
+        super::pace::admitted(&self.gate, TlsAcceptor::from(config).accept(stream)).await
     }
 
     /// The MQTT user name the client certificate gives, if the listener is
