@@ -399,7 +399,7 @@ async fn round(
     r.cpu_s = cpu_before.zip(cpu_after).map(|(b, a)| b.cpu_secs_until(&a));
     let _ = release_tx.send(true);
     let drained = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(60), drained)
+    if tokio::time::timeout(Duration::from_secs(15), drained)
         .await
         .is_err()
     {
@@ -612,7 +612,7 @@ fn table(all: &[(String, Vec<RoundReport>)], clients: usize) {
          | CONNACK p50 / p99 (ms) | resumed | broker CPU (s) | probe RTT p50 / p99 / max (ms) \
          | /healthz p50 / p99 / max (ms) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (label, rounds) in all {
         for r in rounds {
             let health = if r.healthz.count() == 0 && r.healthz_failed == 0 {
@@ -625,11 +625,16 @@ fn table(all: &[(String, Vec<RoundReport>)], clients: usize) {
                     ms(&r.healthz, 1.0)
                 )
             };
+            // With failures nobody can say when all would have been in.
+            let all_in = if r.failed == 0 {
+                format!("{:.2}", r.all_in.as_secs_f64())
+            } else {
+                format!("never ({} failed)", r.failed)
+            };
             println!(
-                "| {label} | {} | {}/{clients} | {:.2} | {:.0} | {} / {} | {} / {} | {} | {} | {} / {} / {} | {health} |",
+                "| {label} | {} | {}/{clients} | {all_in} | {:.0} | {} / {} | {} / {} | {} | {} | {} / {} / {} | {health} |",
                 r.round,
                 r.ok,
-                r.all_in.as_secs_f64(),
                 r.ok as f64 / r.all_in.as_secs_f64().max(1e-9),
                 ms(&r.handshake, 0.5),
                 ms(&r.handshake, 0.99),
@@ -648,7 +653,8 @@ fn table(all: &[(String, Vec<RoundReport>)], clients: usize) {
     println!();
     for (label, rounds) in all {
         let by = |n: &str| rounds.iter().find(|r| r.round == n);
-        if let (Some(f), Some(r)) = (by("full"), by("resumed")) {
+        let complete = |r: &&RoundReport| r.failed == 0;
+        if let (Some(f), Some(r)) = (by("full").filter(complete), by("resumed").filter(complete)) {
             println!(
                 "{label}: resumed / full time to all connected = {:.2}, CPU {:.2}",
                 r.all_in.as_secs_f64() / f.all_in.as_secs_f64(),
@@ -659,7 +665,8 @@ fn table(all: &[(String, Vec<RoundReport>)], clients: usize) {
     if let Some((first, base)) = all.first() {
         for (label, rounds) in &all[1..] {
             for r in rounds {
-                if let Some(b) = base.iter().find(|b| b.round == r.round) {
+                let both = |b: &&RoundReport| b.round == r.round && b.failed == 0 && r.failed == 0;
+                if let Some(b) = base.iter().find(both) {
                     println!(
                         "{first} / {label}, {}: time to all connected {:.2}",
                         r.round,
