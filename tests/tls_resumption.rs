@@ -2,7 +2,8 @@
 //! reconnects skips the full handshake (the client connection says
 //! `HandshakeKind::Resumed`) over TLS 1.3 and 1.2, on the MQTT, WSS and
 //! HTTPS listeners, by ticket or by session id; still after a certificate
-//! reload, no longer after the client CA changes, never when turned off.
+//! reload, no longer after the client CA changes or the client certificate
+//! expires, never when turned off.
 
 mod common;
 use common::listeners::*;
@@ -334,6 +335,61 @@ async fn a_changed_client_ca_ends_resumption() {
             over_mqtts(b.tls, config).await.kind,
         ];
         assert_eq!(kinds, [Full, Resumed], "{:?}", version.version);
+    }
+    b.stop().await;
+}
+
+/// rustls checks a client certificate at the full handshake only, and a
+/// TLS 1.3 resumption renews the session: roost refuses a resumed session
+/// whose certificate has expired since, as a full handshake would.
+#[tokio::test]
+async fn a_resumed_session_ends_with_its_client_certificate() {
+    let certs = TestCerts::generate();
+    let b = Broker::start(certs.tls(Some(true))).await;
+    // A device certificate that expires two seconds from now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "brief");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_after =
+        rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(now.as_secs() + 2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params
+        .signed_by(&key, &certs.ca.cert, &certs.ca.key)
+        .unwrap();
+    let brief = Issued {
+        cert,
+        key,
+        cert_path: Default::default(),
+        key_path: Default::default(),
+    };
+    let mut devices = Vec::new();
+    for version in [&TLS13, &TLS12] {
+        let config = device(
+            &certs,
+            version,
+            Tls12Resumption::SessionIdOnly,
+            Some(&brief),
+        );
+        assert_eq!(over_mqtts(b.tls, config.clone()).await.kind, Full);
+        assert_eq!(over_mqtts(b.tls, config.clone()).await.kind, Resumed);
+        devices.push(config);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    for config in devices {
+        // The client finishes its side of the resumed handshake; the
+        // broker then closes without reading the CONNECT.
+        match tls_connect(b.tls, config).await {
+            Err(_) => {}
+            Ok(tls) => {
+                assert_eq!(tls.get_ref().1.handshake_kind(), Some(Resumed));
+                assert_refused(Box::new(tls), "brief").await;
+            }
+        }
     }
     b.stop().await;
 }

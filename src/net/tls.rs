@@ -17,7 +17,7 @@ use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{version, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{version, HandshakeKind, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -83,7 +83,8 @@ pub(crate) const DEFAULT_SESSION_CACHE: usize = 20_000;
 ///
 /// Both survive a certificate reload; both start afresh when the client
 /// CA certificates change, since a resumed session skips the client
-/// certificate check.
+/// certificate check. A resumed session whose client certificate has
+/// expired since is refused, as a full handshake would refuse it.
 ///
 /// ```
 /// use roost::{ClientAuth, TlsConfig, UsernameFrom};
@@ -234,7 +235,10 @@ impl TlsState {
     pub(crate) async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         stream.readable().await?;
         let config = self.loaded(|l| l.server.clone());
-        super::pace::admitted(&self.gate, TlsAcceptor::from(config).accept(stream)).await
+        let acceptor = TlsAcceptor::from(config);
+        let tls = super::pace::admitted(&self.gate, acceptor.accept(stream)).await?;
+        check_resumed(&tls)?;
+        Ok(tls)
     }
 
     /// The MQTT user name the client certificate gives, if the listener is
@@ -261,6 +265,32 @@ impl TlsState {
             Some(name) if !name.is_empty() => TransportUser::Named(name),
             _ => TransportUser::Missing,
         }
+    }
+}
+
+/// rustls verifies a client certificate at the full handshake only: a
+/// resumed session brings back the certificate it was verified with, and
+/// every resumption renews the session (a TLS 1.3 resumption gets new
+/// tickets), so a device could go on resuming past its certificate's end.
+/// The end is checked here as a full handshake would have; a certificate
+/// this parser cannot read (webpki read it) is let through.
+fn check_resumed(stream: &TlsStream<TcpStream>) -> std::io::Result<()> {
+    let conn = stream.get_ref().1;
+    if conn.handshake_kind() != Some(HandshakeKind::Resumed) {
+        return Ok(());
+    }
+    let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) else {
+        return Ok(());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    match x509::not_after(cert) {
+        Some(end) if now > end => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "resumed session: the client certificate has expired",
+        )),
+        _ => Ok(()),
     }
 }
 

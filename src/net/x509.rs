@@ -1,5 +1,6 @@
-//! Just enough DER to read a client certificate's subject Common Name and
-//! Subject Alternative Names (RFC 5280, 4.1 and 4.2.1.6).
+//! Just enough DER to read a client certificate's subject Common Name,
+//! Subject Alternative Names and end of validity (RFC 5280, 4.1, 4.1.2.5
+//! and 4.2.1.6).
 //!
 //! Why not a parser crate: the certificate has already been verified by
 //! webpki, and we need two fields. `x509-parser` would bring nom, asn1-rs,
@@ -163,6 +164,59 @@ pub(crate) fn subject_alt_name(cert: &[u8]) -> Option<String> {
     })
 }
 
+/// The end of the certificate's validity (`notAfter`), in seconds since
+/// the Unix epoch.
+pub(crate) fn not_after(cert: &[u8]) -> Option<i64> {
+    let mut input = cert;
+    let (SEQUENCE, mut cert) = next(&mut input)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs) = next(&mut cert)? else {
+        return None;
+    };
+    let mut fields = children(tbs).peekable();
+    if fields.peek()?.0 == 0xa0 {
+        fields.next();
+    }
+    // serialNumber, signature, issuer, then validity.
+    let (SEQUENCE, validity) = fields.nth(3)? else {
+        return None;
+    };
+    let (tag, time) = children(validity).nth(1)?;
+    let time = std::str::from_utf8(time).ok()?;
+    // UTCTime YYMMDDHHMMSSZ (years 1950-2049), GeneralizedTime
+    // YYYYMMDDHHMMSSZ: DER requires seconds and Z (RFC 5280 4.1.2.5).
+    let (year, rest) = match tag {
+        0x17 if time.len() == 13 => {
+            let yy: i64 = time.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &time[2..])
+        }
+        0x18 if time.len() == 15 => (time.get(..4)?.parse().ok()?, &time[4..]),
+        _ => return None,
+    };
+    if !rest.ends_with('Z') || !rest[..rest.len() - 1].bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let two = |i: usize| rest[i..i + 2].parse::<i64>().ok();
+    let (month, day, h, m, s) = (two(0)?, two(2)?, two(4)?, two(6)?, two(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +255,24 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_end_of_validity_in_both_time_forms() {
+        for (y, m, d, unix) in [
+            (2001, 1, 1, 978_307_200),     // UTCTime
+            (2049, 12, 31, 2_524_521_600), // UTCTime, last year of it
+            (2050, 1, 1, 2_524_608_000),   // GeneralizedTime
+            (2124, 2, 29, 4_864_838_400),  // GeneralizedTime, leap day
+        ] {
+            let mut params = CertificateParams::default();
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+            let key = KeyPair::generate().unwrap();
+            let der = params.self_signed(&key).unwrap().der().to_vec();
+            assert_eq!(not_after(&der), Some(unix), "{y}-{m}-{d}");
+        }
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(not_after(&[0xff; 64]), None);
+    }
+
+    #[test]
     fn garbage_and_truncations_give_none() {
         let der = cert(Some("x"), vec![SanType::DnsName("a.b".try_into().unwrap())]);
         for cut in 0..der.len() {
@@ -208,6 +280,7 @@ mod tests {
             // cut falls after it, but the outer lengths no longer fit.
             assert_eq!(common_name(&der[..cut]), None);
             assert_eq!(subject_alt_name(&der[..cut]), None);
+            assert_eq!(not_after(&der[..cut]), None);
         }
         assert_eq!(common_name(&[0xff; 64]), None);
         assert_eq!(common_name(&[]), None);
