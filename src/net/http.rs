@@ -156,6 +156,8 @@ fn json(s: &StatsSnapshot) -> String {
         "packet_read_timeouts": s.packet_read_timeouts,
         "connect_too_large": s.connect_too_large,
         "unauthenticated_refused": s.unauthenticated_refused,
+        "connections_refused_per_ip": s.connections_refused_per_ip,
+        "connect_rate_refused": s.connect_rate_refused,
         "http_evicted": s.http_evicted,
         "retained_refused": s.retained_refused,
         "queue_memory_bytes": s.queue_memory_bytes,
@@ -192,7 +194,7 @@ fn bridge_json(b: &BridgeSnapshot) -> serde_json::Value {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 24] = [
+    let counters: [(&str, &str, u64); 26] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -260,6 +262,16 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "unauthenticated_refused",
             "Connections refused before CONNACK: maximum_unauthenticated_bytes held.",
             s.unauthenticated_refused,
+        ),
+        (
+            "connections_refused_per_ip",
+            "Connections closed at accept: their source held maximum_connections_per_ip.",
+            s.connections_refused_per_ip,
+        ),
+        (
+            "connect_rate_refused",
+            "Connections closed at accept: their source passed maximum_connect_rate_per_ip.",
+            s.connect_rate_refused,
         ),
         (
             "http_evicted",

@@ -6,6 +6,7 @@
 
 use super::connection::{serve_connection, Peer};
 pub use super::error::ListenerError;
+use super::per_ip::{Hold, Loud, PerIp, Refused};
 use super::shared::Shared;
 use crate::broker::ConnId;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -355,6 +356,8 @@ pub(crate) struct Accepting {
     pub shared: Arc<Shared>,
     pub next_conn: Arc<AtomicU64>,
     pub permits: Arc<Semaphore>,
+    /// The per-source limits of MQTT listeners, if any are set.
+    pub per_ip: Option<Arc<PerIp>>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -375,7 +378,12 @@ pub(crate) async fn run(mut incoming: mpsc::UnboundedReceiver<Listener>, ctx: Ac
                 }
                 None => open = false,
             },
-            _ = sweep.tick() => ctx.shared.sweep.tick(),
+            _ = sweep.tick() => {
+                ctx.shared.sweep.tick();
+                if let Some(per_ip) = &ctx.per_ip {
+                    per_ip.sweep(ctx.shared.clock.mono_ms());
+                }
+            }
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -385,11 +393,11 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
     let Listener { id, tcp, kind, .. } = listener;
     let kind = Arc::new(kind);
     // HTTP connections have their own small limit, so stats scrapers never
-    // take a slot from an MQTT client.
-    let permits = match &*kind {
+    // take a slot from an MQTT client; nor do they count per source.
+    let (permits, per_ip) = match &*kind {
         #[cfg(feature = "http")]
-        Kind::Http(_) => Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS)),
-        _ => ctx.permits.clone(),
+        Kind::Http(_) => (Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS)), None),
+        _ => (ctx.permits.clone(), ctx.per_ip.clone()),
     };
     let mut stop = ctx.stop.clone();
     let mut backoff = Duration::from_millis(5);
@@ -433,6 +441,21 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
             tracing::warn!(listener = %id, %peer, "connection limit reached; refusing");
             continue;
         };
+        // Per source: closed here, before any handshake (see `per_ip`).
+        let source = match &per_ip {
+            None => None,
+            Some(per_ip) => match per_ip.admit(peer.ip(), ctx.shared.clock.mono_ms()) {
+                Ok(hold) => hold,
+                Err((why, loud)) => {
+                    refused_per_ip(&ctx.shared.stats, &id, peer, why, loud);
+                    continue;
+                }
+            },
+        };
+        let slot = match source {
+            None => Slot::Permit(permit),
+            Some(hold) => Slot::Counted(Box::new((permit, hold))),
+        };
         let _ = stream.set_nodelay(true);
         let accepted = Accepted {
             stream,
@@ -444,7 +467,7 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
             #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
             stop: ctx.stop.clone(),
         };
-        let task = Box::new((accepted, permit));
+        let task = Box::new((accepted, slot));
         // One task type per transport: a plain TCP connection's task then
         // holds only what TCP needs (TLS and WebSocket state is far larger).
         match &*kind {
@@ -485,25 +508,63 @@ struct Accepted {
     stop: watch::Receiver<bool>,
 }
 
+/// Logs and counts a connection refused for its source.
+fn refused_per_ip(
+    stats: &crate::stats::Stats,
+    listener: &str,
+    peer: SocketAddr,
+    why: Refused,
+    loud: Loud,
+) {
+    let (counter, limit) = match why {
+        Refused::Connections => (
+            &stats.connections_refused_per_ip,
+            "maximum_connections_per_ip",
+        ),
+        Refused::Rate => (&stats.connect_rate_refused, "maximum_connect_rate_per_ip"),
+    };
+    crate::stats::add(counter, 1);
+    let source = super::per_ip::Source::of(peer.ip());
+    match loud {
+        // Once a minute per source: the counters count every one.
+        Loud::Warn => tracing::warn!(%listener, %peer, %source, limit,
+            "connection refused: its source is at a per-source limit (further refusals of this source are logged at debug for a minute)"),
+        Loud::Quiet => tracing::debug!(%listener, %peer, %source, limit,
+            "connection refused: its source is at a per-source limit"),
+    }
+}
+
+/// What an accepted connection holds until it ends: its place under
+/// `maximum_connections`, and in its source's count when that is limited.
+/// Dropping it gives both back. An enum with a box, not a struct with an
+/// option: it is then no larger than the permit alone (the box fits beside
+/// the permit's pointer), and a TCP connection's task has no byte to spare
+/// (see the test below).
+#[allow(dead_code, reason = "held for their `Drop` only")]
+enum Slot {
+    Permit(OwnedSemaphorePermit),
+    Counted(Box<(OwnedSemaphorePermit, Hold)>),
+}
+
 /// Runs one accepted connection, holding its slot under the connection
-/// limit (the permit) until it ends.
+/// limits until it ends.
 ///
 /// The connection comes boxed and its future is made in here: what an
 /// `async fn` is given stays in its future for its whole life, even once
 /// moved on, so every connection would carry its arguments twice.
-async fn supervise<F, Fut>(task: Box<(Accepted, OwnedSemaphorePermit)>, serve: F)
+async fn supervise<F, Fut>(task: Box<(Accepted, Slot)>, serve: F)
 where
     F: FnOnce(Accepted) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    // A block, so that nothing but the connection's future (and the permit)
+    // A block, so that nothing but the connection's future (and the slot)
     // lives across the await.
-    let (serving, permit) = {
-        let (accepted, permit) = unbox(task);
-        (serve(accepted), permit)
+    let (serving, slot) = {
+        let (accepted, slot) = unbox(task);
+        (serve(accepted), slot)
     };
     serving.await;
-    drop(permit);
+    drop(slot);
 }
 
 /// Moves a value out of its box and frees the box now (moved out of in
@@ -746,6 +807,18 @@ mod tests {
         let (stop_tx, stop) = watch::channel(false);
         let remote = stream.peer_addr().unwrap();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        // With the per-source count on, as a connection's task is then.
+        let limits = crate::config::Limits {
+            maximum_connections_per_ip: 1,
+            ..Default::default()
+        };
+        let per_ip = PerIp::new(&limits).unwrap();
+        let hold = per_ip.admit(remote.ip(), 0).unwrap().unwrap();
+        let slot = Slot::Counted(Box::new((permit, hold)));
+        assert_eq!(
+            std::mem::size_of::<Slot>(),
+            std::mem::size_of::<OwnedSemaphorePermit>()
+        );
         let accepted = Accepted {
             stream,
             conn: ConnId(1),
@@ -756,7 +829,7 @@ mod tests {
             #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
             stop,
         };
-        let task = supervise(Box::new((accepted, permit)), |a| {
+        let task = supervise(Box::new((accepted, slot)), |a| {
             serve_connection(a.stream, a.conn, a.shared, Peer::at(a.remote))
         });
         let size = std::mem::size_of_val(&task);

@@ -16,6 +16,7 @@ pub(crate) mod http;
 pub(crate) mod listener;
 #[cfg(feature = "ws")]
 mod metered;
+pub(crate) mod per_ip;
 pub(crate) mod preauth;
 pub(crate) mod shared;
 pub(crate) mod sweep;
