@@ -63,7 +63,7 @@ pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subsc
 pub use message::{Message, MessageProperties};
 pub use net::listener::{Listener, ListenerError, ListenerHandle, ServerHandle, Transport};
 #[cfg(feature = "tls")]
-pub use net::tls::{ClientAuth, TlsConfig, UsernameFrom};
+pub use net::tls::{ClientAuth, ClientIdFrom, TlsConfig, UsernameFrom};
 #[cfg(feature = "ws")]
 pub use net::ws::WsConfig;
 /// The storage trait and backends (the `roost-storage` crate).

@@ -270,6 +270,7 @@ impl Driver {
                 connect: Box::new(self.local_connect()),
                 client: self.client.clone(),
                 enhanced_auth: false,
+                id_assigned: false,
             })
             .await
             .ok()?;

@@ -18,8 +18,8 @@ use crate::broker::{effective_keep_alive, CloseReason, ConnId, Event, Outbox, Sh
 use crate::codec::{encode, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use crate::escape::Escaped;
 use crate::hooks::{Hooks, PublishVerdict};
-pub(crate) use crate::ingress::admit::TransportUser;
 use crate::ingress::admit::{self, Admission, Admitted, Malformed, Next};
+pub(crate) use crate::ingress::admit::{TransportClientId, TransportUser};
 use crate::ingress::{Ask, Inbound, Ingress, ToCore};
 use bytes::BytesMut;
 use std::future::{poll_fn, Future};
@@ -33,8 +33,10 @@ use tokio::sync::mpsc::error::TrySendError;
 /// What the listener learned about a connection before MQTT started.
 #[derive(Debug, Default)]
 pub(crate) struct Peer {
-    /// The identity the transport established.
+    /// The user name the transport established.
     pub username: TransportUser,
+    /// The client id the transport established.
+    pub client_id: TransportClientId,
     /// The peer's address.
     pub remote_addr: Option<SocketAddr>,
     /// Set when the CONNECT exchange admits the client: a transport that
@@ -48,6 +50,7 @@ impl Peer {
     pub(crate) fn at(remote: SocketAddr) -> Self {
         Peer {
             username: TransportUser::FromConnect,
+            client_id: TransportClientId::FromConnect,
             remote_addr: Some(remote),
             admitted: None,
         }
@@ -246,8 +249,14 @@ where
         _ => return None, // timeout, I/O error, EOF, or not a CONNECT
     };
 
-    let (mut admission, mut next) =
-        Admission::start(connect, peer.username, peer.remote_addr, hooks, conn.0);
+    let (mut admission, mut next) = Admission::start(
+        connect,
+        peer.username,
+        peer.client_id,
+        peer.remote_addr,
+        hooks,
+        conn.0,
+    );
     let version = admission.version();
     loop {
         next = match next {
@@ -299,6 +308,7 @@ where
         connect,
         client,
         enhanced_auth,
+        id_assigned,
         ingress,
     } = admission.admitted(opts);
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
@@ -316,6 +326,7 @@ where
         connect,
         client,
         enhanced_auth,
+        id_assigned,
     };
     shared.events.send(event).await.ok()?;
     if let Some(admitted) = &peer_admitted {

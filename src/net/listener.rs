@@ -601,6 +601,7 @@ async fn layered(accepted: Accepted) {
             };
             let peer = Peer {
                 username: tls.username(&stream),
+                client_id: tls.client_id(&stream),
                 remote_addr: Some(remote),
                 admitted: None,
             };
@@ -636,18 +637,19 @@ async fn layered(accepted: Accepted) {
             let metering = (shared.clone(), admitted.clone());
             let upgrade = async {
                 let stream = tls.accept(stream).await?;
-                let username = tls.username(&stream);
+                let identity = (tls.username(&stream), tls.client_id(&stream));
                 let stream = Metered::new(stream, metering.0, metering.1);
                 let ws = super::ws::accept(stream, cfg, max).await?;
-                Ok::<_, HandshakeError>((ws, username))
+                Ok::<_, HandshakeError>((ws, identity))
             };
-            let Some((ws, username)) =
+            let Some((ws, (username, client_id))) =
                 handshake(conn, handshake_timeout, stop.clone(), upgrade).await
             else {
                 return;
             };
             let peer = Peer {
                 username,
+                client_id,
                 remote_addr: Some(remote),
                 admitted: Some(admitted),
             };

@@ -4,7 +4,7 @@
 
 use super::error::ListenerError;
 use super::x509;
-use crate::ingress::admit::TransportUser;
+use crate::ingress::admit::{TransportClientId, TransportUser};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpStream;
@@ -56,13 +56,48 @@ pub enum UsernameFrom {
     SubjectAltName,
 }
 
+/// Where a client's client identifier comes from on a TLS listener.
+///
+/// From the certificate, the client id is the device's identity: the
+/// session belongs to the certificate, and another certificate cannot take
+/// it over (nor end its connection) whatever client id its CONNECT claims.
+/// It replaces the CONNECT's before the auth hooks see the client. A
+/// CONNECT with another client id is not refused: its id is replaced, as
+/// Mosquitto's `use_identity_as_username` with `use_username_as_clientid`
+/// does, and the replacement is logged (a device with a random or a stale
+/// id keeps working, under its certificate's name). A 5.0 client that sent
+/// an empty client id is told the one it got (Assigned Client Identifier);
+/// the property is only for that case, so one that sent another id is not.
+/// The rules for an empty client id still hold: a 3.1.1 client sending
+/// one with Clean Session 0, or a 3.1 client, is refused (CONNACK return
+/// code 2, [MQTT-3.1.3-8]).
+///
+/// A client without a certificate (client certificates optional), or whose
+/// certificate lacks the name, is refused (CONNACK 0x87; 3.x: return code
+/// 5). Unlike a user name, which the auth hooks check against a password,
+/// a client id is checked by nobody: taking the CONNECT's instead would
+/// let any client that gets in take a device's session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientIdFrom {
+    /// The CONNECT packet, as usual.
+    #[default]
+    Connect,
+    /// The client certificate's subject Common Name.
+    CommonName,
+    /// The client certificate's first Subject Alternative Name of type
+    /// DNS name, e-mail address (rfc822Name) or URI, as for
+    /// [`UsernameFrom::SubjectAltName`].
+    SubjectAltName,
+}
+
 /// A TLS listener's certificate, key and client authentication.
 ///
 /// ```
-/// use roost::{ClientAuth, TlsConfig, UsernameFrom};
+/// use roost::{ClientAuth, ClientIdFrom, TlsConfig, UsernameFrom};
 /// let tls = TlsConfig::new("certs/server.pem", "certs/server.key")
 ///     .client_auth(ClientAuth::Required { ca: "certs/ca.pem".into() })
-///     .username_from(UsernameFrom::CommonName);
+///     .username_from(UsernameFrom::CommonName)
+///     .client_id_from(ClientIdFrom::CommonName);
 /// assert_eq!(tls.username_from, UsernameFrom::CommonName);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +111,9 @@ pub struct TlsConfig {
     pub client_auth: ClientAuth,
     /// Whether a client certificate names the MQTT user. Default: no.
     pub username_from: UsernameFrom,
+    /// Whether a client certificate names the client id (and so the
+    /// session). Default: no.
+    pub client_id_from: ClientIdFrom,
 }
 
 impl TlsConfig {
@@ -87,6 +125,7 @@ impl TlsConfig {
             private_key: private_key.into(),
             client_auth: ClientAuth::None,
             username_from: UsernameFrom::Connect,
+            client_id_from: ClientIdFrom::Connect,
         }
     }
 
@@ -99,6 +138,12 @@ impl TlsConfig {
     /// Sets where the MQTT user name comes from.
     pub fn username_from(mut self, from: UsernameFrom) -> Self {
         self.username_from = from;
+        self
+    }
+
+    /// Sets where the client id comes from.
+    pub fn client_id_from(mut self, from: ClientIdFrom) -> Self {
+        self.client_id_from = from;
         self
     }
 
@@ -150,12 +195,7 @@ impl TlsState {
     /// [`TransportUser::Missing`] if the certificate lacks it (an empty
     /// name counts as none).
     pub(crate) fn username(&self, stream: &TlsStream<TcpStream>) -> TransportUser {
-        let Some(cert) = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-        else {
+        let Some(cert) = peer_certificate(stream) else {
             // No certificate (client certificates optional): the client
             // authenticates with its CONNECT, as documented.
             return TransportUser::FromConnect;
@@ -170,6 +210,29 @@ impl TlsState {
             _ => TransportUser::Missing,
         }
     }
+
+    /// The client id the client certificate gives, if the listener is
+    /// configured to take one; [`TransportClientId::Missing`] if the client
+    /// presented no certificate or one without it (an empty name counts as
+    /// none): see [`ClientIdFrom`].
+    pub(crate) fn client_id(&self, stream: &TlsStream<TcpStream>) -> TransportClientId {
+        let name = match self.config.client_id_from {
+            ClientIdFrom::Connect => return TransportClientId::FromConnect,
+            ClientIdFrom::CommonName => peer_certificate(stream).and_then(|c| x509::common_name(c)),
+            ClientIdFrom::SubjectAltName => {
+                peer_certificate(stream).and_then(|c| x509::subject_alt_name(c))
+            }
+        };
+        match name {
+            Some(name) if !name.is_empty() => TransportClientId::Named(name),
+            _ => TransportClientId::Missing,
+        }
+    }
+}
+
+/// The client's end-entity certificate, if it presented one.
+fn peer_certificate(stream: &TlsStream<TcpStream>) -> Option<&CertificateDer<'static>> {
+    stream.get_ref().1.peer_certificates()?.first()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ListenerError> {

@@ -154,7 +154,10 @@ pub(crate) fn issue_server(dir: &Path, name: &str, ca: &Issued, serial: u64, cn:
     write(dir, name, cert, key)
 }
 
-fn issue_client(dir: &Path, name: &str, ca: &Issued, cn: &str, expired: bool) -> Issued {
+/// Issues a client certificate signed by `ca` for the subject Common Name
+/// `cn` (expired long ago if `expired`), written as `<name>.pem` /
+/// `<name>.key`.
+pub(crate) fn issue_client(dir: &Path, name: &str, ca: &Issued, cn: &str, expired: bool) -> Issued {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(cn);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
