@@ -316,6 +316,19 @@ pub(crate) enum UsernameSource {
     SubjectAltName,
 }
 
+/// Where the client id comes from on a TLS listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ClientIdSource {
+    /// The CONNECT packet.
+    Connect,
+    /// The client certificate's subject Common Name.
+    CommonName,
+    /// The client certificate's first DNS, e-mail or URI Subject
+    /// Alternative Name.
+    SubjectAltName,
+}
+
 /// One `[[listener]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -341,6 +354,9 @@ pub(crate) struct ListenerConfig {
     /// `connect`, `common-name` or `subject-alt-name`. Default: `connect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_from: Option<UsernameSource>,
+    /// `connect`, `common-name` or `subject-alt-name`. Default: `connect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_from: Option<ClientIdSource>,
     /// WebSocket upgrade path (ws, wss). Default: `/mqtt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -364,6 +380,7 @@ impl ListenerConfig {
             client_ca: None,
             client_auth: None,
             username_from: None,
+            client_id_from: None,
             path: None,
             subprotocols: None,
             place,
@@ -716,6 +733,7 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
             ("client_ca", l.client_ca.is_some()),
             ("client_auth", l.client_auth.is_some()),
             ("username_from", l.username_from.is_some()),
+            ("client_id_from", l.client_id_from.is_some()),
         ];
         if l.kind.is_tls() {
             let what = match (&l.cert, &l.key) {
@@ -739,6 +757,18 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
                         "required"
                     }
                 ));
+            }
+            let certificates = l.client_ca.is_some() && l.client_auth != Some(ClientAuthMode::None);
+            let from_certificate = l
+                .client_id_from
+                .is_some_and(|from| from != ClientIdSource::Connect);
+            if from_certificate && !certificates {
+                // Every client would be refused: none has a certificate.
+                return fail(
+                    "client_id_from takes the client id from client certificates, which \
+                     need client_ca (and client_auth other than \"none\")"
+                        .into(),
+                );
             }
         } else if let Some((key, _)) = tls_only.iter().find(|(_, set)| *set) {
             return fail(format!(

@@ -21,8 +21,8 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
 /// The TLS settings of a TLS listener.
 #[cfg(feature = "tls")]
 pub(crate) fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
-    use super::config::{ClientAuthMode, UsernameSource};
-    use roost::{ClientAuth, TlsConfig, UsernameFrom};
+    use super::config::{ClientAuthMode, ClientIdSource, UsernameSource};
+    use roost::{ClientAuth, ClientIdFrom, TlsConfig, UsernameFrom};
     if !l.kind.is_tls() {
         return None;
     }
@@ -39,10 +39,16 @@ pub(crate) fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
         Some(UsernameSource::CommonName) => UsernameFrom::CommonName,
         Some(UsernameSource::SubjectAltName) => UsernameFrom::SubjectAltName,
     };
+    let client_id_from = match l.client_id_from {
+        None | Some(ClientIdSource::Connect) => ClientIdFrom::Connect,
+        Some(ClientIdSource::CommonName) => ClientIdFrom::CommonName,
+        Some(ClientIdSource::SubjectAltName) => ClientIdFrom::SubjectAltName,
+    };
     Some(
         TlsConfig::new(cert, key)
             .client_auth(client_auth)
-            .username_from(username_from),
+            .username_from(username_from)
+            .client_id_from(client_id_from),
     )
 }
 
