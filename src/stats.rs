@@ -36,6 +36,8 @@ pub struct Stats {
     pub(crate) connect_too_large: AtomicU64,
     pub(crate) unauthenticated_refused: AtomicU64,
     pub(crate) http_evicted: AtomicU64,
+    pub(crate) tls_revoked_refused: AtomicU64,
+    pub(crate) tls_revoked_closed: AtomicU64,
     pub(crate) retained_refused: AtomicU64,
     pub(crate) storage_refused: AtomicU64,
     pub(crate) packets_ignored: AtomicU64,
@@ -80,6 +82,8 @@ impl Default for Stats {
             connect_too_large: AtomicU64::new(0),
             unauthenticated_refused: AtomicU64::new(0),
             http_evicted: AtomicU64::new(0),
+            tls_revoked_refused: AtomicU64::new(0),
+            tls_revoked_closed: AtomicU64::new(0),
             retained_refused: AtomicU64::new(0),
             storage_refused: AtomicU64::new(0),
             packets_ignored: AtomicU64::new(0),
@@ -141,6 +145,8 @@ impl Stats {
             connect_too_large: g(&self.connect_too_large),
             unauthenticated_refused: g(&self.unauthenticated_refused),
             http_evicted: g(&self.http_evicted),
+            tls_revoked_refused: g(&self.tls_revoked_refused),
+            tls_revoked_closed: g(&self.tls_revoked_closed),
             retained_refused: g(&self.retained_refused),
             storage_refused: g(&self.storage_refused),
             packets_ignored: g(&self.packets_ignored),
@@ -217,6 +223,12 @@ pub struct StatsSnapshot {
     /// HTTP connections that had not sent a request head, closed to make
     /// room for a new one at the listener's connection limit.
     pub http_evicted: u64,
+    /// TLS handshakes refused because the client certificate is on the
+    /// listener's CRL.
+    pub tls_revoked_refused: u64,
+    /// Open connections closed because a new CRL revoked their client
+    /// certificate.
+    pub tls_revoked_closed: u64,
     /// Retained messages not retained because the store held
     /// `limits.maximum_retained_bytes` (they were still delivered).
     pub retained_refused: u64,
