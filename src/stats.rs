@@ -38,6 +38,8 @@ pub struct Stats {
     pub(crate) connections_refused_per_ip: AtomicU64,
     pub(crate) connect_rate_refused: AtomicU64,
     pub(crate) http_evicted: AtomicU64,
+    pub(crate) tls_revoked_refused: AtomicU64,
+    pub(crate) tls_revoked_closed: AtomicU64,
     pub(crate) retained_refused: AtomicU64,
     pub(crate) storage_refused: AtomicU64,
     pub(crate) packets_ignored: AtomicU64,
@@ -84,6 +86,8 @@ impl Default for Stats {
             connections_refused_per_ip: AtomicU64::new(0),
             connect_rate_refused: AtomicU64::new(0),
             http_evicted: AtomicU64::new(0),
+            tls_revoked_refused: AtomicU64::new(0),
+            tls_revoked_closed: AtomicU64::new(0),
             retained_refused: AtomicU64::new(0),
             storage_refused: AtomicU64::new(0),
             packets_ignored: AtomicU64::new(0),
@@ -147,6 +151,8 @@ impl Stats {
             connections_refused_per_ip: g(&self.connections_refused_per_ip),
             connect_rate_refused: g(&self.connect_rate_refused),
             http_evicted: g(&self.http_evicted),
+            tls_revoked_refused: g(&self.tls_revoked_refused),
+            tls_revoked_closed: g(&self.tls_revoked_closed),
             retained_refused: g(&self.retained_refused),
             storage_refused: g(&self.storage_refused),
             packets_ignored: g(&self.packets_ignored),
@@ -230,6 +236,12 @@ pub struct StatsSnapshot {
     /// HTTP connections that had not sent a request head, closed to make
     /// room for a new one at the listener's connection limit.
     pub http_evicted: u64,
+    /// TLS handshakes refused because the client certificate is on the
+    /// listener's CRL.
+    pub tls_revoked_refused: u64,
+    /// Open connections closed because a new CRL revoked their client
+    /// certificate.
+    pub tls_revoked_closed: u64,
     /// Retained messages not retained because the store held
     /// `limits.maximum_retained_bytes` (they were still delivered).
     pub retained_refused: u64,

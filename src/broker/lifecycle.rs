@@ -553,6 +553,12 @@ impl Broker {
                 self.disconnect_with(conn, e.reason_code(), Some(e.to_string()), now_ms)
             }
             CloseReason::Lost => self.detach(conn, false, None, now_ms),
+            CloseReason::Revoked => self.disconnect_with(
+                conn,
+                ReasonCode::NotAuthorized,
+                Some("client certificate revoked".into()),
+                now_ms,
+            ),
         }
     }
 

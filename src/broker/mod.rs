@@ -80,6 +80,9 @@ pub(crate) enum CloseReason {
     /// The peer sent bytes that do not decode; the core sends the error's
     /// reason code and, as reason string, the rule it broke (5.0).
     Malformed(crate::codec::DecodeError),
+    /// The client's TLS certificate was revoked since it connected (a new
+    /// CRL); the core sends DISCONNECT 0x87 with a reason string (5.0).
+    Revoked,
 }
 
 /// Input to the broker core from connection tasks.

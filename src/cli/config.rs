@@ -351,6 +351,10 @@ pub(crate) struct ListenerConfig {
     /// `client_ca`, else `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuthMode>,
+    /// PEM certificate revocation lists for client certificates; read
+    /// again on SIGHUP and when the file changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
     /// `connect`, `common-name` or `subject-alt-name`. Default: `connect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_from: Option<UsernameSource>,
@@ -379,6 +383,7 @@ impl ListenerConfig {
             key: None,
             client_ca: None,
             client_auth: None,
+            crl: None,
             username_from: None,
             client_id_from: None,
             path: None,
@@ -732,6 +737,7 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
             ("key", l.key.is_some()),
             ("client_ca", l.client_ca.is_some()),
             ("client_auth", l.client_auth.is_some()),
+            ("crl", l.crl.is_some()),
             ("username_from", l.username_from.is_some()),
             ("client_id_from", l.client_id_from.is_some()),
         ];
@@ -748,6 +754,14 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
                 ));
             }
             let auth = l.client_auth.unwrap_or(ClientAuthMode::None);
+            let asks = l.client_ca.is_some() && l.client_auth != Some(ClientAuthMode::None);
+            if l.crl.is_some() && !asks {
+                return fail(
+                    "crl needs client certificates (client_ca, and client_auth \
+                     \"optional\" or \"required\")"
+                        .into(),
+                );
+            }
             if auth != ClientAuthMode::None && l.client_ca.is_none() {
                 return fail(format!(
                     "client_auth = \"{}\" needs client_ca",

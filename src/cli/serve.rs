@@ -44,12 +44,14 @@ pub(crate) fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
         Some(ClientIdSource::CommonName) => ClientIdFrom::CommonName,
         Some(ClientIdSource::SubjectAltName) => ClientIdFrom::SubjectAltName,
     };
-    Some(
-        TlsConfig::new(cert, key)
-            .client_auth(client_auth)
-            .username_from(username_from)
-            .client_id_from(client_id_from),
-    )
+    let mut tls = TlsConfig::new(cert, key)
+        .client_auth(client_auth)
+        .username_from(username_from)
+        .client_id_from(client_id_from);
+    if let Some(crl) = &l.crl {
+        tls = tls.crl(crl.clone());
+    }
+    Some(tls)
 }
 
 #[cfg(feature = "ws")]
@@ -305,8 +307,9 @@ pub(crate) async fn run(config: Config) -> ExitCode {
     }
 }
 
-/// On every SIGHUP: reloads each TLS listener's certificate and key, and
-/// the auth ledger. A reload that fails leaves the previous one in force.
+/// On every SIGHUP: reloads each TLS listener's certificate, key, CA and
+/// CRL, and the auth ledger. A reload that fails leaves the previous one in
+/// force.
 #[cfg(unix)]
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
@@ -325,7 +328,7 @@ async fn reload_on_hangup(
                 Err(e) => {
                     failed += 1;
                     tracing::error!(listener = l.id(), error = %e,
-                        "TLS reload failed; the listener keeps its previous certificate");
+                        "TLS reload failed; the listener keeps its previous certificate and CRL");
                 }
             }
         }

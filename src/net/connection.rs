@@ -43,6 +43,9 @@ pub(crate) struct Peer {
     /// meters what it reads before that ([`super::metered::Metered`])
     /// stops then.
     pub admitted: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Set when a new CRL revokes the client's TLS certificate (see
+    /// `net::crl`).
+    pub revoked: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Peer {
@@ -53,6 +56,7 @@ impl Peer {
             client_id: TransportClientId::FromConnect,
             remote_addr: Some(remote),
             admitted: None,
+            revoked: None,
         }
     }
 }
@@ -329,6 +333,18 @@ where
         id_assigned,
     };
     shared.events.send(event).await.ok()?;
+    // A new CRL that revoked the certificate before the core knew this
+    // connection had nothing to close: closed now, after the CONNACK.
+    // Looked at after the CONNECT went to the core, so a CRL that comes
+    // later finds the connection there.
+    let revoked = peer.revoked.as_ref();
+    if revoked.is_some_and(|r| r.load(std::sync::atomic::Ordering::SeqCst)) {
+        let closed = Event::Closed {
+            conn,
+            reason: CloseReason::Revoked,
+        };
+        shared.events.send(closed).await.ok()?;
+    }
     if let Some(admitted) = &peer_admitted {
         admitted.store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -416,6 +432,7 @@ where
         Ending::Close(CloseReason::Lost) => "connection lost".to_string(),
         Ending::Close(CloseReason::ProtocolError(code)) => format!("protocol error ({code:?})"),
         Ending::Close(CloseReason::Malformed(e)) => format!("malformed packet: {e}"),
+        Ending::Close(CloseReason::Revoked) => "client certificate revoked".to_string(),
     };
     let (reason, writer_done) = match ending {
         Ending::Close(reason) => (Some(reason), false),

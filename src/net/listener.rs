@@ -224,9 +224,10 @@ impl ListenerHandle {
         self.scheme
     }
 
-    /// Reads the certificate chain, key and CA files again and uses them
-    /// for new connections; connections already up keep theirs. On error
-    /// the listener keeps serving with what it had.
+    /// Reads the certificate chain, key, CA and CRL files again and uses
+    /// them for new connections; connections already up keep theirs, but
+    /// those whose client certificate a new CRL revokes are closed. On
+    /// error the listener keeps serving with what it had.
     pub fn reload(&self) -> Result<(), ListenerError> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
@@ -399,6 +400,11 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
         Kind::Http(_) => (Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS)), None),
         _ => (ctx.permits.clone(), ctx.per_ip.clone()),
     };
+    // A CRL is watched for as long as the listener accepts.
+    #[cfg(feature = "tls")]
+    if let Some(tls) = kind.tls().filter(|t| t.has_crl()) {
+        tokio::spawn(tls.watch_crl(id.clone(), ctx.shared.clone(), ctx.stop.clone()));
+    }
     let mut stop = ctx.stop.clone();
     let mut backoff = Duration::from_millis(5);
     #[cfg(feature = "http")]
@@ -594,9 +600,15 @@ async fn layered(accepted: Accepted) {
         Kind::Tcp => serve_connection(stream, conn, shared, Peer::at(remote)).await,
         #[cfg(feature = "tls")]
         Kind::Tls(tls) => {
+            let accept = tls.accept(stream, remote);
+            let stats = &shared.stats;
             let Some(stream) =
-                handshake(conn, handshake_timeout, stop.clone(), tls.accept(stream)).await
+                handshake(conn, handshake_timeout, stop.clone(), stats, accept).await
             else {
+                return;
+            };
+            // Held while the connection lives.
+            let Some(tracked) = tls.track(conn, &stream, stats) else {
                 return;
             };
             let peer = Peer {
@@ -604,8 +616,10 @@ async fn layered(accepted: Accepted) {
                 client_id: tls.client_id(&stream),
                 remote_addr: Some(remote),
                 admitted: None,
+                revoked: tracked.revoked(),
             };
-            serve_connection(stream, conn, shared, peer).await
+            serve_connection(stream, conn, shared, peer).await;
+            drop(tracked);
         }
         #[cfg(feature = "ws")]
         Kind::Ws(cfg) => {
@@ -618,6 +632,7 @@ async fn layered(accepted: Accepted) {
                 conn,
                 handshake_timeout,
                 stop.clone(),
+                &shared.stats,
                 super::ws::accept(stream, cfg, max),
             )
             .await
@@ -636,14 +651,18 @@ async fn layered(accepted: Accepted) {
             let admitted = Arc::new(AtomicBool::new(false));
             let metering = (shared.clone(), admitted.clone());
             let upgrade = async {
-                let stream = tls.accept(stream).await?;
+                let stream = tls.accept(stream, remote).await?;
                 let identity = (tls.username(&stream), tls.client_id(&stream));
+                let Some(tracked) = tls.track(conn, &stream, &metering.0.stats) else {
+                    return Err(HandshakeError::Revoked);
+                };
                 let stream = Metered::new(stream, metering.0, metering.1);
                 let ws = super::ws::accept(stream, cfg, max).await?;
-                Ok::<_, HandshakeError>((ws, identity))
+                Ok::<_, HandshakeError>((ws, identity, tracked))
             };
-            let Some((ws, (username, client_id))) =
-                handshake(conn, handshake_timeout, stop.clone(), upgrade).await
+            let stats = &shared.stats;
+            let Some((ws, (username, client_id), tracked)) =
+                handshake(conn, handshake_timeout, stop.clone(), stats, upgrade).await
             else {
                 return;
             };
@@ -652,8 +671,10 @@ async fn layered(accepted: Accepted) {
                 client_id,
                 remote_addr: Some(remote),
                 admitted: Some(admitted),
+                revoked: tracked.revoked(),
             };
-            serve_connection(ws, conn, shared, peer).await
+            serve_connection(ws, conn, shared, peer).await;
+            drop(tracked);
         }
         // Served by `http`, never from here.
         #[cfg(feature = "http")]
@@ -680,7 +701,9 @@ async fn http(accepted: Accepted, head: Arc<AtomicBool>) {
         Kind::Http(None) => super::http::serve(stream, stats, limit, &head).await,
         #[cfg(feature = "tls")]
         Kind::Http(Some(tls)) => {
-            if let Some(s) = handshake(conn, limit, stop, tls.accept(stream)).await {
+            let remote = accepted.remote;
+            let accept = tls.accept(stream, remote);
+            if let Some(s) = handshake(conn, limit, stop, stats, accept).await {
                 super::http::serve(s, stats, limit, &head).await
             }
         }
@@ -745,6 +768,30 @@ pub(crate) enum HandshakeError {
     #[cfg(feature = "ws")]
     #[error("WebSocket: {0}")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    /// A new CRL revoked the client certificate during the handshake
+    /// (WSS; over TLS the connection just ends).
+    #[cfg(all(feature = "tls", feature = "ws"))]
+    #[error("client certificate revoked")]
+    Revoked,
+}
+
+#[cfg(any(feature = "tls", feature = "ws"))]
+impl HandshakeError {
+    /// TLS refused the client's certificate as revoked (see
+    /// [`TlsConfig::crl`]).
+    fn revoked_by_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        #[allow(irrefutable_let_patterns)] // Without `ws`, Io is all there is.
+        if let HandshakeError::Io(e) = self {
+            use tokio_rustls::rustls::{CertificateError, Error};
+            let tls = e.get_ref().and_then(|e| e.downcast_ref::<Error>());
+            return matches!(
+                tls,
+                Some(Error::InvalidCertificate(CertificateError::Revoked))
+            );
+        }
+        false
+    }
 }
 
 /// Awaits a handshake for at most `limit`, or until shutdown (a connection
@@ -755,6 +802,7 @@ async fn handshake<T, E>(
     conn: ConnId,
     limit: Duration,
     mut stop: watch::Receiver<bool>,
+    stats: &crate::stats::Stats,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Option<T>
 where
@@ -767,7 +815,12 @@ where
     match outcome {
         Ok(Ok(t)) => Some(t),
         Ok(Err(e)) => {
-            tracing::debug!(conn = conn.0, error = %HandshakeError::from(e), "handshake failed");
+            let e = HandshakeError::from(e);
+            if e.revoked_by_tls() {
+                // Logged with the certificate by the verifier.
+                crate::stats::add(&stats.tls_revoked_refused, 1);
+            }
+            tracing::debug!(conn = conn.0, error = %e, "handshake failed");
             None
         }
         Err(_) => {

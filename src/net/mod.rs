@@ -7,6 +7,8 @@
 pub(crate) mod alias;
 pub(crate) mod bridge;
 pub(crate) mod connection;
+#[cfg(feature = "tls")]
+pub(crate) mod crl;
 pub(crate) mod dial;
 mod duplex;
 pub(crate) mod encode;

@@ -1,17 +1,27 @@
 //! TLS for the MQTT, WebSocket and HTTP listeners: tokio-rustls on the
-//! `ring` provider, TLS 1.2 and 1.3, optional client certificates, and
-//! certificates reloadable without a restart.
+//! `ring` provider, TLS 1.2 and 1.3, optional client certificates checked
+//! against a CRL (see [`super::crl`]), and certificates reloadable without
+//! a restart.
 
+use super::crl::{self, CrlVerifier, Registered, Revocation};
 use super::error::ListenerError;
+use super::shared::Shared;
 use super::x509;
+use crate::broker::{CloseReason, ConnId, Event};
+use crate::escape::Escaped;
 use crate::ingress::admit::{TransportClientId, TransportUser};
+use crate::stats::Stats;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use tokio_rustls::rustls::{version, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -96,6 +106,7 @@ pub enum ClientIdFrom {
 /// use roost::{ClientAuth, ClientIdFrom, TlsConfig, UsernameFrom};
 /// let tls = TlsConfig::new("certs/server.pem", "certs/server.key")
 ///     .client_auth(ClientAuth::Required { ca: "certs/ca.pem".into() })
+///     .crl("/etc/roost/ca.crl")
 ///     .username_from(UsernameFrom::CommonName)
 ///     .client_id_from(ClientIdFrom::CommonName);
 /// assert_eq!(tls.username_from, UsernameFrom::CommonName);
@@ -114,7 +125,15 @@ pub struct TlsConfig {
     /// Whether a client certificate names the client id (and so the
     /// session). Default: no.
     pub client_id_from: ClientIdFrom,
+    /// PEM file of certificate revocation lists for client certificates.
+    /// Default: none. See [`TlsConfig::crl`].
+    pub crl: Option<PathBuf>,
+    /// How often the CRL file is looked at for a change. Default: 5 s.
+    pub crl_poll_interval: Duration,
 }
+
+/// How often a listener's CRL file is looked at for a change, by default.
+pub(crate) const DEFAULT_CRL_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 impl TlsConfig {
     /// A server identity from a PEM certificate chain and a PEM key, with
@@ -126,6 +145,8 @@ impl TlsConfig {
             client_auth: ClientAuth::None,
             username_from: UsernameFrom::Connect,
             client_id_from: ClientIdFrom::Connect,
+            crl: None,
+            crl_poll_interval: DEFAULT_CRL_POLL_INTERVAL,
         }
     }
 
@@ -147,6 +168,38 @@ impl TlsConfig {
         self
     }
 
+    /// Checks client certificates against the certificate revocation lists
+    /// in this PEM file (`-----BEGIN X509 CRL-----` sections, one per CA
+    /// that issues client certificates). Needs client certificates
+    /// ([`ClientAuth::Optional`] or [`ClientAuth::Required`]).
+    ///
+    /// A revoked certificate fails the handshake (TLS alert "certificate
+    /// revoked"), and so does one whose issuer has no CRL in the file. The
+    /// file is read again by [`ListenerHandle::reload`](crate::ListenerHandle::reload)
+    /// and whenever its modification time or length changes (looked at
+    /// every [`crl_poll_interval`](Self::crl_poll_interval)); MQTT
+    /// connections open with a certificate a new CRL revokes are then
+    /// closed (5.0 clients first get DISCONNECT 0x87 Not authorized). A file that does
+    /// not read leaves the previous CRL in force. Each refusal and close is
+    /// logged at `warn` with the certificate's subject and serial number,
+    /// and counted (`tls_revoked_refused`, `tls_revoked_closed`).
+    ///
+    /// Only the client's own certificate is checked, not intermediate CAs
+    /// (as Mosquitto's `crlfile`); the CRL's next-update date is not
+    /// enforced.
+    pub fn crl(mut self, path: impl Into<PathBuf>) -> Self {
+        self.crl = Some(path.into());
+        self
+    }
+
+    /// Sets how often the CRL file is looked at for a change;
+    /// `Duration::ZERO` turns that off (the CRL is then read again only on
+    /// [`ListenerHandle::reload`](crate::ListenerHandle::reload)).
+    pub fn crl_poll_interval(mut self, every: Duration) -> Self {
+        self.crl_poll_interval = every;
+        self
+    }
+
     /// Reads the certificate, key and CA files and checks they make a
     /// usable server identity, as adding a listener would, without one.
     /// For checking a configuration before starting.
@@ -160,25 +213,136 @@ impl TlsConfig {
 /// while established connections keep the one they started with.
 pub(crate) struct TlsState {
     config: TlsConfig,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Built>,
+    /// With a CRL: the connections open with a client certificate.
+    revocation: Option<Arc<Revocation>>,
+    /// One reload at a time (a signal's and the CRL watcher's).
+    reloading: Mutex<()>,
 }
 
 impl TlsState {
     pub(crate) fn load(config: TlsConfig) -> Result<TlsState, ListenerError> {
-        let current = RwLock::new(build(&config)?);
-        Ok(TlsState { config, current })
+        let (built, crls) = build(&config)?;
+        Ok(TlsState {
+            config,
+            current: RwLock::new(built),
+            revocation: crls.map(|c| Arc::new(Revocation::new(c))),
+            reloading: Mutex::new(()),
+        })
     }
 
     /// Reads the files again; on error the previous configuration stays.
+    /// A new CRL closes the connections it revokes.
     pub(crate) fn reload(&self) -> Result<(), ListenerError> {
-        let fresh = build(&self.config)?;
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let (fresh, crls) = build(&self.config)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        if let (Some(revocation), Some(crls)) = (&self.revocation, crls) {
+            revocation.replace(crls);
+        }
         tracing::info!(cert = %self.config.cert_chain.display(), "TLS certificate reloaded");
         Ok(())
     }
 
+    /// Reads the CRL file again, and only it, if it changed since it was
+    /// last read; on error the previous CRL stays (and the error is logged
+    /// once, until the file changes again).
+    fn reload_crl_if_changed(&self, listener: &str) {
+        let (Some(path), Some(revocation)) = (&self.config.crl, &self.revocation) else {
+            return;
+        };
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = crl::stamp(path);
+        if stamp == revocation.stamp() {
+            return;
+        }
+        let verifier = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .crl
+            .clone();
+        let reloaded = crl::read(path).and_then(|crls| {
+            if let Some(v) = verifier {
+                v.set_crls(&crls).map_err(|e| bad(path, e))?;
+            }
+            revocation.replace(crls);
+            Ok(())
+        });
+        match reloaded {
+            Ok(()) => {
+                tracing::info!(listener, crl = %path.display(), "CRL file changed; reloaded")
+            }
+            Err(e) => {
+                revocation.set_stamp(stamp);
+                tracing::error!(listener, error = %e,
+                    "CRL file changed but cannot be used; the previous CRL stays in force");
+            }
+        }
+    }
+
+    /// Whether the listener checks client certificates against a CRL.
+    pub(crate) fn has_crl(&self) -> bool {
+        self.revocation.is_some()
+    }
+
+    /// With a CRL, until `stop`: reads the CRL file again when it changes,
+    /// and closes the connections a new CRL revokes (from a reload too):
+    /// through the core, which sends 5.0 clients DISCONNECT 0x87 Not
+    /// authorized first. Not Administrative action (0x98): the client's
+    /// credential is what no longer holds, and a device that reconnects
+    /// with it will be refused.
+    pub(crate) async fn watch_crl(
+        self: Arc<Self>,
+        listener: String,
+        shared: Arc<Shared>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Some(revocation) = self.revocation.clone() else {
+            return;
+        };
+        let every = self.config.crl_poll_interval;
+        let mut poll = (!every.is_zero()).then(|| {
+            let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            poll
+        });
+        loop {
+            // (Awaited outside the select: what `stop` yields must not be
+            // held across an await.)
+            let closing = tokio::select! {
+                closing = revocation.closing() => Some(closing),
+                _ = async { poll.as_mut()?.tick().await; Some(()) }, if poll.is_some() => None,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let Some(closing) = closing else {
+                // Reading and parsing a CRL of a large fleet takes a
+                // while: off the runtime's threads.
+                let (state, id) = (self.clone(), listener.clone());
+                let _ = tokio::task::spawn_blocking(move || state.reload_crl_if_changed(&id)).await;
+                continue;
+            };
+            for c in closing {
+                tracing::warn!(listener, conn = c.conn.0, subject = %Escaped(&c.who.subject),
+                    serial = %c.who.serial, "client certificate revoked (CRL); connection closed");
+                crate::stats::add(&shared.stats.tls_revoked_closed, 1);
+                let closed = Event::Closed {
+                    conn: c.conn,
+                    reason: CloseReason::Revoked,
+                };
+                if shared.events.send(closed).await.is_err() {
+                    return; // the core has stopped
+                }
+            }
+        }
+    }
+
     /// Runs the server side of a handshake with the current configuration.
-    pub(crate) async fn accept<S>(&self, stream: S) -> std::io::Result<TlsStream<S>>
+    pub(crate) async fn accept<S>(
+        &self,
+        stream: S,
+        remote: SocketAddr,
+    ) -> std::io::Result<TlsStream<S>>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -186,8 +350,39 @@ impl TlsState {
             .current
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .server
             .clone();
-        TlsAcceptor::from(config).accept(stream).await
+        let handshake = TlsAcceptor::from(config).accept(stream);
+        crl::HANDSHAKE_PEER.scope(remote, handshake).await
+    }
+
+    /// Registers a connection that presented a client certificate, on a
+    /// listener with a CRL, so a new CRL can close it (for as long as the
+    /// returned value lives). `None`: a CRL that came after its handshake
+    /// began revokes it already; logged and counted, the caller closes it.
+    pub(crate) fn track(
+        &self,
+        conn: ConnId,
+        stream: &TlsStream<TcpStream>,
+        stats: &Stats,
+    ) -> Option<Tracked> {
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        let (Some(revocation), Some(cert)) = (&self.revocation, cert) else {
+            return Some(Tracked(None));
+        };
+        match revocation.open(conn, cert) {
+            Ok(registered) => Some(Tracked(Some(registered))),
+            Err(who) => {
+                tracing::warn!(conn = conn.0, subject = %Escaped(&who.subject), serial = %who.serial,
+                    "client certificate revoked (CRL); handshake refused");
+                crate::stats::add(&stats.tls_revoked_refused, 1);
+                None
+            }
+        }
     }
 
     /// The MQTT user name the client certificate gives, if the listener is
@@ -279,15 +474,40 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, ListenerError> {
+/// A connection's registration for revocation, if it has one (see
+/// [`TlsState::track`]): kept for as long as the connection lives.
+pub(crate) struct Tracked(Option<Registered>);
+
+impl Tracked {
+    /// Set once a new CRL revokes the connection's certificate.
+    pub(crate) fn revoked(&self) -> Option<Arc<AtomicBool>> {
+        self.0.as_ref().map(Registered::flag)
+    }
+}
+
+/// What a build of the files gives: the rustls config, and its client
+/// certificate verifier when there is a CRL (to give it a new CRL alone).
+struct Built {
+    server: Arc<ServerConfig>,
+    crl: Option<Arc<CrlVerifier>>,
+}
+
+fn build(config: &TlsConfig) -> Result<(Built, Option<crl::Crls>), ListenerError> {
     let certs = certificates(&config.cert_chain)?;
     let key = private_key(&config.private_key)?;
+    let crls = config.crl.as_deref().map(crl::read).transpose()?;
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
         .map_err(|e| bad(&config.cert_chain, e))?;
+    let mut crl_verifier = None;
     let builder = match &config.client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::None => {
+            if let Some(path) = &config.crl {
+                return Err(ListenerError::CrlWithoutClientAuth(path.clone()));
+            }
+            builder.with_no_client_auth()
+        }
         ClientAuth::Optional { ca } | ClientAuth::Required { ca } => {
             let mut roots = RootCertStore::empty();
             for cert in certificates(ca)? {
@@ -295,13 +515,28 @@ fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, ListenerError> {
                     .add(cert)
                     .map_err(|e| bad(ca, format!("not a usable CA certificate: {e}")))?;
             }
-            let mut verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            if matches!(config.client_auth, ClientAuth::Optional { .. }) {
-                verifier = verifier.allow_unauthenticated();
+            let roots = Arc::new(roots);
+            let optional = matches!(config.client_auth, ClientAuth::Optional { .. });
+            match (&crls, &config.crl) {
+                (Some(crls), Some(path)) => {
+                    let verifier =
+                        CrlVerifier::new(roots, provider, optional, crls).map_err(|e| match e {
+                            VerifierBuilderError::InvalidCrl(_) => bad(path, e),
+                            e => bad(ca, e),
+                        })?;
+                    let verifier = Arc::new(verifier);
+                    crl_verifier = Some(verifier.clone());
+                    builder.with_client_cert_verifier(verifier)
+                }
+                _ => {
+                    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
+                    if optional {
+                        verifier = verifier.allow_unauthenticated();
+                    }
+                    let verifier = verifier.build().map_err(|e| bad(ca, e))?;
+                    builder.with_client_cert_verifier(verifier)
+                }
             }
-            let verifier = verifier.build().map_err(|e| bad(ca, e))?;
-            builder.with_client_cert_verifier(verifier)
         }
     };
     let server =
@@ -312,5 +547,9 @@ fn build(config: &TlsConfig) -> Result<Arc<ServerConfig>, ListenerError> {
                 key: config.private_key.clone(),
                 reason: e.to_string(),
             })?;
-    Ok(Arc::new(server))
+    let built = Built {
+        server: Arc::new(server),
+        crl: crl_verifier,
+    };
+    Ok((built, crls))
 }
