@@ -367,8 +367,8 @@ async fn throughput(a: &Args, remote: &Broker) -> Result<(), String> {
             runs[i].1.push(run);
         }
     }
-    println!("| edge | end to end msg/s (median) | per round | publisher acks msg/s (median) | edge CPU s per run | edge peak RSS MiB | remote CPU s | lost | dup |");
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("| edge | end to end msg/s (median) | per round | publisher acks msg/s (median) | edge CPU s per run | edge peak RSS MiB | remote CPU s | load generator CPU s | lost | dup |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut medians = Vec::new();
     for (kind, rs) in &runs {
         let e2e: Vec<f64> = rs.iter().map(|r| r.report.delivered_per_sec()).collect();
@@ -376,17 +376,19 @@ async fn throughput(a: &Args, remote: &Broker) -> Result<(), String> {
         let cpu: Vec<f64> = rs.iter().map(|r| r.edge_cpu).collect();
         let rss: Vec<f64> = rs.iter().map(|r| r.edge_peak_mib).collect();
         let rcpu: Vec<f64> = rs.iter().map(|r| r.remote_cpu).collect();
+        let lcpu: Vec<f64> = rs.iter().map(|r| r.loadgen_cpu).collect();
         let lost: u64 = rs.iter().map(|r| r.report.lost).sum();
         let dup: u64 = rs.iter().map(|r| r.report.duplicates).sum();
         let per: Vec<String> = e2e.iter().map(|v| format!("{v:.0}")).collect();
         println!(
-            "| {kind} | {:.0} | {} | {:.0} | {:.2} | {:.1} | {:.2} | {lost} | {dup} |",
+            "| {kind} | {:.0} | {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.2} | {lost} | {dup} |",
             median(&e2e),
             per.join(", "),
             median(&acks),
             median(&cpu),
             median(&rss),
             median(&rcpu),
+            median(&lcpu),
         );
         medians.push((kind.clone(), median(&e2e), median(&acks), e2e, acks));
     }
