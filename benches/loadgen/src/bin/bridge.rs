@@ -30,7 +30,7 @@ use roost::codec::{Packet, PacketId, ProtocolVersion, PubResp, Publish, QoS, Qos
 use roost_loadgen::client::{self, ConnectOptions};
 use roost_loadgen::flow::{self, FlowConfig, FlowReport, Topology};
 use roost_loadgen::payload::{self, Header};
-use roost_loadgen::process::{roost_binary, Broker};
+use roost_loadgen::process::{free_port, roost_binary, Broker};
 use roost_loadgen::procstat::{self, ProcSample};
 use roost_loadgen::relay::Relay;
 use roost_loadgen::seqtrack::SeqTracker;
@@ -141,6 +141,45 @@ fn start_remote(a: &Args) -> Result<Broker, String> {
     }
 }
 
+/// An edge broker, and for roost where it serves `/stats`.
+struct Edge {
+    broker: Broker,
+    stats: Option<SocketAddr>,
+}
+
+impl Edge {
+    fn addr(&self) -> SocketAddr {
+        self.broker.addr
+    }
+
+    fn pid(&self) -> u32 {
+        self.broker.pid()
+    }
+
+    /// roost: queued messages read back from the store so far (they went
+    /// to disk because the bridge's queue outgrew its window in memory).
+    async fn read_back(&self) -> Option<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(self.stats?).await.ok()?;
+        c.write_all(b"GET /stats HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        c.read_to_string(&mut body).await.ok()?;
+        json_u64(&body, "queue_messages_read")
+    }
+}
+
+/// The number after `"key":` in a JSON text.
+fn json_u64(text: &str, key: &str) -> Option<u64> {
+    let rest = &text[text.find(&format!("\"{key}\""))? + key.len() + 2..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// An edge bridging `bench/#` out at QoS 1 to `remote`, on a fresh data
 /// directory `dir`, its bridge's client id at the remote `client_id`.
 fn start_edge(
@@ -149,7 +188,7 @@ fn start_edge(
     dir: &Path,
     remote: SocketAddr,
     client_id: &str,
-) -> Result<Broker, String> {
+) -> Result<Edge, String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(io)?;
     match kind {
@@ -158,6 +197,7 @@ fn start_edge(
                 "3.1.1" | "5" => a.protocol.as_str(),
                 other => return Err(format!("unknown protocol {other:?} (3.1.1 or 5)")),
             };
+            let stats = SocketAddr::from(([127, 0, 0, 1], free_port()?));
             // Reconnecting every second, as Mosquitto's `restart_timeout 1`.
             let config = format!(
                 r#"[store]
@@ -167,6 +207,10 @@ data_dir = "{data}"
 [[listener]]
 type = "tcp"
 bind = "127.0.0.1:0"
+
+[[listener]]
+type = "http"
+bind = "{stats}"
 
 [[bridges]]
 name = "cloud"
@@ -188,7 +232,10 @@ qos = 1
             std::fs::write(&path, config).map_err(io)?;
             let mut command = Command::new(roost_binary(a.roost.clone())?);
             command.arg("--config").arg(&path);
-            Broker::roost(command, Duration::from_secs(30))
+            Ok(Edge {
+                broker: Broker::roost(command, Duration::from_secs(30))?,
+                stats: Some(stats),
+            })
         }
         "mosquitto" => {
             let protocol = match a.protocol.as_str() {
@@ -210,7 +257,10 @@ qos = 1
                 dir.display(),
                 a.max_inflight,
             );
-            Broker::mosquitto(&a.mosquitto, dir, &conf)
+            Ok(Edge {
+                broker: Broker::mosquitto(&a.mosquitto, dir, &conf)?,
+                stats: None,
+            })
         }
         other => Err(format!("unknown edge {other:?} (roost or mosquitto)")),
     }
@@ -271,6 +321,8 @@ struct Run {
     /// This process's CPU time (publishers, subscriber).
     loadgen_cpu: f64,
     edge_peak_mib: f64,
+    /// roost: messages that went to the store and were read back.
+    read_back: Option<u64>,
 }
 
 async fn throughput_run(
@@ -283,13 +335,13 @@ async fn throughput_run(
     let dir = a.dir.join(&id);
     let edge = start_edge(kind, a, &dir, remote.addr, &format!("edge-{id}"))?;
     let result = async {
-        await_bridge(edge.addr, remote.addr, &id).await?;
+        await_bridge(edge.addr(), remote.addr, &id).await?;
         procstat::reset_peak(edge.pid()).map_err(io)?;
         let me = std::process::id();
         let (e0, r0, l0) = (sample(edge.pid())?, sample(remote.pid())?, sample(me)?);
         let report = flow::run(
             FlowConfig {
-                addr: edge.addr,
+                addr: edge.addr(),
                 sub_addr: Some(remote.addr),
                 version: ProtocolVersion::V3_1_1,
                 topology: Topology::FanIn(a.publishers),
@@ -309,16 +361,18 @@ async fn throughput_run(
         .await
         .map_err(io)?;
         let (e1, r1, l1) = (sample(edge.pid())?, sample(remote.pid())?, sample(me)?);
+        let read_back = edge.read_back().await;
         Ok::<_, String>(Run {
             report,
             edge_cpu: e0.cpu_secs_until(&e1),
             remote_cpu: r0.cpu_secs_until(&r1),
             loadgen_cpu: l0.cpu_secs_until(&l1),
             edge_peak_mib: mib(e1.hwm_kb),
+            read_back,
         })
     }
     .await;
-    edge.stop();
+    edge.broker.stop();
     if !a.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -346,7 +400,7 @@ async fn throughput(a: &Args, remote: &Broker) -> Result<(), String> {
             let run = throughput_run(&kind, round, a, remote).await?;
             let r = &run.report;
             println!(
-                "  round {round} {kind}: {}/{} arrived in {:.2} s = {:.0} msg/s end to end; acked {} in {:.2} s = {:.0} msg/s; lost {}, dup {}; latency p50 {:.1} ms p99 {:.1} ms; edge CPU {:.2} s, peak RSS {:.1} MiB; remote CPU {:.2} s; load generator CPU {:.2} s{}",
+                "  round {round} {kind}: {}/{} arrived in {:.2} s = {:.0} msg/s end to end; acked {} in {:.2} s = {:.0} msg/s; lost {}, dup {}; latency p50 {:.1} ms p99 {:.1} ms; edge CPU {:.2} s, peak RSS {:.1} MiB; remote CPU {:.2} s; load generator CPU {:.2} s{}{}",
                 r.delivered,
                 r.sent,
                 r.elapsed_secs,
@@ -362,6 +416,7 @@ async fn throughput(a: &Args, remote: &Broker) -> Result<(), String> {
                 run.edge_peak_mib,
                 run.remote_cpu,
                 run.loadgen_cpu,
+                run.read_back.map_or(String::new(), |n| format!("; read back from the store {n}")),
                 if r.errors.is_empty() { String::new() } else { format!("; errors: {:?}", r.errors) },
             );
             runs[i].1.push(run);
@@ -560,7 +615,7 @@ async fn backlog_run(kind: &str, a: &Args, remote: &Broker) -> Result<(), String
             let before = sample(edge.pid())?;
             procstat::reset_peak(edge.pid()).map_err(io)?;
             let (acked, took) =
-                publish_backlog(edge.addr, a.backlog, a.publishers, a.window, cycle).await?;
+                publish_backlog(edge.addr(), a.backlog, a.publishers, a.window, cycle).await?;
             settle().await;
             let loaded = sample(edge.pid())?;
             println!(
@@ -604,7 +659,7 @@ async fn backlog_run(kind: &str, a: &Args, remote: &Broker) -> Result<(), String
     }
     .await;
     relay.down();
-    edge.stop();
+    edge.broker.stop();
     if !a.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
