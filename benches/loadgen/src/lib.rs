@@ -3,8 +3,10 @@
 //! report. Speaks MQTT 3.1.1 and 5.0 through `roost::codec`; no external
 //! MQTT client is involved.
 //!
-//! The binaries are `loadgen` (the scenarios; `loadgen --help`) and
-//! `restore` (how long a broker takes to restore a large store).
+//! The binaries are `loadgen` (the scenarios; `loadgen --help`), `restore`
+//! (how long a broker takes to restore a large store), `queue` and
+//! `retained` (messages on disk), and `bridge` (forwarding to a remote
+//! broker, and a backlog while the link is down).
 
 pub mod client;
 pub mod conns;
@@ -13,6 +15,7 @@ pub mod histogram;
 pub mod payload;
 pub mod process;
 pub mod procstat;
+pub mod relay;
 pub mod report;
 pub mod seqtrack;
 

@@ -320,6 +320,7 @@ async fn run_flow(common: &Common, kind: &str, a: FlowArgs) -> Result<(), String
     }
     let cfg = FlowConfig {
         addr: common.broker,
+        sub_addr: None,
         version,
         topology,
         qos,
