@@ -444,10 +444,12 @@ async fn run_idle(common: &Common, a: IdleArgs) -> Result<(), String> {
     };
     tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
     let usage = monitor.and_then(Monitor::finish);
-    let transport = match (&a.tls_ca, &a.wss_path) {
-        (None, _) => "",
-        (Some(_), None) => " tls",
-        (Some(_), Some(_)) => " wss",
+    let transport = match (&a.tls_ca, &a.wss_path, &a.tls_cert) {
+        (None, ..) => "",
+        (Some(_), None, None) => " tls",
+        (Some(_), None, Some(_)) => " mtls",
+        (Some(_), Some(_), None) => " wss",
+        (Some(_), Some(_), Some(_)) => " mwss",
     };
     let scenario = format!("idle{transport} {}k conns", a.connections / 1000);
     println!(
