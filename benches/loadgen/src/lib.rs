@@ -17,6 +17,7 @@ pub mod process;
 pub mod procstat;
 pub mod relay;
 pub mod report;
+pub mod secure;
 pub mod seqtrack;
 
 use std::sync::Arc;
