@@ -271,6 +271,25 @@ pub struct Limits {
     pub maximum_pending_writes: usize,
     /// Most concurrent connections. Default: 100,000.
     pub maximum_connections: usize,
+    /// Most concurrent MQTT connections from one source: an IPv4 address,
+    /// or an IPv6 /64 (one site's network, where a single host can take
+    /// any number of addresses; IPv4-mapped IPv6 addresses count as IPv4).
+    /// A connection past it is closed as soon as it is accepted, before
+    /// any TLS or WebSocket handshake, and counted as
+    /// `connections_refused_per_ip`. 0: no limit. Default: 0, because one
+    /// address may be a whole fleet (devices behind a NAT, a carrier's
+    /// CGNAT, a reverse proxy): set it when every device has an address of
+    /// its own. HTTP listeners do not count.
+    pub maximum_connections_per_ip: usize,
+    /// Most new MQTT connections one source (as for
+    /// `maximum_connections_per_ip`) may open per second: a token bucket
+    /// holding a second's worth, so a source may open this many at once
+    /// and then this many a second. A connection past it is closed as soon
+    /// as it is accepted, before any handshake, and counted as
+    /// `connect_rate_refused`; one refused for the count above takes no
+    /// token. 0: no limit. Default: 0, for the same reason (a fleet behind
+    /// one address reconnects all at once after a power cut).
+    pub maximum_connect_rate_per_ip: u32,
     /// How long a new connection may take to send CONNECT. Default: 10 s.
     /// A TLS or WebSocket handshake (or an HTTP request head) gets the same
     /// bound before it, in the connection's own task.
@@ -341,6 +360,8 @@ impl Default for Limits {
             maximum_queued_bytes: 256 * 1024 * 1024,
             maximum_pending_writes: 10_000,
             maximum_connections: 100_000,
+            maximum_connections_per_ip: 0,
+            maximum_connect_rate_per_ip: 0,
             connect_timeout: Duration::from_secs(10),
             maximum_subscriptions_per_session: 10_000,
             maximum_subscription_bytes: 1024 * 1024,

@@ -182,6 +182,7 @@ impl InlineClient {
                     connect: Box::new(connect),
                     client,
                     enhanced_auth: false,
+                    id_assigned: false,
                 })
                 .await;
             if sent.is_err() {

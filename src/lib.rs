@@ -34,6 +34,10 @@
 //! Features are additive; a library user who wants plain TCP only can set
 //! `default-features = false`.
 
+// serde_json's `json!` recurses once per key: `/stats` has more keys than
+// the default limit of 128 allows.
+#![recursion_limit = "256"]
+
 pub mod bridge;
 mod broker;
 mod clock;
@@ -59,7 +63,7 @@ pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subsc
 pub use message::{Message, MessageProperties};
 pub use net::listener::{Listener, ListenerError, ListenerHandle, ServerHandle, Transport};
 #[cfg(feature = "tls")]
-pub use net::tls::{ClientAuth, TlsConfig, UsernameFrom};
+pub use net::tls::{ClientAuth, ClientIdFrom, TlsConfig, UsernameFrom};
 #[cfg(feature = "ws")]
 pub use net::ws::WsConfig;
 /// The storage trait and backends (the `roost-storage` crate).

@@ -35,7 +35,11 @@ pub struct Stats {
     pub(crate) packet_read_timeouts: AtomicU64,
     pub(crate) connect_too_large: AtomicU64,
     pub(crate) unauthenticated_refused: AtomicU64,
+    pub(crate) connections_refused_per_ip: AtomicU64,
+    pub(crate) connect_rate_refused: AtomicU64,
     pub(crate) http_evicted: AtomicU64,
+    pub(crate) tls_revoked_refused: AtomicU64,
+    pub(crate) tls_revoked_closed: AtomicU64,
     pub(crate) retained_refused: AtomicU64,
     pub(crate) storage_refused: AtomicU64,
     pub(crate) packets_ignored: AtomicU64,
@@ -79,7 +83,11 @@ impl Default for Stats {
             packet_read_timeouts: AtomicU64::new(0),
             connect_too_large: AtomicU64::new(0),
             unauthenticated_refused: AtomicU64::new(0),
+            connections_refused_per_ip: AtomicU64::new(0),
+            connect_rate_refused: AtomicU64::new(0),
             http_evicted: AtomicU64::new(0),
+            tls_revoked_refused: AtomicU64::new(0),
+            tls_revoked_closed: AtomicU64::new(0),
             retained_refused: AtomicU64::new(0),
             storage_refused: AtomicU64::new(0),
             packets_ignored: AtomicU64::new(0),
@@ -140,7 +148,11 @@ impl Stats {
             packet_read_timeouts: g(&self.packet_read_timeouts),
             connect_too_large: g(&self.connect_too_large),
             unauthenticated_refused: g(&self.unauthenticated_refused),
+            connections_refused_per_ip: g(&self.connections_refused_per_ip),
+            connect_rate_refused: g(&self.connect_rate_refused),
             http_evicted: g(&self.http_evicted),
+            tls_revoked_refused: g(&self.tls_revoked_refused),
+            tls_revoked_closed: g(&self.tls_revoked_closed),
             retained_refused: g(&self.retained_refused),
             storage_refused: g(&self.storage_refused),
             packets_ignored: g(&self.packets_ignored),
@@ -214,9 +226,22 @@ pub struct StatsSnapshot {
     /// Connections closed before CONNACK because connections not yet
     /// through CONNECT held `limits.maximum_unauthenticated_bytes`.
     pub unauthenticated_refused: u64,
+    /// Connections closed as they were accepted because their source (an
+    /// IPv4 address or an IPv6 /64) held
+    /// `limits.maximum_connections_per_ip` connections.
+    pub connections_refused_per_ip: u64,
+    /// Connections closed as they were accepted because their source had
+    /// opened `limits.maximum_connect_rate_per_ip` in the last second.
+    pub connect_rate_refused: u64,
     /// HTTP connections that had not sent a request head, closed to make
     /// room for a new one at the listener's connection limit.
     pub http_evicted: u64,
+    /// TLS handshakes refused because the client certificate is on the
+    /// listener's CRL.
+    pub tls_revoked_refused: u64,
+    /// Open connections closed because a new CRL revoked their client
+    /// certificate.
+    pub tls_revoked_closed: u64,
     /// Retained messages not retained because the store held
     /// `limits.maximum_retained_bytes` (they were still delivered).
     pub retained_refused: u64,

@@ -155,6 +155,8 @@ fn the_example_file_gives_the_defaults_and_documents_every_key() {
             "client_ca",
             "client_auth",
             "username_from",
+            "crl",
+            "client_id_from",
             "session_tickets",
             "session_cache",
         ]
@@ -363,6 +365,42 @@ fn bad_config_files_are_refused_naming_file_line_and_key() {
         (
             "[durability]\nmode = \"ack-eventually\"\n",
             &["bad.toml:2:", "\"mode\" in [durability]", "ack-before-commit"],
+        ),
+        (
+            "[limits]\nmaximum_connections = 10\nmaximum_connections_per_ip = -1\n",
+            &[
+                "bad.toml:3:",
+                "\"maximum_connections_per_ip\" in [limits]",
+                "invalid value: integer `-1`",
+            ],
+        ),
+        (
+            "[limits]\nmaximum_connect_rate_per_ip = \"10/s\"\n",
+            &[
+                "bad.toml:2:",
+                "\"maximum_connect_rate_per_ip\" in [limits]",
+                "invalid type: string \"10/s\"",
+            ],
+        ),
+        (
+            "[limits]\nmaximum_connect_rate_per_ip = 5000000000\n",
+            &["bad.toml:2:", "\"maximum_connect_rate_per_ip\" in [limits]"],
+        ),
+        (
+            "[[listener]]\ntype = \"tls\"\nbind = \"127.0.0.1:0\"\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\nclient_id_from = \"serial\"\n",
+            &[
+                "bad.toml:7:",
+                "\"client_id_from\" in [[listener]]",
+                "common-name",
+            ],
+        ),
+        (
+            "[[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\nclient_id_from = \"common-name\"\n",
+            &["bad.toml:1", "client_id_from applies only to tls"],
+        ),
+        (
+            "[[listener]]\ntype = \"tls\"\nbind = \"127.0.0.1:0\"\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_id_from = \"common-name\"\n",
+            &["bad.toml:1", "tls listener", "client_id_from", "need client_ca"],
         ),
         ("[limits\n", &["bad.toml:1:"]),
     ];
@@ -578,7 +616,7 @@ async fn sighup_serves_a_new_certificate_to_new_connections_and_keeps_old_ones()
         stream.get_ref().1.peer_certificates().unwrap()[0].clone()
     };
 
-    let old = tls_connect(addr, trust.clone()).await.unwrap();
+    let old = tls_connect(addr, trust).await.unwrap();
     assert_eq!(served(&old), certs.server.der());
     let mut old = Client::new(Box::new(old), ProtocolVersion::V5);
     assert_eq!(old.connect(v5("old")).await.reason, ReasonCode::Success);
@@ -589,7 +627,10 @@ async fn sighup_serves_a_new_certificate_to_new_connections_and_keeps_old_ones()
     b.signal("-HUP");
     let line = logs.wait_for("SIGHUP handled");
     assert!(line.contains("tls_reloaded=1"), "{line}");
-    let new = tls_connect(addr, trust.clone()).await.unwrap();
+    // A client config of its own: with `trust`'s stored session the
+    // connection would resume (sessions outlive a reload) and bring back
+    // the certificate of the handshake that made it.
+    let new = tls_connect(addr, certs.client_config(None)).await.unwrap();
     assert_eq!(
         served(&new),
         renewed.der(),
@@ -603,9 +644,105 @@ async fn sighup_serves_a_new_certificate_to_new_connections_and_keeps_old_ones()
     logs.wait_for("TLS reload failed");
     let line = logs.wait_for("SIGHUP handled");
     assert!(line.contains("tls_failed=1"), "{line}");
-    let again = tls_connect(addr, trust).await.unwrap();
+    let again = tls_connect(addr, certs.client_config(None)).await.unwrap();
     assert_eq!(served(&again), renewed.der());
     old.ping().await;
+    assert!(b.terminate().await.success());
+}
+
+/// The per-source limits of `[limits]` and a TLS listener's
+/// `client_id_from` reach the broker: a certificate's CN is the client id
+/// whatever the CONNECT claims (and the log says so), and past
+/// `maximum_connections_per_ip` a connection is closed and counted, while
+/// the stats endpoint, not counted, still answers.
+#[tokio::test]
+async fn per_source_limits_and_the_certificate_client_id_come_from_the_file() {
+    let certs = TestCerts::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let file = write(
+        dir.path(),
+        "roost.toml",
+        &format!(
+            r#"
+[store]
+backend = "memory"
+
+[limits]
+maximum_connections_per_ip = 2
+maximum_connect_rate_per_ip = 100
+
+[[listener]]
+type = "tcp"
+bind = "127.0.0.1:0"
+
+[[listener]]
+type = "tls"
+bind = "127.0.0.1:0"
+cert = "{}"
+key = "{}"
+client_ca = "{}"
+client_id_from = "common-name"
+
+[[listener]]
+type = "http"
+bind = "127.0.0.1:0"
+"#,
+            path(&certs.server.cert_path),
+            path(&certs.server.key_path),
+            path(&certs.ca.cert_path),
+        ),
+    );
+    let config = print_config(dir.path(), &["--config", file.to_str().unwrap()]);
+    assert_eq!(
+        config["limits"]["maximum_connections_per_ip"].as_integer(),
+        Some(2)
+    );
+    assert_eq!(
+        config["limits"]["maximum_connect_rate_per_ip"].as_integer(),
+        Some(100)
+    );
+    assert_eq!(
+        config["listener"][1]["client_id_from"].as_str(),
+        Some("common-name")
+    );
+
+    let mut cmd = roost(&["--config", file.to_str().unwrap()]);
+    cmd.stderr(Stdio::piped());
+    let mut b = Broker::spawn(cmd);
+    let mut logs = Logs::of(&mut b);
+    let tls = tls_connect(
+        b.listener("mqtts tls"),
+        certs.client_config(Some(&certs.client)),
+    )
+    .await
+    .unwrap();
+    let mut device = Client::new(Box::new(tls), ProtocolVersion::V5);
+    assert_eq!(
+        device.connect(v5("not-alice")).await.reason,
+        ReasonCode::Success
+    );
+    let line = logs.wait_for("client id taken from the client certificate");
+    assert!(line.contains("client_id=alice"), "{line}");
+    assert!(line.contains("connect_client_id=not-alice"), "{line}");
+    let line = logs.wait_for("client connected");
+    assert!(line.contains("client_id=alice"), "{line}");
+
+    // The TLS connection is one of 127.0.0.1's two.
+    let second = Raw::connected(b.addr, v311("second")).await;
+    let mut third = Raw::open(b.addr, ProtocolVersion::V3_1_1).await;
+    let _ = third
+        .try_send(Packet::Connect(Box::new(v311("third"))))
+        .await;
+    assert!(third.expect_closed().await.is_empty(), "no CONNACK");
+    logs.wait_for("maximum_connections_per_ip");
+    let (status, body) = http_get(b.listener("http stats"), "/stats").await;
+    assert!(status.contains("200"), "{status}");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["connections_refused_per_ip"], 1, "{body}");
+    assert_eq!(stats["connect_rate_refused"], 0, "{body}");
+    device.ping().await;
+    second.disconnect().await;
     assert!(b.terminate().await.success());
 }
 

@@ -132,6 +132,111 @@ async fn abandoned_connections_give_their_slots_back() {
     b.stop().await;
 }
 
+/// `maximum_connections_per_ip` = 2: the third connection from 127.0.0.1
+/// is closed as it is accepted, without CONNACK, and counted; the two
+/// admitted ones keep working; when one goes, a new one is admitted.
+#[tokio::test]
+async fn a_third_connection_from_one_address_is_closed_at_maximum_connections_per_ip_2() {
+    let mut o = Options::default();
+    o.limits.maximum_connections_per_ip = 2;
+    let b = watched_broker(o).await;
+    let mut c1 = Raw::connected(b.addr, v5("c1")).await;
+    let mut c2 = Raw::connected(b.addr, v311("c2")).await;
+
+    let mut third = TcpStream::connect(b.addr).await.unwrap();
+    // The broker may close before the CONNECT is written.
+    let _ = third.write_all(CONNECT_C).await;
+    assert_eq!(read_to_close(&mut third).await, b"", "no CONNACK");
+    let mut third = Raw::open(b.addr, ProtocolVersion::V5).await;
+    let _ = third.try_send(Packet::Connect(Box::new(v5("c3")))).await;
+    assert_eq!(third.expect_closed().await, vec![], "no CONNACK");
+    let s = b.stats.snapshot();
+    assert_eq!(s.connections_refused_per_ip, 2);
+    assert_eq!(s.connect_rate_refused, 0);
+    assert_eq!(s.clients_total, 2, "never got as far as CONNECT");
+
+    // The admitted ones are unaffected.
+    c1.subscribe(1, "t", QoS::AtLeastOnce).await;
+    c2.publish(publish("t", "hi", QoS::AtLeastOnce, 1)).await;
+    let p = c1.recv_publish().await;
+    assert_eq!(payload(&p), "hi");
+    c1.ack(&p).await;
+
+    // A connection that ends gives its place back.
+    c2.disconnect().await;
+    let mut c3 = connect_when_admitted(&b, "c3").await;
+    c3.publish(publish("t", "from c3", QoS::AtMostOnce, 1))
+        .await;
+    assert_eq!(payload(&c1.recv_publish().await), "from c3");
+    // Abandoned before CONNECT, or mid-CONNECT, a connection still gives
+    // its place back.
+    drop(c3);
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(b.addr).await.unwrap();
+        s.write_all(&CONNECT_C[..7]).await.unwrap();
+        drop(s);
+        let c = connect_when_admitted(&b, "c4").await;
+        drop(c);
+    }
+    c1.disconnect().await;
+    b.stop().await;
+}
+
+/// `maximum_connect_rate_per_ip` = 2: of a burst of 10 connections from
+/// 127.0.0.1, 2 are admitted and the others closed as they are accepted,
+/// counted; a second later the bucket is full again and clients connect.
+#[tokio::test]
+async fn a_burst_past_maximum_connect_rate_per_ip_is_closed_and_counted() {
+    const BURST: u64 = 10;
+    let mut o = Options::default();
+    o.limits.maximum_connect_rate_per_ip = 2;
+    let b = watched_broker(o).await;
+    let mut burst = Vec::new();
+    for _ in 0..BURST {
+        burst.push(TcpStream::connect(b.addr).await.unwrap());
+    }
+    // The broker closes the refused ones at once; the admitted ones wait
+    // for their CONNECT.
+    let mut admitted = Vec::new();
+    for mut s in burst {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(QUIET, s.read(&mut byte)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(_)) => panic!("the broker sent something unasked"),
+            Err(_) => admitted.push(s),
+        }
+    }
+    // A token comes back every half second: one more may have, if the
+    // burst took that long.
+    assert!(
+        (2..=3).contains(&admitted.len()),
+        "{} admitted",
+        admitted.len()
+    );
+    let refused = BURST - admitted.len() as u64;
+    let s = b.stats.snapshot();
+    assert_eq!(s.connect_rate_refused, refused);
+    assert_eq!(s.connections_refused_per_ip, 0);
+    // The admitted ones are served.
+    for (i, mut s) in admitted.into_iter().enumerate() {
+        let mut connect = CONNECT_C.to_vec();
+        *connect.last_mut().unwrap() = b'a' + i as u8;
+        s.write_all(&connect).await.unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+    }
+
+    // A second later the bucket is full again.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let c1 = Raw::connected(b.addr, v5("later-1")).await;
+    let c2 = Raw::connected(b.addr, v311("later-2")).await;
+    assert_eq!(b.stats.snapshot().connect_rate_refused, refused);
+    c1.disconnect().await;
+    c2.disconnect().await;
+    b.stop().await;
+}
+
 // ----- queues ----------------------------------------------------------------
 
 /// `maximum_queued_messages` = 5: an offline persistent session keeps the

@@ -434,3 +434,221 @@ async fn a_certificate_without_the_identity_is_refused() {
     }
     assert!(seen.0.lock().unwrap().is_empty(), "no hook was asked");
 }
+
+/// A broker with one TLS listener, configured by `tls`.
+struct TlsBroker {
+    addr: std::net::SocketAddr,
+    stats: std::sync::Arc<roost::Stats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    join: tokio::task::JoinHandle<Result<(), roost::ServeError>>,
+}
+
+impl TlsBroker {
+    async fn start(opts: Options, tls: TlsConfig) -> TlsBroker {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = roost::Server::new(opts).tls(l, tls).unwrap();
+        let stats = server.stats();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let join = tokio::spawn(server.serve(async {
+            let _ = rx.await;
+        }));
+        TlsBroker {
+            addr,
+            stats,
+            stop,
+            join,
+        }
+    }
+
+    /// An MQTT client of `version` over TLS, presenting `cert`.
+    async fn client(
+        &self,
+        certs: &TestCerts,
+        cert: Option<&Issued>,
+        version: ProtocolVersion,
+    ) -> Client {
+        let tls = tls_connect(self.addr, certs.client_config(cert))
+            .await
+            .unwrap();
+        Client::new(Box::new(tls), version)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.join.await.unwrap().unwrap();
+    }
+}
+
+/// With `client_id_from` the certificate's CN, the session is the
+/// certificate's: a device whose CONNECT claims another device's client id
+/// gets its own session, and the other device is neither taken over nor
+/// disconnected. A device that sends an empty client id gets its CN (5.0:
+/// told in CONNACK) and its session back.
+#[tokio::test]
+async fn the_certificate_is_the_client_id_and_no_other_certificate_takes_its_session() {
+    let certs = TestCerts::generate();
+    let dev1 = issue_client(certs.dir.path(), "dev-1", &certs.ca, "dev-1", false);
+    let dev2 = issue_client(certs.dir.path(), "dev-2", &certs.ca, "dev-2", false);
+    let tls = certs
+        .tls(Some(true))
+        .client_id_from(roost::ClientIdFrom::CommonName);
+    let b = TlsBroker::start(Options::default(), tls).await;
+
+    // dev-1 claims to be dev-2: it gets the session "dev-1".
+    let mut one = b.client(&certs, Some(&dev1), ProtocolVersion::V5).await;
+    let ack = one.connect(v5_session("dev-2", true, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert_eq!(
+        ack.properties.assigned_client_identifier, None,
+        "only an empty client id is told the one it got"
+    );
+    one.subscribe(1, "cmd/dev-1", QoS::AtLeastOnce).await;
+
+    // dev-2 claims to be dev-1, asking for its session: it gets a fresh
+    // one of its own, and dev-1 stays connected.
+    let mut two = b.client(&certs, Some(&dev2), ProtocolVersion::V3_1_1).await;
+    let ack = two
+        .connect(connect(ProtocolVersion::V3_1_1, "dev-1", false))
+        .await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present, "dev-1's session is not dev-2's");
+    two.publish(publish("cmd/dev-1", "hello", QoS::AtLeastOnce, 1))
+        .await;
+    let p = one.recv_publish().await;
+    assert_eq!(payload(&p), "hello");
+    one.ack(&p).await;
+    assert_eq!(b.stats.snapshot().clients_connected, 2);
+
+    // dev-1 comes back with an empty client id: it is told "dev-1", and
+    // finds its session with what was queued while it was away.
+    one.disconnect().await;
+    two.publish(publish("cmd/dev-1", "while away", QoS::AtLeastOnce, 2))
+        .await;
+    let mut one = b.client(&certs, Some(&dev1), ProtocolVersion::V5).await;
+    let ack = one.connect(v5_session("", false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present);
+    assert_eq!(
+        ack.properties.assigned_client_identifier.as_deref(),
+        Some("dev-1")
+    );
+    let p = one.recv_publish().await;
+    assert_eq!(payload(&p), "while away");
+    one.ack(&p).await;
+
+    // 3.1.1 still refuses an empty client id with Clean Session 0
+    // ([MQTT-3.1.3-8]): return code 2.
+    let mut three = b.client(&certs, Some(&dev2), ProtocolVersion::V3_1_1).await;
+    let ack = three
+        .connect(connect(ProtocolVersion::V3_1_1, "", false))
+        .await;
+    assert_eq!(ack.reason, ReasonCode::ClientIdentifierNotValid);
+
+    one.disconnect().await;
+    two.disconnect().await;
+    b.stop().await;
+}
+
+/// When the client id is to come from the certificate, a client without a
+/// certificate (they are optional here) or with one that lacks the name is
+/// refused with CONNACK 0x87 (3.x: return code 5), whatever client id it
+/// sends: nobody checks a client id, so it cannot fall back on the
+/// CONNECT's. The user name still may (it comes from the CONNECT here).
+#[tokio::test]
+async fn without_the_certificate_client_id_a_client_is_refused() {
+    let certs = TestCerts::generate();
+    let nameless = issue_client_without_cn(certs.dir.path(), "nameless", &certs.ca);
+    let tls = TlsConfig::new(&certs.server.cert_path, &certs.server.key_path)
+        .client_auth(roost::ClientAuth::Optional {
+            ca: certs.ca.cert_path.clone(),
+        })
+        .client_id_from(roost::ClientIdFrom::CommonName);
+    let b = TlsBroker::start(Options::default(), tls).await;
+    for cert in [None, Some(&nameless)] {
+        for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
+            let mut c = b.client(&certs, cert, version).await;
+            let ack = c.connect(connect(version, "alice", true)).await;
+            assert_eq!(ack.reason, ReasonCode::NotAuthorized, "{version:?}");
+        }
+    }
+    // With its certificate, alice is let in (as "alice").
+    let mut c = b
+        .client(&certs, Some(&certs.client), ProtocolVersion::V5)
+        .await;
+    let ack = c.connect(v5("")).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert_eq!(
+        ack.properties.assigned_client_identifier.as_deref(),
+        Some("alice")
+    );
+    c.disconnect().await;
+    b.stop().await;
+}
+
+/// Status line and body of `GET path`.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("the server closes after one response")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// `maximum_connections_per_ip` on TLS: past it a connection is closed
+/// before its handshake (the server never answers the ClientHello), and
+/// counted in the stats, `/metrics` and `$SYS`. HTTP connections do not
+/// count: the stats endpoint still answers the same address.
+#[tokio::test]
+async fn past_maximum_connections_per_ip_a_tls_connection_is_closed_before_its_handshake() {
+    let mut opts = Options::default();
+    opts.limits.maximum_connections_per_ip = 1;
+    opts.sys_interval = Some(std::time::Duration::from_secs(1));
+    let b = MultiBroker::with(opts, Some(true)).await;
+    let mut first = b.connected(Kind::Tls, v5("first")).await;
+
+    let refused = tls_connect(b.tls, b.certs.client_config(Some(&b.certs.client))).await;
+    let err = refused.expect_err("closed before the handshake");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        ),
+        "{err}"
+    );
+    // Any MQTT listener: the count is per source, not per listener.
+    let mut plain = TcpStream::connect(b.tcp).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut got))
+        .await
+        .expect("closed at once");
+    assert!(got.is_empty());
+    assert_eq!(b.stats.snapshot().connections_refused_per_ip, 2);
+
+    let (status, body) = http_get(b.http, "/stats").await;
+    assert!(status.contains("200"), "{status}");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["connections_refused_per_ip"], 2, "{body}");
+    assert_eq!(stats["connect_rate_refused"], 0, "{body}");
+    let (_, metrics) = http_get(b.http, "/metrics").await;
+    assert!(
+        metrics.contains("\nroost_connections_refused_per_ip_total 2\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("\nroost_connect_rate_refused_total 0\n"));
+
+    first
+        .subscribe(1, "$SYS/broker/refused/connections_per_ip", QoS::AtMostOnce)
+        .await;
+    // The retained value may be from before the refusals: the next one
+    // (within a second) is not.
+    while payload(&first.recv_publish().await) != "2" {}
+    first.disconnect().await;
+    b.stop().await;
+}

@@ -2,8 +2,8 @@
 //! reconnects skips the full handshake (the client connection says
 //! `HandshakeKind::Resumed`) over TLS 1.3 and 1.2, on the MQTT, WSS and
 //! HTTPS listeners, by ticket or by session id; still after a certificate
-//! reload, no longer after the client CA changes or the client certificate
-//! expires, never when turned off.
+//! reload, no longer after the client CA or the CRL changes or the client
+//! certificate expires, never when turned off.
 
 mod common;
 use common::listeners::*;
@@ -336,6 +336,55 @@ async fn a_changed_client_ca_ends_resumption() {
         ];
         assert_eq!(kinds, [Full, Resumed], "{:?}", version.version);
     }
+    b.stop().await;
+}
+
+/// Likewise a new CRL, whether read on reload or when the file changes: a
+/// session made before it would skip the check against it (on HTTPS
+/// nothing else checks a resumed client certificate again).
+#[tokio::test]
+async fn a_changed_crl_ends_resumption() {
+    let certs = TestCerts::generate();
+    let crl = certs.dir.path().join("ca.crl");
+    std::fs::write(&crl, crl_pem(&certs.ca, &[])).unwrap();
+    let tls = certs
+        .tls(Some(true))
+        .crl(&crl)
+        .crl_poll_interval(std::time::Duration::from_millis(50));
+    let b = Broker::start(tls).await;
+    let config = device(
+        &certs,
+        &TLS13,
+        Tls12Resumption::SessionIdOnly,
+        Some(&certs.client),
+    );
+    assert_eq!(over_https(b.https, config.clone()).await.kind, Full);
+    assert_eq!(over_https(b.https, config.clone()).await.kind, Resumed);
+    // A reload that reads the same CRL keeps the sessions.
+    b.reload();
+    assert_eq!(over_https(b.https, config.clone()).await.kind, Resumed);
+
+    // Another certificate revoked: read by the listener's watcher.
+    std::fs::write(&crl, crl_pem(&certs.ca, &[9999])).unwrap();
+    let mut full = false;
+    for _ in 0..100 {
+        if over_https(b.https, config.clone()).await.kind == Full {
+            full = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(full, "a changed CRL file ends resumption");
+    assert_eq!(over_https(b.https, config.clone()).await.kind, Resumed);
+
+    // And on reload.
+    std::fs::write(&crl, crl_pem(&certs.ca, &[9998, 9999])).unwrap();
+    b.reload();
+    let kinds = [
+        over_https(b.https, config.clone()).await.kind,
+        over_https(b.https, config).await.kind,
+    ];
+    assert_eq!(kinds, [Full, Resumed]);
     b.stop().await;
 }
 

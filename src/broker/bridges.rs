@@ -10,6 +10,7 @@
 //! dropped when the bridge connects.
 
 use super::*;
+use crate::escape::Escaped;
 use crate::stats::BridgeStats;
 
 /// Client ids under this prefix belong to bridges: network clients may not
@@ -53,7 +54,7 @@ impl Broker {
             .collect();
         for (id, sid) in stale {
             let queued = self.sessions.get(&sid).map_or(0, |s| s.queued_total());
-            tracing::warn!(client_id = %crate::escape::Escaped(&id), queued,
+            tracing::warn!(client_id = %Escaped(&id), queued,
                 "bridge no longer configured: its session ends, with the messages it had queued");
             self.end_session(sid, now_ms);
         }
@@ -90,7 +91,7 @@ impl Broker {
             .cloned()
             .collect();
         if !stale.is_empty() {
-            tracing::info!(client_id = %crate::escape::Escaped(s.client_id()), filters = ?stale,
+            tracing::info!(client_id = %Escaped(s.client_id()), filters = ?stale,
                 "bridge: subscriptions of rules no longer configured removed");
             self.remove_subscriptions(sid, stale);
         }

@@ -184,6 +184,7 @@ pub fn run(data: &[u8]) -> Summary {
                         connect: Box::new(connect),
                         client,
                         enhanced_auth: false,
+                        id_assigned: false,
                     },
                     at(now),
                 );

@@ -4,6 +4,15 @@
 use super::*;
 use crate::escape::Escaped;
 
+/// What the connection established before it handed its CONNECT over.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Established {
+    /// Enhanced authentication succeeded.
+    pub enhanced_auth: bool,
+    /// The transport gave the client id to a CONNECT that had none.
+    pub id_assigned: bool,
+}
+
 impl Broker {
     pub(super) fn refuse(outbox: &Outbox, reason: ReasonCode) {
         outbox.push(Packet::ConnAck(ConnAck {
@@ -20,18 +29,25 @@ impl Broker {
         outbox: Arc<Outbox>,
         c: Connect,
         client: Arc<Client>,
-        enhanced_auth: bool,
+        established: Established,
         now: Now,
     ) {
+        let Established {
+            enhanced_auth,
+            id_assigned,
+        } = established;
         let now_ms = now.ms;
         let v = c.protocol;
         let mut assigned = None;
-        let client_id = if c.client_id.is_empty() {
+        if c.client_id.is_empty() || id_assigned {
             // 3.1 requires 1-23 characters; 3.1.1 allows an empty id only with
-            // Clean Session 1 ([MQTT-3.1.3-8]); 5.0 always gets one assigned.
+            // Clean Session 1 ([MQTT-3.1.3-8]), even when the transport
+            // names the client; 5.0 always gets one assigned.
             if v == ProtocolVersion::V3_1 || (v == ProtocolVersion::V3_1_1 && !c.clean_start) {
                 return Self::refuse(&outbox, ReasonCode::ClientIdentifierNotValid);
             }
+        }
+        let client_id = if c.client_id.is_empty() {
             let id = loop {
                 let id = ByteStr::from(format!(
                     "roost-{:016x}",
@@ -49,6 +65,10 @@ impl Broker {
         } else if c.client_id.len() > self.opts.limits.maximum_client_id_len {
             return Self::refuse(&outbox, ReasonCode::ClientIdentifierNotValid);
         } else {
+            // [MQTT-3.2.2-16]: the client that sent none is told its id.
+            if id_assigned && v.is_v5() {
+                assigned = Some(c.client_id.clone());
+            }
             c.client_id.clone()
         };
         if !client.inline && client_id.starts_with(bridges::CLIENT_ID_PREFIX) {
@@ -533,6 +553,12 @@ impl Broker {
                 self.disconnect_with(conn, e.reason_code(), Some(e.to_string()), now_ms)
             }
             CloseReason::Lost => self.detach(conn, false, None, now_ms),
+            CloseReason::Revoked => self.disconnect_with(
+                conn,
+                ReasonCode::NotAuthorized,
+                Some("client certificate revoked".into()),
+                now_ms,
+            ),
         }
     }
 

@@ -55,6 +55,7 @@ use crate::router::{Match, SubscriptionTree};
 use crate::stats::{self, Stats};
 use crate::topic::{self, SharedFilter};
 use idhash::{IdMap, IdSet};
+use lifecycle::Established;
 use persist::{message_record, Persist};
 use roost_storage::{Op, SessionOwner, SessionRecord, SubscriptionRecord, WillRecord};
 use session::{Conn, Ctx, Session, SubEntry, Will};
@@ -79,6 +80,9 @@ pub(crate) enum CloseReason {
     /// The peer sent bytes that do not decode; the core sends the error's
     /// reason code and, as reason string, the rule it broke (5.0).
     Malformed(crate::codec::DecodeError),
+    /// The client's TLS certificate was revoked since it connected (a new
+    /// CRL); the core sends DISCONNECT 0x87 with a reason string (5.0).
+    Revoked,
 }
 
 /// Input to the broker core from connection tasks.
@@ -100,6 +104,11 @@ pub(crate) enum Event {
         /// Enhanced authentication succeeded: the CONNECT's method stands,
         /// and its authentication data is the server's final answer.
         enhanced_auth: bool,
+        /// The client sent an empty client id and the transport gave it
+        /// the one in `connect` (a certificate's identity): the rules for
+        /// an empty id hold as if the core had assigned it, and a 5.0
+        /// client is told it (Assigned Client Identifier).
+        id_assigned: bool,
     },
     /// A PUBLISH (topic alias resolved) with what the hooks decided.
     Publish {
@@ -305,7 +314,14 @@ impl Broker {
                 connect,
                 client,
                 enhanced_auth,
-            } => self.connect(conn, outbox, *connect, client, enhanced_auth, now),
+                id_assigned,
+            } => {
+                let established = Established {
+                    enhanced_auth,
+                    id_assigned,
+                };
+                self.connect(conn, outbox, *connect, client, established, now)
+            }
             Event::Packet { conn, packet } => self.packet(conn, packet, now_ms),
             Event::Packets {
                 conn, mut packets, ..

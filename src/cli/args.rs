@@ -39,7 +39,8 @@ Examples:
 
 Signals: SIGINT or SIGTERM stop accepting, send DISCONNECT (0x8B, server
 shutting down) to MQTT 5 clients, flush the store and exit 0. SIGHUP
-reloads TLS certificates and the auth ledger; connections stay up.
+reloads TLS certificates, CRLs and the auth ledger; connections stay up,
+except those whose client certificate a new CRL revokes.
 
 Logs go to stderr; RUST_LOG (for example RUST_LOG=roost=debug) overrides
 log.level and log.filter.

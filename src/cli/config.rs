@@ -316,6 +316,19 @@ pub(crate) enum UsernameSource {
     SubjectAltName,
 }
 
+/// Where the client id comes from on a TLS listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ClientIdSource {
+    /// The CONNECT packet.
+    Connect,
+    /// The client certificate's subject Common Name.
+    CommonName,
+    /// The client certificate's first DNS, e-mail or URI Subject
+    /// Alternative Name.
+    SubjectAltName,
+}
+
 /// One `[[listener]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -338,9 +351,16 @@ pub(crate) struct ListenerConfig {
     /// `client_ca`, else `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuthMode>,
+    /// PEM certificate revocation lists for client certificates; read
+    /// again on SIGHUP and when the file changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
     /// `connect`, `common-name` or `subject-alt-name`. Default: `connect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_from: Option<UsernameSource>,
+    /// `connect`, `common-name` or `subject-alt-name`. Default: `connect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_from: Option<ClientIdSource>,
     /// Sessions kept for resumption by session id (tls, wss, https); 0
     /// keeps none. Default: 20000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -371,7 +391,9 @@ impl ListenerConfig {
             key: None,
             client_ca: None,
             client_auth: None,
+            crl: None,
             username_from: None,
+            client_id_from: None,
             session_cache: None,
             session_tickets: None,
             path: None,
@@ -725,7 +747,9 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
             ("key", l.key.is_some()),
             ("client_ca", l.client_ca.is_some()),
             ("client_auth", l.client_auth.is_some()),
+            ("crl", l.crl.is_some()),
             ("username_from", l.username_from.is_some()),
+            ("client_id_from", l.client_id_from.is_some()),
             ("session_cache", l.session_cache.is_some()),
             ("session_tickets", l.session_tickets.is_some()),
         ];
@@ -742,6 +766,14 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
                 ));
             }
             let auth = l.client_auth.unwrap_or(ClientAuthMode::None);
+            let asks = l.client_ca.is_some() && l.client_auth != Some(ClientAuthMode::None);
+            if l.crl.is_some() && !asks {
+                return fail(
+                    "crl needs client certificates (client_ca, and client_auth \
+                     \"optional\" or \"required\")"
+                        .into(),
+                );
+            }
             if auth != ClientAuthMode::None && l.client_ca.is_none() {
                 return fail(format!(
                     "client_auth = \"{}\" needs client_ca",
@@ -751,6 +783,18 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
                         "required"
                     }
                 ));
+            }
+            let certificates = l.client_ca.is_some() && l.client_auth != Some(ClientAuthMode::None);
+            let from_certificate = l
+                .client_id_from
+                .is_some_and(|from| from != ClientIdSource::Connect);
+            if from_certificate && !certificates {
+                // Every client would be refused: none has a certificate.
+                return fail(
+                    "client_id_from takes the client id from client certificates, which \
+                     need client_ca (and client_auth other than \"none\")"
+                        .into(),
+                );
             }
         } else if let Some((key, _)) = tls_only.iter().find(|(_, set)| *set) {
             return fail(format!(

@@ -40,8 +40,8 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 /// The TLS settings of a TLS listener.
 #[cfg(feature = "tls")]
 pub(crate) fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
-    use super::config::{ClientAuthMode, UsernameSource};
-    use roost::{ClientAuth, TlsConfig, UsernameFrom};
+    use super::config::{ClientAuthMode, ClientIdSource, UsernameSource};
+    use roost::{ClientAuth, ClientIdFrom, TlsConfig, UsernameFrom};
     if !l.kind.is_tls() {
         return None;
     }
@@ -58,9 +58,18 @@ pub(crate) fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
         Some(UsernameSource::CommonName) => UsernameFrom::CommonName,
         Some(UsernameSource::SubjectAltName) => UsernameFrom::SubjectAltName,
     };
+    let client_id_from = match l.client_id_from {
+        None | Some(ClientIdSource::Connect) => ClientIdFrom::Connect,
+        Some(ClientIdSource::CommonName) => ClientIdFrom::CommonName,
+        Some(ClientIdSource::SubjectAltName) => ClientIdFrom::SubjectAltName,
+    };
     let mut tls = TlsConfig::new(cert, key)
         .client_auth(client_auth)
-        .username_from(username_from);
+        .username_from(username_from)
+        .client_id_from(client_id_from);
+    if let Some(crl) = &l.crl {
+        tls = tls.crl(crl.clone());
+    }
     if let Some(n) = l.session_cache {
         tls = tls.session_cache(n);
     }
@@ -323,8 +332,9 @@ pub(crate) async fn run(config: Config) -> ExitCode {
     }
 }
 
-/// On every SIGHUP: reloads each TLS listener's certificate and key, and
-/// the auth ledger. A reload that fails leaves the previous one in force.
+/// On every SIGHUP: reloads each TLS listener's certificate, key, CA and
+/// CRL, and the auth ledger. A reload that fails leaves the previous one in
+/// force.
 #[cfg(unix)]
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
@@ -343,7 +353,7 @@ async fn reload_on_hangup(
                 Err(e) => {
                     failed += 1;
                     tracing::error!(listener = l.id(), error = %e,
-                        "TLS reload failed; the listener keeps its previous certificate");
+                        "TLS reload failed; the listener keeps its previous certificate and CRL");
                 }
             }
         }

@@ -37,6 +37,24 @@ pub(crate) enum TransportUser {
     Missing,
 }
 
+/// The client id a transport established, if it is to establish one.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))] // Only TLS names clients.
+pub(crate) enum TransportClientId {
+    /// The transport says nothing: the CONNECT's client id stands.
+    #[default]
+    FromConnect,
+    /// A TLS client certificate's CN or SAN, when the listener is told to
+    /// use it. It replaces the CONNECT's client id, so the session is the
+    /// certificate's.
+    Named(String),
+    /// The listener takes the client id from the client certificate, and
+    /// the client presented none, or one without the name. The connection
+    /// is refused: nobody checks a client id, so falling back to the
+    /// CONNECT's would let any client take a device's session.
+    Missing,
+}
+
 /// The CONNACK that refuses a client with `reason` (mapped to a return
 /// code when encoded for 3.x).
 pub(crate) fn refusal(reason: ReasonCode) -> Packet {
@@ -117,27 +135,49 @@ pub(crate) struct Admission {
     enhanced: bool,
     /// Any auth hook installed (otherwise `Hooks::connect` is skipped).
     auth_hooks: bool,
+    /// The CONNECT's client id was empty and the transport gave one.
+    id_assigned: bool,
     /// The connection's number, for the log.
     conn: u64,
 }
 
 impl Admission {
     /// Starts admitting the client that sent `connect` over a transport
-    /// that established `user`. Returns the first step.
+    /// that established `user` and `client_id`. Returns the first step.
     pub(crate) fn start(
         mut connect: Box<Connect>,
         user: TransportUser,
+        client_id: TransportClientId,
         remote_addr: Option<SocketAddr>,
         hooks: &Hooks,
         conn: u64,
     ) -> (Self, Next) {
-        let refused = match user {
+        let user_missing = match user {
             TransportUser::FromConnect => false,
             TransportUser::Named(username) => {
                 connect.username = Some(username.into());
                 false
             }
             TransportUser::Missing => true,
+        };
+        let mut id_assigned = false;
+        let id_missing = match client_id {
+            TransportClientId::FromConnect => false,
+            TransportClientId::Named(id) => {
+                if connect.client_id.is_empty() {
+                    id_assigned = true;
+                } else if connect.client_id != id.as_str() {
+                    // Not refused: the session is the certificate's
+                    // whatever the CONNECT claims (see `ClientIdFrom`).
+                    tracing::info!(conn, client_id = %Escaped(&id),
+                        connect_client_id = %Escaped(&connect.client_id),
+                        remote = remote_addr.map(tracing::field::display),
+                        "client id taken from the client certificate, replacing the CONNECT's");
+                }
+                connect.client_id = id.into();
+                false
+            }
+            TransportClientId::Missing => true,
         };
         let client = Client {
             client_id: connect.client_id.clone(),
@@ -158,9 +198,10 @@ impl Admission {
             method,
             enhanced: false,
             auth_hooks: !hooks.auth.is_empty(),
+            id_assigned,
             conn,
         };
-        let next = if refused {
+        let next = if user_missing {
             // Refused before any hook sees the CONNECT's user name. 0x87
             // (3.x: 5) rather than 0x86: the CONNECT's credentials are not
             // what is wrong, the certificate names nobody. Answered in
@@ -169,6 +210,12 @@ impl Admission {
             tracing::warn!(conn, client_id = %Escaped(&admission.client.client_id),
                 remote = remote_addr.map(tracing::field::display),
                 "client certificate has no user name (CN or SAN) and the listener takes it from there; connection refused");
+            Next::Refuse(refusal(ReasonCode::NotAuthorized))
+        } else if id_missing {
+            // As for a missing user name, and before any hook too.
+            tracing::warn!(conn, client_id = %Escaped(&admission.client.client_id),
+                remote = remote_addr.map(tracing::field::display),
+                "the listener takes the client id from the client certificate, and the client presented none or one without it (CN or SAN); connection refused");
             Next::Refuse(refusal(ReasonCode::NotAuthorized))
         } else if admission.method.is_some() {
             Next::EnhancedAuth(data)
@@ -326,6 +373,7 @@ impl Admission {
             ingress: Ingress::new(client.clone(), method, aliases),
             client,
             enhanced_auth: self.enhanced,
+            id_assigned: self.id_assigned,
         }
     }
 }
@@ -340,6 +388,9 @@ pub(crate) struct Admitted {
     /// Enhanced authentication succeeded: the CONNECT's method stands, and
     /// its authentication data is the server's final answer.
     pub enhanced_auth: bool,
+    /// The CONNECT's client id was empty and the transport gave it one
+    /// (see `Event::Connect`).
+    pub id_assigned: bool,
     /// The client's protocol state after CONNECT.
     pub ingress: Ingress,
 }

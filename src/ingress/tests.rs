@@ -1,7 +1,7 @@
 //! The ingress driven directly: packets and hook verdicts in, what to do
 //! out. No socket, no runtime.
 
-use super::admit::{self, Admission, Malformed, Next, TransportUser};
+use super::admit::{self, Admission, Malformed, Next, TransportClientId, TransportUser};
 use super::*;
 use crate::codec::{
     encode, Connect, ConnectProperties, LastWill, ProtocolVersion, PubResp, PublishProperties, QoS,
@@ -33,7 +33,11 @@ fn with_method(method: &str, data: &'static [u8]) -> Box<Connect> {
 }
 
 fn start(c: Box<Connect>, user: TransportUser, hooks: &Hooks) -> (Admission, Next) {
-    Admission::start(c, user, None, hooks, 1)
+    Admission::start(c, user, TransportClientId::FromConnect, None, hooks, 1)
+}
+
+fn start_named(c: Box<Connect>, client_id: TransportClientId, hooks: &Hooks) -> (Admission, Next) {
+    Admission::start(c, TransportUser::FromConnect, client_id, None, hooks, 1)
 }
 
 fn refused_with(next: &Next) -> Option<ReasonCode> {
@@ -128,6 +132,49 @@ fn a_certificate_without_a_user_is_refused_before_any_hook() {
     let (_, next) = start(
         connect(ProtocolVersion::V5),
         TransportUser::Missing,
+        &auth_hooks(Ok(())),
+    );
+    assert_eq!(refused_with(&next), Some(ReasonCode::NotAuthorized));
+}
+
+#[test]
+fn a_certificate_client_id_replaces_the_connects_before_the_hooks_see_it() {
+    let (mut a, next) = start_named(
+        connect(ProtocolVersion::V5),
+        TransportClientId::Named("dev-1".into()),
+        &auth_hooks(Ok(())),
+    );
+    assert!(matches!(next, Next::Authenticate), "{next:?}");
+    let (client, connect, _) = a.connect_mut();
+    assert_eq!(client.client_id, "dev-1");
+    assert_eq!(connect.client_id, "dev-1");
+    assert!(matches!(a.authenticated(Ok(())), Next::Admitted));
+    let admitted = a.admitted(&Options::default());
+    assert_eq!(admitted.client.client_id, "dev-1");
+    assert_eq!(admitted.connect.client_id, "dev-1");
+    assert!(!admitted.id_assigned, "the CONNECT had an id of its own");
+}
+
+#[test]
+fn a_certificate_client_id_for_an_empty_one_is_assigned() {
+    let mut c = connect(ProtocolVersion::V5);
+    c.client_id = "".into();
+    let (a, next) = start_named(
+        c,
+        TransportClientId::Named("dev-1".into()),
+        &Hooks::default(),
+    );
+    assert!(matches!(next, Next::Admitted));
+    let admitted = a.admitted(&Options::default());
+    assert_eq!(admitted.connect.client_id, "dev-1");
+    assert!(admitted.id_assigned);
+}
+
+#[test]
+fn a_missing_certificate_client_id_is_refused_before_any_hook() {
+    let (_, next) = start_named(
+        connect(ProtocolVersion::V3_1_1),
+        TransportClientId::Missing,
         &auth_hooks(Ok(())),
     );
     assert_eq!(refused_with(&next), Some(ReasonCode::NotAuthorized));

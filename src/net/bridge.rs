@@ -270,6 +270,7 @@ impl Driver {
                 connect: Box::new(self.local_connect()),
                 client: self.client.clone(),
                 enhanced_auth: false,
+                id_assigned: false,
             })
             .await
             .ok()?;
@@ -605,14 +606,23 @@ impl Driver {
     /// the link (or kept until the link takes it).
     fn forward(&mut self, p: Publish) {
         let qos = p.qos_pid.qos();
-        let rule = p
+        // The subscription identifier names the rule whose local filter
+        // the topic matched: only the prefixes change. Without one, each
+        // rule is tried in full.
+        let by_id = p
             .properties
             .subscription_identifiers
             .iter()
             .filter_map(|id| self.bridge.forward.get(id.get() as usize - 1))
-            .chain(self.bridge.forward.iter())
-            .find_map(|r| r.to_remote(&p.topic));
-        let Some(remote_topic) = rule else {
+            .find_map(|r| remote_topic(r, &p.topic));
+        let mapped = by_id.or_else(|| {
+            self.bridge
+                .forward
+                .iter()
+                .find_map(|r| r.to_remote(&p.topic))
+                .map(ByteStr::from)
+        });
+        let Some(remote_topic) = mapped else {
             // No rule carries it (a subscription left by an older
             // configuration, until the next start removes it): done here.
             stats::add(&self.stats.dropped, 1);
@@ -625,7 +635,7 @@ impl Driver {
         properties.subscription_identifiers.clear();
         properties.topic_alias = None;
         let msg = Outgoing {
-            topic: ByteStr::from(remote_topic),
+            topic: remote_topic,
             payload: p.payload,
             retain: p.retain,
             properties,
@@ -983,6 +993,18 @@ impl Driver {
 async fn write_out(s: &mut RemoteStream, buf: &[u8]) -> std::io::Result<()> {
     s.write_all(buf).await?;
     s.flush().await
+}
+
+/// The remote topic of `topic`, which matched `rule`'s local filter (the
+/// core matched it): the prefixes change, and with equal prefixes (both
+/// empty, typically) it is the same string, shared rather than copied.
+fn remote_topic(rule: &Rule, topic: &ByteStr) -> Option<ByteStr> {
+    if rule.local_prefix == rule.remote_prefix {
+        return Some(topic.clone());
+    }
+    let rest = topic.strip_prefix(rule.local_prefix.as_str())?;
+    let mapped = format!("{}{rest}", rule.remote_prefix);
+    crate::topic::valid_name(&mapped).then(|| ByteStr::from(mapped))
 }
 
 /// The local packet id a link token stands for (tokens of forwarded

@@ -18,8 +18,8 @@ use crate::broker::{effective_keep_alive, CloseReason, ConnId, Event, Outbox, Sh
 use crate::codec::{encode, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use crate::escape::Escaped;
 use crate::hooks::{Hooks, PublishVerdict};
-pub(crate) use crate::ingress::admit::TransportUser;
 use crate::ingress::admit::{self, Admission, Admitted, Malformed, Next};
+pub(crate) use crate::ingress::admit::{TransportClientId, TransportUser};
 use crate::ingress::{Ask, Inbound, Ingress, ToCore};
 use bytes::BytesMut;
 use std::future::{poll_fn, Future};
@@ -33,14 +33,19 @@ use tokio::sync::mpsc::error::TrySendError;
 /// What the listener learned about a connection before MQTT started.
 #[derive(Debug, Default)]
 pub(crate) struct Peer {
-    /// The identity the transport established.
+    /// The user name the transport established.
     pub username: TransportUser,
+    /// The client id the transport established.
+    pub client_id: TransportClientId,
     /// The peer's address.
     pub remote_addr: Option<SocketAddr>,
     /// Set when the CONNECT exchange admits the client: a transport that
     /// meters what it reads before that ([`super::metered::Metered`])
     /// stops then.
     pub admitted: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Set when a new CRL revokes the client's TLS certificate (see
+    /// `net::crl`).
+    pub revoked: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Peer {
@@ -48,8 +53,10 @@ impl Peer {
     pub(crate) fn at(remote: SocketAddr) -> Self {
         Peer {
             username: TransportUser::FromConnect,
+            client_id: TransportClientId::FromConnect,
             remote_addr: Some(remote),
             admitted: None,
+            revoked: None,
         }
     }
 }
@@ -246,8 +253,14 @@ where
         _ => return None, // timeout, I/O error, EOF, or not a CONNECT
     };
 
-    let (mut admission, mut next) =
-        Admission::start(connect, peer.username, peer.remote_addr, hooks, conn.0);
+    let (mut admission, mut next) = Admission::start(
+        connect,
+        peer.username,
+        peer.client_id,
+        peer.remote_addr,
+        hooks,
+        conn.0,
+    );
     let version = admission.version();
     loop {
         next = match next {
@@ -299,6 +312,7 @@ where
         connect,
         client,
         enhanced_auth,
+        id_assigned,
         ingress,
     } = admission.admitted(opts);
     let (keep_alive, _) = effective_keep_alive(opts, version, connect.keep_alive);
@@ -316,8 +330,21 @@ where
         connect,
         client,
         enhanced_auth,
+        id_assigned,
     };
     shared.events.send(event).await.ok()?;
+    // A new CRL that revoked the certificate before the core knew this
+    // connection had nothing to close: closed now, after the CONNACK.
+    // Looked at after the CONNECT went to the core, so a CRL that comes
+    // later finds the connection there.
+    let revoked = peer.revoked.as_ref();
+    if revoked.is_some_and(|r| r.load(std::sync::atomic::Ordering::SeqCst)) {
+        let closed = Event::Closed {
+            conn,
+            reason: CloseReason::Revoked,
+        };
+        shared.events.send(closed).await.ok()?;
+    }
     if let Some(admitted) = &peer_admitted {
         admitted.store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -405,6 +432,7 @@ where
         Ending::Close(CloseReason::Lost) => "connection lost".to_string(),
         Ending::Close(CloseReason::ProtocolError(code)) => format!("protocol error ({code:?})"),
         Ending::Close(CloseReason::Malformed(e)) => format!("malformed packet: {e}"),
+        Ending::Close(CloseReason::Revoked) => "client certificate revoked".to_string(),
     };
     let (reason, writer_done) = match ending {
         Ending::Close(reason) => (Some(reason), false),

@@ -37,6 +37,12 @@ pub enum ListenerError {
         /// What rustls said.
         reason: String,
     },
+    /// A CRL was given to a listener that asks for no client certificates.
+    #[error(
+        "CRL {0} given, but the listener asks for no client certificates \
+         (ClientAuth::Optional or Required)"
+    )]
+    CrlWithoutClientAuth(PathBuf),
     /// Another listener already has this id.
     #[error("a listener with id {0:?} already exists")]
     DuplicateId(String),

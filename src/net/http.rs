@@ -129,7 +129,7 @@ fn json(s: &StatsSnapshot) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "started": started,
         "uptime": s.uptime_secs,
@@ -156,6 +156,8 @@ fn json(s: &StatsSnapshot) -> String {
         "packet_read_timeouts": s.packet_read_timeouts,
         "connect_too_large": s.connect_too_large,
         "unauthenticated_refused": s.unauthenticated_refused,
+        "connections_refused_per_ip": s.connections_refused_per_ip,
+        "connect_rate_refused": s.connect_rate_refused,
         "http_evicted": s.http_evicted,
         "retained_refused": s.retained_refused,
         "queue_memory_bytes": s.queue_memory_bytes,
@@ -171,8 +173,17 @@ fn json(s: &StatsSnapshot) -> String {
         "packets_ignored": s.packets_ignored,
         "memory": resident_memory(),
         "bridges": s.bridges.iter().map(bridge_json).collect::<Vec<_>>(),
-    })
-    .to_string()
+    });
+    // `json!` recurses once per key and is at the compiler's recursion
+    // limit: later counters are added here (keys come out sorted anyway).
+    let more = [
+        ("tls_revoked_refused", s.tls_revoked_refused),
+        ("tls_revoked_closed", s.tls_revoked_closed),
+    ];
+    for (key, value) in more {
+        json[key] = value.into();
+    }
+    json.to_string()
 }
 
 fn bridge_json(b: &BridgeSnapshot) -> serde_json::Value {
@@ -192,7 +203,7 @@ fn bridge_json(b: &BridgeSnapshot) -> serde_json::Value {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 24] = [
+    let counters: [(&str, &str, u64); 28] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -262,9 +273,29 @@ fn prometheus(s: &StatsSnapshot) -> String {
             s.unauthenticated_refused,
         ),
         (
+            "connections_refused_per_ip",
+            "Connections closed at accept: their source held maximum_connections_per_ip.",
+            s.connections_refused_per_ip,
+        ),
+        (
+            "connect_rate_refused",
+            "Connections closed at accept: their source passed maximum_connect_rate_per_ip.",
+            s.connect_rate_refused,
+        ),
+        (
             "http_evicted",
             "Idle HTTP connections closed to make room for a new one.",
             s.http_evicted,
+        ),
+        (
+            "tls_revoked_refused",
+            "TLS handshakes refused: the client certificate is on the CRL.",
+            s.tls_revoked_refused,
+        ),
+        (
+            "tls_revoked_closed",
+            "Connections closed: a new CRL revoked their client certificate.",
+            s.tls_revoked_closed,
         ),
         (
             "retained_refused",

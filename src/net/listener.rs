@@ -6,6 +6,7 @@
 
 use super::connection::{serve_connection, Peer};
 pub use super::error::ListenerError;
+use super::per_ip::{Hold, Loud, PerIp, Refused};
 use super::shared::Shared;
 use crate::broker::ConnId;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -223,9 +224,10 @@ impl ListenerHandle {
         self.scheme
     }
 
-    /// Reads the certificate chain, key and CA files again and uses them
-    /// for new connections; connections already up keep theirs. On error
-    /// the listener keeps serving with what it had.
+    /// Reads the certificate chain, key, CA and CRL files again and uses
+    /// them for new connections; connections already up keep theirs, but
+    /// those whose client certificate a new CRL revokes are closed. On
+    /// error the listener keeps serving with what it had.
     pub fn reload(&self) -> Result<(), ListenerError> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
@@ -355,6 +357,8 @@ pub(crate) struct Accepting {
     pub shared: Arc<Shared>,
     pub next_conn: Arc<AtomicU64>,
     pub permits: Arc<Semaphore>,
+    /// The per-source limits of MQTT listeners, if any are set.
+    pub per_ip: Option<Arc<PerIp>>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -375,7 +379,12 @@ pub(crate) async fn run(mut incoming: mpsc::UnboundedReceiver<Listener>, ctx: Ac
                 }
                 None => open = false,
             },
-            _ = sweep.tick() => ctx.shared.sweep.tick(),
+            _ = sweep.tick() => {
+                ctx.shared.sweep.tick();
+                if let Some(per_ip) = &ctx.per_ip {
+                    per_ip.sweep(ctx.shared.clock.mono_ms());
+                }
+            }
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -385,12 +394,17 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
     let Listener { id, tcp, kind, .. } = listener;
     let kind = Arc::new(kind);
     // HTTP connections have their own small limit, so stats scrapers never
-    // take a slot from an MQTT client.
-    let permits = match &*kind {
+    // take a slot from an MQTT client; nor do they count per source.
+    let (permits, per_ip) = match &*kind {
         #[cfg(feature = "http")]
-        Kind::Http(_) => Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS)),
-        _ => ctx.permits.clone(),
+        Kind::Http(_) => (Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS)), None),
+        _ => (ctx.permits.clone(), ctx.per_ip.clone()),
     };
+    // A CRL is watched for as long as the listener accepts.
+    #[cfg(feature = "tls")]
+    if let Some(tls) = kind.tls().filter(|t| t.has_crl()) {
+        tokio::spawn(tls.watch_crl(id.clone(), ctx.shared.clone(), ctx.stop.clone()));
+    }
     let mut stop = ctx.stop.clone();
     let mut backoff = Duration::from_millis(5);
     #[cfg(feature = "http")]
@@ -433,6 +447,21 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
             tracing::warn!(listener = %id, %peer, "connection limit reached; refusing");
             continue;
         };
+        // Per source: closed here, before any handshake (see `per_ip`).
+        let source = match &per_ip {
+            None => None,
+            Some(per_ip) => match per_ip.admit(peer.ip(), ctx.shared.clock.mono_ms()) {
+                Ok(hold) => hold,
+                Err((why, loud)) => {
+                    refused_per_ip(&ctx.shared.stats, &id, peer, why, loud);
+                    continue;
+                }
+            },
+        };
+        let slot = match source {
+            None => Slot::Permit(permit),
+            Some(hold) => Slot::Counted(Box::new((permit, hold))),
+        };
         let _ = stream.set_nodelay(true);
         let accepted = Accepted {
             stream,
@@ -444,7 +473,7 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
             #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
             stop: ctx.stop.clone(),
         };
-        let task = Box::new((accepted, permit));
+        let task = Box::new((accepted, slot));
         // One task type per transport: a plain TCP connection's task then
         // holds only what TCP needs (TLS and WebSocket state is far larger).
         match &*kind {
@@ -485,25 +514,63 @@ struct Accepted {
     stop: watch::Receiver<bool>,
 }
 
+/// Logs and counts a connection refused for its source.
+fn refused_per_ip(
+    stats: &crate::stats::Stats,
+    listener: &str,
+    peer: SocketAddr,
+    why: Refused,
+    loud: Loud,
+) {
+    let (counter, limit) = match why {
+        Refused::Connections => (
+            &stats.connections_refused_per_ip,
+            "maximum_connections_per_ip",
+        ),
+        Refused::Rate => (&stats.connect_rate_refused, "maximum_connect_rate_per_ip"),
+    };
+    crate::stats::add(counter, 1);
+    let source = super::per_ip::Source::of(peer.ip());
+    match loud {
+        // Once a minute per source: the counters count every one.
+        Loud::Warn => tracing::warn!(%listener, %peer, %source, limit,
+            "connection refused: its source is at a per-source limit (further refusals of this source are logged at debug for a minute)"),
+        Loud::Quiet => tracing::debug!(%listener, %peer, %source, limit,
+            "connection refused: its source is at a per-source limit"),
+    }
+}
+
+/// What an accepted connection holds until it ends: its place under
+/// `maximum_connections`, and in its source's count when that is limited.
+/// Dropping it gives both back. An enum with a box, not a struct with an
+/// option: it is then no larger than the permit alone (the box fits beside
+/// the permit's pointer), and a TCP connection's task has no byte to spare
+/// (see the test below).
+#[allow(dead_code, reason = "held for their `Drop` only")]
+enum Slot {
+    Permit(OwnedSemaphorePermit),
+    Counted(Box<(OwnedSemaphorePermit, Hold)>),
+}
+
 /// Runs one accepted connection, holding its slot under the connection
-/// limit (the permit) until it ends.
+/// limits until it ends.
 ///
 /// The connection comes boxed and its future is made in here: what an
 /// `async fn` is given stays in its future for its whole life, even once
 /// moved on, so every connection would carry its arguments twice.
-async fn supervise<F, Fut>(task: Box<(Accepted, OwnedSemaphorePermit)>, serve: F)
+async fn supervise<F, Fut>(task: Box<(Accepted, Slot)>, serve: F)
 where
     F: FnOnce(Accepted) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    // A block, so that nothing but the connection's future (and the permit)
+    // A block, so that nothing but the connection's future (and the slot)
     // lives across the await.
-    let (serving, permit) = {
-        let (accepted, permit) = unbox(task);
-        (serve(accepted), permit)
+    let (serving, slot) = {
+        let (accepted, slot) = unbox(task);
+        (serve(accepted), slot)
     };
     serving.await;
-    drop(permit);
+    drop(slot);
 }
 
 /// Moves a value out of its box and frees the box now (moved out of in
@@ -516,6 +583,13 @@ fn unbox<T>(b: Box<T>) -> T {
 /// Runs the transport's handshake (bounded by the connect timeout) and then
 /// the connection, all inside the connection's own task: TLS, WebSocket
 /// and WSS. Plain TCP and HTTP(S) have task types of their own.
+///
+/// The task's allocation is this future's size, the largest state of any
+/// of its arms, and it lives as long as the connection. So each handshake
+/// future is boxed: inline, the WebSocket upgrade's made the future 22 KiB,
+/// which every idle TLS connection carried (issue 20); boxed, it is freed
+/// once the handshake ends, and an idle connection's task holds its
+/// stream and not much more (see the test below).
 #[cfg(any(feature = "tls", feature = "ws"))]
 async fn layered(accepted: Accepted) {
     #[allow(unused_variables)] // Only handshakes watch `stop`.
@@ -533,17 +607,29 @@ async fn layered(accepted: Accepted) {
         Kind::Tcp => serve_connection(stream, conn, shared, Peer::at(remote)).await,
         #[cfg(feature = "tls")]
         Kind::Tls(tls) => {
+            // Boxed, as every handshake here: its future is transient and
+            // large, and inline it would size the task for the
+            // connection's whole life (see `layered`).
+            let accept = Box::pin(tls.accept(stream, remote));
+            let stats = &shared.stats;
             let Some(stream) =
-                handshake(conn, handshake_timeout, stop.clone(), tls.accept(stream)).await
+                handshake(conn, handshake_timeout, stop.clone(), stats, accept).await
             else {
+                return;
+            };
+            // Held while the connection lives.
+            let Some(tracked) = tls.track(conn, &stream, stats) else {
                 return;
             };
             let peer = Peer {
                 username: tls.username(&stream),
+                client_id: tls.client_id(&stream),
                 remote_addr: Some(remote),
                 admitted: None,
+                revoked: tracked.revoked(),
             };
-            serve_connection(stream, conn, shared, peer).await
+            serve_connection(stream, conn, shared, peer).await;
+            drop(tracked);
         }
         #[cfg(feature = "ws")]
         Kind::Ws(cfg) => {
@@ -556,7 +642,8 @@ async fn layered(accepted: Accepted) {
                 conn,
                 handshake_timeout,
                 stop.clone(),
-                super::ws::accept(stream, cfg, max),
+                &shared.stats,
+                Box::pin(super::ws::accept(stream, cfg, max)),
             )
             .await
             else {
@@ -573,24 +660,31 @@ async fn layered(accepted: Accepted) {
             let max = shared.opts.limits.maximum_packet_size;
             let admitted = Arc::new(AtomicBool::new(false));
             let metering = (shared.clone(), admitted.clone());
-            let upgrade = async {
-                let stream = tls.accept(stream).await?;
-                let username = tls.username(&stream);
+            let upgrade = Box::pin(async {
+                let stream = tls.accept(stream, remote).await?;
+                let identity = (tls.username(&stream), tls.client_id(&stream));
+                let Some(tracked) = tls.track(conn, &stream, &metering.0.stats) else {
+                    return Err(HandshakeError::Revoked);
+                };
                 let stream = Metered::new(stream, metering.0, metering.1);
                 let ws = super::ws::accept(stream, cfg, max).await?;
-                Ok::<_, HandshakeError>((ws, username))
-            };
-            let Some((ws, username)) =
-                handshake(conn, handshake_timeout, stop.clone(), upgrade).await
+                Ok::<_, HandshakeError>((ws, identity, tracked))
+            });
+            let stats = &shared.stats;
+            let Some((ws, (username, client_id), tracked)) =
+                handshake(conn, handshake_timeout, stop.clone(), stats, upgrade).await
             else {
                 return;
             };
             let peer = Peer {
                 username,
+                client_id,
                 remote_addr: Some(remote),
                 admitted: Some(admitted),
+                revoked: tracked.revoked(),
             };
-            serve_connection(ws, conn, shared, peer).await
+            serve_connection(ws, conn, shared, peer).await;
+            drop(tracked);
         }
         // Served by `http`, never from here.
         #[cfg(feature = "http")]
@@ -617,7 +711,9 @@ async fn http(accepted: Accepted, head: Arc<AtomicBool>) {
         Kind::Http(None) => super::http::serve(stream, stats, limit, &head).await,
         #[cfg(feature = "tls")]
         Kind::Http(Some(tls)) => {
-            if let Some(s) = handshake(conn, limit, stop, tls.accept(stream)).await {
+            let remote = accepted.remote;
+            let accept = tls.accept(stream, remote);
+            if let Some(s) = handshake(conn, limit, stop, stats, accept).await {
                 super::http::serve(s, stats, limit, &head).await
             }
         }
@@ -682,6 +778,30 @@ pub(crate) enum HandshakeError {
     #[cfg(feature = "ws")]
     #[error("WebSocket: {0}")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    /// A new CRL revoked the client certificate during the handshake
+    /// (WSS; over TLS the connection just ends).
+    #[cfg(all(feature = "tls", feature = "ws"))]
+    #[error("client certificate revoked")]
+    Revoked,
+}
+
+#[cfg(any(feature = "tls", feature = "ws"))]
+impl HandshakeError {
+    /// TLS refused the client's certificate as revoked (see
+    /// [`TlsConfig::crl`]).
+    fn revoked_by_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        #[allow(irrefutable_let_patterns)] // Without `ws`, Io is all there is.
+        if let HandshakeError::Io(e) = self {
+            use tokio_rustls::rustls::{CertificateError, Error};
+            let tls = e.get_ref().and_then(|e| e.downcast_ref::<Error>());
+            return matches!(
+                tls,
+                Some(Error::InvalidCertificate(CertificateError::Revoked))
+            );
+        }
+        false
+    }
 }
 
 /// Awaits a handshake for at most `limit`, or until shutdown (a connection
@@ -692,6 +812,7 @@ async fn handshake<T, E>(
     conn: ConnId,
     limit: Duration,
     mut stop: watch::Receiver<bool>,
+    stats: &crate::stats::Stats,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Option<T>
 where
@@ -704,7 +825,12 @@ where
     match outcome {
         Ok(Ok(t)) => Some(t),
         Ok(Err(e)) => {
-            tracing::debug!(conn = conn.0, error = %HandshakeError::from(e), "handshake failed");
+            let e = HandshakeError::from(e);
+            if e.revoked_by_tls() {
+                // Logged with the certificate by the verifier.
+                crate::stats::add(&stats.tls_revoked_refused, 1);
+            }
+            tracing::debug!(conn = conn.0, error = %e, "handshake failed");
             None
         }
         Err(_) => {
@@ -746,6 +872,18 @@ mod tests {
         let (stop_tx, stop) = watch::channel(false);
         let remote = stream.peer_addr().unwrap();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        // With the per-source count on, as a connection's task is then.
+        let limits = crate::config::Limits {
+            maximum_connections_per_ip: 1,
+            ..Default::default()
+        };
+        let per_ip = PerIp::new(&limits).unwrap();
+        let hold = per_ip.admit(remote.ip(), 0).unwrap().unwrap();
+        let slot = Slot::Counted(Box::new((permit, hold)));
+        assert_eq!(
+            std::mem::size_of::<Slot>(),
+            std::mem::size_of::<OwnedSemaphorePermit>()
+        );
         let accepted = Accepted {
             stream,
             conn: ConnId(1),
@@ -756,10 +894,37 @@ mod tests {
             #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
             stop,
         };
-        let task = supervise(Box::new((accepted, permit)), |a| {
+        let task = supervise(Box::new((accepted, slot)), |a| {
             serve_connection(a.stream, a.conn, a.shared, Peer::at(a.remote))
         });
         let size = std::mem::size_of_val(&task);
         assert!(size <= 280, "a TCP connection's future is {size} bytes");
+    }
+
+    /// The size of a future `f` returns, without making one.
+    #[cfg(any(feature = "tls", feature = "ws"))]
+    fn future_size<A, F>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The tripwire for TLS and WebSocket connections: their task is sized
+    /// by the largest state of `layered`, for the connection's whole life.
+    /// Serving a WSS stream needs about 1.8 KiB (release build); a
+    /// handshake future left inline (the WebSocket upgrade's) made it
+    /// 22 KiB, most of an idle TLS connection's cost (issue 20).
+    #[cfg(any(feature = "tls", feature = "ws"))]
+    #[test]
+    fn a_layered_connection_task_holds_no_handshake() {
+        let size = future_size(|t: Box<(Accepted, Slot)>| supervise(t, layered));
+        // Debug builds lay futures out less tightly than release ones.
+        let bound = if cfg!(debug_assertions) {
+            6 * 1024
+        } else {
+            3 * 1024
+        };
+        assert!(
+            size <= bound,
+            "a TLS/WebSocket connection's future is {size} bytes"
+        );
     }
 }

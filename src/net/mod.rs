@@ -7,6 +7,8 @@
 pub(crate) mod alias;
 pub(crate) mod bridge;
 pub(crate) mod connection;
+#[cfg(feature = "tls")]
+pub(crate) mod crl;
 pub(crate) mod dial;
 mod duplex;
 pub(crate) mod encode;
@@ -18,6 +20,7 @@ pub(crate) mod listener;
 mod metered;
 #[cfg(feature = "tls")]
 mod pace;
+pub(crate) mod per_ip;
 pub(crate) mod preauth;
 #[cfg(feature = "tls")]
 mod resumption;

@@ -15,15 +15,15 @@
 //! Both are built once per listener and handed to every rustls
 //! `ServerConfig` it builds, so a certificate reload keeps them. A session
 //! carries the client certificate it was verified with, so they are
-//! renewed when what verifies client certificates changes (see
-//! [`Trust`]): rustls leaves that policy to us.
+//! renewed when what verifies client certificates (CA certificates, CRL)
+//! changes (see [`Trust`]): rustls leaves that policy to us.
 
 use super::error::ListenerError;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_rustls::rustls::crypto::ring::Ticketer;
-use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio_rustls::rustls::server::{NoServerSessionStorage, ProducesTickets, StoresServerSessions};
 use tokio_rustls::rustls::ServerConfig;
 
@@ -40,6 +40,10 @@ pub(crate) struct Trust {
     /// The CA certificates client certificates must chain to (none without
     /// client authentication).
     pub roots: Vec<CertificateDer<'static>>,
+    /// The CRLs client certificates are checked against (none without a
+    /// `crl`): a session made before a certificate was revoked would
+    /// otherwise resume with it.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 /// A listener's resumption state, shared by the rustls configs it builds
@@ -80,6 +84,11 @@ impl Resumption {
     /// Whether sessions made under this state may resume under `trust`.
     pub(crate) fn trusts_like(&self, trust: &Trust) -> bool {
         self.trust == *trust
+    }
+
+    /// The trust this state's sessions were made under.
+    pub(crate) fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// Makes `server` issue and accept this state's sessions.

@@ -1,22 +1,30 @@
 //! TLS for the MQTT, WebSocket and HTTP listeners: tokio-rustls on the
-//! `ring` provider, TLS 1.2 and 1.3, optional client certificates,
-//! certificates reloadable without a restart, session resumption (see
-//! [`resumption`](super::resumption)), and a bound on handshakes in
-//! progress so that a reconnect storm cannot crowd out established
-//! connections (see [`pace`](super::pace)).
+//! `ring` provider, TLS 1.2 and 1.3, optional client certificates checked
+//! against a CRL (see [`super::crl`]), certificates reloadable without a
+//! restart, session resumption (see [`resumption`](super::resumption)),
+//! and a bound on handshakes in progress so that a reconnect storm cannot
+//! crowd out established connections (see [`pace`](super::pace)).
 
+use super::crl::{self, CrlVerifier, Registered, Revocation};
 use super::error::ListenerError;
 use super::resumption::{Resumption, Trust};
+use super::shared::Shared;
 use super::x509;
-use crate::ingress::admit::TransportUser;
+use crate::broker::{CloseReason, ConnId, Event};
+use crate::escape::Escaped;
+use crate::ingress::admit::{TransportClientId, TransportUser};
+use crate::stats::Stats;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use tokio_rustls::rustls::{version, HandshakeKind, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -65,6 +73,40 @@ pub enum UsernameFrom {
 /// fleet of TLS 1.2 devices that do not take tickets.
 pub(crate) const DEFAULT_SESSION_CACHE: usize = 20_000;
 
+/// Where a client's client identifier comes from on a TLS listener.
+///
+/// From the certificate, the client id is the device's identity: the
+/// session belongs to the certificate, and another certificate cannot take
+/// it over (nor end its connection) whatever client id its CONNECT claims.
+/// It replaces the CONNECT's before the auth hooks see the client. A
+/// CONNECT with another client id is not refused: its id is replaced, as
+/// Mosquitto's `use_identity_as_username` with `use_username_as_clientid`
+/// does, and the replacement is logged (a device with a random or a stale
+/// id keeps working, under its certificate's name). A 5.0 client that sent
+/// an empty client id is told the one it got (Assigned Client Identifier);
+/// the property is only for that case, so one that sent another id is not.
+/// The rules for an empty client id still hold: a 3.1.1 client sending
+/// one with Clean Session 0, or a 3.1 client, is refused (CONNACK return
+/// code 2, [MQTT-3.1.3-8]).
+///
+/// A client without a certificate (client certificates optional), or whose
+/// certificate lacks the name, is refused (CONNACK 0x87; 3.x: return code
+/// 5). Unlike a user name, which the auth hooks check against a password,
+/// a client id is checked by nobody: taking the CONNECT's instead would
+/// let any client that gets in take a device's session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientIdFrom {
+    /// The CONNECT packet, as usual.
+    #[default]
+    Connect,
+    /// The client certificate's subject Common Name.
+    CommonName,
+    /// The client certificate's first Subject Alternative Name of type
+    /// DNS name, e-mail address (rfc822Name) or URI, as for
+    /// [`UsernameFrom::SubjectAltName`].
+    SubjectAltName,
+}
+
 /// A TLS listener's certificate, key, client authentication and session
 /// resumption.
 ///
@@ -82,15 +124,17 @@ pub(crate) const DEFAULT_SESSION_CACHE: usize = 20_000;
 ///   when tickets are off; a session is kept at most 12 hours.
 ///
 /// Both survive a certificate reload; both start afresh when the client
-/// CA certificates change, since a resumed session skips the client
-/// certificate check. A resumed session whose client certificate has
+/// CA certificates or the CRL change, since a resumed session skips the
+/// client certificate check. A resumed session whose client certificate has
 /// expired since is refused, as a full handshake would refuse it.
 ///
 /// ```
-/// use roost::{ClientAuth, TlsConfig, UsernameFrom};
+/// use roost::{ClientAuth, ClientIdFrom, TlsConfig, UsernameFrom};
 /// let tls = TlsConfig::new("certs/server.pem", "certs/server.key")
 ///     .client_auth(ClientAuth::Required { ca: "certs/ca.pem".into() })
+///     .crl("/etc/roost/ca.crl")
 ///     .username_from(UsernameFrom::CommonName)
+///     .client_id_from(ClientIdFrom::CommonName)
 ///     .session_cache(50_000);
 /// assert_eq!(tls.username_from, UsernameFrom::CommonName);
 /// assert!(tls.session_tickets);
@@ -106,6 +150,14 @@ pub struct TlsConfig {
     pub client_auth: ClientAuth,
     /// Whether a client certificate names the MQTT user. Default: no.
     pub username_from: UsernameFrom,
+    /// Whether a client certificate names the client id (and so the
+    /// session). Default: no.
+    pub client_id_from: ClientIdFrom,
+    /// PEM file of certificate revocation lists for client certificates.
+    /// Default: none. See [`TlsConfig::crl`].
+    pub crl: Option<PathBuf>,
+    /// How often the CRL file is looked at for a change. Default: 5 s.
+    pub crl_poll_interval: Duration,
     /// Most sessions kept for resumption by session id; 0 keeps none.
     /// Default: 20,000 (roughly 200 bytes each, plus the client
     /// certificate chain with client authentication).
@@ -113,6 +165,9 @@ pub struct TlsConfig {
     /// Whether clients get session tickets to resume with. Default: yes.
     pub session_tickets: bool,
 }
+
+/// How often a listener's CRL file is looked at for a change, by default.
+pub(crate) const DEFAULT_CRL_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 impl TlsConfig {
     /// A server identity from a PEM certificate chain and a PEM key, with
@@ -123,6 +178,9 @@ impl TlsConfig {
             private_key: private_key.into(),
             client_auth: ClientAuth::None,
             username_from: UsernameFrom::Connect,
+            client_id_from: ClientIdFrom::Connect,
+            crl: None,
+            crl_poll_interval: DEFAULT_CRL_POLL_INTERVAL,
             session_cache: DEFAULT_SESSION_CACHE,
             session_tickets: true,
         }
@@ -137,6 +195,44 @@ impl TlsConfig {
     /// Sets where the MQTT user name comes from.
     pub fn username_from(mut self, from: UsernameFrom) -> Self {
         self.username_from = from;
+        self
+    }
+
+    /// Sets where the client id comes from.
+    pub fn client_id_from(mut self, from: ClientIdFrom) -> Self {
+        self.client_id_from = from;
+        self
+    }
+
+    /// Checks client certificates against the certificate revocation lists
+    /// in this PEM file (`-----BEGIN X509 CRL-----` sections, one per CA
+    /// that issues client certificates). Needs client certificates
+    /// ([`ClientAuth::Optional`] or [`ClientAuth::Required`]).
+    ///
+    /// A revoked certificate fails the handshake (TLS alert "certificate
+    /// revoked"), and so does one whose issuer has no CRL in the file. The
+    /// file is read again by [`ListenerHandle::reload`](crate::ListenerHandle::reload)
+    /// and whenever its modification time or length changes (looked at
+    /// every [`crl_poll_interval`](Self::crl_poll_interval)); MQTT
+    /// connections open with a certificate a new CRL revokes are then
+    /// closed (5.0 clients first get DISCONNECT 0x87 Not authorized). A file that does
+    /// not read leaves the previous CRL in force. Each refusal and close is
+    /// logged at `warn` with the certificate's subject and serial number,
+    /// and counted (`tls_revoked_refused`, `tls_revoked_closed`).
+    ///
+    /// Only the client's own certificate is checked, not intermediate CAs
+    /// (as Mosquitto's `crlfile`); the CRL's next-update date is not
+    /// enforced.
+    pub fn crl(mut self, path: impl Into<PathBuf>) -> Self {
+        self.crl = Some(path.into());
+        self
+    }
+
+    /// Sets how often the CRL file is looked at for a change;
+    /// `Duration::ZERO` turns that off (the CRL is then read again only on
+    /// [`ListenerHandle::reload`](crate::ListenerHandle::reload)).
+    pub fn crl_poll_interval(mut self, every: Duration) -> Self {
+        self.crl_poll_interval = every;
         self
     }
 
@@ -167,60 +263,63 @@ impl TlsConfig {
 pub(crate) struct TlsState {
     config: TlsConfig,
     current: RwLock<Loaded>,
+    /// With a CRL: the connections open with a client certificate.
+    revocation: Option<Arc<Revocation>>,
+    /// One reload at a time (a signal's and the CRL watcher's).
+    reloading: Mutex<()>,
     /// Bounds the handshakes in progress (see [`pace`](super::pace)).
     gate: Semaphore,
 }
 
-/// The rustls config in use, and the resumption state the next one keeps.
+/// The rustls config in use, its client certificate verifier when there
+/// is a CRL (to give it a new CRL alone), and the resumption state the
+/// next config keeps.
 struct Loaded {
     server: Arc<ServerConfig>,
+    crl: Option<Arc<CrlVerifier>>,
     resumption: Arc<Resumption>,
 }
 
 impl TlsState {
     pub(crate) fn load(config: TlsConfig) -> Result<TlsState, ListenerError> {
-        let (mut server, trust) = build(&config)?;
+        let (mut built, trust, crls) = build(&config)?;
         let resumption = Arc::new(Resumption::new(
             config.session_cache,
             config.session_tickets,
             trust,
         )?);
-        resumption.apply(&mut server);
+        resumption.apply(&mut built.server);
         let current = RwLock::new(Loaded {
-            server: Arc::new(server),
+            server: Arc::new(built.server),
+            crl: built.crl,
             resumption,
         });
         Ok(TlsState {
             config,
             current,
+            revocation: crls.map(|c| Arc::new(Revocation::new(c))),
+            reloading: Mutex::new(()),
             gate: Semaphore::new(super::pace::slots()),
         })
     }
 
     /// Reads the files again; on error the previous configuration stays.
-    /// Sessions made before resume after, unless the client CA
-    /// certificates changed.
+    /// A new CRL closes the connections it revokes. Sessions made before
+    /// resume after, unless the client CA certificates or the CRL changed.
     pub(crate) fn reload(&self) -> Result<(), ListenerError> {
-        let (mut server, trust) = build(&self.config)?;
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut built, trust, crls) = build(&self.config)?;
         let previous = self.loaded(|l| l.resumption.clone());
-        let resumption = if previous.trusts_like(&trust) {
-            previous
-        } else {
-            tracing::info!(
-                cert = %self.config.cert_chain.display(),
-                "client CA certificates changed: sessions from before need a full handshake"
-            );
-            Arc::new(Resumption::new(
-                self.config.session_cache,
-                self.config.session_tickets,
-                trust,
-            )?)
-        };
-        resumption.apply(&mut server);
+        let resumption = self.resumption_for(previous, trust)?;
+        resumption.apply(&mut built.server);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Loaded {
-            server: Arc::new(server),
+            server: Arc::new(built.server),
+            crl: built.crl,
             resumption,
         };
+        if let (Some(revocation), Some(crls)) = (&self.revocation, crls) {
+            revocation.replace(crls);
+        }
         tracing::info!(cert = %self.config.cert_chain.display(), "TLS certificate reloaded");
         Ok(())
     }
@@ -229,16 +328,173 @@ impl TlsState {
         f(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The resumption state for a config under `trust`: `previous` if its
+    /// sessions may resume under it, fresh state otherwise.
+    fn resumption_for(
+        &self,
+        previous: Arc<Resumption>,
+        trust: Trust,
+    ) -> Result<Arc<Resumption>, ListenerError> {
+        if previous.trusts_like(&trust) {
+            return Ok(previous);
+        }
+        tracing::info!(
+            cert = %self.config.cert_chain.display(),
+            "client CA certificates or CRL changed: sessions from before need a full handshake"
+        );
+        Ok(Arc::new(Resumption::new(
+            self.config.session_cache,
+            self.config.session_tickets,
+            trust,
+        )?))
+    }
+
+    /// Reads the CRL file again, and only it, if it changed since it was
+    /// last read; on error the previous CRL stays (and the error is logged
+    /// once, until the file changes again).
+    fn reload_crl_if_changed(&self, listener: &str) {
+        let (Some(path), Some(revocation)) = (&self.config.crl, &self.revocation) else {
+            return;
+        };
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = crl::stamp(path);
+        if stamp == revocation.stamp() {
+            return;
+        }
+        let (verifier, previous) = self.loaded(|l| (l.crl.clone(), l.resumption.clone()));
+        let reloaded = crl::read(path).and_then(|crls| {
+            // Sessions made under the previous CRL would skip the check
+            // against this one.
+            let trust = Trust {
+                crls: crls.ders().to_vec(),
+                ..previous.trust().clone()
+            };
+            let resumption = self.resumption_for(previous.clone(), trust)?;
+            if let Some(v) = verifier {
+                v.set_crls(&crls).map_err(|e| bad(path, e))?;
+            }
+            if !Arc::ptr_eq(&resumption, &previous) {
+                let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+                let mut server = ServerConfig::clone(&current.server);
+                resumption.apply(&mut server);
+                current.server = Arc::new(server);
+                current.resumption = resumption;
+            }
+            revocation.replace(crls);
+            Ok(())
+        });
+        match reloaded {
+            Ok(()) => {
+                tracing::info!(listener, crl = %path.display(), "CRL file changed; reloaded")
+            }
+            Err(e) => {
+                revocation.set_stamp(stamp);
+                tracing::error!(listener, error = %e,
+                    "CRL file changed but cannot be used; the previous CRL stays in force");
+            }
+        }
+    }
+
+    /// Whether the listener checks client certificates against a CRL.
+    pub(crate) fn has_crl(&self) -> bool {
+        self.revocation.is_some()
+    }
+
+    /// With a CRL, until `stop`: reads the CRL file again when it changes,
+    /// and closes the connections a new CRL revokes (from a reload too):
+    /// through the core, which sends 5.0 clients DISCONNECT 0x87 Not
+    /// authorized first. Not Administrative action (0x98): the client's
+    /// credential is what no longer holds, and a device that reconnects
+    /// with it will be refused.
+    pub(crate) async fn watch_crl(
+        self: Arc<Self>,
+        listener: String,
+        shared: Arc<Shared>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Some(revocation) = self.revocation.clone() else {
+            return;
+        };
+        let every = self.config.crl_poll_interval;
+        let mut poll = (!every.is_zero()).then(|| {
+            let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            poll
+        });
+        loop {
+            // (Awaited outside the select: what `stop` yields must not be
+            // held across an await.)
+            let closing = tokio::select! {
+                closing = revocation.closing() => Some(closing),
+                _ = async { poll.as_mut()?.tick().await; Some(()) }, if poll.is_some() => None,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let Some(closing) = closing else {
+                // Reading and parsing a CRL of a large fleet takes a
+                // while: off the runtime's threads.
+                let (state, id) = (self.clone(), listener.clone());
+                let _ = tokio::task::spawn_blocking(move || state.reload_crl_if_changed(&id)).await;
+                continue;
+            };
+            for c in closing {
+                tracing::warn!(listener, conn = c.conn.0, subject = %Escaped(&c.who.subject),
+                    serial = %c.who.serial, "client certificate revoked (CRL); connection closed");
+                crate::stats::add(&shared.stats.tls_revoked_closed, 1);
+                let closed = Event::Closed {
+                    conn: c.conn,
+                    reason: CloseReason::Revoked,
+                };
+                if shared.events.send(closed).await.is_err() {
+                    return; // the core has stopped
+                }
+            }
+        }
+    }
+
     /// Runs the server side of a handshake with the current configuration,
     /// once the client has sent its first bytes and the listener has a
     /// slot for it (see [`pace`](super::pace)).
-    pub(crate) async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         stream.readable().await?;
         let config = self.loaded(|l| l.server.clone());
-        let acceptor = TlsAcceptor::from(config);
-        let tls = super::pace::admitted(&self.gate, acceptor.accept(stream)).await?;
+        let handshake = TlsAcceptor::from(config).accept(stream);
+        let handshake = crl::HANDSHAKE_PEER.scope(remote, handshake);
+        let tls = super::pace::admitted(&self.gate, handshake).await?;
         check_resumed(&tls)?;
         Ok(tls)
+    }
+
+    /// Registers a connection that presented a client certificate, on a
+    /// listener with a CRL, so a new CRL can close it (for as long as the
+    /// returned value lives). `None`: a CRL that came after its handshake
+    /// began revokes it already; logged and counted, the caller closes it.
+    pub(crate) fn track(
+        &self,
+        conn: ConnId,
+        stream: &TlsStream<TcpStream>,
+        stats: &Stats,
+    ) -> Option<Tracked> {
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        let (Some(revocation), Some(cert)) = (&self.revocation, cert) else {
+            return Some(Tracked(None));
+        };
+        match revocation.open(conn, cert) {
+            Ok(registered) => Some(Tracked(Some(registered))),
+            Err(who) => {
+                tracing::warn!(conn = conn.0, subject = %Escaped(&who.subject), serial = %who.serial,
+                    "client certificate revoked (CRL); handshake refused");
+                crate::stats::add(&stats.tls_revoked_refused, 1);
+                None
+            }
+        }
     }
 
     /// The MQTT user name the client certificate gives, if the listener is
@@ -246,12 +502,7 @@ impl TlsState {
     /// [`TransportUser::Missing`] if the certificate lacks it (an empty
     /// name counts as none).
     pub(crate) fn username(&self, stream: &TlsStream<TcpStream>) -> TransportUser {
-        let Some(cert) = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-        else {
+        let Some(cert) = peer_certificate(stream) else {
             // No certificate (client certificates optional): the client
             // authenticates with its CONNECT, as documented.
             return TransportUser::FromConnect;
@@ -266,6 +517,29 @@ impl TlsState {
             _ => TransportUser::Missing,
         }
     }
+
+    /// The client id the client certificate gives, if the listener is
+    /// configured to take one; [`TransportClientId::Missing`] if the client
+    /// presented no certificate or one without it (an empty name counts as
+    /// none): see [`ClientIdFrom`].
+    pub(crate) fn client_id(&self, stream: &TlsStream<TcpStream>) -> TransportClientId {
+        let name = match self.config.client_id_from {
+            ClientIdFrom::Connect => return TransportClientId::FromConnect,
+            ClientIdFrom::CommonName => peer_certificate(stream).and_then(|c| x509::common_name(c)),
+            ClientIdFrom::SubjectAltName => {
+                peer_certificate(stream).and_then(|c| x509::subject_alt_name(c))
+            }
+        };
+        match name {
+            Some(name) if !name.is_empty() => TransportClientId::Named(name),
+            _ => TransportClientId::Missing,
+        }
+    }
+}
+
+/// The client's end-entity certificate, if it presented one.
+fn peer_certificate(stream: &TlsStream<TcpStream>) -> Option<&CertificateDer<'static>> {
+    stream.get_ref().1.peer_certificates()?.first()
 }
 
 /// rustls verifies a client certificate at the full handshake only: a
@@ -338,18 +612,47 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-/// A rustls config for `config`, without resumption state yet, and the
-/// trust its client certificate check has.
-fn build(config: &TlsConfig) -> Result<(ServerConfig, Trust), ListenerError> {
+/// A connection's registration for revocation, if it has one (see
+/// [`TlsState::track`]): kept for as long as the connection lives.
+pub(crate) struct Tracked(Option<Registered>);
+
+impl Tracked {
+    /// Set once a new CRL revokes the connection's certificate.
+    pub(crate) fn revoked(&self) -> Option<Arc<AtomicBool>> {
+        self.0.as_ref().map(Registered::flag)
+    }
+}
+
+/// What a build of the files gives: the rustls config, without
+/// resumption state yet, and its client certificate verifier when there is
+/// a CRL (to give it a new CRL alone).
+struct Built {
+    server: ServerConfig,
+    crl: Option<Arc<CrlVerifier>>,
+}
+
+/// A rustls config for `config`, the trust its client certificate check
+/// has, and the CRLs it was built with.
+fn build(config: &TlsConfig) -> Result<(Built, Trust, Option<crl::Crls>), ListenerError> {
     let certs = certificates(&config.cert_chain)?;
     let key = private_key(&config.private_key)?;
+    let crls = config.crl.as_deref().map(crl::read).transpose()?;
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
         .map_err(|e| bad(&config.cert_chain, e))?;
-    let mut trust = Trust::default();
+    let mut trust = Trust {
+        crls: crls.as_ref().map(|c| c.ders().to_vec()).unwrap_or_default(),
+        ..Trust::default()
+    };
+    let mut crl_verifier = None;
     let builder = match &config.client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::None => {
+            if let Some(path) = &config.crl {
+                return Err(ListenerError::CrlWithoutClientAuth(path.clone()));
+            }
+            builder.with_no_client_auth()
+        }
         ClientAuth::Optional { ca } | ClientAuth::Required { ca } => {
             let mut roots = RootCertStore::empty();
             trust.roots = certificates(ca)?;
@@ -358,13 +661,28 @@ fn build(config: &TlsConfig) -> Result<(ServerConfig, Trust), ListenerError> {
                     .add(cert.clone())
                     .map_err(|e| bad(ca, format!("not a usable CA certificate: {e}")))?;
             }
-            let mut verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            if matches!(config.client_auth, ClientAuth::Optional { .. }) {
-                verifier = verifier.allow_unauthenticated();
+            let roots = Arc::new(roots);
+            let optional = matches!(config.client_auth, ClientAuth::Optional { .. });
+            match (&crls, &config.crl) {
+                (Some(crls), Some(path)) => {
+                    let verifier =
+                        CrlVerifier::new(roots, provider, optional, crls).map_err(|e| match e {
+                            VerifierBuilderError::InvalidCrl(_) => bad(path, e),
+                            e => bad(ca, e),
+                        })?;
+                    let verifier = Arc::new(verifier);
+                    crl_verifier = Some(verifier.clone());
+                    builder.with_client_cert_verifier(verifier)
+                }
+                _ => {
+                    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
+                    if optional {
+                        verifier = verifier.allow_unauthenticated();
+                    }
+                    let verifier = verifier.build().map_err(|e| bad(ca, e))?;
+                    builder.with_client_cert_verifier(verifier)
+                }
             }
-            let verifier = verifier.build().map_err(|e| bad(ca, e))?;
-            builder.with_client_cert_verifier(verifier)
         }
     };
     let server =
@@ -375,5 +693,9 @@ fn build(config: &TlsConfig) -> Result<(ServerConfig, Trust), ListenerError> {
                 key: config.private_key.clone(),
                 reason: e.to_string(),
             })?;
-    Ok((server, trust))
+    let built = Built {
+        server,
+        crl: crl_verifier,
+    };
+    Ok((built, trust, crls))
 }

@@ -74,6 +74,9 @@ fn choose<'a>(request: &Request, accepted: &'a [String]) -> Option<&'a str> {
         })
 }
 
+/// The WebSocket layer's read buffer, per connection (see [`accept`]).
+const WS_READ_BUFFER: usize = 4 * 1024;
+
 /// Runs the server side of the upgrade on `stream`.
 pub(crate) async fn accept<S>(
     stream: S,
@@ -106,9 +109,14 @@ where
     let limit = (maximum_packet_size as usize)
         .saturating_mul(2)
         .max(64 * 1024);
+    // tungstenite's read buffer is allocated (and zeroed) at this size
+    // and kept for the connection's life: its default, 128 KiB, was 93% of
+    // an idle WSS connection (issue 20). A frame larger than this still
+    // gets room for all of it; reads just come in smaller pieces.
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
+        .max_frame_size(Some(limit))
+        .read_buffer_size(WS_READ_BUFFER);
     let inner =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)).await?;
     Ok(WsStream::new(inner))

@@ -1,6 +1,6 @@
 //! Just enough DER to read a client certificate's subject Common Name,
 //! Subject Alternative Names and end of validity (RFC 5280, 4.1, 4.1.2.5
-//! and 4.2.1.6).
+//! and 4.2.1.6), and to write a name and a serial number for the logs.
 //!
 //! Why not a parser crate: the certificate has already been verified by
 //! webpki, and we need two fields. `x509-parser` would bring nom, asn1-rs,
@@ -217,6 +217,116 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// A distinguished name as RFC 4514 writes it (`CN=alice,O=roost tests`:
+/// the last RDN first), from the name's DER contents (without the outer
+/// SEQUENCE, as webpki hands it out). For log lines: attribute types
+/// without a short name appear as dotted OIDs, and a name that does not
+/// decode as `<undecodable>` rather than as nothing.
+pub(crate) fn name_text(name: &[u8]) -> String {
+    let mut rdns = Vec::new();
+    for (tag, rdn) in children(name) {
+        if tag != SET {
+            return "<undecodable>".into();
+        }
+        let mut parts = Vec::new();
+        for (tag, atv) in children(rdn) {
+            let mut atv = children(atv);
+            let (Some((OID, oid)), Some(value)) = (atv.next(), atv.next()) else {
+                return "<undecodable>".into();
+            };
+            if tag != SEQUENCE {
+                return "<undecodable>".into();
+            }
+            let value = match directory_string(value) {
+                Some(text) => escape_value(&text),
+                // RFC 4514, 2.4: a value of another type as '#' and hex.
+                None => format!("#{:02x}{:02x}{}", value.0, value.1.len(), hex(value.1)),
+            };
+            parts.push(format!("{}={value}", attribute_name(oid)));
+        }
+        rdns.push(parts.join("+"));
+    }
+    if rdns.is_empty() && !name.is_empty() {
+        return "<undecodable>".into();
+    }
+    rdns.reverse();
+    rdns.join(",")
+}
+
+/// A certificate serial number (the INTEGER's content bytes) in upper-case
+/// hex without the sign byte DER adds, as `openssl x509 -serial` prints it,
+/// so a log line can be matched with the certificate on disk.
+pub(crate) fn serial_text(serial: &[u8]) -> String {
+    let bytes = match serial {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        other => other,
+    };
+    hex(bytes).to_uppercase()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// RFC 4514 short names of the attribute types CAs put in subjects.
+fn attribute_name(oid: &[u8]) -> String {
+    let short = match oid {
+        [0x55, 0x04, 0x03] => "CN",
+        [0x55, 0x04, 0x05] => "serialNumber",
+        [0x55, 0x04, 0x06] => "C",
+        [0x55, 0x04, 0x07] => "L",
+        [0x55, 0x04, 0x08] => "ST",
+        [0x55, 0x04, 0x09] => "STREET",
+        [0x55, 0x04, 0x0a] => "O",
+        [0x55, 0x04, 0x0b] => "OU",
+        // 0.9.2342.19200300.100.1.1 and .25
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => "UID",
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => "DC",
+        // 1.2.840.113549.1.9.1
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "emailAddress",
+        _ => return dotted(oid),
+    };
+    short.to_owned()
+}
+
+/// An OID's dotted decimal form.
+fn dotted(oid: &[u8]) -> String {
+    let mut arcs = Vec::new();
+    let mut value: u64 = 0;
+    for &b in oid {
+        value = (value << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            if arcs.is_empty() {
+                let first = (value / 40).min(2);
+                arcs.push(first);
+                arcs.push(value - first * 40);
+            } else {
+                arcs.push(value);
+            }
+            value = 0;
+        }
+    }
+    let arcs: Vec<String> = arcs.iter().map(u64::to_string).collect();
+    arcs.join(".")
+}
+
+/// RFC 4514, 2.4: the characters that would change how the string reads
+/// are escaped with a backslash.
+fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && matches!(c, '#' | ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +380,36 @@ mod tests {
         }
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(not_after(&[0xff; 64]), None);
+    }
+
+    #[test]
+    fn writes_names_as_rfc_4514_does() {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "NZ");
+        dn.push(DnType::OrganizationName, "Acme, Ltd.");
+        dn.push(DnType::CommonName, " sensor+17");
+        dn.push(
+            DnType::CustomDnType(vec![2, 5, 4, 97]),
+            "VATNZ-123", // organizationIdentifier: no short name here
+        );
+        params.distinguished_name = dn;
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        let cert = webpki::EndEntityCert::try_from(&der).unwrap();
+        assert_eq!(
+            name_text(cert.subject()),
+            r"2.5.4.97=VATNZ-123,CN=\ sensor\+17,O=Acme\, Ltd.,C=NZ"
+        );
+        assert_eq!(name_text(&[]), "");
+        assert_eq!(name_text(&[0x31, 0x03, 0xff]), "<undecodable>");
+    }
+
+    #[test]
+    fn writes_serials_as_openssl_does() {
+        assert_eq!(serial_text(&[0x00, 0x9a, 0x01]), "9A01");
+        assert_eq!(serial_text(&[0x11, 0xab]), "11AB");
+        assert_eq!(serial_text(&[0x00]), "00");
     }
 
     #[test]

@@ -396,6 +396,7 @@ impl Server {
                 shared: shared.clone(),
                 next_conn: next_conn.clone(),
                 permits: permits.clone(),
+                per_ip: crate::net::per_ip::PerIp::new(&opts.limits),
                 stop: stop_rx.clone(),
             },
         ));

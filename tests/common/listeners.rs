@@ -154,7 +154,10 @@ pub(crate) fn issue_server(dir: &Path, name: &str, ca: &Issued, serial: u64, cn:
     write(dir, name, cert, key)
 }
 
-fn issue_client(dir: &Path, name: &str, ca: &Issued, cn: &str, expired: bool) -> Issued {
+/// Issues a client certificate signed by `ca` for the subject Common Name
+/// `cn` (expired long ago if `expired`), written as `<name>.pem` /
+/// `<name>.key`.
+pub(crate) fn issue_client(dir: &Path, name: &str, ca: &Issued, cn: &str, expired: bool) -> Issued {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(cn);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -165,6 +168,46 @@ fn issue_client(dir: &Path, name: &str, ca: &Issued, cn: &str, expired: bool) ->
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
     write(dir, name, cert, key)
+}
+
+/// Issues a client certificate for `cn` signed by `ca`, with this serial
+/// number (to name it in a CRL).
+pub(crate) fn issue_client_serial(
+    dir: &Path,
+    name: &str,
+    ca: &Issued,
+    cn: &str,
+    serial: u64,
+) -> Issued {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(cn);
+    params.serial_number = Some(SerialNumber::from(serial));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    write(dir, name, cert, key)
+}
+
+/// A CRL signed by `ca` that revokes these serial numbers, as PEM.
+pub(crate) fn crl_pem(ca: &Issued, serials: &[u64]) -> String {
+    let revoked_certs = serials
+        .iter()
+        .map(|s| rcgen::RevokedCertParams {
+            serial_number: SerialNumber::from(*s),
+            revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        })
+        .collect();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2024, 1, 1),
+        next_update: rcgen::date_time_ymd(2100, 1, 1),
+        crl_number: SerialNumber::from(serials.len() as u64 + 1),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(&ca.cert, &ca.key).unwrap().pem().unwrap()
 }
 
 /// Issues a client certificate signed by `ca` whose subject has no Common

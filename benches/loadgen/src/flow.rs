@@ -74,6 +74,9 @@ impl Topology {
 pub struct FlowConfig {
     /// Broker address.
     pub addr: SocketAddr,
+    /// Where the subscribers connect, when not to `addr`: the remote end
+    /// of a bridge from `addr`, for instance.
+    pub sub_addr: Option<SocketAddr>,
     /// Protocol version of every client.
     pub version: ProtocolVersion,
     /// Who publishes to whom.
@@ -118,6 +121,8 @@ pub struct FlowReport {
     pub duplicates: u64,
     /// From the first publish to the last delivery, seconds.
     pub elapsed_secs: f64,
+    /// QoS 1: from the first publish to the last PUBACK, seconds.
+    pub acked_secs: f64,
     /// Publish-to-delivery latency, nanoseconds.
     pub latency: Histogram,
     /// Problems worth reporting (connection errors and the like).
@@ -125,6 +130,15 @@ pub struct FlowReport {
 }
 
 impl FlowReport {
+    /// QoS 1: PUBACKs per second, at the publishers.
+    pub fn acked_per_sec(&self) -> f64 {
+        if self.acked_secs > 0.0 {
+            self.acked as f64 / self.acked_secs
+        } else {
+            0.0
+        }
+    }
+
     /// Distinct deliveries per second.
     pub fn delivered_per_sec(&self) -> f64 {
         if self.elapsed_secs > 0.0 {
@@ -151,6 +165,8 @@ struct PubResult {
     sent: u64,
     acked: u64,
     first_ns: u64,
+    /// When the last PUBACK came (0: none).
+    last_ack_ns: u64,
     /// Kept open until the run ends: closing early could reset the
     /// connection under publishes the broker has not read yet.
     _writer: client::Writer<tokio::net::tcp::OwnedWriteHalf>,
@@ -186,7 +202,7 @@ pub async fn run(
                 Topology::Pairs(_) => vec![topo.topic(&cfg.run_id, j)],
                 _ => vec![topo.topic(&cfg.run_id, 0)],
             };
-            let (addr, qos) = (cfg.addr, cfg.qos);
+            let (addr, qos) = (cfg.sub_addr.unwrap_or(cfg.addr), cfg.qos);
             set.spawn(async move {
                 let mut c = client::connect(addr, None, &opts).await?;
                 c.subscribe(&filters, qos).await?;
@@ -245,6 +261,7 @@ pub async fn run(
     let mut report = FlowReport::default();
     let mut sent = vec![0u64; n_pub];
     let mut first_ns = u64::MAX;
+    let mut last_ack_ns = 0;
     let mut open = Vec::with_capacity(n_pub);
     for (i, t) in pub_tasks.into_iter().enumerate() {
         match t.await.map_err(io::Error::other)? {
@@ -253,6 +270,7 @@ pub async fn run(
                 report.sent += r.sent;
                 report.acked += r.acked;
                 first_ns = first_ns.min(r.first_ns);
+                last_ack_ns = last_ack_ns.max(r.last_ack_ns);
                 open.push(r);
             }
             Err(e) => report.errors.push(format!("publisher {i}: {e}")),
@@ -303,6 +321,9 @@ pub async fn run(
     let last_ns = progress.last_ns.load(Ordering::Relaxed);
     if first_ns != u64::MAX && last_ns > first_ns {
         report.elapsed_secs = (last_ns - first_ns) as f64 / 1e9;
+    }
+    if first_ns != u64::MAX && last_ack_ns > first_ns {
+        report.acked_secs = (last_ack_ns - first_ns) as f64 / 1e9;
     }
     Ok(report)
 }
@@ -395,14 +416,18 @@ async fn publisher(conn: Conn, p: PubParams, clock: Clock) -> io::Result<PubResu
     let qos1 = p.qos == QoS::AtLeastOnce;
     let credits = Arc::new(Semaphore::new(window as usize));
     let acked = Arc::new(AtomicU64::new(0));
+    let last_ack_ns = Arc::new(AtomicU64::new(0));
     // QoS 1: PUBACKs return credits.
     let ack_task = {
         let credits = credits.clone();
         let acked = acked.clone();
+        let last_ack_ns = last_ack_ns.clone();
+        let clock = clock.clone();
         tokio::spawn(async move {
             while let Some(packet) = reader.next().await? {
                 if let Packet::PubAck(_) = packet {
                     acked.fetch_add(1, Ordering::Relaxed);
+                    last_ack_ns.store(clock.now_ns(), Ordering::Relaxed);
                     credits.add_permits(1);
                 }
             }
@@ -476,6 +501,7 @@ async fn publisher(conn: Conn, p: PubParams, clock: Clock) -> io::Result<PubResu
         sent,
         acked: acked.load(Ordering::Relaxed),
         first_ns,
+        last_ack_ns: last_ack_ns.load(Ordering::Relaxed),
         _writer: writer,
         ack_task,
     })

@@ -3,10 +3,11 @@
 //! report. Speaks MQTT 3.1.1 and 5.0 through `roost::codec`; no external
 //! MQTT client is involved.
 //!
-//! The binaries are `loadgen` (the scenarios; `loadgen --help`),
-//! `restore` (how long a broker takes to restore a large store), `queue`,
-//! `retained`, and `storm` (thousands of TLS clients connecting at once,
-//! with and without session resumption).
+//! The binaries are `loadgen` (the scenarios; `loadgen --help`), `restore`
+//! (how long a broker takes to restore a large store), `queue` and
+//! `retained` (messages on disk), `bridge` (forwarding to a remote broker,
+//! and a backlog while the link is down), and `storm` (thousands of TLS
+//! clients connecting at once, with and without session resumption).
 
 pub mod client;
 pub mod conns;
@@ -15,7 +16,9 @@ pub mod histogram;
 pub mod payload;
 pub mod process;
 pub mod procstat;
+pub mod relay;
 pub mod report;
+pub mod secure;
 pub mod seqtrack;
 pub mod tls;
 

@@ -6,6 +6,7 @@
 //! loadgen --broker 127.0.0.1:1883 --pid $(pidof roost) fan-in --qos 1 --size 64
 //! loadgen fan-out --qos 0 --rate 5000 --messages 10000
 //! loadgen idle --connections 10000 --sources 4
+//! loadgen --broker 127.0.0.1:8883 idle --connections 10000 --tls-ca certs/ca.pem
 //! loadgen table --input results.tsv
 //! ```
 
@@ -16,6 +17,7 @@ use roost_loadgen::flow::{self, FlowConfig, Topology};
 use roost_loadgen::histogram::Histogram;
 use roost_loadgen::procstat::{self, ProcSample};
 use roost_loadgen::report::{self, Record};
+use roost_loadgen::secure::{self, Secure};
 use roost_loadgen::Clock;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -140,6 +142,21 @@ struct IdleArgs {
     /// Seconds to hold the connections open after that.
     #[arg(long, default_value_t = 0.0)]
     hold: f64,
+    /// Connect over TLS, trusting the CA certificates in this PEM file.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// TLS server name (SNI) to ask for and verify.
+    #[arg(long, default_value = "localhost", requires = "tls_ca")]
+    tls_sni: String,
+    /// Client certificate chain (PEM) to present: mutual TLS.
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// MQTT over WebSocket on TLS (WSS) with this upgrade path.
+    #[arg(long, requires = "tls_ca")]
+    wss_path: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +337,7 @@ async fn run_flow(common: &Common, kind: &str, a: FlowArgs) -> Result<(), String
     }
     let cfg = FlowConfig {
         addr: common.broker,
+        sub_addr: None,
         version,
         topology,
         qos,
@@ -379,6 +397,12 @@ fn conn_summary(r: &ConnReport) -> String {
     s
 }
 
+/// The connections `idle` holds open.
+enum Held {
+    Tcp(#[allow(dead_code)] Vec<tokio::net::TcpStream>),
+    Secure(#[allow(dead_code)] Vec<secure::Held>),
+}
+
 async fn run_idle(common: &Common, a: IdleArgs) -> Result<(), String> {
     let monitor = Monitor::start(common.pid);
     let version = match common.mqtt {
@@ -386,19 +410,48 @@ async fn run_idle(common: &Common, a: IdleArgs) -> Result<(), String> {
         Mqtt::V5 => ProtocolVersion::V5,
     };
     let deadline = Instant::now() + Duration::from_secs_f64(common.duration);
-    let (open, report) = conns::open_idle(
-        common.broker,
-        version,
-        a.connections,
-        a.sources,
-        a.concurrency,
-        &run_id(),
-        deadline,
-    )
-    .await;
+    let (open, report) = match &a.tls_ca {
+        None => {
+            let (open, report) = conns::open_idle(
+                common.broker,
+                version,
+                a.connections,
+                a.sources,
+                a.concurrency,
+                &run_id(),
+                deadline,
+            )
+            .await;
+            (Held::Tcp(open), report)
+        }
+        Some(ca) => {
+            let client = a.tls_cert.as_deref().zip(a.tls_key.as_deref());
+            let secure = Secure::new(ca, &a.tls_sni, client, a.wss_path.clone())
+                .map_err(|e| e.to_string())?;
+            let (open, report) = secure::open_idle(
+                &secure,
+                common.broker,
+                version,
+                a.connections,
+                a.sources,
+                a.concurrency,
+                &run_id(),
+                deadline,
+            )
+            .await;
+            (Held::Secure(open), report)
+        }
+    };
     tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
     let usage = monitor.and_then(Monitor::finish);
-    let scenario = format!("idle {}k conns", a.connections / 1000);
+    let transport = match (&a.tls_ca, &a.wss_path, &a.tls_cert) {
+        (None, ..) => "",
+        (Some(_), None, None) => " tls",
+        (Some(_), None, Some(_)) => " mtls",
+        (Some(_), Some(_), None) => " wss",
+        (Some(_), Some(_), Some(_)) => " mwss",
+    };
+    let scenario = format!("idle{transport} {}k conns", a.connections / 1000);
     println!(
         "{scenario} [{}]: {} in {:.2} s ({:.0}/s); handshake {}",
         common.label,

@@ -1,10 +1,11 @@
 //! A broker process for the benchmarks that start real brokers (`queue`,
-//! `retained`): roost spawned and found where it listens, or another
-//! broker's process adopted; stopped as an operator would.
+//! `retained`, `bridge`): roost spawned and found where it listens,
+//! Mosquitto spawned on a free port, or another broker's process adopted;
+//! stopped as an operator would.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,35 @@ impl Broker {
         }
     }
 
+    /// Runs Mosquitto (`binary`) with `dir/mosquitto.conf`: a listener on
+    /// a free loopback port, then `conf` (more options, bridges). Its log
+    /// goes to `dir/mosquitto.log`. Waits up to 10 s for it to listen.
+    pub fn mosquitto(binary: &Path, dir: &Path, conf: &str) -> Result<Broker, String> {
+        let port = free_port()?;
+        let path = dir.join("mosquitto.conf");
+        std::fs::write(&path, format!("listener {port} 127.0.0.1\n{conf}"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let log = std::fs::File::create(dir.join("mosquitto.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&path)
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let broker = Broker::adopt(child, addr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                broker.stop();
+                return Err(format!("mosquitto does not listen (see {})", dir.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(broker)
+    }
+
     /// A broker started some other way, listening on `addr`.
     pub fn adopt(child: Child, addr: SocketAddr) -> Broker {
         Broker { child, addr }
@@ -90,4 +120,12 @@ impl Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback port free at the time of asking (the OS picks it).
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
 }

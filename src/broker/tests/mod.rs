@@ -11,6 +11,7 @@
 
 mod expiry;
 mod full_disk;
+mod identity;
 mod keep_alive;
 mod restart;
 mod retained;
@@ -211,6 +212,16 @@ impl Core {
 
     /// A connection sends `connect`; returns it with its CONNACK.
     pub(super) fn connect(&mut self, connect: Connect) -> (Peer, ConnAck) {
+        self.connect_assigned(connect, false)
+    }
+
+    /// [`Core::connect`], saying whether the transport gave the client id
+    /// to a CONNECT that had none (`Event::Connect::id_assigned`).
+    pub(super) fn connect_assigned(
+        &mut self,
+        connect: Connect,
+        id_assigned: bool,
+    ) -> (Peer, ConnAck) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let protocol = connect.protocol;
@@ -231,6 +242,7 @@ impl Core {
             connect: Box::new(connect),
             client,
             enhanced_auth: false,
+            id_assigned,
         });
         outbox.listening(self.clock.mono_ms());
         let mut peer = Peer {

@@ -32,7 +32,7 @@ use roost_loadgen::process::{roost_binary, Broker};
 use roost_loadgen::procstat;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,36 +122,12 @@ fn start(broker: &str, a: &Args, fresh: bool) -> Result<Running, String> {
 }
 
 fn start_mosquitto(a: &Args, dir: &Path) -> Result<Running, String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages {}\nmax_queued_bytes 0\nmax_connections -1\n",
-            a.messages.max(a.per_session) + 1
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let child = Command::new(&a.mosquitto)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", a.mosquitto.display()))?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if Instant::now() > deadline {
-            return Err("mosquitto does not listen".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Running(Broker::adopt(child, addr)))
+    let conf = format!(
+        "allow_anonymous true\npersistence false\n\
+         max_queued_messages {}\nmax_queued_bytes 0\nmax_connections -1\n",
+        a.messages.max(a.per_session) + 1
+    );
+    Broker::mosquitto(&a.mosquitto, dir, &conf).map(Running)
 }
 
 fn opts(id: &str, clean: bool) -> ConnectOptions {
