@@ -3,6 +3,7 @@
 //! prevented, the state topic, link loss and the stats.
 
 mod common;
+use common::delivery::{finish, settled, take};
 use common::*;
 use roost::bridge::{Bridge, Protocol, Remote, Rule};
 use roost::codec::{ProtocolVersion, QoS, ReasonCode};
@@ -42,57 +43,6 @@ async fn connected(b: &TestBroker) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("bridge did not connect: {:?}", b.stats.snapshot().bridges);
-}
-
-/// Receives `n` messages as a subscriber that keeps up (acknowledging
-/// each at once, QoS 2 flows interleaved); their payloads in order.
-async fn take(c: &mut Raw, n: usize) -> Vec<String> {
-    use roost::codec::{Packet, PubResp, QosPid};
-    let mut got = Vec::new();
-    while got.len() < n {
-        match c.recv().await {
-            Packet::Publish(p) => {
-                got.push(payload(&p).to_owned());
-                match p.qos_pid {
-                    QosPid::AtMostOnce => {}
-                    QosPid::AtLeastOnce(pid) => c.send(Packet::PubAck(PubResp::new(pid))).await,
-                    QosPid::ExactlyOnce(pid) => c.send(Packet::PubRec(PubResp::new(pid))).await,
-                }
-            }
-            Packet::PubRel(r) => c.send(Packet::PubComp(PubResp::new(r.packet_id))).await,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    got
-}
-
-/// Completes the QoS 2 flows [`take`] left open; panics on any further
-/// message (a duplicate).
-async fn finish(c: &mut Raw) {
-    use roost::codec::{Packet, PubResp};
-    while let Some(p) = c.recv_within(Duration::from_millis(500)).await {
-        match p {
-            Packet::PubRel(r) => c.send(Packet::PubComp(PubResp::new(r.packet_id))).await,
-            other => panic!("nothing more expected: {other:?}"),
-        }
-    }
-}
-
-/// The bridge's stats once `done` says so (they are sampled about once a
-/// second); panics with them after a while.
-async fn settled(
-    b: &TestBroker,
-    done: impl Fn(&roost::BridgeSnapshot) -> bool,
-) -> roost::BridgeSnapshot {
-    let mut s = b.stats.snapshot().bridges[0].clone();
-    for _ in 0..150 {
-        if done(&s) {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        s = b.stats.snapshot().bridges[0].clone();
-    }
-    panic!("bridge stats did not settle: {s:?}");
 }
 
 async fn both_ways(protocol: Protocol) {

@@ -9,6 +9,7 @@
 //! mosquitto tests fail, saying so.
 
 mod common;
+use common::delivery::{finish, settled, take};
 use common::mosquitto::{example_cert, Mosquitto};
 use common::*;
 use roost::bridge::{Bridge, BridgeTls, Protocol, Remote, Rule};
@@ -83,59 +84,6 @@ async fn watcher(addr: SocketAddr, state: &str) -> Raw {
     let mut w = Raw::connected(addr, v5(&unique("watcher-"))).await;
     w.subscribe(1, state, QoS::AtLeastOnce).await;
     w
-}
-
-/// Receives `n` messages as a subscriber that keeps up (acknowledging
-/// each at once, QoS 2 flows interleaved); their payloads in order.
-async fn take(c: &mut Raw, n: usize) -> Vec<String> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match c.recv().await {
-            Packet::Publish(p) => {
-                got.push(payload(&p).to_owned());
-                match p.qos_pid {
-                    QosPid::AtMostOnce => {}
-                    QosPid::AtLeastOnce(pid) => c.send(Packet::PubAck(PubResp::new(pid))).await,
-                    QosPid::ExactlyOnce(pid) => c.send(Packet::PubRec(PubResp::new(pid))).await,
-                }
-            }
-            Packet::PubRel(r) => c.send(Packet::PubComp(PubResp::new(r.packet_id))).await,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    got
-}
-
-/// Completes the QoS 2 flows [`take`] left open; panics on any further
-/// message (a duplicate).
-async fn finish(c: &mut Raw) {
-    while let Some(p) = c.recv_within(Duration::from_millis(500)).await {
-        match p {
-            Packet::PubRel(r) => c.send(Packet::PubComp(PubResp::new(r.packet_id))).await,
-            other => panic!("nothing more expected: {other:?}"),
-        }
-    }
-}
-
-/// The bridge's stats once `done` says so; panics with them after
-/// [`LINK_WAIT`].
-async fn settled(
-    b: &TestBroker,
-    done: impl Fn(&roost::BridgeSnapshot) -> bool,
-) -> roost::BridgeSnapshot {
-    let deadline = tokio::time::Instant::now() + LINK_WAIT;
-    loop {
-        // The list is empty until the bridge's task has started.
-        let s = b.stats.snapshot().bridges.first().cloned();
-        if let Some(s) = s.as_ref().filter(|s| done(s)) {
-            return s.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bridge stats did not settle: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// One message at each QoS each way (topics, payloads and QoS as sent,

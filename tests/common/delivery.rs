@@ -1,7 +1,8 @@
 //! The receiving side of the durability tests: a subscriber that records
-//! what it got across connections and keeps its end of QoS 2.
+//! what it got across connections and keeps its end of QoS 2; and the
+//! bridge tests' waits on a bridge's figures.
 
-use super::{payload, Raw};
+use super::{payload, Raw, TestBroker};
 use roost::codec::{Packet, PubResp, QosPid};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -43,5 +44,61 @@ pub(crate) async fn receive_until_gone(mut s: Raw, got: &mut Received, quiet: Du
         if !ok {
             return;
         }
+    }
+}
+
+/// Receives `n` messages as a subscriber that keeps up (acknowledging
+/// each at once, QoS 2 flows interleaved); their payloads in order.
+pub(crate) async fn take(c: &mut Raw, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.recv().await {
+            Packet::Publish(p) => {
+                got.push(payload(&p).to_owned());
+                match p.qos_pid {
+                    QosPid::AtMostOnce => {}
+                    QosPid::AtLeastOnce(pid) => c.send(Packet::PubAck(PubResp::new(pid))).await,
+                    QosPid::ExactlyOnce(pid) => c.send(Packet::PubRec(PubResp::new(pid))).await,
+                }
+            }
+            Packet::PubRel(r) => c.send(Packet::PubComp(PubResp::new(r.packet_id))).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got
+}
+
+/// Completes the QoS 2 flows [`take`] left open; panics on any further
+/// message (a duplicate).
+pub(crate) async fn finish(c: &mut Raw) {
+    while let Some(p) = c.recv_within(Duration::from_millis(500)).await {
+        match p {
+            Packet::PubRel(r) => c.send(Packet::PubComp(PubResp::new(r.packet_id))).await,
+            other => panic!("nothing more expected: {other:?}"),
+        }
+    }
+}
+
+/// How long [`settled`] waits: a bridge may be between reconnect attempts.
+const SETTLE_WAIT: Duration = Duration::from_secs(15);
+
+/// The first bridge's stats once `done` says so (some are sampled about
+/// once a second); panics with them after [`SETTLE_WAIT`].
+pub(crate) async fn settled(
+    b: &TestBroker,
+    done: impl Fn(&roost::BridgeSnapshot) -> bool,
+) -> roost::BridgeSnapshot {
+    let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+    loop {
+        // The list is empty until the bridge's task has started.
+        let s = b.stats.snapshot().bridges.first().cloned();
+        if let Some(s) = s.as_ref().filter(|s| done(s)) {
+            return s.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bridge stats did not settle: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
