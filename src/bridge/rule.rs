@@ -1,7 +1,7 @@
 //! A forward or subscribe rule: a filter, a QoS and the prefixes that map
 //! topics between the two brokers, as in Mosquitto's `topic` line.
 
-use crate::codec::QoS;
+use crate::codec::{ByteStr, QoS};
 use crate::topic::{matches, valid_filter, valid_name};
 use std::fmt;
 
@@ -155,6 +155,19 @@ impl Rule {
         )
     }
 
+    /// [`Rule::to_remote`] for a local topic already known to match the
+    /// rule's local filter (the broker matched it): only the prefixes
+    /// change, and with equal prefixes (both empty, typically) the topic
+    /// is shared rather than copied.
+    pub(crate) fn to_remote_matched(&self, local_topic: &ByteStr) -> Option<ByteStr> {
+        if self.local_prefix == self.remote_prefix {
+            return Some(local_topic.clone());
+        }
+        let rest = local_topic.strip_prefix(self.local_prefix.as_str())?;
+        let mapped = format!("{}{rest}", self.remote_prefix);
+        valid_name(&mapped).then(|| ByteStr::from(mapped))
+    }
+
     /// The local topic for a remote topic the rule carries, or `None` when
     /// it does not carry it.
     pub fn to_local(&self, remote_topic: &str) -> Option<String> {
@@ -241,6 +254,9 @@ mod tests {
             match rule.to_remote(&local_topic) {
                 Some(remote_topic) => {
                     prop_assert!(matches(&rule.filter, &t));
+                    // The shortcut for a topic the broker matched agrees.
+                    let matched = rule.to_remote_matched(&ByteStr::from(local_topic.as_str()));
+                    prop_assert_eq!(matched.as_deref(), Some(remote_topic.as_str()));
                     prop_assert_eq!(&remote_topic, &format!("{}{t}", rule.remote_prefix));
                     prop_assert_eq!(rule.to_local(&remote_topic), Some(local_topic));
                 }

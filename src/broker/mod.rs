@@ -40,6 +40,7 @@ pub(crate) use pages::{Page, PageEntry, PageRequest};
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
 pub(crate) use retained::{RetainedPage, RetainedRead};
+pub(crate) use throttle::OncePerSecond;
 
 use crate::codec::{
     AckProperties, ByteStr, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,

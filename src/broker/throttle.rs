@@ -5,16 +5,16 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// When a kind of warning was last logged, on the core's clock.
-pub(super) struct OncePerSecond(AtomicU64);
+pub(crate) struct OncePerSecond(AtomicU64);
 
 impl OncePerSecond {
-    pub(super) const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         OncePerSecond(AtomicU64::new(0))
     }
 
     /// True if a second has passed since it last said true (and the next
     /// second starts now).
-    pub(super) fn ready(&self, now_ms: u64) -> bool {
+    pub(crate) fn ready(&self, now_ms: u64) -> bool {
         if now_ms < self.0.load(Relaxed).saturating_add(1000) {
             return false;
         }

@@ -20,7 +20,7 @@
 use crate::bridge::{
     Backoff, Bridge, Echoes, Event as LinkEvent, Link, Outgoing, Rule, SendError, Settings,
 };
-use crate::broker::{ConnId, Event, Outbox, BRIDGE_CLIENT_ID_PREFIX};
+use crate::broker::{ConnId, Event, OncePerSecond, Outbox, BRIDGE_CLIENT_ID_PREFIX};
 use crate::clock::Clock;
 use crate::codec::{
     ByteStr, Connect, ConnectProperties, Decoder, Packet, PacketId, ProtocolVersion, PubResp,
@@ -140,8 +140,8 @@ struct Driver {
     /// When the current connection was accepted (mono ms).
     connected_at: Option<u64>,
     next_own_token: u64,
-    /// When a refused forwarded message was last logged (mono ms).
-    last_refusal_log: u64,
+    /// Refused forwarded messages are logged at most once a second.
+    refusal_log: OncePerSecond,
     /// Why we are ending the connection, once our DISCONNECT is written.
     hanging_up: Option<String>,
     /// The local session ended: reconnect it.
@@ -205,7 +205,7 @@ impl Driver {
             last_error: None,
             connected_at: None,
             next_own_token: OWN_TOKENS,
-            last_refusal_log: 0,
+            refusal_log: OncePerSecond::new(),
             hanging_up: None,
             local_closed: false,
         }
@@ -614,7 +614,7 @@ impl Driver {
             .subscription_identifiers
             .iter()
             .filter_map(|id| self.bridge.forward.get(id.get() as usize - 1))
-            .find_map(|r| remote_topic(r, &p.topic));
+            .find_map(|r| r.to_remote_matched(&p.topic));
         let mapped = by_id.or_else(|| {
             self.bridge
                 .forward
@@ -697,9 +697,7 @@ impl Driver {
         };
         stats::sub(&self.stats.inflight, 1);
         stats::add(&self.stats.dropped, 1);
-        let now = self.now();
-        if now.saturating_sub(self.last_refusal_log) >= 1000 {
-            self.last_refusal_log = now;
+        if self.refusal_log.ready(self.now()) {
             tracing::warn!(bridge = %self.bridge.name, ?reason,
                 dropped = self.stats.dropped.load(Relaxed),
                 "bridge: a forwarded message was refused by the remote or is too large for it (more within a second not logged)");
@@ -993,18 +991,6 @@ impl Driver {
 async fn write_out(s: &mut RemoteStream, buf: &[u8]) -> std::io::Result<()> {
     s.write_all(buf).await?;
     s.flush().await
-}
-
-/// The remote topic of `topic`, which matched `rule`'s local filter (the
-/// core matched it): the prefixes change, and with equal prefixes (both
-/// empty, typically) it is the same string, shared rather than copied.
-fn remote_topic(rule: &Rule, topic: &ByteStr) -> Option<ByteStr> {
-    if rule.local_prefix == rule.remote_prefix {
-        return Some(topic.clone());
-    }
-    let rest = topic.strip_prefix(rule.local_prefix.as_str())?;
-    let mapped = format!("{}{rest}", rule.remote_prefix);
-    crate::topic::valid_name(&mapped).then(|| ByteStr::from(mapped))
 }
 
 /// The local packet id a link token stands for (tokens of forwarded
