@@ -31,18 +31,7 @@ fn cloud(remote: &TestBroker, protocol: Protocol) -> Bridge {
 
 /// Waits until the bridge's stats say it is connected.
 async fn connected(b: &TestBroker) {
-    for _ in 0..200 {
-        if b.stats
-            .snapshot()
-            .bridges
-            .first()
-            .is_some_and(|s| s.connected)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("bridge did not connect: {:?}", b.stats.snapshot().bridges);
+    settled(b, |s| s.connected).await;
 }
 
 async fn both_ways(protocol: Protocol) {
