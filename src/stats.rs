@@ -35,6 +35,7 @@ pub struct Stats {
     pub(crate) packet_read_timeouts: AtomicU64,
     pub(crate) connect_too_large: AtomicU64,
     pub(crate) unauthenticated_refused: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
     pub(crate) connections_refused_per_ip: AtomicU64,
     pub(crate) connect_rate_refused: AtomicU64,
     pub(crate) http_evicted: AtomicU64,
@@ -83,6 +84,7 @@ impl Default for Stats {
             packet_read_timeouts: AtomicU64::new(0),
             connect_too_large: AtomicU64::new(0),
             unauthenticated_refused: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
             connections_refused_per_ip: AtomicU64::new(0),
             connect_rate_refused: AtomicU64::new(0),
             http_evicted: AtomicU64::new(0),
@@ -148,6 +150,7 @@ impl Stats {
             packet_read_timeouts: g(&self.packet_read_timeouts),
             connect_too_large: g(&self.connect_too_large),
             unauthenticated_refused: g(&self.unauthenticated_refused),
+            connections_refused: g(&self.connections_refused),
             connections_refused_per_ip: g(&self.connections_refused_per_ip),
             connect_rate_refused: g(&self.connect_rate_refused),
             http_evicted: g(&self.http_evicted),
@@ -226,6 +229,10 @@ pub struct StatsSnapshot {
     /// Connections closed before CONNACK because connections not yet
     /// through CONNECT held `limits.maximum_unauthenticated_bytes`.
     pub unauthenticated_refused: u64,
+    /// Connections closed as they were accepted because the broker held
+    /// `limits.maximum_connections` (HTTP connections have a limit of their
+    /// own and are not counted here).
+    pub connections_refused: u64,
     /// Connections closed as they were accepted because their source (an
     /// IPv4 address or an IPv6 /64) held
     /// `limits.maximum_connections_per_ip` connections.

@@ -159,6 +159,7 @@ fn the_example_file_gives_the_defaults_and_documents_every_key() {
             "client_id_from",
             "session_tickets",
             "session_cache",
+            "handshakes_in_progress",
         ]
         .map(String::from),
     );

@@ -73,6 +73,8 @@ async fn fourth_connection_is_refused_at_maximum_connections_3() {
     let _ = fourth.write_all(CONNECT_C).await;
     assert_eq!(read_to_close(&mut fourth).await, b"");
 
+    assert_eq!(b.stats.snapshot().connections_refused, 1);
+
     // The admitted ones are unaffected.
     c1.subscribe(1, "t", QoS::AtLeastOnce).await;
     c2.publish(publish("t", "hi", QoS::AtLeastOnce, 1)).await;

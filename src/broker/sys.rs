@@ -11,7 +11,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
         let s = self.stats.snapshot_at(now);
-        let topics: [(&str, String); 41] = [
+        let topics: [(&str, String); 44] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -64,12 +64,18 @@ impl Broker {
                 "refused/unauthenticated",
                 s.unauthenticated_refused.to_string(),
             ),
+            ("refused/connections", s.connections_refused.to_string()),
             (
                 "refused/connections_per_ip",
                 s.connections_refused_per_ip.to_string(),
             ),
             ("refused/connect_rate", s.connect_rate_refused.to_string()),
             ("refused/http_evicted", s.http_evicted.to_string()),
+            ("refused/tls_revoked", s.tls_revoked_refused.to_string()),
+            (
+                "refused/tls_revoked_closed",
+                s.tls_revoked_closed.to_string(),
+            ),
             ("refused/retained", s.retained_refused.to_string()),
             ("refused/storage", s.storage_refused.to_string()),
         ];

@@ -369,6 +369,10 @@ pub(crate) struct ListenerConfig {
     /// true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_tickets: Option<bool>,
+    /// Most TLS handshakes in progress at once (tls, wss, https); the rest
+    /// wait their turn. Default: 64 per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshakes_in_progress: Option<usize>,
     /// WebSocket upgrade path (ws, wss). Default: `/mqtt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -396,6 +400,7 @@ impl ListenerConfig {
             client_id_from: None,
             session_cache: None,
             session_tickets: None,
+            handshakes_in_progress: None,
             path: None,
             subprotocols: None,
             place,
@@ -752,6 +757,7 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
             ("client_id_from", l.client_id_from.is_some()),
             ("session_cache", l.session_cache.is_some()),
             ("session_tickets", l.session_tickets.is_some()),
+            ("handshakes_in_progress", l.handshakes_in_progress.is_some()),
         ];
         if l.kind.is_tls() {
             let what = match (&l.cert, &l.key) {

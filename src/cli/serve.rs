@@ -76,6 +76,9 @@ pub(crate) fn tls_config(l: &ListenerConfig) -> Option<roost::TlsConfig> {
     if let Some(on) = l.session_tickets {
         tls = tls.session_tickets(on);
     }
+    if let Some(n) = l.handshakes_in_progress {
+        tls = tls.handshakes_in_progress(n);
+    }
     Some(tls)
 }
 
@@ -534,10 +537,13 @@ mod tests {
         let defaults = tls_config(&l).unwrap();
         assert!(defaults.session_tickets);
         assert_eq!(defaults.session_cache, 20_000);
+        assert_eq!(defaults.handshakes_in_progress, 0);
         l.session_cache = Some(0);
         l.session_tickets = Some(false);
+        l.handshakes_in_progress = Some(1000);
         let off = tls_config(&l).unwrap();
         assert!(!off.session_tickets);
         assert_eq!(off.session_cache, 0);
+        assert_eq!(off.handshakes_in_progress, 1000);
     }
 }

@@ -156,6 +156,7 @@ fn json(s: &StatsSnapshot) -> String {
         "packet_read_timeouts": s.packet_read_timeouts,
         "connect_too_large": s.connect_too_large,
         "unauthenticated_refused": s.unauthenticated_refused,
+        "connections_refused": s.connections_refused,
         "connections_refused_per_ip": s.connections_refused_per_ip,
         "connect_rate_refused": s.connect_rate_refused,
         "http_evicted": s.http_evicted,
@@ -203,7 +204,7 @@ fn bridge_json(b: &BridgeSnapshot) -> serde_json::Value {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 28] = [
+    let counters: [(&str, &str, u64); 29] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -271,6 +272,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "unauthenticated_refused",
             "Connections refused before CONNACK: maximum_unauthenticated_bytes held.",
             s.unauthenticated_refused,
+        ),
+        (
+            "connections_refused",
+            "Connections closed at accept: the broker held maximum_connections.",
+            s.connections_refused,
         ),
         (
             "connections_refused_per_ip",

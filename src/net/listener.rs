@@ -407,6 +407,7 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
     }
     let mut stop = ctx.stop.clone();
     let mut backoff = Duration::from_millis(5);
+    let mut warned_full: Option<u64> = None;
     #[cfg(feature = "http")]
     let mut http_heads = HttpHeads::default();
     // Every connection's task: after shutdown the connections get a grace
@@ -444,7 +445,18 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
             Err(_) => None,
         };
         let Some(permit) = permit else {
-            tracing::warn!(listener = %id, %peer, "connection limit reached; refusing");
+            crate::stats::add(&ctx.shared.stats.connections_refused, 1);
+            // At the limit every accept refuses: one warning a minute, the
+            // counter has them all.
+            let now = ctx.shared.clock.mono_ms();
+            if warned_full.is_none_or(|at| now.saturating_sub(at) >= 60_000) {
+                warned_full = Some(now);
+                tracing::warn!(listener = %id, %peer, limit = "maximum_connections",
+                    "connection refused: the broker is at its connection limit (further refusals on this listener are logged at debug for a minute)");
+            } else {
+                tracing::debug!(listener = %id, %peer, limit = "maximum_connections",
+                    "connection refused: the broker is at its connection limit");
+            }
             continue;
         };
         // Per source: closed here, before any handshake (see `per_ip`).

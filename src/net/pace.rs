@@ -8,7 +8,7 @@
 //! client's PUBLISH or a health check waits behind all of them.
 //!
 //! [`admitted`] bounds the handshakes in progress on a listener to
-//! [`slots`]; the rest wait in the gate's queue, first come first served,
+//! [`slots`] (`TlsConfig::handshakes_in_progress`); the rest wait in the gate's queue, first come first served,
 //! where they cost the runtime nothing. A slot is taken only once the
 //! client has sent its first bytes, so sockets opened and left idle do not
 //! hold one, and kept for the whole handshake: handing slots out per poll
@@ -19,11 +19,14 @@
 use std::future::Future;
 use tokio::sync::Semaphore;
 
-/// Handshakes in progress per listener: enough to keep every core busy
-/// while clients take their round trips, few enough that the run queue
-/// stays short.
-pub(crate) fn slots() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) * 64
+/// Handshakes in progress per listener: `configured`, or when that is 0,
+/// enough to keep every core busy while clients take their round trips,
+/// few enough that the run queue stays short.
+pub(crate) fn slots(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()) * 64,
+        n => n.min(Semaphore::MAX_PERMITS),
+    }
 }
 
 /// Runs `handshake` holding a slot of `gate` until it ends.
@@ -39,6 +42,14 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
+
+    #[test]
+    fn a_configured_bound_is_taken_as_is_and_0_means_64_per_core() {
+        assert_eq!(slots(5), 5);
+        assert_eq!(slots(1), 1);
+        assert_eq!(slots(0) % 64, 0);
+        assert!(slots(0) >= 64);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_the_gate_s_slots_are_in_progress_and_all_finish() {

@@ -164,6 +164,10 @@ pub struct TlsConfig {
     pub session_cache: usize,
     /// Whether clients get session tickets to resume with. Default: yes.
     pub session_tickets: bool,
+    /// Most handshakes in progress on the listener at once; the rest wait
+    /// their turn, first come first served. 0: the default, 64 per core.
+    /// See [`TlsConfig::handshakes_in_progress`].
+    pub handshakes_in_progress: usize,
 }
 
 /// How often a listener's CRL file is looked at for a change, by default.
@@ -183,6 +187,7 @@ impl TlsConfig {
             crl_poll_interval: DEFAULT_CRL_POLL_INTERVAL,
             session_cache: DEFAULT_SESSION_CACHE,
             session_tickets: true,
+            handshakes_in_progress: 0,
         }
     }
 
@@ -249,6 +254,21 @@ impl TlsConfig {
         self
     }
 
+    /// Sets how many handshakes may be in progress on the listener at once
+    /// (0: the default, 64 per core).
+    ///
+    /// During a reconnect storm the handshakes beyond this wait in a queue,
+    /// where they cost nothing, so that clients already connected and
+    /// health checks are still served promptly. A handshake holds its
+    /// place for its round trips too: on links with long round trips
+    /// (cellular, satellite) the default lets through roughly 64 per core
+    /// per round trip (about 200 a second per core at 300 ms), below what
+    /// the CPU could do; raise it for such a fleet.
+    pub fn handshakes_in_progress(mut self, handshakes: usize) -> Self {
+        self.handshakes_in_progress = handshakes;
+        self
+    }
+
     /// Reads the certificate, key and CA files and checks they make a
     /// usable server identity, as adding a listener would, without one.
     /// For checking a configuration before starting.
@@ -289,6 +309,7 @@ impl TlsState {
             trust,
         )?);
         resumption.apply(&mut built.server);
+        let gate = Semaphore::new(super::pace::slots(config.handshakes_in_progress));
         let current = RwLock::new(Loaded {
             server: Arc::new(built.server),
             crl: built.crl,
@@ -299,7 +320,7 @@ impl TlsState {
             current,
             revocation: crls.map(|c| Arc::new(Revocation::new(c))),
             reloading: Mutex::new(()),
-            gate: Semaphore::new(super::pace::slots()),
+            gate,
         })
     }
 
