@@ -71,6 +71,24 @@ pub use roost_storage as storage;
 pub use server::{ServeError, Server};
 pub use stats::{BridgeSnapshot, Stats, StatsSnapshot};
 
+/// The `tracing` target of the log lines that say a client was refused:
+/// failed TLS and WebSocket handshakes, failed authentication, and
+/// publishes and subscriptions the ACL denied. Each names who (client id,
+/// user name, address) and why, at `info` or `warn`.
+///
+/// Anyone who can open a connection can make these, as fast as the network
+/// allows, so a subscriber writing them to disk should limit their rate:
+/// the `roost` binary lets through at most 10 a second of each kind (with
+/// bursts of 50) and logs once a minute how many it held back. Every
+/// refusal is also counted in [`StatsSnapshot`], whatever is logged.
+///
+/// ```
+/// // For instance, to keep them out of an embedding's logs altogether:
+/// let filter = format!("info,{}=off", roost::REFUSAL);
+/// assert_eq!(filter, "info,roost::refusal=off");
+/// ```
+pub const REFUSAL: &str = "roost::refusal";
+
 /// The routing tries, for `benches/topics.rs` only (feature `_bench`, which
 /// is not part of the API: no semver promise, may change in any release).
 ///

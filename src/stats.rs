@@ -36,6 +36,9 @@ pub struct Stats {
     pub(crate) connect_too_large: AtomicU64,
     pub(crate) unauthenticated_refused: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
+    pub(crate) handshakes_failed: AtomicU64,
+    pub(crate) auth_refused: AtomicU64,
+    pub(crate) acl_denied: AtomicU64,
     pub(crate) connections_refused_per_ip: AtomicU64,
     pub(crate) connect_rate_refused: AtomicU64,
     pub(crate) http_evicted: AtomicU64,
@@ -85,6 +88,9 @@ impl Default for Stats {
             connect_too_large: AtomicU64::new(0),
             unauthenticated_refused: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            handshakes_failed: AtomicU64::new(0),
+            auth_refused: AtomicU64::new(0),
+            acl_denied: AtomicU64::new(0),
             connections_refused_per_ip: AtomicU64::new(0),
             connect_rate_refused: AtomicU64::new(0),
             http_evicted: AtomicU64::new(0),
@@ -151,6 +157,9 @@ impl Stats {
             connect_too_large: g(&self.connect_too_large),
             unauthenticated_refused: g(&self.unauthenticated_refused),
             connections_refused: g(&self.connections_refused),
+            handshakes_failed: g(&self.handshakes_failed),
+            auth_refused: g(&self.auth_refused),
+            acl_denied: g(&self.acl_denied),
             connections_refused_per_ip: g(&self.connections_refused_per_ip),
             connect_rate_refused: g(&self.connect_rate_refused),
             http_evicted: g(&self.http_evicted),
@@ -233,6 +242,18 @@ pub struct StatsSnapshot {
     /// `limits.maximum_connections` (HTTP connections have a limit of their
     /// own and are not counted here).
     pub connections_refused: u64,
+    /// TLS or WebSocket handshakes that failed or did not complete within
+    /// `limits.connect_timeout` (a connection closed before sending
+    /// anything is not counted: a port probe).
+    pub handshakes_failed: u64,
+    /// Network clients refused at CONNECT as not authorized: bad user name
+    /// or password, an authentication hook's refusal, a failed enhanced
+    /// authentication, a certificate without the identity the listener
+    /// takes, a will the ACL denies.
+    pub auth_refused: u64,
+    /// PUBLISHes and SUBSCRIBE filters of network clients that the ACL
+    /// denied.
+    pub acl_denied: u64,
     /// Connections closed as they were accepted because their source (an
     /// IPv4 address or an IPv6 /64) held
     /// `limits.maximum_connections_per_ip` connections.

@@ -11,7 +11,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
         let s = self.stats.snapshot_at(now);
-        let topics: [(&str, String); 44] = [
+        let topics: [(&str, String); 47] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -65,6 +65,9 @@ impl Broker {
                 s.unauthenticated_refused.to_string(),
             ),
             ("refused/connections", s.connections_refused.to_string()),
+            ("refused/handshakes", s.handshakes_failed.to_string()),
+            ("refused/auth", s.auth_refused.to_string()),
+            ("refused/acl", s.acl_denied.to_string()),
             (
                 "refused/connections_per_ip",
                 s.connections_refused_per_ip.to_string(),

@@ -2,6 +2,7 @@
 //! logging, the auth ledger seam, and serving with signals.
 
 pub(crate) mod args;
+pub(crate) mod banner;
 pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod ledger;

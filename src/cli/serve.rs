@@ -2,12 +2,12 @@
 //! print one line for each, serve until SIGINT or SIGTERM, and reload TLS
 //! certificates and the auth ledger on SIGHUP.
 
+use super::banner::{self, Banner};
 use super::config::{Config, ListenerConfig, ListenerKind, StoreKind};
 use super::error::{ConfigError, Place};
 use super::ledger::Ledger;
 use roost::storage::{StorageError, Store};
 use roost::{Listener, ServerHandle, Transport};
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -228,7 +228,7 @@ pub(crate) async fn run(config: Config) -> ExitCode {
         None => None,
     };
     let mut server = server;
-    let mut lines = Vec::new();
+    let mut banner = Banner::new(config.log.format);
     for l in &config.listeners {
         let from = match &l.place {
             Place::Builtin => String::new(),
@@ -260,14 +260,20 @@ pub(crate) async fn run(config: Config) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(format_args!("{} ({}{from}): {e}", l.label(), addr), 2),
         };
-        lines.push(format!(
-            "roost {version}: {} listening on {addr}",
-            l.kind.describe()
-        ));
+        banner.info(
+            format!("roost {version}: {} listening on {addr}", l.kind.describe()),
+            &[
+                ("listener", l.kind.describe().to_string()),
+                ("addr", addr.to_string()),
+            ],
+        );
     }
     if let Some((ledger, path)) = &ledger {
         server = ledger.install(server);
-        lines.push(format!("roost {version}: auth ledger {}", path.display()));
+        banner.info(
+            format!("roost {version}: auth ledger {}", path.display()),
+            &[("ledger", path.display().to_string())],
+        );
     }
     let bridges = match bridges(&config) {
         Ok(b) => b,
@@ -278,20 +284,34 @@ pub(crate) async fn run(config: Config) -> ExitCode {
             "roost {version}: bridge {:?} to {}",
             bridge.name, bridge.remote
         );
+        let fields = [
+            ("bridge", bridge.name.to_string()),
+            ("remote", bridge.remote.to_string()),
+        ];
         server = match server.bridge(bridge) {
             Ok(s) => s,
             Err(e) => return fail(e, 2),
         };
-        lines.push(line);
+        banner.info(line, &fields);
+    }
+    // Mosquitto 2.0 stopped serving anonymous clients on the network by
+    // default; roost keeps its one-command quick start, and says so, in
+    // the log and on the console, when that door is open.
+    for (what, addr) in banner::open_doors(&config) {
+        tracing::warn!(listener = what, %addr,
+            "anyone who can reach this listener may connect, publish and subscribe: no auth ledger is configured ([auth] ledger; see README \"Operating roost\"), or bind it to 127.0.0.1");
+        banner.warn(
+            format!("roost {version}: warning: anyone who can reach {what} on {addr} may connect without credentials (no auth ledger)"),
+            &[("listener", what), ("addr", addr.to_string())],
+        );
     }
     // The store line comes last: scripts may read up to it.
-    lines.push(format!("roost {version}: store {store_text}"));
-    // Written with errors ignored: a closed stdout must not stop the broker.
-    let mut out = std::io::stdout();
-    for line in &lines {
-        let _ = writeln!(out, "{line}");
-    }
-    let _ = out.flush();
+    banner.info(
+        format!("roost {version}: store {store_text}"),
+        &[("store", store_text.clone())],
+    );
+    banner.print();
+    tokio::spawn(super::logging::report_held_back());
 
     #[cfg(unix)]
     if let Some(hangups) = hangups {

@@ -41,6 +41,7 @@ pub use ledger::{
 use crate::codec::{
     ByteStr, Connect, ProtocolVersion, Publish, QoS, ReasonCode, SubscriptionOptions,
 };
+use crate::escape::Escaped;
 use crate::message::Message;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -388,6 +389,10 @@ impl Hooks {
     /// The publish ACL and interception for one PUBLISH.
     pub(crate) async fn publish(&self, client: &Client, publish: &mut Publish) -> PublishVerdict {
         if !self.can_publish(client, &publish.topic).await {
+            tracing::info!(target: crate::REFUSAL, client_id = %Escaped(&client.client_id),
+                username = client.username.as_deref().map(|u| tracing::field::display(Escaped(u))),
+                remote = client.remote_addr.map(tracing::field::display),
+                topic = %Escaped(&publish.topic), "publish denied by the ACL");
             return PublishVerdict::Refuse(ReasonCode::NotAuthorized);
         }
         let qos_pid = publish.qos_pid;
@@ -430,6 +435,10 @@ impl Hooks {
                         }
                     }
                     if !allowed {
+                        tracing::info!(target: crate::REFUSAL, client_id = %Escaped(&client.client_id),
+                            username = client.username.as_deref().map(|u| tracing::field::display(Escaped(u))),
+                            remote = client.remote_addr.map(tracing::field::display),
+                            filter = %Escaped(filter), "subscription denied by the ACL");
                         *verdict = Err(ReasonCode::NotAuthorized);
                     }
                 }

@@ -207,13 +207,13 @@ impl Admission {
             // what is wrong, the certificate names nobody. Answered in
             // MQTT rather than by failing the TLS handshake, so the client
             // learns why and the log names its client id.
-            tracing::warn!(conn, client_id = %Escaped(&admission.client.client_id),
+            tracing::warn!(target: crate::REFUSAL, conn, client_id = %Escaped(&admission.client.client_id),
                 remote = remote_addr.map(tracing::field::display),
                 "client certificate has no user name (CN or SAN) and the listener takes it from there; connection refused");
             Next::Refuse(refusal(ReasonCode::NotAuthorized))
         } else if id_missing {
             // As for a missing user name, and before any hook too.
-            tracing::warn!(conn, client_id = %Escaped(&admission.client.client_id),
+            tracing::warn!(target: crate::REFUSAL, conn, client_id = %Escaped(&admission.client.client_id),
                 remote = remote_addr.map(tracing::field::display),
                 "the listener takes the client id from the client certificate, and the client presented none or one without it (CN or SAN); connection refused");
             Next::Refuse(refusal(ReasonCode::NotAuthorized))
@@ -275,7 +275,13 @@ impl Admission {
                 method,
                 Some(challenge),
             )),
-            AuthStep::Fail(reason) => self.refuse(reason),
+            AuthStep::Fail(reason) => {
+                tracing::warn!(target: crate::REFUSAL, conn = self.conn, client_id = %Escaped(&self.client.client_id),
+                    username = self.client.username.as_deref().map(|u| tracing::field::display(Escaped(u))),
+                    remote = self.client.remote_addr.map(tracing::field::display), ?reason,
+                    method = %Escaped(method), "enhanced authentication failed; connection refused");
+                self.refuse(reason)
+            }
             // No hook offers the method ([MQTT-4.12.0-1]).
             AuthStep::Unsupported => self.refuse(ReasonCode::BadAuthenticationMethod),
         }
@@ -301,8 +307,8 @@ impl Admission {
     pub(crate) fn authenticated(&mut self, verdict: Result<(), ReasonCode>) -> Next {
         if let Err(reason) = verdict {
             // The user name helps an operator; the password is never logged.
-            tracing::warn!(conn = self.conn, client_id = %Escaped(&self.client.client_id),
-                username = self.client.username.as_deref().unwrap_or(""),
+            tracing::warn!(target: crate::REFUSAL, conn = self.conn, client_id = %Escaped(&self.client.client_id),
+                username = self.client.username.as_deref().map(|u| tracing::field::display(Escaped(u))),
                 remote = self.client.remote_addr.map(tracing::field::display), ?reason,
                 "authentication failed; connection refused");
             return self.refuse(reason);
@@ -315,8 +321,9 @@ impl Admission {
         if allowed {
             return Next::Admitted;
         }
-        tracing::warn!(conn = self.conn, client_id = %Escaped(&self.client.client_id),
-            username = self.client.username.as_deref().unwrap_or(""),
+        tracing::warn!(target: crate::REFUSAL, conn = self.conn, client_id = %Escaped(&self.client.client_id),
+            username = self.client.username.as_deref().map(|u| tracing::field::display(Escaped(u))),
+            remote = self.client.remote_addr.map(tracing::field::display),
             topic = %Escaped(self.will_topic()), "will refused by the publish ACL; connection refused");
         self.refuse(ReasonCode::NotAuthorized)
     }

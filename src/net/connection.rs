@@ -46,6 +46,9 @@ pub(crate) struct Peer {
     /// Set when a new CRL revokes the client's TLS certificate (see
     /// `net::crl`).
     pub revoked: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The subject of the client's TLS certificate, for the log line that
+    /// says who connected; dropped once it is written.
+    pub certificate: Option<Box<str>>,
 }
 
 impl Peer {
@@ -57,6 +60,7 @@ impl Peer {
             remote_addr: Some(remote),
             admitted: None,
             revoked: None,
+            certificate: None,
         }
     }
 }
@@ -200,6 +204,7 @@ where
     let opts = &shared.opts;
     let hooks = &shared.hooks;
     let peer_admitted = peer.admitted.clone();
+    let peer_certificate = peer.certificate;
     // What this connection buffers until the exchange ends, admitted or
     // not, is charged to the budget of unauthenticated bytes.
     let mut charge = shared
@@ -304,7 +309,20 @@ where
                     .await;
                 admission.will_checked(allowed)
             }
-            Next::Refuse(refusal) => return refuse_connect(io, version, &refusal).await,
+            Next::Refuse(refusal) => {
+                if let Packet::ConnAck(ack) = &refusal {
+                    use ReasonCode::{
+                        BadAuthenticationMethod, BadUserNameOrPassword, NotAuthorized,
+                    };
+                    if matches!(
+                        ack.reason,
+                        NotAuthorized | BadUserNameOrPassword | BadAuthenticationMethod
+                    ) {
+                        crate::stats::add(&shared.stats.auth_refused, 1);
+                    }
+                }
+                return refuse_connect(io, version, &refusal).await;
+            }
             Next::Admitted => break,
         };
     }
@@ -322,7 +340,13 @@ where
         &opts.limits,
     );
     let outbox = Arc::new(Outbox::new(version, shared.clock.mono_ms()));
-    tracing::info!(conn = conn.0, client_id = %Escaped(&connect.client_id), remote = client.remote_addr.map(tracing::field::display),
+    // Who it is, in full: the id it got (assigned by the broker or taken
+    // from its certificate), the user it authenticated as, and the
+    // certificate it presented.
+    tracing::info!(conn = conn.0, client_id = %Escaped(&connect.client_id), id_assigned,
+        username = connect.username.as_deref().map(|u| tracing::field::display(Escaped(u))),
+        certificate = peer_certificate.as_deref().map(|c| tracing::field::display(Escaped(c))),
+        remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
     let event = Event::Connect {
         conn,
@@ -639,10 +663,21 @@ async fn with_hooks(
         }
         Ask::Publish(mut publish) => {
             let verdict = hooks.publish(client, &mut publish).await;
+            if verdict == PublishVerdict::Refuse(ReasonCode::NotAuthorized) {
+                crate::stats::add(&shared.stats.acl_denied, 1);
+            }
             ToCore::Publish(publish, verdict)
         }
         Ask::Subscribe(mut subscribe) => {
             hooks.subscribe(client, &mut subscribe.filters).await;
+            let denied = subscribe
+                .filters
+                .iter()
+                .filter(|(_, _, v)| *v == Err(ReasonCode::NotAuthorized))
+                .count();
+            if denied > 0 {
+                crate::stats::add(&shared.stats.acl_denied, denied as u64);
+            }
             ToCore::Subscribe(subscribe)
         }
     };

@@ -157,6 +157,9 @@ fn json(s: &StatsSnapshot) -> String {
         "connect_too_large": s.connect_too_large,
         "unauthenticated_refused": s.unauthenticated_refused,
         "connections_refused": s.connections_refused,
+        "handshakes_failed": s.handshakes_failed,
+        "auth_refused": s.auth_refused,
+        "acl_denied": s.acl_denied,
         "connections_refused_per_ip": s.connections_refused_per_ip,
         "connect_rate_refused": s.connect_rate_refused,
         "http_evicted": s.http_evicted,
@@ -204,7 +207,7 @@ fn bridge_json(b: &BridgeSnapshot) -> serde_json::Value {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 29] = [
+    let counters: [(&str, &str, u64); 32] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -277,6 +280,21 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "connections_refused",
             "Connections closed at accept: the broker held maximum_connections.",
             s.connections_refused,
+        ),
+        (
+            "handshakes_failed",
+            "TLS or WebSocket handshakes that failed or timed out.",
+            s.handshakes_failed,
+        ),
+        (
+            "auth_refused",
+            "CONNECTs refused as not authorized (credentials, hooks, certificate identity, will ACL).",
+            s.auth_refused,
+        ),
+        (
+            "acl_denied",
+            "PUBLISHes and SUBSCRIBE filters the ACL denied.",
+            s.acl_denied,
         ),
         (
             "connections_refused_per_ip",

@@ -624,8 +624,14 @@ async fn layered(accepted: Accepted) {
             // connection's whole life (see `layered`).
             let accept = Box::pin(tls.accept(stream, remote));
             let stats = &shared.stats;
-            let Some(stream) =
-                handshake(conn, handshake_timeout, stop.clone(), stats, accept).await
+            let Some(stream) = handshake(
+                (conn, remote),
+                handshake_timeout,
+                stop.clone(),
+                stats,
+                accept,
+            )
+            .await
             else {
                 return;
             };
@@ -639,6 +645,7 @@ async fn layered(accepted: Accepted) {
                 remote_addr: Some(remote),
                 admitted: None,
                 revoked: tracked.revoked(),
+                certificate: tls.certificate(&stream),
             };
             serve_connection(stream, conn, shared, peer).await;
             drop(tracked);
@@ -651,7 +658,7 @@ async fn layered(accepted: Accepted) {
             let admitted = Arc::new(AtomicBool::new(false));
             let stream = Metered::new(stream, shared.clone(), admitted.clone());
             let Some(ws) = handshake(
-                conn,
+                (conn, remote),
                 handshake_timeout,
                 stop.clone(),
                 &shared.stats,
@@ -674,7 +681,11 @@ async fn layered(accepted: Accepted) {
             let metering = (shared.clone(), admitted.clone());
             let upgrade = Box::pin(async {
                 let stream = tls.accept(stream, remote).await?;
-                let identity = (tls.username(&stream), tls.client_id(&stream));
+                let identity = (
+                    tls.username(&stream),
+                    tls.client_id(&stream),
+                    tls.certificate(&stream),
+                );
                 let Some(tracked) = tls.track(conn, &stream, &metering.0.stats) else {
                     return Err(HandshakeError::Revoked);
                 };
@@ -683,8 +694,14 @@ async fn layered(accepted: Accepted) {
                 Ok::<_, HandshakeError>((ws, identity, tracked))
             });
             let stats = &shared.stats;
-            let Some((ws, (username, client_id), tracked)) =
-                handshake(conn, handshake_timeout, stop.clone(), stats, upgrade).await
+            let Some((ws, (username, client_id, certificate), tracked)) = handshake(
+                (conn, remote),
+                handshake_timeout,
+                stop.clone(),
+                stats,
+                upgrade,
+            )
+            .await
             else {
                 return;
             };
@@ -694,6 +711,7 @@ async fn layered(accepted: Accepted) {
                 remote_addr: Some(remote),
                 admitted: Some(admitted),
                 revoked: tracked.revoked(),
+                certificate,
             };
             serve_connection(ws, conn, shared, peer).await;
             drop(tracked);
@@ -725,7 +743,7 @@ async fn http(accepted: Accepted, head: Arc<AtomicBool>) {
         Kind::Http(Some(tls)) => {
             let remote = accepted.remote;
             let accept = tls.accept(stream, remote);
-            if let Some(s) = handshake(conn, limit, stop, stats, accept).await {
+            if let Some(s) = handshake((conn, remote), limit, stop, stats, accept).await {
                 super::http::serve(s, stats, limit, &head).await
             }
         }
@@ -799,6 +817,17 @@ pub(crate) enum HandshakeError {
 
 #[cfg(any(feature = "tls", feature = "ws"))]
 impl HandshakeError {
+    /// The peer closed before a handshake began (or reset it): a probe
+    /// rather than a client.
+    fn is_silent_close(&self) -> bool {
+        use std::io::ErrorKind::{ConnectionReset, UnexpectedEof};
+        match self {
+            HandshakeError::Io(e) => matches!(e.kind(), UnexpectedEof | ConnectionReset),
+            #[allow(unreachable_patterns)] // Only with `ws`.
+            _ => false,
+        }
+    }
+
     /// TLS refused the client's certificate as revoked (see
     /// [`TlsConfig::crl`]).
     fn revoked_by_tls(&self) -> bool {
@@ -819,9 +848,15 @@ impl HandshakeError {
 /// Awaits a handshake for at most `limit`, or until shutdown (a connection
 /// still in its handshake has nothing to flush, so it gets no grace
 /// period); failures are logged and the connection dropped.
+///
+/// A failure is logged at `info` with the peer's address, under the target
+/// `roost::refusal` (which the binary rate-limits): a client whose
+/// certificate is refused, or that refuses the broker's, is what an
+/// operator looks for. A connection closed before it sent anything (a port
+/// probe, a load balancer's health check) is logged at `debug` only.
 #[cfg(any(feature = "tls", feature = "ws"))]
 async fn handshake<T, E>(
-    conn: ConnId,
+    (conn, remote): (ConnId, SocketAddr),
     limit: Duration,
     mut stop: watch::Receiver<bool>,
     stats: &crate::stats::Stats,
@@ -842,11 +877,19 @@ where
                 // Logged with the certificate by the verifier.
                 crate::stats::add(&stats.tls_revoked_refused, 1);
             }
-            tracing::debug!(conn = conn.0, error = %e, "handshake failed");
+            if e.is_silent_close() {
+                tracing::debug!(conn = conn.0, %remote, error = %e, "handshake failed");
+            } else {
+                crate::stats::add(&stats.handshakes_failed, 1);
+                tracing::info!(target: crate::REFUSAL, conn = conn.0, %remote, error = %e,
+                    "handshake failed; connection closed");
+            }
             None
         }
         Err(_) => {
-            tracing::debug!(conn = conn.0, "handshake timed out");
+            crate::stats::add(&stats.handshakes_failed, 1);
+            tracing::info!(target: crate::REFUSAL, conn = conn.0, %remote, ?limit,
+                "handshake not completed within the connect timeout; connection closed");
             None
         }
     }

@@ -558,6 +558,19 @@ impl TlsState {
     }
 }
 
+impl TlsState {
+    /// The subject of the client's certificate, if it presented one, as
+    /// log lines name it (`CN=dev-17, O=Fleet`).
+    pub(crate) fn certificate(&self, stream: &TlsStream<TcpStream>) -> Option<Box<str>> {
+        let cert = peer_certificate(stream)?;
+        let subject = match webpki::EndEntityCert::try_from(cert) {
+            Ok(c) => x509::name_text(c.subject()),
+            Err(_) => "<undecodable>".into(),
+        };
+        Some(subject.into_boxed_str())
+    }
+}
+
 /// The client's end-entity certificate, if it presented one.
 fn peer_certificate(stream: &TlsStream<TcpStream>) -> Option<&CertificateDer<'static>> {
     stream.get_ref().1.peer_certificates()?.first()

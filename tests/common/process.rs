@@ -44,6 +44,14 @@ impl Broker {
                 .next()
                 .expect("roost printed its start-up lines before exiting")
                 .expect("readable stdout");
+            // With --log-format json each line is an object; its text is
+            // the message.
+            let line = match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) if line.starts_with('{') => {
+                    v["message"].as_str().unwrap_or_default().to_string()
+                }
+                _ => line,
+            };
             if let Some((what, addr)) = line.split_once(" listening on ") {
                 let what = what.rsplit(": ").next().unwrap_or(what).to_string();
                 listeners.push((what, addr.trim().parse().expect("an address")));
