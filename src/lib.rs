@@ -41,6 +41,7 @@
 pub mod bridge;
 mod broker;
 mod clock;
+mod cluster;
 pub mod codec;
 mod config;
 mod escape;

@@ -24,6 +24,8 @@ const LAYERS: &[&[&str]] = &[
     // codec's types and the configuration helpers) and the sans-IO client
     // side of a bridge's link (codec packets in, packets and events out).
     &["bridge"],
+    // The cluster as plain data: MQTT topics as NATS subjects.
+    &["cluster"],
     // A message as plain data, the tries, the hook traits.
     &["message", "router"],
     &["hooks"],
@@ -47,7 +49,7 @@ const LAYERS: &[&[&str]] = &[
 /// Layers that must stay sans-IO: no sockets, no async I/O, no storage
 /// backend, no clock (time comes in as `now`).
 const SANS_IO: &[&str] = &[
-    "codec", "topic", "bridge", "message", "router", "link", "ingress", "broker",
+    "codec", "topic", "bridge", "cluster", "message", "router", "link", "ingress", "broker",
 ];
 
 /// What a sans-IO module must not name, and why.
