@@ -23,9 +23,8 @@ const LAYERS: &[&[&str]] = &[
     // Bridges: their configuration (plain, validated data over topics, the
     // codec's types and the configuration helpers) and the sans-IO client
     // side of a bridge's link (codec packets in, packets and events out).
-    &["bridge"],
-    // The cluster as plain data: MQTT topics as NATS subjects.
-    &["cluster"],
+    // And the cluster as plain data (MQTT topics as NATS subjects).
+    &["bridge", "cluster"],
     // A message as plain data, the tries, the hook traits.
     &["message", "router"],
     &["hooks"],
