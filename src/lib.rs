@@ -34,10 +34,6 @@
 //! Features are additive; a library user who wants plain TCP only can set
 //! `default-features = false`.
 
-// serde_json's `json!` recurses once per key: `/stats` has more keys than
-// the default limit of 128 allows.
-#![recursion_limit = "256"]
-
 pub mod bridge;
 mod broker;
 mod clock;
