@@ -1,9 +1,10 @@
 //! Authentication and ACL from a ledger file (feature `ledger`).
 //!
-//! Serves MQTT on 127.0.0.1:1883 with the users and rules of
-//! `examples/ledger.toml` installed as both the auth and the ACL hook,
-//! through a `SharedLedger` so the file can be reloaded while clients stay
-//! connected: send SIGHUP (on Unix) after editing it. Ctrl-C stops.
+//! Serves MQTT on 127.0.0.1:1883 (`ROOST_ADDR` moves it) with the users
+//! and rules of `examples/ledger.toml` installed as both the auth and the
+//! ACL hook, through a `SharedLedger` so the file can be reloaded while
+//! clients stay connected: send SIGHUP (on Unix) after editing it. Ctrl-C
+//! stops.
 //!
 //! Run from the repository root, then try it with any MQTT client:
 //!
@@ -23,15 +24,21 @@ use tokio::net::TcpListener;
 
 const LEDGER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ledger.toml");
 
+/// The address in the environment variable `var`, else `default`.
+fn addr(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A load error names the file, line and key: print it and stop.
     let ledger = SharedLedger::load(LEDGER)?;
+    let mqtt = addr("ROOST_ADDR", "127.0.0.1:1883");
     let server = Server::new(Options::default())
         .auth_hook(ledger.clone())
         .acl_hook(ledger.clone())
-        .tcp(TcpListener::bind("127.0.0.1:1883").await?);
-    println!("listening on 127.0.0.1:1883 with the ledger {LEDGER}");
+        .tcp(TcpListener::bind(&mqtt).await?);
+    println!("listening on {mqtt} with the ledger {LEDGER}");
 
     #[cfg(unix)]
     tokio::spawn(async move {

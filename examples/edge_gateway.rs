@@ -4,12 +4,15 @@
 //!   (user name = device id, password = its token);
 //! - an ACL lets each device publish only under `devices/{id}/` and
 //!   subscribe only to `commands/{id}`;
-//! - the application marks a device online when its session is established
-//!   and offline when it disconnects;
+//! - the application tracks which clients of each device are connected, by
+//!   client id (a device may run several, as `mosquitto_sub` and
+//!   `mosquitto_pub` below do): online while any is;
 //! - every telemetry message is handled by business logic, through an inline
-//!   subscription, and answered with a command published in process;
-//! - the application serves the device table and the broker's stats on its
-//!   own HTTP API (`GET /devices`, `GET /stats`).
+//!   subscription that also learns the client id of the publisher, and
+//!   answered with a command published in process;
+//! - the application serves the device table and the broker's stats
+//!   (`StatsSnapshot` serialized) on its own HTTP API (`GET /devices`,
+//!   `GET /stats`).
 //!
 //! Run it, then talk to it with any MQTT client:
 //!
@@ -27,7 +30,7 @@ use roost::codec::{Connect, QoS, ReasonCode};
 use roost::hooks::{AclHook, AuthHook, BoxFuture, Client, Decision, EventHook};
 use roost::Message;
 use roost::{InlineClient, Options, Server, Stats};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -36,8 +39,12 @@ use tokio::net::TcpListener;
 #[derive(Debug, Default)]
 pub(crate) struct Devices {
     tokens: HashMap<String, String>,
-    online: Mutex<BTreeMap<String, bool>>,
-    /// What the business logic handled, newest last.
+    /// Device id → the client ids connected as it. Keyed by client id, not
+    /// by device: one client of a device leaving does not take the others
+    /// offline.
+    online: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// What the business logic handled, newest last: `device/client:
+    /// reading`.
     pub handled: Mutex<Vec<String>>,
 }
 
@@ -52,30 +59,40 @@ impl Devices {
             online: Mutex::new(
                 devices
                     .iter()
-                    .map(|(id, _)| (id.to_string(), false))
+                    .map(|(id, _)| (id.to_string(), BTreeSet::new()))
                     .collect(),
             ),
             handled: Mutex::default(),
         }
     }
 
-    fn set_online(&self, id: &str, online: bool) {
-        if let Some(state) = self.online.lock().unwrap().get_mut(id) {
-            *state = online;
-            println!(
-                "device {id} is {}",
-                if online { "online" } else { "offline" }
-            );
+    /// Client `client_id` of device `id` connected (`online`) or left.
+    fn set_online(&self, id: &str, client_id: &str, online: bool) {
+        if let Some(clients) = self.online.lock().unwrap().get_mut(id) {
+            if online {
+                clients.insert(client_id.to_owned());
+            } else {
+                clients.remove(client_id);
+            }
+            let state = if clients.is_empty() {
+                "offline"
+            } else {
+                "online"
+            };
+            println!("device {id} is {state} ({} clients)", clients.len());
         }
     }
 
     fn json(&self) -> String {
         let online = self.online.lock().unwrap();
-        let entries: Vec<String> = online
+        // serde_json escapes the client ids, which the clients chose.
+        let entries: Vec<serde_json::Value> = online
             .iter()
-            .map(|(id, on)| format!("{{\"id\":\"{id}\",\"online\":{on}}}"))
+            .map(|(id, clients)| {
+                serde_json::json!({"id": id, "online": !clients.is_empty(), "clients": clients})
+            })
             .collect();
-        format!("[{}]", entries.join(","))
+        serde_json::Value::from(entries).to_string()
     }
 }
 
@@ -135,13 +152,13 @@ impl AclHook for Gatekeeper {
 impl EventHook for Gatekeeper {
     fn on_session_established(&self, c: &Client, _: bool) {
         if let Some(user) = c.username.as_deref() {
-            self.0.set_online(user, true);
+            self.0.set_online(user, &c.client_id, true);
         }
     }
 
     fn on_disconnect(&self, c: &Client, _: Option<ReasonCode>, _: bool) {
         if let Some(user) = c.username.as_deref() {
-            self.0.set_online(user, false);
+            self.0.set_online(user, &c.client_id, false);
         }
     }
 }
@@ -155,12 +172,13 @@ async fn handle_telemetry(app: InlineClient, devices: Arc<Devices>) {
     while let Some(m) = telemetry.recv().await {
         let device = m.topic.split('/').nth(1).unwrap_or_default().to_owned();
         let reading = String::from_utf8_lossy(&m.payload).into_owned();
-        println!("telemetry from {device}: {reading}");
+        let client = m.publisher.as_deref().unwrap_or("?");
+        println!("telemetry from {device} (client {client}): {reading}");
         devices
             .handled
             .lock()
             .unwrap()
-            .push(format!("{device}: {reading}"));
+            .push(format!("{device}/{client}: {reading}"));
         let command = format!("ack {reading}");
         if let Err(e) = app
             .publish(&format!("commands/{device}"), command, QoS::AtLeastOnce)
@@ -183,16 +201,10 @@ async fn serve_api(listener: TcpListener, devices: Arc<Devices>, stats: Arc<Stat
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/devices" => ("200 OK", devices.json()),
-                "/stats" => {
-                    let s = stats.snapshot();
-                    (
-                        "200 OK",
-                        format!(
-                            "{{\"clients_connected\":{},\"messages_received\":{},\"messages_sent\":{}}}",
-                            s.clients_connected, s.messages_received, s.messages_sent
-                        ),
-                    )
-                }
+                "/stats" => (
+                    "200 OK",
+                    serde_json::to_string(&stats.snapshot()).unwrap_or_default(),
+                ),
                 _ => ("404 Not Found", "{}".to_owned()),
             };
             let response = format!(

@@ -15,15 +15,22 @@
 //! mosquitto_sub -h 127.0.0.1 -i phone -c -q 1 -t alerts   # gets "door open"
 //! ```
 //!
-//! The store goes to `./data-example` (`ROOST_DATA` moves it).
+//! It listens on 127.0.0.1:1883 (`ROOST_ADDR` moves it); the store goes
+//! to `./data-example` (`ROOST_DATA` moves it).
 
 use roost::storage::RedbStore;
 use roost::{Durability, Options, Server};
 use tokio::net::TcpListener;
 
+/// The address in the environment variable `var`, else `default`.
+fn addr(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::var("ROOST_DATA").unwrap_or_else(|_| "./data-example".into());
+    let mqtt = addr("ROOST_ADDR", "127.0.0.1:1883");
     // Opening is blocking file I/O: done once, before serving.
     let store = RedbStore::open(&dir)?;
     let options = Options {
@@ -35,8 +42,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let server = Server::new(options)
         .store(store)
-        .tcp(TcpListener::bind("127.0.0.1:1883").await?);
-    println!("persistent broker on 127.0.0.1:1883, store in {dir}");
+        .tcp(TcpListener::bind(&mqtt).await?);
+    println!("persistent broker on {mqtt}, store in {dir}");
     server
         .serve(async {
             let _ = tokio::signal::ctrl_c().await;

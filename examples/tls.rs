@@ -1,7 +1,8 @@
 //! MQTT over TLS with client certificates, embedded in an application.
 //!
 //! Serves plain MQTT on 127.0.0.1:1883 and MQTT over TLS on 127.0.0.1:8883
-//! with the example certificates in `certs/` (regenerate them with
+//! (`ROOST_ADDR` and `ROOST_TLS_ADDR` move them) with the example
+//! certificates in `certs/` (regenerate them with
 //! `certs/generate.sh`). Clients must present a certificate signed by
 //! `certs/ca.pem`; its Common Name becomes their MQTT user name. Sending
 //! SIGHUP is not wired here: the example reloads the certificate every
@@ -19,6 +20,11 @@ use roost::{ClientAuth, Options, Server, TlsConfig, UsernameFrom};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// The address in the environment variable `var`, else `default`.
+fn addr(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tls = TlsConfig::new("certs/server.pem", "certs/server.key")
@@ -27,8 +33,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .username_from(UsernameFrom::CommonName);
     let server = Server::new(Options::default())
-        .tcp(TcpListener::bind("127.0.0.1:1883").await?)
-        .tls(TcpListener::bind("127.0.0.1:8883").await?, tls)?;
+        .tcp(TcpListener::bind(addr("ROOST_ADDR", "127.0.0.1:1883")).await?)
+        .tls(
+            TcpListener::bind(addr("ROOST_TLS_ADDR", "127.0.0.1:8883")).await?,
+            tls,
+        )?;
 
     let handle = server.handle();
     for l in handle.listeners() {

@@ -4,6 +4,7 @@
 //! Serves MQTT on 127.0.0.1:1883, MQTT over WebSocket on
 //! ws://127.0.0.1:1882/mqtt (subprotocol `mqtt`) and, once serving, the
 //! stats on http://127.0.0.1:8080 (`/stats`, `/metrics`, `/healthz`).
+//! `ROOST_ADDR`, `ROOST_WS_ADDR` and `ROOST_HTTP_ADDR` move them.
 //!
 //! Run from the repository root:
 //!
@@ -18,12 +19,17 @@
 use roost::{Listener, Options, Server, Transport, WsConfig};
 use tokio::net::TcpListener;
 
+/// The address in the environment variable `var`, else `default`.
+fn addr(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::new(Options::default())
-        .tcp(TcpListener::bind("127.0.0.1:1883").await?)
+        .tcp(TcpListener::bind(addr("ROOST_ADDR", "127.0.0.1:1883")).await?)
         .ws(
-            TcpListener::bind("127.0.0.1:1882").await?,
+            TcpListener::bind(addr("ROOST_WS_ADDR", "127.0.0.1:1882")).await?,
             WsConfig::default().path("/mqtt"),
         )?;
     let handle = server.handle();
@@ -34,7 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Listeners can be added to a running broker.
     let http = Listener::new(
         "stats",
-        TcpListener::bind("127.0.0.1:8080").await?,
+        TcpListener::bind(addr("ROOST_HTTP_ADDR", "127.0.0.1:8080")).await?,
         Transport::Http,
     )?;
     handle.add_listener(http)?;

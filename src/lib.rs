@@ -10,6 +10,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Where to look
+//!
+//! - [`Server`]: the builder (options, listeners, store, hooks, bridges)
+//!   and [`Server::serve`], a future that ends on your shutdown signal
+//!   after flushing the store. [`Options`] holds every setting, the same
+//!   struct the `roost` binary reads from TOML.
+//! - [`hooks`]: take part in what the broker does: authentication
+//!   ([`hooks::AuthHook`]), ACL ([`hooks::AclHook`]), events and
+//!   interception ([`hooks::EventHook`]), and the built-in
+//!   [`hooks::Ledger`] of users and rules.
+//! - [`InlineClient`] (from [`Server::inline_client`]): the application
+//!   publishes and subscribes in process, through the same routing,
+//!   retained messages and persistence as network clients. Several
+//!   subscriptions to one filter, each with its own identifier
+//!   ([`InlineClient::subscribe_id`]); each message it receives says who
+//!   published it ([`InlineMessage::publisher`]).
+//! - [`storage`]: the [`storage::Store`] trait and its backends
+//!   ([`storage::MemoryStore`], and `RedbStore` / `SledStore` with the
+//!   `redb` / `sled` features), given to [`Server::store`].
+//! - [`Stats`] / [`StatsSnapshot`]: the counters behind `$SYS`, `/stats`
+//!   and `/metrics`; a snapshot serializes (serde) to the `/stats` keys.
+//! - [`bridge`]: forward to and subscribe from an upstream broker.
+//! - The examples in the repository's `examples/`, each starting with what
+//!   it shows and how to run it (`cargo run --example NAME`):
+//!   `edge_gateway` (hooks on the application's device table, the inline
+//!   client, the application's own HTTP API), `auth_ledger` (the ledger
+//!   hook, reloaded on SIGHUP), `persistent` (redb), `tls` (client
+//!   certificates, certificate reload) and `websocket` (WebSocket and the
+//!   HTTP stats, a listener added while serving).
+//!
 //! # Listeners
 //!
 //! Every transport plugs into one seam: a bound `TcpListener` plus a
@@ -32,11 +62,9 @@
 //! | `faulty` | no     | `storage::FaultyStore`, a wrapper that fails chosen storage calls, for testing how an application copes |
 //!
 //! Features are additive; a library user who wants plain TCP only can set
-//! `default-features = false`.
-
-// serde_json's `json!` recurses once per key: `/stats` has more keys than
-// the default limit of 128 allows.
-#![recursion_limit = "256"]
+//! `default-features = false`. Without `redb` or `sled` the broker keeps
+//! its state in memory ([`storage::MemoryStore`]) unless given a
+//! [`storage::Store`] of the application's own.
 
 pub mod bridge;
 mod broker;
@@ -67,7 +95,9 @@ pub use net::listener::{Listener, ListenerError, ListenerHandle, ServerHandle, T
 pub use net::tls::{ClientAuth, ClientIdFrom, TlsConfig, UsernameFrom};
 #[cfg(feature = "ws")]
 pub use net::ws::WsConfig;
-/// The storage trait and backends (the `roost-storage` crate).
+/// The storage trait and backends: the `roost-storage` crate, documented
+/// here in full (its types are the same, whichever path names them).
+#[doc(inline)]
 pub use roost_storage as storage;
 pub use server::{ServeError, Server};
 pub use stats::{BridgeSnapshot, Stats, StatsSnapshot};

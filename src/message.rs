@@ -35,6 +35,12 @@ pub struct Message {
     /// The session that published it (for No Local); `None` for the broker
     /// itself (wills of ended sessions, `$SYS`, restored messages).
     pub publisher: Option<SessionId>,
+    /// The client id of its publisher (a network client, the inline
+    /// client, a bridge; a will: the client whose will it is). `None` for
+    /// the broker's own `$SYS` messages and for messages read back from the
+    /// store (queued or retained before a restart, or a retained message
+    /// no longer cached in memory): the store does not keep it.
+    pub publisher_id: Option<ByteStr>,
 }
 
 /// The properties of a PUBLISH that belong to the message (not to one hop).
@@ -68,7 +74,14 @@ impl Message {
                 user_properties: props.user_properties,
             },
             publisher,
+            publisher_id: None,
         }
+    }
+
+    /// The same message, published by the client `id`.
+    pub(crate) fn with_publisher_id(mut self, id: ByteStr) -> Self {
+        self.publisher_id = Some(id);
+        self
     }
 
     /// Its topic and payload bytes: what queue byte limits count.

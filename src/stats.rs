@@ -189,20 +189,32 @@ impl Stats {
 }
 
 /// A copy of the broker's counters at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It serializes (serde) to the keys of the HTTP `/stats` document, which
+/// is made from it: the field names, except `started` as seconds since the
+/// Unix epoch, `uptime_secs` as `uptime` and `messages_dropped` as
+/// `dropped`. (`/stats` adds `version` and `memory`, which are not
+/// counters.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[allow(missing_docs)] // Field names say what they count.
 #[non_exhaustive]
 pub struct StatsSnapshot {
+    #[serde(serialize_with = "unix_secs")]
     pub started: SystemTime,
+    #[serde(rename = "uptime")]
     pub uptime_secs: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub packets_received: u64,
     pub packets_sent: u64,
     pub messages_received: u64,
+    /// PUBLISH packets sent to network clients, and messages delivered to
+    /// inline clients (one per message, however many of the inline
+    /// client's subscriptions share it).
     pub messages_sent: u64,
     /// Messages not delivered because a queue was full, the client was too
     /// slow, or the message was too large for the client.
+    #[serde(rename = "dropped")]
     pub messages_dropped: u64,
     pub clients_connected: u64,
     /// Persistent sessions whose client is not connected.
@@ -372,8 +384,8 @@ impl BridgeStats {
     }
 }
 
-/// A copy of one bridge's counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A copy of one bridge's counters (serialized as in `/stats`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct BridgeSnapshot {
     /// The bridge's name.
@@ -400,7 +412,45 @@ pub struct BridgeSnapshot {
     pub last_error: Option<String>,
 }
 
+/// A time as whole seconds since the Unix epoch (0 before it).
+fn unix_secs<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    s.serialize_u64(secs)
+}
+
 pub(crate) fn sub(counter: &AtomicU64, n: u64) {
     // Gauges never go below zero, even if a bug unbalanced them.
     let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_serializes_to_the_stats_keys() {
+        let stats = Stats::default();
+        add(&stats.messages_dropped, 3);
+        add(&stats.storage_failing, 1);
+        let b = Arc::new(BridgeStats::new("cloud"));
+        b.set_error(Some("refused".into()));
+        stats.bridges.write().unwrap().push(b);
+        let now = stats.started + std::time::Duration::from_secs(61);
+        let v = serde_json::to_value(stats.snapshot_at(now)).unwrap();
+        assert_eq!(v["uptime"], 61);
+        assert_eq!(v["dropped"], 3);
+        assert_eq!(v["storage_failing"], true);
+        let started = stats
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(v["started"], started, "seconds since the epoch");
+        assert!(v.get("uptime_secs").is_none() && v.get("messages_dropped").is_none());
+        assert_eq!(v["bridges"][0]["name"], "cloud");
+        assert_eq!(v["bridges"][0]["last_error"], "refused");
+        assert_eq!(v["bridges"][0]["connected"], false);
+    }
 }

@@ -90,7 +90,7 @@ async fn the_gateway_authenticates_tracks_handles_and_reports() {
     d.ack(&command).await;
     assert_eq!(
         *devices.handled.lock().unwrap(),
-        vec!["sensor-1: 21.5".to_owned()]
+        vec!["sensor-1/sensor-1: 21.5".to_owned()]
     );
     assert!(get(http_addr, "/stats")
         .await
@@ -101,6 +101,73 @@ async fn the_gateway_authenticates_tracks_handles_and_reports() {
         get(http_addr, "/devices")
             .await
             .contains("\"online\":false")
+    })
+    .await;
+    let _ = stop.send(());
+    gateway.await.unwrap().unwrap();
+}
+
+/// The device table's entry for `id`, as the application's API serves it.
+async fn device_state(http: std::net::SocketAddr, id: &str) -> serde_json::Value {
+    let body = get(http, "/devices").await;
+    let all: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    all.into_iter()
+        .find(|d| d["id"] == id)
+        .unwrap_or_else(|| panic!("{id} missing from {body}"))
+}
+
+#[tokio::test]
+async fn two_clients_of_one_device_do_not_take_each_other_offline() {
+    let mqtt = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (mqtt_addr, http_addr) = (mqtt.local_addr().unwrap(), http.local_addr().unwrap());
+    let devices = Arc::new(edge_gateway::Devices::new(&[("sensor-1", "token-1")]));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(edge_gateway::run(mqtt, http, devices.clone(), async {
+        let _ = stopped.await;
+    }));
+
+    // One user name, two client ids (a subscriber and a publisher, as the
+    // example's mosquitto_sub and mosquitto_pub).
+    let mut second = device("sensor-1", "token-1");
+    second.client_id = "sensor-1b".into();
+    let first = Raw::connected(mqtt_addr, device("sensor-1", "token-1")).await;
+    let mut second = Raw::connected(mqtt_addr, second).await;
+    eventually("both clients online", async || {
+        device_state(http_addr, "sensor-1").await["clients"]
+            == serde_json::json!(["sensor-1", "sensor-1b"])
+    })
+    .await;
+
+    // The handler learns which client published.
+    second
+        .publish(publish(
+            "devices/sensor-1/telemetry",
+            "7",
+            QoS::AtLeastOnce,
+            1,
+        ))
+        .await;
+    eventually("the reading handled", async || {
+        !devices.handled.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        *devices.handled.lock().unwrap(),
+        vec!["sensor-1/sensor-1b: 7".to_owned()]
+    );
+
+    // The second leaves: the device stays online with the first.
+    second.disconnect().await;
+    eventually("the second client gone", async || {
+        device_state(http_addr, "sensor-1").await["clients"] == serde_json::json!(["sensor-1"])
+    })
+    .await;
+    assert_eq!(device_state(http_addr, "sensor-1").await["online"], true);
+
+    first.disconnect().await;
+    eventually("offline", async || {
+        device_state(http_addr, "sensor-1").await["online"] == false
     })
     .await;
     let _ = stop.send(());

@@ -199,7 +199,8 @@ impl Broker {
                     now_s,
                     Some(sid),
                 )
-                .with_qos(w.qos),
+                .with_qos(w.qos)
+                .with_publisher_id(client_id.clone()),
             )),
         });
 
@@ -418,6 +419,7 @@ impl Broker {
                 properties: w.message.properties.clone(),
                 expires_at_ms: Some(now_ms.saturating_add(u64::from(secs) * 1000)),
                 publisher: w.message.publisher,
+                publisher_id: w.message.publisher_id.clone(),
             })),
             None => w.message,
         };
@@ -489,6 +491,7 @@ impl Broker {
             properties: m.properties.clone(),
             expires_at_ms: m.expires_at_ms,
             publisher: m.publisher,
+            publisher_id: m.publisher_id.clone(),
         }));
         Some(Will { message, ..w })
     }

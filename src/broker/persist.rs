@@ -315,6 +315,7 @@ pub(crate) fn message_from_record(rec: MessageRecord) -> Message {
         },
         expires_at_ms: rec.expires_at_ms,
         publisher: None,
+        publisher_id: None,
     }
 }
 

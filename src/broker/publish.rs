@@ -166,7 +166,11 @@ impl Broker {
         } else if let PublishVerdict::Refuse(code) = verdict {
             reason = code;
         } else if verdict == PublishVerdict::Deliver {
-            let msg = Arc::new(Tracked::new(Message::from_publish(p, now_ms, Some(sid))));
+            let mut msg = Message::from_publish(p, now_ms, Some(sid));
+            // Who published it, for the inline client's subscribers and the
+            // hooks: the session's client id, shared, not copied.
+            msg.publisher_id = self.sessions.get(&sid).map(|s| s.client_id().clone());
+            let msg = Arc::new(Tracked::new(msg));
             let stored = self.sessions.get(&sid).is_some_and(|s| s.stored);
             if qos == QoS::ExactlyOnce && stored && self.persist.enabled && !self.persist.ack_first
             {

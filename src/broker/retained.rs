@@ -422,6 +422,8 @@ impl Broker {
                 properties: msg.properties.clone(),
                 expires_at_ms: msg.expires_at_ms,
                 publisher: msg.publisher,
+                // Detached like the topic: kept as long as the message.
+                publisher_id: msg.publisher_id.as_ref().map(ByteStr::detach),
             }));
             self.persist.push(Op::PutRetained {
                 message: message_record(&kept),

@@ -118,6 +118,7 @@ impl Broker {
             properties: MessageProperties::default(),
             expires_at_ms: None,
             publisher: None,
+            publisher_id: None,
         }));
         // $SYS values are live figures: kept in memory, never stored.
         if msg.payload.is_empty() {

@@ -217,6 +217,7 @@ impl Server {
             self.events_tx.clone(),
             self.hooks.clone(),
             self.clock.clone(),
+            self.stats.clone(),
         )
     }
 

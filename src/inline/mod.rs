@@ -8,6 +8,26 @@
 //! The ACL hooks do not judge it unless
 //! [`Server::acl_applies_to_inline_client`](crate::Server::acl_applies_to_inline_client)
 //! says so.
+//!
+//! **Several subscriptions to one filter.** The application may subscribe
+//! to a filter more than once, each subscription with its own identifier
+//! (or none) and its own receiver or handler; each receives every message
+//! of the filter once, tagged with its identifier, and unsubscribing one
+//! leaves the others. The broker itself holds one subscription per filter
+//! for the inline client, as MQTT has it; the inline client multiplexes
+//! (see `routes`). Each SUBSCRIBE still goes through the subscribe hooks
+//! and the ACL (when it applies to the inline client), and brings the
+//! retained messages of the filter to the subscription that asked only.
+//!
+//! **Counting.** Messages delivered to the inline client count in
+//! [`StatsSnapshot::messages_sent`](crate::StatsSnapshot::messages_sent),
+//! once per message the broker delivers (however many local subscriptions
+//! share it), like a network client's PUBLISH; the byte and packet
+//! counters are the network's only. Its publishes count in
+//! `messages_received`, as they always have. Several local subscriptions
+//! to one filter count as one in `subscriptions`.
+
+mod routes;
 
 use crate::broker::{ConnId, Event, Outbox};
 use crate::clock::Clock;
@@ -18,10 +38,12 @@ use crate::codec::{
 };
 use crate::hooks::{Client, Hooks};
 use crate::ingress::{self, Ask, Inbound, ToCore};
+use crate::link::outbound::Outbound;
+use crate::stats::{self, Stats};
 use bytes::Bytes;
+use routes::Routes;
 use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,17 +67,30 @@ pub enum InlineError {
 
 /// A message delivered to an inline subscription.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct InlineMessage {
     /// Topic name.
     pub topic: ByteStr,
     /// Payload.
     pub payload: Bytes,
-    /// QoS it was delivered at.
+    /// QoS it was delivered at: the lower of the message's and the
+    /// subscription's.
     pub qos: QoS,
     /// Retain flag (set for retained messages sent on subscribe).
     pub retain: bool,
-    /// Properties as published.
+    /// Properties as published; the subscription identifiers are this
+    /// subscription's (none, or [`InlineMessage::subscription_id`]).
     pub properties: PublishProperties,
+    /// The client id of the publisher: a network client, this or another
+    /// inline client, a bridge, or for a will the client whose will it is.
+    /// A retained message keeps its publisher's id while the broker holds
+    /// it in memory; `None` for one read back from the store (after a
+    /// restart, or once evicted from the retained cache), for queued
+    /// messages restored at start-up, and for the broker's `$SYS` values.
+    pub publisher: Option<ByteStr>,
+    /// The identifier the subscription that received it was given
+    /// ([`InlineClient::subscribe_id`]); `None` for one without.
+    pub subscription_id: Option<NonZeroU32>,
 }
 
 /// Options of an inline publish beyond topic, payload and QoS.
@@ -80,8 +115,13 @@ struct Inner {
     hooks: Hooks,
     waiting: Mutex<HashMap<u16, Waiter>>,
     next_pid: Mutex<u16>,
-    next_sub_id: AtomicU32,
-    subscriptions: Mutex<HashMap<u32, mpsc::Sender<InlineMessage>>>,
+    routes: Mutex<Routes>,
+    /// Subscribes and unsubscribes one at a time, each until the broker
+    /// answers: the local table and the core's subscriptions change in the
+    /// same order (an UNSUBSCRIBE of a filter's last local subscription
+    /// cannot overtake a new SUBSCRIBE to it).
+    changing: tokio::sync::Mutex<()>,
+    stats: Arc<Stats>,
 }
 
 /// A handle to the inline client; cheap to clone.
@@ -99,9 +139,14 @@ impl std::fmt::Debug for InlineClient {
 }
 
 /// Messages of one inline subscription, in order.
+///
+/// Dropping it stops its messages; the broker keeps the filter subscribed
+/// until [`Subscription::unsubscribe`] or [`InlineClient::unsubscribe`].
 #[derive(Debug)]
 pub struct Subscription {
     filter: ByteStr,
+    id: Option<NonZeroU32>,
+    key: u64,
     rx: mpsc::Receiver<InlineMessage>,
     client: InlineClient,
 }
@@ -117,9 +162,33 @@ impl Subscription {
         &self.filter
     }
 
-    /// Unsubscribes.
+    /// The identifier it was given, if any.
+    pub fn id(&self) -> Option<NonZeroU32> {
+        self.id
+    }
+
+    /// Calls `handler` for every message, on a task of its own, until the
+    /// subscription or the broker ends.
+    pub fn spawn_handler<F>(mut self, mut handler: F)
+    where
+        F: FnMut(InlineMessage) + Send + 'static,
+    {
+        tokio::spawn(async move {
+            while let Some(m) = self.recv().await {
+                handler(m);
+            }
+        });
+    }
+
+    /// Unsubscribes this subscription only; other subscriptions to the
+    /// same filter go on.
     pub async fn unsubscribe(self) -> Result<(), InlineError> {
-        self.client.unsubscribe(&self.filter).await
+        let client = self.client.clone();
+        let (filter, key) = (self.filter.clone(), self.key);
+        drop(self);
+        client
+            .unsubscribe_where(&filter, |r| r.remove_key(&filter, key))
+            .await
     }
 }
 
@@ -138,6 +207,7 @@ impl InlineClient {
         events: mpsc::Sender<Event>,
         hooks: Hooks,
         clock: Clock,
+        stats: Arc<Stats>,
     ) -> InlineClient {
         let client = Arc::new(Client {
             client_id: ByteStr::from(client_id),
@@ -155,8 +225,9 @@ impl InlineClient {
             hooks,
             waiting: Mutex::new(HashMap::new()),
             next_pid: Mutex::new(0),
-            next_sub_id: AtomicU32::new(1),
-            subscriptions: Mutex::new(HashMap::new()),
+            routes: Mutex::new(Routes::default()),
+            changing: tokio::sync::Mutex::new(()),
+            stats,
         });
         let connect = Connect {
             protocol: ProtocolVersion::V5,
@@ -329,28 +400,63 @@ impl InlineClient {
     }
 
     /// Subscribes to `filter`; messages arrive on the returned
-    /// [`Subscription`]. One subscription per filter: subscribing to the
-    /// same filter again replaces the earlier one, which then receives
-    /// nothing more.
+    /// [`Subscription`]. Subscribing to a filter again adds a subscription:
+    /// each receives every message of the filter once.
     pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<Subscription, InlineError> {
+        self.subscribe_as(filter, qos, None).await
+    }
+
+    /// Subscribes to `filter` with a subscription identifier, which every
+    /// message it receives carries ([`InlineMessage::subscription_id`]).
+    /// Identifiers are the application's labels: any but 0, and several
+    /// subscriptions may share one. [`InlineClient::unsubscribe_id`] ends
+    /// the subscriptions of a filter with a given identifier.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use roost::codec::QoS;
+    /// use std::num::NonZeroU32;
+    /// let server = roost::Server::new(roost::Options::default());
+    /// let app = server.inline_client("app");
+    /// let (audit, alarms) = (NonZeroU32::new(1).unwrap(), NonZeroU32::new(2).unwrap());
+    /// app.subscribe_id("plant/#", QoS::AtLeastOnce, audit).await?
+    ///     .spawn_handler(|m| println!("audit: {} from {:?}", m.topic, m.publisher));
+    /// let mut urgent = app.subscribe_id("plant/#", QoS::AtLeastOnce, alarms).await?;
+    /// // Both get every message of plant/#; this ends the audit one only.
+    /// app.unsubscribe_id("plant/#", audit).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_id(
+        &self,
+        filter: &str,
+        qos: QoS,
+        id: NonZeroU32,
+    ) -> Result<Subscription, InlineError> {
+        self.subscribe_as(filter, qos, Some(id)).await
+    }
+
+    async fn subscribe_as(
+        &self,
+        filter: &str,
+        qos: QoS,
+        id: Option<NonZeroU32>,
+    ) -> Result<Subscription, InlineError> {
         if !crate::topic::valid_filter(filter) {
             return Err(InlineError::InvalidTopic);
         }
-        let id = self.inner.next_sub_id.fetch_add(1, Ordering::Relaxed);
-        let sub_id = NonZeroU32::new(id).ok_or(InlineError::Busy)?;
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        lock(&self.inner.subscriptions).insert(id, tx);
+        let filter = ByteStr::from(filter);
+        let _one_at_a_time = self.inner.changing.lock().await;
         let (pid, answer) = self.wait_for_answer()?;
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let added = lock(&self.inner.routes).add(&filter, id, qos, tx);
+        let refused = |code| {
+            lock(&self.inner.routes).refused(&filter, added.key, added.core_id);
+            Err(InlineError::Refused(code))
+        };
         let subscribe = Subscribe {
             packet_id: pid,
-            filters: vec![(
-                ByteStr::from(filter),
-                SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            )],
-            subscription_identifier: Some(sub_id),
+            filters: vec![(filter.clone(), SubscriptionOptions::new(added.qos))],
+            subscription_identifier: Some(added.core_id),
             user_properties: UserProperties::new(),
         };
         // The ingress's rule, as for a network client: the subscribe hooks
@@ -378,43 +484,66 @@ impl InlineClient {
             .map_err(|_| InlineError::Stopped)?;
         match answer.await.map_err(|_| InlineError::Stopped)?? {
             Packet::SubAck(ack) => match ack.reasons.first() {
-                Some(r) if r.is_success() => Ok(Subscription {
-                    filter: ByteStr::from(filter),
-                    rx,
-                    client: self.clone(),
-                }),
-                Some(r) => {
-                    lock(&self.inner.subscriptions).remove(&id);
-                    Err(InlineError::Refused(*r))
+                Some(r) if r.is_success() => {
+                    lock(&self.inner.routes).acknowledged(&filter, added.core_id);
+                    Ok(Subscription {
+                        filter,
+                        id,
+                        key: added.key,
+                        rx,
+                        client: self.clone(),
+                    })
                 }
-                None => Err(InlineError::Refused(ReasonCode::UnspecifiedError)),
+                Some(r) => refused(*r),
+                None => refused(ReasonCode::UnspecifiedError),
             },
-            _ => Err(InlineError::Refused(ReasonCode::UnspecifiedError)),
+            _ => refused(ReasonCode::UnspecifiedError),
         }
     }
 
     /// Subscribes and calls `handler` for every message, on a task of its
-    /// own, until the broker stops.
+    /// own, until the subscription or the broker ends. With an
+    /// identifier: `subscribe_id(..).await?.spawn_handler(handler)`.
     pub async fn subscribe_with<F>(
         &self,
         filter: &str,
         qos: QoS,
-        mut handler: F,
+        handler: F,
     ) -> Result<(), InlineError>
     where
         F: FnMut(InlineMessage) + Send + 'static,
     {
-        let mut sub = self.subscribe(filter, qos).await?;
-        tokio::spawn(async move {
-            while let Some(m) = sub.recv().await {
-                handler(m);
-            }
-        });
+        self.subscribe(filter, qos).await?.spawn_handler(handler);
         Ok(())
     }
 
-    /// Unsubscribes from `filter`.
+    /// Unsubscribes from `filter`: every subscription to it ends.
     pub async fn unsubscribe(&self, filter: &str) -> Result<(), InlineError> {
+        self.unsubscribe_where(filter, |r| {
+            r.remove_filter(filter);
+            true
+        })
+        .await
+    }
+
+    /// Ends the subscriptions to `filter` with identifier `id`; the
+    /// filter's other subscriptions go on. Nothing to end is no error.
+    pub async fn unsubscribe_id(&self, filter: &str, id: NonZeroU32) -> Result<(), InlineError> {
+        self.unsubscribe_where(filter, |r| r.remove_id(filter, id))
+            .await
+    }
+
+    /// Removes local subscriptions with `remove`, which says whether the
+    /// filter has none left: then the broker's subscription ends too.
+    async fn unsubscribe_where(
+        &self,
+        filter: &str,
+        remove: impl FnOnce(&mut Routes) -> bool,
+    ) -> Result<(), InlineError> {
+        let _one_at_a_time = self.inner.changing.lock().await;
+        if !remove(&mut lock(&self.inner.routes)) {
+            return Ok(());
+        }
         let (pid, answer) = self.wait_for_answer()?;
         self.send(Packet::Unsubscribe(Unsubscribe {
             packet_id: pid,
@@ -446,11 +575,20 @@ async fn relay_loop(inner: std::sync::Weak<Inner>, outbox: Arc<Outbox>, clock: C
     while outbox.drain(|| clock.now_ms(), &mut batch).await {
         let Some(inner) = inner.upgrade() else { return };
         for packet in batch.drain(..) {
+            // The publisher's id is the shared message's, which the packet
+            // form does not carry.
+            let publisher = match &packet {
+                Outbound::Deliver(d) => d.msg.publisher_id.clone(),
+                _ => None,
+            };
             let Some(packet) = packet.into_packet() else {
                 continue;
             };
             let reply = match packet {
-                Packet::Publish(p) => deliver(&inner, p).await,
+                Packet::Publish(p) => {
+                    stats::add(&inner.stats.messages_sent, 1);
+                    deliver(&inner, p, publisher).await
+                }
                 Packet::PubRec(r) if r.reason.is_success() => {
                     // Our QoS 2 publish: release it; the caller waits for PUBCOMP.
                     Some(Packet::PubRel(PubResp::new(r.packet_id)))
@@ -485,7 +623,7 @@ async fn relay_loop(inner: std::sync::Weak<Inner>, outbox: Arc<Outbox>, clock: C
     if let Some(inner) = inner.upgrade() {
         inner.connected.close();
         lock(&inner.waiting).clear();
-        lock(&inner.subscriptions).clear();
+        lock(&inner.routes).clear();
     }
 }
 
@@ -495,29 +633,31 @@ fn answer(inner: &Inner, pid: u16, packet: Packet) {
     }
 }
 
-/// Hands a message to every subscription it matched; returns the
-/// acknowledgement to send.
-async fn deliver(inner: &Inner, p: Publish) -> Option<Packet> {
-    let message = InlineMessage {
-        topic: p.topic,
-        payload: p.payload,
-        qos: p.qos_pid.qos(),
-        retain: p.retain,
-        properties: p.properties,
-    };
-    let targets: Vec<mpsc::Sender<InlineMessage>> = {
-        let subs = lock(&inner.subscriptions);
-        message
-            .properties
-            .subscription_identifiers
-            .iter()
-            .filter_map(|id| subs.get(&id.get()).cloned())
-            .collect()
-    };
-    for tx in targets {
+/// Hands a message to every local subscription it is for (see `routes`),
+/// once each; returns the acknowledgement to send.
+async fn deliver(inner: &Inner, p: Publish, publisher: Option<ByteStr>) -> Option<Packet> {
+    let qos = p.qos_pid.qos();
+    let targets = lock(&inner.routes).targets(&p.properties.subscription_identifiers, p.retain);
+    let mut properties = p.properties;
+    properties.subscription_identifiers.clear();
+    for t in targets {
+        let mut properties = properties.clone();
+        properties.subscription_identifiers.extend(t.id);
+        let message = InlineMessage {
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+            qos: qos.min(t.qos),
+            retain: p.retain,
+            properties,
+            publisher: publisher.clone(),
+            subscription_id: t.id,
+        };
         // Waits when the application is behind: the broker then applies its
         // slow-consumer policy to this client.
-        let _ = tx.send(message.clone()).await;
+        if t.tx.send(message).await.is_err() {
+            // Its receiver was dropped without unsubscribing.
+            lock(&inner.routes).remove_key(&t.filter, t.key);
+        }
     }
     match p.qos_pid {
         QosPid::AtMostOnce => None,
