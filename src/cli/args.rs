@@ -147,6 +147,61 @@ pub(crate) enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Hash a password for the auth ledger, or set one in a ledger file
+    #[cfg(feature = "ledger")]
+    Passwd(Passwd),
+}
+
+/// `roost passwd`.
+#[cfg(feature = "ledger")]
+#[derive(Debug, clap::Args)]
+#[command(
+    long_about = "\
+Hash a password for the auth ledger (bcrypt), or set one in a ledger file.
+
+The password is asked for twice on the terminal, without echo, or read
+from one line of standard input with --stdin (for scripts). It is never
+taken from the command line, where `ps` and shell history would keep it.
+
+  roost passwd                          print a hash for a `password = ...` key
+  roost passwd alice                    print a [[users]] entry for alice
+  roost passwd --file users.toml alice  add alice, or change her password, in place
+  roost passwd --file users.toml --delete alice
+  echo \"$PW\" | roost passwd --stdin --file users.toml alice
+
+--file edits only the [[users]] entry concerned: other entries, rules and
+comments stay as they are. The new file is checked as the broker would
+load it, then replaces the old one atomically, keeping its permissions and
+owner (a new file is readable by its owner only). A running broker picks
+it up on SIGHUP. A new user connects only once an [[auth]] rule allows it.
+
+Exit status: 0 done; 2 the passwords differ, the password is empty, or
+the edited ledger would not load (nothing is written); 1 a file or the
+terminal cannot be read or written.",
+    group(clap::ArgGroup::new("who").args(["user", "delete"]))
+)]
+pub(crate) struct Passwd {
+    /// The user whose entry to print, or to add or update in --file.
+    #[arg(value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Edit this ledger file in place (created if missing).
+    #[arg(long, value_name = "FILE", requires = "who")]
+    pub file: Option<PathBuf>,
+
+    /// Remove USER's entry from --file.
+    #[arg(long, value_name = "USER", requires = "file", conflicts_with_all = ["stdin", "cost"])]
+    pub delete: Option<String>,
+
+    /// Read the password from one line of standard input instead of the terminal.
+    #[arg(long)]
+    pub stdin: bool,
+
+    /// bcrypt cost, 4 to 31: each step doubles the time a check takes (a
+    /// login, and a guess). 10 takes about 50 ms of one core.
+    #[arg(long, value_name = "N", default_value_t = roost::hooks::DEFAULT_BCRYPT_COST,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub cost: u32,
 }
 
 /// A listener flag's value.
