@@ -2,8 +2,10 @@
 //! logging, the auth ledger seam, serving with signals, and `roost passwd`.
 
 pub(crate) mod args;
+pub(crate) mod bind;
 pub(crate) mod config;
 pub(crate) mod error;
+pub(crate) mod hints;
 pub(crate) mod ledger;
 pub(crate) mod logging;
 #[cfg(feature = "ledger")]
