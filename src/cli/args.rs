@@ -168,7 +168,28 @@ pub(crate) enum Command {
         file: PathBuf,
     },
     /// Hash a password for the auth ledger, or set one in a ledger file
+    ///
+    /// The password is asked for twice on the terminal, without echo, or read
+    /// from one line of standard input with --stdin (for scripts). It is never
+    /// taken from the command line, where `ps` and shell history would keep it.
+    ///
+    ///   roost passwd                          print a hash for a `password = ...` key
+    ///   roost passwd alice                    print a [[users]] entry for alice
+    ///   roost passwd --file users.toml alice  add alice, or change her password, in place
+    ///   roost passwd --file users.toml --delete alice
+    ///   echo "$PW" | roost passwd --stdin --file users.toml alice
+    ///
+    /// --file edits only the [[users]] entry concerned: other entries, rules and
+    /// comments stay as they are. The new file is checked as the broker would
+    /// load it, then replaces the old one atomically, keeping its permissions and
+    /// owner (a new file is readable by its owner only). A running broker picks
+    /// it up on SIGHUP. A new user connects only once an [[auth]] rule allows it.
+    ///
+    /// Exit status: 0 done; 2 the passwords differ, the password is empty,
+    /// no such user to delete, or the edited ledger would not load (nothing
+    /// is written); 1 a file or the terminal cannot be read or written.
     #[cfg(feature = "ledger")]
+    #[command(verbatim_doc_comment)]
     Passwd(Passwd),
 }
 
@@ -176,28 +197,6 @@ pub(crate) enum Command {
 #[cfg(feature = "ledger")]
 #[derive(Debug, clap::Args)]
 #[command(
-    long_about = "\
-Hash a password for the auth ledger (bcrypt), or set one in a ledger file.
-
-The password is asked for twice on the terminal, without echo, or read
-from one line of standard input with --stdin (for scripts). It is never
-taken from the command line, where `ps` and shell history would keep it.
-
-  roost passwd                          print a hash for a `password = ...` key
-  roost passwd alice                    print a [[users]] entry for alice
-  roost passwd --file users.toml alice  add alice, or change her password, in place
-  roost passwd --file users.toml --delete alice
-  echo \"$PW\" | roost passwd --stdin --file users.toml alice
-
---file edits only the [[users]] entry concerned: other entries, rules and
-comments stay as they are. The new file is checked as the broker would
-load it, then replaces the old one atomically, keeping its permissions and
-owner (a new file is readable by its owner only). A running broker picks
-it up on SIGHUP. A new user connects only once an [[auth]] rule allows it.
-
-Exit status: 0 done; 2 the passwords differ, the password is empty, or
-the edited ledger would not load (nothing is written); 1 a file or the
-terminal cannot be read or written.",
     group(clap::ArgGroup::new("who").args(["user", "delete"]))
 )]
 pub(crate) struct Passwd {
