@@ -1,8 +1,9 @@
 //! Broker options: capabilities and limits, each with a documented default.
 //!
 //! Every type here reads from (and writes to) a configuration file with
-//! serde: missing keys take their defaults, unknown keys are errors, and
-//! durations are strings such as `"10s"` or `"500ms"` (or whole seconds).
+//! serde: missing keys take their defaults, unknown keys are errors,
+//! durations are strings such as `"10s"` or `"500ms"` (or whole seconds),
+//! and sizes strings such as `"1MiB"` (or whole bytes).
 
 pub mod duration;
 pub mod size;
@@ -228,11 +229,23 @@ impl Default for Capabilities {
 }
 
 /// Resource limits. Each protects the broker from one client.
+///
+/// In a file, the limits in bytes take a size with a unit (`"1MiB"`,
+/// `"512KiB"`, `"1GB"`) or whole bytes, as [`size`] reads them.
+///
+/// ```
+/// let limits: roost::Limits = serde_json::from_str(
+///     r#"{ "maximum_packet_size": "256KiB", "maximum_connect_size": 4096 }"#,
+/// ).unwrap();
+/// assert_eq!(limits.maximum_packet_size, 256 << 10);
+/// assert_eq!(limits.maximum_connect_size, 4096);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest packet accepted, in bytes (fixed header included).
     /// Default: 1 MiB (the protocol allows up to 268,435,460).
+    #[serde(with = "size")]
     pub maximum_packet_size: u32,
     /// Receive Maximum: QoS 1/2 publishes a client may have unacknowledged
     /// towards the broker. Default: 1024.
@@ -261,6 +274,7 @@ pub struct Limits {
     /// and counted. A connected client holding 8 MiB (or half of this, if
     /// lower) slows its publishers down as a full queue does.
     /// Default: 256 MiB.
+    #[serde(with = "size")]
     pub maximum_queued_bytes: usize,
     /// Most packets waiting to be written to one connection before QoS 0
     /// messages to it are dropped (a slow consumer). From an eighth of it
@@ -307,11 +321,13 @@ pub struct Limits {
     /// [`Memory::budget`]); with the in-memory store, where retained
     /// messages are memory, a quarter of [`Memory::budget`] bounds them
     /// too. Default: 1 GiB.
+    #[serde(with = "size")]
     pub maximum_retained_bytes: usize,
     /// Most bytes of topic filters one session may hold, all its
     /// subscriptions together. A filter that would take it past this is
     /// refused in SUBACK with 0x97 Quota exceeded (0x80 for 3.x).
     /// Default: 1 MiB.
+    #[serde(with = "size")]
     pub maximum_subscription_bytes: usize,
     /// Longest client id accepted, in bytes. Default: 65535.
     pub maximum_client_id_len: usize,
@@ -326,6 +342,7 @@ pub struct Limits {
     /// alias past it is disconnected (5.0: DISCONNECT 0x97 Quota exceeded,
     /// counted as `topic_alias_refused`); towards a client, topics past it
     /// are sent in full. Default: 64 KiB.
+    #[serde(with = "size")]
     pub maximum_topic_alias_bytes: usize,
     /// How long a packet may take to arrive once its first byte has: past
     /// it the connection is closed (5.0: DISCONNECT 0x8D Keep Alive
@@ -340,6 +357,7 @@ pub struct Limits {
     /// Checked from the fixed header, before the body is buffered: a 5.0
     /// client gets CONNACK 0x95 (Packet too large), a 3.x one is closed.
     /// Counted as `connect_too_large`. Default: 64 KiB.
+    #[serde(with = "size")]
     pub maximum_connect_size: u32,
     /// Most bytes buffered, all together, by connections that have not
     /// finished their CONNECT exchange (none of them authenticated yet).
@@ -347,6 +365,7 @@ pub struct Limits {
     /// closed (counted as `unauthenticated_refused`), so unauthenticated
     /// clients cannot hold more than this however many connect at once.
     /// Default: 16 MiB.
+    #[serde(with = "size")]
     pub maximum_unauthenticated_bytes: usize,
 }
 

@@ -12,8 +12,11 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::CheckConfig { file }) = &args.command {
-        return check_config(file);
+    match &args.command {
+        Some(Command::CheckConfig { file }) => return check_config(file),
+        #[cfg(feature = "ledger")]
+        Some(Command::Passwd(p)) => return cli::passwd::run(p),
+        None => {}
     }
     let file = match args.config.as_deref().map(config::load).transpose() {
         Ok(f) => f,

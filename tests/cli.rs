@@ -328,7 +328,7 @@ fn bad_config_files_are_refused_naming_file_line_and_key() {
             &[
                 "bad.toml:2:",
                 "\"maximum_packet_size\" in [limits]",
-                "invalid type: string \"big\"",
+                "invalid size \"big\"",
             ],
         ),
         (

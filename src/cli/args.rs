@@ -1,12 +1,12 @@
 //! The command line.
 
+use super::bind::BindAddr;
 use super::config::{
-    check, check_workers, default_listeners, Config, ListenerConfig, ListenerKind, LogFormat,
-    StoreKind,
+    check, check_workers, default_listeners, ClientAuthMode, ClientIdSource, Config,
+    ListenerConfig, ListenerKind, LogFormat, StoreKind, UsernameSource,
 };
 use super::error::{ConfigError, Place};
 use clap::{Parser, Subcommand};
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
@@ -33,6 +33,10 @@ Examples:
   roost --config /etc/roost/roost.toml    everything from a file (see deploy/roost.toml)
   roost --tcp 127.0.0.1:1883 --store memory
   roost --tcp 0.0.0.0:1883 --tls 0.0.0.0:8883 --cert server.pem --key server.key
+  roost --tls 0.0.0.0:8883 --cert server.pem --key server.key --client-ca ca.pem \\
+        --username-from common-name --client-id-from common-name
+                                          devices known by their certificates alone
+  roost passwd --file users.toml alice    add a user to an auth ledger (asks for the password)
   roost --config roost.toml --http none   the file's settings, without the HTTP listener
   roost --print-config > roost.toml       write out the configuration in effect
   roost check-config roost.toml           validate a file (exit 0 valid, 2 invalid, 1 unreadable)
@@ -111,6 +115,22 @@ pub(crate) struct Args {
     #[arg(long, value_name = "FILE", help_heading = "TLS")]
     pub client_ca: Option<PathBuf>,
 
+    /// Whether clients must present a certificate [default: required with --client-ca].
+    #[arg(long, value_enum, value_name = "MODE", help_heading = "TLS")]
+    pub client_auth: Option<ClientAuthMode>,
+
+    /// PEM revocation lists for client certificates (reloaded on SIGHUP and when changed).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub crl: Option<PathBuf>,
+
+    /// Take the MQTT user name from the client certificate [default: connect].
+    #[arg(long, value_enum, value_name = "SOURCE", help_heading = "TLS")]
+    pub username_from: Option<UsernameSource>,
+
+    /// Take the client id (and so the session) from the client certificate [default: connect].
+    #[arg(long, value_enum, value_name = "SOURCE", help_heading = "TLS")]
+    pub client_id_from: Option<ClientIdSource>,
+
     /// Where sessions and messages are kept [default: redb].
     #[arg(long, value_enum, value_name = "BACKEND", help_heading = "Storage")]
     pub store: Option<StoreKind>,
@@ -147,13 +167,67 @@ pub(crate) enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Hash a password for the auth ledger, or set one in a ledger file
+    ///
+    /// The password is asked for twice on the terminal, without echo, or read
+    /// from one line of standard input with --stdin (for scripts). It is never
+    /// taken from the command line, where `ps` and shell history would keep it.
+    ///
+    ///   roost passwd                          print a hash for a `password = ...` key
+    ///   roost passwd alice                    print a [[users]] entry for alice
+    ///   roost passwd --file users.toml alice  add alice, or change her password, in place
+    ///   roost passwd --file users.toml --delete alice
+    ///   echo "$PW" | roost passwd --stdin --file users.toml alice
+    ///
+    /// --file edits only the [[users]] entry concerned: other entries, rules and
+    /// comments stay as they are. The new file is checked as the broker would
+    /// load it, then replaces the old one atomically, keeping its permissions and
+    /// owner (a new file is readable by its owner only). A running broker picks
+    /// it up on SIGHUP. A new user connects only once an [[auth]] rule allows it.
+    ///
+    /// Exit status: 0 done; 2 the passwords differ, the password is empty,
+    /// no such user to delete, or the edited ledger would not load (nothing
+    /// is written); 1 a file or the terminal cannot be read or written.
+    #[cfg(feature = "ledger")]
+    #[command(verbatim_doc_comment)]
+    Passwd(Passwd),
+}
+
+/// `roost passwd`.
+#[cfg(feature = "ledger")]
+#[derive(Debug, clap::Args)]
+#[command(
+    group(clap::ArgGroup::new("who").args(["user", "delete"]))
+)]
+pub(crate) struct Passwd {
+    /// The user whose entry to print, or to add or update in --file.
+    #[arg(value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Edit this ledger file in place (created if missing).
+    #[arg(long, value_name = "FILE", requires = "who")]
+    pub file: Option<PathBuf>,
+
+    /// Remove USER's entry from --file.
+    #[arg(long, value_name = "USER", requires = "file", conflicts_with_all = ["stdin", "cost"])]
+    pub delete: Option<String>,
+
+    /// Read the password from one line of standard input instead of the terminal.
+    #[arg(long)]
+    pub stdin: bool,
+
+    /// bcrypt cost, 4 to 31: each step doubles the time a check takes (a
+    /// login, and a guess). 10 takes about 50 ms of one core.
+    #[arg(long, value_name = "N", default_value_t = roost::hooks::DEFAULT_BCRYPT_COST,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub cost: u32,
 }
 
 /// A listener flag's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Bind {
     /// Listen here.
-    Addr(SocketAddr),
+    Addr(BindAddr),
     /// No listener of this kind.
     None,
 }
@@ -162,9 +236,9 @@ fn parse_bind(s: &str) -> Result<Bind, String> {
     if s.eq_ignore_ascii_case("none") {
         return Ok(Bind::None);
     }
-    s.parse().map(Bind::Addr).map_err(|_| {
-        "expected an IP address and port (0.0.0.0:1883, [::]:1883, 127.0.0.1:0) or `none`".into()
-    })
+    BindAddr::parse(s)
+        .map(Bind::Addr)
+        .map_err(|e| format!("{e} (or `none` for no listener of this kind)"))
 }
 
 fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
@@ -174,12 +248,16 @@ fn parse_workers(s: &str) -> Result<NonZeroUsize, String> {
     check_workers(n)
 }
 
+/// Sets one key of a listener from a flag.
+type SetKey<'a> = dyn Fn(&mut ListenerConfig) + 'a;
+
 /// The configuration in effect: defaults, then the file, then the flags.
 ///
 /// Listeners: the command line's for each kind it names (`--KIND none`
 /// removing that kind), the file's for the others; the built-in defaults
-/// only when neither names any listener. `--cert`, `--key` and
-/// `--client-ca` apply to every TLS listener.
+/// only when neither names any listener. `--cert`, `--key`,
+/// `--client-ca`, `--client-auth`, `--crl`, `--username-from` and
+/// `--client-id-from` apply to every TLS listener.
 pub(crate) fn resolve(file: Option<Config>, args: &Args) -> Result<Config, ConfigError> {
     let mut config = file.unwrap_or_default();
     let flags: [(ListenerKind, &[Bind]); 6] = [
@@ -210,7 +288,7 @@ pub(crate) fn resolve(file: Option<Config>, args: &Args) -> Result<Config, Confi
             if let Bind::Addr(addr) = bind {
                 config
                     .listeners
-                    .push(ListenerConfig::new(kind, *addr, flag.clone()));
+                    .push(ListenerConfig::new(kind, addr.clone(), flag.clone()));
             }
         }
     }
@@ -221,20 +299,33 @@ pub(crate) fn resolve(file: Option<Config>, args: &Args) -> Result<Config, Confi
             .position(|k| *k == l.kind)
             .unwrap_or(usize::MAX)
     });
-    for (flag, value) in [
-        ("cert", &args.cert),
-        ("key", &args.key),
-        ("client-ca", &args.client_ca),
-    ] {
-        let Some(value) = value else { continue };
+    // Each TLS flag sets its key on every TLS listener.
+    let tls_flags: [(&'static str, bool, &SetKey); 7] = [
+        ("cert", args.cert.is_some(), &|l| {
+            l.cert.clone_from(&args.cert)
+        }),
+        ("key", args.key.is_some(), &|l| l.key.clone_from(&args.key)),
+        ("client-ca", args.client_ca.is_some(), &|l| {
+            l.client_ca.clone_from(&args.client_ca)
+        }),
+        ("client-auth", args.client_auth.is_some(), &|l| {
+            l.client_auth = args.client_auth
+        }),
+        ("crl", args.crl.is_some(), &|l| l.crl.clone_from(&args.crl)),
+        ("username-from", args.username_from.is_some(), &|l| {
+            l.username_from = args.username_from
+        }),
+        ("client-id-from", args.client_id_from.is_some(), &|l| {
+            l.client_id_from = args.client_id_from
+        }),
+    ];
+    for (flag, given, set) in tls_flags {
+        if !given {
+            continue;
+        }
         let mut applied = false;
         for l in config.listeners.iter_mut().filter(|l| l.kind.is_tls()) {
-            let field = match flag {
-                "cert" => &mut l.cert,
-                "key" => &mut l.key,
-                _ => &mut l.client_ca,
-            };
-            *field = Some(value.clone());
+            set(l);
             applied = true;
         }
         if !applied {

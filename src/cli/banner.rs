@@ -93,9 +93,10 @@ pub(crate) fn open_doors(config: &Config) -> Vec<(String, std::net::SocketAddr)>
         .listeners
         .iter()
         .filter(|l| !matches!(l.kind, ListenerKind::Http | ListenerKind::Https))
-        .filter(|l| !l.bind.ip().is_loopback())
         .filter(|l| !requires_certificate(l))
-        .map(|l| (l.kind.describe().to_string(), l.bind))
+        .flat_map(|l| l.bind.addrs().iter().map(move |a| (l, *a)))
+        .filter(|(_, addr)| !addr.ip().is_loopback())
+        .map(|(l, addr)| (l.kind.describe().to_string(), addr))
         .collect()
 }
 

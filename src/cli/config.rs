@@ -6,6 +6,7 @@
 //! the binary's own tables (`[[listener]]`, `[store]`, `[auth]`, `[log]`).
 //! `deploy/roost.toml` documents every key with its default.
 
+use super::bind::BindAddr;
 use super::error::{parse_error, ConfigError, Place};
 use roost::bridge::{Bridge, BridgeTls, Password, Protocol, Remote, Rule};
 use roost::codec::QoS;
@@ -292,7 +293,7 @@ impl ListenerKind {
 }
 
 /// How client certificates are treated on a TLS listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum ClientAuthMode {
     /// Not asked for.
@@ -304,7 +305,7 @@ pub(crate) enum ClientAuthMode {
 }
 
 /// Where the MQTT user name comes from on a TLS listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum UsernameSource {
     /// The CONNECT packet.
@@ -317,7 +318,7 @@ pub(crate) enum UsernameSource {
 }
 
 /// Where the client id comes from on a TLS listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum ClientIdSource {
     /// The CONNECT packet.
@@ -336,8 +337,9 @@ pub(crate) struct ListenerConfig {
     /// `tcp`, `tls`, `ws`, `wss`, `http` or `https`.
     #[serde(rename = "type")]
     pub kind: ListenerKind,
-    /// IP address and port; port 0 picks a free one.
-    pub bind: SocketAddr,
+    /// IP address and port (port 0 picks a free one), or a host name and
+    /// port, resolved now to every address it names.
+    pub bind: BindAddr,
     /// PEM certificate chain (tls, wss, https).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
@@ -387,7 +389,7 @@ pub(crate) struct ListenerConfig {
 
 impl ListenerConfig {
     /// A listener of `kind` on `bind` with nothing else set.
-    pub(crate) fn new(kind: ListenerKind, bind: SocketAddr, place: Place) -> Self {
+    pub(crate) fn new(kind: ListenerKind, bind: BindAddr, place: Place) -> Self {
         ListenerConfig {
             kind,
             bind,
@@ -416,7 +418,7 @@ impl ListenerConfig {
 /// The listeners started when neither the file nor the command line
 /// names one: MQTT on 1883, WebSocket on 1882, HTTP stats on 8080.
 pub(crate) fn default_listeners() -> Vec<ListenerConfig> {
-    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    let any = |port| BindAddr::from(SocketAddr::from(([0, 0, 0, 0], port)));
     vec![
         ListenerConfig::new(ListenerKind::Tcp, any(1883), Place::builtin()),
         ListenerConfig::new(ListenerKind::Ws, any(1882), Place::builtin()),
@@ -825,11 +827,11 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
     for (i, a) in config.listeners.iter().enumerate() {
         let twice = config.listeners[..i]
             .iter()
-            .any(|b| b.bind == a.bind && a.bind.port() != 0);
-        if twice {
+            .find_map(|b| a.bind.overlaps(&b.bind));
+        if let Some(addr) = twice {
             return Err(ConfigError::invalid(
                 a.place.clone(),
-                format!("{}: another listener already uses {}", a.label(), a.bind),
+                format!("{}: another listener already uses {addr}", a.label()),
             ));
         }
     }

@@ -161,12 +161,18 @@ pub(crate) fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> Confi
     let (line, column) = line_col(text, span.start);
     let raw = e.message().trim();
     let table = table_at(text, span.start);
-    let message = if let Some(rest) = raw.strip_prefix("unknown field `") {
+    let mosquitto = raw
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .filter(|_| table == "the top level")
+        .and_then(super::hints::mosquitto_key);
+    let mut message = if let Some(rest) = raw.strip_prefix("unknown field `") {
         let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        format!(
-            "unknown key \"{name}\" in {table}{}",
-            suggestion(name, expected)
-        )
+        let after = match &mosquitto {
+            Some(h) => format!("\n  hint: {h}"),
+            None => suggestion(name, expected),
+        };
+        format!("unknown key \"{name}\" in {table}{after}")
     } else if let Some(rest) = raw.strip_prefix("missing field `") {
         let name = rest.split('`').next().unwrap_or(rest);
         format!("missing key \"{name}\" in {table}")
@@ -177,6 +183,12 @@ pub(crate) fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> Confi
     } else {
         raw.to_string()
     };
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    if mosquitto.is_none() {
+        if let Some(hint) = super::hints::hint(line_text, &table, raw) {
+            message = format!("{message}\n  hint: {hint}");
+        }
+    }
     ConfigError::Parse {
         path: path.to_owned(),
         line,

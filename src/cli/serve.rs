@@ -229,16 +229,20 @@ pub(crate) async fn run(config: Config) -> ExitCode {
     };
     let mut server = server;
     let mut banner = Banner::new(config.log.format);
-    for l in &config.listeners {
+    for (l, bind_addr) in config
+        .listeners
+        .iter()
+        .flat_map(|l| l.bind.addrs().iter().map(move |a| (l, *a)))
+    {
         let from = match &l.place {
             Place::Builtin => String::new(),
             place => format!(", from {place}"),
         };
-        let tcp = match bind(l.bind) {
+        let tcp = match bind(bind_addr) {
             Ok(tcp) => tcp,
             Err(e) => {
                 return fail(
-                    format_args!("cannot listen on {} ({}{from}): {e}", l.bind, l.label()),
+                    format_args!("cannot listen on {bind_addr} ({}{from}): {e}", l.label()),
                     1,
                 )
             }
@@ -550,8 +554,8 @@ mod tests {
 
     #[test]
     fn listener_keys_reach_the_tls_settings() {
-        let bind = "127.0.0.1:0".parse().unwrap();
-        let mut l = ListenerConfig::new(ListenerKind::Tls, bind, Place::Builtin);
+        let bind = "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap();
+        let mut l = ListenerConfig::new(ListenerKind::Tls, bind.into(), Place::Builtin);
         l.cert = Some("s.pem".into());
         l.key = Some("s.key".into());
         let defaults = tls_config(&l).unwrap();

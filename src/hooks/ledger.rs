@@ -263,7 +263,7 @@ enum AuthOutcome {
 /// ```toml
 /// [[users]]
 /// username = "alice"                # required, non-empty, unique
-/// password = "$2b$10$..."           # required: a bcrypt or argon2 hash, never plaintext
+/// password = "$2b$10$..."           # required: a bcrypt or argon2 hash, never plaintext (`roost passwd`)
 /// disabled = false                  # optional: a disabled user can never connect
 ///
 /// [[auth]]                          # evaluated in file order; the first match decides
@@ -291,7 +291,8 @@ enum AuthOutcome {
 ///
 /// **Passwords** are bcrypt hashes (`$2b$`, `$2a$`, `$2y$`) or argon2 PHC
 /// strings (`$argon2id$`, `$argon2i$`, `$argon2d$`), told apart by prefix.
-/// Make one with [`hash_password`].
+/// Make one with `roost passwd` (which can also set it in the file:
+/// `roost passwd --file ledger.toml alice`), or with [`hash_password`].
 ///
 /// **Anonymous clients** are those whose CONNECT has no user name, or an
 /// empty one. Only a rule with `anonymous = true` or with neither

@@ -73,11 +73,14 @@ pub enum LedgerError {
         reason: String,
     },
     /// A user's `password` is not a recognised hash. Plaintext passwords
-    /// are never accepted: make a hash with [`hash_password`](super::hash_password).
+    /// are never accepted: make a hash with `roost passwd` (the binary) or
+    /// [`hash_password`](super::hash_password).
     #[error(
         "{location}: user `{username}`: key `password` is not a bcrypt ($2b$...) or \
          argon2 ($argon2id$...) hash; plaintext passwords are refused \
-         (make a hash with roost::hooks::hash_password)"
+         (set a hash with `roost passwd --file {file} {username}`, or print one with \
+         `roost passwd`; in code, roost::hooks::hash_password)",
+        file = if location.file == "<string>" { "FILE" } else { &location.file }
     )]
     PlaintextPassword {
         /// Where (the password's line).
