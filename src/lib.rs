@@ -38,6 +38,7 @@
 // the default limit of 128 allows.
 #![recursion_limit = "256"]
 
+pub mod admin;
 pub mod bridge;
 mod broker;
 mod clock;

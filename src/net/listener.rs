@@ -856,7 +856,9 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (events, _rx) = mpsc::channel(1);
+        let admin = crate::admin::Admin::new(crate::admin::AdminState::new(events.clone()));
         let shared = Arc::new(Shared {
+            admin,
             opts: crate::Options::default(),
             stats: Default::default(),
             events,
