@@ -441,6 +441,38 @@ impl Admin {
         }
     }
 
+    /// Disconnects every connected network client whose user name
+    /// `revoked` says has lost its access (a ledger reload: see
+    /// [`Ledger::revokes`](crate::hooks::Ledger::revokes)), with `options`;
+    /// returns how many. Clients are taken a page at a time, so the core
+    /// is never held for long.
+    pub async fn disconnect_users(
+        &self,
+        revoked: impl Fn(&str) -> bool,
+        options: DisconnectOptions,
+    ) -> Result<usize, AdminError> {
+        let mut paging = Paging::first(MAX_PAGE);
+        let mut kicked = 0;
+        loop {
+            let page = self.clients(paging.clone()).await?;
+            for c in &page.items {
+                let user = c.username.as_deref();
+                if c.connected && !c.inline && user.is_some_and(&revoked) {
+                    match self.disconnect(&c.client_id, options.clone()).await {
+                        Ok(_) => kicked += 1,
+                        // Gone meanwhile: nothing to do.
+                        Err(AdminError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => paging.after = Some(next),
+                None => return Ok(kicked),
+            }
+        }
+    }
+
     /// A page of the retained messages whose topics `filter` matches, by
     /// topic (level by level, bytewise). `#` does not match `$SYS` topics
     /// (ask for `$SYS/#`).
