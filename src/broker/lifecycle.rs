@@ -73,7 +73,7 @@ impl Broker {
         };
         if !client.inline
             && (client_id.starts_with(bridges::CLIENT_ID_PREFIX)
-                || client_id == crate::admin::ADMIN_CLIENT_ID)
+                || client_id == super::admin::ADMIN_CLIENT_ID)
         {
             // Reserved for bridges' sessions and the admin's publisher,
             // which no device may take over.

@@ -9,7 +9,7 @@
 //! One task owns a `Broker` and feeds it [`Event`]s, so no lock is ever held
 //! across I/O and the routing path has no contention.
 
-mod admin;
+pub(crate) mod admin;
 mod bridges;
 mod coalesce;
 #[cfg(any(test, fuzzing))]
@@ -157,7 +157,7 @@ pub(crate) enum Event {
         reason: CloseReason,
     },
     /// A request of the admin API, and where its answer goes.
-    Admin(Box<crate::admin::AdminCall>),
+    Admin(Box<admin::AdminCall>),
 }
 
 /// The keep-alive a connection runs with, and the Server Keep Alive to
@@ -362,7 +362,7 @@ impl Broker {
             }
             Event::Closed { conn, reason } => self.closed(conn, reason, now_ms),
             Event::Admin(call) => {
-                let crate::admin::AdminCall { query, reply } = *call;
+                let admin::AdminCall { query, reply } = *call;
                 // The caller may have given up waiting: nothing to undo.
                 let _ = reply.send(self.admin(query, now_ms));
             }

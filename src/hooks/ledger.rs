@@ -351,6 +351,9 @@ enum AuthOutcome {
 /// ledger atomically. Connected clients stay connected (they are not
 /// authenticated again); their later publishes, subscriptions and
 /// deliveries are judged by the new ledger, and so are new connections.
+/// To disconnect the clients of users the new ledger removes or disables
+/// (as the `roost` binary does on SIGHUP), pass [`Ledger::revokes`] to
+/// [`Admin::disconnect_users`](crate::admin::Admin::disconnect_users).
 #[derive(Debug, Clone)]
 pub struct Ledger {
     users: HashMap<String, User>,

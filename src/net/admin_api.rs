@@ -20,10 +20,9 @@
 //! `{"error": "..."}`. Bodies are JSON, `Content-Length` only, 64 KiB at
 //! most. Every request is logged at INFO with the peer's address.
 
-use super::http::{response, response_with, Ctx};
 use crate::admin::{
-    Admin, AdminError, AdminPublish, ClientInfo, DisconnectOptions, Listing, Paging, RetainedInfo,
-    SessionInfo, SubscriptionInfo,
+    Admin, AdminError, AdminPublish, AdminToken, ClientInfo, DisconnectOptions, Listing, Paging,
+    RetainedInfo, SessionInfo, SubscriptionInfo,
 };
 use crate::codec::{ProtocolVersion, QoS};
 use crate::escape::Escaped;
@@ -63,15 +62,52 @@ const NOT_FOUND: &str = "404 Not Found";
 const NOT_ALLOWED: &str = "405 Method Not Allowed";
 const OK: &str = "200 OK";
 
+/// What serving an admin request needs beside its stream.
+pub(super) struct AdminCtx<'a> {
+    /// The listener's token; `None`: the admin API is off.
+    pub token: Option<&'a AdminToken>,
+    pub admin: &'a Admin,
+    pub peer: std::net::SocketAddr,
+    /// The core's clock's reading, for the rate of warnings.
+    pub now_ms: u64,
+    /// For the body.
+    pub timeout: Duration,
+}
+
+/// A response for the HTTP server to write.
+pub(super) struct Reply {
+    pub status: &'static str,
+    pub content_type: &'static str,
+    /// More header lines, each ending in CRLF.
+    pub headers: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: &'static str, body: &Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            headers: "",
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+
 /// Serves an admin request whose head is read; `rest` is what was read
 /// past the head.
-pub(super) async fn serve<S>(stream: &mut S, head: &[u8], rest: Vec<u8>, ctx: &Ctx<'_>) -> Vec<u8>
+pub(super) async fn serve<S>(stream: &mut S, head: &[u8], rest: Vec<u8>, ctx: AdminCtx<'_>) -> Reply
 where
     S: AsyncRead + Unpin,
 {
-    let Some(token) = ctx.admin else {
+    let Some(token) = ctx.token else {
         // Off: as any path this listener does not serve.
-        return response("404 Not Found", "text/plain", b"not found\n", false);
+        return Reply {
+            status: NOT_FOUND,
+            content_type: "text/plain",
+            headers: "",
+            body: b"not found\n".to_vec(),
+        };
     };
     let head = String::from_utf8_lossy(head);
     let line = head.lines().next().unwrap_or_default();
@@ -85,24 +121,20 @@ where
     });
     if !presented.is_some_and(|t| token.verify(t.as_bytes())) {
         static WARNED: crate::broker::OncePerSecond = crate::broker::OncePerSecond::new();
-        if WARNED.ready(ctx.shared.clock.now_ms()) {
+        if WARNED.ready(ctx.now_ms) {
             tracing::warn!(peer = %ctx.peer, method = %Escaped(method), target = %Escaped(target),
                 token = if presented.is_some() { "wrong" } else { "missing" },
                 "admin API request refused: bad or missing token (more within a second not logged)");
         }
-        let body = json!({ "error": "unauthorized" }).to_string();
-        return response_with(
-            "401 Unauthorized",
-            "application/json",
-            "WWW-Authenticate: Bearer realm=\"roost\"\r\n",
-            body.as_bytes(),
-            false,
-        );
+        return Reply {
+            headers: "WWW-Authenticate: Bearer realm=\"roost\"\r\n",
+            ..Reply::json("401 Unauthorized", &json!({ "error": "unauthorized" }))
+        };
     }
     let (status, body) = match read_body(stream, &head, rest, ctx.timeout).await {
         Err(answer) => answer,
         Ok(body) => {
-            let admin = &ctx.shared.admin;
+            let admin = ctx.admin;
             match tokio::time::timeout(CORE_TIMEOUT, route(method, target, &body, admin)).await {
                 Ok(answer) => answer,
                 Err(_) => error(
@@ -114,12 +146,7 @@ where
     };
     tracing::info!(peer = %ctx.peer, method = %Escaped(method), target = %Escaped(target),
         status = status.split(' ').next().unwrap_or(""), "admin API request");
-    response(
-        status,
-        "application/json",
-        body.to_string().as_bytes(),
-        false,
-    )
+    Reply::json(status, &body)
 }
 
 /// The value of header `name` (the first one), if present.

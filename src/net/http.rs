@@ -60,7 +60,15 @@ where
     };
     read.store(true, Ordering::Relaxed);
     let response = if super::admin_api::is_admin(&head) {
-        super::admin_api::serve(&mut stream, &head, rest, &ctx).await
+        let admin = super::admin_api::AdminCtx {
+            token: ctx.admin,
+            admin: &ctx.shared.admin,
+            peer: ctx.peer,
+            now_ms: ctx.shared.clock.now_ms(),
+            timeout: ctx.timeout,
+        };
+        let r = super::admin_api::serve(&mut stream, &head, rest, admin).await;
+        response_with(r.status, r.content_type, r.headers, &r.body, false)
     } else {
         respond(&head, &ctx.shared.stats)
     };
@@ -135,12 +143,12 @@ fn respond(head: &[u8], stats: &Stats) -> Vec<u8> {
     response(status, content_type, &body, method == "HEAD")
 }
 
-pub(super) fn response(status: &str, content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> {
+fn response(status: &str, content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> {
     response_with(status, content_type, "", body, head_only)
 }
 
 /// [`response`] with more header lines (each ending in CRLF).
-pub(super) fn response_with(
+fn response_with(
     status: &str,
     content_type: &str,
     headers: &str,

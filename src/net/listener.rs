@@ -727,7 +727,6 @@ async fn http(accepted: Accepted, head: Arc<AtomicBool>) {
         ..
     } = accepted;
     let limit = shared.opts.limits.connect_timeout.min(HTTP_HEAD_TIMEOUT);
-    let stats = &shared.stats;
     let remote = accepted.remote;
     match &*kind {
         Kind::Http(None, admin) => {
@@ -737,7 +736,7 @@ async fn http(accepted: Accepted, head: Arc<AtomicBool>) {
         #[cfg(feature = "tls")]
         Kind::Http(Some(tls), admin) => {
             let accept = tls.accept(stream, remote);
-            if let Some(s) = handshake(conn, limit, stop, stats, accept).await {
+            if let Some(s) = handshake(conn, limit, stop, &shared.stats, accept).await {
                 let ctx = super::http::Ctx::new(&shared, admin.as_ref(), remote, limit);
                 super::http::serve(s, ctx, &head).await
             }
@@ -881,9 +880,9 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (events, _rx) = mpsc::channel(1);
-        let admin = crate::admin::Admin::new(crate::admin::AdminState::new(events.clone()));
         let shared = Arc::new(Shared {
-            admin,
+            #[cfg(feature = "http")]
+            admin: crate::admin::Admin::new(crate::admin::AdminState::new(events.clone())),
             opts: crate::Options::default(),
             stats: Default::default(),
             events,

@@ -35,5 +35,6 @@ pub(crate) struct Shared {
     /// check is given too.
     pub clock: crate::clock::Clock,
     /// The admin API's way to the core (the HTTP listeners').
+    #[cfg(feature = "http")]
     pub admin: crate::admin::Admin,
 }

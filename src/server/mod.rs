@@ -410,8 +410,8 @@ impl Server {
             admin,
         } = self;
         broker.set_hooks(hooks.clone());
-        // The admin's publisher, with the hooks as they are now final.
-        admin.start(&next_conn, hooks.clone(), clock.clone());
+        // The admin's publisher will have the hooks as they are now final.
+        admin.start(next_conn.clone(), hooks.clone(), clock.clone());
         if persistent {
             // What fell due while the broker was down, with the hooks.
             broker.restored(clock.now_ms());
@@ -430,6 +430,7 @@ impl Server {
             batches: batches.clone(),
             preauth: Default::default(),
             clock: clock.clone(),
+            #[cfg(feature = "http")]
             admin: Admin::new(admin),
         });
         let (stop_tx, stop_rx) = watch::channel(false);

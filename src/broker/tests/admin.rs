@@ -2,7 +2,7 @@
 //! a kicked client's DISCONNECT and what becomes of its session and will.
 
 use super::*;
-use crate::admin::{AdminAnswer, AdminQuery, DisconnectOptions, Paging};
+use crate::broker::admin::{AdminAnswer, AdminQuery, DisconnectOptions, Paging};
 
 impl Core {
     fn admin(&mut self, query: AdminQuery) -> AdminAnswer {
@@ -18,7 +18,7 @@ impl Core {
         }
     }
 
-    fn kick(&mut self, id: &str, options: DisconnectOptions) -> crate::admin::Disconnected {
+    fn kick(&mut self, id: &str, options: DisconnectOptions) -> crate::broker::admin::Disconnected {
         match self.admin(AdminQuery::Disconnect(id.into(), options)) {
             AdminAnswer::Disconnect(r) => r.expect("disconnected"),
             other => panic!("{other:?}"),
@@ -165,7 +165,7 @@ fn a_3_1_1_client_is_closed_without_disconnect() {
             "old".into(),
             DisconnectOptions::new()
         )),
-        AdminAnswer::Disconnect(Err(crate::admin::AdminError::NotFound(_)))
+        AdminAnswer::Disconnect(Err(crate::broker::admin::AdminError::NotFound(_)))
     ));
 }
 

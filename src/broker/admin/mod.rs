@@ -7,12 +7,16 @@
 //! with a bounded heap: no index is kept for the admin's sake, and a page
 //! costs a walk, not a sort of everything.
 
+mod types;
+
+pub(crate) use types::{AdminAnswer, AdminCall, AdminQuery};
+pub use types::{
+    AdminError, ClientInfo, DisconnectOptions, Disconnected, Listing, Paging, RetainedInfo,
+    SessionInfo, SubscriptionInfo, ADMIN_CLIENT_ID, MAX_PAGE,
+};
+
 use super::session::{Session, SubEntry};
 use super::{split_shared, Broker};
-use crate::admin::{
-    AdminAnswer, AdminError, AdminQuery, ClientInfo, DisconnectOptions, Disconnected, Listing,
-    Paging, RetainedInfo, SessionInfo, SubscriptionInfo,
-};
 use crate::codec::ReasonCode;
 use crate::escape::Escaped;
 use std::collections::BinaryHeap;
