@@ -11,8 +11,9 @@
 //! Lists come a page at a time ([`Paging`], [`Listing`]): each page is a
 //! walk over all sessions (clients, subscriptions) or over the retained
 //! topics the filter matches, on the core, keeping the `limit` first keys
-//! after the cursor. A page of 100 over 100,000 sessions takes the core a
-//! few milliseconds; ask for pages, not for everything at once.
+//! after the cursor: its cost grows with the number of sessions (or
+//! matched topics), not with the page; ask for pages, not for everything
+//! at once.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
