@@ -66,6 +66,7 @@
 //! its state in memory ([`storage::MemoryStore`]) unless given a
 //! [`storage::Store`] of the application's own.
 
+pub mod admin;
 pub mod bridge;
 mod broker;
 mod clock;

@@ -37,8 +37,8 @@ const LAYERS: &[&[&str]] = &[
     // The sans-IO core.
     &["broker"],
     // I/O at the edge: sockets, TLS, WebSocket, wire encoding, and the
-    // in-process client.
-    &["net", "inline"],
+    // in-process clients (the inline client, the admin handle).
+    &["net", "inline", "admin"],
     // Wiring: the server builder, the core and commit tasks.
     &["server", "commit"],
     // The binary.

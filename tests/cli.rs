@@ -94,7 +94,8 @@ fn no_arguments_means_tcp_1883_ws_1882_http_8080_and_redb_in_data() {
         pairs(&[
             ("tcp", "0.0.0.0:1883"),
             ("ws", "0.0.0.0:1882"),
-            ("http", "0.0.0.0:8080")
+            // Stats on loopback only, unless opened up.
+            ("http", "127.0.0.1:8080")
         ])
     );
     assert_eq!(config["store"]["backend"].as_str(), Some("redb"));
@@ -160,6 +161,9 @@ fn the_example_file_gives_the_defaults_and_documents_every_key() {
             "session_tickets",
             "session_cache",
             "handshakes_in_progress",
+            "admin_token_file",
+            "admin_token_env",
+            "disconnect_on_reload",
         ]
         .map(String::from),
     );

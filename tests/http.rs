@@ -11,30 +11,8 @@ use tokio::net::TcpStream;
 
 /// Status code, headers (lower-case names) and body.
 async fn get(addr: SocketAddr, request: &str) -> (u16, HashMap<String, String>, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("the server closes after one response")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap();
-    assert!(status.starts_with("HTTP/1.1 "), "{status}");
-    let code = status[9..12].parse().unwrap();
-    let headers = lines
-        .map(|l| {
-            let (k, v) = l.split_once(':').unwrap();
-            (k.trim().to_ascii_lowercase(), v.trim().to_owned())
-        })
-        .collect::<HashMap<_, _>>();
-    assert_eq!(
-        headers["content-length"].parse::<usize>().unwrap(),
-        body.len()
-    );
-    (code, headers, body.to_owned())
+    let r = common::http::raw(addr, request.as_bytes()).await;
+    (r.status, r.headers, r.body)
 }
 
 fn request(path: &str) -> String {

@@ -71,8 +71,12 @@ impl Broker {
             }
             c.client_id.clone()
         };
-        if !client.inline && client_id.starts_with(bridges::CLIENT_ID_PREFIX) {
-            // Reserved for bridges' sessions, which no device may take over.
+        if !client.inline
+            && (client_id.starts_with(bridges::CLIENT_ID_PREFIX)
+                || client_id == super::admin::ADMIN_CLIENT_ID)
+        {
+            // Reserved for bridges' sessions and the admin's publisher,
+            // which no device may take over.
             return Self::refuse(&outbox, ReasonCode::ClientIdentifierNotValid);
         }
         if c.properties.authentication_method.is_some() && !enhanced_auth {
@@ -227,6 +231,7 @@ impl Broker {
             outbox: outbox.clone(),
             send_quota,
             max_packet_size,
+            connected_at_ms: now_ms,
         });
         if persist_enabled {
             if session.is_persistent() {

@@ -9,6 +9,7 @@
 //! One task owns a `Broker` and feeds it [`Event`]s, so no lock is ever held
 //! across I/O and the routing path has no contention.
 
+pub(crate) mod admin;
 mod bridges;
 mod coalesce;
 #[cfg(any(test, fuzzing))]
@@ -155,6 +156,8 @@ pub(crate) enum Event {
         /// Why.
         reason: CloseReason,
     },
+    /// A request of the admin API, and where its answer goes.
+    Admin(Box<admin::AdminCall>),
 }
 
 /// The keep-alive a connection runs with, and the Server Keep Alive to
@@ -358,6 +361,11 @@ impl Broker {
                 }
             }
             Event::Closed { conn, reason } => self.closed(conn, reason, now_ms),
+            Event::Admin(call) => {
+                let admin::AdminCall { query, reply } = *call;
+                // The caller may have given up waiting: nothing to undo.
+                let _ = reply.send(self.admin(query, now_ms));
+            }
         }
         None
     }

@@ -97,6 +97,17 @@ impl Entry {
     pub(crate) fn cost(&self) -> usize {
         self.size as usize + super::RETAINED_OVERHEAD
     }
+
+    /// Topic and payload bytes.
+    pub(crate) fn size(&self) -> usize {
+        self.size as usize
+    }
+
+    /// When it expires, in whole seconds since the Unix epoch, rounded
+    /// up; `None` if never.
+    pub(crate) fn expires_s(&self) -> Option<u32> {
+        (self.expires_s != 0).then_some(self.expires_s)
+    }
 }
 
 /// The retained messages and the subscriptions being sent them.
@@ -403,14 +414,7 @@ impl Broker {
         }
         if msg.payload.is_empty() || over {
             // An empty retained message clears the topic ([MQTT-3.3.1-6]).
-            if let Some(old) = self.retained.remove(topic) {
-                self.retained.bytes = self.retained.bytes.saturating_sub(old.cost());
-                self.persist.push(Op::DeleteRetained {
-                    topic: topic.to_owned(),
-                });
-                self.retained.commit = self.persist.commit;
-                self.hooks.each(|h| h.on_retained(topic, None));
-            }
+            self.clear_retained(topic);
         } else {
             // Copy out of the read buffer so a long-lived retained message
             // does not pin a whole socket buffer.
@@ -436,6 +440,22 @@ impl Broker {
             }
         }
         self.update_retained_gauge();
+    }
+
+    /// Clears `topic`'s retained message, if there is one (an empty
+    /// retained publish, or the admin API); returns whether there was. The
+    /// caller updates the gauge.
+    pub(super) fn clear_retained(&mut self, topic: &str) -> bool {
+        let Some(old) = self.retained.remove(topic) else {
+            return false;
+        };
+        self.retained.bytes = self.retained.bytes.saturating_sub(old.cost());
+        self.persist.push(Op::DeleteRetained {
+            topic: topic.to_owned(),
+        });
+        self.retained.commit = self.persist.commit;
+        self.hooks.each(|h| h.on_retained(topic, None));
+        true
     }
 
     /// A retained record read from the store at start-up. (One record at

@@ -35,6 +35,8 @@ pub(crate) struct Conn {
     pub send_quota: u16,
     /// The client's Maximum Packet Size, if it set one.
     pub max_packet_size: Option<NonZeroU32>,
+    /// When it connected, ms since the Unix epoch (for the admin API).
+    pub connected_at_ms: u64,
 }
 
 /// A will waiting for its connection to end badly.
@@ -204,6 +206,11 @@ impl Subscriptions {
     }
 
     /// The filters subscribed to.
+    /// Every subscription, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ByteStr, &SubEntry)> {
+        self.0.iter().flat_map(|m| m.by_filter.iter())
+    }
+
     pub(crate) fn filters(&self) -> impl Iterator<Item = &ByteStr> {
         self.0.iter().flat_map(|m| m.by_filter.keys())
     }
@@ -300,8 +307,13 @@ impl Session {
         self.flows.get_or_insert_default()
     }
 
-    fn inflight_len(&self) -> usize {
+    pub(crate) fn inflight_len(&self) -> usize {
         self.flows().map_or(0, |f| f.inflight.len())
+    }
+
+    /// Messages waiting to be sent, in memory and on disk.
+    pub(crate) fn queued_len(&self) -> usize {
+        self.queue_len() + self.spilled()
     }
 
     fn queue_len(&self) -> usize {

@@ -16,7 +16,7 @@ const LONG_ABOUT: &str = "\
 roost: an embeddable, persistent MQTT 3.1/3.1.1/5.0 broker.
 
 With no arguments it serves MQTT over TCP on 0.0.0.0:1883, MQTT over
-WebSocket on 0.0.0.0:1882 (path /mqtt) and HTTP stats on 0.0.0.0:8080,
+WebSocket on 0.0.0.0:1882 (path /mqtt) and HTTP stats on 127.0.0.1:8080,
 and keeps sessions and messages in a redb store in ./data.
 
 Settings come from the built-in defaults, then the --config file, then
@@ -95,7 +95,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDR", value_parser = parse_bind, help_heading = "Listeners")]
     pub wss: Vec<Bind>,
 
-    /// HTTP stats (/stats, /metrics, /healthz) on ADDR (default 0.0.0.0:8080), or `none`.
+    /// HTTP stats (/stats, /metrics, /healthz) on ADDR (default 127.0.0.1:8080), or `none`.
     #[arg(long, value_name = "ADDR", value_parser = parse_bind, help_heading = "Listeners")]
     pub http: Vec<Bind>,
 

@@ -143,6 +143,12 @@ pub(crate) struct AuthConfig {
     /// publish and subscribe).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger: Option<PathBuf>,
+    /// On SIGHUP, disconnect the clients of users the new ledger disables
+    /// or no longer has (their sessions stay, for no one else to resume).
+    /// Default: true; false keeps them connected until they reconnect, as
+    /// Mosquitto does with its password file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnect_on_reload: Option<bool>,
     /// Where `ledger` was set, for messages.
     #[serde(skip)]
     pub place: Option<Place>,
@@ -382,6 +388,16 @@ pub(crate) struct ListenerConfig {
     /// Default: `["mqtt", "mqttv3.1"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subprotocols: Option<Vec<String>>,
+    /// A file holding the admin API's bearer token (http, https; white
+    /// space around it is ignored). Without it or `admin_token_env` the
+    /// listener serves no admin API. The token itself never appears in the
+    /// configuration (as bridges' passwords), so `--print-config` cannot
+    /// leak it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// An environment variable holding the admin API's bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_env: Option<String>,
     /// Where it was configured, for messages.
     #[serde(skip, default = "Place::builtin")]
     pub place: Place,
@@ -405,6 +421,8 @@ impl ListenerConfig {
             handshakes_in_progress: None,
             path: None,
             subprotocols: None,
+            admin_token_file: None,
+            admin_token_env: None,
             place,
         }
     }
@@ -416,13 +434,17 @@ impl ListenerConfig {
 }
 
 /// The listeners started when neither the file nor the command line
-/// names one: MQTT on 1883, WebSocket on 1882, HTTP stats on 8080.
+/// names one: MQTT on 1883, WebSocket on 1882, HTTP stats on 8080 of
+/// loopback only (the counters are the operator's, not the network's: a
+/// file or `--http 0.0.0.0:8080` opens it up, as Mosquitto 2.0 asks for
+/// its listeners).
 pub(crate) fn default_listeners() -> Vec<ListenerConfig> {
     let any = |port| BindAddr::from(SocketAddr::from(([0, 0, 0, 0], port)));
+    let loopback = |port| BindAddr::from(SocketAddr::from(([127, 0, 0, 1], port)));
     vec![
         ListenerConfig::new(ListenerKind::Tcp, any(1883), Place::builtin()),
         ListenerConfig::new(ListenerKind::Ws, any(1882), Place::builtin()),
-        ListenerConfig::new(ListenerKind::Http, any(8080), Place::builtin()),
+        ListenerConfig::new(ListenerKind::Http, loopback(8080), Place::builtin()),
     ]
 }
 
@@ -808,6 +830,19 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
             return fail(format!(
                 "{key} applies only to tls, wss and https listeners"
             ));
+        }
+        let http = matches!(l.kind, ListenerKind::Http | ListenerKind::Https);
+        match (&l.admin_token_file, &l.admin_token_env) {
+            (Some(_), Some(_)) => {
+                return fail("give admin_token_file or admin_token_env, not both".into())
+            }
+            (Some(_), None) | (None, Some(_)) if !http => {
+                return fail(
+                    "admin_token_file and admin_token_env apply only to http and https listeners"
+                        .into(),
+                )
+            }
+            _ => {}
         }
         if l.kind.is_ws() {
             if let Some(path) = &l.path {

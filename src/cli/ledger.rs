@@ -48,8 +48,12 @@ impl Ledger {
     }
 
     /// Reads the file again; on error the previous rules stay in force.
-    pub(crate) fn reload(&self) -> Result<(), LedgerError> {
-        Ok(self.0.reload_from(&self.1)?)
+    /// Returns which user names the new ledger revokes (see
+    /// [`roost::hooks::Ledger::revokes`]).
+    pub(crate) fn reload(&self) -> Result<impl Fn(&str) -> bool, LedgerError> {
+        let old = self.0.replace(roost::hooks::Ledger::load(&self.1)?);
+        let new = self.0.current();
+        Ok(move |user: &str| new.revokes(&old, user))
     }
 }
 
@@ -68,7 +72,7 @@ impl Ledger {
     }
 
     /// Reads the file again; on error the previous rules stay in force.
-    pub(crate) fn reload(&self) -> Result<(), LedgerError> {
+    pub(crate) fn reload(&self) -> Result<fn(&str) -> bool, LedgerError> {
         match self.0 {}
     }
 }

@@ -114,6 +114,54 @@ fn transport(l: &ListenerConfig) -> Option<Transport> {
     })
 }
 
+/// The admin API's token of an HTTP(S) listener, read from its
+/// `admin_token_file` or `admin_token_env`. An error names the key and the
+/// file or variable, never the token.
+pub(crate) fn admin_token(
+    l: &ListenerConfig,
+) -> Result<Option<roost::admin::AdminToken>, ConfigError> {
+    let fail = |key: &str, message: String| {
+        ConfigError::invalid(l.place.clone(), format!("{}: {key}: {message}", l.label()))
+    };
+    let (key, token) = if let Some(path) = &l.admin_token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(
+                "admin_token_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        ("admin_token_file", text)
+    } else if let Some(var) = &l.admin_token_env {
+        let text = std::env::var(var).map_err(|_| {
+            fail(
+                "admin_token_env",
+                format!("the environment variable {var} is not set (or not UTF-8)"),
+            )
+        })?;
+        ("admin_token_env", text)
+    } else {
+        return Ok(None);
+    };
+    // The newline an editor or `echo` leaves is not part of it.
+    roost::admin::AdminToken::new(token.trim())
+        .map(Some)
+        .map_err(|e| fail(key, e.to_string()))
+}
+
+/// Gives `listener` the admin token, if there is one.
+fn with_admin(
+    listener: Listener,
+    token: Option<roost::admin::AdminToken>,
+) -> Result<Listener, roost::ListenerError> {
+    #[cfg(feature = "http")]
+    if let Some(token) = token {
+        return listener.admin_token(token);
+    }
+    #[cfg(not(feature = "http"))]
+    let _ = token;
+    Ok(listener)
+}
+
 /// Exit status when the store is damaged or in a format this build cannot
 /// read: it was left as it is, and starting again will not help until the
 /// operator restores it or moves it aside (deploy/roost.service lists it in
@@ -257,8 +305,13 @@ pub(crate) async fn run(config: Config) -> ExitCode {
                 2,
             );
         };
+        let token = match admin_token(l) {
+            Ok(t) => t,
+            Err(e) => return fail(e, 2),
+        };
         let scheme = l.kind.describe().split(' ').next().unwrap_or("mqtt");
         let added = Listener::new(format!("{scheme}:{addr}"), tcp, transport)
+            .and_then(|listener| with_admin(listener, token.clone()))
             .and_then(|listener| server.listener(listener));
         server = match added {
             Ok(s) => s,
@@ -271,6 +324,12 @@ pub(crate) async fn run(config: Config) -> ExitCode {
                 ("addr", addr.to_string()),
             ],
         );
+        if token.is_some() {
+            banner.info(
+                format!("roost {version}: admin API on {scheme}://{addr}/api/v1"),
+                &[("admin_api", format!("{scheme}://{addr}/api/v1"))],
+            );
+        }
     }
     if let Some((ledger, path)) = &ledger {
         server = ledger.install(server);
@@ -323,6 +382,11 @@ pub(crate) async fn run(config: Config) -> ExitCode {
             hangups,
             server.handle(),
             ledger.map(|(l, _)| l),
+            config
+                .auth
+                .disconnect_on_reload
+                .unwrap_or(true)
+                .then(|| server.admin()),
         ));
     }
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
@@ -367,6 +431,7 @@ async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     handle: ServerHandle,
     ledger: Option<Arc<Ledger>>,
+    disconnect_revoked: Option<roost::admin::Admin>,
 ) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading TLS certificates and the auth ledger");
@@ -386,7 +451,20 @@ async fn reload_on_hangup(
         }
         if let Some(ledger) = &ledger {
             match ledger.reload() {
-                Ok(()) => tracing::info!("auth ledger reloaded"),
+                Ok(revoked) => {
+                    tracing::info!("auth ledger reloaded");
+                    if let Some(admin) = &disconnect_revoked {
+                        let options = roost::admin::DisconnectOptions::new()
+                            .reason("user removed or disabled by a ledger reload");
+                        match admin.disconnect_users(revoked, options).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(clients = n,
+                                "disconnected the clients of users the new ledger removes or disables"),
+                            Err(e) => tracing::error!(error = %e,
+                                "cannot disconnect the clients of removed or disabled users"),
+                        }
+                    }
+                }
                 Err(e) => tracing::error!(error = %e,
                     "auth ledger reload failed; the previous rules stay in force"),
             }
@@ -462,6 +540,9 @@ pub(crate) fn check_files(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     bridges(config)?;
+    for l in &config.listeners {
+        admin_token(l)?;
+    }
     if let Some(path) = &config.auth.ledger {
         let place = config
             .auth

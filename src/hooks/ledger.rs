@@ -352,6 +352,9 @@ enum AuthOutcome {
 /// ledger atomically. Connected clients stay connected (they are not
 /// authenticated again); their later publishes, subscriptions and
 /// deliveries are judged by the new ledger, and so are new connections.
+/// To disconnect the clients of users the new ledger removes or disables
+/// (as the `roost` binary does on SIGHUP), pass [`Ledger::revokes`] to
+/// [`Admin::disconnect_users`](crate::admin::Admin::disconnect_users).
 #[derive(Debug, Clone)]
 pub struct Ledger {
     users: HashMap<String, User>,
@@ -522,6 +525,25 @@ impl Ledger {
         Compiler { file, source }.compile(raw)
     }
 
+    /// Whether `[[users]]` has `username`.
+    pub fn has_user(&self, username: &str) -> bool {
+        self.users.contains_key(username)
+    }
+
+    /// Whether `username` is a user marked `disabled`.
+    pub fn is_disabled(&self, username: &str) -> bool {
+        self.users.get(username).is_some_and(|u| u.disabled)
+    }
+
+    /// Whether replacing `old` with this ledger takes away `username`'s
+    /// right to be connected: the user is disabled here, or was in `old`'s
+    /// `[[users]]` and is not here. (A client let in without a password,
+    /// by a `password = "ignored"` rule, is judged by its rules alone at
+    /// its next connection.)
+    pub fn revokes(&self, old: &Ledger, username: &str) -> bool {
+        self.is_disabled(username) || (old.has_user(username) && !self.has_user(username))
+    }
+
     fn auth_outcome(&self, client: &Client, connect: &Connect) -> AuthOutcome {
         let user = username(client).and_then(|u| self.users.get(u));
         if user.is_some_and(|u| u.disabled) {
@@ -681,8 +703,9 @@ impl SharedLedger {
             .clone()
     }
 
-    /// Puts `ledger` in force for every later check; returns the old one.
-    /// Connected clients stay connected.
+    /// Puts `ledger` in force for every later check; returns the old one
+    /// (see [`Ledger::revokes`] to find whom to disconnect). Connected
+    /// clients stay connected.
     pub fn replace(&self, ledger: Ledger) -> Arc<Ledger> {
         let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
         std::mem::replace(&mut *guard, Arc::new(ledger))

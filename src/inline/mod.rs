@@ -321,7 +321,9 @@ impl InlineClient {
     }
 
     /// Publishes a message. For QoS 1 and 2 it returns once the broker has
-    /// acknowledged it (with a persistent store: once it is committed).
+    /// acknowledged it (with a persistent store: once it is committed). A
+    /// refusal by the hooks (an ACL, a publish hook) is
+    /// [`InlineError::Refused`], at QoS 0 too.
     pub async fn publish(
         &self,
         topic: &str,
@@ -375,6 +377,11 @@ impl InlineClient {
             Inbound::Core(ToCore::Publish(publish, verdict)) => (publish, verdict),
             other => unreachable!("a PUBLISH goes on as a PUBLISH: {other:?}"),
         };
+        if let (QoS::AtMostOnce, crate::hooks::PublishVerdict::Refuse(code)) = (qos, verdict) {
+            // No acknowledgement will say so at QoS 0: the caller hears it
+            // here (the core would only drop it).
+            return Err(InlineError::Refused(code));
+        }
         self.ready().await?;
         self.inner
             .events

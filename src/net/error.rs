@@ -50,6 +50,9 @@ pub enum ListenerError {
     /// listener can be added.
     #[error("the server is not running")]
     Stopped,
+    /// An admin token was given to a listener that is not HTTP or HTTPS.
+    #[error("listener {0:?} is not an HTTP listener: only those serve the admin API")]
+    NotHttp(String),
     /// `reload` was called on a listener without TLS.
     #[error("listener {0:?} does not use TLS")]
     NotTls(String),

@@ -11,7 +11,10 @@
 //! rolled: the routes are fixed and small, and an HTTP framework would be
 //! the largest dependency in the crate.
 
+use super::shared::Shared;
+use crate::admin::AdminToken;
 use crate::stats::{BridgeSnapshot, Stats, StatsSnapshot};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -19,19 +22,57 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
 
+/// What serving a request needs beside its stream.
+pub(crate) struct Ctx<'a> {
+    pub shared: &'a Shared,
+    /// The admin API's token, if this listener serves the admin API.
+    pub admin: Option<&'a AdminToken>,
+    pub peer: SocketAddr,
+    /// For the request head (and body), and again for the response.
+    pub timeout: Duration,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        shared: &'a Shared,
+        admin: Option<&'a AdminToken>,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Self {
+        Ctx {
+            shared,
+            admin,
+            peer,
+            timeout,
+        }
+    }
+}
+
 /// Serves one request on `stream`; the whole request head must arrive
-/// within `timeout`. Sets `read` once it has.
-pub(crate) async fn serve<S>(mut stream: S, stats: &Stats, timeout: Duration, read: &AtomicBool)
+/// within the context's timeout. Sets `read` once it has.
+pub(crate) async fn serve<S>(mut stream: S, ctx: Ctx<'_>, read: &AtomicBool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let head = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
-        Ok(Some(head)) => head,
+    let (head, rest) = match tokio::time::timeout(ctx.timeout, read_head(&mut stream)).await {
+        Ok(Some(read)) => read,
         _ => return,
     };
     read.store(true, Ordering::Relaxed);
-    let response = respond(&head, stats);
-    let _ = tokio::time::timeout(timeout, async {
+    let response = if super::admin_api::is_admin(&head) {
+        let admin = super::admin_api::AdminCtx {
+            token: ctx.admin,
+            admin: &ctx.shared.admin,
+            peer: ctx.peer,
+            now_ms: ctx.shared.clock.now_ms(),
+            timeout: ctx.timeout,
+        };
+        let r = super::admin_api::serve(&mut stream, &head, rest, admin).await;
+        response_with(r.status, r.content_type, r.headers, &r.body, false)
+    } else {
+        respond(&head, &ctx.shared.stats)
+    };
+    let _ = tokio::time::timeout(ctx.timeout, async {
         stream.write_all(&response).await?;
         stream.flush().await?;
         stream.shutdown().await
@@ -39,8 +80,9 @@ where
     .await;
 }
 
-/// Reads up to the blank line that ends the request head.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+/// Reads up to the blank line that ends the request head; returns the head
+/// and what was read past it (the start of a body).
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(Vec<u8>, Vec<u8>)> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
@@ -48,9 +90,14 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
         if n == 0 {
             return None;
         }
+        // Searched from a little before the new bytes: the blank line may
+        // straddle two reads.
+        let from = head.len().saturating_sub(3);
         head.extend_from_slice(&chunk[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            return Some(head);
+        if let Some(at) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = from + at + 4;
+            let rest = head.split_off(end);
+            return Some((head, rest));
         }
         if head.len() > MAX_HEAD {
             return None;
@@ -97,9 +144,20 @@ fn respond(head: &[u8], stats: &Stats) -> Vec<u8> {
 }
 
 fn response(status: &str, content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> {
+    response_with(status, content_type, "", body, head_only)
+}
+
+/// [`response`] with more header lines (each ending in CRLF).
+fn response_with(
+    status: &str,
+    content_type: &str,
+    headers: &str,
+    body: &[u8],
+    head_only: bool,
+) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+         Cache-Control: no-store\r\nConnection: close\r\n{headers}\r\n",
         body.len()
     )
     .into_bytes();

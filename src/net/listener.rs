@@ -73,8 +73,10 @@ enum Kind {
     Ws(WsConfig),
     #[cfg(all(feature = "ws", feature = "tls"))]
     Wss(WsConfig, Arc<TlsState>),
+    /// HTTPS with its TLS state, and the admin API's token if it serves
+    /// the admin API.
     #[cfg(feature = "http")]
-    Http(Option<Arc<HttpTls>>),
+    Http(Option<Arc<HttpTls>>, Option<crate::admin::AdminToken>),
 }
 
 /// HTTPS needs TLS only when the `tls` feature is on; this keeps `Kind`
@@ -97,9 +99,9 @@ impl Kind {
             #[cfg(all(feature = "ws", feature = "tls"))]
             Kind::Wss(..) => "wss",
             #[cfg(feature = "http")]
-            Kind::Http(None) => "http",
+            Kind::Http(None, _) => "http",
             #[cfg(feature = "http")]
-            Kind::Http(Some(_)) => "https",
+            Kind::Http(Some(_), _) => "https",
         }
     }
 
@@ -110,7 +112,7 @@ impl Kind {
             #[cfg(feature = "ws")]
             Kind::Wss(_, t) => Some(t.clone()),
             #[cfg(feature = "http")]
-            Kind::Http(t) => t.clone(),
+            Kind::Http(t, _) => t.clone(),
             _ => None,
         }
     }
@@ -153,9 +155,9 @@ impl Listener {
             #[cfg(all(feature = "ws", feature = "tls"))]
             Transport::Wss(ws, tls) => Kind::Wss(ws, Arc::new(TlsState::load(tls)?)),
             #[cfg(feature = "http")]
-            Transport::Http => Kind::Http(None),
+            Transport::Http => Kind::Http(None, None),
             #[cfg(all(feature = "http", feature = "tls"))]
-            Transport::Https(tls) => Kind::Http(Some(Arc::new(TlsState::load(tls)?))),
+            Transport::Https(tls) => Kind::Http(Some(Arc::new(TlsState::load(tls)?)), None),
         };
         Ok(Listener {
             id: id.into(),
@@ -173,6 +175,25 @@ impl Listener {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Serves the admin API (`/api/v1/...`, see [`crate::admin`]) on this
+    /// HTTP or HTTPS listener to requests bearing `token`
+    /// (`Authorization: Bearer <token>`). Without a token the admin routes
+    /// answer 404. Warns when the listener is plain HTTP on an address
+    /// other than loopback: the token then crosses the network in clear.
+    /// Fails for a listener of another transport.
+    #[cfg(feature = "http")]
+    pub fn admin_token(mut self, token: crate::admin::AdminToken) -> Result<Self, ListenerError> {
+        let Kind::Http(tls, admin) = &mut self.kind else {
+            return Err(ListenerError::NotHttp(self.id));
+        };
+        if tls.is_none() && !self.addr.ip().is_loopback() {
+            tracing::warn!(addr = %self.addr,
+                "the admin API is served over plain HTTP on a non-loopback address: its token crosses the network in clear (use an https listener, or bind to 127.0.0.1)");
+        }
+        *admin = Some(token);
+        Ok(self)
     }
 
     fn handle(&self) -> ListenerHandle {
@@ -397,7 +418,7 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
     // take a slot from an MQTT client; nor do they count per source.
     let (permits, per_ip) = match &*kind {
         #[cfg(feature = "http")]
-        Kind::Http(_) => (Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS)), None),
+        Kind::Http(..) => (Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS)), None),
         _ => (ctx.permits.clone(), ctx.per_ip.clone()),
     };
     // A CRL is watched for as long as the listener accepts.
@@ -439,7 +460,7 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             #[cfg(feature = "http")]
-            Err(_) if matches!(&*kind, Kind::Http(_)) => {
+            Err(_) if matches!(&*kind, Kind::Http(..)) => {
                 http_heads.evict(&permits, &ctx.shared.stats).await
             }
             Err(_) => None,
@@ -495,7 +516,7 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
                 }));
             }
             #[cfg(feature = "http")]
-            Kind::Http(_) => {
+            Kind::Http(..) => {
                 let head = Arc::new(AtomicBool::new(false));
                 let served = head.clone();
                 let abort = tasks.spawn(supervise(task, move |a| http(a, served)));
@@ -718,7 +739,7 @@ async fn layered(accepted: Accepted) {
         }
         // Served by `http`, never from here.
         #[cfg(feature = "http")]
-        Kind::Http(_) => {}
+        Kind::Http(..) => {}
     }
 }
 
@@ -736,19 +757,22 @@ async fn http(accepted: Accepted, head: Arc<AtomicBool>) {
         ..
     } = accepted;
     let limit = shared.opts.limits.connect_timeout.min(HTTP_HEAD_TIMEOUT);
-    let stats = &shared.stats;
+    let remote = accepted.remote;
     match &*kind {
-        Kind::Http(None) => super::http::serve(stream, stats, limit, &head).await,
+        Kind::Http(None, admin) => {
+            let ctx = super::http::Ctx::new(&shared, admin.as_ref(), remote, limit);
+            super::http::serve(stream, ctx, &head).await
+        }
         #[cfg(feature = "tls")]
-        Kind::Http(Some(tls)) => {
-            let remote = accepted.remote;
+        Kind::Http(Some(tls), admin) => {
             let accept = tls.accept(stream, remote);
-            if let Some(s) = handshake((conn, remote), limit, stop, stats, accept).await {
-                super::http::serve(s, stats, limit, &head).await
+            if let Some(s) = handshake((conn, remote), limit, stop, &shared.stats, accept).await {
+                let ctx = super::http::Ctx::new(&shared, admin.as_ref(), remote, limit);
+                super::http::serve(s, ctx, &head).await
             }
         }
         #[cfg(not(feature = "tls"))]
-        Kind::Http(Some(never)) => match **never {},
+        Kind::Http(Some(never), _) => match **never {},
         // Only HTTP listeners spawn this.
         _ => {}
     }
@@ -912,6 +936,8 @@ mod tests {
         let stream = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (events, _rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
+            #[cfg(feature = "http")]
+            admin: crate::admin::Admin::new(crate::admin::AdminState::new(events.clone())),
             opts: crate::Options::default(),
             stats: Default::default(),
             events,

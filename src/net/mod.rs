@@ -4,6 +4,8 @@
 //! sockets. It drives the layers below it (the ingress's rules, the core's
 //! events, the link's outboxes); none of them imports it.
 
+#[cfg(feature = "http")]
+mod admin_api;
 pub(crate) mod alias;
 pub(crate) mod bridge;
 pub(crate) mod connection;

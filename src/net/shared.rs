@@ -34,4 +34,7 @@ pub(crate) struct Shared {
     /// their client with its monotonic reading, which the core's keep-alive
     /// check is given too.
     pub clock: crate::clock::Clock,
+    /// The admin API's way to the core (the HTTP listeners').
+    #[cfg(feature = "http")]
+    pub admin: crate::admin::Admin,
 }

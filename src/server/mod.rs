@@ -10,6 +10,7 @@ mod commit;
 mod core_loop;
 mod reader;
 
+use crate::admin::{Admin, AdminState};
 use crate::bridge::{Bridge, BridgeError};
 use crate::broker::Reclaim;
 use crate::broker::{Broker, Commit, ConnId, Event};
@@ -71,6 +72,8 @@ pub struct Server {
     clock: Clock,
     /// Bridges to upstream brokers, with their dialers, started by `serve`.
     bridges: Vec<(Bridge, Arc<crate::net::dial::Dialer>)>,
+    /// What the [`Admin`] handles share.
+    admin: Arc<AdminState>,
 }
 
 impl std::fmt::Debug for Server {
@@ -115,6 +118,7 @@ impl Server {
         // `net::connection`), so a full queue holds at most ~16k packets.
         let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let (handle, incoming) = ServerHandle::new();
+        let admin = AdminState::new(events_tx.clone());
         Server {
             opts,
             hooks: Hooks::default(),
@@ -128,6 +132,7 @@ impl Server {
             incoming,
             clock: Clock::system(),
             bridges: Vec::new(),
+            admin,
         }
     }
 
@@ -219,6 +224,43 @@ impl Server {
             self.clock.clone(),
             self.stats.clone(),
         )
+    }
+
+    /// The admin handle: list and disconnect clients, list and clear
+    /// retained messages, list subscriptions, publish (see
+    /// [`crate::admin`]). Cheap to clone; works once [`Server::serve`]
+    /// runs, and answers [`AdminError::Stopped`](crate::admin::AdminError::Stopped)
+    /// once it has returned.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use roost::admin::{AdminPublish, Paging};
+    /// use roost::codec::QoS;
+    /// let server = roost::Server::new(roost::Options::default());
+    /// let admin = server.admin();
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let serving = tokio::spawn(server.serve(async { let _ = stopped.await; }));
+    ///
+    /// admin.publish(AdminPublish {
+    ///     topic: "config/site".into(),
+    ///     payload: "v2".into(),
+    ///     qos: QoS::AtLeastOnce,
+    ///     retain: true,
+    /// }).await?;
+    /// let retained = admin.retained("config/#", Paging::first(10)).await?;
+    /// assert_eq!(retained.items[0].topic, "config/site");
+    /// assert!(admin.delete_retained("config/site").await?);
+    /// // The admin's own publisher is the one client so far.
+    /// let clients = admin.clients(Paging::default()).await?;
+    /// assert_eq!(clients.items[0].client_id, roost::admin::ADMIN_CLIENT_ID);
+    ///
+    /// let _ = stop.send(());
+    /// serving.await??;
+    /// # Ok(()) }
+    /// ```
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.admin.clone())
     }
 
     /// Adds a bridge to an upstream broker: a persistent session whose
@@ -366,8 +408,16 @@ impl Server {
             incoming,
             clock,
             bridges,
+            admin,
         } = self;
         broker.set_hooks(hooks.clone());
+        // The admin's publisher will have the hooks as they are now final.
+        admin.start(
+            next_conn.clone(),
+            hooks.clone(),
+            clock.clone(),
+            stats.clone(),
+        );
         if persistent {
             // What fell due while the broker was down, with the hooks.
             broker.restored(clock.now_ms());
@@ -386,6 +436,8 @@ impl Server {
             batches: batches.clone(),
             preauth: Default::default(),
             clock: clock.clone(),
+            #[cfg(feature = "http")]
+            admin: Admin::new(admin),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));

@@ -5,6 +5,8 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 pub(crate) mod delivery;
+#[cfg(feature = "http")]
+pub(crate) mod http;
 pub(crate) mod mosquitto;
 pub(crate) mod process;
 

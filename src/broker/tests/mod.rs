@@ -9,6 +9,7 @@
 //! it notes on its outbox when it waits for its client, as the connection
 //! driver does, so the keep-alive sees what it sees in production.
 
+mod admin;
 mod expiry;
 mod full_disk;
 mod identity;
