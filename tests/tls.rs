@@ -33,6 +33,13 @@ async fn pubsub_over_tls_with_required_client_certificate() {
     let p = sub.recv_publish().await;
     assert_eq!(payload(&p), "hello");
     sub.ack(&p).await;
+    // The admin API names each client's certificate.
+    let clients = b.admin.clients(Default::default()).await.unwrap();
+    assert_eq!(clients.items.len(), 2, "{clients:?}");
+    for c in &clients.items {
+        let subject = c.certificate.as_deref().unwrap_or_default();
+        assert!(subject.contains("CN=alice"), "{c:?}");
+    }
     b.stop().await;
 }
 

@@ -174,6 +174,7 @@ pub fn run(data: &[u8]) -> Summary {
                     client_id: client_id.as_str().into(),
                     username: None,
                     remote_addr: None,
+                    certificate: None,
                     protocol,
                     inline: false,
                 });

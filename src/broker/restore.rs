@@ -131,6 +131,7 @@ impl Restore<'_> {
             client_id,
             username,
             remote_addr: None,
+            certificate: None,
             protocol: version,
             inline: false,
         })));

@@ -1031,6 +1031,7 @@ mod tests {
             client_id: ByteStr::from("c"),
             username: None,
             remote_addr: None,
+            certificate: None,
             protocol: ProtocolVersion::V5,
             inline: false,
         }))

@@ -64,6 +64,9 @@ pub struct Client {
     pub username: Option<ByteStr>,
     /// The peer's address; `None` for the inline client.
     pub remote_addr: Option<SocketAddr>,
+    /// The subject of the TLS client certificate it presented
+    /// (`CN=dev-17,O=Fleet`), if any.
+    pub certificate: Option<Arc<str>>,
     /// Protocol version.
     pub protocol: ProtocolVersion,
     /// True for the in-process inline client.

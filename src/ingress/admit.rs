@@ -149,6 +149,7 @@ impl Admission {
         user: TransportUser,
         client_id: TransportClientId,
         remote_addr: Option<SocketAddr>,
+        certificate: Option<Box<str>>,
         hooks: &Hooks,
         conn: u64,
     ) -> (Self, Next) {
@@ -183,6 +184,7 @@ impl Admission {
             client_id: connect.client_id.clone(),
             username: connect.username.clone(),
             remote_addr,
+            certificate: certificate.map(Arc::from),
             protocol: connect.protocol,
             inline: false,
         };

@@ -33,11 +33,27 @@ fn with_method(method: &str, data: &'static [u8]) -> Box<Connect> {
 }
 
 fn start(c: Box<Connect>, user: TransportUser, hooks: &Hooks) -> (Admission, Next) {
-    Admission::start(c, user, TransportClientId::FromConnect, None, hooks, 1)
+    Admission::start(
+        c,
+        user,
+        TransportClientId::FromConnect,
+        None,
+        None,
+        hooks,
+        1,
+    )
 }
 
 fn start_named(c: Box<Connect>, client_id: TransportClientId, hooks: &Hooks) -> (Admission, Next) {
-    Admission::start(c, TransportUser::FromConnect, client_id, None, hooks, 1)
+    Admission::start(
+        c,
+        TransportUser::FromConnect,
+        client_id,
+        None,
+        None,
+        hooks,
+        1,
+    )
 }
 
 fn refused_with(next: &Next) -> Option<ReasonCode> {
@@ -373,6 +389,7 @@ fn client() -> Arc<Client> {
         client_id: "c1".into(),
         username: None,
         remote_addr: None,
+        certificate: None,
         protocol: ProtocolVersion::V5,
         inline: false,
     })

@@ -213,6 +213,7 @@ impl InlineClient {
             client_id: ByteStr::from(client_id),
             username: None,
             remote_addr: None,
+            certificate: None,
             protocol: ProtocolVersion::V5,
             inline: true,
         });

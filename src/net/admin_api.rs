@@ -489,6 +489,7 @@ fn client_json(c: &ClientInfo) -> Value {
         "client_id": c.client_id,
         "username": c.username,
         "remote_addr": c.remote_addr.map(|a| a.to_string()),
+        "certificate": c.certificate,
         "protocol": protocol(c.protocol),
         "connected": c.connected,
         "connected_at_ms": ms(c.connected_at),

@@ -179,6 +179,7 @@ impl Driver {
             client_id: ByteStr::from(local_client_id(&bridge.name)),
             username: None,
             remote_addr: None,
+            certificate: None,
             protocol: ProtocolVersion::V5,
             inline: true,
         });

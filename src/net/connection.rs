@@ -204,7 +204,6 @@ where
     let opts = &shared.opts;
     let hooks = &shared.hooks;
     let peer_admitted = peer.admitted.clone();
-    let peer_certificate = peer.certificate;
     // What this connection buffers until the exchange ends, admitted or
     // not, is charged to the budget of unauthenticated bytes.
     let mut charge = shared
@@ -263,6 +262,7 @@ where
         peer.username,
         peer.client_id,
         peer.remote_addr,
+        peer.certificate,
         hooks,
         conn.0,
     );
@@ -345,7 +345,7 @@ where
     // certificate it presented.
     tracing::info!(conn = conn.0, client_id = %Escaped(&connect.client_id), id_assigned,
         username = connect.username.as_deref().map(|u| tracing::field::display(Escaped(u))),
-        certificate = peer_certificate.as_deref().map(|c| tracing::field::display(Escaped(c))),
+        certificate = client.certificate.as_deref().map(|c| tracing::field::display(Escaped(c))),
         remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
     let event = Event::Connect {

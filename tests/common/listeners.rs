@@ -270,6 +270,7 @@ pub(crate) struct MultiBroker {
     pub certs: TestCerts,
     pub handle: ServerHandle,
     pub stats: Arc<Stats>,
+    pub admin: roost::admin::Admin,
     stop: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<Result<(), roost::ServeError>>>,
 }
@@ -307,6 +308,7 @@ impl MultiBroker {
             .unwrap();
         let handle = server.handle();
         let stats = server.stats();
+        let admin = server.admin();
         let (tx, rx) = oneshot::channel();
         let join = tokio::spawn(server.serve(async {
             let _ = rx.await;
@@ -320,6 +322,7 @@ impl MultiBroker {
             certs,
             handle,
             stats,
+            admin,
             stop: Some(tx),
             join: Some(join),
         }

@@ -68,6 +68,7 @@ fn client_info(s: &Session) -> ClientInfo {
         client_id: c.client_id.as_str().to_owned(),
         username: c.username.as_ref().map(|u| u.as_str().to_owned()),
         remote_addr: c.remote_addr,
+        certificate: c.certificate.as_deref().map(str::to_owned),
         protocol: s.protocol,
         connected: s.conn.is_some(),
         connected_at: s.conn.as_ref().map(|c| time(c.connected_at_ms)),

@@ -105,6 +105,9 @@ pub struct ClientInfo {
     /// The peer's address (of its latest connection); `None` for inline
     /// clients.
     pub remote_addr: Option<SocketAddr>,
+    /// The subject of the TLS client certificate it connected with, if
+    /// any (`CN=dev-17,O=Fleet`).
+    pub certificate: Option<String>,
     /// Protocol version.
     pub protocol: ProtocolVersion,
     /// Whether a connection is attached to the session now.

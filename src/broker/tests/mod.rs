@@ -231,6 +231,7 @@ impl Core {
             client_id: connect.client_id.clone(),
             username: None,
             remote_addr: None,
+            certificate: None,
             protocol,
             inline: false,
         });

@@ -121,6 +121,7 @@ mod tests {
             client_id: id.into(),
             username: user.map(Into::into),
             remote_addr: None,
+            certificate: None,
             protocol: ProtocolVersion::V5,
             inline: false,
         }

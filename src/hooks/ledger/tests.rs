@@ -15,6 +15,7 @@ fn client(id: &str, user: Option<&str>, remote: Option<&str>) -> Client {
         client_id: id.into(),
         username: user.map(Into::into),
         remote_addr: remote.map(|r| r.parse().unwrap()),
+        certificate: None,
         protocol: ProtocolVersion::V5,
         inline: false,
     }
