@@ -352,3 +352,32 @@ async fn tls_identity_and_handshake_failures_are_logged() {
     c.disconnect().await;
     assert!(b.terminate().await.success());
 }
+
+/// The admin API on plain HTTP at a network address: warned about on
+/// stdout and in the log, since its token would cross the network in clear.
+#[test]
+fn an_admin_token_over_plain_http_on_the_network_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("roost.toml");
+    std::fs::write(
+        &config,
+        "[store]\nbackend = \"memory\"\n\n\
+         [[listener]]\ntype = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[listener]]\ntype = \"http\"\nbind = \"0.0.0.0:0\"\nadmin_token_env = \"ROOST_TEST_ADMIN_TOKEN\"\n",
+    )
+    .unwrap();
+    let mut cmd = roost(&["--config", config.to_str().unwrap()]);
+    cmd.env("ROOST_TEST_ADMIN_TOKEN", "0123456789abcdef0123")
+        .stderr(Stdio::piped());
+    let mut b = Broker::spawn(cmd);
+    let mut logs = Logs::of(&mut b);
+    let warning = b
+        .lines
+        .iter()
+        .find(|l| l.contains("warning"))
+        .unwrap_or_else(|| panic!("no warning in {:?}", b.lines));
+    assert!(warning.contains("in clear"), "{warning}");
+    assert!(!warning.contains("0123456789abcdef"), "{warning}");
+    let line = logs.wait_for("crosses the network in clear");
+    assert!(line.contains("WARN"), "{line}");
+}

@@ -329,6 +329,13 @@ pub(crate) async fn run(config: Config) -> ExitCode {
                 format!("roost {version}: admin API on {scheme}://{addr}/api/v1"),
                 &[("admin_api", format!("{scheme}://{addr}/api/v1"))],
             );
+            // Also logged at warn by the listener itself.
+            if l.kind == ListenerKind::Http && !addr.ip().is_loopback() {
+                banner.warn(
+                    format!("roost {version}: warning: the admin API's token crosses the network in clear on http://{addr} (use https, or bind to 127.0.0.1)"),
+                    &[("admin_api", format!("{scheme}://{addr}/api/v1"))],
+                );
+            }
         }
     }
     if let Some((ledger, path)) = &ledger {
