@@ -6,6 +6,7 @@
 
 pub(crate) mod delivery;
 pub(crate) mod mosquitto;
+pub(crate) mod nats;
 pub(crate) mod process;
 
 use bytes::{Bytes, BytesMut};
