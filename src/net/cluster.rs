@@ -350,7 +350,11 @@ impl Engine {
     /// reachable (the client then buffers the publish, and gives up when
     /// the acknowledgement does not come). On an error the message may
     /// still have been stored: a retry with the same `Nats-Msg-Id` header
-    /// within the duplicate window is stored once.
+    /// within the duplicate window is stored once. While the stream elects
+    /// a new leader (about 4 s with nats-server 2.9's defaults after its
+    /// leader dies) publishes fail at once with no responders, which
+    /// async-nats words "no stream found for given subject": retryable,
+    /// not a missing stream.
     pub async fn publish_durable(
         &self,
         subject: String,
