@@ -59,6 +59,7 @@
 //! | `ledger` | yes    | the built-in auth/ACL hook [`hooks::Ledger`]: users with bcrypt or argon2 hashes and ordered rules, from a TOML file |
 //! | `redb`  | yes     | the redb storage backend (`storage::RedbStore`), the binary's default persistent store |
 //! | `sled`  | no      | the sled storage backend (`storage::SledStore`) |
+//! | `cluster` | no    | several nodes as one broker over NATS JetStream ([`ClusterConfig`]; in progress: the engine connection), with the `async-nats` client |
 //! | `faulty` | no     | `storage::FaultyStore`, a wrapper that fails chosen storage calls, for testing how an application copes |
 //!
 //! Features are additive; a library user who wants plain TCP only can set
@@ -88,6 +89,8 @@ mod server;
 mod stats;
 pub mod topic;
 
+#[cfg(feature = "cluster")]
+pub use cluster::config::{ClusterConfig, ClusterConfigError, Credentials};
 pub use config::{duration, qos, size, Capabilities, Durability, Limits, Memory, Options};
 pub use inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
 pub use message::{Message, MessageProperties};
@@ -131,6 +134,15 @@ pub const REFUSAL: &str = "roost::refusal";
 #[doc(hidden)]
 pub mod bench {
     pub use crate::router::{Match, RetainedTree, SubscriptionTree};
+}
+
+/// The cluster's engine connection, for `tests/cluster_engine.rs` only
+/// (not an API yet: no semver promise; the embedding API comes with
+/// routing).
+#[cfg(feature = "cluster")]
+#[doc(hidden)]
+pub mod cluster_engine {
+    pub use crate::net::cluster::{connect, ClusterError, Engine, Stored};
 }
 
 /// Entry points for `fuzz/` (built with `--cfg fuzzing` only).

@@ -1,6 +1,8 @@
 //! Several roost nodes as one broker over NATS JetStream (issue 19), as
 //! plain data: how MQTT topics and filters are named as NATS subjects
-//! (`subject`). The driver that talks to NATS lives at the edge.
+//! (`subject`), and what a node is told to join one (`config`, with the
+//! `cluster` feature). The driver that talks to NATS lives at the edge
+//! (`net::cluster`).
 
 // The cluster's driver is being built (issue 19); until it lands, these
 // are exercised by their tests only.
@@ -9,4 +11,6 @@
     allow(dead_code, reason = "the cluster driver (issue 19) is not in yet")
 )]
 
+#[cfg(feature = "cluster")]
+pub(crate) mod config;
 pub(crate) mod subject;

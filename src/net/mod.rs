@@ -1,5 +1,6 @@
 //! The network edge: listeners (TCP, TLS, WebSocket, HTTP), the
-//! per-connection driver, dialing a bridge's remote (`dial`), and wire
+//! per-connection driver, dialing a bridge's remote (`dial`), the
+//! cluster's engine connection to NATS (`cluster`), and wire
 //! encoding of what the core queued (`encode`). The only code that touches
 //! sockets. It drives the layers below it (the ingress's rules, the core's
 //! events, the link's outboxes); none of them imports it.
@@ -8,6 +9,8 @@
 mod admin_api;
 pub(crate) mod alias;
 pub(crate) mod bridge;
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
 pub(crate) mod connection;
 #[cfg(feature = "tls")]
 pub(crate) mod crl;

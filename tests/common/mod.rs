@@ -8,6 +8,7 @@ pub(crate) mod delivery;
 #[cfg(feature = "http")]
 pub(crate) mod http;
 pub(crate) mod mosquitto;
+pub(crate) mod nats;
 pub(crate) mod process;
 
 use bytes::{Bytes, BytesMut};

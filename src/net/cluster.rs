@@ -1,0 +1,406 @@
+//! The cluster's engine connection: a node's link to NATS JetStream, where
+//! the cluster's shared state lives (issue 19).
+//!
+//! [`connect`] connects to the configured servers, checks that JetStream
+//! answers (a node without the engine refuses to start rather than run
+//! split-brained), and creates, or binds to when they exist, what the
+//! cluster keeps there. Every name derives from the cluster name (see
+//! `cluster::config`).
+//!
+//! - **The message stream** (`<name>_messages`, subjects `<name>.d.>`)
+//!   carries QoS 1/2 messages between nodes: a message a node acknowledged
+//!   to its publisher is in it, on `replicas` servers, before the
+//!   acknowledgement leaves ([`Engine::publish_durable`] waits for
+//!   JetStream's). Each node reads it through its own durable consumer
+//!   ([`Engine::node_consumer`]).
+//!   - *Limits retention* with a maximum age (24 h), not interest or
+//!     work-queue: a work queue lets one consumer take each message, but
+//!     every node needs every message; interest retention drops a message
+//!     once the consumers that exist when it arrives have acked it, so a
+//!     node that joins (or whose consumer is recreated) after a publish
+//!     loses it, and a consumer deleted by mistake deletes messages. With
+//!     limits, JetStream keeps what a slow or restarting node still needs,
+//!     bounded by age (and by the servers' disk limits), and nodes track
+//!     their own positions. 24 h outlasts any node restart; messages owed
+//!     to persistent sessions longer than that belong in the session's own
+//!     state, not in this transit stream.
+//!   - *File storage*: "acknowledged" must survive a NATS server restart.
+//!   - *A duplicate window* (2 min): a publish retried after a lost
+//!     acknowledgement (a NATS server died mid-request) carries the same
+//!     `Nats-Msg-Id` and is stored once; the window covers the retries of
+//!     one publish, which end within the configured timeout.
+//! - **Key-value buckets** `<name>_sessions` (persistent sessions) and
+//!   `<name>_retained` (retained messages), history 1: only the latest
+//!   value of a key matters, and compare-and-set on its revision is what
+//!   serialises two nodes writing one session.
+//!
+//! Binding is idempotent: a node finds the stream and buckets another node
+//! created and uses them. One whose replica count differs from the
+//! configuration is refused ([`ClusterError::Replicas`]) rather than
+//! silently changed: nodes of one cluster must agree, and changing the
+//! replica count of live data is an operator's decision (`nats stream edit
+//! <stream> --replicas N`).
+
+use crate::cluster::config::{ClusterConfig, ClusterConfigError, Credentials};
+use async_nats::jetstream::response::Response;
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{Client, ConnectOptions, HeaderMap, ServerAddr};
+use bytes::Bytes;
+use serde::de::IgnoredAny;
+use std::time::Duration;
+
+/// How long a message stays in the message stream.
+const MESSAGE_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a retried publish.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Why the engine connection failed. Messages name the servers or the
+/// stream involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ClusterConfigError),
+    /// No configured server could be reached (or none accepted the
+    /// credentials).
+    #[error("cluster: cannot connect to NATS at {servers}: {reason}")]
+    Unreachable {
+        /// The servers tried, comma-separated.
+        servers: String,
+        /// The client's last error.
+        reason: String,
+    },
+    /// The servers answer, but JetStream does not.
+    #[error(
+        "cluster: NATS at {servers} does not offer JetStream ({reason}); the cluster keeps its \
+         state there: start nats-server with JetStream enabled (`-js`, or a `jetstream {{}}` block)"
+    )]
+    NoJetStream {
+        /// The servers tried, comma-separated.
+        servers: String,
+        /// What the JetStream API answered.
+        reason: String,
+    },
+    /// Creating or binding a stream or bucket failed.
+    #[error("cluster: cannot create or bind {what} {name:?}: {reason}")]
+    Setup {
+        /// `stream`, `bucket` or `consumer`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// JetStream's answer.
+        reason: String,
+    },
+    /// A stream or bucket exists with another replica count than the
+    /// configuration's.
+    #[error(
+        "cluster: stream {name:?} exists with {existing} replica(s), the configuration asks for \
+         {wanted}; set `replicas` to {existing}, or change the stream with \
+         `nats stream edit {name} --replicas {wanted}`"
+    )]
+    Replicas {
+        /// The JetStream stream (a bucket's is `KV_<bucket>`).
+        name: String,
+        /// Its replica count.
+        existing: usize,
+        /// The configuration's.
+        wanted: u8,
+    },
+    /// A durable publish was not acknowledged: it may or may not be stored
+    /// (publish it again with the same `Nats-Msg-Id`).
+    #[error("cluster: publish to {subject:?} not acknowledged by JetStream: {reason}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where JetStream stored a durable publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Its sequence in the message stream (for a duplicate, the first
+    /// copy's).
+    pub sequence: u64,
+    /// JetStream had it already (same `Nats-Msg-Id` within the duplicate
+    /// window).
+    pub duplicate: bool,
+}
+
+/// A node's live connection to the cluster's engine.
+#[derive(Debug)]
+pub struct Engine {
+    config: ClusterConfig,
+    client: Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    sessions: kv::Store,
+    retained: kv::Store,
+}
+
+/// Connects to NATS, checks JetStream, and creates or binds the message
+/// stream and the buckets (see the module docs).
+pub async fn connect(config: &ClusterConfig) -> Result<Engine, ClusterError> {
+    config.validate()?;
+    let servers = config.servers.join(", ");
+    let addrs = config
+        .servers
+        .iter()
+        .map(|s| s.parse::<ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClusterError::Unreachable {
+            servers: servers.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut options = ConnectOptions::new()
+        .name(format!("roost {}/{}", config.name, config.node))
+        .connection_timeout(config.timeout)
+        .request_timeout(Some(config.timeout));
+    options = match &config.credentials {
+        None => options,
+        Some(Credentials::UserPassword { user, password }) => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        Some(Credentials::Token { token }) => options.token(token.clone()),
+    };
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    let client = options
+        .connect(addrs)
+        .await
+        .map_err(|e| ClusterError::Unreachable {
+            servers: servers.clone(),
+            reason: e.to_string(),
+        })?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(config.timeout)
+        .build(client.clone());
+    // The account info request is JetStream's cheapest: without JetStream
+    // there is no responder, or an error saying it is off. Its body is
+    // ignored: async-nats's `Account` wants fields nats-server 2.9 does not
+    // send (`reserved_memory`, `reserved_storage`, from 2.10), so
+    // `query_account` fails on 2.9 even when JetStream is there.
+    let no_js = |reason: String| ClusterError::NoJetStream {
+        servers: servers.clone(),
+        reason,
+    };
+    match js
+        .request::<_, _, Response<IgnoredAny>>("INFO", &())
+        .await
+        .map_err(|e| no_js(e.to_string()))?
+    {
+        Response::Ok(_) => {}
+        Response::Err { error } => return Err(no_js(error.to_string())),
+    }
+
+    let stream = bind_stream(&js, config).await?;
+    let sessions = bind_bucket(&js, config, config.sessions_bucket()).await?;
+    let retained = bind_bucket(&js, config, config.retained_bucket()).await?;
+    Ok(Engine {
+        config: config.clone(),
+        client,
+        js,
+        stream,
+        sessions,
+        retained,
+    })
+}
+
+/// The existing stream `name` if there is one, checked against the
+/// configured replica count.
+async fn existing(
+    js: &jetstream::Context,
+    name: &str,
+    wanted: u8,
+) -> Result<Option<stream::Stream>, ClusterError> {
+    match js.get_stream(name).await {
+        Ok(mut s) => {
+            let existing = s.cached_info().config.num_replicas;
+            if existing != usize::from(wanted) {
+                return Err(ClusterError::Replicas {
+                    name: name.to_owned(),
+                    existing,
+                    wanted,
+                });
+            }
+            // Refresh, so `cached_info` is no older than the bind.
+            let _ = s.info().await;
+            Ok(Some(s))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(ClusterError::Setup {
+            what: "stream",
+            name: name.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+async fn bind_stream(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<stream::Stream, ClusterError> {
+    let name = config.stream();
+    if let Some(s) = existing(js, &name, config.replicas).await? {
+        return Ok(s);
+    }
+    let stream_config = stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{}.>", config.durable_prefix())],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: MESSAGE_MAX_AGE,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: usize::from(config.replicas),
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    // Two nodes starting together may both get here: creating a stream
+    // with the same configuration again succeeds, so the second one binds.
+    js.create_stream(stream_config)
+        .await
+        .map_err(|e| ClusterError::Setup {
+            what: "stream",
+            name,
+            reason: e.to_string(),
+        })
+}
+
+async fn bind_bucket(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    bucket: String,
+) -> Result<kv::Store, ClusterError> {
+    let setup = |e: &dyn std::fmt::Display| ClusterError::Setup {
+        what: "bucket",
+        name: bucket.clone(),
+        reason: e.to_string(),
+    };
+    if existing(js, &format!("KV_{bucket}"), config.replicas)
+        .await?
+        .is_some()
+    {
+        return js.get_key_value(&bucket).await.map_err(|e| setup(&e));
+    }
+    // The bucket's stream as a key-value bucket needs it (NATS ADR-8),
+    // created directly: async-nats's `create_key_value` first asks for the
+    // account info, which it cannot read from nats-server 2.9 (see
+    // `connect`).
+    js.create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        storage: stream::StorageType::File,
+        num_replicas: usize::from(config.replicas),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| setup(&e))?;
+    js.get_key_value(&bucket).await.map_err(|e| setup(&e))
+}
+
+impl Engine {
+    /// The configuration it connected with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The NATS connection (core NATS: QoS 0 traffic, requests).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The message stream.
+    pub fn stream(&self) -> &stream::Stream {
+        &self.stream
+    }
+
+    /// The session bucket.
+    pub fn sessions(&self) -> &kv::Store {
+        &self.sessions
+    }
+
+    /// The retained message bucket.
+    pub fn retained(&self) -> &kv::Store {
+        &self.retained
+    }
+
+    /// Publishes to the message stream and waits for JetStream's
+    /// acknowledgement: `Ok` means stored on a majority of the stream's
+    /// replicas. Bounded by the configured timeout, also when no server is
+    /// reachable (the client then buffers the publish, and gives up when
+    /// the acknowledgement does not come). On an error the message may
+    /// still have been stored: a retry with the same `Nats-Msg-Id` header
+    /// within the duplicate window is stored once. While the stream elects
+    /// a new leader (about 4 s with nats-server 2.9's defaults after its
+    /// leader dies) publishes fail at once with no responders, which
+    /// async-nats words "no stream found for given subject": retryable,
+    /// not a missing stream.
+    pub async fn publish_durable(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Stored, ClusterError> {
+        let failed = |subject: &str, e: &dyn std::fmt::Display| ClusterError::Publish {
+            subject: subject.to_owned(),
+            reason: e.to_string(),
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| failed(&subject, &e))?
+            .await
+            .map_err(|e| failed(&subject, &e))?;
+        Ok(Stored {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// This node's durable pull consumer on the message stream (named
+    /// `<name>_<node>`), created or bound: it survives the node's restart,
+    /// so a node resumes where it stopped. It takes every durable subject
+    /// and starts at the messages published after its creation; acks are
+    /// explicit. With nats-server 2.9 a consumer has at most one filter
+    /// subject, so a node cannot narrow it to its own subscriptions.
+    pub async fn node_consumer(&self) -> Result<consumer::PullConsumer, ClusterError> {
+        let name = self.config.consumer();
+        self.stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: "consumer",
+                name,
+                reason: e.to_string(),
+            })
+    }
+}
