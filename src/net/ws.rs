@@ -67,7 +67,10 @@ impl WsConfig {
 /// and answered ([`upgrade`]), and the stream framed by our own layer
 /// ([`server`]), which holds no buffer while the connection is idle
 /// (issue 20: tungstenite kept a read buffer per connection for its life).
-pub(crate) async fn accept<S>(mut stream: S, config: &WsConfig) -> Result<ServerStream<S>, UpgradeError>
+pub(crate) async fn accept<S>(
+    mut stream: S,
+    config: &WsConfig,
+) -> Result<ServerStream<S>, UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -96,7 +96,8 @@ impl<S: AsyncWrite + Unpin> ServerStream<S> {
             return Poll::Ready(Ok(()));
         }
         while self.control_at < self.control.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.control[self.control_at..]))?;
+            let n =
+                ready!(Pin::new(&mut self.inner).poll_write(cx, &self.control[self.control_at..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }

@@ -64,7 +64,10 @@ impl Refusal {
 pub(crate) enum Answer {
     /// Upgraded: the 101 response, and the head's length in the bytes read
     /// (what follows it is the client's first frames).
-    Upgrade { response: String, head_len: usize },
+    Upgrade {
+        response: String,
+        head_len: usize,
+    },
     Refuse(Refusal),
 }
 
@@ -245,7 +248,10 @@ mod tests {
         assert_eq!(status(&GOOD.replace("/mqtt", "/mqtt?x=1")), 101);
         assert_eq!(status(&GOOD.replace("GET", "POST")), 400);
         assert_eq!(status(&GOOD.replace("HTTP/1.1", "HTTP/1.0")), 400);
-        assert_eq!(status(&GOOD.replace("Upgrade: websocket", "Upgrade: h2c")), 400);
+        assert_eq!(
+            status(&GOOD.replace("Upgrade: websocket", "Upgrade: h2c")),
+            400
+        );
         assert_eq!(status(&GOOD.replace("keep-alive, Upgrade", "close")), 400);
         assert_eq!(status(&GOOD.replace("Version: 13", "Version: 8")), 426);
         assert_eq!(status(&GOOD.replace("Sec-WebSocket-Key", "X-Key")), 400);

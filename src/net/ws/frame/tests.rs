@@ -154,8 +154,14 @@ fn protocol_errors() {
     unmasked[1] &= 0x7f;
     assert_eq!(error_of(&unmasked), FrameError::Unmasked);
     assert_eq!(error_of(&frame(0xC2, b"x", M, false)), FrameError::Reserved);
-    assert_eq!(error_of(&frame(0x83, b"x", M, false)), FrameError::Opcode(3));
-    assert_eq!(error_of(&frame(0x8B, b"x", M, false)), FrameError::Opcode(0xB));
+    assert_eq!(
+        error_of(&frame(0x83, b"x", M, false)),
+        FrameError::Opcode(3)
+    );
+    assert_eq!(
+        error_of(&frame(0x8B, b"x", M, false)),
+        FrameError::Opcode(0xB)
+    );
     assert_eq!(error_of(&frame(0x81, b"x", M, false)), FrameError::Text);
     assert_eq!(error_of(&frame(0x09, b"x", M, false)), FrameError::Control);
     assert_eq!(

@@ -105,7 +105,10 @@ async fn a_close_is_answered_and_reading_ends() {
     assert_eq!(ws.read(&mut b).await.unwrap(), 4);
     assert_eq!(ws.read(&mut b).await.unwrap(), 0, "end of stream");
     let reply = read_exactly(&mut client, 4).await;
-    assert_eq!(server_frames(&reply), [(0x8, 1001u16.to_be_bytes().to_vec())]);
+    assert_eq!(
+        server_frames(&reply),
+        [(0x8, 1001u16.to_be_bytes().to_vec())]
+    );
     // Nothing more may be sent; shutting down sends no second close.
     assert!(ws.write_all(b"x").await.is_err());
     ws.shutdown().await.unwrap();
@@ -118,7 +121,14 @@ async fn a_close_is_answered_and_reading_ends() {
 async fn refused_frames_get_their_close_code() {
     for (frame, code) in [
         (client_frame(0x81, b"text"), 1003u16),
-        (client_frame(0x82, b"x")[..].iter().enumerate().map(|(i, b)| if i == 1 { b & 0x7f } else { *b }).collect(), 1002),
+        (
+            client_frame(0x82, b"x")[..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if i == 1 { b & 0x7f } else { *b })
+                .collect(),
+            1002,
+        ),
         (client_frame(0x83, b"x"), 1002),
     ] {
         let (server, mut client) = pair().await;
