@@ -171,9 +171,9 @@ impl AsyncRead for Trickle {
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.input.pop_front() {
-            Some(piece) => buf.put_slice(&piece),
-            None => {} // End of stream.
+        // Empty once the script is done: the end of stream.
+        if let Some(piece) = self.input.pop_front() {
+            buf.put_slice(&piece);
         }
         Poll::Ready(Ok(()))
     }
