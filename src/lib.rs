@@ -54,7 +54,7 @@
 //! |---------|---------|--------------|
 //! | `cli`   | yes     | the `roost` binary (command line, TOML config file, logging, signals) |
 //! | `tls`   | yes     | MQTT over TLS ([`TlsConfig`]), with tokio-rustls on the `ring` provider; WSS and HTTPS with `ws` / `http` |
-//! | `ws`    | yes     | MQTT over WebSocket ([`WsConfig`]), with tokio-tungstenite |
+//! | `ws`    | yes     | MQTT over WebSocket ([`WsConfig`]): framing of roost's own for listeners, tokio-tungstenite for a bridge's WebSocket remote |
 //! | `http`  | yes     | the HTTP stats endpoint: `/stats` (JSON), `/metrics` (Prometheus), `/healthz` |
 //! | `ledger` | yes    | the built-in auth/ACL hook [`hooks::Ledger`]: users with bcrypt or argon2 hashes and ordered rules, from a TOML file |
 //! | `redb`  | yes     | the redb storage backend (`storage::RedbStore`), the binary's default persistent store |

@@ -673,9 +673,9 @@ async fn layered(accepted: Accepted) {
         }
         #[cfg(feature = "ws")]
         Kind::Ws(cfg) => {
-            let max = shared.opts.limits.maximum_packet_size;
-            // The WebSocket layer buffers whole messages: what it reads
-            // before CONNACK is metered.
+            // The upgrade request and frame headers are bytes the MQTT
+            // decoder never sees: what the transport reads before CONNACK
+            // is metered.
             let admitted = Arc::new(AtomicBool::new(false));
             let stream = Metered::new(stream, shared.clone(), admitted.clone());
             let Some(ws) = handshake(
@@ -683,7 +683,7 @@ async fn layered(accepted: Accepted) {
                 handshake_timeout,
                 stop.clone(),
                 &shared.stats,
-                Box::pin(super::ws::accept(stream, cfg, max)),
+                Box::pin(super::ws::accept(stream, cfg)),
             )
             .await
             else {
@@ -697,7 +697,6 @@ async fn layered(accepted: Accepted) {
         }
         #[cfg(all(feature = "ws", feature = "tls"))]
         Kind::Wss(cfg, tls) => {
-            let max = shared.opts.limits.maximum_packet_size;
             let admitted = Arc::new(AtomicBool::new(false));
             let metering = (shared.clone(), admitted.clone());
             let upgrade = Box::pin(async {
@@ -711,7 +710,7 @@ async fn layered(accepted: Accepted) {
                     return Err(HandshakeError::Revoked);
                 };
                 let stream = Metered::new(stream, metering.0, metering.1);
-                let ws = super::ws::accept(stream, cfg, max).await?;
+                let ws = super::ws::accept(stream, cfg).await?;
                 Ok::<_, HandshakeError>((ws, identity, tracked))
             });
             let stats = &shared.stats;
@@ -831,7 +830,7 @@ pub(crate) enum HandshakeError {
     Io(#[from] std::io::Error),
     #[cfg(feature = "ws")]
     #[error("WebSocket: {0}")]
-    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    Ws(#[from] super::ws::UpgradeError),
     /// A new CRL revoked the client certificate during the handshake
     /// (WSS; over TLS the connection just ends).
     #[cfg(all(feature = "tls", feature = "ws"))]

@@ -14,9 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const HANDSHAKE_ALLOWANCE: usize = 16 * 1024;
 
 /// A stream whose reads are charged to the budget until its client is
-/// admitted, for transports that buffer what they read before the MQTT
-/// decoder sees it: the WebSocket layer assembles a whole message (up to
-/// twice `maximum_packet_size`) before handing any of it on. One
+/// admitted, for transports that read bytes the MQTT decoder never sees
+/// (and so never charges): the WebSocket upgrade request and frame
+/// headers. One
 /// connection may read `limits.maximum_connect_size` plus a little for the
 /// handshake before CONNACK, all of them together
 /// `limits.maximum_unauthenticated_bytes`; past either, the read fails and

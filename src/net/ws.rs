@@ -1,7 +1,8 @@
-//! MQTT over WebSocket (RFC 6455, MQTT 5.0 section 6): the server side of
-//! the upgrade, the client side (a bridge dialing its remote), and an
-//! adapter that turns the message stream back into a byte stream so
-//! neither the connection driver nor the bridge needs WebSocket knowledge.
+//! MQTT over WebSocket (RFC 6455, MQTT 5.0 section 6): the server side
+//! (the upgrade, [`upgrade`], and framing of our own, [`frame`] and
+//! [`server`]), and the client side (a bridge dialing its remote, with
+//! tokio-tungstenite). Both sides are byte streams, so neither the
+//! connection driver nor the bridge needs WebSocket knowledge.
 //!
 //! MQTT packets and WebSocket messages are independent: one packet may span
 //! several messages and one message may carry several packets. Reading
@@ -15,11 +16,16 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
+
+mod frame;
+mod server;
+mod upgrade;
+
+pub(crate) use server::ServerStream;
+pub(crate) use upgrade::UpgradeError;
 
 /// A WebSocket listener's settings.
 ///
@@ -57,69 +63,19 @@ impl WsConfig {
     }
 }
 
-/// The first subprotocol the client offers that the server accepts.
-fn choose<'a>(request: &Request, accepted: &'a [String]) -> Option<&'a str> {
-    request
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find_map(|offered| {
-            accepted
-                .iter()
-                .find(|a| a.eq_ignore_ascii_case(offered))
-                .map(String::as_str)
-        })
-}
-
-/// The WebSocket layer's read buffer, per connection (see [`accept`]).
-const WS_READ_BUFFER: usize = 4 * 1024;
-
-/// Runs the server side of the upgrade on `stream`.
+/// Runs the server side of the upgrade on `stream`: the request is read
+/// and answered ([`upgrade`]), and the stream framed by our own layer
+/// ([`server`]), which holds no buffer while the connection is idle
+/// (issue 20: tungstenite kept a read buffer per connection for its life).
 pub(crate) async fn accept<S>(
-    stream: S,
+    mut stream: S,
     config: &WsConfig,
-    maximum_packet_size: u32,
-) -> Result<WsStream<S>, WsError>
+) -> Result<ServerStream<S>, UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The error type is tungstenite's `Callback` contract, not ours.
-    #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, mut response: Response| {
-        if request.uri().path() != config.path {
-            let mut refused = ErrorResponse::new(Some("not found".into()));
-            *refused.status_mut() = StatusCode::NOT_FOUND;
-            return Err(refused);
-        }
-        if let Some(chosen) = choose(request, &config.subprotocols) {
-            if let Ok(value) = HeaderValue::from_str(chosen) {
-                response
-                    .headers_mut()
-                    .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
-            }
-        }
-        Ok(response)
-    };
-    // A message may hold a little more than one packet (a client may
-    // coalesce several), but never lets a client make the broker buffer
-    // far more than the packet size limit.
-    let limit = (maximum_packet_size as usize)
-        .saturating_mul(2)
-        .max(64 * 1024);
-    // tungstenite's read buffer is allocated (and zeroed) at this size
-    // and kept for the connection's life: its default, 128 KiB, was 93% of
-    // an idle WSS connection (issue 20). A frame larger than this still
-    // gets room for all of it; reads just come in smaller pieces.
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit))
-        .read_buffer_size(WS_READ_BUFFER);
-    let inner =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)).await?;
-    Ok(WsStream::new(inner))
+    let early = upgrade::accept(&mut stream, config).await?;
+    Ok(ServerStream::new(stream, early))
 }
 
 /// The subprotocol a client asks for: MQTT 3.1.1 and 5.0 both register
@@ -147,8 +103,9 @@ where
     Ok(WsStream::new(inner))
 }
 
-/// A WebSocket connection seen as a byte stream: reads yield the binary
-/// payloads in order, each write goes out as one binary message.
+/// The client side of a WebSocket connection (a bridge's) seen as a byte
+/// stream: reads yield the binary payloads in order, each write goes out
+/// as one binary message.
 pub(crate) struct WsStream<S> {
     inner: WebSocketStream<S>,
     /// What is left of the last binary message received.
