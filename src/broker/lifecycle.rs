@@ -73,9 +73,10 @@ impl Broker {
         };
         if !client.inline
             && (client_id.starts_with(bridges::CLIENT_ID_PREFIX)
+                || client_id.starts_with(crate::cluster::CLIENT_ID_PREFIX)
                 || client_id == super::admin::ADMIN_CLIENT_ID)
         {
-            // Reserved for bridges' sessions and the admin's publisher,
+            // Reserved for bridges' sessions, the cluster's routers and the admin's publisher,
             // which no device may take over.
             return Self::refuse(&outbox, ReasonCode::ClientIdentifierNotValid);
         }

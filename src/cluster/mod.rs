@@ -13,4 +13,10 @@
 
 #[cfg(feature = "cluster")]
 pub(crate) mod config;
+#[cfg(feature = "cluster")]
+pub(crate) mod envelope;
 pub(crate) mod subject;
+
+/// Client ids under this prefix belong to the nodes' routers
+/// (`$cluster/<node>`, inline clients): network clients may not use them.
+pub(crate) const CLIENT_ID_PREFIX: &str = "$cluster/";

@@ -411,7 +411,8 @@ impl InlineClient {
     /// [`Subscription`]. Subscribing to a filter again adds a subscription:
     /// each receives every message of the filter once.
     pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<Subscription, InlineError> {
-        self.subscribe_as(filter, qos, None).await
+        self.subscribe_as(filter, SubscriptionOptions::new(qos), None)
+            .await
     }
 
     /// Subscribes to `filter` with a subscription identifier, which every
@@ -440,15 +441,30 @@ impl InlineClient {
         qos: QoS,
         id: NonZeroU32,
     ) -> Result<Subscription, InlineError> {
-        self.subscribe_as(filter, qos, Some(id)).await
+        self.subscribe_as(filter, SubscriptionOptions::new(qos), Some(id))
+            .await
+    }
+
+    /// Subscribes with MQTT 5.0 subscription options (No Local, Retain As
+    /// Published, Retain Handling): the cluster's router needs them.
+    /// Several local subscriptions to one filter share the broker's one
+    /// subscription, so the options of the first one hold for all.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) async fn subscribe_options(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+    ) -> Result<Subscription, InlineError> {
+        self.subscribe_as(filter, options, None).await
     }
 
     async fn subscribe_as(
         &self,
         filter: &str,
-        qos: QoS,
+        options: SubscriptionOptions,
         id: Option<NonZeroU32>,
     ) -> Result<Subscription, InlineError> {
+        let qos = options.qos;
         if !crate::topic::valid_filter(filter) {
             return Err(InlineError::InvalidTopic);
         }
@@ -463,7 +479,13 @@ impl InlineClient {
         };
         let subscribe = Subscribe {
             packet_id: pid,
-            filters: vec![(filter.clone(), SubscriptionOptions::new(added.qos))],
+            filters: vec![(
+                filter.clone(),
+                SubscriptionOptions {
+                    qos: added.qos,
+                    ..options
+                },
+            )],
             subscription_identifier: Some(added.core_id),
             user_properties: UserProperties::new(),
         };

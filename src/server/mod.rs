@@ -6,6 +6,8 @@
 //! every connection read.
 
 mod bridging;
+#[cfg(feature = "cluster")]
+mod clustering;
 mod commit;
 mod core_loop;
 mod reader;
@@ -44,6 +46,11 @@ pub enum ServeError {
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] roost_storage::StorageError),
+    /// The cluster's engine (NATS JetStream) cannot be reached or set up:
+    /// a node refuses to serve alone rather than split the cluster.
+    #[cfg(feature = "cluster")]
+    #[error(transparent)]
+    Cluster(#[from] crate::net::cluster::ClusterError),
 }
 
 /// An MQTT broker ready to serve.
@@ -74,6 +81,9 @@ pub struct Server {
     bridges: Vec<(Bridge, Arc<crate::net::dial::Dialer>)>,
     /// What the [`Admin`] handles share.
     admin: Arc<AdminState>,
+    /// The cluster this node joins, connected by `serve`.
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::config::ClusterConfig>,
 }
 
 impl std::fmt::Debug for Server {
@@ -133,7 +143,20 @@ impl Server {
             clock: Clock::system(),
             bridges: Vec::new(),
             admin,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
+    }
+
+    /// Joins the cluster `config` describes (feature `cluster`): messages
+    /// published on this node reach subscribers on every node, and theirs
+    /// this node's (see issue 19 for what is clustered so far: routing).
+    /// [`Server::serve`] connects to NATS first and fails with
+    /// [`ServeError::Cluster`] when it cannot, before serving anyone.
+    #[cfg(feature = "cluster")]
+    pub fn cluster(mut self, config: crate::cluster::config::ClusterConfig) -> Self {
+        self.cluster = Some(config);
+        self
     }
 
     /// Uses `store` for sessions, queues and retained messages.
@@ -384,6 +407,17 @@ impl Server {
     /// one worker thread, without waking another thread at each step
     /// (lower latency and CPU; the `roost` binary does so).
     pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        // The cluster's engine first: a node that cannot reach it refuses to
+        // serve (rather than run alone, split from the others).
+        #[cfg(feature = "cluster")]
+        let cluster = match self.cluster.take() {
+            None => None,
+            Some(config) => {
+                let engine = Arc::new(crate::net::cluster::connect(&config).await?);
+                let inbound = clustering::subscribe(&engine).await?;
+                Some((engine, inbound))
+            }
+        };
         // The stored state is restored before any listener accepts: a store
         // that cannot be read ends `serve` without serving anyone.
         let persistent = self.store.is_persistent();
@@ -409,6 +443,8 @@ impl Server {
             clock,
             bridges,
             admin,
+            #[cfg(feature = "cluster")]
+                cluster: _,
         } = self;
         broker.set_hooks(hooks.clone());
         // The admin's publisher will have the hooks as they are now final.
@@ -440,19 +476,49 @@ impl Server {
             admin: Admin::new(admin),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
+        // With a cluster, the listeners open once the node's router is
+        // subscribed (the core must run to answer, so this waits in a task).
+        #[allow(unused_mut)]
+        let mut routing: Option<tokio::sync::oneshot::Receiver<()>> = None;
+        #[cfg(feature = "cluster")]
+        if let Some((engine, inbound)) = cluster {
+            let client = InlineClient::connect(
+                &clustering::client_id(&engine.config().node),
+                ConnId(next_conn.fetch_add(1, Ordering::Relaxed)),
+                events_tx.clone(),
+                hooks.clone(),
+                clock.clone(),
+                stats.clone(),
+            );
+            let (ready, ready_rx) = tokio::sync::oneshot::channel();
+            routing = Some(ready_rx);
+            tokio::spawn(clustering::run(
+                engine,
+                inbound,
+                client,
+                ready,
+                stop_rx.clone(),
+            ));
+        }
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
         // Listeners given before serving are waiting in `incoming`; those
         // added through a handle while serving arrive there too.
-        tokio::spawn(listener::run(
-            incoming,
-            Accepting {
-                shared: shared.clone(),
-                next_conn: next_conn.clone(),
-                permits: permits.clone(),
-                per_ip: crate::net::per_ip::PerIp::new(&opts.limits),
-                stop: stop_rx.clone(),
-            },
-        ));
+        let accepting = Accepting {
+            shared: shared.clone(),
+            next_conn: next_conn.clone(),
+            permits: permits.clone(),
+            per_ip: crate::net::per_ip::PerIp::new(&opts.limits),
+            stop: stop_rx.clone(),
+        };
+        tokio::spawn(async move {
+            if let Some(ready) = routing {
+                if ready.await.is_err() {
+                    // The router could not subscribe (logged): not serving.
+                    return;
+                }
+            }
+            listener::run(incoming, accepting).await;
+        });
         drop((shared, handle));
         let bridge_tasks = bridging::start(
             bridges,

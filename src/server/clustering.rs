@@ -1,0 +1,326 @@
+//! Routing between the nodes of a cluster (issue 19): the driver that
+//! joins this node's core to NATS, in the shape of a bridge whose remote
+//! is every other node.
+//!
+//! The node's side is an inline client, `$cluster/<node>` (a reserved
+//! prefix: no network client may take it), subscribed to `#` with
+//! - *No Local*: what it injects from the cluster is never forwarded back
+//!   (a message crosses once);
+//! - *Retain As Published*: the retain flag crosses as published;
+//! - *Retain Handling 2*: the retained messages already here at start are
+//!   not re-published to the cluster.
+//!
+//! **Out**: every message published on this node (network clients, other
+//! inline clients, wills, retained publishes) reaches that subscription and
+//! is published to NATS, QoS 0 on core NATS at `<name>.v.<subject>`, QoS
+//! 1/2 to the message stream at `<name>.d.<subject>`, waiting for
+//! JetStream's acknowledgement and retrying with the same `Nats-Msg-Id`
+//! (stored once within the stream's duplicate window) until it comes:
+//! while JetStream is unreachable, nothing is dropped and nothing is
+//! acknowledged to NATS as sent; the subscription's buffer, then the
+//! core's slow-consumer policy, take the backlog.
+//!
+//! **In**: a core NATS subscription on `<name>.v.>` and the node's durable
+//! consumer on `<name>.d.>` (nats-server 2.9: one filter per consumer, so
+//! all of it; the core's router matches). What this node published
+//! (header `Roost-Node`) is dropped; the rest is published into the core
+//! by the inline client, so local subscribers receive it through the
+//! usual path (ACL per delivery, limits, counting, persistence). A stream
+//! message is acknowledged to JetStream after the core acknowledged it
+//! (for QoS 1/2 that is after its commit), so a node that dies before
+//! gets it again from its consumer.
+//!
+//! **Not yet (the next step of this slice):** a publisher's PUBACK/PUBREC
+//! does not wait for the JetStream acknowledgement of its message. The
+//! forwarding subscription receives the message after the core routed it,
+//! so the core's commit hold is the only gate: a node that dies between
+//! its local acknowledgement and JetStream's loses the message for the
+//! other nodes (not for its own subscribers). The fix is a second
+//! condition on the core's acknowledgement hold (`broker::persist`), fed
+//! by an event from this driver (`ClusterStored`), see the branch's notes.
+
+use crate::cluster::config::ClusterConfig;
+use crate::cluster::envelope::{self, ORIGIN};
+use crate::cluster::subject::subject_of;
+use crate::codec::{Publish, QoS, QosPid, RetainHandling, SubscriptionOptions};
+use crate::escape::Escaped;
+use crate::inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
+use crate::net::cluster::{ClusterError, Engine};
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use futures_core::Stream;
+use std::num::NonZeroU16;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// First and last pause between retries of an unacknowledged durable
+/// publish.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What the node receives from the cluster, subscribed before the node
+/// serves anyone.
+pub(super) struct Inbound {
+    volatile: async_nats::Subscriber,
+    durable: jetstream::consumer::pull::Stream,
+}
+
+/// Subscribes to the cluster's subjects: core NATS for QoS 0, the node's
+/// consumer for QoS 1/2. Fails like `connect` does, so a node that cannot
+/// receive refuses to start.
+pub(super) async fn subscribe(engine: &Engine) -> Result<Inbound, ClusterError> {
+    let config = engine.config();
+    let subject = format!("{}.>", config.volatile_prefix());
+    let volatile = engine
+        .client()
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| ClusterError::Setup {
+            what: "subscription",
+            name: subject,
+            reason: e.to_string(),
+        })?;
+    // Once flushed, the server has the subscription: a QoS 0 message
+    // another node publishes after this node serves is not missed.
+    engine
+        .client()
+        .flush()
+        .await
+        .map_err(|e| ClusterError::Setup {
+            what: "subscription",
+            name: format!("{}.>", config.volatile_prefix()),
+            reason: e.to_string(),
+        })?;
+    let durable = engine
+        .node_consumer()
+        .await?
+        .messages()
+        .await
+        .map_err(|e| ClusterError::Setup {
+            what: "consumer",
+            name: config.consumer(),
+            reason: e.to_string(),
+        })?;
+    Ok(Inbound { volatile, durable })
+}
+
+/// The inline client id of node `node`.
+pub(super) fn client_id(node: &str) -> String {
+    format!("{}{node}", crate::cluster::CLIENT_ID_PREFIX)
+}
+
+/// Routes until `stop`: subscribes the node's forwarding subscription,
+/// says so on `ready` (the listeners wait for it: a client served before
+/// would publish into a node that does not forward yet), then forwards
+/// and injects.
+pub(super) async fn run(
+    engine: Arc<Engine>,
+    inbound: Inbound,
+    client: InlineClient,
+    ready: oneshot::Sender<()>,
+    stop: watch::Receiver<bool>,
+) {
+    let options = SubscriptionOptions::new(QoS::ExactlyOnce)
+        .with_no_local(true)
+        .with_retain_as_published(true)
+        .with_retain_handling(RetainHandling::DoNotSend);
+    let outgoing = match client.subscribe_options("#", options).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Dropping `ready` keeps the listeners closed: a node that
+            // cannot forward must not serve as part of the cluster.
+            tracing::error!(error = %e, "cluster: cannot subscribe the node's router; not serving");
+            return;
+        }
+    };
+    let _ = ready.send(());
+    let Inbound { volatile, durable } = inbound;
+    let forward = tokio::spawn(forward(engine.clone(), outgoing, stop.clone()));
+    let volatile = tokio::spawn(inject_volatile(engine.clone(), volatile, client.clone()));
+    let durable = tokio::spawn(inject_durable(engine, durable, client));
+    let mut stop = stop;
+    let _ = stop.wait_for(|s| *s).await;
+    forward.abort();
+    volatile.abort();
+    durable.abort();
+}
+
+/// The next item of a stream, without a futures utility crate.
+async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+}
+
+/// Publishes what this node's core delivers to its router to NATS, one
+/// message at a time, in the order the core delivered them.
+async fn forward(engine: Arc<Engine>, mut outgoing: Subscription, stop: watch::Receiver<bool>) {
+    let config = engine.config().clone();
+    let (durable, volatile) = (config.durable_prefix(), config.volatile_prefix());
+    // Message ids unique across the node's restarts: the node, the start
+    // time, a counter.
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut seq: u64 = 0;
+    while let Some(m) = outgoing.recv().await {
+        let qos = m.qos;
+        let publish = as_publish(m);
+        let body = envelope::encode(&publish);
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIGIN, config.node.as_str());
+        if qos == QoS::AtMostOnce {
+            let subject = subject_of(&volatile, &publish.topic);
+            if let Err(e) = engine
+                .client()
+                .publish_with_headers(subject, headers, body)
+                .await
+            {
+                // QoS 0 is at most once: not retried.
+                tracing::debug!(topic = %Escaped(&publish.topic), error = %e,
+                    "cluster: QoS 0 message not sent to NATS");
+            }
+            continue;
+        }
+        seq += 1;
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{}-{boot}-{seq}", config.node).as_str(),
+        );
+        publish_until_stored(&engine, &durable, &publish, headers, body, &stop).await;
+    }
+}
+
+/// Publishes one durable message until JetStream acknowledges it, or the
+/// node stops.
+async fn publish_until_stored(
+    engine: &Engine,
+    prefix: &str,
+    publish: &Publish,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    stop: &watch::Receiver<bool>,
+) {
+    let subject = subject_of(prefix, &publish.topic);
+    let mut pause = RETRY_MIN;
+    loop {
+        match engine
+            .publish_durable(subject.clone(), headers.clone(), body.clone())
+            .await
+        {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(topic = %Escaped(&publish.topic), error = %e,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "cluster: message not stored by JetStream yet; retrying with the same id");
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+fn as_publish(m: InlineMessage) -> Publish {
+    Publish {
+        dup: false,
+        qos_pid: QosPid::new(m.qos, NonZeroU16::MIN),
+        retain: m.retain,
+        topic: m.topic,
+        payload: m.payload,
+        properties: m.properties,
+    }
+}
+
+/// Whether a message with `headers` was published by this node.
+fn ours(config: &ClusterConfig, headers: Option<&HeaderMap>) -> bool {
+    headers
+        .and_then(|h| h.get(ORIGIN))
+        .is_some_and(|v| v.as_str() == config.node)
+}
+
+/// Publishes `publish` into the local core; `Ok` once the core took it
+/// (for QoS 1/2: acknowledged it, after its commit), or refused it (a
+/// hook's verdict, final on this node).
+async fn inject(client: &InlineClient, publish: Publish) -> Result<(), InlineError> {
+    let qos = publish.qos_pid.qos();
+    let options = PublishOptions {
+        retain: publish.retain,
+        properties: publish.properties,
+    };
+    match client
+        .publish_with(&publish.topic, publish.payload, qos, options)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(InlineError::Refused(code)) => {
+            tracing::debug!(topic = %Escaped(&publish.topic), reason = ?code,
+                "cluster: message from another node refused here");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn inject_volatile(
+    engine: Arc<Engine>,
+    mut volatile: async_nats::Subscriber,
+    client: InlineClient,
+) {
+    let config = engine.config();
+    let prefix = config.volatile_prefix();
+    while let Some(m) = next(&mut volatile).await {
+        if ours(config, m.headers.as_ref()) {
+            continue;
+        }
+        match envelope::decode(&prefix, &m.subject, &m.payload) {
+            Ok(publish) => {
+                if inject(&client, publish).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: QoS 0 message dropped");
+            }
+        }
+    }
+}
+
+async fn inject_durable(
+    engine: Arc<Engine>,
+    mut durable: jetstream::consumer::pull::Stream,
+    client: InlineClient,
+) {
+    let config = engine.config();
+    let prefix = config.durable_prefix();
+    while let Some(item) = next(&mut durable).await {
+        let m = match item {
+            Ok(m) => m,
+            Err(e) => {
+                // Missed heartbeats and the like: the stream goes on.
+                tracing::warn!(error = %e, "cluster: reading the message stream");
+                continue;
+            }
+        };
+        if !ours(config, m.headers.as_ref()) {
+            match envelope::decode(&prefix, &m.subject, &m.payload) {
+                Ok(publish) => {
+                    if inject(&client, publish).await.is_err() {
+                        // The core stopped: not acknowledged, so the
+                        // consumer gives it again after the restart.
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: stream message dropped");
+                }
+            }
+        }
+        if let Err(e) = m.ack().await {
+            tracing::warn!(error = %e, "cluster: acknowledging a stream message");
+        }
+    }
+    tracing::error!("cluster: the message stream's consumer ended; this node no longer receives QoS 1/2 messages from the others");
+}

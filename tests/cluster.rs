@@ -1,0 +1,192 @@
+//! Routing between roost nodes (issue 19): two in-process nodes, each on
+//! 127.0.0.1:0, joined through one real nats-server with JetStream
+//! (`common::nats`), and real MQTT clients on each. A message published on
+//! one node reaches the matching subscriptions on the other, once each, at
+//! every QoS, with its topic and properties intact; what a node injects
+//! from the cluster is not sent back; a node without its engine refuses
+//! to start.
+
+mod common;
+
+use common::nats::NatsCluster;
+use common::{opts, publish, subscribe, unique, v5, Raw, TestBroker};
+use roost::codec::{ByteStr, Packet, Publish, QoS, ReasonCode};
+use roost::{ClusterConfig, Options, ServeError, Server};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn config(nats: &NatsCluster, name: &str, node: &str) -> ClusterConfig {
+    ClusterConfig {
+        servers: nats.urls(),
+        name: name.into(),
+        node: node.into(),
+        timeout: Duration::from_secs(2),
+        ..ClusterConfig::default()
+    }
+}
+
+/// Two nodes of one cluster (a fresh cluster name on `nats`).
+async fn two_nodes(nats: &NatsCluster) -> (TestBroker, TestBroker) {
+    let name = unique("route");
+    let a = Server::new(Options::default()).cluster(config(nats, &name, "a"));
+    let b = Server::new(Options::default()).cluster(config(nats, &name, "b"));
+    (
+        TestBroker::with_server(a).await,
+        TestBroker::with_server(b).await,
+    )
+}
+
+/// Topics whose subjects escape bytes: `.`, spaces, non-ASCII, empty
+/// levels (leading, inner, trailing).
+const TOPICS: [&str; 4] = [
+    "plant/line-1/temp",
+    "a.b/with space/ünïcode",
+    "/lead//inner/",
+    "x",
+];
+
+fn with_properties(mut p: Publish) -> Publish {
+    p.properties.user_properties = vec![
+        (ByteStr::from("site"), ByteStr::from("nord")),
+        (ByteStr::from("site"), ByteStr::from("süd")),
+    ];
+    p.properties.content_type = Some(ByteStr::from("application/json"));
+    p.properties.response_topic = Some(ByteStr::from("re/ply"));
+    p.properties.correlation_data = Some(bytes::Bytes::from_static(b"\x00\x01"));
+    p.properties.payload_format_indicator = Some(1);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_one_node_reaches_a_subscriber_on_the_other_at_each_qos() {
+    let nats = NatsCluster::start(1).await;
+    let (a, b) = two_nodes(&nats).await;
+    let mut sub = Raw::connected(b.addr, v5("sub-b")).await;
+    sub.subscribe(1, "#", QoS::ExactlyOnce).await;
+    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    let mut pid = 0;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        for topic in TOPICS {
+            pid += 1;
+            let body = format!("{qos:?} {topic}");
+            let sent = with_properties(publish(topic, &body, qos, pid));
+            assert_eq!(publ.publish(sent.clone()).await, ReasonCode::Success);
+            let got = sub.recv_publish().await;
+            assert_eq!(got.topic, sent.topic, "the topic crosses exactly");
+            assert_eq!(got.payload, sent.payload);
+            assert_eq!(got.qos_pid.qos(), qos);
+            assert!(!got.retain);
+            let p = &got.properties;
+            assert_eq!(p.user_properties, sent.properties.user_properties);
+            assert_eq!(p.content_type, sent.properties.content_type);
+            assert_eq!(p.response_topic, sent.properties.response_topic);
+            assert_eq!(p.correlation_data, sent.properties.correlation_data);
+            assert_eq!(p.payload_format_indicator, Some(1));
+            sub.ack(&got).await;
+        }
+    }
+    // Each once: QoS 2 exactly once, nothing echoed back through A.
+    sub.expect_nothing().await;
+    publ.expect_nothing().await;
+    drop((a, b));
+}
+
+/// What `raw` receives until it is quiet: payloads and how often.
+async fn received(raw: &mut Raw) -> BTreeMap<String, usize> {
+    let mut got = BTreeMap::new();
+    while let Some(p) = raw.recv_within(Duration::from_millis(500)).await {
+        match p {
+            Packet::Publish(p) => {
+                raw.ack(&p).await;
+                *got.entry(common::payload(&p).to_owned()).or_default() += 1;
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_subscriptions_on_both_nodes_get_each_message_once_per_subscription() {
+    let nats = NatsCluster::start(1).await;
+    let (a, b) = two_nodes(&nats).await;
+    let filters = [
+        ("o/#", opts(QoS::AtLeastOnce)),
+        ("o/+", opts(QoS::AtLeastOnce)),
+    ];
+    let mut on_a = Raw::connected(a.addr, v5("sub-a")).await;
+    on_a.subscribe_with(subscribe(1, &filters)).await;
+    let mut on_b = Raw::connected(b.addr, v5("sub-b")).await;
+    on_b.subscribe_with(subscribe(1, &filters)).await;
+    // The publisher's own subscription with No Local: not even through B.
+    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    publ.subscribe_with(subscribe(
+        1,
+        &[("o/#", opts(QoS::AtLeastOnce).with_no_local(true))],
+    ))
+    .await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let pid = i as u16 + 1;
+        let r = publ
+            .publish(publish("o/1", &format!("m{i}"), qos, pid))
+            .await;
+        assert_eq!(r, ReasonCode::Success);
+    }
+    let local = received(&mut on_a).await;
+    let remote = received(&mut on_b).await;
+    assert_eq!(
+        local.len(),
+        3,
+        "every message reached the local subscriber: {local:?}"
+    );
+    assert!(
+        local.values().all(|n| (1..=2).contains(n)),
+        "at most once per matching subscription: {local:?}"
+    );
+    assert_eq!(
+        remote, local,
+        "the other node delivers as the publisher's node does"
+    );
+    publ.expect_nothing().await;
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_engine_is_unreachable_refuses_to_serve() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let config = ClusterConfig {
+        servers: vec![url.clone()],
+        node: "lonely".into(),
+        timeout: Duration::from_millis(500),
+        ..ClusterConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(Options::default())
+        .cluster(config)
+        .tcp(listener);
+    let served = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.serve(std::future::pending()),
+    )
+    .await
+    .expect("serve returns: it refuses instead of serving alone");
+    match served {
+        Err(e @ ServeError::Cluster(_)) => {
+            let text = e.to_string();
+            assert!(text.contains(&url), "the error names the server: {text}");
+        }
+        other => panic!("expected a cluster error, got {other:?}"),
+    }
+    // And nobody was served meanwhile.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
