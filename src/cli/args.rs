@@ -151,6 +151,17 @@ pub(crate) struct Args {
     /// costs less CPU at low message rates; full speed needs one per CPU.
     #[arg(long, value_name = "N", value_parser = parse_workers, help_heading = "Runtime")]
     pub workers: Option<NonZeroUsize>,
+
+    /// Join a cluster through this NATS server (nats://host:port; repeat
+    /// for more); replaces `[cluster] servers`. Needs `--cluster-node` or
+    /// `[cluster] node`, and the `cluster` feature.
+    #[arg(long, value_name = "URL", help_heading = "Cluster")]
+    pub cluster: Vec<String>,
+
+    /// This node's name in the cluster, unique among its nodes; replaces
+    /// `[cluster] node`.
+    #[arg(long, value_name = "NAME", help_heading = "Cluster")]
+    pub cluster_node: Option<String>,
 }
 
 /// Subcommands.
@@ -350,6 +361,21 @@ pub(crate) fn resolve(file: Option<Config>, args: &Args) -> Result<Config, Confi
     }
     if let Some(n) = args.workers {
         config.workers = Some(n);
+    }
+    if !args.cluster.is_empty() || args.cluster_node.is_some() {
+        let cluster = config.cluster.get_or_insert_with(Default::default);
+        // Without the feature, `check` refuses the table this leaves.
+        #[cfg(feature = "cluster")]
+        {
+            if !args.cluster.is_empty() {
+                cluster.servers.clone_from(&args.cluster);
+            }
+            if let Some(node) = &args.cluster_node {
+                cluster.node.clone_from(node);
+            }
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = cluster;
     }
     check(&config)?;
     Ok(config)

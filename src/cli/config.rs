@@ -49,6 +49,30 @@ pub(crate) struct Config {
     /// Bridges to upstream brokers (`[[bridges]]`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<BridgeConfig>,
+    /// The cluster this node joins (`[cluster]`, feature `cluster`).
+    #[cfg(feature = "cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<roost::ClusterConfig>,
+    /// `[cluster]` in a build without the feature: kept to be refused by
+    /// [`check`] with a message that says how to get it, rather than as an
+    /// unknown key.
+    #[cfg(not(feature = "cluster"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterNotBuilt>,
+}
+
+/// A `[cluster]` table read by a build without the `cluster` feature:
+/// its keys are ignored, its presence refused by [`check`].
+#[cfg(not(feature = "cluster"))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct ClusterNotBuilt {}
+
+#[cfg(not(feature = "cluster"))]
+impl<'de> Deserialize<'de> for ClusterNotBuilt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(ClusterNotBuilt {})
+    }
 }
 
 impl Default for Config {
@@ -66,6 +90,7 @@ impl Default for Config {
             memory: opts.memory,
             listeners: Vec::new(),
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -871,6 +896,7 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
         }
     }
     check_bridges(config)?;
+    check_cluster(config)?;
     if let Some(filter) = &config.log.filter {
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(filter) {
             return Err(ConfigError::invalid(
@@ -880,6 +906,29 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Checks `[cluster]` (with `--cluster`/`--cluster-node` applied) as
+/// the library would: servers, names, replicas.
+fn check_cluster(config: &Config) -> Result<(), ConfigError> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(());
+    };
+    #[cfg(feature = "cluster")]
+    {
+        cluster
+            .validate()
+            .map_err(|e| ConfigError::invalid(Place::Key("cluster"), e))
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = cluster;
+        Err(ConfigError::invalid(
+            Place::Key("cluster"),
+            "this roost was built without the `cluster` feature \
+             (rebuild with `cargo build --features cluster`)",
+        ))
+    }
 }
 
 /// Checks the bridges as the library would run them, and that their names

@@ -276,6 +276,12 @@ pub(crate) async fn run(config: Config) -> ExitCode {
         None => None,
     };
     let mut server = server;
+    // `serve` connects first, and fails (exit 1, naming the servers) when
+    // the engine cannot be reached: a node never serves alone.
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &config.cluster {
+        server = server.cluster(cluster.clone());
+    }
     let mut banner = Banner::new(config.log.format);
     for (l, bind_addr) in config
         .listeners

@@ -16,7 +16,7 @@
 //! message whose subject and body disagree (a bug, or a foreign publisher
 //! on our subjects) is refused instead of delivered under either name.
 
-use crate::codec::{self, ByteStr, DecodeError, Decoder, Packet, ProtocolVersion, Publish, QosPid};
+use crate::codec::{self, DecodeError, Decoder, Packet, ProtocolVersion, Publish, QosPid};
 use bytes::{Bytes, BytesMut};
 use std::num::NonZeroU16;
 
@@ -73,7 +73,7 @@ pub(crate) fn decode(prefix: &str, subject: &str, body: &[u8]) -> Result<Publish
         Some(Packet::Publish(p)) if buf.is_empty() => p,
         _ => return Err(EnvelopeError::Codec("not exactly one PUBLISH".to_owned())),
     };
-    if publish.topic != ByteStr::from(topic.as_str()) {
+    if publish.topic.as_str() != topic {
         return Err(EnvelopeError::Mismatch {
             subject: topic,
             body: publish.topic.to_string(),
@@ -86,7 +86,7 @@ pub(crate) fn decode(prefix: &str, subject: &str, body: &[u8]) -> Result<Publish
 mod tests {
     use super::*;
     use crate::cluster::subject::subject_of;
-    use crate::codec::{PublishProperties, QoS};
+    use crate::codec::{ByteStr, PublishProperties, QoS};
 
     fn publish(topic: &str, qos: QoS) -> Publish {
         Publish {

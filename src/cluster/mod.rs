@@ -1,14 +1,18 @@
 //! Several roost nodes as one broker over NATS JetStream (issue 19), as
 //! plain data: how MQTT topics and filters are named as NATS subjects
 //! (`subject`), and what a node is told to join one (`config`, with the
-//! `cluster` feature). The driver that talks to NATS lives at the edge
-//! (`net::cluster`).
+//! `cluster` feature), and how a message travels between nodes
+//! (`envelope`). The engine connection lives at the edge (`net::cluster`),
+//! the router that joins it to the core in `server::clustering`.
 
-// The cluster's driver is being built (issue 19); until it lands, these
-// are exercised by their tests only.
+// Routing uses part of these (issue 19); filter subjects, the buckets'
+// names and the like wait for sessions, retained and shared subscriptions.
 #![cfg_attr(
     not(test),
-    allow(dead_code, reason = "the cluster driver (issue 19) is not in yet")
+    allow(
+        dead_code,
+        reason = "issue 19: sessions and retained are not clustered yet"
+    )
 )]
 
 #[cfg(feature = "cluster")]
