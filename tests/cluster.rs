@@ -190,3 +190,78 @@ async fn a_node_whose_engine_is_unreachable_refuses_to_serve() {
     // And nobody was served meanwhile.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// Cross-node QoS 1 latency (publish on A to delivery on B, one in
+/// flight) and rate (a window of 64). Not a test: run with
+/// `cargo test --features cluster --test cluster -- --ignored --nocapture measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement"]
+async fn measure_cross_node_qos1() {
+    let nats = NatsCluster::start(1).await;
+    let (a, b) = two_nodes(&nats).await;
+    let mut sub = Raw::connected(b.addr, v5("m-sub")).await;
+    sub.subscribe(1, "m/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connected(a.addr, v5("m-pub")).await;
+    let payload = "x".repeat(256);
+    let n = 2000u16;
+    let mut lat = Vec::with_capacity(usize::from(n));
+    for i in 1..=n {
+        let t = std::time::Instant::now();
+        publ.send(Packet::Publish(publish(
+            "m/lat",
+            &payload,
+            QoS::AtLeastOnce,
+            i,
+        )))
+        .await;
+        let got = sub.recv_publish().await;
+        lat.push(t.elapsed());
+        sub.ack(&got).await;
+        assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+    }
+    lat.sort();
+    let pct = |p: usize| lat[lat.len() * p / 100];
+    println!(
+        "cross-node QoS 1, one in flight, {n} x 256 B: p50 {:?} p99 {:?}",
+        pct(50),
+        pct(99)
+    );
+    // Rate: a window of 64 publishes in flight.
+    let total = 20_000u32;
+    let window = 64u32;
+    let t = std::time::Instant::now();
+    let (mut sent, mut acked, mut received) = (0u32, 0u32, 0u32);
+    while received < total {
+        while sent < total && sent - acked < window {
+            sent += 1;
+            let pid = (sent % 65_000 + 1) as u16;
+            publ.send(Packet::Publish(publish(
+                "m/rate",
+                &payload,
+                QoS::AtLeastOnce,
+                pid,
+            )))
+            .await;
+        }
+        // Whatever is there already, then wait a little on the subscriber.
+        while let Some(p) = publ.recv_within(Duration::ZERO).await {
+            assert!(matches!(p, Packet::PubAck(_)));
+            acked += 1;
+        }
+        let mut wait = Duration::from_millis(5);
+        while let Some(p) = sub.recv_within(wait).await {
+            let Packet::Publish(p) = p else {
+                panic!("{p:?}")
+            };
+            sub.ack(&p).await;
+            received += 1;
+            wait = Duration::ZERO;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "cross-node QoS 1, window {window}, {total} x 256 B: {:.0} msg/s",
+        f64::from(total) / secs
+    );
+    drop((a, b));
+}
