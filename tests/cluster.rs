@@ -27,9 +27,14 @@ fn config(nats: &NatsCluster, name: &str, node: &str) -> ClusterConfig {
 
 /// Two nodes of one cluster (a fresh cluster name on `nats`).
 async fn two_nodes(nats: &NatsCluster) -> (TestBroker, TestBroker) {
+    nodes_with(nats, || Server::new(Options::default())).await
+}
+
+/// Two nodes built by `server`, joined in a fresh cluster on `nats`.
+async fn nodes_with(nats: &NatsCluster, server: impl Fn() -> Server) -> (TestBroker, TestBroker) {
     let name = unique("route");
-    let a = Server::new(Options::default()).cluster(config(nats, &name, "a"));
-    let b = Server::new(Options::default()).cluster(config(nats, &name, "b"));
+    let a = server().cluster(config(nats, &name, "a"));
+    let b = server().cluster(config(nats, &name, "b"));
     (
         TestBroker::with_server(a).await,
         TestBroker::with_server(b).await,
@@ -61,9 +66,36 @@ fn with_properties(mut p: Publish) -> Publish {
 async fn a_message_published_on_one_node_reaches_a_subscriber_on_the_other_at_each_qos() {
     let nats = NatsCluster::start(1).await;
     let (a, b) = two_nodes(&nats).await;
-    let mut sub = Raw::connected(b.addr, v5("sub-b")).await;
+    crosses_at_each_qos(a, b, false).await;
+}
+
+/// The same with a persistent store on both nodes: a publisher's
+/// acknowledgement waits for its commit and for JetStream, in whichever
+/// order they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_persistent_stores_too() {
+    let nats = NatsCluster::start(1).await;
+    let (a, b) = nodes_with(&nats, || {
+        Server::new(Options::default()).store(common::Durable::default())
+    })
+    .await;
+    crosses_at_each_qos(a, b, true).await;
+}
+
+/// `stored`: both clients have stored sessions (the subscriber's copies
+/// and the QoS 2 publisher's packet ids are committed before the
+/// acknowledgements).
+async fn crosses_at_each_qos(a: TestBroker, b: TestBroker, stored: bool) {
+    let connect = |id: &str| {
+        if stored {
+            common::v5_session(id, true, 600)
+        } else {
+            v5(id)
+        }
+    };
+    let mut sub = Raw::connected(b.addr, connect("sub-b")).await;
     sub.subscribe(1, "#", QoS::ExactlyOnce).await;
-    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    let mut publ = Raw::connected(a.addr, connect("pub-a")).await;
     let mut pid = 0;
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         for topic in TOPICS {
@@ -189,6 +221,59 @@ async fn a_node_whose_engine_is_unreachable_refuses_to_serve() {
     }
     // And nobody was served meanwhile.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledgement_while_jetstream_is_down_and_delivery_once_it_returns() {
+    let mut nats = NatsCluster::start(1).await;
+    let (a, b) = two_nodes(&nats).await;
+    let mut sub = Raw::connected(b.addr, v5("sub-b")).await;
+    sub.subscribe(1, "down/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    // Up: acknowledged and delivered.
+    assert_eq!(
+        publ.publish(publish("down/before", "1", QoS::AtLeastOnce, 1))
+            .await,
+        ReasonCode::Success
+    );
+    let got = sub.recv_publish().await;
+    sub.ack(&got).await;
+
+    nats.kill_all();
+    for (pid, qos) in [(2, QoS::AtLeastOnce), (3, QoS::ExactlyOnce)] {
+        publ.send(Packet::Publish(publish("down/during", "2", qos, pid)))
+            .await;
+    }
+    // No silent success: the acknowledgements wait for JetStream (the
+    // router retries with the same message id meanwhile).
+    if let Some(p) = publ.recv_within(Duration::from_secs(2)).await {
+        panic!("acknowledged while JetStream is down: {p:?}");
+    }
+    nats.restart_all().await;
+    let mut acks = Vec::new();
+    while acks.len() < 2 {
+        match publ.recv().await {
+            Packet::PubAck(r) => acks.push(r.packet_id.get()),
+            Packet::PubRec(r) => {
+                acks.push(r.packet_id.get());
+                publ.send(Packet::PubRel(roost::codec::PubResp::new(r.packet_id)))
+                    .await;
+            }
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        }
+    }
+    acks.sort();
+    assert_eq!(acks, [2, 3]);
+    // Each reaches the other node, once.
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        let got = sub.recv_publish().await;
+        payloads.push(common::payload(&got).to_owned());
+        sub.ack(&got).await;
+    }
+    assert_eq!(payloads, ["2", "2"]);
+    sub.expect_nothing().await;
+    drop((a, b));
 }
 
 /// Cross-node QoS 1 latency (publish on A to delivery on B, one in

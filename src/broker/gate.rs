@@ -58,3 +58,29 @@ impl AckGate {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// A message's wait for the cluster (issue 19): the publisher's
+/// acknowledgement that goes only once this node's cluster router has
+/// acknowledged its copy, which it does once JetStream stored it.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterGate(Mutex<Option<(Arc<Outbox>, u64)>>);
+
+impl ClusterGate {
+    /// The acknowledgement `token` in `outbox` waits for the router.
+    pub(super) fn arm(&self, outbox: Arc<Outbox>, token: u64) {
+        *self.lock() = Some((outbox, token));
+    }
+
+    /// The router acknowledged its copy (or let go of it: its session
+    /// ended, and the cluster never will).
+    pub(super) fn done(&self) {
+        let armed = self.lock().take();
+        if let Some((outbox, token)) = armed {
+            outbox.open_cluster(token);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Arc<Outbox>, u64)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

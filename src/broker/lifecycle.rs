@@ -302,6 +302,15 @@ impl Broker {
         if !self.bridges.is_empty() {
             self.bridge_connected(sid);
         }
+        if client.inline
+            && client
+                .client_id
+                .starts_with(crate::cluster::CLIENT_ID_PREFIX)
+        {
+            // This node's cluster router: publishers' acknowledgements wait
+            // for its (see `ack_after_cluster`).
+            self.cluster_router = Some(sid);
+        }
         if session_present {
             let (mut ctx, sessions) = self.ctx(now_ms);
             if let Some(s) = sessions.get_mut(&sid) {

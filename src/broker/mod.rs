@@ -219,6 +219,10 @@ pub(crate) struct Broker {
     failing: bool,
     /// Bridges' local sessions, by client id (see `bridges`).
     bridges: HashMap<ByteStr, BridgeSession>,
+    /// The session of this node's cluster router (`$cluster/<node>`), once
+    /// connected: QoS 1/2 acknowledgements wait for it to acknowledge its
+    /// copy, which it does once the cluster's engine stored the message.
+    cluster_router: Option<SessionId>,
 }
 
 /// One subscriber a message goes to.
@@ -263,6 +267,7 @@ impl Broker {
             pages: pages::Pages::new(budget),
             failing: false,
             bridges: HashMap::new(),
+            cluster_router: None,
         }
     }
 

@@ -114,6 +114,50 @@ impl Broker {
         }
     }
 
+    /// A publisher's acknowledgement in a cluster (issue 19): it waits,
+    /// as on one node, for its commit (or, plain QoS 1, for its stored
+    /// copies' acknowledgements, see [`Broker::ack_qos1`]), and also for
+    /// the cluster router's acknowledgement of its copy, which the router
+    /// gives once JetStream stored the message: "acknowledged on this
+    /// node" then means "on its way to every node, whatever happens to
+    /// this one". `routed` is the message and its stored copies.
+    fn ack_after_cluster(
+        &mut self,
+        sid: SessionId,
+        packet: Packet,
+        routed: Option<(Arc<Tracked>, u64)>,
+    ) {
+        let Some((msg, copies)) = routed else {
+            return self.ack(sid, packet);
+        };
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let Some(conn) = s.conn.as_ref() else {
+            return;
+        };
+        let outbox = conn.outbox.clone();
+        let qos1 = matches!(packet, Packet::PubAck(_));
+        let vouches_for_nothing = !s.stored && self.storage_failing();
+        self.next_gate += 1;
+        let token = self.next_gate;
+        // As `ack` and `ack_qos1` decide: a plain QoS 1 message without
+        // stored copies needs no commit.
+        let commit_needed = self.persist.must_hold()
+            && !vouches_for_nothing
+            && !(qos1 && !msg.retain && copies == 0);
+        if commit_needed {
+            outbox.push_held(self.persist.commit, token, true, packet);
+            self.persist.touched.push(outbox.clone());
+            if qos1 && !msg.retain {
+                msg.gate.arm(outbox.clone(), token, copies);
+            }
+        } else {
+            outbox.push_held(0, token, true, packet);
+        }
+        msg.cluster.arm(outbox, token);
+    }
+
     pub(super) fn on_publish(
         &mut self,
         conn: ConnId,
@@ -157,6 +201,12 @@ impl Broker {
         {
             return self.refuse_for_storage(conn, sid, &p, now_ms);
         }
+        // In a cluster, the router forwards every topic but `$` ones (its
+        // filter is `#`), except its own injections: the acknowledgement
+        // waits for the cluster's engine as well.
+        let to_cluster = qos != QoS::AtMostOnce
+            && self.cluster_router.is_some_and(|r| r != sid)
+            && !p.topic.as_bytes().starts_with(b"$");
         let mut reason = ReasonCode::Success;
         // The routed message and how many stored copies it made.
         let mut routed: Option<(Arc<Tracked>, u64)> = None;
@@ -202,7 +252,13 @@ impl Broker {
         if v5 {
             resp.reason = reason;
         }
+        // Routed, so the router got its copy (refused and `$SYS` ones were
+        // not routed).
+        let to_cluster = to_cluster.then_some(routed.as_ref()).flatten().cloned();
         match qos {
+            QoS::AtLeastOnce if to_cluster.is_some() => {
+                self.ack_after_cluster(sid, Packet::PubAck(resp), to_cluster)
+            }
             QoS::AtLeastOnce => self.ack_qos1(sid, Packet::PubAck(resp), routed),
             QoS::ExactlyOnce => {
                 if reason.is_success() {
@@ -217,7 +273,11 @@ impl Broker {
                         }
                     }
                 }
-                self.ack(sid, Packet::PubRec(resp))
+                if to_cluster.is_some() {
+                    self.ack_after_cluster(sid, Packet::PubRec(resp), to_cluster)
+                } else {
+                    self.ack(sid, Packet::PubRec(resp))
+                }
             }
             QoS::AtMostOnce => {}
         }

@@ -912,12 +912,24 @@ impl Session {
         self.flows.as_mut()?.inflight.remove(i)
     }
 
+    /// Whether this is a node's cluster router, whose acknowledgements say
+    /// "the cluster's engine stored it" (see `Broker::ack_after_cluster`).
+    fn is_cluster_router(&self) -> bool {
+        self.client.inline
+            && self
+                .client_id()
+                .starts_with(crate::cluster::CLIENT_ID_PREFIX)
+    }
+
     /// PUBACK from the client: the QoS 1 flow is complete.
     pub(crate) fn on_puback(&mut self, pid: PacketId, ctx: &mut Ctx) {
         let Some((i, o)) = self.inflight_entry(pid) else {
             return;
         };
         if o.qos == QoS::AtLeastOnce {
+            if self.is_cluster_router() {
+                o.msg.cluster.done();
+            }
             self.complete_inflight(i, ctx);
         }
     }
@@ -944,6 +956,9 @@ impl Session {
         };
         if o.qos != QoS::ExactlyOnce {
             return;
+        }
+        if r.reason.is_success() && self.is_cluster_router() {
+            o.msg.cluster.done();
         }
         if !r.reason.is_success() {
             // A failure code ends the flow: PUBREL answers only a PUBREC below

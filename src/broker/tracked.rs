@@ -23,6 +23,8 @@ pub(crate) struct Tracked {
     pub(super) store_id: AtomicU64,
     /// The publisher's PUBACK that this message's subscribers may release.
     pub(super) gate: AckGate,
+    /// The publisher's acknowledgement that waits for the cluster router's.
+    pub(super) cluster: super::gate::ClusterGate,
     /// Deliveries wait for this commit (0: for none). It stores a QoS 2
     /// publisher's packet id, which is what stops a resent PUBLISH from
     /// being delivered twice: delivering before it is durable would let a
@@ -42,6 +44,7 @@ impl Tracked {
             msg,
             store_id: AtomicU64::new(store_id),
             gate: AckGate::default(),
+            cluster: Default::default(),
             deliver_after: AtomicU64::new(0),
         }
     }

@@ -91,6 +91,10 @@ pub struct InlineMessage {
     /// The identifier the subscription that received it was given
     /// ([`InlineClient::subscribe_id`]); `None` for one without.
     pub subscription_id: Option<NonZeroU32>,
+    /// With manual acknowledgements (the cluster router), the PUBACK or
+    /// PUBREC to send once the message is taken care of
+    /// ([`InlineClient::acknowledge`]).
+    pub(crate) ack: Option<Packet>,
 }
 
 /// Options of an inline publish beyond topic, payload and QoS.
@@ -122,6 +126,8 @@ struct Inner {
     /// cannot overtake a new SUBSCRIBE to it).
     changing: tokio::sync::Mutex<()>,
     stats: Arc<Stats>,
+    /// Deliveries are acknowledged by the application, not on receipt.
+    manual_acks: std::sync::atomic::AtomicBool,
 }
 
 /// A handle to the inline client; cheap to clone.
@@ -229,6 +235,7 @@ impl InlineClient {
             routes: Mutex::new(Routes::default()),
             changing: tokio::sync::Mutex::new(()),
             stats,
+            manual_acks: Default::default(),
         });
         let connect = Connect {
             protocol: ProtocolVersion::V5,
@@ -267,6 +274,23 @@ impl InlineClient {
             relay_loop(relay, outbox_for_task, clock).await;
         });
         InlineClient { inner }
+    }
+
+    /// From now on, a QoS 1/2 delivery is acknowledged to the broker only
+    /// when [`InlineClient::acknowledge`] says so: the cluster router
+    /// acknowledges once the cluster's engine stored the message (the
+    /// publisher's acknowledgement waits for that). Set before subscribing.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn acknowledge_manually(&self) {
+        self.inner
+            .manual_acks
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Acknowledges a delivery (with manual acknowledgements).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) async fn acknowledge(&self, ack: Packet) -> Result<(), InlineError> {
+        self.send(ack).await
     }
 
     /// The client identifier.
@@ -667,9 +691,17 @@ fn answer(inner: &Inner, pid: u16, packet: Packet) {
 /// once each; returns the acknowledgement to send.
 async fn deliver(inner: &Inner, p: Publish, publisher: Option<ByteStr>) -> Option<Packet> {
     let qos = p.qos_pid.qos();
+    let reply = match p.qos_pid {
+        QosPid::AtMostOnce => None,
+        QosPid::AtLeastOnce(pid) => Some(Packet::PubAck(PubResp::new(pid))),
+        QosPid::ExactlyOnce(pid) => Some(Packet::PubRec(PubResp::new(pid))),
+    };
+    let manual = inner.manual_acks.load(std::sync::atomic::Ordering::Relaxed);
     let targets = lock(&inner.routes).targets(&p.properties.subscription_identifiers, p.retain);
     let mut properties = p.properties;
     properties.subscription_identifiers.clear();
+    // Whether a subscription took the acknowledgement (manual ones).
+    let mut delivered = false;
     for t in targets {
         let mut properties = properties.clone();
         properties.subscription_identifiers.extend(t.id);
@@ -681,17 +713,19 @@ async fn deliver(inner: &Inner, p: Publish, publisher: Option<ByteStr>) -> Optio
             properties,
             publisher: publisher.clone(),
             subscription_id: t.id,
+            ack: reply.clone().filter(|_| manual && !delivered),
         };
         // Waits when the application is behind: the broker then applies its
         // slow-consumer policy to this client.
         if t.tx.send(message).await.is_err() {
             // Its receiver was dropped without unsubscribing.
             lock(&inner.routes).remove_key(&t.filter, t.key);
+        } else {
+            delivered = true;
         }
     }
-    match p.qos_pid {
-        QosPid::AtMostOnce => None,
-        QosPid::AtLeastOnce(pid) => Some(Packet::PubAck(PubResp::new(pid))),
-        QosPid::ExactlyOnce(pid) => Some(Packet::PubRec(PubResp::new(pid))),
-    }
+    // With manual acknowledgements, the one subscription acknowledges (a
+    // message that found no subscription is acknowledged here, or the
+    // broker would wait for it forever).
+    reply.filter(|_| !manual || !delivered)
 }

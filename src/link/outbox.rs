@@ -25,6 +25,11 @@
 //! (see `broker::gate`): it is pushed *gated* with a token, and
 //! [`Outbox::open`] lets it go. Either way, order is kept: nothing leaves
 //! before the packets pushed ahead of it.
+//!
+//! **Cluster.** In a cluster, a publisher's acknowledgement also waits for
+//! the cluster's engine to hold the message (issue 19): it is pushed with
+//! `cluster` set, and goes only once [`Outbox::open_cluster`] cleared it
+//! *and* its commit or gate let it go, whichever order they come in.
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use crate::link::outbound::{AckKind, Outbound};
@@ -119,6 +124,11 @@ struct Rare<M> {
     held: VecDeque<Deferred<M>>,
     /// Publishers paused because this connection's writes fell behind.
     slowed: Option<Slowed<M>>,
+    /// The last commit released while packets were held: a packet that
+    /// waited for the cluster past its commit goes once the cluster lets
+    /// it (commits only grow, so nothing pushed later waits for an older
+    /// one, and losing this with `rare` loses nothing).
+    released: u64,
 }
 
 // By hand: derived, they would ask for `M: Default`.
@@ -139,6 +149,7 @@ impl<M> Default for Rare<M> {
         Rare {
             held: VecDeque::new(),
             slowed: None,
+            released: 0,
         }
     }
 }
@@ -163,6 +174,9 @@ struct Deferred<M> {
     /// Its gate's token (0: none), and whether the gate opened.
     token: u64,
     open: bool,
+    /// Still waits for the cluster (see [`Outbox::open_cluster`]), on top
+    /// of its commit or gate.
+    cluster: bool,
     packet: Outbound<M>,
 }
 
@@ -186,10 +200,17 @@ impl<M: Deref<Target = Message>> Inner<M> {
     /// that only kept its place in line vouches for nothing.
     fn release_ready(&mut self, commit: u64, refuse_for: Option<ProtocolVersion>) -> bool {
         let mut released = false;
+        let commit = match self.rare.as_mut() {
+            Some(r) => {
+                r.released = r.released.max(commit);
+                r.released
+            }
+            None => commit,
+        };
         while let Some(held) = self.rare.as_mut().map(|r| &mut r.held) {
             if !held
                 .front()
-                .is_some_and(|h| h.commit <= commit || h.ready())
+                .is_some_and(|h| (h.commit <= commit || h.ready()) && !h.cluster)
             {
                 break;
             }
@@ -360,6 +381,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
                 commit: 0,
                 token: 0,
                 open: false,
+                cluster: false,
                 packet,
             });
             return true;
@@ -380,6 +402,20 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         token: u64,
         packet: impl Into<Outbound<M>>,
     ) -> bool {
+        self.push_held(commit, token, false, packet)
+    }
+
+    /// [`Outbox::push_gated`], and if `cluster`, also until
+    /// [`Outbox::open_cluster`]`(token)` (`token` is then not 0). With
+    /// `commit` 0 it waits for the cluster alone.
+    pub(crate) fn push_held(
+        &self,
+        commit: u64,
+        token: u64,
+        cluster: bool,
+        packet: impl Into<Outbound<M>>,
+    ) -> bool {
+        debug_assert!(!cluster || token != 0, "a cluster wait needs its token");
         let packet = packet.into();
         let mut inner = self.lock();
         if inner.closed {
@@ -390,9 +426,25 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             commit,
             token,
             open: false,
+            cluster,
             packet,
         });
         true
+    }
+
+    /// The cluster holds what the packet `token` acknowledges: it goes once
+    /// its commit or gate lets it, and the packets ahead of it went.
+    pub(crate) fn open_cluster(&self, token: u64) {
+        let mut inner = self.lock();
+        let Some(h) = inner
+            .held_mut()
+            .and_then(|held| held.iter_mut().find(|h| h.token == token))
+        else {
+            return;
+        };
+        h.cluster = false;
+        let released = inner.release_ready(0, None);
+        self.unlock(inner, released);
     }
 
     /// Opens the gate `token`: its packet may go without waiting for its
@@ -824,6 +876,38 @@ mod tests {
         assert!(!o.push(Packet::PingResp));
         v.clear();
         assert!(!o.try_drain(0, &mut v));
+    }
+
+    #[test]
+    fn a_cluster_wait_holds_an_ack_past_its_commit_and_its_commit_past_the_cluster() {
+        let o = Outbox::new(ProtocolVersion::V5, 0);
+        let mut v = VecDeque::new();
+        // Commit first, then the cluster.
+        o.push_held(1, 7, true, puback(1));
+        o.push(Packet::PingResp); // behind it
+        o.release(1, false);
+        o.try_drain(0, &mut v);
+        assert!(v.is_empty(), "the commit alone does not let it go");
+        o.open_cluster(7);
+        o.try_drain(0, &mut v);
+        assert_eq!(v, vec![puback(1), ping()]);
+        v.clear();
+        // The cluster first, then the commit.
+        o.push_held(2, 8, true, puback(2));
+        o.open_cluster(8);
+        o.try_drain(0, &mut v);
+        assert!(v.is_empty(), "the cluster alone does not let it go");
+        o.release(2, false);
+        o.try_drain(0, &mut v);
+        assert_eq!(v, vec![puback(2)]);
+        v.clear();
+        // No store: the cluster alone.
+        o.push_held(0, 9, true, puback(3));
+        o.try_drain(0, &mut v);
+        assert!(v.is_empty());
+        o.open_cluster(9);
+        o.try_drain(0, &mut v);
+        assert_eq!(v, vec![puback(3)]);
     }
 
     #[test]

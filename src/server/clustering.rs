@@ -30,14 +30,31 @@
 //! (for QoS 1/2 that is after its commit), so a node that dies before
 //! gets it again from its consumer.
 //!
-//! **Not yet (the next step of this slice):** a publisher's PUBACK/PUBREC
-//! does not wait for the JetStream acknowledgement of its message. The
-//! forwarding subscription receives the message after the core routed it,
-//! so the core's commit hold is the only gate: a node that dies between
-//! its local acknowledgement and JetStream's loses the message for the
-//! other nodes (not for its own subscribers). The fix is a second
-//! condition on the core's acknowledgement hold (`broker::persist`), fed
-//! by an event from this driver (`ClusterStored`), see the branch's notes.
+//! **Durability.** A publisher's PUBACK/PUBREC for a QoS 1/2 message
+//! waits, besides its local commit (or gate), for this router's
+//! acknowledgement of its copy, and the router acknowledges (manually, see
+//! `InlineClient::acknowledge_manually`) only after JetStream's ack: the
+//! core pushes the publisher's acknowledgement with a cluster wait
+//! (`Broker::ack_after_cluster`, `Outbox::push_held`), and the router's
+//! PUBACK/PUBREC opens it (`ClusterGate`). While JetStream is unreachable
+//! no acknowledgement leaves. Nothing here blocks the core.
+//!
+//! **Known gaps**, for the next piece:
+//! - Forwarding is one durable publish at a time (~1.5k msg/s cross-node
+//!   in a debug build); pipelining the publishes, awaiting their acks in
+//!   order, is the next speed-up.
+//! - If the router's copy is dropped (its queue full, an ACL that applies
+//!   to inline clients refusing it) or its session ends, the publisher's
+//!   acknowledgement is never given (no silent success, but the publisher
+//!   waits until it reconnects and resends).
+//! - A commit that fails while an acknowledgement still waits for the
+//!   cluster is not turned into a refusal once the cluster lets it go.
+//! - `$` topics other than `$SYS` are not forwarded (the router's filter is
+//!   `#`); retained messages, sessions and shared subscriptions are per
+//!   node.
+//! - A node that restarts resumes its durable consumer where it stopped,
+//!   and injects what it missed: without sessions in the cluster, that
+//!   goes to whoever is subscribed then.
 
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::envelope::{self, ORIGIN};
@@ -122,6 +139,9 @@ pub(super) async fn run(
     ready: oneshot::Sender<()>,
     stop: watch::Receiver<bool>,
 ) {
+    // Its deliveries are acknowledged once JetStream has them, and the
+    // publishers' acknowledgements wait for that.
+    client.acknowledge_manually();
     let options = SubscriptionOptions::new(QoS::ExactlyOnce)
         .with_no_local(true)
         .with_retain_as_published(true)
@@ -137,7 +157,12 @@ pub(super) async fn run(
     };
     let _ = ready.send(());
     let Inbound { volatile, durable } = inbound;
-    let forward = tokio::spawn(forward(engine.clone(), outgoing, stop.clone()));
+    let forward = tokio::spawn(forward(
+        engine.clone(),
+        client.clone(),
+        outgoing,
+        stop.clone(),
+    ));
     let volatile = tokio::spawn(inject_volatile(engine.clone(), volatile, client.clone()));
     let durable = tokio::spawn(inject_durable(engine, durable, client));
     let mut stop = stop;
@@ -154,7 +179,12 @@ async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
 
 /// Publishes what this node's core delivers to its router to NATS, one
 /// message at a time, in the order the core delivered them.
-async fn forward(engine: Arc<Engine>, mut outgoing: Subscription, stop: watch::Receiver<bool>) {
+async fn forward(
+    engine: Arc<Engine>,
+    client: InlineClient,
+    mut outgoing: Subscription,
+    stop: watch::Receiver<bool>,
+) {
     let config = engine.config().clone();
     let (durable, volatile) = (config.durable_prefix(), config.volatile_prefix());
     // Message ids unique across the node's restarts: the node, the start
@@ -163,8 +193,9 @@ async fn forward(engine: Arc<Engine>, mut outgoing: Subscription, stop: watch::R
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let mut seq: u64 = 0;
-    while let Some(m) = outgoing.recv().await {
+    while let Some(mut m) = outgoing.recv().await {
         let qos = m.qos;
+        let ack = m.ack.take();
         let publish = as_publish(m);
         let body = envelope::encode(&publish);
         let mut headers = HeaderMap::new();
@@ -187,12 +218,21 @@ async fn forward(engine: Arc<Engine>, mut outgoing: Subscription, stop: watch::R
             async_nats::header::NATS_MESSAGE_ID,
             format!("{}-{boot}-{seq}", config.node).as_str(),
         );
-        publish_until_stored(&engine, &durable, &publish, headers, body, &stop).await;
+        if !publish_until_stored(&engine, &durable, &publish, headers, body, &stop).await {
+            return;
+        }
+        // Stored: the publisher's acknowledgement, which waited for this,
+        // may go.
+        if let Some(ack) = ack {
+            if client.acknowledge(ack).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
-/// Publishes one durable message until JetStream acknowledges it, or the
-/// node stops.
+/// Publishes one durable message until JetStream acknowledges it (true),
+/// or the node stops (false).
 async fn publish_until_stored(
     engine: &Engine,
     prefix: &str,
@@ -200,7 +240,7 @@ async fn publish_until_stored(
     headers: HeaderMap,
     body: bytes::Bytes,
     stop: &watch::Receiver<bool>,
-) {
+) -> bool {
     let subject = subject_of(prefix, &publish.topic);
     let mut pause = RETRY_MIN;
     loop {
@@ -208,7 +248,7 @@ async fn publish_until_stored(
             .publish_durable(subject.clone(), headers.clone(), body.clone())
             .await
         {
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(topic = %Escaped(&publish.topic), error = %e,
                     retry_in_ms = pause.as_millis() as u64,
@@ -216,7 +256,7 @@ async fn publish_until_stored(
             }
         }
         if *stop.borrow() {
-            return;
+            return false;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RETRY_MAX);
