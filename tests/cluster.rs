@@ -276,6 +276,61 @@ async fn no_acknowledgement_while_jetstream_is_down_and_delivery_once_it_returns
     drop((a, b));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_retained_and_inline_publishes_cross_too() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("route");
+    let server_a = Server::new(Options::default()).cluster(config(&nats, &name, "a"));
+    let app = server_a.inline_client("app");
+    let a = TestBroker::with_server(server_a).await;
+    let b =
+        TestBroker::with_server(Server::new(Options::default()).cluster(config(&nats, &name, "b")))
+            .await;
+    let mut sub = Raw::connected(b.addr, v5("sub-b")).await;
+    sub.subscribe(1, "k/#", QoS::AtLeastOnce).await;
+
+    // The inline client's QoS 1 publish returns once acknowledged, which
+    // in a cluster means once JetStream has it.
+    app.publish("k/inline", "i", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let got = sub.recv_publish().await;
+    assert_eq!(
+        (got.topic.as_str(), common::payload(&got)),
+        ("k/inline", "i")
+    );
+    sub.ack(&got).await;
+
+    // A will, published by A's core when its client goes away.
+    let mut connect = v5("dying");
+    connect.will = Some(common::will("k/will", "gone", QoS::AtLeastOnce, false));
+    Raw::connected(a.addr, connect).await.drop_connection();
+    let got = sub.recv_publish().await;
+    assert_eq!(
+        (got.topic.as_str(), common::payload(&got)),
+        ("k/will", "gone")
+    );
+    sub.ack(&got).await;
+
+    // A retained publish keeps its flag across: B retains it too, so a
+    // later subscriber on B gets it on subscribe.
+    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    let r = publ
+        .publish(common::retained("k/state", "on", QoS::AtLeastOnce, 1))
+        .await;
+    assert_eq!(r, ReasonCode::Success);
+    let got = sub.recv_publish().await;
+    assert_eq!(common::payload(&got), "on");
+    sub.ack(&got).await;
+    let mut late = Raw::connected(b.addr, v5("late-b")).await;
+    late.subscribe(1, "k/state", QoS::AtLeastOnce).await;
+    let got = late.recv_publish().await;
+    assert!(got.retain, "retained on B as well");
+    assert_eq!(common::payload(&got), "on");
+    sub.expect_nothing().await;
+    drop((a, b));
+}
+
 /// Cross-node QoS 1 latency (publish on A to delivery on B, one in
 /// flight) and rate (a window of 64). Not a test: run with
 /// `cargo test --features cluster --test cluster -- --ignored --nocapture measure`.
