@@ -331,6 +331,67 @@ async fn wills_retained_and_inline_publishes_cross_too() {
     drop((a, b));
 }
 
+/// Replicas 3, and the message stream's leader killed (`kill -9`) while
+/// QoS 1 messages cross: the router retries through the election with the
+/// same message ids, so every acknowledged message reaches the other node,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leader_dying_loses_and_duplicates_nothing_acknowledged() {
+    let mut nats = NatsCluster::start(3).await;
+    let name = unique("failover");
+    let cfg = |node: &str| ClusterConfig {
+        replicas: 3,
+        ..config(&nats, &name, node)
+    };
+    let (cfg_a, cfg_b, cfg_probe) = (cfg("a"), cfg("b"), cfg("probe"));
+    let a = TestBroker::with_server(Server::new(Options::default()).cluster(cfg_a)).await;
+    let b = TestBroker::with_server(Server::new(Options::default()).cluster(cfg_b)).await;
+    let mut sub = Raw::connected(b.addr, v5("sub-b")).await;
+    sub.subscribe(1, "f/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    let probe = roost::cluster_engine::connect(&cfg_probe).await.unwrap();
+    let n = 60u16;
+    for i in 1..=n {
+        if i == 21 {
+            let leader = probe
+                .jetstream()
+                .get_stream(cfg_probe.stream())
+                .await
+                .unwrap()
+                .cached_info()
+                .cluster
+                .clone()
+                .and_then(|c| c.leader)
+                .expect("the stream has a leader");
+            nats.kill(leader.trim_start_matches('n').parse().unwrap());
+        }
+        publ.send(Packet::Publish(publish(
+            "f/x",
+            &i.to_string(),
+            QoS::AtLeastOnce,
+            i,
+        )))
+        .await;
+        // Through the election (about 4.4 s with 2.9's defaults).
+        match publ.recv_within(Duration::from_secs(30)).await {
+            Some(Packet::PubAck(r)) => assert_eq!(r.packet_id.get(), i),
+            other => panic!("message {i}: expected PUBACK, got {other:?}"),
+        }
+    }
+    let mut got = BTreeMap::new();
+    while got.len() < usize::from(n) {
+        let Some(Packet::Publish(p)) = sub.recv_within(Duration::from_secs(30)).await else {
+            panic!("B received only {} of {n}: {got:?}", got.len());
+        };
+        sub.ack(&p).await;
+        *got.entry(common::payload(&p).parse::<u16>().unwrap())
+            .or_insert(0) += 1;
+    }
+    sub.expect_nothing().await;
+    assert!(got.values().all(|c| *c == 1), "each once: {got:?}");
+    drop((a, b));
+}
+
 /// Cross-node QoS 1 latency (publish on A to delivery on B, one in
 /// flight) and rate (a window of 64). Not a test: run with
 /// `cargo test --features cluster --test cluster -- --ignored --nocapture measure`.
