@@ -27,6 +27,15 @@ fn main() -> ExitCode {
         Err(e) => return refuse(&e),
     };
     if args.print_config {
+        // Secrets written in the file stay out of what is printed.
+        #[cfg(feature = "cluster")]
+        let config = {
+            let mut config = config;
+            if let Some(c) = config.cluster.as_mut() {
+                c.credentials = c.credentials.as_ref().map(|c| c.redacted());
+            }
+            config
+        };
         return match toml::to_string(&config) {
             Ok(text) => {
                 print!("{text}");

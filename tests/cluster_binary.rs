@@ -87,3 +87,34 @@ fn check_config_validates_the_cluster_table() {
     assert_eq!(nameless.status.code(), Some(2), "{}", stderr(&nameless));
     assert!(stderr(&nameless).contains("node"), "{}", stderr(&nameless));
 }
+
+/// `--print-config` and `Debug` never show the NATS password or token.
+#[test]
+fn printed_configurations_leave_the_nats_secret_out() {
+    let dir = tempfile::tempdir().unwrap();
+    for (credentials, secret) in [
+        (
+            "{ user = \"roost\", password = \"s3cret-pass\" }",
+            "s3cret-pass",
+        ),
+        ("{ token = \"s3cret-token\" }", "s3cret-token"),
+    ] {
+        let path = dir.path().join("roost.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[cluster]\nservers = [\"nats://10.0.0.1:4222\"]\nnode = \"gw-1\"\ncredentials = {credentials}\n"
+            ),
+        )
+        .unwrap();
+        let out = run(&["--config", path.to_str().unwrap(), "--print-config"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(!printed.contains(secret), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+    }
+    let token = roost::Credentials::Token {
+        token: "s3cret-token".into(),
+    };
+    assert!(!format!("{token:?}").contains("s3cret"));
+}

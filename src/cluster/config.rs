@@ -78,8 +78,9 @@ impl Default for ClusterConfig {
     }
 }
 
-/// How a node authenticates to NATS.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How a node authenticates to NATS. Its `Debug` form leaves the secret
+/// out, so a logged configuration never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum Credentials {
     /// A user name and password (`user = "..."`, `password = "..."`).
@@ -94,6 +95,38 @@ pub enum Credentials {
         /// The token.
         token: String,
     },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::Token { .. } => f
+                .debug_struct("Token")
+                .field("token", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
+impl Credentials {
+    /// The same, with the password or token replaced by `<redacted>`: for
+    /// printing a configuration.
+    pub fn redacted(&self) -> Credentials {
+        match self {
+            Credentials::UserPassword { user, .. } => Credentials::UserPassword {
+                user: user.clone(),
+                password: "<redacted>".into(),
+            },
+            Credentials::Token { .. } => Credentials::Token {
+                token: "<redacted>".into(),
+            },
+        }
+    }
 }
 
 /// Why a [`ClusterConfig`] cannot be used.
