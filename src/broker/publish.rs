@@ -216,12 +216,16 @@ impl Broker {
         } else if let PublishVerdict::Refuse(code) = verdict {
             reason = code;
         } else if verdict == PublishVerdict::Deliver {
+            // One lookup for what the message needs of its publisher: its
+            // client id (for the inline client's subscribers and the hooks;
+            // shared, not copied) and whether its session is stored.
+            let (publisher_id, stored) = self
+                .sessions
+                .get(&sid)
+                .map_or((None, false), |s| (Some(s.client_id().clone()), s.stored));
             let mut msg = Message::from_publish(p, now_ms, Some(sid));
-            // Who published it, for the inline client's subscribers and the
-            // hooks: the session's client id, shared, not copied.
-            msg.publisher_id = self.sessions.get(&sid).map(|s| s.client_id().clone());
+            msg.publisher_id = publisher_id;
             let msg = Arc::new(Tracked::new(msg));
-            let stored = self.sessions.get(&sid).is_some_and(|s| s.stored);
             if qos == QoS::ExactlyOnce && stored && self.persist.enabled && !self.persist.ack_first
             {
                 // Its packet id goes into this commit (below).
