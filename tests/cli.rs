@@ -7,11 +7,9 @@ use common::listeners::*;
 use common::process::{roost, Broker, Logs};
 use common::*;
 use roost::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Runs `roost ARGS` in `dir` to its end.
@@ -68,21 +66,6 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
-}
-
-/// Status line and body of `GET path`.
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("the server closes after one response")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
 }
 
 #[test]
@@ -532,9 +515,9 @@ bind = "127.0.0.1:0"
         .await;
     assert_eq!(payload(&sub.recv_publish().await), "over websocket");
 
-    let (status, body) = http_get(b.listener("http stats"), "/stats").await;
-    assert!(status.contains("200"), "{status}");
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let r = common::http::get(b.listener("http stats"), "/stats").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let (stats, body) = (r.json(), r.body);
     assert!(stats.is_object(), "{body}");
     assert!(b.terminate().await.success());
 }
@@ -741,9 +724,9 @@ bind = "127.0.0.1:0"
         .await;
     assert!(third.expect_closed().await.is_empty(), "no CONNACK");
     logs.wait_for("maximum_connections_per_ip");
-    let (status, body) = http_get(b.listener("http stats"), "/stats").await;
-    assert!(status.contains("200"), "{status}");
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let r = common::http::get(b.listener("http stats"), "/stats").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let (stats, body) = (r.json(), r.body);
     assert_eq!(stats["connections_refused_per_ip"], 1, "{body}");
     assert_eq!(stats["connect_rate_refused"], 0, "{body}");
     device.ping().await;

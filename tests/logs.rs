@@ -10,7 +10,6 @@ use common::process::{roost, Broker, Logs};
 use common::{v5, Raw};
 use roost::codec::{QoS, ReasonCode};
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
@@ -58,18 +57,10 @@ fn parse(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
 async fn stats(b: &Broker) -> serde_json::Value {
-    parse(&http_get(b.listener("http stats"), "/stats").await)
+    common::http::get(b.listener("http stats"), "/stats")
+        .await
+        .json()
 }
 
 fn dev(id: &str, password: &'static [u8]) -> roost::codec::Connect {

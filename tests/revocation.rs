@@ -19,8 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
@@ -385,20 +384,6 @@ async fn a_crl_that_does_not_read_is_refused_at_start_and_kept_at_reload() {
     b.stop().await;
 }
 
-/// `GET path` on the HTTP listener: the body.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    text.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
-
 fn listener_toml(fleet: &Fleet) -> String {
     let path = |p: &Path| format!("{:?}", p.to_str().unwrap());
     format!(
@@ -445,10 +430,10 @@ async fn the_binary_reloads_the_crl_on_sighup_and_logs_subject_and_serial() {
     assert!(line.contains("remote=127.0.0.1:"), "{line}");
 
     let http = b.listener("http stats");
-    let stats: serde_json::Value = serde_json::from_str(&http_get(http, "/stats").await).unwrap();
+    let stats: serde_json::Value = common::http::get(http, "/stats").await.json();
     assert_eq!(stats["tls_revoked_closed"], 1, "{stats}");
     assert_eq!(stats["tls_revoked_refused"], 1, "{stats}");
-    let metrics = http_get(http, "/metrics").await;
+    let metrics = common::http::get(http, "/metrics").await.body;
     assert!(
         metrics.contains("roost_tls_revoked_closed_total 1"),
         "{metrics}"

@@ -593,21 +593,6 @@ async fn without_the_certificate_client_id_a_client_is_refused() {
     b.stop().await;
 }
 
-/// Status line and body of `GET path`.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("the server closes after one response")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
-
 /// `maximum_connections_per_ip` on TLS: past it a connection is closed
 /// before its handshake (the server never answers the ClientHello), and
 /// counted in the stats, `/metrics` and `$SYS`. HTTP connections do not
@@ -638,12 +623,12 @@ async fn past_maximum_connections_per_ip_a_tls_connection_is_closed_before_its_h
     assert!(got.is_empty());
     assert_eq!(b.stats.snapshot().connections_refused_per_ip, 2);
 
-    let (status, body) = http_get(b.http, "/stats").await;
-    assert!(status.contains("200"), "{status}");
-    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let r = common::http::get(b.http, "/stats").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let (stats, body) = (r.json(), r.body);
     assert_eq!(stats["connections_refused_per_ip"], 2, "{body}");
     assert_eq!(stats["connect_rate_refused"], 0, "{body}");
-    let (_, metrics) = http_get(b.http, "/metrics").await;
+    let metrics = common::http::get(b.http, "/metrics").await.body;
     assert!(
         metrics.contains("\nroost_connections_refused_per_ip_total 2\n"),
         "{metrics}"

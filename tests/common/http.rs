@@ -79,6 +79,11 @@ pub(crate) async fn request(
     raw(addr, req.as_bytes()).await
 }
 
+/// `GET target`, without credentials.
+pub(crate) async fn get(addr: SocketAddr, target: &str) -> Response {
+    request(addr, "GET", target, None, None).await
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 pub(crate) fn encode(s: &str) -> String {
     s.bytes()
