@@ -4,7 +4,7 @@
 
 mod common;
 use common::listeners::*;
-use common::process::{roost, Broker, Logs};
+use common::process::{roost, run_in, stderr, Broker, Logs};
 use common::*;
 use roost::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 use std::path::{Path, PathBuf};
@@ -13,21 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Runs `roost ARGS` in `dir` to its end.
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roost"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("roost runs")
-}
-
 fn run(args: &[&str]) -> Output {
     run_in(Path::new("."), args)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -7,24 +7,11 @@
 
 mod common;
 use common::listeners::*;
-use common::process::{roost, Broker, Logs};
+use common::process::{roost, run_in, stderr, Broker, Logs};
 use common::*;
 use roost::codec::{ProtocolVersion, QoS, ReasonCode};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roost"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("roost runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use std::process::Stdio;
 
 /// Each mistake, and what the answer must hold: the file and line (and
 /// the key, where there is one), and the hint.

@@ -22,6 +22,22 @@ pub(crate) fn roost(args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `roost ARGS` in `dir` to its end (stdin closed), for commands
+/// that exit: check-config, --print-config, refusals.
+pub(crate) fn run_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("roost runs")
+}
+
+/// What a finished `roost` wrote to stderr.
+pub(crate) fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 impl Broker {
     /// Starts `roost ARGS` and waits for its start-up lines.
     pub(crate) fn start(args: &[&str]) -> Broker {
