@@ -438,10 +438,7 @@ impl Broker {
             })),
             None => w.message,
         };
-        if msg.retain {
-            self.store_retained(&msg, now_ms);
-        }
-        self.route(&msg, now_ms);
+        self.dispatch(&msg, false, true, now_ms);
         if self.hooks.has_events() {
             self.hooks.each(|h| h.on_will_sent(client_id, &msg));
         }

@@ -158,6 +158,32 @@ pub(crate) enum Event {
     },
     /// A request of the admin API, and where its answer goes.
     Admin(Box<admin::AdminCall>),
+    /// A message another node (or this one, through the cluster's log)
+    /// published, injected by this node's cluster router: delivered to the
+    /// local subscriptions without the publish hooks, which judged it
+    /// where it was published.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Inject {
+        /// The router's connection.
+        conn: ConnId,
+        /// The message, as its publisher's node forwarded it.
+        publish: Publish,
+        /// Who published it, where.
+        origin: Box<Origin>,
+    },
+}
+
+/// Where an injected message was published (see [`Event::Inject`]).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct Origin {
+    /// Its publisher's client id (No Local, hooks, the inline client's
+    /// `publisher`), if the node that forwarded it said.
+    pub client_id: Option<ByteStr>,
+    /// Published on this node: it was retained here already.
+    pub own: bool,
+    /// Its sequence in the cluster's message stream (QoS 1/2).
+    pub seq: Option<u64>,
 }
 
 /// The keep-alive a connection runs with, and the Server Keep Alive to
@@ -223,6 +249,9 @@ pub(crate) struct Broker {
     /// connected: QoS 1/2 acknowledgements wait for it to acknowledge its
     /// copy, which it does once the cluster's engine stored the message.
     cluster_router: Option<SessionId>,
+    /// The last stream sequence the router injected (0: none yet): every
+    /// QoS 1/2 message of the cluster up to it has been routed here.
+    cluster_seq: u64,
 }
 
 /// One subscriber a message goes to.
@@ -268,6 +297,7 @@ impl Broker {
             failing: false,
             bridges: HashMap::new(),
             cluster_router: None,
+            cluster_seq: 0,
         }
     }
 
@@ -342,7 +372,7 @@ impl Broker {
                         Packet::Publish(publish) => {
                             if let Some(sid) = self.live(conn) {
                                 let verdict = PublishVerdict::Deliver;
-                                self.on_publish(conn, sid, publish, verdict, now_ms);
+                                self.on_publish(conn, sid, publish, verdict, None, now_ms);
                             }
                         }
                         packet => self.packet(conn, packet, now_ms),
@@ -357,7 +387,19 @@ impl Broker {
                 ..
             } => {
                 if let Some(sid) = self.live(conn) {
-                    self.on_publish(conn, sid, publish, verdict, now_ms);
+                    self.on_publish(conn, sid, publish, verdict, None, now_ms);
+                }
+            }
+            Event::Inject {
+                conn,
+                publish,
+                origin,
+            } => {
+                // Only the router injects; anyone else's is an ordinary
+                // publish (never reached: the event is crate-private).
+                if let Some(sid) = self.live(conn) {
+                    let origin = (self.cluster_router == Some(sid)).then_some(&*origin);
+                    self.on_publish(conn, sid, publish, PublishVerdict::Deliver, origin, now_ms);
                 }
             }
             Event::Subscribe { conn, subscribe } => {
@@ -409,7 +451,9 @@ impl Broker {
             return;
         };
         match packet {
-            Packet::Publish(p) => self.on_publish(conn, sid, p, PublishVerdict::Deliver, now_ms),
+            Packet::Publish(p) => {
+                self.on_publish(conn, sid, p, PublishVerdict::Deliver, None, now_ms)
+            }
             Packet::PubAck(r) => {
                 let (mut ctx, sessions) = self.ctx(now_ms);
                 if let Some(s) = sessions.get_mut(&sid) {

@@ -198,6 +198,10 @@ impl Subscriptions {
         }
     }
 
+    pub(crate) fn get(&self, filter: &str) -> Option<&SubEntry> {
+        self.0.as_ref()?.by_filter.get(filter)
+    }
+
     pub(crate) fn remove(&mut self, filter: &str) -> Option<SubEntry> {
         let m = self.0.as_mut()?;
         let removed = m.by_filter.remove(filter)?;

@@ -373,13 +373,7 @@ impl InlineClient {
         let mut properties = options.properties;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
-        let (qos_pid, answer) = match qos {
-            QoS::AtMostOnce => (QosPid::AtMostOnce, None),
-            _ => {
-                let (pid, rx) = self.wait_for_answer()?;
-                (QosPid::new(qos, pid), Some(rx))
-            }
-        };
+        let (qos_pid, answer) = self.packet_id_for(qos)?;
         let publish = Publish {
             dup: false,
             qos_pid,
@@ -408,14 +402,68 @@ impl InlineClient {
             return Err(InlineError::Refused(code));
         }
         self.ready().await?;
+        let event = Event::Publish {
+            conn: self.inner.conn,
+            publish,
+            verdict,
+            held: Default::default(),
+        };
+        self.submit(event, answer).await
+    }
+
+    /// Injects a message this node's cluster router read from the cluster
+    /// (see `Event::Inject`), without the publish hooks: they judged it
+    /// where it was published. `Ok` once the core took it (at QoS 1/2:
+    /// acknowledged it, after its commit).
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn inject(
+        &self,
+        mut publish: Publish,
+        origin: crate::broker::Origin,
+    ) -> Result<(), InlineError> {
+        let (qos_pid, answer) = self.packet_id_for(publish.qos_pid.qos())?;
+        publish.qos_pid = qos_pid;
+        self.ready().await?;
+        let event = Event::Inject {
+            conn: self.inner.conn,
+            publish,
+            origin: Box::new(origin),
+        };
+        self.submit(event, answer).await
+    }
+
+    /// The QoS and packet id for a publish at `qos`, and where its
+    /// acknowledgement will arrive (none at QoS 0).
+    #[allow(clippy::type_complexity)]
+    fn packet_id_for(
+        &self,
+        qos: QoS,
+    ) -> Result<
+        (
+            QosPid,
+            Option<oneshot::Receiver<Result<Packet, InlineError>>>,
+        ),
+        InlineError,
+    > {
+        Ok(match qos {
+            QoS::AtMostOnce => (QosPid::AtMostOnce, None),
+            _ => {
+                let (pid, rx) = self.wait_for_answer()?;
+                (QosPid::new(qos, pid), Some(rx))
+            }
+        })
+    }
+
+    /// Sends a publish `event` to the core and waits for its
+    /// acknowledgement, if it has one: a refusal is an error.
+    async fn submit(
+        &self,
+        event: Event,
+        answer: Option<oneshot::Receiver<Result<Packet, InlineError>>>,
+    ) -> Result<(), InlineError> {
         self.inner
             .events
-            .send(Event::Publish {
-                conn: self.inner.conn,
-                publish,
-                verdict,
-                held: Default::default(),
-            })
+            .send(event)
             .await
             .map_err(|_| InlineError::Stopped)?;
         match answer {
