@@ -143,6 +143,7 @@ pub mod bench {
 #[doc(hidden)]
 pub mod cluster_engine {
     pub use crate::net::cluster::{connect, ClusterError, Engine, Stored};
+    pub use crate::net::roaming::stored_session;
 }
 
 /// Entry points for `fuzz/` (built with `--cfg fuzzing` only).

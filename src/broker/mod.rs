@@ -23,6 +23,7 @@ mod persist;
 mod publish;
 mod restore;
 mod retained;
+mod roaming;
 mod session;
 mod share;
 mod spill;
@@ -41,6 +42,8 @@ pub(crate) use pages::{Page, PageEntry, PageRequest};
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
 pub(crate) use retained::{RetainedPage, RetainedRead};
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use roaming::{Adopt, Replayed, SessionState};
 pub(crate) use throttle::OncePerSecond;
 
 use crate::codec::{
@@ -171,6 +174,34 @@ pub(crate) enum Event {
         /// Who published it, where.
         origin: Box<Origin>,
     },
+    /// A session another node held, for this one to resume before the
+    /// client's CONNECT, which follows (see `roaming`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Adopt(Box<roaming::Adopt>),
+    /// A client resumes its session on another node: it leaves this one;
+    /// its state, if it moves, is the answer.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Release {
+        /// The client.
+        client_id: ByteStr,
+        /// It starts over there: the session ends here.
+        clean_start: bool,
+        /// Where the session's state goes.
+        reply: tokio::sync::oneshot::Sender<Option<roaming::SessionState>>,
+    },
+    /// Another node took the session over without asking this one: it
+    /// leaves without its will.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Lost {
+        /// The client.
+        client_id: ByteStr,
+    },
+    /// The persistent sessions' state, for the cluster's session bucket.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Export {
+        /// Where it goes.
+        reply: tokio::sync::oneshot::Sender<Vec<roaming::SessionState>>,
+    },
 }
 
 /// Where an injected message was published (see [`Event::Inject`]).
@@ -252,6 +283,10 @@ pub(crate) struct Broker {
     /// The last stream sequence the router injected (0: none yet): every
     /// QoS 1/2 message of the cluster up to it has been routed here.
     cluster_seq: u64,
+    /// Sessions adopted from another node, each with the last sequence its
+    /// replay covered: live messages up to it are not delivered to it
+    /// again (see `roaming`).
+    cluster_skip: HashMap<SessionId, u64>,
 }
 
 /// One subscriber a message goes to.
@@ -298,6 +333,7 @@ impl Broker {
             bridges: HashMap::new(),
             cluster_router: None,
             cluster_seq: 0,
+            cluster_skip: HashMap::new(),
         }
     }
 
@@ -389,6 +425,19 @@ impl Broker {
                 if let Some(sid) = self.live(conn) {
                     self.on_publish(conn, sid, publish, verdict, None, now_ms);
                 }
+            }
+            Event::Adopt(adopt) => self.adopt(*adopt, now_ms),
+            Event::Release {
+                client_id,
+                clean_start,
+                reply,
+            } => {
+                let state = self.release(&client_id, clean_start, now_ms);
+                let _ = reply.send(state);
+            }
+            Event::Lost { client_id } => self.lost_session(&client_id, now_ms),
+            Event::Export { reply } => {
+                let _ = reply.send(self.export_sessions());
             }
             Event::Inject {
                 conn,

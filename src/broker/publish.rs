@@ -232,11 +232,9 @@ impl Broker {
                     .client_id
                     .as_ref()
                     .and_then(|id| self.by_client_id.get(id).copied());
-                if let Some(seq) = origin.seq {
-                    self.cluster_seq = self.cluster_seq.max(seq);
-                }
             }
-            let msg = Arc::new(Tracked::new(msg));
+            let seq = origin.and_then(|o| o.seq).unwrap_or(0);
+            let msg = Arc::new(Tracked::new(msg).with_seq(seq));
             if qos == QoS::ExactlyOnce && stored && self.persist.enabled && !self.persist.ack_first
             {
                 // Its packet id goes into this commit (below).
@@ -249,6 +247,12 @@ impl Broker {
             let retain_here = origin.is_none_or(|o| !o.own);
             let copies_before = self.persist.copies_created;
             let (matched, dropped) = self.dispatch(&msg, injected, retain_here, now_ms);
+            if seq != 0 {
+                // Routed: the stream up to it has reached this node's
+                // subscribers (see `roaming`).
+                self.cluster_seq = self.cluster_seq.max(seq);
+                self.passed_seams();
+            }
             routed = Some((msg.clone(), self.persist.copies_created - copies_before));
             if matched == 0 {
                 reason = ReasonCode::NoMatchingSubscribers;
@@ -479,6 +483,10 @@ impl Broker {
                 }
                 same
             });
+        }
+        if msg.seq != 0 && !self.cluster_skip.is_empty() {
+            // Sessions adopted from another node got it in their replay.
+            targets.retain(|t| !self.replayed_already(t.sid, msg));
         }
         let count = targets.len();
         let (mut ctx, sessions) = self.ctx(now_ms);

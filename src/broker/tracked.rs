@@ -30,6 +30,9 @@ pub(crate) struct Tracked {
     /// being delivered twice: delivering before it is durable would let a
     /// crash undo that protection.
     pub(super) deliver_after: AtomicU64,
+    /// Its sequence in the cluster's message stream (0: none; see
+    /// `roaming`).
+    pub(super) seq: u64,
 }
 
 impl Tracked {
@@ -46,7 +49,14 @@ impl Tracked {
             gate: AckGate::default(),
             cluster: Default::default(),
             deliver_after: AtomicU64::new(0),
+            seq: 0,
         }
+    }
+
+    /// The same, read from the cluster's stream at `seq`.
+    pub(crate) fn with_seq(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self
     }
 }
 

@@ -461,6 +461,14 @@ impl Server {
         let reclaim = Arc::new(Reclaim::default());
         let intake = Arc::new(Intake::default());
         let batches = Arc::new(Batches::default());
+        #[cfg(feature = "cluster")]
+        let roaming = cluster.as_ref().map(|(engine, _)| {
+            Arc::new(crate::net::roaming::Roaming::new(
+                engine.clone(),
+                events_tx.clone(),
+                opts.limits.maximum_queued_messages,
+            ))
+        });
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             stats: stats.clone(),
@@ -474,6 +482,8 @@ impl Server {
             clock: clock.clone(),
             #[cfg(feature = "http")]
             admin: Admin::new(admin),
+            #[cfg(feature = "cluster")]
+            roaming: roaming.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         // With a cluster, the listeners open once the node's router is
@@ -499,6 +509,13 @@ impl Server {
                 ready,
                 stop_rx.clone(),
             ));
+            if let Some(roaming) = roaming {
+                tokio::spawn(crate::net::roaming::answer_loop(
+                    roaming.clone(),
+                    stop_rx.clone(),
+                ));
+                tokio::spawn(crate::net::roaming::write_loop(roaming, stop_rx.clone()));
+            }
         }
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
         // Listeners given before serving are waiting in `incoming`; those
