@@ -15,6 +15,7 @@ mod coalesce;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod drive;
 mod gate;
+mod groups;
 mod idhash;
 mod keepalive;
 mod lifecycle;
@@ -37,6 +38,8 @@ mod tracked;
 pub(crate) use crate::message::{Message, MessageProperties, SessionId};
 pub(crate) use bridges::{BridgeSession, QueueLimit, CLIENT_ID_PREFIX as BRIDGE_CLIENT_ID_PREFIX};
 pub(crate) use coalesce::coalesce_staged;
+#[cfg(feature = "cluster")]
+pub(crate) use groups::{outcome as group_outcome, GroupInterest};
 pub(crate) use pages::{Page, PageEntry, PageRequest};
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
@@ -158,6 +161,22 @@ pub(crate) enum Event {
     },
     /// A request of the admin API, and where its answer goes.
     Admin(Box<admin::AdminCall>),
+    /// A message the cluster's router pulled for a share group: to one
+    /// connected member of the group on this node (see `groups`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    GroupPublish {
+        /// The router's connection.
+        conn: ConnId,
+        /// The message; with a packet id if the router wants the outcome
+        /// (a PUBACK, whatever the QoS).
+        publish: Publish,
+        /// The message's QoS.
+        qos: QoS,
+        /// The share name.
+        group: ByteStr,
+        /// The group's plain filter.
+        filter: ByteStr,
+    },
 }
 
 /// The keep-alive a connection runs with, and the Server Keep Alive to
@@ -223,6 +242,9 @@ pub(crate) struct Broker {
     /// connected: QoS 1/2 acknowledgements wait for it to acknowledge its
     /// copy, which it does once the cluster's engine stored the message.
     cluster_router: Option<SessionId>,
+    /// Share groups served through the cluster (see `groups`); `None` on
+    /// one node.
+    cluster_groups: Option<groups::ClusterGroups>,
 }
 
 /// One subscriber a message goes to.
@@ -268,6 +290,7 @@ impl Broker {
             failing: false,
             bridges: HashMap::new(),
             cluster_router: None,
+            cluster_groups: None,
         }
     }
 
@@ -371,6 +394,13 @@ impl Broker {
                 // The caller may have given up waiting: nothing to undo.
                 let _ = reply.send(self.admin(query, now_ms));
             }
+            Event::GroupPublish {
+                conn,
+                publish,
+                qos,
+                group,
+                filter,
+            } => self.on_group_publish(conn, publish, qos, (&group, &filter), now_ms),
         }
         None
     }

@@ -173,7 +173,7 @@ pub(super) async fn run(
 }
 
 /// The next item of a stream, without a futures utility crate.
-async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+pub(super) async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 

@@ -11,6 +11,8 @@ mod clustering;
 mod commit;
 mod core_loop;
 mod reader;
+#[cfg(feature = "cluster")]
+mod sharing;
 
 use crate::admin::{Admin, AdminState};
 use crate::bridge::{Bridge, BridgeError};
@@ -490,6 +492,16 @@ impl Server {
                 clock.clone(),
                 stats.clone(),
             );
+            // Share groups are served through the cluster from the first
+            // event on (see `broker::groups`).
+            let (interest, interest_rx) = tokio::sync::mpsc::unbounded_channel();
+            broker.serve_groups_through_cluster(interest);
+            tokio::spawn(sharing::run(
+                engine.clone(),
+                client.clone(),
+                interest_rx,
+                stop_rx.clone(),
+            ));
             let (ready, ready_rx) = tokio::sync::oneshot::channel();
             routing = Some(ready_rx);
             tokio::spawn(clustering::run(
