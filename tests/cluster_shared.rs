@@ -8,7 +8,7 @@
 mod common;
 
 use async_nats::jetstream;
-use common::cluster::{config, two_nodes};
+use common::cluster::{config, nodes_with, two_nodes};
 use common::nats::NatsCluster;
 use common::{opts, publish, subscribe, unique, v5, v5_session, Raw, TestBroker, WAIT};
 use roost::codec::{Packet, PubResp, QoS, QosPid, ReasonCode};
@@ -117,9 +117,29 @@ async fn member(node: &TestBroker, id: &str, filter: &str, qos: QoS) -> Raw {
 async fn qos1_from_both_nodes_goes_to_one_member_across_the_nodes_exactly_once() {
     let nats = NatsCluster::start(1).await;
     let (a, b) = two_nodes(&nats).await;
+    qos1_from_both_nodes(a, b).await;
+}
+
+/// The same with persistent stores and persistent members: a pulled
+/// message is acknowledged to JetStream after the member's copy is
+/// committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_persistent_stores_too() {
+    let nats = NatsCluster::start(1).await;
+    let (a, b) = nodes_with(&nats, || {
+        Server::new(Options::default()).store(common::Durable::default())
+    })
+    .await;
+    qos1_from_both_nodes(a, b).await;
+}
+
+async fn qos1_from_both_nodes(a: TestBroker, b: TestBroker) {
     let filter = "$share/workers/jobs/#";
-    let mut on_a = member(&a, "m-a", filter, QoS::AtLeastOnce).await;
-    let mut on_b1 = member(&b, "m-b1", filter, QoS::AtLeastOnce).await;
+    let persistent = |id: &str| v5_session(id, false, 600);
+    let mut on_a = Raw::connected(a.addr, persistent("m-a")).await;
+    on_a.subscribe(1, filter, QoS::AtLeastOnce).await;
+    let mut on_b1 = Raw::connected(b.addr, persistent("m-b1")).await;
+    on_b1.subscribe(1, filter, QoS::AtLeastOnce).await;
     let mut on_b2 = member(&b, "m-b2", filter, QoS::ExactlyOnce).await;
     let mut pub_a = Raw::connected(a.addr, v5("pub-a")).await;
     let mut pub_b = Raw::connected(b.addr, v5("pub-b")).await;
@@ -366,4 +386,76 @@ async fn members_leaving_stop_their_node_pulling_and_the_consumer_keeps_the_mess
     let got = read_all(&mut [&mut on_a], N).await;
     assert_eq!(merged(&got), payloads("w", N));
     on_b.expect_nothing().await;
+}
+
+/// Cross-node QoS 1 through a share group whose one member is on the
+/// other node: latency with one message in flight, and the rate with 64.
+/// `cargo test --features cluster --test cluster_shared -- --ignored --nocapture measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement"]
+async fn measure_cross_node_group_qos1() {
+    let nats = NatsCluster::start(1).await;
+    let (a, b) = two_nodes(&nats).await;
+    let mut sub = member(&b, "m-sub", "$share/m/m/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::connected(a.addr, v5("m-pub")).await;
+    let payload = "x".repeat(256);
+    let n = 1000u16;
+    let mut lat = Vec::with_capacity(usize::from(n));
+    for i in 1..=n {
+        let t = std::time::Instant::now();
+        publ.send(Packet::Publish(publish(
+            "m/lat",
+            &payload,
+            QoS::AtLeastOnce,
+            i,
+        )))
+        .await;
+        let got = sub.recv_publish().await;
+        lat.push(t.elapsed());
+        sub.ack(&got).await;
+        assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+    }
+    lat.sort();
+    let pct = |p: usize| lat[lat.len() * p / 100];
+    println!(
+        "cross-node QoS 1 via a share group, one in flight, {n} x 256 B: p50 {:?} p99 {:?}",
+        pct(50),
+        pct(99)
+    );
+    let total = 10_000u32;
+    let window = 64u32;
+    let t = std::time::Instant::now();
+    let (mut sent, mut acked, mut received) = (0u32, 0u32, 0u32);
+    while received < total {
+        while sent < total && sent - acked < window {
+            sent += 1;
+            let pid = (sent % 65_000 + 1) as u16;
+            publ.send(Packet::Publish(publish(
+                "m/rate",
+                &payload,
+                QoS::AtLeastOnce,
+                pid,
+            )))
+            .await;
+        }
+        while let Some(p) = publ.recv_within(Duration::ZERO).await {
+            assert!(matches!(p, Packet::PubAck(_)));
+            acked += 1;
+        }
+        let mut wait = Duration::from_millis(5);
+        while let Some(p) = sub.recv_within(wait).await {
+            let Packet::Publish(p) = p else {
+                panic!("{p:?}")
+            };
+            sub.ack(&p).await;
+            received += 1;
+            wait = Duration::ZERO;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "cross-node QoS 1 via a share group, window {window}, {total} x 256 B: {:.0} msg/s",
+        f64::from(total) / secs
+    );
+    drop((a, b));
 }

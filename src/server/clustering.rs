@@ -50,8 +50,8 @@
 //! - A commit that fails while an acknowledgement still waits for the
 //!   cluster is not turned into a refusal once the cluster lets it go.
 //! - `$` topics other than `$SYS` are not forwarded (the router's filter is
-//!   `#`); retained messages, sessions and shared subscriptions are per
-//!   node.
+//!   `#`); retained messages and sessions are per node. Share groups are
+//!   not routed here: `server::sharing` serves them cluster-wide.
 //! - A node that restarts resumes its durable consumer where it stopped,
 //!   and injects what it missed: without sessions in the cluster, that
 //!   goes to whoever is subscribed then.

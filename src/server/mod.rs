@@ -152,7 +152,8 @@ impl Server {
 
     /// Joins the cluster `config` describes (feature `cluster`): messages
     /// published on this node reach subscribers on every node, and theirs
-    /// this node's (see issue 19 for what is clustered so far: routing).
+    /// this node's, and each message of a share group goes to one member
+    /// across the nodes (see issue 19 for what is clustered so far).
     /// [`Server::serve`] connects to NATS first and fails with
     /// [`ServeError::Cluster`] when it cannot, before serving anyone.
     #[cfg(feature = "cluster")]
