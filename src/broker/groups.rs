@@ -291,8 +291,10 @@ impl Broker {
         // Published.
         let retain = msg.retain && entry.options.retain_as_published && s.protocol.is_v5();
         let sub_ids = entry.id.into_iter().collect();
-        // Backpressure has no publisher to slow down here: the router
-        // delivers one message at a time, waiting for each answer.
+        // No publisher to slow down here: the router hands over a QoS 1/2
+        // message at a time, waiting for each answer (a full queue is
+        // answered FULL and the message given back), and QoS 0 is dropped
+        // by the member's queue limit as on one node.
         let _ = s.deliver(&msg, qos, retain, sub_ids, true, None, &mut ctx);
         if ctx.drops.get() > 0 {
             outcome::FULL
