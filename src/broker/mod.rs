@@ -15,6 +15,7 @@ mod coalesce;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod drive;
 mod gate;
+mod groups;
 mod idhash;
 mod keepalive;
 mod lifecycle;
@@ -38,6 +39,8 @@ mod tracked;
 pub(crate) use crate::message::{Message, MessageProperties, SessionId};
 pub(crate) use bridges::{BridgeSession, QueueLimit, CLIENT_ID_PREFIX as BRIDGE_CLIENT_ID_PREFIX};
 pub(crate) use coalesce::coalesce_staged;
+#[cfg(feature = "cluster")]
+pub(crate) use groups::{outcome as group_outcome, GroupInterest};
 pub(crate) use pages::{Page, PageEntry, PageRequest};
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
@@ -202,6 +205,22 @@ pub(crate) enum Event {
         /// Where it goes.
         reply: tokio::sync::oneshot::Sender<Vec<roaming::SessionState>>,
     },
+    /// A message the cluster's router pulled for a share group: to one
+    /// connected member of the group on this node (see `groups`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    GroupPublish {
+        /// The router's connection.
+        conn: ConnId,
+        /// The message; with a packet id if the router wants the outcome
+        /// (a PUBACK, whatever the QoS).
+        publish: Publish,
+        /// The message's QoS.
+        qos: QoS,
+        /// The share name.
+        group: ByteStr,
+        /// The group's plain filter.
+        filter: ByteStr,
+    },
 }
 
 /// Where an injected message was published (see [`Event::Inject`]).
@@ -287,6 +306,9 @@ pub(crate) struct Broker {
     /// replay covered: live messages up to it are not delivered to it
     /// again (see `roaming`).
     cluster_skip: HashMap<SessionId, u64>,
+    /// Share groups served through the cluster (see `groups`); `None` on
+    /// one node.
+    cluster_groups: Option<groups::ClusterGroups>,
 }
 
 /// One subscriber a message goes to.
@@ -334,6 +356,7 @@ impl Broker {
             cluster_router: None,
             cluster_seq: 0,
             cluster_skip: HashMap::new(),
+            cluster_groups: None,
         }
     }
 
@@ -462,6 +485,13 @@ impl Broker {
                 // The caller may have given up waiting: nothing to undo.
                 let _ = reply.send(self.admin(query, now_ms));
             }
+            Event::GroupPublish {
+                conn,
+                publish,
+                qos,
+                group,
+                filter,
+            } => self.on_group_publish(conn, publish, qos, (&group, &filter), now_ms),
         }
         None
     }

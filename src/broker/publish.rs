@@ -394,6 +394,7 @@ impl Broker {
     /// Delivers `msg` to every matching subscription; returns how many
     /// sessions it went to, and for how many of them it was dropped.
     pub(crate) fn route(&mut self, msg: &Arc<Tracked>, now_ms: u64) -> (usize, usize) {
+        let clustered = self.groups_clustered();
         let mut targets = std::mem::take(&mut self.scratch);
         let sessions = &self.sessions;
         let hooks = &self.hooks;
@@ -429,34 +430,15 @@ impl Broker {
                 group,
                 members,
             } => {
-                if members.is_empty() {
+                // In a cluster the router serves share groups (see
+                // `groups`): one member across all nodes.
+                if members.is_empty() || clustered {
                     return;
                 }
-                if !cursors.get(group).is_some_and(|f| f.contains_key(filter)) {
-                    cursors
-                        .entry(group.into())
-                        .or_default()
-                        .insert(filter.into(), 0);
-                }
-                let Some(cursor) = cursors.get_mut(group).and_then(|f| f.get_mut(filter)) else {
-                    return;
-                };
+                let cursor = groups::cursor(cursors, group, filter);
                 let n = members.len();
-                // Round-robin among connected members that may receive it;
-                // queue for an offline one only when no such member is
-                // connected. The delivery ACL is part of the choice: a
-                // member refused later would lose the message for the
-                // whole group. If nobody may receive it, nobody gets it.
-                let order = || (0..n).map(|i| (*cursor + i) % n);
-                let may = |i: usize, connected: bool| {
-                    sessions.get(&members[i].0).is_some_and(|s| {
-                        (!connected || s.conn.is_some()) && hooks.can_receive(&s.client, msg)
-                    })
-                };
-                let Some(pick) = order()
-                    .find(|&i| may(i, true))
-                    .or_else(|| order().find(|&i| may(i, false)))
-                else {
+                // Offline members only when no connected one may have it.
+                let Some(pick) = groups::pick(members, *cursor, sessions, hooks, msg, true) else {
                     return;
                 };
                 *cursor = (pick + 1) % n;

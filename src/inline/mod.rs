@@ -293,6 +293,54 @@ impl InlineClient {
         self.send(ack).await
     }
 
+    /// Hands `publish`, which the cluster's router pulled for share group
+    /// `group` on `filter`, to one connected member of the group on this
+    /// node (see `broker::groups`), whatever the subscriptions and without
+    /// the publish hooks (the message was judged where it was published).
+    /// With `answer`, returns the outcome (a `broker::group_outcome`
+    /// reason code) once what the delivery stored is committed; without,
+    /// [`ReasonCode::Success`] once the core has it queued.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) async fn deliver_to_group(
+        &self,
+        group: &str,
+        filter: &str,
+        publish: Publish,
+        answer: bool,
+    ) -> Result<ReasonCode, InlineError> {
+        let qos = publish.qos_pid.qos();
+        let (qos_pid, rx) = if answer {
+            let (pid, rx) = self.wait_for_answer()?;
+            (QosPid::new(QoS::AtLeastOnce, pid), Some(rx))
+        } else {
+            (QosPid::AtMostOnce, None)
+        };
+        let publish = Publish {
+            qos_pid,
+            dup: false,
+            ..publish
+        };
+        self.ready().await?;
+        self.inner
+            .events
+            .send(Event::GroupPublish {
+                conn: self.inner.conn,
+                publish,
+                qos,
+                group: ByteStr::from(group),
+                filter: ByteStr::from(filter),
+            })
+            .await
+            .map_err(|_| InlineError::Stopped)?;
+        let Some(rx) = rx else {
+            return Ok(ReasonCode::Success);
+        };
+        match rx.await.map_err(|_| InlineError::Stopped)?? {
+            Packet::PubAck(r) => Ok(r.reason),
+            _ => Ok(ReasonCode::UnspecifiedError),
+        }
+    }
+
     /// The client identifier.
     pub fn client_id(&self) -> &str {
         &self.inner.client.client_id

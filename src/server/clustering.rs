@@ -56,7 +56,8 @@
 //!   waits until it reconnects and resends).
 //! - A commit that fails while an acknowledgement still waits for the
 //!   cluster is not turned into a refusal once the cluster lets it go.
-//! - Sessions and shared subscriptions are per node.
+//! - Sessions are clustered by `net::roaming`; share groups are served
+//!   cluster-wide by `server::sharing`, not routed here.
 //! - A node that restarts resumes its durable consumer where it stopped,
 //!   and injects what it missed: without sessions in the cluster, that
 //!   goes to whoever is subscribed then.
@@ -179,7 +180,7 @@ pub(super) async fn run(
 }
 
 /// The next item of a stream, without a futures utility crate.
-async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+pub(super) async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 

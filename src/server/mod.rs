@@ -11,6 +11,8 @@ mod clustering;
 mod commit;
 mod core_loop;
 mod reader;
+#[cfg(feature = "cluster")]
+mod sharing;
 
 use crate::admin::{Admin, AdminState};
 use crate::bridge::{Bridge, BridgeError};
@@ -150,7 +152,8 @@ impl Server {
 
     /// Joins the cluster `config` describes (feature `cluster`): messages
     /// published on this node reach subscribers on every node, and theirs
-    /// this node's (see issue 19 for what is clustered so far: routing).
+    /// this node's, and each message of a share group goes to one member
+    /// across the nodes (see issue 19 for what is clustered so far).
     /// [`Server::serve`] connects to NATS first and fails with
     /// [`ServeError::Cluster`] when it cannot, before serving anyone.
     #[cfg(feature = "cluster")]
@@ -500,6 +503,16 @@ impl Server {
                 clock.clone(),
                 stats.clone(),
             );
+            // Share groups are served through the cluster from the first
+            // event on (see `broker::groups`).
+            let (interest, interest_rx) = tokio::sync::mpsc::unbounded_channel();
+            broker.serve_groups_through_cluster(interest);
+            tokio::spawn(sharing::run(
+                engine.clone(),
+                client.clone(),
+                interest_rx,
+                stop_rx.clone(),
+            ));
             let (ready, ready_rx) = tokio::sync::oneshot::channel();
             routing = Some(ready_rx);
             tokio::spawn(clustering::run(

@@ -12,6 +12,8 @@
 mod admin;
 mod expiry;
 mod full_disk;
+#[cfg(feature = "cluster")]
+mod groups;
 mod identity;
 mod keep_alive;
 mod restart;
