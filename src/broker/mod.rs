@@ -40,6 +40,8 @@ pub(crate) use coalesce::coalesce_staged;
 pub(crate) use pages::{Page, PageEntry, PageRequest};
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
+#[cfg(feature = "cluster")]
+pub(crate) use retained::RetainedSync;
 pub(crate) use retained::{RetainedPage, RetainedRead};
 pub(crate) use throttle::OncePerSecond;
 
@@ -158,6 +160,10 @@ pub(crate) enum Event {
     },
     /// A request of the admin API, and where its answer goes.
     Admin(Box<admin::AdminCall>),
+    /// A retained message set or cleared elsewhere in the cluster, to
+    /// apply here without delivering it.
+    #[cfg(feature = "cluster")]
+    SyncRetained(Box<RetainedSync>),
 }
 
 /// The keep-alive a connection runs with, and the Server Keep Alive to
@@ -371,6 +377,8 @@ impl Broker {
                 // The caller may have given up waiting: nothing to undo.
                 let _ = reply.send(self.admin(query, now_ms));
             }
+            #[cfg(feature = "cluster")]
+            Event::SyncRetained(change) => self.sync_retained(*change, now_ms),
         }
         None
     }

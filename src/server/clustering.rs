@@ -63,6 +63,7 @@ use crate::codec::{Publish, QoS, QosPid, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
 use crate::inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
 use crate::net::cluster::{ClusterError, Engine};
+use crate::server::retained_bucket::RetainedBucket;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use futures_core::Stream;
@@ -136,6 +137,7 @@ pub(super) async fn run(
     engine: Arc<Engine>,
     inbound: Inbound,
     client: InlineClient,
+    bucket: Arc<RetainedBucket>,
     ready: oneshot::Sender<()>,
     stop: watch::Receiver<bool>,
 ) {
@@ -161,6 +163,7 @@ pub(super) async fn run(
         engine.clone(),
         client.clone(),
         outgoing,
+        bucket,
         stop.clone(),
     ));
     let volatile = tokio::spawn(inject_volatile(engine.clone(), volatile, client.clone()));
@@ -173,7 +176,7 @@ pub(super) async fn run(
 }
 
 /// The next item of a stream, without a futures utility crate.
-async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+pub(super) async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
@@ -183,6 +186,7 @@ async fn forward(
     engine: Arc<Engine>,
     client: InlineClient,
     mut outgoing: Subscription,
+    bucket: Arc<RetainedBucket>,
     stop: watch::Receiver<bool>,
 ) {
     let config = engine.config().clone();
@@ -198,6 +202,9 @@ async fn forward(
         let ack = m.ack.take();
         let publish = as_publish(m);
         let body = envelope::encode(&publish);
+        if !bucket.write(&publish, &stop).await {
+            return;
+        }
         let mut headers = HeaderMap::new();
         headers.insert(ORIGIN, config.node.as_str());
         if qos == QoS::AtMostOnce {
@@ -287,7 +294,11 @@ fn ours(config: &ClusterConfig, headers: Option<&HeaderMap>) -> bool {
 async fn inject(client: &InlineClient, publish: Publish) -> Result<(), InlineError> {
     let qos = publish.qos_pid.qos();
     let options = PublishOptions {
-        retain: publish.retain,
+        // Retained state comes from the retained bucket, in the bucket's
+        // order (`retained_bucket`): the copy is delivered, not stored.
+        // (Until the injection keeps the flag apart from storing, a Retain
+        // As Published subscriber here sees it as 0.)
+        retain: false,
         properties: publish.properties,
     };
     match client

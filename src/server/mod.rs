@@ -11,6 +11,8 @@ mod clustering;
 mod commit;
 mod core_loop;
 mod reader;
+#[cfg(feature = "cluster")]
+mod retained_bucket;
 
 use crate::admin::{Admin, AdminState};
 use crate::bridge::{Bridge, BridgeError};
@@ -479,9 +481,23 @@ impl Server {
         // With a cluster, the listeners open once the node's router is
         // subscribed (the core must run to answer, so this waits in a task).
         #[allow(unused_mut)]
-        let mut routing: Option<tokio::sync::oneshot::Receiver<()>> = None;
+        let mut routing: Vec<tokio::sync::oneshot::Receiver<()>> = Vec::new();
         #[cfg(feature = "cluster")]
         if let Some((engine, inbound)) = cluster {
+            // And once the retained bucket is loaded: a client served
+            // before could miss a retained message, or get a stale one.
+            let bucket = Arc::new(retained_bucket::RetainedBucket::new(
+                engine.clone(),
+                events_tx.clone(),
+                clock.clone(),
+            ));
+            let (loaded, loaded_rx) = tokio::sync::oneshot::channel();
+            routing.push(loaded_rx);
+            tokio::spawn(retained_bucket::run(
+                bucket.clone(),
+                loaded,
+                stop_rx.clone(),
+            ));
             let client = InlineClient::connect(
                 &clustering::client_id(&engine.config().node),
                 ConnId(next_conn.fetch_add(1, Ordering::Relaxed)),
@@ -491,11 +507,12 @@ impl Server {
                 stats.clone(),
             );
             let (ready, ready_rx) = tokio::sync::oneshot::channel();
-            routing = Some(ready_rx);
+            routing.push(ready_rx);
             tokio::spawn(clustering::run(
                 engine,
                 inbound,
                 client,
+                bucket,
                 ready,
                 stop_rx.clone(),
             ));
@@ -511,9 +528,10 @@ impl Server {
             stop: stop_rx.clone(),
         };
         tokio::spawn(async move {
-            if let Some(ready) = routing {
+            for ready in routing {
                 if ready.await.is_err() {
-                    // The router could not subscribe (logged): not serving.
+                    // The router could not subscribe, or the retained
+                    // bucket not load (logged): not serving.
                     return;
                 }
             }
