@@ -104,7 +104,7 @@ pub use net::ws::WsConfig;
 #[doc(inline)]
 pub use roost_storage as storage;
 pub use server::{ServeError, Server};
-pub use stats::{BridgeSnapshot, Stats, StatsSnapshot};
+pub use stats::{BridgeSnapshot, ClusterNodeSnapshot, ClusterSnapshot, Stats, StatsSnapshot};
 
 /// The `tracing` target of the log lines that say a client was refused:
 /// failed TLS and WebSocket handshakes, failed authentication, and
@@ -142,6 +142,7 @@ pub mod bench {
 #[cfg(feature = "cluster")]
 #[doc(hidden)]
 pub mod cluster_engine {
+    pub use crate::cluster::nodes::{NodeRecord, NodeSet, TTL};
     pub use crate::net::cluster::{connect, ClusterError, Engine, Stored};
 }
 

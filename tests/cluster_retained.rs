@@ -242,3 +242,118 @@ async fn concurrent_retained_writes_on_two_nodes_converge_to_the_buckets_last() 
     until_retained(b.addr, "c/x", Some(&last)).await;
     drop((a, b));
 }
+
+/// The `$SYS/broker/cluster/...` values a subscriber on `addr` sees now
+/// (retained, on subscribe), topic (after `cluster/`) to value.
+async fn sys_cluster(addr: std::net::SocketAddr) -> BTreeMap<String, String> {
+    retained_on(addr, "$SYS/broker/cluster/#")
+        .await
+        .into_iter()
+        .map(|(t, p)| {
+            let t = t.trim_start_matches("$SYS/broker/cluster/").to_owned();
+            (t, common::payload(&p).to_owned())
+        })
+        .collect()
+}
+
+/// Waits (up to `within`) until `$SYS/broker/cluster/nodes` on `addr` says
+/// `n`; returns the cluster values then.
+async fn until_nodes(
+    addr: std::net::SocketAddr,
+    n: usize,
+    within: Duration,
+) -> BTreeMap<String, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let sys = sys_cluster(addr).await;
+        if sys.get("nodes").map(String::as_str) == Some(&n.to_string()) {
+            return sys;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "$SYS/broker/cluster on {addr}: {sys:?}, expected {n} nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Three nodes; one stops cleanly (it deletes its registry record: gone at
+/// once), then another loses its NATS connection (its record ages out
+/// after the TTL): `$SYS/broker/cluster/nodes` on the first goes 3, 2, 1,
+/// the per-node figures follow, and so does the Rust API's view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_registry_counts_live_nodes_after_a_clean_stop_and_a_lost_connection() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("reg");
+    let sys_every_second = || {
+        Server::new(Options {
+            sys_interval: Some(Duration::from_secs(1)),
+            ..Options::default()
+        })
+    };
+    let a = TestBroker::with_server(sys_every_second().cluster(config(&nats, &name, "a"))).await;
+    let b = TestBroker::with_server(sys_every_second().cluster(config(&nats, &name, "b"))).await;
+    // C reaches NATS through a relay the test cuts.
+    let nats_addr = nats.urls()[0]
+        .trim_start_matches("nats://")
+        .parse()
+        .unwrap();
+    let relay = common::relay::Relay::start(nats_addr).await;
+    let mut c_config = config(&nats, &name, "c");
+    c_config.servers = vec![format!("nats://{}", relay.addr)];
+    let c = TestBroker::with_server(sys_every_second().cluster(c_config)).await;
+    // A client on C, so its record counts one.
+    let _on_c = Raw::connected(c.addr, v5("on-c")).await;
+
+    let sys = until_nodes(a.addr, 3, SETTLE).await;
+    assert_eq!(sys["node_name"], "a");
+    for node in ["a", "b", "c"] {
+        assert!(
+            sys.contains_key(&format!("node/{node}/clients"))
+                && sys.contains_key(&format!("node/{node}/subscriptions")),
+            "{sys:?}"
+        );
+    }
+    let deadline = Instant::now() + SETTLE;
+    while sys_cluster(a.addr)
+        .await
+        .get("node/c/clients")
+        .map(String::as_str)
+        != Some("1")
+    {
+        assert!(Instant::now() < deadline, "C's client is counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A clean stop: gone well before the TTL.
+    b.stop().await;
+    let sys = until_nodes(a.addr, 2, roost::cluster_engine::TTL / 2).await;
+    assert!(
+        !sys.contains_key("node/b/clients"),
+        "B's figures cleared: {sys:?}"
+    );
+    let live = |s: &TestBroker| {
+        let cluster = s.stats.snapshot().cluster.expect("a cluster node");
+        cluster
+            .nodes
+            .into_iter()
+            .map(|n| n.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(live(&a), ["a", "c"]);
+
+    // C's NATS connection dies: C counts until its last record is a TTL old.
+    relay.cut();
+    let sys = until_nodes(
+        a.addr,
+        1,
+        roost::cluster_engine::TTL + Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        !sys.contains_key("node/c/clients"),
+        "C's figures cleared: {sys:?}"
+    );
+    assert_eq!(live(&a), ["a"]);
+    drop((a, c));
+}

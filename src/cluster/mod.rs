@@ -20,6 +20,8 @@ pub(crate) mod config;
 #[cfg(feature = "cluster")]
 pub(crate) mod envelope;
 #[cfg(feature = "cluster")]
+pub(crate) mod nodes;
+#[cfg(feature = "cluster")]
 pub(crate) mod retained;
 pub(crate) mod subject;
 

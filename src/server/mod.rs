@@ -10,6 +10,8 @@ mod bridging;
 mod clustering;
 mod commit;
 mod core_loop;
+#[cfg(feature = "cluster")]
+mod node_registry;
 mod reader;
 #[cfg(feature = "cluster")]
 mod retained_bucket;
@@ -482,6 +484,10 @@ impl Server {
         // subscribed (the core must run to answer, so this waits in a task).
         #[allow(unused_mut)]
         let mut routing: Vec<tokio::sync::oneshot::Receiver<()>> = Vec::new();
+        // The node registry's task, which deletes the node's record once
+        // stopped: waited for before `serve` returns.
+        #[allow(unused_mut)]
+        let mut registry: Option<tokio::task::JoinHandle<()>> = None;
         #[cfg(feature = "cluster")]
         if let Some((engine, inbound)) = cluster {
             // And once the retained bucket is loaded: a client served
@@ -491,6 +497,11 @@ impl Server {
                 events_tx.clone(),
                 clock.clone(),
             ));
+            registry = Some(tokio::spawn(node_registry::run(
+                engine.clone(),
+                stats.clone(),
+                stop_rx.clone(),
+            )));
             let (loaded, loaded_rx) = tokio::sync::oneshot::channel();
             routing.push(loaded_rx);
             tokio::spawn(retained_bucket::run(
@@ -593,6 +604,9 @@ impl Server {
         core.run(shutdown).await;
         let _ = stop_tx.send(true);
         bridging::stopped(bridge_tasks).await;
+        if let Some(registry) = registry {
+            let _ = registry.await;
+        }
         let events = core.finish().await;
         // Everything recorded is written before serve returns (`finish`
         // dropped the last sender of commits).
