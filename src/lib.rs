@@ -59,7 +59,7 @@
 //! | `ledger` | yes    | the built-in auth/ACL hook [`hooks::Ledger`]: users with bcrypt or argon2 hashes and ordered rules, from a TOML file |
 //! | `redb`  | yes     | the redb storage backend (`storage::RedbStore`), the binary's default persistent store |
 //! | `sled`  | no      | the sled storage backend (`storage::SledStore`) |
-//! | `cluster` | no    | several nodes as one broker over NATS JetStream ([`ClusterConfig`]; `Server::cluster`; in progress: routing between nodes works, sessions and retained are per node), with the `async-nats` client |
+//! | `cluster` | no    | several nodes as one broker over NATS JetStream ([`ClusterConfig`]; `Server::cluster`; in progress: routing, retained messages, the node registry and `$SYS/broker/cluster/...` are cluster-wide; sessions are per node), with the `async-nats` client |
 //! | `faulty` | no     | `storage::FaultyStore`, a wrapper that fails chosen storage calls, for testing how an application copes |
 //!
 //! Features are additive; a library user who wants plain TCP only can set

@@ -50,8 +50,9 @@
 //! - A commit that fails while an acknowledgement still waits for the
 //!   cluster is not turned into a refusal once the cluster lets it go.
 //! - `$` topics other than `$SYS` are not forwarded (the router's filter is
-//!   `#`); retained messages, sessions and shared subscriptions are per
-//!   node.
+//!   `#`); sessions and shared subscriptions are per node. (Retained
+//!   messages are cluster-wide through the retained bucket:
+//!   `retained_bucket`, written from `forward`.)
 //! - A node that restarts resumes its durable consumer where it stopped,
 //!   and injects what it missed: without sessions in the cluster, that
 //!   goes to whoever is subscribed then.
