@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// How long after its last record a node counts as alive; also the
-/// bucket's `max_age`. Long enough for [`HEARTBEAT`]'s slack, short
+/// bucket's `max_age`. Long enough for the heartbeat's (5 s) slack, short
 /// enough that a dead node's clients and sessions are taken over within
 /// seconds, not minutes.
 pub const TTL: Duration = Duration::from_secs(15);
