@@ -59,7 +59,7 @@
 //! | `ledger` | yes    | the built-in auth/ACL hook [`hooks::Ledger`]: users with bcrypt or argon2 hashes and ordered rules, from a TOML file |
 //! | `redb`  | yes     | the redb storage backend (`storage::RedbStore`), the binary's default persistent store |
 //! | `sled`  | no      | the sled storage backend (`storage::SledStore`) |
-//! | `cluster` | no    | several nodes as one broker over NATS JetStream ([`ClusterConfig`]; `Server::cluster`; in progress: routing between nodes and shared subscriptions work, sessions and retained are per node), with the `async-nats` client |
+//! | `cluster` | no    | several nodes as one broker over NATS JetStream ([`ClusterConfig`]; `Server::cluster`; in progress: routing, shared subscriptions, retained messages, persistent sessions, the node registry and `$SYS/broker/cluster/...` are cluster-wide), with the `async-nats` client |
 //! | `faulty` | no     | `storage::FaultyStore`, a wrapper that fails chosen storage calls, for testing how an application copes |
 //!
 //! Features are additive; a library user who wants plain TCP only can set
@@ -104,7 +104,7 @@ pub use net::ws::WsConfig;
 #[doc(inline)]
 pub use roost_storage as storage;
 pub use server::{ServeError, Server};
-pub use stats::{BridgeSnapshot, Stats, StatsSnapshot};
+pub use stats::{BridgeSnapshot, ClusterNodeSnapshot, ClusterSnapshot, Stats, StatsSnapshot};
 
 /// The `tracing` target of the log lines that say a client was refused:
 /// failed TLS and WebSocket handshakes, failed authentication, and
@@ -142,6 +142,7 @@ pub mod bench {
 #[cfg(feature = "cluster")]
 #[doc(hidden)]
 pub mod cluster_engine {
+    pub use crate::cluster::nodes::{NodeRecord, NodeSet, TTL};
     pub use crate::net::cluster::{connect, ClusterError, Engine, Stored};
     pub use crate::net::roaming::stored_session;
 }

@@ -58,6 +58,9 @@ pub struct Stats {
     pub(crate) retained_reads: AtomicU64,
     /// One entry per bridge, in configuration order; fixed once serving.
     pub(crate) bridges: std::sync::RwLock<Vec<Arc<BridgeStats>>>,
+    /// The cluster as this node sees it (feature `cluster`), kept by its
+    /// node registry task; `None` without a cluster.
+    pub(crate) cluster: std::sync::RwLock<Option<ClusterSnapshot>>,
 }
 
 impl Default for Stats {
@@ -109,6 +112,7 @@ impl Default for Stats {
             retained_cache_hits: AtomicU64::new(0),
             retained_reads: AtomicU64::new(0),
             bridges: std::sync::RwLock::new(Vec::new()),
+            cluster: std::sync::RwLock::new(None),
         }
     }
 }
@@ -184,6 +188,11 @@ impl Stats {
                 .iter()
                 .map(|b| b.snapshot())
                 .collect(),
+            cluster: self
+                .cluster
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -322,6 +331,37 @@ pub struct StatsSnapshot {
     pub retained_reads: u64,
     /// One entry per bridge, in configuration order.
     pub bridges: Vec<BridgeSnapshot>,
+    /// The cluster this node is part of, as it sees it (left out of
+    /// `/stats` without a cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSnapshot>,
+}
+
+/// The nodes of the cluster alive, as one node sees them (its node
+/// registry, refreshed every second).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ClusterSnapshot {
+    /// This node's name.
+    pub node: String,
+    /// The nodes alive (this one included while it reaches NATS), by name.
+    pub nodes: Vec<ClusterNodeSnapshot>,
+}
+
+/// One live node of the cluster, as its last registry record says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ClusterNodeSnapshot {
+    /// Its name.
+    pub name: String,
+    /// Clients connected to it.
+    pub clients: u64,
+    /// Subscriptions held on it.
+    pub subscriptions: u64,
+    /// When it started, in seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Its roost version.
+    pub version: String,
 }
 
 /// Counters of one bridge, shared by its driver (the link to the remote)

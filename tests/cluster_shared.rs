@@ -316,12 +316,10 @@ async fn group_consumers(nats: &NatsCluster, cluster: &str) -> Vec<(u64, usize, 
 async fn members_leaving_stop_their_node_pulling_and_the_consumer_keeps_the_messages() {
     let nats = NatsCluster::start(1).await;
     let name = unique("share");
-    let a =
-        TestBroker::with_server(Server::new(Options::default()).cluster(config(&nats, &name, "a")))
-            .await;
-    let b =
-        TestBroker::with_server(Server::new(Options::default()).cluster(config(&nats, &name, "b")))
-            .await;
+    let a = common::nats::node(Server::new(Options::default()).cluster(config(&nats, &name, "a")))
+        .await;
+    let b = common::nats::node(Server::new(Options::default()).cluster(config(&nats, &name, "b")))
+        .await;
     let filter = "$share/keep/k";
     // A persistent member on A, an ordinary one on B.
     let mut on_a = Raw::connected(a.addr, v5_session("keeper", false, 600)).await;

@@ -44,6 +44,8 @@ pub(crate) use groups::{outcome as group_outcome, GroupInterest};
 pub(crate) use pages::{Page, PageEntry, PageRequest};
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
+#[cfg(feature = "cluster")]
+pub(crate) use retained::RetainedSync;
 pub(crate) use retained::{RetainedPage, RetainedRead};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use roaming::{Adopt, Replayed, SessionState};
@@ -221,6 +223,10 @@ pub(crate) enum Event {
         /// The group's plain filter.
         filter: ByteStr,
     },
+    /// A retained message set or cleared elsewhere in the cluster, to
+    /// apply here without delivering it.
+    #[cfg(feature = "cluster")]
+    SyncRetained(Box<RetainedSync>),
 }
 
 /// Where an injected message was published (see [`Event::Inject`]).
@@ -230,8 +236,6 @@ pub(crate) struct Origin {
     /// Its publisher's client id (No Local, hooks, the inline client's
     /// `publisher`), if the node that forwarded it said.
     pub client_id: Option<ByteStr>,
-    /// Published on this node: it was retained here already.
-    pub own: bool,
     /// Its sequence in the cluster's message stream (QoS 1/2).
     pub seq: Option<u64>,
 }
@@ -492,6 +496,8 @@ impl Broker {
                 group,
                 filter,
             } => self.on_group_publish(conn, publish, qos, (&group, &filter), now_ms),
+            #[cfg(feature = "cluster")]
+            Event::SyncRetained(change) => self.sync_retained(*change, now_ms),
         }
         None
     }

@@ -241,10 +241,12 @@ impl Broker {
                 msg.deliver_after
                     .store(self.persist.commit, std::sync::atomic::Ordering::Relaxed);
             }
-            // Injected by the router: routed here only. A node's own
-            // messages were retained when published here.
+            // Injected by the router: routed here only, and not retained:
+            // a cluster's retained state comes from its retained bucket, in
+            // the bucket's order (`server::retained_bucket`); the origin
+            // stored its own at once.
             let injected = self.cluster_router == Some(sid);
-            let retain_here = origin.is_none_or(|o| !o.own);
+            let retain_here = origin.is_none();
             let copies_before = self.persist.copies_created;
             let (matched, dropped) = self.dispatch(&msg, injected, retain_here, now_ms);
             if seq != 0 {

@@ -44,6 +44,29 @@ use std::ops::ControlFlow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+/// A change to the retained messages made elsewhere (another node of a
+/// cluster, through the cluster's retained bucket), applied to this
+/// node's retained store as it is: stored (with the usual limits, the
+/// store and the `on_retained` hook) but not delivered to anyone, as the
+/// message itself reaches the subscribers through routing.
+#[cfg(feature = "cluster")]
+#[derive(Debug)]
+// Boxed as a whole in `Event::SyncRetained`.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum RetainedSync {
+    /// Retain `message` for its topic (an empty payload, or an expiry
+    /// that has passed, clears it).
+    Set(super::Message),
+    /// Clear the topic's retained message.
+    Clear(String),
+    /// Clear every retained topic but `$SYS` ones not in the set (the
+    /// cluster's truth at start-up), then answer.
+    KeepOnly(
+        std::collections::HashSet<String>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+}
+
 /// Retained topics matched (and read) at a time for a new subscription.
 pub(crate) const PAGE: usize = 256;
 
@@ -456,6 +479,49 @@ impl Broker {
         self.retained.commit = self.persist.commit;
         self.hooks.each(|h| h.on_retained(topic, None));
         true
+    }
+
+    /// Applies a change made elsewhere (see [`RetainedSync`]). `$SYS`
+    /// topics are each node's own and never applied.
+    #[cfg(feature = "cluster")]
+    pub(super) fn sync_retained(&mut self, change: RetainedSync, now_ms: u64) {
+        match change {
+            RetainedSync::Set(msg) if msg.topic.starts_with("$SYS") => {}
+            RetainedSync::Set(msg) if msg.is_expired(now_ms) => {
+                if self.clear_retained(&msg.topic) {
+                    self.update_retained_gauge();
+                }
+            }
+            RetainedSync::Set(mut msg) => {
+                msg.retain = true;
+                self.store_retained(&Arc::new(Tracked::new(msg)), now_ms);
+            }
+            RetainedSync::Clear(topic) => {
+                if !topic.starts_with("$SYS") && self.clear_retained(&topic) {
+                    self.update_retained_gauge();
+                }
+            }
+            RetainedSync::KeepOnly(keep, done) => {
+                let mut gone = Vec::new();
+                self.retained.tree.retain(|topic, _| {
+                    if !topic.starts_with("$SYS") && !keep.contains(topic) {
+                        gone.push(topic.to_owned());
+                    }
+                    true
+                });
+                for topic in &gone {
+                    self.clear_retained(topic);
+                }
+                if !gone.is_empty() {
+                    tracing::info!(
+                        cleared = gone.len(),
+                        "cluster: retained messages the cluster's bucket does not hold were cleared"
+                    );
+                    self.update_retained_gauge();
+                }
+                let _ = done.send(());
+            }
+        }
     }
 
     /// A retained record read from the store at start-up. (One record at

@@ -1,6 +1,6 @@
-//! The `$SYS/broker/...` topics: the broker's counters, and each bridge's
-//! under `bridge/<name>/`, published as retained messages on an interval,
-//! as Mosquitto does.
+//! The `$SYS/broker/...` topics: the broker's counters, each bridge's
+//! under `bridge/<name>/`, and in a cluster the cluster's under `cluster/`,
+//! published as retained messages on an interval, as Mosquitto does.
 
 use super::{Broker, Message, MessageProperties, Tracked};
 use crate::codec::{ByteStr, QoS};
@@ -103,6 +103,38 @@ impl Broker {
                 let name = format!("bridge/{}/{figure}", b.name);
                 self.publish_sys_value(&name, value, now_ms);
             }
+        }
+        if let Some(cluster) = &s.cluster {
+            self.publish_sys_cluster(cluster, now_ms);
+        }
+    }
+
+    /// `cluster/nodes` (how many are alive), `cluster/node_name` (this
+    /// one's), and `cluster/node/<name>/clients` and `.../subscriptions`
+    /// for each node alive; a node's figures are cleared once it is gone.
+    /// (Node names are plain topic levels: `ClusterConfig::validate`, and
+    /// the registry takes no other.)
+    fn publish_sys_cluster(&mut self, c: &crate::stats::ClusterSnapshot, now_ms: u64) {
+        self.publish_sys_value("cluster/nodes", c.nodes.len().to_string(), now_ms);
+        self.publish_sys_value("cluster/node_name", c.node.clone(), now_ms);
+        for n in &c.nodes {
+            let clients = format!("cluster/node/{}/clients", n.name);
+            self.publish_sys_value(&clients, n.clients.to_string(), now_ms);
+            let subscriptions = format!("cluster/node/{}/subscriptions", n.name);
+            self.publish_sys_value(&subscriptions, n.subscriptions.to_string(), now_ms);
+        }
+        let mut gone: Vec<String> = Vec::new();
+        self.retained
+            .tree
+            .matches_after("$SYS/broker/cluster/node/+/+", None, |topic, _| {
+                let name = topic.split('/').nth(4).unwrap_or_default();
+                if !c.nodes.iter().any(|n| n.name == name) {
+                    gone.push(topic["$SYS/broker/".len()..].to_owned());
+                }
+                std::ops::ControlFlow::Continue(())
+            });
+        for name in gone {
+            self.publish_sys_value(&name, String::new(), now_ms);
         }
     }
 

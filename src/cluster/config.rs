@@ -14,6 +14,7 @@
 //! | the message stream | `<name>_messages` |
 //! | the session bucket (stream `KV_<name>_sessions`) | `<name>_sessions` |
 //! | the retained bucket (stream `KV_<name>_retained`) | `<name>_retained` |
+//! | the node registry (stream `KV_<name>_nodes`) | `<name>_nodes` |
 //! | a node's durable consumer | `<name>_<node>` |
 //! | a share group's durable consumers (see `cluster::groups`) | `<name>_g_<hash>_<i>` |
 //! | a share group's QoS 0 queue group | `<name>_g_<hash>` |
@@ -167,7 +168,7 @@ pub(crate) const MAX_NAME: usize = 64;
 
 /// A NATS token JetStream also accepts as (part of) a stream, bucket or
 /// consumer name: no `.`, `*`, `>`, whitespace or path separators.
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     (1..=MAX_NAME).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -228,6 +229,11 @@ impl ClusterConfig {
     /// The retained message bucket's name (`<name>_retained`).
     pub fn retained_bucket(&self) -> String {
         format!("{}_retained", self.name)
+    }
+
+    /// The node registry's bucket name (`<name>_nodes`).
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}_nodes", self.name)
     }
 
     /// This node's durable consumer on the message stream

@@ -21,6 +21,10 @@ pub(crate) mod config;
 pub(crate) mod envelope;
 #[cfg(feature = "cluster")]
 pub(crate) mod groups;
+#[cfg(feature = "cluster")]
+pub(crate) mod nodes;
+#[cfg(feature = "cluster")]
+pub(crate) mod retained;
 pub(crate) mod subject;
 
 /// Client ids under this prefix belong to the nodes' routers

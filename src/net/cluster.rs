@@ -33,6 +33,10 @@
 //!   `<name>_retained` (retained messages), history 1: only the latest
 //!   value of a key matters, and compare-and-set on its revision is what
 //!   serialises two nodes writing one session.
+//! - **The node registry** `<name>_nodes`: each node's record, with the
+//!   bucket's `max_age` as its TTL (`cluster::nodes`), so a node that died
+//!   without deleting its record leaves no trace after it; the live set
+//!   this node reads from it is [`Engine::nodes`].
 //!
 //! Binding is idempotent: a node finds the stream and buckets another node
 //! created and uses them. One whose replica count differs from the
@@ -42,6 +46,7 @@
 //! <stream> --replicas N`).
 
 use crate::cluster::config::{ClusterConfig, ClusterConfigError, Credentials};
+use crate::cluster::nodes::{NodeSet, TTL};
 use async_nats::jetstream::response::Response;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap, ServerAddr};
@@ -149,6 +154,8 @@ pub struct Engine {
     stream: stream::Stream,
     sessions: kv::Store,
     retained: kv::Store,
+    registry: kv::Store,
+    nodes: NodeSet,
 }
 
 /// Connects to NATS, checks JetStream, and creates or binds the message
@@ -208,8 +215,10 @@ pub async fn connect(config: &ClusterConfig) -> Result<Engine, ClusterError> {
     }
 
     let stream = bind_stream(&js, config).await?;
-    let sessions = bind_bucket(&js, config, config.sessions_bucket()).await?;
-    let retained = bind_bucket(&js, config, config.retained_bucket()).await?;
+    let forever = Duration::ZERO;
+    let sessions = bind_bucket(&js, config, config.sessions_bucket(), forever).await?;
+    let retained = bind_bucket(&js, config, config.retained_bucket(), forever).await?;
+    let registry = bind_bucket(&js, config, config.nodes_bucket(), TTL).await?;
     Ok(Engine {
         config: config.clone(),
         client,
@@ -217,6 +226,8 @@ pub async fn connect(config: &ClusterConfig) -> Result<Engine, ClusterError> {
         stream,
         sessions,
         retained,
+        registry,
+        nodes: NodeSet::default(),
     })
 }
 
@@ -288,10 +299,13 @@ async fn bind_stream(
         })
 }
 
+/// Binds `bucket`, creating it if missing; its entries expire after
+/// `max_age` (zero: never).
 async fn bind_bucket(
     js: &jetstream::Context,
     config: &ClusterConfig,
     bucket: String,
+    max_age: Duration,
 ) -> Result<kv::Store, ClusterError> {
     let setup = |e: &dyn std::fmt::Display| ClusterError::Setup {
         what: "bucket",
@@ -316,6 +330,7 @@ async fn bind_bucket(
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
+        max_age,
         storage: stream::StorageType::File,
         num_replicas: usize::from(config.replicas),
         ..Default::default()
@@ -354,6 +369,17 @@ impl Engine {
     /// The retained message bucket.
     pub fn retained(&self) -> &kv::Store {
         &self.retained
+    }
+
+    /// The node registry's bucket.
+    pub fn registry(&self) -> &kv::Store {
+        &self.registry
+    }
+
+    /// The nodes alive, as this node's registry task last read them (empty
+    /// until it runs: a node serving is in it).
+    pub fn nodes(&self) -> &NodeSet {
+        &self.nodes
     }
 
     /// Publishes to the message stream and waits for JetStream's

@@ -429,6 +429,9 @@ fn prometheus(s: &StatsSnapshot) -> String {
         );
     }
     bridge_metrics(&mut out, &s.bridges);
+    if let Some(c) = &s.cluster {
+        cluster_metrics(&mut out, c);
+    }
     let _ = writeln!(
         out,
         "# HELP roost_build_info The broker's version.\n# TYPE roost_build_info gauge\n\
@@ -513,6 +516,43 @@ fn bridge_metrics(out: &mut String, bridges: &[BridgeSnapshot]) {
     }
 }
 
+/// The cluster's series: how many nodes are alive, and each one's clients
+/// and subscriptions, as this node sees them.
+fn cluster_metrics(out: &mut String, c: &crate::stats::ClusterSnapshot) {
+    use std::fmt::Write;
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "# HELP roost_cluster_nodes Nodes of the cluster alive (the node registry).\n\
+         # TYPE roost_cluster_nodes gauge\nroost_cluster_nodes {}",
+        c.nodes.len()
+    );
+    type Figure = fn(&crate::stats::ClusterNodeSnapshot) -> u64;
+    let per_node: [(&str, &str, Figure); 2] = [
+        (
+            "cluster_node_clients",
+            "Clients connected to each live node.",
+            |n| n.clients,
+        ),
+        (
+            "cluster_node_subscriptions",
+            "Subscriptions held on each live node.",
+            |n| n.subscriptions,
+        ),
+    ];
+    for (name, help, figure) in per_node {
+        let _ = writeln!(out, "# HELP roost_{name} {help}\n# TYPE roost_{name} gauge");
+        for n in &c.nodes {
+            let _ = writeln!(
+                out,
+                "roost_{name}{{node=\"{}\"}} {}",
+                LabelValue(&n.name),
+                figure(n)
+            );
+        }
+    }
+}
+
 /// A label value as the Prometheus text format writes it: backslash,
 /// double quote and line feed escaped.
 struct LabelValue<'a>(&'a str);
@@ -535,6 +575,40 @@ impl std::fmt::Display for LabelValue<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_shows_as_a_json_object_and_labelled_series() {
+        let stats = Stats::default();
+        let body = |s: &Stats| prometheus(&s.snapshot());
+        assert!(
+            !body(&stats).contains("cluster"),
+            "nothing without a cluster"
+        );
+        let node = |name: &str, clients| crate::stats::ClusterNodeSnapshot {
+            name: name.into(),
+            clients,
+            subscriptions: 7,
+            started_at: 1,
+            version: "0.1.0".into(),
+        };
+        *stats.cluster.write().unwrap() = Some(crate::stats::ClusterSnapshot {
+            node: "a".into(),
+            nodes: vec![node("a", 2), node("b", 3)],
+        });
+        let text = body(&stats);
+        assert!(text.contains("\nroost_cluster_nodes 2\n"), "{text}");
+        assert!(
+            text.contains("roost_cluster_node_clients{node=\"b\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("roost_cluster_node_subscriptions{node=\"a\"} 7\n"),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&stats.snapshot())).unwrap();
+        assert_eq!(v["cluster"]["node"], "a");
+        assert_eq!(v["cluster"]["nodes"][1]["clients"], 3);
+    }
 
     #[test]
     fn routes() {

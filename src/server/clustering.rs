@@ -56,8 +56,10 @@
 //!   waits until it reconnects and resends).
 //! - A commit that fails while an acknowledgement still waits for the
 //!   cluster is not turned into a refusal once the cluster lets it go.
-//! - Sessions are clustered by `net::roaming`; share groups are served
-//!   cluster-wide by `server::sharing`, not routed here.
+//! - Retained messages are cluster-wide through the retained bucket
+//!   (`retained_bucket`, written from `forward`), sessions through
+//!   `net::roaming`; share groups are served by `server::sharing`, not
+//!   routed here.
 //! - A node that restarts resumes its durable consumer where it stopped,
 //!   and injects what it missed: without sessions in the cluster, that
 //!   goes to whoever is subscribed then.
@@ -70,6 +72,7 @@ use crate::codec::{Publish, QoS, QosPid, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
 use crate::inline::{InlineClient, InlineError, InlineMessage, Subscription};
 use crate::net::cluster::{ClusterError, Engine};
+use crate::server::retained_bucket::RetainedBucket;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use futures_core::Stream;
@@ -143,6 +146,7 @@ pub(super) async fn run(
     engine: Arc<Engine>,
     inbound: Inbound,
     client: InlineClient,
+    bucket: Arc<RetainedBucket>,
     ready: oneshot::Sender<()>,
     stop: watch::Receiver<bool>,
 ) {
@@ -168,6 +172,7 @@ pub(super) async fn run(
         engine.clone(),
         client.clone(),
         outgoing,
+        bucket,
         stop.clone(),
     ));
     let volatile = tokio::spawn(inject_volatile(engine.clone(), volatile, client.clone()));
@@ -190,6 +195,7 @@ async fn forward(
     engine: Arc<Engine>,
     client: InlineClient,
     mut outgoing: Subscription,
+    bucket: Arc<RetainedBucket>,
     stop: watch::Receiver<bool>,
 ) {
     let config = engine.config().clone();
@@ -206,6 +212,9 @@ async fn forward(
         let publisher = m.publisher.take();
         let publish = as_publish(m);
         let body = envelope::encode(&publish);
+        if !bucket.write(&publish, &stop).await {
+            return;
+        }
         let mut headers = HeaderMap::new();
         headers.insert(ORIGIN, config.node.as_str());
         if let Some(id) = &publisher {
@@ -293,12 +302,11 @@ fn ours(config: &ClusterConfig, headers: Option<&HeaderMap>) -> bool {
 }
 
 /// Who published a message, as its headers say.
-fn origin(config: &ClusterConfig, headers: Option<&HeaderMap>, seq: Option<u64>) -> Origin {
+fn origin(headers: Option<&HeaderMap>, seq: Option<u64>) -> Origin {
     Origin {
         client_id: headers
             .and_then(|h| h.get(PUBLISHER))
             .map(|v| v.as_str().into()),
-        own: ours(config, headers),
         seq,
     }
 }
@@ -337,7 +345,7 @@ async fn inject_volatile(
         }
         match envelope::decode(&prefix, &m.subject, &m.payload) {
             Ok(publish) => {
-                let origin = origin(config, m.headers.as_ref(), None);
+                let origin = origin(m.headers.as_ref(), None);
                 if inject(&client, publish, origin).await.is_err() {
                     return;
                 }
@@ -371,7 +379,7 @@ async fn inject_durable(
         match envelope::decode(&prefix, &m.subject, &m.payload) {
             Ok(publish) => {
                 let seq = m.info().ok().map(|i| i.stream_sequence);
-                let origin = origin(config, m.headers.as_ref(), seq);
+                let origin = origin(m.headers.as_ref(), seq);
                 if inject(&client, publish, origin).await.is_err() {
                     // The core stopped: not acknowledged, so the
                     // consumer gives it again after the restart.

@@ -10,7 +10,11 @@ mod bridging;
 mod clustering;
 mod commit;
 mod core_loop;
+#[cfg(feature = "cluster")]
+mod node_registry;
 mod reader;
+#[cfg(feature = "cluster")]
+mod retained_bucket;
 #[cfg(feature = "cluster")]
 mod sharing;
 
@@ -492,9 +496,32 @@ impl Server {
         // With a cluster, the listeners open once the node's router is
         // subscribed (the core must run to answer, so this waits in a task).
         #[allow(unused_mut)]
-        let mut routing: Option<tokio::sync::oneshot::Receiver<()>> = None;
+        let mut routing: Vec<tokio::sync::oneshot::Receiver<()>> = Vec::new();
+        // The node registry's task, which deletes the node's record once
+        // stopped: waited for before `serve` returns.
+        #[allow(unused_mut)]
+        let mut registry: Option<tokio::task::JoinHandle<()>> = None;
         #[cfg(feature = "cluster")]
         if let Some((engine, inbound)) = cluster {
+            // And once the retained bucket is loaded: a client served
+            // before could miss a retained message, or get a stale one.
+            let bucket = Arc::new(retained_bucket::RetainedBucket::new(
+                engine.clone(),
+                events_tx.clone(),
+                clock.clone(),
+            ));
+            registry = Some(tokio::spawn(node_registry::run(
+                engine.clone(),
+                stats.clone(),
+                stop_rx.clone(),
+            )));
+            let (loaded, loaded_rx) = tokio::sync::oneshot::channel();
+            routing.push(loaded_rx);
+            tokio::spawn(retained_bucket::run(
+                bucket.clone(),
+                loaded,
+                stop_rx.clone(),
+            ));
             let client = InlineClient::connect(
                 &clustering::client_id(&engine.config().node),
                 ConnId(next_conn.fetch_add(1, Ordering::Relaxed)),
@@ -514,11 +541,12 @@ impl Server {
                 stop_rx.clone(),
             ));
             let (ready, ready_rx) = tokio::sync::oneshot::channel();
-            routing = Some(ready_rx);
+            routing.push(ready_rx);
             tokio::spawn(clustering::run(
                 engine,
                 inbound,
                 client,
+                bucket,
                 ready,
                 stop_rx.clone(),
             ));
@@ -541,9 +569,10 @@ impl Server {
             stop: stop_rx.clone(),
         };
         tokio::spawn(async move {
-            if let Some(ready) = routing {
+            for ready in routing {
                 if ready.await.is_err() {
-                    // The router could not subscribe (logged): not serving.
+                    // The router could not subscribe, or the retained
+                    // bucket not load (logged): not serving.
                     return;
                 }
             }
@@ -605,6 +634,9 @@ impl Server {
         core.run(shutdown).await;
         let _ = stop_tx.send(true);
         bridging::stopped(bridge_tasks).await;
+        if let Some(registry) = registry {
+            let _ = registry.await;
+        }
         let events = core.finish().await;
         // Everything recorded is written before serve returns (`finish`
         // dropped the last sender of commits).

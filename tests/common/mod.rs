@@ -12,6 +12,7 @@ pub(crate) mod http;
 pub(crate) mod mosquitto;
 pub(crate) mod nats;
 pub(crate) mod process;
+pub(crate) mod relay;
 
 use bytes::{Bytes, BytesMut};
 use roost::codec::{
