@@ -139,33 +139,18 @@ async fn connecting_on_another_node_takes_the_session_over_with_0x8e() {
 async fn a_node_killed_with_sigkill_loses_nothing_its_sessions_were_owed() {
     let nats = NatsCluster::start(1).await;
     let name = unique("kill");
-    let url = nats.urls().remove(0);
     let dir = tempfile::tempdir().unwrap();
-    let start = |node: &str| {
-        // The cluster's name has no flag: a config file per node.
-        let file = dir.path().join(format!("{node}.toml"));
-        std::fs::write(
-            &file,
-            format!("[cluster]\nservers = [\"{url}\"]\nname = \"{name}\"\nnode = \"{node}\"\n"),
-        )
-        .unwrap();
-        Broker::start(&[
-            "--config",
-            file.to_str().unwrap(),
-            "--store",
-            "memory",
-            "--tcp",
-            "127.0.0.1:0",
-            "--ws",
-            "none",
-            "--http",
-            "none",
-        ])
-    };
+    let start = |node: &str| binary_node(&nats, &name, node, dir.path());
     let mut a = Some(start("a"));
     let b = start("b");
     let a_addr = a.as_ref().unwrap().addr;
-    let mut dev = Raw::connected(a_addr, v5_session("dev-3", false, 600)).await;
+    let mut watcher = Raw::connected(b.addr, v5("watch-3")).await;
+    watcher.subscribe(1, "gone/#", QoS::AtLeastOnce).await;
+    let mut dev = Raw::connected(
+        a_addr,
+        with_will(v5_session("dev-3", false, 600), "gone/dev-3", 0),
+    )
+    .await;
     dev.subscribe(1, "k/#", QoS::AtLeastOnce).await;
     stored(&config(&nats, &name, "x"), "dev-3", "a", &["k/#"]).await;
     let mut app = Raw::connected(b.addr, v5("app-3")).await;
@@ -202,5 +187,87 @@ async fn a_node_killed_with_sigkill_loses_nothing_its_sessions_were_owed() {
         rest.values().all(|c| *c == 1),
         "nothing twice on B: {rest:?}"
     );
+    // Its connection died with A: its will went out, once.
+    let will = watcher.recv_publish().await;
+    assert_eq!(will.topic, "gone/dev-3");
+    watcher.ack(&will).await;
+    watcher.expect_nothing().await;
     drop(b);
+}
+
+/// A session whose node died and whose client does not come back is taken
+/// over by a live node once the dead one leaves the node registry: its
+/// will fires there, once, and what is published for it meanwhile waits
+/// there for the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sessions_of_a_dead_node_are_taken_over_with_their_wills() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("rescue");
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Some(binary_node(&nats, &name, "a", dir.path()));
+    let b = binary_node(&nats, &name, "b", dir.path());
+    let a_addr = a.as_ref().unwrap().addr;
+    let mut watcher = Raw::connected(b.addr, v5("watch-4")).await;
+    watcher.subscribe(1, "gone/#", QoS::AtLeastOnce).await;
+    let mut dev = Raw::connected(
+        a_addr,
+        with_will(v5_session("dev-4", false, 600), "gone/dev-4", 0),
+    )
+    .await;
+    dev.subscribe(1, "r/#", QoS::AtLeastOnce).await;
+    stored(&config(&nats, &name, "x"), "dev-4", "a", &["r/#"]).await;
+    a.take().expect("killed once").kill9().await;
+    drop(dev);
+    let mut app = Raw::connected(b.addr, v5("app-4")).await;
+    for i in 1..=5u16 {
+        let r = app
+            .publish(publish("r/x", &format!("o{i}"), QoS::AtLeastOnce, i))
+            .await;
+        assert_eq!(r, ReasonCode::Success);
+    }
+    // A leaves the registry within its TTL (15 s); B scans within 5 s.
+    let Some(Packet::Publish(will)) = watcher.recv_within(Duration::from_secs(45)).await else {
+        panic!("the dead node's session's will never came");
+    };
+    assert_eq!(will.topic, "gone/dev-4");
+    watcher.ack(&will).await;
+    stored(&config(&nats, &name, "x"), "dev-4", "b", &["r/#"]).await;
+    let (mut dev, ack) = Raw::connect(b.addr, v5_session("dev-4", false, 600)).await;
+    assert!(ack.session_present, "B holds the session now");
+    let got = receive(&mut dev, 5).await;
+    assert!(got.values().all(|c| *c == 1), "each once: {got:?}");
+    watcher.expect_nothing().await;
+    drop(b);
+}
+
+fn with_will(mut c: roost::codec::Connect, topic: &str, delay: u32) -> roost::codec::Connect {
+    let mut w = roost::codec::LastWill::new(topic, &b"bye"[..], QoS::AtLeastOnce);
+    w.properties.will_delay_interval = Some(delay);
+    c.will = Some(w);
+    c
+}
+
+/// A `roost` process, node `node` of cluster `name` on `nats`, its config
+/// in `dir`.
+fn binary_node(nats: &NatsCluster, name: &str, node: &str, dir: &std::path::Path) -> Broker {
+    let url = nats.urls().remove(0);
+    // The cluster's name has no flag: a config file per node.
+    let file = dir.join(format!("{node}.toml"));
+    std::fs::write(
+        &file,
+        format!("[cluster]\nservers = [\"{url}\"]\nname = \"{name}\"\nnode = \"{node}\"\n"),
+    )
+    .unwrap();
+    Broker::start(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--store",
+        "memory",
+        "--tcp",
+        "127.0.0.1:0",
+        "--ws",
+        "none",
+        "--http",
+        "none",
+    ])
 }

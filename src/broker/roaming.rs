@@ -257,6 +257,12 @@ impl Broker {
         if upto > self.cluster_seq {
             self.cluster_skip.insert(sid, upto);
         }
+        // A session whose node died while its client was connected lost
+        // that connection now, as far as anyone can tell: a will without
+        // delay goes out at once (one with a delay waits, and the client's
+        // CONNECT, if one follows, cancels it), as a dropped connection's.
+        // One handed over by a live node was detached there already.
+        self.fire_due_will(sid, now_ms);
         tracing::info!(client_id = %Escaped(&client_id), replayed, upto,
             "cluster: session adopted from another node");
     }

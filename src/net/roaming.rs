@@ -531,3 +531,119 @@ pub async fn stored_session(
         .collect();
     Some((stored.owner, filters, stored.state.cursor))
 }
+
+/// How often a node looks whether another node left: its sessions (their
+/// wills, what they are owed) are then taken over here.
+const RESCUE_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the bucket is scanned for orphaned sessions even when no node
+/// was seen leaving (one that died before this node started, a scan that
+/// failed).
+const RESCAN_EVERY: Duration = Duration::from_secs(60);
+
+/// Takes over, until `stop`, the sessions of nodes that died: each is
+/// claimed compare-and-set (one node wins), adopted disconnected with what
+/// it was owed, and from then on lives here as if its client had dropped:
+/// its will fires once, here, after its delay; it expires here; its client
+/// resumes it on any node.
+///
+/// A node is dead once it is out of the node registry (no heartbeat for
+/// `cluster::nodes::TTL`). Nothing is decided before this node has had
+/// that long to learn who is alive. A scan reads every entry of the
+/// session bucket, so it runs when a node left the live set, and every
+/// [`RESCAN_EVERY`].
+pub(crate) async fn rescue_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<bool>) {
+    let learn = tokio::time::sleep(crate::cluster::nodes::TTL);
+    tokio::select! {
+        _ = learn => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
+    let mut tick = tokio::time::interval(RESCUE_EVERY);
+    let mut known = std::collections::BTreeSet::new();
+    let mut last_scan: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let live: std::collections::BTreeSet<String> = roaming
+            .engine
+            .nodes()
+            .live()
+            .into_iter()
+            .map(|r| r.node)
+            .collect();
+        let someone_left = known.iter().any(|n| !live.contains(n));
+        let due = last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY);
+        known = live;
+        if someone_left || due {
+            last_scan = Some(tokio::time::Instant::now());
+            if let Err(e) = rescue_once(&roaming).await {
+                tracing::warn!(error = %e, "cluster: scanning for sessions of dead nodes");
+                last_scan = None;
+            }
+        }
+    }
+}
+
+/// One scan of the bucket (see [`rescue_loop`]).
+async fn rescue_once(roaming: &Roaming) -> Result<(), ClaimError> {
+    let bucket = roaming.engine.sessions();
+    let mut keys = bucket
+        .keys()
+        .await
+        .map_err(|e| ClaimError::Bucket(e.to_string()))?;
+    let mut orphans = Vec::new();
+    while let Some(key) = next(&mut keys).await {
+        orphans.push(key.map_err(|e| ClaimError::Bucket(e.to_string()))?);
+    }
+    let nodes = roaming.engine.nodes();
+    for key in orphans {
+        let Ok(Some(entry)) = bucket.entry(key.clone()).await else {
+            continue;
+        };
+        if entry.operation != Operation::Put {
+            continue;
+        }
+        let Some(stored) = decode(&entry.value) else {
+            continue;
+        };
+        if stored.owner == roaming.node() || nodes.is_alive(&stored.owner) {
+            continue;
+        }
+        let dead = stored.owner.clone();
+        let claimed = Stored {
+            format: FORMAT,
+            owner: roaming.node().to_owned(),
+            state: stored.state,
+        };
+        let bytes = encode(&claimed);
+        // Compare-and-set: of the nodes that saw it orphaned, one wins.
+        let Ok(revision) = bucket.update(&key, bytes.clone(), entry.revision).await else {
+            continue;
+        };
+        roaming.written().insert(key, (revision, bytes));
+        let client_id = claimed.state.session.client_id.clone();
+        let (replay, upto) = roaming.replay(&claimed.state).await.unwrap_or_else(|e| {
+            tracing::warn!(client_id = %Escaped(&client_id), error = %e,
+                "cluster: cannot read what the session is owed; taking it over without it");
+            (Vec::new(), 0)
+        });
+        tracing::info!(client_id = %Escaped(&client_id), node = %dead,
+            "cluster: took over a session of a node that is gone");
+        let adopt = Adopt {
+            state: claimed.state,
+            replay,
+            upto,
+        };
+        if roaming
+            .events
+            .send(Event::Adopt(Box::new(adopt)))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -555,7 +555,11 @@ impl Server {
                     roaming.clone(),
                     stop_rx.clone(),
                 ));
-                tokio::spawn(crate::net::roaming::write_loop(roaming, stop_rx.clone()));
+                tokio::spawn(crate::net::roaming::write_loop(
+                    roaming.clone(),
+                    stop_rx.clone(),
+                ));
+                tokio::spawn(crate::net::roaming::rescue_loop(roaming, stop_rx.clone()));
             }
         }
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
