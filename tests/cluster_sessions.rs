@@ -9,7 +9,7 @@
 mod common;
 
 use common::nats::NatsCluster;
-use common::process::Broker;
+use common::process::{Broker, Logs};
 use common::{publish, unique, v5, v5_session, Raw, TestBroker};
 use roost::codec::{Packet, QoS, ReasonCode};
 use roost::{ClusterConfig, Options, Server};
@@ -240,6 +240,47 @@ async fn the_sessions_of_a_dead_node_are_taken_over_with_their_wills() {
     drop(b);
 }
 
+/// A node with a persistent store, killed while its sessions' node is
+/// gone long enough for another to take them over, comes back with those
+/// sessions in its store: it drops them instead of firing their wills a
+/// second time, and a client of one resumes it from the node that has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_from_its_store_drops_the_sessions_taken_over_meanwhile() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("restart");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a-data");
+    let a_store = ["--store", "redb", "--data-dir", data.to_str().unwrap()];
+    let mut a = Some(binary_node_with(&nats, &name, "a", dir.path(), &a_store).0);
+    let b = binary_node(&nats, &name, "b", dir.path());
+    let a_addr = a.as_ref().unwrap().addr;
+    let mut watcher = Raw::connected(b.addr, v5("watch-5")).await;
+    watcher.subscribe(1, "gone/#", QoS::AtLeastOnce).await;
+    let dev = Raw::connected(
+        a_addr,
+        with_will(v5_session("dev-5", false, 600), "gone/dev-5", 0),
+    )
+    .await;
+    stored(&config(&nats, &name, "x"), "dev-5", "a", &[]).await;
+    a.take().expect("killed once").kill9().await;
+    drop(dev);
+    let Some(Packet::Publish(will)) = watcher.recv_within(Duration::from_secs(45)).await else {
+        panic!("the dead node's session's will never came");
+    };
+    watcher.ack(&will).await;
+    stored(&config(&nats, &name, "x"), "dev-5", "b", &[]).await;
+    let (a, mut logs) = binary_node_with(&nats, &name, "a", dir.path(), &a_store);
+    // Its store still had the session, with its will due: dropped, not
+    // fired again.
+    logs.wait_for("belongs to another node now; dropped here");
+    watcher.expect_nothing().await;
+    let (_dev, ack) = Raw::connect(a.addr, v5_session("dev-5", false, 600)).await;
+    assert!(ack.session_present, "handed over from B");
+    stored(&config(&nats, &name, "x"), "dev-5", "a", &[]).await;
+    watcher.expect_nothing().await;
+    drop((a, b));
+}
+
 fn with_will(mut c: roost::codec::Connect, topic: &str, delay: u32) -> roost::codec::Connect {
     let mut w = roost::codec::LastWill::new(topic, &b"bye"[..], QoS::AtLeastOnce);
     w.properties.will_delay_interval = Some(delay);
@@ -250,6 +291,17 @@ fn with_will(mut c: roost::codec::Connect, topic: &str, delay: u32) -> roost::co
 /// A `roost` process, node `node` of cluster `name` on `nats`, its config
 /// in `dir`.
 fn binary_node(nats: &NatsCluster, name: &str, node: &str, dir: &std::path::Path) -> Broker {
+    binary_node_with(nats, name, node, dir, &["--store", "memory"]).0
+}
+
+/// [`binary_node`] with `store` for its store flags, and its log.
+fn binary_node_with(
+    nats: &NatsCluster,
+    name: &str,
+    node: &str,
+    dir: &std::path::Path,
+    store: &[&str],
+) -> (Broker, Logs) {
     let url = nats.urls().remove(0);
     // The cluster's name has no flag: a config file per node.
     let file = dir.join(format!("{node}.toml"));
@@ -258,16 +310,14 @@ fn binary_node(nats: &NatsCluster, name: &str, node: &str, dir: &std::path::Path
         format!("[cluster]\nservers = [\"{url}\"]\nname = \"{name}\"\nnode = \"{node}\"\n"),
     )
     .unwrap();
-    Broker::start(&[
-        "--config",
-        file.to_str().unwrap(),
-        "--store",
-        "memory",
-        "--tcp",
-        "127.0.0.1:0",
-        "--ws",
-        "none",
-        "--http",
-        "none",
-    ])
+    let mut args = vec!["--config", file.to_str().unwrap()];
+    args.extend_from_slice(store);
+    args.extend_from_slice(&["--tcp", "127.0.0.1:0", "--ws", "none", "--http", "none"]);
+    let mut cmd = common::process::roost(&args);
+    cmd.stderr(std::process::Stdio::piped());
+    let mut broker = Broker::spawn(cmd);
+    // Read on a thread whether or not the test looks: the node never
+    // blocks on a full pipe.
+    let logs = Logs::of(&mut broker);
+    (broker, logs)
 }

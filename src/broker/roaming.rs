@@ -185,6 +185,30 @@ impl Broker {
         self.forget_session(sid, now_ms);
     }
 
+    /// The client ids of the sessions the cluster keeps (see `roams`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn roaming_client_ids(&self) -> Vec<String> {
+        self.sessions
+            .values()
+            .filter(|s| roams(s))
+            .map(|s| s.client_id().as_str().to_owned())
+            .collect()
+    }
+
+    /// Drops the sessions of `client_ids` without their wills: restored
+    /// from this node's store, they were taken over by another node while
+    /// this one was down.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn forget_sessions(&mut self, client_ids: &[String], now_ms: u64) {
+        for id in client_ids {
+            if let Some(&sid) = self.by_client_id.get(id.as_str()) {
+                tracing::info!(client_id = %Escaped(id),
+                    "cluster: restored session belongs to another node now; dropped here");
+                self.forget_session(sid, now_ms);
+            }
+        }
+    }
+
     /// Ends a session here without its will (it moved with the session).
     fn forget_session(&mut self, sid: SessionId, now_ms: u64) {
         if let Some(s) = self.sessions.get_mut(&sid) {

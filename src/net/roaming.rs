@@ -647,3 +647,23 @@ async fn rescue_once(roaming: &Roaming) -> Result<(), ClaimError> {
     }
     Ok(())
 }
+
+/// Of `client_ids` (sessions restored from this node's store), those the
+/// bucket says another node owns. One that cannot be read is kept: the
+/// write loop finds out at its first write (and drops it then).
+pub(crate) async fn owned_elsewhere(engine: &Engine, client_ids: Vec<String>) -> Vec<String> {
+    let mut gone = Vec::new();
+    for id in client_ids {
+        let Ok(Some(entry)) = engine.sessions().entry(key_of(&id)).await else {
+            continue;
+        };
+        let owner = (entry.operation == Operation::Put)
+            .then(|| decode(&entry.value))
+            .flatten()
+            .map(|s| s.owner);
+        if owner.is_some_and(|o| o != engine.config().node) {
+            gone.push(id);
+        }
+    }
+    gone
+}

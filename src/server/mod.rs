@@ -461,6 +461,15 @@ impl Server {
             clock.clone(),
             stats.clone(),
         );
+        // In a cluster, a restored session that another node took over
+        // while this one was down is no longer this node's: it goes before
+        // its will could fire here a second time.
+        #[cfg(feature = "cluster")]
+        if let (true, Some((engine, _))) = (persistent, &cluster) {
+            let ids = broker.roaming_client_ids();
+            let gone = crate::net::roaming::owned_elsewhere(engine, ids).await;
+            broker.forget_sessions(&gone, clock.now_ms());
+        }
         if persistent {
             // What fell due while the broker was down, with the hooks.
             broker.restored(clock.now_ms());
