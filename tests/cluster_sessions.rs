@@ -281,6 +281,37 @@ async fn a_node_restarted_from_its_store_drops_the_sessions_taken_over_meanwhile
     drop((a, b));
 }
 
+/// A client whose node died starts over (Clean Start) on another node: its
+/// old session ends there, and its will, with a delay it had not reached,
+/// goes out then, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_over_after_the_node_died_ends_the_old_session_with_its_will() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("restart-clean");
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Some(binary_node(&nats, &name, "a", dir.path()));
+    let b = binary_node(&nats, &name, "b", dir.path());
+    let a_addr = a.as_ref().unwrap().addr;
+    let mut watcher = Raw::connected(b.addr, v5("watch-6")).await;
+    watcher.subscribe(1, "gone/#", QoS::AtLeastOnce).await;
+    let dev = Raw::connected(
+        a_addr,
+        with_will(v5_session("dev-6", false, 600), "gone/dev-6", 300),
+    )
+    .await;
+    stored(&config(&nats, &name, "x"), "dev-6", "a", &[]).await;
+    a.take().expect("killed once").kill9().await;
+    drop(dev);
+    let (_dev, ack) = Raw::connect(b.addr, v5_session("dev-6", true, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(!ack.session_present);
+    let will = watcher.recv_publish().await;
+    assert_eq!(will.topic, "gone/dev-6");
+    watcher.ack(&will).await;
+    watcher.expect_nothing().await;
+    drop(b);
+}
+
 fn with_will(mut c: roost::codec::Connect, topic: &str, delay: u32) -> roost::codec::Connect {
     let mut w = roost::codec::LastWill::new(topic, &b"bye"[..], QoS::AtLeastOnce);
     w.properties.will_delay_interval = Some(delay);

@@ -180,13 +180,15 @@ impl Roaming {
             let handed = self
                 .ask_release(&stored.owner, client_id, clean_start)
                 .await;
+            // Started over and ended by a live owner (its will, if due,
+            // went out there): what this node writes next is the new
+            // session (or, for one that is not persistent, nothing).
+            let ended = clean_start && handed.is_some();
             let mut state = match handed {
                 Some(Some(state)) => state,
                 _ => stored.state,
             };
-            if clean_start {
-                // It ends; what this node writes next is the new session
-                // (or, for one that is not persistent, nothing).
+            if ended {
                 state.subscriptions.clear();
                 state.inbound_qos2.clear();
                 state.session.will = None;
@@ -203,8 +205,18 @@ impl Roaming {
                 continue;
             };
             self.written().insert(key, (revision, bytes));
-            if clean_start {
+            if ended {
                 return Ok(None);
+            }
+            if clean_start {
+                // Its node is dead: the session is adopted as it was, and
+                // the CONNECT (Clean Start) ends it here, its pending will
+                // going out once, as a session's end sends it.
+                return Ok(Some(Box::new(Adopt {
+                    state: claimed.state,
+                    replay: Vec::new(),
+                    upto: 0,
+                })));
             }
             let (replay, upto) = match self.replay(&claimed.state).await {
                 Ok(r) => r,
