@@ -146,16 +146,17 @@ impl Broker {
         let commit_needed = self.persist.must_hold()
             && !vouches_for_nothing
             && !(qos1 && !msg.retain && copies == 0);
+        let mut gated_copies = 0;
         if commit_needed {
             outbox.push_held(self.persist.commit, token, true, packet);
             self.persist.touched.push(outbox.clone());
             if qos1 && !msg.retain {
-                msg.gate.arm(outbox.clone(), token, copies);
+                gated_copies = copies;
             }
         } else {
             outbox.push_held(0, token, true, packet);
         }
-        msg.cluster.arm(outbox, token);
+        msg.gate.arm_after_cluster(outbox, token, gated_copies);
     }
 
     pub(super) fn on_publish(

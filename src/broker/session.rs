@@ -928,7 +928,7 @@ impl Session {
         };
         if o.qos == QoS::AtLeastOnce {
             if self.is_cluster_router() {
-                o.msg.cluster.done();
+                o.msg.gate.cluster_done();
             }
             self.complete_inflight(i, ctx);
         }
@@ -958,7 +958,7 @@ impl Session {
             return;
         }
         if r.reason.is_success() && self.is_cluster_router() {
-            o.msg.cluster.done();
+            o.msg.gate.cluster_done();
         }
         if !r.reason.is_success() {
             // A failure code ends the flow: PUBREL answers only a PUBREC below
