@@ -8,38 +8,13 @@
 
 mod common;
 
+use common::cluster::{config, nodes_with, two_nodes};
 use common::nats::NatsCluster;
 use common::{opts, publish, subscribe, unique, v5, Raw, TestBroker};
 use roost::codec::{ByteStr, Packet, Publish, QoS, ReasonCode};
 use roost::{ClusterConfig, Options, ServeError, Server};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-fn config(nats: &NatsCluster, name: &str, node: &str) -> ClusterConfig {
-    ClusterConfig {
-        servers: nats.urls(),
-        name: name.into(),
-        node: node.into(),
-        timeout: Duration::from_secs(2),
-        ..ClusterConfig::default()
-    }
-}
-
-/// Two nodes of one cluster (a fresh cluster name on `nats`).
-async fn two_nodes(nats: &NatsCluster) -> (TestBroker, TestBroker) {
-    nodes_with(nats, || Server::new(Options::default())).await
-}
-
-/// Two nodes built by `server`, joined in a fresh cluster on `nats`.
-async fn nodes_with(nats: &NatsCluster, server: impl Fn() -> Server) -> (TestBroker, TestBroker) {
-    let name = unique("route");
-    let a = server().cluster(config(nats, &name, "a"));
-    let b = server().cluster(config(nats, &name, "b"));
-    (
-        TestBroker::with_server(a).await,
-        TestBroker::with_server(b).await,
-    )
-}
 
 /// Topics whose subjects escape bytes: `.`, spaces, non-ASCII, empty
 /// levels (leading, inner, trailing).

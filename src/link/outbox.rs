@@ -492,6 +492,26 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         self.unlock(inner, released);
     }
 
+    /// The cluster will never hold what the packet `token` acknowledges
+    /// (the router let go of its copy): it goes, as soon as the packets
+    /// ahead of it went, as a refusal, 0x97 (Quota exceeded) for a 5.0
+    /// client; a 3.x client, which has no way to hear "no", is
+    /// disconnected instead, so that it publishes again.
+    pub(crate) fn refuse_cluster(&self, token: u64) {
+        let mut inner = self.lock();
+        let Some(h) = inner
+            .held_mut()
+            .and_then(|held| held.iter_mut().find(|h| h.token == token && h.cluster))
+        else {
+            return;
+        };
+        h.cluster = false;
+        h.cluster_refused = true;
+        let released = inner.release_ready(self.version);
+        let closed = inner.closed;
+        self.unlock(inner, released || closed);
+    }
+
     /// Opens the gate `token`: its packet may go without waiting for its
     /// commit (as soon as the packets ahead of it went).
     pub(crate) fn open(&self, token: u64) {
@@ -1085,6 +1105,35 @@ mod tests {
         o.open_cluster(7);
         assert!(!o.try_drain(0, &mut v), "closed");
         assert!(v.is_empty(), "no ack for a failed write");
+    }
+
+    /// The cluster's refusal: 0x97 for 5.0 (before its commit, whatever
+    /// its gate; behind the packets ahead of it), a closed connection for
+    /// 3.x; a second word about the same token changes nothing.
+    #[test]
+    fn a_cluster_refusal_is_quota_exceeded_or_a_disconnect() {
+        let o = Outbox::new(ProtocolVersion::V5, 0);
+        let mut v = VecDeque::new();
+        o.push_held(1, 7, true, puback(1));
+        o.push_held(2, 8, true, puback(2));
+        o.open(8);
+        o.refuse_cluster(8);
+        o.open_cluster(8);
+        o.try_drain(0, &mut v);
+        assert!(v.is_empty(), "behind the first");
+        o.release(1, false);
+        o.open_cluster(7);
+        o.try_drain(0, &mut v);
+        assert_eq!(v.len(), 2);
+        assert_eq!(reason_of(&v, 0), ReasonCode::Success);
+        assert_eq!(reason_of(&v, 1), ReasonCode::QuotaExceeded);
+
+        let o = Outbox::new(ProtocolVersion::V3_1_1, 0);
+        o.push_held(0, 7, true, puback(1));
+        o.refuse_cluster(7);
+        v.clear();
+        assert!(!o.try_drain(0, &mut v), "closed");
+        assert!(v.is_empty(), "no ack for what the cluster lost");
     }
 
     /// Counts its wakes.

@@ -36,19 +36,19 @@
 //! `InlineClient::acknowledge_manually`) only after JetStream's ack: the
 //! core pushes the publisher's acknowledgement with a cluster wait
 //! (`Broker::ack_after_cluster`, `Outbox::push_held`), and the router's
-//! PUBACK/PUBREC opens it (`ClusterGate`). While JetStream is unreachable
-//! no acknowledgement leaves. Nothing here blocks the core.
+//! PUBACK/PUBREC opens it (the message's `AckGate`). While JetStream is
+//! unreachable no acknowledgement leaves. Nothing here blocks the core.
+//! If the router lets go of its copy before JetStream stored it (its queue
+//! full while NATS is down, an ACL that applies to inline clients, the
+//! node stopping), the publisher is refused as when the store fails
+//! (5.0: 0x97; 3.x: disconnected without an acknowledgement) and
+//! `cluster_refused` counts it; a commit that failed meanwhile is a
+//! refusal too, whenever the cluster lets the acknowledgement go.
 //!
 //! **Known gaps**, for the next piece:
 //! - Forwarding is one durable publish at a time (~1.5k msg/s cross-node
 //!   in a debug build); pipelining the publishes, awaiting their acks in
 //!   order, is the next speed-up.
-//! - If the router's copy is dropped (its queue full, an ACL that applies
-//!   to inline clients refusing it) or its session ends, the publisher's
-//!   acknowledgement is never given (no silent success, but the publisher
-//!   waits until it reconnects and resends).
-//! - A commit that fails while an acknowledgement still waits for the
-//!   cluster is not turned into a refusal once the cluster lets it go.
 //! - `$` topics other than `$SYS` are not forwarded (the router's filter is
 //!   `#`); retained messages, sessions and shared subscriptions are per
 //!   node.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
 pub(crate) mod delivery;
 #[cfg(feature = "http")]
 pub(crate) mod http;
