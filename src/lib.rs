@@ -142,7 +142,7 @@ pub mod bench {
 #[cfg(feature = "cluster")]
 #[doc(hidden)]
 pub mod cluster_engine {
-    pub use crate::net::cluster::{connect, ClusterError, Engine, Stored};
+    pub use crate::net::cluster::{connect, ClusterError, Engine, Sending, Stored};
 }
 
 /// Entry points for `fuzz/` (built with `--cfg fuzzing` only).
