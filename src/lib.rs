@@ -59,7 +59,7 @@
 //! | `ledger` | yes    | the built-in auth/ACL hook [`hooks::Ledger`]: users with bcrypt or argon2 hashes and ordered rules, from a TOML file |
 //! | `redb`  | yes     | the redb storage backend (`storage::RedbStore`), the binary's default persistent store |
 //! | `sled`  | no      | the sled storage backend (`storage::SledStore`) |
-//! | `cluster` | no    | several nodes as one broker over NATS JetStream ([`ClusterConfig`]; `Server::cluster`; in progress: routing between nodes works, sessions and retained are per node), with the `async-nats` client |
+//! | `cluster` | no    | several nodes as one broker over NATS JetStream ([`ClusterConfig`]; `Server::cluster`; in progress: routing between nodes and shared subscriptions work, sessions and retained are per node), with the `async-nats` client |
 //! | `faulty` | no     | `storage::FaultyStore`, a wrapper that fails chosen storage calls, for testing how an application copes |
 //!
 //! Features are additive; a library user who wants plain TCP only can set
@@ -143,6 +143,7 @@ pub mod bench {
 #[doc(hidden)]
 pub mod cluster_engine {
     pub use crate::net::cluster::{connect, ClusterError, Engine, Sending, Stored};
+    pub use crate::net::roaming::stored_session;
 }
 
 /// Entry points for `fuzz/` (built with `--cfg fuzzing` only).

@@ -161,6 +161,61 @@ async fn overlapping_subscriptions_on_both_nodes_get_each_message_once_per_subsc
     drop((a, b));
 }
 
+/// The cluster's log orders QoS 1/2 deliveries: two publishers on two
+/// nodes publish at once, and the subscribers on both nodes get the
+/// messages in one and the same order (without the log, each would get its
+/// own node's first). `$` topics other than `$SYS` cross too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_delivers_in_the_logs_one_order_and_dollar_topics_cross() {
+    let nats = NatsCluster::start(1).await;
+    let (a, b) = two_nodes(&nats).await;
+    let mut on_a = Raw::connected(a.addr, v5("ord-a")).await;
+    on_a.subscribe(1, "$app/#", QoS::AtLeastOnce).await;
+    let mut on_b = Raw::connected(b.addr, v5("ord-b")).await;
+    on_b.subscribe(1, "$app/#", QoS::AtLeastOnce).await;
+    let mut pub_a = Raw::connected(a.addr, v5("ord-pub-a")).await;
+    let mut pub_b = Raw::connected(b.addr, v5("ord-pub-b")).await;
+    let n = 50u16;
+    for i in 1..=n {
+        let m = publish("$app/a", &format!("a{i}"), QoS::AtLeastOnce, i);
+        pub_a.send(Packet::Publish(m)).await;
+        let m = publish("$app/b", &format!("b{i}"), QoS::AtLeastOnce, i);
+        pub_b.send(Packet::Publish(m)).await;
+    }
+    for publ in [&mut pub_a, &mut pub_b] {
+        for i in 1..=n {
+            match publ.recv().await {
+                Packet::PubAck(r) => {
+                    assert_eq!((r.packet_id.get(), r.reason), (i, ReasonCode::Success))
+                }
+                other => panic!("expected PUBACK {i}, got {other:?}"),
+            }
+        }
+    }
+    let mut orders = Vec::new();
+    for sub in [&mut on_a, &mut on_b] {
+        let mut order = Vec::new();
+        while order.len() < usize::from(2 * n) {
+            let p = sub.recv_publish().await;
+            sub.ack(&p).await;
+            order.push(common::payload(&p).to_owned());
+        }
+        sub.expect_nothing().await;
+        orders.push(order);
+    }
+    for prefix in ["a", "b"] {
+        let own: Vec<_> = orders[0].iter().filter(|m| m.starts_with(prefix)).collect();
+        let sent: Vec<_> = (1..=n).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(
+            own,
+            sent.iter().collect::<Vec<_>>(),
+            "each publisher's order holds"
+        );
+    }
+    assert_eq!(orders[0], orders[1], "one order on both nodes");
+    drop((a, b));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_engine_is_unreachable_refuses_to_serve() {
     // A port nothing listens on.
@@ -257,10 +312,9 @@ async fn wills_retained_and_inline_publishes_cross_too() {
     let name = unique("route");
     let server_a = Server::new(Options::default()).cluster(config(&nats, &name, "a"));
     let app = server_a.inline_client("app");
-    let a = TestBroker::with_server(server_a).await;
-    let b =
-        TestBroker::with_server(Server::new(Options::default()).cluster(config(&nats, &name, "b")))
-            .await;
+    let a = common::nats::node(server_a).await;
+    let b = common::nats::node(Server::new(Options::default()).cluster(config(&nats, &name, "b")))
+        .await;
     let mut sub = Raw::connected(b.addr, v5("sub-b")).await;
     sub.subscribe(1, "k/#", QoS::AtLeastOnce).await;
 
@@ -319,8 +373,8 @@ async fn the_stream_leader_dying_loses_and_duplicates_nothing_acknowledged() {
         ..config(&nats, &name, node)
     };
     let (cfg_a, cfg_b, cfg_probe) = (cfg("a"), cfg("b"), cfg("probe"));
-    let a = TestBroker::with_server(Server::new(Options::default()).cluster(cfg_a)).await;
-    let b = TestBroker::with_server(Server::new(Options::default()).cluster(cfg_b)).await;
+    let a = common::nats::node(Server::new(Options::default()).cluster(cfg_a)).await;
+    let b = common::nats::node(Server::new(Options::default()).cluster(cfg_b)).await;
     let mut sub = Raw::connected(b.addr, v5("sub-b")).await;
     sub.subscribe(1, "f/#", QoS::AtLeastOnce).await;
     let mut publ = Raw::connected(a.addr, v5("pub-a")).await;

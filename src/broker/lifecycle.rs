@@ -316,6 +316,9 @@ impl Broker {
             if let Some(s) = sessions.get_mut(&sid) {
                 s.resume(&mut ctx);
             }
+            // Its share groups have a connected member again.
+            let groups = self.groups_of(sid);
+            self.recount_groups(groups, None);
         }
     }
 
@@ -349,6 +352,8 @@ impl Broker {
         let Some(sid) = self.conns.remove(&conn) else {
             return;
         };
+        // Its share groups lose a connected member (told at the end).
+        let groups = self.groups_of(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -394,6 +399,7 @@ impl Broker {
         }
         self.update_connected_gauge();
         self.update_disconnected_gauge();
+        self.recount_groups(groups, None);
     }
 
     pub(super) fn fire_due_will(&mut self, sid: SessionId, now_ms: u64) {
@@ -438,10 +444,7 @@ impl Broker {
             })),
             None => w.message,
         };
-        if msg.retain {
-            self.store_retained(&msg, now_ms);
-        }
-        self.route(&msg, now_ms);
+        self.dispatch(&msg, false, true, now_ms);
         if self.hooks.has_events() {
             self.hooks.each(|h| h.on_will_sent(client_id, &msg));
         }
@@ -514,6 +517,7 @@ impl Broker {
     /// Ends a session: its pending will goes out, its subscriptions and
     /// queues are dropped, its stored record deleted.
     pub(super) fn end_session(&mut self, sid: SessionId, now_ms: u64) {
+        let groups = self.groups_of(sid);
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
@@ -560,6 +564,7 @@ impl Broker {
             }
         }
         self.update_disconnected_gauge();
+        self.recount_groups(groups, None);
     }
 
     pub(super) fn closed(&mut self, conn: ConnId, reason: CloseReason, now_ms: u64) {

@@ -15,6 +15,7 @@ mod coalesce;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod drive;
 mod gate;
+mod groups;
 mod idhash;
 mod keepalive;
 mod lifecycle;
@@ -23,6 +24,7 @@ mod persist;
 mod publish;
 mod restore;
 mod retained;
+mod roaming;
 mod session;
 mod share;
 mod spill;
@@ -37,10 +39,14 @@ mod tracked;
 pub(crate) use crate::message::{Message, MessageProperties, SessionId};
 pub(crate) use bridges::{BridgeSession, QueueLimit, CLIENT_ID_PREFIX as BRIDGE_CLIENT_ID_PREFIX};
 pub(crate) use coalesce::coalesce_staged;
+#[cfg(feature = "cluster")]
+pub(crate) use groups::{outcome as group_outcome, GroupInterest};
 pub(crate) use pages::{Page, PageEntry, PageRequest};
 pub(crate) use persist::Created;
 pub(crate) use persist::{Commit, CommitProgress};
 pub(crate) use retained::{RetainedPage, RetainedRead};
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use roaming::{Adopt, Replayed, SessionState};
 pub(crate) use throttle::OncePerSecond;
 
 use crate::codec::{
@@ -158,6 +164,76 @@ pub(crate) enum Event {
     },
     /// A request of the admin API, and where its answer goes.
     Admin(Box<admin::AdminCall>),
+    /// A message another node (or this one, through the cluster's log)
+    /// published, injected by this node's cluster router: delivered to the
+    /// local subscriptions without the publish hooks, which judged it
+    /// where it was published.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Inject {
+        /// The router's connection.
+        conn: ConnId,
+        /// The message, as its publisher's node forwarded it.
+        publish: Publish,
+        /// Who published it, where.
+        origin: Box<Origin>,
+    },
+    /// A session another node held, for this one to resume before the
+    /// client's CONNECT, which follows (see `roaming`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Adopt(Box<roaming::Adopt>),
+    /// A client resumes its session on another node: it leaves this one;
+    /// its state, if it moves, is the answer.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Release {
+        /// The client.
+        client_id: ByteStr,
+        /// It starts over there: the session ends here.
+        clean_start: bool,
+        /// Where the session's state goes.
+        reply: tokio::sync::oneshot::Sender<Option<roaming::SessionState>>,
+    },
+    /// Another node took the session over without asking this one: it
+    /// leaves without its will.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Lost {
+        /// The client.
+        client_id: ByteStr,
+    },
+    /// The persistent sessions' state, for the cluster's session bucket.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Export {
+        /// Where it goes.
+        reply: tokio::sync::oneshot::Sender<Vec<roaming::SessionState>>,
+    },
+    /// A message the cluster's router pulled for a share group: to one
+    /// connected member of the group on this node (see `groups`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    GroupPublish {
+        /// The router's connection.
+        conn: ConnId,
+        /// The message; with a packet id if the router wants the outcome
+        /// (a PUBACK, whatever the QoS).
+        publish: Publish,
+        /// The message's QoS.
+        qos: QoS,
+        /// The share name.
+        group: ByteStr,
+        /// The group's plain filter.
+        filter: ByteStr,
+    },
+}
+
+/// Where an injected message was published (see [`Event::Inject`]).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct Origin {
+    /// Its publisher's client id (No Local, hooks, the inline client's
+    /// `publisher`), if the node that forwarded it said.
+    pub client_id: Option<ByteStr>,
+    /// Published on this node: it was retained here already.
+    pub own: bool,
+    /// Its sequence in the cluster's message stream (QoS 1/2).
+    pub seq: Option<u64>,
 }
 
 /// The keep-alive a connection runs with, and the Server Keep Alive to
@@ -223,6 +299,16 @@ pub(crate) struct Broker {
     /// connected: QoS 1/2 acknowledgements wait for it to acknowledge its
     /// copy, which it does once the cluster's engine stored the message.
     cluster_router: Option<SessionId>,
+    /// The last stream sequence the router injected (0: none yet): every
+    /// QoS 1/2 message of the cluster up to it has been routed here.
+    cluster_seq: u64,
+    /// Sessions adopted from another node, each with the last sequence its
+    /// replay covered: live messages up to it are not delivered to it
+    /// again (see `roaming`).
+    cluster_skip: HashMap<SessionId, u64>,
+    /// Share groups served through the cluster (see `groups`); `None` on
+    /// one node.
+    cluster_groups: Option<groups::ClusterGroups>,
 }
 
 /// One subscriber a message goes to.
@@ -268,6 +354,9 @@ impl Broker {
             failing: false,
             bridges: HashMap::new(),
             cluster_router: None,
+            cluster_seq: 0,
+            cluster_skip: HashMap::new(),
+            cluster_groups: None,
         }
     }
 
@@ -342,7 +431,7 @@ impl Broker {
                         Packet::Publish(publish) => {
                             if let Some(sid) = self.live(conn) {
                                 let verdict = PublishVerdict::Deliver;
-                                self.on_publish(conn, sid, publish, verdict, now_ms);
+                                self.on_publish(conn, sid, publish, verdict, None, now_ms);
                             }
                         }
                         packet => self.packet(conn, packet, now_ms),
@@ -357,7 +446,32 @@ impl Broker {
                 ..
             } => {
                 if let Some(sid) = self.live(conn) {
-                    self.on_publish(conn, sid, publish, verdict, now_ms);
+                    self.on_publish(conn, sid, publish, verdict, None, now_ms);
+                }
+            }
+            Event::Adopt(adopt) => self.adopt(*adopt, now_ms),
+            Event::Release {
+                client_id,
+                clean_start,
+                reply,
+            } => {
+                let state = self.release(&client_id, clean_start, now_ms);
+                let _ = reply.send(state);
+            }
+            Event::Lost { client_id } => self.lost_session(&client_id, now_ms),
+            Event::Export { reply } => {
+                let _ = reply.send(self.export_sessions());
+            }
+            Event::Inject {
+                conn,
+                publish,
+                origin,
+            } => {
+                // Only the router injects; anyone else's is an ordinary
+                // publish (never reached: the event is crate-private).
+                if let Some(sid) = self.live(conn) {
+                    let origin = (self.cluster_router == Some(sid)).then_some(&*origin);
+                    self.on_publish(conn, sid, publish, PublishVerdict::Deliver, origin, now_ms);
                 }
             }
             Event::Subscribe { conn, subscribe } => {
@@ -371,6 +485,13 @@ impl Broker {
                 // The caller may have given up waiting: nothing to undo.
                 let _ = reply.send(self.admin(query, now_ms));
             }
+            Event::GroupPublish {
+                conn,
+                publish,
+                qos,
+                group,
+                filter,
+            } => self.on_group_publish(conn, publish, qos, (&group, &filter), now_ms),
         }
         None
     }
@@ -409,7 +530,9 @@ impl Broker {
             return;
         };
         match packet {
-            Packet::Publish(p) => self.on_publish(conn, sid, p, PublishVerdict::Deliver, now_ms),
+            Packet::Publish(p) => {
+                self.on_publish(conn, sid, p, PublishVerdict::Deliver, None, now_ms)
+            }
             Packet::PubAck(r) => {
                 let (mut ctx, sessions) = self.ctx(now_ms);
                 if let Some(s) = sessions.get_mut(&sid) {

@@ -165,6 +165,7 @@ impl Broker {
         sid: SessionId,
         p: Publish,
         verdict: PublishVerdict,
+        origin: Option<&Origin>,
         now_ms: u64,
     ) {
         stats::add(&self.stats.messages_received, 1);
@@ -202,12 +203,10 @@ impl Broker {
         {
             return self.refuse_for_storage(conn, sid, &p, now_ms);
         }
-        // In a cluster, the router forwards every topic but `$` ones (its
-        // filter is `#`), except its own injections: the acknowledgement
-        // waits for the cluster's engine as well.
-        let to_cluster = qos != QoS::AtMostOnce
-            && self.cluster_router.is_some_and(|r| r != sid)
-            && !p.topic.as_bytes().starts_with(b"$");
+        // In a cluster, everything but `$SYS` (refused below) and the
+        // router's own injections goes to the router: a QoS 1/2
+        // acknowledgement waits for the cluster's engine as well.
+        let to_cluster = qos != QoS::AtMostOnce && self.cluster_router.is_some_and(|r| r != sid);
         let mut reason = ReasonCode::Success;
         // The routed message and how many stored copies it made.
         let mut routed: Option<(Arc<Tracked>, u64)> = None;
@@ -226,18 +225,35 @@ impl Broker {
                 .map_or((None, false), |s| (Some(s.client_id().clone()), s.stored));
             let mut msg = Message::from_publish(p, now_ms, Some(sid));
             msg.publisher_id = publisher_id;
-            let msg = Arc::new(Tracked::new(msg));
+            if let Some(origin) = origin {
+                // Its publisher, not the router, for No Local and the
+                // hooks: the session of that client here, if it has one.
+                msg.publisher_id = origin.client_id.clone();
+                msg.publisher = origin
+                    .client_id
+                    .as_ref()
+                    .and_then(|id| self.by_client_id.get(id).copied());
+            }
+            let seq = origin.and_then(|o| o.seq).unwrap_or(0);
+            let msg = Arc::new(Tracked::new(msg).with_seq(seq));
             if qos == QoS::ExactlyOnce && stored && self.persist.enabled && !self.persist.ack_first
             {
                 // Its packet id goes into this commit (below).
                 msg.deliver_after
                     .store(self.persist.commit, std::sync::atomic::Ordering::Relaxed);
             }
-            if msg.retain {
-                self.store_retained(&msg, now_ms);
-            }
+            // Injected by the router: routed here only. A node's own
+            // messages were retained when published here.
+            let injected = self.cluster_router == Some(sid);
+            let retain_here = origin.is_none_or(|o| !o.own);
             let copies_before = self.persist.copies_created;
-            let (matched, dropped) = self.route(&msg, now_ms);
+            let (matched, dropped) = self.dispatch(&msg, injected, retain_here, now_ms);
+            if seq != 0 {
+                // Routed: the stream up to it has reached this node's
+                // subscribers (see `roaming`).
+                self.cluster_seq = self.cluster_seq.max(seq);
+                self.passed_seams();
+            }
             routed = Some((msg.clone(), self.persist.copies_created - copies_before));
             if matched == 0 {
                 reason = ReasonCode::NoMatchingSubscribers;
@@ -309,19 +325,92 @@ impl Broker {
 
     // ----- routing ----------------------------------------------------
 
+    /// Where a published message goes (a client's, an inline client's, a
+    /// will): into the retained store if it is retained (and `retain_here`),
+    /// then to the subscriptions, and unless it was `injected` from the
+    /// cluster, to the cluster. Returns as [`Broker::route`] does.
+    ///
+    /// In a cluster the cluster's log orders deliveries: a QoS 1/2 message
+    /// goes only to this node's router, which stores it in the cluster's
+    /// message stream, and every node, this one included, delivers it to
+    /// its own subscribers when it reads it back (an injection, routed
+    /// here as on one node). So every QoS 1/2 delivery on every node has a
+    /// stream sequence, in one order, which is what lets a session move
+    /// between nodes. QoS 0 is routed here at once and also handed to the
+    /// router for the other nodes (at most once needs no order).
+    pub(super) fn dispatch(
+        &mut self,
+        msg: &Arc<Tracked>,
+        injected: bool,
+        retain_here: bool,
+        now_ms: u64,
+    ) -> (usize, usize) {
+        if msg.retain && retain_here {
+            self.store_retained(msg, now_ms);
+        }
+        let router = self
+            .cluster_router
+            .filter(|_| !injected && !msg.topic.as_bytes().starts_with(b"$SYS"));
+        let Some(router) = router else {
+            return self.route(msg, now_ms);
+        };
+        let (matched, dropped) = if msg.qos == QoS::AtMostOnce {
+            self.route(msg, now_ms)
+        } else {
+            (0, 0)
+        };
+        let (more, lost) = self.hand_to_router(router, msg, now_ms);
+        (matched + more, dropped + lost)
+    }
+
+    /// Hands `msg` to this node's cluster router as if its `#`
+    /// subscription matched (it does not for `$` topics, which cross too).
+    /// Returns how many copies were made and dropped (1 and 0, or 0 and 0
+    /// if the router is not subscribed yet).
+    fn hand_to_router(
+        &mut self,
+        router: SessionId,
+        msg: &Arc<Tracked>,
+        now_ms: u64,
+    ) -> (usize, usize) {
+        let (mut ctx, sessions) = self.ctx(now_ms);
+        let Some(s) = sessions.get_mut(&router) else {
+            return (0, 0);
+        };
+        let Some(entry) = s.subscriptions.get("#") else {
+            return (0, 0);
+        };
+        let qos = msg.qos.min(entry.options.qos);
+        let sub_ids = entry.id.into_iter().collect();
+        let pushback = s.deliver(msg, qos, msg.retain, sub_ids, true, None, &mut ctx);
+        let dropped = ctx.drops.get() as usize;
+        if pushback != Pushback::None {
+            // The cluster is slower than this publisher: it waits, as for a
+            // slow local subscriber.
+            self.slow_down_publisher(msg, &[(router, pushback)], now_ms);
+        }
+        (1, dropped)
+    }
+
     /// Delivers `msg` to every matching subscription; returns how many
     /// sessions it went to, and for how many of them it was dropped.
     pub(crate) fn route(&mut self, msg: &Arc<Tracked>, now_ms: u64) -> (usize, usize) {
+        let clustered = self.groups_clustered();
         let mut targets = std::mem::take(&mut self.scratch);
         let sessions = &self.sessions;
         let hooks = &self.hooks;
         let cursors = &mut self.shared_cursor;
+        // The router gets its copy from `dispatch`, never by matching.
+        let router = self.cluster_router;
         // Ordinary subscriptions of one filter belong to distinct sessions;
         // only matches from several filters can name a session twice.
         let mut last_filter: *const u8 = std::ptr::null();
         let mut direct_filters = 0;
         self.subs.for_each_match(&msg.topic, |m| match m {
             Match::Direct { filter, key, value } => {
+                if router == Some(*key) {
+                    return;
+                }
                 if value.options.no_local && msg.publisher == Some(*key) {
                     return; // [MQTT-3.8.3-3]
                 }
@@ -342,34 +431,15 @@ impl Broker {
                 group,
                 members,
             } => {
-                if members.is_empty() {
+                // In a cluster the router serves share groups (see
+                // `groups`): one member across all nodes.
+                if members.is_empty() || clustered {
                     return;
                 }
-                if !cursors.get(group).is_some_and(|f| f.contains_key(filter)) {
-                    cursors
-                        .entry(group.into())
-                        .or_default()
-                        .insert(filter.into(), 0);
-                }
-                let Some(cursor) = cursors.get_mut(group).and_then(|f| f.get_mut(filter)) else {
-                    return;
-                };
+                let cursor = groups::cursor(cursors, group, filter);
                 let n = members.len();
-                // Round-robin among connected members that may receive it;
-                // queue for an offline one only when no such member is
-                // connected. The delivery ACL is part of the choice: a
-                // member refused later would lose the message for the
-                // whole group. If nobody may receive it, nobody gets it.
-                let order = || (0..n).map(|i| (*cursor + i) % n);
-                let may = |i: usize, connected: bool| {
-                    sessions.get(&members[i].0).is_some_and(|s| {
-                        (!connected || s.conn.is_some()) && hooks.can_receive(&s.client, msg)
-                    })
-                };
-                let Some(pick) = order()
-                    .find(|&i| may(i, true))
-                    .or_else(|| order().find(|&i| may(i, false)))
-                else {
+                // Offline members only when no connected one may have it.
+                let Some(pick) = groups::pick(members, *cursor, sessions, hooks, msg, true) else {
                     return;
                 };
                 *cursor = (pick + 1) % n;
@@ -396,6 +466,10 @@ impl Broker {
                 }
                 same
             });
+        }
+        if msg.seq != 0 && !self.cluster_skip.is_empty() {
+            // Sessions adopted from another node got it in their replay.
+            targets.retain(|t| !self.replayed_already(t.sid, msg));
         }
         let count = targets.len();
         let (mut ctx, sessions) = self.ctx(now_ms);

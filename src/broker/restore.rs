@@ -263,6 +263,15 @@ impl Restore<'_> {
         self.broker.restore_retained(rec, self.now_ms);
     }
 
+    /// The records of one session were passed (a session adopted from
+    /// another node of a cluster, see `roaming`): it is in place.
+    pub(crate) fn finish_one(mut self) {
+        self.end_session();
+        let b = &mut *self.broker;
+        b.stats.subscriptions.store(b.subs.len() as u64, Relaxed);
+        b.update_disconnected_gauge();
+    }
+
     /// Every record was passed.
     pub(crate) fn finish(mut self) {
         self.end_session();

@@ -198,6 +198,10 @@ impl Subscriptions {
         }
     }
 
+    pub(crate) fn get(&self, filter: &str) -> Option<&SubEntry> {
+        self.0.as_ref()?.by_filter.get(filter)
+    }
+
     pub(crate) fn remove(&mut self, filter: &str) -> Option<SubEntry> {
         let m = self.0.as_mut()?;
         let removed = m.by_filter.remove(filter)?;
@@ -250,6 +254,9 @@ pub(crate) struct Flows {
     pub burst_queued: usize,
     /// The queue's tail that is only in the store (see `spill`).
     pub spill: Spill,
+    /// Something was queued or completed since the cluster last saved the
+    /// session's cursor (see `roaming`).
+    pub moved: bool,
 }
 
 impl Session {
@@ -634,6 +641,7 @@ impl Session {
             burst: burst.is_some() && !spill,
         };
         stats::add(&ctx.stats.inflight, 1);
+        self.flows_mut().moved = true;
         if !o.burst {
             self.flows_mut().bytes += size;
             if !spill {
@@ -968,6 +976,7 @@ impl Session {
     /// The in-flight flow at `i` completed: it leaves, and the window
     /// refills from the queue.
     fn complete_inflight(&mut self, i: usize, ctx: &mut Ctx) {
+        self.flows_mut().moved = true;
         if let Some(o) = self.remove_inflight(i) {
             self.completed(&o, ctx);
             self.forget_outgoing(&o, ctx);

@@ -33,6 +33,10 @@ impl Broker {
         let version = s.protocol;
         let watching = self.hooks.has_events();
         let mut names: Vec<ByteStr> = Vec::new();
+        // Share groups joined, served through the cluster: the SUBACK waits
+        // until this node pulls for them (see `groups`).
+        let clustered = self.cluster_groups.is_some();
+        let mut joined: Vec<(ByteStr, ByteStr)> = Vec::new();
         for (filter, options, verdict) in sub.filters {
             if watching {
                 names.push(filter.clone());
@@ -62,6 +66,9 @@ impl Broker {
             };
             s.subscriptions.insert(filter.clone(), entry);
             self.subs.insert(plain, group, sid, entry);
+            if let (Some(group), true) = (group, clustered) {
+                joined.push((ByteStr::from(group), ByteStr::from(plain)));
+            }
             if s.stored {
                 self.persist.push(Op::PutSubscription {
                     client_id: s.client_id().as_str().to_owned(),
@@ -96,14 +103,17 @@ impl Broker {
                 self.hooks.each(|h| h.on_subscribed(&client, &done));
             }
         }
-        self.ack(
-            sid,
-            Packet::SubAck(SubAck {
-                packet_id: sub.packet_id,
-                reasons: reasons.clone(),
-                properties: AckProperties::default(),
-            }),
-        );
+        let suback = Packet::SubAck(SubAck {
+            packet_id: sub.packet_id,
+            reasons: reasons.clone(),
+            properties: AckProperties::default(),
+        });
+        if joined.is_empty() {
+            self.ack(sid, suback);
+        } else {
+            let ready = self.ack_when_pulling(sid, suback);
+            self.recount_groups(joined, ready);
+        }
         for (filter, entry) in retained_for {
             self.send_retained(sid, &filter, entry, now_ms);
         }
@@ -161,11 +171,15 @@ impl Broker {
         };
         let mut reasons = Vec::with_capacity(filters.len());
         let mut removed = Vec::new();
+        let mut left: Vec<(ByteStr, ByteStr)> = Vec::new();
         for filter in filters {
             if s.subscriptions.remove(&filter).is_some() {
                 let (group, plain) = split_shared(&filter);
                 self.subs.remove(plain, group, &sid);
                 forget_cursor(&mut self.shared_cursor, group, plain);
+                if let (Some(group), true) = (group, self.cluster_groups.is_some()) {
+                    left.push((ByteStr::from(group), ByteStr::from(plain)));
+                }
                 if s.stored {
                     self.persist.push(Op::DeleteSubscription {
                         client_id: s.client_id().as_str().to_owned(),
@@ -185,6 +199,7 @@ impl Broker {
         self.stats
             .subscriptions
             .store(self.subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.recount_groups(left, None);
         reasons
     }
 }

@@ -31,6 +31,9 @@ pub(crate) struct Tracked {
     /// being delivered twice: delivering before it is durable would let a
     /// crash undo that protection.
     pub(super) deliver_after: AtomicU64,
+    /// Its sequence in the cluster's message stream (0: none; see
+    /// `roaming`).
+    pub(super) seq: u64,
 }
 
 impl Tracked {
@@ -46,7 +49,14 @@ impl Tracked {
             store_id: AtomicU64::new(store_id),
             gate: AckGate::default(),
             deliver_after: AtomicU64::new(0),
+            seq: 0,
         }
+    }
+
+    /// The same, read from the cluster's stream at `seq`.
+    pub(crate) fn with_seq(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self
     }
 }
 
@@ -71,14 +81,15 @@ pub(crate) type Reclaim = crate::link::reclaim::Reclaim<Tracked>;
 
 #[cfg(test)]
 mod tests {
-    /// One per message in memory (queues, the retained cache): 312 bytes
-    /// on 64-bit targets since the cluster's wait moved into the ack gate
-    /// (it was a field of its own, 24 bytes, with or without `cluster`).
+    /// One per message in memory (queues, the retained cache): 320 bytes
+    /// on 64-bit targets. The cluster's wait moved into the ack gate (it
+    /// was a field of its own, 24 bytes, with or without `cluster`); the
+    /// stream sequence (`seq`, roaming) takes 8.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_tracked_message_stays_small() {
         assert!(
-            std::mem::size_of::<super::Tracked>() <= 312,
+            std::mem::size_of::<super::Tracked>() <= 320,
             "{}",
             std::mem::size_of::<super::Tracked>()
         );

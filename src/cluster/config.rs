@@ -15,6 +15,8 @@
 //! | the session bucket (stream `KV_<name>_sessions`) | `<name>_sessions` |
 //! | the retained bucket (stream `KV_<name>_retained`) | `<name>_retained` |
 //! | a node's durable consumer | `<name>_<node>` |
+//! | a share group's durable consumers (see `cluster::groups`) | `<name>_g_<hash>_<i>` |
+//! | a share group's QoS 0 queue group | `<name>_g_<hash>` |
 //!
 //! Durable and volatile messages sit under different second tokens so the
 //! stream, which captures `<name>.d.>`, never stores QoS 0 traffic.

@@ -25,6 +25,11 @@ use std::num::NonZeroU16;
 /// publishes, and the node's consumer reads the whole stream).
 pub(crate) const ORIGIN: &str = "Roost-Node";
 
+/// The NATS header naming the client that published a message (No Local
+/// and the hooks on the nodes that deliver it). Absent for the broker's own
+/// messages.
+pub(crate) const PUBLISHER: &str = "Roost-Client";
+
 /// Why a NATS message is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum EnvelopeError {

@@ -19,6 +19,8 @@
 pub(crate) mod config;
 #[cfg(feature = "cluster")]
 pub(crate) mod envelope;
+#[cfg(feature = "cluster")]
+pub(crate) mod groups;
 pub(crate) mod subject;
 
 /// Client ids under this prefix belong to the nodes' routers

@@ -293,6 +293,54 @@ impl InlineClient {
         self.send(ack).await
     }
 
+    /// Hands `publish`, which the cluster's router pulled for share group
+    /// `group` on `filter`, to one connected member of the group on this
+    /// node (see `broker::groups`), whatever the subscriptions and without
+    /// the publish hooks (the message was judged where it was published).
+    /// With `answer`, returns the outcome (a `broker::group_outcome`
+    /// reason code) once what the delivery stored is committed; without,
+    /// [`ReasonCode::Success`] once the core has it queued.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) async fn deliver_to_group(
+        &self,
+        group: &str,
+        filter: &str,
+        publish: Publish,
+        answer: bool,
+    ) -> Result<ReasonCode, InlineError> {
+        let qos = publish.qos_pid.qos();
+        let (qos_pid, rx) = if answer {
+            let (pid, rx) = self.wait_for_answer()?;
+            (QosPid::new(QoS::AtLeastOnce, pid), Some(rx))
+        } else {
+            (QosPid::AtMostOnce, None)
+        };
+        let publish = Publish {
+            qos_pid,
+            dup: false,
+            ..publish
+        };
+        self.ready().await?;
+        self.inner
+            .events
+            .send(Event::GroupPublish {
+                conn: self.inner.conn,
+                publish,
+                qos,
+                group: ByteStr::from(group),
+                filter: ByteStr::from(filter),
+            })
+            .await
+            .map_err(|_| InlineError::Stopped)?;
+        let Some(rx) = rx else {
+            return Ok(ReasonCode::Success);
+        };
+        match rx.await.map_err(|_| InlineError::Stopped)?? {
+            Packet::PubAck(r) => Ok(r.reason),
+            _ => Ok(ReasonCode::UnspecifiedError),
+        }
+    }
+
     /// The client identifier.
     pub fn client_id(&self) -> &str {
         &self.inner.client.client_id
@@ -373,13 +421,7 @@ impl InlineClient {
         let mut properties = options.properties;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
-        let (qos_pid, answer) = match qos {
-            QoS::AtMostOnce => (QosPid::AtMostOnce, None),
-            _ => {
-                let (pid, rx) = self.wait_for_answer()?;
-                (QosPid::new(qos, pid), Some(rx))
-            }
-        };
+        let (qos_pid, answer) = self.packet_id_for(qos)?;
         let publish = Publish {
             dup: false,
             qos_pid,
@@ -408,14 +450,68 @@ impl InlineClient {
             return Err(InlineError::Refused(code));
         }
         self.ready().await?;
+        let event = Event::Publish {
+            conn: self.inner.conn,
+            publish,
+            verdict,
+            held: Default::default(),
+        };
+        self.submit(event, answer).await
+    }
+
+    /// Injects a message this node's cluster router read from the cluster
+    /// (see `Event::Inject`), without the publish hooks: they judged it
+    /// where it was published. `Ok` once the core took it (at QoS 1/2:
+    /// acknowledged it, after its commit).
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn inject(
+        &self,
+        mut publish: Publish,
+        origin: crate::broker::Origin,
+    ) -> Result<(), InlineError> {
+        let (qos_pid, answer) = self.packet_id_for(publish.qos_pid.qos())?;
+        publish.qos_pid = qos_pid;
+        self.ready().await?;
+        let event = Event::Inject {
+            conn: self.inner.conn,
+            publish,
+            origin: Box::new(origin),
+        };
+        self.submit(event, answer).await
+    }
+
+    /// The QoS and packet id for a publish at `qos`, and where its
+    /// acknowledgement will arrive (none at QoS 0).
+    #[allow(clippy::type_complexity)]
+    fn packet_id_for(
+        &self,
+        qos: QoS,
+    ) -> Result<
+        (
+            QosPid,
+            Option<oneshot::Receiver<Result<Packet, InlineError>>>,
+        ),
+        InlineError,
+    > {
+        Ok(match qos {
+            QoS::AtMostOnce => (QosPid::AtMostOnce, None),
+            _ => {
+                let (pid, rx) = self.wait_for_answer()?;
+                (QosPid::new(qos, pid), Some(rx))
+            }
+        })
+    }
+
+    /// Sends a publish `event` to the core and waits for its
+    /// acknowledgement, if it has one: a refusal is an error.
+    async fn submit(
+        &self,
+        event: Event,
+        answer: Option<oneshot::Receiver<Result<Packet, InlineError>>>,
+    ) -> Result<(), InlineError> {
         self.inner
             .events
-            .send(Event::Publish {
-                conn: self.inner.conn,
-                publish,
-                verdict,
-                held: Default::default(),
-            })
+            .send(event)
             .await
             .map_err(|_| InlineError::Stopped)?;
         match answer {

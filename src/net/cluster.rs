@@ -53,6 +53,18 @@ use std::time::Duration;
 const MESSAGE_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a retried publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a share group's consumer waits for a node to acknowledge (or
+/// give back) a message it pulled before giving it to a node again: a
+/// node that died holding messages delays them this long. Long enough
+/// for a delivery into a busy core and its commit.
+const GROUP_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages of one share group pulled and not yet acknowledged, across
+/// all nodes: bounds what a node that dies may delay by `GROUP_ACK_WAIT`.
+const GROUP_MAX_ACK_PENDING: i64 = 1000;
+/// How often a message is given to a node before the group's consumer
+/// drops it: only messages no member anywhere may receive (an ACL) are
+/// given back that often (see `server::sharing`).
+const GROUP_MAX_DELIVER: i64 = 20;
 
 /// Why the engine connection failed. Messages name the servers or the
 /// stream involved.
@@ -412,6 +424,44 @@ impl Engine {
                 reason: e.to_string(),
             }),
         }
+    }
+
+    /// The durable pull consumer `name` of a share group on the message
+    /// stream, filtered to `subject`, created or bound (see
+    /// `cluster::groups`): every node with members of the group pulls
+    /// from it, and each message goes to one of them. It starts at the
+    /// messages published after its creation (a group has no history),
+    /// with explicit acks. The server deletes it after the stream's
+    /// maximum message age (24 h) without a node pulling (`inactive_threshold`,
+    /// which nats-server applies to durable consumers since 2.9): by then
+    /// what it held has left the stream anyway. A group that keeps a
+    /// connected member somewhere never loses its consumer.
+    pub async fn group_consumer(
+        &self,
+        name: &str,
+        subject: &str,
+    ) -> Result<consumer::PullConsumer, ClusterError> {
+        self.stream
+            .get_or_create_consumer(
+                name,
+                consumer::pull::Config {
+                    durable_name: Some(name.to_owned()),
+                    filter_subject: subject.to_owned(),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: GROUP_ACK_WAIT,
+                    max_ack_pending: GROUP_MAX_ACK_PENDING,
+                    max_deliver: GROUP_MAX_DELIVER,
+                    inactive_threshold: MESSAGE_MAX_AGE,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: "consumer",
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     /// This node's durable pull consumer on the message stream (named

@@ -348,6 +348,29 @@ where
         certificate = client.certificate.as_deref().map(|c| tracing::field::display(Escaped(c))),
         remote = client.remote_addr.map(tracing::field::display),
         ?version, keep_alive, clean_start = connect.clean_start, "client connected");
+    // In a cluster the session is claimed first: taken from the node that
+    // had it, with what it is owed, before the CONNECT resumes it here.
+    #[cfg(feature = "cluster")]
+    if let (Some(roaming), false) = (&shared.roaming, connect.client_id.is_empty()) {
+        // Boxed: the connection's task stays small (see the listener's
+        // size test); a CONNECT is rare.
+        let claim = Box::pin(roaming.claim(&connect.client_id, connect.clean_start));
+        match claim.await {
+            Ok(None) => {}
+            Ok(Some(adopt)) => shared.events.send(Event::Adopt(adopt)).await.ok()?,
+            Err(e) => {
+                tracing::warn!(target: crate::REFUSAL, conn = conn.0,
+                    client_id = %Escaped(&connect.client_id), error = %e,
+                    "cluster: cannot claim the session; CONNECT refused (server unavailable)");
+                let refusal = Packet::ConnAck(crate::codec::ConnAck {
+                    session_present: false,
+                    reason: ReasonCode::ServerUnavailable,
+                    properties: Default::default(),
+                });
+                return refuse_connect(io, version, &refusal).await;
+            }
+        }
+    }
     let event = Event::Connect {
         conn,
         outbox: outbox.clone(),

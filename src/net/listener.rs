@@ -947,6 +947,8 @@ mod tests {
             batches: Default::default(),
             preauth: Default::default(),
             clock: crate::clock::Clock::system(),
+            #[cfg(feature = "cluster")]
+            roaming: None,
         });
         #[allow(unused_variables)]
         let (stop_tx, stop) = watch::channel(false);

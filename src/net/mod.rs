@@ -29,6 +29,8 @@ pub(crate) mod per_ip;
 pub(crate) mod preauth;
 #[cfg(feature = "tls")]
 mod resumption;
+#[cfg(feature = "cluster")]
+pub(crate) mod roaming;
 pub(crate) mod shared;
 pub(crate) mod sweep;
 #[cfg(feature = "tls")]

@@ -37,4 +37,7 @@ pub(crate) struct Shared {
     /// The admin API's way to the core (the HTTP listeners').
     #[cfg(feature = "http")]
     pub admin: crate::admin::Admin,
+    /// In a cluster: where a CONNECT claims its session first.
+    #[cfg(feature = "cluster")]
+    pub roaming: Option<Arc<super::roaming::Roaming>>,
 }

@@ -130,6 +130,21 @@ impl<K, V> Node<K, V> {
 }
 
 impl<K: Eq + Hash, V> Node<K, V> {
+    /// The subscriber slot for `filter`, if it has nodes.
+    fn slot(&self, filter: &str) -> Option<&Subscribers<K, V>> {
+        let mut node = self;
+        let mut levels = filter.split('/');
+        while let Some(level) = levels.next() {
+            let last = levels.clone().next().is_none();
+            node = match level {
+                "#" if last => return node.hash.as_deref(),
+                "+" => node.plus.as_deref()?,
+                _ => node.literal.get(level)?,
+            };
+        }
+        node.subs.as_deref()
+    }
+
     /// The subscriber slot for `filter`, creating nodes on the way.
     fn slot_mut(&mut self, filter: &str) -> &mut Option<Box<Subscribers<K, V>>> {
         let mut node = self;
@@ -349,6 +364,16 @@ impl<K: Clone + Eq + Hash, V> SubscriptionTree<K, V> {
             .walk(topic.split('/'), !topic.starts_with('$'), &mut visit);
     }
 
+    /// The members of share group `group` on `filter` (a plain filter), in
+    /// order of first subscription; empty if it has none. A direct lookup,
+    /// for a delivery addressed to the group rather than matched.
+    pub fn group_members(&self, filter: &str, group: &str) -> &[(K, V)] {
+        self.root
+            .slot(filter)
+            .and_then(|s| s.groups.iter().find(|g| &*g.name == group))
+            .map_or(&[], |g| &g.members)
+    }
+
     /// The number of (filter, group, key) subscriptions.
     pub fn len(&self) -> usize {
         self.len
@@ -497,6 +522,32 @@ mod tests {
         assert_eq!(tree.remove("a/+", None, &2), Some(20));
         assert!(tree.is_empty());
         assert_eq!(tree.node_count(), 1);
+    }
+
+    #[test]
+    fn group_members_are_looked_up_by_filter_and_name() {
+        let mut tree = SubscriptionTree::new();
+        tree.insert("a/+/#", Some("g"), 2u32, 0u8);
+        tree.insert("a/+/#", Some("g"), 1, 0);
+        tree.insert("a/+/#", Some("h"), 3, 0);
+        tree.insert("a/+/#", None, 4, 0);
+        tree.insert("#", Some("g"), 5, 0);
+        let keys = |f: &str, g: &str| -> Vec<u32> {
+            tree.group_members(f, g).iter().map(|&(k, _)| k).collect()
+        };
+        assert_eq!(keys("a/+/#", "g"), [2, 1]);
+        assert_eq!(keys("a/+/#", "h"), [3]);
+        assert_eq!(keys("#", "g"), [5]);
+        // Other filters and groups, matching or not, have none.
+        for (f, g) in [
+            ("a/+", "g"),
+            ("a/x/#", "g"),
+            ("a/+/#", "x"),
+            ("b", "g"),
+            ("", "g"),
+        ] {
+            assert!(keys(f, g).is_empty(), "{f:?} {g:?}");
+        }
     }
 
     #[test]

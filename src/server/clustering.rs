@@ -3,32 +3,39 @@
 //! is every other node.
 //!
 //! The node's side is an inline client, `$cluster/<node>` (a reserved
-//! prefix: no network client may take it), subscribed to `#` with
-//! - *No Local*: what it injects from the cluster is never forwarded back
-//!   (a message crosses once);
-//! - *Retain As Published*: the retain flag crosses as published;
-//! - *Retain Handling 2*: the retained messages already here at start are
-//!   not re-published to the cluster.
+//! prefix: no network client may take it), subscribed to `#`; the core
+//! hands it every message published on this node directly
+//! (`Broker::dispatch`), `$` topics other than `$SYS` included, never
+//! what it injects itself. Its subscription's options say what it gets:
+//! *Retain As Published* (the retain flag crosses as published) and
+//! *Retain Handling 2* (the retained messages already here at start are not
+//! re-published to the cluster).
 //!
-//! **Out**: every message published on this node (network clients, other
-//! inline clients, wills, retained publishes) reaches that subscription and
-//! is published to NATS, QoS 0 on core NATS at `<name>.v.<subject>`, QoS
-//! 1/2 to the message stream at `<name>.d.<subject>`, waiting for
+//! **The cluster's log.** A QoS 1/2 message is not delivered on the node
+//! where it is published: the core gives it only to the router, which
+//! stores it in the message stream at `<name>.d.<subject>`, waiting for
 //! JetStream's acknowledgement and retrying with the same `Nats-Msg-Id`
-//! (stored once within the stream's duplicate window) until it comes:
-//! while JetStream is unreachable, nothing is dropped and nothing is
-//! acknowledged to NATS as sent; the subscription's buffer, then the
-//! core's slow-consumer policy, take the backlog.
+//! (stored once within the stream's duplicate window) until it comes.
+//! Every node, this one included, reads the whole stream through its
+//! durable consumer and injects each message into its core, which
+//! delivers it to the local subscriptions as on one node (ACL per
+//! delivery, limits, counting, persistence). So all QoS 1/2 deliveries, on
+//! every node, follow the stream's order and carry its sequence numbers:
+//! the ground for sessions that move between nodes. A stream message is
+//! acknowledged to JetStream after the core acknowledged it (for QoS 1/2
+//! that is after its commit), so a node that dies before gets it again.
+//! While JetStream is unreachable nothing is acknowledged to anyone; the
+//! router's buffer, then the core's slow-consumer policy, take the
+//! backlog.
 //!
-//! **In**: a core NATS subscription on `<name>.v.>` and the node's durable
-//! consumer on `<name>.d.>` (nats-server 2.9: one filter per consumer, so
-//! all of it; the core's router matches). What this node published
-//! (header `Roost-Node`) is dropped; the rest is published into the core
-//! by the inline client, so local subscribers receive it through the
-//! usual path (ACL per delivery, limits, counting, persistence). A stream
-//! message is acknowledged to JetStream after the core acknowledged it
-//! (for QoS 1/2 that is after its commit), so a node that dies before
-//! gets it again from its consumer.
+//! **QoS 0** is delivered on its own node at once and published on core
+//! NATS at `<name>.v.<subject>`; the other nodes inject it, and a node
+//! drops its own (header `Roost-Node`).
+//!
+//! An injection carries its publisher's client id (header `Roost-Client`,
+//! for No Local and the hooks) and skips the publish hooks, which judged it
+//! on its own node. A retained message is stored where it is published at
+//! once, and where it is injected.
 //!
 //! **Durability.** A publisher's PUBACK/PUBREC for a QoS 1/2 message
 //! waits, besides its local commit (or gate), for this router's
@@ -46,19 +53,19 @@
 //! refusal too, whenever the cluster lets the acknowledgement go.
 //!
 //! **Known gaps**, for the next piece:
-//! - `$` topics other than `$SYS` are not forwarded (the router's filter is
-//!   `#`); retained messages, sessions and shared subscriptions are per
-//!   node.
+//! - Sessions are clustered by `net::roaming`; share groups are served
+//!   cluster-wide by `server::sharing`, not routed here.
 //! - A node that restarts resumes its durable consumer where it stopped,
 //!   and injects what it missed: without sessions in the cluster, that
 //!   goes to whoever is subscribed then.
 
+use crate::broker::Origin;
 use crate::cluster::config::ClusterConfig;
-use crate::cluster::envelope::{self, ORIGIN};
+use crate::cluster::envelope::{self, ORIGIN, PUBLISHER};
 use crate::cluster::subject::subject_of;
 use crate::codec::{ByteStr, Publish, QoS, QosPid, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
-use crate::inline::{InlineClient, InlineError, InlineMessage, PublishOptions, Subscription};
+use crate::inline::{InlineClient, InlineError, InlineMessage, Subscription};
 use crate::net::cluster::{ClusterError, Engine, Stored};
 use async_nats::jetstream;
 use async_nats::HeaderMap;
@@ -172,7 +179,7 @@ pub(super) async fn run(
 }
 
 /// The next item of a stream, without a futures utility crate.
-async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+pub(super) async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
@@ -296,10 +303,14 @@ async fn forward(
                 };
                 let qos = m.qos;
                 let ack = m.ack.take();
+                let publisher = m.publisher.take();
                 let publish = as_publish(m);
                 let body = envelope::encode(&publish);
                 let mut headers = HeaderMap::new();
                 headers.insert(ORIGIN, config.node.as_str());
+                if let Some(id) = &publisher {
+                    headers.insert(PUBLISHER, id.as_str());
+                }
                 if qos == QoS::AtMostOnce {
                     let subject = subject_of(&volatile, &publish.topic);
                     if let Err(e) = engine
@@ -351,22 +362,30 @@ fn ours(config: &ClusterConfig, headers: Option<&HeaderMap>) -> bool {
         .is_some_and(|v| v.as_str() == config.node)
 }
 
+/// Who published a message, as its headers say.
+fn origin(config: &ClusterConfig, headers: Option<&HeaderMap>, seq: Option<u64>) -> Origin {
+    Origin {
+        client_id: headers
+            .and_then(|h| h.get(PUBLISHER))
+            .map(|v| v.as_str().into()),
+        own: ours(config, headers),
+        seq,
+    }
+}
+
 /// Publishes `publish` into the local core; `Ok` once the core took it
 /// (for QoS 1/2: acknowledged it, after its commit), or refused it (a
-/// hook's verdict, final on this node).
-async fn inject(client: &InlineClient, publish: Publish) -> Result<(), InlineError> {
-    let qos = publish.qos_pid.qos();
-    let options = PublishOptions {
-        retain: publish.retain,
-        properties: publish.properties,
-    };
-    match client
-        .publish_with(&publish.topic, publish.payload, qos, options)
-        .await
-    {
+/// verdict final on this node).
+async fn inject(
+    client: &InlineClient,
+    publish: Publish,
+    origin: Origin,
+) -> Result<(), InlineError> {
+    let topic = publish.topic.clone();
+    match client.inject(publish, origin).await {
         Ok(()) => Ok(()),
         Err(InlineError::Refused(code)) => {
-            tracing::debug!(topic = %Escaped(&publish.topic), reason = ?code,
+            tracing::debug!(topic = %Escaped(&topic), reason = ?code,
                 "cluster: message from another node refused here");
             Ok(())
         }
@@ -382,12 +401,14 @@ async fn inject_volatile(
     let config = engine.config();
     let prefix = config.volatile_prefix();
     while let Some(m) = next(&mut volatile).await {
+        // A QoS 0 message was delivered here when it was published.
         if ours(config, m.headers.as_ref()) {
             continue;
         }
         match envelope::decode(&prefix, &m.subject, &m.payload) {
             Ok(publish) => {
-                if inject(&client, publish).await.is_err() {
+                let origin = origin(config, m.headers.as_ref(), None);
+                if inject(&client, publish, origin).await.is_err() {
                     return;
                 }
             }
@@ -414,18 +435,21 @@ async fn inject_durable(
                 continue;
             }
         };
-        if !ours(config, m.headers.as_ref()) {
-            match envelope::decode(&prefix, &m.subject, &m.payload) {
-                Ok(publish) => {
-                    if inject(&client, publish).await.is_err() {
-                        // The core stopped: not acknowledged, so the
-                        // consumer gives it again after the restart.
-                        return;
-                    }
+        // This node's own messages too: a QoS 1/2 message is delivered on
+        // every node, its origin included, in the stream's order (see
+        // `Broker::dispatch`).
+        match envelope::decode(&prefix, &m.subject, &m.payload) {
+            Ok(publish) => {
+                let seq = m.info().ok().map(|i| i.stream_sequence);
+                let origin = origin(config, m.headers.as_ref(), seq);
+                if inject(&client, publish, origin).await.is_err() {
+                    // The core stopped: not acknowledged, so the
+                    // consumer gives it again after the restart.
+                    return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cluster: stream message dropped");
-                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: stream message dropped");
             }
         }
         if let Err(e) = m.ack().await {

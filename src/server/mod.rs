@@ -11,6 +11,8 @@ mod clustering;
 mod commit;
 mod core_loop;
 mod reader;
+#[cfg(feature = "cluster")]
+mod sharing;
 
 use crate::admin::{Admin, AdminState};
 use crate::bridge::{Bridge, BridgeError};
@@ -173,7 +175,8 @@ impl Server {
 
     /// Joins the cluster `config` describes (feature `cluster`): messages
     /// published on this node reach subscribers on every node, and theirs
-    /// this node's (see issue 19 for what is clustered so far: routing).
+    /// this node's, and each message of a share group goes to one member
+    /// across the nodes (see issue 19 for what is clustered so far).
     /// [`Server::serve`] connects to NATS first and fails with
     /// [`ServeError::Cluster`] when it cannot, before serving anyone; so
     /// does [`Server::connect_cluster`], earlier.
@@ -497,6 +500,14 @@ impl Server {
         let reclaim = Arc::new(Reclaim::default());
         let intake = Arc::new(Intake::default());
         let batches = Arc::new(Batches::default());
+        #[cfg(feature = "cluster")]
+        let roaming = cluster.as_ref().map(|(engine, _)| {
+            Arc::new(crate::net::roaming::Roaming::new(
+                engine.clone(),
+                events_tx.clone(),
+                opts.limits.maximum_queued_messages,
+            ))
+        });
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             stats: stats.clone(),
@@ -510,6 +521,8 @@ impl Server {
             clock: clock.clone(),
             #[cfg(feature = "http")]
             admin: Admin::new(admin),
+            #[cfg(feature = "cluster")]
+            roaming: roaming.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         // With a cluster, the listeners open once the node's router is
@@ -526,6 +539,16 @@ impl Server {
                 clock.clone(),
                 stats.clone(),
             );
+            // Share groups are served through the cluster from the first
+            // event on (see `broker::groups`).
+            let (interest, interest_rx) = tokio::sync::mpsc::unbounded_channel();
+            broker.serve_groups_through_cluster(interest);
+            tokio::spawn(sharing::run(
+                engine.clone(),
+                client.clone(),
+                interest_rx,
+                stop_rx.clone(),
+            ));
             let (ready, ready_rx) = tokio::sync::oneshot::channel();
             routing = Some(ready_rx);
             tokio::spawn(clustering::run(
@@ -535,6 +558,13 @@ impl Server {
                 ready,
                 stop_rx.clone(),
             ));
+            if let Some(roaming) = roaming {
+                tokio::spawn(crate::net::roaming::answer_loop(
+                    roaming.clone(),
+                    stop_rx.clone(),
+                ));
+                tokio::spawn(crate::net::roaming::write_loop(roaming, stop_rx.clone()));
+            }
         }
         let permits = Arc::new(Semaphore::new(opts.limits.maximum_connections));
         // Listeners given before serving are waiting in `incoming`; those

@@ -1,12 +1,14 @@
-//! Nodes of one roost cluster in the test process: each a real broker on
-//! 127.0.0.1:0 joined through a real nats-server ([`super::nats`]).
+//! Roost nodes of one cluster, in process, for the cluster tests: each on
+//! 127.0.0.1:0, joined through a real nats-server ([`super::nats`]) under
+//! a fresh cluster name, so tests sharing NATS servers do not see each
+//! other's streams, consumers or subjects.
 
 use super::nats::NatsCluster;
 use super::{unique, TestBroker};
 use roost::{ClusterConfig, Options, Server};
 use std::time::Duration;
 
-/// Node `node` of cluster `name` on `nats`.
+/// The configuration of node `node` of cluster `name` on `nats`.
 pub(crate) fn config(nats: &NatsCluster, name: &str, node: &str) -> ClusterConfig {
     ClusterConfig {
         servers: nats.urls(),
@@ -30,8 +32,6 @@ pub(crate) async fn nodes_with(
     let name = unique("route");
     let a = server().cluster(config(nats, &name, "a"));
     let b = server().cluster(config(nats, &name, "b"));
-    (
-        TestBroker::with_server(a).await,
-        TestBroker::with_server(b).await,
-    )
+    // Each once it serves (see `nats::node`).
+    (super::nats::node(a).await, super::nats::node(b).await)
 }

@@ -343,3 +343,33 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String>
         .ok_or_else(|| format!("GET {path} on {addr}: no status in {head:?}"))?;
     Ok((status, body.to_owned()))
 }
+
+/// A roost node of a cluster, started in-process, once it serves: a node
+/// accepts connections only after it joined NATS (its stream, consumer and
+/// router), which on a loaded machine with three NATS servers can take
+/// longer than one packet wait, so this waits (up to [`READY`]) until a
+/// probe client gets its CONNACK.
+pub(crate) async fn node(server: roost::Server) -> super::TestBroker {
+    let broker = super::TestBroker::with_server(server).await;
+    let deadline = Instant::now() + READY;
+    loop {
+        let probe = async {
+            let mut raw = super::Raw::open(broker.addr, roost::codec::ProtocolVersion::V5).await;
+            raw.send(roost::codec::Packet::Connect(Box::new(super::v5(
+                "probe-serving",
+            ))))
+            .await;
+            matches!(
+                raw.recv_within(Duration::from_secs(1)).await,
+                Some(roost::codec::Packet::ConnAck(_))
+            )
+        };
+        if probe.await {
+            return broker;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not serve within {READY:?}"
+        );
+    }
+}

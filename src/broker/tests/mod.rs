@@ -12,10 +12,13 @@
 mod admin;
 mod expiry;
 mod full_disk;
+#[cfg(feature = "cluster")]
+mod groups;
 mod identity;
 mod keep_alive;
 mod restart;
 mod retained;
+mod roaming;
 mod spill;
 mod sys;
 mod will;
@@ -403,6 +406,9 @@ impl Peer {
 
     /// The reason of the DISCONNECT the core sent last before closing.
     pub(super) fn expect_disconnect(&mut self) -> ReasonCode {
+        // A drain that takes the last packets may report the close only
+        // on the next one.
+        self.fill();
         self.fill();
         assert!(self.closed, "still open");
         match self.got.drain(..).last() {

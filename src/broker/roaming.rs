@@ -1,0 +1,341 @@
+//! Sessions that move between the nodes of a cluster (issue 19): the
+//! core's side, plain and synchronous. The cluster's edge
+//! (`server::cluster_sessions`) keeps each persistent session's state in
+//! the cluster's session bucket and asks the core for it ([`Event::Export`]),
+//! takes a session away from this node when a client resumes it on another
+//! ([`Event::Release`]), and gives this node a session another node held
+//! ([`Event::Adopt`]).
+//!
+//! **The cursor.** Every QoS 1/2 delivery in a cluster comes from the
+//! cluster's message stream, in its order, with its sequence number
+//! (`Tracked::seq`; see `Broker::dispatch`). A session's queue and its
+//! in-flight window are therefore in stream order, and the first entry
+//! still owed names the first sequence the session may be owed: its
+//! *cursor*. With nothing owed, the cursor is one past the last sequence
+//! this node routed. A node that adopts the session reads the stream from
+//! the cursor and delivers what matches the session's subscriptions: at
+//! least once (what the old node delivered and had acknowledged after the
+//! cursor was last saved comes again, which QoS 1 allows), and nothing
+//! acknowledged to a publisher is missed, even when the old node died.
+//!
+//! **The seam.** An adopted session is installed with its subscriptions
+//! when the adopting node's core has routed the stream up to some sequence
+//! `h`; the replay the edge read goes up to `upto` (at least `h`). Live
+//! messages up to `upto` are then skipped for that session (they were in
+//! the replay), and the replay is queued before anything live: one order.
+//!
+//! [`Event::Export`]: super::Event::Export
+//! [`Event::Release`]: super::Event::Release
+//! [`Event::Adopt`]: super::Event::Adopt
+
+use super::session::{Outgoing, Session};
+use super::{
+    session_record, split_shared, subscription_record, Broker, Message, SessionId, Tracked,
+};
+use crate::codec::{ByteStr, Disconnect, Packet, Publish, QoS, ReasonCode};
+use crate::escape::Escaped;
+use roost_storage::{Op, Record, SessionRecord, SubscriptionRecord};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A persistent session as the cluster keeps it: enough for another node
+/// to resume it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionState {
+    /// The session (its will, expiry, owner).
+    pub session: SessionRecord,
+    /// Its subscriptions.
+    pub subscriptions: Vec<SubscriptionRecord>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub inbound_qos2: Vec<u16>,
+    /// The first stream sequence it may still be owed; 0 if not known
+    /// (the edge keeps the last known one).
+    pub cursor: u64,
+    /// Its queue moved since the last export (only then is a new cursor
+    /// worth a write: an idle session's cursor follows the stream, but
+    /// nothing between its old and new value is owed to it).
+    #[serde(skip)]
+    pub moved: bool,
+}
+
+/// A session another node held, for this node to resume.
+#[derive(Debug)]
+pub(crate) struct Adopt {
+    /// Its state.
+    pub state: SessionState,
+    /// What the stream holds for it from its cursor, in stream order.
+    pub replay: Vec<Replayed>,
+    /// The last sequence the replay covers (read up to).
+    pub upto: u64,
+}
+
+/// One stream message of a replay.
+#[derive(Debug)]
+pub(crate) struct Replayed {
+    /// Its stream sequence.
+    pub seq: u64,
+    /// The message.
+    pub publish: Publish,
+    /// Its publisher's client id.
+    pub publisher: Option<ByteStr>,
+}
+
+impl Broker {
+    /// Every persistent session of a network client, with its cursor: what
+    /// the cluster's session bucket is to hold for this node.
+    pub(super) fn export_sessions(&mut self) -> Vec<SessionState> {
+        let routed = self.cluster_seq;
+        self.sessions
+            .values_mut()
+            .filter(|s| roams(s))
+            .map(|s| {
+                let mut state = session_state(s, routed);
+                if let Some(f) = s.flows.as_mut() {
+                    state.moved = std::mem::take(&mut f.moved);
+                }
+                state
+            })
+            .collect()
+    }
+}
+
+/// What the cluster keeps of `s`, `routed` being the last stream sequence
+/// this node routed.
+fn session_state(s: &Session, routed: u64) -> SessionState {
+    SessionState {
+        session: session_record(s),
+        subscriptions: s
+            .subscriptions
+            .iter()
+            .map(|(f, e)| subscription_record(f, e))
+            .collect(),
+        inbound_qos2: s
+            .inbound_qos2()
+            .map(|q| {
+                let mut ids: Vec<u16> = q.iter().copied().collect();
+                ids.sort_unstable();
+                ids
+            })
+            .unwrap_or_default(),
+        cursor: cursor(s, routed),
+        moved: false,
+    }
+}
+
+impl Broker {
+    /// A client resumes (or starts over, `clean_start`) its session on
+    /// another node: its connection here closes as in a takeover (5.0:
+    /// DISCONNECT 0x8E), and the session leaves this node. Resumed, it
+    /// moves with its will (its state is returned for the other node);
+    /// started over, it ends here as a session ends (its pending will goes
+    /// out, once, from here).
+    pub(super) fn release(
+        &mut self,
+        client_id: &str,
+        clean_start: bool,
+        now_ms: u64,
+    ) -> Option<SessionState> {
+        let sid = *self.by_client_id.get(client_id)?;
+        if !self.sessions.get(&sid).is_some_and(|s| roams(s)) {
+            return None;
+        }
+        if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) {
+            let old_conn = old.id;
+            if self.sessions[&sid].protocol.is_v5() {
+                old.outbox.push(Packet::Disconnect(Disconnect {
+                    reason: ReasonCode::SessionTakenOver,
+                    ..Default::default()
+                }));
+            }
+            self.detach(old_conn, false, Some(ReasonCode::SessionTakenOver), now_ms);
+        }
+        tracing::info!(client_id = %Escaped(client_id), clean_start,
+            "cluster: session taken over on another node");
+        if clean_start {
+            self.end_session(sid, now_ms);
+            return None;
+        }
+        let state = self
+            .sessions
+            .get(&sid)
+            .map(|s| session_state(s, self.cluster_seq));
+        self.forget_session(sid, now_ms);
+        state
+    }
+
+    /// The cluster says another node owns the session now (it took it while
+    /// this node could not be asked): it leaves this node without its will,
+    /// which went with it.
+    pub(super) fn lost_session(&mut self, client_id: &str, now_ms: u64) {
+        let Some(&sid) = self.by_client_id.get(client_id) else {
+            return;
+        };
+        if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) {
+            let old_conn = old.id;
+            if self.sessions[&sid].protocol.is_v5() {
+                old.outbox.push(Packet::Disconnect(Disconnect {
+                    reason: ReasonCode::SessionTakenOver,
+                    ..Default::default()
+                }));
+            }
+            self.detach(old_conn, false, Some(ReasonCode::SessionTakenOver), now_ms);
+        }
+        tracing::warn!(client_id = %Escaped(client_id),
+            "cluster: another node took this session over; dropped here");
+        self.forget_session(sid, now_ms);
+    }
+
+    /// Ends a session here without its will (it moved with the session).
+    fn forget_session(&mut self, sid: SessionId, now_ms: u64) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.will = None;
+            s.will_due_ms = None;
+        }
+        self.end_session(sid, now_ms);
+    }
+
+    /// Installs a session another node held, disconnected, so that the
+    /// client's CONNECT (which follows) resumes it; queues the replay.
+    /// A session of that id already here and connected stays (this node
+    /// owns it); one here and away is stale (it moved since) and is
+    /// replaced.
+    pub(super) fn adopt(&mut self, adopt: Adopt, now_ms: u64) {
+        let Adopt {
+            state,
+            replay,
+            upto,
+        } = adopt;
+        let client_id = state.session.client_id.clone();
+        if let Some(&sid) = self.by_client_id.get(client_id.as_str()) {
+            if self.sessions.get(&sid).is_some_and(|s| s.conn.is_some()) {
+                return;
+            }
+            self.forget_session(sid, now_ms);
+        }
+        let mut restore = self.restore(now_ms);
+        restore.record(Record::Session(state.session.clone()));
+        for sub in &state.subscriptions {
+            restore.record(Record::Subscription {
+                client_id: client_id.clone(),
+                subscription: sub.clone(),
+            });
+        }
+        for &packet_id in &state.inbound_qos2 {
+            restore.record(Record::InboundQos2 {
+                client_id: client_id.clone(),
+                packet_id,
+            });
+        }
+        restore.finish_one();
+        let Some(&sid) = self.by_client_id.get(client_id.as_str()) else {
+            return;
+        };
+        if self.persist.enabled {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.stored = true;
+            }
+            self.persist.push(Op::PutSession(state.session.clone()));
+            for sub in state.subscriptions {
+                self.persist.push(Op::PutSubscription {
+                    client_id: client_id.clone(),
+                    subscription: sub,
+                });
+            }
+            for packet_id in state.inbound_qos2 {
+                self.persist.push(Op::PutInboundQos2 {
+                    client_id: client_id.clone(),
+                    packet_id,
+                });
+            }
+        } else if let Some(s) = self.sessions.get_mut(&sid) {
+            s.stored = false;
+        }
+        let replayed = replay.len();
+        for r in replay {
+            self.replay_one(sid, r, now_ms);
+        }
+        if upto > self.cluster_seq {
+            self.cluster_skip.insert(sid, upto);
+        }
+        tracing::info!(client_id = %Escaped(&client_id), replayed, upto,
+            "cluster: session adopted from another node");
+    }
+
+    /// Queues one replayed message for `sid` if its subscriptions match it,
+    /// as routing would (the highest QoS of its matching ordinary
+    /// subscriptions, every identifier; No Local; the delivery ACL). Share
+    /// groups are left out: their other members had it.
+    fn replay_one(&mut self, sid: SessionId, r: Replayed, now_ms: u64) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let own = r.publisher.as_ref() == Some(s.client_id());
+        let mut qos: Option<QoS> = None;
+        let mut retain_as_published = false;
+        let mut ids = Vec::new();
+        for (filter, entry) in s.subscriptions.iter() {
+            let (group, plain) = split_shared(filter);
+            if group.is_some() || !crate::topic::matches(plain, &r.publish.topic) {
+                continue;
+            }
+            if own && entry.options.no_local {
+                continue;
+            }
+            qos = qos.max(Some(entry.options.qos));
+            retain_as_published |= entry.options.retain_as_published;
+            ids.extend(entry.id);
+        }
+        let Some(qos) = qos else { return };
+        let mut msg = Message::from_publish(r.publish, now_ms, None);
+        msg.publisher_id = r.publisher;
+        let tracked = Tracked::new(msg).with_seq(r.seq);
+        let msg = Arc::new(tracked);
+        if !self.hooks.can_receive(&s.client, &msg) {
+            return;
+        }
+        let qos = msg.qos.min(qos);
+        let retain = msg.retain && retain_as_published && s.protocol.is_v5();
+        ids.sort_unstable();
+        ids.dedup();
+        let (mut ctx, sessions) = self.ctx(now_ms);
+        if let Some(s) = sessions.get_mut(&sid) {
+            s.deliver(&msg, qos, retain, ids, true, None, &mut ctx);
+        }
+    }
+
+    /// Whether `msg` is one a session adopted here already got in its
+    /// replay (see the module's "seam").
+    pub(super) fn replayed_already(&self, sid: SessionId, msg: &Tracked) -> bool {
+        msg.seq != 0 && self.cluster_skip.get(&sid).is_some_and(|u| msg.seq <= *u)
+    }
+
+    /// Forgets the seams the stream has passed.
+    pub(super) fn passed_seams(&mut self) {
+        if !self.cluster_skip.is_empty() {
+            let seq = self.cluster_seq;
+            self.cluster_skip.retain(|_, upto| *upto > seq);
+        }
+    }
+}
+
+/// Whether a session is one the cluster keeps: a network client's
+/// persistent session (not an inline client's, a bridge's or a router's).
+fn roams(s: &Session) -> bool {
+    !s.client.inline && s.is_persistent()
+}
+
+/// See the module's "cursor": the sequence of the first entry owed, or
+/// one past `routed` with none; 0 if the first one owed has no sequence
+/// (read back from the local store, or a retained message sent on
+/// subscribe).
+fn cursor(s: &Session, routed: u64) -> u64 {
+    let Some(f) = s.flows() else {
+        return routed + 1;
+    };
+    let first: Option<&Outgoing> = f.inflight.front().or(f.queue.front());
+    match first {
+        Some(o) => o.msg.seq,
+        None if f.spill.count > 0 => 0,
+        None => routed + 1,
+    }
+}

@@ -1,0 +1,533 @@
+//! Sessions that move between nodes (issue 19): the cluster's edge. The
+//! core's side, and why a cursor in the message stream is enough, are in
+//! `broker::roaming`.
+//!
+//! **The bucket.** `<name>_sessions` holds, per client id, the node that
+//! owns the session and its state ([`Stored`]). The owner writes it
+//! ([`write_loop`]): when the client connects, then every
+//! [`WRITE_EVERY`] whatever changed (subscriptions, will, expiry, the
+//! cursor), each write a compare-and-set on the revision it last wrote, so
+//! a node that lost a session to another learns it at its next write and
+//! lets it go ([`Event::Lost`]).
+//!
+//! **A CONNECT** ([`Roaming::claim`]) reads the client's entry first. Owned
+//! by another node, the session is asked back from it over core NATS
+//! (`<name>.n.<node>.release`, answered by [`answer_loop`]): that node
+//! closes the client's connection there (5.0: DISCONNECT 0x8E) and hands
+//! over the session's current state. A node that does not answer (dead,
+//! or cut off) is not waited for: the bucket's state stands. The entry is
+//! then set to this node (compare-and-set), the stream is read from the
+//! session's cursor to its end, and the core gets the session with what it
+//! is owed ([`Event::Adopt`]) before the CONNECT itself.
+//!
+//! While the cluster cannot be read, a CONNECT is refused with Server
+//! unavailable (5.0 0x88, 3.x return code 3): a node must not resume a
+//! session another node may be serving.
+//!
+//! Not yet: outbound QoS 2 state crosses only on a handover the old node
+//! answers (a node that died may deliver a QoS 2 message it had sent
+//! again, as QoS 1 would); inbound QoS 2 packet ids are saved with the
+//! periodic write; a will of a session whose node died fires only when the
+//! session is resumed or expires on a live node.
+//!
+//! [`Event::Lost`]: crate::broker::Event::Lost
+//! [`Event::Adopt`]: crate::broker::Event::Adopt
+
+use crate::broker::{Adopt, Event, Replayed, SessionState};
+use crate::cluster::envelope::{self, PUBLISHER};
+use crate::cluster::subject::subject_of;
+use crate::codec::ByteStr;
+use crate::escape::Escaped;
+use crate::net::cluster::Engine;
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::kv::Operation;
+use bytes::Bytes;
+use futures_core::Stream;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How often the owner writes what changed in its sessions: the cursor
+/// this far behind means at most this much is delivered twice after a
+/// node dies.
+pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a CONNECT waits for the node that owns its session to hand it
+/// over before going on without it.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// The layout of [`Stored`] this build writes.
+const FORMAT: u8 = 1;
+
+/// What the bucket holds for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    /// [`FORMAT`]: bincode is not self-describing, so a later layout must
+    /// be told from this one.
+    pub format: u8,
+    /// The node that owns it.
+    pub owner: String,
+    /// Its state.
+    pub state: SessionState,
+}
+
+/// A request to hand a session over.
+#[derive(Debug, Serialize, Deserialize)]
+struct Release {
+    client_id: String,
+    clean_start: bool,
+}
+
+/// Why a CONNECT could not claim its session.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClaimError {
+    /// The session bucket could not be read or written.
+    #[error("cluster session bucket: {0}")]
+    Bucket(String),
+    /// The message stream could not be read.
+    #[error("cluster message stream: {0}")]
+    Stream(String),
+    /// Another node kept claiming it at the same time.
+    #[error("cluster: the session was claimed by another node at the same time")]
+    Contended,
+}
+
+/// The node's sessions in the cluster: what it wrote, and the way to the
+/// core.
+#[derive(Debug)]
+pub(crate) struct Roaming {
+    engine: Arc<Engine>,
+    events: mpsc::Sender<Event>,
+    /// Per key, the revision this node last wrote and the bytes it wrote:
+    /// the entries it owns.
+    written: Mutex<HashMap<String, (u64, Bytes)>>,
+    /// The most a replay brings (the session's queue bound).
+    replay_limit: usize,
+}
+
+/// The bucket key of a client id: its letters, digits and `-` as they are,
+/// every other byte escaped (`cluster::subject`), so any id is a key.
+fn key_of(client_id: &str) -> String {
+    subject_of("c", client_id)
+}
+
+fn encode(stored: &Stored) -> Bytes {
+    Bytes::from(bincode::serialize(stored).expect("plain data serializes"))
+}
+
+fn decode(bytes: &[u8]) -> Option<Stored> {
+    bincode::deserialize::<Stored>(bytes)
+        .ok()
+        .filter(|s| s.format == FORMAT)
+}
+
+impl Roaming {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        events: mpsc::Sender<Event>,
+        replay_limit: usize,
+    ) -> Self {
+        Roaming {
+            engine,
+            events,
+            written: Mutex::new(HashMap::new()),
+            replay_limit,
+        }
+    }
+
+    fn node(&self) -> &str {
+        &self.engine.config().node
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Bytes)>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Before a CONNECT of `client_id` goes to the core: makes this node
+    /// the session's owner, taking it from the node that had it; returns
+    /// the session to adopt, if it is to be resumed from elsewhere.
+    pub(crate) async fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+    ) -> Result<Option<Box<Adopt>>, ClaimError> {
+        let key = key_of(client_id);
+        let bucket = self.engine.sessions();
+        for _ in 0..3 {
+            let entry = bucket
+                .entry(key.clone())
+                .await
+                .map_err(|e| ClaimError::Bucket(e.to_string()))?;
+            let (stored, revision) = match entry {
+                Some(e) if e.operation == Operation::Put => (decode(&e.value), e.revision),
+                // Never stored, or deleted: a new session; the write loop
+                // records it if it is persistent.
+                _ => return Ok(None),
+            };
+            let Some(stored) = stored else {
+                tracing::warn!(client_id = %Escaped(client_id),
+                    "cluster: unreadable session entry; starting over");
+                return Ok(None);
+            };
+            if stored.owner == self.node() {
+                // This node's own: its core has it (or lost it with its
+                // store, and the client starts over).
+                return Ok(None);
+            }
+            let handed = self
+                .ask_release(&stored.owner, client_id, clean_start)
+                .await;
+            let mut state = match handed {
+                Some(Some(state)) => state,
+                _ => stored.state,
+            };
+            if clean_start {
+                // It ends; what this node writes next is the new session
+                // (or, for one that is not persistent, nothing).
+                state.subscriptions.clear();
+                state.inbound_qos2.clear();
+                state.session.will = None;
+                state.cursor = 0;
+            }
+            // Ownership first, so the old node's writes fail from now on.
+            let claimed = Stored {
+                format: FORMAT,
+                owner: self.node().to_owned(),
+                state,
+            };
+            let bytes = encode(&claimed);
+            let Ok(revision) = bucket.update(&key, bytes.clone(), revision).await else {
+                continue;
+            };
+            self.written().insert(key, (revision, bytes));
+            if clean_start {
+                return Ok(None);
+            }
+            let (replay, upto) = match self.replay(&claimed.state).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The session is this node's now; it resumes without
+                    // what it was owed rather than not at all.
+                    tracing::warn!(client_id = %Escaped(client_id), error = %e,
+                        "cluster: cannot read what the session is owed; resuming without it");
+                    (Vec::new(), 0)
+                }
+            };
+            return Ok(Some(Box::new(Adopt {
+                state: claimed.state,
+                replay,
+                upto,
+            })));
+        }
+        Err(ClaimError::Contended)
+    }
+
+    /// Asks `owner` to hand the session over: `Some(state)` if it did (its
+    /// state then, `None` inside if it had none), `None` if it did not
+    /// answer.
+    async fn ask_release(
+        &self,
+        owner: &str,
+        client_id: &str,
+        clean_start: bool,
+    ) -> Option<Option<SessionState>> {
+        let subject = release_subject(self.engine.config(), owner);
+        let body = bincode::serialize(&Release {
+            client_id: client_id.to_owned(),
+            clean_start,
+        })
+        .expect("plain data serializes");
+        let request = self.engine.client().request(subject, body.into());
+        match tokio::time::timeout(RELEASE_WAIT, request).await {
+            Ok(Ok(answer)) => bincode::deserialize(&answer.payload).ok(),
+            Ok(Err(e)) => {
+                tracing::info!(owner, client_id = %Escaped(client_id), error = %e,
+                    "cluster: the node that had the session did not hand it over; resuming from the cluster's state");
+                None
+            }
+            Err(_) => {
+                tracing::info!(owner, client_id = %Escaped(client_id),
+                    "cluster: the node that had the session did not answer in time; resuming from the cluster's state");
+                None
+            }
+        }
+    }
+
+    /// The stream's messages from the session's cursor to its end that
+    /// match its ordinary subscriptions (the core checks again, with No
+    /// Local and the ACL), and the last sequence read.
+    async fn replay(&self, state: &SessionState) -> Result<(Vec<Replayed>, u64), ClaimError> {
+        let stream_err = |e: &dyn std::fmt::Display| ClaimError::Stream(e.to_string());
+        let mut stream = self.engine.stream().clone();
+        let info = stream.info().await.map_err(|e| stream_err(&e))?;
+        let last = info.state.last_sequence;
+        let first = info.state.first_sequence;
+        let cursor = state.cursor;
+        let filters: Vec<&str> = state
+            .subscriptions
+            .iter()
+            .filter(|s| !s.filter.starts_with("$share/"))
+            .map(|s| s.filter.as_str())
+            .collect();
+        if cursor == 0 || cursor > last || filters.is_empty() {
+            return Ok((Vec::new(), last));
+        }
+        if cursor < first {
+            tracing::warn!(client_id = %Escaped(&state.session.client_id), cursor, first,
+                "cluster: part of what the session was owed has aged out of the stream");
+        }
+        let config = self.engine.config();
+        let prefix = config.durable_prefix();
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{prefix}.>"),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: cursor.max(first),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| stream_err(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| stream_err(&e))?;
+        let mut replay = Vec::new();
+        let mut dropped = 0u64;
+        loop {
+            let next = tokio::time::timeout(config.timeout, next(&mut messages)).await;
+            let m = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(stream_err(&e)),
+                Ok(None) | Err(_) => return Err(ClaimError::Stream("replay ended early".into())),
+            };
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            if let Ok(publish) = envelope::decode(&prefix, &m.subject, &m.payload) {
+                if filters
+                    .iter()
+                    .any(|f| crate::topic::matches(f, &publish.topic))
+                {
+                    if replay.len() < self.replay_limit {
+                        let publisher = m
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(PUBLISHER))
+                            .map(|v| ByteStr::from(v.as_str()));
+                        replay.push(Replayed {
+                            seq,
+                            publish,
+                            publisher,
+                        });
+                    } else {
+                        dropped += 1;
+                    }
+                }
+            }
+            if seq >= last {
+                break;
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(client_id = %Escaped(&state.session.client_id), dropped,
+                "cluster: more owed than the session's queue holds; the newest were dropped");
+        }
+        Ok((replay, last))
+    }
+}
+
+fn release_subject(config: &crate::cluster::config::ClusterConfig, node: &str) -> String {
+    // Node names are checked to be subject tokens (`ClusterConfig::validate`).
+    format!("{}.n.{node}.release", config.name)
+}
+
+/// The next item of a stream, without a futures utility crate.
+async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+}
+
+/// Answers other nodes' requests to hand over a session, until `stop`.
+pub(crate) async fn answer_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<bool>) {
+    let subject = release_subject(roaming.engine.config(), roaming.node());
+    let mut requests = match roaming.engine.client().subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster: cannot listen for session handovers");
+            return;
+        }
+    };
+    loop {
+        let request = tokio::select! {
+            r = next(&mut requests) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Some(request) = request else { return };
+        let Some(reply) = request.reply else { continue };
+        let Ok(release) = bincode::deserialize::<Release>(&request.payload) else {
+            continue;
+        };
+        let (tx, rx) = oneshot::channel();
+        let event = Event::Release {
+            client_id: ByteStr::from(release.client_id.as_str()),
+            clean_start: release.clean_start,
+            reply: tx,
+        };
+        if roaming.events.send(event).await.is_err() {
+            return;
+        }
+        let state = rx.await.ok().flatten();
+        // Not this node's any more: its write loop must not touch the
+        // entry (the claimer sets it).
+        roaming.written().remove(&key_of(&release.client_id));
+        let body = bincode::serialize(&state).expect("plain data serializes");
+        if let Err(e) = roaming.engine.client().publish(reply, body.into()).await {
+            tracing::warn!(error = %e, "cluster: answering a session handover");
+        }
+    }
+}
+
+/// Writes this node's sessions to the bucket every [`WRITE_EVERY`] until
+/// `stop`: what changed, compare-and-set; the entries of sessions that
+/// ended here are deleted (if still this node's).
+pub(crate) async fn write_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(WRITE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (tx, rx) = oneshot::channel();
+        if roaming
+            .events
+            .send(Event::Export { reply: tx })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(sessions) = rx.await else { return };
+        write_once(&roaming, sessions).await;
+    }
+}
+
+async fn write_once(roaming: &Roaming, sessions: Vec<SessionState>) {
+    let bucket = roaming.engine.sessions();
+    let mut live = std::collections::HashSet::with_capacity(sessions.len());
+    for mut state in sessions {
+        let key = key_of(&state.session.client_id);
+        live.insert(key.clone());
+        let known = roaming.written().get(&key).cloned();
+        let known_cursor = known
+            .as_ref()
+            .and_then(|(_, b)| decode(b))
+            .map(|s| s.state.cursor);
+        if let Some(cursor) = known_cursor.filter(|_| state.cursor == 0 || !state.moved) {
+            // Not known now, or the session's queue did not move: what was
+            // written stands (no write for an idle session).
+            state.cursor = cursor;
+        }
+        let client_id = state.session.client_id.clone();
+        let bytes = encode(&Stored {
+            format: FORMAT,
+            owner: roaming.node().to_owned(),
+            state,
+        });
+        let result = match &known {
+            Some((_, last)) if *last == bytes => continue,
+            Some((revision, _)) => bucket
+                .update(&key, bytes.clone(), *revision)
+                .await
+                .map_err(|e| e.to_string()),
+            None => bucket
+                .create(&key, bytes.clone())
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(revision) => {
+                roaming.written().insert(key, (revision, bytes));
+            }
+            Err(e) => {
+                // Someone else's now, or the cluster is unreachable: read
+                // who owns it before doing anything.
+                lost_or_retry(roaming, &key, &client_id, &e).await;
+            }
+        }
+    }
+    let ended: Vec<(String, u64)> = roaming
+        .written()
+        .iter()
+        .filter(|(k, _)| !live.contains(*k))
+        .map(|(k, (r, _))| (k.clone(), *r))
+        .collect();
+    for (key, revision) in ended {
+        // Only if still this node's write: another node may have it now.
+        let _ = bucket.delete_expect_revision(&key, Some(revision)).await;
+        roaming.written().remove(&key);
+    }
+}
+
+/// A write failed: if the entry names another node, the session is theirs
+/// (this node could not be asked): it goes. Otherwise the next round
+/// writes again from the entry's revision.
+async fn lost_or_retry(roaming: &Roaming, key: &str, client_id: &str, error: &str) {
+    let entry = match roaming.engine.sessions().entry(key).await {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::warn!(client_id = %Escaped(client_id), error = %e,
+                "cluster: cannot save the session's state; retrying");
+            return;
+        }
+    };
+    let owner = entry
+        .as_ref()
+        .filter(|e| e.operation == Operation::Put)
+        .and_then(|e| decode(&e.value))
+        .map(|s| s.owner);
+    match (entry, owner) {
+        (Some(e), Some(owner)) if owner == roaming.node() => {
+            roaming
+                .written()
+                .insert(key.to_owned(), (e.revision, Bytes::new()));
+        }
+        (Some(_), Some(owner)) => {
+            tracing::warn!(client_id = %Escaped(client_id), owner, error,
+                "cluster: the session was taken over by another node");
+            roaming.written().remove(key);
+            let _ = roaming
+                .events
+                .send(Event::Lost {
+                    client_id: ByteStr::from(client_id),
+                })
+                .await;
+        }
+        (Some(e), None) => {
+            // Deleted (the session ended elsewhere): written again as new.
+            let _ = e;
+            roaming.written().remove(key);
+        }
+        (None, _) => {
+            roaming.written().remove(key);
+        }
+    }
+}
+
+/// What the cluster holds for `client_id`: its owner node, its
+/// subscriptions' filters and its cursor (for tests; no API promise).
+pub async fn stored_session(
+    engine: &Engine,
+    client_id: &str,
+) -> Option<(String, Vec<String>, u64)> {
+    let entry = engine.sessions().entry(key_of(client_id)).await.ok()??;
+    if entry.operation != Operation::Put {
+        return None;
+    }
+    let stored = decode(&entry.value)?;
+    let filters = stored
+        .state
+        .subscriptions
+        .iter()
+        .map(|s| s.filter.clone())
+        .collect();
+    Some((stored.owner, filters, stored.state.cursor))
+}

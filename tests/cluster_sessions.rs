@@ -1,0 +1,206 @@
+//! Sessions that move between roost nodes (issue 19): a persistent session
+//! lives in the cluster's session bucket, so a client that comes back on
+//! another node resumes it and gets what it is owed; a client connected
+//! on one node and connecting on another takes its session over (the old
+//! connection gets DISCONNECT 0x8E); a node killed with `kill -9` loses
+//! nothing its clients were owed.
+#![cfg(feature = "cluster")]
+
+mod common;
+
+use common::nats::NatsCluster;
+use common::process::Broker;
+use common::{publish, unique, v5, v5_session, Raw, TestBroker};
+use roost::codec::{Packet, QoS, ReasonCode};
+use roost::{ClusterConfig, Options, Server};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn config(nats: &NatsCluster, name: &str, node: &str) -> ClusterConfig {
+    ClusterConfig {
+        servers: nats.urls(),
+        name: name.into(),
+        node: node.into(),
+        timeout: Duration::from_secs(2),
+        ..ClusterConfig::default()
+    }
+}
+
+async fn two_nodes(nats: &NatsCluster, name: &str) -> (TestBroker, TestBroker) {
+    let a = common::nats::node(Server::new(Options::default()).cluster(config(nats, name, "a")));
+    let a = a.await;
+    let b = common::nats::node(Server::new(Options::default()).cluster(config(nats, name, "b")));
+    (a, b.await)
+}
+
+/// Waits until the cluster's bucket says `node` owns `client_id`'s session
+/// with `filters` (the owner writes it within a second).
+async fn stored(cfg: &ClusterConfig, client_id: &str, node: &str, filters: &[&str]) {
+    let probe = ClusterConfig {
+        node: unique("probe"),
+        ..cfg.clone()
+    };
+    let engine = roost::cluster_engine::connect(&probe).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = roost::cluster_engine::stored_session(&engine, client_id).await;
+        if let Some((owner, subs, _)) = &got {
+            if owner == node && filters.iter().all(|f| subs.iter().any(|s| s == f)) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bucket never said {node} owns {client_id} with {filters:?}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Receives `n` distinct payloads (acknowledging each), counting copies.
+async fn receive(raw: &mut Raw, n: usize) -> BTreeMap<String, usize> {
+    let mut got = BTreeMap::new();
+    while got.len() < n {
+        let Some(Packet::Publish(p)) = raw.recv_within(Duration::from_secs(20)).await else {
+            panic!("received only {} of {n}: {got:?}", got.len());
+        };
+        raw.ack(&p).await;
+        *got.entry(common::payload(&p).to_owned()).or_insert(0) += 1;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_on_another_node_with_what_it_was_owed() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("roam");
+    let (a, b) = two_nodes(&nats, &name).await;
+    let mut dev = Raw::connected(a.addr, v5_session("dev-1", false, 600)).await;
+    dev.subscribe(1, "cmd/dev-1/#", QoS::AtLeastOnce).await;
+    stored(&config(&nats, &name, "x"), "dev-1", "a", &["cmd/dev-1/#"]).await;
+    dev.disconnect().await;
+    // Published on B while the device is away: queued for it on A.
+    let mut app = Raw::connected(b.addr, v5("app")).await;
+    for i in 1..=10u16 {
+        let r = app
+            .publish(publish(
+                "cmd/dev-1/set",
+                &format!("c{i}"),
+                QoS::AtLeastOnce,
+                i,
+            ))
+            .await;
+        assert_eq!(r, ReasonCode::Success);
+    }
+    // It comes back on B.
+    let (mut dev, ack) = Raw::connect(b.addr, v5_session("dev-1", false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present, "the session came from A");
+    let got = receive(&mut dev, 10).await;
+    assert!(got.values().all(|c| *c == 1), "each once: {got:?}");
+    dev.expect_nothing().await;
+    // Its subscription came along: a new message reaches it on B.
+    app.publish(publish("cmd/dev-1/set", "later", QoS::AtLeastOnce, 11))
+        .await;
+    assert_eq!(common::payload(&dev.recv_publish().await), "later");
+    stored(&config(&nats, &name, "x"), "dev-1", "b", &["cmd/dev-1/#"]).await;
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_on_another_node_takes_the_session_over_with_0x8e() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("takeover");
+    let (a, b) = two_nodes(&nats, &name).await;
+    let mut old = Raw::connected(a.addr, v5_session("dev-2", false, 600)).await;
+    old.subscribe(1, "t/#", QoS::AtLeastOnce).await;
+    stored(&config(&nats, &name, "x"), "dev-2", "a", &["t/#"]).await;
+    let (mut new, ack) = Raw::connect(b.addr, v5_session("dev-2", false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present);
+    match old.recv_within(Duration::from_secs(5)).await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SessionTakenOver),
+        other => panic!("the old connection should get DISCONNECT 0x8E, got {other:?}"),
+    }
+    let mut app = Raw::connected(a.addr, v5("app-2")).await;
+    app.publish(publish("t/x", "after", QoS::AtLeastOnce, 1))
+        .await;
+    assert_eq!(common::payload(&new.recv_publish().await), "after");
+    new.expect_nothing().await;
+    drop((a, b));
+}
+
+/// Two `roost` processes; the one holding a persistent session is killed
+/// with `kill -9` while QoS 1 traffic for it flows from the other. The
+/// client comes back on the survivor and gets every message whose PUBACK
+/// its publisher had (at least once: what the dead node delivered after it
+/// last saved the session's cursor may come again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_loses_nothing_its_sessions_were_owed() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("kill");
+    let url = nats.urls().remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let start = |node: &str| {
+        // The cluster's name has no flag: a config file per node.
+        let file = dir.path().join(format!("{node}.toml"));
+        std::fs::write(
+            &file,
+            format!("[cluster]\nservers = [\"{url}\"]\nname = \"{name}\"\nnode = \"{node}\"\n"),
+        )
+        .unwrap();
+        Broker::start(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--store",
+            "memory",
+            "--tcp",
+            "127.0.0.1:0",
+            "--ws",
+            "none",
+            "--http",
+            "none",
+        ])
+    };
+    let mut a = Some(start("a"));
+    let b = start("b");
+    let a_addr = a.as_ref().unwrap().addr;
+    let mut dev = Raw::connected(a_addr, v5_session("dev-3", false, 600)).await;
+    dev.subscribe(1, "k/#", QoS::AtLeastOnce).await;
+    stored(&config(&nats, &name, "x"), "dev-3", "a", &["k/#"]).await;
+    let mut app = Raw::connected(b.addr, v5("app-3")).await;
+    let n = 40u16;
+    let mut received = BTreeMap::new();
+    for i in 1..=n {
+        let r = app
+            .publish(publish("k/x", &format!("m{i}"), QoS::AtLeastOnce, i))
+            .await;
+        assert_eq!(r, ReasonCode::Success, "message {i} acknowledged");
+        if i == n / 2 {
+            // The device took part of it on A, then A dies.
+            for (m, c) in receive(&mut dev, 5).await {
+                *received.entry(m).or_insert(0) += c;
+            }
+            a.take().expect("killed once").kill9().await;
+        }
+    }
+    let (mut dev, ack) = Raw::connect(b.addr, v5_session("dev-3", false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present, "B resumed the session from the bucket");
+    let mut rest = BTreeMap::new();
+    while (1..=n).any(|i| {
+        let m = format!("m{i}");
+        !received.contains_key(&m) && !rest.contains_key(&m)
+    }) {
+        let Some(Packet::Publish(p)) = dev.recv_within(Duration::from_secs(20)).await else {
+            panic!("after the kill, received {rest:?}; before it {received:?}");
+        };
+        dev.ack(&p).await;
+        *rest.entry(common::payload(&p).to_owned()).or_insert(0) += 1;
+    }
+    assert!(
+        rest.values().all(|c| *c == 1),
+        "nothing twice on B: {rest:?}"
+    );
+    drop(b);
+}
