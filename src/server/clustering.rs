@@ -419,6 +419,32 @@ async fn inject_volatile(
     }
 }
 
+/// Stream messages handed to the core and awaiting its acknowledgement at
+/// once, at most. One at a time costs a round trip through the core (and
+/// with a persistent store, a commit) per message; the core takes them in
+/// stream order however many wait, and its acknowledgements come in that
+/// order. 256 bounds what the consumer gives again after a crash (every
+/// message not acknowledged yet), well within the consumer's own bound on
+/// acknowledgements pending (1,000 by default).
+const INJECTING: usize = 256;
+
+/// The core's acknowledgement of one injection.
+type InjectedFuture = Pin<Box<dyn Future<Output = Result<(), InlineError>> + Send>>;
+
+/// The core's acknowledgement of the oldest injection waiting (pending
+/// while none does).
+async fn oldest_injected(
+    window: &mut VecDeque<(jetstream::Message, InjectedFuture)>,
+) -> Result<(), InlineError> {
+    match window.front_mut() {
+        Some((_, injected)) => injected.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Injects the stream's messages into the core in stream order, up to
+/// [`INJECTING`] awaiting the core's acknowledgement, and acknowledges each
+/// to JetStream after the core's, in order.
 async fn inject_durable(
     engine: Arc<Engine>,
     mut durable: jetstream::consumer::pull::Stream,
@@ -426,34 +452,66 @@ async fn inject_durable(
 ) {
     let config = engine.config();
     let prefix = config.durable_prefix();
-    while let Some(item) = next(&mut durable).await {
-        let m = match item {
-            Ok(m) => m,
-            Err(e) => {
-                // Missed heartbeats and the like: the stream goes on.
-                tracing::warn!(error = %e, "cluster: reading the message stream");
-                continue;
-            }
-        };
-        // This node's own messages too: a QoS 1/2 message is delivered on
-        // every node, its origin included, in the stream's order (see
-        // `Broker::dispatch`).
-        match envelope::decode(&prefix, &m.subject, &m.payload) {
-            Ok(publish) => {
-                let seq = m.info().ok().map(|i| i.stream_sequence);
-                let origin = origin(config, m.headers.as_ref(), seq);
-                if inject(&client, publish, origin).await.is_err() {
-                    // The core stopped: not acknowledged, so the
-                    // consumer gives it again after the restart.
-                    return;
+    let mut window: VecDeque<(jetstream::Message, InjectedFuture)> =
+        VecDeque::with_capacity(INJECTING);
+    let mut open = true;
+    while open || !window.is_empty() {
+        tokio::select! {
+            // Acknowledgements first: they free room in the window.
+            biased;
+            injected = oldest_injected(&mut window), if !window.is_empty() => {
+                let Some((m, _)) = window.pop_front() else { continue };
+                match injected {
+                    Ok(()) => {}
+                    Err(InlineError::Refused(code)) => {
+                        // A verdict final on this node.
+                        tracing::debug!(reason = ?code,
+                            "cluster: message from the stream refused here");
+                    }
+                    // The core stopped: this one and those after it are not
+                    // acknowledged, so the consumer gives them again after
+                    // the restart.
+                    Err(_) => return,
+                }
+                if let Err(e) = m.ack().await {
+                    tracing::warn!(error = %e, "cluster: acknowledging a stream message");
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster: stream message dropped");
+            item = next(&mut durable), if open && window.len() < INJECTING => {
+                let m = match item {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Missed heartbeats and the like: the stream goes on.
+                        tracing::warn!(error = %e, "cluster: reading the message stream");
+                        continue;
+                    }
+                    None => {
+                        open = false;
+                        continue;
+                    }
+                };
+                // This node's own messages too: a QoS 1/2 message is
+                // delivered on every node, its origin included, in the
+                // stream's order (see `Broker::dispatch`).
+                let injected: InjectedFuture =
+                    match envelope::decode(&prefix, &m.subject, &m.payload) {
+                        Ok(publish) => {
+                            let seq = m.info().ok().map(|i| i.stream_sequence);
+                            let origin = origin(config, m.headers.as_ref(), seq);
+                            match client.inject_sent(publish, origin).await {
+                                Ok(injected) => Box::pin(injected),
+                                // The core stopped (see above).
+                                Err(_) => return,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cluster: stream message dropped");
+                            // Acknowledged in its turn: it will never decode.
+                            Box::pin(std::future::ready(Ok(())))
+                        }
+                    };
+                window.push_back((m, injected));
             }
-        }
-        if let Err(e) = m.ack().await {
-            tracing::warn!(error = %e, "cluster: acknowledging a stream message");
         }
     }
     tracing::error!("cluster: the message stream's consumer ended; this node no longer receives QoS 1/2 messages from the others");
