@@ -143,7 +143,7 @@ pub mod bench {
 #[doc(hidden)]
 pub mod cluster_engine {
     pub use crate::cluster::nodes::{NodeRecord, NodeSet, TTL};
-    pub use crate::net::cluster::{connect, ClusterError, Engine, Stored};
+    pub use crate::net::cluster::{connect, ClusterError, Engine, Sending, Stored};
     pub use crate::net::roaming::stored_session;
 }
 

@@ -46,6 +46,7 @@ pub struct Stats {
     pub(crate) tls_revoked_closed: AtomicU64,
     pub(crate) retained_refused: AtomicU64,
     pub(crate) storage_refused: AtomicU64,
+    pub(crate) cluster_refused: AtomicU64,
     pub(crate) packets_ignored: AtomicU64,
     pub(crate) queue_memory_bytes: AtomicU64,
     pub(crate) queue_disk_messages: AtomicU64,
@@ -101,6 +102,7 @@ impl Default for Stats {
             tls_revoked_closed: AtomicU64::new(0),
             retained_refused: AtomicU64::new(0),
             storage_refused: AtomicU64::new(0),
+            cluster_refused: AtomicU64::new(0),
             packets_ignored: AtomicU64::new(0),
             queue_memory_bytes: AtomicU64::new(0),
             queue_disk_messages: AtomicU64::new(0),
@@ -171,6 +173,7 @@ impl Stats {
             tls_revoked_closed: g(&self.tls_revoked_closed),
             retained_refused: g(&self.retained_refused),
             storage_refused: g(&self.storage_refused),
+            cluster_refused: g(&self.cluster_refused),
             packets_ignored: g(&self.packets_ignored),
             queue_memory_bytes: g(&self.queue_memory_bytes),
             queue_disk_messages: g(&self.queue_disk_messages),
@@ -301,6 +304,12 @@ pub struct StatsSnapshot {
     /// (CONNACK Server unavailable), and retained messages delivered but
     /// not retained.
     pub storage_refused: u64,
+    /// QoS 1/2 PUBLISH refused because this node's cluster router let go
+    /// of its copy before JetStream stored it (its queue full while NATS
+    /// was unreachable, or the router stopping): 5.0 publishers got
+    /// PUBACK/PUBREC 0x97, 3.x ones were disconnected without an
+    /// acknowledgement. Always 0 without a cluster.
+    pub cluster_refused: u64,
     /// Packets read from connections the broker had already closed (by a
     /// protocol error, a takeover or a refusal), not acted on.
     pub packets_ignored: u64,

@@ -58,6 +58,12 @@ fn a_node_that_cannot_reach_nats_exits_1_naming_the_server() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains(&url), "{}", stderr(&out));
+    // NATS is tried before any listener binds: the banner, which is printed
+    // once they are bound, never said the node listened.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("listening"), "{stdout}");
+    assert!(stdout.trim().is_empty(), "nothing printed: {stdout}");
+    assert!(!stderr(&out).contains("listening"), "{}", stderr(&out));
 }
 
 fn check_config(dir: &Path, text: &str) -> Output {

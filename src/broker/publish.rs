@@ -146,16 +146,17 @@ impl Broker {
         let commit_needed = self.persist.must_hold()
             && !vouches_for_nothing
             && !(qos1 && !msg.retain && copies == 0);
+        let mut gated_copies = 0;
         if commit_needed {
             outbox.push_held(self.persist.commit, token, true, packet);
             self.persist.touched.push(outbox.clone());
             if qos1 && !msg.retain {
-                msg.gate.arm(outbox.clone(), token, copies);
+                gated_copies = copies;
             }
         } else {
             outbox.push_held(0, token, true, packet);
         }
-        msg.cluster.arm(outbox, token);
+        msg.gate.arm_after_cluster(outbox, token, gated_copies);
     }
 
     pub(super) fn on_publish(
@@ -375,10 +376,16 @@ impl Broker {
         now_ms: u64,
     ) -> (usize, usize) {
         let (mut ctx, sessions) = self.ctx(now_ms);
-        let Some(s) = sessions.get_mut(&router) else {
+        let Some(entry) = sessions
+            .get(&router)
+            .and_then(|s| s.subscriptions.get("#").copied())
+        else {
+            // No router to take it (its session is gone): the cluster will
+            // never store it, so its publisher is refused, not left waiting.
+            msg.gate.cluster_let_go();
             return (0, 0);
         };
-        let Some(entry) = s.subscriptions.get("#") else {
+        let Some(s) = sessions.get_mut(&router) else {
             return (0, 0);
         };
         let qos = msg.qos.min(entry.options.qos);

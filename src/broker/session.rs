@@ -6,7 +6,7 @@
 use super::pages::{Pages, Spill};
 use super::persist::{Pending, Persist};
 use super::ConnId;
-use super::{Burst, Delivery, Message, Outbound, Outbox, Tracked};
+use super::{Burst, Delivery, Outbound, Outbox, Tracked};
 use crate::codec::{
     ByteStr, Packet, PacketId, ProtocolVersion, PubResp, QoS, QosPid, SubscriptionOptions,
 };
@@ -435,7 +435,10 @@ impl Session {
         }
     }
 
-    fn dropped(&self, msg: &Message, reason: DropReason, ctx: &Ctx) {
+    fn dropped(&self, msg: &Tracked, reason: DropReason, ctx: &Ctx) {
+        if self.is_cluster_router() {
+            self.router_let_go(msg, reason, ctx);
+        }
         stats::add(&ctx.stats.messages_dropped, 1);
         ctx.drops.set(ctx.drops.get() + 1);
         // At most one warning a second, so a flood of drops does not flood
@@ -452,6 +455,29 @@ impl Session {
         if ctx.hooks.has_events() {
             ctx.hooks
                 .each(|h| h.on_dropped(self.client_id(), msg, reason));
+        }
+    }
+
+    /// This node's cluster router let go of its copy of `msg` before
+    /// JetStream stored it: the publisher's acknowledgement, which waits
+    /// for the router's, is refused instead (see `AckGate::cluster_refused`),
+    /// and counted. A copy that expired is not refused: its publisher
+    /// allowed it to end so (as on one node, where the acknowledgement
+    /// does not wait for delivery), and it is let go.
+    fn router_let_go(&self, msg: &Tracked, reason: DropReason, ctx: &Ctx) {
+        if msg.qos == QoS::AtMostOnce {
+            return; // No acknowledgement waits for QoS 0.
+        }
+        if reason == DropReason::Expired {
+            return msg.gate.cluster_done();
+        }
+        if msg.gate.cluster_let_go() {
+            stats::add(&ctx.stats.cluster_refused, 1);
+            static WARNED: super::throttle::OncePerSecond = super::throttle::OncePerSecond::new();
+            if WARNED.ready(ctx.now_ms) {
+                tracing::warn!(topic = %Escaped(&msg.topic), ?reason,
+                    "cluster: the router let go of a message JetStream has not stored; its publisher is refused (more within a second not logged)");
+            }
         }
     }
 
@@ -526,6 +552,11 @@ impl Session {
             return Pushback::None;
         }
         if self.conn.is_none() && !self.is_persistent() {
+            if self.is_cluster_router() {
+                // The router stopped: nothing will take this copy to the
+                // cluster.
+                self.router_let_go(msg, DropReason::QueueFull, ctx);
+            }
             return Pushback::None;
         }
         let limits = ctx.limits;
@@ -936,7 +967,7 @@ impl Session {
         };
         if o.qos == QoS::AtLeastOnce {
             if self.is_cluster_router() {
-                o.msg.cluster.done();
+                o.msg.gate.cluster_done();
             }
             self.complete_inflight(i, ctx);
         }
@@ -967,7 +998,7 @@ impl Session {
             return;
         }
         if r.reason.is_success() && self.is_cluster_router() {
-            o.msg.cluster.done();
+            o.msg.gate.cluster_done();
         }
         if !r.reason.is_success() {
             // A failure code ends the flow: PUBREL answers only a PUBREC below
@@ -1040,6 +1071,12 @@ impl Session {
             if o.stored_copy {
                 o.msg.gate.copy_done();
             }
+            // The router ends (its node stops): what it had not
+            // acknowledged is refused. A QoS 2 copy it released did reach
+            // the cluster.
+            if self.is_cluster_router() && o.state != OutboundState::Released {
+                self.router_let_go(&o.msg, DropReason::QueueFull, ctx);
+            }
             stats::sub(&ctx.stats.inflight, 1);
         }
     }
@@ -1062,7 +1099,7 @@ mod tests {
     }
 
     fn in_flight(s: &mut Session, pid: u16) {
-        let msg = Arc::new(Tracked::new(Message::from_publish(
+        let msg = Arc::new(Tracked::new(crate::Message::from_publish(
             Publish {
                 dup: false,
                 qos_pid: QosPid::AtMostOnce,

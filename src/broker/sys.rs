@@ -11,7 +11,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
         let s = self.stats.snapshot_at(now);
-        let topics: [(&str, String); 47] = [
+        let topics: [(&str, String); 48] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -81,6 +81,7 @@ impl Broker {
             ),
             ("refused/retained", s.retained_refused.to_string()),
             ("refused/storage", s.storage_refused.to_string()),
+            ("refused/cluster", s.cluster_refused.to_string()),
         ];
         for (name, value) in topics {
             self.publish_sys_value(name, value, now_ms);

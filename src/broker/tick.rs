@@ -57,6 +57,16 @@ impl Broker {
 
     /// Closes every connection (v5 clients get DISCONNECT 0x8B).
     pub(crate) fn shutdown(&mut self, now_ms: u64) {
+        // The cluster router's copies that JetStream has not stored now never
+        // will be: their publishers' acknowledgements are refused, not left
+        // waiting (which would also keep their connections open past the
+        // shutdown). Its session is not stored: nothing is lost with it.
+        if let Some(sid) = self.cluster_router.take() {
+            let (mut ctx, sessions) = self.ctx(now_ms);
+            if let Some(s) = sessions.get_mut(&sid) {
+                s.clear_outbound(&mut ctx);
+            }
+        }
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn in conns {
             if let Some(s) = self.conns.get(&conn).and_then(|sid| self.sessions.get(sid)) {

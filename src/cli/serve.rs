@@ -276,11 +276,15 @@ pub(crate) async fn run(config: Config) -> ExitCode {
         None => None,
     };
     let mut server = server;
-    // `serve` connects first, and fails (exit 1, naming the servers) when
-    // the engine cannot be reached: a node never serves alone.
+    // Connected before any listener is bound or the banner says one is: a
+    // node that cannot reach the engine fails (exit 1, naming the servers)
+    // without ever having listened, and never serves alone.
     #[cfg(feature = "cluster")]
     if let Some(cluster) = &config.cluster {
-        server = server.cluster(cluster.clone());
+        server = match server.cluster(cluster.clone()).connect_cluster().await {
+            Ok(s) => s,
+            Err(e) => return fail(e, 1),
+        };
     }
     let mut banner = Banner::new(config.log.format);
     for (l, bind_addr) in config

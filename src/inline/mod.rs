@@ -203,6 +203,24 @@ impl Subscription {
 /// policy applies).
 const SUBSCRIPTION_BUFFER: usize = 1024;
 
+/// A publish's acknowledgement from the core, if it has one (`answer`):
+/// a refusal is an error.
+async fn answered(
+    answer: Option<oneshot::Receiver<Result<Packet, InlineError>>>,
+) -> Result<(), InlineError> {
+    match answer {
+        None => Ok(()),
+        Some(rx) => match rx.await.map_err(|_| InlineError::Stopped)?? {
+            Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubComp(r)
+                if !r.reason.is_success() =>
+            {
+                Err(InlineError::Refused(r.reason))
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
 impl InlineClient {
     /// Connects an inline client over `events`. Must be called within a
     /// Tokio runtime: a task relays what the broker sends it, at the times
@@ -480,6 +498,35 @@ impl InlineClient {
         self.submit(event, answer).await
     }
 
+    /// [`InlineClient::inject`] in two steps, for the cluster router's
+    /// pipeline: hands the message to the core now (the core takes
+    /// injections in the order of these calls) and returns the wait for its
+    /// acknowledgement, to await later, while more are handed over.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn inject_sent(
+        &self,
+        mut publish: Publish,
+        origin: crate::broker::Origin,
+    ) -> Result<
+        impl std::future::Future<Output = Result<(), InlineError>> + Send + 'static,
+        InlineError,
+    > {
+        let (qos_pid, answer) = self.packet_id_for(publish.qos_pid.qos())?;
+        publish.qos_pid = qos_pid;
+        self.ready().await?;
+        let event = Event::Inject {
+            conn: self.inner.conn,
+            publish,
+            origin: Box::new(origin),
+        };
+        self.inner
+            .events
+            .send(event)
+            .await
+            .map_err(|_| InlineError::Stopped)?;
+        Ok(answered(answer))
+    }
+
     /// The QoS and packet id for a publish at `qos`, and where its
     /// acknowledgement will arrive (none at QoS 0).
     #[allow(clippy::type_complexity)]
@@ -514,17 +561,7 @@ impl InlineClient {
             .send(event)
             .await
             .map_err(|_| InlineError::Stopped)?;
-        match answer {
-            None => Ok(()),
-            Some(rx) => match rx.await.map_err(|_| InlineError::Stopped)?? {
-                Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubComp(r)
-                    if !r.reason.is_success() =>
-                {
-                    Err(InlineError::Refused(r.reason))
-                }
-                _ => Ok(()),
-            },
-        }
+        answered(answer).await
     }
 
     /// Subscribes to `filter`; messages arrive on the returned

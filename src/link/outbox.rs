@@ -177,6 +177,13 @@ struct Deferred<M> {
     /// Still waits for the cluster (see [`Outbox::open_cluster`]), on top
     /// of its commit or gate.
     cluster: bool,
+    /// Its commit failed while it still waited for the cluster: refused
+    /// when it goes, unless its gate opened meanwhile (see
+    /// [`Inner::release_ready`]).
+    commit_failed: bool,
+    /// The cluster will never hold what it acknowledges
+    /// ([`Outbox::refuse_cluster`]): refused, whatever its commit or gate.
+    cluster_refused: bool,
     packet: Outbound<M>,
 }
 
@@ -185,38 +192,72 @@ impl<M> Deferred<M> {
     fn ready(&self) -> bool {
         self.commit == 0 || self.open
     }
+
+    /// Free to go now that commits up to `released` are done.
+    fn free(&self, released: u64) -> bool {
+        (self.commit <= released || self.ready() || self.cluster_refused) && !self.cluster
+    }
+
+    /// What it is sent as, if not as pushed: the reason it is refused.
+    fn refusal(&self) -> Option<ReasonCode> {
+        if self.cluster_refused {
+            // Not a failure of this node's: a resource (the router's
+            // queue, the engine) ran out, try later.
+            Some(ReasonCode::QuotaExceeded)
+        } else if self.commit_failed && !self.ready() {
+            Some(ReasonCode::UnspecifiedError)
+        } else {
+            None
+        }
+    }
 }
 
 impl<M: Deref<Target = Message>> Inner<M> {
-    /// Moves held packets that are free to go (their commit is done, or
-    /// they are [ready](Deferred::ready)), from the front, to the ready queue;
-    /// frees the held queue once it is empty. Returns whether any moved.
+    /// Commit `commit` is done (`failed`: for good): every held packet
+    /// that waited for it is marked as refused if it failed, then what is
+    /// free to go goes ([`Inner::release_ready`]). Returns whether any
+    /// moved.
     ///
-    /// `refuse_for`: the commit failed; acknowledgements that waited for it
-    /// are rewritten for a client of this version ([`refuse`]), or the
-    /// outbox is closed instead. Only what waited for the commit vouches
-    /// for it: an open gate's acknowledgement is true whatever the commit
-    /// did (every stored copy was delivered and acknowledged), and a packet
-    /// that only kept its place in line vouches for nothing.
-    fn release_ready(&mut self, commit: u64, refuse_for: Option<ProtocolVersion>) -> bool {
-        let mut released = false;
-        let commit = match self.rare.as_mut() {
-            Some(r) => {
-                r.released = r.released.max(commit);
-                r.released
+    /// The mark stays with the packet, so one that also waits for the
+    /// cluster, and goes only once the cluster lets it, is still refused
+    /// then: a commit that failed is never acknowledged as a success.
+    /// Commits are released in order, so the ones this commit covers are
+    /// those past the last one released.
+    fn commit_done(&mut self, commit: u64, failed: bool, version: ProtocolVersion) -> bool {
+        if let Some(r) = self.rare.as_mut() {
+            let before = r.released;
+            r.released = before.max(commit);
+            if failed {
+                for h in r.held.iter_mut() {
+                    if h.commit > before && h.commit <= commit {
+                        h.commit_failed = true;
+                    }
+                }
             }
-            None => commit,
-        };
+        }
+        self.release_ready(version)
+    }
+
+    /// Moves held packets that are [free](Deferred::free) to go, from the
+    /// front, to the ready queue; frees the held queue once it is empty.
+    /// Returns whether any moved.
+    ///
+    /// A refused acknowledgement ([`Deferred::refusal`]) is rewritten for a
+    /// client of `version` ([`refuse`]), or the outbox is closed instead.
+    /// Only what waited for a failed commit vouches for it: an open gate's
+    /// acknowledgement is true whatever the commit did (every stored copy
+    /// was delivered and acknowledged), and a packet that only kept its
+    /// place in line vouches for nothing.
+    fn release_ready(&mut self, version: ProtocolVersion) -> bool {
+        let mut released = false;
+        let commit = self.rare.as_ref().map_or(0, |r| r.released);
         while let Some(held) = self.rare.as_mut().map(|r| &mut r.held) {
-            if !held
-                .front()
-                .is_some_and(|h| (h.commit <= commit || h.ready()) && !h.cluster)
-            {
+            if !held.front().is_some_and(|h| h.free(commit)) {
                 break;
             }
             let Some(mut h) = held.pop_front() else { break };
-            if let Some(version) = refuse_for.filter(|_| !h.ready()) {
-                if refuse(&mut h.packet, version) {
+            if let Some(reason) = h.refusal() {
+                if refuse(&mut h.packet, version, reason) {
                     held.clear();
                     self.closed = true;
                     break;
@@ -382,6 +423,8 @@ impl<M: Deref<Target = Message>> Outbox<M> {
                 token: 0,
                 open: false,
                 cluster: false,
+                commit_failed: false,
+                cluster_refused: false,
                 packet,
             });
             return true;
@@ -427,6 +470,8 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             token,
             open: false,
             cluster,
+            commit_failed: false,
+            cluster_refused: false,
             packet,
         });
         true
@@ -443,8 +488,28 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             return;
         };
         h.cluster = false;
-        let released = inner.release_ready(0, None);
+        let released = inner.release_ready(self.version);
         self.unlock(inner, released);
+    }
+
+    /// The cluster will never hold what the packet `token` acknowledges
+    /// (the router let go of its copy): it goes, as soon as the packets
+    /// ahead of it went, as a refusal, 0x97 (Quota exceeded) for a 5.0
+    /// client; a 3.x client, which has no way to hear "no", is
+    /// disconnected instead, so that it publishes again.
+    pub(crate) fn refuse_cluster(&self, token: u64) {
+        let mut inner = self.lock();
+        let Some(h) = inner
+            .held_mut()
+            .and_then(|held| held.iter_mut().find(|h| h.token == token && h.cluster))
+        else {
+            return;
+        };
+        h.cluster = false;
+        h.cluster_refused = true;
+        let released = inner.release_ready(self.version);
+        let closed = inner.closed;
+        self.unlock(inner, released || closed);
     }
 
     /// Opens the gate `token`: its packet may go without waiting for its
@@ -458,8 +523,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             return; // Already released by its commit.
         };
         h.open = true;
-        // Commit 0: only what is free to go on its own.
-        let released = inner.release_ready(0, None);
+        let released = inner.release_ready(self.version);
         self.unlock(inner, released);
     }
 
@@ -470,7 +534,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// disconnected so that it publishes again.
     pub(crate) fn release(&self, commit: u64, failed: bool) {
         let mut inner = self.lock();
-        let released = inner.release_ready(commit, failed.then_some(self.version));
+        let released = inner.commit_done(commit, failed, self.version);
         let closed = inner.closed;
         self.unlock(inner, released || closed);
     }
@@ -719,9 +783,9 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     }
 }
 
-/// Rewrites an acknowledgement whose commit failed. Returns true if the
+/// Rewrites a refused acknowledgement with `code`. Returns true if the
 /// connection must be closed instead.
-fn refuse<M>(packet: &mut Outbound<M>, version: ProtocolVersion) -> bool {
+fn refuse<M>(packet: &mut Outbound<M>, version: ProtocolVersion, code: ReasonCode) -> bool {
     let reason = match packet {
         Outbound::Ack(AckKind::Ack | AckKind::Rec, _, reason) => reason,
         Outbound::Other(p) => match &mut **p {
@@ -740,7 +804,7 @@ fn refuse<M>(packet: &mut Outbound<M>, version: ProtocolVersion) -> bool {
     if !version.is_v5() {
         return true;
     }
-    *reason = ReasonCode::UnspecifiedError;
+    *reason = code;
     false
 }
 
@@ -991,6 +1055,85 @@ mod tests {
         v.clear();
         assert!(!o.try_drain(0, &mut v));
         assert!(v.is_empty(), "no ack for a failed write");
+    }
+
+    /// The reason code of the acknowledgement at `v[i]`.
+    fn reason_of(v: &VecDeque<Outbound>, i: usize) -> ReasonCode {
+        match &v[i] {
+            Outbound::Ack(AckKind::Ack | AckKind::Rec, _, reason) => *reason,
+            Outbound::Other(p) => match &**p {
+                Packet::PubAck(r) | Packet::PubRec(r) => r.reason,
+                p => panic!("not an acknowledgement: {p:?}"),
+            },
+            p => panic!("not an acknowledgement: {p:?}"),
+        }
+    }
+
+    /// A commit that fails while its acknowledgement still waits for the
+    /// cluster is a refusal when the cluster lets it go, as it would have
+    /// been without the cluster; one that succeeded is not, though a later
+    /// commit failed by then; an open gate's acknowledgement stays true.
+    #[test]
+    fn a_failed_commit_refuses_an_ack_the_cluster_lets_go_later() {
+        let o = Outbox::new(ProtocolVersion::V5, 0);
+        let mut v = VecDeque::new();
+        o.push_held(1, 7, true, puback(1)); // commit 1 succeeds
+        o.push_held(2, 8, true, puback(2)); // commit 2 fails
+        o.push_held(2, 9, true, puback(3)); // commit 2, gate opens
+        o.release(1, false);
+        o.release(2, true);
+        o.open(9);
+        o.try_drain(0, &mut v);
+        assert!(v.is_empty(), "all still wait for the cluster");
+        o.open_cluster(8);
+        o.open_cluster(9);
+        o.try_drain(0, &mut v);
+        assert!(v.is_empty(), "the first still waits, and keeps its place");
+        o.open_cluster(7);
+        o.try_drain(0, &mut v);
+        assert_eq!(v.len(), 3);
+        assert_eq!(reason_of(&v, 0), ReasonCode::Success);
+        assert_eq!(reason_of(&v, 1), ReasonCode::UnspecifiedError);
+        assert_eq!(reason_of(&v, 2), ReasonCode::Success);
+
+        // 3.x: no acknowledgement, the connection closes.
+        let o = Outbox::new(ProtocolVersion::V3_1_1, 0);
+        o.push_held(1, 7, true, puback(1));
+        o.release(1, true);
+        v.clear();
+        assert!(o.try_drain(0, &mut v), "still open while it waits");
+        o.open_cluster(7);
+        assert!(!o.try_drain(0, &mut v), "closed");
+        assert!(v.is_empty(), "no ack for a failed write");
+    }
+
+    /// The cluster's refusal: 0x97 for 5.0 (before its commit, whatever
+    /// its gate; behind the packets ahead of it), a closed connection for
+    /// 3.x; a second word about the same token changes nothing.
+    #[test]
+    fn a_cluster_refusal_is_quota_exceeded_or_a_disconnect() {
+        let o = Outbox::new(ProtocolVersion::V5, 0);
+        let mut v = VecDeque::new();
+        o.push_held(1, 7, true, puback(1));
+        o.push_held(2, 8, true, puback(2));
+        o.open(8);
+        o.refuse_cluster(8);
+        o.open_cluster(8);
+        o.try_drain(0, &mut v);
+        assert!(v.is_empty(), "behind the first");
+        o.release(1, false);
+        o.open_cluster(7);
+        o.try_drain(0, &mut v);
+        assert_eq!(v.len(), 2);
+        assert_eq!(reason_of(&v, 0), ReasonCode::Success);
+        assert_eq!(reason_of(&v, 1), ReasonCode::QuotaExceeded);
+
+        let o = Outbox::new(ProtocolVersion::V3_1_1, 0);
+        o.push_held(0, 7, true, puback(1));
+        o.refuse_cluster(7);
+        v.clear();
+        assert!(!o.try_drain(0, &mut v), "closed");
+        assert!(v.is_empty(), "no ack for what the cluster lost");
     }
 
     /// Counts its wakes.

@@ -145,6 +145,29 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
+/// A durable publish sent to JetStream, its acknowledgement not awaited
+/// yet (see [`Engine::send_durable`]).
+#[derive(Debug)]
+pub struct Sending {
+    subject: String,
+    ack: jetstream::context::PublishAckFuture,
+}
+
+impl Sending {
+    /// Waits for JetStream's acknowledgement: the message is stored (or
+    /// was already, as a duplicate). Fails like [`Engine::publish_durable`].
+    pub async fn stored(self) -> Result<Stored, ClusterError> {
+        let ack = self.ack.await.map_err(|e| ClusterError::Publish {
+            subject: self.subject,
+            reason: e.to_string(),
+        })?;
+        Ok(Stored {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
 /// A node's live connection to the cluster's engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -399,21 +422,34 @@ impl Engine {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<Stored, ClusterError> {
-        let failed = |subject: &str, e: &dyn std::fmt::Display| ClusterError::Publish {
-            subject: subject.to_owned(),
-            reason: e.to_string(),
-        };
-        let ack = self
+        self.send_durable(subject, headers, payload)
+            .await?
+            .stored()
+            .await
+    }
+
+    /// Sends a durable publish, as [`Engine::publish_durable`], without
+    /// waiting for JetStream's acknowledgement: many can be in flight at
+    /// once, and JetStream stores them in the order they were sent (one
+    /// connection) while nothing fails. Awaiting the result of
+    /// [`Sending::stored`] is the acknowledgement.
+    pub async fn send_durable(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Sending, ClusterError> {
+        match self
             .js
             .publish_with_headers(subject.clone(), headers, payload)
             .await
-            .map_err(|e| failed(&subject, &e))?
-            .await
-            .map_err(|e| failed(&subject, &e))?;
-        Ok(Stored {
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        })
+        {
+            Ok(ack) => Ok(Sending { subject, ack }),
+            Err(e) => Err(ClusterError::Publish {
+                subject,
+                reason: e.to_string(),
+            }),
+        }
     }
 
     /// The durable pull consumer `name` of a share group on the message

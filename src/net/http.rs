@@ -192,7 +192,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 32] = [
+    let counters: [(&str, &str, u64); 33] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -315,6 +315,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "storage_refused",
             "Packets refused while the store's writes failed (PUBLISH, SUBSCRIBE, CONNECT, retain).",
             s.storage_refused,
+        ),
+        (
+            "cluster_refused",
+            "QoS 1/2 PUBLISH refused: the cluster router let go of its copy before JetStream stored it.",
+            s.cluster_refused,
         ),
         (
             "packets_ignored",
@@ -581,8 +586,8 @@ mod tests {
         let stats = Stats::default();
         let body = |s: &Stats| prometheus(&s.snapshot());
         assert!(
-            !body(&stats).contains("cluster"),
-            "nothing without a cluster"
+            !body(&stats).contains("roost_cluster_node"),
+            "no nodes without a cluster"
         );
         let node = |name: &str, clients| crate::stats::ClusterNodeSnapshot {
             name: name.into(),

@@ -43,23 +43,20 @@
 //! `InlineClient::acknowledge_manually`) only after JetStream's ack: the
 //! core pushes the publisher's acknowledgement with a cluster wait
 //! (`Broker::ack_after_cluster`, `Outbox::push_held`), and the router's
-//! PUBACK/PUBREC opens it (`ClusterGate`). While JetStream is unreachable
-//! no acknowledgement leaves. Nothing here blocks the core.
+//! PUBACK/PUBREC opens it (the message's `AckGate`). While JetStream is
+//! unreachable no acknowledgement leaves. Nothing here blocks the core.
+//! If the router lets go of its copy before JetStream stored it (its queue
+//! full while NATS is down, an ACL that applies to inline clients, the
+//! node stopping), the publisher is refused as when the store fails
+//! (5.0: 0x97; 3.x: disconnected without an acknowledgement) and
+//! `cluster_refused` counts it; a commit that failed meanwhile is a
+//! refusal too, whenever the cluster lets the acknowledgement go.
 //!
 //! **Known gaps**, for the next piece:
-//! - Forwarding is one durable publish at a time (~1.5k msg/s cross-node
-//!   in a debug build); pipelining the publishes, awaiting their acks in
-//!   order, is the next speed-up.
-//! - If the router's copy is dropped (its queue full, an ACL that applies
-//!   to inline clients refusing it) or its session ends, the publisher's
-//!   acknowledgement is never given (no silent success, but the publisher
-//!   waits until it reconnects and resends).
-//! - A commit that fails while an acknowledgement still waits for the
-//!   cluster is not turned into a refusal once the cluster lets it go.
 //! - Retained messages are cluster-wide through the retained bucket
-//!   (`retained_bucket`, written from `forward`), sessions through
-//!   `net::roaming`; share groups are served by `server::sharing`, not
-//!   routed here.
+//!   (`retained_bucket`, written from `forward` before the stream), sessions
+//!   through `net::roaming`; share groups are served by `server::sharing`,
+//!   not routed here.
 //! - A node that restarts resumes its durable consumer where it stopped,
 //!   and injects what it missed: without sessions in the cluster, that
 //!   goes to whoever is subscribed then.
@@ -68,14 +65,16 @@ use crate::broker::Origin;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::envelope::{self, ORIGIN, PUBLISHER};
 use crate::cluster::subject::subject_of;
-use crate::codec::{Publish, QoS, QosPid, RetainHandling, SubscriptionOptions};
+use crate::codec::{ByteStr, Publish, QoS, QosPid, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
 use crate::inline::{InlineClient, InlineError, InlineMessage, Subscription};
-use crate::net::cluster::{ClusterError, Engine};
+use crate::net::cluster::{ClusterError, Engine, Stored};
 use crate::server::retained_bucket::RetainedBucket;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use futures_core::Stream;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -171,8 +170,8 @@ pub(super) async fn run(
     let forward = tokio::spawn(forward(
         engine.clone(),
         client.clone(),
-        outgoing,
         bucket,
+        outgoing,
         stop.clone(),
     ));
     let volatile = tokio::spawn(inject_volatile(engine.clone(), volatile, client.clone()));
@@ -189,13 +188,75 @@ pub(super) async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
-/// Publishes what this node's core delivers to its router to NATS, one
-/// message at a time, in the order the core delivered them.
+/// Durable publishes the router has sent and not yet seen stored, at
+/// most. One at a time costs a round trip to JetStream per message (about
+/// 1.2k msg/s cross-node in a debug build); a window lets JetStream store
+/// them back to back. 256 bounds what is sent again after a failure and
+/// what the router holds itself (the core's queue takes the rest, under
+/// its slow-consumer policy), far below async-nats's own bound on
+/// acknowledgements in flight (5,000, where it would make sends wait).
+const IN_FLIGHT: usize = 256;
+
+/// JetStream's acknowledgement of one durable publish, once sent.
+type StoredFuture = Pin<Box<dyn Future<Output = Result<Stored, ClusterError>> + Send>>;
+
+/// A durable message the router sent, and sends again until stored.
+struct InFlight {
+    topic: ByteStr,
+    subject: String,
+    /// With its `Nats-Msg-Id`, the same at every try.
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    /// The core's acknowledgement, given once JetStream stored it.
+    ack: Option<crate::codec::Packet>,
+    /// JetStream's acknowledgement of the latest try.
+    stored: StoredFuture,
+}
+
+/// Sends `f` (again), in the order of the calls; a send that fails at
+/// once fails when its acknowledgement is awaited, like one that times
+/// out.
+async fn send(engine: &Engine, f: &mut InFlight) {
+    let sent = engine
+        .send_durable(f.subject.clone(), f.headers.clone(), f.body.clone())
+        .await;
+    f.stored = match sent {
+        Ok(sending) => Box::pin(sending.stored()),
+        Err(e) => Box::pin(std::future::ready(Err(e))),
+    };
+}
+
+/// JetStream's acknowledgement of the oldest message in flight (pending
+/// while none is).
+async fn oldest_stored(window: &mut VecDeque<InFlight>) -> Result<Stored, ClusterError> {
+    match window.front_mut() {
+        Some(f) => f.stored.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Publishes what this node's core delivers to its router to NATS, in the
+/// order the core delivered them: QoS 0 at once on core NATS, QoS 1/2 to
+/// the stream with up to [`IN_FLIGHT`] awaiting JetStream's
+/// acknowledgement. The core's acknowledgements (which release the
+/// publishers') are given in that order too, each once its message and
+/// every one before it are stored.
+///
+/// **Order.** While nothing fails, JetStream stores the messages in the
+/// order they were sent (one connection). When an acknowledgement fails
+/// (JetStream unreachable, a timeout, a leader election), every message
+/// from that one on is sent again, in order, with the same `Nats-Msg-Id`:
+/// those JetStream had stored already are dropped as duplicates (within
+/// the stream's duplicate window), so each is stored once, and none is
+/// acknowledged before it is stored. But one that was lost may now be
+/// stored after later ones that were not: after a failure, the stream's
+/// order can differ from the core's among the messages that were in flight
+/// then (at most [`IN_FLIGHT`]); the order of everything else holds.
 async fn forward(
     engine: Arc<Engine>,
     client: InlineClient,
-    mut outgoing: Subscription,
     bucket: Arc<RetainedBucket>,
+    mut outgoing: Subscription,
     stop: watch::Receiver<bool>,
 ) {
     let config = engine.config().clone();
@@ -206,80 +267,92 @@ async fn forward(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let mut seq: u64 = 0;
-    while let Some(mut m) = outgoing.recv().await {
-        let qos = m.qos;
-        let ack = m.ack.take();
-        let publisher = m.publisher.take();
-        let publish = as_publish(m);
-        let body = envelope::encode(&publish);
-        if !bucket.write(&publish, &stop).await {
-            return;
-        }
-        let mut headers = HeaderMap::new();
-        headers.insert(ORIGIN, config.node.as_str());
-        if let Some(id) = &publisher {
-            headers.insert(PUBLISHER, id.as_str());
-        }
-        if qos == QoS::AtMostOnce {
-            let subject = subject_of(&volatile, &publish.topic);
-            if let Err(e) = engine
-                .client()
-                .publish_with_headers(subject, headers, body)
-                .await
-            {
-                // QoS 0 is at most once: not retried.
-                tracing::debug!(topic = %Escaped(&publish.topic), error = %e,
-                    "cluster: QoS 0 message not sent to NATS");
-            }
-            continue;
-        }
-        seq += 1;
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            format!("{}-{boot}-{seq}", config.node).as_str(),
-        );
-        if !publish_until_stored(&engine, &durable, &publish, headers, body, &stop).await {
-            return;
-        }
-        // Stored: the publisher's acknowledgement, which waited for this,
-        // may go.
-        if let Some(ack) = ack {
-            if client.acknowledge(ack).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Publishes one durable message until JetStream acknowledges it (true),
-/// or the node stops (false).
-async fn publish_until_stored(
-    engine: &Engine,
-    prefix: &str,
-    publish: &Publish,
-    headers: HeaderMap,
-    body: bytes::Bytes,
-    stop: &watch::Receiver<bool>,
-) -> bool {
-    let subject = subject_of(prefix, &publish.topic);
+    let mut window: VecDeque<InFlight> = VecDeque::with_capacity(IN_FLIGHT);
+    let mut open = true;
     let mut pause = RETRY_MIN;
-    loop {
-        match engine
-            .publish_durable(subject.clone(), headers.clone(), body.clone())
-            .await
-        {
-            Ok(_) => return true,
-            Err(e) => {
-                tracing::warn!(topic = %Escaped(&publish.topic), error = %e,
-                    retry_in_ms = pause.as_millis() as u64,
-                    "cluster: message not stored by JetStream yet; retrying with the same id");
+    while open || !window.is_empty() {
+        tokio::select! {
+            // Acknowledgements first: they free room in the window.
+            biased;
+            stored = oldest_stored(&mut window), if !window.is_empty() => {
+                if let Err(e) = stored {
+                    let topic = window.front().map(|f| f.topic.clone()).unwrap_or_default();
+                    tracing::warn!(topic = %Escaped(&topic), error = %e,
+                        in_flight = window.len(), retry_in_ms = pause.as_millis() as u64,
+                        "cluster: message not stored by JetStream yet; sending it and those after it again with the same ids");
+                    if *stop.borrow() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                    for f in window.iter_mut() {
+                        send(&engine, f).await;
+                    }
+                    continue;
+                }
+                pause = RETRY_MIN;
+                let Some(f) = window.pop_front() else { continue };
+                // Stored: the publisher's acknowledgement, which waited
+                // for this, may go.
+                if let Some(ack) = f.ack {
+                    if client.acknowledge(ack).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            m = outgoing.recv(), if open && window.len() < IN_FLIGHT => {
+                let Some(mut m) = m else {
+                    // The router's subscription ended: what is in flight
+                    // is still seen stored and acknowledged.
+                    open = false;
+                    continue;
+                };
+                let qos = m.qos;
+                let ack = m.ack.take();
+                let publisher = m.publisher.take();
+                let publish = as_publish(m);
+                let body = envelope::encode(&publish);
+                // A retained message is in the retained bucket before it
+                // is in the stream, so before its publisher's
+                // acknowledgement (see `retained_bucket`).
+                if !bucket.write(&publish, &stop).await {
+                    return;
+                }
+                let mut headers = HeaderMap::new();
+                headers.insert(ORIGIN, config.node.as_str());
+                if let Some(id) = &publisher {
+                    headers.insert(PUBLISHER, id.as_str());
+                }
+                if qos == QoS::AtMostOnce {
+                    let subject = subject_of(&volatile, &publish.topic);
+                    if let Err(e) = engine
+                        .client()
+                        .publish_with_headers(subject, headers, body)
+                        .await
+                    {
+                        // QoS 0 is at most once: not retried.
+                        tracing::debug!(topic = %Escaped(&publish.topic), error = %e,
+                            "cluster: QoS 0 message not sent to NATS");
+                    }
+                    continue;
+                }
+                seq += 1;
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!("{}-{boot}-{seq}", config.node).as_str(),
+                );
+                let mut f = InFlight {
+                    subject: subject_of(&durable, &publish.topic),
+                    topic: publish.topic,
+                    headers,
+                    body,
+                    ack,
+                    stored: Box::pin(std::future::pending()),
+                };
+                send(&engine, &mut f).await;
+                window.push_back(f);
             }
         }
-        if *stop.borrow() {
-            return false;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(RETRY_MAX);
     }
 }
 
@@ -357,6 +430,32 @@ async fn inject_volatile(
     }
 }
 
+/// Stream messages handed to the core and awaiting its acknowledgement at
+/// once, at most. One at a time costs a round trip through the core (and
+/// with a persistent store, a commit) per message; the core takes them in
+/// stream order however many wait, and its acknowledgements come in that
+/// order. 256 bounds what the consumer gives again after a crash (every
+/// message not acknowledged yet), well within the consumer's own bound on
+/// acknowledgements pending (1,000 by default).
+const INJECTING: usize = 256;
+
+/// The core's acknowledgement of one injection.
+type InjectedFuture = Pin<Box<dyn Future<Output = Result<(), InlineError>> + Send>>;
+
+/// The core's acknowledgement of the oldest injection waiting (pending
+/// while none does).
+async fn oldest_injected(
+    window: &mut VecDeque<(jetstream::Message, InjectedFuture)>,
+) -> Result<(), InlineError> {
+    match window.front_mut() {
+        Some((_, injected)) => injected.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Injects the stream's messages into the core in stream order, up to
+/// [`INJECTING`] awaiting the core's acknowledgement, and acknowledges each
+/// to JetStream after the core's, in order.
 async fn inject_durable(
     engine: Arc<Engine>,
     mut durable: jetstream::consumer::pull::Stream,
@@ -364,34 +463,66 @@ async fn inject_durable(
 ) {
     let config = engine.config();
     let prefix = config.durable_prefix();
-    while let Some(item) = next(&mut durable).await {
-        let m = match item {
-            Ok(m) => m,
-            Err(e) => {
-                // Missed heartbeats and the like: the stream goes on.
-                tracing::warn!(error = %e, "cluster: reading the message stream");
-                continue;
-            }
-        };
-        // This node's own messages too: a QoS 1/2 message is delivered on
-        // every node, its origin included, in the stream's order (see
-        // `Broker::dispatch`).
-        match envelope::decode(&prefix, &m.subject, &m.payload) {
-            Ok(publish) => {
-                let seq = m.info().ok().map(|i| i.stream_sequence);
-                let origin = origin(m.headers.as_ref(), seq);
-                if inject(&client, publish, origin).await.is_err() {
-                    // The core stopped: not acknowledged, so the
-                    // consumer gives it again after the restart.
-                    return;
+    let mut window: VecDeque<(jetstream::Message, InjectedFuture)> =
+        VecDeque::with_capacity(INJECTING);
+    let mut open = true;
+    while open || !window.is_empty() {
+        tokio::select! {
+            // Acknowledgements first: they free room in the window.
+            biased;
+            injected = oldest_injected(&mut window), if !window.is_empty() => {
+                let Some((m, _)) = window.pop_front() else { continue };
+                match injected {
+                    Ok(()) => {}
+                    Err(InlineError::Refused(code)) => {
+                        // A verdict final on this node.
+                        tracing::debug!(reason = ?code,
+                            "cluster: message from the stream refused here");
+                    }
+                    // The core stopped: this one and those after it are not
+                    // acknowledged, so the consumer gives them again after
+                    // the restart.
+                    Err(_) => return,
+                }
+                if let Err(e) = m.ack().await {
+                    tracing::warn!(error = %e, "cluster: acknowledging a stream message");
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster: stream message dropped");
+            item = next(&mut durable), if open && window.len() < INJECTING => {
+                let m = match item {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Missed heartbeats and the like: the stream goes on.
+                        tracing::warn!(error = %e, "cluster: reading the message stream");
+                        continue;
+                    }
+                    None => {
+                        open = false;
+                        continue;
+                    }
+                };
+                // This node's own messages too: a QoS 1/2 message is
+                // delivered on every node, its origin included, in the
+                // stream's order (see `Broker::dispatch`).
+                let injected: InjectedFuture =
+                    match envelope::decode(&prefix, &m.subject, &m.payload) {
+                        Ok(publish) => {
+                            let seq = m.info().ok().map(|i| i.stream_sequence);
+                            let origin = origin(m.headers.as_ref(), seq);
+                            match client.inject_sent(publish, origin).await {
+                                Ok(injected) => Box::pin(injected),
+                                // The core stopped (see above).
+                                Err(_) => return,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cluster: stream message dropped");
+                            // Acknowledged in its turn: it will never decode.
+                            Box::pin(std::future::ready(Ok(())))
+                        }
+                    };
+                window.push_back((m, injected));
             }
-        }
-        if let Err(e) = m.ack().await {
-            tracing::warn!(error = %e, "cluster: acknowledging a stream message");
         }
     }
     tracing::error!("cluster: the message stream's consumer ended; this node no longer receives QoS 1/2 messages from the others");

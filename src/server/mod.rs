@@ -87,9 +87,21 @@ pub struct Server {
     bridges: Vec<(Bridge, Arc<crate::net::dial::Dialer>)>,
     /// What the [`Admin`] handles share.
     admin: Arc<AdminState>,
-    /// The cluster this node joins, connected by `serve`.
+    /// The cluster this node joins: configured, then connected by
+    /// [`Server::connect_cluster`] or `serve`.
     #[cfg(feature = "cluster")]
-    cluster: Option<crate::cluster::config::ClusterConfig>,
+    cluster: Option<Joining>,
+}
+
+/// A cluster on the way to being joined.
+#[cfg(feature = "cluster")]
+enum Joining {
+    /// Configured, not connected yet.
+    Configured(crate::cluster::config::ClusterConfig),
+    /// Connected and subscribed (what `serve` would do first), before the
+    /// application binds its listeners. Boxed: a server lives in this
+    /// state for a moment, and configured in the rest.
+    Connected(Arc<crate::net::cluster::Engine>, Box<clustering::Inbound>),
 }
 
 impl std::fmt::Debug for Server {
@@ -106,6 +118,17 @@ impl std::fmt::Debug for Server {
 /// paused for a subscriber that is behind still has its queued events
 /// delivered (1,024 let fan-in at QoS 0 overrun the slow-consumer limit).
 const EVENT_QUEUE: usize = 256;
+
+/// Connects to the cluster's engine and subscribes to what the node
+/// receives from it.
+#[cfg(feature = "cluster")]
+async fn connect_cluster(
+    config: &crate::cluster::config::ClusterConfig,
+) -> Result<(Arc<crate::net::cluster::Engine>, clustering::Inbound), ServeError> {
+    let engine = Arc::new(crate::net::cluster::connect(config).await?);
+    let inbound = clustering::subscribe(&engine).await?;
+    Ok((engine, inbound))
+}
 
 /// Restores `broker` from everything `store` holds, one record at a time
 /// (the store is never all in memory at once), off the async runtime.
@@ -159,11 +182,27 @@ impl Server {
     /// this node's, and each message of a share group goes to one member
     /// across the nodes (see issue 19 for what is clustered so far).
     /// [`Server::serve`] connects to NATS first and fails with
-    /// [`ServeError::Cluster`] when it cannot, before serving anyone.
+    /// [`ServeError::Cluster`] when it cannot, before serving anyone; so
+    /// does [`Server::connect_cluster`], earlier.
     #[cfg(feature = "cluster")]
     pub fn cluster(mut self, config: crate::cluster::config::ClusterConfig) -> Self {
-        self.cluster = Some(config);
+        self.cluster = Some(Joining::Configured(config));
         self
+    }
+
+    /// Connects to the cluster's engine now (NATS, the stream, the node's
+    /// consumer), as [`Server::serve`] otherwise does first: an application
+    /// that binds its own listeners calls this before binding them, so a
+    /// node that cannot reach NATS fails before anything listens or says
+    /// it does (like [`Server::load_store`] for the store). Does nothing
+    /// without a cluster, or once connected.
+    #[cfg(feature = "cluster")]
+    pub async fn connect_cluster(mut self) -> Result<Self, ServeError> {
+        if let Some(Joining::Configured(config)) = self.cluster.take() {
+            let (engine, inbound) = connect_cluster(&config).await?;
+            self.cluster = Some(Joining::Connected(engine, Box::new(inbound)));
+        }
+        Ok(self)
     }
 
     /// Uses `store` for sessions, queues and retained messages.
@@ -419,11 +458,8 @@ impl Server {
         #[cfg(feature = "cluster")]
         let cluster = match self.cluster.take() {
             None => None,
-            Some(config) => {
-                let engine = Arc::new(crate::net::cluster::connect(&config).await?);
-                let inbound = clustering::subscribe(&engine).await?;
-                Some((engine, inbound))
-            }
+            Some(Joining::Configured(config)) => Some(connect_cluster(&config).await?),
+            Some(Joining::Connected(engine, inbound)) => Some((engine, *inbound)),
         };
         // The stored state is restored before any listener accepts: a store
         // that cannot be read ends `serve` without serving anyone.
