@@ -55,16 +55,14 @@ struct Seen {
 }
 
 impl NodeSet {
-    /// Whether node `node` is alive: its last record is younger than
+    /// Whether node `node` is alive at `now`: its last record is younger than
     /// [`TTL`] and it has not stopped.
-    pub fn is_alive(&self, node: &str) -> bool {
-        let now = Instant::now();
+    pub fn is_alive(&self, node: &str, now: Instant) -> bool {
         self.lock().get(node).is_some_and(|s| s.until > now)
     }
 
-    /// The records of the nodes alive, by name.
-    pub fn live(&self) -> Vec<NodeRecord> {
-        let now = Instant::now();
+    /// The records of the nodes alive at `now`, by name.
+    pub fn live(&self, now: Instant) -> Vec<NodeRecord> {
         self.lock()
             .values()
             .filter(|s| s.until > now)
@@ -118,13 +116,14 @@ mod tests {
         set.seen(record("a"), Duration::ZERO, now);
         set.seen(record("old"), TTL + Duration::from_secs(1), now);
         set.seen(record("b"), TTL - Duration::from_secs(1), now);
-        assert!(set.is_alive("a") && set.is_alive("b"));
-        assert!(!set.is_alive("old"), "written longer than the TTL ago");
-        set.prune(now + Duration::from_secs(2));
-        assert!(!set.is_alive("b"), "its TTL ran out");
-        assert_eq!(set.live(), [record("a")]);
+        assert!(set.is_alive("a", now) && set.is_alive("b", now));
+        assert!(!set.is_alive("old", now), "written longer than the TTL ago");
+        let later = now + Duration::from_secs(2);
+        assert!(!set.is_alive("b", later), "its TTL ran out");
+        set.prune(later);
+        assert_eq!(set.live(later), [record("a")]);
         set.gone("a");
-        assert!(!set.is_alive("a") && set.live().is_empty());
+        assert!(!set.is_alive("a", later) && set.live(later).is_empty());
     }
 
     #[test]

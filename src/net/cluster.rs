@@ -516,3 +516,9 @@ impl Engine {
             })
     }
 }
+
+/// The next item of a stream (a subscription, a consumer's messages, a
+/// bucket's watch), without a futures utility crate.
+pub(crate) async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_next(cx)).await
+}

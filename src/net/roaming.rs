@@ -38,14 +38,12 @@ use crate::cluster::envelope::{self, PUBLISHER};
 use crate::cluster::subject::subject_of;
 use crate::codec::ByteStr;
 use crate::escape::Escaped;
-use crate::net::cluster::Engine;
+use crate::net::cluster::{next, Engine};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
-use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -352,11 +350,6 @@ fn release_subject(config: &crate::cluster::config::ClusterConfig, node: &str) -
     format!("{}.n.{node}.release", config.name)
 }
 
-/// The next item of a stream, without a futures utility crate.
-async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
-}
-
 /// Answers other nodes' requests to hand over a session, until `stop`.
 pub(crate) async fn answer_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<bool>) {
     let subject = release_subject(roaming.engine.config(), roaming.node());
@@ -581,7 +574,7 @@ pub(crate) async fn rescue_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver
         let live: std::collections::BTreeSet<String> = roaming
             .engine
             .nodes()
-            .live()
+            .live(std::time::Instant::now())
             .into_iter()
             .map(|r| r.node)
             .collect();
@@ -620,7 +613,9 @@ async fn rescue_once(roaming: &Roaming) -> Result<(), ClaimError> {
         let Some(stored) = decode(&entry.value) else {
             continue;
         };
-        if stored.owner == roaming.node() || nodes.is_alive(&stored.owner) {
+        if stored.owner == roaming.node()
+            || nodes.is_alive(&stored.owner, std::time::Instant::now())
+        {
             continue;
         }
         let dead = stored.owner.clone();

@@ -68,11 +68,10 @@ use crate::cluster::subject::subject_of;
 use crate::codec::{ByteStr, Publish, QoS, QosPid, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
 use crate::inline::{InlineClient, InlineError, InlineMessage, Subscription};
-use crate::net::cluster::{ClusterError, Engine, Stored};
+use crate::net::cluster::{next, ClusterError, Engine, Stored};
 use crate::server::retained_bucket::RetainedBucket;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
-use futures_core::Stream;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU16;
@@ -181,11 +180,6 @@ pub(super) async fn run(
     forward.abort();
     volatile.abort();
     durable.abort();
-}
-
-/// The next item of a stream, without a futures utility crate.
-pub(super) async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
 }
 
 /// Durable publishes the router has sent and not yet seen stored, at

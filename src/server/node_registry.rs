@@ -57,7 +57,7 @@ pub(super) async fn run(engine: Arc<Engine>, stats: Arc<Stats>, mut stop: watch:
                         tracing::warn!(error = %e, "cluster: node registry record not written");
                     }
                 }
-                entry = super::clustering::next(&mut watch) => match entry {
+                entry = crate::net::cluster::next(&mut watch) => match entry {
                     Some(Ok(entry)) => seen(&engine, entry),
                     Some(Err(e)) => tracing::warn!(error = %e, "cluster: reading the node registry"),
                     None => {
@@ -109,11 +109,12 @@ fn seen(engine: &Engine, entry: kv::Entry) {
 /// Prunes the live set and copies it to the stats.
 fn publish(engine: &Engine, stats: &Stats) {
     let nodes = engine.nodes();
-    nodes.prune(Instant::now());
+    let now = Instant::now();
+    nodes.prune(now);
     let snapshot = ClusterSnapshot {
         node: engine.config().node.clone(),
         nodes: nodes
-            .live()
+            .live(now)
             .into_iter()
             .map(|r| ClusterNodeSnapshot {
                 name: r.node,

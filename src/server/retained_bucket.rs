@@ -167,7 +167,7 @@ impl RetainedBucket {
         let mut keep = HashSet::new();
         if info.state.messages > 0 {
             loop {
-                let entry = match super::clustering::next(&mut watch).await {
+                let entry = match crate::net::cluster::next(&mut watch).await {
                     Some(Ok(entry)) => entry,
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "cluster: reading the retained bucket");
@@ -198,7 +198,7 @@ impl RetainedBucket {
 
     /// Applies the bucket's changes as they come, until the watch ends.
     pub(super) async fn follow(&self, mut watch: kv::Watch) {
-        while let Some(entry) = super::clustering::next(&mut watch).await {
+        while let Some(entry) = crate::net::cluster::next(&mut watch).await {
             match entry {
                 Ok(entry) => {
                     self.apply(entry).await;

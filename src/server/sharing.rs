@@ -39,13 +39,13 @@
 //! consumer's ack wait (30 s), then another node gets them (at least
 //! once, as QoS 1/2 across a crash always is).
 
-use super::clustering::next;
 use crate::broker::{group_outcome as outcome, GroupInterest};
 use crate::cluster::envelope;
 use crate::cluster::groups::{self, GroupNames};
 use crate::codec::{ByteStr, ReasonCode};
 use crate::escape::Escaped;
 use crate::inline::InlineClient;
+use crate::net::cluster::next;
 use crate::net::cluster::{ClusterError, Engine};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::AckKind;
