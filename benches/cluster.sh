@@ -4,6 +4,9 @@
 #
 #   roost-cluster       two roost nodes (A, B) joined through one nats-server
 #                       with JetStream; publishers on A, subscribers on B
+#                       (--nodes 1: both on A; --nodes 3 or 4: more nodes,
+#                       without clients, that read the stream all the same;
+#                       the label says roost-cluster-Nn then)
 #   roost-cluster-redb  the same with the redb store (--stores memory,redb)
 #   nats-mqtt           NATS's own MQTT gateway: one nats-server, JetStream on
 #   roost               one roost, no cluster
@@ -23,6 +26,7 @@
 #   benches/cluster.sh --only 'pairs --qos 1' --rounds 3
 #   benches/cluster.sh --brokers roost-cluster,nats-mqtt --seconds 2
 #   benches/cluster.sh --out /tmp/cluster.md
+#   benches/cluster.sh --nodes 3 --brokers roost-cluster --only '--qos 1 --size 64 --messages'
 #
 # Needs, and no root: `nats-server` 2.9 or later (Debian's package puts it in
 # /usr/sbin; NATS_SERVER=/path picks another), and release builds of roost
@@ -39,6 +43,7 @@ BUILD=0
 ONLY=""
 ROUNDS=1
 SECS=4
+NODES=2
 STORES="memory"
 BROKERS="roost-cluster,nats-mqtt,roost"
 OUT=""
@@ -49,14 +54,16 @@ while [ $# -gt 0 ]; do
         --only) ONLY="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
         --seconds) SECS="$2"; shift ;;
+        --nodes) NODES="$2"; shift ;;
         --stores) STORES="$2"; shift ;;
         --brokers) BROKERS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
         *) echo "cluster.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+case "$NODES" in 1|2|3|4) ;; *) echo "cluster.sh: --nodes is 1 to 4" >&2; exit 2 ;; esac
 case ",$STORES," in *",redb,"*) BROKERS="${BROKERS/roost-cluster/roost-cluster,roost-cluster-redb}" ;; esac
 want() { case ",$BROKERS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
@@ -89,6 +96,8 @@ PORT_GW_NATS=$((PORT_BASE + 4))      # the MQTT gateway's nats-server, clients
 PORT_GW_HTTP=$((PORT_BASE + 5))
 PORT_GW_MQTT=$((PORT_BASE + 6))      # the MQTT gateway
 PORT_SINGLE=$((PORT_BASE + 7))       # single roost
+PORT_C=$((PORT_BASE + 8))            # roost nodes C and D (--nodes 3, 4)
+PORT_D=$((PORT_BASE + 9))
 if [ "$PORT_BASE" -lt 1024 ] || [ $((PORT_BASE + 9)) -ge 32768 ]; then
     echo "cluster.sh: PORT_BASE must leave its 10 ports in 1024..32767" >&2
     exit 2
@@ -201,7 +210,7 @@ start_roost() {
 # processes whose CPU counts, in the order ROLES names them).
 start() {
     local port
-    for port in $PORT_NATS $PORT_A $PORT_B $PORT_GW_NATS $PORT_GW_MQTT $PORT_SINGLE; do
+    for port in $PORT_NATS $PORT_A $PORT_B $PORT_GW_NATS $PORT_GW_MQTT $PORT_SINGLE $PORT_C $PORT_D; do
         if port_taken "$port"; then
             echo "port $port is taken by another process; not starting $1 (PORT_BASE=... picks others)" >&2
             return 1
@@ -215,10 +224,15 @@ start() {
             start_nats nats "$PORT_NATS" "$PORT_NATS_HTTP" || return 1
             local nats=$NATS_PID
             # One after the other: the first creates the stream and buckets.
-            start_roost node-a "$PORT_A" "$store" a || return 1
-            local a=$ROOST_PID
-            start_roost node-b "$PORT_B" "$store" b || return 1
-            PUB_PORT=$PORT_A SUB_PORT=$PORT_B PIDS=("$a" "$ROOST_PID" "$nats")
+            local ports=("$PORT_A" "$PORT_B" "$PORT_C" "$PORT_D") names=(a b c d) i
+            PIDS=()
+            for i in $(seq 0 $((NODES - 1))); do
+                start_roost "node-${names[$i]}" "${ports[$i]}" "$store" "${names[$i]}" || return 1
+                PIDS+=("$ROOST_PID")
+            done
+            PIDS+=("$nats")
+            PUB_PORT=$PORT_A
+            if [ "$NODES" -gt 1 ]; then SUB_PORT=$PORT_B; fi
             ;;
         nats-mqtt)
             start_nats gateway "$PORT_GW_NATS" "$PORT_GW_HTTP" "$PORT_GW_MQTT" || return 1
@@ -231,9 +245,23 @@ start() {
     esac
 }
 
+# label BROKER: the name in the tables.
+label() {
+    case "$1" in
+        roost-cluster*) if [ "$NODES" = 2 ]; then echo "$1"; else echo "$1-${NODES}n"; fi ;;
+        *) echo "$1" ;;
+    esac
+}
+
 roles() {
     case "$1" in
-        roost-cluster*) echo "node A (publishers) / node B (subscribers) / nats-server" ;;
+        roost-cluster*)
+            case "$NODES" in
+                1) echo "node A (publishers and subscribers) / nats-server" ;;
+                2) echo "node A (publishers) / node B (subscribers) / nats-server" ;;
+                3) echo "node A (publishers) / node B (subscribers) / node C (no clients) / nats-server" ;;
+                4) echo "node A (publishers) / node B (subscribers) / nodes C, D (no clients) / nats-server" ;;
+            esac ;;
         nats-mqtt) echo "nats-server" ;;
         roost) echo "roost" ;;
     esac
@@ -259,9 +287,9 @@ scenario() {
             if [ -n "$SUB_PORT" ]; then sub=(--sub-broker "127.0.0.1:$SUB_PORT"); fi
             local pids=()
             for p in "${PIDS[@]}"; do pids+=(--pid "$p"); done
-            echo "== $label_name [$b]" >&2
+            echo "== $label_name [$(label "$b")]" >&2
             if ! timeout 300 "$LOADGEN" --broker "127.0.0.1:$PUB_PORT" "${sub[@]}" "${pids[@]}" \
-                --label "$b" --name "$label_name" --record "$RESULTS" "$@" >&2; then
+                --label "$(label "$b")" --name "$label_name" --record "$RESULTS" "$@" >&2; then
                 note "$b: loadgen $* failed"
             fi
             stop_all
@@ -307,7 +335,7 @@ UPTIME_AFTER=$(uptime)
 # cluster's records first so the ratios read roost-cluster / the others.
 SORTED="$TMP/sorted.tsv"
 for b in roost-cluster roost-cluster-redb nats-mqtt roost; do
-    awk -F'\t' -v b="$b" '$2 == b' "$RESULTS"
+    awk -F'\t' -v b="$(label "$b")" '$2 == b' "$RESULTS"
 done > "$SORTED"
 
 report() {
@@ -331,7 +359,7 @@ report() {
     local b
     for b in roost-cluster roost-cluster-redb nats-mqtt roost; do
         want "$b" || continue
-        echo "- $b: $(roles "$b")"
+        echo "- $(label "$b"): $(roles "$b")"
     done
     echo
     awk -F'\t' '
