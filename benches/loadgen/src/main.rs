@@ -470,6 +470,21 @@ async fn run_idle(common: &Common, a: IdleArgs) -> Result<(), String> {
             per_conn_kib,
             usage_line(&usage)
         );
+        if u.each.len() > 1 {
+            let each: Vec<String> = u
+                .each
+                .iter()
+                .map(|p| {
+                    let grown = p.rss_after_kb.saturating_sub(p.rss_before_kb);
+                    format!(
+                        "pid {} {:.2} KiB",
+                        p.pid,
+                        grown as f64 / report.ok.max(1) as f64
+                    )
+                })
+                .collect();
+            println!("  RSS growth per connection: {}", each.join(", "));
+        }
     }
     if a.hold > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
