@@ -16,14 +16,16 @@
 # the noise of a shared machine falls on all of them alike. Full-speed
 # scenarios publish for --seconds (the brokers differ a hundredfold in
 # speed, so a fixed message count would be seconds for one and
-# milliseconds for another); paced ones (@RATE/s) measure latency. Prints Markdown
-# tables (throughput, latency, lost, the ratios, and each process's CPU per
-# delivered message) to stdout and to --out.
+# milliseconds for another); paced ones (@RATE/s) measure latency.
+# Prints Markdown tables (throughput, latency, lost, the ratios, and each
+# process's CPU per delivered message) to stdout and to --out. PAIRS=50,
+# SUBS=100 and RATE=1000 in the environment change the scenarios.
 #
-#   benches/cluster.sh                      # default run (~10 minutes)
+#   benches/cluster.sh                      # default run (~4 minutes)
 #   benches/cluster.sh --build              # build what it needs first
-#   benches/cluster.sh --stores memory,redb # also the cluster on redb
-#   benches/cluster.sh --only 'pairs --qos 1' --rounds 3
+#   benches/cluster.sh --stores memory,redb # also the cluster on redb (~5 min)
+#   benches/cluster.sh --only '--qos 1' --rounds 3   # scenarios whose loadgen
+#                                           # arguments hold the text
 #   benches/cluster.sh --brokers roost-cluster,nats-mqtt --seconds 2
 #   benches/cluster.sh --out /tmp/cluster.md
 #   benches/cluster.sh --nodes 3 --brokers roost-cluster --only '--qos 1 --size 64 --messages'
@@ -58,7 +60,7 @@ while [ $# -gt 0 ]; do
         --stores) STORES="$2"; shift ;;
         --brokers) BROKERS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) echo "cluster.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
