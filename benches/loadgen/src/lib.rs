@@ -13,6 +13,7 @@ pub mod client;
 pub mod conns;
 pub mod flow;
 pub mod histogram;
+pub mod monitor;
 pub mod payload;
 pub mod process;
 pub mod procstat;

@@ -7,6 +7,7 @@
 //! loadgen fan-out --qos 0 --rate 5000 --messages 10000
 //! loadgen idle --connections 10000 --sources 4
 //! loadgen --broker 127.0.0.1:8883 idle --connections 10000 --tls-ca certs/ca.pem
+//! loadgen --broker 127.0.0.1:1883 --sub-broker 127.0.0.1:1884 --pid $A --pid $B pairs
 //! loadgen table --input results.tsv
 //! ```
 
@@ -15,15 +16,13 @@ use roost::codec::{ProtocolVersion, QoS};
 use roost_loadgen::conns::{self, ConnReport};
 use roost_loadgen::flow::{self, FlowConfig, Topology};
 use roost_loadgen::histogram::Histogram;
-use roost_loadgen::procstat::{self, ProcSample};
+use roost_loadgen::monitor::{Usage, Watch};
 use roost_loadgen::report::{self, Record};
 use roost_loadgen::secure::{self, Secure};
 use roost_loadgen::Clock;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
@@ -45,9 +44,18 @@ struct Common {
     /// Protocol version of every client.
     #[arg(long, global = true, value_enum, default_value_t = Mqtt::V311)]
     mqtt: Mqtt,
-    /// Broker process id: report its CPU time and peak RSS.
-    #[arg(long, global = true)]
-    pid: Option<u32>,
+    /// Where the subscribers of a flow (fan-in, fan-out, pairs) connect,
+    /// when not to --broker: another node of a cluster, or the far end of
+    /// a bridge (a 127.0.0.0/8 address). Publishers stay on --broker.
+    #[arg(long, global = true, value_name = "ADDR")]
+    sub_broker: Option<SocketAddr>,
+    /// Broker process id: report its CPU time and peak RSS. Repeat it for a
+    /// broker made of several processes (cluster nodes, their NATS
+    /// server): each one's CPU is reported, the record's CPU and peak RSS
+    /// are their sums, and its `cpu_each` column holds each one's CPU
+    /// seconds in the order given.
+    #[arg(long, global = true, value_name = "PID")]
+    pid: Vec<u32>,
     /// Broker label for `--record`.
     #[arg(long, global = true, default_value = "broker")]
     label: String,
@@ -173,72 +181,26 @@ struct RateArgs {
     sources: u32,
 }
 
-/// Watches the broker process during a run: CPU time before and after,
-/// and the peak RSS (VmHWM after a reset, and a 50 ms sampler as a fallback).
-struct Monitor {
-    pid: u32,
-    before: ProcSample,
-    hwm_reset: bool,
-    sampled_max: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    sampler: std::thread::JoinHandle<()>,
-}
-
-struct Usage {
-    cpu_s: f64,
-    peak_rss_kb: u64,
-    before: ProcSample,
-    after: ProcSample,
-}
-
-impl Monitor {
-    fn start(pid: Option<u32>) -> Option<Monitor> {
-        let pid = pid?;
-        let hwm_reset = procstat::reset_peak(pid).is_ok();
-        let before = match procstat::sample(pid) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("loadgen: cannot read /proc/{pid}: {e}");
-                return None;
-            }
-        };
-        let sampled_max = Arc::new(AtomicU64::new(before.rss_kb));
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let (max, stop) = (sampled_max.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(s) = procstat::sample(pid) {
-                        max.fetch_max(s.rss_kb, Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })
-        };
-        Some(Monitor {
-            pid,
-            before,
-            hwm_reset,
-            sampled_max,
-            stop,
-            sampler,
-        })
-    }
-
-    fn finish(self) -> Option<Usage> {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.sampler.join();
-        let after = procstat::sample(self.pid).ok()?;
-        let mut peak = self.sampled_max.load(Ordering::Relaxed).max(after.rss_kb);
-        if self.hwm_reset {
-            peak = peak.max(after.hwm_kb);
+/// Starts watching the broker's processes (`--pid`); a process that
+/// cannot be read is reported and the run goes on unmeasured.
+fn watch(pids: &[u32]) -> Option<Watch> {
+    match Watch::start(pids) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            eprintln!("loadgen: cannot watch the broker: {e}");
+            None
         }
-        Some(Usage {
-            cpu_s: self.before.cpu_secs_until(&after),
-            peak_rss_kb: peak,
-            before: self.before,
-            after,
-        })
+    }
+}
+
+/// What the watched processes used, once the run is over.
+fn usage_of(watch: Option<Watch>) -> Option<Usage> {
+    match watch?.finish() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("loadgen: cannot read the broker's usage: {e}");
+            None
+        }
     }
 }
 
@@ -266,13 +228,45 @@ fn latency_line(h: &Histogram) -> String {
 
 fn usage_line(u: &Option<Usage>) -> String {
     match u {
-        Some(u) => format!(
-            "broker CPU {:.2} s, peak RSS {:.1} MiB",
-            u.cpu_s,
-            u.peak_rss_kb as f64 / 1024.0
-        ),
+        Some(u) => {
+            let mut line = format!(
+                "broker CPU {:.2} s, peak RSS {:.1} MiB",
+                u.cpu_s(),
+                u.peak_rss_kb() as f64 / 1024.0
+            );
+            if u.each.len() > 1 {
+                let each: Vec<String> = u
+                    .each
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "pid {} {:.2} s, {:.1} MiB",
+                            p.pid,
+                            p.cpu_s,
+                            p.peak_rss_kb as f64 / 1024.0
+                        )
+                    })
+                    .collect();
+                line.push_str(&format!(" (sums of: {})", each.join("; ")));
+            }
+            line
+        }
         None => "broker CPU/RSS not measured (no --pid)".into(),
     }
+}
+
+/// CPU microseconds per delivered message, for each watched process.
+fn cpu_per_message_line(u: &Option<Usage>, delivered: u64) -> Option<String> {
+    let u = u.as_ref()?;
+    if delivered == 0 {
+        return None;
+    }
+    let each: Vec<String> = u
+        .each
+        .iter()
+        .map(|p| format!("pid {} {:.2} us", p.pid, p.cpu_s * 1e6 / delivered as f64))
+        .collect();
+    Some(format!("CPU per delivered message: {}", each.join(", ")))
 }
 
 fn record_of(common: &Common, scenario: String, unit: &str, value: f64, h: &Histogram) -> Record {
@@ -291,8 +285,9 @@ fn record_of(common: &Common, scenario: String, unit: &str, value: f64, h: &Hist
 
 fn with_usage(mut r: Record, u: &Option<Usage>) -> Record {
     if let Some(u) = u {
-        r.cpu_s = u.cpu_s;
-        r.peak_rss_kb = u.peak_rss_kb;
+        r.cpu_s = u.cpu_s();
+        r.peak_rss_kb = u.peak_rss_kb();
+        r.cpu_each = u.each.iter().map(|p| p.cpu_s).collect();
     }
     r
 }
@@ -337,7 +332,7 @@ async fn run_flow(common: &Common, kind: &str, a: FlowArgs) -> Result<(), String
     }
     let cfg = FlowConfig {
         addr: common.broker,
-        sub_addr: None,
+        sub_addr: common.sub_broker,
         version,
         topology,
         qos,
@@ -350,11 +345,11 @@ async fn run_flow(common: &Common, kind: &str, a: FlowArgs) -> Result<(), String
         drain_timeout: Duration::from_secs_f64(a.drain_timeout),
         run_id: run_id(),
     };
-    let mut monitor = None;
-    let report = flow::run(cfg, Clock::new(), || monitor = Monitor::start(common.pid))
+    let mut watching = None;
+    let report = flow::run(cfg, Clock::new(), || watching = watch(&common.pid))
         .await
         .map_err(|e| format!("{scenario}: {e}"))?;
-    let usage = monitor.and_then(Monitor::finish);
+    let usage = usage_of(watching);
     println!(
         "{scenario} [{}]: sent {} (acked {}), delivered {}/{} in {:.3} s = {:.0} msg/s; lost {}, dup {}",
         common.label,
@@ -369,6 +364,9 @@ async fn run_flow(common: &Common, kind: &str, a: FlowArgs) -> Result<(), String
     );
     println!("  latency {}", latency_line(&report.latency));
     println!("  {}", usage_line(&usage));
+    if let Some(line) = cpu_per_message_line(&usage, report.delivered) {
+        println!("  {line}");
+    }
     for e in &report.errors {
         println!("  error: {e}");
     }
@@ -381,6 +379,7 @@ async fn run_flow(common: &Common, kind: &str, a: FlowArgs) -> Result<(), String
     );
     r.lost = report.lost;
     r.dup = report.duplicates;
+    r.count = report.delivered;
     r.note = format!("{}/{} delivered", report.delivered, report.expected);
     if let Some(e) = report.errors.first() {
         r.note
@@ -404,7 +403,7 @@ enum Held {
 }
 
 async fn run_idle(common: &Common, a: IdleArgs) -> Result<(), String> {
-    let monitor = Monitor::start(common.pid);
+    let watching = watch(&common.pid);
     let version = match common.mqtt {
         Mqtt::V311 => ProtocolVersion::V3_1_1,
         Mqtt::V5 => ProtocolVersion::V5,
@@ -443,7 +442,7 @@ async fn run_idle(common: &Common, a: IdleArgs) -> Result<(), String> {
         }
     };
     tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
-    let usage = monitor.and_then(Monitor::finish);
+    let usage = usage_of(watching);
     let transport = match (&a.tls_ca, &a.wss_path, &a.tls_cert) {
         (None, ..) => "",
         (Some(_), None, None) => " tls",
@@ -461,16 +460,31 @@ async fn run_idle(common: &Common, a: IdleArgs) -> Result<(), String> {
         latency_line(&report.latency)
     );
     let per_conn_kib = usage.as_ref().map_or(0.0, |u| {
-        u.after.rss_kb.saturating_sub(u.before.rss_kb) as f64 / report.ok.max(1) as f64
+        u.rss_after_kb().saturating_sub(u.rss_before_kb()) as f64 / report.ok.max(1) as f64
     });
     if let Some(u) = &usage {
         println!(
             "  broker RSS {:.1} -> {:.1} MiB: {:.2} KiB per connection; {}",
-            u.before.rss_kb as f64 / 1024.0,
-            u.after.rss_kb as f64 / 1024.0,
+            u.rss_before_kb() as f64 / 1024.0,
+            u.rss_after_kb() as f64 / 1024.0,
             per_conn_kib,
             usage_line(&usage)
         );
+        if u.each.len() > 1 {
+            let each: Vec<String> = u
+                .each
+                .iter()
+                .map(|p| {
+                    let grown = p.rss_after_kb.saturating_sub(p.rss_before_kb);
+                    format!(
+                        "pid {} {:.2} KiB",
+                        p.pid,
+                        grown as f64 / report.ok.max(1) as f64
+                    )
+                })
+                .collect();
+            println!("  RSS growth per connection: {}", each.join(", "));
+        }
     }
     if a.hold > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
@@ -478,12 +492,13 @@ async fn run_idle(common: &Common, a: IdleArgs) -> Result<(), String> {
     drop(open);
     let mut r = record_of(common, scenario, "KiB/conn", per_conn_kib, &report.latency);
     r.lost = report.failed;
+    r.count = report.ok;
     r.note = format!("{} connected", conn_summary(&report));
     save(common, &with_usage(r, &usage))
 }
 
 async fn run_connrate(common: &Common, a: RateArgs) -> Result<(), String> {
-    let monitor = Monitor::start(common.pid);
+    let watching = watch(&common.pid);
     let version = match common.mqtt {
         Mqtt::V311 => ProtocolVersion::V3_1_1,
         Mqtt::V5 => ProtocolVersion::V5,
@@ -499,7 +514,7 @@ async fn run_connrate(common: &Common, a: RateArgs) -> Result<(), String> {
         deadline,
     )
     .await;
-    let usage = monitor.and_then(Monitor::finish);
+    let usage = usage_of(watching);
     let scenario = format!("connect rate x{}", a.concurrency);
     println!(
         "{scenario} [{}]: {} in {:.2} s = {:.0} conn/s; handshake {}",
@@ -518,18 +533,26 @@ async fn run_connrate(common: &Common, a: RateArgs) -> Result<(), String> {
         &report.latency,
     );
     r.lost = report.failed;
+    r.count = report.ok;
     r.note = conn_summary(&report);
     save(common, &with_usage(r, &usage))
 }
 
-fn check_loopback(addr: &SocketAddr) -> Result<(), String> {
-    if addr.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(format!(
-            "--broker {addr}: only loopback addresses are allowed"
-        ))
+/// The load generator drives brokers on this machine only: it would
+/// flood anything else.
+fn check_loopback(common: &Common) -> Result<(), String> {
+    let addrs = [
+        ("--broker", Some(common.broker)),
+        ("--sub-broker", common.sub_broker),
+    ];
+    for (flag, addr) in addrs {
+        if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+            return Err(format!(
+                "{flag} {addr}: only loopback addresses are allowed"
+            ));
+        }
     }
+    Ok(())
 }
 
 #[tokio::main]
@@ -543,7 +566,7 @@ async fn main() -> ExitCode {
                 let records: Vec<Record> = text.lines().filter_map(Record::from_tsv).collect();
                 print!("{}", report::markdown(&records));
             }),
-        cmd => match check_loopback(&common.broker) {
+        cmd => match check_loopback(common) {
             Err(e) => Err(e),
             Ok(()) => match cmd {
                 Cmd::FanIn(a) => run_flow(common, "fan-in", a).await,
@@ -561,5 +584,49 @@ async fn main() -> ExitCode {
             eprintln!("loadgen: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("loadgen").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn subscribers_may_go_to_another_broker() {
+        let cli = parse(&[
+            "--broker",
+            "127.0.0.1:18831",
+            "--sub-broker",
+            "127.0.0.1:18832",
+            "--pid",
+            "10",
+            "--pid",
+            "11",
+            "pairs",
+            "--clients",
+            "4",
+        ]);
+        assert_eq!(cli.common.broker.port(), 18831);
+        assert_eq!(cli.common.sub_broker.map(|a| a.port()), Some(18832));
+        assert_eq!(cli.common.pid, vec![10, 11]);
+        assert_eq!(check_loopback(&cli.common), Ok(()));
+        // Global: also after the subcommand.
+        let cli = parse(&["fan-out", "--sub-broker", "127.0.0.1:18832"]);
+        assert_eq!(cli.common.sub_broker.map(|a| a.port()), Some(18832));
+        assert_eq!(parse(&["fan-in"]).common.sub_broker, None);
+    }
+
+    #[test]
+    fn only_loopback_brokers() {
+        let cli = parse(&["--sub-broker", "10.0.0.1:1883", "pairs"]);
+        let e = check_loopback(&cli.common).unwrap_err();
+        assert!(e.starts_with("--sub-broker 10.0.0.1:1883"), "{e}");
+        let cli = parse(&["--broker", "10.0.0.1:1883", "pairs"]);
+        let e = check_loopback(&cli.common).unwrap_err();
+        assert!(e.starts_with("--broker 10.0.0.1:1883"), "{e}");
     }
 }

@@ -33,6 +33,13 @@ pub struct Record {
     pub peak_rss_kb: u64,
     /// Anything else worth a note.
     pub note: String,
+    /// CPU seconds of each watched process (`--pid`, in order); their sum
+    /// is `cpu_s`. Empty when unknown.
+    pub cpu_each: Vec<f64>,
+    /// What `value` counts, in all: distinct deliveries, connections made
+    /// (0 when unknown). With `cpu_each`, the CPU each process spent per
+    /// delivered message.
+    pub count: u64,
 }
 
 fn clean(s: &str) -> String {
@@ -40,10 +47,13 @@ fn clean(s: &str) -> String {
 }
 
 impl Record {
-    /// The record as one tab-separated line (no newline).
+    /// The record as one tab-separated line (no newline). `cpu_each` and
+    /// `count` come last, after the note, so lines written before they
+    /// existed still read.
     pub fn to_tsv(&self) -> String {
+        let cpu_each: Vec<String> = self.cpu_each.iter().map(|c| format!("{c:.3}")).collect();
         format!(
-            "{}\t{}\t{:.3}\t{}\t{:.1}\t{:.1}\t{:.1}\t{}\t{}\t{:.3}\t{}\t{}",
+            "{}\t{}\t{:.3}\t{}\t{:.1}\t{:.1}\t{:.1}\t{}\t{}\t{:.3}\t{}\t{}\t{}\t{}",
             clean(&self.scenario),
             clean(&self.broker),
             self.value,
@@ -55,7 +65,9 @@ impl Record {
             self.dup,
             self.cpu_s,
             self.peak_rss_kb,
-            clean(&self.note)
+            clean(&self.note),
+            cpu_each.join(","),
+            self.count
         )
     }
 
@@ -78,6 +90,18 @@ impl Record {
             cpu_s: f[9].parse().ok()?,
             peak_rss_kb: f[10].parse().ok()?,
             note: f.get(11).copied().unwrap_or("").into(),
+            cpu_each: match f.get(12).copied().unwrap_or("") {
+                "" => Vec::new(),
+                list => list
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .ok()?,
+            },
+            count: match f.get(13) {
+                Some(c) => c.parse().ok()?,
+                None => 0,
+            },
         })
     }
 
@@ -230,6 +254,28 @@ mod tests {
         assert_eq!(back.scenario, r.scenario);
         assert_eq!(back.value, 1234.5);
         assert_eq!(back.note, "a b");
+        assert!(back.cpu_each.is_empty());
+        assert_eq!(back.count, 0);
+    }
+
+    #[test]
+    fn tsv_round_trip_per_process_cpu() {
+        let mut r = rec("pairs q1 64B", "roost-cluster", 1000.0);
+        r.cpu_each = vec![1.25, 0.5, 2.0];
+        r.count = 40_000;
+        let back = Record::from_tsv(&r.to_tsv()).unwrap();
+        assert_eq!(back.cpu_each, vec![1.25, 0.5, 2.0]);
+        assert_eq!(back.count, 40_000);
+    }
+
+    #[test]
+    fn reads_lines_from_before_per_process_cpu() {
+        let old = "fan-in q0 64B\troost\t1287168.000\tmsg/s\t72350.0\t142610.0\t143190.0\t0\t0\t0.170\t12185\t200000/200000 delivered";
+        let r = Record::from_tsv(old).unwrap();
+        assert_eq!(r.value, 1287168.0);
+        assert_eq!(r.note, "200000/200000 delivered");
+        assert!(r.cpu_each.is_empty());
+        assert_eq!(r.count, 0);
     }
 
     #[test]
