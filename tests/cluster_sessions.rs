@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::cluster::config;
 use common::nats::NatsCluster;
 use common::process::{Broker, Logs};
 use common::{publish, unique, v5, v5_session, Raw, TestBroker};
@@ -15,16 +16,6 @@ use roost::codec::{Packet, QoS, ReasonCode};
 use roost::{ClusterConfig, Options, Server};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-fn config(nats: &NatsCluster, name: &str, node: &str) -> ClusterConfig {
-    ClusterConfig {
-        servers: nats.urls(),
-        name: name.into(),
-        node: node.into(),
-        timeout: Duration::from_secs(2),
-        ..ClusterConfig::default()
-    }
-}
 
 async fn two_nodes(nats: &NatsCluster, name: &str) -> (TestBroker, TestBroker) {
     let a = common::nats::node(Server::new(Options::default()).cluster(config(nats, name, "a")));

@@ -128,16 +128,7 @@ impl Broker {
         // Takeover: the old connection is closed as if it had dropped, so its
         // will follows the usual rules ([MQTT-3.1.4-3]).
         if let Some(sid) = existing {
-            if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) {
-                let old_conn = old.id;
-                if self.sessions[&sid].protocol.is_v5() {
-                    old.outbox.push(Packet::Disconnect(Disconnect {
-                        reason: ReasonCode::SessionTakenOver,
-                        ..Default::default()
-                    }));
-                }
-                self.detach(old_conn, false, Some(ReasonCode::SessionTakenOver), now_ms);
-            }
+            self.close_taken_over(sid, now_ms);
         }
         // Hooks see the id the client goes by, assigned or its own.
         let client = if client.client_id == client_id {
@@ -342,6 +333,23 @@ impl Broker {
     /// DISCONNECT: the will is discarded. Otherwise the will is published
     /// now or scheduled after its delay. `reason` is the DISCONNECT reason
     /// (either side's), for the hooks.
+    /// The session `sid` is taken over (here or on another node): its
+    /// connection, if it has one, is told so (5.0: DISCONNECT 0x8E) and
+    /// closed as if it had dropped, so its will follows the usual rules.
+    pub(super) fn close_taken_over(&mut self, sid: SessionId, now_ms: u64) {
+        let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) else {
+            return;
+        };
+        let old_conn = old.id;
+        if self.sessions[&sid].protocol.is_v5() {
+            old.outbox.push(Packet::Disconnect(Disconnect {
+                reason: ReasonCode::SessionTakenOver,
+                ..Default::default()
+            }));
+        }
+        self.detach(old_conn, false, Some(ReasonCode::SessionTakenOver), now_ms);
+    }
+
     pub(super) fn detach(
         &mut self,
         conn: ConnId,

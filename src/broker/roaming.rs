@@ -32,7 +32,7 @@ use super::session::{Outgoing, Session};
 use super::{
     session_record, split_shared, subscription_record, Broker, Message, SessionId, Tracked,
 };
-use crate::codec::{ByteStr, Disconnect, Packet, Publish, QoS, ReasonCode};
+use crate::codec::{ByteStr, Publish, QoS};
 use crate::escape::Escaped;
 use roost_storage::{Op, Record, SessionRecord, SubscriptionRecord};
 use serde::{Deserialize, Serialize};
@@ -139,16 +139,7 @@ impl Broker {
         if !self.sessions.get(&sid).is_some_and(|s| roams(s)) {
             return None;
         }
-        if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) {
-            let old_conn = old.id;
-            if self.sessions[&sid].protocol.is_v5() {
-                old.outbox.push(Packet::Disconnect(Disconnect {
-                    reason: ReasonCode::SessionTakenOver,
-                    ..Default::default()
-                }));
-            }
-            self.detach(old_conn, false, Some(ReasonCode::SessionTakenOver), now_ms);
-        }
+        self.close_taken_over(sid, now_ms);
         tracing::info!(client_id = %Escaped(client_id), clean_start,
             "cluster: session taken over on another node");
         if clean_start {
@@ -170,16 +161,7 @@ impl Broker {
         let Some(&sid) = self.by_client_id.get(client_id) else {
             return;
         };
-        if let Some(old) = self.sessions.get(&sid).and_then(|s| s.conn.as_ref()) {
-            let old_conn = old.id;
-            if self.sessions[&sid].protocol.is_v5() {
-                old.outbox.push(Packet::Disconnect(Disconnect {
-                    reason: ReasonCode::SessionTakenOver,
-                    ..Default::default()
-                }));
-            }
-            self.detach(old_conn, false, Some(ReasonCode::SessionTakenOver), now_ms);
-        }
+        self.close_taken_over(sid, now_ms);
         tracing::warn!(client_id = %Escaped(client_id),
             "cluster: another node took this session over; dropped here");
         self.forget_session(sid, now_ms);

@@ -484,18 +484,10 @@ impl InlineClient {
     #[cfg(feature = "cluster")]
     pub(crate) async fn inject(
         &self,
-        mut publish: Publish,
+        publish: Publish,
         origin: crate::broker::Origin,
     ) -> Result<(), InlineError> {
-        let (qos_pid, answer) = self.packet_id_for(publish.qos_pid.qos())?;
-        publish.qos_pid = qos_pid;
-        self.ready().await?;
-        let event = Event::Inject {
-            conn: self.inner.conn,
-            publish,
-            origin: Box::new(origin),
-        };
-        self.submit(event, answer).await
+        self.inject_sent(publish, origin).await?.await
     }
 
     /// [`InlineClient::inject`] in two steps, for the cluster router's
