@@ -212,10 +212,10 @@ impl Broker {
         self.next_gate += 1;
         let token = self.next_gate;
         if self.persist.must_hold() && !vouches_for_nothing {
-            outbox.push_held(self.persist.commit, token, true, packet);
+            outbox.push_held(self.persist.commit, token, 1, packet);
             self.persist.touched.push(outbox.clone());
         } else {
-            outbox.push_held(0, token, true, packet);
+            outbox.push_held(0, token, 1, packet);
         }
         Some(Arc::new(Ready { outbox, token }))
     }

@@ -554,6 +554,7 @@ impl Broker {
                 stats: &self.stats,
                 limits: &self.opts.limits,
                 pages: &mut self.pages,
+                saves: &mut self.saves,
                 now_ms,
                 drops: Default::default(),
             };

@@ -201,11 +201,22 @@ pub(crate) enum Event {
         /// The client.
         client_id: ByteStr,
     },
-    /// The persistent sessions' state, for the cluster's session bucket.
+    /// The persistent sessions' state, for the cluster's session bucket:
+    /// every one (`all`), or those with acknowledgements waiting for it;
+    /// with the export's generation (see `roaming`'s "Saves").
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     Export {
+        /// Every persistent session, not only those waited for.
+        all: bool,
         /// Where it goes.
-        reply: tokio::sync::oneshot::Sender<Vec<roaming::SessionState>>,
+        reply: tokio::sync::oneshot::Sender<(u64, Vec<roaming::SessionState>)>,
+    },
+    /// The export of this generation is in the cluster's session bucket:
+    /// the acknowledgements that waited for it go.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Saved {
+        /// The export's generation.
+        generation: u64,
     },
     /// A message the cluster's router pulled for a share group: to one
     /// connected member of the group on this node (see `groups`).
@@ -313,6 +324,9 @@ pub(crate) struct Broker {
     /// Share groups served through the cluster (see `groups`); `None` on
     /// one node.
     cluster_groups: Option<groups::ClusterGroups>,
+    /// Acknowledgements waiting for their sessions' state to be in the
+    /// cluster's session bucket (see `roaming`); off on one node.
+    saves: roaming::Saves,
 }
 
 /// One subscriber a message goes to.
@@ -361,6 +375,7 @@ impl Broker {
             cluster_seq: 0,
             cluster_skip: HashMap::new(),
             cluster_groups: None,
+            saves: roaming::Saves::default(),
         }
     }
 
@@ -463,9 +478,10 @@ impl Broker {
                 let _ = reply.send(state);
             }
             Event::Lost { client_id } => self.lost_session(&client_id, now_ms),
-            Event::Export { reply } => {
-                let _ = reply.send(self.export_sessions());
+            Event::Export { all, reply } => {
+                let _ = reply.send(self.export_sessions(all));
             }
+            Event::Saved { generation } => self.sessions_saved(generation),
             Event::Inject {
                 conn,
                 publish,
@@ -510,6 +526,7 @@ impl Broker {
                 stats: &self.stats,
                 limits: &self.opts.limits,
                 pages: &mut self.pages,
+                saves: &mut self.saves,
                 now_ms,
                 drops: std::cell::Cell::new(0),
             },

@@ -146,15 +146,25 @@ impl Broker {
         let commit_needed = self.persist.must_hold()
             && !vouches_for_nothing
             && !(qos1 && !msg.retain && copies == 0);
+        // A successful PUBREC also waits for its packet id to be in the
+        // session bucket (see `roaming`'s "Saves"): two cluster waits.
+        let saved = match &packet {
+            Packet::PubRec(r) => r.reason.is_success() && self.saved_first(sid),
+            _ => false,
+        };
+        let waits = 1 + u8::from(saved);
         let mut gated_copies = 0;
         if commit_needed {
-            outbox.push_held(self.persist.commit, token, true, packet);
+            outbox.push_held(self.persist.commit, token, waits, packet);
             self.persist.touched.push(outbox.clone());
             if qos1 && !msg.retain {
                 gated_copies = copies;
             }
         } else {
-            outbox.push_held(0, token, true, packet);
+            outbox.push_held(0, token, waits, packet);
+        }
+        if saved {
+            self.hold_for_save(sid, outbox.clone(), token);
         }
         msg.gate.arm_after_cluster(outbox, token, gated_copies);
     }
@@ -296,8 +306,12 @@ impl Broker {
                         }
                     }
                 }
+                // In a cluster, the PUBREC also waits for the packet id to
+                // be in the session bucket (see `roaming`'s "Saves").
                 if to_cluster.is_some() {
                     self.ack_after_cluster(sid, Packet::PubRec(resp), to_cluster)
+                } else if reason.is_success() {
+                    self.ack_saved(sid, Packet::PubRec(resp))
                 } else {
                     self.ack(sid, Packet::PubRec(resp))
                 }
@@ -322,7 +336,10 @@ impl Broker {
         } else if s.protocol.is_v5() {
             comp.reason = ReasonCode::PacketIdentifierNotFound;
         }
-        self.ack(sid, Packet::PubComp(comp));
+        // In a cluster, once the id's end is in the session bucket: a
+        // node resuming the session with the id still there would take
+        // the client's next message under it for a resend.
+        self.ack_saved(sid, Packet::PubComp(comp));
     }
 
     // ----- routing ----------------------------------------------------

@@ -24,20 +24,126 @@
 //! messages up to `upto` are then skipped for that session (they were in
 //! the replay), and the replay is queued before anything live: one order.
 //!
+//! **Saves.** What a packet vouches for must be in the bucket before the
+//! packet goes, or a node that dies right after sending it leaves the
+//! session's next node contradicting it: a SUBACK (its subscription), a
+//! PUBREC (the inbound QoS 2 packet id, or the client's resend after the
+//! move is delivered twice), a PUBCOMP (that id's end, or a new message
+//! reusing it is taken for a resend and dropped), a PUBREL (the outbound
+//! QoS 2 message is released: sending it again as a PUBLISH would be a
+//! new message to a client that completed the first). Such a packet is
+//! held in its outbox ([`Saves`]), its session marked; the edge's writer,
+//! woken, exports the marked sessions ([`Event::Export`]), writes them and
+//! reports the export's generation written ([`Event::Saved`]), which lets
+//! the packets go. One order per connection holds (see
+//! `link::outbox`'s cluster waits).
+//!
+//! **Outbound QoS 2 across a node's death.** A message of the stream goes
+//! out with a packet id that is a function of its sequence
+//! ([`stream_pid`]), so the next node, replaying from the cursor, sends a
+//! message the dead node had sent under the same id: a client that still
+//! holds the id (it has not had the PUBREL) takes it for the resend it
+//! is ([MQTT-4.3.3-9]). What the dead node had released is in the bucket
+//! (saved before the PUBREL went) and gets only its PUBREL again.
+//!
 //! [`Event::Export`]: super::Event::Export
+//! [`Event::Saved`]: super::Event::Saved
 //! [`Event::Release`]: super::Event::Release
 //! [`Event::Adopt`]: super::Event::Adopt
 
 use super::session::{Outgoing, Session};
 use super::{
-    session_record, split_shared, subscription_record, Broker, Message, SessionId, Tracked,
+    session_record, split_shared, subscription_record, Broker, Message, Outbox, SessionId,
+    Tracked,
 };
-use crate::codec::{ByteStr, Publish, QoS};
+use crate::codec::{ByteStr, PacketId, Publish, QoS};
 use crate::escape::Escaped;
-use roost_storage::{Op, Record, SessionRecord, SubscriptionRecord};
+use roost_storage::{Op, OutboundState, Record, SessionRecord, SubscriptionRecord};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU16;
 use std::sync::Arc;
+use tokio::sync::Notify;
 
+/// The packet id a message of the cluster's stream goes out with: its
+/// sequence, folded into 1..=65535 (`None` for a message without one).
+/// Two messages in flight to one session at once with the same id (their
+/// sequences 65,535 apart or a multiple) cannot be: the later waits.
+pub(crate) fn stream_pid(seq: u64) -> Option<PacketId> {
+    if seq == 0 {
+        return None;
+    }
+    let folded = (seq - 1) % u64::from(u16::MAX) + 1;
+    NonZeroU16::new(u16::try_from(folded).ok()?)
+}
+
+/// Packets held until their session's state is in the cluster's session
+/// bucket (see the module's "Saves"). Off (nothing held) outside a
+/// cluster.
+#[derive(Debug, Default)]
+pub(crate) struct Saves {
+    /// Wakes the edge's writer; `None` outside a cluster.
+    wake: Option<Arc<Notify>>,
+    /// The generation the next export carries: a packet held now goes
+    /// once an export of it, or a later one, is written.
+    next: u64,
+    /// The client ids of the sessions with packets waiting.
+    dirty: HashSet<ByteStr>,
+    /// The packets waiting, in generation order: the generation, the
+    /// outbox, the packet's token.
+    held: VecDeque<(u64, Arc<Outbox>, u64)>,
+    /// Tokens handed out for packets that wait for a save alone (counted
+    /// down from the top, apart from the gates' counted up from 1).
+    tokens: u64,
+    /// The writer was woken and has not exported since.
+    woken: bool,
+}
+
+impl Saves {
+    /// Whether packets wait for saves (this node is in a cluster).
+    pub(crate) fn on(&self) -> bool {
+        self.wake.is_some()
+    }
+
+    /// A token for a packet that waits for a save alone.
+    pub(crate) fn token(&mut self) -> u64 {
+        self.tokens += 1;
+        u64::MAX - self.tokens
+    }
+
+    /// The packet `token` in `outbox` waits (one cluster wait) until
+    /// `client_id`'s session is next written.
+    pub(crate) fn hold(&mut self, client_id: &ByteStr, outbox: Arc<Outbox>, token: u64) {
+        if !self.dirty.contains(client_id) {
+            self.dirty.insert(client_id.clone());
+        }
+        self.held.push_back((self.next, outbox, token));
+        if !self.woken {
+            self.woken = true;
+            if let Some(w) = &self.wake {
+                w.notify_one();
+            }
+        }
+    }
+
+    /// Starts an export: its generation, and the sessions with packets
+    /// waiting.
+    fn export(&mut self) -> (u64, HashSet<ByteStr>) {
+        let generation = self.next;
+        self.next += 1;
+        self.woken = false;
+        (generation, std::mem::take(&mut self.dirty))
+    }
+
+    /// The export `generation` is written: what waited for it goes.
+    fn saved(&mut self, generation: u64) {
+        while self.held.front().is_some_and(|(g, ..)| *g <= generation) {
+            if let Some((_, outbox, token)) = self.held.pop_front() {
+                outbox.open_cluster(token);
+            }
+        }
+    }
+}
 /// A persistent session as the cluster keeps it: enough for another node
 /// to resume it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +154,10 @@ pub(crate) struct SessionState {
     pub subscriptions: Vec<SubscriptionRecord>,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
     pub inbound_qos2: Vec<u16>,
+    /// The stream sequences of the outbound QoS 2 messages it released
+    /// (PUBREL sent) and the client has not completed: only a PUBREL is
+    /// owed for them, under their [`stream_pid`].
+    pub released: Vec<u64>,
     /// The first stream sequence it may still be owed; 0 if not known
     /// (the edge keeps the last known one).
     pub cursor: u64,
@@ -81,13 +191,63 @@ pub(crate) struct Replayed {
 }
 
 impl Broker {
-    /// Every persistent session of a network client, with its cursor: what
-    /// the cluster's session bucket is to hold for this node.
-    pub(super) fn export_sessions(&mut self) -> Vec<SessionState> {
+    /// This node's persistent sessions live in a cluster's session bucket,
+    /// whose writer `wake` wakes when packets wait for a save.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn save_sessions_in_cluster(&mut self, wake: Arc<Notify>) {
+        self.saves.wake = Some(wake);
+    }
+
+    /// Holds `packet` to `sid`'s client until its session's state is in
+    /// the cluster's bucket (and, with a store, its commit): see the
+    /// module's "Saves". Outside a cluster, or for a session the cluster
+    /// does not keep, it is an ordinary acknowledgement.
+    pub(super) fn ack_saved(&mut self, sid: SessionId, packet: crate::codec::Packet) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let Some(conn) = s.conn.as_ref().filter(|_| self.saves.on() && roams(s)) else {
+            return self.ack(sid, packet);
+        };
+        let outbox = conn.outbox.clone();
+        let token = self.saves.token();
+        let commit = if self.persist.must_hold() && !(!s.stored && self.storage_failing()) {
+            self.persist.touched.push(outbox.clone());
+            self.persist.commit
+        } else {
+            0
+        };
+        outbox.push_held(commit, token, 1, packet);
+        let client_id = s.client_id().clone();
+        self.saves.hold(&client_id, outbox, token);
+    }
+
+    /// Whether an acknowledgement to `sid`'s client also waits for a save.
+    pub(super) fn saved_first(&self, sid: SessionId) -> bool {
+        self.saves.on() && self.sessions.get(&sid).is_some_and(|s| roams(s))
+    }
+
+    /// `token` in `outbox` (already held with a cluster wait for it) also
+    /// waits for `sid`'s next save.
+    pub(super) fn hold_for_save(&mut self, sid: SessionId, outbox: Arc<Outbox>, token: u64) {
+        if let Some(s) = self.sessions.get(&sid) {
+            let client_id = s.client_id().clone();
+            self.saves.hold(&client_id, outbox, token);
+        }
+    }
+
+    /// The persistent sessions of network clients, with their cursors:
+    /// what the cluster's session bucket is to hold for this node. `all`:
+    /// every one (the periodic write); otherwise those with packets
+    /// waiting for a save. With the export's generation, for
+    /// [`Broker::sessions_saved`].
+    pub(super) fn export_sessions(&mut self, all: bool) -> (u64, Vec<SessionState>) {
         let routed = self.cluster_seq;
-        self.sessions
+        let (generation, dirty) = self.saves.export();
+        let sessions = self
+            .sessions
             .values_mut()
-            .filter(|s| roams(s))
+            .filter(|s| roams(s) && (all || dirty.contains(s.client_id())))
             .map(|s| {
                 let mut state = session_state(s, routed);
                 if let Some(f) = s.flows.as_mut() {
@@ -95,7 +255,14 @@ impl Broker {
                 }
                 state
             })
-            .collect()
+            .collect();
+        (generation, sessions)
+    }
+
+    /// The export `generation` is in the bucket: the packets that waited
+    /// for it go.
+    pub(super) fn sessions_saved(&mut self, generation: u64) {
+        self.saves.saved(generation);
     }
 }
 
@@ -115,6 +282,16 @@ fn session_state(s: &Session, routed: u64) -> SessionState {
                 let mut ids: Vec<u16> = q.iter().copied().collect();
                 ids.sort_unstable();
                 ids
+            })
+            .unwrap_or_default(),
+        released: s
+            .flows()
+            .map(|f| {
+                f.inflight
+                    .iter()
+                    .filter(|o| o.state == OutboundState::Released && o.msg.seq != 0)
+                    .map(|o| o.msg.seq)
+                    .collect()
             })
             .unwrap_or_default(),
         cursor: cursor(s, routed),
@@ -256,6 +433,25 @@ impl Broker {
         } else if let Some(s) = self.sessions.get_mut(&sid) {
             s.stored = false;
         }
+        // The QoS 2 flows the old node released come first (they are the
+        // oldest owed), in flight with only their PUBREL owed; the rest of
+        // the replay is delivered as routing would.
+        let mut replay = replay;
+        let mut released = state.released;
+        released.sort_unstable();
+        for seq in released {
+            let publish = match replay.iter().position(|r| r.seq == seq) {
+                Some(i) => replay.remove(i).publish,
+                // Aged out of the stream, or past the replay's bound: the
+                // message is not needed, only its packet id.
+                None => Publish::new("", bytes::Bytes::new()),
+            };
+            let msg = Arc::new(Tracked::new(Message::from_publish(publish, now_ms, None)).with_seq(seq));
+            let (mut ctx, sessions) = self.ctx(now_ms);
+            if let Some(s) = sessions.get_mut(&sid) {
+                s.adopt_released(&msg, &mut ctx);
+            }
+        }
         let replayed = replay.len();
         for r in replay {
             self.replay_one(sid, r, now_ms);
@@ -332,7 +528,7 @@ impl Broker {
 
 /// Whether a session is one the cluster keeps: a network client's
 /// persistent session (not an inline client's, a bridge's or a router's).
-fn roams(s: &Session) -> bool {
+pub(super) fn roams(s: &Session) -> bool {
     !s.client.inline && s.is_persistent()
 }
 

@@ -5,6 +5,7 @@
 
 use super::pages::{Pages, Spill};
 use super::persist::{Pending, Persist};
+use super::roaming::stream_pid;
 use super::ConnId;
 use super::{Burst, Delivery, Outbound, Outbox, Tracked};
 use crate::codec::{
@@ -122,6 +123,8 @@ pub(crate) struct Ctx<'a> {
     pub limits: &'a Limits,
     /// Page reads of spilled queues, and the memory budget of queues.
     pub pages: &'a mut Pages,
+    /// Packets waiting for the cluster's session bucket (see `roaming`).
+    pub saves: &'a mut super::roaming::Saves,
     pub now_ms: u64,
     /// Messages dropped while this context lived (see [`Session::deliver`]).
     pub drops: std::cell::Cell<u32>,
@@ -357,10 +360,23 @@ impl Session {
     /// PUBLISH after a restart, which it must not do once it has sent the
     /// PUBREL ([MQTT-4.3.3-5]); a client that already completed the flow
     /// would take it as a new message.
+    ///
+    /// In a cluster, the same holds for the session bucket: the PUBREL
+    /// waits until "released" is there too (see `roaming`'s "Saves").
     fn send_pubrel(&self, pid: PacketId, ctx: &mut Ctx) {
         let Some(c) = &self.conn else { return };
         let packet = Packet::PubRel(PubResp::new(pid));
-        if self.stored && ctx.persist.must_hold() {
+        if ctx.saves.on() && super::roaming::roams(self) {
+            let token = ctx.saves.token();
+            let commit = if self.stored && ctx.persist.must_hold() {
+                ctx.persist.touched.push(c.outbox.clone());
+                ctx.persist.commit
+            } else {
+                0
+            };
+            c.outbox.push_held(commit, token, 1, packet);
+            ctx.saves.hold(self.client_id(), c.outbox.clone(), token);
+        } else if self.stored && ctx.persist.must_hold() {
             ctx.persist.hold(&c.outbox, ctx.persist.commit, 0, packet);
         } else {
             c.outbox.push(packet);
@@ -604,7 +620,10 @@ impl Session {
             .conn
             .as_ref()
             .is_some_and(|c| self.inflight_len() < usize::from(c.send_quota));
-        let direct = room && self.queue_len() == 0 && self.spilled() == 0;
+        let direct = room
+            && self.queue_len() == 0
+            && self.spilled() == 0
+            && !self.stream_pid_taken(msg.seq);
         // Past the window or the budget, the entry is kept by the store
         // only (see `spill`); a session the store does not hold has only
         // memory, and the budget bounds it.
@@ -810,7 +829,15 @@ impl Session {
     /// Assigns a packet id and sends a queued message (connected only).
     /// `stored_queued`: the entry is already stored, as queued.
     fn send_outgoing(&mut self, mut o: Outgoing, stored_queued: bool, ctx: &mut Ctx) {
-        let pid = self.alloc_pid();
+        let pid = match stream_pid(o.msg.seq) {
+            Some(pid) => {
+                // An id that did not come from `alloc_pid`: its count of
+                // free ids ahead no longer holds.
+                self.free_pids = 0;
+                pid
+            }
+            None => self.alloc_pid(),
+        };
         o.pid = Some(pid);
         o.state = OutboundState::Sent;
         let d = Delivery::new(
@@ -856,6 +883,13 @@ impl Session {
             return;
         };
         while let Some(f) = self.flows.as_mut().filter(|f| f.inflight.len() < quota) {
+            let next_seq = f.queue.front().map(|o| o.msg.seq);
+            if next_seq.is_some_and(|seq| self.stream_pid_taken(seq)) {
+                // Its packet id is still in flight: it waits (see
+                // `stream_pid`), and so does what is behind it.
+                break;
+            }
+            let Some(f) = self.flows.as_mut() else { break };
             let Some(o) = f.queue.pop_front() else {
                 break;
             };
@@ -936,6 +970,37 @@ impl Session {
             }
         }
         self.fill(ctx);
+    }
+
+    /// Whether the packet id a message of the cluster's stream with
+    /// sequence `seq` goes out with ([`stream_pid`]) is in flight.
+    fn stream_pid_taken(&self, seq: u64) -> bool {
+        stream_pid(seq).is_some_and(|pid| self.inflight_entry(pid).is_some())
+    }
+
+    /// Takes over from another node an outbound QoS 2 flow of the stream
+    /// message `msg` that node had released: in flight, released, under
+    /// its [`stream_pid`], so that only its PUBREL goes (on resume).
+    pub(crate) fn adopt_released(&mut self, msg: &Arc<Tracked>, ctx: &mut Ctx) {
+        let Some(pid) = stream_pid(msg.seq) else {
+            return;
+        };
+        if self.inflight_entry(pid).is_some() {
+            return;
+        }
+        let before = self.queue_len();
+        self.deliver(msg, QoS::ExactlyOnce, false, Vec::new(), true, None, ctx);
+        let Some(f) = self.flows.as_mut().filter(|f| f.queue.len() > before) else {
+            return; // Not kept (the session's bounds).
+        };
+        let Some(mut o) = f.queue.pop_back() else {
+            return;
+        };
+        o.pid = Some(pid);
+        o.state = OutboundState::Released;
+        self.store_outgoing(&o, ctx);
+        self.flows_mut().inflight.push_back(o);
+        self.free_pids = 0;
     }
 
     /// Where the in-flight message with this packet id is, and it.

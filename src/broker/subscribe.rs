@@ -109,7 +109,9 @@ impl Broker {
             properties: AckProperties::default(),
         });
         if joined.is_empty() {
-            self.ack(sid, suback);
+            // In a cluster, once the subscriptions are in the session
+            // bucket: a node resuming the session must know them.
+            self.ack_saved(sid, suback);
         } else {
             let ready = self.ack_when_pulling(sid, suback);
             self.recount_groups(joined, ready);
@@ -149,7 +151,8 @@ impl Broker {
 
     pub(super) fn on_unsubscribe(&mut self, sid: SessionId, u: Unsubscribe) {
         let reasons = self.remove_subscriptions(sid, u.filters);
-        self.ack(
+        // In a cluster, once the session bucket no longer has them.
+        self.ack_saved(
             sid,
             Packet::UnsubAck(UnsubAck {
                 packet_id: u.packet_id,

@@ -27,9 +27,12 @@
 //! before the packets pushed ahead of it.
 //!
 //! **Cluster.** In a cluster, a publisher's acknowledgement also waits for
-//! the cluster's engine to hold the message (issue 19): it is pushed with
-//! `cluster` set, and goes only once [`Outbox::open_cluster`] cleared it
-//! *and* its commit or gate let it go, whichever order they come in.
+//! the cluster's engine to hold the message (issue 19), and an
+//! acknowledgement that changes a session's state (a SUBACK, a PUBREC's
+//! packet id, a PUBREL's "released") for the cluster's session bucket to
+//! hold that: it is pushed with that many cluster waits, and goes only once
+//! [`Outbox::open_cluster`] cleared each *and* its commit or gate let it
+//! go, whichever order they come in.
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
 use crate::link::outbound::{AckKind, Outbound};
@@ -174,9 +177,9 @@ struct Deferred<M> {
     /// Its gate's token (0: none), and whether the gate opened.
     token: u64,
     open: bool,
-    /// Still waits for the cluster (see [`Outbox::open_cluster`]), on top
-    /// of its commit or gate.
-    cluster: bool,
+    /// How many cluster waits it still has (see [`Outbox::open_cluster`]),
+    /// on top of its commit or gate.
+    cluster: u8,
     /// Its commit failed while it still waited for the cluster: refused
     /// when it goes, unless its gate opened meanwhile (see
     /// [`Inner::release_ready`]).
@@ -195,7 +198,7 @@ impl<M> Deferred<M> {
 
     /// Free to go now that commits up to `released` are done.
     fn free(&self, released: u64) -> bool {
-        (self.commit <= released || self.ready() || self.cluster_refused) && !self.cluster
+        (self.commit <= released || self.ready() || self.cluster_refused) && self.cluster == 0
     }
 
     /// What it is sent as, if not as pushed: the reason it is refused.
@@ -422,7 +425,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
                 commit: 0,
                 token: 0,
                 open: false,
-                cluster: false,
+                cluster: 0,
                 commit_failed: false,
                 cluster_refused: false,
                 packet,
@@ -445,20 +448,21 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         token: u64,
         packet: impl Into<Outbound<M>>,
     ) -> bool {
-        self.push_held(commit, token, false, packet)
+        self.push_held(commit, token, 0, packet)
     }
 
-    /// [`Outbox::push_gated`], and if `cluster`, also until
-    /// [`Outbox::open_cluster`]`(token)` (`token` is then not 0). With
-    /// `commit` 0 it waits for the cluster alone.
+    /// [`Outbox::push_gated`], and also until [`Outbox::open_cluster`]`(token)`
+    /// was called `cluster` times (`token` is then not 0): once for each
+    /// thing in the cluster it waits for. With `commit` 0 it waits for the
+    /// cluster alone.
     pub(crate) fn push_held(
         &self,
         commit: u64,
         token: u64,
-        cluster: bool,
+        cluster: u8,
         packet: impl Into<Outbound<M>>,
     ) -> bool {
-        debug_assert!(!cluster || token != 0, "a cluster wait needs its token");
+        debug_assert!(cluster == 0 || token != 0, "a cluster wait needs its token");
         let packet = packet.into();
         let mut inner = self.lock();
         if inner.closed {
@@ -477,8 +481,9 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         true
     }
 
-    /// The cluster holds what the packet `token` acknowledges: it goes once
-    /// its commit or gate lets it, and the packets ahead of it went.
+    /// The cluster holds what the packet `token` acknowledges (one of its
+    /// waits is over): it goes once the others are, its commit or gate
+    /// lets it, and the packets ahead of it went.
     pub(crate) fn open_cluster(&self, token: u64) {
         let mut inner = self.lock();
         let Some(h) = inner
@@ -487,7 +492,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         else {
             return;
         };
-        h.cluster = false;
+        h.cluster = h.cluster.saturating_sub(1);
         let released = inner.release_ready(self.version);
         self.unlock(inner, released);
     }
@@ -501,11 +506,11 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         let mut inner = self.lock();
         let Some(h) = inner
             .held_mut()
-            .and_then(|held| held.iter_mut().find(|h| h.token == token && h.cluster))
+            .and_then(|held| held.iter_mut().find(|h| h.token == token && h.cluster > 0))
         else {
             return;
         };
-        h.cluster = false;
+        h.cluster = 0;
         h.cluster_refused = true;
         let released = inner.release_ready(self.version);
         let closed = inner.closed;
@@ -947,7 +952,7 @@ mod tests {
         let o = Outbox::new(ProtocolVersion::V5, 0);
         let mut v = VecDeque::new();
         // Commit first, then the cluster.
-        o.push_held(1, 7, true, puback(1));
+        o.push_held(1, 7, 1, puback(1));
         o.push(Packet::PingResp); // behind it
         o.release(1, false);
         o.try_drain(0, &mut v);
@@ -957,7 +962,7 @@ mod tests {
         assert_eq!(v, vec![puback(1), ping()]);
         v.clear();
         // The cluster first, then the commit.
-        o.push_held(2, 8, true, puback(2));
+        o.push_held(2, 8, 1, puback(2));
         o.open_cluster(8);
         o.try_drain(0, &mut v);
         assert!(v.is_empty(), "the cluster alone does not let it go");
@@ -966,7 +971,7 @@ mod tests {
         assert_eq!(v, vec![puback(2)]);
         v.clear();
         // No store: the cluster alone.
-        o.push_held(0, 9, true, puback(3));
+        o.push_held(0, 9, 1, puback(3));
         o.try_drain(0, &mut v);
         assert!(v.is_empty());
         o.open_cluster(9);
@@ -1077,9 +1082,9 @@ mod tests {
     fn a_failed_commit_refuses_an_ack_the_cluster_lets_go_later() {
         let o = Outbox::new(ProtocolVersion::V5, 0);
         let mut v = VecDeque::new();
-        o.push_held(1, 7, true, puback(1)); // commit 1 succeeds
-        o.push_held(2, 8, true, puback(2)); // commit 2 fails
-        o.push_held(2, 9, true, puback(3)); // commit 2, gate opens
+        o.push_held(1, 7, 1, puback(1)); // commit 1 succeeds
+        o.push_held(2, 8, 1, puback(2)); // commit 2 fails
+        o.push_held(2, 9, 1, puback(3)); // commit 2, gate opens
         o.release(1, false);
         o.release(2, true);
         o.open(9);
@@ -1098,7 +1103,7 @@ mod tests {
 
         // 3.x: no acknowledgement, the connection closes.
         let o = Outbox::new(ProtocolVersion::V3_1_1, 0);
-        o.push_held(1, 7, true, puback(1));
+        o.push_held(1, 7, 1, puback(1));
         o.release(1, true);
         v.clear();
         assert!(o.try_drain(0, &mut v), "still open while it waits");
@@ -1114,8 +1119,8 @@ mod tests {
     fn a_cluster_refusal_is_quota_exceeded_or_a_disconnect() {
         let o = Outbox::new(ProtocolVersion::V5, 0);
         let mut v = VecDeque::new();
-        o.push_held(1, 7, true, puback(1));
-        o.push_held(2, 8, true, puback(2));
+        o.push_held(1, 7, 1, puback(1));
+        o.push_held(2, 8, 1, puback(2));
         o.open(8);
         o.refuse_cluster(8);
         o.open_cluster(8);
@@ -1129,7 +1134,7 @@ mod tests {
         assert_eq!(reason_of(&v, 1), ReasonCode::QuotaExceeded);
 
         let o = Outbox::new(ProtocolVersion::V3_1_1, 0);
-        o.push_held(0, 7, true, puback(1));
+        o.push_held(0, 7, 1, puback(1));
         o.refuse_cluster(7);
         v.clear();
         assert!(!o.try_drain(0, &mut v), "closed");

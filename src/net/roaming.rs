@@ -57,8 +57,9 @@ pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(1);
 /// over before going on without it.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
-/// The layout of [`Stored`] this build writes.
-const FORMAT: u8 = 1;
+/// The layout of [`Stored`] this build writes (2: with the released
+/// outbound QoS 2 flows; an entry of another layout is read as none).
+const FORMAT: u8 = 2;
 
 /// What the bucket holds for a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +105,9 @@ pub(crate) struct Roaming {
     written: Mutex<HashMap<String, (u64, Bytes)>>,
     /// The most a replay brings (the session's queue bound).
     replay_limit: usize,
+    /// The core wakes the writer with it when acknowledgements wait for a
+    /// save ([`write_loop`]).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// The bucket key of a client id: its letters, digits and `-` as they are,
@@ -133,7 +137,14 @@ impl Roaming {
             events,
             written: Mutex::new(HashMap::new()),
             replay_limit,
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// What the core wakes the writer with (see
+    /// `Broker::save_sessions_in_cluster`).
+    pub(crate) fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 
     fn node(&self) -> &str {
@@ -189,6 +200,7 @@ impl Roaming {
             if ended {
                 state.subscriptions.clear();
                 state.inbound_qos2.clear();
+                state.released.clear();
                 state.session.will = None;
                 state.cursor = 0;
             }
@@ -390,33 +402,53 @@ pub(crate) async fn answer_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver
     }
 }
 
-/// Writes this node's sessions to the bucket every [`WRITE_EVERY`] until
-/// `stop`: what changed, compare-and-set; the entries of sessions that
-/// ended here are deleted (if still this node's).
+/// Writes this node's sessions to the bucket until `stop`: every
+/// [`WRITE_EVERY`] what changed in any, and at once, when the core wakes
+/// it, the sessions whose acknowledgements wait for their state to be
+/// there (then the core hears which export is written, [`Event::Saved`]).
+/// Each write is a compare-and-set; the entries of sessions that ended
+/// here are deleted (if still this node's).
+///
+/// [`Event::Saved`]: crate::broker::Event::Saved
 pub(crate) async fn write_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(WRITE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let wake = roaming.wake.clone();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        // Acknowledgements waiting come first; while one write is on its
+        // way, what asks for the next gathers (one export takes it all).
+        let all = tokio::select! {
+            biased;
             _ = stop.wait_for(|s| *s) => return,
-        }
+            _ = wake.notified() => false,
+            _ = tick.tick() => true,
+        };
         let (tx, rx) = oneshot::channel();
         if roaming
             .events
-            .send(Event::Export { reply: tx })
+            .send(Event::Export { all, reply: tx })
             .await
             .is_err()
         {
             return;
         }
-        let Ok(sessions) = rx.await else { return };
-        write_once(&roaming, sessions).await;
+        let Ok((generation, sessions)) = rx.await else { return };
+        if write_once(&roaming, sessions, all).await {
+            let saved = Event::Saved { generation };
+            if roaming.events.send(saved).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
-async fn write_once(roaming: &Roaming, sessions: Vec<SessionState>) {
+/// Writes `sessions` (what changed in them); with `all` (they are every
+/// session of this node), deletes the entries of the others. Returns
+/// whether each is in the bucket as given (or was taken over by another
+/// node: nothing waits for it here any more).
+async fn write_once(roaming: &Roaming, sessions: Vec<SessionState>, all: bool) -> bool {
     let bucket = roaming.engine.sessions();
+    let mut settled = true;
     let mut live = std::collections::HashSet::with_capacity(sessions.len());
     for mut state in sessions {
         let key = key_of(&state.session.client_id);
@@ -453,11 +485,20 @@ async fn write_once(roaming: &Roaming, sessions: Vec<SessionState>) {
                 roaming.written().insert(key, (revision, bytes));
             }
             Err(e) => {
+                // What it last wrote stands no more for this round's
+                // choices: the next write sends the cursor afresh (the
+                // core's "moved" was spent on this one).
+                if let Some(w) = roaming.written().get_mut(&key) {
+                    w.1 = Bytes::new();
+                }
                 // Someone else's now, or the cluster is unreachable: read
                 // who owns it before doing anything.
-                lost_or_retry(roaming, &key, &client_id, &e).await;
+                settled &= lost_or_retry(roaming, &key, &client_id, &e).await;
             }
         }
+    }
+    if !all {
+        return settled;
     }
     let ended: Vec<(String, u64)> = roaming
         .written()
@@ -470,18 +511,20 @@ async fn write_once(roaming: &Roaming, sessions: Vec<SessionState>) {
         let _ = bucket.delete_expect_revision(&key, Some(revision)).await;
         roaming.written().remove(&key);
     }
+    settled
 }
 
 /// A write failed: if the entry names another node, the session is theirs
 /// (this node could not be asked): it goes. Otherwise the next round
-/// writes again from the entry's revision.
-async fn lost_or_retry(roaming: &Roaming, key: &str, client_id: &str, error: &str) {
+/// writes again from the entry's revision. Returns whether the session
+/// went (nothing is to be written for it here any more).
+async fn lost_or_retry(roaming: &Roaming, key: &str, client_id: &str, error: &str) -> bool {
     let entry = match roaming.engine.sessions().entry(key).await {
         Ok(entry) => entry,
         Err(e) => {
             tracing::warn!(client_id = %Escaped(client_id), error = %e,
                 "cluster: cannot save the session's state; retrying");
-            return;
+            return false;
         }
     };
     let owner = entry
@@ -494,6 +537,7 @@ async fn lost_or_retry(roaming: &Roaming, key: &str, client_id: &str, error: &st
             roaming
                 .written()
                 .insert(key.to_owned(), (e.revision, Bytes::new()));
+            false
         }
         (Some(_), Some(owner)) => {
             tracing::warn!(client_id = %Escaped(client_id), owner, error,
@@ -505,14 +549,12 @@ async fn lost_or_retry(roaming: &Roaming, key: &str, client_id: &str, error: &st
                     client_id: ByteStr::from(client_id),
                 })
                 .await;
+            true
         }
-        (Some(e), None) => {
+        (Some(_), None) | (None, _) => {
             // Deleted (the session ended elsewhere): written again as new.
-            let _ = e;
             roaming.written().remove(key);
-        }
-        (None, _) => {
-            roaming.written().remove(key);
+            false
         }
     }
 }

@@ -521,6 +521,10 @@ impl Server {
                 opts.limits.maximum_queued_messages,
             ))
         });
+        #[cfg(feature = "cluster")]
+        if let Some(roaming) = &roaming {
+            broker.save_sessions_in_cluster(roaming.wake());
+        }
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             stats: stats.clone(),

@@ -6,9 +6,49 @@ use crate::broker::roaming::{Adopt, Replayed, SessionState};
 
 /// Asks the core for every persistent session's state.
 fn export(core: &mut Core) -> Vec<SessionState> {
+    export_some(core, true).1
+}
+
+/// Asks the core for the sessions' state (`all`, or those with
+/// acknowledgements waiting for it), with the export's generation.
+fn export_some(core: &mut Core, all: bool) -> (u64, Vec<SessionState>) {
     let (tx, mut rx) = tokio::sync::oneshot::channel();
-    core.handle(Event::Export { reply: tx });
+    core.handle(Event::Export { all, reply: tx });
     rx.try_recv().expect("answered at once")
+}
+
+/// A core whose sessions live in a cluster's bucket: acknowledgements
+/// that change them wait for their save.
+fn clustered() -> Core {
+    let mut core = Core::new(Options::default());
+    core.broker
+        .save_sessions_in_cluster(Arc::new(tokio::sync::Notify::new()));
+    core
+}
+
+/// The edge writes what waits for a save, and says so.
+fn save(core: &mut Core) -> Vec<SessionState> {
+    let (generation, states) = export_some(core, false);
+    core.handle(Event::Saved { generation });
+    states
+}
+
+fn qos2(seq: u64, topic: &str, payload: &str) -> Replayed {
+    Replayed {
+        seq,
+        publish: publish(topic, payload, QoS::ExactlyOnce, 1),
+        publisher: Some("elsewhere".into()),
+    }
+}
+
+/// `dev`'s persistent session at QoS 2 on `cmd/#`, handed over by another
+/// node.
+fn handed_over() -> SessionState {
+    let mut other = Core::new(Options::default());
+    let mut dev = other.connected(v5_session("dev", true, 600));
+    let granted = other.subscribe(&mut dev, "cmd/#", QoS::ExactlyOnce);
+    assert_eq!(granted, ReasonCode::GrantedQos2);
+    release(&mut other, "dev", false).expect("its state")
 }
 
 /// Asks the core to hand `client_id`'s session over.
@@ -110,4 +150,88 @@ fn a_session_resumed_elsewhere_takes_its_will_along() {
     // session has it).
     core.advance(Duration::from_secs(40));
     w.expect_nothing();
+}
+
+#[test]
+fn in_a_cluster_acknowledgements_that_change_a_session_wait_until_the_bucket_has_it() {
+    let mut core = clustered();
+    let mut dev = core.connected(v5_session("dev", true, 600));
+    // SUBSCRIBE: its SUBACK waits for the subscription to be saved.
+    let sub = Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        filters: vec![("cmd/#".into(), Default::default())],
+        subscription_identifier: None,
+        user_properties: Vec::new(),
+    };
+    core.send(&dev, Packet::Subscribe(sub));
+    dev.expect_nothing();
+    let states = save(&mut core);
+    assert_eq!(states.len(), 1, "only the session waited for");
+    assert_eq!(states[0].subscriptions[0].filter, "cmd/#");
+    assert!(matches!(dev.recv(), Some(Packet::SubAck(_))));
+    // A QoS 2 PUBLISH: the PUBREC once its packet id is saved, the
+    // PUBCOMP once its end is.
+    core.send(&dev, Packet::Publish(publish("up/x", "m", QoS::ExactlyOnce, 7)));
+    dev.expect_nothing();
+    assert_eq!(save(&mut core)[0].inbound_qos2, vec![7]);
+    assert!(matches!(dev.recv(), Some(Packet::PubRec(r)) if r.packet_id.get() == 7));
+    core.send(&dev, Packet::PubRel(PubResp::new(PacketId::new(7).unwrap())));
+    dev.expect_nothing();
+    assert!(save(&mut core)[0].inbound_qos2.is_empty());
+    assert!(matches!(dev.recv(), Some(Packet::PubComp(r)) if r.packet_id.get() == 7));
+    // Nothing waits: the next export for waiting sessions is empty, and a
+    // session that is not persistent never waits.
+    assert!(save(&mut core).is_empty());
+    let mut eph = core.connected(v5("eph"));
+    assert_eq!(core.subscribe(&mut eph, "x/#", QoS::AtLeastOnce), ReasonCode::GrantedQos1);
+}
+
+#[test]
+fn a_stream_message_goes_out_at_qos2_under_its_sequence_and_its_pubrel_waits_for_the_bucket() {
+    let mut core = clustered();
+    // 65,540 folds onto the same packet id as 5.
+    core.handle(Event::Adopt(Box::new(Adopt {
+        state: handed_over(),
+        replay: vec![qos2(5, "cmd/a", "five"), qos2(65_540, "cmd/b", "later")],
+        upto: 65_540,
+    })));
+    let (mut dev, ack) = core.connect(v5_session("dev", false, 600));
+    assert!(ack.session_present);
+    let first = dev.recv_publish();
+    assert_eq!(payload(&first), "five");
+    assert_eq!(first.qos_pid.packet_id().unwrap().get(), 5);
+    // The next one's id is in flight: it waits.
+    dev.expect_nothing();
+    let pid = PacketId::new(5).unwrap();
+    core.send(&dev, Packet::PubRec(PubResp::new(pid)));
+    dev.expect_nothing();
+    assert_eq!(save(&mut core)[0].released, vec![5], "released, saved first");
+    assert!(matches!(dev.recv(), Some(Packet::PubRel(r)) if r.packet_id == pid));
+    core.send(&dev, Packet::PubComp(PubResp::new(pid)));
+    let second = dev.recv_publish();
+    assert_eq!(payload(&second), "later");
+    assert_eq!(second.qos_pid.packet_id().unwrap().get(), 5);
+}
+
+#[test]
+fn a_flow_the_old_node_released_gets_only_its_pubrel_and_the_rest_their_old_ids() {
+    let mut core = clustered();
+    let mut state = handed_over();
+    state.released = vec![5];
+    state.cursor = 5;
+    core.handle(Event::Adopt(Box::new(Adopt {
+        state,
+        replay: vec![qos2(5, "cmd/a", "five"), qos2(9, "cmd/b", "nine")],
+        upto: 9,
+    })));
+    let (mut dev, _) = core.connect(v5_session("dev", false, 600));
+    // Resumed: the PUBREL (held until "released" is saved here too), then
+    // nine under the id the old node gave it.
+    dev.expect_nothing();
+    save(&mut core);
+    assert!(matches!(dev.recv(), Some(Packet::PubRel(r)) if r.packet_id.get() == 5));
+    let nine = dev.recv_publish();
+    assert_eq!(payload(&nine), "nine");
+    assert_eq!(nine.qos_pid.packet_id().unwrap().get(), 9);
+    dev.expect_nothing();
 }
