@@ -186,6 +186,115 @@ async fn a_node_killed_with_sigkill_loses_nothing_its_sessions_were_owed() {
     drop(b);
 }
 
+/// A QoS 2 receiver as the specification has it (method B): it delivers a
+/// PUBLISH at once and holds its packet id until the PUBREL, taking any
+/// PUBLISH under a held id for a resend, not a new message.
+#[derive(Default)]
+struct Qos2Receiver {
+    held: std::collections::HashSet<u16>,
+    delivered: BTreeMap<String, usize>,
+}
+
+impl Qos2Receiver {
+    /// Handles one packet; `answer`: sends PUBREC / PUBCOMP (a receiver
+    /// that is about to lose its connection does not).
+    async fn handle(&mut self, raw: &mut Raw, packet: Packet, answer: bool) {
+        use roost::codec::PubResp;
+        match packet {
+            Packet::Publish(p) => {
+                let pid = p.qos_pid.packet_id().expect("QoS 2");
+                assert_eq!(p.qos_pid.qos(), QoS::ExactlyOnce);
+                if self.held.insert(pid.get()) {
+                    *self
+                        .delivered
+                        .entry(common::payload(&p).to_owned())
+                        .or_insert(0) += 1;
+                }
+                if answer {
+                    raw.send(Packet::PubRec(PubResp::new(pid))).await;
+                }
+            }
+            Packet::PubRel(r) => {
+                self.held.remove(&r.packet_id.get());
+                if answer {
+                    raw.send(Packet::PubComp(PubResp::new(r.packet_id))).await;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// As [`a_node_killed_with_sigkill_loses_nothing_its_sessions_were_owed`],
+/// at QoS 2: the device is cut off with flows in every state (delivered
+/// and not acknowledged, PUBREC sent, PUBREL received and PUBCOMP never
+/// sent); on the survivor it gets every message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("kill2");
+    let dir = tempfile::tempdir().unwrap();
+    let start = |node: &str| binary_node(&nats, &name, node, dir.path());
+    let mut a = Some(start("a"));
+    let b = start("b");
+    let a_addr = a.as_ref().unwrap().addr;
+    let mut dev = Raw::connected(a_addr, v5_session("dev-q2", false, 600)).await;
+    dev.subscribe(1, "q2/#", QoS::ExactlyOnce).await;
+    stored(&config(&nats, &name, "x"), "dev-q2", "a", &["q2/#"]).await;
+    let mut app = Raw::connected(b.addr, v5("app-q2")).await;
+    // Others' messages first: the device's are not the stream's first, so
+    // their sequences are not the packet ids a fresh session counts out.
+    for i in 1..=5u16 {
+        app.publish(publish("noise/x", "n", QoS::AtLeastOnce, i))
+            .await;
+    }
+    let n = 40u16;
+    for i in 1..=n / 2 {
+        let r = app
+            .publish(publish("q2/x", &format!("m{i}"), QoS::ExactlyOnce, i))
+            .await;
+        assert!(r.is_success(), "message {i} acknowledged: {r:?}");
+    }
+    let mut rx = Qos2Receiver::default();
+    while rx.delivered.len() < 8 {
+        let packet = dev.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("on A, only {:?}", rx.delivered));
+        rx.handle(&mut dev, packet, true).await;
+    }
+    // Then it stops answering: what arrives now is delivered (PUBLISH) or
+    // released (PUBREL) here and never acknowledged.
+    while let Some(packet) = dev.recv_within(Duration::from_millis(300)).await {
+        rx.handle(&mut dev, packet, false).await;
+    }
+    a.take().expect("killed once").kill9().await;
+    drop(dev);
+    for i in n / 2 + 1..=n {
+        let r = app
+            .publish(publish("q2/x", &format!("m{i}"), QoS::ExactlyOnce, i))
+            .await;
+        assert!(r.is_success(), "message {i} acknowledged: {r:?}");
+    }
+    let (mut dev, ack) = Raw::connect(b.addr, v5_session("dev-q2", false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present, "B resumed the session from the bucket");
+    while rx.delivered.len() < usize::from(n) {
+        let packet = dev.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
+        rx.handle(&mut dev, packet, true).await;
+    }
+    // The flows still open finish; nothing comes as new.
+    while let Some(packet) = dev.recv_within(Duration::from_millis(500)).await {
+        rx.handle(&mut dev, packet, true).await;
+    }
+    assert!(
+        rx.delivered.values().all(|c| *c == 1),
+        "each exactly once: {:?}",
+        rx.delivered
+    );
+    assert!(rx.held.is_empty(), "every flow completed: {:?}", rx.held);
+    drop(b);
+}
+
 /// A session whose node died and whose client does not come back is taken
 /// over by a live node once the dead one leaves the node registry: its
 /// will fires there, once, and what is published for it meanwhile waits
