@@ -98,6 +98,52 @@ async fn a_session_resumes_on_another_node_with_what_it_was_owed() {
     drop((a, b));
 }
 
+/// A session that moves gets at most its queue's bounds of what it was
+/// owed, in bytes as well as in messages. (The replay read from the stream
+/// is bounded so before it reaches the new node's core, which bounds the
+/// queue again: this checks the whole, not the read's memory alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moving_session_gets_at_most_its_queue_bytes_of_what_it_was_owed() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("replaybytes");
+    let mut opts = Options::default();
+    opts.limits.maximum_queued_bytes = 2_000;
+    let node =
+        |n: &str| common::nats::node(Server::new(opts.clone()).cluster(config(&nats, &name, n)));
+    let a = node("a").await;
+    let b = node("b").await;
+    let mut dev = Raw::connected(a.addr, v5_session("dev-rb", false, 600)).await;
+    dev.subscribe(1, "rb/#", QoS::AtLeastOnce).await;
+    stored(&config(&nats, &name, "x"), "dev-rb", "a", &["rb/#"]).await;
+    // It acknowledges nothing on A: its cursor stays at the first.
+    let mut app = Raw::connected(b.addr, v5("app-rb")).await;
+    let body = "x".repeat(500);
+    for i in 1..=20u16 {
+        app.publish(publish("rb/x", &body, QoS::AtLeastOnce, i))
+            .await;
+    }
+    let mut seen = 0;
+    while let Some(p) = dev.recv_within(Duration::from_millis(500)).await {
+        seen += usize::from(matches!(p, Packet::Publish(_)));
+    }
+    assert!(seen > 0, "A delivered some before the move");
+    let (mut moved, ack) = Raw::connect(b.addr, v5_session("dev-rb", false, 600)).await;
+    assert!(ack.session_present);
+    let mut replayed = 0;
+    while let Some(p) = moved.recv_within(Duration::from_millis(1_000)).await {
+        if let Packet::Publish(p) = p {
+            moved.ack(&p).await;
+            replayed += 1;
+        }
+    }
+    // 2,000 bytes hold three 500-byte messages with their topics, not 20.
+    assert!(
+        (1..=3).contains(&replayed),
+        "replayed {replayed} (A sent {seen})"
+    );
+    drop((a, b));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_on_another_node_takes_the_session_over_with_0x8e() {
     let nats = NatsCluster::start(1).await;

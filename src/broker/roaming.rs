@@ -53,8 +53,7 @@
 
 use super::session::{Outgoing, Session};
 use super::{
-    session_record, split_shared, subscription_record, Broker, Message, Outbox, SessionId,
-    Tracked,
+    session_record, split_shared, subscription_record, Broker, Message, Outbox, SessionId, Tracked,
 };
 use crate::codec::{ByteStr, PacketId, Publish, QoS};
 use crate::escape::Escaped;
@@ -446,7 +445,8 @@ impl Broker {
                 // message is not needed, only its packet id.
                 None => Publish::new("", bytes::Bytes::new()),
             };
-            let msg = Arc::new(Tracked::new(Message::from_publish(publish, now_ms, None)).with_seq(seq));
+            let msg =
+                Arc::new(Tracked::new(Message::from_publish(publish, now_ms, None)).with_seq(seq));
             let (mut ctx, sessions) = self.ctx(now_ms);
             if let Some(s) = sessions.get_mut(&sid) {
                 s.adopt_released(&msg, &mut ctx);

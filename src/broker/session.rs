@@ -620,10 +620,8 @@ impl Session {
             .conn
             .as_ref()
             .is_some_and(|c| self.inflight_len() < usize::from(c.send_quota));
-        let direct = room
-            && self.queue_len() == 0
-            && self.spilled() == 0
-            && !self.stream_pid_taken(msg.seq);
+        let direct =
+            room && self.queue_len() == 0 && self.spilled() == 0 && !self.stream_pid_taken(msg.seq);
         // Past the window or the budget, the entry is kept by the store
         // only (see `spill`); a session the store does not hold has only
         // memory, and the budget bounds it.

@@ -24,13 +24,21 @@
 //! unavailable (5.0 0x88, 3.x return code 3): a node must not resume a
 //! session another node may be serving.
 //!
-//! Not yet: outbound QoS 2 state crosses only on a handover the old node
-//! answers (a node that died may deliver a QoS 2 message it had sent
-//! again, as QoS 1 would); inbound QoS 2 packet ids are saved with the
-//! periodic write; a will of a session whose node died fires only when the
-//! session is resumed or expires on a live node.
+//! **Saves.** An acknowledgement that changes the session (SUBACK,
+//! UNSUBACK, PUBREC, PUBCOMP, an outbound PUBREL) waits until the session
+//! is written: the core wakes [`write_loop`], which writes those sessions
+//! at once and tells the core which export is in ([`Event::Saved`]). So a
+//! node that dies right after one leaves the bucket agreeing with what the
+//! client was told; with the packet ids of stream messages derived from
+//! their sequences (`broker::roaming::stream_pid`), QoS 2 stays exactly
+//! once across a node's death.
+//!
+//! Not yet: a QoS 2 retained message sent on subscribe (no stream
+//! sequence) is not in the bucket while in flight; a node that dies with
+//! it leaves the client holding its packet id.
 //!
 //! [`Event::Lost`]: crate::broker::Event::Lost
+//! [`Event::Saved`]: crate::broker::Event::Saved
 //! [`Event::Adopt`]: crate::broker::Event::Adopt
 
 use crate::broker::{Adopt, Event, Replayed, SessionState};
@@ -103,8 +111,10 @@ pub(crate) struct Roaming {
     /// Per key, the revision this node last wrote and the bytes it wrote:
     /// the entries it owns.
     written: Mutex<HashMap<String, (u64, Bytes)>>,
-    /// The most a replay brings (the session's queue bound).
+    /// The most a replay brings: the session's queue bounds, in messages
+    /// and in bytes (a replay is held in memory before the core has it).
     replay_limit: usize,
+    replay_bytes: usize,
     /// The core wakes the writer with it when acknowledgements wait for a
     /// save ([`write_loop`]).
     wake: Arc<tokio::sync::Notify>,
@@ -130,13 +140,14 @@ impl Roaming {
     pub(crate) fn new(
         engine: Arc<Engine>,
         events: mpsc::Sender<Event>,
-        replay_limit: usize,
+        limits: &crate::config::Limits,
     ) -> Self {
         Roaming {
             engine,
             events,
             written: Mutex::new(HashMap::new()),
-            replay_limit,
+            replay_limit: limits.maximum_queued_messages,
+            replay_bytes: limits.maximum_queued_bytes,
             wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -315,6 +326,7 @@ impl Roaming {
             .map_err(|e| stream_err(&e))?;
         let mut messages = consumer.messages().await.map_err(|e| stream_err(&e))?;
         let mut replay = Vec::new();
+        let mut bytes = 0usize;
         let mut dropped = 0u64;
         loop {
             let next = tokio::time::timeout(config.timeout, next(&mut messages)).await;
@@ -329,7 +341,12 @@ impl Roaming {
                     .iter()
                     .any(|f| crate::topic::matches(f, &publish.topic))
                 {
-                    if replay.len() < self.replay_limit {
+                    // Counted as the core counts a queue's bytes.
+                    let size = publish.topic.len() + publish.payload.len();
+                    if replay.len() < self.replay_limit
+                        && bytes.saturating_add(size) <= self.replay_bytes
+                    {
+                        bytes += size;
                         let publisher = m
                             .headers
                             .as_ref()
@@ -351,7 +368,7 @@ impl Roaming {
         }
         if dropped > 0 {
             tracing::warn!(client_id = %Escaped(&state.session.client_id), dropped,
-                "cluster: more owed than the session's queue holds; the newest were dropped");
+                "cluster: more owed than the session's queue holds (messages or bytes); the newest were dropped");
         }
         Ok((replay, last))
     }
@@ -432,7 +449,9 @@ pub(crate) async fn write_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<
         {
             return;
         }
-        let Ok((generation, sessions)) = rx.await else { return };
+        let Ok((generation, sessions)) = rx.await else {
+            return;
+        };
         if write_once(&roaming, sessions, all).await {
             let saved = Event::Saved { generation };
             if roaming.events.send(saved).await.is_err() {

@@ -518,7 +518,7 @@ impl Server {
             Arc::new(crate::net::roaming::Roaming::new(
                 engine.clone(),
                 events_tx.clone(),
-                opts.limits.maximum_queued_messages,
+                &opts.limits,
             ))
         });
         #[cfg(feature = "cluster")]

@@ -171,11 +171,17 @@ fn in_a_cluster_acknowledgements_that_change_a_session_wait_until_the_bucket_has
     assert!(matches!(dev.recv(), Some(Packet::SubAck(_))));
     // A QoS 2 PUBLISH: the PUBREC once its packet id is saved, the
     // PUBCOMP once its end is.
-    core.send(&dev, Packet::Publish(publish("up/x", "m", QoS::ExactlyOnce, 7)));
+    core.send(
+        &dev,
+        Packet::Publish(publish("up/x", "m", QoS::ExactlyOnce, 7)),
+    );
     dev.expect_nothing();
     assert_eq!(save(&mut core)[0].inbound_qos2, vec![7]);
     assert!(matches!(dev.recv(), Some(Packet::PubRec(r)) if r.packet_id.get() == 7));
-    core.send(&dev, Packet::PubRel(PubResp::new(PacketId::new(7).unwrap())));
+    core.send(
+        &dev,
+        Packet::PubRel(PubResp::new(PacketId::new(7).unwrap())),
+    );
     dev.expect_nothing();
     assert!(save(&mut core)[0].inbound_qos2.is_empty());
     assert!(matches!(dev.recv(), Some(Packet::PubComp(r)) if r.packet_id.get() == 7));
@@ -183,7 +189,10 @@ fn in_a_cluster_acknowledgements_that_change_a_session_wait_until_the_bucket_has
     // session that is not persistent never waits.
     assert!(save(&mut core).is_empty());
     let mut eph = core.connected(v5("eph"));
-    assert_eq!(core.subscribe(&mut eph, "x/#", QoS::AtLeastOnce), ReasonCode::GrantedQos1);
+    assert_eq!(
+        core.subscribe(&mut eph, "x/#", QoS::AtLeastOnce),
+        ReasonCode::GrantedQos1
+    );
 }
 
 #[test]
@@ -205,7 +214,11 @@ fn a_stream_message_goes_out_at_qos2_under_its_sequence_and_its_pubrel_waits_for
     let pid = PacketId::new(5).unwrap();
     core.send(&dev, Packet::PubRec(PubResp::new(pid)));
     dev.expect_nothing();
-    assert_eq!(save(&mut core)[0].released, vec![5], "released, saved first");
+    assert_eq!(
+        save(&mut core)[0].released,
+        vec![5],
+        "released, saved first"
+    );
     assert!(matches!(dev.recv(), Some(Packet::PubRel(r)) if r.packet_id == pid));
     core.send(&dev, Packet::PubComp(PubResp::new(pid)));
     let second = dev.recv_publish();
