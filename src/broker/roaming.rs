@@ -210,7 +210,10 @@ impl Broker {
         };
         let outbox = conn.outbox.clone();
         let token = self.saves.token();
-        let commit = if self.persist.must_hold() && !(!s.stored && self.storage_failing()) {
+        // As `ack` decides: while the store fails, what a session that is
+        // not stored may do needs no commit.
+        let vouches_for_nothing = !s.stored && self.storage_failing();
+        let commit = if self.persist.must_hold() && !vouches_for_nothing {
             self.persist.touched.push(outbox.clone());
             self.persist.commit
         } else {
