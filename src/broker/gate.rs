@@ -70,14 +70,14 @@ impl AckGate {
     /// The acknowledgement `token` in `outbox` waits for the cluster
     /// router, and, if `copies` is not 0, its gate opens once that many
     /// stored copies were acknowledged (as [`AckGate::arm`]). If the router
-    /// already let go of its copy, it is refused at once.
-    pub(super) fn arm_after_cluster(&self, outbox: Arc<Outbox>, token: u64, copies: u64) {
+    /// already let go of its copy, it is refused at once: returns true then.
+    pub(super) fn arm_after_cluster(&self, outbox: Arc<Outbox>, token: u64, copies: u64) -> bool {
         let mut state = self.lock();
         if matches!(*state, State::ClusterLost) {
             *state = State::Idle;
             drop(state);
             outbox.refuse_cluster(token);
-            return;
+            return true;
         }
         *state = State::Waiting(Waiting {
             outbox,
@@ -85,6 +85,7 @@ impl AckGate {
             copies: u32::try_from(copies).unwrap_or(0),
             cluster: true,
         });
+        false
     }
 
     /// One stored copy was acknowledged or otherwise let go of (expired,
@@ -110,13 +111,14 @@ impl AckGate {
     }
 
     /// The router acknowledged its copy: the cluster holds the message.
-    pub(super) fn cluster_done(&self) {
+    /// Returns the token of the acknowledgement that waited for it.
+    pub(super) fn cluster_done(&self) -> Option<u64> {
         let mut state = self.lock();
         let State::Waiting(w) = &mut *state else {
-            return;
+            return None;
         };
         if !w.cluster {
-            return;
+            return None;
         }
         w.cluster = false;
         let (outbox, token) = (w.outbox.clone(), w.token);
@@ -125,43 +127,45 @@ impl AckGate {
         }
         drop(state);
         outbox.open_cluster(token);
+        Some(token)
     }
 
     /// The router let go of its copy without the cluster storing it (its
     /// queue was full, its session ended): the acknowledgement becomes a
     /// refusal (see [`Outbox::refuse_cluster`]), whatever the copies here
-    /// do. Returns whether one waited.
-    pub(super) fn cluster_refused(&self) -> bool {
+    /// do. Returns the token of the one that waited, if one did.
+    pub(super) fn cluster_refused(&self) -> Option<u64> {
         let mut state = self.lock();
         if !matches!(&*state, State::Waiting(w) if w.cluster) {
-            return false;
+            return None;
         }
         let State::Waiting(w) = std::mem::take(&mut *state) else {
-            return false;
+            return None;
         };
         drop(state);
         w.outbox.refuse_cluster(w.token);
-        true
+        Some(w.token)
     }
 
     /// The router let go of its copy: a wait armed for the cluster is
     /// refused now ([`AckGate::cluster_refused`]); one not armed yet (the
     /// copy was dropped as the message was routed, before its publisher's
     /// acknowledgement was pushed) is refused as it is armed
-    /// ([`AckGate::arm_after_cluster`]). Returns whether a refusal follows:
-    /// false once the cluster already holds the message.
-    pub(super) fn cluster_let_go(&self) -> bool {
+    /// ([`AckGate::arm_after_cluster`]). Returns whether a refusal follows
+    /// (none once the cluster already holds the message): the refused
+    /// acknowledgement's token, or 0 for one refused as it is armed.
+    pub(super) fn cluster_let_go(&self) -> Option<u64> {
         let mut state = self.lock();
         match &*state {
             State::Idle => {
                 *state = State::ClusterLost;
-                true
+                Some(0)
             }
             State::Waiting(_) => {
                 drop(state);
                 self.cluster_refused()
             }
-            State::ClusterLost => false,
+            State::ClusterLost => None,
         }
     }
 

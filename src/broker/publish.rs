@@ -146,12 +146,15 @@ impl Broker {
         let commit_needed = self.persist.must_hold()
             && !vouches_for_nothing
             && !(qos1 && !msg.retain && copies == 0);
-        // A successful PUBREC also waits for its packet id to be in the
-        // session bucket (see `roaming`'s "Saves"): two cluster waits.
-        let saved = match &packet {
-            Packet::PubRec(r) => r.reason.is_success() && self.saved_first(sid),
-            _ => false,
+        // A successful PUBREC also waits, once its message is stored, for
+        // its packet id to be in the session bucket (see `roaming`'s
+        // "Saves"): two cluster waits.
+        let rec = match &packet {
+            Packet::PubRec(r) if r.reason.is_success() => Some(r.packet_id.get()),
+            _ => None,
         };
+        let saved = rec.is_some() && self.saved_first(sid);
+        let client_id = s.client_id().clone();
         let waits = 1 + u8::from(saved);
         let mut gated_copies = 0;
         if commit_needed {
@@ -163,10 +166,15 @@ impl Broker {
         } else {
             outbox.push_held(0, token, waits, packet);
         }
-        if saved {
-            self.hold_for_save(sid, outbox.clone(), token);
+        let save = saved.then(|| outbox.clone());
+        let refused = msg.gate.arm_after_cluster(outbox, token, gated_copies);
+        if let Some(pid) = rec {
+            if refused {
+                self.forget_inbound_qos2(sid, pid);
+            } else {
+                self.saves.expect_stored(token, sid, client_id, pid, save);
+            }
         }
-        msg.gate.arm_after_cluster(outbox, token, gated_copies);
     }
 
     pub(super) fn on_publish(
@@ -193,6 +201,9 @@ impl Broker {
         let v5 = self.sessions[&sid].protocol.is_v5();
         let pid = p.qos_pid.packet_id();
         if let (QoS::ExactlyOnce, Some(pid)) = (qos, pid) {
+            // A flow whose PUBREC the cluster refused is over: its id is
+            // free again before this PUBLISH is judged a resend.
+            self.settle_refused();
             let s = &self.sessions[&sid];
             let awaiting = s.inbound_qos2();
             if awaiting.is_some_and(|q| q.contains(&pid.get())) {

@@ -36,7 +36,9 @@
 //! woken, exports the marked sessions ([`Event::Export`]), writes them and
 //! reports the export's generation written ([`Event::Saved`]), which lets
 //! the packets go. One order per connection holds (see
-//! `link::outbox`'s cluster waits).
+//! `link::outbox`'s cluster waits). A PUBREC's packet id goes to the
+//! bucket only once JetStream stored its message ([`Saves::expect_stored`]);
+//! one the cluster refused frees its id ([`Broker::settle_refused`]).
 //!
 //! **Outbound QoS 2 across a node's death.** A message of the stream goes
 //! out with a packet id that is a function of its sequence
@@ -59,7 +61,7 @@ use crate::codec::{ByteStr, PacketId, Publish, QoS};
 use crate::escape::Escaped;
 use roost_storage::{Op, OutboundState, Record, SessionRecord, SubscriptionRecord};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -96,6 +98,22 @@ pub(crate) struct Saves {
     tokens: u64,
     /// The writer was woken and has not exported since.
     woken: bool,
+    /// Successful PUBRECs waiting for JetStream to store their message,
+    /// by token (see [`Saves::expect_stored`]).
+    inbound: HashMap<u64, Inbound>,
+    /// Inbound QoS 2 flows whose PUBREC was refused: their packet ids
+    /// leave the sessions' awaited ids (see [`Broker::settle_refused`]).
+    refused: Vec<(SessionId, u16)>,
+}
+
+/// A successful PUBREC waiting for JetStream to store its message.
+#[derive(Debug)]
+struct Inbound {
+    sid: SessionId,
+    client_id: ByteStr,
+    pid: u16,
+    /// Its outbox, if it then waits for the session bucket too.
+    save: Option<Arc<Outbox>>,
 }
 
 impl Saves {
@@ -123,6 +141,59 @@ impl Saves {
                 w.notify_one();
             }
         }
+    }
+
+    /// The PUBREC `token` of `sid`'s inbound QoS 2 flow `pid` waits for
+    /// JetStream to store its message, and if `save` (its outbox), then
+    /// for the session bucket to hold `pid`. The id goes to the bucket
+    /// only once the message is stored: a node that died between the two
+    /// would otherwise leave the id without its message, and the next node
+    /// would take the client's resend for a duplicate and lose it.
+    pub(crate) fn expect_stored(
+        &mut self,
+        token: u64,
+        sid: SessionId,
+        client_id: ByteStr,
+        pid: u16,
+        save: Option<Arc<Outbox>>,
+    ) {
+        let inbound = Inbound {
+            sid,
+            client_id,
+            pid,
+            save,
+        };
+        self.inbound.insert(token, inbound);
+    }
+
+    /// JetStream stored the message of the acknowledgement `token`.
+    pub(crate) fn stored(&mut self, token: u64) {
+        if let Some(Inbound {
+            client_id,
+            save: Some(outbox),
+            ..
+        }) = self.inbound.remove(&token)
+        {
+            self.hold(&client_id, outbox, token);
+        }
+    }
+
+    /// The acknowledgement `token` was refused (0: one refused as it was
+    /// armed, handled there).
+    pub(crate) fn refused(&mut self, token: u64) {
+        if let Some(i) = self.inbound.remove(&token) {
+            self.refused.push((i.sid, i.pid));
+        }
+    }
+
+    /// The inbound QoS 2 ids whose messages JetStream has not stored yet,
+    /// by client id: not for the bucket yet.
+    fn unstored(&self) -> HashMap<&ByteStr, Vec<u16>> {
+        let mut by_client: HashMap<&ByteStr, Vec<u16>> = HashMap::new();
+        for i in self.inbound.values() {
+            by_client.entry(&i.client_id).or_default().push(i.pid);
+        }
+        by_client
     }
 
     /// Starts an export: its generation, and the sessions with packets
@@ -229,29 +300,25 @@ impl Broker {
         self.saves.on() && self.sessions.get(&sid).is_some_and(|s| roams(s))
     }
 
-    /// `token` in `outbox` (already held with a cluster wait for it) also
-    /// waits for `sid`'s next save.
-    pub(super) fn hold_for_save(&mut self, sid: SessionId, outbox: Arc<Outbox>, token: u64) {
-        if let Some(s) = self.sessions.get(&sid) {
-            let client_id = s.client_id().clone();
-            self.saves.hold(&client_id, outbox, token);
-        }
-    }
-
     /// The persistent sessions of network clients, with their cursors:
     /// what the cluster's session bucket is to hold for this node. `all`:
     /// every one (the periodic write); otherwise those with packets
     /// waiting for a save. With the export's generation, for
     /// [`Broker::sessions_saved`].
     pub(super) fn export_sessions(&mut self, all: bool) -> (u64, Vec<SessionState>) {
+        self.settle_refused();
         let routed = self.cluster_seq;
         let (generation, dirty) = self.saves.export();
+        let unstored = self.saves.unstored();
         let sessions = self
             .sessions
             .values_mut()
             .filter(|s| roams(s) && (all || dirty.contains(s.client_id())))
             .map(|s| {
                 let mut state = session_state(s, routed);
+                if let Some(ids) = unstored.get(s.client_id()) {
+                    state.inbound_qos2.retain(|id| !ids.contains(id));
+                }
                 if let Some(f) = s.flows.as_mut() {
                     state.moved = std::mem::take(&mut f.moved);
                 }
@@ -259,6 +326,32 @@ impl Broker {
             })
             .collect();
         (generation, sessions)
+    }
+
+    /// Inbound QoS 2 flows whose PUBREC was refused (the router let go of
+    /// their message) are over: their packet ids are no longer awaited, so
+    /// the client's next message under one is a new message, not a resend.
+    pub(super) fn settle_refused(&mut self) {
+        if self.saves.refused.is_empty() {
+            return;
+        }
+        for (sid, pid) in std::mem::take(&mut self.saves.refused) {
+            self.forget_inbound_qos2(sid, pid);
+        }
+    }
+
+    /// `sid` no longer awaits the PUBREL of inbound QoS 2 flow `pid`.
+    pub(super) fn forget_inbound_qos2(&mut self, sid: SessionId, pid: u16) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.release_inbound_qos2(pid) && s.stored {
+            let client_id = s.client_id().as_str().to_owned();
+            self.persist.push(Op::DeleteInboundQos2 {
+                client_id,
+                packet_id: pid,
+            });
+        }
     }
 
     /// The export `generation` is in the bucket: the packets that waited

@@ -451,7 +451,7 @@ impl Session {
         }
     }
 
-    fn dropped(&self, msg: &Tracked, reason: DropReason, ctx: &Ctx) {
+    fn dropped(&self, msg: &Tracked, reason: DropReason, ctx: &mut Ctx) {
         if self.is_cluster_router() {
             self.router_let_go(msg, reason, ctx);
         }
@@ -480,14 +480,18 @@ impl Session {
     /// and counted. A copy that expired is not refused: its publisher
     /// allowed it to end so (as on one node, where the acknowledgement
     /// does not wait for delivery), and it is let go.
-    fn router_let_go(&self, msg: &Tracked, reason: DropReason, ctx: &Ctx) {
+    fn router_let_go(&self, msg: &Tracked, reason: DropReason, ctx: &mut Ctx) {
         if msg.qos == QoS::AtMostOnce {
             return; // No acknowledgement waits for QoS 0.
         }
         if reason == DropReason::Expired {
-            return msg.gate.cluster_done();
+            if let Some(token) = msg.gate.cluster_done() {
+                ctx.saves.stored(token);
+            }
+            return;
         }
-        if msg.gate.cluster_let_go() {
+        if let Some(token) = msg.gate.cluster_let_go() {
+            ctx.saves.refused(token);
             stats::add(&ctx.stats.cluster_refused, 1);
             static WARNED: super::throttle::OncePerSecond = super::throttle::OncePerSecond::new();
             if WARNED.ready(ctx.now_ms) {
@@ -1061,7 +1065,9 @@ impl Session {
             return;
         }
         if r.reason.is_success() && self.is_cluster_router() {
-            o.msg.gate.cluster_done();
+            if let Some(token) = o.msg.gate.cluster_done() {
+                ctx.saves.stored(token);
+            }
         }
         if !r.reason.is_success() {
             // A failure code ends the flow: PUBREL answers only a PUBREC below

@@ -226,6 +226,23 @@ impl Core {
         connect: Connect,
         id_assigned: bool,
     ) -> (Peer, ConnAck) {
+        self.connect_client(connect, id_assigned, false)
+    }
+
+    /// An inline client connects (as the server's own do, a cluster's
+    /// router among them).
+    pub(super) fn connect_inline(&mut self, connect: Connect) -> Peer {
+        let (peer, ack) = self.connect_client(connect, false, true);
+        assert_eq!(ack.reason, ReasonCode::Success);
+        peer
+    }
+
+    fn connect_client(
+        &mut self,
+        connect: Connect,
+        id_assigned: bool,
+        inline: bool,
+    ) -> (Peer, ConnAck) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let protocol = connect.protocol;
@@ -236,7 +253,7 @@ impl Core {
             remote_addr: None,
             certificate: None,
             protocol,
-            inline: false,
+            inline,
         });
         // Busy with the CONNECT until the core has it, then waiting for the
         // client's next packet: the connection driver's order.

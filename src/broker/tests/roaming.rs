@@ -248,3 +248,63 @@ fn a_flow_the_old_node_released_gets_only_its_pubrel_and_the_rest_their_old_ids(
     assert_eq!(nine.qos_pid.packet_id().unwrap().get(), 9);
     dev.expect_nothing();
 }
+
+/// This node's cluster router, subscribed to everything at QoS 2.
+fn router(core: &mut Core) -> Peer {
+    let mut router = core.connect_inline(v5("$cluster/n1"));
+    let granted = core.subscribe(&mut router, "#", QoS::ExactlyOnce);
+    assert_eq!(granted, ReasonCode::GrantedQos2);
+    router
+}
+
+#[test]
+fn a_pubrec_waits_for_jetstream_then_the_bucket_which_gets_the_id_only_once_stored() {
+    let mut core = clustered();
+    let mut router = router(&mut core);
+    let mut dev = core.connected(v5_session("dev", true, 600));
+    core.send(
+        &dev,
+        Packet::Publish(publish("up/x", "m", QoS::ExactlyOnce, 7)),
+    );
+    dev.expect_nothing();
+    // Not stored yet: a node dying now must not leave the id without its
+    // message (the client's resend elsewhere would be taken for a
+    // duplicate, and lost).
+    let (generation, states) = export_some(&mut core, true);
+    assert!(states[0].inbound_qos2.is_empty(), "{states:?}");
+    core.handle(Event::Saved { generation });
+    dev.expect_nothing();
+    // JetStream stored it (the router acknowledges its copy): now the
+    // bucket, then the PUBREC.
+    let copy = router.recv_publish();
+    core.send(
+        &router,
+        Packet::PubRec(PubResp::new(copy.qos_pid.packet_id().unwrap())),
+    );
+    dev.expect_nothing();
+    assert_eq!(save(&mut core)[0].inbound_qos2, vec![7]);
+    assert!(
+        matches!(dev.recv(), Some(Packet::PubRec(r)) if r.packet_id.get() == 7 && r.reason == ReasonCode::Success)
+    );
+}
+
+#[test]
+fn a_pubrec_the_cluster_refused_frees_its_packet_id_for_the_next_message() {
+    let mut core = clustered();
+    let router = router(&mut core);
+    let mut dev = core.connected(v5("dev"));
+    core.send(
+        &dev,
+        Packet::Publish(publish("up/x", "m", QoS::ExactlyOnce, 7)),
+    );
+    // The router goes before JetStream stored it: refused.
+    core.drop_connection(router);
+    assert!(matches!(dev.recv(), Some(Packet::PubRec(r)) if r.reason == ReasonCode::QuotaExceeded));
+    // The flow is over: a PUBLISH under 7 is a new message (refused too,
+    // no router), not a resend acknowledged and dropped.
+    core.send(
+        &dev,
+        Packet::Publish(publish("up/x", "again", QoS::ExactlyOnce, 7)),
+    );
+    assert!(matches!(dev.recv(), Some(Packet::PubRec(r)) if r.reason == ReasonCode::QuotaExceeded));
+}
