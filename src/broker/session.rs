@@ -245,7 +245,7 @@ pub(crate) struct Flows {
     /// Publishers slowed down because this session's queue is congested.
     pub blocked: Vec<Arc<Outbox>>,
     /// Topic and payload bytes of the messages in `inflight` and `queue`
-    /// (see [`Message::size`]): bounded by `limits.maximum_queued_bytes`.
+    /// (see [`Message::size`](super::Message::size)): bounded by `limits.maximum_queued_bytes`.
     pub bytes: usize,
     /// The current congestion episode: since when (the core's clock) this
     /// session has been pausing its publishers, and whether the episode
