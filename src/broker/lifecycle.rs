@@ -302,6 +302,9 @@ impl Broker {
             // for its (see `ack_after_cluster`).
             self.cluster_router = Some(sid);
         }
+        // In a cluster, the bucket has it (and this node as its owner)
+        // soon: were this node to die, another takes it over.
+        self.touch_session(sid);
         if session_present {
             let (mut ctx, sessions) = self.ctx(now_ms);
             if let Some(s) = sessions.get_mut(&sid) {
@@ -402,6 +405,9 @@ impl Broker {
             }
             self.pump_retained(sid, now_ms);
             self.timed.insert(sid);
+            // In a cluster, soon in the bucket: a will a clean DISCONNECT
+            // cleared must not fire from another node if this one dies.
+            self.touch_session(sid);
             // A will with no delay goes out now.
             self.fire_due_will(sid, now_ms);
         }
@@ -422,6 +428,8 @@ impl Broker {
                     self.persist.push(Op::PutSession(rec));
                 }
                 let client = s.client.clone();
+                // Fired once: the bucket must not keep it for another node.
+                self.touch_session(sid);
                 self.publish_will(&client, *w, now_ms);
             }
         }
@@ -565,6 +573,7 @@ impl Broker {
                 client_id: s.client_id().as_str().to_owned(),
             });
         }
+        self.session_ended(&s);
         // A will still pending when the session ends is sent now: the
         // earlier of its delay and the session's end ([MQTT-3.1.3-9]).
         if let Some(w) = s.will.take() {

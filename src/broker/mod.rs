@@ -48,7 +48,7 @@ pub(crate) use persist::{Commit, CommitProgress};
 pub(crate) use retained::RetainedSync;
 pub(crate) use retained::{RetainedPage, RetainedRead};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use roaming::{Adopt, Replayed, SessionState};
+pub(crate) use roaming::{Adopt, Export, Replayed, Scope, SessionState};
 pub(crate) use throttle::OncePerSecond;
 
 use crate::codec::{
@@ -201,15 +201,14 @@ pub(crate) enum Event {
         /// The client.
         client_id: ByteStr,
     },
-    /// The persistent sessions' state, for the cluster's session bucket:
-    /// every one (`all`), or those with acknowledgements waiting for it;
-    /// with the export's generation (see `roaming`'s "Saves").
+    /// The persistent sessions' state, for the cluster's session bucket
+    /// (see `roaming`'s "Saves").
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     Export {
-        /// Every persistent session, not only those waited for.
-        all: bool,
+        /// Which sessions.
+        scope: roaming::Scope,
         /// Where it goes.
-        reply: tokio::sync::oneshot::Sender<(u64, Vec<roaming::SessionState>)>,
+        reply: tokio::sync::oneshot::Sender<roaming::Export>,
     },
     /// The export of this generation is in the cluster's session bucket:
     /// the acknowledgements that waited for it go.
@@ -478,8 +477,8 @@ impl Broker {
                 let _ = reply.send(state);
             }
             Event::Lost { client_id } => self.lost_session(&client_id, now_ms),
-            Event::Export { all, reply } => {
-                let _ = reply.send(self.export_sessions(all));
+            Event::Export { scope, reply } => {
+                let _ = reply.send(self.export_sessions(scope));
             }
             Event::Saved { generation } => self.sessions_saved(generation),
             Event::Inject {

@@ -104,6 +104,33 @@ pub(crate) struct Saves {
     /// Inbound QoS 2 flows whose PUBREC was refused: their packet ids
     /// leave the sessions' awaited ids (see [`Broker::settle_refused`]).
     refused: Vec<(SessionId, u16)>,
+    /// The client ids of the sessions that ended here since the last
+    /// export: their entries go.
+    ended: Vec<ByteStr>,
+}
+
+/// Which sessions an export covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Those that changed in a way a client was told of, or that a node
+    /// dying now must not lose (connected, disconnected, a will fired).
+    Waiting,
+    /// Those, and those whose queue moved (their cursor).
+    Changed,
+    /// Every one (now and then, whatever was missed).
+    All,
+}
+
+/// What an export gives the edge to write.
+#[derive(Debug, Default)]
+pub(crate) struct Export {
+    /// Its generation (see [`Event::Saved`](super::Event::Saved)).
+    pub generation: u64,
+    /// The sessions' state.
+    pub sessions: Vec<SessionState>,
+    /// The client ids of the sessions that ended here: their entries go
+    /// (if still this node's).
+    pub ended: Vec<ByteStr>,
 }
 
 /// A successful PUBREC waiting for JetStream to store its message.
@@ -131,10 +158,15 @@ impl Saves {
     /// The packet `token` in `outbox` waits (one cluster wait) until
     /// `client_id`'s session is next written.
     pub(crate) fn hold(&mut self, client_id: &ByteStr, outbox: Arc<Outbox>, token: u64) {
+        self.held.push_back((self.next, outbox, token));
+        self.touch(client_id);
+    }
+
+    /// `client_id`'s session is to be written soon.
+    fn touch(&mut self, client_id: &ByteStr) {
         if !self.dirty.contains(client_id) {
             self.dirty.insert(client_id.clone());
         }
-        self.held.push_back((self.next, outbox, token));
         if !self.woken {
             self.woken = true;
             if let Some(w) = &self.wake {
@@ -196,13 +228,14 @@ impl Saves {
         by_client
     }
 
-    /// Starts an export: its generation, and the sessions with packets
-    /// waiting.
-    fn export(&mut self) -> (u64, HashSet<ByteStr>) {
+    /// Starts an export: its generation, the sessions touched, and those
+    /// that ended.
+    fn export(&mut self) -> (u64, HashSet<ByteStr>, Vec<ByteStr>) {
         let generation = self.next;
         self.next += 1;
         self.woken = false;
-        (generation, std::mem::take(&mut self.dirty))
+        let dirty = std::mem::take(&mut self.dirty);
+        (generation, dirty, std::mem::take(&mut self.ended))
     }
 
     /// The export `generation` is written: what waited for it goes.
@@ -300,20 +333,42 @@ impl Broker {
         self.saves.on() && self.sessions.get(&sid).is_some_and(|s| roams(s))
     }
 
-    /// The persistent sessions of network clients, with their cursors:
-    /// what the cluster's session bucket is to hold for this node. `all`:
-    /// every one (the periodic write); otherwise those with packets
-    /// waiting for a save. With the export's generation, for
-    /// [`Broker::sessions_saved`].
-    pub(super) fn export_sessions(&mut self, all: bool) -> (u64, Vec<SessionState>) {
+    /// `sid`'s session changed in a way a node dying now must not lose
+    /// (it connected, disconnected, its will fired): written soon.
+    pub(super) fn touch_session(&mut self, sid: SessionId) {
+        if let Some(s) = self.sessions.get(&sid).filter(|s| roams(s)) {
+            if self.saves.on() {
+                let client_id = s.client_id().clone();
+                self.saves.touch(&client_id);
+            }
+        }
+    }
+
+    /// `s` ends here: its entry goes (see [`Export::ended`]).
+    pub(super) fn session_ended(&mut self, s: &Session) {
+        if self.saves.on() && roams(s) {
+            self.saves.ended.push(s.client_id().clone());
+        }
+    }
+
+    /// The persistent sessions of network clients in `scope`, with their
+    /// cursors: what the cluster's session bucket is to hold for this
+    /// node; with the export's generation (for [`Broker::sessions_saved`])
+    /// and the sessions that ended here since the last export.
+    pub(super) fn export_sessions(&mut self, scope: Scope) -> Export {
         self.settle_refused();
         let routed = self.cluster_seq;
-        let (generation, dirty) = self.saves.export();
+        let (generation, dirty, ended) = self.saves.export();
         let unstored = self.saves.unstored();
+        let wanted = |s: &Session| match scope {
+            Scope::All => true,
+            Scope::Changed => dirty.contains(s.client_id()) || s.flows().is_some_and(|f| f.moved),
+            Scope::Waiting => dirty.contains(s.client_id()),
+        };
         let sessions = self
             .sessions
             .values_mut()
-            .filter(|s| roams(s) && (all || dirty.contains(s.client_id())))
+            .filter(|s| roams(s) && wanted(s))
             .map(|s| {
                 let mut state = session_state(s, routed);
                 if let Some(ids) = unstored.get(s.client_id()) {
@@ -325,7 +380,11 @@ impl Broker {
                 state
             })
             .collect();
-        (generation, sessions)
+        Export {
+            generation,
+            sessions,
+            ended,
+        }
     }
 
     /// Inbound QoS 2 flows whose PUBREC was refused (the router let go of
@@ -464,12 +523,18 @@ impl Broker {
     }
 
     /// Ends a session here without its will (it moved with the session).
+    /// Its entry stays: it is another node's now.
     fn forget_session(&mut self, sid: SessionId, now_ms: u64) {
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.will = None;
-            s.will_due_ms = None;
-        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.will = None;
+        s.will_due_ms = None;
+        let client_id = s.client_id().clone();
         self.end_session(sid, now_ms);
+        if self.saves.ended.last() == Some(&client_id) {
+            self.saves.ended.pop();
+        }
     }
 
     /// Installs a session another node held, disconnected, so that the

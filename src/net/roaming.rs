@@ -41,7 +41,7 @@
 //! [`Event::Saved`]: crate::broker::Event::Saved
 //! [`Event::Adopt`]: crate::broker::Event::Adopt
 
-use crate::broker::{Adopt, Event, Replayed, SessionState};
+use crate::broker::{Adopt, Event, Export, Replayed, Scope, SessionState};
 use crate::cluster::envelope::{self, PUBLISHER};
 use crate::cluster::subject::subject_of;
 use crate::codec::ByteStr;
@@ -419,40 +419,45 @@ pub(crate) async fn answer_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver
     }
 }
 
-/// Writes this node's sessions to the bucket until `stop`: every
-/// [`WRITE_EVERY`] what changed in any, and at once, when the core wakes
-/// it, the sessions whose acknowledgements wait for their state to be
-/// there (then the core hears which export is written, [`Event::Saved`]).
-/// Each write is a compare-and-set; the entries of sessions that ended
-/// here are deleted (if still this node's).
+/// Writes this node's sessions to the bucket until `stop`: at once, when
+/// the core wakes it, the sessions whose acknowledgements wait for their
+/// state to be there (then the core hears which export is written,
+/// [`Event::Saved`]), or that connected, disconnected or lost their will;
+/// every [`WRITE_EVERY`] also those whose queue moved (their cursor); every
+/// [`WRITE_ALL_TICKS`] ticks every one, in case. Each write is a
+/// compare-and-set; the entries of sessions that ended here are deleted
+/// (if still this node's).
 ///
 /// [`Event::Saved`]: crate::broker::Event::Saved
 pub(crate) async fn write_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(WRITE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let wake = roaming.wake.clone();
+    let mut ticks: u32 = 0;
     loop {
         // Acknowledgements waiting come first; while one write is on its
         // way, what asks for the next gathers (one export takes it all).
-        let all = tokio::select! {
+        let scope = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return,
-            _ = wake.notified() => false,
-            _ = tick.tick() => true,
+            _ = wake.notified() => Scope::Waiting,
+            _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                if ticks % WRITE_ALL_TICKS == 0 { Scope::All } else { Scope::Changed }
+            }
         };
         let (tx, rx) = oneshot::channel();
         if roaming
             .events
-            .send(Event::Export { all, reply: tx })
+            .send(Event::Export { scope, reply: tx })
             .await
             .is_err()
         {
             return;
         }
-        let Ok((generation, sessions)) = rx.await else {
-            return;
-        };
-        if write_once(&roaming, sessions, all).await {
+        let Ok(export) = rx.await else { return };
+        let generation = export.generation;
+        if write_once(&roaming, export).await {
             let saved = Event::Saved { generation };
             if roaming.events.send(saved).await.is_err() {
                 return;
@@ -461,17 +466,38 @@ pub(crate) async fn write_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<
     }
 }
 
-/// Writes `sessions` (what changed in them); with `all` (they are every
-/// session of this node), deletes the entries of the others. Returns
-/// whether each is in the bucket as given (or was taken over by another
-/// node: nothing waits for it here any more).
-async fn write_once(roaming: &Roaming, sessions: Vec<SessionState>, all: bool) -> bool {
+/// Every how many [`WRITE_EVERY`] ticks every session is written, changed
+/// or not: whatever a change's bookkeeping missed is in the bucket within
+/// about half a minute. The cost is one export of every session (the core
+/// builds each one's state) and a comparison with what was written.
+const WRITE_ALL_TICKS: u32 = 30;
+
+/// Writes the export's sessions (what changed in them) and deletes the
+/// entries of those that ended. Returns whether each is in the bucket as
+/// given (or was taken over by another node: nothing waits for it here any
+/// more).
+async fn write_once(roaming: &Roaming, export: Export) -> bool {
     let bucket = roaming.engine.sessions();
     let mut settled = true;
-    let mut live = std::collections::HashSet::with_capacity(sessions.len());
-    for mut state in sessions {
+    for client_id in &export.ended {
+        // A session of that id started here since (Clean Start): its
+        // write below replaces the entry.
+        if export
+            .sessions
+            .iter()
+            .any(|s| s.session.client_id == client_id.as_str())
+        {
+            continue;
+        }
+        let key = key_of(client_id);
+        let Some((revision, _)) = roaming.written().remove(&key) else {
+            continue;
+        };
+        // Only if still this node's write: another node may have it now.
+        let _ = bucket.delete_expect_revision(&key, Some(revision)).await;
+    }
+    for mut state in export.sessions {
         let key = key_of(&state.session.client_id);
-        live.insert(key.clone());
         let known = roaming.written().get(&key).cloned();
         let known_cursor = known
             .as_ref()
@@ -515,20 +541,6 @@ async fn write_once(roaming: &Roaming, sessions: Vec<SessionState>, all: bool) -
                 settled &= lost_or_retry(roaming, &key, &client_id, &e).await;
             }
         }
-    }
-    if !all {
-        return settled;
-    }
-    let ended: Vec<(String, u64)> = roaming
-        .written()
-        .iter()
-        .filter(|(k, _)| !live.contains(*k))
-        .map(|(k, (r, _))| (k.clone(), *r))
-        .collect();
-    for (key, revision) in ended {
-        // Only if still this node's write: another node may have it now.
-        let _ = bucket.delete_expect_revision(&key, Some(revision)).await;
-        roaming.written().remove(&key);
     }
     settled
 }

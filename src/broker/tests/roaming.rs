@@ -2,18 +2,17 @@
 //! driven by the events the cluster's edge sends.
 
 use super::*;
-use crate::broker::roaming::{Adopt, Replayed, SessionState};
+use crate::broker::roaming::{Adopt, Export, Replayed, Scope, SessionState};
 
 /// Asks the core for every persistent session's state.
 fn export(core: &mut Core) -> Vec<SessionState> {
-    export_some(core, true).1
+    export_some(core, Scope::All).sessions
 }
 
-/// Asks the core for the sessions' state (`all`, or those with
-/// acknowledgements waiting for it), with the export's generation.
-fn export_some(core: &mut Core, all: bool) -> (u64, Vec<SessionState>) {
+/// Asks the core for the sessions' state in `scope`.
+fn export_some(core: &mut Core, scope: Scope) -> Export {
     let (tx, mut rx) = tokio::sync::oneshot::channel();
-    core.handle(Event::Export { all, reply: tx });
+    core.handle(Event::Export { scope, reply: tx });
     rx.try_recv().expect("answered at once")
 }
 
@@ -28,9 +27,11 @@ fn clustered() -> Core {
 
 /// The edge writes what waits for a save, and says so.
 fn save(core: &mut Core) -> Vec<SessionState> {
-    let (generation, states) = export_some(core, false);
-    core.handle(Event::Saved { generation });
-    states
+    let export = export_some(core, Scope::Waiting);
+    core.handle(Event::Saved {
+        generation: export.generation,
+    });
+    export.sessions
 }
 
 fn qos2(seq: u64, topic: &str, payload: &str) -> Replayed {
@@ -156,6 +157,9 @@ fn a_session_resumed_elsewhere_takes_its_will_along() {
 fn in_a_cluster_acknowledgements_that_change_a_session_wait_until_the_bucket_has_it() {
     let mut core = clustered();
     let mut dev = core.connected(v5_session("dev", true, 600));
+    // Connected: to be written at once (were this node to die, another
+    // takes it over).
+    assert_eq!(save(&mut core).len(), 1);
     // SUBSCRIBE: its SUBACK waits for the subscription to be saved.
     let sub = Subscribe {
         packet_id: PacketId::new(1).unwrap(),
@@ -270,9 +274,12 @@ fn a_pubrec_waits_for_jetstream_then_the_bucket_which_gets_the_id_only_once_stor
     // Not stored yet: a node dying now must not leave the id without its
     // message (the client's resend elsewhere would be taken for a
     // duplicate, and lost).
-    let (generation, states) = export_some(&mut core, true);
+    let export = export_some(&mut core, Scope::All);
+    let states = &export.sessions;
     assert!(states[0].inbound_qos2.is_empty(), "{states:?}");
-    core.handle(Event::Saved { generation });
+    core.handle(Event::Saved {
+        generation: export.generation,
+    });
     dev.expect_nothing();
     // JetStream stored it (the router acknowledges its copy): now the
     // bucket, then the PUBREC.
@@ -307,4 +314,52 @@ fn a_pubrec_the_cluster_refused_frees_its_packet_id_for_the_next_message() {
         Packet::Publish(publish("up/x", "again", QoS::ExactlyOnce, 7)),
     );
     assert!(matches!(dev.recv(), Some(Packet::PubRec(r)) if r.reason == ReasonCode::QuotaExceeded));
+}
+
+#[test]
+fn what_changed_is_exported_and_sessions_that_end_are_named_once() {
+    let mut core = clustered();
+    let mut dev = core.connected(v5_session("dev", true, 600));
+    let sub = Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        filters: vec![(
+            "cmd/#".into(),
+            crate::codec::SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+        subscription_identifier: None,
+        user_properties: Vec::new(),
+    };
+    core.send(&dev, Packet::Subscribe(sub));
+    let _idle = core.connected(v5_session("idle", true, 600));
+    assert_eq!(save(&mut core).len(), 2);
+    assert!(matches!(dev.recv(), Some(Packet::SubAck(_))));
+    // Nothing changed: the periodic export has nothing to write.
+    assert!(export_some(&mut core, Scope::Changed).sessions.is_empty());
+    // A clean DISCONNECT (the will is cleared): written at once.
+    core.disconnect(dev);
+    let states = save(&mut core);
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].session.client_id, "dev");
+    assert!(export_some(&mut core, Scope::Changed).sessions.is_empty());
+    // A message queued for it moves its queue: the periodic export has it.
+    let mut app = core.connected(v5("app"));
+    core.publish(&mut app, publish("cmd/x", "m", QoS::AtLeastOnce, 1));
+    let changed = export_some(&mut core, Scope::Changed).sessions;
+    assert_eq!(changed.len(), 1);
+    assert!(changed[0].moved);
+    // Every one, on the full export.
+    assert_eq!(export(&mut core).len(), 2);
+    // It starts over: the old session ends here (named once), the new one
+    // is not persistent and not kept.
+    let _new = core.connected(v5_session("dev", true, 0));
+    let export = export_some(&mut core, Scope::Waiting);
+    assert_eq!(export.ended, vec![ByteStr::from("dev")]);
+    assert!(export_some(&mut core, Scope::Waiting).ended.is_empty());
+    // Handed over to another node, a session's entry is that node's: not
+    // named as ended here.
+    assert!(release(&mut core, "idle", false).is_some());
+    assert!(export_some(&mut core, Scope::Waiting).ended.is_empty());
 }
