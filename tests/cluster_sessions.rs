@@ -427,6 +427,42 @@ async fn a_node_restarted_from_its_store_drops_the_sessions_taken_over_meanwhile
     drop((a, b));
 }
 
+/// A node stopped with a session whose will has a delay comes back after
+/// the delay: the will, due at its start, goes out through the cluster
+/// (once its router is connected), so a subscriber on another node gets
+/// it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_that_fell_due_while_its_node_was_down_reaches_the_other_nodes() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("duewill");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a-data");
+    let a_store = ["--store", "redb", "--data-dir", data.to_str().unwrap()];
+    let a = binary_node_with(&nats, &name, "a", dir.path(), &a_store).0;
+    let b = binary_node(&nats, &name, "b", dir.path());
+    let mut watcher = Raw::connected(b.addr, v5("watch-7")).await;
+    watcher.subscribe(1, "gone/#", QoS::AtLeastOnce).await;
+    let _dev = Raw::connected(
+        a.addr,
+        with_will(v5_session("dev-7", false, 600), "gone/dev-7", 2),
+    )
+    .await;
+    stored(&config(&nats, &name, "x"), "dev-7", "a", &[]).await;
+    assert!(a.terminate().await.success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_a, mut logs) = binary_node_with(&nats, &name, "a", dir.path(), &a_store);
+    let Some(Packet::Publish(will)) = watcher.recv_within(Duration::from_secs(30)).await else {
+        while let Some(l) = logs.next(Duration::from_millis(200)) {
+            eprintln!("A: {l}");
+        }
+        panic!("the will that fell due while A was down never reached B");
+    };
+    assert_eq!(will.topic, "gone/dev-7");
+    watcher.ack(&will).await;
+    watcher.expect_nothing().await;
+    drop(b);
+}
+
 /// A client whose node died starts over (Clean Start) on another node: its
 /// old session ends there, and its will, with a delay it had not reached,
 /// goes out then, once.

@@ -18,6 +18,12 @@ impl Broker {
     /// What [`Broker::tick`] runs after the keep-alives: what is due at
     /// `now_ms` (Unix-epoch ms).
     pub(super) fn run_timers(&mut self, now_ms: u64) {
+        if self.saves.on() && self.cluster_router.is_none() {
+            // In a cluster, what time brings waits for this node's router:
+            // a will fired before it is connected (one that fell due while
+            // the node was down) would reach this node's subscribers only.
+            return;
+        }
         let due: Vec<SessionId> = self.timed.iter().copied().collect();
         for sid in due {
             self.fire_due_will(sid, now_ms);

@@ -497,6 +497,20 @@ impl Server {
             clock.clone(),
             stats.clone(),
         );
+        #[cfg(feature = "cluster")]
+        let roaming = cluster.as_ref().map(|(engine, _)| {
+            Arc::new(crate::net::roaming::Roaming::new(
+                engine.clone(),
+                events_tx.clone(),
+                &opts.limits,
+            ))
+        });
+        // From now on, in a cluster, acknowledgements that change a
+        // session wait for the session bucket, and timers for the router.
+        #[cfg(feature = "cluster")]
+        if let Some(roaming) = &roaming {
+            broker.save_sessions_in_cluster(roaming.wake());
+        }
         // In a cluster, a restored session that another node took over
         // while this one was down is no longer this node's: it goes before
         // its will could fire here a second time.
@@ -513,18 +527,6 @@ impl Server {
         let reclaim = Arc::new(Reclaim::default());
         let intake = Arc::new(Intake::default());
         let batches = Arc::new(Batches::default());
-        #[cfg(feature = "cluster")]
-        let roaming = cluster.as_ref().map(|(engine, _)| {
-            Arc::new(crate::net::roaming::Roaming::new(
-                engine.clone(),
-                events_tx.clone(),
-                &opts.limits,
-            ))
-        });
-        #[cfg(feature = "cluster")]
-        if let Some(roaming) = &roaming {
-            broker.save_sessions_in_cluster(roaming.wake());
-        }
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             stats: stats.clone(),
