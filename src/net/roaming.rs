@@ -476,7 +476,7 @@ const WRITE_ALL_TICKS: u32 = 30;
 /// entries of those that ended. Returns whether each is in the bucket as
 /// given (or was taken over by another node: nothing waits for it here any
 /// more).
-async fn write_once(roaming: &Roaming, export: Export) -> bool {
+async fn write_once(roaming: &Arc<Roaming>, export: Export) -> bool {
     let bucket = roaming.engine.sessions();
     let mut settled = true;
     for client_id in &export.ended {
@@ -496,53 +496,75 @@ async fn write_once(roaming: &Roaming, export: Export) -> bool {
         // Only if still this node's write: another node may have it now.
         let _ = bucket.delete_expect_revision(&key, Some(revision)).await;
     }
-    for mut state in export.sessions {
-        let key = key_of(&state.session.client_id);
-        let known = roaming.written().get(&key).cloned();
-        let known_cursor = known
-            .as_ref()
-            .and_then(|(_, b)| decode(b))
-            .map(|s| s.state.cursor);
-        if let Some(cursor) = known_cursor.filter(|_| state.cursor == 0 || !state.moved) {
-            // Not known now, or the session's queue did not move: what was
-            // written stands (no write for an idle session).
-            state.cursor = cursor;
+    // Sessions are written side by side (each its own compare-and-set),
+    // so a round of many costs about one round trip, not one per session.
+    let mut sessions = export.sessions.into_iter();
+    loop {
+        let mut writes = tokio::task::JoinSet::new();
+        for state in sessions.by_ref().take(WRITES_AT_ONCE) {
+            writes.spawn(write_session(roaming.clone(), state));
         }
-        let client_id = state.session.client_id.clone();
-        let bytes = encode(&Stored {
-            format: FORMAT,
-            owner: roaming.node().to_owned(),
-            state,
-        });
-        let result = match &known {
-            Some((_, last)) if *last == bytes => continue,
-            Some((revision, _)) => bucket
-                .update(&key, bytes.clone(), *revision)
-                .await
-                .map_err(|e| e.to_string()),
-            None => bucket
-                .create(&key, bytes.clone())
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match result {
-            Ok(revision) => {
-                roaming.written().insert(key, (revision, bytes));
-            }
-            Err(e) => {
-                // What it last wrote stands no more for this round's
-                // choices: the next write sends the cursor afresh (the
-                // core's "moved" was spent on this one).
-                if let Some(w) = roaming.written().get_mut(&key) {
-                    w.1 = Bytes::new();
-                }
-                // Someone else's now, or the cluster is unreachable: read
-                // who owns it before doing anything.
-                settled &= lost_or_retry(roaming, &key, &client_id, &e).await;
-            }
+        if writes.is_empty() {
+            return settled;
+        }
+        while let Some(written) = writes.join_next().await {
+            settled &= written.unwrap_or(false);
         }
     }
-    settled
+}
+
+/// Most session writes of one round on their way at once: enough to hide
+/// the round trip, few enough not to flood NATS with a fleet's sessions.
+const WRITES_AT_ONCE: usize = 64;
+
+/// Writes one session's state if it changed (see [`write_once`]).
+async fn write_session(roaming: Arc<Roaming>, mut state: SessionState) -> bool {
+    let bucket = roaming.engine.sessions();
+    let key = key_of(&state.session.client_id);
+    let known = roaming.written().get(&key).cloned();
+    let known_cursor = known
+        .as_ref()
+        .and_then(|(_, b)| decode(b))
+        .map(|s| s.state.cursor);
+    if let Some(cursor) = known_cursor.filter(|_| state.cursor == 0 || !state.moved) {
+        // Not known now, or the session's queue did not move: what was
+        // written stands (no write for an idle session).
+        state.cursor = cursor;
+    }
+    let client_id = state.session.client_id.clone();
+    let bytes = encode(&Stored {
+        format: FORMAT,
+        owner: roaming.node().to_owned(),
+        state,
+    });
+    let result = match &known {
+        Some((_, last)) if *last == bytes => return true,
+        Some((revision, _)) => bucket
+            .update(&key, bytes.clone(), *revision)
+            .await
+            .map_err(|e| e.to_string()),
+        None => bucket
+            .create(&key, bytes.clone())
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(revision) => {
+            roaming.written().insert(key, (revision, bytes));
+            true
+        }
+        Err(e) => {
+            // What it last wrote stands no more for the next round's
+            // choices: that write sends the cursor afresh (the core's
+            // "moved" was spent on this one).
+            if let Some(w) = roaming.written().get_mut(&key) {
+                w.1 = Bytes::new();
+            }
+            // Someone else's now, or the cluster is unreachable: read who
+            // owns it before doing anything.
+            lost_or_retry(&roaming, &key, &client_id, &e).await
+        }
+    }
 }
 
 /// A write failed: if the entry names another node, the session is theirs
