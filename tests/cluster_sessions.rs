@@ -144,6 +144,46 @@ async fn a_moving_session_gets_at_most_its_queue_bytes_of_what_it_was_owed() {
     drop((a, b));
 }
 
+/// While NATS is down, a SUBACK to a persistent session waits: the session
+/// bucket cannot have the subscription, and a node dying then would
+/// resume the session elsewhere without it. Once NATS is back, the SUBACK
+/// goes, and by then the bucket has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suback_waits_for_the_session_bucket_through_a_nats_outage() {
+    let mut nats = NatsCluster::start(1).await;
+    let name = unique("outage");
+    let (a, b) = two_nodes(&nats, &name).await;
+    let cfg = config(&nats, &name, "x");
+    let mut dev = Raw::connected(a.addr, v5_session("dev-8", false, 600)).await;
+    stored(&cfg, "dev-8", "a", &[]).await;
+    nats.kill_all();
+    dev.send(Packet::Subscribe(common::subscribe(
+        1,
+        &[("out/#", common::opts(QoS::AtLeastOnce))],
+    )))
+    .await;
+    // Longer than a write's timeout (2 s here, and as long again to read
+    // the entry after a failure): the write fails, and is tried again.
+    if let Some(p) = dev.recv_within(Duration::from_secs(7)).await {
+        panic!("acknowledged while the bucket cannot be written: {p:?}");
+    }
+    nats.restart_all().await;
+    match dev.recv_within(Duration::from_secs(30)).await {
+        Some(Packet::SubAck(a)) => assert_eq!(a.reasons, [ReasonCode::GrantedQos1]),
+        other => panic!("expected the SUBACK once NATS is back, got {other:?}"),
+    }
+    let probe = ClusterConfig {
+        node: unique("probe"),
+        ..cfg
+    };
+    let engine = roost::cluster_engine::connect(&probe).await.unwrap();
+    let got = roost::cluster_engine::stored_session(&engine, "dev-8").await;
+    let (owner, filters, _) = got.expect("in the bucket");
+    assert_eq!(owner, "a");
+    assert_eq!(filters, ["out/#"], "in the bucket before the SUBACK went");
+    drop((a, b));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_on_another_node_takes_the_session_over_with_0x8e() {
     let nats = NatsCluster::start(1).await;

@@ -434,6 +434,11 @@ pub(crate) async fn write_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let wake = roaming.wake.clone();
     let mut ticks: u32 = 0;
+    // Sessions whose last write failed: written again with every round
+    // until one succeeds (a later export of one supersedes it), and no
+    // round is reported written before they are: what waited for them
+    // must not go on a later round's success.
+    let mut failed: Vec<SessionState> = Vec::new();
     loop {
         // Acknowledgements waiting come first; while one write is on its
         // way, what asks for the next gathers (one export takes it all).
@@ -455,9 +460,16 @@ pub(crate) async fn write_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<
         {
             return;
         }
-        let Ok(export) = rx.await else { return };
+        let Ok(mut export) = rx.await else { return };
         let generation = export.generation;
-        if write_once(&roaming, export).await {
+        for state in failed.drain(..) {
+            let id = &state.session.client_id;
+            if !export.sessions.iter().any(|s| &s.session.client_id == id) {
+                export.sessions.push(state);
+            }
+        }
+        failed = write_once(&roaming, export).await;
+        if failed.is_empty() {
             let saved = Event::Saved { generation };
             if roaming.events.send(saved).await.is_err() {
                 return;
@@ -473,12 +485,12 @@ pub(crate) async fn write_loop(roaming: Arc<Roaming>, mut stop: watch::Receiver<
 const WRITE_ALL_TICKS: u32 = 30;
 
 /// Writes the export's sessions (what changed in them) and deletes the
-/// entries of those that ended. Returns whether each is in the bucket as
-/// given (or was taken over by another node: nothing waits for it here any
-/// more).
-async fn write_once(roaming: &Arc<Roaming>, export: Export) -> bool {
+/// entries of those that ended. Returns the sessions whose write failed
+/// (none: each is in the bucket as given, or was taken over by another
+/// node and nothing waits for it here any more).
+async fn write_once(roaming: &Arc<Roaming>, export: Export) -> Vec<SessionState> {
     let bucket = roaming.engine.sessions();
-    let mut settled = true;
+    let mut failed = Vec::new();
     for client_id in &export.ended {
         // A session of that id started here since (Clean Start): its
         // write below replaces the entry.
@@ -505,10 +517,14 @@ async fn write_once(roaming: &Arc<Roaming>, export: Export) -> bool {
             writes.spawn(write_session(roaming.clone(), state));
         }
         if writes.is_empty() {
-            return settled;
+            return failed;
         }
         while let Some(written) = writes.join_next().await {
-            settled &= written.unwrap_or(false);
+            // A write task does not panic; were one to, its session is
+            // written again with the next full round.
+            if let Ok(Some(state)) = written {
+                failed.push(state);
+            }
         }
     }
 }
@@ -517,8 +533,9 @@ async fn write_once(roaming: &Arc<Roaming>, export: Export) -> bool {
 /// the round trip, few enough not to flood NATS with a fleet's sessions.
 const WRITES_AT_ONCE: usize = 64;
 
-/// Writes one session's state if it changed (see [`write_once`]).
-async fn write_session(roaming: Arc<Roaming>, mut state: SessionState) -> bool {
+/// Writes one session's state if it changed (see [`write_once`]); returns
+/// it if the write failed.
+async fn write_session(roaming: Arc<Roaming>, mut state: SessionState) -> Option<SessionState> {
     let bucket = roaming.engine.sessions();
     let key = key_of(&state.session.client_id);
     let known = roaming.written().get(&key).cloned();
@@ -532,13 +549,14 @@ async fn write_session(roaming: Arc<Roaming>, mut state: SessionState) -> bool {
         state.cursor = cursor;
     }
     let client_id = state.session.client_id.clone();
-    let bytes = encode(&Stored {
+    let stored = Stored {
         format: FORMAT,
         owner: roaming.node().to_owned(),
         state,
-    });
+    };
+    let bytes = encode(&stored);
     let result = match &known {
-        Some((_, last)) if *last == bytes => return true,
+        Some((_, last)) if *last == bytes => return None,
         Some((revision, _)) => bucket
             .update(&key, bytes.clone(), *revision)
             .await
@@ -551,7 +569,7 @@ async fn write_session(roaming: Arc<Roaming>, mut state: SessionState) -> bool {
     match result {
         Ok(revision) => {
             roaming.written().insert(key, (revision, bytes));
-            true
+            None
         }
         Err(e) => {
             // What it last wrote stands no more for the next round's
@@ -562,7 +580,8 @@ async fn write_session(roaming: Arc<Roaming>, mut state: SessionState) -> bool {
             }
             // Someone else's now, or the cluster is unreachable: read who
             // owns it before doing anything.
-            lost_or_retry(&roaming, &key, &client_id, &e).await
+            let gone = lost_or_retry(&roaming, &key, &client_id, &e).await;
+            (!gone).then_some(stored.state)
         }
     }
 }
