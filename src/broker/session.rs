@@ -435,7 +435,7 @@ impl Session {
         }
     }
 
-    fn dropped(&self, msg: &Tracked, reason: DropReason, ctx: &Ctx) {
+    pub(super) fn dropped(&self, msg: &Tracked, reason: DropReason, ctx: &Ctx) {
         if self.is_cluster_router() {
             self.router_let_go(msg, reason, ctx);
         }
