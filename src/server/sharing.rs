@@ -94,17 +94,27 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// unseen.
 const NAK_SOON: Duration = Duration::from_millis(250);
 /// A message given back because every member here was refused it, or the
-/// chosen one's queue was full.
+/// chosen one's queue was full. At least `PULL_WAIT`: the pull request
+/// that brought it has expired when it is available again (see [`Quiet`]).
 const NAK_LATER: Duration = Duration::from_secs(1);
+const _: () = assert!(NAK_LATER.as_millis() >= PULL_WAIT.as_millis());
+/// How long before and after a message given back with [`NAK_LATER`] is
+/// available again the node that gave it back keeps from asking for more
+/// ([`Quiet`]): the server's timer starts when the nak arrives (a little
+/// later than the node's), and another node's request, renewed as soon as
+/// its previous one ends, is then open.
+const QUIET_BEFORE: Duration = Duration::from_millis(100);
+const QUIET_AFTER: Duration = Duration::from_millis(300);
+/// The shortest pull request worth asking for before a quiet span.
+const SHORTEST_REQUEST: Duration = Duration::from_millis(50);
 /// How often a message every connected member of a node was refused (the
 /// delivery ACL) is given back before the node refusing it terminates it,
-/// counted as dropped: a member on another node may be allowed it, and
-/// JetStream gives a consumer's messages to the nodes' pull requests in
-/// turn, so a few rounds reach it; a message nobody may receive stops
-/// there (about 5 s of `NAK_LATER`), not at the consumer's 20th delivery,
-/// after which JetStream drops it uncounted. A cluster with members refused
-/// on more nodes than this may terminate a message before the one node
-/// allowed it has seen it.
+/// counted as dropped. A member on another node may be allowed it: a node
+/// that gave a message back has no pull request open when it comes back
+/// ([`Quiet`]), so JetStream hands it to another node pulling for the
+/// group, if any; the rounds are then the nodes refusing it in turn. A
+/// message nobody may receive stops here (about 5 s), not at the
+/// consumer's 20th delivery, after which JetStream drops it uncounted.
 const REFUSED_ROUNDS: i64 = 5;
 /// First and last pause between attempts to bind a group's consumers.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -238,6 +248,44 @@ struct Target {
     stop: watch::Receiver<bool>,
 }
 
+/// When a node must have no pull request open on a group's consumer:
+/// around the moments the messages it gave back (after a refusal, or a
+/// full queue) become available again, so that JetStream hands them to
+/// another node's open request rather than back to this one. Without it,
+/// the same node may get a message every round (its requests renew on
+/// the same one-second beat as the delay), and terminate it while a
+/// member on another node may receive it. Time is passed in.
+#[derive(Debug, Default)]
+struct Quiet {
+    /// (start, end) of each quiet span, in order, not overlapping.
+    spans: VecDeque<(Instant, Instant)>,
+}
+
+impl Quiet {
+    /// A message was given back at `now`, available again after `delay`.
+    fn gave_back(&mut self, now: Instant, delay: Duration) {
+        let start = (now + delay).checked_sub(QUIET_BEFORE).unwrap_or(now);
+        let end = now + delay + QUIET_AFTER;
+        match self.spans.back_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => self.spans.push_back((start, end)),
+        }
+    }
+
+    /// How long a pull request asked for at `now` may stay open, or
+    /// `Err(until)`: ask nothing before `until`.
+    fn ask(&mut self, now: Instant) -> Result<Duration, Instant> {
+        while self.spans.front().is_some_and(|&(_, end)| end <= now) {
+            self.spans.pop_front();
+        }
+        match self.spans.front() {
+            None => Ok(PULL_WAIT),
+            Some(&(start, end)) if start <= now + SHORTEST_REQUEST => Err(end),
+            Some(&(start, _)) => Ok((start - now).min(PULL_WAIT)),
+        }
+    }
+}
+
 /// A message pulled from a group's consumer and handed to the core,
 /// awaiting its outcome.
 struct Held {
@@ -286,16 +334,26 @@ async fn pull(consumer: PullConsumer, prefix: String, t: Target) {
     let mut batch: Option<Batch> = None;
     let mut pause = RETRY_MIN;
     let mut retry_at: Option<Instant> = None;
+    let mut quiet = Quiet::default();
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = *t.stop.borrow();
-        let may_ask = retry_at.is_none_or(|at| Instant::now() >= at);
-        if batch.is_none() && !stopping && window.len() < IN_FLIGHT && may_ask {
+        let now = Instant::now();
+        let may_ask = retry_at.is_none_or(|at| now >= at);
+        let expires = match quiet.ask(now) {
+            Ok(expires) => Some(expires),
+            Err(until) => {
+                retry_at = Some(retry_at.map_or(until, |at| at.max(until)));
+                None
+            }
+        };
+        let room = window.len() < IN_FLIGHT;
+        if let Some(expires) = expires.filter(|_| batch.is_none() && !stopping && room && may_ask) {
             match consumer
                 .batch()
                 .max_messages(IN_FLIGHT - window.len())
-                .expires(PULL_WAIT)
+                .expires(expires)
                 .messages()
                 .await
             {
@@ -325,6 +383,9 @@ async fn pull(consumer: PullConsumer, prefix: String, t: Target) {
                     return give_back(held.m, window).await;
                 };
                 let kind = after(code, held.last);
+                if !held.last && matches!(code, outcome::REFUSED | outcome::FULL) {
+                    quiet.gave_back(Instant::now(), NAK_LATER);
+                }
                 if let Err(e) = held.m.ack_with(kind).await {
                     tracing::warn!(error = %e, "cluster: acknowledging a share group message");
                 }
@@ -391,7 +452,10 @@ async fn pull(consumer: PullConsumer, prefix: String, t: Target) {
                     }
                 }
             }
-            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+            // Time to ask again (after an error, or a quiet span).
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+            }
             // (The guard `wait_for` returns is not `Send`: dropped inside.)
             () = async { drop(stop.wait_for(|s| *s).await) }, if !stopping => {}
         }
@@ -450,5 +514,63 @@ async fn listen(mut sub: async_nats::Subscriber, prefix: String, t: Target) {
             }
             Err(e) => tracing::warn!(error = %e, "cluster: QoS 0 share group message dropped"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_node_asks_nothing_while_what_it_gave_back_comes_back() {
+        let t = Instant::now();
+        let mut q = Quiet::default();
+        assert_eq!(
+            q.ask(t),
+            Ok(PULL_WAIT),
+            "nothing given back: a full request"
+        );
+        q.gave_back(t, NAK_LATER);
+        // Requests asked before end before the message is available again.
+        let start = t + NAK_LATER - QUIET_BEFORE;
+        assert_eq!(q.ask(t + 200 * MS), Ok(start - (t + 200 * MS)));
+        assert!(t + 200 * MS + q.ask(t + 200 * MS).unwrap() <= start);
+        // Too close to the span, and inside it: wait for its end.
+        let end = t + NAK_LATER + QUIET_AFTER;
+        assert_eq!(q.ask(start - 10 * MS), Err(end));
+        assert_eq!(q.ask(t + NAK_LATER), Err(end));
+        // After it: full requests again, and the span is forgotten.
+        assert_eq!(q.ask(end), Ok(PULL_WAIT));
+        assert!(q.spans.is_empty());
+    }
+
+    #[test]
+    fn overlapping_spans_merge_and_later_ones_wait_their_turn() {
+        let t = Instant::now();
+        let mut q = Quiet::default();
+        q.gave_back(t, NAK_LATER);
+        q.gave_back(t + 100 * MS, NAK_LATER); // overlaps: one longer span
+        q.gave_back(t + 2_000 * MS, NAK_LATER); // apart: a second span
+        assert_eq!(q.spans.len(), 2);
+        let first_end = t + 100 * MS + NAK_LATER + QUIET_AFTER;
+        assert_eq!(q.ask(t + NAK_LATER), Err(first_end));
+        // Between the spans: a request that ends before the second.
+        let second = t + 2_000 * MS + NAK_LATER - QUIET_BEFORE;
+        assert_eq!(q.ask(first_end), Ok(PULL_WAIT.min(second - first_end)));
+        assert_eq!(q.spans.len(), 1);
+    }
+
+    #[test]
+    fn the_core_s_outcome_decides_what_jetstream_is_told() {
+        let later = |k| matches!(k, AckKind::Nak(Some(d)) if d == NAK_LATER);
+        assert!(matches!(after(outcome::DELIVERED, false), AckKind::Ack));
+        assert!(matches!(after(outcome::NOT_MATCHED, false), AckKind::Term));
+        assert!(matches!(after(outcome::NO_MEMBER, true), AckKind::Nak(Some(d)) if d == NAK_SOON));
+        assert!(later(after(outcome::REFUSED, false)));
+        // The last round: the core counted it dropped.
+        assert!(matches!(after(outcome::REFUSED, true), AckKind::Term));
+        assert!(later(after(outcome::FULL, true)));
     }
 }
