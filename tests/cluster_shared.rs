@@ -13,9 +13,12 @@ use common::nats::NatsCluster;
 use common::{opts, publish, subscribe, unique, v5, v5_session, Raw, TestBroker, WAIT};
 use roost::codec::{Packet, PubResp, QoS, QosPid, ReasonCode};
 use roost::hooks::{AclHook, Client as HookClient, Decision};
+use roost::storage::{StorageError, Store};
 use roost::{Options, Server};
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -634,6 +637,125 @@ async fn messages_a_dead_node_pulled_reach_a_live_member_within_the_ack_wait() {
         "redelivered after {took:?}: the ack wait is too long"
     );
     println!("{N} messages held by a dead node reached a live member after {took:?}");
+}
+
+/// A persistent store whose commits take [`SLOW_COMMIT`] while `slow` is
+/// set: a disk that stalls.
+#[derive(Debug, Default, Clone)]
+struct Stalling {
+    store: Arc<common::Durable>,
+    slow: Arc<AtomicBool>,
+}
+
+/// Longer than a group consumer's ack wait (5 s).
+const SLOW_COMMIT: Duration = Duration::from_secs(7);
+
+impl Store for Stalling {
+    fn apply(&self, ops: &[roost::storage::Op]) -> Result<(), StorageError> {
+        if self.slow.load(Ordering::Relaxed) {
+            std::thread::sleep(SLOW_COMMIT);
+        }
+        self.store.apply(ops)
+    }
+    fn load(&self) -> Result<roost::storage::Snapshot, StorageError> {
+        self.store.load()
+    }
+    fn is_persistent(&self) -> bool {
+        true
+    }
+    fn flush(&self) -> Result<(), StorageError> {
+        self.store.flush()
+    }
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, roost::storage::OutboundRecord)>, StorageError> {
+        self.store.outbound_page(client_id, after_seq, limit)
+    }
+    fn messages(
+        &self,
+        ids: &[roost::storage::MessageId],
+    ) -> Result<Vec<Option<roost::storage::MessageRecord>>, StorageError> {
+        self.store.messages(ids)
+    }
+    fn retained(&self, topic: &str) -> Result<Option<roost::storage::MessageRecord>, StorageError> {
+        self.store.retained(topic)
+    }
+    fn retained_many(
+        &self,
+        topics: &[&str],
+    ) -> Result<Vec<Option<roost::storage::MessageRecord>>, StorageError> {
+        self.store.retained_many(topics)
+    }
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(roost::storage::Record) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.store.scan(visit)
+    }
+    fn recover(&self) -> Result<(), StorageError> {
+        self.store.recover()
+    }
+}
+
+/// A delivery that outlasts the consumer's ack wait (the member's copy
+/// takes 7 s to commit) is kept by its node with in-progress acks: not
+/// given to the other node's member as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_slower_than_the_ack_wait_is_not_redelivered_elsewhere() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("share");
+    let a = common::nats::node(Server::new(Options::default()).cluster(config(&nats, &name, "a")))
+        .await;
+    let stalling = Stalling::default();
+    let store = stalling.clone();
+    let b = common::nats::node(
+        Server::new(Options::default())
+            .store(store)
+            .cluster(config(&nats, &name, "b")),
+    )
+    .await;
+    let filter = "$share/stall/st";
+    let mut on_a = member(&a, "fast", filter, QoS::AtLeastOnce).await;
+    let mut on_b = Raw::connected(b.addr, v5_session("stored", false, 600)).await;
+    on_b.subscribe(1, filter, QoS::AtLeastOnce).await;
+    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    stalling.slow.store(true, Ordering::Relaxed);
+    let stalled = Instant::now();
+    const N: usize = 20;
+    for i in 0..N {
+        let r = publ
+            .publish(publish(
+                "st",
+                &format!("p{i}"),
+                QoS::AtLeastOnce,
+                i as u16 + 1,
+            ))
+            .await;
+        assert_eq!(r, ReasonCode::Success);
+    }
+    // B's member gets its messages at once (its copies commit behind), but
+    // B's outcomes wait for the commit: keep reading past the ack wait and
+    // the commit, when a copy given to A as well would have arrived.
+    let mut got = read_all(&mut [&mut on_a, &mut on_b], N).await;
+    let until = stalled + SLOW_COMMIT + Duration::from_secs(3);
+    while Instant::now() < until {
+        for (i, raw) in [&mut on_a, &mut on_b].into_iter().enumerate() {
+            while let Some(p) = raw.recv_within(Duration::from_millis(20)).await {
+                take(raw, p, &mut got[i]).await;
+            }
+        }
+    }
+    stalling.slow.store(false, Ordering::Relaxed);
+    assert_eq!(
+        merged(&got),
+        payloads("p", N),
+        "each once, none given twice"
+    );
+    assert!(!got[1].is_empty(), "B's member got some: {got:?}");
+    drop(b);
 }
 
 /// Cross-node QoS 1 through a share group whose one member is on the
