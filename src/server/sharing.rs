@@ -300,7 +300,8 @@ struct Held {
 }
 
 /// The core's outcome of one group delivery.
-type OutcomeFuture = Pin<Box<dyn Future<Output = Result<ReasonCode, InlineError>> + Send>>;
+/// (`Sync` too: the window is read across awaits.)
+type OutcomeFuture = Pin<Box<dyn Future<Output = Result<ReasonCode, InlineError>> + Send + Sync>>;
 
 /// The next message of the batch being read (pending while there is none).
 async fn next_pulled(batch: &mut Option<Batch>) -> Option<<Batch as futures_core::Stream>::Item> {
@@ -444,10 +445,9 @@ async fn pull(consumer: PullConsumer, prefix: String, t: Target) {
                 // A member's delivery still running here (a busy core, a
                 // slow commit): JetStream must not give it to another
                 // node meanwhile.
-                let long = window.iter().take_while(|h| h.since.elapsed() >= PROGRESS_EVERY).count();
-                for i in 0..long {
-                    let m = &window[i].m;
-                    if let Err(e) = m.ack_with(AckKind::Progress).await {
+                let long = window.iter().take_while(|h| h.since.elapsed() >= PROGRESS_EVERY);
+                for h in long {
+                    if let Err(e) = h.m.ack_with(AckKind::Progress).await {
                         tracing::debug!(error = %e, "cluster: in-progress ack of a share group message");
                     }
                 }
