@@ -766,7 +766,28 @@ async fn a_delivery_slower_than_the_ack_wait_is_not_redelivered_elsewhere() {
 async fn measure_cross_node_group_qos1() {
     let nats = NatsCluster::start(1).await;
     let (a, b) = two_nodes(&nats).await;
-    let mut sub = member(&b, "m-sub", "$share/m/m/#", QoS::AtLeastOnce).await;
+    let sub = member(&b, "m-sub", "$share/m/m/#", QoS::AtLeastOnce).await;
+    measure(a, b, sub, "").await;
+}
+
+/// The same with persistent stores and a persistent member: each of the
+/// member's copies is committed before its node acknowledges it to
+/// JetStream.
+/// `cargo test --features cluster --test cluster_shared -- --ignored --nocapture measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement"]
+async fn measure_cross_node_group_qos1_persistent() {
+    let nats = NatsCluster::start(1).await;
+    let (a, b) = nodes_with(&nats, || {
+        Server::new(Options::default()).store(common::Durable::default())
+    })
+    .await;
+    let mut sub = Raw::connected(b.addr, v5_session("m-sub", false, 600)).await;
+    sub.subscribe(1, "$share/m/m/#", QoS::AtLeastOnce).await;
+    measure(a, b, sub, ", persistent").await;
+}
+
+async fn measure(a: TestBroker, b: TestBroker, mut sub: Raw, what: &str) {
     let mut publ = Raw::connected(a.addr, v5("m-pub")).await;
     let payload = "x".repeat(256);
     let n = 1000u16;
@@ -788,7 +809,7 @@ async fn measure_cross_node_group_qos1() {
     lat.sort();
     let pct = |p: usize| lat[lat.len() * p / 100];
     println!(
-        "cross-node QoS 1 via a share group, one in flight, {n} x 256 B: p50 {:?} p99 {:?}",
+        "cross-node QoS 1 via a share group{what}, one in flight, {n} x 256 B: p50 {:?} p99 {:?}",
         pct(50),
         pct(99)
     );
@@ -824,7 +845,7 @@ async fn measure_cross_node_group_qos1() {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "cross-node QoS 1 via a share group, window {window}, {total} x 256 B: {:.0} msg/s",
+        "cross-node QoS 1 via a share group{what}, window {window}, {total} x 256 B: {:.0} msg/s",
         f64::from(total) / secs
     );
     drop((a, b));
