@@ -760,7 +760,8 @@ async fn a_delivery_slower_than_the_ack_wait_is_not_redelivered_elsewhere() {
 
 /// Cross-node QoS 1 through a share group whose one member is on the
 /// other node: latency with one message in flight, and the rate with 64.
-/// `cargo test --features cluster --test cluster_shared -- --ignored --nocapture measure`.
+/// `cargo test --features cluster --test cluster_shared -- --ignored --nocapture --test-threads 1 measure`
+/// (one at a time: the two measurements share the machine otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement"]
 async fn measure_cross_node_group_qos1() {
@@ -773,7 +774,8 @@ async fn measure_cross_node_group_qos1() {
 /// The same with persistent stores and a persistent member: each of the
 /// member's copies is committed before its node acknowledges it to
 /// JetStream.
-/// `cargo test --features cluster --test cluster_shared -- --ignored --nocapture measure`.
+/// `cargo test --features cluster --test cluster_shared -- --ignored --nocapture --test-threads 1 measure`
+/// (one at a time: the two measurements share the machine otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement"]
 async fn measure_cross_node_group_qos1_persistent() {
