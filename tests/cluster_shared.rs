@@ -12,9 +12,13 @@ use common::cluster::{config, nodes_with, two_nodes};
 use common::nats::NatsCluster;
 use common::{opts, publish, subscribe, unique, v5, v5_session, Raw, TestBroker, WAIT};
 use roost::codec::{Packet, PubResp, QoS, QosPid, ReasonCode};
+use roost::hooks::{AclHook, Client as HookClient, Decision};
+use roost::storage::{StorageError, Store};
 use roost::{Options, Server};
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -281,9 +285,19 @@ async fn an_ordinary_subscription_overlapping_a_shared_one_gets_its_own_copy() {
 /// them: (messages waiting for a node, pulled and not acknowledged, pull
 /// requests open).
 async fn group_consumers(nats: &NatsCluster, cluster: &str) -> Vec<(u64, usize, usize)> {
-    let client = async_nats::connect(nats.urls().join(",")).await.unwrap();
-    let js = jetstream::new(client);
-    let stream = js.get_stream(format!("{cluster}_messages")).await.unwrap();
+    group_infos(nats, cluster)
+        .await
+        .into_iter()
+        .map(|(_, info)| (info.num_pending, info.num_ack_pending, info.num_waiting))
+        .collect()
+}
+
+/// Each group consumer of cluster `cluster` (name, what JetStream reports).
+async fn group_infos(
+    nats: &NatsCluster,
+    cluster: &str,
+) -> Vec<(String, jetstream::consumer::Info)> {
+    let stream = messages(nats, cluster).await;
     let mut names = stream.consumer_names();
     let mut found = Vec::new();
     while let Some(name) = std::future::poll_fn(|cx| {
@@ -303,9 +317,18 @@ async fn group_consumers(nats: &NatsCluster, cluster: &str) -> Vec<(u64, usize, 
             .await
             .unwrap()
             .clone();
-        found.push((info.num_pending, info.num_ack_pending, info.num_waiting));
+        found.push((name, info));
     }
     found
+}
+
+/// The message stream of cluster `cluster`, through a client of the test's.
+async fn messages(nats: &NatsCluster, cluster: &str) -> jetstream::stream::Stream {
+    let client = async_nats::connect(nats.urls().join(",")).await.unwrap();
+    jetstream::new(client)
+        .get_stream(format!("{cluster}_messages"))
+        .await
+        .unwrap()
 }
 
 /// Members leaving stop their node pulling: with the last connected member
@@ -386,15 +409,387 @@ async fn members_leaving_stop_their_node_pulling_and_the_consumer_keeps_the_mess
     on_b.expect_nothing().await;
 }
 
+/// Through a 3-server NATS cluster (the group's consumer replicated on
+/// every server): nodes pulling a window of messages each still give each
+/// message to one member once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_three_server_nats_cluster_each_message_once_with_windows_of_pulled_messages() {
+    let nats = NatsCluster::start(3).await;
+    let (a, b) = two_nodes(&nats).await;
+    qos1_from_both_nodes(a, b).await;
+}
+
+/// Refuses messages under `secret/` to clients whose id starts with `no-`.
+struct Locked;
+
+impl AclHook for Locked {
+    fn can_receive(&self, client: &HookClient, m: &roost::Message) -> Decision {
+        if m.topic.starts_with("secret/") && client.client_id.starts_with("no-") {
+            Decision::Deny
+        } else {
+            Decision::Defer
+        }
+    }
+}
+
+/// Two nodes of a fresh cluster, built by `server`, and the cluster's name.
+async fn named_nodes(
+    nats: &NatsCluster,
+    server: impl Fn() -> Server,
+) -> (String, TestBroker, TestBroker) {
+    let name = unique("share");
+    let a = common::nats::node(server().cluster(config(nats, &name, "a"))).await;
+    let b = common::nats::node(server().cluster(config(nats, &name, "b"))).await;
+    (name, a, b)
+}
+
+fn locked() -> Server {
+    Server::new(Options::default()).acl_hook(Locked)
+}
+
+/// A message the delivery ACL refuses to every member of the group does
+/// not go round until JetStream drops it unseen (20 deliveries): the node
+/// terminates it after a few rounds, and counts each one dropped once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_every_member_is_refused_is_terminated_and_counted_once() {
+    let nats = NatsCluster::start(1).await;
+    let (name, a, b) = named_nodes(&nats, locked).await;
+    let filter = "$share/locked/secret/#";
+    let mut m1 = member(&b, "no-1", filter, QoS::AtLeastOnce).await;
+    let mut m2 = member(&b, "no-2", filter, QoS::AtLeastOnce).await;
+    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    let dropped = |n: &TestBroker| n.stats.snapshot().messages_dropped;
+    let before = (dropped(&a), dropped(&b));
+    const N: u64 = 10;
+    for i in 0..N {
+        let r = publ
+            .publish(publish(
+                "secret/x",
+                &format!("s{i}"),
+                QoS::AtLeastOnce,
+                i as u16 + 1,
+            ))
+            .await;
+        assert_eq!(r, ReasonCode::Success, "stored, whoever may read it");
+    }
+    // Every one counted as dropped on the node refusing it, within a few
+    // rounds of a second.
+    let t = Instant::now();
+    let deadline = t + ARRIVE;
+    while dropped(&b) - before.1 < N {
+        assert!(
+            Instant::now() < deadline,
+            "dropped {} of {N}",
+            dropped(&b) - before.1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t.elapsed();
+    // Nothing left in the consumer, and no delivery after the last: each
+    // message went round at most 5 times (not 20).
+    let deadline = Instant::now() + WAIT;
+    let infos = loop {
+        let infos = group_infos(&nats, &name).await;
+        if infos
+            .iter()
+            .all(|(_, i)| i.num_pending == 0 && i.num_ack_pending == 0)
+        {
+            break infos;
+        }
+        assert!(Instant::now() < deadline, "still held: {infos:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deliveries: u64 = infos
+        .iter()
+        .map(|(_, i)| i.delivered.consumer_sequence)
+        .sum();
+    assert!(
+        (N..=5 * N).contains(&deliveries),
+        "{deliveries} deliveries for {N} messages"
+    );
+    m1.expect_nothing().await;
+    m2.expect_nothing().await;
+    // Counted once each, on the refusing node only.
+    assert_eq!(dropped(&b) - before.1, N);
+    assert_eq!(dropped(&a), before.0);
+    let again = group_infos(&nats, &name).await;
+    let later: u64 = again
+        .iter()
+        .map(|(_, i)| i.delivered.consumer_sequence)
+        .sum();
+    assert_eq!(later, deliveries, "no delivery after the drop");
+    println!("{N} refused messages dropped after {took:?}, {deliveries} deliveries");
+}
+
+/// A member refused on one node does not cost the group a message another
+/// node's member may receive: the message is given back, not terminated
+/// at once, and reaches the allowed member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_refused_on_one_node_reaches_a_member_allowed_on_the_other() {
+    let nats = NatsCluster::start(1).await;
+    let (name, a, b) = named_nodes(&nats, locked).await;
+    let filter = "$share/mixed/secret/#";
+    let mut allowed = member(&a, "yes-a", filter, QoS::AtLeastOnce).await;
+    let mut refused = member(&b, "no-b", filter, QoS::AtLeastOnce).await;
+    let mut publ = Raw::connected(b.addr, v5("pub-b")).await;
+    let before = b.stats.snapshot().messages_dropped;
+    const N: usize = 20;
+    for i in 0..N {
+        let r = publ
+            .publish(publish(
+                "secret/y",
+                &format!("y{i}"),
+                QoS::AtLeastOnce,
+                i as u16 + 1,
+            ))
+            .await;
+        assert_eq!(r, ReasonCode::Success);
+    }
+    let got = read_all(&mut [&mut allowed], N).await;
+    assert_eq!(merged(&got), payloads("y", N), "everything, once");
+    refused.expect_nothing().await;
+    assert_eq!(
+        b.stats.snapshot().messages_dropped,
+        before,
+        "nothing dropped"
+    );
+    // Some went to the refusing node first and were given back.
+    let infos = group_infos(&nats, &name).await;
+    let deliveries: u64 = infos
+        .iter()
+        .map(|(_, i)| i.delivered.consumer_sequence)
+        .sum();
+    println!("{N} messages refused on one node, allowed on the other: {deliveries} deliveries");
+    assert!(
+        deliveries > N as u64,
+        "{deliveries} deliveries: B was never tried"
+    );
+}
+
+/// A node that dies holding messages it pulled (here a NATS client of the
+/// test's, pulling from the group's consumer and never answering) delays
+/// them by the consumer's ack wait (5 s), not 30 s: then the group's
+/// member on a live node gets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_dead_node_pulled_reach_a_live_member_within_the_ack_wait() {
+    let nats = NatsCluster::start(1).await;
+    let (name, a, b) = named_nodes(&nats, || Server::new(Options::default())).await;
+    let filter = "$share/dies/d";
+    let mut m = Raw::connected(b.addr, v5_session("survivor", false, 600)).await;
+    m.subscribe(1, filter, QoS::AtLeastOnce).await;
+    // Nobody pulls while the member is away (see the test above).
+    m.disconnect().await;
+    let deadline = Instant::now() + WAIT * 2;
+    while group_consumers(&nats, &name).await != [(0, 0, 0)] {
+        assert!(Instant::now() < deadline, "still pulled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    const N: usize = 10;
+    for i in 0..N {
+        let r = publ
+            .publish(publish(
+                "d",
+                &format!("d{i}"),
+                QoS::AtLeastOnce,
+                i as u16 + 1,
+            ))
+            .await;
+        assert_eq!(r, ReasonCode::Success);
+    }
+    // The doomed node pulls them all, and dies without a word.
+    let (consumer, _) = group_infos(&nats, &name).await.remove(0);
+    let doomed = async_nats::connect(nats.urls().join(",")).await.unwrap();
+    let stream = jetstream::new(doomed.clone())
+        .get_stream(format!("{name}_messages"))
+        .await
+        .unwrap();
+    let mut fetched = stream
+        .get_consumer::<jetstream::consumer::pull::Config>(&consumer)
+        .await
+        .unwrap()
+        .fetch()
+        .max_messages(N)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let mut held = 0;
+    while held < N {
+        let next = std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut fetched), cx)
+        });
+        let m = tokio::time::timeout(WAIT, next).await.expect("pulled");
+        m.expect("a message").expect("not an error");
+        held += 1;
+    }
+    let died = Instant::now();
+    drop(fetched);
+    drop(doomed);
+    // The member comes back to a live node: its node pulls again and gets
+    // them once JetStream gives up on the dead one.
+    let mut m = Raw::connected(b.addr, v5_session("survivor", false, 600)).await;
+    let got = read_all(&mut [&mut m], N).await;
+    let took = died.elapsed();
+    assert_eq!(merged(&got), payloads("d", N));
+    assert!(
+        took < Duration::from_secs(20),
+        "redelivered after {took:?}: the ack wait is too long"
+    );
+    println!("{N} messages held by a dead node reached a live member after {took:?}");
+}
+
+/// A persistent store whose commits take [`SLOW_COMMIT`] while `slow` is
+/// set: a disk that stalls.
+#[derive(Debug, Default, Clone)]
+struct Stalling {
+    store: Arc<common::Durable>,
+    slow: Arc<AtomicBool>,
+}
+
+/// Longer than a group consumer's ack wait (5 s).
+const SLOW_COMMIT: Duration = Duration::from_secs(7);
+
+impl Store for Stalling {
+    fn apply(&self, ops: &[roost::storage::Op]) -> Result<(), StorageError> {
+        if self.slow.load(Ordering::Relaxed) {
+            std::thread::sleep(SLOW_COMMIT);
+        }
+        self.store.apply(ops)
+    }
+    fn load(&self) -> Result<roost::storage::Snapshot, StorageError> {
+        self.store.load()
+    }
+    fn is_persistent(&self) -> bool {
+        true
+    }
+    fn flush(&self) -> Result<(), StorageError> {
+        self.store.flush()
+    }
+    fn outbound_page(
+        &self,
+        client_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, roost::storage::OutboundRecord)>, StorageError> {
+        self.store.outbound_page(client_id, after_seq, limit)
+    }
+    fn messages(
+        &self,
+        ids: &[roost::storage::MessageId],
+    ) -> Result<Vec<Option<roost::storage::MessageRecord>>, StorageError> {
+        self.store.messages(ids)
+    }
+    fn retained(&self, topic: &str) -> Result<Option<roost::storage::MessageRecord>, StorageError> {
+        self.store.retained(topic)
+    }
+    fn retained_many(
+        &self,
+        topics: &[&str],
+    ) -> Result<Vec<Option<roost::storage::MessageRecord>>, StorageError> {
+        self.store.retained_many(topics)
+    }
+    fn scan(
+        &self,
+        visit: &mut dyn FnMut(roost::storage::Record) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.store.scan(visit)
+    }
+    fn recover(&self) -> Result<(), StorageError> {
+        self.store.recover()
+    }
+}
+
+/// A delivery that outlasts the consumer's ack wait (the member's copy
+/// takes 7 s to commit) is kept by its node with in-progress acks: not
+/// given to the other node's member as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_slower_than_the_ack_wait_is_not_redelivered_elsewhere() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("share");
+    let a = common::nats::node(Server::new(Options::default()).cluster(config(&nats, &name, "a")))
+        .await;
+    let stalling = Stalling::default();
+    let store = stalling.clone();
+    let b = common::nats::node(
+        Server::new(Options::default())
+            .store(store)
+            .cluster(config(&nats, &name, "b")),
+    )
+    .await;
+    let filter = "$share/stall/st";
+    let mut on_a = member(&a, "fast", filter, QoS::AtLeastOnce).await;
+    let mut on_b = Raw::connected(b.addr, v5_session("stored", false, 600)).await;
+    on_b.subscribe(1, filter, QoS::AtLeastOnce).await;
+    let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
+    stalling.slow.store(true, Ordering::Relaxed);
+    let stalled = Instant::now();
+    const N: usize = 20;
+    for i in 0..N {
+        let r = publ
+            .publish(publish(
+                "st",
+                &format!("p{i}"),
+                QoS::AtLeastOnce,
+                i as u16 + 1,
+            ))
+            .await;
+        assert_eq!(r, ReasonCode::Success);
+    }
+    // B's member gets its messages at once (its copies commit behind), but
+    // B's outcomes wait for the commit: keep reading past the ack wait and
+    // the commit, when a copy given to A as well would have arrived.
+    let mut got = read_all(&mut [&mut on_a, &mut on_b], N).await;
+    let until = stalled + SLOW_COMMIT + Duration::from_secs(3);
+    while Instant::now() < until {
+        for (i, raw) in [&mut on_a, &mut on_b].into_iter().enumerate() {
+            while let Some(p) = raw.recv_within(Duration::from_millis(20)).await {
+                take(raw, p, &mut got[i]).await;
+            }
+        }
+    }
+    stalling.slow.store(false, Ordering::Relaxed);
+    assert_eq!(
+        merged(&got),
+        payloads("p", N),
+        "each once, none given twice"
+    );
+    assert!(!got[1].is_empty(), "B's member got some: {got:?}");
+    drop(b);
+}
+
 /// Cross-node QoS 1 through a share group whose one member is on the
 /// other node: latency with one message in flight, and the rate with 64.
-/// `cargo test --features cluster --test cluster_shared -- --ignored --nocapture measure`.
+/// `cargo test --features cluster --test cluster_shared -- --ignored --nocapture --test-threads 1 measure`
+/// (one at a time: the two measurements share the machine otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement"]
 async fn measure_cross_node_group_qos1() {
     let nats = NatsCluster::start(1).await;
     let (a, b) = two_nodes(&nats).await;
-    let mut sub = member(&b, "m-sub", "$share/m/m/#", QoS::AtLeastOnce).await;
+    let sub = member(&b, "m-sub", "$share/m/m/#", QoS::AtLeastOnce).await;
+    measure(a, b, sub, "").await;
+}
+
+/// The same with persistent stores and a persistent member: each of the
+/// member's copies is committed before its node acknowledges it to
+/// JetStream.
+/// `cargo test --features cluster --test cluster_shared -- --ignored --nocapture --test-threads 1 measure`
+/// (one at a time: the two measurements share the machine otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement"]
+async fn measure_cross_node_group_qos1_persistent() {
+    let nats = NatsCluster::start(1).await;
+    let (a, b) = nodes_with(&nats, || {
+        Server::new(Options::default()).store(common::Durable::default())
+    })
+    .await;
+    let mut sub = Raw::connected(b.addr, v5_session("m-sub", false, 600)).await;
+    sub.subscribe(1, "$share/m/m/#", QoS::AtLeastOnce).await;
+    measure(a, b, sub, ", persistent").await;
+}
+
+async fn measure(a: TestBroker, b: TestBroker, mut sub: Raw, what: &str) {
     let mut publ = Raw::connected(a.addr, v5("m-pub")).await;
     let payload = "x".repeat(256);
     let n = 1000u16;
@@ -416,7 +811,7 @@ async fn measure_cross_node_group_qos1() {
     lat.sort();
     let pct = |p: usize| lat[lat.len() * p / 100];
     println!(
-        "cross-node QoS 1 via a share group, one in flight, {n} x 256 B: p50 {:?} p99 {:?}",
+        "cross-node QoS 1 via a share group{what}, one in flight, {n} x 256 B: p50 {:?} p99 {:?}",
         pct(50),
         pct(99)
     );
@@ -452,7 +847,7 @@ async fn measure_cross_node_group_qos1() {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "cross-node QoS 1 via a share group, window {window}, {total} x 256 B: {:.0} msg/s",
+        "cross-node QoS 1 via a share group{what}, window {window}, {total} x 256 B: {:.0} msg/s",
         f64::from(total) / secs
     );
     drop((a, b));

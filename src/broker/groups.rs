@@ -24,6 +24,7 @@
 //! after the SUBACK is then in a consumer this node reads.
 
 use super::*;
+use crate::hooks::DropReason;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Connected members of a share group on this node, as the cluster's
@@ -209,13 +210,21 @@ impl Broker {
         let s = self.sessions.get(&sid)?;
         let outbox = s.conn.as_ref()?.outbox.clone();
         let vouches_for_nothing = !s.stored && self.storage_failing();
+        let client_id = s.client_id().clone();
+        // A persistent session's SUBACK also waits for the session bucket
+        // to have the subscription (see `roaming`'s "Saves").
+        let saved = self.saved_first(sid);
+        let waits = 1 + u8::from(saved);
         self.next_gate += 1;
         let token = self.next_gate;
         if self.persist.must_hold() && !vouches_for_nothing {
-            outbox.push_held(self.persist.commit, token, 1, packet);
+            outbox.push_held(self.persist.commit, token, waits, packet);
             self.persist.touched.push(outbox.clone());
         } else {
-            outbox.push_held(0, token, 1, packet);
+            outbox.push_held(0, token, waits, packet);
+        }
+        if saved {
+            self.saves.hold(&client_id, outbox.clone(), token);
         }
         Some(Arc::new(Ready { outbox, token }))
     }
@@ -224,13 +233,16 @@ impl Broker {
     /// `filter`: to one connected local member. With a packet id, the
     /// router is answered with a PUBACK whose reason code is the
     /// [`outcome`], once what the delivery stored is committed (it then
-    /// acknowledges the message to NATS, or gives it back).
+    /// acknowledges the message to NATS, or gives it back). With `last`,
+    /// the router will not give it back again: refused to every connected
+    /// member here, it is counted as dropped ([`DropReason::NotAuthorized`]).
     pub(super) fn on_group_publish(
         &mut self,
         conn: ConnId,
         publish: Publish,
         qos: QoS,
         (group, filter): (&str, &str),
+        last: bool,
         now_ms: u64,
     ) {
         let Some(sid) = self.live(conn) else {
@@ -238,7 +250,7 @@ impl Broker {
         };
         stats::add(&self.stats.messages_received, 1);
         let pid = publish.qos_pid.packet_id();
-        let reason = self.deliver_to_group(sid, publish, qos, group, filter, now_ms);
+        let reason = self.deliver_to_group(sid, publish, qos, (group, filter), last, now_ms);
         if let Some(pid) = pid {
             let mut resp = PubResp::new(pid);
             resp.reason = reason;
@@ -251,8 +263,8 @@ impl Broker {
         sid: SessionId,
         publish: Publish,
         qos: QoS,
-        group: &str,
-        filter: &str,
+        (group, filter): (&str, &str),
+        last: bool,
         now_ms: u64,
     ) -> ReasonCode {
         if !topic::matches(filter, &publish.topic) {
@@ -267,14 +279,25 @@ impl Broker {
         ));
         let at = cursor(&mut self.shared_cursor, group, filter);
         let Some(i) = pick(members, *at, &self.sessions, &self.hooks, &msg, false) else {
-            let connected = members
-                .iter()
-                .any(|(k, _)| self.sessions.get(k).is_some_and(|s| s.conn.is_some()));
-            return if connected {
-                outcome::REFUSED
-            } else {
-                outcome::NO_MEMBER
+            // The first connected member in round-robin order: the one the
+            // message would have gone to.
+            let n = members.len();
+            let Some(refused) = (0..n)
+                .map(|k| members[(*at + k) % n].0)
+                .find(|k| self.sessions.get(k).is_some_and(|s| s.conn.is_some()))
+            else {
+                return outcome::NO_MEMBER;
             };
+            if last {
+                // Counted once, for the member that would have had it (as a
+                // queued message the ACL refuses at delivery is), never
+                // silently: the router terminates it in NATS.
+                let (mut ctx, sessions) = self.ctx(now_ms);
+                if let Some(s) = sessions.get(&refused) {
+                    s.dropped(&msg, DropReason::NotAuthorized, &mut ctx);
+                }
+            }
+            return outcome::REFUSED;
         };
         *at = (i + 1) % members.len();
         let (member, entry) = members[i];
@@ -291,10 +314,10 @@ impl Broker {
         // Published.
         let retain = msg.retain && entry.options.retain_as_published && s.protocol.is_v5();
         let sub_ids = entry.id.into_iter().collect();
-        // No publisher to slow down here: the router hands over a QoS 1/2
-        // message at a time, waiting for each answer (a full queue is
-        // answered FULL and the message given back), and QoS 0 is dropped
-        // by the member's queue limit as on one node.
+        // No publisher to slow down here: the router hands over a bounded
+        // window of QoS 1/2 messages per group consumer, each awaiting its
+        // answer (a full queue is answered FULL and the message given back),
+        // and QoS 0 is dropped by the member's queue limit as on one node.
         let _ = s.deliver(&msg, qos, retain, sub_ids, true, None, &mut ctx);
         if ctx.drops.get() > 0 {
             outcome::FULL

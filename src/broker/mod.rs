@@ -232,6 +232,10 @@ pub(crate) enum Event {
         group: ByteStr,
         /// The group's plain filter.
         filter: ByteStr,
+        /// The router's last try with this message (it terminates it
+        /// rather than give it back once more): if no connected member here
+        /// may receive it, the core counts it as dropped.
+        last: bool,
     },
     /// A retained message set or cleared elsewhere in the cluster, to
     /// apply here without delivering it.
@@ -510,7 +514,8 @@ impl Broker {
                 qos,
                 group,
                 filter,
-            } => self.on_group_publish(conn, publish, qos, (&group, &filter), now_ms),
+                last,
+            } => self.on_group_publish(conn, publish, qos, (&group, &filter), last, now_ms),
             #[cfg(feature = "cluster")]
             Event::SyncRetained(change) => self.sync_retained(*change, now_ms),
         }

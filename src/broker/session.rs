@@ -451,7 +451,7 @@ impl Session {
         }
     }
 
-    fn dropped(&self, msg: &Tracked, reason: DropReason, ctx: &mut Ctx) {
+    pub(super) fn dropped(&self, msg: &Tracked, reason: DropReason, ctx: &mut Ctx) {
         if self.is_cluster_router() {
             self.router_let_go(msg, reason, ctx);
         }

@@ -315,23 +315,64 @@ impl InlineClient {
     /// `group` on `filter`, to one connected member of the group on this
     /// node (see `broker::groups`), whatever the subscriptions and without
     /// the publish hooks (the message was judged where it was published).
-    /// With `answer`, returns the outcome (a `broker::group_outcome`
-    /// reason code) once what the delivery stored is committed; without,
-    /// [`ReasonCode::Success`] once the core has it queued.
+    /// Returns [`ReasonCode::Success`] once the core has it queued: at most
+    /// once, no outcome awaited (QoS 0).
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) async fn deliver_to_group(
         &self,
         group: &str,
         filter: &str,
         publish: Publish,
-        answer: bool,
     ) -> Result<ReasonCode, InlineError> {
+        self.group_publish(group, filter, publish, None, false)
+            .await
+            .map(|_| ReasonCode::Success)
+    }
+
+    /// [`InlineClient::deliver_to_group`] with an outcome, in two steps for
+    /// the router's window of group deliveries: hands the message to the
+    /// core now (in the order of these calls) and returns the wait for its
+    /// outcome (a `broker::group_outcome` reason code, given once what the
+    /// delivery stored is committed), to await later while more are handed
+    /// over. With `last` (the router will not give the message back again),
+    /// a message that no connected member here may receive is counted as
+    /// dropped by the core.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) async fn deliver_to_group_sent(
+        &self,
+        group: &str,
+        filter: &str,
+        publish: Publish,
+        last: bool,
+    ) -> Result<
+        impl std::future::Future<Output = Result<ReasonCode, InlineError>> + Send + 'static,
+        InlineError,
+    > {
+        let (pid, rx) = self.wait_for_answer()?;
+        self.group_publish(group, filter, publish, Some(pid), last)
+            .await?;
+        Ok(async move {
+            match rx.await.map_err(|_| InlineError::Stopped)?? {
+                Packet::PubAck(r) => Ok(r.reason),
+                _ => Ok(ReasonCode::UnspecifiedError),
+            }
+        })
+    }
+
+    /// Sends the core a [`Event::GroupPublish`], with packet id `pid` when
+    /// the outcome is wanted.
+    async fn group_publish(
+        &self,
+        group: &str,
+        filter: &str,
+        publish: Publish,
+        pid: Option<NonZeroU16>,
+        last: bool,
+    ) -> Result<(), InlineError> {
         let qos = publish.qos_pid.qos();
-        let (qos_pid, rx) = if answer {
-            let (pid, rx) = self.wait_for_answer()?;
-            (QosPid::new(QoS::AtLeastOnce, pid), Some(rx))
-        } else {
-            (QosPid::AtMostOnce, None)
+        let qos_pid = match pid {
+            Some(pid) => QosPid::new(QoS::AtLeastOnce, pid),
+            None => QosPid::AtMostOnce,
         };
         let publish = Publish {
             qos_pid,
@@ -347,16 +388,10 @@ impl InlineClient {
                 qos,
                 group: ByteStr::from(group),
                 filter: ByteStr::from(filter),
+                last,
             })
             .await
-            .map_err(|_| InlineError::Stopped)?;
-        let Some(rx) = rx else {
-            return Ok(ReasonCode::Success);
-        };
-        match rx.await.map_err(|_| InlineError::Stopped)?? {
-            Packet::PubAck(r) => Ok(r.reason),
-            _ => Ok(ReasonCode::UnspecifiedError),
-        }
+            .map_err(|_| InlineError::Stopped)
     }
 
     /// The client identifier.

@@ -58,11 +58,16 @@ use std::time::Duration;
 const MESSAGE_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a retried publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// How long a share group's consumer waits for a node to acknowledge (or
-/// give back) a message it pulled before giving it to a node again: a
-/// node that died holding messages delays them this long. Long enough
-/// for a delivery into a busy core and its commit.
-const GROUP_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a share group's consumer waits for a node to acknowledge, give
+/// back or touch (an in-progress ack) a message it pulled before giving it
+/// to a node again: a node that died holding messages delays them this
+/// long. A node touches a message whose delivery is still running every
+/// second (`server::sharing`), so this only has to outlast a node that
+/// stopped answering: a stall of its runtime or its NATS connection longer
+/// than this gets its messages delivered again elsewhere (at least once,
+/// as across a crash). Shorter means less delay after a crash and more
+/// duplicates after a stall.
+const GROUP_ACK_WAIT: Duration = Duration::from_secs(5);
 /// Messages of one share group pulled and not yet acknowledged, across
 /// all nodes: bounds what a node that dies may delay by `GROUP_ACK_WAIT`.
 const GROUP_MAX_ACK_PENDING: i64 = 1000;

@@ -46,6 +46,7 @@ fn hand(core: &mut Core, router: &mut Peer, filter: &str, topic: &str, pid: u16)
         qos: QoS::AtLeastOnce,
         group: "g".into(),
         filter: filter.into(),
+        last: false,
     });
     match router.recv() {
         Some(Packet::PubAck(r)) if r.packet_id.get() == pid => r.reason,
