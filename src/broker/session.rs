@@ -534,7 +534,13 @@ impl Session {
                 return Pushback::None;
             };
             let pending = conn.outbox.len();
-            if pending >= ctx.limits.maximum_pending_writes {
+            // Bytes estimated from the message at hand, as below: 10,000
+            // unwritten 64 KiB messages would be 640 MiB for one
+            // connection (or the cluster's router).
+            let size = msg.payload.len() + msg.topic.len();
+            if pending >= ctx.limits.maximum_pending_writes
+                || pending.saturating_mul(size) >= ctx.limits.maximum_queued_bytes
+            {
                 self.dropped(msg, DropReason::SlowClient, ctx);
                 return Pushback::None;
             }
@@ -543,7 +549,6 @@ impl Session {
             self.push_publish(d, ctx);
             // Behind by an eighth of the limit, or by about BEHIND_BYTES of
             // messages like this one (large messages fill memory sooner).
-            let size = msg.payload.len() + msg.topic.len();
             if pending >= ctx.limits.maximum_pending_writes / 8
                 || pending.saturating_mul(size) >= BEHIND_BYTES
             {
