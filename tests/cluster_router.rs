@@ -262,17 +262,17 @@ async fn pipelined_messages_arrive_once_each_in_each_publishers_order() {
 /// of messages in one go, a subscriber on B counts them. The router may
 /// drop QoS 0 under genuine overload, but one that is merely slower than
 /// the publisher must slow the publisher down (as a slow local subscriber
-/// does), not let most of them go. A's QoS 0 limit is half the default,
-/// and the publisher sends six times that: what the core's event queue
-/// holds beyond the reach of backpressure (256 events of up to 16
-/// packets) fits below the limit, the rest must wait for the router.
+/// does), not let most of them go. A's router drops QoS 0 from 1 MiB
+/// unwritten (`maximum_queued_bytes`), about 14,000 of these messages, and
+/// the publisher sends 30,000: what the core's event queue holds beyond
+/// the reach of backpressure (256 events of up to 16 packets) fits below
+/// that, the rest must wait for the router.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_at_full_speed_crosses_nodes_with_little_loss() {
     let nats = NatsCluster::start(1).await;
     let name = common::unique("flood");
     let mut opts = Options::default();
-    // The router's QoS 0 queue drops from 5,000 unwritten packets.
-    opts.limits.maximum_pending_writes = 5_000;
+    opts.limits.maximum_queued_bytes = 1024 * 1024;
     let a = Server::new(opts).cluster(common::cluster::config(&nats, &name, "a"));
     let b = Server::new(Options::default()).cluster(common::cluster::config(&nats, &name, "b"));
     let (a, b) = (common::nats::node(a).await, common::nats::node(b).await);
