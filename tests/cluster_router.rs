@@ -263,7 +263,7 @@ async fn pipelined_messages_arrive_once_each_in_each_publishers_order() {
 /// drop QoS 0 under genuine overload, but one that is merely slower than
 /// the publisher must slow the publisher down (as a slow local subscriber
 /// does), not let most of them go. A's router drops QoS 0 from 1 MiB
-/// unwritten (`maximum_queued_bytes`), about 14,000 of these messages, and
+/// unwritten (`maximum_queued_bytes`), about 15,000 of these messages, and
 /// the publisher sends 30,000: what the core's event queue holds beyond
 /// the reach of backpressure (256 events of up to 16 packets) fits below
 /// that, the rest must wait for the router.
