@@ -19,7 +19,8 @@
 # milliseconds for another); paced ones (@RATE/s) measure latency.
 # Prints Markdown tables (throughput, latency, lost, the ratios, and each
 # process's CPU per delivered message) to stdout and to --out. PAIRS=50,
-# SUBS=100 and RATE=1000 in the environment change the scenarios.
+# SUBS=100, RATE=1000 and SIZES="64 1024" (payload bytes of the full-speed
+# scenarios) in the environment change the scenarios.
 #
 #   benches/cluster.sh                      # default run (~4 minutes)
 #   benches/cluster.sh --build              # build what it needs first
@@ -60,7 +61,7 @@ while [ $# -gt 0 ]; do
         --stores) STORES="$2"; shift ;;
         --brokers) BROKERS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) echo "cluster.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -302,15 +303,16 @@ scenario() {
 PAIRS=${PAIRS:-50}
 SUBS=${SUBS:-100}
 RATE=${RATE:-1000}
+SIZES=${SIZES:-64 1024}
 UPTIME_BEFORE=$(uptime)
 START=$(date +%s)
 
 # Full speed: publishing stops after $SECS seconds (--duration), with more
 # messages than the fastest broker gets through in that time.
 for qos in 0 1; do
-    for size in 64 1024; do
+    for size in $SIZES; do
         sname=$size"B"
-        if [ "$size" = 1024 ]; then sname=1KiB; fi
+        if [ $((size % 1024)) = 0 ]; then sname=$((size / 1024))KiB; fi
         scenario "pairs q$qos $sname" -- pairs --clients "$PAIRS" --qos "$qos" --size "$size" \
             --messages 100000000 --duration "$SECS"
         scenario "fan-out q$qos $sname" -- fan-out --clients "$SUBS" --qos "$qos" --size "$size" \

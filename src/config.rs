@@ -277,7 +277,8 @@ pub struct Limits {
     #[serde(with = "size")]
     pub maximum_queued_bytes: usize,
     /// Most packets waiting to be written to one connection before QoS 0
-    /// messages to it are dropped (a slow consumer). From an eighth of it
+    /// messages to it are dropped (a slow consumer; also once they are
+    /// about `maximum_queued_bytes`). From an eighth of it
     /// on (or from about 256 KiB of QoS 0 messages), the connection is
     /// behind: its publishers' reads pause while it catches up, for at most
     /// 100 ms per episode (a slow or stuck client never holds them up for

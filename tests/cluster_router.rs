@@ -257,3 +257,83 @@ async fn pipelined_messages_arrive_once_each_in_each_publishers_order() {
     }
     drop((a, b));
 }
+
+/// QoS 0 at full speed across nodes: one publisher on A writes thousands
+/// of messages in one go, a subscriber on B counts them. The router may
+/// drop QoS 0 under genuine overload, but one that is merely slower than
+/// the publisher must slow the publisher down (as a slow local subscriber
+/// does), not let most of them go. A's router drops QoS 0 from 1 MiB
+/// unwritten (`maximum_queued_bytes`), about 15,000 of these messages, and
+/// the publisher sends 30,000: what the core's event queue holds beyond
+/// the reach of backpressure (256 events of up to 16 packets) fits below
+/// that, the rest must wait for the router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_at_full_speed_crosses_nodes_with_little_loss() {
+    let nats = NatsCluster::start(1).await;
+    let name = common::unique("flood");
+    let mut opts = Options::default();
+    opts.limits.maximum_queued_bytes = 1024 * 1024;
+    let a = Server::new(opts).cluster(common::cluster::config(&nats, &name, "a"));
+    let b = Server::new(Options::default()).cluster(common::cluster::config(&nats, &name, "b"));
+    let (a, b) = (common::nats::node(a).await, common::nats::node(b).await);
+
+    let mut sub = Raw::connected(b.addr, v311("flood-sub")).await;
+    sub.subscribe(1, "flood/#", QoS::AtMostOnce).await;
+    // Subscribed on B before A publishes: wait until a probe crosses.
+    let mut publ = Raw::connected(a.addr, v311("flood-pub")).await;
+    let mut probe = 0u16;
+    loop {
+        probe += 1;
+        publ.send(Packet::Publish(publish(
+            "flood/probe",
+            "probe",
+            QoS::AtMostOnce,
+            0,
+        )))
+        .await;
+        if sub.recv_within(Duration::from_millis(200)).await.is_some() {
+            break;
+        }
+        assert!(probe < 100, "no QoS 0 message crossed to B");
+    }
+    while sub.recv_within(Duration::from_millis(200)).await.is_some() {}
+
+    // The subscriber reads on a task of its own, so it never falls behind.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(p) = sub.recv_within(Duration::from_secs(30)).await {
+            if matches!(p, Packet::Publish(_)) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    const N: usize = 30_000;
+    let mut burst = bytes::BytesMut::new();
+    for i in 0..N {
+        let p = Packet::Publish(publish("flood/x", &format!("{i:060}"), QoS::AtMostOnce, 0));
+        roost::codec::encode(&p, roost::codec::ProtocolVersion::V3_1_1, &mut burst).unwrap();
+    }
+    publ.send_bytes(&burst).await;
+    // The publisher is done once A answers a PINGREQ sent after them
+    // (which may take a while: the router slows the publisher down).
+    publ.send(Packet::PingReq).await;
+    let pong = publ.recv_within(Duration::from_secs(60)).await;
+    assert!(matches!(pong, Some(Packet::PingResp)), "{pong:?}");
+
+    // Then until everything arrived, or nothing more did for a while.
+    let got = || count.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = usize::MAX;
+    while got() < N && got() != last && tokio::time::Instant::now() < deadline {
+        last = got();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (got, dropped) = (got(), a.stats.snapshot().messages_dropped);
+    assert!(
+        got * 10 >= N * 9,
+        "{got} of {N} arrived on B ({dropped} dropped on A)"
+    );
+    reader.abort();
+    drop((a, b));
+}

@@ -573,7 +573,14 @@ impl Broker {
             match pushback {
                 Pushback::Congested => s.block(&outbox, now_ms),
                 Pushback::Behind => {
-                    if let Some(c) = &s.conn {
+                    let Some(c) = &s.conn else { continue };
+                    if self.cluster_router == Some(*sid) {
+                        // The router stands for every other node's
+                        // subscribers: while it makes progress its
+                        // publishers go at its pace, or a QoS 0 flood
+                        // would be dropped at its queue almost whole.
+                        c.outbox.slow_down_while_draining(&outbox, now_ms);
+                    } else {
                         c.outbox.slow_down(&outbox, now_ms);
                     }
                 }

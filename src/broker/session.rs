@@ -71,6 +71,12 @@ pub(crate) struct Outgoing {
     pub burst: bool,
 }
 
+/// QoS 0 bytes the cluster's router holds unwritten (estimated from the
+/// message at hand; or `limits.maximum_queued_bytes`, if lower) before it
+/// drops: its publishers pause long before (see [`BEHIND_BYTES`]), this is
+/// the room for what arrives meanwhile.
+const ROUTER_QOS0_BYTES: usize = 16 * 1024 * 1024;
+
 /// QoS 0 bytes unwritten to one connection (estimated from the message at
 /// hand) from which its publishers are paused briefly.
 const BEHIND_BYTES: usize = 256 * 1024;
@@ -554,7 +560,23 @@ impl Session {
                 return Pushback::None;
             };
             let pending = conn.outbox.len();
-            if pending >= ctx.limits.maximum_pending_writes {
+            // Bytes estimated from the message at hand, as below: 10,000
+            // unwritten 64 KiB messages would be 640 MiB for one
+            // connection (or the cluster's router).
+            let size = msg.payload.len() + msg.topic.len();
+            let (max_pending, max_bytes) = if self.is_cluster_router() {
+                // The router pauses its publishers for as long as it
+                // makes progress; what it must absorb is what reaches it
+                // before they pause (the core's event queue and what they
+                // had read), which at 64 B messages outgrew 10,000
+                // packets. Bounded in bytes instead.
+                let bytes = ROUTER_QOS0_BYTES.min(ctx.limits.maximum_queued_bytes);
+                (usize::MAX, bytes)
+            } else {
+                let limits = ctx.limits;
+                (limits.maximum_pending_writes, limits.maximum_queued_bytes)
+            };
+            if pending >= max_pending || pending.saturating_mul(size) >= max_bytes {
                 self.dropped(msg, DropReason::SlowClient, ctx);
                 return Pushback::None;
             }
@@ -563,7 +585,6 @@ impl Session {
             self.push_publish(d, ctx);
             // Behind by an eighth of the limit, or by about BEHIND_BYTES of
             // messages like this one (large messages fill memory sooner).
-            let size = msg.payload.len() + msg.topic.len();
             if pending >= ctx.limits.maximum_pending_writes / 8
                 || pending.saturating_mul(size) >= BEHIND_BYTES
             {

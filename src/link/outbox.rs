@@ -53,6 +53,15 @@ pub(crate) const BRIEF_PAUSE: Duration = Duration::from_millis(10);
 /// The longest one episode of [`Outbox::slow_down`] pauses publishers.
 pub(crate) const EPISODE_MAX: Duration = Duration::from_millis(100);
 
+/// [`EPISODE_MAX`] for a link ([`Outbox::slow_down_while_draining`]): how
+/// long it may go without draining before its publishers go on, and the
+/// longest they wait at a time. A link drains in batches of
+/// [`DRAIN_MAX`], which for the cluster's router (one message after the
+/// other to NATS, on a busy machine, or in a debug build) can be close to
+/// 100 ms apart while it makes steady progress; a second without any is a
+/// stall (as for a congested session, `CONGESTED_EPISODE_MS`).
+pub(crate) const LINK_EPISODE: Duration = Duration::from_secs(1);
+
 /// The longest one pause for a congested session holds a publisher's reads
 /// at a time (see [`Outbox::pause_reads`]).
 pub(crate) const CONGESTED_PAUSE: Duration = Duration::from_millis(500);
@@ -102,6 +111,22 @@ const PAUSED: u8 = 1;
 /// Paused, and a subscriber that paused it drained since the reader last
 /// looked: the pause goes on.
 const RENEWED: u8 = 2;
+/// Set with [`PAUSED`] or [`RENEWED`]: paused by a link
+/// ([`Outbox::slow_down_while_draining`]), for up to [`LINK_EPISODE`] at
+/// a time instead of [`BRIEF_PAUSE`]: a link drains in large batches, further
+/// apart than a brief pause, and its publishers must not slip out between
+/// two of them.
+const BY_LINK: u8 = 4;
+
+/// `brief` from `from` to `to` (either with its [`BY_LINK`] flag kept),
+/// if it is `from`.
+fn brief_step(brief: &AtomicU8, from: u8, to: u8) -> bool {
+    brief
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            (b & !BY_LINK == from).then_some((b & BY_LINK) | to)
+        })
+        .is_ok()
+}
 
 #[derive(Debug)]
 struct Inner<M> {
@@ -166,6 +191,9 @@ struct Slowed<M> {
     /// not caught up by then; after that nobody is paused for it until it
     /// does.
     until_ms: u64,
+    /// Drained since [`Outbox::slow_down_while_draining`] last looked: the
+    /// consumer is slower than its publishers, not stuck.
+    drained: bool,
 }
 
 /// A packet that may not be written yet.
@@ -569,22 +597,51 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// ends before the connection caught up (a slow link, or a stuck
     /// client) starts no other until it has.
     pub(crate) fn slow_down(&self, publisher: &Arc<Self>, now_ms: u64) {
+        self.slow_publisher(publisher, now_ms, false);
+    }
+
+    /// [`Outbox::slow_down`] for a consumer that stands for a link rather
+    /// than one client (the cluster's router): its episode goes on for as
+    /// long as it drains at least once per [`LINK_EPISODE`], so its
+    /// publishers go at its pace instead of outrunning it and having most
+    /// of their QoS 0 messages dropped. Only one that stops draining for
+    /// that long (NATS unreachable) lets them go, until it drains again.
+    pub(crate) fn slow_down_while_draining(&self, publisher: &Arc<Self>, now_ms: u64) {
+        self.slow_publisher(publisher, now_ms, true);
+    }
+
+    fn slow_publisher(&self, publisher: &Arc<Self>, now_ms: u64, while_draining: bool) {
         if std::ptr::eq(self, &**publisher) {
             return; // A client must keep reading its own acknowledgements.
         }
         let mut inner = self.lock();
         let rare = inner.rare.get_or_insert_default();
+        let episode = if while_draining {
+            LINK_EPISODE
+        } else {
+            EPISODE_MAX
+        };
+        let episode = episode.as_millis() as u64;
         let slowed = rare.slowed.get_or_insert_with(|| Slowed {
             publishers: Vec::new(),
-            until_ms: now_ms + EPISODE_MAX.as_millis() as u64,
+            until_ms: now_ms + episode,
+            drained: false,
         });
+        if while_draining && std::mem::take(&mut slowed.drained) {
+            slowed.until_ms = now_ms + episode;
+        }
         if now_ms >= slowed.until_ms {
             slowed.publishers.clear();
             return;
         }
         // Flagged again even if listed: another connection may have let
         // it go meanwhile.
-        publisher.brief.fetch_max(PAUSED, Ordering::Relaxed);
+        let flag = if while_draining { BY_LINK } else { 0 };
+        let _ = publisher
+            .brief
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some((b & BY_LINK) | flag | (b & !BY_LINK).max(PAUSED))
+            });
         if !slowed.publishers.iter().any(|p| Arc::ptr_eq(p, publisher)) {
             slowed.publishers.push(publisher.clone());
         }
@@ -597,21 +654,26 @@ impl<M: Deref<Target = Message>> Outbox<M> {
 
     /// The reader begins a pause: only renewals from here on extend it.
     pub(crate) fn watch_brief_pause(&self) {
-        let _ = self
-            .brief
-            .compare_exchange(RENEWED, PAUSED, Ordering::Relaxed, Ordering::Relaxed);
+        brief_step(&self.brief, RENEWED, PAUSED);
     }
 
     /// For the reader whose pause bound passed: true (and the pause goes
-    /// on for another [`BRIEF_PAUSE`]) if a brief pause was renewed since
-    /// the reader began it or last asked, and no congested session pauses
-    /// it (whose bound is its own).
+    /// on for another [`Outbox::brief_bound`]) if a brief pause was renewed
+    /// since the reader began it or last asked, and no congested session
+    /// pauses it (whose bound is its own).
     pub(crate) fn brief_pause_renewed(&self) -> bool {
-        let renewed = self
-            .brief
-            .compare_exchange(RENEWED, PAUSED, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok();
+        let renewed = brief_step(&self.brief, RENEWED, PAUSED);
         renewed && self.read_pauses.load(Ordering::Relaxed) == 0
+    }
+
+    /// How long a brief pause lasts without a renewal: [`BRIEF_PAUSE`], or
+    /// [`LINK_EPISODE`] for one a link asked for.
+    pub(crate) fn brief_bound(&self) -> Duration {
+        if self.brief.load(Ordering::Relaxed) & BY_LINK != 0 {
+            LINK_EPISODE
+        } else {
+            BRIEF_PAUSE
+        }
     }
 
     /// Lets publishers slowed down for this connection go on.
@@ -646,10 +708,11 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         // Checked again under the lock: a resume in between found no waker.
         if self.read_pauses.load(Ordering::Relaxed) > 0 {
             Some(CONGESTED_PAUSE)
-        } else if self.brief.load(Ordering::Relaxed) != NOT_PAUSED {
-            Some(BRIEF_PAUSE)
         } else {
-            None
+            match self.brief.load(Ordering::Relaxed) {
+                NOT_PAUSED => None,
+                _ => Some(self.brief_bound()),
+            }
         }
     }
 
@@ -743,14 +806,11 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             } else {
                 // Draining, but still behind: its publishers' brief pauses
                 // go on.
-                let slowed = inner.rare.as_ref().and_then(|r| r.slowed.as_ref());
-                for p in slowed.into_iter().flat_map(|s| &s.publishers) {
-                    let _ = p.brief.compare_exchange(
-                        PAUSED,
-                        RENEWED,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                if let Some(s) = inner.rare.as_mut().and_then(|r| r.slowed.as_mut()) {
+                    s.drained = true;
+                    for p in &s.publishers {
+                        brief_step(&p.brief, PAUSED, RENEWED);
+                    }
                 }
                 None
             };
@@ -1239,5 +1299,43 @@ mod tests {
         let sub = Arc::new(sub);
         sub.slow_down(&sub, end + 3);
         assert_eq!(sub.poll_paused(&cx), None);
+    }
+
+    #[test]
+    fn a_link_slows_its_publishers_for_as_long_as_it_drains() {
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let cx = Context::from_waker(&waker);
+        let link = Outbox::new(ProtocolVersion::V5, 0);
+        let publ = Arc::new(Outbox::new(ProtocolVersion::V5, 0));
+        for _ in 0..6 * DRAIN_MAX {
+            link.push(Packet::PingResp);
+        }
+        link.slow_down_while_draining(&publ, 1_000);
+        // Paused for an episode at a time, not a brief pause.
+        assert_eq!(publ.poll_paused(&cx), Some(LINK_EPISODE));
+        publ.watch_brief_pause();
+        let mut v = VecDeque::new();
+        assert!(link.poll_drain(&cx, || 0, &mut v).is_ready());
+        assert!(publ.brief_pause_renewed(), "a drain renews it");
+        assert_eq!(publ.brief_bound(), LINK_EPISODE, "as long again");
+        // Long past one episode, but it drained since: still slowed down.
+        let episode = LINK_EPISODE.as_millis() as u64;
+        publ.end_brief_pause();
+        link.slow_down_while_draining(&publ, 1_000 + 3 * episode);
+        assert_eq!(publ.poll_paused(&cx), Some(LINK_EPISODE));
+        // A link that stops draining for an episode lets them go...
+        publ.end_brief_pause();
+        link.slow_down_while_draining(&publ, 1_000 + 5 * episode);
+        assert_eq!(publ.poll_paused(&cx), None, "stalled: let go");
+        // ...until it drains again.
+        assert!(link.poll_drain(&cx, || 0, &mut v).is_ready());
+        link.slow_down_while_draining(&publ, 1_000 + 5 * episode + 1);
+        assert_eq!(publ.poll_paused(&cx), Some(LINK_EPISODE));
+        // Caught up: they go on.
+        while link.len() > 0 {
+            assert!(link.poll_drain(&cx, || 0, &mut v).is_ready());
+        }
+        assert_eq!(publ.poll_paused(&cx), None);
     }
 }

@@ -21,7 +21,6 @@ use super::wbuf::WriteBuf;
 use crate::broker::{Outbound, Outbox, Reclaim, Tracked};
 use crate::codec::{DecodeError, Decoder, Packet, PacketType, ProtocolVersion};
 use crate::config::Limits;
-use crate::link::outbox::BRIEF_PAUSE;
 use crate::stats::{self, Stats};
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -306,7 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 if !outbox.brief_pause_renewed() {
                     break;
                 }
-                timer.as_mut().reset(Instant::now() + BRIEF_PAUSE);
+                timer.as_mut().reset(Instant::now() + outbox.brief_bound());
             }
             // Lifted, or its bound passed: a brief pause is then over.
             outbox.end_brief_pause();

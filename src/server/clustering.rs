@@ -118,9 +118,17 @@ pub(super) async fn subscribe(engine: &Engine) -> Result<Inbound, ClusterError> 
             name: format!("{}.>", config.volatile_prefix()),
             reason: e.to_string(),
         })?;
+    // What the consumer fetches ahead is bounded in bytes too, but never
+    // below twice NATS's largest message: a pull whose first message is
+    // larger than its byte bound would fail, again and again.
+    let fetched = INJECTING_BYTES.max(engine.client().server_info().max_payload * 2);
     let durable = engine
         .node_consumer()
         .await?
+        .stream()
+        .max_bytes_per_batch(fetched)
+        // As `messages()` has it: a lost connection is noticed.
+        .heartbeat(Duration::from_secs(15))
         .messages()
         .await
         .map_err(|e| ClusterError::Setup {
@@ -191,6 +199,23 @@ pub(super) async fn run(
 /// acknowledgements in flight (5,000, where it would make sends wait).
 const IN_FLIGHT: usize = 256;
 
+/// Bytes of durable publishes the router holds in flight, at most (bodies
+/// and subjects; one larger message still goes, alone). With 1 KiB
+/// messages [`IN_FLIGHT`] binds first (about 300 KiB); with 64 KiB ones
+/// 64 fill it, which keeps JetStream as busy (at that size it is bound by
+/// bytes, not round trips) while a node's memory stays bounded whatever
+/// the message size (256 of NATS's largest, 1 MiB by default, would be
+/// 256 MiB).
+const IN_FLIGHT_BYTES: usize = 4 * 1024 * 1024;
+
+/// QoS 0 bytes the router hands NATS's client between two flushes, at
+/// most. Its publish only queues (2,048 commands, whatever their size):
+/// waiting for the flush (the socket write, not a round trip) every this
+/// many bytes bounds what the client holds, and makes a router that NATS
+/// does not keep up with fall behind in the core, whose queue pushes back
+/// on the publishers, instead of growing in memory.
+const VOLATILE_FLUSH_BYTES: usize = 1024 * 1024;
+
 /// JetStream's acknowledgement of one durable publish, once sent.
 type StoredFuture = Pin<Box<dyn Future<Output = Result<Stored, ClusterError>> + Send>>;
 
@@ -205,6 +230,13 @@ struct InFlight {
     ack: Option<crate::codec::Packet>,
     /// JetStream's acknowledgement of the latest try.
     stored: StoredFuture,
+}
+
+impl InFlight {
+    /// What it holds, for [`IN_FLIGHT_BYTES`].
+    fn size(&self) -> usize {
+        self.body.len() + self.subject.len()
+    }
 }
 
 /// Sends `f` (again), in the order of the calls; a send that fails at
@@ -262,6 +294,10 @@ async fn forward(
         .map_or(0, |d| d.as_nanos());
     let mut seq: u64 = 0;
     let mut window: VecDeque<InFlight> = VecDeque::with_capacity(IN_FLIGHT);
+    // The bytes `window` holds (see `IN_FLIGHT_BYTES`).
+    let mut held = 0usize;
+    // QoS 0 bytes sent since the last flush (see `VOLATILE_FLUSH_BYTES`).
+    let mut unflushed = 0usize;
     let mut open = true;
     let mut pause = RETRY_MIN;
     while open || !window.is_empty() {
@@ -286,6 +322,7 @@ async fn forward(
                 }
                 pause = RETRY_MIN;
                 let Some(f) = window.pop_front() else { continue };
+                held -= f.size();
                 // Stored: the publisher's acknowledgement, which waited
                 // for this, may go.
                 if let Some(ack) = f.ack {
@@ -294,7 +331,7 @@ async fn forward(
                     }
                 }
             }
-            m = outgoing.recv(), if open && window.len() < IN_FLIGHT => {
+            m = outgoing.recv(), if open && window.len() < IN_FLIGHT && held < IN_FLIGHT_BYTES => {
                 let Some(mut m) = m else {
                     // The router's subscription ended: what is in flight
                     // is still seen stored and acknowledged.
@@ -319,6 +356,7 @@ async fn forward(
                 }
                 if qos == QoS::AtMostOnce {
                     let subject = subject_of(&volatile, &publish.topic);
+                    unflushed += subject.len() + body.len();
                     if let Err(e) = engine
                         .client()
                         .publish_with_headers(subject, headers, body)
@@ -327,6 +365,14 @@ async fn forward(
                         // QoS 0 is at most once: not retried.
                         tracing::debug!(topic = %Escaped(&publish.topic), error = %e,
                             "cluster: QoS 0 message not sent to NATS");
+                    }
+                    if unflushed >= VOLATILE_FLUSH_BYTES {
+                        unflushed = 0;
+                        // Bounded: while NATS is unreachable the flush
+                        // waits for the reconnection; QoS 0 goes on being
+                        // queued (up to the client's bound) meanwhile.
+                        let flush = engine.client().flush();
+                        let _ = tokio::time::timeout(config.timeout, flush).await;
                     }
                     continue;
                 }
@@ -344,6 +390,7 @@ async fn forward(
                     stored: Box::pin(std::future::pending()),
                 };
                 send(&engine, &mut f).await;
+                held += f.size();
                 window.push_back(f);
             }
         }
@@ -433,6 +480,14 @@ async fn inject_volatile(
 /// acknowledgements pending (1,000 by default).
 const INJECTING: usize = 256;
 
+/// Bytes of stream messages the node holds between NATS and its core, at
+/// most: those handed to the core and awaiting its acknowledgement
+/// (beyond this, one more goes only once the oldest is acknowledged), and
+/// again as much fetched from the consumer ahead of them (see
+/// [`subscribe`]). As [`IN_FLIGHT_BYTES`]: the count binds for small
+/// messages, this for large ones.
+const INJECTING_BYTES: usize = 4 * 1024 * 1024;
+
 /// The core's acknowledgement of one injection.
 type InjectedFuture = Pin<Box<dyn Future<Output = Result<(), InlineError>> + Send>>;
 
@@ -459,6 +514,8 @@ async fn inject_durable(
     let prefix = config.durable_prefix();
     let mut window: VecDeque<(jetstream::Message, InjectedFuture)> =
         VecDeque::with_capacity(INJECTING);
+    // The payload bytes `window` holds (see `INJECTING_BYTES`).
+    let mut held = 0usize;
     let mut open = true;
     while open || !window.is_empty() {
         tokio::select! {
@@ -466,6 +523,7 @@ async fn inject_durable(
             biased;
             injected = oldest_injected(&mut window), if !window.is_empty() => {
                 let Some((m, _)) = window.pop_front() else { continue };
+                held -= m.payload.len();
                 match injected {
                     Ok(()) => {}
                     Err(InlineError::Refused(code)) => {
@@ -482,7 +540,7 @@ async fn inject_durable(
                     tracing::warn!(error = %e, "cluster: acknowledging a stream message");
                 }
             }
-            item = next(&mut durable), if open && window.len() < INJECTING => {
+            item = next(&mut durable), if open && window.len() < INJECTING && held < INJECTING_BYTES => {
                 let m = match item {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
@@ -515,6 +573,7 @@ async fn inject_durable(
                             Box::pin(std::future::ready(Ok(())))
                         }
                     };
+                held += m.payload.len();
                 window.push_back((m, injected));
             }
         }
