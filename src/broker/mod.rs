@@ -25,6 +25,7 @@ mod publish;
 mod restore;
 mod retained;
 mod roaming;
+mod saves;
 mod session;
 mod share;
 mod spill;
@@ -329,7 +330,7 @@ pub(crate) struct Broker {
     cluster_groups: Option<groups::ClusterGroups>,
     /// Acknowledgements waiting for their sessions' state to be in the
     /// cluster's session bucket (see `roaming`); off on one node.
-    saves: roaming::Saves,
+    saves: saves::Saves,
 }
 
 /// One subscriber a message goes to.
@@ -378,7 +379,7 @@ impl Broker {
             cluster_seq: 0,
             cluster_skip: HashMap::new(),
             cluster_groups: None,
-            saves: roaming::Saves::default(),
+            saves: saves::Saves::default(),
         }
     }
 

@@ -32,17 +32,17 @@
 //! reusing it is taken for a resend and dropped), a PUBREL (the outbound
 //! QoS 2 message is released: sending it again as a PUBLISH would be a
 //! new message to a client that completed the first). Such a packet is
-//! held in its outbox ([`Saves`]), its session marked; the edge's writer,
+//! held in its outbox ([`Saves`](super::saves::Saves)), its session marked; the edge's writer,
 //! woken, exports the marked sessions ([`Event::Export`]), writes them and
 //! reports the export's generation written ([`Event::Saved`]), which lets
 //! the packets go. One order per connection holds (see
 //! `link::outbox`'s cluster waits). A PUBREC's packet id goes to the
-//! bucket only once JetStream stored its message ([`Saves::expect_stored`]);
+//! bucket only once JetStream stored its message ([`Saves::expect_stored`](super::saves::Saves::expect_stored));
 //! one the cluster refused frees its id ([`Broker::settle_refused`]).
 //!
 //! **Outbound QoS 2 across a node's death.** A message of the stream goes
 //! out with a packet id that is a function of its sequence
-//! ([`stream_pid`]), so the next node, replaying from the cursor, sends a
+//! ([`stream_pid`](super::saves::stream_pid)), so the next node, replaying from the cursor, sends a
 //! message the dead node had sent under the same id: a client that still
 //! holds the id (it has not had the PUBREL) takes it for the resend it
 //! is ([MQTT-4.3.3-9]). What the dead node had released is in the bucket
@@ -55,62 +55,18 @@
 
 use super::session::{Outgoing, Session};
 use super::{
-    session_record, split_shared, subscription_record, Broker, Message, Outbox, SessionId, Tracked,
+    session_record, split_shared, subscription_record, Broker, Message, SessionId, Tracked,
 };
-use crate::codec::{ByteStr, PacketId, Publish, QoS};
+use crate::codec::{ByteStr, Publish, QoS};
 use crate::escape::Escaped;
 use roost_storage::{Op, OutboundState, Record, SessionRecord, SubscriptionRecord};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::num::NonZeroU16;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// The packet id a message of the cluster's stream goes out with: its
-/// sequence, folded into 1..=65535 (`None` for a message without one).
-/// Two messages in flight to one session at once with the same id (their
-/// sequences 65,535 apart or a multiple) cannot be: the later waits.
-pub(crate) fn stream_pid(seq: u64) -> Option<PacketId> {
-    if seq == 0 {
-        return None;
-    }
-    let folded = (seq - 1) % u64::from(u16::MAX) + 1;
-    NonZeroU16::new(u16::try_from(folded).ok()?)
-}
-
-/// Packets held until their session's state is in the cluster's session
-/// bucket (see the module's "Saves"). Off (nothing held) outside a
-/// cluster.
-#[derive(Debug, Default)]
-pub(crate) struct Saves {
-    /// Wakes the edge's writer; `None` outside a cluster.
-    wake: Option<Arc<Notify>>,
-    /// The generation the next export carries: a packet held now goes
-    /// once an export of it, or a later one, is written.
-    next: u64,
-    /// The client ids of the sessions with packets waiting.
-    dirty: HashSet<ByteStr>,
-    /// The packets waiting, in generation order: the generation, the
-    /// outbox, the packet's token.
-    held: VecDeque<(u64, Arc<Outbox>, u64)>,
-    /// Tokens handed out for packets that wait for a save alone (counted
-    /// down from the top, apart from the gates' counted up from 1).
-    tokens: u64,
-    /// The writer was woken and has not exported since.
-    woken: bool,
-    /// Successful PUBRECs waiting for JetStream to store their message,
-    /// by token (see [`Saves::expect_stored`]).
-    inbound: HashMap<u64, Inbound>,
-    /// Inbound QoS 2 flows whose PUBREC was refused: their packet ids
-    /// leave the sessions' awaited ids (see [`Broker::settle_refused`]).
-    refused: Vec<(SessionId, u16)>,
-    /// The client ids of the sessions that ended here since the last
-    /// export: their entries go.
-    ended: Vec<ByteStr>,
-}
-
 /// Which sessions an export covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) enum Scope {
     /// Those that changed in a way a client was told of, or that a node
     /// dying now must not lose (connected, disconnected, a will fired).
@@ -123,6 +79,7 @@ pub(crate) enum Scope {
 
 /// What an export gives the edge to write.
 #[derive(Debug, Default)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) struct Export {
     /// Its generation (see [`Event::Saved`](super::Event::Saved)).
     pub generation: u64,
@@ -133,120 +90,6 @@ pub(crate) struct Export {
     pub ended: Vec<ByteStr>,
 }
 
-/// A successful PUBREC waiting for JetStream to store its message.
-#[derive(Debug)]
-struct Inbound {
-    sid: SessionId,
-    client_id: ByteStr,
-    pid: u16,
-    /// Its outbox, if it then waits for the session bucket too.
-    save: Option<Arc<Outbox>>,
-}
-
-impl Saves {
-    /// Whether packets wait for saves (this node is in a cluster).
-    pub(crate) fn on(&self) -> bool {
-        self.wake.is_some()
-    }
-
-    /// A token for a packet that waits for a save alone.
-    pub(crate) fn token(&mut self) -> u64 {
-        self.tokens += 1;
-        u64::MAX - self.tokens
-    }
-
-    /// The packet `token` in `outbox` waits (one cluster wait) until
-    /// `client_id`'s session is next written.
-    pub(crate) fn hold(&mut self, client_id: &ByteStr, outbox: Arc<Outbox>, token: u64) {
-        self.held.push_back((self.next, outbox, token));
-        self.touch(client_id);
-    }
-
-    /// `client_id`'s session is to be written soon.
-    fn touch(&mut self, client_id: &ByteStr) {
-        if !self.dirty.contains(client_id) {
-            self.dirty.insert(client_id.clone());
-        }
-        if !self.woken {
-            self.woken = true;
-            if let Some(w) = &self.wake {
-                w.notify_one();
-            }
-        }
-    }
-
-    /// The PUBREC `token` of `sid`'s inbound QoS 2 flow `pid` waits for
-    /// JetStream to store its message, and if `save` (its outbox), then
-    /// for the session bucket to hold `pid`. The id goes to the bucket
-    /// only once the message is stored: a node that died between the two
-    /// would otherwise leave the id without its message, and the next node
-    /// would take the client's resend for a duplicate and lose it.
-    pub(crate) fn expect_stored(
-        &mut self,
-        token: u64,
-        sid: SessionId,
-        client_id: ByteStr,
-        pid: u16,
-        save: Option<Arc<Outbox>>,
-    ) {
-        let inbound = Inbound {
-            sid,
-            client_id,
-            pid,
-            save,
-        };
-        self.inbound.insert(token, inbound);
-    }
-
-    /// JetStream stored the message of the acknowledgement `token`.
-    pub(crate) fn stored(&mut self, token: u64) {
-        if let Some(Inbound {
-            client_id,
-            save: Some(outbox),
-            ..
-        }) = self.inbound.remove(&token)
-        {
-            self.hold(&client_id, outbox, token);
-        }
-    }
-
-    /// The acknowledgement `token` was refused (0: one refused as it was
-    /// armed, handled there).
-    pub(crate) fn refused(&mut self, token: u64) {
-        if let Some(i) = self.inbound.remove(&token) {
-            self.refused.push((i.sid, i.pid));
-        }
-    }
-
-    /// The inbound QoS 2 ids whose messages JetStream has not stored yet,
-    /// by client id: not for the bucket yet.
-    fn unstored(&self) -> HashMap<&ByteStr, Vec<u16>> {
-        let mut by_client: HashMap<&ByteStr, Vec<u16>> = HashMap::new();
-        for i in self.inbound.values() {
-            by_client.entry(&i.client_id).or_default().push(i.pid);
-        }
-        by_client
-    }
-
-    /// Starts an export: its generation, the sessions touched, and those
-    /// that ended.
-    fn export(&mut self) -> (u64, HashSet<ByteStr>, Vec<ByteStr>) {
-        let generation = self.next;
-        self.next += 1;
-        self.woken = false;
-        let dirty = std::mem::take(&mut self.dirty);
-        (generation, dirty, std::mem::take(&mut self.ended))
-    }
-
-    /// The export `generation` is written: what waited for it goes.
-    fn saved(&mut self, generation: u64) {
-        while self.held.front().is_some_and(|(g, ..)| *g <= generation) {
-            if let Some((_, outbox, token)) = self.held.pop_front() {
-                outbox.open_cluster(token);
-            }
-        }
-    }
-}
 /// A persistent session as the cluster keeps it: enough for another node
 /// to resume it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,7 +102,7 @@ pub(crate) struct SessionState {
     pub inbound_qos2: Vec<u16>,
     /// The stream sequences of the outbound QoS 2 messages it released
     /// (PUBREL sent) and the client has not completed: only a PUBREL is
-    /// owed for them, under their [`stream_pid`].
+    /// owed for them, under their [`stream_pid`](super::saves::stream_pid).
     pub released: Vec<u64>,
     /// The first stream sequence it may still be owed; 0 if not known
     /// (the edge keeps the last known one).
@@ -689,8 +532,8 @@ impl Broker {
 
 /// Whether a session is one the cluster keeps: a network client's
 /// persistent session (not an inline client's, a bridge's or a router's).
-pub(super) fn roams(s: &Session) -> bool {
-    !s.client.inline && s.is_persistent()
+fn roams(s: &Session) -> bool {
+    s.roams()
 }
 
 /// See the module's "cursor": the sequence of the first entry owed, or

@@ -5,7 +5,7 @@
 
 use super::pages::{Pages, Spill};
 use super::persist::{Pending, Persist};
-use super::roaming::stream_pid;
+use super::saves::stream_pid;
 use super::ConnId;
 use super::{Burst, Delivery, Outbound, Outbox, Tracked};
 use crate::codec::{
@@ -130,7 +130,7 @@ pub(crate) struct Ctx<'a> {
     /// Page reads of spilled queues, and the memory budget of queues.
     pub pages: &'a mut Pages,
     /// Packets waiting for the cluster's session bucket (see `roaming`).
-    pub saves: &'a mut super::roaming::Saves,
+    pub saves: &'a mut super::saves::Saves,
     pub now_ms: u64,
     /// Messages dropped while this context lived (see [`Session::deliver`]).
     pub drops: std::cell::Cell<u32>,
@@ -301,6 +301,13 @@ impl Session {
         self.owner_unknown || self.client.username == client.username
     }
 
+    /// Whether the cluster keeps this session (see `roaming`): a network
+    /// client's persistent session (not an inline client's, a bridge's or
+    /// a router's).
+    pub(crate) fn roams(&self) -> bool {
+        !self.client.inline && self.is_persistent()
+    }
+
     /// A session that outlives its connection is persisted.
     pub(crate) fn is_persistent(&self) -> bool {
         self.expiry_interval > 0
@@ -372,7 +379,7 @@ impl Session {
     fn send_pubrel(&self, pid: PacketId, ctx: &mut Ctx) {
         let Some(c) = &self.conn else { return };
         let packet = Packet::PubRel(PubResp::new(pid));
-        if ctx.saves.on() && super::roaming::roams(self) {
+        if ctx.saves.on() && self.roams() {
             let token = ctx.saves.token();
             let commit = if self.stored && ctx.persist.must_hold() {
                 ctx.persist.touched.push(c.outbox.clone());
