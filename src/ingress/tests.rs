@@ -657,9 +657,10 @@ fn batchable_packet_types() {
 /// Every connection keeps one `Arc<Client>` for its whole life (its
 /// ingress and its session share it): 120 bytes and the Arc's two counts,
 /// a 144-byte chunk from glibc's malloc. The certificate's subject (16
-/// bytes, d925bb3) took it from a 128-byte chunk, which is part of the
-/// idle connection's growth from 1.34 to 1.42 KiB (BENCHMARKS.md, idle);
-/// a field more costs every idle connection again.
+/// bytes, d925bb3) took it from a 128-byte chunk, and most of the idle
+/// connection's growth from 1.34 to 1.43 KiB came with it (50-60 bytes
+/// each, BENCHMARKS.md, idle); a field more costs every idle connection
+/// again.
 #[test]
 #[cfg(target_pointer_width = "64")]
 fn an_admitted_client_stays_small() {
