@@ -653,3 +653,29 @@ fn batchable_packet_types() {
         assert!(!Ingress::batchable(t, &none));
     }
 }
+
+/// Every connection keeps one `Arc<Client>` for its whole life (its
+/// ingress and its session share it): 120 bytes and the Arc's two counts,
+/// a 144-byte chunk from glibc's malloc. The certificate's subject (16
+/// bytes, d925bb3) took it from a 128-byte chunk, and most of the idle
+/// connection's growth from 1.34 to 1.43 KiB came with it (50-60 bytes
+/// each, BENCHMARKS.md, idle); a field more costs every idle connection
+/// again.
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn an_admitted_client_stays_small() {
+    let size = std::mem::size_of::<Client>();
+    assert!(size <= 120, "hooks::Client is {size} bytes");
+    let (admission, next) = start(
+        connect(ProtocolVersion::V5),
+        TransportUser::FromConnect,
+        &Hooks::default(),
+    );
+    assert!(
+        matches!(next, Next::Authenticate | Next::Admitted),
+        "{next:?}"
+    );
+    let admitted = admission.admitted(&Options::default());
+    // One allocation, shared: the core's session gets this Arc, not a copy.
+    assert!(Arc::ptr_eq(&admitted.client, admitted.ingress.client()));
+}
