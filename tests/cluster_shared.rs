@@ -110,6 +110,24 @@ async fn publish_from_both(pubs: [&mut Raw; 2], topic: &str, prefix: &str, n: us
     }
 }
 
+/// Publishes `n` QoS 1 messages on `topic` from `raw`, payloads
+/// `<prefix><i>`, packet ids from `first_pid` on; every acknowledgement a
+/// success.
+async fn publish_numbered(raw: &mut Raw, topic: &str, prefix: &str, n: usize, first_pid: u16) {
+    for i in 0..n {
+        let pid = first_pid + i as u16;
+        let r = raw
+            .publish(publish(
+                topic,
+                &format!("{prefix}{i}"),
+                QoS::AtLeastOnce,
+                pid,
+            ))
+            .await;
+        assert_eq!(r, ReasonCode::Success, "message {i}");
+    }
+}
+
 async fn member(node: &TestBroker, id: &str, filter: &str, qos: QoS) -> Raw {
     let mut raw = Raw::connected(node.addr, v5(id)).await;
     let ack = raw.subscribe(1, filter, qos).await;
@@ -378,17 +396,7 @@ async fn members_leaving_stop_their_node_pulling_and_the_consumer_keeps_the_mess
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     const N: usize = 20;
-    for i in 0..N {
-        let r = publ
-            .publish(publish(
-                "k",
-                &format!("w{i}"),
-                QoS::AtLeastOnce,
-                i as u16 + 2,
-            ))
-            .await;
-        assert_eq!(r, ReasonCode::Success);
-    }
+    publish_numbered(&mut publ, "k", "w", N, 2).await;
     // They wait in the consumer, untouched: none pulled, none given back
     // (which would count towards dropping them). Checked a few times over
     // a while; a node still pulling would take them at once.
@@ -461,17 +469,8 @@ async fn a_message_every_member_is_refused_is_terminated_and_counted_once() {
     let dropped = |n: &TestBroker| n.stats.snapshot().messages_dropped;
     let before = (dropped(&a), dropped(&b));
     const N: u64 = 10;
-    for i in 0..N {
-        let r = publ
-            .publish(publish(
-                "secret/x",
-                &format!("s{i}"),
-                QoS::AtLeastOnce,
-                i as u16 + 1,
-            ))
-            .await;
-        assert_eq!(r, ReasonCode::Success, "stored, whoever may read it");
-    }
+    // Stored, whoever may read it.
+    publish_numbered(&mut publ, "secret/x", "s", N as usize, 1).await;
     // Every one counted as dropped on the node refusing it, within a few
     // rounds of a second.
     let t = Instant::now();
@@ -534,17 +533,7 @@ async fn a_message_refused_on_one_node_reaches_a_member_allowed_on_the_other() {
     let mut publ = Raw::connected(b.addr, v5("pub-b")).await;
     let before = b.stats.snapshot().messages_dropped;
     const N: usize = 20;
-    for i in 0..N {
-        let r = publ
-            .publish(publish(
-                "secret/y",
-                &format!("y{i}"),
-                QoS::AtLeastOnce,
-                i as u16 + 1,
-            ))
-            .await;
-        assert_eq!(r, ReasonCode::Success);
-    }
+    publish_numbered(&mut publ, "secret/y", "y", N, 1).await;
     let got = read_all(&mut [&mut allowed], N).await;
     assert_eq!(merged(&got), payloads("y", N), "everything, once");
     refused.expect_nothing().await;
@@ -586,17 +575,7 @@ async fn messages_a_dead_node_pulled_reach_a_live_member_within_the_ack_wait() {
     }
     let mut publ = Raw::connected(a.addr, v5("pub-a")).await;
     const N: usize = 10;
-    for i in 0..N {
-        let r = publ
-            .publish(publish(
-                "d",
-                &format!("d{i}"),
-                QoS::AtLeastOnce,
-                i as u16 + 1,
-            ))
-            .await;
-        assert_eq!(r, ReasonCode::Success);
-    }
+    publish_numbered(&mut publ, "d", "d", N, 1).await;
     // The doomed node pulls them all, and dies without a word.
     let (consumer, _) = group_infos(&nats, &name).await.remove(0);
     let doomed = async_nats::connect(nats.urls().join(",")).await.unwrap();
@@ -725,17 +704,7 @@ async fn a_delivery_slower_than_the_ack_wait_is_not_redelivered_elsewhere() {
     stalling.slow.store(true, Ordering::Relaxed);
     let stalled = Instant::now();
     const N: usize = 20;
-    for i in 0..N {
-        let r = publ
-            .publish(publish(
-                "st",
-                &format!("p{i}"),
-                QoS::AtLeastOnce,
-                i as u16 + 1,
-            ))
-            .await;
-        assert_eq!(r, ReasonCode::Success);
-    }
+    publish_numbered(&mut publ, "st", "p", N, 1).await;
     // B's member gets its messages at once (its copies commit behind), but
     // B's outcomes wait for the commit: keep reading past the ack wait and
     // the commit, when a copy given to A as well would have arrived.

@@ -152,34 +152,30 @@ impl Broker {
         let Some(s) = self.sessions.get(&sid) else {
             return;
         };
-        let Some(conn) = s.conn.as_ref().filter(|_| self.saves.on() && roams(s)) else {
+        let Some(conn) = s.conn.as_ref().filter(|_| self.saves.on() && s.roams()) else {
             return self.ack(sid, packet);
         };
-        let outbox = conn.outbox.clone();
-        let token = self.saves.token();
         // As `ack` decides: while the store fails, what a session that is
         // not stored may do needs no commit.
         let vouches_for_nothing = !s.stored && self.storage_failing();
         let commit = if self.persist.must_hold() && !vouches_for_nothing {
-            self.persist.touched.push(outbox.clone());
+            self.persist.touched.push(conn.outbox.clone());
             self.persist.commit
         } else {
             0
         };
-        outbox.push_held(commit, token, 1, packet);
-        let client_id = s.client_id().clone();
-        self.saves.hold(&client_id, outbox, token);
+        self.saves.push(s.client_id(), &conn.outbox, commit, packet);
     }
 
     /// Whether an acknowledgement to `sid`'s client also waits for a save.
     pub(super) fn saved_first(&self, sid: SessionId) -> bool {
-        self.saves.on() && self.sessions.get(&sid).is_some_and(|s| roams(s))
+        self.saves.on() && self.sessions.get(&sid).is_some_and(|s| s.roams())
     }
 
     /// `sid`'s session changed in a way a node dying now must not lose
     /// (it connected, disconnected, its will fired): written soon.
     pub(super) fn touch_session(&mut self, sid: SessionId) {
-        if let Some(s) = self.sessions.get(&sid).filter(|s| roams(s)) {
+        if let Some(s) = self.sessions.get(&sid).filter(|s| s.roams()) {
             if self.saves.on() {
                 let client_id = s.client_id().clone();
                 self.saves.touch(&client_id);
@@ -189,7 +185,7 @@ impl Broker {
 
     /// `s` ends here: its entry goes (see [`Export::ended`]).
     pub(super) fn session_ended(&mut self, s: &Session) {
-        if self.saves.on() && roams(s) {
+        if self.saves.on() && s.roams() {
             self.saves.ended.push(s.client_id().clone());
         }
     }
@@ -211,7 +207,7 @@ impl Broker {
         let sessions = self
             .sessions
             .values_mut()
-            .filter(|s| roams(s) && wanted(s))
+            .filter(|s| s.roams() && wanted(s))
             .map(|s| {
                 let mut state = session_state(s, routed);
                 if let Some(ids) = unstored.get(s.client_id()) {
@@ -310,7 +306,7 @@ impl Broker {
         now_ms: u64,
     ) -> Option<SessionState> {
         let sid = *self.by_client_id.get(client_id)?;
-        if !self.sessions.get(&sid).is_some_and(|s| roams(s)) {
+        if !self.sessions.get(&sid).is_some_and(|s| s.roams()) {
             return None;
         }
         self.close_taken_over(sid, now_ms);
@@ -346,7 +342,7 @@ impl Broker {
     pub(crate) fn roaming_client_ids(&self) -> Vec<String> {
         self.sessions
             .values()
-            .filter(|s| roams(s))
+            .filter(|s| s.roams())
             .map(|s| s.client_id().as_str().to_owned())
             .collect()
     }
@@ -528,12 +524,6 @@ impl Broker {
             self.cluster_skip.retain(|_, upto| *upto > seq);
         }
     }
-}
-
-/// Whether a session is one the cluster keeps: a network client's
-/// persistent session (not an inline client's, a bridge's or a router's).
-fn roams(s: &Session) -> bool {
-    s.roams()
 }
 
 /// See the module's "cursor": the sequence of the first entry owed, or

@@ -4,7 +4,7 @@
 //! so that sessions (which hold packets here) and `roaming` (which exports
 //! them) both use it without depending on each other.
 
-use super::{Outbox, SessionId};
+use super::{Outbound, Outbox, SessionId};
 use crate::codec::{ByteStr, PacketId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
@@ -71,9 +71,23 @@ impl Saves {
     }
 
     /// A token for a packet that waits for a save alone.
-    pub(crate) fn token(&mut self) -> u64 {
+    fn token(&mut self) -> u64 {
         self.tokens += 1;
         u64::MAX - self.tokens
+    }
+
+    /// Pushes `packet` to `client_id`'s `outbox`, held until the session is
+    /// next written (and, unless `commit` is 0, until that commit is).
+    pub(crate) fn push(
+        &mut self,
+        client_id: &ByteStr,
+        outbox: &Arc<Outbox>,
+        commit: u64,
+        packet: impl Into<Outbound>,
+    ) {
+        let token = self.token();
+        outbox.push_held(commit, token, 1, packet);
+        self.hold(client_id, outbox.clone(), token);
     }
 
     /// The packet `token` in `outbox` waits (one cluster wait) until

@@ -380,15 +380,13 @@ impl Session {
         let Some(c) = &self.conn else { return };
         let packet = Packet::PubRel(PubResp::new(pid));
         if ctx.saves.on() && self.roams() {
-            let token = ctx.saves.token();
             let commit = if self.stored && ctx.persist.must_hold() {
                 ctx.persist.touched.push(c.outbox.clone());
                 ctx.persist.commit
             } else {
                 0
             };
-            c.outbox.push_held(commit, token, 1, packet);
-            ctx.saves.hold(self.client_id(), c.outbox.clone(), token);
+            ctx.saves.push(self.client_id(), &c.outbox, commit, packet);
         } else if self.stored && ctx.persist.must_hold() {
             ctx.persist.hold(&c.outbox, ctx.persist.commit, 0, packet);
         } else {
