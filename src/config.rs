@@ -72,9 +72,10 @@ pub struct Options {
 pub struct Memory {
     /// Most memory the queued and in-flight QoS 1/2 messages held in
     /// memory, and the cached retained messages (at most an eighth of it),
-    /// may take, all sessions together, counting each queued one's topic,
-    /// payload and about 350 bytes of bookkeeping. A size (`"256MiB"`) or
-    /// whole bytes. Default: 256 MiB.
+    /// may take, all sessions together, counting each message's topic,
+    /// payload and about 350 bytes of bookkeeping once, and 64 bytes for
+    /// each further queue that holds it (the sessions a message goes to
+    /// share it). A size (`"256MiB"`) or whole bytes. Default: 256 MiB.
     #[serde(with = "size")]
     pub budget: usize,
 }

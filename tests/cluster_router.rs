@@ -337,3 +337,91 @@ async fn qos0_at_full_speed_crosses_nodes_with_little_loss() {
     reader.abort();
     drop((a, b));
 }
+
+/// Subscribers on one node that take large messages more slowly than
+/// another node publishes them hold the stream back, as they would hold a
+/// publisher on their own node back: the node's memory keeps a window and
+/// the stream the rest, and nothing acknowledged is dropped. B's budget
+/// (16 MiB) is less than what the publisher sends (400 x 64 KiB = 25 MiB):
+/// before, B injected the stream as fast as NATS gave it and dropped
+/// past its budget (about half of the copies, counted per subscriber).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscribers_on_the_far_node_hold_the_stream_back_and_lose_nothing() {
+    const N: usize = 400;
+    const SUBSCRIBERS: usize = 4;
+    let nats = NatsCluster::start(1).await;
+    let name = common::unique("far");
+    let a = Server::new(Options::default()).cluster(common::cluster::config(&nats, &name, "a"));
+    let mut opts = Options::default();
+    opts.memory.budget = 16 * 1024 * 1024;
+    let b = Server::new(opts).cluster(common::cluster::config(&nats, &name, "b"));
+    let (a, b) = (common::nats::node(a).await, common::nats::node(b).await);
+
+    let mut subs = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        let mut sub = Raw::connected(b.addr, v311(&format!("far-sub-{i}"))).await;
+        sub.subscribe(1, "far/#", QoS::AtLeastOnce).await;
+        subs.push(sub);
+    }
+    let mut publ = Raw::connected(a.addr, v311("far-pub")).await;
+    // Every subscriber hears a probe: the path is up.
+    assert_eq!(
+        publ.publish(publish("far/probe", "probe", QoS::AtLeastOnce, 1))
+            .await,
+        ReasonCode::Success
+    );
+    for sub in &mut subs {
+        let p = sub.recv_publish().await;
+        sub.ack(&p).await;
+    }
+
+    // Each reads at about 300 messages a second (20 MiB/s), acknowledging
+    // each.
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut sub| {
+            tokio::spawn(async move {
+                let mut got = std::collections::BTreeSet::new();
+                while got.len() < N {
+                    let Some(p) = sub.recv_within(Duration::from_secs(30)).await else {
+                        break;
+                    };
+                    let Packet::Publish(p) = p else { continue };
+                    got.insert(common::payload(&p)[..6].to_owned());
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    sub.ack(&p).await;
+                }
+                got
+            })
+        })
+        .collect();
+    let filler = "x".repeat(64 * 1024 - 6);
+    for i in 0..N {
+        let pid = (i + 2) as u16;
+        let payload = format!("{i:06}{filler}");
+        publ.send(Packet::Publish(publish(
+            "far/x",
+            &payload,
+            QoS::AtLeastOnce,
+            pid,
+        )))
+        .await;
+    }
+    for _ in 0..N {
+        match publ.recv_within(Duration::from_secs(60)).await {
+            Some(Packet::PubAck(r)) => assert!(r.reason.is_success(), "{r:?}"),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    for reader in readers {
+        let got = reader.await.unwrap();
+        assert_eq!(
+            got.len(),
+            N,
+            "each subscriber gets every message ({} dropped on B)",
+            b.stats.snapshot().messages_dropped
+        );
+    }
+    assert_eq!(b.stats.snapshot().messages_dropped, 0);
+    drop((a, b));
+}

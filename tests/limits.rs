@@ -1260,3 +1260,76 @@ async fn unauthenticated_bytes_are_bounded_across_connections() {
     c.disconnect().await;
     assert_eq!(b.stats.snapshot().unauthenticated_refused, 1);
 }
+
+// ----- the memory budget ---------------------------------------------------
+
+/// Sessions only memory holds (the in-memory store) are bounded by
+/// `memory.budget`: past it their messages are dropped. Publishers to
+/// slow subscribers are paused before that (from three quarters of it),
+/// so a load larger than the budget arrives whole, at the subscribers'
+/// pace. Four pairs each send 100 x 64 KiB (26 MiB in all) through a
+/// 16 MiB budget to subscribers that take about 300 a second: before,
+/// about a third of the copies were dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscribers_pause_their_publishers_before_the_memory_budget_drops() {
+    const PAIRS: usize = 4;
+    const N: usize = 100;
+    let mut opts = Options::default();
+    opts.memory.budget = 16 * 1024 * 1024;
+    let b = TestBroker::with(opts).await;
+    let mut readers = Vec::new();
+    for i in 0..PAIRS {
+        let mut sub = Raw::connected(b.addr, v311(&format!("budget-sub-{i}"))).await;
+        sub.subscribe(1, &format!("budget/{i}"), QoS::AtLeastOnce)
+            .await;
+        readers.push(tokio::spawn(async move {
+            let mut got = std::collections::BTreeSet::new();
+            while got.len() < N {
+                let Some(p) = sub.recv_within(Duration::from_secs(30)).await else {
+                    break;
+                };
+                let Packet::Publish(p) = p else { continue };
+                got.insert(payload(&p)[..6].to_owned());
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                sub.ack(&p).await;
+            }
+            got.len()
+        }));
+    }
+    let filler = "x".repeat(64 * 1024 - 6);
+    let mut publishers = Vec::new();
+    for i in 0..PAIRS {
+        let (addr, filler) = (b.addr, filler.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut publ = Raw::connected(addr, v311(&format!("budget-pub-{i}"))).await;
+            for n in 0..N {
+                let m = publish(
+                    &format!("budget/{i}"),
+                    &format!("{n:06}{filler}"),
+                    QoS::AtLeastOnce,
+                    n as u16 + 1,
+                );
+                publ.send(Packet::Publish(m)).await;
+            }
+            for _ in 0..N {
+                match publ.recv_within(Duration::from_secs(60)).await {
+                    Some(Packet::PubAck(_)) => {}
+                    other => panic!("expected PUBACK, got {other:?}"),
+                }
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    for r in readers {
+        let got = r.await.unwrap();
+        assert_eq!(
+            got,
+            N,
+            "each subscriber gets every message ({} dropped)",
+            b.stats.snapshot().messages_dropped
+        );
+    }
+    assert_eq!(b.stats.snapshot().messages_dropped, 0);
+}

@@ -4,6 +4,7 @@
 //! take against the budget ([`Pages`]). Plain data, so that the session
 //! can hold it without knowing how spilling works.
 
+use super::Tracked;
 use crate::codec::ByteStr;
 use crate::stats::Stats;
 use roost_storage::{MessageRecord, OutboundRecord, StorageError};
@@ -104,16 +105,47 @@ impl Pages {
         self.next_epoch
     }
 
-    /// `entries` more entries in memory, of `bytes` topic and payload.
-    pub(crate) fn hold(&mut self, stats: &Stats, entries: usize, bytes: usize) {
-        self.cached += cost(entries, bytes);
+    /// One more queued copy of `msg` in memory. The message itself (its
+    /// topic, payload and bookkeeping) counts with its first copy only:
+    /// the sessions it goes to share one body, and counting it for each
+    /// made a fan-out of large messages hit the budget (and drop
+    /// acknowledged messages) with a small fraction of it in use.
+    pub(crate) fn hold_copy(&mut self, stats: &Stats, msg: &Tracked) {
+        let first = msg.budgeted.fetch_add(1, Relaxed) == 0;
+        self.cached += copy_cost(first, msg.size());
         stats.queue_memory_bytes.store(self.cached as u64, Relaxed);
     }
 
-    /// `entries` fewer, of `bytes`.
-    pub(crate) fn free(&mut self, stats: &Stats, entries: usize, bytes: usize) {
-        self.cached = self.cached.saturating_sub(cost(entries, bytes));
+    /// One copy of `msg` fewer (one [`Pages::hold_copy`] counted); the
+    /// message's own cost goes with its last.
+    pub(crate) fn free_copy(&mut self, stats: &Stats, msg: &Tracked) {
+        let before = msg
+            .budgeted
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)))
+            .unwrap_or(0);
+        self.cached = self
+            .cached
+            .saturating_sub(copy_cost(before == 1, msg.size()));
         stats.queue_memory_bytes.store(self.cached as u64, Relaxed);
+    }
+
+    /// Are the queues in memory (with the retained cache) past three
+    /// quarters of the budget? Publishers to sessions that only memory
+    /// holds are then paused while those sessions have a queue, so the
+    /// budget is a bound that backpressure keeps them under, not a cliff
+    /// that drops acknowledged messages.
+    pub(crate) fn tight(&self) -> bool {
+        self.cached.saturating_add(self.retained) > self.budget - self.budget / 4
+    }
+
+    /// Would one more copy of `msg` take the queues in memory past the
+    /// budget? See [`Pages::hold_copy`] for what it costs.
+    pub(crate) fn over_budget_copy(&self, msg: &Tracked) -> bool {
+        let first = msg.budgeted.load(Relaxed) == 0;
+        self.cached
+            .saturating_add(self.retained)
+            .saturating_add(copy_cost(first, msg.size()))
+            > self.budget
     }
 
     /// Would `entries` more of `bytes` take the queues in memory past the
@@ -127,17 +159,34 @@ impl Pages {
     }
 }
 
-/// What one entry in memory costs beyond its topic and payload: the entry
-/// (about 50 bytes), the message with its properties and bookkeeping
-/// (about 270, shared by the sessions it goes to) and the two heap blocks
-/// of topic and payload. Measured: 1,000,000 queued messages of 74 bytes
-/// took 428 MB in memory. Counted in full for every entry, so the budget
-/// errs on the safe side when a message goes to several sessions.
-pub(crate) const ENTRY_COST: usize = 352;
+/// What one queued copy of a message costs in memory: its queue entry
+/// (about 50 bytes).
+pub(crate) const COPY_COST: usize = 64;
 
-/// What `entries` entries of `bytes` topic and payload cost in memory.
+/// What one message in memory costs beyond its topic and payload, however
+/// many queues hold it: the message with its properties and bookkeeping
+/// (about 270 bytes) and the two heap blocks of topic and payload.
+pub(crate) const MESSAGE_COST: usize = 288;
+
+/// What one entry with a message of its own costs beyond its topic and
+/// payload. Measured: 1,000,000 queued messages of 74 bytes took 428 MB in
+/// memory.
+pub(crate) const ENTRY_COST: usize = COPY_COST + MESSAGE_COST;
+
+/// What `entries` entries of `bytes` topic and payload cost in memory,
+/// each with a message of its own.
 fn cost(entries: usize, bytes: usize) -> usize {
     entries.saturating_mul(ENTRY_COST).saturating_add(bytes)
+}
+
+/// What one copy of a message of `bytes` topic and payload costs: with
+/// the message's own cost if it is the `only` copy counted.
+fn copy_cost(only: bool, bytes: usize) -> usize {
+    if only {
+        ENTRY_COST + bytes
+    } else {
+        COPY_COST
+    }
 }
 
 /// A page of a session's spilled queue to read.

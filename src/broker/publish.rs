@@ -546,11 +546,21 @@ impl Broker {
     /// ([`Outbox::slow_down`]).
     pub(super) fn slow_down_publisher(
         &mut self,
-        msg: &Message,
+        msg: &Tracked,
         congested: &[(SessionId, Pushback)],
         now_ms: u64,
     ) {
-        let Some(publisher) = msg.publisher else {
+        // A message of the cluster's stream was injected here by the
+        // router: the router waits (the stream holds what waits), not the
+        // publisher, which may be on another node, or has already had its
+        // acknowledgement.
+        let from_stream = msg.seq != 0;
+        let publisher = if from_stream {
+            self.cluster_router
+        } else {
+            msg.publisher
+        };
+        let Some(publisher) = publisher else {
             return;
         };
         let Some(outbox) = self

@@ -324,7 +324,7 @@ fn place(
         let id = o.msg.store_id.load(Relaxed);
         *persist.refs.entry(id).or_insert(0) += 1;
     }
-    pages.hold(stats, 1, size);
+    pages.hold_copy(stats, &o.msg);
     if o.state == OutboundState::Queued {
         s.flows_mut().queue.push_back(o);
     } else {

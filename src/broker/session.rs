@@ -458,7 +458,7 @@ impl Session {
         if let Some(f) = self.flows.as_mut().filter(|_| !o.burst) {
             let size = o.msg.size();
             f.bytes = f.bytes.saturating_sub(size);
-            ctx.pages.free(ctx.stats, 1, size);
+            ctx.pages.free_copy(ctx.stats, &o.msg);
         }
     }
 
@@ -620,7 +620,12 @@ impl Session {
         // publishers are paused, hence the room between the length where it
         // pushes back and the one where it drops.
         let (pause_at, pause_bytes) = pause_thresholds(limits);
-        let mut congested = connected && (queued >= pause_at || bytes >= pause_bytes);
+        // Memory nearly spent, for a session the store cannot take over
+        // from: its publishers wait for it too, rather than a later copy
+        // being dropped at the budget.
+        // (Not for one with nothing outstanding: it keeps up.)
+        let tight = bytes > 0 && !self.spillable(ctx) && ctx.pages.tight();
+        let mut congested = connected && (queued >= pause_at || bytes >= pause_bytes || tight);
         let mut hard_limit = if connected {
             limits
                 .maximum_queued_messages
@@ -655,7 +660,7 @@ impl Session {
         // Past the window or the budget, the entry is kept by the store
         // only (see `spill`); a session the store does not hold has only
         // memory, and the budget bounds it.
-        let spill = !direct && self.spills(size, ctx);
+        let spill = !direct && self.spills(msg, ctx);
         // A retained burst is outside the queue limits while it waits in
         // memory, paced by the client; one that goes to the store is an
         // entry like any other, or a client away could have every retained
@@ -668,7 +673,7 @@ impl Session {
             self.dropped(msg, DropReason::QueueFull, ctx);
             return pushback;
         }
-        if !spill && burst.is_none() && !self.spillable(ctx) && ctx.pages.over_budget(1, size) {
+        if !spill && burst.is_none() && !self.spillable(ctx) && ctx.pages.over_budget_copy(msg) {
             self.dropped(msg, DropReason::MemoryBudget, ctx);
             return pushback;
         }
@@ -692,7 +697,7 @@ impl Session {
         if !o.burst {
             self.flows_mut().bytes += size;
             if !spill {
-                ctx.pages.hold(ctx.stats, 1, size);
+                ctx.pages.hold_copy(ctx.stats, msg);
             }
         }
         if self.stored {
@@ -894,11 +899,14 @@ impl Session {
     /// Moves queued messages into flight while the window has room.
     pub(crate) fn fill(&mut self, ctx: &mut Ctx) {
         let (pause_at, pause_bytes) = pause_thresholds(ctx.limits);
+        // See `deliver`: memory nearly spent pauses too, until it is not.
+        let tight = !self.spillable(ctx) && ctx.pages.tight();
         if let Some(f) = self.flows.as_mut() {
             let queued = f.queue.len() - f.burst_queued + f.spill.count;
             if f.congested_since_ms.is_some()
                 && queued <= pause_at / 2
                 && f.bytes <= pause_bytes / 2
+                && !tight
             {
                 // Drained: the episode is over, and the next congestion may
                 // pause publishers again.
@@ -1142,16 +1150,11 @@ impl Session {
         let Some(f) = self.flows.as_mut() else {
             return;
         };
-        let in_memory = f.bytes.saturating_sub(f.spill.bytes);
-        let entries = f
-            .inflight
-            .iter()
-            .chain(&f.queue)
-            .filter(|o| !o.burst)
-            .count();
+        for o in f.inflight.iter().chain(&f.queue).filter(|o| !o.burst) {
+            ctx.pages.free_copy(ctx.stats, &o.msg);
+        }
         f.bytes = 0;
         f.burst_queued = 0;
-        ctx.pages.free(ctx.stats, entries, in_memory);
         self.forget_spill(ctx);
         let Some(f) = self.flows.as_mut() else {
             return;

@@ -55,13 +55,13 @@ impl Session {
         self.flows().map_or(0, |f| f.spill.count)
     }
 
-    /// Does a new queued entry of `bytes` go to the store only?
-    pub(super) fn spills(&self, bytes: usize, ctx: &Ctx) -> bool {
+    /// Does a new queued copy of `msg` go to the store only?
+    pub(super) fn spills(&self, msg: &Tracked, ctx: &Ctx) -> bool {
         self.spillable(ctx)
             && (self.spilled() > 0
                 || self.conn.is_none()
                 || self.flows().is_some_and(|f| f.queue.len() >= QUEUE_WINDOW)
-                || ctx.pages.over_budget(1, bytes))
+                || ctx.pages.over_budget_copy(msg))
     }
 
     /// `o` was just stored (inline) and goes to the spill, not to memory.
@@ -90,7 +90,7 @@ impl Session {
         let Some(first) = f.queue.front().map(|o| o.seq) else {
             return;
         };
-        let (mut count, mut bytes, mut freed, mut held) = (0, 0, 0, 0);
+        let (mut count, mut bytes) = (0, 0);
         for mut o in f.queue.drain(..) {
             let size = o.msg.size();
             if o.burst {
@@ -98,8 +98,7 @@ impl Session {
                 f.burst_queued -= 1;
                 f.bytes += size;
             } else {
-                freed += size;
-                held += 1;
+                ctx.pages.free_copy(ctx.stats, &o.msg);
             }
             if !o.inline {
                 o.inline = true;
@@ -117,7 +116,6 @@ impl Session {
         let commit = ctx.persist.commit;
         f.spill
             .add(first, count, bytes, commit, ctx.pages, ctx.stats);
-        ctx.pages.free(ctx.stats, held, freed);
     }
 
     /// A queued entry read from the store at start-up that stays there: the
@@ -249,13 +247,13 @@ impl Session {
             read += 1;
             bytes += size;
             let inline = entry.message_id == 0;
+            ctx.pages.hold_copy(ctx.stats, &msg);
             f.queue
                 .push_back(Outgoing::from_record(seq, &entry, msg, inline));
         }
         stats::add(&ctx.stats.queue_messages_read, read);
         stats::sub(&ctx.stats.queue_disk_messages, read);
         stats::sub(&ctx.stats.queue_disk_bytes, bytes as u64);
-        ctx.pages.hold(ctx.stats, read as usize, bytes);
         // A short page read after everything spilled was written means the
         // store holds no more: what the counts still say was never stored
         // (its commit failed, and its publisher was refused).

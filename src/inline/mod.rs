@@ -128,6 +128,10 @@ struct Inner {
     stats: Arc<Stats>,
     /// Deliveries are acknowledged by the application, not on receipt.
     manual_acks: std::sync::atomic::AtomicBool,
+    /// What the broker sends this client, and its asks to hold back (see
+    /// [`InlineClient::held_back`]).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    outbox: Arc<Outbox>,
 }
 
 /// A handle to the inline client; cheap to clone.
@@ -254,6 +258,7 @@ impl InlineClient {
             changing: tokio::sync::Mutex::new(()),
             stats,
             manual_acks: Default::default(),
+            outbox: outbox.clone(),
         });
         let connect = Connect {
             protocol: ProtocolVersion::V5,
@@ -552,6 +557,35 @@ impl InlineClient {
             .await
             .map_err(|_| InlineError::Stopped)?;
         Ok(answered(answer))
+    }
+
+    /// Waits while the core asks this client to hold back, as a network
+    /// client's reader waits before its next packet (`Outbox::pause_bound`):
+    /// for the cluster router, whose injections the core pauses when a
+    /// subscriber here falls behind (the stream keeps what waits). Each
+    /// pause is bounded, as a reader's: a subscriber that stays behind
+    /// runs out its episode and pauses nobody (`Session::block`).
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn held_back(&self) {
+        /// How often a pause is looked at: the outbox wakes its one
+        /// consumer, the relay task, not this one.
+        const LOOK: std::time::Duration = std::time::Duration::from_millis(1);
+        let outbox = &self.inner.outbox;
+        let Some(bound) = outbox.pause_bound() else {
+            return;
+        };
+        outbox.watch_brief_pause();
+        let mut until = tokio::time::Instant::now() + bound;
+        while outbox.reads_paused() {
+            if tokio::time::Instant::now() < until {
+                tokio::time::sleep(LOOK).await;
+            } else if outbox.brief_pause_renewed() {
+                until = tokio::time::Instant::now() + outbox.brief_bound();
+            } else {
+                break;
+            }
+        }
+        outbox.end_brief_pause();
     }
 
     /// The QoS and packet id for a publish at `qos`, and where its

@@ -692,6 +692,20 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             || self.brief.load(Ordering::Relaxed) != NOT_PAUSED
     }
 
+    /// `None` when reads are allowed; otherwise the longest a reader
+    /// should wait (see [`Outbox::poll_paused`]), for one that is not this
+    /// outbox's consumer and looks for itself.
+    pub(crate) fn pause_bound(&self) -> Option<Duration> {
+        if self.read_pauses.load(Ordering::Relaxed) > 0 {
+            Some(CONGESTED_PAUSE)
+        } else {
+            match self.brief.load(Ordering::Relaxed) {
+                NOT_PAUSED => None,
+                _ => Some(self.brief_bound()),
+            }
+        }
+    }
+
     /// `None` when reads are allowed; otherwise the longest the reader
     /// should wait (a brief pause or a congested session's), and the
     /// consumer is woken when the pause is lifted. The caller bounds the
@@ -706,14 +720,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         let mut inner = self.lock();
         inner.register(cx);
         // Checked again under the lock: a resume in between found no waker.
-        if self.read_pauses.load(Ordering::Relaxed) > 0 {
-            Some(CONGESTED_PAUSE)
-        } else {
-            match self.brief.load(Ordering::Relaxed) {
-                NOT_PAUSED => None,
-                _ => Some(self.brief_bound()),
-            }
-        }
+        self.pause_bound()
     }
 
     /// Retained messages of bursts not yet handed to the consumer.

@@ -561,6 +561,11 @@ async fn inject_durable(
                         Ok(publish) => {
                             let seq = m.info().ok().map(|i| i.stream_sequence);
                             let origin = origin(m.headers.as_ref(), seq);
+                            // A subscriber here that falls behind holds the
+                            // stream back, as it would a publisher here:
+                            // what waits stays in the stream, not in this
+                            // node's memory (or past its budget, dropped).
+                            client.held_back().await;
                             match client.inject_sent(publish, origin).await {
                                 Ok(injected) => Box::pin(injected),
                                 // The core stopped (see above).
