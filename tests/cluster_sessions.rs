@@ -381,6 +381,109 @@ async fn a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor()
     drop(b);
 }
 
+/// As [`a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor`],
+/// with the session's queue on disk: node B has a persistent store, and
+/// what is published while the device is away lives only there (spilled),
+/// to be read back a page at a time when it returns. It completes some of
+/// it on B, B is killed, and on A it gets every message exactly once: the
+/// entries read back from B's store kept their place in the cluster's
+/// stream, so B's saved cursor was never left behind what it completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_queue_is_delivered_exactly_once_after_its_node_is_killed() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("spillkill");
+    let dir = tempfile::tempdir().unwrap();
+    let data = |node: &str| dir.path().join(format!("{node}-data"));
+    let (a_data, b_data) = (data("a"), data("b"));
+    let a_flags = ["--store", "redb", "--data-dir", a_data.to_str().unwrap()];
+    let b_flags = [
+        "--store",
+        "redb",
+        "--data-dir",
+        b_data.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+    ];
+    let a = binary_node_with(&nats, &name, "a", dir.path(), &a_flags).0;
+    let mut b = Some(binary_node_with(&nats, &name, "b", dir.path(), &b_flags).0);
+    let b_addr = b.as_ref().unwrap().addr;
+    let b_http = b.as_ref().unwrap().listener("http stats");
+    let mut dev = Raw::connected(b_addr, v5_session("dev-sq", false, 600)).await;
+    dev.subscribe(1, "sq/#", QoS::ExactlyOnce).await;
+    stored(&config(&nats, &name, "x"), "dev-sq", "b", &["sq/#"]).await;
+    dev.disconnect().await;
+    let mut app = Raw::connected(a.addr, v5("app-sq")).await;
+    // Others' messages first, so that the device's sequences are not the
+    // packet ids a fresh session counts out.
+    for i in 1..=5u16 {
+        app.publish(publish("noise/x", "n", QoS::AtLeastOnce, i))
+            .await;
+    }
+    let n = 60u16;
+    for i in 1..=n {
+        let r = app
+            .publish(publish("sq/x", &format!("m{i}"), QoS::ExactlyOnce, i))
+            .await;
+        assert!(r.is_success(), "message {i} acknowledged: {r:?}");
+    }
+    // All of it reached B while the device was away: on B's disk only.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = common::http::get(b_http, "/stats").await.json();
+        if stats["queue_disk_messages"] == u64::from(n) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never spilled the {n} messages: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back on B, a few flows at a time: it completes a third, then stops
+    // answering, its flows in every state.
+    let mut back = v5_session("dev-sq", false, 600);
+    back.properties.receive_maximum = std::num::NonZeroU16::new(5);
+    let (mut dev, ack) = Raw::connect(b_addr, back).await;
+    assert!(ack.session_present);
+    let mut rx = Qos2Receiver::default();
+    while rx.delivered.len() < usize::from(n / 3) {
+        let packet = dev.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("on B, only {:?}", rx.delivered));
+        rx.handle(&mut dev, packet, true).await;
+    }
+    while let Some(packet) = dev.recv_within(Duration::from_millis(300)).await {
+        rx.handle(&mut dev, packet, false).await;
+    }
+    b.take().expect("killed once").kill9().await;
+    drop(dev);
+    let more = 10u16;
+    for i in n + 1..=n + more {
+        let r = app
+            .publish(publish("sq/x", &format!("m{i}"), QoS::ExactlyOnce, i))
+            .await;
+        assert!(r.is_success(), "message {i} acknowledged: {r:?}");
+    }
+    let (mut dev, ack) = Raw::connect(a.addr, v5_session("dev-sq", false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present, "A resumed the session from the bucket");
+    while rx.delivered.len() < usize::from(n + more) {
+        let packet = dev.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
+        rx.handle(&mut dev, packet, true).await;
+    }
+    // The flows still open finish; nothing comes as new.
+    while let Some(packet) = dev.recv_within(Duration::from_millis(500)).await {
+        rx.handle(&mut dev, packet, true).await;
+    }
+    assert!(
+        rx.delivered.values().all(|c| *c == 1),
+        "each exactly once: {:?}",
+        rx.delivered
+    );
+    assert!(rx.held.is_empty(), "every flow completed: {:?}", rx.held);
+    drop(a);
+}
+
 /// A session whose node died and whose client does not come back is taken
 /// over by a live node once the dead one leaves the node registry: its
 /// will fires there, once, and what is published for it meanwhile waits
@@ -547,13 +650,14 @@ fn binary_node(nats: &NatsCluster, name: &str, node: &str, dir: &std::path::Path
     binary_node_with(nats, name, node, dir, &["--store", "memory"]).0
 }
 
-/// [`binary_node`] with `store` for its store flags, and its log.
+/// [`binary_node`] with `flags` for its store (and an HTTP listener, if
+/// they name one), and its log.
 fn binary_node_with(
     nats: &NatsCluster,
     name: &str,
     node: &str,
     dir: &std::path::Path,
-    store: &[&str],
+    flags: &[&str],
 ) -> (Broker, Logs) {
     let url = nats.urls().remove(0);
     // The cluster's name has no flag: a config file per node.
@@ -564,8 +668,11 @@ fn binary_node_with(
     )
     .unwrap();
     let mut args = vec!["--config", file.to_str().unwrap()];
-    args.extend_from_slice(store);
-    args.extend_from_slice(&["--tcp", "127.0.0.1:0", "--ws", "none", "--http", "none"]);
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--tcp", "127.0.0.1:0", "--ws", "none"]);
+    if !flags.contains(&"--http") {
+        args.extend_from_slice(&["--http", "none"]);
+    }
     let mut cmd = common::process::roost(&args);
     cmd.stderr(std::process::Stdio::piped());
     let mut broker = Broker::spawn(cmd);

@@ -43,16 +43,26 @@ pub(crate) struct Spill {
     pub epoch: u64,
     /// A page is on its way.
     pub reading: bool,
+    /// No spilled entry from a cluster's message stream has a stream
+    /// sequence below this one (0: none spilled has one). Exact while
+    /// nothing is read back; after a page, one past the last stream
+    /// sequence read, which is as good a cursor (see `roaming`): the
+    /// stream between the two holds nothing for the session.
+    pub stream: u64,
 }
 
 impl Spill {
     /// `count` entries of `bytes`, the lowest with sequence number `first`,
-    /// go to the store in commit `commit`. A spill that starts, or whose
-    /// boundary moves back (a queue in memory spilled ahead of it), takes a
-    /// new epoch: a page on its way was read from the old boundary.
+    /// go to the store in commit `commit`; `stream` is the lowest stream
+    /// sequence among them (0: none is from the stream). A spill that
+    /// starts, or whose boundary moves back (a queue in memory spilled
+    /// ahead of it), takes a new epoch: a page on its way was read from the
+    /// old boundary.
+    #[allow(clippy::too_many_arguments)] // Plain data, each named for its use.
     pub(crate) fn add(
         &mut self,
         first: u64,
+        stream: u64,
         count: usize,
         bytes: usize,
         commit: u64,
@@ -60,16 +70,28 @@ impl Spill {
         stats: &Stats,
     ) {
         let after = first - 1;
+        if self.count == 0 {
+            self.stream = 0;
+        }
         if self.count == 0 || after < self.after {
             self.after = after;
             self.epoch = pages.epoch();
             self.reading = false;
         }
+        self.stream = lowest_stream(self.stream, stream);
         self.count += count;
         self.bytes += bytes;
         self.commit = commit;
         crate::stats::add(&stats.queue_disk_messages, count as u64);
         crate::stats::add(&stats.queue_disk_bytes, bytes as u64);
+    }
+}
+
+/// The lower of two stream sequences, 0 standing for "none".
+pub(crate) fn lowest_stream(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
     }
 }
 

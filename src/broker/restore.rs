@@ -188,19 +188,24 @@ impl Restore<'_> {
         if pid.is_none() || !matches!(entry.state, OutboundState::Sent | OutboundState::Released) {
             entry.state = OutboundState::Queued;
         }
+        // With its stream sequence: a cluster's cursor, and the packet id of
+        // the stream's messages, depend on it (see `roaming`).
         let body = match entry.message.take() {
-            Some(rec) => Arc::new(Tracked::new(message_from_record(rec))),
+            Some(rec) => {
+                Arc::new(Tracked::new(message_from_record(rec)).with_seq(entry.stream_seq))
+            }
             // Released: only the PUBREL is owed, the body is not needed.
-            None if entry.state == OutboundState::Released => {
-                Arc::new(Tracked::new(message_from_record(MessageRecord {
+            None if entry.state == OutboundState::Released => Arc::new(
+                Tracked::new(message_from_record(MessageRecord {
                     topic: String::new(),
                     payload: bytes::Bytes::new(),
                     qos: entry.qos,
                     retain: false,
                     properties: Default::default(),
                     expires_at_ms: None,
-                })))
-            }
+                }))
+                .with_seq(entry.stream_seq),
+            ),
             None => {
                 // Stored apart: bodies come after the sessions.
                 let id = entry.message_id;
@@ -237,7 +242,12 @@ impl Restore<'_> {
             b.persist.push(Op::DeleteMessage { id });
             return;
         };
-        let msg = Arc::new(Tracked::stored(message_from_record(rec), id));
+        // One message, routed once: its entries name one stream sequence
+        // (the highest, should an entry written before they were stored
+        // say 0).
+        let seq = waiting.iter().map(|w| w.entry.stream_seq).max();
+        let msg =
+            Arc::new(Tracked::stored(message_from_record(rec), id).with_seq(seq.unwrap_or(0)));
         let mut referenced = false;
         for w in waiting {
             let Some(s) = b.sessions.get_mut(&w.sid) else {

@@ -12,7 +12,11 @@
 //! in-flight window are therefore in stream order, and the first entry
 //! still owed names the first sequence the session may be owed: its
 //! *cursor*. With nothing owed, the cursor is one past the last sequence
-//! this node routed. A node that adopts the session reads the stream from
+//! this node routed. An entry kept only in the local store (a spilled
+//! queue, or one restored after a restart) keeps its sequence there
+//! (`OutboundRecord::stream_seq`), so the cursor holds for it too: a stale
+//! one would have the next node deliver again what the client completed,
+//! QoS 2 included. A node that adopts the session reads the stream from
 //! the cursor and delivers what matches the session's subscriptions: at
 //! least once (what the old node delivered and had acknowledged after the
 //! cursor was last saved comes again, which QoS 1 allows), and nothing
@@ -53,7 +57,7 @@
 //! [`Event::Release`]: super::Event::Release
 //! [`Event::Adopt`]: super::Event::Adopt
 
-use super::session::{Outgoing, Session};
+use super::session::Session;
 use super::{
     session_record, split_shared, subscription_record, Broker, Message, SessionId, Tracked,
 };
@@ -526,18 +530,32 @@ impl Broker {
     }
 }
 
-/// See the module's "cursor": the sequence of the first entry owed, or
-/// one past `routed` with none; 0 if the first one owed has no sequence
-/// (read back from the local store, or a retained message sent on
-/// subscribe).
+/// See the module's "cursor": the stream sequence of the first entry owed,
+/// or one past `routed` with none.
+///
+/// Entries with sequence 0 are not from the stream (a retained message sent
+/// for a subscription, a share group's message) and a replay could not
+/// bring them back: the first owed entry that has a sequence counts. The
+/// spilled tail comes after everything in memory, in stream order too, so
+/// with nothing in memory from the stream the spill's lowest sequence is
+/// the cursor; the spill keeps it (`Spill::stream`), read back with its
+/// entries from the store. With nothing owed from the stream, in memory or
+/// spilled, everything the stream held for the session up to `routed` is
+/// done.
+///
+/// Never 0 now. What still reads back as 0 is an entry stored before the
+/// store kept stream sequences (format version 2 and older): taken as not
+/// from the stream, so a session restored from such a store and adopted
+/// elsewhere before it drained may miss those entries in the replay (a
+/// store upgraded while its node belongs to a cluster).
 fn cursor(s: &Session, routed: u64) -> u64 {
     let Some(f) = s.flows() else {
         return routed + 1;
     };
-    let first: Option<&Outgoing> = f.inflight.front().or(f.queue.front());
-    match first {
-        Some(o) => o.msg.seq,
-        None if f.spill.count > 0 => 0,
+    let in_memory = f.inflight.iter().chain(f.queue.iter());
+    match in_memory.map(|o| o.msg.seq).find(|&seq| seq != 0) {
+        Some(seq) => seq,
+        None if f.spill.count > 0 && f.spill.stream != 0 => f.spill.stream,
         None => routed + 1,
     }
 }

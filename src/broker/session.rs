@@ -1024,16 +1024,31 @@ impl Session {
         if self.inflight_entry(pid).is_some() {
             return;
         }
-        let before = self.queue_len();
-        self.deliver(msg, QoS::ExactlyOnce, false, Vec::new(), true, None, ctx);
-        let Some(f) = self.flows.as_mut().filter(|f| f.queue.len() > before) else {
-            return; // Not kept (the session's bounds).
+        // Straight into flight, not through `deliver`: a session adopted
+        // away from its client on a persistent store spills what
+        // `deliver` queues, and a spilled entry is a queued one, sent
+        // again as a new PUBLISH to a client that completed it. Only its
+        // PUBREL is owed, so no queue bound applies either.
+        self.next_seq += 1;
+        let o = Outgoing {
+            seq: self.next_seq,
+            msg: msg.clone(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            sub_ids: Box::default(),
+            pid: Some(pid),
+            state: OutboundState::Released,
+            // Stored without a body: a released entry needs none.
+            inline: true,
+            stored_copy: false,
+            burst: false,
         };
-        let Some(mut o) = f.queue.pop_back() else {
-            return;
-        };
-        o.pid = Some(pid);
-        o.state = OutboundState::Released;
+        let size = o.msg.size();
+        stats::add(&ctx.stats.inflight, 1);
+        ctx.pages.hold_copy(ctx.stats, &o.msg);
+        let f = self.flows_mut();
+        f.bytes += size;
+        f.moved = true;
         self.store_outgoing(&o, ctx);
         self.flows_mut().inflight.push_back(o);
         self.free_pids = 0;

@@ -31,7 +31,7 @@
 //! past which messages are dropped ([`DropReason::MemoryBudget`](crate::hooks::DropReason::MemoryBudget)).
 
 use super::pages::{
-    Page, PageEntry, PageRequest, Pages, LEAN_PAGE, PAGE, PAGE_BYTES, QUEUE_WINDOW,
+    lowest_stream, Page, PageEntry, PageRequest, Pages, LEAN_PAGE, PAGE, PAGE_BYTES, QUEUE_WINDOW,
 };
 use super::persist::{message_from_record, Pending, Persist};
 use super::session::{Ctx, Outgoing, Session};
@@ -69,8 +69,15 @@ impl Session {
         debug_assert!(o.inline && !o.burst);
         let commit = ctx.persist.commit;
         let f = self.flows_mut();
-        f.spill
-            .add(o.seq, 1, o.msg.size(), commit, ctx.pages, ctx.stats);
+        f.spill.add(
+            o.seq,
+            o.msg.seq,
+            1,
+            o.msg.size(),
+            commit,
+            ctx.pages,
+            ctx.stats,
+        );
         // The copy's gate (if any) is left armed: the commit that stores the
         // entry releases its publisher's acknowledgement.
         drop(o);
@@ -91,8 +98,10 @@ impl Session {
             return;
         };
         let (mut count, mut bytes) = (0, 0);
+        let mut stream = 0;
         for mut o in f.queue.drain(..) {
             let size = o.msg.size();
+            stream = lowest_stream(stream, o.msg.seq);
             if o.burst {
                 // A retained burst's entry becomes a plain queued one.
                 f.burst_queued -= 1;
@@ -115,7 +124,7 @@ impl Session {
         // Entries spilled before these come after them.
         let commit = ctx.persist.commit;
         f.spill
-            .add(first, count, bytes, commit, ctx.pages, ctx.stats);
+            .add(first, stream, count, bytes, commit, ctx.pages, ctx.stats);
     }
 
     /// A queued entry read from the store at start-up that stays there: the
@@ -139,8 +148,15 @@ impl Session {
         // Entries whose body was stored apart come after the others (the
         // bodies come last in a scan): `add` keeps the lowest boundary.
         let f = self.flows_mut();
-        f.spill
-            .add(o.seq, 1, o.msg.size(), persist.commit, pages, stats);
+        f.spill.add(
+            o.seq,
+            o.msg.seq,
+            1,
+            o.msg.size(),
+            persist.commit,
+            pages,
+            stats,
+        );
     }
 
     /// Asks for the next page if the client is connected and its queue in
@@ -219,16 +235,25 @@ impl Session {
                 continue;
             }
             f.spill.after = seq;
+            if entry.stream_seq != 0 {
+                // What is still spilled comes after it in the stream too.
+                f.spill.stream = f.spill.stream.max(entry.stream_seq + 1);
+            }
             if entry.state != OutboundState::Queued {
                 // In flight, so in memory already (a QoS 1/2 entry restored
                 // as sent sits between queued ones).
                 continue;
             }
+            // With its stream sequence: the cursor and the packet id of a
+            // cluster's message (see `roaming`) depend on it.
             let msg = match (entry.message.take(), body) {
-                (Some(rec), _) => Arc::new(Tracked::new(message_from_record(rec))),
-                (None, Some(rec)) => {
-                    Arc::new(Tracked::stored(message_from_record(rec), entry.message_id))
+                (Some(rec), _) => {
+                    Arc::new(Tracked::new(message_from_record(rec)).with_seq(entry.stream_seq))
                 }
+                (None, Some(rec)) => Arc::new(
+                    Tracked::stored(message_from_record(rec), entry.message_id)
+                        .with_seq(entry.stream_seq),
+                ),
                 (None, None) => {
                     // Its body is gone: nothing to deliver.
                     ctx.persist.push(Op::DeleteOutbound {

@@ -221,6 +221,7 @@ fn outbound(message_id: MessageId) -> OutboundRecord {
         state: OutboundState::Queued,
         subscription_identifiers: Vec::new(),
         message: None,
+        stream_seq: 0,
     }
 }
 
@@ -505,6 +506,8 @@ pub fn outbound_put_replace_delete(store: &dyn Store) {
         state: OutboundState::Sent,
         subscription_identifiers: vec![3, 1],
         message: None,
+        // The largest: every backend keeps all 64 bits.
+        stream_seq: u64::MAX,
     };
     apply(
         store,
@@ -1113,6 +1116,7 @@ fn everything() -> Vec<Op> {
                 state: OutboundState::Released,
                 subscription_identifiers: vec![1, 268_435_455],
                 message: None,
+                stream_seq: 4_000_000_001,
             },
         },
         put_inbound("a", 65_535),

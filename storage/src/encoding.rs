@@ -11,18 +11,21 @@
 //! 2. [`SessionRecord`] gained its [`owner`](SessionRecord::owner); the
 //!    other records are unchanged. Version 1 records are still read (a
 //!    session's owner is then [`SessionOwner::Unknown`](crate::SessionOwner::Unknown)).
+//! 3. [`OutboundRecord`] gained its [`stream_seq`](OutboundRecord::stream_seq);
+//!    the other records are as in version 2. Version 1 and 2 entries are
+//!    still read (with stream sequence 0, "not from a stream").
 
 use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::record::SessionRecordV1;
+use crate::record::{OutboundRecordV2, SessionRecordV1};
 use crate::{
     MessageRecord, OutboundRecord, SessionRecord, StorageError, SubscriptionRecord, WillRecord,
 };
 
 /// The record format this build writes.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// The oldest record format this build still reads.
 pub const OLDEST_READABLE_VERSION: u8 = 1;
@@ -41,12 +44,22 @@ pub trait Record: Serialize + DeserializeOwned {
 impl Record for MessageRecord {}
 impl Record for WillRecord {}
 impl Record for SubscriptionRecord {}
-impl Record for OutboundRecord {}
+
+impl Record for OutboundRecord {
+    fn decode_older(version: u8, body: &[u8]) -> Result<Self, StorageError> {
+        let _ = version; // Versions 1 and 2: no stream sequence.
+        deserialize::<OutboundRecordV2>(body).map(OutboundRecord::from)
+    }
+}
 
 impl Record for SessionRecord {
     fn decode_older(version: u8, body: &[u8]) -> Result<Self, StorageError> {
-        let _ = version; // Only version 1 is older: no owner.
-        deserialize::<SessionRecordV1>(body).map(SessionRecord::from)
+        match version {
+            // No owner.
+            1 => deserialize::<SessionRecordV1>(body).map(SessionRecord::from),
+            // As now.
+            _ => deserialize(body),
+        }
     }
 }
 
@@ -192,6 +205,7 @@ mod tests {
             state: OutboundState::Released,
             subscription_identifiers: vec![1, 268_435_455],
             message: None,
+            stream_seq: 1 << 40,
         }
     }
 
@@ -274,15 +288,70 @@ mod tests {
         let mut v1_as_v2 = bytes.clone();
         v1_as_v2[0] = 2;
         assert!(decode::<SessionRecord>(&v1_as_v2).is_err());
-        // The other records read the same in both versions.
+        // The others but outbound entries (see version 3) read the same.
         let mut m = encode(&message());
         m[0] = 1;
         assert_eq!(decode::<MessageRecord>(&m).unwrap(), message());
-        let mut o = encode(&outbound());
-        o[0] = 1;
-        assert_eq!(decode::<OutboundRecord>(&o).unwrap(), outbound());
         let mut sub = encode(&subscription());
         sub[0] = 1;
+        assert_eq!(decode::<SubscriptionRecord>(&sub).unwrap(), subscription());
+    }
+
+    /// Records written by format versions 1 and 2 still load: an outbound
+    /// entry then has stream sequence 0 (not known, as before version 3);
+    /// a version 2 session keeps its owner.
+    #[test]
+    fn version_2_records_still_decode() {
+        // Exactly the bytes version 2 (and 1) wrote for an entry of body 7,
+        // QoS 2, no retain, packet id 9, sent, subscription identifier 3,
+        // body stored apart.
+        let frozen = [2, 7, 2, 0, 1, 9, 1, 1, 3, 0];
+        let expected = OutboundRecord {
+            message_id: 7,
+            qos: 2,
+            retain: false,
+            packet_id: Some(9),
+            state: OutboundState::Sent,
+            subscription_identifiers: vec![3],
+            message: None,
+            stream_seq: 0,
+        };
+        assert_eq!(decode::<OutboundRecord>(&frozen).unwrap(), expected);
+        let mut v1 = frozen;
+        v1[0] = 1;
+        assert_eq!(decode::<OutboundRecord>(&v1).unwrap(), expected);
+        // With its body inline, as version 2's own type encoded it.
+        let v2 = crate::record::OutboundRecordV2 {
+            message_id: 0,
+            qos: 1,
+            retain: true,
+            packet_id: None,
+            state: OutboundState::Queued,
+            subscription_identifiers: Vec::new(),
+            message: Some(message()),
+        };
+        let mut bytes = vec![2];
+        options().serialize_into(&mut bytes, &v2).unwrap();
+        let o = decode::<OutboundRecord>(&bytes).unwrap();
+        assert_eq!(o, OutboundRecord::from(v2));
+        assert_eq!((o.stream_seq, o.message), (0, Some(message())));
+        // Version 3 bytes are not misread as version 2, nor the reverse.
+        let mut v3_as_v2 = encode(&outbound());
+        v3_as_v2[0] = 2;
+        assert!(decode::<OutboundRecord>(&v3_as_v2).is_err());
+        let mut v2_as_v3 = bytes.clone();
+        v2_as_v3[0] = 3;
+        assert!(decode::<OutboundRecord>(&v2_as_v3).is_err());
+        // A version 2 session is read as it was written, owner and all.
+        let mut s = encode(&session());
+        s[0] = 2;
+        assert_eq!(decode::<SessionRecord>(&s).unwrap(), session());
+        // The records that did not change read the same in version 2.
+        let mut m = encode(&message());
+        m[0] = 2;
+        assert_eq!(decode::<MessageRecord>(&m).unwrap(), message());
+        let mut sub = encode(&subscription());
+        sub[0] = 2;
         assert_eq!(decode::<SubscriptionRecord>(&sub).unwrap(), subscription());
     }
 

@@ -156,6 +156,41 @@ pub struct OutboundRecord {
     /// one record instead of two. `message_id` is then 0 and no
     /// [`Op::PutMessage`] exists for it.
     pub message: Option<MessageRecord>,
+    /// The message's sequence number in a cluster's message stream, 0 if
+    /// it did not come from one (or the entry was written before format
+    /// version 3). A cluster reads it back with the entry to know how far
+    /// in its stream the session is. Kept here rather than in
+    /// [`MessageRecord`], which also holds wills and retained messages
+    /// (never from the stream) and sits inside other records.
+    pub stream_seq: u64,
+}
+
+/// [`OutboundRecord`] as format versions 1 and 2 wrote it: without its
+/// stream sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OutboundRecordV2 {
+    pub message_id: MessageId,
+    pub qos: u8,
+    pub retain: bool,
+    pub packet_id: Option<u16>,
+    pub state: OutboundState,
+    pub subscription_identifiers: Vec<u32>,
+    pub message: Option<MessageRecord>,
+}
+
+impl From<OutboundRecordV2> for OutboundRecord {
+    fn from(v2: OutboundRecordV2) -> Self {
+        OutboundRecord {
+            message_id: v2.message_id,
+            qos: v2.qos,
+            retain: v2.retain,
+            packet_id: v2.packet_id,
+            state: v2.state,
+            subscription_identifiers: v2.subscription_identifiers,
+            message: v2.message,
+            stream_seq: 0,
+        }
+    }
 }
 
 /// One change to the stored state.

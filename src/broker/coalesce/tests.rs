@@ -33,6 +33,7 @@ fn out(client: &str, seq: u64, id: u64, state: OutboundState) -> Op {
             state,
             subscription_identifiers: vec![],
             message: None,
+            stream_seq: 0,
         },
     }
 }

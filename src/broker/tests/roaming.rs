@@ -2,7 +2,9 @@
 //! driven by the events the cluster's edge sends.
 
 use super::*;
+use crate::broker::pages::{LEAN_PAGE, QUEUE_WINDOW};
 use crate::broker::roaming::{Adopt, Export, Replayed, Scope, SessionState};
+use std::num::NonZeroU16;
 
 /// Asks the core for every persistent session's state.
 fn export(core: &mut Core) -> Vec<SessionState> {
@@ -362,4 +364,169 @@ fn what_changed_is_exported_and_sessions_that_end_are_named_once() {
     // named as ended here.
     assert!(release(&mut core, "idle", false).is_some());
     assert!(export_some(&mut core, Scope::Waiting).ended.is_empty());
+}
+
+/// A core on a persistent store with `dev`'s persistent session subscribed
+/// to `cmd/#` at QoS 2 and away, this node's router, and then the
+/// session's state kept in a cluster's bucket.
+fn clustered_on_disk(opts: Options, store: Arc<MemoryStore>) -> (Core, Peer) {
+    let mut core = Core::persistent(opts, store);
+    let router = router(&mut core);
+    let mut dev = core.connected(v5_session("dev", true, 600));
+    let granted = core.subscribe(&mut dev, "cmd/#", QoS::ExactlyOnce);
+    assert_eq!(granted, ReasonCode::GrantedQos2);
+    core.disconnect(dev);
+    core.broker
+        .save_sessions_in_cluster(Arc::new(tokio::sync::Notify::new()));
+    (core, router)
+}
+
+/// The router injects the stream's messages `seqs` at QoS 2 (payload: the
+/// sequence), each flow completed as the router completes it.
+fn inject(core: &mut Core, router: &mut Peer, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
+        let pid = PacketId::new((seq % 60_000 + 1) as u16).unwrap();
+        core.handle(Event::Inject {
+            conn: router.conn,
+            publish: publish("cmd/x", &seq.to_string(), QoS::ExactlyOnce, pid.get()),
+            origin: Box::new(Origin {
+                client_id: Some("elsewhere".into()),
+                seq: Some(seq),
+            }),
+        });
+        assert!(matches!(router.recv(), Some(Packet::PubRec(r)) if r.packet_id == pid));
+        core.send(router, Packet::PubRel(PubResp::new(pid)));
+        assert!(matches!(router.recv(), Some(Packet::PubComp(r)) if r.packet_id == pid));
+    }
+}
+
+/// `dev` back with one message in flight at a time (so that what it gets
+/// next is known).
+fn dev_back(core: &mut Core) -> Peer {
+    let mut c = v5_session("dev", false, 600);
+    c.properties.receive_maximum = NonZeroU16::new(1);
+    let (dev, ack) = core.connect(c);
+    assert!(ack.session_present);
+    dev
+}
+
+/// `dev` gets the stream's message `seq` under its sequence's packet id
+/// and takes it as far as PUBREL (the PUBREL waits for the bucket).
+fn released(core: &mut Core, dev: &mut Peer, seq: u64) -> PacketId {
+    let m = dev.recv_publish();
+    assert_eq!(payload(&m), seq.to_string(), "in stream order");
+    let pid = m.qos_pid.packet_id().expect("QoS 2");
+    assert_eq!(u64::from(pid.get()), seq, "the packet id of its sequence");
+    core.send(dev, Packet::PubRec(PubResp::new(pid)));
+    save(core);
+    assert!(matches!(dev.recv(), Some(Packet::PubRel(r)) if r.packet_id == pid));
+    pid
+}
+
+/// A session whose queue is on disk (all of it while away, beyond the
+/// window when back, and after a restart) exports the stream sequence of
+/// the first message it is still owed: entries read back from the store
+/// have their sequence, and a released flow is still known as one.
+#[test]
+fn a_spilled_queue_exports_the_cursor_of_its_first_owed_message() {
+    let store = Arc::new(MemoryStore::new());
+    let (mut core, mut router) = clustered_on_disk(Options::default(), store.clone());
+    let first = 1000;
+    let n = QUEUE_WINDOW as u64 + 100;
+    inject(&mut core, &mut router, first..first + n);
+    let stats = core.broker.stats.snapshot();
+    assert_eq!(stats.queue_disk_messages, n, "all of it on disk only");
+    assert_eq!(export(&mut core)[0].cursor, first);
+
+    let mut dev = dev_back(&mut core);
+    for seq in first..first + 10 {
+        let pid = released(&mut core, &mut dev, seq);
+        core.send(&dev, Packet::PubComp(PubResp::new(pid)));
+    }
+    let state = &export(&mut core)[0];
+    assert_eq!(state.cursor, first + 10, "ten completed");
+    // The next one released (only its PUBCOMP owed): still the cursor,
+    // and in the bucket as released.
+    released(&mut core, &mut dev, first + 10);
+    let state = &export(&mut core)[0];
+    assert_eq!(
+        (state.cursor, &state.released[..]),
+        (first + 10, &[first + 10][..])
+    );
+
+    // A restart: what was in flight and what was queued come back from
+    // the store with their sequences.
+    core.drop_connection(dev);
+    let mut core = core.restart(Options::default(), Duration::from_secs(1));
+    core.broker
+        .save_sessions_in_cluster(Arc::new(tokio::sync::Notify::new()));
+    let state = &export(&mut core)[0];
+    assert_eq!(
+        (state.cursor, &state.released[..]),
+        (first + 10, &[first + 10][..])
+    );
+    let mut dev = dev_back(&mut core);
+    save(&mut core);
+    let pid = PacketId::new((first + 10) as u16).unwrap();
+    assert!(matches!(dev.recv(), Some(Packet::PubRel(r)) if r.packet_id == pid));
+    core.send(&dev, Packet::PubComp(PubResp::new(pid)));
+    let pid = released(&mut core, &mut dev, first + 11);
+    core.send(&dev, Packet::PubComp(PubResp::new(pid)));
+    assert_eq!(export(&mut core)[0].cursor, first + 12);
+}
+
+/// Between the last entry of one page completed and the next page read
+/// back, the session owes only what is on disk: the cursor is one past the
+/// last sequence read back (no sooner, or the next node would deliver the
+/// page again).
+#[test]
+fn between_two_pages_the_cursor_follows_what_was_read_back() {
+    // Over the budget, a page is asked for only once the queue in memory
+    // is empty, and brings `LEAN_PAGE` entries.
+    let opts = Options {
+        memory: crate::config::Memory { budget: 1 },
+        ..Options::default()
+    };
+    let store = Arc::new(MemoryStore::new());
+    let (mut core, mut router) = clustered_on_disk(opts, store);
+    let first = 70_000; // Past one wrap of the packet ids.
+    let n = 2 * LEAN_PAGE as u64;
+    inject(&mut core, &mut router, first..first + n);
+    let mut dev = dev_back(&mut core);
+    let mut next_page = None;
+    for seq in first..first + n {
+        let m = dev.recv_publish();
+        assert_eq!(payload(&m), seq.to_string(), "in stream order");
+        let pid = m.qos_pid.packet_id().unwrap();
+        assert_eq!(Some(pid), crate::broker::saves::stream_pid(seq));
+        core.send(&dev, Packet::PubRec(PubResp::new(pid)));
+        save(&mut core);
+        assert!(matches!(dev.recv(), Some(Packet::PubRel(_))));
+        core.send_uncommitted(&dev, Packet::PubComp(PubResp::new(pid)));
+        let requests = core.broker.take_page_requests();
+        if seq == first + LEAN_PAGE as u64 - 2 {
+            // The last of the page went out: the next is asked for. Held
+            // back, as a slow disk would, until that last one completes.
+            assert_eq!(requests.len(), 1);
+            next_page = requests.into_iter().next();
+            core.commit();
+            continue;
+        }
+        for request in requests {
+            let page = read_page(&core.store, request);
+            core.broker.page(page, core.now());
+        }
+        core.commit();
+        let state = &export(&mut core)[0];
+        // The next owed, or (the last) one past what was routed.
+        assert_eq!(state.cursor, seq + 1, "after {seq}");
+        if seq == first + LEAN_PAGE as u64 - 1 {
+            // Nothing in memory, the rest on disk.
+            assert_eq!(core.broker.stats.snapshot().queue_memory_bytes, 0);
+            let page = read_page(&core.store, next_page.take().expect("held"));
+            core.broker.page(page, core.now());
+            core.commit();
+        }
+    }
+    dev.expect_nothing();
 }

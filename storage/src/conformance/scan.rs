@@ -42,6 +42,7 @@ fn inline(topic: &str) -> OutboundRecord {
         state: OutboundState::Sent,
         subscription_identifiers: vec![4],
         message: Some(full_message(topic)),
+        stream_seq: 77,
     }
 }
 

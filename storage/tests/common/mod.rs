@@ -149,6 +149,7 @@ pub(crate) fn churn(
                     state: OutboundState::Queued,
                     subscription_identifiers: Vec::new(),
                     message: None,
+                    stream_seq: 0,
                 },
             });
             if let Some(old) = id.checked_sub(per_batch) {
