@@ -48,6 +48,7 @@ pub struct Stats {
     pub(crate) storage_refused: AtomicU64,
     pub(crate) cluster_refused: AtomicU64,
     pub(crate) packets_ignored: AtomicU64,
+    pub(crate) answer_pauses: AtomicU64,
     pub(crate) queue_memory_bytes: AtomicU64,
     pub(crate) queue_disk_messages: AtomicU64,
     pub(crate) queue_disk_bytes: AtomicU64,
@@ -104,6 +105,7 @@ impl Default for Stats {
             storage_refused: AtomicU64::new(0),
             cluster_refused: AtomicU64::new(0),
             packets_ignored: AtomicU64::new(0),
+            answer_pauses: AtomicU64::new(0),
             queue_memory_bytes: AtomicU64::new(0),
             queue_disk_messages: AtomicU64::new(0),
             queue_disk_bytes: AtomicU64::new(0),
@@ -175,6 +177,7 @@ impl Stats {
             storage_refused: g(&self.storage_refused),
             cluster_refused: g(&self.cluster_refused),
             packets_ignored: g(&self.packets_ignored),
+            answer_pauses: g(&self.answer_pauses),
             queue_memory_bytes: g(&self.queue_memory_bytes),
             queue_disk_messages: g(&self.queue_disk_messages),
             queue_disk_bytes: g(&self.queue_disk_bytes),
@@ -313,6 +316,13 @@ pub struct StatsSnapshot {
     /// Packets read from connections the broker had already closed (by a
     /// protocol error, a takeover or a refusal), not acted on.
     pub packets_ignored: u64,
+    /// Times a connection stopped being read because the answers the
+    /// broker owed its client (PINGRESP, SUBACK, UNSUBACK, PUBACK, PUBREC,
+    /// PUBCOMP), not yet written, were past their bound (64 KiB): a
+    /// client that does not read, or whose answers wait behind one held
+    /// for a commit or the cluster. Its reads resume once they are
+    /// written; nothing is dropped.
+    pub answer_pauses: u64,
     /// Memory taken by queued and in-flight QoS 1/2 messages (topic,
     /// payload and bookkeeping), all sessions together (bounded by
     /// `memory.budget`).

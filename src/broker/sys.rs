@@ -11,7 +11,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
         let s = self.stats.snapshot_at(now);
-        let topics: [(&str, String); 48] = [
+        let topics: [(&str, String); 49] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -24,6 +24,7 @@ impl Broker {
             ("packets/received", s.packets_received.to_string()),
             ("packets/sent", s.packets_sent.to_string()),
             ("packets/ignored", s.packets_ignored.to_string()),
+            ("packets/answer_pauses", s.answer_pauses.to_string()),
             ("messages/received", s.messages_received.to_string()),
             ("messages/sent", s.messages_sent.to_string()),
             ("messages/dropped", s.messages_dropped.to_string()),

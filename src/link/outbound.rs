@@ -123,6 +123,10 @@ impl<M: Deref<Target = Message>> Burst<M> {
     }
 }
 
+/// Bytes of memory one unit of [`Outbound::answer_units`] stands for: an
+/// [`Outbound`] rounded up, so a bare acknowledgement is one unit.
+pub(crate) const ANSWER_UNIT: usize = 64;
+
 /// Which acknowledgement an [`Outbound::Ack`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AckKind {
@@ -250,6 +254,30 @@ impl<M> Outbound<M> {
         }
     }
 
+    /// The memory this packet holds while it waits in an outbox, in
+    /// [`ANSWER_UNIT`]s, if it answers something the client sent (or is
+    /// otherwise the broker's own: CONNACK, DISCONNECT, AUTH); 0 for a
+    /// PUBLISH, which the core's queueing policy bounds instead. A client
+    /// decides how many answers it is owed, so they are bounded apart (see
+    /// `Outbox::answers_full`). Rounded up, so a bare acknowledgement is
+    /// 1 and any other packet is its box plus its reason codes (a SUBACK
+    /// has one per filter, up to a packet's worth).
+    pub(crate) fn answer_units(&self) -> u32 {
+        /// An entry holding a boxed [`Packet`].
+        const BOXED: usize = std::mem::size_of::<Outbound<()>>() + std::mem::size_of::<Packet>();
+        let bytes = match self {
+            Outbound::Deliver(_) | Outbound::Burst(_) => return 0,
+            Outbound::Ack(..) => return 1,
+            Outbound::Other(p) => match &**p {
+                Packet::Publish(_) => return 0,
+                Packet::SubAck(a) => BOXED + a.reasons.len(),
+                Packet::UnsubAck(a) => BOXED + a.reasons.len(),
+                _ => BOXED,
+            },
+        };
+        u32::try_from(bytes.div_ceil(ANSWER_UNIT)).unwrap_or(u32::MAX)
+    }
+
     /// The packet type's name, for logs.
     pub(crate) fn name(&self) -> &'static str {
         match self {
@@ -329,6 +357,38 @@ mod tests {
         // What a queued entry costs a slow subscriber, per message. The
         // same for any `M`: a delivery holds it by a thin `Arc`.
         assert!(std::mem::size_of::<Outbound>() <= 40);
+    }
+
+    /// Bare acknowledgements are one unit; a boxed answer its box (a few
+    /// units) plus its reason codes; deliveries count nothing.
+    #[test]
+    fn answers_are_weighed_by_the_memory_they_hold() {
+        let pid = PacketId::new(1).unwrap();
+        assert_eq!(
+            Outbound::from(Packet::PubAck(PubResp::new(pid))).answer_units(),
+            1
+        );
+        let ping = Outbound::from(Packet::PingResp).answer_units();
+        assert!((2..=8).contains(&ping), "{ping}");
+        let suback = |n| {
+            Outbound::from(Packet::SubAck(crate::codec::SubAck {
+                packet_id: pid,
+                reasons: vec![ReasonCode::Success; n],
+                properties: Default::default(),
+            }))
+            .answer_units()
+        };
+        assert_eq!(suback(1), ping);
+        assert!(suback(64 * 100) >= ping + 100);
+        let p = crate::codec::Publish {
+            dup: false,
+            qos_pid: QosPid::AtMostOnce,
+            retain: false,
+            topic: "t".into(),
+            payload: bytes::Bytes::new(),
+            properties: Default::default(),
+        };
+        assert_eq!(Outbound::from(Packet::Publish(p)).answer_units(), 0);
     }
 
     #[test]

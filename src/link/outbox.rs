@@ -33,9 +33,18 @@
 //! hold that: it is pushed with that many cluster waits, and goes only once
 //! [`Outbox::open_cluster`] cleared each *and* its commit or gate let it
 //! go, whichever order they come in.
+//!
+//! **Answers are bounded.** What the core queues because the client asked
+//! for it (a PINGRESP, SUBACK, UNSUBACK, PUBACK, PUBREC, PUBCOMP) is up to
+//! the client: one that sends requests and never reads, or whose answers
+//! wait behind a held one (a slow commit, a cluster outage), would make
+//! the queue grow without end. Past [`ANSWERS_MAX`] of them, queued or
+//! held, [`Outbox::answers_full`] asks the connection's reader to stop
+//! reading until they are written; nothing is dropped. Deliveries are not
+//! counted: the core's queueing policy bounds them.
 
 use crate::codec::{Packet, ProtocolVersion, ReasonCode};
-use crate::link::outbound::{AckKind, Outbound};
+use crate::link::outbound::{AckKind, Outbound, ANSWER_UNIT};
 use crate::message::Message;
 use std::collections::VecDeque;
 use std::ops::Deref;
@@ -66,6 +75,17 @@ pub(crate) const LINK_EPISODE: Duration = Duration::from_secs(1);
 /// at a time (see [`Outbox::pause_reads`]).
 pub(crate) const CONGESTED_PAUSE: Duration = Duration::from_millis(500);
 
+/// Most answers ([`Outbound::answer_units`]) queued or held for one
+/// connection before its reads pause: 64 KiB, about 1,000 bare
+/// acknowledgements or 200 PINGRESPs. Answers are small and a client that
+/// reads gets them within a write or two, so only a client that does not
+/// read (or whose answers wait behind a held one) reaches it. Past it the
+/// client's packets wait in its socket, where the kernel bounds them;
+/// packets already read (a batch, and what waits in the core's queue,
+/// which is bounded for all connections together) still add their
+/// answers.
+const ANSWERS_MAX: u32 = (64 * 1024 / ANSWER_UNIT) as u32;
+
 /// Most packets one drain hands the consumer. What it has not taken yet
 /// stays here, where [`Outbox::len`] counts it (the slow-consumer policy
 /// sees the whole backlog), and the consumer's buffer stays small.
@@ -94,6 +114,10 @@ pub(crate) struct Outbox<M> {
     /// busy with what the client sent: the core closes a connection that
     /// waited one and a half keep-alives (see `broker::keepalive`).
     listening_since: AtomicU32,
+    /// The answers queued or held are past [`ANSWERS_MAX`]: the reader
+    /// waits (see [`Outbox::answers_full`]). Set and cleared under the
+    /// lock, read without it.
+    answers_full: AtomicBool,
 }
 
 /// [`Outbox::listening_since`] while the connection is not waiting for
@@ -141,6 +165,11 @@ struct Inner<M> {
     /// [`Outbound::Burst`]s queued or held: while there are any, a drain
     /// expands them in place instead of moving the queue wholesale.
     bursts: u32,
+    /// [`Outbound::answer_units`] of what `queue` holds (those held are
+    /// [`Rare::held_answers`]). Two bytes that fit in this struct's padding
+    /// (see [`Outbox::brief`] for why that matters); saturates, which can
+    /// only undercount (a pause ends early) and only far past the bound.
+    answers: u16,
     /// The consumer, when it last found nothing to do: woken when packets
     /// become ready, the outbox closes, or reads resume.
     waker: Option<Waker>,
@@ -157,6 +186,8 @@ struct Rare<M> {
     /// it (commits only grow, so nothing pushed later waits for an older
     /// one, and losing this with `rare` loses nothing).
     released: u64,
+    /// [`Outbound::answer_units`] of what `held` holds.
+    held_answers: u32,
 }
 
 // By hand: derived, they would ask for `M: Default`.
@@ -167,6 +198,7 @@ impl<M> Default for Inner<M> {
             rare: None,
             closed: false,
             bursts: 0,
+            answers: 0,
             waker: None,
         }
     }
@@ -178,6 +210,7 @@ impl<M> Default for Rare<M> {
             held: VecDeque::new(),
             slowed: None,
             released: 0,
+            held_answers: 0,
         }
     }
 }
@@ -282,18 +315,24 @@ impl<M: Deref<Target = Message>> Inner<M> {
     fn release_ready(&mut self, version: ProtocolVersion) -> bool {
         let mut released = false;
         let commit = self.rare.as_ref().map_or(0, |r| r.released);
-        while let Some(held) = self.rare.as_mut().map(|r| &mut r.held) {
-            if !held.front().is_some_and(|h| h.free(commit)) {
+        while let Some(r) = self.rare.as_mut() {
+            if !r.held.front().is_some_and(|h| h.free(commit)) {
                 break;
             }
-            let Some(mut h) = held.pop_front() else { break };
+            let Some(mut h) = r.held.pop_front() else {
+                break;
+            };
             if let Some(reason) = h.refusal() {
                 if refuse(&mut h.packet, version, reason) {
-                    held.clear();
+                    r.held.clear();
+                    r.held_answers = 0;
                     self.closed = true;
                     break;
                 }
             }
+            let units = h.packet.answer_units();
+            r.held_answers = r.held_answers.saturating_sub(units);
+            self.add_answers(units);
             self.queue.push_back(h.packet);
             released = true;
         }
@@ -303,6 +342,26 @@ impl<M: Deref<Target = Message>> Inner<M> {
 
     fn held_len(&self) -> usize {
         self.rare.as_ref().map_or(0, |r| r.held.len())
+    }
+
+    /// `units` more answers in `queue`.
+    fn add_answers(&mut self, units: u32) {
+        let units = u16::try_from(units).unwrap_or(u16::MAX);
+        self.answers = self.answers.saturating_add(units);
+    }
+
+    /// `packet` left `queue` for the consumer.
+    fn took(&mut self, packet: &Outbound<M>) {
+        if self.answers > 0 {
+            let units = u16::try_from(packet.answer_units()).unwrap_or(u16::MAX);
+            self.answers = self.answers.saturating_sub(units);
+        }
+    }
+
+    /// Past [`ANSWERS_MAX`], queued and held together.
+    fn answers_over(&self) -> bool {
+        let held = self.rare.as_ref().map_or(0, |r| r.held_answers);
+        u32::from(self.answers).saturating_add(held) > ANSWERS_MAX
     }
 
     /// The held packets, if any.
@@ -348,7 +407,10 @@ impl<M: Deref<Target = Message>> Inner<M> {
                     self.bursts = self.bursts.saturating_sub(1);
                 }
                 Some(_) => {
-                    into.extend(self.queue.pop_front());
+                    if let Some(p) = self.queue.pop_front() {
+                        self.took(&p);
+                        into.push_back(p);
+                    }
                     moved += 1;
                 }
             }
@@ -374,6 +436,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             read_pauses: AtomicU32::new(0),
             brief: AtomicU8::new(NOT_PAUSED),
             listening_since: AtomicU32::new(listening_since(mono_ms)),
+            answers_full: AtomicBool::new(false),
         }
     }
 
@@ -441,6 +504,7 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     /// it) once closed.
     pub(crate) fn push(&self, packet: impl Into<Outbound<M>>) -> bool {
         let packet = packet.into();
+        let units = packet.answer_units();
         let mut inner = self.lock();
         if inner.closed {
             return false;
@@ -448,8 +512,9 @@ impl<M: Deref<Target = Message>> Outbox<M> {
         if matches!(packet, Outbound::Burst(_)) {
             inner.bursts += 1;
         }
-        if let Some(held) = inner.held_mut() {
-            held.push_back(Deferred {
+        if let Some(r) = inner.rare.as_mut().filter(|r| !r.held.is_empty()) {
+            r.held_answers = r.held_answers.saturating_add(units);
+            r.held.push_back(Deferred {
                 commit: 0,
                 token: 0,
                 open: false,
@@ -458,7 +523,12 @@ impl<M: Deref<Target = Message>> Outbox<M> {
                 cluster_refused: false,
                 packet,
             });
+            self.note_answers(&inner, units);
             return true;
+        }
+        if units > 0 {
+            inner.add_answers(units);
+            self.note_answers(&inner, units);
         }
         inner.queue.push_back(packet);
         // Only the first packet of a batch needs to wake the consumer.
@@ -492,11 +562,13 @@ impl<M: Deref<Target = Message>> Outbox<M> {
     ) -> bool {
         debug_assert!(cluster == 0 || token != 0, "a cluster wait needs its token");
         let packet = packet.into();
+        let units = packet.answer_units();
         let mut inner = self.lock();
         if inner.closed {
             return false;
         }
         let rare = inner.rare.get_or_insert_default();
+        rare.held_answers = rare.held_answers.saturating_add(units);
         rare.held.push_back(Deferred {
             commit,
             token,
@@ -506,7 +578,34 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             cluster_refused: false,
             packet,
         });
+        self.note_answers(&inner, units);
         true
+    }
+
+    /// After `units` answers were added: the reader stops once they are
+    /// past the bound.
+    fn note_answers(&self, inner: &Inner<M>, units: u32) {
+        if units > 0 && inner.answers_over() {
+            self.answers_full.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// After answers left: the reader may go on once they are within the
+    /// bound. No wake: the consumer that drains is the reader (one task
+    /// per connection), which looks right after.
+    fn recount_answers(&self, inner: &Inner<M>) {
+        if self.answers_full.load(Ordering::Relaxed) && !inner.answers_over() {
+            self.answers_full.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// True while the answers queued or held for the client (not its
+    /// deliveries) are past [`ANSWERS_MAX`]: its connection should read
+    /// nothing more until they are written, as the client reads them (or
+    /// until the held ones are released). Nothing is dropped: the client
+    /// is just not read. Its consumer, draining, lifts it.
+    pub(crate) fn answers_full(&self) -> bool {
+        self.answers_full.load(Ordering::Relaxed)
     }
 
     /// The cluster holds what the packet `token` acknowledges (one of its
@@ -771,6 +870,8 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             }
         }
         into.append(&mut inner.queue);
+        inner.answers = 0;
+        self.recount_answers(&inner);
         !(inner.closed && inner.held_len() == 0 && into.is_empty())
     }
 
@@ -803,9 +904,21 @@ impl<M: Deref<Target = Message>> Outbox<M> {
                 inner.drain_with_bursts(now_ms(), into);
             } else if inner.queue.len() <= DRAIN_MAX {
                 into.append(&mut inner.queue);
-            } else {
+                inner.answers = 0;
+            } else if inner.answers == 0 {
                 into.extend(inner.queue.drain(..DRAIN_MAX));
+            } else {
+                // Behind, with answers among the deliveries: counted out
+                // one by one (only here, the slow path of a backlog).
+                for _ in 0..DRAIN_MAX {
+                    let Some(p) = inner.queue.pop_front() else {
+                        break;
+                    };
+                    inner.took(&p);
+                    into.push_back(p);
+                }
             }
+            self.recount_answers(&inner);
             // Within one drain of caught up: those it slowed down may go on.
             let caught_up = inner.queue.len() < DRAIN_MAX;
             let slowed = if caught_up {
@@ -825,6 +938,10 @@ impl<M: Deref<Target = Message>> Outbox<M> {
             Self::resume_slowed(slowed);
             return Poll::Ready(!(finished && into.is_empty()));
         }
+        // Nothing is queued: no answer either (the count only follows what
+        // is queued, so this keeps a pause from outliving its cause).
+        inner.answers = 0;
+        self.recount_answers(&inner);
         // Registered under the lock that pushes take, so a push right after
         // the check above finds the waker (and sets `ready` again).
         inner.register(cx);
@@ -998,6 +1115,82 @@ mod tests {
         assert_eq!(posted, [42], "asked for more once");
         assert_eq!(v.pop_back(), Some(puback(1)));
         assert_eq!(o.len(), 0);
+    }
+
+    /// PINGRESPs past [`ANSWERS_MAX`] ask the reader to stop; a drain
+    /// lifts it, a partial one only once what is left is within it.
+    #[test]
+    fn answers_past_the_bound_stop_reads_until_drained() {
+        let o = Outbox::new(ProtocolVersion::V3_1_1, 0);
+        let per_ping = ping().answer_units();
+        let fit = (ANSWERS_MAX / per_ping) as usize;
+        for _ in 0..fit {
+            o.push(Packet::PingResp);
+        }
+        assert!(!o.answers_full(), "{fit} PINGRESPs fit");
+        o.push(Packet::PingResp);
+        assert!(o.answers_full());
+        let waker = std::task::Waker::noop();
+        let cx = Context::from_waker(waker);
+        let mut v = VecDeque::new();
+        assert!(o.poll_drain(&cx, || 0, &mut v).is_ready());
+        assert!(!o.answers_full());
+
+        // A backlog drained a batch at a time.
+        let many = 2 * DRAIN_MAX + fit;
+        for _ in 0..many {
+            o.push(Packet::PingResp);
+        }
+        v.clear();
+        assert!(o.poll_drain(&cx, || 0, &mut v).is_ready());
+        assert!(o.answers_full(), "{} left", many - DRAIN_MAX);
+        assert!(o.poll_drain(&cx, || 0, &mut v).is_ready());
+        assert!(!o.answers_full(), "{fit} left");
+        assert_eq!(o.len(), fit);
+    }
+
+    /// Held answers count, and so do those queued behind them; a release
+    /// moves them to the ready queue (still counted) and the drain that
+    /// takes them lifts the pause.
+    #[test]
+    fn held_answers_count_until_released_and_drained() {
+        let o = Outbox::new(ProtocolVersion::V5, 0);
+        let mut v = VecDeque::new();
+        o.push_held(1, 7, 0, puback(1));
+        for n in 2..=ANSWERS_MAX {
+            o.push(puback(n as u16));
+        }
+        assert!(!o.answers_full(), "{ANSWERS_MAX} bare acks fit");
+        o.push(Packet::PingResp);
+        assert!(o.answers_full());
+        o.try_drain(0, &mut v);
+        assert!(v.is_empty() && o.answers_full(), "all held");
+        o.release(1, false);
+        assert!(o.answers_full(), "released, not written yet");
+        o.try_drain(0, &mut v);
+        assert_eq!(v.len(), ANSWERS_MAX as usize + 1);
+        assert!(!o.answers_full());
+        assert_eq!(v.pop_back(), Some(ping()), "in order");
+    }
+
+    /// Deliveries are the core's to bound: any number of them leaves
+    /// reads alone.
+    #[test]
+    fn deliveries_are_not_answers() {
+        let o = Outbox::new(ProtocolVersion::V5, 0);
+        let msg = retained("t");
+        for _ in 0..4 * ANSWERS_MAX {
+            let d = crate::link::outbound::Delivery::new(
+                &msg,
+                crate::codec::QosPid::AtMostOnce,
+                false,
+                false,
+                Box::new([]),
+                0,
+            );
+            o.push(Outbound::Deliver(d));
+        }
+        assert!(!o.answers_full());
     }
 
     #[test]

@@ -589,6 +589,7 @@ where
     while packets.len() < MAX_BATCH
         && next_batchable(io, &shared.hooks)
         && !live.outbox.reads_paused()
+        && !live.outbox.answers_full()
     {
         match io.buffered(&shared.stats) {
             // Of what the ingress does, the kinds it calls batchable need

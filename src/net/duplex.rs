@@ -88,6 +88,10 @@ enum Reading {
     Between,
     /// Reads are paused (backpressure) and `pause` bounds the pause.
     Paused,
+    /// The client's answers not yet written are past their bound
+    /// ([`Outbox::answers_full`]): nothing is read until they are. No
+    /// timer: the bound must hold however long the client does not read.
+    Full,
     /// Waiting for a packet.
     Waiting,
 }
@@ -279,6 +283,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
             Poll::Ready(Writing::Finished) => return Poll::Ready(Step::Finished),
             Poll::Ready(_) => return Poll::Ready(Step::Lost),
             Poll::Pending => {}
+        }
+        if matches!(self.reading, Reading::Between | Reading::Full) {
+            if outbox.answers_full() {
+                // The client does not read what it asked for, or its
+                // answers wait behind a held one: its next packets wait in
+                // the socket. The write side's waker (the socket, or the
+                // outbox for held answers) wakes this when they move.
+                if self.reading == Reading::Between {
+                    stats::add(&stats.answer_pauses, 1);
+                    self.reading = Reading::Full;
+                    // As for a pause: the time is the broker's, a packet
+                    // partly read gets its full read timeout afterwards.
+                    self.deadline_set = false;
+                }
+                return Poll::Pending;
+            }
+            self.reading = Reading::Between;
         }
         if self.reading == Reading::Between {
             if let Some(bound) = outbox.poll_paused(cx) {

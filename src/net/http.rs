@@ -192,7 +192,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 33] = [
+    let counters: [(&str, &str, u64); 34] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -325,6 +325,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "packets_ignored",
             "Packets read from connections the broker had already closed.",
             s.packets_ignored,
+        ),
+        (
+            "answer_pauses",
+            "Times a connection stopped being read while the answers it had not read were past their bound.",
+            s.answer_pauses,
         ),
         (
             "queue_pages_read",
