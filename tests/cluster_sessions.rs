@@ -388,6 +388,8 @@ async fn a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor()
 /// it on B, B is killed, and on A it gets every message exactly once: the
 /// entries read back from B's store kept their place in the cluster's
 /// stream, so B's saved cursor was never left behind what it completed.
+// Its nodes run with the redb store and read B's stats over HTTP.
+#[cfg(all(feature = "redb", feature = "http"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spilled_queue_is_delivered_exactly_once_after_its_node_is_killed() {
     let nats = NatsCluster::start(1).await;
