@@ -403,3 +403,61 @@ async fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
     assert_eq!(s.write_timeouts, 1);
     assert_eq!(panics_on_this_thread(), 0);
 }
+
+/// A subscriber on a slow link, reading a little at a time while more is
+/// published to it than the sockets hold, is not dropped, however long it
+/// takes (many times the write timeout): the bound restarts at every byte
+/// the broker writes. It gets every message, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_not_dropped_and_gets_everything() {
+    let b = write_timeout_broker().await;
+    let mut s = small_window(&b, v311("slow")).await;
+    subscribe_raw(&mut s, "t/slow").await;
+    let messages: u32 = 48;
+    let mut publisher = Raw::connected(b.addr, v5("publisher")).await;
+    let publishing = tokio::spawn(async move {
+        for n in 0..messages {
+            publisher.send(big("t/slow", n)).await;
+        }
+        publisher
+    });
+
+    // A little at a time: 16 KiB every 10 ms, at most (1.6 MB/s).
+    let start = tokio::time::Instant::now();
+    let mut answers = Answers::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut next = 0;
+    while next < messages {
+        if let Some(p) = answers.decoder.decode(&mut answers.buf).unwrap() {
+            let Packet::Publish(p) = p else {
+                panic!("expected message {next}, got {p:?}")
+            };
+            assert_eq!(p.payload.len(), BIG);
+            assert_eq!(p.payload[..4], next.to_be_bytes(), "in order");
+            next += 1;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("the broker writes")
+            .unwrap();
+        assert!(
+            n > 0,
+            "dropped after {next} messages, {:?}",
+            start.elapsed()
+        );
+        answers.buf.extend_from_slice(&chunk[..n]);
+    }
+    let took = start.elapsed();
+    eprintln!("{messages} messages of {BIG} bytes in {took:?}");
+    assert!(
+        took > 3 * WRITE_TIMEOUT,
+        "took {took:?}: too fast to show anything"
+    );
+    let mut publisher = publishing.await.unwrap();
+    publisher.sync().await;
+    let st = b.stats.snapshot();
+    assert_eq!(st.write_timeouts, 0);
+    assert_eq!(st.messages_dropped, 0);
+}
