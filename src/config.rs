@@ -354,6 +354,19 @@ pub struct Limits {
     /// asks a 1 MiB packet for 35 KB/s). Default: 30 s.
     #[serde(with = "duration")]
     pub packet_read_timeout: Duration,
+    /// How long a connection may have bytes to write that its client's
+    /// socket accepts none of (the client stopped reading, or its TCP
+    /// window stays closed): past it the connection is dropped, without a
+    /// DISCONNECT the client would not read (its will is published), and
+    /// counted as `write_timeouts`. The time runs only while a write is
+    /// blocked and starts again at every byte written, so a client on a
+    /// slow link taking a large backlog is never cut off, however long it
+    /// takes. The keep-alive cannot see such a client: the broker stops
+    /// reading a client whose answers it does not read. `"off"` (or 0)
+    /// never times writes out. Default: 30 s (as `packet_read_timeout`;
+    /// longer than a mobile link's usual outage).
+    #[serde(with = "duration::optional")]
+    pub write_timeout: Option<Duration>,
     /// Largest packet accepted before CONNACK (a CONNECT, with its will
     /// message, or an AUTH), in bytes; `maximum_packet_size` applies after.
     /// Checked from the fixed header, before the body is buffered: a 5.0
@@ -391,6 +404,7 @@ impl Default for Limits {
             maximum_topic_levels: 128,
             maximum_topic_alias_bytes: 64 * 1024,
             packet_read_timeout: Duration::from_secs(30),
+            write_timeout: Some(Duration::from_secs(30)),
             maximum_connect_size: 64 * 1024,
             maximum_unauthenticated_bytes: 16 * 1024 * 1024,
         }
@@ -457,6 +471,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("flush_interval"), "{err}");
+    }
+
+    #[test]
+    fn write_timeout_parses_and_turns_off() {
+        let limits: Limits = serde_json::from_str(r#"{"write_timeout":"1m30s"}"#).unwrap();
+        assert_eq!(limits.write_timeout, Some(Duration::from_secs(90)));
+        for off in [r#"{"write_timeout":"off"}"#, r#"{"write_timeout":0}"#] {
+            let limits: Limits = serde_json::from_str(off).unwrap();
+            assert_eq!(limits.write_timeout, None, "{off}");
+        }
+        assert_eq!(
+            Limits::default().write_timeout,
+            Some(Duration::from_secs(30))
+        );
+        let text = serde_json::to_string(&Limits {
+            write_timeout: None,
+            ..Limits::default()
+        })
+        .unwrap();
+        assert!(text.contains(r#""write_timeout":"off""#), "{text}");
+        let err = serde_json::from_str::<Limits>(r#"{"write_timeout":"soon"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid duration"), "{err}");
     }
 
     #[test]

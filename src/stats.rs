@@ -33,6 +33,7 @@ pub struct Stats {
     pub(crate) storage_ops_saved: AtomicU64,
     pub(crate) topic_alias_refused: AtomicU64,
     pub(crate) packet_read_timeouts: AtomicU64,
+    pub(crate) write_timeouts: AtomicU64,
     pub(crate) connect_too_large: AtomicU64,
     pub(crate) unauthenticated_refused: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
@@ -90,6 +91,7 @@ impl Default for Stats {
             storage_ops_saved: AtomicU64::new(0),
             topic_alias_refused: AtomicU64::new(0),
             packet_read_timeouts: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
             connect_too_large: AtomicU64::new(0),
             unauthenticated_refused: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
@@ -162,6 +164,7 @@ impl Stats {
             storage_ops_saved: g(&self.storage_ops_saved),
             topic_alias_refused: g(&self.topic_alias_refused),
             packet_read_timeouts: g(&self.packet_read_timeouts),
+            write_timeouts: g(&self.write_timeouts),
             connect_too_large: g(&self.connect_too_large),
             unauthenticated_refused: g(&self.unauthenticated_refused),
             connections_refused: g(&self.connections_refused),
@@ -259,6 +262,10 @@ pub struct StatsSnapshot {
     /// Connections closed for not completing a packet within
     /// `limits.packet_read_timeout`.
     pub packet_read_timeouts: u64,
+    /// Connections dropped because their socket took none of the bytes
+    /// waiting for it for `limits.write_timeout`: a client that does not
+    /// read (or a peer whose TCP window stays shut).
+    pub write_timeouts: u64,
     /// CONNECT or AUTH packets refused for being larger than
     /// `limits.maximum_connect_size`.
     pub connect_too_large: u64,

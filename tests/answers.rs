@@ -13,7 +13,9 @@
 mod common;
 use bytes::BytesMut;
 use common::*;
-use roost::codec::{encode, ByteStr, Decoder, Packet, ProtocolVersion, QoS, QosPid, Unsubscribe};
+use roost::codec::{
+    encode, ByteStr, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, QosPid, Unsubscribe,
+};
 use roost::storage::{MemoryStore, Op, Snapshot, StorageError, Store};
 use roost::Options;
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,10 +34,15 @@ const MOST_UNWRITTEN: u64 = 1_000 + 512 + 16 + 256 * 16;
 /// A 3.1.1 client on a socket with a small receive buffer (no autotuning,
 /// so the kernel absorbs little of what the broker writes), past CONNACK.
 async fn flooder(b: &TestBroker, id: &str) -> TcpStream {
+    small_window(b, v311(id)).await
+}
+
+/// [`flooder`], connecting with `connect` (a 3.1.1 one).
+async fn small_window(b: &TestBroker, connect: Connect) -> TcpStream {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut s = sock.connect(b.addr).await.unwrap();
-    s.write_all(&bytes_of(&[Packet::Connect(Box::new(v311(id)))]))
+    s.write_all(&bytes_of(&[Packet::Connect(Box::new(connect))]))
         .await
         .unwrap();
     let mut answers = Answers::new();
@@ -294,4 +301,163 @@ async fn answers_held_behind_a_slow_commit_stop_reads_until_it_is_done() {
     sub.subscribe(1, "r/held", QoS::AtMostOnce).await;
     let p = sub.recv_publish().await;
     assert_eq!((payload(&p), p.qos_pid), ("kept", QosPid::AtMostOnce));
+}
+
+/// The write timeout in the tests below: short, so that a test takes
+/// seconds; a slow reader's pauses are far shorter.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Payload bytes of each message the tests below publish.
+const BIG: usize = 64 * 1024;
+
+/// A broker whose write timeout is [`WRITE_TIMEOUT`].
+async fn write_timeout_broker() -> TestBroker {
+    let mut o = Options::default();
+    o.limits.write_timeout = Some(WRITE_TIMEOUT);
+    watched_broker(o).await
+}
+
+/// A QoS 0 message of [`BIG`] bytes to `topic`, its number first.
+fn big(topic: &str, n: u32) -> Packet {
+    let mut body = vec![b'x'; BIG];
+    body[..4].copy_from_slice(&n.to_be_bytes());
+    Packet::Publish(Publish::new(topic, body))
+}
+
+/// Subscribes `s` (a 3.1.1 client) to `filter` at QoS 0 and reads the
+/// SUBACK.
+async fn subscribe_raw(s: &mut TcpStream, filter: &str) {
+    let sub = Packet::Subscribe(subscribe(1, &[(filter, opts(QoS::AtMostOnce))]));
+    s.write_all(&bytes_of(&[sub])).await.unwrap();
+    match Answers::new().next(s).await {
+        Packet::SubAck(a) => assert_eq!(a.packet_id, pid_of(1)),
+        p => panic!("expected SUBACK, got {p:?}"),
+    }
+}
+
+/// A subscriber that stops reading (and goes on sending PINGREQs, so it
+/// is not silent) while more is published to it than the sockets hold:
+/// the broker drops it about `write_timeout` after its writes stopped
+/// moving, counts it, publishes its will; everyone else is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
+    let b = write_timeout_broker().await;
+    let mut watcher = Raw::connected(b.addr, v5("watcher")).await;
+    watcher.subscribe(1, "will/stuck", QoS::AtMostOnce).await;
+    let mut connect = v311("stuck");
+    connect.will = Some(will("will/stuck", "gone", QoS::AtMostOnce, false));
+    let mut s = small_window(&b, connect).await;
+    subscribe_raw(&mut s, "t/stuck").await;
+    let (mut r, mut w) = s.into_split();
+    let pinger = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            every.tick().await;
+            if w.write_all(&[0xC0, 0]).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    // 16 MiB: more than the broker's send buffer and the client's
+    // receive buffer hold.
+    let mut publisher = Raw::connected(b.addr, v5("publisher")).await;
+    let start = tokio::time::Instant::now();
+    for n in 0..256 {
+        publisher.send(big("t/stuck", n)).await;
+    }
+    let deadline = start + WRITE_TIMEOUT + 2 * WAIT;
+    while b.stats.snapshot().write_timeouts == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still connected {:?} after the first publish",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = start.elapsed();
+    assert!(took >= WRITE_TIMEOUT, "dropped after {took:?}");
+    // Its will says it is gone.
+    let p = watcher.recv_publish().await;
+    assert_eq!((p.topic.as_str(), payload(&p)), ("will/stuck", "gone"));
+
+    // The broker closed the socket: reading it now ends, once what the
+    // kernel buffers held is read.
+    let mut held = 0;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(WAIT, r.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => held += n,
+            Err(_) => panic!("the socket is still open ({held} bytes read)"),
+        }
+    }
+    eprintln!("dropped {took:?} after the first publish; {held} bytes were in the sockets");
+    pinger.abort();
+
+    // Everyone else is served, the publisher too.
+    assert_serving(&b).await;
+    publisher.sync().await;
+    watcher.sync().await;
+    let s = b.stats.snapshot();
+    assert_eq!(s.write_timeouts, 1);
+    assert_eq!(panics_on_this_thread(), 0);
+}
+
+/// A subscriber on a slow link, reading a little at a time while more is
+/// published to it than the sockets hold, is not dropped, however long it
+/// takes (many times the write timeout): the bound restarts at every byte
+/// the broker writes. It gets every message, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_not_dropped_and_gets_everything() {
+    let b = write_timeout_broker().await;
+    let mut s = small_window(&b, v311("slow")).await;
+    subscribe_raw(&mut s, "t/slow").await;
+    let messages: u32 = 48;
+    let mut publisher = Raw::connected(b.addr, v5("publisher")).await;
+    let publishing = tokio::spawn(async move {
+        for n in 0..messages {
+            publisher.send(big("t/slow", n)).await;
+        }
+        publisher
+    });
+
+    // A little at a time: 16 KiB every 10 ms, at most (1.6 MB/s).
+    let start = tokio::time::Instant::now();
+    let mut answers = Answers::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut next = 0;
+    while next < messages {
+        if let Some(p) = answers.decoder.decode(&mut answers.buf).unwrap() {
+            let Packet::Publish(p) = p else {
+                panic!("expected message {next}, got {p:?}")
+            };
+            assert_eq!(p.payload.len(), BIG);
+            assert_eq!(p.payload[..4], next.to_be_bytes(), "in order");
+            next += 1;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("the broker writes")
+            .unwrap();
+        assert!(
+            n > 0,
+            "dropped after {next} messages, {:?}",
+            start.elapsed()
+        );
+        answers.buf.extend_from_slice(&chunk[..n]);
+    }
+    let took = start.elapsed();
+    eprintln!("{messages} messages of {BIG} bytes in {took:?}");
+    assert!(
+        took > 3 * WRITE_TIMEOUT,
+        "took {took:?}: too fast to show anything"
+    );
+    let mut publisher = publishing.await.unwrap();
+    publisher.sync().await;
+    let st = b.stats.snapshot();
+    assert_eq!(st.write_timeouts, 0);
+    assert_eq!(st.messages_dropped, 0);
 }

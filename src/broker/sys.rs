@@ -11,7 +11,7 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now_ms: u64) {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
         let s = self.stats.snapshot_at(now);
-        let topics: [(&str, String); 49] = [
+        let topics: [(&str, String); 50] = [
             ("version", format!("roost {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{} seconds", s.uptime_secs)),
             ("time", (now_ms / 1000).to_string()),
@@ -60,6 +60,7 @@ impl Broker {
                 "refused/packet_read_timeouts",
                 s.packet_read_timeouts.to_string(),
             ),
+            ("refused/write_timeouts", s.write_timeouts.to_string()),
             ("refused/connect_too_large", s.connect_too_large.to_string()),
             (
                 "refused/unauthenticated",

@@ -84,6 +84,8 @@ enum Ending {
     BrokerStopped,
     /// A packet was not completed in time (`limits.packet_read_timeout`).
     Stalled,
+    /// Nothing written for `limits.write_timeout`: the client does not read.
+    WriteTimeout,
 }
 
 /// Runs one connection to its end, in the task that awaits it: reading,
@@ -133,6 +135,14 @@ where
                     Step::Stalled => {
                         crate::stats::add(&shared.stats.packet_read_timeouts, 1);
                         break Ending::Stalled;
+                    }
+                    Step::WriteTimeout => {
+                        crate::stats::add(&shared.stats.write_timeouts, 1);
+                        tracing::debug!(conn = conn.0,
+                            client_id = %Escaped(&live.ingress.client().client_id),
+                            write_timeout = ?shared.opts.limits.write_timeout,
+                            "nothing written within the write timeout: the client does not read");
+                        break Ending::WriteTimeout;
                     }
                     Step::Malformed(e) => {
                         tracing::debug!(conn = conn.0, error = %e, "protocol error");
@@ -476,6 +486,7 @@ where
         Ending::ClosedByBroker => "closed by the broker".to_string(),
         Ending::BrokerStopped => "broker stopped".to_string(),
         Ending::Stalled => "packet not completed within the packet read timeout".to_string(),
+        Ending::WriteTimeout => "nothing written within the write timeout".to_string(),
         Ending::Close(CloseReason::Lost) => "connection lost".to_string(),
         Ending::Close(CloseReason::ProtocolError(code)) => format!("protocol error ({code:?})"),
         Ending::Close(CloseReason::Malformed(e)) => format!("malformed packet: {e}"),
@@ -489,6 +500,9 @@ where
             Some(CloseReason::ProtocolError(ReasonCode::KeepAliveTimeout)),
             false,
         ),
+        // As lost: a DISCONNECT would wait behind what the client does
+        // not read, and the writer cannot finish; its will goes out.
+        Ending::WriteTimeout => (Some(CloseReason::Lost), false),
         Ending::ClosedByBroker => (None, true),
         Ending::Disconnected | Ending::BrokerStopped => (None, false),
     };

@@ -16,6 +16,7 @@ use super::alias::OutboundAliases;
 use super::encode::encode_into;
 use super::preauth::Charge;
 use super::shared::Shared;
+use super::stall::Stall;
 use super::sweep::IdleSweep;
 use super::wbuf::WriteBuf;
 use crate::broker::{Outbound, Outbox, Reclaim, Tracked};
@@ -58,6 +59,10 @@ pub(crate) enum Step {
     Malformed(DecodeError),
     /// A packet begun was not completed within `limits.packet_read_timeout`.
     Stalled,
+    /// The stream accepted none of the bytes waiting to be written for
+    /// `limits.write_timeout`: the client does not read (see
+    /// [`super::stall`]).
+    WriteTimeout,
     /// The outbox was closed and everything in it is written; the stream's
     /// write side is shut down.
     Finished,
@@ -79,6 +84,9 @@ enum Writing {
     Finished,
     /// A write failed: the connection is lost.
     Failed,
+    /// Nothing written for `limits.write_timeout` (see [`super::stall`]):
+    /// the connection is to be dropped.
+    TimedOut,
 }
 
 /// Where the read direction stands between two packets.
@@ -143,6 +151,9 @@ struct WriteBuffers {
     /// Written messages for the core to free (see [`crate::link::reclaim`]);
     /// empty between write rounds.
     kept: Vec<Arc<Tracked>>,
+    /// The write-progress deadline. Here, as bytes can only be blocked
+    /// while these buffers exist: an idle connection holds no timer.
+    stall: Stall,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
@@ -281,6 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
         let stats = &*shared.stats;
         match self.poll_write(cx, outbox, shared) {
             Poll::Ready(Writing::Finished) => return Poll::Ready(Step::Finished),
+            Poll::Ready(Writing::TimedOut) => return Poll::Ready(Step::WriteTimeout),
             Poll::Ready(_) => return Poll::Ready(Step::Lost),
             Poll::Pending => {}
         }
@@ -510,28 +522,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 Writing::Open => {}
                 Writing::ShuttingDown => {
                     // A failed shutdown changes nothing: nothing more is sent.
-                    let _ = ready!(Pin::new(&mut self.stream).poll_shutdown(cx));
+                    // A TLS stream writes its close_notify here, which a
+                    // client that does not read can block too.
+                    if Pin::new(&mut self.stream).poll_shutdown(cx).is_pending() {
+                        return self.blocked(cx, shared);
+                    }
                     self.writing = Writing::Finished;
                     return Poll::Ready(self.writing);
                 }
                 done => return Poll::Ready(done),
             }
             if let Some(w) = self.write.as_mut().filter(|w| !w.out.is_empty()) {
-                match ready!(w.out.poll_write_to(&mut self.stream, cx)) {
-                    Ok(n) if n > 0 => {
+                match w.out.poll_write_to(&mut self.stream, cx) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
                         stats::add(&stats.bytes_sent, n as u64);
                         self.unflushed = true;
+                        w.stall.progressed();
                     }
-                    _ => self.writing = Writing::Failed,
+                    Poll::Ready(_) => self.writing = Writing::Failed,
+                    Poll::Pending => return self.blocked(cx, shared),
                 }
                 continue;
             }
             if self.unflushed {
-                if ready!(Pin::new(&mut self.stream).poll_flush(cx)).is_err() {
-                    self.writing = Writing::Failed;
-                    continue;
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => {
+                        self.writing = Writing::Failed;
+                        continue;
+                    }
+                    Poll::Pending => return self.blocked(cx, shared),
                 }
                 self.unflushed = false;
+                if let Some(w) = self.write.as_mut() {
+                    w.stall.progressed();
+                }
             }
             // What the last drain left unencoded goes first.
             if let Some(w) = self.write.as_mut().filter(|w| !w.batch.is_empty()) {
@@ -579,6 +604,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Duplex<S> {
                 }
             }
         }
+    }
+
+    /// The stream takes nothing more now, with bytes left to write (or
+    /// flush, or a shutdown to finish): `Pending` while the write-progress
+    /// deadline runs, `Ready(TimedOut)` once it passed.
+    fn blocked(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<Writing> {
+        let w = self.write.get_or_insert_default();
+        ready!(w.stall.poll_expired(cx, shared.opts.limits.write_timeout));
+        self.writing = Writing::TimedOut;
+        Poll::Ready(self.writing)
     }
 
     /// Everything is written. A busy connection keeps its write buffers

@@ -192,7 +192,7 @@ fn json(s: &StatsSnapshot) -> String {
 
 fn prometheus(s: &StatsSnapshot) -> String {
     use std::fmt::Write;
-    let counters: [(&str, &str, u64); 34] = [
+    let counters: [(&str, &str, u64); 35] = [
         (
             "bytes_received",
             "Bytes read from clients.",
@@ -250,6 +250,11 @@ fn prometheus(s: &StatsSnapshot) -> String {
             "packet_read_timeouts",
             "Connections closed for a packet not completed within packet_read_timeout.",
             s.packet_read_timeouts,
+        ),
+        (
+            "write_timeouts",
+            "Connections dropped for taking none of the bytes written to them within write_timeout.",
+            s.write_timeouts,
         ),
         (
             "connect_too_large",

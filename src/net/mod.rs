@@ -32,6 +32,7 @@ mod resumption;
 #[cfg(feature = "cluster")]
 pub(crate) mod roaming;
 pub(crate) mod shared;
+mod stall;
 pub(crate) mod sweep;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
