@@ -381,6 +381,84 @@ async fn a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor()
     drop(b);
 }
 
+/// The publisher's side of QoS 2 across a node's death: a publisher on
+/// node A pipelines QoS 2 messages and reads nothing back; A is killed
+/// (SIGKILL) once the subscriber on B has some of them, so some are in the
+/// cluster's stream without their packet id in the session bucket (their
+/// PUBREC had not gone). The publisher resumes on B and, as MQTT requires,
+/// resends every PUBLISH it has no PUBREC for, DUP set, same packet id; B
+/// found its flows in the stream, answers those resends PUBREC without
+/// delivering them again, and the subscriber gets every message exactly
+/// once ([MQTT-4.3.3]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publisher_whose_node_is_killed_resends_on_another_and_each_is_delivered_once() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("pubkill");
+    let dir = tempfile::tempdir().unwrap();
+    let a = binary_node(&nats, &name, "a", dir.path());
+    let (b, mut b_logs) = binary_node_with(&nats, &name, "b", dir.path(), &["--store", "memory"]);
+    let mut sub = Raw::connected(b.addr, v5("sub-pq2")).await;
+    sub.subscribe(1, "in/#", QoS::ExactlyOnce).await;
+    let mut dev = Raw::connected(a.addr, v5_session("pub-q2", false, 600)).await;
+    stored(&config(&nats, &name, "x"), "pub-q2", "a", &[]).await;
+    let n = 400u16;
+    let message = |i: u16, dup: bool| {
+        let mut p = publish("in/x", &format!("m{i}"), QoS::ExactlyOnce, i);
+        p.dup = dup;
+        Packet::Publish(p)
+    };
+    for i in 1..=n {
+        dev.send(message(i, false)).await;
+    }
+    // Stored in the stream (B delivers only what it read there), and most
+    // of the rest on their way: A dies now, the publisher having read no
+    // PUBREC at all.
+    let mut rx = Qos2Receiver::default();
+    while rx.delivered.is_empty() {
+        let packet = sub.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("before the kill, only {:?}", rx.delivered));
+        rx.handle(&mut sub, packet, true).await;
+    }
+    a.kill9().await;
+    drop(dev);
+    let (mut dev, ack) = Raw::connect(b.addr, v5_session("pub-q2", false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present, "B resumed the session from the bucket");
+    for i in 1..=n {
+        dev.send(message(i, true)).await;
+    }
+    let mut completed = std::collections::BTreeSet::new();
+    while completed.len() < usize::from(n) {
+        match dev.recv_within(Duration::from_secs(20)).await {
+            Some(Packet::PubRec(r)) => {
+                assert!(r.reason.is_success(), "PUBREC {r:?}");
+                dev.send(Packet::PubRel(roost::codec::PubResp::new(r.packet_id)))
+                    .await;
+            }
+            Some(Packet::PubComp(c)) => {
+                assert!(c.reason.is_success(), "PUBCOMP {c:?}");
+                completed.insert(c.packet_id.get());
+            }
+            other => panic!("after {} completed: {other:?}", completed.len()),
+        }
+    }
+    while rx.delivered.len() < usize::from(n) {
+        let packet = sub.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
+        rx.handle(&mut sub, packet, true).await;
+    }
+    // A copy stored twice would follow its first: none comes.
+    while let Some(packet) = sub.recv_within(Duration::from_secs(1)).await {
+        rx.handle(&mut sub, packet, true).await;
+    }
+    let twice: Vec<_> = rx.delivered.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    // The case under test happened: B found flows of A's in the stream.
+    let found = b_logs.wait_for("inbound QoS 2 messages of the session found in the stream");
+    assert!(found.contains("pub-q2"), "{found}");
+    drop(b);
+}
+
 /// As [`a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor`],
 /// with the session's queue on disk: node B has a persistent store, and
 /// what is published while the device is away lives only there (spilled),

@@ -57,6 +57,7 @@
 //! [`Event::Release`]: super::Event::Release
 //! [`Event::Adopt`]: super::Event::Adopt
 
+use super::saves::Unstored;
 use super::session::Session;
 use super::{
     session_record, split_shared, subscription_record, Broker, Message, SessionId, Tracked,
@@ -111,11 +112,52 @@ pub(crate) struct SessionState {
     /// The first stream sequence it may still be owed; 0 if not known
     /// (the edge keeps the last known one).
     pub cursor: u64,
+    /// What a node adopting it needs to find its client's QoS 2 messages
+    /// the stream holds and `inbound_qos2` does not (see the module's
+    /// "Inbound QoS 2 across a node's death").
+    pub inbound: InboundFlows,
     /// Its queue moved since the last export (only then is a new cursor
     /// worth a write: an idle session's cursor follows the stream, but
     /// nothing between its old and new value is owed to it).
     #[serde(skip)]
     pub moved: bool,
+}
+
+/// A session's inbound QoS 2 flows as the cluster keeps them beside its
+/// awaited packet ids: every flow numbered below `next` and not in
+/// `unstored` was known stored when the state was taken, so its id is in
+/// `inbound_qos2` or its flow is complete.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InboundFlows {
+    /// The number the session's next flow gets.
+    pub next: u64,
+    /// The flows whose messages JetStream had not stored (as far as this
+    /// node knew): their ids are left out of `inbound_qos2`.
+    pub unstored: Vec<u64>,
+    /// A stream sequence every message of those flows, and of the flows
+    /// numbered from `next`, is above; 0 if not known (the edge keeps the
+    /// last known one).
+    pub floor: u64,
+}
+
+impl InboundFlows {
+    /// Whether the flow numbered `flow`, whose message is in the stream,
+    /// may still be open: its PUBREC may not have gone, its PUBCOMP has
+    /// not (see the module's "Inbound QoS 2 across a node's death").
+    pub(crate) fn may_be_open(&self, flow: u64) -> bool {
+        flow >= self.next || self.unstored.contains(&flow)
+    }
+}
+
+/// Where a handed over session's state goes.
+pub(super) type Reply = tokio::sync::oneshot::Sender<Option<SessionState>>;
+
+/// A session handed over, its answer waiting (see [`Broker::release`]).
+#[derive(Debug)]
+pub(super) struct Handover {
+    client_id: ByteStr,
+    state: SessionState,
+    reply: Reply,
 }
 
 /// A session another node held, for this node to resume.
@@ -198,7 +240,7 @@ impl Broker {
     /// cursors: what the cluster's session bucket is to hold for this
     /// node; with the export's generation (for [`Broker::sessions_saved`])
     /// and the sessions that ended here since the last export.
-    pub(super) fn export_sessions(&mut self, scope: Scope) -> Export {
+    pub(super) fn export_sessions(&mut self, scope: Scope, now_ms: u64) -> Export {
         self.settle_refused();
         let routed = self.cluster_seq;
         let (generation, dirty, ended) = self.saves.export();
@@ -213,10 +255,8 @@ impl Broker {
             .values_mut()
             .filter(|s| s.roams() && wanted(s))
             .map(|s| {
-                let mut state = session_state(s, routed);
-                if let Some(ids) = unstored.get(s.client_id()) {
-                    state.inbound_qos2.retain(|id| !ids.contains(id));
-                }
+                let flows = unstored.get(s.client_id()).map_or(&[][..], |u| &u[..]);
+                let mut state = session_state(s, routed, now_ms, flows);
                 if let Some(f) = s.flows.as_mut() {
                     state.moved = std::mem::take(&mut f.moved);
                 }
@@ -264,9 +304,16 @@ impl Broker {
 }
 
 /// What the cluster keeps of `s`, `routed` being the last stream sequence
-/// this node routed.
-fn session_state(s: &Session, routed: u64) -> SessionState {
-    SessionState {
+/// this node routed, and `unstored` its inbound QoS 2 flows whose
+/// messages JetStream has not stored yet (their ids are left out).
+fn session_state(s: &mut Session, routed: u64, now_ms: u64, unstored: &[Unstored]) -> SessionState {
+    let floor = unstored.iter().map(|u| u.floor).fold(routed, u64::min);
+    let inbound = InboundFlows {
+        next: s.inbound_next(now_ms),
+        unstored: unstored.iter().map(|u| u.flow).collect(),
+        floor,
+    };
+    let mut state = SessionState {
         session: session_record(s),
         subscriptions: s
             .subscriptions
@@ -292,8 +339,13 @@ fn session_state(s: &Session, routed: u64) -> SessionState {
             })
             .unwrap_or_default(),
         cursor: cursor(s, routed),
+        inbound,
         moved: false,
-    }
+    };
+    state
+        .inbound_qos2
+        .retain(|id| !unstored.iter().any(|u| u.pid == *id));
+    state
 }
 
 impl Broker {
@@ -302,30 +354,71 @@ impl Broker {
     /// DISCONNECT 0x8E), and the session leaves this node. Resumed, it
     /// moves with its will (its state is returned for the other node);
     /// started over, it ends here as a session ends (its pending will goes
-    /// out, once, from here).
+    /// out, once, from here). The state goes to `reply`, at once, or once
+    /// JetStream stored (or the router let go of) every inbound QoS 2
+    /// message of the session it had not stored yet: see the module's
+    /// "Inbound QoS 2 across a node's death".
     pub(super) fn release(
         &mut self,
         client_id: &str,
         clean_start: bool,
+        reply: Reply,
         now_ms: u64,
-    ) -> Option<SessionState> {
-        let sid = *self.by_client_id.get(client_id)?;
+    ) {
+        let Some(&sid) = self.by_client_id.get(client_id) else {
+            let _ = reply.send(None);
+            return;
+        };
         if !self.sessions.get(&sid).is_some_and(|s| s.roams()) {
-            return None;
+            let _ = reply.send(None);
+            return;
         }
         self.close_taken_over(sid, now_ms);
         tracing::info!(client_id = %Escaped(client_id), clean_start,
             "cluster: session taken over on another node");
         if clean_start {
             self.end_session(sid, now_ms);
-            return None;
+            let _ = reply.send(None);
+            return;
         }
-        let state = self
-            .sessions
-            .get(&sid)
-            .map(|s| session_state(s, self.cluster_seq));
+        let routed = self.cluster_seq;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            let _ = reply.send(None);
+            return;
+        };
+        // Every awaited id goes with it, those whose message is still on
+        // its way to JetStream too; the answer waits for those (below).
+        let state = session_state(s, routed, now_ms, &[]);
+        let client_id = s.client_id().clone();
         self.forget_session(sid, now_ms);
-        state
+        if self.saves.any_unstored(&client_id) {
+            self.saves.handing.insert(client_id.clone(), Vec::new());
+            self.handovers.push(Handover {
+                client_id,
+                state,
+                reply,
+            });
+        } else {
+            let _ = reply.send(Some(state));
+        }
+    }
+
+    /// Answers the handovers (see [`Broker::release`]) whose inbound QoS 2
+    /// messages are all stored or let go of now: the ids of those let go
+    /// of leave the state (their flows are over, refused).
+    pub(super) fn answer_handovers(&mut self) {
+        let mut i = 0;
+        while i < self.handovers.len() {
+            let h = &self.handovers[i];
+            if self.saves.any_unstored(&h.client_id) {
+                i += 1;
+                continue;
+            }
+            let mut h = self.handovers.swap_remove(i);
+            let refused = self.saves.handing.remove(&h.client_id).unwrap_or_default();
+            h.state.inbound_qos2.retain(|id| !refused.contains(id));
+            let _ = h.reply.send(Some(h.state));
+        }
     }
 
     /// The cluster says another node owns the session now (it took it while
@@ -398,6 +491,9 @@ impl Broker {
             }
             self.forget_session(sid, now_ms);
         }
+        let mut state = state;
+        state.inbound_qos2.sort_unstable();
+        state.inbound_qos2.dedup();
         let mut restore = self.restore(now_ms);
         restore.record(Record::Session(state.session.clone()));
         for sub in &state.subscriptions {
@@ -416,6 +512,11 @@ impl Broker {
         let Some(&sid) = self.by_client_id.get(client_id.as_str()) else {
             return;
         };
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            // Its flows go on from where they were numbered (the edge
+            // counted what it found in the stream).
+            s.inbound_from(state.inbound.next);
+        }
         if self.persist.enabled {
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.stored = true;
