@@ -459,6 +459,67 @@ async fn a_qos2_publisher_whose_node_is_killed_resends_on_another_and_each_is_de
     drop(b);
 }
 
+/// As [`a_qos2_publisher_whose_node_is_killed_resends_on_another_and_each_is_delivered_once`],
+/// with node A alive: the publisher moves to B while A's router still has
+/// its messages on their way to JetStream. A hands the session over once
+/// they are stored, with their packet ids, so the resends on B are
+/// answered without being delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publisher_moving_between_live_nodes_resends_and_each_is_delivered_once() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("pubmove");
+    let (a, b) = two_nodes(&nats, &name).await;
+    let mut sub = Raw::connected(b.addr, v5("sub-pm")).await;
+    sub.subscribe(1, "in/#", QoS::ExactlyOnce).await;
+    let mut dev = Raw::connected(a.addr, v5_session("pub-move", false, 600)).await;
+    stored(&config(&nats, &name, "x"), "pub-move", "a", &[]).await;
+    let n = 400u16;
+    let message = |i: u16, dup: bool| {
+        let mut p = publish("in/x", &format!("m{i}"), QoS::ExactlyOnce, i);
+        p.dup = dup;
+        Packet::Publish(p)
+    };
+    for i in 1..=n {
+        dev.send(message(i, false)).await;
+    }
+    // At once, reading nothing from A: the takeover races the router.
+    let (mut moved, ack) = Raw::connect(b.addr, v5_session("pub-move", false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present, "A handed the session over");
+    drop(dev);
+    for i in 1..=n {
+        moved.send(message(i, true)).await;
+    }
+    let mut completed = std::collections::BTreeSet::new();
+    while completed.len() < usize::from(n) {
+        match moved.recv_within(Duration::from_secs(20)).await {
+            Some(Packet::PubRec(r)) => {
+                assert!(r.reason.is_success(), "PUBREC {r:?}");
+                moved
+                    .send(Packet::PubRel(roost::codec::PubResp::new(r.packet_id)))
+                    .await;
+            }
+            Some(Packet::PubComp(c)) => {
+                assert!(c.reason.is_success(), "PUBCOMP {c:?}");
+                completed.insert(c.packet_id.get());
+            }
+            other => panic!("after {} completed: {other:?}", completed.len()),
+        }
+    }
+    let mut rx = Qos2Receiver::default();
+    while rx.delivered.len() < usize::from(n) {
+        let packet = sub.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
+        rx.handle(&mut sub, packet, true).await;
+    }
+    while let Some(packet) = sub.recv_within(Duration::from_secs(1)).await {
+        rx.handle(&mut sub, packet, true).await;
+    }
+    let twice: Vec<_> = rx.delivered.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    drop((a, b));
+}
+
 /// As [`a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor`],
 /// with the session's queue on disk: node B has a persistent store, and
 /// what is published while the device is away lives only there (spilled),

@@ -52,6 +52,50 @@
 //! is ([MQTT-4.3.3-9]). What the dead node had released is in the bucket
 //! (saved before the PUBREL went) and gets only its PUBREL again.
 //!
+//! **Inbound QoS 2 across a node's death.** A PUBREC waits for its
+//! message in JetStream and then for its packet id in the bucket; a node
+//! that dies between the two leaves the id out of the bucket while the
+//! message is in the stream, and the client's resend (DUP, same id) on the
+//! next node would be stored and delivered again. So each inbound QoS 2
+//! flow of a session the cluster keeps gets a number, increasing over the
+//! session's life on every node ([`Session::take_inbound_flow`]), which its
+//! message carries into the stream with its packet id (header
+//! `Roost-Flow`, beside `Roost-Client`). The saved state says which flows
+//! may lack their id ([`InboundFlows`]): those numbered from `next` (begun
+//! after the save) and those in `unstored` (JetStream had not stored their
+//! message as far as this node knew), every one of whose messages lies
+//! above `floor` (a flow's message is stored after the flow begins, so
+//! above the last sequence the core had routed then). A node adopting the
+//! session without its old node's answer (claimed from a dead node, or
+//! rescued) reads the stream past `floor`, and every message of the
+//! client's whose flow may lack its id puts that id among those awaiting
+//! PUBREL; the resend is then answered PUBREC and not delivered.
+//!
+//! Such a flow cannot be one the client completed, which would turn its
+//! next message under that id into a "resend" and lose it: its PUBCOMP
+//! went only after a save without its id (see "Saves"), taken after
+//! JetStream's store was known, so that save, and any later one (the
+//! bucket holds the latest), lists the flow below `next` and not in
+//! `unstored`. Nor is it one of an earlier session under the same client
+//! id: a session's numbers start from its clock (`first_flow`).
+//! The cost is one read of the stream past the floor when a session is
+//! adopted that way, the floor being about where the stream was at the
+//! session's last save (the replay from the cursor, when there is one,
+//! shares the read). The other design, a `Nats-Msg-Id` fixed in the
+//! bucket before the message goes to JetStream so that a resend elsewhere
+//! is dropped as a duplicate, costs a bucket write before every QoS 2
+//! message, and holds only within JetStream's duplicate window (2 min): a
+//! client may resume much later.
+//!
+//! A live node handing a session over answers once JetStream stored (or
+//! the router let go of) each of its inbound QoS 2 messages, with their
+//! ids ([`Broker::release`]): its router may otherwise store one after the
+//! next node read the stream, and the resend would be new there. Left
+//! open: a message a node stores after the next node's scan, which takes
+//! a node that does not answer a handover (2 s) but whose router still
+//! reaches JetStream later (cut off from core NATS only, or stalled), and
+//! a handover whose answer comes after that wait.
+//!
 //! [`Event::Export`]: super::Event::Export
 //! [`Event::Saved`]: super::Event::Saved
 //! [`Event::Release`]: super::Event::Release
@@ -144,6 +188,7 @@ impl InboundFlows {
     /// Whether the flow numbered `flow`, whose message is in the stream,
     /// may still be open: its PUBREC may not have gone, its PUBCOMP has
     /// not (see the module's "Inbound QoS 2 across a node's death").
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn may_be_open(&self, flow: u64) -> bool {
         flow >= self.next || self.unstored.contains(&flow)
     }

@@ -33,6 +33,11 @@
 //! their sequences (`broker::roaming::stream_pid`), QoS 2 stays exactly
 //! once across a node's death.
 //!
+//! A session claimed from a node that did not answer, or rescued, may
+//! lack inbound QoS 2 packet ids whose messages are in the stream: the
+//! replay's read of the stream finds them too (`Roaming::replay`, and
+//! `broker::roaming`'s "Inbound QoS 2 across a node's death").
+//!
 //! Not yet: a QoS 2 retained message sent on subscribe (no stream
 //! sequence) is not in the bucket while in flight; a node that dies with
 //! it leaves the client holding its packet id.
