@@ -401,7 +401,7 @@ async fn a_qos2_publisher_whose_node_is_killed_resends_on_another_and_each_is_de
     sub.subscribe(1, "in/#", QoS::ExactlyOnce).await;
     let mut dev = Raw::connected(a.addr, v5_session("pub-q2", false, 600)).await;
     stored(&config(&nats, &name, "x"), "pub-q2", "a", &[]).await;
-    let n = 400u16;
+    let n = 1000u16;
     let message = |i: u16, dup: bool| {
         let mut p = publish("in/x", &format!("m{i}"), QoS::ExactlyOnce, i);
         p.dup = dup;
