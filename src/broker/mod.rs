@@ -49,7 +49,7 @@ pub(crate) use persist::{Commit, CommitProgress};
 pub(crate) use retained::RetainedSync;
 pub(crate) use retained::{RetainedPage, RetainedRead};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use roaming::{Adopt, Export, Replayed, Scope, SessionState};
+pub(crate) use roaming::{Adopt, Export, InboundFlows, Replayed, Scope, SessionState};
 pub(crate) use throttle::OncePerSecond;
 
 use crate::codec::{

@@ -185,6 +185,20 @@ pub(crate) struct InboundFlows {
 }
 
 impl InboundFlows {
+    /// For a state a node saved before it numbered flows (bucket format
+    /// 2), read `now_ms` with its `cursor`: no message of the stream
+    /// carries a flow of it, so none may be open, and every later flow of
+    /// it lies past the stream's end now, which the cursor is at most one
+    /// past.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn unnumbered(cursor: u64, now_ms: u64) -> Self {
+        InboundFlows {
+            next: super::session::first_flow(now_ms),
+            unstored: Vec::new(),
+            floor: cursor.saturating_sub(1),
+        }
+    }
+
     /// Whether the flow numbered `flow`, whose message is in the stream,
     /// may still be open: its PUBREC may not have gone, its PUBCOMP has
     /// not (see the module's "Inbound QoS 2 across a node's death").

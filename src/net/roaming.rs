@@ -46,7 +46,7 @@
 //! [`Event::Saved`]: crate::broker::Event::Saved
 //! [`Event::Adopt`]: crate::broker::Event::Adopt
 
-use crate::broker::{Adopt, Event, Export, Replayed, Scope, SessionState};
+use crate::broker::{Adopt, Event, Export, InboundFlows, Replayed, Scope, SessionState};
 use crate::cluster::envelope::{self, FLOW, PUBLISHER};
 use crate::cluster::subject::subject_of;
 use crate::codec::ByteStr;
@@ -71,7 +71,7 @@ pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(1);
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// The layout of [`Stored`] this build writes (2: with the released
-/// outbound QoS 2 flows; 3: with the inbound QoS 2 flows'
+/// outbound QoS 2 flows, still read; 3: with the inbound QoS 2 flows'
 /// `InboundFlows`; an entry of another layout is read as none).
 const FORMAT: u8 = 3;
 
@@ -137,9 +137,55 @@ fn encode(stored: &Stored) -> Bytes {
 }
 
 fn decode(bytes: &[u8]) -> Option<Stored> {
-    bincode::deserialize::<Stored>(bytes)
-        .ok()
-        .filter(|s| s.format == FORMAT)
+    match bytes.first()? {
+        &FORMAT => bincode::deserialize::<Stored>(bytes).ok(),
+        2 => bincode::deserialize::<StoredV2>(bytes)
+            .ok()
+            .map(StoredV2::upgrade),
+        _ => None,
+    }
+}
+
+/// [`Stored`] as format 2 had it (a node of an earlier build may still
+/// write it while a cluster is upgraded one node at a time): without the
+/// inbound QoS 2 flows.
+#[derive(Deserialize)]
+struct StoredV2 {
+    /// 2 (checked before).
+    _format: u8,
+    owner: String,
+    state: StateV2,
+}
+
+#[derive(Deserialize)]
+struct StateV2 {
+    session: roost_storage::SessionRecord,
+    subscriptions: Vec<roost_storage::SubscriptionRecord>,
+    inbound_qos2: Vec<u16>,
+    released: Vec<u64>,
+    cursor: u64,
+}
+
+impl StoredV2 {
+    fn upgrade(self) -> Stored {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let s = self.state;
+        Stored {
+            format: FORMAT,
+            owner: self.owner,
+            state: SessionState {
+                inbound: InboundFlows::unnumbered(s.cursor, now_ms),
+                session: s.session,
+                subscriptions: s.subscriptions,
+                inbound_qos2: s.inbound_qos2,
+                released: s.released,
+                cursor: s.cursor,
+                moved: false,
+            },
+        }
+    }
 }
 
 impl Roaming {
@@ -870,4 +916,68 @@ pub(crate) async fn owned_elsewhere(engine: &Engine, client_ids: Vec<String>) ->
         }
     }
     gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(inbound: InboundFlows) -> Stored {
+        Stored {
+            format: FORMAT,
+            owner: "a".into(),
+            state: SessionState {
+                session: roost_storage::SessionRecord {
+                    client_id: "dev".into(),
+                    protocol_level: 5,
+                    expiry_interval: 600,
+                    disconnected_at_ms: None,
+                    will: None,
+                    owner: roost_storage::SessionOwner::Anonymous,
+                },
+                subscriptions: Vec::new(),
+                inbound_qos2: vec![4, 9],
+                released: vec![17],
+                cursor: 30,
+                inbound,
+                moved: false,
+            },
+        }
+    }
+
+    #[test]
+    fn an_entry_of_this_format_reads_back() {
+        let s = stored(InboundFlows {
+            next: 12,
+            unstored: vec![10, 11],
+            floor: 28,
+        });
+        assert_eq!(decode(&encode(&s)), Some(s));
+    }
+
+    /// An entry a node of the previous build wrote (format 2, the same
+    /// layout without the flows at its end) is read, with no flow of it
+    /// taken for open and the floor before its cursor.
+    #[test]
+    fn an_entry_of_format_2_is_read_without_open_flows() {
+        let flows = InboundFlows {
+            next: 1,
+            unstored: vec![5],
+            floor: 0,
+        };
+        let tail = bincode::serialize(&flows).unwrap().len();
+        let mut v2 = encode(&stored(flows)).to_vec();
+        v2.truncate(v2.len() - tail);
+        v2[0] = 2;
+        let got = decode(&v2).expect("read");
+        assert_eq!(got.format, FORMAT);
+        assert_eq!(got.owner, "a");
+        assert_eq!(got.state.inbound_qos2, vec![4, 9]);
+        assert_eq!(got.state.released, vec![17]);
+        assert_eq!(got.state.cursor, 30);
+        assert_eq!(got.state.inbound.floor, 29);
+        assert!(got.state.inbound.unstored.is_empty());
+        assert!(got.state.inbound.next > 1 << 40, "from the clock");
+        assert!(decode(&[1, 0, 0]).is_none(), "format 1: none");
+    }
 }
