@@ -381,6 +381,183 @@ async fn a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor()
     drop(b);
 }
 
+/// The publisher's side of QoS 2 across a node's death: a publisher on
+/// node A pipelines QoS 2 messages and reads nothing back; A is killed
+/// (SIGKILL) once the subscriber on B has some of them, so some are in the
+/// cluster's stream without their packet id in the session bucket (their
+/// PUBREC had not gone). The publisher resumes on B and, as MQTT requires,
+/// resends every PUBLISH it has no PUBREC for, DUP set, same packet id; B
+/// found its flows in the stream, answers those resends PUBREC without
+/// delivering them again, and the subscriber gets every message exactly
+/// once ([MQTT-4.3.3]).
+///
+/// Whether some messages are in the stream and not yet saved at the kill
+/// is a race (the kill follows the subscriber's first deliveries): a
+/// round where B found none is run again with a new node A, up to five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publisher_whose_node_is_killed_resends_on_another_and_each_is_delivered_once() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("pubkill");
+    let dir = tempfile::tempdir().unwrap();
+    let (b, mut b_logs) = binary_node_with(&nats, &name, "b", dir.path(), &["--store", "memory"]);
+    let mut sub = Raw::connected(b.addr, v5("sub-pq2")).await;
+    sub.subscribe(1, "in/#", QoS::ExactlyOnce).await;
+    let mut found = None;
+    for round in 1..=5 {
+        let node = format!("a{round}");
+        let a = binary_node(&nats, &name, &node, dir.path());
+        let client_id = format!("pub-q2-{round}");
+        publisher_killed_mid_pipeline(&nats, &name, (a, &node), b.addr, &mut sub, &client_id).await;
+        // B found flows of the dead node's in the stream: the case under
+        // test happened.
+        let needle = "inbound QoS 2 messages of the session found in the stream";
+        let quiet = Duration::from_secs(2);
+        while let Some(line) = b_logs.next(quiet) {
+            if line.contains(needle) && line.contains(&client_id) {
+                found = Some(round);
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    assert!(
+        found.is_some(),
+        "no round left messages stored and unsaved at the kill"
+    );
+    drop(b);
+}
+
+/// One round of the test above: `client_id` pipelines QoS 2 messages on
+/// `a` (cluster node `node`), which is killed after `sub` (on `b`) got some; on `b` it resends
+/// them all; `sub` must get each exactly once.
+async fn publisher_killed_mid_pipeline(
+    nats: &NatsCluster,
+    name: &str,
+    (a, node): (Broker, &str),
+    b: std::net::SocketAddr,
+    sub: &mut Raw,
+    client_id: &str,
+) {
+    let mut dev = Raw::connected(a.addr, v5_session(client_id, false, 600)).await;
+    stored(&config(nats, name, "x"), client_id, node, &[]).await;
+    let n = 1000u16;
+    let message = |i: u16, dup: bool| {
+        let mut p = publish("in/x", &format!("{client_id}-m{i}"), QoS::ExactlyOnce, i);
+        p.dup = dup;
+        Packet::Publish(p)
+    };
+    for i in 1..=n {
+        dev.send(message(i, false)).await;
+    }
+    // Stored in the stream (B delivers only what it read there), and most
+    // of the rest on their way: A dies now, the publisher having read no
+    // PUBREC at all.
+    let mut rx = Qos2Receiver::default();
+    while rx.delivered.len() < 20 {
+        let packet = sub.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("before the kill, only {:?}", rx.delivered));
+        rx.handle(sub, packet, true).await;
+    }
+    a.kill9().await;
+    drop(dev);
+    let (mut dev, ack) = Raw::connect(b, v5_session(client_id, false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present, "B resumed the session {node} had");
+    for i in 1..=n {
+        dev.send(message(i, true)).await;
+    }
+    let mut completed = std::collections::BTreeSet::new();
+    while completed.len() < usize::from(n) {
+        match dev.recv_within(Duration::from_secs(20)).await {
+            Some(Packet::PubRec(r)) => {
+                assert!(r.reason.is_success(), "PUBREC {r:?}");
+                dev.send(Packet::PubRel(roost::codec::PubResp::new(r.packet_id)))
+                    .await;
+            }
+            Some(Packet::PubComp(c)) => {
+                assert!(c.reason.is_success(), "PUBCOMP {c:?}");
+                completed.insert(c.packet_id.get());
+            }
+            other => panic!("after {} completed: {other:?}", completed.len()),
+        }
+    }
+    while rx.delivered.len() < usize::from(n) {
+        let packet = sub.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
+        rx.handle(sub, packet, true).await;
+    }
+    // A copy stored twice would follow its first: none comes.
+    while let Some(packet) = sub.recv_within(Duration::from_secs(1)).await {
+        rx.handle(sub, packet, true).await;
+    }
+    let twice: Vec<_> = rx.delivered.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert!(rx.held.is_empty(), "every flow completed: {:?}", rx.held);
+    dev.disconnect().await;
+}
+
+/// As [`a_qos2_publisher_whose_node_is_killed_resends_on_another_and_each_is_delivered_once`],
+/// with node A alive: the publisher moves to B while A's router still has
+/// its messages on their way to JetStream. A hands the session over once
+/// they are stored, with their packet ids, so the resends on B are
+/// answered without being delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publisher_moving_between_live_nodes_resends_and_each_is_delivered_once() {
+    let nats = NatsCluster::start(1).await;
+    let name = unique("pubmove");
+    let (a, b) = two_nodes(&nats, &name).await;
+    let mut sub = Raw::connected(b.addr, v5("sub-pm")).await;
+    sub.subscribe(1, "in/#", QoS::ExactlyOnce).await;
+    let mut dev = Raw::connected(a.addr, v5_session("pub-move", false, 600)).await;
+    stored(&config(&nats, &name, "x"), "pub-move", "a", &[]).await;
+    let n = 400u16;
+    let message = |i: u16, dup: bool| {
+        let mut p = publish("in/x", &format!("m{i}"), QoS::ExactlyOnce, i);
+        p.dup = dup;
+        Packet::Publish(p)
+    };
+    for i in 1..=n {
+        dev.send(message(i, false)).await;
+    }
+    // At once, reading nothing from A: the takeover races the router.
+    let (mut moved, ack) = Raw::connect(b.addr, v5_session("pub-move", false, 600)).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(ack.session_present, "A handed the session over");
+    drop(dev);
+    for i in 1..=n {
+        moved.send(message(i, true)).await;
+    }
+    let mut completed = std::collections::BTreeSet::new();
+    while completed.len() < usize::from(n) {
+        match moved.recv_within(Duration::from_secs(20)).await {
+            Some(Packet::PubRec(r)) => {
+                assert!(r.reason.is_success(), "PUBREC {r:?}");
+                moved
+                    .send(Packet::PubRel(roost::codec::PubResp::new(r.packet_id)))
+                    .await;
+            }
+            Some(Packet::PubComp(c)) => {
+                assert!(c.reason.is_success(), "PUBCOMP {c:?}");
+                completed.insert(c.packet_id.get());
+            }
+            other => panic!("after {} completed: {other:?}", completed.len()),
+        }
+    }
+    let mut rx = Qos2Receiver::default();
+    while rx.delivered.len() < usize::from(n) {
+        let packet = sub.recv_within(Duration::from_secs(20)).await;
+        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
+        rx.handle(&mut sub, packet, true).await;
+    }
+    while let Some(packet) = sub.recv_within(Duration::from_secs(1)).await {
+        rx.handle(&mut sub, packet, true).await;
+    }
+    let twice: Vec<_> = rx.delivered.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    drop((a, b));
+}
+
 /// As [`a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor`],
 /// with the session's queue on disk: node B has a persistent store, and
 /// what is published while the device is away lives only there (spilled),

@@ -49,7 +49,7 @@ pub(crate) use persist::{Commit, CommitProgress};
 pub(crate) use retained::RetainedSync;
 pub(crate) use retained::{RetainedPage, RetainedRead};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use roaming::{Adopt, Export, Replayed, Scope, SessionState};
+pub(crate) use roaming::{Adopt, Export, InboundFlows, Replayed, Scope, SessionState};
 pub(crate) use throttle::OncePerSecond;
 
 use crate::codec::{
@@ -325,6 +325,9 @@ pub(crate) struct Broker {
     /// replay covered: live messages up to it are not delivered to it
     /// again (see `roaming`).
     cluster_skip: HashMap<SessionId, u64>,
+    /// Sessions handed over whose answer waits for JetStream to store or
+    /// refuse their inbound QoS 2 messages (see `roaming`).
+    handovers: Vec<roaming::Handover>,
     /// Share groups served through the cluster (see `groups`); `None` on
     /// one node.
     cluster_groups: Option<groups::ClusterGroups>,
@@ -378,6 +381,7 @@ impl Broker {
             cluster_router: None,
             cluster_seq: 0,
             cluster_skip: HashMap::new(),
+            handovers: Vec::new(),
             cluster_groups: None,
             saves: saves::Saves::default(),
         }
@@ -426,6 +430,14 @@ impl Broker {
     /// Handles one event. Returns the vector of an [`Event::Packets`],
     /// emptied, for a reader to fill again.
     pub(crate) fn handle(&mut self, event: Event, now: Now) -> Option<Vec<Packet>> {
+        let emptied = self.handle_one(event, now);
+        if !self.handovers.is_empty() {
+            self.answer_handovers();
+        }
+        emptied
+    }
+
+    fn handle_one(&mut self, event: Event, now: Now) -> Option<Vec<Packet>> {
         let now_ms = now.ms;
         self.watch_storage();
         match event {
@@ -478,12 +490,11 @@ impl Broker {
                 clean_start,
                 reply,
             } => {
-                let state = self.release(&client_id, clean_start, now_ms);
-                let _ = reply.send(state);
+                self.release(&client_id, clean_start, reply, now_ms);
             }
             Event::Lost { client_id } => self.lost_session(&client_id, now_ms),
             Event::Export { scope, reply } => {
-                let _ = reply.send(self.export_sessions(scope));
+                let _ = reply.send(self.export_sessions(scope, now_ms));
             }
             Event::Saved { generation } => self.sessions_saved(generation),
             Event::Inject {

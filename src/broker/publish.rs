@@ -172,7 +172,10 @@ impl Broker {
             if refused {
                 self.forget_inbound_qos2(sid, pid);
             } else {
-                self.saves.expect_stored(token, sid, client_id, pid, save);
+                let flow = msg.inbound_flow().map_or(0, |(_, n)| n);
+                let floor = self.cluster_seq;
+                self.saves
+                    .expect_stored(token, sid, client_id, pid, (flow, floor), save);
             }
         }
     }
@@ -256,7 +259,18 @@ impl Broker {
                     .and_then(|id| self.by_client_id.get(id).copied());
             }
             let seq = origin.and_then(|o| o.seq).unwrap_or(0);
-            let msg = Arc::new(Tracked::new(msg).with_seq(seq));
+            let mut tracked = Tracked::new(msg).with_seq(seq);
+            if let (QoS::ExactlyOnce, Some(pid), true) = (qos, pid, to_cluster) {
+                if self.saved_first(sid) {
+                    // Numbered, so that a node adopting the session after
+                    // this one died finds the flow in the stream (see
+                    // `roaming`'s "Inbound QoS 2 across a node's death").
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        tracked = tracked.with_flow(pid.get(), s.take_inbound_flow(now_ms));
+                    }
+                }
+            }
+            let msg = Arc::new(tracked);
             if qos == QoS::ExactlyOnce && stored && self.persist.enabled && !self.persist.ack_first
             {
                 // Its packet id goes into this commit (below).

@@ -52,11 +52,56 @@
 //! is ([MQTT-4.3.3-9]). What the dead node had released is in the bucket
 //! (saved before the PUBREL went) and gets only its PUBREL again.
 //!
+//! **Inbound QoS 2 across a node's death.** A PUBREC waits for its
+//! message in JetStream and then for its packet id in the bucket; a node
+//! that dies between the two leaves the id out of the bucket while the
+//! message is in the stream, and the client's resend (DUP, same id) on the
+//! next node would be stored and delivered again. So each inbound QoS 2
+//! flow of a session the cluster keeps gets a number, increasing over the
+//! session's life on every node ([`Session::take_inbound_flow`]), which its
+//! message carries into the stream with its packet id (header
+//! `Roost-Flow`, beside `Roost-Client`). The saved state says which flows
+//! may lack their id ([`InboundFlows`]): those numbered from `next` (begun
+//! after the save) and those in `unstored` (JetStream had not stored their
+//! message as far as this node knew), every one of whose messages lies
+//! above `floor` (a flow's message is stored after the flow begins, so
+//! above the last sequence the core had routed then). A node adopting the
+//! session without its old node's answer (claimed from a dead node, or
+//! rescued) reads the stream past `floor`, and every message of the
+//! client's whose flow may lack its id puts that id among those awaiting
+//! PUBREL; the resend is then answered PUBREC and not delivered.
+//!
+//! Such a flow cannot be one the client completed, which would turn its
+//! next message under that id into a "resend" and lose it: its PUBCOMP
+//! went only after a save without its id (see "Saves"), taken after
+//! JetStream's store was known, so that save, and any later one (the
+//! bucket holds the latest), lists the flow below `next` and not in
+//! `unstored`. Nor is it one of an earlier session under the same client
+//! id: a session's numbers start from its clock (`first_flow`).
+//! The cost is one read of the stream past the floor when a session is
+//! adopted that way, the floor being about where the stream was at the
+//! session's last save (the replay from the cursor, when there is one,
+//! shares the read). The other design, a `Nats-Msg-Id` fixed in the
+//! bucket before the message goes to JetStream so that a resend elsewhere
+//! is dropped as a duplicate, costs a bucket write before every QoS 2
+//! message, and holds only within JetStream's duplicate window (2 min): a
+//! client may resume much later.
+//!
+//! A live node handing a session over answers once JetStream stored (or
+//! the router let go of) each of its inbound QoS 2 messages, with their
+//! ids ([`Broker::release`]): its router may otherwise store one after the
+//! next node read the stream, and the resend would be new there. Left
+//! open: a message a node stores after the next node's scan, which takes
+//! a node that does not answer a handover (2 s) but whose router still
+//! reaches JetStream later (cut off from core NATS only, or stalled), and
+//! a handover whose answer comes after that wait.
+//!
 //! [`Event::Export`]: super::Event::Export
 //! [`Event::Saved`]: super::Event::Saved
 //! [`Event::Release`]: super::Event::Release
 //! [`Event::Adopt`]: super::Event::Adopt
 
+use super::saves::Unstored;
 use super::session::Session;
 use super::{
     session_record, split_shared, subscription_record, Broker, Message, SessionId, Tracked,
@@ -111,11 +156,67 @@ pub(crate) struct SessionState {
     /// The first stream sequence it may still be owed; 0 if not known
     /// (the edge keeps the last known one).
     pub cursor: u64,
+    /// What a node adopting it needs to find its client's QoS 2 messages
+    /// the stream holds and `inbound_qos2` does not (see the module's
+    /// "Inbound QoS 2 across a node's death").
+    pub inbound: InboundFlows,
     /// Its queue moved since the last export (only then is a new cursor
     /// worth a write: an idle session's cursor follows the stream, but
     /// nothing between its old and new value is owed to it).
     #[serde(skip)]
     pub moved: bool,
+}
+
+/// A session's inbound QoS 2 flows as the cluster keeps them beside its
+/// awaited packet ids: every flow numbered below `next` and not in
+/// `unstored` was known stored when the state was taken, so its id is in
+/// `inbound_qos2` or its flow is complete.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InboundFlows {
+    /// The number the session's next flow gets.
+    pub next: u64,
+    /// The flows whose messages JetStream had not stored (as far as this
+    /// node knew): their ids are left out of `inbound_qos2`.
+    pub unstored: Vec<u64>,
+    /// A stream sequence every message of those flows, and of the flows
+    /// numbered from `next`, is above; 0 if not known (the edge keeps the
+    /// last known one).
+    pub floor: u64,
+}
+
+impl InboundFlows {
+    /// For a state a node saved before it numbered flows (bucket format
+    /// 2), read `now_ms` with its `cursor`: no message of the stream
+    /// carries a flow of it, so none may be open, and every later flow of
+    /// it lies past the stream's end now, which the cursor is at most one
+    /// past.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn unnumbered(cursor: u64, now_ms: u64) -> Self {
+        InboundFlows {
+            next: super::session::first_flow(now_ms),
+            unstored: Vec::new(),
+            floor: cursor.saturating_sub(1),
+        }
+    }
+
+    /// Whether the flow numbered `flow`, whose message is in the stream,
+    /// may still be open: its PUBREC may not have gone, its PUBCOMP has
+    /// not (see the module's "Inbound QoS 2 across a node's death").
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn may_be_open(&self, flow: u64) -> bool {
+        flow >= self.next || self.unstored.contains(&flow)
+    }
+}
+
+/// Where a handed over session's state goes.
+pub(super) type Reply = tokio::sync::oneshot::Sender<Option<SessionState>>;
+
+/// A session handed over, its answer waiting (see [`Broker::release`]).
+#[derive(Debug)]
+pub(super) struct Handover {
+    client_id: ByteStr,
+    state: SessionState,
+    reply: Reply,
 }
 
 /// A session another node held, for this node to resume.
@@ -198,7 +299,7 @@ impl Broker {
     /// cursors: what the cluster's session bucket is to hold for this
     /// node; with the export's generation (for [`Broker::sessions_saved`])
     /// and the sessions that ended here since the last export.
-    pub(super) fn export_sessions(&mut self, scope: Scope) -> Export {
+    pub(super) fn export_sessions(&mut self, scope: Scope, now_ms: u64) -> Export {
         self.settle_refused();
         let routed = self.cluster_seq;
         let (generation, dirty, ended) = self.saves.export();
@@ -213,10 +314,8 @@ impl Broker {
             .values_mut()
             .filter(|s| s.roams() && wanted(s))
             .map(|s| {
-                let mut state = session_state(s, routed);
-                if let Some(ids) = unstored.get(s.client_id()) {
-                    state.inbound_qos2.retain(|id| !ids.contains(id));
-                }
+                let flows = unstored.get(s.client_id()).map_or(&[][..], |u| &u[..]);
+                let mut state = session_state(s, routed, now_ms, flows);
                 if let Some(f) = s.flows.as_mut() {
                     state.moved = std::mem::take(&mut f.moved);
                 }
@@ -264,9 +363,16 @@ impl Broker {
 }
 
 /// What the cluster keeps of `s`, `routed` being the last stream sequence
-/// this node routed.
-fn session_state(s: &Session, routed: u64) -> SessionState {
-    SessionState {
+/// this node routed, and `unstored` its inbound QoS 2 flows whose
+/// messages JetStream has not stored yet (their ids are left out).
+fn session_state(s: &mut Session, routed: u64, now_ms: u64, unstored: &[Unstored]) -> SessionState {
+    let floor = unstored.iter().map(|u| u.floor).fold(routed, u64::min);
+    let inbound = InboundFlows {
+        next: s.inbound_next(now_ms),
+        unstored: unstored.iter().map(|u| u.flow).collect(),
+        floor,
+    };
+    let mut state = SessionState {
         session: session_record(s),
         subscriptions: s
             .subscriptions
@@ -292,8 +398,13 @@ fn session_state(s: &Session, routed: u64) -> SessionState {
             })
             .unwrap_or_default(),
         cursor: cursor(s, routed),
+        inbound,
         moved: false,
-    }
+    };
+    state
+        .inbound_qos2
+        .retain(|id| !unstored.iter().any(|u| u.pid == *id));
+    state
 }
 
 impl Broker {
@@ -302,30 +413,71 @@ impl Broker {
     /// DISCONNECT 0x8E), and the session leaves this node. Resumed, it
     /// moves with its will (its state is returned for the other node);
     /// started over, it ends here as a session ends (its pending will goes
-    /// out, once, from here).
+    /// out, once, from here). The state goes to `reply`, at once, or once
+    /// JetStream stored (or the router let go of) every inbound QoS 2
+    /// message of the session it had not stored yet: see the module's
+    /// "Inbound QoS 2 across a node's death".
     pub(super) fn release(
         &mut self,
         client_id: &str,
         clean_start: bool,
+        reply: Reply,
         now_ms: u64,
-    ) -> Option<SessionState> {
-        let sid = *self.by_client_id.get(client_id)?;
+    ) {
+        let Some(&sid) = self.by_client_id.get(client_id) else {
+            let _ = reply.send(None);
+            return;
+        };
         if !self.sessions.get(&sid).is_some_and(|s| s.roams()) {
-            return None;
+            let _ = reply.send(None);
+            return;
         }
         self.close_taken_over(sid, now_ms);
         tracing::info!(client_id = %Escaped(client_id), clean_start,
             "cluster: session taken over on another node");
         if clean_start {
             self.end_session(sid, now_ms);
-            return None;
+            let _ = reply.send(None);
+            return;
         }
-        let state = self
-            .sessions
-            .get(&sid)
-            .map(|s| session_state(s, self.cluster_seq));
+        let routed = self.cluster_seq;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            let _ = reply.send(None);
+            return;
+        };
+        // Every awaited id goes with it, those whose message is still on
+        // its way to JetStream too; the answer waits for those (below).
+        let state = session_state(s, routed, now_ms, &[]);
+        let client_id = s.client_id().clone();
         self.forget_session(sid, now_ms);
-        state
+        if self.saves.any_unstored(&client_id) {
+            self.saves.handing.insert(client_id.clone(), Vec::new());
+            self.handovers.push(Handover {
+                client_id,
+                state,
+                reply,
+            });
+        } else {
+            let _ = reply.send(Some(state));
+        }
+    }
+
+    /// Answers the handovers (see [`Broker::release`]) whose inbound QoS 2
+    /// messages are all stored or let go of now: the ids of those let go
+    /// of leave the state (their flows are over, refused).
+    pub(super) fn answer_handovers(&mut self) {
+        let mut i = 0;
+        while i < self.handovers.len() {
+            let h = &self.handovers[i];
+            if self.saves.any_unstored(&h.client_id) {
+                i += 1;
+                continue;
+            }
+            let mut h = self.handovers.swap_remove(i);
+            let refused = self.saves.handing.remove(&h.client_id).unwrap_or_default();
+            h.state.inbound_qos2.retain(|id| !refused.contains(id));
+            let _ = h.reply.send(Some(h.state));
+        }
     }
 
     /// The cluster says another node owns the session now (it took it while
@@ -398,6 +550,9 @@ impl Broker {
             }
             self.forget_session(sid, now_ms);
         }
+        let mut state = state;
+        state.inbound_qos2.sort_unstable();
+        state.inbound_qos2.dedup();
         let mut restore = self.restore(now_ms);
         restore.record(Record::Session(state.session.clone()));
         for sub in &state.subscriptions {
@@ -416,6 +571,11 @@ impl Broker {
         let Some(&sid) = self.by_client_id.get(client_id.as_str()) else {
             return;
         };
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            // Its flows go on from where they were numbered (the edge
+            // counted what it found in the stream).
+            s.inbound_from(state.inbound.next);
+        }
         if self.persist.enabled {
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.stored = true;

@@ -52,6 +52,22 @@ pub(crate) struct Saves {
     /// The client ids of the sessions that ended here since the last
     /// export: their entries go.
     pub(super) ended: Vec<ByteStr>,
+    /// Sessions handed over to another node whose answer waits until
+    /// JetStream stored or refused each of their inbound QoS 2 messages
+    /// (see `roaming`'s "Inbound QoS 2 across a node's death"): by client
+    /// id, the packet ids refused meanwhile.
+    pub(super) handing: HashMap<ByteStr, Vec<u16>>,
+}
+
+/// An inbound QoS 2 flow whose message JetStream has not stored yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unstored {
+    /// Its packet id.
+    pub pid: u16,
+    /// Its number.
+    pub flow: u64,
+    /// The last stream sequence the core had routed when it began.
+    pub floor: u64,
 }
 
 /// A successful PUBREC waiting for JetStream to store its message.
@@ -60,6 +76,10 @@ struct Inbound {
     sid: SessionId,
     client_id: ByteStr,
     pid: u16,
+    /// Its flow's number, and the last stream sequence the core had
+    /// routed when the flow began: its message's sequence is above.
+    flow: u64,
+    floor: u64,
     /// Its outbox, if it then waits for the session bucket too.
     save: Option<Arc<Outbox>>,
 }
@@ -116,18 +136,24 @@ impl Saves {
     /// only once the message is stored: a node that died between the two
     /// would otherwise leave the id without its message, and the next node
     /// would take the client's resend for a duplicate and lose it.
+    /// `flow` and `floor` are the flow's number and a stream sequence its
+    /// message's is above (see [`Unstored`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn expect_stored(
         &mut self,
         token: u64,
         sid: SessionId,
         client_id: ByteStr,
         pid: u16,
+        (flow, floor): (u64, u64),
         save: Option<Arc<Outbox>>,
     ) {
         let inbound = Inbound {
             sid,
             client_id,
             pid,
+            flow,
+            floor,
             save,
         };
         self.inbound.insert(token, inbound);
@@ -149,18 +175,31 @@ impl Saves {
     /// armed, handled there).
     pub(crate) fn refused(&mut self, token: u64) {
         if let Some(i) = self.inbound.remove(&token) {
+            if let Some(refused) = self.handing.get_mut(&i.client_id) {
+                refused.push(i.pid);
+            }
             self.refused.push((i.sid, i.pid));
         }
     }
 
-    /// The inbound QoS 2 ids whose messages JetStream has not stored yet,
-    /// by client id: not for the bucket yet.
-    pub(super) fn unstored(&self) -> HashMap<&ByteStr, Vec<u16>> {
-        let mut by_client: HashMap<&ByteStr, Vec<u16>> = HashMap::new();
+    /// The inbound QoS 2 flows whose messages JetStream has not stored
+    /// yet, by client id: their ids are not for the bucket yet.
+    pub(super) fn unstored(&self) -> HashMap<&ByteStr, Vec<Unstored>> {
+        let mut by_client: HashMap<&ByteStr, Vec<Unstored>> = HashMap::new();
         for i in self.inbound.values() {
-            by_client.entry(&i.client_id).or_default().push(i.pid);
+            by_client.entry(&i.client_id).or_default().push(Unstored {
+                pid: i.pid,
+                flow: i.flow,
+                floor: i.floor,
+            });
         }
         by_client
+    }
+
+    /// Whether `client_id` has inbound QoS 2 messages JetStream has not
+    /// stored yet (nor refused).
+    pub(super) fn any_unstored(&self, client_id: &ByteStr) -> bool {
+        self.inbound.values().any(|i| &i.client_id == client_id)
     }
 
     /// Starts an export: its generation, the sessions touched, and those

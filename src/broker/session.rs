@@ -266,6 +266,20 @@ pub(crate) struct Flows {
     /// Something was queued or completed since the cluster last saved the
     /// session's cursor (see `roaming`).
     pub moved: bool,
+    /// The number the next inbound QoS 2 flow gets in a cluster (0: none
+    /// numbered yet here; see `roaming`'s "Inbound QoS 2 across a node's
+    /// death").
+    pub inbound_next: u64,
+}
+
+/// Where a session that has numbered no inbound QoS 2 flow on this node
+/// starts: its clock in ms times 2^20, above every number an earlier
+/// incarnation of the session (same client id) or this node before a
+/// restart gave, unless that one numbered more than a million flows a
+/// millisecond or the clock went back. Fits a `u64` until about the year
+/// 2500.
+pub(crate) fn first_flow(now_ms: u64) -> u64 {
+    now_ms.saturating_mul(1 << 20).max(1)
 }
 
 impl Session {
@@ -354,6 +368,31 @@ impl Session {
     }
 
     /// PUBREL for an inbound QoS 2 packet id: true if it was awaited.
+    /// The number the next inbound QoS 2 flow gets, without taking it
+    /// (see [`Session::take_inbound_flow`]).
+    pub(crate) fn inbound_next(&mut self, now_ms: u64) -> u64 {
+        let f = self.flows_mut();
+        f.inbound_next = f.inbound_next.max(first_flow(now_ms));
+        f.inbound_next
+    }
+
+    /// Numbers a new inbound QoS 2 flow. The numbers only grow, across the
+    /// nodes the session moves between (an adopted session goes on from
+    /// what it brings) and across its incarnations under one client id or
+    /// a node's restart (a session that numbers nothing yet starts from
+    /// its clock: see [`first_flow`]).
+    pub(crate) fn take_inbound_flow(&mut self, now_ms: u64) -> u64 {
+        let n = self.inbound_next(now_ms);
+        self.flows_mut().inbound_next = n + 1;
+        n
+    }
+
+    /// The flow numbers go on from at least `next`.
+    pub(crate) fn inbound_from(&mut self, next: u64) {
+        let f = self.flows_mut();
+        f.inbound_next = f.inbound_next.max(next);
+    }
+
     pub(crate) fn release_inbound_qos2(&mut self, pid: u16) -> bool {
         self.flows
             .as_mut()

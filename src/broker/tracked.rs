@@ -37,6 +37,12 @@ pub(crate) struct Tracked {
     /// Copies of it in memory queues that the memory budget counts (see
     /// `Pages::hold_copy`): its own cost counts once, not per copy.
     pub(super) budgeted: AtomicU32,
+    /// A QoS 2 message from a roaming session's client: that flow's
+    /// packet id (in what was `budgeted`'s padding) and number (see
+    /// `roaming`'s "Inbound QoS 2 across a node's death"); 0 and 0 for
+    /// any other message.
+    pub(super) flow_pid: u16,
+    pub(super) flow: u64,
 }
 
 impl Tracked {
@@ -54,7 +60,24 @@ impl Tracked {
             deliver_after: AtomicU64::new(0),
             seq: 0,
             budgeted: AtomicU32::new(0),
+            flow_pid: 0,
+            flow: 0,
         }
+    }
+
+    /// The inbound QoS 2 flow it is, if it is one the cluster tags: its
+    /// packet id and flow number (the cluster's router writes them in a
+    /// header, `cluster::envelope::FLOW`).
+    pub(crate) fn inbound_flow(&self) -> Option<(u16, u64)> {
+        (self.flow != 0).then_some((self.flow_pid, self.flow))
+    }
+
+    /// The same, the inbound QoS 2 flow `flow` of its publisher, under
+    /// packet id `pid` (see [`Tracked::inbound_flow`]).
+    pub(crate) fn with_flow(mut self, pid: u16, flow: u64) -> Self {
+        self.flow_pid = pid;
+        self.flow = flow;
+        self
     }
 
     /// The same, read from the cluster's stream at `seq`.
@@ -85,17 +108,18 @@ pub(crate) type Reclaim = crate::link::reclaim::Reclaim<Tracked>;
 
 #[cfg(test)]
 mod tests {
-    /// One per message in memory (queues, the retained cache): 328 bytes
+    /// One per message in memory (queues, the retained cache): 336 bytes
     /// on 64-bit targets. The cluster's wait moved into the ack gate (it
     /// was a field of its own, 24 bytes, with or without `cluster`); the
     /// stream sequence (`seq`, roaming) takes 8, the budget's count of
-    /// copies (`budgeted`) 8 with its padding. With `Arc`'s two counts the
-    /// allocation is 344 bytes, in the same 352-byte glibc chunk as 336.
+    /// copies (`budgeted`) with an inbound QoS 2 flow's packet id 8, the
+    /// flow's number 8. With `Arc`'s two counts the allocation is 352
+    /// bytes, the same 352-byte glibc chunk as at 328.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_tracked_message_stays_small() {
         assert!(
-            std::mem::size_of::<super::Tracked>() <= 328,
+            std::mem::size_of::<super::Tracked>() <= 336,
             "{}",
             std::mem::size_of::<super::Tracked>()
         );

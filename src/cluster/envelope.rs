@@ -30,6 +30,24 @@ pub(crate) const ORIGIN: &str = "Roost-Node";
 /// messages.
 pub(crate) const PUBLISHER: &str = "Roost-Client";
 
+/// The NATS header naming the inbound QoS 2 flow a message is, for a
+/// client whose session the cluster keeps: `<packet id>.<flow number>`
+/// (see `broker::roaming`'s "Inbound QoS 2 across a node's death").
+pub(crate) const FLOW: &str = "Roost-Flow";
+
+/// The [`FLOW`] header's value for flow `flow` under packet id `pid`.
+pub(crate) fn flow_header(pid: u16, flow: u64) -> String {
+    format!("{pid}.{flow}")
+}
+
+/// The packet id and flow number a [`FLOW`] header names.
+pub(crate) fn parse_flow(value: &str) -> Option<(u16, u64)> {
+    let (pid, flow) = value.split_once('.')?;
+    let pid = pid.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let flow = flow.parse::<u64>().ok().filter(|f| *f != 0)?;
+    Some((pid, flow))
+}
+
 /// Why a NATS message is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum EnvelopeError {
@@ -132,6 +150,16 @@ mod tests {
             want.topic_alias = None;
             want.subscription_identifiers.clear();
             assert_eq!(got.properties, want);
+        }
+    }
+
+    #[test]
+    fn a_flow_header_reads_back_and_garbage_does_not() {
+        let v = flow_header(65535, u64::MAX);
+        assert_eq!(parse_flow(&v), Some((65535, u64::MAX)));
+        assert_eq!(parse_flow(&flow_header(1, 7)), Some((1, 7)));
+        for bad in ["", "1", "0.5", "1.0", "x.5", "70000.5", "1.-2", "1.5.6"] {
+            assert_eq!(parse_flow(bad), None, "{bad:?}");
         }
     }
 

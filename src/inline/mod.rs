@@ -95,6 +95,10 @@ pub struct InlineMessage {
     /// PUBREC to send once the message is taken care of
     /// ([`InlineClient::acknowledge`]).
     pub(crate) ack: Option<Packet>,
+    /// For the cluster router: the inbound QoS 2 flow the message is, if
+    /// the core numbered it (its packet id and number; see
+    /// `Tracked::inbound_flow`).
+    pub(crate) flow: Option<(u16, u64)>,
 }
 
 /// Options of an inline publish beyond topic, payload and QoS.
@@ -825,9 +829,9 @@ async fn relay_loop(inner: std::sync::Weak<Inner>, outbox: Arc<Outbox>, clock: C
         for packet in batch.drain(..) {
             // The publisher's id is the shared message's, which the packet
             // form does not carry.
-            let publisher = match &packet {
-                Outbound::Deliver(d) => d.msg.publisher_id.clone(),
-                _ => None,
+            let (publisher, flow) = match &packet {
+                Outbound::Deliver(d) => (d.msg.publisher_id.clone(), d.msg.inbound_flow()),
+                _ => (None, None),
             };
             let Some(packet) = packet.into_packet() else {
                 continue;
@@ -835,7 +839,7 @@ async fn relay_loop(inner: std::sync::Weak<Inner>, outbox: Arc<Outbox>, clock: C
             let reply = match packet {
                 Packet::Publish(p) => {
                     stats::add(&inner.stats.messages_sent, 1);
-                    deliver(&inner, p, publisher).await
+                    deliver(&inner, p, publisher, flow).await
                 }
                 Packet::PubRec(r) if r.reason.is_success() => {
                     // Our QoS 2 publish: release it; the caller waits for PUBCOMP.
@@ -883,7 +887,12 @@ fn answer(inner: &Inner, pid: u16, packet: Packet) {
 
 /// Hands a message to every local subscription it is for (see `routes`),
 /// once each; returns the acknowledgement to send.
-async fn deliver(inner: &Inner, p: Publish, publisher: Option<ByteStr>) -> Option<Packet> {
+async fn deliver(
+    inner: &Inner,
+    p: Publish,
+    publisher: Option<ByteStr>,
+    flow: Option<(u16, u64)>,
+) -> Option<Packet> {
     let qos = p.qos_pid.qos();
     let reply = match p.qos_pid {
         QosPid::AtMostOnce => None,
@@ -908,6 +917,7 @@ async fn deliver(inner: &Inner, p: Publish, publisher: Option<ByteStr>) -> Optio
             publisher: publisher.clone(),
             subscription_id: t.id,
             ack: reply.clone().filter(|_| manual && !delivered),
+            flow,
         };
         // Waits when the application is behind: the broker then applies its
         // slow-consumer policy to this client.

@@ -33,6 +33,11 @@
 //! their sequences (`broker::roaming::stream_pid`), QoS 2 stays exactly
 //! once across a node's death.
 //!
+//! A session claimed from a node that did not answer, or rescued, may
+//! lack inbound QoS 2 packet ids whose messages are in the stream: the
+//! replay's read of the stream finds them too (`Roaming::replay`, and
+//! `broker::roaming`'s "Inbound QoS 2 across a node's death").
+//!
 //! Not yet: a QoS 2 retained message sent on subscribe (no stream
 //! sequence) is not in the bucket while in flight; a node that dies with
 //! it leaves the client holding its packet id.
@@ -41,8 +46,8 @@
 //! [`Event::Saved`]: crate::broker::Event::Saved
 //! [`Event::Adopt`]: crate::broker::Event::Adopt
 
-use crate::broker::{Adopt, Event, Export, Replayed, Scope, SessionState};
-use crate::cluster::envelope::{self, PUBLISHER};
+use crate::broker::{Adopt, Event, Export, InboundFlows, Replayed, Scope, SessionState};
+use crate::cluster::envelope::{self, FLOW, PUBLISHER};
 use crate::cluster::subject::subject_of;
 use crate::codec::ByteStr;
 use crate::escape::Escaped;
@@ -66,8 +71,9 @@ pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(1);
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// The layout of [`Stored`] this build writes (2: with the released
-/// outbound QoS 2 flows; an entry of another layout is read as none).
-const FORMAT: u8 = 2;
+/// outbound QoS 2 flows, still read; 3: with the inbound QoS 2 flows'
+/// `InboundFlows`; an entry of another layout is read as none).
+const FORMAT: u8 = 3;
 
 /// What the bucket holds for a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,9 +137,55 @@ fn encode(stored: &Stored) -> Bytes {
 }
 
 fn decode(bytes: &[u8]) -> Option<Stored> {
-    bincode::deserialize::<Stored>(bytes)
-        .ok()
-        .filter(|s| s.format == FORMAT)
+    match bytes.first()? {
+        &FORMAT => bincode::deserialize::<Stored>(bytes).ok(),
+        2 => bincode::deserialize::<StoredV2>(bytes)
+            .ok()
+            .map(StoredV2::upgrade),
+        _ => None,
+    }
+}
+
+/// [`Stored`] as format 2 had it (a node of an earlier build may still
+/// write it while a cluster is upgraded one node at a time): without the
+/// inbound QoS 2 flows.
+#[derive(Deserialize)]
+struct StoredV2 {
+    /// 2 (checked before).
+    _format: u8,
+    owner: String,
+    state: StateV2,
+}
+
+#[derive(Deserialize)]
+struct StateV2 {
+    session: roost_storage::SessionRecord,
+    subscriptions: Vec<roost_storage::SubscriptionRecord>,
+    inbound_qos2: Vec<u16>,
+    released: Vec<u64>,
+    cursor: u64,
+}
+
+impl StoredV2 {
+    fn upgrade(self) -> Stored {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let s = self.state;
+        Stored {
+            format: FORMAT,
+            owner: self.owner,
+            state: SessionState {
+                inbound: InboundFlows::unnumbered(s.cursor, now_ms),
+                session: s.session,
+                subscriptions: s.subscriptions,
+                inbound_qos2: s.inbound_qos2,
+                released: s.released,
+                cursor: s.cursor,
+                moved: false,
+            },
+        }
+    }
 }
 
 impl Roaming {
@@ -204,6 +256,7 @@ impl Roaming {
             // went out there): what this node writes next is the new
             // session (or, for one that is not persistent, nothing).
             let ended = clean_start && handed.is_some();
+            let whole = matches!(handed, Some(Some(_)));
             let mut state = match handed {
                 Some(Some(state)) => state,
                 _ => stored.state,
@@ -239,7 +292,13 @@ impl Roaming {
                     upto: 0,
                 })));
             }
-            let (replay, upto) = match self.replay(&claimed.state).await {
+            // Handed over, the state is whole: its node answered once
+            // JetStream had settled the session's inbound QoS 2
+            // messages. Taken from a node that did not answer, it may
+            // lack flows whose messages are in the stream.
+            let scan = !whole;
+            let mut claimed = claimed;
+            let (replay, upto) = match self.replay(&mut claimed.state, scan).await {
                 Ok(r) => r,
                 Err(e) => {
                     // The session is this node's now; it resumes without
@@ -291,39 +350,61 @@ impl Roaming {
 
     /// The stream's messages from the session's cursor to its end that
     /// match its ordinary subscriptions (the core checks again, with No
-    /// Local and the ACL), and the last sequence read.
-    async fn replay(&self, state: &SessionState) -> Result<(Vec<Replayed>, u64), ClaimError> {
+    /// Local and the ACL), and the last sequence read. With `scan`, also
+    /// its client's inbound QoS 2 flows after `state.inbound.floor` that
+    /// may still be open: their packet ids join `state.inbound_qos2`, and
+    /// the flow numbers go on past the highest found (see
+    /// `broker::roaming`'s "Inbound QoS 2 across a node's death").
+    async fn replay(
+        &self,
+        state: &mut SessionState,
+        scan: bool,
+    ) -> Result<(Vec<Replayed>, u64), ClaimError> {
         let stream_err = |e: &dyn std::fmt::Display| ClaimError::Stream(e.to_string());
         let mut stream = self.engine.stream().clone();
         let info = stream.info().await.map_err(|e| stream_err(&e))?;
         let last = info.state.last_sequence;
         let first = info.state.first_sequence;
         let cursor = state.cursor;
-        let filters: Vec<&str> = state
+        let filters: Vec<String> = state
             .subscriptions
             .iter()
             .filter(|s| !s.filter.starts_with("$share/"))
-            .map(|s| s.filter.as_str())
+            .map(|s| s.filter.clone())
             .collect();
-        if cursor == 0 || cursor > last || filters.is_empty() {
+        let replaying = cursor != 0 && cursor <= last && !filters.is_empty();
+        // Past the floor (0: not known, the whole stream).
+        let scan_from = scan.then(|| state.inbound.floor.saturating_add(1));
+        let scanning = scan_from.is_some_and(|f| f <= last) && last >= first && last > 0;
+        if !replaying && !scanning {
             return Ok((Vec::new(), last));
         }
-        if cursor < first {
+        if replaying && cursor < first {
             tracing::warn!(client_id = %Escaped(&state.session.client_id), cursor, first,
                 "cluster: part of what the session was owed has aged out of the stream");
         }
+        let start = match (replaying, scan_from.filter(|_| scanning)) {
+            (true, Some(f)) => cursor.min(f),
+            (true, None) => cursor,
+            (false, Some(f)) => f,
+            (false, None) => return Ok((Vec::new(), last)),
+        };
         let config = self.engine.config();
         let prefix = config.durable_prefix();
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: format!("{prefix}.>"),
                 deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: cursor.max(first),
+                    start_sequence: start.max(first),
                 },
                 ..Default::default()
             })
             .await
             .map_err(|e| stream_err(&e))?;
+        let client_id = state.session.client_id.clone();
+        let floor = state.inbound.floor;
+        let mut open: Vec<u16> = Vec::new();
+        let mut highest = 0u64;
         let mut messages = consumer.messages().await.map_err(|e| stream_err(&e))?;
         let mut replay = Vec::new();
         let mut bytes = 0usize;
@@ -336,6 +417,26 @@ impl Roaming {
                 Ok(None) | Err(_) => return Err(ClaimError::Stream("replay ended early".into())),
             };
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let headers = m.headers.as_ref();
+            let publisher = headers.and_then(|h| h.get(PUBLISHER));
+            if scanning && seq > floor && publisher.is_some_and(|p| p.as_str() == client_id) {
+                if let Some((pid, n)) = headers
+                    .and_then(|h| h.get(FLOW))
+                    .and_then(|v| envelope::parse_flow(v.as_str()))
+                {
+                    highest = highest.max(n);
+                    if state.inbound.may_be_open(n) {
+                        open.retain(|p| *p != pid);
+                        open.push(pid);
+                    }
+                }
+            }
+            if !replaying || seq < cursor {
+                if seq >= last {
+                    break;
+                }
+                continue;
+            }
             if let Ok(publish) = envelope::decode(&prefix, &m.subject, &m.payload) {
                 if filters
                     .iter()
@@ -370,6 +471,13 @@ impl Roaming {
             tracing::warn!(client_id = %Escaped(&state.session.client_id), dropped,
                 "cluster: more owed than the session's queue holds (messages or bytes); the newest were dropped");
         }
+        if !open.is_empty() {
+            tracing::info!(client_id = %Escaped(&client_id), found = open.len(),
+                "cluster: inbound QoS 2 messages of the session found in the stream; the client's resends of them will not be delivered again");
+        }
+        state.inbound_qos2.extend(open);
+        state.inbound.unstored.clear();
+        state.inbound.next = state.inbound.next.max(highest.saturating_add(1));
         Ok((replay, last))
     }
 }
@@ -548,15 +656,32 @@ async fn write_session(roaming: Arc<Roaming>, mut state: SessionState) -> Option
         // written stands (no write for an idle session).
         state.cursor = cursor;
     }
+    // A floor once written holds for good (every flow not known stored
+    // since is above it): kept when not known now (nothing routed here
+    // yet), and when nothing else changed, so that an idle session is not
+    // written again for the stream's progress alone.
+    let known_floor = known
+        .as_ref()
+        .and_then(|(_, b)| decode(b))
+        .map_or(0, |s| s.state.inbound.floor);
+    let fresh_floor = std::mem::replace(&mut state.inbound.floor, known_floor);
     let client_id = state.session.client_id.clone();
-    let stored = Stored {
+    let mut stored = Stored {
         format: FORMAT,
         owner: roaming.node().to_owned(),
         state,
     };
-    let bytes = encode(&stored);
+    let mut bytes = encode(&stored);
+    if let Some((_, last)) = &known {
+        if *last == bytes {
+            return None;
+        }
+    }
+    if fresh_floor != 0 && fresh_floor != known_floor {
+        stored.state.inbound.floor = fresh_floor;
+        bytes = encode(&stored);
+    }
     let result = match &known {
-        Some((_, last)) if *last == bytes => return None,
         Some((revision, _)) => bucket
             .update(&key, bytes.clone(), *revision)
             .await
@@ -745,11 +870,15 @@ async fn rescue_once(roaming: &Roaming) -> Result<(), ClaimError> {
         };
         roaming.written().insert(key, (revision, bytes));
         let client_id = claimed.state.session.client_id.clone();
-        let (replay, upto) = roaming.replay(&claimed.state).await.unwrap_or_else(|e| {
-            tracing::warn!(client_id = %Escaped(&client_id), error = %e,
+        let mut claimed = claimed;
+        let (replay, upto) = roaming
+            .replay(&mut claimed.state, true)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(client_id = %Escaped(&client_id), error = %e,
                 "cluster: cannot read what the session is owed; taking it over without it");
-            (Vec::new(), 0)
-        });
+                (Vec::new(), 0)
+            });
         tracing::info!(client_id = %Escaped(&client_id), node = %dead,
             "cluster: took over a session of a node that is gone");
         let adopt = Adopt {
@@ -787,4 +916,68 @@ pub(crate) async fn owned_elsewhere(engine: &Engine, client_ids: Vec<String>) ->
         }
     }
     gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(inbound: InboundFlows) -> Stored {
+        Stored {
+            format: FORMAT,
+            owner: "a".into(),
+            state: SessionState {
+                session: roost_storage::SessionRecord {
+                    client_id: "dev".into(),
+                    protocol_level: 5,
+                    expiry_interval: 600,
+                    disconnected_at_ms: None,
+                    will: None,
+                    owner: roost_storage::SessionOwner::Anonymous,
+                },
+                subscriptions: Vec::new(),
+                inbound_qos2: vec![4, 9],
+                released: vec![17],
+                cursor: 30,
+                inbound,
+                moved: false,
+            },
+        }
+    }
+
+    #[test]
+    fn an_entry_of_this_format_reads_back() {
+        let s = stored(InboundFlows {
+            next: 12,
+            unstored: vec![10, 11],
+            floor: 28,
+        });
+        assert_eq!(decode(&encode(&s)), Some(s));
+    }
+
+    /// An entry a node of the previous build wrote (format 2, the same
+    /// layout without the flows at its end) is read, with no flow of it
+    /// taken for open and the floor before its cursor.
+    #[test]
+    fn an_entry_of_format_2_is_read_without_open_flows() {
+        let flows = InboundFlows {
+            next: 1,
+            unstored: vec![5],
+            floor: 0,
+        };
+        let tail = bincode::serialize(&flows).unwrap().len();
+        let mut v2 = encode(&stored(flows)).to_vec();
+        v2.truncate(v2.len() - tail);
+        v2[0] = 2;
+        let got = decode(&v2).expect("read");
+        assert_eq!(got.format, FORMAT);
+        assert_eq!(got.owner, "a");
+        assert_eq!(got.state.inbound_qos2, vec![4, 9]);
+        assert_eq!(got.state.released, vec![17]);
+        assert_eq!(got.state.cursor, 30);
+        assert_eq!(got.state.inbound.floor, 29);
+        assert!(got.state.inbound.unstored.is_empty());
+        assert!(got.state.inbound.next > 1 << 40, "from the clock");
+        assert!(decode(&[1, 0, 0]).is_none(), "format 1: none");
+    }
 }

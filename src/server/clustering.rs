@@ -63,7 +63,7 @@
 
 use crate::broker::Origin;
 use crate::cluster::config::ClusterConfig;
-use crate::cluster::envelope::{self, ORIGIN, PUBLISHER};
+use crate::cluster::envelope::{self, FLOW, ORIGIN, PUBLISHER};
 use crate::cluster::subject::subject_of;
 use crate::codec::{ByteStr, Publish, QoS, QosPid, RetainHandling, SubscriptionOptions};
 use crate::escape::Escaped;
@@ -341,6 +341,7 @@ async fn forward(
                 let qos = m.qos;
                 let ack = m.ack.take();
                 let publisher = m.publisher.take();
+                let flow = m.flow.take();
                 let publish = as_publish(m);
                 let body = envelope::encode(&publish);
                 // A retained message is in the retained bucket before it
@@ -353,6 +354,11 @@ async fn forward(
                 headers.insert(ORIGIN, config.node.as_str());
                 if let Some(id) = &publisher {
                     headers.insert(PUBLISHER, id.as_str());
+                    // Found again by a node adopting the session if this
+                    // one dies before the flow's packet id is saved.
+                    if let Some((pid, n)) = flow {
+                        headers.insert(FLOW, envelope::flow_header(pid, n).as_str());
+                    }
                 }
                 if qos == QoS::AtMostOnce {
                     let subject = subject_of(&volatile, &publish.topic);

@@ -530,3 +530,163 @@ fn between_two_pages_the_cursor_follows_what_was_read_back() {
     }
     dev.expect_nothing();
 }
+
+/// The router injects a QoS 1 message of the stream at `seq` (routed to
+/// nobody here): the core has routed the stream up to it.
+fn routed_up_to(core: &mut Core, router: &mut Peer, seq: u64) {
+    core.handle(Event::Inject {
+        conn: router.conn,
+        publish: publish("nobody/x", "n", QoS::AtLeastOnce, 1),
+        origin: Box::new(Origin {
+            client_id: Some("elsewhere".into()),
+            seq: Some(seq),
+        }),
+    });
+    assert!(matches!(router.recv(), Some(Packet::PubAck(_))));
+}
+
+/// JetStream stored the router's copy: the router acknowledges it.
+fn router_stored(core: &mut Core, router: &mut Peer) {
+    let copy = router.recv_publish();
+    core.send(
+        router,
+        Packet::PubRec(PubResp::new(copy.qos_pid.packet_id().unwrap())),
+    );
+}
+
+#[test]
+fn an_unstored_inbound_qos2_flow_is_exported_by_number_above_a_floor_until_stored() {
+    let mut core = clustered();
+    let mut router = router(&mut core);
+    routed_up_to(&mut core, &mut router, 40);
+    let mut dev = core.connected(v5_session("dev", true, 600));
+    core.send(
+        &dev,
+        Packet::Publish(publish("up/x", "m", QoS::ExactlyOnce, 7)),
+    );
+    let copy = router.recv_publish();
+    // The stream moves on before JetStream acknowledges the message.
+    routed_up_to(&mut core, &mut router, 45);
+    let state = export(&mut core).remove(0);
+    assert!(state.inbound_qos2.is_empty(), "{state:?}");
+    let flows = &state.inbound;
+    assert_eq!(flows.unstored.len(), 1, "{flows:?}");
+    let flow = flows.unstored[0];
+    assert_eq!(flows.next, flow + 1, "numbered in order");
+    assert_eq!(flows.floor, 40, "what was routed when the flow began");
+    assert!(flows.may_be_open(flow));
+    assert!(flows.may_be_open(flow + 1), "a later flow");
+    assert!(!flows.may_be_open(flow - 1), "an earlier one, known stored");
+    // Stored: the id is in the state, the flow no longer listed, and the
+    // floor follows the stream.
+    core.send(
+        &router,
+        Packet::PubRec(PubResp::new(copy.qos_pid.packet_id().unwrap())),
+    );
+    let state = save(&mut core).remove(0);
+    assert_eq!(state.inbound_qos2, vec![7]);
+    assert!(state.inbound.unstored.is_empty());
+    assert_eq!(state.inbound.next, flow + 1);
+    assert_eq!(state.inbound.floor, 45);
+    assert!(!state.inbound.may_be_open(flow), "its id is saved instead");
+    assert!(matches!(dev.recv(), Some(Packet::PubRec(r)) if r.packet_id.get() == 7));
+    // Completed: gone from the state, and still not open.
+    core.send(
+        &dev,
+        Packet::PubRel(PubResp::new(PacketId::new(7).unwrap())),
+    );
+    let state = save(&mut core).remove(0);
+    assert!(state.inbound_qos2.is_empty());
+    assert!(
+        !state.inbound.may_be_open(flow),
+        "completed: never open again"
+    );
+    assert!(matches!(dev.recv(), Some(Packet::PubComp(_))));
+    // A session that publishes nothing at QoS 2 is numbered too (from its
+    // clock), so an earlier session of its client id is never taken for
+    // its flows.
+    let _idle = core.connected(v5_session("idle", true, 600));
+    let idle = export(&mut core)
+        .into_iter()
+        .find(|s| s.session.client_id == "idle")
+        .unwrap();
+    assert!(idle.inbound.next > 0);
+}
+
+#[test]
+fn an_adopted_session_takes_a_resend_of_a_flow_found_in_the_stream_for_what_it_is() {
+    let mut core = clustered();
+    let mut router = router(&mut core);
+    let mut other = clustered();
+    let mut dev = other.connected(v5_session("dev", true, 600));
+    other.disconnect(dev);
+    let mut state = release(&mut other, "dev", false).expect("its state");
+    // What the edge's scan adds: flow 9's message, packet id 3, is in the
+    // stream; its PUBREC never went.
+    state.inbound_qos2.push(3);
+    let next = state.inbound.next.max(u64::MAX / 2);
+    state.inbound.next = next;
+    core.handle(Event::Adopt(Box::new(Adopt {
+        state,
+        replay: Vec::new(),
+        upto: 0,
+    })));
+    let (dev2, ack) = core.connect(v5_session("dev", false, 600));
+    assert!(ack.session_present);
+    dev = dev2;
+    let mut resend = publish("up/x", "m", QoS::ExactlyOnce, 3);
+    resend.dup = true;
+    core.send(&dev, Packet::Publish(resend));
+    assert!(
+        matches!(dev.recv(), Some(Packet::PubRec(r)) if r.packet_id.get() == 3 && r.reason == ReasonCode::Success)
+    );
+    router.expect_nothing();
+    core.send(
+        &dev,
+        Packet::PubRel(PubResp::new(PacketId::new(3).unwrap())),
+    );
+    save(&mut core);
+    assert!(matches!(dev.recv(), Some(Packet::PubComp(c)) if c.reason == ReasonCode::Success));
+    // Its next flow goes on from what the session brought: a node taking
+    // it over after this one finds it open.
+    core.send(
+        &dev,
+        Packet::Publish(publish("up/x", "new", QoS::ExactlyOnce, 3)),
+    );
+    let copy = router.recv_publish();
+    assert_eq!(payload(&copy), "new", "a new message under a freed id");
+    let state = export(&mut core).remove(0);
+    assert_eq!(state.inbound.unstored, vec![next]);
+    assert_eq!(state.inbound.next, next + 1);
+}
+
+#[test]
+fn a_handover_answers_once_jetstream_settled_the_sessions_inbound_qos2_messages() {
+    let mut core = clustered();
+    let mut router = router(&mut core);
+    let dev = core.connected(v5_session("dev", true, 600));
+    for (pid, payload) in [(7, "stored"), (8, "refused")] {
+        core.send(
+            &dev,
+            Packet::Publish(publish("up/x", payload, QoS::ExactlyOnce, pid)),
+        );
+    }
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    core.handle(Event::Release {
+        client_id: "dev".into(),
+        clean_start: false,
+        reply: tx,
+    });
+    // The router still holds both on their way to JetStream: no answer
+    // yet (the next node could not know whether they will be stored).
+    assert!(rx.try_recv().is_err(), "not answered before JetStream");
+    router_stored(&mut core, &mut router);
+    assert!(rx.try_recv().is_err(), "one still on its way");
+    // The router goes before JetStream stored the other: refused, its id
+    // is free again.
+    let _second = router.recv_publish();
+    core.drop_connection(router);
+    let state = rx.try_recv().expect("answered").expect("its state");
+    assert_eq!(state.inbound_qos2, vec![7], "{state:?}");
+    assert!(state.inbound.unstored.is_empty());
+}
