@@ -256,7 +256,7 @@ impl Pending {
                         state: e.state,
                         subscription_identifiers: e.sub_ids.iter().map(|s| s.get()).collect(),
                         message,
-                        stream_seq: e.msg.seq,
+                        stream_seq: e.msg.seq(),
                     },
                 }
             }

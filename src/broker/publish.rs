@@ -517,7 +517,7 @@ impl Broker {
                 same
             });
         }
-        if msg.seq != 0 && !self.cluster_skip.is_empty() {
+        if msg.seq() != 0 && !self.cluster_skip.is_empty() {
             // Sessions adopted from another node got it in their replay.
             targets.retain(|t| !self.replayed_already(t.sid, msg));
         }
@@ -568,7 +568,7 @@ impl Broker {
         // router: the router waits (the stream holds what waits), not the
         // publisher, which may be on another node, or has already had its
         // acknowledgement.
-        let from_stream = msg.seq != 0;
+        let from_stream = msg.seq() != 0;
         let publisher = if from_stream {
             self.cluster_router
         } else {

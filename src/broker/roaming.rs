@@ -392,8 +392,8 @@ fn session_state(s: &mut Session, routed: u64, now_ms: u64, unstored: &[Unstored
             .map(|f| {
                 f.inflight
                     .iter()
-                    .filter(|o| o.state == OutboundState::Released && o.msg.seq != 0)
-                    .map(|o| o.msg.seq)
+                    .filter(|o| o.state == OutboundState::Released && o.msg.seq() != 0)
+                    .map(|o| o.msg.seq())
                     .collect()
             })
             .unwrap_or_default(),
@@ -678,7 +678,7 @@ impl Broker {
     /// Whether `msg` is one a session adopted here already got in its
     /// replay (see the module's "seam").
     pub(super) fn replayed_already(&self, sid: SessionId, msg: &Tracked) -> bool {
-        msg.seq != 0 && self.cluster_skip.get(&sid).is_some_and(|u| msg.seq <= *u)
+        msg.seq() != 0 && self.cluster_skip.get(&sid).is_some_and(|u| msg.seq() <= *u)
     }
 
     /// Forgets the seams the stream has passed.
@@ -713,7 +713,7 @@ fn cursor(s: &Session, routed: u64) -> u64 {
         return routed + 1;
     };
     let in_memory = f.inflight.iter().chain(f.queue.iter());
-    match in_memory.map(|o| o.msg.seq).find(|&seq| seq != 0) {
+    match in_memory.map(|o| o.msg.seq()).find(|&seq| seq != 0) {
         Some(seq) => seq,
         None if f.spill.count > 0 && f.spill.stream != 0 => f.spill.stream,
         None => routed + 1,

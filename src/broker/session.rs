@@ -694,8 +694,10 @@ impl Session {
             .conn
             .as_ref()
             .is_some_and(|c| self.inflight_len() < usize::from(c.send_quota));
-        let direct =
-            room && self.queue_len() == 0 && self.spilled() == 0 && !self.stream_pid_taken(msg.seq);
+        let direct = room
+            && self.queue_len() == 0
+            && self.spilled() == 0
+            && !self.stream_pid_taken(msg.seq());
         // Past the window or the budget, the entry is kept by the store
         // only (see `spill`); a session the store does not hold has only
         // memory, and the budget bounds it.
@@ -901,7 +903,7 @@ impl Session {
     /// Assigns a packet id and sends a queued message (connected only).
     /// `stored_queued`: the entry is already stored, as queued.
     fn send_outgoing(&mut self, mut o: Outgoing, stored_queued: bool, ctx: &mut Ctx) {
-        let pid = match stream_pid(o.msg.seq) {
+        let pid = match stream_pid(o.msg.seq()) {
             Some(pid) => {
                 // An id that did not come from `alloc_pid`: its count of
                 // free ids ahead no longer holds.
@@ -958,7 +960,7 @@ impl Session {
             return;
         };
         while let Some(f) = self.flows.as_mut().filter(|f| f.inflight.len() < quota) {
-            let next_seq = f.queue.front().map(|o| o.msg.seq);
+            let next_seq = f.queue.front().map(|o| o.msg.seq());
             if next_seq.is_some_and(|seq| self.stream_pid_taken(seq)) {
                 // Its packet id is still in flight: it waits (see
                 // `stream_pid`), and so does what is behind it.
@@ -1057,7 +1059,7 @@ impl Session {
     /// message `msg` that node had released: in flight, released, under
     /// its [`stream_pid`], so that only its PUBREL goes (on resume).
     pub(crate) fn adopt_released(&mut self, msg: &Arc<Tracked>, ctx: &mut Ctx) {
-        let Some(pid) = stream_pid(msg.seq) else {
+        let Some(pid) = stream_pid(msg.seq()) else {
             return;
         };
         if self.inflight_entry(pid).is_some() {

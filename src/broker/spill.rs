@@ -71,7 +71,7 @@ impl Session {
         let f = self.flows_mut();
         f.spill.add(
             o.seq,
-            o.msg.seq,
+            o.msg.seq(),
             1,
             o.msg.size(),
             commit,
@@ -101,7 +101,7 @@ impl Session {
         let mut stream = 0;
         for mut o in f.queue.drain(..) {
             let size = o.msg.size();
-            stream = lowest_stream(stream, o.msg.seq);
+            stream = lowest_stream(stream, o.msg.seq());
             if o.burst {
                 // A retained burst's entry becomes a plain queued one.
                 f.burst_queued -= 1;
@@ -150,7 +150,7 @@ impl Session {
         let f = self.flows_mut();
         f.spill.add(
             o.seq,
-            o.msg.seq,
+            o.msg.seq(),
             1,
             o.msg.size(),
             persist.commit,

@@ -31,18 +31,20 @@ pub(crate) struct Tracked {
     /// being delivered twice: delivering before it is durable would let a
     /// crash undo that protection.
     pub(super) deliver_after: AtomicU64,
-    /// Its sequence in the cluster's message stream (0: none; see
-    /// `roaming`).
-    pub(super) seq: u64,
     /// Copies of it in memory queues that the memory budget counts (see
     /// `Pages::hold_copy`): its own cost counts once, not per copy.
     pub(super) budgeted: AtomicU32,
-    /// A QoS 2 message from a roaming session's client: that flow's
-    /// packet id (in what was `budgeted`'s padding) and number (see
-    /// `roaming`'s "Inbound QoS 2 across a node's death"); 0 and 0 for
-    /// any other message.
-    pub(super) flow_pid: u16,
-    pub(super) flow: u64,
+    /// A QoS 2 message from a roaming session's client on its way to the
+    /// cluster's stream: that flow's packet id (in `budgeted`'s padding);
+    /// 0 for any other message. See [`Tracked::inbound_flow`].
+    flow_pid: u16,
+    /// Its place in the cluster (see `roaming`): with `flow_pid` 0, its
+    /// sequence in the cluster's message stream (0: not from the stream;
+    /// [`Tracked::seq`]); otherwise that flow's number. One field for
+    /// both: a message goes to the stream as one `Tracked` and comes back
+    /// as another, so none is both, and 8 bytes more would take the
+    /// allocation into glibc's next chunk size (see the size test).
+    cluster: u64,
 }
 
 impl Tracked {
@@ -58,10 +60,9 @@ impl Tracked {
             store_id: AtomicU64::new(store_id),
             gate: AckGate::default(),
             deliver_after: AtomicU64::new(0),
-            seq: 0,
             budgeted: AtomicU32::new(0),
             flow_pid: 0,
-            flow: 0,
+            cluster: 0,
         }
     }
 
@@ -69,21 +70,33 @@ impl Tracked {
     /// packet id and flow number (the cluster's router writes them in a
     /// header, `cluster::envelope::FLOW`).
     pub(crate) fn inbound_flow(&self) -> Option<(u16, u64)> {
-        (self.flow != 0).then_some((self.flow_pid, self.flow))
+        (self.flow_pid != 0).then_some((self.flow_pid, self.cluster))
     }
 
     /// The same, the inbound QoS 2 flow `flow` of its publisher, under
     /// packet id `pid` (see [`Tracked::inbound_flow`]).
     pub(crate) fn with_flow(mut self, pid: u16, flow: u64) -> Self {
+        debug_assert!(pid != 0 && self.cluster == 0, "a flow, not from the stream");
         self.flow_pid = pid;
-        self.flow = flow;
+        self.cluster = flow;
         self
     }
 
     /// The same, read from the cluster's stream at `seq`.
     pub(crate) fn with_seq(mut self, seq: u64) -> Self {
-        self.seq = seq;
+        debug_assert!(self.flow_pid == 0, "from the stream, not a flow");
+        self.cluster = seq;
         self
+    }
+
+    /// Its sequence in the cluster's message stream (0: none; see
+    /// `roaming`).
+    pub(crate) fn seq(&self) -> u64 {
+        if self.flow_pid == 0 {
+            self.cluster
+        } else {
+            0
+        }
     }
 }
 
@@ -108,18 +121,19 @@ pub(crate) type Reclaim = crate::link::reclaim::Reclaim<Tracked>;
 
 #[cfg(test)]
 mod tests {
-    /// One per message in memory (queues, the retained cache): 336 bytes
+    /// One per message in memory (queues, the retained cache): 328 bytes
     /// on 64-bit targets. The cluster's wait moved into the ack gate (it
     /// was a field of its own, 24 bytes, with or without `cluster`); the
-    /// stream sequence (`seq`, roaming) takes 8, the budget's count of
-    /// copies (`budgeted`) with an inbound QoS 2 flow's packet id 8, the
-    /// flow's number 8. With `Arc`'s two counts the allocation is 352
-    /// bytes, the same 352-byte glibc chunk as at 328.
+    /// cluster's place (a stream sequence or an inbound flow's number)
+    /// takes 8, the budget's count of copies with a flow's packet id 8.
+    /// With `Arc`'s two counts the allocation is 344 bytes: glibc's
+    /// 352-byte chunk (a request's size plus 8, to a multiple of 16). At
+    /// 336 it would be 368.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_tracked_message_stays_small() {
         assert!(
-            std::mem::size_of::<super::Tracked>() <= 336,
+            std::mem::size_of::<super::Tracked>() <= 328,
             "{}",
             std::mem::size_of::<super::Tracked>()
         );
