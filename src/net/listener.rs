@@ -496,7 +496,6 @@ async fn accept_loop(listener: Listener, ctx: Accepting) {
             Some(hold) => Slot::Counted(Box::new((permit, hold))),
         };
         let _ = stream.set_nodelay(true);
-        limit_unsent(&stream);
         let accepted = Accepted {
             stream,
             conn: ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed)),
@@ -546,29 +545,6 @@ struct Accepted {
     /// Handshakes end at shutdown.
     #[cfg(any(feature = "tls", feature = "ws", feature = "http"))]
     stop: watch::Receiver<bool>,
-}
-
-/// Most bytes an accepted socket's kernel buffer holds that are not yet
-/// sent (TCP_NOTSENT_LOWAT, Linux): what the broker wrote and the peer's
-/// window has no room for yet. Bytes in flight (sent, not yet
-/// acknowledged) do not count, so a fast link keeps its full window.
-///
-/// Without it the kernel grows the send buffer to megabytes (3 MB
-/// measured over loopback), which a client that stops reading pins, and it
-/// wakes a blocked writer only once a third of that has drained: a slow
-/// reader's progress would then be invisible for seconds, and
-/// `limits.write_timeout` could take it for a client that does not read.
-/// With it, every read the client makes that opens its window lets the
-/// broker write again.
-const UNSENT_MAX: u32 = 128 * 1024;
-
-/// Applies [`UNSENT_MAX`]; where it cannot be set the kernel's own
-/// buffering applies, and the write timeout is only coarser.
-fn limit_unsent(stream: &tokio::net::TcpStream) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_MAX);
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = stream;
 }
 
 /// Logs and counts a connection refused for its source.
