@@ -303,8 +303,8 @@ async fn answers_held_behind_a_slow_commit_stop_reads_until_it_is_done() {
     assert_eq!((payload(&p), p.qos_pid), ("kept", QosPid::AtMostOnce));
 }
 
-/// The write timeout in the tests below: short, so that a test takes
-/// seconds; a slow reader's pauses are far shorter.
+/// The write timeout of the test of a client that never reads: short, so
+/// that it takes a second.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Payload bytes of each message the tests below publish.
@@ -402,4 +402,71 @@ async fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
     let s = b.stats.snapshot();
     assert_eq!(s.write_timeouts, 1);
     assert_eq!(panics_on_this_thread(), 0);
+}
+
+/// A subscriber on a slow link, reading a little at a time while more is
+/// published to it than the sockets hold, is not dropped, however long it
+/// takes (longer than the write timeout): the bound restarts at every
+/// byte the broker writes. It gets every message, in order.
+///
+/// The bound here is 6 s, not the 1 s of the test above: over loopback the
+/// kernel lets a connection's send buffer grow to about 3 MB and wakes a
+/// blocked writer only once much of it drained, which at this reader's
+/// pace (about 350 KB/s) is seconds without a byte taken. The broker does
+/// not shrink that buffer (`TCP_NOTSENT_LOWAT` did, and made fast fan-outs
+/// drop QoS 0 at full speed); `limits.write_timeout` must outlast it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_not_dropped_and_gets_everything() {
+    const BOUND: Duration = Duration::from_secs(6);
+    let mut o = Options::default();
+    o.limits.write_timeout = Some(BOUND);
+    let b = watched_broker(o).await;
+    let mut s = small_window(&b, v311("slow")).await;
+    subscribe_raw(&mut s, "t/slow").await;
+    // 10 MB: the broker's writes still block past the bound (the sockets
+    // hold about 3 MB), so the bound must restart with each one.
+    let messages: u32 = 160;
+    let mut publisher = Raw::connected(b.addr, v5("publisher")).await;
+    let publishing = tokio::spawn(async move {
+        for n in 0..messages {
+            publisher.send(big("t/slow", n)).await;
+        }
+        publisher
+    });
+
+    // A little at a time: 16 KiB every 10 ms, at most (1.6 MB/s).
+    let start = tokio::time::Instant::now();
+    let mut answers = Answers::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut next = 0;
+    while next < messages {
+        if let Some(p) = answers.decoder.decode(&mut answers.buf).unwrap() {
+            let Packet::Publish(p) = p else {
+                panic!("expected message {next}, got {p:?}")
+            };
+            assert_eq!(p.payload.len(), BIG);
+            assert_eq!(p.payload[..4], next.to_be_bytes(), "in order");
+            next += 1;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("the broker writes")
+            .unwrap();
+        assert!(
+            n > 0,
+            "dropped after {next} messages, {:?}",
+            start.elapsed()
+        );
+        answers.buf.extend_from_slice(&chunk[..n]);
+    }
+    let took = start.elapsed();
+    eprintln!("{messages} messages of {BIG} bytes in {took:?}");
+    assert!(took > 3 * BOUND, "took {took:?}: too fast to show anything");
+    let mut publisher = publishing.await.unwrap();
+    publisher.sync().await;
+    let st = b.stats.snapshot();
+    assert_eq!(st.write_timeouts, 0);
+    assert_eq!(st.messages_dropped, 0);
 }
