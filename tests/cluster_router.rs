@@ -379,21 +379,7 @@ async fn slow_subscribers_on_the_far_node_hold_the_stream_back_and_lose_nothing(
     // each.
     let readers: Vec<_> = subs
         .into_iter()
-        .map(|mut sub| {
-            tokio::spawn(async move {
-                let mut got = std::collections::BTreeSet::new();
-                while got.len() < N {
-                    let Some(p) = sub.recv_within(Duration::from_secs(30)).await else {
-                        break;
-                    };
-                    let Packet::Publish(p) = p else { continue };
-                    got.insert(common::payload(&p)[..6].to_owned());
-                    tokio::time::sleep(Duration::from_millis(3)).await;
-                    sub.ack(&p).await;
-                }
-                got
-            })
-        })
+        .map(|sub| common::delivery::slow_reader(sub, N, Duration::from_millis(3)))
         .collect();
     let filler = "x".repeat(64 * 1024 - 6);
     for i in 0..N {

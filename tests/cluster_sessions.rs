@@ -309,6 +309,51 @@ impl Qos2Receiver {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    /// Answers what comes on `raw` until `n` distinct messages were
+    /// delivered; `at` names the stage in the failure.
+    async fn receive(&mut self, raw: &mut Raw, n: usize, at: &str) {
+        while self.delivered.len() < n {
+            let packet = raw.recv_within(Duration::from_secs(20)).await;
+            let packet = packet.unwrap_or_else(|| panic!("{at}, only {:?}", self.delivered));
+            self.handle(raw, packet, true).await;
+        }
+    }
+
+    /// Then answers what still comes until `quiet` passes without a
+    /// packet: the flows still open finish, and a copy delivered twice
+    /// would show.
+    async fn settle(&mut self, raw: &mut Raw, quiet: Duration) {
+        while let Some(packet) = raw.recv_within(quiet).await {
+            self.handle(raw, packet, true).await;
+        }
+    }
+
+    /// No message was delivered more than once.
+    fn assert_once(&self) {
+        let twice: Vec<_> = self.delivered.iter().filter(|(_, c)| **c > 1).collect();
+        assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    }
+}
+
+/// A QoS 2 publisher's side of `n` flows on `raw`: a PUBREL for every
+/// PUBREC, until every flow's PUBCOMP came, all successes.
+async fn complete_qos2(raw: &mut Raw, n: u16) {
+    let mut completed = std::collections::BTreeSet::new();
+    while completed.len() < usize::from(n) {
+        match raw.recv_within(Duration::from_secs(20)).await {
+            Some(Packet::PubRec(r)) => {
+                assert!(r.reason.is_success(), "PUBREC {r:?}");
+                raw.send(Packet::PubRel(roost::codec::PubResp::new(r.packet_id)))
+                    .await;
+            }
+            Some(Packet::PubComp(c)) => {
+                assert!(c.reason.is_success(), "PUBCOMP {c:?}");
+                completed.insert(c.packet_id.get());
+            }
+            other => panic!("after {} completed: {other:?}", completed.len()),
+        }
+    }
 }
 
 /// As [`a_node_killed_with_sigkill_loses_nothing_its_sessions_were_owed`],
@@ -342,11 +387,7 @@ async fn a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor()
         assert!(r.is_success(), "message {i} acknowledged: {r:?}");
     }
     let mut rx = Qos2Receiver::default();
-    while rx.delivered.len() < 8 {
-        let packet = dev.recv_within(Duration::from_secs(20)).await;
-        let packet = packet.unwrap_or_else(|| panic!("on A, only {:?}", rx.delivered));
-        rx.handle(&mut dev, packet, true).await;
-    }
+    rx.receive(&mut dev, 8, "on A").await;
     // Then it stops answering: what arrives now is delivered (PUBLISH) or
     // released (PUBREL) here and never acknowledged.
     while let Some(packet) = dev.recv_within(Duration::from_millis(300)).await {
@@ -363,20 +404,10 @@ async fn a_node_killed_with_sigkill_delivers_qos2_exactly_once_on_the_survivor()
     let (mut dev, ack) = Raw::connect(b.addr, v5_session("dev-q2", false, 600)).await;
     assert_eq!(ack.reason, ReasonCode::Success);
     assert!(ack.session_present, "B resumed the session from the bucket");
-    while rx.delivered.len() < usize::from(n) {
-        let packet = dev.recv_within(Duration::from_secs(20)).await;
-        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
-        rx.handle(&mut dev, packet, true).await;
-    }
+    rx.receive(&mut dev, usize::from(n), "in all").await;
     // The flows still open finish; nothing comes as new.
-    while let Some(packet) = dev.recv_within(Duration::from_millis(500)).await {
-        rx.handle(&mut dev, packet, true).await;
-    }
-    assert!(
-        rx.delivered.values().all(|c| *c == 1),
-        "each exactly once: {:?}",
-        rx.delivered
-    );
+    rx.settle(&mut dev, Duration::from_millis(500)).await;
+    rx.assert_once();
     assert!(rx.held.is_empty(), "every flow completed: {:?}", rx.held);
     drop(b);
 }
@@ -454,11 +485,7 @@ async fn publisher_killed_mid_pipeline(
     // of the rest on their way: A dies now, the publisher having read no
     // PUBREC at all.
     let mut rx = Qos2Receiver::default();
-    while rx.delivered.len() < 20 {
-        let packet = sub.recv_within(Duration::from_secs(20)).await;
-        let packet = packet.unwrap_or_else(|| panic!("before the kill, only {:?}", rx.delivered));
-        rx.handle(sub, packet, true).await;
-    }
+    rx.receive(sub, 20, "before the kill").await;
     a.kill9().await;
     drop(dev);
     let (mut dev, ack) = Raw::connect(b, v5_session(client_id, false, 600)).await;
@@ -467,32 +494,11 @@ async fn publisher_killed_mid_pipeline(
     for i in 1..=n {
         dev.send(message(i, true)).await;
     }
-    let mut completed = std::collections::BTreeSet::new();
-    while completed.len() < usize::from(n) {
-        match dev.recv_within(Duration::from_secs(20)).await {
-            Some(Packet::PubRec(r)) => {
-                assert!(r.reason.is_success(), "PUBREC {r:?}");
-                dev.send(Packet::PubRel(roost::codec::PubResp::new(r.packet_id)))
-                    .await;
-            }
-            Some(Packet::PubComp(c)) => {
-                assert!(c.reason.is_success(), "PUBCOMP {c:?}");
-                completed.insert(c.packet_id.get());
-            }
-            other => panic!("after {} completed: {other:?}", completed.len()),
-        }
-    }
-    while rx.delivered.len() < usize::from(n) {
-        let packet = sub.recv_within(Duration::from_secs(20)).await;
-        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
-        rx.handle(sub, packet, true).await;
-    }
+    complete_qos2(&mut dev, n).await;
+    rx.receive(sub, usize::from(n), "in all").await;
     // A copy stored twice would follow its first: none comes.
-    while let Some(packet) = sub.recv_within(Duration::from_secs(1)).await {
-        rx.handle(sub, packet, true).await;
-    }
-    let twice: Vec<_> = rx.delivered.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    rx.settle(sub, Duration::from_secs(1)).await;
+    rx.assert_once();
     assert!(rx.held.is_empty(), "every flow completed: {:?}", rx.held);
     dev.disconnect().await;
 }
@@ -528,33 +534,11 @@ async fn a_qos2_publisher_moving_between_live_nodes_resends_and_each_is_delivere
     for i in 1..=n {
         moved.send(message(i, true)).await;
     }
-    let mut completed = std::collections::BTreeSet::new();
-    while completed.len() < usize::from(n) {
-        match moved.recv_within(Duration::from_secs(20)).await {
-            Some(Packet::PubRec(r)) => {
-                assert!(r.reason.is_success(), "PUBREC {r:?}");
-                moved
-                    .send(Packet::PubRel(roost::codec::PubResp::new(r.packet_id)))
-                    .await;
-            }
-            Some(Packet::PubComp(c)) => {
-                assert!(c.reason.is_success(), "PUBCOMP {c:?}");
-                completed.insert(c.packet_id.get());
-            }
-            other => panic!("after {} completed: {other:?}", completed.len()),
-        }
-    }
+    complete_qos2(&mut moved, n).await;
     let mut rx = Qos2Receiver::default();
-    while rx.delivered.len() < usize::from(n) {
-        let packet = sub.recv_within(Duration::from_secs(20)).await;
-        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
-        rx.handle(&mut sub, packet, true).await;
-    }
-    while let Some(packet) = sub.recv_within(Duration::from_secs(1)).await {
-        rx.handle(&mut sub, packet, true).await;
-    }
-    let twice: Vec<_> = rx.delivered.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    rx.receive(&mut sub, usize::from(n), "in all").await;
+    rx.settle(&mut sub, Duration::from_secs(1)).await;
+    rx.assert_once();
     drop((a, b));
 }
 
@@ -625,11 +609,7 @@ async fn a_spilled_queue_is_delivered_exactly_once_after_its_node_is_killed() {
     let (mut dev, ack) = Raw::connect(b_addr, back).await;
     assert!(ack.session_present);
     let mut rx = Qos2Receiver::default();
-    while rx.delivered.len() < usize::from(n / 3) {
-        let packet = dev.recv_within(Duration::from_secs(20)).await;
-        let packet = packet.unwrap_or_else(|| panic!("on B, only {:?}", rx.delivered));
-        rx.handle(&mut dev, packet, true).await;
-    }
+    rx.receive(&mut dev, usize::from(n / 3), "on B").await;
     while let Some(packet) = dev.recv_within(Duration::from_millis(300)).await {
         rx.handle(&mut dev, packet, false).await;
     }
@@ -645,20 +625,10 @@ async fn a_spilled_queue_is_delivered_exactly_once_after_its_node_is_killed() {
     let (mut dev, ack) = Raw::connect(a.addr, v5_session("dev-sq", false, 600)).await;
     assert_eq!(ack.reason, ReasonCode::Success);
     assert!(ack.session_present, "A resumed the session from the bucket");
-    while rx.delivered.len() < usize::from(n + more) {
-        let packet = dev.recv_within(Duration::from_secs(20)).await;
-        let packet = packet.unwrap_or_else(|| panic!("in all, only {:?}", rx.delivered));
-        rx.handle(&mut dev, packet, true).await;
-    }
+    rx.receive(&mut dev, usize::from(n + more), "in all").await;
     // The flows still open finish; nothing comes as new.
-    while let Some(packet) = dev.recv_within(Duration::from_millis(500)).await {
-        rx.handle(&mut dev, packet, true).await;
-    }
-    assert!(
-        rx.delivered.values().all(|c| *c == 1),
-        "each exactly once: {:?}",
-        rx.delivered
-    );
+    rx.settle(&mut dev, Duration::from_millis(500)).await;
+    rx.assert_once();
     assert!(rx.held.is_empty(), "every flow completed: {:?}", rx.held);
     drop(a);
 }

@@ -1282,19 +1282,7 @@ async fn slow_subscribers_pause_their_publishers_before_the_memory_budget_drops(
         let mut sub = Raw::connected(b.addr, v311(&format!("budget-sub-{i}"))).await;
         sub.subscribe(1, &format!("budget/{i}"), QoS::AtLeastOnce)
             .await;
-        readers.push(tokio::spawn(async move {
-            let mut got = std::collections::BTreeSet::new();
-            while got.len() < N {
-                let Some(p) = sub.recv_within(Duration::from_secs(30)).await else {
-                    break;
-                };
-                let Packet::Publish(p) = p else { continue };
-                got.insert(payload(&p)[..6].to_owned());
-                tokio::time::sleep(Duration::from_millis(3)).await;
-                sub.ack(&p).await;
-            }
-            got.len()
-        }));
+        readers.push(delivery::slow_reader(sub, N, Duration::from_millis(3)));
     }
     let filler = "x".repeat(64 * 1024 - 6);
     let mut publishers = Vec::new();
@@ -1323,7 +1311,7 @@ async fn slow_subscribers_pause_their_publishers_before_the_memory_budget_drops(
         p.await.unwrap();
     }
     for r in readers {
-        let got = r.await.unwrap();
+        let got = r.await.unwrap().len();
         assert_eq!(
             got,
             N,

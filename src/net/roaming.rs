@@ -647,10 +647,9 @@ async fn write_session(roaming: Arc<Roaming>, mut state: SessionState) -> Option
     let bucket = roaming.engine.sessions();
     let key = key_of(&state.session.client_id);
     let known = roaming.written().get(&key).cloned();
-    let known_cursor = known
-        .as_ref()
-        .and_then(|(_, b)| decode(b))
-        .map(|s| s.state.cursor);
+    // What was written last, decoded once for its cursor and floor.
+    let known_state = known.as_ref().and_then(|(_, b)| decode(b)).map(|s| s.state);
+    let known_cursor = known_state.as_ref().map(|s| s.cursor);
     if let Some(cursor) = known_cursor.filter(|_| state.cursor == 0 || !state.moved) {
         // Not known now, or the session's queue did not move: what was
         // written stands (no write for an idle session).
@@ -660,10 +659,7 @@ async fn write_session(roaming: Arc<Roaming>, mut state: SessionState) -> Option
     // since is above it): kept when not known now (nothing routed here
     // yet), and when nothing else changed, so that an idle session is not
     // written again for the stream's progress alone.
-    let known_floor = known
-        .as_ref()
-        .and_then(|(_, b)| decode(b))
-        .map_or(0, |s| s.state.inbound.floor);
+    let known_floor = known_state.map_or(0, |s| s.inbound.floor);
     let fresh_floor = std::mem::replace(&mut state.inbound.floor, known_floor);
     let client_id = state.session.client_id.clone();
     let mut stored = Stored {

@@ -79,6 +79,30 @@ pub(crate) async fn finish(c: &mut Raw) {
     }
 }
 
+/// A subscriber that takes its QoS 1 messages slowly, on a task of its
+/// own: it waits `pause` before acknowledging each, until it has `n`
+/// distinct ones (told apart by their payload's first 6 bytes) or nothing
+/// came for 30 s. The task's result: the distinct messages it got.
+pub(crate) fn slow_reader(
+    mut sub: Raw,
+    n: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<std::collections::BTreeSet<String>> {
+    tokio::spawn(async move {
+        let mut got = std::collections::BTreeSet::new();
+        while got.len() < n {
+            let Some(p) = sub.recv_within(Duration::from_secs(30)).await else {
+                break;
+            };
+            let Packet::Publish(p) = p else { continue };
+            got.insert(payload(&p)[..6].to_owned());
+            tokio::time::sleep(pause).await;
+            sub.ack(&p).await;
+        }
+        got
+    })
+}
+
 /// How long [`settled`] waits: a bridge may be between reconnect attempts.
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
 
